@@ -1,0 +1,12 @@
+"""Signal engine: declarative event delivery.
+
+A preset (YAML + JSONata) compiles into a filter → transform → deliver
+pipeline. Import :class:`Engine` to embed delivery in an async host, or
+:func:`load_preset` and :class:`Pipeline` for pure, network-free decisions.
+"""
+
+from .outcome import Outcome
+from .pipeline import Pipeline, Prepared
+from .preset import Preset, PresetError, load_preset
+
+__all__ = ["Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "load_preset"]

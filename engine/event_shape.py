@@ -1,0 +1,56 @@
+"""Is this input an event at all? Checked once, so later stages can trust the fields.
+
+A malformed event must become ``invalid_event`` naming the field, never an
+exception in the middle of a stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .event_table import EVENT_TYPES
+
+_OBJECT_FIELDS = ("traits", "properties", "context")
+_ID_FIELDS = ("userId", "anonymousId", "messageId")
+
+
+def message_id_of(event: Any) -> str | None:
+    if not isinstance(event, dict):
+        return None
+    value = event.get("messageId")
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def shape_problem(event: Any) -> str | None:
+    """Why ``event`` is not a usable event, or None."""
+    if not isinstance(event, dict):
+        return f"event must be a JSON object, got {_kind(event)}"
+    kind = event.get("type")
+    if kind is None:
+        return "field 'type' is missing"
+    if kind not in EVENT_TYPES:
+        return f"field 'type': {str(kind)[:40]!r} is not one of {', '.join(EVENT_TYPES)}"
+    if kind == "track":
+        name = event.get("event")
+        if not isinstance(name, str) or not name.strip():
+            return "field 'event': a track event needs a non-empty event name"
+    for field in _OBJECT_FIELDS:
+        if field in event and event[field] is not None and not isinstance(event[field], dict):
+            return f"field '{field}' must be an object, got {_kind(event[field])}"
+    context = event.get("context")
+    if isinstance(context, dict):
+        for field in ("traits", "consent"):
+            if field in context and context[field] is not None and not isinstance(context[field], dict):
+                return f"field 'context.{field}' must be an object, got {_kind(context[field])}"
+    for field in _ID_FIELDS:
+        value = event.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            return f"field '{field}' must be a string, got {_kind(value)}"
+    return None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

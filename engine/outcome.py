@@ -1,0 +1,62 @@
+"""The one result every input event ends with.
+
+Outcome kinds and drop reason codes are a public contract: hosts branch on
+them and golden files pin them, so they are plain strings kept in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DROPPED = "dropped"
+WOULD_SEND = "would_send"
+DELIVERED = "delivered"
+FAILED = "failed"
+DEAD_LETTERED = "dead_lettered"
+
+# Drop reasons (DESIGN.md).
+EVENT_NOT_MAPPED = "event_not_mapped"
+NO_CONSENT = "no_consent"
+NOT_IDENTIFIED = "not_identified"
+INVALID_EMAIL = "invalid_email"
+INVALID_EVENT = "invalid_event"
+
+DROP_REASONS = (EVENT_NOT_MAPPED, NO_CONSENT, NOT_IDENTIFIED, INVALID_EMAIL, INVALID_EVENT)
+
+
+@dataclass
+class Outcome:
+    """What happened to one event. ``to_dict`` is the JSON line the CLI prints.
+
+    ``request`` is always the masked view; the sendable envelope never lives
+    on an outcome, so printing or logging an outcome cannot leak a secret.
+    """
+
+    index: int | None
+    message_id: str | None
+    outcome: str
+    reason: str | None = None
+    detail: str | None = None
+    cause: str | None = None
+    request: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+    attempts: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (DELIVERED, WOULD_SEND)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
+        for key in ("reason", "cause", "detail", "attempts", "request", "response"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        out.update(self.extra)
+        return out
+
+
+def dropped(index: int | None, message_id: str | None, reason: str, detail: str) -> Outcome:
+    return Outcome(index, message_id, DROPPED, reason=reason, detail=detail)

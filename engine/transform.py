@@ -1,0 +1,79 @@
+"""Transform: normalised traits + per-event values → the destination document.
+
+The mapping is the preset's JSONata; this module only feeds it, then makes
+the result fit the output contract. Both steps are pure, which is what lets
+the golden files pin every document without a network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .expressions import Expression, ExpressionError
+from .normalisers import InvalidValue
+from .output_contract import ContractViolation, omit_empty
+from .preset import ActionSpec, TraitSpec
+
+
+class TransformError(Exception):
+    """The preset produced no usable document; ``cause`` is a stable code for outcomes."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip: str | None = None) -> dict[str, Any]:
+    """Declared traits only, each through its normaliser; unusable values are left out."""
+    clean: dict[str, Any] = {}
+    for spec in specs:
+        if spec.name == skip or spec.name not in raw:
+            continue
+        value = raw[spec.name]
+        if spec.normalise is not None:
+            try:
+                value = spec.normalise(value, raw, spec.option)
+            except InvalidValue:
+                value = None
+        if value is not None:
+            clean[spec.name] = value
+    return clean
+
+
+def build_document(action: ActionSpec, expression: Expression, context: Mapping[str, Any], where: str) -> Any:
+    """Evaluate one of the action's expressions and shape the result to the action's contract."""
+    try:
+        document = expression.evaluate(dict(context))
+    except ExpressionError as exc:
+        raise TransformError("mapping_error", f"{where}: JSONata evaluation failed: {exc}") from None
+    return shape(action, document, where)
+
+
+def shape(action: ActionSpec, document: Any, where: str) -> Any:
+    if action.omit_empty:
+        document = omit_empty(document)
+    if action.contract is not None:
+        if action.truncate:
+            document = action.contract.truncate(document)
+        try:
+            action.contract.check(document)
+        except ContractViolation as exc:
+            raise TransformError(
+                "output_invalid",
+                f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
+                f"{str(exc).split(': ', 1)[1][:200]}") from None
+    return document
+
+
+@dataclass(frozen=True)
+class MappingInput:
+    """What a mapping expression sees as ``$``; documented in the README."""
+
+    event: Mapping[str, Any]
+    traits: Mapping[str, Any]
+    values: Mapping[str, Any]
+    settings: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"event": self.event, "traits": self.traits, "values": self.values, "settings": self.settings}
