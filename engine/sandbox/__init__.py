@@ -1,0 +1,1 @@
+"""Local stand-ins for destination APIs, used by integration tests and demos."""

@@ -1,0 +1,996 @@
+"""A local fake of Outreach's OAuth token endpoint and prospects API.
+
+The engine's Outreach destination has to survive behaviour that is awkward to
+reproduce against the real service: refresh tokens that rotate on every use, a
+throttle on minting access tokens, an hourly request quota, duplicate-email
+rejections and flaky infrastructure.  This module imitates those behaviours on
+loopback so integration tests and the README demo can exercise them on
+purpose, deterministically and without credentials.
+
+Behaviour follows Outreach's documentation and what production clients have
+observed; where Outreach's behaviour is unconfirmed (unknown attributes, the
+token throttle's error body), the sandbox picks the stricter reading so client
+bugs show up locally rather than in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import secrets
+import signal
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+
+from aiohttp import web
+
+__all__ = [
+    "SandboxConfig",
+    "SandboxState",
+    "STATE_KEY",
+    "create_app",
+    "start_sandbox",
+    "main",
+]
+
+JSONAPI_MEDIA_TYPE = "application/vnd.api+json"
+GRANTED_SCOPE = "prospects.read prospects.write"
+DUPLICATE_EMAIL_DETAIL = "Contacts email hash has already been taken."
+DEFAULT_SCHEMA_PATH = Path("schemas/outreach/prospect-request.schema.json")
+RANDOM_FAULT_CHOICES: tuple[int | str, ...] = (500, 502, 503, "drop")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+SUPPORTED_FILTERS = frozenset({"emails"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class SandboxConfig:
+    """Knobs for the sandbox; defaults mirror Outreach's documented limits.
+
+    ``token_ttl`` matches the 7200 s ``expires_in`` Outreach returns, the mint
+    throttle matches the observed "about one access token per minute", and the
+    quota matches the documented 10,000 requests per hour.  ``faults`` is a
+    queue of one-shot failures (``500``, ``"drop"``, ``"delay:2"``...) applied to
+    the first ``/api/v2`` requests, and ``fault_rate``/``fault_seed`` add
+    reproducible random failures on top.
+    """
+
+    client_id: str = "sandbox-client"
+    client_secret: str = "sandbox-secret"
+    refresh_token: str = "sandbox-refresh-token"
+    token_ttl: int = 7200
+    mint_limit: int = 1
+    mint_window: float = 60.0
+    quota: int = 10000
+    window: float = 3600.0
+    two_value_remaining: bool = True
+    faults: list[int | str] = field(default_factory=list)
+    fault_rate: float = 0.0
+    fault_seed: int | None = None
+    schema_path: str | Path | None = None
+
+
+# --------------------------------------------------------------------------
+# Faults
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected failure, modelled on what real infrastructure does.
+
+    ``status`` imitates an error page from Outreach or its gateway, ``drop``
+    imitates a connection reset before the request is processed,
+    ``drop-after`` imitates a response lost *after* the write happened (the
+    case that turns a client retry into a duplicate-email 422), and ``delay``
+    imitates a slow upstream so client timeouts can be tested.
+    """
+
+    kind: str
+    status: int | None = None
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        """Render the fault in the same spelling ``parse_fault`` accepts."""
+        if self.kind == "status":
+            return str(self.status)
+        if self.kind == "delay":
+            return f"delay:{self.seconds:g}"
+        return self.kind
+
+
+def parse_fault(spec: int | str) -> Fault:
+    """Turn ``503``, ``"503"``, ``"drop"``, ``"drop-after"`` or ``"delay:1.5"`` into a Fault."""
+    if isinstance(spec, bool):
+        raise ValueError(f"invalid fault {spec!r}")
+    if isinstance(spec, int):
+        return _status_fault(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"invalid fault {spec!r}")
+    text = spec.strip().lower()
+    if text in ("drop", "drop-after"):
+        return Fault(kind=text)
+    if text.startswith("delay:"):
+        return _delay_fault(text.partition(":")[2], spec)
+    if text.isdigit():
+        return _status_fault(int(text))
+    raise ValueError(f"invalid fault {spec!r}: use a status code, 'drop', 'drop-after' or 'delay:<seconds>'")
+
+
+def _status_fault(status: int) -> Fault:
+    if not 400 <= status <= 599:
+        raise ValueError(f"fault status must be 4xx or 5xx, got {status}")
+    return Fault(kind="status", status=status)
+
+
+def _delay_fault(value: str, spec: str) -> Fault:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"invalid delay in fault {spec!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"delay must be a non-negative number of seconds in {spec!r}")
+    return Fault(kind="delay", seconds=seconds)
+
+
+# --------------------------------------------------------------------------
+# Attribute rules (what Outreach's prospect schema allows)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """The JSON types and length limit Outreach declares for one attribute."""
+
+    types: frozenset[str]
+    max_length: int | None = None
+    item_type: str | None = None
+
+
+def _fallback_rules() -> dict[str, AttributeRule]:
+    """The attributes the engine sends, used when no schema file is available."""
+    text = frozenset({"string", "null"})
+    array = frozenset({"array", "null"})
+    rules = {name: AttributeRule(text, 255) for name in (
+        "firstName", "lastName", "name", "title", "occupation",
+        "addressCity", "addressState", "addressCountry",
+    )}
+    rules["company"] = AttributeRule(text, None)
+    for name in ("emails", "mobilePhones", "tags"):
+        rules[name] = AttributeRule(array, None, "string")
+    return rules
+
+
+def _default_schema_path() -> Path:
+    """Find the project's prospect schema in a checkout or in an installed wheel.
+
+    A checkout keeps ``schemas/`` beside the ``engine`` package; the wheel
+    ships the same files as ``engine/schemas``.  The checkout path is returned
+    when neither exists, and the caller then uses the built-in table.
+    """
+    package_dir = Path(__file__).resolve().parents[1]
+    checkout = package_dir.parent / DEFAULT_SCHEMA_PATH
+    installed = package_dir / DEFAULT_SCHEMA_PATH
+    return installed if installed.is_file() and not checkout.is_file() else checkout
+
+
+def _rule_from_schema(spec: Mapping[str, Any]) -> AttributeRule:
+    """Keep a schema attribute's type and maxLength, and always allow null.
+
+    Outreach declares every prospect attribute nullable; the project's schema
+    may be tightened for what the engine sends, but the sandbox imitates what
+    Outreach accepts, so extra constraints (non-null, minItems, required
+    emails) are deliberately not enforced here.
+    """
+    declared = spec.get("type", [])
+    types = frozenset([declared] if isinstance(declared, str) else declared)
+    if types:
+        types |= {"null"}
+    items = spec.get("items") or {}
+    item_type = items.get("type") if isinstance(items, Mapping) else None
+    return AttributeRule(types, spec.get("maxLength"), item_type)
+
+
+def load_attribute_rules(schema_path: str | Path | None) -> dict[str, AttributeRule]:
+    """Read allowed prospect attributes from the reference JSON Schema.
+
+    Only attribute names, JSON types and ``maxLength`` are taken from it.  An
+    explicitly configured path must exist (a typo should fail loudly); the
+    default path silently falls back to the built-in table so the sandbox
+    still works from an installed wheel without the ``schemas`` directory.
+    """
+    path = Path(schema_path) if schema_path is not None else _default_schema_path()
+    if schema_path is None and not path.is_file():
+        return _fallback_rules()
+    document = json.loads(path.read_text(encoding="utf-8"))
+    attributes = document["properties"]["data"]["properties"]["attributes"]["properties"]
+    return {name: _rule_from_schema(spec) for name, spec in attributes.items()}
+
+
+_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "null": lambda v: v is None,
+}
+
+
+def _type_matches(value: Any, types: Iterable[str]) -> bool:
+    return any(_TYPE_CHECKS.get(name, lambda v: True)(value) for name in types)
+
+
+def _attribute_problem(value: Any, rule: AttributeRule) -> str | None:
+    """Explain why a value breaks its rule, or return None when it is fine."""
+    if rule.types and not _type_matches(value, rule.types):
+        return f"must be of type {' or '.join(sorted(rule.types))}"
+    if isinstance(value, str) and rule.max_length is not None and len(value) > rule.max_length:
+        return f"is too long (maximum is {rule.max_length} characters)"
+    if isinstance(value, list) and rule.item_type is not None:
+        if not all(_type_matches(item, [rule.item_type]) for item in value):
+            return f"must only contain values of type {rule.item_type}"
+    return None
+
+
+def validate_attributes(attributes: Mapping[str, Any], rules: Mapping[str, AttributeRule]) -> list[dict[str, Any]]:
+    """Return JSON:API error objects for every attribute Outreach would reject.
+
+    Whether Outreach rejects unknown attributes is unconfirmed; the sandbox
+    rejects them so the engine never relies on them being ignored.
+    """
+    errors = []
+    for name, value in attributes.items():
+        rule = rules.get(name)
+        problem = "is not a known prospect attribute" if rule is None else _attribute_problem(value, rule)
+        if problem is not None:
+            errors.append(_validation_error(f"{name} {problem}.", f"/data/attributes/{name}"))
+    return errors
+
+
+# --------------------------------------------------------------------------
+# JSON:API error helpers
+# --------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answer in Outreach's JSON:API error format."""
+
+    def __init__(self, status: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.errors = errors
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return _jsonapi_response({"errors": self.errors}, self.status, self.headers)
+
+
+def _error(error_id: str, title: str, detail: str, pointer: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": error_id, "title": title, "detail": detail}
+    if pointer is not None:
+        body["source"] = {"pointer": pointer}
+    return body
+
+
+def _validation_error(detail: str, pointer: str) -> dict[str, Any]:
+    return _error("validationError", "Validation Error", detail, pointer)
+
+
+def _not_found(detail: str) -> ApiError:
+    return ApiError(404, [_error("resourceNotFound", "Resource Not Found", detail)])
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Server Error" if status >= 500 else "Client Error"
+
+
+def _camel_id(status: int) -> str:
+    """Build an Outreach-style error id such as ``internalServerError``."""
+    words = _phrase(status).replace("-", " ").split()
+    return words[0].lower() + "".join(word.capitalize() for word in words[1:])
+
+
+def _jsonapi_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=dict(headers or {}), content_type=JSONAPI_MEDIA_TYPE)
+
+
+# --------------------------------------------------------------------------
+# Limits: request quota, mint throttle, tokens
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class FixedWindowQuota:
+    """Outreach's per-user hourly quota: a fixed window that resets at once."""
+
+    quota: int
+    window: float
+    window_end: float = 0.0
+    used: int = 0
+
+    def _roll(self, now: float) -> None:
+        if now >= self.window_end:
+            self.window_end = now + self.window
+            self.used = 0
+
+    def consume(self, now: float) -> bool:
+        """Count one request; False means it is over quota and must get a 429."""
+        self._roll(now)
+        self.used += 1
+        return self.used <= self.quota
+
+    def remaining(self) -> int:
+        return max(0, self.quota - self.used)
+
+    def reset_epoch(self) -> int:
+        return math.ceil(self.window_end)
+
+    def seconds_to_reset(self, now: float) -> int:
+        return max(1, math.ceil(self.window_end - now))
+
+
+@dataclass
+class MintThrottle:
+    """The "about one access token per minute" limit seen on Outreach's token endpoint."""
+
+    limit: int
+    window: float
+    recent: deque[float] = field(default_factory=deque)
+
+    def _prune(self, now: float) -> None:
+        while self.recent and now - self.recent[0] >= self.window:
+            self.recent.popleft()
+
+    def allows(self, now: float) -> bool:
+        if self.limit <= 0:
+            return True
+        self._prune(now)
+        return len(self.recent) < self.limit
+
+    def record(self, now: float) -> None:
+        self.recent.append(now)
+
+    def seconds_until_free(self, now: float) -> int:
+        if not self.recent:
+            return 1
+        return max(1, math.ceil(self.recent[0] + self.window - now))
+
+
+# --------------------------------------------------------------------------
+# Sandbox state
+# --------------------------------------------------------------------------
+
+
+class SandboxState:
+    """Everything one sandbox instance remembers; lives on the aiohttp app.
+
+    ``clock`` is wall-clock epoch seconds (Outreach's reset header is epoch
+    based); in-process tests may replace it to move time without sleeping.
+    """
+
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.rules = load_attribute_rules(config.schema_path)
+        self.initial_faults = [parse_fault(spec) for spec in config.faults]
+        self._validate_numbers(config)
+        self.reset()
+
+    @staticmethod
+    def _validate_numbers(config: SandboxConfig) -> None:
+        if not 0.0 <= config.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be between 0 and 1")
+        if config.quota < 0 or config.window <= 0 or config.mint_window <= 0 or config.token_ttl < 0:
+            raise ValueError("quota and token_ttl must be >= 0; window and mint_window must be > 0")
+
+    def reset(self) -> None:
+        """Forget everything, as if the sandbox had just started."""
+        config = self.config
+        self.refresh_tokens: set[str] = {config.refresh_token}
+        self.access_tokens: dict[str, float] = {}
+        self.prospects: dict[int, dict[str, Any]] = {}
+        self.next_id = 1
+        self.mints = 0
+        self.creates = 0
+        self.statuses: list[int | str] = []
+        self.token_statuses: list[int] = []
+        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_rate = config.fault_rate
+        self.rng = random.Random(config.fault_seed)
+        self.quota = FixedWindowQuota(config.quota, config.window)
+        self.throttle = MintThrottle(config.mint_limit, config.mint_window)
+
+    # -- faults -----------------------------------------------------------
+
+    def next_fault(self) -> Fault | None:
+        """Queued faults first, in order; then a seeded random draw."""
+        if self.faults:
+            return self.faults.popleft()
+        if self.fault_rate > 0 and self.rng.random() < self.fault_rate:
+            return parse_fault(self.rng.choice(RANDOM_FAULT_CHOICES))
+        return None
+
+    # -- tokens -----------------------------------------------------------
+
+    def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
+        """Rotate the refresh token and issue a new access token."""
+        self.refresh_tokens.discard(old_refresh_token)
+        refresh_token = secrets.token_urlsafe(32)
+        access_token = secrets.token_urlsafe(32)
+        self.refresh_tokens.add(refresh_token)
+        self.access_tokens[access_token] = now + self.config.token_ttl
+        self.throttle.record(now)
+        self.mints += 1
+        return access_token, refresh_token
+
+    def access_token_valid(self, token: str, now: float) -> bool:
+        self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now}
+        return token in self.access_tokens
+
+    def expire_access_tokens(self) -> int:
+        count = len(self.access_tokens)
+        self.access_tokens.clear()
+        return count
+
+    # -- prospects --------------------------------------------------------
+
+    def email_owner(self, emails: Iterable[Any], exclude_id: int | None = None) -> int | None:
+        """Find a prospect already holding one of these emails (case-insensitive)."""
+        wanted = {e.lower() for e in emails if isinstance(e, str)}
+        for prospect_id, attributes in self.prospects.items():
+            if prospect_id != exclude_id and wanted & _lowered_emails(attributes):
+                return prospect_id
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The admin view used by tests to assert on side effects."""
+        return {
+            "prospects": [{"id": pid, "attributes": attrs} for pid, attrs in sorted(self.prospects.items())],
+            "mints": self.mints,
+            "creates": self.creates,
+            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "statuses": list(self.statuses),
+            "token_statuses": list(self.token_statuses),
+            "pending_faults": [fault.describe() for fault in self.faults],
+            "fault_rate": self.fault_rate,
+            "refresh_tokens": sorted(self.refresh_tokens),
+            "rate_limit": {
+                "limit": self.quota.quota,
+                "remaining": self.quota.remaining(),
+                "reset": self.quota.reset_epoch(),
+            },
+        }
+
+
+def _lowered_emails(attributes: Mapping[str, Any]) -> set[str]:
+    return {e.lower() for e in attributes.get("emails") or [] if isinstance(e, str)}
+
+
+STATE_KEY = web.AppKey("outreach_sandbox_state", SandboxState)
+
+
+def _state(request: web.Request) -> SandboxState:
+    return request.app[STATE_KEY]
+
+
+def _timestamp(now: float) -> str:
+    """Outreach's timestamp format: ISO 8601, milliseconds, ``Z``."""
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------
+# OAuth token endpoint
+# --------------------------------------------------------------------------
+
+
+def _oauth_error(status: int, error: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = {"error": error, "error_description": description}
+    return web.json_response(body, status=status, headers=dict(headers or {}))
+
+
+async def _read_token_params(request: web.Request) -> dict[str, Any]:
+    """Outreach accepts the refresh request as a form or as JSON."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+    return dict(await request.post())
+
+
+def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
+    """Apply Outreach's refresh rules in the order a client would trip over them."""
+    config = state.config
+    if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
+        return _oauth_error(401, "invalid_client", "Client authentication failed.")
+    if params.get("grant_type") != "refresh_token":
+        return _oauth_error(400, "unsupported_grant_type", "Only grant_type=refresh_token is supported here.")
+    old_token = params.get("refresh_token")
+    if not isinstance(old_token, str) or old_token not in state.refresh_tokens:
+        return _oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
+    if not state.throttle.allows(now):
+        retry = str(state.throttle.seconds_until_free(now))
+        return _oauth_error(429, "too_many_requests", "Access tokens are minted at most "
+                            f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
+    access_token, refresh_token = state.mint(old_token, now)
+    return web.json_response({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": config.token_ttl,
+        "refresh_token": refresh_token,
+        "scope": GRANTED_SCOPE,
+        "created_at": int(now),
+    })
+
+
+async def token_endpoint(request: web.Request) -> web.Response:
+    """``POST /oauth/token``: refresh with rotation, like Outreach."""
+    state = _state(request)
+    params = await _read_token_params(request)
+    response = _refresh(state, params, state.clock())
+    state.token_statuses.append(response.status)
+    return response
+
+
+# --------------------------------------------------------------------------
+# /api/v2 guards: auth, media type, body
+# --------------------------------------------------------------------------
+
+
+def _require_bearer(request: web.Request, state: SandboxState) -> None:
+    """Reject requests without a current access token, as Outreach does with 401."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and state.access_token_valid(token.strip(), state.clock()):
+        return
+    raise ApiError(401, [_error("unauthorized", "Unauthorized",
+                                "The access token is missing, invalid or expired.")])
+
+
+def _require_jsonapi_media_type(request: web.Request) -> None:
+    """Outreach answers 415 unless writes are sent as JSON:API."""
+    if request.content_type == JSONAPI_MEDIA_TYPE:
+        return
+    detail = f"Content-Type must be {JSONAPI_MEDIA_TYPE}, got {request.content_type or 'none'}."
+    raise ApiError(415, [{"id": "unsupportedMediaType", "title": "Unsupported Media Type", "details": detail}])
+
+
+async def _read_document(request: web.Request) -> dict[str, Any]:
+    _require_jsonapi_media_type(request)
+    try:
+        document = await request.json()
+    except ValueError:
+        raise ApiError(400, [_error("badRequest", "Bad Request", "The request body is not valid JSON.")]) from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
+        raise ApiError(422, [_validation_error("The document must have a data object.", "/data")])
+    return document["data"]
+
+
+def _prospect_attributes(data: Mapping[str, Any], rules: Mapping[str, AttributeRule]) -> dict[str, Any]:
+    """Check the resource type and attributes of a prospect document."""
+    if data.get("type") != "prospect":
+        raise ApiError(422, [_validation_error("type must be 'prospect'.", "/data/type")])
+    attributes = data.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise ApiError(422, [_validation_error("attributes must be an object.", "/data/attributes")])
+    errors = validate_attributes(attributes, rules)
+    if errors:
+        raise ApiError(422, errors)
+    return attributes
+
+
+def _reject_duplicate_email(state: SandboxState, attributes: Mapping[str, Any], exclude_id: int | None) -> None:
+    """Outreach's wording for an email that another prospect already has."""
+    if state.email_owner(attributes.get("emails") or [], exclude_id) is not None:
+        raise ApiError(422, [_validation_error(DUPLICATE_EMAIL_DETAIL, "/data")])
+
+
+def _resource(request: web.Request, prospect_id: int, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "prospect",
+        "id": prospect_id,
+        "attributes": dict(attributes),
+        "links": {"self": f"{request.url.origin()}/api/v2/prospects/{prospect_id}"},
+    }
+
+
+def _lookup(state: SandboxState, request: web.Request) -> tuple[int, dict[str, Any]]:
+    prospect_id = int(request.match_info["id"])
+    attributes = state.prospects.get(prospect_id)
+    if attributes is None:
+        raise _not_found(f"Could not find prospect with id {prospect_id}.")
+    return prospect_id, attributes
+
+
+def protected(handler: Handler) -> Handler:
+    """Wrap an API handler with the bearer check and JSON:API error rendering."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            _require_bearer(request, _state(request))
+            return await handler(request)
+        except ApiError as error:
+            return error.response()
+
+    return wrapped
+
+
+# --------------------------------------------------------------------------
+# Prospect handlers
+# --------------------------------------------------------------------------
+
+
+async def create_prospect(request: web.Request) -> web.Response:
+    """``POST /api/v2/prospects``: no idempotency key, duplicates get a 422."""
+    state = _state(request)
+    attributes = _prospect_attributes(await _read_document(request), state.rules)
+    _reject_duplicate_email(state, attributes, exclude_id=None)
+    now = _timestamp(state.clock())
+    prospect_id = state.next_id
+    state.next_id += 1
+    state.prospects[prospect_id] = {**attributes, "createdAt": now, "updatedAt": now}
+    state.creates += 1
+    return _jsonapi_response({"data": _resource(request, prospect_id, state.prospects[prospect_id])}, 201)
+
+
+def _page_size(request: web.Request) -> int:
+    raw = request.query.get("page[size]", str(DEFAULT_PAGE_SIZE))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise ApiError(400, [{**_error("badRequest", "Bad Request",
+                                       f"page[size] must be an integer from 1 to {MAX_PAGE_SIZE}."),
+                              "source": {"parameter": "page[size]"}}])
+    return int(raw)
+
+
+def _email_filter(request: web.Request) -> set[str] | None:
+    """Read ``filter[emails]``; unknown filters are refused so typos surface."""
+    for key in request.query:
+        if key.startswith("filter[") and key[len("filter["):-1] not in SUPPORTED_FILTERS:
+            raise ApiError(400, [{**_error("badRequest", "Bad Request", f"Unsupported filter {key}."),
+                                  "source": {"parameter": key}}])
+    raw = request.query.get("filter[emails]")
+    if raw is None:
+        return None
+    return {part.strip().lower() for part in raw.split(",") if part.strip()}
+
+
+async def list_prospects(request: web.Request) -> web.Response:
+    """``GET /api/v2/prospects?filter[emails]=...``: the upsert look-up."""
+    state = _state(request)
+    size = _page_size(request)
+    wanted = _email_filter(request)
+    matches = [(pid, attrs) for pid, attrs in sorted(state.prospects.items())
+               if wanted is None or wanted & _lowered_emails(attrs)]
+    data = [_resource(request, pid, attrs) for pid, attrs in matches[:size]]
+    return _jsonapi_response({"data": data, "meta": {"count": len(matches)}}, 200)
+
+
+async def get_prospect(request: web.Request) -> web.Response:
+    """``GET /api/v2/prospects/{id}``."""
+    state = _state(request)
+    prospect_id, attributes = _lookup(state, request)
+    return _jsonapi_response({"data": _resource(request, prospect_id, attributes)}, 200)
+
+
+def _check_patch_id(data: Mapping[str, Any], prospect_id: int) -> None:
+    """JSON:API requires the body id to name the resource in the URL."""
+    body_id = data.get("id")
+    if isinstance(body_id, bool) or str(body_id) != str(prospect_id):
+        raise ApiError(422, [_validation_error(f"data.id must be {prospect_id}.", "/data/id")])
+
+
+async def update_prospect(request: web.Request) -> web.Response:
+    """``PATCH /api/v2/prospects/{id}``: sent attributes replace stored ones, arrays whole."""
+    state = _state(request)
+    prospect_id, stored = _lookup(state, request)
+    data = await _read_document(request)
+    _check_patch_id(data, prospect_id)
+    attributes = _prospect_attributes(data, state.rules)
+    _reject_duplicate_email(state, attributes, exclude_id=prospect_id)
+    stored.update(attributes)
+    stored["updatedAt"] = _timestamp(state.clock())
+    return _jsonapi_response({"data": _resource(request, prospect_id, stored)}, 200)
+
+
+# --------------------------------------------------------------------------
+# /api/v2 middleware: quota, rate-limit headers, faults, bookkeeping
+# --------------------------------------------------------------------------
+
+
+def _rate_limit_headers(state: SandboxState) -> dict[str, str]:
+    """Outreach's three headers; Remaining may carry a second, wider bucket."""
+    remaining = state.quota.remaining()
+    value = str(remaining)
+    if state.config.two_value_remaining:
+        value = f"{remaining}, {max(0, 2 * state.quota.quota - state.quota.used)}"
+    return {
+        "X-RateLimit-Limit": str(state.quota.quota),
+        "X-RateLimit-Remaining": value,
+        "X-RateLimit-Reset": str(state.quota.reset_epoch()),
+    }
+
+
+def _quota_exceeded(state: SandboxState, now: float) -> web.Response:
+    detail = f"You have exceeded your limit of {state.quota.quota} requests per {state.quota.window:g} s."
+    headers = {"Retry-After": str(state.quota.seconds_to_reset(now))}
+    return ApiError(429, [_error("rateLimitExceeded", "Rate Limit Exceeded", detail)], headers).response()
+
+
+def _fault_response(state: SandboxState, status: int, now: float) -> web.Response:
+    """An injected error page in Outreach's error format."""
+    if status == 429:
+        return _quota_exceeded(state, now)
+    if status == 503:
+        error = _error("scheduledServerMaintenance", "Scheduled Server Maintenance",
+                       "The service is undergoing scheduled maintenance.")
+        return ApiError(503, [error], {"Retry-After": "1"}).response()
+    return ApiError(status, [_error(_camel_id(status), _phrase(status), "Injected sandbox fault.")]).response()
+
+
+def _drop(request: web.Request) -> None:
+    """Close the socket so the client sees a disconnect instead of a response."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the route, turning aiohttp's own 404/405 into JSON:API errors."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _not_found(f"No route for {request.path}.").response()
+        return ApiError(exc.status, [_error(_camel_id(exc.status), exc.reason, exc.text or exc.reason)]).response()
+
+
+async def _apply_fault(request: web.Request, handler: Handler, state: SandboxState) -> web.StreamResponse | None:
+    """Answer the request, honouring the next fault; None means the connection was dropped."""
+    fault = state.next_fault()
+    if fault is None:
+        return await _call(request, handler)
+    if fault.kind == "status":
+        return _fault_response(state, fault.status or 500, state.clock())
+    if fault.kind == "drop":
+        _drop(request)
+        return None
+    if fault.kind == "delay":
+        await asyncio.sleep(fault.seconds)
+        return await _call(request, handler)
+    await _call(request, handler)  # drop-after: the write happens, the answer is lost
+    _drop(request)
+    return None
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Quota first (a 429 never reaches the handler), then faults, then the route."""
+    if not request.path.startswith("/api/v2"):
+        return await handler(request)
+    state = _state(request)
+    now = state.clock()
+    if state.quota.consume(now):
+        response = await _apply_fault(request, handler, state)
+    else:
+        response = _quota_exceeded(state, now)
+    if response is None:
+        state.statuses.append("drop")
+        return web.Response()  # written to a closed transport; nobody receives it
+    response.headers.update(_rate_limit_headers(state))
+    state.statuses.append(response.status)
+    return response
+
+
+# --------------------------------------------------------------------------
+# Admin endpoints (no auth; for tests and demos only)
+# --------------------------------------------------------------------------
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    """``GET /_sandbox/state``: what the fake Outreach now holds and has answered."""
+    return web.json_response(_state(request).snapshot())
+
+
+def _queue_faults(state: SandboxState, body: Mapping[str, Any]) -> None:
+    """Validate every fault before queuing any, so a typo queues nothing."""
+    specs = body.get("faults", [])
+    if not isinstance(specs, list):
+        raise ValueError("faults must be a list")
+    parsed = [parse_fault(spec) for spec in specs]
+    if body.get("clear"):
+        state.faults.clear()
+    state.faults.extend(parsed)
+    if "fault_rate" in body:
+        rate = float(body["fault_rate"])
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("fault_rate must be between 0 and 1")
+        state.fault_rate = rate
+    if "fault_seed" in body:
+        state.rng = random.Random(body["fault_seed"])
+
+
+async def admin_faults(request: web.Request) -> web.Response:
+    """``POST /_sandbox/faults``: ``{"faults": [...], "clear"?, "fault_rate"?, "fault_seed"?}``."""
+    state = _state(request)
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        _queue_faults(state, body)
+    except (ValueError, TypeError) as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response({"pending_faults": [fault.describe() for fault in state.faults]})
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    """``POST /_sandbox/reset``: back to the start-up state (initial refresh token, no prospects)."""
+    state = _state(request)
+    state.reset()
+    return web.json_response(state.snapshot())
+
+
+async def admin_expire_tokens(request: web.Request) -> web.Response:
+    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
+    return web.json_response({"expired": _state(request).expire_access_tokens()})
+
+
+# --------------------------------------------------------------------------
+# App construction and serving
+# --------------------------------------------------------------------------
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    """Build the sandbox app; all state lives on the app under ``STATE_KEY``."""
+    app = web.Application(middlewares=[api_middleware])
+    app[STATE_KEY] = SandboxState(config)
+    app.router.add_post("/oauth/token", token_endpoint)
+    app.router.add_get("/api/v2/prospects", protected(list_prospects))
+    app.router.add_post("/api/v2/prospects", protected(create_prospect))
+    app.router.add_get(r"/api/v2/prospects/{id:\d+}", protected(get_prospect))
+    app.router.add_patch(r"/api/v2/prospects/{id:\d+}", protected(update_prospect))
+    app.router.add_get("/_sandbox/state", admin_state)
+    app.router.add_post("/_sandbox/faults", admin_faults)
+    app.router.add_post("/_sandbox/reset", admin_reset)
+    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    return app
+
+
+def _base_url(address: Any) -> str:
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Start serving in the running loop; port 0 picks a free port.
+
+    Returns the runner (call ``await runner.cleanup()`` to stop) and the base
+    URL, read back from the bound socket so the real port is reported.
+    """
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, _base_url(runner.addresses[0])
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+
+
+def _fault_arg(value: str) -> str:
+    try:
+        parse_fault(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SandboxConfig()
+    parser = argparse.ArgumentParser(
+        prog="signal-engine sandbox outreach",
+        description="Run a local fake of Outreach's OAuth and prospects API.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window")
+    parser.add_argument("--window", type=float, default=defaults.window, help="quota window in seconds")
+    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl, help="access token lifetime (s)")
+    parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
+                        help="access tokens per mint window; 0 disables the throttle")
+    parser.add_argument("--mint-window", type=float, default=defaults.mint_window, help="mint window in seconds")
+    parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate,
+                        help="probability of a random 500/502/503/drop per API request")
+    parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed)
+    parser.add_argument("--fault", action="append", type=_fault_arg, default=[],
+                        help="one-shot fault queued at start: STATUS, drop, drop-after or delay:SECONDS (repeatable)")
+    parser.add_argument("--client-id", default=defaults.client_id)
+    parser.add_argument("--client-secret", default=defaults.client_secret)
+    parser.add_argument("--refresh-token", default=defaults.refresh_token)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    return SandboxConfig(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        refresh_token=args.refresh_token,
+        token_ttl=args.token_ttl,
+        mint_limit=args.mint_limit,
+        mint_window=args.mint_window,
+        quota=args.quota,
+        window=args.window,
+        faults=list(args.fault),
+        fault_rate=args.fault_rate,
+        fault_seed=args.fault_seed,
+    )
+
+
+async def _wait_for_shutdown() -> None:
+    """Sleep until SIGINT/SIGTERM; where signals can't be hooked, Ctrl-C cancels us instead."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    await stop.wait()
+
+
+async def _serve(config: SandboxConfig, host: str, port: int) -> None:
+    runner, url = await start_sandbox(config, host, port)
+    try:
+        print(f"Outreach sandbox listening on {url} (client_id={config.client_id}, "
+              f"refresh_token={config.refresh_token}); press Ctrl-C to stop", flush=True)
+        await _wait_for_shutdown()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``signal-engine sandbox outreach``; returns an exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        SandboxState(config)  # validate numbers and schema before binding the port
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(_serve(config, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"Outreach sandbox could not listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
