@@ -69,6 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="log every delivery attempt to stderr")
     run.set_defaults(func=cmd_run)
 
+    dlq = sub.add_parser("dlq", help="list or replay dead letters")
+    dlq_sub = dlq.add_subparsers(metavar="ACTION")
+    for name, helptext in (("list", "print the dead letters of a preset"),
+                           ("replay", "re-send dead letters; those delivered are removed")):
+        cmd = dlq_sub.add_parser(name, help=helptext)
+        cmd.add_argument("preset", metavar="PRESET")
+        cmd.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values (replay needs credentials)")
+        cmd.add_argument("--state", metavar="DIR", default=".signal-state")
+        cmd.add_argument("--verbose", action="store_true")
+        cmd.set_defaults(func=cmd_dlq, dlq_action=name)
+
+    sandbox = sub.add_parser("sandbox", help="serve a local imitation of a destination API")
+    sandbox.add_argument("destination", choices=["outreach"])
+    sandbox.add_argument("options", nargs=argparse.REMAINDER, help="options of the sandbox (see: sandbox outreach --help)")
+    sandbox.set_defaults(func=cmd_sandbox)
+
     golden = sub.add_parser("golden", help="run golden cases and show a diff for each mismatch")
     golden.add_argument("path", nargs="?", default="golden", metavar="PATH")
     golden.add_argument("--update", action="store_true", help="rewrite the expected files with the actual output")
@@ -147,6 +163,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings_for(args, preset.settings, require=True)
     return run_delivery(preset, settings, args, read_events(args.events), emit)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from .delivery_cli import dlq_list, dlq_replay
+
+    preset = load_preset(args.preset)
+    replaying = args.dlq_action == "replay"
+    settings = _settings_for(args, preset.settings, require=replaying)
+    if replaying:
+        return dlq_replay(preset, settings, args.state, args.verbose)
+    return dlq_list(preset, settings, args.state)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox.outreach import main as sandbox_main
+
+    return sandbox_main(list(args.options))
 
 
 def cmd_golden(args: argparse.Namespace) -> int:

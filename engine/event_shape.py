@@ -27,11 +27,12 @@ def shape_problem(event: Any) -> str | None:
     """Why ``event`` is not a usable event, or None."""
     if not isinstance(event, dict):
         return f"event must be a JSON object, got {_kind(event)}"
-    kind = event.get("type")
-    if kind is None:
+    if "type" not in event:
         return "field 'type' is missing"
+    kind = event["type"]
     if kind not in EVENT_TYPES:
-        return f"field 'type': {str(kind)[:40]!r} is not one of {', '.join(EVENT_TYPES)}"
+        got = "null" if kind is None else repr(kind)[:40]
+        return f"field 'type' must be one of {', '.join(EVENT_TYPES)}, got {got}"
     if kind == "track":
         name = event.get("event")
         if not isinstance(name, str) or not name.strip():

@@ -43,7 +43,8 @@ class GoldenResult:
 
     @property
     def passed(self) -> bool:
-        return self.expected == self.actual
+        # Compared as rendered text, so key order (part of the contract) counts.
+        return self.expected is not None and render(self.expected) == render(self.actual)
 
     def diff(self) -> str:
         want = render(self.expected) if self.expected is not None else ""

@@ -185,11 +185,20 @@ class _Compiler:
         for error in _preset_validator().iter_errors(self.data):
             self._schema_problem(error)
         if self.problems:
-            # Structure must be right before semantics make sense, but syntax
-            # errors in expressions are independent: report them in the same run.
+            # Report everything in one run: expression syntax is independent
+            # of structure, and semantic checks run on whatever parts are
+            # well-formed enough to read.
             self._compile_expressions_anyway()
+            try:
+                self._compile_sections()
+            except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+                pass  # the part that broke is already reported by the schema
             self.fail_if_problems()
+        preset = self._compile_sections()
+        self.fail_if_problems()
+        return preset
 
+    def _compile_sections(self) -> Preset:
         data = self.data
         settings = {name: SettingSpec(name, s["type"], s.get("required", False), s.get("secret", False),
                                       s.get("default"), s.get("description", ""))
@@ -203,7 +212,6 @@ class _Compiler:
         self._check_events(data["events"], actions)
         auth = self._auth(data.get("auth"), settings)
         delivery = self._delivery(data["delivery"])
-        self.fail_if_problems()
         return Preset(
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
             identity=identity, consent_setting=consent_setting,

@@ -78,7 +78,9 @@ class YamlDocument:
         before = text[:offset]
         line_in_value = before.count("\n")
         col_in_line = offset - (before.rfind("\n") + 1)
-        if isinstance(value, (LiteralScalarString, FoldedScalarString)):
+        if isinstance(value, FoldedScalarString):
+            return self._locate_in_folded(start, offset)
+        if isinstance(value, LiteralScalarString):
             file_line = start.line + 1 + line_in_value
             source = self.lines[file_line - 1] if 0 < file_line <= len(self.lines) else ""
             value_line = text.splitlines()[line_in_value] if line_in_value < len(text.splitlines()) else ""
@@ -89,6 +91,19 @@ class YamlDocument:
             quoted = start.col - 1 < len(self.lines[start.line - 1]) and self.lines[start.line - 1][start.col - 1] in "\"'"
             return Location(start.line, start.col + col_in_line + (1 if quoted else 0))
         return Location(start.line + line_in_value, col_in_line + 1)
+
+    def _locate_in_folded(self, start: Location, offset: int) -> Location:
+        """Folding turns each line break into one space, so walk the source lines instead."""
+        first = start.line  # the line after the '>' indicator is the first content line
+        lines = self.lines[first:]
+        indent = next((len(l) - len(l.lstrip(" ")) for l in lines if l.strip()), 0)
+        consumed = 0
+        for i, line in enumerate(lines):
+            content = line[indent:] if line.strip() else ""
+            if offset <= consumed + len(content) or i == len(lines) - 1:
+                return Location(first + i + 1, indent + max(0, offset - consumed) + 1)
+            consumed += len(content) + 1
+        return start
 
     def _value(self, path: list[PathPart]) -> Any:
         node = self.root

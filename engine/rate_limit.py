@@ -1,0 +1,140 @@
+"""Client-side rate limiting with feedback from the destination's headers.
+
+Two mechanisms, because each alone fails:
+
+* a token bucket at the preset's conservative rate (below the destination's
+  published ceiling), so a backlog drains at a steady pace instead of as a
+  burst that earns a wall of 429s;
+* the destination's own ``Remaining``/``Reset`` headers, because the quota
+  is shared with every other app acting as the same user: when the server
+  says the window is spent, everything waits for the reset instead of
+  finding out one 429 at a time.
+
+A 429 pauses *all* sends until the reset, not just the request that got it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, Mapping
+
+Sleep = Callable[[float], Awaitable[None]]
+
+# Epoch seconds are > 1e9; anything smaller in a reset header is a delay.
+_EPOCH_THRESHOLD = 1_000_000_000
+CLOCK_SKEW_SECONDS = 1.0
+MAX_WAIT_SECONDS = 3600.0
+
+
+def first_number(value: str | None) -> float | None:
+    """The first number of a header such as ``"9999, 19988"`` (Outreach's two-value form)."""
+    if value is None:
+        return None
+    head = value.split(",")[0].strip()
+    try:
+        return float(head)
+    except ValueError:
+        return None
+
+
+def seconds_until(value: str | None, now_wall: float | None = None) -> float | None:
+    """Parse ``Retry-After`` or a reset header: delay seconds, epoch seconds, an HTTP date or an ISO timestamp."""
+    if value is None or not value.strip():
+        return None
+    now_wall = time.time() if now_wall is None else now_wall
+    number = first_number(value)
+    if number is not None:
+        delay = number - now_wall if number >= _EPOCH_THRESHOLD else number
+        return max(0.0, min(delay, MAX_WAIT_SECONDS))
+    text = value.strip()
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, min(when.timestamp() - now_wall, MAX_WAIT_SECONDS))
+
+
+class RateLimiter:
+    """Shared by every request of one engine (one destination connection)."""
+
+    def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
+                 reset_header: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        self.rate = requests / per_seconds
+        # A minute's worth of burst: enough for a handful of leads to go out at
+        # once, small enough that a backlog is paced rather than dumped.
+        self.capacity = max(1.0, min(float(requests), self.rate * 60))
+        self.tokens = self.capacity
+        self.remaining_header = remaining_header
+        self.reset_header = reset_header
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+        self._paused_until = 0.0
+        self._server_remaining: float | None = None
+        self._server_reset: float | None = None  # monotonic time of the server window's end
+        self._server_reset_raw: str | None = None
+        self._lock = asyncio.Lock()
+        self.waited_seconds = 0.0
+
+    async def acquire(self) -> None:
+        """Wait until one request may be sent, then take its slot."""
+        async with self._lock:  # FIFO: a waiting request is not overtaken
+            while True:
+                now = self._clock()
+                wait = self._paused_until - now
+                if wait <= 0 and self._server_remaining is not None and self._server_remaining < 1:
+                    if self._server_reset is not None and self._server_reset > now:
+                        wait = self._server_reset - now
+                    else:
+                        self._server_remaining = None  # the window has rolled over
+                if wait <= 0:
+                    self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+                    self._last = now
+                    if self.tokens >= 1:
+                        self.tokens -= 1
+                        if self._server_remaining is not None:
+                            self._server_remaining -= 1  # count requests still in flight
+                        return
+                    wait = (1 - self.tokens) / self.rate
+                self.waited_seconds += wait
+                await self._sleep(wait)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Learn the server's view of the window from any response."""
+        remaining = first_number(headers.get(self.remaining_header)) if self.remaining_header else None
+        reset_raw = headers.get(self.reset_header) if self.reset_header else None
+        if reset_raw is not None:
+            delay = seconds_until(reset_raw)
+            if delay is not None:
+                self._server_reset = self._clock() + delay + CLOCK_SKEW_SECONDS
+        if remaining is not None:
+            same_window = reset_raw is not None and reset_raw == self._server_reset_raw
+            if same_window and self._server_remaining is not None:
+                # Answers to concurrent requests arrive out of order: trust the lowest.
+                self._server_remaining = min(self._server_remaining, remaining)
+            else:
+                self._server_remaining = remaining
+        if reset_raw is not None:
+            self._server_reset_raw = reset_raw
+
+    def pause_for(self, seconds: float) -> None:
+        """Hold every sender for ``seconds`` (a 429, or maintenance with Retry-After)."""
+        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+    def reset_delay(self, headers: Mapping[str, str], retry_after_header: str | None) -> float | None:
+        """How long a 429 asks us to wait: Retry-After first, else the window reset."""
+        for name in (retry_after_header, self.reset_header):
+            if name and headers.get(name) is not None:
+                delay = seconds_until(headers[name])
+                if delay is not None:
+                    return delay + (CLOCK_SKEW_SECONDS if name == self.reset_header else 0.0)
+        return None
