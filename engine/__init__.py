@@ -9,4 +9,12 @@ from .outcome import Outcome
 from .pipeline import Pipeline, Prepared
 from .preset import Preset, PresetError, load_preset
 
-__all__ = ["Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "load_preset"]
+__all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "load_preset"]
+
+
+def __getattr__(name: str):  # noqa: ANN202 - lazy, so checks and dry runs never import aiohttp
+    if name == "Engine":
+        from .runtime import Engine
+
+        return Engine
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -143,7 +143,8 @@ def _settings_for(args: argparse.Namespace, preset_settings: Any, require: bool)
     return resolve(preset_settings, supplied, require=require, where=where)
 
 
-def emit(outcome: Outcome, out: TextIO = sys.stdout) -> None:
+def emit(outcome: Outcome, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so redirection and capture work
     out.write(json.dumps(outcome.to_dict(), ensure_ascii=False) + "\n")
     out.flush()
 

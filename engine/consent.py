@@ -41,3 +41,18 @@ class ConsentGate:
         granted_codes = {c.lower() for c in codes if isinstance(c, str)} if isinstance(codes, list) else set()
         return [c for c in self.required
                 if consent.get(c) is not True and not (self.aliases[c] & granted_codes)]
+
+    def denied(self, event: Mapping[str, Any]) -> bool:
+        """True only when a required category is explicitly refused (``false``), not merely absent.
+
+        Used for identify calls: traits of a person who said no are not kept,
+        while an identify without consent data is still remembered, since the
+        gate is applied again to the lead event that follows.
+        """
+        context = event.get("context")
+        consent = context.get("consent") if isinstance(context, dict) else None
+        if not isinstance(consent, dict):
+            return False
+        canonical = consent.get("canonical")
+        source = canonical if isinstance(canonical, dict) else consent
+        return any(source.get(c) is False for c in self.required)

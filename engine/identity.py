@@ -61,6 +61,13 @@ class IdentityMemory:
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
 
+    def forget(self, event: Mapping[str, Any]) -> None:
+        """Drop what is remembered for this event's ids (the person withdrew consent)."""
+        for key in self.keys:
+            ident = _id(event.get(key))
+            if ident is not None:
+                self._entries.pop((key, ident), None)
+
     def recall(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Remembered traits for this event's ids; the userId's win over the anonymousId's."""
         user_id = _id(event.get("userId"))

@@ -16,9 +16,6 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-_EMPTY = (None, "", [], {})
-
-
 class ContractViolation(Exception):
     """The mapped document breaks the output schema; ``field`` is a JSON pointer."""
 
@@ -39,7 +36,7 @@ def omit_empty(value: Any) -> Any:
 
 
 def _is_empty(value: Any) -> bool:
-    return any(value is e or (type(value) is type(e) and value == e) for e in _EMPTY)
+    return value is None or (isinstance(value, (str, list, dict)) and not value)
 
 
 @dataclass(frozen=True)

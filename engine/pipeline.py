@@ -18,7 +18,7 @@ from .normalisers import InvalidValue
 from .outcome import Outcome
 from .preset import ActionSpec, Preset
 from .redaction import MASK
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .templates import TemplateError
 from .transform import MappingInput, TransformError, build_document, normalise_traits
 
@@ -52,8 +52,12 @@ class Pipeline:
         self.settings = settings
         self.public_settings = settings.public()
         ident = preset.identity
-        self.memory = memory or IdentityMemory(ident.remember, ident.memory_limit, [t.name for t in ident.traits])
-        self.gate = preset.consent_gate(list(settings.get(preset.consent_setting) or []))
+        self.memory = memory if memory is not None else IdentityMemory(ident.remember, ident.memory_limit, [t.name for t in ident.traits])
+        categories = list(settings.get(preset.consent_setting) or [])
+        if not categories:
+            # An empty list would let every event through: fail closed, loudly.
+            raise SettingsError(f"setting {preset.consent_setting!r} must name at least one consent category")
+        self.gate = preset.consent_gate(categories)
         self._required = next(t for t in ident.traits if t.name == ident.required)
         self._template_context = {"settings": self.public_settings}
 
@@ -64,7 +68,10 @@ class Pipeline:
             return oc.dropped(index, message_id, oc.INVALID_EVENT, problem)
         kind = event["type"]
         if kind == "identify" and self.memory.keys:
-            self.memory.remember(event, merged_traits(event, {}))
+            if self.gate.denied(event):
+                self.memory.forget(event)
+            else:
+                self.memory.remember(event, merged_traits(event, {}))
 
         route = self.preset.events.route(kind, event.get("event"))
         if route is None:

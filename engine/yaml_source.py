@@ -7,6 +7,7 @@ hands the rest of the engine plain dicts and lists.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -133,6 +134,10 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
         problem = exc.problem or exc.context or "invalid YAML"
+        if "duplicate key" in problem:
+            # ruamel quotes both values; in a settings file those may be secrets.
+            key = re.search(r'duplicate key "(.*?)"', problem)
+            problem = f"duplicate key {key.group(1)!r}" if key else "duplicate key"
         raise YamlSourceError(f"{shown}:{where}: {problem}") from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
