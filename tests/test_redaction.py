@@ -1,0 +1,69 @@
+"""The redactor: known secrets are masked wherever they appear."""
+
+from __future__ import annotations
+
+from engine.redaction import MASK, Redactor
+
+SECRET = "cs-0123456789abcdef"
+REFRESH = "rt-fedcba9876543210"
+ACCESS = "at-AAAABBBBCCCCDDDD"
+
+
+def test_masks_secrets_inside_strings() -> None:
+    redactor = Redactor([SECRET, REFRESH])
+    assert redactor.redact(f"client_secret={SECRET}&refresh_token={REFRESH}") == (
+        f"client_secret={MASK}&refresh_token={MASK}")
+    assert redactor.redact(f"{SECRET}{SECRET}") == MASK + MASK
+    assert redactor.redact("nothing to hide") == "nothing to hide"
+
+
+def test_masks_secrets_in_nested_structures() -> None:
+    redactor = Redactor([SECRET, REFRESH])
+    value = {
+        "headers": {"Authorization": f"Bearer {SECRET}", "Accept": "application/vnd.api+json"},
+        "body": [{"grant": "refresh_token", "token": REFRESH}, [f"x {SECRET} y", 42, None, True]],
+        SECRET: "a secret used as a key",
+        "n": 3.5,
+    }
+    assert redactor.redact(value) == {
+        "headers": {"Authorization": f"Bearer {MASK}", "Accept": "application/vnd.api+json"},
+        "body": [{"grant": "refresh_token", "token": MASK}, [f"x {MASK} y", 42, None, True]],
+        MASK: "a secret used as a key",
+        "n": 3.5,
+    }
+    # The input is left untouched.
+    assert value["headers"]["Authorization"] == f"Bearer {SECRET}"
+
+
+def test_secrets_learnt_later_are_masked_too() -> None:
+    redactor = Redactor([SECRET])
+    assert redactor.redact(ACCESS) == ACCESS
+    redactor.add(ACCESS)  # a freshly minted access token
+    assert redactor.redact({"access_token": ACCESS}) == {"access_token": MASK}
+
+
+def test_longest_secret_is_masked_first() -> None:
+    short = "abcdef12"
+    long = short + "-rotated"
+    redactor = Redactor([short, long])
+    assert redactor.redact(f"old={short} new={long}") == f"old={MASK} new={MASK}"
+    assert "-rotated" not in redactor.redact(long)
+
+
+def test_very_short_and_empty_values_are_not_treated_as_secrets() -> None:
+    redactor = Redactor(["", "abc", "12345", None])  # type: ignore[list-item]
+    assert redactor.redact("abc 12345 text") == "abc 12345 text"
+    redactor.add("123456")
+    assert redactor.redact("id 123456") == f"id {MASK}"
+
+
+def test_without_secrets_values_pass_through() -> None:
+    value = {"a": ["b", {"c": "d"}]}
+    assert Redactor().redact(value) == value
+
+
+def test_non_string_scalars_are_kept() -> None:
+    redactor = Redactor([SECRET])
+    assert redactor.redact(123456789) == 123456789
+    assert redactor.redact(None) is None
+    assert redactor.redact([1.5, False]) == [1.5, False]
