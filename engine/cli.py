@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator, TextIO
@@ -46,9 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
+_LOCATED = re.compile(r"^\S+:\d+(:\d+)?: ")
+
+
 def _located(line: str) -> bool:
-    head = line.split(":", 1)[0]
-    return head.endswith((".yaml", ".yml", ".json", ".ndjson"))
+    """Lines that already start with file:line speak for themselves."""
+    return bool(_LOCATED.match(line))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +119,7 @@ def read_events(path: str) -> Iterator[tuple[int, Any, str | None]]:
         stream = sys.stdin
     else:
         try:
-            stream = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+            stream = open(path, encoding="utf-8-sig")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
     try:

@@ -23,8 +23,9 @@ EVAL_MAX_DEPTH = 400
 class ExpressionError(Exception):
     """A JSONata expression failed to compile or evaluate.
 
-    ``position`` is the 0-based character offset inside the expression when the
-    implementation reports one, so a loader can turn it into file:line:col.
+    ``position`` is where the implementation reports the error: the offset
+    just past the offending token (so the token ends at ``position - 1``),
+    which a loader turns into file:line:col.
     """
 
     def __init__(self, message: str, position: int | None = None) -> None:

@@ -77,6 +77,8 @@ def check_url(value: str) -> str | None:
         return "must be an http(s) URL such as https://api.example.com"
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         return "plain http is accepted only for loopback hosts (127.0.0.1, ::1, localhost); use https"
+    if parts.username or parts.password:
+        return "must not contain credentials (they would show in every request URL)"
     if parts.query or parts.fragment:
         return "must not contain a query or fragment"
     return None
@@ -125,6 +127,9 @@ def _coerce(spec: SettingSpec, value: Any, place: str) -> Any:
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise SettingsError(f"{label} must be a list of strings")
+        if not value:
+            # An empty list is almost always an unset ${VAR}; for consent it would open the gate.
+            raise SettingsError(f"{label} must list at least one value")
         return value
     if spec.type == "integer":
         if isinstance(value, bool) or not isinstance(value, int):

@@ -80,7 +80,9 @@ class YamlDocument:
         line_in_value = before.count("\n")
         col_in_line = offset - (before.rfind("\n") + 1)
         if isinstance(value, FoldedScalarString):
-            return self._locate_in_folded(start, offset)
+            first = start.line + 1  # the line after the '>' indicator
+            indent = next((len(l) - len(l.lstrip(" ")) for l in self.lines[start.line:] if l.strip()), 0)
+            return self._walk_folded(first, indent, offset, indent)
         if isinstance(value, LiteralScalarString):
             file_line = start.line + 1 + line_in_value
             source = self.lines[file_line - 1] if 0 < file_line <= len(self.lines) else ""
@@ -88,23 +90,32 @@ class YamlDocument:
             # YAML strips the block's own indentation from the value; add it back.
             block_indent = (len(source) - len(source.lstrip(" "))) - (len(value_line) - len(value_line.lstrip(" ")))
             return Location(file_line, max(block_indent, 0) + col_in_line + 1)
-        if line_in_value == 0:
-            quoted = start.col - 1 < len(self.lines[start.line - 1]) and self.lines[start.line - 1][start.col - 1] in "\"'"
-            return Location(start.line, start.col + col_in_line + (1 if quoted else 0))
-        return Location(start.line + line_in_value, col_in_line + 1)
+        source = self.lines[start.line - 1] if 0 < start.line <= len(self.lines) else ""
+        quoted = start.col - 1 < len(source) and source[start.col - 1] in "\"'"
+        # Plain and quoted scalars fold like '>' blocks when they span lines.
+        return self._walk_folded(start.line, start.col - 1 + (1 if quoted else 0), offset, None)
 
-    def _locate_in_folded(self, start: Location, offset: int) -> Location:
-        """Folding turns each line break into one space, so walk the source lines instead."""
-        first = start.line  # the line after the '>' indicator is the first content line
-        lines = self.lines[first:]
-        indent = next((len(l) - len(l.lstrip(" ")) for l in lines if l.strip()), 0)
+    def _walk_folded(self, first_line: int, first_col: int, offset: int, indent: int | None) -> Location:
+        """Map an offset in a folded value (each line break became one space) back to the source.
+
+        A blank source line adds nothing: it turns the preceding break into
+        the newline it stands for. ``indent`` is the block's indentation, or
+        None for flow scalars whose continuation lines are simply stripped.
+        """
         consumed = 0
-        for i, line in enumerate(lines):
-            content = line[indent:] if line.strip() else ""
-            if offset <= consumed + len(content) or i == len(lines) - 1:
-                return Location(first + i + 1, indent + max(0, offset - consumed) + 1)
+        for line_no in range(first_line, len(self.lines) + 1):
+            raw = self.lines[line_no - 1]
+            if line_no == first_line:
+                col = first_col
+            elif not raw.strip():
+                continue
+            else:
+                col = indent if indent is not None else len(raw) - len(raw.lstrip(" "))
+            content = raw[col:].rstrip()
+            if offset <= consumed + len(content):
+                return Location(line_no, col + (offset - consumed) + 1)
             consumed += len(content) + 1
-        return start
+        return Location(first_line, first_col + 1)
 
     def _value(self, path: list[PathPart]) -> Any:
         node = self.root

@@ -181,8 +181,6 @@ def test_jsonata_syntax_error_in_folded_block_is_located_at_the_offending_charac
                                "JSONata syntax error")
 
 
-@pytest.mark.xfail(strict=True, reason="yaml_source.YamlDocument._locate_in_folded counts a blank line inside a "
-                                       "folded block as an extra character, so the column is one too small")
 def test_jsonata_syntax_error_in_folded_block_with_a_blank_line(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_preset(tmp_path, ("found: data[0]", "found: >-\n          data[0]\n\n          .x + ]"))
@@ -195,9 +193,6 @@ def test_jsonata_syntax_error_in_folded_block_with_a_blank_line(
                                "JSONata syntax error")
 
 
-@pytest.mark.xfail(strict=True, reason="yaml_source.YamlDocument.locate_in_scalar handles only block scalars "
-                                       "across lines; a multi-line plain scalar is folded by YAML, so the error "
-                                       "is reported on the key's line at a column past its end")
 def test_jsonata_syntax_error_in_multi_line_plain_scalar(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     path = write_preset(tmp_path, ("found: data[0]", "found: data[0]\n          .x\n          + ]"))

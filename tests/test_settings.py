@@ -260,8 +260,6 @@ def test_mapping_input_settings_are_the_public_ones(specs: Any) -> None:
     assert "s3cr3t-client-value" not in dumped and "rt-abcdef-123456" not in dumped
 
 
-@pytest.mark.xfail(strict=True, reason="settings._coerce turns an empty string_list text into [], which silently "
-                                       "switches the consent gate off (every event then passes)")
 def test_empty_consent_categories_text_does_not_disable_the_consent_gate(specs: Any) -> None:
     preset = load_preset("outreach/lead-capture")
     try:
