@@ -86,7 +86,8 @@ class Pipeline:
         try:
             key = spec.normalise(raw.get(spec.name), raw, spec.option) if spec.normalise else raw.get(spec.name)
         except InvalidValue as exc:
-            reason = oc.INVALID_EMAIL if spec.name == "email" or "email" in spec.normalise.__name__ else oc.INVALID_EVENT
+            # The drop reason follows the normaliser that refused the value.
+            reason = oc.INVALID_EMAIL if spec.kind == "email" else oc.INVALID_EVENT
             return oc.dropped(index, message_id, reason, f"trait '{spec.name}': {exc}")
         if key is None:
             return oc.dropped(index, message_id, oc.NOT_IDENTIFIED, f"no '{spec.name}' trait on the event or remembered for its user")

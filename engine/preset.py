@@ -43,6 +43,7 @@ class TraitSpec:
     name: str
     normalise: Callable[..., Any] | None
     option: str | None  # e.g. region_from for phone_e164
+    kind: str | None = None  # the normaliser's name in the preset
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class _Compiler:
                 self.problem(["identity", "traits", name, "region_from"], "only phone_e164 takes region_from")
             if option is not None and option not in spec["traits"]:
                 self.problem(["identity", "traits", name, "region_from"], f"{option!r} is not a declared trait")
-            traits.append(TraitSpec(name, NORMALISERS[kind] if kind else None, option))
+            traits.append(TraitSpec(name, NORMALISERS[kind] if kind else None, option, kind))
         if spec["required"] not in spec["traits"]:
             self.problem(["identity", "required"], f"{spec['required']!r} is not a declared trait")
         return IdentitySpec(spec["required"], tuple(traits), tuple(spec.get("remember", ["userId", "anonymousId"])),

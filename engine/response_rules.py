@@ -32,7 +32,8 @@ class Answer:
                 ids.append(body["error"])
                 if isinstance(body.get("error_description"), str):
                     texts.append(body["error_description"])
-            for err in body.get("errors") or [] if isinstance(body.get("errors"), list) else []:
+            errors = body.get("errors")
+            for err in errors if isinstance(errors, list) else []:
                 if not isinstance(err, Mapping):
                     continue
                 if isinstance(err.get("id"), str):
