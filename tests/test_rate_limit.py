@@ -1,0 +1,326 @@
+"""Rate-limit header parsing and the client-side limiter, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from engine.rate_limit import CLOCK_SKEW_SECONDS, MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
+
+NOW = 1_750_000_000.0  # a fixed wall clock, in epoch seconds
+
+
+class FakeTime:
+    """A monotonic clock that moves only when someone sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        # Like a real clock, time moves on a little even for a tiny sleep; a
+        # wait below the float resolution at this magnitude would otherwise
+        # never elapse and the limiter would spin.
+        self.now += max(0.0, delay) + 1e-9
+        await asyncio.sleep(0)
+
+
+def limiter(clock: FakeTime, requests: int = 10, per_seconds: float = 10.0) -> RateLimiter:
+    return RateLimiter(requests, per_seconds, remaining_header="X-RateLimit-Remaining",
+                       reset_header="X-RateLimit-Reset", clock=clock.monotonic, sleep=clock.sleep)
+
+
+async def acquire_times(rl: RateLimiter, clock: FakeTime, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        await rl.acquire()
+        times.append(clock.now)
+    return times
+
+
+# --------------------------------------------------------------------------
+# header parsing
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("9999, 19988", 9999.0),
+    ("9999,19988", 9999.0),
+    ("  42 ", 42.0),
+    ("0", 0.0),
+    ("1.5", 1.5),
+    (None, None),
+    ("", None),
+    ("abc", None),
+    ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+])
+def test_first_number(value: str | None, expected: float | None) -> None:
+    assert first_number(value) == expected
+
+
+def test_seconds_until_delay_seconds() -> None:
+    assert seconds_until("120", NOW) == 120.0
+    assert seconds_until("0", NOW) == 0.0
+    assert seconds_until("2.5", NOW) == 2.5
+
+
+def test_seconds_until_epoch_seconds() -> None:
+    assert seconds_until(str(int(NOW) + 90), NOW) == pytest.approx(90.0)
+    assert seconds_until(f"{int(NOW) + 30}, {int(NOW) + 3600}", NOW) == pytest.approx(30.0)
+
+
+def test_seconds_until_http_date() -> None:
+    assert seconds_until(email.utils.formatdate(NOW + 45, usegmt=True), NOW) == pytest.approx(45.0)
+    assert seconds_until("Wed, 21 Oct 2015 07:28:00 GMT",
+                         datetime(2015, 10, 21, 7, 27, 30, tzinfo=timezone.utc).timestamp()) == pytest.approx(30.0)
+
+
+def test_seconds_until_iso_timestamp() -> None:
+    when = datetime.fromtimestamp(NOW + 600, tz=timezone.utc)
+    assert seconds_until(when.strftime("%Y-%m-%dT%H:%M:%SZ"), NOW) == pytest.approx(600.0)
+    assert seconds_until(when.isoformat(), NOW) == pytest.approx(600.0)
+    # Naive timestamps are read as UTC.
+    assert seconds_until(when.replace(tzinfo=None).isoformat(), NOW) == pytest.approx(600.0)
+    # An offset is honoured.
+    assert seconds_until("2025-06-15T12:00:30+02:00",
+                         datetime(2025, 6, 15, 10, 0, 0, tzinfo=timezone.utc).timestamp()) == pytest.approx(30.0)
+
+
+def test_seconds_until_uses_the_real_wall_clock_by_default() -> None:
+    assert seconds_until(str(int(time.time()) + 100)) == pytest.approx(100.0, abs=1.5)
+
+
+@pytest.mark.parametrize("value", [str(int(NOW) - 50), "Wed, 21 Oct 2015 07:28:00 GMT", "2001-01-01T00:00:00Z", "-5"])
+def test_seconds_until_never_goes_negative(value: str) -> None:
+    assert seconds_until(value, NOW) == 0.0
+
+
+@pytest.mark.parametrize("value", ["999999", str(int(NOW) + 10 * 86400)])
+def test_seconds_until_is_capped(value: str) -> None:
+    assert seconds_until(value, NOW) == MAX_WAIT_SECONDS
+
+
+@pytest.mark.parametrize("value", [None, "", "   ", "soon", "next tuesday"])
+def test_seconds_until_unparseable(value: str | None) -> None:
+    assert seconds_until(value, NOW) is None
+
+
+def test_reset_delay_prefers_retry_after_and_adds_skew_to_the_reset() -> None:
+    rl = limiter(FakeTime())
+    reset = str(int(time.time()) + 30)
+    assert rl.reset_delay({"Retry-After": "5", "X-RateLimit-Reset": reset}, "Retry-After") == 5.0
+    assert rl.reset_delay({"X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30 + CLOCK_SKEW_SECONDS, abs=1.1)
+    assert rl.reset_delay({"Retry-After": "junk", "X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(
+        30 + CLOCK_SKEW_SECONDS, abs=1.1)
+    assert rl.reset_delay({}, "Retry-After") is None
+
+
+# --------------------------------------------------------------------------
+# token bucket
+# --------------------------------------------------------------------------
+
+
+def test_bursts_up_to_capacity_then_paces_at_the_rate() -> None:
+    clock = FakeTime()
+    rl = limiter(clock, requests=10, per_seconds=10)  # 1 request/s, capacity 10
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 14))
+
+    assert rl.capacity == 10
+    assert times[:10] == [start] * 10  # the burst goes out at once
+    assert [t - start for t in times[10:]] == pytest.approx([1.0, 2.0, 3.0, 4.0])
+    assert rl.waited_seconds == pytest.approx(4.0)
+
+
+def test_preset_rate_gives_a_minute_of_burst() -> None:
+    clock = FakeTime()
+    rl = limiter(clock, requests=9000, per_seconds=3600)  # 2.5/s
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 152))
+
+    assert rl.capacity == pytest.approx(150.0)
+    assert times[149] == start
+    assert times[150] - start == pytest.approx(0.4)
+    assert times[151] - start == pytest.approx(0.8)
+
+
+def test_bucket_refills_while_idle_but_not_beyond_capacity() -> None:
+    clock = FakeTime()
+    rl = limiter(clock, requests=10, per_seconds=10)
+
+    async def scenario() -> list[float]:
+        await acquire_times(rl, clock, 10)
+        clock.now += 1000  # a long idle period
+        start = clock.now
+        times = await acquire_times(rl, clock, 11)
+        return [t - start for t in times]
+
+    offsets = asyncio.run(scenario())
+
+    assert offsets[:10] == [0.0] * 10
+    assert offsets[10] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------
+# feedback from the server
+# --------------------------------------------------------------------------
+
+
+def test_remaining_zero_waits_until_the_server_reset() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 20)})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start == pytest.approx(20 + CLOCK_SKEW_SECONDS, abs=1.1)
+
+    # The window rolled over: the next request goes at once.
+    before = clock.now
+    asyncio.run(rl.acquire())
+    assert clock.now == before
+
+
+def test_two_value_remaining_header_uses_the_first() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "0, 19988", "X-RateLimit-Reset": str(int(time.time()) + 10)})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start >= 9
+
+
+def test_remaining_without_reset_does_not_block_forever() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "0"})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now == start
+
+
+def test_remaining_above_zero_does_not_wait() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "9999, 19988", "X-RateLimit-Reset": str(int(time.time()) + 3000)})
+    start = clock.now
+
+    asyncio.run(acquire_times(rl, clock, 5))
+
+    assert clock.now == start
+
+
+def test_in_flight_requests_count_against_the_servers_remaining() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "2", "X-RateLimit-Reset": str(int(time.time()) + 100)})
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 3))
+
+    assert times[0] == times[1] == start  # the two the server still allows
+    assert times[2] - start == pytest.approx(100 + CLOCK_SKEW_SECONDS, abs=1.1)
+
+
+def test_out_of_order_answers_in_one_window_keep_the_lowest_remaining() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    reset = str(int(time.time()) + 100)
+    rl.observe({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": reset})
+    rl.observe({"X-RateLimit-Remaining": "8", "X-RateLimit-Reset": reset})  # an older answer arriving late
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 2))
+
+    assert times[0] == start
+    assert times[1] - start >= 99
+
+
+def test_a_new_window_replaces_the_remaining_count() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 100)})
+    rl.observe({"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": str(int(time.time()) + 3700)})
+    start = clock.now
+
+    asyncio.run(acquire_times(rl, clock, 3))
+
+    assert clock.now == start
+
+
+def test_headers_the_limiter_was_not_told_about_are_ignored() -> None:
+    clock = FakeTime()
+    rl = RateLimiter(10, 10, clock=clock.monotonic, sleep=clock.sleep)  # no header names configured
+    rl.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 100)})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now == start
+
+
+# --------------------------------------------------------------------------
+# pauses
+# --------------------------------------------------------------------------
+
+
+def test_pause_for_holds_every_acquirer() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    start = clock.now
+    released: list[float] = []
+
+    async def one() -> None:
+        await rl.acquire()
+        released.append(clock.now)
+
+    async def scenario() -> None:
+        rl.pause_for(5)
+        await asyncio.gather(*(one() for _ in range(4)))
+
+    asyncio.run(scenario())
+
+    assert len(released) == 4
+    assert all(t - start >= 5 for t in released)
+    assert max(released) - start == pytest.approx(5.0)  # the bucket still had tokens: no extra wait
+
+
+def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    start = clock.now
+    rl.pause_for(10)
+    rl.pause_for(3)
+    rl.pause_for(-4)
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start == pytest.approx(10.0)
+    assert rl.waited_seconds == pytest.approx(10.0)
+
+
+def test_pause_for_zero_does_not_wait() -> None:
+    clock = FakeTime()
+    rl = limiter(clock)
+    start = clock.now
+    rl.pause_for(0)
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now == start
+    assert clock.sleeps == []
