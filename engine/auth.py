@@ -18,9 +18,10 @@ import json
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
+from multidict import CIMultiDict
 
 from .preset import AuthSpec, RetrySpec
 from .rate_limit import seconds_until
@@ -33,7 +34,11 @@ from .token_store import StoredTokens, TokenStore
 log = logging.getLogger("signal_engine.auth")
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
+MIN_EXPIRY_MARGIN_SECONDS = 5.0
 THROTTLE_WAIT_SECONDS = 60.0
+# After minting gave up, events arriving within this window fail at once
+# (and are dead-lettered for replay) instead of each retrying the endpoint.
+FAILURE_COOLDOWN_SECONDS = 30.0
 
 
 class AuthFailure(Exception):
@@ -68,14 +73,20 @@ class RefreshTokenAuth:
         self._access: str | None = None
         self._expires_at = 0.0
         if stored and stored.access_token and stored.access_expires_at:
-            left = stored.access_expires_at - time.time() - spec.refresh_before_expiry
+            lifetime_left = stored.access_expires_at - time.time()
+            left = lifetime_left - self._margin(lifetime_left)
             if left > 0:
                 self._access, self._expires_at = stored.access_token, clock() + left
         for secret in (self._client_secret, self._configured, self._refresh, self._access):
             redactor.add(secret)
         self._lock = asyncio.Lock()
         self._broken: AuthFailure | None = None
+        self._recent_failure: tuple[AuthFailure, float] | None = None
         self.mints = 0
+
+    def _margin(self, lifetime: float) -> float:
+        """Refresh this long before expiry: the preset's margin, but never more than half a short lifetime."""
+        return max(MIN_EXPIRY_MARGIN_SECONDS, min(self.spec.refresh_before_expiry, lifetime / 2))
 
     def header_value(self, token: str) -> str:
         return self.spec.value.replace("{access_token}", token)
@@ -104,6 +115,17 @@ class RefreshTokenAuth:
     async def _mint(self, session: aiohttp.ClientSession) -> None:
         if self._broken is not None:
             raise self._broken
+        if self._recent_failure is not None and self._clock() - self._recent_failure[1] < FAILURE_COOLDOWN_SECONDS:
+            raise self._recent_failure[0]
+        try:
+            await self._mint_with_retries(session)
+        except AuthFailure as exc:
+            if not exc.fatal:
+                self._recent_failure = (exc, self._clock())
+            raise
+        self._recent_failure = None
+
+    async def _mint_with_retries(self, session: aiohttp.ClientSession) -> None:
         attempt = 0
         while True:
             attempt += 1
@@ -132,7 +154,7 @@ class RefreshTokenAuth:
             log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(message), delay)
             await self._sleep(delay)
 
-    async def _post(self, session: aiohttp.ClientSession) -> tuple[int | None, Any, dict[str, str]]:
+    async def _post(self, session: aiohttp.ClientSession) -> tuple[int | None, Any, Mapping[str, str]]:
         form = {"grant_type": "refresh_token", "client_id": self._client_id,
                 "client_secret": self._client_secret, "refresh_token": self._refresh}
         try:
@@ -142,10 +164,10 @@ class RefreshTokenAuth:
                     body: Any = json.loads(text) if text else None
                 except ValueError:
                     body = text[:500]
-                return resp.status, body, dict(resp.headers)
+                return resp.status, body, CIMultiDict(resp.headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             log.warning("auth: token endpoint unreachable: %s", self.redactor.redact(str(exc) or type(exc).__name__))
-            return None, None, {}
+            return None, None, CIMultiDict()
 
     def _accept(self, body: dict[str, Any]) -> None:
         access = body["access_token"]
@@ -163,8 +185,7 @@ class RefreshTokenAuth:
         except OSError as exc:
             log.error("auth: could not persist the rotated refresh token (%s); it is kept in memory "
                       "only and will be lost when this process exits", type(exc).__name__)
-        margin = min(self.spec.refresh_before_expiry, lifetime / 2)
         self._access = access
-        self._expires_at = self._clock() + lifetime - margin
+        self._expires_at = self._clock() + lifetime - self._margin(lifetime)
         self.mints += 1
         log.info("auth: minted an access token valid for %ds", int(lifetime))

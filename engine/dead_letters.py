@@ -26,7 +26,9 @@ class DeadLetterStore(Protocol):
     def replace(self, entries: Iterable[dict[str, Any]]) -> None: ...
 
 
-def entry_for(preset: str, action: str, outcome: Outcome, event: Any = None) -> dict[str, Any]:
+def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any]) -> dict[str, Any]:
+    """``request`` is the event's *first* request (masked), not the last one tried: a
+    replay must start from the create, so that an upsert runs whole again."""
     return {
         "id": uuid.uuid4().hex,
         "preset": preset,
@@ -37,7 +39,8 @@ def entry_for(preset: str, action: str, outcome: Outcome, event: Any = None) -> 
         "cause": outcome.cause,
         "detail": outcome.detail,
         "attempts": outcome.attempts,
-        "request": outcome.request,
+        "request": request,
+        "last_request": outcome.request,
         "last_response": outcome.response,
     }
 

@@ -24,7 +24,10 @@ from typing import Awaitable, Callable, Mapping
 Sleep = Callable[[float], Awaitable[None]]
 
 # Epoch seconds are > 1e9; anything smaller in a reset header is a delay.
+# Above 1e12 it can only be epoch milliseconds (the unit is not documented).
 _EPOCH_THRESHOLD = 1_000_000_000
+_EPOCH_MS_THRESHOLD = 1_000_000_000_000
+MIN_WAIT_SECONDS = 0.001  # below this a float clock may not move: never spin
 CLOCK_SKEW_SECONDS = 1.0
 MAX_WAIT_SECONDS = 3600.0
 
@@ -47,6 +50,8 @@ def seconds_until(value: str | None, now_wall: float | None = None) -> float | N
     now_wall = time.time() if now_wall is None else now_wall
     number = first_number(value)
     if number is not None:
+        if number >= _EPOCH_MS_THRESHOLD:
+            number /= 1000.0
         delay = number - now_wall if number >= _EPOCH_THRESHOLD else number
         return max(0.0, min(delay, MAX_WAIT_SECONDS))
     text = value.strip()
@@ -82,6 +87,7 @@ class RateLimiter:
         self._server_remaining: float | None = None
         self._server_reset: float | None = None  # monotonic time of the server window's end
         self._server_reset_raw: str | None = None
+        self._in_flight = 0  # acquired, answer not yet observed
         self._lock = asyncio.Lock()
         self.waited_seconds = 0.0
 
@@ -101,16 +107,26 @@ class RateLimiter:
                     self._last = now
                     if self.tokens >= 1:
                         self.tokens -= 1
+                        self._in_flight += 1
                         if self._server_remaining is not None:
-                            self._server_remaining -= 1  # count requests still in flight
+                            self._server_remaining -= 1  # spent as soon as it is sent
                         return
                     wait = (1 - self.tokens) / self.rate
+                wait = max(wait, MIN_WAIT_SECONDS)
                 self.waited_seconds += wait
                 await self._sleep(wait)
 
     def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn the server's view of the window from any response."""
+        """Close one acquired request and learn the server's view of the window from its answer.
+
+        Call it once per :meth:`acquire`, with empty headers when no answer came.
+        The server's Remaining does not yet count the requests still in
+        flight, so they are subtracted from it.
+        """
+        self._in_flight = max(0, self._in_flight - 1)
         remaining = first_number(headers.get(self.remaining_header)) if self.remaining_header else None
+        if remaining is not None:
+            remaining -= self._in_flight
         reset_raw = headers.get(self.reset_header) if self.reset_header else None
         if reset_raw is not None:
             delay = seconds_until(reset_raw)

@@ -16,6 +16,7 @@ import collections
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
@@ -42,7 +43,8 @@ class Engine:
                  token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
                  on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
                  session: aiohttp.ClientSession | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.preset = preset
         self.settings = settings
         self.state_dir = Path(state) / preset.name if state is not None else None
@@ -81,10 +83,10 @@ class Engine:
                 pass  # a damaged memory only costs joins, never events
         self.pipeline = Pipeline(preset, settings, memory)
         self.auth = (RefreshTokenAuth(auth, settings, token_store, self.redactor, preset.delivery.retries,
-                                      sleep=sleep, rng=self._rng) if auth is not None else None)
+                                      clock=clock, sleep=sleep, rng=self._rng) if auth is not None else None)
         rl = preset.delivery.rate_limit
         self.limiter = RateLimiter(rl.requests, rl.per_seconds, remaining_header=rl.remaining_header,
-                                   reset_header=rl.reset_header, sleep=sleep)
+                                   reset_header=rl.reset_header, clock=clock, sleep=sleep)
 
     @classmethod
     def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":
@@ -164,22 +166,26 @@ class Engine:
     async def replay_dead_letters(self) -> list[Outcome]:
         """Re-send every dead letter of this preset; keep only those that still do not succeed."""
         await self.start()
-        entries = self.dead_letters.entries()
-        mine = [e for e in entries if e.get("preset") == self.preset.name]
-        others = [e for e in entries if e.get("preset") != self.preset.name]
-        prepared_list = [self._prepared_from_letter(e) for e in mine]
-        results = await asyncio.gather(*(self._deliver(p, record=False) for p in prepared_list if p is not None))
-        keep: list[dict[str, Any]] = list(others)
-        it = iter(results)
-        for entry, prepared in zip(mine, prepared_list):
-            if prepared is None:
-                keep.append(entry)
-                continue
-            result = next(it)
-            if result.outcome != oc.DELIVERED:
-                keep.append({**entry, "cause": result.cause, "detail": result.detail, "last_response": result.response,
-                             "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
-        self.dead_letters.replace(keep)
+        mine = [e for e in self.dead_letters.entries() if e.get("preset") == self.preset.name]
+        jobs = [(entry, self._prepared_from_letter(entry)) for entry in mine]
+        runnable = [(entry, prepared) for entry, prepared in jobs if prepared is not None]
+        results = await asyncio.gather(*(self._deliver(prepared, record=False) for _, prepared in runnable))
+        # id -> the updated letter, or None once delivered
+        settled: dict[Any, dict[str, Any] | None] = {}
+        for (entry, _), result in zip(runnable, results):
+            settled[entry.get("id")] = None if result.outcome == oc.DELIVERED else {
+                **entry, "cause": result.cause, "detail": result.detail, "last_request": result.request,
+                "last_response": result.response, "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)}
+        # Rewrite from a fresh read so letters added while the replay ran are kept;
+        # there is no await between this read and the write.
+        fresh = []
+        for entry in self.dead_letters.entries():
+            key = entry.get("id")
+            if key not in settled:
+                fresh.append(entry)
+            elif settled[key] is not None:
+                fresh.append(settled[key])
+        self.dead_letters.replace(fresh)
         return list(results)
 
     # -- internals ------------------------------------------------------------
@@ -191,7 +197,8 @@ class Engine:
             async with self._slots:
                 result = await self._sender.deliver(prepared)
             if record and result.outcome == oc.DEAD_LETTERED:
-                self.dead_letters.append(entry_for(self.preset.name, prepared.action.name, result))
+                self.dead_letters.append(entry_for(self.preset.name, prepared.action.name, result,
+                                                   self._sender.original_request(prepared)))
             return self._finish(result)
         finally:
             self._inflight -= 1

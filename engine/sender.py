@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
+from multidict import CIMultiDict
 
 from . import outcome as oc
 from .auth import AuthFailure, RefreshTokenAuth
@@ -160,7 +161,7 @@ class Sender:
             async with self.session.request(method, url, data=data, params=params, headers=send_headers) as resp:
                 text = await resp.text(errors="replace")
                 exchange.status = resp.status
-                exchange.headers = {k: v for k, v in resp.headers.items()}
+                exchange.headers = CIMultiDict(resp.headers)  # header names are case-insensitive
                 exchange.response_body = _parse_body(text)
         except asyncio.TimeoutError:
             exchange.transport_error, exchange.error_text = "timeout", f"no answer within {self.delivery.timeout_seconds:g}s"
@@ -237,6 +238,10 @@ class Sender:
         return Outcome(prepared.index, prepared.message_id, oc.FAILED, cause=cause, detail=self.redactor.redact(detail),
                        request=self._request_view(prepared, ex), response=self.redactor.redact(ex.response_view()) if ex else None,
                        attempts=attempts)
+
+    def original_request(self, prepared: Prepared) -> dict[str, Any]:
+        """The first request of the event (masked): what a replay must start from."""
+        return self._request_view(prepared, None)
 
     def _request_view(self, prepared: Prepared, ex: Exchange | None) -> dict[str, Any]:
         """The last request sent, as a person may see it (credential masked)."""

@@ -789,7 +789,7 @@ def test_rotated_refresh_token_is_persisted_before_the_api_call(wire: Wire, cloc
 def test_next_engine_mints_with_the_rotated_token_when_the_access_token_is_stale(
         wire: Wire, clock: FakeTime, tmp_path: Path) -> None:
     path = tmp_path / "tokens.json"
-    wire.token(ACCESS, ROTATED, expires_in=200)  # shorter than refresh_before_expiry: stale for the next run
+    wire.token(ACCESS, ROTATED, expires_in=4)  # within the minimum expiry margin: stale for the next run
     wire.create(201)
     run(deliver(make_engine(clock, token_store=FileTokenStore(path)), lead()))
 
@@ -1026,17 +1026,10 @@ def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: Fake
 
 
 # --------------------------------------------------------------------------
-# known defects (kept failing until fixed)
+# defects found and fixed: header case, upsert replay, replay vs new letters
 # --------------------------------------------------------------------------
 
 
-_LOWER_CASE = pytest.mark.xfail(strict=True, reason=(
-    "sender.Sender._http and auth.RefreshTokenAuth._post copy response headers into a plain dict, so "
-    "Retry-After / X-RateLimit-* are looked up case-sensitively: lower-case names (Envoy-style gateways) "
-    "are ignored although HTTP header names are case-insensitive"))
-
-
-@_LOWER_CASE
 @pytest.mark.parametrize("headers_for, expected", [
     (lambda now: {"retry-after": "20"}, 20.0),
     (lambda now: {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(now + 40)}, 41.0),
@@ -1055,7 +1048,6 @@ def test_429_with_lower_case_header_names_is_honoured(wire: Wire, clock: FakeTim
     assert expected - 1.5 <= clock.now - start <= expected + 0.5
 
 
-@_LOWER_CASE
 def test_token_endpoint_429_with_lower_case_retry_after_is_honoured(wire: Wire, clock: FakeTime) -> None:
     wire.token(status=429, payload={"errors": [{"id": "rateLimitExceeded"}]}, headers={"retry-after": "7"})
     wire.token(ACCESS)
@@ -1068,9 +1060,6 @@ def test_token_endpoint_429_with_lower_case_retry_after_is_honoured(wire: Wire, 
     assert clock.sleeps == pytest.approx([7.0], abs=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="a lookup that exhausts its retries during an upsert dead-letters the "
-                                       "body-less GET (without its query); replaying it answers 200 and the "
-                                       "prospect is never written")
 def test_upsert_lookup_exhausted_keeps_the_prospect_for_replay(wire: Wire, clock: FakeTime) -> None:
     wire.token(ACCESS)
     wire.create(422, payload=DUPLICATE_422)
@@ -1098,8 +1087,6 @@ def test_upsert_lookup_exhausted_keeps_the_prospect_for_replay(wire: Wire, clock
     assert written and written["data"]["attributes"]["emails"] == ["jane@acme.com"]
 
 
-@pytest.mark.xfail(strict=True, reason="replay_dead_letters rewrites the store from the snapshot it took before "
-                                       "replaying: a letter appended meanwhile by process() is erased")
 def test_letter_written_during_a_replay_survives_it(wire: Wire, clock: FakeTime) -> None:
     release = asyncio.Event()
 
