@@ -70,6 +70,7 @@ class _Step:
     exchange: Exchange | None
     rule: Rule | None
     auth_error: AuthFailure | None = None
+    tries: int = 0  # attempts of this one request (the outcome's attempts count the whole event)
 
 
 class Sender:
@@ -127,14 +128,14 @@ class Sender:
             if verdict == "wait_rate_limit":
                 rate_waits += 1
                 if rate_waits > MAX_RATE_LIMIT_WAITS:
-                    return _Step("exhausted", exchange, rule)
+                    return _Step("exhausted", exchange, rule, tries=failures + rate_waits)
                 delay = self.limiter.reset_delay(exchange.headers, self.delivery.rate_limit.retry_after_header)
                 self.limiter.pause_for(delay if delay is not None else backoff_delay(self.delivery.retries, rate_waits, self._rng))
                 continue
             if verdict == "retry":
                 failures += 1
                 if failures >= self.delivery.retries.max_attempts:
-                    return _Step("exhausted", exchange, rule)
+                    return _Step("exhausted", exchange, rule, tries=failures)
                 await self._sleep(self._retry_delay(exchange, failures))
                 continue
             return _Step("fail", exchange, rule)
@@ -227,7 +228,8 @@ class Sender:
                            detail=self.redactor.redact(str(err)), request=request, response=response, attempts=attempts)
         cause = (ex.transport_error if ex.status is None else f"http_{ex.status}") if ex else "unknown"
         if step.verdict == "exhausted":
-            detail = f"gave up after {attempts} attempts" + (f": {message}" if message else "")
+            what = f"{ex.method} {ex.url}" if ex else "the request"
+            detail = f"gave up after {step.tries} attempts of {what}" + (f": {message}" if message else "")
             return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=cause, detail=detail,
                            request=request, response=response, attempts=attempts)
         return Outcome(prepared.index, prepared.message_id, oc.FAILED, cause=cause,
