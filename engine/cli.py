@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     dlq = sub.add_parser("dlq", help="list or replay dead letters")
+    dlq.set_defaults(func=lambda _args: (dlq.print_help(sys.stderr), 2)[1])
     dlq_sub = dlq.add_subparsers(metavar="ACTION")
     for name, helptext in (("list", "print the dead letters of a preset"),
                            ("replay", "re-send dead letters; those delivered are removed")):
@@ -144,7 +145,12 @@ def _settings_for(args: argparse.Namespace, preset_settings: Any, require: bool)
     where: dict[str, str] = {}
     if args.settings:
         supplied, where = load_settings_file(args.settings)
-    return resolve(preset_settings, supplied, require=require, where=where)
+    try:
+        return resolve(preset_settings, supplied, require=require, where=where)
+    except SettingsError as exc:
+        if args.settings:
+            raise
+        raise SettingsError(f"{exc}; pass --settings FILE (or use --dry-run, which needs no credentials)") from None
 
 
 def emit(outcome: Outcome, out: TextIO | None = None) -> None:
