@@ -7,11 +7,12 @@ traceback reaching a user is a bug, so ``main`` is the last line of defence.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import IO, Any, Iterator, TextIO
 
 from . import resources
 from .outcome import INVALID_EVENT, Outcome, dropped
@@ -53,6 +54,14 @@ _LOCATED = re.compile(r"^\S+:\d+(:\d+)?: ")
 def _located(line: str) -> bool:
     """Lines that already start with file:line speak for themselves."""
     return bool(_LOCATED.match(line))
+
+
+def _say(text: str) -> None:
+    """Print a line to stdout; a file name the output encoding cannot show is escaped, not fatal."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        print(text.encode("ascii", "backslashreplace").decode("ascii"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,38 +115,92 @@ def cmd_check(args: argparse.Namespace) -> int:
         except PresetError as exc:
             failed += 1
             for line in exc.problems:
-                print(line)
+                _say(line)
             continue
-        print(f"ok: {name} ({preset.name}: {len(preset.events.track)} mapped track events, "
+        _say(f"ok: {name} ({preset.name}: {len(preset.events.track)} mapped track events, "
               f"{len(preset.actions)} action(s))")
     return 1 if failed else 0
 
 
 def read_events(path: str) -> Iterator[tuple[int, Any, str | None]]:
-    """(index, event, problem) per non-blank line; index is the 0-based line number."""
-    stream: TextIO
+    """(index, event, problem) per non-blank line; index is the 0-based line number.
+
+    A line that is not UTF-8 or not JSON yields a problem for that line only;
+    the lines around it are read as usual. Only an unopenable or unreadable
+    file stops the stream (with a :class:`UsageError`).
+    """
+    yield from _events_from(_open_events(path), path)
+
+
+def _open_events(path: str) -> IO[bytes]:
+    """The byte stream behind ``--events``; ``-`` is standard input."""
     if path == "-":
-        stream = sys.stdin
-    else:
-        try:
-            stream = open(path, encoding="utf-8-sig")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
+        stdin = sys.stdin
+        if stdin is None:
+            raise UsageError("--events -: there is no standard input")
+        return getattr(stdin, "buffer", stdin)
     try:
-        for index, line in enumerate(stream):
+        return open(path, "rb")  # noqa: SIM115 - closed by _events_from
+    except OSError as exc:
+        raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
+
+
+def _events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | None]]:
+    """Decode and parse each line on its own, so one bad line cannot spoil the others."""
+    try:
+        for index, raw in enumerate(_byte_lines(stream)):
+            if index == 0 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
+                yield index, None, (f"line {index + 1}: not UTF-8 text "
+                                    f"(byte 0x{raw[exc.start]:02x} at column {column})")
+                continue
             if not line.strip():
                 continue
             try:
-                yield index, json.loads(line), None
+                event = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield index, None, f"line {index + 1}: not valid JSON: {exc.msg} at column {exc.colno}"
             except RecursionError:
-                yield index, None, f"line {index + 1}: JSON nested too deeply"
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--events {path}: not UTF-8 text: {exc.reason}") from None
+                yield index, None, f"line {index + 1}: not valid JSON: nested too deeply"
+            except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+                yield index, None, f"line {index + 1}: not valid JSON: {_json_value_error(exc)}"
+            else:
+                yield index, event, None
+    except OSError as exc:
+        raise UsageError(f"--events {path}: cannot read: {exc.strerror or exc}") from None
     finally:
-        if stream is not sys.stdin:
+        if path != "-":
             stream.close()
+
+
+def _byte_lines(stream: IO[Any]) -> Iterator[bytes]:
+    """Lines without their line ending; CR, LF and CRLF all end a line, as in text mode."""
+    for chunk in stream:
+        if isinstance(chunk, str):  # a text stream without a byte buffer (an embedding host's StringIO)
+            chunk = _to_bytes(chunk)
+        if chunk.endswith(b"\n"):
+            chunk = chunk[:-1]
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+        yield from chunk.split(b"\r")
+
+
+def _to_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")  # then reported as not UTF-8
+
+
+def _json_value_error(exc: ValueError) -> str:
+    digits = re.search(r"\(\s*(\d+)\s*digits\)", str(exc))
+    if "integer string conversion" in str(exc) and digits:
+        return f"a number has more than {digits.group(1)} digits"
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _settings_for(args: argparse.Namespace, preset_settings: Any, require: bool) -> Any:
@@ -155,25 +218,36 @@ def _settings_for(args: argparse.Namespace, preset_settings: Any, require: bool)
 
 def emit(outcome: Outcome, out: TextIO | None = None) -> None:
     out = out or sys.stdout  # looked up per call, so redirection and capture work
-    out.write(json.dumps(outcome.to_dict(), ensure_ascii=False) + "\n")
+    data = outcome.to_dict()
+    try:
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\\ud800" escape in the input) or a character the
+        # output encoding lacks: escape everything non-ASCII; still one line of JSON.
+        out.write(json.dumps(data, ensure_ascii=True) + "\n")
     out.flush()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     preset = load_preset(args.preset)
-    if args.dry_run:
-        settings = _settings_for(args, preset.settings, require=False)
-        pipeline = Pipeline(preset, settings)
-        for index, event, problem in read_events(args.events):
-            if problem is not None:
-                emit(dropped(index, None, INVALID_EVENT, problem))
-            else:
-                emit(pipeline.dry_run(event, index))
-        return 0
-    from .delivery_cli import run_delivery  # aiohttp machinery only when delivering
+    settings = _settings_for(args, preset.settings, require=not args.dry_run)
+    stream = _open_events(args.events)  # before anything is sent: a bad path is one line and exit 2
+    try:
+        events = _events_from(stream, args.events)
+        if args.dry_run:
+            pipeline = Pipeline(preset, settings)
+            for index, event, problem in events:
+                if problem is not None:
+                    emit(dropped(index, None, INVALID_EVENT, problem))
+                else:
+                    emit(pipeline.dry_run(event, index))
+            return 0
+        from .delivery_cli import run_delivery  # aiohttp machinery only when delivering
 
-    settings = _settings_for(args, preset.settings, require=True)
-    return run_delivery(preset, settings, args, read_events(args.events), emit)
+        return run_delivery(preset, settings, args, events, emit)
+    finally:
+        if args.events != "-":
+            stream.close()
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -210,22 +284,22 @@ def cmd_golden(args: argparse.Namespace) -> int:
             result = golden.run_case(case, presets)
         except (ValueError, OSError) as exc:
             failures += 1
-            print(f"ERROR {case.name}: {str(exc).splitlines()[0]}")
+            _say(f"ERROR {case.name}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             continue
         if args.update:
             if golden.update(result):
                 updated += 1
-                print(f"updated {case.name}")
+                _say(f"updated {case.name}")
             continue
         if result.passed:
-            print(f"ok    {case.name}")
+            _say(f"ok    {case.name}")
         else:
             failures += 1
-            print(f"FAIL  {case.name}" + ("  (no expected file; run with --update)" if result.expected is None else ""))
-            print(result.diff())
+            _say(f"FAIL  {case.name}" + ("  (no expected file; run with --update)" if result.expected is None else ""))
+            _say(result.diff())
     summary = f"{len(cases)} golden case(s): "
     summary += f"{updated} updated" if args.update else f"{len(cases) - failures} passed, {failures} failed"
-    print(summary)
+    _say(summary)
     return 1 if failures else 0
 
 

@@ -72,9 +72,19 @@ def check_url(value: str) -> str | None:
     Plain http would send bearer tokens in the clear, so it is accepted only
     for loopback hosts (local sandboxes).
     """
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. an unclosed "[" around an IPv6 address
+        reason = (str(exc).splitlines() or ["unreadable"])[0][:200]
+        return f"is not a valid URL ({reason}); expected an http(s) URL such as https://api.example.com"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return "must be an http(s) URL such as https://api.example.com"
+    try:
+        port = parts.port
+    except ValueError:  # out of range or not a number
+        port = 0
+    if port == 0:
+        return "has an invalid port (it must be a number from 1 to 65535)"
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         return "plain http is accepted only for loopback hosts (127.0.0.1, ::1, localhost); use https"
     if parts.username or parts.password:

@@ -139,6 +139,9 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
             raise YamlSourceError(f"{shown}: cannot read: {exc}") from None
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
+    # The reused-anchor warning goes straight to stderr and quotes the anchor
+    # name and the source lines; a plain value such as "&Zk9..." is an anchor.
+    yaml.composer.warn_double_anchors = False
     try:
         root = yaml.load(text)
     except MarkedYAMLError as exc:
@@ -149,11 +152,40 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
             # ruamel quotes both values; in a settings file those may be secrets.
             key = re.search(r'duplicate key "(.*?)"', problem)
             problem = f"duplicate key {key.group(1)!r}" if key else "duplicate key"
+        else:
+            problem = _without_names(problem, exc.context or "")
         raise YamlSourceError(f"{shown}:{where}: {problem}") from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
         raise YamlSourceError(f"{shown}:1:1: {first}") from None
     return YamlDocument(shown, root, text.splitlines())
+
+
+# Python reprs of strings, as ruamel puts them in its messages.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'" r'|"(?:[^"\\]|\\.)*"')
+_NAMED = re.compile(r"\b(alias|anchor|tag)\b")
+_QUOTE_IT = "put the value in quotes if it is meant literally"
+
+
+def _without_names(problem: str, context: str) -> str:
+    """The problem of an alias, anchor or tag error without the name ruamel quotes.
+
+    A plain value that starts with ``*``, ``&`` or ``!`` is read as an alias,
+    anchor or tag, so the "name" is the rest of the value, and in a settings
+    file that value may be a secret.
+    """
+    if problem.startswith("found undefined alias"):
+        return f"found undefined alias (a value starting with '*' is read as a YAML alias; {_QUOTE_IT})"
+    if problem.startswith("found undefined tag handle"):
+        return f"found undefined tag handle (a value starting with '!' is read as a YAML tag; {_QUOTE_IT})"
+    scanning = re.match(r"while (?:scanning|parsing) an? (alias|anchor|tag)\b", context)
+    if scanning:
+        what = scanning.group(1)
+        start = {"alias": "*", "anchor": "&", "tag": "!"}[what]
+        return f"invalid {what} (a value starting with '{start}' is read as a YAML {what}; {_QUOTE_IT})"
+    if _NAMED.search(problem) or _NAMED.search(context):
+        return _QUOTED.sub("(name not shown)", problem)
+    return problem
 
 
 def _plain(node: Any) -> Any:
