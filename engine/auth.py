@@ -14,11 +14,12 @@ What makes this more than a POST to a token URL:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from multidict import CIMultiDict
@@ -39,6 +40,7 @@ THROTTLE_WAIT_SECONDS = 60.0
 # After minting gave up, events arriving within this window fail at once
 # (and are dead-lettered for replay) instead of each retrying the endpoint.
 FAILURE_COOLDOWN_SECONDS = 30.0
+STORE_LOCK_WAIT_SECONDS = 120.0
 
 
 class AuthFailure(Exception):
@@ -56,7 +58,7 @@ class RefreshTokenAuth:
 
     def __init__(self, spec: AuthSpec, settings: Settings, store: TokenStore, redactor: Redactor, retries: RetrySpec,
                  *, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, timeout_seconds: float = 30.0) -> None:
         self.spec = spec
         self.redactor = redactor
         self.retries = retries
@@ -82,6 +84,9 @@ class RefreshTokenAuth:
         self._lock = asyncio.Lock()
         self._broken: AuthFailure | None = None
         self._recent_failure: tuple[AuthFailure, float] | None = None
+        self._mint_task: asyncio.Future[None] | None = None
+        self._rejected: str | None = None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self.mints = 0
 
     def _margin(self, lifetime: float) -> float:
@@ -98,7 +103,7 @@ class RefreshTokenAuth:
         async with self._lock:
             if self._access is not None and self._clock() < self._expires_at:
                 return self._access
-            await self._mint(session)
+            await self._minted(session)
             assert self._access is not None
             return self._access
 
@@ -108,22 +113,84 @@ class RefreshTokenAuth:
             if self._access is not None and self._access != rejected and self._clock() < self._expires_at:
                 return self._access
             self._access = None
-            await self._mint(session)
+            self._rejected = rejected
+            await self._minted(session)
             assert self._access is not None
             return self._access
+
+    async def _minted(self, session: aiohttp.ClientSession) -> None:
+        """Mint in a task of its own, shielded from the caller.
+
+        A host that cancels ``process`` (a timeout) while the token endpoint is
+        answering must not drop the rotated refresh token on the floor: the
+        old one is already dead upstream. The task finishes, saves it, and the
+        next caller picks up its result.
+        """
+        if self._mint_task is None or self._mint_task.done():
+            self._mint_task = asyncio.ensure_future(self._mint(session))
+            self._mint_task.add_done_callback(_retrieve)
+        await asyncio.shield(self._mint_task)
 
     async def _mint(self, session: aiohttp.ClientSession) -> None:
         if self._broken is not None:
             raise self._broken
         if self._recent_failure is not None and self._clock() - self._recent_failure[1] < FAILURE_COOLDOWN_SECONDS:
             raise self._recent_failure[0]
-        try:
-            await self._mint_with_retries(session)
-        except AuthFailure as exc:
-            if not exc.fatal:
-                self._recent_failure = (exc, self._clock())
-            raise
+        async with self._store_lock():
+            # Another engine on the same state may have rotated the token meanwhile.
+            if self._adopt_stored():
+                return
+            try:
+                await self._mint_with_retries(session)
+            except AuthFailure as exc:
+                if not exc.fatal:
+                    self._recent_failure = (exc, self._clock())
+                raise
         self._recent_failure = None
+
+    @contextlib.asynccontextmanager
+    async def _store_lock(self) -> AsyncIterator[None]:
+        """Serialise refreshes across processes sharing a token store (when it can lock)."""
+        try_lock = getattr(self._store, "try_lock", None)
+        if try_lock is None:
+            yield
+            return
+        waited = 0.0
+        locked = try_lock()
+        while not locked and waited < STORE_LOCK_WAIT_SECONDS:
+            await asyncio.sleep(0.05)
+            waited += 0.05
+            locked = try_lock()
+        if not locked:
+            log.warning("auth: the token store stayed locked for %ds; refreshing without the lock", int(waited))
+        try:
+            yield
+        finally:
+            if locked:
+                self._store.unlock()  # type: ignore[attr-defined]
+
+    def _adopt_stored(self) -> bool:
+        """Take a newer refresh token (and a live access token) written by another engine.
+
+        True when a usable access token was adopted, so no mint is needed.
+        """
+        try:
+            stored = self._store.load(self._configured)
+        except OSError:
+            return False
+        if stored is None:
+            return False
+        if stored.refresh_token != self._refresh:
+            self.redactor.add(stored.refresh_token)
+            self._refresh = stored.refresh_token
+        if stored.access_token and stored.access_expires_at and stored.access_token not in (self._rejected, self._access):
+            lifetime_left = stored.access_expires_at - time.time()
+            left = lifetime_left - self._margin(lifetime_left)
+            if left > 0:
+                self.redactor.add(stored.access_token)
+                self._access, self._expires_at = stored.access_token, self._clock() + left
+                return True
+        return False
 
     async def _mint_with_retries(self, session: aiohttp.ClientSession) -> None:
         attempt = 0
@@ -139,6 +206,10 @@ class RefreshTokenAuth:
             message = (rule.message if rule and rule.message else None) or \
                 f"token endpoint answered {status if status is not None else 'no response'}"
             if action == "reauthorise":
+                used = self._refresh
+                self._adopt_stored()
+                if self._refresh != used and attempt < self.retries.max_attempts:
+                    continue  # another engine had rotated it; try the newer token once more
                 self._broken = AuthFailure(self.redactor.redact(message), fatal=True, status=status,
                                            body=self.redactor.redact(body))
                 log.error("auth: %s", self._broken)
@@ -158,15 +229,18 @@ class RefreshTokenAuth:
         form = {"grant_type": "refresh_token", "client_id": self._client_id,
                 "client_secret": self._client_secret, "refresh_token": self._refresh}
         try:
-            async with session.post(self._token_url, data=form, headers={"Accept": "application/json"}) as resp:
-                text = await resp.text()
+            # Never follow a redirect: it would re-post the client secret elsewhere.
+            async with session.post(self._token_url, data=form, headers={"Accept": "application/json"},
+                                    allow_redirects=False, timeout=self._timeout) as resp:
+                text = await resp.text(errors="replace")
                 try:
                     body: Any = json.loads(text) if text else None
                 except ValueError:
                     body = text[:500]
                 return resp.status, body, CIMultiDict(resp.headers)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            log.warning("auth: token endpoint unreachable: %s", self.redactor.redact(str(exc) or type(exc).__name__))
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            # Exception text can quote the request; only its type is safe to log.
+            log.warning("auth: token endpoint unreachable: %s", type(exc).__name__)
             return None, None, CIMultiDict()
 
     def _accept(self, body: dict[str, Any]) -> None:
@@ -189,3 +263,9 @@ class RefreshTokenAuth:
         self._expires_at = self._clock() + lifetime - self._margin(lifetime)
         self.mints += 1
         log.info("auth: minted an access token valid for %ds", int(lifetime))
+
+
+def _retrieve(task: "asyncio.Future[None]") -> None:
+    """Mark a mint task's failure as seen even when every waiter was cancelled."""
+    if not task.cancelled():
+        task.exception()

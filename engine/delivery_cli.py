@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from . import outcome as oc
@@ -42,15 +43,21 @@ def _configure_logging(engine: Engine, verbose: bool) -> logging.Handler:
 
 def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
                  items: Iterable[tuple[int, Any, str | None]], emit: Callable[[Outcome], None]) -> int:
+    check_state_dir(args.state)
+
     async def main() -> int:
         counts: dict[str, int] = {}
         async with Engine(preset, settings, state=args.state) as engine:
             _configure_logging(engine, args.verbose)
 
             async def stream() -> AsyncIterator[tuple[int, Any]]:
-                for index, event, problem in items:
+                # Lines are read in a worker thread: a live pipe (--events -)
+                # must not stall deliveries already under way.
+                loop = asyncio.get_running_loop()
+                source = iter(items)
+                while (item := await loop.run_in_executor(None, next, source, None)) is not None:
+                    index, event, problem = item
                     yield index, (dropped(index, None, oc.INVALID_EVENT, problem) if problem else event)
-                    await asyncio.sleep(0)
 
             async for result in engine.process_indexed(stream()):
                 counts[result.outcome] = counts.get(result.outcome, 0) + 1
@@ -63,6 +70,22 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
     return asyncio.run(main())
 
 
+def check_state_dir(state: str) -> None:
+    """Fail before the first event, not after, when the state directory is unusable."""
+    from .cli import UsageError
+
+    path = Path(state)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--state {state}: not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None
+
+
 def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
     engine = Engine(preset, settings, state=state)
     entries = engine.dead_letters.entries()
@@ -73,6 +96,8 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
 
 
 def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool) -> int:
+    check_state_dir(state)
+
     async def main() -> int:
         async with Engine(preset, settings, state=state) as engine:
             _configure_logging(engine, verbose)

@@ -106,11 +106,15 @@ def merged_traits(event: Mapping[str, Any], remembered: Mapping[str, Any]) -> di
     """Remembered traits, then ``context.traits``, then ``traits``: what the event says itself wins."""
     merged = dict(remembered)
     context = event.get("context")
-    if isinstance(context, dict) and isinstance(context.get("traits"), dict):
-        merged.update(context["traits"])
-    if isinstance(event.get("traits"), dict):
-        merged.update(event["traits"])
+    for layer in (context.get("traits") if isinstance(context, dict) else None, event.get("traits")):
+        if isinstance(layer, dict):
+            # A null or blank value says nothing: it must not erase a remembered one.
+            merged.update((k, v) for k, v in layer.items() if not _blank(v))
     return merged
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _id(value: Any) -> str | None:

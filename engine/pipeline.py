@@ -62,6 +62,14 @@ class Pipeline:
         self._template_context = {"settings": self.public_settings}
 
     def prepare(self, event: Any, index: int | None = None) -> Prepared | Outcome:
+        """The drop, failure or ready request for one event; never raises, so no event is lost."""
+        try:
+            return self._prepare(event, index)
+        except Exception as exc:  # noqa: BLE001 - the safety net behind every specific check
+            return Outcome(index, message_id_of(event), oc.FAILED, cause="internal_error",
+                           detail=f"could not process this event: {type(exc).__name__}")
+
+    def _prepare(self, event: Any, index: int | None) -> Prepared | Outcome:
         message_id = message_id_of(event)
         problem = shape_problem(event)
         if problem:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import json
+import logging
 import os
 import random
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import aiohttp
@@ -35,7 +38,9 @@ from .sender import Sender
 from .settings import Settings, resolve
 from .token_store import FileTokenStore, MemoryTokenStore, TokenStore, fingerprint
 
-OutcomeCallback = Callable[[Outcome], Any]
+OutcomeCallback = Callable[[Outcome], Any]  # may be async
+
+log = logging.getLogger("signal_engine.engine")
 
 
 class Engine:
@@ -83,7 +88,8 @@ class Engine:
                 pass  # a damaged memory only costs joins, never events
         self.pipeline = Pipeline(preset, settings, memory)
         self.auth = (RefreshTokenAuth(auth, settings, token_store, self.redactor, preset.delivery.retries,
-                                      clock=clock, sleep=sleep, rng=self._rng) if auth is not None else None)
+                                      clock=clock, sleep=sleep, rng=self._rng,
+                                      timeout_seconds=preset.delivery.timeout_seconds) if auth is not None else None)
         rl = preset.delivery.rate_limit
         self.limiter = RateLimiter(rl.requests, rl.per_seconds, remaining_header=rl.remaining_header,
                                    reset_header=rl.reset_header, clock=clock, sleep=sleep)
@@ -114,14 +120,16 @@ class Engine:
         await self.close()
 
     async def close(self) -> None:
-        """Wait for in-flight deliveries, persist identity memory, close the session."""
+        """Stop taking events, wait for in-flight deliveries, persist identity memory, close the session."""
         if self._closed:
             return
         self._closed = True
-        await self._idle.wait()
-        self._save_identity()
-        if self._session is not None and self._own_session:
-            await self._session.close()
+        try:
+            await self._idle.wait()
+            self._save_identity()
+        finally:
+            if self._session is not None and self._own_session:
+                await self._session.close()
 
     @property
     def mints(self) -> int:
@@ -130,13 +138,12 @@ class Engine:
     # -- processing ---------------------------------------------------------
     async def process(self, event: Any, index: int | None = None) -> Outcome:
         """Filter, transform and deliver one event; always returns its one outcome."""
-        if self._closed:
-            raise RuntimeError("engine is closed")
+        self._check_open()
         await self.start()
         prepared = self.pipeline.prepare(event, index)
         if isinstance(prepared, Outcome):
-            return self._finish(prepared)
-        return await self._deliver(prepared)
+            return await self._finish(prepared)
+        return await self._track(self._deliver(prepared))
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
@@ -144,35 +151,74 @@ class Engine:
             yield outcome
 
     async def process_indexed(self, items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[Outcome]:
-        """Like :meth:`process_many` for ``(index, event)`` pairs; an :class:`Outcome` item passes through."""
+        """Like :meth:`process_many` for ``(index, event)`` pairs; an :class:`Outcome` item passes through.
+
+        An outcome is yielded as soon as it and every earlier one are known,
+        without waiting for the next input (a queue consumer acknowledges in
+        order). At most a few times ``concurrency`` events are held at once.
+        """
+        self._check_open()
         await self.start()
+        window = self.concurrency * 4
         pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        async for index, event in items:
-            if isinstance(event, Outcome):
-                prepared: Prepared | Outcome = event
-            else:
-                prepared = self.pipeline.prepare(event, index)  # in order: identity joins depend on it
-            if isinstance(prepared, Outcome):
-                done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-                done.set_result(self._finish(prepared))
-                pending.append(done)
-            else:
-                pending.append(asyncio.ensure_future(self._deliver(prepared)))
-            while len(pending) > self.concurrency * 4 or (pending and pending[0].done()):
-                yield await pending.popleft()
-        while pending:
-            yield await pending.popleft()
+        source = items.__aiter__()
+        next_item: asyncio.Future[tuple[int, Any]] | None = None
+        exhausted = False
+        try:
+            while pending or not exhausted:
+                while pending and pending[0].done():
+                    yield pending.popleft().result()
+                if not exhausted and next_item is None and len(pending) < window and not self._closed:
+                    next_item = asyncio.ensure_future(source.__anext__())
+                waiting = [f for f in (next_item, pending[0] if pending else None) if f is not None]
+                if not waiting:
+                    break  # closed mid-stream with nothing in flight
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if next_item is not None and next_item.done():
+                    try:
+                        index, event = next_item.result()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        next_item = None
+                        continue
+                    next_item = None
+                    pending.append(self._schedule(index, event))
+        finally:
+            if next_item is not None and not next_item.done():
+                next_item.cancel()
+        if not exhausted:
+            raise RuntimeError("engine was closed before the stream ended")
+
+    def _schedule(self, index: int, event: Any) -> "asyncio.Future[Outcome]":
+        """Prepare now (input order matters for identity joins), deliver in the background."""
+        prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
+        if isinstance(prepared, Outcome):
+            return asyncio.ensure_future(self._finish(prepared))
+        return asyncio.ensure_future(self._track(self._deliver(prepared)))
 
     async def replay_dead_letters(self) -> list[Outcome]:
-        """Re-send every dead letter of this preset; keep only those that still do not succeed."""
+        """Re-send every dead letter of this preset; keep only those that still do not succeed.
+
+        A letter that cannot be replayed here (unknown action, or recorded for
+        another origin than the settings name now) stays in the store, and its
+        outcome says why.
+        """
         await self.start()
         mine = [e for e in self.dead_letters.entries() if e.get("preset") == self.preset.name]
-        jobs = [(entry, self._prepared_from_letter(entry)) for entry in mine]
-        runnable = [(entry, prepared) for entry, prepared in jobs if prepared is not None]
-        results = await asyncio.gather(*(self._deliver(prepared, record=False) for _, prepared in runnable))
+        refused: dict[int, Outcome] = {}
+        runnable: list[tuple[int, dict[str, Any], Prepared]] = []
+        for position, entry in enumerate(mine):
+            prepared = self._prepared_from_letter(entry)
+            if isinstance(prepared, str):
+                refused[position] = Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED,
+                                            cause="not_replayable", detail=prepared)
+            else:
+                runnable.append((position, entry, prepared))
+        delivered = await asyncio.gather(*(self._track(self._deliver(p, record=False)) for _, _, p in runnable))
+        results = {**refused, **{position: result for (position, _, _), result in zip(runnable, delivered)}}
         # id -> the updated letter, or None once delivered
         settled: dict[Any, dict[str, Any] | None] = {}
-        for (entry, _), result in zip(runnable, results):
+        for (_, entry, _), result in zip(runnable, delivered):
             settled[entry.get("id")] = None if result.outcome == oc.DELIVERED else {
                 **entry, "cause": result.cause, "detail": result.detail, "last_request": result.request,
                 "last_response": result.response, "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)}
@@ -186,35 +232,72 @@ class Engine:
             elif settled[key] is not None:
                 fresh.append(settled[key])
         self.dead_letters.replace(fresh)
-        return list(results)
+        return [results[i] for i in sorted(results)]
 
     # -- internals ------------------------------------------------------------
-    async def _deliver(self, prepared: Prepared, record: bool = True) -> Outcome:
-        assert self._sender is not None and self._slots is not None
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("engine is closed")
+
+    def _track(self, work: Awaitable[Outcome]) -> "asyncio.Future[Outcome]":
+        """Count work as in flight from the moment it is scheduled, so ``close`` waits for it."""
         self._inflight += 1
         self._idle.clear()
-        try:
-            async with self._slots:
-                result = await self._sender.deliver(prepared)
-            if record and result.outcome == oc.DEAD_LETTERED:
-                self.dead_letters.append(entry_for(self.preset.name, prepared.action.name, result,
-                                                   self._sender.original_request(prepared)))
-            return self._finish(result)
-        finally:
+        future = asyncio.ensure_future(work)
+
+        def done(_: Any) -> None:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    def _finish(self, result: Outcome) -> Outcome:
+        future.add_done_callback(done)
+        return future
+
+    async def _deliver(self, prepared: Prepared, record: bool = True) -> Outcome:
+        assert self._sender is not None and self._slots is not None
+        try:
+            async with self._slots:
+                result = await self._sender.deliver(prepared)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing is lost: an unforeseen failure is still an outcome
+            log.error("event %s: delivery failed unexpectedly: %s", prepared.index, type(exc).__name__)
+            result = Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause="internal_error",
+                             detail=f"delivery failed unexpectedly ({type(exc).__name__}); kept for replay",
+                             request=self._sender.original_request(prepared))
+        if record and result.outcome == oc.DEAD_LETTERED:
+            try:
+                self.dead_letters.append(entry_for(self.preset.name, prepared.action.name, result,
+                                                   self._sender.original_request(prepared)))
+            except (OSError, TypeError, ValueError) as exc:
+                log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
+                result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
+        return await self._finish(result)
+
+    async def _finish(self, result: Outcome) -> Outcome:
+        """Hand the outcome to the host's callback; a failing callback must not lose the outcome."""
         if self.on_outcome is not None:
-            self.on_outcome(result)
+            try:
+                answer = self.on_outcome(result)
+                if inspect.isawaitable(answer):
+                    await answer
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
-    def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | None:
+    def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
+        """The request to re-send, or why this letter cannot be replayed here."""
         request = entry.get("request")
         action = self.preset.actions.get(str(entry.get("action")))
         if not isinstance(request, dict) or action is None:
-            return None
+            return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
+        # The live credential goes only to the origin the settings name now.
+        expected = _origin(action.request.url.render({"settings": self.settings.public()}))
+        recorded = _origin(str(request.get("url")))
+        if recorded != expected:
+            return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
         headers = {k: v for k, v in (request.get("headers") or {}).items()
                    if not (self.preset.auth and k.lower() == self.preset.auth.header.lower())}
         if request.get("body") is not None:
@@ -230,10 +313,10 @@ class Engine:
             tmp = self._identity_path.with_suffix(".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.pipeline.memory.snapshot(), handle)
+                json.dump(self.pipeline.memory.snapshot(), handle, default=str)
             os.replace(tmp, self._identity_path)
-        except OSError:
-            pass
+        except (OSError, TypeError, ValueError) as exc:
+            log.warning("could not save the identity memory: %s", type(exc).__name__)
 
 
 async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:
@@ -245,3 +328,11 @@ async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterato
     else:
         for index, event in enumerate(events):  # type: ignore[arg-type]
             yield index, event
+
+
+def _origin(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+    except ValueError:
+        return ""

@@ -89,6 +89,7 @@ class Sender:
         self.session = session
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._timeout = aiohttp.ClientTimeout(total=delivery.timeout_seconds)  # also when the host brings the session
 
     async def deliver(self, prepared: Prepared) -> Outcome:
         attempts = [0]
@@ -155,18 +156,21 @@ class Sender:
         send_headers = dict(headers)
         if token is not None and self.auth is not None and self.auth_header:
             send_headers[self.auth_header] = self.auth.header_value(token)
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
+        data = _encode(body) if body is not None else None
         if data is None:
             send_headers.pop("Content-Type", None)
         try:
-            async with self.session.request(method, url, data=data, params=params, headers=send_headers) as resp:
+            # Redirects are not followed: a 301 would turn a create into a GET
+            # that "succeeds", and would carry the credential to another host.
+            async with self.session.request(method, url, data=data, params=params, headers=send_headers,
+                                            allow_redirects=False, timeout=self._timeout) as resp:
                 text = await resp.text(errors="replace")
                 exchange.status = resp.status
                 exchange.headers = CIMultiDict(resp.headers)  # header names are case-insensitive
                 exchange.response_body = _parse_body(text)
         except asyncio.TimeoutError:
             exchange.transport_error, exchange.error_text = "timeout", f"no answer within {self.delivery.timeout_seconds:g}s"
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
             exchange.transport_error = "connection"
             exchange.error_text = self.redactor.redact(str(exc) or type(exc).__name__)[:300]
         return exchange
@@ -196,9 +200,12 @@ class Sender:
         except Exception as exc:  # noqa: BLE001
             return self._failed(prepared, "upsert_error", f"{where}.lookup.found: {exc}", lookup.exchange, attempts[0])
         if not isinstance(found, dict):
-            return self._failed(prepared, "upsert_not_found",
-                                "the destination reported a duplicate but the lookup found no existing record",
-                                lookup.exchange, attempts[0])
+            # Usually search lagging behind the create: keep it for a replay.
+            result = self._failed(prepared, "upsert_not_found",
+                                  "the destination reported a duplicate but the lookup found no existing record yet",
+                                  lookup.exchange, attempts[0])
+            result.outcome = oc.DEAD_LETTERED
+            return result
         try:
             body = build_document(action, spec.update_body, {**context, "found": found}, f"{where}.update.body")
             url = spec.update_url.render({"settings": public, "found": found})
@@ -219,6 +226,8 @@ class Sender:
         request = self._request_view(prepared, ex)
         response = self.redactor.redact(ex.response_view()) if ex else None
         message = step.rule.message if step.rule and step.rule.message else None
+        if step.verdict == "fail" and step.rule is not None and step.rule.then == "upsert":
+            message = "the destination reported a conflict again while updating the existing record"
         if step.verdict == "deliver":
             return Outcome(prepared.index, prepared.message_id, oc.DELIVERED, request=request, response=response, attempts=attempts)
         if step.verdict == "auth":
@@ -276,6 +285,14 @@ def _default_verdict(exchange: Exchange) -> str:
     if exchange.status >= 500 or exchange.status == 408:
         return "retry"
     return "fail"
+
+
+def _encode(body: Any) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the input: escaped JSON is still valid JSON.
+        return json.dumps(body, ensure_ascii=True).encode("ascii")
 
 
 def _parse_body(text: str) -> Any:

@@ -357,7 +357,7 @@ def test_acceptance_no_secret_in_outcomes_logs_or_state_files(acceptance: Accept
     run = acceptance
     assert any("minted an access token" in line for line in run.log_lines)
     assert sum(1 for line in run.log_lines if ATTEMPT_LINE.search(line)) >= 40
-    token_file = next(text for name, text in run.state_files.items() if "refresh-token-" in name)
+    token_file = next(text for name, text in run.state_files.items() if "refresh-token-" in name and name.endswith(".json"))
     others = [text for name, text in run.state_files.items() if "refresh-token-" not in name]
     assert_no_secret([json.dumps(o.to_dict()) for o in run.outcomes] + run.log_lines + others, run.secrets)
     # The token store is the one place a refresh token must be, and it is the current one.
