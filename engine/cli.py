@@ -161,7 +161,7 @@ def _events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | N
             if not line.strip():
                 continue
             try:
-                event = json.loads(line)
+                event = json.loads(line, parse_constant=_reject_constant)
             except json.JSONDecodeError as exc:
                 yield index, None, f"line {index + 1}: not valid JSON: {exc.msg} at column {exc.colno}"
             except RecursionError:
@@ -175,6 +175,11 @@ def _events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | N
     finally:
         if path != "-":
             stream.close()
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python accepts them, the destination would not."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _byte_lines(stream: IO[Any]) -> Iterator[bytes]:

@@ -80,6 +80,8 @@ def test_not_utf8_column_counts_characters_not_bytes(tmp_path: Path, capsys: pyt
     ('{"type":"page","properties":{"n":' + "[" * 100_000 + "]" * 100_000 + "}}",
      "line 2: not valid JSON: nested too deeply"),
     ('{"type":"page",', "line 2: not valid JSON: Expecting property name enclosed in double quotes at column 16"),
+    ('{"type":"page","properties":{"n":NaN}}', "line 2: not valid JSON: NaN is not a JSON number"),
+    ('{"type":"page","properties":{"n":-Infinity}}', "line 2: not valid JSON: -Infinity is not a JSON number"),
 ])
 def test_json_the_parser_rejects_is_one_invalid_event(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                       bad_line: str, detail: str) -> None:
