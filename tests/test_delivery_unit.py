@@ -29,6 +29,8 @@ from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
+from fakes import FakeTime
+
 from engine import outcome as oc
 from engine.dead_letters import FileDeadLetters, MemoryDeadLetters
 from engine.preset import load_preset
@@ -98,25 +100,6 @@ def lead(i: int | None = None, email: str = "Jane@Acme.com") -> dict[str, Any]:
 # --------------------------------------------------------------------------
 # harness
 # --------------------------------------------------------------------------
-
-
-class FakeTime:
-    """A monotonic clock that moves only when someone sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 50_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        # Like a real clock, time moves on a little even for a tiny sleep; a
-        # wait below the float resolution at this magnitude would otherwise
-        # never elapse and the limiter would spin.
-        self.now += max(0.0, delay) + 1e-9
-        await asyncio.sleep(0)
 
 
 class MaxRandom(random.Random):
@@ -229,7 +212,7 @@ def wire(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @pytest.fixture
 def clock() -> FakeTime:
-    return FakeTime()
+    return FakeTime(start=50_000.0)
 
 
 def make_engine(clock: FakeTime, *, token_store: Any = None, dead_letters: Any = None, rng: random.Random | None = None,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fakes import SEED_DEMO_REQUESTED_PAYLOAD
+
 from engine import cli
 from engine.cli import main
 
@@ -23,23 +25,6 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lead-capture.nd
 # DESIGN.md, "Vocabulary": drop reason codes are part of the public contract.
 DROP_REASONS = {"event_not_mapped", "no_consent", "not_identified", "invalid_email", "invalid_event"}
 
-# The product page, "Example: Demo Requested" -> "Outreach payload sent by Signal".
-SEED_DEMO_REQUESTED_PAYLOAD = {
-    "data": {
-        "type": "prospect",
-        "attributes": {
-            "emails": ["jane.doe@acme.com"],
-            "firstName": "Jane",
-            "lastName": "Doe",
-            "name": "Jane Doe",
-            "title": "Head of Growth",
-            "occupation": "Head of Growth",
-            "company": "Acme Inc",
-            "mobilePhones": ["+447700900123"],
-            "tags": ["Signal", "demo-request"],
-        },
-    }
-}
 
 # "Event Mapping" table: Signal event -> tag applied (besides "Signal").
 LEAD_EVENT_TAGS = {

@@ -9,28 +9,11 @@ from datetime import datetime, timezone
 
 import pytest
 
+from fakes import FakeTime
+
 from engine.rate_limit import CLOCK_SKEW_SECONDS, MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
 
 NOW = 1_750_000_000.0  # a fixed wall clock, in epoch seconds
-
-
-class FakeTime:
-    """A monotonic clock that moves only when someone sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        # Like a real clock, time moves on a little even for a tiny sleep; a
-        # wait below the float resolution at this magnitude would otherwise
-        # never elapse and the limiter would spin.
-        self.now += max(0.0, delay) + 1e-9
-        await asyncio.sleep(0)
 
 
 def limiter(clock: FakeTime, requests: int = 10, per_seconds: float = 10.0) -> RateLimiter:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from fakes import SEED_DEMO_REQUESTED_PAYLOAD
+
 from engine import expressions, resources
 from engine import outcome as oc
 from engine.expressions import Expression, ExpressionError
@@ -63,22 +65,7 @@ def test_seed_example_demo_requested_produces_the_documented_payload() -> None:
     assert result.request["method"] == "POST"
     assert result.request["url"] == "https://api.outreach.io/api/v2/prospects"
     assert result.request["headers"]["Content-Type"] == "application/vnd.api+json"
-    assert result.request["body"] == {
-        "data": {
-            "type": "prospect",
-            "attributes": {
-                "emails": ["jane.doe@acme.com"],
-                "firstName": "Jane",
-                "lastName": "Doe",
-                "name": "Jane Doe",
-                "title": "Head of Growth",
-                "occupation": "Head of Growth",
-                "company": "Acme Inc",
-                "mobilePhones": ["+447700900123"],
-                "tags": ["Signal", "demo-request"],
-            },
-        }
-    }
+    assert result.request["body"] == SEED_DEMO_REQUESTED_PAYLOAD
 
 
 # --------------------------------------------------------------------------
