@@ -204,7 +204,7 @@ class RefreshTokenAuth:
             rule = first_match(self.spec.rules, answer)
             action = rule.then if rule else ("retry" if status is None or status >= 500 else "reauthorise")
             message = (rule.message if rule and rule.message else None) or \
-                f"token endpoint answered {status if status is not None else 'no response'}"
+                (f"the token endpoint answered {status}" if status is not None else "the token endpoint could not be reached")
             if action == "reauthorise":
                 used = self._refresh
                 self._adopt_stored()
@@ -240,7 +240,7 @@ class RefreshTokenAuth:
                 return resp.status, body, CIMultiDict(resp.headers)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             # Exception text can quote the request; only its type is safe to log.
-            log.warning("auth: token endpoint unreachable: %s", type(exc).__name__)
+            log.info("auth: token endpoint unreachable: %s", type(exc).__name__)
             return None, None, CIMultiDict()
 
     def _accept(self, body: dict[str, Any]) -> None:
