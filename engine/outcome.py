@@ -6,7 +6,7 @@ them and golden files pin them, so they are plain strings kept in one place.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 DROPPED = "dropped"
@@ -42,11 +42,6 @@ class Outcome:
     request: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     attempts: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in (DELIVERED, WOULD_SEND)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
@@ -54,7 +49,6 @@ class Outcome:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
-        out.update(self.extra)
         return out
 
 

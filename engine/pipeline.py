@@ -20,7 +20,7 @@ from .preset import ActionSpec, Preset
 from .redaction import MASK
 from .settings import Settings, SettingsError
 from .templates import TemplateError
-from .transform import MappingInput, TransformError, build_document, normalise_traits
+from .transform import TransformError, build_document, normalise_traits
 
 
 @dataclass
@@ -103,9 +103,10 @@ class Pipeline:
         traits = normalise_traits(self.preset.identity.traits, raw, skip=spec.name)
         traits[spec.name] = key
         action = self.preset.actions[route.action]
-        mapping_input = MappingInput(event, traits, route.values, self.public_settings)
+        # What the mapping sees as $ (documented in the README's authoring guide).
+        mapping_input = {"event": event, "traits": traits, "values": route.values, "settings": self.public_settings}
         try:
-            body = build_document(action, action.mapping, mapping_input.as_dict(), f"actions.{action.name}.mapping")
+            body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")
             url = action.request.url.render(self._template_context)
         except TransformError as exc:
             return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc))

@@ -7,7 +7,6 @@ the golden files pin every document without a network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .expressions import Expression, ExpressionError
@@ -44,7 +43,7 @@ def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip:
 def build_document(action: ActionSpec, expression: Expression, context: Mapping[str, Any], where: str) -> Any:
     """Evaluate one of the action's expressions and shape the result to the action's contract."""
     try:
-        document = expression.evaluate(dict(context))
+        document = expression.evaluate(context)
     except ExpressionError as exc:
         raise TransformError("mapping_error", f"{where}: JSONata evaluation failed: {exc}") from None
     return shape(action, document, where)
@@ -64,16 +63,3 @@ def shape(action: ActionSpec, document: Any, where: str) -> Any:
                 f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
                 f"{str(exc).split(': ', 1)[1][:200]}") from None
     return document
-
-
-@dataclass(frozen=True)
-class MappingInput:
-    """What a mapping expression sees as ``$``; documented in the README."""
-
-    event: Mapping[str, Any]
-    traits: Mapping[str, Any]
-    values: Mapping[str, Any]
-    settings: Mapping[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"event": self.event, "traits": self.traits, "values": self.values, "settings": self.settings}
