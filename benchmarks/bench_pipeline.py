@@ -31,10 +31,10 @@ from typing import Any, Callable
 import phonenumbers
 from jsonschema import Draft202012Validator
 
-from engine import resources
-from engine.pipeline import Pipeline, Prepared
-from engine.preset import load_preset
-from engine.settings import resolve
+from engine.language import resources
+from engine.pipeline.prepare import Pipeline, Prepared
+from engine.language.compiler import load_preset
+from engine.language.settings import resolve
 
 PRESET = "outreach/lead-capture"
 

@@ -5,9 +5,10 @@ pipeline. Import :class:`Engine` to embed delivery in an async host, or
 :func:`load_preset` and :class:`Pipeline` for pure, network-free decisions.
 """
 
+from .language.compiler import PresetError, load_preset
+from .language.model import Preset
 from .outcome import Outcome
-from .pipeline import Pipeline, Prepared
-from .preset import Preset, PresetError, load_preset
+from .pipeline.prepare import Pipeline, Prepared
 
 __all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "load_preset"]
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .pipeline import Pipeline
-from .preset import Preset, load_preset
-from .settings import resolve
+from .language.compiler import load_preset
+from .language.model import Preset
+from .language.settings import resolve
+from .pipeline.prepare import Pipeline
 
 EXPECTED_SUFFIX = ".expected.json"
 

@@ -20,23 +20,37 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import (
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from urllib.parse import urlsplit
-from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import aiohttp
 
 from . import outcome as oc
-from .auth import RefreshTokenAuth
-from .dead_letters import DeadLetterStore, FileDeadLetters, MemoryDeadLetters, entry_for
-from .identity import IdentityMemory
+from .delivery.auth import RefreshTokenAuth
+from .delivery.rate_limit import RateLimiter
+from .delivery.sender import Sender
+from .language.compiler import load_preset
+from .language.model import Preset
+from .language.settings import Settings, resolve
 from .outcome import Outcome
-from .pipeline import Pipeline, Prepared
-from .preset import Preset, load_preset
-from .rate_limit import RateLimiter
+from .pipeline.identity import IdentityMemory
+from .pipeline.prepare import Pipeline, Prepared
 from .redaction import Redactor
-from .sender import Sender
-from .settings import Settings, resolve
-from .token_store import FileTokenStore, MemoryTokenStore, TokenStore, fingerprint
+from .state.dead_letters import (
+    DeadLetterStore,
+    FileDeadLetters,
+    MemoryDeadLetters,
+    entry_for,
+)
+from .state.token_store import FileTokenStore, MemoryTokenStore, TokenStore, fingerprint
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator
 
 from engine.outcome import Outcome
 from engine.runtime import Engine
-from engine.settings import load_settings_file
+from engine.language.settings import load_settings_file
 
 EXAMPLE_EVENTS = Path(__file__).resolve().parent / "lead-capture.ndjson"
 END = object()  # end-of-stream marker; a real consumer would run forever

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from engine import cli
+from engine.cli import common as cli_common, events_input
 from engine.cli import main
 from engine.outcome import dropped
-from engine.settings import check_url
-from engine.yaml_source import YamlSourceError, load_yaml
+from engine.language.settings import check_url
+from engine.language.yaml_source import YamlSourceError, load_yaml
 
 PRESET = "outreach/lead-capture"
 SECRET = "Zk9secretVALUE"
@@ -49,7 +49,7 @@ def summary(outcomes: list[dict[str, Any]]) -> list[tuple[int, str | None, str]]
 
 def cli_process(*args: str | bytes, cwd: Path, stdin: bytes | None = None,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, input=stdin,
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, input=stdin,
                           capture_output=True, timeout=120, env={**os.environ, **(env or {})})
 
 
@@ -112,8 +112,8 @@ def test_a_lone_surrogate_is_written_as_an_escape_and_the_run_goes_on(
 def test_emit_falls_back_to_ascii_escapes_when_the_output_cannot_encode_a_character() -> None:
     raw = io.BytesIO()
     out = io.TextIOWrapper(raw, encoding="ascii", newline="\n")
-    cli.emit(dropped(0, "m-é", "invalid_event", "line 1: Zoë"), out)
-    cli.emit(dropped(1, "m-2", "invalid_event", "plain"), out)
+    cli_common.emit(dropped(0, "m-é", "invalid_event", "line 1: Zoë"), out)
+    cli_common.emit(dropped(1, "m-2", "invalid_event", "plain"), out)
     lines = raw.getvalue().decode("ascii").splitlines()
     assert [json.loads(line)["messageId"] for line in lines] == ["m-é", "m-2"]
     assert "\\u00e9" in lines[0]
@@ -132,8 +132,8 @@ def test_crlf_cr_and_bom_keep_line_numbers(tmp_path: Path, capsys: pytest.Captur
 def test_read_events_keeps_its_shape(tmp_path: Path) -> None:
     events = tmp_path / "events.ndjson"
     events.write_bytes(b'{"a": 1}\n\n  \n\xff\n[1]\n')
-    assert inspect.isgeneratorfunction(cli.read_events)
-    items = list(cli.read_events(str(events)))
+    assert inspect.isgeneratorfunction(events_input.read_events)
+    items = list(events_input.read_events(str(events)))
     assert items == [(0, {"a": 1}, None),
                      (3, None, "line 4: not UTF-8 text (byte 0xff at column 1)"),
                      (4, [1], None)]

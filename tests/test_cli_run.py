@@ -34,7 +34,7 @@ def ndjson(*items: Any) -> str:
 def cli(*args: str, cwd: Path, stdin: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, input=stdin,
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, input=stdin,
                           capture_output=True, text=True, timeout=120, env=full_env)
 
 

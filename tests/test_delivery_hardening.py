@@ -16,14 +16,14 @@ import aiohttp
 from aiohttp import web
 
 from engine import outcome as oc
-from engine.dead_letters import MemoryDeadLetters
+from engine.state.dead_letters import MemoryDeadLetters
 from engine.outcome import Outcome
-from engine.pipeline import Pipeline
-from engine.preset import load_preset
+from engine.pipeline.prepare import Pipeline
+from engine.language.compiler import load_preset
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
-from engine.settings import resolve
-from engine.token_store import FileTokenStore
+from engine.language.settings import resolve
+from engine.state.token_store import FileTokenStore
 
 CLIENT_SECRET = "hardening-client-secret"
 REFRESH = "hardening-refresh-token-0"

@@ -37,11 +37,11 @@ import pytest
 from ruamel.yaml import YAML
 
 from engine import outcome as oc
-from engine.dead_letters import MemoryDeadLetters
+from engine.state.dead_letters import MemoryDeadLetters
 from engine.outcome import Outcome
 from engine.runtime import Engine
 from engine.sandbox.outreach import STATE_KEY, SandboxConfig, SandboxState, start_sandbox
-from engine.settings import SettingsError
+from engine.language.settings import SettingsError
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILE = REPO / "presets" / "outreach" / "lead-capture.yaml"
@@ -576,7 +576,7 @@ def write_settings(path: Path, base_url: str, creds: dict[str, str]) -> Path:
 
 
 def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 

@@ -32,11 +32,11 @@ from yarl import URL
 from fakes import FakeTime
 
 from engine import outcome as oc
-from engine.dead_letters import FileDeadLetters, MemoryDeadLetters
-from engine.preset import load_preset
-from engine.rate_limit import RateLimiter
+from engine.state.dead_letters import FileDeadLetters, MemoryDeadLetters
+from engine.language.compiler import load_preset
+from engine.delivery.rate_limit import RateLimiter
 from engine.runtime import Engine
-from engine.token_store import FileTokenStore, MemoryTokenStore
+from engine.state.token_store import FileTokenStore, MemoryTokenStore
 
 PRESET = "outreach/lead-capture"
 BASE = "https://api.outreach.test"

@@ -67,7 +67,7 @@ def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
-    sandbox = subprocess.Popen([sys.executable, "-m", "engine.cli", "sandbox", "outreach", "--port", str(port)],
+    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", str(port)],
                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 15

@@ -17,7 +17,7 @@ import pytest
 
 from fakes import SEED_DEMO_REQUESTED_PAYLOAD
 
-from engine import cli
+from engine.cli import common as cli_common, run as cli_run
 from engine.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lead-capture.ndjson"
@@ -51,8 +51,8 @@ def events() -> list[dict]:
 def outcomes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     # cli.emit's default stream is bound to the sys.stdout of import time, which
     # capsys cannot see; route default-stream writes to the current sys.stdout.
-    original_emit = cli.emit
-    monkeypatch.setattr(cli, "emit", lambda outcome, out=None: original_emit(outcome, sys.stdout if out is None else out))
+    original_emit = cli_common.emit
+    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None: original_emit(outcome, sys.stdout if out is None else out))
     code = main(["run", "outreach/lead-capture", "--events", str(EXAMPLE), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.consent import ConsentGate
-from engine.event_shape import message_id_of, shape_problem
-from engine.event_table import EventTable
-from engine.expressions import Expression
-from engine.identity import IdentityMemory, merged_traits
-from engine.pipeline import Pipeline
-from engine.preset import load_preset
-from engine.settings import resolve
+from engine.pipeline.consent import ConsentGate
+from engine.pipeline.event_shape import message_id_of, shape_problem
+from engine.pipeline.event_table import EventTable
+from engine.language.expressions import Expression
+from engine.pipeline.identity import IdentityMemory, merged_traits
+from engine.pipeline.prepare import Pipeline
+from engine.language.compiler import load_preset
+from engine.language.settings import resolve
 
 CONSENTED = {"consent": {"canonical": {"marketing": True}}}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.preset import PresetError, load_preset
+from engine.language.compiler import PresetError, load_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"
@@ -404,7 +404,7 @@ def test_check_reports_each_named_preset(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=120)
 
 

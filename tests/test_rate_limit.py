@@ -11,7 +11,7 @@ import pytest
 
 from fakes import FakeTime
 
-from engine.rate_limit import CLOCK_SKEW_SECONDS, MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
+from engine.delivery.rate_limit import CLOCK_SKEW_SECONDS, MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
 
 NOW = 1_750_000_000.0  # a fixed wall clock, in epoch seconds
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import token_store as ts
+from engine.state import token_store as ts
 from engine.runtime import Engine
-from engine.token_store import FileTokenStore, MemoryTokenStore, StoredTokens, fingerprint
+from engine.state.token_store import FileTokenStore, MemoryTokenStore, StoredTokens, fingerprint
 
 CONFIGURED = "rt-initial-123456"
 ROTATED = "rt-rotated-654321"

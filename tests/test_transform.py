@@ -10,15 +10,15 @@ import pytest
 
 from fakes import SEED_DEMO_REQUESTED_PAYLOAD
 
-from engine import expressions, resources
+from engine.language import expressions, resources
 from engine import outcome as oc
-from engine.expressions import Expression, ExpressionError
-from engine.normalisers import NORMALISERS, InvalidValue, email, phone_e164, text
-from engine.output_contract import ContractViolation, OutputContract, omit_empty
-from engine.pipeline import Pipeline
-from engine.preset import load_preset
-from engine.settings import resolve
-from engine.templates import Template, TemplateError
+from engine.language.expressions import Expression, ExpressionError
+from engine.pipeline.normalisers import NORMALISERS, InvalidValue, email, phone_e164, text
+from engine.pipeline.output_contract import ContractViolation, OutputContract, omit_empty
+from engine.pipeline.prepare import Pipeline
+from engine.language.compiler import load_preset
+from engine.language.settings import resolve
+from engine.language.templates import Template, TemplateError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"

@@ -9,22 +9,31 @@ their exact position. Nothing in here knows about any destination.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from ..delivery.response_rules import build_rules
+from ..pipeline.event_table import EventTable
+from ..pipeline.identity import DEFAULT_MEMORY_LIMIT
+from ..pipeline.normalisers import NORMALISERS
+from ..pipeline.output_contract import OutputContract
 from . import resources
-from .consent import ConsentGate
-from .event_table import EventTable
 from .expressions import Expression, ExpressionError
-from .identity import DEFAULT_MEMORY_LIMIT
-from .normalisers import NORMALISERS
-from .output_contract import OutputContract
-from .response_rules import Rule, build_rules
+from .model import (
+    ActionSpec,
+    AuthSpec,
+    DeliverySpec,
+    IdentitySpec,
+    Preset,
+    RateLimitSpec,
+    RequestSpec,
+    RetrySpec,
+    TraitSpec,
+    UpsertSpec,
+)
 from .settings import SettingSpec
 from .templates import Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
@@ -36,110 +45,6 @@ class PresetError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(frozen=True)
-class TraitSpec:
-    name: str
-    normalise: Callable[..., Any] | None
-    option: str | None  # e.g. region_from for phone_e164
-    kind: str | None = None  # the normaliser's name in the preset
-
-
-@dataclass(frozen=True)
-class IdentitySpec:
-    required: str
-    traits: tuple[TraitSpec, ...]
-    remember: tuple[str, ...]
-    memory_limit: int
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    method: str
-    url: Template
-    headers: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class UpsertSpec:
-    lookup_method: str
-    lookup_url: Template
-    lookup_query: Expression | None
-    found: Expression
-    update_method: str
-    update_url: Template
-    update_body: Expression
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    name: str
-    mapping: Expression
-    request: RequestSpec
-    contract: OutputContract | None
-    omit_empty: bool
-    truncate: bool
-    upsert: UpsertSpec | None
-
-
-@dataclass(frozen=True)
-class AuthSpec:
-    token_url: Template
-    client_id_setting: str
-    client_secret_setting: str
-    refresh_token_setting: str
-    rotates_refresh_token: bool
-    header: str
-    value: str
-    refresh_before_expiry: float
-    rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True)
-class RetrySpec:
-    max_attempts: int
-    initial_seconds: float
-    multiplier: float
-    max_seconds: float
-    jitter: str
-
-
-@dataclass(frozen=True)
-class RateLimitSpec:
-    requests: int
-    per_seconds: float
-    remaining_header: str | None
-    reset_header: str | None
-    retry_after_header: str | None
-
-
-@dataclass(frozen=True)
-class DeliverySpec:
-    timeout_seconds: float
-    concurrency: int
-    rate_limit: RateLimitSpec
-    retries: RetrySpec
-    rules: tuple[Rule, ...]
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    path: str
-    metadata: Mapping[str, Any]
-    settings: Mapping[str, SettingSpec]
-    identity: IdentitySpec
-    consent_setting: str
-    consent_aliases: Mapping[str, list[str]]
-    events: EventTable
-    actions: Mapping[str, ActionSpec]
-    auth: AuthSpec | None
-    delivery: DeliverySpec
-    raw: Mapping[str, Any] = field(repr=False)
-
-    def consent_gate(self, categories: list[str]) -> ConsentGate:
-        return ConsentGate.build(categories, self.consent_aliases)
 
 
 @lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from .outcome import Outcome
+from ..outcome import Outcome
 
 
 class DeadLetterStore(Protocol):

@@ -16,6 +16,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+
 class ContractViolation(Exception):
     """The mapped document breaks the output schema; ``field`` is a JSON pointer."""
 

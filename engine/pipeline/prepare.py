@@ -11,15 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from . import outcome as oc
+from .. import outcome as oc
+from ..language.model import ActionSpec, Preset
+from ..language.settings import Settings, SettingsError
+from ..language.templates import TemplateError
+from ..outcome import Outcome
+from ..redaction import MASK
+from .consent import ConsentGate
 from .event_shape import message_id_of, shape_problem
 from .identity import IdentityMemory, merged_traits
 from .normalisers import InvalidValue
-from .outcome import Outcome
-from .preset import ActionSpec, Preset
-from .redaction import MASK
-from .settings import Settings, SettingsError
-from .templates import TemplateError
 from .transform import TransformError, build_document, normalise_traits
 
 
@@ -57,7 +58,7 @@ class Pipeline:
         if not categories:
             # An empty list would let every event through: fail closed, loudly.
             raise SettingsError(f"setting {preset.consent_setting!r} must name at least one consent category")
-        self.gate = preset.consent_gate(categories)
+        self.gate = ConsentGate.build(categories, preset.consent_aliases)
         self._required = next(t for t in ident.traits if t.name == ident.required)
         self._template_context = {"settings": self.public_settings}
 

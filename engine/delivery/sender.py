@@ -19,18 +19,18 @@ from typing import Any, Awaitable, Callable, Mapping
 import aiohttp
 from multidict import CIMultiDict
 
-from . import outcome as oc
+from .. import outcome as oc
+from ..language.model import DeliverySpec
+from ..language.settings import Settings
+from ..language.templates import TemplateError
+from ..outcome import Outcome
+from ..pipeline.prepare import Prepared
+from ..pipeline.transform import TransformError, build_document
+from ..redaction import MASK, Redactor
 from .auth import AuthFailure, RefreshTokenAuth
-from .outcome import Outcome
-from .pipeline import Prepared
-from .preset import DeliverySpec
 from .rate_limit import RateLimiter, seconds_until
-from .redaction import MASK, Redactor
 from .response_rules import Answer, Rule, first_match
 from .retry_policy import backoff_delay
-from .settings import Settings
-from .templates import TemplateError
-from .transform import TransformError, build_document
 
 log = logging.getLogger("signal_engine.delivery")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .expressions import Expression, ExpressionError
+from ..language.expressions import Expression, ExpressionError
+from ..language.model import ActionSpec, TraitSpec
 from .normalisers import InvalidValue
 from .output_contract import ContractViolation, omit_empty
-from .preset import ActionSpec, TraitSpec
 
 
 class TransformError(Exception):

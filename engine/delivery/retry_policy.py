@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .preset import RetrySpec
+from ..language.model import RetrySpec
 
 
 def backoff_delay(spec: RetrySpec, failed_attempts: int, rng: random.Random) -> float:

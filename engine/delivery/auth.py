@@ -24,13 +24,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 import aiohttp
 from multidict import CIMultiDict
 
-from .preset import AuthSpec, RetrySpec
+from ..language.model import AuthSpec, RetrySpec
+from ..language.settings import Settings
+from ..redaction import Redactor
+from ..state.token_store import StoredTokens, TokenStore
 from .rate_limit import seconds_until
-from .redaction import Redactor
 from .response_rules import Answer, first_match
 from .retry_policy import backoff_delay
-from .settings import Settings
-from .token_store import StoredTokens, TokenStore
 
 log = logging.getLogger("signal_engine.auth")
 

@@ -1,0 +1,5 @@
+"""The ``signal-engine`` command line: one module per command, dispatched by :mod:`.main`."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,72 @@
+"""What every command shares: one-line errors, output, settings and the state directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..language.settings import SettingsError, load_settings_file, resolve
+from ..outcome import Outcome
+
+
+class UsageError(Exception):
+    """A one-line problem with what the user asked for."""
+
+
+_LOCATED = re.compile(r"^\S+:\d+(:\d+)?: ")
+
+
+def located(line: str) -> bool:
+    """Lines that already start with file:line speak for themselves."""
+    return bool(_LOCATED.match(line))
+
+
+def say(text: str) -> None:
+    """Print a line to stdout; a file name the output encoding cannot show is escaped, not fatal."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        print(text.encode("ascii", "backslashreplace").decode("ascii"))
+
+
+def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool) -> Any:
+    supplied: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    if args.settings:
+        supplied, where = load_settings_file(args.settings)
+    try:
+        return resolve(preset_settings, supplied, require=require, where=where)
+    except SettingsError as exc:
+        if args.settings:
+            raise
+        raise SettingsError(f"{exc}; pass --settings FILE (or use --dry-run, which needs no credentials)") from None
+
+
+def emit(outcome: Outcome, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call, so redirection and capture work
+    data = outcome.to_dict()
+    try:
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\\ud800" escape in the input) or a character the
+        # output encoding lacks: escape everything non-ASCII; still one line of JSON.
+        out.write(json.dumps(data, ensure_ascii=True) + "\n")
+    out.flush()
+
+
+def check_state_dir(state: str) -> None:
+    """Fail before the first event, not after, when the state directory is unusable."""
+    path = Path(state)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--state {state}: not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = path / ".write-test"
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None

@@ -1,0 +1,101 @@
+"""Reading ``--events``: newline-delimited JSON, one event per line.
+
+Each line is decoded and parsed on its own, so one bad line becomes one
+``invalid_event`` and the lines around it are read as usual.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import sys
+from typing import IO, Any, Iterator
+
+from .common import UsageError
+
+
+def read_events(path: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(index, event, problem) per non-blank line; index is the 0-based line number.
+
+    A line that is not UTF-8 or not JSON yields a problem for that line only;
+    the lines around it are read as usual. Only an unopenable or unreadable
+    file stops the stream (with a :class:`UsageError`).
+    """
+    yield from events_from(open_events(path), path)
+
+
+def open_events(path: str) -> IO[bytes]:
+    """The byte stream behind ``--events``; ``-`` is standard input."""
+    if path == "-":
+        stdin = sys.stdin
+        if stdin is None:
+            raise UsageError("--events -: there is no standard input")
+        return getattr(stdin, "buffer", stdin)
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by _events_from
+    except OSError as exc:
+        raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
+
+
+def events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | None]]:
+    """Decode and parse each line on its own, so one bad line cannot spoil the others."""
+    try:
+        for index, raw in enumerate(_byte_lines(stream)):
+            if index == 0 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
+                yield index, None, (f"line {index + 1}: not UTF-8 text "
+                                    f"(byte 0x{raw[exc.start]:02x} at column {column})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line, parse_constant=_reject_constant)
+            except json.JSONDecodeError as exc:
+                yield index, None, f"line {index + 1}: not valid JSON: {exc.msg} at column {exc.colno}"
+            except RecursionError:
+                yield index, None, f"line {index + 1}: not valid JSON: nested too deeply"
+            except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+                yield index, None, f"line {index + 1}: not valid JSON: {_json_value_error(exc)}"
+            else:
+                yield index, event, None
+    except OSError as exc:
+        raise UsageError(f"--events {path}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        if path != "-":
+            stream.close()
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON; Python accepts them, the destination would not."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _byte_lines(stream: IO[Any]) -> Iterator[bytes]:
+    """Lines without their line ending; CR, LF and CRLF all end a line, as in text mode."""
+    for chunk in stream:
+        if isinstance(chunk, str):  # a text stream without a byte buffer (an embedding host's StringIO)
+            chunk = _to_bytes(chunk)
+        if chunk.endswith(b"\n"):
+            chunk = chunk[:-1]
+        if chunk.endswith(b"\r"):
+            chunk = chunk[:-1]
+        yield from chunk.split(b"\r")
+
+
+def _to_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # undoes a surrogateescape decode
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")  # then reported as not UTF-8
+
+
+def _json_value_error(exc: ValueError) -> str:
+    digits = re.search(r"\(\s*(\d+)\s*digits\)", str(exc))
+    if "integer string conversion" in str(exc) and digits:
+        return f"a number has more than {digits.group(1)} digits"
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -1,0 +1,52 @@
+"""``signal-engine golden``: run golden cases and show a diff for each mismatch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import UsageError, say
+
+
+def register(sub: Any) -> None:
+    golden = sub.add_parser("golden", help="run golden cases and show a diff for each mismatch")
+    golden.add_argument("path", nargs="?", default="golden", metavar="PATH")
+    golden.add_argument("--update", action="store_true", help="rewrite the expected files with the actual output")
+    golden.set_defaults(func=cmd_golden)
+
+
+def cmd_golden(args: argparse.Namespace) -> int:
+    from .. import golden
+
+    root = Path(args.path)
+    if not root.exists():
+        raise UsageError(f"{args.path}: no such golden folder or case")
+    try:
+        cases = golden.discover(root)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    presets: dict[str, Any] = {}
+    failures = updated = 0
+    for case in cases:
+        try:
+            result = golden.run_case(case, presets)
+        except (ValueError, OSError) as exc:
+            failures += 1
+            say(f"ERROR {case.name}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+            continue
+        if args.update:
+            if golden.update(result):
+                updated += 1
+                say(f"updated {case.name}")
+            continue
+        if result.passed:
+            say(f"ok    {case.name}")
+        else:
+            failures += 1
+            say(f"FAIL  {case.name}" + ("  (no expected file; run with --update)" if result.expected is None else ""))
+            say(result.diff())
+    summary = f"{len(cases)} golden case(s): "
+    summary += f"{updated} updated" if args.update else f"{len(cases) - failures} passed, {failures} failed"
+    say(summary)
+    return 1 if failures else 0

@@ -1,0 +1,105 @@
+"""The layout of ``engine/`` is part of the design: imports point down the flow.
+
+cli → runtime/service → delivery → pipeline → the preset model and primitives.
+The compiler builds the stages, so no stage may import it; and destination
+knowledge lives in presets, never in the engine's Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ENGINE = Path(__file__).resolve().parents[1] / "engine"
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in ENGINE.rglob("*.py"))
+
+
+def _imports(path: Path, *, typing_only_too: bool = True) -> set[str]:
+    """Absolute engine module names imported by ``path`` (relative imports resolved).
+
+    With ``typing_only_too=False``, imports under ``if TYPE_CHECKING:`` are
+    left out: they name types without creating a dependency at run time.
+    """
+    package = ["engine", *path.relative_to(ENGINE).parent.parts]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped: set[int] = set()
+    if not typing_only_too:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                skipped.update(id(n) for n in ast.walk(node))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("engine"):
+                continue
+            found.add(target)
+            for alias in node.names:
+                found.add(f"{target}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("engine"))
+    return found
+
+
+def _area(path: Path) -> str:
+    rel = path.relative_to(ENGINE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+# Which areas each area may never import (directly or by name).
+FORBIDDEN = {
+    "pipeline": ("engine.delivery", "engine.state", "engine.runtime", "engine.cli", "engine.service",
+                 "engine.language.compiler"),
+    "delivery": ("engine.runtime", "engine.cli", "engine.service", "engine.language.compiler"),
+    "state": ("engine.delivery", "engine.runtime", "engine.cli", "engine.service", "engine.language.compiler"),
+    "outcome": ("engine.",),
+    "redaction": ("engine.",),
+}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ENGINE)))
+def test_imports_point_down(path: Path) -> None:
+    banned = FORBIDDEN.get(_area(path), ())
+    bad = sorted(name for name in _imports(path) if any(name == b or name.startswith(b if b.endswith(".") else b + ".")
+                                                         or name == b.rstrip(".") for b in banned))
+    assert not bad, f"{path.relative_to(ENGINE)} imports {bad}"
+
+
+def test_language_primitives_do_not_import_the_stages() -> None:
+    """Everything in language/ except the compiler sits below the stages."""
+    for path in (ENGINE / "language").glob("*.py"):
+        if path.stem == "compiler":
+            continue
+        runtime_imports = _imports(path, typing_only_too=False)
+        bad = sorted(n for n in runtime_imports
+                     if n.startswith(("engine.pipeline", "engine.delivery", "engine.state", "engine.runtime", "engine.cli")))
+        assert not bad, f"language/{path.name} imports {bad}"
+
+
+VENDOR = re.compile(r"outreach|hubspot|salesloft|close\.com|api\.close|prospect", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if "sandbox" not in p.parts and p.name != "sandbox.py"],
+                         ids=lambda p: str(p.relative_to(ENGINE)))
+def test_no_destination_knowledge_in_engine_code(path: Path) -> None:
+    """Comments and docstrings may give examples; code may not name a vendor."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    hits = [n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+            and VENDOR.search(n.value)]
+    assert not hits, f"{path.relative_to(ENGINE)} names a destination in code: {hits[:3]}"
