@@ -34,9 +34,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import outcome as oc
-from .delivery.auth import RefreshTokenAuth
+from .delivery.auth import Auth, build_auth
 from .delivery.rate_limit import RateLimiter
 from .delivery.sender import Sender
+from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import Settings, resolve
@@ -61,7 +62,7 @@ class Engine:
     def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | None = None,
                  token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
                  on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
-                 session: aiohttp.ClientSession | None = None,
+                 session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.preset = preset
@@ -72,8 +73,10 @@ class Engine:
         self.on_outcome = on_outcome
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._own_session = session is None
+        self._own_session = session is None and transport is None
         self._session = session
+        self._transport = transport
+        self._clock = clock
         self._sender: Sender | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -83,8 +86,8 @@ class Engine:
 
         auth = preset.auth
         if token_store is None:
-            if self.state_dir is not None and auth is not None:
-                client = fingerprint(str(settings[auth.client_id_setting] or ""))
+            if self.state_dir is not None and auth is not None and auth.is_oauth2:
+                client = fingerprint(str(settings[auth.client_id_setting or ""] or ""))
                 token_store = FileTokenStore(self.state_dir / f"refresh-token-{client}.json")
             else:
                 token_store = MemoryTokenStore()
@@ -101,12 +104,8 @@ class Engine:
             except (OSError, ValueError):
                 pass  # a damaged memory only costs joins, never events
         self.pipeline = Pipeline(preset, settings, memory)
-        self.auth = (RefreshTokenAuth(auth, settings, token_store, self.redactor, preset.delivery.retries,
-                                      clock=clock, sleep=sleep, rng=self._rng,
-                                      timeout_seconds=preset.delivery.timeout_seconds) if auth is not None else None)
-        rl = preset.delivery.rate_limit
-        self.limiter = RateLimiter(rl.requests, rl.per_seconds, remaining_header=rl.remaining_header,
-                                   reset_header=rl.reset_header, clock=clock, sleep=sleep)
+        self.auth: Auth | None = None  # built on start(), with the transport
+        self.limiter = RateLimiter.from_spec(preset.delivery.rate_limit, clock=clock, sleep=sleep)
 
     @classmethod
     def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":
@@ -118,13 +117,17 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> "Engine":
         if self._sender is None:
-            if self._session is None:
-                timeout = aiohttp.ClientTimeout(total=self.preset.delivery.timeout_seconds)
-                self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+            if self._transport is None:
+                if self._session is None:
+                    timeout = aiohttp.ClientTimeout(total=self.preset.delivery.timeout_seconds)
+                    self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+                self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds)
             self._slots = asyncio.Semaphore(self.concurrency)
-            self._sender = Sender(self.preset.delivery, self.settings, self.auth, self.limiter, self.redactor,
-                                  self._session, auth_header=self.preset.auth.header if self.preset.auth else None,
-                                  sleep=self._sleep, rng=self._rng)
+            self.auth = build_auth(self.preset.auth, self.settings, self.redactor, self._transport,
+                                   self.preset.delivery.retries, store=self.token_store, clock=self._clock,
+                                   sleep=self._sleep, rng=self._rng)
+            self._sender = Sender(self.preset.delivery, self.settings, self.auth, self.preset.auth, self.limiter,
+                                  self.redactor, self._transport, sleep=self._sleep, rng=self._rng)
         return self
 
     async def __aenter__(self) -> "Engine":
@@ -312,12 +315,16 @@ class Engine:
         recorded = _origin(str(request.get("url")))
         if recorded != expected:
             return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
+        auth = self.preset.auth
         headers = {k: v for k, v in (request.get("headers") or {}).items()
-                   if not (self.preset.auth and k.lower() == self.preset.auth.header.lower())}
+                   if not (auth and auth.placement == "header" and auth.header and k.lower() == auth.header.lower())}
+        url = str(request.get("url"))
+        if auth and auth.placement == "query" and auth.header:
+            url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
         if request.get("body") is not None:
-            headers.setdefault("Content-Type", action.request.headers.get("Content-Type", "application/json"))
+            headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        str(request.get("url")), headers, request.get("body"), {})
+                        url, headers, request.get("body"), {})
 
     def _save_identity(self) -> None:
         if self._identity_path is None:
@@ -342,6 +349,14 @@ async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterato
     else:
         for index, event in enumerate(events):  # type: ignore[arg-type]
             yield index, event
+
+
+def _without_query_param(url: str, name: str) -> str:
+    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote, safe="")))
 
 
 def _origin(url: str) -> str:

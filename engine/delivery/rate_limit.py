@@ -19,7 +19,10 @@ import asyncio
 import email.utils
 import time
 from datetime import datetime, timezone
-from typing import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
+
+if TYPE_CHECKING:
+    from ..language.model import RateLimitSpec
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -67,11 +70,41 @@ def seconds_until(value: str | None, now_wall: float | None = None) -> float | N
     return max(0.0, min(when.timestamp() - now_wall, MAX_WAIT_SECONDS))
 
 
+def reset_seconds(value: str | None, fmt: str, now_wall: float | None = None) -> float | None:
+    """Seconds until a reset header's moment, read the way the preset declares it is written."""
+    if value is None or not value.strip():
+        return None
+    now_wall = time.time() if now_wall is None else now_wall
+    if fmt == "http_date":
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        delay = when.timestamp() - now_wall
+    else:
+        number = first_number(value)
+        if number is None:
+            return None
+        delay = {"epoch_seconds": number - now_wall, "epoch_milliseconds": number / 1000.0 - now_wall,
+                 "delta_seconds": number}.get(fmt, number - now_wall)
+    return max(0.0, min(delay, MAX_WAIT_SECONDS))
+
+
 class RateLimiter:
     """Shared by every request of one engine (one destination connection)."""
 
+    @classmethod
+    def from_spec(cls, spec: "RateLimitSpec", *, clock: Callable[[], float] = time.monotonic,
+                  sleep: Sleep = asyncio.sleep) -> "RateLimiter":
+        return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
+                   reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
+                   window_unit=spec.window_unit, clock=clock, sleep=sleep)
+
     def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
-                 reset_header: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
+                 window_unit: str = "seconds", clock: Callable[[], float] = time.monotonic,
                  sleep: Sleep = asyncio.sleep) -> None:
         self.rate = requests / per_seconds
         # A minute's worth of burst: enough for a handful of leads to go out at
@@ -80,6 +113,9 @@ class RateLimiter:
         self.tokens = self.capacity
         self.remaining_header = remaining_header
         self.reset_header = reset_header
+        self.reset_format = reset_format
+        self.window_header = window_header
+        self.window_scale = 0.001 if window_unit == "milliseconds" else 1.0
         self._clock = clock
         self._sleep = sleep
         self._last = clock()
@@ -129,9 +165,17 @@ class RateLimiter:
             remaining -= self._in_flight
         reset_raw = headers.get(self.reset_header) if self.reset_header else None
         if reset_raw is not None:
-            delay = seconds_until(reset_raw)
+            delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
                 self._server_reset = self._clock() + delay + CLOCK_SKEW_SECONDS
+        window = first_number(headers.get(self.window_header)) if self.window_header else None
+        if window is not None and window > 0:
+            # Only the window's length is known: the window began at most now, so
+            # now + length is a reset that is never early.
+            now = self._clock()
+            if self._server_reset is None or self._server_reset <= now:
+                self._server_reset = now + window * self.window_scale
+                reset_raw = f"window@{self._server_reset}"
         if remaining is not None:
             same_window = reset_raw is not None and reset_raw == self._server_reset_raw
             if same_window and self._server_remaining is not None:
@@ -148,9 +192,14 @@ class RateLimiter:
 
     def reset_delay(self, headers: Mapping[str, str], retry_after_header: str | None) -> float | None:
         """How long a 429 asks us to wait: Retry-After first, else the window reset."""
-        for name in (retry_after_header, self.reset_header):
-            if name and headers.get(name) is not None:
-                delay = seconds_until(headers[name])
-                if delay is not None:
-                    return delay + (CLOCK_SKEW_SECONDS if name == self.reset_header else 0.0)
+        if retry_after_header and headers.get(retry_after_header) is not None:
+            delay = seconds_until(headers[retry_after_header])
+            if delay is not None:
+                return delay
+        if self.reset_header and headers.get(self.reset_header) is not None:
+            delay = reset_seconds(headers[self.reset_header], self.reset_format)
+            if delay is not None:
+                return delay + CLOCK_SKEW_SECONDS
+        if self._server_reset is not None and self.window_header:
+            return max(0.0, self._server_reset - self._clock())
         return None

@@ -1,15 +1,23 @@
-"""Response rules: what a status, error id or transport failure means.
+"""Response rules: what a status, a body or a transport failure means.
 
 The meanings are the preset's (``delivery.responses`` and ``auth.errors``);
 this module only matches. Rules are read in order and the first match
 decides, like a firewall table, so a preset author can put a specific 422
 before the general one.
+
+Any body can be matched with ``match``, a JSONata predicate over
+``{status, headers, body}``. ``error`` and ``detail_contains`` are
+shorthands for the two error shapes most APIs share: JSON:API
+(``errors[].id`` / ``detail``, ``details``, ``title``) and OAuth 2
+(``error`` / ``error_description``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..language.expressions import Expression, ExpressionError
 
 TRANSPORT_ERRORS = ("timeout", "connection")
 
@@ -22,9 +30,10 @@ class Answer:
     error_ids: tuple[str, ...] = ()
     texts: tuple[str, ...] = ()  # error details and titles, for detail_contains
     transport_error: str | None = None  # "timeout" | "connection"
+    data: Mapping[str, Any] = field(default_factory=dict)  # {status, headers, body} for match predicates
 
     @classmethod
-    def from_body(cls, status: int, body: Any) -> "Answer":
+    def from_body(cls, status: int, body: Any, headers: Mapping[str, str] | None = None) -> "Answer":
         ids: list[str] = []
         texts: list[str] = []
         if isinstance(body, Mapping):
@@ -41,7 +50,8 @@ class Answer:
                 for key in ("detail", "details", "title"):
                     if isinstance(err.get(key), str):
                         texts.append(err[key])
-        return cls(status, tuple(ids), tuple(texts))
+        data = {"status": status, "headers": {k.lower(): v for k, v in (headers or {}).items()}, "body": body}
+        return cls(status, tuple(ids), tuple(texts), data=data)
 
 
 @dataclass(frozen=True)
@@ -51,16 +61,17 @@ class Rule:
     statuses: tuple[int | str, ...] = ()
     errors: tuple[str, ...] = ()
     detail_contains: str | None = None
+    match: Expression | None = None
 
     @classmethod
-    def build(cls, spec: Mapping[str, Any]) -> "Rule":
+    def build(cls, spec: Mapping[str, Any], match: Expression | None = None) -> "Rule":
         when = spec["when"]
         status = when.get("status")
         statuses = tuple(status if isinstance(status, list) else ([status] if status is not None else []))
         error = when.get("error")
         errors = tuple(error if isinstance(error, list) else ([error] if error is not None else []))
         detail = when.get("detail_contains")
-        return cls(spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None)
+        return cls(spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match)
 
     def matches(self, answer: Answer) -> bool:
         if self.statuses:
@@ -75,6 +86,13 @@ class Rule:
         if self.detail_contains is not None:
             if not any(self.detail_contains in t.lower() for t in answer.texts):
                 return False
+        if self.match is not None:
+            if answer.transport_error:
+                return False
+            try:
+                return self.match.evaluate(answer.data) is True
+            except ExpressionError:
+                return False  # a predicate that cannot be evaluated on this body does not match it
         return True
 
 
@@ -88,5 +106,3 @@ def first_match(rules: Sequence[Rule], answer: Answer) -> Rule | None:
     return next((r for r in rules if r.matches(answer)), None)
 
 
-def build_rules(specs: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
-    return tuple(Rule.build(s) for s in specs)

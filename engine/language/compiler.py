@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from ..delivery.response_rules import build_rules
+from ..delivery.response_rules import Rule
 from ..pipeline.event_table import EventTable
 from ..pipeline.identity import DEFAULT_MEMORY_LIMIT
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import resources
+from .expression_check import InputShape, analyse
 from .expressions import Expression, ExpressionError
 from .model import (
     ActionSpec,
     AuthSpec,
     DeliverySpec,
     IdentitySpec,
+    LookupSpec,
     Preset,
     RateLimitSpec,
     RequestSpec,
@@ -53,12 +56,13 @@ def _preset_validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def load_preset(name_or_path: str) -> Preset:
-    """Load a built-in preset by name or a preset file by path; raise :class:`PresetError`."""
-    path = resources.find_preset(name_or_path)
+def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = ()) -> Preset:
+    """Load a preset by name (looked up in ``preset_path``, ``$SIGNAL_ENGINE_PRESET_PATH``, then the
+    built-in ones) or a preset file by path; raise :class:`PresetError`."""
+    path = resources.find_preset(name_or_path, preset_path)
     if not path.exists():
-        known = ", ".join(resources.builtin_presets())
-        raise PresetError([f"{name_or_path}: no such preset file or built-in preset (built-in: {known})"])
+        known = ", ".join(resources.known_presets(preset_path))
+        raise PresetError([f"{name_or_path}: no such preset file or preset name (known: {known})"])
     try:
         doc = load_yaml(path)
     except YamlSourceError as exc:
@@ -109,14 +113,16 @@ class _Compiler:
         settings = {name: SettingSpec(name, s["type"], s.get("required", False), s.get("secret", False),
                                       s.get("default"), s.get("description", ""))
                     for name, s in data["settings"].items()}
+        self.settings = settings
         self._check_settings(settings)
         identity = self._identity(data["identity"])
+        self.trait_names = [t.name for t in identity.traits]
         consent_setting = data["consent"]["categories_setting"]
         if settings.get(consent_setting) is None or settings[consent_setting].type != "string_list":
             self.problem(["consent", "categories_setting"], f"must name a string_list setting, got {consent_setting!r}")
-        actions = {name: self._action(name, spec, settings) for name, spec in data["actions"].items()}
-        self._check_events(data["events"], actions)
-        auth = self._auth(data.get("auth"), settings)
+        self._check_events(data["events"], data["actions"])
+        actions = {name: self._action(name, spec) for name, spec in data["actions"].items()}
+        auth = self._auth(data.get("auth"))
         delivery = self._delivery(data["delivery"])
         return Preset(
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
@@ -168,20 +174,12 @@ class _Compiler:
                             spec.get("memory_limit", DEFAULT_MEMORY_LIMIT))
 
     def _compile_expressions_anyway(self) -> None:
-        actions = self.data.get("actions")
-        for name, action in (actions.items() if isinstance(actions, dict) else []):
-            if not isinstance(action, dict):
-                continue
-            candidates: list[tuple[list[PathPart], Any]] = [(["actions", name, "mapping"], action.get("mapping"))]
-            upsert = action.get("upsert") if isinstance(action.get("upsert"), dict) else {}
-            for part, key in (("lookup", "query"), ("lookup", "found"), ("update", "body")):
-                section = upsert.get(part) if isinstance(upsert.get(part), dict) else {}
-                candidates.append((["actions", name, "upsert", part, key], section.get(key)))
-            for path, source in candidates:
-                if isinstance(source, str) and source:
-                    self._expression(path, source)
+        """Report syntax errors in every JSONata site even when the structure around it is broken."""
+        for path, source in _expression_sites(self.data):
+            if isinstance(source, str) and source:
+                self._compile_expression(path, source)
 
-    def _expression(self, path: list[PathPart], source: str) -> Expression | None:
+    def _compile_expression(self, path: list[PathPart], source: str) -> Expression | None:
         try:
             return Expression.compile(source)
         except ExpressionError as exc:
@@ -196,47 +194,137 @@ class _Compiler:
                                   f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}"))
             return None
 
-    def _template(self, path: list[PathPart], source: str, allowed: list[str]) -> Template | None:
+    def _expression(self, path: list[PathPart], source: str, roots: Mapping[str, Any], what: str) -> Expression | None:
+        """Compile, then check statically what the expression reads against what its input holds."""
+        compiled = self._compile_expression(path, source)
+        if compiled is None:
+            return None
+        shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
+        for finding in analyse(source, shape):
+            loc = self.doc.locate_in_scalar(path, finding.position)
+            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}"))
+        return compiled
+
+    # What each kind of expression sees as its input (None: any field).
+    def _public_settings(self) -> list[str]:
+        return [n for n, s in self.settings.items() if not s.secret]
+
+    def _mapping_roots(self, action: str) -> dict[str, Any]:
+        return {"event": None, "traits": self.trait_names, "values": self.values_by_action.get(action, set()),
+                "settings": self._public_settings()}
+
+    def _upsert_roots(self, action: str, *extra: str) -> dict[str, Any]:
+        roots = {"document": None, "traits": self.trait_names, "values": self.values_by_action.get(action, set()),
+                 "settings": self._public_settings(), "conflict": None}
+        roots.update({name: None for name in extra})
+        return roots
+
+    RESPONSE_ROOTS = {"status": None, "headers": None, "body": None}
+
+    def _template(self, path: list[PathPart], source: str, roots: tuple[str, ...] = (), *,
+                  secrets_allowed: bool = False) -> Template | None:
+        """Compile a template; every placeholder must name something this place provides.
+
+        ``settings.X`` must be a declared setting that is required or has a
+        default (otherwise a live run would abort before any outcome), and,
+        outside ``auth:``, not a secret one.
+        """
         try:
-            return Template.compile(source, allowed)
+            template = Template.compile(source)
         except TemplateError as exc:
             self.problem(path, str(exc))
             return None
+        for fields in template.fields:
+            label = "{" + ".".join(fields) + "}"
+            if fields[0] == "settings":
+                name = fields[1] if len(fields) > 1 else ""
+                spec = self.settings.get(name)
+                if spec is None:
+                    known = ", ".join("{settings." + n + "}" for n in self._public_settings())
+                    self.problem(path, f"unknown placeholder {label} (allowed here: {known})")
+                elif spec.secret and not secrets_allowed:
+                    self.problem(path, f"{label} is a secret setting; secrets are only usable in auth:")
+                elif not spec.required and spec.default is None:
+                    self.problem(path, f"{label} needs the setting {name!r} to be required: true or to have a default")
+            elif fields[0] not in roots:
+                allowed = ", ".join(["{settings.*}", *("{" + r + ".*}" for r in roots)])
+                self.problem(path, f"unknown placeholder {label} (allowed here: {allowed})")
+        return template
 
-    def _action(self, name: str, spec: Mapping[str, Any], settings: Mapping[str, SettingSpec]) -> ActionSpec:
+    def _headers(self, path: list[PathPart], spec: Mapping[str, str], roots: tuple[str, ...] = ()) -> dict[str, Template]:
+        return {name: t for name, source in spec.items()
+                if (t := self._template(path + [name], source, roots)) is not None}
+
+    def _action(self, name: str, spec: Mapping[str, Any]) -> ActionSpec:
         base = ["actions", name]
-        setting_names = [f"settings.{s}" for s, sp in settings.items() if not sp.secret]
-        mapping = self._expression(base + ["mapping"], spec["mapping"])
+        mapping = self._expression(base + ["mapping"], spec["mapping"], self._mapping_roots(name), "the mapping")
         req = spec["request"]
-        url = self._template(base + ["request", "url"], req["url"], setting_names)
+        request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
+                              self._headers(base + ["request", "headers"], req.get("headers", {})))
         output = spec.get("output", {})
         contract = None
         if output.get("schema"):
-            schema_path = resources.output_schema_path(output["schema"])
+            schema_path = resources.output_schema_path(output["schema"], Path(self.doc.path).parent)
             try:
                 contract = OutputContract.load(output["schema"], schema_path)
             except (OSError, ValueError) as exc:
-                self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {exc}")
-        upsert = None
-        if "upsert" in spec:
-            up = spec["upsert"]
-            lookup, update = up["lookup"], up["update"]
-            upsert = UpsertSpec(
-                lookup["method"], self._template(base + ["upsert", "lookup", "url"], lookup["url"], setting_names),
-                self._expression(base + ["upsert", "lookup", "query"], lookup["query"]) if "query" in lookup else None,
-                self._expression(base + ["upsert", "lookup", "found"], lookup["found"]),
-                update["method"], self._template(base + ["upsert", "update", "url"], update["url"], setting_names + ["found"]),
-                self._expression(base + ["upsert", "update", "body"], update["body"]),
-            )  # type: ignore[arg-type]
-        return ActionSpec(name, mapping, RequestSpec(req["method"], url, dict(req.get("headers", {}))),  # type: ignore[arg-type]
-                          contract, output.get("omit_empty", True), output.get("truncate_to_schema", True), upsert)
+                self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
+        upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
+        return ActionSpec(name, mapping, request, contract,  # type: ignore[arg-type]
+                          output.get("omit_empty", True), output.get("truncate_to_schema", True), upsert)
 
-    def _check_events(self, spec: Mapping[str, Any], actions: Mapping[str, ActionSpec]) -> None:
+    def _upsert(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> UpsertSpec:
+        strategy = spec.get("strategy", "on_conflict")
+        lookup = None
+        if "lookup" in spec:
+            lk = spec["lookup"]
+            where = base + ["lookup"]
+            roots = self._upsert_roots(action)
+            json_query = frozenset(lk.get("json_query", []))
+            query = None
+            if "query" in lk:
+                query = self._expression(where + ["query"], lk["query"], roots, "the lookup query")
+                self._check_query_shape(where, lk["query"], json_query)
+            lookup = LookupSpec(
+                lk["method"], self._template(where + ["url"], lk["url"], ("document", "traits", "conflict")),  # type: ignore[arg-type]
+                self._headers(where + ["headers"], lk.get("headers", {}), ("document", "traits", "conflict")),
+                query, json_query,
+                self._expression(where + ["body"], lk["body"], roots, "the lookup body") if "body" in lk else None)
+        elif strategy == "lookup_first":
+            self.problem(base, "strategy lookup_first needs a lookup: section (how to search before creating)")
+        found_roots = self._upsert_roots(action, "lookup") if lookup else self._upsert_roots(action)
+        found = self._expression(base + ["found"], spec["found"], found_roots, "upsert.found")
+        up = spec["update"]
+        update_roots = ("document", "traits", "conflict", "found") + (("lookup",) if lookup else ())
+        update = RequestSpec(up["method"], self._template(base + ["update", "url"], up["url"], update_roots),  # type: ignore[arg-type]
+                             self._headers(base + ["update", "headers"], up.get("headers", {}), update_roots))
+        body = self._expression(base + ["update", "body"], up["body"],
+                                self._upsert_roots(action, "found", *(("lookup",) if lookup else ())), "the update body")
+        return UpsertSpec(strategy, lookup, found, update, body)  # type: ignore[arg-type]
+
+    def _check_query_shape(self, where: list[PathPart], source: str, json_query: frozenset[str]) -> None:
+        """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
+        import jsonata
+
+        try:
+            tree = jsonata.Jsonata(source).ast
+        except Exception:  # noqa: BLE001 - syntax already reported
+            return
+        if getattr(tree, "type", None) != "unary" or getattr(tree, "value", None) != "{":
+            return
+        for key, value in tree.lhs_object or []:
+            name = getattr(key, "value", None)
+            if getattr(value, "type", None) == "unary" and getattr(value, "value", None) == "{" and name not in json_query:
+                self.problem(where + ["query"], f"query parameter {name!r} is an object: list it in json_query to send it as JSON")
+
+    def _check_events(self, spec: Mapping[str, Any], actions: Mapping[str, Any]) -> None:
         entries: list[tuple[list[PathPart], Mapping[str, Any]]] = [
             (["events", "track", n], e) for n, e in (spec.get("track") or {}).items()]
         entries += [(["events", t], spec[t]) for t in ("identify", "page", "screen", "group") if t in spec]
         seen: dict[str, str] = {}
+        self.values_by_action: dict[str, set[str]] = {}
         for path, entry in entries:
+            self.values_by_action.setdefault(entry["action"], set()).update(entry.get("values") or {})
             if entry["action"] != "drop" and entry["action"] not in actions:
                 self.problem(path + ["action"], f"unknown action {entry['action']!r} (defined: {', '.join(sorted(actions))}, or drop)")
             if path[1] == "track":
@@ -246,20 +334,57 @@ class _Compiler:
                                      f"event name {alias!r} is already used by {seen[alias]!r}")
                     seen[str(alias)] = str(path[2])
 
-    def _auth(self, spec: Mapping[str, Any] | None, settings: Mapping[str, SettingSpec]) -> AuthSpec | None:
-        if spec is None:
+    def _auth(self, spec: Mapping[str, Any] | None) -> AuthSpec | None:
+        if spec is None or spec["type"] == "none":
             return None
+        kind = spec["type"]
+        rules = self._rules(["auth", "errors"], spec.get("errors", []))
+        if kind == "bearer":
+            setting = self._secret_setting(["auth", "token_setting"], spec["token_setting"])
+            return AuthSpec(kind, spec.get("header", "Authorization"), spec.get("value", "Bearer {token}"),
+                            credential_setting=setting)
+        if kind == "api_key":
+            setting = self._secret_setting(["auth", "key_setting"], spec["key_setting"])
+            return AuthSpec(kind, spec["name"], spec.get("value", "{key}"), placement=spec["in"], credential_setting=setting)
+        if kind == "basic":
+            username = self._template(["auth", "username"], spec["username"], secrets_allowed=True)
+            password = self._template(["auth", "password"], spec.get("password", ""), secrets_allowed=True) \
+                if spec.get("password") else Template.compile("")
+            return AuthSpec(kind, "Authorization", "Basic {credentials}", username=username, password=password)
+        # oauth2_refresh_token | oauth2_client_credentials
         for key in ("client_id_setting", "client_secret_setting", "refresh_token_setting"):
-            if spec[key] not in settings:
+            if key in spec and spec[key] not in self.settings:
                 self.problem(["auth", key], f"{spec[key]!r} is not a declared setting")
         for key in ("client_secret_setting", "refresh_token_setting"):
-            if spec[key] in settings and not settings[spec[key]].secret:
-                self.problem(["settings", spec[key]], f"used as auth.{key}, so it must be marked secret: true")
-        setting_names = [f"settings.{s}" for s, sp in settings.items() if not sp.secret]
-        url = self._template(["auth", "token_url"], spec["token_url"], setting_names)
-        return AuthSpec(url, spec["client_id_setting"], spec["client_secret_setting"], spec["refresh_token_setting"],  # type: ignore[arg-type]
-                        spec.get("rotates_refresh_token", True), spec["header"], spec["value"],
-                        float(spec.get("refresh_before_expiry_seconds", 60)), build_rules(spec.get("errors", [])))
+            if key in spec:
+                self._secret_setting(["auth", key], spec[key])
+        return AuthSpec(
+            kind, spec.get("header", "Authorization"), spec.get("value", "Bearer {access_token}"),
+            token_url=self._template(["auth", "token_url"], spec["token_url"]),
+            client_id_setting=spec["client_id_setting"], client_secret_setting=spec["client_secret_setting"],
+            refresh_token_setting=spec.get("refresh_token_setting"), client_auth=spec.get("client_auth", "form"),
+            rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
+            authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
+            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules)
+
+    def _secret_setting(self, path: list[PathPart], name: str) -> str:
+        spec = self.settings.get(name)
+        if spec is None:
+            self.problem(path, f"{name!r} is not a declared setting")
+        elif not spec.secret:
+            self.problem(["settings", name], f"used as {format_path(path)}, so it must be marked secret: true")
+        elif not spec.required and spec.default is None:
+            self.problem(["settings", name], f"used as {format_path(path)}, so it must be required: true")
+        return name
+
+    def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[Rule, ...]:
+        rules = []
+        for i, spec in enumerate(specs):
+            source = spec["when"].get("match")
+            match = (self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")
+                     if source else None)
+            rules.append(Rule.build(spec, match))
+        return tuple(rules)
 
     def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
         rl = spec["rate_limit"]
@@ -268,11 +393,48 @@ class _Compiler:
         for i, rule in enumerate(spec["responses"]):
             if rule["then"] == "upsert" and not any("upsert" in a for a in self.data["actions"].values()):
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
+        if headers.get("window") and headers.get("reset"):
+            self.problem(["delivery", "rate_limit", "headers", "window"], "give either reset or window, not both")
+        wait = rl.get("wait_from_response")
         return DeliverySpec(
             float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
             RateLimitSpec(rl["requests"], float(rl["per_seconds"]), headers.get("remaining"), headers.get("reset"),
-                          headers.get("retry_after")),
+                          headers.get("retry_after"), headers.get("reset_format", "epoch_seconds"), headers.get("window"),
+                          headers.get("window_unit", "seconds"),
+                          self._expression(["delivery", "rate_limit", "wait_from_response"], wait, self.RESPONSE_ROOTS,
+                                           "wait_from_response") if wait else None),
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
-            build_rules(spec["responses"]),
+            self._rules(["delivery", "responses"], spec["responses"]),
         )
+
+
+def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
+    """Every place the language puts JSONata, for syntax errors reported even in a broken preset."""
+    sites: list[tuple[list[PathPart], Any]] = []
+
+    def get(node: Any, *keys: Any) -> Any:
+        for key in keys:
+            if isinstance(node, dict):
+                node = node.get(key)
+            elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+                node = node[key]
+            else:
+                return None
+        return node
+
+    actions = get(data, "actions")
+    for name in actions if isinstance(actions, dict) else []:
+        for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
+                     ("upsert", "update", "body")):
+            sites.append((["actions", name, *keys], get(actions, name, *keys)))
+    for section in (("delivery", "responses"), ("auth", "errors")):
+        rules = get(data, *section)
+        for i in range(len(rules) if isinstance(rules, list) else 0):
+            sites.append(([*section, i, "when", "match"], get(rules, i, "when", "match")))
+    sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
+    return sites
+
+
+def _one_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]

@@ -40,17 +40,29 @@ class IdentitySpec:
 class RequestSpec:
     method: str
     url: Template
-    headers: Mapping[str, str]
+    headers: Mapping[str, Template]
+
+
+@dataclass(frozen=True)
+class LookupSpec:
+    """How an upsert finds the existing record: any method, a URL template, JSONata query and body."""
+
+    method: str
+    url: Template
+    headers: Mapping[str, Template]
+    query: Expression | None
+    json_query: frozenset[str]  # parameters sent as a JSON string
+    body: Expression | None
 
 
 @dataclass(frozen=True)
 class UpsertSpec:
-    lookup_method: str
-    lookup_url: Template
-    lookup_query: Expression | None
+    """``on_conflict``: create, and on a conflict find and update. ``lookup_first``: find, then update or create."""
+
+    strategy: str
+    lookup: LookupSpec | None
     found: Expression
-    update_method: str
-    update_url: Template
+    update: RequestSpec
     update_body: Expression
 
 
@@ -65,17 +77,48 @@ class ActionSpec:
     upsert: UpsertSpec | None
 
 
+# auth.type -> the placeholder its header (or query) value template carries.
+CREDENTIAL_PLACEHOLDER = {"bearer": "token", "api_key": "key", "basic": "credentials",
+                          "oauth2_refresh_token": "access_token", "oauth2_client_credentials": "access_token"}
+
+
 @dataclass(frozen=True)
 class AuthSpec:
-    token_url: Template
-    client_id_setting: str
-    client_secret_setting: str
-    refresh_token_setting: str
-    rotates_refresh_token: bool
-    header: str
-    value: str
-    refresh_before_expiry: float
-    rules: tuple[Rule, ...]
+    """One ``auth:`` section. ``type`` picks the kind; the fields a kind does not use stay empty.
+
+    ``value`` is the header (or query parameter) value with the credential's
+    placeholder in it, so the masked view and the sent value come from one
+    template and can never disagree.
+    """
+
+    type: str
+    header: str | None = None  # the header or query parameter that carries the credential
+    value: str = ""
+    placement: str = "header"  # header | query
+    credential_setting: str | None = None  # bearer token / API key
+    username: Template | None = None  # basic
+    password: Template | None = None  # basic
+    token_url: Template | None = None  # oauth2
+    client_id_setting: str | None = None
+    client_secret_setting: str | None = None
+    refresh_token_setting: str | None = None
+    client_auth: str = "form"  # form | basic
+    rotates_refresh_token: bool = True
+    scopes: tuple[str, ...] = ()
+    authorize_url: Template | None = None
+    refresh_before_expiry: float = 60.0
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def placeholder(self) -> str:
+        return "{" + CREDENTIAL_PLACEHOLDER.get(self.type, "credential") + "}"
+
+    def render(self, credential: str) -> str:
+        return self.value.replace(self.placeholder, credential)
+
+    @property
+    def is_oauth2(self) -> bool:
+        return self.type.startswith("oauth2_")
 
 
 @dataclass(frozen=True)
@@ -94,6 +137,10 @@ class RateLimitSpec:
     remaining_header: str | None
     reset_header: str | None
     retry_after_header: str | None
+    reset_format: str = "epoch_seconds"  # epoch_seconds | epoch_milliseconds | delta_seconds | http_date
+    window_header: str | None = None  # a window-length header, for destinations that send no reset
+    window_unit: str = "seconds"
+    wait_from_response: Expression | None = None  # JSONata over {status, headers, body} of a 429
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,11 @@ preset authors edit.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterable, Sequence
+
+PRESET_PATH_ENV = "SIGNAL_ENGINE_PRESET_PATH"
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # the engine package
 
@@ -31,7 +35,18 @@ def preset_schema_path() -> Path:
     return schemas_dir() / "preset.schema.json"
 
 
-def output_schema_path(name: str) -> Path:
+def output_schema_path(name: str, preset_dir: Path | None = None) -> Path:
+    """A schema beside the preset file first (``./lead.schema.json``), else a built-in one.
+
+    A preset kept in a user's own repository names its contract by a path
+    relative to itself; built-in presets name theirs under ``schemas/``.
+    """
+    if preset_dir is not None:
+        local = preset_dir / name
+        if local.is_file():
+            return local
+        if name.startswith(("./", "../")) or name.endswith(".json"):
+            return local  # clearly meant as a file: report it missing there, not under schemas/
     return schemas_dir() / f"{name}.schema.json"
 
 
@@ -40,9 +55,32 @@ def builtin_presets() -> list[str]:
     return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
 
 
-def find_preset(name_or_path: str) -> Path:
-    """A built-in name such as ``outreach/lead-capture``, or a path to a YAML file."""
+def preset_search_path(extra: Iterable[str | Path] = ()) -> list[Path]:
+    """Folders where preset names are looked up, in order: ``extra`` (``--preset-path``),
+    then ``$SIGNAL_ENGINE_PRESET_PATH``, then the built-in presets."""
+    env = [p for p in os.environ.get(PRESET_PATH_ENV, "").split(os.pathsep) if p]
+    return [Path(p) for p in [*extra, *env]] + [presets_dir()]
+
+
+def find_preset(name_or_path: str, search_path: Sequence[str | Path] = ()) -> Path:
+    """A preset name (``destination/preset``) looked up in the search path, or a path to a YAML file."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
-    return presets_dir() / f"{name_or_path}.yaml"
+    folders = preset_search_path(search_path)
+    for folder in folders:
+        for suffix in (".yaml", ".yml"):
+            candidate = folder / f"{name_or_path}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return folders[-1] / f"{name_or_path}.yaml"
+
+
+def known_presets(search_path: Sequence[str | Path] = ()) -> list[str]:
+    """Every preset name the search path offers (for messages)."""
+    names: set[str] = set()
+    for folder in preset_search_path(search_path):
+        if folder.is_dir():
+            names.update(p.relative_to(folder).with_suffix("").as_posix()
+                         for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
+    return sorted(names)

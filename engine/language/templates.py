@@ -2,15 +2,16 @@
 
 URLs are templates rather than JSONata because they are read far more often
 than they change, and a preset author should see the URL at a glance.
-Placeholders are dotted paths checked at load against the names the place
-allows, so a typo fails ``signal-engine check`` instead of a live request.
+Placeholders are dotted paths; the compiler checks each one against what
+the place allows (``check`` refuses an unknown or secret one), so a typo
+fails at load instead of on a live request.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import quote
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
@@ -29,30 +30,33 @@ class Template:
     verbatim_roots: frozenset[str] = frozenset({"settings"})
 
     @classmethod
-    def compile(cls, source: str, allowed: Iterable[str]) -> "Template":
-        allowed = set(allowed)
-        fields = []
-        for match in _PLACEHOLDER.finditer(source):
-            path = tuple(match.group(1).split("."))
-            name = ".".join(path[:2]) if path[0] == "settings" else path[0]
-            if path[0] not in allowed and name not in allowed:
-                raise TemplateError(f"unknown placeholder {{{match.group(1)}}} (allowed here: "
-                                    + ", ".join("{" + a + "}" for a in sorted(allowed)) + ")")
-            fields.append(path)
+    def compile(cls, source: str) -> "Template":
+        """Parse the placeholders; which ones a place allows is the compiler's business."""
+        fields = tuple(tuple(m.group(1).split(".")) for m in _PLACEHOLDER.finditer(source))
         stray = _PLACEHOLDER.sub("", source)
         if "{" in stray or "}" in stray:
             raise TemplateError("unbalanced or malformed {placeholder}")
-        return cls(source, tuple(fields))
+        return cls(source, fields)
 
-    def render(self, context: Mapping[str, Any]) -> str:
+    def settings_used(self) -> list[str]:
+        return [f[1] for f in self.fields if f[0] == "settings" and len(f) > 1]
+
+    def render(self, context: Mapping[str, Any], *, encode: bool = True) -> str:
+        """Fill every placeholder; ``encode=False`` for header values, which are not URLs."""
+
         def substitute(match: re.Match[str]) -> str:
             path = match.group(1).split(".")
             value: Any = context
             for part in path:
                 value = value.get(part) if isinstance(value, Mapping) else None
-            if value is None:
-                raise TemplateError(f"{{{match.group(1)}}} has no value")
-            text = str(value)
+            if value is None or isinstance(value, (dict, list)):
+                raise TemplateError(f"{{{match.group(1)}}} has no value" if value is None
+                                    else f"{{{match.group(1)}}} is not a single value")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            if not encode:
+                if "\r" in text or "\n" in text:
+                    raise TemplateError(f"{{{match.group(1)}}} would put a line break in a header")
+                return text
             return text if path[0] in self.verbatim_roots else quote(text, safe="")
 
         return _PLACEHOLDER.sub(substitute, self.source)

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 
 class ContractViolation(Exception):
@@ -45,15 +48,23 @@ class OutputContract:
     name: str
     schema: dict[str, Any]
     validator: Draft202012Validator  # built once: rebuilding per event costs ~50x
+    registry: Any = None  # resolves $ref between schema files
 
     @classmethod
     def load(cls, name: str, path: Path) -> "OutputContract":
+        """Load a schema file; ``$ref`` to other files resolves relative to it."""
         schema = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(schema, dict):
+            raise ValueError("an output schema must be a JSON object")
         Draft202012Validator.check_schema(schema)
-        return cls(name, schema, Draft202012Validator(schema))
+        schema = {"$id": path.resolve().as_uri(), **schema} if "$id" not in schema else schema
+        registry: Registry = Registry(retrieve=_retrieve_file)  # type: ignore[call-arg]
+        validator = Draft202012Validator(schema, registry=registry)
+        return cls(name, schema, validator, registry)
 
     def truncate(self, value: Any) -> Any:
-        return _truncate(value, self.schema)
+        resolver = self.registry.resolver(base_uri=self.schema.get("$id", "")) if self.registry is not None else None
+        return _truncate(value, self.schema, resolver)
 
     def check(self, document: Any) -> None:
         error = next(iter(sorted(self.validator.iter_errors(document), key=lambda e: list(e.absolute_path))), None)
@@ -62,16 +73,37 @@ class OutputContract:
             raise ContractViolation(pointer, error.message)
 
 
-def _truncate(value: Any, schema: Any) -> Any:
+def _retrieve_file(uri: str) -> Resource:
+    """Schema files referenced by ``$ref``: local files only, never the network."""
+    if not uri.startswith("file:"):
+        raise Unresolvable(uri)
+    from urllib.parse import unquote, urlsplit
+
+    path = Path(unquote(urlsplit(uri).path))
+    try:
+        contents = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise Unresolvable(uri) from exc
+    return Resource.from_contents(contents, default_specification=DRAFT202012)
+
+
+def _truncate(value: Any, schema: Any, resolver: Any) -> Any:
     if not isinstance(schema, dict):
         return value
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and resolver is not None:
+        try:
+            resolved = resolver.lookup(ref)
+        except Unresolvable:
+            return value
+        return _truncate(value, resolved.contents, resolved.resolver)
     if isinstance(value, str):
         limit = schema.get("maxLength")
         return value[:limit] if isinstance(limit, int) and len(value) > limit else value
     if isinstance(value, dict):
         props = schema.get("properties", {})
-        return {k: _truncate(v, props.get(k)) for k, v in value.items()}
+        return {k: _truncate(v, props.get(k), resolver) for k, v in value.items()}
     if isinstance(value, list):
         items = schema.get("items")
-        return [_truncate(v, items) for v in value]
+        return [_truncate(v, items, resolver) for v in value]
     return value

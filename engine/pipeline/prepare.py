@@ -8,15 +8,15 @@ identity) before any JSONata runs, because most traffic is dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .. import outcome as oc
-from ..language.model import ActionSpec, Preset
+from ..envelope import HttpRequest, masked_view
+from ..language.model import ActionSpec, AuthSpec, Preset
 from ..language.settings import Settings, SettingsError
 from ..language.templates import TemplateError
 from ..outcome import Outcome
-from ..redaction import MASK
 from .consent import ConsentGate
 from .event_shape import message_id_of, shape_problem
 from .identity import IdentityMemory, merged_traits
@@ -36,13 +36,14 @@ class Prepared:
     headers: dict[str, str]
     body: Any
     traits: dict[str, Any]
+    values: dict[str, Any] = field(default_factory=dict)  # the event row's values
 
-    def masked_request(self, auth_header: str | None, auth_value: str | None) -> dict[str, Any]:
+    def envelope(self) -> HttpRequest:
+        return HttpRequest(self.method, self.url, dict(self.headers), body=self.body)
+
+    def masked_request(self, auth: AuthSpec | None) -> dict[str, Any]:
         """The envelope a person may see: the credential replaced by the mask."""
-        headers = dict(self.headers)
-        if auth_header and auth_value:
-            headers[auth_header] = auth_value.replace("{access_token}", MASK)
-        return {"method": self.method, "url": self.url, "headers": headers, "body": self.body}
+        return masked_view(auth, self.envelope())
 
 
 class Pipeline:
@@ -60,7 +61,28 @@ class Pipeline:
             raise SettingsError(f"setting {preset.consent_setting!r} must name at least one consent category")
         self.gate = ConsentGate.build(categories, preset.consent_aliases)
         self._required = next(t for t in ident.traits if t.name == ident.required)
-        self._template_context = {"settings": self.public_settings}
+        self._request_parts = self._render_requests()
+
+    def request_headers(self, action: str) -> dict[str, str]:
+        return dict(self._request_parts[action][1])
+
+    def _render_requests(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """Each action's URL and headers: templates over settings only, so rendered once.
+
+        A setting a template needs and the settings do not hold is a
+        configuration error here, before any event, not a failure per event.
+        """
+        context = {"settings": self.public_settings}
+        parts = {}
+        for name, action in self.preset.actions.items():
+            where = f"actions.{name}.request"
+            try:
+                url = action.request.url.render(context)
+                headers = {h: v.render(context, encode=False) for h, v in action.request.headers.items()}
+            except TemplateError as exc:
+                raise SettingsError(f"{where}: {exc}; give the setting in the settings file") from None
+            parts[name] = (url, headers)
+        return parts
 
     def prepare(self, event: Any, index: int | None = None) -> Prepared | Outcome:
         """The drop, failure or ready request for one event; never raises, so no event is lost."""
@@ -108,12 +130,11 @@ class Pipeline:
         mapping_input = {"event": event, "traits": traits, "values": route.values, "settings": self.public_settings}
         try:
             body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")
-            url = action.request.url.render(self._template_context)
         except TransformError as exc:
             return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc))
-        except TemplateError as exc:
-            return Outcome(index, message_id, oc.FAILED, cause="template_error", detail=f"actions.{action.name}.request.url: {exc}")
-        return Prepared(index, message_id, action, action.request.method, url, dict(action.request.headers), body, traits)
+        url, headers = self._request_parts[action.name]
+        return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
+                        dict(route.values))
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any]) -> str:
         if kind == "track":
@@ -128,5 +149,5 @@ class Pipeline:
         if isinstance(result, Outcome):
             return result
         auth = self.preset.auth
-        request = result.masked_request(auth.header if auth else None, auth.value if auth else None)
+        request = result.masked_request(auth)
         return Outcome(index, result.message_id, oc.WOULD_SEND, request=request)

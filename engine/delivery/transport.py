@@ -1,0 +1,105 @@
+"""The one seam between delivery and the network.
+
+Everything the engine sends (creates, lookups, updates, token requests)
+goes through a :class:`Transport`. The aiohttp transport is the real one;
+golden cases plug in a scripted transport that answers from a list, so a
+whole exchange can be pinned without sockets or sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
+
+from ..envelope import HttpRequest
+
+if TYPE_CHECKING:
+    import aiohttp
+
+MAX_BODY_CHARS = 4000  # what a non-JSON body is cut to in outcomes and rules
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: Mapping[str, str]  # case-insensitive names
+    body: Any  # parsed JSON, or the text cut to MAX_BODY_CHARS, or None when empty
+
+    def view(self) -> dict[str, Any]:
+        return {"status": self.status, "body": self.body}
+
+    def rule_input(self) -> dict[str, Any]:
+        """What a response rule's ``match`` sees: header names lower-cased."""
+        return {"status": self.status, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": self.body}
+
+
+class TransportError(Exception):
+    """No answer: ``kind`` is ``timeout`` or ``connection``; the message is safe to show."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Transport(Protocol):
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        """Send once; raise :class:`TransportError` when no HTTP answer came."""
+
+
+def encode_json(body: Any) -> bytes:
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from the input: escaped JSON is still valid JSON.
+        return json.dumps(body, ensure_ascii=True).encode("ascii")
+
+
+def parse_body(text: str) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text[:MAX_BODY_CHARS]
+
+
+class AiohttpTransport:
+    """Sends over one shared ``aiohttp.ClientSession``; never follows redirects.
+
+    A redirect would turn a create into a GET that "succeeds", and would
+    carry the credential to another host.
+    """
+
+    def __init__(self, session: "aiohttp.ClientSession", timeout_seconds: float) -> None:
+        import aiohttp
+
+        self.session = session
+        self.timeout_seconds = timeout_seconds
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)  # also when the host brings the session
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        import aiohttp
+        from multidict import CIMultiDict
+        from yarl import URL
+
+        headers = dict(request.headers)
+        data: Any = None
+        if request.form is not None:
+            data = request.form
+        elif request.body is not None:
+            data = encode_json(request.body)
+        else:
+            headers.pop("Content-Type", None)
+        try:
+            url = URL(request.full_url(), encoded=True)
+            async with self.session.request(request.method, url, data=data, headers=headers,
+                                            allow_redirects=False, timeout=self._timeout) as resp:
+                text = await resp.text(errors="replace")
+                return HttpResponse(resp.status, CIMultiDict(resp.headers), parse_body(text))
+        except asyncio.TimeoutError:
+            raise TransportError("timeout", f"no answer within {self.timeout_seconds:g}s") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            # Exception text can quote the request; callers redact it before showing.
+            raise TransportError("connection", (str(exc) or type(exc).__name__)[:300]) from None
