@@ -29,9 +29,16 @@ class HttpRequest:
     query: list[tuple[str, str]] = field(default_factory=list)
     body: Any = None  # a JSON document, sent as JSON
     form: dict[str, str] | None = None  # sent as application/x-www-form-urlencoded
+    authenticated: bool = True  # carries the preset's credential (a token request does not)
 
     def full_url(self) -> str:
         return with_query(self.url, self.query)
+
+    def sent_headers(self) -> dict[str, str]:
+        """The headers that go out: a Content-Type describes a body, so none without one."""
+        if self.body is None and self.form is None:
+            return {k: v for k, v in self.headers.items() if k.lower() != "content-type"}
+        return dict(self.headers)
 
 
 def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
@@ -55,23 +62,27 @@ def apply_credential(spec: "AuthSpec", request: HttpRequest, credential: str) ->
 SECRET_FORM_FIELDS = frozenset({"client_secret", "refresh_token", "code", "password", "code_verifier"})
 
 
-def masked_view(spec: "AuthSpec | None", request: HttpRequest) -> dict[str, Any]:
+def masked_view(spec: "AuthSpec | None", request: HttpRequest, *, as_sent: bool = False) -> dict[str, Any]:
     """The request as a person may see it: every credential's place shown as the mask.
 
     That is the preset's credential (header or query parameter), any
     ``Authorization`` header (its scheme kept: ``Basic ***``), and the
-    secret fields of a token request's form.
+    secret fields of a token request's form. A request the engine built
+    carries no credential yet, so its view shows where it will go;
+    ``as_sent=True`` views a request as it went out, and masks the
+    credential only where it actually is (a token request carries none).
     """
     headers = {name: (_masked_authorization(value) if name.lower() == "authorization" else value)
-               for name, value in request.headers.items()}
+               for name, value in request.sent_headers().items()}
     url = request.full_url()
-    if spec is not None:
+    if spec is not None and request.authenticated:
         value = spec.render(MASK)
         if spec.placement == "query":
-            others = [(k, v) for k, v in request.query if k != spec.header]
-            url = with_query(request.url, others)
-            url += f"{'&' if '?' in url else '?'}{quote(spec.header or '', safe='')}={value}"
-        elif spec.header:
+            if not as_sent or any(k == spec.header for k, _ in request.query):
+                others = [(k, v) for k, v in request.query if k != spec.header]
+                url = with_query(request.url, others)
+                url += f"{'&' if '?' in url else '?'}{quote(spec.header or '', safe='')}={value}"
+        elif spec.header and (not as_sent or spec.header in headers):
             headers[spec.header] = value
     view: dict[str, Any] = {"method": request.method, "url": url, "headers": headers}
     if request.form is not None:

@@ -1,19 +1,32 @@
-"""Golden cases: the exact outcome, document included, for every input.
+"""Golden cases: the exact outcome, document and exchange included, for every input.
 
-A case is ``<name>.json`` holding the input events (and optional settings);
-its contract is ``<name>.expected.json``, the list of outcomes exactly as
-``signal-engine run --dry-run`` prints them. The directory under ``golden/``
-names the preset (``golden/outreach/lead-capture/`` → ``outreach/lead-capture``).
+A case is ``<name>.json`` holding the input events, optional settings and,
+for a delivery case, the destination's scripted ``responses``. Its contract
+is ``<name>.expected.json``:
+
+* without ``responses``, the list of outcomes exactly as ``signal-engine run
+  --dry-run`` prints them;
+* with ``responses``, ``{"exchanges": [...], "outcomes": [...]}``: every
+  request the engine sent, in order (token requests, lookups and updates
+  included, credentials masked), each with the status it was answered, and
+  the outcomes. Each request takes the next scripted response; the case runs
+  in-process, with no sockets and no real sleeps.
+
+Built-in presets keep their cases in ``golden/<destination>/<preset>/``; a
+preset kept anywhere else names its cases' folder with ``--preset``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from .envelope import HttpRequest, masked_view
 from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import resolve
@@ -25,11 +38,12 @@ EXPECTED_SUFFIX = ".expected.json"
 @dataclass
 class GoldenCase:
     path: Path
-    preset_name: str
+    preset_name: str  # a preset name, or a preset file's path
 
     @property
     def name(self) -> str:
-        return f"{self.preset_name}/{self.path.stem}"
+        return f"{Path(self.preset_name).stem if self.preset_name.endswith(('.yaml', '.yml')) else self.preset_name}" \
+               f"/{self.path.stem}"
 
     @property
     def expected_path(self) -> Path:
@@ -39,8 +53,8 @@ class GoldenCase:
 @dataclass
 class GoldenResult:
     case: GoldenCase
-    actual: list[dict[str, Any]]
-    expected: list[dict[str, Any]] | None
+    actual: Any
+    expected: Any | None
 
     @property
     def passed(self) -> bool:
@@ -54,33 +68,59 @@ class GoldenResult:
                                             str(self.case.expected_path), "actual output"))
 
 
-def render(outcomes: list[dict[str, Any]] | None) -> str:
+class CaseError(ValueError):
+    """The case itself is unusable (not the engine's output): one line, naming the file."""
+
+
+def render(outcomes: Any) -> str:
     return json.dumps(outcomes, indent=2, ensure_ascii=False) + "\n"
 
 
-def discover(root: Path) -> list[GoldenCase]:
-    """Every case below ``root`` (a golden/ tree, a preset's folder, or one case file)."""
+def discover(root: Path, preset: str | None = None) -> list[GoldenCase]:
+    """Every case below ``root`` (a golden/ tree, a preset's folder, or one case file).
+
+    Without ``preset``, the folder under ``golden/`` names the preset
+    (``golden/outreach/lead-capture/`` → ``outreach/lead-capture``).
+    """
     root = root.resolve()
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if not p.name.endswith(EXPECTED_SUFFIX))
     cases = []
     for file in files:
+        if preset is not None:
+            cases.append(GoldenCase(file, preset))
+            continue
         top = next((parent for parent in file.parents if parent.name == "golden"), None)
         if top is None:
-            raise ValueError(f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder")
+            raise ValueError(f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder "
+                             "(or name their preset with --preset FILE)")
         cases.append(GoldenCase(file, file.parent.relative_to(top).as_posix()))
     return cases
 
 
-def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None) -> GoldenResult:
+def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None,
+             preset_path: Sequence[str | Path] = ()) -> GoldenResult:
     presets = presets if presets is not None else {}
     if case.preset_name not in presets:
-        presets[case.preset_name] = load_preset(case.preset_name)
+        presets[case.preset_name] = load_preset(case.preset_name, preset_path)
     preset = presets[case.preset_name]
-    spec = json.loads(case.path.read_text(encoding="utf-8"))
+    try:
+        spec = json.loads(case.path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CaseError(f"{case.path}: not valid JSON: {exc}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("events"), list):
-        raise ValueError(f"{case.path}: a golden case is an object with an 'events' list")
-    pipeline = Pipeline(preset, resolve(preset.settings, spec.get("settings") or {}, require=False))
-    actual = [pipeline.dry_run(event, i).to_dict() for i, event in enumerate(spec["events"])]
+        raise CaseError(f"{case.path}: a golden case is an object with an 'events' list")
+    responses = spec.get("responses")
+    if responses is None:
+        pipeline = Pipeline(preset, resolve(preset.settings, spec.get("settings") or {}, require=False))
+        actual: Any = [pipeline.dry_run(event, i).to_dict() for i, event in enumerate(spec["events"])]
+    else:
+        if not isinstance(responses, list) or not all(isinstance(r, dict) for r in responses):
+            raise CaseError(f"{case.path}: 'responses' must be a list of {{status, headers, body}} objects")
+        settings = resolve(preset.settings, spec.get("settings") or {}, require=True)
+        run = asyncio.run(deliver_scripted(preset, settings, spec["events"], responses, source=case.path))
+        if run.problem:
+            raise CaseError(run.problem)
+        actual = {"exchanges": run.exchanges, "outcomes": run.outcomes}
     expected = None
     if case.expected_path.exists():
         expected = json.loads(case.expected_path.read_text(encoding="utf-8"))
@@ -95,3 +135,95 @@ def update(result: GoldenResult) -> bool:
         return False
     path.write_text(text, encoding="utf-8")
     return True
+
+
+# -- delivery cases ---------------------------------------------------------------
+
+
+class _FakeClock:
+    """Time moves only when the engine sleeps: backoffs and rate-limit waits cost nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += max(0.0, delay) + 1e-6
+        await asyncio.sleep(0)
+
+
+@dataclass
+class ScriptedRun:
+    """A delivery against scripted responses: what was sent (masked), the outcomes, the waits."""
+
+    exchanges: list[dict[str, Any]]
+    outcomes: list[dict[str, Any]]
+    sleeps: list[float]
+    sent: list[HttpRequest]  # as sent, credentials included: for tests that check the wire
+    problem: str | None
+
+
+class ScriptedTransport:
+    """Answers each request with the next scripted response and records what was sent.
+
+    A response is ``{status, headers?, body?}``, or ``{"error": "timeout"|"connection"}``
+    for a request that gets no answer.
+    """
+
+    def __init__(self, case: Path, responses: list[dict[str, Any]]) -> None:
+        self.case = case
+        self.responses = list(responses)
+        self.sent: list[tuple[HttpRequest, dict[str, Any]]] = []
+        self.problem: str | None = None
+
+    async def send(self, request: HttpRequest) -> Any:
+        from multidict import CIMultiDict
+
+        from .delivery.transport import HttpResponse, TransportError
+
+        position = len(self.sent)
+        if position >= len(self.responses):
+            self.problem = self.problem or (f"{self.case}: request {position + 1} ({request.method} {request.url}) "
+                                            f"has no scripted response (the script has {len(self.responses)})")
+            self.sent.append((request, {"error": "no scripted response"}))
+            raise TransportError("connection", "the case's script has no response for this request")
+        scripted = self.responses[position]
+        self.sent.append((request, scripted))
+        if "error" in scripted:
+            raise TransportError(str(scripted["error"]), f"scripted {scripted['error']}")
+        status = scripted.get("status")
+        if not isinstance(status, int):
+            self.problem = self.problem or f"{self.case}: responses[{position}] has no integer status"
+            raise TransportError("connection", "malformed scripted response")
+        headers = CIMultiDict({str(k): str(v) for k, v in (scripted.get("headers") or {}).items()})
+        return HttpResponse(status, headers, scripted.get("body"))
+
+
+async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], responses: list[dict[str, Any]], *,
+                           source: Any = "responses") -> ScriptedRun:
+    """Deliver ``events`` one at a time, each request answered by the next scripted response."""
+    from .runtime import Engine  # delivery machinery only for delivery cases
+    from .state.dead_letters import MemoryDeadLetters
+    from .state.token_store import MemoryTokenStore
+
+    transport = ScriptedTransport(source, responses)
+    clock = _FakeClock()
+    engine = Engine(preset, settings, transport=transport, sleep=clock.sleep, clock=clock.monotonic,
+                    concurrency=1, token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters(),
+                    rng=random.Random(0))
+    async with engine:
+        outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
+    problem = transport.problem
+    if problem is None and len(transport.sent) < len(responses):
+        problem = (f"{source}: {len(responses) - len(transport.sent)} scripted response(s) were never "
+                   f"requested (the engine sent {len(transport.sent)} request(s))")
+    exchanges = []
+    for request, scripted in transport.sent:
+        view = engine.redactor.redact(masked_view(preset.auth, request, as_sent=True))
+        view["answered"] = scripted.get("status", scripted.get("error"))
+        exchanges.append(view)
+    return ScriptedRun(exchanges, outcomes, clock.sleeps, [r for r, _ in transport.sent], problem)

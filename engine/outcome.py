@@ -42,10 +42,11 @@ class Outcome:
     request: dict[str, Any] | None = None
     response: dict[str, Any] | None = None
     attempts: int | None = None
+    warnings: list[str] | None = None  # e.g. an optional trait its normaliser refused, left out
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
-        for key in ("reason", "cause", "detail", "attempts", "request", "response"):
+        for key in ("reason", "cause", "detail", "warnings", "attempts", "request", "response"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

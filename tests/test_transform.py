@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ from fakes import SEED_DEMO_REQUESTED_PAYLOAD
 from engine.language import expressions, resources
 from engine import outcome as oc
 from engine.language.expressions import Expression, ExpressionError
-from engine.pipeline.normalisers import NORMALISERS, InvalidValue, email, phone_e164, text
+from engine.pipeline.normalisers import NORMALISERS, InvalidValue, country, email, phone_e164, text
 from engine.pipeline.output_contract import ContractViolation, OutputContract, omit_empty
 from engine.pipeline.prepare import Pipeline
 from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 from engine.language.templates import Template, TemplateError
+
+REFUSED = object()  # the normaliser refuses the value: InvalidValue, and the trait is left out
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"
@@ -97,32 +101,61 @@ def test_email_invalid(raw: Any) -> None:
     ("07700 900123", {"country": "GB"}, "+447700900123"),
     ("07700 900123", {"country": " gb "}, "+447700900123"),
     ("(415) 555-2671", {"country": "US"}, "+14155552671"),
-    ("07700 900123", None, None),  # national number, no region
-    ("07700 900123", {"country": "United Kingdom"}, None),  # region_from must be an alpha-2 code
-    ("not a phone", None, None),
-    ("+1 555", None, None),  # too short to be possible
+    ("07700 900123", None, REFUSED),  # national number, no region
+    ("07700 900123", {"country": "United Kingdom"}, "+447700900123"),  # region_from goes through the country normaliser
+    ("07700 900123", {"country": "Atlantis"}, REFUSED),  # an unknown country only costs the default region
+    ("not a phone", None, REFUSED),
+    ("+1 555", None, REFUSED),  # too short to be possible
     ("", None, None),
     (None, None, None),
-    (True, None, None),
+    (True, None, REFUSED),
 ])
 def test_phone_e164(raw: Any, traits: dict[str, Any] | None, expected: str | None) -> None:
-    assert phone_e164(raw, traits, "country") == expected
+    """A present but unusable phone is refused (InvalidValue): the trait is left out and named in the outcome."""
+    if expected is REFUSED:
+        with pytest.raises(InvalidValue):
+            phone_e164(raw, traits, "country")
+    else:
+        assert phone_e164(raw, traits, "country") == expected
 
 
 def test_phone_region_is_ignored_without_region_from_option() -> None:
-    assert phone_e164("07700 900123", {"country": "GB"}, None) is None
+    with pytest.raises(InvalidValue):
+        phone_e164("07700 900123", {"country": "GB"}, None)
 
 
 @pytest.mark.parametrize("raw, expected", [
     ("  Acme Inc  ", "Acme Inc"), (42, "42"), (1.5, "1.5"), ("", None), ("   ", None), (None, None),
-    (True, None), (False, None), (["a"], None), ({"a": 1}, None),
+    (True, REFUSED), (False, REFUSED), (["a"], REFUSED), ({"a": 1}, REFUSED),
 ])
 def test_text(raw: Any, expected: str | None) -> None:
-    assert text(raw) == expected
+    if expected is REFUSED:
+        with pytest.raises(InvalidValue):
+            text(raw)
+    else:
+        assert text(raw) == expected
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("GB", "GB"), ("gb", "GB"), ("GBR", "GB"), ("826", "GB"), ("United Kingdom", "GB"), ("  united kingdom ", "GB"),
+    ("UK", "GB"), ("Germany", "DE"), ("DEU", "DE"), ("United States", "US"), ("USA", "US"),
+    ("Côte d’Ivoire", "CI"), ("Cote d'Ivoire", "CI"), ("Viet Nam", "VN"), ("", None), (None, None),
+    ("Atlantis", REFUSED), ("G", REFUSED), ({"code": "GB"}, REFUSED),
+])
+def test_country_gives_iso_alpha_2(raw: Any, expected: str | None) -> None:
+    """ISO 3166-1: GB is the United Kingdom (alpha-3 GBR, numeric 826); DE Germany; US the United States."""
+    if expected is REFUSED:
+        with pytest.raises(InvalidValue):
+            country(raw)
+    else:
+        assert country(raw) == expected
+
 
 
 def test_normaliser_names_are_the_schema_enum() -> None:
-    assert set(NORMALISERS) == {"text", "email", "phone_e164"}
+    schema = json.loads((resources.schemas_dir() / "preset.schema.json").read_text(encoding="utf-8"))
+    assert set(NORMALISERS) == set(schema["$defs"]["trait"]["properties"]["normalise"]["enum"])
+    assert set(NORMALISERS) == {"text", "email", "phone_e164", "country"}
 
 
 def test_pipeline_normalises_traits_before_mapping() -> None:

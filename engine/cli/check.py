@@ -7,12 +7,13 @@ from typing import Any
 
 from ..language import resources
 from ..language.compiler import PresetError, load_preset
-from .common import say
+from .common import add_preset_path_option, say
 
 
 def register(sub: Any) -> None:
     check = sub.add_parser("check", help="validate presets (all built-in presets when none is named)")
     check.add_argument("presets", nargs="*", metavar="PRESET_OR_PATH")
+    add_preset_path_option(check)
     check.set_defaults(func=cmd_check)
 
 
@@ -21,7 +22,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            preset = load_preset(name)
+            preset = load_preset(name, args.preset_path)
         except PresetError as exc:
             failed += 1
             for line in exc.problems:

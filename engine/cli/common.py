@@ -17,6 +17,19 @@ class UsageError(Exception):
     """A one-line problem with what the user asked for."""
 
 
+def add_preset_path_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset-path", action="append", default=[], metavar="DIR",
+                        help="a folder of presets (repeatable), searched for preset names before "
+                             "$SIGNAL_ENGINE_PRESET_PATH and the built-in presets")
+
+
+def load_preset_arg(args: argparse.Namespace, name: str | None = None) -> Any:
+    """The preset named on the command line, looked up in --preset-path folders first."""
+    from ..language.compiler import load_preset
+
+    return load_preset(name if name is not None else args.preset, getattr(args, "preset_path", []) or [])
+
+
 _LOCATED = re.compile(r"^\S+:\d+(:\d+)?: ")
 
 

@@ -9,10 +9,14 @@ import sys
 from typing import Any
 
 from .. import outcome as oc
-from ..language.compiler import load_preset
 from ..language.model import Preset
 from ..language.settings import Settings
-from .common import check_state_dir, settings_for
+from .common import (
+    add_preset_path_option,
+    check_state_dir,
+    load_preset_arg,
+    settings_for,
+)
 from .logs import configure_logging
 
 
@@ -27,11 +31,12 @@ def register(sub: Any) -> None:
         cmd.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values (replay needs credentials)")
         cmd.add_argument("--state", metavar="DIR", default=".signal-state")
         cmd.add_argument("--verbose", action="store_true")
+        add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    preset = load_preset(args.preset)
+    preset = load_preset_arg(args)
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying)
     if replaying:

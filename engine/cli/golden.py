@@ -6,13 +6,18 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import UsageError, say
+from ..language.settings import SettingsError
+from .common import UsageError, add_preset_path_option, say
 
 
 def register(sub: Any) -> None:
     golden = sub.add_parser("golden", help="run golden cases and show a diff for each mismatch")
-    golden.add_argument("path", nargs="?", default="golden", metavar="PATH")
+    golden.add_argument("path", nargs="?", default="golden", metavar="PATH",
+                        help="a golden/ tree, a folder of cases or one case file (default: golden)")
+    golden.add_argument("--preset", metavar="PRESET", help="run the cases against this preset (a file or a name); "
+                        "without it the folder under golden/ names the preset")
     golden.add_argument("--update", action="store_true", help="rewrite the expected files with the actual output")
+    add_preset_path_option(golden)
     golden.set_defaults(func=cmd_golden)
 
 
@@ -23,15 +28,15 @@ def cmd_golden(args: argparse.Namespace) -> int:
     if not root.exists():
         raise UsageError(f"{args.path}: no such golden folder or case")
     try:
-        cases = golden.discover(root)
+        cases = golden.discover(root, args.preset)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     presets: dict[str, Any] = {}
     failures = updated = 0
     for case in cases:
         try:
-            result = golden.run_case(case, presets)
-        except (ValueError, OSError) as exc:
+            result = golden.run_case(case, presets, args.preset_path)
+        except (ValueError, OSError, SettingsError) as exc:
             failures += 1
             say(f"ERROR {case.name}: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             continue

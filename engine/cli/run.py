@@ -8,12 +8,17 @@ import sys
 from typing import Any, AsyncIterator, Callable, Iterable
 
 from .. import outcome as oc
-from ..language.compiler import load_preset
 from ..language.model import Preset
 from ..language.settings import Settings
 from ..outcome import INVALID_EVENT, Outcome, dropped
 from ..pipeline.prepare import Pipeline
-from .common import check_state_dir, emit, settings_for
+from .common import (
+    add_preset_path_option,
+    check_state_dir,
+    emit,
+    load_preset_arg,
+    settings_for,
+)
 from .events_input import events_from, open_events
 
 
@@ -26,11 +31,12 @@ def register(sub: Any) -> None:
     run.add_argument("--state", metavar="DIR", default=".signal-state",
                      help="token store, dead letters and identity memory (default ./.signal-state)")
     run.add_argument("--verbose", action="store_true", help="log every delivery attempt to stderr")
+    add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    preset = load_preset(args.preset)
+    preset = load_preset_arg(args)
     settings = settings_for(args, preset.settings, require=not args.dry_run)
     stream = open_events(args.events)  # before anything is sent: a bad path is one line and exit 2
     try:

@@ -31,9 +31,11 @@ class Answer:
     texts: tuple[str, ...] = ()  # error details and titles, for detail_contains
     transport_error: str | None = None  # "timeout" | "connection"
     data: Mapping[str, Any] = field(default_factory=dict)  # {status, headers, body} for match predicates
+    step: str | None = None  # create | lookup | update; None at the token endpoint
 
     @classmethod
-    def from_body(cls, status: int, body: Any, headers: Mapping[str, str] | None = None) -> "Answer":
+    def from_body(cls, status: int, body: Any, headers: Mapping[str, str] | None = None,
+                  step: str | None = None) -> "Answer":
         ids: list[str] = []
         texts: list[str] = []
         if isinstance(body, Mapping):
@@ -51,7 +53,7 @@ class Answer:
                     if isinstance(err.get(key), str):
                         texts.append(err[key])
         data = {"status": status, "headers": {k.lower(): v for k, v in (headers or {}).items()}, "body": body}
-        return cls(status, tuple(ids), tuple(texts), data=data)
+        return cls(status, tuple(ids), tuple(texts), data=data, step=step)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Rule:
     errors: tuple[str, ...] = ()
     detail_contains: str | None = None
     match: Expression | None = None
+    steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
 
     @classmethod
     def build(cls, spec: Mapping[str, Any], match: Expression | None = None) -> "Rule":
@@ -71,9 +74,13 @@ class Rule:
         error = when.get("error")
         errors = tuple(error if isinstance(error, list) else ([error] if error is not None else []))
         detail = when.get("detail_contains")
-        return cls(spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match)
+        step = when.get("step")
+        steps = tuple(step if isinstance(step, list) else ([step] if step is not None else []))
+        return cls(spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps)
 
     def matches(self, answer: Answer) -> bool:
+        if self.steps and answer.step not in self.steps:
+            return False
         if self.statuses:
             if answer.status is None or not any(_status_matches(p, answer.status) for p in self.statuses):
                 return False

@@ -43,10 +43,12 @@ class Exchange:
     transport_error: str | None = None  # "timeout" | "connection"
     error_text: str | None = None
 
+    step: str = "create"  # create | lookup | update, for rules that name a step
+
     def answer(self) -> Answer:
         if self.response is None:
-            return Answer(None, transport_error=self.transport_error or "connection")
-        return Answer.from_body(self.response.status, self.response.body, self.response.headers)
+            return Answer(None, transport_error=self.transport_error or "connection", step=self.step)
+        return Answer.from_body(self.response.status, self.response.body, self.response.headers, self.step)
 
     @property
     def status(self) -> int | None:
@@ -90,15 +92,18 @@ class Sender:
     async def deliver(self, prepared: Prepared) -> Outcome:
         attempts = [0]
         try:
-            return await self.upserter.deliver(prepared, attempts)
+            result = await self.upserter.deliver(prepared, attempts)
         except UpsertError as exc:
-            return self.failed(prepared, exc.cause, exc.message, exc.exchange, attempts[0], dead_letter=exc.dead_letter)
+            result = self.failed(prepared, exc.cause, exc.message, exc.exchange, attempts[0], dead_letter=exc.dead_letter)
+        result.warnings = prepared.warnings
+        return result
 
     def first_request(self, prepared: Prepared) -> HttpRequest:
         return HttpRequest(prepared.method, prepared.url, dict(prepared.headers), body=prepared.body)
 
     # -- one request, under the response rules ---------------------------
-    async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool) -> Step:
+    async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool,
+                   step: str = "create") -> Step:
         failures = rate_waits = 0
         refreshed = False
         while True:
@@ -110,7 +115,7 @@ class Sender:
                     return Step("auth", None, None, exc)
             await self.limiter.acquire()
             attempts[0] += 1
-            exchange = await self._http(request, credential)
+            exchange = await self._http(request, credential, step)
             self.limiter.observe(exchange.response.headers if exchange.response is not None else {})
             answer = exchange.answer()
             rule = first_match(self.delivery.rules, answer)
@@ -166,8 +171,8 @@ class Sender:
             return 0.0
         return backoff_delay(self.delivery.retries, failures, self._rng)
 
-    async def _http(self, request: HttpRequest, credential: str | None) -> Exchange:
-        exchange = Exchange(request)
+    async def _http(self, request: HttpRequest, credential: str | None, step: str) -> Exchange:
+        exchange = Exchange(request, step=step)
         wire = HttpRequest(request.method, request.url, dict(request.headers), list(request.query), request.body)
         if credential is not None and self.auth_spec is not None:
             apply_credential(self.auth_spec, wire, credential)

@@ -84,14 +84,12 @@ class AiohttpTransport:
         from multidict import CIMultiDict
         from yarl import URL
 
-        headers = dict(request.headers)
+        headers = request.sent_headers()
         data: Any = None
         if request.form is not None:
             data = request.form
         elif request.body is not None:
             data = encode_json(request.body)
-        else:
-            headers.pop("Content-Type", None)
         try:
             url = URL(request.full_url(), encoded=True)
             async with self.session.request(request.method, url, data=data, headers=headers,

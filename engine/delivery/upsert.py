@@ -84,7 +84,7 @@ class Upserter:
         lookup_exchange = conflict_step.exchange if conflict_step else None
         if spec.lookup is not None:
             request = self._lookup_request(prepared, spec, context, lookup_exchange)
-            step = await self.sender.send(prepared, request, attempts, allow_upsert=False)
+            step = await self.sender.send(prepared, request, attempts, allow_upsert=False, step="lookup")
             if step.verdict != "deliver":
                 raise _StepEnded(self.sender.outcome(prepared, step, attempts[0], what="lookup"))
             lookup_exchange = step.exchange
@@ -124,7 +124,7 @@ class Upserter:
             raise UpsertError(exc.cause, str(exc), previous) from None
         url, headers = self._render(where, spec.update, context, previous, prepared)
         step = await self.sender.send(prepared, HttpRequest(spec.update.method, url, headers, body=body), attempts,
-                                      allow_upsert=False)
+                                      allow_upsert=False, step="update")
         result = self.sender.outcome(prepared, step, attempts[0], what="update")
         if result.outcome == oc.DELIVERED:
             found = context["found"]

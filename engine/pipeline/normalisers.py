@@ -7,7 +7,9 @@ mapping sees clean values and never has to repeat trimming or parsing.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+import unicodedata
+from functools import lru_cache
+from typing import Any, Callable, Mapping
 
 import phonenumbers
 
@@ -22,14 +24,20 @@ class InvalidValue(ValueError):
 
 
 def text(value: Any, traits: dict[str, Any] | None = None, option: str | None = None) -> str | None:
-    """Trimmed text; numbers become text; empty, boolean and structured values are absent."""
-    if isinstance(value, bool) or value is None:
+    """Trimmed text; numbers become text; empty and null are absent; booleans and structures are refused."""
+    if value is None:
         return None
+    if isinstance(value, bool) or isinstance(value, (dict, list)):
+        raise InvalidValue(f"expected text, got {_kind(value)}")
     if isinstance(value, (int, float)):
         value = str(value)
     if not isinstance(value, str):
-        return None
+        raise InvalidValue(f"expected text, got {type(value).__name__}")
     return value.strip() or None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
 def email(value: Any, traits: dict[str, Any] | None = None, option: str | None = None) -> str | None:
@@ -57,20 +65,67 @@ def phone_e164(value: Any, traits: dict[str, Any] | None = None, option: str | N
         return None
     region = None
     if option and traits:
-        candidate = text(traits.get(option))
-        if candidate and len(candidate) == 2 and candidate.isalpha():
-            region = candidate.upper()
+        try:
+            region = country(traits.get(option))
+        except InvalidValue:
+            region = None  # an unknown country only costs the default region
     try:
         number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException:
-        return None
+    except phonenumbers.NumberParseException as exc:
+        if exc.error_type == phonenumbers.NumberParseException.INVALID_COUNTRY_CODE and not raw.startswith("+"):
+            raise InvalidValue("a national number with no country to take its country code from") from None
+        raise InvalidValue("not a phone number") from None
     if not phonenumbers.is_possible_number(number):
-        return None
+        raise InvalidValue("not a possible phone number")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+# Names people type that ISO 3166 does not list.
+_COUNTRY_ALIASES = {
+    "uk": "GB", "u.k.": "GB", "great britain": "GB", "britain": "GB", "england": "GB", "scotland": "GB",
+    "wales": "GB", "northern ireland": "GB", "usa": "US", "u.s.a.": "US", "u.s.": "US", "america": "US",
+    "russia": "RU", "ivory coast": "CI", "south korea": "KR", "north korea": "KP", "macedonia": "MK",
+    "turkey": "TR", "holland": "NL", "the netherlands": "NL", "czech republic": "CZ", "vatican": "VA",
+    "laos": "LA", "syria": "SY", "moldova": "MD", "palestine": "PS", "taiwan": "TW", "tanzania": "TZ",
+}
+
+
+def country(value: Any, traits: dict[str, Any] | None = None, option: str | None = None) -> str | None:
+    """ISO 3166-1 alpha-2 from a code (``gb``, ``GBR``, ``826``) or a name ("United Kingdom" → ``GB``)."""
+    raw = text(value)
+    if raw is None:
+        return None
+    index = _country_index()
+    found = index.get(_fold(raw))
+    if found is None:
+        raise InvalidValue("not a known country (expected an ISO 3166 code or a country name)")
+    return found
+
+
+def _fold(name: str) -> str:
+    """Case, accents and spacing do not matter: "Côte d’Ivoire" finds "Cote d'Ivoire"."""
+    decomposed = unicodedata.normalize("NFKD", name.replace("’", "'"))
+    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).lower().split())
+
+
+@lru_cache(maxsize=1)
+def _country_index() -> Mapping[str, str]:
+    """Every code and name of every country, folded; built once, on first use (pycountry costs ~50 ms to load)."""
+    import pycountry
+
+    index: dict[str, str] = {}
+    for entry in pycountry.countries:
+        for attr in ("alpha_2", "alpha_3", "numeric", "name", "official_name", "common_name"):
+            value = getattr(entry, attr, None)
+            if value:
+                index[_fold(value)] = entry.alpha_2
+    index.update(_COUNTRY_ALIASES)
+    return index
 
 
 NORMALISERS: dict[str, Callable[[Any, dict[str, Any] | None, str | None], Any]] = {
     "text": text,
     "email": email,
     "phone_e164": phone_e164,
+    "country": country,
 }

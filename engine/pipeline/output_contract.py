@@ -59,6 +59,7 @@ class OutputContract:
         Draft202012Validator.check_schema(schema)
         schema = {"$id": path.resolve().as_uri(), **schema} if "$id" not in schema else schema
         registry: Registry = Registry(retrieve=_retrieve_file)  # type: ignore[call-arg]
+        _check_refs(schema, registry.resolver(base_uri=schema["$id"]))
         validator = Draft202012Validator(schema, registry=registry)
         return cls(name, schema, validator, registry)
 
@@ -85,6 +86,27 @@ def _retrieve_file(uri: str) -> Resource:
     except (OSError, ValueError) as exc:
         raise Unresolvable(uri) from exc
     return Resource.from_contents(contents, default_specification=DRAFT202012)
+
+
+def _check_refs(node: Any, resolver: Any, seen: set[int] | None = None) -> None:
+    """Resolve every ``$ref`` now, so a missing file is a load error, not a failure per event."""
+    seen = set() if seen is None else seen
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolved = resolver.lookup(ref)
+            except Unresolvable:
+                raise ValueError(f"cannot resolve $ref {ref!r}") from None
+            if id(resolved.contents) not in seen:  # each referenced schema once, so cycles end
+                seen.add(id(resolved.contents))
+                _check_refs(resolved.contents, resolved.resolver, seen)
+        for key, value in node.items():
+            if key not in ("$ref", "const", "enum", "default", "examples"):
+                _check_refs(value, resolver, seen)
+    elif isinstance(node, list):
+        for item in node:
+            _check_refs(item, resolver, seen)
 
 
 def _truncate(value: Any, schema: Any, resolver: Any) -> Any:

@@ -37,6 +37,7 @@ class Prepared:
     body: Any
     traits: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)  # the event row's values
+    warnings: list[str] | None = None  # optional traits left out, and why
 
     def envelope(self) -> HttpRequest:
         return HttpRequest(self.method, self.url, dict(self.headers), body=self.body)
@@ -123,7 +124,8 @@ class Pipeline:
         if key is None:
             return oc.dropped(index, message_id, oc.NOT_IDENTIFIED, f"no '{spec.name}' trait on the event or remembered for its user")
 
-        traits = normalise_traits(self.preset.identity.traits, raw, skip=spec.name)
+        notes: list[str] = []
+        traits = normalise_traits(self.preset.identity.traits, raw, skip=spec.name, notes=notes)
         traits[spec.name] = key
         action = self.preset.actions[route.action]
         # What the mapping sees as $ (documented in the README's authoring guide).
@@ -131,10 +133,10 @@ class Pipeline:
         try:
             body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")
         except TransformError as exc:
-            return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc))
+            return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc), warnings=notes or None)
         url, headers = self._request_parts[action.name]
         return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
-                        dict(route.values))
+                        dict(route.values), notes or None)
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any]) -> str:
         if kind == "track":
@@ -150,4 +152,4 @@ class Pipeline:
             return result
         auth = self.preset.auth
         request = result.masked_request(auth)
-        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request)
+        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)

@@ -23,8 +23,14 @@ class TransformError(Exception):
         self.cause = cause
 
 
-def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip: str | None = None) -> dict[str, Any]:
-    """Declared traits only, each through its normaliser; unusable values are left out."""
+def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip: str | None = None,
+                     notes: list[str] | None = None) -> dict[str, Any]:
+    """Declared traits only, each through its normaliser.
+
+    A trait its normaliser refuses is left out, not fatal (the lead is worth
+    more than its phone number); when ``notes`` is given, each one left out
+    is named there, so the outcome can say why a field is missing.
+    """
     clean: dict[str, Any] = {}
     for spec in specs:
         if spec.name == skip or spec.name not in raw:
@@ -33,8 +39,10 @@ def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip:
         if spec.normalise is not None:
             try:
                 value = spec.normalise(value, raw, spec.option)
-            except InvalidValue:
+            except InvalidValue as exc:
                 value = None
+                if notes is not None:
+                    notes.append(f"trait '{spec.name}' left out: {exc}")
         if value is not None:
             clean[spec.name] = value
     return clean

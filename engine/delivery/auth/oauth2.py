@@ -273,7 +273,7 @@ class OAuth2Auth:
             headers["Authorization"] = f"Basic {basic}"
         else:
             form.update({"client_id": self._client_id, "client_secret": self._client_secret})
-        return HttpRequest("POST", self._token_url, headers, form=form)
+        return HttpRequest("POST", self._token_url, headers, form=form, authenticated=False)
 
     async def _post(self) -> tuple[int | None, Any, Mapping[str, str]]:
         try:
