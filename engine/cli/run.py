@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import IO, Any, AsyncIterator, Callable
 
 from .. import outcome as oc
 from ..language.model import Preset
@@ -13,13 +13,15 @@ from ..language.settings import Settings
 from ..outcome import INVALID_EVENT, Outcome, dropped
 from ..pipeline.prepare import Pipeline
 from .common import (
+    UsageError,
     add_preset_path_option,
     check_state_dir,
     emit,
     load_preset_arg,
     settings_for,
 )
-from .events_input import events_from, open_events
+from .events_input import events_from, open_events, parse_line, raw_line_chunks
+from .input_batches import batches
 
 
 def register(sub: Any) -> None:
@@ -40,23 +42,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_for(args, preset.settings, require=not args.dry_run)
     stream = open_events(args.events)  # before anything is sent: a bad path is one line and exit 2
     try:
-        events = events_from(stream, args.events)
         if args.dry_run:
             pipeline = Pipeline(preset, settings)
-            for index, event, problem in events:
+            for index, event, problem in events_from(stream, args.events):
                 if problem is not None:
                     emit(dropped(index, None, INVALID_EVENT, problem))
                 else:
                     emit(pipeline.dry_run(event, index))
             return 0
-        return run_delivery(preset, settings, args, events, emit)
+        return run_delivery(preset, settings, args, stream, emit)
     finally:
         if args.events != "-":
             stream.close()
 
 
 def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
-                 items: Iterable[tuple[int, Any, str | None]], emit: Callable[[Outcome], None]) -> int:
+                 stream: IO[Any], emit: Callable[[Outcome], None]) -> int:
     check_state_dir(args.state)
 
     async def main() -> int:
@@ -67,16 +68,24 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
         async with Engine(preset, settings, state=args.state) as engine:
             configure_logging(engine.redactor, args.verbose)
 
-            async def stream() -> AsyncIterator[tuple[int, Any]]:
-                # Lines are read in a worker thread: a live pipe (--events -)
-                # must not stall deliveries already under way.
-                loop = asyncio.get_running_loop()
-                source = iter(items)
-                while (item := await loop.run_in_executor(None, next, source, None)) is not None:
-                    index, event, problem = item
-                    yield index, (dropped(index, None, oc.INVALID_EVENT, problem) if problem else event)
+            async def events() -> AsyncIterator[list[tuple[int, Any]]]:
+                # Lines are read in a thread of their own (a live pipe must not stall
+                # deliveries under way), handed over in batches, and parsed here.
+                index = 0
+                try:
+                    async for lines in batches(raw_line_chunks(stream)):
+                        batch = []
+                        for raw in lines:
+                            item = parse_line(index, raw)
+                            index += 1
+                            if item is not None:
+                                at, event, problem = item
+                                batch.append((at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event))
+                        yield batch
+                except OSError as exc:
+                    raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
 
-            async for result in engine.process_indexed(stream()):
+            async for result in engine.process_batches(events()):
                 counts[result.outcome] = counts.get(result.outcome, 0) + 1
                 emit(result)
             mints = engine.mints

@@ -79,6 +79,11 @@ class SandboxConfig:
     mint_window: float = 60.0
     quota: int = 10000
     window: float = 3600.0
+    # "first_request": a window opens with the first request after the last one
+    # closed; "clock": windows are aligned to multiples of ``window`` on the
+    # clock (an hourly quota that resets on the hour). Which one Outreach uses
+    # is not documented; both advertise their reset.
+    window_alignment: str = "first_request"
     two_value_remaining: bool = True
     faults: list[int | str] = field(default_factory=list)
     fault_rate: float = 0.0
@@ -328,10 +333,16 @@ class FixedWindowQuota:
     window: float
     window_end: float = 0.0
     used: int = 0
+    aligned: bool = False
+    # Closed windows as (start, end, requests accepted), for measuring how much of the quota a client used.
+    history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def _roll(self, now: float) -> None:
         if now >= self.window_end:
-            self.window_end = now + self.window
+            if self.window_end:
+                self.history.append((self.window_end - self.window, self.window_end, min(self.used, self.quota)))
+                del self.history[:-1000]
+            self.window_end = (math.floor(now / self.window) + 1) * self.window if self.aligned else now + self.window
             self.used = 0
 
     def consume(self, now: float) -> bool:
@@ -418,7 +429,7 @@ class SandboxState:
         self.faults: deque[Fault] = deque(self.initial_faults)
         self.fault_rate = config.fault_rate
         self.rng = random.Random(config.fault_seed)
-        self.quota = FixedWindowQuota(config.quota, config.window)
+        self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
         self.throttle = MintThrottle(config.mint_limit, config.mint_window)
 
     # -- faults -----------------------------------------------------------
@@ -479,6 +490,7 @@ class SandboxState:
                 "limit": self.quota.quota,
                 "remaining": self.quota.remaining(),
                 "reset": self.quota.reset_epoch(),
+                "windows": [list(w) for w in self.quota.history],
             },
         }
 
@@ -920,6 +932,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window")
     parser.add_argument("--window", type=float, default=defaults.window, help="quota window in seconds")
+    parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,
+                        help="when a quota window opens: at the first request after the last window, or on the "
+                             "clock (multiples of --window)")
     parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl, help="access token lifetime (s)")
     parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
                         help="access tokens per mint window; 0 disables the throttle")
@@ -945,6 +960,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         mint_window=args.mint_window,
         quota=args.quota,
         window=args.window,
+        window_alignment=args.window_alignment,
         faults=list(args.fault),
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
