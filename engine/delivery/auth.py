@@ -32,7 +32,7 @@ from .rate_limit import seconds_until
 from .response_rules import Answer, first_match
 from .retry_policy import backoff_delay
 
-log = logging.getLogger("signal_engine.auth")
+log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MIN_EXPIRY_MARGIN_SECONDS = 5.0

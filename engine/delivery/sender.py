@@ -32,7 +32,7 @@ from .rate_limit import RateLimiter, seconds_until
 from .response_rules import Answer, Rule, first_match
 from .retry_policy import backoff_delay
 
-log = logging.getLogger("signal_engine.delivery")
+log = logging.getLogger(__name__)
 
 MAX_RATE_LIMIT_WAITS = 10
 MAX_BODY_CHARS = 4000

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .. import outcome as oc
 from ..language.model import ActionSpec, Preset
-from ..language.settings import Settings, SettingsError
+from ..language.settings import Settings, SettingsError, resolve
 from ..language.templates import TemplateError
 from ..outcome import Outcome
 from ..redaction import MASK
@@ -48,7 +48,12 @@ class Prepared:
 class Pipeline:
     """One preset compiled against one set of settings. Holds the identity memory; nothing global."""
 
-    def __init__(self, preset: Preset, settings: Settings, memory: IdentityMemory | None = None) -> None:
+    def __init__(self, preset: Preset, settings: Settings | Mapping[str, Any],
+                 memory: IdentityMemory | None = None) -> None:
+        if not isinstance(settings, Settings):
+            # A plain mapping of values, as a host writes it: checked like a dry
+            # run's (the pure half never needs credentials).
+            settings = resolve(preset.settings, settings, require=False)
         self.preset = preset
         self.settings = settings
         self.public_settings = settings.public()
