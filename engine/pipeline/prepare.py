@@ -81,15 +81,17 @@ class Pipeline:
         if problem:
             return oc.dropped(index, message_id, oc.INVALID_EVENT, problem)
         kind = event["type"]
+        refused: list[str] = []
         if kind == "identify" and self.memory.keys:
-            if self.gate.denied(event):
+            refused = self.gate.refused(event)
+            if refused:
                 self.memory.forget(event)
             else:
                 self.memory.remember(event, merged_traits(event, {}))
 
         route = self.preset.events.route(kind, event.get("event"))
         if route is None:
-            return oc.dropped(index, message_id, oc.EVENT_NOT_MAPPED, self._unmapped_detail(kind, event))
+            return oc.dropped(index, message_id, oc.EVENT_NOT_MAPPED, self._unmapped_detail(kind, event, refused))
 
         missing = self.gate.missing(event)
         if missing:
@@ -120,10 +122,15 @@ class Pipeline:
             return Outcome(index, message_id, oc.FAILED, cause="template_error", detail=f"actions.{action.name}.request.url: {exc}")
         return Prepared(index, message_id, action, action.request.method, url, dict(action.request.headers), body, traits)
 
-    def _unmapped_detail(self, kind: str, event: Mapping[str, Any]) -> str:
+    def _unmapped_detail(self, kind: str, event: Mapping[str, Any], refused: list[str]) -> str:
         if kind == "track":
             return f"track event {event['event']!r} is not in the preset's event table (defaults.action: drop)"
         if kind == "identify":
+            if refused:
+                return (f"identify is not mapped; its consent refuses {', '.join(refused)}, so its traits are "
+                        "not remembered and those remembered for this user are forgotten")
+            if not self.memory.keys:
+                return "identify is not mapped, and this preset remembers no identify traits"
             return "identify is not mapped; its traits are remembered for this user's later events"
         return f"{kind} events are not mapped (defaults.action: drop)"
 
