@@ -35,6 +35,17 @@ class GoldenCase:
     def expected_path(self) -> Path:
         return self.path.with_name(self.path.stem + EXPECTED_SUFFIX)
 
+    @property
+    def preset_ref(self) -> str:
+        """The preset file beside the golden tree (``golden/../presets/<name>.yaml``), else the built-in name.
+
+        So a project laid out like this repository (``presets/``, ``golden/``)
+        runs its own cases wherever it lives.
+        """
+        top = next((parent for parent in self.path.parents if parent.name == "golden"), None)
+        sibling = top.parent / "presets" / f"{self.preset_name}.yaml" if top is not None else None
+        return str(sibling) if sibling is not None and sibling.is_file() else self.preset_name
+
 
 @dataclass
 class GoldenResult:
@@ -74,7 +85,7 @@ def discover(root: Path) -> list[GoldenCase]:
 def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None) -> GoldenResult:
     presets = presets if presets is not None else {}
     if case.preset_name not in presets:
-        presets[case.preset_name] = load_preset(case.preset_name)
+        presets[case.preset_name] = load_preset(case.preset_ref)
     preset = presets[case.preset_name]
     spec = json.loads(case.path.read_text(encoding="utf-8"))
     if not isinstance(spec, dict) or not isinstance(spec.get("events"), list):
