@@ -55,7 +55,7 @@ from .state.token_store import FileTokenStore, MemoryTokenStore, TokenStore, fin
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
-log = logging.getLogger("signal_engine.engine")
+log = logging.getLogger(__name__)
 
 
 class Engine:

@@ -978,7 +978,7 @@ def test_process_many_bounds_concurrency(wire: Wire, clock: FakeTime) -> None:
 
 def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: FakeTime, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="signal_engine")
+    caplog.set_level(logging.INFO, logger="engine")
     # Bodies that echo credentials back, as a misbehaving gateway might.
     wire.token(ACCESS, ROTATED)
     wire.create(401, payload={"error": f"Invalid JWT token {ACCESS}"})

@@ -926,27 +926,36 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = argparse.ArgumentParser(
         prog="signal-engine sandbox outreach",
-        description="Run a local fake of Outreach's OAuth and prospects API.",
+        description="Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token "
+                    "rotation, a mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. "
+                    "Point a preset's base_url setting at it (examples/sandbox-settings.yaml).",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window")
-    parser.add_argument("--window", type=float, default=defaults.window, help="quota window in seconds")
+    default = " (default: %(default)s)"
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + default)
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one" + default)
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + default)
+    parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + default)
     parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,
-                        help="when a quota window opens: at the first request after the last window, or on the "
-                             "clock (multiples of --window)")
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl, help="access token lifetime (s)")
+                        help="when a quota window opens: with the first request after the last one closed, or on "
+                             "the clock (multiples of --window)" + default)
+    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
+                        help="access-token lifetime (expires_in), in seconds" + default)
     parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
-                        help="access tokens per mint window; 0 disables the throttle")
-    parser.add_argument("--mint-window", type=float, default=defaults.mint_window, help="mint window in seconds")
+                        help="access tokens minted per mint window; 0 disables the throttle" + default)
+    parser.add_argument("--mint-window", type=float, default=defaults.mint_window,
+                        help="mint window, in seconds" + default)
     parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate,
-                        help="probability of a random 500/502/503/drop per API request")
-    parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed)
-    parser.add_argument("--fault", action="append", type=_fault_arg, default=[],
-                        help="one-shot fault queued at start: STATUS, drop, drop-after or delay:SECONDS (repeatable)")
-    parser.add_argument("--client-id", default=defaults.client_id)
-    parser.add_argument("--client-secret", default=defaults.client_secret)
-    parser.add_argument("--refresh-token", default=defaults.refresh_token)
+                        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + default)
+    parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
+                        help="seed of the random faults, to reproduce a run (default: a fresh seed)")
+    parser.add_argument("--fault", action="append", type=_fault_arg, default=None, metavar="FAULT",
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
+                             "delay:SECONDS; repeat it to queue several (default: none)")
+    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
+    parser.add_argument("--client-secret", default=defaults.client_secret,
+                        help="the OAuth client secret it accepts" + default)
+    parser.add_argument("--refresh-token", default=defaults.refresh_token,
+                        help="the first refresh token it accepts; each refresh rotates it" + default)
     return parser
 
 
@@ -961,7 +970,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         quota=args.quota,
         window=args.window,
         window_alignment=args.window_alignment,
-        faults=list(args.fault),
+        faults=list(args.fault or []),
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
     )
