@@ -121,7 +121,8 @@ class Engine:
                 if self._session is None:
                     timeout = aiohttp.ClientTimeout(total=self.preset.delivery.timeout_seconds)
                     self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
-                self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds)
+                self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds,
+                                                   self.preset.delivery.max_response_bytes)
             self._slots = asyncio.Semaphore(self.concurrency)
             self.auth = build_auth(self.preset.auth, self.settings, self.redactor, self._transport,
                                    self.preset.delivery.retries, store=self.token_store, clock=self._clock,

@@ -190,6 +190,8 @@ class Sender:
         request = self.view(ex.request) if ex else self.view(self.first_request(prepared))
         response = self.redactor.redact(ex.response_view()) if ex else None
         message = step.rule.message if step.rule and step.rule.message else None
+        if message is None and ex is not None and ex.response is None:
+            message = ex.error_text  # no rule spoke for a failure with no answer: say what it was
 
         def make(kind: str, cause: str | None, detail: str | None) -> Outcome:
             return Outcome(prepared.index, prepared.message_id, kind, cause=cause, detail=detail,

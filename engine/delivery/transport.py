@@ -72,11 +72,13 @@ class AiohttpTransport:
     carry the credential to another host.
     """
 
-    def __init__(self, session: "aiohttp.ClientSession", timeout_seconds: float) -> None:
+    def __init__(self, session: "aiohttp.ClientSession", timeout_seconds: float,
+                 max_body_bytes: int = 1_048_576) -> None:
         import aiohttp
 
         self.session = session
         self.timeout_seconds = timeout_seconds
+        self.max_body_bytes = max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)  # also when the host brings the session
 
     async def send(self, request: HttpRequest) -> HttpResponse:
@@ -94,10 +96,36 @@ class AiohttpTransport:
             url = URL(request.full_url(), encoded=True)
             async with self.session.request(request.method, url, data=data, headers=headers,
                                             allow_redirects=False, timeout=self._timeout) as resp:
-                text = await resp.text(errors="replace")
-                return HttpResponse(resp.status, CIMultiDict(resp.headers), parse_body(text))
+                # Read at most the cap (plus one byte, to know it was passed): a 200 MB
+                # answer must cost 1 MB of memory and an error, not the whole body.
+                raw = await _read_capped(resp, self.max_body_bytes)
+                if raw is None:
+                    resp.close()
+                    raise TransportError("response_too_large", f"the answer ({resp.status}) passed "
+                                         f"{self.max_body_bytes} bytes (delivery.max_response_bytes)")
+                return HttpResponse(resp.status, CIMultiDict(resp.headers), parse_body(_decode(raw, resp.charset)))
         except asyncio.TimeoutError:
             raise TransportError("timeout", f"no answer within {self.timeout_seconds:g}s") from None
         except (aiohttp.ClientError, ValueError) as exc:
             # Exception text can quote the request; callers redact it before showing.
             raise TransportError("connection", (str(exc) or type(exc).__name__)[:300]) from None
+
+
+async def _read_capped(resp: Any, cap: int) -> bytes | None:
+    """The body, or None as soon as it is known to be longer than ``cap`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await resp.content.read(cap + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    return None
+
+
+def _decode(raw: bytes, charset: str | None) -> str:
+    try:
+        return raw.decode(charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", errors="replace")

@@ -406,6 +406,7 @@ class _Compiler:
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),
+            int(spec.get("max_response_bytes", 1_048_576)),
         )
 
 

@@ -150,6 +150,7 @@ class DeliverySpec:
     rate_limit: RateLimitSpec
     retries: RetrySpec
     rules: tuple[Rule, ...]
+    max_response_bytes: int = 1_048_576  # a longer answer is an error, not a memory spike
 
 
 @dataclass(frozen=True)
