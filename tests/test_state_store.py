@@ -37,7 +37,8 @@ from engine.state.identity import IdentityLimits, MemoryIdentityStore, Slot
 from engine.state.journal import event_key
 from engine.state.sqlite import SqliteState, SqliteTokenStore
 from engine.state.sqlite.database import Database
-from engine.state.token_store import StoredTokens, fingerprint
+from engine.state.buffered import BufferedTokenStore
+from engine.state.token_store import MemoryTokenStore, StoredTokens, fingerprint
 
 PRESET = "outreach/lead-capture"
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -433,6 +434,31 @@ def test_a_rotated_token_the_disk_never_takes_is_reported_at_close(
     assert asyncio.run(scenario()).outcome == oc.DELIVERED
     assert sum(slept) >= 30  # close kept retrying for a while
     assert "could NOT be saved; the connection must be re-authorised" in state_log.text
+
+
+def test_a_kept_token_wins_over_the_older_one_on_disk_for_a_store_without_a_writability_check() -> None:
+    """Adopting the stored (already rotated-away) token would make the next refresh an invalid_grant."""
+
+    class HostStore(MemoryTokenStore):
+        full = False
+
+        def save(self, tokens: StoredTokens, configured: str) -> None:
+            if self.full:
+                raise OSError(28, "No space left on device")
+            super().save(tokens, configured)
+
+    inner = HostStore()
+    store = BufferedTokenStore(inner)
+    store.save(StoredTokens("rotated-1", "access-1", 1.0), REFRESH)
+    inner.full = True
+    store.save(StoredTokens("rotated-2", "access-2", 2.0), REFRESH)
+    assert inner.load(REFRESH) == StoredTokens("rotated-1", "access-1", 1.0)
+    assert store.load(REFRESH) == StoredTokens("rotated-2", "access-2", 2.0)
+    assert store.check_writable() is False
+    inner.full = False
+    assert store.load(REFRESH) == StoredTokens("rotated-2", "access-2", 2.0)
+    assert inner.load(REFRESH) == StoredTokens("rotated-2", "access-2", 2.0)  # written as soon as it could be
+    assert len(store.pending) == 0
 
 
 # --------------------------------------------------------------------------

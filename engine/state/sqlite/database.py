@@ -11,7 +11,9 @@ a killed process, several processes can share the file (a ``run`` and a
   without an fsync per event. Tokens and dead letters use ``FULL``: durable
   against a power cut too.
 * A writer waits up to ``busy_seconds`` for another process's write to end.
-* The page cache is capped (``CACHE_KIB``), so memory does not grow with the file.
+* The page cache is capped (``CACHE_KIB``), so memory does not grow with the
+  file, and the ``-wal`` file is cut back to ``WAL_LIMIT_BYTES`` after each
+  checkpoint, so one large transaction (an import) does not leave it large.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..errors import StateError, StateWriteError
 DB_NAME = "state.db"
 SCHEMA_VERSION = 1
 CACHE_KIB = 8192
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
 BUSY_SECONDS = 10.0
 
 SCHEMA = """
@@ -105,6 +108,7 @@ class Database:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             self.conn.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
             self._migrate()
         except (sqlite3.Error, StateError) as exc:
