@@ -146,7 +146,7 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
             until(lambda: len(first.lines) == users + 50, what="the first 50 leads")
             # Three requests hang on the wire; seven more are delivered but not yet printed
             # (outcomes are printed in input order).
-            sandbox.faults("delay:3", "delay:3", "delay:3")
+            sandbox.faults("delay:2", "delay:2", "delay:2")
             first.feed([track(i) for i in range(50, 60)])
             until(lambda: journal_size(state_dir) == 57, what="seven more deliveries in the journal")
             first.stop(sig)
@@ -157,7 +157,8 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
         tracks.write_text(ndjson([track(i) for i in range(users)]), encoding="utf-8")
         second = run_cli("run", preset, "--events", tracks, "--settings", settings, "--state", state_dir,
                          "--verbose", cwd=tmp_path)
-        time.sleep(3.2)  # let the hung requests of the killed run finish on the sandbox's side
+        # The hung requests of the killed run may still finish on the sandbox's side, before or
+        # after the restart sends the same leads: either way each email is created once.
         final = sandbox.state()
 
     assert second.returncode == 0, second.stderr
@@ -265,9 +266,9 @@ def test_a_replay_beside_a_run_loses_no_dead_letter(tmp_path: Path) -> None:
         seeded = run_cli("run", PRESET_NAME, "--events", old, "--settings", revoked, "--state", state_dir, cwd=tmp_path)
         assert seeded.returncode == 1 and seeded.stdout.count("reauthorisation_required") == letters
 
-        # Re-authorised: the replay runs, slowly (each create takes 3 s) ...
+        # Re-authorised: the replay runs, slowly (each create takes 4 s) ...
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        sandbox.faults(*["delay:3"] * letters)
+        sandbox.faults(*["delay:4"] * letters)
         replay = subprocess.Popen(engine_cmd("dlq", "replay", PRESET_NAME, "--settings", settings, "--state", state_dir),
                                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
