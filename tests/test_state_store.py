@@ -25,7 +25,7 @@ from aiohttp import web
 
 from engine import outcome as oc
 from engine.golden import discover, render
-from engine.language.compiler import load_preset
+from engine.language.compiler import PresetError, load_preset
 from engine.language.settings import resolve
 from engine.outcome import Outcome
 from engine.pipeline.identity import IdentityMemory
@@ -41,6 +41,7 @@ from engine.state.buffered import BufferedTokenStore
 from engine.state.token_store import MemoryTokenStore, StoredTokens, fingerprint
 
 PRESET = "outreach/lead-capture"
+BUILTIN = Path(__file__).resolve().parent.parent / "presets" / "outreach" / "lead-capture.yaml"
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 CLIENT_SECRET = "state-client-secret"
 REFRESH = "state-refresh-token-0"
@@ -193,6 +194,25 @@ def test_identity_is_written_through_at_every_identify(tmp_path: Path) -> None:
     other = SqliteState(tmp_path).identity(PRESET, IdentityLimits())
     assert other.recall("userId", "u1") is not None
     assert dict(other.recall("userId", "u1").traits) == {"email": "jane@acme.com"}  # type: ignore[union-attr]
+
+
+def test_the_preset_declares_the_bounds_and_the_dedupe_window(tmp_path: Path) -> None:
+    text = BUILTIN.read_text(encoding="utf-8")
+    text = text.replace("  remember: [userId, anonymousId]\n",
+                        "  remember: [userId, anonymousId]\n  ttl_days: 7\n  max_bytes: 65536\n"
+                        "  max_trait_bytes: 256\n  memory_limit: 10\n")  # the old key is accepted and ignored
+    text = text.replace("  concurrency: 8\n", "  concurrency: 8\n  dedupe_window_seconds: 600\n")
+    path = tmp_path / "bounded.yaml"
+    path.write_text(text, encoding="utf-8")
+    engine = Engine.from_preset(str(path), settings("http://127.0.0.1:9"), state=tmp_path / "state")
+    identity, journal = engine.identity.inner, engine.journal.inner
+    assert identity.limits == IdentityLimits(ttl_seconds=7 * 86400, max_bytes=65536)  # type: ignore[attr-defined]
+    assert engine.pipeline.memory.max_trait_bytes == 256
+    assert journal.window == 600  # type: ignore[attr-defined]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("max_bytes: 65536", "max_bytes: 0"), encoding="utf-8")
+    with pytest.raises(PresetError, match=r"bad.yaml:\d+:\d+: identity.max_bytes"):
+        load_preset(str(bad))
 
 
 # --------------------------------------------------------------------------
