@@ -162,16 +162,16 @@ def test_huge_traits_are_not_remembered_so_disk_and_memory_stay_small(tmp_path: 
 def test_the_identity_memory_stays_within_max_bytes_on_disk(tmp_path: Path) -> None:
     from engine.pipeline.identity import IdentityMemory
 
-    max_bytes = 256 * 1024
+    max_bytes = 128 * 1024
     state = SqliteState(tmp_path)
     store = state.identity(PRESET, IdentityLimits(max_bytes=max_bytes))
     memory = IdentityMemory(store=store)
-    for i in range(10_000):  # about 1.6 MB of identities through a 256 KiB memory
+    for i in range(5_000):  # about 800 kB of identities through a 128 KiB memory
         memory.remember({"userId": f"user-{i}", "anonymousId": f"anon-{i}"},
                         {"email": f"user{i}@bounded.test", "company": "Bounded Inc"})
     used, entries = store.usage()
     assert max_bytes - 200 < used <= max_bytes
-    assert memory.recall({"userId": "user-9999"}) == {"email": "user9999@bounded.test", "company": "Bounded Inc"}
+    assert memory.recall({"userId": "user-4999"}) == {"email": "user4999@bounded.test", "company": "Bounded Inc"}
     assert memory.recall({"userId": "user-0"}) == {}  # the least recently seen went first
     state.close()
     files = disk_bytes(tmp_path)

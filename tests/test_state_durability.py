@@ -266,9 +266,9 @@ def test_a_replay_beside_a_run_loses_no_dead_letter(tmp_path: Path) -> None:
         seeded = run_cli("run", PRESET_NAME, "--events", old, "--settings", revoked, "--state", state_dir, cwd=tmp_path)
         assert seeded.returncode == 1 and seeded.stdout.count("reauthorisation_required") == letters
 
-        # Re-authorised: the replay runs, slowly (each create takes 4 s) ...
+        # Re-authorised: the replay runs, slowly (each create takes 3 s) ...
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        sandbox.faults(*["delay:4"] * letters)
+        sandbox.faults(*["delay:3"] * letters)
         replay = subprocess.Popen(engine_cmd("dlq", "replay", PRESET_NAME, "--settings", settings, "--state", state_dir),
                                   cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -304,7 +304,7 @@ def test_a_replay_beside_a_run_loses_no_dead_letter(tmp_path: Path) -> None:
 
 
 class TokenServer:
-    """A rotating token endpoint that holds each refresh until a second one arrives (or 2 s pass).
+    """A rotating token endpoint that holds the first refresh until a second one arrives (or 1.5 s pass).
 
     Two processes refreshing at once with the same refresh token would both
     reach it; with the lock only one does. The rotation is checked when the
@@ -328,7 +328,7 @@ class TokenServer:
         self.requests += 1
         if self.requests == 1:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._second.wait(), 2.0)
+                await asyncio.wait_for(self._second.wait(), 1.5)
         else:
             self._second.set()
         if form.get("refresh_token") != self.current:
