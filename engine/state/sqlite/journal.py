@@ -2,8 +2,8 @@
 
 A row is 16 bytes of key digest, the preset's number and a timestamp (about
 70 bytes on disk with its indexes), so the journal's size is bounded by
-(events delivered within the window) × 70 bytes. Rows older than the window are purged in batches as new ones
-are written.
+(events delivered within the window) × 70 bytes. Rows older than the window
+are purged in batches as new ones are written.
 """
 
 from __future__ import annotations
