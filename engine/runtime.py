@@ -7,6 +7,11 @@ Filtering and transforming happen synchronously inside ``process`` (they are
 pure and fast), in the order the host calls it, so identify-then-track
 ordering is kept even when deliveries overlap. Delivery is concurrent and
 bounded; ``close`` drains what is in flight before closing the session.
+
+State (``state=``): identity, the delivery journal, dead letters and tokens
+come from one backend, the embedded SQLite file of a state directory by
+default, in memory without one. Every store is wrapped so that a write the
+disk refuses is kept in memory and retried (:mod:`engine.state.buffered`).
 """
 
 from __future__ import annotations
@@ -14,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -45,29 +48,40 @@ from .outcome import Outcome
 from .pipeline.identity import IdentityMemory
 from .pipeline.prepare import Pipeline, Prepared
 from .redaction import Redactor
-from .state.dead_letters import (
-    DeadLetterStore,
-    FileDeadLetters,
-    MemoryDeadLetters,
-    entry_for,
+from .state.backend import MemoryState, StateBackend, open_state
+from .state.buffered import (
+    BufferedDeadLetters,
+    BufferedIdentityStore,
+    BufferedJournal,
+    BufferedTokenStore,
+    cancel_all,
+    flush_all,
 )
-from .state.token_store import FileTokenStore, MemoryTokenStore, TokenStore, fingerprint
+from .state.dead_letters import DeadLetterStore, entry_for
+from .state.identity import IdentityLimits, IdentityStore
+from .state.journal import DeliveryJournal, event_key
+from .state.token_store import MemoryTokenStore, TokenStore
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
 log = logging.getLogger(__name__)
 
+# How long ``close`` keeps retrying a rotated refresh token or dead letters the
+# disk refused, before it gives up and says what is lost.
+CLOSE_RETRY_SECONDS = 30.0
+
 
 class Engine:
-    def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | None = None,
+    def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | StateBackend | None = None,
                  token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
+                 identity: IdentityStore | None = None, journal: DeliveryJournal | None = None,
                  on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
                  session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self.preset = preset
         self.settings = settings
-        self.state_dir = Path(state) / preset.name if state is not None else None
+        self.state_dir = Path(state) if isinstance(state, (str, Path)) else None
         self.redactor = Redactor(settings.secrets())
         self.concurrency = concurrency or preset.delivery.concurrency
         self.on_outcome = on_outcome
@@ -83,27 +97,31 @@ class Engine:
         self._idle.set()
         self._slots: asyncio.Semaphore | None = None
         self._closed = False
+        # Journal keys of events being sent now: a duplicate waits for the first copy's outcome.
+        self._sending: dict[str, asyncio.Future[None]] = {}
+
+        if state is None:
+            backend: StateBackend = MemoryState()
+        elif isinstance(state, (str, Path)):
+            backend = open_state(state)
+        else:
+            backend = state
+        self.state = backend
+        self._own_state = isinstance(state, (str, Path))
 
         auth = preset.auth
+        # Identity first: opening it imports the files of an earlier version (tokens included).
+        self.identity = BufferedIdentityStore(identity if identity is not None else
+                                              backend.identity(preset.name, IdentityLimits.of(preset.identity)))
         if token_store is None:
-            if self.state_dir is not None and auth is not None and auth.is_oauth2:
-                client = fingerprint(str(settings[auth.client_id_setting or ""] or ""))
-                token_store = FileTokenStore(self.state_dir / f"refresh-token-{client}.json")
-            else:
-                token_store = MemoryTokenStore()
-        self.token_store = token_store
-        if dead_letters is None:
-            dead_letters = FileDeadLetters(self.state_dir / "dead-letters.jsonl") if self.state_dir else MemoryDeadLetters()
-        self.dead_letters = dead_letters
+            token_store = (backend.tokens(str(settings[auth.client_id_setting or ""] or ""))
+                           if auth is not None and auth.is_oauth2 else MemoryTokenStore())
+        self.token_store = BufferedTokenStore(token_store)
+        self.dead_letters = BufferedDeadLetters(dead_letters if dead_letters is not None else backend.dead_letters())
+        self.journal = BufferedJournal(journal if journal is not None else
+                                       backend.journal(preset.name, preset.delivery.dedupe_window_seconds))
 
-        memory = IdentityMemory(preset.identity.remember, preset.identity.memory_limit, [t.name for t in preset.identity.traits])
-        self._identity_path = self.state_dir / "identity.json" if self.state_dir else None
-        if self._identity_path and self._identity_path.exists():
-            try:
-                memory.restore(json.loads(self._identity_path.read_text(encoding="utf-8")))
-            except (OSError, ValueError):
-                pass  # a damaged memory only costs joins, never events
-        self.pipeline = Pipeline(preset, settings, memory)
+        self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         self.auth: Auth | None = None  # built on start(), with the transport
         self.limiter = RateLimiter.from_spec(preset.delivery.rate_limit, clock=clock, sleep=sleep)
 
@@ -138,16 +156,51 @@ class Engine:
         await self.close()
 
     async def close(self) -> None:
-        """Stop taking events, wait for in-flight deliveries, persist identity memory, close the session."""
+        """Stop taking events, wait for in-flight deliveries, write what the disk refused, close the session.
+
+        Identity, journal entries and dead letters are written as they
+        happen, so nothing waits for this; a process killed without it loses
+        only what was on the wire.
+        """
         if self._closed:
             return
         self._closed = True
         try:
             await self._idle.wait()
-            self._save_identity()
+            await self._write_what_was_kept()
         finally:
-            if self._session is not None and self._own_session:
-                await self._session.close()
+            cancel_all(self._stores())
+            try:
+                if self._session is not None and self._own_session:
+                    await self._session.close()
+            finally:
+                if self._own_state:
+                    self.state.close()
+
+    def _stores(self) -> list[Any]:
+        return [self.token_store, self.dead_letters, self.journal, self.identity]
+
+    async def _write_what_was_kept(self) -> None:
+        """Retry writes the disk refused; wait a while for a token or dead letters, then say what is lost."""
+        if not flush_all(self._stores()):
+            return
+        precious = [self.token_store, self.dead_letters]
+        waited = 0.0
+        if flush_all(precious):
+            log.error("state: waiting up to %ds for the state directory to accept a rotated refresh token or dead "
+                      "letters (free some space)", int(CLOSE_RETRY_SECONDS))
+        while flush_all(precious) and waited < CLOSE_RETRY_SECONDS:
+            await self._sleep(1.0)
+            waited += 1.0
+        if len(self.token_store.pending):
+            log.error("state: the rotated refresh token could NOT be saved; the connection must be re-authorised")
+        if len(self.dead_letters.pending):
+            log.error("state: %d dead letter(s) could NOT be saved; their outcomes above hold the requests",
+                      len(self.dead_letters.pending))
+        others = len(self.journal.pending) + len(self.identity.pending)
+        if others:
+            log.error("state: %d identity or journal write(s) could not be saved; a rerun may send those events again "
+                      "(the upsert merges them) or miss an identify join", others)
 
     @property
     def mints(self) -> int:
@@ -161,7 +214,7 @@ class Engine:
         prepared = self.pipeline.prepare(event, index)
         if isinstance(prepared, Outcome):
             return await self._finish(prepared)
-        return await self._track(self._deliver(prepared))
+        return await self._track(self._deliver_once(prepared, event_key(event)))
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
@@ -225,7 +278,7 @@ class Engine:
         """
         prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
         if not isinstance(prepared, Outcome):
-            return asyncio.ensure_future(self._track(self._deliver(prepared)))
+            return asyncio.ensure_future(self._track(self._deliver_once(prepared, event_key(event))))
         if self.on_outcome is None:
             return prepared
         return asyncio.ensure_future(self._finish(prepared))
@@ -235,38 +288,32 @@ class Engine:
 
         A letter that cannot be replayed here (unknown action, or recorded for
         another origin than the settings name now) stays in the store, and its
-        outcome says why.
+        outcome says why. A letter whose event the journal says was delivered
+        since (a rerun sent it) is removed without sending it again. Each
+        letter is removed or updated on its own, so letters a concurrent run
+        adds meanwhile are never touched.
         """
         await self.start()
-        mine = [e for e in self.dead_letters.entries() if e.get("preset") == self.preset.name]
-        refused: dict[int, Outcome] = {}
-        runnable: list[tuple[int, dict[str, Any], Prepared]] = []
-        for position, entry in enumerate(mine):
-            prepared = self._prepared_from_letter(entry)
-            if isinstance(prepared, str):
-                refused[position] = Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED,
-                                            cause="not_replayable", detail=prepared)
-            else:
-                runnable.append((position, entry, prepared))
-        delivered = await asyncio.gather(*(self._track(self._deliver(p, record=False)) for _, _, p in runnable))
-        results = {**refused, **{position: result for (position, _, _), result in zip(runnable, delivered)}}
-        # id -> the updated letter, or None once delivered
-        settled: dict[Any, dict[str, Any] | None] = {}
-        for (_, entry, _), result in zip(runnable, delivered):
-            settled[entry.get("id")] = None if result.outcome == oc.DELIVERED else {
-                **entry, "cause": result.cause, "detail": result.detail, "last_request": result.request,
-                "last_response": result.response, "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)}
-        # Rewrite from a fresh read so letters added while the replay ran are kept;
-        # there is no await between this read and the write.
-        fresh = []
-        for entry in self.dead_letters.entries():
-            key = entry.get("id")
-            if key not in settled:
-                fresh.append(entry)
-            elif settled[key] is not None:
-                fresh.append(settled[key])
-        self.dead_letters.replace(fresh)
-        return [results[i] for i in sorted(results)]
+        mine = self.dead_letters.entries(self.preset.name)
+        return list(await asyncio.gather(*(self._track(self._replay(entry)) for entry in mine)))
+
+    async def _replay(self, entry: dict[str, Any]) -> Outcome:
+        letter_id, key = entry.get("id"), entry.get("key")
+        prepared = self._prepared_from_letter(entry)
+        if isinstance(prepared, str):
+            return Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared)
+        since = self._delivered_at(key) if isinstance(key, str) else None
+        if since is not None and since >= float(entry.get("dead_lettered_at") or 0):
+            self.dead_letters.remove(str(letter_id))
+            return await self._finish(self._already_delivered(prepared, since))
+        result = await self._deliver(prepared, record=False, key=key if isinstance(key, str) else None)
+        if result.outcome == oc.DELIVERED:
+            self.dead_letters.remove(str(letter_id))
+        else:
+            self.dead_letters.update({**entry, "cause": result.cause, "detail": result.detail,
+                                      "last_request": result.request, "last_response": result.response,
+                                      "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
+        return result
 
     # -- internals ------------------------------------------------------------
     def _check_open(self) -> None:
@@ -287,7 +334,36 @@ class Engine:
         future.add_done_callback(done)
         return future
 
-    async def _deliver(self, prepared: Prepared, record: bool = True) -> Outcome:
+    async def _deliver_once(self, prepared: Prepared, key: str) -> Outcome:
+        """Deliver unless this event was already delivered (journal), or a copy of it is being sent now."""
+        while (earlier := self._sending.get(key)) is not None:
+            await asyncio.wait([earlier])  # never cancels the first copy's future
+        since = self._delivered_at(key)
+        if since is not None:
+            return await self._finish(self._already_delivered(prepared, since))
+        done = asyncio.get_running_loop().create_future()
+        self._sending[key] = done
+        try:
+            return await self._deliver(prepared, key=key)
+        finally:
+            del self._sending[key]
+            done.set_result(None)
+
+    def _delivered_at(self, key: str) -> float | None:
+        try:
+            return self.journal.delivered_at(key)
+        except OSError as exc:  # an unreadable journal may cost a re-send (merged by the upsert), never the event
+            log.error("state: could not read the delivery journal (%s)", exc.strerror or type(exc).__name__)
+            return None
+
+    def _already_delivered(self, prepared: Prepared, since: float) -> Outcome:
+        assert self._sender is not None
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        return Outcome(prepared.index, prepared.message_id, oc.DELIVERED,
+                       detail=f"already delivered at {when} (delivery journal); not sent again",
+                       request=self._sender.original_request(prepared), attempts=0)
+
+    async def _deliver(self, prepared: Prepared, record: bool = True, key: str | None = None) -> Outcome:
         assert self._sender is not None and self._slots is not None
         try:
             async with self._slots:
@@ -299,13 +375,23 @@ class Engine:
             result = Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause="internal_error",
                              detail=f"delivery failed unexpectedly ({type(exc).__name__}); kept for replay",
                              request=self._sender.original_request(prepared))
+        if result.outcome == oc.DELIVERED and key is not None:
+            # Before the outcome is handed out: an outcome seen as delivered is always in the journal.
+            try:
+                self.journal.record(key)
+            except Exception as exc:  # noqa: BLE001 - the delivery happened; at worst a rerun merges it again
+                log.error("event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
-                self.dead_letters.append(entry_for(self.preset.name, prepared.action.name, result,
-                                                   self._sender.original_request(prepared)))
+                kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
+                                                       self._sender.original_request(prepared), key))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
+            else:
+                if not kept:
+                    result.detail = (f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
+                                     "the letter is kept in memory and written as soon as it can be")
         return await self._finish(result)
 
     async def _finish(self, result: Outcome) -> Outcome:
@@ -342,19 +428,6 @@ class Engine:
             headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
                         url, headers, request.get("body"), {})
-
-    def _save_identity(self) -> None:
-        if self._identity_path is None:
-            return
-        try:
-            self._identity_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self._identity_path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.pipeline.memory.snapshot(), handle, default=str)
-            os.replace(tmp, self._identity_path)
-        except (OSError, TypeError, ValueError) as exc:
-            log.warning("could not save the identity memory: %s", type(exc).__name__)
 
 
 async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:

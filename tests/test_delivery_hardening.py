@@ -23,6 +23,7 @@ from engine.language.compiler import load_preset
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
 from engine.language.settings import resolve
+from engine.state.sqlite import SqliteState
 from engine.state.token_store import FileTokenStore
 
 CLIENT_SECRET = "hardening-client-secret"
@@ -94,8 +95,8 @@ def test_a_host_cancelling_mid_refresh_does_not_lose_the_rotated_token(tmp_path:
     second, mints = asyncio.run(scenario())
     assert second.outcome == oc.DELIVERED
     assert mints == 1  # the cancelled refresh completed and its token was reused
-    stored = next(tmp_path.rglob("refresh-token-*.json"))
-    assert json.loads(stored.read_text())["refresh_token"] == "rotated-refresh-1"
+    stored = SqliteState(tmp_path).tokens("cid").load(REFRESH)
+    assert stored is not None and stored.refresh_token == "rotated-refresh-1"
 
 
 def test_two_engines_sharing_a_state_directory_share_one_token_chain(tmp_path: Path) -> None:
@@ -155,23 +156,25 @@ def test_an_async_outcome_callback_is_awaited() -> None:
 
 
 class BrokenStore(MemoryDeadLetters):
-    def append(self, entry: dict[str, Any]) -> None:
+    def add(self, entry: dict[str, Any]) -> None:
         raise OSError(28, "No space left on device")
 
 
-def test_a_dead_letter_store_that_cannot_be_written_still_gives_an_outcome() -> None:
-    async def scenario() -> Outcome:
+def test_a_dead_letter_store_that_cannot_be_written_still_gives_an_outcome_and_keeps_the_letter() -> None:
+    async def scenario() -> tuple[Outcome, list[dict[str, Any]]]:
         runner, base = await sandbox(faults=[500] * 5)
         try:
             async with Engine.from_preset("outreach/lead-capture", settings(base), dead_letters=BrokenStore(),
                                           sleep=_no_wait) as engine:
-                return await engine.process(lead(1))
+                result = await engine.process(lead(1))
+                return result, engine.dead_letters.entries()
         finally:
             await runner.cleanup()
 
-    result = asyncio.run(scenario())
+    result, letters = asyncio.run(scenario())
     assert result.outcome == oc.DEAD_LETTERED
-    assert "NOT kept" in (result.detail or "")
+    assert "kept in memory" in (result.detail or "")
+    assert [letter["messageId"] for letter in letters] == ["m1"]  # still listed, waiting for the store
 
 
 async def _no_wait(_: float) -> None:
@@ -213,7 +216,7 @@ def test_replay_sends_no_credential_to_an_origin_other_than_the_settings(tmp_pat
         runner, base = await sandbox()
         try:
             store = MemoryDeadLetters()
-            store.append({"id": "x1", "preset": "outreach/lead-capture", "action": "create_prospect", "index": 0,
+            store.add({"id": "x1", "preset": "outreach/lead-capture", "action": "create_prospect", "index": 0,
                           "messageId": "m0", "request": {"method": "POST", "url": "http://127.0.0.2:9/api/v2/prospects",
                                                          "headers": {}, "body": {"data": {}}}})
             async with Engine.from_preset("outreach/lead-capture", settings(base), dead_letters=store) as engine:
@@ -257,7 +260,7 @@ def test_upsert_keeps_the_existing_phone_numbers() -> None:
         try:
             async with Engine.from_preset("outreach/lead-capture", settings(base)) as engine:
                 await engine.process(lead(1, phone="+1 415 555 0100"))
-                await engine.process(lead(1, phone="+44 7700 900123"))
+                await engine.process({**lead(1, phone="+44 7700 900123"), "messageId": "m1-later"})
             state = await sandbox_state(base)
             [prospect] = state["prospects"]
             return prospect["attributes"]["mobilePhones"]

@@ -15,11 +15,13 @@ its result, so a regression names the property it broke.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
 import secrets
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from engine.outcome import Outcome
 from engine.runtime import Engine
 from engine.sandbox.outreach import STATE_KEY, SandboxConfig, SandboxState, start_sandbox
 from engine.language.settings import SettingsError
+from engine.state.sqlite import SqliteState
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILE = REPO / "presets" / "outreach" / "lead-capture.yaml"
@@ -148,6 +151,13 @@ async def queue_faults(admin: aiohttp.ClientSession, base: str, faults: list[Any
         assert resp.status == 200, await resp.text()
 
 
+def state_tables(state_dir: Path) -> dict[str, str]:
+    """Every table of the state database as text, to look for secrets where none may be."""
+    with contextlib.closing(sqlite3.connect(state_dir / "state.db")) as conn:
+        names = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {name: "\n".join(repr(row) for row in conn.execute(f"SELECT * FROM {name}")) for name in names}
+
+
 class ListHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -174,7 +184,7 @@ class AcceptanceRun:
     engine_mints: int
     secrets: list[str]
     log_lines: list[str]
-    state_files: dict[str, str]
+    state_tables: dict[str, str]
     elapsed: float
 
 
@@ -241,11 +251,9 @@ async def _acceptance(tmp: Path) -> AcceptanceRun:
                     outcomes.append(result)
             elapsed = time.monotonic() - started
             snapshot = await admin_state(admin, base)
-            files = {str(p.relative_to(tmp)): p.read_text(encoding="utf-8")
-                     for p in (tmp / "state").rglob("*") if p.is_file()}
             return AcceptanceRun(events, outcomes, snapshot, engine.mints,
-                                 [creds["client_secret"], creds["refresh_token"], *issued], handler.lines, files,
-                                 elapsed)
+                                 [creds["client_secret"], creds["refresh_token"], *issued], handler.lines,
+                                 state_tables(tmp / "state"), elapsed)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -353,16 +361,17 @@ def test_acceptance_reading_rate_limit_headers_avoids_429s(acceptance: Acceptanc
     assert statuses.count(429) <= 1, Counter(map(str, statuses))
 
 
-def test_acceptance_no_secret_in_outcomes_logs_or_state_files(acceptance: AcceptanceRun) -> None:
+def test_acceptance_no_secret_in_outcomes_logs_or_state(acceptance: AcceptanceRun) -> None:
     run = acceptance
     assert any("minted an access token" in line for line in run.log_lines)
     assert sum(1 for line in run.log_lines if ATTEMPT_LINE.search(line)) >= 40
-    token_file = next(text for name, text in run.state_files.items() if "refresh-token-" in name and name.endswith(".json"))
-    others = [text for name, text in run.state_files.items() if "refresh-token-" not in name]
+    token_table = run.state_tables["tokens"]
+    others = [text for name, text in run.state_tables.items() if name != "tokens"]
+    assert run.state_tables["identity"] and run.state_tables["journal"]  # the other tables were really read
     assert_no_secret([json.dumps(o.to_dict()) for o in run.outcomes] + run.log_lines + others, run.secrets)
-    # The token store is the one place a refresh token must be, and it is the current one.
-    assert run.state["refresh_tokens"][0] in token_file
-    assert run.secrets[0] not in token_file  # the client secret is never stored
+    # The token table is the one place a refresh token must be, and it is the current one.
+    assert run.state["refresh_tokens"][0] in token_table
+    assert run.secrets[0] not in token_table  # the client secret is never stored
 
 
 def test_acceptance_finished_within_budget(acceptance: AcceptanceRun) -> None:
@@ -394,12 +403,10 @@ def test_second_run_on_same_state_uses_the_persisted_rotated_refresh_token(tmp_p
             assert mints == 1 and all(o.outcome != oc.DEAD_LETTERED for o in first)
             after_first = await admin_state(admin, base)
             assert creds["refresh_token"] not in after_first["refresh_tokens"]  # rotated away upstream
-            stores = list((tmp_path / "state").rglob("refresh-token-*.json"))
-            assert len(stores) == 1, "the rotated refresh token was not persisted"
-            store = stores[0]
-            assert stat.S_IMODE(store.stat().st_mode) == 0o600
-            stored = json.loads(store.read_text(encoding="utf-8"))
-            assert stored["refresh_token"] == after_first["refresh_tokens"][0]
+            stored = SqliteState(tmp_path / "state").tokens(creds["client_id"]).load(creds["refresh_token"])
+            assert stored is not None, "the rotated refresh token was not persisted"
+            assert stat.S_IMODE((tmp_path / "state" / "state.db").stat().st_mode) == 0o600
+            assert stored.refresh_token == after_first["refresh_tokens"][0]
 
             # Same settings (still the original, now dead, refresh token), same state:
             # the live access token is reused, nothing is minted.
@@ -456,7 +463,7 @@ def test_no_secret_in_outcomes_or_logs_through_refresh_retries_and_failures(
                 assert refused.cause == "reauthorisation_required"
                 assert "client credentials" in (refused.detail or "")
                 texts.append(json.dumps(refused.to_dict()))
-            texts += [p.read_text(encoding="utf-8") for p in (tmp_path / "state").rglob("*.jsonl")]
+            texts += [text for name, text in state_tables(tmp_path / "state").items() if name != "tokens"]
             return texts, [creds["client_secret"], creds["refresh_token"], wrong_secret, *issued]
 
     texts, secret_values = asyncio.run(scenario())
@@ -596,11 +603,9 @@ EXAMPLE_DROP_REASONS = {"msg-014": "no_consent", "msg-015": "not_identified", "m
 
 
 def _store_secrets(state_dir: Path) -> list[str]:
-    out: list[str] = []
-    for path in state_dir.rglob("refresh-token-*.json"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        out += [data.get("refresh_token"), data.get("access_token")]
-    return [s for s in out if s]
+    with contextlib.closing(sqlite3.connect(state_dir / "state.db")) as conn:
+        rows = conn.execute("SELECT refresh_token, access_token FROM tokens").fetchall()
+    return [s for row in rows for s in row if s]
 
 
 def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
@@ -629,15 +634,29 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
         assert sorted(p["attributes"]["emails"][0] for p in after_first["prospects"]) == sorted(EXAMPLE_DELIVERED.values())
         assert after_first["mints"] == 1
 
-        # Again, verbose, same state: every lead is now a duplicate and is merged,
-        # the persisted access token is reused (a second mint would be throttled).
-        second = cli("run", PRESET_NAME, "--events", EXAMPLE_EVENTS, "--settings", settings, "--state", state_dir,
+        # The same stream again (a restart, or a producer re-sending): the journal says
+        # every lead was delivered, so nothing is sent and each still gets its one outcome.
+        again = cli("run", PRESET_NAME, "--events", EXAMPLE_EVENTS, "--settings", settings, "--state", state_dir)
+        assert again.returncode == 0, again.stderr
+        repeated = json_lines(again.stdout)
+        assert [line["messageId"] for line in repeated] == [e["messageId"] for e in events]
+        skipped = [r for r in repeated if r["outcome"] == "delivered"]
+        assert {r["messageId"] for r in skipped} == set(EXAMPLE_DELIVERED)
+        assert all(r["attempts"] == 0 and "already delivered" in r["detail"] and "response" not in r for r in skipped)
+        assert sandbox.state()["statuses"] == after_first["statuses"]  # not one request more
+
+        # New events for the same people, verbose, same state: every lead is now a duplicate
+        # and is merged; the persisted access token is reused (a second mint would be throttled).
+        renamed = tmp_path / "later.ndjson"
+        renamed.write_text("".join(json.dumps({**e, "messageId": f"{e['messageId']}-later"}) + "\n" for e in events),
+                           encoding="utf-8")
+        second = cli("run", PRESET_NAME, "--events", renamed, "--settings", settings, "--state", state_dir,
                      "--verbose")
         assert second.returncode == 0, second.stderr
         assert "Traceback" not in second.stderr
         results = json_lines(second.stdout)
         delivered = [r for r in results if r["outcome"] == "delivered"]
-        assert {r["messageId"] for r in delivered} == set(EXAMPLE_DELIVERED)
+        assert {r["messageId"] for r in delivered} == {f"{m}-later" for m in EXAMPLE_DELIVERED}
         assert all(MERGED in r["detail"] and r["attempts"] == 3 for r in delivered), delivered
         attempts = [m.groups() for m in ATTEMPT_LINE.finditer(second.stderr)]
         assert len(attempts) == sum(r["attempts"] for r in delivered)  # every attempt logged
@@ -653,7 +672,8 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
 
         secret_values = [creds["client_secret"], creds["refresh_token"], *final["refresh_tokens"], *sandbox.issued,
                          *_store_secrets(state_dir)]
-        assert_no_secret([first.stdout, first.stderr, second.stdout, second.stderr], secret_values)
+        assert_no_secret([first.stdout, first.stderr, again.stdout, again.stderr, second.stdout, second.stderr],
+                         secret_values)
 
 
 def test_cli_dead_letters_list_and_replay(tmp_path: Path) -> None:
@@ -701,7 +721,7 @@ def test_cli_dead_letters_list_and_replay(tmp_path: Path) -> None:
         outputs = [p.stdout + p.stderr for p in (run, listed, replay, empty)]
         assert all("Traceback" not in text for text in outputs)
         secret_values = [creds["client_secret"], creds["refresh_token"], *sandbox.issued, *_store_secrets(state_dir)]
-        assert_no_secret(outputs + [(state_dir / PRESET_NAME / "dead-letters.jsonl").read_text()], secret_values)
+        assert_no_secret(outputs + [state_tables(state_dir)["dead_letters"]], secret_values)
 
 
 def test_cli_invalid_grant_dead_letters_everything_without_retrying_the_token_endpoint(tmp_path: Path) -> None:

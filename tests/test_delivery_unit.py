@@ -32,7 +32,8 @@ from yarl import URL
 from fakes import FakeTime
 
 from engine import outcome as oc
-from engine.state.dead_letters import FileDeadLetters, MemoryDeadLetters
+from engine.state.dead_letters import MemoryDeadLetters
+from engine.state.sqlite import SqliteState
 from engine.language.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter
 from engine.runtime import Engine
@@ -599,13 +600,13 @@ def test_503_retry_after_is_honoured(wire: Wire, clock: FakeTime, retry_after: s
     assert 0.5 not in clock.sleeps  # Retry-After replaces the backoff
 
 
-@pytest.mark.parametrize("dead_store", ["memory", "file"])
+@pytest.mark.parametrize("dead_store", ["memory", "sqlite"])
 def test_5xx_exhausted_is_dead_lettered_masked_and_replayable(wire: Wire, clock: FakeTime, tmp_path: Path,
                                                               dead_store: str) -> None:
     error_body = {"errors": [{"id": "internalServerError", "title": "Internal Server Error"}]}
     wire.token(ACCESS)
     wire.create(500, payload=error_body, repeat=5)
-    dead = MemoryDeadLetters() if dead_store == "memory" else FileDeadLetters(tmp_path / "dlq" / "dead.jsonl")
+    dead = MemoryDeadLetters() if dead_store == "memory" else SqliteState(tmp_path / "dlq").dead_letters()
     engine = make_engine(clock, dead_letters=dead, rng=MaxRandom())
 
     async def scenario() -> tuple[oc.Outcome, list[dict], list[oc.Outcome]]:
@@ -636,8 +637,8 @@ def test_5xx_exhausted_is_dead_lettered_masked_and_replayable(wire: Wire, clock:
                                              "Authorization": "Bearer ***"}}
     assert letter["last_response"] == {"status": 500, "body": error_body}
     no_secrets(json.dumps(letter))
-    if dead_store == "file":
-        path = tmp_path / "dlq" / "dead.jsonl"
+    if dead_store == "sqlite":
+        path = tmp_path / "dlq" / "state.db"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     assert [r.outcome for r in replayed] == [oc.DELIVERED]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,7 +91,8 @@ def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path:
             state = json.loads(resp.read())
         assert len(state["prospects"]) == 5 and state["mints"] == 1
         assert 401 not in state["statuses"] and 415 not in state["statuses"]
-        assert any((tmp_path / "state").rglob("refresh-token-*.json"))  # the rotated token was kept
+        with contextlib.closing(sqlite3.connect(tmp_path / "state" / "state.db")) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1  # the rotated token was kept
     finally:
         sandbox.terminate()  # by the PID this test started
         try:

@@ -13,6 +13,7 @@ from engine.pipeline.event_table import EventTable
 from engine.language.expressions import Expression
 from engine.pipeline.identity import IdentityMemory, merged_traits
 from engine.pipeline.prepare import Pipeline
+from engine.state.identity import IdentityLimits, MemoryIdentityStore
 from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 
@@ -344,34 +345,77 @@ def test_pipeline_uses_the_memory_it_is_given_even_when_empty() -> None:
     assert shared.recall({"userId": "u1"}) == {"email": "a@b.co"}
 
 
-def test_lru_bound_evicts_the_least_recently_used() -> None:
-    memory = IdentityMemory(keys=("userId",), limit=2)
+def _size(user: str, traits: str) -> int:
+    """An entry's size as the preset language defines it: UTF-8 bytes of id field, id, owner and traits JSON."""
+    return len("userId") + len(user) + len(user) + len(traits)
+
+
+def test_byte_bound_evicts_the_least_recently_seen() -> None:
+    one = _size("u1", '{"email":"1@x.co"}')
+    store = MemoryIdentityStore(IdentityLimits(max_bytes=2 * one))
+    memory = IdentityMemory(keys=("userId",), store=store)
     memory.remember({"userId": "u1"}, {"email": "1@x.co"})
     memory.remember({"userId": "u2"}, {"email": "2@x.co"})
-    assert memory.recall({"userId": "u1"}) == {"email": "1@x.co"}  # u1 is now the most recent
+    assert memory.recall({"userId": "u1"}) == {"email": "1@x.co"}  # u1 is now the most recently seen
     memory.remember({"userId": "u3"}, {"email": "3@x.co"})
-    assert len(memory) == 2
+    assert len(store) == 2 and store.bytes_used == 2 * one
     assert memory.recall({"userId": "u2"}) == {}
     assert memory.recall({"userId": "u1"}) == {"email": "1@x.co"}
     assert memory.recall({"userId": "u3"}) == {"email": "3@x.co"}
 
 
-def test_lru_bound_without_reads_evicts_the_oldest() -> None:
-    memory = IdentityMemory(keys=("userId",), limit=3)
+def test_byte_bound_counts_bytes_not_ids() -> None:
+    small = _size("u0", '{"email":"0@x.co"}')
+    store = MemoryIdentityStore(IdentityLimits(max_bytes=10 * small))
+    memory = IdentityMemory(keys=("userId",), store=store)
     for i in range(10):
         memory.remember({"userId": f"u{i}"}, {"email": f"{i}@x.co"})
-    assert len(memory) == 3
-    assert [memory.recall({"userId": f"u{i}"}) for i in (6, 7, 8, 9)] == [
-        {}, {"email": "7@x.co"}, {"email": "8@x.co"}, {"email": "9@x.co"}]
+    assert len(store) == 10
+    # One entry with a title as long as five small entries pushes out the six oldest.
+    memory.remember({"userId": "u9"}, {"title": "x" * (5 * small)})
+    assert store.bytes_used <= 10 * small
+    assert [memory.recall({"userId": f"u{i}"}) != {} for i in range(10)] == [False] * 6 + [True] * 4
+
+
+def test_entries_expire_after_the_ttl_unless_seen_again() -> None:
+    now = [1_000_000.0]
+    store = MemoryIdentityStore(IdentityLimits(ttl_seconds=100), clock=lambda: now[0])
+    memory = IdentityMemory(keys=("userId",), store=store)
+    memory.remember({"userId": "old"}, {"email": "old@x.co"})
+    memory.remember({"userId": "kept"}, {"email": "kept@x.co"})
+    now[0] += 60
+    assert memory.recall({"userId": "kept"}) == {"email": "kept@x.co"}  # seen again: its age starts over
+    now[0] += 60
+    assert memory.recall({"userId": "old"}) == {}
+    assert memory.recall({"userId": "kept"}) == {"email": "kept@x.co"}
+    memory.remember({"userId": "new"}, {"email": "new@x.co"})  # a write sweeps what expired
+    assert len(store) == 2
+
+
+def test_a_trait_over_max_trait_bytes_is_not_remembered_but_the_rest_is() -> None:
+    memory = IdentityMemory(keys=("userId",), max_trait_bytes=64)
+    memory.remember({"userId": "u1"}, {"email": "a@b.co", "title": "t" * 100})
+    assert memory.recall({"userId": "u1"}) == {"email": "a@b.co"}
+    memory.remember({"userId": "u1"}, {"title": "Head of Growth"})
+    memory.remember({"userId": "u1"}, {"title": "é" * 40})  # 80 bytes in UTF-8: too large, the old one stays
+    assert memory.recall({"userId": "u1"}) == {"email": "a@b.co", "title": "Head of Growth"}
+
+
+def test_the_preset_declares_the_identity_bounds() -> None:
+    spec = load_preset("outreach/lead-capture").identity
+    memory = IdentityMemory.for_preset(spec)
+    assert isinstance(memory.store, MemoryIdentityStore)
+    assert memory.store.limits == IdentityLimits(ttl_seconds=90 * 86400, max_bytes=512 * 1024 * 1024)
+    assert memory.max_trait_bytes == 2048
 
 
 def test_only_declared_traits_are_stored() -> None:
     memory = IdentityMemory(trait_names=["email", "firstName"])
     memory.remember({"userId": "u1"}, {"email": "a@b.co", "password": "hunter22", "ssn": "123"})
     assert memory.recall({"userId": "u1"}) == {"email": "a@b.co"}
-    assert "hunter22" not in repr(memory.snapshot())
+    assert "hunter22" not in repr(memory.store.items())  # type: ignore[attr-defined]
     memory.remember({"userId": "u2"}, {"password": "x"})  # nothing declared: nothing kept
-    assert len(memory) == 1
+    assert len(memory.store) == 1  # type: ignore[arg-type]
 
 
 def test_pipeline_memory_keeps_only_the_preset_traits() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from engine.state import token_store as ts
 from engine.runtime import Engine
+from engine.state.sqlite import SqliteState, SqliteTokenStore
 from engine.state.token_store import FileTokenStore, MemoryTokenStore, StoredTokens, fingerprint
 
 CONFIGURED = "rt-initial-123456"
@@ -158,13 +159,22 @@ def test_file_store_unreadable_path_loads_none(tmp_path: Path) -> None:
     assert FileTokenStore(tmp_path / "tokens.json").load(CONFIGURED) is None
 
 
-def test_engine_with_state_dir_uses_a_file_store_per_client(tmp_path: Path) -> None:
+def test_engine_with_state_dir_keeps_tokens_in_the_state_database_per_client_and_chain(tmp_path: Path) -> None:
     settings = {"client_id": "cid", "client_secret": "s3cr3t-client", "refresh_token": CONFIGURED,
                 "base_url": "https://api.outreach.test"}
     engine = Engine.from_preset("outreach/lead-capture", settings, state=tmp_path)
-    store = engine.token_store
-    assert isinstance(store, FileTokenStore)
-    assert store.path == tmp_path / "outreach/lead-capture" / f"refresh-token-{fingerprint('cid')}.json"
+    store = engine.token_store.inner
+    assert isinstance(store, SqliteTokenStore)
+    assert store.db.path == tmp_path / "state.db"
+    assert store.chain(CONFIGURED) == f"{fingerprint('cid')}:{fingerprint(CONFIGURED)}"
+    store.save(StoredTokens(ROTATED, "at-abcdef", 1_900_000_000.0), CONFIGURED)
+    assert SqliteState(tmp_path).tokens("cid").load(CONFIGURED) == StoredTokens(ROTATED, "at-abcdef", 1_900_000_000.0)
+    assert SqliteState(tmp_path).tokens("other-client").load(CONFIGURED) is None
+    assert SqliteState(tmp_path).tokens("cid").load("rt-reauthorised-999000") is None  # a new chain starts fresh
+    assert mode(tmp_path / "state.db") == 0o600
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob("state.db*"))
+    assert ROTATED.encode() in stored
+    assert CONFIGURED.encode() not in stored  # only its fingerprint
 
 
 # --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from ..language.settings import SettingsError, load_settings_file, resolve
 from ..outcome import Outcome
+from ..state.backend import open_state
 
 
 class UsageError(Exception):
@@ -89,3 +90,7 @@ def check_state_dir(state: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None
+    try:
+        open_state(path).close()
+    except OSError as exc:
+        raise UsageError(f"--state {state}: {exc.strerror or type(exc).__name__}") from None

@@ -59,7 +59,7 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
     from ..runtime import Engine
 
     engine = Engine(preset, settings, state=state)
-    entries = engine.dead_letters.entries()
+    entries = engine.dead_letters.entries(preset.name)
     for entry in entries:
         print(json.dumps(engine.redactor.redact(entry), ensure_ascii=False))
     print(f"signal-engine: {len(entries)} dead letter(s) for {preset.name}", file=sys.stderr)
@@ -75,7 +75,7 @@ def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool, lo
         async with Engine(preset, settings, state=state) as engine:
             configure_logging(engine.redactor, verbose, log_format)
             results = await engine.replay_dead_letters()
-            left = len(engine.dead_letters.entries())
+            left = len(engine.dead_letters.entries(preset.name))
         for result in results:
             print(json.dumps(result.to_dict(), ensure_ascii=False))
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)

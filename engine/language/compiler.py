@@ -18,13 +18,16 @@ from jsonschema.exceptions import ValidationError
 
 from ..delivery.response_rules import Rule
 from ..pipeline.event_table import EventTable
-from ..pipeline.identity import DEFAULT_MEMORY_LIMIT
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import resources
 from .expression_check import InputShape, analyse
 from .expressions import Expression, ExpressionError
 from .model import (
+    DEFAULT_DEDUPE_WINDOW_SECONDS,
+    DEFAULT_IDENTITY_MAX_BYTES,
+    DEFAULT_IDENTITY_TTL_DAYS,
+    DEFAULT_MAX_TRAIT_BYTES,
     ActionSpec,
     AuthSpec,
     DeliverySpec,
@@ -170,8 +173,11 @@ class _Compiler:
             traits.append(TraitSpec(name, NORMALISERS[kind] if kind else None, option, kind))
         if spec["required"] not in spec["traits"]:
             self.problem(["identity", "required"], f"{spec['required']!r} is not a declared trait")
+        # memory_limit (a count of ids) is still accepted and ignored: the bounds are now age and bytes.
         return IdentitySpec(spec["required"], tuple(traits), tuple(spec.get("remember", ["userId", "anonymousId"])),
-                            spec.get("memory_limit", DEFAULT_MEMORY_LIMIT))
+                            float(spec.get("ttl_days", DEFAULT_IDENTITY_TTL_DAYS)),
+                            int(spec.get("max_bytes", DEFAULT_IDENTITY_MAX_BYTES)),
+                            int(spec.get("max_trait_bytes", DEFAULT_MAX_TRAIT_BYTES)))
 
     def _compile_expressions_anyway(self) -> None:
         """Report syntax errors in every JSONata site even when the structure around it is broken."""
@@ -407,6 +413,7 @@ class _Compiler:
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),
             int(spec.get("max_response_bytes", 1_048_576)),
+            dedupe_window_seconds=float(spec.get("dedupe_window_seconds", DEFAULT_DEDUPE_WINDOW_SECONDS)),
         )
 
 

@@ -19,6 +19,12 @@ if TYPE_CHECKING:  # types only: the stages below import this module
     from .settings import SettingSpec
     from .templates import Template
 
+# Defaults of the preset language (documented in schemas/preset.schema.json and the README).
+DEFAULT_IDENTITY_TTL_DAYS = 90
+DEFAULT_IDENTITY_MAX_BYTES = 512 * 1024 * 1024  # about 1.3 million ids at 400 bytes each
+DEFAULT_MAX_TRAIT_BYTES = 2048
+DEFAULT_DEDUPE_WINDOW_SECONDS = 86400
+
 
 @dataclass(frozen=True)
 class TraitSpec:
@@ -33,7 +39,9 @@ class IdentitySpec:
     required: str
     traits: tuple[TraitSpec, ...]
     remember: tuple[str, ...]
-    memory_limit: int
+    ttl_days: float = DEFAULT_IDENTITY_TTL_DAYS
+    max_bytes: int = DEFAULT_IDENTITY_MAX_BYTES
+    max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,8 @@ class DeliverySpec:
     retries: RetrySpec
     rules: tuple[Rule, ...]
     max_response_bytes: int = 1_048_576  # a longer answer is an error, not a memory spike
+    # The same event (messageId, or the event's hash) is not delivered twice within this window.
+    dedupe_window_seconds: float = DEFAULT_DEDUPE_WINDOW_SECONDS
 
 
 @dataclass(frozen=True)

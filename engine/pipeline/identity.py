@@ -1,72 +1,65 @@
 """Identity: which traits belong to the person behind an event.
 
 ``identify`` calls carry the traits; the lead events that follow usually do
-not. The memory joins them, keyed by ``userId`` and ``anonymousId``, and is
-bounded so that a long-running host does not grow without limit.
+not. The memory joins them, keyed by ``userId`` and ``anonymousId``. This
+module decides *what* is remembered and what a lookup returns; where it is
+kept, and for how long, is an :class:`~engine.state.identity.IdentityStore`'s
+job (in memory for dry runs and golden cases, the state database for an
+engine with a state directory).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
+import json
+import logging
 from typing import Any, Iterable, Mapping
 
-DEFAULT_MEMORY_LIMIT = 10_000
+from ..language.model import DEFAULT_MAX_TRAIT_BYTES, IdentitySpec
+from ..state.identity import IdentityLimits, IdentityStore, MemoryIdentityStore, Slot
 
+log = logging.getLogger(__name__)
 
-@dataclass
-class _Remembered:
-    traits: dict[str, Any]
-    # The userId these traits were seen with, so that an anonymousId shared by
-    # two people (a shared device) never hands one user's traits to another.
-    owner: str | None
+# The id field several people may share (a device); its entries are owned by one userId.
+SHARED_ID = "anonymousId"
 
 
 class IdentityMemory:
-    """Remembered identify traits per userId / anonymousId, least recently used first out.
+    """Remembered identify traits per userId / anonymousId.
 
-    Only declared traits are stored, so nothing a preset will never send is
-    kept in memory. One instance belongs to one pipeline; there is no global state.
+    Only declared traits are stored, each at most ``max_trait_bytes`` (as
+    UTF-8 JSON), so nothing a preset will never send, and no megabyte blob,
+    is ever kept. One instance belongs to one pipeline; there is no global state.
     """
 
-    def __init__(self, keys: Iterable[str] = ("userId", "anonymousId"), limit: int = DEFAULT_MEMORY_LIMIT,
-                 trait_names: Iterable[str] | None = None) -> None:
+    def __init__(self, keys: Iterable[str] = ("userId", "anonymousId"), trait_names: Iterable[str] | None = None,
+                 *, store: IdentityStore | None = None, max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES) -> None:
         self.keys = tuple(keys)
-        self.limit = limit
         self.trait_names = frozenset(trait_names) if trait_names is not None else None
-        self._entries: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
+        self.store: IdentityStore = store if store is not None else MemoryIdentityStore()
+        self.max_trait_bytes = max_trait_bytes
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @classmethod
+    def for_preset(cls, spec: IdentitySpec, store: IdentityStore | None = None) -> "IdentityMemory":
+        """The memory a preset's ``identity:`` section declares; in memory unless a store is given."""
+        if store is None:
+            store = MemoryIdentityStore(IdentityLimits.of(spec))
+        return cls(spec.remember, [t.name for t in spec.traits], store=store, max_trait_bytes=spec.max_trait_bytes)
 
     def remember(self, event: Mapping[str, Any], traits: Mapping[str, Any]) -> None:
         """Merge an identify call's traits into what is known for its ids."""
-        kept = {k: v for k, v in traits.items() if self.trait_names is None or k in self.trait_names}
+        kept = {k: v for k, v in traits.items()
+                if (self.trait_names is None or k in self.trait_names) and self._small(k, v)}
         if not kept:
             return
-        user_id = _id(event.get("userId"))
-        for key in self.keys:
-            ident = _id(event.get(key))
-            if ident is None:
-                continue
-            slot = (key, ident)
-            entry = self._entries.get(slot)
-            if entry is None or (key == "anonymousId" and entry.owner not in (None, user_id)):
-                # A different person on the same anonymous id: start afresh.
-                entry = _Remembered({}, user_id)
-            entry.traits.update(kept)
-            entry.owner = entry.owner or user_id
-            self._entries[slot] = entry
-            self._entries.move_to_end(slot)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+        slots = self._slots(event)
+        if slots:
+            self.store.merge(slots, kept, _id(event.get("userId")))
 
     def forget(self, event: Mapping[str, Any]) -> None:
         """Drop what is remembered for this event's ids (the person withdrew consent)."""
-        for key in self.keys:
-            ident = _id(event.get(key))
-            if ident is not None:
-                self._entries.pop((key, ident), None)
+        slots = self._slots(event)
+        if slots:
+            self.store.forget(slots)
 
     def recall(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """Remembered traits for this event's ids; the userId's win over the anonymousId's."""
@@ -76,30 +69,39 @@ class IdentityMemory:
             ident = _id(event.get(key))
             if ident is None:
                 continue
-            entry = self._entries.get((key, ident))
+            try:
+                entry = self.store.recall(key, ident)
+            except OSError as exc:  # an unreadable store costs a join, never the event
+                log.error("identity: could not read the identity memory (%s)", exc.strerror or type(exc).__name__)
+                continue
             if entry is None:
                 continue
-            if key == "anonymousId" and user_id is not None and entry.owner not in (None, user_id):
+            if key == SHARED_ID and user_id is not None and entry.owner not in (None, user_id):
                 continue
-            self._entries.move_to_end((key, ident))
             merged.update(entry.traits)
         return merged
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """A serialisable copy, so a host can persist identity across restarts."""
-        return [{"key": k, "id": i, "owner": e.owner, "traits": e.traits} for (k, i), e in self._entries.items()]
+    def _slots(self, event: Mapping[str, Any]) -> list[Slot]:
+        slots = []
+        for key in self.keys:
+            ident = _id(event.get(key))
+            if ident is not None:
+                slots.append(Slot(key, ident, key == SHARED_ID))
+        return slots
 
-    def restore(self, entries: Iterable[Mapping[str, Any]]) -> None:
-        for item in entries:
-            try:
-                slot = (str(item["key"]), str(item["id"]))
-                traits = dict(item["traits"])
-            except (KeyError, TypeError, ValueError):
-                continue
-            owner = item.get("owner")
-            self._entries[slot] = _Remembered(traits, owner if isinstance(owner, str) else None)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+    def _small(self, name: str, value: Any) -> bool:
+        """Within ``max_trait_bytes`` (about: a string counts its UTF-8 bytes and quotes): a trait value too large to remember is left out (the event still carries it)."""
+        if isinstance(value, str):
+            if len(value) * 4 + 2 <= self.max_trait_bytes:  # a fast yes for the usual short string
+                return True
+            size = len(value.encode("utf-8", "surrogatepass")) + 2
+        else:
+            size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
+        if size <= self.max_trait_bytes:
+            return True
+        log.info("identity: trait %r (%d bytes) is over max_trait_bytes (%d) and is not remembered",
+                 name, size, self.max_trait_bytes)
+        return False
 
 
 def merged_traits(event: Mapping[str, Any], remembered: Mapping[str, Any]) -> dict[str, Any]:

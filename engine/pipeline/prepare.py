@@ -48,7 +48,11 @@ class Prepared:
 
 
 class Pipeline:
-    """One preset compiled against one set of settings. Holds the identity memory; nothing global."""
+    """One preset compiled against one set of settings. Holds the identity memory; nothing global.
+
+    Without ``memory``, identity is kept in memory for this pipeline's life
+    (dry runs, golden cases); the Engine passes one backed by its state.
+    """
 
     def __init__(self, preset: Preset, settings: Settings | Mapping[str, Any],
                  memory: IdentityMemory | None = None) -> None:
@@ -60,7 +64,7 @@ class Pipeline:
         self.settings = settings
         self.public_settings = settings.public()
         ident = preset.identity
-        self.memory = memory if memory is not None else IdentityMemory(ident.remember, ident.memory_limit, [t.name for t in ident.traits])
+        self.memory = memory if memory is not None else IdentityMemory.for_preset(ident)
         categories = list(settings.get(preset.consent_setting) or [])
         if not categories:
             # An empty list would let every event through: fail closed, loudly.

@@ -5,34 +5,46 @@ re-authorisation, is written here with the masked request, the last
 response, the cause and the attempt count. The request body is kept whole
 (it holds no credentials; the auth header is masked and re-applied on
 replay).
+
+Every operation touches one letter and is atomic, so a ``run`` adding
+letters and a ``dlq replay`` removing them can share a store without one
+losing the other's work (there is no read-everything-then-rewrite step).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from ..outcome import Outcome
 
 
 class DeadLetterStore(Protocol):
-    def append(self, entry: dict[str, Any]) -> None: ...
-    def entries(self) -> list[dict[str, Any]]: ...
-    def replace(self, entries: Iterable[dict[str, Any]]) -> None: ...
+    def add(self, entry: dict[str, Any]) -> None:
+        """Keep a letter. A letter with the same ``preset`` and ``key`` (the same event) is replaced, keeping its id."""
+
+    def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
+        """The letters, oldest first (of one preset, when named)."""
+
+    def remove(self, letter_id: str) -> None:
+        """Forget one letter (it was delivered). Removing a letter that is gone is not an error."""
+
+    def update(self, entry: dict[str, Any]) -> None:
+        """Replace the letter with ``entry["id"]``, if it is still there (a replay that failed again)."""
 
 
-def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any]) -> dict[str, Any]:
+def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """``request`` is the event's *first* request (masked), not the last one tried: a
-    replay must start from the create, so that an upsert runs whole again."""
+    replay must start from the create, so that an upsert runs whole again.
+    ``key`` is the event's journal key (see :func:`engine.state.journal.event_key`)."""
     return {
         "id": uuid.uuid4().hex,
         "preset": preset,
         "action": action,
+        "key": key,
         "dead_lettered_at": int(time.time()),
         "index": outcome.index,
         "messageId": outcome.message_id,
@@ -45,57 +57,45 @@ def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any
     }
 
 
-class FileDeadLetters:
-    """JSON lines, one file per preset, 0600 (the bodies hold personal data)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def append(self, entry: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-    def entries(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue  # a torn last line after a crash must not block the rest
-            if isinstance(item, dict):
-                out.append(item)
-        return out
-
-    def replace(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Rewrite atomically, so a crash mid-replay keeps every letter."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=".dlq-", dir=self.path.parent)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for entry in entries:
-                handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-
-
 class MemoryDeadLetters:
+    """For an engine without a state directory, and for tests."""
+
     def __init__(self) -> None:
         self._entries: list[dict[str, Any]] = []
 
-    def append(self, entry: dict[str, Any]) -> None:
-        self._entries.append(entry)
+    def add(self, entry: dict[str, Any]) -> None:
+        key = entry.get("key")
+        for i, old in enumerate(self._entries):
+            if key is not None and old.get("key") == key and old.get("preset") == entry.get("preset"):
+                self._entries[i] = {**entry, "id": old.get("id")}
+                return
+        self._entries.append(dict(entry))
 
-    def entries(self) -> list[dict[str, Any]]:
-        return list(self._entries)
+    def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
+        return [dict(e) for e in self._entries if preset is None or e.get("preset") == preset]
 
-    def replace(self, entries: Iterable[dict[str, Any]]) -> None:
-        self._entries = list(entries)
+    def remove(self, letter_id: str) -> None:
+        self._entries = [e for e in self._entries if e.get("id") != letter_id]
+
+    def update(self, entry: dict[str, Any]) -> None:
+        for i, old in enumerate(self._entries):
+            if old.get("id") == entry.get("id"):
+                self._entries[i] = dict(entry)
+                return
+
+
+def read_legacy_file(path: Path) -> list[dict[str, Any]]:
+    """The letters of a ``dead-letters.jsonl`` from before the state database (imported once)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # a torn last line after a crash must not block the rest
+        if isinstance(item, dict):
+            out.append(item)
+    return out

@@ -2,9 +2,11 @@
 
 Outreach invalidates a refresh token the moment it is used, so losing the
 new one loses the connection: a person has to re-authorise. The new token is
-therefore written atomically (temp file, fsync, rename) before the access
-token minted with it is used. Hosts with a secrets manager replace the file
-store by implementing :class:`TokenStore`.
+therefore written durably before the access token minted with it is used.
+The engine's default store is a row in the state database
+(:mod:`engine.state.sqlite.tokens`); :class:`FileTokenStore` is a single JSON
+file for hosts that want one. Hosts with a secrets manager implement
+:class:`TokenStore`.
 """
 
 from __future__ import annotations
@@ -39,11 +41,21 @@ class StoredTokens:
 
 
 class TokenStore(Protocol):
+    """Required: ``load`` and ``save``. Optional, looked up by name when present:
+
+    * ``try_lock() -> bool`` / ``unlock()``: a lock shared by every process
+      using the store, held while one of them refreshes (two refreshes with
+      one rotating token would lose the connection);
+    * ``check_writable() -> bool``: can ``save`` succeed right now? Asked
+      before a refresh spends the current refresh token, so a full disk
+      never turns into a rotated token that cannot be kept.
+    """
+
     def load(self, configured: str) -> StoredTokens | None:
         """What was stored for the chain that starts at ``configured``, or None to start from it."""
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
-        """Persist ``tokens`` durably before returning."""
+        """Persist ``tokens`` durably before returning; raise ``OSError`` when that is impossible."""
 
 
 class MemoryTokenStore:
@@ -91,6 +103,27 @@ class FileTokenStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def check_writable(self) -> bool:
+        """Write and sync a file as large as a token file next to it: the disk has room for a save."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=self.path.parent)
+        except OSError:
+            return False
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b" " * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def load(self, configured: str) -> StoredTokens | None:
         try:

@@ -1,0 +1,73 @@
+"""The embedded state backend: every store of a state directory in one SQLite file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..errors import StateError
+from ..identity import IdentityLimits
+from .database import DB_NAME, Database
+from .dead_letters import SqliteDeadLetters
+from .identity import SqliteIdentityStore
+from .journal import SqliteJournal
+from .legacy import import_legacy
+from .tokens import LOCK_NAME, SqliteTokenStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DB_NAME", "LOCK_NAME", "Database", "SqliteDeadLetters", "SqliteIdentityStore", "SqliteJournal",
+           "SqliteState", "SqliteTokenStore"]
+
+
+class SqliteState:
+    """``<directory>/state.db``, shared by every preset (rows are keyed by preset name)."""
+
+    def __init__(self, directory: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = Database(directory)
+        self._clock = clock
+        self._imported: set[str] = set()
+        self._import_lock = threading.Lock()
+        try:
+            os.close(os.open(self.db.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as exc:
+            self.db.close()
+            raise StateError(f"{self.db.directory / LOCK_NAME}: cannot create the refresh lock ({exc.strerror})") from None
+
+    @property
+    def directory(self) -> Path:
+        return self.db.directory
+
+    def identity(self, preset: str, limits: IdentityLimits) -> SqliteIdentityStore:
+        store = SqliteIdentityStore(self.db, preset, limits, clock=self._clock)
+        self._import_once(preset, store)
+        return store
+
+    def journal(self, preset: str, window_seconds: float) -> SqliteJournal:
+        return SqliteJournal(self.db, preset, window_seconds, clock=self._clock)
+
+    def dead_letters(self) -> SqliteDeadLetters:
+        return SqliteDeadLetters(self.db)
+
+    def tokens(self, client_id: str) -> SqliteTokenStore:
+        return SqliteTokenStore(self.db, client_id)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _import_once(self, preset: str, identity: SqliteIdentityStore) -> None:
+        with self._import_lock:
+            if preset in self._imported:
+                return
+            try:
+                import_legacy(self.db, preset, identity)
+            except StateError as exc:
+                # The old files stay where they are and are imported by the next engine that can.
+                log.error("state: could not import the files of an earlier version (%s); they are left in place",
+                          exc.strerror)
+                return
+            self._imported.add(preset)

@@ -1,0 +1,209 @@
+"""The state database: one SQLite file per state directory, in WAL mode.
+
+Why SQLite: it is in the standard library, a committed transaction survives
+a killed process, several processes can share the file (a ``run`` and a
+``dlq replay``), and a lookup is an index search rather than a file read.
+
+* ``<dir>/state.db`` (and SQLite's ``-wal`` and ``-shm`` beside it) is 0600,
+  the directory 0700: the rows hold personal data and refresh tokens.
+* Writes are transactions (``BEGIN IMMEDIATE``). Identity and journal
+  writes use ``synchronous=NORMAL``: durable against a killed process, and
+  without an fsync per event. Tokens and dead letters use ``FULL``: durable
+  against a power cut too.
+* A writer waits up to ``busy_seconds`` for another process's write to end.
+* The page cache is capped (``CACHE_KIB``), so memory does not grow with the
+  file, and the ``-wal`` file is cut back to ``WAL_LIMIT_BYTES`` after each
+  checkpoint, so one large transaction (an import) does not leave it large.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import StateError, StateWriteError
+
+DB_NAME = "state.db"
+SCHEMA_VERSION = 1
+CACHE_KIB = 8192
+WAL_LIMIT_BYTES = 16 * 1024 * 1024
+BUSY_SECONDS = 10.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS namespaces (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS identity (
+    ns INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    ident TEXT NOT NULL,
+    owner TEXT,
+    traits TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (ns, kind, ident)
+);
+CREATE INDEX IF NOT EXISTS identity_by_age ON identity (ns, seen_at);
+CREATE TABLE IF NOT EXISTS identity_usage (
+    ns INTEGER PRIMARY KEY,
+    bytes INTEGER NOT NULL,
+    entries INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    ns INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS journal_by_age ON journal (ns, delivered_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY,
+    preset TEXT NOT NULL,
+    key TEXT,
+    added_at REAL NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_preset ON dead_letters (preset, added_at);
+CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_by_key ON dead_letters (preset, key) WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tokens (
+    chain TEXT PRIMARY KEY,
+    refresh_token TEXT NOT NULL,
+    access_token TEXT,
+    access_expires_at REAL,
+    saved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS write_probe (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    pad BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS imported (
+    source TEXT PRIMARY KEY,
+    imported_at REAL NOT NULL
+);
+"""
+
+
+class Database:
+    """One connection to ``<directory>/state.db``; safe to share between the stores of one engine."""
+
+    def __init__(self, directory: str | Path, *, busy_seconds: float = BUSY_SECONDS) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        self._lock = threading.RLock()
+        self._namespaces: dict[str, int] = {}
+        try:
+            make_private_dir(self.directory)
+            _create_private_file(self.path)
+            self.conn = sqlite3.connect(str(self.path), timeout=busy_seconds, isolation_level=None,
+                                        check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"{self.path}: cannot open the state database ({_reason(exc)})") from None
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self.conn.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+            self._migrate()
+        except (sqlite3.Error, StateError) as exc:
+            self.conn.close()
+            raise StateError(f"{self.path}: cannot open the state database ({_reason(exc)})") from None
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateError(f"written by a newer engine (schema {version}, this one knows {SCHEMA_VERSION})")
+        if version < SCHEMA_VERSION:
+            with self.write() as cur:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextlib.contextmanager
+    def write(self, *, durable: bool = False) -> Iterator[sqlite3.Cursor]:
+        """One transaction; :class:`StateWriteError` (and nothing written) when it cannot commit."""
+        with self._lock:
+            cur = self.conn.cursor()
+            try:
+                if durable:
+                    cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("BEGIN IMMEDIATE")
+                yield cur
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(self.conn)
+                raise StateWriteError(f"{self.path}: {_reason(exc)}", full=_is_full(exc)) from None
+            except BaseException:
+                _rollback(self.conn)
+                raise
+            finally:
+                if durable:
+                    with contextlib.suppress(sqlite3.Error):
+                        cur.execute("PRAGMA synchronous=NORMAL")
+                cur.close()
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {_reason(exc)}") from None
+
+    def namespace(self, name: str) -> int:
+        """A small number standing for a preset in every row, so rows stay short."""
+        if name not in self._namespaces:
+            rows = self.read("SELECT id FROM namespaces WHERE name = ?", (name,))
+            if not rows:
+                with self.write() as cur:
+                    cur.execute("INSERT OR IGNORE INTO namespaces (name) VALUES (?)", (name,))
+                    ns = cur.execute("SELECT id FROM namespaces WHERE name = ?", (name,)).fetchone()[0]
+                    cur.execute("INSERT OR IGNORE INTO identity_usage (ns, bytes, entries) VALUES (?, 0, 0)", (ns,))
+                rows = [(ns,)]
+            self._namespaces[name] = int(rows[0][0])
+        return self._namespaces[name]
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the directory 0700 (whatever the umask); an existing one is left as its owner set it."""
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def _create_private_file(path: Path) -> None:
+    """0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _is_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                                               or "full" in str(exc).lower())
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

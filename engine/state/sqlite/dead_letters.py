@@ -1,0 +1,54 @@
+"""Dead letters in the state database: one row per letter, every change its own transaction.
+
+Written with ``synchronous=FULL``: a letter is an event that would
+otherwise be lost, so it must survive a power cut, not just a killed
+process. A ``run`` adding letters and a ``dlq replay`` removing others work
+on different rows and cannot undo each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .database import Database
+
+
+class SqliteDeadLetters:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(self, entry: dict[str, Any]) -> None:
+        preset, key = str(entry.get("preset")), entry.get("key")
+        with self.db.write(durable=True) as cur:
+            same = cur.execute("SELECT id FROM dead_letters WHERE preset = ? AND key = ?", (preset, key)).fetchone() \
+                if key is not None else None
+            if same is not None:
+                kept = {**entry, "id": same[0]}
+                cur.execute("UPDATE dead_letters SET entry = ? WHERE id = ?", (_text(kept), same[0]))
+            else:
+                cur.execute("INSERT OR REPLACE INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
+                            (str(entry.get("id")), preset, key, time.time(), _text(entry)))
+
+    def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
+        if preset is None:
+            rows = self.db.read("SELECT entry FROM dead_letters ORDER BY added_at, rowid")
+        else:
+            rows = self.db.read("SELECT entry FROM dead_letters WHERE preset = ? ORDER BY added_at, rowid", (preset,))
+        return [json.loads(text) for (text,) in rows]
+
+    def remove(self, letter_id: str) -> None:
+        with self.db.write(durable=True) as cur:
+            cur.execute("DELETE FROM dead_letters WHERE id = ?", (str(letter_id),))
+
+    def update(self, entry: dict[str, Any]) -> None:
+        with self.db.write(durable=True) as cur:
+            cur.execute("UPDATE dead_letters SET entry = ? WHERE id = ?", (_text(entry), str(entry.get("id"))))
+
+    def __len__(self) -> int:
+        return int(self.db.read("SELECT COUNT(*) FROM dead_letters")[0][0])
+
+
+def _text(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False, default=str)
