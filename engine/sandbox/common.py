@@ -202,17 +202,20 @@ class FixedWindowQuota:
     """A request budget that refills all at once when its window ends.
 
     The window starts with the first request after the previous one ended,
-    so ``reset_epoch`` is a real future instant a client can wait for.
+    so ``reset_epoch`` is a real future instant a client can wait for. With
+    ``aligned`` the windows are instead whole multiples of ``window`` on the
+    clock (calendar minutes for a 60 s window).
     """
 
     quota: int
     window: float
     window_end: float = 0.0
     used: int = 0
+    aligned: bool = False
 
     def _roll(self, now: float) -> None:
         if now >= self.window_end:
-            self.window_end = now + self.window
+            self.window_end = (math.floor(now / self.window) + 1) * self.window if self.aligned else now + self.window
             self.used = 0
 
     def consume(self, now: float, cost: int = 1) -> bool:
