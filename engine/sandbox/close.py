@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping
 
 import phonenumbers
+import pycountry
 from aiohttp import web
 
 from .common import (
@@ -53,8 +54,7 @@ CONTACT_FIELDS = frozenset({"name", "title", "emails", "phones", "urls"})
 ADDRESS_FIELDS = frozenset({"label", "address_1", "address_2", "city", "state", "zipcode", "country"})
 CONTACT_INFO_TYPES = frozenset({"office", "mobile", "home", "direct", "fax", "other"})
 ADDRESS_LABELS = frozenset({"business", "mailing", "other"})
-# ISO 3166-1 alpha-2 codes (phonenumbers' region table covers the inhabited ones).
-COUNTRIES = frozenset(phonenumbers.SUPPORTED_REGIONS) - {"001"}
+COUNTRIES = frozenset(country.alpha_2 for country in pycountry.countries)  # ISO 3166-1 alpha-2
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOM = re.compile(r"^custom\.cf_[A-Za-z0-9]+$")
 
