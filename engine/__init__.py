@@ -2,15 +2,31 @@
 
 A preset (YAML + JSONata) compiles into a filter → transform → deliver
 pipeline. Import :class:`Engine` to embed delivery in an async host, or
-:func:`load_preset` and :class:`Pipeline` for pure, network-free decisions.
+:func:`load_preset` and :class:`Pipeline` for pure, network-free decisions::
+
+    from engine import Engine, Pipeline, load_preset, resolve_settings, SettingsError, Outcome
 """
+
+import logging
+from importlib import metadata as _metadata
 
 from .language.compiler import PresetError, load_preset
 from .language.model import Preset
+from .language.settings import Settings, SettingsError, resolve_settings
 from .outcome import Outcome
 from .pipeline.prepare import Pipeline, Prepared
 
-__all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "load_preset"]
+try:
+    __version__ = _metadata.version("signal-engine")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
+
+# A library does not decide where its records go: without a host's
+# configuration they are discarded, not printed by logging's last resort.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "Settings", "SettingsError",
+           "load_preset", "resolve_settings", "__version__"]
 
 
 def __getattr__(name: str):  # noqa: ANN202 - lazy, so checks and dry runs never import aiohttp

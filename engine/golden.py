@@ -49,6 +49,19 @@ class GoldenCase:
     def expected_path(self) -> Path:
         return self.path.with_name(self.path.stem + EXPECTED_SUFFIX)
 
+    @property
+    def preset_ref(self) -> str:
+        """The preset file beside the golden tree (``golden/../presets/<name>.yaml``), else the name as given.
+
+        So a project laid out like this repository (``presets/``, ``golden/``)
+        runs its own cases wherever it lives; ``--preset`` names a file or a name directly.
+        """
+        if self.preset_name.endswith((".yaml", ".yml")):
+            return self.preset_name
+        top = next((parent for parent in self.path.parents if parent.name == "golden"), None)
+        sibling = top.parent / "presets" / f"{self.preset_name}.yaml" if top is not None else None
+        return str(sibling) if sibling is not None and sibling.is_file() else self.preset_name
+
 
 @dataclass
 class GoldenResult:
@@ -101,7 +114,7 @@ def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None,
              preset_path: Sequence[str | Path] = ()) -> GoldenResult:
     presets = presets if presets is not None else {}
     if case.preset_name not in presets:
-        presets[case.preset_name] = load_preset(case.preset_name, preset_path)
+        presets[case.preset_name] = load_preset(case.preset_ref, preset_path)
     preset = presets[case.preset_name]
     try:
         spec = json.loads(case.path.read_text(encoding="utf-8"))

@@ -55,7 +55,7 @@ from .state.token_store import FileTokenStore, MemoryTokenStore, TokenStore, fin
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
-log = logging.getLogger("signal_engine.engine")
+log = logging.getLogger(__name__)
 
 
 class Engine:
@@ -172,46 +172,62 @@ class Engine:
 
         An outcome is yielded as soon as it and every earlier one are known,
         without waiting for the next input (a queue consumer acknowledges in
-        order). At most a few times ``concurrency`` events are held at once.
+        order). At most a few times ``concurrency`` deliveries are held at once.
+        """
+        async for outcome in self.process_batches(_single_batches(items)):
+            yield outcome
+
+    async def process_batches(self, batches: AsyncIterable[list[tuple[int, Any]]]) -> AsyncIterator[Outcome]:
+        """Like :meth:`process_indexed`, for a source that hands over many events at a time.
+
+        Events are prepared in input order as each batch arrives; a dropped
+        event costs no task and no wait, so a stream of page views is about as
+        cheap to process here as in a dry run.
         """
         self._check_open()
         await self.start()
         window = self.concurrency * 4
-        pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        source = items.__aiter__()
-        next_item: asyncio.Future[tuple[int, Any]] | None = None
+        pending: collections.deque[Outcome | asyncio.Future[Outcome]] = collections.deque()
+        source = batches.__aiter__()
+        next_batch: asyncio.Future[list[tuple[int, Any]]] | None = None
         exhausted = False
         try:
             while pending or not exhausted:
-                while pending and pending[0].done():
-                    yield pending.popleft().result()
-                if not exhausted and next_item is None and len(pending) < window and not self._closed:
-                    next_item = asyncio.ensure_future(source.__anext__())
-                waiting = [f for f in (next_item, pending[0] if pending else None) if f is not None]
+                while pending and (isinstance(pending[0], Outcome) or pending[0].done()):
+                    head = pending.popleft()
+                    yield head if isinstance(head, Outcome) else head.result()
+                if not exhausted and next_batch is None and self._inflight < window and not self._closed:
+                    next_batch = asyncio.ensure_future(source.__anext__())
+                waiting = [f for f in (next_batch, pending[0] if pending else None) if f is not None]
                 if not waiting:
                     break  # closed mid-stream with nothing in flight
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if next_item is not None and next_item.done():
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+                if next_batch is not None and next_batch.done():
                     try:
-                        index, event = next_item.result()
+                        batch = next_batch.result()
                     except StopAsyncIteration:
                         exhausted = True
-                        next_item = None
+                        next_batch = None
                         continue
-                    next_item = None
-                    pending.append(self._schedule(index, event))
+                    next_batch = None
+                    pending.extend(self._schedule(index, event) for index, event in batch)
         finally:
-            if next_item is not None and not next_item.done():
-                next_item.cancel()
+            if next_batch is not None and not next_batch.done():
+                next_batch.cancel()
         if not exhausted:
             raise RuntimeError("engine was closed before the stream ended")
 
-    def _schedule(self, index: int, event: Any) -> "asyncio.Future[Outcome]":
-        """Prepare now (input order matters for identity joins), deliver in the background."""
+    def _schedule(self, index: int, event: Any) -> "Outcome | asyncio.Future[Outcome]":
+        """Prepare now (input order matters for identity joins), deliver in the background.
+
+        A drop is final at once: with no callback, or a plain one, it needs no task.
+        """
         prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
-        if isinstance(prepared, Outcome):
-            return asyncio.ensure_future(self._finish(prepared))
-        return asyncio.ensure_future(self._track(self._deliver(prepared)))
+        if not isinstance(prepared, Outcome):
+            return asyncio.ensure_future(self._track(self._deliver(prepared)))
+        if self.on_outcome is None:
+            return prepared
+        return asyncio.ensure_future(self._finish(prepared))
 
     async def replay_dead_letters(self) -> list[Outcome]:
         """Re-send every dead letter of this preset; keep only those that still do not succeed.
@@ -357,6 +373,11 @@ def _without_query_param(url: str, name: str) -> str:
     parts = urlsplit(url)
     kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
     return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote, safe="")))
+
+
+async def _single_batches(items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
+    async for item in items:
+        yield [item]
 
 
 def _origin(url: str) -> str:

@@ -103,3 +103,16 @@ def test_no_destination_knowledge_in_engine_code(path: Path) -> None:
             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
             and VENDOR.search(n.value)]
     assert not hits, f"{path.relative_to(ENGINE)} names a destination in code: {hits[:3]}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ENGINE)))
+def test_loggers_are_named_after_their_module(path: Path) -> None:
+    """``logging.getLogger(__name__)``: records are found (and silenced) under ``engine.*``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger" and node.args:
+            arg = node.args[0]
+            named = isinstance(arg, ast.Name) and arg.id == "__name__"
+            root = isinstance(arg, ast.Constant) and arg.value == "engine"
+            assert named or root or path.parts[-2] == "cli", \
+                f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"

@@ -101,7 +101,7 @@ def test_a_lone_surrogate_is_written_as_an_escape_and_the_run_goes_on(
     code = main(["run", PRESET, "--events", str(events), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.err == ""
+    assert captured.err.startswith("signal-engine: 3 event(s) in ") and captured.err.endswith(": 3 would_send\n")
     lines = captured.out.splitlines()
     outcomes = [json.loads(line) for line in lines]
     assert summary(outcomes) == [(0, "m1", "would_send"), (1, "m2", "would_send"), (2, "m3", "would_send")]
@@ -147,7 +147,9 @@ def test_stdin_is_read_as_bytes_line_by_line(tmp_path: Path) -> None:
                        env={"PYTHONIOENCODING": "utf-8:strict"})
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, err
-    assert "Traceback" not in err and err == ""
+    assert "Traceback" not in err
+    assert err.startswith("signal-engine: 5 event(s) in ")  # the summary is all stderr holds
+    assert err.endswith(": 3 would_send, 2 dropped (2 invalid_event)\n") and len(err.splitlines()) == 1
     outcomes = [json.loads(line) for line in proc.stdout.decode("utf-8").splitlines()]
     assert summary(outcomes) == [(0, "m1", "would_send"), (1, None, "invalid_event"), (2, None, "invalid_event"),
                                  (3, "m2", "would_send"), (4, "m3", "would_send")]
@@ -257,7 +259,7 @@ def test_a_reused_anchor_warning_does_not_reach_stderr(tmp_path: Path) -> None:
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, err
     assert SECRET not in err
-    assert err == ""
+    assert err == f"signal-engine: no events: --events {os.devnull} is empty\n"
 
 
 @pytest.mark.parametrize("url, reason", [

@@ -118,19 +118,38 @@ def test_settings_file_with_env_values(tmp_path: Path) -> None:
         assert CLIENT_SECRET not in stream and REFRESH_TOKEN not in stream
 
 
-def test_missing_env_var_in_settings_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_secret_variable_is_fine_for_a_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A production settings file dry-runs without its secrets exported (issue: dry runs need no secrets)."""
     monkeypatch.delenv("SIGNAL_TEST_UNSET_VARIABLE", raising=False)
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\n", encoding="utf-8")
+    settings.write_text("client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\n"
+                        "refresh_token: ${SIGNAL_TEST_UNSET_VARIABLE}\n", encoding="utf-8")
+    events = tmp_path / "events.ndjson"
+    events.write_text(ndjson(IDENTIFY, DEMO), encoding="utf-8")
+    code = main(["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert [o["outcome"] for o in outcomes(out)] == ["dropped", "would_send"]
+
+
+def test_unset_secret_variable_is_an_error_when_delivering(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SIGNAL_TEST_UNSET_VARIABLE", raising=False)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\n"
+                        "refresh_token: rt-1234567890\n", encoding="utf-8")
     events = tmp_path / "events.ndjson"
     events.write_text(ndjson(PAGE), encoding="utf-8")
-    code = main(["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings), "--dry-run"])
+    state = tmp_path / "state"
+    code = main(["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings),
+                 "--state", str(state)])
     out, err = capsys.readouterr()
     assert code == 2
     assert out == ""
     assert err.splitlines() == [f"{settings}:2: setting 'client_secret': environment variable "
                                 "SIGNAL_TEST_UNSET_VARIABLE is not set"]
+    assert not state.exists()
 
 
 def test_missing_events_file_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,14 +173,14 @@ def test_missing_events_file_subprocess(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_broken_preset_in_run_exits_1_with_located_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_broken_preset_in_run_exits_2_with_located_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     preset = tmp_path / "broken.yaml"
     builtin = Path(__file__).resolve().parents[1] / "presets" / "outreach" / "lead-capture.yaml"
     preset.write_text(builtin.read_text(encoding="utf-8").replace("region_from: country", "region_from: nation"),
                       encoding="utf-8")
     code = main(["run", str(preset), "--events", "-", "--dry-run"])
     out, err = capsys.readouterr()
-    assert code == 1
+    assert code == 2  # a configuration error: no event was processed
     assert out == ""
     assert err.startswith(f"{preset}:")
     assert "identity.traits.phone.region_from: 'nation' is not a declared trait" in err
@@ -225,7 +244,8 @@ def test_run_in_process_with_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     code = main(["run", "outreach/lead-capture", "--events", "-", "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 0
-    assert err == ""
+    assert err.startswith("signal-engine: 3 event(s) in ")
+    assert err.endswith(": 1 would_send, 2 dropped (1 event_not_mapped, 1 invalid_event)\n")
     got = outcomes(out)
     assert [(o["index"], o["outcome"], o.get("reason")) for o in got] == [
         (0, "dropped", "event_not_mapped"), (2, "dropped", "invalid_event"), (3, "would_send", None)]

@@ -25,20 +25,30 @@ def test_every_fake_in_the_package_is_offered_and_keeps_the_contract() -> None:
     assert available() == EXPECTED
     for name in available():
         module = importlib.import_module(f"engine.sandbox.{name}")
-        for attr in ("SandboxConfig", "STATE_KEY", "create_app", "start_sandbox", "main", "build_parser"):
+        for attr in ("SUMMARY", "SandboxConfig", "STATE_KEY", "create_app", "start_sandbox", "main", "build_parser"):
             assert hasattr(module, attr), f"engine.sandbox.{name} lacks {attr}"
 
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_every_option_has_help_and_shows_its_default(name: str) -> None:
     parser = importlib.import_module(f"engine.sandbox.{name}").build_parser()
-    assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter
     options = [a for a in parser._actions if a.option_strings and a.dest != "help"]
     assert options
+    formatter = parser._get_formatter()
     for action in options:
         assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.option_strings} has no help"
-    text = parser.format_help().replace("\n", " ")
-    assert text.count("(default:") == len(options)
+        shown = formatter._expand_help(action)  # the help as --help prints it, %(default)s filled in
+        assert shown.endswith(")") and shown.count("(default: ") == 1, (name, action.option_strings, shown)
+
+
+def test_sandbox_help_lists_every_destination_with_its_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(["sandbox", "--help"])
+    assert excinfo.value.code == 0
+    out = capsys.readouterr().out
+    for name in EXPECTED:
+        summary = importlib.import_module(f"engine.sandbox.{name}").SUMMARY
+        assert f"  {name:<10} {summary}" in out
 
 
 def test_unknown_sandbox_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

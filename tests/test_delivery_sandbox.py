@@ -212,7 +212,7 @@ async def _acceptance(tmp: Path) -> AcceptanceRun:
     events, gates = acceptance_stream()
     handler = ListHandler()
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("signal_engine")
+    logger = logging.getLogger("engine")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -429,10 +429,10 @@ def test_second_run_on_same_state_uses_the_persisted_rotated_refresh_token(tmp_p
 
 def test_no_secret_in_outcomes_or_logs_through_refresh_retries_and_failures(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The CLI stops "signal_engine" from propagating when it runs in-process;
+    # The CLI stops "engine" from propagating when it runs in-process;
     # make sure caplog really sees this test's records.
-    monkeypatch.setattr(logging.getLogger("signal_engine"), "propagate", True)
-    caplog.set_level(logging.INFO, logger="signal_engine")
+    monkeypatch.setattr(logging.getLogger("engine"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="engine")
 
     async def scenario() -> tuple[list[str], list[str]]:
         creds = unique_credentials()
@@ -622,8 +622,9 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
             else:
                 assert line["outcome"] == "dropped", line
                 assert line["reason"] == EXAMPLE_DROP_REASONS.get(line["messageId"], "event_not_mapped")
-        assert first.stderr.strip().splitlines()[-1] == \
-            "signal-engine: 5 delivered, 14 dropped; 1 access token(s) minted"
+        assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
+                            r"1 invalid_email, 1 no_consent, 1 not_identified\); 1 access token\(s\) minted",
+                            first.stderr.strip().splitlines()[-1])
         after_first = sandbox.state()
         assert sorted(p["attributes"]["emails"][0] for p in after_first["prospects"]) == sorted(EXAMPLE_DELIVERED.values())
         assert after_first["mints"] == 1
@@ -643,8 +644,9 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
         for r in delivered:
             mine = [(a[2], a[3]) for a in attempts if int(a[0]) == r["index"]]
             assert mine == [("POST", "422"), ("GET", "200"), ("PATCH", "200")]
-        assert second.stderr.strip().splitlines()[-1] == \
-            "signal-engine: 5 delivered, 14 dropped; 0 access token(s) minted"
+        assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
+                            r"1 invalid_email, 1 no_consent, 1 not_identified\); 0 access token\(s\) minted",
+                            second.stderr.strip().splitlines()[-1])
         final = sandbox.state()
         assert final["mints"] == 1 and len(final["prospects"]) == 5
         assert 401 not in final["statuses"] and 415 not in final["statuses"]
@@ -669,8 +671,9 @@ def test_cli_dead_letters_list_and_replay(tmp_path: Path) -> None:
         assert [o["outcome"] for o in out] == ["dropped", "dead_lettered"]
         assert out[1]["cause"] == "http_500" and out[1]["attempts"] == 5
         assert "gave up after 5 attempts" in out[1]["detail"]
-        assert run.stderr.strip().splitlines()[-1] == \
-            "signal-engine: 1 dead_lettered, 1 dropped; 1 access token(s) minted"
+        assert re.fullmatch(r"signal-engine: 2 event\(s\) in [0-9.]+s: 1 dropped \(1 event_not_mapped\), "
+                            r"1 dead_lettered \(1 http_500\); 1 access token\(s\) minted",
+                            run.stderr.strip().splitlines()[-1])
         assert sandbox.state()["prospects"] == []
 
         listed = cli("dlq", "list", PRESET_NAME, "--state", state_dir)

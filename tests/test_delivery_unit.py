@@ -486,12 +486,12 @@ def _http_date(epoch: float) -> str:
 
 
 @pytest.mark.parametrize("headers_for, expected", [
-    (lambda now: {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 30)}, 31.0),  # reset + 1 s skew
-    (lambda now: {"X-RateLimit-Reset": str(now + 45)}, 46.0),
+    (lambda now: {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 30)}, 30.0),  # the reset, no extra second
+    (lambda now: {"X-RateLimit-Reset": str(now + 45)}, 45.0),
     (lambda now: {"Retry-After": "12"}, 12.0),
     (lambda now: {"Retry-After": str(now + 20)}, 20.0),
     (lambda now: {"Retry-After": _http_date(now + 15)}, 15.0),
-    (lambda now: {"Retry-After": "25", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 25)}, 26.0),
+    (lambda now: {"Retry-After": "25", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 25)}, 25.0),
 ], ids=["reset+remaining", "reset", "retry-after-seconds", "retry-after-epoch", "retry-after-http-date", "both"])
 def test_429_waits_for_the_reset_then_retries(wire: Wire, clock: FakeTime, headers_for: Callable[[int], dict],
                                               expected: float) -> None:
@@ -978,7 +978,7 @@ def test_process_many_bounds_concurrency(wire: Wire, clock: FakeTime) -> None:
 
 def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: FakeTime, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="signal_engine")
+    caplog.set_level(logging.INFO, logger="engine")
     # Bodies that echo credentials back, as a misbehaving gateway might.
     wire.token(ACCESS, ROTATED)
     wire.create(401, payload={"error": f"Invalid JWT token {ACCESS}"})
@@ -1020,7 +1020,7 @@ def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: Fake
 
 @pytest.mark.parametrize("headers_for, expected", [
     (lambda now: {"retry-after": "20"}, 20.0),
-    (lambda now: {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(now + 40)}, 41.0),
+    (lambda now: {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(now + 40)}, 40.0),
 ], ids=["retry-after", "x-ratelimit-reset"])
 def test_429_with_lower_case_header_names_is_honoured(wire: Wire, clock: FakeTime,
                                                       headers_for: Callable[[int], dict], expected: float) -> None:

@@ -291,20 +291,21 @@ def test_duplicate_key_is_one_located_line(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A preset that does not exist is a usage error (exit 2, on stderr), not a verdict on a preset."""
     missing = tmp_path / "nope.yaml"
     code, lines, err = run_check(capsys, str(missing))
-    assert code == 1
-    assert len(lines) == 1
-    assert lines[0].startswith(f"{missing}: no such preset file")
-    assert err == ""
+    assert code == 2
+    assert lines == []
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"signal-engine: {missing}: no such preset file or preset name (known: ")
 
 
 def test_unknown_builtin_name_lists_the_builtins(capsys: pytest.CaptureFixture[str]) -> None:
-    code, lines, _ = run_check(capsys, "outreach/nope")
-    assert code == 1
-    assert len(lines) == 1
-    assert lines[0].startswith("outreach/nope: no such preset file or preset name")
-    assert "outreach/lead-capture" in lines[0]
+    code, lines, err = run_check(capsys, "outreach/nope")
+    assert code == 2
+    assert lines == []
+    assert err.startswith("signal-engine: outreach/nope: no such preset file or preset name")
+    assert "outreach/lead-capture" in err
 
 
 def test_load_preset_raises_preset_error_with_the_problems(tmp_path: Path) -> None:
@@ -433,11 +434,11 @@ def test_check_subprocess_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     bad = write_preset(tmp_path, ("  concurrency: 8\n", "  concurrency: [8\n"))
     missing = tmp_path / "missing.yaml"
     proc = _cli("check", str(bad), str(missing), cwd=tmp_path)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a missing preset outranks the verdict on the other
     lines = proc.stdout.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 1
     assert lines[0].startswith(f"{bad}:")
     line, col = lines[0][len(str(bad)) + 1:].split(":")[:2]
     assert line.isdigit() and col.isdigit()
-    assert lines[1].startswith(f"{missing}: no such preset file")
+    assert proc.stderr.startswith(f"signal-engine: {missing}: no such preset file")
     assert "Traceback" not in proc.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from fakes import FakeTime
 
-from engine.delivery.rate_limit import CLOCK_SKEW_SECONDS, MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
+from engine.delivery.rate_limit import MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
 
 NOW = 1_750_000_000.0  # a fixed wall clock, in epoch seconds
 
@@ -96,13 +96,12 @@ def test_seconds_until_unparseable(value: str | None) -> None:
     assert seconds_until(value, NOW) is None
 
 
-def test_reset_delay_prefers_retry_after_and_adds_skew_to_the_reset() -> None:
+def test_reset_delay_prefers_retry_after_then_the_reset_with_no_extra_second() -> None:
     rl = limiter(FakeTime())
     reset = str(int(time.time()) + 30)
     assert rl.reset_delay({"Retry-After": "5", "X-RateLimit-Reset": reset}, "Retry-After") == 5.0
-    assert rl.reset_delay({"X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30 + CLOCK_SKEW_SECONDS, abs=1.1)
-    assert rl.reset_delay({"Retry-After": "junk", "X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(
-        30 + CLOCK_SKEW_SECONDS, abs=1.1)
+    assert rl.reset_delay({"X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30, abs=1.0)
+    assert rl.reset_delay({"Retry-After": "junk", "X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30, abs=1.0)
     assert rl.reset_delay({}, "Retry-After") is None
 
 
@@ -167,7 +166,7 @@ def test_remaining_zero_waits_until_the_server_reset() -> None:
 
     asyncio.run(rl.acquire())
 
-    assert clock.now - start == pytest.approx(20 + CLOCK_SKEW_SECONDS, abs=1.1)
+    assert clock.now - start == pytest.approx(20, abs=1.0)
 
     # The window rolled over: the next request goes at once.
     before = clock.now
@@ -217,7 +216,7 @@ def test_in_flight_requests_count_against_the_servers_remaining() -> None:
     times = asyncio.run(acquire_times(rl, clock, 3))
 
     assert times[0] == times[1] == start  # the two the server still allows
-    assert times[2] - start == pytest.approx(100 + CLOCK_SKEW_SECONDS, abs=1.1)
+    assert times[2] - start == pytest.approx(100, abs=1.0)
 
 
 def test_out_of_order_answers_in_one_window_keep_the_lowest_remaining() -> None:
@@ -244,6 +243,50 @@ def test_a_new_window_replaces_the_remaining_count() -> None:
     asyncio.run(acquire_times(rl, clock, 3))
 
     assert clock.now == start
+
+
+def delta_limiter(clock: FakeTime, requests: int = 1, per_seconds: float = 10.0) -> RateLimiter:
+    """Reset as delta seconds: exact on a fake clock, whatever the wall clock says."""
+    return RateLimiter(requests, per_seconds, remaining_header="X-RateLimit-Remaining",
+                       reset_header="X-RateLimit-Reset", reset_format="delta_seconds",
+                       clock=clock.monotonic, sleep=clock.sleep)
+
+
+def test_an_advertised_budget_is_spent_whatever_the_static_bucket_says() -> None:
+    """The bucket (1 per 10 s) is only the fallback: the server says 50 are left, so 50 go at once."""
+    clock = FakeTime()
+    rl = delta_limiter(clock)
+    rl.observe({"X-RateLimit-Remaining": "50", "X-RateLimit-Reset": "5"})
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 50))
+
+    assert times == [start] * 50
+
+
+def test_a_spent_window_resumes_exactly_at_the_advertised_reset() -> None:
+    clock = FakeTime()
+    rl = delta_limiter(clock, requests=100)
+    rl.observe({"X-RateLimit-Remaining": "1", "X-RateLimit-Reset": "5"})
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 2))
+
+    assert times[0] == start
+    assert times[1] - start == pytest.approx(5.0, abs=0.01)  # not 6: no fixed extra second
+
+
+def test_after_the_reset_the_bucket_paces_until_the_server_speaks_again() -> None:
+    clock = FakeTime()
+    rl = delta_limiter(clock, requests=2, per_seconds=10.0)  # bucket capacity 2 (a minute's worth, capped)
+    rl.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "5"})
+    start = clock.now
+
+    times = asyncio.run(acquire_times(rl, clock, 3))
+
+    assert times[0] - start == pytest.approx(5.0, abs=0.01)
+    assert times[1] == times[0]  # the bucket's burst
+    assert times[2] - times[1] == pytest.approx(5.0, abs=0.01)  # then its rate: 2 per 10 s
 
 
 def test_headers_the_limiter_was_not_told_about_are_ignored() -> None:

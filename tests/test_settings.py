@@ -51,9 +51,12 @@ def test_null_value_means_use_the_default(specs: Any) -> None:
     assert resolve(specs, {"base_url": None}, require=False)["base_url"] == "https://api.outreach.io"
 
 
-def test_string_list_from_comma_separated_text(specs: Any) -> None:
-    settings = resolve(specs, {"consent_categories": "marketing, analytics ,"}, require=False)
-    assert settings["consent_categories"] == ["marketing", "analytics"]
+def test_a_scalar_where_a_list_is_declared_is_an_error(specs: Any) -> None:
+    """No silent coercion: `consent_categories: marketing` is not quietly turned into a list."""
+    with pytest.raises(SettingsError) as info:
+        resolve(specs, {"consent_categories": "marketing, analytics"}, require=False)
+    assert str(info.value) == ("settings: setting 'consent_categories' must be a list of strings, got the text "
+                               "'marketing, analytics'; write it as a YAML list: [marketing, analytics]")
 
 
 @pytest.mark.parametrize("name, value", [
@@ -66,8 +69,37 @@ def test_wrong_types_are_rejected_naming_the_setting(specs: Any, name: str, valu
     assert f"setting {name!r}" in str(info.value)
 
 
-def test_numbers_are_accepted_as_strings(specs: Any) -> None:
-    assert resolve(specs, {"client_id": 12345}, require=False)["client_id"] == "12345"
+@pytest.mark.parametrize("value, described", [(12345, "the number 12345"), (1.5, "the number 1.5")])
+def test_a_number_for_a_string_setting_is_an_error_unless_quoted(specs: Any, value: Any, described: str) -> None:
+    """No silent coercion: YAML reads `client_id: 12345` as a number; the message says to quote it."""
+    with pytest.raises(SettingsError) as info:
+        resolve(specs, {"client_id": value}, require=False)
+    assert str(info.value) == (f"settings: setting 'client_id' must be a string, got {described}; "
+                               f'quote it to keep it as text: "{value}"')
+    assert resolve(specs, {"client_id": "12345"}, require=False)["client_id"] == "12345"
+
+
+def test_every_problem_of_a_settings_file_is_reported_at_once_in_file_order(tmp_path: Path, specs: Any) -> None:
+    path = write(tmp_path, "client_id: 12345\n"
+                           "consent_categories: marketing\n"
+                           "# a comment\n"
+                           "base_url: http://example.com\n"
+                           "client_secrett: x\n")
+    values, where = load_settings_file(path, environ={})
+    with pytest.raises(SettingsError) as info:
+        resolve(specs, values, require=True, where=where)
+    problems = info.value.problems
+    assert [p.split(": setting")[0].split(": unknown")[0].split(": required")[0] for p in problems] == [
+        f"{path}:1", f"{path}:2", f"{path}:4", f"{path}:5", "settings", "settings"]
+    assert "'client_id' must be a string" in problems[0]
+    assert "'consent_categories' must be a list of strings" in problems[1]
+    assert "'base_url' plain http" in problems[2]
+    assert "unknown setting 'client_secrett'" in problems[3]
+    assert sorted(problems[4:]) == sorted([
+        "settings: required setting 'client_secret' is missing (Your connected app's Secret (OAuth client secret).)",
+        "settings: required setting 'refresh_token' is missing (The refresh token from the authorization_code "
+        "exchange.)"])
+    assert str(info.value) == "\n".join(problems)
 
 
 def test_integer_and_boolean_types() -> None:
@@ -156,12 +188,34 @@ def test_env_vars_from_the_process_environment(tmp_path: Path, monkeypatch: pyte
     assert load_settings_file(path)[0] == {"client_id": "from-env"}
 
 
-def test_missing_env_var_names_file_line_and_variable(tmp_path: Path) -> None:
-    path = write(tmp_path, "client_id: abc\nclient_secret: ${OUTREACH_CLIENT_SECRET}\n")
+def test_missing_env_var_names_file_line_and_variable(tmp_path: Path, specs: Any) -> None:
+    path = write(tmp_path, "client_id: abc\nclient_secret: ${OUTREACH_CLIENT_SECRET}\nrefresh_token: rt-x\n")
+    values, where = load_settings_file(path, environ={})
     with pytest.raises(SettingsError) as info:
-        load_settings_file(path, environ={})
+        resolve(specs, values, require=True, where=where)
     assert str(info.value) == (f"{path}:2: setting 'client_secret': environment variable "
                                "OUTREACH_CLIENT_SECRET is not set")
+
+
+def test_an_unset_secret_variable_is_fine_for_a_dry_run(tmp_path: Path, specs: Any) -> None:
+    path = write(tmp_path, "client_id: abc\nclient_secret: ${OUTREACH_CLIENT_SECRET}\n"
+                           "refresh_token: ${OUTREACH_REFRESH_TOKEN}\n")
+    values, where = load_settings_file(path, environ={})
+    settings = resolve(specs, values, require=False, where=where)
+    assert "client_secret" not in settings.values and "refresh_token" not in settings.values
+    assert settings.secrets() == []
+
+
+def test_an_unset_variable_in_a_non_secret_setting_is_an_error_even_for_a_dry_run(tmp_path: Path,
+                                                                                  specs: Any) -> None:
+    """Non-secret settings shape the output (base_url is in every URL): a dry run needs them."""
+    path = write(tmp_path, "base_url: ${SANDBOX_URL}\nconsent_categories: [marketing, '${EXTRA}']\n")
+    values, where = load_settings_file(path, environ={})
+    with pytest.raises(SettingsError) as info:
+        resolve(specs, values, require=False, where=where)
+    assert info.value.problems == [
+        f"{path}:1: setting 'base_url': environment variable SANDBOX_URL is not set",
+        f"{path}:2: setting 'consent_categories': environment variable EXTRA is not set"]
 
 
 def test_settings_file_must_be_a_mapping(tmp_path: Path) -> None:

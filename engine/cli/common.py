@@ -46,7 +46,13 @@ def say(text: str) -> None:
         print(text.encode("ascii", "backslashreplace").decode("ascii"))
 
 
-def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool) -> Any:
+def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool,
+                 without_file_hint: str = "pass --settings FILE") -> Any:
+    """Resolve ``--settings`` against the preset; every problem of the file is reported at once.
+
+    ``without_file_hint`` is added when no file was given and something is
+    missing: it names what *this* command accepts instead.
+    """
     supplied: dict[str, Any] = {}
     where: dict[str, str] = {}
     if args.settings:
@@ -56,7 +62,7 @@ def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool) 
     except SettingsError as exc:
         if args.settings:
             raise
-        raise SettingsError(f"{exc}; pass --settings FILE (or use --dry-run, which needs no credentials)") from None
+        raise SettingsError([*exc.problems, without_file_hint]) from None
 
 
 def emit(outcome: Outcome, out: TextIO | None = None) -> None:

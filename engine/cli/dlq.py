@@ -6,31 +6,39 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from .. import outcome as oc
 from ..language.model import Preset
 from ..language.settings import Settings
 from .common import (
+    UsageError,
     add_preset_path_option,
     check_state_dir,
     load_preset_arg,
     settings_for,
 )
-from .logs import configure_logging
+from .logs import add_logging_options, configure_logging
+from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def register(sub: Any) -> None:
-    dlq = sub.add_parser("dlq", help="list or replay dead letters")
-    dlq.set_defaults(func=lambda _args: (dlq.print_help(sys.stderr), 2)[1])
+    dlq = sub.add_parser("dlq", help="list or replay dead letters",
+                         description="Dead letters are events whose delivery gave up (retries exhausted, or the "
+                                     "refresh token was refused); they are kept in the state directory for replay.")
+    dlq.set_defaults(func=lambda _args: (dlq.print_help(sys.stderr), EXIT_USAGE)[1])
     dlq_sub = dlq.add_subparsers(metavar="ACTION")
-    for name, helptext in (("list", "print the dead letters of a preset"),
+    for name, helptext in (("list", "print the dead letters of a preset (masked)"),
                            ("replay", "re-send dead letters; those delivered are removed")):
-        cmd = dlq_sub.add_parser(name, help=helptext)
-        cmd.add_argument("preset", metavar="PRESET")
-        cmd.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values (replay needs credentials)")
-        cmd.add_argument("--state", metavar="DIR", default=".signal-state")
-        cmd.add_argument("--verbose", action="store_true")
+        cmd = dlq_sub.add_parser(name, help=helptext, description=helptext)
+        cmd.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
+        cmd.add_argument("--settings", metavar="FILE",
+                         help="YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
+        cmd.add_argument("--state", metavar="DIR", default=".signal-state",
+                         help="the state directory the run used (default: %(default)s)")
+        if name == "replay":
+            add_logging_options(cmd)
         add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
 
@@ -38,9 +46,12 @@ def register(sub: Any) -> None:
 def cmd_dlq(args: argparse.Namespace) -> int:
     preset = load_preset_arg(args)
     replaying = args.dlq_action == "replay"
-    settings = settings_for(args, preset.settings, require=replaying)
+    settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
+    if not Path(args.state).is_dir():
+        what = "not a directory" if Path(args.state).exists() else "no such state directory"
+        raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
     if replaying:
-        return dlq_replay(preset, settings, args.state, args.verbose)
+        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format)
     return dlq_list(preset, settings, args.state)
 
 
@@ -52,17 +63,17 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
     for entry in entries:
         print(json.dumps(engine.redactor.redact(entry), ensure_ascii=False))
     print(f"signal-engine: {len(entries)} dead letter(s) for {preset.name}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool) -> int:
+def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool, log_format: str = "text") -> int:
     check_state_dir(state)
 
     async def main() -> int:
         from ..runtime import Engine
 
         async with Engine(preset, settings, state=state) as engine:
-            configure_logging(engine.redactor, verbose)
+            configure_logging(engine.redactor, verbose, log_format)
             results = await engine.replay_dead_letters()
             left = len(engine.dead_letters.entries())
         for result in results:
@@ -70,6 +81,6 @@ def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool) ->
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)
         print(f"signal-engine: replayed {len(results)}, delivered {done}, {left} left in the dead-letter store",
               file=sys.stderr)
-        return 0 if done == len(results) else 1
+        return EXIT_OK if done == len(results) else EXIT_EVENTS_FAILED
 
     return asyncio.run(main())

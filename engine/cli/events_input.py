@@ -42,32 +42,68 @@ def events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | No
     """Decode and parse each line on its own, so one bad line cannot spoil the others."""
     try:
         for index, raw in enumerate(_byte_lines(stream)):
-            if index == 0 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
-                yield index, None, (f"line {index + 1}: not UTF-8 text "
-                                    f"(byte 0x{raw[exc.start]:02x} at column {column})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line, parse_constant=_reject_constant)
-            except json.JSONDecodeError as exc:
-                yield index, None, f"line {index + 1}: not valid JSON: {exc.msg} at column {exc.colno}"
-            except RecursionError:
-                yield index, None, f"line {index + 1}: not valid JSON: nested too deeply"
-            except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
-                yield index, None, f"line {index + 1}: not valid JSON: {_json_value_error(exc)}"
-            else:
-                yield index, event, None
+            item = parse_line(index, raw)
+            if item is not None:
+                yield item
     except OSError as exc:
         raise UsageError(f"--events {path}: cannot read: {exc.strerror or exc}") from None
     finally:
         if path != "-":
             stream.close()
+
+
+def parse_line(index: int, raw: bytes) -> tuple[int, Any, str | None] | None:
+    """``(index, event, problem)`` for one line without its ending; None for a blank line."""
+    if index == 0 and raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
+        return index, None, f"line {index + 1}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"
+    if not line.strip():
+        return None
+    try:
+        event = json.loads(line, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        return index, None, f"line {index + 1}: not valid JSON: {exc.msg} at column {exc.colno}"
+    except RecursionError:
+        return index, None, f"line {index + 1}: not valid JSON: nested too deeply"
+    except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        return index, None, f"line {index + 1}: not valid JSON: {_json_value_error(exc)}"
+    return index, event, None
+
+
+def raw_line_chunks(stream: IO[Any], size: int = 65536) -> Iterator[list[bytes]]:
+    """Lines without their endings, in lists of whatever one read returned.
+
+    ``read1`` returns as soon as any bytes are there, so a line written to a
+    live pipe is handed on at once, while a file is read 64 KB at a time.
+    CR, LF and CRLF all end a line, as in :func:`events_from`.
+    """
+    read = getattr(stream, "read1", None)
+    if read is None:  # a text stream without a byte buffer: line by line
+        for raw in _byte_lines(stream):
+            yield [raw]
+        return
+    tail = b""
+    pending_cr = False
+    while True:
+        chunk = read(size)
+        if not chunk:
+            break
+        if isinstance(chunk, str):
+            chunk = _to_bytes(chunk)
+        if pending_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across two reads
+        pending_cr = chunk.endswith(b"\r")
+        data = tail + chunk
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        tail = lines.pop()
+        if lines:
+            yield lines
+    if tail:
+        yield [tail]
 
 
 def _reject_constant(name: str) -> Any:

@@ -8,15 +8,22 @@ from typing import Any
 
 from ..language.settings import SettingsError
 from .common import UsageError, add_preset_path_option, say
+from .report import EXIT_EVENTS_FAILED, EXIT_OK
 
 
 def register(sub: Any) -> None:
-    golden = sub.add_parser("golden", help="run golden cases and show a diff for each mismatch")
+    golden = sub.add_parser(
+        "golden", help="run golden cases and show a diff for each mismatch",
+        description="Run the golden cases under PATH (golden/<destination>/<preset>/<case>.json) and compare each "
+                    "with its <case>.expected.json. Exit status: 0 every case passed, 1 a case failed or could not "
+                    "run, 2 no such folder.")
     golden.add_argument("path", nargs="?", default="golden", metavar="PATH",
-                        help="a golden/ tree, a folder of cases or one case file (default: golden)")
-    golden.add_argument("--preset", metavar="PRESET", help="run the cases against this preset (a file or a name); "
-                        "without it the folder under golden/ names the preset")
-    golden.add_argument("--update", action="store_true", help="rewrite the expected files with the actual output")
+                        help="a golden/ tree, one preset's folder or one case file (default: %(default)s)")
+    golden.add_argument("--preset", metavar="PRESET",
+                        help="run the cases against this preset (a file or a name); without it the folder under "
+                             "golden/ names the preset, or a presets/ folder beside golden/ holds it")
+    golden.add_argument("--update", action="store_true",
+                        help="rewrite the expected files with the actual output; read the diff before committing")
     add_preset_path_option(golden)
     golden.set_defaults(func=cmd_golden)
 
@@ -54,4 +61,4 @@ def cmd_golden(args: argparse.Namespace) -> int:
     summary = f"{len(cases)} golden case(s): "
     summary += f"{updated} updated" if args.update else f"{len(cases) - failures} passed, {failures} failed"
     say(summary)
-    return 1 if failures else 0
+    return EXIT_EVENTS_FAILED if failures else EXIT_OK

@@ -1,11 +1,25 @@
-"""Logging for commands that deliver: to stderr, with every known secret masked."""
+"""Logging for commands that deliver: to stderr, with every known secret masked.
+
+Two formats: ``text`` for a person at a terminal, and ``json`` (one object
+per line) for a log shipper. Both pass the finished line through the
+redactor, so a secret that reaches a message (or an exception's text) is
+masked before it is written anywhere.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import datetime, timezone
+from typing import Any
 
 from ..redaction import Redactor
+
+LOG_FORMATS = ("text", "json")
+
+# The package's loggers all live below this one (``engine.delivery.sender`` …).
+ROOT_LOGGER = "engine"
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -17,11 +31,51 @@ class _RedactingFormatter(logging.Formatter):
         return self.redactor.redact(super().format(record))
 
 
-def configure_logging(redactor: Redactor, verbose: bool) -> logging.Handler:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message.
+
+    Only the exception's type and first line are kept, never a traceback:
+    frames can hold request bodies and headers.
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            exc = record.exc_info[1]
+            entry["exception"] = f"{record.exc_info[0].__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        return json.dumps(self.redactor.redact(entry), ensure_ascii=False)
+
+
+def json_line(level: str, message: str, logger: str = "engine.cli", **fields: Any) -> str:
+    """A line shaped like :class:`JsonFormatter`'s, for what the CLI itself reports (summary, hints)."""
+    entry: dict[str, Any] = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level, "logger": logger, "message": message, **fields}
+    return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(redactor: Redactor, verbose: bool, log_format: str = "text") -> logging.Handler:
+    """Send the engine's records to stderr in ``log_format``; INFO and up with ``verbose``."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(redactor))
-    root = logging.getLogger("signal_engine")
+    handler.setFormatter(JsonFormatter(redactor) if log_format == "json" else _RedactingFormatter(redactor))
+    root = logging.getLogger(ROOT_LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.propagate = False
     return handler
+
+
+def add_logging_options(parser: Any) -> None:
+    parser.add_argument("--verbose", action="store_true", help="log every delivery attempt to stderr")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="text for people, json for one JSON object per line (default: %(default)s)")

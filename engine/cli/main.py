@@ -3,6 +3,12 @@
 Every failure a user can cause is reported as one line on stderr; a
 traceback reaching a user is a bug, so ``main`` is the last line of defence.
 Each command lives in a module of its own; this one only dispatches.
+
+Exit status, the same for every command (README, "Exit status"):
+0 every event ended delivered, dropped or would_send (or: nothing was found wrong);
+1 an event failed or was dead-lettered (or: ``check``/``golden`` found a problem);
+2 a usage or configuration error, before any event was processed;
+70 an internal error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,10 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
-from . import check, dlq, golden, run, sandbox
+from . import check, dlq, explain, golden, run, sandbox, scaffold, schema
 from .common import UsageError, located
+from .report import EXIT_USAGE
+
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,28 +32,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except (UsageError, PresetError, SettingsError) as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"signal-engine: {line}" if not located(line) else line, file=sys.stderr)
-        return 1 if isinstance(exc, PresetError) else 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("signal-engine: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         first = (str(exc).splitlines() or [""])[0][:300]
         print(f"signal-engine: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
-        return 70
+        return EXIT_INTERNAL
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="signal-engine", description="Declarative event-delivery engine.")
+    parser = argparse.ArgumentParser(
+        prog="signal-engine", description="Declarative event-delivery engine.",
+        epilog="Exit status: 0 every event delivered, dropped or would_send; 1 an event failed or was "
+               "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error.")
+    parser.add_argument("--version", action="version", version=f"signal-engine {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
-    for command in (check, run, dlq, sandbox, golden):
+    for command in (check, run, explain, golden, schema, scaffold, dlq, sandbox):
         command.register(sub)
     return parser
 

@@ -1,14 +1,13 @@
-"""Client-side rate limiting with feedback from the destination's headers.
+"""Client-side rate limiting, with the destination's own headers as the authority.
 
-Two mechanisms, because each alone fails:
-
-* a token bucket at the preset's conservative rate (below the destination's
-  published ceiling), so a backlog drains at a steady pace instead of as a
-  burst that earns a wall of 429s;
-* the destination's own ``Remaining``/``Reset`` headers, because the quota
-  is shared with every other app acting as the same user: when the server
-  says the window is spent, everything waits for the reset instead of
-  finding out one 429 at a time.
+* When the destination advertises its budget (``Remaining`` and when the
+  window resets), that is what the limiter spends: every request it says
+  is left, and not one more; when the window is spent, every sender waits
+  for the advertised reset, and resumes exactly then. The quota is shared
+  with every other app acting as the same user, so only the server knows.
+* Before the first answer, after a window has passed, or for a destination
+  that advertises nothing, a token bucket at the preset's conservative rate
+  is the ceiling, so a backlog is paced rather than dumped.
 
 A 429 pauses *all* sends until the reset, not just the request that got it.
 """
@@ -31,7 +30,6 @@ Sleep = Callable[[float], Awaitable[None]]
 _EPOCH_THRESHOLD = 1_000_000_000
 _EPOCH_MS_THRESHOLD = 1_000_000_000_000
 MIN_WAIT_SECONDS = 0.001  # below this a float clock may not move: never spin
-CLOCK_SKEW_SECONDS = 1.0
 MAX_WAIT_SECONDS = 3600.0
 
 
@@ -133,24 +131,40 @@ class RateLimiter:
             while True:
                 now = self._clock()
                 wait = self._paused_until - now
-                if wait <= 0 and self._server_remaining is not None and self._server_remaining < 1:
-                    if self._server_reset is not None and self._server_reset > now:
+                if wait <= 0:
+                    if self._server_budget_known(now):
+                        assert self._server_remaining is not None
+                        if self._server_remaining >= 1:
+                            self._server_remaining -= 1  # spent as soon as it is sent
+                            self._in_flight += 1
+                            return
+                        if self._server_reset is None:
+                            self._server_remaining = None  # spent, and no reset advertised: pace by the bucket
+                            continue
                         wait = self._server_reset - now
                     else:
-                        self._server_remaining = None  # the window has rolled over
-                if wait <= 0:
-                    self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-                    self._last = now
-                    if self.tokens >= 1:
-                        self.tokens -= 1
-                        self._in_flight += 1
-                        if self._server_remaining is not None:
-                            self._server_remaining -= 1  # spent as soon as it is sent
-                        return
-                    wait = (1 - self.tokens) / self.rate
+                        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+                        self._last = now
+                        if self.tokens >= 1:
+                            self.tokens -= 1
+                            self._in_flight += 1
+                            return
+                        wait = (1 - self.tokens) / self.rate
                 wait = max(wait, MIN_WAIT_SECONDS)
                 self.waited_seconds += wait
                 await self._sleep(wait)
+
+    def _server_budget_known(self, now: float) -> bool:
+        """True while the destination's advertised window is current."""
+        if self._server_remaining is None:
+            return False
+        if self._server_reset is not None and now >= self._server_reset:
+            # The window has rolled over: its count says nothing about the next one.
+            self._server_remaining = None
+            self._server_reset = None
+            self._last = now  # the bucket did not fill while the server governed
+            return False
+        return True
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Close one acquired request and learn the server's view of the window from its answer.
@@ -162,20 +176,20 @@ class RateLimiter:
         self._in_flight = max(0, self._in_flight - 1)
         remaining = first_number(headers.get(self.remaining_header)) if self.remaining_header else None
         if remaining is not None:
-            remaining -= self._in_flight
+            remaining = max(0.0, remaining - self._in_flight)
+        now = self._clock()
         reset_raw = headers.get(self.reset_header) if self.reset_header else None
         if reset_raw is not None:
             delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
-                self._server_reset = self._clock() + delay + CLOCK_SKEW_SECONDS
+                self._server_reset = now + delay
         window = first_number(headers.get(self.window_header)) if self.window_header else None
         if window is not None and window > 0:
             # Only the window's length is known: the window began at most now, so
             # now + length is a reset that is never early.
-            now = self._clock()
             if self._server_reset is None or self._server_reset <= now:
                 self._server_reset = now + window * self.window_scale
-                reset_raw = f"window@{self._server_reset}"
+            reset_raw = f"window@{self._server_reset}"
         if remaining is not None:
             same_window = reset_raw is not None and reset_raw == self._server_reset_raw
             if same_window and self._server_remaining is not None:
@@ -199,7 +213,7 @@ class RateLimiter:
         if self.reset_header and headers.get(self.reset_header) is not None:
             delay = reset_seconds(headers[self.reset_header], self.reset_format)
             if delay is not None:
-                return delay + CLOCK_SKEW_SECONDS
+                return delay
         if self._server_reset is not None and self.window_header:
             return max(0.0, self._server_reset - self._clock())
         return None

@@ -29,7 +29,7 @@ from .retry_policy import backoff_delay
 from .transport import HttpRequest, HttpResponse, Transport, TransportError
 from .upsert import Upserter, UpsertError
 
-log = logging.getLogger("signal_engine.delivery")
+log = logging.getLogger(__name__)
 
 MAX_RATE_LIMIT_WAITS = 10
 

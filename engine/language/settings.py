@@ -21,7 +21,26 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class SettingsError(Exception):
-    """Settings are unusable; the message is one line naming the file or setting."""
+    """Settings are unusable. ``problems`` holds one line per problem, each naming the file:line or setting.
+
+    Every problem found is reported at once, so a settings file is fixed in
+    one pass rather than one error per run.
+    """
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class UnsetVariable:
+    """A value that references ``${VAR}`` names missing from the environment.
+
+    Kept rather than refused when the file is read: a dry run needs no
+    secrets, so an unset secret is only an error where it is needed.
+    """
+
+    names: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -96,60 +115,120 @@ def check_url(value: str) -> str | None:
 
 def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, require: bool,
             where: Mapping[str, str] | None = None) -> Settings:
-    """Apply defaults and check types.
+    """Apply defaults and check types; raise :class:`SettingsError` listing every problem.
 
     ``require`` is False for dry runs: they build the exact document without
-    credentials, so a missing secret is not an error there.
-    ``where`` maps a setting name to "file:line" for messages.
+    credentials, so a missing secret (or a secret whose ``${VAR}`` is unset)
+    is not an error there. ``where`` maps a setting name to "file:line".
+    Values are never converted: ``12345`` for a string setting, or a bare
+    string for a list, is an error, because YAML's guess is rarely what was meant.
     """
     where = where or {}
     values: dict[str, Any] = {}
+    problems: list[tuple[int, str]] = []  # (line, message): reported in file order
     for name in supplied:
         if name not in specs:
             known = ", ".join(sorted(specs))
-            raise SettingsError(f"{where.get(name, 'settings')}: unknown setting {name!r} (this preset takes: {known})")
+            problems.append((_line_of(where.get(name)),
+                             f"{where.get(name, 'settings')}: unknown setting {name!r} (this preset takes: {known})"))
     for name, spec in specs.items():
         place = where.get(name, "settings")
-        if name in supplied and supplied[name] is not None:
-            values[name] = _coerce(spec, supplied[name], place)
+        value = supplied.get(name)
+        unset = _unset_names(value)
+        if unset:
+            if spec.secret and not require:
+                value = None  # a dry run needs no secret: treat it as not given
+            else:
+                problems.append((_line_of(place), f"{place}: setting {name!r}: environment variable "
+                                                  f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set"))
+                continue
+        if value is not None:
+            problem = _check(spec, value)
+            if problem:
+                problems.append((_line_of(place), f"{place}: setting {name!r} {problem}"))
+            else:
+                values[name] = value.rstrip("/") if spec.type == "url" else value
         elif spec.default is not None:
             values[name] = spec.default
         elif spec.required and require:
-            raise SettingsError(f"{place}: required setting {name!r} is missing ({spec.description or spec.type})")
+            problems.append((_line_of(place),
+                             f"{place}: required setting {name!r} is missing ({spec.description or spec.type})"))
+    if problems:
+        raise SettingsError([text for _, text in sorted(problems, key=lambda p: p[0])])
     return Settings(values, frozenset(n for n, s in specs.items() if s.secret))
 
 
-def _coerce(spec: SettingSpec, value: Any, place: str) -> Any:
-    label = f"{place}: setting {spec.name!r}"
+def resolve_settings(preset: Any, values: Mapping[str, Any] | None = None, *, dry_run: bool = False) -> Settings:
+    """Settings for ``preset`` (a :class:`~engine.language.model.Preset`) from a plain mapping.
+
+    With ``dry_run=True`` required credentials may be left out, as for
+    ``signal-engine run --dry-run``. Raises :class:`SettingsError`.
+    """
+    specs = getattr(preset, "settings", preset)
+    return resolve(specs, values or {}, require=not dry_run)
+
+
+def _line_of(place: str | None) -> int:
+    """The line number in "file:line", for ordering; problems without one come last."""
+    if place:
+        tail = place.rsplit(":", 1)[-1]
+        if tail.isdigit():
+            return int(tail)
+    return 1 << 30
+
+
+def _unset_names(value: Any) -> list[str]:
+    if isinstance(value, UnsetVariable):
+        return list(value.names)
+    if isinstance(value, list):
+        return [name for item in value for name in _unset_names(item)]
+    return []
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"got {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"got the number {value!r}"
+    if isinstance(value, str):
+        return f"got the text {value[:60]!r}"
+    if isinstance(value, list):
+        return "got a list"
+    if isinstance(value, dict):
+        return "got a mapping"
+    return f"got {type(value).__name__}"
+
+
+def _check(spec: SettingSpec, value: Any) -> str | None:
+    """Why ``value`` does not fit ``spec``, or None. Nothing is converted."""
     if spec.type in ("string", "url"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str) or not value:
-            raise SettingsError(f"{label} must be a non-empty string")
+            return f"must be a string, {_describe(value)}; quote it to keep it as text: \"{value}\""
+        if not isinstance(value, str):
+            return f"must be a string, {_describe(value)}"
+        if not value:
+            return "must be a non-empty string"
         if spec.type == "url":
-            value = value.rstrip("/")
-            problem = check_url(value)
-            if problem:
-                raise SettingsError(f"{label} {problem}")
-        return value
+            return check_url(value.rstrip("/"))
+        return None
     if spec.type == "string_list":
         if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
+            return f"must be a list of strings, {_describe(value)}; write it as a YAML list: [{value}]"
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise SettingsError(f"{label} must be a list of strings")
+            return f"must be a list of strings, {_describe(value) if not isinstance(value, list) else 'got a list with a non-text or empty item'}"
         if not value:
-            # An empty list is almost always an unset ${VAR}; for consent it would open the gate.
-            raise SettingsError(f"{label} must list at least one value")
-        return value
+            # An empty list would open the consent gate (or is an unset variable).
+            return "must list at least one value"
+        return None
     if spec.type == "integer":
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"{label} must be an integer")
-        return value
+            return f"must be an integer, {_describe(value)}"
+        return None
     if spec.type == "boolean":
         if not isinstance(value, bool):
-            raise SettingsError(f"{label} must be true or false")
-        return value
-    raise SettingsError(f"{label} has unknown type {spec.type!r}")
+            return f"must be true or false, {_describe(value)}"
+        return None
+    return f"has unknown type {spec.type!r}"
 
 
 def load_settings_file(path: str | Path, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -157,6 +236,8 @@ def load_settings_file(path: str | Path, environ: Mapping[str, str] | None = Non
 
     Returns the values and, for messages, where each was written. Secrets are
     best kept in the environment and referenced, so the file can be committed.
+    A reference to an unset variable is kept as :class:`UnsetVariable`; :func:`resolve`
+    decides whether that matters (it does not for a secret in a dry run).
     """
     environ = os.environ if environ is None else environ
     try:
@@ -173,20 +254,17 @@ def load_settings_file(path: str | Path, environ: Mapping[str, str] | None = Non
     for name, value in data.items():
         loc = doc.locate([name], key=True)
         where[name] = f"{doc.path}:{loc.line}"
-        values[name] = _expand(value, environ, f"{doc.path}:{loc.line}: setting {name!r}")
+        values[name] = _expand(value, environ)
     return values, where
 
 
-def _expand(value: Any, environ: Mapping[str, str], label: str) -> Any:
+def _expand(value: Any, environ: Mapping[str, str]) -> Any:
+    """``${VAR}`` replaced from the environment; a string naming an unset variable becomes :class:`UnsetVariable`."""
     if isinstance(value, list):
-        return [_expand(v, environ, label) for v in value]
+        return [_expand(v, environ) for v in value]
     if not isinstance(value, str):
         return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in environ:
-            raise SettingsError(f"{label}: environment variable {name} is not set")
-        return environ[name]
-
-    return _ENV_REF.sub(substitute, value)
+    missing = [name for name in _ENV_REF.findall(value) if name not in environ]
+    if missing:
+        return UnsetVariable(tuple(dict.fromkeys(missing)))
+    return _ENV_REF.sub(lambda match: environ[match.group(1)], value)

@@ -49,10 +49,14 @@ class ConsentGate:
         while an identify without consent data is still remembered, since the
         gate is applied again to the lead event that follows.
         """
+        return bool(self.refused(event))
+
+    def refused(self, event: Mapping[str, Any]) -> list[str]:
+        """The required categories this event explicitly refuses (``false``)."""
         context = event.get("context")
         consent = context.get("consent") if isinstance(context, dict) else None
         if not isinstance(consent, dict):
-            return False
+            return []
         canonical = consent.get("canonical")
         source = canonical if isinstance(canonical, dict) else consent
-        return any(source.get(c) is False for c in self.required)
+        return [c for c in self.required if source.get(c) is False]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from .. import outcome as oc
 from ..envelope import HttpRequest, masked_view
 from ..language.model import ActionSpec, AuthSpec, Preset
-from ..language.settings import Settings, SettingsError
+from ..language.settings import Settings, SettingsError, resolve
 from ..language.templates import TemplateError
 from ..outcome import Outcome
 from .consent import ConsentGate
@@ -50,7 +50,12 @@ class Prepared:
 class Pipeline:
     """One preset compiled against one set of settings. Holds the identity memory; nothing global."""
 
-    def __init__(self, preset: Preset, settings: Settings, memory: IdentityMemory | None = None) -> None:
+    def __init__(self, preset: Preset, settings: Settings | Mapping[str, Any],
+                 memory: IdentityMemory | None = None) -> None:
+        if not isinstance(settings, Settings):
+            # A plain mapping of values, as a host writes it: checked like a dry
+            # run's (the pure half never needs credentials).
+            settings = resolve(preset.settings, settings, require=False)
         self.preset = preset
         self.settings = settings
         self.public_settings = settings.public()
@@ -99,15 +104,17 @@ class Pipeline:
         if problem:
             return oc.dropped(index, message_id, oc.INVALID_EVENT, problem)
         kind = event["type"]
+        refused: list[str] = []
         if kind == "identify" and self.memory.keys:
-            if self.gate.denied(event):
+            refused = self.gate.refused(event)
+            if refused:
                 self.memory.forget(event)
             else:
                 self.memory.remember(event, merged_traits(event, {}))
 
         route = self.preset.events.route(kind, event.get("event"))
         if route is None:
-            return oc.dropped(index, message_id, oc.EVENT_NOT_MAPPED, self._unmapped_detail(kind, event))
+            return oc.dropped(index, message_id, oc.EVENT_NOT_MAPPED, self._unmapped_detail(kind, event, refused))
 
         missing = self.gate.missing(event)
         if missing:
@@ -138,10 +145,15 @@ class Pipeline:
         return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
                         dict(route.values), notes or None)
 
-    def _unmapped_detail(self, kind: str, event: Mapping[str, Any]) -> str:
+    def _unmapped_detail(self, kind: str, event: Mapping[str, Any], refused: list[str]) -> str:
         if kind == "track":
             return f"track event {event['event']!r} is not in the preset's event table (defaults.action: drop)"
         if kind == "identify":
+            if refused:
+                return (f"identify is not mapped; its consent refuses {', '.join(refused)}, so its traits are "
+                        "not remembered and those remembered for this user are forgotten")
+            if not self.memory.keys:
+                return "identify is not mapped, and this preset remembers no identify traits"
             return "identify is not mapped; its traits are remembered for this user's later events"
         return f"{kind} events are not mapped (defaults.action: drop)"
 

@@ -34,6 +34,7 @@ import pycountry
 from aiohttp import web
 
 from .common import (
+    DEFAULT,
     Fault,
     FixedWindowQuota,
     add_fault_arguments,
@@ -45,6 +46,9 @@ from .common import (
     run_sandbox,
     start_app,
 )
+
+SUMMARY = ("Close: API-key basic auth, leads with nested contacts (no dedupe), lead-by-email search, contact "
+           "put, ratelimit/429 and injected faults")
 
 __all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
 
@@ -594,19 +598,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signal-engine sandbox close",
         description="Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_arguments(parser, 8768)
     parser.add_argument("--api-key", default=defaults.api_key,
-                        help="the API key the fake accepts as the basic-auth username (empty password)")
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window, per endpoint group")
-    parser.add_argument("--window", type=float, default=defaults.window, help="rate-limit window in seconds")
+                        help="the API key the fake accepts as the basic-auth username (empty password)" + DEFAULT)
+    parser.add_argument("--quota", type=int, default=defaults.quota,
+                        help="requests per window, per endpoint group" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window,
+                        help="rate-limit window, in seconds" + DEFAULT)
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, faults=list(args.fault),
+    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, faults=list(args.fault or []),
                          fault_rate=args.fault_rate, fault_seed=args.fault_seed)
 
 

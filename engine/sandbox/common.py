@@ -18,7 +18,7 @@ import random
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
@@ -30,6 +30,7 @@ __all__ = [
     "RANDOM_FAULT_CHOICES",
     "add_fault_arguments",
     "add_serve_arguments",
+    "DEFAULT",
     "admin_faults_handler",
     "apply_fault",
     "base_url",
@@ -212,9 +213,14 @@ class FixedWindowQuota:
     window_end: float = 0.0
     used: int = 0
     aligned: bool = False
+    # Closed windows as (start, end, requests accepted), for measuring how much of the quota a client used.
+    history: list[tuple[float, float, int]] = field(default_factory=list)
 
     def _roll(self, now: float) -> None:
         if now >= self.window_end:
+            if self.window_end:
+                self.history.append((self.window_end - self.window, self.window_end, min(self.used, self.quota)))
+                del self.history[:-1000]
             self.window_end = (math.floor(now / self.window) + 1) * self.window if self.aligned else now + self.window
             self.used = 0
 
@@ -298,23 +304,24 @@ def fault_arg(value: str) -> str:
     return value
 
 
-def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, fault_seed: int | None) -> None:
-    """The fault options every sandbox takes, with the same spelling and help.
+DEFAULT = " (default: %(default)s)"  # appended to an option's help, so --help shows its default
 
-    Use with ``argparse.ArgumentDefaultsHelpFormatter`` so ``--help`` shows each default.
-    """
+
+def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, fault_seed: int | None) -> None:
+    """The fault options every sandbox takes, with the same spelling and help."""
     parser.add_argument("--fault-rate", type=float, default=fault_rate,
-                        help="probability of a random 500/502/503/drop per API request")
+                        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + DEFAULT)
     parser.add_argument("--fault-seed", type=int, default=fault_seed,
-                        help="seed for the random faults, for reproducible runs")
-    parser.add_argument("--fault", action="append", type=fault_arg, default=[],
-                        help="one-shot fault queued at start: STATUS, drop, drop-after or delay:SECONDS (repeatable)")
+                        help="seed of the random faults, to reproduce a run (default: a fresh seed)")
+    parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
+                             "delay:SECONDS; repeat it to queue several (default: none)")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     """Where the sandbox listens; loopback by default, because it accepts well-known demo credentials."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=port, help="port to listen on; 0 picks a free one")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + DEFAULT)
+    parser.add_argument("--port", type=int, default=port, help="port to listen on; 0 picks a free one" + DEFAULT)
 
 
 def run_sandbox(name: str, parser: argparse.ArgumentParser, argv: list[str] | None,

@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from .common import (
+    DEFAULT,
     Fault,
     FixedWindowQuota,
     add_fault_arguments,
@@ -43,6 +44,9 @@ from .common import (
     run_sandbox,
     start_app,
 )
+
+SUMMARY = ("HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, 409 CONFLICT, "
+           "X-HubSpot-RateLimit-* headers and injected faults")
 
 __all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
 
@@ -484,16 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signal-engine sandbox hubspot",
         description="Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_arguments(parser, 8766)
     parser.add_argument("--access-token", default=defaults.access_token,
-                        help="the private-app access token the fake accepts as 'Authorization: Bearer'")
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window")
-    parser.add_argument("--window", type=float, default=defaults.window, help="burst window in seconds")
-    parser.add_argument("--daily-quota", type=int, default=defaults.daily_quota, help="requests per day")
+                        help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT)
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window, help="burst window in seconds" + DEFAULT)
+    parser.add_argument("--daily-quota", type=int, default=defaults.daily_quota,
+                        help="requests per day" + DEFAULT)
     parser.add_argument("--custom-property", action="append", default=[], dest="custom_properties",
-                        help="an extra contact property the portal has, e.g. a tags property (repeatable)")
+                        help="an extra contact property the portal has, e.g. a tags property; repeat it for several "
+                             "(default: none)")
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
@@ -501,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(access_token=args.access_token, quota=args.quota, window=args.window,
                          daily_quota=args.daily_quota, custom_properties=list(args.custom_properties),
-                         faults=list(args.fault), fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+                         faults=list(args.fault or []), fault_rate=args.fault_rate, fault_seed=args.fault_seed)
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

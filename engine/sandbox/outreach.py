@@ -34,15 +34,17 @@ from aiohttp import web
 from .common import (
     Fault,
     FixedWindowQuota,
-    add_fault_arguments,
-    add_serve_arguments,
     admin_faults_handler,
     apply_fault,
+    fault_arg,
     next_fault,
     parse_fault,
     run_sandbox,
     start_app,
 )
+
+SUMMARY = ("Outreach: OAuth token endpoint with rotating refresh tokens, prospects create/search/update, rate "
+           "limits and injected faults")
 
 __all__ = [
     "SandboxConfig",
@@ -89,6 +91,11 @@ class SandboxConfig:
     mint_window: float = 60.0
     quota: int = 10000
     window: float = 3600.0
+    # "first_request": a window opens with the first request after the last one
+    # closed; "clock": windows are aligned to multiples of ``window`` on the
+    # clock (an hourly quota that resets on the hour). Which one Outreach uses
+    # is not documented; both advertise their reset.
+    window_alignment: str = "first_request"
     two_value_remaining: bool = True
     faults: list[int | str] = field(default_factory=list)
     fault_rate: float = 0.0
@@ -335,7 +342,7 @@ class SandboxState:
         self.faults: deque[Fault] = deque(self.initial_faults)
         self.fault_rate = config.fault_rate
         self.rng = random.Random(config.fault_seed)
-        self.quota = FixedWindowQuota(config.quota, config.window)
+        self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
         self.throttle = MintThrottle(config.mint_limit, config.mint_window)
 
     # -- faults -----------------------------------------------------------
@@ -392,6 +399,7 @@ class SandboxState:
                 "limit": self.quota.quota,
                 "remaining": self.quota.remaining(),
                 "reset": self.quota.reset_epoch(),
+                "windows": [list(w) for w in self.quota.history],
             },
         }
 
@@ -753,22 +761,36 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = argparse.ArgumentParser(
         prog="signal-engine sandbox outreach",
-        description="Run a local fake of Outreach's OAuth and prospects API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token "
+                    "rotation, a mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. "
+                    "Point a preset's base_url setting at it (examples/sandbox-settings.yaml).",
     )
-    add_serve_arguments(parser, 8765)
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window")
-    parser.add_argument("--window", type=float, default=defaults.window, help="quota window in seconds")
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl, help="access token lifetime (s)")
+    default = " (default: %(default)s)"
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + default)
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one" + default)
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + default)
+    parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + default)
+    parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,
+                        help="when a quota window opens: with the first request after the last one closed, or on "
+                             "the clock (multiples of --window)" + default)
+    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
+                        help="access-token lifetime (expires_in), in seconds" + default)
     parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
-                        help="access tokens per mint window; 0 disables the throttle")
-    parser.add_argument("--mint-window", type=float, default=defaults.mint_window, help="mint window in seconds")
-    add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
-    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id the fake accepts")
+                        help="access tokens minted per mint window; 0 disables the throttle" + default)
+    parser.add_argument("--mint-window", type=float, default=defaults.mint_window,
+                        help="mint window, in seconds" + default)
+    parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate,
+                        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + default)
+    parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
+                        help="seed of the random faults, to reproduce a run (default: a fresh seed)")
+    parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
+                             "delay:SECONDS; repeat it to queue several (default: none)")
+    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
     parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the OAuth client secret the fake accepts")
+                        help="the OAuth client secret it accepts" + default)
     parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the refresh token the fake accepts first (it rotates on every use)")
+                        help="the first refresh token it accepts; each refresh rotates it" + default)
     return parser
 
 
@@ -782,7 +804,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         mint_window=args.mint_window,
         quota=args.quota,
         window=args.window,
-        faults=list(args.fault),
+        window_alignment=args.window_alignment,
+        faults=list(args.fault or []),
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
     )
@@ -795,7 +818,7 @@ def _banner(args: argparse.Namespace, url: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``signal-engine sandbox outreach``; returns an exit code."""
-    # create_app validates numbers and schema before the port is bound.
+    # create_app validates numbers and the schema before the port is bound.
     return run_sandbox("Outreach", build_parser(), argv, lambda args: create_app(config_from_args(args)), _banner)
 
 

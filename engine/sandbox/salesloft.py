@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from .common import (
+    DEFAULT,
     Fault,
     FixedWindowQuota,
     add_fault_arguments,
@@ -42,6 +43,9 @@ from .common import (
     run_sandbox,
     start_app,
 )
+
+SUMMARY = ("Salesloft: OAuth token endpoint with single-use refresh tokens, people create/lookup/put, "
+           "duplicate-email 422, cost budget and injected faults")
 
 __all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
 
@@ -505,24 +509,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signal-engine sandbox salesloft",
         description="Run a local fake of Salesloft's OAuth token endpoint and v2 people API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_serve_arguments(parser, 8767)
-    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id the fake accepts")
+    parser.add_argument("--client-id", default=defaults.client_id,
+                        help="the OAuth client id the fake accepts" + DEFAULT)
     parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the OAuth client secret the fake accepts")
+                        help="the OAuth client secret the fake accepts" + DEFAULT)
     parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the refresh token the fake accepts first (single use: it rotates on every refresh)")
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl, help="access token lifetime (s)")
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="request cost allowed per window")
-    parser.add_argument("--window", type=float, default=defaults.window, help="cost window in seconds (clock-aligned)")
+                        help="the refresh token the fake accepts first (single use: it rotates on every refresh)"
+                             + DEFAULT)
+    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
+                        help="access-token lifetime (expires_in), in seconds" + DEFAULT)
+    parser.add_argument("--quota", type=int, default=defaults.quota,
+                        help="request cost allowed per window (the team's budget)" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window,
+                        help="cost window, in seconds, aligned to the clock" + DEFAULT)
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
-                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, faults=list(args.fault),
+                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, faults=list(args.fault or []),
                          fault_rate=args.fault_rate, fault_seed=args.fault_seed)
 
 

@@ -36,7 +36,7 @@ from ..retry_policy import backoff_delay
 from ..transport import HttpRequest, Transport, TransportError
 from .base import AuthFailure
 
-log = logging.getLogger("signal_engine.auth")
+log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MIN_EXPIRY_MARGIN_SECONDS = 5.0

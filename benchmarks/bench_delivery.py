@@ -1,0 +1,167 @@
+"""Delivery against a quota-enforcing local Outreach: quota used, 429s, and the cost of a drop.
+
+Two measurements, each against a baseline taken in the same run:
+
+1. **Quota.** The Outreach sandbox (a separate process on loopback) enforces
+   ``--quota`` requests per ``--window`` seconds and advertises Remaining and
+   Reset on every answer. A backlog of distinct leads is delivered with the
+   shipped preset; the figure is the requests the server accepted over the
+   requests the quota allowed in the elapsed time, and the number of 429s.
+   Both window kinds the sandbox offers are run: windows on the clock
+   (an hourly quota resetting on the hour) and windows that open with the first
+   request after the last one closed.
+2. **Drops in delivery mode.** Whole-process CPU of ``signal-engine run`` over
+   a file of page views (all dropped), delivering and as a dry run, each minus
+   the same command on an empty file (startup). The ratio is the per-drop cost
+   of delivery mode over the dry run's.
+
+    .venv/bin/python benchmarks/bench_delivery.py --leads 300 --quota 50 --window 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.runtime import Engine  # noqa: E402
+
+CREDS = {"client_id": "bench-client", "client_secret": "bench-secret-123", "refresh_token": "bench-refresh-456"}
+CONSENT = {"consent": {"canonical": {"marketing": True}}}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sandbox(quota: int, window: float, alignment: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sandbox", "outreach", "--port", str(port), "--quota", str(quota),
+         "--window", str(window), "--window-alignment", alignment, "--mint-limit", "0",
+         "--client-id", CREDS["client_id"], "--client-secret", CREDS["client_secret"],
+         "--refresh-token", CREDS["refresh_token"]],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{base}/_sandbox/state", timeout=0.5).read()
+            return proc, base
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("the sandbox did not start")
+
+
+def lead(i: int) -> dict:
+    return {"type": "track", "event": "Lead Submitted", "messageId": f"bench-{i}", "userId": f"bench-user-{i}",
+            "traits": {"email": f"lead{i}@bench.example", "firstName": f"Lead{i}"}, "context": CONSENT}
+
+
+async def deliver_backlog(base: str, leads: int) -> tuple[float, dict[str, int]]:
+    settings = {**CREDS, "base_url": base}
+    async with Engine.from_preset("outreach/lead-capture", settings) as engine:
+        await engine.process(lead(-1))  # mint the token and learn the window before the clock starts
+        started = time.monotonic()
+        counts: dict[str, int] = {}
+        async for outcome in engine.process_many(lead(i) for i in range(leads)):
+            counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+        return time.monotonic() - started, counts
+
+
+def quota_run(leads: int, quota: int, window: float, alignment: str) -> dict:
+    """Quota used over the windows the backlog spanned: the first (entered mid-way) and the
+    last (the backlog ran out) are left out, the gaps between windows count as unused."""
+    proc, base = start_sandbox(quota, window, alignment)
+    try:
+        elapsed, counts = asyncio.run(deliver_backlog(base, leads))
+        state = json.loads(urllib.request.urlopen(f"{base}/_sandbox/state", timeout=5).read())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    statuses = state.get("statuses", [])
+    too_many = sum(1 for s in statuses if s == 429)
+    windows = state["rate_limit"]["windows"][1:]
+    if not windows:
+        raise SystemExit("the backlog spanned too few windows to measure: raise --leads")
+    used = sum(w[2] for w in windows)
+    span = windows[-1][1] - windows[0][0]
+    return {"alignment": alignment, "leads": leads, "elapsed_s": round(elapsed, 2), "outcomes": counts,
+            "windows_measured": len(windows), "quota_used": round(used / (quota * span / window), 3),
+            "window_fill": round(used / (quota * len(windows)), 3), "http_429": too_many}
+
+
+def child_cpu(args: list[str], env: dict[str, str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def drop_cost(drops: int, repeat: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "properties": {"path": "/"}, "context": CONSENT}
+        (folder / "drops.ndjson").write_text("\n".join(json.dumps({**page, "messageId": f"p-{i}"})
+                                                       for i in range(drops)) + "\n", encoding="utf-8")
+        (folder / "empty.ndjson").write_text("", encoding="utf-8")
+        (folder / "settings.yaml").write_text("\n".join(f"{k}: {v}" for k, v in {
+            **CREDS, "base_url": "http://127.0.0.1:9"}.items()) + "\n", encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        base = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--settings", str(folder / "settings.yaml"),
+                "--state", str(folder / "state")]
+        figures: dict[str, list[float]] = {"deliver": [], "dry": [], "deliver_empty": [], "dry_empty": []}
+        for _ in range(repeat):  # interleaved, so drift on a shared machine hits both alike
+            figures["deliver"].append(child_cpu(base + ["--events", str(folder / "drops.ndjson")], env))
+            figures["deliver_empty"].append(child_cpu(base + ["--events", str(folder / "empty.ndjson")], env))
+            figures["dry"].append(child_cpu(base + ["--events", str(folder / "drops.ndjson"), "--dry-run"], env))
+            figures["dry_empty"].append(child_cpu(base + ["--events", str(folder / "empty.ndjson"), "--dry-run"], env))
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    deliver = (med["deliver"] - med["deliver_empty"]) / drops * 1e6
+    dry = (med["dry"] - med["dry_empty"]) / drops * 1e6
+    return {"drops": drops, "deliver_us_per_drop": round(deliver, 2), "dry_run_us_per_drop": round(dry, 2),
+            "ratio": round(deliver / dry, 2) if dry > 0 else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--leads", type=int, default=300, help="backlog size (default 300)")
+    parser.add_argument("--quota", type=int, default=50, help="requests per window (default 50)")
+    parser.add_argument("--window", type=float, default=5.0, help="window in seconds (default 5)")
+    parser.add_argument("--drops", type=int, default=20000, help="page views for the drop-cost run (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of each drop-cost command (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    results = {"quota": [quota_run(args.leads, args.quota, args.window, a) for a in ("clock", "first_request")],
+               "drops": drop_cost(args.drops, args.repeat)}
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"quota {args.quota} per {args.window:g} s, backlog of {args.leads} distinct leads, concurrency 8")
+    print("| windows | elapsed | windows measured | quota used | window fill | 429s | outcomes |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results["quota"]:
+        print(f"| {r['alignment']} | {r['elapsed_s']} s | {r['windows_measured']} | {r['quota_used']:.1%} "
+              f"| {r['window_fill']:.1%} | {r['http_429']} | {r['outcomes']} |")
+    d = results["drops"]
+    print(f"\ndrops ({d['drops']} page views, CPU per drop, startup subtracted): delivery mode "
+          f"{d['deliver_us_per_drop']} µs, dry run {d['dry_run_us_per_drop']} µs, ratio {d['ratio']}×")
+
+
+if __name__ == "__main__":
+    main()
