@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILTIN = REPO / "presets" / "outreach" / "lead-capture.yaml"
 EXAMPLE = REPO / "examples" / "lead-capture.ndjson"
 PRESET = "outreach/lead-capture"
-CASES = discover(REPO / "golden")
+CASES = [c for c in discover(REPO / "golden") if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)]  # dry-run cases
 GRANTED = {"consent": {"canonical": {"marketing": True}}}
 
 # README "What a run prints": which stage decides each drop reason and failure cause.

@@ -218,6 +218,7 @@ class OAuth2Auth:
             rule = first_match(self.spec.rules, answer)
             action = rule.then if rule else self._default_action(status, body)
             message = (rule.message if rule and rule.message else None) or _what_went_wrong(status, body)
+            clause = message.rstrip(". ")  # the preset's sentence, to which the engine adds what it did
             if action == "reauthorise":
                 used = self._refresh
                 self._adopt_stored()
@@ -231,17 +232,17 @@ class OAuth2Auth:
             if action == "wait_rate_limit":
                 throttled += 1
                 if throttled > MAX_THROTTLE_WAITS:
-                    raise AuthFailure(self.redactor.redact(f"{message} (still throttled after {throttled - 1} waits)"),
+                    raise AuthFailure(self.redactor.redact(f"{clause} (still throttled after {throttled - 1} waits)"),
                                       fatal=False, status=status, body=self.redactor.redact(body))
                 asked = seconds_until(headers.get("Retry-After")) if headers else None
                 delay = asked if asked is not None else self._throttle_backoff(throttled)
             else:
                 failures += 1
                 if failures >= self.retries.max_attempts:
-                    raise AuthFailure(self.redactor.redact(f"{message} (gave up after {failures} attempts)"), fatal=False,
+                    raise AuthFailure(self.redactor.redact(f"{clause} (gave up after {failures} attempts)"), fatal=False,
                                       status=status, body=self.redactor.redact(body))
                 delay = backoff_delay(self.retries, failures, self._rng)
-            log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(message), delay)
+            log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(clause), delay)
             await self._sleep(delay)
 
     @staticmethod
@@ -265,7 +266,7 @@ class OAuth2Auth:
             form["refresh_token"] = self._refresh
         if self.spec.scopes and self._grant == "client_credentials":
             form["scope"] = " ".join(self.spec.scopes)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
         if self.spec.client_auth == "basic":
             pair = f"{_form_quote(self._client_id)}:{_form_quote(self._client_secret)}"
             basic = base64.b64encode(pair.encode()).decode("ascii")
