@@ -39,6 +39,20 @@ EVENT_MAPPING = {
 }
 
 
+def _tags(preset: str, body: dict, settings: dict) -> object:
+    """Where each built-in preset puts the table's tags ("Signal" plus the event's tag), as a list."""
+    if preset == "outreach/lead-capture":
+        return body["data"]["attributes"].get("tags")
+    if preset == "salesloft/people":
+        return body.get("tags")
+    if preset == "hubspot/contacts":  # a multiple-checkbox property named by the user, ';'-separated
+        value = body["properties"].get(settings.get("tags_property", ""))
+        return value.split(";") if isinstance(value, str) else None
+    if preset == "close/leads":  # a multiple-choice contact custom field named by the user
+        return body["contacts"][0].get(f"custom.{settings.get('tags_field_id', '')}")
+    raise AssertionError(f"tests/test_golden.py does not know where {preset} puts its tags")
+
+
 @pytest.fixture(scope="module")
 def presets() -> dict:
     return {}
@@ -56,15 +70,15 @@ def test_golden_cases_exist() -> None:
     assert CASES, f"no golden cases under {GOLDEN}"
 
 
-def _dry_run_cases() -> list[GoldenCase]:
-    """The Outreach Lead Capture cases whose contract is a dry run (a list of outcomes).
+def _dry_run_cases(preset: str = OUTREACH) -> list[GoldenCase]:
+    """A preset's cases whose contract is a dry run (a list of outcomes); the Outreach ones by default.
 
-    Delivery cases (``responses``, an ``{exchanges, outcomes}`` contract) and
-    other presets' cases are not what the Outreach tables below speak of.
+    Delivery cases (``responses``, an ``{exchanges, outcomes}`` contract) are
+    not what the product page's tables speak of.
     """
-    cases = [case for case in CASES if case.preset_name == OUTREACH and case.expected_path.exists()
+    cases = [case for case in CASES if case.preset_name == preset and case.expected_path.exists()
              and isinstance(json.loads(case.expected_path.read_text(encoding="utf-8")), list)]
-    assert cases, f"no dry-run golden cases for {OUTREACH}"
+    assert cases, f"no dry-run golden cases for {preset}"
     return cases
 
 
@@ -82,10 +96,11 @@ def test_every_drop_reason_is_pinned() -> None:
     assert not missing, f"no golden case pins drop reason(s): {', '.join(missing)}"
 
 
-def test_every_event_mapping_row_is_pinned() -> None:
-    """One case per row of the Event Mapping table: the track event sent, tagged as the table says."""
+@pytest.mark.parametrize("preset", sorted({c.preset_name for c in CASES}))
+def test_every_event_mapping_row_is_pinned(preset: str) -> None:
+    """One dry-run case per row of the Event Mapping table: the track event sent, tagged as the table says."""
     covered = set()
-    for case in _dry_run_cases():
+    for case in _dry_run_cases(preset):
         spec = json.loads(case.path.read_text(encoding="utf-8"))
         expected = json.loads(case.expected_path.read_text(encoding="utf-8"))
         by_index = {item.get("index"): item for item in expected}
@@ -97,11 +112,10 @@ def test_every_event_mapping_row_is_pinned() -> None:
             item = by_index.get(index, {})
             if item.get("outcome") != oc.WOULD_SEND:
                 continue
-            tags = item["request"]["body"]["data"]["attributes"].get("tags")
-            if tags == ["Signal", EVENT_MAPPING[event["event"]]]:
+            if _tags(preset, item["request"]["body"], spec.get("settings") or {}) == ["Signal", EVENT_MAPPING[event["event"]]]:
                 covered.add(event["event"])
     missing = [name for name in EVENT_MAPPING if name not in covered]
-    assert not missing, f"no golden case sends (with its table tag) the mapped event(s): {', '.join(missing)}"
+    assert not missing, f"no {preset} golden case sends (with its table tag) the mapped event(s): {', '.join(missing)}"
 
 
 # -- delivery cases ---------------------------------------------------------------------
@@ -235,3 +249,17 @@ def test_every_outreach_response_and_auth_rule_is_pinned(presets: dict) -> None:
     missing += [f"auth.errors[{i}]" for i in range(len(preset.auth.rules)) if i not in hit_auth]
     assert not missing, f"no delivery case exercises {', '.join(missing)}"
     assert upserted, "no delivery case delivers through the upsert (PATCH)"
+
+
+# The vendor presets' waits, from their documented rate-limit signals (docs/vendors/).
+VENDOR_WAITS = {
+    ("hubspot/contacts", "delivery-rate-limited"): 10.0,  # X-HubSpot-RateLimit-Interval-Milliseconds: 10000
+    ("close/leads", "delivery-rate-limited"): 2.5,  # 429 body error.rate_reset: 2.5
+}
+
+
+@pytest.mark.parametrize("preset, name", sorted(VENDOR_WAITS))
+def test_vendor_rate_limit_waits(preset: str, name: str, presets: dict) -> None:
+    [(case, spec)] = [(c, s) for c, s in _delivery_cases(preset) if c.path.stem == name]
+    waited = sum(_scripted(case, spec, presets).sleeps)
+    assert waited >= VENDOR_WAITS[(preset, name)], f"{case.name} waited {waited:.3f}s"

@@ -83,4 +83,4 @@ def test_python_dash_m_engine_is_the_command(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "engine", "check"], capture_output=True, text=True, cwd=tmp_path,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("ok: outreach/lead-capture")
+    assert any(line.startswith("ok: outreach/lead-capture") for line in proc.stdout.splitlines()), proc.stdout

@@ -16,12 +16,10 @@ bugs show up locally rather than in production.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import random
 import secrets
-import signal
 import sys
 import time
 from collections import Counter, deque
@@ -32,6 +30,21 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
+
+from .common import (
+    Fault,
+    FixedWindowQuota,
+    admin_faults_handler,
+    apply_fault,
+    fault_arg,
+    next_fault,
+    parse_fault,
+    run_sandbox,
+    start_app,
+)
+
+SUMMARY = ("Outreach: OAuth token endpoint with rotating refresh tokens, prospects create/search/update, rate "
+           "limits and injected faults")
 
 __all__ = [
     "SandboxConfig",
@@ -46,7 +59,6 @@ JSONAPI_MEDIA_TYPE = "application/vnd.api+json"
 GRANTED_SCOPE = "prospects.read prospects.write"
 DUPLICATE_EMAIL_DETAIL = "Contacts email hash has already been taken."
 DEFAULT_SCHEMA_PATH = Path("schemas/outreach/prospect-request.schema.json")
-RANDOM_FAULT_CHOICES: tuple[int | str, ...] = (500, 502, 503, "drop")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 SUPPORTED_FILTERS = frozenset({"emails"})
@@ -89,69 +101,6 @@ class SandboxConfig:
     fault_rate: float = 0.0
     fault_seed: int | None = None
     schema_path: str | Path | None = None
-
-
-# --------------------------------------------------------------------------
-# Faults
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One injected failure, modelled on what real infrastructure does.
-
-    ``status`` imitates an error page from Outreach or its gateway, ``drop``
-    imitates a connection reset before the request is processed,
-    ``drop-after`` imitates a response lost *after* the write happened (the
-    case that turns a client retry into a duplicate-email 422), and ``delay``
-    imitates a slow upstream so client timeouts can be tested.
-    """
-
-    kind: str
-    status: int | None = None
-    seconds: float = 0.0
-
-    def describe(self) -> str:
-        """Render the fault in the same spelling ``parse_fault`` accepts."""
-        if self.kind == "status":
-            return str(self.status)
-        if self.kind == "delay":
-            return f"delay:{self.seconds:g}"
-        return self.kind
-
-
-def parse_fault(spec: int | str) -> Fault:
-    """Turn ``503``, ``"503"``, ``"drop"``, ``"drop-after"`` or ``"delay:1.5"`` into a Fault."""
-    if isinstance(spec, bool):
-        raise ValueError(f"invalid fault {spec!r}")
-    if isinstance(spec, int):
-        return _status_fault(spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"invalid fault {spec!r}")
-    text = spec.strip().lower()
-    if text in ("drop", "drop-after"):
-        return Fault(kind=text)
-    if text.startswith("delay:"):
-        return _delay_fault(text.partition(":")[2], spec)
-    if text.isdigit():
-        return _status_fault(int(text))
-    raise ValueError(f"invalid fault {spec!r}: use a status code, 'drop', 'drop-after' or 'delay:<seconds>'")
-
-
-def _status_fault(status: int) -> Fault:
-    if not 400 <= status <= 599:
-        raise ValueError(f"fault status must be 4xx or 5xx, got {status}")
-    return Fault(kind="status", status=status)
-
-
-def _delay_fault(value: str, spec: str) -> Fault:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"invalid delay in fault {spec!r}") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"delay must be a non-negative number of seconds in {spec!r}")
-    return Fault(kind="delay", seconds=seconds)
 
 
 # --------------------------------------------------------------------------
@@ -321,44 +270,8 @@ def _jsonapi_response(body: Any, status: int, headers: Mapping[str, str] | None 
 
 
 # --------------------------------------------------------------------------
-# Limits: request quota, mint throttle, tokens
+# Limits: mint throttle (the request quota is common.FixedWindowQuota)
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class FixedWindowQuota:
-    """Outreach's per-user hourly quota: a fixed window that resets at once."""
-
-    quota: int
-    window: float
-    window_end: float = 0.0
-    used: int = 0
-    aligned: bool = False
-    # Closed windows as (start, end, requests accepted), for measuring how much of the quota a client used.
-    history: list[tuple[float, float, int]] = field(default_factory=list)
-
-    def _roll(self, now: float) -> None:
-        if now >= self.window_end:
-            if self.window_end:
-                self.history.append((self.window_end - self.window, self.window_end, min(self.used, self.quota)))
-                del self.history[:-1000]
-            self.window_end = (math.floor(now / self.window) + 1) * self.window if self.aligned else now + self.window
-            self.used = 0
-
-    def consume(self, now: float) -> bool:
-        """Count one request; False means it is over quota and must get a 429."""
-        self._roll(now)
-        self.used += 1
-        return self.used <= self.quota
-
-    def remaining(self) -> int:
-        return max(0, self.quota - self.used)
-
-    def reset_epoch(self) -> int:
-        return math.ceil(self.window_end)
-
-    def seconds_to_reset(self, now: float) -> int:
-        return max(1, math.ceil(self.window_end - now))
 
 
 @dataclass
@@ -436,11 +349,7 @@ class SandboxState:
 
     def next_fault(self) -> Fault | None:
         """Queued faults first, in order; then a seeded random draw."""
-        if self.faults:
-            return self.faults.popleft()
-        if self.fault_rate > 0 and self.rng.random() < self.fault_rate:
-            return parse_fault(self.rng.choice(RANDOM_FAULT_CHOICES))
-        return None
+        return next_fault(self)
 
     # -- tokens -----------------------------------------------------------
 
@@ -761,12 +670,6 @@ def _fault_response(state: SandboxState, status: int, now: float) -> web.Respons
     return ApiError(status, [_error(_camel_id(status), _phrase(status), "Injected sandbox fault.")]).response()
 
 
-def _drop(request: web.Request) -> None:
-    """Close the socket so the client sees a disconnect instead of a response."""
-    if request.transport is not None:
-        request.transport.close()
-
-
 async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Run the route, turning aiohttp's own 404/405 into JSON:API errors."""
     try:
@@ -777,24 +680,6 @@ async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
         return ApiError(exc.status, [_error(_camel_id(exc.status), exc.reason, exc.text or exc.reason)]).response()
 
 
-async def _apply_fault(request: web.Request, handler: Handler, state: SandboxState) -> web.StreamResponse | None:
-    """Answer the request, honouring the next fault; None means the connection was dropped."""
-    fault = state.next_fault()
-    if fault is None:
-        return await _call(request, handler)
-    if fault.kind == "status":
-        return _fault_response(state, fault.status or 500, state.clock())
-    if fault.kind == "drop":
-        _drop(request)
-        return None
-    if fault.kind == "delay":
-        await asyncio.sleep(fault.seconds)
-        return await _call(request, handler)
-    await _call(request, handler)  # drop-after: the write happens, the answer is lost
-    _drop(request)
-    return None
-
-
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Quota first (a 429 never reaches the handler), then faults, then the route."""
@@ -803,7 +688,8 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     state = _state(request)
     now = state.clock()
     if state.quota.consume(now):
-        response = await _apply_fault(request, handler, state)
+        response = await apply_fault(request, lambda r: _call(r, handler), state,
+                                     lambda status: _fault_response(state, status, state.clock()))
     else:
         response = _quota_exceeded(state, now)
     if response is None:
@@ -822,37 +708,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 async def admin_state(request: web.Request) -> web.Response:
     """``GET /_sandbox/state``: what the fake Outreach now holds and has answered."""
     return web.json_response(_state(request).snapshot())
-
-
-def _queue_faults(state: SandboxState, body: Mapping[str, Any]) -> None:
-    """Validate every fault before queuing any, so a typo queues nothing."""
-    specs = body.get("faults", [])
-    if not isinstance(specs, list):
-        raise ValueError("faults must be a list")
-    parsed = [parse_fault(spec) for spec in specs]
-    if body.get("clear"):
-        state.faults.clear()
-    state.faults.extend(parsed)
-    if "fault_rate" in body:
-        rate = float(body["fault_rate"])
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError("fault_rate must be between 0 and 1")
-        state.fault_rate = rate
-    if "fault_seed" in body:
-        state.rng = random.Random(body["fault_seed"])
-
-
-async def admin_faults(request: web.Request) -> web.Response:
-    """``POST /_sandbox/faults``: ``{"faults": [...], "clear"?, "fault_rate"?, "fault_seed"?}``."""
-    state = _state(request)
-    try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise ValueError("body must be a JSON object")
-        _queue_faults(state, body)
-    except (ValueError, TypeError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    return web.json_response({"pending_faults": [fault.describe() for fault in state.faults]})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
@@ -882,15 +737,10 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(r"/api/v2/prospects/{id:\d+}", protected(get_prospect))
     app.router.add_patch(r"/api/v2/prospects/{id:\d+}", protected(update_prospect))
     app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
     app.router.add_post("/_sandbox/reset", admin_reset)
     app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
     return app
-
-
-def _base_url(address: Any) -> str:
-    host, port = address[0], address[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
@@ -899,27 +749,12 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
     Returns the runner (call ``await runner.cleanup()`` to stop) and the base
     URL, read back from the bound socket so the real port is reported.
     """
-    runner = web.AppRunner(create_app(config), access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, _base_url(runner.addresses[0])
+    return await start_app(create_app(config), host, port)
 
 
 # --------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------
-
-
-def _fault_arg(value: str) -> str:
-    try:
-        parse_fault(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -948,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probability (0 to 1) of a random 500/502/503/drop on each API request" + default)
     parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
                         help="seed of the random faults, to reproduce a run (default: a fresh seed)")
-    parser.add_argument("--fault", action="append", type=_fault_arg, default=None, metavar="FAULT",
+    parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
                         help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
                              "delay:SECONDS; repeat it to queue several (default: none)")
     parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
@@ -976,45 +811,15 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     )
 
 
-async def _wait_for_shutdown() -> None:
-    """Sleep until SIGINT/SIGTERM; where signals can't be hooked, Ctrl-C cancels us instead."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
-    await stop.wait()
-
-
-async def _serve(config: SandboxConfig, host: str, port: int) -> None:
-    runner, url = await start_sandbox(config, host, port)
-    try:
-        print(f"Outreach sandbox listening on {url} (client_id={config.client_id}, "
-              f"refresh_token={config.refresh_token}); press Ctrl-C to stop", flush=True)
-        await _wait_for_shutdown()
-    finally:
-        await runner.cleanup()
+def _banner(args: argparse.Namespace, url: str) -> str:
+    return (f"Outreach sandbox listening on {url} (client_id={args.client_id}, "
+            f"refresh_token={args.refresh_token}); press Ctrl-C to stop")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``signal-engine sandbox outreach``; returns an exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        config = config_from_args(args)
-        SandboxState(config)  # validate numbers and schema before binding the port
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    try:
-        asyncio.run(_serve(config, args.host, args.port))
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        print(f"Outreach sandbox could not listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    # create_app validates numbers and the schema before the port is bound.
+    return run_sandbox("Outreach", build_parser(), argv, lambda args: create_app(config_from_args(args)), _banner)
 
 
 if __name__ == "__main__":

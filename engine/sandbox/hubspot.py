@@ -1,0 +1,522 @@
+"""A local fake of HubSpot's CRM v3 contacts API, authenticated by a private-app token.
+
+It reproduces what a HubSpot integration has to handle (``docs/vendors/hubspot.md``):
+the exact ``Authorization: Bearer`` check, ``{"properties": {...}}`` bodies
+whose values are strings, the 400 ``VALIDATION_ERROR`` for a property the
+portal does not have, the 409 ``CONFLICT`` whose message names the existing
+contact's id, PATCH by id, search by email, the ``X-HubSpot-RateLimit-*``
+headers on every answer and the 429 ``TEN_SECONDLY_ROLLING`` body past the
+quota, plus injected faults. Where HubSpot's behaviour is unconfirmed (a
+non-string value, a string over 65,536 characters, an unknown top-level key)
+the fake takes the stricter reading so a client bug shows up here first.
+
+The burst limit is a rolling ten seconds at HubSpot; the fake counts it in
+fixed windows of ``window`` seconds, which is close enough for a client that
+reads ``Remaining`` and ``Interval-Milliseconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from .common import (
+    DEFAULT,
+    Fault,
+    FixedWindowQuota,
+    add_fault_arguments,
+    add_serve_arguments,
+    admin_faults_handler,
+    apply_fault,
+    next_fault,
+    parse_fault,
+    run_sandbox,
+    start_app,
+)
+
+SUMMARY = ("HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, 409 CONFLICT, "
+           "X-HubSpot-RateLimit-* headers and injected faults")
+
+__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+
+API_PREFIX = "/crm/v3/"
+MAX_TEXT_LENGTH = 65536  # knowledge.hubspot.com: text properties hold 65,536 characters
+# Contact properties every portal has and a lead integration may write (HubSpot default properties).
+DEFAULT_PROPERTIES = frozenset({
+    "email", "firstname", "lastname", "phone", "mobilephone", "fax", "jobtitle", "company", "website",
+    "address", "city", "state", "zip", "country", "lifecyclestage", "hs_lead_status", "industry",
+    "salutation", "message", "hubspot_owner_id",
+})
+READ_ONLY_PROPERTIES = frozenset({"hs_object_id", "createdate", "lastmodifieddate", "hs_createdate"})
+LIFECYCLE_STAGES = ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity",
+                    "customer", "evangelist", "other")
+CREATE_KEYS = frozenset({"properties", "associations", "objectWriteTraceId"})
+UPDATE_KEYS = frozenset({"properties", "objectWriteTraceId"})
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class SandboxConfig:
+    """Knobs for the fake portal; defaults mirror a Free/Starter portal's private-app limits.
+
+    ``quota``/``window`` is the burst limit (100 requests per 10 s), ``daily_quota``
+    the daily one. ``custom_properties`` are extra contact properties the
+    portal has (e.g. a multiple-checkbox property for tags); anything else is
+    refused like HubSpot refuses a property that does not exist.
+    """
+
+    access_token: str = "sandbox-private-app-token"
+    quota: int = 100
+    window: float = 10.0
+    daily_quota: int = 250000
+    custom_properties: list[str] = field(default_factory=list)
+    faults: list[int | str] = field(default_factory=list)
+    fault_rate: float = 0.0
+    fault_seed: int | None = None
+
+
+class ApiError(Exception):
+    """An error answer in HubSpot's error format."""
+
+    def __init__(self, status: int, category: str, message: str, headers: Mapping[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.category = category
+        self.message = message
+        self.headers = dict(headers or {})
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        body = {"status": "error", "message": self.message, "correlationId": str(uuid.uuid4()),
+                "category": self.category, **self.extra}
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def _property_errors(problems: list[dict[str, Any]]) -> ApiError:
+    """HubSpot's 400 for bad property values: the per-property results are JSON inside ``message``."""
+    return ApiError(400, "VALIDATION_ERROR", "Property values were not valid: " + json.dumps(problems, separators=(",", ":")))
+
+
+def _problem(name: str, error: str, message: str) -> dict[str, Any]:
+    return {"isValid": False, "message": message, "error": error, "name": name}
+
+
+class SandboxState:
+    """Everything one fake portal remembers; lives on the aiohttp app.
+
+    ``clock`` is wall-clock epoch seconds; in-process tests may replace it to
+    move time without sleeping.
+    """
+
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.time) -> None:
+        if not 0.0 <= config.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be between 0 and 1")
+        if config.quota < 0 or config.daily_quota < 0 or config.window <= 0:
+            raise ValueError("quota and daily_quota must be >= 0 and window must be > 0")
+        if not config.access_token:
+            raise ValueError("access_token must not be empty")
+        self.config = config
+        self.clock = clock
+        self.initial_faults = [parse_fault(spec) for spec in config.faults]
+        self.known = DEFAULT_PROPERTIES | frozenset(config.custom_properties)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything, as if the portal had just been created."""
+        self.contacts: dict[str, dict[str, str]] = {}
+        self.meta: dict[str, dict[str, str]] = {}
+        self.next_id = 1
+        self.creates = 0
+        self.updates = 0
+        self.statuses: list[int | str] = []
+        self.requests: list[dict[str, Any]] = []
+        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_rate = self.config.fault_rate
+        self.rng = random.Random(self.config.fault_seed)
+        self.burst = FixedWindowQuota(self.config.quota, self.config.window)
+        self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0)
+
+    def next_fault(self) -> Fault | None:
+        return next_fault(self)
+
+    def owner_of(self, email: str, exclude: str | None = None) -> str | None:
+        wanted = email.lower()
+        for contact_id, props in self.contacts.items():
+            if contact_id != exclude and props.get("email", "").lower() == wanted:
+                return contact_id
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "contacts": [{"id": cid, "properties": dict(props)} for cid, props in self.contacts.items()],
+            "creates": self.creates,
+            "updates": self.updates,
+            "statuses": list(self.statuses),
+            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests": list(self.requests),
+            "pending_faults": [fault.describe() for fault in self.faults],
+            "fault_rate": self.fault_rate,
+            "rate_limit": {"max": self.burst.quota, "remaining": self.burst.remaining(),
+                           "interval_ms": int(self.burst.window * 1000),
+                           "daily": self.daily.quota, "daily_remaining": self.daily.remaining()},
+        }
+
+
+STATE_KEY = web.AppKey("hubspot_sandbox_state", SandboxState)
+
+
+def _state(request: web.Request) -> SandboxState:
+    return request.app[STATE_KEY]
+
+
+def _iso(now: float) -> str:
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------
+# Guards: auth and bodies
+# --------------------------------------------------------------------------
+
+
+def _require_token(request: web.Request, state: SandboxState) -> None:
+    """HubSpot accepts a private-app token only as ``Authorization: Bearer <token>``."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip() == state.config.access_token:
+        return
+    raise ApiError(401, "INVALID_AUTHENTICATION",
+                   "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can "
+                   "find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
+
+
+async def _read_body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; "
+                       "send application/json.")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object.")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, "VALIDATION_ERROR", f"Invalid input JSON: Unrecognized field \"{unknown[0]}\".")
+    properties = body.get("properties")
+    if not isinstance(properties, dict):
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set "
+                       "[properties].")
+    return properties
+
+
+def _check_properties(state: SandboxState, properties: Mapping[str, Any]) -> dict[str, str]:
+    """Every property must exist, be writable, be a string and fit; all problems are reported at once."""
+    problems = []
+    for name, value in properties.items():
+        if name in READ_ONLY_PROPERTIES:
+            problems.append(_problem(name, "READ_ONLY_VALUE", f"{name} is a read only property; its value cannot be set."))
+        elif name not in state.known:
+            problems.append(_problem(name, "PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist'))
+        elif not isinstance(value, str):
+            problems.append(_problem(name, "INVALID_STRING", f"{json.dumps(value)} is not a string value"))
+        elif len(value) > MAX_TEXT_LENGTH:
+            problems.append(_problem(name, "INVALID_LONG", f"value is {len(value)} characters; the limit is {MAX_TEXT_LENGTH}"))
+        elif name == "email" and value and not _EMAIL.match(value):
+            problems.append(_problem(name, "INVALID_EMAIL", f"Email address {value} is invalid"))
+        elif name == "lifecyclestage" and value and value not in LIFECYCLE_STAGES:
+            problems.append(_problem(name, "INVALID_OPTION", f"{value} was not one of the allowed options: "
+                                     f"[{', '.join(LIFECYCLE_STAGES)}]"))
+    if problems:
+        raise _property_errors(problems)
+    return dict(properties)
+
+
+def _conflict(existing_id: str) -> ApiError:
+    """The 409 HubSpot answers when the email already belongs to a contact."""
+    return ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing_id}")
+
+
+def _not_found(contact_id: str) -> ApiError:
+    return ApiError(404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric.",
+                    context={"id": [contact_id]})
+
+
+def _resource(state: SandboxState, contact_id: str, names: list[str] | None = None) -> dict[str, Any]:
+    props = state.contacts[contact_id]
+    meta = state.meta[contact_id]
+    system = {"createdate": meta["createdAt"], "lastmodifieddate": meta["updatedAt"], "hs_object_id": contact_id}
+    if names is None:
+        shown = {**props, **system}
+    else:
+        shown = {name: ({**props, **system}).get(name) for name in names}
+    return {"id": contact_id, "properties": shown, "createdAt": meta["createdAt"], "updatedAt": meta["updatedAt"],
+            "archived": False}
+
+
+def _find(state: SandboxState, request: web.Request) -> str:
+    """The contact named in the URL: by id, or by email with ``?idProperty=email``."""
+    key = request.match_info["contact"]
+    id_property = request.query.get("idProperty")
+    if id_property == "email":
+        found = state.owner_of(key)
+        if found is None:
+            raise _not_found(key)
+        return found
+    if id_property not in (None, "hs_object_id"):
+        raise ApiError(400, "VALIDATION_ERROR", f"{id_property} is not a unique identifier property for contacts.")
+    if key not in state.contacts:
+        raise _not_found(key)
+    return key
+
+
+# --------------------------------------------------------------------------
+# Contact handlers
+# --------------------------------------------------------------------------
+
+
+async def create_contact(request: web.Request) -> web.Response:
+    """``POST /crm/v3/objects/contacts``: 201, or 409 naming the contact that has the email."""
+    state = _state(request)
+    properties = _check_properties(state, await _read_body(request, CREATE_KEYS))
+    email = properties.get("email")
+    if email:
+        existing = state.owner_of(email)
+        if existing is not None:
+            raise _conflict(existing)
+    contact_id = str(state.next_id)
+    state.next_id += 1
+    now = _iso(state.clock())
+    state.contacts[contact_id] = {k: v for k, v in properties.items() if v != ""}
+    state.meta[contact_id] = {"createdAt": now, "updatedAt": now}
+    state.creates += 1
+    return web.json_response(_resource(state, contact_id), status=201)
+
+
+async def update_contact(request: web.Request) -> web.Response:
+    """``PATCH /crm/v3/objects/contacts/{id}``: sent properties overwrite, ``""`` clears."""
+    state = _state(request)
+    contact_id = _find(state, request)
+    properties = _check_properties(state, await _read_body(request, UPDATE_KEYS))
+    if not properties:
+        raise ApiError(400, "VALIDATION_ERROR", "No properties found to update, please provide at least one.")
+    email = properties.get("email")
+    if email:
+        existing = state.owner_of(email, exclude=contact_id)
+        if existing is not None:
+            raise _conflict(existing)
+    stored = state.contacts[contact_id]
+    for name, value in properties.items():
+        if value == "":
+            stored.pop(name, None)
+        else:
+            stored[name] = value
+    state.meta[contact_id]["updatedAt"] = _iso(state.clock())
+    state.updates += 1
+    return web.json_response(_resource(state, contact_id), status=200)
+
+
+async def get_contact(request: web.Request) -> web.Response:
+    """``GET /crm/v3/objects/contacts/{id}?properties=a,b``."""
+    state = _state(request)
+    contact_id = _find(state, request)
+    raw = request.query.get("properties")
+    names = [n for n in raw.split(",") if n] if raw else None
+    return web.json_response(_resource(state, contact_id, names))
+
+
+def _search_email(body: Any) -> str:
+    """The email of the one filter this fake understands: ``email EQ <value>``."""
+    groups = body.get("filterGroups") if isinstance(body, dict) else None
+    try:
+        (group,) = groups
+        (condition,) = group["filters"]
+        if condition["propertyName"] == "email" and condition["operator"] == "EQ" and isinstance(condition["value"], str):
+            return condition["value"]
+    except (TypeError, ValueError, KeyError):
+        pass
+    raise ApiError(400, "VALIDATION_ERROR", "This sandbox supports one filterGroup with the filter "
+                   "{propertyName: email, operator: EQ, value}.")
+
+
+async def search_contacts(request: web.Request) -> web.Response:
+    """``POST /crm/v3/objects/contacts/search`` by email."""
+    state = _state(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
+    email = _search_email(body)
+    names = body.get("properties") if isinstance(body.get("properties"), list) else None
+    limit = body.get("limit", 10)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 200:
+        raise ApiError(400, "VALIDATION_ERROR", "limit must be an integer from 1 to 200.")
+    found = state.owner_of(email)
+    results = [] if found is None else [_resource(state, found, names or ["email", "firstname", "lastname"])]
+    return web.json_response({"total": len(results), "results": results[:limit]})
+
+
+def protected(handler: Handler) -> Handler:
+    """Check the private-app token, then render ``ApiError`` in HubSpot's format."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            _require_token(request, _state(request))
+            return await handler(request)
+        except ApiError as error:
+            return error.response()
+
+    return wrapped
+
+
+# --------------------------------------------------------------------------
+# /crm middleware: limits, headers, faults, bookkeeping
+# --------------------------------------------------------------------------
+
+
+def _rate_limit_headers(state: SandboxState) -> dict[str, str]:
+    """The headers HubSpot sends to private apps: the daily budget and the rolling burst interval."""
+    return {
+        "X-HubSpot-RateLimit-Daily": str(state.daily.quota),
+        "X-HubSpot-RateLimit-Daily-Remaining": str(state.daily.remaining()),
+        "X-HubSpot-RateLimit-Interval-Milliseconds": str(int(state.burst.window * 1000)),
+        "X-HubSpot-RateLimit-Max": str(state.burst.quota),
+        "X-HubSpot-RateLimit-Remaining": str(state.burst.remaining()),
+    }
+
+
+def _rate_limited(policy: str) -> web.Response:
+    """HubSpot's 429 body; ``policyName`` says which limit was hit."""
+    message = ("You have reached your daily limit." if policy == "DAILY"
+               else "You have reached your ten_secondly_rolling limit.")
+    body = {"status": "error", "message": message, "errorType": "RATE_LIMIT",
+            "correlationId": str(uuid.uuid4()), "policyName": policy}
+    return web.json_response(body, status=429)
+
+
+def _fault_response(status: int) -> web.Response:
+    if status == 429:
+        return _rate_limited("TEN_SECONDLY_ROLLING")
+    return ApiError(status, "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR",
+                    "Injected sandbox fault.").response()
+
+
+async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return ApiError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}.").response()
+        return ApiError(exc.status, "VALIDATION_ERROR", exc.reason).response()
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Limits first (a 429 never reaches the handler), then faults, then the route."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    state = _state(request)
+    now = state.clock()
+    daily_ok = state.daily.consume(now)
+    burst_ok = state.burst.consume(now)
+    if not daily_ok:
+        response: web.StreamResponse | None = _rate_limited("DAILY")
+    elif not burst_ok:
+        response = _rate_limited("TEN_SECONDLY_ROLLING")
+    else:
+        response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
+    status: int | str = "drop" if response is None else response.status
+    state.statuses.append(status)
+    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
+                           "status": status})
+    if response is None:
+        return web.Response()  # written to a closed transport; nobody receives it
+    response.headers.update(_rate_limit_headers(state))
+    return response
+
+
+# --------------------------------------------------------------------------
+# Admin endpoints and app
+# --------------------------------------------------------------------------
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    """``GET /_sandbox/state``: the contacts held and every API answer given."""
+    return web.json_response(_state(request).snapshot())
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    """``POST /_sandbox/reset``: no contacts, full quotas, the start-up faults."""
+    state = _state(request)
+    state.reset()
+    return web.json_response(state.snapshot())
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    app = web.Application(middlewares=[api_middleware])
+    app[STATE_KEY] = SandboxState(config)
+    app.router.add_post("/crm/v3/objects/contacts", protected(create_contact))
+    app.router.add_post("/crm/v3/objects/contacts/search", protected(search_contacts))
+    app.router.add_get("/crm/v3/objects/contacts/{contact}", protected(get_contact))
+    app.router.add_patch("/crm/v3/objects/contacts/{contact}", protected(update_contact))
+    app.router.add_get("/_sandbox/state", admin_state)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
+    app.router.add_post("/_sandbox/reset", admin_reset)
+    return app
+
+
+async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Serve in the running loop (port 0 picks a free port); returns the runner and the base URL."""
+    return await start_app(create_app(config), host, port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SandboxConfig()
+    parser = argparse.ArgumentParser(
+        prog="signal-engine sandbox hubspot",
+        description="Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).",
+    )
+    add_serve_arguments(parser, 8766)
+    parser.add_argument("--access-token", default=defaults.access_token,
+                        help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT)
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window, help="burst window in seconds" + DEFAULT)
+    parser.add_argument("--daily-quota", type=int, default=defaults.daily_quota,
+                        help="requests per day" + DEFAULT)
+    parser.add_argument("--custom-property", action="append", default=[], dest="custom_properties",
+                        help="an extra contact property the portal has, e.g. a tags property; repeat it for several "
+                             "(default: none)")
+    add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    return SandboxConfig(access_token=args.access_token, quota=args.quota, window=args.window,
+                         daily_quota=args.daily_quota, custom_properties=list(args.custom_properties),
+                         faults=list(args.fault or []), fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+
+
+def _banner(args: argparse.Namespace, url: str) -> str:
+    return f"HubSpot sandbox listening on {url} (access_token={args.access_token}); press Ctrl-C to stop"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``signal-engine sandbox hubspot``; returns an exit code."""
+    return run_sandbox("HubSpot", build_parser(), argv, lambda args: create_app(config_from_args(args)), _banner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

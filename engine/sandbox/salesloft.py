@@ -1,0 +1,548 @@
+"""A local fake of Salesloft's OAuth token endpoint and v2 people API.
+
+It reproduces what a Salesloft integration has to handle (``docs/vendors/salesloft.md``):
+an ``accounts`` token endpoint whose refresh tokens are single-use (every
+refresh rotates them), two-hour access tokens checked as ``Authorization:
+Bearer``, people create/list/fetch/update, the duplicate-email 422
+``{"errors": {"email_address": ["has already been taken"]}}``, lookup by
+``email_addresses[]``, ``PUT`` that replaces the tags it is sent, the
+``x-ratelimit-endpoint-cost`` / ``x-ratelimit-remaining-minute`` headers
+with a per-minute cost budget and a 429 past it, plus injected faults.
+
+Where Salesloft is silent (unknown body fields or query parameters, the 401
+and 429 bodies) the fake takes the stricter reading, so a client bug shows up
+here rather than in a customer's team.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import random
+import secrets
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Mapping
+
+from aiohttp import web
+
+from .common import (
+    DEFAULT,
+    Fault,
+    FixedWindowQuota,
+    add_fault_arguments,
+    add_serve_arguments,
+    admin_faults_handler,
+    apply_fault,
+    next_fault,
+    parse_fault,
+    run_sandbox,
+    start_app,
+)
+
+SUMMARY = ("Salesloft: OAuth token endpoint with single-use refresh tokens, people create/lookup/put, "
+           "duplicate-email 422, cost budget and injected faults")
+
+__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+
+API_PREFIX = "/v2/"
+TEXT_FIELDS = frozenset({
+    "email_address", "secondary_email_address", "personal_email_address", "first_name", "last_name", "phone",
+    "phone_extension", "mobile_phone", "home_phone", "linkedin_url", "title", "city", "state", "country",
+    "work_city", "work_state", "work_country", "person_company_name", "person_company_website",
+    "person_company_industry", "locale", "personal_website", "twitter_handle",
+})
+INTEGER_FIELDS = frozenset({"account_id", "owner_id", "import_id", "person_stage_id"})
+BOOLEAN_FIELDS = frozenset({"do_not_contact"})
+CREATE_ONLY = frozenset({"autotag_date"})
+WRITABLE = TEXT_FIELDS | INTEGER_FIELDS | BOOLEAN_FIELDS | {"tags", "custom_fields"}
+LIST_PARAMS = frozenset({"ids[]", "email_addresses[]", "updated_at[gt]", "updated_at[gte]", "updated_at[lt]",
+                         "updated_at[lte]", "sort_by", "sort_direction", "per_page", "page", "include_paging_counts"})
+TAKEN = "has already been taken"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class SandboxConfig:
+    """Knobs for the fake team; defaults mirror Salesloft's documented limits.
+
+    ``quota`` is the 600-cost-per-minute team budget, counted in calendar
+    minutes of ``window`` seconds; ``token_ttl`` the two-hour access tokens.
+    """
+
+    client_id: str = "sandbox-client"
+    client_secret: str = "sandbox-secret"
+    refresh_token: str = "sandbox-refresh-token"
+    token_ttl: int = 7200
+    quota: int = 600
+    window: float = 60.0
+    faults: list[int | str] = field(default_factory=list)
+    fault_rate: float = 0.0
+    fault_seed: int | None = None
+
+
+class ApiError(Exception):
+    """An error answer with Salesloft's JSON body."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def _invalid(errors: Mapping[str, list[str]]) -> ApiError:
+    """Salesloft's validation answer: a hash of field name to messages."""
+    return ApiError(422, {"errors": dict(errors)})
+
+
+class SandboxState:
+    """Everything one fake team remembers; lives on the aiohttp app.
+
+    ``clock`` is wall-clock epoch seconds; tests may replace it to move time.
+    """
+
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.time) -> None:
+        if not 0.0 <= config.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be between 0 and 1")
+        if config.quota < 0 or config.window <= 0 or config.token_ttl < 0:
+            raise ValueError("quota and token_ttl must be >= 0 and window must be > 0")
+        self.config = config
+        self.clock = clock
+        self.initial_faults = [parse_fault(spec) for spec in config.faults]
+        self.reset()
+
+    def reset(self) -> None:
+        config = self.config
+        self.refresh_tokens: set[str] = {config.refresh_token}
+        self.access_tokens: dict[str, float] = {}
+        self.people: dict[int, dict[str, Any]] = {}
+        self.next_id = 1
+        self.mints = 0
+        self.creates = 0
+        self.updates = 0
+        self.statuses: list[int | str] = []
+        self.token_statuses: list[int] = []
+        self.requests: list[dict[str, Any]] = []
+        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_rate = config.fault_rate
+        self.rng = random.Random(config.fault_seed)
+        self.quota = FixedWindowQuota(config.quota, config.window, aligned=True)
+
+    def next_fault(self) -> Fault | None:
+        return next_fault(self)
+
+    def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
+        """Spend the refresh token (single use) and issue a new pair."""
+        self.refresh_tokens.discard(old_refresh_token)
+        refresh_token = secrets.token_urlsafe(32)
+        access_token = secrets.token_urlsafe(32)
+        self.refresh_tokens.add(refresh_token)
+        self.access_tokens[access_token] = now + self.config.token_ttl
+        self.mints += 1
+        return access_token, refresh_token
+
+    def access_token_valid(self, token: str, now: float) -> bool:
+        return self.access_tokens.get(token, 0.0) > now
+
+    def email_owner(self, email: Any, exclude: int | None = None) -> int | None:
+        if not isinstance(email, str) or not email:
+            return None
+        for person_id, person in self.people.items():
+            stored = person.get("email_address")
+            if person_id != exclude and isinstance(stored, str) and stored.lower() == email.lower():
+                return person_id
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "people": [dict(person) for _, person in sorted(self.people.items())],
+            "creates": self.creates,
+            "updates": self.updates,
+            "mints": self.mints,
+            "statuses": list(self.statuses),
+            "token_statuses": list(self.token_statuses),
+            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests": list(self.requests),
+            "refresh_tokens": sorted(self.refresh_tokens),
+            "pending_faults": [fault.describe() for fault in self.faults],
+            "fault_rate": self.fault_rate,
+            "rate_limit": {"limit": self.quota.quota, "remaining": self.quota.remaining()},
+        }
+
+
+STATE_KEY = web.AppKey("salesloft_sandbox_state", SandboxState)
+
+
+def _state(request: web.Request) -> SandboxState:
+    return request.app[STATE_KEY]
+
+
+def _iso(now: float) -> str:
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------
+# OAuth token endpoint (accounts.salesloft.com)
+# --------------------------------------------------------------------------
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+async def _token_params(request: web.Request) -> dict[str, Any]:
+    """The refresh request as a form or JSON; client credentials may also come as HTTP Basic."""
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        params = dict(body) if isinstance(body, dict) else {}
+    else:
+        params = dict(await request.post())
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            user, password = "", ""
+        params.setdefault("client_id", user)
+        params.setdefault("client_secret", password)
+    return params
+
+
+def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
+    config = state.config
+    if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
+        return _oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
+                            "no client authentication included, or unsupported authentication method.")
+    if params.get("grant_type") != "refresh_token":
+        return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
+                            "by the authorization server.")
+    old = params.get("refresh_token")
+    if not isinstance(old, str) or old not in state.refresh_tokens:
+        return _oauth_error(400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
+                            "does not match the redirection URI used in the authorization request, or was issued "
+                            "to another client.")
+    access_token, refresh_token = state.mint(old, now)
+    return web.json_response({"access_token": access_token, "token_type": "bearer", "expires_in": config.token_ttl,
+                              "refresh_token": refresh_token, "scope": "", "created_at": int(now)})
+
+
+async def token_endpoint(request: web.Request) -> web.Response:
+    """``POST /oauth/token``: refresh with rotation."""
+    state = _state(request)
+    response = _refresh(state, await _token_params(request), state.clock())
+    state.token_statuses.append(response.status)
+    return response
+
+
+# --------------------------------------------------------------------------
+# People
+# --------------------------------------------------------------------------
+
+
+def _require_bearer(request: web.Request, state: SandboxState) -> None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and state.access_token_valid(token.strip(), state.clock()):
+        return
+    raise ApiError(401, {"error": "Not authorized"})
+
+
+async def _read_fields(request: web.Request, *, creating: bool) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ApiError(415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json"})
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, {"error": "The body is not valid JSON"}) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, {"error": "The body must be a JSON object"})
+    errors: dict[str, list[str]] = {}
+    allowed = WRITABLE | (CREATE_ONLY if creating else frozenset())
+    for name, value in body.items():
+        if name not in allowed:
+            errors[name] = ["is not a valid field"]
+        elif value is None:
+            continue
+        elif name in TEXT_FIELDS and not isinstance(value, str):
+            errors[name] = ["must be a string"]
+        elif name in INTEGER_FIELDS and (isinstance(value, bool) or not isinstance(value, int)):
+            errors[name] = ["must be an integer"]
+        elif name in BOOLEAN_FIELDS | CREATE_ONLY and not isinstance(value, bool):
+            errors[name] = ["must be true or false"]
+        elif name == "tags" and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+            errors[name] = ["must be an array of strings"]
+        elif name == "custom_fields" and not isinstance(value, dict):
+            errors[name] = ["must be an object"]
+    if errors:
+        raise _invalid(errors)
+    return body
+
+
+def _person_view(person_id: int, person: Mapping[str, Any]) -> dict[str, Any]:
+    view: dict[str, Any] = {"id": person_id}
+    for name in sorted(TEXT_FIELDS | INTEGER_FIELDS | BOOLEAN_FIELDS):
+        view[name] = person.get(name)
+    view["do_not_contact"] = bool(person.get("do_not_contact"))
+    view["tags"] = list(person.get("tags") or [])
+    view["custom_fields"] = dict(person.get("custom_fields") or {})
+    first, last = person.get("first_name"), person.get("last_name")
+    view["display_name"] = " ".join(p for p in (first, last) if p) or person.get("email_address")
+    view["created_at"] = person["created_at"]
+    view["updated_at"] = person["updated_at"]
+    return view
+
+
+def _store(fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if k not in CREATE_ONLY}
+
+
+async def create_person(request: web.Request) -> web.Response:
+    """``POST /v2/people``: 200 with the person, or 422 when the email is taken."""
+    state = _state(request)
+    fields = await _read_fields(request, creating=True)
+    if not fields.get("email_address") and not (fields.get("phone") and fields.get("last_name")):
+        raise _invalid({"base": ["Either email_address or phone and last_name must be provided"]})
+    if state.email_owner(fields.get("email_address")) is not None:
+        raise _invalid({"email_address": [TAKEN]})
+    person_id = state.next_id
+    state.next_id += 1
+    now = _iso(state.clock())
+    state.people[person_id] = {**_store(fields), "created_at": now, "updated_at": now}
+    if fields.get("autotag_date"):
+        today = datetime.fromtimestamp(state.clock(), tz=timezone.utc).strftime("%Y-%m-%d")
+        state.people[person_id]["tags"] = [*(fields.get("tags") or []), today]
+    state.creates += 1
+    return web.json_response({"data": _person_view(person_id, state.people[person_id])})
+
+
+def _lookup(state: SandboxState, request: web.Request) -> tuple[int, dict[str, Any]]:
+    person_id = int(request.match_info["id"])
+    person = state.people.get(person_id)
+    if person is None:
+        raise ApiError(404, {"error": "Not Found"})
+    return person_id, person
+
+
+async def update_person(request: web.Request) -> web.Response:
+    """``PUT /v2/people/{id}``: sent fields replace stored ones, ``tags`` as a whole."""
+    state = _state(request)
+    person_id, person = _lookup(state, request)
+    fields = await _read_fields(request, creating=False)
+    if state.email_owner(fields.get("email_address"), exclude=person_id) is not None:
+        raise _invalid({"email_address": [TAKEN]})
+    person.update(fields)
+    person["updated_at"] = _iso(state.clock())
+    state.updates += 1
+    return web.json_response({"data": _person_view(person_id, person)})
+
+
+async def get_person(request: web.Request) -> web.Response:
+    state = _state(request)
+    person_id, person = _lookup(state, request)
+    return web.json_response({"data": _person_view(person_id, person)})
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query.get(name, str(default))
+    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        raise ApiError(400, {"errors": {name: [f"must be an integer from {low}" + (f" to {high}" if high else "")]}})
+    return int(raw)
+
+
+async def list_people(request: web.Request) -> web.Response:
+    """``GET /v2/people?email_addresses[]=…``: the upsert lookup; unknown parameters are refused."""
+    state = _state(request)
+    unknown = sorted(set(request.query) - LIST_PARAMS)
+    if unknown:
+        raise ApiError(400, {"errors": {unknown[0]: ["is not a supported parameter"]}})
+    per_page = _int_param(request, "per_page", 25, 1, 100)
+    page = _int_param(request, "page", 1, 1, None)
+    emails = {e.strip().lower() for e in request.query.getall("email_addresses[]", []) if e.strip()}
+    ids = {int(i) for i in request.query.getall("ids[]", []) if i.isdigit()}
+    matches = [(pid, p) for pid, p in sorted(state.people.items())
+               if (not emails or str(p.get("email_address") or "").lower() in emails) and (not ids or pid in ids)]
+    start = (page - 1) * per_page
+    chunk = matches[start:start + per_page]
+    filtering: dict[str, Any] = {}
+    if emails:
+        filtering["email_addresses"] = request.query.getall("email_addresses[]")
+    paging = {"per_page": per_page, "current_page": page,
+              "next_page": page + 1 if start + per_page < len(matches) else None,
+              "prev_page": page - 1 if page > 1 else None}
+    return web.json_response({"metadata": {"filtering": filtering, "paging": paging,
+                                           "sorting": {"sort_by": "updated_at", "sort_direction": "DESC NULLS LAST"}},
+                              "data": [_person_view(pid, p) for pid, p in chunk]})
+
+
+def protected(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            _require_bearer(request, _state(request))
+            return await handler(request)
+        except ApiError as error:
+            return error.response()
+
+    return wrapped
+
+
+# --------------------------------------------------------------------------
+# /v2 middleware: cost budget, headers, faults
+# --------------------------------------------------------------------------
+
+
+def request_cost(request: web.Request) -> int:
+    """Salesloft's documented surcharge for deep pages; everything else costs 1."""
+    raw = request.query.get("page", "1")
+    page = int(raw) if raw.isdigit() else 1
+    if page > 500:
+        return 30
+    if page > 250:
+        return 10
+    if page > 150:
+        return 8
+    if page > 100:
+        return 3
+    return 1
+
+
+def _rate_limited() -> web.Response:
+    return web.json_response({"error": "Rate limit exceeded", "status": 429}, status=429)
+
+
+def _fault_response(status: int) -> web.Response:
+    if status == 429:
+        return _rate_limited()
+    return web.json_response({"error": "Injected sandbox fault", "status": status}, status=status)
+
+
+async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Budget first (a 429 never reaches the handler), then faults, then the route."""
+    if not request.path.startswith(API_PREFIX):
+        return await handler(request)
+    state = _state(request)
+    cost = request_cost(request)
+    if state.quota.consume(state.clock(), cost):
+        response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
+    else:
+        response = _rate_limited()
+    status: int | str = "drop" if response is None else response.status
+    state.statuses.append(status)
+    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
+                           "status": status})
+    if response is None:
+        return web.Response()
+    response.headers.update({"x-ratelimit-endpoint-cost": str(cost),
+                             "x-ratelimit-remaining-minute": str(state.quota.remaining())})
+    return response
+
+
+# --------------------------------------------------------------------------
+# Admin and app
+# --------------------------------------------------------------------------
+
+
+async def admin_state(request: web.Request) -> web.Response:
+    return web.json_response(_state(request).snapshot())
+
+
+async def admin_reset(request: web.Request) -> web.Response:
+    state = _state(request)
+    state.reset()
+    return web.json_response(state.snapshot())
+
+
+async def admin_expire_tokens(request: web.Request) -> web.Response:
+    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
+    state = _state(request)
+    count = len(state.access_tokens)
+    state.access_tokens.clear()
+    return web.json_response({"expired": count})
+
+
+def create_app(config: SandboxConfig) -> web.Application:
+    app = web.Application(middlewares=[api_middleware])
+    app[STATE_KEY] = SandboxState(config)
+    app.router.add_post("/oauth/token", token_endpoint)
+    for suffix in ("", ".json"):
+        app.router.add_get(f"/v2/people{suffix}", protected(list_people))
+        app.router.add_post(f"/v2/people{suffix}", protected(create_person))
+        app.router.add_get(rf"/v2/people/{{id:\d+}}{suffix}", protected(get_person))
+        app.router.add_put(rf"/v2/people/{{id:\d+}}{suffix}", protected(update_person))
+    app.router.add_get("/_sandbox/state", admin_state)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
+    app.router.add_post("/_sandbox/reset", admin_reset)
+    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    return app
+
+
+async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, str]:
+    """Serve in the running loop (port 0 picks a free port); returns the runner and the base URL.
+
+    The same origin serves the token endpoint and the API, so a preset's
+    ``base_url`` and ``accounts_url`` may both point at it.
+    """
+    return await start_app(create_app(config), host, port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = SandboxConfig()
+    parser = argparse.ArgumentParser(
+        prog="signal-engine sandbox salesloft",
+        description="Run a local fake of Salesloft's OAuth token endpoint and v2 people API.",
+    )
+    add_serve_arguments(parser, 8767)
+    parser.add_argument("--client-id", default=defaults.client_id,
+                        help="the OAuth client id the fake accepts" + DEFAULT)
+    parser.add_argument("--client-secret", default=defaults.client_secret,
+                        help="the OAuth client secret the fake accepts" + DEFAULT)
+    parser.add_argument("--refresh-token", default=defaults.refresh_token,
+                        help="the refresh token the fake accepts first (single use: it rotates on every refresh)"
+                             + DEFAULT)
+    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
+                        help="access-token lifetime (expires_in), in seconds" + DEFAULT)
+    parser.add_argument("--quota", type=int, default=defaults.quota,
+                        help="request cost allowed per window (the team's budget)" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window,
+                        help="cost window, in seconds, aligned to the clock" + DEFAULT)
+    add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SandboxConfig:
+    return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
+                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, faults=list(args.fault or []),
+                         fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+
+
+def _banner(args: argparse.Namespace, url: str) -> str:
+    return (f"Salesloft sandbox listening on {url} (API and accounts; client_id={args.client_id}, "
+            f"refresh_token={args.refresh_token}); press Ctrl-C to stop")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``signal-engine sandbox salesloft``; returns an exit code."""
+    return run_sandbox("Salesloft", build_parser(), argv, lambda args: create_app(config_from_args(args)), _banner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

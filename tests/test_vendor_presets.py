@@ -1,0 +1,297 @@
+"""The HubSpot, Salesloft and Close presets, end to end: the real engine against each vendor's local fake.
+
+Nothing is mocked on the wire: the engine talks HTTP on loopback to the
+sandbox of ``engine/sandbox/``, which checks the auth header and the body the
+way the vendor does, answers with the vendor's duplicate errors and rate-limit
+headers, and records what it holds. Assertions are made on what the fake saw.
+Time is fake and shared: the engine's waits move the fake's clock, so
+rate-limit windows pass without real sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from engine import outcome as oc
+from engine.runtime import Engine
+from engine.sandbox import close, hubspot, salesloft
+from engine.state.dead_letters import MemoryDeadLetters
+from engine.state.token_store import MemoryTokenStore
+from fakes import FakeTime
+
+REPO = Path(__file__).resolve().parents[1]
+CONSENT = {"consent": {"canonical": {"marketing": True}}}
+
+
+def lead(event: str, mid: str, **traits: Any) -> dict[str, Any]:
+    return {"type": "track", "event": event, "messageId": mid, "userId": "user-204", "traits": traits,
+            "context": CONSENT}
+
+
+MARCUS = {"email": "marcus.lee@northwind.io", "firstName": "Marcus", "lastName": "Lee", "company": "Northwind Traders"}
+SAME_LEAD_TWICE = [
+    lead("Form Submitted", "twice-1", **MARCUS, city="London", country="United Kingdom"),
+    lead("Demo Requested", "twice-2", **{**MARCUS, "email": " Marcus.Lee@Northwind.io"}, title="VP Sales",
+         phone="020 7946 0958", country="GB"),
+]
+
+
+@asynccontextmanager
+async def delivering(module: Any, preset: str, settings: dict[str, Any], **config: Any
+                     ) -> AsyncIterator[tuple[Any, Engine, FakeTime]]:
+    """The vendor's fake on loopback, and an engine for ``preset`` pointed at it, sharing one fake clock."""
+    runner, base = await module.start_sandbox(module.SandboxConfig(**config), port=0)
+    fake = FakeTime()
+    state = runner.app[module.STATE_KEY]
+    wall = time.time()
+    state.clock = lambda: wall + (fake.now - 1_000.0)
+    engine = Engine.from_preset(preset, {**settings, "base_url": base}, token_store=MemoryTokenStore(),
+                                dead_letters=MemoryDeadLetters(), sleep=fake.sleep, clock=fake.monotonic)
+    try:
+        async with engine:
+            yield state, engine, fake
+    finally:
+        await runner.cleanup()
+
+
+async def deliver(engine: Engine, events: list[dict[str, Any]]) -> list[Any]:
+    return [outcome async for outcome in engine.process_many(events)]
+
+
+def text_of(outcomes: list[Any]) -> str:
+    return json.dumps([o.to_dict() for o in outcomes])
+
+
+# --------------------------------------------------------------------------
+# HubSpot
+# --------------------------------------------------------------------------
+
+HUBSPOT = {"access_token": "sandbox-private-app-token"}
+
+
+def test_hubspot_same_lead_twice_is_one_contact_created_then_patched() -> None:
+    async def scenario() -> None:
+        settings = {**HUBSPOT, "tags_property": "signal_tags"}
+        async with delivering(hubspot, "hubspot/contacts", settings, custom_properties=["signal_tags"]) as (state, engine, _):
+            outcomes = await deliver(engine, SAME_LEAD_TWICE)
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
+        assert outcomes[1].detail == "Duplicate email, merged into the existing contact (id 1)"
+        assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
+            ("POST", "/crm/v3/objects/contacts", 201), ("POST", "/crm/v3/objects/contacts", 409),
+            ("PATCH", "/crm/v3/objects/contacts/1", 200)]
+        assert (state.creates, state.updates, len(state.contacts)) == (1, 1, 1)
+        assert state.contacts["1"] == {
+            "email": "marcus.lee@northwind.io", "firstname": "Marcus", "lastname": "Lee", "company": "Northwind Traders",
+            "city": "London", "country": "GB", "lifecyclestage": "lead", "signal_tags": "Signal;form",
+            "jobtitle": "VP Sales", "mobilephone": "+442079460958"}
+        assert "sandbox-private-app-token" not in text_of(outcomes)
+
+    asyncio.run(scenario())
+
+
+def test_hubspot_wrong_token_is_a_final_401_and_the_token_is_never_shown() -> None:
+    async def scenario() -> None:
+        async with delivering(hubspot, "hubspot/contacts", {"access_token": "pat-na1-wrong-token"}) as (state, engine, _):
+            outcomes = await deliver(engine, SAME_LEAD_TWICE[:1])
+        (outcome,) = outcomes
+        assert (outcome.outcome, outcome.cause, outcome.attempts) == (oc.FAILED, "http_401", 1)
+        assert outcome.request["headers"]["Authorization"] == "Bearer ***"
+        assert "pat-na1-wrong-token" not in text_of(outcomes)
+        assert state.contacts == {}
+
+    asyncio.run(scenario())
+
+
+def test_hubspot_remaining_zero_waits_one_interval_instead_of_collecting_429s() -> None:
+    async def scenario() -> None:
+        events = [lead("Lead Submitted", f"rl-{i}", email=f"person{i}@acme.com") for i in range(3)]
+        async with delivering(hubspot, "hubspot/contacts", HUBSPOT, quota=2, window=10) as (state, engine, fake):
+            # One after the other, so each answer's headers are known before the next send.
+            outcomes = [await engine.process(event, i) for i, event in enumerate(events)]
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 3, text_of(outcomes)
+        assert state.statuses == [201, 201, 201]
+        assert state.creates == 3
+        assert sum(fake.sleeps) >= 9.9  # X-HubSpot-RateLimit-Interval-Milliseconds: 10000
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------
+# Salesloft
+# --------------------------------------------------------------------------
+
+SALESLOFT = {"client_id": "sandbox-client", "client_secret": "sandbox-secret", "refresh_token": "sandbox-refresh-token"}
+
+
+def test_salesloft_same_lead_twice_is_one_person_with_merged_tags() -> None:
+    async def scenario() -> None:
+        runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(), port=0)
+        try:
+            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
+                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            async with engine:
+                outcomes = await deliver(engine, SAME_LEAD_TWICE)
+            state = runner.app[salesloft.STATE_KEY]
+        finally:
+            await runner.cleanup()
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
+        assert outcomes[1].detail == "Duplicate email, merged into the existing person (id 1)"
+        assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
+            ("POST", "/v2/people", 200), ("POST", "/v2/people", 422), ("GET", "/v2/people", 200), ("PUT", "/v2/people/1", 200)]
+        assert state.requests[2]["query"] == "email_addresses[]=marcus.lee@northwind.io"
+        (person,) = state.people.values()
+        assert person["tags"] == ["Signal", "form", "demo-request"]
+        assert (person["title"], person["mobile_phone"], person["country"]) == ("VP Sales", "+442079460958", "GB")
+        # One token minted, and the refresh token it came with replaced the configured one.
+        assert state.mints == 1
+        assert "sandbox-refresh-token" not in state.refresh_tokens
+        for secret in ("sandbox-secret", "sandbox-refresh-token", *state.refresh_tokens, *state.access_tokens):
+            assert secret not in text_of(outcomes)
+
+    asyncio.run(scenario())
+
+
+def test_salesloft_expired_access_token_is_refreshed_with_the_rotated_refresh_token() -> None:
+    async def scenario() -> None:
+        runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(), port=0)
+        state = runner.app[salesloft.STATE_KEY]
+        try:
+            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
+                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            async with engine:
+                first = await engine.process(lead("Signed Up", "exp-1", email="a@acme.com"))
+                state.access_tokens.clear()  # the two hours are up
+                second = await engine.process(lead("Signed Up", "exp-2", email="b@acme.com"))
+        finally:
+            await runner.cleanup()
+        assert (first.outcome, second.outcome) == (oc.DELIVERED, oc.DELIVERED)
+        assert state.token_statuses == [200, 200]  # the second refresh used the rotated token
+        assert [p["email_address"] for p in state.people.values()] == ["a@acme.com", "b@acme.com"]
+
+    asyncio.run(scenario())
+
+
+def test_salesloft_spent_refresh_token_dead_letters_for_reauthorisation() -> None:
+    async def scenario() -> None:
+        runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(refresh_token="another-token"), port=0)
+        state = runner.app[salesloft.STATE_KEY]
+        try:
+            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
+                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            async with engine:
+                outcome = await engine.process(lead("Signed Up", "grant-1", email="a@acme.com"))
+        finally:
+            await runner.cleanup()
+        assert (outcome.outcome, outcome.cause) == (oc.DEAD_LETTERED, "reauthorisation_required")
+        assert state.token_statuses == [400] and state.people == {}
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------
+# Close
+# --------------------------------------------------------------------------
+
+CLOSE = {"api_key": "sandbox-api-key"}
+
+
+def test_close_same_lead_twice_is_one_lead_because_the_engine_looks_first() -> None:
+    async def scenario() -> None:
+        async with delivering(close, "close/leads", CLOSE) as (state, engine, _):
+            outcomes = await deliver(engine, SAME_LEAD_TWICE)
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
+        assert outcomes[1].detail == "updated the existing record found by the lookup (id cont_sandbox0001)"
+        assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
+            ("POST", "/api/v1/data/search/", 200), ("POST", "/api/v1/lead/", 200),
+            ("POST", "/api/v1/data/search/", 200), ("PUT", "/api/v1/contact/cont_sandbox0001/", 200)]
+        assert (len(state.leads), len(state.contacts), state.creates, state.updates) == (1, 1, 1, 1)
+        (lead_record,) = state.snapshot()["leads"]
+        assert lead_record["name"] == "Northwind Traders"
+        assert lead_record["addresses"] == [{"label": "business", "city": "London", "country": "GB"}]
+        (contact,) = lead_record["contacts"]
+        assert (contact["name"], contact["title"]) == ("Marcus Lee", "VP Sales")
+        assert [e["email"] for e in contact["emails"]] == ["marcus.lee@northwind.io"]
+        assert [(p["phone"], p["type"]) for p in contact["phones"]] == [("+442079460958", "mobile")]
+        assert "sandbox-api-key" not in text_of(outcomes)
+
+    asyncio.run(scenario())
+
+
+def test_close_repeated_lead_in_one_batch_is_still_one_lead() -> None:
+    async def scenario() -> None:
+        events = [lead("Signed Up", f"batch-{i}", email="jane.doe@acme.com", phone=f"+4477009001{i:02d}")
+                  for i in range(4)]
+        async with delivering(close, "close/leads", CLOSE) as (state, engine, _):
+            outcomes = await deliver(engine, events)
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 4, text_of(outcomes)
+        assert (len(state.leads), state.creates, state.updates) == (1, 1, 3)
+        (contact,) = state.contacts.values()
+        assert [p["phone"] for p in contact["phones"]] == [f"+4477009001{i:02d}" for i in range(4)]
+
+    asyncio.run(scenario())
+
+
+def test_close_429_waits_rate_reset_seconds_then_goes_on() -> None:
+    async def scenario() -> None:
+        events = [lead("Lead Submitted", f"rl-{i}", email=f"person{i}@acme.com") for i in range(2)]
+        async with delivering(close, "close/leads", CLOSE, quota=1, window=5) as (state, engine, fake):
+            outcomes = await deliver(engine, events)
+        assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 2, text_of(outcomes)
+        assert state.statuses.count(429) >= 1
+        assert len(state.leads) == 2
+        assert any(4.0 <= s <= 5.5 for s in fake.sleeps), fake.sleeps  # error.rate_reset of a 5 s window
+
+    asyncio.run(scenario())
+
+
+def test_close_wrong_api_key_is_a_final_401_at_the_lookup() -> None:
+    async def scenario() -> None:
+        async with delivering(close, "close/leads", {"api_key": "not-the-key"}) as (state, engine, _):
+            (outcome,) = await deliver(engine, SAME_LEAD_TWICE[:1])
+        assert (outcome.outcome, outcome.cause) == (oc.FAILED, "http_401")
+        assert outcome.request["url"].endswith("/api/v1/data/search/")
+        assert outcome.request["headers"]["Authorization"] == "Basic ***"
+        assert state.leads == {}
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------
+# the issue's "done when": dry runs of the example stream
+# --------------------------------------------------------------------------
+
+
+def _dry_run(preset: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([sys.executable, "-m", "engine", "run", preset, "--events", "examples/lead-capture.ndjson",
+                           "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("preset, method, url, auth", [
+    ("hubspot/contacts", "POST", "https://api.hubapi.com/crm/v3/objects/contacts", "Bearer ***"),
+    ("salesloft/people", "POST", "https://api.salesloft.com/v2/people", "Bearer ***"),
+    ("close/leads", "POST", "https://api.close.com/api/v1/lead/", "Basic ***"),
+])
+def test_dry_run_of_the_example_stream_takes_the_same_leads_as_outreach(preset: str, method: str, url: str,
+                                                                         auth: str) -> None:
+    outreach = _dry_run("outreach/lead-capture")
+    ours = _dry_run(preset)
+    # Same identity, consent gate and event table: the same events are sent and dropped, for the same reasons.
+    assert [(o["outcome"], o.get("reason")) for o in ours] == [(o["outcome"], o.get("reason")) for o in outreach]
+    sent = [o for o in ours if o["outcome"] == oc.WOULD_SEND]
+    assert sent
+    for outcome in sent:
+        request = outcome["request"]
+        assert (request["method"], request["url"]) == (method, url)
+        assert request["headers"]["Authorization"] == auth
+        assert request["headers"]["Content-Type"] == "application/json"
