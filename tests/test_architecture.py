@@ -137,3 +137,24 @@ def test_loggers_are_named_after_their_module(path: Path) -> None:
             root = isinstance(arg, ast.Constant) and arg.value == "engine"
             assert named or root or path.parts[-2] == "cli", \
                 f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"
+
+
+def test_the_wheel_ships_every_package_and_data_folder() -> None:
+    """pyproject lists packages by hand: a new engine/ folder, preset or schema folder must be in it.
+
+    (An installed engine once lacked engine/delivery/auth/ and failed on its first delivery.)
+    """
+    import tomllib
+
+    config = tomllib.loads((ENGINE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    code = {".".join(("engine", *p.parent.relative_to(ENGINE).parts)) for p in ENGINE.rglob("*.py")
+            if "__pycache__" not in p.parts}
+    missing = sorted(code - listed)
+    assert not missing, f"packages missing from pyproject.toml: {missing}"
+    for top, pattern in (("presets", "*.yaml"), ("schemas", "*.json")):
+        root = ENGINE.parent / top
+        folders = {".".join(("engine", top, *p.parent.relative_to(root).parts)) for p in root.rglob(pattern)}
+        assert folders <= listed, f"{top} folders missing from packages: {sorted(folders - listed)}"
+        data = config["package-data"]
+        assert all(pattern in data.get(f, []) for f in folders), f"{top}: package-data lacks {pattern} somewhere"
