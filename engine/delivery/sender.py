@@ -20,6 +20,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from .. import outcome as oc
+from ..language.expressions import ExpressionLimitError
 from ..language.model import DeliverySpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError
@@ -188,7 +189,7 @@ class Sender:
             params = spec.lookup_query.evaluate(context) if spec.lookup_query else None
             lookup_url = spec.lookup_url.render({"settings": public})
         except Exception as exc:  # noqa: BLE001 - ExpressionError/TemplateError: a preset bug
-            return self._failed(prepared, "upsert_error", f"{where}.lookup: {exc}", conflict.exchange, attempts[0])
+            return self._failed(prepared, _upsert_cause(exc), f"{where}.lookup: {exc}", conflict.exchange, attempts[0])
         if params is not None and not isinstance(params, dict):
             return self._failed(prepared, "upsert_error", f"{where}.lookup.query must give an object", conflict.exchange, attempts[0])
         params = {str(k): str(v) for k, v in (params or {}).items()}
@@ -198,7 +199,7 @@ class Sender:
         try:
             found = spec.found.evaluate(lookup.exchange.response_body if lookup.exchange else None)
         except Exception as exc:  # noqa: BLE001
-            return self._failed(prepared, "upsert_error", f"{where}.lookup.found: {exc}", lookup.exchange, attempts[0])
+            return self._failed(prepared, _upsert_cause(exc), f"{where}.lookup.found: {exc}", lookup.exchange, attempts[0])
         if not isinstance(found, dict):
             # Usually search lagging behind the create: keep it for a replay.
             result = self._failed(prepared, "upsert_not_found",
@@ -274,6 +275,11 @@ class Sender:
         answer = ex.status if ex.status is not None else f"{ex.transport_error} ({ex.error_text})"
         log.info("%s", self.redactor.redact(
             f"event {prepared.index} attempt {attempt}: {ex.method} {ex.url} -> {answer} => {verdict}"))
+
+
+def _upsert_cause(exc: Exception) -> str:
+    """A guard that stopped an upsert expression is named as such; anything else is a preset bug."""
+    return "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
 
 
 def _default_verdict(exchange: Exchange) -> str:

@@ -21,7 +21,7 @@ from ..pipeline.identity import DEFAULT_MEMORY_LIMIT
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import resources
-from .expressions import Expression, ExpressionError
+from .expressions import DEFAULT_LIMITS, BackendError, Expression, ExpressionError, ExpressionLimits, selected_backend
 from .model import (
     ActionSpec,
     AuthSpec,
@@ -63,16 +63,22 @@ def load_preset(name_or_path: str) -> Preset:
         doc = load_yaml(path)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    return _Compiler(doc).compile()
+    try:
+        backend = selected_backend()
+    except BackendError as exc:
+        raise PresetError([str(exc)]) from None
+    return _Compiler(doc, backend).compile()
 
 
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument) -> None:
+    def __init__(self, doc: YamlDocument, backend: str | None = None) -> None:
         self.doc = doc
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
+        self.backend = backend
+        self.limits = _expression_limits(self.data)
 
     # -- reporting -----------------------------------------------------
     def problem(self, path: list[PathPart], message: str, *, key: bool = False) -> None:
@@ -122,7 +128,7 @@ class _Compiler:
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
             identity=identity, consent_setting=consent_setting,
             consent_aliases=data["consent"].get("aliases", {}), events=EventTable.build(data["events"]),
-            actions=actions, auth=auth, delivery=delivery, raw=data,
+            actions=actions, auth=auth, delivery=delivery, raw=data, expression_limits=self.limits,
         )
 
     def _schema_problem(self, error: ValidationError) -> None:
@@ -183,7 +189,7 @@ class _Compiler:
 
     def _expression(self, path: list[PathPart], source: str) -> Expression | None:
         try:
-            return Expression.compile(source)
+            return Expression.compile(source, self.limits, self.backend)
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -276,3 +282,15 @@ class _Compiler:
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             build_rules(spec["responses"]),
         )
+
+
+def _expression_limits(data: Any) -> ExpressionLimits:
+    """``limits.expression`` over the defaults; the schema has checked the values when it matters."""
+    limits = data.get("limits") if isinstance(data, dict) else None
+    given = limits.get("expression") if isinstance(limits, dict) else None
+    if not isinstance(given, dict):
+        return DEFAULT_LIMITS
+    values = {name: value for name, value in given.items()
+              if name in ExpressionLimits.__dataclass_fields__ and isinstance(value, int) and not isinstance(value, bool)
+              and value > 0}
+    return ExpressionLimits(**{**DEFAULT_LIMITS.__dict__, **values})
