@@ -21,7 +21,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = 0
     for name in names:
         try:
-            preset = load_preset(name)
+            preset = load_preset(name, strict=True)
         except PresetError as exc:
             failed += 1
             for line in exc.problems:

@@ -53,8 +53,12 @@ def _preset_validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def load_preset(name_or_path: str) -> Preset:
-    """Load a built-in preset by name or a preset file by path; raise :class:`PresetError`."""
+def load_preset(name_or_path: str, *, strict: bool = False) -> Preset:
+    """Load a built-in preset by name or a preset file by path; raise :class:`PresetError`.
+
+    ``strict`` (``check``) also checks each output schema against its
+    meta-schema with jsonschema, which is too slow for every start.
+    """
     path = resources.find_preset(name_or_path)
     if not path.exists():
         known = ", ".join(resources.builtin_presets())
@@ -67,14 +71,15 @@ def load_preset(name_or_path: str) -> Preset:
         backend = selected_backend()
     except BackendError as exc:
         raise PresetError([str(exc)]) from None
-    return _Compiler(doc, backend).compile()
+    return _Compiler(doc, backend, strict=strict).compile()
 
 
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument, backend: str | None = None) -> None:
+    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False) -> None:
         self.doc = doc
+        self.strict = strict
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
         self.backend = backend
@@ -220,7 +225,7 @@ class _Compiler:
         if output.get("schema"):
             schema_path = resources.output_schema_path(output["schema"])
             try:
-                contract = OutputContract.load(output["schema"], schema_path)
+                contract = OutputContract.load(output["schema"], schema_path, strict=self.strict)
             except (OSError, ValueError) as exc:
                 self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {exc}")
         upsert = None
