@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
+import stat
 import sys
 from typing import IO, Any, Iterator
 
+import orjson
+
 from .common import UsageError
+
+# orjson reads a well-formed line about 3x faster than json. It turns an
+# integer beyond 64 bits into a float, though, so a line holding a run of
+# 19 or more digits goes to json, which keeps the integer. So does any line
+# orjson refuses: json then decides, and names the problem as it always has.
+_DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_NUMBER = b"0" * 19
 
 
 def read_events(path: str) -> Iterator[tuple[int, Any, str | None]]:
@@ -38,12 +49,28 @@ def open_events(path: str) -> IO[bytes]:
         raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
 
 
+def is_regular_file(stream: IO[Any]) -> bool:
+    """True for a file on disk (read to its end at once), False for a pipe, a terminal or a socket."""
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):  # io.UnsupportedOperation is both
+        return False
+
+
 def events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | None]]:
     """Decode and parse each line on its own, so one bad line cannot spoil the others."""
     try:
         for index, raw in enumerate(_byte_lines(stream)):
             if index == 0 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
+            if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
+                try:
+                    fast = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    pass  # not UTF-8, not JSON, NaN, a lone surrogate, a blank line...: read it below
+                else:
+                    yield index, fast, None
+                    continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -82,6 +109,9 @@ def _byte_lines(stream: IO[Any]) -> Iterator[bytes]:
             chunk = _to_bytes(chunk)
         if chunk.endswith(b"\n"):
             chunk = chunk[:-1]
+        if b"\r" not in chunk:
+            yield chunk
+            continue
         if chunk.endswith(b"\r"):
             chunk = chunk[:-1]
         yield from chunk.split(b"\r")

@@ -14,7 +14,7 @@ from ..language.settings import Settings
 from ..outcome import INVALID_EVENT, Outcome, dropped
 from ..pipeline.prepare import Pipeline
 from .common import check_state_dir, emit, settings_for
-from .events_input import events_from, open_events
+from .events_input import events_from, is_regular_file, open_events
 
 
 def register(sub: Any) -> None:
@@ -37,11 +37,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         events = events_from(stream, args.events)
         if args.dry_run:
             pipeline = Pipeline(preset, settings)
+            flush = not is_regular_file(stream)  # a pipe or a terminal is watched line by line
             for index, event, problem in events:
                 if problem is not None:
-                    emit(dropped(index, None, INVALID_EVENT, problem))
+                    emit(dropped(index, None, INVALID_EVENT, problem), flush=flush)
                 else:
-                    emit(pipeline.dry_run(event, index))
+                    emit(pipeline.dry_run(event, index), flush=flush)
+            sys.stdout.flush()
             return 0
         return run_delivery(preset, settings, args, events, emit)
     finally:
