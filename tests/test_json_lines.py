@@ -48,7 +48,8 @@ BAD_LINES = [  # (line, what the problem says)
     ('{"x": -Infinity}', "-Infinity is not a JSON number"),
     ('{"x": 1,}', "json's own message"),
     ('{oops', "json's own message"),
-    ('[' * 5000 + ']' * 5000, "not valid JSON: nested too deeply"),
+    ('[' * 1100 + ']' * 1100, "not valid JSON: nested too deeply"),
+    ('[' * 20000 + ']' * 20000, "not valid JSON: nested too deeply"),
 ]
 
 
@@ -183,3 +184,15 @@ def test_a_live_stream_gets_each_outcome_before_the_next_line_arrives(tmp_path: 
         assert proc.stderr is not None
         proc.stderr.close()
     assert proc.returncode == 0
+
+
+def test_the_nesting_limit_does_not_move_with_the_recursion_limit() -> None:
+    line = "[" * 1100 + "]" * 1100
+    for limit in (1000, 20000):
+        previous = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit)
+        try:
+            (_, event, problem), = read([line])
+        finally:
+            sys.setrecursionlimit(previous)
+        assert event is None and problem == "line 1: not valid JSON: nested too deeply"

@@ -22,6 +22,8 @@ from .common import UsageError
 # integer beyond 64 bits into a float, though, so a line holding a run of
 # 19 or more digits goes to json, which keeps the integer. So does any line
 # orjson refuses: json then decides, and names the problem as it always has.
+# The one exception is nesting beyond orjson's 1,024 levels: json's limit
+# would depend on the interpreter's recursion limit at that moment.
 _DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _LONG_NUMBER = b"0" * 19
 
@@ -66,8 +68,11 @@ def events_from(stream: IO[Any], path: str) -> Iterator[tuple[int, Any, str | No
             if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
                 try:
                     fast = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    pass  # not UTF-8, not JSON, NaN, a lone surrogate, a blank line...: read it below
+                except orjson.JSONDecodeError as exc:
+                    if exc.msg.startswith("depth limit"):  # a fixed limit, where json's would move with sys.getrecursionlimit()
+                        yield index, None, f"line {index + 1}: not valid JSON: nested too deeply"
+                        continue
+                    # Not UTF-8, not JSON, NaN, a lone surrogate, a blank line...: read it below.
                 else:
                     yield index, fast, None
                     continue
