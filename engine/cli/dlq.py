@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
@@ -13,7 +12,6 @@ from ..language.compiler import load_preset
 from ..language.model import Preset
 from ..language.settings import Settings
 from .common import check_state_dir, settings_for
-from .logs import configure_logging
 
 
 def register(sub: Any) -> None:
@@ -51,6 +49,10 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
 
 
 def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool) -> int:
+    import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
+
+    from .logs import configure_logging
+
     check_state_dir(state)
 
     async def main() -> int:

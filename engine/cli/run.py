@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any, AsyncIterator, Callable, Iterable
 
@@ -53,6 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
                  items: Iterable[tuple[int, Any, str | None]], emit: Callable[[Outcome], None]) -> int:
+    import asyncio  # not at module level: a dry run needs no event loop
+
     check_state_dir(args.state)
 
     async def main() -> int:

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any, Mapping
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..delivery.response_rules import build_rules
 from ..pipeline.event_table import EventTable
 from ..pipeline.identity import DEFAULT_MEMORY_LIMIT
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
-from . import resources
+from . import preset_cache, resources
 from .expressions import DEFAULT_LIMITS, BackendError, Expression, ExpressionError, ExpressionLimits, selected_backend
 from .model import (
     ActionSpec,
@@ -38,6 +35,10 @@ from .settings import SettingSpec
 from .templates import Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
 
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
 
 class PresetError(Exception):
     """A preset cannot be used. ``problems`` holds one located line per problem."""
@@ -49,6 +50,8 @@ class PresetError(Exception):
 
 @lru_cache(maxsize=1)
 def _preset_validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # only when a preset is not in the preset cache
+
     schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
 
@@ -56,30 +59,44 @@ def _preset_validator() -> Draft202012Validator:
 def load_preset(name_or_path: str, *, strict: bool = False) -> Preset:
     """Load a built-in preset by name or a preset file by path; raise :class:`PresetError`.
 
-    ``strict`` (``check``) also checks each output schema against its
-    meta-schema with jsonschema, which is too slow for every start.
+    ``strict`` (``check``) bypasses the preset cache and also checks each
+    output schema against its meta-schema with jsonschema, which is too slow
+    for every start.
     """
     path = resources.find_preset(name_or_path)
     if not path.exists():
         known = ", ".join(resources.builtin_presets())
         raise PresetError([f"{name_or_path}: no such preset file or built-in preset (built-in: {known})"])
     try:
-        doc = load_yaml(path)
-    except YamlSourceError as exc:
-        raise PresetError([str(exc)]) from None
-    try:
         backend = selected_backend()
     except BackendError as exc:
         raise PresetError([str(exc)]) from None
-    return _Compiler(doc, backend, strict=strict).compile()
+    source = preset_cache.read(path)
+    cached = preset_cache.lookup(source) if source is not None and not strict else None
+    if cached is not None:
+        return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+    try:
+        doc = load_yaml(path, source.text if source is not None else None)
+    except YamlSourceError as exc:
+        raise PresetError([str(exc)]) from None
+    compiler = _Compiler(doc, backend, strict=strict)
+    preset = compiler.compile()
+    if source is not None:
+        preset_cache.store(source, compiler.data, compiler.schema_digests)
+    return preset
 
 
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False) -> None:
+    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False,
+                 checked_schemas: Mapping[str, str] | None = None) -> None:
         self.doc = doc
         self.strict = strict
+        # From the preset cache: the preset already passed the preset schema,
+        # and these output schemas (name -> digest) their meta-schema.
+        self.checked_schemas = checked_schemas
+        self.schema_digests: dict[str, str] = {}
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
         self.backend = backend
@@ -99,7 +116,7 @@ class _Compiler:
     def compile(self) -> Preset:
         if not isinstance(self.data, dict):
             raise PresetError([f"{self.doc.path}:1:1: (root): a preset must be a YAML mapping"])
-        for error in _preset_validator().iter_errors(self.data):
+        for error in _preset_validator().iter_errors(self.data) if self.checked_schemas is None else ():
             self._schema_problem(error)
         if self.problems:
             # Report everything in one run: expression syntax is independent
@@ -225,7 +242,9 @@ class _Compiler:
         if output.get("schema"):
             schema_path = resources.output_schema_path(output["schema"])
             try:
-                contract = OutputContract.load(output["schema"], schema_path, strict=self.strict)
+                contract = OutputContract.load(output["schema"], schema_path, strict=self.strict,
+                                               checked=(self.checked_schemas or {}).get(output["schema"]))
+                self.schema_digests[output["schema"]] = contract.digest
             except (OSError, ValueError) as exc:
                 self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {exc}")
         upsert = None

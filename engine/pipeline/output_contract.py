@@ -8,18 +8,18 @@ the document is validated; a failure here is a preset bug, reported with the
 field.
 
 Validation on the hot path is jsonschema-rs (about a microsecond for a valid
-document). The pure-Python ``jsonschema`` is imported only to explain a
+document), imported when the first document needs it. The pure-Python ``jsonschema`` is imported only to explain a
 document that failed, so the message names the JSON pointer and reads the
 same as always, and by ``check`` to report a broken schema.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jsonschema_rs
 import orjson
 
 
@@ -114,20 +114,24 @@ def _clean(value: Any, limits: _Limits | None, omit: bool) -> Any:
 class OutputContract:
     name: str
     schema: dict[str, Any]
-    validator: Any  # jsonschema_rs validator, built once: rebuilding per event costs far more than validating
+    digest: str = ""  # sha256 of the schema file, so a preset cache can tell it is unchanged
     _limits: _Limits | None = field(default=None, repr=False)
+    _fast: list[Any] = field(default_factory=list, repr=False, compare=False)
     _explainer: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
-    def load(cls, name: str, path: Path, *, strict: bool = False) -> "OutputContract":
-        """Read and compile a schema; ``strict`` also checks it against its meta-schema with jsonschema.
+    def load(cls, name: str, path: Path, *, strict: bool = False, checked: str | None = None) -> "OutputContract":
+        """Read and compile a schema; raise ValueError if it is not a JSON Schema.
 
         jsonschema-rs checks the schema against its meta-schema while building
-        the validator, in about a millisecond. jsonschema's ``check_schema``,
-        the reference, costs 50-90 ms, so it runs in ``check`` and the tests
-        rather than at every start.
+        the validator, in about a millisecond. ``checked`` is the digest of a
+        file that already passed that check: if the file still has it, the
+        validator is built when the first document needs it. ``strict``
+        (``check`` and the tests) also runs jsonschema's ``check_schema``,
+        the reference, which costs 50-90 ms and so does not run at every start.
         """
-        schema = orjson.loads(path.read_bytes())
+        raw = path.read_bytes()
+        schema = orjson.loads(raw)
         if strict:
             from jsonschema import Draft202012Validator
             from jsonschema.exceptions import SchemaError
@@ -137,12 +141,23 @@ class OutputContract:
             except SchemaError as exc:
                 where = "/" + "/".join(str(p) for p in exc.absolute_path)
                 raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
-        try:
-            validator = jsonschema_rs.Draft202012Validator(schema)
-        except jsonschema_rs.ValidationError as exc:
-            where = "/" + "/".join(str(p) for p in exc.instance_path)
-            raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
-        return cls(name, schema, validator, _Limits.of(schema))
+        contract = cls(name, schema, hashlib.sha256(raw).hexdigest(), _Limits.of(schema))
+        if checked != contract.digest:
+            contract.validator  # noqa: B018 - built now, so a broken schema fails the load
+        return contract
+
+    @property
+    def validator(self) -> Any:
+        """The jsonschema-rs validator, built once: rebuilding per event costs far more than validating."""
+        if not self._fast:
+            import jsonschema_rs  # ~20 ms of imports, paid by the first document, not by every start
+
+            try:
+                self._fast.append(jsonschema_rs.Draft202012Validator(self.schema))
+            except jsonschema_rs.ValidationError as exc:
+                where = "/" + "/".join(str(p) for p in exc.instance_path)
+                raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return self._fast[0]
 
     def truncate(self, value: Any) -> Any:
         return _clean(value, self._limits, False)
