@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from engine import outcome as oc
+from engine.language import expressions
 from engine.golden import GoldenCase, discover, render, run_case
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -31,12 +32,16 @@ EVENT_MAPPING = {
 
 @pytest.fixture(scope="module")
 def presets() -> dict:
-    return {}
+    """Loaded presets, one set per JSONata engine."""
+    return {backend: {} for backend in expressions.BACKENDS}
 
 
+@pytest.mark.parametrize("backend", expressions.BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_golden_case(case: GoldenCase, presets: dict) -> None:
-    result = run_case(case, presets)
+def test_golden_case(case: GoldenCase, backend: str, presets: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case, on both JSONata engines: the fast default and the reference."""
+    monkeypatch.setenv(expressions.BACKEND_ENV, backend)
+    result = run_case(case, presets[backend])
     assert result.expected is not None, f"{case.expected_path} is missing"
     if render(result.expected) != render(result.actual):
         pytest.fail(f"golden mismatch for {case.name}:\n{result.diff()}", pytrace=False)
