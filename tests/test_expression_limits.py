@@ -182,6 +182,39 @@ def test_strings_built_another_way_are_caught_in_the_result(backend: str) -> Non
 
 
 # --------------------------------------------------------------------------
+# regular expressions are bounded by the time limit too
+# --------------------------------------------------------------------------
+
+CATASTROPHIC = '$contains(s, /^(a|a)*$/)'  # backtracks 2^n times in Python's re
+
+
+def test_a_backtracking_regex_is_stopped_by_the_time_limit(backend: str) -> None:
+    expr = Expression.compile(CATASTROPHIC, ExpressionLimits(timeout_ms=200))
+    started = time.monotonic()
+    try:
+        result = expr.evaluate({"s": "a" * 40 + "b"})
+    except ExpressionLimitError as exc:
+        assert backend == expressions.REFERENCE  # jsonatapy's regexes run in linear time
+        assert exc.limit == "timeout_ms"
+    else:
+        assert backend == expressions.FAST and result is False
+    assert time.monotonic() - started < 5
+
+
+def test_an_event_the_reference_engine_evaluates_is_bounded_too(tmp_path: Path) -> None:
+    """A lone surrogate sends the event to the reference engine; its regexes still stop in time."""
+    path = preset_file(tmp_path, "  expression:\n    timeout_ms: 200\n",
+                       ('"title": traits.title,', '"title": $contains(traits.title, /^(a|a)*$/) ? "x" : traits.title,'))
+    p = pipeline(path)
+    started = time.monotonic()
+    result = p.dry_run(lead(title="a" * 40 + "\ud800"), 0)
+    assert time.monotonic() - started < 5
+    assert (result.outcome, result.cause) == (oc.FAILED, "expression_limit")
+    assert "limits.expression.timeout_ms" in (result.detail or "")
+    assert p.dry_run(lead(title="CTO"), 1).outcome == oc.WOULD_SEND
+
+
+# --------------------------------------------------------------------------
 # inputs the fast engine cannot take
 # --------------------------------------------------------------------------
 

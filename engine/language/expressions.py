@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,7 +127,7 @@ def _thread_cache() -> dict[str, Any]:
 class Expression:
     """A compiled JSONata expression: safe to evaluate from any thread, bounded on every call."""
 
-    __slots__ = ("source", "limits", "backend", "_runnable", "_key", "_reference", "_reference_lock")
+    __slots__ = ("source", "limits", "backend", "_runnable", "_key", "_reference", "_reference_lock", "_deadline")
 
     def __init__(self, source: str, limits: ExpressionLimits, backend: str, runnable: str) -> None:
         self.source = source
@@ -136,6 +137,7 @@ class Expression:
         self._key = f"{limits.timeout_ms}:{limits.max_depth}:{limits.max_sequence_length}\0{runnable}"
         self._reference: Any = None
         self._reference_lock = threading.Lock()
+        self._deadline = [0.0]  # monotonic end of the reference evaluation under way (its regexes stop there)
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r}, backend={self.backend!r})"
@@ -199,7 +201,7 @@ class Expression:
     # -- reference ----------------------------------------------------------
     def _reference_compiled(self) -> Any:
         if self._reference is None:
-            compiled = _compile_reference(self._runnable)
+            compiled = _compile_reference(self._runnable, _timed_regex_engine(self._deadline))
             # Inputs are parsed JSON (or host dicts checked by event_shape); the
             # engine's own walk over the whole input costs more than the mapping.
             compiled.set_validate_input(False)
@@ -218,9 +220,10 @@ class Expression:
             compiled = self._reference_compiled()
             frame = compiled.create_frame(None)
             frame.set_runtime_bounds(limits.timeout_ms, limits.max_depth)
+            self._deadline[0] = time.monotonic() + limits.timeout_ms / 1000
             try:
                 result = compiled.evaluate(data, frame)
-            except JException as exc:
+            except (JException, TimeoutError) as exc:
                 raise _reference_error(exc) from None
             except RecursionError:
                 raise ExpressionLimitError("max_depth", "expression recursed too deeply") from None
@@ -232,12 +235,12 @@ class Expression:
         return result
 
 
-def _compile_reference(source: str) -> Any:
+def _compile_reference(source: str, regex_engine: Any = None) -> Any:
     import jsonata
     from jsonata.jexception import JException
 
     try:
-        compiled = jsonata.Jsonata(source)
+        compiled = jsonata.Jsonata(source, regex_engine) if regex_engine else jsonata.Jsonata(source)
     except JException as exc:
         raise ExpressionError(_first_line(exc), _position(exc)) from None
     except RecursionError:
@@ -264,6 +267,8 @@ def _reference_error(exc: Exception) -> ExpressionError:
     # tripped in there is still a limit.
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return ExpressionLimitError("timeout_ms", f"a regular expression ran out of time: {_first_line(cause)}")
         code = getattr(cause, "error", None)
         if code in _LIMIT_CODES:
             return ExpressionLimitError(_LIMIT_CODES[code], f"{code}: {_first_line(cause)}")
@@ -271,6 +276,67 @@ def _reference_error(exc: Exception) -> ExpressionError:
             return _error(cause)  # type: ignore[arg-type]
         cause = cause.__context__
     return _error(exc)
+
+
+def _timed_regex_engine(deadline: list[float]) -> Any:
+    """The reference engine's regexes, stopped at the evaluation's deadline.
+
+    jsonatapy's regexes run in linear time; Python's ``re`` can backtrack for
+    minutes on a crafted input and cannot be interrupted. Patterns are
+    compiled by ``re`` (same syntax, same errors as before) and matched by
+    the ``regex`` module, which takes a timeout.
+    """
+    import re as stdlib_re
+
+    import regex
+
+    def compile_pattern(pattern: str, flags: Any) -> Any:
+        options = (stdlib_re.IGNORECASE if flags.case_insensitive else 0) | (stdlib_re.MULTILINE if flags.multiline else 0)
+        checked = stdlib_re.compile(pattern, options)
+        try:
+            matcher = regex.compile(pattern, options)
+        except regex.error:
+            return checked  # a pattern only re reads: matched by re, as before
+        return _TimedPattern(matcher, checked, deadline)
+
+    return compile_pattern
+
+
+class _TimedPattern:
+    """The subset of ``re.Pattern`` jsonata-python uses, each call bounded by the deadline."""
+
+    __slots__ = ("_matcher", "_checked", "_deadline")
+
+    def __init__(self, matcher: Any, checked: Any, deadline: list[float]) -> None:
+        self._matcher, self._checked, self._deadline = matcher, checked, deadline
+
+    def _left(self) -> float:
+        return max(self._deadline[0] - time.monotonic(), 0.001)
+
+    def search(self, string: str) -> Any:
+        return self._matcher.search(string, timeout=self._left())
+
+    def finditer(self, string: str) -> Any:
+        return self._matcher.finditer(string, timeout=self._left())
+
+    def split(self, string: str, maxsplit: int = 0) -> Any:
+        return self._matcher.split(string, maxsplit, timeout=self._left())
+
+    def sub(self, repl: Any, string: str, count: int = 0) -> str:
+        try:
+            return self._matcher.sub(repl, string, count, timeout=self._left())
+        except self._errors():
+            # A bad group reference in the replacement: re's message, which the engine reads.
+            return self._checked.sub(repl, string, count)
+
+    @staticmethod
+    def _errors() -> type[Exception]:
+        import regex
+
+        return regex.error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._checked, name)
 
 
 def _check_strings(result: Any, limit: int) -> None:
