@@ -61,6 +61,8 @@ class Pipeline:
         self.gate = ConsentGate.build(categories, preset.consent_aliases)
         self._required = next(t for t in ident.traits if t.name == ident.required)
         self._template_context = {"settings": self.public_settings}
+        # Request URLs see only the settings, fixed for this pipeline: rendered once per action.
+        self._urls: dict[str, str] = {}
 
     def prepare(self, event: Any, index: int | None = None) -> Prepared | Outcome:
         """The drop, failure or ready request for one event; never raises, so no event is lost."""
@@ -108,12 +110,16 @@ class Pipeline:
         mapping_input = {"event": event, "traits": traits, "values": route.values, "settings": self.public_settings}
         try:
             body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")
-            url = action.request.url.render(self._template_context)
+            url = self._urls.get(action.name) or self._render_url(action)
         except TransformError as exc:
             return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc))
         except TemplateError as exc:
             return Outcome(index, message_id, oc.FAILED, cause="template_error", detail=f"actions.{action.name}.request.url: {exc}")
         return Prepared(index, message_id, action, action.request.method, url, dict(action.request.headers), body, traits)
+
+    def _render_url(self, action: ActionSpec) -> str:
+        url = self._urls[action.name] = action.request.url.render(self._template_context)
+        return url
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any]) -> str:
         if kind == "track":
