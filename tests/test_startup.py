@@ -30,7 +30,9 @@ PAGE = {"type": "page", "anonymousId": "a1", "messageId": "m0"}
 NEVER_IN_A_DRY_RUN = ("aiohttp", "asyncio", "jsonata", "engine.runtime", "engine.delivery.sender",
                       "engine.delivery.auth", "engine.delivery.rate_limit", "engine.delivery.retry_policy",
                       "engine.state.token_store", "engine.state.dead_letters", "logging")
-ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel")
+# Writing a preset cache entry uses tempfile (and so shutil); otherwise only
+# argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
+ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil")
 
 PROBE = """
 import json, sys
@@ -82,6 +84,26 @@ def test_check_always_validates(tmp_path: Path) -> None:
     modules_after(tmp_path, cache, "run", "outreach/lead-capture", "--dry-run", events=[])  # fills the cache
     checked = modules_after(tmp_path, cache, "check", "outreach/lead-capture")
     assert "jsonschema" in checked and "ruamel" in checked
+
+
+def test_the_command_line_still_knows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run builds only its own options; help and errors at the top level list them all."""
+    from engine.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bogus"])
+    refused = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for command in ("check", "run", "dlq", "sandbox", "golden"):
+        assert f"    {command} " in listed
+        assert f"'{command}'" in refused
+    assert "usage: signal-engine run [-h] --events FILE|-" in run_help.replace("\n", " ")
+    assert "--dry-run" in run_help
 
 
 # --------------------------------------------------------------------------

@@ -60,6 +60,8 @@ def is_loopback(host: str | None) -> bool:
         return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress  # only for a plain-http URL: most runs never get here
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
