@@ -53,7 +53,8 @@ def outcomes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     # cli.emit's default stream is bound to the sys.stdout of import time, which
     # capsys cannot see; route default-stream writes to the current sys.stdout.
     original_emit = cli_common.emit
-    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None: original_emit(outcome, sys.stdout if out is None else out))
+    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None, **options: original_emit(
+        outcome, sys.stdout if out is None else out, **options))
     code = main(["run", "outreach/lead-capture", "--events", str(EXAMPLE), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
