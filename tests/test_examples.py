@@ -23,7 +23,7 @@ from engine.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lead-capture.ndjson"
 
-# DESIGN.md, "Vocabulary": drop reason codes are part of the public contract.
+# docs/architecture.md, "Public contracts": drop reason codes are part of the public contract.
 DROP_REASONS = {"event_not_mapped", "no_consent", "not_identified", "invalid_email", "invalid_event"}
 
 
