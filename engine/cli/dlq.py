@@ -37,6 +37,7 @@ def register(sub: Any) -> None:
                          help="YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",
                          help="the state directory the run used (default: %(default)s)")
+        cmd.add_argument("--redis", metavar="URL", help="the Redis the workers use, instead of a state directory")
         if name == "replay":
             add_logging_options(cmd)
         add_preset_path_option(cmd)
@@ -47,6 +48,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     preset = load_preset_arg(args)
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
+    if args.redis:
+        return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose, args.log_format)
+                           if replaying else dlq_list(preset, settings, state))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
@@ -55,7 +59,22 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return dlq_list(preset, settings, args.state)
 
 
-def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
+def _with_redis(url: str, command: Any) -> int:
+    """The dead letters the workers share in Redis (``--redis URL``)."""
+    from ..state.redis import RedisState
+
+    try:
+        state = RedisState(url)
+        state.check()
+    except OSError as exc:
+        raise UsageError(exc.strerror or str(exc)) from None
+    try:
+        return int(command(state))
+    finally:
+        state.close()
+
+
+def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
     from ..runtime import Engine
 
     engine = Engine(preset, settings, state=state)
@@ -66,8 +85,9 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
     return EXIT_OK
 
 
-def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool, log_format: str = "text") -> int:
-    check_state_dir(state)
+def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text") -> int:
+    if isinstance(state, str):
+        check_state_dir(state)
 
     async def main() -> int:
         from ..runtime import Engine
