@@ -40,7 +40,7 @@ from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
 from ..state.identity import IdentityLimits
-from .intake import Intake, IntakeConfig, create_app
+from .intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
 from .metrics import Metrics
 from .worker import VISIBILITY_SECONDS, Worker, outcome_line
 
@@ -125,7 +125,7 @@ async def _engine(options: ServiceOptions, metrics: Metrics, state: Any) -> tupl
 
 
 async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
