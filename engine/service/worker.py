@@ -153,7 +153,8 @@ class Worker:
         entry = self._entries.pop(index, None)
         record = result.to_dict()
         if entry is not None:
-            record = {"entry": entry.id, **record}
+            # Which queue entry, and which worker: an operator following `tail` can tell them apart.
+            record = {"entry": entry.id, "worker": self.consumer, **record}
             await self._ack(entry, record)
         key = self._locked.pop(index, None)
         if key is not None and self.locks is not None:
