@@ -326,3 +326,14 @@ def test_keys_and_secret_come_from_the_environment_or_a_file_and_are_never_echoe
     with pytest.raises(IntakeConfigError, match=r"intake.yaml:1: unknown key 'write_key'") as caught:
         load_intake_config({}, str(path))
     assert "k1-abcdef" not in str(caught.value)
+
+
+def test_the_cli_and_a_dry_run_do_not_import_the_service_dependencies() -> None:
+    """redis, prometheus-client and aiohttp's server load only for serve, worker and tail."""
+    import subprocess
+    import sys
+
+    code = ("import sys, engine.cli.main as m; from engine.cli import run; "
+            "print(sorted(n for n in ('redis', 'prometheus_client', 'engine.service') if n in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
