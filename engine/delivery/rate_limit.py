@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
+import re
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol
@@ -70,6 +72,20 @@ def seconds_until(value: str | None, now_wall: float | None = None) -> float | N
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, min(when.timestamp() - now_wall, MAX_WAIT_SECONDS))
+
+
+def header_value(headers: Mapping[str, str], name: str | None, key: str | None = None) -> str | None:
+    """A header's value, or with ``key`` one ``key=value`` item of it (``limit=20, remaining=19, reset=1``)."""
+    if not name:
+        return None
+    value = headers.get(name)
+    if value is None or key is None:
+        return value
+    for item in re.split(r"[,;]", value):
+        name_part, sep, item_value = item.partition("=")
+        if sep and name_part.strip().lower() == key.lower():
+            return item_value.strip().strip('"')
+    return None
 
 
 def reset_seconds(value: str | None, fmt: str, now_wall: float | None = None) -> float | None:
@@ -223,12 +239,16 @@ class RateLimiter:
                   sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None) -> "RateLimiter":
         return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
                    reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
-                   window_unit=spec.window_unit, clock=clock, sleep=sleep, budget=budget)
+                   window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
+                   window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock,
+                   sleep=sleep, budget=budget)
 
     def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
                  reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
-                 window_unit: str = "seconds", clock: Callable[[], float] = time.monotonic,
-                 sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None) -> None:
+                 window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
+                 window_seconds: float | None = None, window_alignment: str = "rolling",
+                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
+                 budget: RateBudget | None = None) -> None:
         self.rate, capacity = bucket_shape(requests, per_seconds)
         self.budget: RateBudget = budget if budget is not None else LocalBudget(self.rate, capacity, clock)
         self.remaining_header = remaining_header
@@ -236,6 +256,10 @@ class RateLimiter:
         self.reset_format = reset_format
         self.window_header = window_header
         self.window_scale = 0.001 if window_unit == "milliseconds" else 1.0
+        self.remaining_key = remaining_key
+        self.reset_key = reset_key
+        self.window_seconds = window_seconds
+        self.window_alignment = window_alignment
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self.waited_seconds = 0.0
@@ -260,11 +284,19 @@ class RateLimiter:
 
         Call it once per :meth:`acquire`, with empty headers when no answer came.
         """
-        remaining = first_number(headers.get(self.remaining_header)) if self.remaining_header else None
-        reset_raw = headers.get(self.reset_header) if self.reset_header else None
+        remaining = first_number(header_value(headers, self.remaining_header, self.remaining_key))
+        reset_raw = header_value(headers, self.reset_header, self.reset_key)
         reset_in = reset_seconds(reset_raw, self.reset_format) if reset_raw is not None else None
         window = first_number(headers.get(self.window_header)) if self.window_header else None
         window_in = window * self.window_scale if window is not None and window > 0 else None
+        if window_in is None and reset_raw is None and remaining is not None and self.window_seconds:
+            # A known window length and no reset: a window is over at its end on
+            # the clock, or (rolling) a full length after it was seen.
+            if self.window_alignment == "clock":
+                wall = time.time()
+                window_in = (math.floor(wall / self.window_seconds) + 1) * self.window_seconds - wall
+            else:
+                window_in = self.window_seconds
         self.budget.learn(remaining, reset_raw, reset_in, window_in)
 
     def pause_for(self, seconds: float) -> None:
@@ -277,10 +309,11 @@ class RateLimiter:
             delay = seconds_until(headers[retry_after_header])
             if delay is not None:
                 return delay
-        if self.reset_header and headers.get(self.reset_header) is not None:
-            delay = reset_seconds(headers[self.reset_header], self.reset_format)
+        reset_raw = header_value(headers, self.reset_header, self.reset_key)
+        if reset_raw is not None:
+            delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
                 return delay
-        if self.window_header:
+        if self.window_header or self.window_seconds:
             return self.budget.reset_in()
         return None

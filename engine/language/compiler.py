@@ -33,6 +33,7 @@ from .model import (
     DeliverySpec,
     IdentitySpec,
     LookupSpec,
+    OutputSpec,
     Preset,
     RateLimitSpec,
     RequestSpec,
@@ -267,17 +268,20 @@ class _Compiler:
         req = spec["request"]
         request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
                               self._headers(base + ["request", "headers"], req.get("headers", {})))
-        output = spec.get("output", {})
-        contract = None
-        if output.get("schema"):
-            schema_path = resources.output_schema_path(output["schema"], Path(self.doc.path).parent)
-            try:
-                contract = OutputContract.load(output["schema"], schema_path)
-            except (OSError, ValueError) as exc:
-                self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
+        output = self._output(base + ["output"], spec.get("output", {}))
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
-        return ActionSpec(name, mapping, request, contract,  # type: ignore[arg-type]
-                          output.get("omit_empty", True), output.get("truncate_to_schema", True), upsert)
+        return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
+                          output.omit_empty, output.truncate, upsert)
+
+    def _output(self, path: list[PathPart], spec: Mapping[str, Any]) -> OutputSpec:
+        contract = None
+        if spec.get("schema"):
+            schema_path = resources.output_schema_path(spec["schema"], Path(self.doc.path).parent)
+            try:
+                contract = OutputContract.load(spec["schema"], schema_path)
+            except (OSError, ValueError) as exc:
+                self.problem(path + ["schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
+        return OutputSpec(contract, spec.get("omit_empty", True), spec.get("truncate_to_schema", True))
 
     def _upsert(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> UpsertSpec:
         strategy = spec.get("strategy", "on_conflict")
@@ -306,7 +310,10 @@ class _Compiler:
                              self._headers(base + ["update", "headers"], up.get("headers", {}), update_roots))
         body = self._expression(base + ["update", "body"], up["body"],
                                 self._upsert_roots(action, "found", *(("lookup",) if lookup else ())), "the update body")
-        return UpsertSpec(strategy, lookup, found, update, body)  # type: ignore[arg-type]
+        key = (self._expression(base + ["key"], spec["key"], self._upsert_roots(action), "upsert.key")
+               if "key" in spec else None)
+        update_output = self._output(base + ["update", "output"], up["output"]) if "output" in up else None
+        return UpsertSpec(strategy, lookup, found, update, body, key, update_output)  # type: ignore[arg-type]
 
     def _check_query_shape(self, where: list[PathPart], source: str, json_query: frozenset[str]) -> None:
         """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
@@ -401,14 +408,23 @@ class _Compiler:
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
         if headers.get("window") and headers.get("reset"):
             self.problem(["delivery", "rate_limit", "headers", "window"], "give either reset or window, not both")
+        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
+            self.problem(["delivery", "rate_limit", "window_seconds"],
+                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
+        if "window_alignment" in rl and "window_seconds" not in rl:
+            self.problem(["delivery", "rate_limit", "window_alignment"], "window_alignment needs window_seconds")
         wait = rl.get("wait_from_response")
         return DeliverySpec(
             float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
-            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), headers.get("remaining"), headers.get("reset"),
-                          headers.get("retry_after"), headers.get("reset_format", "epoch_seconds"), headers.get("window"),
+            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
+                          _header_name(headers.get("reset")), headers.get("retry_after"),
+                          headers.get("reset_format", "epoch_seconds"), headers.get("window"),
                           headers.get("window_unit", "seconds"),
                           self._expression(["delivery", "rate_limit", "wait_from_response"], wait, self.RESPONSE_ROOTS,
-                                           "wait_from_response") if wait else None),
+                                           "wait_from_response") if wait else None,
+                          _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
+                          float(rl["window_seconds"]) if "window_seconds" in rl else None,
+                          rl.get("window_alignment", "rolling")),
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),
@@ -434,7 +450,7 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     actions = get(data, "actions")
     for name in actions if isinstance(actions, dict) else []:
         for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
-                     ("upsert", "update", "body")):
+                     ("upsert", "update", "body"), ("upsert", "key")):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
     for section in (("delivery", "responses"), ("auth", "errors")):
         rules = get(data, *section)
@@ -442,6 +458,14 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
             sites.append(([*section, i, "when", "match"], get(rules, i, "when", "match")))
     sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
     return sites
+
+
+def _header_name(ref: Any) -> str | None:
+    return ref.get("header") if isinstance(ref, dict) else ref
+
+
+def _header_key(ref: Any) -> str | None:
+    return ref.get("key") if isinstance(ref, dict) else None
 
 
 def _one_line(exc: Exception) -> str:

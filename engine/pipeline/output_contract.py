@@ -9,6 +9,7 @@ is a preset bug, reported with the field.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +59,11 @@ class OutputContract:
             raise ValueError("an output schema must be a JSON object")
         Draft202012Validator.check_schema(schema)
         schema = {"$id": path.resolve().as_uri(), **schema} if "$id" not in schema else schema
-        registry: Registry = Registry(retrieve=_retrieve_file)  # type: ignore[call-arg]
-        _check_refs(schema, registry.resolver(base_uri=schema["$id"]))
+        root_id = str(schema["$id"])
+        retrieve = functools.partial(_retrieve_local, folder=path.resolve().parent, root_id=root_id)
+        registry: Registry = Registry(retrieve=retrieve).with_resource(  # type: ignore[call-arg]
+            root_id, Resource.from_contents(schema, default_specification=DRAFT202012))
+        _check_refs(schema, registry.resolver(base_uri=root_id))
         validator = Draft202012Validator(schema, registry=registry)
         return cls(name, schema, validator, registry)
 
@@ -74,13 +78,21 @@ class OutputContract:
             raise ContractViolation(pointer, error.message)
 
 
-def _retrieve_file(uri: str) -> Resource:
-    """Schema files referenced by ``$ref``: local files only, never the network."""
-    if not uri.startswith("file:"):
-        raise Unresolvable(uri)
-    from urllib.parse import unquote, urlsplit
+def _retrieve_local(uri: str, *, folder: Path, root_id: str) -> Resource:
+    """Schema files referenced by ``$ref``: local files only, never the network.
 
-    path = Path(unquote(urlsplit(uri).path))
+    A schema with an ``$id`` such as ``https://example.com/schemas/lead.json``
+    names its siblings relative to that; they are looked up beside the file.
+    """
+    from urllib.parse import unquote, urljoin, urlsplit
+
+    if uri.startswith("file:"):
+        path = Path(unquote(urlsplit(uri).path))
+    else:
+        base = urljoin(root_id, ".")
+        if not uri.startswith(base) or root_id.startswith("file:"):
+            raise Unresolvable(uri)
+        path = folder / unquote(uri[len(base):])
     try:
         contents = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
