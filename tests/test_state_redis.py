@@ -206,16 +206,31 @@ def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis
 def test_what_one_worker_learns_from_the_headers_governs_all(redis_url: str) -> None:
     async def main() -> None:
         one, two = shared_limiter(redis_url, 1000, 1), shared_limiter(redis_url, 1000, 1)
-        await one.acquire()
         reset = str(int(time.time()) + 3600)
+        await one.acquire()
         one.observe({"X-RateLimit-Remaining": "2, 19000", "X-RateLimit-Reset": reset})
         await two.acquire()
         await one.acquire()
         with pytest.raises(asyncio.TimeoutError):  # the window is spent for every worker
             await asyncio.wait_for(two.acquire(), 0.3)
-        # Answers to requests still in flight (two here) count against what the server says is left.
-        two.observe({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": reset})
         assert two.budget.reset_in() == pytest.approx(3600, abs=5)
+
+    asyncio.run(main())
+
+
+def test_requests_in_flight_on_any_worker_count_against_what_the_server_says_is_left(redis_url: str) -> None:
+    async def main() -> None:
+        one, two = shared_limiter(redis_url, 1000, 1), shared_limiter(redis_url, 1000, 1)
+        reset = str(int(time.time()) + 3600)
+        await one.acquire()
+        one.observe({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": reset})
+        for _ in range(3):
+            await two.acquire()  # three requests in flight on the other worker
+        # An answer says 3 are left, but it does not count two of those three yet: 3 - 2 = 1 may go.
+        two.observe({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": reset})
+        await asyncio.wait_for(one.acquire(), 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(one.acquire(), 0.3)
 
     asyncio.run(main())
 
