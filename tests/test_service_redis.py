@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,8 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
             time.sleep(0.5)
             published = outcomes(redis_url)
             state = sandbox.admin("GET", "state")
+            scraped = [urllib.request.urlopen(w.wait_for_line(r"^metrics on (http://\S+)$").group(1), timeout=10)
+                       .read().decode() for w in workers[1:]]
             for w in workers[1:]:
                 w.signal(signal.SIGTERM)
             codes = [w.wait(30) for w in workers[1:]]
@@ -116,6 +119,11 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
     assert state["mints"] == 1
     assert "429" not in state["requests_by_status"], state["requests_by_status"]
     assert all(used <= 120 for _, _, used in state["rate_limit"]["windows"])
+    # Each worker's /metrics: its outcomes, no 429, an empty backlog once done.
+    for text in scraped:
+        assert 'signal_outcomes_total{outcome="delivered",reason=""}' in text
+        assert "signal_destination_429_total 0.0" in text and "signal_queue_backlog_events 0.0" in text
+        assert "signal_token_refreshes_total" in text and "signal_delivery_latency_seconds_count" in text
     # The entries w0 held were taken over by the others; they drained and exited cleanly.
     assert "took over" in workers[1].stderr() + workers[2].stderr()
     assert codes == [0, 0]
