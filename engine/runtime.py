@@ -38,7 +38,7 @@ import aiohttp
 
 from . import outcome as oc
 from .delivery.auth import Auth, build_auth
-from .delivery.rate_limit import RateLimiter
+from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
 from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
@@ -123,7 +123,11 @@ class Engine:
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         self.auth: Auth | None = None  # built on start(), with the transport
-        self.limiter = RateLimiter.from_spec(preset.delivery.rate_limit, clock=clock, sleep=sleep)
+        # A backend shared by several processes may also share the rate budget (one for all workers).
+        spec = preset.delivery.rate_limit
+        shared_budget = getattr(backend, "rate_budget", None)
+        budget = shared_budget(preset.name, *bucket_shape(spec.requests, spec.per_seconds)) if shared_budget else None
+        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budget)
 
     @classmethod
     def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":

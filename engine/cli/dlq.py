@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
                          help="YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",
                          help="the state directory the run used (default: %(default)s)")
+        cmd.add_argument("--redis", metavar="URL", help="the Redis the workers use, instead of a state directory")
         if name == "replay":
             add_logging_options(cmd)
         add_preset_path_option(cmd)
@@ -46,6 +47,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     preset = load_preset_arg(args)
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
+    if args.redis:
+        return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose, args.log_format)
+                           if replaying else dlq_list(preset, settings, state))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
@@ -54,7 +58,22 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return dlq_list(preset, settings, args.state)
 
 
-def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
+def _with_redis(url: str, command: Any) -> int:
+    """The dead letters the workers share in Redis (``--redis URL``)."""
+    from ..state.redis import RedisState
+
+    try:
+        state = RedisState(url)
+        state.check()
+    except OSError as exc:
+        raise UsageError(exc.strerror or str(exc)) from None
+    try:
+        return int(command(state))
+    finally:
+        state.close()
+
+
+def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
     from ..runtime import Engine
 
     engine = Engine(preset, settings, state=state)
@@ -65,10 +84,11 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
     return EXIT_OK
 
 
-def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool, log_format: str = "text") -> int:
+def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text") -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
 
-    check_state_dir(state)
+    if isinstance(state, str):
+        check_state_dir(state)
 
     async def main() -> int:
         from ..runtime import Engine

@@ -10,6 +10,10 @@
   is the ceiling, so a backlog is paced rather than dumped.
 
 A 429 pauses *all* sends until the reset, not just the request that got it.
+
+What may be spent (the bucket, the window, a pause) is a :class:`RateBudget`:
+this process's own, or one that every worker of a connection shares, so N
+workers together spend the destination's budget once, not N times.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import re
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
     from ..language.model import RateLimitSpec
@@ -106,75 +110,77 @@ def reset_seconds(value: str | None, fmt: str, now_wall: float | None = None) ->
     return max(0.0, min(delay, MAX_WAIT_SECONDS))
 
 
-class RateLimiter:
-    """Shared by every request of one engine (one destination connection)."""
+def bucket_shape(requests: int, per_seconds: float) -> tuple[float, float]:
+    """The preset's ceiling as a token bucket: (refill rate per second, capacity).
 
-    @classmethod
-    def from_spec(cls, spec: "RateLimitSpec", *, clock: Callable[[], float] = time.monotonic,
-                  sleep: Sleep = asyncio.sleep) -> "RateLimiter":
-        return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
-                   reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
-                   window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
-                   window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock, sleep=sleep)
+    A minute's worth of burst: enough for a handful of leads to go out at
+    once, small enough that a backlog is paced rather than dumped.
+    """
+    rate = requests / per_seconds
+    return rate, max(1.0, min(float(requests), rate * 60))
 
-    def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
-                 reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
-                 window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
-                 window_seconds: float | None = None, window_alignment: str = "rolling",
-                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
-        self.rate = requests / per_seconds
-        # A minute's worth of burst: enough for a handful of leads to go out at
-        # once, small enough that a backlog is paced rather than dumped.
-        self.capacity = max(1.0, min(float(requests), self.rate * 60))
-        self.tokens = self.capacity
-        self.remaining_header = remaining_header
-        self.reset_header = reset_header
-        self.reset_format = reset_format
-        self.window_header = window_header
-        self.window_scale = 0.001 if window_unit == "milliseconds" else 1.0
-        self.remaining_key = remaining_key
-        self.reset_key = reset_key
-        self.window_seconds = window_seconds
-        self.window_alignment = window_alignment
+
+class RateBudget(Protocol):
+    """What one connection may still spend: the bucket, the server's window and a pause.
+
+    :class:`LocalBudget` keeps it in this process; a shared budget (one per
+    destination connection for every worker, e.g. in Redis) implements the
+    same four calls, each atomic on its own, against its own clock. Times
+    cross this interface as *seconds from now*, so two clocks never mix.
+    """
+
+    capacity: float
+
+    def take(self) -> float | None:
+        """Spend one request now: None when it was taken, else the seconds to wait before asking again."""
+
+    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
+              window_in: float | None) -> None:
+        """Close one taken request and learn the server's view from its answer (all None: no answer)."""
+
+    def pause(self, seconds: float) -> None:
+        """Hold every sender for ``seconds``."""
+
+    def reset_in(self) -> float | None:
+        """Seconds until the server's window ends, when known."""
+
+
+class LocalBudget:
+    """The budget of one process: a token bucket, the server's advertised window, a pause."""
+
+    def __init__(self, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = capacity
+        self.tokens = capacity
         self._clock = clock
-        self._sleep = sleep
         self._last = clock()
         self._paused_until = 0.0
         self._server_remaining: float | None = None
-        self._server_reset: float | None = None  # monotonic time of the server window's end
+        self._server_reset: float | None = None  # this clock's time of the server window's end
         self._server_reset_raw: str | None = None
-        self._in_flight = 0  # acquired, answer not yet observed
-        self._lock = asyncio.Lock()
-        self.waited_seconds = 0.0
+        self._in_flight = 0  # taken, answer not yet learnt
 
-    async def acquire(self) -> None:
-        """Wait until one request may be sent, then take its slot."""
-        async with self._lock:  # FIFO: a waiting request is not overtaken
-            while True:
-                now = self._clock()
-                wait = self._paused_until - now
-                if wait <= 0:
-                    if self._server_budget_known(now):
-                        assert self._server_remaining is not None
-                        if self._server_remaining >= 1:
-                            self._server_remaining -= 1  # spent as soon as it is sent
-                            self._in_flight += 1
-                            return
-                        if self._server_reset is None:
-                            self._server_remaining = None  # spent, and no reset advertised: pace by the bucket
-                            continue
-                        wait = self._server_reset - now
-                    else:
-                        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
-                        self._last = now
-                        if self.tokens >= 1:
-                            self.tokens -= 1
-                            self._in_flight += 1
-                            return
-                        wait = (1 - self.tokens) / self.rate
-                wait = max(wait, MIN_WAIT_SECONDS)
-                self.waited_seconds += wait
-                await self._sleep(wait)
+    def take(self) -> float | None:
+        now = self._clock()
+        wait = self._paused_until - now
+        if wait > 0:
+            return wait
+        if self._server_budget_known(now):
+            assert self._server_remaining is not None
+            if self._server_remaining >= 1:
+                self._server_remaining -= 1  # spent as soon as it is sent
+                self._in_flight += 1
+                return None
+            if self._server_reset is not None:
+                return self._server_reset - now
+            self._server_remaining = None  # spent, and no reset advertised: pace by the bucket
+        self.tokens = min(self.capacity, self.tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self._in_flight += 1
+            return None
+        return (1 - self.tokens) / self.rate
 
     def _server_budget_known(self, now: float) -> bool:
         """True while the destination's advertised window is current."""
@@ -188,39 +194,20 @@ class RateLimiter:
             return False
         return True
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Close one acquired request and learn the server's view of the window from its answer.
-
-        Call it once per :meth:`acquire`, with empty headers when no answer came.
-        The server's Remaining does not yet count the requests still in
-        flight, so they are subtracted from it.
-        """
+    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
+              window_in: float | None) -> None:
         self._in_flight = max(0, self._in_flight - 1)
-        remaining = first_number(header_value(headers, self.remaining_header, self.remaining_key))
         if remaining is not None:
+            # The server's Remaining does not yet count the requests still in flight.
             remaining = max(0.0, remaining - self._in_flight)
         now = self._clock()
-        reset_raw = header_value(headers, self.reset_header, self.reset_key)
-        if reset_raw is not None:
-            delay = reset_seconds(reset_raw, self.reset_format)
-            if delay is not None:
-                self._server_reset = now + delay
-        window = first_number(headers.get(self.window_header)) if self.window_header else None
-        if window is not None and window > 0:
+        if reset_in is not None:
+            self._server_reset = now + reset_in
+        if window_in is not None:
             # Only the window's length is known: the window began at most now, so
             # now + length is a reset that is never early.
             if self._server_reset is None or self._server_reset <= now:
-                self._server_reset = now + window * self.window_scale
-            reset_raw = f"window@{self._server_reset}"
-        if self.window_seconds and remaining is not None and reset_raw is None:
-            # A known window length and no reset: a window is over at its end on
-            # the clock, or (rolling) a full length after it was seen.
-            if self._server_reset is None or self._server_reset <= now:
-                if self.window_alignment == "clock":
-                    wall = time.time()
-                    self._server_reset = now + (math.floor(wall / self.window_seconds) + 1) * self.window_seconds - wall
-                else:
-                    self._server_reset = now + self.window_seconds
+                self._server_reset = now + window_in
             reset_raw = f"window@{self._server_reset}"
         if remaining is not None:
             same_window = reset_raw is not None and reset_raw == self._server_reset_raw
@@ -232,9 +219,89 @@ class RateLimiter:
         if reset_raw is not None:
             self._server_reset_raw = reset_raw
 
+    def pause(self, seconds: float) -> None:
+        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+
+    def reset_in(self) -> float | None:
+        return None if self._server_reset is None else max(0.0, self._server_reset - self._clock())
+
+
+class RateLimiter:
+    """Shared by every request of one engine (one destination connection).
+
+    The waiting (in order, on the event loop) happens here; what may be
+    spent is the ``budget``'s to say: this process's own by default, or one
+    shared by every worker of a connection.
+    """
+
+    @classmethod
+    def from_spec(cls, spec: "RateLimitSpec", *, clock: Callable[[], float] = time.monotonic,
+                  sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None) -> "RateLimiter":
+        return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
+                   reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
+                   window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
+                   window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock,
+                   sleep=sleep, budget=budget)
+
+    def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
+                 reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
+                 window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
+                 window_seconds: float | None = None, window_alignment: str = "rolling",
+                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
+                 budget: RateBudget | None = None) -> None:
+        self.rate, capacity = bucket_shape(requests, per_seconds)
+        self.budget: RateBudget = budget if budget is not None else LocalBudget(self.rate, capacity, clock)
+        self.remaining_header = remaining_header
+        self.reset_header = reset_header
+        self.reset_format = reset_format
+        self.window_header = window_header
+        self.window_scale = 0.001 if window_unit == "milliseconds" else 1.0
+        self.remaining_key = remaining_key
+        self.reset_key = reset_key
+        self.window_seconds = window_seconds
+        self.window_alignment = window_alignment
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self.waited_seconds = 0.0
+
+    @property
+    def capacity(self) -> float:
+        return self.budget.capacity
+
+    async def acquire(self) -> None:
+        """Wait until one request may be sent, then take its slot."""
+        async with self._lock:  # FIFO: a waiting request is not overtaken
+            while True:
+                wait = self.budget.take()
+                if wait is None:
+                    return
+                wait = max(wait, MIN_WAIT_SECONDS)
+                self.waited_seconds += wait
+                await self._sleep(wait)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Close one acquired request and learn the server's view of the window from its answer.
+
+        Call it once per :meth:`acquire`, with empty headers when no answer came.
+        """
+        remaining = first_number(header_value(headers, self.remaining_header, self.remaining_key))
+        reset_raw = header_value(headers, self.reset_header, self.reset_key)
+        reset_in = reset_seconds(reset_raw, self.reset_format) if reset_raw is not None else None
+        window = first_number(headers.get(self.window_header)) if self.window_header else None
+        window_in = window * self.window_scale if window is not None and window > 0 else None
+        if window_in is None and reset_raw is None and remaining is not None and self.window_seconds:
+            # A known window length and no reset: a window is over at its end on
+            # the clock, or (rolling) a full length after it was seen.
+            if self.window_alignment == "clock":
+                wall = time.time()
+                window_in = (math.floor(wall / self.window_seconds) + 1) * self.window_seconds - wall
+            else:
+                window_in = self.window_seconds
+        self.budget.learn(remaining, reset_raw, reset_in, window_in)
+
     def pause_for(self, seconds: float) -> None:
         """Hold every sender for ``seconds`` (a 429, or maintenance with Retry-After)."""
-        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+        self.budget.pause(seconds)
 
     def reset_delay(self, headers: Mapping[str, str], retry_after_header: str | None) -> float | None:
         """How long a 429 asks us to wait: Retry-After first, else the window reset."""
@@ -247,6 +314,6 @@ class RateLimiter:
             delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
                 return delay
-        if self._server_reset is not None and (self.window_header or self.window_seconds):
-            return max(0.0, self._server_reset - self._clock())
+        if self.window_header or self.window_seconds:
+            return self.budget.reset_in()
         return None

@@ -108,13 +108,7 @@ class Pipeline:
         if problem:
             return oc.dropped(index, message_id, oc.INVALID_EVENT, problem)
         kind = event["type"]
-        refused: list[str] = []
-        if kind == "identify" and self.memory.keys:
-            refused = self.gate.refused(event)
-            if refused:
-                self.memory.forget(event)
-            else:
-                self.memory.remember(event, merged_traits(event, {}))
+        refused = self.learn_identity(event) if kind == "identify" else []
 
         route = self.preset.events.route(kind, event.get("event"))
         if route is None:
@@ -148,6 +142,22 @@ class Pipeline:
         url, headers = self._request_parts[action.name]
         return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
                         dict(route.values), notes or None)
+
+    def learn_identity(self, event: Mapping[str, Any]) -> list[str]:
+        """Remember an identify's traits, or forget its ids when its consent refuses; the refused categories.
+
+        ``prepare`` does this for every identify. An intake that writes
+        identity before it answers (``serve --redis``) calls it alone, and
+        sees a store's error instead of the safety net's outcome.
+        """
+        if not self.memory.keys:
+            return []
+        refused = self.gate.refused(event)
+        if refused:
+            self.memory.forget(event)
+        else:
+            self.memory.remember(event, merged_traits(event, {}))
+        return refused
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any], refused: list[str]) -> str:
         if kind == "track":

@@ -2,8 +2,10 @@
 
 ``Engine(state=DIR)`` opens the embedded SQLite backend on that directory;
 ``Engine()`` without one uses :class:`MemoryState` (nothing survives the
-process). A distributed backend (Redis) implements the same five calls;
-pipeline and delivery code only ever see the store interfaces.
+process). A distributed backend (Redis, :mod:`engine.state.redis`) implements
+the same five calls, and may offer a sixth, ``rate_budget(name, rate,
+capacity)``: one rate budget for every process of a connection. Pipeline and
+delivery code only ever see the store interfaces.
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""``signal-engine serve``: the HTTP intake, with delivery in the same process or workers on Redis."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from .common import (
+    UsageError,
+    add_preset_path_option,
+    check_state_dir,
+    load_preset_arg,
+    settings_for,
+)
+from .logs import add_logging_options
+from .report import EXIT_OK
+
+DEFAULT = " (default: %(default)s)"
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser(
+        "serve", help="serve the HTTP intake (Signal's API and Segment-compatible routes)",
+        description="Serve the HTTP intake: POST /v1/events (HMAC-signed) and the Segment-compatible /v1/batch, "
+                    "/v1/track, /v1/identify, /v1/page, /v1/screen and /v1/group (write key as the HTTP Basic "
+                    "username). Without --redis, events are queued in the state directory and delivered by this "
+                    "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. Prints "
+                    "'listening on http://HOST:PORT' when ready; SIGTERM drains and exits. Write keys come from "
+                    "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
+                    "from --intake FILE.")
+    serve.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
+    serve.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on" + DEFAULT)
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one" + DEFAULT)
+    serve.add_argument("--intake", metavar="FILE", help="YAML with write_keys and signing_secret (else the environment)")
+    serve.add_argument("--state", metavar="DIR", default=".signal-state",
+                       help="without --redis: the queue, token store, dead letters and identity memory" + DEFAULT)
+    serve.add_argument("--redis", metavar="URL", help="append to a Redis Stream (redis://host:port/db) for workers")
+    serve.add_argument("--max-body-bytes", type=int, default=512 * 1024,
+                       help="largest request body, compressed or not; larger gets 413" + DEFAULT)
+    serve.add_argument("--max-backlog", type=int, default=100_000,
+                       help="events queued and not yet delivered before new ones get 429" + DEFAULT)
+    serve.add_argument("--drain-seconds", type=float, default=30.0,
+                       help="on SIGTERM, how long to finish what is under way" + DEFAULT)
+    serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
+    add_logging_options(serve)
+    add_preset_path_option(serve)
+    serve.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..service.config import IntakeConfigError, load_intake_config
+
+    preset = load_preset_arg(args)
+    # With Redis the intake only writes identify traits: it needs no credentials.
+    settings = settings_for(args, preset.settings, require=args.redis is None)
+    if args.max_body_bytes < 1 or args.max_backlog < 1:
+        raise UsageError("--max-body-bytes and --max-backlog must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port {args.port}: must be from 0 to 65535")
+    try:
+        intake = load_intake_config(os.environ, args.intake, max_body_bytes=args.max_body_bytes,
+                                    max_backlog=args.max_backlog)
+    except IntakeConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.redis is None:
+        check_state_dir(args.state)
+    from ..service.serving import ServiceOptions, serve
+    from .service_common import configure_for, service_errors
+
+    options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
+                             intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet)
+    with service_errors(args):
+        asyncio.run(serve(options, configure_for(args)))
+    return EXIT_OK

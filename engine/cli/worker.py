@@ -1,0 +1,57 @@
+"""``signal-engine worker``: deliver from the preset's Redis Stream; run as many as needed, anywhere."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import UsageError, add_preset_path_option, load_preset_arg, settings_for
+from .logs import add_logging_options
+from .report import EXIT_OK
+
+DEFAULT = " (default: %(default)s)"
+
+
+def register(sub: Any) -> None:
+    worker = sub.add_parser(
+        "worker", help="deliver events from a Redis Stream (run several, on any machine)",
+        description="Consume the events `signal-engine serve --redis URL` queued for PRESET, with a Redis consumer "
+                    "group: each event is delivered and acknowledged with its outcome by one worker; entries a "
+                    "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
+                    "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
+                    "and to a capped stream (`signal-engine tail`). SIGTERM drains and exits.")
+    worker.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
+    worker.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
+    worker.add_argument("--redis", metavar="URL", required=True, help="the Redis serve appends to (redis://host:port/db)")
+    worker.add_argument("--consumer", metavar="NAME",
+                        help="this worker's name in the consumer group (default: HOSTNAME-PID)")
+    worker.add_argument("--visibility-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="an entry left unacknowledged this long by a stopped worker is claimed" + DEFAULT)
+    worker.add_argument("--drain-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long to finish what was read" + DEFAULT)
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port (0 picks one; default: none)")
+    worker.add_argument("--host", default="127.0.0.1", help="address of the metrics port" + DEFAULT)
+    worker.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
+    add_logging_options(worker)
+    add_preset_path_option(worker)
+    worker.set_defaults(func=cmd_worker, port=None)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    preset = load_preset_arg(args)
+    settings = settings_for(args, preset.settings, require=True)
+    if args.visibility_timeout < 1:
+        raise UsageError("--visibility-timeout must be at least 1 second")
+    from ..service.serving import ServiceOptions, work
+    from .service_common import configure_for, service_errors
+
+    args.port = args.metrics_port
+    options = ServiceOptions(preset, settings, redis=args.redis, host=args.host, consumer=args.consumer,
+                             visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
+                             metrics_port=args.metrics_port, print_outcomes=not args.quiet)
+    with service_errors(args):
+        asyncio.run(work(options, configure_for(args)))
+    return EXIT_OK

@@ -1,0 +1,213 @@
+"""A worker: read the queue, run each event through the engine, acknowledge it with its outcome.
+
+The loop only uses :class:`~engine.state.queue.EventQueue`, so the embedded
+SQLite queue, Redis Streams, or a Kafka consumer (poll, commit offsets in
+order, rebalance) all plug in the same way.
+
+* **At least once, delivered once.** An entry is acknowledged only after
+  its outcome is known, and an outcome counted as delivered is in the
+  delivery journal before it is handed out (:class:`~engine.runtime.Engine`).
+  So a worker killed at any point leaves its entries to be claimed by
+  another after the visibility timeout, which finds the deliveries already
+  made in the journal and does not send them again.
+* **One outcome per event.** The queue publishes the outcome and
+  acknowledges the entry in one step (:meth:`EventQueue.ack`).
+* **Two workers, one event.** With ``locks`` (Redis), an event's key is
+  locked while it is worked on: a second copy waits for the first, then
+  finds it in the journal.
+* **Alive is visible.** While an entry is in flight its lease (and its
+  lock) is renewed every third of the visibility timeout, so only a dead
+  worker's entries are claimed, however long a delivery waits on a rate limit.
+* **Draining.** When ``stop`` is set, nothing new is read; what was read is
+  finished and acknowledged, then :meth:`run` returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncIterator, Callable, Protocol, Sequence
+
+from .. import outcome as oc
+from ..outcome import Outcome
+from ..runtime import Engine
+from ..state.journal import event_key
+from ..state.queue import EventQueue, QueuedEvent
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+VISIBILITY_SECONDS = 30.0
+BATCH = 64
+READ_BLOCK_SECONDS = 1.0
+LOCK_POLL_SECONDS = 0.05
+
+
+class KeyLocks(Protocol):
+    async def acquire(self, keys: Sequence[str]) -> list[bool]: ...
+    async def renew(self, keys: Sequence[str]) -> None: ...
+    async def release(self, keys: Sequence[str]) -> None: ...
+
+
+class Worker:
+    def __init__(self, engine: Engine, queue: EventQueue, consumer: str, *, metrics: Metrics | None = None,
+                 locks: KeyLocks | None = None, lock_name: Callable[[str], str] | None = None,
+                 emit: Callable[[dict[str, Any]], None] | None = None,
+                 visibility_seconds: float = VISIBILITY_SECONDS, batch: int = BATCH,
+                 read_block_seconds: float = READ_BLOCK_SECONDS, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.queue = queue
+        self.consumer = consumer
+        self.metrics = metrics
+        self.locks = locks
+        self.lock_name = lock_name or (lambda key: key)
+        self.emit = emit
+        self.visibility = visibility_seconds
+        self.batch = batch
+        self.read_block = read_block_seconds
+        self._clock = clock
+        self._entries: dict[int, QueuedEvent] = {}  # index -> entry, while in flight
+        self._locked: dict[int, str] = {}
+        self._next_index = 0
+        self._mints_seen = 0
+        self.finished = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then finish what was read."""
+        beat = asyncio.ensure_future(self._heartbeat(stop))
+        try:
+            async for result in self.engine.process_batches(self._batches(stop)):
+                await self._finish(result)
+        finally:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
+
+    # -- reading ----------------------------------------------------------------
+    async def _batches(self, stop: asyncio.Event) -> AsyncIterator[list[tuple[int, Any]]]:
+        next_claim = 0.0
+        while not stop.is_set():
+            entries: list[QueuedEvent] = []
+            try:
+                if self._clock() >= next_claim:
+                    next_claim = self._clock() + self.visibility / 2
+                    entries = await self.queue.claim(self.consumer, self.visibility, self.batch)
+                    if entries:
+                        log.warning("worker %s: took over %d event(s) a stopped worker had left unfinished",
+                                    self.consumer, len(entries))
+                if not entries:
+                    entries = await self.queue.read(self.consumer, self.batch, self.read_block)
+            except (OSError, ConnectionError) as exc:
+                log.error("worker %s: cannot read the queue (%s); trying again", self.consumer,
+                          getattr(exc, "strerror", None) or type(exc).__name__)
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a queue error (Redis down) must not end the worker
+                log.error("worker %s: cannot read the queue (%s); trying again", self.consumer, type(exc).__name__)
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            if entries:
+                yield await self._admit(entries, stop)
+
+    async def _admit(self, entries: list[QueuedEvent], stop: asyncio.Event) -> list[tuple[int, Any]]:
+        items: list[tuple[int, Any]] = []
+        keys: dict[int, str] = {}
+        for entry in entries:
+            index = self._next_index
+            self._next_index += 1
+            self._entries[index] = entry
+            try:
+                event = json.loads(entry.body)
+            except ValueError as exc:
+                items.append((index, oc.dropped(index, None, oc.INVALID_EVENT, f"the queued entry is not JSON: {exc}")))
+                continue
+            items.append((index, event))
+            if self.locks is not None:
+                keys[index] = self.lock_name(event_key(event))
+        if keys:
+            await self._lock(keys)
+        return items
+
+    async def _lock(self, keys: dict[int, str]) -> None:
+        """Lock every event's key, in order; one another worker holds is waited for (it finishes, or expires)."""
+        assert self.locks is not None
+        waiting = dict(keys)
+        while waiting:
+            try:
+                taken = await self.locks.acquire(list(waiting.values()))
+            except Exception as exc:  # noqa: BLE001 - without the lock the journal still stops most repeats
+                log.error("worker %s: cannot take event locks (%s); going on without them", self.consumer,
+                          type(exc).__name__)
+                return
+            for (index, key), ok in zip(list(waiting.items()), taken):
+                if ok:
+                    self._locked[index] = key
+                    del waiting[index]
+            if waiting:
+                await asyncio.sleep(LOCK_POLL_SECONDS)
+
+    # -- finishing --------------------------------------------------------------
+    async def _finish(self, result: Outcome) -> None:
+        index = result.index if isinstance(result.index, int) else -1
+        entry = self._entries.pop(index, None)
+        record = result.to_dict()
+        if entry is not None:
+            # Which queue entry, and which worker: an operator following `tail` can tell them apart.
+            record = {"entry": entry.id, "worker": self.consumer, **record}
+            await self._ack(entry, record)
+        key = self._locked.pop(index, None)
+        if key is not None and self.locks is not None:
+            try:
+                await self.locks.release([key])
+            except Exception:  # noqa: BLE001 - it expires on its own
+                pass
+        self.finished += 1
+        if self.metrics is not None:
+            self.metrics.outcomes.labels(result.outcome, result.reason or result.cause or "").inc()
+            if entry is not None and entry.enqueued_at:
+                self.metrics.latency.observe(max(0.0, self._clock() - entry.enqueued_at))
+            mints = self.engine.mints
+            if mints > self._mints_seen:
+                self.metrics.refreshes.inc(mints - self._mints_seen)
+                self._mints_seen = mints
+        if self.emit is not None:
+            self.emit(record)
+
+    async def _ack(self, entry: QueuedEvent, record: dict[str, Any]) -> None:
+        """Acknowledge with the outcome; if the queue cannot take it now, keep trying (never drop it)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.queue.ack([(entry.id, record)])
+                return
+            except Exception as exc:  # noqa: BLE001 - the outcome is known; only its acknowledgement waits
+                log.error("worker %s: cannot acknowledge entry %s (%s); retrying", self.consumer, entry.id,
+                          type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _heartbeat(self, stop: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.visibility / 3)
+            ids = [entry.id for entry in self._entries.values()]
+            try:
+                await self.queue.touch(self.consumer, ids)
+                if self.locks is not None:
+                    await self.locks.renew(list(self._locked.values()))
+            except Exception as exc:  # noqa: BLE001
+                log.error("worker %s: cannot renew its leases (%s)", self.consumer, type(exc).__name__)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+def outcome_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)
+
+
+__all__ = ["Worker", "KeyLocks", "outcome_line", "Outcome"]

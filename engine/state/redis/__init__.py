@@ -1,0 +1,103 @@
+"""The distributed state backend: every store in Redis, shared by any number of workers.
+
+``RedisState(url)`` hands out the same store interfaces as the SQLite
+backend (identity, journal, dead letters, tokens), plus the shared rate
+budget. The stores are synchronous, like the SQLite ones, because the
+pipeline that calls them is: one Redis round trip on loopback or a LAN is
+about as long as a SQLite write. The queue and the per-event locks, which a
+worker waits on, use the asyncio client (:meth:`RedisState.queue`).
+
+Needs the ``redis`` package, imported only when a Redis backend is used.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from ..errors import StateError
+from ..identity import IdentityLimits
+from .dead_letters import RedisDeadLetters
+from .identity import ReadOnlyIdentity, RedisIdentityStore
+from .journal import RedisJournal
+from .keys import DEFAULT_PREFIX, Keys
+from .locks import RedisKeyLocks
+from .queue import RedisQueue
+from .rate_budget import RedisRateBudget
+from .tokens import RedisTokenStore
+
+__all__ = ["RedisState", "RedisIdentityStore", "RedisJournal", "RedisDeadLetters", "RedisTokenStore",
+           "RedisRateBudget", "RedisQueue", "RedisKeyLocks", "ReadOnlyIdentity", "Keys", "connect_check"]
+
+CONNECT_TIMEOUT = 5.0
+
+
+class RedisState:
+    """``identity_writes=False`` for a worker whose intake writes identity (see :class:`ReadOnlyIdentity`)."""
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, identity_writes: bool = True) -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self.identity_writes = identity_writes
+        try:
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                               health_check_interval=30)
+        except ValueError as exc:
+            raise StateError(f"--redis {redact_url(url)}: {exc}") from None
+
+    def identity(self, preset: str, limits: IdentityLimits) -> Any:
+        store = RedisIdentityStore(self.client, self.keys, preset, limits)
+        return store if self.identity_writes else ReadOnlyIdentity(store)
+
+    def journal(self, preset: str, window_seconds: float) -> RedisJournal:
+        return RedisJournal(self.client, self.keys, preset, window_seconds)
+
+    def dead_letters(self) -> RedisDeadLetters:
+        return RedisDeadLetters(self.client, self.keys)
+
+    def tokens(self, client_id: str) -> RedisTokenStore:
+        return RedisTokenStore(self.client, self.keys, client_id)
+
+    def rate_budget(self, name: str, rate: float, capacity: float) -> RedisRateBudget:
+        return RedisRateBudget(self.client, self.keys, name, rate, capacity)
+
+    def async_client(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
+
+    def queue(self, preset: str, client: redis.asyncio.Redis | None = None) -> RedisQueue:
+        return RedisQueue(client or self.async_client(), self.keys.events(preset), self.keys.outcomes(preset))
+
+    def locks(self, client: redis.asyncio.Redis, owner: str, seconds: float) -> RedisKeyLocks:
+        return RedisKeyLocks(client, owner, seconds)
+
+    def check(self) -> None:
+        """Fail before serving when Redis cannot be reached: one line naming the server, never its password."""
+        try:
+            self.client.ping()
+        except (redis.RedisError, socket.error) as exc:
+            raise StateError(f"--redis {redact_url(self.url)}: cannot connect ({type(exc).__name__})") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparseable URL)"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect_check(url: str) -> None:
+    RedisState(url).check()

@@ -1,0 +1,99 @@
+"""Dead letters in Redis, shared by every worker and by ``dlq list|replay --redis``.
+
+A hash of letters by id, a sorted set giving their order, and a hash from
+(preset, event key) to the letter's id, so that a second failure of the same
+event replaces its letter (keeping the id), as in every store. Each change
+touches one letter and is one transaction. Redis keeps them as durably as it
+is configured to (``appendonly yes``; see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import WatchError
+
+from .errors import reading, writing
+from .keys import Keys
+
+MAX_RETRIES = 50
+
+# KEYS: letters. ARGV: id, entry. Replace only a letter that is still there.
+UPDATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"""
+
+
+class RedisDeadLetters:
+    def __init__(self, client: Redis, keys: Keys) -> None:
+        self.r = client
+        self._letters = keys.letters()
+        self._order = keys.letter_order()
+        self._keys = keys.letter_keys()
+        self._update = client.register_script(UPDATE)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        key = entry.get("key")
+        index = f"{entry.get('preset')}\0{key}" if key is not None else None
+        with writing("the dead letters"), self.r.pipeline() as pipe:
+            for _ in range(MAX_RETRIES):
+                try:
+                    if index is not None:
+                        pipe.watch(self._keys, self._letters)
+                        same = pipe.hget(self._keys, index)
+                        if same is not None and pipe.hexists(self._letters, same):
+                            same_id = same.decode()
+                            pipe.multi()
+                            pipe.hset(self._letters, same_id, _text({**entry, "id": same_id}))
+                            pipe.execute()
+                            return
+                    pipe.multi()
+                    letter_id = str(entry.get("id"))
+                    pipe.hset(self._letters, letter_id, _text(entry))
+                    pipe.zadd(self._order, {letter_id: time.time()})
+                    if index is not None:
+                        pipe.hset(self._keys, index, letter_id)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+            raise WatchError("the dead letters kept changing")
+
+    def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
+        with reading("the dead letters"):
+            ids = self.r.zrange(self._order, 0, -1)
+            texts = self.r.hmget(self._letters, ids) if ids else []
+        letters = [json.loads(text) for text in texts if text is not None]
+        return [e for e in letters if preset is None or e.get("preset") == preset]
+
+    def remove(self, letter_id: str) -> None:
+        with writing("the dead letters"):
+            text = self.r.hget(self._letters, letter_id)
+            pipe = self.r.pipeline()
+            pipe.hdel(self._letters, letter_id)
+            pipe.zrem(self._order, letter_id)
+            if text is not None:
+                entry = json.loads(text)
+                if entry.get("key") is not None:
+                    index = f"{entry.get('preset')}\0{entry.get('key')}"
+                    if self.r.hget(self._keys, index) == letter_id.encode():
+                        pipe.hdel(self._keys, index)
+            pipe.execute()
+
+    def update(self, entry: dict[str, Any]) -> None:
+        with writing("the dead letters"):
+            self._update(keys=[self._letters], args=[str(entry.get("id")), _text(entry)])
+
+    def __len__(self) -> int:
+        with reading("the dead letters"):
+            return int(self.r.zcard(self._order))
+
+
+def _text(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, ensure_ascii=False, default=str)

@@ -1,0 +1,54 @@
+"""Per-event locks across workers: two workers never send the same event at the same time.
+
+The delivery journal stops a repeat *after* a delivery; these stop one
+*during* it: when the same event reaches two workers at once (a producer
+sent it twice, or a worker was thought dead and its entry claimed while it
+was still sending), the second waits for the first to finish, then finds
+the first's delivery in the journal. A lock expires on its own if its
+holder dies, and is renewed while it is held.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from redis.asyncio import Redis
+
+# KEYS: the locks. ARGV: owner, milliseconds ('' = delete).
+OWNED = """
+local n = 0
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    if ARGV[2] == '' then redis.call('DEL', key) else redis.call('PEXPIRE', key, ARGV[2]) end
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+class RedisKeyLocks:
+    def __init__(self, client: Redis, owner: str, seconds: float) -> None:
+        self.r = client
+        self.owner = owner
+        self.ms = max(1, int(seconds * 1000))
+        self._owned = client.register_script(OWNED)
+
+    async def acquire(self, keys: Sequence[str]) -> list[bool]:
+        """Try each lock once; True for those taken (or already held by this owner)."""
+        if not keys:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(key, self.owner, nx=True, px=self.ms)
+                pipe.get(key)
+            answers = await pipe.execute()
+        return [bool(answers[i]) or answers[i + 1] == self.owner.encode() for i in range(0, len(answers), 2)]
+
+    async def renew(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._owned(keys=list(keys), args=[self.owner, self.ms])
+
+    async def release(self, keys: Sequence[str]) -> None:
+        if keys:
+            await self._owned(keys=list(keys), args=[self.owner, ""])

@@ -1,0 +1,316 @@
+"""The Redis stores against a real redis-server: the same contracts as the SQLite ones, across processes.
+
+Each "worker" here is a separate client (several clients, or threads, or
+processes), because what Redis adds is sharing: two workers merging the same
+person, two refreshing one token, two spending one rate budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from fakes import FakeTime
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+
+from engine.delivery.rate_limit import RateLimiter, bucket_shape
+from engine.state.identity import IdentityLimits, Slot
+from engine.state.redis import RedisState
+from engine.state.token_store import StoredTokens
+
+PRESET = "outreach/lead-capture"
+
+
+def state(url: str, **options: Any) -> RedisState:
+    return RedisState(url, **options)
+
+
+# -- identity ---------------------------------------------------------------------
+
+def test_identity_follows_the_merge_rule_of_every_store(redis_url: str) -> None:
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1")
+    store.merge([Slot("userId", "u1")], {"title": "CEO"}, "u1")
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CEO"}
+    # A shared device: another person's identify replaces the entry, never merges into it.
+    store.merge([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2")
+    recalled = store.recall("anonymousId", "dev-1")
+    assert (dict(recalled.traits), recalled.owner) == ({"email": "b@x.io"}, "u2")
+    store.forget([Slot("userId", "u1")])
+    assert store.recall("userId", "u1") is None
+    # Another worker (its own connection) sees the same memory.
+    assert state(redis_url).identity(PRESET, IdentityLimits()).recall("anonymousId", "dev-1") is not None
+
+
+def test_concurrent_merges_of_one_person_from_many_workers_all_land(redis_url: str) -> None:
+    """Twenty workers each add one trait to the same person at once: a lost update would drop one."""
+    barrier = threading.Barrier(20)
+
+    def work(i: int) -> None:
+        store = state(redis_url).identity(PRESET, IdentityLimits())
+        barrier.wait()
+        for round_ in range(5):
+            store.merge([Slot("userId", "same-person")], {f"t{i}": round_}, "same-person")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    traits = state(redis_url).identity(PRESET, IdentityLimits()).recall("userId", "same-person").traits
+    assert traits == {f"t{i}": 4 for i in range(20)}
+
+
+def test_identity_is_bounded_by_bytes_least_recently_seen_first_and_by_age(redis_url: str) -> None:
+    clock = FakeTime(start=1_000_000.0)
+    backend = state(redis_url)
+    from engine.state.redis.identity import RedisIdentityStore
+
+    store = RedisIdentityStore(backend.client, backend.keys, PRESET, IdentityLimits(ttl_seconds=100, max_bytes=300),
+                               clock=clock.monotonic)
+    for i in range(10):
+        store.merge([Slot("userId", f"u{i}")], {"email": f"user{i}@example.com"}, f"u{i}")
+        clock.now += 1
+    used, entries = store.usage()
+    assert used <= 300 and 0 < entries < 10
+    assert store.recall("userId", "u9") is not None and store.recall("userId", "u0") is None
+    clock.now += 101
+    assert store.recall("userId", "u9") is None  # older than the age bound
+    store.merge([Slot("userId", "new")], {"email": "new@example.com"}, "new")
+    assert store.usage()[1] == 1  # the expired ones were purged by the next write
+
+
+def test_a_worker_whose_intake_writes_identity_only_reads_it(redis_url: str) -> None:
+    writer = state(redis_url).identity(PRESET, IdentityLimits())
+    reader = state(redis_url, identity_writes=False).identity(PRESET, IdentityLimits())
+    writer.merge([Slot("userId", "u1")], {"email": "new@x.io"}, "u1")
+    reader.merge([Slot("userId", "u1")], {"email": "older@x.io"}, "u1")  # a late replay of an older identify
+    reader.forget([Slot("userId", "u1")])
+    assert dict(reader.recall("userId", "u1").traits) == {"email": "new@x.io"}
+
+
+# -- journal and dead letters --------------------------------------------------------
+
+def test_the_journal_remembers_deliveries_for_its_window_across_workers(redis_url: str) -> None:
+    first, second = state(redis_url).journal(PRESET, 60), state(redis_url).journal(PRESET, 60)
+    assert second.delivered_at("m:1") is None
+    first.record("m:1", at=time.time() - 10)
+    assert second.delivered_at("m:1") == pytest.approx(time.time() - 10, abs=1)
+    first.record("m:old", at=time.time() - 61)
+    assert second.delivered_at("m:old") is None
+    assert state(redis_url).journal("other/preset", 60).delivered_at("m:1") is None
+    off = state(redis_url).journal(PRESET, 0)
+    off.record("m:2")
+    assert off.delivered_at("m:2") is None
+
+
+def test_dead_letters_keep_one_letter_per_event_and_change_one_at_a_time(redis_url: str) -> None:
+    letters, other = state(redis_url).dead_letters(), state(redis_url).dead_letters()
+    letters.add({"id": "L1", "preset": PRESET, "key": "m:1", "cause": "timeout"})
+    other.add({"id": "L2", "preset": PRESET, "key": "m:1", "cause": "http_503"})  # same event: replaced, id kept
+    other.add({"id": "L3", "preset": "hubspot/contacts", "key": "m:1", "cause": "timeout"})
+    letters.add({"id": "L4", "preset": PRESET, "key": None, "cause": "timeout"})
+    assert [(e["id"], e["cause"]) for e in other.entries(PRESET)] == [("L1", "http_503"), ("L4", "timeout")]
+    assert len(other.entries()) == 3
+    letters.update({"id": "L1", "preset": PRESET, "key": "m:1", "cause": "http_500"})
+    letters.update({"id": "gone", "preset": PRESET, "key": "m:9", "cause": "x"})  # not there: nothing added
+    letters.remove("L4")
+    letters.remove("L4")
+    assert [(e["id"], e["cause"]) for e in other.entries(PRESET)] == [("L1", "http_500")]
+    letters.remove("L1")
+    other.add({"id": "L5", "preset": PRESET, "key": "m:1", "cause": "timeout"})  # a new letter for the event
+    assert [e["id"] for e in letters.entries(PRESET)] == ["L5"]
+
+
+# -- tokens ---------------------------------------------------------------------------
+
+def test_one_refresh_lock_across_workers_released_by_its_owner_and_expiring_if_it_dies(redis_url: str) -> None:
+    a, b = state(redis_url).tokens("cid"), state(redis_url).tokens("cid")
+    assert a.try_lock() and not b.try_lock()
+    b.unlock()  # not the owner: nothing happens
+    assert not b.try_lock()
+    a.unlock()
+    assert b.try_lock()
+    b.unlock()
+    dying = state(redis_url).tokens("cid")
+    dying.lock_seconds = 0.2
+    assert dying.try_lock()  # no event loop: no renewal, as if the process had died
+    assert not a.try_lock()
+    time.sleep(0.3)
+    assert a.try_lock()
+    a.unlock()
+
+
+def test_the_refresh_lock_is_renewed_while_held_on_the_event_loop(redis_url: str) -> None:
+    async def main() -> None:
+        holder, other = state(redis_url).tokens("cid"), state(redis_url).tokens("cid")
+        holder.lock_seconds = 0.3
+        assert holder.try_lock()
+        await asyncio.sleep(0.8)  # well past its expiry, renewed meanwhile
+        assert not other.try_lock()
+        holder.unlock()
+        assert other.try_lock()
+        other.unlock()
+
+    asyncio.run(main())
+
+
+def test_a_worker_holding_an_older_token_cannot_overwrite_a_newer_one(redis_url: str) -> None:
+    a, b = state(redis_url).tokens("cid"), state(redis_url).tokens("cid")
+    assert a.load("configured") is None and b.load("configured") is None
+    a.save(StoredTokens("rotated-1", "access-1", time.time() + 3600), "configured")
+    b.save(StoredTokens("stale-from-b"), "configured")  # b last read the chain before a's rotation
+    assert b.load("configured").refresh_token == "rotated-1"
+    b.save(StoredTokens("rotated-2"), "configured")  # having read it, b may rotate it
+    assert a.load("configured").refresh_token == "rotated-2"
+    assert a.load("re-authorised") is None  # a new configured token starts a new chain
+    assert state(redis_url).tokens("other-client").load("configured") is None
+
+
+# -- the shared rate budget --------------------------------------------------------------
+
+HEADERS = dict(remaining_header="X-RateLimit-Remaining", reset_header="X-RateLimit-Reset")
+
+
+def shared_limiter(url: str, requests: int, per_seconds: float, name: str = PRESET, **options: Any) -> RateLimiter:
+    budget = state(url).rate_budget(name, *bucket_shape(requests, per_seconds))
+    return RateLimiter(requests, per_seconds, budget=budget, **HEADERS, **options)
+
+
+def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis_url: str) -> None:
+    async def main() -> int:
+        limiters = [shared_limiter(redis_url, 360, 3600) for _ in range(3)]  # a bucket of 6
+        taken = 0
+
+        async def spend(limiter: RateLimiter) -> None:
+            nonlocal taken
+            while True:
+                try:
+                    await asyncio.wait_for(limiter.acquire(), 0.3)
+                except asyncio.TimeoutError:
+                    return
+                taken += 1
+
+        await asyncio.gather(*(spend(limiter) for limiter in limiters))
+        return taken
+
+    assert asyncio.run(main()) == 6  # the bucket's capacity, once, not 6 per worker
+
+
+def test_what_one_worker_learns_from_the_headers_governs_all(redis_url: str) -> None:
+    async def main() -> None:
+        one, two = shared_limiter(redis_url, 1000, 1), shared_limiter(redis_url, 1000, 1)
+        reset = str(int(time.time()) + 3600)
+        await one.acquire()
+        one.observe({"X-RateLimit-Remaining": "2, 19000", "X-RateLimit-Reset": reset})
+        await two.acquire()
+        await one.acquire()
+        with pytest.raises(asyncio.TimeoutError):  # the window is spent for every worker
+            await asyncio.wait_for(two.acquire(), 0.3)
+        assert two.budget.reset_in() == pytest.approx(3600, abs=5)
+
+    asyncio.run(main())
+
+
+def test_requests_in_flight_on_any_worker_count_against_what_the_server_says_is_left(redis_url: str) -> None:
+    async def main() -> None:
+        one, two = shared_limiter(redis_url, 1000, 1), shared_limiter(redis_url, 1000, 1)
+        reset = str(int(time.time()) + 3600)
+        await one.acquire()
+        one.observe({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": reset})
+        for _ in range(3):
+            await two.acquire()  # three requests in flight on the other worker
+        # An answer says 3 are left, but it does not count two of those three yet: 3 - 2 = 1 may go.
+        two.observe({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": reset})
+        await asyncio.wait_for(one.acquire(), 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(one.acquire(), 0.3)
+
+    asyncio.run(main())
+
+
+def test_a_pause_after_a_429_holds_every_worker_and_a_rolled_window_frees_them(redis_url: str) -> None:
+    async def main() -> None:
+        one, two = (shared_limiter(redis_url, 1000, 1, reset_format="delta_seconds") for _ in range(2))
+        one.pause_for(0.5)
+        started = time.monotonic()
+        await two.acquire()
+        assert time.monotonic() - started >= 0.45
+        # A window that ends soon: once it has, the bucket governs again.
+        two.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})  # delta reading: 1 s
+        started = time.monotonic()
+        await one.acquire()
+        assert 0.5 <= time.monotonic() - started < 3
+
+    asyncio.run(main())
+
+
+def test_budgets_of_different_connections_are_separate(redis_url: str) -> None:
+    async def main() -> None:
+        a, b = shared_limiter(redis_url, 1, 3600, "a/preset"), shared_limiter(redis_url, 1, 3600, "b/preset")
+        await a.acquire()
+        await asyncio.wait_for(b.acquire(), 1)
+
+    asyncio.run(main())
+
+
+# -- the queue ---------------------------------------------------------------------------------
+
+def test_the_stream_queue_hands_each_entry_to_one_worker_and_publishes_each_outcome_once(redis_url: str) -> None:
+    async def main() -> None:
+        backend = state(redis_url)
+        q1, q2 = backend.queue(PRESET), backend.queue(PRESET)
+        await q1.append([json.dumps({"n": i}) for i in range(6)])
+        assert await q1.backlog() == 6
+        first = await q1.read("w1", 4, 0.1)
+        second = await q2.read("w2", 4, 0.1)
+        assert [json.loads(e.body)["n"] for e in first + second] == list(range(6))
+        assert await q2.read("w2", 4, 0.1) == []
+        await q1.ack([(e.id, {"outcome": "delivered", "n": json.loads(e.body)["n"]}) for e in first])
+        assert await q1.backlog() == 2
+        # w2 dies with its two entries: after the visibility timeout another worker claims them.
+        assert await q1.claim("w1", 60, 10) == []
+        await asyncio.sleep(0.25)
+        await q2.touch("w2", [second[0].id])  # w2 is still working on its first one
+        claimed = await q1.claim("w1", 0.2, 10)
+        assert [e.id for e in claimed] == [second[1].id]
+        await q1.ack([(claimed[0].id, {"outcome": "dropped"}), (second[0].id, {"outcome": "failed"})])
+        assert await q1.backlog() == 0
+        outcomes = await backend.async_client().xrange(backend.keys.outcomes(PRESET))
+        assert len(outcomes) == 6
+        await q1.close()
+        await q2.close()
+
+    asyncio.run(main())
+
+
+def test_the_outcome_stream_is_capped(redis_url: str) -> None:
+    async def main() -> None:
+        backend = state(redis_url)
+        queue = backend.queue(PRESET)
+        queue.outcomes_maxlen = 100
+        for _ in range(10):
+            await queue.append([json.dumps({"n": i}) for i in range(100)])
+            entries = await queue.read("w", 100, 0.1)
+            await queue.ack([(e.id, {"outcome": "dropped"}) for e in entries])
+        length = await backend.async_client().xlen(backend.keys.outcomes(PRESET))
+        assert 100 <= length < 300  # MAXLEN ~: about the cap, never the thousand published
+        await queue.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_redis_is_one_line_without_the_password() -> None:
+    backend = RedisState("redis://:hunter2-password@127.0.0.1:1/0")
+    with pytest.raises(OSError) as caught:
+        backend.check()
+    assert "hunter2" not in str(caught.value) and "cannot connect" in str(caught.value)
+    with pytest.raises(OSError):
+        backend.journal(PRESET, 60).record("m:1")
+    assert isinstance(redis.Redis, type)
