@@ -8,6 +8,7 @@ their exact position. Nothing in here knows about any destination.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -126,6 +127,10 @@ class _Compiler:
         self._check_events(data["events"], data["actions"])
         actions = {name: self._action(name, spec) for name, spec in data["actions"].items()}
         auth = self._auth(data.get("auth"))
+        if auth is not None and auth.authorize_url is not None and auth.refresh_token_setting in settings:
+            # `signal-engine auth` can store the refresh token in the state instead.
+            name = auth.refresh_token_setting
+            settings[name] = dataclasses.replace(settings[name], stored=True)
         delivery = self._delivery(data["delivery"])
         return Preset(
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
