@@ -17,7 +17,10 @@ What it checks, in RFC 6749's order:
   back as ``error=unsupported_response_type`` / ``invalid_scope``;
 * codes are random, single-use and short-lived; the exchange must name the
   same client and the same ``redirect_uri`` (§4.1.3), else ``invalid_grant``.
-  A code presented twice stays refused (§4.1.2).
+  A code presented twice stays refused (§4.1.2);
+* ``echo`` names parameters a vendor adds to the redirect and wants back in
+  the exchange (Salesloft: ``context`` and ``scope``); the fake requires them,
+  the stricter reading of docs that list them.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class IssuedCode:
     redirect_uri: str
     scope: str
     expires_at: float
+    echo: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -51,6 +55,7 @@ class AuthorizationServer:
     scopes: tuple[str, ...]  # what the app may ask for; empty: the request carries no scope
     consent: str = "approve"
     code_ttl: float = 600.0
+    echo: tuple[str, ...] = ()
     codes: dict[str, IssuedCode] = field(default_factory=dict)
     spent: set[str] = field(default_factory=set)
     issued: int = 0
@@ -87,9 +92,10 @@ class AuthorizationServer:
             return _redirect(redirect_uri, state, error="access_denied",
                              error_description="The user denied the authorization request.")
         code = secrets.token_urlsafe(24)
-        self.codes[code] = IssuedCode(client_id, redirect_uri, scope, now + self.code_ttl)
+        echo = tuple((name, scope if name == "scope" else secrets.token_urlsafe(8)) for name in self.echo)
+        self.codes[code] = IssuedCode(client_id, redirect_uri, scope, now + self.code_ttl, echo)
         self.issued += 1
-        return _redirect(redirect_uri, state, code=code)
+        return _redirect(redirect_uri, state, code=code, **dict(echo))
 
     def redeem(self, params: Mapping[str, Any], now: float) -> IssuedCode | str:
         """The code's grant, or why it is refused (an ``invalid_grant`` description). A code is spent by any attempt."""
@@ -107,6 +113,9 @@ class AuthorizationServer:
             return "The authorization code was issued to another client."
         if issued.redirect_uri != params.get("redirect_uri"):
             return "The redirect_uri does not match the one used in the authorization request."
+        for name, value in issued.echo:
+            if params.get(name) != value:
+                return f"The {name} parameter does not match the authorization redirect."
         self.exchanged += 1
         return issued
 

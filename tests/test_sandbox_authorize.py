@@ -1,4 +1,4 @@
-"""The Outreach sandbox's authorize step: what RFC 6749 §4.1 and Outreach's "Step 2" promise, over loopback HTTP.
+"""The sandboxes' authorize step: what RFC 6749 §4.1, Outreach's "Step 2" and Salesloft's docs promise, over HTTP.
 
 Expected values come from the product page ("Open this URL ... Outreach
 redirects back to your redirect URI with a code query parameter"; "The
@@ -6,7 +6,9 @@ authorization code is single-use and expires within minutes"; the exchange
 answers access_token, refresh_token and expires_in: 7200) and from RFC 6749
 (§4.1.2: state echoed; §4.1.2.1: no redirect to an unverified URI, errors
 redirected otherwise; §4.1.3: redirect_uri must match) and RFC 8252 §7.3
-(any port for a loopback IP redirect URI).
+(any port for a loopback IP redirect URI). Salesloft's: the redirect carries
+code, context and scope, and the exchange sends context and scope back
+(docs/vendors/salesloft.md).
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from engine.sandbox import outreach
+from engine.sandbox import outreach, salesloft
 from tests.sandbox_helpers import Running, running
 
 JSONAPI = "application/vnd.api+json"
 REDIRECT = "http://127.0.0.1:51004/callback"  # a port the app never registered: loopback, so any port goes
 
 
-def scenario(test: Callable[[Running], Awaitable[None]], **config: Any) -> None:
+def scenario(test: Callable[[Running], Awaitable[None]], module: Any = outreach, **config: Any) -> None:
     async def main() -> None:
-        async with running(outreach, **config) as sandbox:
+        async with running(module, **config) as sandbox:
             await test(sandbox)
 
     asyncio.run(main())
@@ -183,3 +185,21 @@ def test_a_registered_redirect_uri_keeps_its_own_query() -> None:
         assert target == "https://app.example/cb" and query["tenant"] == "7" and query["code"]
 
     scenario(test, redirect_uris=["https://app.example/cb?tenant=7"])
+
+
+def test_salesloft_redirects_with_context_and_scope_and_wants_them_back() -> None:
+    async def test(sandbox: Running) -> None:
+        status, location, _ = await authorize(sandbox, scope=None)  # Salesloft's URL carries no scope
+        assert status == 302
+        _, query = redirected(location)
+        assert {"code", "context", "state"} <= set(query)
+        status, location, _ = await authorize(sandbox, scope=None)
+        _, second = redirected(location)
+        # Without context and scope the exchange is refused (and the code spent).
+        status, body = await exchange(sandbox, query["code"])
+        assert status == 400 and body["error"] == "invalid_grant"
+        status, body = await exchange(sandbox, second["code"], context=second["context"],
+                                      scope=second.get("scope", ""))
+        assert status == 200 and body["refresh_token"] and body["access_token"]
+
+    scenario(test, salesloft)
