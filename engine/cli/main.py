@@ -19,7 +19,7 @@ import sys
 from .. import __version__
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
-from . import check, dlq, explain, golden, run, sandbox, scaffold, schema
+from . import auth, check, dlq, explain, golden, run, sandbox, scaffold, schema
 from .common import UsageError, located
 from .report import EXIT_USAGE
 
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error.")
     parser.add_argument("--version", action="version", version=f"signal-engine {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
-    for command in (check, run, explain, golden, schema, scaffold, dlq, sandbox):
+    for command in (check, run, explain, golden, schema, scaffold, auth, dlq, sandbox):
         command.register(sub)
     return parser
 

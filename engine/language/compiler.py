@@ -376,6 +376,7 @@ class _Compiler:
             refresh_token_setting=spec.get("refresh_token_setting"), client_auth=spec.get("client_auth", "form"),
             rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
             authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
+            echo_redirect_params=tuple(spec.get("echo_redirect_params", [])),
             refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules)
 
     def _secret_setting(self, path: list[PathPart], name: str) -> str:
