@@ -430,3 +430,17 @@ def test_the_code_exchange_sends_what_the_product_page_s_curl_sends() -> None:
     assert request.form == {"client_id": "cid", "client_secret": "cs-123456",
                             "redirect_uri": "http://127.0.0.1:1/callback", "grant_type": "authorization_code",
                             "code": "the-code"}
+
+
+def test_the_readme_s_sandbox_settings_authorise_against_the_sandbox_s_defaults() -> None:
+    """examples/sandbox-auth-settings.yaml: the sandbox's default app and port, and no refresh_token."""
+    from engine.language.settings import load_settings_file
+    from engine.sandbox.outreach import SandboxConfig, build_parser
+
+    values, _ = load_settings_file(REPO / "examples" / "sandbox-auth-settings.yaml", environ={})
+    assert "refresh_token" not in values
+    defaults = SandboxConfig()
+    assert (values["client_id"], values["client_secret"]) == (defaults.client_id, defaults.client_secret)
+    assert values["base_url"] == f"http://127.0.0.1:{build_parser().get_default('port')}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "signal-engine auth outreach/lead-capture --settings examples/sandbox-auth-settings.yaml" in readme
