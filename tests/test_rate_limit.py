@@ -350,3 +350,57 @@ def test_pause_for_zero_does_not_wait() -> None:
 
     assert clock.now == start
     assert clock.sleeps == []
+
+
+# --------------------------------------------------------------------------
+# structured headers and a known window without a reset
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, key, expected", [
+    ("limit=240, remaining=239, reset=1", "remaining", "239"),
+    ("limit=240, remaining=239, reset=1", "reset", "1"),
+    ('limit=240; remaining="7"; reset=1', "Remaining", "7"),
+    ("limit=240, reset=1", "remaining", None),
+])
+def test_one_item_of_a_structured_header(value: str, key: str, expected: str | None) -> None:
+    from engine.delivery.rate_limit import header_value
+
+    assert header_value({"ratelimit": value}, "ratelimit", key) == expected
+
+
+def test_a_structured_ratelimit_header_is_spent_and_waited_out() -> None:
+    clock = FakeTime()
+    rl = RateLimiter(100, 1, remaining_header="ratelimit", remaining_key="remaining", reset_header="ratelimit",
+                     reset_key="reset", reset_format="delta_seconds", clock=clock.monotonic, sleep=clock.sleep)
+    rl.observe({"ratelimit": "limit=2, remaining=0, reset=3"})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start == pytest.approx(3.0, abs=0.01)
+
+
+def test_a_rolling_window_of_known_length_is_waited_out_when_spent() -> None:
+    """Remaining is advertised, the reset is not: a spent window lasts window_seconds from when it was seen."""
+    clock = FakeTime()
+    rl = RateLimiter(100, 1, remaining_header="X-Remaining", window_seconds=60, clock=clock.monotonic, sleep=clock.sleep)
+    rl.observe({"X-Remaining": "0"})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start == pytest.approx(60.0, abs=0.01)
+
+
+def test_a_clock_window_ends_on_the_next_multiple_of_its_length() -> None:
+    clock = FakeTime()
+    rl = RateLimiter(100, 1, remaining_header="X-Remaining", window_seconds=60, window_alignment="clock",
+                     clock=clock.monotonic, sleep=clock.sleep)
+    wall = time.time()
+    rl.observe({"X-Remaining": "0"})
+    start = clock.now
+
+    asyncio.run(rl.acquire())
+
+    assert clock.now - start == pytest.approx(60 - wall % 60, abs=0.5)

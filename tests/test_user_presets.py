@@ -117,3 +117,18 @@ def test_an_output_schema_missing_beside_the_preset_is_reported_there(tmp_path: 
     [line] = run.stderr.splitlines()
     assert line.startswith(f"{preset}:") and "actions.upsert_contact.output.schema: cannot load output schema" in line
     assert "cannot resolve $ref './common.schema.json#/$defs/short_text'" in line
+
+
+def test_a_schema_with_its_own_id_resolves_its_defs_and_its_siblings(tmp_path: Path) -> None:
+    """A schema published with an https $id still finds #/$defs and sibling files beside it."""
+    preset = make_user_repo(tmp_path / "user-repo")
+    folder = preset.parent
+    contact = json.loads((folder / "contact.schema.json").read_text(encoding="utf-8"))
+    contact["$id"] = "https://schemas.acme.test/crm/contact.schema.json"
+    contact["$defs"] = {"country": {"type": "string", "pattern": "^[A-Z]{2}$"}}
+    contact["properties"]["country"] = {"$ref": "#/$defs/country"}
+    (folder / "contact.schema.json").write_text(json.dumps(contact), encoding="utf-8")
+    check = cli("check", preset, cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    golden = cli("golden", "--preset", preset, tmp_path / "user-repo" / "cases", cwd=tmp_path)
+    assert golden.returncode == 0, golden.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import IO, Any, AsyncIterator, Callable
 
@@ -20,8 +19,13 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
-from .events_input import events_from, open_events, parse_line, raw_line_chunks
-from .input_batches import batches
+from .events_input import (
+    events_from,
+    is_regular_file,
+    open_events,
+    parse_line,
+    raw_line_chunks,
+)
 from .input_hints import FirstLine, ndjson_hint, watch_first
 from .logs import add_logging_options, json_line
 from .report import RunReport, wants_progress
@@ -64,11 +68,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.dry_run:
             stream = FirstLine(raw)
             pipeline = Pipeline(preset, settings)
+            flush = not is_regular_file(raw)  # a pipe or a terminal is watched line by line
             for index, event, problem in watch_first(events_from(stream, args.events), stream, args.events, warn):
                 result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
                     else pipeline.dry_run(event, index)
-                emit(result)
+                emit(result, flush=flush)
                 report.add(result)
+            sys.stdout.flush()
             report.finish()
             return report.exit_code()
         return run_delivery(preset, settings, args, raw, emit, report, warn)
@@ -80,6 +86,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
                  stream: IO[Any], emit: Callable[[Outcome], None], report: RunReport,
                  warn: Callable[[str], None]) -> int:
+    import asyncio  # not at module level: a dry run needs no event loop
+
+    from .input_batches import batches
+
     check_state_dir(args.state)
 
     async def main() -> int:

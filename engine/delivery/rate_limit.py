@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
+import re
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
@@ -68,6 +70,20 @@ def seconds_until(value: str | None, now_wall: float | None = None) -> float | N
     return max(0.0, min(when.timestamp() - now_wall, MAX_WAIT_SECONDS))
 
 
+def header_value(headers: Mapping[str, str], name: str | None, key: str | None = None) -> str | None:
+    """A header's value, or with ``key`` one ``key=value`` item of it (``limit=20, remaining=19, reset=1``)."""
+    if not name:
+        return None
+    value = headers.get(name)
+    if value is None or key is None:
+        return value
+    for item in re.split(r"[,;]", value):
+        name_part, sep, item_value = item.partition("=")
+        if sep and name_part.strip().lower() == key.lower():
+            return item_value.strip().strip('"')
+    return None
+
+
 def reset_seconds(value: str | None, fmt: str, now_wall: float | None = None) -> float | None:
     """Seconds until a reset header's moment, read the way the preset declares it is written."""
     if value is None or not value.strip():
@@ -98,12 +114,14 @@ class RateLimiter:
                   sleep: Sleep = asyncio.sleep) -> "RateLimiter":
         return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
                    reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
-                   window_unit=spec.window_unit, clock=clock, sleep=sleep)
+                   window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
+                   window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock, sleep=sleep)
 
     def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
                  reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
-                 window_unit: str = "seconds", clock: Callable[[], float] = time.monotonic,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
+                 window_seconds: float | None = None, window_alignment: str = "rolling",
+                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
         self.rate = requests / per_seconds
         # A minute's worth of burst: enough for a handful of leads to go out at
         # once, small enough that a backlog is paced rather than dumped.
@@ -114,6 +132,10 @@ class RateLimiter:
         self.reset_format = reset_format
         self.window_header = window_header
         self.window_scale = 0.001 if window_unit == "milliseconds" else 1.0
+        self.remaining_key = remaining_key
+        self.reset_key = reset_key
+        self.window_seconds = window_seconds
+        self.window_alignment = window_alignment
         self._clock = clock
         self._sleep = sleep
         self._last = clock()
@@ -174,11 +196,11 @@ class RateLimiter:
         flight, so they are subtracted from it.
         """
         self._in_flight = max(0, self._in_flight - 1)
-        remaining = first_number(headers.get(self.remaining_header)) if self.remaining_header else None
+        remaining = first_number(header_value(headers, self.remaining_header, self.remaining_key))
         if remaining is not None:
             remaining = max(0.0, remaining - self._in_flight)
         now = self._clock()
-        reset_raw = headers.get(self.reset_header) if self.reset_header else None
+        reset_raw = header_value(headers, self.reset_header, self.reset_key)
         if reset_raw is not None:
             delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
@@ -189,6 +211,16 @@ class RateLimiter:
             # now + length is a reset that is never early.
             if self._server_reset is None or self._server_reset <= now:
                 self._server_reset = now + window * self.window_scale
+            reset_raw = f"window@{self._server_reset}"
+        if self.window_seconds and remaining is not None and reset_raw is None:
+            # A known window length and no reset: a window is over at its end on
+            # the clock, or (rolling) a full length after it was seen.
+            if self._server_reset is None or self._server_reset <= now:
+                if self.window_alignment == "clock":
+                    wall = time.time()
+                    self._server_reset = now + (math.floor(wall / self.window_seconds) + 1) * self.window_seconds - wall
+                else:
+                    self._server_reset = now + self.window_seconds
             reset_raw = f"window@{self._server_reset}"
         if remaining is not None:
             same_window = reset_raw is not None and reset_raw == self._server_reset_raw
@@ -210,10 +242,11 @@ class RateLimiter:
             delay = seconds_until(headers[retry_after_header])
             if delay is not None:
                 return delay
-        if self.reset_header and headers.get(self.reset_header) is not None:
-            delay = reset_seconds(headers[self.reset_header], self.reset_format)
+        reset_raw = header_value(headers, self.reset_header, self.reset_key)
+        if reset_raw is not None:
+            delay = reset_seconds(reset_raw, self.reset_format)
             if delay is not None:
                 return delay
-        if self._server_reset is not None and self.window_header:
+        if self._server_reset is not None and (self.window_header or self.window_seconds):
             return max(0.0, self._server_reset - self._clock())
         return None

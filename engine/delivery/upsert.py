@@ -14,11 +14,14 @@ create and to the lookup (``{status, headers, body}``), and the record found.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from .. import outcome as oc
-from ..language.expressions import ExpressionError
+from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import UpsertSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError
@@ -48,12 +51,28 @@ class Upserter:
     def __init__(self, sender: "Sender", settings: Settings) -> None:
         self.sender = sender
         self.public = settings.public()
+        self._keys = KeyedLocks()
 
     async def deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
+        key = self._key(prepared)
+        async with self._keys.hold(key):
+            try:
+                return await self._deliver(prepared, attempts)
+            except _StepEnded as ended:
+                return ended.outcome
+
+    def _key(self, prepared: Prepared) -> str | None:
+        """The record this event writes, when the preset names it: such events go one at a time."""
+        spec = prepared.action.upsert
+        if spec is None or spec.key is None:
+            return None
+        context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
+                   "settings": self.public}
         try:
-            return await self._deliver(prepared, attempts)
-        except _StepEnded as ended:
-            return ended.outcome
+            key = spec.key.evaluate(context)
+        except ExpressionError:
+            return None  # no key, no ordering: the upsert still merges
+        return json.dumps(key, sort_keys=True, default=str) if key is not None else None
 
     async def _deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
         spec = prepared.action.upsert
@@ -118,8 +137,12 @@ class Upserter:
                       lookup: "Exchange | None", conflict: "Step | None") -> Outcome:
         where = f"actions.{prepared.action.name}.upsert.update"
         previous = lookup or (conflict.exchange if conflict else None)
+        action = prepared.action
+        if spec.update_output is not None:  # the update's own contract
+            out = spec.update_output
+            action = dataclasses.replace(action, contract=out.contract, omit_empty=out.omit_empty, truncate=out.truncate)
         try:
-            body = build_document(prepared.action, spec.update_body, context, f"{where}.body")
+            body = build_document(action, spec.update_body, context, f"{where}.body")
         except TransformError as exc:
             raise UpsertError(exc.cause, str(exc), previous) from None
         url, headers = self._render(where, spec.update, context, previous, prepared)
@@ -146,6 +169,30 @@ class Upserter:
         except TemplateError as exc:
             raise UpsertError("upsert_error", f"{where}: {exc}", previous) from None
         return url, headers
+
+
+class KeyedLocks:
+    """One lock per key in use; a key's lock is dropped when its last holder leaves."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        if key is None:
+            yield
+            return
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
 
 class _StepEnded(Exception):
@@ -190,5 +237,6 @@ def _answer(exchange: "Exchange | None") -> dict[str, Any] | None:
 
 
 def _expression_cause(exc: ExpressionError) -> str:
-    return getattr(exc, "cause", None) or "upsert_error"
+    """A limit that stopped an upsert expression is named as such; anything else is a preset bug."""
+    return "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
 

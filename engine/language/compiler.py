@@ -12,18 +12,22 @@ import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..delivery.response_rules import Rule
 from ..pipeline.event_table import EventTable
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
-from . import resources
+from . import preset_cache, resources
 from .expression_check import InputShape, analyse
-from .expressions import Expression, ExpressionError
+from .expressions import (
+    DEFAULT_LIMITS,
+    BackendError,
+    Expression,
+    ExpressionError,
+    ExpressionLimits,
+    selected_backend,
+)
 from .model import (
     DEFAULT_DEDUPE_WINDOW_SECONDS,
     DEFAULT_IDENTITY_MAX_BYTES,
@@ -34,6 +38,7 @@ from .model import (
     DeliverySpec,
     IdentitySpec,
     LookupSpec,
+    OutputSpec,
     Preset,
     RateLimitSpec,
     RequestSpec,
@@ -44,6 +49,10 @@ from .model import (
 from .settings import SettingSpec
 from .templates import Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 
 class PresetError(Exception):
@@ -56,31 +65,60 @@ class PresetError(Exception):
 
 @lru_cache(maxsize=1)
 def _preset_validator() -> Draft202012Validator:
+    from jsonschema import (
+        Draft202012Validator,  # only when a preset is not in the preset cache
+    )
+
     schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
 
 
-def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = ()) -> Preset:
+def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, strict: bool = False) -> Preset:
     """Load a preset by name (looked up in ``preset_path``, ``$SIGNAL_ENGINE_PRESET_PATH``, then the
-    built-in ones) or a preset file by path; raise :class:`PresetError`."""
+    built-in ones) or a preset file by path; raise :class:`PresetError`.
+
+    ``strict`` (``check``) bypasses the preset cache and also checks each
+    output schema against its meta-schema with jsonschema, which is too slow
+    for every start.
+    """
     path = resources.find_preset(name_or_path, preset_path)
     if not path.exists():
         known = ", ".join(resources.known_presets(preset_path))
         raise PresetError([f"{name_or_path}: no such preset file or preset name (known: {known})"])
     try:
-        doc = load_yaml(path)
+        backend = selected_backend()
+    except BackendError as exc:
+        raise PresetError([str(exc)]) from None
+    source = preset_cache.read(path)
+    cached = preset_cache.lookup(source) if source is not None and not strict else None
+    if cached is not None:
+        return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+    try:
+        doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    return _Compiler(doc).compile()
+    compiler = _Compiler(doc, backend, strict=strict)
+    preset = compiler.compile()
+    if source is not None:
+        preset_cache.store(source, compiler.data, compiler.schema_digests)
+    return preset
 
 
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument) -> None:
+    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False,
+                 checked_schemas: Mapping[str, str] | None = None) -> None:
         self.doc = doc
+        self.strict = strict
+        # From the preset cache: the preset already passed the preset schema and
+        # the static checks, and these output schemas (name -> digest) their meta-schema.
+        self.checked_schemas = checked_schemas
+        self.schema_digests: dict[str, str] = {}
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
+        self.backend = backend
+        self.limits = _expression_limits(self.data)
 
     # -- reporting -----------------------------------------------------
     def problem(self, path: list[PathPart], message: str, *, key: bool = False) -> None:
@@ -96,7 +134,7 @@ class _Compiler:
     def compile(self) -> Preset:
         if not isinstance(self.data, dict):
             raise PresetError([f"{self.doc.path}:1:1: (root): a preset must be a YAML mapping"])
-        for error in _preset_validator().iter_errors(self.data):
+        for error in _preset_validator().iter_errors(self.data) if self.checked_schemas is None else ():
             self._schema_problem(error)
         if self.problems:
             # Report everything in one run: expression syntax is independent
@@ -136,7 +174,7 @@ class _Compiler:
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
             identity=identity, consent_setting=consent_setting,
             consent_aliases=data["consent"].get("aliases", {}), events=EventTable.build(data["events"]),
-            actions=actions, auth=auth, delivery=delivery, raw=data,
+            actions=actions, auth=auth, delivery=delivery, raw=data, expression_limits=self.limits,
         )
 
     def _schema_problem(self, error: ValidationError) -> None:
@@ -192,7 +230,7 @@ class _Compiler:
 
     def _compile_expression(self, path: list[PathPart], source: str) -> Expression | None:
         try:
-            return Expression.compile(source)
+            return Expression.compile(source, self.limits, self.backend)
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -208,8 +246,8 @@ class _Compiler:
     def _expression(self, path: list[PathPart], source: str, roots: Mapping[str, Any], what: str) -> Expression | None:
         """Compile, then check statically what the expression reads against what its input holds."""
         compiled = self._compile_expression(path, source)
-        if compiled is None:
-            return None
+        if compiled is None or self.checked_schemas is not None:
+            return compiled  # a cached preset passed these checks when it was stored
         shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
         for finding in analyse(source, shape):
             loc = self.doc.locate_in_scalar(path, finding.position)
@@ -272,17 +310,22 @@ class _Compiler:
         req = spec["request"]
         request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
                               self._headers(base + ["request", "headers"], req.get("headers", {})))
-        output = spec.get("output", {})
-        contract = None
-        if output.get("schema"):
-            schema_path = resources.output_schema_path(output["schema"], Path(self.doc.path).parent)
-            try:
-                contract = OutputContract.load(output["schema"], schema_path)
-            except (OSError, ValueError) as exc:
-                self.problem(base + ["output", "schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
+        output = self._output(base + ["output"], spec.get("output", {}))
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
-        return ActionSpec(name, mapping, request, contract,  # type: ignore[arg-type]
-                          output.get("omit_empty", True), output.get("truncate_to_schema", True), upsert)
+        return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
+                          output.omit_empty, output.truncate, upsert)
+
+    def _output(self, path: list[PathPart], spec: Mapping[str, Any]) -> OutputSpec:
+        contract = None
+        if spec.get("schema"):
+            schema_path = resources.output_schema_path(spec["schema"], Path(self.doc.path).parent)
+            try:
+                contract = OutputContract.load(spec["schema"], schema_path, strict=self.strict,
+                                               checked=(self.checked_schemas or {}).get(spec["schema"]))
+                self.schema_digests[spec["schema"]] = contract.digest
+            except (OSError, ValueError) as exc:
+                self.problem(path + ["schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
+        return OutputSpec(contract, spec.get("omit_empty", True), spec.get("truncate_to_schema", True))
 
     def _upsert(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> UpsertSpec:
         strategy = spec.get("strategy", "on_conflict")
@@ -311,10 +354,15 @@ class _Compiler:
                              self._headers(base + ["update", "headers"], up.get("headers", {}), update_roots))
         body = self._expression(base + ["update", "body"], up["body"],
                                 self._upsert_roots(action, "found", *(("lookup",) if lookup else ())), "the update body")
-        return UpsertSpec(strategy, lookup, found, update, body)  # type: ignore[arg-type]
+        key = (self._expression(base + ["key"], spec["key"], self._upsert_roots(action), "upsert.key")
+               if "key" in spec else None)
+        update_output = self._output(base + ["update", "output"], up["output"]) if "output" in up else None
+        return UpsertSpec(strategy, lookup, found, update, body, key, update_output)  # type: ignore[arg-type]
 
     def _check_query_shape(self, where: list[PathPart], source: str, json_query: frozenset[str]) -> None:
         """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
+        if self.checked_schemas is not None:
+            return  # checked when the cached preset was stored
         import jsonata
 
         try:
@@ -407,14 +455,23 @@ class _Compiler:
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
         if headers.get("window") and headers.get("reset"):
             self.problem(["delivery", "rate_limit", "headers", "window"], "give either reset or window, not both")
+        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
+            self.problem(["delivery", "rate_limit", "window_seconds"],
+                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
+        if "window_alignment" in rl and "window_seconds" not in rl:
+            self.problem(["delivery", "rate_limit", "window_alignment"], "window_alignment needs window_seconds")
         wait = rl.get("wait_from_response")
         return DeliverySpec(
             float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
-            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), headers.get("remaining"), headers.get("reset"),
-                          headers.get("retry_after"), headers.get("reset_format", "epoch_seconds"), headers.get("window"),
+            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
+                          _header_name(headers.get("reset")), headers.get("retry_after"),
+                          headers.get("reset_format", "epoch_seconds"), headers.get("window"),
                           headers.get("window_unit", "seconds"),
                           self._expression(["delivery", "rate_limit", "wait_from_response"], wait, self.RESPONSE_ROOTS,
-                                           "wait_from_response") if wait else None),
+                                           "wait_from_response") if wait else None,
+                          _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
+                          float(rl["window_seconds"]) if "window_seconds" in rl else None,
+                          rl.get("window_alignment", "rolling")),
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),
@@ -440,7 +497,7 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     actions = get(data, "actions")
     for name in actions if isinstance(actions, dict) else []:
         for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
-                     ("upsert", "update", "body")):
+                     ("upsert", "update", "body"), ("upsert", "key")):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
     for section in (("delivery", "responses"), ("auth", "errors")):
         rules = get(data, *section)
@@ -450,5 +507,25 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     return sites
 
 
+def _header_name(ref: Any) -> str | None:
+    return ref.get("header") if isinstance(ref, dict) else ref
+
+
+def _header_key(ref: Any) -> str | None:
+    return ref.get("key") if isinstance(ref, dict) else None
+
+
 def _one_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _expression_limits(data: Any) -> ExpressionLimits:
+    """``limits.expression`` over the defaults; the schema has checked the values when it matters."""
+    limits = data.get("limits") if isinstance(data, dict) else None
+    given = limits.get("expression") if isinstance(limits, dict) else None
+    if not isinstance(given, dict):
+        return DEFAULT_LIMITS
+    values = {name: value for name, value in given.items()
+              if name in ExpressionLimits.__dataclass_fields__ and isinstance(value, int) and not isinstance(value, bool)
+              and value > 0}
+    return ExpressionLimits(**{**DEFAULT_LIMITS.__dict__, **values})

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .expressions import DEFAULT_LIMITS, ExpressionLimits
+
 if TYPE_CHECKING:  # types only: the stages below import this module
     from ..delivery.response_rules import Rule
     from ..pipeline.event_table import EventTable
@@ -72,6 +74,17 @@ class UpsertSpec:
     found: Expression
     update: RequestSpec
     update_body: Expression
+    key: Expression | None = None  # events with the same key are delivered one after the other
+    update_output: "OutputSpec | None" = None  # the update's own contract, when it differs from the create's
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """How a document is made to fit its contract: omit empty values, cut strings, validate."""
+
+    contract: OutputContract | None
+    omit_empty: bool = True
+    truncate: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,10 @@ class RateLimitSpec:
     window_header: str | None = None  # a window-length header, for destinations that send no reset
     window_unit: str = "seconds"
     wait_from_response: Expression | None = None  # JSONata over {status, headers, body} of a 429
+    remaining_key: str | None = None  # read one key=value item of a structured header
+    reset_key: str | None = None
+    window_seconds: float | None = None  # a known window length, for destinations advertising no reset
+    window_alignment: str = "rolling"  # clock | rolling
 
 
 @dataclass(frozen=True)
@@ -178,3 +195,5 @@ class Preset:
     auth: AuthSpec | None
     delivery: DeliverySpec
     raw: Mapping[str, Any] = field(repr=False)
+    # ``limits.expression``: the bounds every expression of the preset was compiled with.
+    expression_limits: ExpressionLimits = DEFAULT_LIMITS

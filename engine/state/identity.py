@@ -25,7 +25,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
-from ..language.model import DEFAULT_IDENTITY_MAX_BYTES, DEFAULT_IDENTITY_TTL_DAYS, IdentitySpec
+from ..language.model import (
+    DEFAULT_IDENTITY_MAX_BYTES,
+    DEFAULT_IDENTITY_TTL_DAYS,
+    IdentitySpec,
+)
 
 
 class Slot(NamedTuple):

@@ -17,7 +17,14 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import StateError
-from ..identity import IdentityLimits, Remembered, Slot, entry_bytes, merged, traits_json
+from ..identity import (
+    IdentityLimits,
+    Remembered,
+    Slot,
+    entry_bytes,
+    merged,
+    traits_json,
+)
 from .database import Database
 
 TOUCH_SECONDS = 3600.0
