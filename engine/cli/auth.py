@@ -23,10 +23,7 @@ client secret, the code, nor any token.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import secrets
 import sys
-import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +82,8 @@ def _seconds(text: str) -> float:
 
 
 def cmd_auth(args: argparse.Namespace) -> int:
+    import asyncio  # the event loop and the web machinery only when the command runs
+
     from ..delivery.auth.authorization_code import can_authorise
 
     preset = load_preset_arg(args)
@@ -117,6 +116,10 @@ def _settings(args: argparse.Namespace, preset: Preset) -> Settings:
 
 
 async def _authorise(args: argparse.Namespace, preset: Preset, settings: Settings) -> int:
+    import asyncio
+    import secrets
+    import webbrowser
+
     import aiohttp
 
     from ..delivery.auth.authorization_code import (
