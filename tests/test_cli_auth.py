@@ -339,6 +339,29 @@ def test_no_redirect_in_time_is_a_clear_failure(tmp_path: Path, capsys: pytest.C
         "command again and open the new URL (each one is good for one attempt)")
 
 
+def test_the_browser_opens_only_when_asked(tmp_path: Path) -> None:
+    """``--open`` hands the URL to the default browser ($BROWSER here: a script that follows it); without it, nothing."""
+    creds = app_credentials()
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.py"
+    browser.write_text("import sys, urllib.request\n"
+                       f"open({str(opened)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+                       "urllib.request.urlopen(sys.argv[1], timeout=15).read()\n", encoding="utf-8")
+    env = {**ENV, "BROWSER": f"{sys.executable} {browser} %s"}
+    with sandbox(*sandbox_flags(creds)) as base:
+        settings = write_settings(tmp_path / "settings.yaml", {**creds, "base_url": base})
+        asked = subprocess.run([sys.executable, "-m", "engine", "auth", PRESET, "--settings", str(settings), "--state",
+                                str(tmp_path / "state"), "--port", "0", "--timeout", "30", "--open"],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, asked.stderr
+        assert opened.read_text(encoding="utf-8").splitlines() == [asked.stdout.strip()]
+        opened.unlink()
+        not_asked = subprocess.run([sys.executable, "-m", "engine", "auth", PRESET, "--settings", str(settings),
+                                    "--state", str(tmp_path / "state"), "--port", "0", "--timeout", "1"],
+                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert not_asked.returncode == 1 and not opened.exists()
+
+
 def test_a_refresh_token_in_the_settings_file_is_refused_before_anything_starts(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = write_settings(tmp_path / "settings.yaml", {"client_id": "app", "client_secret": "cs-123456",
