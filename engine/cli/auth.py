@@ -154,8 +154,8 @@ async def _authorise(args: argparse.Namespace, preset: Preset, settings: Setting
         print(url, flush=True)
         _say(f"signal-engine: waiting up to {args.timeout:g}s for the redirect to {redirect_uri} "
              "(the app must list it as a redirect URI)")
-        if args.open:
-            await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url)
+        if args.open and not await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url):
+            _say("signal-engine: no web browser could be opened here; open the URL yourself")
         try:
             answer = await receiver.wait(args.timeout)
         except TimeoutError:

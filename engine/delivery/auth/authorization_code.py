@@ -149,11 +149,6 @@ def refused_redirect(params: Mapping[str, str]) -> str:
     return f"the destination refused the authorisation request: {error}{said}; nothing was stored"
 
 
-def chain_origin(spec: AuthSpec, settings: Settings) -> str:
-    """Where a run with these settings starts its token chain: the configured refresh token, else the authorisation."""
-    return str(settings[spec.refresh_token_setting or ""] or "") or AUTHORISED_CHAIN
-
-
 async def store_tokens(store: TokenStore, tokens: StoredTokens, origin: str = AUTHORISED_CHAIN) -> bool:
     """Save the new chain under the refresh lock; True when it replaced an earlier authorisation.
 
