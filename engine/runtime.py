@@ -43,7 +43,7 @@ from .delivery.sender import Sender
 from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
-from .language.settings import Settings, resolve
+from .language.settings import Settings, SettingsError, resolve
 from .outcome import Outcome
 from .pipeline.identity import IdentityMemory
 from .pipeline.prepare import Pipeline, Prepared
@@ -60,7 +60,7 @@ from .state.buffered import (
 from .state.dead_letters import DeadLetterStore, entry_for
 from .state.identity import IdentityLimits, IdentityStore
 from .state.journal import DeliveryJournal, event_key
-from .state.token_store import MemoryTokenStore, TokenStore
+from .state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
@@ -139,6 +139,7 @@ class Engine:
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> "Engine":
         if self._sender is None:
+            self._check_refresh_token()
             if self._transport is None:
                 if self._session is None:
                     timeout = aiohttp.ClientTimeout(total=self.preset.delivery.timeout_seconds)
@@ -154,7 +155,36 @@ class Engine:
         return self
 
     async def __aenter__(self) -> "Engine":
-        return await self.start()
+        try:
+            return await self.start()
+        except BaseException:
+            await self.close()  # nothing was sent; release the state and the session
+            raise
+
+    def _check_refresh_token(self) -> None:
+        """Before anything is sent: a refresh-token connection needs a token, from the settings or the state.
+
+        Without a ``refresh_token`` setting the engine continues the chain a
+        person authorised into the state (``signal-engine auth``); when there
+        is none, that is a configuration error, not a reason to dead-letter
+        every event.
+        """
+        auth = self.preset.auth
+        if auth is None or auth.type != "oauth2_refresh_token" or self.settings[auth.refresh_token_setting or ""]:
+            return
+        try:
+            if self.token_store.load(AUTHORISED_CHAIN) is not None:
+                return
+        except OSError:
+            return  # unreadable now: minting says what is wrong, event by event
+        name = auth.refresh_token_setting
+        client_id = self.settings[auth.client_id_setting or ""]
+        where = f"the state directory {self.state_dir}" if self.state_dir is not None else "the engine's state"
+        how = (f"authorise the app once with `signal-engine auth {self.preset.name} --settings FILE"
+               f"{f' --state {self.state_dir}' if self.state_dir is not None else ''}`, or set {name}"
+               if auth.authorize_url is not None else f"set {name}")
+        raise SettingsError(f"required setting {name!r} is missing, and {where} holds no authorisation for "
+                            f"client_id {client_id!r}: {how}")
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()

@@ -84,7 +84,7 @@ def test_client_credentials_in_the_body_or_as_basic_and_bad_ones_are_invalid_cli
             status, body = await refresh(sb, body["refresh_token"], basic=True, secret="nope")
             assert (status, body["error"]) == (401, "invalid_client")
             status, body, _ = await sb.call("POST", "/oauth/token", form={
-                "grant_type": "authorization_code", "client_id": "sandbox-client", "client_secret": "sandbox-secret"})
+                "grant_type": "password", "client_id": "sandbox-client", "client_secret": "sandbox-secret"})
             assert (status, body["error"]) == (400, "unsupported_grant_type")
 
     run(scenario())

@@ -20,19 +20,7 @@ import sys
 
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
-from . import (
-    check,
-    dlq,
-    explain,
-    golden,
-    run,
-    sandbox,
-    scaffold,
-    schema,
-    serve,
-    tail,
-    worker,
-)
+from . import auth, check, dlq, explain, golden, run, sandbox, scaffold, schema, serve, tail, worker
 from .common import UsageError, located
 from .report import EXIT_USAGE
 
@@ -66,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Command name -> the module that registers it.
 COMMANDS = (("check", check), ("run", run), ("explain", explain), ("golden", golden), ("schema", schema),
-            ("init", scaffold), ("dlq", dlq), ("sandbox", sandbox), ("serve", serve), ("worker", worker),
-            ("tail", tail))
+            ("init", scaffold), ("auth", auth), ("dlq", dlq), ("sandbox", sandbox), ("serve", serve),
+            ("worker", worker), ("tail", tail))
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ their exact position. Nothing in here knows about any destination.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -164,6 +165,10 @@ class _Compiler:
         self._check_events(data["events"], data["actions"])
         actions = {name: self._action(name, spec) for name, spec in data["actions"].items()}
         auth = self._auth(data.get("auth"))
+        if auth is not None and auth.authorize_url is not None and auth.refresh_token_setting in settings:
+            # `signal-engine auth` can store the refresh token in the state instead.
+            name = auth.refresh_token_setting
+            settings[name] = dataclasses.replace(settings[name], stored=True)
         delivery = self._delivery(data["delivery"])
         return Preset(
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
@@ -419,6 +424,7 @@ class _Compiler:
             refresh_token_setting=spec.get("refresh_token_setting"), client_auth=spec.get("client_auth", "form"),
             rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
             authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
+            echo_redirect_params=tuple(spec.get("echo_redirect_params", [])),
             refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules)
 
     def _secret_setting(self, path: list[PathPart], name: str) -> str:

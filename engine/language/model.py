@@ -127,6 +127,7 @@ class AuthSpec:
     rotates_refresh_token: bool = True
     scopes: tuple[str, ...] = ()
     authorize_url: Template | None = None
+    echo_redirect_params: tuple[str, ...] = ()  # sent back with the authorization code (signal-engine auth)
     refresh_before_expiry: float = 60.0
     rules: tuple[Rule, ...] = ()
 

@@ -50,6 +50,10 @@ class SettingSpec:
     secret: bool = False
     default: Any = None
     description: str = ""
+    # The value may come from the state directory instead: the refresh token a
+    # person stored with ``signal-engine auth``. Missing from the settings, it
+    # is not an error here; the engine checks the state when delivery starts.
+    stored: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, re
                 values[name] = value.rstrip("/") if spec.type == "url" else value
         elif spec.default is not None:
             values[name] = spec.default
-        elif spec.required and require:
+        elif spec.required and require and not spec.stored:
             problems.append((_line_of(place),
                              f"{place}: required setting {name!r} is missing ({spec.description or spec.type})"))
     if problems:

@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 
+from ._authorization import CONSENT_CHOICES, AuthorizationServer
 from .common import (
     Fault,
     FixedWindowQuota,
@@ -43,8 +44,8 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Outreach: OAuth token endpoint with rotating refresh tokens, prospects create/search/update, rate "
-           "limits and injected faults")
+SUMMARY = ("Outreach: OAuth token endpoint with rotating refresh tokens (and the authorize step), prospects "
+           "create/search/update, rate limits and injected faults")
 
 __all__ = [
     "SandboxConfig",
@@ -81,6 +82,12 @@ class SandboxConfig:
     queue of one-shot failures (``500``, ``"drop"``, ``"delay:2"``...) applied to
     the first ``/api/v2`` requests, and ``fault_rate``/``fault_seed`` add
     reproducible random failures on top.
+
+    The authorize endpoint answers for a person: ``consent`` is what they
+    decide (``approve`` or ``deny``). ``redirect_uris`` are the app's
+    registered redirect URIs (a loopback one matches any port, RFC 8252),
+    ``scopes`` the scopes enabled for it, and ``code_ttl`` how long a code
+    lives (Outreach: "expires within minutes").
     """
 
     client_id: str = "sandbox-client"
@@ -101,6 +108,10 @@ class SandboxConfig:
     fault_rate: float = 0.0
     fault_seed: int | None = None
     schema_path: str | Path | None = None
+    redirect_uris: list[str] = field(default_factory=lambda: ["http://127.0.0.1/callback"])
+    scopes: list[str] = field(default_factory=lambda: GRANTED_SCOPE.split())
+    consent: str = "approve"
+    code_ttl: float = 600.0
 
 
 # --------------------------------------------------------------------------
@@ -344,6 +355,8 @@ class SandboxState:
         self.rng = random.Random(config.fault_seed)
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
         self.throttle = MintThrottle(config.mint_limit, config.mint_window)
+        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris),
+                                                 tuple(config.scopes), config.consent, config.code_ttl)
 
     # -- faults -----------------------------------------------------------
 
@@ -362,6 +375,15 @@ class SandboxState:
         self.access_tokens[access_token] = now + self.config.token_ttl
         self.throttle.record(now)
         self.mints += 1
+        return access_token, refresh_token
+
+    def first_tokens(self, now: float) -> tuple[str, str]:
+        """The tokens an authorization code buys: a new chain. It counts against the mint throttle too."""
+        refresh_token = secrets.token_urlsafe(32)
+        access_token = secrets.token_urlsafe(32)
+        self.refresh_tokens.add(refresh_token)
+        self.access_tokens[access_token] = now + self.config.token_ttl
+        self.throttle.record(now)
         return access_token, refresh_token
 
     def access_token_valid(self, token: str, now: float) -> bool:
@@ -395,6 +417,8 @@ class SandboxState:
             "pending_faults": [fault.describe() for fault in self.faults],
             "fault_rate": self.fault_rate,
             "refresh_tokens": sorted(self.refresh_tokens),
+            "authorizations": self.authorization.issued,
+            "code_exchanges": self.authorization.exchanged,
             "rate_limit": {
                 "limit": self.quota.quota,
                 "remaining": self.quota.remaining(),
@@ -447,8 +471,11 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     config = state.config
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
         return _oauth_error(401, "invalid_client", "Client authentication failed.")
+    if params.get("grant_type") == "authorization_code":
+        return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
-        return _oauth_error(400, "unsupported_grant_type", "Only grant_type=refresh_token is supported here.")
+        return _oauth_error(400, "unsupported_grant_type",
+                            "Only grant_type=refresh_token and authorization_code are supported.")
     old_token = params.get("refresh_token")
     if not isinstance(old_token, str) or old_token not in state.refresh_tokens:
         return _oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
@@ -467,8 +494,35 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     })
 
 
+def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
+    """"Step 2": the code from the redirect buys the first refresh and access tokens.
+
+    The mint throttle counts this access token but never refuses the
+    exchange: a person is waiting, and the code expires within minutes.
+    """
+    granted = state.authorization.redeem(params, now)
+    if isinstance(granted, str):
+        return _oauth_error(400, "invalid_grant", granted)
+    access_token, refresh_token = state.first_tokens(now)
+    return web.json_response({
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": state.config.token_ttl,
+        "refresh_token": refresh_token,
+        "scope": granted.scope,
+        "created_at": int(now),
+    })
+
+
+async def authorize_endpoint(request: web.Request) -> web.Response:
+    """``GET /oauth/authorize``: where a person approves the app; answers as ``consent`` says."""
+    state = _state(request)
+    query = {key: request.query.getone(key) for key in request.query.keys()}
+    return state.authorization.authorize(query, state.clock())
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
-    """``POST /oauth/token``: refresh with rotation, like Outreach."""
+    """``POST /oauth/token``: refresh with rotation, or exchange an authorization code, like Outreach."""
     state = _state(request)
     params = await _read_token_params(request)
     response = _refresh(state, params, state.clock())
@@ -731,6 +785,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     """Build the sandbox app; all state lives on the app under ``STATE_KEY``."""
     app = web.Application(middlewares=[api_middleware])
     app[STATE_KEY] = SandboxState(config)
+    app.router.add_get("/oauth/authorize", authorize_endpoint)
     app.router.add_post("/oauth/token", token_endpoint)
     app.router.add_get("/api/v2/prospects", protected(list_prospects))
     app.router.add_post("/api/v2/prospects", protected(create_prospect))
@@ -791,6 +846,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the OAuth client secret it accepts" + default)
     parser.add_argument("--refresh-token", default=defaults.refresh_token,
                         help="the first refresh token it accepts; each refresh rotates it" + default)
+    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=defaults.consent,
+                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
+                             "(error=access_denied)" + default)
+    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
+                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
+                             f"(default: {' '.join(defaults.redirect_uris)})")
+    parser.add_argument("--code-ttl", type=float, default=defaults.code_ttl,
+                        help="authorization code lifetime, in seconds" + default)
     return parser
 
 
@@ -808,6 +871,9 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         faults=list(args.fault or []),
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
+        consent=args.consent,
+        redirect_uris=list(args.redirect_uri or SandboxConfig().redirect_uris),
+        code_ttl=args.code_ttl,
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from ._authorization import CONSENT_CHOICES, AuthorizationServer
 from .common import (
     DEFAULT,
     Fault,
@@ -73,6 +74,10 @@ class SandboxConfig:
 
     ``quota`` is the 600-cost-per-minute team budget, counted in calendar
     minutes of ``window`` seconds; ``token_ttl`` the two-hour access tokens.
+    The authorize step answers as ``consent`` says, to the registered
+    ``redirect_uris`` (a loopback one accepts any port); its redirect carries
+    ``code``, ``context`` and ``scope``, and the exchange must send the last
+    two back, as Salesloft's docs show it.
     """
 
     client_id: str = "sandbox-client"
@@ -84,6 +89,9 @@ class SandboxConfig:
     faults: list[int | str] = field(default_factory=list)
     fault_rate: float = 0.0
     fault_seed: int | None = None
+    redirect_uris: list[str] = field(default_factory=lambda: ["http://127.0.0.1/callback"])
+    consent: str = "approve"
+    code_ttl: float = 600.0
 
 
 class ApiError(Exception):
@@ -127,6 +135,9 @@ class SandboxState:
         self.people: dict[int, dict[str, Any]] = {}
         self.next_id = 1
         self.mints = 0
+        # Salesloft's authorize URL takes no scope: the app's scopes are set in its settings.
+        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris), (), config.consent,
+                                                 config.code_ttl, echo=("context", "scope"))
         self.creates = 0
         self.updates = 0
         self.statuses: list[int | str] = []
@@ -173,6 +184,8 @@ class SandboxState:
             "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
             "requests": list(self.requests),
             "refresh_tokens": sorted(self.refresh_tokens),
+            "authorizations": self.authorization.issued,
+            "code_exchanges": self.authorization.exchanged,
             "pending_faults": [fault.describe() for fault in self.faults],
             "fault_rate": self.fault_rate,
             "rate_limit": {"limit": self.quota.quota, "remaining": self.quota.remaining()},
@@ -226,6 +239,8 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
         return _oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
                             "no client authentication included, or unsupported authentication method.")
+    if params.get("grant_type") == "authorization_code":
+        return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
         return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
                             "by the authorization server.")
@@ -239,8 +254,28 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
                               "refresh_token": refresh_token, "scope": "", "created_at": int(now)})
 
 
+def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
+    """The code from the redirect (with its context and scope) for the first tokens of a new chain."""
+    granted = state.authorization.redeem(params, now)
+    if isinstance(granted, str):
+        return _oauth_error(400, "invalid_grant", granted)
+    refresh_token, access_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    state.refresh_tokens.add(refresh_token)
+    state.access_tokens[access_token] = now + state.config.token_ttl
+    return web.json_response({"access_token": access_token, "token_type": "bearer",
+                              "expires_in": state.config.token_ttl, "refresh_token": refresh_token,
+                              "scope": granted.scope, "created_at": int(now)})
+
+
+async def authorize_endpoint(request: web.Request) -> web.Response:
+    """``GET /oauth/authorize`` (accounts.salesloft.com): where a person approves the app."""
+    state = _state(request)
+    query = {key: request.query.getone(key) for key in request.query.keys()}
+    return state.authorization.authorize(query, state.clock())
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
-    """``POST /oauth/token``: refresh with rotation."""
+    """``POST /oauth/token``: refresh with rotation, or exchange an authorization code."""
     state = _state(request)
     response = _refresh(state, await _token_params(request), state.clock())
     state.token_statuses.append(response.status)
@@ -482,6 +517,7 @@ async def admin_expire_tokens(request: web.Request) -> web.Response:
 def create_app(config: SandboxConfig) -> web.Application:
     app = web.Application(middlewares=[api_middleware])
     app[STATE_KEY] = SandboxState(config)
+    app.router.add_get("/oauth/authorize", authorize_endpoint)
     app.router.add_post("/oauth/token", token_endpoint)
     for suffix in ("", ".json"):
         app.router.add_get(f"/v2/people{suffix}", protected(list_people))
@@ -520,6 +556,14 @@ def build_parser() -> argparse.ArgumentParser:
                              + DEFAULT)
     parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
                         help="access-token lifetime (expires_in), in seconds" + DEFAULT)
+    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=defaults.consent,
+                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
+                             "(error=access_denied)" + DEFAULT)
+    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
+                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
+                             f"(default: {' '.join(defaults.redirect_uris)})")
+    parser.add_argument("--code-ttl", type=float, default=defaults.code_ttl,
+                        help="authorization code lifetime, in seconds" + DEFAULT)
     parser.add_argument("--quota", type=int, default=defaults.quota,
                         help="request cost allowed per window (the team's budget)" + DEFAULT)
     parser.add_argument("--window", type=float, default=defaults.window,
@@ -531,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
                          token_ttl=args.token_ttl, quota=args.quota, window=args.window, faults=list(args.fault or []),
-                         fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+                         fault_rate=args.fault_rate, fault_seed=args.fault_seed, consent=args.consent,
+                         redirect_uris=list(args.redirect_uri or SandboxConfig().redirect_uris), code_ttl=args.code_ttl)
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+# The origin of a token chain that began with an authorization code (a person
+# authorised the app with ``signal-engine auth``) rather than with a refresh
+# token written in the settings. An engine whose settings name no refresh
+# token continues this chain. No refresh token can equal it: tokens are
+# printable characters (RFC 6749, appendix A), and this starts with NUL.
+AUTHORISED_CHAIN = "\x00authorization_code"
+
+
 def fingerprint(token: str) -> str:
     """A short one-way tag that tells whether the configured token changed, without storing it twice."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()[:16]

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 from ...language.model import AuthSpec, RetrySpec
 from ...language.settings import Settings
 from ...redaction import Redactor
-from ...state.token_store import StoredTokens, TokenStore
+from ...state.token_store import AUTHORISED_CHAIN, StoredTokens, TokenStore
 from ..rate_limit import seconds_until
 from ..response_rules import Answer, first_match
 from ..retry_policy import backoff_delay
@@ -72,12 +72,16 @@ class OAuth2Auth:
         self._grant = "refresh_token" if spec.type == "oauth2_refresh_token" else "client_credentials"
         self._client_id = str(settings[spec.client_id_setting or ""] or "")
         self._client_secret = str(settings[spec.client_secret_setting or ""] or "")
-        # The chain of rotated refresh tokens starts at the configured one; a
-        # client-credentials connection has no chain, only a cached access token.
-        self._configured = (str(settings[spec.refresh_token_setting or ""] or "") if self._grant == "refresh_token"
-                            else "client:" + self._client_id)
+        # The chain of rotated refresh tokens starts at the configured one, or,
+        # when the settings name none, at the authorisation a person stored in
+        # the state (signal-engine auth). A client-credentials connection has
+        # no chain, only a cached access token.
+        given = str(settings[spec.refresh_token_setting or ""] or "") if self._grant == "refresh_token" else ""
+        self._configured = (given or AUTHORISED_CHAIN) if self._grant == "refresh_token" else "client:" + self._client_id
         stored = store.load(self._configured)
-        self._refresh = stored.refresh_token if stored else self._configured
+        # Empty when neither the settings nor the state hold a refresh token: minting then
+        # fails with a message a person can act on, without asking the endpoint.
+        self._refresh = stored.refresh_token if stored else (given if self._grant == "refresh_token" else self._configured)
         self._token_url = spec.token_url.render({"settings": settings.public()}) if spec.token_url else ""
         self._access: str | None = None
         self._expires_at = 0.0
@@ -88,8 +92,8 @@ class OAuth2Auth:
                 self._access, self._expires_at = stored.access_token, clock() + left
         for secret in (self._client_secret, self._refresh if self._grant == "refresh_token" else None, self._access):
             redactor.add(secret)
-        if self._grant == "refresh_token":
-            redactor.add(self._configured)
+        if given:
+            redactor.add(given)
         self._lock = asyncio.Lock()
         self._broken: AuthFailure | None = None
         self._recent_failure: tuple[AuthFailure, float] | None = None
@@ -144,6 +148,10 @@ class OAuth2Auth:
             # Another engine on the same state may have rotated the token meanwhile.
             if self._adopt_stored():
                 return
+            if self._grant == "refresh_token" and not self._refresh:
+                raise AuthFailure(f"there is no refresh token: the {self.spec.refresh_token_setting} setting is empty "
+                                  "and the state holds no authorisation for this client_id; authorise the app "
+                                  "(signal-engine auth) or set the refresh token", fatal=True)
             try:
                 if self._grant == "refresh_token":
                     self._check_store_writable()
@@ -278,15 +286,8 @@ class OAuth2Auth:
             form["refresh_token"] = self._refresh
         if self.spec.scopes and self._grant == "client_credentials":
             form["scope"] = " ".join(self.spec.scopes)
-        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
-        if self.spec.client_auth == "basic":
-            pair = f"{_form_quote(self._client_id)}:{_form_quote(self._client_secret)}"
-            basic = base64.b64encode(pair.encode()).decode("ascii")
-            self.redactor.add(basic)
-            headers["Authorization"] = f"Basic {basic}"
-        else:
-            form.update({"client_id": self._client_id, "client_secret": self._client_secret})
-        return HttpRequest("POST", self._token_url, headers, form=form, authenticated=False)
+        return token_endpoint_request(self.spec, self._token_url, self._client_id, self._client_secret, form,
+                                      self.redactor)
 
     async def _post(self) -> tuple[int | None, Any, Mapping[str, str]]:
         try:
@@ -323,6 +324,20 @@ class OAuth2Auth:
         self._expires_at = self._clock() + lifetime - self._margin(lifetime)
         self.mints += 1
         log.info("auth: minted an access token valid for %ds", int(lifetime))
+
+
+def token_endpoint_request(spec: AuthSpec, url: str, client_id: str, client_secret: str, form: dict[str, str],
+                           redactor: Redactor) -> HttpRequest:
+    """A form POST to the token endpoint, the client authenticated as the preset declares (RFC 6749 §2.3.1)."""
+    headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
+    if spec.client_auth == "basic":
+        pair = f"{_form_quote(client_id)}:{_form_quote(client_secret)}"
+        basic = base64.b64encode(pair.encode()).decode("ascii")
+        redactor.add(basic)
+        headers["Authorization"] = f"Basic {basic}"
+    else:
+        form = {**form, "client_id": client_id, "client_secret": client_secret}
+    return HttpRequest("POST", url, headers, form=form, authenticated=False)
 
 
 def _retrieve(task: "asyncio.Future[None]") -> None:
