@@ -133,8 +133,8 @@ async def _authorise(args: argparse.Namespace, preset: Preset, settings: Setting
     from ..delivery.transport import AiohttpTransport
     from ..redaction import Redactor
     from ..state.backend import open_state
-    from .loopback_redirect import LoopbackRedirect
     from .logs import configure_logging
+    from .loopback_redirect import LoopbackRedirect
 
     auth = preset.auth
     assert auth is not None

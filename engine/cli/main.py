@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import os
 import sys
 
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
-from . import auth, check, dlq, explain, golden, run, sandbox, scaffold, schema, serve, tail, worker
 from .common import UsageError, located
 from .report import EXIT_USAGE
 
@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-# Command name -> the module that registers it.
-COMMANDS = (("check", check), ("run", run), ("explain", explain), ("golden", golden), ("schema", schema),
-            ("init", scaffold), ("auth", auth), ("dlq", dlq), ("sandbox", sandbox), ("serve", serve),
-            ("worker", worker), ("tail", tail))
+# Command name -> the module (in this package) that registers it. Only the
+# named command's module is imported: each pulls in what its command needs.
+COMMANDS = (("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
+            ("init", "scaffold"), ("auth", "auth"), ("dlq", "dlq"), ("sandbox", "sandbox"), ("serve", "serve"),
+            ("worker", "worker"), ("tail", "tail"))
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -74,7 +75,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                                 parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))
     named = [module for name, module in COMMANDS if name == command]
     for module in named or [module for _, module in COMMANDS]:
-        module.register(sub)
+        importlib.import_module(f"{__package__}.{module}").register(sub)
     return parser
 
 

@@ -19,7 +19,6 @@ from ..pipeline.event_table import EventTable
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import preset_cache, resources
-from .expression_check import InputShape, analyse
 from .expressions import (
     DEFAULT_LIMITS,
     BackendError,
@@ -248,6 +247,11 @@ class _Compiler:
         compiled = self._compile_expression(path, source)
         if compiled is None or self.checked_schemas is not None:
             return compiled  # a cached preset passed these checks when it was stored
+        from .expression_check import (  # only for a preset not in the cache
+            InputShape,
+            analyse,
+        )
+
         shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
         for finding in analyse(source, shape):
             loc = self.doc.locate_in_scalar(path, finding.position)

@@ -7,7 +7,6 @@ mapping sees clean values and never has to repeat trimming or parsing.
 from __future__ import annotations
 
 import re
-import unicodedata
 from functools import lru_cache
 from typing import Any, Callable, Mapping
 
@@ -108,6 +107,8 @@ def country(value: Any, traits: dict[str, Any] | None = None, option: str | None
 
 def _fold(name: str) -> str:
     """Case, accents and spacing do not matter: "Côte d’Ivoire" finds "Cote d'Ivoire"."""
+    import unicodedata  # only when a country is looked up by name
+
     decomposed = unicodedata.normalize("NFKD", name.replace("’", "'"))
     return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).lower().split())
 

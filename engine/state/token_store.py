@@ -14,7 +14,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
-
 # The origin of a token chain that began with an authorization code (a person
 # authorised the app with ``signal-engine auth``) rather than with a refresh
 # token written in the settings. An engine whose settings name no refresh

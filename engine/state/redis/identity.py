@@ -22,7 +22,14 @@ from typing import Any, Callable, Mapping, Sequence
 from redis import Redis
 from redis.exceptions import WatchError
 
-from ..identity import IdentityLimits, Remembered, Slot, entry_bytes, merged, traits_json
+from ..identity import (
+    IdentityLimits,
+    Remembered,
+    Slot,
+    entry_bytes,
+    merged,
+    traits_json,
+)
 from .errors import reading, writing
 from .keys import Keys
 
