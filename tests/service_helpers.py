@@ -131,10 +131,11 @@ def post_signed(url: str, body: Any, secret: str = SIGNING_SECRET) -> tuple[int,
     return send(url + "/v1/events", raw, {"X-Timestamp": stamp, "X-Signature": f"sha256={signature}"})
 
 
-def until(condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+def until(condition: Callable[[], bool], timeout: float = 60, what: str | Callable[[], str] = "condition") -> None:
+    """Poll ``condition``; on timeout say what was awaited (``what`` may be computed then, to show the state)."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.05)
 
 

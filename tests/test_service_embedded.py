@@ -90,7 +90,11 @@ def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Pa
             assert len(done_before) < count, "the kill came too late to test anything"
             second = Service(*args, cwd=tmp_path, name="second")
             second.url
-            until(lambda: len(delivered([first, second])) == count, timeout=60, what="every lead delivered")
+            until(lambda: len(delivered([first, second])) == count, timeout=60,
+                  what=lambda: "every lead delivered; the others: "
+                  + json.dumps([o for o in first.outcomes() + second.outcomes() if o["outcome"] != "delivered"
+                                and o["messageId"].startswith("k-lead")])
+                  + "; second stderr: " + second.stderr()[-2000:])
             second.signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
