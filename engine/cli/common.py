@@ -67,15 +67,26 @@ def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool,
 
 
 def emit(outcome: Outcome, out: TextIO | None = None) -> None:
+    """One outcome as one line of JSON, always valid UTF-8 whatever the stream's encoding."""
     out = out or sys.stdout  # looked up per call, so redirection and capture work
     data = outcome.to_dict()
-    try:
-        out.write(json.dumps(data, ensure_ascii=False) + "\n")
-    except UnicodeEncodeError:
-        # A lone surrogate (from a "\\ud800" escape in the input) or a character the
-        # output encoding lacks: escape everything non-ASCII; still one line of JSON.
+    if _writes_strict_utf8(out):
+        try:
+            out.write(json.dumps(data, ensure_ascii=False) + "\n")
+        except UnicodeEncodeError:
+            # A lone surrogate (from a "\\ud800" escape in the input): escape everything
+            # non-ASCII; still one line of JSON.
+            out.write(json.dumps(data, ensure_ascii=True) + "\n")
+    else:
+        # Another encoding (LANG=C, PYTHONIOENCODING=latin-1) or a lenient error handler
+        # (surrogateescape) would write bytes that are not UTF-8: ASCII escapes are both.
         out.write(json.dumps(data, ensure_ascii=True) + "\n")
     out.flush()
+
+
+def _writes_strict_utf8(out: TextIO) -> bool:
+    encoding = (getattr(out, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
+    return encoding == "utf8" and (getattr(out, "errors", None) or "strict") == "strict"
 
 
 def check_state_dir(state: str) -> None:

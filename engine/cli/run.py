@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import IO, Any, AsyncIterator, Callable
+from typing import IO, Any, AsyncIterator, Callable, Iterator
 
 from .. import outcome as oc
 from ..language.model import Preset
@@ -20,9 +20,9 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
-from .events_input import events_from, open_events, parse_line, raw_line_chunks
+from .events_input import DEFAULT_MAX_EVENT_BYTES, RawLine, open_events, parse_line, raw_line_chunks
 from .input_batches import batches
-from .input_hints import FirstLine, ndjson_hint, watch_first
+from .input_hints import ndjson_hint
 from .logs import add_logging_options, json_line
 from .report import RunReport, wants_progress
 
@@ -42,9 +42,44 @@ def register(sub: Any) -> None:
                      help="token store, dead letters and identity memory (default: %(default)s)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress on stderr (default: only when stderr is a terminal)")
+    run.add_argument("--max-event-bytes", type=_byte_count, default=DEFAULT_MAX_EVENT_BYTES, metavar="BYTES",
+                     help="a longer input line is not read: it is one invalid_event (default: %(default)d)")
     add_logging_options(run)
     add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, 1 or more, got {text!r}")
+    return int(text)
+
+
+class InputLines:
+    """Numbers and parses the lines of ``--events``; ``read`` counts every line taken, blank ones too."""
+
+    def __init__(self, source: str, max_bytes: int, warn: Callable[[str], None]) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.warn = warn
+        self.read = 0
+        self.finished = False  # the input ended (rather than the run stopping first)
+        self._hinted = False
+
+    def parse(self, lines: list[RawLine]) -> Iterator[tuple[int, Any, str | None]]:
+        for raw in lines:
+            index = self.read
+            item = parse_line(index, raw, self.max_bytes)
+            self.read += 1
+            if item is None:
+                continue
+            if not self._hinted:
+                self._hinted = True
+                first = raw.removeprefix(b"\xef\xbb\xbf").strip() if isinstance(raw, bytes) else None
+                hint = ndjson_hint(self.source, first, item[1], item[2])
+                if hint:
+                    self.warn(hint)
+            yield item
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,26 +95,33 @@ def cmd_run(args: argparse.Namespace) -> int:
             line = json_line("warning", line.removeprefix("signal-engine: "), event="hint")
         print(line, file=sys.stderr, flush=True)
 
+    lines = InputLines(args.events, args.max_event_bytes, warn)
     try:
         if args.dry_run:
-            stream = FirstLine(raw)
-            pipeline = Pipeline(preset, settings)
-            for index, event, problem in watch_first(events_from(stream, args.events), stream, args.events, warn):
-                result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
-                    else pipeline.dry_run(event, index)
-                emit(result)
-                report.add(result)
-            report.finish()
-            return report.exit_code()
-        return run_delivery(preset, settings, args, raw, emit, report, warn)
+            return dry_run(Pipeline(preset, settings), raw, lines, report)
+        return run_delivery(preset, settings, args, raw, lines, report)
     finally:
         if args.events != "-":
             raw.close()
 
 
-def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
-                 stream: IO[Any], emit: Callable[[Outcome], None], report: RunReport,
-                 warn: Callable[[str], None]) -> int:
+def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunReport) -> int:
+    try:
+        for chunk in raw_line_chunks(stream, max_bytes=lines.max_bytes):
+            for index, event, problem in lines.parse(chunk):
+                result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
+                    else pipeline.dry_run(event, index)
+                emit(result)
+                report.add(result)
+    except OSError as exc:
+        raise UsageError(f"--events {lines.source}: cannot read: {exc.strerror or exc}") from None
+    lines.finished = True
+    report.finish()
+    return report.exit_code()
+
+
+def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
+                 lines: InputLines, report: RunReport) -> int:
     check_state_dir(args.state)
 
     async def main() -> int:
@@ -92,26 +134,13 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
             async def events() -> AsyncIterator[list[tuple[int, Any]]]:
                 # Lines are read in a thread of their own (a live pipe must not stall
                 # deliveries under way), handed over in batches, and parsed here.
-                index = 0
-                hinted = False
                 try:
-                    async for lines in batches(raw_line_chunks(stream)):
-                        batch = []
-                        for raw in lines:
-                            item = parse_line(index, raw)
-                            index += 1
-                            if item is None:
-                                continue
-                            at, event, problem = item
-                            if not hinted:
-                                hinted = True
-                                hint = ndjson_hint(args.events, raw.removeprefix(b"\xef\xbb\xbf").strip(), event, problem)
-                                if hint:
-                                    warn(hint)
-                            batch.append((at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event))
-                        yield batch
+                    async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
+                        yield [(at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
+                               for at, event, problem in lines.parse(chunk)]
                 except OSError as exc:
                     raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
+                lines.finished = True
 
             async for result in engine.process_batches(events()):
                 emit(result)
