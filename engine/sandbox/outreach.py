@@ -36,9 +36,13 @@ from .common import (
     FixedWindowQuota,
     admin_faults_handler,
     apply_fault,
+    drop_connection,
     fault_arg,
+    fault_mix_arg,
+    garbage_response,
     next_fault,
     parse_fault,
+    parse_fault_mix,
     run_sandbox,
     start_app,
 )
@@ -80,7 +84,11 @@ class SandboxConfig:
     quota matches the documented 10,000 requests per hour.  ``faults`` is a
     queue of one-shot failures (``500``, ``"drop"``, ``"delay:2"``...) applied to
     the first ``/api/v2`` requests, and ``fault_rate``/``fault_seed`` add
-    reproducible random failures on top.
+    reproducible random failures on top; ``fault_mix`` (``"garbage=0.2,
+    429=0.05"``) draws those faults at those rates instead. For
+    ``token_outage_seconds`` after start the token endpoint fails (503, a
+    garbage 200, a dropped connection, 500, in turn), as an identity provider
+    does during an incident.
     """
 
     client_id: str = "sandbox-client"
@@ -100,6 +108,8 @@ class SandboxConfig:
     faults: list[int | str] = field(default_factory=list)
     fault_rate: float = 0.0
     fault_seed: int | None = None
+    fault_mix: str | Mapping[str, float] | None = None
+    token_outage_seconds: float = 0.0
     schema_path: str | Path | None = None
 
 
@@ -318,6 +328,7 @@ class SandboxState:
         self.clock = clock
         self.rules = load_attribute_rules(config.schema_path)
         self.initial_faults = [parse_fault(spec) for spec in config.faults]
+        self.initial_mix = parse_fault_mix(config.fault_mix) if config.fault_mix else []
         self._validate_numbers(config)
         self.reset()
 
@@ -327,6 +338,8 @@ class SandboxState:
             raise ValueError("fault_rate must be between 0 and 1")
         if config.quota < 0 or config.window <= 0 or config.mint_window <= 0 or config.token_ttl < 0:
             raise ValueError("quota and token_ttl must be >= 0; window and mint_window must be > 0")
+        if not 0.0 <= config.token_outage_seconds < math.inf:
+            raise ValueError("token_outage_seconds must be >= 0")
 
     def reset(self) -> None:
         """Forget everything, as if the sandbox had just started."""
@@ -338,8 +351,12 @@ class SandboxState:
         self.mints = 0
         self.creates = 0
         self.statuses: list[int | str] = []
-        self.token_statuses: list[int] = []
+        self.token_statuses: list[int | str] = []
         self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_mix: list[tuple[Fault, float]] = list(self.initial_mix)
+        self.token_outage_until = self.clock() + config.token_outage_seconds if config.token_outage_seconds else 0.0
+        self.token_outage_answers = 0
+        self.in_flight = 0  # API requests being answered now
         self.fault_rate = config.fault_rate
         self.rng = random.Random(config.fault_seed)
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
@@ -394,6 +411,9 @@ class SandboxState:
             "token_statuses": list(self.token_statuses),
             "pending_faults": [fault.describe() for fault in self.faults],
             "fault_rate": self.fault_rate,
+            "fault_mix": {fault.describe(): share for fault, share in self.fault_mix},
+            "token_outage_answers": self.token_outage_answers,
+            "in_flight": self.in_flight,
             "refresh_tokens": sorted(self.refresh_tokens),
             "rate_limit": {
                 "limit": self.quota.quota,
@@ -467,9 +487,32 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     })
 
 
+# What the token endpoint answers during an outage, in turn.
+TOKEN_OUTAGE_FAULTS = (503, "garbage", "drop", 500)
+
+
+def _token_outage(request: web.Request, state: SandboxState) -> web.Response | None:
+    """During an outage, the next failure in turn (an error page, garbage, a dropped connection)."""
+    if not state.token_outage_until or state.clock() >= state.token_outage_until:
+        return None
+    fault = TOKEN_OUTAGE_FAULTS[state.token_outage_answers % len(TOKEN_OUTAGE_FAULTS)]
+    state.token_outage_answers += 1
+    if fault == "drop":
+        drop_connection(request)
+        state.token_statuses.append("drop")
+        return web.Response()  # written to a closed transport; nobody receives it
+    response = garbage_response() if fault == "garbage" else _oauth_error(int(fault), "temporarily_unavailable",
+                                                                          "The authorization server is unavailable.")
+    state.token_statuses.append(response.status)
+    return response
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
     """``POST /oauth/token``: refresh with rotation, like Outreach."""
     state = _state(request)
+    outage = _token_outage(request, state)
+    if outage is not None:
+        return outage
     params = await _read_token_params(request)
     response = _refresh(state, params, state.clock())
     state.token_statuses.append(response.status)
@@ -687,11 +730,15 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     state = _state(request)
     now = state.clock()
-    if state.quota.consume(now):
-        response = await apply_fault(request, lambda r: _call(r, handler), state,
-                                     lambda status: _fault_response(state, status, state.clock()))
-    else:
-        response = _quota_exceeded(state, now)
+    state.in_flight += 1
+    try:
+        if state.quota.consume(now):
+            response = await apply_fault(request, lambda r: _call(r, handler), state,
+                                         lambda status: _fault_response(state, status, state.clock()))
+        else:
+            response = _quota_exceeded(state, now)
+    finally:
+        state.in_flight -= 1
     if response is None:
         state.statuses.append("drop")
         return web.Response()  # written to a closed transport; nobody receives it
@@ -708,6 +755,20 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 async def admin_state(request: web.Request) -> web.Response:
     """``GET /_sandbox/state``: what the fake Outreach now holds and has answered."""
     return web.json_response(_state(request).snapshot())
+
+
+async def admin_token_outage(request: web.Request) -> web.Response:
+    """``POST /_sandbox/token-outage`` ``{"seconds": S}``: the token endpoint fails for the next S seconds."""
+    state = _state(request)
+    try:
+        body = await request.json()
+        seconds = float(body["seconds"]) if isinstance(body, dict) else math.nan
+    except (ValueError, KeyError, TypeError):
+        seconds = math.nan
+    if not 0.0 <= seconds < math.inf:
+        return web.json_response({"error": "send {\"seconds\": S} with S >= 0"}, status=400)
+    state.token_outage_until = state.clock() + seconds if seconds else 0.0
+    return web.json_response({"token_outage_until": state.token_outage_until})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
@@ -739,6 +800,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get("/_sandbox/state", admin_state)
     app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
     app.router.add_post("/_sandbox/reset", admin_reset)
+    app.router.add_post("/_sandbox/token-outage", admin_token_outage)
     app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
     return app
 
@@ -784,8 +846,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
                         help="seed of the random faults, to reproduce a run (default: a fresh seed)")
     parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
-                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
-                             "delay:SECONDS; repeat it to queue several (default: none)")
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
+                             "or delay:SECONDS; repeat it to queue several (default: none)")
+    parser.add_argument("--fault-mix", type=fault_mix_arg, default=None, metavar="FAULT=SHARE,...",
+                        help="random faults at these rates per API request, e.g. garbage=0.2,503=0.05,429=0.05,"
+                             "drop=0.05; garbage is a 200 with a proxy's page, after the write (default: none)")
+    parser.add_argument("--token-outage", type=float, default=defaults.token_outage_seconds, metavar="SECONDS",
+                        help="the token endpoint fails for this long after start: 503, a garbage 200, a dropped "
+                             "connection, 500, in turn" + default)
     parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
     parser.add_argument("--client-secret", default=defaults.client_secret,
                         help="the OAuth client secret it accepts" + default)
@@ -808,6 +876,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         faults=list(args.fault or []),
         fault_rate=args.fault_rate,
         fault_seed=args.fault_seed,
+        fault_mix=args.fault_mix,
+        token_outage_seconds=args.token_outage,
     )
 
 
