@@ -8,18 +8,12 @@ pipeline. Import :class:`Engine` to embed delivery in an async host, or
 """
 
 import logging
-from importlib import metadata as _metadata
 
 from .language.compiler import PresetError, load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve_settings
 from .outcome import Outcome
 from .pipeline.prepare import Pipeline, Prepared
-
-try:
-    __version__ = _metadata.version("signal-engine")
-except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
-    __version__ = "0+unknown"
 
 # A library does not decide where its records go: without a host's
 # configuration they are discarded, not printed by logging's last resort.
@@ -34,4 +28,16 @@ def __getattr__(name: str):  # noqa: ANN202 - lazy, so checks and dry runs never
         from .runtime import Engine
 
         return Engine
+    if name == "__version__":
+        return _version()
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
+
+def _version() -> str:
+    """The installed package's version; read on demand (importlib.metadata costs ~20 ms to import)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("signal-engine")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"

@@ -15,7 +15,7 @@ DELIVERED = "delivered"
 FAILED = "failed"
 DEAD_LETTERED = "dead_lettered"
 
-# Drop reasons (DESIGN.md).
+# Drop reasons (docs/architecture.md, "Public contracts").
 EVENT_NOT_MAPPED = "event_not_mapped"
 NO_CONSENT = "no_consent"
 NOT_IDENTIFIED = "not_identified"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A host application embedding the engine: an asyncio queue consumer.
 
-This is the third user in DESIGN.md: a service that already has an event
+This is the host the engine is made to be embedded in: a service that already has an event
 loop and a stream of events (a broker, a webhook gateway) and wants each
 event turned into an Outreach prospect without running a separate process.
 

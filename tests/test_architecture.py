@@ -158,3 +158,12 @@ def test_the_wheel_ships_every_package_and_data_folder() -> None:
         assert folders <= listed, f"{top} folders missing from packages: {sorted(folders - listed)}"
         data = config["package-data"]
         assert all(pattern in data.get(f, []) for f in folders), f"{top}: package-data lacks {pattern} somewhere"
+
+
+def test_the_architecture_document_names_every_part_of_the_engine() -> None:
+    """docs/architecture.md says where things are: a new folder or top-level module must be placed in it."""
+    text = (ENGINE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    parts = {p.name + "/" for p in ENGINE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    parts |= {p.name for p in ENGINE.glob("*.py") if not p.name.startswith("__")}
+    missing = sorted(part for part in parts if part not in text)
+    assert not missing, f"docs/architecture.md does not mention {missing}"

@@ -97,14 +97,13 @@ def test_init_writes_a_skeleton_that_passes_check_and_golden_as_generated(tmp_pa
     assert (preset.parent / first[len(MODELINE):]).resolve() == language.resolve()
     assert not list(Draft202012Validator(json.loads(language.read_text(encoding="utf-8")))
                     .iter_errors(yaml_data(preset)))
-    # The output contract beside it is a valid schema that the case's document satisfies, so
-    # enabling it (the commented `schema:` line) keeps the case passing.
+    # The output contract beside it is a valid schema, in use, that the case's document satisfies.
     contract = json.loads(output_schema.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(contract)
     sent = [o for o in json.loads(expected.read_text(encoding="utf-8")) if o["outcome"] == "would_send"]
     assert len(sent) == 1
     assert not list(Draft202012Validator(contract).iter_errors(sent[0]["request"]["body"]))
-    assert "# schema: ./contacts.schema.json" in preset.read_text(encoding="utf-8")
+    assert "      schema: ./contacts.schema.json" in preset.read_text(encoding="utf-8")
 
 
 def test_init_in_a_project_dry_runs_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str],

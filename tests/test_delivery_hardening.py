@@ -8,7 +8,6 @@ purpose-built server when the sandbox cannot misbehave in the needed way.
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -24,7 +23,6 @@ from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
 from engine.language.settings import resolve
 from engine.state.sqlite import SqliteState
-from engine.state.token_store import FileTokenStore
 
 CLIENT_SECRET = "hardening-client-secret"
 REFRESH = "hardening-refresh-token-0"

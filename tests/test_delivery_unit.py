@@ -37,7 +37,7 @@ from engine.state.sqlite import SqliteState
 from engine.language.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter
 from engine.runtime import Engine
-from engine.state.token_store import FileTokenStore, MemoryTokenStore
+from engine.state.token_store import MemoryTokenStore
 
 PRESET = "outreach/lead-capture"
 BASE = "https://api.outreach.test"
@@ -748,28 +748,33 @@ def test_token_endpoint_5xx_exhausted_dead_letters_as_auth_unavailable(wire: Wir
 # --------------------------------------------------------------------------
 
 
+def stored_tokens(directory: Path) -> Any:
+    """The token store of a state directory, as another process would open it."""
+    return SqliteState(directory).tokens("cid")
+
+
 def test_rotated_refresh_token_is_persisted_before_the_api_call(wire: Wire, clock: FakeTime, tmp_path: Path) -> None:
-    path = tmp_path / "state" / "tokens.json"
+    path = tmp_path / "state"
     seen: dict[str, Any] = {}
 
     def check_store(url: URL, **kwargs: Any) -> None:
-        seen["data"] = json.loads(path.read_text(encoding="utf-8"))
-        seen["mode"] = stat.S_IMODE(path.stat().st_mode)
+        seen["tokens"] = stored_tokens(path).load(REFRESH)  # read by a second connection, as another process would
+        seen["mode"] = stat.S_IMODE((path / "state.db").stat().st_mode)
 
     wire.token(ACCESS, ROTATED)
     wire.create(201, callback=check_store)
-    engine = make_engine(clock, token_store=FileTokenStore(path))
+    engine = make_engine(clock, token_store=stored_tokens(path))
 
     [result] = run(deliver(engine, lead()))
 
     assert result.outcome == oc.DELIVERED
-    assert seen["data"]["refresh_token"] == ROTATED
-    assert seen["data"]["access_token"] == ACCESS
+    assert seen["tokens"].refresh_token == ROTATED
+    assert seen["tokens"].access_token == ACCESS
     assert seen["mode"] == 0o600
-    assert REFRESH not in path.read_text(encoding="utf-8")  # the spent token is not kept
+    assert REFRESH.encode() not in b"".join(f.read_bytes() for f in path.glob("state.db*"))  # the spent token is not kept
 
     # A second engine on the same store reuses the live access token: no mint.
-    again = make_engine(clock, token_store=FileTokenStore(path))
+    again = make_engine(clock, token_store=stored_tokens(path))
     wire.create(201)
     [second] = run(deliver(again, lead()))
     assert second.outcome == oc.DELIVERED
@@ -780,14 +785,14 @@ def test_rotated_refresh_token_is_persisted_before_the_api_call(wire: Wire, cloc
 
 def test_next_engine_mints_with_the_rotated_token_when_the_access_token_is_stale(
         wire: Wire, clock: FakeTime, tmp_path: Path) -> None:
-    path = tmp_path / "tokens.json"
+    path = tmp_path / "state"
     wire.token(ACCESS, ROTATED, expires_in=4)  # within the minimum expiry margin: stale for the next run
     wire.create(201)
-    run(deliver(make_engine(clock, token_store=FileTokenStore(path)), lead()))
+    run(deliver(make_engine(clock, token_store=stored_tokens(path)), lead()))
 
     wire.token(ACCESS_2, ROTATED_2)
     wire.create(201)
-    second = make_engine(clock, token_store=FileTokenStore(path))
+    second = make_engine(clock, token_store=stored_tokens(path))
     [result] = run(deliver(second, lead()))
 
     assert result.outcome == oc.DELIVERED
@@ -795,18 +800,18 @@ def test_next_engine_mints_with_the_rotated_token_when_the_access_token_is_stale
     assert_token_form(wire.sent[2], ROTATED)
     assert_api_headers(wire.sent[3], ACCESS_2)
     assert second.mints == 1
-    assert json.loads(path.read_text(encoding="utf-8"))["refresh_token"] == ROTATED_2
+    assert stored_tokens(path).load(REFRESH).refresh_token == ROTATED_2
 
 
 def test_new_refresh_token_in_settings_wins_over_the_stored_chain(wire: Wire, clock: FakeTime, tmp_path: Path) -> None:
-    path = tmp_path / "tokens.json"
+    path = tmp_path / "state"
     wire.token(ACCESS, ROTATED)
     wire.create(201)
-    run(deliver(make_engine(clock, token_store=FileTokenStore(path)), lead()))
+    run(deliver(make_engine(clock, token_store=stored_tokens(path)), lead()))
 
     wire.token(ACCESS_2, ROTATED_2)
     wire.create(201)
-    reauthorised = make_engine(clock, token_store=FileTokenStore(path), refresh_token=REAUTHORISED)
+    reauthorised = make_engine(clock, token_store=stored_tokens(path), refresh_token=REAUTHORISED)
     [result] = run(deliver(reauthorised, lead()))
 
     assert result.outcome == oc.DELIVERED
@@ -814,7 +819,7 @@ def test_new_refresh_token_in_settings_wins_over_the_stored_chain(wire: Wire, cl
     assert_token_form(wire.sent[2], REAUTHORISED)  # neither the stored chain nor its access token
     assert_api_headers(wire.sent[3], ACCESS_2)
     assert reauthorised.mints == 1
-    assert json.loads(path.read_text(encoding="utf-8"))["refresh_token"] == ROTATED_2
+    assert stored_tokens(path).load(REAUTHORISED).refresh_token == ROTATED_2  # the new chain is the one kept
 
 
 # --------------------------------------------------------------------------
@@ -994,13 +999,13 @@ def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: Fake
     wire.create(exception=aiohttp.ClientConnectionError(f"reset while sending {ACCESS_2}"))
     wire.create(201)
     dead = MemoryDeadLetters()
-    engine = make_engine(clock, token_store=FileTokenStore(tmp_path / "tokens.json"), dead_letters=dead)
+    engine = make_engine(clock, token_store=stored_tokens(tmp_path / "state"), dead_letters=dead)
     results = run(deliver(engine, lead(1), lead(2), lead(3), lead(4)))
     assert [r.outcome for r in results] == [oc.DELIVERED, oc.DEAD_LETTERED, oc.FAILED, oc.DELIVERED]
 
     # A later run that resumes from the stored chain (no mint) still knows its tokens are secret.
     wire.create(422, payload={"errors": [{"id": "validationError", "detail": f"{ACCESS_2} / {ROTATED_2}"}]})
-    resumed = make_engine(clock, token_store=FileTokenStore(tmp_path / "tokens.json"))
+    resumed = make_engine(clock, token_store=stored_tokens(tmp_path / "state"))
     results += run(deliver(resumed, lead(6)))
     assert resumed.mints == 0
     assert results[-1].cause == "http_422"

@@ -23,7 +23,7 @@ from engine.cli import main
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lead-capture.ndjson"
 
-# DESIGN.md, "Vocabulary": drop reason codes are part of the public contract.
+# docs/architecture.md, "Public contracts": drop reason codes are part of the public contract.
 DROP_REASONS = {"event_not_mapped", "no_consent", "not_identified", "invalid_email", "invalid_event"}
 
 
@@ -53,7 +53,8 @@ def outcomes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     # cli.emit's default stream is bound to the sys.stdout of import time, which
     # capsys cannot see; route default-stream writes to the current sys.stdout.
     original_emit = cli_common.emit
-    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None: original_emit(outcome, sys.stdout if out is None else out))
+    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None, **options: original_emit(
+        outcome, sys.stdout if out is None else out, **options))
     code = main(["run", "outreach/lead-capture", "--events", str(EXAMPLE), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err

@@ -22,7 +22,16 @@ import pytest
 
 from engine import outcome as oc
 from engine.delivery.response_rules import Answer
-from engine.golden import EXPECTED_SUFFIX, GoldenCase, ScriptedRun, deliver_scripted, discover, render, run_case
+from engine.golden import (
+    EXPECTED_SUFFIX,
+    GoldenCase,
+    ScriptedRun,
+    deliver_scripted,
+    discover,
+    render,
+    run_case,
+)
+from engine.language import expressions
 from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 
@@ -55,12 +64,16 @@ def _tags(preset: str, body: dict, settings: dict) -> object:
 
 @pytest.fixture(scope="module")
 def presets() -> dict:
-    return {}
+    """Loaded presets, one set per JSONata engine."""
+    return {backend: {} for backend in expressions.BACKENDS}
 
 
+@pytest.mark.parametrize("backend", expressions.BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_golden_case(case: GoldenCase, presets: dict) -> None:
-    result = run_case(case, presets)
+def test_golden_case(case: GoldenCase, backend: str, presets: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case, on both JSONata engines: the fast default and the reference."""
+    monkeypatch.setenv(expressions.BACKEND_ENV, backend)
+    result = run_case(case, presets[backend])
     assert result.expected is not None, f"{case.expected_path} is missing"
     if render(result.expected) != render(result.actual):
         pytest.fail(f"golden mismatch for {case.name}:\n{result.diff()}", pytrace=False)

@@ -71,10 +71,13 @@ def test_a_line_over_the_limit_is_one_invalid_event_and_its_neighbours_are_read(
 
 
 def test_the_default_limit_is_one_mebibyte(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    padding = 1024 * 1024 - len(line(lead("fits", first_name="")))
-    fits = line(lead("fits", first_name="y" * padding))
-    assert len(fits) == 1024 * 1024
-    over = line(lead("over", first_name="y" * (padding + 1)))
+    def padded(message_id: str, size: int) -> bytes:
+        event = {**lead(message_id), "properties": {"blob": ""}}  # the mapping never reads it
+        event["properties"]["blob"] = "y" * (size - len(line(event)))
+        return line(event)
+
+    fits, over = padded("fits", 1024 * 1024), padded("over", 1024 * 1024 + 1)
+    assert (len(fits), len(over)) == (1024 * 1024, 1024 * 1024 + 1)
     outcomes = dry_run(capsys, fits + b"\n" + over + b"\n", tmp_path)
     assert shape(outcomes) == [(0, "would_send"), (1, "invalid_event")]
     assert "longer than the 1,048,576-byte limit" in outcomes[1]["detail"]

@@ -282,3 +282,34 @@ def test_an_update_that_breaks_its_own_contract_is_a_preset_bug(tmp_path: Path) 
     [outcome] = run.outcomes
     assert outcome["outcome"] == oc.FAILED and outcome["cause"] == "output_invalid"
     assert "upsert.update.body" in outcome["detail"] and "'fields' is a required property" in outcome["detail"]
+
+
+def test_a_dead_letter_with_a_query_key_is_replayed_with_the_live_key_once(tmp_path: Path) -> None:
+    """The letter keeps the masked URL (key=***); a replay sends the live key, once, never the mask."""
+    from engine.golden import ScriptedTransport
+    from engine.runtime import Engine
+    from engine.state.backend import MemoryState
+
+    preset = load_preset(str(write_acme(tmp_path)))
+    settings = resolve(preset.settings, {"api_key": KEY}, require=True)
+    state = MemoryState()
+
+    async def scenario() -> tuple[Any, Any, ScriptedTransport]:
+        async def no_sleep(_: float) -> None:
+            return None
+
+        failing = ScriptedTransport("first run", [{"status": 503}] * 3)
+        async with Engine(preset, settings, state=state, transport=failing, sleep=no_sleep) as engine:
+            first = await engine.process(lead())
+        replaying = ScriptedTransport("replay", [CREATED])
+        async with Engine(preset, settings, state=state, transport=replaying, sleep=no_sleep) as engine:
+            [replayed] = await engine.replay_dead_letters()
+        return first, replayed, replaying
+
+    first, replayed, replaying = asyncio.run(scenario())
+    assert first.outcome == oc.DEAD_LETTERED
+    [letter_request] = [r for r, _ in replaying.sent]
+    assert letter_request.full_url() == f"https://api.acme.test/v1/contacts?key={KEY}"
+    assert replayed.outcome == oc.DELIVERED
+    assert replayed.request["url"] == "https://api.acme.test/v1/contacts?key=***"
+    assert state.dead_letters().entries(preset.name) == []

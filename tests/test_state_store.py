@@ -33,7 +33,7 @@ from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
 from engine.state.errors import StateWriteError
-from engine.state.identity import IdentityLimits, MemoryIdentityStore, Slot
+from engine.state.identity import IdentityLimits, MemoryIdentityStore
 from engine.state.journal import event_key
 from engine.state.sqlite import SqliteState, SqliteTokenStore
 from engine.state.sqlite.database import Database

@@ -34,7 +34,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = missing = 0
     for name in names:
         try:
-            preset = load_preset(name, args.preset_path)
+            preset = load_preset(name, args.preset_path, strict=True)
         except PresetError as exc:
             if not resources.find_preset(name, args.preset_path).exists():
                 missing += 1

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from ..language.settings import SettingsError, load_settings_file, resolve
 from ..outcome import Outcome
-from ..state.backend import open_state
 
 
 class UsageError(Exception):
@@ -66,31 +68,50 @@ def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool,
         raise SettingsError([*exc.problems, without_file_hint]) from None
 
 
-def emit(outcome: Outcome, out: TextIO | None = None) -> None:
-    """One outcome as one line of JSON, always valid UTF-8 whatever the stream's encoding."""
+def emit(outcome: Outcome, out: TextIO | None = None, *, flush: bool = True) -> None:
+    """Write one outcome as one line of compact JSON.
+
+    ``flush=False`` leaves flushing to the stream's buffer, for input read
+    from a regular file, where nobody watches the lines one by one.
+    """
     out = out or sys.stdout  # looked up per call, so redirection and capture work
-    data = outcome.to_dict()
-    if _writes_strict_utf8(out):
-        try:
-            out.write(json.dumps(data, ensure_ascii=False) + "\n")
-        except UnicodeEncodeError:
-            # A lone surrogate (from a "\\ud800" escape in the input): escape everything
-            # non-ASCII; still one line of JSON.
-            out.write(json.dumps(data, ensure_ascii=True) + "\n")
-    else:
-        # Another encoding (LANG=C, PYTHONIOENCODING=latin-1) or a lenient error handler
-        # (surrogateescape) would write bytes that are not UTF-8: ASCII escapes are both.
-        out.write(json.dumps(data, ensure_ascii=True) + "\n")
-    out.flush()
+    out.write(outcome_line(outcome.to_dict(), out))
+    if flush:
+        out.flush()
 
 
-def _writes_strict_utf8(out: TextIO) -> bool:
-    encoding = (getattr(out, "encoding", None) or "utf-8").lower().replace("-", "").replace("_", "")
-    return encoding == "utf8" and (getattr(out, "errors", None) or "strict") == "strict"
+def outcome_line(data: Any, out: TextIO | None = None) -> str:
+    """``data`` as one line of JSON text that ``out`` can encode."""
+    try:
+        line = orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE).decode("utf-8")
+    except TypeError:
+        # A lone surrogate (from a "\\ud800" escape in the input), an integer
+        # beyond 64 bits or a value orjson does not know: json writes it, as
+        # escapes where needed; NaN and infinities become null, as orjson writes them.
+        return json.dumps(_finite(data), ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                          default=str) + "\n"
+    encoding = getattr(out, "encoding", None) or "utf-8"
+    if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
+        # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
+        # not UTF-8, even where it can encode the character: ASCII escapes are both.
+        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":")) + "\n"
+    return line
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def check_state_dir(state: str) -> None:
     """Fail before the first event, not after, when the state directory is unusable."""
+    from ..state.backend import open_state  # only commands that keep state
+
     path = Path(state)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--state {state}: not a directory")

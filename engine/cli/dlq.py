@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -72,6 +71,8 @@ def dlq_list(preset: Preset, settings: Settings, state: str) -> int:
 
 def dlq_replay(preset: Preset, settings: Settings, state: str, verbose: bool, log_format: str = "text",
                grace: float = DEFAULT_GRACE_SECONDS) -> int:
+    import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
+
     check_state_dir(state)
     stop = RunStop()
 

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import outcome as oc
-from ..language.compiler import load_preset
 from ..language.model import Preset
 from ..language.settings import resolve
 from ..language.yaml_source import YamlSourceError, load_yaml
 from ..pipeline.explain import explain
 from ..pipeline.prepare import Pipeline
-from .common import UsageError, settings_for
+from .common import UsageError, add_preset_path_option, load_preset_arg, settings_for
 from .events_input import events_from
 from .report import EXIT_EVENTS_FAILED, EXIT_OK
 
@@ -48,11 +47,12 @@ def register(sub: Any) -> None:
                           "a list; the events before it run first, so identify memory is as in a run")
     cmd.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values (no credentials needed)")
     cmd.add_argument("--json", action="store_true", help="print the explanation as one JSON object, for tools")
+    add_preset_path_option(cmd)
     cmd.set_defaults(func=cmd_explain)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    preset = load_preset(args.preset)
+    preset = load_preset_arg(args)
     items, case_settings = read_event_source(args.event)
     if args.settings or not case_settings:
         settings = settings_for(args, preset.settings, require=False)

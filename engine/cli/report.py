@@ -13,7 +13,6 @@ from typing import Callable, TextIO
 
 from .. import outcome as oc
 from ..outcome import Outcome
-from .logs import json_line
 
 # Outcomes in the order a summary lists them.
 OUTCOME_ORDER = (oc.DELIVERED, oc.WOULD_SEND, oc.DROPPED, oc.FAILED, oc.DEAD_LETTERED)
@@ -90,6 +89,8 @@ class RunReport:
             line = f"signal-engine: {self.total:,} event(s) in {_duration(elapsed)}: {self.counts_text()}"
         line = f"{line}; {extra}" if extra else line
         if self.json:
+            from .logs import json_line  # JSON logs only: plain runs never load logging
+
             fields = {"stopped": self.stopped} if self.stopped else {}
             return json_line("warning" if self.stopped else "info", line.removeprefix("signal-engine: "),
                              event="summary", events=self.total, seconds=round(elapsed, 3),
@@ -110,6 +111,8 @@ class RunReport:
         text = f"signal-engine: {self.total:,} event(s), {rate:,.0f}/s: {self.counts_text()}"
         out = self._out
         if self.json:
+            from .logs import json_line
+
             out.write(json_line("info", text.removeprefix("signal-engine: "), event="progress", events=self.total,
                                 rate=round(rate, 1), outcomes=dict(self.outcomes)) + "\n")
         elif _is_tty(out):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import IO, Any, AsyncIterator, Callable, Iterator
 
@@ -20,8 +19,14 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
-from .events_input import DEFAULT_MAX_EVENT_BYTES, RawLine, open_events, parse_line, raw_line_chunks
-from .input_batches import batches
+from .events_input import (
+    DEFAULT_MAX_EVENT_BYTES,
+    RawLine,
+    is_regular_file,
+    open_events,
+    parse_line,
+    raw_line_chunks,
+)
 from .input_hints import ndjson_hint
 from .logs import add_logging_options, json_line
 from .report import RunReport, wants_progress
@@ -121,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunReport, stop: RunStop) -> int:
     """No event loop: a signal ends the run after the lines already read have their outcomes."""
+    flush = not is_regular_file(stream)  # a pipe or a terminal is watched line by line
     with stop.signals_handled():
         chunks = raw_line_chunks(stream, max_bytes=lines.max_bytes)
         try:
@@ -136,8 +142,9 @@ def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunR
                 for index, event, problem in lines.parse(chunk):
                     result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
                         else pipeline.dry_run(event, index)
-                    stop.emit(lambda: emit(result))
+                    stop.emit(lambda: emit(result, flush=flush))
                     report.add(result)
+            stop.emit(sys.stdout.flush, lines=0)
         except OSError as exc:
             raise UsageError(f"--events {lines.source}: cannot read: {exc.strerror or exc}") from None
     return _finish(report, lines, stop, delivering=False)
@@ -156,6 +163,10 @@ def _finish(report: RunReport, lines: InputLines, stop: RunStop, extra: str | No
 
 def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
                  lines: InputLines, report: RunReport, stop: RunStop) -> int:
+    import asyncio  # not at module level: a dry run needs no event loop
+
+    from .input_batches import batches
+
     check_state_dir(args.state)
 
     async def main() -> int:

@@ -150,7 +150,7 @@ identity:
     firstName: {normalise: text}
     lastName: {normalise: text}
     phone: {normalise: phone_e164, region_from: country}
-    country: {normalise: text}
+    country: {normalise: country}
 
 consent:
   categories_setting: consent_categories
@@ -178,9 +178,9 @@ actions:
         "source": values.source
       }
     output:
-      # The output contract is ./@PRESET@.schema.json, beside this file. Enable
-      # it once your engine resolves output schemas relative to the preset:
-      # schema: ./@PRESET@.schema.json
+      # The output contract, beside this file: every document is checked
+      # against it before it counts as sendable.
+      schema: ./@PRESET@.schema.json
       omit_empty: true
       truncate_to_schema: true
     request:
@@ -189,8 +189,17 @@ actions:
       headers:
         Content-Type: application/json
 
-# Add `auth:` here for a destination that needs credentials
-# (`signal-engine schema` lists the kinds this engine knows).
+# How requests are authenticated. The kinds: none, bearer (token_setting),
+# api_key (key_setting, in: header|query, name), basic (username/password
+# templates), oauth2_refresh_token, oauth2_client_credentials. A credential
+# setting must be `secret: true`; it is masked everywhere. For example:
+#   settings:
+#     api_key: {type: string, required: true, secret: true, description: The API key.}
+#   auth:
+#     type: bearer
+#     token_setting: api_key
+auth:
+  type: none
 
 delivery:
   timeout_seconds: 30

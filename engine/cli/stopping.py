@@ -65,15 +65,15 @@ class RunStop:
             self.reason = STDOUT_CLOSED
         return True
 
-    def emit(self, write: Callable[[], None]) -> bool:
-        """Write one outcome line unless stdout is gone; True when stdout closed just now."""
+    def emit(self, write: Callable[[], None], *, lines: int = 1) -> bool:
+        """Write (``lines`` outcome lines) unless stdout is gone; True when stdout closed just now."""
         if not self.printing:
             return False
         try:
             write()
         except BrokenPipeError:
             return self.stdout_closed()
-        self.printed += 1
+        self.printed += lines
         return False
 
     # -- a blocking loop (the dry run) -------------------------------------------

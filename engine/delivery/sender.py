@@ -242,6 +242,7 @@ class Sender:
             f"-> {answer} => {verdict}"))
 
 
+
 def _default_verdict(exchange: Exchange) -> str:
     """When no rule matches: success is success, transient is retried, the rest is final."""
     status = exchange.status

@@ -21,7 +21,7 @@ import json
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 from .. import outcome as oc
-from ..language.expressions import ExpressionError
+from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import UpsertSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError
@@ -237,5 +237,6 @@ def _answer(exchange: "Exchange | None") -> dict[str, Any] | None:
 
 
 def _expression_cause(exc: ExpressionError) -> str:
-    return getattr(exc, "cause", None) or "upsert_error"
+    """A limit that stopped an upsert expression is named as such; anything else is a preset bug."""
+    return "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
 

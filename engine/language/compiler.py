@@ -11,18 +11,22 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..delivery.response_rules import Rule
 from ..pipeline.event_table import EventTable
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
-from . import resources
+from . import preset_cache, resources
 from .expression_check import InputShape, analyse
-from .expressions import Expression, ExpressionError
+from .expressions import (
+    DEFAULT_LIMITS,
+    BackendError,
+    Expression,
+    ExpressionError,
+    ExpressionLimits,
+    selected_backend,
+)
 from .model import (
     DEFAULT_DEDUPE_WINDOW_SECONDS,
     DEFAULT_IDENTITY_MAX_BYTES,
@@ -45,6 +49,10 @@ from .settings import SettingSpec
 from .templates import Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
 
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
+
 
 class PresetError(Exception):
     """A preset cannot be used. ``problems`` holds one located line per problem."""
@@ -56,31 +64,60 @@ class PresetError(Exception):
 
 @lru_cache(maxsize=1)
 def _preset_validator() -> Draft202012Validator:
+    from jsonschema import (
+        Draft202012Validator,  # only when a preset is not in the preset cache
+    )
+
     schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
 
 
-def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = ()) -> Preset:
+def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, strict: bool = False) -> Preset:
     """Load a preset by name (looked up in ``preset_path``, ``$SIGNAL_ENGINE_PRESET_PATH``, then the
-    built-in ones) or a preset file by path; raise :class:`PresetError`."""
+    built-in ones) or a preset file by path; raise :class:`PresetError`.
+
+    ``strict`` (``check``) bypasses the preset cache and also checks each
+    output schema against its meta-schema with jsonschema, which is too slow
+    for every start.
+    """
     path = resources.find_preset(name_or_path, preset_path)
     if not path.exists():
         known = ", ".join(resources.known_presets(preset_path))
         raise PresetError([f"{name_or_path}: no such preset file or preset name (known: {known})"])
     try:
-        doc = load_yaml(path)
+        backend = selected_backend()
+    except BackendError as exc:
+        raise PresetError([str(exc)]) from None
+    source = preset_cache.read(path)
+    cached = preset_cache.lookup(source) if source is not None and not strict else None
+    if cached is not None:
+        return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+    try:
+        doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    return _Compiler(doc).compile()
+    compiler = _Compiler(doc, backend, strict=strict)
+    preset = compiler.compile()
+    if source is not None:
+        preset_cache.store(source, compiler.data, compiler.schema_digests)
+    return preset
 
 
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument) -> None:
+    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False,
+                 checked_schemas: Mapping[str, str] | None = None) -> None:
         self.doc = doc
+        self.strict = strict
+        # From the preset cache: the preset already passed the preset schema and
+        # the static checks, and these output schemas (name -> digest) their meta-schema.
+        self.checked_schemas = checked_schemas
+        self.schema_digests: dict[str, str] = {}
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
+        self.backend = backend
+        self.limits = _expression_limits(self.data)
 
     # -- reporting -----------------------------------------------------
     def problem(self, path: list[PathPart], message: str, *, key: bool = False) -> None:
@@ -96,7 +133,7 @@ class _Compiler:
     def compile(self) -> Preset:
         if not isinstance(self.data, dict):
             raise PresetError([f"{self.doc.path}:1:1: (root): a preset must be a YAML mapping"])
-        for error in _preset_validator().iter_errors(self.data):
+        for error in _preset_validator().iter_errors(self.data) if self.checked_schemas is None else ():
             self._schema_problem(error)
         if self.problems:
             # Report everything in one run: expression syntax is independent
@@ -132,7 +169,7 @@ class _Compiler:
             name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
             identity=identity, consent_setting=consent_setting,
             consent_aliases=data["consent"].get("aliases", {}), events=EventTable.build(data["events"]),
-            actions=actions, auth=auth, delivery=delivery, raw=data,
+            actions=actions, auth=auth, delivery=delivery, raw=data, expression_limits=self.limits,
         )
 
     def _schema_problem(self, error: ValidationError) -> None:
@@ -188,7 +225,7 @@ class _Compiler:
 
     def _compile_expression(self, path: list[PathPart], source: str) -> Expression | None:
         try:
-            return Expression.compile(source)
+            return Expression.compile(source, self.limits, self.backend)
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -204,8 +241,8 @@ class _Compiler:
     def _expression(self, path: list[PathPart], source: str, roots: Mapping[str, Any], what: str) -> Expression | None:
         """Compile, then check statically what the expression reads against what its input holds."""
         compiled = self._compile_expression(path, source)
-        if compiled is None:
-            return None
+        if compiled is None or self.checked_schemas is not None:
+            return compiled  # a cached preset passed these checks when it was stored
         shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
         for finding in analyse(source, shape):
             loc = self.doc.locate_in_scalar(path, finding.position)
@@ -278,7 +315,9 @@ class _Compiler:
         if spec.get("schema"):
             schema_path = resources.output_schema_path(spec["schema"], Path(self.doc.path).parent)
             try:
-                contract = OutputContract.load(spec["schema"], schema_path)
+                contract = OutputContract.load(spec["schema"], schema_path, strict=self.strict,
+                                               checked=(self.checked_schemas or {}).get(spec["schema"]))
+                self.schema_digests[spec["schema"]] = contract.digest
             except (OSError, ValueError) as exc:
                 self.problem(path + ["schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
         return OutputSpec(contract, spec.get("omit_empty", True), spec.get("truncate_to_schema", True))
@@ -317,6 +356,8 @@ class _Compiler:
 
     def _check_query_shape(self, where: list[PathPart], source: str, json_query: frozenset[str]) -> None:
         """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
+        if self.checked_schemas is not None:
+            return  # checked when the cached preset was stored
         import jsonata
 
         try:
@@ -470,3 +511,15 @@ def _header_key(ref: Any) -> str | None:
 
 def _one_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _expression_limits(data: Any) -> ExpressionLimits:
+    """``limits.expression`` over the defaults; the schema has checked the values when it matters."""
+    limits = data.get("limits") if isinstance(data, dict) else None
+    given = limits.get("expression") if isinstance(limits, dict) else None
+    if not isinstance(given, dict):
+        return DEFAULT_LIMITS
+    values = {name: value for name, value in given.items()
+              if name in ExpressionLimits.__dataclass_fields__ and isinstance(value, int) and not isinstance(value, bool)
+              and value > 0}
+    return ExpressionLimits(**{**DEFAULT_LIMITS.__dict__, **values})

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .expressions import DEFAULT_LIMITS, ExpressionLimits
+
 if TYPE_CHECKING:  # types only: the stages below import this module
     from ..delivery.response_rules import Rule
     from ..pipeline.event_table import EventTable
@@ -192,3 +194,5 @@ class Preset:
     auth: AuthSpec | None
     delivery: DeliverySpec
     raw: Mapping[str, Any] = field(repr=False)
+    # ``limits.expression``: the bounds every expression of the preset was compiled with.
+    expression_limits: ExpressionLimits = DEFAULT_LIMITS

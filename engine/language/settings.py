@@ -7,7 +7,6 @@ redactor and keeps them out of every view a person sees.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -79,6 +78,8 @@ def is_loopback(host: str | None) -> bool:
         return False
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress  # only for a plain-http URL: most runs never get here
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:

@@ -3,6 +3,9 @@
 Preset authors fix errors by line number, so the loader keeps ruamel.yaml's
 round-trip nodes long enough to map a YAML path back to file:line:col, then
 hands the rest of the engine plain dicts and lists.
+
+ruamel.yaml is imported on first use: a start that finds its preset in the
+preset cache parses no YAML at all.
 """
 
 from __future__ import annotations
@@ -11,11 +14,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
-
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
 
 PathPart = str | int
 
@@ -47,6 +45,8 @@ class YamlDocument:
         Falls back to the deepest ancestor that exists, so a message about a
         missing key points at the mapping that should hold it.
         """
+        from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
         node = self.root
         where = Location(1, 1)
         parts = list(path)
@@ -72,6 +72,8 @@ class YamlDocument:
         Used for JSONata syntax errors, which report a position within the
         expression; for block scalars (``|``) that is a line below the key.
         """
+        from ruamel.yaml.scalarstring import FoldedScalarString, LiteralScalarString
+
         start = self.locate(path)
         value = self._value(path)
         text = str(value) if value is not None else ""
@@ -137,6 +139,9 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
             raise YamlSourceError(f"{shown}: file not found") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise YamlSourceError(f"{shown}: cannot read: {exc}") from None
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     # The reused-anchor warning goes straight to stderr and quotes the anchor

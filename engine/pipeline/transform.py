@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..language.expressions import Expression, ExpressionError
+from ..language.expressions import Expression, ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, TraitSpec
 from .normalisers import InvalidValue
 from .output_contract import ContractViolation, omit_empty
@@ -52,22 +52,23 @@ def build_document(action: ActionSpec, expression: Expression, context: Mapping[
     """Evaluate one of the action's expressions and shape the result to the action's contract."""
     try:
         document = expression.evaluate(context)
+    except ExpressionLimitError as exc:
+        raise TransformError("expression_limit", f"{where}: stopped at limits.expression.{exc.limit}: {exc}") from None
     except ExpressionError as exc:
         raise TransformError("mapping_error", f"{where}: JSONata evaluation failed: {exc}") from None
     return shape(action, document, where)
 
 
 def shape(action: ActionSpec, document: Any, where: str) -> Any:
-    if action.omit_empty:
-        document = omit_empty(document)
-    if action.contract is not None:
-        if action.truncate:
-            document = action.contract.truncate(document)
-        try:
-            action.contract.check(document)
-        except ContractViolation as exc:
-            raise TransformError(
-                "output_invalid",
-                f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
-                f"{str(exc).split(': ', 1)[1][:200]}") from None
+    if action.contract is None:
+        return omit_empty(document) if action.omit_empty else document
+    # Omission and truncation in one walk, then validation.
+    document = action.contract.shape(document, omit_empty=action.omit_empty, truncate=action.truncate)
+    try:
+        action.contract.check(document)
+    except ContractViolation as exc:
+        raise TransformError(
+            "output_invalid",
+            f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
+            f"{str(exc).split(': ', 1)[1][:200]}") from None
     return document

@@ -1,24 +1,17 @@
 """Where a rotating refresh token lives between runs.
 
-Outreach invalidates a refresh token the moment it is used, so losing the
-new one loses the connection: a person has to re-authorise. The new token is
-therefore written durably before the access token minted with it is used.
-The engine's default store is a row in the state database
-(:mod:`engine.state.sqlite.tokens`); :class:`FileTokenStore` is a single JSON
-file for hosts that want one. Hosts with a secrets manager implement
-:class:`TokenStore`.
+A destination that rotates refresh tokens (Outreach, for one) invalidates a
+refresh token the moment it is used, so losing the new one loses the
+connection: a person has to re-authorise. The new token is therefore written
+durably before the access token minted with it is used. The engine's default
+store is a row in the state database (:mod:`engine.state.sqlite.tokens`);
+hosts with a secrets manager implement :class:`TokenStore`.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
-import os
-import tempfile
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -70,104 +63,3 @@ class MemoryTokenStore:
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
         self._tokens, self._origin = tokens, fingerprint(configured)
-
-
-class FileTokenStore:
-    """A 0600 JSON file in the state directory.
-
-    The file remembers which configured token it descends from: when a user
-    re-authorises and puts a *new* refresh token in the settings, that one
-    wins over the persisted (now revoked) chain.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock_fd: int | None = None
-
-    def try_lock(self) -> bool:
-        """Take the refresh lock without blocking; several engines may share one state directory."""
-        if self._lock_fd is not None:
-            return False
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._lock_fd = fd
-        return True
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def check_writable(self) -> bool:
-        """Write and sync a file as large as a token file next to it: the disk has room for a save."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix=".probe-", dir=self.path.parent)
-        except OSError:
-            return False
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(b" " * 4096)
-                handle.flush()
-                os.fsync(handle.fileno())
-            return True
-        except OSError:
-            return False
-        finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-
-    def load(self, configured: str) -> StoredTokens | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # missing or unreadable store: start from the configured token
-        if not isinstance(data, dict) or data.get("origin") != fingerprint(configured):
-            return None
-        refresh = data.get("refresh_token")
-        if not isinstance(refresh, str) or not refresh:
-            return None
-        access = data.get("access_token")
-        expires = data.get("access_expires_at")
-        return StoredTokens(refresh, access if isinstance(access, str) and access else None,
-                            float(expires) if isinstance(expires, (int, float)) else None)
-
-    def save(self, tokens: StoredTokens, configured: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        payload = json.dumps({"origin": fingerprint(configured), "saved_at": int(time.time()), **asdict(tokens)})
-        fd, tmp = tempfile.mkstemp(prefix=".token-", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(self.path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

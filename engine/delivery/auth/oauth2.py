@@ -202,16 +202,6 @@ class OAuth2Auth:
             log.error("auth: %s", failure)
             raise failure
 
-    def _check_store_writable(self) -> None:
-        """A refresh spends the current refresh token: first make sure the rotated one can be saved."""
-        check = getattr(self._store, "check_writable", None)
-        if check is not None and not check():
-            failure = AuthFailure("the state cannot be written now (disk full?), so the refresh token was not used: "
-                                  "a rotated token that cannot be saved would be lost; free space and retry",
-                                  fatal=False)
-            log.error("auth: %s", failure)
-            raise failure
-
     def _adopt_stored(self) -> bool:
         """Take a newer refresh token (and a live access token) written by another engine.
 

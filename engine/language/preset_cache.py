@@ -1,0 +1,165 @@
+"""A disk cache of presets that passed validation, so that a start does not validate them again.
+
+Reading a preset with line numbers (ruamel.yaml) and validating it against
+the preset language (jsonschema) costs more than everything else a dry run
+does before its first event. Neither can change its verdict while the
+preset file and the preset schema are the same bytes, so the plain data of
+a preset that loaded without a problem is kept, keyed by a digest of both.
+The compiler still runs its own checks and compiles every expression on a
+hit; only if one of those finds a problem is the YAML parsed, to say where.
+
+The digests of the output schemas the preset names are kept too: a schema
+whose bytes are unchanged was already checked against its meta-schema, so
+its validator can wait until the first document needs it.
+
+The cache lives in ``$SIGNAL_ENGINE_CACHE_DIR`` (default
+``$XDG_CACHE_HOME/signal-engine`` or ``~/.cache/signal-engine``); an empty
+value turns it off. A cache that cannot be read or written is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import resources
+
+CACHE_ENV = "SIGNAL_ENGINE_CACHE_DIR"
+FORMAT = b"signal-engine preset cache 1\0"
+MAX_ENTRIES = 256
+
+
+@dataclass(frozen=True)
+class Source:
+    """A preset file's bytes, read once, and the cache key they give."""
+
+    path: Path
+    text: str | None  # None when not UTF-8: the YAML loader then says so
+    key: str
+
+
+@dataclass
+class CachedDocument:
+    """Stands in for a parsed YAML document; parses the file only when something must be located."""
+
+    path: str
+    text: str
+    plain: Any
+    schemas: dict[str, str] = field(default_factory=dict)  # output schema name -> digest
+    _parsed: Any = None
+
+    def data(self) -> Any:
+        return self.plain
+
+    def locate(self, path: Any, *, key: bool = False) -> Any:
+        return self._yaml().locate(path, key=key)
+
+    def locate_in_scalar(self, path: Any, offset: int) -> Any:
+        return self._yaml().locate_in_scalar(path, offset)
+
+    def _yaml(self) -> Any:
+        if self._parsed is None:
+            from .yaml_source import load_yaml
+
+            self._parsed = load_yaml(self.path, self.text)
+        return self._parsed
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value) / "presets" if value.strip() else None
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    try:
+        root = Path(base) if base else Path.home() / ".cache"
+    except (RuntimeError, KeyError):  # no home directory
+        return None
+    return root / "signal-engine" / "presets" if root.is_absolute() else None
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read(path: Path) -> Source | None:
+    """The preset's bytes and key; None if the file cannot be read (the loader reports why)."""
+    try:
+        raw = path.read_bytes()
+        language = resources.preset_schema_path().read_bytes()
+    except OSError:
+        return None
+    try:
+        # As Path.read_text does: universal newlines, so locations match a fresh read.
+        text: str | None = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError:
+        text = None
+    key = hashlib.sha256(FORMAT + digest(language).encode() + b"\0" + _checks_digest() + b"\0" + raw).hexdigest()
+    return Source(path, text, key)
+
+
+def _checks_digest() -> bytes:
+    """The code that decides whether a preset is sound: a new engine version re-checks cached presets."""
+    folder = Path(__file__).resolve().parent
+    try:
+        return digest(b"".join((folder / name).read_bytes() for name in ("compiler.py", "expression_check.py"))).encode()
+    except OSError:
+        return b""
+
+
+def lookup(source: Source) -> CachedDocument | None:
+    """The validated preset for these bytes, if an earlier load left it here."""
+    folder = cache_dir()
+    if folder is None or source.text is None:
+        return None
+    try:
+        entry = orjson.loads((folder / f"{source.key}.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict) or not isinstance(entry.get("schemas"), dict):
+        return None
+    return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]))
+
+
+def store(source: Source, data: Any, schemas: dict[str, str]) -> None:
+    """Keep a preset that loaded without a problem; silently skip what JSON cannot hold exactly."""
+    folder = cache_dir()
+    if folder is None or source.text is None:
+        return
+    try:
+        blob = orjson.dumps({"data": data, "schemas": schemas})
+        if orjson.loads(blob) != {"data": data, "schemas": schemas}:
+            return  # e.g. a NaN or an infinity in the YAML: not worth a cache entry
+    except (TypeError, orjson.JSONDecodeError):
+        return  # an integer beyond 64 bits
+    import tempfile  # only on a miss
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".entry-", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(blob)
+            os.replace(temporary, folder / f"{source.key}.json")
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        _prune(folder)
+    except OSError:
+        return  # a read-only home or a full disk costs speed, never a run
+
+
+def _prune(folder: Path) -> None:
+    """Keep the newest entries only: every edit of a preset leaves one behind."""
+    entries = [(e.stat().st_mtime, e.path) for e in os.scandir(folder) if e.name.endswith(".json")]
+    if len(entries) <= MAX_ENTRIES:
+        return
+    for _, path in sorted(entries)[: len(entries) - MAX_ENTRIES]:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,173 @@
+"""Differential: jsonatapy and the reference jsonata-python agree on every expression the presets ship.
+
+Expressions are discovered through the preset language itself (every value
+the preset schema types as ``#/$defs/jsonata``), so a new preset, or a new
+kind of expression in the language, is covered without touching this file.
+Each is evaluated on the inputs the golden cases give it, and on generated
+odd ones (missing traits, nulls, unicode, long strings, numbers where
+strings belong), by both engines; results must be identical as JSON text
+(key order, integers and floats included), or both must fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import pytest
+
+from engine import golden
+from engine.language import expressions, resources
+from engine.language.compiler import load_preset
+from engine.language.expressions import Expression, ExpressionError
+from engine.language.settings import resolve
+from engine.language.yaml_source import load_yaml
+from engine.pipeline import prepare
+from engine.pipeline.prepare import Pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = REPO_ROOT / "golden"
+PRESETS = resources.builtin_presets()
+
+
+def jsonata_sources(preset_path: Path) -> list[tuple[str, str]]:
+    """(yaml path, source) of every JSONata expression in a preset file, found via the preset schema."""
+    schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
+    schema["$defs"]["jsonata"] = {**schema["$defs"]["jsonata"], "x-jsonata": True}
+
+    def collect(validator: Any, value: Any, instance: Any, schema_: Any) -> Iterator[jsonschema.ValidationError]:
+        yield jsonschema.ValidationError("jsonata")
+
+    Collector = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"x-jsonata": collect})
+    data = load_yaml(preset_path).data()
+    found = []
+    for error in Collector(schema).iter_errors(data):
+        if error.message == "jsonata" and isinstance(error.instance, str):
+            found.append((".".join(str(p) for p in error.absolute_path), error.instance))
+    return found
+
+
+def golden_cases(preset: str) -> list[golden.GoldenCase]:
+    return [case for case in golden.discover(GOLDEN) if case.preset_name == preset] if GOLDEN.is_dir() else []
+
+
+def mapping_inputs(preset_name: str, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What each expression evaluated by the pipeline saw, over every golden case of the preset."""
+    seen: list[Any] = []
+    original = prepare.build_document
+
+    def recording(action: Any, expression: Any, context: Any, where: str) -> Any:
+        seen.append(copy.deepcopy(context))
+        return original(action, expression, context, where)
+
+    monkeypatch.setattr(prepare, "build_document", recording)
+    preset = load_preset(preset_name)
+    for case in golden_cases(preset_name):
+        spec = json.loads(case.path.read_text(encoding="utf-8"))
+        pipeline = Pipeline(preset, resolve(preset.settings, spec.get("settings") or {}, require=False))
+        for index, event in enumerate(spec["events"]):
+            pipeline.dry_run(event, index)
+    monkeypatch.setattr(prepare, "build_document", original)
+    return seen
+
+
+ODD_VALUES = [None, "", " ", "Zoë Ångström", "😀 emoji", "e\u0301 combining", "שלום", "\u0000nul", "x" * 10_000,
+              0, -1, 2.5, 1e300, True, False, [], ["a", None], {}, {"nested": {"deep": [1, "two"]}}, "a\ud800b"]
+
+
+def odd_variants(context: dict[str, Any]) -> Iterator[Any]:
+    traits = context.get("traits")
+    if isinstance(traits, dict):
+        for name in list(traits):
+            without = copy.deepcopy(context)
+            del without["traits"][name]
+            yield without
+            for value in ODD_VALUES:
+                changed = copy.deepcopy(context)
+                changed["traits"][name] = value
+                yield changed
+        yield {**copy.deepcopy(context), "traits": {}}
+        yield {**copy.deepcopy(context), "traits": None}
+    for key in list(context):
+        without = copy.deepcopy(context)
+        del without[key]
+        yield without
+    yield {**copy.deepcopy(context), "values": {"tag": None}}
+    yield {**copy.deepcopy(context), "values": {"tag": "ü" * 300}}
+    yield {}
+    yield None
+
+
+def upsert_inputs(documents: list[Any], traits: list[Any], settings: dict[str, Any]) -> Iterator[Any]:
+    founds = [None, {}, {"id": 7}, {"id": "7", "attributes": {}},
+              {"id": 4242, "attributes": {"emails": ["old@acme.com"], "tags": ["VIP"], "mobilePhones": []}},
+              {"id": 1, "attributes": {"emails": "not-a-list", "tags": None}},
+              {"id": 2, "attributes": {"emails": ["Zoë@acme.com", "old@acme.com"], "tags": ["Signal", "lead", "😀"]}}]
+    for document, trait_set in zip(documents, traits):
+        base = {"document": document, "traits": trait_set, "settings": settings}
+        yield base
+        for found in founds:
+            answer = {"status": 200, "headers": {"content-type": "application/json"},
+                      "body": {"data": [found] if found is not None else [], "results": [found]}}
+            yield {**base, "found": found}
+            yield {**base, "lookup": answer, "conflict": {**answer, "status": 409}, "found": found}
+    for body in founds:
+        yield {"data": [body] if body is not None else []}
+    yield {"data": None}
+    yield "plain text"
+    yield [1, 2, 3]
+
+
+def evaluate(expression: Expression, data: Any) -> tuple[str, str]:
+    try:
+        result = expression.evaluate(data)
+    except ExpressionError:
+        return ("error", "")
+    return ("ok", json.dumps(result, ensure_ascii=True, allow_nan=True))
+
+
+@pytest.mark.parametrize("preset_name", PRESETS)
+def test_both_engines_agree_on_every_expression_of_the_preset(preset_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = resources.find_preset(preset_name)
+    sources = jsonata_sources(path)
+    preset = load_preset(preset_name)
+    compiled_sources = {a.mapping.source for a in preset.actions.values()}
+    assert compiled_sources <= {s for _, s in sources}, "discovery misses a mapping the compiler knows"
+
+    captured = mapping_inputs(preset_name, monkeypatch)
+    inputs: list[Any] = list(captured)
+    for context in captured[::12]:  # every kind of odd value, on a spread of real inputs
+        inputs.extend(odd_variants(context))
+    documents, traits = [], []
+    for case in golden_cases(preset_name):
+        if case.expected_path.exists():
+            expected = json.loads(case.expected_path.read_text(encoding="utf-8"))
+            # A dry-run case is a list of outcomes; a delivery case also lists every request it sent.
+            items = expected if isinstance(expected, list) else expected["outcomes"] + [
+                {"request": exchange} for exchange in expected["exchanges"]]
+            for item in items:
+                body = (item.get("request") or {}).get("body")
+                if body is not None:
+                    documents.append(body)
+    traits = [c.get("traits") for c in captured][:len(documents)]
+    settings = resolve(preset.settings, {}, require=False).public()
+    inputs.extend(upsert_inputs(documents, traits, settings))
+
+    agreed = succeeded = 0
+    for where, source in sources:
+        fast_engine = Expression.compile(source, backend=expressions.FAST)
+        reference_engine = Expression.compile(source, backend=expressions.REFERENCE)
+        for data in inputs:
+            fast, reference = evaluate(fast_engine, data), evaluate(reference_engine, data)
+            assert fast == reference, (preset_name, where, data)
+            agreed += 1
+            succeeded += fast[0] == "ok"
+    assert agreed > 500 and succeeded > agreed // 4, (agreed, succeeded)
+
+
+def test_the_presets_ship_golden_cases_to_compare_on() -> None:
+    for preset_name in PRESETS:
+        assert golden_cases(preset_name), f"{preset_name} has no golden cases"

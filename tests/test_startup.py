@@ -1,0 +1,224 @@
+"""Startup: a dry run imports only what it uses, and a preset that validated once is not validated again.
+
+Import lists are checked in fresh processes, because the test session
+itself has imported everything long ago.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.language import preset_cache, resources
+from engine.language.compiler import PresetError, load_preset
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"
+
+LEAD = {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m1",
+        "traits": {"email": "a@b.co", "phone": "+44 7700 900123"},
+        "context": {"consent": {"canonical": {"marketing": True}}}}
+PAGE = {"type": "page", "anonymousId": "a1", "messageId": "m0"}
+
+# What a dry run has no use for: the delivery machinery, the event loop, the
+# reference JSONata engine, and (with the preset cached) YAML and jsonschema.
+NEVER_IN_A_DRY_RUN = ("aiohttp", "asyncio", "engine.runtime", "engine.delivery.sender",
+                      "engine.delivery.auth", "engine.delivery.rate_limit", "engine.delivery.retry_policy",
+                      "engine.state.token_store", "engine.state.dead_letters")
+# (logging is imported by `import engine` itself: the library's loggers get their NullHandler there.)
+# Writing a preset cache entry uses tempfile (and so shutil); otherwise only
+# argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
+# The reference JSONata engine (jsonata) reads expressions for the static checks of a preset not yet in the cache.
+ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil", "jsonata")
+
+PROBE = """
+import json, sys
+from engine.cli.main import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def modules_after(tmp_path: Path, cache: Path, *args: str, events: list[dict] | None = None) -> set[str]:
+    """The modules a fresh ``signal-engine`` process had imported when it finished."""
+    env = {**os.environ, "SIGNAL_ENGINE_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO_ROOT)}
+    argv = list(args)
+    if events is not None:
+        path = tmp_path / "events.ndjson"
+        path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+        argv += ["--events", str(path)]
+    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+def loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run = ("run", "outreach/lead-capture", "--dry-run")
+    first = modules_after(tmp_path, cache, *run, events=[])
+    assert loaded(first, NEVER_IN_A_DRY_RUN) == []
+    assert "jsonschema" in first and "ruamel" in first  # the preset was validated once
+
+    again = modules_after(tmp_path, cache, *run, events=[])
+    assert loaded(again, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
+    # Nothing that only a lead needs, while none came.
+    assert loaded(again, ("phonenumbers", "jsonschema_rs")) == []
+
+    leads = modules_after(tmp_path, cache, *run, events=[PAGE, LEAD])
+    assert loaded(leads, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
+    assert "phonenumbers" in leads and "jsonschema_rs" in leads and "jsonatapy" in leads
+
+
+def test_check_always_validates(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    modules_after(tmp_path, cache, "run", "outreach/lead-capture", "--dry-run", events=[])  # fills the cache
+    checked = modules_after(tmp_path, cache, "check", "outreach/lead-capture")
+    assert "jsonschema" in checked and "ruamel" in checked
+
+
+def test_the_command_line_still_knows_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """A run builds only its own options; help and errors at the top level list them all."""
+    from engine.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["bogus"])
+    refused = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for command in ("check", "run", "dlq", "sandbox", "golden"):
+        assert f"    {command} " in listed
+        assert f"'{command}'" in refused
+    assert "usage: signal-engine run [-h] --events FILE|-" in run_help.replace("\n", " ")
+    assert "--dry-run" in run_help
+
+
+# --------------------------------------------------------------------------
+# the preset cache
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(preset_cache.CACHE_ENV, str(folder))
+    return folder / "presets"
+
+
+def copy_of_builtin(tmp_path: Path, old: str = "", new: str = "") -> Path:
+    text = BUILTIN.read_text(encoding="utf-8")
+    if old:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "preset.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_valid_preset_is_cached_and_loads_the_same_from_the_cache(tmp_path: Path, cache: Path) -> None:
+    path = copy_of_builtin(tmp_path)
+    fresh = load_preset(str(path))
+    assert len(list(cache.glob("*.json"))) == 1
+    cached = load_preset(str(path))
+    assert cached.raw == fresh.raw
+    assert cached.expression_limits == fresh.expression_limits
+    assert sorted(cached.actions) == sorted(fresh.actions)
+    assert cached.events.track == fresh.events.track
+
+
+def test_an_edited_preset_is_read_again(tmp_path: Path, cache: Path) -> None:
+    path = copy_of_builtin(tmp_path)
+    load_preset(str(path))
+    copy_of_builtin(tmp_path, "values: {tag: lead}", "values: {tag: lead-v2}")
+    preset = load_preset(str(path))
+    assert preset.events.track["Lead Submitted"].values == {"tag": "lead-v2"}
+    assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_an_invalid_preset_is_never_cached(tmp_path: Path, cache: Path) -> None:
+    path = copy_of_builtin(tmp_path, "preset: outreach/lead-capture", "preset: outreach/lead-capture\nbogus: 1")
+    for _ in range(2):
+        with pytest.raises(PresetError) as info:
+            load_preset(str(path))
+        assert info.value.problems[0].startswith(f"{path}:")
+        assert "unknown key 'bogus'" in info.value.problems[0]
+    assert not cache.exists() or not list(cache.glob("*.json"))
+
+
+def test_a_problem_found_on_a_cached_preset_is_still_located(tmp_path: Path, cache: Path) -> None:
+    """The compiler's own checks run on every load; a problem they find is located in the YAML."""
+    path = copy_of_builtin(tmp_path)
+    load_preset(str(path))
+    source = preset_cache.read(path)
+    assert source is not None
+    entry = preset_cache.lookup(source)
+    assert entry is not None
+    entry.plain["events"]["track"]["Signed Up"]["action"] = "no_such_action"
+    preset_cache.store(source, entry.plain, entry.schemas)
+    with pytest.raises(PresetError) as info:
+        load_preset(str(path))
+    line = next(i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "Signed Up:" in text)
+    assert info.value.problems == [
+        f"{path}:{line + 1}:15: events.track.Signed Up.action: unknown action 'no_such_action' "
+        "(defined: create_prospect, or drop)"]
+
+
+def test_a_changed_output_schema_is_checked_again(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    schemas = tmp_path / "schemas"
+    (schemas / "outreach").mkdir(parents=True)
+    (schemas / "preset.schema.json").write_bytes(resources.preset_schema_path().read_bytes())
+    output = schemas / "outreach" / "prospect-request.schema.json"
+    output.write_bytes(resources.output_schema_path("outreach/prospect-request").read_bytes())
+    monkeypatch.setattr(resources, "schemas_dir", lambda: schemas)
+    path = copy_of_builtin(tmp_path)
+    load_preset(str(path))
+    output.write_text(json.dumps({"type": "object", "properties": {"data": {"maxLength": -1}}}), encoding="utf-8")
+    with pytest.raises(PresetError) as info:
+        load_preset(str(path))
+    assert "not a valid JSON Schema at /properties/data/maxLength" in info.value.problems[0]
+
+
+def test_the_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(preset_cache.CACHE_ENV, "")
+    assert preset_cache.cache_dir() is None
+    load_preset(str(copy_of_builtin(tmp_path)))
+
+
+def test_an_unusable_cache_costs_speed_not_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("", encoding="utf-8")
+    monkeypatch.setenv(preset_cache.CACHE_ENV, str(blocker))
+    path = copy_of_builtin(tmp_path)
+    assert load_preset(str(path)).name == "outreach/lead-capture"
+    assert load_preset(str(path)).name == "outreach/lead-capture"
+
+
+def test_a_damaged_cache_entry_is_ignored(tmp_path: Path, cache: Path) -> None:
+    path = copy_of_builtin(tmp_path)
+    load_preset(str(path))
+    for entry in cache.glob("*.json"):
+        entry.write_text("{not json", encoding="utf-8")
+    assert load_preset(str(path)).name == "outreach/lead-capture"
+
+
+def test_old_entries_are_pruned(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preset_cache, "MAX_ENTRIES", 3)
+    for tag in range(5):
+        path = copy_of_builtin(tmp_path, "values: {tag: lead}", f"values: {{tag: lead-{tag}}}")
+        load_preset(str(path))
+    assert len(list(cache.glob("*.json"))) == 3
