@@ -301,3 +301,19 @@ def test_any_command_whose_stdout_is_closed_says_so_in_one_line_and_exits_141(tm
     err = proc.stderr.read().decode("utf-8")
     assert proc.wait(30) == 141
     assert err == "signal-engine: stdout was closed (broken pipe); stopped\n"
+
+
+def test_a_dry_run_piped_into_head_stops_reading_and_says_where(tmp_path: Path) -> None:
+    events = tmp_path / "leads.ndjson"
+    events.write_text(ndjson([lead(i) for i in range(5000)]), encoding="utf-8")  # several reads' worth
+    proc = subprocess.Popen(engine_cmd("run", PRESET_NAME, "--events", events, "--dry-run"), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode("utf-8")
+    assert proc.wait(60) == 141
+    assert json.loads(first)["index"] == 0
+    assert len(err.splitlines()) == 1 and err.startswith("signal-engine: stdout was closed (broken pipe) after reading ")
+    read = int(err.split("after reading ")[1].split(" ")[0].replace(",", ""))
+    assert read < 5000  # it stopped reading, rather than running the whole file into a closed pipe
