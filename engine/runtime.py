@@ -461,6 +461,14 @@ class Engine:
                 self.journal.record(key)
             except Exception as exc:  # noqa: BLE001 - the delivery happened; at worst a rerun merges it again
                 log.error("event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__)
+            if record:
+                # A letter an earlier run left for this event (it was killed, or gave up) is obsolete now:
+                # an event is delivered or in the dead letters, never both.
+                try:
+                    self.dead_letters.discard(self.preset.name, key)
+                except Exception as exc:  # noqa: BLE001 - a stale letter is removed by replay, unsent
+                    log.warning("event %s: could not remove its earlier dead letter: %s", prepared.index,
+                                type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,

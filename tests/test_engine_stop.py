@@ -316,3 +316,28 @@ def test_closing_drops_a_mint_that_only_waits_to_try_again() -> None:
         assert transport.tokens == 1  # no new token request after the stop
 
     run(scenario)
+
+
+def test_a_rerun_that_delivers_a_not_sent_event_removes_its_letter() -> None:
+    async def scenario() -> None:
+        letters, journal = MemoryDeadLetters(), MemoryJournal(86400)
+
+        def fresh(transport: HeldTransport) -> Engine:
+            return Engine.from_preset(PRESET, SETTINGS, transport=transport, concurrency=2, dead_letters=letters,
+                                      journal=journal, token_store=MemoryTokenStore())
+
+        async with fresh(HeldTransport()) as first:
+            first.stop(grace=0, reason="SIGTERM")
+            for i in range(3):
+                await first.process(lead(i))
+        assert sorted(e["messageId"] for e in letters.entries()) == ["m0", "m1", "m2"]
+        transport = HeldTransport()
+        async with fresh(transport) as rerun:
+            task = asyncio.ensure_future(rerun.process(lead(1)))
+            await transport.until(lambda: transport.held() == 1)
+            transport.release()
+            assert (await task).outcome == oc.DELIVERED
+        # Delivered or dead-lettered, never both: the rerun's delivery took its letter away.
+        assert sorted(e["messageId"] for e in letters.entries()) == ["m0", "m2"]
+
+    run(scenario)

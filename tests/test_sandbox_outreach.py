@@ -668,6 +668,20 @@ def test_the_token_endpoint_fails_for_a_while_then_mints() -> None:
             async with sb.session.post(f"{sb.base}/oauth/token", data={}) as resp:
                 assert resp.status == 503
             assert (await sb.admin("POST", "token-outage", {"seconds": -1}))[0] == 400
+            assert (await sb.admin("POST", "token-outage", {"requests": "two"}))[0] == 400
+            # Or for a number of requests, whenever they come.
+            sb.shift_clock(120)
+            assert (await sb.admin("POST", "token-outage", {"requests": 2}))[0] == 200
+            statuses = []
+            for _ in range(3):
+                try:
+                    status, _, _ = await sb.refresh(sb.state.config.refresh_token if not sb.state.mints else
+                                                    sorted(sb.state.refresh_tokens)[0])
+                except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):
+                    status = "failed"
+                statuses.append(status)
+            assert statuses[2] == 200 and sb.state.token_outage_requests == 0
+            assert sb.state.token_statuses[-3:-1] != [200, 200]
 
     asyncio.run(scenario())
 

@@ -209,6 +209,7 @@ def test_a_closed_stdout_drains_records_and_exits_141_with_one_line(tmp_path: Pa
         sandbox.admin("POST", "faults", {"fault_mix": {}})
         rerun = run_cli("run", preset, "--events", events, "--settings", settings, "--state", state_dir,
                         cwd=tmp_path)
+        after_rerun = dead_letters(state_dir)
         replay = run_cli("dlq", "replay", preset, "--settings", settings, "--state", state_dir, cwd=tmp_path)
         after = sandbox.state()
 
@@ -228,6 +229,7 @@ def test_a_closed_stdout_drains_records_and_exits_141_with_one_line(tmp_path: Pa
     # The rerun skips what was delivered and sends the rest; the replay then finds nothing new to send.
     assert rerun.returncode == 0, rerun.stderr
     assert sum(1 for o in json_lines(rerun.stdout) if o["attempts"] == 0) == len(delivered)
+    assert after_rerun == {}  # the rerun delivered the unsent events, so their letters are gone
     assert replay.returncode == 0, replay.stderr
     assert len(after["prospects"]) == leads and after["creates"] == leads
 

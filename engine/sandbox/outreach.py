@@ -356,6 +356,7 @@ class SandboxState:
         self.fault_mix: list[tuple[Fault, float]] = list(self.initial_mix)
         self.token_outage_until = self.clock() + config.token_outage_seconds if config.token_outage_seconds else 0.0
         self.token_outage_answers = 0
+        self.token_outage_requests = 0  # the next this many token requests fail, whatever the clock says
         self.in_flight = 0  # API requests being answered now
         self.fault_rate = config.fault_rate
         self.rng = random.Random(config.fault_seed)
@@ -493,7 +494,9 @@ TOKEN_OUTAGE_FAULTS = (503, "garbage", "drop", 500)
 
 def _token_outage(request: web.Request, state: SandboxState) -> web.Response | None:
     """During an outage, the next failure in turn (an error page, garbage, a dropped connection)."""
-    if not state.token_outage_until or state.clock() >= state.token_outage_until:
+    if state.token_outage_requests > 0:
+        state.token_outage_requests -= 1
+    elif not state.token_outage_until or state.clock() >= state.token_outage_until:
         return None
     fault = TOKEN_OUTAGE_FAULTS[state.token_outage_answers % len(TOKEN_OUTAGE_FAULTS)]
     state.token_outage_answers += 1
@@ -758,17 +761,27 @@ async def admin_state(request: web.Request) -> web.Response:
 
 
 async def admin_token_outage(request: web.Request) -> web.Response:
-    """``POST /_sandbox/token-outage`` ``{"seconds": S}``: the token endpoint fails for the next S seconds."""
+    """``POST /_sandbox/token-outage``: ``{"seconds": S}``, the token endpoint fails for the next S seconds;
+    ``{"requests": N}``, it fails the next N token requests (whenever they come)."""
     state = _state(request)
     try:
         body = await request.json()
-        seconds = float(body["seconds"]) if isinstance(body, dict) else math.nan
-    except (ValueError, KeyError, TypeError):
-        seconds = math.nan
-    if not 0.0 <= seconds < math.inf:
-        return web.json_response({"error": "send {\"seconds\": S} with S >= 0"}, status=400)
-    state.token_outage_until = state.clock() + seconds if seconds else 0.0
-    return web.json_response({"token_outage_until": state.token_outage_until})
+        if not isinstance(body, dict) or not ({"seconds", "requests"} & set(body)):
+            raise ValueError
+        seconds = float(body.get("seconds", 0))
+        requests = body.get("requests", 0)
+        if isinstance(requests, bool) or not isinstance(requests, int):
+            raise ValueError
+    except (ValueError, TypeError):
+        seconds, requests = math.nan, 0
+    if not 0.0 <= seconds < math.inf or requests < 0:
+        return web.json_response({"error": "send {\"seconds\": S} or {\"requests\": N}, S and N >= 0"}, status=400)
+    if "seconds" in body:
+        state.token_outage_until = state.clock() + seconds if seconds else 0.0
+    if "requests" in body:
+        state.token_outage_requests = requests
+    return web.json_response({"token_outage_until": state.token_outage_until,
+                              "token_outage_requests": state.token_outage_requests})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
