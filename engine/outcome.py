@@ -24,6 +24,10 @@ INVALID_EVENT = "invalid_event"
 
 DROP_REASONS = (EVENT_NOT_MAPPED, NO_CONSENT, NOT_IDENTIFIED, INVALID_EMAIL, INVALID_EVENT)
 
+# Dead-letter causes of a run that was stopped (a signal, a closed stdout):
+NOT_SENT = "not_sent"  # stopped before its first request left: the destination never saw it
+INTERRUPTED = "interrupted"  # sent, but unanswered when the grace period ran out: it may have arrived
+
 
 @dataclass
 class Outcome:

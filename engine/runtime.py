@@ -7,6 +7,9 @@ Filtering and transforming happen synchronously inside ``process`` (they are
 pure and fast), in the order the host calls it, so identify-then-track
 ordering is kept even when deliveries overlap. Delivery is concurrent and
 bounded; ``close`` drains what is in flight before closing the session.
+``stop`` ends a stream early (a signal, a closed output): nothing more is
+sent, what is on the wire gets a grace period, and every event still gets its
+one outcome, the unsent ones as dead letters.
 
 State (``state=``): identity, the delivery journal, dead letters and tokens
 come from one backend, the embedded SQLite file of a state directory by
@@ -99,6 +102,10 @@ class Engine:
         self._closed = False
         # Journal keys of events being sent now: a duplicate waits for the first copy's outcome.
         self._sending: dict[str, asyncio.Future[None]] = {}
+        # Deliveries under way, each with its count of requests sent (see stop()).
+        self._active: dict[asyncio.Future[Outcome], list[int]] = {}
+        self._stop: _Stop | None = None
+        self._stop_requested: asyncio.Future[None] | None = None
 
         if state is None:
             backend: StateBackend = MemoryState()
@@ -201,6 +208,7 @@ class Engine:
         self._closed = True
         try:
             await self._idle.wait()
+            await self._settle_auth()
             await self._write_what_was_kept()
         finally:
             cancel_all(self._stores())
@@ -210,6 +218,66 @@ class Engine:
             finally:
                 if self._own_state:
                     self.state.close()
+
+    # -- stopping early ---------------------------------------------------------
+    def stop(self, grace: float = 30.0, reason: str = "the engine was stopped") -> None:
+        """End early: send nothing more; give what is on the wire ``grace`` seconds; record everything.
+
+        Every event still gets its one outcome. One whose first request had
+        not left ends at once as ``dead_lettered`` with cause ``not_sent``;
+        one on the wire (or retrying) may finish within ``grace`` seconds,
+        after which it is cut off and dead-lettered as ``interrupted`` (the
+        destination may have it). :meth:`process_batches` stops asking its
+        source for more and ends once the events it took have their outcomes.
+        ``reason`` (e.g. "SIGTERM") goes into those outcomes' details.
+        Calling ``stop`` again shortens the grace period (``stop(0)``: now).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, grace)
+        if self._stop is None:
+            self._stop = _Stop(reason, max(0.0, grace), deadline)
+            if self._stop_requested is not None and not self._stop_requested.done():
+                self._stop_requested.set_result(None)
+        elif deadline >= self._stop.deadline:
+            return
+        self._stop.deadline = deadline
+        if self._stop.timer is not None:
+            self._stop.timer.cancel()
+        self._stop.timer = loop.call_at(deadline, self._cut_off)
+        for work, sent in list(self._active.items()):
+            if not sent[0]:
+                work.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    def in_flight(self) -> int:
+        """Deliveries with a request on the wire (or between retries) now."""
+        return sum(1 for sent in self._active.values() if sent[0])
+
+    def _cut_off(self) -> None:
+        """The grace period is over: whatever is still under way ends now, as a dead letter."""
+        for work in list(self._active):
+            work.cancel()
+
+    def _stopped_outcome(self, prepared: Prepared, sent: int) -> Outcome:
+        assert self._sender is not None and self._stop is not None
+        stop = self._stop
+        if not sent:
+            return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.NOT_SENT,
+                           detail=f"not sent: the run was stopped ({stop.reason}) before this event's request "
+                                  "left; kept for replay", request=self._sender.original_request(prepared), attempts=0)
+        return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.INTERRUPTED,
+                       detail=f"sent, but still unanswered when the run stopped ({stop.reason}, "
+                              f"{stop.grace:g}s grace): the destination may have it; kept for replay",
+                       request=self._sender.original_request(prepared), attempts=sent)
+
+    async def _settle_auth(self) -> None:
+        """A token request on the wire is awaited (its rotated refresh token must be saved); no new one starts."""
+        settle = getattr(self.auth, "settle", None)
+        if settle is not None:
+            await settle()
 
     def _stores(self) -> list[Any]:
         return [self.token_store, self.dead_letters, self.journal, self.identity]
@@ -279,16 +347,27 @@ class Engine:
         source = batches.__aiter__()
         next_batch: asyncio.Future[list[tuple[int, Any]]] | None = None
         exhausted = False
+        if self._stop_requested is None:
+            self._stop_requested = asyncio.get_running_loop().create_future()
         try:
             while pending or not exhausted:
                 while pending and (isinstance(pending[0], Outcome) or pending[0].done()):
                     head = pending.popleft()
                     yield head if isinstance(head, Outcome) else head.result()
+                if self._stop is not None and not exhausted and (next_batch is None or not next_batch.done()):
+                    # Stopped: what the source has not handed over is not read.
+                    exhausted = True
+                    late = await _stop_source(source, next_batch)
+                    next_batch = None
+                    pending.extend(self._schedule(index, event) for index, event in late)
+                    continue
                 if not exhausted and next_batch is None and self._inflight < window and not self._closed:
                     next_batch = asyncio.ensure_future(source.__anext__())
                 waiting = [f for f in (next_batch, pending[0] if pending else None) if f is not None]
                 if not waiting:
                     break  # closed mid-stream with nothing in flight
+                if self._stop is None:
+                    waiting.append(self._stop_requested)
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
                 if next_batch is not None and next_batch.done():
                     try:
@@ -302,7 +381,7 @@ class Engine:
         finally:
             if next_batch is not None and not next_batch.done():
                 next_batch.cancel()
-        if not exhausted:
+        if not exhausted and self._stop is None:
             raise RuntimeError("engine was closed before the stream ended")
 
     def _schedule(self, index: int, event: Any) -> "Outcome | asyncio.Future[Outcome]":
@@ -341,6 +420,8 @@ class Engine:
             self.dead_letters.remove(str(letter_id))
             return await self._finish(self._already_delivered(prepared, since))
         result = await self._deliver(prepared, record=False, key=key if isinstance(key, str) else None)
+        if result.cause == oc.NOT_SENT:
+            return result  # stopped before it was sent: the letter stays as it was
         if result.outcome == oc.DELIVERED:
             self.dead_letters.remove(str(letter_id))
         else:
@@ -400,8 +481,7 @@ class Engine:
     async def _deliver(self, prepared: Prepared, record: bool = True, key: str | None = None) -> Outcome:
         assert self._sender is not None and self._slots is not None
         try:
-            async with self._slots:
-                result = await self._sender.deliver(prepared)
+            result = await self._send(prepared)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - nothing is lost: an unforeseen failure is still an outcome
@@ -415,6 +495,14 @@ class Engine:
                 self.journal.record(key)
             except Exception as exc:  # noqa: BLE001 - the delivery happened; at worst a rerun merges it again
                 log.error("event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__)
+            if record:
+                # A letter an earlier run left for this event (it was killed, or gave up) is obsolete now:
+                # an event is delivered or in the dead letters, never both.
+                try:
+                    self.dead_letters.discard(self.preset.name, key)
+                except Exception as exc:  # noqa: BLE001 - a stale letter is removed by replay, unsent
+                    log.warning("event %s: could not remove its earlier dead letter: %s", prepared.index,
+                                type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
@@ -427,6 +515,30 @@ class Engine:
                     result.detail = (f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
                                      "the letter is kept in memory and written as soon as it can be")
         return await self._finish(result)
+
+    async def _send(self, prepared: Prepared) -> Outcome:
+        """Send in a task of its own, so that :meth:`stop` can end it and the event still gets its outcome."""
+        sent = [0]
+        if self._stop is not None:
+            return self._stopped_outcome(prepared, 0)
+        work = asyncio.ensure_future(self._send_when_free(prepared, sent))
+        self._active[work] = sent
+        try:
+            return await work
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop is None or not work.cancelled() or (task is not None and task.cancelling()):
+                raise  # the host cancelled this event, not stop()
+            return self._stopped_outcome(prepared, sent[0])
+        finally:
+            del self._active[work]
+            if not work.done():
+                work.cancel()
+
+    async def _send_when_free(self, prepared: Prepared, sent: list[int]) -> Outcome:
+        assert self._sender is not None and self._slots is not None
+        async with self._slots:
+            return await self._sender.deliver(prepared, sent)
 
     async def _finish(self, result: Outcome) -> Outcome:
         """Hand the outcome to the host's callback; a failing callback must not lose the outcome."""
@@ -462,6 +574,34 @@ class Engine:
             headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
                         url, headers, request.get("body"), {})
+
+
+class _Stop:
+    """Why and until when an engine that was stopped lets its requests on the wire finish."""
+
+    def __init__(self, reason: str, grace: float, deadline: float) -> None:
+        self.reason = reason
+        self.grace = grace
+        self.deadline = deadline
+        self.timer: asyncio.TimerHandle | None = None
+
+
+async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
+                       fetching: "asyncio.Future[list[tuple[int, Any]]] | None") -> list[tuple[int, Any]]:
+    """Cancel the fetch under way and close the source; a batch that arrived meanwhile is returned, not lost."""
+    late: list[tuple[int, Any]] = []
+    if fetching is not None:
+        fetching.cancel()
+        await asyncio.wait([fetching])
+        if not fetching.cancelled() and fetching.exception() is None:
+            late = fetching.result()
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception as exc:  # noqa: BLE001 - the source's own cleanup cannot cost an outcome
+            log.warning("the event source failed while closing: %s", type(exc).__name__)
+    return late
 
 
 async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:

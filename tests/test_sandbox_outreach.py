@@ -594,6 +594,116 @@ def test_random_fault_rate_one_faults_every_api_request() -> None:
     asyncio.run(scenario())
 
 
+def test_garbage_fault_writes_then_answers_a_200_that_is_not_the_api() -> None:
+    async def scenario() -> None:
+        async with sandbox(faults=["garbage"]) as sb:
+            token = await sb.access_token()
+            document = {"data": {"type": "prospect", "attributes": {"emails": ["a@example.com"]}}}
+            async with sb.session.post(f"{sb.base}/api/v2/prospects", data=json.dumps(document),
+                                       headers={"Content-Type": JSONAPI, "Authorization": f"Bearer {token}"}) as resp:
+                assert resp.status == 200
+                assert resp.content_type == "text/html"
+                assert "<html>" in await resp.text()
+            assert sb.state.creates == 1  # the write happened: the answer proves nothing either way
+            status, body, _ = await sb.create(token, {"emails": ["a@example.com"]})
+            assert status == 422
+
+    asyncio.run(scenario())
+
+
+def test_a_fault_mix_draws_each_fault_at_its_rate_reproducibly() -> None:
+    def draws(seed: int) -> list[str | None]:
+        state = SandboxState(SandboxConfig(fault_mix="garbage=0.2,503=0.1,429=0.05,drop=0.05", fault_seed=seed))
+        return [None if (f := state.next_fault()) is None else f.describe() for _ in range(4000)]
+
+    first = draws(11)
+    assert first == draws(11)
+    counts = {name: first.count(name) for name in ("garbage", "503", "429", "drop")}
+    # Binomial(4000, p): three standard deviations either side.
+    for name, share in (("garbage", 0.2), ("503", 0.1), ("429", 0.05), ("drop", 0.05)):
+        spread = 3 * (4000 * share * (1 - share)) ** 0.5
+        assert abs(counts[name] - 4000 * share) < spread, (name, counts)
+    assert first.count(None) + sum(counts.values()) == 4000
+
+
+def test_a_bad_fault_mix_is_refused() -> None:
+    for bad in ("garbage=0.8,503=0.3", "garbage", "garbage=lots", "explode=0.1", "503=1.5"):
+        with pytest.raises(ValueError):
+            SandboxState(SandboxConfig(fault_mix=bad))
+
+    async def scenario() -> None:
+        async with sandbox() as sb:
+            status, body = await sb.admin("POST", "faults", {"faults": [500], "fault_mix": {"garbage": 2}})
+            assert status == 400 and "garbage" in body["error"]
+            assert list(sb.state.faults) == [] and sb.state.fault_mix == []  # nothing half-applied
+            status, body = await sb.admin("POST", "faults", {"fault_mix": {"garbage": 0.5}})
+            assert status == 200
+            _, state = await sb.admin("GET", "state")
+            assert state["fault_mix"] == {"garbage": 0.5}
+
+    asyncio.run(scenario())
+
+
+def test_the_token_endpoint_fails_for_a_while_then_mints() -> None:
+    async def scenario() -> None:
+        async with sandbox(token_outage_seconds=60) as sb:
+            answers = []
+            for _ in range(4):
+                try:
+                    async with sb.session.post(f"{sb.base}/oauth/token", data={"grant_type": "refresh_token"}) as resp:
+                        answers.append((resp.status, resp.content_type))
+                except aiohttp.ClientConnectionError:
+                    answers.append(("drop", None))
+            assert answers == [(503, "application/json"), (200, "text/html"), ("drop", None),
+                               (500, "application/json")]
+            assert sb.state.mints == 0
+            sb.shift_clock(61)  # the outage is over
+            status, body, _ = await sb.refresh()
+            assert status == 200 and body["access_token"]
+            _, state = await sb.admin("GET", "state")
+            assert state["token_statuses"] == [503, 200, "drop", 500, 200]
+            assert state["token_outage_answers"] == 4
+            # An outage can also be started while running.
+            assert (await sb.admin("POST", "token-outage", {"seconds": 30}))[0] == 200
+            async with sb.session.post(f"{sb.base}/oauth/token", data={}) as resp:
+                assert resp.status == 503
+            assert (await sb.admin("POST", "token-outage", {"seconds": -1}))[0] == 400
+            assert (await sb.admin("POST", "token-outage", {"requests": "two"}))[0] == 400
+            # Or for a number of requests, whenever they come. (The offset is from now, not cumulative:
+            # past the outage and the mint throttle's minute since the mint at +61 s.)
+            sb.shift_clock(200)
+            assert (await sb.admin("POST", "token-outage", {"requests": 2}))[0] == 200
+            statuses = []
+            for _ in range(3):
+                try:
+                    status, _, _ = await sb.refresh(sb.state.config.refresh_token if not sb.state.mints else
+                                                    sorted(sb.state.refresh_tokens)[0])
+                except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):
+                    status = "failed"
+                statuses.append(status)
+            assert statuses[2] == 200 and sb.state.token_outage_requests == 0
+            assert sb.state.token_statuses[-3:-1] != [200, 200]
+
+    asyncio.run(scenario())
+
+
+def test_state_counts_requests_being_answered() -> None:
+    async def scenario() -> None:
+        async with sandbox() as sb:
+            token = await sb.access_token()
+            await sb.admin("POST", "faults", {"faults": ["delay:0.5", "delay:0.5"]})
+            slow = [asyncio.ensure_future(sb.api("GET", "/api/v2/prospects", token)) for _ in range(2)]
+            for _ in range(100):
+                if sb.state.in_flight == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await sb.admin("GET", "state"))[1]["in_flight"] == 2
+            await asyncio.gather(*slow)
+            assert sb.state.in_flight == 0
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------
 # admin reset and command line
 # --------------------------------------------------------------------------

@@ -134,7 +134,10 @@ def journal_size(state_dir: Path) -> int:
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
 def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_nothing(tmp_path: Path, sig: int) -> None:
+    """kill -9 loses what was on the wire (the upsert merges its re-send); SIGTERM lets it finish first."""
     users = 200
+    drained = sig == signal.SIGTERM  # the three requests on the wire finish within the grace period
+    done_before = 60 if drained else 57
     creds = unique_credentials()
     state_dir = tmp_path / "state"
     preset = fast_preset(tmp_path)
@@ -151,7 +154,9 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
             until(lambda: journal_size(state_dir) == 57, what="seven more deliveries in the journal")
             first.stop(sig)
             printed = {o["messageId"] for o in first.lines if o["outcome"] == "delivered"}
-        assert len(printed) == 50
+        assert len(printed) == (60 if drained else 50)
+        assert first.proc.returncode == (143 if drained else -signal.SIGKILL)
+        assert journal_size(state_dir) == done_before
 
         tracks = tmp_path / "tracks.ndjson"
         tracks.write_text(ndjson([track(i) for i in range(users)]), encoding="utf-8")
@@ -171,14 +176,14 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
         sorted(f"person{i}@kill.test" for i in range(users))
     # Nothing re-sent: what the killed run delivered (printed or only journaled) is skipped, unsent.
     skipped = {o["messageId"]: o for o in outcomes if o["attempts"] == 0}
-    assert printed <= set(skipped) and len(skipped) == 57
+    assert printed <= set(skipped) and len(skipped) == done_before
     assert all("already delivered" in o["detail"] for o in skipped.values())
     sent = {int(m.group(1)) for m in ATTEMPT_LINE.finditer(second.stderr)}
     assert sent == {o["index"] for o in outcomes if o["attempts"] > 0}
-    assert len(sent) == users - 57
+    assert len(sent) == users - done_before
     # The three on the wire at the kill may have been sent twice; the upsert merged them.
     assert final["creates"] == users and len(final["prospects"]) == users
-    assert final["statuses"].count(422) <= 3
+    assert final["statuses"].count(422) <= (0 if drained else 3)
     assert final["mints"] == 1  # the restart reused the persisted access token
 
 

@@ -92,11 +92,9 @@ def outcome_line(data: Any, out: TextIO | None = None) -> str:
                           default=str) + "\n"
     encoding = getattr(out, "encoding", None) or "utf-8"
     if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
-        try:
-            line.encode(encoding)
-        except (UnicodeEncodeError, LookupError):
-            # A character the output encoding lacks: escape everything non-ASCII; still one line of JSON.
-            return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":")) + "\n"
+        # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
+        # not UTF-8, even where it can encode the character: ASCII escapes are both.
+        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":")) + "\n"
     return line
 
 

@@ -20,6 +20,7 @@ from .common import (
 )
 from .logs import add_logging_options, configure_logging
 from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
+from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, signal_name
 
 
 def register(sub: Any) -> None:
@@ -38,6 +39,9 @@ def register(sub: Any) -> None:
                          help="the state directory the run used (default: %(default)s)")
         cmd.add_argument("--redis", metavar="URL", help="the Redis the workers use, instead of a state directory")
         if name == "replay":
+            cmd.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+                             help="after SIGINT or SIGTERM, how long replays already sent may take to finish; "
+                                  "letters not yet sent stay as they are (default: %(default)g)")
             add_logging_options(cmd)
         add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
@@ -48,13 +52,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
     if args.redis:
-        return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose, args.log_format)
+        return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
+                                                                args.log_format, args.grace)
                            if replaying else dlq_list(preset, settings, state))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
     if replaying:
-        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format)
+        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace)
     return dlq_list(preset, settings, args.state)
 
 
@@ -84,24 +89,45 @@ def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
     return EXIT_OK
 
 
-def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text") -> int:
+def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text",
+               grace: float = DEFAULT_GRACE_SECONDS) -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
 
     if isinstance(state, str):
         check_state_dir(state)
+    stop = RunStop()
 
     async def main() -> int:
         from ..runtime import Engine
 
-        async with Engine(preset, settings, state=state) as engine:
-            configure_logging(engine.redactor, verbose, log_format)
-            results = await engine.replay_dead_letters()
-            left = len(engine.dead_letters.entries(preset.name))
+        engine = Engine(preset, settings, state=state)
+
+        def on_signal(signum: int) -> None:
+            first = stop.on_signal(signum)
+            print(f"signal-engine: {signal_name(signum)}{'' if first else ' again'}: stopping; letters not yet "
+                  "replayed stay in the store", file=sys.stderr, flush=True)
+            engine.stop(grace if first else 0, stop.reason or signal_name(signum))
+
+        loop = asyncio.get_running_loop()
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            async with engine:
+                configure_logging(engine.redactor, verbose, log_format)
+                results = await engine.replay_dead_letters()
+                left = len(engine.dead_letters.entries(preset.name))
+        finally:
+            for signum in SIGNALS:
+                loop.remove_signal_handler(signum)
         for result in results:
-            print(json.dumps(result.to_dict(), ensure_ascii=False))
+            stop.emit(lambda: print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True))
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)
-        print(f"signal-engine: replayed {len(results)}, delivered {done}, {left} left in the dead-letter store",
-              file=sys.stderr)
-        return EXIT_OK if done == len(results) else EXIT_EVENTS_FAILED
+        skipped = sum(1 for r in results if r.cause == oc.NOT_SENT)
+        line = f"signal-engine: replayed {len(results) - skipped}, delivered {done}, {left} left in the dead-letter store"
+        if stop.reason and stop.reason in ("SIGINT", "SIGTERM"):
+            line = f"{line}; stopped by {stop.reason}: {skipped} letter(s) not replayed"
+        print(line, file=sys.stderr)
+        code = stop.exit_code()
+        return code if code is not None else (EXIT_OK if done == len(results) else EXIT_EVENTS_FAILED)
 
     return asyncio.run(main())

@@ -8,7 +8,8 @@ Exit status, the same for every command (README, "Exit status"):
 0 every event ended delivered, dropped or would_send (or: nothing was found wrong);
 1 an event failed or was dead-lettered (or: ``check``/``golden`` found a problem);
 2 a usage or configuration error, before any event was processed;
-70 an internal error; 130 interrupted.
+70 an internal error; 130 interrupted (SIGINT), 143 terminated (SIGTERM),
+141 stdout was closed: a run stopped early, every event it read recorded.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ import sys
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
 from .common import UsageError, located
-from .report import EXIT_USAGE
+from .report import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+from .stopping import RunStop
 
 EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         print("signal-engine: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        RunStop().stdout_closed()  # no "Exception ignored" when the interpreter flushes stdout on exit
+        print("signal-engine: stdout was closed (broken pipe); stopped", file=sys.stderr)
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         first = (str(exc).splitlines() or [""])[0][:300]
         print(f"signal-engine: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
@@ -69,7 +72,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="signal-engine", description="Declarative event-delivery engine.", formatter_class=_Formatter,
         epilog="Exit status: 0 every event delivered, dropped or would_send; 1 an event failed or was "
-               "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error.")
+               "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error; "
+               "130, 143 or 141 a run stopped by SIGINT, SIGTERM or a closed stdout (every event read recorded).")
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(metavar="COMMAND",
                                 parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))

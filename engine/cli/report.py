@@ -21,6 +21,10 @@ PROGRESS_INTERVAL = 1.0  # seconds between progress updates, and before the firs
 EXIT_OK = 0  # every event ended delivered, dropped or would_send
 EXIT_EVENTS_FAILED = 1  # an event failed or was dead-lettered (or: check/golden found problems)
 EXIT_USAGE = 2  # a usage or configuration error: nothing was processed
+# A run that ended early, every event it read with its outcome: 128 + the signal, as a shell shows it.
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+EXIT_BROKEN_PIPE = 141  # stdout was closed (SIGPIPE's number; the signal itself is ignored)
+EXIT_TERMINATED = 143  # SIGTERM
 
 
 class RunReport:
@@ -41,6 +45,7 @@ class RunReport:
         self.total = 0
         self.outcomes: dict[str, int] = {}
         self.details: dict[str, dict[str, int]] = {}  # outcome -> reason or cause -> count
+        self.stopped: str | None = None  # where and why a run ended early, said first in the summary
 
     @property
     def _out(self) -> TextIO:
@@ -75,7 +80,10 @@ class RunReport:
 
     def summary(self, extra: str | None = None) -> str:
         elapsed = self.clock() - self.started
-        if not self.total:
+        if self.stopped:
+            line = f"signal-engine: {self.stopped}: {self.total:,} event(s) in {_duration(elapsed)}"
+            line += f": {self.counts_text()}" if self.total else ""
+        elif not self.total:
             line = f"signal-engine: no events: {self.source} is empty"
         else:
             line = f"signal-engine: {self.total:,} event(s) in {_duration(elapsed)}: {self.counts_text()}"
@@ -83,8 +91,10 @@ class RunReport:
         if self.json:
             from .logs import json_line  # JSON logs only: plain runs never load logging
 
-            return json_line("info", line.removeprefix("signal-engine: "), event="summary", events=self.total,
-                             seconds=round(elapsed, 3), outcomes=dict(self.outcomes), details=self.details)
+            fields = {"stopped": self.stopped} if self.stopped else {}
+            return json_line("warning" if self.stopped else "info", line.removeprefix("signal-engine: "),
+                             event="summary", events=self.total, seconds=round(elapsed, 3),
+                             outcomes=dict(self.outcomes), details=self.details, **fields)
         return line
 
     def finish(self, extra: str | None = None) -> None:

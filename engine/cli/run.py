@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import IO, Any, AsyncIterator, Callable
+from typing import IO, Any, AsyncIterator, Callable, Iterator
 
 from .. import outcome as oc
 from ..language.model import Preset
@@ -20,23 +20,28 @@ from .common import (
     settings_for,
 )
 from .events_input import (
-    events_from,
+    DEFAULT_MAX_EVENT_BYTES,
+    RawLine,
     is_regular_file,
     open_events,
     parse_line,
     raw_line_chunks,
 )
-from .input_hints import FirstLine, ndjson_hint, watch_first
+from .input_hints import ndjson_hint
 from .logs import add_logging_options, json_line
 from .report import RunReport, wants_progress
+from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, StopRequested, seconds_arg, signal_name, stop_line
 
 
 def register(sub: Any) -> None:
     run = sub.add_parser(
         "run", help="run an event stream through a preset",
         description="Run newline-delimited JSON events through a preset: one outcome line per event on stdout, "
-                    "progress and a summary on stderr. Exit status: 0 when every event was delivered, dropped or "
-                    "would_send; 1 when any failed or was dead-lettered; 2 for a usage or configuration error.")
+                    "progress and a summary on stderr. SIGINT, SIGTERM or a closed stdout stop the run: no more "
+                    "input is read, requests on the wire get --grace seconds, and every event read still gets its "
+                    "outcome. Exit status: 0 when every event was delivered, dropped or would_send; 1 when any "
+                    "failed or was dead-lettered; 2 for a usage or configuration error; 130 (SIGINT), 143 "
+                    "(SIGTERM) or 141 (stdout closed) for a run stopped early.")
     run.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
     run.add_argument("--events", required=True, metavar="FILE|-", help="newline-delimited JSON events; - reads stdin")
     run.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
@@ -46,9 +51,53 @@ def register(sub: Any) -> None:
                      help="token store, dead letters and identity memory (default: %(default)s)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress on stderr (default: only when stderr is a terminal)")
+    run.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
+                     help="after SIGINT, SIGTERM or a closed stdout, how long requests already sent may take to "
+                          "finish before they are dead-lettered as interrupted (default: %(default)g)")
+    run.add_argument("--max-event-bytes", type=_byte_count, default=DEFAULT_MAX_EVENT_BYTES, metavar="BYTES",
+                     help="a longer input line is not read: it is one invalid_event (default: %(default)d)")
     add_logging_options(run)
     add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
+
+
+def _byte_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of bytes, 1 or more, got {text!r}")
+    return int(text)
+
+
+class InputLines:
+    """Numbers and parses the lines of ``--events``; ``read`` counts every line taken, blank ones too."""
+
+    def __init__(self, source: str, max_bytes: int, warn: Callable[[str], None]) -> None:
+        self.source = source
+        self.max_bytes = max_bytes
+        self.warn = warn
+        self.read = 0
+        self.finished = False  # the input ended (rather than the run stopping first)
+        self._hinted = False
+
+    def parse(self, lines: list[RawLine]) -> Iterator[tuple[int, Any, str | None]]:
+        for raw in lines:
+            index = self.read
+            item = parse_line(index, raw, self.max_bytes)
+            self.read += 1
+            if item is None:
+                continue
+            if not self._hinted:
+                self._hinted = True
+                first = raw.removeprefix(b"\xef\xbb\xbf").strip() if isinstance(raw, bytes) else None
+                hint = ndjson_hint(self.source, first, item[1], item[2])
+                if hint:
+                    self.warn(hint)
+            yield item
+
+    def where(self, stop: RunStop, *, delivering: bool) -> str:
+        if self.finished:
+            cause = "stdout was closed (broken pipe)" if stop.reason == "stdout closed" else f"stopped by {stop.reason}"
+            return f"{cause} after reading all {self.read:,} line(s) of --events {self.source}"
+        return stop_line(stop, self.read, f"--events {self.source}", delivering=delivering)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -64,28 +113,56 @@ def cmd_run(args: argparse.Namespace) -> int:
             line = json_line("warning", line.removeprefix("signal-engine: "), event="hint")
         print(line, file=sys.stderr, flush=True)
 
+    lines = InputLines(args.events, args.max_event_bytes, warn)
+    stop = RunStop()
     try:
         if args.dry_run:
-            stream = FirstLine(raw)
-            pipeline = Pipeline(preset, settings)
-            flush = not is_regular_file(raw)  # a pipe or a terminal is watched line by line
-            for index, event, problem in watch_first(events_from(stream, args.events), stream, args.events, warn):
-                result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
-                    else pipeline.dry_run(event, index)
-                emit(result, flush=flush)
-                report.add(result)
-            sys.stdout.flush()
-            report.finish()
-            return report.exit_code()
-        return run_delivery(preset, settings, args, raw, emit, report, warn)
+            return dry_run(Pipeline(preset, settings), raw, lines, report, stop)
+        return run_delivery(preset, settings, args, raw, lines, report, stop)
     finally:
         if args.events != "-":
             raw.close()
 
 
-def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
-                 stream: IO[Any], emit: Callable[[Outcome], None], report: RunReport,
-                 warn: Callable[[str], None]) -> int:
+def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunReport, stop: RunStop) -> int:
+    """No event loop: a signal ends the run after the lines already read have their outcomes."""
+    flush = not is_regular_file(stream)  # a pipe or a terminal is watched line by line
+    with stop.signals_handled():
+        chunks = raw_line_chunks(stream, max_bytes=lines.max_bytes)
+        try:
+            while not stop.stopped:
+                try:
+                    with stop.reading():
+                        chunk = next(chunks, None)
+                except StopRequested:
+                    break
+                if chunk is None:
+                    lines.finished = True
+                    break
+                for index, event, problem in lines.parse(chunk):
+                    result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
+                        else pipeline.dry_run(event, index)
+                    stop.emit(lambda: emit(result, flush=flush))
+                    report.add(result)
+            stop.emit(sys.stdout.flush, lines=0)
+        except OSError as exc:
+            raise UsageError(f"--events {lines.source}: cannot read: {exc.strerror or exc}") from None
+    return _finish(report, lines, stop, delivering=False)
+
+
+def _finish(report: RunReport, lines: InputLines, stop: RunStop, extra: str | None = None, *,
+            delivering: bool) -> int:
+    if stop.stopped:
+        report.stopped = lines.where(stop, delivering=delivering)
+        if not stop.printing:
+            extra = ", ".join(filter(None, [extra, f"{report.total - stop.printed:,} outcome line(s) not printed"]))
+    report.finish(extra)
+    code = stop.exit_code()
+    return code if code is not None else report.exit_code()
+
+
+def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
+                 lines: InputLines, report: RunReport, stop: RunStop) -> int:
     import asyncio  # not at module level: a dry run needs no event loop
 
     from .input_batches import batches
@@ -96,38 +173,55 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace,
         from ..runtime import Engine  # aiohttp machinery only when delivering
         from .logs import configure_logging
 
-        async with Engine(preset, settings, state=args.state) as engine:
-            configure_logging(engine.redactor, args.verbose, args.log_format)
+        engine = Engine(preset, settings, state=args.state)
 
-            async def events() -> AsyncIterator[list[tuple[int, Any]]]:
-                # Lines are read in a thread of their own (a live pipe must not stall
-                # deliveries under way), handed over in batches, and parsed here.
-                index = 0
-                hinted = False
-                try:
-                    async for lines in batches(raw_line_chunks(stream)):
-                        batch = []
-                        for raw in lines:
-                            item = parse_line(index, raw)
-                            index += 1
-                            if item is None:
-                                continue
-                            at, event, problem = item
-                            if not hinted:
-                                hinted = True
-                                hint = ndjson_hint(args.events, raw.removeprefix(b"\xef\xbb\xbf").strip(), event, problem)
-                                if hint:
-                                    warn(hint)
-                            batch.append((at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event))
-                        yield batch
-                except OSError as exc:
-                    raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
+        def on_signal(signum: int) -> None:
+            first = stop.on_signal(signum)
+            wire = engine.in_flight()
+            if first and wire and args.grace:
+                note = f"{wire} request(s) on the wire get up to {args.grace:g}s to finish (send it again to stop now)"
+            elif first:
+                note = "nothing is on the wire"
+            else:
+                note = f"{wire} request(s) still on the wire are dead-lettered now"
+            name = signal_name(signum) if first else f"{signal_name(signum)} again"
+            _tell(args.log_format, f"signal-engine: {name}: stopping; no more input is read; {note}")
+            engine.stop(args.grace if first else 0, stop.reason or signal_name(signum))
 
-            async for result in engine.process_batches(events()):
-                emit(result)
-                report.add(result)
+        # Installed before the engine starts and kept until it has closed: a
+        # signal while the engine writes its last state must not cut that short.
+        loop = asyncio.get_running_loop()
+        for signum in SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
+        try:
+            async with engine:
+                configure_logging(engine.redactor, args.verbose, args.log_format)
+
+                async def events() -> AsyncIterator[list[tuple[int, Any]]]:
+                    # Lines are read in a thread of their own (a live pipe must not stall
+                    # deliveries under way), handed over in batches, and parsed here.
+                    try:
+                        async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
+                            yield [(at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
+                                   for at, event, problem in lines.parse(chunk)]
+                    except OSError as exc:
+                        raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
+                    lines.finished = True
+
+                async for result in engine.process_batches(events()):
+                    if stop.emit(lambda: emit(result)):
+                        engine.stop(args.grace, stop.reason or "stdout closed")
+                    report.add(result)
             mints = engine.mints
-        report.finish(f"{mints} access token(s) minted")
-        return report.exit_code()
+        finally:
+            for signum in SIGNALS:
+                loop.remove_signal_handler(signum)
+        return _finish(report, lines, stop, f"{mints} access token(s) minted", delivering=True)
 
     return asyncio.run(main())
+
+
+def _tell(log_format: str, line: str) -> None:
+    if log_format == "json":
+        line = json_line("warning", line.removeprefix("signal-engine: "), event="stopping")
+    print(line, file=sys.stderr, flush=True)

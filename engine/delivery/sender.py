@@ -89,8 +89,10 @@ class Sender:
         self._rng = rng or random.Random()
         self.upserter = Upserter(self, settings)
 
-    async def deliver(self, prepared: Prepared) -> Outcome:
-        attempts = [0]
+    async def deliver(self, prepared: Prepared, attempts: list[int] | None = None) -> Outcome:
+        """The event's one outcome. ``attempts[0]`` counts requests as they leave, so a caller
+        that stops a delivery can tell one that never left from one that is on the wire."""
+        attempts = [0] if attempts is None else attempts
         try:
             result = await self.upserter.deliver(prepared, attempts)
         except UpsertError as exc:

@@ -54,6 +54,16 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 
+# Bounds on what one preset's JSONata may cost to compile and check. The built-in presets' longest
+# expression is about 1,500 characters and all of theirs together about 4,000; checking costs about
+# 15 µs a character (the reference parser and the static checks), so these keep a hostile preset to
+# seconds, where a 1 MB expression took minutes.
+MAX_EXPRESSION_CHARS = 16_384
+MAX_EXPRESSIONS_CHARS = 131_072
+# Static-check problems reported per expression; past this, one line says how many more there are.
+MAX_FINDINGS_PER_EXPRESSION = 20
+
+
 class PresetError(Exception):
     """A preset cannot be used. ``problems`` holds one located line per problem."""
 
@@ -116,6 +126,7 @@ class _Compiler:
         self.schema_digests: dict[str, str] = {}
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
+        self.expression_sizes: dict[tuple[PathPart, ...], int] = {}  # each site once, however often compiled
         self.backend = backend
         self.limits = _expression_limits(self.data)
 
@@ -228,6 +239,8 @@ class _Compiler:
                 self._compile_expression(path, source)
 
     def _compile_expression(self, path: list[PathPart], source: str) -> Expression | None:
+        if not self._within_expression_bounds(path, source):
+            return None
         try:
             return Expression.compile(source, self.limits, self.backend)
         except ExpressionError as exc:
@@ -242,6 +255,21 @@ class _Compiler:
                                   f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}"))
             return None
 
+    def _within_expression_bounds(self, path: list[PathPart], source: str) -> bool:
+        if len(source) > MAX_EXPRESSION_CHARS:
+            self.problem(path, f"the expression holds {len(source):,} characters; an expression may hold at most "
+                               f"{MAX_EXPRESSION_CHARS:,}")
+            return False
+        before = sum(self.expression_sizes.values())
+        self.expression_sizes[tuple(path)] = len(source)
+        total = sum(self.expression_sizes.values())
+        if total > MAX_EXPRESSIONS_CHARS:
+            if before <= MAX_EXPRESSIONS_CHARS:  # said once, where the budget ran out
+                self.problem(path, f"the preset's expressions hold more than {MAX_EXPRESSIONS_CHARS:,} characters "
+                                   "together; this one and the ones after it are not compiled")
+            return False
+        return True
+
     def _expression(self, path: list[PathPart], source: str, roots: Mapping[str, Any], what: str) -> Expression | None:
         """Compile, then check statically what the expression reads against what its input holds."""
         compiled = self._compile_expression(path, source)
@@ -253,9 +281,15 @@ class _Compiler:
         )
 
         shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
-        for finding in analyse(source, shape):
+        findings = analyse(source, shape)
+        for finding in findings[:MAX_FINDINGS_PER_EXPRESSION]:
             loc = self.doc.locate_in_scalar(path, finding.position)
             self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}"))
+        if len(findings) > MAX_FINDINGS_PER_EXPRESSION:
+            loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION].position)
+            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
+                                  f"and {len(findings) - MAX_FINDINGS_PER_EXPRESSION:,} more problem(s) like these "
+                                  "in this expression"))
         return compiled
 
     # What each kind of expression sees as its input (None: any field).

@@ -88,10 +88,12 @@ def digest(data: bytes) -> str:
 
 def read(path: Path) -> Source | None:
     """The preset's bytes and key; None if the file cannot be read (the loader reports why)."""
+    from .yaml_source import YamlSourceError, read_source
+
     try:
-        raw = path.read_bytes()
+        raw = read_source(path)  # a file over the size limit is not read whole
         language = resources.preset_schema_path().read_bytes()
-    except OSError:
+    except (OSError, YamlSourceError):
         return None
     try:
         # As Path.read_text does: universal newlines, so locations match a fresh read.

@@ -14,6 +14,15 @@ from typing import Any, Callable, Mapping
 # This catches what is clearly not an address (no @, spaces, no dot in the
 # domain) so that it is dropped with a reason instead of rejected with a 422.
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
+# RFC 5321: a path holds at most 256 octets, angle brackets included.
+MAX_EMAIL_BYTES = 254
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control, format (zero-width and bidirectional marks), surrogate, private-use and line/paragraph separators:
+# characters a person cannot see or that reorder what they see, so two different strings look alike.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+# What trimming removes from an email: spaces, tabs and line breaks, but not the separators
+# (U+001C..U+001F, U+0085, U+2028, U+2029) that str.strip() also counts as whitespace.
+_TRIMMED = "".join(c for c in map(chr, range(0x3001)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f\x85\u2028\u2029")
 
 
 class InvalidValue(ValueError):
@@ -39,14 +48,36 @@ def _kind(value: Any) -> str:
 
 def email(value: Any, traits: dict[str, Any] | None = None, option: str | None = None) -> str | None:
     """Trimmed and lower-cased, because the destination dedupes on the exact string."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and not value.strip(_TRIMMED)):
         return None
     if not isinstance(value, str):
         raise InvalidValue(f"email must be a string, got {type(value).__name__}")
-    cleaned = value.strip().lower()
+    cleaned = value.strip(_TRIMMED).lower()
+    hidden = _hidden_character(cleaned)
+    if hidden is not None:
+        import unicodedata  # only for a refused address: the message names the character
+
+        name = unicodedata.name(hidden, "")
+        shown = f"U+{ord(hidden):04X}" + (f" ({name})" if name else "")
+        raise InvalidValue(f"not an email address: it contains {shown}, an invisible or control character")
+    size = len(cleaned.encode("utf-8", "surrogatepass"))
+    if size > MAX_EMAIL_BYTES:
+        raise InvalidValue(f"not an email address: {size} bytes long, over the {MAX_EMAIL_BYTES} an address may have")
     if not _EMAIL.match(cleaned):
         raise InvalidValue(f"not an email address: {cleaned[:80]!r}")
     return cleaned
+
+
+def _hidden_character(value: str) -> str | None:
+    if value.isascii():
+        found = _ASCII_CONTROL.search(value)
+        return found.group() if found else None
+    import unicodedata  # not at start-up: most addresses are ASCII
+
+    for char in value:
+        if unicodedata.category(char) in _HIDDEN_CATEGORIES:
+            return char
+    return None
 
 
 def phone_e164(value: Any, traits: dict[str, Any] | None = None, option: str | None = None) -> str | None:

@@ -6,7 +6,8 @@ connections, slow answers — and how a fake is started, stopped and driven by
 tests are the same for all of them, so they live here once.
 
 A sandbox state object that wants faults carries three attributes:
-``faults`` (a deque of :class:`Fault`), ``fault_rate`` and ``rng``.
+``faults`` (a deque of :class:`Fault`), ``fault_rate`` and ``rng``; one that
+also carries ``fault_mix`` (see :func:`parse_fault_mix`) draws from it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ __all__ = [
     "base_url",
     "drop_connection",
     "fault_arg",
+    "fault_mix_arg",
     "next_fault",
     "parse_fault",
+    "parse_fault_mix",
     "queue_faults",
     "run_sandbox",
     "serve_until_stopped",
@@ -61,8 +64,10 @@ class Fault:
     ``status`` imitates an error page from the vendor or its gateway, ``drop``
     imitates a connection reset before the request is processed,
     ``drop-after`` imitates a response lost *after* the write happened (the
-    case that turns a client retry into a duplicate), and ``delay`` imitates a
-    slow upstream so client timeouts can be tested.
+    case that turns a client retry into a duplicate), ``garbage`` imitates a
+    proxy answering ``200`` with a page of its own after the write happened
+    (a success that proves nothing), and ``delay`` imitates a slow upstream
+    so client timeouts can be tested.
     """
 
     kind: str
@@ -79,7 +84,7 @@ class Fault:
 
 
 def parse_fault(spec: int | str) -> Fault:
-    """Turn ``503``, ``"503"``, ``"drop"``, ``"drop-after"`` or ``"delay:1.5"`` into a Fault."""
+    """Turn ``503``, ``"503"``, ``"drop"``, ``"drop-after"``, ``"garbage"`` or ``"delay:1.5"`` into a Fault."""
     if isinstance(spec, bool):
         raise ValueError(f"invalid fault {spec!r}")
     if isinstance(spec, int):
@@ -87,13 +92,13 @@ def parse_fault(spec: int | str) -> Fault:
     if not isinstance(spec, str):
         raise ValueError(f"invalid fault {spec!r}")
     text = spec.strip().lower()
-    if text in ("drop", "drop-after"):
+    if text in ("drop", "drop-after", "garbage"):
         return Fault(kind=text)
     if text.startswith("delay:"):
         return _delay_fault(text.partition(":")[2], spec)
     if text.isdigit():
         return _status_fault(int(text))
-    raise ValueError(f"invalid fault {spec!r}: use a status code, 'drop', 'drop-after' or 'delay:<seconds>'")
+    raise ValueError(f"invalid fault {spec!r}: use a status code, 'drop', 'drop-after', 'garbage' or 'delay:<seconds>'")
 
 
 def _status_fault(status: int) -> Fault:
@@ -121,12 +126,49 @@ class FaultTarget(Protocol):
 
 
 def next_fault(state: FaultTarget) -> Fault | None:
-    """Queued faults first, in order; then a seeded random draw."""
+    """Queued faults first, in order; then a seeded draw from the fault mix, then from ``fault_rate``."""
     if state.faults:
         return state.faults.popleft()
+    mix: list[tuple[Fault, float]] = getattr(state, "fault_mix", None) or []
+    if mix:
+        draw = state.rng.random()
+        for fault, share in mix:
+            if draw < share:
+                return fault
+            draw -= share
     if state.fault_rate > 0 and state.rng.random() < state.fault_rate:
         return parse_fault(state.rng.choice(RANDOM_FAULT_CHOICES))
     return None
+
+
+def parse_fault_mix(spec: str | Mapping[str, Any]) -> list[tuple[Fault, float]]:
+    """``"garbage=0.2,503=0.05,drop=0.05"`` (or the same as a mapping): each request draws one of them.
+
+    The shares are probabilities per API request; they may add up to 1 at most.
+    """
+    if isinstance(spec, str):
+        pairs: list[tuple[str, Any]] = []
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, sep, share = part.partition("=")
+            if not sep:
+                raise ValueError(f"invalid fault mix entry {part!r}: use FAULT=SHARE, e.g. garbage=0.2")
+            pairs.append((name, share))
+    elif isinstance(spec, Mapping):
+        pairs = [(str(k), v) for k, v in spec.items()]
+    else:
+        raise ValueError("fault_mix must be a mapping of fault to share")
+    mix = []
+    for name, share in pairs:
+        try:
+            value = float(share)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid share {share!r} for fault {name!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"the share of fault {name!r} must be between 0 and 1, got {share}")
+        mix.append((parse_fault(name), value))
+    if sum(share for _, share in mix) > 1.0 + 1e-9:
+        raise ValueError("the shares of a fault mix add up to more than 1")
+    return mix
 
 
 def queue_faults(state: FaultTarget, body: Mapping[str, Any]) -> None:
@@ -135,6 +177,7 @@ def queue_faults(state: FaultTarget, body: Mapping[str, Any]) -> None:
     if not isinstance(specs, list):
         raise ValueError("faults must be a list")
     parsed = [parse_fault(spec) for spec in specs]
+    mix = parse_fault_mix(body["fault_mix"]) if "fault_mix" in body else None
     if body.get("clear"):
         state.faults.clear()
     state.faults.extend(parsed)
@@ -145,10 +188,12 @@ def queue_faults(state: FaultTarget, body: Mapping[str, Any]) -> None:
         state.fault_rate = rate
     if "fault_seed" in body:
         state.rng = random.Random(body["fault_seed"])
+    if mix is not None:
+        state.fault_mix = mix  # type: ignore[attr-defined]
 
 
 def admin_faults_handler(get_state: Callable[[web.Request], FaultTarget]) -> Handler:
-    """``POST /_sandbox/faults``: ``{"faults": [...], "clear"?, "fault_rate"?, "fault_seed"?}``."""
+    """``POST /_sandbox/faults``: ``{"faults": [...], "clear"?, "fault_rate"?, "fault_seed"?, "fault_mix"?}``."""
 
     async def handler(request: web.Request) -> web.Response:
         state = get_state(request)
@@ -162,6 +207,14 @@ def admin_faults_handler(get_state: Callable[[web.Request], FaultTarget]) -> Han
         return web.json_response({"pending_faults": [fault.describe() for fault in state.faults]})
 
     return handler
+
+
+# What a misconfigured proxy or captive portal answers in place of the API.
+GARBAGE_PAGE = "<html><head><title>OK</title></head><body>Request accepted.</body></html>"
+
+
+def garbage_response() -> web.Response:
+    return web.Response(status=200, text=GARBAGE_PAGE, content_type="text/html")
 
 
 def drop_connection(request: web.Request) -> None:
@@ -188,6 +241,9 @@ async def apply_fault(request: web.Request, call: Handler, state: FaultTarget,
     if fault.kind == "delay":
         await asyncio.sleep(fault.seconds)
         return await call(request)
+    if fault.kind == "garbage":
+        await call(request)  # the write happens; the answer is a page that proves nothing
+        return garbage_response()
     await call(request)  # drop-after: the write happens, the answer is lost
     drop_connection(request)
     return None
@@ -304,6 +360,14 @@ def fault_arg(value: str) -> str:
     return value
 
 
+def fault_mix_arg(value: str) -> str:
+    try:
+        parse_fault_mix(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 DEFAULT = " (default: %(default)s)"  # appended to an option's help, so --help shows its default
 
 
@@ -314,8 +378,8 @@ def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, faul
     parser.add_argument("--fault-seed", type=int, default=fault_seed,
                         help="seed of the random faults, to reproduce a run (default: a fresh seed)")
     parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
-                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
-                             "delay:SECONDS; repeat it to queue several (default: none)")
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
+                             "or delay:SECONDS; repeat it to queue several (default: none)")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, port: int) -> None:

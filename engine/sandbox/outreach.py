@@ -37,9 +37,13 @@ from .common import (
     FixedWindowQuota,
     admin_faults_handler,
     apply_fault,
+    drop_connection,
     fault_arg,
+    fault_mix_arg,
+    garbage_response,
     next_fault,
     parse_fault,
+    parse_fault_mix,
     run_sandbox,
     start_app,
 )
@@ -81,7 +85,11 @@ class SandboxConfig:
     quota matches the documented 10,000 requests per hour.  ``faults`` is a
     queue of one-shot failures (``500``, ``"drop"``, ``"delay:2"``...) applied to
     the first ``/api/v2`` requests, and ``fault_rate``/``fault_seed`` add
-    reproducible random failures on top.
+    reproducible random failures on top; ``fault_mix`` (``"garbage=0.2,
+    429=0.05"``) draws those faults at those rates instead. For
+    ``token_outage_seconds`` after start the token endpoint fails (503, a
+    garbage 200, a dropped connection, 500, in turn), as an identity provider
+    does during an incident.
 
     The authorize endpoint answers for a person: ``consent`` is what they
     decide (``approve`` or ``deny``). ``redirect_uris`` are the app's
@@ -107,6 +115,8 @@ class SandboxConfig:
     faults: list[int | str] = field(default_factory=list)
     fault_rate: float = 0.0
     fault_seed: int | None = None
+    fault_mix: str | Mapping[str, float] | None = None
+    token_outage_seconds: float = 0.0
     schema_path: str | Path | None = None
     redirect_uris: list[str] = field(default_factory=lambda: ["http://127.0.0.1/callback"])
     scopes: list[str] = field(default_factory=lambda: GRANTED_SCOPE.split())
@@ -329,6 +339,7 @@ class SandboxState:
         self.clock = clock
         self.rules = load_attribute_rules(config.schema_path)
         self.initial_faults = [parse_fault(spec) for spec in config.faults]
+        self.initial_mix = parse_fault_mix(config.fault_mix) if config.fault_mix else []
         self._validate_numbers(config)
         self.reset()
 
@@ -338,6 +349,8 @@ class SandboxState:
             raise ValueError("fault_rate must be between 0 and 1")
         if config.quota < 0 or config.window <= 0 or config.mint_window <= 0 or config.token_ttl < 0:
             raise ValueError("quota and token_ttl must be >= 0; window and mint_window must be > 0")
+        if not 0.0 <= config.token_outage_seconds < math.inf:
+            raise ValueError("token_outage_seconds must be >= 0")
 
     def reset(self) -> None:
         """Forget everything, as if the sandbox had just started."""
@@ -349,8 +362,13 @@ class SandboxState:
         self.mints = 0
         self.creates = 0
         self.statuses: list[int | str] = []
-        self.token_statuses: list[int] = []
+        self.token_statuses: list[int | str] = []
         self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_mix: list[tuple[Fault, float]] = list(self.initial_mix)
+        self.token_outage_until = self.clock() + config.token_outage_seconds if config.token_outage_seconds else 0.0
+        self.token_outage_answers = 0
+        self.token_outage_requests = 0  # the next this many token requests fail, whatever the clock says
+        self.in_flight = 0  # API requests being answered now
         self.fault_rate = config.fault_rate
         self.rng = random.Random(config.fault_seed)
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
@@ -416,6 +434,9 @@ class SandboxState:
             "token_statuses": list(self.token_statuses),
             "pending_faults": [fault.describe() for fault in self.faults],
             "fault_rate": self.fault_rate,
+            "fault_mix": {fault.describe(): share for fault, share in self.fault_mix},
+            "token_outage_answers": self.token_outage_answers,
+            "in_flight": self.in_flight,
             "refresh_tokens": sorted(self.refresh_tokens),
             "authorizations": self.authorization.issued,
             "code_exchanges": self.authorization.exchanged,
@@ -521,9 +542,34 @@ async def authorize_endpoint(request: web.Request) -> web.Response:
     return state.authorization.authorize(query, state.clock())
 
 
+# What the token endpoint answers during an outage, in turn.
+TOKEN_OUTAGE_FAULTS = (503, "garbage", "drop", 500)
+
+
+def _token_outage(request: web.Request, state: SandboxState) -> web.Response | None:
+    """During an outage, the next failure in turn (an error page, garbage, a dropped connection)."""
+    if state.token_outage_requests > 0:
+        state.token_outage_requests -= 1
+    elif not state.token_outage_until or state.clock() >= state.token_outage_until:
+        return None
+    fault = TOKEN_OUTAGE_FAULTS[state.token_outage_answers % len(TOKEN_OUTAGE_FAULTS)]
+    state.token_outage_answers += 1
+    if fault == "drop":
+        drop_connection(request)
+        state.token_statuses.append("drop")
+        return web.Response()  # written to a closed transport; nobody receives it
+    response = garbage_response() if fault == "garbage" else _oauth_error(int(fault), "temporarily_unavailable",
+                                                                          "The authorization server is unavailable.")
+    state.token_statuses.append(response.status)
+    return response
+
+
 async def token_endpoint(request: web.Request) -> web.Response:
     """``POST /oauth/token``: refresh with rotation, or exchange an authorization code, like Outreach."""
     state = _state(request)
+    outage = _token_outage(request, state)
+    if outage is not None:
+        return outage
     params = await _read_token_params(request)
     response = _refresh(state, params, state.clock())
     state.token_statuses.append(response.status)
@@ -741,11 +787,15 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return await handler(request)
     state = _state(request)
     now = state.clock()
-    if state.quota.consume(now):
-        response = await apply_fault(request, lambda r: _call(r, handler), state,
-                                     lambda status: _fault_response(state, status, state.clock()))
-    else:
-        response = _quota_exceeded(state, now)
+    state.in_flight += 1
+    try:
+        if state.quota.consume(now):
+            response = await apply_fault(request, lambda r: _call(r, handler), state,
+                                         lambda status: _fault_response(state, status, state.clock()))
+        else:
+            response = _quota_exceeded(state, now)
+    finally:
+        state.in_flight -= 1
     if response is None:
         state.statuses.append("drop")
         return web.Response()  # written to a closed transport; nobody receives it
@@ -762,6 +812,30 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 async def admin_state(request: web.Request) -> web.Response:
     """``GET /_sandbox/state``: what the fake Outreach now holds and has answered."""
     return web.json_response(_state(request).snapshot())
+
+
+async def admin_token_outage(request: web.Request) -> web.Response:
+    """``POST /_sandbox/token-outage``: ``{"seconds": S}``, the token endpoint fails for the next S seconds;
+    ``{"requests": N}``, it fails the next N token requests (whenever they come)."""
+    state = _state(request)
+    try:
+        body = await request.json()
+        if not isinstance(body, dict) or not ({"seconds", "requests"} & set(body)):
+            raise ValueError
+        seconds = float(body.get("seconds", 0))
+        requests = body.get("requests", 0)
+        if isinstance(requests, bool) or not isinstance(requests, int):
+            raise ValueError
+    except (ValueError, TypeError):
+        seconds, requests = math.nan, 0
+    if not 0.0 <= seconds < math.inf or requests < 0:
+        return web.json_response({"error": "send {\"seconds\": S} or {\"requests\": N}, S and N >= 0"}, status=400)
+    if "seconds" in body:
+        state.token_outage_until = state.clock() + seconds if seconds else 0.0
+    if "requests" in body:
+        state.token_outage_requests = requests
+    return web.json_response({"token_outage_until": state.token_outage_until,
+                              "token_outage_requests": state.token_outage_requests})
 
 
 async def admin_reset(request: web.Request) -> web.Response:
@@ -794,6 +868,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get("/_sandbox/state", admin_state)
     app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
     app.router.add_post("/_sandbox/reset", admin_reset)
+    app.router.add_post("/_sandbox/token-outage", admin_token_outage)
     app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
     return app
 
@@ -839,8 +914,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
                         help="seed of the random faults, to reproduce a run (default: a fresh seed)")
     parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
-                        help="a one-shot fault for the next API request: a status (503), drop, drop-after or "
-                             "delay:SECONDS; repeat it to queue several (default: none)")
+                        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
+                             "or delay:SECONDS; repeat it to queue several (default: none)")
+    parser.add_argument("--fault-mix", type=fault_mix_arg, default=None, metavar="FAULT=SHARE,...",
+                        help="random faults at these rates per API request, e.g. garbage=0.2,503=0.05,429=0.05,"
+                             "drop=0.05; garbage is a 200 with a proxy's page, after the write (default: none)")
+    parser.add_argument("--token-outage", type=float, default=defaults.token_outage_seconds, metavar="SECONDS",
+                        help="the token endpoint fails for this long after start: 503, a garbage 200, a dropped "
+                             "connection, 500, in turn" + default)
     parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
     parser.add_argument("--client-secret", default=defaults.client_secret,
                         help="the OAuth client secret it accepts" + default)
@@ -874,6 +955,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         consent=args.consent,
         redirect_uris=list(args.redirect_uri or SandboxConfig().redirect_uris),
         code_ttl=args.code_ttl,
+        fault_mix=args.fault_mix,
+        token_outage_seconds=args.token_outage,
     )
 
 

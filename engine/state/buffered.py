@@ -137,6 +137,17 @@ class BufferedDeadLetters:
     def update(self, entry: dict[str, Any]) -> None:
         self.pending.write(("update", entry))
 
+    def discard(self, preset: str, key: str) -> None:
+        """Best effort, never kept for later: a stale letter costs nothing (replay removes it unsent),
+        while kept writes are bounded and must be spent on letters, not on their removal."""
+        discard = getattr(self.inner, "discard", None)  # a store written before discard existed lacks it
+        if discard is None or len(self.pending):
+            return
+        try:
+            discard(preset, key)
+        except OSError:
+            pass
+
     def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
         self.pending.flush()
         letters = self.inner.entries(preset)

@@ -35,6 +35,10 @@ class DeadLetterStore(Protocol):
     def update(self, entry: dict[str, Any]) -> None:
         """Replace the letter with ``entry["id"]``, if it is still there (a replay that failed again)."""
 
+    def discard(self, preset: str, key: str) -> None:
+        """Forget the letter of the event with this journal key, if there is one: it was delivered since
+        (a rerun sent it). Losing this write costs nothing but a stale letter, which replay removes."""
+
 
 def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None) -> dict[str, Any]:
     """``request`` is the event's *first* request (masked), not the last one tried: a
@@ -82,6 +86,9 @@ class MemoryDeadLetters:
             if old.get("id") == entry.get("id"):
                 self._entries[i] = dict(entry)
                 return
+
+    def discard(self, preset: str, key: str) -> None:
+        self._entries = [e for e in self._entries if not (e.get("preset") == preset and e.get("key") == key)]
 
 
 def read_legacy_file(path: Path) -> list[dict[str, Any]]:

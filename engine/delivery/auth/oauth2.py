@@ -99,6 +99,8 @@ class OAuth2Auth:
         self._recent_failure: tuple[AuthFailure, float] | None = None
         self._mint_task: asyncio.Future[None] | None = None
         self._rejected: str | None = None
+        self._posting = False  # a token request is on the wire
+        self._settling = False
         self.mints = 0
 
     def _margin(self, lifetime: float) -> float:
@@ -138,6 +140,21 @@ class OAuth2Auth:
             self._mint_task = asyncio.ensure_future(self._mint())
             self._mint_task.add_done_callback(_retrieve)
         await asyncio.shield(self._mint_task)
+
+    async def settle(self) -> None:
+        """Wind down before the process ends: never abandon a token request on the wire.
+
+        Its answer may carry the rotated refresh token, the only one still
+        valid upstream, so it is awaited and saved. A mint that is only
+        waiting to try again is dropped, and no new token request starts.
+        """
+        self._settling = True
+        task = self._mint_task
+        if task is None or task.done():
+            return
+        if not self._posting:
+            task.cancel()
+        await asyncio.wait([task])
 
     async def _mint(self) -> None:
         if self._broken is not None:
@@ -228,6 +245,8 @@ class OAuth2Auth:
         """
         failures = throttled = 0
         while True:
+            if self._settling:
+                raise AuthFailure("the engine is shutting down: no new token request", fatal=False)
             status, body, headers = await self._post()
             if status is not None and 200 <= status < 300 and isinstance(body, dict) \
                     and isinstance(body.get("access_token"), str) and body["access_token"]:
@@ -290,12 +309,15 @@ class OAuth2Auth:
                                       self.redactor)
 
     async def _post(self) -> tuple[int | None, Any, Mapping[str, str]]:
+        self._posting = True
         try:
             response = await self.transport.send(self.token_request())
         except TransportError as exc:
             # Exception text can quote the request; only its kind is safe to log.
             log.info("auth: token endpoint unreachable: %s", exc.kind)
             return None, None, {}
+        finally:
+            self._posting = False
         return response.status, response.body, response.headers
 
     def _accept(self, body: dict[str, Any]) -> None:

@@ -86,6 +86,13 @@ class RedisDeadLetters:
                         pipe.hdel(self._keys, index)
             pipe.execute()
 
+    def discard(self, preset: str, key: str) -> None:
+        """The event was delivered since (a worker sent a re-posted copy): its letter is obsolete."""
+        with reading("the dead letters"):
+            letter_id = self.r.hget(self._keys, f"{preset}\0{key}")
+        if letter_id is not None:
+            self.remove(letter_id.decode())
+
     def update(self, entry: dict[str, Any]) -> None:
         with writing("the dead letters"):
             self._update(keys=[self._letters], args=[str(entry.get("id")), _text(entry)])
