@@ -126,6 +126,10 @@ def test_dead_letters_keep_one_letter_per_event_and_change_one_at_a_time(redis_u
     letters.remove("L1")
     other.add({"id": "L5", "preset": PRESET, "key": "m:1", "cause": "timeout"})  # a new letter for the event
     assert [e["id"] for e in letters.entries(PRESET)] == ["L5"]
+    # A worker delivered the event since (a re-posted copy): its letter goes, other presets' stay.
+    other.discard(PRESET, "m:1")
+    other.discard(PRESET, "m:404")  # no letter: nothing happens
+    assert letters.entries(PRESET) == [] and [e["id"] for e in letters.entries()] == ["L3"]
 
 
 # -- tokens ---------------------------------------------------------------------------
