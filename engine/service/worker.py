@@ -11,7 +11,10 @@ order, rebalance) all plug in the same way.
   another after the visibility timeout, which finds the deliveries already
   made in the journal and does not send them again.
 * **One outcome per event.** The queue publishes the outcome and
-  acknowledges the entry in one step (:meth:`EventQueue.ack`).
+  acknowledges the entry in one step (:meth:`EventQueue.ack`). The line
+  printed on stdout (``emit``) goes out just before: after a kill between
+  the two, the event's line is printed again by whoever finishes it, never
+  lost.
 * **Two workers, one event.** With ``locks`` (Redis), an event's key is
   locked while it is worked on: a second copy waits for the first, then
   finds it in the journal.
@@ -155,6 +158,11 @@ class Worker:
         if entry is not None:
             # Which queue entry, and which worker: an operator following `tail` can tell them apart.
             record = {"entry": entry.id, "worker": self.consumer, **record}
+        if self.emit is not None:
+            # Printed before the acknowledgement: a kill between the two re-reads the entry and prints
+            # it again (the journal makes that "already delivered"), where the other order loses the line.
+            self.emit(record)
+        if entry is not None:
             await self._ack(entry, record)
         key = self._locked.pop(index, None)
         if key is not None and self.locks is not None:
@@ -171,8 +179,6 @@ class Worker:
             if mints > self._mints_seen:
                 self.metrics.refreshes.inc(mints - self._mints_seen)
                 self._mints_seen = mints
-        if self.emit is not None:
-            self.emit(record)
 
     async def _ack(self, entry: QueuedEvent, record: dict[str, Any]) -> None:
         """Acknowledge with the outcome; if the queue cannot take it now, keep trying (never drop it)."""
