@@ -15,8 +15,6 @@ mint again (destinations throttle minting).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -28,11 +26,10 @@ from ...language.settings import Settings
 from ...redaction import Redactor
 from ...state.token_store import AUTHORISED_CHAIN, StoredTokens, TokenStore
 from ..transport import Transport, TransportError
-from .oauth2 import token_endpoint_request
+from .oauth2 import store_lock, token_endpoint_request
 
 log = logging.getLogger(__name__)
 
-STORE_LOCK_WAIT_SECONDS = 120.0
 # Error descriptions come from the destination; a long one would not be one line.
 MAX_DESCRIPTION_CHARS = 300
 
@@ -156,30 +153,8 @@ async def store_tokens(store: TokenStore, tokens: StoredTokens, origin: str = AU
     engine re-reads the chain under that lock before it refreshes, so a run
     under way adopts the new tokens instead of overwriting them.
     """
-    async with _locked(store):
+    # The code is spent: keeping the new tokens matters more than the lock.
+    async with store_lock(store, "storing the new tokens without it"):
         earlier = store.load(origin)
         store.save(tokens, origin)
     return earlier is not None
-
-
-@contextlib.asynccontextmanager
-async def _locked(store: TokenStore) -> Any:
-    try_lock = getattr(store, "try_lock", None)
-    if try_lock is None:
-        yield
-        return
-    waited = 0.0
-    locked = try_lock()
-    while not locked and waited < STORE_LOCK_WAIT_SECONDS:
-        await asyncio.sleep(0.05)
-        waited += 0.05
-        locked = try_lock()
-    if not locked:
-        # The code is spent: keeping the new tokens matters more than the lock.
-        log.warning("auth: the state's refresh lock stayed taken for %ds; storing the new tokens without it",
-                    int(waited))
-    try:
-        yield
-    finally:
-        if locked:
-            store.unlock()  # type: ignore[attr-defined]

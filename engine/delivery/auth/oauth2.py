@@ -179,26 +179,9 @@ class OAuth2Auth:
                 raise
         self._recent_failure = None
 
-    @contextlib.asynccontextmanager
-    async def _store_lock(self) -> AsyncIterator[None]:
+    def _store_lock(self) -> Any:
         """Serialise refreshes across processes sharing a token store (when it can lock)."""
-        try_lock = getattr(self._store, "try_lock", None)
-        if try_lock is None:
-            yield
-            return
-        waited = 0.0
-        locked = try_lock()
-        while not locked and waited < STORE_LOCK_WAIT_SECONDS:
-            await asyncio.sleep(0.05)
-            waited += 0.05
-            locked = try_lock()
-        if not locked:
-            log.warning("auth: the token store stayed locked for %ds; refreshing without the lock", int(waited))
-        try:
-            yield
-        finally:
-            if locked:
-                self._store.unlock()  # type: ignore[attr-defined]
+        return store_lock(self._store, "refreshing without the lock")
 
     def _check_store_writable(self) -> None:
         """A refresh spends the current refresh token: first make sure the rotated one can be saved."""
@@ -381,3 +364,30 @@ def _what_went_wrong(status: int | None, body: Any) -> str:
     if 200 <= status < 300:
         return f"the token endpoint answered {status} without an access token"
     return f"the token endpoint answered {status}"
+
+
+@contextlib.asynccontextmanager
+async def store_lock(store: TokenStore, after_waiting: str) -> AsyncIterator[None]:
+    """The state's refresh lock, when the store has one; waited for up to STORE_LOCK_WAIT_SECONDS.
+
+    Past that, the work goes on without it (``after_waiting`` says how): a
+    holder that hangs must not stop every refresh, and a lost race costs a
+    token, not an event.
+    """
+    try_lock = getattr(store, "try_lock", None)
+    if try_lock is None:
+        yield
+        return
+    waited = 0.0
+    locked = try_lock()
+    while not locked and waited < STORE_LOCK_WAIT_SECONDS:
+        await asyncio.sleep(0.05)
+        waited += 0.05
+        locked = try_lock()
+    if not locked:
+        log.warning("auth: the state's refresh lock stayed taken for %ds; %s", int(waited), after_waiting)
+    try:
+        yield
+    finally:
+        if locked:
+            store.unlock()  # type: ignore[attr-defined]
