@@ -570,3 +570,35 @@ def test_files_of_an_earlier_version_are_imported_once(tmp_path: Path) -> None:
     Engine.from_preset(PRESET, settings("http://127.0.0.1:9"), state=tmp_path)
     assert SqliteState(tmp_path).tokens("cid").load(REFRESH) == StoredTokens("rotated-after-upgrade")
     assert len(SqliteState(tmp_path).dead_letters().entries()) == 1
+
+
+def test_runs_starting_together_on_a_new_state_directory_all_get_in(tmp_path: Path) -> None:
+    """Two runs (or a run and a `dlq replay`) started at once on a directory that does not exist yet.
+
+    SQLite answers "locked" at once, without waiting, to a second switch to
+    WAL mode while the first is under way; and each start probes that it can
+    write. Many rounds of four at once, because the window is narrow.
+    """
+    import threading
+
+    from engine.cli.common import UsageError, check_state_dir
+
+    refused: list[str] = []
+
+    def start(directory: Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            check_state_dir(str(directory))
+            SqliteState(directory).close()
+        except (UsageError, OSError) as exc:
+            refused.append(str(exc))
+
+    for round_ in range(60):
+        directory = tmp_path / f"state-{round_}"
+        barrier = threading.Barrier(4)
+        threads = [threading.Thread(target=start, args=(directory, barrier)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert refused == []

@@ -110,6 +110,9 @@ def _finite(value: Any) -> Any:
 
 def check_state_dir(state: str) -> None:
     """Fail before the first event, not after, when the state directory is unusable."""
+    import os
+    import tempfile
+
     from ..state.backend import open_state  # only commands that keep state
 
     path = Path(state)
@@ -117,9 +120,10 @@ def check_state_dir(state: str) -> None:
         raise UsageError(f"--state {state}: not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        probe = path / ".write-test"
-        probe.write_text("", encoding="utf-8")
-        probe.unlink()
+        # A probe of this process's own: two runs starting on one directory must not unlink each other's.
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None
     try:

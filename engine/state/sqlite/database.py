@@ -22,6 +22,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -105,7 +106,7 @@ class Database:
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{self.path}: cannot open the state database ({_reason(exc)})") from None
         try:
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self.conn, busy_seconds)
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
@@ -181,6 +182,24 @@ def make_private_dir(path: Path) -> None:
         return
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_seconds: float) -> None:
+    """WAL mode, waiting out another process that is switching the same new file at the same moment.
+
+    SQLite answers "database is locked" at once there, without its busy
+    handler: two runs started together on a new state directory would
+    otherwise have one of them refused.
+    """
+    deadline = time.monotonic() + busy_seconds
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _create_private_file(path: Path) -> None:
