@@ -37,12 +37,13 @@ from .common import (
     DEFAULT,
     Fault,
     FixedWindowQuota,
+    add_admin_routes,
     add_fault_arguments,
     add_serve_arguments,
-    admin_faults_handler,
     apply_fault,
     next_fault,
     parse_fault,
+    record_answer,
     run_sandbox,
     start_app,
 )
@@ -548,10 +549,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
                                      web.json_response({"error": "Injected sandbox fault."}, status=status))
     else:
         response = _rate_limited(quota, now)
-    status: int | str = "drop" if response is None else response.status
-    state.statuses.append(status)
-    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                           "status": status})
+    record_answer(state, request, response)
     if response is None:
         return web.Response()
     response.headers["ratelimit"] = _ratelimit_header(quota, now)
@@ -563,17 +561,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 # --------------------------------------------------------------------------
 
 
-async def admin_state(request: web.Request) -> web.Response:
-    """``GET /_sandbox/state``: every lead held (with its contacts) and every answer given."""
-    return web.json_response(_state(request).snapshot())
-
-
-async def admin_reset(request: web.Request) -> web.Response:
-    state = _state(request)
-    state.reset()
-    return web.json_response(state.snapshot())
-
-
 def create_app(config: SandboxConfig) -> web.Application:
     app = web.Application(middlewares=[api_middleware])
     app[STATE_KEY] = SandboxState(config)
@@ -582,9 +569,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get("/api/v1/contact/{id}/", protected(get_contact))
     app.router.add_put("/api/v1/contact/{id}/", protected(update_contact))
     app.router.add_post("/api/v1/data/search/", protected(search))
-    app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
-    app.router.add_post("/_sandbox/reset", admin_reset)
+    add_admin_routes(app, _state)
     return app
 
 

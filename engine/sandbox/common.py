@@ -29,6 +29,7 @@ __all__ = [
     "FaultTarget",
     "FixedWindowQuota",
     "RANDOM_FAULT_CHOICES",
+    "add_admin_routes",
     "add_fault_arguments",
     "add_serve_arguments",
     "DEFAULT",
@@ -42,6 +43,7 @@ __all__ = [
     "parse_fault",
     "parse_fault_mix",
     "queue_faults",
+    "record_answer",
     "run_sandbox",
     "serve_until_stopped",
     "start_app",
@@ -207,6 +209,47 @@ def admin_faults_handler(get_state: Callable[[web.Request], FaultTarget]) -> Han
         return web.json_response({"pending_faults": [fault.describe() for fault in state.faults]})
 
     return handler
+
+
+class AdminTarget(FaultTarget, Protocol):
+    """A sandbox state the admin endpoints drive: it can show itself and start over."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+
+def add_admin_routes(app: web.Application, get_state: Callable[[web.Request], AdminTarget]) -> None:
+    """``GET /_sandbox/state``, ``POST /_sandbox/faults`` and ``POST /_sandbox/reset``, alike in every fake.
+
+    State is what the fake holds and every answer it gave; reset goes back to
+    the start-up state (its faults included) and answers with the new state.
+    """
+
+    async def state(request: web.Request) -> web.Response:
+        return web.json_response(get_state(request).snapshot())
+
+    async def reset(request: web.Request) -> web.Response:
+        target = get_state(request)
+        target.reset()
+        return web.json_response(target.snapshot())
+
+    app.router.add_get("/_sandbox/state", state)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(get_state))
+    app.router.add_post("/_sandbox/reset", reset)
+
+
+class AnswerLog(Protocol):
+    statuses: list[int | str]
+    requests: list[dict[str, Any]]
+
+
+def record_answer(state: AnswerLog, request: web.Request, response: web.StreamResponse | None) -> None:
+    """Log an API answer for the tests (``"drop"`` when the connection was dropped instead)."""
+    status: int | str = "drop" if response is None else response.status
+    state.statuses.append(status)
+    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
+                           "status": status})
 
 
 # What a misconfigured proxy or captive portal answers in place of the API.

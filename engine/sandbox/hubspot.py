@@ -35,12 +35,13 @@ from .common import (
     DEFAULT,
     Fault,
     FixedWindowQuota,
+    add_admin_routes,
     add_fault_arguments,
     add_serve_arguments,
-    admin_faults_handler,
     apply_fault,
     next_fault,
     parse_fault,
+    record_answer,
     run_sandbox,
     start_app,
 )
@@ -438,10 +439,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = _rate_limited("TEN_SECONDLY_ROLLING")
     else:
         response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
-    status: int | str = "drop" if response is None else response.status
-    state.statuses.append(status)
-    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                           "status": status})
+    record_answer(state, request, response)
     if response is None:
         return web.Response()  # written to a closed transport; nobody receives it
     response.headers.update(_rate_limit_headers(state))
@@ -453,18 +451,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 # --------------------------------------------------------------------------
 
 
-async def admin_state(request: web.Request) -> web.Response:
-    """``GET /_sandbox/state``: the contacts held and every API answer given."""
-    return web.json_response(_state(request).snapshot())
-
-
-async def admin_reset(request: web.Request) -> web.Response:
-    """``POST /_sandbox/reset``: no contacts, full quotas, the start-up faults."""
-    state = _state(request)
-    state.reset()
-    return web.json_response(state.snapshot())
-
-
 def create_app(config: SandboxConfig) -> web.Application:
     app = web.Application(middlewares=[api_middleware])
     app[STATE_KEY] = SandboxState(config)
@@ -472,9 +458,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/crm/v3/objects/contacts/search", protected(search_contacts))
     app.router.add_get("/crm/v3/objects/contacts/{contact}", protected(get_contact))
     app.router.add_patch("/crm/v3/objects/contacts/{contact}", protected(update_contact))
-    app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
-    app.router.add_post("/_sandbox/reset", admin_reset)
+    add_admin_routes(app, _state)
     return app
 
 

@@ -35,7 +35,7 @@ from ._authorization import CONSENT_CHOICES, AuthorizationServer
 from .common import (
     Fault,
     FixedWindowQuota,
-    admin_faults_handler,
+    add_admin_routes,
     apply_fault,
     drop_connection,
     fault_arg,
@@ -809,11 +809,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 # --------------------------------------------------------------------------
 
 
-async def admin_state(request: web.Request) -> web.Response:
-    """``GET /_sandbox/state``: what the fake Outreach now holds and has answered."""
-    return web.json_response(_state(request).snapshot())
-
-
 async def admin_token_outage(request: web.Request) -> web.Response:
     """``POST /_sandbox/token-outage``: ``{"seconds": S}``, the token endpoint fails for the next S seconds;
     ``{"requests": N}``, it fails the next N token requests (whenever they come)."""
@@ -838,13 +833,6 @@ async def admin_token_outage(request: web.Request) -> web.Response:
                               "token_outage_requests": state.token_outage_requests})
 
 
-async def admin_reset(request: web.Request) -> web.Response:
-    """``POST /_sandbox/reset``: back to the start-up state (initial refresh token, no prospects)."""
-    state = _state(request)
-    state.reset()
-    return web.json_response(state.snapshot())
-
-
 async def admin_expire_tokens(request: web.Request) -> web.Response:
     """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
     return web.json_response({"expired": _state(request).expire_access_tokens()})
@@ -865,9 +853,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_post("/api/v2/prospects", protected(create_prospect))
     app.router.add_get(r"/api/v2/prospects/{id:\d+}", protected(get_prospect))
     app.router.add_patch(r"/api/v2/prospects/{id:\d+}", protected(update_prospect))
-    app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
-    app.router.add_post("/_sandbox/reset", admin_reset)
+    add_admin_routes(app, _state)  # state, faults, reset (back to the initial refresh token, no prospects)
     app.router.add_post("/_sandbox/token-outage", admin_token_outage)
     app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
     return app

@@ -35,12 +35,13 @@ from .common import (
     DEFAULT,
     Fault,
     FixedWindowQuota,
+    add_admin_routes,
     add_fault_arguments,
     add_serve_arguments,
-    admin_faults_handler,
     apply_fault,
     next_fault,
     parse_fault,
+    record_answer,
     run_sandbox,
     start_app,
 )
@@ -480,10 +481,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
     else:
         response = _rate_limited()
-    status: int | str = "drop" if response is None else response.status
-    state.statuses.append(status)
-    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                           "status": status})
+    record_answer(state, request, response)
     if response is None:
         return web.Response()
     response.headers.update({"x-ratelimit-endpoint-cost": str(cost),
@@ -494,16 +492,6 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 # --------------------------------------------------------------------------
 # Admin and app
 # --------------------------------------------------------------------------
-
-
-async def admin_state(request: web.Request) -> web.Response:
-    return web.json_response(_state(request).snapshot())
-
-
-async def admin_reset(request: web.Request) -> web.Response:
-    state = _state(request)
-    state.reset()
-    return web.json_response(state.snapshot())
 
 
 async def admin_expire_tokens(request: web.Request) -> web.Response:
@@ -524,9 +512,7 @@ def create_app(config: SandboxConfig) -> web.Application:
         app.router.add_post(f"/v2/people{suffix}", protected(create_person))
         app.router.add_get(rf"/v2/people/{{id:\d+}}{suffix}", protected(get_person))
         app.router.add_put(rf"/v2/people/{{id:\d+}}{suffix}", protected(update_person))
-    app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
-    app.router.add_post("/_sandbox/reset", admin_reset)
+    add_admin_routes(app, _state)
     app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
     return app
 
