@@ -131,6 +131,19 @@ def test_an_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
 
 
+def test_an_unforeseen_error_exits_70_with_one_line_and_no_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import engine.cli.schema
+
+    def broken(_args: Any) -> int:
+        raise RuntimeError("a bug somewhere\nwith a second line")
+
+    monkeypatch.setattr(engine.cli.schema, "cmd_schema", broken)
+    assert main(["schema"]) == 70
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["signal-engine: internal error: RuntimeError: a bug somewhere"]
+
+
 # --- check and golden: verdicts -------------------------------------------------------------
 
 
