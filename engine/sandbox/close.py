@@ -17,17 +17,13 @@ fake takes the stricter reading, so a client bug shows up here first.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import math
-import random
 import re
 import sys
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import phonenumbers
 import pycountry
@@ -35,14 +31,20 @@ from aiohttp import web
 
 from .common import (
     DEFAULT,
-    Fault,
+    Admission,
+    FaultedState,
     FixedWindowQuota,
+    JsonError,
     add_fault_arguments,
     add_serve_arguments,
-    admin_faults_handler,
-    apply_fault,
-    next_fault,
+    api_middleware,
+    basic_credentials,
+    create_sandbox_app,
+    fault_settings,
+    fault_view,
+    guarded,
     parse_fault,
+    requests_by_status,
     run_sandbox,
     start_app,
 )
@@ -61,8 +63,6 @@ ADDRESS_LABELS = frozenset({"business", "mailing", "other"})
 COUNTRIES = frozenset(country.alpha_2 for country in pycountry.countries)  # ISO 3166-1 alpha-2
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOM = re.compile(r"^custom\.cf_[A-Za-z0-9]+$")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -83,15 +83,7 @@ class SandboxConfig:
     fault_seed: int | None = None
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status, headers=self.headers)
+ApiError = JsonError  # Close's errors are plain JSON bodies
 
 
 def _field_errors(errors: Mapping[str, Any]) -> ApiError:
@@ -99,7 +91,7 @@ def _field_errors(errors: Mapping[str, Any]) -> ApiError:
     return ApiError(400, {"errors": [], "field-errors": dict(errors)})
 
 
-class SandboxState:
+class SandboxState(FaultedState):
     """Everything one fake organisation remembers; lives on the aiohttp app."""
 
     def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.time) -> None:
@@ -124,13 +116,8 @@ class SandboxState:
         self.searches = 0
         self.statuses: list[int | str] = []
         self.requests: list[dict[str, Any]] = []
-        self.faults: deque[Fault] = deque(self.initial_faults)
-        self.fault_rate = self.config.fault_rate
-        self.rng = random.Random(self.config.fault_seed)
+        self.reset_faults()
         self.groups: dict[str, FixedWindowQuota] = {}
-
-    def next_fault(self) -> Fault | None:
-        return next_fault(self)
 
     def quota_for(self, group: str) -> FixedWindowQuota:
         if group not in self.groups:
@@ -151,10 +138,9 @@ class SandboxState:
             "updates": self.updates,
             "searches": self.searches,
             "statuses": list(self.statuses),
-            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
-            "pending_faults": [fault.describe() for fault in self.faults],
-            "fault_rate": self.fault_rate,
+            **fault_view(self),
         }
 
 
@@ -355,15 +341,12 @@ def lead_view(state: SandboxState, lead_id: str, fields: list[str] | None = None
 # --------------------------------------------------------------------------
 
 
-def _require_api_key(request: web.Request, state: SandboxState) -> None:
+def _require_api_key(request: web.Request) -> None:
     """Close takes the API key as the basic-auth username with an empty password."""
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            user, sep, password = "", "", "x"
-        if sep and user == state.config.api_key and password == "":
+    credentials = basic_credentials(request)
+    if credentials is not None:
+        user, sep, password = credentials
+        if sep and user == _state(request).config.api_key and password == "":
             return
     raise ApiError(401, {"error": "Unauthorized: the API key is missing or invalid."})
 
@@ -491,19 +474,11 @@ async def search(request: web.Request) -> web.Response:
     return web.json_response({"data": data, "cursor": None})
 
 
-def protected(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            _require_api_key(request, _state(request))
-            return await handler(request)
-        except ApiError as error:
-            return error.response()
-
-    return wrapped
+protected = guarded(_require_api_key)
 
 
 # --------------------------------------------------------------------------
-# /api/v1 middleware: endpoint-group limits, headers, faults
+# /api/v1 limits: endpoint groups, the ratelimit header, the 429
 # --------------------------------------------------------------------------
 
 
@@ -527,64 +502,35 @@ def _rate_limited(quota: FixedWindowQuota, now: float) -> web.Response:
     return web.json_response(body, status=429)
 
 
-async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return web.json_response({"error": exc.reason}, status=exc.status)
+def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    return web.json_response({"error": exc.reason}, status=exc.status)
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The group's budget first (a 429 never reaches the handler), then faults, then the route."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
-    state = _state(request)
+def _admit(request: web.Request, state: SandboxState) -> Admission:
+    """The endpoint group's budget; its ``ratelimit`` header goes on every answer."""
     now = state.clock()
     quota = state.quota_for(endpoint_group(request))
-    if quota.consume(now):
-        response = await apply_fault(request, lambda r: _call(r, handler), state,
-                                     lambda status: _rate_limited(quota, now) if status == 429 else
-                                     web.json_response({"error": "Injected sandbox fault."}, status=status))
-    else:
-        response = _rate_limited(quota, now)
-    status: int | str = "drop" if response is None else response.status
-    state.statuses.append(status)
-    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                           "status": status})
-    if response is None:
-        return web.Response()
-    response.headers["ratelimit"] = _ratelimit_header(quota, now)
-    return response
+    return Admission(
+        refused=None if quota.consume(now) else _rate_limited(quota, now),
+        fault_response=lambda status: _rate_limited(quota, now) if status == 429 else
+        web.json_response({"error": "Injected sandbox fault."}, status=status),
+        headers=lambda: {"ratelimit": _ratelimit_header(quota, now)},
+    )
 
 
 # --------------------------------------------------------------------------
-# Admin and app
+# App
 # --------------------------------------------------------------------------
-
-
-async def admin_state(request: web.Request) -> web.Response:
-    """``GET /_sandbox/state``: every lead held (with its contacts) and every answer given."""
-    return web.json_response(_state(request).snapshot())
-
-
-async def admin_reset(request: web.Request) -> web.Response:
-    state = _state(request)
-    state.reset()
-    return web.json_response(state.snapshot())
 
 
 def create_app(config: SandboxConfig) -> web.Application:
-    app = web.Application(middlewares=[api_middleware])
-    app[STATE_KEY] = SandboxState(config)
+    """The fake organisation; ``GET /_sandbox/state`` shows every lead held (with its contacts) and every answer."""
+    app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
     app.router.add_post("/api/v1/lead/", protected(create_lead))
     app.router.add_get("/api/v1/lead/{id}/", protected(get_lead))
     app.router.add_get("/api/v1/contact/{id}/", protected(get_contact))
     app.router.add_put("/api/v1/contact/{id}/", protected(update_contact))
     app.router.add_post("/api/v1/data/search/", protected(search))
-    app.router.add_get("/_sandbox/state", admin_state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(_state))
-    app.router.add_post("/_sandbox/reset", admin_reset)
     return app
 
 
@@ -611,8 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, faults=list(args.fault or []),
-                         fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, **fault_settings(args))
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

@@ -1,9 +1,11 @@
-"""What every local vendor fake shares: injected faults, a fixed-window quota, serving.
+"""What every local vendor fake shares: injected faults, a fixed-window quota, the API plumbing, serving.
 
 Each sandbox imitates one vendor's API (auth, bodies, errors, rate-limit
 headers). What real infrastructure does to *any* API — error pages, dropped
-connections, slow answers — and how a fake is started, stopped and driven by
-tests are the same for all of them, so they live here once.
+connections, slow answers — how an API request passes a vendor's limits and
+faults and is recorded, the admin endpoints, and how a fake is started,
+stopped and driven by tests are the same for all of them, so they live here
+once, parameterised by what each vendor says differently.
 
 A sandbox state object that wants faults carries three attributes:
 ``faults`` (a deque of :class:`Fault`), ``fault_rate`` and ``rng``; one that
@@ -14,23 +16,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import math
 import random
 import signal
 import sys
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
 __all__ = [
+    "Admission",
     "Fault",
+    "FaultedState",
+    "JsonError",
+    "SandboxError",
     "FaultTarget",
     "FixedWindowQuota",
     "RANDOM_FAULT_CHOICES",
     "add_fault_arguments",
     "add_serve_arguments",
+    "api_middleware",
+    "basic_credentials",
+    "bearer_token",
+    "call_route",
+    "create_sandbox_app",
+    "fault_settings",
+    "fault_view",
+    "guarded",
+    "requests_by_status",
     "DEFAULT",
     "admin_faults_handler",
     "apply_fault",
@@ -139,6 +156,37 @@ def next_fault(state: FaultTarget) -> Fault | None:
     if state.fault_rate > 0 and state.rng.random() < state.fault_rate:
         return parse_fault(state.rng.choice(RANDOM_FAULT_CHOICES))
     return None
+
+
+class FaultedState:
+    """The fault bookkeeping a sandbox state starts with and goes back to on reset.
+
+    A subclass sets ``config`` (carrying ``fault_rate`` and ``fault_seed``) and
+    ``initial_faults`` before it calls :meth:`reset_faults`.
+    """
+
+    config: Any
+    initial_faults: list[Fault]
+
+    def reset_faults(self) -> None:
+        """The start-up queue, rate and seed again, so a reset run draws the same faults."""
+        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_rate: float = self.config.fault_rate
+        self.rng = random.Random(self.config.fault_seed)
+
+    def next_fault(self) -> Fault | None:
+        """Queued faults first, in order; then a seeded random draw."""
+        return next_fault(self)
+
+
+def fault_view(state: FaultTarget) -> dict[str, Any]:
+    """The fault part of a ``/_sandbox/state`` snapshot."""
+    return {"pending_faults": [fault.describe() for fault in state.faults], "fault_rate": state.fault_rate}
+
+
+def requests_by_status(statuses: list[int | str]) -> dict[str, int]:
+    """How many API answers had each status (``"drop"`` for a dropped connection)."""
+    return {str(k): v for k, v in Counter(statuses).items()}
 
 
 def parse_fault_mix(spec: str | Mapping[str, Any]) -> list[tuple[Fault, float]]:
@@ -300,6 +348,166 @@ class FixedWindowQuota:
 
 
 # --------------------------------------------------------------------------
+# API plumbing: credentials, error rendering, the metered middleware, admin routes
+# --------------------------------------------------------------------------
+
+
+class SandboxError(Exception):
+    """An error answer raised by a route or a guard; each vendor renders it in its own format."""
+
+    status: int
+
+    def response(self) -> web.Response:
+        raise NotImplementedError
+
+
+class JsonError(SandboxError):
+    """An error answer whose whole JSON body is given, for vendors without a fixed error envelope."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (scheme case-insensitive), or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str, str] | None:
+    """An ``Authorization: Basic`` header split at its first colon: (user, colon, password).
+
+    None when there is no Basic header; ``("", "", "")`` when it does not
+    decode, so a caller that needs the colon refuses it.
+    """
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", "", ""
+
+
+def guarded(check: Callable[[web.Request], None]) -> Callable[[Handler], Handler]:
+    """A decorator for API routes: ``check`` the credentials, then render any SandboxError as an answer."""
+
+    def protect(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                check(request)
+                return await handler(request)
+            except SandboxError as error:
+                return error.response()
+
+        return wrapped
+
+    return protect
+
+
+RouteError = Callable[[web.Request, web.HTTPException], web.StreamResponse]
+
+
+async def call_route(request: web.Request, handler: Handler, route_error: RouteError) -> web.StreamResponse:
+    """Run the route; aiohttp's own answers (no such route, wrong method) go through ``route_error``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return route_error(request, exc)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a vendor's limits decide about one API request, before any fault or route.
+
+    ``refused`` is the answer given instead of the route (the vendor's 429),
+    or None to go on; ``fault_response`` renders an injected error status in
+    the vendor's format; ``headers`` are the rate-limit headers, read when the
+    answer is ready so they count this request.
+    """
+
+    refused: web.StreamResponse | None
+    fault_response: Callable[[int], web.StreamResponse]
+    headers: Callable[[], Mapping[str, str]]
+
+
+def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
+                   admit: Callable[[web.Request, Any], Admission], route_error: RouteError, *,
+                   log_requests: bool = True, count_in_flight: bool = False) -> Any:
+    """The middleware in front of a vendor's API routes (paths under ``prefix``).
+
+    Limits first (a 429 never reaches the route), then faults, then the
+    route; every answer's status is kept in ``state.statuses`` (and, with
+    ``log_requests``, the request in ``state.requests``), and the answer
+    carries the rate-limit headers. ``count_in_flight`` keeps
+    ``state.in_flight`` at the number of API requests being answered.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(prefix):
+            return await handler(request)
+        state = get_state(request)
+        if count_in_flight:
+            state.in_flight += 1
+        try:
+            admission = admit(request, state)
+            if admission.refused is None:
+                response = await apply_fault(request, lambda r: call_route(r, handler, route_error), state,
+                                             admission.fault_response)
+            else:
+                response = admission.refused
+        finally:
+            if count_in_flight:
+                state.in_flight -= 1
+        status: int | str = "drop" if response is None else response.status
+        state.statuses.append(status)
+        if log_requests:
+            state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
+                                   "status": status})
+        if response is None:
+            return web.Response()  # written to a closed transport; nobody receives it
+        response.headers.update(admission.headers())
+        return response
+
+    return middleware
+
+
+def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Any) -> web.Application:
+    """An app holding ``state`` under ``key``, its API behind ``middleware``, with the admin routes.
+
+    The admin routes take no credentials (they are for tests and demos):
+    ``GET /_sandbox/state`` (the state's ``snapshot()``), ``POST
+    /_sandbox/faults`` and ``POST /_sandbox/reset`` (its ``reset()``, then the
+    snapshot).
+    """
+    app = web.Application(middlewares=[middleware])
+    app[key] = state
+
+    def get_state(request: web.Request) -> Any:
+        return request.app[key]
+
+    async def admin_state(request: web.Request) -> web.Response:
+        return web.json_response(get_state(request).snapshot())
+
+    async def admin_reset(request: web.Request) -> web.Response:
+        state = get_state(request)
+        state.reset()
+        return web.json_response(state.snapshot())
+
+    app.router.add_get("/_sandbox/state", admin_state)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(get_state))
+    app.router.add_post("/_sandbox/reset", admin_reset)
+    return app
+
+
+# --------------------------------------------------------------------------
 # Serving
 # --------------------------------------------------------------------------
 
@@ -380,6 +588,11 @@ def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, faul
     parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
                         help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
                              "or delay:SECONDS; repeat it to queue several (default: none)")
+
+
+def fault_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SandboxConfig`` fields the options of :func:`add_fault_arguments` set."""
+    return {"faults": list(args.fault or []), "fault_rate": args.fault_rate, "fault_seed": args.fault_seed}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, port: int) -> None:
