@@ -158,25 +158,8 @@ def _page(status: int, error: str, text: str) -> web.Response:
 
 
 # --------------------------------------------------------------------------
-# What the fakes' OAuth endpoints share
+# What the fakes with an authorize step share
 # --------------------------------------------------------------------------
-
-
-def oauth_error(status: int, error: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    """A token-endpoint error in RFC 6749 §5.2's shape."""
-    body = {"error": error, "error_description": description}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
-
-
-async def read_token_params(request: web.Request) -> dict[str, Any]:
-    """A token request's parameters, sent as a form or as JSON; a body that is not a JSON object has none."""
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            return {}
-        return dict(body) if isinstance(body, dict) else {}
-    return dict(await request.post())
 
 
 def authorize_handler(get_state: Callable[[web.Request], Any]) -> Callable[[web.Request], Awaitable[web.Response]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import secrets
 import sys
 import time
 from collections import deque
@@ -35,8 +34,14 @@ from ._authorization import (
     add_authorize_arguments,
     authorize_handler,
     authorize_settings,
+)
+from ._tokens import (
+    TokenIssuer,
+    expire_tokens_handler,
+    holds_valid_bearer,
     oauth_error,
     read_token_params,
+    token_response,
 )
 from .common import (
     DEFAULT,
@@ -48,7 +53,6 @@ from .common import (
     add_fault_arguments,
     add_serve_arguments,
     api_middleware,
-    bearer_token,
     create_sandbox_app,
     drop_connection,
     fault_mix_arg,
@@ -340,7 +344,7 @@ class MintThrottle:
 # --------------------------------------------------------------------------
 
 
-class SandboxState(FaultedState):
+class SandboxState(FaultedState, TokenIssuer):
     """Everything one sandbox instance remembers; lives on the aiohttp app.
 
     ``clock`` is wall-clock epoch seconds (Outreach's reset header is epoch
@@ -392,31 +396,18 @@ class SandboxState(FaultedState):
     def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
         """Rotate the refresh token and issue a new access token."""
         self.refresh_tokens.discard(old_refresh_token)
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
-        self.throttle.record(now)
         self.mints += 1
-        return access_token, refresh_token
+        return self.first_tokens(now)
 
     def first_tokens(self, now: float) -> tuple[str, str]:
         """The tokens an authorization code buys: a new chain. It counts against the mint throttle too."""
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
         self.throttle.record(now)
-        return access_token, refresh_token
+        return self.issue_tokens(now)
 
     def access_token_valid(self, token: str, now: float) -> bool:
+        """Expired tokens are forgotten as they are met."""
         self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now}
         return token in self.access_tokens
-
-    def expire_access_tokens(self) -> int:
-        count = len(self.access_tokens)
-        self.access_tokens.clear()
-        return count
 
     # -- prospects --------------------------------------------------------
 
@@ -484,23 +475,16 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
         return oauth_error(400, "unsupported_grant_type",
-                            "Only grant_type=refresh_token and authorization_code are supported.")
+                           "Only grant_type=refresh_token and authorization_code are supported.")
     old_token = params.get("refresh_token")
     if not isinstance(old_token, str) or old_token not in state.refresh_tokens:
         return oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
     if not state.throttle.allows(now):
         retry = str(state.throttle.seconds_until_free(now))
         return oauth_error(429, "too_many_requests", "Access tokens are minted at most "
-                            f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
+                           f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
     access_token, refresh_token = state.mint(old_token, now)
-    return web.json_response({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": config.token_ttl,
-        "refresh_token": refresh_token,
-        "scope": GRANTED_SCOPE,
-        "created_at": int(now),
-    })
+    return token_response(access_token, refresh_token, config.token_ttl, GRANTED_SCOPE, now)
 
 
 def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
@@ -513,14 +497,7 @@ def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -
     if isinstance(granted, str):
         return oauth_error(400, "invalid_grant", granted)
     access_token, refresh_token = state.first_tokens(now)
-    return web.json_response({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": state.config.token_ttl,
-        "refresh_token": refresh_token,
-        "scope": granted.scope,
-        "created_at": int(now),
-    })
+    return token_response(access_token, refresh_token, state.config.token_ttl, granted.scope, now)
 
 
 # What the token endpoint answers during an outage, in turn.
@@ -540,7 +517,7 @@ def _token_outage(request: web.Request, state: SandboxState) -> web.Response | N
         state.token_statuses.append("drop")
         return web.Response()  # written to a closed transport; nobody receives it
     response = garbage_response() if fault == "garbage" else oauth_error(int(fault), "temporarily_unavailable",
-                                                                          "The authorization server is unavailable.")
+                                                                         "The authorization server is unavailable.")
     state.token_statuses.append(response.status)
     return response
 
@@ -564,9 +541,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
 
 def _require_bearer(request: web.Request) -> None:
     """Reject requests without a current access token, as Outreach does with 401."""
-    state = _state(request)
-    token = bearer_token(request)
-    if token is not None and state.access_token_valid(token, state.clock()):
+    if holds_valid_bearer(request, _state(request)):
         return
     raise ApiError(401, [_error("unauthorized", "Unauthorized",
                                 "The access token is missing, invalid or expired.")])
@@ -787,11 +762,6 @@ async def admin_token_outage(request: web.Request) -> web.Response:
                               "token_outage_requests": state.token_outage_requests})
 
 
-async def admin_expire_tokens(request: web.Request) -> web.Response:
-    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
-    return web.json_response({"expired": _state(request).expire_access_tokens()})
-
-
 # --------------------------------------------------------------------------
 # App construction and serving
 # --------------------------------------------------------------------------
@@ -813,7 +783,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app.router.add_get(r"/api/v2/prospects/{id:\d+}", protected(get_prospect))
     app.router.add_patch(r"/api/v2/prospects/{id:\d+}", protected(update_prospect))
     app.router.add_post("/_sandbox/token-outage", admin_token_outage)
-    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    app.router.add_post("/_sandbox/expire-tokens", expire_tokens_handler(_state))
     return app
 
 

@@ -17,7 +17,6 @@ here rather than in a customer's team.
 from __future__ import annotations
 
 import argparse
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,8 +30,14 @@ from ._authorization import (
     add_authorize_arguments,
     authorize_handler,
     authorize_settings,
+)
+from ._tokens import (
+    TokenIssuer,
+    expire_tokens_handler,
+    holds_valid_bearer,
     oauth_error,
     read_token_params,
+    token_response,
 )
 from .common import (
     DEFAULT,
@@ -44,7 +49,6 @@ from .common import (
     add_serve_arguments,
     api_middleware,
     basic_credentials,
-    bearer_token,
     create_sandbox_app,
     fault_settings,
     fault_view,
@@ -110,7 +114,7 @@ def _invalid(errors: Mapping[str, list[str]]) -> ApiError:
     return ApiError(422, {"errors": dict(errors)})
 
 
-class SandboxState(FaultedState):
+class SandboxState(FaultedState, TokenIssuer):
     """Everything one fake team remembers; lives on the aiohttp app.
 
     ``clock`` is wall-clock epoch seconds; tests may replace it to move time.
@@ -147,15 +151,8 @@ class SandboxState(FaultedState):
     def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
         """Spend the refresh token (single use) and issue a new pair."""
         self.refresh_tokens.discard(old_refresh_token)
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
         self.mints += 1
-        return access_token, refresh_token
-
-    def access_token_valid(self, token: str, now: float) -> bool:
-        return self.access_tokens.get(token, 0.0) > now
+        return self.issue_tokens(now)
 
     def email_owner(self, email: Any, exclude: int | None = None) -> int | None:
         if not isinstance(email, str) or not email:
@@ -216,20 +213,19 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     config = state.config
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
         return oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
-                            "no client authentication included, or unsupported authentication method.")
+                           "no client authentication included, or unsupported authentication method.")
     if params.get("grant_type") == "authorization_code":
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
         return oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
-                            "by the authorization server.")
+                           "by the authorization server.")
     old = params.get("refresh_token")
     if not isinstance(old, str) or old not in state.refresh_tokens:
         return oauth_error(400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
-                            "does not match the redirection URI used in the authorization request, or was issued "
-                            "to another client.")
+                           "does not match the redirection URI used in the authorization request, or was issued "
+                           "to another client.")
     access_token, refresh_token = state.mint(old, now)
-    return web.json_response({"access_token": access_token, "token_type": "bearer", "expires_in": config.token_ttl,
-                              "refresh_token": refresh_token, "scope": "", "created_at": int(now)})
+    return token_response(access_token, refresh_token, config.token_ttl, "", now)
 
 
 def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
@@ -237,12 +233,8 @@ def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -
     granted = state.authorization.redeem(params, now)
     if isinstance(granted, str):
         return oauth_error(400, "invalid_grant", granted)
-    refresh_token, access_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    state.refresh_tokens.add(refresh_token)
-    state.access_tokens[access_token] = now + state.config.token_ttl
-    return web.json_response({"access_token": access_token, "token_type": "bearer",
-                              "expires_in": state.config.token_ttl, "refresh_token": refresh_token,
-                              "scope": granted.scope, "created_at": int(now)})
+    access_token, refresh_token = state.issue_tokens(now)
+    return token_response(access_token, refresh_token, state.config.token_ttl, granted.scope, now)
 
 
 async def token_endpoint(request: web.Request) -> web.Response:
@@ -259,9 +251,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
 
 
 def _require_bearer(request: web.Request) -> None:
-    state = _state(request)
-    token = bearer_token(request)
-    if token is not None and state.access_token_valid(token, state.clock()):
+    if holds_valid_bearer(request, _state(request)):
         return
     raise ApiError(401, {"error": "Not authorized"})
 
@@ -443,14 +433,6 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
 # --------------------------------------------------------------------------
 
 
-async def admin_expire_tokens(request: web.Request) -> web.Response:
-    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
-    state = _state(request)
-    count = len(state.access_tokens)
-    state.access_tokens.clear()
-    return web.json_response({"expired": count})
-
-
 def create_app(config: SandboxConfig) -> web.Application:
     app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
     # accounts.salesloft.com: where a person approves the app
@@ -461,7 +443,7 @@ def create_app(config: SandboxConfig) -> web.Application:
         app.router.add_post(f"/v2/people{suffix}", protected(create_person))
         app.router.add_get(rf"/v2/people/{{id:\d+}}{suffix}", protected(get_person))
         app.router.add_put(rf"/v2/people/{{id:\d+}}{suffix}", protected(update_person))
-    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    app.router.add_post("/_sandbox/expire-tokens", expire_tokens_handler(_state))
     return app
 
 
