@@ -36,7 +36,6 @@ from .common import (
     FixedWindowQuota,
     JsonError,
     add_fault_arguments,
-    add_serve_arguments,
     api_middleware,
     basic_credentials,
     create_sandbox_app,
@@ -46,6 +45,7 @@ from .common import (
     parse_fault,
     requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -380,28 +380,28 @@ async def create_lead(request: web.Request) -> web.Response:
     return web.json_response(lead_view(state, lead_id))
 
 
+def _held(request: web.Request, table: Mapping[str, Any]) -> str:
+    """The id in the URL, when ``table`` holds it; Close's 404 otherwise."""
+    object_id = request.match_info["id"]
+    if object_id not in table:
+        raise ApiError(404, {"error": "Not found"})
+    return object_id
+
+
 async def get_lead(request: web.Request) -> web.Response:
     state = _state(request)
-    lead_id = request.match_info["id"]
-    if lead_id not in state.leads:
-        raise ApiError(404, {"error": "Not found"})
-    return web.json_response(lead_view(state, lead_id))
+    return web.json_response(lead_view(state, _held(request, state.leads)))
 
 
 async def get_contact(request: web.Request) -> web.Response:
     state = _state(request)
-    contact_id = request.match_info["id"]
-    if contact_id not in state.contacts:
-        raise ApiError(404, {"error": "Not found"})
-    return web.json_response(contact_view(state, contact_id))
+    return web.json_response(contact_view(state, _held(request, state.contacts)))
 
 
 async def update_contact(request: web.Request) -> web.Response:
     """``PUT /api/v1/contact/{id}/``: sent fields replace stored ones, lists whole."""
     state = _state(request)
-    contact_id = request.match_info["id"]
-    if contact_id not in state.contacts:
-        raise ApiError(404, {"error": "Not found"})
+    contact_id = _held(request, state.contacts)
     body = await _json(request)
     check_contact_update(body)
     stored = state.contacts[contact_id]
@@ -541,11 +541,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox close",
-        description="Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).",
-    )
-    add_serve_arguments(parser, 8768)
+    parser = sandbox_parser(
+        "close", 8768, "Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).")
     parser.add_argument("--api-key", default=defaults.api_key,
                         help="the API key the fake accepts as the basic-auth username (empty password)" + DEFAULT)
     parser.add_argument("--quota", type=int, default=defaults.quota,

@@ -24,6 +24,7 @@ import signal
 import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
@@ -47,6 +48,7 @@ __all__ = [
     "fault_settings",
     "fault_view",
     "guarded",
+    "iso_millis",
     "requests_by_status",
     "DEFAULT",
     "admin_faults_handler",
@@ -60,6 +62,7 @@ __all__ = [
     "parse_fault_mix",
     "queue_faults",
     "run_sandbox",
+    "sandbox_parser",
     "serve_until_stopped",
     "start_app",
 ]
@@ -512,6 +515,12 @@ def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Any) -> web
 # --------------------------------------------------------------------------
 
 
+def iso_millis(now: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds and ``Z`` (``2024-05-01T12:00:00.123Z``)."""
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 def base_url(address: Any) -> str:
     host, port = address[0], address[1]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -560,20 +569,21 @@ async def serve_until_stopped(app: web.Application, host: str, port: int, banner
 # --------------------------------------------------------------------------
 
 
-def fault_arg(value: str) -> str:
+def _checked(parse: Callable[[str], object], value: str) -> str:
+    """``value`` itself once ``parse`` accepts it, so argparse reports the parser's own complaint."""
     try:
-        parse_fault(value)
+        parse(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def fault_arg(value: str) -> str:
+    return _checked(parse_fault, value)
 
 
 def fault_mix_arg(value: str) -> str:
-    try:
-        parse_fault_mix(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
+    return _checked(parse_fault_mix, value)
 
 
 DEFAULT = " (default: %(default)s)"  # appended to an option's help, so --help shows its default
@@ -599,6 +609,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     """Where the sandbox listens; loopback by default, because it accepts well-known demo credentials."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + DEFAULT)
     parser.add_argument("--port", type=int, default=port, help="port to listen on; 0 picks a free one" + DEFAULT)
+
+
+def sandbox_parser(name: str, port: int, description: str) -> argparse.ArgumentParser:
+    """The parser of ``signal-engine sandbox NAME``, starting with where it listens (``port`` by default)."""
+    parser = argparse.ArgumentParser(prog=f"signal-engine sandbox {name}", description=description)
+    add_serve_arguments(parser, port)
+    return parser
 
 
 def run_sandbox(name: str, parser: argparse.ArgumentParser, argv: list[str] | None,

@@ -24,7 +24,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 from aiohttp import web
@@ -36,16 +35,17 @@ from .common import (
     FixedWindowQuota,
     SandboxError,
     add_fault_arguments,
-    add_serve_arguments,
     api_middleware,
     bearer_token,
     create_sandbox_app,
     fault_settings,
     fault_view,
     guarded,
+    iso_millis,
     parse_fault,
     requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -179,11 +179,6 @@ def _state(request: web.Request) -> SandboxState:
     return request.app[STATE_KEY]
 
 
-def _iso(now: float) -> str:
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --------------------------------------------------------------------------
 # Guards: auth and bodies
 # --------------------------------------------------------------------------
@@ -295,7 +290,7 @@ async def create_contact(request: web.Request) -> web.Response:
             raise _conflict(existing)
     contact_id = str(state.next_id)
     state.next_id += 1
-    now = _iso(state.clock())
+    now = iso_millis(state.clock())
     state.contacts[contact_id] = {k: v for k, v in properties.items() if v != ""}
     state.meta[contact_id] = {"createdAt": now, "updatedAt": now}
     state.creates += 1
@@ -320,7 +315,7 @@ async def update_contact(request: web.Request) -> web.Response:
             stored.pop(name, None)
         else:
             stored[name] = value
-    state.meta[contact_id]["updatedAt"] = _iso(state.clock())
+    state.meta[contact_id]["updatedAt"] = iso_millis(state.clock())
     state.updates += 1
     return web.json_response(_resource(state, contact_id), status=200)
 
@@ -438,11 +433,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox hubspot",
-        description="Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).",
-    )
-    add_serve_arguments(parser, 8766)
+    parser = sandbox_parser("hubspot", 8766,
+                            "Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).")
     parser.add_argument("--access-token", default=defaults.access_token,
                         help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT)
     parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window" + DEFAULT)

@@ -22,7 +22,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -51,7 +50,6 @@ from .common import (
     FixedWindowQuota,
     SandboxError,
     add_fault_arguments,
-    add_serve_arguments,
     api_middleware,
     create_sandbox_app,
     drop_connection,
@@ -60,10 +58,12 @@ from .common import (
     fault_view,
     garbage_response,
     guarded,
+    iso_millis,
     parse_fault,
     parse_fault_mix,
     requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -455,12 +455,6 @@ def _state(request: web.Request) -> SandboxState:
     return request.app[STATE_KEY]
 
 
-def _timestamp(now: float) -> str:
-    """Outreach's timestamp format: ISO 8601, milliseconds, ``Z``."""
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --------------------------------------------------------------------------
 # OAuth token endpoint
 # --------------------------------------------------------------------------
@@ -616,7 +610,7 @@ async def create_prospect(request: web.Request) -> web.Response:
     state = _state(request)
     attributes = _prospect_attributes(await _read_document(request), state.rules)
     _reject_duplicate_email(state, attributes, exclude_id=None)
-    now = _timestamp(state.clock())
+    now = iso_millis(state.clock())
     prospect_id = state.next_id
     state.next_id += 1
     state.prospects[prospect_id] = {**attributes, "createdAt": now, "updatedAt": now}
@@ -679,7 +673,7 @@ async def update_prospect(request: web.Request) -> web.Response:
     attributes = _prospect_attributes(data, state.rules)
     _reject_duplicate_email(state, attributes, exclude_id=prospect_id)
     stored.update(attributes)
-    stored["updatedAt"] = _timestamp(state.clock())
+    stored["updatedAt"] = iso_millis(state.clock())
     return _jsonapi_response({"data": _resource(request, prospect_id, stored)}, 200)
 
 
@@ -803,13 +797,11 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox outreach",
-        description="Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token "
-                    "rotation, a mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. "
-                    "Point a preset's base_url setting at it (examples/sandbox-settings.yaml).",
-    )
-    add_serve_arguments(parser, 8765)
+    parser = sandbox_parser(
+        "outreach", 8765,
+        "Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token rotation, a "
+        "mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. Point a preset's "
+        "base_url setting at it (examples/sandbox-settings.yaml).")
     parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + DEFAULT)
     parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + DEFAULT)
     parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,

@@ -46,7 +46,6 @@ from .common import (
     FixedWindowQuota,
     JsonError,
     add_fault_arguments,
-    add_serve_arguments,
     api_middleware,
     basic_credentials,
     create_sandbox_app,
@@ -56,6 +55,7 @@ from .common import (
     parse_fault,
     requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -458,11 +458,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox salesloft",
-        description="Run a local fake of Salesloft's OAuth token endpoint and v2 people API.",
-    )
-    add_serve_arguments(parser, 8767)
+    parser = sandbox_parser("salesloft", 8767,
+                            "Run a local fake of Salesloft's OAuth token endpoint and v2 people API.")
     parser.add_argument("--client-id", default=defaults.client_id,
                         help="the OAuth client id the fake accepts" + DEFAULT)
     parser.add_argument("--client-secret", default=defaults.client_secret,
