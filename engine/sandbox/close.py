@@ -169,34 +169,40 @@ def _check_text(errors: dict[str, Any], where: str, value: Any) -> None:
         errors[where] = "Must be a string."
 
 
-def _check_emails(errors: dict[str, Any], where: str, emails: Any) -> None:
-    if not isinstance(emails, list):
+def _email_problem(value: Any) -> str | None:
+    if isinstance(value, str) and _EMAIL.match(value):
+        return None
+    return "Invalid email address." if value else "This field is required."
+
+
+def _phone_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "This field is required."
+    return "Invalid phone number." if _e164(value) is None else None
+
+
+def _check_contact_infos(errors: dict[str, Any], where: str, items: Any, key: str,
+                         problem: Callable[[Any], str | None]) -> None:
+    """A contact's ``emails`` or ``phones``: a list of ``{key, type}`` objects."""
+    if not isinstance(items, list):
         errors[where] = "Must be a list."
         return
-    for i, item in enumerate(emails):
+    for i, item in enumerate(items):
         place = f"{where}.{i}"
-        if not isinstance(item, dict) or _unknown(item, frozenset({"email", "type"})):
-            errors[place] = "Must be an object with email and type."
-        elif not isinstance(item.get("email"), str) or not _EMAIL.match(item["email"]):
-            errors[f"{place}.email"] = "Invalid email address." if item.get("email") else "This field is required."
+        if not isinstance(item, dict) or _unknown(item, frozenset({key, "type"})):
+            errors[place] = f"Must be an object with {key} and type."
+        elif (message := problem(item.get(key))) is not None:
+            errors[f"{place}.{key}"] = message
         elif item.get("type", "office") not in CONTACT_INFO_TYPES:
             errors[f"{place}.type"] = f"Must be one of: {', '.join(sorted(CONTACT_INFO_TYPES))}."
+
+
+def _check_emails(errors: dict[str, Any], where: str, emails: Any) -> None:
+    _check_contact_infos(errors, where, emails, "email", _email_problem)
 
 
 def _check_phones(errors: dict[str, Any], where: str, phones: Any) -> None:
-    if not isinstance(phones, list):
-        errors[where] = "Must be a list."
-        return
-    for i, item in enumerate(phones):
-        place = f"{where}.{i}"
-        if not isinstance(item, dict) or _unknown(item, frozenset({"phone", "type"})):
-            errors[place] = "Must be an object with phone and type."
-        elif not isinstance(item.get("phone"), str) or not item["phone"].strip():
-            errors[f"{place}.phone"] = "This field is required."
-        elif _e164(item["phone"]) is None:
-            errors[f"{place}.phone"] = "Invalid phone number."
-        elif item.get("type", "office") not in CONTACT_INFO_TYPES:
-            errors[f"{place}.type"] = f"Must be one of: {', '.join(sorted(CONTACT_INFO_TYPES))}."
+    _check_contact_infos(errors, where, phones, "phone", _phone_problem)
 
 
 def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
