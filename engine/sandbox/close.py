@@ -205,12 +205,19 @@ def _check_phones(errors: dict[str, Any], where: str, phones: Any) -> None:
     _check_contact_infos(errors, where, phones, "phone", _phone_problem)
 
 
-def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
-    if not isinstance(contact, dict):
+def _check_object(errors: dict[str, Any], where: str, value: Any, allowed: frozenset[str]) -> bool:
+    """Whether ``value`` is an object, so its fields can be checked; its unknown fields are noted."""
+    if not isinstance(value, dict):
         errors[where] = "Must be an object."
-        return
-    for name in _unknown(contact, CONTACT_FIELDS):
+        return False
+    for name in _unknown(value, allowed):
         errors[f"{where}.{name}"] = "Unknown field."
+    return True
+
+
+def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
+    if not _check_object(errors, where, contact, CONTACT_FIELDS):
+        return
     _check_text(errors, f"{where}.name", contact.get("name"))
     _check_text(errors, f"{where}.title", contact.get("title"))
     if "emails" in contact:
@@ -222,11 +229,8 @@ def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
 
 
 def _check_address(errors: dict[str, Any], where: str, address: Any) -> None:
-    if not isinstance(address, dict):
-        errors[where] = "Must be an object."
+    if not _check_object(errors, where, address, ADDRESS_FIELDS):
         return
-    for name in _unknown(address, ADDRESS_FIELDS):
-        errors[f"{where}.{name}"] = "Unknown field."
     for name in ADDRESS_FIELDS:
         _check_text(errors, f"{where}.{name}", address.get(name))
     country = address.get("country")

@@ -236,9 +236,13 @@ def _check_properties(state: SandboxState, properties: Mapping[str, Any]) -> dic
     return dict(properties)
 
 
-def _conflict(existing_id: str) -> ApiError:
-    """The 409 HubSpot answers when the email already belongs to a contact."""
-    return ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing_id}")
+def _refuse_taken_email(state: SandboxState, properties: Mapping[str, str], exclude: str | None = None) -> None:
+    """The 409 HubSpot answers when the email already belongs to (another) contact."""
+    email = properties.get("email")
+    if email:
+        existing = state.owner_of(email, exclude=exclude)
+        if existing is not None:
+            raise ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing}")
 
 
 def _not_found(contact_id: str) -> ApiError:
@@ -283,11 +287,7 @@ async def create_contact(request: web.Request) -> web.Response:
     """``POST /crm/v3/objects/contacts``: 201, or 409 naming the contact that has the email."""
     state = _state(request)
     properties = _check_properties(state, await _read_body(request, CREATE_KEYS))
-    email = properties.get("email")
-    if email:
-        existing = state.owner_of(email)
-        if existing is not None:
-            raise _conflict(existing)
+    _refuse_taken_email(state, properties)
     contact_id = str(state.next_id)
     state.next_id += 1
     now = iso_millis(state.clock())
@@ -304,11 +304,7 @@ async def update_contact(request: web.Request) -> web.Response:
     properties = _check_properties(state, await _read_body(request, UPDATE_KEYS))
     if not properties:
         raise ApiError(400, "VALIDATION_ERROR", "No properties found to update, please provide at least one.")
-    email = properties.get("email")
-    if email:
-        existing = state.owner_of(email, exclude=contact_id)
-        if existing is not None:
-            raise _conflict(existing)
+    _refuse_taken_email(state, properties, exclude=contact_id)
     stored = state.contacts[contact_id]
     for name, value in properties.items():
         if value == "":
