@@ -31,36 +31,36 @@ from aiohttp import web
 
 __all__ = [
     "Admission",
+    "DEFAULT",
     "Fault",
-    "FaultedState",
-    "JsonError",
-    "SandboxError",
     "FaultTarget",
+    "FaultedState",
     "FixedWindowQuota",
+    "JsonError",
     "RANDOM_FAULT_CHOICES",
+    "SandboxError",
     "add_fault_arguments",
     "add_serve_arguments",
+    "admin_faults_handler",
     "api_middleware",
+    "apply_fault",
+    "base_url",
     "basic_credentials",
     "bearer_token",
     "call_route",
     "create_sandbox_app",
+    "drop_connection",
+    "fault_arg",
+    "fault_mix_arg",
     "fault_settings",
     "fault_view",
     "guarded",
     "iso_millis",
-    "requests_by_status",
-    "DEFAULT",
-    "admin_faults_handler",
-    "apply_fault",
-    "base_url",
-    "drop_connection",
-    "fault_arg",
-    "fault_mix_arg",
     "next_fault",
     "parse_fault",
     "parse_fault_mix",
     "queue_faults",
+    "requests_by_status",
     "run_sandbox",
     "sandbox_parser",
     "serve_until_stopped",
@@ -70,6 +70,7 @@ __all__ = [
 RANDOM_FAULT_CHOICES: tuple[int | str, ...] = (500, 502, 503, "drop")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------------
@@ -442,7 +443,7 @@ class Admission:
 
 def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
                    admit: Callable[[web.Request, Any], Admission], route_error: RouteError, *,
-                   log_requests: bool = True, count_in_flight: bool = False) -> Any:
+                   log_requests: bool = True, count_in_flight: bool = False) -> Middleware:
     """The middleware in front of a vendor's API routes (paths under ``prefix``).
 
     Limits first (a 429 never reaches the route), then faults, then the
@@ -482,7 +483,7 @@ def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
     return middleware
 
 
-def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Any) -> web.Application:
+def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Middleware) -> web.Application:
     """An app holding ``state`` under ``key``, its API behind ``middleware``, with the admin routes.
 
     The admin routes take no credentials (they are for tests and demos):
