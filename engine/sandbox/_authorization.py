@@ -25,14 +25,17 @@ What it checks, in RFC 6749's order:
 
 from __future__ import annotations
 
+import argparse
 import html
 import ipaddress
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
+
+from .common import DEFAULT
 
 CONSENT_CHOICES = ("approve", "deny")
 
@@ -152,3 +155,38 @@ def _page(status: int, error: str, text: str) -> web.Response:
     body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(error)}</title></head>"
             f"<body><h1>{html.escape(error)}</h1><p>{html.escape(text)}</p></body></html>")
     return web.Response(status=status, text=body, content_type="text/html")
+
+
+# --------------------------------------------------------------------------
+# What the fakes with an authorize step share
+# --------------------------------------------------------------------------
+
+
+def authorize_handler(get_state: Callable[[web.Request], Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /oauth/authorize``, answered by the state's ``authorization`` server at the state's clock."""
+
+    async def authorize_endpoint(request: web.Request) -> web.Response:
+        state = get_state(request)
+        query = {key: request.query.getone(key) for key in request.query.keys()}
+        return state.authorization.authorize(query, state.clock())
+
+    return authorize_endpoint
+
+
+def add_authorize_arguments(parser: argparse.ArgumentParser, consent: str, redirect_uris: list[str],
+                            code_ttl: float) -> None:
+    """The options of the authorize step, with the same spelling and help in every fake that has one."""
+    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=consent,
+                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
+                             "(error=access_denied)" + DEFAULT)
+    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
+                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
+                             f"(default: {' '.join(redirect_uris)})")
+    parser.add_argument("--code-ttl", type=float, default=code_ttl,
+                        help="authorization code lifetime, in seconds" + DEFAULT)
+
+
+def authorize_settings(args: argparse.Namespace, redirect_uris: list[str]) -> dict[str, Any]:
+    """The config fields the options of :func:`add_authorize_arguments` set; ``redirect_uris`` when none is given."""
+    return {"consent": args.consent, "redirect_uris": list(args.redirect_uri or redirect_uris),
+            "code_ttl": args.code_ttl}

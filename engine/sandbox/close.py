@@ -17,17 +17,13 @@ fake takes the stricter reading, so a client bug shows up here first.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import math
-import random
 import re
 import sys
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import phonenumbers
 import pycountry
@@ -35,16 +31,21 @@ from aiohttp import web
 
 from .common import (
     DEFAULT,
-    Fault,
+    Admission,
+    FaultedState,
     FixedWindowQuota,
-    add_admin_routes,
+    JsonError,
     add_fault_arguments,
-    add_serve_arguments,
-    apply_fault,
-    next_fault,
+    api_middleware,
+    basic_credentials,
+    create_sandbox_app,
+    fault_settings,
+    fault_view,
+    guarded,
     parse_fault,
-    record_answer,
+    requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -62,8 +63,6 @@ ADDRESS_LABELS = frozenset({"business", "mailing", "other"})
 COUNTRIES = frozenset(country.alpha_2 for country in pycountry.countries)  # ISO 3166-1 alpha-2
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _CUSTOM = re.compile(r"^custom\.cf_[A-Za-z0-9]+$")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -84,15 +83,7 @@ class SandboxConfig:
     fault_seed: int | None = None
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status, headers=self.headers)
+ApiError = JsonError  # Close's errors are plain JSON bodies
 
 
 def _field_errors(errors: Mapping[str, Any]) -> ApiError:
@@ -100,7 +91,7 @@ def _field_errors(errors: Mapping[str, Any]) -> ApiError:
     return ApiError(400, {"errors": [], "field-errors": dict(errors)})
 
 
-class SandboxState:
+class SandboxState(FaultedState):
     """Everything one fake organisation remembers; lives on the aiohttp app."""
 
     def __init__(self, config: SandboxConfig, clock: Callable[[], float] = time.time) -> None:
@@ -125,13 +116,8 @@ class SandboxState:
         self.searches = 0
         self.statuses: list[int | str] = []
         self.requests: list[dict[str, Any]] = []
-        self.faults: deque[Fault] = deque(self.initial_faults)
-        self.fault_rate = self.config.fault_rate
-        self.rng = random.Random(self.config.fault_seed)
+        self.reset_faults()
         self.groups: dict[str, FixedWindowQuota] = {}
-
-    def next_fault(self) -> Fault | None:
-        return next_fault(self)
 
     def quota_for(self, group: str) -> FixedWindowQuota:
         if group not in self.groups:
@@ -152,10 +138,9 @@ class SandboxState:
             "updates": self.updates,
             "searches": self.searches,
             "statuses": list(self.statuses),
-            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
-            "pending_faults": [fault.describe() for fault in self.faults],
-            "fault_rate": self.fault_rate,
+            **fault_view(self),
         }
 
 
@@ -184,42 +169,55 @@ def _check_text(errors: dict[str, Any], where: str, value: Any) -> None:
         errors[where] = "Must be a string."
 
 
-def _check_emails(errors: dict[str, Any], where: str, emails: Any) -> None:
-    if not isinstance(emails, list):
+def _email_problem(value: Any) -> str | None:
+    if isinstance(value, str) and _EMAIL.match(value):
+        return None
+    return "Invalid email address." if value else "This field is required."
+
+
+def _phone_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "This field is required."
+    return "Invalid phone number." if _e164(value) is None else None
+
+
+def _check_contact_infos(errors: dict[str, Any], where: str, items: Any, key: str,
+                         problem: Callable[[Any], str | None]) -> None:
+    """A contact's ``emails`` or ``phones``: a list of ``{key, type}`` objects."""
+    if not isinstance(items, list):
         errors[where] = "Must be a list."
         return
-    for i, item in enumerate(emails):
+    for i, item in enumerate(items):
         place = f"{where}.{i}"
-        if not isinstance(item, dict) or _unknown(item, frozenset({"email", "type"})):
-            errors[place] = "Must be an object with email and type."
-        elif not isinstance(item.get("email"), str) or not _EMAIL.match(item["email"]):
-            errors[f"{place}.email"] = "Invalid email address." if item.get("email") else "This field is required."
+        if not isinstance(item, dict) or _unknown(item, frozenset({key, "type"})):
+            errors[place] = f"Must be an object with {key} and type."
+        elif (message := problem(item.get(key))) is not None:
+            errors[f"{place}.{key}"] = message
         elif item.get("type", "office") not in CONTACT_INFO_TYPES:
             errors[f"{place}.type"] = f"Must be one of: {', '.join(sorted(CONTACT_INFO_TYPES))}."
+
+
+def _check_emails(errors: dict[str, Any], where: str, emails: Any) -> None:
+    _check_contact_infos(errors, where, emails, "email", _email_problem)
 
 
 def _check_phones(errors: dict[str, Any], where: str, phones: Any) -> None:
-    if not isinstance(phones, list):
-        errors[where] = "Must be a list."
-        return
-    for i, item in enumerate(phones):
-        place = f"{where}.{i}"
-        if not isinstance(item, dict) or _unknown(item, frozenset({"phone", "type"})):
-            errors[place] = "Must be an object with phone and type."
-        elif not isinstance(item.get("phone"), str) or not item["phone"].strip():
-            errors[f"{place}.phone"] = "This field is required."
-        elif _e164(item["phone"]) is None:
-            errors[f"{place}.phone"] = "Invalid phone number."
-        elif item.get("type", "office") not in CONTACT_INFO_TYPES:
-            errors[f"{place}.type"] = f"Must be one of: {', '.join(sorted(CONTACT_INFO_TYPES))}."
+    _check_contact_infos(errors, where, phones, "phone", _phone_problem)
+
+
+def _check_object(errors: dict[str, Any], where: str, value: Any, allowed: frozenset[str]) -> bool:
+    """Whether ``value`` is an object, so its fields can be checked; its unknown fields are noted."""
+    if not isinstance(value, dict):
+        errors[where] = "Must be an object."
+        return False
+    for name in _unknown(value, allowed):
+        errors[f"{where}.{name}"] = "Unknown field."
+    return True
 
 
 def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
-    if not isinstance(contact, dict):
-        errors[where] = "Must be an object."
+    if not _check_object(errors, where, contact, CONTACT_FIELDS):
         return
-    for name in _unknown(contact, CONTACT_FIELDS):
-        errors[f"{where}.{name}"] = "Unknown field."
     _check_text(errors, f"{where}.name", contact.get("name"))
     _check_text(errors, f"{where}.title", contact.get("title"))
     if "emails" in contact:
@@ -231,11 +229,8 @@ def _check_contact(errors: dict[str, Any], where: str, contact: Any) -> None:
 
 
 def _check_address(errors: dict[str, Any], where: str, address: Any) -> None:
-    if not isinstance(address, dict):
-        errors[where] = "Must be an object."
+    if not _check_object(errors, where, address, ADDRESS_FIELDS):
         return
-    for name in _unknown(address, ADDRESS_FIELDS):
-        errors[f"{where}.{name}"] = "Unknown field."
     for name in ADDRESS_FIELDS:
         _check_text(errors, f"{where}.{name}", address.get(name))
     country = address.get("country")
@@ -356,15 +351,12 @@ def lead_view(state: SandboxState, lead_id: str, fields: list[str] | None = None
 # --------------------------------------------------------------------------
 
 
-def _require_api_key(request: web.Request, state: SandboxState) -> None:
+def _require_api_key(request: web.Request) -> None:
     """Close takes the API key as the basic-auth username with an empty password."""
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            user, sep, password = "", "", "x"
-        if sep and user == state.config.api_key and password == "":
+    credentials = basic_credentials(request)
+    if credentials is not None:
+        user, sep, password = credentials
+        if sep and user == _state(request).config.api_key and password == "":
             return
     raise ApiError(401, {"error": "Unauthorized: the API key is missing or invalid."})
 
@@ -398,28 +390,28 @@ async def create_lead(request: web.Request) -> web.Response:
     return web.json_response(lead_view(state, lead_id))
 
 
+def _held(request: web.Request, table: Mapping[str, Any]) -> str:
+    """The id in the URL, when ``table`` holds it; Close's 404 otherwise."""
+    object_id = request.match_info["id"]
+    if object_id not in table:
+        raise ApiError(404, {"error": "Not found"})
+    return object_id
+
+
 async def get_lead(request: web.Request) -> web.Response:
     state = _state(request)
-    lead_id = request.match_info["id"]
-    if lead_id not in state.leads:
-        raise ApiError(404, {"error": "Not found"})
-    return web.json_response(lead_view(state, lead_id))
+    return web.json_response(lead_view(state, _held(request, state.leads)))
 
 
 async def get_contact(request: web.Request) -> web.Response:
     state = _state(request)
-    contact_id = request.match_info["id"]
-    if contact_id not in state.contacts:
-        raise ApiError(404, {"error": "Not found"})
-    return web.json_response(contact_view(state, contact_id))
+    return web.json_response(contact_view(state, _held(request, state.contacts)))
 
 
 async def update_contact(request: web.Request) -> web.Response:
     """``PUT /api/v1/contact/{id}/``: sent fields replace stored ones, lists whole."""
     state = _state(request)
-    contact_id = request.match_info["id"]
-    if contact_id not in state.contacts:
-        raise ApiError(404, {"error": "Not found"})
+    contact_id = _held(request, state.contacts)
     body = await _json(request)
     check_contact_update(body)
     stored = state.contacts[contact_id]
@@ -492,19 +484,11 @@ async def search(request: web.Request) -> web.Response:
     return web.json_response({"data": data, "cursor": None})
 
 
-def protected(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            _require_api_key(request, _state(request))
-            return await handler(request)
-        except ApiError as error:
-            return error.response()
-
-    return wrapped
+protected = guarded(_require_api_key)
 
 
 # --------------------------------------------------------------------------
-# /api/v1 middleware: endpoint-group limits, headers, faults
+# /api/v1 limits: endpoint groups, the ratelimit header, the 429
 # --------------------------------------------------------------------------
 
 
@@ -528,48 +512,35 @@ def _rate_limited(quota: FixedWindowQuota, now: float) -> web.Response:
     return web.json_response(body, status=429)
 
 
-async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return web.json_response({"error": exc.reason}, status=exc.status)
+def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    return web.json_response({"error": exc.reason}, status=exc.status)
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The group's budget first (a 429 never reaches the handler), then faults, then the route."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
-    state = _state(request)
+def _admit(request: web.Request, state: SandboxState) -> Admission:
+    """The endpoint group's budget; its ``ratelimit`` header goes on every answer."""
     now = state.clock()
     quota = state.quota_for(endpoint_group(request))
-    if quota.consume(now):
-        response = await apply_fault(request, lambda r: _call(r, handler), state,
-                                     lambda status: _rate_limited(quota, now) if status == 429 else
-                                     web.json_response({"error": "Injected sandbox fault."}, status=status))
-    else:
-        response = _rate_limited(quota, now)
-    record_answer(state, request, response)
-    if response is None:
-        return web.Response()
-    response.headers["ratelimit"] = _ratelimit_header(quota, now)
-    return response
+    return Admission(
+        refused=None if quota.consume(now) else _rate_limited(quota, now),
+        fault_response=lambda status: _rate_limited(quota, now) if status == 429 else
+        web.json_response({"error": "Injected sandbox fault."}, status=status),
+        headers=lambda: {"ratelimit": _ratelimit_header(quota, now)},
+    )
 
 
 # --------------------------------------------------------------------------
-# Admin and app
+# App
 # --------------------------------------------------------------------------
 
 
 def create_app(config: SandboxConfig) -> web.Application:
-    app = web.Application(middlewares=[api_middleware])
-    app[STATE_KEY] = SandboxState(config)
+    """The fake organisation; ``GET /_sandbox/state`` shows every lead held (with its contacts) and every answer."""
+    app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
     app.router.add_post("/api/v1/lead/", protected(create_lead))
     app.router.add_get("/api/v1/lead/{id}/", protected(get_lead))
     app.router.add_get("/api/v1/contact/{id}/", protected(get_contact))
     app.router.add_put("/api/v1/contact/{id}/", protected(update_contact))
     app.router.add_post("/api/v1/data/search/", protected(search))
-    add_admin_routes(app, _state)
     return app
 
 
@@ -580,11 +551,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox close",
-        description="Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).",
-    )
-    add_serve_arguments(parser, 8768)
+    parser = sandbox_parser(
+        "close", 8768, "Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).")
     parser.add_argument("--api-key", default=defaults.api_key,
                         help="the API key the fake accepts as the basic-auth username (empty password)" + DEFAULT)
     parser.add_argument("--quota", type=int, default=defaults.quota,
@@ -596,8 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, faults=list(args.fault or []),
-                         fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+    return SandboxConfig(api_key=args.api_key, quota=args.quota, window=args.window, **fault_settings(args))
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

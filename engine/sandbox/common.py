@@ -1,9 +1,11 @@
-"""What every local vendor fake shares: injected faults, a fixed-window quota, serving.
+"""What every local vendor fake shares: injected faults, a fixed-window quota, the API plumbing, serving.
 
 Each sandbox imitates one vendor's API (auth, bodies, errors, rate-limit
 headers). What real infrastructure does to *any* API — error pages, dropped
-connections, slow answers — and how a fake is started, stopped and driven by
-tests are the same for all of them, so they live here once.
+connections, slow answers — how an API request passes a vendor's limits and
+faults and is recorded, the admin endpoints, and how a fake is started,
+stopped and driven by tests are the same for all of them, so they live here
+once, parameterised by what each vendor says differently.
 
 A sandbox state object that wants faults carries three attributes:
 ``faults`` (a deque of :class:`Fault`), ``fault_rate`` and ``rng``; one that
@@ -14,37 +16,53 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import math
 import random
 import signal
 import sys
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
 __all__ = [
+    "Admission",
+    "DEFAULT",
     "Fault",
     "FaultTarget",
+    "FaultedState",
     "FixedWindowQuota",
+    "JsonError",
     "RANDOM_FAULT_CHOICES",
-    "add_admin_routes",
+    "SandboxError",
     "add_fault_arguments",
     "add_serve_arguments",
-    "DEFAULT",
     "admin_faults_handler",
+    "api_middleware",
     "apply_fault",
     "base_url",
+    "basic_credentials",
+    "bearer_token",
+    "call_route",
+    "create_sandbox_app",
     "drop_connection",
     "fault_arg",
     "fault_mix_arg",
+    "fault_settings",
+    "fault_view",
+    "guarded",
+    "iso_millis",
     "next_fault",
     "parse_fault",
     "parse_fault_mix",
     "queue_faults",
-    "record_answer",
+    "requests_by_status",
     "run_sandbox",
+    "sandbox_parser",
     "serve_until_stopped",
     "start_app",
 ]
@@ -52,6 +70,7 @@ __all__ = [
 RANDOM_FAULT_CHOICES: tuple[int | str, ...] = (500, 502, 503, "drop")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------------
@@ -143,6 +162,37 @@ def next_fault(state: FaultTarget) -> Fault | None:
     return None
 
 
+class FaultedState:
+    """The fault bookkeeping a sandbox state starts with and goes back to on reset.
+
+    A subclass sets ``config`` (carrying ``fault_rate`` and ``fault_seed``) and
+    ``initial_faults`` before it calls :meth:`reset_faults`.
+    """
+
+    config: Any
+    initial_faults: list[Fault]
+
+    def reset_faults(self) -> None:
+        """The start-up queue, rate and seed again, so a reset run draws the same faults."""
+        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.fault_rate: float = self.config.fault_rate
+        self.rng = random.Random(self.config.fault_seed)
+
+    def next_fault(self) -> Fault | None:
+        """Queued faults first, in order; then a seeded random draw."""
+        return next_fault(self)
+
+
+def fault_view(state: FaultTarget) -> dict[str, Any]:
+    """The fault part of a ``/_sandbox/state`` snapshot."""
+    return {"pending_faults": [fault.describe() for fault in state.faults], "fault_rate": state.fault_rate}
+
+
+def requests_by_status(statuses: list[int | str]) -> dict[str, int]:
+    """How many API answers had each status (``"drop"`` for a dropped connection)."""
+    return {str(k): v for k, v in Counter(statuses).items()}
+
+
 def parse_fault_mix(spec: str | Mapping[str, Any]) -> list[tuple[Fault, float]]:
     """``"garbage=0.2,503=0.05,drop=0.05"`` (or the same as a mapping): each request draws one of them.
 
@@ -209,47 +259,6 @@ def admin_faults_handler(get_state: Callable[[web.Request], FaultTarget]) -> Han
         return web.json_response({"pending_faults": [fault.describe() for fault in state.faults]})
 
     return handler
-
-
-class AdminTarget(FaultTarget, Protocol):
-    """A sandbox state the admin endpoints drive: it can show itself and start over."""
-
-    def snapshot(self) -> dict[str, Any]: ...
-
-    def reset(self) -> None: ...
-
-
-def add_admin_routes(app: web.Application, get_state: Callable[[web.Request], AdminTarget]) -> None:
-    """``GET /_sandbox/state``, ``POST /_sandbox/faults`` and ``POST /_sandbox/reset``, alike in every fake.
-
-    State is what the fake holds and every answer it gave; reset goes back to
-    the start-up state (its faults included) and answers with the new state.
-    """
-
-    async def state(request: web.Request) -> web.Response:
-        return web.json_response(get_state(request).snapshot())
-
-    async def reset(request: web.Request) -> web.Response:
-        target = get_state(request)
-        target.reset()
-        return web.json_response(target.snapshot())
-
-    app.router.add_get("/_sandbox/state", state)
-    app.router.add_post("/_sandbox/faults", admin_faults_handler(get_state))
-    app.router.add_post("/_sandbox/reset", reset)
-
-
-class AnswerLog(Protocol):
-    statuses: list[int | str]
-    requests: list[dict[str, Any]]
-
-
-def record_answer(state: AnswerLog, request: web.Request, response: web.StreamResponse | None) -> None:
-    """Log an API answer for the tests (``"drop"`` when the connection was dropped instead)."""
-    status: int | str = "drop" if response is None else response.status
-    state.statuses.append(status)
-    state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                           "status": status})
 
 
 # What a misconfigured proxy or captive portal answers in place of the API.
@@ -343,8 +352,174 @@ class FixedWindowQuota:
 
 
 # --------------------------------------------------------------------------
+# API plumbing: credentials, error rendering, the metered middleware, admin routes
+# --------------------------------------------------------------------------
+
+
+class SandboxError(Exception):
+    """An error answer raised by a route or a guard; each vendor renders it in its own format."""
+
+    status: int
+
+    def response(self) -> web.Response:
+        raise NotImplementedError
+
+
+class JsonError(SandboxError):
+    """An error answer whose whole JSON body is given, for vendors without a fixed error envelope."""
+
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header (scheme case-insensitive), or None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def basic_credentials(request: web.Request) -> tuple[str, str, str] | None:
+    """An ``Authorization: Basic`` header split at its first colon: (user, colon, password).
+
+    None when there is no Basic header; ``("", "", "")`` when it does not
+    decode, so a caller that needs the colon refuses it.
+    """
+    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return "", "", ""
+
+
+def guarded(check: Callable[[web.Request], None]) -> Callable[[Handler], Handler]:
+    """A decorator for API routes: ``check`` the credentials, then render any SandboxError as an answer."""
+
+    def protect(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            try:
+                check(request)
+                return await handler(request)
+            except SandboxError as error:
+                return error.response()
+
+        return wrapped
+
+    return protect
+
+
+RouteError = Callable[[web.Request, web.HTTPException], web.StreamResponse]
+
+
+async def call_route(request: web.Request, handler: Handler, route_error: RouteError) -> web.StreamResponse:
+    """Run the route; aiohttp's own answers (no such route, wrong method) go through ``route_error``."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return route_error(request, exc)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a vendor's limits decide about one API request, before any fault or route.
+
+    ``refused`` is the answer given instead of the route (the vendor's 429),
+    or None to go on; ``fault_response`` renders an injected error status in
+    the vendor's format; ``headers`` are the rate-limit headers, read when the
+    answer is ready so they count this request.
+    """
+
+    refused: web.StreamResponse | None
+    fault_response: Callable[[int], web.StreamResponse]
+    headers: Callable[[], Mapping[str, str]]
+
+
+def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
+                   admit: Callable[[web.Request, Any], Admission], route_error: RouteError, *,
+                   log_requests: bool = True, count_in_flight: bool = False) -> Middleware:
+    """The middleware in front of a vendor's API routes (paths under ``prefix``).
+
+    Limits first (a 429 never reaches the route), then faults, then the
+    route; every answer's status is kept in ``state.statuses`` (and, with
+    ``log_requests``, the request in ``state.requests``), and the answer
+    carries the rate-limit headers. ``count_in_flight`` keeps
+    ``state.in_flight`` at the number of API requests being answered.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith(prefix):
+            return await handler(request)
+        state = get_state(request)
+        if count_in_flight:
+            state.in_flight += 1
+        try:
+            admission = admit(request, state)
+            if admission.refused is None:
+                response = await apply_fault(request, lambda r: call_route(r, handler, route_error), state,
+                                             admission.fault_response)
+            else:
+                response = admission.refused
+        finally:
+            if count_in_flight:
+                state.in_flight -= 1
+        status: int | str = "drop" if response is None else response.status
+        state.statuses.append(status)
+        if log_requests:
+            state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
+                                   "status": status})
+        if response is None:
+            return web.Response()  # written to a closed transport; nobody receives it
+        response.headers.update(admission.headers())
+        return response
+
+    return middleware
+
+
+def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Middleware) -> web.Application:
+    """An app holding ``state`` under ``key``, its API behind ``middleware``, with the admin routes.
+
+    The admin routes take no credentials (they are for tests and demos):
+    ``GET /_sandbox/state`` (the state's ``snapshot()``), ``POST
+    /_sandbox/faults`` and ``POST /_sandbox/reset`` (its ``reset()``, then the
+    snapshot).
+    """
+    app = web.Application(middlewares=[middleware])
+    app[key] = state
+
+    def get_state(request: web.Request) -> Any:
+        return request.app[key]
+
+    async def admin_state(request: web.Request) -> web.Response:
+        return web.json_response(get_state(request).snapshot())
+
+    async def admin_reset(request: web.Request) -> web.Response:
+        state = get_state(request)
+        state.reset()
+        return web.json_response(state.snapshot())
+
+    app.router.add_get("/_sandbox/state", admin_state)
+    app.router.add_post("/_sandbox/faults", admin_faults_handler(get_state))
+    app.router.add_post("/_sandbox/reset", admin_reset)
+    return app
+
+
+# --------------------------------------------------------------------------
 # Serving
 # --------------------------------------------------------------------------
+
+
+def iso_millis(now: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds and ``Z`` (``2024-05-01T12:00:00.123Z``)."""
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def base_url(address: Any) -> str:
@@ -395,20 +570,21 @@ async def serve_until_stopped(app: web.Application, host: str, port: int, banner
 # --------------------------------------------------------------------------
 
 
-def fault_arg(value: str) -> str:
+def _checked(parse: Callable[[str], object], value: str) -> str:
+    """``value`` itself once ``parse`` accepts it, so argparse reports the parser's own complaint."""
     try:
-        parse_fault(value)
+        parse(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def fault_arg(value: str) -> str:
+    return _checked(parse_fault, value)
 
 
 def fault_mix_arg(value: str) -> str:
-    try:
-        parse_fault_mix(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
+    return _checked(parse_fault_mix, value)
 
 
 DEFAULT = " (default: %(default)s)"  # appended to an option's help, so --help shows its default
@@ -425,10 +601,22 @@ def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, faul
                              "or delay:SECONDS; repeat it to queue several (default: none)")
 
 
+def fault_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``SandboxConfig`` fields the options of :func:`add_fault_arguments` set."""
+    return {"faults": list(args.fault or []), "fault_rate": args.fault_rate, "fault_seed": args.fault_seed}
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     """Where the sandbox listens; loopback by default, because it accepts well-known demo credentials."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + DEFAULT)
     parser.add_argument("--port", type=int, default=port, help="port to listen on; 0 picks a free one" + DEFAULT)
+
+
+def sandbox_parser(name: str, port: int, description: str) -> argparse.ArgumentParser:
+    """The parser of ``signal-engine sandbox NAME``, starting with where it listens (``port`` by default)."""
+    parser = argparse.ArgumentParser(prog=f"signal-engine sandbox {name}", description=description)
+    add_serve_arguments(parser, port)
+    return parser
 
 
 def run_sandbox(name: str, parser: argparse.ArgumentParser, argv: list[str] | None,

@@ -19,30 +19,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import re
 import sys
 import time
 import uuid
-from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
 from .common import (
     DEFAULT,
-    Fault,
+    Admission,
+    FaultedState,
     FixedWindowQuota,
-    add_admin_routes,
+    SandboxError,
     add_fault_arguments,
-    add_serve_arguments,
-    apply_fault,
-    next_fault,
+    api_middleware,
+    bearer_token,
+    create_sandbox_app,
+    fault_settings,
+    fault_view,
+    guarded,
+    iso_millis,
     parse_fault,
-    record_answer,
+    requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -66,8 +69,6 @@ CREATE_KEYS = frozenset({"properties", "associations", "objectWriteTraceId"})
 UPDATE_KEYS = frozenset({"properties", "objectWriteTraceId"})
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 @dataclass
 class SandboxConfig:
@@ -89,7 +90,7 @@ class SandboxConfig:
     fault_seed: int | None = None
 
 
-class ApiError(Exception):
+class ApiError(SandboxError):
     """An error answer in HubSpot's error format."""
 
     def __init__(self, status: int, category: str, message: str, headers: Mapping[str, str] | None = None,
@@ -116,7 +117,7 @@ def _problem(name: str, error: str, message: str) -> dict[str, Any]:
     return {"isValid": False, "message": message, "error": error, "name": name}
 
 
-class SandboxState:
+class SandboxState(FaultedState):
     """Everything one fake portal remembers; lives on the aiohttp app.
 
     ``clock`` is wall-clock epoch seconds; in-process tests may replace it to
@@ -145,14 +146,9 @@ class SandboxState:
         self.updates = 0
         self.statuses: list[int | str] = []
         self.requests: list[dict[str, Any]] = []
-        self.faults: deque[Fault] = deque(self.initial_faults)
-        self.fault_rate = self.config.fault_rate
-        self.rng = random.Random(self.config.fault_seed)
+        self.reset_faults()
         self.burst = FixedWindowQuota(self.config.quota, self.config.window)
         self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0)
-
-    def next_fault(self) -> Fault | None:
-        return next_fault(self)
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
         wanted = email.lower()
@@ -167,10 +163,9 @@ class SandboxState:
             "creates": self.creates,
             "updates": self.updates,
             "statuses": list(self.statuses),
-            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
-            "pending_faults": [fault.describe() for fault in self.faults],
-            "fault_rate": self.fault_rate,
+            **fault_view(self),
             "rate_limit": {"max": self.burst.quota, "remaining": self.burst.remaining(),
                            "interval_ms": int(self.burst.window * 1000),
                            "daily": self.daily.quota, "daily_remaining": self.daily.remaining()},
@@ -184,20 +179,15 @@ def _state(request: web.Request) -> SandboxState:
     return request.app[STATE_KEY]
 
 
-def _iso(now: float) -> str:
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --------------------------------------------------------------------------
 # Guards: auth and bodies
 # --------------------------------------------------------------------------
 
 
-def _require_token(request: web.Request, state: SandboxState) -> None:
+def _require_token(request: web.Request) -> None:
     """HubSpot accepts a private-app token only as ``Authorization: Bearer <token>``."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip() == state.config.access_token:
+    token = bearer_token(request)
+    if token is not None and token == _state(request).config.access_token:
         return
     raise ApiError(401, "INVALID_AUTHENTICATION",
                    "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can "
@@ -246,9 +236,13 @@ def _check_properties(state: SandboxState, properties: Mapping[str, Any]) -> dic
     return dict(properties)
 
 
-def _conflict(existing_id: str) -> ApiError:
-    """The 409 HubSpot answers when the email already belongs to a contact."""
-    return ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing_id}")
+def _refuse_taken_email(state: SandboxState, properties: Mapping[str, str], exclude: str | None = None) -> None:
+    """The 409 HubSpot answers when the email already belongs to (another) contact."""
+    email = properties.get("email")
+    if email:
+        existing = state.owner_of(email, exclude=exclude)
+        if existing is not None:
+            raise ApiError(409, "CONFLICT", f"Contact already exists. Existing ID: {existing}")
 
 
 def _not_found(contact_id: str) -> ApiError:
@@ -293,14 +287,10 @@ async def create_contact(request: web.Request) -> web.Response:
     """``POST /crm/v3/objects/contacts``: 201, or 409 naming the contact that has the email."""
     state = _state(request)
     properties = _check_properties(state, await _read_body(request, CREATE_KEYS))
-    email = properties.get("email")
-    if email:
-        existing = state.owner_of(email)
-        if existing is not None:
-            raise _conflict(existing)
+    _refuse_taken_email(state, properties)
     contact_id = str(state.next_id)
     state.next_id += 1
-    now = _iso(state.clock())
+    now = iso_millis(state.clock())
     state.contacts[contact_id] = {k: v for k, v in properties.items() if v != ""}
     state.meta[contact_id] = {"createdAt": now, "updatedAt": now}
     state.creates += 1
@@ -314,18 +304,14 @@ async def update_contact(request: web.Request) -> web.Response:
     properties = _check_properties(state, await _read_body(request, UPDATE_KEYS))
     if not properties:
         raise ApiError(400, "VALIDATION_ERROR", "No properties found to update, please provide at least one.")
-    email = properties.get("email")
-    if email:
-        existing = state.owner_of(email, exclude=contact_id)
-        if existing is not None:
-            raise _conflict(existing)
+    _refuse_taken_email(state, properties, exclude=contact_id)
     stored = state.contacts[contact_id]
     for name, value in properties.items():
         if value == "":
             stored.pop(name, None)
         else:
             stored[name] = value
-    state.meta[contact_id]["updatedAt"] = _iso(state.clock())
+    state.meta[contact_id]["updatedAt"] = iso_millis(state.clock())
     state.updates += 1
     return web.json_response(_resource(state, contact_id), status=200)
 
@@ -370,21 +356,12 @@ async def search_contacts(request: web.Request) -> web.Response:
     return web.json_response({"total": len(results), "results": results[:limit]})
 
 
-def protected(handler: Handler) -> Handler:
-    """Check the private-app token, then render ``ApiError`` in HubSpot's format."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            _require_token(request, _state(request))
-            return await handler(request)
-        except ApiError as error:
-            return error.response()
-
-    return wrapped
+# Check the private-app token, then render ``ApiError`` in HubSpot's format.
+protected = guarded(_require_token)
 
 
 # --------------------------------------------------------------------------
-# /crm middleware: limits, headers, faults, bookkeeping
+# /crm limits: the daily and burst budgets, their headers, the 429
 # --------------------------------------------------------------------------
 
 
@@ -415,50 +392,33 @@ def _fault_response(status: int) -> web.Response:
                     "Injected sandbox fault.").response()
 
 
-async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            return ApiError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}.").response()
-        return ApiError(exc.status, "VALIDATION_ERROR", exc.reason).response()
+def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        return ApiError(404, "OBJECT_NOT_FOUND", f"No route for {request.path}.").response()
+    return ApiError(exc.status, "VALIDATION_ERROR", exc.reason).response()
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Limits first (a 429 never reaches the handler), then faults, then the route."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
-    state = _state(request)
+def _admit(request: web.Request, state: SandboxState) -> Admission:
+    """The daily and the burst budget both count every request; the daily one is reported first."""
     now = state.clock()
     daily_ok = state.daily.consume(now)
     burst_ok = state.burst.consume(now)
-    if not daily_ok:
-        response: web.StreamResponse | None = _rate_limited("DAILY")
-    elif not burst_ok:
-        response = _rate_limited("TEN_SECONDLY_ROLLING")
-    else:
-        response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
-    record_answer(state, request, response)
-    if response is None:
-        return web.Response()  # written to a closed transport; nobody receives it
-    response.headers.update(_rate_limit_headers(state))
-    return response
+    refused = None if daily_ok and burst_ok else _rate_limited("TEN_SECONDLY_ROLLING" if daily_ok else "DAILY")
+    return Admission(refused, _fault_response, lambda: _rate_limit_headers(state))
 
 
 # --------------------------------------------------------------------------
-# Admin endpoints and app
+# App
 # --------------------------------------------------------------------------
 
 
 def create_app(config: SandboxConfig) -> web.Application:
-    app = web.Application(middlewares=[api_middleware])
-    app[STATE_KEY] = SandboxState(config)
+    """The fake portal; ``POST /_sandbox/reset`` brings back no contacts, full quotas and the start-up faults."""
+    app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
     app.router.add_post("/crm/v3/objects/contacts", protected(create_contact))
     app.router.add_post("/crm/v3/objects/contacts/search", protected(search_contacts))
     app.router.add_get("/crm/v3/objects/contacts/{contact}", protected(get_contact))
     app.router.add_patch("/crm/v3/objects/contacts/{contact}", protected(update_contact))
-    add_admin_routes(app, _state)
     return app
 
 
@@ -469,11 +429,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox hubspot",
-        description="Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).",
-    )
-    add_serve_arguments(parser, 8766)
+    parser = sandbox_parser("hubspot", 8766,
+                            "Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).")
     parser.add_argument("--access-token", default=defaults.access_token,
                         help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT)
     parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window" + DEFAULT)
@@ -490,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(access_token=args.access_token, quota=args.quota, window=args.window,
                          daily_quota=args.daily_quota, custom_properties=list(args.custom_properties),
-                         faults=list(args.fault or []), fault_rate=args.fault_rate, fault_seed=args.fault_seed)
+                         **fault_settings(args))
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

@@ -18,33 +18,52 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
-import secrets
 import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from aiohttp import web
 
-from ._authorization import CONSENT_CHOICES, AuthorizationServer
+from ._authorization import (
+    AuthorizationServer,
+    add_authorize_arguments,
+    authorize_handler,
+    authorize_settings,
+)
+from ._tokens import (
+    TokenIssuer,
+    expire_tokens_handler,
+    holds_valid_bearer,
+    oauth_error,
+    read_token_params,
+    token_response,
+)
 from .common import (
+    DEFAULT,
+    Admission,
     Fault,
+    FaultedState,
     FixedWindowQuota,
-    add_admin_routes,
-    apply_fault,
+    SandboxError,
+    add_fault_arguments,
+    api_middleware,
+    create_sandbox_app,
     drop_connection,
-    fault_arg,
     fault_mix_arg,
+    fault_settings,
+    fault_view,
     garbage_response,
-    next_fault,
+    guarded,
+    iso_millis,
     parse_fault,
     parse_fault_mix,
+    requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -67,8 +86,6 @@ DEFAULT_SCHEMA_PATH = Path("schemas/outreach/prospect-request.schema.json")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 SUPPORTED_FILTERS = frozenset({"emails"})
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------------
@@ -245,7 +262,7 @@ def validate_attributes(attributes: Mapping[str, Any], rules: Mapping[str, Attri
 # --------------------------------------------------------------------------
 
 
-class ApiError(Exception):
+class ApiError(SandboxError):
     """An error answer in Outreach's JSON:API error format."""
 
     def __init__(self, status: int, errors: list[dict[str, Any]], headers: Mapping[str, str] | None = None) -> None:
@@ -327,7 +344,7 @@ class MintThrottle:
 # --------------------------------------------------------------------------
 
 
-class SandboxState:
+class SandboxState(FaultedState, TokenIssuer):
     """Everything one sandbox instance remembers; lives on the aiohttp app.
 
     ``clock`` is wall-clock epoch seconds (Outreach's reset header is epoch
@@ -363,55 +380,34 @@ class SandboxState:
         self.creates = 0
         self.statuses: list[int | str] = []
         self.token_statuses: list[int | str] = []
-        self.faults: deque[Fault] = deque(self.initial_faults)
+        self.reset_faults()
         self.fault_mix: list[tuple[Fault, float]] = list(self.initial_mix)
         self.token_outage_until = self.clock() + config.token_outage_seconds if config.token_outage_seconds else 0.0
         self.token_outage_answers = 0
         self.token_outage_requests = 0  # the next this many token requests fail, whatever the clock says
         self.in_flight = 0  # API requests being answered now
-        self.fault_rate = config.fault_rate
-        self.rng = random.Random(config.fault_seed)
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
         self.throttle = MintThrottle(config.mint_limit, config.mint_window)
         self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris),
                                                  tuple(config.scopes), config.consent, config.code_ttl)
-
-    # -- faults -----------------------------------------------------------
-
-    def next_fault(self) -> Fault | None:
-        """Queued faults first, in order; then a seeded random draw."""
-        return next_fault(self)
 
     # -- tokens -----------------------------------------------------------
 
     def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
         """Rotate the refresh token and issue a new access token."""
         self.refresh_tokens.discard(old_refresh_token)
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
-        self.throttle.record(now)
         self.mints += 1
-        return access_token, refresh_token
+        return self.first_tokens(now)
 
     def first_tokens(self, now: float) -> tuple[str, str]:
         """The tokens an authorization code buys: a new chain. It counts against the mint throttle too."""
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
         self.throttle.record(now)
-        return access_token, refresh_token
+        return self.issue_tokens(now)
 
     def access_token_valid(self, token: str, now: float) -> bool:
+        """Expired tokens are forgotten as they are met."""
         self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now}
         return token in self.access_tokens
-
-    def expire_access_tokens(self) -> int:
-        count = len(self.access_tokens)
-        self.access_tokens.clear()
-        return count
 
     # -- prospects --------------------------------------------------------
 
@@ -429,11 +425,10 @@ class SandboxState:
             "prospects": [{"id": pid, "attributes": attrs} for pid, attrs in sorted(self.prospects.items())],
             "mints": self.mints,
             "creates": self.creates,
-            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests_by_status": requests_by_status(self.statuses),
             "statuses": list(self.statuses),
             "token_statuses": list(self.token_statuses),
-            "pending_faults": [fault.describe() for fault in self.faults],
-            "fault_rate": self.fault_rate,
+            **fault_view(self),
             "fault_mix": {fault.describe(): share for fault, share in self.fault_mix},
             "token_outage_answers": self.token_outage_answers,
             "in_flight": self.in_flight,
@@ -460,59 +455,30 @@ def _state(request: web.Request) -> SandboxState:
     return request.app[STATE_KEY]
 
 
-def _timestamp(now: float) -> str:
-    """Outreach's timestamp format: ISO 8601, milliseconds, ``Z``."""
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
 # --------------------------------------------------------------------------
 # OAuth token endpoint
 # --------------------------------------------------------------------------
-
-
-def _oauth_error(status: int, error: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    body = {"error": error, "error_description": description}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
-
-
-async def _read_token_params(request: web.Request) -> dict[str, Any]:
-    """Outreach accepts the refresh request as a form or as JSON."""
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            return {}
-        return body if isinstance(body, dict) else {}
-    return dict(await request.post())
 
 
 def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
     """Apply Outreach's refresh rules in the order a client would trip over them."""
     config = state.config
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
-        return _oauth_error(401, "invalid_client", "Client authentication failed.")
+        return oauth_error(401, "invalid_client", "Client authentication failed.")
     if params.get("grant_type") == "authorization_code":
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
-        return _oauth_error(400, "unsupported_grant_type",
-                            "Only grant_type=refresh_token and authorization_code are supported.")
+        return oauth_error(400, "unsupported_grant_type",
+                           "Only grant_type=refresh_token and authorization_code are supported.")
     old_token = params.get("refresh_token")
     if not isinstance(old_token, str) or old_token not in state.refresh_tokens:
-        return _oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
+        return oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
     if not state.throttle.allows(now):
         retry = str(state.throttle.seconds_until_free(now))
-        return _oauth_error(429, "too_many_requests", "Access tokens are minted at most "
-                            f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
+        return oauth_error(429, "too_many_requests", "Access tokens are minted at most "
+                           f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
     access_token, refresh_token = state.mint(old_token, now)
-    return web.json_response({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": config.token_ttl,
-        "refresh_token": refresh_token,
-        "scope": GRANTED_SCOPE,
-        "created_at": int(now),
-    })
+    return token_response(access_token, refresh_token, config.token_ttl, GRANTED_SCOPE, now)
 
 
 def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
@@ -523,23 +489,9 @@ def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -
     """
     granted = state.authorization.redeem(params, now)
     if isinstance(granted, str):
-        return _oauth_error(400, "invalid_grant", granted)
+        return oauth_error(400, "invalid_grant", granted)
     access_token, refresh_token = state.first_tokens(now)
-    return web.json_response({
-        "access_token": access_token,
-        "token_type": "bearer",
-        "expires_in": state.config.token_ttl,
-        "refresh_token": refresh_token,
-        "scope": granted.scope,
-        "created_at": int(now),
-    })
-
-
-async def authorize_endpoint(request: web.Request) -> web.Response:
-    """``GET /oauth/authorize``: where a person approves the app; answers as ``consent`` says."""
-    state = _state(request)
-    query = {key: request.query.getone(key) for key in request.query.keys()}
-    return state.authorization.authorize(query, state.clock())
+    return token_response(access_token, refresh_token, state.config.token_ttl, granted.scope, now)
 
 
 # What the token endpoint answers during an outage, in turn.
@@ -558,8 +510,8 @@ def _token_outage(request: web.Request, state: SandboxState) -> web.Response | N
         drop_connection(request)
         state.token_statuses.append("drop")
         return web.Response()  # written to a closed transport; nobody receives it
-    response = garbage_response() if fault == "garbage" else _oauth_error(int(fault), "temporarily_unavailable",
-                                                                          "The authorization server is unavailable.")
+    response = garbage_response() if fault == "garbage" else oauth_error(int(fault), "temporarily_unavailable",
+                                                                         "The authorization server is unavailable.")
     state.token_statuses.append(response.status)
     return response
 
@@ -570,7 +522,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     outage = _token_outage(request, state)
     if outage is not None:
         return outage
-    params = await _read_token_params(request)
+    params = await read_token_params(request)  # Outreach takes it as a form or as JSON
     response = _refresh(state, params, state.clock())
     state.token_statuses.append(response.status)
     return response
@@ -581,10 +533,9 @@ async def token_endpoint(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------
 
 
-def _require_bearer(request: web.Request, state: SandboxState) -> None:
+def _require_bearer(request: web.Request) -> None:
     """Reject requests without a current access token, as Outreach does with 401."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and state.access_token_valid(token.strip(), state.clock()):
+    if holds_valid_bearer(request, _state(request)):
         return
     raise ApiError(401, [_error("unauthorized", "Unauthorized",
                                 "The access token is missing, invalid or expired.")])
@@ -645,17 +596,8 @@ def _lookup(state: SandboxState, request: web.Request) -> tuple[int, dict[str, A
     return prospect_id, attributes
 
 
-def protected(handler: Handler) -> Handler:
-    """Wrap an API handler with the bearer check and JSON:API error rendering."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            _require_bearer(request, _state(request))
-            return await handler(request)
-        except ApiError as error:
-            return error.response()
-
-    return wrapped
+# Wrap an API handler with the bearer check and JSON:API error rendering.
+protected = guarded(_require_bearer)
 
 
 # --------------------------------------------------------------------------
@@ -668,7 +610,7 @@ async def create_prospect(request: web.Request) -> web.Response:
     state = _state(request)
     attributes = _prospect_attributes(await _read_document(request), state.rules)
     _reject_duplicate_email(state, attributes, exclude_id=None)
-    now = _timestamp(state.clock())
+    now = iso_millis(state.clock())
     prospect_id = state.next_id
     state.next_id += 1
     state.prospects[prospect_id] = {**attributes, "createdAt": now, "updatedAt": now}
@@ -731,12 +673,12 @@ async def update_prospect(request: web.Request) -> web.Response:
     attributes = _prospect_attributes(data, state.rules)
     _reject_duplicate_email(state, attributes, exclude_id=prospect_id)
     stored.update(attributes)
-    stored["updatedAt"] = _timestamp(state.clock())
+    stored["updatedAt"] = iso_millis(state.clock())
     return _jsonapi_response({"data": _resource(request, prospect_id, stored)}, 200)
 
 
 # --------------------------------------------------------------------------
-# /api/v2 middleware: quota, rate-limit headers, faults, bookkeeping
+# /api/v2 limits: the quota, rate-limit headers, the 429 and injected errors
 # --------------------------------------------------------------------------
 
 
@@ -770,42 +712,23 @@ def _fault_response(state: SandboxState, status: int, now: float) -> web.Respons
     return ApiError(status, [_error(_camel_id(status), _phrase(status), "Injected sandbox fault.")]).response()
 
 
-async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the route, turning aiohttp's own 404/405 into JSON:API errors."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status == 404:
-            return _not_found(f"No route for {request.path}.").response()
-        return ApiError(exc.status, [_error(_camel_id(exc.status), exc.reason, exc.text or exc.reason)]).response()
+def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 404/405 as JSON:API errors."""
+    if exc.status == 404:
+        return _not_found(f"No route for {request.path}.").response()
+    return ApiError(exc.status, [_error(_camel_id(exc.status), exc.reason, exc.text or exc.reason)]).response()
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Quota first (a 429 never reaches the handler), then faults, then the route."""
-    if not request.path.startswith("/api/v2"):
-        return await handler(request)
-    state = _state(request)
+def _admit(request: web.Request, state: SandboxState) -> Admission:
+    """The request quota; an injected error is rendered at the moment it is given."""
     now = state.clock()
-    state.in_flight += 1
-    try:
-        if state.quota.consume(now):
-            response = await apply_fault(request, lambda r: _call(r, handler), state,
-                                         lambda status: _fault_response(state, status, state.clock()))
-        else:
-            response = _quota_exceeded(state, now)
-    finally:
-        state.in_flight -= 1
-    if response is None:
-        state.statuses.append("drop")
-        return web.Response()  # written to a closed transport; nobody receives it
-    response.headers.update(_rate_limit_headers(state))
-    state.statuses.append(response.status)
-    return response
+    return Admission(None if state.quota.consume(now) else _quota_exceeded(state, now),
+                     lambda status: _fault_response(state, status, state.clock()),
+                     lambda: _rate_limit_headers(state))
 
 
 # --------------------------------------------------------------------------
-# Admin endpoints (no auth; for tests and demos only)
+# Admin endpoints beyond the shared ones (no auth; for tests and demos only)
 # --------------------------------------------------------------------------
 
 
@@ -833,29 +756,28 @@ async def admin_token_outage(request: web.Request) -> web.Response:
                               "token_outage_requests": state.token_outage_requests})
 
 
-async def admin_expire_tokens(request: web.Request) -> web.Response:
-    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
-    return web.json_response({"expired": _state(request).expire_access_tokens()})
-
-
 # --------------------------------------------------------------------------
 # App construction and serving
 # --------------------------------------------------------------------------
 
 
 def create_app(config: SandboxConfig) -> web.Application:
-    """Build the sandbox app; all state lives on the app under ``STATE_KEY``."""
-    app = web.Application(middlewares=[api_middleware])
-    app[STATE_KEY] = SandboxState(config)
-    app.router.add_get("/oauth/authorize", authorize_endpoint)
+    """Build the sandbox app; all state lives on the app under ``STATE_KEY``.
+
+    ``POST /_sandbox/reset`` goes back to the start-up state (the initial
+    refresh token, no prospects).
+    """
+    api = api_middleware("/api/v2", _state, _admit, _route_error, log_requests=False, count_in_flight=True)
+    app = create_sandbox_app(STATE_KEY, SandboxState(config), api)
+    # where a person approves the app; answers as ``consent`` says
+    app.router.add_get("/oauth/authorize", authorize_handler(_state))
     app.router.add_post("/oauth/token", token_endpoint)
     app.router.add_get("/api/v2/prospects", protected(list_prospects))
     app.router.add_post("/api/v2/prospects", protected(create_prospect))
     app.router.add_get(r"/api/v2/prospects/{id:\d+}", protected(get_prospect))
     app.router.add_patch(r"/api/v2/prospects/{id:\d+}", protected(update_prospect))
-    add_admin_routes(app, _state)  # state, faults, reset (back to the initial refresh token, no prospects)
     app.router.add_post("/_sandbox/token-outage", admin_token_outage)
-    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    app.router.add_post("/_sandbox/expire-tokens", expire_tokens_handler(_state))
     return app
 
 
@@ -875,52 +797,35 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox outreach",
-        description="Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token "
-                    "rotation, a mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. "
-                    "Point a preset's base_url setting at it (examples/sandbox-settings.yaml).",
-    )
-    default = " (default: %(default)s)"
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; keep it loopback" + default)
-    parser.add_argument("--port", type=int, default=8765, help="port to listen on; 0 picks a free one" + default)
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + default)
-    parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + default)
+    parser = sandbox_parser(
+        "outreach", 8765,
+        "Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token rotation, a "
+        "mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. Point a preset's "
+        "base_url setting at it (examples/sandbox-settings.yaml).")
+    parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + DEFAULT)
+    parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + DEFAULT)
     parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,
                         help="when a quota window opens: with the first request after the last one closed, or on "
-                             "the clock (multiples of --window)" + default)
+                             "the clock (multiples of --window)" + DEFAULT)
     parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
-                        help="access-token lifetime (expires_in), in seconds" + default)
+                        help="access-token lifetime (expires_in), in seconds" + DEFAULT)
     parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
-                        help="access tokens minted per mint window; 0 disables the throttle" + default)
+                        help="access tokens minted per mint window; 0 disables the throttle" + DEFAULT)
     parser.add_argument("--mint-window", type=float, default=defaults.mint_window,
-                        help="mint window, in seconds" + default)
-    parser.add_argument("--fault-rate", type=float, default=defaults.fault_rate,
-                        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + default)
-    parser.add_argument("--fault-seed", type=int, default=defaults.fault_seed,
-                        help="seed of the random faults, to reproduce a run (default: a fresh seed)")
-    parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
-                        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
-                             "or delay:SECONDS; repeat it to queue several (default: none)")
+                        help="mint window, in seconds" + DEFAULT)
+    add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     parser.add_argument("--fault-mix", type=fault_mix_arg, default=None, metavar="FAULT=SHARE,...",
                         help="random faults at these rates per API request, e.g. garbage=0.2,503=0.05,429=0.05,"
                              "drop=0.05; garbage is a 200 with a proxy's page, after the write (default: none)")
     parser.add_argument("--token-outage", type=float, default=defaults.token_outage_seconds, metavar="SECONDS",
                         help="the token endpoint fails for this long after start: 503, a garbage 200, a dropped "
-                             "connection, 500, in turn" + default)
-    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + default)
+                             "connection, 500, in turn" + DEFAULT)
+    parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + DEFAULT)
     parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the OAuth client secret it accepts" + default)
+                        help="the OAuth client secret it accepts" + DEFAULT)
     parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the first refresh token it accepts; each refresh rotates it" + default)
-    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=defaults.consent,
-                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
-                             "(error=access_denied)" + default)
-    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
-                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
-                             f"(default: {' '.join(defaults.redirect_uris)})")
-    parser.add_argument("--code-ttl", type=float, default=defaults.code_ttl,
-                        help="authorization code lifetime, in seconds" + default)
+                        help="the first refresh token it accepts; each refresh rotates it" + DEFAULT)
+    add_authorize_arguments(parser, defaults.consent, defaults.redirect_uris, defaults.code_ttl)
     return parser
 
 
@@ -935,12 +840,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         quota=args.quota,
         window=args.window,
         window_alignment=args.window_alignment,
-        faults=list(args.fault or []),
-        fault_rate=args.fault_rate,
-        fault_seed=args.fault_seed,
-        consent=args.consent,
-        redirect_uris=list(args.redirect_uri or SandboxConfig().redirect_uris),
-        code_ttl=args.code_ttl,
+        **fault_settings(args),
+        **authorize_settings(args, SandboxConfig().redirect_uris),
         fault_mix=args.fault_mix,
         token_outage_seconds=args.token_outage,
     )

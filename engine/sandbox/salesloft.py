@@ -17,32 +17,45 @@ here rather than in a customer's team.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import random
-import secrets
 import sys
 import time
-from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from aiohttp import web
 
-from ._authorization import CONSENT_CHOICES, AuthorizationServer
+from ._authorization import (
+    AuthorizationServer,
+    add_authorize_arguments,
+    authorize_handler,
+    authorize_settings,
+)
+from ._tokens import (
+    TokenIssuer,
+    expire_tokens_handler,
+    holds_valid_bearer,
+    oauth_error,
+    read_token_params,
+    token_response,
+)
 from .common import (
     DEFAULT,
-    Fault,
+    Admission,
+    FaultedState,
     FixedWindowQuota,
-    add_admin_routes,
+    JsonError,
     add_fault_arguments,
-    add_serve_arguments,
-    apply_fault,
-    next_fault,
+    api_middleware,
+    basic_credentials,
+    create_sandbox_app,
+    fault_settings,
+    fault_view,
+    guarded,
     parse_fault,
-    record_answer,
+    requests_by_status,
     run_sandbox,
+    sandbox_parser,
     start_app,
 )
 
@@ -65,8 +78,6 @@ WRITABLE = TEXT_FIELDS | INTEGER_FIELDS | BOOLEAN_FIELDS | {"tags", "custom_fiel
 LIST_PARAMS = frozenset({"ids[]", "email_addresses[]", "updated_at[gt]", "updated_at[gte]", "updated_at[lt]",
                          "updated_at[lte]", "sort_by", "sort_direction", "per_page", "page", "include_paging_counts"})
 TAKEN = "has already been taken"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -95,17 +106,7 @@ class SandboxConfig:
     code_ttl: float = 600.0
 
 
-class ApiError(Exception):
-    """An error answer with Salesloft's JSON body."""
-
-    def __init__(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = dict(headers or {})
-
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status, headers=self.headers)
+ApiError = JsonError  # Salesloft's errors are plain JSON bodies
 
 
 def _invalid(errors: Mapping[str, list[str]]) -> ApiError:
@@ -113,7 +114,7 @@ def _invalid(errors: Mapping[str, list[str]]) -> ApiError:
     return ApiError(422, {"errors": dict(errors)})
 
 
-class SandboxState:
+class SandboxState(FaultedState, TokenIssuer):
     """Everything one fake team remembers; lives on the aiohttp app.
 
     ``clock`` is wall-clock epoch seconds; tests may replace it to move time.
@@ -144,26 +145,14 @@ class SandboxState:
         self.statuses: list[int | str] = []
         self.token_statuses: list[int] = []
         self.requests: list[dict[str, Any]] = []
-        self.faults: deque[Fault] = deque(self.initial_faults)
-        self.fault_rate = config.fault_rate
-        self.rng = random.Random(config.fault_seed)
+        self.reset_faults()
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=True)
-
-    def next_fault(self) -> Fault | None:
-        return next_fault(self)
 
     def mint(self, old_refresh_token: str, now: float) -> tuple[str, str]:
         """Spend the refresh token (single use) and issue a new pair."""
         self.refresh_tokens.discard(old_refresh_token)
-        refresh_token = secrets.token_urlsafe(32)
-        access_token = secrets.token_urlsafe(32)
-        self.refresh_tokens.add(refresh_token)
-        self.access_tokens[access_token] = now + self.config.token_ttl
         self.mints += 1
-        return access_token, refresh_token
-
-    def access_token_valid(self, token: str, now: float) -> bool:
-        return self.access_tokens.get(token, 0.0) > now
+        return self.issue_tokens(now)
 
     def email_owner(self, email: Any, exclude: int | None = None) -> int | None:
         if not isinstance(email, str) or not email:
@@ -182,13 +171,12 @@ class SandboxState:
             "mints": self.mints,
             "statuses": list(self.statuses),
             "token_statuses": list(self.token_statuses),
-            "requests_by_status": {str(k): v for k, v in Counter(self.statuses).items()},
+            "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
             "refresh_tokens": sorted(self.refresh_tokens),
             "authorizations": self.authorization.issued,
             "code_exchanges": self.authorization.exchanged,
-            "pending_faults": [fault.describe() for fault in self.faults],
-            "fault_rate": self.fault_rate,
+            **fault_view(self),
             "rate_limit": {"limit": self.quota.quota, "remaining": self.quota.remaining()},
         }
 
@@ -210,26 +198,12 @@ def _iso(now: float) -> str:
 # --------------------------------------------------------------------------
 
 
-def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    return web.json_response({"error": error, "error_description": description}, status=status)
-
-
 async def _token_params(request: web.Request) -> dict[str, Any]:
     """The refresh request as a form or JSON; client credentials may also come as HTTP Basic."""
-    if request.content_type == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            body = {}
-        params = dict(body) if isinstance(body, dict) else {}
-    else:
-        params = dict(await request.post())
-    scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":
-        try:
-            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            user, password = "", ""
+    params = await read_token_params(request)
+    credentials = basic_credentials(request)
+    if credentials is not None:
+        user, _, password = credentials
         params.setdefault("client_id", user)
         params.setdefault("client_secret", password)
     return params
@@ -238,41 +212,29 @@ async def _token_params(request: web.Request) -> dict[str, Any]:
 def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
     config = state.config
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
-        return _oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
-                            "no client authentication included, or unsupported authentication method.")
+        return oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
+                           "no client authentication included, or unsupported authentication method.")
     if params.get("grant_type") == "authorization_code":
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
-        return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
-                            "by the authorization server.")
+        return oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
+                           "by the authorization server.")
     old = params.get("refresh_token")
     if not isinstance(old, str) or old not in state.refresh_tokens:
-        return _oauth_error(400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
-                            "does not match the redirection URI used in the authorization request, or was issued "
-                            "to another client.")
+        return oauth_error(400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
+                           "does not match the redirection URI used in the authorization request, or was issued "
+                           "to another client.")
     access_token, refresh_token = state.mint(old, now)
-    return web.json_response({"access_token": access_token, "token_type": "bearer", "expires_in": config.token_ttl,
-                              "refresh_token": refresh_token, "scope": "", "created_at": int(now)})
+    return token_response(access_token, refresh_token, config.token_ttl, "", now)
 
 
 def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
     """The code from the redirect (with its context and scope) for the first tokens of a new chain."""
     granted = state.authorization.redeem(params, now)
     if isinstance(granted, str):
-        return _oauth_error(400, "invalid_grant", granted)
-    refresh_token, access_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    state.refresh_tokens.add(refresh_token)
-    state.access_tokens[access_token] = now + state.config.token_ttl
-    return web.json_response({"access_token": access_token, "token_type": "bearer",
-                              "expires_in": state.config.token_ttl, "refresh_token": refresh_token,
-                              "scope": granted.scope, "created_at": int(now)})
-
-
-async def authorize_endpoint(request: web.Request) -> web.Response:
-    """``GET /oauth/authorize`` (accounts.salesloft.com): where a person approves the app."""
-    state = _state(request)
-    query = {key: request.query.getone(key) for key in request.query.keys()}
-    return state.authorization.authorize(query, state.clock())
+        return oauth_error(400, "invalid_grant", granted)
+    access_token, refresh_token = state.issue_tokens(now)
+    return token_response(access_token, refresh_token, state.config.token_ttl, granted.scope, now)
 
 
 async def token_endpoint(request: web.Request) -> web.Response:
@@ -288,9 +250,8 @@ async def token_endpoint(request: web.Request) -> web.Response:
 # --------------------------------------------------------------------------
 
 
-def _require_bearer(request: web.Request, state: SandboxState) -> None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and state.access_token_valid(token.strip(), state.clock()):
+def _require_bearer(request: web.Request) -> None:
+    if holds_valid_bearer(request, _state(request)):
         return
     raise ApiError(401, {"error": "Not authorized"})
 
@@ -422,19 +383,11 @@ async def list_people(request: web.Request) -> web.Response:
                               "data": [_person_view(pid, p) for pid, p in chunk]})
 
 
-def protected(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            _require_bearer(request, _state(request))
-            return await handler(request)
-        except ApiError as error:
-            return error.response()
-
-    return wrapped
+protected = guarded(_require_bearer)
 
 
 # --------------------------------------------------------------------------
-# /v2 middleware: cost budget, headers, faults
+# /v2 limits: the cost budget, its headers, the 429
 # --------------------------------------------------------------------------
 
 
@@ -463,30 +416,16 @@ def _fault_response(status: int) -> web.Response:
     return web.json_response({"error": "Injected sandbox fault", "status": status}, status=status)
 
 
-async def _call(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Budget first (a 429 never reaches the handler), then faults, then the route."""
-    if not request.path.startswith(API_PREFIX):
-        return await handler(request)
-    state = _state(request)
+def _admit(request: web.Request, state: SandboxState) -> Admission:
+    """The team's cost budget; every answer says what the request cost and what is left this minute."""
     cost = request_cost(request)
-    if state.quota.consume(state.clock(), cost):
-        response = await apply_fault(request, lambda r: _call(r, handler), state, _fault_response)
-    else:
-        response = _rate_limited()
-    record_answer(state, request, response)
-    if response is None:
-        return web.Response()
-    response.headers.update({"x-ratelimit-endpoint-cost": str(cost),
-                             "x-ratelimit-remaining-minute": str(state.quota.remaining())})
-    return response
+    refused = None if state.quota.consume(state.clock(), cost) else _rate_limited()
+    return Admission(refused, _fault_response, lambda: {"x-ratelimit-endpoint-cost": str(cost),
+                                                        "x-ratelimit-remaining-minute": str(state.quota.remaining())})
 
 
 # --------------------------------------------------------------------------
@@ -494,26 +433,17 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 # --------------------------------------------------------------------------
 
 
-async def admin_expire_tokens(request: web.Request) -> web.Response:
-    """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
-    state = _state(request)
-    count = len(state.access_tokens)
-    state.access_tokens.clear()
-    return web.json_response({"expired": count})
-
-
 def create_app(config: SandboxConfig) -> web.Application:
-    app = web.Application(middlewares=[api_middleware])
-    app[STATE_KEY] = SandboxState(config)
-    app.router.add_get("/oauth/authorize", authorize_endpoint)
+    app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
+    # accounts.salesloft.com: where a person approves the app
+    app.router.add_get("/oauth/authorize", authorize_handler(_state))
     app.router.add_post("/oauth/token", token_endpoint)
     for suffix in ("", ".json"):
         app.router.add_get(f"/v2/people{suffix}", protected(list_people))
         app.router.add_post(f"/v2/people{suffix}", protected(create_person))
         app.router.add_get(rf"/v2/people/{{id:\d+}}{suffix}", protected(get_person))
         app.router.add_put(rf"/v2/people/{{id:\d+}}{suffix}", protected(update_person))
-    add_admin_routes(app, _state)
-    app.router.add_post("/_sandbox/expire-tokens", admin_expire_tokens)
+    app.router.add_post("/_sandbox/expire-tokens", expire_tokens_handler(_state))
     return app
 
 
@@ -528,11 +458,8 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = argparse.ArgumentParser(
-        prog="signal-engine sandbox salesloft",
-        description="Run a local fake of Salesloft's OAuth token endpoint and v2 people API.",
-    )
-    add_serve_arguments(parser, 8767)
+    parser = sandbox_parser("salesloft", 8767,
+                            "Run a local fake of Salesloft's OAuth token endpoint and v2 people API.")
     parser.add_argument("--client-id", default=defaults.client_id,
                         help="the OAuth client id the fake accepts" + DEFAULT)
     parser.add_argument("--client-secret", default=defaults.client_secret,
@@ -542,14 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                              + DEFAULT)
     parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
                         help="access-token lifetime (expires_in), in seconds" + DEFAULT)
-    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=defaults.consent,
-                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
-                             "(error=access_denied)" + DEFAULT)
-    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
-                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
-                             f"(default: {' '.join(defaults.redirect_uris)})")
-    parser.add_argument("--code-ttl", type=float, default=defaults.code_ttl,
-                        help="authorization code lifetime, in seconds" + DEFAULT)
+    add_authorize_arguments(parser, defaults.consent, defaults.redirect_uris, defaults.code_ttl)
     parser.add_argument("--quota", type=int, default=defaults.quota,
                         help="request cost allowed per window (the team's budget)" + DEFAULT)
     parser.add_argument("--window", type=float, default=defaults.window,
@@ -560,9 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
-                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, faults=list(args.fault or []),
-                         fault_rate=args.fault_rate, fault_seed=args.fault_seed, consent=args.consent,
-                         redirect_uris=list(args.redirect_uri or SandboxConfig().redirect_uris), code_ttl=args.code_ttl)
+                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, **fault_settings(args),
+                         **authorize_settings(args, SandboxConfig().redirect_uris))
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:
