@@ -259,3 +259,11 @@ def test_outcome_lines_are_valid_utf8_whatever_the_output_encoding(env: dict[str
     outcomes = [json.loads(row) for row in text.splitlines()]
     assert [o["messageId"] for o in outcomes] == ["\udcff", "m-\u00e9", "m-\u2603", "\ud800"]
     assert outcomes[1]["request"]["body"]["data"]["attributes"]["firstName"] == "Zo\u00eb"
+
+
+def test_an_email_is_trimmed_of_every_space_python_knows_but_not_of_separators() -> None:
+    """The trimmed set is written out in the code; it must stay what str.isspace() means, less the separators."""
+    from engine.pipeline.normalisers import _TRIMMED
+
+    separators = "\x1c\x1d\x1e\x1f\x85\u2028\u2029"
+    assert set(_TRIMMED) == {c for c in map(chr, range(0x110000)) if c.isspace()} - set(separators)

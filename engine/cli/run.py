@@ -9,7 +9,7 @@ from typing import IO, Any, AsyncIterator, Callable, Iterator
 from .. import outcome as oc
 from ..language.model import Preset
 from ..language.settings import Settings
-from ..outcome import INVALID_EVENT, Outcome, dropped
+from ..outcome import INVALID_EVENT, dropped
 from ..pipeline.prepare import Pipeline
 from .common import (
     UsageError,
@@ -95,8 +95,7 @@ class InputLines:
 
     def where(self, stop: RunStop, *, delivering: bool) -> str:
         if self.finished:
-            cause = "stdout was closed (broken pipe)" if stop.reason == "stdout closed" else f"stopped by {stop.reason}"
-            return f"{cause} after reading all {self.read:,} line(s) of --events {self.source}"
+            return f"{stop.cause()} after reading all {self.read:,} line(s) of --events {self.source}"
         return stop_line(stop, self.read, f"--events {self.source}", delivering=delivering)
 
 
@@ -109,9 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        log_format=args.log_format)
 
     def warn(line: str) -> None:
-        if args.log_format == "json":
-            line = json_line("warning", line.removeprefix("signal-engine: "), event="hint")
-        print(line, file=sys.stderr, flush=True)
+        _tell(args.log_format, line, "hint")
 
     lines = InputLines(args.events, args.max_event_bytes, warn)
     stop = RunStop()
@@ -185,7 +182,7 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, s
             else:
                 note = f"{wire} request(s) still on the wire are dead-lettered now"
             name = signal_name(signum) if first else f"{signal_name(signum)} again"
-            _tell(args.log_format, f"signal-engine: {name}: stopping; no more input is read; {note}")
+            _tell(args.log_format, f"signal-engine: {name}: stopping; no more input is read; {note}", "stopping")
             engine.stop(args.grace if first else 0, stop.reason or signal_name(signum))
 
         # Installed before the engine starts and kept until it has closed: a
@@ -221,7 +218,8 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, s
     return asyncio.run(main())
 
 
-def _tell(log_format: str, line: str) -> None:
+def _tell(log_format: str, line: str, event: str) -> None:
+    """A warning on stderr at once, as a JSON log line under ``--log-format json``."""
     if log_format == "json":
-        line = json_line("warning", line.removeprefix("signal-engine: "), event="stopping")
+        line = json_line("warning", line.removeprefix("signal-engine: "), event=event)
     print(line, file=sys.stderr, flush=True)

@@ -43,6 +43,10 @@ class RunStop:
     def stopped(self) -> bool:
         return self.reason is not None
 
+    def cause(self) -> str:
+        """Why the run stopped, as the summary line says it."""
+        return "stdout was closed (broken pipe)" if self.reason == STDOUT_CLOSED else f"stopped by {self.reason}"
+
     def exit_code(self) -> int | None:
         """130 for SIGINT, 143 for SIGTERM, 141 for a closed stdout (as a shell shows those signals); None if not stopped."""
         return _EXIT_FOR.get(self.reason) if self.reason else None
@@ -126,8 +130,7 @@ def signal_name(signum: int) -> str:
 
 def stop_line(stop: RunStop, lines_read: int, source: str, *, delivering: bool) -> str:
     """Where the run stopped and how to go on, as one clause for the summary line."""
-    cause = "stdout was closed (broken pipe)" if stop.reason == STDOUT_CLOSED else f"stopped by {stop.reason}"
-    text = f"{cause} after reading {lines_read:,} line(s) of {source}; the rest was not read"
+    text = f"{stop.cause()} after reading {lines_read:,} line(s) of {source}; the rest was not read"
     if delivering:
         text += (" (rerun the same input with the same --state to go on: what was delivered is skipped; "
                  "`dlq replay` sends the dead letters)")
