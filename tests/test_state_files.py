@@ -231,3 +231,23 @@ def test_serve_refuses_a_foreign_queue_file_before_it_listens(tmp_path: Path) ->
     assert str(state / QUEUE_DB) in refused.stderr and "another application" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert (state / QUEUE_DB).read_bytes() == before
+
+
+def test_reset_state_moves_a_refused_queue_file_aside_for_serve(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.common import UsageError, check_state_dir
+
+    (tmp_path / QUEUE_DB).write_bytes(b"")
+    with pytest.raises(UsageError, match=r"queue.db: the queue file is empty"):
+        check_state_dir(str(tmp_path), queue=True)
+    check_state_dir(str(tmp_path), queue=True, reset=True)
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and str(tmp_path / QUEUE_DB) in said[0] and "moved it aside" in said[0]
+    assert [p.read_bytes() for p in tmp_path.glob(f"{QUEUE_DB}.refused-*")] == [b""]
+    asyncio.run(SqliteQueue(tmp_path).close())
+    assert marks(tmp_path / QUEUE_DB) == (APPLICATION_ID, 1)
+
+
+def test_reset_state_with_redis_is_a_usage_error(tmp_path: Path) -> None:
+    refused = cli("dlq", "list", PRESET, "--redis", "redis://127.0.0.1:9/0", "--reset-state", cwd=tmp_path)
+    assert refused.returncode == 2 and "--reset-state applies to a --state directory" in refused.stderr

@@ -54,6 +54,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
     if args.redis:
+        if args.reset_state:
+            raise UsageError("--reset-state applies to a --state directory, not to --redis")
         return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
                                                                 args.log_format, args.grace)
                            if replaying else dlq_list(preset, settings, state))

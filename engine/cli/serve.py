@@ -70,6 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if args.redis is None:
         check_state_dir(args.state, reset=args.reset_state, queue=True)
+    elif args.reset_state:
+        raise UsageError("--reset-state applies to a --state directory, not to --redis")
     from ..service.serving import ServiceOptions, serve
     from .service_common import configure_for, service_errors
 
