@@ -27,6 +27,8 @@ DROP_REASONS = (EVENT_NOT_MAPPED, NO_CONSENT, NOT_IDENTIFIED, INVALID_EMAIL, INV
 # Dead-letter causes of a run that was stopped (a signal, a closed stdout):
 NOT_SENT = "not_sent"  # stopped before its first request left: the destination never saw it
 INTERRUPTED = "interrupted"  # sent, but unanswered when the grace period ran out: it may have arrived
+# A 401 or 403 to a static credential (bearer, api_key, basic): fix the setting, then replay.
+AUTH_REJECTED = "auth_rejected"
 
 
 @dataclass

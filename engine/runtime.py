@@ -15,6 +15,8 @@ State (``state=``): identity, the delivery journal, dead letters and tokens
 come from one backend, the embedded SQLite file of a state directory by
 default, in memory without one. Every store is wrapped so that a write the
 disk refuses is kept in memory and retried (:mod:`engine.state.buffered`).
+A ``state.db`` that is empty, not ours or of a newer version is refused;
+``reset_state=True`` moves it aside and starts afresh (``--reset-state``).
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Engine:
                  on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
                  session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, reset_state: bool = False) -> None:
         self.preset = preset
         self.settings = settings
         self.state_dir = Path(state) if isinstance(state, (str, Path)) else None
@@ -110,7 +112,10 @@ class Engine:
         if state is None:
             backend: StateBackend = MemoryState()
         elif isinstance(state, (str, Path)):
-            backend = open_state(state)
+            backend = open_state(state, reset=reset_state)
+            if getattr(backend, "moved_aside", None) is not None:
+                log.warning("state: %s was refused and moved aside to %s; starting afresh",
+                            Path(state) / "state.db", backend.moved_aside)  # type: ignore[attr-defined]
         else:
             backend = state
         self.state = backend

@@ -5,12 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
+import re
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -65,22 +63,16 @@ def test_embed_host_sandbox_demo() -> None:
 
 
 def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = f"http://127.0.0.1:{port}"
-    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", str(port)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Port 0: the sandbox picks a free port and names it in its first line (a port probed free
+    # beforehand could be taken by another process before the sandbox binds it).
+    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert sandbox.poll() is None, f"sandbox exited: {sandbox.stderr.read() if sandbox.stderr else ''}"
-            try:
-                with urllib.request.urlopen(f"{base}/_sandbox/state", timeout=1):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "sandbox did not answer"
-                time.sleep(0.1)
+        assert sandbox.stdout is not None
+        first = sandbox.stdout.readline()  # printed once it listens; empty if it exited
+        match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", first)
+        assert match, f"sandbox did not start: {first!r} {sandbox.stderr.read() if sandbox.stderr else ''}"
+        base = match.group(1)
         settings = tmp_path / "settings.yaml"
         settings.write_text("client_id: sandbox-client\nclient_secret: sandbox-secret\n"
                             f"refresh_token: sandbox-refresh-token\nbase_url: {base}\n", encoding="utf-8")
@@ -100,5 +92,6 @@ def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path:
         except subprocess.TimeoutExpired:
             sandbox.kill()
             sandbox.wait(timeout=10)
-        if sandbox.stderr:
-            sandbox.stderr.close()
+        for stream in (sandbox.stdout, sandbox.stderr):
+            if stream:
+                stream.close()

@@ -133,8 +133,49 @@ def test_refresh_token_that_does_not_rotate_keeps_the_configured_one(tmp_path: P
 def test_a_refused_static_credential_is_dead_lettered_for_replay(tmp_path: Path) -> None:
     run = deliver(tmp_path, [{"status": 401, "body": {"message": "bad key"}}])
     [outcome] = run.outcomes
-    assert outcome["outcome"] == oc.DEAD_LETTERED and outcome["cause"] == "http_401"
-    assert outcome["detail"].endswith("the credential was refused")
+    assert outcome["outcome"] == oc.DEAD_LETTERED and outcome["cause"] == oc.AUTH_REJECTED
+    assert outcome["detail"] == "the credential was refused; then `signal-engine dlq replay` sends this event again"
+    assert len(run.sent) == 1  # nothing to refresh: not sent again
+
+
+STATIC_KINDS = {
+    "api_key": (),
+    "bearer": (("  type: api_key\n  key_setting: api_key\n  in: query\n  name: key\n",
+                "  type: bearer\n  token_setting: api_key\n"),),
+    "basic": (("  type: api_key\n  key_setting: api_key\n  in: query\n  name: key\n",
+               '  type: basic\n  username: "{settings.api_key}"\n'),),
+}
+FAIL_ON_401_403 = ("    - when: {status: 401}\n      then: refresh_auth\n      message: the credential was refused\n",
+                   "    - when: {status: [401, 403]}\n      then: fail\n      message: Fix the key in the settings.\n")
+NO_RULE_FOR_401 = ("    - when: {status: 401}\n      then: refresh_auth\n      message: the credential was refused\n", "")
+
+
+@pytest.mark.parametrize("kind", sorted(STATIC_KINDS))
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_preset_cannot_make_a_refused_static_credential_final(tmp_path: Path, kind: str, status: int) -> None:
+    """A `fail` rule on 401/403 for a static credential is overridden: a person fixes the key, then replays."""
+    run = deliver(tmp_path, [{"status": status, "body": {"message": "no"}}], *STATIC_KINDS[kind], FAIL_ON_401_403)
+    [outcome] = run.outcomes
+    assert (outcome["outcome"], outcome["cause"], outcome["attempts"]) == (oc.DEAD_LETTERED, oc.AUTH_REJECTED, 1)
+    assert outcome["detail"] == "Fix the key in the settings; then `signal-engine dlq replay` sends this event again"
+    assert KEY not in shown(run)
+
+
+def test_a_refused_static_credential_with_no_rule_is_dead_lettered_with_a_default_detail(tmp_path: Path) -> None:
+    run = deliver(tmp_path, [{"status": 403, "body": {}}], NO_RULE_FOR_401)
+    [outcome] = run.outcomes
+    assert (outcome["outcome"], outcome["cause"]) == (oc.DEAD_LETTERED, oc.AUTH_REJECTED)
+    assert outcome["detail"].startswith("the destination refused the api_key credential (403 to the create POST ")
+    assert outcome["detail"].endswith("fix it in the settings; then `signal-engine dlq replay` sends this event again")
+    assert KEY not in outcome["detail"]
+
+
+def test_a_fail_rule_on_403_still_fails_for_an_oauth_credential(tmp_path: Path) -> None:
+    """Only a setting is a person's to fix: an OAuth 403 (a missing scope) stays what the preset says."""
+    token = {"status": 200, "body": {"access_token": "at-cc-000111", "token_type": "bearer", "expires_in": 3600}}
+    run = deliver(tmp_path, [token, {"status": 403, "body": {}}], CLIENT_CREDENTIALS, WITH_CLIENT_ID, FAIL_ON_401_403,
+                  settings={"api_key": "s3cret", "client_id": "cid"})
+    assert (run.outcomes[0]["outcome"], run.outcomes[0]["cause"]) == (oc.FAILED, "http_403")
 
 
 # -- response rules ------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
+import types
 from datetime import datetime, timezone
 
 import pytest
@@ -78,7 +79,12 @@ def test_seconds_until_iso_timestamp() -> None:
 
 
 def test_seconds_until_uses_the_real_wall_clock_by_default() -> None:
-    assert seconds_until(str(int(time.time()) + 100)) == pytest.approx(100.0, abs=1.5)
+    # Bracketed by readings on either side, so a stalled machine cannot fail it.
+    before = time.time()
+    at = int(before) + 100
+    waited = seconds_until(str(at))
+    after = time.time()
+    assert waited is not None and at - after <= waited <= at - before
 
 
 @pytest.mark.parametrize("value", [str(int(NOW) - 50), "Wed, 21 Oct 2015 07:28:00 GMT", "2001-01-01T00:00:00Z", "-5"])
@@ -393,14 +399,18 @@ def test_a_rolling_window_of_known_length_is_waited_out_when_spent() -> None:
     assert clock.now - start == pytest.approx(60.0, abs=0.01)
 
 
-def test_a_clock_window_ends_on_the_next_multiple_of_its_length() -> None:
+def test_a_clock_window_ends_on_the_next_multiple_of_its_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fixed wall clock: read live, a minute could turn between the test's reading and the limiter's.
+    import engine.delivery.rate_limit as rate_limit
+
+    monkeypatch.setattr(rate_limit, "time", types.SimpleNamespace(time=lambda: NOW + 12.5, monotonic=time.monotonic))
     clock = FakeTime()
     rl = RateLimiter(100, 1, remaining_header="X-Remaining", window_seconds=60, window_alignment="clock",
                      clock=clock.monotonic, sleep=clock.sleep)
-    wall = time.time()
     rl.observe({"X-Remaining": "0"})
     start = clock.now
 
     asyncio.run(rl.acquire())
 
-    assert clock.now - start == pytest.approx(60 - wall % 60, abs=0.5)
+    assert NOW % 60 == 40  # so the window in progress ends at NOW + 20: 7.5 s after NOW + 12.5
+    assert clock.now - start == pytest.approx(7.5, abs=0.01)

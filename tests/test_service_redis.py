@@ -10,6 +10,7 @@ workers took them, and exactly one published outcome per event.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 import urllib.request
@@ -47,6 +48,45 @@ def outcomes(url: str) -> list[dict[str, Any]]:
         client.close()
 
 
+def pending_of(url: str, consumer: str) -> int:
+    """Entries of the stream that ``consumer`` has read and not acknowledged (XPENDING)."""
+    client = redis.Redis.from_url(url)
+    try:
+        summary = client.xpending(f"signal:{PRESET}:events", "workers")
+        return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] in (consumer, consumer.encode()))
+    finally:
+        client.close()
+
+
+def kill_while_holding(worker: Service, consumer: str, url: str, timeout: float = 30) -> int:
+    """SIGKILL ``worker`` at a moment it provably holds unacknowledged entries; how many it held.
+
+    Frozen (SIGSTOP, and seen stopped in /proc) it can acknowledge nothing
+    more, so what XPENDING says it owns then is exactly what it leaves behind.
+    The count is read twice: an acknowledgement written just before the stop
+    is in Redis's socket buffer, handled at the latest in the event loop turn
+    that answers the first read, so the second read sees it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        worker.signal(signal.SIGSTOP)
+        until(lambda: _proc_state(worker.proc.pid) == "T", timeout=10, what=f"{consumer} to stop")
+        pending_of(url, consumer)
+        held = pending_of(url, consumer)
+        if held:
+            worker.signal(signal.SIGKILL)
+            worker.wait(10)
+            return held
+        worker.signal(signal.SIGCONT)
+        assert time.monotonic() < deadline, f"{consumer} never held an unacknowledged entry"
+        time.sleep(0.02)
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
+
+
 def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_quota_overrun(
         tmp_path: Path, redis_url: str) -> None:
     creds = unique_credentials()
@@ -79,13 +119,14 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
                         assert post(url, "/v1/track", single, write_key_headers())[0] == 200
                 total += 3 * CHUNK
                 if start == LEADS // 3:
-                    # Mid-run: one worker dies without a chance to acknowledge what it holds.
+                    # Mid-run: one worker dies without a chance to acknowledge what it holds. Slow answers
+                    # keep its deliveries (and so its entries) open for a while; it is killed only once it
+                    # provably holds entries, so there is something for the others to take over.
                     until(lambda: len(workers[0].outcomes()) > 20, what="worker w0 to be busy")
-                    workers[0].signal(signal.SIGKILL)
+                    sandbox.admin("POST", "faults", {"faults": ["delay:1"] * 16})
+                    held = kill_while_holding(workers[0], "w0", redis_url)
+                    sandbox.admin("POST", "faults", {"faults": [], "clear": True})
             until(lambda: len(outcomes(redis_url)) >= total, timeout=90, what="every event's outcome")
-            time.sleep(0.5)
-            published = outcomes(redis_url)
-            state = sandbox.admin("GET", "state")
             scraped = [urllib.request.urlopen(w.wait_for_line(r"^metrics on (http://\S+)$").group(1), timeout=10)
                        .read().decode() for w in workers[1:]]
             for w in workers[1:]:
@@ -93,6 +134,9 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
             codes = [w.wait(30) for w in workers[1:]]
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0
+            # Every process has exited: a second outcome for an event could only have been published by now.
+            published = outcomes(redis_url)
+            state = sandbox.admin("GET", "state")
         finally:
             for process in [serve, *workers]:
                 process.stop()
@@ -125,7 +169,9 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
         assert "signal_destination_429_total 0.0" in text and "signal_queue_backlog_events 0.0" in text
         assert "signal_token_refreshes_total" in text and "signal_delivery_latency_seconds_count" in text
     # The entries w0 held were taken over by the others; they drained and exited cleanly.
-    assert "took over" in workers[1].stderr() + workers[2].stderr()
+    assert held > 0
+    taken = [int(n) for w in workers[1:] for n in re.findall(r"took over (\d+) event", w.stderr())]
+    assert sum(taken) >= held, (held, taken)
     assert codes == [0, 0]
     assert {o["worker"] for o in published} == {"w0", "w1", "w2"}
     for process in [serve, *workers]:

@@ -18,6 +18,7 @@ import redis
 
 from fakes import FakeTime
 from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+from service_helpers import until
 
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
 from engine.state.identity import IdentityLimits, Slot
@@ -143,20 +144,19 @@ def test_one_refresh_lock_across_workers_released_by_its_owner_and_expiring_if_i
     assert b.try_lock()
     b.unlock()
     dying = state(redis_url).tokens("cid")
-    dying.lock_seconds = 0.2
+    dying.lock_seconds = 1.0  # long enough that the next line runs before it expires, even on a loaded machine
     assert dying.try_lock()  # no event loop: no renewal, as if the process had died
     assert not a.try_lock()
-    time.sleep(0.3)
-    assert a.try_lock()
+    until(a.try_lock, timeout=10, what="the dead owner's lock to expire")
     a.unlock()
 
 
 def test_the_refresh_lock_is_renewed_while_held_on_the_event_loop(redis_url: str) -> None:
     async def main() -> None:
         holder, other = state(redis_url).tokens("cid"), state(redis_url).tokens("cid")
-        holder.lock_seconds = 0.3
+        holder.lock_seconds = 1.0  # renewed every third of that: a stall under 0.6 s cannot lose it
         assert holder.try_lock()
-        await asyncio.sleep(0.8)  # well past its expiry, renewed meanwhile
+        await asyncio.sleep(2.5)  # well past its expiry, renewed meanwhile
         assert not other.try_lock()
         holder.unlock()
         assert other.try_lock()
@@ -242,15 +242,16 @@ def test_requests_in_flight_on_any_worker_count_against_what_the_server_says_is_
 def test_a_pause_after_a_429_holds_every_worker_and_a_rolled_window_frees_them(redis_url: str) -> None:
     async def main() -> None:
         one, two = (shared_limiter(redis_url, 1000, 1, reset_format="delta_seconds") for _ in range(2))
+        # Each start is read before the pause or window begins, so a stall can only lengthen what is measured.
+        started = time.monotonic()
         one.pause_for(0.5)
-        started = time.monotonic()
         await two.acquire()
-        assert time.monotonic() - started >= 0.45
-        # A window that ends soon: once it has, the bucket governs again.
-        two.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})  # delta reading: 1 s
+        assert time.monotonic() - started >= 0.49
+        # A window that ends soon: once it has, the bucket governs again (and it does end: wait_for's bound).
         started = time.monotonic()
-        await one.acquire()
-        assert 0.5 <= time.monotonic() - started < 3
+        two.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})  # delta reading: 1 s
+        await asyncio.wait_for(one.acquire(), 30)
+        assert time.monotonic() - started >= 0.9
 
     asyncio.run(main())
 

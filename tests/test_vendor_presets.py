@@ -98,12 +98,13 @@ def test_hubspot_same_lead_twice_is_one_contact_created_then_patched() -> None:
     asyncio.run(scenario())
 
 
-def test_hubspot_wrong_token_is_a_final_401_and_the_token_is_never_shown() -> None:
+def test_hubspot_wrong_token_is_dead_lettered_for_replay_and_the_token_is_never_shown() -> None:
     async def scenario() -> None:
         async with delivering(hubspot, "hubspot/contacts", {"access_token": "pat-na1-wrong-token"}) as (state, engine, _):
             outcomes = await deliver(engine, SAME_LEAD_TWICE[:1])
         (outcome,) = outcomes
-        assert (outcome.outcome, outcome.cause, outcome.attempts) == (oc.FAILED, "http_401", 1)
+        assert (outcome.outcome, outcome.cause, outcome.attempts) == (oc.DEAD_LETTERED, oc.AUTH_REJECTED, 1)
+        assert "access_token setting" in outcome.detail and "dlq replay" in outcome.detail
         assert outcome.request["headers"]["Authorization"] == "Bearer ***"
         assert "pat-na1-wrong-token" not in text_of(outcomes)
         assert state.contacts == {}
@@ -258,16 +259,109 @@ def test_close_spent_window_read_from_its_ratelimit_header_is_waited_out_without
     asyncio.run(scenario())
 
 
-def test_close_wrong_api_key_is_a_final_401_at_the_lookup() -> None:
+def test_close_wrong_api_key_is_dead_lettered_for_replay_at_the_lookup() -> None:
     async def scenario() -> None:
         async with delivering(close, "close/leads", {"api_key": "not-the-key"}) as (state, engine, _):
             (outcome,) = await deliver(engine, SAME_LEAD_TWICE[:1])
-        assert (outcome.outcome, outcome.cause) == (oc.FAILED, "http_401")
+        assert (outcome.outcome, outcome.cause) == (oc.DEAD_LETTERED, oc.AUTH_REJECTED)
+        assert "api_key setting" in outcome.detail and "dlq replay" in outcome.detail
         assert outcome.request["url"].endswith("/api/v1/data/search/")
         assert outcome.request["headers"]["Authorization"] == "Basic ***"
         assert state.leads == {}
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------
+# a wrong static key, fixed, then replayed: through the real command line
+# --------------------------------------------------------------------------
+
+
+class _SandboxThread:
+    """A vendor's sandbox on its own event loop in a thread, so CLI subprocesses can reach it."""
+
+    def __init__(self, module: Any, **config: Any) -> None:
+        import threading
+
+        self.module, self.config = module, config
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.base = ""
+        self.state: Any = None
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        runner, self.base = self.loop.run_until_complete(
+            self.module.start_sandbox(self.module.SandboxConfig(**self.config), port=0))
+        self.state = runner.app[self.module.STATE_KEY]
+        self.ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.run_until_complete(runner.cleanup())
+            self.loop.close()
+
+    def __enter__(self) -> "_SandboxThread":
+        self.thread.start()
+        assert self.ready.wait(15), "sandbox did not start"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(15)
+
+    def read(self, what: Any) -> Any:
+        """``what(state)`` on the sandbox's own loop, so a test never reads it mid-request."""
+        async def call() -> Any:
+            return what(self.state)
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(15)
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+LEADS = [lead("Demo Requested", f"key-{i}", email=f"person{i}@replay.test", firstName=f"First{i}", lastName="Lee",
+              company=f"Company {i}") for i in range(5)]
+WRONG_KEY = {
+    "hubspot/contacts": (hubspot, "access_token", "sandbox-private-app-token",
+                         lambda state: sorted(c["email"] for c in state.contacts.values())),
+    "close/leads": (close, "api_key", "sandbox-close-api-key",
+                    lambda state: sorted(e["email"] for c in state.contacts.values() for e in c["emails"])),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(WRONG_KEY))
+def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_once(preset: str,
+                                                                                    tmp_path: Path) -> None:
+    module, setting, right, emails = WRONG_KEY[preset]
+    with _SandboxThread(module, **{setting: right}) as sandbox:
+        settings = tmp_path / "settings.yaml"
+        settings.write_text(f"{setting}: wrong-{right}\nbase_url: {sandbox.base}\n", encoding="utf-8")
+        events = tmp_path / "events.ndjson"
+        events.write_text("".join(json.dumps(e) + "\n" for e in LEADS), encoding="utf-8")
+        state = tmp_path / "state"
+
+        run = _cli("run", preset, "--settings", settings, "--events", events, "--state", state)
+        outcomes = [json.loads(line) for line in run.stdout.splitlines()]
+        assert run.returncode == 1, run.stderr
+        assert [(o["outcome"], o["cause"]) for o in outcomes] == [(oc.DEAD_LETTERED, oc.AUTH_REJECTED)] * len(LEADS)
+        assert all(f"{setting} setting" in o["detail"] and "dlq replay" in o["detail"] for o in outcomes)
+        assert sandbox.read(emails) == []
+        assert f"wrong-{right}" not in run.stdout + run.stderr
+
+        settings.write_text(f"{setting}: {right}\nbase_url: {sandbox.base}\n", encoding="utf-8")
+        replay = _cli("dlq", "replay", preset, "--settings", settings, "--state", state)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert [o["outcome"] for o in map(json.loads, replay.stdout.splitlines())] == [oc.DELIVERED] * len(LEADS)
+        assert "0 left in the dead-letter store" in replay.stderr
+        assert sandbox.read(emails) == sorted(e["traits"]["email"] for e in LEADS)
+
+        again = _cli("dlq", "replay", preset, "--settings", settings, "--state", state)
+        assert again.returncode == 0 and again.stdout == ""
+        assert sandbox.read(emails) == sorted(e["traits"]["email"] for e in LEADS)  # each lead once
 
 
 # --------------------------------------------------------------------------

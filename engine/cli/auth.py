@@ -29,7 +29,7 @@ from typing import Any
 
 from ..language.model import Preset
 from ..language.settings import Settings, SettingsError, load_settings_file, resolve
-from .common import UsageError, add_preset_path_option, check_state_dir, load_preset_arg
+from .common import UsageError, add_preset_path_option, add_reset_state_option, check_state_dir, load_preset_arg
 from .report import EXIT_EVENTS_FAILED, EXIT_OK
 
 DEFAULT_PORT = 8750
@@ -49,6 +49,7 @@ def register(sub: Any) -> None:
                       help="YAML mapping of setting values (the app's client id and secret; no refresh_token)")
     auth.add_argument("--state", metavar="DIR", default=".signal-state",
                       help="where the tokens are stored; use the same with run (default: %(default)s)")
+    add_reset_state_option(auth)
     auth.add_argument("--port", type=_port, default=DEFAULT_PORT,
                       help="loopback port of the redirect URI http://127.0.0.1:PORT/callback, which the app must "
                            "list as a redirect URI; 0 picks a free port, for destinations that accept any "
@@ -91,7 +92,7 @@ def cmd_auth(args: argparse.Namespace) -> int:
     if why_not:
         raise UsageError(f"{preset.name}: {why_not}")
     settings = _settings(args, preset)
-    check_state_dir(args.state)
+    check_state_dir(args.state, reset=args.reset_state)
     return asyncio.run(_authorise(args, preset, settings))
 
 

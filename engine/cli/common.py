@@ -108,12 +108,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def check_state_dir(state: str) -> None:
-    """Fail before the first event, not after, when the state directory is unusable."""
+def add_reset_state_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--reset-state", action="store_true",
+                     help="move a state file that is refused (empty, not ours, or of a newer version) aside to "
+                          "<name>.refused-<UTC time> and start afresh")
+
+
+def check_state_dir(state: str, *, reset: bool = False, queue: bool = False) -> None:
+    """Fail before the first event, not after, when the state directory is unusable.
+
+    ``reset`` (``--reset-state``) moves a refused state file aside first, and
+    says so; ``queue`` checks ``serve``'s ``queue.db`` too.
+    """
     import os
     import tempfile
 
     from ..state.backend import open_state  # only commands that keep state
+    from ..state.sqlite.file_marks import check_file, move_aside
+    from ..state.sqlite.queue import QUEUE_DB, QUEUE_FILE
 
     path = Path(state)
     if path.exists() and not path.is_dir():
@@ -127,6 +139,15 @@ def check_state_dir(state: str) -> None:
     except OSError as exc:
         raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None
     try:
-        open_state(path).close()
+        backend = open_state(path, reset=reset)
+        moved = [(path / "state.db", getattr(backend, "moved_aside", None))]
+        backend.close()
+        if queue:
+            moved.append((path / QUEUE_DB, move_aside(path / QUEUE_DB, QUEUE_FILE) if reset else None))
+            check_file(path / QUEUE_DB, QUEUE_FILE)
     except OSError as exc:
         raise UsageError(f"--state {state}: {exc.strerror or type(exc).__name__}") from None
+    for refused, aside in moved:
+        if aside is not None:
+            print(f"signal-engine: --reset-state: {refused} was refused; moved it aside to {aside} and started afresh",
+                  file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ from ..language.settings import Settings
 from .common import (
     UsageError,
     add_preset_path_option,
+    add_reset_state_option,
     check_state_dir,
     load_preset_arg,
     settings_for,
@@ -37,6 +38,7 @@ def register(sub: Any) -> None:
                          help="YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",
                          help="the state directory the run used (default: %(default)s)")
+        add_reset_state_option(cmd)
         cmd.add_argument("--redis", metavar="URL", help="the Redis the workers use, instead of a state directory")
         if name == "replay":
             cmd.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
@@ -52,12 +54,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     replaying = args.dlq_action == "replay"
     settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
     if args.redis:
+        if args.reset_state:
+            raise UsageError("--reset-state applies to a --state directory, not to --redis")
         return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
                                                                 args.log_format, args.grace)
                            if replaying else dlq_list(preset, settings, state))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
+    check_state_dir(args.state, reset=args.reset_state)  # a refused state.db: one line, before anything is read
     if replaying:
         return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace)
     return dlq_list(preset, settings, args.state)

@@ -14,6 +14,7 @@ from ..pipeline.prepare import Pipeline
 from .common import (
     UsageError,
     add_preset_path_option,
+    add_reset_state_option,
     check_state_dir,
     emit,
     load_preset_arg,
@@ -49,6 +50,7 @@ def register(sub: Any) -> None:
                      help="build and print each request without sending it (needs no credentials)")
     run.add_argument("--state", metavar="DIR", default=".signal-state",
                      help="token store, dead letters and identity memory (default: %(default)s)")
+    add_reset_state_option(run)
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="show progress on stderr (default: only when stderr is a terminal)")
     run.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
@@ -164,7 +166,7 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, s
 
     from .input_batches import batches
 
-    check_state_dir(args.state)
+    check_state_dir(args.state, reset=args.reset_state)
 
     async def main() -> int:
         from ..runtime import Engine  # aiohttp machinery only when delivering

@@ -9,6 +9,7 @@ from typing import Any
 from .common import (
     UsageError,
     add_preset_path_option,
+    add_reset_state_option,
     check_state_dir,
     load_preset_arg,
     settings_for,
@@ -36,6 +37,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--intake", metavar="FILE", help="YAML with write_keys and signing_secret (else the environment)")
     serve.add_argument("--state", metavar="DIR", default=".signal-state",
                        help="without --redis: the queue, token store, dead letters and identity memory" + DEFAULT)
+    add_reset_state_option(serve)
     serve.add_argument("--redis", metavar="URL", help="append to a Redis Stream (redis://host:port/db) for workers")
     serve.add_argument("--max-body-bytes", type=int, default=512 * 1024,
                        help="largest request body, compressed or not; larger gets 413" + DEFAULT)
@@ -67,7 +69,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except IntakeConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.redis is None:
-        check_state_dir(args.state)
+        check_state_dir(args.state, reset=args.reset_state, queue=True)
+    elif args.reset_state:
+        raise UsageError("--reset-state applies to a --state directory, not to --redis")
     from ..service.serving import ServiceOptions, serve
     from .service_common import configure_for, service_errors
 

@@ -22,7 +22,7 @@ from ..language.settings import Settings
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
-from .auth import Auth, AuthFailure, apply_credential, masked_view
+from .auth import Auth, AuthFailure, apply_credential, masked_view, refuses_static_credential
 from .rate_limit import RateLimiter, seconds_until
 from .response_rules import Answer, Rule, first_match
 from .retry_policy import backoff_delay
@@ -205,6 +205,13 @@ class Sender:
             err = step.auth_error
             cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
             return make(oc.DEAD_LETTERED, cause, self.redactor.redact(str(err)))
+        if ex is not None and step.verdict in ("fail", "exhausted", "unauthorised") \
+                and refuses_static_credential(self.auth_spec, ex.status):
+            assert self.auth_spec is not None
+            fix = message or (f"the destination refused the {self.auth_spec.type} credential ({ex.status} to the "
+                              f"{what} {ex.request.method} {self.view(ex.request)['url']}); fix it in the settings")
+            return make(oc.DEAD_LETTERED, oc.AUTH_REJECTED,
+                        f"{fix.rstrip('.')}; then `signal-engine dlq replay` sends this event again")
         cause = (ex.transport_error if ex.status is None else f"http_{ex.status}") if ex else "unknown"
         if step.verdict in ("exhausted", "unauthorised"):
             target = f"the {what} ({ex.request.method} {self.view(ex.request)['url']})" if ex else f"the {what}"

@@ -52,8 +52,13 @@ class MemoryState:
         pass
 
 
-def open_state(directory: str | Path) -> StateBackend:
-    """The embedded backend: one SQLite file, ``<directory>/state.db``."""
+def open_state(directory: str | Path, *, reset: bool = False) -> StateBackend:
+    """The embedded backend: one SQLite file, ``<directory>/state.db``.
+
+    A ``state.db`` that is empty, not ours or newer is refused
+    (:class:`~engine.state.sqlite.file_marks.StateRefused`); ``reset=True``
+    moves such a file aside (``state.db.refused-<UTC time>``) and starts afresh.
+    """
     from .sqlite import SqliteState
 
-    return SqliteState(directory)
+    return SqliteState(directory, reset=reset)

@@ -14,9 +14,10 @@ from ...state.token_store import MemoryTokenStore, TokenStore
 from ..transport import Transport
 from .base import Auth, AuthFailure, apply_credential, masked_view
 from .oauth2 import OAuth2Auth
-from .static import ApiKeyAuth, BasicAuth, BearerAuth
+from .static import ApiKeyAuth, BasicAuth, BearerAuth, refuses_static_credential
 
-__all__ = ["Auth", "AuthFailure", "OAuth2Auth", "apply_credential", "build_auth", "masked_view"]
+__all__ = ["Auth", "AuthFailure", "OAuth2Auth", "apply_credential", "build_auth", "masked_view",
+           "refuses_static_credential"]
 
 
 def build_auth(spec: AuthSpec | None, settings: Settings, redactor: Redactor, transport: Transport, retries: RetrySpec,

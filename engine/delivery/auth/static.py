@@ -1,7 +1,8 @@
 """Auth kinds whose credential is a setting: bearer tokens, API keys and HTTP Basic.
 
-Nothing is minted, so nothing can be refreshed: a 401 means the setting is
-wrong, and the events wait in the dead letters until a person fixes it.
+Nothing is minted, so nothing can be refreshed: a 401 or 403 means the
+setting is wrong (or lacks a permission), and the events wait in the dead
+letters (``auth_rejected``) until a person fixes it and replays them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,20 @@ from ...language.settings import Settings
 from ...language.templates import TemplateError
 from ...redaction import Redactor
 from .base import AuthFailure
+
+STATIC_KINDS = frozenset({"bearer", "api_key", "basic"})
+REFUSED_STATUSES = frozenset({401, 403})
+
+
+def refuses_static_credential(spec: AuthSpec | None, status: int | None) -> bool:
+    """A 401 or 403 to a credential that is a setting: only a person can fix it, so it is never final.
+
+    The engine decides this, not the preset: a rule that says ``fail`` on such
+    an answer (or no rule at all, whose default is ``fail``) would turn a
+    wrong or rotated key into lost events. The preset's ``message`` still
+    says what to fix.
+    """
+    return spec is not None and spec.type in STATIC_KINDS and status in REFUSED_STATUSES
 
 
 class _SettingAuth:

@@ -27,8 +27,8 @@ __all__ = ["DB_NAME", "LOCK_NAME", "Database", "SqliteDeadLetters", "SqliteIdent
 class SqliteState:
     """``<directory>/state.db``, shared by every preset (rows are keyed by preset name)."""
 
-    def __init__(self, directory: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.db = Database(directory)
+    def __init__(self, directory: str | Path, *, clock: Callable[[], float] = time.time, reset: bool = False) -> None:
+        self.db = Database(directory, reset=reset)
         self._clock = clock
         self._imported: set[str] = set()
         self._import_lock = threading.Lock()
@@ -41,6 +41,11 @@ class SqliteState:
     @property
     def directory(self) -> Path:
         return self.db.directory
+
+    @property
+    def moved_aside(self) -> Path | None:
+        """Where ``reset`` moved a refused ``state.db`` (None when the file was usable or missing)."""
+        return self.db.moved_aside
 
     def identity(self, preset: str, limits: IdentityLimits) -> SqliteIdentityStore:
         store = SqliteIdentityStore(self.db, preset, limits, clock=self._clock)

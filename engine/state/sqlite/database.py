@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..errors import StateError, StateWriteError
+from .file_marks import FileKind, mark, move_aside, needs_mark, open_marked
 
 DB_NAME = "state.db"
 SCHEMA_VERSION = 1
@@ -89,20 +90,26 @@ CREATE TABLE IF NOT EXISTS imported (
 );
 """
 
+STATE_FILE = FileKind("state database", SCHEMA, SCHEMA_VERSION,
+                      frozenset({"namespaces", "identity", "journal", "dead_letters", "tokens"}), unmarked_version=1)
+
 
 class Database:
     """One connection to ``<directory>/state.db``; safe to share between the stores of one engine."""
 
-    def __init__(self, directory: str | Path, *, busy_seconds: float = BUSY_SECONDS) -> None:
+    def __init__(self, directory: str | Path, *, busy_seconds: float = BUSY_SECONDS, reset: bool = False) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
         self._lock = threading.RLock()
         self._namespaces: dict[str, int] = {}
+        self.moved_aside: Path | None = None  # where a refused file went (``reset``)
         try:
             make_private_dir(self.directory)
-            _create_private_file(self.path)
-            self.conn = sqlite3.connect(str(self.path), timeout=busy_seconds, isolation_level=None,
-                                        check_same_thread=False)
+            if reset:
+                self.moved_aside = move_aside(self.path, STATE_FILE)
+            self.conn = open_marked(self.path, STATE_FILE, timeout=busy_seconds)
+        except StateError:
+            raise  # StateRefused included: it names the file and what to do
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{self.path}: cannot open the state database ({_reason(exc)})") from None
         try:
@@ -117,15 +124,11 @@ class Database:
             raise StateError(f"{self.path}: cannot open the state database ({_reason(exc)})") from None
 
     def _migrate(self) -> None:
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StateError(f"written by a newer engine (schema {version}, this one knows {SCHEMA_VERSION})")
-        if version < SCHEMA_VERSION:
+        """Mark a file of an earlier version (checked by :func:`open_marked`), keeping its rows."""
+        if needs_mark(self.conn, STATE_FILE):
             with self.write() as cur:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        cur.execute(statement)
-                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                if needs_mark(self.conn, STATE_FILE):  # another process may have marked it meanwhile
+                    mark(cur, STATE_FILE)
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = False) -> Iterator[sqlite3.Cursor]:
@@ -200,15 +203,6 @@ def _switch_to_wal(conn: sqlite3.Connection, busy_seconds: float) -> None:
             if "locked" not in str(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.01)
-
-
-def _create_private_file(path: Path) -> None:
-    """0600 before SQLite opens it; SQLite gives its -wal and -shm files the same mode."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

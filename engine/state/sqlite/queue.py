@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import StateError, StateWriteError
 from ..queue import QueuedEvent
 from .database import make_private_dir
+from .file_marks import FileKind, mark_if_needed, open_marked
 
 QUEUE_DB = "queue.db"
 QUEUE_LOCK = "queue.lock"
@@ -42,6 +43,8 @@ CREATE TABLE IF NOT EXISTS queue (
 );
 CREATE INDEX IF NOT EXISTS queue_unleased ON queue (consumer, id);
 """
+
+QUEUE_FILE = FileKind("queue", SCHEMA, 1, frozenset({"queue"}), unmarked_version=0)
 
 
 class QueueBusy(StateError):
@@ -66,15 +69,17 @@ class SqliteQueue:
             raise QueueBusy(f"{self.directory}: another process is serving this state directory") from None
         path = self.directory / QUEUE_DB
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
-            self.conn = sqlite3.connect(str(path), timeout=10, isolation_level=None, check_same_thread=False)
+            self.conn = open_marked(path, QUEUE_FILE, timeout=10)  # an empty, foreign or newer file is refused
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(SCHEMA)
+            mark_if_needed(self.conn, QUEUE_FILE)
             # Every lease is a dead process's: this one holds the lock now.
             self.conn.execute("UPDATE queue SET consumer = NULL, leased_at = NULL WHERE consumer IS NOT NULL")
             self._count = int(self.conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
+        except StateError:
+            self._unlock()
+            raise
         except (OSError, sqlite3.Error) as exc:
             self._unlock()
             raise StateError(f"{path}: cannot open the queue ({exc})") from None
