@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
@@ -53,7 +54,7 @@ def _commands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.A
     """Every sub-command, depth first, in the order ``--help`` lists them."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
+            for sub in action.choices.values():
                 yield sub.prog, sub
                 yield from _commands(sub)
                 if sub.prog == "signal-engine sandbox":
@@ -104,7 +105,7 @@ def _flags(action: argparse.Action) -> str:
 def _default(action: argparse.Action) -> str:
     if not action.option_strings or action.default in (None, argparse.SUPPRESS, False) or action.required:
         return "required" if action.required else ""
-    if action.default == [] or action.nargs == 0 and action.default is not None and not action.default:
+    if action.default == [] or (action.nargs == 0 and action.default is not None and not action.default):
         return ""
     return f"`{action.default}`"
 
@@ -127,9 +128,9 @@ def preset_language_page() -> str:
     schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
     out = [NOTICE.format(source="schemas/preset.schema.json"), "# Preset language\n\n",
            f"{_text(schema.get('description', ''))}\n\n",
-           "Every key a preset may hold, as the JSON Schema the engine checks presets against "
-           "(`signal-engine schema` prints it; editors use it for completion). Keys marked **required** must be "
-           "present; `<name>` stands for a key you choose. The guides explain how the parts work together.\n\n",
+           ("Every key a preset may hold, as the JSON Schema the engine checks presets against "
+            "(`signal-engine schema` prints it; editors use it for completion). Keys marked **required** must be "
+            "present; `<name>` stands for a key you choose. The guides explain how the parts work together.\n\n"),
            "## Top level\n\n"]
     out += _property_table(schema, "", schema.get("required", []))
     for key, node in schema.get("properties", {}).items():
@@ -159,7 +160,8 @@ def _section(node: dict[str, Any], prefix: str) -> list[str]:
 def _property_table(node: dict[str, Any], prefix: str, required: list[str]) -> list[str]:
     out = ["| Key | Type | Required | Description |\n", "| --- | --- | --- | --- |\n"]
     for key, child in node.get("properties", {}).items():
-        out.append(f"| [`{key}`](#{_anchor(key, top=True)}) | {_type(child)} | {'**required**' if key in required else ''} "
+        needed = "**required**" if key in required else ""
+        out.append(f"| [`{key}`](#{_anchor(key, top=True)}) | {_type(child)} | {needed} "
                    f"| {_cell(_text(child.get('description', '')))} |\n")
     return out
 

@@ -146,11 +146,10 @@ def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:
     first delivery, when packages were listed by hand.) Packages are found by
     setup.py; this builds the wheel the way pip does and reads what is in it.
     """
+    import shutil
     import subprocess
     import sys
     import zipfile
-
-    import shutil
 
     root = ENGINE.parent
     source = tmp_path / "source"  # a copy: a build/ folder left in the checkout would hide what is missing
@@ -159,9 +158,8 @@ def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:
         shutil.copytree(root / folder, source / folder, ignore=ignore)
     for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(root / name, source / name)
-    subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta; "
-                    "build_meta.build_wheel(sys.argv[1])", str(tmp_path)],
-                   cwd=source, check=True, capture_output=True)
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=source, check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
     wanted = {p.relative_to(root).as_posix() for p in ENGINE.rglob("*.py") if "__pycache__" not in p.parts}

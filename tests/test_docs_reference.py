@@ -11,9 +11,10 @@ import argparse
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -84,7 +85,7 @@ def test_every_command_and_option_is_in_the_cli_reference(pages: dict[str, str])
 
 def schema_keys(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
     if isinstance(node, dict):
-        for key, child in node.get("properties", {}).items():
+        for key in node.get("properties", {}):
             yield key, f"{path}.{key}"
         for key, child in node.items():
             yield from schema_keys(child, f"{path}.{key}")

@@ -17,10 +17,10 @@ import aiohttp
 from aiohttp import web
 
 from engine.delivery.auth.oauth2 import token_endpoint_request
+from engine.delivery.transport import AiohttpTransport
 from engine.envelope import HttpRequest
 from engine.language.model import AuthSpec
 from engine.redaction import Redactor
-from engine.delivery.transport import AiohttpTransport
 from engine.service.metrics import Metrics
 from engine.service.serving import CountingTransport
 from service_helpers import Service, identify, lead, post, until, write_key_headers

@@ -124,7 +124,7 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)
         skipped = sum(1 for r in results if r.cause == oc.NOT_SENT)
         line = f"signal-engine: replayed {len(results) - skipped}, delivered {done}, {left} left in the dead-letter store"
-        fields = {"replayed": len(results) - skipped, "delivered": done, "left": left}
+        fields: dict[str, Any] = {"replayed": len(results) - skipped, "delivered": done, "left": left}
         if stop.reason and stop.reason in ("SIGINT", "SIGTERM"):
             line = f"{line}; stopped by {stop.reason}: {skipped} letter(s) not replayed"
             fields.update(stopped=stop.reason, not_replayed=skipped)

@@ -81,9 +81,9 @@ def wants_json(argv: list[str]) -> bool:
         if arg == "--":
             break
         name, equals, value = arg.partition("=")
-        if len(name) >= 5 and "--log-format".startswith(name):
-            if (value if equals else (argv[i + 1] if i + 1 < len(argv) else "")) == "json":
-                return True
+        given = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        if len(name) >= 5 and "--log-format".startswith(name) and given == "json":
+            return True
     return False
 
 

@@ -19,6 +19,7 @@ import functools
 import importlib
 import os
 import sys
+from typing import Any
 
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
@@ -86,7 +87,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         raise
 
 
-def _fail(json_logs: bool, lines: list[str], kind: str, code: int = EXIT_USAGE, **fields: object) -> None:
+def _fail(json_logs: bool, lines: list[str], kind: str, code: int = EXIT_USAGE, **fields: Any) -> None:
     """A failure on stderr: its lines as they are, or one JSON object whose fields say where and why.
 
     A line that starts with file:line (a preset or settings problem) gives
@@ -100,18 +101,18 @@ def _fail(json_logs: bool, lines: list[str], kind: str, code: int = EXIT_USAGE, 
 
     problems = [_problem(line) for line in lines]
     first = dict(problems[0])
-    message = first.pop("message")
+    message = str(first.pop("message"))
     if len(problems) > 1:
         message = f"{message} (and {len(problems) - 1} more problem(s))"
         fields["problems"] = problems
     print(json_line("error", message, event=kind, exit_code=code, **first, **fields), file=sys.stderr, flush=True)
 
 
-def _problem(line: str) -> dict[str, object]:
+def _problem(line: str) -> dict[str, Any]:
     match = LOCATION.match(line)
     if not match:
         return {"message": line}
-    where: dict[str, object] = {"message": line[match.end():], "file": match["file"], "line": int(match["line"])}
+    where: dict[str, Any] = {"message": line[match.end():], "file": match["file"], "line": int(match["line"])}
     if match["column"]:
         where["column"] = int(match["column"])
     return where
