@@ -139,25 +139,36 @@ def test_loggers_are_named_after_their_module(path: Path) -> None:
                 f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"
 
 
-def test_the_wheel_ships_every_package_and_data_folder() -> None:
-    """pyproject lists packages by hand: a new engine/ folder, preset or schema folder must be in it.
+def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:
+    """The wheel holds every module, preset and schema of the checkout, and py.typed.
 
-    (An installed engine once lacked engine/delivery/auth/ and failed on its first delivery.)
+    (An installed engine once lacked engine/delivery/auth/ and failed on its
+    first delivery, when packages were listed by hand.) Packages are found by
+    setup.py; this builds the wheel the way pip does and reads what is in it.
     """
-    import tomllib
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
 
-    config = tomllib.loads((ENGINE.parent / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
-    listed = set(config["packages"])
-    code = {".".join(("engine", *p.parent.relative_to(ENGINE).parts)) for p in ENGINE.rglob("*.py")
-            if "__pycache__" not in p.parts}
-    missing = sorted(code - listed)
-    assert not missing, f"packages missing from pyproject.toml: {missing}"
+    root = ENGINE.parent
+    source = tmp_path / "source"  # a copy: a build/ folder left in the checkout would hide what is missing
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("engine", "presets", "schemas"):
+        shutil.copytree(root / folder, source / folder, ignore=ignore)
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(root / name, source / name)
+    build = "import sys; from setuptools import build_meta; build_meta.build_wheel(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=source, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {p.relative_to(root).as_posix() for p in ENGINE.rglob("*.py") if "__pycache__" not in p.parts}
+    wanted.add("engine/py.typed")
     for top, pattern in (("presets", "*.yaml"), ("schemas", "*.json")):
-        root = ENGINE.parent / top
-        folders = {".".join(("engine", top, *p.parent.relative_to(root).parts)) for p in root.rglob(pattern)}
-        assert folders <= listed, f"{top} folders missing from packages: {sorted(folders - listed)}"
-        data = config["package-data"]
-        assert all(pattern in data.get(f, []) for f in folders), f"{top}: package-data lacks {pattern} somewhere"
+        wanted |= {"engine/" + p.relative_to(root).as_posix() for p in (root / top).rglob(pattern)}
+    missing = sorted(wanted - shipped)
+    assert not missing, f"the wheel lacks {missing}"
+    assert not [name for name in shipped if name.startswith(("tests/", "presets/", "schemas/"))]
 
 
 def test_the_architecture_document_names_every_part_of_the_engine() -> None:

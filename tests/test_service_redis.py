@@ -165,7 +165,7 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
     assert all(used <= 120 for _, _, used in state["rate_limit"]["windows"])
     # Each worker's /metrics: its outcomes, no 429, an empty backlog once done.
     for text in scraped:
-        assert 'signal_outcomes_total{outcome="delivered",reason=""}' in text
+        assert 'signal_outcomes_total{outcome="delivered",reason="none"}' in text
         assert "signal_destination_429_total 0.0" in text and "signal_queue_backlog_events 0.0" in text
         assert "signal_token_refreshes_total" in text and "signal_delivery_latency_seconds_count" in text
     # The entries w0 held were taken over by the others; they drained and exited cleanly.

@@ -33,12 +33,12 @@ def load_preset_arg(args: argparse.Namespace, name: str | None = None) -> Any:
     return load_preset(name if name is not None else args.preset, getattr(args, "preset_path", []) or [])
 
 
-_LOCATED = re.compile(r"^\S+:\d+(:\d+)?: ")
+LOCATION = re.compile(r"^(?P<file>\S+?):(?P<line>\d+)(?::(?P<column>\d+))?: ")
 
 
 def located(line: str) -> bool:
     """Lines that already start with file:line speak for themselves."""
-    return bool(_LOCATED.match(line))
+    return bool(LOCATION.match(line))
 
 
 def say(text: str) -> None:

@@ -19,7 +19,7 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
-from .logs import add_logging_options, configure_logging
+from .logs import add_logging_options, configure_logging, say_on_stderr
 from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, signal_name
 
@@ -109,8 +109,8 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
 
         def on_signal(signum: int) -> None:
             first = stop.on_signal(signum)
-            print(f"signal-engine: {signal_name(signum)}{'' if first else ' again'}: stopping; letters not yet "
-                  "replayed stay in the store", file=sys.stderr, flush=True)
+            say_on_stderr(log_format, f"signal-engine: {signal_name(signum)}{'' if first else ' again'}: stopping; "
+                          "letters not yet replayed stay in the store", "warning", event="stopping")
             engine.stop(grace if first else 0, stop.reason or signal_name(signum))
 
         loop = asyncio.get_running_loop()
@@ -129,9 +129,11 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)
         skipped = sum(1 for r in results if r.cause == oc.NOT_SENT)
         line = f"signal-engine: replayed {len(results) - skipped}, delivered {done}, {left} left in the dead-letter store"
+        fields: dict[str, Any] = {"replayed": len(results) - skipped, "delivered": done, "left": left}
         if stop.reason and stop.reason in ("SIGINT", "SIGTERM"):
             line = f"{line}; stopped by {stop.reason}: {skipped} letter(s) not replayed"
-        print(line, file=sys.stderr)
+            fields.update(stopped=stop.reason, not_replayed=skipped)
+        say_on_stderr(log_format, line, "info", event="summary", **fields)
         code = stop.exit_code()
         return code if code is not None else (EXIT_OK if done == len(results) else EXIT_EVENTS_FAILED)
 

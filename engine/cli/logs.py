@@ -31,8 +31,12 @@ class _RedactingFormatter(logging.Formatter):
         return self.redactor.redact(super().format(record))
 
 
+# The attributes every LogRecord has; any other attribute came from a call's ``extra=``.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message.
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and the call's ``extra`` fields.
 
     Only the exception's type and first line are kept, never a traceback:
     frames can hold request bodies and headers.
@@ -50,6 +54,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # What a call passed in ``extra=`` (event_index, attempt, status, cause...) becomes fields
+        # of their own, so that a log shipper can filter on them without parsing the message.
+        entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in entry)
         if record.exc_info and record.exc_info[0] is not None:
             exc = record.exc_info[1]
             entry["exception"] = f"{record.exc_info[0].__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
@@ -62,6 +69,29 @@ def json_line(level: str, message: str, logger: str = "engine.cli", **fields: An
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "level": level, "logger": logger, "message": message, **fields}
     return json.dumps(entry, ensure_ascii=False)
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether ``argv`` asks for ``--log-format json``, read before argparse has run.
+
+    Argparse's own errors come before any option is parsed; a log shipper
+    still needs them as JSON. Abbreviations argparse accepts count too.
+    """
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        name, equals, value = arg.partition("=")
+        given = value if equals else (argv[i + 1] if i + 1 < len(argv) else "")
+        if len(name) >= 5 and "--log-format".startswith(name) and given == "json":
+            return True
+    return False
+
+
+def say_on_stderr(log_format: str, line: str, level: str = "info", **fields: Any) -> None:
+    """A line the CLI itself writes on stderr: as it is, or as one JSON object under ``--log-format json``."""
+    if log_format == "json":
+        line = json_line(level, line.removeprefix("signal-engine: "), **fields)
+    print(line, file=sys.stderr, flush=True)
 
 
 def configure_logging(redactor: Redactor, verbose: bool, log_format: str = "text") -> logging.Handler:

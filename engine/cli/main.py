@@ -19,10 +19,12 @@ import functools
 import importlib
 import os
 import sys
+from typing import Any
 
 from ..language.compiler import PresetError
 from ..language.settings import SettingsError
-from .common import UsageError, located
+from .common import LOCATION, UsageError, located
+from .logs import wants_json
 from .report import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 from .stopping import RunStop
 
@@ -31,28 +33,89 @@ EXIT_INTERNAL = 70
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    json_logs = wants_json(argv)
     parser = _parser(argv[0] if argv else None)
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv) if json_logs else parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
+        if json_logs:
+            _fail(True, ["no command given (signal-engine --help lists them)"], "usage_error",
+                  usage=parser.format_usage().strip())
+        else:
+            parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except (UsageError, PresetError, SettingsError) as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            print(f"signal-engine: {line}" if not located(line) else line, file=sys.stderr)
+        kind = {PresetError: "preset_error", SettingsError: "settings_error"}.get(type(exc), "usage_error")
+        _fail(json_logs, str(exc).splitlines() or [type(exc).__name__], kind)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("signal-engine: interrupted", file=sys.stderr)
+        _fail(json_logs, ["interrupted"], "interrupted", EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         RunStop().stdout_closed()  # no "Exception ignored" when the interpreter flushes stdout on exit
-        print("signal-engine: stdout was closed (broken pipe); stopped", file=sys.stderr)
+        _fail(json_logs, ["stdout was closed (broken pipe); stopped"], "stdout_closed", EXIT_BROKEN_PIPE)
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         first = (str(exc).splitlines() or [""])[0][:300]
-        print(f"signal-engine: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
+        _fail(json_logs, [f"internal error: {type(exc).__name__}: {first}"], "internal_error", EXIT_INTERNAL)
         return EXIT_INTERNAL
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parse_args``, its usage errors said as one JSON object (``--log-format json``).
+
+    argparse prints usage and error itself and exits 2; what it printed is
+    caught and said again as fields. ``--help`` and ``--version`` go to stdout as usual.
+    """
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        text = said.getvalue()
+        if exc.code in (0, None) or "error: " not in text:
+            sys.stderr.write(text)
+            raise
+        usage, _, error = text.rpartition("error: ")
+        prog = usage.rstrip().rsplit("\n", 1)[-1].removesuffix(":").strip()
+        _fail(True, [error.strip()], "usage_error", int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE,
+              command=prog, usage=" ".join(usage.replace(prog + ":", "").split()))
+        raise
+
+
+def _fail(json_logs: bool, lines: list[str], kind: str, code: int = EXIT_USAGE, **fields: Any) -> None:
+    """A failure on stderr: its lines as they are, or one JSON object whose fields say where and why.
+
+    A line that starts with file:line (a preset or settings problem) gives
+    ``file``, ``line`` and ``column``; several problems are listed in ``problems``.
+    """
+    if not json_logs:
+        for line in lines:
+            print(f"signal-engine: {line}" if not located(line) else line, file=sys.stderr)
+        return
+    from .logs import json_line
+
+    problems = [_problem(line) for line in lines]
+    first = dict(problems[0])
+    message = str(first.pop("message"))
+    if len(problems) > 1:
+        message = f"{message} (and {len(problems) - 1} more problem(s))"
+        fields["problems"] = problems
+    print(json_line("error", message, event=kind, exit_code=code, **first, **fields), file=sys.stderr, flush=True)
+
+
+def _problem(line: str) -> dict[str, Any]:
+    match = LOCATION.match(line)
+    if not match:
+        return {"message": line}
+    where: dict[str, Any] = {"message": line[match.end():], "file": match["file"], "line": int(match["line"])}
+    if match["column"]:
+        where["column"] = int(match["column"])
+    return where
 
 
 # Command name -> the module (in this package) that registers it. Only the

@@ -244,9 +244,14 @@ class Sender:
         if not log.isEnabledFor(logging.INFO):
             return
         answer = ex.status if ex.status is not None else f"{ex.transport_error} ({ex.error_text})"
+        url = self.view(ex.request)["url"]
+        fields = {"event_index": prepared.index, "messageId": prepared.message_id, "attempt": attempt,
+                  "method": ex.request.method, "url": url, "status": ex.status, "verdict": verdict}
+        if ex.status is None:
+            fields["cause"] = ex.transport_error
         log.info("%s", self.redactor.redact(
-            f"event {prepared.index} attempt {attempt}: {ex.request.method} {self.view(ex.request)['url']} "
-            f"-> {answer} => {verdict}"))
+            f"event {prepared.index} attempt {attempt}: {ex.request.method} {url} -> {answer} => {verdict}"),
+            extra=fields)
 
 
 

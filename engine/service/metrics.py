@@ -7,15 +7,20 @@ Names (all prefixed ``signal_``):
   ``too_large``, ``backlog_full``, ``draining``, ``unavailable``); a request
   refused before its events could be counted counts as one;
 * ``outcomes_total{outcome, reason}``: one per event a worker finished;
-  ``reason`` is the drop reason or the failure cause;
-* ``delivery_latency_seconds``: from the intake's 200 to the event's outcome;
+  ``reason`` is the drop reason or the failure cause, ``none`` when there is
+  neither (a delivery): never an empty label;
+* ``delivery_latency_seconds``: from the intake's 200 to the event's delivery
+  (drops, failures and dead letters are not deliveries, and would skew it);
 * ``queue_backlog_events``: entries queued and not yet acknowledged;
 * ``dead_letters``: letters waiting for a replay;
 * ``token_refreshes_total``: access tokens this process minted;
 * ``destination_responses_total{status}`` and ``destination_429_total``: the
-  destination's answers (token endpoint included), and its 429s.
+  destination API's answers, and its 429s;
+* ``token_endpoint_responses_total{status}``: the token endpoint's answers,
+  counted apart: a throttled token endpoint is not a throttled API.
 
-No label holds a secret, an event's content or a user id.
+No label holds a secret, an event's content or a user id. No ``*_created``
+series: they double every counter and say only when the process started.
 """
 
 from __future__ import annotations
@@ -28,21 +33,26 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
+NO_REASON = "none"  # the reason label of an outcome that has neither a drop reason nor a cause
+
+
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # prometheus_client's own switch, for the whole process
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.received = Counter("signal_events_received", "Events posted to the intake, by route and result",
                                 ["route", "result"], registry=r)
         self.outcomes = Counter("signal_outcomes", "Events finished, by outcome and reason or cause",
                                 ["outcome", "reason"], registry=r)
-        self.latency = Histogram("signal_delivery_latency_seconds", "From the intake's 200 to the event's outcome",
+        self.latency = Histogram("signal_delivery_latency_seconds", "From the intake's 200 to the event's delivery",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.backlog = Gauge("signal_queue_backlog_events", "Events queued and not yet acknowledged", registry=r)
         self.dead_letters = Gauge("signal_dead_letters", "Dead letters waiting for a replay", registry=r)
@@ -50,6 +60,8 @@ class Metrics:
         self.responses = Counter("signal_destination_responses", "Destination answers, by status", ["status"],
                                  registry=r)
         self.limited = Counter("signal_destination_429", "429 answers from the destination", registry=r)
+        self.token_responses = Counter("signal_token_endpoint_responses", "Token endpoint answers, by status",
+                                       ["status"], registry=r)
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:

@@ -75,6 +75,9 @@ class CountingTransport:
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         response = await self.inner.send(request)
+        if not request.authenticated:  # only a token request goes without the preset's credential
+            self.metrics.token_responses.labels(str(response.status)).inc()
+            return response
         self.metrics.responses.labels(str(response.status)).inc()
         if response.status == 429:
             self.metrics.limited.inc()

@@ -38,7 +38,7 @@ from ..outcome import Outcome
 from ..runtime import Engine
 from ..state.journal import event_key
 from ..state.queue import EventQueue, QueuedEvent
-from .metrics import Metrics
+from .metrics import NO_REASON, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ class Worker:
                 pass
         self.finished += 1
         if self.metrics is not None:
-            self.metrics.outcomes.labels(result.outcome, result.reason or result.cause or "").inc()
-            if entry is not None and entry.enqueued_at:
+            self.metrics.outcomes.labels(result.outcome, result.reason or result.cause or NO_REASON).inc()
+            if entry is not None and entry.enqueued_at and result.outcome == oc.DELIVERED:
                 self.metrics.latency.observe(max(0.0, self._clock() - entry.enqueued_at))
             mints = self.engine.mints
             if mints > self._mints_seen:

@@ -249,7 +249,7 @@ class OAuth2Auth:
                     continue  # another engine had rotated it; try the newer token once more
                 self._broken = AuthFailure(self.redactor.redact(message), fatal=True, status=status,
                                            body=self.redactor.redact(body))
-                log.error("auth: %s", self._broken)
+                log.error("auth: %s", self._broken, extra={"status": status, "cause": "reauthorisation_required"})
                 raise self._broken
             if action == "wait_rate_limit":
                 throttled += 1
@@ -264,7 +264,8 @@ class OAuth2Auth:
                     raise AuthFailure(self.redactor.redact(f"{clause} (gave up after {failures} attempts)"), fatal=False,
                                       status=status, body=self.redactor.redact(body))
                 delay = backoff_delay(self.retries, failures, self._rng)
-            log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(clause), delay)
+            log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(clause), delay,
+                        extra={"status": status, "retry_in_seconds": round(delay, 3)})
             await self._sleep(delay)
 
     @staticmethod
@@ -297,7 +298,7 @@ class OAuth2Auth:
             response = await self.transport.send(self.token_request())
         except TransportError as exc:
             # Exception text can quote the request; only its kind is safe to log.
-            log.info("auth: token endpoint unreachable: %s", exc.kind)
+            log.info("auth: token endpoint unreachable: %s", exc.kind, extra={"cause": exc.kind})
             return None, None, {}
         finally:
             self._posting = False
@@ -328,7 +329,7 @@ class OAuth2Auth:
         self._access = access
         self._expires_at = self._clock() + lifetime - self._margin(lifetime)
         self.mints += 1
-        log.info("auth: minted an access token valid for %ds", int(lifetime))
+        log.info("auth: minted an access token valid for %ds", int(lifetime), extra={"expires_in": int(lifetime)})
 
 
 def token_endpoint_request(spec: AuthSpec, url: str, client_id: str, client_secret: str, form: dict[str, str],

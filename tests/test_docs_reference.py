@@ -1,0 +1,127 @@
+"""The docs site's reference pages: generated from the parsers and the schema, committed, and complete.
+
+A command, an option or a preset key that the reference does not list is one
+a user cannot find; a committed page that differs from what the sources give
+is stale (run ``python docs/gen_reference.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs"
+
+
+def generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pages() -> dict[str, str]:
+    return {path.relative_to(DOCS).as_posix(): text for path, text in generator().generate().items()}
+
+
+def test_the_committed_reference_pages_are_what_the_sources_give(pages: dict[str, str]) -> None:
+    for name, text in pages.items():
+        committed = (DOCS / name).read_text(encoding="utf-8")
+        assert committed == text, f"docs/{name} is stale: run python docs/gen_reference.py"
+
+
+def parsers() -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    """Every command line a user can type, found here independently of the generator."""
+    from engine.cli.main import COMMANDS, _parser
+    from engine.cli.sandbox import available
+
+    top = _parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(commands.choices) == sorted(name for name, _ in COMMANDS)
+    for name, parser in commands.choices.items():
+        yield f"signal-engine {name}", parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield f"signal-engine {name} {sub_name}", sub
+    for name in available():
+        module = importlib.import_module(f"engine.sandbox.{name}")
+        yield f"signal-engine sandbox {name}", module.build_parser()
+
+
+def section(page: str, command: str) -> str:
+    match = re.search(rf"^## `{re.escape(command)}`\n(.*?)(?=^## |\Z)", page, re.S | re.M)
+    assert match, f"the CLI reference has no section for {command}"
+    return match.group(1)
+
+
+def test_every_command_and_option_is_in_the_cli_reference(pages: dict[str, str]) -> None:
+    page = pages["reference/cli.md"]
+    seen = 0
+    for command, parser in parsers():
+        text = section(page, command)
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+                continue
+            for flag in action.option_strings:
+                assert f"`{flag}" in text, f"{command}: {flag} is missing from docs/reference/cli.md"
+            if action.help and not isinstance(action, argparse._SubParsersAction):
+                assert " ".join(action.help.split())[:20].replace("<", "&lt;").replace(">", "&gt;") in text, \
+                    f"{command}: the help of {action.dest} is missing"
+            seen += 1
+    assert seen > 60
+
+
+def schema_keys(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(node, dict):
+        for key in node.get("properties", {}):
+            yield key, f"{path}.{key}"
+        for key, child in node.items():
+            yield from schema_keys(child, f"{path}.{key}")
+    elif isinstance(node, list):
+        for child in node:
+            yield from schema_keys(child, path)
+
+
+def test_every_schema_key_is_in_the_preset_language_reference(pages: dict[str, str]) -> None:
+    page = pages["reference/preset-language.md"]
+    schema = json.loads((REPO / "schemas" / "preset.schema.json").read_text(encoding="utf-8"))
+    listed = set()
+    for token in re.findall(r"`([^`\n]+)`", page):
+        listed.update(part.removesuffix("[]") for part in token.split("."))
+    keys = list(schema_keys(schema))
+    assert len(keys) > 100
+    missing = sorted({f"{where}" for key, where in keys if key not in listed})
+    assert not missing, f"schema keys missing from docs/reference/preset-language.md: {missing}"
+    for name in schema["$defs"]:
+        assert f"### `{name}` {{#def-" in page, f"the definition {name} has no section"
+
+
+def test_every_schema_description_is_in_the_reference(pages: dict[str, str]) -> None:
+    page = pages["reference/preset-language.md"]
+    schema = json.loads((REPO / "schemas" / "preset.schema.json").read_text(encoding="utf-8"))
+
+    def descriptions(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("description"), str):
+                yield node["description"]
+            for child in node.values():
+                yield from descriptions(child)
+        elif isinstance(node, list):
+            for child in node:
+                yield from descriptions(child)
+
+    for text in descriptions(schema):
+        shown = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        assert shown in page.replace("\\|", "|"), f"description missing from the reference: {text[:80]!r}"
