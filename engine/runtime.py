@@ -506,7 +506,8 @@ class Engine:
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
-                                                       self._sender.original_request(prepared), key))
+                                                       self._sender.original_request(prepared), key,
+                                                       self._letter_context(prepared)))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
@@ -553,6 +554,15 @@ class Engine:
                 log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
+    def _letter_context(self, prepared: Prepared) -> dict[str, Any]:
+        """What a replay needs besides the request: the traits and values the upsert's expressions read.
+
+        Both come from the event and the preset, never from the settings;
+        any known secret that an event carried anyway is scrubbed like the
+        request beside it.
+        """
+        return self.redactor.redact({"traits": prepared.traits, "values": prepared.values})
+
     def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
         """The request to re-send, or why this letter cannot be replayed here."""
         request = entry.get("request")
@@ -572,8 +582,12 @@ class Engine:
             url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
         if request.get("body") is not None:
             headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
+        # A letter written before it kept its context replays with none, as it always did.
+        context = entry.get("context") if isinstance(entry.get("context"), dict) else {}
+        traits, values = context.get("traits"), context.get("values")
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        url, headers, request.get("body"), {})
+                        url, headers, request.get("body"), dict(traits) if isinstance(traits, dict) else {},
+                        dict(values) if isinstance(values, dict) else {})
 
 
 class _Stop:
