@@ -142,3 +142,10 @@ def test_every_problem_is_reported_in_one_run(tmp_path: Path) -> None:
                      ('"source": values.source}', '"source": values.sorce}'),
                      ('"name": traits.name,', '"name": $titlecase(traits.name),'))
     assert len(lines) == 3
+
+
+def test_the_hash_functions_are_known_and_a_misspelt_one_is_not(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, ('"name": traits.name,', '"name": $sha256(traits.email) & $md5(traits.email),'))))
+    [line] = problems(tmp_path, ('"name": traits.name,', '"name": $sha265(traits.email),'))
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', '$sha265')}: ")
+    assert "unknown function $sha265()" in line

@@ -8,7 +8,8 @@ position:
 * a root path into an input that does not exist (``trait.email``);
 * ``traits.X`` where X is not a declared trait, ``values.X`` that no event
   row defines, ``settings.X`` naming an unknown or a secret setting;
-* a call to a function that is neither built in nor bound in the expression.
+* a call to a function that is neither built in (JSONata's library and the
+  engine's ``$sha256`` and ``$md5``) nor bound in the expression.
 
 Only paths evaluated against the expression's own input are checked: inside
 a predicate, a nested step or a lambda the context is something else, and a
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Collection, Iterator, Mapping
+
+from .expressions import HOST_FUNCTIONS
 
 # What a root may contain: the names it is known to have, or None for "anything".
 Roots = Mapping[str, Collection[str] | None]
@@ -40,12 +43,12 @@ class InputShape:
 
 
 def builtin_functions() -> frozenset[str]:
-    """The function library every supported JSONata engine provides."""
+    """The function library every supported JSONata engine provides, and the engine's own ($sha256, $md5)."""
     import jsonata
 
     if jsonata.Jsonata.static_frame is None:
         jsonata.Jsonata("1")  # builds the static frame
-    return frozenset(jsonata.Jsonata.static_frame.bindings)
+    return frozenset(jsonata.Jsonata.static_frame.bindings) | frozenset(HOST_FUNCTIONS)
 
 
 def analyse(source: str, shape: InputShape) -> list[Finding]:
