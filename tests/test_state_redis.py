@@ -177,6 +177,16 @@ def test_a_worker_holding_an_older_token_cannot_overwrite_a_newer_one(redis_url:
     assert state(redis_url).tokens("other-client").load("configured") is None
 
 
+def test_the_token_answers_values_are_kept_with_the_access_token(redis_url: str) -> None:
+    """auth.token_values (an instance_url) come back with the token they were minted with; none stays none."""
+    store = state(redis_url).tokens("cid-values")
+    store.save(StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"}), "configured")
+    assert state(redis_url).tokens("cid-values").load("configured") == \
+        StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"})
+    store.save(StoredTokens("rotated-2", "access-2", 6.0), "configured")
+    assert state(redis_url).tokens("cid-values").load("configured").values == {}
+
+
 # -- the shared rate budget --------------------------------------------------------------
 
 HEADERS = dict(remaining_header="X-RateLimit-Remaining", reset_header="X-RateLimit-Reset")

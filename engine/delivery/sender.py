@@ -10,6 +10,7 @@ the credential applied last, so it exists nowhere but on the wire.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .. import outcome as oc
 from ..language.expressions import ExpressionError
 from ..language.model import AuthSpec, DeliverySpec
 from ..language.settings import Settings
+from ..language.templates import TemplateError, fill_token_values
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
@@ -115,6 +117,10 @@ class Sender:
                     credential = await self.auth.credential()
                 except AuthFailure as exc:
                     return Step("auth", None, None, exc)
+                try:
+                    request = self._with_token_values(request)
+                except TemplateError as exc:
+                    return Step("auth", None, None, AuthFailure(str(exc), fatal=False))
             await self.limiter.acquire()
             attempts[0] += 1
             exchange = await self._http(request, credential, step)
@@ -148,6 +154,15 @@ class Sender:
                 await self._sleep(self._retry_delay(exchange, failures))
                 continue
             return Step("fail", exchange, rule)
+
+    def _with_token_values(self, request: HttpRequest) -> HttpRequest:
+        """``{token.NAME}`` filled from the answer that gave the current access token (just obtained)."""
+        values = getattr(self.auth, "token_values", None)
+        if values is None or not (self.auth_spec and self.auth_spec.token_values):
+            return request
+        known = values()
+        return dataclasses.replace(request, url=fill_token_values(request.url, known),
+                                   headers={k: fill_token_values(v, known, header=True) for k, v in request.headers.items()})
 
     def _rate_limit_wait(self, exchange: Exchange, answer: Answer, waits: int) -> float:
         """A 429's wait: the preset's expression over the body, Retry-After, the window reset, else backoff."""

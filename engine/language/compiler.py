@@ -46,7 +46,7 @@ from .model import (
     UpsertSpec,
 )
 from .settings import SettingSpec
-from .templates import Template, TemplateError
+from .templates import TOKEN_ROOT, Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
 
 if TYPE_CHECKING:
@@ -62,6 +62,9 @@ MAX_EXPRESSION_CHARS = 16_384
 MAX_EXPRESSIONS_CHARS = 131_072
 # Static-check problems reported per expression; past this, one line says how many more there are.
 MAX_FINDINGS_PER_EXPRESSION = 20
+# Fields of an OAuth token answer that are credentials (RFC 6749 §5.1, OpenID Connect's id_token):
+# auth.token_values may not name them, so no template can put one in a URL or a header.
+SECRET_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
 
 
 class PresetError(Exception):
@@ -173,6 +176,8 @@ class _Compiler:
         if settings.get(consent_setting) is None or settings[consent_setting].type != "string_list":
             self.problem(["consent", "categories_setting"], f"must name a string_list setting, got {consent_setting!r}")
         self._check_events(data["events"], data["actions"])
+        declared = (data.get("auth") or {}).get("token_values") if isinstance(data.get("auth"), dict) else None
+        self.token_values = tuple(str(v) for v in declared) if isinstance(declared, list) else ()
         actions = {name: self._action(name, spec) for name, spec in data["actions"].items()}
         auth = self._auth(data.get("auth"))
         if auth is not None and auth.authorize_url is not None and auth.refresh_token_setting in settings:
@@ -333,10 +338,24 @@ class _Compiler:
                     self.problem(path, f"{label} is a secret setting; secrets are only usable in auth:")
                 elif not spec.required and spec.default is None:
                     self.problem(path, f"{label} needs the setting {name!r} to be required: true or to have a default")
+            elif fields[0] == TOKEN_ROOT and path[0] != "auth":
+                self._check_token_placeholder(path, fields)
             elif fields[0] not in roots:
                 allowed = ", ".join(["{settings.*}", *("{" + r + ".*}" for r in roots)])
                 self.problem(path, f"unknown placeholder {label} (allowed here: {allowed})")
         return template
+
+    def _check_token_placeholder(self, path: list[PathPart], fields: tuple[str, ...]) -> None:
+        """``{token.NAME}``: a value of the token answer, which ``auth.token_values`` must declare."""
+        label = "{" + ".".join(fields) + "}"
+        declared = getattr(self, "token_values", ())
+        if len(fields) != 2:
+            self.problem(path, f"{label}: a token value is one name, {{token.NAME}}")
+        elif not declared:
+            self.problem(path, f"{label} reads the token answer, but auth declares no token_values "
+                               "(an OAuth auth kind lists the fields of its token answer there)")
+        elif fields[1] not in declared:
+            self.problem(path, f"{label} is not in auth.token_values (declared: {', '.join(declared)})")
 
     def _headers(self, path: list[PathPart], spec: Mapping[str, str], roots: tuple[str, ...] = ()) -> dict[str, Template]:
         return {name: t for name, source in spec.items()
@@ -463,7 +482,16 @@ class _Compiler:
             rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
             authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
             echo_redirect_params=tuple(spec.get("echo_redirect_params", [])),
-            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules)
+            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules,
+            token_values=self._token_values(spec.get("token_values", [])))
+
+    def _token_values(self, names: list[str]) -> tuple[str, ...]:
+        """Token-answer fields a template may read; the tokens themselves stay secret, so they are refused."""
+        for i, name in enumerate(names):
+            if name in SECRET_TOKEN_FIELDS:
+                self.problem(["auth", "token_values", i], f"{name!r} is a secret of the token answer; only values "
+                                                          "that are not credentials (instance_url, api_domain) may be read")
+        return tuple(names)
 
     def _secret_setting(self, path: list[PathPart], name: str) -> str:
         spec = self.settings.get(name)

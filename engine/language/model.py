@@ -130,6 +130,9 @@ class AuthSpec:
     echo_redirect_params: tuple[str, ...] = ()  # sent back with the authorization code (signal-engine auth)
     refresh_before_expiry: float = 60.0
     rules: tuple[Rule, ...] = ()
+    # Fields of the token answer that templates read as {token.NAME} (Salesforce's instance_url,
+    # Zoho's api_domain); never a token itself. Kept with the access token.
+    token_values: tuple[str, ...] = ()
 
     @property
     def placeholder(self) -> str:
