@@ -131,10 +131,13 @@ class Engine:
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         self.auth: Auth | None = None  # built on start(), with the transport
         # A backend shared by several processes may also share the rate budget (one for all workers).
+        # Each further window has its own shared budget beside the first one's.
         spec = preset.delivery.rate_limit
         shared_budget = getattr(backend, "rate_budget", None)
-        budget = shared_budget(preset.name, *bucket_shape(spec.requests, spec.per_seconds)) if shared_budget else None
-        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budget)
+        budgets = [shared_budget(preset.name if i == 0 else f"{preset.name}#window{i}",
+                                 *bucket_shape(window.requests, window.per_seconds)) if shared_budget else None
+                   for i, window in enumerate((spec, *spec.windows))]
+        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:])
 
     @classmethod
     def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":

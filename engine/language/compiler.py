@@ -512,32 +512,36 @@ class _Compiler:
             rules.append(Rule.build(spec, match))
         return tuple(rules)
 
-    def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
-        rl = spec["rate_limit"]
+    def _rate_window(self, path: list[PathPart], rl: Mapping[str, Any]) -> RateLimitSpec:
+        """One rate window: ``delivery.rate_limit`` itself, or one of its ``windows``."""
         headers = rl.get("headers", {})
+        if headers.get("window") and headers.get("reset"):
+            self.problem(path + ["headers", "window"], "give either reset or window, not both")
+        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
+            self.problem(path + ["window_seconds"],
+                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
+        if "window_alignment" in rl and "window_seconds" not in rl:
+            self.problem(path + ["window_alignment"], "window_alignment needs window_seconds")
+        wait = rl.get("wait_from_response")
+        return RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
+                             _header_name(headers.get("reset")), headers.get("retry_after"),
+                             headers.get("reset_format", "epoch_seconds"), headers.get("window"),
+                             headers.get("window_unit", "seconds"),
+                             self._expression(path + ["wait_from_response"], wait, self.RESPONSE_ROOTS,
+                                              "wait_from_response") if wait else None,
+                             _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
+                             float(rl["window_seconds"]) if "window_seconds" in rl else None,
+                             rl.get("window_alignment", "rolling"),
+                             tuple(self._rate_window(path + ["windows", i], w) for i, w in enumerate(rl.get("windows", []))))
+
+    def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
         backoff = spec["retries"].get("backoff", {})
         for i, rule in enumerate(spec["responses"]):
             if rule["then"] == "upsert" and not any("upsert" in a for a in self.data["actions"].values()):
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
-        if headers.get("window") and headers.get("reset"):
-            self.problem(["delivery", "rate_limit", "headers", "window"], "give either reset or window, not both")
-        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
-            self.problem(["delivery", "rate_limit", "window_seconds"],
-                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
-        if "window_alignment" in rl and "window_seconds" not in rl:
-            self.problem(["delivery", "rate_limit", "window_alignment"], "window_alignment needs window_seconds")
-        wait = rl.get("wait_from_response")
         return DeliverySpec(
             float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
-            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
-                          _header_name(headers.get("reset")), headers.get("retry_after"),
-                          headers.get("reset_format", "epoch_seconds"), headers.get("window"),
-                          headers.get("window_unit", "seconds"),
-                          self._expression(["delivery", "rate_limit", "wait_from_response"], wait, self.RESPONSE_ROOTS,
-                                           "wait_from_response") if wait else None,
-                          _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
-                          float(rl["window_seconds"]) if "window_seconds" in rl else None,
-                          rl.get("window_alignment", "rolling")),
+            self._rate_window(["delivery", "rate_limit"], spec["rate_limit"]),
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),

@@ -170,6 +170,9 @@ class RateLimitSpec:
     reset_key: str | None = None
     window_seconds: float | None = None  # a known window length, for destinations advertising no reset
     window_alignment: str = "rolling"  # clock | rolling
+    # Further windows (rate_limit.windows: a daily budget beside a burst limit), each with its
+    # own figures and headers; a request waits until every one of them lets it go.
+    windows: tuple["RateLimitSpec", ...] = ()
 
 
 @dataclass(frozen=True)
