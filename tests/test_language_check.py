@@ -149,3 +149,23 @@ def test_the_hash_functions_are_known_and_a_misspelt_one_is_not(tmp_path: Path) 
     [line] = problems(tmp_path, ('"name": traits.name,', '"name": $sha265(traits.email),'))
     assert line.startswith(f"{located(tmp_path / 'contacts.yaml', '$sha265')}: ")
     assert "unknown function $sha265()" in line
+
+
+def test_a_mapping_key_the_output_schema_forbids_is_named_at_its_line(tmp_path: Path) -> None:
+    """contact.schema.json has additionalProperties: false; "sauce" would fail every event as output_invalid."""
+    [line] = problems(tmp_path, ('"source": values.source}', '"sauce": values.source}'))
+    key = '"sauce"'
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', key)}: actions.upsert_contact.mapping: ")
+    assert "key 'sauce' is not allowed by the output schema ./contact.schema.json at the top level" in line
+    assert "allowed: country, email, name, phone, source" in line
+
+
+def test_a_forbidden_key_inside_a_merge_and_a_condition_is_found(tmp_path: Path) -> None:
+    [line] = problems(tmp_path, ('{"email": traits.email,', '$merge([{"email": traits.email,'),
+                      ('"source": values.source}', '"source": values.source}, traits.name ? {"nmae": traits.name} : {}])'))
+    key = '"nmae"'
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', key)}: ") and "key 'nmae' is not allowed" in line
+
+
+def test_a_computed_key_is_not_guessed_at(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, ('"source": values.source}', '("so" & "urce"): values.source}'))))

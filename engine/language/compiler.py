@@ -368,9 +368,29 @@ class _Compiler:
         request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
                               self._headers(base + ["request", "headers"], req.get("headers", {})))
         output = self._output(base + ["output"], spec.get("output", {}))
+        self._check_result_keys(base + ["mapping"], spec["mapping"], output.contract)
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
+        if upsert is not None and "upsert" in spec:
+            self._check_result_keys(base + ["upsert", "update", "body"], spec["upsert"]["update"]["body"],
+                                    upsert.update_output.contract if upsert.update_output else output.contract)
         return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
                           output.omit_empty, output.truncate, upsert)
+
+    def _check_result_keys(self, path: list[PathPart], source: str, contract: OutputContract | None) -> None:
+        """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
+        if contract is None or self.checked_schemas is not None or not isinstance(source, str):
+            return
+        from .expression_check import result_keys  # only for a preset not in the cache
+
+        for use in result_keys(source):
+            allowed = contract.forbidden_key(use.path, use.key)
+            if allowed is None:
+                continue
+            where = "/" + "/".join(use.path) if use.path else "the top level"
+            loc = self.doc.locate_in_scalar(path, use.position)
+            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
+                                  f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
+                                  f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})"))
 
     def _output(self, path: list[PathPart], spec: Mapping[str, Any]) -> OutputSpec:
         contract = None
