@@ -140,6 +140,30 @@ def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None,
     return GoldenResult(case, actual, expected)
 
 
+def new_failures(result: GoldenResult) -> list[dict[str, Any]]:
+    """Outcomes ``failed`` in the actual output that the expected file does not already pin as failed.
+
+    A ``failed`` outcome is usually a broken preset or case (a mapping error,
+    an answer no rule knows), not behaviour anyone meant to promise, so
+    ``golden --update`` does not make one a contract unless told to. One the
+    expected file already holds (same place, same cause) is the contract
+    itself: updating around it needs no permission.
+    """
+    def outcomes(output: Any) -> list[Any]:
+        listed = output.get("outcomes") if isinstance(output, dict) else output
+        return listed if isinstance(listed, list) else []
+
+    pinned = outcomes(result.expected)
+    new = []
+    for i, outcome in enumerate(outcomes(result.actual)):
+        if not isinstance(outcome, dict) or outcome.get("outcome") != "failed":
+            continue
+        before = pinned[i] if i < len(pinned) and isinstance(pinned[i], dict) else {}
+        if before.get("outcome") != "failed" or before.get("cause") != outcome.get("cause"):
+            new.append(outcome)
+    return new
+
+
 def update(result: GoldenResult) -> bool:
     """Write the actual outcomes as the new contract; True if the file changed."""
     text = render(result.actual)
