@@ -19,7 +19,7 @@ from language_fixtures import ACME_PRESET, lead, write_acme
 
 from engine import outcome as oc
 from engine.delivery.rate_limit import reset_seconds
-from engine.delivery.upsert import encode_query
+from engine.pipeline.lookup import encode_query
 from engine.golden import ScriptedRun, deliver_scripted
 from engine.language.compiler import load_preset
 from engine.language.settings import resolve

@@ -333,3 +333,18 @@ def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivere
         assert contact["title"] == "VP Sales"
 
     asyncio.run(scenario())
+
+
+def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
+    """``requests`` lists what a lookup_first delivery sends, in order; ``request`` stays the create."""
+    from engine.language.compiler import load_preset
+    from engine.pipeline.prepare import Pipeline
+
+    outcome = Pipeline(load_preset("close/leads"), CLOSE).dry_run(SAME_LEAD_TWICE[1], 0)
+    assert outcome.outcome == oc.WOULD_SEND
+    lookup, create = outcome.requests
+    assert (lookup["method"], lookup["url"]) == ("POST", "https://api.close.com/api/v1/data/search/")
+    assert lookup["headers"]["Authorization"] == "Basic ***"
+    assert "marcus.lee@northwind.io" in json.dumps(lookup["body"])
+    assert create == outcome.request and create["url"] == "https://api.close.com/api/v1/lead/"
+    assert list(outcome.to_dict()) == ["index", "messageId", "outcome", "request", "requests"]

@@ -20,6 +20,7 @@ from ..outcome import Outcome
 from .consent import ConsentGate
 from .event_shape import message_id_of, shape_problem
 from .identity import IdentityMemory, merged_traits
+from .lookup import LookupBuildError, lookup_request
 from .normalisers import InvalidValue
 from .transform import TransformError, build_document, normalise_traits
 
@@ -178,4 +179,16 @@ class Pipeline:
             return result
         auth = self.preset.auth
         request = result.masked_request(auth)
-        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
+        upsert = result.action.upsert
+        if upsert is None or upsert.strategy != "lookup_first" or upsert.lookup is None:
+            return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
+        # The lookup goes first; what follows depends on its answer.
+        context = {"document": result.body, "traits": result.traits, "values": result.values,
+                   "settings": self.public_settings}
+        try:
+            lookup = lookup_request(result.action, context, result.headers)
+        except LookupBuildError as exc:
+            return Outcome(index, result.message_id, oc.FAILED, cause=exc.cause, detail=exc.message,
+                           request=request, warnings=result.warnings)
+        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings,
+                       requests=[masked_view(auth, lookup), request])
