@@ -339,8 +339,21 @@ def _removed(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple[t
                 yield path + (str(key),), value
             else:
                 yield from _removed(value, after[key], path + (str(key),))
-    elif isinstance(before, list) and isinstance(after, list) and len(before) != len(after):
-        yield path, before
+    elif isinstance(before, list) and isinstance(after, list):
+        # Items are named by their place in the mapped array; the ones kept line up with ``after`` in order.
+        kept = iter(after)
+        for i, item in enumerate(before):
+            if _dropped_item(item):
+                yield path + (str(i),), item
+            else:
+                yield from _removed(item, next(kept, None), path + (str(i),))
+
+
+def _dropped_item(item: Any) -> bool:
+    """Whether omit_empty drops this array item: empty, or a container that is empty once cleaned."""
+    if item is None or (isinstance(item, (str, list, dict)) and not item):
+        return True
+    return isinstance(item, (list, dict)) and not omit_empty(item)
 
 
 def _shortened(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str, str]]:
