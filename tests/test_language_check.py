@@ -169,3 +169,10 @@ def test_a_forbidden_key_inside_a_merge_and_a_condition_is_found(tmp_path: Path)
 
 def test_a_computed_key_is_not_guessed_at(tmp_path: Path) -> None:
     load_preset(str(write_acme(tmp_path, ACME_PRESET, ('"source": values.source}', '("so" & "urce"): values.source}'))))
+
+
+def test_order_by_is_checked_like_any_expression(tmp_path: Path) -> None:
+    [line] = problems(tmp_path, ("  rate_limit: {requests: 100, per_seconds: 1}\n",
+                                 "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.emial\n"))
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', 'order_by', at='emial')}: delivery.order_by: ")
+    assert "traits.emial is not a declared trait" in line

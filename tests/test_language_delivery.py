@@ -313,3 +313,63 @@ def test_a_dead_letter_with_a_query_key_is_replayed_with_the_live_key_once(tmp_p
     assert replayed.outcome == oc.DELIVERED
     assert replayed.request["url"] == "https://api.acme.test/v1/contacts?key=***"
     assert state.dead_letters().entries(preset.name) == []
+
+
+class GatedTransport:
+    """Holds every answer until released, and records what was sent: who is on the wire at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def send(self, request: Any) -> Any:
+        from multidict import CIMultiDict
+
+        from engine.delivery.transport import HttpResponse
+
+        self.sent.append(request)
+        await self.release.wait()
+        return HttpResponse(201, CIMultiDict(), {"id": len(self.sent)})
+
+
+NO_UPSERT = ("""    upsert:
+      strategy: on_conflict
+      found: '{"id": $match(conflict.body.message, /id ([0-9]+)/).groups[0]}'
+      update:
+        method: PATCH
+        url: "{settings.base_url}/v1/contacts/{found.id}"
+        body: document
+""", "")
+
+
+@pytest.mark.parametrize("order_by, on_the_wire", [(None, 3), ("traits.email", 2)])
+def test_order_by_keeps_one_persons_events_in_order_for_an_action_without_upsert(
+        tmp_path: Path, order_by: str | None, on_the_wire: int) -> None:
+    """Two events for one email and one for another: with order_by, the second of the same email waits."""
+    from engine.runtime import Engine
+
+    edits = [NO_UPSERT, ("    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
+                         "      message: merged into the existing contact\n", "")]
+    if order_by:
+        edits.append(("  rate_limit: {requests: 100, per_seconds: 1}\n",
+                      f"  rate_limit: {{requests: 100, per_seconds: 1}}\n  order_by: {order_by}\n"))
+    preset = load_preset(str(write_acme(tmp_path, ACME_PRESET, *edits)))
+    assert (preset.delivery.order_by is not None) == bool(order_by)
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        transport = GatedTransport()
+        async with Engine.from_preset(preset, {"api_key": KEY}, transport=transport) as engine:
+            work = [asyncio.ensure_future(engine.process(event, i)) for i, event in enumerate(
+                [lead("jane@acme.test", "m-1"), lead("JANE@acme.test", "m-2"), lead("joe@acme.test", "m-3")])]
+            for _ in range(200):  # everything that can go out without an answer goes out
+                await asyncio.sleep(0)
+            held = list(transport.sent)
+            transport.release.set()
+            outcomes = await asyncio.gather(*work)
+        return held, list(outcomes)
+
+    held, outcomes = asyncio.run(scenario())
+    assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 3
+    assert len(held) == on_the_wire
+    if order_by:
+        assert [r.body["email"] for r in held] == ["jane@acme.test", "joe@acme.test"]

@@ -63,14 +63,19 @@ class Upserter:
                 return ended.outcome
 
     def _key(self, prepared: Prepared) -> str | None:
-        """The record this event writes, when the preset names it: such events go one at a time."""
+        """The record this event writes, when the preset names it: such events go one at a time.
+
+        An upsert's own ``key`` names it for its action; ``delivery.order_by``
+        for every action (a native upsert, a plain create) that has none.
+        """
         spec = prepared.action.upsert
-        if spec is None or spec.key is None:
+        expression = spec.key if spec is not None and spec.key is not None else self.sender.delivery.order_by
+        if expression is None:
             return None
         context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
                    "settings": self.public}
         try:
-            key = spec.key.evaluate(context)
+            key = expression.evaluate(context)
         except ExpressionError:
             return None  # no key, no ordering: the upsert still merges
         return json.dumps(key, sort_keys=True, default=str) if key is not None else None

@@ -554,6 +554,16 @@ class _Compiler:
                              rl.get("window_alignment", "rolling"),
                              tuple(self._rate_window(path + ["windows", i], w) for i, w in enumerate(rl.get("windows", []))))
 
+    def _order_by(self, source: str | None) -> Expression | None:
+        """``delivery.order_by`` sees what every action's ``upsert.key`` sees: document, traits, values, settings."""
+        if not source:
+            return None
+        values: set[str] = set()
+        for names in self.values_by_action.values():
+            values |= set(names)
+        roots = {"document": None, "traits": self.trait_names, "values": values, "settings": self._public_settings()}
+        return self._expression(["delivery", "order_by"], source, roots, "delivery.order_by")
+
     def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
         backoff = spec["retries"].get("backoff", {})
         for i, rule in enumerate(spec["responses"]):
@@ -567,6 +577,7 @@ class _Compiler:
             self._rules(["delivery", "responses"], spec["responses"]),
             int(spec.get("max_response_bytes", 1_048_576)),
             dedupe_window_seconds=float(spec.get("dedupe_window_seconds", DEFAULT_DEDUPE_WINDOW_SECONDS)),
+            order_by=self._order_by(spec.get("order_by")),
         )
 
 
@@ -594,6 +605,7 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
         for i in range(len(rules) if isinstance(rules, list) else 0):
             sites.append(([*section, i, "when", "match"], get(rules, i, "when", "match")))
     sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
+    sites.append((["delivery", "order_by"], get(data, "delivery", "order_by")))
     return sites
 
 

@@ -185,6 +185,9 @@ class DeliverySpec:
     max_response_bytes: int = 1_048_576  # a longer answer is an error, not a memory spike
     # The same event (messageId, or the event's hash) is not delivered twice within this window.
     dedupe_window_seconds: float = DEFAULT_DEDUPE_WINDOW_SECONDS
+    # delivery.order_by: events whose expression gives the same key (usually the email) are delivered one
+    # after the other, for every action; an action's upsert.key takes its place for that action.
+    order_by: Expression | None = None
 
 
 @dataclass(frozen=True)
