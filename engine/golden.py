@@ -103,7 +103,7 @@ def discover(root: Path, preset: str | None = None) -> list[GoldenCase]:
             cases.append(GoldenCase(file, preset))
             continue
         top = next((parent for parent in file.parents if parent.name == "golden"), None)
-        if top is None:
+        if top is None or file.parent == top:  # directly in golden/: no folder names the preset
             raise ValueError(f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder "
                              "(or name their preset with --preset FILE)")
         cases.append(GoldenCase(file, file.parent.relative_to(top).as_posix()))

@@ -213,3 +213,17 @@ def test_golden_update_refuses_to_pin_a_new_failed_outcome_unless_told_to(tmp_pa
                         encoding="utf-8")
     assert main(["golden", "--update", str(tmp_path / "golden")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "updated outreach/lead-capture/delivery-new-404"
+
+
+def test_golden_cases_directly_in_a_golden_folder_are_told_where_to_go(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """No folder names the preset: a clear one-line error, not "[Errno 21] Is a directory"."""
+    flat = tmp_path / "golden"
+    flat.mkdir()
+    source = REPO / "golden" / "outreach" / "lead-capture" / "identity-phone.json"
+    (flat / "identity-phone.json").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["golden", str(flat)]) == 2
+    err = capsys.readouterr().err
+    assert "Errno" not in err
+    assert f"{flat / 'identity-phone.json'}: golden cases must live under a golden/<destination>/<preset>/ folder" in err
+    assert main(["golden", str(flat), "--preset", "outreach/lead-capture"]) == 1  # no expected file yet
