@@ -176,3 +176,14 @@ def test_order_by_is_checked_like_any_expression(tmp_path: Path) -> None:
                                  "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.emial\n"))
     assert line.startswith(f"{located(tmp_path / 'contacts.yaml', 'order_by', at='emial')}: delivery.order_by: ")
     assert "traits.emial is not a declared trait" in line
+
+
+def test_an_unquoted_colon_in_a_message_says_how_to_write_it(tmp_path: Path) -> None:
+    path = write_acme(tmp_path, ACME_PRESET, ("      message: the credential was refused\n",
+                                              "      message: the credential was refused: check the key\n"))
+    with pytest.raises(Exception) as info:
+        load_preset(str(path))
+    text = str(info.value)
+    number = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "check the key" in line)
+    assert f"{path}:{number}:" in text and "mapping values are not allowed here" in text
+    assert "put the whole value in quotes" in text and "block scalar (>-)" in text
