@@ -373,3 +373,17 @@ def test_order_by_keeps_one_persons_events_in_order_for_an_action_without_upsert
     assert len(held) == on_the_wire
     if order_by:
         assert [r.body["email"] for r in held] == ["jane@acme.test", "joe@acme.test"]
+
+
+def test_an_auth_errors_rule_judges_a_200_token_answer_without_an_access_token(tmp_path: Path) -> None:
+    """As the README says: a 2xx token answer holding an error instead of a token is matched by auth.errors."""
+    rule = ("  rotates_refresh_token: false\n",
+            "  rotates_refresh_token: false\n  errors:\n    - when: {status: 200, error: invalid_code}\n"
+            "      then: reauthorise\n      message: the refresh token was refused\n")
+    refusal = {"status": 200, "body": {"error": "invalid_code"}}
+    run = deliver(tmp_path, [refusal], REFRESH, rule, WITH_REFRESH,
+                  settings={"api_key": "s3cret-1", "client_id": "cid", "refresh_token": "rt-configured"})
+    [outcome] = run.outcomes
+    assert (outcome["outcome"], outcome["cause"]) == (oc.DEAD_LETTERED, "reauthorisation_required")
+    assert outcome["detail"] == "the refresh token was refused"
+    assert len(run.sent) == 1  # refused once for good: not retried
