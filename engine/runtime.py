@@ -47,6 +47,7 @@ from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve
+from .language.templates import TemplateError
 from .outcome import Outcome
 from .pipeline.identity import IdentityMemory
 from .pipeline.prepare import Pipeline, Prepared
@@ -428,7 +429,9 @@ class Engine:
         if result.outcome == oc.DELIVERED:
             self.dead_letters.remove(str(letter_id))
         else:
-            self.dead_letters.update({**entry, "cause": result.cause, "detail": result.detail,
+            # The context too: a flow that got further this time resumes from there next time.
+            self.dead_letters.update({**entry, "context": self._letter_context(prepared),
+                                      "cause": result.cause, "detail": result.detail,
                                       "last_request": result.request, "last_response": result.response,
                                       "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
         return result
@@ -564,7 +567,12 @@ class Engine:
         any known secret that an event carried anyway is scrubbed like the
         request beside it.
         """
-        return self.redactor.redact({"traits": prepared.traits, "values": prepared.values})
+        context: dict[str, Any] = {"traits": prepared.traits, "values": prepared.values}
+        if prepared.action.flow:
+            # A flow also needs its document (the request is its first step's) and the answers of the
+            # steps already delivered, so that a replay resumes after them.
+            context.update(document=prepared.document, steps_done=prepared.steps_done)
+        return self.redactor.redact(context)
 
     def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
         """The request to re-send, or why this letter cannot be replayed here."""
@@ -572,8 +580,17 @@ class Engine:
         action = self.preset.actions.get(str(entry.get("action")))
         if not isinstance(request, dict) or action is None:
             return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
+        # A letter written before it kept its context replays with none, as it always did.
+        context = entry.get("context") if isinstance(entry.get("context"), dict) else {}
+        traits, values = context.get("traits"), context.get("values")
+        traits = dict(traits) if isinstance(traits, dict) else {}
+        values = dict(values) if isinstance(values, dict) else {}
         # The live credential goes only to the origin the settings name now.
-        expected = _origin(action.request.url.render({"settings": self.settings.public()}))
+        try:
+            expected = _origin(action.request.url.render({"settings": self.settings.public(), "traits": traits,
+                                                          "values": values, "document": context.get("document")}))
+        except TemplateError as exc:
+            return f"its first request's URL cannot be built from the letter ({exc}); left in the store"
         recorded = _origin(str(request.get("url")))
         if recorded != expected:
             return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
@@ -585,12 +602,11 @@ class Engine:
             url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
         if request.get("body") is not None:
             headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
-        # A letter written before it kept its context replays with none, as it always did.
-        context = entry.get("context") if isinstance(entry.get("context"), dict) else {}
-        traits, values = context.get("traits"), context.get("values")
+        done = context.get("steps_done")
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        url, headers, request.get("body"), dict(traits) if isinstance(traits, dict) else {},
-                        dict(values) if isinstance(values, dict) else {})
+                        url, headers, request.get("body"), traits, values,
+                        document=context.get("document") if action.flow else None,
+                        steps_done=dict(done) if isinstance(done, dict) and action.flow else {})
 
 
 class _Stop:

@@ -107,7 +107,8 @@ class Sender:
 
     # -- one request, under the response rules ---------------------------
     async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool,
-                   step: str = "create") -> Step:
+                   step: str = "create", rules: tuple[Rule, ...] = ()) -> Step:
+        """Send under the response rules: ``rules`` (a flow step's own) first, then ``delivery.responses``."""
         failures = rate_waits = 0
         refreshed = False
         while True:
@@ -126,7 +127,7 @@ class Sender:
             exchange = await self._http(request, credential, step)
             self.limiter.observe(exchange.response.headers if exchange.response is not None else {})
             answer = exchange.answer()
-            rule = first_match(self.delivery.rules, answer)
+            rule = (first_match(rules, answer) if rules else None) or first_match(self.delivery.rules, answer)
             verdict = rule.then if rule else _default_verdict(exchange)
             self._log_attempt(prepared, attempts[0], exchange, verdict)
             if verdict == "deliver" or (verdict == "upsert" and allow_upsert):

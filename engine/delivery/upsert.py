@@ -29,6 +29,7 @@ from ..outcome import Outcome
 from ..pipeline.lookup import LookupBuildError, lookup_request
 from ..pipeline.prepare import Prepared
 from ..pipeline.transform import TransformError, build_document
+from .flow import deliver_flow
 from .transport import HttpRequest
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ class Upserter:
         return json.dumps(key, sort_keys=True, default=str) if key is not None else None
 
     async def _deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
+        if prepared.action.flow:
+            return await deliver_flow(self.sender, prepared, attempts, self.public)
         spec = prepared.action.upsert
         context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
                    "settings": self.public}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -34,6 +35,7 @@ from .model import (
     DEFAULT_MAX_TRAIT_BYTES,
     ActionSpec,
     AuthSpec,
+    FlowStep,
     DeliverySpec,
     IdentitySpec,
     LookupSpec,
@@ -364,9 +366,13 @@ class _Compiler:
     def _action(self, name: str, spec: Mapping[str, Any]) -> ActionSpec:
         base = ["actions", name]
         mapping = self._expression(base + ["mapping"], spec["mapping"], self._mapping_roots(name), "the mapping")
-        req = spec["request"]
-        request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
-                              self._headers(base + ["request", "headers"], req.get("headers", {})))
+        flow = self._flow(base + ["flow"], name, spec) if "flow" in spec else ()
+        if flow:
+            request = flow[0].request
+        else:
+            req = spec["request"]
+            request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
+                                  self._headers(base + ["request", "headers"], req.get("headers", {})))
         output = self._output(base + ["output"], spec.get("output", {}))
         self._check_result_keys(base + ["mapping"], spec["mapping"], output.contract)
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
@@ -374,7 +380,49 @@ class _Compiler:
             self._check_result_keys(base + ["upsert", "update", "body"], spec["upsert"]["update"]["body"],
                                     upsert.update_output.contract if upsert.update_output else output.contract)
         return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
-                          output.omit_empty, output.truncate, upsert)
+                          output.omit_empty, output.truncate, upsert, flow)
+
+    FLOW_TEMPLATE_ROOTS = ("document", "traits", "values", "steps")
+
+    def _flow(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> tuple[FlowStep, ...]:
+        """An action's ``flow``: named steps, each reading the answers of the steps before it."""
+        if "upsert" in spec:
+            self.problem(base[:-1] + ["upsert"], "an action with a flow has no upsert: write the lookup, the update "
+                                                 "and the create as steps (with when:)")
+        if "request" in spec:
+            self.problem(base[:-1] + ["request"], "an action with a flow has no request: its steps are its requests")
+        steps: list[FlowStep] = []
+        for i, item in enumerate(spec["flow"]):
+            where = base + [i]
+            name = item["name"]
+            earlier = [s.name for s in steps]
+            if name in earlier:
+                self.problem(where + ["name"], f"step name {name!r} is already used by an earlier step")
+            if i == 0 and "when" in item:
+                self.problem(where + ["when"], "the first step always runs (which events run the action is the "
+                                               "event table's choice); give when: to a later step")
+            roots = {**self._upsert_roots(action), "steps": earlier}
+            del roots["conflict"]
+            if not earlier:
+                del roots["steps"]
+            what = f"flow step {name!r}"
+            when = self._expression(where + ["when"], item["when"], roots, what) if "when" in item else None
+            body = self._expression(where + ["body"], item["body"], roots, what) if "body" in item else None
+            req = item["request"]
+            template_roots = self.FLOW_TEMPLATE_ROOTS if earlier else self.FLOW_TEMPLATE_ROOTS[:-1]
+            url = self._template(where + ["request", "url"], req["url"], template_roots)
+            headers = self._headers(where + ["request", "headers"], req.get("headers", {}), template_roots)
+            templates = [t for t in (url, *headers.values()) if t is not None]
+            for template in templates:
+                for fields in template.fields:
+                    if fields[0] == "steps" and len(fields) > 1 and fields[1] not in earlier:
+                        self.problem(where + ["request"], f"{{{'.'.join(fields)}}}: no earlier step is named "
+                                                          f"{fields[1]!r} (earlier: {', '.join(earlier) or 'none'})")
+            reads = any(f[0] == "steps" for t in templates for f in t.fields) or any(
+                re.search(r"\bsteps\b", item.get(key) or "") for key in ("when", "body"))
+            rules = self._rules(where + ["responses"], item.get("responses", []))
+            steps.append(FlowStep(name, RequestSpec(req["method"], url, headers), body, when, rules, reads))  # type: ignore[arg-type]
+        return tuple(steps)
 
     def _check_result_keys(self, path: list[PathPart], source: str, contract: OutputContract | None) -> None:
         """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
@@ -600,6 +648,14 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
         for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
                      ("upsert", "update", "body"), ("upsert", "key")):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
+        flow = get(actions, name, "flow")
+        for i in range(len(flow) if isinstance(flow, list) else 0):
+            for key in ("when", "body"):
+                sites.append((["actions", name, "flow", i, key], get(flow, i, key)))
+            rules = get(flow, i, "responses")
+            for j in range(len(rules) if isinstance(rules, list) else 0):
+                sites.append((["actions", name, "flow", i, "responses", j, "when", "match"],
+                              get(rules, j, "when", "match")))
     for section in (("delivery", "responses"), ("auth", "errors")):
         rules = get(data, *section)
         for i in range(len(rules) if isinstance(rules, list) else 0):

@@ -88,14 +88,27 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class FlowStep:
+    """One request of a flow: sent when ``when`` holds, read by later steps as ``steps.<name>``."""
+
+    name: str
+    request: RequestSpec
+    body: Expression | None  # JSONata over {document, traits, values, settings, steps}
+    when: Expression | None = None  # the same input; a step whose when is not true is skipped
+    rules: tuple[Rule, ...] = ()  # its own response rules, read before delivery.responses
+    reads_steps: bool = False  # needs an earlier step's answer (a dry run cannot build it)
+
+
+@dataclass(frozen=True)
 class ActionSpec:
     name: str
     mapping: Expression
-    request: RequestSpec
+    request: RequestSpec  # a flow's first step
     contract: OutputContract | None
     omit_empty: bool
     truncate: bool
     upsert: UpsertSpec | None
+    flow: tuple[FlowStep, ...] = ()  # an action that is a sequence of dependent requests
 
 
 # auth.type -> the placeholder its header (or query) value template carries.

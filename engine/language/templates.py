@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+# A dotted path; a segment after the first may be an array index ({steps.find.body.records.0.Id}).
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)\}")
 # Values of the OAuth token answer (``{token.instance_url}``) are known only
 # once a token is minted, after the request is built: a render without them
 # leaves these placeholders as they are, and :func:`fill_token_values` fills
@@ -56,7 +57,10 @@ class Template:
                 return match.group(0)  # filled when the token is known (fill_token_values)
             value: Any = context
             for part in path:
-                value = value.get(part) if isinstance(value, Mapping) else None
+                if isinstance(value, list) and part.isdigit():
+                    value = value[int(part)] if int(part) < len(value) else None
+                else:
+                    value = value.get(part) if isinstance(value, Mapping) else None
             if value is None or isinstance(value, (dict, list)):
                 raise TemplateError(f"{{{match.group(1)}}} has no value" if value is None
                                     else f"{{{match.group(1)}}} is not a single value")

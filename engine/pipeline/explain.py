@@ -53,6 +53,12 @@ def explain(pipeline: Pipeline, event: Any, index: int | None = None) -> dict[st
         steps["request"] = result.request  # the masked envelope, exactly as run --dry-run prints it
     elif result.cause == "template_error":
         steps["request"] = {"error": result.detail}
+    if result.requests is not None:
+        steps["requests"] = result.requests  # everything sent before an answer is needed, in order
+        action = pipeline.preset.actions.get(str((steps.get("event_table") or {}).get("action")))
+        if action is not None and action.flow:
+            steps["flow"] = {"steps": [step.name for step in action.flow], "shown": len(result.requests),
+                             "why": "the steps after these need an earlier step's answer, or their when is not true"}
     why = result.reason or result.cause
     decided = "request" if result.outcome == oc.WOULD_SEND else _DECIDED_BY.get(why or "", "internal")
     return {"preset": pipeline.preset.name, "index": index, "messageId": message_id_of(event),
