@@ -58,7 +58,7 @@ async def deliver_flow(sender: "Sender", prepared: Prepared, attempts: list[int]
             result.requests = sent
             return result
         response = last.exchange.response if last.exchange is not None else None
-        done[step.name] = response.rule_input() if response is not None else None
+        done[step.name] = _kept(response.rule_input()) if response is not None else None
     skipped = [name for name, answer in done.items() if answer is None]
     detail = f"flow delivered: {', '.join(n for n in names if done.get(n) is not None)}" + (
         f" (skipped: {', '.join(skipped)})" if skipped else "")
@@ -68,6 +68,12 @@ async def deliver_flow(sender: "Sender", prepared: Prepared, attempts: list[int]
     result.detail = detail
     result.requests = sent
     return result
+
+
+def _kept(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer as later steps (and a dead letter) keep it: a session cookie is no one's business."""
+    headers = {name: value for name, value in answer["headers"].items() if name != "set-cookie"}
+    return {**answer, "headers": headers}
 
 
 def _before(done: Mapping[str, Any]) -> str:
