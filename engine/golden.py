@@ -177,6 +177,10 @@ def update(result: GoldenResult) -> bool:
 # -- delivery cases ---------------------------------------------------------------
 
 
+async def _all_at_once(events: list[Any]) -> Any:
+    yield list(enumerate(events))
+
+
 class _FakeClock:
     """Time moves only when the engine sleeps: backoffs and rate-limit waits cost nothing."""
 
@@ -242,7 +246,12 @@ class ScriptedTransport:
 
 async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], responses: list[dict[str, Any]], *,
                            source: Any = "responses") -> ScriptedRun:
-    """Deliver ``events`` one at a time, each request answered by the next scripted response."""
+    """Deliver ``events`` one at a time, each request answered by the next scripted response.
+
+    A preset that batches gets them all at once instead, so its requests fill
+    as they would from a stream (up to ``batch.max_items``), and the case pins
+    whole batches.
+    """
     from .runtime import Engine  # delivery machinery only for delivery cases
     from .state.dead_letters import MemoryDeadLetters
     from .state.token_store import MemoryTokenStore
@@ -253,7 +262,10 @@ async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], res
                     concurrency=1, token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters(),
                     rng=random.Random(0))
     async with engine:
-        outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
+        if any(action.batch is not None for action in preset.actions.values()):
+            outcomes = [outcome.to_dict() async for outcome in engine.process_batches(_all_at_once(events))]
+        else:
+            outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
     problem = transport.problem
     if problem is None and len(transport.sent) < len(responses):
         problem = (f"{source}: {len(responses) - len(transport.sent)} scripted response(s) were never "

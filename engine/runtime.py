@@ -41,6 +41,7 @@ import aiohttp
 
 from . import outcome as oc
 from .delivery.auth import Auth, build_auth
+from .delivery.batch import Batcher
 from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
 from .delivery.transport import AiohttpTransport, Transport
@@ -96,6 +97,7 @@ class Engine:
         self._transport = transport
         self._clock = clock
         self._sender: Sender | None = None
+        self._batcher: Batcher | None = None  # events of batched actions wait here for their request
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -163,6 +165,8 @@ class Engine:
                                    sleep=self._sleep, rng=self._rng)
             self._sender = Sender(self.preset.delivery, self.settings, self.auth, self.preset.auth, self.limiter,
                                   self.redactor, self._transport, sleep=self._sleep, rng=self._rng)
+            self._batcher = Batcher(self._sender, self.settings.public(), self._slots, self._sleep,
+                                    self._sender.upserter.order_key)
         return self
 
     async def __aenter__(self) -> "Engine":
@@ -211,10 +215,14 @@ class Engine:
             return
         self._closed = True
         try:
+            if self._batcher is not None:
+                await self._batcher.flush_all()  # what waits to fill a request goes now
             await self._idle.wait()
             await self._settle_auth()
             await self._write_what_was_kept()
         finally:
+            if self._batcher is not None:
+                self._batcher.cancel_all()
             cancel_all(self._stores())
             try:
                 if self._session is not None and self._own_session:
@@ -346,7 +354,8 @@ class Engine:
         """
         self._check_open()
         await self.start()
-        window = self.concurrency * 4
+        # Enough events in flight at once to fill a batch (twice over, so one fills while one is sent).
+        window = max([self.concurrency * 4] + [2 * a.batch.max_items for a in self.preset.actions.values() if a.batch])
         pending: collections.deque[Outcome | asyncio.Future[Outcome]] = collections.deque()
         source = batches.__aiter__()
         next_batch: asyncio.Future[list[tuple[int, Any]]] | None = None
@@ -544,6 +553,8 @@ class Engine:
 
     async def _send_when_free(self, prepared: Prepared, sent: list[int]) -> Outcome:
         assert self._sender is not None and self._slots is not None
+        if prepared.action.batch is not None and self._batcher is not None:
+            return await self._batcher.submit(prepared, sent)  # takes a slot per request, not per event
         async with self._slots:
             return await self._sender.deliver(prepared, sent)
 

@@ -56,14 +56,14 @@ class Upserter:
         self._keys = KeyedLocks()
 
     async def deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
-        key = self._key(prepared)
+        key = self.order_key(prepared)
         async with self._keys.hold(key):
             try:
                 return await self._deliver(prepared, attempts)
             except _StepEnded as ended:
                 return ended.outcome
 
-    def _key(self, prepared: Prepared) -> str | None:
+    def order_key(self, prepared: Prepared) -> str | None:
         """The record this event writes, when the preset names it: such events go one at a time.
 
         An upsert's own ``key`` names it for its action; ``delivery.order_by``

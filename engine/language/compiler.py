@@ -35,6 +35,7 @@ from .model import (
     DEFAULT_MAX_TRAIT_BYTES,
     ActionSpec,
     AuthSpec,
+    BatchSpec,
     FlowStep,
     DeliverySpec,
     IdentitySpec,
@@ -379,8 +380,24 @@ class _Compiler:
         if upsert is not None and "upsert" in spec:
             self._check_result_keys(base + ["upsert", "update", "body"], spec["upsert"]["update"]["body"],
                                     upsert.update_output.contract if upsert.update_output else output.contract)
+        batch = self._batch(base + ["batch"], spec) if "batch" in spec else None
         return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
-                          output.omit_empty, output.truncate, upsert, flow)
+                          output.omit_empty, output.truncate, upsert, flow, batch)
+
+    def _batch(self, base: list[PathPart], spec: Mapping[str, Any]) -> BatchSpec | None:
+        """An action's ``batch``: how many documents go in one request, and how each one's result is read."""
+        for other in ("upsert", "flow"):
+            if other in spec:
+                self.problem(base, f"an action with a batch has no {other}: a batch is one request for many events")
+        batch = spec["batch"]
+        body = self._expression(base + ["body"], batch["body"], {"items": None, "settings": self._public_settings()},
+                                "the batch body")
+        item_error = (self._expression(base + ["item_error"], batch["item_error"],
+                                       {**self.RESPONSE_ROOTS, "item": None, "index": None}, "batch.item_error")
+                      if "item_error" in batch else None)
+        if body is None:
+            return None
+        return BatchSpec(int(batch["max_items"]), float(batch.get("max_wait_seconds", 1.0)), body, item_error)
 
     FLOW_TEMPLATE_ROOTS = ("document", "traits", "values", "steps")
 
@@ -648,6 +665,8 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
         for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
                      ("upsert", "update", "body"), ("upsert", "key")):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
+        for key in ("body", "item_error"):
+            sites.append((["actions", name, "batch", key], get(actions, name, "batch", key)))
         flow = get(actions, name, "flow")
         for i in range(len(flow) if isinstance(flow, list) else 0):
             for key in ("when", "body"):

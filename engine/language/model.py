@@ -100,6 +100,16 @@ class FlowStep:
 
 
 @dataclass(frozen=True)
+class BatchSpec:
+    """``batch``: many events' documents in one request, each item's result mapped back to its event."""
+
+    max_items: int
+    max_wait_seconds: float
+    body: Expression  # JSONata over {items, settings}: the request body for the items' documents
+    item_error: Expression | None = None  # over {status, headers, body, item, index}: why this item failed
+
+
+@dataclass(frozen=True)
 class ActionSpec:
     name: str
     mapping: Expression
@@ -109,6 +119,7 @@ class ActionSpec:
     truncate: bool
     upsert: UpsertSpec | None
     flow: tuple[FlowStep, ...] = ()  # an action that is a sequence of dependent requests
+    batch: BatchSpec | None = None  # events sent many to a request
 
 
 # auth.type -> the placeholder its header (or query) value template carries.

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from .. import outcome as oc
 from ..envelope import HttpRequest, masked_view
+from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, AuthSpec, Preset
 from ..language.settings import Settings, SettingsError, resolve
 from ..language.templates import TemplateError
@@ -164,6 +165,19 @@ class Pipeline:
         return Prepared(index, message_id, action, first.method, first.url, first.headers, first.body, traits,
                         values, notes or None, document=document)
 
+    def _dry_run_batch(self, result: Prepared, request: dict[str, Any]) -> Outcome:
+        """A batched event alone: the request it would go in, as a batch of one."""
+        spec = result.action.batch
+        assert spec is not None
+        try:
+            body = spec.body.evaluate({"items": [result.body], "settings": self.public_settings})
+        except ExpressionError as exc:
+            cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
+            return Outcome(result.index, result.message_id, oc.FAILED, cause=cause,
+                           detail=f"actions.{result.action.name}.batch.body: {exc}", warnings=result.warnings)
+        return Outcome(result.index, result.message_id, oc.WOULD_SEND, request={**request, "body": body},
+                       warnings=result.warnings)
+
     def _dry_run_flow(self, result: Prepared, request: dict[str, Any]) -> Outcome:
         """The flow's leading steps, those that need no earlier answer; ``request`` is the first."""
         context = step_context(result.document, result.traits, result.values, self.public_settings, {})
@@ -212,6 +226,8 @@ class Pipeline:
         request = result.masked_request(auth)
         if result.action.flow:
             return self._dry_run_flow(result, request)
+        if result.action.batch is not None:
+            return self._dry_run_batch(result, request)
         upsert = result.action.upsert
         if upsert is None or upsert.strategy != "lookup_first" or upsert.lookup is None:
             return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
