@@ -187,3 +187,20 @@ def test_an_unquoted_colon_in_a_message_says_how_to_write_it(tmp_path: Path) -> 
     number = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "check the key" in line)
     assert f"{path}:{number}:" in text and "mapping values are not allowed here" in text
     assert "put the whole value in quotes" in text and "block scalar (>-)" in text
+
+
+def test_a_response_rule_hidden_behind_an_earlier_one_is_named(tmp_path: Path) -> None:
+    hidden = ("      message: answered without the created record\n",
+              "      message: answered without the created record\n"
+              "    - when: {status: 201, step: create}\n      then: deliver\n")
+    [line] = problems(tmp_path, hidden)
+    path = tmp_path / "contacts.yaml"
+    assert line.startswith(f"{located(path, '{status: 201, step: create}', at='{')}: delivery.responses[3].when: ")
+    assert "never used: delivery.responses[2] above it matches every answer this one matches" in line
+
+
+def test_a_rule_after_one_with_a_predicate_or_for_a_missing_answer_is_not_called_hidden(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, (
+        "      message: answered without the created record\n",
+        "      message: answered without the created record\n"
+        "    - when: {error: [timeout, connection]}\n      then: retry\n"))))

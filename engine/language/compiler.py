@@ -594,7 +594,12 @@ class _Compiler:
             source = spec["when"].get("match")
             match = (self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")
                      if source else None)
-            rules.append(Rule.build(spec, match))
+            rule = Rule.build(spec, match)
+            hider = next((j for j, earlier in enumerate(rules) if _covers(earlier, rule)), None)
+            if hider is not None:
+                self.problem(base + [i, "when"], f"this rule is never used: {format_path(base + [hider])} above it "
+                                                 "matches every answer this one matches, and the first match decides")
+            rules.append(rule)
         return tuple(rules)
 
     def _rate_window(self, path: list[PathPart], rl: Mapping[str, Any]) -> RateLimitSpec:
@@ -682,6 +687,30 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
     sites.append((["delivery", "order_by"], get(data, "delivery", "order_by")))
     return sites
+
+
+def _covers(earlier: Rule, later: Rule) -> bool:
+    """Whether ``earlier`` certainly matches every answer ``later`` can match (so ``later`` is never used).
+
+    Only an earlier rule that looks at nothing but the status and the step
+    is judged; anything with a predicate, an error or a text is given the
+    benefit of the doubt.
+    """
+    if earlier.match is not None or earlier.errors or earlier.detail_contains is not None:
+        return False
+    if any(error in ("timeout", "connection") for error in later.errors):
+        return False  # a request with no answer: a status rule never matches it
+    if earlier.steps and not (later.steps and set(later.steps) <= set(earlier.steps)):
+        return False
+    if not earlier.statuses:
+        return True
+    return bool(later.statuses) and all(any(_status_covers(e, s) for e in earlier.statuses) for s in later.statuses)
+
+
+def _status_covers(earlier: int | str, later: int | str) -> bool:
+    if isinstance(earlier, int):
+        return earlier == later
+    return str(later)[0] == str(earlier)[0]  # "4xx" covers 404 and "4xx"
 
 
 def _header_name(ref: Any) -> str | None:
