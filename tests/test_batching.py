@@ -52,7 +52,7 @@ EDITS = (
     ("    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
      "      message: merged into the existing contact\n", ""),
     ('    - when: {status: [200, 201], step: [create, update], match: "$exists(body.id)"}',
-     "    - when: {status: [200, 207]}"),
+     "    - when: {status: [200, 207], step: create}"),
     ("  rate_limit: {requests: 100, per_seconds: 1}\n", "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.email\n"),
 )
 
