@@ -103,7 +103,7 @@ def discover(root: Path, preset: str | None = None) -> list[GoldenCase]:
             cases.append(GoldenCase(file, preset))
             continue
         top = next((parent for parent in file.parents if parent.name == "golden"), None)
-        if top is None:
+        if top is None or file.parent == top:  # directly in golden/: no folder names the preset
             raise ValueError(f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder "
                              "(or name their preset with --preset FILE)")
         cases.append(GoldenCase(file, file.parent.relative_to(top).as_posix()))
@@ -140,6 +140,30 @@ def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None,
     return GoldenResult(case, actual, expected)
 
 
+def new_failures(result: GoldenResult) -> list[dict[str, Any]]:
+    """Outcomes ``failed`` in the actual output that the expected file does not already pin as failed.
+
+    A ``failed`` outcome is usually a broken preset or case (a mapping error,
+    an answer no rule knows), not behaviour anyone meant to promise, so
+    ``golden --update`` does not make one a contract unless told to. One the
+    expected file already holds (same place, same cause) is the contract
+    itself: updating around it needs no permission.
+    """
+    def outcomes(output: Any) -> list[Any]:
+        listed = output.get("outcomes") if isinstance(output, dict) else output
+        return listed if isinstance(listed, list) else []
+
+    pinned = outcomes(result.expected)
+    new = []
+    for i, outcome in enumerate(outcomes(result.actual)):
+        if not isinstance(outcome, dict) or outcome.get("outcome") != "failed":
+            continue
+        before = pinned[i] if i < len(pinned) and isinstance(pinned[i], dict) else {}
+        if before.get("outcome") != "failed" or before.get("cause") != outcome.get("cause"):
+            new.append(outcome)
+    return new
+
+
 def update(result: GoldenResult) -> bool:
     """Write the actual outcomes as the new contract; True if the file changed."""
     text = render(result.actual)
@@ -151,6 +175,10 @@ def update(result: GoldenResult) -> bool:
 
 
 # -- delivery cases ---------------------------------------------------------------
+
+
+async def _all_at_once(events: list[Any]) -> Any:
+    yield list(enumerate(events))
 
 
 class _FakeClock:
@@ -218,7 +246,12 @@ class ScriptedTransport:
 
 async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], responses: list[dict[str, Any]], *,
                            source: Any = "responses") -> ScriptedRun:
-    """Deliver ``events`` one at a time, each request answered by the next scripted response."""
+    """Deliver ``events`` one at a time, each request answered by the next scripted response.
+
+    A preset that batches gets them all at once instead, so its requests fill
+    as they would from a stream (up to ``batch.max_items``), and the case pins
+    whole batches.
+    """
     from .runtime import Engine  # delivery machinery only for delivery cases
     from .state.dead_letters import MemoryDeadLetters
     from .state.token_store import MemoryTokenStore
@@ -229,7 +262,10 @@ async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], res
                     concurrency=1, token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters(),
                     rng=random.Random(0))
     async with engine:
-        outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
+        if any(action.batch is not None for action in preset.actions.values()):
+            outcomes = [outcome.to_dict() async for outcome in engine.process_batches(_all_at_once(events))]
+        else:
+            outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
     problem = transport.problem
     if problem is None and len(transport.sent) < len(responses):
         problem = (f"{source}: {len(responses) - len(transport.sent)} scripted response(s) were never "

@@ -49,10 +49,13 @@ class Outcome:
     response: dict[str, Any] | None = None
     attempts: int | None = None
     warnings: list[str] | None = None  # e.g. an optional trait its normaliser refused, left out
+    # A dry run of an action that sends more than one request before it knows an answer
+    # (an upsert's lookup_first): every one of them, in the order they go; ``request`` stays the create.
+    requests: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
-        for key in ("reason", "cause", "detail", "warnings", "attempts", "request", "response"):
+        for key in ("reason", "cause", "detail", "warnings", "attempts", "request", "requests", "response"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value

@@ -43,12 +43,14 @@ import aiohttp
 
 from . import outcome as oc
 from .delivery.auth import Auth, build_auth
+from .delivery.batch import Batcher
 from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
 from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve
+from .language.templates import TemplateError
 from .outcome import Outcome
 from .pipeline.identity import IdentityMemory
 from .pipeline.prepare import Pipeline, Prepared
@@ -97,6 +99,7 @@ class Engine:
         self._transport = transport
         self._clock = clock
         self._sender: Sender | None = None
+        self._batcher: Batcher | None = None  # events of batched actions wait here for their request
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -136,10 +139,13 @@ class Engine:
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         self.auth: Auth | None = None  # built on start(), with the transport
         # A backend shared by several processes may also share the rate budget (one for all workers).
+        # Each further window has its own shared budget beside the first one's.
         spec = preset.delivery.rate_limit
         shared_budget = getattr(backend, "rate_budget", None)
-        budget = shared_budget(preset.name, *bucket_shape(spec.requests, spec.per_seconds)) if shared_budget else None
-        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budget)
+        budgets = [shared_budget(preset.name if i == 0 else f"{preset.name}#window{i}",
+                                 *bucket_shape(window.requests, window.per_seconds)) if shared_budget else None
+                   for i, window in enumerate((spec, *spec.windows))]
+        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:])
 
     @classmethod
     def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":
@@ -164,6 +170,8 @@ class Engine:
                                    sleep=self._sleep, rng=self._rng)
             self._sender = Sender(self.preset.delivery, self.settings, self.auth, self.preset.auth, self.limiter,
                                   self.redactor, self._transport, sleep=self._sleep, rng=self._rng)
+            self._batcher = Batcher(self._sender, self.settings.public(), self._slots, self._sleep,
+                                    self._sender.upserter.order_key)
         return self
 
     async def __aenter__(self) -> "Engine":
@@ -212,10 +220,14 @@ class Engine:
             return
         self._closed = True
         try:
+            if self._batcher is not None:
+                await self._batcher.flush_all()  # what waits to fill a request goes now
             await self._idle.wait()
             await self._settle_auth()
             await self._write_what_was_kept()
         finally:
+            if self._batcher is not None:
+                self._batcher.cancel_all()
             cancel_all(self._stores())
             try:
                 if self._session is not None and self._own_session:
@@ -347,7 +359,8 @@ class Engine:
         """
         self._check_open()
         await self.start()
-        window = self.concurrency * 4
+        # Enough events in flight at once to fill a batch (twice over, so one fills while one is sent).
+        window = max([self.concurrency * 4] + [2 * a.batch.max_items for a in self.preset.actions.values() if a.batch])
         pending: collections.deque[Outcome | asyncio.Future[Outcome]] = collections.deque()
         source = batches.__aiter__()
         next_batch: asyncio.Future[list[tuple[int, Any]]] | None = None
@@ -430,7 +443,9 @@ class Engine:
         if result.outcome == oc.DELIVERED:
             self.dead_letters.remove(str(letter_id))
         else:
-            self.dead_letters.update({**entry, "cause": result.cause, "detail": result.detail,
+            # The context too: a flow that got further this time resumes from there next time.
+            self.dead_letters.update({**entry, "context": self._letter_context(prepared),
+                                      "cause": result.cause, "detail": result.detail,
                                       "last_request": result.request, "last_response": result.response,
                                       "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
         return result
@@ -511,7 +526,8 @@ class Engine:
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
-                                                       self._sender.original_request(prepared), key))
+                                                       self._sender.original_request(prepared), key,
+                                                       self._letter_context(prepared)))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
@@ -542,6 +558,8 @@ class Engine:
 
     async def _send_when_free(self, prepared: Prepared, sent: list[int]) -> Outcome:
         assert self._sender is not None and self._slots is not None
+        if prepared.action.batch is not None and self._batcher is not None:
+            return await self._batcher.submit(prepared, sent)  # takes a slot per request, not per event
         async with self._slots:
             return await self._sender.deliver(prepared, sent)
 
@@ -558,14 +576,37 @@ class Engine:
                 log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
+    def _letter_context(self, prepared: Prepared) -> dict[str, Any]:
+        """What a replay needs besides the request: the traits and values the upsert's expressions read.
+
+        Both come from the event and the preset, never from the settings;
+        any known secret that an event carried anyway is scrubbed like the
+        request beside it.
+        """
+        context: dict[str, Any] = {"traits": prepared.traits, "values": prepared.values}
+        if prepared.action.flow:
+            # A flow also needs its document (the request is its first step's) and the answers of the
+            # steps already delivered, so that a replay resumes after them.
+            context.update(document=prepared.document, steps_done=prepared.steps_done)
+        return self.redactor.redact(context)
+
     def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
         """The request to re-send, or why this letter cannot be replayed here."""
         request = entry.get("request")
         action = self.preset.actions.get(str(entry.get("action")))
         if not isinstance(request, dict) or action is None:
             return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
+        # A letter written before it kept its context replays with none, as it always did.
+        context = entry.get("context") if isinstance(entry.get("context"), dict) else {}
+        traits, values = context.get("traits"), context.get("values")
+        traits = dict(traits) if isinstance(traits, dict) else {}
+        values = dict(values) if isinstance(values, dict) else {}
         # The live credential goes only to the origin the settings name now.
-        expected = _origin(action.request.url.render({"settings": self.settings.public()}))
+        try:
+            expected = _origin(action.request.url.render({"settings": self.settings.public(), "traits": traits,
+                                                          "values": values, "document": context.get("document")}))
+        except TemplateError as exc:
+            return f"its first request's URL cannot be built from the letter ({exc}); left in the store"
         recorded = _origin(str(request.get("url")))
         if recorded != expected:
             return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
@@ -577,8 +618,11 @@ class Engine:
             url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
         if request.get("body") is not None:
             headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
+        done = context.get("steps_done")
         return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        url, headers, request.get("body"), {})
+                        url, headers, request.get("body"), traits, values,
+                        document=context.get("document") if action.flow else None,
+                        steps_done=dict(done) if isinstance(done, dict) and action.flow else {})
 
 
 class _Stop:

@@ -185,3 +185,45 @@ def test_golden_update_rewrites_only_what_changed_and_then_passes(tmp_path: Path
     assert json.loads((cases / "new-case.expected.json").read_text(encoding="utf-8"))[0]["reason"] == \
         "event_not_mapped"
     assert main(["golden", str(tmp_path / "golden")]) == 0
+
+
+def test_golden_update_refuses_to_pin_a_new_failed_outcome_unless_told_to(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A 404 answer fails the event: a new case pinning that is refused; --accept-failed pins it; then it is kept."""
+    source = REPO / "golden" / "outreach" / "lead-capture" / "delivery-404-failed.json"
+    cases = tmp_path / "golden" / "outreach" / "lead-capture"
+    cases.mkdir(parents=True)
+    case = cases / "delivery-new-404.json"
+    case.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    expected = cases / "delivery-new-404.expected.json"
+
+    assert main(["golden", "--update", str(tmp_path / "golden")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("REFUSED outreach/lead-capture/delivery-new-404: event 0 came out failed (http_404: ")
+    assert out[0].endswith("run again with --update --accept-failed if that is the contract")
+    assert not expected.exists()
+
+    assert main(["golden", "--update", "--accept-failed", str(tmp_path / "golden")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "updated outreach/lead-capture/delivery-new-404"
+    pinned = json.loads(expected.read_text(encoding="utf-8"))
+    assert [o["outcome"] for o in pinned["outcomes"]] == ["failed"]
+
+    # Pinned once, it is the contract: an update around it needs no permission.
+    expected.write_text(expected.read_text(encoding="utf-8").replace('"answered": 404', '"answered": 499'),
+                        encoding="utf-8")
+    assert main(["golden", "--update", str(tmp_path / "golden")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "updated outreach/lead-capture/delivery-new-404"
+
+
+def test_golden_cases_directly_in_a_golden_folder_are_told_where_to_go(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """No folder names the preset: a clear one-line error, not "[Errno 21] Is a directory"."""
+    flat = tmp_path / "golden"
+    flat.mkdir()
+    source = REPO / "golden" / "outreach" / "lead-capture" / "identity-phone.json"
+    (flat / "identity-phone.json").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["golden", str(flat)]) == 2
+    err = capsys.readouterr().err
+    assert "Errno" not in err
+    assert f"{flat / 'identity-phone.json'}: golden cases must live under a golden/<destination>/<preset>/ folder" in err
+    assert main(["golden", str(flat), "--preset", "outreach/lead-capture"]) == 1  # no expected file yet

@@ -302,3 +302,19 @@ def test_outline_follows_nested_constructors_and_skips_strings_and_comments() ->
                      ("f",): '[1, {"g": 2}]'}
     assert outline("$merge([{}, {}])") == {}
     assert outline('{"a": 1} ~> $string') == {}
+
+
+def test_an_element_removed_inside_an_array_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    """Close's contacts[0].name is "" without any name trait: omit_empty removes it inside the array."""
+    event = {"type": "track", "event": "Signed Up", "context": GRANTED,
+             "traits": {"email": "a@b.co", "company": "Acme", "city": ""}}
+    assert main(["explain", "close/leads", "--event", json.dumps(event), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outcome"]["outcome"] == "would_send"
+    omitted = {o["path"]: o for o in result["steps"]["output"]["omitted"]}
+    assert omitted["contacts.0.name"]["value"] == ""
+    assert "name" not in result["outcome"]["request"]["body"]["contacts"][0]
+
+    assert main(["explain", "close/leads", "--event", json.dumps(event)]) == 0
+    text = capsys.readouterr().out
+    assert "omitted: nothing" not in text and 'contacts.0.name = ""' in text

@@ -171,3 +171,58 @@ def test_both_engines_agree_on_every_expression_of_the_preset(preset_name: str, 
 def test_the_presets_ship_golden_cases_to_compare_on() -> None:
     for preset_name in PRESETS:
         assert golden_cases(preset_name), f"{preset_name} has no golden cases"
+
+
+# Published test vectors: FIPS 180-2 appendix B (SHA-256) and RFC 1321 appendix A.5 (MD5).
+HASH_VECTORS = [
+    ("$sha256('abc')", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+    ("$sha256('abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq')",
+     "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+    ("$sha256('')", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    ("$md5('')", "d41d8cd98f00b204e9800998ecf8427e"),
+    ("$md5('abc')", "900150983cd24fb0d6963f7d28e17f72"),
+    ("$md5('message digest')", "f96b697d7cb7938d525a2f31aaf161d0"),
+    ("$md5('12345678901234567890123456789012345678901234567890123456789012345678901234567890')",
+     "57edf4a22be3c955ac49da2e2107b67a"),
+]
+
+
+@pytest.mark.parametrize("backend", expressions.BACKENDS)
+@pytest.mark.parametrize("source, digest", HASH_VECTORS)
+def test_hash_functions_give_the_published_digests_on_both_engines(backend: str, source: str, digest: str) -> None:
+    assert Expression.compile(source, backend=backend).evaluate({}) == digest
+
+
+HASH_CASES = [
+    ('{"h": $sha256(traits.email), "n": 1}', {"traits": {}}),  # undefined in: the key is left out
+    ('{"h": $md5(traits.email)}', {"traits": {"email": None}}),
+    ("$sha256(traits.email)", {"traits": {"email": 5}}),  # not a string: a signature error
+    ("$md5(traits.email)", {"traits": {"email": ["a@b.c"]}}),
+    ("$sha256($lowercase($trim(traits.email)))", {"traits": {"email": " Zoë@Example.COM "}}),  # UTF-8 bytes
+    ("traits.email.$sha256()", {"traits": {"email": "a@b.c"}}),  # the context binds
+    ("$map(traits.emails, $md5)", {"traits": {"emails": ["a", "b"]}}),
+    ("$eval('$sha256(\"abc\")')", {}),
+    ("$sha256($replace('+44 20 7946 0958', /[^0-9]/, ''))", {}),  # E.164 digits without '+'
+    ("($sha256 := function($s){ 'mine' }; $sha256('abc'))", {}),  # a binding of the preset's own wins
+]
+
+
+@pytest.mark.parametrize("source, data", HASH_CASES)
+def test_both_engines_agree_on_the_hash_functions(source: str, data: Any) -> None:
+    fast = evaluate(Expression.compile(source, backend=expressions.FAST), data)
+    reference = evaluate(Expression.compile(source, backend=expressions.REFERENCE), data)
+    assert fast == reference
+
+
+def test_hash_functions_on_the_forms_the_conversion_apis_document() -> None:
+    """Undefined stays undefined (an optional trait is left out, not hashed as ""); the rest as hashlib says."""
+    import hashlib
+
+    run = lambda source, data: Expression.compile(source).evaluate(data)  # noqa: E731
+    assert run('{"h": $sha256(traits.email), "n": 1}', {"traits": {}}) == {"n": 1}
+    assert run("$sha256($lowercase($trim(e)))", {"e": " Zoë@Example.COM "}) == \
+        hashlib.sha256("zoë@example.com".encode("utf-8")).hexdigest()
+    assert run("$md5($lowercase(e))", {"e": "Urist.McVankab@freddiesjokes.com"}) == \
+        hashlib.md5(b"urist.mcvankab@freddiesjokes.com").hexdigest()
+    with pytest.raises(ExpressionError, match="T0410"):
+        run("$sha256(n)", {"n": 5})

@@ -142,3 +142,65 @@ def test_every_problem_is_reported_in_one_run(tmp_path: Path) -> None:
                      ('"source": values.source}', '"source": values.sorce}'),
                      ('"name": traits.name,', '"name": $titlecase(traits.name),'))
     assert len(lines) == 3
+
+
+def test_the_hash_functions_are_known_and_a_misspelt_one_is_not(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, ('"name": traits.name,', '"name": $sha256(traits.email) & $md5(traits.email),'))))
+    [line] = problems(tmp_path, ('"name": traits.name,', '"name": $sha265(traits.email),'))
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', '$sha265')}: ")
+    assert "unknown function $sha265()" in line
+
+
+def test_a_mapping_key_the_output_schema_forbids_is_named_at_its_line(tmp_path: Path) -> None:
+    """contact.schema.json has additionalProperties: false; "sauce" would fail every event as output_invalid."""
+    [line] = problems(tmp_path, ('"source": values.source}', '"sauce": values.source}'))
+    key = '"sauce"'
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', key)}: actions.upsert_contact.mapping: ")
+    assert "key 'sauce' is not allowed by the output schema ./contact.schema.json at the top level" in line
+    assert "allowed: country, email, name, phone, source" in line
+
+
+def test_a_forbidden_key_inside_a_merge_and_a_condition_is_found(tmp_path: Path) -> None:
+    [line] = problems(tmp_path, ('{"email": traits.email,', '$merge([{"email": traits.email,'),
+                      ('"source": values.source}', '"source": values.source}, traits.name ? {"nmae": traits.name} : {}])'))
+    key = '"nmae"'
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', key)}: ") and "key 'nmae' is not allowed" in line
+
+
+def test_a_computed_key_is_not_guessed_at(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, ('"source": values.source}', '("so" & "urce"): values.source}'))))
+
+
+def test_order_by_is_checked_like_any_expression(tmp_path: Path) -> None:
+    [line] = problems(tmp_path, ("  rate_limit: {requests: 100, per_seconds: 1}\n",
+                                 "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.emial\n"))
+    assert line.startswith(f"{located(tmp_path / 'contacts.yaml', 'order_by', at='emial')}: delivery.order_by: ")
+    assert "traits.emial is not a declared trait" in line
+
+
+def test_an_unquoted_colon_in_a_message_says_how_to_write_it(tmp_path: Path) -> None:
+    path = write_acme(tmp_path, ACME_PRESET, ("      message: the credential was refused\n",
+                                              "      message: the credential was refused: check the key\n"))
+    with pytest.raises(Exception) as info:
+        load_preset(str(path))
+    text = str(info.value)
+    number = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "check the key" in line)
+    assert f"{path}:{number}:" in text and "mapping values are not allowed here" in text
+    assert "put the whole value in quotes" in text and "block scalar (>-)" in text
+
+
+def test_a_response_rule_hidden_behind_an_earlier_one_is_named(tmp_path: Path) -> None:
+    hidden = ("      message: answered without the created record\n",
+              "      message: answered without the created record\n"
+              "    - when: {status: 201, step: create}\n      then: deliver\n")
+    [line] = problems(tmp_path, hidden)
+    path = tmp_path / "contacts.yaml"
+    assert line.startswith(f"{located(path, '{status: 201, step: create}', at='{')}: delivery.responses[3].when: ")
+    assert "never used: delivery.responses[2] above it matches every answer this one matches" in line
+
+
+def test_a_rule_after_one_with_a_predicate_or_for_a_missing_answer_is_not_called_hidden(tmp_path: Path) -> None:
+    load_preset(str(write_acme(tmp_path, ACME_PRESET, (
+        "      message: answered without the created record\n",
+        "      message: answered without the created record\n"
+        "    - when: {error: [timeout, connection]}\n      then: retry\n"))))

@@ -19,7 +19,7 @@ from language_fixtures import ACME_PRESET, lead, write_acme
 
 from engine import outcome as oc
 from engine.delivery.rate_limit import reset_seconds
-from engine.delivery.upsert import encode_query
+from engine.pipeline.lookup import encode_query
 from engine.golden import ScriptedRun, deliver_scripted
 from engine.language.compiler import load_preset
 from engine.language.settings import resolve
@@ -354,3 +354,77 @@ def test_a_dead_letter_with_a_query_key_is_replayed_with_the_live_key_once(tmp_p
     assert replayed.outcome == oc.DELIVERED
     assert replayed.request["url"] == "https://api.acme.test/v1/contacts?key=***"
     assert state.dead_letters().entries(preset.name) == []
+
+
+class GatedTransport:
+    """Holds every answer until released, and records what was sent: who is on the wire at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.release = asyncio.Event()
+
+    async def send(self, request: Any) -> Any:
+        from multidict import CIMultiDict
+
+        from engine.delivery.transport import HttpResponse
+
+        self.sent.append(request)
+        await self.release.wait()
+        return HttpResponse(201, CIMultiDict(), {"id": len(self.sent)})
+
+
+NO_UPSERT = ("""    upsert:
+      strategy: on_conflict
+      found: '{"id": $match(conflict.body.message, /id ([0-9]+)/).groups[0]}'
+      update:
+        method: PATCH
+        url: "{settings.base_url}/v1/contacts/{found.id}"
+        body: document
+""", "")
+
+
+@pytest.mark.parametrize("order_by, on_the_wire", [(None, 3), ("traits.email", 2)])
+def test_order_by_keeps_one_persons_events_in_order_for_an_action_without_upsert(
+        tmp_path: Path, order_by: str | None, on_the_wire: int) -> None:
+    """Two events for one email and one for another: with order_by, the second of the same email waits."""
+    from engine.runtime import Engine
+
+    edits = [NO_UPSERT, ("    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
+                         "      message: merged into the existing contact\n", "")]
+    if order_by:
+        edits.append(("  rate_limit: {requests: 100, per_seconds: 1}\n",
+                      f"  rate_limit: {{requests: 100, per_seconds: 1}}\n  order_by: {order_by}\n"))
+    preset = load_preset(str(write_acme(tmp_path, ACME_PRESET, *edits)))
+    assert (preset.delivery.order_by is not None) == bool(order_by)
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        transport = GatedTransport()
+        async with Engine.from_preset(preset, {"api_key": KEY}, transport=transport) as engine:
+            work = [asyncio.ensure_future(engine.process(event, i)) for i, event in enumerate(
+                [lead("jane@acme.test", "m-1"), lead("JANE@acme.test", "m-2"), lead("joe@acme.test", "m-3")])]
+            for _ in range(200):  # everything that can go out without an answer goes out
+                await asyncio.sleep(0)
+            held = list(transport.sent)
+            transport.release.set()
+            outcomes = await asyncio.gather(*work)
+        return held, list(outcomes)
+
+    held, outcomes = asyncio.run(scenario())
+    assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 3
+    assert len(held) == on_the_wire
+    if order_by:
+        assert [r.body["email"] for r in held] == ["jane@acme.test", "joe@acme.test"]
+
+
+def test_an_auth_errors_rule_judges_a_200_token_answer_without_an_access_token(tmp_path: Path) -> None:
+    """As the README says: a 2xx token answer holding an error instead of a token is matched by auth.errors."""
+    rule = ("  rotates_refresh_token: false\n",
+            "  rotates_refresh_token: false\n  errors:\n    - when: {status: 200, error: invalid_code}\n"
+            "      then: reauthorise\n      message: the refresh token was refused\n")
+    refusal = {"status": 200, "body": {"error": "invalid_code"}}
+    run = deliver(tmp_path, [refusal], REFRESH, rule, WITH_REFRESH,
+                  settings={"api_key": "s3cret-1", "client_id": "cid", "refresh_token": "rt-configured"})
+    [outcome] = run.outcomes
+    assert (outcome["outcome"], outcome["cause"]) == (oc.DEAD_LETTERED, "reauthorisation_required")
+    assert outcome["detail"] == "the refresh token was refused"
+    assert len(run.sent) == 1  # refused once for good: not retried

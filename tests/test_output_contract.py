@@ -276,3 +276,28 @@ def test_check_runs_the_meta_schema_check_on_output_schemas(tmp_path: Path, monk
     assert code == 1
     assert "actions.create_prospect.output.schema: cannot load output schema" in out
     assert "not a valid JSON Schema at /properties/a/maxLength" in out
+
+
+def test_forbidden_key_follows_properties_items_and_refs(tmp_path: Path) -> None:
+    """What `check` asks of a schema: where is a literal key of a mapping certainly refused?"""
+    schema = {
+        "type": "object", "additionalProperties": False,
+        "properties": {"data": {"type": "object", "properties": {"attributes": {"$ref": "#/$defs/attrs"}}},
+                       "list": {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                                            "properties": {"a": {}}}},
+                       "open": {"type": "object"},
+                       "either": {"anyOf": [{"type": "object", "additionalProperties": False}]}},
+        "$defs": {"attrs": {"type": "object", "additionalProperties": False, "properties": {"email": {}, "name": {}}}},
+    }
+    path = tmp_path / "nested.schema.json"
+    path.write_text(json.dumps(schema), encoding="utf-8")
+    contract = OutputContract.load("nested", path)
+    assert contract.forbidden_key((), "extra") == ["data", "either", "list", "open"]
+    assert contract.forbidden_key((), "data") is None
+    assert contract.forbidden_key(("data",), "anything") is None  # data itself is open
+    assert contract.forbidden_key(("data", "attributes"), "emial") == ["email", "name"]
+    assert contract.forbidden_key(("data", "attributes"), "email") is None
+    assert contract.forbidden_key(("list", "[]"), "b") == ["a"]
+    assert contract.forbidden_key(("open",), "b") is None
+    assert contract.forbidden_key(("either",), "b") is None  # a combinator: not guessed at
+    assert contract.forbidden_key(("missing",), "b") is None

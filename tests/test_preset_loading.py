@@ -276,7 +276,8 @@ def test_invalid_yaml_is_one_located_line(tmp_path: Path, capsys: pytest.Capture
     assert code == 1
     line = line_no(path, "title: Outreach: Lead")
     col = col_of(path, "title: Outreach: Lead", at=": Lead")  # the second colon
-    assert lines == [f"{path}:{line}:{col}: mapping values are not allowed here"]
+    assert lines == [f"{path}:{line}:{col}: mapping values are not allowed here; a ': ' inside an unquoted value "
+                     "starts a new key: put the whole value in quotes (\"...\") or write it as a block scalar (>-)"]
     assert err == ""
 
 

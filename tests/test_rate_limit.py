@@ -7,6 +7,7 @@ import email.utils
 import time
 import types
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -414,3 +415,80 @@ def test_a_clock_window_ends_on_the_next_multiple_of_its_length(monkeypatch: pyt
 
     assert NOW % 60 == 40  # so the window in progress ends at NOW + 20: 7.5 s after NOW + 12.5
     assert clock.now - start == pytest.approx(7.5, abs=0.01)
+
+
+# --------------------------------------------------------------------------
+# several windows (delivery.rate_limit.windows)
+# --------------------------------------------------------------------------
+
+WINDOWED = """\
+  rate_limit:
+    requests: 100
+    per_seconds: 10
+    windows:
+      - requests: 5
+        per_seconds: 10
+      - requests: 250000
+        per_seconds: 86400
+        headers:
+          remaining: X-Daily-Remaining
+          reset: X-Daily-Reset
+          reset_format: delta_seconds
+"""
+
+
+def windowed_limiter(tmp_path: Path, clock: FakeTime) -> RateLimiter:
+    from language_fixtures import ACME_PRESET, write_acme
+
+    from engine.language.compiler import load_preset
+
+    preset = load_preset(str(write_acme(tmp_path, ACME_PRESET, (
+        "  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED))))
+    assert [w.requests for w in preset.delivery.rate_limit.windows] == [5, 250000]
+    return RateLimiter.from_spec(preset.delivery.rate_limit, clock=clock.monotonic, sleep=clock.sleep)
+
+
+def test_the_tightest_window_paces_the_requests(tmp_path: Path) -> None:
+    """100 per 10 s would let 6 go at once; the second window, 5 per 10 s, holds the sixth 2 s (its refill)."""
+    clock = FakeTime()
+    rl = windowed_limiter(tmp_path, clock)
+    start = clock.now
+    times = asyncio.run(acquire_times(rl, clock, 6))
+    assert [round(t - start, 3) for t in times] == [0, 0, 0, 0, 0, 2.0]
+
+
+def test_a_spent_window_read_from_its_own_headers_holds_every_request(tmp_path: Path) -> None:
+    """The daily window's headers say it is spent for 30 s: the burst window has room, the request still waits."""
+    clock = FakeTime()
+    rl = windowed_limiter(tmp_path, clock)
+    asyncio.run(rl.acquire())
+    rl.observe({"X-Daily-Remaining": "0", "X-Daily-Reset": "30"})
+    start = clock.now
+    asyncio.run(rl.acquire())
+    assert clock.now - start == pytest.approx(30.0, abs=0.01)
+    # A 429 of the spent daily window is waited out to that window's reset.
+    assert rl.reset_delay({"X-Daily-Reset": "12"}, "Retry-After") == 12.0
+
+
+def test_one_window_still_works_alone() -> None:
+    clock = FakeTime()
+    rl = limiter(clock, requests=2, per_seconds=2)
+    assert rl.windows == []
+    start = clock.now
+    times = asyncio.run(acquire_times(rl, clock, 3))
+    assert [round(t - start, 3) for t in times] == [0, 0, 1.0]
+
+
+def test_check_names_a_window_mistake_at_its_line(tmp_path: Path) -> None:
+    from language_fixtures import ACME_PRESET, write_acme
+
+    from engine.language.compiler import PresetError, load_preset
+
+    path = write_acme(tmp_path, ACME_PRESET, ("  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED.replace(
+        "        per_seconds: 10\n      - requests", "        per_seconds: 10\n        window_alignment: clock\n      - requests")))
+    with pytest.raises(PresetError) as info:
+        load_preset(str(path))
+    [line] = info.value.problems
+    number = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "window_alignment: clock" in text)
+    assert line.startswith(f"{path}:{number}:")
+    assert "delivery.rate_limit.windows[0].window_alignment: window_alignment needs window_seconds" in line

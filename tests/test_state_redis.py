@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -177,6 +178,16 @@ def test_a_worker_holding_an_older_token_cannot_overwrite_a_newer_one(redis_url:
     assert state(redis_url).tokens("other-client").load("configured") is None
 
 
+def test_the_token_answers_values_are_kept_with_the_access_token(redis_url: str) -> None:
+    """auth.token_values (an instance_url) come back with the token they were minted with; none stays none."""
+    store = state(redis_url).tokens("cid-values")
+    store.save(StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"}), "configured")
+    assert state(redis_url).tokens("cid-values").load("configured") == \
+        StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"})
+    store.save(StoredTokens("rotated-2", "access-2", 6.0), "configured")
+    assert state(redis_url).tokens("cid-values").load("configured").values == {}
+
+
 # -- the shared rate budget --------------------------------------------------------------
 
 HEADERS = dict(remaining_header="X-RateLimit-Remaining", reset_header="X-RateLimit-Reset")
@@ -205,6 +216,37 @@ def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis
         return taken
 
     assert asyncio.run(main()) == 6  # the bucket's capacity, once, not 6 per worker
+
+
+def test_each_rate_window_is_shared_by_every_worker_on_its_own(redis_url: str, tmp_path: Path) -> None:
+    """A daily window beside the burst one: two engines on one Redis spend the daily bucket once, together."""
+    from language_fixtures import ACME_PRESET, write_acme
+
+    from engine.runtime import Engine
+
+    windows = ("  rate_limit: {requests: 100, per_seconds: 1}\n",
+               "  rate_limit:\n    requests: 100\n    per_seconds: 1\n    windows:\n"
+               "      - {requests: 86400, per_seconds: 86400}\n")  # a bucket of 60
+    preset = str(write_acme(tmp_path, ACME_PRESET, windows))
+
+    async def main() -> int:
+        engines = [Engine.from_preset(preset, {"api_key": "k-123456"}, state=state(redis_url)) for _ in range(2)]
+        assert engines[0].limiter.windows[0].budget.key != engines[0].limiter.budget.key
+        taken = 0
+
+        async def spend(limiter: RateLimiter) -> None:
+            nonlocal taken
+            while True:
+                try:
+                    await asyncio.wait_for(limiter.acquire(), 0.3)
+                except asyncio.TimeoutError:
+                    return
+                taken += 1
+
+        await asyncio.gather(*(spend(engine.limiter) for engine in engines))
+        return taken
+
+    assert asyncio.run(main()) == 60  # the daily window's bucket, once for both; the burst one had 100
 
 
 def test_what_one_worker_learns_from_the_headers_governs_all(redis_url: str) -> None:

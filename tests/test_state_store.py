@@ -602,3 +602,19 @@ def test_runs_starting_together_on_a_new_state_directory_all_get_in(tmp_path: Pa
         for thread in threads:
             thread.join(30)
     assert refused == []
+
+
+def test_sqlite_keeps_the_token_answers_values_and_opens_a_database_made_without_them(tmp_path: Path) -> None:
+    """A state made before token_values existed gets the column on open; its tokens load with no values."""
+    db = Database(tmp_path)
+    db.conn.execute("ALTER TABLE tokens DROP COLUMN token_values")
+    db.conn.execute("INSERT INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
+                    "VALUES (?, 'old-refresh', 'old-access', 1.0, 1.0)", (SqliteTokenStore(db, "cid").chain(REFRESH),))
+    db.close()
+    reopened = Database(tmp_path)
+    store = SqliteTokenStore(reopened, "cid")
+    assert store.load(REFRESH) == StoredTokens("old-refresh", "old-access", 1.0)
+    store.save(StoredTokens("rotated-1", "access-1", 2.0, {"api_domain": "https://www.zohoapis.eu"}), REFRESH)
+    assert SqliteTokenStore(Database(tmp_path), "cid").load(REFRESH).values == {"api_domain": "https://www.zohoapis.eu"}
+    assert sqlite3.connect(str(tmp_path / "state.db")).execute("PRAGMA user_version").fetchone()[0] == 1
+

@@ -24,6 +24,7 @@ import pytest
 from engine import outcome as oc
 from engine.runtime import Engine
 from engine.sandbox import close, hubspot, salesloft
+from engine.sandbox.common import parse_fault
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.token_store import MemoryTokenStore
 from fakes import FakeTime
@@ -394,3 +395,50 @@ def test_dry_run_of_the_example_stream_takes_the_same_leads_as_outreach(preset: 
         assert (request["method"], request["url"]) == (method, url)
         assert request["headers"]["Authorization"] == auth
         assert request["headers"]["Content-Type"] == "application/json"
+
+
+def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivered() -> None:
+    """The search body reads ``traits.email``: a replay must send the same lookup as the first try.
+
+    The person is known to Close; their second event meets five 503s (every
+    attempt) and is dead-lettered. Replayed once Close is back, it finds the
+    contact by email and updates it: one lead, no second one.
+    """
+    async def scenario() -> None:
+        async with delivering(close, "close/leads", CLOSE) as (state, engine, _):
+            (first,) = await deliver(engine, SAME_LEAD_TWICE[:1])
+            assert first.outcome == oc.DELIVERED, text_of([first])
+            state.faults.extend(parse_fault(503) for _ in range(5))
+            (second,) = await deliver(engine, SAME_LEAD_TWICE[1:])
+            assert (second.outcome, second.cause) == (oc.DEAD_LETTERED, "http_503"), text_of([second])
+            (letter,) = engine.dead_letters.entries("close/leads")
+            assert letter["context"]["traits"]["email"] == "marcus.lee@northwind.io"
+            assert "sandbox-api-key" not in json.dumps(letter)
+            (replayed,) = await engine.replay_dead_letters()
+            assert replayed.outcome == oc.DELIVERED, text_of([replayed])
+            assert replayed.detail == "updated the existing record found by the lookup (id cont_sandbox0001)"
+            assert engine.dead_letters.entries("close/leads") == []
+        searches = [r for r in state.requests if r["path"] == "/api/v1/data/search/" and r["status"] == 200]
+        assert len(searches) == 2
+        assert [(r["method"], r["path"], r["status"]) for r in state.requests[-2:]] == [
+            ("POST", "/api/v1/data/search/", 200), ("PUT", "/api/v1/contact/cont_sandbox0001/", 200)]
+        assert (len(state.leads), state.creates, state.updates) == (1, 1, 1)
+        (contact,) = state.contacts.values()
+        assert contact["title"] == "VP Sales"
+
+    asyncio.run(scenario())
+
+
+def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
+    """``requests`` lists what a lookup_first delivery sends, in order; ``request`` stays the create."""
+    from engine.language.compiler import load_preset
+    from engine.pipeline.prepare import Pipeline
+
+    outcome = Pipeline(load_preset("close/leads"), CLOSE).dry_run(SAME_LEAD_TWICE[1], 0)
+    assert outcome.outcome == oc.WOULD_SEND
+    lookup, create = outcome.requests
+    assert (lookup["method"], lookup["url"]) == ("POST", "https://api.close.com/api/v1/data/search/")
+    assert lookup["headers"]["Authorization"] == "Basic ***"
+    assert "marcus.lee@northwind.io" in json.dumps(lookup["body"])
+    assert create == outcome.request and create["url"] == "https://api.close.com/api/v1/lead/"
+    assert list(outcome.to_dict()) == ["index", "messageId", "outcome", "request", "requests"]

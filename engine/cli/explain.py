@@ -327,6 +327,17 @@ def render(result: dict[str, Any]) -> str:
                 out.append(f"   {key}: {value}")
             for line in json.dumps(request.get("body"), indent=2, ensure_ascii=False).splitlines():
                 out.append(f"   {line}")
+    sequence = steps.get("requests")
+    if sequence and (len(sequence) > 1 or steps.get("flow")):
+        section("requests, in the order they are sent")
+        for number, item in enumerate(sequence, 1):
+            out.append(f"   {number}. {item['method']} {item['url']}")
+        flow = steps.get("flow")
+        if flow and flow["shown"] < len(flow["steps"]):
+            out.append(f"   then: {', '.join(flow['steps'][flow['shown']:])} ({flow['why']})")
+        elif not flow:
+            out.append("   (an upsert's lookup first: the create goes only when it finds nothing, "
+                       "else the record it finds is updated)")
     if steps.get("trace_error"):
         out.append("")
         out.append(f"(the explanation stopped early: {steps['trace_error']}; the outcome above is the run's own)")

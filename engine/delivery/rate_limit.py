@@ -11,6 +11,11 @@
 
 A 429 pauses *all* sends until the reset, not just the request that got it.
 
+A preset may declare several windows (``rate_limit.windows``: a daily budget
+beside a burst limit). Each is a limiter of its own, with its own figures and
+headers, and a request goes only when every one of them lets it: the
+tightest window governs at each moment.
+
 What may be spent (the bucket, the window, a pause) is a :class:`RateBudget`:
 this process's own, or one that every worker of a connection shares, so N
 workers together spend the destination's budget once, not N times.
@@ -236,19 +241,24 @@ class RateLimiter:
 
     @classmethod
     def from_spec(cls, spec: "RateLimitSpec", *, clock: Callable[[], float] = time.monotonic,
-                  sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None) -> "RateLimiter":
+                  sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None,
+                  window_budgets: "list[RateBudget | None] | None" = None) -> "RateLimiter":
+        """``window_budgets``: the shared budget of each of ``spec.windows`` (None: this process's own)."""
+        shared = list(window_budgets or [])
+        windows = [cls.from_spec(window, clock=clock, sleep=sleep, budget=shared[i] if i < len(shared) else None)
+                   for i, window in enumerate(spec.windows)]
         return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
                    reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
                    window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
                    window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock,
-                   sleep=sleep, budget=budget)
+                   sleep=sleep, budget=budget, windows=windows)
 
     def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
                  reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
                  window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
                  window_seconds: float | None = None, window_alignment: str = "rolling",
                  clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
-                 budget: RateBudget | None = None) -> None:
+                 budget: RateBudget | None = None, windows: "list[RateLimiter] | None" = None) -> None:
         self.rate, capacity = bucket_shape(requests, per_seconds)
         self.budget: RateBudget = budget if budget is not None else LocalBudget(self.rate, capacity, clock)
         self.remaining_header = remaining_header
@@ -263,6 +273,7 @@ class RateLimiter:
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self.waited_seconds = 0.0
+        self.windows: list[RateLimiter] = list(windows or [])  # further windows, each waited for as well
 
     @property
     def capacity(self) -> float:
@@ -271,6 +282,8 @@ class RateLimiter:
     async def acquire(self) -> None:
         """Wait until one request may be sent, then take its slot."""
         async with self._lock:  # FIFO: a waiting request is not overtaken
+            for window in self.windows:
+                await window.acquire()
             while True:
                 wait = self.budget.take()
                 if wait is None:
@@ -298,6 +311,8 @@ class RateLimiter:
             else:
                 window_in = self.window_seconds
         self.budget.learn(remaining, reset_raw, reset_in, window_in)
+        for limiter in self.windows:
+            limiter.observe(headers)
 
     def pause_for(self, seconds: float) -> None:
         """Hold every sender for ``seconds`` (a 429, or maintenance with Retry-After)."""
@@ -316,4 +331,8 @@ class RateLimiter:
                 return delay
         if self.window_header or self.window_seconds:
             return self.budget.reset_in()
+        for limiter in self.windows:  # a 429 for a spent daily budget: that window's own reset
+            delay = limiter.reset_delay(headers, None)
+            if delay is not None:
+                return delay
         return None

@@ -10,6 +10,7 @@ the credential applied last, so it exists nowhere but on the wire.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .. import outcome as oc
 from ..language.expressions import ExpressionError
 from ..language.model import AuthSpec, DeliverySpec
 from ..language.settings import Settings
+from ..language.templates import TemplateError, fill_token_values
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
@@ -105,7 +107,8 @@ class Sender:
 
     # -- one request, under the response rules ---------------------------
     async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool,
-                   step: str = "create") -> Step:
+                   step: str = "create", rules: tuple[Rule, ...] = ()) -> Step:
+        """Send under the response rules: ``rules`` (a flow step's own) first, then ``delivery.responses``."""
         failures = rate_waits = 0
         refreshed = False
         while True:
@@ -115,12 +118,16 @@ class Sender:
                     credential = await self.auth.credential()
                 except AuthFailure as exc:
                     return Step("auth", None, None, exc)
+                try:
+                    request = self._with_token_values(request)
+                except TemplateError as exc:
+                    return Step("auth", None, None, AuthFailure(str(exc), fatal=False))
             await self.limiter.acquire()
             attempts[0] += 1
             exchange = await self._http(request, credential, step)
             self.limiter.observe(exchange.response.headers if exchange.response is not None else {})
             answer = exchange.answer()
-            rule = first_match(self.delivery.rules, answer)
+            rule = (first_match(rules, answer) if rules else None) or first_match(self.delivery.rules, answer)
             verdict = rule.then if rule else _default_verdict(exchange)
             self._log_attempt(prepared, attempts[0], exchange, verdict)
             if verdict == "deliver" or (verdict == "upsert" and allow_upsert):
@@ -148,6 +155,15 @@ class Sender:
                 await self._sleep(self._retry_delay(exchange, failures))
                 continue
             return Step("fail", exchange, rule)
+
+    def _with_token_values(self, request: HttpRequest) -> HttpRequest:
+        """``{token.NAME}`` filled from the answer that gave the current access token (just obtained)."""
+        values = getattr(self.auth, "token_values", None)
+        if values is None or not (self.auth_spec and self.auth_spec.token_values):
+            return request
+        known = values()
+        return dataclasses.replace(request, url=fill_token_values(request.url, known),
+                                   headers={k: fill_token_values(v, known, header=True) for k, v in request.headers.items()})
 
     def _rate_limit_wait(self, exchange: Exchange, answer: Answer, waits: int) -> float:
         """A 429's wait: the preset's expression over the body, Retry-After, the window reset, else backoff."""

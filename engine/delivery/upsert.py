@@ -26,8 +26,10 @@ from ..language.model import UpsertSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError
 from ..outcome import Outcome
+from ..pipeline.lookup import LookupBuildError, lookup_request
 from ..pipeline.prepare import Prepared
 from ..pipeline.transform import TransformError, build_document
+from .flow import deliver_flow
 from .transport import HttpRequest
 
 if TYPE_CHECKING:
@@ -54,27 +56,34 @@ class Upserter:
         self._keys = KeyedLocks()
 
     async def deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
-        key = self._key(prepared)
+        key = self.order_key(prepared)
         async with self._keys.hold(key):
             try:
                 return await self._deliver(prepared, attempts)
             except _StepEnded as ended:
                 return ended.outcome
 
-    def _key(self, prepared: Prepared) -> str | None:
-        """The record this event writes, when the preset names it: such events go one at a time."""
+    def order_key(self, prepared: Prepared) -> str | None:
+        """The record this event writes, when the preset names it: such events go one at a time.
+
+        An upsert's own ``key`` names it for its action; ``delivery.order_by``
+        for every action (a native upsert, a plain create) that has none.
+        """
         spec = prepared.action.upsert
-        if spec is None or spec.key is None:
+        expression = spec.key if spec is not None and spec.key is not None else self.sender.delivery.order_by
+        if expression is None:
             return None
         context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
                    "settings": self.public}
         try:
-            key = spec.key.evaluate(context)
+            key = expression.evaluate(context)
         except ExpressionError:
             return None  # no key, no ordering: the upsert still merges
         return json.dumps(key, sort_keys=True, default=str) if key is not None else None
 
     async def _deliver(self, prepared: Prepared, attempts: list[int]) -> Outcome:
+        if prepared.action.flow:
+            return await deliver_flow(self.sender, prepared, attempts, self.public)
         spec = prepared.action.upsert
         context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
                    "settings": self.public}
@@ -116,22 +125,10 @@ class Upserter:
 
     def _lookup_request(self, prepared: Prepared, spec: UpsertSpec, context: Mapping[str, Any],
                         previous: "Exchange | None") -> HttpRequest:
-        lookup = spec.lookup
-        assert lookup is not None
-        where = f"actions.{prepared.action.name}.upsert.lookup"
         try:
-            query = lookup.query.evaluate(context) if lookup.query else None
-            body = lookup.body.evaluate(context) if lookup.body else None
-        except ExpressionError as exc:
-            raise UpsertError(_expression_cause(exc), f"{where}: {exc}", previous) from None
-        if query is not None and not isinstance(query, dict):
-            raise UpsertError("upsert_error", f"{where}.query must give an object of query parameters", previous)
-        try:
-            params = encode_query(query or {}, lookup.json_query)
-        except ValueError as exc:
-            raise UpsertError("upsert_error", f"{where}.query: {exc}", previous) from None
-        url, headers = self._render(where, lookup, context, previous, prepared)
-        return HttpRequest(lookup.method, url, headers, params, body)
+            return lookup_request(prepared.action, context, prepared.headers)
+        except LookupBuildError as exc:
+            raise UpsertError(exc.cause, exc.message, previous) from None
 
     async def _update(self, prepared: Prepared, spec: UpsertSpec, context: dict[str, Any], attempts: list[int],
                       lookup: "Exchange | None", conflict: "Step | None") -> Outcome:
@@ -201,33 +198,6 @@ class _StepEnded(Exception):
     def __init__(self, outcome: Outcome) -> None:
         super().__init__(outcome.detail or outcome.outcome)
         self.outcome = outcome
-
-
-def encode_query(params: Mapping[str, Any], json_params: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    """Query parameters as ordered pairs: arrays become repeated keys, declared ones become JSON.
-
-    ``{"email_addresses[]": ["a", "b"]}`` → ``email_addresses[]=a&email_addresses[]=b``.
-    """
-    pairs: list[tuple[str, str]] = []
-    for key, value in params.items():
-        if key in json_params:
-            pairs.append((key, json.dumps(value, separators=(",", ":"), ensure_ascii=False)))
-            continue
-        for item in value if isinstance(value, list) else [value]:
-            if item is None:
-                continue
-            if isinstance(item, (dict, list)):
-                raise ValueError(f"parameter {key!r} holds an object; list it in json_query to send it as JSON")
-            pairs.append((key, _scalar(item)))
-    return pairs
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _answer(exchange: "Exchange | None") -> dict[str, Any] | None:

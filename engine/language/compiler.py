@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -34,6 +35,8 @@ from .model import (
     DEFAULT_MAX_TRAIT_BYTES,
     ActionSpec,
     AuthSpec,
+    BatchSpec,
+    FlowStep,
     DeliverySpec,
     IdentitySpec,
     LookupSpec,
@@ -46,7 +49,7 @@ from .model import (
     UpsertSpec,
 )
 from .settings import SettingSpec
-from .templates import Template, TemplateError
+from .templates import TOKEN_ROOT, Template, TemplateError
 from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
 
 if TYPE_CHECKING:
@@ -62,6 +65,9 @@ MAX_EXPRESSION_CHARS = 16_384
 MAX_EXPRESSIONS_CHARS = 131_072
 # Static-check problems reported per expression; past this, one line says how many more there are.
 MAX_FINDINGS_PER_EXPRESSION = 20
+# Fields of an OAuth token answer that are credentials (RFC 6749 §5.1, OpenID Connect's id_token):
+# auth.token_values may not name them, so no template can put one in a URL or a header.
+SECRET_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
 
 
 class PresetError(Exception):
@@ -173,6 +179,8 @@ class _Compiler:
         if settings.get(consent_setting) is None or settings[consent_setting].type != "string_list":
             self.problem(["consent", "categories_setting"], f"must name a string_list setting, got {consent_setting!r}")
         self._check_events(data["events"], data["actions"])
+        declared = (data.get("auth") or {}).get("token_values") if isinstance(data.get("auth"), dict) else None
+        self.token_values = tuple(str(v) for v in declared) if isinstance(declared, list) else ()
         actions = {name: self._action(name, spec) for name, spec in data["actions"].items()}
         auth = self._auth(data.get("auth"))
         if auth is not None and auth.authorize_url is not None and auth.refresh_token_setting in settings:
@@ -333,10 +341,24 @@ class _Compiler:
                     self.problem(path, f"{label} is a secret setting; secrets are only usable in auth:")
                 elif not spec.required and spec.default is None:
                     self.problem(path, f"{label} needs the setting {name!r} to be required: true or to have a default")
+            elif fields[0] == TOKEN_ROOT and path[0] != "auth":
+                self._check_token_placeholder(path, fields)
             elif fields[0] not in roots:
                 allowed = ", ".join(["{settings.*}", *("{" + r + ".*}" for r in roots)])
                 self.problem(path, f"unknown placeholder {label} (allowed here: {allowed})")
         return template
+
+    def _check_token_placeholder(self, path: list[PathPart], fields: tuple[str, ...]) -> None:
+        """``{token.NAME}``: a value of the token answer, which ``auth.token_values`` must declare."""
+        label = "{" + ".".join(fields) + "}"
+        declared = getattr(self, "token_values", ())
+        if len(fields) != 2:
+            self.problem(path, f"{label}: a token value is one name, {{token.NAME}}")
+        elif not declared:
+            self.problem(path, f"{label} reads the token answer, but auth declares no token_values "
+                               "(an OAuth auth kind lists the fields of its token answer there)")
+        elif fields[1] not in declared:
+            self.problem(path, f"{label} is not in auth.token_values (declared: {', '.join(declared)})")
 
     def _headers(self, path: list[PathPart], spec: Mapping[str, str], roots: tuple[str, ...] = ()) -> dict[str, Template]:
         return {name: t for name, source in spec.items()
@@ -345,13 +367,95 @@ class _Compiler:
     def _action(self, name: str, spec: Mapping[str, Any]) -> ActionSpec:
         base = ["actions", name]
         mapping = self._expression(base + ["mapping"], spec["mapping"], self._mapping_roots(name), "the mapping")
-        req = spec["request"]
-        request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
-                              self._headers(base + ["request", "headers"], req.get("headers", {})))
+        flow = self._flow(base + ["flow"], name, spec) if "flow" in spec else ()
+        if flow:
+            request = flow[0].request
+        else:
+            req = spec["request"]
+            request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
+                                  self._headers(base + ["request", "headers"], req.get("headers", {})))
         output = self._output(base + ["output"], spec.get("output", {}))
+        self._check_result_keys(base + ["mapping"], spec["mapping"], output.contract)
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
+        if upsert is not None and "upsert" in spec:
+            self._check_result_keys(base + ["upsert", "update", "body"], spec["upsert"]["update"]["body"],
+                                    upsert.update_output.contract if upsert.update_output else output.contract)
+        batch = self._batch(base + ["batch"], spec) if "batch" in spec else None
         return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
-                          output.omit_empty, output.truncate, upsert)
+                          output.omit_empty, output.truncate, upsert, flow, batch)
+
+    def _batch(self, base: list[PathPart], spec: Mapping[str, Any]) -> BatchSpec | None:
+        """An action's ``batch``: how many documents go in one request, and how each one's result is read."""
+        for other in ("upsert", "flow"):
+            if other in spec:
+                self.problem(base, f"an action with a batch has no {other}: a batch is one request for many events")
+        batch = spec["batch"]
+        body = self._expression(base + ["body"], batch["body"], {"items": None, "settings": self._public_settings()},
+                                "the batch body")
+        item_error = (self._expression(base + ["item_error"], batch["item_error"],
+                                       {**self.RESPONSE_ROOTS, "item": None, "index": None}, "batch.item_error")
+                      if "item_error" in batch else None)
+        if body is None:
+            return None
+        return BatchSpec(int(batch["max_items"]), float(batch.get("max_wait_seconds", 1.0)), body, item_error)
+
+    FLOW_TEMPLATE_ROOTS = ("document", "traits", "values", "steps")
+
+    def _flow(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> tuple[FlowStep, ...]:
+        """An action's ``flow``: named steps, each reading the answers of the steps before it."""
+        if "upsert" in spec:
+            self.problem(base[:-1] + ["upsert"], "an action with a flow has no upsert: write the lookup, the update "
+                                                 "and the create as steps (with when:)")
+        if "request" in spec:
+            self.problem(base[:-1] + ["request"], "an action with a flow has no request: its steps are its requests")
+        steps: list[FlowStep] = []
+        for i, item in enumerate(spec["flow"]):
+            where = base + [i]
+            name = item["name"]
+            earlier = [s.name for s in steps]
+            if name in earlier:
+                self.problem(where + ["name"], f"step name {name!r} is already used by an earlier step")
+            if i == 0 and "when" in item:
+                self.problem(where + ["when"], "the first step always runs (which events run the action is the "
+                                               "event table's choice); give when: to a later step")
+            roots = {**self._upsert_roots(action), "steps": earlier}
+            del roots["conflict"]
+            if not earlier:
+                del roots["steps"]
+            what = f"flow step {name!r}"
+            when = self._expression(where + ["when"], item["when"], roots, what) if "when" in item else None
+            body = self._expression(where + ["body"], item["body"], roots, what) if "body" in item else None
+            req = item["request"]
+            template_roots = self.FLOW_TEMPLATE_ROOTS if earlier else self.FLOW_TEMPLATE_ROOTS[:-1]
+            url = self._template(where + ["request", "url"], req["url"], template_roots)
+            headers = self._headers(where + ["request", "headers"], req.get("headers", {}), template_roots)
+            templates = [t for t in (url, *headers.values()) if t is not None]
+            for template in templates:
+                for fields in template.fields:
+                    if fields[0] == "steps" and len(fields) > 1 and fields[1] not in earlier:
+                        self.problem(where + ["request"], f"{{{'.'.join(fields)}}}: no earlier step is named "
+                                                          f"{fields[1]!r} (earlier: {', '.join(earlier) or 'none'})")
+            reads = any(f[0] == "steps" for t in templates for f in t.fields) or any(
+                re.search(r"\bsteps\b", item.get(key) or "") for key in ("when", "body"))
+            rules = self._rules(where + ["responses"], item.get("responses", []))
+            steps.append(FlowStep(name, RequestSpec(req["method"], url, headers), body, when, rules, reads))  # type: ignore[arg-type]
+        return tuple(steps)
+
+    def _check_result_keys(self, path: list[PathPart], source: str, contract: OutputContract | None) -> None:
+        """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
+        if contract is None or self.checked_schemas is not None or not isinstance(source, str):
+            return
+        from .expression_check import result_keys  # only for a preset not in the cache
+
+        for use in result_keys(source):
+            allowed = contract.forbidden_key(use.path, use.key)
+            if allowed is None:
+                continue
+            where = "/" + "/".join(use.path) if use.path else "the top level"
+            loc = self.doc.locate_in_scalar(path, use.position)
+            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
+                                  f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
+                                  f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})"))
 
     def _output(self, path: list[PathPart], spec: Mapping[str, Any]) -> OutputSpec:
         contract = None
@@ -463,7 +567,16 @@ class _Compiler:
             rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
             authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
             echo_redirect_params=tuple(spec.get("echo_redirect_params", [])),
-            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules)
+            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules,
+            token_values=self._token_values(spec.get("token_values", [])))
+
+    def _token_values(self, names: list[str]) -> tuple[str, ...]:
+        """Token-answer fields a template may read; the tokens themselves stay secret, so they are refused."""
+        for i, name in enumerate(names):
+            if name in SECRET_TOKEN_FIELDS:
+                self.problem(["auth", "token_values", i], f"{name!r} is a secret of the token answer; only values "
+                                                          "that are not credentials (instance_url, api_domain) may be read")
+        return tuple(names)
 
     def _secret_setting(self, path: list[PathPart], name: str) -> str:
         spec = self.settings.get(name)
@@ -481,40 +594,60 @@ class _Compiler:
             source = spec["when"].get("match")
             match = (self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")
                      if source else None)
-            rules.append(Rule.build(spec, match))
+            rule = Rule.build(spec, match)
+            hider = next((j for j, earlier in enumerate(rules) if _covers(earlier, rule)), None)
+            if hider is not None:
+                self.problem(base + [i, "when"], f"this rule is never used: {format_path(base + [hider])} above it "
+                                                 "matches every answer this one matches, and the first match decides")
+            rules.append(rule)
         return tuple(rules)
 
-    def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
-        rl = spec["rate_limit"]
+    def _rate_window(self, path: list[PathPart], rl: Mapping[str, Any]) -> RateLimitSpec:
+        """One rate window: ``delivery.rate_limit`` itself, or one of its ``windows``."""
         headers = rl.get("headers", {})
+        if headers.get("window") and headers.get("reset"):
+            self.problem(path + ["headers", "window"], "give either reset or window, not both")
+        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
+            self.problem(path + ["window_seconds"],
+                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
+        if "window_alignment" in rl and "window_seconds" not in rl:
+            self.problem(path + ["window_alignment"], "window_alignment needs window_seconds")
+        wait = rl.get("wait_from_response")
+        return RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
+                             _header_name(headers.get("reset")), headers.get("retry_after"),
+                             headers.get("reset_format", "epoch_seconds"), headers.get("window"),
+                             headers.get("window_unit", "seconds"),
+                             self._expression(path + ["wait_from_response"], wait, self.RESPONSE_ROOTS,
+                                              "wait_from_response") if wait else None,
+                             _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
+                             float(rl["window_seconds"]) if "window_seconds" in rl else None,
+                             rl.get("window_alignment", "rolling"),
+                             tuple(self._rate_window(path + ["windows", i], w) for i, w in enumerate(rl.get("windows", []))))
+
+    def _order_by(self, source: str | None) -> Expression | None:
+        """``delivery.order_by`` sees what every action's ``upsert.key`` sees: document, traits, values, settings."""
+        if not source:
+            return None
+        values: set[str] = set()
+        for names in self.values_by_action.values():
+            values |= set(names)
+        roots = {"document": None, "traits": self.trait_names, "values": values, "settings": self._public_settings()}
+        return self._expression(["delivery", "order_by"], source, roots, "delivery.order_by")
+
+    def _delivery(self, spec: Mapping[str, Any]) -> DeliverySpec:
         backoff = spec["retries"].get("backoff", {})
         for i, rule in enumerate(spec["responses"]):
             if rule["then"] == "upsert" and not any("upsert" in a for a in self.data["actions"].values()):
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
-        if headers.get("window") and headers.get("reset"):
-            self.problem(["delivery", "rate_limit", "headers", "window"], "give either reset or window, not both")
-        if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
-            self.problem(["delivery", "rate_limit", "window_seconds"],
-                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
-        if "window_alignment" in rl and "window_seconds" not in rl:
-            self.problem(["delivery", "rate_limit", "window_alignment"], "window_alignment needs window_seconds")
-        wait = rl.get("wait_from_response")
         return DeliverySpec(
             float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
-            RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
-                          _header_name(headers.get("reset")), headers.get("retry_after"),
-                          headers.get("reset_format", "epoch_seconds"), headers.get("window"),
-                          headers.get("window_unit", "seconds"),
-                          self._expression(["delivery", "rate_limit", "wait_from_response"], wait, self.RESPONSE_ROOTS,
-                                           "wait_from_response") if wait else None,
-                          _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
-                          float(rl["window_seconds"]) if "window_seconds" in rl else None,
-                          rl.get("window_alignment", "rolling")),
+            self._rate_window(["delivery", "rate_limit"], spec["rate_limit"]),
             RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
                       float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
             self._rules(["delivery", "responses"], spec["responses"]),
             int(spec.get("max_response_bytes", 1_048_576)),
             dedupe_window_seconds=float(spec.get("dedupe_window_seconds", DEFAULT_DEDUPE_WINDOW_SECONDS)),
+            order_by=self._order_by(spec.get("order_by")),
         )
 
 
@@ -537,12 +670,47 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
         for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
                      ("upsert", "update", "body"), ("upsert", "key")):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
+        for key in ("body", "item_error"):
+            sites.append((["actions", name, "batch", key], get(actions, name, "batch", key)))
+        flow = get(actions, name, "flow")
+        for i in range(len(flow) if isinstance(flow, list) else 0):
+            for key in ("when", "body"):
+                sites.append((["actions", name, "flow", i, key], get(flow, i, key)))
+            rules = get(flow, i, "responses")
+            for j in range(len(rules) if isinstance(rules, list) else 0):
+                sites.append((["actions", name, "flow", i, "responses", j, "when", "match"],
+                              get(rules, j, "when", "match")))
     for section in (("delivery", "responses"), ("auth", "errors")):
         rules = get(data, *section)
         for i in range(len(rules) if isinstance(rules, list) else 0):
             sites.append(([*section, i, "when", "match"], get(rules, i, "when", "match")))
     sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
+    sites.append((["delivery", "order_by"], get(data, "delivery", "order_by")))
     return sites
+
+
+def _covers(earlier: Rule, later: Rule) -> bool:
+    """Whether ``earlier`` certainly matches every answer ``later`` can match (so ``later`` is never used).
+
+    Only an earlier rule that looks at nothing but the status and the step
+    is judged; anything with a predicate, an error or a text is given the
+    benefit of the doubt.
+    """
+    if earlier.match is not None or earlier.errors or earlier.detail_contains is not None:
+        return False
+    if any(error in ("timeout", "connection") for error in later.errors):
+        return False  # a request with no answer: a status rule never matches it
+    if earlier.steps and not (later.steps and set(later.steps) <= set(earlier.steps)):
+        return False
+    if not earlier.statuses:
+        return True
+    return bool(later.statuses) and all(any(_status_covers(e, s) for e in earlier.statuses) for s in later.statuses)
+
+
+def _status_covers(earlier: int | str, later: int | str) -> bool:
+    if isinstance(earlier, int):
+        return earlier == later
+    return str(later)[0] == str(earlier)[0]  # "4xx" covers 404 and "4xx"
 
 
 def _header_name(ref: Any) -> str | None:

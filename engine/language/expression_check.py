@@ -8,7 +8,8 @@ position:
 * a root path into an input that does not exist (``trait.email``);
 * ``traits.X`` where X is not a declared trait, ``values.X`` that no event
   row defines, ``settings.X`` naming an unknown or a secret setting;
-* a call to a function that is neither built in nor bound in the expression.
+* a call to a function that is neither built in (JSONata's library and the
+  engine's ``$sha256`` and ``$md5``) nor bound in the expression.
 
 Only paths evaluated against the expression's own input are checked: inside
 a predicate, a nested step or a lambda the context is something else, and a
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Collection, Iterator, Mapping
+
+from .expressions import HOST_FUNCTIONS
 
 # What a root may contain: the names it is known to have, or None for "anything".
 Roots = Mapping[str, Collection[str] | None]
@@ -40,12 +43,12 @@ class InputShape:
 
 
 def builtin_functions() -> frozenset[str]:
-    """The function library every supported JSONata engine provides."""
+    """The function library every supported JSONata engine provides, and the engine's own ($sha256, $md5)."""
     import jsonata
 
     if jsonata.Jsonata.static_frame is None:
         jsonata.Jsonata("1")  # builds the static frame
-    return frozenset(jsonata.Jsonata.static_frame.bindings)
+    return frozenset(jsonata.Jsonata.static_frame.bindings) | frozenset(HOST_FUNCTIONS)
 
 
 def analyse(source: str, shape: InputShape) -> list[Finding]:
@@ -165,3 +168,66 @@ def _bound_names(tree: Any) -> set[str]:
         elif node.type == "lambda":
             names.update(a.value for a in node.arguments or [] if getattr(a, "value", None))
     return names
+
+
+@dataclass(frozen=True)
+class KeyUse:
+    """A literal key of an object the expression builds, and where in the result it lands."""
+
+    path: tuple[str, ...]  # the keys above it; "[]" for an array item
+    key: str
+    position: int  # offset of the key's first character (its opening quote)
+
+
+def result_keys(source: str) -> list[KeyUse]:
+    """The literal keys of the objects that make up the expression's result.
+
+    Followed through what certainly builds the result: blocks (their last
+    expression), object and array constructors, both branches of a
+    condition and ``$merge([...])``. Anything else (a path, a lambda, a
+    computed key) is not guessed at, so nothing valid is refused.
+    """
+    import jsonata
+
+    try:
+        tree = jsonata.Jsonata(source).ast
+    except Exception:  # noqa: BLE001 - syntax is reported elsewhere
+        return []
+    found: list[KeyUse] = []
+    _collect_keys(tree, (), found, source)
+    return found
+
+
+def _collect_keys(node: Any, path: tuple[str, ...], found: list[KeyUse], source: str) -> None:
+    if node is None or not _is_node(node):
+        return
+    if node.type == "block" and node.expressions:
+        _collect_keys(node.expressions[-1], path, found, source)
+    elif node.type == "unary" and node.value == "{" and node.lhs_object:
+        for pair in node.lhs_object:
+            key, value = pair[0], pair[1]
+            if getattr(key, "type", None) == "string" and isinstance(key.value, str):
+                found.append(KeyUse(path, key.value, _string_start(key, source)))
+                _collect_keys(value, path + (key.value,), found, source)
+    elif node.type == "unary" and node.value == "[":
+        for item in node.expressions or []:
+            _collect_keys(item, path + ("[]",), found, source)
+    elif node.type == "condition":
+        _collect_keys(node.then, path, found, source)
+        _collect_keys(getattr(node, "_else", None), path, found, source)
+    elif node.type == "function" and getattr(node.procedure, "value", None) == "merge" and node.arguments:
+        array = node.arguments[0]
+        if array.type == "unary" and array.value == "[":
+            for item in array.expressions or []:
+                _collect_keys(item, path, found, source)
+
+
+def _string_start(node: Any, source: str) -> int:
+    """Where a string literal starts: its position is just past the closing quote."""
+    end = getattr(node, "position", 0) or 0
+    for quote in ('"', "'"):
+        start = source.rfind(quote, 0, max(0, end - 1))
+        if start >= 0 and source[start + 1:end - 1] == node.value:
+            return start
+    return max(0, end - len(node.value) - 2)
+

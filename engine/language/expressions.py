@@ -20,6 +20,7 @@ with cause ``expression_limit`` and the stream goes on.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -101,6 +102,28 @@ _PAD_GUARD = (
     ': $exists($c) ? $__signal_pad($s, $w, $c) : $__signal_pad($s, $w) }; '
 )
 _NEEDS_GUARD = re.compile(r"\$(pad|eval)\b")
+
+
+def _hex_digest(algorithm: str) -> Any:
+    def digest(text: str) -> str:
+        return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()
+
+    return digest
+
+
+# Functions the engine adds to JSONata: conversion APIs want the SHA-256 of a
+# normalised email or phone, Mailchimp addresses a member by the MD5 of the
+# lower-cased email. Each is the hex (lower-case) digest of the string's UTF-8
+# bytes. The host implementation is bound under a private name on both
+# engines; the public one is a JSONata lambda in front of it, so both engines
+# agree on what a host function cannot say itself: undefined in gives
+# undefined out (jsonatapy turns a host's None into null), a non-string is a
+# T0410 signature error, and the context binds (``email.$sha256()``).
+HOST_FUNCTIONS = {"sha256": _hex_digest("sha256"), "md5": _hex_digest("md5")}
+_HOST_NAME = "__signal_{}"
+_NEEDS_HOST = re.compile(r"\$(" + "|".join(HOST_FUNCTIONS) + r"|eval)\b")
+_HOST_PROLOGUE = "(" + "".join(
+    f'${name} := function($s)<s-:s>{{ $exists($s) ? ${_HOST_NAME.format(name)}($s) }}; ' for name in HOST_FUNCTIONS)
 _CODE = re.compile(r"^(?:[A-Za-z ]+: )*([A-Z]\d{4})\b")
 
 # Error codes of the engines' own guards.
@@ -148,8 +171,10 @@ class Expression:
         limits = limits or DEFAULT_LIMITS
         backend = backend or selected_backend()
         runnable = source
+        if _NEEDS_HOST.search(source):
+            runnable = _HOST_PROLOGUE + runnable + "\n)"
         if _NEEDS_GUARD.search(source):
-            runnable = _PAD_GUARD.replace("{limit}", str(limits.max_string_length)) + source + "\n)"
+            runnable = _PAD_GUARD.replace("{limit}", str(limits.max_string_length)) + runnable + "\n)"
         expression = cls(source, limits, backend, runnable)
         if backend == REFERENCE:
             _compile_reference(source)  # raises with a position
@@ -192,6 +217,8 @@ class Expression:
         limits = self.limits
         compiled = jsonatapy.compile(self._runnable, timeout=limits.timeout_ms, max_stack_depth=limits.max_depth,
                                      max_sequence_length=limits.max_sequence_length)
+        for name, function in HOST_FUNCTIONS.items():
+            compiled.register(_HOST_NAME.format(name), function)
         cache = _thread_cache()
         if len(cache) >= _THREAD_CACHE_SIZE:
             del cache[next(iter(cache))]
@@ -202,6 +229,8 @@ class Expression:
     def _reference_compiled(self) -> Any:
         if self._reference is None:
             compiled = _compile_reference(self._runnable, _timed_regex_engine(self._deadline))
+            for name, function in HOST_FUNCTIONS.items():
+                compiled.register_lambda(_HOST_NAME.format(name), function)
             # Inputs are parsed JSON (or host dicts checked by event_shape); the
             # engine's own walk over the whole input costs more than the mapping.
             compiled.set_validate_input(False)

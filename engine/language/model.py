@@ -88,14 +88,38 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class FlowStep:
+    """One request of a flow: sent when ``when`` holds, read by later steps as ``steps.<name>``."""
+
+    name: str
+    request: RequestSpec
+    body: Expression | None  # JSONata over {document, traits, values, settings, steps}
+    when: Expression | None = None  # the same input; a step whose when is not true is skipped
+    rules: tuple[Rule, ...] = ()  # its own response rules, read before delivery.responses
+    reads_steps: bool = False  # needs an earlier step's answer (a dry run cannot build it)
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """``batch``: many events' documents in one request, each item's result mapped back to its event."""
+
+    max_items: int
+    max_wait_seconds: float
+    body: Expression  # JSONata over {items, settings}: the request body for the items' documents
+    item_error: Expression | None = None  # over {status, headers, body, item, index}: why this item failed
+
+
+@dataclass(frozen=True)
 class ActionSpec:
     name: str
     mapping: Expression
-    request: RequestSpec
+    request: RequestSpec  # a flow's first step
     contract: OutputContract | None
     omit_empty: bool
     truncate: bool
     upsert: UpsertSpec | None
+    flow: tuple[FlowStep, ...] = ()  # an action that is a sequence of dependent requests
+    batch: BatchSpec | None = None  # events sent many to a request
 
 
 # auth.type -> the placeholder its header (or query) value template carries.
@@ -130,6 +154,9 @@ class AuthSpec:
     echo_redirect_params: tuple[str, ...] = ()  # sent back with the authorization code (signal-engine auth)
     refresh_before_expiry: float = 60.0
     rules: tuple[Rule, ...] = ()
+    # Fields of the token answer that templates read as {token.NAME} (Salesforce's instance_url,
+    # Zoho's api_domain); never a token itself. Kept with the access token.
+    token_values: tuple[str, ...] = ()
 
     @property
     def placeholder(self) -> str:
@@ -167,6 +194,9 @@ class RateLimitSpec:
     reset_key: str | None = None
     window_seconds: float | None = None  # a known window length, for destinations advertising no reset
     window_alignment: str = "rolling"  # clock | rolling
+    # Further windows (rate_limit.windows: a daily budget beside a burst limit), each with its
+    # own figures and headers; a request waits until every one of them lets it go.
+    windows: tuple["RateLimitSpec", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,9 @@ class DeliverySpec:
     max_response_bytes: int = 1_048_576  # a longer answer is an error, not a memory spike
     # The same event (messageId, or the event's hash) is not delivered twice within this window.
     dedupe_window_seconds: float = DEFAULT_DEDUPE_WINDOW_SECONDS
+    # delivery.order_by: events whose expression gives the same key (usually the email) are delivered one
+    # after the other, for every action; an action's upsert.key takes its place for that action.
+    order_by: Expression | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import quote
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+# A dotted path; a segment after the first may be an array index ({steps.find.body.records.0.Id}).
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)\}")
+# Values of the OAuth token answer (``{token.instance_url}``) are known only
+# once a token is minted, after the request is built: a render without them
+# leaves these placeholders as they are, and :func:`fill_token_values` fills
+# them right before the request is sent.
+TOKEN_ROOT = "token"
+_TOKEN_PLACEHOLDER = re.compile(r"\{" + TOKEN_ROOT + r"\.([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class TemplateError(Exception):
@@ -27,7 +34,7 @@ class Template:
     fields: tuple[tuple[str, ...], ...]
     # Values from these roots are inserted verbatim (an origin such as
     # settings.base_url); anything else is percent-encoded as a path segment.
-    verbatim_roots: frozenset[str] = frozenset({"settings"})
+    verbatim_roots: frozenset[str] = frozenset({"settings", TOKEN_ROOT})
 
     @classmethod
     def compile(cls, source: str) -> "Template":
@@ -46,9 +53,14 @@ class Template:
 
         def substitute(match: re.Match[str]) -> str:
             path = match.group(1).split(".")
+            if path[0] == TOKEN_ROOT and TOKEN_ROOT not in context:
+                return match.group(0)  # filled when the token is known (fill_token_values)
             value: Any = context
             for part in path:
-                value = value.get(part) if isinstance(value, Mapping) else None
+                if isinstance(value, list) and part.isdigit():
+                    value = value[int(part)] if int(part) < len(value) else None
+                else:
+                    value = value.get(part) if isinstance(value, Mapping) else None
             if value is None or isinstance(value, (dict, list)):
                 raise TemplateError(f"{{{match.group(1)}}} has no value" if value is None
                                     else f"{{{match.group(1)}}} is not a single value")
@@ -60,3 +72,21 @@ class Template:
             return text if path[0] in self.verbatim_roots else quote(text, safe="")
 
         return _PLACEHOLDER.sub(substitute, self.source)
+
+    @property
+    def uses_token(self) -> bool:
+        return any(f[0] == TOKEN_ROOT for f in self.fields)
+
+
+def fill_token_values(text: str, values: Mapping[str, str], *, header: bool = False) -> str:
+    """Put the token answer's values into a rendered URL or header value (verbatim, like a setting)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        value = values.get(match.group(1))
+        if not isinstance(value, str) or not value:
+            raise TemplateError(f"{{token.{match.group(1)}}} has no value: the token answer held none")
+        if header and ("\r" in value or "\n" in value):
+            raise TemplateError(f"{{token.{match.group(1)}}} would put a line break in a header")
+        return value
+
+    return _TOKEN_PLACEHOLDER.sub(substitute, text) if "{" in text else text

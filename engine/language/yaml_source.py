@@ -217,6 +217,10 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
             problem = f"duplicate key {key.group(1)!r}" if key else "duplicate key"
         else:
             problem = _without_names(problem, exc.context or "")
+        if problem.startswith("mapping values are not allowed"):
+            # The usual cause: a sentence with ": " in it, written without quotes.
+            problem += ("; a ': ' inside an unquoted value starts a new key: put the whole value in quotes "
+                        "(\"...\") or write it as a block scalar (>-)")
         raise YamlSourceError(f"{shown}:{where}: {problem}") from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"

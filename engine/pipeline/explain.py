@@ -53,6 +53,12 @@ def explain(pipeline: Pipeline, event: Any, index: int | None = None) -> dict[st
         steps["request"] = result.request  # the masked envelope, exactly as run --dry-run prints it
     elif result.cause == "template_error":
         steps["request"] = {"error": result.detail}
+    if result.requests is not None:
+        steps["requests"] = result.requests  # everything sent before an answer is needed, in order
+        action = pipeline.preset.actions.get(str((steps.get("event_table") or {}).get("action")))
+        if action is not None and action.flow:
+            steps["flow"] = {"steps": [step.name for step in action.flow], "shown": len(result.requests),
+                             "why": "the steps after these need an earlier step's answer, or their when is not true"}
     why = result.reason or result.cause
     decided = "request" if result.outcome == oc.WOULD_SEND else _DECIDED_BY.get(why or "", "internal")
     return {"preset": pipeline.preset.name, "index": index, "messageId": message_id_of(event),
@@ -339,8 +345,21 @@ def _removed(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple[t
                 yield path + (str(key),), value
             else:
                 yield from _removed(value, after[key], path + (str(key),))
-    elif isinstance(before, list) and isinstance(after, list) and len(before) != len(after):
-        yield path, before
+    elif isinstance(before, list) and isinstance(after, list):
+        # Items are named by their place in the mapped array; the ones kept line up with ``after`` in order.
+        kept = iter(after)
+        for i, item in enumerate(before):
+            if _dropped_item(item):
+                yield path + (str(i),), item
+            else:
+                yield from _removed(item, next(kept, None), path + (str(i),))
+
+
+def _dropped_item(item: Any) -> bool:
+    """Whether omit_empty drops this array item: empty, or a container that is empty once cleaned."""
+    if item is None or (isinstance(item, (str, list, dict)) and not item):
+        return True
+    return isinstance(item, (list, dict)) and not omit_empty(item)
 
 
 def _shortened(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str, str]]:

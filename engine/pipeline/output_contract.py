@@ -204,6 +204,40 @@ class OutputContract:
             return value
         return _clean(value, self._limits if truncate else None, omit_empty)
 
+    def forbidden_key(self, path: tuple[str, ...], key: str) -> list[str] | None:
+        """The keys allowed where ``key`` would go, when the schema certainly forbids it there; else None.
+
+        ``path`` is the keys above it ("[]" for an array's items). Only a
+        plain closed object (``additionalProperties: false``, no pattern
+        properties or combinators) says "certainly"; anything the walk cannot
+        follow is given the benefit of the doubt.
+        """
+        node, resolver = self._resolved(self.schema, self._refs.resolver() if self._refs else None)
+        for step in path:
+            if not isinstance(node, dict):
+                return None
+            child = node.get("items") if step == "[]" else (node.get("properties") or {}).get(step)
+            if child is None:
+                return None
+            node, resolver = self._resolved(child, resolver)
+        if not isinstance(node, dict) or node.get("additionalProperties") is not False:
+            return None
+        if any(word in node for word in ("patternProperties", "allOf", "anyOf", "oneOf", "unevaluatedProperties", "$ref")):
+            return None
+        properties = node.get("properties") or {}
+        return None if key in properties else sorted(properties)
+
+    @staticmethod
+    def _resolved(node: Any, resolver: Any, depth: int = 0) -> tuple[Any, Any]:
+        """Follow ``$ref``s (a chain deeper than 32 is left unresolved)."""
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str) and resolver is not None and depth < 32:
+            try:
+                found = resolver.lookup(node["$ref"])
+            except Exception:  # noqa: BLE001 - an unresolvable reference was reported when the schema loaded
+                return None, resolver
+            node, resolver, depth = found.contents, found.resolver, depth + 1
+        return node, resolver
+
     def is_valid(self, document: Any) -> bool:
         try:
             return bool(self.validator.is_valid(document))

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from .. import outcome as oc
 from ..envelope import HttpRequest, masked_view
+from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, AuthSpec, Preset
 from ..language.settings import Settings, SettingsError, resolve
 from ..language.templates import TemplateError
@@ -20,6 +21,8 @@ from ..outcome import Outcome
 from .consent import ConsentGate
 from .event_shape import message_id_of, shape_problem
 from .identity import IdentityMemory, merged_traits
+from .flow_requests import StepBuildError, leading_requests, step_context, step_request
+from .lookup import LookupBuildError, lookup_request
 from .normalisers import InvalidValue
 from .transform import TransformError, build_document, normalise_traits
 
@@ -38,6 +41,10 @@ class Prepared:
     traits: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)  # the event row's values
     warnings: list[str] | None = None  # optional traits left out, and why
+    # A flow: the mapped document (``body`` is then the first step's), and the answers of the steps
+    # already delivered (filled as the flow goes; a replay resumes after them).
+    document: Any = None
+    steps_done: dict[str, Any] = field(default_factory=dict)
 
     def envelope(self) -> HttpRequest:
         return HttpRequest(self.method, self.url, dict(self.headers), body=self.body)
@@ -74,7 +81,7 @@ class Pipeline:
         self._request_parts = self._render_requests()
 
     def request_headers(self, action: str) -> dict[str, str]:
-        return dict(self._request_parts[action][1])
+        return dict(self._request_parts[action][1]) if action in self._request_parts else {}
 
     def _render_requests(self) -> dict[str, tuple[str, dict[str, str]]]:
         """Each action's URL and headers: templates over settings only, so rendered once.
@@ -85,6 +92,8 @@ class Pipeline:
         context = {"settings": self.public_settings}
         parts = {}
         for name, action in self.preset.actions.items():
+            if action.flow:
+                continue  # a flow's requests read the event too: built per event (flow_requests)
             where = f"actions.{name}.request"
             try:
                 url = action.request.url.render(context)
@@ -139,9 +148,46 @@ class Pipeline:
             body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")
         except TransformError as exc:
             return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=str(exc), warnings=notes or None)
+        if action.flow:
+            return self._first_step(index, message_id, action, body, traits, dict(route.values), notes)
         url, headers = self._request_parts[action.name]
         return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
                         dict(route.values), notes or None)
+
+    def _first_step(self, index: int | None, message_id: str | None, action: ActionSpec, document: Any,
+                    traits: dict[str, Any], values: dict[str, Any], notes: list[str]) -> Prepared | Outcome:
+        """A flow's event: its first step's request (it needs no answer), with the document kept beside it."""
+        context = step_context(document, traits, values, self.public_settings, {})
+        try:
+            first = step_request(action, action.flow[0], context)
+        except StepBuildError as exc:
+            return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=exc.message, warnings=notes or None)
+        return Prepared(index, message_id, action, first.method, first.url, first.headers, first.body, traits,
+                        values, notes or None, document=document)
+
+    def _dry_run_batch(self, result: Prepared, request: dict[str, Any]) -> Outcome:
+        """A batched event alone: the request it would go in, as a batch of one."""
+        spec = result.action.batch
+        assert spec is not None
+        try:
+            body = spec.body.evaluate({"items": [result.body], "settings": self.public_settings})
+        except ExpressionError as exc:
+            cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
+            return Outcome(result.index, result.message_id, oc.FAILED, cause=cause,
+                           detail=f"actions.{result.action.name}.batch.body: {exc}", warnings=result.warnings)
+        return Outcome(result.index, result.message_id, oc.WOULD_SEND, request={**request, "body": body},
+                       warnings=result.warnings)
+
+    def _dry_run_flow(self, result: Prepared, request: dict[str, Any]) -> Outcome:
+        """The flow's leading steps, those that need no earlier answer; ``request`` is the first."""
+        context = step_context(result.document, result.traits, result.values, self.public_settings, {})
+        try:
+            leading = leading_requests(result.action, context)
+        except StepBuildError as exc:
+            return Outcome(result.index, result.message_id, oc.FAILED, cause=exc.cause, detail=exc.message,
+                           request=request, warnings=result.warnings)
+        return Outcome(result.index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings,
+                       requests=[masked_view(self.preset.auth, r) for r in leading])
 
     def learn_identity(self, event: Mapping[str, Any]) -> list[str]:
         """Remember an identify's traits, or forget its ids when its consent refuses; the refused categories.
@@ -178,4 +224,20 @@ class Pipeline:
             return result
         auth = self.preset.auth
         request = result.masked_request(auth)
-        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
+        if result.action.flow:
+            return self._dry_run_flow(result, request)
+        if result.action.batch is not None:
+            return self._dry_run_batch(result, request)
+        upsert = result.action.upsert
+        if upsert is None or upsert.strategy != "lookup_first" or upsert.lookup is None:
+            return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
+        # The lookup goes first; what follows depends on its answer.
+        context = {"document": result.body, "traits": result.traits, "values": result.values,
+                   "settings": self.public_settings}
+        try:
+            lookup = lookup_request(result.action, context, result.headers)
+        except LookupBuildError as exc:
+            return Outcome(index, result.message_id, oc.FAILED, cause=exc.cause, detail=exc.message,
+                           request=request, warnings=result.warnings)
+        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings,
+                       requests=[masked_view(auth, lookup), request])

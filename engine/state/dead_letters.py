@@ -40,11 +40,15 @@ class DeadLetterStore(Protocol):
         (a rerun sent it). Losing this write costs nothing but a stale letter, which replay removes."""
 
 
-def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None,
+              context: dict[str, Any] | None = None) -> dict[str, Any]:
     """``request`` is the event's *first* request (masked), not the last one tried: a
     replay must start from the create, so that an upsert runs whole again.
-    ``key`` is the event's journal key (see :func:`engine.state.journal.event_key`)."""
-    return {
+    ``key`` is the event's journal key (see :func:`engine.state.journal.event_key`).
+    ``context`` is what the action's later expressions read besides the body
+    (the event's ``traits`` and its row's ``values``, secrets scrubbed): an
+    upsert's lookup, key and update are rebuilt from it on replay."""
+    entry = {
         "id": uuid.uuid4().hex,
         "preset": preset,
         "action": action,
@@ -59,6 +63,9 @@ def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any
         "last_request": outcome.request,
         "last_response": outcome.response,
     }
+    if context is not None:
+        entry["context"] = context
+    return entry
 
 
 class MemoryDeadLetters:

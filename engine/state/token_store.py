@@ -11,8 +11,9 @@ hosts with a secrets manager implement :class:`TokenStore`.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Protocol
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 # The origin of a token chain that began with an authorization code (a person
 # authorised the app with ``signal-engine auth``) rather than with a refresh
@@ -38,6 +39,27 @@ class StoredTokens:
     refresh_token: str
     access_token: str | None = None
     access_expires_at: float | None = None  # epoch seconds
+    # The token answer's non-secret values a preset reads (auth.token_values), from the same answer
+    # as the access token: a restart that reuses the token must also know where to send it.
+    values: dict[str, str] = field(default_factory=dict)
+
+
+def values_text(values: dict[str, str]) -> str | None:
+    """The token values as a store keeps them (None when there are none)."""
+    return json.dumps(values, sort_keys=True) if values else None
+
+
+def values_from_text(text: Any) -> dict[str, str]:
+    """The token values back from a store; anything unreadable is no values (the next mint brings them)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
 
 
 class TokenStore(Protocol):

@@ -26,7 +26,7 @@ from ...language.settings import Settings
 from ...redaction import Redactor
 from ...state.token_store import AUTHORISED_CHAIN, StoredTokens, TokenStore
 from ..transport import Transport, TransportError
-from .oauth2 import store_lock, token_endpoint_request
+from .oauth2 import answer_values, store_lock, token_endpoint_request
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ async def exchange_code(spec: AuthSpec, settings: Settings, transport: Transport
             redactor.add(refresh)
             lifetime = body.get("expires_in")
             expires = time.time() + float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else None
-            return StoredTokens(refresh, access, expires)
+            return StoredTokens(refresh, access, expires, answer_values(spec, body) or {})
         missing = "refresh_token" if isinstance(access, str) and access else "access_token"
         raise AuthorisationError(f"the token endpoint answered {response.status} without a {missing}; "
                                  "the app cannot deliver without one")

@@ -85,11 +85,13 @@ class OAuth2Auth:
         self._token_url = spec.token_url.render({"settings": settings.public()}) if spec.token_url else ""
         self._access: str | None = None
         self._expires_at = 0.0
-        if stored and stored.access_token and stored.access_expires_at:
+        self._values: dict[str, str] = {}  # auth.token_values, from the answer that gave the access token
+        if stored and stored.access_token and stored.access_expires_at and self._has_values(stored.values):
             lifetime_left = stored.access_expires_at - time.time()
             left = lifetime_left - self._margin(lifetime_left)
             if left > 0:
                 self._access, self._expires_at = stored.access_token, clock() + left
+                self._values = dict(stored.values)
         for secret in (self._client_secret, self._refresh if self._grant == "refresh_token" else None, self._access):
             redactor.add(secret)
         if given:
@@ -102,6 +104,13 @@ class OAuth2Auth:
         self._posting = False  # a token request is on the wire
         self._settling = False
         self.mints = 0
+
+    def token_values(self) -> dict[str, str]:
+        """The token answer's declared values (``{token.NAME}``), as of the current access token."""
+        return dict(self._values)
+
+    def _has_values(self, values: Mapping[str, Any]) -> bool:
+        return answer_values(self.spec, values) is not None
 
     def _margin(self, lifetime: float) -> float:
         """Refresh this long before expiry: the preset's margin, but never more than half a short lifetime."""
@@ -207,12 +216,14 @@ class OAuth2Auth:
         if stored.refresh_token != self._refresh:
             self.redactor.add(stored.refresh_token)
             self._refresh = stored.refresh_token
-        if stored.access_token and stored.access_expires_at and stored.access_token not in (self._rejected, self._access):
+        if stored.access_token and stored.access_expires_at and stored.access_token not in (self._rejected, self._access) \
+                and self._has_values(stored.values):
             lifetime_left = stored.access_expires_at - time.time()
             left = lifetime_left - self._margin(lifetime_left)
             if left > 0:
                 self.redactor.add(stored.access_token)
                 self._access, self._expires_at = stored.access_token, self._clock() + left
+                self._values = dict(stored.values)
                 return True
         return False
 
@@ -232,7 +243,8 @@ class OAuth2Auth:
                 raise AuthFailure("the engine is shutting down: no new token request", fatal=False)
             status, body, headers = await self._post()
             if status is not None and 200 <= status < 300 and isinstance(body, dict) \
-                    and isinstance(body.get("access_token"), str) and body["access_token"]:
+                    and isinstance(body.get("access_token"), str) and body["access_token"] \
+                    and self._has_values(body):
                 self._accept(body)
                 return
             answer = (Answer.from_body(status, body, headers) if status is not None
@@ -319,14 +331,16 @@ class OAuth2Auth:
             self._refresh = rotated
         lifetime = body.get("expires_in")
         lifetime = float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else DEFAULT_TOKEN_LIFETIME
+        values = answer_values(self.spec, body) or {}
         # The old refresh token is already dead upstream: persist the new one
         # before anything uses the access token minted with it.
         try:
-            self._store.save(StoredTokens(self._refresh, access, time.time() + lifetime), self._configured)
+            self._store.save(StoredTokens(self._refresh, access, time.time() + lifetime, values), self._configured)
         except OSError as exc:
             log.error("auth: could not persist the rotated refresh token (%s); it is kept in memory "
                       "only and will be lost when this process exits", type(exc).__name__)
         self._access = access
+        self._values = values
         self._expires_at = self._clock() + lifetime - self._margin(lifetime)
         self.mints += 1
         log.info("auth: minted an access token valid for %ds", int(lifetime), extra={"expires_in": int(lifetime)})
@@ -346,6 +360,18 @@ def token_endpoint_request(spec: AuthSpec, url: str, client_id: str, client_secr
     return HttpRequest("POST", url, headers, form=form, authenticated=False)
 
 
+def answer_values(spec: AuthSpec, answer: Mapping[str, Any]) -> dict[str, str] | None:
+    """The values ``auth.token_values`` declares, from a token answer; None when one is missing or not text.
+
+    A token answer without them is as useless as one without an access token:
+    the request's URL cannot be built. It is retried like any other bad answer.
+    """
+    values = {name: answer.get(name) for name in spec.token_values}
+    if not all(isinstance(v, str) and v for v in values.values()):
+        return None
+    return values  # type: ignore[return-value]
+
+
 def _retrieve(task: "asyncio.Future[None]") -> None:
     """Mark a mint task's failure as seen even when every waiter was cancelled."""
     if not task.cancelled():
@@ -363,6 +389,8 @@ def _what_went_wrong(status: int | None, body: Any) -> str:
     if status is None:
         return "the token endpoint could not be reached"
     if 200 <= status < 300:
+        if isinstance(body, Mapping) and isinstance(body.get("access_token"), str) and body["access_token"]:
+            return f"the token endpoint answered {status} without a value the preset reads (auth.token_values)"
         return f"the token endpoint answered {status} without an access token"
     return f"the token endpoint answered {status}"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from redis import Redis
 
-from ..token_store import StoredTokens, fingerprint
+from ..token_store import StoredTokens, fingerprint, values_from_text, values_text
 from .errors import reading, writing
 from .keys import Keys
 
@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 
 LOCK_SECONDS = 30.0
 
-# KEYS: the chain. ARGV: expected version ('' = none yet), refresh, access, expires, saved_at.
+# KEYS: the chain. ARGV: expected version ('' = none yet), refresh, access, expires, saved_at, token values.
 SAVE = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '') ~= ARGV[1] then return -1 end
 local version = tonumber(current or '0') + 1
 redis.call('HSET', KEYS[1], 'refresh_token', ARGV[2], 'access_token', ARGV[3],
-           'access_expires_at', ARGV[4], 'saved_at', ARGV[5], 'version', version)
+           'access_expires_at', ARGV[4], 'saved_at', ARGV[5], 'token_values', ARGV[6], 'version', version)
 return version
 """
 
@@ -68,13 +68,13 @@ class RedisTokenStore:
     def load(self, configured: str) -> StoredTokens | None:
         chain = self.chain(configured)
         with reading("the tokens"):
-            refresh, access, expires, version = self.r.hmget(self.keys.tokens(chain), "refresh_token", "access_token",
-                                                             "access_expires_at", "version")
+            refresh, access, expires, version, values = self.r.hmget(
+                self.keys.tokens(chain), "refresh_token", "access_token", "access_expires_at", "version", "token_values")
         self._versions[chain] = version.decode() if version is not None else ""
         if not refresh:
             return None
         return StoredTokens(refresh.decode(), access.decode() if access else None,
-                            float(expires) if expires else None)
+                            float(expires) if expires else None, values_from_text(values))
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
         chain = self.chain(configured)
@@ -86,7 +86,7 @@ class RedisTokenStore:
             version = self._save(keys=[self.keys.tokens(chain)],
                                  args=[expected, tokens.refresh_token, tokens.access_token or "",
                                        "" if tokens.access_expires_at is None else repr(tokens.access_expires_at),
-                                       repr(time.time())])
+                                       repr(time.time()), values_text(tokens.values) or ""])
         if int(version) < 0:
             log.error("auth: another worker stored a newer refresh token meanwhile; this one is not saved "
                       "(the next refresh starts from the stored one)")

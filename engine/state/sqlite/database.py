@@ -34,6 +34,10 @@ SCHEMA_VERSION = 1
 CACHE_KIB = 8192
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
 BUSY_SECONDS = 10.0
+# (table, column, type) added since schema 1, in the CREATE TABLE below too: a
+# database made before gets them on open. The token answer's values
+# (auth.token_values) are kept beside the access token they came with.
+ADDED_COLUMNS = (("tokens", "token_values", "TEXT"),)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -77,7 +81,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     refresh_token TEXT NOT NULL,
     access_token TEXT,
     access_expires_at REAL,
-    saved_at REAL NOT NULL
+    saved_at REAL NOT NULL,
+    token_values TEXT
 );
 CREATE TABLE IF NOT EXISTS write_probe (
     id INTEGER PRIMARY KEY,
@@ -129,6 +134,15 @@ class Database:
             with self.write() as cur:
                 if needs_mark(self.conn, STATE_FILE):  # another process may have marked it meanwhile
                     mark(cur, STATE_FILE)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Columns added to a table after schema 1; an older engine reading the database ignores them."""
+        for table, column, kind in ADDED_COLUMNS:
+            present = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                with self.write() as cur:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = False) -> Iterator[sqlite3.Cursor]:

@@ -18,7 +18,7 @@ import os
 import time
 
 from ..errors import StateWriteError
-from ..token_store import StoredTokens, fingerprint
+from ..token_store import StoredTokens, fingerprint, values_from_text, values_text
 from .database import Database
 
 LOCK_NAME = "refresh.lock"
@@ -35,18 +35,20 @@ class SqliteTokenStore:
         return f"{self.client}:{fingerprint(configured)}"
 
     def load(self, configured: str) -> StoredTokens | None:
-        rows = self.db.read("SELECT refresh_token, access_token, access_expires_at FROM tokens WHERE chain = ?",
-                            (self.chain(configured),))
+        rows = self.db.read("SELECT refresh_token, access_token, access_expires_at, token_values FROM tokens "
+                            "WHERE chain = ?", (self.chain(configured),))
         if not rows or not rows[0][0]:
             return None
-        refresh, access, expires = rows[0]
-        return StoredTokens(refresh, access or None, float(expires) if expires is not None else None)
+        refresh, access, expires, values = rows[0]
+        return StoredTokens(refresh, access or None, float(expires) if expires is not None else None,
+                            values_from_text(values))
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
         with self.db.write(durable=True) as cur:
-            cur.execute("INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
-                        "VALUES (?, ?, ?, ?, ?)", (self.chain(configured), tokens.refresh_token, tokens.access_token,
-                                                   tokens.access_expires_at, time.time()))
+            cur.execute("INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at, "
+                        "token_values) VALUES (?, ?, ?, ?, ?, ?)",
+                        (self.chain(configured), tokens.refresh_token, tokens.access_token, tokens.access_expires_at,
+                         time.time(), values_text(tokens.values)))
 
     def check_writable(self) -> bool:
         """Commit a small durable write, as a save would: the state can take the rotated token."""
