@@ -22,4 +22,7 @@ for top, pattern in DATA.items():
         package_data[f"engine.{name}"] = [pattern]
     package_dir[f"engine.{top}"] = top
 
-setup(packages=packages, package_dir=package_dir, package_data={"engine": ["py.typed"], "engine.examples": ["*.ndjson"], **package_data})
+package_data["engine"] = ["py.typed"]
+package_data["engine.examples"] = ["*.ndjson"]  # the events of `signal-engine demo`
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data)

@@ -121,7 +121,11 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
 
 
 class _DemoReport(RunReport):
-    """``run``'s report, also counting deliveries the journal answered (a reused ``--state``): none reached the sandbox."""
+    """``run``'s report, also counting deliveries the journal answered (a reused ``--state``).
+
+    Those reached no sandbox: a demo that seemed to deliver while the sandbox
+    holds nothing must say why.
+    """
 
     not_resent = 0
 
