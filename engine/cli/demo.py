@@ -90,7 +90,7 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
         settings = settings_for(argparse.Namespace(settings=str(settings_path)), preset.settings, require=True)
         _say(args, f"signal-engine: demo: delivering {events} through {show.preset} to the sandbox at {url} "
                    f"(state and settings: {state})", event="demo_start", sandbox=url, preset=show.preset,
-             events=events, state=state)
+             events_file=events, state=state)
 
         def warn(line: str) -> None:
             _say(args, line, level="warning", event="hint")
