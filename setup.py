@@ -5,7 +5,8 @@ preset authors edit) but ship inside the wheel as ``engine.presets`` and
 ``engine.schemas``, so that an installed engine works outside the
 repository. pyproject.toml's ``find`` cannot give folders found elsewhere a
 name under ``engine``; this file does only that. Everything else is in
-pyproject.toml.
+pyproject.toml. (The events ``signal-engine demo`` delivers live in
+engine/examples/ already; they only need naming as data.)
 """
 
 from setuptools import find_namespace_packages, setup
@@ -21,4 +22,7 @@ for top, pattern in DATA.items():
         package_data[f"engine.{name}"] = [pattern]
     package_dir[f"engine.{top}"] = top
 
-setup(packages=packages, package_dir=package_dir, package_data={"engine": ["py.typed"], **package_data})
+package_data["engine"] = ["py.typed"]
+package_data["engine.examples"] = ["*.ndjson"]  # the events of `signal-engine demo`
+
+setup(packages=packages, package_dir=package_dir, package_data=package_data)

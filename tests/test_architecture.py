@@ -140,7 +140,7 @@ def test_loggers_are_named_after_their_module(path: Path) -> None:
 
 
 def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:
-    """The wheel holds every module, preset and schema of the checkout, and py.typed.
+    """The wheel holds every module, preset and schema of the checkout, the demo's events, and py.typed.
 
     (An installed engine once lacked engine/delivery/auth/ and failed on its
     first delivery, when packages were listed by hand.) Packages are found by
@@ -166,6 +166,7 @@ def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:
     wanted.add("engine/py.typed")
     for top, pattern in (("presets", "*.yaml"), ("schemas", "*.json")):
         wanted |= {"engine/" + p.relative_to(root).as_posix() for p in (root / top).rglob(pattern)}
+    wanted |= {p.relative_to(root).as_posix() for p in (ENGINE / "examples").glob("*.ndjson")}  # signal-engine demo's
     missing = sorted(wanted - shipped)
     assert not missing, f"the wheel lacks {missing}"
     assert not [name for name in shipped if name.startswith(("tests/", "presets/", "schemas/"))]

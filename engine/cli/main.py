@@ -120,7 +120,7 @@ def _problem(line: str) -> dict[str, Any]:
 
 # Command name -> the module (in this package) that registers it. Only the
 # named command's module is imported: each pulls in what its command needs.
-COMMANDS = (("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
+COMMANDS = (("demo", "demo"), ("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
             ("init", "scaffold"), ("auth", "auth"), ("dlq", "dlq"), ("sandbox", "sandbox"), ("serve", "serve"),
             ("worker", "worker"), ("tail", "tail"))
 

@@ -164,60 +164,69 @@ def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, s
                  lines: InputLines, report: RunReport, stop: RunStop) -> int:
     import asyncio  # not at module level: a dry run needs no event loop
 
-    from .input_batches import batches
-
     check_state_dir(args.state, reset=args.reset_state)
+    return asyncio.run(deliver(preset, settings, args, stream, lines, report, stop))
 
-    async def main() -> int:
-        from ..runtime import Engine  # aiohttp machinery only when delivering
-        from .logs import configure_logging
 
-        engine = Engine(preset, settings, state=args.state)
+async def deliver(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
+                  lines: InputLines, report: RunReport, stop: RunStop, *, print_outcomes: bool = True) -> int:
+    """Deliver ``stream`` in the running loop: one outcome line each, then the summary; returns the exit code.
 
-        def on_signal(signum: int) -> None:
-            first = stop.on_signal(signum)
-            wire = engine.in_flight()
-            if first and wire and args.grace:
-                note = f"{wire} request(s) on the wire get up to {args.grace:g}s to finish (send it again to stop now)"
-            elif first:
-                note = "nothing is on the wire"
-            else:
-                note = f"{wire} request(s) still on the wire are dead-lettered now"
-            name = signal_name(signum) if first else f"{signal_name(signum)} again"
-            _tell(args.log_format, f"signal-engine: {name}: stopping; no more input is read; {note}", "stopping")
-            engine.stop(args.grace if first else 0, stop.reason or signal_name(signum))
+    A coroutine, so that a caller can serve something of its own in the same
+    loop (``demo`` serves the sandbox it delivers to). ``args`` gives
+    ``state`` (checked already), ``events``, ``grace``, ``verbose`` and
+    ``log_format``. SIGINT and SIGTERM stop the run while it lasts.
+    """
+    import asyncio
 
-        # Installed before the engine starts and kept until it has closed: a
-        # signal while the engine writes its last state must not cut that short.
-        loop = asyncio.get_running_loop()
+    from ..runtime import Engine  # aiohttp machinery only when delivering
+    from .input_batches import batches
+    from .logs import configure_logging
+
+    engine = Engine(preset, settings, state=args.state)
+
+    def on_signal(signum: int) -> None:
+        first = stop.on_signal(signum)
+        wire = engine.in_flight()
+        if first and wire and args.grace:
+            note = f"{wire} request(s) on the wire get up to {args.grace:g}s to finish (send it again to stop now)"
+        elif first:
+            note = "nothing is on the wire"
+        else:
+            note = f"{wire} request(s) still on the wire are dead-lettered now"
+        name = signal_name(signum) if first else f"{signal_name(signum)} again"
+        _tell(args.log_format, f"signal-engine: {name}: stopping; no more input is read; {note}", "stopping")
+        engine.stop(args.grace if first else 0, stop.reason or signal_name(signum))
+
+    # Installed before the engine starts and kept until it has closed: a
+    # signal while the engine writes its last state must not cut that short.
+    loop = asyncio.get_running_loop()
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with engine:
+            configure_logging(engine.redactor, args.verbose, args.log_format)
+
+            async def events() -> AsyncIterator[list[tuple[int, Any]]]:
+                # Lines are read in a thread of their own (a live pipe must not stall
+                # deliveries under way), handed over in batches, and parsed here.
+                try:
+                    async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
+                        yield [(at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
+                               for at, event, problem in lines.parse(chunk)]
+                except OSError as exc:
+                    raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
+                lines.finished = True
+
+            async for result in engine.process_batches(events()):
+                if print_outcomes and stop.emit(lambda: emit(result)):
+                    engine.stop(args.grace, stop.reason or "stdout closed")
+                report.add(result)
+        mints = engine.mints
+    finally:
         for signum in SIGNALS:
-            loop.add_signal_handler(signum, on_signal, signum)
-        try:
-            async with engine:
-                configure_logging(engine.redactor, args.verbose, args.log_format)
-
-                async def events() -> AsyncIterator[list[tuple[int, Any]]]:
-                    # Lines are read in a thread of their own (a live pipe must not stall
-                    # deliveries under way), handed over in batches, and parsed here.
-                    try:
-                        async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
-                            yield [(at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
-                                   for at, event, problem in lines.parse(chunk)]
-                    except OSError as exc:
-                        raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
-                    lines.finished = True
-
-                async for result in engine.process_batches(events()):
-                    if stop.emit(lambda: emit(result)):
-                        engine.stop(args.grace, stop.reason or "stdout closed")
-                    report.add(result)
-            mints = engine.mints
-        finally:
-            for signum in SIGNALS:
-                loop.remove_signal_handler(signum)
-        return _finish(report, lines, stop, f"{mints} access token(s) minted", delivering=True)
-
-    return asyncio.run(main())
+            loop.remove_signal_handler(signum)
+    return _finish(report, lines, stop, f"{mints} access token(s) minted", delivering=True)
 
 
 def _tell(log_format: str, line: str, event: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "FixedWindowQuota",
     "JsonError",
     "RANDOM_FAULT_CHOICES",
+    "SandboxDemo",
     "SandboxError",
     "add_fault_arguments",
     "add_serve_arguments",
@@ -509,6 +510,29 @@ def create_sandbox_app(key: web.AppKey[Any], state: Any, middleware: Middleware)
     app.router.add_post("/_sandbox/faults", admin_faults_handler(get_state))
     app.router.add_post("/_sandbox/reset", admin_reset)
     return app
+
+
+# --------------------------------------------------------------------------
+# The demo
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SandboxDemo:
+    """A sandbox made ready for ``signal-engine demo``, which knows no vendor.
+
+    The sandbox knows what the demo must not: the built-in ``preset`` that
+    delivers to it, the ``settings`` with which that preset reaches it (from
+    the URL it was bound to), and what it holds afterwards, said for a person
+    (``holdings``: a headline, then one line per record) and as ``counts``
+    for a log shipper.
+    """
+
+    preset: str
+    app: web.Application
+    settings: Callable[[str], dict[str, str]]
+    holdings: Callable[[], list[str]]
+    counts: Callable[[], dict[str, Any]]
 
 
 # --------------------------------------------------------------------------

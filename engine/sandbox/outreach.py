@@ -48,6 +48,7 @@ from .common import (
     Fault,
     FaultedState,
     FixedWindowQuota,
+    SandboxDemo,
     SandboxError,
     add_fault_arguments,
     api_middleware,
@@ -76,6 +77,7 @@ __all__ = [
     "STATE_KEY",
     "create_app",
     "start_sandbox",
+    "demo",
     "main",
 ]
 
@@ -378,6 +380,7 @@ class SandboxState(FaultedState, TokenIssuer):
         self.next_id = 1
         self.mints = 0
         self.creates = 0
+        self.updates = 0
         self.statuses: list[int | str] = []
         self.token_statuses: list[int | str] = []
         self.reset_faults()
@@ -425,6 +428,7 @@ class SandboxState(FaultedState, TokenIssuer):
             "prospects": [{"id": pid, "attributes": attrs} for pid, attrs in sorted(self.prospects.items())],
             "mints": self.mints,
             "creates": self.creates,
+            "updates": self.updates,
             "requests_by_status": requests_by_status(self.statuses),
             "statuses": list(self.statuses),
             "token_statuses": list(self.token_statuses),
@@ -674,6 +678,7 @@ async def update_prospect(request: web.Request) -> web.Response:
     _reject_duplicate_email(state, attributes, exclude_id=prospect_id)
     stored.update(attributes)
     stored["updatedAt"] = iso_millis(state.clock())
+    state.updates += 1
     return _jsonapi_response({"data": _resource(request, prospect_id, stored)}, 200)
 
 
@@ -788,6 +793,53 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
     URL, read back from the bound socket so the real port is reported.
     """
     return await start_app(create_app(config), host, port)
+
+
+# --------------------------------------------------------------------------
+# signal-engine demo
+# --------------------------------------------------------------------------
+
+
+DEMO_PRESET = "outreach/lead-capture"
+
+
+def demo() -> SandboxDemo:
+    """This sandbox with credentials of its own, and the lead-capture preset that delivers to it.
+
+    The client secret and the refresh token are drawn afresh for every demo:
+    a state directory kept from an earlier demo then holds a token chain
+    that is simply not this one's (its rotated refresh token would be
+    refused by the new sandbox), and no fixed credential is ever in play.
+    """
+    import secrets
+
+    config = SandboxConfig(client_secret=secrets.token_urlsafe(24), refresh_token=secrets.token_urlsafe(32))
+    app = create_app(config)
+    state = app[STATE_KEY]
+
+    def settings(base_url: str) -> dict[str, str]:
+        return {"client_id": config.client_id, "client_secret": config.client_secret,
+                "refresh_token": config.refresh_token, "base_url": base_url}
+
+    return SandboxDemo(DEMO_PRESET, app, settings, lambda: _demo_holdings(state), lambda: _demo_counts(state))
+
+
+def _demo_counts(state: SandboxState) -> dict[str, Any]:
+    return {"prospects": len(state.prospects), "created": state.creates, "merged": state.updates,
+            "token_mints": state.mints, "requests_by_status": requests_by_status(state.statuses)}
+
+
+def _demo_holdings(state: SandboxState) -> list[str]:
+    counts = _demo_counts(state)
+    statuses = ", ".join(f"{n} x {status}" for status, n in sorted(counts["requests_by_status"].items()))
+    lines = [f"{counts['prospects']} prospect(s): {counts['created']} created, {counts['merged']} update(s) merged "
+             f"into the prospect that already had the email (Outreach dedupes on email); "
+             f"{counts['token_mints']} access token(s) minted; API answers: {statuses or 'none'}"]
+    for prospect_id, attributes in sorted(state.prospects.items()):
+        emails = ", ".join(str(e) for e in attributes.get("emails") or [])
+        tags = ", ".join(str(t) for t in attributes.get("tags") or [])
+        lines.append(f"#{prospect_id} {emails}  {attributes.get('name') or ''}  tags: {tags}")
+    return lines
 
 
 # --------------------------------------------------------------------------
