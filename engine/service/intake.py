@@ -45,6 +45,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from ..state.queue import EventQueue
+from . import event_json
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -277,13 +278,9 @@ def _parse(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise Refused(400, "bad_request", f"the body is not UTF-8 (byte {exc.start})", "bad_request") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise Refused(400, "bad_request", f"the body is not JSON: {exc}", "bad_request") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+        return event_json.loads(text)
+    except event_json.EventJsonError as exc:
+        raise Refused(400, "bad_request", f"the body {exc}", "bad_request") from None
 
 
 def _events(route: str, document: Any) -> list[dict[str, Any]]:
