@@ -211,3 +211,36 @@ def test_readyz_is_503_while_the_queue_cannot_take_writes_and_posts_get_503_not_
         await _next_request_is_unaffected(c)
 
     run(tmp_path, test)
+
+
+# -- serve's stderr ----------------------------------------------------------------------------
+
+def test_serve_logs_a_broken_request_in_one_line_without_a_traceback_and_closes_slow_clients(tmp_path: Path) -> None:
+    from service_helpers import Service, send, write_key_headers
+    from test_delivery_sandbox import unique_credentials, write_settings
+
+    settings = write_settings(tmp_path / "settings.yaml", "http://127.0.0.1:9", unique_credentials())
+    serve = Service("serve", "outreach/lead-capture", "--settings", settings, "--state", tmp_path / "state",
+                    "--port", "0", "--idle-timeout", "0.5", "--body-timeout", "0.5", "--quiet", cwd=tmp_path,
+                    name="serve")
+    try:
+        host, port = serve.url.removeprefix("http://").split(":")
+        for garbage in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http\r\n\r\n",  # TLS to a plain port
+                        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+                        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: nine\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=5) as conn:
+                conn.sendall(garbage)
+                answer, _ = _read_until_closed(conn, 5)
+                assert answer[:13] in (b"HTTP/1.1 400 ", b"HTTP/1.0 400 "), answer[:80]
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            conn.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\n")
+            assert _read_until_closed(conn, 5)[0] == b""
+        assert send(serve.url + "/v1/nowhere", b"{}", write_key_headers())[0] == 404
+        assert send(serve.url + "/v1/batch", VALID, write_key_headers())[0] == 200
+    finally:
+        serve.stop()
+    stderr = serve.stderr()
+    assert "Traceback" not in stderr and "  File " not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    # The two malformed requests, a line each (the TLS handshake is noise on a public port: not logged).
+    assert len(lines) == 2 and all(line.startswith("signal-engine: intake: ") for line in lines), stderr

@@ -78,7 +78,10 @@ def server_options(idle_timeout: float, linger: float) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}".rstrip(": ")
+    # aiohttp's parse errors put the status first and the reason in .message
+    text = getattr(exc, "message", None)
+    text = text if isinstance(text, str) and text else str(exc)
+    return f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:200]}".rstrip(": ")
 
 
 def _path(request: web.Request) -> str:
