@@ -25,7 +25,7 @@ from typing import Any
 MAX_DEPTH = 64  # containers inside containers; real events use a handful
 
 # A lone surrogate can only come from a \uD8xx..\uDFxx escape, or from bytes decoded with "surrogatepass".
-_MAY_HOLD_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
@@ -41,7 +41,7 @@ def loads(text: str) -> Any:
         raise EventJsonError(f"is nested more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:
         raise EventJsonError(f"is not JSON: {exc}") from None
-    return clean(value, _MAY_HOLD_SURROGATE.search(text) is not None)
+    return clean(value, _may_hold_surrogate(text))
 
 
 def clean(value: Any, surrogates: bool = True) -> Any:
@@ -49,32 +49,52 @@ def clean(value: Any, surrogates: bool = True) -> Any:
 
     Iterative, so a deep value cannot exhaust the interpreter's stack here.
     """
-    if surrogates:
-        value = _escape(value) if isinstance(value, str) else value
-    if not isinstance(value, (dict, list)):
+    _check_depth(value)
+    if not surrogates:
         return value
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    if isinstance(value, str):
+        return _escape(value)
+    stack: list[Any] = [value] if isinstance(value, (dict, list)) else []
     while stack:
-        container, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise EventJsonError(f"is nested more than {MAX_DEPTH} levels deep")
+        container = stack.pop()
         if isinstance(container, dict):
-            if surrogates and any(isinstance(k, str) and _SURROGATE.search(k) for k in container):
+            if any(isinstance(k, str) and _SURROGATE.search(k) for k in container):
                 items = [(_escape(k), v) for k, v in container.items()]
                 container.clear()
                 container.update(items)
             for key, item in container.items():
                 if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1))
-                elif surrogates and isinstance(item, str):
+                    stack.append(item)
+                elif isinstance(item, str):
                     container[key] = _escape(item)
         else:
             for i, item in enumerate(container):
                 if isinstance(item, (dict, list)):
-                    stack.append((item, depth + 1))
-                elif surrogates and isinstance(item, str):
+                    stack.append(item)
+                elif isinstance(item, str):
                     container[i] = _escape(item)
     return value
+
+
+def _check_depth(value: Any) -> None:
+    """Level by level, containers only: about a third of what parsing the text cost."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 1
+    while level:
+        if depth > MAX_DEPTH:
+            raise EventJsonError(f"is nested more than {MAX_DEPTH} levels deep")
+        below: list[Any] = []
+        for container in level:
+            below += [item for item in (container.values() if type(container) is dict else container)
+                      if type(item) is dict or type(item) is list]
+        level = below
+        depth += 1
+
+
+def _may_hold_surrogate(text: str) -> bool:
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        return True
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _escape(text: str) -> str:
