@@ -14,14 +14,19 @@ Routes:
   and ``/metrics`` (Prometheus).
 
 Bodies may be gzip-compressed (``Content-Encoding: gzip``). Answers: 200
-``{"success": true, "queued": N}``; 400 naming the problem; 401 for a bad
-signature, timestamp or key; 413 over the size cap (compressed or not);
-429 with ``Retry-After`` when the backlog is at its bound (the client keeps
-the events and retries: backpressure, never silent loss); 503 while
-draining or when the queue cannot be written. Errors are
+``{"success": true, "queued": N}``; 400 naming the problem (not UTF-8, not
+JSON, nested over 64 levels, a number JSON cannot carry); 401 for a bad
+signature, timestamp or key; 404 and 405 (JSON, like every error); 408 when
+the body does not arrive within the body timeout; 409 ``replayed`` for a
+signed request already accepted (:mod:`.replay`); 413 over the size cap
+(compressed or not); 429 with ``Retry-After`` when the backlog is at its
+bound (the client keeps the events and retries: backpressure, never silent
+loss); 503 while draining or when the queue cannot be written. Errors are
 ``{"error": ..., "code": ..., "message": ...}`` (``code`` and ``message`` are
 what Segment's SDKs read). No answer, log line or metric holds a key, a
-secret or a signature.
+secret or a signature. Any bytes or JSON get one of these, never a 5xx: a
+lone surrogate is accepted escaped (:mod:`.event_json`), and a failed queue
+write leaves nothing behind for the next request.
 
 Validation here is only what makes a request unusable as a whole: a body
 that is not JSON, a batch that is not a list of objects. Everything else
