@@ -230,3 +230,38 @@ def test_an_entry_that_stops_every_worker_becomes_a_poison_dead_letter_after_max
     letters = lives[3][-1]["letters"]
     assert [(letter["cause"], letter["messageId"], letter["event"]) for letter in letters] == [
         ("poison", "poison-lead-1", poison)]
+
+
+# -- a store that cannot take writes -----------------------------------------------------------
+
+def test_the_redis_intake_is_not_ready_while_redis_refuses_writes(redis_url: str) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
+    from engine.service.metrics import Metrics
+
+    async def main() -> list[int]:
+        backend = RedisState(redis_url)
+        queue = backend.queue(PRESET)
+        intake = Intake(queue, IntakeConfig(write_keys=frozenset({"wk-ready-1"})), Metrics())
+        client = TestClient(TestServer(create_app(intake), **RUNNER_OPTIONS))
+        await client.start_server()
+        admin = redis.Redis.from_url(redis_url)
+        statuses = []
+        try:
+            statuses.append((await client.get("/readyz")).status)
+            # Full, with eviction off (the documented set-up): Redis refuses every write.
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+            statuses.append((await client.get("/readyz")).status)
+            admin.config_set("maxmemory", "0")
+            statuses.append((await client.get("/readyz")).status)
+        finally:
+            admin.config_set("maxmemory", "0")
+            admin.close()
+            await client.close()
+            await queue.close()
+            backend.close()
+        return statuses
+
+    assert asyncio.run(main()) == [200, 503, 200]
