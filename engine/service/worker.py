@@ -91,6 +91,7 @@ class Worker:
         self._idle = asyncio.Event()  # nothing in flight: a suspect entry may go now
         self._idle.set()
         self._entries: dict[int, QueuedEvent] = {}  # index -> entry, while in flight
+        self._held: list[QueuedEvent] = []  # a suspect read, waiting to be worked on alone
         self._locked: dict[int, str] = {}
         self._next_index = 0
         self._mints_seen = 0
@@ -157,7 +158,9 @@ class Worker:
                 # be counted. The others go back uncounted and come again with the next read or claim.
                 await self._release(suspects[1:])
                 next_claim = 0.0
+                self._held = suspects[:1]  # its lease renewed while it waits for the others to finish
                 await self._until_idle(stop)
+                self._held = []
                 if stop.is_set():
                     await self._release(suspects[:1])
                     break
@@ -296,7 +299,7 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.visibility / 3)
-            ids = [entry.id for entry in self._entries.values()]
+            ids = [entry.id for entry in (*self._entries.values(), *self._held)]
             try:
                 await self.queue.touch(self.consumer, ids)
                 if self.locks is not None:
