@@ -265,3 +265,54 @@ def test_the_redis_intake_is_not_ready_while_redis_refuses_writes(redis_url: str
         return statuses
 
     assert asyncio.run(main()) == [200, 503, 200]
+
+
+class GatedTransport:
+    """Every request waits until the test opens the gate, then is refused for good (the grant was revoked)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        await self.gate.wait()
+        return HttpResponse(400, {"Content-Type": "application/json"}, {"error": "invalid_grant"})
+
+
+def test_a_suspect_waiting_for_its_turn_keeps_its_lease_so_no_other_worker_claims_it(
+        tmp_path: Path, redis_url: str) -> None:
+    async def main() -> tuple[list[str], list[str], list[tuple[str, int]]]:
+        backend = RedisState(redis_url)
+        queue_a, queue_b, dead = backend.queue(PRESET), backend.queue(PRESET), backend.queue(PRESET)
+        await dead.append([json.dumps(page(1, "held"))])
+        assert len(await dead.read("dead", 10, 0.1)) == 1  # a worker read it and died: it is pending, idle
+        await dead.append([json.dumps(identify(1, "held")), json.dumps(lead(1, "held"))])
+        transport = GatedTransport()
+        done_a: list[str] = []
+        done_b: list[str] = []
+        stop = asyncio.Event()
+        async with _engine(tmp_path / "a", transport=transport) as engine_a, \
+                _engine(tmp_path / "b", transport=transport) as engine_b:
+            a = Worker(engine_a, queue_a, "a", emit=lambda r: done_a.append(r["messageId"]), read_block_seconds=0.05,
+                       visibility_seconds=0.6)
+            task_a = asyncio.ensure_future(a.run(stop))
+            await asyncio.sleep(1.0)  # a: the lead waits at the gate; the dead worker's page is claimed, held
+            b = Worker(engine_b, queue_b, "b", emit=lambda r: done_b.append(r["messageId"]), read_block_seconds=0.05,
+                       visibility_seconds=0.6)
+            task_b = asyncio.ensure_future(b.run(stop))
+            await asyncio.sleep(1.5)  # over two visibility timeouts: b would claim it, were its lease not renewed
+            info = await dead.r.xpending_range(backend.keys.events(PRESET), "workers", min="-", max="+", count=10)
+            held = sorted((i["consumer"].decode(), i["times_delivered"]) for i in info)
+            transport.gate.set()
+            while len(done_a) + len(done_b) < 3:
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.gather(task_a, task_b)
+        for q in (queue_a, queue_b, dead):
+            await q.close()
+        backend.close()
+        return done_a, done_b, held
+
+    done_a, done_b, held = asyncio.run(main())
+    assert done_b == [] and sorted(done_a) == ["held-id-1", "held-lead-1", "held-page-1"]
+    # While the gate was shut: the lead (read once) and the page (read by the dead worker, claimed by a), both a's.
+    assert held == [("a", 1), ("a", 2)]
