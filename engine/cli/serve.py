@@ -43,6 +43,15 @@ def register(sub: Any) -> None:
                        help="largest request body, compressed or not; larger gets 413" + DEFAULT)
     serve.add_argument("--max-backlog", type=int, default=100_000,
                        help="events queued and not yet delivered before new ones get 429" + DEFAULT)
+    serve.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
+                       help="close a connection that sends no complete request head this long after it opened or "
+                            "after its last answer (slow headers, idle keep-alive)" + DEFAULT)
+    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="answer 408 and close when a request's body has not fully arrived this long after its "
+                            "head" + DEFAULT)
+    serve.add_argument("--max-deliveries", type=int, default=5, metavar="N",
+                       help="without --redis: an event handed to the worker this many times without finishing "
+                            "(it stops the worker each time) becomes a dead letter, cause poison" + DEFAULT)
     serve.add_argument("--drain-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long to finish what is under way" + DEFAULT)
     serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
@@ -61,11 +70,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_for(args, preset.settings, require=args.redis is None)
     if args.max_body_bytes < 1 or args.max_backlog < 1:
         raise UsageError("--max-body-bytes and --max-backlog must be at least 1")
+    if args.idle_timeout <= 0 or args.body_timeout <= 0:
+        raise UsageError("--idle-timeout and --body-timeout must be more than 0 seconds")
+    if args.max_deliveries < 1:
+        raise UsageError("--max-deliveries must be at least 1")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be from 0 to 65535")
     try:
         intake = load_intake_config(os.environ, args.intake, max_body_bytes=args.max_body_bytes,
-                                    max_backlog=args.max_backlog)
+                                    max_backlog=args.max_backlog, idle_timeout_seconds=args.idle_timeout,
+                                    body_timeout_seconds=args.body_timeout)
     except IntakeConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.redis is None:
@@ -76,7 +90,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .service_common import configure_for, service_errors
 
     options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
-                             intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet)
+                             intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
+                             max_deliveries=args.max_deliveries)
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

@@ -27,6 +27,9 @@ def register(sub: Any) -> None:
                         help="this worker's name in the consumer group (default: HOSTNAME-PID)")
     worker.add_argument("--visibility-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="an entry left unacknowledged this long by a stopped worker is claimed" + DEFAULT)
+    worker.add_argument("--max-deliveries", type=int, default=5, metavar="N",
+                        help="an event handed to workers this many times without finishing (it stops each worker "
+                             "that takes it) becomes a dead letter, cause poison" + DEFAULT)
     worker.add_argument("--drain-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long to finish what was read" + DEFAULT)
     worker.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -45,13 +48,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = settings_for(args, preset.settings, require=True)
     if args.visibility_timeout < 1:
         raise UsageError("--visibility-timeout must be at least 1 second")
+    if args.max_deliveries < 1:
+        raise UsageError("--max-deliveries must be at least 1")
     from ..service.serving import ServiceOptions, work
     from .service_common import configure_for, service_errors
 
     args.port = args.metrics_port
     options = ServiceOptions(preset, settings, redis=args.redis, host=args.host, consumer=args.consumer,
                              visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
-                             metrics_port=args.metrics_port, print_outcomes=not args.quiet)
+                             metrics_port=args.metrics_port, print_outcomes=not args.quiet,
+                             max_deliveries=args.max_deliveries)
     with service_errors(args):
         asyncio.run(work(options, configure_for(args)))
     return EXIT_OK

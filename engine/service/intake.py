@@ -14,14 +14,19 @@ Routes:
   and ``/metrics`` (Prometheus).
 
 Bodies may be gzip-compressed (``Content-Encoding: gzip``). Answers: 200
-``{"success": true, "queued": N}``; 400 naming the problem; 401 for a bad
-signature, timestamp or key; 413 over the size cap (compressed or not);
-429 with ``Retry-After`` when the backlog is at its bound (the client keeps
-the events and retries: backpressure, never silent loss); 503 while
-draining or when the queue cannot be written. Errors are
+``{"success": true, "queued": N}``; 400 naming the problem (not UTF-8, not
+JSON, nested over 64 levels, a number JSON cannot carry); 401 for a bad
+signature, timestamp or key; 404 and 405 (JSON, like every error); 408 when
+the body does not arrive within the body timeout; 409 ``replayed`` for a
+signed request already accepted (:mod:`.replay`); 413 over the size cap
+(compressed or not); 429 with ``Retry-After`` when the backlog is at its
+bound (the client keeps the events and retries: backpressure, never silent
+loss); 503 while draining or when the queue cannot be written. Errors are
 ``{"error": ..., "code": ..., "message": ...}`` (``code`` and ``message`` are
 what Segment's SDKs read). No answer, log line or metric holds a key, a
-secret or a signature.
+secret or a signature. Any bytes or JSON get one of these, never a 5xx: a
+lone surrogate is accepted escaped (:mod:`.event_json`), and a failed queue
+write leaves nothing behind for the next request.
 
 Validation here is only what makes a request unusable as a whole: a body
 that is not JSON, a batch that is not a list of objects. Everything else
@@ -45,7 +50,10 @@ from typing import Any, Awaitable, Callable, Mapping
 from aiohttp import web
 
 from ..state.queue import EventQueue
+from . import event_json
+from .http_hygiene import error_middleware, server_options
 from .metrics import Metrics
+from .replay import SignatureMemory
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +61,10 @@ MAX_BODY_BYTES = 512 * 1024  # Segment's documented batch limit is 500 KB
 MAX_BACKLOG = 100_000
 CLOCK_SKEW_SECONDS = 300.0
 RETRY_AFTER_SECONDS = 1
+IDLE_TIMEOUT_SECONDS = 15.0  # no complete request head this long after the connection opened or its last answer
+BODY_TIMEOUT_SECONDS = 30.0  # a body not fully arrived this long after its head
+LINGER_SECONDS = 1.0  # reading what is left of a refused body, so the client sees the answer
+MAX_REMEMBERED_SIGNATURES = 200_000
 SEGMENT_TYPES = ("track", "identify", "page", "screen", "group")
 
 Remember = Callable[[Mapping[str, Any]], None]
@@ -67,18 +79,22 @@ class IntakeConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     max_backlog: int = MAX_BACKLOG
     clock_skew_seconds: float = CLOCK_SKEW_SECONDS
+    idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    max_remembered_signatures: int = MAX_REMEMBERED_SIGNATURES
 
     def __repr__(self) -> str:  # a config printed by mistake shows no secret
         return (f"IntakeConfig(write_keys=<{len(self.write_keys)} keys>, signing_secret="
                 f"{'<set>' if self.signing_secret else None}, max_body_bytes={self.max_body_bytes}, "
-                f"max_backlog={self.max_backlog})")
+                f"max_backlog={self.max_backlog}, idle_timeout_seconds={self.idle_timeout_seconds:g}, "
+                f"body_timeout_seconds={self.body_timeout_seconds:g})")
 
 
 class Refused(Exception):
     """One request refused: the status, a short code and a message naming the problem."""
 
     def __init__(self, status: int, code: str, message: str, result: str, headers: Mapping[str, str] | None = None,
-                 events: int = 1) -> None:
+                 events: int = 1, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -86,10 +102,19 @@ class Refused(Exception):
         self.result = result
         self.headers = dict(headers or {})
         self.events = events
+        self.close = close
 
     def response(self) -> web.Response:
-        return web.json_response({"success": False, "error": self.message, "code": self.code,
-                                  "message": self.message}, status=self.status, headers=self.headers)
+        response = error_response(self.status, self.code, self.message, self.headers)
+        if self.close:
+            response.force_close()
+        return response
+
+
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    """The intake's one error shape: ``code`` and ``message`` are what Segment's SDKs read."""
+    return web.json_response({"success": False, "error": message, "code": code, "message": message},
+                             status=status, headers=dict(headers or {}))
 
 
 class Intake:
@@ -107,6 +132,7 @@ class Intake:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.signatures = SignatureMemory(2 * config.clock_skew_seconds, config.max_remembered_signatures, clock)
 
     async def drained(self) -> None:
         """Wait until no request is being answered (after :attr:`draining` was set)."""
@@ -132,6 +158,10 @@ class Intake:
             return web.json_response({"status": "draining"}, status=503)
         try:
             await self.queue.backlog()
+            writable = getattr(self.queue, "writable", None)
+            if writable is not None and not await writable():
+                return web.json_response({"status": "the queue cannot take writes (disk full or read-only?)"},
+                                         status=503)
             if self.ready_check is not None and not await self.ready_check():
                 return web.json_response({"status": "not ready"}, status=503)
         except OSError:
@@ -144,24 +174,29 @@ class Intake:
 
     # -- one request ----------------------------------------------------------
     async def _handle(self, request: web.Request, route: str,
-                      authenticate: Callable[[web.Request, bytes], None]) -> web.Response:
+                      authenticate: Callable[[web.Request, bytes], bytes | None]) -> web.Response:
         self._in_flight += 1
         self._idle.clear()
+        reserved: bytes | None = None
         try:
             if self.draining:
                 raise Refused(503, "draining", "the intake is shutting down; retry shortly", "draining",
                               {"Retry-After": str(RETRY_AFTER_SECONDS)})
             raw = await self._read(request)
-            authenticate(request, raw)
+            reserved = authenticate(request, raw)
             body = self._decode(request, raw)
             document = _parse(body)
             if route != "events" and request.headers.get("Authorization") is None:
                 self._check_key(document.get("writeKey") if isinstance(document, dict) else None)
             events = _events(route, document)
             await self._queue(events)
-        except Refused as refused:
-            self.metrics.received.labels(route, refused.result).inc(refused.events)
-            return refused.response()
+        except BaseException as exc:
+            if reserved is not None:
+                self.signatures.forget(reserved)  # not accepted: the client may send it again
+            if not isinstance(exc, Refused):
+                raise
+            self.metrics.received.labels(route, exc.result).inc(exc.events)
+            return exc.response()
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -176,14 +211,20 @@ class Intake:
                           "too_large")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise Refused(413, "too_large", f"the body is over the limit of {cap} bytes", "too_large")
-            chunks.append(chunk)
+        seconds = self.config.body_timeout_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                async for chunk in request.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > cap:
+                        raise Refused(413, "too_large", f"the body is over the limit of {cap} bytes", "too_large")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Refused(408, "request_timeout", f"the body did not arrive within {seconds:g} seconds of the "
+                          "request's head", "timeout", close=True) from None
         return b"".join(chunks)
 
-    def _signed(self, request: web.Request, raw: bytes) -> None:
+    def _signed(self, request: web.Request, raw: bytes) -> bytes:
         secret = self.config.signing_secret
         if not secret:
             raise Refused(401, "unauthorized", "signed requests are not enabled here (no signing secret is "
@@ -204,11 +245,17 @@ class Intake:
         if not hmac.compare_digest(expected.encode("ascii"), signature.lower().encode("ascii", "replace")):
             raise Refused(401, "bad_signature", "X-Signature does not match the body (HMAC-SHA256 of "
                           "X-Timestamp + \".\" + body, as sha256=<hex>)", "unauthorized")
+        digest = bytes.fromhex(expected[len("sha256="):])
+        if not self.signatures.reserve(digest):
+            raise Refused(409, "replayed", "this signed request was already accepted (the same X-Timestamp and "
+                          "X-Signature within the last 10 minutes); sign each new request with a fresh "
+                          "X-Timestamp", "replayed")
+        return digest
 
     def _keyed(self, request: web.Request, _: bytes) -> None:
         header = request.headers.get("Authorization")
         if header is None:
-            return  # the body's writeKey is checked once it is parsed
+            return None  # the body's writeKey is checked once it is parsed
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "basic":
             raise Refused(401, "unauthorized", "use HTTP Basic with the write key as the username", "unauthorized")
@@ -277,13 +324,9 @@ def _parse(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise Refused(400, "bad_request", f"the body is not UTF-8 (byte {exc.start})", "bad_request") from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
-    except ValueError as exc:
-        raise Refused(400, "bad_request", f"the body is not JSON: {exc}", "bad_request") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+        return event_json.loads(text)
+    except event_json.EventJsonError as exc:
+        raise Refused(400, "bad_request", f"the body {exc}", "bad_request") from None
 
 
 def _events(route: str, document: Any) -> list[dict[str, Any]]:
@@ -319,11 +362,16 @@ def _kind(value: Any) -> str:
 
 # Serve the app with these: the intake decodes gzip itself, so that the
 # signature covers the body as sent and the size cap holds once inflated.
+# (``create_app`` sets them on the app as well, with the timeouts.)
 RUNNER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
 
 
 def create_app(intake: Intake) -> web.Application:
-    app = web.Application(client_max_size=intake.config.max_body_bytes + 1)
+    config = intake.config
+    app = web.Application(client_max_size=config.max_body_bytes + 1,
+                          middlewares=[error_middleware(error_response)],
+                          handler_args=server_options(config.idle_timeout_seconds,
+                                                      min(LINGER_SECONDS, config.body_timeout_seconds)))
     app.router.add_post("/v1/events", intake.events)
     app.router.add_post("/v1/batch", intake.segment(None))
     for kind in SEGMENT_TYPES:

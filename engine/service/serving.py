@@ -42,7 +42,7 @@ from ..runtime import Engine
 from ..state.identity import IdentityLimits
 from .intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
 from .metrics import Metrics
-from .worker import VISIBILITY_SECONDS, Worker, outcome_line
+from .worker import MAX_DELIVERIES, VISIBILITY_SECONDS, Worker, outcome_line
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class ServiceOptions:
     drain_seconds: float = DRAIN_SECONDS
     metrics_port: int | None = None  # the worker's /metrics; None: not served
     print_outcomes: bool = True
+    max_deliveries: int = MAX_DELIVERIES  # then a dead letter, cause poison
 
 
 class CountingTransport:
@@ -179,7 +180,7 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
         configure(engine.redactor)
         worker = Worker(engine, queue, "embedded", metrics=metrics,
                         emit=_emit if options.print_outcomes else None,
-                        visibility_seconds=options.visibility_seconds)
+                        visibility_seconds=options.visibility_seconds, max_deliveries=options.max_deliveries)
         intake = Intake(queue, options.intake, metrics)
         _gauges(metrics, queue, engine)
         worker_stop = asyncio.Event()
@@ -261,7 +262,7 @@ async def work(options: ServiceOptions, configure: Configure, *,
         worker = Worker(engine, queue, consumer, metrics=metrics, locks=locks,
                         lock_name=lambda key: state.keys.in_flight(options.preset.name, key),
                         emit=_emit if options.print_outcomes else None,
-                        visibility_seconds=options.visibility_seconds)
+                        visibility_seconds=options.visibility_seconds, max_deliveries=options.max_deliveries)
         _gauges(metrics, queue, engine)
         runner = None
         worker_stop = asyncio.Event()

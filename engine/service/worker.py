@@ -23,6 +23,16 @@ order, rebalance) all plug in the same way.
   worker's entries are claimed, however long a delivery waits on a rate limit.
 * **Draining.** When ``stop`` is set, nothing new is read; what was read is
   finished and acknowledged, then :meth:`run` returns.
+* **A bad entry is one outcome, not a stuck batch.** An entry that is not
+  UTF-8, not JSON or nested too deep (another writer put it there) ends as
+  ``invalid_event`` naming the problem, and is acknowledged; a lone
+  surrogate is escaped (:mod:`engine.service.event_json`).
+* **Poison.** An entry handed out again (its worker stopped without
+  acknowledging it) is suspect: suspects are worked on one at a time, with
+  nothing else in flight, so a crash counts against the entry that caused it
+  and not its neighbours. An entry handed out more than ``max_deliveries``
+  times is not tried again: it becomes a dead letter with cause ``poison``,
+  carrying the error its workers stopped on, and is acknowledged.
 """
 
 from __future__ import annotations
@@ -36,8 +46,11 @@ from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 from .. import outcome as oc
 from ..outcome import Outcome
 from ..runtime import Engine
+from ..state.dead_letters import entry_for
+from ..pipeline.event_shape import message_id_of
 from ..state.journal import event_key
 from ..state.queue import EventQueue, QueuedEvent
+from . import event_json
 from .metrics import NO_REASON, Metrics
 
 log = logging.getLogger(__name__)
@@ -46,6 +59,8 @@ VISIBILITY_SECONDS = 30.0
 BATCH = 64
 READ_BLOCK_SECONDS = 1.0
 LOCK_POLL_SECONDS = 0.05
+MAX_DELIVERIES = 5
+POISON = "poison"
 
 
 class KeyLocks(Protocol):
@@ -59,7 +74,8 @@ class Worker:
                  locks: KeyLocks | None = None, lock_name: Callable[[str], str] | None = None,
                  emit: Callable[[dict[str, Any]], None] | None = None,
                  visibility_seconds: float = VISIBILITY_SECONDS, batch: int = BATCH,
-                 read_block_seconds: float = READ_BLOCK_SECONDS, clock: Callable[[], float] = time.time) -> None:
+                 read_block_seconds: float = READ_BLOCK_SECONDS, max_deliveries: int = MAX_DELIVERIES,
+                 clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
         self.queue = queue
         self.consumer = consumer
@@ -70,8 +86,12 @@ class Worker:
         self.visibility = visibility_seconds
         self.batch = batch
         self.read_block = read_block_seconds
+        self.max_deliveries = max_deliveries
         self._clock = clock
+        self._idle = asyncio.Event()  # nothing in flight: a suspect entry may go now
+        self._idle.set()
         self._entries: dict[int, QueuedEvent] = {}  # index -> entry, while in flight
+        self._held: list[QueuedEvent] = []  # a suspect read, waiting to be worked on alone
         self._locked: dict[int, str] = {}
         self._next_index = 0
         self._mints_seen = 0
@@ -83,9 +103,26 @@ class Worker:
         try:
             async for result in self.engine.process_batches(self._batches(stop)):
                 await self._finish(result)
+        except asyncio.CancelledError:
+            raise  # a drain ran out of time: not the entries' fault
+        except BaseException as exc:
+            await self._note_failure(exc)
+            raise
         finally:
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
+
+    async def _note_failure(self, exc: BaseException) -> None:
+        """The worker stops on an error: note it on the entries it holds, for the poison letter if it recurs."""
+        ids = [entry.id for entry in self._entries.values()]
+        error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        log.error("worker %s: stopped on an error while holding %d event(s): %s", self.consumer, len(ids),
+                  self.engine.redactor.redact(error))
+        try:
+            await self.queue.fail(self.consumer, ids, self.engine.redactor.redact(error))
+        except Exception as note_error:  # noqa: BLE001 - the delivery count still tells a poison entry
+            log.error("worker %s: could not note the error on its entries (%s)", self.consumer,
+                      type(note_error).__name__)
 
     # -- reading ----------------------------------------------------------------
     async def _batches(self, stop: asyncio.Event) -> AsyncIterator[list[tuple[int, Any]]]:
@@ -110,8 +147,43 @@ class Worker:
                 log.error("worker %s: cannot read the queue (%s); trying again", self.consumer, type(exc).__name__)
                 await _sleep_or_stop(stop, 1.0)
                 continue
-            if entries:
-                yield await self._admit(entries, stop)
+            fresh = [entry for entry in entries if entry.deliveries <= 1 or entry.deliveries > self.max_deliveries]
+            # The least suspect first: an entry that stopped workers more often waits behind the others.
+            suspects = sorted((entry for entry in entries if 1 < entry.deliveries <= self.max_deliveries),
+                              key=lambda entry: entry.deliveries)
+            if fresh:
+                yield await self._admit(fresh, stop)
+            if suspects:
+                # One at a time, alone: if it stops this worker again, nothing else was handed out with it to
+                # be counted. The others go back uncounted and come again with the next read or claim.
+                await self._release(suspects[1:])
+                next_claim = 0.0
+                self._held = suspects[:1]  # its lease renewed while it waits for the others to finish
+                await self._until_idle(stop)
+                self._held = []
+                if stop.is_set():
+                    await self._release(suspects[:1])
+                    break
+                yield await self._admit(suspects[:1], stop)
+                await self._until_idle(stop)
+
+    async def _release(self, entries: list[QueuedEvent]) -> None:
+        if not entries:
+            return
+        try:
+            await self.queue.release(self.consumer, entries)
+        except Exception as exc:  # noqa: BLE001 - they are handed out again after the visibility timeout
+            log.error("worker %s: could not give back %d event(s) (%s)", self.consumer, len(entries),
+                      type(exc).__name__)
+
+    async def _until_idle(self, stop: asyncio.Event) -> None:
+        waiter = asyncio.ensure_future(self._idle.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([waiter, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopping.cancel()
 
     async def _admit(self, entries: list[QueuedEvent], stop: asyncio.Event) -> list[tuple[int, Any]]:
         items: list[tuple[int, Any]] = []
@@ -120,10 +192,17 @@ class Worker:
             index = self._next_index
             self._next_index += 1
             self._entries[index] = entry
+            self._idle.clear()
+            if entry.problem is not None:
+                items.append((index, oc.dropped(index, None, oc.INVALID_EVENT, entry.problem)))
+                continue
             try:
-                event = json.loads(entry.body)
-            except ValueError as exc:
-                items.append((index, oc.dropped(index, None, oc.INVALID_EVENT, f"the queued entry is not JSON: {exc}")))
+                event = event_json.loads(entry.body)
+            except event_json.EventJsonError as exc:
+                items.append((index, oc.dropped(index, None, oc.INVALID_EVENT, f"the queued entry {exc}")))
+                continue
+            if entry.deliveries > self.max_deliveries:
+                items.append((index, self._poison(index, entry, event)))
                 continue
             items.append((index, event))
             if self.locks is not None:
@@ -131,6 +210,28 @@ class Worker:
         if keys:
             await self._lock(keys)
         return items
+
+    def _poison(self, index: int, entry: QueuedEvent, event: Any) -> Outcome:
+        """Not tried again: a dead letter holding the event and the error it kept failing with."""
+        message_id = message_id_of(event)
+        failed = entry.failure or "each worker holding it stopped without an error (killed, or out of memory?)"
+        result = Outcome(index, message_id, oc.DEAD_LETTERED, cause=POISON,
+                         detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
+                                f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
+                         attempts=entry.deliveries - 1)
+        letter = {**entry_for(self.engine.preset.name, "", result, {}, event_key(event)), "request": None,
+                  "event": event}
+        try:
+            kept = self.engine.dead_letters.add(letter)
+        except (OSError, TypeError, ValueError) as exc:
+            log.error("worker %s: could not write the poison letter of entry %s: %s", self.consumer, entry.id,
+                      type(exc).__name__)
+            result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written"
+        else:
+            if kept is False:
+                result.detail = (f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
+                                 "the letter is kept in memory and written as soon as it can be")
+        return result
 
     async def _lock(self, keys: dict[int, str]) -> None:
         """Lock every event's key, in order; one another worker holds is waited for (it finishes, or expires)."""
@@ -164,6 +265,8 @@ class Worker:
             self.emit(record)
         if entry is not None:
             await self._ack(entry, record)
+        if not self._entries:
+            self._idle.set()
         key = self._locked.pop(index, None)
         if key is not None and self.locks is not None:
             try:
@@ -196,7 +299,7 @@ class Worker:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.visibility / 3)
-            ids = [entry.id for entry in self._entries.values()]
+            ids = [entry.id for entry in (*self._entries.values(), *self._held)]
             try:
                 await self.queue.touch(self.consumer, ids)
                 if self.locks is not None:

@@ -21,12 +21,21 @@ from typing import Any, Mapping, Protocol, Sequence
 
 @dataclass(frozen=True)
 class QueuedEvent:
-    """One entry: its id in the queue, the event's JSON text and when the intake queued it."""
+    """One entry: its id in the queue, the event's JSON text and when the intake queued it.
+
+    ``problem`` says why an entry cannot be read as text (another writer put
+    bytes that are not UTF-8 there): the worker gives it an ``invalid_event``
+    outcome and acknowledges it, so one bad entry never holds up the others.
+    ``failure`` is the error a worker stopped on while it held this entry,
+    if one did (see ``deliveries``: a poison entry fails every worker).
+    """
 
     id: str
     body: str
     enqueued_at: float  # epoch seconds
     deliveries: int = 1  # how many times it was handed to a worker, this time included
+    failure: str | None = None
+    problem: str | None = None
 
 
 class EventQueue(Protocol):
@@ -49,6 +58,15 @@ class EventQueue(Protocol):
 
     async def ack(self, done: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         """Acknowledge entries, each with its outcome (published where the queue keeps outcomes), atomically."""
+
+    async def release(self, consumer: str, entries: Sequence[QueuedEvent]) -> None:
+        """Give back entries ``consumer`` was handed and will not work on now, without counting that delivery."""
+
+    async def fail(self, consumer: str, ids: Sequence[str], error: str) -> None:
+        """Note on entries ``consumer`` holds the error it is stopping on (a poison entry's letter carries it)."""
+
+    async def writable(self) -> bool:
+        """Whether a write would be taken now (a small real write: a full disk or a read-only store says no)."""
 
     async def close(self) -> None:
         ...

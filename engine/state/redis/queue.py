@@ -12,6 +12,12 @@
   deleted (``XDEL``). So an outcome is published exactly when its entry is
   acknowledged, and the stream's length is the backlog (what the intake's
   backpressure bound counts). One stream serves one preset's group.
+* Each entry is decoded on its own: an entry another writer ``XADD``-ed with
+  bytes that are not UTF-8 comes back with a ``problem``, and the rest of its
+  batch is read as usual.
+* ``fail``: a worker stopping on an error notes it on the entries it holds
+  (``<stream>:failures``, cleared with the acknowledgement); ``claim`` hands
+  it back with the entry's delivery count (``XPENDING``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..queue import QueuedEvent
 from .keys import GROUP
 
 OUTCOMES_MAXLEN = 100_000
+RELEASED_IDLE_MS = 10 * 365 * 86_400_000  # idle "for years": the next claim of any worker takes it
 
 
 class RedisQueue:
@@ -38,6 +45,7 @@ class RedisQueue:
         self.outcomes = outcomes
         self.group = group
         self.outcomes_maxlen = outcomes_maxlen
+        self.failures = f"{stream}:failures"  # entry id -> the error a worker stopped on while holding it
         self._claim_cursor = "0-0"
         self._group_ready = False
 
@@ -87,12 +95,45 @@ class RedisQueue:
         self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
         if deleted:
             await self.r.xack(self.stream, self.group, *deleted)  # acknowledged and deleted already
-        return [_entry(entry_id, fields, 2) for entry_id, fields in items if fields]
+        items = [(entry_id, fields) for entry_id, fields in items if fields]
+        if not items:
+            return []
+        # How often each was handed out (XAUTOCLAIM counted this time) and what its workers stopped on.
+        async with self.r.pipeline(transaction=False) as pipe:
+            for entry_id, _ in items:
+                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            pipe.hmget(self.failures, [entry_id for entry_id, _ in items])
+            *pending, failures = await pipe.execute()
+        return [_entry(entry_id, fields, _times_delivered(info, 2), failure)
+                for (entry_id, fields), info, failure in zip(items, pending, failures)]
 
     async def touch(self, consumer: str, ids: Sequence[str]) -> None:
         if ids:
             await self._ensure_group()
             await self.r.xclaim(self.stream, self.group, consumer, 0, list(ids), justid=True)
+
+    async def release(self, consumer: str, entries: Sequence[QueuedEvent]) -> None:
+        if not entries:
+            return
+        await self._ensure_group()
+        async with self.r.pipeline(transaction=False) as pipe:
+            for entry in entries:
+                # Kept in the group's pending list, its count set back and idle long enough to be claimed now.
+                pipe.xclaim(self.stream, self.group, consumer, 0, [entry.id], idle=RELEASED_IDLE_MS,
+                            retrycount=max(0, entry.deliveries - 1), justid=True)
+            await pipe.execute()
+        self._claim_cursor = "0-0"
+
+    async def fail(self, consumer: str, ids: Sequence[str], error: str) -> None:
+        if ids:
+            await self.r.hset(self.failures, mapping={i: error.encode("utf-8", "backslashreplace") for i in ids})
+
+    async def writable(self) -> bool:
+        try:
+            await self.r.set(f"{self.stream}:probe", repr(time.time()), px=60_000)
+        except (RedisError, OSError):
+            return False
+        return True
 
     async def ack(self, done: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         if not done:
@@ -100,10 +141,11 @@ class RedisQueue:
         async with self.r.pipeline(transaction=True) as pipe:
             for entry_id, outcome in done:
                 if self.outcomes is not None:
-                    pipe.xadd(self.outcomes, {"outcome": json.dumps(outcome, ensure_ascii=False)},
+                    pipe.xadd(self.outcomes, {"outcome": _outcome_text(outcome)},
                               maxlen=self.outcomes_maxlen, approximate=True)
                 pipe.xack(self.stream, self.group, entry_id)
                 pipe.xdel(self.stream, entry_id)
+            pipe.hdel(self.failures, *[entry_id for entry_id, _ in done])
             await pipe.execute()
 
     async def pending(self) -> int:
@@ -116,8 +158,43 @@ class RedisQueue:
         await self.r.aclose()
 
 
-def _entry(entry_id: Any, fields: Mapping[bytes, bytes], deliveries: int) -> QueuedEvent:
+def _entry(entry_id: Any, fields: Mapping[bytes, bytes], deliveries: int, failure: bytes | None = None) -> QueuedEvent:
+    """One entry, decoded on its own: bytes another writer put there that are not UTF-8 make *this* entry
+    a problem (an ``invalid_event`` once the worker sees it), never its whole batch."""
     ident = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-    body = fields.get(b"event", b"")
-    at = fields.get(b"at")
-    return QueuedEvent(ident, body.decode("utf-8", "surrogatepass"), float(at) if at else 0.0, deliveries)
+    note = failure.decode("utf-8", "replace") if isinstance(failure, bytes) else None
+    raw = fields.get(b"event")
+    problem = None
+    body = ""
+    if raw is None:
+        problem = "the queued entry has no 'event' field"
+    else:
+        try:
+            body = raw.decode("utf-8", "surrogatepass")  # a lone surrogate is escaped by the worker
+        except UnicodeDecodeError as exc:
+            problem = f"the queued entry is not UTF-8 text (byte {exc.start} of its 'event' field)"
+    return QueuedEvent(ident, body, _seconds(fields.get(b"at")), deliveries, failure=note, problem=problem)
+
+
+def _seconds(value: bytes | None) -> float:
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        return 0.0  # another writer's timestamp: only the latency metric uses it
+
+
+def _times_delivered(info: Any, default: int) -> int:
+    try:
+        return int(info[0]["times_delivered"])
+    except (LookupError, TypeError, ValueError):
+        return default
+
+
+def _outcome_text(outcome: Mapping[str, Any]) -> str:
+    """The outcome as JSON that UTF-8 can carry, whatever strings it holds (else the ack would fail forever)."""
+    text = json.dumps(outcome, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(outcome)  # \uXXXX escapes: still the same JSON
+    return text

@@ -16,13 +16,14 @@ the deliveries) never waits on a disk sync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import StateError, StateWriteError
 from ..queue import QueuedEvent
@@ -39,9 +40,11 @@ CREATE TABLE IF NOT EXISTS queue (
     enqueued_at REAL NOT NULL,
     consumer TEXT,
     leased_at REAL,
-    deliveries INTEGER NOT NULL DEFAULT 0
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    failure TEXT
 );
 CREATE INDEX IF NOT EXISTS queue_unleased ON queue (consumer, id);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 QUEUE_FILE = FileKind("queue", SCHEMA, 1, frozenset({"queue"}), unmarked_version=0)
@@ -74,6 +77,9 @@ class SqliteQueue:
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.executescript(SCHEMA)
             mark_if_needed(self.conn, QUEUE_FILE)
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(queue)")}
+            if "failure" not in columns:  # a queue.db from before failures were noted
+                self.conn.execute("ALTER TABLE queue ADD COLUMN failure TEXT")
             # Every lease is a dead process's: this one holds the lock now.
             self.conn.execute("UPDATE queue SET consumer = NULL, leased_at = NULL WHERE consumer IS NOT NULL")
             self._count = int(self.conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0])
@@ -124,6 +130,25 @@ class SqliteQueue:
             gone = await asyncio.to_thread(self._write, "DELETE FROM queue WHERE id = ?", [(int(i),) for i, _ in done])
             self._count = max(0, self._count - gone)
 
+    async def release(self, consumer: str, entries: Sequence[QueuedEvent]) -> None:
+        if entries:
+            await asyncio.to_thread(self._write, "UPDATE queue SET consumer = NULL, leased_at = NULL, "
+                                    "deliveries = MAX(deliveries - 1, 0) WHERE id = ? AND consumer = ?",
+                                    [(int(e.id), consumer) for e in entries])
+            self._appended.set()
+
+    async def fail(self, consumer: str, ids: Sequence[str], error: str) -> None:
+        if ids:
+            await asyncio.to_thread(self._write, "UPDATE queue SET failure = ? WHERE id = ? AND consumer = ?",
+                                    [(error, int(i), consumer) for i in ids])
+
+    async def writable(self) -> bool:
+        try:
+            await asyncio.to_thread(self._probe)
+        except OSError:
+            return False
+        return True
+
     async def close(self) -> None:
         with self._lock:
             try:
@@ -136,34 +161,44 @@ class SqliteQueue:
 
     # -- internals ------------------------------------------------------------
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        with self._lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                changed = 0
-                for row in rows:
-                    changed += self.conn.execute(sql, row).rowcount
-                self.conn.execute("COMMIT")
-                return changed
-            except sqlite3.Error as exc:
-                if self.conn.in_transaction:
+        with self._lock, self._transaction(StateWriteError):
+            changed = 0
+            for row in rows:
+                changed += self.conn.execute(sql, row).rowcount
+            return changed
+
+    @contextlib.contextmanager
+    def _transaction(self, error: type[StateError]) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on *any* exception, so one request's
+        failure (whatever it is) never leaves a transaction open for the next one."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                try:
                     self.conn.execute("ROLLBACK")
-                raise StateWriteError(f"{self.directory / QUEUE_DB}: {exc}", full="full" in str(exc).lower()) from None
+                except sqlite3.Error:
+                    pass
+            if isinstance(exc, sqlite3.Error):
+                raise error(f"{self.directory / QUEUE_DB}: {exc}", **(
+                    {"full": "full" in str(exc).lower()} if error is StateWriteError else {})) from None
+            raise
 
     def _lease(self, consumer: str, count: int, where: str, params: tuple[Any, ...]) -> list[QueuedEvent]:
         now = self._clock()
-        with self._lock:
-            try:
-                self.conn.execute("BEGIN IMMEDIATE")
-                rows = self.conn.execute(f"SELECT id, body, enqueued_at, deliveries FROM queue WHERE {where} "
-                                         "ORDER BY id LIMIT ?", (*params, count)).fetchall()
-                self.conn.executemany("UPDATE queue SET consumer = ?, leased_at = ?, deliveries = deliveries + 1 "
-                                      "WHERE id = ?", [(consumer, now, row[0]) for row in rows])
-                self.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise StateError(f"{self.directory / QUEUE_DB}: {exc}") from None
-        return [QueuedEvent(str(i), body, at, deliveries + 1) for i, body, at, deliveries in rows]
+        with self._lock, self._transaction(StateError):
+            rows = self.conn.execute(f"SELECT id, body, enqueued_at, deliveries, failure FROM queue WHERE {where} "
+                                     "ORDER BY id LIMIT ?", (*params, count)).fetchall()
+            self.conn.executemany("UPDATE queue SET consumer = ?, leased_at = ?, deliveries = deliveries + 1 "
+                                  "WHERE id = ?", [(consumer, now, row[0]) for row in rows])
+        return [QueuedEvent(str(i), body, at, deliveries + 1, failure=failure)
+                for i, body, at, deliveries, failure in rows]
+
+    def _probe(self) -> None:
+        with self._lock, self._transaction(StateWriteError):
+            self.conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (self._clock(),))
 
     def _unlock(self) -> None:
         try:
