@@ -538,8 +538,9 @@ class Engine:
                                 type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
-                kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
-                                                       self._sender.original_request(prepared), key))
+                kept = self.dead_letters.add({**entry_for(self.preset.name, prepared.action.name, result,
+                                                          self._sender.original_request(prepared), key),
+                                              "integration": self.integration})
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"

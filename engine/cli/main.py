@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 # named command's module is imported: each pulls in what its command needs.
 COMMANDS = (("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
             ("init", "scaffold"), ("auth", "auth"), ("dlq", "dlq"), ("sandbox", "sandbox"), ("serve", "serve"),
-            ("worker", "worker"), ("tail", "tail"))
+            ("worker", "worker"), ("tail", "tail"), ("console", "console"))
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:

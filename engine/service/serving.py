@@ -64,6 +64,7 @@ class ServiceOptions:
     drain_seconds: float = DRAIN_SECONDS
     metrics_port: int | None = None  # the worker's /metrics; None: not served
     print_outcomes: bool = True
+    mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
 
 
 class CountingTransport:
@@ -156,6 +157,13 @@ async def serve(options: ServiceOptions, configure: Configure, *,
     return await _serve_redis(options, configure, metrics, stop, say)
 
 
+def _intake_app(intake: Intake, options: ServiceOptions) -> web.Application:
+    app = create_app(intake)
+    if options.mount is not None:
+        options.mount(app)
+    return app
+
+
 def _intake_redactor(options: ServiceOptions) -> Redactor:
     redactor = Redactor(options.settings.secrets())
     for key in options.intake.write_keys:
@@ -181,7 +189,7 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
         _gauges(metrics, queue, engine)
         worker_stop = asyncio.Event()
         with _signals(stop):
-            runner, port = await _start_site(create_app(intake), options.host, options.port)
+            runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 async with engine:
                     worker_task = asyncio.ensure_future(worker.run(worker_stop))
@@ -223,7 +231,7 @@ async def _serve_redis(options: ServiceOptions, configure: Configure, metrics: M
 
         metrics.on_scrape(refresh)
         with _signals(stop):
-            runner, port = await _start_site(create_app(intake), options.host, options.port)
+            runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 say(url_of(options.host, port))
                 await stop.wait()
