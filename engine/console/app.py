@@ -31,7 +31,7 @@ HEARTBEAT_SECONDS = 15.0
 SOURCE: web.AppKey[ConsoleSource] = web.AppKey("source", ConsoleSource)
 GUARD: web.AppKey[Guard] = web.AppKey("guard", Guard)
 STOPPING: web.AppKey[asyncio.Event] = web.AppKey("stopping", asyncio.Event)
-STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
+STATIC = {"console.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
 FILTERS = ("integration", "outcome", "reason", "q")
 
 

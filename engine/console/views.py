@@ -40,6 +40,7 @@ def page(title: str, current: str, body: str, *, csrf: str) -> str:
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta name="csrf-token" content="{e(csrf)}">'
             f'<title>{e(title)} · signal-engine console</title>'
+            f'<link rel="icon" href="/console/static/favicon.svg" type="image/svg+xml">'
             f'<link rel="stylesheet" href="/console/static/console.css">'
             f'<script src="/console/static/console.js" defer></script></head>'
             f'<body><header><span class="brand">signal-engine</span><nav aria-label="Console">{nav}</nav></header>'
