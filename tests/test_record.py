@@ -18,6 +18,7 @@ from engine.outcome import DELIVERED, DROPPED, Outcome
 from engine.redaction import Redactor
 from engine.state.record import (
     MemoryRecord,
+    Recorded,
     Recorder,
     RecordLimits,
     RecordQuery,
@@ -63,10 +64,10 @@ def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
         yield lambda limits, clock: _redis(url, limits, clock)
 
 
-def entry(clock: Clock, integration: str, i: int, **extra: Any) -> dict[str, Any]:
-    return {"at": clock.now, "integration": integration, "messageId": f"m-{integration}-{i}",
+def entry(clock: Clock, integration: str, i: int, **extra: Any) -> Recorded:
+    return Recorded.of({"at": clock.now, "integration": integration, "messageId": f"m-{integration}-{i}",
             "email": f"Person{i}@Example.com", "userId": f"user-{i}", "outcome": DELIVERED, "reason": None,
-            "cause": None, "status": 201, "attempts": 1, "latency_ms": 3.0, "incoming": {"type": "track"}, **extra}
+            "cause": None, "status": 201, "attempts": 1, "latency_ms": 3.0, "incoming": {"type": "track"}, **extra})
 
 
 def test_the_record_keeps_at_most_its_count_per_integration(make_record: Any) -> None:
@@ -181,3 +182,13 @@ def test_run_no_record_keeps_nothing(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
     db = sqlite3.connect(tmp_path / "state" / "state.db")
     assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'record'").fetchall()
+
+
+def test_a_secret_that_json_escapes_is_masked_in_the_record_too() -> None:
+    store = MemoryRecord()
+    odd = 'pa"ss\\wörd-123'
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor([odd]))
+    recorder.note({"type": "track", "traits": {"note": f"x{odd}y"}}, Outcome(0, "m1", DROPPED, reason="no_consent"))
+    recorder.close()
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    assert kept["incoming"]["traits"]["note"] == "x***y"

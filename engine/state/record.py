@@ -25,7 +25,9 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+
+import orjson
 
 from ..outcome import Outcome
 from ..redaction import Redactor
@@ -36,8 +38,8 @@ DEFAULT_PER_INTEGRATION = 10_000
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600.0
 RESPONSE_BODY_CAP = 4096  # characters of a response body kept in the record
 EVENT_CAP = 16_384  # characters of an incoming event kept whole; a larger one is cut to its identifying fields
-FLUSH_EVERY = 64  # entries buffered before a write
-FLUSH_SECONDS = 0.2  # the longest an entry waits in the buffer
+FLUSH_EVERY = 512  # entries buffered before a write (a write trims too: fewer, larger ones cost less)
+FLUSH_SECONDS = 0.25  # the longest an entry waits in the buffer
 
 # The columns every entry has, for lists and figures, beside the full entry.
 SUMMARY_FIELDS = ("id", "at", "integration", "preset", "messageId", "type", "event", "email", "userId",
@@ -76,11 +78,48 @@ class RecordQuery:
         return True
 
 
+class Recorded(NamedTuple):
+    """One entry as a store keeps it: the columns it filters on, the summary and the full entry as JSON text.
+
+    The texts are serialized (and masked) once, by the :class:`Recorder`; a
+    store adds the entry's ``id`` when it reads them back.
+    """
+
+    integration: str
+    at: float
+    outcome: str | None
+    reason: str | None  # the drop reason, else the failure cause
+    email: str | None  # lower-cased, for search
+    user_id: str | None
+    message_id: str | None
+    summary: str
+    entry: str
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> "Recorded":
+        def lower(value: Any) -> str | None:
+            return mask(value).lower() if isinstance(value, str) else None
+
+        return cls(str(entry["integration"]), float(entry["at"]), entry.get("outcome"),
+                   entry.get("reason") or entry.get("cause"), lower(entry.get("email")), lower(entry.get("userId")),
+                   lower(entry.get("messageId")), mask(_json(summary(entry))), mask(_json(entry)))
+
+    def summary_row(self, entry_id: str) -> dict[str, Any]:
+        return {**orjson.loads(self.summary), "id": entry_id}
+
+    def full(self, entry_id: str) -> dict[str, Any]:
+        return {**orjson.loads(self.entry), "id": entry_id}
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 class EventRecord(Protocol):
     """A bounded store of recent outcomes; every call is atomic and safe beside a writer in another process."""
 
-    def add_many(self, entries: Sequence[dict[str, Any]]) -> None:
-        """Keep these entries (each with an ``integration``), then trim to the limits."""
+    def add_many(self, entries: Sequence[Recorded]) -> None:
+        """Keep these entries, then trim to the limits."""
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
         """Summary rows (:data:`SUMMARY_FIELDS`), newest first."""
@@ -144,7 +183,7 @@ class Recorder:
         self.preset_path = preset_path
         self.redactor = redactor
         self._clock = clock
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[Recorded] = []
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
 
@@ -172,6 +211,7 @@ class Recorder:
             self._timer = None
         if not self._buffer:
             return
+        entries: list[Recorded]
         entries, self._buffer = self._buffer, []
         try:
             self.store.add_many(entries)
@@ -187,7 +227,7 @@ class Recorder:
         self.flush()
 
     def _entry(self, event: Any, outcome: Outcome, latency_seconds: float | None, replay: bool,
-               traits: Mapping[str, Any] | None) -> dict[str, Any]:
+               traits: Mapping[str, Any] | None) -> Recorded:
         at = self._clock()
         incoming = event if isinstance(event, dict) else None
         if incoming is None and replay and outcome.message_id:
@@ -213,11 +253,15 @@ class Recorder:
             "attempts": outcome.attempts,
             "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
             "replay": replay,
-            "incoming": _bounded_event(incoming) if incoming is not None else None,
+            "incoming": incoming,
             "traits": dict(traits) if traits else None,
             "outcome_record": result,
         }
-        return self.redactor.redact(entry)
+        recorded = Recorded.of(entry, self.redactor.redact_json)
+        if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
+            entry["incoming"] = _bounded_event(incoming)
+            recorded = Recorded.of(entry, self.redactor.redact_json)
+        return recorded
 
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
@@ -255,18 +299,14 @@ def _email_of(traits: Mapping[str, Any] | None, event: Mapping[str, Any] | None)
 def _capped(body: Any) -> Any:
     if body is None:
         return None
-    import json
-
-    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, default=str)
+    text = body if isinstance(body, str) else _json(body)
     if len(text) <= RESPONSE_BODY_CAP:
         return body
     return text[:RESPONSE_BODY_CAP] + f"… ({len(text) - RESPONSE_BODY_CAP} more characters not kept)"
 
 
 def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    text = json.dumps(event, ensure_ascii=False, default=str)
+    text = _json(event)
     if len(text) <= EVENT_CAP:
         return event
     kept = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp") if k in event}
@@ -279,48 +319,46 @@ class MemoryRecord:
     def __init__(self, limits: RecordLimits = RecordLimits(), *, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits
         self._clock = clock
-        self._entries: list[dict[str, Any]] = []
+        self._entries: list[tuple[str, Recorded]] = []
         self._next = 1
 
-    def add_many(self, entries: Sequence[dict[str, Any]]) -> None:
+    def add_many(self, entries: Sequence[Recorded]) -> None:
         for entry in entries:
-            self._entries.append({**entry, "id": str(self._next)})
+            self._entries.append((str(self._next), entry))
             self._next += 1
         oldest = self._clock() - self.limits.max_age_seconds
         counts: dict[str, int] = {}
         kept = []
-        for entry in reversed(self._entries):
-            name = str(entry.get("integration"))
-            counts[name] = counts.get(name, 0) + 1
-            if counts[name] <= self.limits.per_integration and float(entry.get("at") or 0) >= oldest:
-                kept.append(entry)
+        for entry_id, entry in reversed(self._entries):
+            counts[entry.integration] = counts.get(entry.integration, 0) + 1
+            if counts[entry.integration] <= self.limits.per_integration and entry.at >= oldest:
+                kept.append((entry_id, entry))
         self._entries = kept[::-1]
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
-        rows = [summary(e) for e in reversed(self._entries) if query.matches(e)]
-        return rows[:query.limit]
+        return iter_matching((e.summary_row(i) for i, e in reversed(self._entries)), query)
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
-        return next((dict(e) for e in self._entries if e["id"] == entry_id), None)
+        return next((e.full(i) for i, e in self._entries if i == entry_id), None)
 
     def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
         last = int(cursor) if cursor and cursor.isdigit() else None
         if last is None:
             return [], str(self._next - 1)
-        return [summary(e) for e in self._entries if int(e["id"]) > last], str(self._next - 1)
+        return [e.summary_row(i) for i, e in self._entries if int(i) > last], str(self._next - 1)
 
     def window(self, since: float) -> list[dict[str, Any]]:
-        return [summary(e) for e in self._entries if float(e.get("at") or 0) >= since]
+        return [e.summary_row(i) for i, e in self._entries if e.at >= since]
 
     def integrations(self) -> list[str]:
-        return sorted({str(e.get("integration")) for e in self._entries})
+        return sorted({e.integration for _, e in self._entries})
 
 
 def iter_matching(rows: Iterable[Mapping[str, Any]], query: RecordQuery) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         if query.matches(row):
-            out.append(summary(row))
+            out.append(row)
             if len(out) >= query.limit:
                 break
     return out

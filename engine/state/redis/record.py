@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import redis
 
 from ..errors import StateError
-from ..record import RecordLimits, RecordQuery, summary
+from ..record import Recorded, RecordLimits, RecordQuery
 from .keys import Keys
 
 SCAN_LIMIT = 2000  # entries read per integration to answer a filtered list
@@ -31,7 +31,7 @@ class RedisRecord:
         self.limits = limits
         self._clock = clock
 
-    def add_many(self, entries: Sequence[dict[str, Any]]) -> None:
+    def add_many(self, entries: Sequence[Recorded]) -> None:
         if not entries:
             return
         oldest = int((self._clock() - self.limits.max_age_seconds) * 1000)
@@ -39,17 +39,16 @@ class RedisRecord:
             pipe = self.client.pipeline(transaction=False)
             names = set()
             for entry in entries:
-                name = str(entry["integration"])
-                names.add(name)
+                names.add(entry.integration)
                 # The id starts with the entry's own time, so the age limit and the figures' windows agree
                 # with "at"; an entry whose clock is behind the stream's newest gets the server's time.
-                pipe.xadd(self.keys.record(name), _fields(entry), id=f"{int(float(entry['at']) * 1000)}-*",
+                pipe.xadd(self.keys.record(entry.integration), _fields(entry), id=f"{int(entry.at * 1000)}-*",
                           maxlen=self.limits.per_integration, approximate=False)
             answers = pipe.execute(raise_on_error=False)
             late = [entry for entry, answer in zip(entries, answers) if isinstance(answer, redis.ResponseError)]
             pipe = self.client.pipeline(transaction=False)
             for entry in late:
-                pipe.xadd(self.keys.record(str(entry["integration"])), _fields(entry),
+                pipe.xadd(self.keys.record(entry.integration), _fields(entry),
                           maxlen=self.limits.per_integration, approximate=False)
             for name in names:
                 pipe.xtrim(self.keys.record(name), minid=oldest, approximate=False)
@@ -119,9 +118,5 @@ def _summary(name: str, stream_id: bytes, fields: dict[bytes, bytes]) -> dict[st
     return {**json.loads(fields[b"s"]), "id": f"{name}:{stream_id.decode()}"}
 
 
-def _fields(entry: dict[str, Any]) -> dict[str, str]:
-    return {"e": _text(entry), "s": _text(summary(entry))}
-
-
-def _text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+def _fields(entry: Recorded) -> dict[str, str]:
+    return {"e": entry.entry, "s": entry.summary}

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Callable, Sequence
 
-from ..record import RecordLimits, RecordQuery, summary
+from ..record import Recorded, RecordLimits, RecordQuery
 from .database import Database
 
 _SCHEMA = (
@@ -53,22 +53,14 @@ class SqliteRecord:
                     cur.execute(statement)
         self._ready = True
 
-    def add_many(self, entries: Sequence[dict[str, Any]]) -> None:
+    def add_many(self, entries: Sequence[Recorded]) -> None:
         if not entries:
             return
         self._create()
-        touched = sorted({str(e["integration"]) for e in entries})
+        touched = sorted({e.integration for e in entries})
         with self.db.write() as cur:
-            for entry in entries:
-                cur.execute("INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
-                            "entry) VALUES (?, ?, ?, ?, ?, ?, ?, '', '')",
-                            (entry["integration"], float(entry["at"]), entry.get("outcome"),
-                             entry.get("reason") or entry.get("cause"), _lower(entry.get("email")),
-                             _lower(entry.get("userId")), _lower(entry.get("messageId"))))
-                seq = cur.lastrowid
-                full = {**entry, "id": str(seq)}
-                cur.execute("UPDATE record SET summary = ?, entry = ? WHERE seq = ?",
-                            (_text(summary(full)), _text(full), seq))
+            cur.executemany("INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
+                            "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
             for name in touched:
                 cur.execute("DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
                             "integration = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
@@ -88,14 +80,14 @@ class SqliteRecord:
             needle = query.search.strip().lower()
             where.append("(email LIKE ? ESCAPE '\\' OR user_id = ? OR message_id = ?)")
             params.extend([f"%{_like(needle)}%", needle, needle])
-        sql = "SELECT summary FROM record" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC"
+        sql = "SELECT seq, summary FROM record" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC"
         if not query.reason:
             rows = self.db.read(sql + " LIMIT ?", (*params, max(0, query.limit)))
-            return [json.loads(text) for (text,) in rows]
+            return [_row(seq, text) for seq, text in rows]
         # A reason may be a drop reason, a cause or a status: checked on the summary, newest first.
         out = []
-        for (text,) in self.db.read(sql, params):
-            row = json.loads(text)
+        for seq, text in self.db.read(sql, params):
+            row = _row(seq, text)
             if query.matches(row):
                 out.append(row)
                 if len(out) >= query.limit:
@@ -107,7 +99,7 @@ class SqliteRecord:
         if not str(entry_id).isdigit():
             return None
         rows = self.db.read("SELECT entry FROM record WHERE seq = ?", (int(entry_id),))
-        return json.loads(rows[0][0]) if rows else None
+        return _row(int(entry_id), rows[0][0]) if rows else None
 
     def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
         self._create()
@@ -117,12 +109,12 @@ class SqliteRecord:
         rows = self.db.read("SELECT seq, summary FROM record WHERE seq > ? ORDER BY seq LIMIT 500", (int(cursor),))
         if not rows:
             return [], cursor
-        return [json.loads(text) for _, text in rows], str(rows[-1][0])
+        return [_row(seq, text) for seq, text in rows], str(rows[-1][0])
 
     def window(self, since: float) -> list[dict[str, Any]]:
         self._create()
-        return [json.loads(text) for (text,) in self.db.read("SELECT summary FROM record WHERE at >= ? ORDER BY seq",
-                                                              (since,))]
+        return [_row(seq, text) for seq, text in self.db.read("SELECT seq, summary FROM record WHERE at >= ? "
+                                                               "ORDER BY seq", (since,))]
 
     def integrations(self) -> list[str]:
         self._create()
@@ -133,13 +125,10 @@ class SqliteRecord:
         return int(self.db.read("SELECT COUNT(*) FROM record")[0][0])
 
 
-def _lower(value: Any) -> str | None:
-    return value.lower() if isinstance(value, str) else None
+def _row(seq: int, text: str) -> dict[str, Any]:
+    return {**json.loads(text), "id": str(seq)}
 
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-
-def _text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
