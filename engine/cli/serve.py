@@ -44,6 +44,9 @@ def register(sub: Any) -> None:
     serve.add_argument("--drain-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long to finish what is under way" + DEFAULT)
     serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
+    serve.add_argument("--no-record", dest="record", action="store_false",
+                       help="keep no record of recent events for the console (default: the last 10,000 per "
+                            "integration, at most 7 days)")
     serve.add_argument("--console", action="store_true",
                        help="also serve the web console under /console on this port; any --host but loopback "
                             "needs $SIGNAL_CONSOLE_TOKEN")
@@ -76,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
                              intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
-                             mount=_console(args, preset, settings) if args.console else None)
+                             record=args.record, mount=_console(args, preset, settings) if args.console else None)
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

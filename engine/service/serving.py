@@ -64,6 +64,7 @@ class ServiceOptions:
     drain_seconds: float = DRAIN_SECONDS
     metrics_port: int | None = None  # the worker's /metrics; None: not served
     print_outcomes: bool = True
+    record: bool = True  # the record of recent events the console shows (--no-record: none)
     mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
 
 
@@ -121,7 +122,7 @@ async def _engine(options: ServiceOptions, metrics: Metrics, state: Any) -> tupl
                                     raise_for_status=False)
     transport = CountingTransport(AiohttpTransport(session, delivery.timeout_seconds, delivery.max_response_bytes),
                                   metrics)
-    engine = Engine(options.preset, options.settings, state=state, transport=transport)
+    engine = Engine(options.preset, options.settings, state=state, transport=transport, record=options.record)
     return engine, session
 
 
