@@ -331,3 +331,30 @@ def test_with_a_token_nothing_is_shown_without_it(tmp_path: Path, browser: Any) 
         assert token not in browser.page_source
     finally:
         served.stop()
+
+
+def test_the_playground_checks_and_runs_as_you_type(console: Console, browser: Any) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, console.base + "/playground", "playground")
+    results = browser.find_element(By.ID, "results")
+    assert "would_send" in results.text and "dropped" in results.text  # the example identify and lead
+    assert browser.find_element(By.ID, "problems").text == ""
+    yaml = browser.find_element(By.ID, "yaml")
+    lines = yaml.get_attribute("value").count("\n") + 1
+    yaml.send_keys(Keys.CONTROL, Keys.END)
+    yaml.send_keys("\nbogus_section: 1")
+    WebDriverWait(browser, 20).until(lambda d: "bogus_section" in d.find_element(By.ID, "problems").text)
+    problem = browser.find_element(By.ID, "problems").text
+    assert problem.startswith(f"line {lines + 1}: "), problem
+    yaml.send_keys(Keys.BACKSPACE * len("\nbogus_section: 1"))
+    WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "problems").text == "")
+    events = browser.find_element(By.ID, "events-input")
+    events.send_keys(Keys.CONTROL, "a")
+    events.send_keys(Keys.DELETE)
+    events.send_keys('{"type": "page", "messageId": "pg-1", "anonymousId": "a"}')
+    WebDriverWait(browser, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .play-event")) == 1)
+    assert "dropped event_not_mapped" in browser.find_element(By.ID, "results").text
+    if SHOTS is not None:
+        browser.save_screenshot(str(SHOTS / "playground-typed.png"))
+    assert console_errors(browser) == []

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from ..state.record import RecordQuery
-from . import views
+from . import playground, views
 from .figures import health
 from .security import HEADERS, Guard, middleware
 from .source import ConsoleSource, ReplayUnavailable, letter_integration
@@ -47,6 +47,9 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/dead-letters", dead_letters_page)
     app.router.add_post("/dead-letters/replay", replay_form)
     app.router.add_get("/integrations", integrations_page)
+    app.router.add_get("/playground", playground_page)
+    app.router.add_post("/api/playground", api_playground)
+    app.router.add_get(r"/api/playground/presets/{name:.+}", api_playground_preset)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
     app.router.add_get("/static/{name}", static)
@@ -178,6 +181,35 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
         name = letter_integration(entry)
         letters[name] = letters.get(name, 0) + 1
     return health(rows, names, letters)
+
+
+async def playground_page(request: web.Request) -> web.Response:
+    names = playground.presets()
+    chosen = request.query.get("preset") if request.query.get("preset") in names else (
+        "outreach/lead-capture" if "outreach/lead-capture" in names else (names[0] if names else ""))
+    source = playground.preset_source(chosen) if chosen else ""
+    result = await _off_loop(playground.run, source, playground.EXAMPLE_EVENTS)
+    return _html(views.playground_page(names, chosen, source, playground.EXAMPLE_EVENTS, result,
+                                       csrf=request.app[GUARD].csrf))
+
+
+async def api_playground(request: web.Request) -> web.Response:
+    if not request.app[GUARD].csrf_ok(request, None):
+        return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("events"), str):
+        return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"events\": TEXT}"}, status=400)
+    return web.json_response(await _off_loop(playground.run, body["yaml"], body["events"]), dumps=_dumps)
+
+
+async def api_playground_preset(request: web.Request) -> web.Response:
+    try:
+        return web.json_response({"yaml": playground.preset_source(request.match_info["name"])})
+    except KeyError:
+        return web.json_response({"error": "no such preset"}, status=404)
 
 
 async def login_page(request: web.Request) -> web.Response:

@@ -16,7 +16,8 @@ from urllib.parse import quote, urlencode
 from ..outcome import DEAD_LETTERED, DELIVERED, DROPPED, FAILED, WOULD_SEND
 
 OUTCOMES = (DELIVERED, DROPPED, FAILED, DEAD_LETTERED, WOULD_SEND)
-NAV = (("events", "Event Debugger"), ("dead-letters", "Dead letters"), ("integrations", "Integrations"))
+NAV = (("events", "Event Debugger"), ("dead-letters", "Dead letters"), ("integrations", "Integrations"),
+       ("playground", "Playground"))
 
 
 def e(value: Any) -> str:
@@ -214,3 +215,40 @@ def login_page(problem: str | None, *, csrf: str) -> str:
     return page("Sign in", "", f'{error}<form method="post" action="/console/login" class="login">'
                 f'<label>Console token <input type="password" name="token" autocomplete="current-password" '
                 f'required></label> <button type="submit">Sign in</button></form>', csrf=csrf)
+
+
+def playground_results(result: Mapping[str, Any]) -> tuple[str, str]:
+    """The problems list and the outcomes, as the script renders them too (``console.js``)."""
+    problems = [*(f'<li>{"line " + str(p["line"]) + ": " if p.get("line") else ""}{e(p["message"])}</li>'
+                  for p in result.get("problems", [])),
+                *(f"<li>{e(p)}</li>" for p in result.get("event_problems", []))]
+    outcomes = []
+    for item in result.get("events", []):
+        outcome = item.get("outcome") or {}
+        outcomes.append(f'<section class="play-event"><h3>Event {e(item.get("index"))}: '
+                        f'<span class="badge {e(outcome.get("outcome"))}">{e(outcome.get("outcome"))}</span> '
+                        f'{e(outcome.get("reason") or outcome.get("cause") or "")}</h3>'
+                        f'<p>Decided by: {e(item.get("decided_by"))}</p>'
+                        + (f'<details open><summary>Request</summary><pre>{pretty(item.get("request"))}</pre></details>'
+                           if item.get("request") is not None else "") +
+                        f'<details><summary>Explain trace</summary><pre>{pretty(item.get("steps"))}</pre></details>'
+                        f'</section>')
+    return "".join(problems), "".join(outcomes)
+
+
+def playground_page(names: Sequence[str], chosen: str, source: str, events: str, result: Mapping[str, Any], *,
+                    csrf: str) -> str:
+    problems, outcomes = playground_results(result)
+    options = "".join(f'<option value="{e(n)}"{" selected" if n == chosen else ""}>{e(n)}</option>' for n in names)
+    body = (f'<p class="note">Edit a preset and events; each change is checked like <code>check</code> and dry-run '
+            f'like <code>run --dry-run</code>. Nothing is sent and nothing is stored.</p>'
+            f'<div class="playground" id="playground">'
+            f'<div class="pane"><label>Start from a preset <select id="preset-choice">{options}</select></label>'
+            f'<label for="yaml">Preset YAML</label><textarea id="yaml" spellcheck="false" rows="30">{e(source)}'
+            f'</textarea></div>'
+            f'<div class="pane"><label for="events-input">Events (NDJSON, one object, or a JSON array)</label>'
+            f'<textarea id="events-input" spellcheck="false" rows="8">{e(events)}</textarea>'
+            f'<p class="live" id="play-status" aria-live="polite">Checked.</p>'
+            f'<h2>Problems</h2><ul id="problems" class="problems">{problems}</ul>'
+            f'<h2>Outcomes</h2><div id="results">{outcomes}</div></div></div>')
+    return page("Playground", "playground", body, csrf=csrf)
