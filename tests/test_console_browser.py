@@ -337,6 +337,9 @@ def test_the_playground_checks_and_runs_as_you_type(console: Console, browser: A
     from selenium.webdriver.common.keys import Keys
 
     open_page(browser, console.base + "/playground", "playground")
+    chosen = browser.find_element(By.CSS_SELECTOR, "#preset-choice option:checked")
+    assert chosen.text == "lead-capture-fast"  # the integration's own preset comes first
+    assert "backoff" in browser.find_element(By.ID, "yaml").get_attribute("value")
     results = browser.find_element(By.ID, "results")
     assert "would_send" in results.text and "dropped" in results.text  # the example identify and lead
     assert browser.find_element(By.ID, "problems").text == ""
@@ -357,4 +360,6 @@ def test_the_playground_checks_and_runs_as_you_type(console: Console, browser: A
     assert "dropped event_not_mapped" in browser.find_element(By.ID, "results").text
     if SHOTS is not None:
         browser.save_screenshot(str(SHOTS / "playground-typed.png"))
+    browser.find_element(By.CSS_SELECTOR, '#preset-choice option[value="hubspot/contacts"]').click()
+    WebDriverWait(browser, 20).until(lambda d: "hubspot/contacts" in d.find_element(By.ID, "yaml").get_attribute("value"))
     assert console_errors(browser) == []

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from importlib import resources
+from pathlib import Path
 from typing import Any, Mapping
 
 from aiohttp import web
@@ -184,13 +185,26 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
 
 
 async def playground_page(request: web.Request) -> web.Response:
-    names = playground.presets()
-    chosen = request.query.get("preset") if request.query.get("preset") in names else (
-        "outreach/lead-capture" if "outreach/lead-capture" in names else (names[0] if names else ""))
-    source = playground.preset_source(chosen) if chosen else ""
-    result = await _off_loop(playground.run, source, playground.EXAMPLE_EVENTS)
-    return _html(views.playground_page(names, chosen, source, playground.EXAMPLE_EVENTS, result,
+    source = request.app[SOURCE]
+    names = _playground_presets(source)
+    chosen = request.query.get("preset") if request.query.get("preset") in names else (names[0] if names else "")
+    text = _playground_source(source, chosen) if chosen else ""
+    result = await _off_loop(playground.run, text, playground.EXAMPLE_EVENTS)
+    return _html(views.playground_page(names, chosen, text, playground.EXAMPLE_EVENTS, result,
                                        csrf=request.app[GUARD].csrf))
+
+
+def _playground_presets(source: ConsoleSource) -> list[str]:
+    """The integrations' presets first (by integration name), then every preset on the preset path."""
+    mine = [c.integration for c in source.connections if c.preset.path is not None]
+    return [*mine, *(n for n in playground.presets() if n not in mine)]
+
+
+def _playground_source(source: ConsoleSource, name: str) -> str:
+    connection = source.connection(name)
+    if connection is not None and connection.preset.path is not None:
+        return Path(connection.preset.path).read_text(encoding="utf-8")
+    return playground.preset_source(name)
 
 
 async def api_playground(request: web.Request) -> web.Response:
@@ -207,8 +221,8 @@ async def api_playground(request: web.Request) -> web.Response:
 
 async def api_playground_preset(request: web.Request) -> web.Response:
     try:
-        return web.json_response({"yaml": playground.preset_source(request.match_info["name"])})
-    except KeyError:
+        return web.json_response({"yaml": _playground_source(request.app[SOURCE], request.match_info["name"])})
+    except (KeyError, OSError):
         return web.json_response({"error": "no such preset"}, status=404)
 
 
