@@ -47,6 +47,8 @@ class Outcome:
     response: dict[str, Any] | None = None
     attempts: int | None = None
     warnings: list[str] | None = None  # e.g. an optional trait its normaliser refused, left out
+    # Every request of the delivery in order (engine.delivery.trail), for the console; not in to_dict.
+    exchanges: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}

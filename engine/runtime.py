@@ -44,6 +44,7 @@ from . import outcome as oc
 from .delivery.auth import Auth, build_auth
 from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
+from .delivery.trail import TrailingTransport, start_trail
 from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
@@ -162,6 +163,8 @@ class Engine:
                     self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
                 self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds,
                                                    self.preset.delivery.max_response_bytes)
+            if self.recorder is not None:
+                self._transport = TrailingTransport(self._transport, self.redactor)
             self._slots = asyncio.Semaphore(self.concurrency)
             self.auth = build_auth(self.preset.auth, self.settings, self.redactor, self._transport,
                                    self.preset.delivery.retries, store=self.token_store, clock=self._clock,
@@ -572,7 +575,12 @@ class Engine:
     async def _send_when_free(self, prepared: Prepared, sent: list[int]) -> Outcome:
         assert self._sender is not None and self._slots is not None
         async with self._slots:
-            return await self._sender.deliver(prepared, sent)
+            if self.recorder is None:
+                return await self._sender.deliver(prepared, sent)
+            trail = start_trail()  # this task's requests, for the record (engine.delivery.trail)
+            result = await self._sender.deliver(prepared, sent)
+            result.exchanges = trail
+            return result
 
     async def _finish(self, result: Outcome) -> Outcome:
         """Hand the outcome to the host's callback; a failing callback must not lose the outcome."""

@@ -171,6 +171,19 @@ def test_an_opened_event_shows_its_request_and_the_answer(console: Console, brow
     assert console_errors(browser) == []
 
 
+def test_an_opened_event_lists_every_request_in_order(console: Console, browser: Any) -> None:
+    open_page(browser, console.base + "/events?q=dead-lead&outcome=dead_lettered")
+    browser.find_element(By.CSS_SELECTOR, "#events tbody tr td a").click()
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.exchanges"))
+    trail = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+             for tr in browser.find_elements(By.CSS_SELECTOR, "table.exchanges tbody tr")]
+    # The first event of the run minted the token, then its create was answered 500 five times.
+    assert [(row[1], row[3]) for row in trail] == [("token", "200")] + [("request", "500")] * 5
+    assert all(row[2].startswith(("POST " + console.sandbox.base_url)) for row in trail)
+    assert "x-ratelimit-remaining" in trail[1][5].lower()
+    assert console_errors(browser) == []
+
+
 def test_filters_and_search_narrow_the_list(console: Console, browser: Any) -> None:
     open_page(browser, console.base + "/events")
     box = browser.find_element(By.CSS_SELECTOR, 'input[type="search"][name="q"]')

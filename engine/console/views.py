@@ -127,7 +127,8 @@ def event_page(entry: Mapping[str, Any], *, csrf: str) -> str:
         parts.append(f'<section id="attempts"><h2>Attempts</h2>'
                      f'<p>{e(attempts)} attempt(s); the last answer:</p>'
                      f'<dl class="facts"><dt>Status</dt><dd id="response-status">{e(status if status is not None else "no answer")}'
-                     f'</dd></dl><h3>Response body (capped)</h3><pre>{pretty(response.get("body"))}</pre></section>')
+                     f'</dd></dl><h3>Response body (capped)</h3><pre>{pretty(response.get("body"))}</pre>'
+                     f'{exchanges_table(entry.get("exchanges") or [])}</section>')
     parts.append(f'<section id="incoming"><h2>Incoming event</h2><pre>{pretty(entry.get("incoming"))}</pre></section>')
     explain = entry.get("explain")
     if explain:
@@ -138,6 +139,25 @@ def event_page(entry: Mapping[str, Any], *, csrf: str) -> str:
     if entry.get("traits"):
         parts.append(f'<section id="traits"><h2>Traits as resolved</h2><pre>{pretty(entry.get("traits"))}</pre></section>')
     return page(f'Event {entry.get("messageId") or entry.get("id")}', "events", "".join(parts), csrf=csrf)
+
+
+def exchanges_table(exchanges: Sequence[Mapping[str, Any]]) -> str:
+    """Every request of the delivery in order: token requests, retries, lookups and updates."""
+    if not exchanges:
+        return ""
+    rows = []
+    for number, ex in enumerate(exchanges, 1):
+        answer = ex.get("status") if ex.get("status") is not None else f'{ex.get("error")}: {ex.get("detail")}'
+        headers = ", ".join(f"{k}: {v}" for k, v in (ex.get("headers") or {}).items())
+        body = (f'<details><summary>Response body</summary><pre>{pretty(ex.get("body"))}</pre></details>'
+                if ex.get("body") is not None else "")
+        rows.append(f'<tr><td class="num">{number}</td><td>{e(ex.get("step"))}</td>'
+                    f'<td><code>{e(ex.get("method"))} {e(ex.get("url"))}</code>{body}</td>'
+                    f'<td class="answer">{e(answer)}</td><td class="num">{e(ex.get("ms"))} ms</td><td>{e(headers)}</td></tr>')
+    return (f'<h3>Every request, in order</h3><table class="exchanges"><thead><tr><th scope="col">#</th>'
+            f'<th scope="col">Kind</th><th scope="col">Request</th><th scope="col">Answer</th>'
+            f'<th scope="col">Time</th><th scope="col">Rate-limit headers</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 def dead_letters_page(groups: Mapping[str, list[Mapping[str, Any]]], replayable: set[str], message: str | None,

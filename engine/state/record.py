@@ -255,6 +255,7 @@ class Recorder:
             "replay": replay,
             "incoming": incoming,
             "traits": dict(traits) if traits else None,
+            "exchanges": outcome.exchanges,
             "outcome_record": result,
         }
         recorded = Recorded.of(entry, self.redactor.redact_json)
