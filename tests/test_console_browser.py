@@ -152,7 +152,7 @@ def test_every_page_loads_without_a_browser_error_and_shows_the_run(console: Con
     open_page(browser, console.base + "/integrations")
     health = browser.find_element(By.CSS_SELECTOR, 'section[data-integration="lead-capture-fast"] table.health')
     hour = [td.text.split("\n")[0] for td in health.find_elements(By.CSS_SELECTOR, "tbody tr:first-child td")]
-    assert hour[:4] == ["2", "0", "1", "2"], hour  # delivered, failed, dead-lettered, dropped (identify, page)
+    assert hour[:6] == ["2", "0", "1", "2", "0", "1"], hour  # delivered, failed, dead-lettered, dropped, 429s, tokens
 
 
 def test_an_opened_event_shows_its_request_and_the_answer(console: Console, browser: Any) -> None:

@@ -43,7 +43,8 @@ def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], lette
             latencies = [float(r["latency_ms"]) for r in recent
                          if r.get("outcome") == DELIVERED and isinstance(r.get("latency_ms"), (int, float))
                          and r.get("attempts")]
-            windows[label] = {**counts, "total": len(recent), "http_429": sum(1 for r in recent if r.get("status") == 429),
+            windows[label] = {**counts, "total": len(recent), "http_429": sum(int(r.get("answers_429") or 0) for r in recent),
+                              "token_requests": sum(int(r.get("token_requests") or 0) for r in recent),
                               "p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95)}
         errors = [r for r in mine if r.get("outcome") in ERRORS]
         last = max(errors, key=lambda r: float(r.get("at") or 0)) if errors else None

@@ -212,6 +212,7 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
                            f'title="{e(k)}: {w[k]} of {w["total"]}"></meter></td>'
                            for k in (DELIVERED, FAILED, DEAD_LETTERED, DROPPED))
             rows.append(f'<tr><th scope="row">{e(label)}</th>{bars}<td class="num">{w["http_429"]}</td>'
+                        f'<td class="num">{w["token_requests"]}</td>'
                         f'<td class="num">{_ms(w["p50_ms"])}</td><td class="num">{_ms(w["p95_ms"])}</td></tr>')
         last = item.get("last_error")
         last_text = ("none" if not last else
@@ -220,7 +221,8 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
         cards.append(f'<section class="integration" data-integration="{e(item["integration"])}">'
                      f'<h2>{e(item["integration"])}</h2><table class="health"><thead><tr><th scope="col">Window</th>'
                      f'<th scope="col">Delivered</th><th scope="col">Failed</th><th scope="col">Dead-lettered</th>'
-                     f'<th scope="col">Dropped</th><th scope="col">429s</th><th scope="col">p50</th>'
+                     f'<th scope="col">Dropped</th><th scope="col">429s</th><th scope="col">Token requests</th>'
+                     f'<th scope="col">p50</th>'
                      f'<th scope="col">p95</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
                      f'<p>Last error: {last_text}. Dead letters waiting: '
                      f'<a href="/console/dead-letters">{item["dead_letters"]}</a>. Last event: '

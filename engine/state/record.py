@@ -43,7 +43,8 @@ FLUSH_SECONDS = 0.25  # the longest an entry waits in the buffer
 
 # The columns every entry has, for lists and figures, beside the full entry.
 SUMMARY_FIELDS = ("id", "at", "integration", "preset", "messageId", "type", "event", "email", "userId",
-                  "outcome", "reason", "cause", "status", "attempts", "latency_ms", "replay")
+                  "outcome", "reason", "cause", "status", "attempts", "latency_ms", "replay", "token_requests",
+                  "answers_429")
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,8 @@ class Recorder:
             "incoming": incoming,
             "traits": dict(traits) if traits else None,
             "exchanges": outcome.exchanges,
+            "token_requests": sum(1 for ex in outcome.exchanges or () if ex.get("step") == "token"),
+            "answers_429": sum(1 for ex in outcome.exchanges or () if ex.get("status") == 429),
             "outcome_record": result,
         }
         recorded = Recorded.of(entry, self.redactor.redact_json)
