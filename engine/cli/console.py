@@ -111,3 +111,35 @@ async def serve_console(args: argparse.Namespace, token: str | None, connections
     finally:
         backend.close()
         sys.stdout.flush()
+
+
+def console_mount(args: argparse.Namespace, preset: Any, settings: Any) -> Any:
+    """The console, mounted under /console on the intake's app, over the same state (see engine/console/)."""
+    from ..console import TOKEN_ENV, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
+    from ..console import create_console_app, mount
+
+    token = os.environ.get(TOKEN_ENV) or None
+    try:
+        check_exposure(args.host, token)
+    except ExposureRefused as exc:
+        raise UsageError(f"--console --host {args.host}: {exc}") from None
+    # With --redis and no settings file the intake has no credentials: the console cannot replay then.
+    connections = [Connection(preset, settings)] if args.redis is None or args.settings else []
+
+    def add(app: Any) -> None:
+        if args.redis:
+            from ..state.redis import RedisState
+
+            backend: Any = RedisState(args.redis)
+        else:
+            from ..state.sqlite import SqliteState
+
+            backend = SqliteState(args.state)
+
+        async def close(_: Any) -> None:
+            backend.close()
+
+        mount(app, create_console_app(ConsoleSource(backend, connections), Guard(token)))
+        app.on_cleanup.append(close)
+
+    return add

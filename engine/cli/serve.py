@@ -13,6 +13,7 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
+from .console import console_mount
 from .logs import add_logging_options
 from .report import EXIT_OK
 
@@ -79,39 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
                              intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
-                             record=args.record, mount=_console(args, preset, settings) if args.console else None)
+                             record=args.record, mount=console_mount(args, preset, settings) if args.console else None)
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK
-
-
-def _console(args: argparse.Namespace, preset: Any, settings: Any) -> Any:
-    """The console, mounted under /console on the intake's app, over the same state (see engine/console/)."""
-    from ..console import TOKEN_ENV, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
-    from ..console import create_console_app, mount
-
-    token = os.environ.get(TOKEN_ENV) or None
-    try:
-        check_exposure(args.host, token)
-    except ExposureRefused as exc:
-        raise UsageError(f"--console --host {args.host}: {exc}") from None
-    # With --redis and no settings file the intake has no credentials: the console cannot replay then.
-    connections = [Connection(preset, settings)] if args.redis is None or args.settings else []
-
-    def add(app: Any) -> None:
-        if args.redis:
-            from ..state.redis import RedisState
-
-            backend: Any = RedisState(args.redis)
-        else:
-            from ..state.sqlite import SqliteState
-
-            backend = SqliteState(args.state)
-
-        async def close(_: Any) -> None:
-            backend.close()
-
-        mount(app, create_console_app(ConsoleSource(backend, connections), Guard(token)))
-        app.on_cleanup.append(close)
-
-    return add
