@@ -579,7 +579,7 @@ class Engine:
                 return await self._sender.deliver(prepared, sent)
             trail = start_trail()  # this task's requests, for the record (engine.delivery.trail)
             result = await self._sender.deliver(prepared, sent)
-            result.exchanges = trail
+            result.exchanges = list(trail)
             return result
 
     async def _finish(self, result: Outcome) -> Outcome:

@@ -180,7 +180,11 @@ def test_an_opened_event_lists_every_request_in_order(console: Console, browser:
     # The first event of the run minted the token, then its create was answered 500 five times.
     assert [(row[1], row[3]) for row in trail] == [("token", "200")] + [("request", "500")] * 5
     assert all(row[2].startswith(("POST " + console.sandbox.base_url)) for row in trail)
-    assert "x-ratelimit-remaining" in trail[1][5].lower()
+    assert "x-ratelimit-remaining" in trail[1][6].lower()
+    assert float(trail[-1][4].split()[0]) > float(trail[1][4].split()[0])  # sent later: the backoff shows
+    if SHOTS is not None:
+        browser.execute_script("document.getElementById('attempts').scrollIntoView()")
+        browser.save_screenshot(str(SHOTS / "event-attempts.png"))
     assert console_errors(browser) == []
 
 

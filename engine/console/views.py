@@ -153,10 +153,12 @@ def exchanges_table(exchanges: Sequence[Mapping[str, Any]]) -> str:
                 if ex.get("body") is not None else "")
         rows.append(f'<tr><td class="num">{number}</td><td>{e(ex.get("step"))}</td>'
                     f'<td><code>{e(ex.get("method"))} {e(ex.get("url"))}</code>{body}</td>'
-                    f'<td class="answer">{e(answer)}</td><td class="num">{e(ex.get("ms"))} ms</td><td>{e(headers)}</td></tr>')
+                    f'<td class="answer">{e(answer)}</td><td class="num">{e(ex.get("after_ms"))} ms</td>'
+                    f'<td class="num">{e(ex.get("ms"))} ms</td><td>{e(headers)}</td></tr>')
     return (f'<h3>Every request, in order</h3><table class="exchanges"><thead><tr><th scope="col">#</th>'
             f'<th scope="col">Kind</th><th scope="col">Request</th><th scope="col">Answer</th>'
-            f'<th scope="col">Time</th><th scope="col">Rate-limit headers</th></tr></thead>'
+            f'<th scope="col" class="num">Sent after</th><th scope="col" class="num">Took</th>'
+            f'<th scope="col">Rate-limit headers</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 

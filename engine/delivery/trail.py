@@ -24,12 +24,20 @@ from .transport import HttpResponse, Transport, TransportError
 
 BODY_CAP = 2048  # characters of each response body kept
 _RATE_HEADER = re.compile(r"rate.?limit|retry-after", re.I)
-_TRAIL: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("signal_trail", default=None)
 
 
-def start_trail() -> list[dict[str, Any]]:
+class Trail(list):  # type: ignore[type-arg]
+    """The requests of one delivery, in order; ``started`` is when the first one left."""
+
+    started: float | None = None
+
+
+_TRAIL: contextvars.ContextVar[Trail | None] = contextvars.ContextVar("signal_trail", default=None)
+
+
+def start_trail() -> Trail:
     """A new trail for the delivery running in this task (and the tasks it starts)."""
-    trail: list[dict[str, Any]] = []
+    trail = Trail()
     _TRAIL.set(trail)
     return trail
 
@@ -44,8 +52,11 @@ class TrailingTransport:
         if trail is None:
             return await self.inner.send(request)
         started = time.perf_counter()
+        if trail.started is None:
+            trail.started = started
         line: dict[str, Any] = {"step": "request" if request.authenticated else "token", "method": request.method,
-                                "url": self.redactor.redact(request.url)}
+                                "url": self.redactor.redact(request.url),
+                                "after_ms": round((started - trail.started) * 1000, 1)}
         trail.append(line)
         try:
             response = await self.inner.send(request)
