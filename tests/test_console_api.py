@@ -30,8 +30,8 @@ def lead(tag: str) -> dict[str, Any]:
             "context": CONSENT, "traits": {"email": f"{tag}@example.com", "firstName": "Api", "lastName": "Test"}}
 
 
-def get(url: str, token: str | None = None) -> Any:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+def get(url: str, token: str | None = None, extra: dict[str, str] | None = None) -> Any:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(extra or {})}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as answer:
         return json.loads(answer.read())
 
@@ -141,3 +141,44 @@ def test_serve_console_refuses_a_public_host_without_a_token(tmp_path: Path) -> 
 def test_every_command_that_delivers_can_keep_no_record(command: str) -> None:
     proc = cli(*command.split(), "--help")
     assert "--no-record" in proc.stdout
+
+
+def test_sign_in_is_rate_limited_and_a_form_needs_its_csrf_token(tmp_path: Path) -> None:
+    from urllib.parse import urlencode
+
+    from engine.state.sqlite import SqliteState
+
+    SqliteState(tmp_path / "state").close()
+    token = "console-token-" + os.urandom(6).hex()
+    console = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console",
+                      env={"SIGNAL_CONSOLE_TOKEN": token})
+
+    def form(path: str, fields: dict[str, str], headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(base + path, data=urlencode(fields).encode(), method="POST",
+                                         headers={"Content-Type": "application/x-www-form-urlencoded",
+                                                  **(headers or {})})
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=10) as answer:
+                return answer.status, answer.headers
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers
+
+    try:
+        base = console.wait_for_line(r"^console on (http://\S+)$").group(1)
+        status, headers = form("login", {"token": token})
+        assert status == 303 and headers["Location"] == "/console/events"
+        cookie = headers["Set-Cookie"].split(";")[0]
+        assert token not in cookie
+        assert [form("login", {"token": "wrong"})[0] for _ in range(5)] == [401] * 5
+        assert form("login", {"token": token})[0] == 429  # even the right token waits out the minute
+        # Signed in, a replay form without the page's CSRF token is refused.
+        assert form("dead-letters/replay", {"integration": "x", "mode": "all"}, {"Cookie": cookie})[0] == 403
+        assert get(base + "api/events", None, {"Cookie": cookie}) == {"events": []}
+    finally:
+        console.stop()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
