@@ -20,8 +20,6 @@ from ..errors import StateError
 from ..record import Recorded, RecordLimits, RecordQuery
 from .keys import Keys
 
-SCAN_LIMIT = 2000  # entries read per integration to answer a filtered list
-
 
 class RedisRecord:
     def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,
@@ -59,9 +57,12 @@ class RedisRecord:
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
         names = [query.integration] if query.integration else self.integrations()
+        filtered = bool(query.outcome or query.reason or query.search)
+        # A filter or a search reads the integration's stream newest first, at most all it keeps.
+        count = self.limits.per_integration if filtered else query.limit
         rows = []
         for name in names:
-            for stream_id, fields in self.client.xrevrange(self.keys.record(name), count=SCAN_LIMIT):
+            for stream_id, fields in self.client.xrevrange(self.keys.record(name), count=count):
                 row = _summary(name, stream_id, fields)
                 if query.matches(row):
                     rows.append(row)
