@@ -110,6 +110,15 @@ def test_a_dlq_replay_is_recorded_and_the_api_replays_with_a_token(tmp_path: Pat
             assert [l["messageId"] for l in get(api + "/dead-letters", token)["dead_letters"]] == ["second-lead"]
             status, answer = post(api + "/dead-letters/replay", {"integration": "nobody", "ids": None}, token)
             assert status == 409 and "--preset" in answer["error"]
+            # "Replay all" under a cause filter replays only the letters of that cause: here none.
+            console_base = api[:-len("api")]
+            request = urllib.request.Request(console_base + "dead-letters/replay", method="POST",
+                                             data=b"integration=lead-capture-fast&mode=all&cause=http_418",
+                                             headers={"Authorization": f"Bearer {token}",
+                                                      "Content-Type": "application/x-www-form-urlencoded"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                assert "No http_418 letters are left" in answer.read().decode()
+            assert [l["messageId"] for l in get(api + "/dead-letters", token)["dead_letters"]] == ["second-lead"]
         finally:
             console.stop()
         # The CLI's replay is recorded the same way, marked as a replay, with the event its first outcome kept.

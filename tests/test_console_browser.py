@@ -232,6 +232,11 @@ def test_a_live_list_with_a_filter_shows_only_matching_new_events(console: Conso
 
 def test_replaying_a_dead_letter_by_clicking_delivers_it(console: Console, browser: Any) -> None:
     open_page(browser, console.base + "/dead-letters")
+    browser.find_element(By.CSS_SELECTOR, 'select[name="cause"] option[value="http_500"]').click()
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    WebDriverWait(browser, 10).until(lambda d: "cause=http_500" in d.current_url)
+    assert browser.find_elements(By.XPATH, "//button[normalize-space()='Replay all http_500']")
+    open_page(browser, console.base + "/dead-letters")
     section = browser.find_element(By.CSS_SELECTOR, "section.integration")
     assert "dead-lead" in section.text and "http_500" in section.text
     section.find_element(By.XPATH, ".//button[normalize-space()='Replay']").click()

@@ -130,12 +130,16 @@ async def event_page(request: web.Request) -> web.Response:
 async def dead_letters_page(request: web.Request) -> web.Response:
     source, guard = request.app[SOURCE], request.app[GUARD]
     letters = await _off_loop(source.dead_letters)
+    causes = sorted({str(letter.get("cause")) for letter in letters})
+    cause = request.query.get("cause") or None
     groups: dict[str, list[dict[str, Any]]] = {}
     for letter in letters:
-        groups.setdefault(letter["integration"], []).append(letter)
+        if cause is None or letter.get("cause") == cause:
+            groups.setdefault(letter["integration"], []).append(letter)
     replayable = {c.integration for c in source.connections}
     message = request.query.get("message")
-    return _html(views.dead_letters_page(groups, replayable, message[:300] if message else None, csrf=guard.csrf))
+    return _html(views.dead_letters_page(groups, replayable, message[:300] if message else None, causes, cause,
+                                         csrf=guard.csrf))
 
 
 async def replay_form(request: web.Request) -> web.Response:
@@ -147,6 +151,12 @@ async def replay_form(request: web.Request) -> web.Response:
     integration = str(form.get("integration", ""))
     if form.get("one"):
         ids: list[str] | None = [str(form["one"])]
+    elif form.get("mode") == "all" and form.get("cause"):
+        # "Replay all" under a cause filter: the letters the page showed, as they are now.
+        ids = [str(letter["id"]) for letter in await _off_loop(source.dead_letters, integration)
+               if letter.get("cause") == form.get("cause")]
+        if not ids:
+            return _message(f"No {form.get('cause')} letters are left for {integration}.")
     elif form.get("mode") == "all":
         ids = None
     else:

@@ -163,10 +163,13 @@ def exchanges_table(exchanges: Sequence[Mapping[str, Any]]) -> str:
 
 
 def dead_letters_page(groups: Mapping[str, list[Mapping[str, Any]]], replayable: set[str], message: str | None,
-                      *, csrf: str) -> str:
+                      causes: Sequence[str] = (), cause: str | None = None, *, csrf: str) -> str:
     parts = []
     if message:
         parts.append(f'<p class="notice" role="status" id="notice">{e(message)}</p>')
+    parts.append(f'<form class="filters" method="get" action="/console/dead-letters"><label>Cause '
+                 f'<select name="cause">{_options(causes, cause, "any")}</select></label>'
+                 f'<button type="submit">Filter</button></form>')
     if not groups:
         parts.append('<p class="empty">No dead letters.</p>')
     for name, letters in sorted(groups.items()):
@@ -183,14 +186,18 @@ def dead_letters_page(groups: Mapping[str, list[Mapping[str, Any]]], replayable:
                         f'</td><td>{e(when(letter.get("dead_lettered_at")))}</td><td>{e(letter.get("messageId"))}</td>'
                         f'<td>{e(letter.get("cause"))}</td><td>{e(letter.get("detail"))}{detail}</td>'
                         f'<td class="num">{e(letter.get("attempts"))}</td><td>{button}</td></tr>')
+        every = f"Replay all {cause}" if cause else "Replay all"
+        cause_field = f'<input type="hidden" name="cause" value="{e(cause)}">' if cause else ""
         actions = (f'<p class="actions"><button type="submit" name="mode" value="selected">Replay selected</button> '
-                   f'<button type="submit" name="mode" value="all">Replay all</button></p>'
+                   f'<button type="submit" name="mode" value="all">{e(every)}</button></p>'
                    if name in replayable else
                    '<p class="note">Replay needs this integration\'s credentials: start the console with '
                    '<code>--preset</code> and <code>--settings</code> for it.</p>')
         parts.append(f'<section class="integration"><h2>{e(name)} <small>{len(letters)} letter(s)</small></h2>'
                      f'<form method="post" action="/console/dead-letters/replay">'
-                     f'<input type="hidden" name="csrf" value="{e(csrf)}"><input type="hidden" name="integration" '
+                     f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+                     f'{cause_field}'
+                     f'<input type="hidden" name="integration" '
                      f'value="{e(name)}"><table class="letters"><thead><tr><th scope="col">Select</th>'
                      f'<th scope="col">Dead-lettered</th><th scope="col">messageId</th><th scope="col">Cause</th>'
                      f'<th scope="col">Detail</th><th scope="col">Attempts</th><th scope="col">Action</th></tr></thead>'
