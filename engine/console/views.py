@@ -87,7 +87,7 @@ def events_page(rows: Sequence[Mapping[str, Any]], integrations: Sequence[str], 
             f'</select></label>'
             f'<label>Outcome <select name="outcome">{_options(OUTCOMES, filters.get("outcome"), "any")}</select></label>'
             f'<label>Reason <input name="reason" value="{e(filters.get("reason"))}" '
-            f'placeholder="no_consent, http_500, 429"></label>'
+            f'placeholder="e.g. no_consent, http_500"></label>'
             f'<label>Search <input type="search" name="q" value="{e(filters.get("q"))}" '
             f'placeholder="email, userId or messageId"></label>'
             f'<button type="submit">Filter</button> <a href="/console/events">Clear</a></form>')
