@@ -24,5 +24,6 @@ for top, pattern in DATA.items():
 
 package_data["engine"] = ["py.typed"]
 package_data["engine.examples"] = ["*.ndjson"]  # the events of `signal-engine demo`
+package_data["engine.console"] = ["static/*.js", "static/*.css", "static/*.svg"]  # the console's own assets
 
 setup(packages=packages, package_dir=package_dir, package_data=package_data)

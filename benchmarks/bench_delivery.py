@@ -14,6 +14,11 @@ Two measurements, each against a baseline taken in the same run:
    a file of page views (all dropped), delivering and as a dry run, each minus
    the same command on an empty file (startup). The ratio is the per-drop cost
    of delivery mode over the dry run's.
+3. **Recording** (the console's record of recent events). Whole-process CPU
+   of ``signal-engine run`` delivering distinct leads to the sandbox (a quota
+   that never binds), and over the page views of 2., each with the record
+   (the default) and with ``--no-record``, minus the same command on an
+   empty file. The ratios are the per-lead and per-drop cost of recording.
 
     .venv/bin/python benchmarks/bench_delivery.py --leads 300 --quota 50 --window 5
 """
@@ -138,6 +143,63 @@ def drop_cost(drops: int, repeat: int) -> dict:
             "ratio": round(deliver / dry, 2) if dry > 0 else None}
 
 
+def record_cost(leads: int, drops: int, repeat: int) -> dict:
+    """CPU per lead and per drop with the record and with --no-record (a sandbox per lead run: its refresh
+    token rotates, so a second run with the same settings would not be authorised)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "context": CONSENT}
+        files = {
+            "leads": "\n".join(json.dumps(lead(i)) for i in range(leads)) + "\n",
+            "drops": "\n".join(json.dumps({**page, "messageId": f"p-{i}"}) for i in range(drops)) + "\n",
+            "empty": "",
+        }
+        for name, text in files.items():
+            (folder / f"{name}.ndjson").write_text(text, encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        figures: dict[str, list[float]] = {}
+        runs = 0
+        for _ in range(repeat):  # interleaved; a fresh state directory each time (the journal would skip leads)
+            for name in files:
+                for flag in ([], ["--no-record"]):
+                    runs += 1
+                    proc, base = start_sandbox(1_000_000, 3600, "clock") if name == "leads" else (None, "http://127.0.0.1:9")
+                    settings = folder / f"settings-{runs}.yaml"
+                    settings.write_text("\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n",
+                                        encoding="utf-8")
+                    args = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--settings", str(settings),
+                            "--state", str(folder / f"state-{runs}"), "--events", str(folder / f"{name}.ndjson"), *flag]
+                    try:
+                        figures.setdefault(f"{name}{'-off' if flag else ''}", []).append(child_cpu(args, env))
+                    finally:
+                        if proc is not None:
+                            proc.terminate()
+                            proc.wait(timeout=10)
+                    if name == "leads":
+                        delivered = _delivered(folder / f"state-{runs}")
+                        if delivered != leads:
+                            raise SystemExit(f"only {delivered} of {leads} leads were delivered: not a fair measure")
+    med = {k: statistics.median(v) for k, v in figures.items()}
+
+    def per(kind: str, off: bool, count: int) -> float:
+        suffix = "-off" if off else ""
+        return (med[kind + suffix] - med["empty" + suffix]) / count * 1e6
+
+    out = {}
+    for kind, count in (("leads", leads), ("drops", drops)):
+        on, off = per(kind, False, count), per(kind, True, count)
+        out[kind] = {"count": count, "record_us": round(on, 1), "no_record_us": round(off, 1),
+                     "ratio": round(on / off, 3) if off > 0 else None}
+    return out
+
+
+def _delivered(state: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(state / "state.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leads", type=int, default=300, help="backlog size (default 300)")
@@ -145,10 +207,17 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5.0, help="window in seconds (default 5)")
     parser.add_argument("--drops", type=int, default=20000, help="page views for the drop-cost run (default 20000)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of each drop-cost command (default 3)")
+    parser.add_argument("--record-leads", type=int, default=2000,
+                        help="distinct leads delivered for the recording cost (default 2000)")
+    parser.add_argument("--only-record", action="store_true", help="measure only the recording cost")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    record = record_cost(args.record_leads, args.drops, args.repeat)
+    if args.only_record:
+        print(json.dumps({"record": record}, indent=2))
+        return
     results = {"quota": [quota_run(args.leads, args.quota, args.window, a) for a in ("clock", "first_request")],
-               "drops": drop_cost(args.drops, args.repeat)}
+               "drops": drop_cost(args.drops, args.repeat), "record": record}
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -161,6 +230,10 @@ def main() -> None:
     d = results["drops"]
     print(f"\ndrops ({d['drops']} page views, CPU per drop, startup subtracted): delivery mode "
           f"{d['deliver_us_per_drop']} µs, dry run {d['dry_run_us_per_drop']} µs, ratio {d['ratio']}×")
+    for kind in ("leads", "drops"):
+        r = record[kind]
+        print(f"recording, CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the record {r['record_us']} µs, "
+              f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×")
 
 
 if __name__ == "__main__":

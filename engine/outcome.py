@@ -52,6 +52,8 @@ class Outcome:
     # A dry run of an action that sends more than one request before it knows an answer
     # (an upsert's lookup_first): every one of them, in the order they go; ``request`` stays the create.
     requests: list[dict[str, Any]] | None = None
+    # Every request of the delivery in order (engine.delivery.trail), for the console; not in to_dict.
+    exchanges: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}

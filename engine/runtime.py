@@ -34,6 +34,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Iterable,
     Mapping,
 )
@@ -46,6 +47,7 @@ from .delivery.auth import Auth, build_auth
 from .delivery.batch import Batcher
 from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
+from .delivery.trail import TrailingTransport, start_trail
 from .delivery.transport import AiohttpTransport, Transport
 from .language.compiler import load_preset
 from .language.model import Preset
@@ -67,6 +69,7 @@ from .state.buffered import (
 from .state.dead_letters import DeadLetterStore, entry_for
 from .state.identity import IdentityLimits, IdentityStore
 from .state.journal import DeliveryJournal, event_key
+from .state.record import Recorder, RecordLimits, preset_integration
 from .state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
@@ -85,7 +88,8 @@ class Engine:
                  on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
                  session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, reset_state: bool = False) -> None:
+                 rng: random.Random | None = None, reset_state: bool = False,
+                 record: bool | RecordLimits = True, integration: str | None = None) -> None:
         self.preset = preset
         self.settings = settings
         self.state_dir = Path(state) if isinstance(state, (str, Path)) else None
@@ -137,6 +141,12 @@ class Engine:
                                        backend.journal(preset.name, preset.delivery.dedupe_window_seconds))
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
+        # The console's record of recent events, when the backend keeps one (state.db, Redis) and it is wanted.
+        self.integration = integration or preset_integration(preset.name, preset.path)
+        record_store = getattr(backend, "record", None) if record is not False else None
+        self.recorder = Recorder(record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
+                                 self.integration, preset.name, redactor=self.redactor,
+                                 preset_path=str(preset.path) if preset.path else None) if record_store else None
         self.auth: Auth | None = None  # built on start(), with the transport
         # A backend shared by several processes may also share the rate budget (one for all workers).
         # Each further window has its own shared budget beside the first one's.
@@ -164,6 +174,8 @@ class Engine:
                     self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
                 self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds,
                                                    self.preset.delivery.max_response_bytes)
+            if self.recorder is not None:
+                self._transport = TrailingTransport(self._transport, self.redactor)
             self._slots = asyncio.Semaphore(self.concurrency)
             self.auth = build_auth(self.preset.auth, self.settings, self.redactor, self._transport,
                                    self.preset.delivery.retries, store=self.token_store, clock=self._clock,
@@ -229,6 +241,8 @@ class Engine:
             if self._batcher is not None:
                 self._batcher.cancel_all()
             cancel_all(self._stores())
+            if self.recorder is not None:
+                self.recorder.close()
             try:
                 if self._session is not None and self._own_session:
                     await self._session.close()
@@ -330,10 +344,12 @@ class Engine:
         """Filter, transform and deliver one event; always returns its one outcome."""
         self._check_open()
         await self.start()
+        started = self._clock()
         prepared = self.pipeline.prepare(event, index)
         if isinstance(prepared, Outcome):
-            return await self._finish(prepared)
-        return await self._track(self._deliver_once(prepared, event_key(event)))
+            return self._noted(event, await self._finish(prepared), started)
+        return self._noted(event, await self._track(self._deliver_once(prepared, event_key(event))), started,
+                           prepared.traits)
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
@@ -407,15 +423,21 @@ class Engine:
 
         A drop is final at once: with no callback, or a plain one, it needs no task.
         """
+        started = self._clock()
         prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
         if not isinstance(prepared, Outcome):
-            return asyncio.ensure_future(self._track(self._deliver_once(prepared, event_key(event))))
+            work = self._track(self._deliver_once(prepared, event_key(event)))
+            if self.recorder is not None:
+                work.add_done_callback(lambda done: done.cancelled() or done.exception() is not None
+                                       or self._noted(event, done.result(), started, prepared.traits))
+            return work
+        self._noted(event, prepared, started)
         if self.on_outcome is None:
             return prepared
         return asyncio.ensure_future(self._finish(prepared))
 
-    async def replay_dead_letters(self) -> list[Outcome]:
-        """Re-send every dead letter of this preset; keep only those that still do not succeed.
+    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Outcome]:
+        """Re-send every dead letter of this preset (or those with these ``ids``); keep only those that still fail.
 
         A letter that cannot be replayed here (unknown action, or recorded for
         another origin than the settings name now) stays in the store, and its
@@ -425,10 +447,17 @@ class Engine:
         adds meanwhile are never touched.
         """
         await self.start()
-        mine = self.dead_letters.entries(self.preset.name)
+        mine = [entry for entry in self.dead_letters.entries(self.preset.name) if ids is None or entry.get("id") in ids]
         return list(await asyncio.gather(*(self._track(self._replay(entry)) for entry in mine)))
 
     async def _replay(self, entry: dict[str, Any]) -> Outcome:
+        started = self._clock()
+        result = await self._replay_letter(entry)
+        if self.recorder is not None and result.cause != oc.NOT_SENT:
+            self.recorder.note(None, result, self._clock() - started, replay=True)
+        return result
+
+    async def _replay_letter(self, entry: dict[str, Any]) -> Outcome:
         letter_id, key = entry.get("id"), entry.get("key")
         prepared = self._prepared_from_letter(entry)
         if isinstance(prepared, str):
@@ -451,6 +480,13 @@ class Engine:
         return result
 
     # -- internals ------------------------------------------------------------
+    def _noted(self, event: Any, result: Outcome, started: float, traits: Mapping[str, Any] | None = None) -> Outcome:
+        """Hand the outcome to the record of recent events (buffered; see :mod:`engine.state.record`)."""
+        if self.recorder is not None:
+            self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
+                               traits=traits)
+        return result
+
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("engine is closed")
@@ -525,9 +561,10 @@ class Engine:
                                 type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
-                kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
-                                                       self._sender.original_request(prepared), key,
-                                                       self._letter_context(prepared)))
+                kept = self.dead_letters.add({**entry_for(self.preset.name, prepared.action.name, result,
+                                                          self._sender.original_request(prepared), key,
+                                                          self._letter_context(prepared)),
+                                              "integration": self.integration})
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
@@ -561,7 +598,12 @@ class Engine:
         if prepared.action.batch is not None and self._batcher is not None:
             return await self._batcher.submit(prepared, sent)  # takes a slot per request, not per event
         async with self._slots:
-            return await self._sender.deliver(prepared, sent)
+            if self.recorder is None:
+                return await self._sender.deliver(prepared, sent)
+            trail = start_trail()  # this task's requests, for the record (engine.delivery.trail)
+            result = await self._sender.deliver(prepared, sent)
+            result.exchanges = list(trail)
+            return result
 
     async def _finish(self, result: Outcome) -> Outcome:
         """Hand the outcome to the host's callback; a failing callback must not lose the outcome."""

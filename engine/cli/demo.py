@@ -99,7 +99,7 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
         lines = InputLines(events, DEFAULT_MAX_EVENT_BYTES, warn)
         stop = RunStop()
         run_args = argparse.Namespace(state=state, events=events, grace=DEFAULT_GRACE_SECONDS,
-                                      verbose=args.verbose, log_format=args.log_format)
+                                      verbose=args.verbose, log_format=args.log_format, record=True)
         code = await deliver(preset, settings, run_args, raw, lines, report, stop, print_outcomes=not args.quiet)
 
         if report.not_resent:

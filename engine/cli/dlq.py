@@ -44,6 +44,8 @@ def register(sub: Any) -> None:
             cmd.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
                              help="after SIGINT or SIGTERM, how long replays already sent may take to finish; "
                                   "letters not yet sent stay as they are (default: %(default)g)")
+            cmd.add_argument("--no-record", dest="record", action="store_false",
+                             help="keep no record of the replays for the console")
             add_logging_options(cmd)
         add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
@@ -57,14 +59,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         if args.reset_state:
             raise UsageError("--reset-state applies to a --state directory, not to --redis")
         return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
-                                                                args.log_format, args.grace)
+                                                                args.log_format, args.grace, args.record)
                            if replaying else dlq_list(preset, settings, state))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
     check_state_dir(args.state, reset=args.reset_state)  # a refused state.db: one line, before anything is read
     if replaying:
-        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace)
+        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, args.record)
     return dlq_list(preset, settings, args.state)
 
 
@@ -95,7 +97,7 @@ def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
 
 
 def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text",
-               grace: float = DEFAULT_GRACE_SECONDS) -> int:
+               grace: float = DEFAULT_GRACE_SECONDS, record: bool = True) -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
 
     if isinstance(state, str):
@@ -105,7 +107,7 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
     async def main() -> int:
         from ..runtime import Engine
 
-        engine = Engine(preset, settings, state=state)
+        engine = Engine(preset, settings, state=state, record=record)
 
         def on_signal(signum: int) -> None:
             first = stop.on_signal(signum)

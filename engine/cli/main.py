@@ -122,7 +122,7 @@ def _problem(line: str) -> dict[str, Any]:
 # named command's module is imported: each pulls in what its command needs.
 COMMANDS = (("demo", "demo"), ("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
             ("init", "scaffold"), ("auth", "auth"), ("dlq", "dlq"), ("sandbox", "sandbox"), ("serve", "serve"),
-            ("worker", "worker"), ("tail", "tail"))
+            ("worker", "worker"), ("tail", "tail"), ("console", "console"))
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:

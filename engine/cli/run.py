@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
                           "finish before they are dead-lettered as interrupted (default: %(default)g)")
     run.add_argument("--max-event-bytes", type=_byte_count, default=DEFAULT_MAX_EVENT_BYTES, metavar="BYTES",
                      help="a longer input line is not read: it is one invalid_event (default: %(default)d)")
+    run.add_argument("--no-record", dest="record", action="store_false",
+                     help="keep no record of recent events for the console (default: the last 10,000 per "
+                          "integration, at most 7 days, in the state directory)")
     add_logging_options(run)
     add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
@@ -183,7 +186,7 @@ async def deliver(preset: Preset, settings: Settings, args: argparse.Namespace, 
     from .input_batches import batches
     from .logs import configure_logging
 
-    engine = Engine(preset, settings, state=args.state)
+    engine = Engine(preset, settings, state=args.state, record=args.record)
 
     def on_signal(signum: int) -> None:
         first = stop.on_signal(signum)

@@ -14,6 +14,7 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
+from .console import console_mount
 from .logs import add_logging_options
 from .report import EXIT_OK
 
@@ -55,6 +56,12 @@ def register(sub: Any) -> None:
     serve.add_argument("--drain-seconds", type=float, default=30.0,
                        help="on SIGTERM, how long to finish what is under way" + DEFAULT)
     serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
+    serve.add_argument("--no-record", dest="record", action="store_false",
+                       help="keep no record of recent events for the console (default: the last 10,000 per "
+                            "integration, at most 7 days)")
+    serve.add_argument("--console", action="store_true",
+                       help="also serve the web console under /console on this port; any --host but loopback "
+                            "needs $SIGNAL_CONSOLE_TOKEN")
     add_logging_options(serve)
     add_preset_path_option(serve)
     serve.set_defaults(func=cmd_serve)
@@ -91,7 +98,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
                              intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
-                             max_deliveries=args.max_deliveries)
+                             max_deliveries=args.max_deliveries, record=args.record,
+                             mount=console_mount(args, preset, settings) if args.console else None)
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

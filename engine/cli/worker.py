@@ -36,6 +36,9 @@ def register(sub: Any) -> None:
                         help="serve /metrics, /healthz and /readyz on this port (0 picks one; default: none)")
     worker.add_argument("--host", default="127.0.0.1", help="address of the metrics port" + DEFAULT)
     worker.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
+    worker.add_argument("--no-record", dest="record", action="store_false",
+                        help="keep no record of recent events for the console (default: the last 10,000 per "
+                             "integration, at most 7 days)")
     add_logging_options(worker)
     add_preset_path_option(worker)
     worker.set_defaults(func=cmd_worker, port=None)
@@ -57,7 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     options = ServiceOptions(preset, settings, redis=args.redis, host=args.host, consumer=args.consumer,
                              visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
                              metrics_port=args.metrics_port, print_outcomes=not args.quiet,
-                             max_deliveries=args.max_deliveries)
+                             max_deliveries=args.max_deliveries, record=args.record)
     with service_errors(args):
         asyncio.run(work(options, configure_for(args)))
     return EXIT_OK

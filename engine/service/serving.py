@@ -65,6 +65,8 @@ class ServiceOptions:
     metrics_port: int | None = None  # the worker's /metrics; None: not served
     print_outcomes: bool = True
     max_deliveries: int = MAX_DELIVERIES  # then a dead letter, cause poison
+    record: bool = True  # the record of recent events the console shows (--no-record: none)
+    mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
 
 
 class CountingTransport:
@@ -124,7 +126,7 @@ async def _engine(options: ServiceOptions, metrics: Metrics, state: Any) -> tupl
                                     raise_for_status=False)
     transport = CountingTransport(AiohttpTransport(session, delivery.timeout_seconds, delivery.max_response_bytes),
                                   metrics)
-    engine = Engine(options.preset, options.settings, state=state, transport=transport)
+    engine = Engine(options.preset, options.settings, state=state, transport=transport, record=options.record)
     return engine, session
 
 
@@ -160,6 +162,13 @@ async def serve(options: ServiceOptions, configure: Configure, *,
     return await _serve_redis(options, configure, metrics, stop, say)
 
 
+def _intake_app(intake: Intake, options: ServiceOptions) -> web.Application:
+    app = create_app(intake)
+    if options.mount is not None:
+        options.mount(app)
+    return app
+
+
 def _intake_redactor(options: ServiceOptions) -> Redactor:
     redactor = Redactor(options.settings.secrets())
     for key in options.intake.write_keys:
@@ -185,7 +194,7 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
         _gauges(metrics, queue, engine)
         worker_stop = asyncio.Event()
         with _signals(stop):
-            runner, port = await _start_site(create_app(intake), options.host, options.port)
+            runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 async with engine:
                     worker_task = asyncio.ensure_future(worker.run(worker_stop))
@@ -227,7 +236,7 @@ async def _serve_redis(options: ServiceOptions, configure: Configure, metrics: M
 
         metrics.on_scrape(refresh)
         with _signals(stop):
-            runner, port = await _start_site(create_app(intake), options.host, options.port)
+            runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 say(url_of(options.host, port))
                 await stop.wait()

@@ -20,6 +20,7 @@ import redis.asyncio
 
 from ..errors import StateError
 from ..identity import IdentityLimits
+from ..record import RecordLimits
 from .dead_letters import RedisDeadLetters
 from .identity import ReadOnlyIdentity, RedisIdentityStore
 from .journal import RedisJournal
@@ -27,10 +28,11 @@ from .keys import DEFAULT_PREFIX, Keys
 from .locks import RedisKeyLocks
 from .queue import RedisQueue
 from .rate_budget import RedisRateBudget
+from .record import RedisRecord
 from .tokens import RedisTokenStore
 
 __all__ = ["RedisState", "RedisIdentityStore", "RedisJournal", "RedisDeadLetters", "RedisTokenStore",
-           "RedisRateBudget", "RedisQueue", "RedisKeyLocks", "ReadOnlyIdentity", "Keys", "connect_check"]
+           "RedisRateBudget", "RedisRecord", "RedisQueue", "RedisKeyLocks", "ReadOnlyIdentity", "Keys", "connect_check"]
 
 CONNECT_TIMEOUT = 5.0
 
@@ -63,6 +65,10 @@ class RedisState:
 
     def rate_budget(self, name: str, rate: float, capacity: float) -> RedisRateBudget:
         return RedisRateBudget(self.client, self.keys, name, rate, capacity)
+
+    def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:
+        """The record of recent events the console reads (see :mod:`engine.state.record`)."""
+        return RedisRecord(self.client, self.keys, limits)
 
     def async_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)

@@ -59,3 +59,9 @@ class Keys:
 
     def rate(self, name: str) -> str:
         return f"{self.prefix}:rate:{name}"
+
+    def record(self, integration: str) -> str:
+        return f"{self.prefix}:record:{integration}"
+
+    def record_names(self) -> str:
+        return f"{self.prefix}:record-names"

@@ -11,17 +11,19 @@ from typing import Callable
 
 from ..errors import StateError
 from ..identity import IdentityLimits
+from ..record import RecordLimits
 from .database import DB_NAME, Database
 from .dead_letters import SqliteDeadLetters
 from .identity import SqliteIdentityStore
 from .journal import SqliteJournal
 from .legacy import import_legacy
+from .record import SqliteRecord
 from .tokens import LOCK_NAME, SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DB_NAME", "LOCK_NAME", "Database", "SqliteDeadLetters", "SqliteIdentityStore", "SqliteJournal",
-           "SqliteState", "SqliteTokenStore"]
+           "SqliteRecord", "SqliteState", "SqliteTokenStore"]
 
 
 class SqliteState:
@@ -60,6 +62,10 @@ class SqliteState:
 
     def tokens(self, client_id: str) -> SqliteTokenStore:
         return SqliteTokenStore(self.db, client_id)
+
+    def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:
+        """The record of recent events the console reads (see :mod:`engine.state.record`)."""
+        return SqliteRecord(self.db, limits, clock=self._clock)
 
     def close(self) -> None:
         self.db.close()

@@ -1,0 +1,60 @@
+"""Each integration's health, computed from the record of recent events.
+
+The figures cover what the record still holds (at most its count per
+integration and its age): for a busy integration, "the last day" is the
+last day the record reaches back to, and the page says how far that is.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from ..outcome import DEAD_LETTERED, DELIVERED, DROPPED, FAILED
+
+WINDOWS = (("last hour", 3600.0), ("last day", 86400.0))
+COUNTED = (DELIVERED, FAILED, DEAD_LETTERED, DROPPED)
+ERRORS = (FAILED, DEAD_LETTERED)
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile (p50, p95) of latencies in milliseconds."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction)
+    return ordered[int(rank) - 1]
+
+
+def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], letters: Mapping[str, int], *,
+           clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
+    """Per integration: counts by outcome, 429s and p50/p95 latency per window, the last error, letters waiting."""
+    now = clock()
+    by_name: dict[str, list[Mapping[str, Any]]] = {name: [] for name in integrations}
+    for row in rows:
+        by_name.setdefault(str(row.get("integration")), []).append(row)
+    out = []
+    for name in sorted(by_name):
+        mine = by_name[name]
+        windows = {}
+        for label, seconds in WINDOWS:
+            recent = [r for r in mine if float(r.get("at") or 0) >= now - seconds]
+            counts = {kind: sum(1 for r in recent if r.get("outcome") == kind) for kind in COUNTED}
+            latencies = [float(r["latency_ms"]) for r in recent
+                         if r.get("outcome") == DELIVERED and isinstance(r.get("latency_ms"), (int, float))
+                         and r.get("attempts")]
+            windows[label] = {**counts, "total": len(recent), "http_429": sum(int(r.get("answers_429") or 0) for r in recent),
+                              "token_requests": sum(int(r.get("token_requests") or 0) for r in recent),
+                              "p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95)}
+        errors = [r for r in mine if r.get("outcome") in ERRORS]
+        last = max(errors, key=lambda r: float(r.get("at") or 0)) if errors else None
+        out.append({
+            "integration": name,
+            "windows": windows,
+            "last_error": None if last is None else {"at": last.get("at"), "outcome": last.get("outcome"),
+                                                     "cause": last.get("cause"), "status": last.get("status"),
+                                                     "messageId": last.get("messageId"), "id": last.get("id")},
+            "dead_letters": letters.get(name, 0),
+            "last_event_at": max((float(r.get("at") or 0) for r in mine), default=None),
+        })
+    return out

@@ -1,0 +1,146 @@
+"""What the console reads and the few things it may do, over the same stores the engine writes.
+
+The console holds no delivery logic: it reads the record of recent events
+(:mod:`engine.state.record`) and the dead letters, explains a recorded event
+by re-running the pipeline's ``explain`` on it (reading, never writing, the
+identity memory), and replays dead letters through
+:meth:`engine.runtime.Engine.replay_dead_letters`, the operation behind
+``signal-engine dlq replay``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..language.compiler import load_preset
+from ..language.model import Preset
+from ..language.settings import Settings, resolve
+from ..outcome import Outcome
+from ..pipeline.explain import explain
+from ..pipeline.identity import IdentityMemory
+from ..pipeline.prepare import Pipeline
+from ..redaction import Redactor
+from ..runtime import Engine
+from ..state.identity import IdentityLimits, Remembered, Slot
+from ..state.record import EventRecord, RecordQuery, integration_name, preset_integration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Connection:
+    """A preset with the settings to deliver it: what replaying an integration's letters needs."""
+
+    preset: Preset
+    settings: Settings
+    integration: str = ""
+
+    def __post_init__(self) -> None:
+        self.integration = self.integration or preset_integration(self.preset.name, self.preset.path)
+
+
+@dataclass
+class ConsoleSource:
+    """The stores of one state directory or Redis, and the connections the console may replay through."""
+
+    backend: Any  # a StateBackend with record() (SqliteState, RedisState)
+    connections: Sequence[Connection] = ()
+    redactor: Redactor = field(default_factory=Redactor)
+
+    def __post_init__(self) -> None:
+        self.record: EventRecord = self.backend.record()
+        self.letters = self.backend.dead_letters()
+        for connection in self.connections:
+            for secret in connection.settings.secrets():
+                self.redactor.add(secret)
+        self._replaying = asyncio.Lock()
+
+    def connection(self, integration: str) -> Connection | None:
+        return next((c for c in self.connections if c.integration == integration), None)
+
+    def integrations(self) -> list[str]:
+        names = set(self.record.integrations()) | {c.integration for c in self.connections}
+        names |= {letter_integration(e) for e in self.letters.entries()}
+        return sorted(names)
+
+    # -- events -------------------------------------------------------------
+    def events(self, query: RecordQuery) -> list[dict[str, Any]]:
+        return self.redactor.redact(self.record.recent(query))
+
+    def event(self, entry_id: str, *, with_explain: bool = True) -> dict[str, Any] | None:
+        entry = self.record.get(entry_id)
+        if entry is None:
+            return None
+        if with_explain:
+            entry["explain"] = self._explain(entry)
+        return self.redactor.redact(entry)
+
+    def _explain(self, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The trace of the recorded event, computed now with the identity memory as it is now (read only)."""
+        incoming = entry.get("incoming")
+        if not isinstance(incoming, dict):
+            return None
+        connection = self.connection(str(entry.get("integration")))
+        try:
+            if connection is not None:
+                preset, settings = connection.preset, connection.settings
+            else:
+                preset = load_preset(str(entry.get("preset_path") or entry.get("preset")))
+                settings = resolve(preset.settings, {}, require=False)
+            store = self.backend.identity(preset.name, IdentityLimits.of(preset.identity))
+            memory = IdentityMemory.for_preset(preset.identity, _ReadOnly(store))
+            return explain(Pipeline(preset, settings, memory), incoming)
+        except Exception as exc:  # noqa: BLE001 - a preset gone or changed: the page says so, the rest shows
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+            return {"error": f"cannot explain this event now: {first}"}
+
+    # -- dead letters -------------------------------------------------------
+    def dead_letters(self, integration: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for entry in self.letters.entries():
+            name = letter_integration(entry)
+            if integration is None or name == integration:
+                out.append({**entry, "integration": name})
+        return self.redactor.redact(out)
+
+    async def replay(self, integration: str, ids: Sequence[str] | None = None) -> list[Outcome]:
+        """``dlq replay`` for one integration (only ``ids``, when given); the outcomes are recorded as replays."""
+        connection = self.connection(integration)
+        if connection is None:
+            raise ReplayUnavailable(f"no settings for {integration!r}: start the console with --preset and "
+                                    "--settings for it (replaying needs the credentials)")
+        async with self._replaying:  # one replay at a time: two would send the same letter twice
+            engine = Engine(connection.preset, connection.settings, state=self.backend,
+                            integration=connection.integration)
+            async with engine:
+                return await engine.replay_dead_letters(None if ids is None else set(ids))
+
+
+class ReplayUnavailable(Exception):
+    """The console was not given the credentials of this integration."""
+
+
+def letter_integration(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("integration") or integration_name(str(entry.get("preset") or "")))
+
+
+class _ReadOnly:
+    """The identity memory as an explanation sees it: recalled, never changed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def merge(self, slots: Sequence[Slot], traits: Mapping[str, Any], owner: str | None) -> None:
+        return None
+
+    def forget(self, slots: Sequence[Slot]) -> None:
+        return None
+
+    def recall(self, kind: str, ident: str) -> Remembered | None:
+        return self.inner.recall(kind, ident)
+
+
+__all__ = ["ConsoleSource", "Connection", "ReplayUnavailable", "letter_integration", "RecordQuery"]

@@ -1,0 +1,78 @@
+"""Every request of one event's delivery, in order: the trail the console shows an opened event with.
+
+A :class:`TrailingTransport` wraps the engine's transport and, while a
+delivery has started a trail (:func:`start_trail`, a context variable of the
+task that delivers the event), appends one line per request: the step
+(create, lookup, update, token), the method and URL (no query string: a key
+may ride there), the status or the failure, the time it took, the headers
+that speak of rate limits, and the response body, capped (never a token
+answer's). Request bodies and headers are not kept (the outcome holds the masked request); every string
+passes the engine's redactor.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import time
+from typing import Any
+
+from ..envelope import HttpRequest
+from ..redaction import Redactor
+from .transport import HttpResponse, Transport, TransportError
+
+BODY_CAP = 2048  # characters of each response body kept
+_RATE_HEADER = re.compile(r"rate.?limit|retry-after", re.I)
+
+
+class Trail(list):  # type: ignore[type-arg]
+    """The requests of one delivery, in order; ``started`` is when the first one left."""
+
+    started: float | None = None
+
+
+_TRAIL: contextvars.ContextVar[Trail | None] = contextvars.ContextVar("signal_trail", default=None)
+
+
+def start_trail() -> Trail:
+    """A new trail for the delivery running in this task (and the tasks it starts)."""
+    trail = Trail()
+    _TRAIL.set(trail)
+    return trail
+
+
+class TrailingTransport:
+    def __init__(self, inner: Transport, redactor: Redactor) -> None:
+        self.inner = inner
+        self.redactor = redactor
+
+    async def send(self, request: HttpRequest) -> HttpResponse:
+        trail = _TRAIL.get()
+        if trail is None:
+            return await self.inner.send(request)
+        started = time.perf_counter()
+        if trail.started is None:
+            trail.started = started
+        line: dict[str, Any] = {"step": "request" if request.authenticated else "token", "method": request.method,
+                                "url": self.redactor.redact(request.url),
+                                "after_ms": round((started - trail.started) * 1000, 1)}
+        trail.append(line)
+        try:
+            response = await self.inner.send(request)
+        except TransportError as exc:
+            line.update(error=exc.kind, detail=self.redactor.redact(str(exc)),
+                        ms=round((time.perf_counter() - started) * 1000, 1))
+            raise
+        line.update(status=response.status, ms=round((time.perf_counter() - started) * 1000, 1),
+                    headers=self.redactor.redact({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}),
+                    # A token answer holds tokens the redactor learns of only after this: never kept.
+                    body=self.redactor.redact(_capped(response.body)) if request.authenticated else None)
+        return response
+
+
+def _capped(body: Any) -> Any:
+    if body is None:
+        return None
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, default=str)
+    return body if len(text) <= BODY_CAP else text[:BODY_CAP] + f"… ({len(text) - BODY_CAP} more characters)"

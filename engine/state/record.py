@@ -1,0 +1,368 @@
+"""The record of recent events: what the console shows, kept bounded and masked.
+
+Every outcome an engine hands out can be written here, with the incoming
+event, the masked request, the last response (its body capped), the attempt
+count, the latency and the integration it belongs to. It is a window on
+recent work, not an archive: each implementation keeps at most
+``RecordLimits.per_integration`` entries per integration (10,000 by default)
+and none older than ``RecordLimits.max_age_seconds`` (7 days), trimming as it
+writes.
+
+Secrets never get here: the request on an outcome is already the masked
+view, and :class:`Recorder` passes everything (the incoming event too)
+through the engine's :class:`~engine.redaction.Redactor` before it is kept.
+
+Writes are buffered and committed in small batches (:class:`Recorder`), so
+recording costs a delivery an entry in a list, not a transaction. Losing
+the record (a disk that refuses writes) is logged and costs no event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+
+import orjson
+
+from ..outcome import Outcome
+from ..redaction import Redactor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PER_INTEGRATION = 10_000
+DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600.0
+RESPONSE_BODY_CAP = 4096  # characters of a response body kept in the record
+EVENT_CAP = 16_384  # characters of an incoming event kept whole; a larger one is cut to its identifying fields
+FLUSH_EVERY = 512  # entries buffered before a write (a write trims too: fewer, larger ones cost less)
+FLUSH_SECONDS = 0.25  # the longest an entry waits in the buffer
+
+# The columns every entry has, for lists and figures, beside the full entry.
+SUMMARY_FIELDS = ("id", "at", "integration", "preset", "messageId", "type", "event", "email", "userId",
+                  "outcome", "reason", "cause", "status", "attempts", "latency_ms", "replay", "token_requests",
+                  "answers_429")
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    per_integration: int = DEFAULT_PER_INTEGRATION
+    max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """What the console asks for; every field narrows the answer (``None``: any)."""
+
+    integration: str | None = None
+    outcome: str | None = None
+    reason: str | None = None  # a drop reason, a failure cause, or a response status ("429")
+    search: str | None = None  # an email (part of one), a userId or a messageId
+    limit: int = 100
+
+    def matches(self, row: Mapping[str, Any]) -> bool:
+        if self.integration and row.get("integration") != self.integration:
+            return False
+        if self.outcome and row.get("outcome") != self.outcome:
+            return False
+        if self.reason and self.reason not in (row.get("reason"), row.get("cause"), str(row.get("status"))):
+            return False
+        if self.search:
+            needle = self.search.strip().lower()
+            email = str(row.get("email") or "").lower()
+            if needle not in email and needle not in (str(row.get("userId") or "").lower(),
+                                                      str(row.get("messageId") or "").lower()):
+                return False
+        return True
+
+
+class Recorded(NamedTuple):
+    """One entry as a store keeps it: the columns it filters on, the summary and the full entry as JSON text.
+
+    The texts are serialized (and masked) once, by the :class:`Recorder`; a
+    store adds the entry's ``id`` when it reads them back.
+    """
+
+    integration: str
+    at: float
+    outcome: str | None
+    reason: str | None  # the drop reason, else the failure cause
+    email: str | None  # lower-cased, for search
+    user_id: str | None
+    message_id: str | None
+    summary: str
+    entry: str
+
+    @classmethod
+    def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> "Recorded":
+        def lower(value: Any) -> str | None:
+            return mask(value).lower() if isinstance(value, str) else None
+
+        return cls(str(entry["integration"]), float(entry["at"]), entry.get("outcome"),
+                   entry.get("reason") or entry.get("cause"), lower(entry.get("email")), lower(entry.get("userId")),
+                   lower(entry.get("messageId")), mask(_json(summary(entry))), mask(_json(entry)))
+
+    def summary_row(self, entry_id: str) -> dict[str, Any]:
+        return {**orjson.loads(self.summary), "id": entry_id}
+
+    def full(self, entry_id: str) -> dict[str, Any]:
+        return {**orjson.loads(self.entry), "id": entry_id}
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class EventRecord(Protocol):
+    """A bounded store of recent outcomes; every call is atomic and safe beside a writer in another process."""
+
+    def add_many(self, entries: Sequence[Recorded]) -> None:
+        """Keep these entries, then trim to the limits."""
+
+    def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
+        """Summary rows (:data:`SUMMARY_FIELDS`), newest first."""
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        """One full entry, or ``None`` when it is gone (trimmed) or never was."""
+
+    def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
+        """Summary rows added after ``cursor``, oldest first, and the cursor to ask with next.
+
+        ``None`` starts from now: no rows, just the cursor (the live list's start)."""
+
+    def window(self, since: float) -> list[dict[str, Any]]:
+        """Summary rows recorded at or after ``since`` (a Unix time), for the figures."""
+
+    def integrations(self) -> list[str]:
+        """The integrations that have entries, sorted."""
+
+
+def integration_name(preset_name: str) -> str:
+    """The name an integration of one preset goes by: ``outreach/lead-capture`` → ``outreach-lead-capture``.
+
+    Lower-cased; each run of characters outside ``[a-z0-9]`` becomes one
+    ``-``; no ``-`` at either end. Used wherever an outcome names no
+    integration of its own (a one-preset ``run``, ``serve`` or ``dlq replay``).
+    """
+    return re.sub(r"[^a-z0-9]+", "-", preset_name.lower()).strip("-") or "preset"
+
+
+def preset_integration(name: str, path: str | Path | None) -> str:
+    """A preset's integration name: a built-in (or a preset found by name) by its name, a preset file by its stem.
+
+    A file is taken as found by name when its path ends with the name
+    (``…/outreach/lead-capture.yaml`` for ``outreach/lead-capture``).
+    """
+    if path is None:
+        return integration_name(name)
+    file = Path(path)
+    if file.with_suffix("").as_posix().endswith("/" + name.strip("/")) or file.with_suffix("").as_posix() == name:
+        return integration_name(name)
+    return integration_name(file.stem)
+
+
+def summary(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: entry.get(key) for key in SUMMARY_FIELDS}
+
+
+class Recorder:
+    """Turns an engine's outcomes into record entries and writes them in small batches.
+
+    ``note`` is called on the delivery path, so it only builds the entry and
+    appends it; the write happens at :data:`FLUSH_EVERY` entries, after
+    :data:`FLUSH_SECONDS`, or at :meth:`close`.
+    """
+
+    def __init__(self, store: EventRecord, integration: str, preset: str, *, redactor: Redactor,
+                 preset_path: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.integration = integration
+        self.preset = preset
+        self.preset_path = preset_path
+        self.redactor = redactor
+        self._clock = clock
+        self._buffer: list[Recorded] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._failed = False
+
+    def note(self, event: Any, outcome: Outcome, latency_seconds: float | None = None, *,
+             replay: bool = False, traits: Mapping[str, Any] | None = None) -> None:
+        """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far."""
+        try:
+            self._buffer.append(self._entry(event, outcome, latency_seconds, replay, traits))
+        except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
+            log.warning("record: could not record event %s: %s", outcome.index, type(exc).__name__)
+            return
+        if len(self._buffer) >= FLUSH_EVERY:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buffer:
+            return
+        entries: list[Recorded]
+        entries, self._buffer = self._buffer, []
+        try:
+            self.store.add_many(entries)
+        except Exception as exc:  # noqa: BLE001 - see note()
+            if not self._failed:
+                log.error("record: could not write %d recent event(s) for the console: %s", len(entries),
+                          getattr(exc, "strerror", None) or type(exc).__name__)
+            self._failed = True
+        else:
+            self._failed = False
+
+    def close(self) -> None:
+        self.flush()
+
+    def _entry(self, event: Any, outcome: Outcome, latency_seconds: float | None, replay: bool,
+               traits: Mapping[str, Any] | None) -> Recorded:
+        at = self._clock()
+        incoming = event if isinstance(event, dict) else None
+        if incoming is None and replay and outcome.message_id:
+            incoming = self._earlier_event(outcome.message_id)
+        result = outcome.to_dict()
+        response = result.get("response")
+        if isinstance(response, dict):
+            result["response"] = {**response, "body": _capped(response.get("body"))}
+        entry = {
+            "at": at,
+            "integration": self.integration,
+            "preset": self.preset,
+            "preset_path": self.preset_path,
+            "messageId": outcome.message_id,
+            "type": _text(incoming.get("type")) if incoming else None,
+            "event": _text(incoming.get("event") or incoming.get("name")) if incoming else None,
+            "email": _email_of(traits, incoming),
+            "userId": _text(incoming.get("userId")) if incoming else None,
+            "outcome": outcome.outcome,
+            "reason": outcome.reason,
+            "cause": outcome.cause,
+            "status": response.get("status") if isinstance(response, dict) else None,
+            "attempts": outcome.attempts,
+            "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
+            "replay": replay,
+            "incoming": incoming,
+            "traits": dict(traits) if traits else None,
+            "exchanges": outcome.exchanges,
+            "token_requests": sum(1 for ex in outcome.exchanges or () if ex.get("step") == "token"),
+            "answers_429": sum(1 for ex in outcome.exchanges or () if ex.get("status") == 429),
+            "outcome_record": result,
+        }
+        recorded = Recorded.of(entry, self.redactor.redact_json)
+        if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
+            entry["incoming"] = _bounded_event(incoming)
+            recorded = Recorded.of(entry, self.redactor.redact_json)
+        return recorded
+
+
+    def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
+        """A replayed letter holds the request, not the event: the event its first outcome recorded, if still kept."""
+        self.flush()
+        try:
+            for row in self.store.recent(RecordQuery(self.integration, search=message_id, limit=20)):
+                if row.get("messageId") == message_id:
+                    entry = self.store.get(str(row["id"]))
+                    if entry and isinstance(entry.get("incoming"), dict):
+                        return entry["incoming"]
+        except Exception:  # noqa: BLE001 - only the event's details are missing then
+            return None
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else (str(value) if isinstance(value, (int, float)) else None)
+
+
+def _email_of(traits: Mapping[str, Any] | None, event: Mapping[str, Any] | None) -> str | None:
+    """The email the pipeline resolved (it may come from an earlier identify), else the one the event carries."""
+    if traits and isinstance(traits.get("email"), str):
+        return traits["email"]
+    if event is None:
+        return None
+    context = event.get("context")
+    for holder in (event.get("traits"), context.get("traits") if isinstance(context, dict) else None,
+                   event.get("properties")):
+        if isinstance(holder, dict) and isinstance(holder.get("email"), str):
+            return holder["email"]
+    return None
+
+
+def _capped(body: Any) -> Any:
+    if body is None:
+        return None
+    text = body if isinstance(body, str) else _json(body)
+    if len(text) <= RESPONSE_BODY_CAP:
+        return body
+    return text[:RESPONSE_BODY_CAP] + f"… ({len(text) - RESPONSE_BODY_CAP} more characters not kept)"
+
+
+def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:
+    text = _json(event)
+    if len(text) <= EVENT_CAP:
+        return event
+    kept = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp") if k in event}
+    return {**kept, "_truncated": f"the event was {len(text)} characters; only its identifying fields are kept"}
+
+
+class MemoryRecord:
+    """The record in memory: for an engine without a state directory, and for tests."""
+
+    def __init__(self, limits: RecordLimits = RecordLimits(), *, clock: Callable[[], float] = time.time) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._entries: list[tuple[str, Recorded]] = []
+        self._next = 1
+
+    def add_many(self, entries: Sequence[Recorded]) -> None:
+        for entry in entries:
+            self._entries.append((str(self._next), entry))
+            self._next += 1
+        oldest = self._clock() - self.limits.max_age_seconds
+        counts: dict[str, int] = {}
+        kept = []
+        for entry_id, entry in reversed(self._entries):
+            counts[entry.integration] = counts.get(entry.integration, 0) + 1
+            if counts[entry.integration] <= self.limits.per_integration and entry.at >= oldest:
+                kept.append((entry_id, entry))
+        self._entries = kept[::-1]
+
+    def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
+        return iter_matching((e.summary_row(i) for i, e in reversed(self._entries)), query)
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        return next((e.full(i) for i, e in self._entries if i == entry_id), None)
+
+    def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
+        last = int(cursor) if cursor and cursor.isdigit() else None
+        if last is None:
+            return [], str(self._next - 1)
+        return [e.summary_row(i) for i, e in self._entries if int(i) > last], str(self._next - 1)
+
+    def window(self, since: float) -> list[dict[str, Any]]:
+        return [e.summary_row(i) for i, e in self._entries if e.at >= since]
+
+    def integrations(self) -> list[str]:
+        return sorted({e.integration for _, e in self._entries})
+
+
+def iter_matching(rows: Iterable[Mapping[str, Any]], query: RecordQuery) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        if query.matches(row):
+            out.append(row)
+            if len(out) >= query.limit:
+                break
+    return out

@@ -1,0 +1,123 @@
+"""The record of recent events in Redis: one capped Stream per integration.
+
+``<prefix>:record:<integration>`` holds one entry per outcome, with two
+fields: ``s`` (the summary the console lists) and ``e`` (the full entry).
+Every add trims the stream to ``per_integration`` entries (``MAXLEN``) and
+drops entries older than ``max_age_seconds`` (``MINID``: a stream id starts
+with its time in milliseconds). ``<prefix>:record-names`` is the set of
+integrations that have a stream. An entry's id is ``<integration>:<stream id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Sequence
+
+import redis
+
+from ..errors import StateError
+from ..record import Recorded, RecordLimits, RecordQuery
+from .keys import Keys
+
+
+class RedisRecord:
+    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.keys = keys
+        self.limits = limits
+        self._clock = clock
+
+    def add_many(self, entries: Sequence[Recorded]) -> None:
+        if not entries:
+            return
+        oldest = int((self._clock() - self.limits.max_age_seconds) * 1000)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            names = set()
+            for entry in entries:
+                names.add(entry.integration)
+                # The id starts with the entry's own time, so the age limit and the figures' windows agree
+                # with "at"; an entry whose clock is behind the stream's newest gets the server's time.
+                pipe.xadd(self.keys.record(entry.integration), _fields(entry), id=f"{int(entry.at * 1000)}-*",
+                          maxlen=self.limits.per_integration, approximate=False)
+            answers = pipe.execute(raise_on_error=False)
+            late = [entry for entry, answer in zip(entries, answers) if isinstance(answer, redis.ResponseError)]
+            pipe = self.client.pipeline(transaction=False)
+            for entry in late:
+                pipe.xadd(self.keys.record(entry.integration), _fields(entry),
+                          maxlen=self.limits.per_integration, approximate=False)
+            for name in names:
+                pipe.xtrim(self.keys.record(name), minid=oldest, approximate=False)
+            pipe.sadd(self.keys.record_names(), *names)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise StateError(f"record: {type(exc).__name__}") from None
+
+    def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
+        names = [query.integration] if query.integration else self.integrations()
+        filtered = bool(query.outcome or query.reason or query.search)
+        # A filter or a search reads the integration's stream newest first, at most all it keeps.
+        count = self.limits.per_integration if filtered else query.limit
+        rows = []
+        for name in names:
+            for stream_id, fields in self.client.xrevrange(self.keys.record(name), count=count):
+                row = _summary(name, stream_id, fields)
+                if query.matches(row):
+                    rows.append(row)
+                    if len(rows) >= query.limit * len(names):
+                        break
+        rows.sort(key=lambda r: (r.get("at") or 0, r["id"]), reverse=True)
+        return rows[:query.limit]
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        name, _, stream_id = str(entry_id).rpartition(":")
+        if not name or not stream_id:
+            return None
+        try:
+            found = self.client.xrange(self.keys.record(name), min=stream_id, max=stream_id, count=1)
+        except redis.ResponseError:
+            return None  # not a stream id
+        if not found:
+            return None
+        return {**json.loads(found[0][1][b"e"]), "id": entry_id}
+
+    def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
+        names = self.integrations()
+        try:
+            last: dict[str, str] = json.loads(cursor) if cursor else {}
+        except ValueError:
+            last = {}
+        if cursor is None or not isinstance(last, dict):
+            last = {}
+            for name in names:
+                newest = self.client.xrevrange(self.keys.record(name), count=1)
+                last[name] = newest[0][0].decode() if newest else "0-0"
+            return [], json.dumps(last)
+        rows = []
+        for name in names:
+            start = last.get(name, "0-0")
+            for stream_id, fields in self.client.xrange(self.keys.record(name), min=f"({start}", count=500):
+                rows.append(_summary(name, stream_id, fields))
+                last[name] = stream_id.decode()
+        rows.sort(key=lambda r: (r.get("at") or 0))
+        return rows, json.dumps(last)
+
+    def window(self, since: float) -> list[dict[str, Any]]:
+        rows = []
+        for name in self.integrations():
+            for stream_id, fields in self.client.xrange(self.keys.record(name), min=str(int(since * 1000))):
+                rows.append(_summary(name, stream_id, fields))
+        return rows
+
+    def integrations(self) -> list[str]:
+        return sorted(n.decode("utf-8", "replace") for n in self.client.smembers(self.keys.record_names()))
+
+
+def _summary(name: str, stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    return {**json.loads(fields[b"s"]), "id": f"{name}:{stream_id.decode()}"}
+
+
+def _fields(entry: Recorded) -> dict[str, str]:
+    return {"e": entry.entry, "s": entry.summary}

@@ -1,0 +1,134 @@
+"""The record of recent events in the state database (``state.db``, table ``record``).
+
+One row per outcome: the summary columns the console lists and filters
+on, and the full entry as JSON. A batch is one transaction
+(``synchronous=NORMAL``: the record is a view, not an event that must
+survive a power cut), and the same transaction trims each integration it
+touched to ``per_integration`` rows and drops rows older than
+``max_age_seconds``. The table is created by this store on first use, so
+the schema of the other stores is untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Sequence
+
+from ..record import Recorded, RecordLimits, RecordQuery
+from .database import Database
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS record (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        integration TEXT NOT NULL,
+        at REAL NOT NULL,
+        outcome TEXT,
+        reason TEXT,
+        email TEXT,
+        user_id TEXT,
+        message_id TEXT,
+        summary TEXT NOT NULL,
+        entry TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS record_by_integration ON record (integration, seq)",
+    "CREATE INDEX IF NOT EXISTS record_by_age ON record (at)",
+)
+
+
+class SqliteRecord:
+    def __init__(self, db: Database, limits: RecordLimits = RecordLimits(), *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.db = db
+        self.limits = limits
+        self._clock = clock
+        self._ready = False
+
+    def _create(self) -> None:
+        if self._ready:
+            return
+        if not self.db.read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'record'"):
+            with self.db.write() as cur:
+                for statement in _SCHEMA:
+                    cur.execute(statement)
+        self._ready = True
+
+    def add_many(self, entries: Sequence[Recorded]) -> None:
+        if not entries:
+            return
+        self._create()
+        touched = sorted({e.integration for e in entries})
+        with self.db.write() as cur:
+            cur.executemany("INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
+                            "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            for name in touched:
+                cur.execute("DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
+                            "integration = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                            (name, name, self.limits.per_integration))
+            cur.execute("DELETE FROM record WHERE at < ?", (self._clock() - self.limits.max_age_seconds,))
+
+    def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
+        self._create()
+        where, params = [], []
+        if query.integration:
+            where.append("integration = ?")
+            params.append(query.integration)
+        if query.outcome:
+            where.append("outcome = ?")
+            params.append(query.outcome)
+        if query.search:
+            needle = query.search.strip().lower()
+            where.append("(email LIKE ? ESCAPE '\\' OR user_id = ? OR message_id = ?)")
+            params.extend([f"%{_like(needle)}%", needle, needle])
+        sql = "SELECT seq, summary FROM record" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC"
+        if not query.reason:
+            rows = self.db.read(sql + " LIMIT ?", (*params, max(0, query.limit)))
+            return [_row(seq, text) for seq, text in rows]
+        # A reason may be a drop reason, a cause or a status: checked on the summary, newest first.
+        out = []
+        for seq, text in self.db.read(sql, params):
+            row = _row(seq, text)
+            if query.matches(row):
+                out.append(row)
+                if len(out) >= query.limit:
+                    break
+        return out
+
+    def get(self, entry_id: str) -> dict[str, Any] | None:
+        self._create()
+        if not str(entry_id).isdigit():
+            return None
+        rows = self.db.read("SELECT entry FROM record WHERE seq = ?", (int(entry_id),))
+        return _row(int(entry_id), rows[0][0]) if rows else None
+
+    def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
+        self._create()
+        if cursor is None or not cursor.isdigit():
+            last = self.db.read("SELECT COALESCE(MAX(seq), 0) FROM record")[0][0]
+            return [], str(last)
+        rows = self.db.read("SELECT seq, summary FROM record WHERE seq > ? ORDER BY seq LIMIT 500", (int(cursor),))
+        if not rows:
+            return [], cursor
+        return [_row(seq, text) for seq, text in rows], str(rows[-1][0])
+
+    def window(self, since: float) -> list[dict[str, Any]]:
+        self._create()
+        return [_row(seq, text) for seq, text in self.db.read("SELECT seq, summary FROM record WHERE at >= ? "
+                                                               "ORDER BY seq", (since,))]
+
+    def integrations(self) -> list[str]:
+        self._create()
+        return [name for (name,) in self.db.read("SELECT DISTINCT integration FROM record ORDER BY integration")]
+
+    def __len__(self) -> int:
+        self._create()
+        return int(self.db.read("SELECT COUNT(*) FROM record")[0][0])
+
+
+def _row(seq: int, text: str) -> dict[str, Any]:
+    return {**json.loads(text), "id": str(seq)}
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+

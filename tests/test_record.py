@@ -1,0 +1,194 @@
+"""The record of recent events (engine/state/record.py): bounded, masked, written by a real run.
+
+Every implementation (memory, SQLite, Redis) keeps the same promises: at most
+``per_integration`` entries per integration, none older than
+``max_age_seconds``, filters and search, a cursor for the live list.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from engine.outcome import DELIVERED, DROPPED, Outcome
+from engine.redaction import Redactor
+from engine.state.record import (
+    MemoryRecord,
+    Recorded,
+    Recorder,
+    RecordLimits,
+    RecordQuery,
+    integration_name,
+    preset_integration,
+)
+from redis_server import needs_redis, redis_server, redis_url  # noqa: F401 - fixtures
+from test_delivery_sandbox import ThreadedSandbox, cli, fast_preset, unique_credentials, write_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _sqlite(tmp_path: Path, limits: RecordLimits, clock: Clock) -> Any:
+    from engine.state.sqlite import SqliteState
+
+    return SqliteState(tmp_path / "state", clock=clock).record(limits)
+
+
+def _redis(url: str, limits: RecordLimits, clock: Clock) -> Any:
+    from engine.state.redis import RedisState
+    from engine.state.redis.record import RedisRecord
+
+    state = RedisState(url)
+    return RedisRecord(state.client, state.keys, limits, clock=clock)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[RecordLimits, Clock], Any]]:
+    if request.param == "memory":
+        yield lambda limits, clock: MemoryRecord(limits, clock=clock)
+    elif request.param == "sqlite":
+        yield lambda limits, clock: _sqlite(tmp_path, limits, clock)
+    else:
+        if needs_redis.args[0]:
+            pytest.skip(needs_redis.kwargs["reason"])
+        url = request.getfixturevalue("redis_url")
+        yield lambda limits, clock: _redis(url, limits, clock)
+
+
+def entry(clock: Clock, integration: str, i: int, **extra: Any) -> Recorded:
+    return Recorded.of({"at": clock.now, "integration": integration, "messageId": f"m-{integration}-{i}",
+            "email": f"Person{i}@Example.com", "userId": f"user-{i}", "outcome": DELIVERED, "reason": None,
+            "cause": None, "status": 201, "attempts": 1, "latency_ms": 3.0, "incoming": {"type": "track"}, **extra})
+
+
+def test_the_record_keeps_at_most_its_count_per_integration(make_record: Any) -> None:
+    clock = Clock()
+    record = make_record(RecordLimits(per_integration=3), clock)
+    record.add_many([entry(clock, "a", i) for i in range(5)] + [entry(clock, "b", 0)])
+    record.add_many([entry(clock, "a", 5)])
+    kept = record.recent(RecordQuery(limit=100))
+    assert [r["messageId"] for r in kept if r["integration"] == "a"] == ["m-a-5", "m-a-4", "m-a-3"]
+    assert [r["messageId"] for r in kept if r["integration"] == "b"] == ["m-b-0"]
+    assert record.integrations() == ["a", "b"]
+
+
+def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None:
+    clock = Clock()
+    record = make_record(RecordLimits(max_age_seconds=60), clock)
+    record.add_many([entry(clock, "a", 0)])
+    clock.now += 61
+    record.add_many([entry(clock, "a", 1)])
+    assert [r["messageId"] for r in record.recent(RecordQuery())] == ["m-a-1"]
+    assert [r["messageId"] for r in record.window(clock.now - 3600)] == ["m-a-1"]
+
+
+def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
+    clock = Clock()
+    record = make_record(RecordLimits(), clock)
+    record.add_many([entry(clock, "a", 1), entry(clock, "b", 2, outcome=DROPPED, reason="no_consent", status=None),
+                     entry(clock, "a", 3, outcome="dead_lettered", cause="http_500", status=500)])
+    ids = lambda q: [r["messageId"] for r in record.recent(q)]  # noqa: E731
+    assert ids(RecordQuery(integration="a")) == ["m-a-3", "m-a-1"]
+    assert ids(RecordQuery(outcome=DROPPED)) == ["m-b-2"]
+    assert ids(RecordQuery(reason="no_consent")) == ["m-b-2"]
+    assert ids(RecordQuery(reason="http_500")) == ["m-a-3"]
+    assert ids(RecordQuery(search="person3@example")) == ["m-a-3"]  # part of an email, any case
+    assert ids(RecordQuery(search="user-1")) == ["m-a-1"]  # a userId, whole
+    assert ids(RecordQuery(search="m-b-2")) == ["m-b-2"]  # a messageId
+    assert ids(RecordQuery(search="user-")) == []  # a userId is not matched by a part
+    row = record.recent(RecordQuery(search="m-a-1"))[0]
+    assert record.get(row["id"])["incoming"] == {"type": "track"}
+    assert record.get("nonsense") is None
+    rows, cursor = record.since(None)
+    assert rows == []
+    clock.now += 1
+    record.add_many([entry(clock, "b", 4), entry(clock, "c", 5)])
+    rows, cursor2 = record.since(cursor)
+    assert [r["messageId"] for r in rows] == ["m-b-4", "m-c-5"]
+    assert record.since(cursor2)[0] == []
+
+
+def test_integration_names_follow_the_agreed_derivation() -> None:
+    assert integration_name("outreach/lead-capture") == "outreach-lead-capture"
+    assert integration_name("  HubSpot // Contacts_v2 ") == "hubspot-contacts-v2"
+    assert preset_integration("outreach/lead-capture", "/x/presets/outreach/lead-capture.yaml") == "outreach-lead-capture"
+    assert preset_integration("outreach/lead-capture", "/tmp/My Leads.yaml") == "my-leads"
+
+
+def test_the_recorder_masks_secrets_and_caps_response_bodies() -> None:
+    store = MemoryRecord()
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]))
+    outcome = Outcome(0, "m1", DELIVERED, request={"url": "https://x.test/?k=s3cret-value"},
+                      response={"status": 201, "body": "x" * 10_000}, attempts=2)
+    recorder.note({"type": "track", "userId": "u1", "traits": {"email": "a@b.c", "note": "s3cret-value"}}, outcome, 0.5)
+    recorder.close()
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    assert "s3cret-value" not in json.dumps(kept)
+    assert kept["email"] == "a@b.c" and kept["userId"] == "u1" and kept["attempts"] == 2
+    assert kept["latency_ms"] == 500.0 and kept["status"] == 201
+    assert len(kept["outcome_record"]["response"]["body"]) < 4200
+
+
+def test_a_delivering_run_records_every_outcome_masked(tmp_path: Path) -> None:
+    creds = unique_credentials()
+    with ThreadedSandbox(**creds) as sandbox:
+        preset = fast_preset(tmp_path)
+        settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
+        consent = {"consent": {"canonical": {"marketing": True}}}
+        events = [
+            {"type": "identify", "messageId": "r-id", "userId": "u-1", "context": consent,
+             "traits": {"email": "Rec.Ord@Example.com", "firstName": "Rec", "lastName": "Ord"}},
+            {"type": "track", "event": "Demo Requested", "messageId": "r-lead", "userId": "u-1", "context": consent},
+            {"type": "page", "messageId": "r-page", "anonymousId": "a-1"},
+        ]
+        (tmp_path / "events.ndjson").write_text("".join(json.dumps(e) + "\n" for e in events))
+        proc = cli("run", preset, "--events", tmp_path / "events.ndjson", "--settings", settings,
+                   "--state", tmp_path / "state")
+        assert proc.returncode == 0, proc.stderr
+        issued = list(sandbox.issued)
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    rows = [json.loads(text) for (text,) in db.execute("SELECT entry FROM record ORDER BY seq")]
+    by_id = {r["messageId"]: r for r in rows}
+    assert set(by_id) == {"r-id", "r-lead", "r-page"}
+    lead = by_id["r-lead"]
+    assert lead["integration"] == "lead-capture-fast"  # a preset file: its stem
+    assert lead["outcome"] == "delivered" and lead["status"] == 201 and lead["attempts"] == 1
+    assert lead["email"] == "rec.ord@example.com" and lead["userId"] == "u-1"  # joined from the identify, normalised
+    assert lead["outcome_record"]["request"]["headers"]["Authorization"] != ""
+    assert "rec.ord@example.com" in json.dumps(lead["outcome_record"]["request"]["body"])
+    assert by_id["r-page"]["reason"] == "event_not_mapped"
+    assert by_id["r-id"]["email"] == "Rec.Ord@Example.com"
+    text = "\n".join(json.dumps(r) for r in rows)
+    for secret in (creds["client_secret"], creds["refresh_token"], *issued):
+        assert secret not in text
+
+
+def test_run_no_record_keeps_nothing(tmp_path: Path) -> None:
+    creds = unique_credentials()
+    with ThreadedSandbox(**creds) as sandbox:
+        settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
+        (tmp_path / "events.ndjson").write_text(json.dumps({"type": "page", "messageId": "p"}) + "\n")
+        proc = cli("run", fast_preset(tmp_path), "--events", tmp_path / "events.ndjson", "--settings", settings,
+                   "--state", tmp_path / "state", "--no-record")
+        assert proc.returncode == 0, proc.stderr
+    db = sqlite3.connect(tmp_path / "state" / "state.db")
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'record'").fetchall()
+
+
+def test_a_secret_that_json_escapes_is_masked_in_the_record_too() -> None:
+    store = MemoryRecord()
+    odd = 'pa"ss\\wörd-123'
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor([odd]))
+    recorder.note({"type": "track", "traits": {"note": f"x{odd}y"}}, Outcome(0, "m1", DROPPED, reason="no_consent"))
+    recorder.close()
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    assert kept["incoming"]["traits"]["note"] == "x***y"
