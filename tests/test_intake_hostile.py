@@ -175,6 +175,35 @@ def test_a_client_that_sends_half_a_body_gets_408_and_is_closed_within_the_body_
     run(tmp_path, test, idle_timeout_seconds=5, body_timeout_seconds=0.5)
 
 
+# -- header bytes ------------------------------------------------------------------------------
+
+def test_header_bytes_no_client_library_sends_are_a_401_not_a_500(tmp_path: Path) -> None:
+    now_ms = str(int(time.time() * 1000))
+    arabic = now_ms.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"))
+    full_width = now_ms.translate(str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"))
+    cases = [("/v1/events", f"X-Timestamp: {arabic}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/events", f"X-Timestamp: {full_width}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/events", f"X-Timestamp: 1_{now_ms}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/track", "Authorization: Basic \u00e9".encode()),
+             ("/v1/batch", b"Authorization: Basic \xff\xfe")]
+
+    async def test(c: Client) -> None:
+        def send(path: str, header: bytes) -> bytes:
+            with _raw(c) as conn:
+                conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+                             f"{len(VALID)}\r\n".encode() + header + b"\r\n\r\n" + VALID)
+                return _read_until_closed(conn, 5)[0]
+
+        for path, header in cases:
+            head, _, body = (await asyncio.to_thread(send, path, header)).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401 "), (header, head, body)
+            assert json.loads(body)["code"] == "unauthorized"
+        assert await c.queued() == []
+        await _next_request_is_unaffected(c)
+
+    run(tmp_path, test)
+
+
 # -- replays -----------------------------------------------------------------------------------
 
 def test_a_replayed_signed_request_is_refused_and_a_refused_one_may_be_sent_again(tmp_path: Path) -> None:

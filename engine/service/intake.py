@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -66,6 +66,7 @@ BODY_TIMEOUT_SECONDS = 30.0  # a body not fully arrived this long after its head
 LINGER_SECONDS = 1.0  # reading what is left of a refused body, so the client sees the answer
 MAX_REMEMBERED_SIGNATURES = 200_000
 SEGMENT_TYPES = ("track", "identify", "page", "screen", "group")
+_MILLISECONDS = re.compile(r"[0-9]{1,16}")
 
 Remember = Callable[[Mapping[str, Any]], None]
 
@@ -233,10 +234,9 @@ class Intake:
         signature = request.headers.get("X-Signature", "").strip()
         if not stamp or not signature:
             raise Refused(401, "unauthorized", "X-Timestamp and X-Signature headers are required", "unauthorized")
-        try:
-            sent_ms = int(stamp)
-        except ValueError:
-            raise Refused(401, "unauthorized", "X-Timestamp must be Unix time in milliseconds", "unauthorized") from None
+        if not _MILLISECONDS.fullmatch(stamp):  # ASCII digits only: int() would take other scripts' digits too
+            raise Refused(401, "unauthorized", "X-Timestamp must be Unix time in milliseconds", "unauthorized")
+        sent_ms = int(stamp)
         if abs(self._clock() - sent_ms / 1000.0) > self.config.clock_skew_seconds:
             raise Refused(401, "stale_timestamp", "X-Timestamp is more than 5 minutes from the server's clock "
                           "(a replayed request, or a clock to set right)", "unauthorized")
@@ -261,7 +261,7 @@ class Intake:
             raise Refused(401, "unauthorized", "use HTTP Basic with the write key as the username", "unauthorized")
         try:
             user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
             raise Refused(401, "unauthorized", "the Authorization header is not valid HTTP Basic", "unauthorized") from None
         self._check_key(user)
 
