@@ -11,11 +11,20 @@ import asyncio
 import json
 import socket
 import time
+import tracemalloc
 from pathlib import Path
+from typing import Sequence
+
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from engine.service.event_json import MAX_DEPTH
-from test_service_intake import IDENTIFY, TRACK, WRITE_KEY, Client, basic, run, signed
+from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
+from engine.service.metrics import Metrics
+from engine.service.replay import COMMITTED, IN_FLIGHT, RESERVED, SignatureMemory
+from engine.state.sqlite.queue import SqliteQueue
+from test_service_intake import IDENTIFY, SECRET, TRACK, WRITE_KEY, Client, basic, run, signed
 
 VALID = json.dumps({"batch": [IDENTIFY, TRACK]}).encode()
 
@@ -175,6 +184,35 @@ def test_a_client_that_sends_half_a_body_gets_408_and_is_closed_within_the_body_
     run(tmp_path, test, idle_timeout_seconds=5, body_timeout_seconds=0.5)
 
 
+# -- header bytes ------------------------------------------------------------------------------
+
+def test_header_bytes_no_client_library_sends_are_a_401_not_a_500(tmp_path: Path) -> None:
+    now_ms = str(int(time.time() * 1000))
+    arabic = now_ms.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"))
+    full_width = now_ms.translate(str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"))
+    cases = [("/v1/events", f"X-Timestamp: {arabic}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/events", f"X-Timestamp: {full_width}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/events", f"X-Timestamp: 1_{now_ms}\r\nX-Signature: sha256=00".encode()),
+             ("/v1/track", "Authorization: Basic \u00e9".encode()),
+             ("/v1/batch", b"Authorization: Basic \xff\xfe")]
+
+    async def test(c: Client) -> None:
+        def send(path: str, header: bytes) -> bytes:
+            with _raw(c) as conn:
+                conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
+                             f"{len(VALID)}\r\n".encode() + header + b"\r\n\r\n" + VALID)
+                return _read_until_closed(conn, 5)[0]
+
+        for path, header in cases:
+            head, _, body = (await asyncio.to_thread(send, path, header)).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 401 "), (header, head, body)
+            assert json.loads(body)["code"] == "unauthorized"
+        assert await c.queued() == []
+        await _next_request_is_unaffected(c)
+
+    run(tmp_path, test)
+
+
 # -- replays -----------------------------------------------------------------------------------
 
 def test_a_replayed_signed_request_is_refused_and_a_refused_one_may_be_sent_again(tmp_path: Path) -> None:
@@ -194,6 +232,81 @@ def test_a_replayed_signed_request_is_refused_and_a_refused_one_may_be_sent_agai
         assert len(await c.queued()) == 2
 
     run(tmp_path, test)
+
+
+class SlowThenFailing(SqliteQueue):
+    """The real queue, whose append waits for the test's go and then meets a store that refuses every write."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.appending = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def append(self, bodies: Sequence[str]) -> None:
+        self.appending.set()
+        await self.go.wait()
+        await super().append(bodies)
+
+
+def test_a_copy_of_a_signed_request_still_in_flight_is_told_to_retry_and_passes_when_the_first_fails(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        queue = SlowThenFailing(tmp_path / "state")
+        intake = Intake(queue, IntakeConfig(signing_secret=SECRET), Metrics())
+        server = TestServer(create_app(intake))
+        await server.start_server(**RUNNER_OPTIONS)
+        body = json.dumps(TRACK).encode()
+        headers = signed(body)
+        try:
+            async with aiohttp.ClientSession() as session:
+                c = Client(server, session, intake, queue)
+                queue.conn.execute("PRAGMA query_only = ON")  # the first copy's write will fail
+                first = asyncio.ensure_future(c.post("/v1/events", body, headers))
+                await queue.appending.wait()
+                status, answer, answered = await c.post("/v1/events", body, headers)
+                assert (status, answer["code"], answered["Retry-After"]) == (429, "in_flight", "1")
+                queue.go.set()
+                status, answer, _ = await first
+                assert (status, answer["code"]) == (503, "unavailable")
+                queue.conn.execute("PRAGMA query_only = OFF")
+                status, answer, _ = await c.post("/v1/events", body, headers)  # the client's retry: not lost
+                assert (status, answer) == (200, {"success": True, "queued": 1})
+                status, answer, _ = await c.post("/v1/events", body, headers)
+                assert (status, answer["code"]) == (409, "replayed")  # accepted once: now a replay
+                assert [e["messageId"] for e in await c.queued()] == ["m-1"]
+        finally:
+            await server.close()
+            await queue.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_the_remembered_signatures_stay_bounded_however_often_one_is_reserved_and_forgotten() -> None:
+    now = [1000.0]
+    memory = SignatureMemory(600.0, 10, lambda: now[0])
+    digest = bytes(32)
+    tracemalloc.start()
+    try:
+        assert memory.reserve(digest) == RESERVED
+        memory.forget(digest)
+        before, _ = tracemalloc.get_traced_memory()
+        for _ in range(100_000):  # a client retrying through 429s and 503s
+            assert memory.reserve(digest) == RESERVED
+            memory.forget(digest)
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 16 * 1024, f"{after - before} bytes kept for one signature"
+    assert len(memory) == 0
+    for i in range(25):  # and over the limit, the oldest go first
+        assert memory.reserve(bytes([i]) * 32) == RESERVED
+        now[0] += 1
+    assert len(memory) == 10
+    assert memory.reserve(bytes([24]) * 32) == IN_FLIGHT and memory.reserve(bytes([0]) * 32) == RESERVED
+    memory.commit(bytes([24]) * 32)
+    assert memory.reserve(bytes([24]) * 32) == COMMITTED
+    now[0] += 601  # past the window: forgotten, as their timestamps are stale by now
+    assert memory.reserve(bytes([24]) * 32) == RESERVED and len(memory) == 1
 
 
 # -- a store that cannot write -----------------------------------------------------------------

@@ -8,6 +8,10 @@ the embedded SQLite queue and for the Redis queue on a real redis-server:
 * the next valid request is answered 200 as if nothing happened;
 * every event acknowledged with a 200 ends with exactly one outcome.
 
+The same holds for any bytes in the headers the intake reads
+(``Authorization``, ``X-Timestamp``, ``X-Signature``, ``Content-Encoding``,
+``Content-Type``), sent as raw bytes on a socket, as no HTTP client would.
+
 The examples are derandomized (a fixed seed: the same ones on every run)
 and few, so the suite stays fast and deterministic.
 """
@@ -21,6 +25,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -127,6 +132,21 @@ class Stack:
             return resp.status, json.loads(raw) if raw else None
         finally:
             conn.close()
+
+    def post_raw(self, path: str, body: bytes, headers: list[tuple[str, bytes]]) -> tuple[int, Any]:
+        """A request written byte for byte: header values no HTTP client library would send."""
+        head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers)
+        request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                   f"Content-Length: {len(body)}\r\n").encode() + head + b"\r\n" + body
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
+            conn.sendall(request)
+            raw = b""
+            while chunk := conn.recv(65536):
+                raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        head, _, answer = rest.partition(b"\r\n\r\n")
+        is_json = b"application/json" in head.lower()
+        return int(status_line.split()[1]), json.loads(answer) if is_json else answer
 
     def settle(self) -> None:
         """Wait until every acknowledged event has its outcome; then check there is exactly one each."""
@@ -243,6 +263,67 @@ def test_any_body_is_200_or_a_4xx_and_never_affects_the_next_request(stack: Stac
     if status == 200:
         stack.accepted += answer["queued"]
     else:
+        assert set(answer) >= {"error", "code", "message"} and answer["message"]
+    status, answer = stack.post("/v1/batch", VALID, {
+        "Content-Type": "application/json",
+        "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()})
+    assert (status, answer) == (200, {"success": True, "queued": 2})
+    stack.accepted += 2
+    stack.settle()
+
+
+# -- what clients send in the headers ----------------------------------------------------------
+
+UNICODE_DIGITS = ["\u0660", "\u06f0", "\uff10", "\u0966", "\U0001d7ce"]  # Arabic-Indic, Persian, full-width, ...
+
+
+def header_bytes() -> st.SearchStrategy[bytes]:
+    """Any bytes a header value can hold on the wire (all but CR and LF, which would end it)."""
+    text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40).map(
+        lambda t: t.encode("utf-8", "surrogatepass"))
+    return (st.binary(max_size=60) | text).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@st.composite
+def header_requests(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[str, bytes]]]:
+    """A valid request with one header the intake reads replaced by arbitrary bytes, or made almost right."""
+    route = draw(st.sampled_from(["/v1/batch", "/v1/track", "/v1/events"]))
+    body = json.dumps({"batch": [{"type": "track", "event": "Signed Up", "userId": "h"}]}
+                      if route != "/v1/track" else {"event": "Signed Up", "userId": "h"}).encode()
+    stamp = str(int(time.time() * 1000) + draw(st.integers(0, 10**6)))  # fresh: no two examples alike
+    if draw(st.booleans()):  # the same number in other scripts' digits, which int() would take
+        zero = draw(st.sampled_from(UNICODE_DIGITS))
+        stamp = "".join(chr(ord(zero) + int(d)) for d in stamp)
+    wire_stamp = stamp.encode("utf-8")
+    user = draw(st.sampled_from([WRITE_KEY.encode(), "wk-\u00e9".encode(), b"\xff\xfe", b""]))
+    headers: dict[str, bytes] = {"Content-Type": b"application/json"}
+    if route == "/v1/events":
+        digest = hmac.new(SECRET.encode(), wire_stamp + b"." + body, hashlib.sha256).hexdigest()
+        headers.update({"X-Timestamp": wire_stamp, "X-Signature": b"sha256=" + digest.encode()})
+        fuzzed = draw(st.sampled_from(["X-Timestamp", "X-Signature", "Content-Encoding", "Content-Type"]))
+    else:
+        headers["Authorization"] = b"Basic " + base64.b64encode(user + b":")
+        fuzzed = draw(st.sampled_from(["Authorization", "Content-Encoding", "Content-Type"]))
+    value = draw(header_bytes())
+    almost = {"Authorization": [b"Basic " + value, b"basic " + value + b"=", b"Bearer " + value,
+                                b"Basic " + "\u00e9".encode() + value],
+              "X-Timestamp": [value, wire_stamp + value, b" " + value + wire_stamp],
+              "X-Signature": [value, b"sha256=" + value, b"SHA256=" + value.upper()],
+              "Content-Encoding": [value, b"gzip" + value, b"GZIP"],
+              "Content-Type": [value, b"application/json; charset=" + value]}[fuzzed]
+    headers[fuzzed] = draw(st.sampled_from(almost))
+    return route, body, list(headers.items())
+
+
+@given(request=header_requests())
+@EXAMPLES
+def test_any_header_bytes_are_200_or_a_4xx_and_never_affect_the_next_request(stack: Stack, request: Any) -> None:
+    route, body, headers = request
+    status, answer = stack.post_raw(route, body, headers)
+    assert status == 200 or 400 <= status < 500, (status, answer)
+    if status == 200:
+        stack.accepted += answer["queued"]
+    elif status != 400 or isinstance(answer, dict):  # aiohttp's own 400 for a head it cannot parse is plain text
         assert set(answer) >= {"error", "code", "message"} and answer["message"]
     status, answer = stack.post("/v1/batch", VALID, {
         "Content-Type": "application/json",

@@ -316,3 +316,65 @@ def test_a_suspect_waiting_for_its_turn_keeps_its_lease_so_no_other_worker_claim
     assert done_b == [] and sorted(done_a) == ["held-id-1", "held-lead-1", "held-page-1"]
     # While the gate was shut: the lead (read once) and the page (read by the dead worker, claimed by a), both a's.
     assert held == [("a", 1), ("a", 2)]
+
+
+def test_a_suspect_claimed_beside_a_poison_entry_keeps_its_lease_while_the_poison_is_finished(
+        tmp_path: Path, redis_url: str) -> None:
+    """A claim hands a worker a suspect (delivered once before) and an entry over the limit together.
+
+    The poison letter is finished first, and its acknowledgement is slow (a
+    slow link to Redis: here held open). All that time the suspect must stay
+    this worker's, its lease renewed: a second worker claiming it would count
+    a delivery that failed nowhere (a healthy event on its way to ``poison``)
+    and work on it too (two outcomes for one event).
+    """
+    async def main() -> tuple[list[tuple[str, str]], dict[str, str], list[Any], list[Any]]:
+        backend = RedisState(redis_url)
+        stream = backend.keys.events(PRESET)
+        queue_a, queue_b, setup = backend.queue(PRESET), backend.queue(PRESET), backend.queue(PRESET)
+        await setup.append([json.dumps(lead(1, "over")), json.dumps(page(1, "suspect"))])
+        ids = {e.id: json.loads(e.body)["messageId"] for e in await setup.read("dead", 10, 0.1)}
+        over, suspect = list(ids)
+        # A worker that died holding them: the lead handed out 3 times already, the page once.
+        await setup.r.xclaim(stream, "workers", "dead", 0, [over], idle=10**9, retrycount=3, justid=True)
+        await setup.r.xclaim(stream, "workers", "dead", 0, [suspect], idle=10**9, retrycount=1, justid=True)
+        await setup.append([json.dumps(page(i, "fresh")) for i in (1, 2)])
+        acks_open = asyncio.Event()
+        real_ack = queue_a.ack
+
+        async def slow_ack(done: Any) -> None:
+            await acks_open.wait()
+            await real_ack(done)
+
+        queue_a.ack = slow_ack  # type: ignore[method-assign]
+        done: list[tuple[str, str]] = []
+        stop = asyncio.Event()
+        visibility = 0.6
+        async with _engine(tmp_path / "a") as engine_a, _engine(tmp_path / "b") as engine_b:
+            a = Worker(engine_a, queue_a, "a", emit=lambda r: done.append((r["entry"], "a")), max_deliveries=3,
+                       read_block_seconds=0.05, visibility_seconds=visibility)
+            task_a = asyncio.ensure_future(a.run(stop))
+            while ("over-lead-1", "a") not in [(ids.get(e), w) for e, w in done]:  # a claimed both; its ack waits
+                await asyncio.sleep(0.02)
+            b = Worker(engine_b, queue_b, "b", emit=lambda r: done.append((r["entry"], "b")), max_deliveries=3,
+                       read_block_seconds=0.05, visibility_seconds=visibility)
+            task_b = asyncio.ensure_future(b.run(stop))
+            await asyncio.sleep(4 * visibility)  # b claims every half visibility: it would have taken the suspect
+            acks_open.set()
+            while await setup.backlog() > 0 or await setup.pending() > 0:
+                assert not task_a.done() and not task_b.done()
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.gather(task_a, task_b)
+            letters_a, letters_b = engine_a.dead_letters.entries(PRESET), engine_b.dead_letters.entries(PRESET)
+        for q in (queue_a, queue_b, setup):
+            await q.close()
+        backend.close()
+        return done, ids, letters_a, letters_b
+
+    done, ids, letters_a, letters_b = asyncio.run(main())
+    finished = sorted(ids.get(entry, "fresh") for entry, _ in done)
+    assert finished == ["fresh", "fresh", "over-lead-1", "suspect-page-1"], done  # one outcome each
+    assert [entry for entry, worker in done if ids.get(entry) == "suspect-page-1"] and \
+        [worker for entry, worker in done if ids.get(entry) == "suspect-page-1"] == ["a"]
+    assert [(letter["cause"], letter["messageId"]) for letter in letters_a + letters_b] == [("poison", "over-lead-1")]

@@ -52,6 +52,10 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
             status, _ = post(url, "/v1/batch", {"batch": [identify(1, "m"), lead(1, "m")]}, write_key_headers())
             assert status == 200
             until(lambda: len(serve.outcomes()) == 2, what=lambda: f"two outcomes; stderr: {serve.stderr()}")
+            # An outcome's line is printed before it is acknowledged and counted: wait for the counts too.
+            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{outcome="{o}",reason="{r}"}}') or 0
+                              for o, r in (("dropped", "event_not_mapped"), ("delivered", "none"))) == 2,
+                  what=lambda: "both outcomes counted")
             text = scrape(url)
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0

@@ -216,6 +216,41 @@ def test_the_cli_refuses_an_empty_state_file_and_reset_state_starts_afresh(tmp_p
     assert len([p for p in state.iterdir() if "refused" in p.name]) == 1
 
 
+def _no_file_over_1_kib() -> None:
+    """In the child: a real I/O error on the state file, as a full disk gives, without root or a mount.
+
+    SQLite sizes a WAL file's ``-shm`` to 32 KiB on open; over ``RLIMIT_FSIZE``
+    that fails with EFBIG, and the open with ``SQLITE_IOERR_SHMSIZE``.
+    """
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+
+def test_an_io_error_on_a_healthy_state_file_is_not_a_refusal_and_reset_state_leaves_it(tmp_path: Path) -> None:
+    import os
+
+    state = tmp_path / "state"
+    healthy = SqliteState(state)
+    healthy.dead_letters().add(dict(LETTER))
+    healthy.close()
+    before = snapshot(state)
+    for command in (["dlq", "list", PRESET, "--reset-state"], ["dlq", "list", PRESET]):
+        failed = subprocess.run([sys.executable, "-m", "engine", *command, "--state", str(state)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=60, preexec_fn=_no_file_over_1_kib,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert failed.returncode == 2, (command, failed.stderr)
+        lines = failed.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(state / "state.db") in lines[0] and "disk I/O error" in lines[0], lines
+        assert "not a SQLite database" not in lines[0] and "--reset-state" not in lines[0]
+        assert "moved it aside" not in failed.stderr and "Traceback" not in failed.stderr
+        assert snapshot(state) == before and not [p for p in state.iterdir() if "refused" in p.name]
+    listed = cli("dlq", "list", PRESET, "--state", str(state), cwd=tmp_path)  # the disk is fine again
+    assert listed.returncode == 0 and "letter-1" in listed.stdout, listed.stderr
+
+
 def test_serve_refuses_a_foreign_queue_file_before_it_listens(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()

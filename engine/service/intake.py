@@ -21,7 +21,8 @@ the body does not arrive within the body timeout; 409 ``replayed`` for a
 signed request already accepted (:mod:`.replay`); 413 over the size cap
 (compressed or not); 429 with ``Retry-After`` when the backlog is at its
 bound (the client keeps the events and retries: backpressure, never silent
-loss); 503 while draining or when the queue cannot be written. Errors are
+loss), or ``in_flight`` when a copy of the same signed request is being
+queued right now (it may yet fail); 503 while draining or when the queue cannot be written. Errors are
 ``{"error": ..., "code": ..., "message": ...}`` (``code`` and ``message`` are
 what Segment's SDKs read). No answer, log line or metric holds a key, a
 secret or a signature. Any bytes or JSON get one of these, never a 5xx: a
@@ -37,11 +38,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from ..state.queue import EventQueue
 from . import event_json
 from .http_hygiene import error_middleware, server_options
 from .metrics import Metrics
-from .replay import SignatureMemory
+from .replay import COMMITTED, IN_FLIGHT, SignatureMemory
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ BODY_TIMEOUT_SECONDS = 30.0  # a body not fully arrived this long after its head
 LINGER_SECONDS = 1.0  # reading what is left of a refused body, so the client sees the answer
 MAX_REMEMBERED_SIGNATURES = 200_000
 SEGMENT_TYPES = ("track", "identify", "page", "screen", "group")
+_MILLISECONDS = re.compile(r"[0-9]{1,16}")
 
 Remember = Callable[[Mapping[str, Any]], None]
 
@@ -190,6 +192,8 @@ class Intake:
                 self._check_key(document.get("writeKey") if isinstance(document, dict) else None)
             events = _events(route, document)
             await self._queue(events)
+            if reserved is not None:
+                self.signatures.commit(reserved)  # queued: from now on a copy is a replay
         except BaseException as exc:
             if reserved is not None:
                 self.signatures.forget(reserved)  # not accepted: the client may send it again
@@ -233,10 +237,9 @@ class Intake:
         signature = request.headers.get("X-Signature", "").strip()
         if not stamp or not signature:
             raise Refused(401, "unauthorized", "X-Timestamp and X-Signature headers are required", "unauthorized")
-        try:
-            sent_ms = int(stamp)
-        except ValueError:
-            raise Refused(401, "unauthorized", "X-Timestamp must be Unix time in milliseconds", "unauthorized") from None
+        if not _MILLISECONDS.fullmatch(stamp):  # ASCII digits only: int() would take other scripts' digits too
+            raise Refused(401, "unauthorized", "X-Timestamp must be Unix time in milliseconds", "unauthorized")
+        sent_ms = int(stamp)
         if abs(self._clock() - sent_ms / 1000.0) > self.config.clock_skew_seconds:
             raise Refused(401, "stale_timestamp", "X-Timestamp is more than 5 minutes from the server's clock "
                           "(a replayed request, or a clock to set right)", "unauthorized")
@@ -246,7 +249,11 @@ class Intake:
             raise Refused(401, "bad_signature", "X-Signature does not match the body (HMAC-SHA256 of "
                           "X-Timestamp + \".\" + body, as sha256=<hex>)", "unauthorized")
         digest = bytes.fromhex(expected[len("sha256="):])
-        if not self.signatures.reserve(digest):
+        held = self.signatures.reserve(digest)
+        if held == IN_FLIGHT:  # the first copy may still fail: "accepted" now could lose the events
+            raise Refused(429, "in_flight", "this signed request is being queued on another connection right now; "
+                          "retry shortly", "in_flight", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if held == COMMITTED:
             raise Refused(409, "replayed", "this signed request was already accepted (the same X-Timestamp and "
                           "X-Signature within the last 10 minutes); sign each new request with a fresh "
                           "X-Timestamp", "replayed")
@@ -261,7 +268,7 @@ class Intake:
             raise Refused(401, "unauthorized", "use HTTP Basic with the write key as the username", "unauthorized")
         try:
             user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
             raise Refused(401, "unauthorized", "the Authorization header is not valid HTTP Basic", "unauthorized") from None
         self._check_key(user)
 

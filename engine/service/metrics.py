@@ -4,7 +4,8 @@ Names (all prefixed ``signal_``):
 
 * ``events_received_total{route, result}``: events the intake took
   (``accepted``) or refused (``bad_request``, ``unauthorized``,
-  ``too_large``, ``backlog_full``, ``draining``, ``unavailable``); a request
+  ``too_large``, ``timeout``, ``replayed``, ``in_flight``, ``backlog_full``,
+  ``draining``, ``unavailable``); a request
   refused before its events could be counted counts as one;
 * ``outcomes_total{outcome, reason}``: one per event a worker finished;
   ``reason`` is the drop reason or the failure cause, ``none`` when there is

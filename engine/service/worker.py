@@ -18,9 +18,11 @@ order, rebalance) all plug in the same way.
 * **Two workers, one event.** With ``locks`` (Redis), an event's key is
   locked while it is worked on: a second copy waits for the first, then
   finds it in the journal.
-* **Alive is visible.** While an entry is in flight its lease (and its
-  lock) is renewed every third of the visibility timeout, so only a dead
-  worker's entries are claimed, however long a delivery waits on a rate limit.
+* **Alive is visible.** While an entry is this worker's (from its read or
+  claim until its acknowledgement, a suspect waiting for its turn included)
+  its lease (and its lock) is renewed every third of the visibility timeout,
+  so only a dead worker's entries are claimed, however long a delivery waits
+  on a rate limit or an acknowledgement on a slow link.
 * **Draining.** When ``stop`` is set, nothing new is read; what was read is
   finished and acknowledged, then :meth:`run` returns.
 * **A bad entry is one outcome, not a stuck batch.** An entry that is not
@@ -151,14 +153,17 @@ class Worker:
             # The least suspect first: an entry that stopped workers more often waits behind the others.
             suspects = sorted((entry for entry in entries if 1 < entry.deliveries <= self.max_deliveries),
                               key=lambda entry: entry.deliveries)
+            if suspects:
+                # One at a time, alone: if it stops this worker again, nothing else was handed out with it to
+                # be counted. The others go back uncounted at once and come again with the next claim; the
+                # first is held from now on, its lease renewed while the rest of its batch is yielded and
+                # finishes (unrenewed, another worker would claim it: counted again, and worked on twice).
+                await self._release(suspects[1:])
+                next_claim = 0.0
+                self._held = suspects[:1]
             if fresh:
                 yield await self._admit(fresh, stop)
             if suspects:
-                # One at a time, alone: if it stops this worker again, nothing else was handed out with it to
-                # be counted. The others go back uncounted and come again with the next read or claim.
-                await self._release(suspects[1:])
-                next_claim = 0.0
-                self._held = suspects[:1]  # its lease renewed while it waits for the others to finish
                 await self._until_idle(stop)
                 self._held = []
                 if stop.is_set():
@@ -254,7 +259,7 @@ class Worker:
     # -- finishing --------------------------------------------------------------
     async def _finish(self, result: Outcome) -> None:
         index = result.index if isinstance(result.index, int) else -1
-        entry = self._entries.pop(index, None)
+        entry = self._entries.get(index)
         record = result.to_dict()
         if entry is not None:
             # Which queue entry, and which worker: an operator following `tail` can tell them apart.
@@ -265,6 +270,8 @@ class Worker:
             self.emit(record)
         if entry is not None:
             await self._ack(entry, record)
+            # Held (its lease renewed) until acknowledged: during a slow ack another worker must not claim it.
+            del self._entries[index]
         if not self._entries:
             self._idle.set()
         key = self._locked.pop(index, None)

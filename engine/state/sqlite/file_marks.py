@@ -14,6 +14,10 @@ on open:
 * an empty file, a non-SQLite file, a SQLite file of another application,
   and a file written by a newer schema are refused with one line naming
   the file; nothing is written to it;
+* a file that cannot be read now (an I/O error, a full disk, a lock) is
+  not refused but reported as the error it is: only a file SQLite itself
+  calls not a database or corrupt (``SQLITE_NOTADB``, ``SQLITE_CORRUPT``)
+  is refused, so ``--reset-state`` never moves a healthy file aside;
 * a file of an earlier version of the engine, which had no mark yet
   (``application_id`` 0 but our tables), is marked, keeping its rows.
 
@@ -83,8 +87,9 @@ def check_file(path: Path, kind: FileKind) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise StateError(f"{path}: cannot read the {kind.what} ({exc})") from None
+        if not _not_ours(exc):  # the disk, not the file: refusing it would invite --reset-state to move it aside
+            raise StateError(f"{path}: cannot read the {kind.what} ({_cause(exc)}); it is left as it was: "
+                             "check the disk (full, read-only, failing?) and retry") from None
         raise StateRefused(path, f"{path}: not a SQLite database, so not a signal-engine {kind.what} ({exc}); "
                                  f"use another --state DIR, or {RESET_HINT}") from None
     finally:
@@ -162,6 +167,21 @@ def move_aside(path: Path, kind: FileKind, *, clock: float | None = None) -> Pat
     except OSError as exc:
         raise StateError(f"{path}: cannot move it aside to {target.name} ({exc.strerror})") from None
     return target
+
+
+def _not_ours(exc: sqlite3.Error) -> bool:
+    """True only for what the file itself says: not a database, or not whole (SQLITE_NOTADB, SQLITE_CORRUPT).
+
+    An I/O error, a file SQLite cannot open, a full disk, a lock held by
+    another process: those are the machine's, and the file may be healthy.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT)
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc}, {name}" if name else str(exc)
 
 
 def _header(path: Path) -> bytes:
