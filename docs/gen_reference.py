@@ -291,8 +291,8 @@ def destination_page(path: Path) -> str:
 
 def _settings_section(preset: dict[str, Any]) -> list[str]:
     out = ["## Settings\n\n",
-           "Given in the `--settings` YAML file (a value may be `${ENV_VAR}`). A secret is masked everywhere and "
-           "never seen by an expression; a dry run needs no secret.\n\n",
+           ("Given in the `--settings` YAML file (a value may be `${ENV_VAR}`). A secret is masked everywhere and "
+            "never seen by an expression; a dry run needs no secret.\n\n"),
            "| Setting | Type | | Description |\n", "| --- | --- | --- | --- |\n"]
     for key, spec in preset.get("settings", {}).items():
         marks = []
@@ -459,7 +459,8 @@ def _delivery_section(preset: dict[str, Any]) -> list[str]:
             facts.append(label.format(delivery[key]))
     rate = delivery.get("rate_limit") or {}
     if rate:
-        line = f"at most {rate.get('requests')} requests per {rate.get('per_seconds')} s until the destination says otherwise"
+        line = (f"at most {rate.get('requests')} requests per {rate.get('per_seconds')} s "
+                "until the destination says otherwise")
         headers = rate.get("headers") or {}
         read = [v if isinstance(v, str) else f"{v.get('header')} ({v.get('key')})"
                 for k, v in headers.items() if k in ("remaining", "reset", "window", "retry_after")]
@@ -476,8 +477,8 @@ def _delivery_section(preset: dict[str, Any]) -> list[str]:
         out.append(text[:1].upper() + text[1:] + ".\n\n")
     rules = delivery.get("responses") or []
     if rules:
-        out += ["What each answer means, first matching rule first "
-                "([how rules are read](../concepts/preset-language.md)):\n\n",
+        out += [("What each answer means, first matching rule first "
+                 "([how rules are read](../concepts/preset-language.md)):\n\n"),
                 "| When | Then | Message |\n", "| --- | --- | --- |\n"]
         out += [_rule_row(rule) for rule in rules]
         out.append("\n")
@@ -504,8 +505,8 @@ def _example_section(name: str) -> list[str]:
         return []
     request = sent[0]["request"]
     return ["## The product page's example\n\n",
-            f"The identify and `Demo Requested` of the product page, as the golden case "
-            f"`golden/{name}/seed-example-demo-requested.json` pins the request (a dry run):\n\n",
+            (f"The identify and `Demo Requested` of the product page, as the golden case "
+             f"`golden/{name}/seed-example-demo-requested.json` pins the request (a dry run):\n\n"),
             f"```\n{request['method']} {request['url']}\n```\n\n",
             "```json\n", json.dumps(request.get("body"), indent=2, ensure_ascii=False), "\n```\n"]
 
