@@ -86,7 +86,7 @@ class RedisIdentityStore:
                     rows = [pipe.hmget(name, "traits", "owner", "bytes", "seen") for name in names]
                     pipe.multi()
                     delta = 0
-                    for slot, name, row in zip(slots, names, rows):
+                    for slot, name, row in zip(slots, names, rows, strict=True):
                         existing = _remembered(row, now, self.limits.ttl_seconds)
                         new = merged(existing, traits, owner, slot.exclusive)
                         text = traits_json(new.traits)

@@ -106,7 +106,7 @@ class RedisQueue:
             pipe.hmget(self.failures, [entry_id for entry_id, _ in items])
             *pending, failures = await pipe.execute()
         return [_entry(entry_id, fields, _times_delivered(info, 2), failure)
-                for (entry_id, fields), info, failure in zip(items, pending, failures)]
+                for (entry_id, fields), info, failure in zip(items, pending, failures, strict=True)]
 
     async def touch(self, consumer: str, ids: Sequence[str]) -> None:
         if ids:

@@ -23,7 +23,7 @@ from .keys import Keys
 
 
 class RedisRecord:
-    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,
+    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,  # noqa: B008 - frozen
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.keys = keys
@@ -44,7 +44,8 @@ class RedisRecord:
                 pipe.xadd(self.keys.record(entry.integration), _fields(entry), id=f"{int(entry.at * 1000)}-*",
                           maxlen=self.limits.per_integration, approximate=False)
             answers = pipe.execute(raise_on_error=False)
-            late = [entry for entry, answer in zip(entries, answers) if isinstance(answer, redis.ResponseError)]
+            late = [entry for entry, answer in zip(entries, answers, strict=True)
+                    if isinstance(answer, redis.ResponseError)]
             pipe = self.client.pipeline(transaction=False)
             for entry in late:
                 pipe.xadd(self.keys.record(entry.integration), _fields(entry),
