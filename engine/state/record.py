@@ -313,7 +313,8 @@ def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:
     text = _json(event)
     if len(text) <= EVENT_CAP:
         return event
-    kept: dict[str, Any] = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp") if k in event}
+    kept: dict[str, Any] = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp")
+                            if k in event}
     return {**kept, "_truncated": f"the event was {len(text)} characters; only its identifying fields are kept"}
 
 
