@@ -8,6 +8,7 @@ pipeline. Import :class:`Engine` to embed delivery in an async host, or
 """
 
 import logging
+from typing import Any
 
 from .language.compiler import PresetError, load_preset
 from .language.model import Preset
@@ -23,7 +24,7 @@ __all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError",
            "load_preset", "resolve_settings", "__version__"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy, so checks and dry runs never import aiohttp
+def __getattr__(name: str) -> Any:  # lazy, so checks and dry runs never import aiohttp
     if name == "Engine":
         from .runtime import Engine
 

@@ -397,12 +397,13 @@ class Engine:
                     continue
                 if not exhausted and next_batch is None and self._inflight < window and not self._closed:
                     next_batch = asyncio.ensure_future(source.__anext__())
-                waiting = [f for f in (next_batch, pending[0] if pending else None) if f is not None]
+                waiting: list[asyncio.Future[Any]] = [f for f in (next_batch, pending[0] if pending else None)
+                                                      if f is not None and not isinstance(f, Outcome)]
                 if not waiting:
                     break  # closed mid-stream with nothing in flight
                 if self._stop is None:
                     waiting.append(self._stop_requested)
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if next_batch is not None and next_batch.done():
                     try:
                         batch = next_batch.result()
@@ -639,7 +640,7 @@ class Engine:
         if not isinstance(request, dict) or action is None:
             return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
         # A letter written before it kept its context replays with none, as it always did.
-        context = entry.get("context") if isinstance(entry.get("context"), dict) else {}
+        context = found if isinstance(found := entry.get("context"), dict) else {}
         traits, values = context.get("traits"), context.get("values")
         traits = dict(traits) if isinstance(traits, dict) else {}
         values = dict(values) if isinstance(values, dict) else {}
@@ -698,11 +699,11 @@ async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
 async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:
     if hasattr(events, "__aiter__"):
         index = 0
-        async for event in events:  # type: ignore[union-attr]
+        async for event in events:
             yield index, event
             index += 1
     else:
-        for index, event in enumerate(events):  # type: ignore[arg-type]
+        for index, event in enumerate(events):
             yield index, event
 
 

@@ -276,7 +276,7 @@ def test_acceptance_every_event_has_one_outcome_in_order_and_every_lead_is_deliv
     run = acceptance
     assert [o.index for o in run.outcomes] == list(range(len(run.events)))
     assert [o.message_id for o in run.outcomes] == [e["messageId"] for e in run.events]
-    for event, result in zip(run.events, run.outcomes):
+    for event, result in zip(run.events, run.outcomes, strict=True):
         if event["type"] == "identify":
             assert (result.outcome, result.reason) == (oc.DROPPED, "event_not_mapped")
         else:

@@ -197,7 +197,7 @@ def test_outreach_token_chain_on_the_wire(presets: dict) -> None:
         run = _scripted(case, spec, presets)
         settings = spec["settings"]
         refresh, access = settings["refresh_token"], None
-        for request, answer in zip(run.sent, spec["responses"]):
+        for request, answer in zip(run.sent, spec["responses"], strict=True):
             where = f"{case.name}: {request.method} {request.url}"
             if request.form is not None:
                 assert request.form == {"grant_type": "refresh_token", "refresh_token": refresh,
@@ -245,7 +245,7 @@ def test_every_outreach_response_and_auth_rule_is_pinned(presets: dict) -> None:
     steps = {"POST": "create", "GET": "lookup", "PATCH": "update"}
     for case, spec in _delivery_cases(OUTREACH):
         run = _scripted(case, spec, presets)
-        for request, answer in zip(run.sent, spec["responses"]):
+        for request, answer in zip(run.sent, spec["responses"], strict=True):
             token = request.form is not None
             if "error" in answer:
                 reply = Answer(None, transport_error=answer["error"], step=None if token else steps[request.method])

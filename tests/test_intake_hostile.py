@@ -141,7 +141,7 @@ def _read_until_closed(conn: socket.socket, limit: float) -> tuple[bytes, float]
         while chunk := conn.recv(4096):
             data += chunk
     except socket.timeout:
-        raise AssertionError(f"the server kept the connection open for over {limit}s (got {data[:80]!r})")
+        raise AssertionError(f"the server kept the connection open for over {limit}s (got {data[:80]!r})") from None
     return data, time.monotonic() - start
 
 

@@ -72,7 +72,7 @@ def exact(value: Any) -> Any:
 def test_each_line_reads_as_json_reads_it() -> None:
     items = read(LINES)
     assert [index for index, _, _ in items] == list(range(len(LINES)))
-    for (index, event, problem), line in zip(items, LINES):
+    for (_, event, problem), line in zip(items, LINES, strict=True):
         assert problem is None, line
         assert exact(event) == exact(json.loads(line)), line
 

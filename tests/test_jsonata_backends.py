@@ -106,7 +106,7 @@ def upsert_inputs(documents: list[Any], traits: list[Any], settings: dict[str, A
               {"id": 4242, "attributes": {"emails": ["old@acme.com"], "tags": ["VIP"], "mobilePhones": []}},
               {"id": 1, "attributes": {"emails": "not-a-list", "tags": None}},
               {"id": 2, "attributes": {"emails": ["Zoë@acme.com", "old@acme.com"], "tags": ["Signal", "lead", "😀"]}}]
-    for document, trait_set in zip(documents, traits):
+    for document, trait_set in zip(documents, traits, strict=False):  # fewer traits: the rest get none
         base = {"document": document, "traits": trait_set, "settings": settings}
         yield base
         for found in founds:

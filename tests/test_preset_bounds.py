@@ -12,11 +12,8 @@ RSS as the kernel counts it); the time limit only catches a hang.
 
 from __future__ import annotations
 
-import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 

@@ -340,7 +340,7 @@ def test_several_structural_errors_are_all_printed_in_file_order(tmp_path: Path,
         f"{path}:{line_no(path, 'concurrency: 0')}:16: delivery.concurrency: ",
         f"{path}:{line_no(path, 'multipler: 3')}:7: delivery.retries.backoff.multipler: unknown key 'multipler'",
     ]
-    for line, start in zip(lines, expected_starts):
+    for line, start in zip(lines, expected_starts, strict=True):
         assert line.startswith(start), (line, start)
     assert "actions.create_prospect.mapping: JSONata syntax error" in lines[1]
 

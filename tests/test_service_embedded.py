@@ -89,7 +89,7 @@ def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Pa
             done_before = delivered([first])
             assert len(done_before) < count, "the kill came too late to test anything"
             second = Service(*args, cwd=tmp_path, name="second")
-            second.url
+            second.url  # noqa: B018 - waits until it listens
             until(lambda: len(delivered([first, second])) == count, timeout=60,
                   what=lambda: "every lead delivered; the others: "
                   + json.dumps([o for o in first.outcomes() + second.outcomes() if o["outcome"] != "delivered"
@@ -136,7 +136,7 @@ def test_sigterm_drains_what_was_read_and_keeps_the_rest_for_the_next_start(tmp_
         # Whatever the drain finished has its outcome; the rest is delivered by the next start.
         second = Service(*args, cwd=tmp_path, name="second")
         try:
-            second.url
+            second.url  # noqa: B018 - waits until it listens
             until(lambda: len(first.outcomes()) + len(second.outcomes()) == 60, what="every outcome")
             second.signal(signal.SIGTERM)
             assert second.wait(30) == 0

@@ -217,7 +217,7 @@ def test_a_closed_stdout_drains_records_and_exits_141_with_one_line(tmp_path: Pa
     assert returncode == 141
     lines = stderr.splitlines()
     assert len(lines) == 1, stderr  # one line, no traceback
-    assert lines[0].startswith(f"signal-engine: stdout was closed (broken pipe) after reading ")
+    assert lines[0].startswith("signal-engine: stdout was closed (broken pipe) after reading ")
     read = int(lines[0].split("after reading ")[1].split(" ")[0])
     assert "outcome line(s) not printed" in lines[0]
     # Drained and recorded: every line read is in the journal or the dead letters, and every

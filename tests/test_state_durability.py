@@ -395,7 +395,7 @@ def test_two_processes_sharing_a_state_directory_refresh_once(tmp_path: Path) ->
         results = [p.communicate(timeout=60) for p in procs]
         statuses, creates = list(server.statuses), server.creates
 
-    for proc, (out, err) in zip(procs, results):
+    for proc, (out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err
         assert json_lines(out)[0]["outcome"] == "delivered"
     assert statuses == [200]  # one refresh; the other process waited for the lock and took its tokens

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.language.settings import Settings
 from engine.runtime import Engine
 from engine.state.backend import open_state
 from engine.state.sqlite import SqliteState

@@ -19,7 +19,7 @@ def register(sub: Any) -> None:
         "console", help="serve the web console: Event Debugger, dead letters, integration health",
         description="Serve the web console over what a `run`, a `dlq replay`, `serve` or the workers recorded in a "
                     "state directory (--state) or a Redis (--redis). It listens on 127.0.0.1 by default; any other "
-                    f"--host needs the token in $SIGNAL_CONSOLE_TOKEN, or it refuses to start. Prints 'console on "
+                    "--host needs the token in $SIGNAL_CONSOLE_TOKEN, or it refuses to start. Prints 'console on "
                     "http://HOST:PORT/console/' when ready; SIGINT or SIGTERM stops it.")
     where = cmd.add_mutually_exclusive_group(required=True)
     where.add_argument("--state", metavar="DIR", help="the state directory a run, dlq replay or serve used")

@@ -127,7 +127,8 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
             for signum in SIGNALS:
                 loop.remove_signal_handler(signum)
         for result in results:
-            stop.emit(lambda: print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True))
+            # emit calls the function at once, so it prints this result, not the loop's last.
+            stop.emit(lambda: print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True))  # noqa: B023
         done = sum(1 for r in results if r.outcome == oc.DELIVERED)
         skipped = sum(1 for r in results if r.cause == oc.NOT_SENT)
         line = f"signal-engine: replayed {len(results) - skipped}, delivered {done}, {left} left in the dead-letter store"

@@ -17,7 +17,7 @@ import re
 import stat
 import sys
 import time
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, cast
 
 import orjson
 
@@ -78,7 +78,8 @@ def open_events(path: str) -> IO[bytes]:
         try:
             return io.FileIO(stdin.fileno(), "rb", closefd=False)
         except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both: a replaced stdin
-            return getattr(stdin, "buffer", stdin)
+            # A replaced stdin with no buffer is a byte stream itself.
+            return cast(IO[bytes], getattr(stdin, "buffer", stdin))
     try:
         return open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
     except OSError as exc:

@@ -138,7 +138,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
                "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error; "
                "130, 143 or 141 a run stopped by SIGINT, SIGTERM or a closed stdout (every event read recorded).")
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
-    sub = parser.add_subparsers(metavar="COMMAND",
+    # typeshed wants a class for parser_class; argparse only calls it, so a partial does.
+    sub = parser.add_subparsers(metavar="COMMAND",  # type: ignore[call-overload]
                                 parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))
     named = [module for name, module in COMMANDS if name == command]
     for module in named or [module for _, module in COMMANDS]:

@@ -144,7 +144,7 @@ def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunR
                 for index, event, problem in lines.parse(chunk):
                     result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
                         else pipeline.dry_run(event, index)
-                    stop.emit(lambda: emit(result, flush=flush))
+                    stop.emit(lambda: emit(result, flush=flush))  # noqa: B023 - emit calls it at once
                     report.add(result)
             stop.emit(sys.stdout.flush, lines=0)
         except OSError as exc:
@@ -222,7 +222,7 @@ async def deliver(preset: Preset, settings: Settings, args: argparse.Namespace, 
                 lines.finished = True
 
             async for result in engine.process_batches(events()):
-                if print_outcomes and stop.emit(lambda: emit(result)):
+                if print_outcomes and stop.emit(lambda: emit(result)):  # noqa: B023 - emit calls it at once
                     engine.stop(args.grace, stop.reason or "stdout closed")
                 report.add(result)
         mints = engine.mints

@@ -102,7 +102,7 @@ class RunStop:
                 self._reading = False
                 raise StopRequested
 
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         try:
             for signum in SIGNALS:
                 with contextlib.suppress(ValueError, OSError):  # not the main thread

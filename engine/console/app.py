@@ -42,7 +42,7 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app[SOURCE] = source
     app[GUARD] = guard or Guard()
     app[STOPPING] = asyncio.Event()
-    app.router.add_get("/", lambda _r: _redirect("/console/events"))
+    app.router.add_get("/", _to_events)
     app.router.add_get("/events", events_page)
     app.router.add_get("/events/{id}", event_page)
     app.router.add_get("/dead-letters", dead_letters_page)
@@ -75,7 +75,7 @@ def mount(root: web.Application, console: web.Application) -> None:
 
 def standalone(console: web.Application) -> web.Application:
     root = web.Application()
-    root.router.add_get("/", lambda _r: _redirect("/console/events"))
+    root.router.add_get("/", _to_events)
     mount(root, console)
 
     async def stop_streams(_: web.Application) -> None:
@@ -87,6 +87,11 @@ def standalone(console: web.Application) -> web.Application:
 
 def _redirect(where: str) -> web.Response:
     return web.Response(status=303, headers={"Location": where, **HEADERS})
+
+
+async def _to_events(_: web.Request) -> web.Response:
+    """``/`` opens the Event Debugger (async: aiohttp deprecates plain functions as handlers)."""
+    return _redirect("/console/events")
 
 
 def _html(text: str, status: int = 200) -> web.Response:
@@ -156,7 +161,7 @@ async def replay_form(request: web.Request) -> web.Response:
         ids = [str(letter["id"]) for letter in await _off_loop(source.dead_letters, integration)
                if letter.get("cause") == form.get("cause")]
         if not ids:
-            return _message(f"No {form.get('cause')} letters are left for {integration}.")
+            return _message(f"No {form.get('cause')!s} letters are left for {integration}.")
     elif form.get("mode") == "all":
         ids = None
     else:
@@ -197,7 +202,8 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
 async def playground_page(request: web.Request) -> web.Response:
     source = request.app[SOURCE]
     names = _playground_presets(source)
-    chosen = request.query.get("preset") if request.query.get("preset") in names else (names[0] if names else "")
+    asked = request.query.get("preset")
+    chosen = asked if asked is not None and asked in names else (names[0] if names else "")
     text = _playground_source(source, chosen) if chosen else ""
     result = await _off_loop(playground.run, text, playground.EXAMPLE_EVENTS)
     return _html(views.playground_page(names, chosen, text, playground.EXAMPLE_EVENTS, result,

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 TOKEN_ENV = "SIGNAL_CONSOLE_TOKEN"
 COOKIE = "signal_console"
@@ -91,7 +92,7 @@ class Guard:
     def csrf_ok(self, request: web.Request, supplied: str | None) -> bool:
         if self.bearer(request):
             return True
-        given = supplied or request.headers.get("X-CSRF-Token", "")
+        given = supplied or request.headers.get("X-CSRF-Token") or ""
         return hmac.compare_digest(given.encode(), self.csrf.encode())
 
     def login_allowed(self) -> bool:
@@ -110,7 +111,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/console/login", "/console/static/")
 
 
-def middleware(guard: Guard) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(guard: Guard) -> Middleware:
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(OPEN_PATHS) and not guard.allowed(request):

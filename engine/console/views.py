@@ -162,7 +162,7 @@ def exchanges_table(exchanges: Sequence[Mapping[str, Any]]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
-def dead_letters_page(groups: Mapping[str, list[Mapping[str, Any]]], replayable: set[str], message: str | None,
+def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replayable: set[str], message: str | None,
                       causes: Sequence[str] = (), cause: str | None = None, *, csrf: str) -> str:
     parts = []
     if message:

@@ -219,8 +219,8 @@ class Sender:
             return make(oc.DELIVERED, None, None)
         if step.verdict == "auth":
             err = step.auth_error
-            cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
-            return make(oc.DEAD_LETTERED, cause, self.redactor.redact(str(err)))
+            auth_cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
+            return make(oc.DEAD_LETTERED, auth_cause, self.redactor.redact(str(err)))
         if ex is not None and step.verdict in ("fail", "exhausted", "unauthorised") \
                 and refuses_static_credential(self.auth_spec, ex.status):
             assert self.auth_spec is not None

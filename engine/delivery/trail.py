@@ -26,7 +26,7 @@ BODY_CAP = 2048  # characters of each response body kept
 _RATE_HEADER = re.compile(r"rate.?limit|retry-after", re.I)
 
 
-class Trail(list):  # type: ignore[type-arg]
+class Trail(list[dict[str, Any]]):
     """The requests of one delivery, in order; ``started`` is when the first one left."""
 
     started: float | None = None

@@ -198,7 +198,7 @@ class _Compiler:
     def _schema_problem(self, error: ValidationError) -> None:
         path = list(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            allowed = set(error.schema.get("properties", {}))
+            allowed = set(error.schema.get("properties", {}) if isinstance(error.schema, Mapping) else ())
             for extra in sorted(k for k in error.instance if k not in allowed):
                 hint = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
                 self.problem(path + [extra], f"unknown key {extra!r}{hint}", key=True)
@@ -365,7 +365,7 @@ class _Compiler:
                 if (t := self._template(path + [name], source, roots)) is not None}
 
     def _action(self, name: str, spec: Mapping[str, Any]) -> ActionSpec:
-        base = ["actions", name]
+        base: list[PathPart] = ["actions", name]
         mapping = self._expression(base + ["mapping"], spec["mapping"], self._mapping_roots(name), "the mapping")
         flow = self._flow(base + ["flow"], name, spec) if "flow" in spec else ()
         if flow:
@@ -589,7 +589,7 @@ class _Compiler:
         return name
 
     def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[Rule, ...]:
-        rules = []
+        rules: list[Rule] = []
         for i, spec in enumerate(specs):
             source = spec["when"].get("match")
             match = (self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")

@@ -240,7 +240,7 @@ def _counting_composer() -> Any:
     """ruamel.yaml's composer, stopping once the document holds :data:`MAX_YAML_VALUES` values."""
     from ruamel.yaml.composer import Composer
 
-    class CountingComposer(Composer):  # type: ignore[misc]
+    class CountingComposer(Composer):
         values = 0
 
         def compose_node(self, parent: Any, index: Any) -> Any:

@@ -370,7 +370,7 @@ def _shortened(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple
             if key in after:
                 yield from _shortened(before[key], after[key], path + (str(key),))
     elif isinstance(before, list) and isinstance(after, list):
-        for i, (b, a) in enumerate(zip(before, after)):
+        for i, (b, a) in enumerate(zip(before, after, strict=False)):  # a list the contract cut is shorter
             yield from _shortened(b, a, path + (str(i),))
 
 

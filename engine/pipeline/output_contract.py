@@ -187,9 +187,9 @@ class OutputContract:
         if not self._fast:
             import jsonschema_rs  # ~20 ms of imports, paid by the first document, not by every start
 
-            options = {"retriever": self._refs.retrieve_contents} if self._refs is not None else {}
+            retriever = self._refs.retrieve_contents if self._refs is not None else None
             try:
-                self._fast.append(jsonschema_rs.Draft202012Validator(self.schema, **options))
+                self._fast.append(jsonschema_rs.Draft202012Validator(self.schema, retriever=retriever))
             except jsonschema_rs.ValidationError as exc:
                 where = "/" + "/".join(str(p) for p in exc.instance_path)
                 raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None

@@ -327,7 +327,7 @@ def contact_view(state: SandboxState, contact_id: str) -> dict[str, Any]:
         number = phonenumbers.parse(p["phone"], None)
         phones.append({**p, "phone_formatted": phonenumbers.format_number(
             number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
-            "country": phonenumbers.region_code_for_country_code(number.country_code)})
+            "country": phonenumbers.region_code_for_country_code(number.country_code or 0)})  # 0: unknown, "ZZ"
     return {"id": contact_id, "lead_id": c["lead_id"], "name": c["name"], "display_name": c["name"] or "",
             "title": c["title"], "emails": emails, "phones": phones, "urls": c["urls"], **c["custom"],
             "date_created": c["date_created"], "date_updated": c["date_updated"]}

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 __all__ = [
     "Admission",
@@ -71,7 +72,6 @@ __all__ = [
 RANDOM_FAULT_CHOICES: tuple[int | str, ...] = (500, 502, 503, "drop")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 # --------------------------------------------------------------------------

@@ -254,6 +254,7 @@ def _resource(state: SandboxState, contact_id: str, names: list[str] | None = No
     props = state.contacts[contact_id]
     meta = state.meta[contact_id]
     system = {"createdate": meta["createdAt"], "lastmodifieddate": meta["updatedAt"], "hs_object_id": contact_id}
+    shown: dict[str, str | None]
     if names is None:
         shown = {**props, **system}
     else:
@@ -327,7 +328,7 @@ async def get_contact(request: web.Request) -> web.Response:
 
 def _search_email(body: Any) -> str:
     """The email of the one filter this fake understands: ``email EQ <value>``."""
-    groups = body.get("filterGroups") if isinstance(body, dict) else None
+    groups: Any = body.get("filterGroups") if isinstance(body, dict) else None  # JSON, checked by unpacking
     try:
         (group,) = groups
         (condition,) = group["filters"]

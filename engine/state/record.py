@@ -25,7 +25,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence, TypeVar
 
 import orjson
 
@@ -313,7 +313,8 @@ def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:
     text = _json(event)
     if len(text) <= EVENT_CAP:
         return event
-    kept = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp") if k in event}
+    kept: dict[str, Any] = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp")
+                            if k in event}
     return {**kept, "_truncated": f"the event was {len(text)} characters; only its identifying fields are kept"}
 
 
@@ -358,8 +359,11 @@ class MemoryRecord:
         return sorted({e.integration for _, e in self._entries})
 
 
-def iter_matching(rows: Iterable[Mapping[str, Any]], query: RecordQuery) -> list[dict[str, Any]]:
-    out = []
+_Row = TypeVar("_Row", bound=Mapping[str, Any])
+
+
+def iter_matching(rows: Iterable[_Row], query: RecordQuery) -> list[_Row]:
+    out: list[_Row] = []
     for row in rows:
         if query.matches(row):
             out.append(row)

@@ -66,7 +66,7 @@ class RedisState:
     def rate_budget(self, name: str, rate: float, capacity: float) -> RedisRateBudget:
         return RedisRateBudget(self.client, self.keys, name, rate, capacity)
 
-    def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:
+    def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
         return RedisRecord(self.client, self.keys, limits)
 

@@ -17,7 +17,7 @@ from redis import Redis
 from redis.exceptions import WatchError
 
 from .errors import reading, writing
-from .keys import Keys
+from .keys import Keys, decoded
 
 MAX_RETRIES = 50
 
@@ -48,7 +48,7 @@ class RedisDeadLetters:
                         pipe.watch(self._keys, self._letters)
                         same = pipe.hget(self._keys, index)
                         if same is not None and pipe.hexists(self._letters, same):
-                            same_id = same.decode()
+                            same_id = decoded(same)
                             pipe.multi()
                             pipe.hset(self._letters, same_id, _text({**entry, "id": same_id}))
                             pipe.execute()
@@ -68,7 +68,8 @@ class RedisDeadLetters:
     def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
         with reading("the dead letters"):
             ids = self.r.zrange(self._order, 0, -1)
-            texts = self.r.hmget(self._letters, ids) if ids else []
+            # The stubs do not tell ZRANGE's members from ZRANGE WITHSCORES' pairs; these are members.
+            texts = self.r.hmget(self._letters, ids) if ids else []  # type: ignore[arg-type]
         letters = [json.loads(text) for text in texts if text is not None]
         return [e for e in letters if preset is None or e.get("preset") == preset]
 
@@ -91,7 +92,7 @@ class RedisDeadLetters:
         with reading("the dead letters"):
             letter_id = self.r.hget(self._keys, f"{preset}\0{key}")
         if letter_id is not None:
-            self.remove(letter_id.decode())
+            self.remove(decoded(letter_id))
 
     def update(self, entry: dict[str, Any]) -> None:
         with writing("the dead letters"):

@@ -86,7 +86,7 @@ class RedisIdentityStore:
                     rows = [pipe.hmget(name, "traits", "owner", "bytes", "seen") for name in names]
                     pipe.multi()
                     delta = 0
-                    for slot, name, row in zip(slots, names, rows):
+                    for slot, name, row in zip(slots, names, rows, strict=True):
                         existing = _remembered(row, now, self.limits.ttl_seconds)
                         new = merged(existing, traits, owner, slot.exclusive)
                         text = traits_json(new.traits)
@@ -110,10 +110,14 @@ class RedisIdentityStore:
             row = self.r.hmget(name, "traits", "owner", "bytes", "seen")
         now = self._clock()
         entry = _remembered(row, now, self.limits.ttl_seconds)
-        if entry is not None and now - float(row[3]) > TOUCH_SECONDS:
+        seen = row[3]
+        if entry is not None and seen is not None and now - float(seen) > TOUCH_SECONDS:
             try:
                 with writing("the identity memory"):
-                    self.r.pipeline().hset(name, "seen", now).zadd(self._seen, {name: now}).execute()
+                    pipe = self.r.pipeline()
+                    pipe.hset(name, "seen", now)
+                    pipe.zadd(self._seen, {name: now})
+                    pipe.execute()
             except OSError:
                 pass  # keeping the order of last sight is best effort; the traits are what matter
         return entry

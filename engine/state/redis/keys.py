@@ -17,6 +17,12 @@ def digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def decoded(reply: bytes | str) -> str:
+    """A key or field read back as text: the clients leave decode_responses off, so it is bytes (the stubs
+    allow str as well, as they must for every client)."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -82,7 +82,8 @@ class RedisQueue:
         answer = await self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count,
                                          block=max(1, int(block_seconds * 1000)) if block_seconds > 0 else None)
         entries: list[QueuedEvent] = []
-        for _, items in answer or []:
+        # RESP2, the client's protocol: a list of [stream, entries] (the stubs also allow RESP3's map).
+        for _, items in cast("list[list[Any]] | None", answer) or []:
             entries += [_entry(entry_id, fields, 1) for entry_id, fields in items if fields]
         return entries
 
@@ -105,7 +106,7 @@ class RedisQueue:
             pipe.hmget(self.failures, [entry_id for entry_id, _ in items])
             *pending, failures = await pipe.execute()
         return [_entry(entry_id, fields, _times_delivered(info, 2), failure)
-                for (entry_id, fields), info, failure in zip(items, pending, failures)]
+                for (entry_id, fields), info, failure in zip(items, pending, failures, strict=True)]
 
     async def touch(self, consumer: str, ids: Sequence[str]) -> None:
         if ids:

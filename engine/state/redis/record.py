@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import redis
+from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 from ..errors import StateError
 from ..record import Recorded, RecordLimits, RecordQuery
@@ -22,7 +23,7 @@ from .keys import Keys
 
 
 class RedisRecord:
-    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,
+    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,  # noqa: B008 - frozen
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.keys = keys
@@ -43,7 +44,8 @@ class RedisRecord:
                 pipe.xadd(self.keys.record(entry.integration), _fields(entry), id=f"{int(entry.at * 1000)}-*",
                           maxlen=self.limits.per_integration, approximate=False)
             answers = pipe.execute(raise_on_error=False)
-            late = [entry for entry, answer in zip(entries, answers) if isinstance(answer, redis.ResponseError)]
+            late = [entry for entry, answer in zip(entries, answers, strict=True)
+                    if isinstance(answer, redis.ResponseError)]
             pipe = self.client.pipeline(transaction=False)
             for entry in late:
                 pipe.xadd(self.keys.record(entry.integration), _fields(entry),
@@ -62,7 +64,7 @@ class RedisRecord:
         count = self.limits.per_integration if filtered else query.limit
         rows = []
         for name in names:
-            for stream_id, fields in self.client.xrevrange(self.keys.record(name), count=count):
+            for stream_id, fields in _range(self.client.xrevrange(self.keys.record(name), count=count)):
                 row = _summary(name, stream_id, fields)
                 if query.matches(row):
                     rows.append(row)
@@ -76,7 +78,7 @@ class RedisRecord:
         if not name or not stream_id:
             return None
         try:
-            found = self.client.xrange(self.keys.record(name), min=stream_id, max=stream_id, count=1)
+            found = _range(self.client.xrange(self.keys.record(name), min=stream_id, max=stream_id, count=1))
         except redis.ResponseError:
             return None  # not a stream id
         if not found:
@@ -92,13 +94,13 @@ class RedisRecord:
         if cursor is None or not isinstance(last, dict):
             last = {}
             for name in names:
-                newest = self.client.xrevrange(self.keys.record(name), count=1)
+                newest = _range(self.client.xrevrange(self.keys.record(name), count=1))
                 last[name] = newest[0][0].decode() if newest else "0-0"
             return [], json.dumps(last)
         rows = []
         for name in names:
             start = last.get(name, "0-0")
-            for stream_id, fields in self.client.xrange(self.keys.record(name), min=f"({start}", count=500):
+            for stream_id, fields in _range(self.client.xrange(self.keys.record(name), min=f"({start}", count=500)):
                 rows.append(_summary(name, stream_id, fields))
                 last[name] = stream_id.decode()
         rows.sort(key=lambda r: (r.get("at") or 0))
@@ -107,17 +109,27 @@ class RedisRecord:
     def window(self, since: float) -> list[dict[str, Any]]:
         rows = []
         for name in self.integrations():
-            for stream_id, fields in self.client.xrange(self.keys.record(name), min=str(int(since * 1000))):
+            for stream_id, fields in _range(self.client.xrange(self.keys.record(name), min=str(int(since * 1000)))):
                 rows.append(_summary(name, stream_id, fields))
         return rows
 
     def integrations(self) -> list[str]:
-        return sorted(n.decode("utf-8", "replace") for n in self.client.smembers(self.keys.record_names()))
+        names = self.client.smembers(self.keys.record_names())
+        return sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
 
 
 def _summary(name: str, stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
     return {**json.loads(fields[b"s"]), "id": f"{name}:{stream_id.decode()}"}
 
 
-def _fields(entry: Recorded) -> dict[str, str]:
+_Entries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+def _range(found: StreamRangeResponse | None) -> _Entries:
+    """A stream range as this client reads it: decode_responses is off, so ids, names and values are bytes, and
+    XRANGE answers a list (the stubs allow str and None, as they must for every client)."""
+    return cast(_Entries, found or [])
+
+
+def _fields(entry: Recorded) -> dict[FieldT, EncodableT]:
     return {"e": entry.entry, "s": entry.summary}

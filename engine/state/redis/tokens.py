@@ -25,7 +25,7 @@ from redis import Redis
 
 from ..token_store import StoredTokens, fingerprint, values_from_text, values_text
 from .errors import reading, writing
-from .keys import Keys
+from .keys import Keys, decoded
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ class RedisTokenStore:
         with reading("the tokens"):
             refresh, access, expires, version, values = self.r.hmget(
                 self.keys.tokens(chain), "refresh_token", "access_token", "access_expires_at", "version", "token_values")
-        self._versions[chain] = version.decode() if version is not None else ""
+        self._versions[chain] = decoded(version) if version is not None else ""
         if not refresh:
             return None
-        return StoredTokens(refresh.decode(), access.decode() if access else None,
+        return StoredTokens(decoded(refresh), decoded(access) if access else None,
                             float(expires) if expires else None, values_from_text(values))
 
     def save(self, tokens: StoredTokens, configured: str) -> None:

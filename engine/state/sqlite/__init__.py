@@ -63,7 +63,7 @@ class SqliteState:
     def tokens(self, client_id: str) -> SqliteTokenStore:
         return SqliteTokenStore(self.db, client_id)
 
-    def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:
+    def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
         return SqliteRecord(self.db, limits, clock=self._clock)
 

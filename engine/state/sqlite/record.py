@@ -37,7 +37,7 @@ _SCHEMA = (
 
 
 class SqliteRecord:
-    def __init__(self, db: Database, limits: RecordLimits = RecordLimits(), *,
+    def __init__(self, db: Database, limits: RecordLimits = RecordLimits(), *,  # noqa: B008 - frozen
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.limits = limits
