@@ -29,6 +29,7 @@ from engine.language.settings import resolve
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline
 from engine.state.identity import DEFAULT_MEMORY_BYTES, IdentityLimits, MemoryIdentityStore, Slot
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
 PRESET = "outreach/lead-capture"
 MIB = 1024 * 1024
@@ -175,3 +176,153 @@ def test_a_million_identify_dry_run_stays_under_300_mb(tmp_path: Any) -> None:
     """, str(events), timeout=600)
     assert result["code"] == 0
     assert result["peak_mib"] * MIB < 300e6, result
+
+
+# --------------------------------------------------------------------------
+# dlq list and dlq replay
+# --------------------------------------------------------------------------
+
+
+def lead(i: int, tag: str = "dlq") -> dict[str, Any]:
+    return {"type": "track", "event": "Demo Requested", "userId": f"{tag}-{i}", "messageId": f"{tag}-{i}",
+            "context": {"consent": {"canonical": {"marketing": True}}},
+            "traits": {"email": f"{tag}{i}@letters.test", "firstName": "Jane", "lastName": "Doe",
+                       "company": "Acme Inc", "title": "Head of Growth", "phone": "+44 7700 900123"}}
+
+
+def letters(n: int, preset_name: str = PRESET, tag: str = "dlq") -> list[dict[str, Any]]:
+    """Dead letters as a run writes them: each with the event's real masked request and a 503 answer."""
+    from engine.state.dead_letters import entry_for
+    from engine.state.journal import event_key
+
+    preset = load_preset(PRESET)
+    pipeline = Pipeline(preset, resolve(preset.settings, {"client_id": "c", "client_secret": "s", "refresh_token": "r"},
+                                        require=False))
+    out = []
+    for i in range(n):
+        event = lead(i, tag)
+        prepared = pipeline.prepare(event, i)
+        assert not isinstance(prepared, oc.Outcome), prepared
+        request = prepared.masked_request(preset.auth)
+        result = oc.Outcome(i, event["messageId"], oc.DEAD_LETTERED, cause="http_503",
+                            detail="gave up after 5 attempts: 503 Service Unavailable", attempts=5, request=request,
+                            response={"status": 503, "body": {"errors": [{"title": "Service Unavailable"}]}})
+        out.append(entry_for(preset_name, prepared.action.name, result, request, event_key(event)))
+    return out
+
+
+def seed_sqlite(state_dir: Any, entries: list[dict[str, Any]]) -> None:
+    """Written in one transaction (a run writes each letter on its own, synced: too slow to set up thousands)."""
+    from engine.state.sqlite import SqliteState
+
+    state = SqliteState(state_dir)
+    with state.db.write() as cur:
+        cur.executemany("INSERT INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
+                        [(e["id"], e["preset"], e["key"], 1_000_000 + i, json.dumps(e)) for i, e in enumerate(entries)])
+    state.close()
+
+
+def test_sqlite_letters_are_read_a_page_at_a_time_in_order_up_to_the_newest_at_the_start(tmp_path: Any) -> None:
+    from engine.state.sqlite import SqliteState
+
+    entries = letters(1_050)
+    seed_sqlite(tmp_path, entries[:1_000])
+    state = SqliteState(tmp_path)
+    store = state.dead_letters()
+    seed_sqlite(tmp_path / "other", [])
+    statements: list[str] = []
+    state.db.conn.set_trace_callback(statements.append)
+    pages = store.pages(PRESET, 100)
+    first = next(pages)
+    store.add(entries[1_000])  # added after the listing started: not listed
+    store.remove(entries[500]["id"])  # removed before its page is read: not listed
+    rest = list(pages)
+    state.db.conn.set_trace_callback(None)
+    seen = [e["id"] for page in [first, *rest] for e in page]
+    assert seen == [e["id"] for e in entries[:1_000] if e is not entries[500]]
+    assert [len(p) for p in [first, *rest]] == [100] * 9 + [99]
+    selects = [s for s in statements if "ORDER BY added_at" in s]  # the listing's (add and remove have theirs)
+    # One look at the newest row, then one bounded query per page (the last, short, page ends it).
+    assert len(selects) == 1 + 10, selects
+    assert all("LIMIT" in s for s in selects)
+    assert store.count(PRESET) == 1_000 and store.count("another/preset") == 0
+    state.close()
+
+
+def test_redis_letters_are_read_a_page_at_a_time_in_order_even_with_equal_scores(redis_url: str) -> None:
+    from engine.state.redis import RedisState
+
+    state = RedisState(redis_url, prefix="pages-test")
+    store = state.dead_letters()
+    entries = letters(230, tag="r")
+    for e in entries[:200]:
+        store.add(e)
+    others = letters(40, preset_name="another/preset", tag="o")
+    for e in others:
+        store.add(e)
+    # Many letters at one score (two workers writing at the same instant): paging must neither skip nor repeat.
+    order = store._order  # noqa: SLF001 - the sorted set whose ties are under test
+    state.client.zadd(order, {e["id"]: 5.0 for e in entries[50:150]})
+    expected = sorted(((float(s), m.decode()) for m, s in state.client.zrange(order, 0, -1, withscores=True)))
+    wanted = [m for _, m in expected if m in {e["id"] for e in entries[:200]}]
+    pages = store.pages(PRESET, 7)
+    first = next(pages)
+    store.add(entries[200])  # added after the listing started: not listed
+    rest = list(pages)
+    assert [e["id"] for page in [first, *rest] for e in page] == wanted
+    assert all(len(page) <= 7 for page in [first, *rest])
+    assert store.count(PRESET) == 201 and store.count("another/preset") == 40
+    state.close()
+
+
+def peak_mib(*args: Any, cwd: Any) -> tuple[int, float, str, str]:
+    """Run the CLI as a child of a fresh interpreter: its exit code, its peak RSS in MiB, stdout and stderr."""
+    out, err = cwd / "cli.out", cwd / "cli.err"
+    result = fresh_process("""
+        import resource, subprocess
+        with open(sys.argv[1], "w") as out, open(sys.argv[2], "w") as err:
+            code = subprocess.run([sys.executable, "-m", "engine", *sys.argv[3:]], stdout=out, stderr=err).returncode
+        print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+    """, str(out), str(err), *map(str, args))
+    return result["code"], result["peak_mib"], out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
+
+
+def test_dlq_list_memory_does_not_grow_with_the_letters(tmp_path: Any) -> None:
+    entries = letters(8_000)
+    peaks = {}
+    for n in (2_000, 8_000):
+        state_dir = tmp_path / f"state-{n}"
+        seed_sqlite(state_dir, entries[:n])
+        code, peaks[n], out, err = peak_mib("dlq", "list", PRESET, "--state", state_dir, cwd=tmp_path)
+        assert code == 0, err
+        listed = [json.loads(line) for line in out.splitlines()]
+        assert [e["id"] for e in listed] == [e["id"] for e in entries[:n]]  # every letter, oldest first
+        assert listed[0]["request"]["headers"]["Authorization"] == "Bearer ***"
+        assert err.strip().splitlines()[-1] == f"signal-engine: {n} dead letter(s) for {PRESET}"
+    # Loading them all took about 9 KB per letter: 6,000 more letters were ~54 MiB more.
+    assert peaks[8_000] - peaks[2_000] < 12, peaks
+
+
+def test_dlq_replay_memory_does_not_grow_with_the_letters(tmp_path: Any) -> None:
+    from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
+
+    preset = fast_preset(tmp_path, requests=100_000, per_seconds=1)
+    entries = letters(4_000)
+    creds = unique_credentials()
+    peaks = {}
+    for n in (1_000, 4_000):
+        with ThreadedSandbox(**creds, quota=1_000_000) as sandbox:
+            settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
+            state_dir = tmp_path / f"state-{n}"
+            seed_sqlite(state_dir, [{**e, "request": {**e["request"], "url": e["request"]["url"].replace(
+                "https://api.outreach.io", sandbox.base_url)}} for e in entries[:n]])
+            code, peaks[n], out, err = peak_mib("dlq", "replay", preset, "--settings", settings, "--state", state_dir,
+                                                cwd=tmp_path)
+            created = len(sandbox.state()["prospects"])
+        assert code == 0, err
+        outcomes = [json.loads(line) for line in out.splitlines()]
+        assert [o["messageId"] for o in outcomes] == [e["messageId"] for e in entries[:n]]  # in the store's order
+        assert {o["outcome"] for o in outcomes} == {"delivered"} and created == n
+        assert err.strip().splitlines()[-1] == f"signal-engine: replayed {n}, delivered {n}, 0 left in the dead-letter store"
+    # Every letter and every replay at once took about 16 KB per letter: 3,000 more were ~48 MiB more.
+    assert peaks[4_000] - peaks[1_000] < 12, peaks
