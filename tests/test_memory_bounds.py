@@ -326,3 +326,99 @@ def test_dlq_replay_memory_does_not_grow_with_the_letters(tmp_path: Any) -> None
         assert err.strip().splitlines()[-1] == f"signal-engine: replayed {n}, delivered {n}, 0 left in the dead-letter store"
     # Every letter and every replay at once took about 16 KB per letter: 3,000 more were ~48 MiB more.
     assert peaks[4_000] - peaks[1_000] < 12, peaks
+
+
+# --------------------------------------------------------------------------
+# a delivering run while the destination is down
+# --------------------------------------------------------------------------
+
+
+def outage_preset(directory: Any) -> Any:
+    """The shipped preset with two attempts a millisecond apart and a client bucket that never binds."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    data = yaml.load((Path(__file__).resolve().parent.parent / "presets" / "outreach" / "lead-capture.yaml")
+                     .read_text(encoding="utf-8"))
+    delivery = data["delivery"]
+    delivery["retries"]["max_attempts"] = 2
+    delivery["retries"]["backoff"].update(initial_seconds=0.001, max_seconds=0.001)
+    delivery["rate_limit"].update(requests=1_000_000, per_seconds=1)
+    path = directory / "lead-capture-outage.yaml"
+    with path.open("w", encoding="utf-8") as handle:
+        yaml.dump(data, handle)
+    return path
+
+
+OUTAGES = {
+    # The token endpoint refuses the refresh token: every event waits for a re-authorisation.
+    "refresh token refused": ([], "bad-refresh-token", "reauthorisation_required"),
+    # The token endpoint is down: every event fails to get a credential.
+    "token endpoint down": (["--token-outage", "3600"], None, None),
+    # The API is down: every request answers 500.
+    "API down": (["--fault-mix", "500=1.0"], None, "http_500"),
+}
+
+
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_a_run_while_the_destination_is_down_keeps_nothing_per_event(tmp_path: Any, outage: str) -> None:
+    """Every event is dead-lettered; what the process holds stays flat (it grew by kilobytes per event).
+
+    Measured in a fresh process, against the sandbox in another: the test
+    runner keeps every log record, and a sandbox in this process its requests.
+    """
+    import re
+
+    flags, refresh_token, cause = OUTAGES[outage]
+    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0",
+                                "--quota", "10000000", *flags], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sandbox.stdout is not None
+        found = re.search(r"http://127\.0\.0\.1:[0-9]+", sandbox.stdout.readline())
+        assert found, "the sandbox did not say where it listens"
+        settings = {"client_id": "sandbox-client", "client_secret": "sandbox-secret",
+                    "refresh_token": refresh_token or "sandbox-refresh-token", "base_url": found.group(0)}
+        result = fresh_process("""
+            import asyncio, gc, logging, tracemalloc
+            from engine.runtime import Engine
+            logging.disable(logging.CRITICAL)  # a log record is written out, never kept: not what is measured
+
+            def lead(i):
+                return {"type": "track", "event": "Demo Requested", "userId": f"down-{i}", "messageId": f"down-{i}",
+                        "context": {"consent": {"canonical": {"marketing": True}}},
+                        "traits": {"email": f"down{i}@letters.test", "firstName": "Jane", "company": "Acme Inc"}}
+
+            seen = set()
+
+            async def run(engine, start, stop):  # keeps no outcome: only what each was
+                async for o in engine.process_many(lead(i) for i in range(start, stop)):
+                    seen.add((o.outcome, str(o.cause)))
+
+            async def main():
+                settings = json.loads(sys.argv[3])
+                async with Engine.from_preset(sys.argv[1], settings, state=sys.argv[2]) as engine:
+                    await run(engine, 0, 500)  # warm: connections, caches, the first failures
+                    gc.collect()
+                    tracemalloc.start()
+                    before = tracemalloc.get_traced_memory()[0]
+                    await run(engine, 500, 2500)
+                    gc.collect()
+                    grew = tracemalloc.get_traced_memory()[0] - before
+                    tracemalloc.stop()
+                return grew
+
+            grew = asyncio.run(main())
+            print(json.dumps({"grew": grew, "outcomes": sorted({o for o, _ in seen}),
+                              "causes": sorted({c for _, c in seen})}))
+        """, str(outage_preset(tmp_path)), str(tmp_path / "state"), json.dumps(settings))
+    finally:
+        sandbox.terminate()
+        sandbox.wait(30)
+    assert result["outcomes"] == [oc.DEAD_LETTERED], result
+    if cause:
+        assert result["causes"] == [cause], result
+    grew = result["grew"]
+    # About 1.7 KB per event was kept (3.4 MB over these 2,000); now nothing that grows with them.
+    assert grew < 200_000, f"{grew} bytes more after 2,000 more events ({grew / 2_000:.0f} per event)"
