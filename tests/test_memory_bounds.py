@@ -229,7 +229,6 @@ def test_sqlite_letters_are_read_a_page_at_a_time_in_order_up_to_the_newest_at_t
     seed_sqlite(tmp_path, entries[:1_000])
     state = SqliteState(tmp_path)
     store = state.dead_letters()
-    seed_sqlite(tmp_path / "other", [])
     statements: list[str] = []
     state.db.conn.set_trace_callback(statements.append)
     pages = store.pages(PRESET, 100)
