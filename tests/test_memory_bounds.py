@@ -274,6 +274,29 @@ def test_redis_letters_are_read_a_page_at_a_time_in_order_even_with_equal_scores
     state.close()
 
 
+def test_letters_kept_in_memory_while_the_disk_is_full_are_listed_with_the_rest(tmp_path: Any) -> None:
+    from engine.state.buffered import BufferedDeadLetters
+    from engine.state.sqlite import SqliteState
+
+    entries = letters(12)
+    seed_sqlite(tmp_path, entries[:10])
+    state = SqliteState(tmp_path)
+    inner = state.dead_letters()
+    buffered = BufferedDeadLetters(inner)
+
+    def full(_entry: dict[str, Any]) -> None:
+        raise OSError(28, "No space left on device")
+
+    inner.add = full  # type: ignore[method-assign]
+    assert buffered.add(entries[10]) is False and buffered.add(entries[11]) is False
+    paged = [e["id"] for page in buffered.pages(PRESET, 5) for e in page]
+    assert paged == [e["id"] for e in entries]  # the kept two after the stored ten
+    assert buffered.count(PRESET) == 12
+    del inner.add  # the disk has room again: the kept letters land, and pages come from the store
+    assert [len(page) for page in buffered.pages(PRESET, 5)] == [5, 5, 2] and len(buffered.pending) == 0
+    state.close()
+
+
 def peak_mib(*args: Any, cwd: Any) -> tuple[int, float, str, str]:
     """Run the CLI as a child of a fresh interpreter: its exit code, its peak RSS in MiB, stdout and stderr."""
     out, err = cwd / "cli.out", cwd / "cli.err"

@@ -165,7 +165,6 @@ class BufferedDeadLetters:
                 letters = [dict(arg) if e.get("id") == arg.get("id") else e for e in letters]
         return letters
 
-
     def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
         """The store's pages; only while writes are kept in memory (a full disk) are the letters read whole."""
         inner_pages = getattr(self.inner, "pages", None)  # a store written before pages existed lacks it

@@ -135,7 +135,7 @@ class _Entry:
 # The fixed process memory of one entry beyond its strings: the _Entry (with its
 # GC header), its float and int fields, and its share of the ordered table (a
 # hash slot, an entry, a list node; the table is up to about 3 slots per entry
-# between two resizes). Measured with tracemalloc in tests/test_state_bounds.py.
+# between two resizes). Checked against tracemalloc in tests/test_memory_bounds.py.
 ENTRY_OVERHEAD = 320
 
 
