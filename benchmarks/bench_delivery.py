@@ -161,36 +161,40 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
         runs = 0
         for _ in range(repeat):  # interleaved; a fresh state directory each time (the journal would skip leads)
             for name in files:
-                for flag in ([], ["--no-record"]):
+                for flag in ([], ["--no-record"], ["--dry-run"]):
                     runs += 1
-                    proc, base = start_sandbox(1_000_000, 3600, "clock") if name == "leads" else (None, "http://127.0.0.1:9")
+                    delivering = name == "leads" and "--dry-run" not in flag
+                    proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
                     settings = folder / f"settings-{runs}.yaml"
                     settings.write_text("\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n",
                                         encoding="utf-8")
                     args = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--settings", str(settings),
                             "--state", str(folder / f"state-{runs}"), "--events", str(folder / f"{name}.ndjson"), *flag]
                     try:
-                        figures.setdefault(f"{name}{'-off' if flag else ''}", []).append(child_cpu(args, env))
+                        figures.setdefault(name + SUFFIX[tuple(flag)], []).append(child_cpu(args, env))
                     finally:
                         if proc is not None:
                             proc.terminate()
                             proc.wait(timeout=10)
-                    if name == "leads":
+                    if delivering:
                         delivered = _delivered(folder / f"state-{runs}")
                         if delivered != leads:
                             raise SystemExit(f"only {delivered} of {leads} leads were delivered: not a fair measure")
     med = {k: statistics.median(v) for k, v in figures.items()}
 
-    def per(kind: str, off: bool, count: int) -> float:
-        suffix = "-off" if off else ""
+    def per(kind: str, suffix: str, count: int) -> float:
         return (med[kind + suffix] - med["empty" + suffix]) / count * 1e6
 
     out = {}
     for kind, count in (("leads", leads), ("drops", drops)):
-        on, off = per(kind, False, count), per(kind, True, count)
+        on, off, dry = per(kind, "", count), per(kind, "-off", count), per(kind, "-dry", count)
         out[kind] = {"count": count, "record_us": round(on, 1), "no_record_us": round(off, 1),
-                     "ratio": round(on / off, 3) if off > 0 else None}
+                     "ratio": round(on / off, 3) if off > 0 else None, "dry_run_us": round(dry, 1),
+                     "vs_dry_run": round(on / dry, 3) if dry > 0 else None}
     return out
+
+
+SUFFIX = {(): "", ("--no-record",): "-off", ("--dry-run",): "-dry"}
 
 
 def _delivered(state: Path) -> int:
@@ -233,7 +237,8 @@ def main() -> None:
     for kind in ("leads", "drops"):
         r = record[kind]
         print(f"recording, CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the record {r['record_us']} µs, "
-              f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×")
+              f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×; dry run {r['dry_run_us']} µs, "
+              f"delivering (recorded) / dry run {r['vs_dry_run']}×")
 
 
 if __name__ == "__main__":

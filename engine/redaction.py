@@ -19,27 +19,43 @@ class Redactor:
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         self._secrets: set[str] = set()
+        # Longest first (a token may contain a shorter secret), and the shortest length: a string
+        # shorter than every secret cannot hold one. Recomputed only when a secret is added.
+        self._ordered: tuple[str, ...] = ()
+        self._shortest = 0
         self._json_forms: tuple[int, list[str]] | None = None  # (secrets counted, their JSON forms), for redact_json
         for s in secrets or []:
             self.add(s)
 
     def add(self, secret: str | None) -> None:
         # Very short values would mask innocent text and are not real credentials.
-        if isinstance(secret, str) and len(secret) >= 6:
+        if isinstance(secret, str) and len(secret) >= 6 and secret not in self._secrets:
             self._secrets.add(secret)
+            self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+            self._shortest = len(self._ordered[-1])
 
     def redact(self, value: Any) -> Any:
         if not self._secrets:
             return value
-        if isinstance(value, str):
-            for secret in sorted(self._secrets, key=len, reverse=True):
+        return self._redact(value)
+
+    def _redact(self, value: Any) -> Any:
+        # Runs on every outcome of a delivery: exact types first, and only strings
+        # long enough to hold a secret are searched.
+        kind = type(value)
+        if kind is str or (kind is not dict and kind is not list and isinstance(value, str)):
+            if len(value) < self._shortest:
+                return value
+            for secret in self._ordered:
                 if secret in value:
                     value = value.replace(secret, MASK)
             return value
-        if isinstance(value, dict):
-            return {self.redact(k): self.redact(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.redact(v) for v in value]
+        if kind is dict or isinstance(value, dict):
+            redact = self._redact
+            return {redact(k): redact(v) for k, v in value.items()}
+        if kind is list or isinstance(value, list):
+            redact = self._redact
+            return [redact(v) for v in value]
         return value
 
     def redact_json(self, text: str) -> str:

@@ -447,9 +447,28 @@ class Engine:
         letter is removed or updated on its own, so letters a concurrent run
         adds meanwhile are never touched.
         """
+        return [result async for result in self.replay_each_dead_letter(ids)]
+
+    async def replay_each_dead_letter(self, ids: Collection[str] | None = None) -> AsyncIterator[Outcome]:
+        """:meth:`replay_dead_letters`, one outcome at a time, in the store's order.
+
+        Letters are read a page at a time and at most a few times
+        ``concurrency`` are replayed at once, so memory does not grow with the
+        number of letters. Letters a concurrent run adds meanwhile are not
+        replayed (nor touched).
+        """
         await self.start()
-        mine = [entry for entry in self.dead_letters.entries(self.preset.name) if ids is None or entry.get("id") in ids]
-        return list(await asyncio.gather(*(self._track(self._replay(entry)) for entry in mine)))
+        window = self.concurrency * 4
+        pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
+        for page in self.dead_letters.pages(self.preset.name):
+            for entry in page:
+                if ids is not None and entry.get("id") not in ids:
+                    continue
+                pending.append(self._track(self._replay(entry)))
+                while len(pending) >= window or (pending and pending[0].done()):
+                    yield await pending.popleft()
+        while pending:
+            yield await pending.popleft()
 
     async def _replay(self, entry: dict[str, Any]) -> Outcome:
         started = self._clock()

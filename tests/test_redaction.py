@@ -67,3 +67,9 @@ def test_non_string_scalars_are_kept() -> None:
     assert redactor.redact(123456789) == 123456789
     assert redactor.redact(None) is None
     assert redactor.redact([1.5, False]) == [1.5, False]
+
+
+def test_a_value_that_is_exactly_the_shortest_secret_is_masked() -> None:
+    redactor = Redactor(["s3cret-long-client-secret", "tok123"])
+    assert redactor.redact("tok123") == "***"
+    assert redactor.redact(["tok12", {"tok123": "x"}]) == ["tok12", {"***": "x"}]

@@ -420,6 +420,25 @@ def test_patch_cannot_take_another_prospects_email() -> None:
     asyncio.run(scenario())
 
 
+def test_an_email_given_up_by_a_patch_is_free_and_found_on_its_new_holder() -> None:
+    async def scenario() -> None:
+        async with sandbox() as sb:
+            token = await sb.access_token()
+            _, bob, _ = await sb.create(token, {"emails": ["bob@example.com"]})
+            bob_id = bob["data"]["id"]
+            patch = {"data": {"type": "prospect", "id": bob_id, "attributes": {"emails": ["robert@example.com"]}}}
+            assert (await sb.api("PATCH", f"/api/v2/prospects/{bob_id}", token, patch))[0] == 200
+            status, other, _ = await sb.create(token, {"emails": ["Bob@example.com"]})
+            assert status == 201
+            _, found, _ = await sb.api("GET", "/api/v2/prospects?filter[emails]=bob@example.com", token)
+            assert [p["id"] for p in found["data"]] == [other["data"]["id"]]
+            _, found, _ = await sb.api("GET", "/api/v2/prospects?filter[emails]=ROBERT@example.com", token)
+            assert [p["id"] for p in found["data"]] == [bob_id]
+            assert (await sb.create(token, {"emails": ["robert@example.com"]}))[0] == 422
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------
 # rate limit
 # --------------------------------------------------------------------------

@@ -89,10 +89,12 @@ def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
     from ..runtime import Engine
 
     engine = Engine(preset, settings, state=state)
-    entries = engine.dead_letters.entries(preset.name)
-    for entry in entries:
-        print(json.dumps(engine.redactor.redact(entry), ensure_ascii=False))
-    print(f"signal-engine: {len(entries)} dead letter(s) for {preset.name}", file=sys.stderr)
+    listed = 0
+    for page in engine.dead_letters.pages(preset.name):  # a page at a time: 30,000 letters need no more memory
+        for entry in page:
+            print(json.dumps(engine.redactor.redact(entry), ensure_ascii=False))
+        listed += len(page)
+    print(f"signal-engine: {listed} dead letter(s) for {preset.name}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -118,26 +120,27 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
         loop = asyncio.get_running_loop()
         for signum in SIGNALS:
             loop.add_signal_handler(signum, on_signal, signum)
+        replayed = done = skipped = 0
         try:
             async with engine:
                 configure_logging(engine.redactor, verbose, log_format)
-                results = await engine.replay_dead_letters()
-                left = len(engine.dead_letters.entries(preset.name))
+                # Each outcome is printed as it comes and only counted: memory does not grow with the letters.
+                async for result in engine.replay_each_dead_letter():
+                    stop.emit(lambda: print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True))  # noqa: B023 (called at once)
+                    replayed += 1
+                    done += result.outcome == oc.DELIVERED
+                    skipped += result.cause == oc.NOT_SENT
+                left = engine.dead_letters.count(preset.name)
         finally:
             for signum in SIGNALS:
                 loop.remove_signal_handler(signum)
-        for result in results:
-            # emit calls the function at once, so it prints this result, not the loop's last.
-            stop.emit(lambda: print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True))  # noqa: B023
-        done = sum(1 for r in results if r.outcome == oc.DELIVERED)
-        skipped = sum(1 for r in results if r.cause == oc.NOT_SENT)
-        line = f"signal-engine: replayed {len(results) - skipped}, delivered {done}, {left} left in the dead-letter store"
-        fields: dict[str, Any] = {"replayed": len(results) - skipped, "delivered": done, "left": left}
+        line = f"signal-engine: replayed {replayed - skipped}, delivered {done}, {left} left in the dead-letter store"
+        fields: dict[str, Any] = {"replayed": replayed - skipped, "delivered": done, "left": left}
         if stop.reason and stop.reason in ("SIGINT", "SIGTERM"):
             line = f"{line}; stopped by {stop.reason}: {skipped} letter(s) not replayed"
             fields.update(stopped=stop.reason, not_replayed=skipped)
         say_on_stderr(log_format, line, "info", event="summary", **fields)
         code = stop.exit_code()
-        return code if code is not None else (EXIT_OK if done == len(results) else EXIT_EVENTS_FAILED)
+        return code if code is not None else (EXIT_OK if done == replayed else EXIT_EVENTS_FAILED)
 
     return asyncio.run(main())

@@ -250,7 +250,9 @@ class _Compiler:
         if not self._within_expression_bounds(path, source):
             return None
         try:
-            return Expression.compile(source, self.limits, self.backend)
+            # A cached preset's expressions compiled when it was stored: jsonatapy is then
+            # imported and each expression compiled by the first event that needs it.
+            return Expression.compile(source, self.limits, self.backend, checked=self.checked_schemas is not None)
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.

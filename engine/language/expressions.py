@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jsonatapy
 import orjson
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
@@ -166,8 +165,13 @@ class Expression:
         return f"Expression({self.source!r}, backend={self.backend!r})"
 
     @classmethod
-    def compile(cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None) -> "Expression":
-        """Compile ``source``; a syntax error raises :class:`ExpressionError` with its position."""
+    def compile(cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None, *,
+                checked: bool = False) -> "Expression":
+        """Compile ``source``; a syntax error raises :class:`ExpressionError` with its position.
+
+        ``checked``: ``source`` is known to compile (a cached preset's), so the
+        default engine compiles it on this thread when it is first evaluated.
+        """
         limits = limits or DEFAULT_LIMITS
         backend = backend or selected_backend()
         runnable = source
@@ -179,7 +183,7 @@ class Expression:
         if backend == REFERENCE:
             _compile_reference(source)  # raises with a position
             expression._reference_compiled()
-        else:
+        elif not checked:
             try:
                 expression._compile_here()
             except ValueError as exc:
@@ -214,6 +218,8 @@ class Expression:
 
     # -- jsonatapy ----------------------------------------------------------
     def _compile_here(self) -> Any:
+        import jsonatapy  # ~9 ms of imports, paid by the first event that maps, not by every start
+
         limits = self.limits
         compiled = jsonatapy.compile(self._runnable, timeout=limits.timeout_ms, max_stack_depth=limits.max_depth,
                                      max_sequence_length=limits.max_sequence_length)

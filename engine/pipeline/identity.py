@@ -34,6 +34,7 @@ class IdentityMemory:
     def __init__(self, keys: Iterable[str] = ("userId", "anonymousId"), trait_names: Iterable[str] | None = None,
                  *, store: IdentityStore | None = None, max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES) -> None:
         self.keys = tuple(keys)
+        self._recall_order = tuple(sorted(self.keys, key=lambda k: k == "userId"))  # userId last, so it wins
         self.trait_names = frozenset(trait_names) if trait_names is not None else None
         self.store: IdentityStore = store if store is not None else MemoryIdentityStore()
         self.max_trait_bytes = max_trait_bytes
@@ -65,7 +66,7 @@ class IdentityMemory:
         """Remembered traits for this event's ids; the userId's win over the anonymousId's."""
         user_id = _id(event.get("userId"))
         merged: dict[str, Any] = {}
-        for key in sorted(self.keys, key=lambda k: k == "userId"):  # userId last, so it wins
+        for key in self._recall_order:
             ident = _id(event.get(key))
             if ident is None:
                 continue
@@ -111,15 +112,16 @@ def merged_traits(event: Mapping[str, Any], remembered: Mapping[str, Any]) -> di
     for layer in (context.get("traits") if isinstance(context, dict) else None, event.get("traits")):
         if isinstance(layer, dict):
             # A null or blank value says nothing: it must not erase a remembered one.
-            merged.update((k, v) for k, v in layer.items() if not _blank(v))
+            for k, v in layer.items():
+                if v is None or ((type(v) is str or isinstance(v, str)) and not v.strip()):
+                    continue
+                merged[k] = v
     return merged
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def _id(value: Any) -> str | None:
+    if type(value) is str:
+        return value.strip() or None
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):

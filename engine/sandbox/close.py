@@ -32,6 +32,7 @@ from aiohttp import web
 from .common import (
     DEFAULT,
     Admission,
+    EmailIndex,
     FaultedState,
     FixedWindowQuota,
     JsonError,
@@ -56,6 +57,7 @@ __all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sa
 
 API_PREFIX = "/api/v1/"
 LEAD_FIELDS = frozenset({"name", "url", "description", "status", "status_id", "contacts", "addresses"})
+LEAD_PREFIX = "lead_sandbox"
 CONTACT_FIELDS = frozenset({"name", "title", "emails", "phones", "urls"})
 ADDRESS_FIELDS = frozenset({"label", "address_1", "address_2", "city", "state", "zipcode", "country"})
 CONTACT_INFO_TYPES = frozenset({"office", "mobile", "home", "direct", "fax", "other"})
@@ -109,6 +111,7 @@ class SandboxState(FaultedState):
     def reset(self) -> None:
         self.leads: dict[str, dict[str, Any]] = {}
         self.contacts: dict[str, dict[str, Any]] = {}
+        self.emails = EmailIndex()  # contact ids by email
         self.lead_seq = 0
         self.contact_seq = 0
         self.creates = 0
@@ -125,9 +128,11 @@ class SandboxState(FaultedState):
         return self.groups[group]
 
     def leads_with_email(self, email: str) -> list[str]:
-        wanted = email.lower()
-        return [lead_id for lead_id, lead in self.leads.items()
-                if any(wanted in {e["email"].lower() for e in self.contacts[c]["emails"]} for c in lead["contact_ids"])]
+        lead_ids = {self.contacts[c]["lead_id"] for c in self.emails.holders([email.lower()])}
+        return sorted(lead_ids, key=lambda lead_id: int(lead_id[len(LEAD_PREFIX):]))  # in the order made
+
+    def emails_of(self, contact_id: str) -> set[str]:
+        return {e["email"].lower() for e in self.contacts[contact_id]["emails"]}
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -316,6 +321,7 @@ def _new_contact(state: SandboxState, lead_id: str, data: Mapping[str, Any], now
         "date_created": now,
         "date_updated": now,
     }
+    state.emails.add(contact_id, state.emails_of(contact_id))
     return contact_id
 
 
@@ -376,7 +382,7 @@ async def create_lead(request: web.Request) -> web.Response:
     body = await _json(request)
     check_lead(body)
     state.lead_seq += 1
-    lead_id = f"lead_sandbox{state.lead_seq:04d}"
+    lead_id = f"{LEAD_PREFIX}{state.lead_seq:04d}"
     now = _iso(state.clock())
     state.leads[lead_id] = {
         "name": body.get("name"), "description": body.get("description"), "url": body.get("url"),
@@ -419,7 +425,9 @@ async def update_contact(request: web.Request) -> web.Response:
         if name in body:
             stored[name] = body[name]
     if "emails" in body:
+        state.emails.drop(contact_id, state.emails_of(contact_id))
         stored["emails"] = _stored_emails(body["emails"])
+        state.emails.add(contact_id, state.emails_of(contact_id))
     if "phones" in body:
         stored["phones"] = _stored_phones(body["phones"])
     if "urls" in body:

@@ -307,6 +307,39 @@ async def apply_fault(request: web.Request, call: Handler, state: FaultTarget,
 # --------------------------------------------------------------------------
 
 
+class EmailIndex:
+    """Record ids by lower-cased email.
+
+    A fake's duplicate-email check and its lookup by email run on every
+    upsert; scanning every stored record made a sandbox with a few thousand
+    records cost milliseconds a request, so a demo or benchmark measured the
+    sandbox instead of the engine. Callers keep it in step with their records:
+    ``drop`` the old emails before a change, ``add`` the new ones after.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, set[Any]] = {}
+
+    def add(self, record_id: Any, emails: Any) -> None:
+        for email in emails:
+            self._ids.setdefault(email, set()).add(record_id)
+
+    def drop(self, record_id: Any, emails: Any) -> None:
+        for email in emails:
+            holders = self._ids.get(email)
+            if holders is not None:
+                holders.discard(record_id)
+                if not holders:
+                    del self._ids[email]
+
+    def holders(self, emails: Any) -> set[Any]:
+        """Every record holding one of these (already lower-cased) emails."""
+        found: set[Any] = set()
+        for email in emails:
+            found |= self._ids.get(email, set())
+        return found
+
+
 @dataclass
 class FixedWindowQuota:
     """A request budget that refills all at once when its window ends.

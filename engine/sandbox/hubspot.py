@@ -31,6 +31,7 @@ from aiohttp import web
 from .common import (
     DEFAULT,
     Admission,
+    EmailIndex,
     FaultedState,
     FixedWindowQuota,
     SandboxError,
@@ -140,6 +141,7 @@ class SandboxState(FaultedState):
     def reset(self) -> None:
         """Forget everything, as if the portal had just been created."""
         self.contacts: dict[str, dict[str, str]] = {}
+        self.emails = EmailIndex()
         self.meta: dict[str, dict[str, str]] = {}
         self.next_id = 1
         self.creates = 0
@@ -151,11 +153,31 @@ class SandboxState(FaultedState):
         self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0)
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
-        wanted = email.lower()
-        for contact_id, props in self.contacts.items():
-            if contact_id != exclude and props.get("email", "").lower() == wanted:
-                return contact_id
-        return None
+        if not email:  # a contact without an email has "" as one
+            return next((cid for cid, props in self.contacts.items() if cid != exclude and not props.get("email")), None)
+        holders = self.emails.holders([email.lower()])
+        holders.discard(exclude)
+        return min(holders, key=int, default=None)  # ids count up: the first contact made
+
+    def _emails_of(self, contact_id: str) -> list[str]:
+        email = self.contacts[contact_id].get("email", "")
+        return [email.lower()] if email else []
+
+    def store(self, contact_id: str, properties: dict[str, str]) -> None:
+        """Add a contact, keeping the email index in step."""
+        self.contacts[contact_id] = properties
+        self.emails.add(contact_id, self._emails_of(contact_id))
+
+    def change(self, contact_id: str, properties: Mapping[str, str]) -> None:
+        """Sent properties overwrite, ``""`` clears; the email index follows."""
+        self.emails.drop(contact_id, self._emails_of(contact_id))
+        stored = self.contacts[contact_id]
+        for name, value in properties.items():
+            if value == "":
+                stored.pop(name, None)
+            else:
+                stored[name] = value
+        self.emails.add(contact_id, self._emails_of(contact_id))
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -292,7 +314,7 @@ async def create_contact(request: web.Request) -> web.Response:
     contact_id = str(state.next_id)
     state.next_id += 1
     now = iso_millis(state.clock())
-    state.contacts[contact_id] = {k: v for k, v in properties.items() if v != ""}
+    state.store(contact_id, {k: v for k, v in properties.items() if v != ""})
     state.meta[contact_id] = {"createdAt": now, "updatedAt": now}
     state.creates += 1
     return web.json_response(_resource(state, contact_id), status=201)
@@ -306,12 +328,7 @@ async def update_contact(request: web.Request) -> web.Response:
     if not properties:
         raise ApiError(400, "VALIDATION_ERROR", "No properties found to update, please provide at least one.")
     _refuse_taken_email(state, properties, exclude=contact_id)
-    stored = state.contacts[contact_id]
-    for name, value in properties.items():
-        if value == "":
-            stored.pop(name, None)
-        else:
-            stored[name] = value
+    state.change(contact_id, properties)
     state.meta[contact_id]["updatedAt"] = iso_millis(state.clock())
     state.updates += 1
     return web.json_response(_resource(state, contact_id), status=200)

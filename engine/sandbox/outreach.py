@@ -45,6 +45,7 @@ from ._tokens import (
 from .common import (
     DEFAULT,
     Admission,
+    EmailIndex,
     Fault,
     FaultedState,
     FixedWindowQuota,
@@ -377,6 +378,7 @@ class SandboxState(FaultedState, TokenIssuer):
         self.refresh_tokens: set[str] = {config.refresh_token}
         self.access_tokens: dict[str, float] = {}
         self.prospects: dict[int, dict[str, Any]] = {}
+        self.emails = EmailIndex()
         self.next_id = 1
         self.mints = 0
         self.creates = 0
@@ -416,11 +418,20 @@ class SandboxState(FaultedState, TokenIssuer):
 
     def email_owner(self, emails: Iterable[Any], exclude_id: int | None = None) -> int | None:
         """Find a prospect already holding one of these emails (case-insensitive)."""
-        wanted = {e.lower() for e in emails if isinstance(e, str)}
-        for prospect_id, attributes in self.prospects.items():
-            if prospect_id != exclude_id and wanted & _lowered_emails(attributes):
-                return prospect_id
-        return None
+        holders = self.emails.holders({e.lower() for e in emails if isinstance(e, str)})
+        holders.discard(exclude_id)
+        return min(holders, default=None)
+
+    def store(self, prospect_id: int, attributes: dict[str, Any]) -> None:
+        """Add a prospect, keeping the email index in step."""
+        self.prospects[prospect_id] = attributes
+        self.emails.add(prospect_id, _lowered_emails(attributes))
+
+    def change(self, prospect_id: int, stored: dict[str, Any], attributes: Mapping[str, Any]) -> None:
+        """Apply sent attributes to a stored prospect, keeping the email index in step."""
+        self.emails.drop(prospect_id, _lowered_emails(stored))
+        stored.update(attributes)
+        self.emails.add(prospect_id, _lowered_emails(stored))
 
     def snapshot(self) -> dict[str, Any]:
         """The admin view used by tests to assert on side effects."""
@@ -617,7 +628,7 @@ async def create_prospect(request: web.Request) -> web.Response:
     now = iso_millis(state.clock())
     prospect_id = state.next_id
     state.next_id += 1
-    state.prospects[prospect_id] = {**attributes, "createdAt": now, "updatedAt": now}
+    state.store(prospect_id, {**attributes, "createdAt": now, "updatedAt": now})
     state.creates += 1
     return _jsonapi_response({"data": _resource(request, prospect_id, state.prospects[prospect_id])}, 201)
 
@@ -648,8 +659,10 @@ async def list_prospects(request: web.Request) -> web.Response:
     state = _state(request)
     size = _page_size(request)
     wanted = _email_filter(request)
-    matches = [(pid, attrs) for pid, attrs in sorted(state.prospects.items())
-               if wanted is None or wanted & _lowered_emails(attrs)]
+    if wanted is None:
+        matches = sorted(state.prospects.items())
+    else:
+        matches = [(pid, state.prospects[pid]) for pid in sorted(state.emails.holders(wanted))]
     data = [_resource(request, pid, attrs) for pid, attrs in matches[:size]]
     return _jsonapi_response({"data": data, "meta": {"count": len(matches)}}, 200)
 
@@ -676,7 +689,7 @@ async def update_prospect(request: web.Request) -> web.Response:
     _check_patch_id(data, prospect_id)
     attributes = _prospect_attributes(data, state.rules)
     _reject_duplicate_email(state, attributes, exclude_id=prospect_id)
-    stored.update(attributes)
+    state.change(prospect_id, stored, attributes)
     stored["updatedAt"] = iso_millis(state.clock())
     state.updates += 1
     return _jsonapi_response({"data": _resource(request, prospect_id, stored)}, 200)

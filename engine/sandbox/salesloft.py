@@ -42,6 +42,7 @@ from ._tokens import (
 from .common import (
     DEFAULT,
     Admission,
+    EmailIndex,
     FaultedState,
     FixedWindowQuota,
     JsonError,
@@ -135,6 +136,7 @@ class SandboxState(FaultedState, TokenIssuer):
         self.refresh_tokens: set[str] = {config.refresh_token}
         self.access_tokens: dict[str, float] = {}
         self.people: dict[int, dict[str, Any]] = {}
+        self.emails = EmailIndex()
         self.next_id = 1
         self.mints = 0
         # Salesloft's authorize URL takes no scope: the app's scopes are set in its settings.
@@ -157,11 +159,13 @@ class SandboxState(FaultedState, TokenIssuer):
     def email_owner(self, email: Any, exclude: int | None = None) -> int | None:
         if not isinstance(email, str) or not email:
             return None
-        for person_id, person in self.people.items():
-            stored = person.get("email_address")
-            if person_id != exclude and isinstance(stored, str) and stored.lower() == email.lower():
-                return person_id
-        return None
+        holders = self.emails.holders([email.lower()])
+        holders.discard(exclude)
+        return min(holders, default=None)
+
+    def emails_of(self, person_id: int) -> list[str]:
+        stored = self.people[person_id].get("email_address")
+        return [stored.lower()] if isinstance(stored, str) and stored else []
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -317,6 +321,7 @@ async def create_person(request: web.Request) -> web.Response:
     state.next_id += 1
     now = _iso(state.clock())
     state.people[person_id] = {**_store(fields), "created_at": now, "updated_at": now}
+    state.emails.add(person_id, state.emails_of(person_id))
     if fields.get("autotag_date"):
         today = datetime.fromtimestamp(state.clock(), tz=timezone.utc).strftime("%Y-%m-%d")
         state.people[person_id]["tags"] = [*(fields.get("tags") or []), today]
@@ -339,7 +344,9 @@ async def update_person(request: web.Request) -> web.Response:
     fields = await _read_fields(request, creating=False)
     if state.email_owner(fields.get("email_address"), exclude=person_id) is not None:
         raise _invalid({"email_address": [TAKEN]})
+    state.emails.drop(person_id, state.emails_of(person_id))
     person.update(fields)
+    state.emails.add(person_id, state.emails_of(person_id))
     person["updated_at"] = _iso(state.clock())
     state.updates += 1
     return web.json_response({"data": _person_view(person_id, person)})
@@ -368,8 +375,8 @@ async def list_people(request: web.Request) -> web.Response:
     page = _int_param(request, "page", 1, 1, None)
     emails = {e.strip().lower() for e in request.query.getall("email_addresses[]", []) if e.strip()}
     ids = {int(i) for i in request.query.getall("ids[]", []) if i.isdigit()}
-    matches = [(pid, p) for pid, p in sorted(state.people.items())
-               if (not emails or str(p.get("email_address") or "").lower() in emails) and (not ids or pid in ids)]
+    candidates = sorted(state.emails.holders(emails)) if emails else sorted(state.people)
+    matches = [(pid, state.people[pid]) for pid in candidates if not ids or pid in ids]
     start = (page - 1) * per_page
     chunk = matches[start:start + per_page]
     filtering: dict[str, Any] = {}

@@ -18,9 +18,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from .dead_letters import DeadLetterStore
+from .dead_letters import PAGE_SIZE, DeadLetterStore, chunked
 from .identity import IdentityStore, Remembered, Slot, merged
 from .journal import DeliveryJournal
 from .token_store import StoredTokens, TokenStore
@@ -164,6 +164,20 @@ class BufferedDeadLetters:
             elif name == "update":
                 letters = [dict(arg) if e.get("id") == arg.get("id") else e for e in letters]
         return letters
+
+    def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+        """The store's pages; only while writes are kept in memory (a full disk) are the letters read whole."""
+        inner_pages = getattr(self.inner, "pages", None)  # a store written before pages existed lacks it
+        if inner_pages is not None and self.pending.flush():
+            yield from inner_pages(preset, size)
+        else:
+            yield from chunked(self.entries(preset), size)
+
+    def count(self, preset: str | None = None) -> int:
+        inner_count = getattr(self.inner, "count", None)
+        if inner_count is not None and self.pending.flush():
+            return int(inner_count(preset))
+        return len(self.entries(preset))
 
 
 class BufferedTokenStore:

@@ -15,14 +15,23 @@ Bounds, declared in the preset's ``identity:`` section:
   the traits as JSON (:func:`entry_bytes`), the same way in every store;
 * the size of each trait value is capped before it reaches a store (the
   pipeline's job, ``max_trait_bytes``).
+
+The in-memory store (a dry run, a ``Pipeline`` without a state store) has a
+fourth bound, in bytes of *process* memory (``memory_bytes``, default
+:data:`DEFAULT_MEMORY_BYTES`): each entry counts what it really holds in the
+interpreter (its key, traits text and owner objects, plus the fixed cost of
+its slot in the ordered table, :data:`ENTRY_OVERHEAD`), not only its data.
+Entries are kept compact for the same reason: traits as one JSON string,
+parsed again on recall. Past the bound, the least recently seen go first.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from ..language.model import (
@@ -50,10 +59,17 @@ class Remembered:
     owner: str | None
 
 
+# What the in-memory store may hold, in bytes of process memory: a dry run of a
+# million identify calls stays well under 300 MB of resident memory.
+DEFAULT_MEMORY_BYTES = 128 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class IdentityLimits:
     ttl_seconds: float = DEFAULT_IDENTITY_TTL_DAYS * 86400.0
     max_bytes: int = DEFAULT_IDENTITY_MAX_BYTES
+    # Only the in-memory store has this bound (the others keep entries on disk or in Redis).
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
 
     @classmethod
     def of(cls, spec: IdentitySpec) -> "IdentityLimits":
@@ -100,21 +116,44 @@ def entry_bytes(kind: str, ident: str, owner: str | None, traits_text: str) -> i
     return sum(len(s.encode("utf-8", "surrogatepass")) for s in (kind, ident, owner or "", traits_text))
 
 
-@dataclass
 class _Entry:
-    remembered: Remembered
-    size: int
-    seen: float = field(default=0.0)
+    """One remembered id, compact: the traits stay JSON text until recalled."""
+
+    __slots__ = ("traits_text", "owner", "size", "process_size", "seen")
+
+    def __init__(self, traits_text: str, owner: str | None, size: int, process_size: int, seen: float) -> None:
+        self.traits_text = traits_text
+        self.owner = owner
+        self.size = size
+        self.process_size = process_size
+        self.seen = seen
+
+    def remembered(self) -> Remembered:
+        return Remembered(json.loads(self.traits_text), self.owner)
+
+
+# The fixed process memory of one entry beyond its strings: the _Entry (with its
+# GC header), its float and int fields, and its share of the ordered table (a
+# hash slot, an entry, a list node; the table is up to about 3 slots per entry
+# between two resizes). Checked against tracemalloc in tests/test_memory_bounds.py.
+ENTRY_OVERHEAD = 320
+
+
+def _key(kind: str, ident: str) -> str:
+    # One string, not a tuple of two: a third less memory per entry. The id
+    # field's name never holds a NUL (it is a preset's field name).
+    return f"{kind}\0{ident}"
 
 
 class MemoryIdentityStore:
-    """Least recently seen first out, bounded by ``limits``; one per pipeline, nothing global."""
+    """Least recently seen first out, bounded by ``limits`` (data and process bytes); one per pipeline."""
 
     def __init__(self, limits: IdentityLimits | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self.limits = limits or IdentityLimits()
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self.bytes_used = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.bytes_used = 0  # data bytes, counted as every store counts them (entry_bytes)
+        self.process_bytes = 0  # what the entries hold in this process
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -123,20 +162,27 @@ class MemoryIdentityStore:
         now = self._clock()
         self._expire(now)
         for slot in slots:
-            key = (slot.kind, slot.ident)
+            key = _key(slot.kind, slot.ident)
             old = self._entries.pop(key, None)
             if old is not None:
                 self.bytes_used -= old.size
-            new = merged(old.remembered if old else None, traits, owner, slot.exclusive)
-            size = entry_bytes(slot.kind, slot.ident, new.owner, traits_json(new.traits))
-            self._entries[key] = _Entry(new, size, now)
+                self.process_bytes -= old.process_size
+            new = merged(old.remembered() if old else None, traits, owner, slot.exclusive)
+            text = traits_json(new.traits)
+            size = entry_bytes(slot.kind, slot.ident, new.owner, text)
+            process_size = ENTRY_OVERHEAD + sys.getsizeof(key) + sys.getsizeof(text) + \
+                (sys.getsizeof(new.owner) if new.owner is not None else 0)
+            self._entries[key] = _Entry(text, new.owner, size, process_size, now)
             self.bytes_used += size
-        while self.bytes_used > self.limits.max_bytes and self._entries:
+            self.process_bytes += process_size
+        while self._entries and (self.bytes_used > self.limits.max_bytes
+                                 or self.process_bytes > self.limits.memory_bytes):
             _, evicted = self._entries.popitem(last=False)
             self.bytes_used -= evicted.size
+            self.process_bytes -= evicted.process_size
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
-        key = (kind, ident)
+        key = _key(kind, ident)
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -146,20 +192,22 @@ class MemoryIdentityStore:
             return None
         entry.seen = now
         self._entries.move_to_end(key)
-        return entry.remembered
+        return entry.remembered()
 
     def forget(self, slots: Sequence[Slot]) -> None:
         for slot in slots:
-            self._drop((slot.kind, slot.ident))
+            self._drop(_key(slot.kind, slot.ident))
 
     def items(self) -> Iterable[tuple[tuple[str, str], Remembered]]:
         """Every live entry, least recently seen first (for tests and a one-off export)."""
-        return [(key, entry.remembered) for key, entry in self._entries.items()]
+        return [(tuple(key.split("\0", 1)), entry.remembered())  # type: ignore[misc]
+                for key, entry in self._entries.items()]
 
-    def _drop(self, key: tuple[str, str]) -> None:
+    def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.bytes_used -= entry.size
+            self.process_bytes -= entry.process_size
 
     def _expire(self, now: float) -> None:
         # Entries are kept in order of last sight, so the expired ones are at the front.

@@ -22,6 +22,15 @@ class AuthFailure(Exception):
         self.status = status
         self.body = body
 
+    def again(self) -> "AuthFailure":
+        """A fresh copy, to raise for the next caller of a failure that is remembered.
+
+        Raising one object again and again chains each raise's traceback onto
+        the last, and every frame in it (each event's request) stays alive:
+        a run grew by kilobytes per event while its credential was refused.
+        """
+        return AuthFailure(str(self), fatal=self.fatal, status=self.status, body=self.body)
+
 
 class Auth(Protocol):
     """One connection's credentials. ``credential`` may do I/O (minting); the rest is pure."""

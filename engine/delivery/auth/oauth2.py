@@ -167,9 +167,9 @@ class OAuth2Auth:
 
     async def _mint(self) -> None:
         if self._broken is not None:
-            raise self._broken
+            raise self._broken.again()
         if self._recent_failure is not None and self._clock() - self._recent_failure[1] < FAILURE_COOLDOWN_SECONDS:
-            raise self._recent_failure[0]
+            raise self._recent_failure[0].again()
         async with self._store_lock():
             # Another engine on the same state may have rotated the token meanwhile.
             if self._adopt_stored():

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from redis import Redis
 from redis.exceptions import WatchError
 
+from ..dead_letters import PAGE_SIZE
 from .errors import reading, writing
 from .keys import Keys, decoded
 
@@ -72,6 +73,41 @@ class RedisDeadLetters:
             texts = self.r.hmget(self._letters, ids) if ids else []  # type: ignore[arg-type]
         letters = [json.loads(text) for text in texts if text is not None]
         return [e for e in letters if preset is None or e.get("preset") == preset]
+
+    def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+        # The order set sorts by (score, id); page on that pair, up to the newest letter at the start.
+        # A page asks for as many more as there were letters already seen at the cursor's score.
+        with reading("the dead letters"):
+            newest = self.r.zrange(self._order, -1, -1, withscores=True)
+        if not newest:
+            return
+        last_id, last_score = newest[0]
+        cursor: tuple[float, bytes] | None = None
+        seen_at_score = 0
+        while True:
+            low = cursor[0] if cursor is not None else "-inf"
+            with reading("the dead letters"):
+                scored = self.r.zrangebyscore(self._order, low, last_score, start=0, num=size + seen_at_score,
+                                              withscores=True)
+            fresh = [(member, score) for member, score in scored
+                     if (cursor is None or (score, member) > cursor) and (score, member) <= (last_score, last_id)]
+            if not fresh:
+                return
+            with reading("the dead letters"):
+                texts = self.r.hmget(self._letters, [member for member, _ in fresh])
+            letters = [json.loads(text) for text in texts if text is not None]
+            page = [e for e in letters if preset is None or e.get("preset") == preset]
+            if page:
+                yield page
+            end = (fresh[-1][1], fresh[-1][0])
+            same = sum(1 for _, score in fresh if score == end[0])
+            seen_at_score = same + (seen_at_score if cursor is not None and end[0] == cursor[0] else 0)
+            cursor = end
+
+    def count(self, preset: str | None = None) -> int:
+        if preset is None:
+            return len(self)
+        return sum(len(page) for page in self.pages(preset))
 
     def remove(self, letter_id: str) -> None:
         with writing("the dead letters"):

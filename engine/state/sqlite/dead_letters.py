@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Iterator
 
+from ..dead_letters import PAGE_SIZE
 from .database import Database
 
 
@@ -37,6 +38,31 @@ class SqliteDeadLetters:
         else:
             rows = self.db.read("SELECT entry FROM dead_letters WHERE preset = ? ORDER BY added_at, rowid", (preset,))
         return [json.loads(text) for (text,) in rows]
+
+    def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+        # Keyset paging on (added_at, rowid), the order entries() gives, up to the newest row at the start:
+        # each page is one index range search, whatever was removed before it.
+        where, args = ("WHERE preset = ?", [preset]) if preset is not None else ("", [])
+        newest = self.db.read(f"SELECT added_at, rowid FROM dead_letters {where} ORDER BY added_at DESC, rowid DESC "
+                              "LIMIT 1", args)
+        if not newest:
+            return
+        after: tuple[float, int] = (float("-inf"), -1)
+        also = "AND" if where else "WHERE"
+        while True:
+            rows = self.db.read(f"SELECT added_at, rowid, entry FROM dead_letters {where} {also} (added_at, rowid) > (?, ?) "
+                                "AND (added_at, rowid) <= (?, ?) ORDER BY added_at, rowid LIMIT ?",
+                                [*args, *after, *newest[0], size])
+            if rows:
+                yield [json.loads(text) for _, _, text in rows]
+            if len(rows) < size:
+                return
+            after = (rows[-1][0], rows[-1][1])
+
+    def count(self, preset: str | None = None) -> int:
+        if preset is None:
+            return len(self)
+        return int(self.db.read("SELECT COUNT(*) FROM dead_letters WHERE preset = ?", (preset,))[0][0])
 
     def remove(self, letter_id: str) -> None:
         with self.db.write(durable=True) as cur:
