@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..redaction import Redactor
-from ..service.log_context import current_integration
+from ..log_context import current_integration
 
 LOG_FORMATS = ("text", "json")
 
@@ -37,7 +37,7 @@ class _RedactingFormatter(logging.Formatter):
 
 
 def _integration() -> str | None:
-    """The integration whose work logged this (a service; see :mod:`engine.service.log_context`)."""
+    """The integration whose work logged this (a service; see :mod:`engine.log_context`)."""
     return current_integration.get()
 
 

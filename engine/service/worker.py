@@ -52,8 +52,8 @@ from ..state.dead_letters import entry_for
 from ..pipeline.event_shape import message_id_of
 from ..state.journal import event_key
 from ..state.queue import EventQueue, QueuedEvent
+from ..log_context import current_integration
 from . import event_json
-from .log_context import current_integration
 from .metrics import NO_REASON, Metrics
 
 log = logging.getLogger(__name__)
