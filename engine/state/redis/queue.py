@@ -89,6 +89,8 @@ class RedisQueue:
         # RESP2, the client's protocol: a list of [stream, entries] (the stubs also allow RESP3's map).
         for _, items in cast("list[list[Any]] | None", answer) or []:
             entries += [_entry(entry_id, fields, 1) for entry_id, fields in items if fields]
+        if not entries and self.trim_seconds > 0:
+            await self._trim()  # idle: what the last acknowledgements left untrimmed goes now
         return entries
 
     async def claim(self, consumer: str, min_idle_seconds: float, count: int) -> list[QueuedEvent]:
@@ -151,7 +153,11 @@ class RedisQueue:
                 pipe.xack(self.stream, self.group, entry_id)
             pipe.hdel(self.failures, *[entry_id for entry_id, _ in done])
             await pipe.execute()
-        if time.monotonic() - self._trimmed_at >= self.trim_seconds:
+        await self._trim()
+
+    async def _trim(self, force: bool = False) -> None:
+        """At most every ``trim_seconds`` (after acknowledgements, when idle), and once more on close."""
+        if force or time.monotonic() - self._trimmed_at >= self.trim_seconds:
             self._trimmed_at = time.monotonic()
             await trim(self.r, self.stream)
 
@@ -174,6 +180,11 @@ class RedisQueue:
         return int(summary.get("pending", 0) if isinstance(summary, dict) else summary[0])
 
     async def close(self) -> None:
+        if self._group_ready and self.trim_seconds > 0:
+            try:
+                await self._trim(force=True)
+            except (RedisError, OSError):
+                pass  # the next worker trims
         await self.r.aclose()
 
 
