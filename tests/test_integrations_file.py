@@ -158,3 +158,43 @@ def test_the_schema_is_exported_and_the_example_follows_it(tmp_path: Path) -> No
     checked = cli("check", "--config", EXAMPLE, env={"SIGNAL_WRITE_KEY": "wk-x", "HUBSPOT_TOKEN": "tok-x"})
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.splitlines() == ["ok: outreach (outreach/lead-capture)", "ok: hubspot (hubspot/contacts)"]
+
+
+def test_every_log_line_a_worker_causes_names_its_integration(capsys: pytest.CaptureFixture[str]) -> None:
+    """The worker sets the integration in its task; tasks it starts inherit it, and both formats show it."""
+    import asyncio
+    import logging
+
+    from engine.cli.logs import configure_logging
+    from engine.log_context import current_integration
+    from engine.redaction import Redactor
+
+    log = logging.getLogger("engine.delivery.sender")
+
+    async def worker(name: str) -> None:
+        current_integration.set(name)
+
+        async def delivery() -> None:  # a task the engine starts, as a delivery is
+            log.warning("event 3: answered 503; retrying with token tok-secret-123456")
+
+        await asyncio.ensure_future(delivery())
+
+    async def both() -> None:
+        await asyncio.gather(worker("hubspot"), worker("outreach"))
+
+    for fmt in ("text", "json"):
+        configure_logging(Redactor(["tok-secret-123456"]), False, fmt)
+        asyncio.run(both())
+        lines = capsys.readouterr().err.splitlines()
+        if fmt == "text":
+            assert sorted(lines) == sorted(f"signal-engine: [{name}] event 3: answered 503; retrying with token ***"
+                                           for name in ("hubspot", "outreach"))
+        else:
+            assert sorted(json.loads(line)["integration"] for line in lines) == ["hubspot", "outreach"]
+            assert all("tok-secret" not in line for line in lines)
+    log.warning("outside any integration")
+    assert capsys.readouterr().err.count('"integration"') == 0
+    root = logging.getLogger("engine")
+    root.handlers[:] = []
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
