@@ -227,7 +227,7 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
 
     config = options.config
     # Every integration named gets its place in the queue, disabled ones too: they resume where they stopped.
-    queue = SqliteQueue(options.state, integrations=config.names() or ["none"])
+    queue = SqliteQueue(options.state, integrations=config.names())
     backend = open_state(options.state)
     deliveries: list[_Delivery] = []
     try:
