@@ -53,7 +53,7 @@ def pending_of(url: str, consumer: str) -> int:
     """Entries of the stream that ``consumer`` has read and not acknowledged (XPENDING)."""
     client = redis.Redis.from_url(url)
     try:
-        summary = client.xpending(f"signal:{PRESET}:events", "workers")
+        summary = client.xpending(f"signal:{PRESET}:events", INTEGRATION)  # one group per integration
         return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] in (consumer, consumer.encode()))
     finally:
         client.close()
