@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from engine.service.integrations import IntegrationsError, load_integrations, name_for_preset
+from engine.service.integrations import IntegrationsError, load_integrations, name_for_preset, read_integrations
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "integrations.yaml"
@@ -121,6 +121,11 @@ def test_references_are_read_from_the_environment_and_relative_paths_from_the_fi
     assert [i.name for i in loaded.enabled()] == ["outreach"]
     assert loaded.get("outreach").settings["client_secret"] == "sec-from-env"
     assert loaded.write_keys == ["wk-1", "wk-2"] and loaded.signing_secret == "sig-1"
+    # Listing them needs no credential, in file order, each with its preset, settings and state.
+    listed = read_integrations(config, {"WK": "x", "SIG": "y"})
+    assert [(i.name, i.preset.name, i.enabled) for i in listed] == [("outreach", "outreach/lead-capture", True),
+                                                                    ("hubspot", "hubspot/contacts", False)]
+    assert listed[0].settings["client_id"] == "c-1" and listed[0].settings["client_secret"] is None
     # A disabled integration's credentials are not required; an enabled one's are.
     with pytest.raises(IntegrationsError) as caught:
         load_integrations(config, {"WK": "x", "SIG": "y"})

@@ -33,7 +33,8 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
             raise UsageError("give --config FILE, or PRESET [--settings FILE], not both (the integrations file "
                              "names each integration's preset and settings)")
         import os
-        import sys
+
+        from .logs import say_on_stderr
 
         try:
             config = load_integrations(args.config, os.environ, preset_path=getattr(args, "preset_path", []) or [],
@@ -41,7 +42,8 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
         except IntegrationsError as exc:
             raise UsageError("\n".join(exc.problems)) from None
         for warning in config.warnings:
-            print(f"signal-engine: warning: {warning}", file=sys.stderr)
+            say_on_stderr(getattr(args, "log_format", "text"), f"signal-engine: warning: {warning}", "warning",
+                          event="literal_secret")
     else:
         if not args.preset:
             raise UsageError("name a PRESET, or pass --config FILE (an integrations file)")

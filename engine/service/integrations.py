@@ -144,6 +144,16 @@ def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None
     return config
 
 
+def read_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
+                      preset_path: Sequence[str | Path] = (), require: bool = False) -> list[Integration]:
+    """The integrations of a file, in file order (what a console lists); :class:`IntegrationsError` if unusable.
+
+    ``require`` is False by default: listing needs no credential, so an unset
+    secret is not an error here (it is for ``serve``).
+    """
+    return load_integrations(path, environ, preset_path=preset_path, require=require).integrations
+
+
 def check_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
                        preset_path: Sequence[str | Path] = ()) -> tuple[list[str], list[str]]:
     """Every problem and every warning of the file (``check --config``), each located."""
@@ -399,5 +409,5 @@ def _labelled(problem: str, label: str, fallback: str) -> str:
     return f"{fallback}: {label}: {problem}"
 
 
-__all__ = ["Integration", "IntegrationsConfig", "IntegrationsError", "load_integrations", "check_integrations",
-           "name_for_preset", "single"]
+__all__ = ["Integration", "IntegrationsConfig", "IntegrationsError", "load_integrations", "read_integrations",
+           "check_integrations", "name_for_preset", "single"]
