@@ -137,7 +137,8 @@ def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None
     ``dlq list``): a missing secret is then not an error. A disabled
     integration's credentials are never required.
     """
-    config, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, require)
+    config, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, require,
+                                       strict=False)
     if problems or config is None:
         raise IntegrationsError(problems, warnings)
     config.warnings = warnings
@@ -157,13 +158,15 @@ def read_integrations(path: str | Path, environ: Mapping[str, str] | None = None
 def check_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
                        preset_path: Sequence[str | Path] = ()) -> tuple[list[str], list[str]]:
     """Every problem and every warning of the file (``check --config``), each located."""
-    _, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, True)
+    _, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, True,
+                                  strict=True)
     return problems, warnings
 
 
 # -- reading ---------------------------------------------------------------------
-def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path],
-          require: bool) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
+def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path], require: bool, *,
+          strict: bool) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
+    """``strict`` (``check``): each preset is checked as ``check PRESET`` does, bypassing the preset cache."""
     shown = str(path)
     problems: list[tuple[int, str]] = []
     warnings: list[tuple[int, str]] = []
@@ -209,7 +212,7 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
             problems.append((line, f"{where}: integration name {str(name)!r} is invalid: lower-case letters, "
                                    "digits and '-', starting and ending with a letter or digit, at most 63"))
             continue
-        integration = _integration(name, body, path, where, line, environ, preset_path, require,
+        integration = _integration(name, body, path, where, line, environ, preset_path, require, strict,
                                    lambda keys, key=False, n=name: at(["integrations", n, *keys], key),
                                    problems, warnings)
         if integration is not None:
@@ -304,7 +307,7 @@ def _intake(section: Any, shown: str, environ: Mapping[str, str], at: Any, confi
 
 
 def _integration(name: str, body: Any, path: Path, where: str, line: int, environ: Mapping[str, str],
-                 preset_path: Sequence[str | Path], require: bool, at: Any,
+                 preset_path: Sequence[str | Path], require: bool, strict: bool, at: Any,
                  problems: list[tuple[int, str]], warnings: list[tuple[int, str]]) -> Integration | None:
     label = f"integration {name!r}"
     if not isinstance(body, dict):
@@ -328,7 +331,7 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
                                "this file)"))
         return None
     pline = at(["preset"])
-    preset = _preset(ref, path, preset_path, f"{path}:{pline}", label, pline, problems)
+    preset = _preset(ref, path, preset_path, f"{path}:{pline}", label, pline, problems, strict)
     supplied: dict[str, Any] = {}
     places: dict[str, str] = {}
     settings_file = body.get("settings_file")
@@ -361,7 +364,9 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
                                         "NAME in the environment"))
     if preset is None:
         return None
-    settings_line = at(["settings"], True) if "settings" in body else line
+    # A missing setting is reported where it should have been written.
+    settings_line = at(["settings"], True) if "settings" in body else \
+        at(["settings_file"], True) if "settings_file" in body else line
     for key in (*supplied, *preset.settings):
         places.setdefault(key, f"{path}:{settings_line}")
     try:
@@ -378,10 +383,10 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
 
 
 def _preset(ref: str, path: Path, preset_path: Sequence[str | Path], where: str, label: str, line: int,
-            problems: list[tuple[int, str]]) -> Preset | None:
+            problems: list[tuple[int, str]], strict: bool = False) -> Preset | None:
     target = str(path.parent / ref) if ref.endswith((".yaml", ".yml")) or ref.startswith(("./", "../")) else ref
     try:
-        return load_preset(target, preset_path)
+        return load_preset(target, preset_path, strict=strict)
     except PresetError as exc:
         first, *rest = exc.problems or ["cannot be loaded"]
         if "no such preset" in first:
