@@ -117,3 +117,27 @@ def test_one_stream_a_group_per_integration_trimmed_to_what_the_slowest_still_ne
         state.close()
 
     asyncio.run(main())
+
+
+def test_a_failure_and_a_delivery_count_belong_to_one_integration(tmp_path: Path) -> None:
+    """A poison entry for one integration (its worker keeps stopping on it) is nobody else's problem."""
+    async def main() -> None:
+        queue = SqliteQueue(tmp_path, integrations=["outreach", "hubspot"])
+        outreach, hubspot = queue.view("outreach"), queue.view("hubspot")
+        await queue.append([json.dumps({"n": 1})])
+        held = await hubspot.read("embedded", 10, 0)
+        await hubspot.fail("embedded", [e.id for e in held], "RecursionError: the mapping never ends")
+        await queue.close()
+        queue = SqliteQueue(tmp_path, integrations=["outreach", "hubspot"])  # the restart after the crash
+        outreach, hubspot = queue.view("outreach"), queue.view("hubspot")
+        again = await hubspot.read("embedded", 10, 0)
+        assert (again[0].deliveries, again[0].failure) == (2, "RecursionError: the mapping never ends")
+        fresh = await outreach.read("embedded", 10, 0)
+        assert (fresh[0].deliveries, fresh[0].failure) == (1, None)
+        # Given back unworked (the worker was told to stop): the count is not spent.
+        await hubspot.release("embedded", again)
+        assert (await hubspot.read("embedded", 10, 0))[0].deliveries == 2
+        assert await outreach.writable() and await hubspot.writable()
+        await queue.close()
+
+    asyncio.run(main())
