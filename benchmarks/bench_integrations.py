@@ -85,8 +85,8 @@ def one_run(work: Path, leads: int, with_hubspot: bool, tag: str) -> float:
         config = work / f"{tag}.yaml"
         text = "integrations:\n  outreach:\n    preset: outreach/lead-capture\n    settings_file: outreach.yaml\n"
         if with_hubspot:
-            text += (f"  hubspot:\n    preset: hubspot/contacts\n    settings:\n      access_token: \"${{HUBSPOT_TOKEN}}\"\n"
-                     f"      base_url: {hubspot_url}\n")
+            text += ("  hubspot:\n    preset: hubspot/contacts\n    settings:\n"
+                     f"      access_token: \"${{HUBSPOT_TOKEN}}\"\n      base_url: {hubspot_url}\n")
         config.write_text(text, encoding="utf-8")
         serve, url = start("serve", "--config", str(config), "--state", str(work / f"state-{tag}"), "--port", "0",
                            "--quiet", cwd=work, env={"SIGNAL_WRITE_KEYS": WRITE_KEY, "HUBSPOT_TOKEN": TOKEN})
@@ -130,7 +130,8 @@ def main() -> None:
         for k in range(args.repeat):
             alone.append(one_run(Path(tmp), args.leads, False, f"alone{k}"))
             storm.append(one_run(Path(tmp), args.leads, True, f"storm{k}"))
-    result = {"leads": args.leads, "alone_s": statistics.median(alone), "with_failing_hubspot_s": statistics.median(storm),
+    result = {"leads": args.leads, "alone_s": statistics.median(alone),
+              "with_failing_hubspot_s": statistics.median(storm),
               "ratio": statistics.median(storm) / statistics.median(alone), "alone_runs": alone, "storm_runs": storm}
     if args.json:
         print(json.dumps(result))

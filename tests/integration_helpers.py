@@ -43,14 +43,14 @@ class ThreadedHubspot:
             self.loop.run_until_complete(runner.cleanup())
             self.loop.close()
 
-    def __enter__(self) -> "ThreadedHubspot":
+    def __enter__(self) -> ThreadedHubspot:
         self._thread.start()
         assert self._ready.wait(15), "sandbox did not start"
         if self._error is not None:
             raise self._error
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(15)
 

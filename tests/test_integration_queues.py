@@ -14,11 +14,10 @@ import asyncio
 import json
 from pathlib import Path
 
-from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
-
 from engine.state.redis import RedisState
 from engine.state.redis.queue import create_group, groups
 from engine.state.sqlite.queue import SqliteQueue
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
 
 def bodies(entries: list) -> list[int]:

@@ -129,8 +129,8 @@ def test_references_are_read_from_the_environment_and_relative_paths_from_the_fi
     # A disabled integration's credentials are not required; an enabled one's are.
     with pytest.raises(IntegrationsError) as caught:
         load_integrations(config, {"WK": "x", "SIG": "y"})
-    assert caught.value.problems == [f"{tmp_path / 'conf' / 'outreach.yaml'}:2: integration 'outreach': setting "
-                                     "'client_secret': environment variable OUTREACH_SECRET is not set"]
+    assert caught.value.problems == [(f"{tmp_path / 'conf' / 'outreach.yaml'}:2: integration 'outreach': setting "
+                                      "'client_secret': environment variable OUTREACH_SECRET is not set")]
     with pytest.raises(IntegrationsError) as caught:
         load_integrations(config, {"OUTREACH_SECRET": "s"})
     assert caught.value.problems == [f"{config}:2: intake.write_keys: environment variable WK is not set",

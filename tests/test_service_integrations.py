@@ -82,7 +82,8 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
                   and len(delivered(serve, "hubspot", "sdk")) == count, timeout=120,
                   what=lambda: f"every lead delivered by both: {Counter(o['outcome'] for o in serve.outcomes())}; "
                                f"{serve.stderr()[-1500:]}")
-            metrics = subprocess.run(["curl", "-s", f"{url}/metrics"], capture_output=True, text=True, timeout=10).stdout
+            metrics = subprocess.run(["curl", "-s", f"{url}/metrics"], capture_output=True, text=True,
+                                     timeout=10).stdout
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0
         finally:
@@ -102,7 +103,8 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
     assert keys.index("integration") == keys.index("outcome") + 1
     # Identity is shared: the leads carried no email; both joined it from the identify, stored once.
     with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        scopes = {row[0] for row in db.execute("SELECT DISTINCT n.name FROM identity i JOIN namespaces n ON n.id = i.ns")}
+        scopes = {row[0] for row in db.execute("SELECT DISTINCT n.name FROM identity i "
+                                               "JOIN namespaces n ON n.id = i.ns")}
         remembered = db.execute("SELECT COUNT(*) FROM identity WHERE kind = 'userId'").fetchone()[0]
     assert scopes == {"shared"} and remembered == count
     # Metrics are labelled by integration; the lag of each is back to 0.
@@ -137,9 +139,10 @@ def test_kill_9_of_serve_loses_and_duplicates_nothing_per_integration(tmp_path: 
             assert len(delivered(first, "outreach", "k")) < count or len(delivered(first, "hubspot", "k")) < count, \
                 "the kill came too late to test anything"
             second = Service(*args, cwd=tmp_path, env=ENV, name="second")
-            second.url
+            assert second.url.startswith("http://")
             both = [first, second]
-            until(lambda: len(delivered(both, "outreach", "k")) == count and len(delivered(both, "hubspot", "k")) == count,
+            until(lambda: len(delivered(both, "outreach", "k")) == count
+                  and len(delivered(both, "hubspot", "k")) == count,
                   timeout=90, what=lambda: "every lead delivered by both; " + second.stderr()[-1500:])
             second.signal(signal.SIGTERM)
             assert second.wait(30) == 0
@@ -273,7 +276,7 @@ def test_a_disabled_integration_keeps_its_place_and_resumes_where_it_stopped(tmp
                                hubspot.base_url)
         third = serving(enabled, "third")
         try:
-            third.url
+            assert third.url.startswith("http://")
             until(lambda: len(delivered(third, "hubspot", "while")) == 5, what="HubSpot catching up")
             stop(third)
         finally:

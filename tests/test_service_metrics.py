@@ -26,7 +26,6 @@ from engine.service.serving import CountingTransport
 from service_helpers import Service, identify, lead, post, until, write_key_headers
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
-
 INTEGRATION = "lead-capture-fast"  # serve PRESET is one integration named after the preset (here its file stem)
 LABEL = f'integration="{INTEGRATION}"'
 

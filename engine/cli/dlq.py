@@ -37,7 +37,8 @@ def register(sub: Any) -> None:
                          help="built-in name (destination/preset) or path to a YAML preset (its letters from run, "
                               "and from serve PRESET)")
         cmd.add_argument("--settings", metavar="FILE",
-                         help="with PRESET: YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
+                         help="with PRESET: YAML mapping of setting values"
+                              + ("; replay needs the credentials" if name == "replay" else ""))
         cmd.add_argument("--config", metavar="FILE", help="an integrations file (with --integration NAME)")
         cmd.add_argument("--integration", metavar="NAME", help="with --config: the integration whose letters these are")
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",

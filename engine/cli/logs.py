@@ -14,8 +14,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from ..redaction import Redactor
 from ..log_context import current_integration
+from ..redaction import Redactor
 
 LOG_FORMATS = ("text", "json")
 

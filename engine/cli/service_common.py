@@ -37,8 +37,10 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
         from .logs import say_on_stderr
 
         try:
+            named = getattr(args, "integration", None)
+            # A worker for some integrations needs only their credentials.
             config = load_integrations(args.config, os.environ, preset_path=getattr(args, "preset_path", []) or [],
-                                       require=require)
+                                       require=set(named) if require and named else require)
         except IntegrationsError as exc:
             raise UsageError("\n".join(exc.problems)) from None
         for warning in config.warnings:

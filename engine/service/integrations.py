@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..language.compiler import PresetError, load_preset
 from ..language.model import Preset
@@ -130,11 +131,13 @@ def single(preset: Preset, settings: Settings, preset_ref: str) -> IntegrationsC
 
 
 def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
-                      preset_path: Sequence[str | Path] = (), require: bool = True) -> IntegrationsConfig:
+                      preset_path: Sequence[str | Path] = (), require: bool | Collection[str] = True
+                      ) -> IntegrationsConfig:
     """Read and check an integrations file; raise :class:`IntegrationsError` listing every problem.
 
     ``require`` is False where credentials are not needed (the Redis intake,
-    ``dlq list``): a missing secret is then not an error. A disabled
+    ``dlq list``): a missing secret is then not an error; a collection of
+    names requires only those integrations' (``worker --integration``). A disabled
     integration's credentials are never required.
     """
     config, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, require,
@@ -164,8 +167,8 @@ def check_integrations(path: str | Path, environ: Mapping[str, str] | None = Non
 
 
 # -- reading ---------------------------------------------------------------------
-def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path], require: bool, *,
-          strict: bool) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
+def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path],
+          require: bool | Collection[str], *, strict: bool) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
     """``strict`` (``check``): each preset is checked as ``check PRESET`` does, bypassing the preset cache."""
     shown = str(path)
     problems: list[tuple[int, str]] = []
@@ -188,16 +191,16 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
         node: Any = data
         line = 1
         for i, part in enumerate(keys):
-            if not hasattr(node, "lc") or not isinstance(node, dict) or part not in node:
+            lc = getattr(node, "lc", None)
+            if lc is None or not isinstance(node, dict) or part not in node:
                 break
-            line = (node.lc.key(part) if key and i == len(keys) - 1 else node.lc.value(part))[0] + 1
+            line = (lc.key(part) if key and i == len(keys) - 1 else lc.value(part))[0] + 1
             node = node[part]
         return line
 
-    for name in data:
-        if name not in TOP_KEYS:
-            problems.append((at([name], True), f"{shown}:{at([name], True)}: unknown key {name!r} "
-                                               f"(known: {', '.join(TOP_KEYS)})"))
+    known = ", ".join(TOP_KEYS)
+    problems.extend((at([name], True), f"{shown}:{at([name], True)}: unknown key {name!r} (known: {known})")
+                    for name in data if name not in TOP_KEYS)
     config = IntegrationsConfig([], path=shown)
     _intake(data.get("intake"), shown, environ, at, config, problems, warnings)
     declared = data.get("integrations")
@@ -209,10 +212,11 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
         line = at(["integrations", name], True)
         where = f"{shown}:{line}"
         if not isinstance(name, str) or not NAME.match(name):
-            problems.append((line, f"{where}: integration name {str(name)!r} is invalid: lower-case letters, "
-                                   "digits and '-', starting and ending with a letter or digit, at most 63"))
+            problems.append((line, (f"{where}: integration name {str(name)!r} is invalid: lower-case letters, "
+                                    "digits and '-', starting and ending with a letter or digit, at most 63")))
             continue
-        integration = _integration(name, body, path, where, line, environ, preset_path, require, strict,
+        needed = require if isinstance(require, bool) else name in require
+        integration = _integration(name, body, path, where, line, environ, preset_path, needed, strict,
                                    lambda keys, key=False, n=name: at(["integrations", n, *keys], key),
                                    problems, warnings)
         if integration is not None:
@@ -259,8 +263,8 @@ def _duplicates(shown: str, node: Any, path: tuple[str, ...] = ()) -> list[tuple
             line = key.start_mark.line + 1
             if name in first:
                 what = "integration" if path == ("integrations",) else "key"
-                found.append((line, f"{shown}:{line}: {what} {name!r} is declared twice (first at line "
-                                    f"{first[name]}); names must be unique"))
+                found.append((line, (f"{shown}:{line}: {what} {name!r} is declared twice (first at line "
+                                     f"{first[name]}); names must be unique")))
             else:
                 first[name] = line
             found += _duplicates(shown, value, (*path, name))
@@ -288,16 +292,16 @@ def _intake(section: Any, shown: str, environ: Mapping[str, str], at: Any, confi
         values: list[str] = []
         for item in items:
             if not isinstance(item, str) or not item:
-                problems.append((line, f"{where}: intake.{key} must be a non-empty string"
-                                       f"{' or a list of them' if key == 'write_keys' else ''}"))
+                problems.append((line, (f"{where}: intake.{key} must be a non-empty string"
+                                        f"{' or a list of them' if key == 'write_keys' else ''}")))
                 continue
             if not _REFERENCE.search(item):
-                warnings.append((line, f"{where}: intake.{key} is written as a literal secret; this file is meant "
-                                       "to be committed: write \"${NAME}\" and set NAME in the environment"))
+                warnings.append((line, (f"{where}: intake.{key} is written as a literal secret; this file is meant "
+                                        "to be committed: write \"${NAME}\" and set NAME in the environment")))
             value = expand_references(item, environ)
             if isinstance(value, UnsetVariable):
-                problems.append((line, f"{where}: intake.{key}: environment variable "
-                                       f"{', '.join(value.names)} is not set"))
+                problems.append((line, (f"{where}: intake.{key}: environment variable "
+                                        f"{', '.join(value.names)} is not set")))
                 continue
             values.append(value)
         if key == "write_keys":
@@ -317,8 +321,8 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
     for key in body:
         if key not in INTEGRATION_KEYS:
             kline = at([key], True)
-            problems.append((kline, f"{path}:{kline}: {label}: unknown key {key!r} "
-                                    f"(known: {', '.join(INTEGRATION_KEYS)})"))
+            problems.append((kline, (f"{path}:{kline}: {label}: unknown key {key!r} "
+                                     f"(known: {', '.join(INTEGRATION_KEYS)})")))
             broken = True
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -327,8 +331,8 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
         broken = True
     ref = body.get("preset")
     if not isinstance(ref, str) or not ref.strip():
-        problems.append((line, f"{where}: {label}: 'preset:' is required (a preset name, or a path relative to "
-                               "this file)"))
+        problems.append((line, (f"{where}: {label}: 'preset:' is required (a preset name, or a path relative to "
+                                "this file)")))
         return None
     pline = at(["preset"])
     preset = _preset(ref, path, preset_path, f"{path}:{pline}", label, pline, problems, strict)
@@ -359,9 +363,9 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
             places[key] = f"{path}:{kline}"
             if preset is not None and key in preset.settings and preset.settings[key].secret \
                     and isinstance(value, str) and value and not _REFERENCE.search(value):
-                warnings.append((kline, f"{path}:{kline}: {label}: setting {key!r} is a secret written as a "
-                                        "literal; this file is meant to be committed: write \"${NAME}\" and set "
-                                        "NAME in the environment"))
+                warnings.append((kline, (f"{path}:{kline}: {label}: setting {key!r} is a secret written as a "
+                                         "literal; this file is meant to be committed: write \"${NAME}\" and set "
+                                         "NAME in the environment")))
     if preset is None:
         return None
     # A missing setting is reported where it should have been written.
@@ -388,7 +392,7 @@ def _preset(ref: str, path: Path, preset_path: Sequence[str | Path], where: str,
     try:
         return load_preset(target, preset_path, strict=strict)
     except PresetError as exc:
-        first, *rest = exc.problems or ["cannot be loaded"]
+        first = (exc.problems or ["cannot be loaded"])[0]
         if "no such preset" in first:
             problems.append((line, f"{where}: {label}: unknown preset {ref!r}{first[first.find(' (known'):]}"
                                    if " (known" in first else f"{where}: {label}: unknown preset {ref!r}"))
@@ -414,5 +418,13 @@ def _labelled(problem: str, label: str, fallback: str) -> str:
     return f"{fallback}: {label}: {problem}"
 
 
-__all__ = ["Integration", "IntegrationsConfig", "IntegrationsError", "load_integrations", "read_integrations",
-           "check_integrations", "name_for_preset", "single"]
+__all__ = [
+    "Integration",
+    "IntegrationsConfig",
+    "IntegrationsError",
+    "check_integrations",
+    "load_integrations",
+    "name_for_preset",
+    "read_integrations",
+    "single",
+]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -35,7 +36,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -172,7 +173,7 @@ def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bo
 
 def _redactor(options: ServiceOptions, deliveries: list[_Delivery]) -> _AllRedactors:
     """Every secret of the file in every integration's redactor too: none shows in another's outcome."""
-    secrets = [*options.config.secrets(), *options.intake.write_keys, options.intake.signing_secret]
+    secrets = [s for s in (*options.config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
     for delivery in deliveries:
         for secret in secrets:
             delivery.engine.redactor.add(secret)
@@ -191,10 +192,10 @@ async def _start_site(app: web.Application, host: str, port: int) -> tuple[web.A
     return runner, int(runner.addresses[0][1])
 
 
-async def _drain(tasks: "list[asyncio.Future[None]]", seconds: float, what: str) -> None:
+async def _drain(tasks: Sequence[asyncio.Future[None]], seconds: float, what: str) -> None:
     if not tasks:
         return
-    done, busy = await asyncio.wait(tasks, timeout=seconds)
+    _, busy = await asyncio.wait(tasks, timeout=seconds)
     if busy:
         log.warning("%s: still busy after %gs of draining; stopping (unfinished events stay queued)", what, seconds)
         for task in busy:
@@ -239,7 +240,7 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
                                      visibility_seconds=options.visibility_seconds,
                                      max_deliveries=options.max_deliveries)
         intake = Intake(queue, options.intake, metrics)
-        _gauges(metrics, queue, config.names(), lambda name: queue.lag(name), backend)
+        _gauges(metrics, queue, config.names(), queue.lag, backend)
         worker_stop = asyncio.Event()
         with _signals(stop):
             runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
@@ -275,7 +276,8 @@ async def _serve_redis(options: ServiceOptions, configure: Configure, metrics: M
     state = RedisState(options.redis)
     try:
         state.check()
-        redactor = Redactor([*config.secrets(), *options.intake.write_keys, options.intake.signing_secret])
+        redactor = Redactor([s for s in (*config.secrets(), *options.intake.write_keys, options.intake.signing_secret)
+                             if s])
         configure(redactor)
         client = state.async_client()
         stream = state.keys.events(config.stream)
@@ -355,11 +357,11 @@ async def work(options: ServiceOptions, configure: Configure, *,
             queues.append(queue)
             locks = state.locks(aclient, f"{consumer}:{os.urandom(6).hex()}", options.visibility_seconds)
             delivery.worker = Worker(delivery.engine, queue, consumer, metrics=metrics, locks=locks,
-                                     lock_name=lambda key, n=name: state.keys.in_flight(n, key),
+                                     lock_name=functools.partial(state.keys.in_flight, name),
                                      emit=_emit if options.print_outcomes else None,
                                      visibility_seconds=options.visibility_seconds,
                                      max_deliveries=options.max_deliveries)
-        by_name = {d.integration.name: q for d, q in zip(deliveries, queues)}
+        by_name = {d.integration.name: q for d, q in zip(deliveries, queues, strict=True)}
 
         async def lag(name: str) -> int:
             return await by_name[name].lag()
@@ -430,7 +432,7 @@ def _metrics_app(metrics: Metrics, stopping: asyncio.Event) -> web.Application:
     return app
 
 
-async def _until(stop: asyncio.Event, tasks: "list[asyncio.Future[None]]") -> None:
+async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Future[None]]) -> None:
     """Until a signal, or a worker ended on its own (an error)."""
     waiter = asyncio.ensure_future(stop.wait())
     try:
@@ -446,7 +448,7 @@ async def _bounded(waiting: Awaitable[Any], seconds: float) -> None:
         pass
 
 
-def _raise_if_failed(tasks: "list[asyncio.Future[None]]") -> None:
+def _raise_if_failed(tasks: Sequence[asyncio.Future[None]]) -> None:
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
@@ -461,12 +463,12 @@ async def tail(url: str, integrations: list[str], *, follow: bool = True, last: 
     state = RedisState(url)
     try:
         state.check()
-        client = state.async_client()
+        client: Any = state.async_client()  # its answers' types depend on the connection's decoding
         streams = [state.keys.outcomes(name) for name in integrations]
         stop = stop or asyncio.Event()
         try:
             with _signals(stop):
-                recent: list[tuple[tuple[int, int], str, bytes]] = []
+                recent: list[tuple[tuple[int, int], str, Any]] = []
                 cursors: dict[str, Any] = {}
                 for stream in streams:
                     items = await client.xrevrange(stream, count=max(1, last))
@@ -477,8 +479,8 @@ async def tail(url: str, integrations: list[str], *, follow: bool = True, last: 
                     out(text.decode("utf-8", "surrogatepass"))
                 while follow and not stop.is_set():
                     answer = await client.xread(cursors, block=500, count=500)
-                    for stream, items in answer or []:
-                        key = stream.decode() if isinstance(stream, bytes) else stream
+                    for name, items in answer or []:
+                        key = name.decode() if isinstance(name, bytes) else name
                         for entry_id, fields in items:
                             cursors[key] = entry_id
                             out(fields[b"outcome"].decode("utf-8", "surrogatepass"))

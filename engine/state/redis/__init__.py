@@ -24,7 +24,7 @@ from ..record import RecordLimits
 from .dead_letters import RedisDeadLetters
 from .identity import ReadOnlyIdentity, RedisIdentityStore
 from .journal import RedisJournal
-from .keys import DEFAULT_PREFIX, Keys
+from .keys import DEFAULT_PREFIX, GROUP, Keys
 from .locks import RedisKeyLocks
 from .queue import RedisQueue
 from .rate_budget import RedisRateBudget
@@ -78,7 +78,7 @@ class RedisState:
         """``preset`` (or an integration's name) names the outcome stream; ``stream`` the events' (default: the
         preset's own), ``group`` the consumer group (an integration's name)."""
         return RedisQueue(client or self.async_client(), stream or self.keys.events(preset), self.keys.outcomes(preset),
-                          **({"group": group} if group else {}), start=start, trim_seconds=trim_seconds)
+                          group=group or GROUP, start=start, trim_seconds=trim_seconds)
 
     def locks(self, client: redis.asyncio.Redis, owner: str, seconds: float) -> RedisKeyLocks:
         return RedisKeyLocks(client, owner, seconds)

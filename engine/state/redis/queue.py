@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, Mapping, Sequence, cast
@@ -169,7 +170,7 @@ class RedisQueue:
                 pending = int(group.get("pending") or 0)
                 if lag is None:  # Redis cannot tell (entries deleted inside the range): count them
                     last = _text(group.get("last-delivered-id")) or "0-0"
-                    lag = len(await self.r.xrange(self.stream, min=f"({last}", max="+"))
+                    lag = len(await self.r.xrange(self.stream, min=f"({last}", max="+") or [])
                 return pending + int(lag)
         return 0
 
@@ -181,10 +182,8 @@ class RedisQueue:
 
     async def close(self) -> None:
         if self._group_ready and self.trim_seconds > 0:
-            try:
+            with contextlib.suppress(RedisError, OSError):  # the next worker trims
                 await self._trim(force=True)
-            except (RedisError, OSError):
-                pass  # the next worker trims
         await self.r.aclose()
 
 

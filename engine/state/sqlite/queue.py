@@ -35,8 +35,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from ..errors import StateError, StateWriteError
 from ..queue import QueuedEvent
@@ -147,7 +148,7 @@ class SqliteQueue:
             self.conn.execute("DELETE FROM pending WHERE integration = ?", (name,))
         self.conn.execute("DELETE FROM queue WHERE NOT EXISTS (SELECT 1 FROM pending WHERE pending.id = queue.id)")
 
-    def view(self, integration: str) -> "IntegrationQueue":
+    def view(self, integration: str) -> IntegrationQueue:
         """One integration's side of the queue: its own position, leases and lag."""
         if integration not in self._waiters:
             raise KeyError(integration)
