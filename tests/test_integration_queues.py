@@ -140,3 +140,30 @@ def test_a_failure_and_a_delivery_count_belong_to_one_integration(tmp_path: Path
         await queue.close()
 
     asyncio.run(main())
+
+
+def test_the_intake_gives_each_named_integration_a_group_and_removes_the_group_of_one_removed(redis_url: str) -> None:
+    from engine.service.serving import _align_groups
+
+    async def main() -> None:
+        state = RedisState(redis_url)
+        client = state.async_client()
+        stream = state.keys.events()
+        await _align_groups(client, stream, ["outreach", "hubspot"])
+        writer = state.queue("outreach", stream=stream, group="outreach", start="$")
+        await writer.append([json.dumps({"n": n}) for n in range(3)])
+        # HubSpot removed from the file: its group goes, so it holds nothing back; Outreach keeps its position.
+        await _align_groups(client, stream, ["outreach"])
+        assert await groups(client, stream) == ["outreach"]
+        assert bodies(await writer.read("w", 10, 0.1)) == [0, 1, 2]
+        # Added again later: it starts with the events from then on.
+        await _align_groups(client, stream, ["outreach", "hubspot"])
+        await writer.append([json.dumps({"n": 9})])
+        hubspot = state.queue("hubspot", stream=stream, group="hubspot", start="$")
+        assert bodies(await hubspot.read("w", 10, 0.1)) == [9]
+        await writer.close()
+        await hubspot.close()
+        await client.aclose()
+        state.close()
+
+    asyncio.run(main())
