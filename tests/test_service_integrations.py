@@ -203,34 +203,38 @@ def test_a_failing_integration_does_not_slow_the_other_and_its_leads_arrive_by_r
             until(lambda: len([o for o in by_integration(serve).get("hubspot", [])
                                if o["messageId"].startswith("s-lead-")]) == count, timeout=180,
                   what="HubSpot's outcomes")
+            hubspot_outcomes = [o for o in by_integration(serve)["hubspot"] if o["messageId"].startswith("s-lead-")]
+            assert {o["outcome"] for o in hubspot_outcomes} == {"dead_lettered"}
+            assert all(o["attempts"] == 5 for o in hubspot_outcomes)
+            # HubSpot recovers. Its letters are replayed beside the running service, each delivered once;
+            # Outreach has none.
+            hubspot.admin("POST", "faults", {"fault_mix": {}, "clear": True})
+            state = tmp_path / "state"
+            listed = _cli(tmp_path, "dlq", "list", "--config", config, "--integration", "hubspot", "--state", state)
+            assert listed.returncode == 0 and f"{count} dead letter(s) for hubspot" in listed.stderr, listed.stderr
+            letters = [json.loads(line) for line in listed.stdout.splitlines()]
+            assert {letter["integration"] for letter in letters} == {"hubspot"}
+            assert HUBSPOT_TOKEN not in listed.stdout
+            none = _cli(tmp_path, "dlq", "list", "--config", config, "--integration", "outreach", "--state", state)
+            assert "0 dead letter(s) for outreach" in none.stderr
+            replayed = _cli(tmp_path, "dlq", "replay", "--config", config, "--integration", "hubspot", "--state",
+                            state)
+            assert replayed.returncode == 0, replayed.stderr
+            assert f"delivered {count}, 0 left" in replayed.stderr
+            assert all(json.loads(line)["integration"] == "hubspot" for line in replayed.stdout.splitlines())
+            # And new leads reach HubSpot directly again.
+            post_leads(url, "after", 0, 3)
+            until(lambda: len(delivered(serve, "hubspot", "after")) == 3, what="HubSpot's new leads")
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0
         finally:
             serve.stop()
         # A generous ratio: the shared machine is noisy, the promise (at most 2x) is checked by its benchmark.
         assert with_storm <= 3 * baseline + 5, (with_storm, baseline)
-        hubspot_outcomes = [o for o in by_integration(serve)["hubspot"] if o["messageId"].startswith("s-lead-")]
-        assert {o["outcome"] for o in hubspot_outcomes} == {"dead_lettered"}
-        assert all(o["attempts"] == 5 for o in hubspot_outcomes)
-        # HubSpot recovers; its leads arrive by replay, each exactly once; Outreach's letters are untouched (none).
-        hubspot.admin("POST", "faults", {"fault_mix": {}, "clear": True})
-        listed = _cli(tmp_path, "dlq", "list", "--config", config, "--integration", "hubspot", "--state",
-                      tmp_path / "state")
-        assert listed.returncode == 0 and f"{count} dead letter(s) for hubspot" in listed.stderr, listed.stderr
-        letters = [json.loads(line) for line in listed.stdout.splitlines()]
-        assert {letter["integration"] for letter in letters} == {"hubspot"}
-        assert HUBSPOT_TOKEN not in listed.stdout
-        none = _cli(tmp_path, "dlq", "list", "--config", config, "--integration", "outreach", "--state",
-                    tmp_path / "state")
-        assert "0 dead letter(s) for outreach" in none.stderr
-        replayed = _cli(tmp_path, "dlq", "replay", "--config", config, "--integration", "hubspot", "--state",
-                        tmp_path / "state")
-        assert replayed.returncode == 0, replayed.stderr
-        assert f"delivered {count}, 0 left" in replayed.stderr
-        assert all(json.loads(line)["integration"] == "hubspot" for line in replayed.stdout.splitlines())
-        assert sorted(hubspot.emails()) == sorted(f"s{i}@service.test" for i in range(count))
-        assert hubspot.admin("GET", "state")["creates"] == count
-        assert outreach.admin("GET", "state")["creates"] == 2 * count
+        expected = sorted([f"s{i}@service.test" for i in range(count)] + [f"after{i}@service.test" for i in range(3)])
+        assert sorted(hubspot.emails()) == expected
+        assert hubspot.admin("GET", "state")["creates"] == count + 3
+        assert outreach.admin("GET", "state")["creates"] == 2 * count + 3
         text = serve.stderr() + "\n".join(serve.lines) + listed.stdout + replayed.stdout + replayed.stderr
         assert HUBSPOT_TOKEN not in text and creds["client_secret"] not in text
 
