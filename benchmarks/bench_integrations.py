@@ -12,9 +12,11 @@ sandbox has created them all:
   letters).
 
 Runs are interleaved, so both see the same machine noise; the figure is the
-ratio of the medians (the promise: at most 2).
+ratio of the medians (the promise: at most 2). ``--redis`` runs the same on
+Redis: ``serve --config --redis`` and one ``worker --config`` delivering for
+both integrations, against a redis-server of its own.
 
-    .venv/bin/python benchmarks/bench_integrations.py --leads 200 --repeat 3
+    .venv/bin/python benchmarks/bench_integrations.py --leads 200 --repeat 3 [--redis]
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -72,7 +76,31 @@ def call(url: str, body: Any = None, auth: str | None = None) -> Any:
         return json.loads(resp.read())
 
 
-def one_run(work: Path, leads: int, with_hubspot: bool, tag: str) -> float:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server, without persistence: what is measured is the engine, not the disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis needs redis-server on the PATH")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def one_run(work: Path, leads: int, with_hubspot: bool, tag: str, redis_url: str | None = None) -> float:
     outreach, outreach_url = start("sandbox", "outreach", "--port", "0", "--quota", "100000", "--window", "1",
                                    cwd=work)
     hubspot, hubspot_url = start("sandbox", "hubspot", "--port", "0", "--quota", "100000", "--window", "1",
@@ -88,8 +116,14 @@ def one_run(work: Path, leads: int, with_hubspot: bool, tag: str) -> float:
             text += ("  hubspot:\n    preset: hubspot/contacts\n    settings:\n"
                      f"      access_token: \"${{HUBSPOT_TOKEN}}\"\n      base_url: {hubspot_url}\n")
         config.write_text(text, encoding="utf-8")
-        serve, url = start("serve", "--config", str(config), "--state", str(work / f"state-{tag}"), "--port", "0",
-                           "--quiet", cwd=work, env={"SIGNAL_WRITE_KEYS": WRITE_KEY, "HUBSPOT_TOKEN": TOKEN})
+        env = {"SIGNAL_WRITE_KEYS": WRITE_KEY, "HUBSPOT_TOKEN": TOKEN}
+        where = ["--redis", redis_url] if redis_url else ["--state", str(work / f"state-{tag}")]
+        serve, url = start("serve", "--config", str(config), *where, "--port", "0", "--quiet", cwd=work, env=env)
+        worker = None
+        if redis_url:
+            worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(config), "--redis",
+                                       redis_url, "--quiet"], cwd=work, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, env={**os.environ, **env})
         try:
             started = time.perf_counter()
             for first in range(0, leads, 50):
@@ -111,8 +145,10 @@ def one_run(work: Path, leads: int, with_hubspot: bool, tag: str) -> float:
                 assert call(f"{hubspot_url}/_sandbox/state")["creates"] == 0  # the storm held all along
             return elapsed
         finally:
-            serve.kill()  # its HubSpot leads are still retrying: not what is measured
-            serve.wait()
+            for proc in (serve, worker):
+                if proc is not None:
+                    proc.kill()  # its HubSpot leads are still retrying: not what is measured
+                    proc.wait()
     finally:
         stop(outreach)
         stop(hubspot)
@@ -122,21 +158,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--redis", action="store_true", help="serve --redis and a worker, on a private redis-server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     alone: list[float] = []
     storm: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeat):
-            alone.append(one_run(Path(tmp), args.leads, False, f"alone{k}"))
-            storm.append(one_run(Path(tmp), args.leads, True, f"storm{k}"))
-    result = {"leads": args.leads, "alone_s": statistics.median(alone),
+            for tag, with_hubspot, times in ((f"alone{k}", False, alone), (f"storm{k}", True, storm)):
+                server, url = redis_server(Path(tmp)) if args.redis else (None, None)
+                try:
+                    times.append(one_run(Path(tmp), args.leads, with_hubspot, tag, url))
+                finally:
+                    if server is not None:
+                        server.kill()
+                        server.wait()
+    result = {"leads": args.leads, "mode": "redis" if args.redis else "embedded", "alone_s": statistics.median(alone),
               "with_failing_hubspot_s": statistics.median(storm),
               "ratio": statistics.median(storm) / statistics.median(alone), "alone_runs": alone, "storm_runs": storm}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"Outreach, {args.leads} leads: alone {result['alone_s']:.2f} s, beside a HubSpot answering 503 to "
+        print(f"Outreach, {args.leads} leads, {result['mode']}: alone {result['alone_s']:.2f} s, beside a HubSpot answering 503 to "
               f"everything {result['with_failing_hubspot_s']:.2f} s (median of {args.repeat}); ratio "
               f"{result['ratio']:.2f} (the promise: at most 2)")
 
