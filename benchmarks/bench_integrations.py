@@ -179,8 +179,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"Outreach, {args.leads} leads, {result['mode']}: alone {result['alone_s']:.2f} s, beside a HubSpot answering 503 to "
-              f"everything {result['with_failing_hubspot_s']:.2f} s (median of {args.repeat}); ratio "
+        print(f"Outreach, {args.leads} leads, {result['mode']}: alone {result['alone_s']:.2f} s, beside a HubSpot "
+              f"answering 503 to everything {result['with_failing_hubspot_s']:.2f} s (median of {args.repeat}); ratio "
               f"{result['ratio']:.2f} (the promise: at most 2)")
 
 
