@@ -56,7 +56,7 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
             assert status == 200
             until(lambda: len(serve.outcomes()) == 2, what=lambda: f"two outcomes; stderr: {serve.stderr()}")
             # An outcome's line is printed before it is acknowledged and counted: wait for the counts too.
-            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{outcome="{o}",reason="{r}"}}') or 0
+            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{{LABEL},outcome="{o}",reason="{r}"}}') or 0
                               for o, r in (("dropped", "event_not_mapped"), ("delivered", "none"))) == 2,
                   what=lambda: "both outcomes counted")
             text = scrape(url)
