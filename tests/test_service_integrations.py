@@ -303,3 +303,23 @@ def _cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
 
     return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=120, env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"})
+
+
+def test_the_console_of_serve_config_lists_every_integration_of_the_file(tmp_path: Path) -> None:
+    """The console a service mounts knows each integration of the file by its name, with nothing sent yet."""
+    import urllib.request
+
+    creds = unique_credentials()
+    config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path),
+                          write_settings(tmp_path / "outreach.yaml", "http://127.0.0.1:9", creds),
+                          fast_hubspot_preset(tmp_path), "http://127.0.0.1:9", hubspot_enabled=False)
+    serve = Service("serve", "--config", config, "--state", tmp_path / "state", "--port", "0", "--console",
+                    cwd=tmp_path, env=ENV, name="serve")
+    try:
+        with urllib.request.urlopen(serve.url + "/console/api/integrations", timeout=10) as answer:
+            listed = json.loads(answer.read())
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(30) == 0
+    finally:
+        serve.stop()
+    assert sorted(i["integration"] for i in listed["integrations"]) == ["hubspot", "outreach"]
