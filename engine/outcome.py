@@ -54,9 +54,12 @@ class Outcome:
     requests: list[dict[str, Any]] | None = None
     # Every request of the delivery in order (engine.delivery.trail), for the console; not in to_dict.
     exchanges: list[dict[str, Any]] | None = None
+    integration: str | None = None  # the integration it belongs to (a service), named right after ``outcome``
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
+        if self.integration is not None:
+            out["integration"] = self.integration
         for key in ("reason", "cause", "detail", "warnings", "attempts", "request", "requests", "response"):
             value = getattr(self, key)
             if value is not None:

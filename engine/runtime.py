@@ -36,6 +36,7 @@ from typing import (
     Callable,
     Collection,
     Iterable,
+    Iterator,
     Mapping,
 )
 from urllib.parse import urlsplit
@@ -69,7 +70,7 @@ from .state.buffered import (
 from .state.dead_letters import DeadLetterStore, entry_for
 from .state.identity import IdentityLimits, IdentityStore
 from .state.journal import DeliveryJournal, event_key
-from .state.record import Recorder, RecordLimits, preset_integration
+from .state.record import Recorder, RecordLimits, integration_name, preset_integration
 from .state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
@@ -89,8 +90,15 @@ class Engine:
                  session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, reset_state: bool = False,
-                 record: bool | RecordLimits = True, integration: str | None = None) -> None:
+                 record: bool | RecordLimits = True, integration: str | None = None,
+                 identity_scope: str | None = None) -> None:
         self.preset = preset
+        # Every engine has an integration name (the preset's, unless given); dead letters are filed under it.
+        # One given (a service's) also keys the journal and the rate budget, so two integrations of one preset
+        # never share them, and names each outcome; a run's keep the preset's, as before.
+        self.integration = integration or preset_integration(preset.name, preset.path)
+        self._named = integration is not None
+        self.name = integration or preset.name
         self.settings = settings
         self.state_dir = Path(state) if isinstance(state, (str, Path)) else None
         self.redactor = Redactor(settings.secrets())
@@ -131,18 +139,18 @@ class Engine:
         auth = preset.auth
         # Identity first: opening it imports the files of an earlier version (tokens included).
         self.identity = BufferedIdentityStore(identity if identity is not None else
-                                              backend.identity(preset.name, IdentityLimits.of(preset.identity)))
+                                              backend.identity(identity_scope or preset.name,
+                                                               IdentityLimits.of(preset.identity)))
         if token_store is None:
             token_store = (backend.tokens(str(settings[auth.client_id_setting or ""] or ""))
                            if auth is not None and auth.is_oauth2 else MemoryTokenStore())
         self.token_store = BufferedTokenStore(token_store)
         self.dead_letters = BufferedDeadLetters(dead_letters if dead_letters is not None else backend.dead_letters())
         self.journal = BufferedJournal(journal if journal is not None else
-                                       backend.journal(preset.name, preset.delivery.dedupe_window_seconds))
+                                       backend.journal(self.name, preset.delivery.dedupe_window_seconds))
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         # The console's record of recent events, when the backend keeps one (state.db, Redis) and it is wanted.
-        self.integration = integration or preset_integration(preset.name, preset.path)
         record_store = getattr(backend, "record", None) if record is not False else None
         self.recorder = Recorder(record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
                                  self.integration, preset.name, redactor=self.redactor,
@@ -152,7 +160,7 @@ class Engine:
         # Each further window has its own shared budget beside the first one's.
         spec = preset.delivery.rate_limit
         shared_budget = getattr(backend, "rate_budget", None)
-        budgets = [shared_budget(preset.name if i == 0 else f"{preset.name}#window{i}",
+        budgets = [shared_budget(self.name if i == 0 else f"{self.name}#window{i}",
                                  *bucket_shape(window.requests, window.per_seconds)) if shared_budget else None
                    for i, window in enumerate((spec, *spec.windows))]
         self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:])
@@ -387,7 +395,10 @@ class Engine:
             while pending or not exhausted:
                 while pending and (isinstance(pending[0], Outcome) or pending[0].done()):
                     head = pending.popleft()
-                    yield head if isinstance(head, Outcome) else head.result()
+                    result = head if isinstance(head, Outcome) else head.result()
+                    if self._named:
+                        result.integration = self.integration
+                    yield result
                 if self._stop is not None and not exhausted and (next_batch is None or not next_batch.done()):
                     # Stopped: what the source has not handed over is not read.
                     exhausted = True
@@ -460,15 +471,15 @@ class Engine:
         await self.start()
         window = self.concurrency * 4
         pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        for page in self.dead_letters.pages(self.preset.name):
+        for page in self.letter_pages():
             for entry in page:
                 if ids is not None and entry.get("id") not in ids:
                     continue
                 pending.append(self._track(self._replay(entry)))
                 while len(pending) >= window or (pending and pending[0].done()):
-                    yield await pending.popleft()
+                    yield self._named_outcome(await pending.popleft())
         while pending:
-            yield await pending.popleft()
+            yield self._named_outcome(await pending.popleft())
 
     async def _replay(self, entry: dict[str, Any]) -> Outcome:
         started = self._clock()
@@ -505,6 +516,33 @@ class Engine:
         if self.recorder is not None:
             self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
                                traits=traits)
+        return result
+
+    def letter_pages(self) -> Iterator[list[dict[str, Any]]]:
+        """This engine's dead letters, a page at a time: those kept under its name, and those of the same
+        integration kept under the other one: a named integration takes a one-preset run's (kept under the
+        preset: the console replays them so), a run takes those ``serve PRESET`` kept under the integration
+        named after the preset."""
+        yield from self.dead_letters.pages(self.name)
+        if not self._named:
+            if self.integration != self.name:
+                yield from self.dead_letters.pages(self.integration)
+            return
+        for page in self.dead_letters.pages(self.preset.name):
+            mine = [e for e in page if (e.get("integration") or integration_name(self.preset.name)) == self.integration]
+            if mine:
+                yield mine
+
+    def dead_letter_count(self) -> int:
+        """How many letters :meth:`letter_pages` holds (counted where the store can, without reading them)."""
+        if not self._named:
+            extra = self.dead_letters.count(self.integration) if self.integration != self.name else 0
+            return self.dead_letters.count(self.name) + extra
+        return sum(len(page) for page in self.letter_pages())
+
+    def _named_outcome(self, result: Outcome) -> Outcome:
+        if self._named:
+            result.integration = self.integration
         return result
 
     def _check_open(self) -> None:
@@ -575,16 +613,16 @@ class Engine:
                 # A letter an earlier run left for this event (it was killed, or gave up) is obsolete now:
                 # an event is delivered or in the dead letters, never both.
                 try:
-                    self.dead_letters.discard(self.preset.name, key)
+                    self.dead_letters.discard(self.name, key)
                 except Exception as exc:  # noqa: BLE001 - a stale letter is removed by replay, unsent
                     log.warning("event %s: could not remove its earlier dead letter: %s", prepared.index,
                                 type(exc).__name__)
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
-                kept = self.dead_letters.add({**entry_for(self.preset.name, prepared.action.name, result,
-                                                          self._sender.original_request(prepared), key,
-                                                          self._letter_context(prepared)),
-                                              "integration": self.integration})
+                kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
+                                                       self._sender.original_request(prepared), key,
+                                                       self._letter_context(prepared), integration=self.integration,
+                                                       filed_under=self.name))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
                 result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"

@@ -71,6 +71,7 @@ FORBIDDEN = {
     "console": ("engine.cli", "engine.service"),
     "outcome": ("engine.",),
     "redaction": ("engine.",),
+    "log_context": ("engine.",),
 }
 
 

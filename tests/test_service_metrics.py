@@ -26,6 +26,9 @@ from engine.service.serving import CountingTransport
 from service_helpers import Service, identify, lead, post, until, write_key_headers
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
+INTEGRATION = "lead-capture-fast"  # serve PRESET is one integration named after the preset (here its file stem)
+LABEL = f'integration="{INTEGRATION}"'
+
 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
@@ -53,7 +56,7 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
             assert status == 200
             until(lambda: len(serve.outcomes()) == 2, what=lambda: f"two outcomes; stderr: {serve.stderr()}")
             # An outcome's line is printed before it is acknowledged and counted: wait for the counts too.
-            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{outcome="{o}",reason="{r}"}}') or 0
+            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{{LABEL},outcome="{o}",reason="{r}"}}') or 0
                               for o, r in (("dropped", "event_not_mapped"), ("delivered", "none"))) == 2,
                   what=lambda: "both outcomes counted")
             text = scrape(url)
@@ -65,13 +68,13 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
 
     assert not [line for line in text.splitlines() if "_created" in line], "no *_created series"
     assert '=""' not in text, "no empty label value"
-    assert sample(text, 'signal_outcomes_total{outcome="dropped",reason="event_not_mapped"}') == 1
-    assert sample(text, 'signal_outcomes_total{outcome="delivered",reason="none"}') == 1
+    assert sample(text, f'signal_outcomes_total{{{LABEL},outcome="dropped",reason="event_not_mapped"}}') == 1
+    assert sample(text, f'signal_outcomes_total{{{LABEL},outcome="delivered",reason="none"}}') == 1
     # One delivery, one drop: the histogram holds the delivery only.
-    assert sample(text, "signal_delivery_latency_seconds_count") == 1
+    assert sample(text, f"signal_delivery_latency_seconds_count{{{LABEL}}}") == 1
     # The engine minted one access token: the token endpoint's 200 is counted as the token endpoint's.
-    assert sample(text, 'signal_token_endpoint_responses_total{status="200"}') == 1
-    assert sample(text, "signal_token_refreshes_total") == 1
+    assert sample(text, f'signal_token_endpoint_responses_total{{{LABEL},status="200"}}') == 1
+    assert sample(text, f"signal_token_refreshes_total{{{LABEL}}}") == 1
 
 
 def test_token_endpoint_429s_are_not_counted_as_the_destinations() -> None:
@@ -93,7 +96,7 @@ def test_token_endpoint_429s_are_not_counted_as_the_destinations() -> None:
         metrics = Metrics()
         try:
             async with aiohttp.ClientSession() as session:
-                transport = CountingTransport(AiohttpTransport(session, 5, 1 << 20), metrics)
+                transport = CountingTransport(AiohttpTransport(session, 5, 1 << 20), metrics, "crm")
                 token = token_endpoint_request(AuthSpec(type="oauth2"),
                                                base + "/oauth/token", "client", "secret",
                                                {"grant_type": "refresh_token", "refresh_token": "r"}, Redactor())
@@ -106,6 +109,6 @@ def test_token_endpoint_429s_are_not_counted_as_the_destinations() -> None:
         return body.decode()
 
     text = asyncio.run(main())
-    assert sample(text, 'signal_token_endpoint_responses_total{status="429"}') == 1
-    assert sample(text, 'signal_destination_responses_total{status="429"}') == 1
-    assert sample(text, "signal_destination_429_total") == 1
+    assert sample(text, 'signal_token_endpoint_responses_total{integration="crm",status="429"}') == 1
+    assert sample(text, 'signal_destination_responses_total{integration="crm",status="429"}') == 1
+    assert sample(text, 'signal_destination_429_total{integration="crm"}') == 1

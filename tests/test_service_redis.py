@@ -36,6 +36,7 @@ from service_helpers import (
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
 PRESET = "outreach/lead-capture"
+INTEGRATION = "lead-capture-fast"  # serve PRESET is one integration named after it: here the preset file's stem
 LEADS = 300
 CHUNK = 25
 
@@ -43,7 +44,7 @@ CHUNK = 25
 def outcomes(url: str) -> list[dict[str, Any]]:
     client = redis.Redis.from_url(url)
     try:
-        return [json.loads(fields[b"outcome"]) for _, fields in client.xrange(f"signal:{PRESET}:outcomes")]
+        return [json.loads(fields[b"outcome"]) for _, fields in client.xrange(f"signal:{INTEGRATION}:outcomes")]
     finally:
         client.close()
 
@@ -52,7 +53,7 @@ def pending_of(url: str, consumer: str) -> int:
     """Entries of the stream that ``consumer`` has read and not acknowledged (XPENDING)."""
     client = redis.Redis.from_url(url)
     try:
-        summary = client.xpending(f"signal:{PRESET}:events", "workers")
+        summary = client.xpending(f"signal:{PRESET}:events", INTEGRATION)  # one group per integration
         return sum(int(c["pending"]) for c in summary["consumers"] if c["name"] in (consumer, consumer.encode()))
     finally:
         client.close()
@@ -165,8 +166,9 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
     assert all(used <= 120 for _, _, used in state["rate_limit"]["windows"])
     # Each worker's /metrics: its outcomes, no 429, an empty backlog once done.
     for text in scraped:
-        assert 'signal_outcomes_total{outcome="delivered",reason="none"}' in text
-        assert "signal_destination_429_total 0.0" in text and "signal_queue_backlog_events 0.0" in text
+        assert f'signal_outcomes_total{{integration="{INTEGRATION}",outcome="delivered",reason="none"}}' in text
+        assert f'signal_destination_429_total{{integration="{INTEGRATION}"}} 0.0' in text
+        assert f'signal_integration_lag_events{{integration="{INTEGRATION}"}} 0.0' in text
         assert "signal_token_refreshes_total" in text and "signal_delivery_latency_seconds_count" in text
     # The entries w0 held were taken over by the others; they drained and exited cleanly.
     assert held > 0

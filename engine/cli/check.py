@@ -25,11 +25,16 @@ def register(sub: Any) -> None:
                     "2 a named preset does not exist.")
     check.add_argument("presets", nargs="*", metavar="PRESET_OR_PATH",
                        help="built-in names (destination/preset) or paths to YAML presets")
+    check.add_argument("--config", metavar="FILE",
+                       help="check an integrations file instead: the file, every preset it names, and each "
+                            "integration's settings (missing, unknown, ${VAR} unset); literal secrets are warned about")
     add_preset_path_option(check)
     check.set_defaults(func=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.config:
+        return _check_config(args)
     names = args.presets or resources.builtin_presets()
     failed = missing = 0
     for name in names:
@@ -50,3 +55,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     if missing:
         return EXIT_USAGE
     return EXIT_EVENTS_FAILED if failed else EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    """Every problem of the file on stdout, one located line each; warnings on stderr."""
+    import os
+
+    from ..service.integrations import check_integrations, load_integrations
+    from .common import UsageError
+
+    if args.presets:
+        raise UsageError("check --config FILE takes no presets: the file names them")
+    if not os.path.isfile(args.config):
+        raise UsageError(f"--config {args.config}: no such file")
+    problems, warnings = check_integrations(args.config, os.environ, preset_path=args.preset_path)
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in problems:
+        say(line)
+    if problems:
+        return EXIT_EVENTS_FAILED
+    for integration in load_integrations(args.config, os.environ, preset_path=args.preset_path).integrations:
+        state = "" if integration.enabled else ", disabled"
+        say(f"ok: {integration.name} ({integration.preset.name}{state})")
+    return EXIT_OK

@@ -113,8 +113,19 @@ async def serve_console(args: argparse.Namespace, token: str | None, connections
         sys.stdout.flush()
 
 
-def console_mount(args: argparse.Namespace, preset: Any, settings: Any) -> Any:
-    """The console, mounted under /console on the intake's app, over the same state (see engine/console/)."""
+def _has_credentials(integration: Any) -> bool:
+    specs = integration.preset.settings
+    return all(integration.settings[name] is not None or spec.stored
+               for name, spec in specs.items() if spec.secret and spec.required)
+
+
+def console_mount(args: argparse.Namespace, config: Any) -> Any:
+    """The console, mounted under /console on the intake's app, over the same state (see engine/console/).
+
+    ``config`` is the integrations the service runs (an
+    :class:`~engine.service.integrations.IntegrationsConfig`): each one the
+    console may replay letters through, under its name.
+    """
     from ..console import TOKEN_ENV, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
     from ..console import create_console_app, mount
 
@@ -123,8 +134,10 @@ def console_mount(args: argparse.Namespace, preset: Any, settings: Any) -> Any:
         check_exposure(args.host, token)
     except ExposureRefused as exc:
         raise UsageError(f"--console --host {args.host}: {exc}") from None
-    # With --redis and no settings file the intake has no credentials: the console cannot replay then.
-    connections = [Connection(preset, settings)] if args.redis is None or args.settings else []
+    # With --redis the intake may have no credentials (they are not required there): only integrations whose
+    # secrets are all set can replay.
+    connections = [Connection(i.preset, i.settings, i.name) for i in config.integrations
+                   if args.redis is None or _has_credentials(i)]
 
     def add(app: Any) -> None:
         if args.redis:

@@ -1,4 +1,4 @@
-"""``signal-engine dlq list|replay``: the dead letters of a preset."""
+"""``signal-engine dlq list|replay``: the dead letters of a preset, or of one integration of a file."""
 
 from __future__ import annotations
 
@@ -33,9 +33,14 @@ def register(sub: Any) -> None:
     for name, helptext in (("list", "print the dead letters of a preset (masked)"),
                            ("replay", "re-send dead letters; those delivered are removed")):
         cmd = dlq_sub.add_parser(name, help=helptext, description=helptext)
-        cmd.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
+        cmd.add_argument("preset", metavar="PRESET", nargs="?",
+                         help="built-in name (destination/preset) or path to a YAML preset (its letters from run, "
+                              "and from serve PRESET)")
         cmd.add_argument("--settings", metavar="FILE",
-                         help="YAML mapping of setting values" + ("; replay needs the credentials" if name == "replay" else ""))
+                         help="with PRESET: YAML mapping of setting values"
+                              + ("; replay needs the credentials" if name == "replay" else ""))
+        cmd.add_argument("--config", metavar="FILE", help="an integrations file (with --integration NAME)")
+        cmd.add_argument("--integration", metavar="NAME", help="with --config: the integration whose letters these are")
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",
                          help="the state directory the run used (default: %(default)s)")
         add_reset_state_option(cmd)
@@ -52,22 +57,40 @@ def register(sub: Any) -> None:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    preset = load_preset_arg(args)
     replaying = args.dlq_action == "replay"
-    settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
+    integration: str | None = None
+    if args.config:
+        from .service_common import integrations_for
+
+        if not args.integration:
+            raise UsageError("--config FILE needs --integration NAME: whose dead letters")
+        integration = args.integration
+        args.integration = [integration]
+        # Replaying needs this integration's credentials; listing needs none.
+        chosen = integrations_for(args, require=replaying).get(integration)
+        preset, settings = chosen.preset, chosen.settings
+    else:
+        if args.integration:
+            raise UsageError("--integration NAME goes with --config FILE")
+        if not args.preset:
+            raise UsageError("name a PRESET, or pass --config FILE --integration NAME")
+        preset = load_preset_arg(args)
+        settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
+    record = getattr(args, "record", True)
     if args.redis:
         if args.reset_state:
             raise UsageError("--reset-state applies to a --state directory, not to --redis")
         return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
-                                                                args.log_format, args.grace, args.record)
-                           if replaying else dlq_list(preset, settings, state))
+                                                                args.log_format, args.grace, record, integration)
+                           if replaying else dlq_list(preset, settings, state, integration))
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
     check_state_dir(args.state, reset=args.reset_state)  # a refused state.db: one line, before anything is read
     if replaying:
-        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, args.record)
-    return dlq_list(preset, settings, args.state)
+        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, record,
+                          integration)
+    return dlq_list(preset, settings, args.state, integration)
 
 
 def _with_redis(url: str, command: Any) -> int:
@@ -85,21 +108,30 @@ def _with_redis(url: str, command: Any) -> int:
         state.close()
 
 
-def dlq_list(preset: Preset, settings: Settings, state: Any) -> int:
+def _engine(preset: Preset, settings: Settings, state: Any, integration: str | None, **options: Any) -> Any:
+    """An integration of a file (its name keys its letters and journal), or the preset's own (run, serve PRESET)."""
     from ..runtime import Engine
 
-    engine = Engine(preset, settings, state=state)
+    if integration is None:
+        return Engine(preset, settings, state=state, **options)
+    from ..state.identity import SHARED_IDENTITY
+
+    return Engine(preset, settings, state=state, integration=integration, identity_scope=SHARED_IDENTITY, **options)
+
+
+def dlq_list(preset: Preset, settings: Settings, state: Any, integration: str | None = None) -> int:
+    engine = _engine(preset, settings, state, integration)
     listed = 0
-    for page in engine.dead_letters.pages(preset.name):  # a page at a time: 30,000 letters need no more memory
+    for page in engine.letter_pages():  # a page at a time: 30,000 letters need no more memory
         for entry in page:
             print(json.dumps(engine.redactor.redact(entry), ensure_ascii=False))
         listed += len(page)
-    print(f"signal-engine: {listed} dead letter(s) for {preset.name}", file=sys.stderr)
+    print(f"signal-engine: {listed} dead letter(s) for {integration or preset.name}", file=sys.stderr)
     return EXIT_OK
 
 
 def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text",
-               grace: float = DEFAULT_GRACE_SECONDS, record: bool = True) -> int:
+               grace: float = DEFAULT_GRACE_SECONDS, record: bool = True, integration: str | None = None) -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
 
     if isinstance(state, str):
@@ -107,9 +139,7 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
     stop = RunStop()
 
     async def main() -> int:
-        from ..runtime import Engine
-
-        engine = Engine(preset, settings, state=state, record=record)
+        engine = _engine(preset, settings, state, integration, record=record)
 
         def on_signal(signum: int) -> None:
             first = stop.on_signal(signum)
@@ -130,7 +160,7 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
                     replayed += 1
                     done += result.outcome == oc.DELIVERED
                     skipped += result.cause == oc.NOT_SENT
-                left = engine.dead_letters.count(preset.name)
+                left = engine.dead_letter_count()
         finally:
             for signum in SIGNALS:
                 loop.remove_signal_handler(signum)

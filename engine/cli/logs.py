@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from ..log_context import current_integration
 from ..redaction import Redactor
 
 LOG_FORMATS = ("text", "json")
@@ -28,7 +29,16 @@ class _RedactingFormatter(logging.Formatter):
         self.redactor = redactor
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.redactor.redact(super().format(record))
+        line = super().format(record)
+        integration = _integration()
+        if integration is not None:
+            line = line.replace("signal-engine: ", f"signal-engine: [{integration}] ", 1)
+        return self.redactor.redact(line)
+
+
+def _integration() -> str | None:
+    """The integration whose work logged this (a service; see :mod:`engine.log_context`)."""
+    return current_integration.get()
 
 
 # The attributes every LogRecord has; any other attribute came from a call's ``extra=``.
@@ -54,6 +64,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        integration = _integration()
+        if integration is not None:
+            entry["integration"] = integration
         # What a call passed in ``extra=`` (event_index, attempt, status, cause...) becomes fields
         # of their own, so that a log shipper can filter on them without parsing the message.
         entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in entry)

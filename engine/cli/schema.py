@@ -7,7 +7,8 @@ JetBrains IDEs, Neovim with yamlls) read a modeline at the top of a preset::
 
 and then complete keys, show each key's description and mark errors as you
 type. This command prints the schema the installed engine validates with,
-so a preset kept outside this repository can point at a copy of it.
+so a preset kept outside this repository can point at a copy of it;
+``schema integrations`` prints the integrations file's.
 """
 
 from __future__ import annotations
@@ -23,19 +24,23 @@ from .common import UsageError
 
 def register(sub: Any) -> None:
     schema = sub.add_parser(
-        "schema", help="print the preset language's JSON Schema (for editor autocomplete)",
-        description="Print the JSON Schema of the preset language. Save it and point a modeline at it, as the "
-                    "first line of a preset: # yaml-language-server: $schema=path/to/preset.schema.json")
+        "schema", help="print the preset language's (or the integrations file's) JSON Schema, for editors",
+        description="Print the JSON Schema of the preset language, or of the integrations file (schema "
+                    "integrations). Save it and point a modeline at it, as the first line of the YAML file: "
+                    "# yaml-language-server: $schema=path/to/preset.schema.json")
+    schema.add_argument("which", nargs="?", choices=("preset", "integrations"), default="preset",
+                        help="which schema (default: %(default)s)")
     schema.add_argument("--output", "-o", metavar="FILE", help="write the schema to FILE instead of stdout")
     schema.set_defaults(func=cmd_schema)
 
 
-def schema_text() -> str:
-    return resources.preset_schema_path().read_text(encoding="utf-8")
+def schema_text(which: str = "preset") -> str:
+    path = resources.integrations_schema_path() if which == "integrations" else resources.preset_schema_path()
+    return path.read_text(encoding="utf-8")
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    text = schema_text()
+    text = schema_text(args.which)
     if not text.endswith("\n"):
         text += "\n"
     if args.output:

@@ -6,17 +6,11 @@ import argparse
 import os
 from typing import Any
 
-from .common import (
-    UsageError,
-    add_preset_path_option,
-    add_reset_state_option,
-    check_state_dir,
-    load_preset_arg,
-    settings_for,
-)
+from .common import UsageError, add_preset_path_option, add_reset_state_option, check_state_dir
 from .console import console_mount
 from .logs import add_logging_options
 from .report import EXIT_OK
+from .service_common import add_config_options, integrations_for
 
 DEFAULT = " (default: %(default)s)"
 
@@ -28,11 +22,12 @@ def register(sub: Any) -> None:
                     "/v1/track, /v1/identify, /v1/page, /v1/screen and /v1/group (write key as the HTTP Basic "
                     "username). Without --redis, events are queued in the state directory and delivered by this "
                     "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. Prints "
-                    "'listening on http://HOST:PORT' when ready; SIGTERM drains and exits. Write keys come from "
+                    "'listening on http://HOST:PORT' when ready; SIGTERM drains and exits. With --config FILE, one "
+                    "intake feeds every integration of the file, each consuming on its own; PRESET --settings FILE "
+                    "is one integration named after the preset. Write keys come from the file's intake: section, "
                     "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
                     "from --intake FILE.")
-    serve.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
-    serve.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
+    add_config_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on" + DEFAULT)
     serve.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one" + DEFAULT)
     serve.add_argument("--intake", metavar="FILE", help="YAML with write_keys and signing_secret (else the environment)")
@@ -70,11 +65,10 @@ def register(sub: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..service.config import IntakeConfigError, load_intake_config
+    from ..service.config import SIGNING_SECRET_ENV, WRITE_KEYS_ENV, IntakeConfigError, load_intake_config
 
-    preset = load_preset_arg(args)
     # With Redis the intake only writes identify traits: it needs no credentials.
-    settings = settings_for(args, preset.settings, require=args.redis is None)
+    config = integrations_for(args, require=args.redis is None)
     if args.max_body_bytes < 1 or args.max_backlog < 1:
         raise UsageError("--max-body-bytes and --max-backlog must be at least 1")
     if args.idle_timeout <= 0 or args.body_timeout <= 0:
@@ -84,7 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: must be from 0 to 65535")
     try:
-        intake = load_intake_config(os.environ, args.intake, max_body_bytes=args.max_body_bytes,
+        environ = dict(os.environ)
+        if config.write_keys is not None:  # the integrations file's intake: section wins over the environment
+            environ[WRITE_KEYS_ENV] = ",".join(config.write_keys)
+        if config.signing_secret is not None:
+            environ[SIGNING_SECRET_ENV] = config.signing_secret
+        intake = load_intake_config(environ, args.intake, max_body_bytes=args.max_body_bytes,
                                     max_backlog=args.max_backlog, idle_timeout_seconds=args.idle_timeout,
                                     body_timeout_seconds=args.body_timeout)
     except IntakeConfigError as exc:
@@ -96,10 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..service.serving import ServiceOptions, serve
     from .service_common import configure_for, service_errors
 
-    options = ServiceOptions(preset, settings, state=args.state, redis=args.redis, host=args.host, port=args.port,
+    options = ServiceOptions(config, state=args.state, redis=args.redis, host=args.host, port=args.port,
                              intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
                              max_deliveries=args.max_deliveries, record=args.record,
-                             mount=console_mount(args, preset, settings) if args.console else None)
+                             mount=console_mount(args, config) if args.console else None)
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

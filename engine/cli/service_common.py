@@ -7,7 +7,57 @@ import contextlib
 import errno
 from typing import Any, Callable, Iterator
 
-from .common import UsageError
+from .common import UsageError, load_preset_arg, settings_for
+
+
+def add_config_options(parser: Any, *, integrations: str | None = None) -> None:
+    """``[PRESET] [--settings FILE]`` (the one-preset form) or ``--config FILE``; ``--integration`` with it."""
+    parser.add_argument("preset", metavar="PRESET", nargs="?",
+                        help="the one-preset form: a built-in name (destination/preset) or path to a YAML preset, "
+                             "served as one integration named after it (crm/contacts: crm-contacts)")
+    parser.add_argument("--settings", metavar="FILE",
+                        help="with PRESET: YAML mapping of setting values; ${ENV_VAR} is expanded")
+    parser.add_argument("--config", metavar="FILE",
+                        help="an integrations file: the intake's keys and every integration, each a preset with "
+                             "its settings (signal-engine schema integrations)")
+    if integrations is not None:
+        parser.add_argument("--integration", metavar="NAME", action="append", default=None, help=integrations)
+
+
+def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
+    """The integrations a service command works with: ``--config FILE``, or PRESET as one integration."""
+    from ..service.integrations import IntegrationsError, load_integrations, single
+
+    if args.config:
+        if args.preset or args.settings:
+            raise UsageError("give --config FILE, or PRESET [--settings FILE], not both (the integrations file "
+                             "names each integration's preset and settings)")
+        import os
+
+        from .logs import say_on_stderr
+
+        try:
+            named = getattr(args, "integration", None)
+            # A worker for some integrations needs only their credentials.
+            config = load_integrations(args.config, os.environ, preset_path=getattr(args, "preset_path", []) or [],
+                                       require=set(named) if require and named else require)
+        except IntegrationsError as exc:
+            raise UsageError("\n".join(exc.problems)) from None
+        for warning in config.warnings:
+            say_on_stderr(getattr(args, "log_format", "text"), f"signal-engine: warning: {warning}", "warning",
+                          event="literal_secret")
+    else:
+        if not args.preset:
+            raise UsageError("name a PRESET, or pass --config FILE (an integrations file)")
+        preset = load_preset_arg(args)
+        config = single(preset, settings_for(args, preset.settings, require=require), args.preset)
+    named = getattr(args, "integration", None)
+    if named:
+        known = config.names()
+        for name in named:
+            if name not in known:
+                raise UsageError(f"--integration {name}: no such integration (the file names: {', '.join(known)})")
+    return config
 
 
 def configure_for(args: argparse.Namespace) -> Callable[[Any], None]:

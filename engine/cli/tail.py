@@ -1,20 +1,25 @@
-"""``signal-engine tail``: watch the outcomes workers publish for a preset (Redis)."""
+"""``signal-engine tail``: watch the outcomes workers publish, per integration (Redis)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .common import UsageError, add_preset_path_option, load_preset_arg
+from .common import UsageError, add_preset_path_option
 from .report import EXIT_OK
 
 
 def register(sub: Any) -> None:
     tail = sub.add_parser(
         "tail", help="print the outcomes workers publish (Redis)",
-        description="Print the last outcomes of PRESET from its capped outcome stream in Redis, one JSON line each, "
-                    "then follow new ones until Ctrl-C (or exit at once with --no-follow).")
-    tail.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
+        description="Print the last outcomes of the integrations of --config FILE (or of --integration NAME), or "
+                    "of PRESET, from their capped outcome streams in Redis, one JSON line each naming its "
+                    "integration, then follow new ones until Ctrl-C (or exit at once with --no-follow).")
+    tail.add_argument("preset", metavar="PRESET", nargs="?",
+                      help="the one-preset form: built-in name (destination/preset) or path to a YAML preset")
+    tail.add_argument("--config", metavar="FILE", help="an integrations file: the outcomes of its integrations")
+    tail.add_argument("--integration", metavar="NAME", action="append", default=None,
+                      help="with --config: this integration's outcomes only (repeatable)")
     tail.add_argument("--redis", metavar="URL", required=True, help="the Redis the workers use")
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
                       help="how many recent outcomes to print first (default: %(default)s)")
@@ -30,7 +35,23 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     if args.lines < 0:
         raise UsageError("--lines must be 0 or more")
-    preset = load_preset_arg(args)
+    if args.config:
+        from .service_common import integrations_for
+
+        args.settings = None
+        names = args.integration or integrations_for(args, require=False).names()
+        if args.integration:
+            integrations_for(args, require=False)  # the names are checked against the file
+    else:
+        if args.integration:
+            raise UsageError("--integration NAME goes with --config FILE")
+        if not args.preset:
+            raise UsageError("name a PRESET, or pass --config FILE")
+        from ..language.compiler import load_preset
+        from ..service.integrations import name_for_preset
+
+        load_preset(args.preset, args.preset_path)  # an unknown preset is a usage error, as before
+        names = [name_for_preset(args.preset)]
     from ..service.serving import tail
     from .service_common import service_errors
 
@@ -39,5 +60,5 @@ def cmd_tail(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     with service_errors(args):
-        asyncio.run(tail(args.redis, preset.name, follow=args.follow, last=args.lines, out=out))
+        asyncio.run(tail(args.redis, names, follow=args.follow, last=args.lines, out=out))
     return EXIT_OK

@@ -1,13 +1,14 @@
-"""``signal-engine worker``: deliver from the preset's Redis Stream; run as many as needed, anywhere."""
+"""``signal-engine worker``: deliver from the Redis Stream, for every integration or those named; run many."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .common import UsageError, add_preset_path_option, load_preset_arg, settings_for
+from .common import UsageError, add_preset_path_option
 from .logs import add_logging_options
 from .report import EXIT_OK
+from .service_common import add_config_options, integrations_for
 
 DEFAULT = " (default: %(default)s)"
 
@@ -15,13 +16,14 @@ DEFAULT = " (default: %(default)s)"
 def register(sub: Any) -> None:
     worker = sub.add_parser(
         "worker", help="deliver events from a Redis Stream (run several, on any machine)",
-        description="Consume the events `signal-engine serve --redis URL` queued for PRESET, with a Redis consumer "
-                    "group: each event is delivered and acknowledged with its outcome by one worker; entries a "
+        description="Consume the events `signal-engine serve --redis URL` queued, with one Redis consumer group "
+                    "per integration (--config FILE, or PRESET as one integration): for each integration, each event "
+                    "is delivered and acknowledged with its outcome by one worker; entries a "
                     "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
                     "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
                     "and to a capped stream (`signal-engine tail`). SIGTERM drains and exits.")
-    worker.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
-    worker.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
+    add_config_options(worker, integrations="deliver for this integration only (repeatable; default: every enabled "
+                                            "integration of the file)")
     worker.add_argument("--redis", metavar="URL", required=True, help="the Redis serve appends to (redis://host:port/db)")
     worker.add_argument("--consumer", metavar="NAME",
                         help="this worker's name in the consumer group (default: HOSTNAME-PID)")
@@ -47,8 +49,10 @@ def register(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    preset = load_preset_arg(args)
-    settings = settings_for(args, preset.settings, require=True)
+    config = integrations_for(args, require=True)
+    for name in args.integration or []:
+        if not config.get(name).enabled:
+            raise UsageError(f"--integration {name}: it is disabled in {args.config} (enabled: false)")
     if args.visibility_timeout < 1:
         raise UsageError("--visibility-timeout must be at least 1 second")
     if args.max_deliveries < 1:
@@ -57,7 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .service_common import configure_for, service_errors
 
     args.port = args.metrics_port
-    options = ServiceOptions(preset, settings, redis=args.redis, host=args.host, consumer=args.consumer,
+    options = ServiceOptions(config, redis=args.redis, only=args.integration, host=args.host, consumer=args.consumer,
                              visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
                              metrics_port=args.metrics_port, print_outcomes=not args.quiet,
                              max_deliveries=args.max_deliveries, record=args.record)

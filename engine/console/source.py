@@ -24,7 +24,7 @@ from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
-from ..state.identity import IdentityLimits, Remembered, Slot
+from ..state.identity import SHARED_IDENTITY, IdentityLimits, Remembered, Slot
 from ..state.record import EventRecord, RecordQuery, integration_name, preset_integration
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ class ConsoleSource:
             else:
                 preset = load_preset(str(entry.get("preset_path") or entry.get("preset")))
                 settings = resolve(preset.settings, {}, require=False)
-            store = self.backend.identity(preset.name, IdentityLimits.of(preset.identity))
-            memory = IdentityMemory.for_preset(preset.identity, _ReadOnly(store))
+            limits = IdentityLimits.of(preset.identity)
+            # A service's integrations share one identity memory; a one-preset run keeps the preset's own.
+            stores = [self.backend.identity(scope, limits) for scope in (SHARED_IDENTITY, preset.name)]
+            memory = IdentityMemory.for_preset(preset.identity, _ReadOnly(*stores))
             return explain(Pipeline(preset, settings, memory), incoming)
         except Exception as exc:  # noqa: BLE001 - a preset gone or changed: the page says so, the rest shows
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
@@ -128,9 +130,9 @@ def letter_integration(entry: Mapping[str, Any]) -> str:
 
 
 class _ReadOnly:
-    """The identity memory as an explanation sees it: recalled, never changed."""
+    """The identity memory as an explanation sees it: recalled (from the first store that knows), never changed."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, *inner: Any) -> None:
         self.inner = inner
 
     def merge(self, slots: Sequence[Slot], traits: Mapping[str, Any], owner: str | None) -> None:
@@ -140,7 +142,11 @@ class _ReadOnly:
         return None
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
-        return self.inner.recall(kind, ident)
+        for store in self.inner:
+            found = store.recall(kind, ident)
+            if found is not None:
+                return found
+        return None
 
 
 __all__ = ["ConsoleSource", "Connection", "ReplayUnavailable", "letter_integration", "RecordQuery"]

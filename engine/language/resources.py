@@ -35,6 +35,10 @@ def preset_schema_path() -> Path:
     return schemas_dir() / "preset.schema.json"
 
 
+def integrations_schema_path() -> Path:
+    return schemas_dir() / "integrations.schema.json"
+
+
 def output_schema_path(name: str, preset_dir: Path | None = None) -> Path:
     """A schema beside the preset file first (``./lead.schema.json``), else a built-in one.
 

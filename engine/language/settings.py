@@ -263,6 +263,11 @@ def load_settings_file(path: str | Path, environ: Mapping[str, str] | None = Non
     return values, where
 
 
+def expand_references(value: Any, environ: Mapping[str, str]) -> Any:
+    """``${VAR}`` in ``value`` (a string, or a list of them) expanded as in a settings file."""
+    return _expand(value, environ)
+
+
 def _expand(value: Any, environ: Mapping[str, str]) -> Any:
     """``${VAR}`` replaced from the environment; a string naming an unset variable becomes :class:`UnsetVariable`."""
     if isinstance(value, list):

@@ -52,6 +52,7 @@ from ..state.dead_letters import entry_for
 from ..pipeline.event_shape import message_id_of
 from ..state.journal import event_key
 from ..state.queue import EventQueue, QueuedEvent
+from ..log_context import current_integration
 from . import event_json
 from .metrics import NO_REASON, Metrics
 
@@ -77,8 +78,9 @@ class Worker:
                  emit: Callable[[dict[str, Any]], None] | None = None,
                  visibility_seconds: float = VISIBILITY_SECONDS, batch: int = BATCH,
                  read_block_seconds: float = READ_BLOCK_SECONDS, max_deliveries: int = MAX_DELIVERIES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, integration: str | None = None) -> None:
         self.engine = engine
+        self.integration = integration or engine.integration or engine.preset.name
         self.queue = queue
         self.consumer = consumer
         self.metrics = metrics
@@ -101,6 +103,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then finish what was read."""
+        current_integration.set(self.integration)  # this task's, and every task it starts: log lines name it
         beat = asyncio.ensure_future(self._heartbeat(stop))
         try:
             async for result in self.engine.process_batches(self._batches(stop)):
@@ -224,7 +227,8 @@ class Worker:
                          detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
                                 f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
                          attempts=entry.deliveries - 1)
-        letter = {**entry_for(self.engine.preset.name, "", result, {}, event_key(event)), "request": None,
+        letter = {**entry_for(self.engine.preset.name, "", result, {}, event_key(event),
+                              integration=self.engine.integration, filed_under=self.engine.name), "request": None,
                   "event": event}
         try:
             kept = self.engine.dead_letters.add(letter)
@@ -282,12 +286,13 @@ class Worker:
                 pass
         self.finished += 1
         if self.metrics is not None:
-            self.metrics.outcomes.labels(result.outcome, result.reason or result.cause or NO_REASON).inc()
+            name = self.integration
+            self.metrics.outcomes.labels(name, result.outcome, result.reason or result.cause or NO_REASON).inc()
             if entry is not None and entry.enqueued_at and result.outcome == oc.DELIVERED:
-                self.metrics.latency.observe(max(0.0, self._clock() - entry.enqueued_at))
+                self.metrics.latency.labels(name).observe(max(0.0, self._clock() - entry.enqueued_at))
             mints = self.engine.mints
             if mints > self._mints_seen:
-                self.metrics.refreshes.inc(mints - self._mints_seen)
+                self.metrics.refreshes.labels(name).inc(mints - self._mints_seen)
                 self._mints_seen = mints
 
     async def _ack(self, entry: QueuedEvent, record: dict[str, Any]) -> None:

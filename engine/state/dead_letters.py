@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 from ..outcome import Outcome
 
@@ -57,9 +57,18 @@ class DeadLetterStore(Protocol):
         (a rerun sent it). Losing this write costs nothing but a stale letter, which replay removes."""
 
 
+def filed_under(entry: Mapping[str, Any]) -> str:
+    """The name a letter is kept under: a service integration's (``filed_under``), else its preset's."""
+    return str(entry.get("filed_under") or entry.get("preset"))
+
+
 def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None,
-              context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``request`` is the event's *first* request (masked), not the last one tried: a
+              context: dict[str, Any] | None = None, *, integration: str | None = None,
+              filed_under: str | None = None) -> dict[str, Any]:
+    """``integration`` names the integration; ``filed_under`` is the name a service integration keeps its
+    letters under (its own, so that two integrations of one preset never share or replace each other's
+    letters); without it a letter is kept under its preset. ``request`` is the event's *first* request
+    (masked), not the last one tried: a
     replay must start from the create, so that an upsert runs whole again.
     ``key`` is the event's journal key (see :func:`engine.state.journal.event_key`).
     ``context`` is what the action's later expressions read besides the body
@@ -67,6 +76,8 @@ def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any
     upsert's lookup, key and update are rebuilt from it on replay."""
     entry = {
         "id": uuid.uuid4().hex,
+        **({"integration": integration} if integration is not None else {}),
+        **({"filed_under": filed_under} if filed_under and filed_under != preset else {}),
         "preset": preset,
         "action": action,
         "key": key,
@@ -94,19 +105,19 @@ class MemoryDeadLetters:
     def add(self, entry: dict[str, Any]) -> None:
         key = entry.get("key")
         for i, old in enumerate(self._entries):
-            if key is not None and old.get("key") == key and old.get("preset") == entry.get("preset"):
+            if key is not None and old.get("key") == key and filed_under(old) == filed_under(entry):
                 self._entries[i] = {**entry, "id": old.get("id")}
                 return
         self._entries.append(dict(entry))
 
     def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
-        return [dict(e) for e in self._entries if preset is None or e.get("preset") == preset]
+        return [dict(e) for e in self._entries if preset is None or filed_under(e) == preset]
 
     def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
         yield from chunked(self.entries(preset), size)  # already in memory: a copy costs no more
 
     def count(self, preset: str | None = None) -> int:
-        return sum(1 for e in self._entries if preset is None or e.get("preset") == preset)
+        return sum(1 for e in self._entries if preset is None or filed_under(e) == preset)
 
     def remove(self, letter_id: str) -> None:
         self._entries = [e for e in self._entries if e.get("id") != letter_id]
@@ -118,7 +129,7 @@ class MemoryDeadLetters:
                 return
 
     def discard(self, preset: str, key: str) -> None:
-        self._entries = [e for e in self._entries if not (e.get("preset") == preset and e.get("key") == key)]
+        self._entries = [e for e in self._entries if not (filed_under(e) == preset and e.get("key") == key)]
 
 
 def chunked(letters: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

@@ -64,6 +64,11 @@ class Remembered:
 DEFAULT_MEMORY_BYTES = 128 * 1024 * 1024
 
 
+# The identity memory every integration of a service reads and writes (an identify remembered once for all);
+# a one-preset run keeps its own, under the preset's name.
+SHARED_IDENTITY = "shared"
+
+
 @dataclass(frozen=True)
 class IdentityLimits:
     ttl_seconds: float = DEFAULT_IDENTITY_TTL_DAYS * 86400.0

@@ -24,7 +24,7 @@ from ..record import RecordLimits
 from .dead_letters import RedisDeadLetters
 from .identity import ReadOnlyIdentity, RedisIdentityStore
 from .journal import RedisJournal
-from .keys import DEFAULT_PREFIX, Keys
+from .keys import DEFAULT_PREFIX, GROUP, Keys
 from .locks import RedisKeyLocks
 from .queue import RedisQueue
 from .rate_budget import RedisRateBudget
@@ -73,8 +73,12 @@ class RedisState:
     def async_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
 
-    def queue(self, preset: str, client: redis.asyncio.Redis | None = None) -> RedisQueue:
-        return RedisQueue(client or self.async_client(), self.keys.events(preset), self.keys.outcomes(preset))
+    def queue(self, preset: str, client: redis.asyncio.Redis | None = None, *, stream: str | None = None,
+              group: str | None = None, start: str = "0", trim_seconds: float = 0.0) -> RedisQueue:
+        """``preset`` (or an integration's name) names the outcome stream; ``stream`` the events' (default: the
+        preset's own), ``group`` the consumer group (an integration's name)."""
+        return RedisQueue(client or self.async_client(), stream or self.keys.events(preset), self.keys.outcomes(preset),
+                          group=group or GROUP, start=start, trim_seconds=trim_seconds)
 
     def locks(self, client: redis.asyncio.Redis, owner: str, seconds: float) -> RedisKeyLocks:
         return RedisKeyLocks(client, owner, seconds)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 from redis import Redis
 from redis.exceptions import WatchError
 
-from ..dead_letters import PAGE_SIZE
+from ..dead_letters import PAGE_SIZE, filed_under
 from .errors import reading, writing
 from .keys import Keys, decoded
 
@@ -41,7 +41,7 @@ class RedisDeadLetters:
 
     def add(self, entry: dict[str, Any]) -> None:
         key = entry.get("key")
-        index = f"{entry.get('preset')}\0{key}" if key is not None else None
+        index = f"{filed_under(entry)}\0{key}" if key is not None else None
         with writing("the dead letters"), self.r.pipeline() as pipe:
             for _ in range(MAX_RETRIES):
                 try:
@@ -72,7 +72,7 @@ class RedisDeadLetters:
             # The stubs do not tell ZRANGE's members from ZRANGE WITHSCORES' pairs; these are members.
             texts = self.r.hmget(self._letters, ids) if ids else []  # type: ignore[arg-type]
         letters = [json.loads(text) for text in texts if text is not None]
-        return [e for e in letters if preset is None or e.get("preset") == preset]
+        return [e for e in letters if preset is None or filed_under(e) == preset]
 
     def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
         # The order set sorts by (score, id); page on that pair, up to the newest letter at the start.
@@ -96,7 +96,7 @@ class RedisDeadLetters:
             with reading("the dead letters"):
                 texts = self.r.hmget(self._letters, [member for member, _ in fresh])
             letters = [json.loads(text) for text in texts if text is not None]
-            page = [e for e in letters if preset is None or e.get("preset") == preset]
+            page = [e for e in letters if preset is None or filed_under(e) == preset]
             if page:
                 yield page
             end = (fresh[-1][1], fresh[-1][0])
@@ -118,7 +118,7 @@ class RedisDeadLetters:
             if text is not None:
                 entry = json.loads(text)
                 if entry.get("key") is not None:
-                    index = f"{entry.get('preset')}\0{entry.get('key')}"
+                    index = f"{filed_under(entry)}\0{entry.get('key')}"
                     if self.r.hget(self._keys, index) == letter_id.encode():
                         pipe.hdel(self._keys, index)
             pipe.execute()

@@ -27,8 +27,9 @@ class Keys:
     def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
         self.prefix = prefix
 
-    def events(self, preset: str) -> str:
-        return f"{self.prefix}:{preset}:events"
+    def events(self, preset: str | None = None) -> str:
+        """The stream of events: one for an intake and its integrations (the old one-preset form: the preset's)."""
+        return f"{self.prefix}:{preset}:events" if preset else f"{self.prefix}:events"
 
     def outcomes(self, preset: str) -> str:
         return f"{self.prefix}:{preset}:outcomes"

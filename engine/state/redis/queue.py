@@ -8,20 +8,25 @@
   timeout: their worker died. A live worker renews its entries (``touch``,
   an ``XCLAIM`` of its own entries to itself), so only the dead lose theirs.
 * ``ack``: in one ``MULTI``, the outcome is added to the capped outcome
-  stream (``XADD ... MAXLEN ~``), the entry acknowledged (``XACK``) and
-  deleted (``XDEL``). So an outcome is published exactly when its entry is
-  acknowledged, and the stream's length is the backlog (what the intake's
-  backpressure bound counts). One stream serves one preset's group.
+  stream (``XADD ... MAXLEN ~``) and the entry acknowledged (``XACK``). So an
+  outcome is published exactly when its entry is acknowledged.
+* One stream, one consumer group per integration (Kafka's model: one topic,
+  many groups): each integration has its own position and pending entries.
+  An entry stays in the stream until every group is past it; ``ack`` then
+  trims the stream (``XTRIM MINID``, at most every ``trim_seconds``) to the
+  oldest entry some group still needs. So the stream's length is the backlog
+  of the slowest integration, what the intake's backpressure bound counts.
 * Each entry is decoded on its own: an entry another writer ``XADD``-ed with
   bytes that are not UTF-8 comes back with a ``problem``, and the rest of its
   batch is read as usual.
 * ``fail``: a worker stopping on an error notes it on the entries it holds
-  (``<stream>:failures``, cleared with the acknowledgement); ``claim`` hands
-  it back with the entry's delivery count (``XPENDING``).
+  (``<stream>:<group>:failures``, cleared with the acknowledgement); ``claim``
+  hands it back with the entry's delivery count (``XPENDING``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, Mapping, Sequence, cast
@@ -39,24 +44,24 @@ RELEASED_IDLE_MS = 10 * 365 * 86_400_000  # idle "for years": the next claim of 
 
 class RedisQueue:
     def __init__(self, client: Redis, stream: str, outcomes: str | None = None, *, group: str = GROUP,
-                 outcomes_maxlen: int = OUTCOMES_MAXLEN) -> None:
+                 outcomes_maxlen: int = OUTCOMES_MAXLEN, start: str = "0", trim_seconds: float = 0.0) -> None:
         self.r = client
         self.stream = stream
         self.outcomes = outcomes
         self.group = group
         self.outcomes_maxlen = outcomes_maxlen
-        self.failures = f"{stream}:failures"  # entry id -> the error a worker stopped on while holding it
+        # entry id -> the error a worker of this group stopped on while holding it
+        self.failures = f"{stream}:{group}:failures"
+        self.start = start  # where a group created here starts: "0" the whole stream, "$" what comes next
+        self.trim_seconds = trim_seconds
         self._claim_cursor = "0-0"
         self._group_ready = False
+        self._trimmed_at = 0.0
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
             return
-        try:
-            await self.r.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self.r, self.stream, self.group, self.start)
         self._group_ready = True
 
     async def append(self, bodies: Sequence[str]) -> None:
@@ -85,6 +90,8 @@ class RedisQueue:
         # RESP2, the client's protocol: a list of [stream, entries] (the stubs also allow RESP3's map).
         for _, items in cast("list[list[Any]] | None", answer) or []:
             entries += [_entry(entry_id, fields, 1) for entry_id, fields in items if fields]
+        if not entries and self.trim_seconds > 0:
+            await self._trim()  # idle: what the last acknowledgements left untrimmed goes now
         return entries
 
     async def claim(self, consumer: str, min_idle_seconds: float, count: int) -> list[QueuedEvent]:
@@ -145,9 +152,27 @@ class RedisQueue:
                     pipe.xadd(self.outcomes, {"outcome": _outcome_text(outcome)},
                               maxlen=self.outcomes_maxlen, approximate=True)
                 pipe.xack(self.stream, self.group, entry_id)
-                pipe.xdel(self.stream, entry_id)
             pipe.hdel(self.failures, *[entry_id for entry_id, _ in done])
             await pipe.execute()
+        await self._trim()
+
+    async def _trim(self, force: bool = False) -> None:
+        """At most every ``trim_seconds`` (after acknowledgements, when idle), and once more on close."""
+        if force or time.monotonic() - self._trimmed_at >= self.trim_seconds:
+            self._trimmed_at = time.monotonic()
+            await trim(self.r, self.stream)
+
+    async def lag(self) -> int:
+        """Entries this group has not finished: those pending, and those not yet read."""
+        for group in await self.r.xinfo_groups(self.stream):
+            if _text(group.get("name")) == self.group:
+                lag = group.get("lag")
+                pending = int(group.get("pending") or 0)
+                if lag is None:  # Redis cannot tell (entries deleted inside the range): count them
+                    last = _text(group.get("last-delivered-id")) or "0-0"
+                    lag = len(await self.r.xrange(self.stream, min=f"({last}", max="+") or [])
+                return pending + int(lag)
+        return 0
 
     async def pending(self) -> int:
         """Entries handed to a worker and not yet acknowledged."""
@@ -156,7 +181,62 @@ class RedisQueue:
         return int(summary.get("pending", 0) if isinstance(summary, dict) else summary[0])
 
     async def close(self) -> None:
+        if self._group_ready and self.trim_seconds > 0:
+            with contextlib.suppress(RedisError, OSError):  # the next worker trims
+                await self._trim(force=True)
         await self.r.aclose()
+
+
+async def create_group(client: Redis, stream: str, group: str, start: str) -> bool:
+    """The group, created at ``start`` unless it exists; True when it was created now."""
+    try:
+        await client.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True
+
+
+async def groups(client: Redis, stream: str) -> list[str]:
+    try:
+        return [_text(g.get("name")) for g in await client.xinfo_groups(stream)]
+    except ResponseError:  # no such stream yet
+        return []
+
+
+async def trim(client: Redis, stream: str) -> None:
+    """Drop the entries every group is done with: older than each group's oldest pending entry, and
+    than the first entry it has not read."""
+    try:
+        info = await client.xinfo_groups(stream)
+    except ResponseError:
+        return
+    if not info:
+        return
+    bound: tuple[int, int] | None = None
+    for group in info:
+        if int(group.get("pending") or 0) > 0:
+            summary = await client.xpending(stream, _text(group.get("name")))
+            oldest = summary.get("min") if isinstance(summary, dict) else summary[1]
+            if oldest is None:
+                continue
+            need = _id(_text(oldest))
+        else:
+            ms, seq = _id(_text(group.get("last-delivered-id")) or "0-0")
+            need = (ms, seq + 1)
+        bound = need if bound is None or need < bound else bound
+    if bound is not None and bound > (0, 1):
+        await client.xtrim(stream, minid=f"{bound[0]}-{bound[1]}", approximate=False)
+
+
+def _id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value) if value is not None else ""
 
 
 def _entry(entry_id: Any, fields: Mapping[bytes, bytes], deliveries: int, failure: bytes | None = None) -> QueuedEvent:

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any, Iterator
 
-from ..dead_letters import PAGE_SIZE
+from ..dead_letters import PAGE_SIZE, filed_under
 from .database import Database
 
 
@@ -21,7 +21,7 @@ class SqliteDeadLetters:
         self.db = db
 
     def add(self, entry: dict[str, Any]) -> None:
-        preset, key = str(entry.get("preset")), entry.get("key")
+        preset, key = filed_under(entry), entry.get("key")
         with self.db.write(durable=True) as cur:
             same = cur.execute("SELECT id FROM dead_letters WHERE preset = ? AND key = ?", (preset, key)).fetchone() \
                 if key is not None else None
