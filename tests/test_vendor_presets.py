@@ -11,6 +11,7 @@ rate-limit windows pass without real sleeps.
 from __future__ import annotations
 
 import asyncio
+
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from engine import outcome as oc
 from engine.runtime import Engine
-from engine.sandbox import close, hubspot, salesloft
+from engine.sandbox import close, hubspot, outreach, salesloft
 from engine.sandbox.common import parse_fault
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.token_store import MemoryTokenStore
@@ -442,3 +443,81 @@ def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
     assert "marcus.lee@northwind.io" in json.dumps(lookup["body"])
     assert create == outcome.request and create["url"] == "https://api.close.com/api/v1/lead/"
     assert list(outcome.to_dict()) == ["index", "messageId", "outcome", "request", "requests"]
+
+
+# --------------------------------------------------------------------------
+# every built-in preset with an upsert: a repeat lead dead-lettered, then
+# replayed through the real command line, merges into the one record
+# --------------------------------------------------------------------------
+
+
+def _records(*holders: str) -> Any:
+    """The sandbox's person records: each of ``holders`` is a dict attribute of its state."""
+    return lambda state: [json.dumps(record) for name in holders for record in getattr(state, name).values()]
+
+
+# preset: (its sandbox, its credentials, the settings naming the sandbox's URL, the records that hold a person)
+UPSERTING = {
+    "outreach/lead-capture": (outreach, SALESLOFT, ["base_url"], _records("prospects")),
+    "hubspot/contacts": (hubspot, HUBSPOT, ["base_url"], _records("contacts")),
+    "salesloft/people": (salesloft, SALESLOFT, ["base_url", "accounts_url"], _records("people")),
+    "close/leads": (close, CLOSE, ["base_url"], _records("contacts")),
+}
+
+
+def test_every_built_in_preset_with_an_upsert_is_in_the_replay_test() -> None:
+    """A built-in preset added with an upsert or lookup must be replayed below too."""
+    from engine.language.compiler import load_preset
+
+    built_in = {f"{p.parent.name}/{p.stem}" for p in (REPO / "presets").glob("*/*.yaml")}
+    upserting = {name for name in built_in if any(a.upsert is not None for a in load_preset(name).actions.values())}
+    assert upserting <= set(UPSERTING), sorted(upserting - set(UPSERTING))
+
+
+@pytest.mark.parametrize("preset", sorted(UPSERTING))
+def test_a_dead_lettered_repeat_lead_is_replayed_by_the_cli_as_an_update_of_the_one_record(preset: str,
+                                                                                          tmp_path: Path) -> None:
+    """The person is known; their repeat meets a fault on every attempt and is dead-lettered.
+
+    ``dlq replay`` (the real command, on the same state) sends the letter's
+    lookup, key and update as the first try would have: the destination then
+    holds the person once, with the repeat's data (the title), not twice.
+    """
+    from engine.language.compiler import load_preset
+
+    module, credentials, urls, records = UPSERTING[preset]
+    attempts = load_preset(preset).delivery.retries.max_attempts
+    email = MARCUS["email"]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    with _SandboxThread(module) as sandbox:
+        settings = {**credentials, **dict.fromkeys(urls, sandbox.base)}
+        state = tmp_path / "state"
+
+        async def first_try() -> list[Any]:
+            async with Engine.from_preset(preset, settings, state=state, sleep=no_sleep) as engine:
+                (created,) = await deliver(engine, SAME_LEAD_TWICE[:1])
+                sandbox.read(lambda s: s.faults.extend(parse_fault(503) for _ in range(attempts)))
+                (repeat,) = await deliver(engine, SAME_LEAD_TWICE[1:])
+                return [created, repeat]
+
+        created, repeat = asyncio.run(first_try())
+        assert created.outcome == oc.DELIVERED, text_of([created])
+        assert (repeat.outcome, repeat.cause) == (oc.DEAD_LETTERED, "http_503"), text_of([repeat])
+        before = [r for r in sandbox.read(records) if email in r.lower()]
+        assert len(before) == 1 and "VP Sales" not in before[0]
+
+        settings_file = tmp_path / "settings.yaml"
+        settings_file.write_text("".join(f"{k}: {v}\n" for k, v in settings.items()), encoding="utf-8")
+        replay = _cli("dlq", "replay", preset, "--settings", settings_file, "--state", state)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        (replayed,) = map(json.loads, replay.stdout.splitlines())
+        assert replayed["outcome"] == oc.DELIVERED, replayed
+        assert replayed["messageId"] == "twice-2"
+        assert "0 left in the dead-letter store" in replay.stderr
+        after = [r for r in sandbox.read(records) if email in r.lower()]
+        assert len(after) == 1, after  # merged into the one record, not a second one
+        assert "VP Sales" in after[0]
+        assert sandbox.read(lambda s: (s.creates, s.updates)) == (1, 1)
