@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -160,6 +161,12 @@ class SandboxState(FaultedState, TokenIssuer):
         self.reset_faults()
         self.quota = FixedWindowQuota(config.daily_limit, 86400.0)
 
+    def issue_session(self, now: float) -> str:
+        """An access token for a refresh: the refresh token stays the same (no rotation)."""
+        access_token = secrets.token_urlsafe(32)
+        self.access_tokens[access_token] = now + self.config.token_ttl
+        return access_token
+
     def new_id(self) -> str:
         """An 18-character Lead id with Lead's key prefix 00Q."""
         lead_id = f"00Q{self.next_id:012d}AAA"
@@ -235,7 +242,7 @@ async def token_endpoint(request: web.Request) -> web.Response:
     elif params.get("refresh_token") not in state.refresh_tokens:
         response = oauth_error(400, "invalid_grant", "expired access/refresh token")
     else:
-        access_token, _ = state.issue_tokens(now)
+        access_token = state.issue_session(now)
         state.mints += 1
         response = _token_answer(request, state, access_token, now)
     state.token_statuses.append(response.status)
