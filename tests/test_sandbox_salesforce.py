@@ -107,7 +107,7 @@ def test_a_blocking_duplicate_rule_answers_duplicates_detected() -> None:
     async def scenario() -> None:
         async with running(salesforce, duplicate_rule="block") as fake:
             auth = await session(fake)
-            status, created, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth, json_body=LEAD)
+            status, _, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth, json_body=LEAD)
             assert status == 201
             status, body, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth, json_body=LEAD)
             assert (status, body[0]["errorCode"]) == (400, "DUPLICATES_DETECTED")
@@ -148,7 +148,7 @@ class _Sandbox:
         assert self.ready.wait(15), "sandbox did not start"
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(15)
 

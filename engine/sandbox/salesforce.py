@@ -150,7 +150,8 @@ class SandboxState(FaultedState, TokenIssuer):
         self.emails = EmailIndex()
         self.next_id = 1
         self.mints = 0
-        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris), ("api", "refresh_token"),
+        scopes = ("api", "refresh_token")
+        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris), scopes,
                                                  config.consent, config.code_ttl)
         self.creates = 0
         self.updates = 0
@@ -279,8 +280,9 @@ async def _read_fields(request: web.Request) -> dict[str, Any]:
         if name not in LEAD_FIELDS:
             raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type Lead")
         if value is not None and not isinstance(value, str):
-            raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of string from {type(value).__name__}"
-                                                     f" value for field {name}")
+            kind = type(value).__name__
+            raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of string from {kind} value for "
+                                                     f"field {name}")
         limit = LEAD_FIELDS[name]
         if isinstance(value, str) and limit is not None and len(value) > limit:
             raise ApiError(400, "STRING_TOO_LONG", f"{name}: data value too large: {value[:40]} (max length={limit})",
@@ -360,7 +362,8 @@ async def update_lead(request: web.Request) -> web.Response:
 
 
 def _record(lead: Mapping[str, Any], fields: list[str], version: str) -> dict[str, Any]:
-    record: dict[str, Any] = {"attributes": {"type": "Lead", "url": f"/services/data/{version}/sobjects/Lead/{lead['Id']}"}}
+    url = f"/services/data/{version}/sobjects/Lead/{lead['Id']}"
+    record: dict[str, Any] = {"attributes": {"type": "Lead", "url": url}}
     for name in fields:
         record[name] = lead.get(name)
     return record
