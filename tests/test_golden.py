@@ -59,7 +59,13 @@ def _tags(preset: str, body: dict, settings: dict) -> object:
         return value.split(";") if isinstance(value, str) else None
     if preset == "close/leads":  # a multiple-choice contact custom field named by the user
         return body["contacts"][0].get(f"custom.{settings.get('tags_field_id', '')}")
+    if preset in UNTAGGED:
+        return None
     raise AssertionError(f"tests/test_golden.py does not know where {preset} puts its tags")
+
+
+# Presets whose destination has nowhere for the table's tags: a row is pinned by its event being sent.
+UNTAGGED = {"salesforce/leads"}
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,8 @@ def test_every_event_mapping_row_is_pinned(preset: str) -> None:
             item = by_index.get(index, {})
             if item.get("outcome") != oc.WOULD_SEND:
                 continue
-            if _tags(preset, item["request"]["body"], spec.get("settings") or {}) == ["Signal", EVENT_MAPPING[event["event"]]]:
+            if preset in UNTAGGED or _tags(preset, item["request"]["body"], spec.get("settings") or {}) == [
+                    "Signal", EVENT_MAPPING[event["event"]]]:
                 covered.add(event["event"])
     missing = [name for name in EVENT_MAPPING if name not in covered]
     assert not missing, f"no {preset} golden case sends (with its table tag) the mapped event(s): {', '.join(missing)}"
