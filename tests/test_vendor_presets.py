@@ -417,6 +417,22 @@ def test_hubspot_batch_one_invalid_item_fails_alone_and_the_others_are_delivered
     asyncio.run(scenario())
 
 
+def test_hubspot_batch_spent_daily_budget_waits_for_midnight_instead_of_collecting_429s() -> None:
+    """Daily-Remaining 0 is the daily window spent: the next request waits for the day's end (UTC midnight)."""
+    twice = [lead("Form Submitted", f"daily-{i}", email="ann@daily.test", firstName="Ann", title=title)
+             for i, title in enumerate(["CTO", "CEO"])]  # one email: two requests, one after the other
+
+    async def scenario() -> None:
+        async with delivering(hubspot, "hubspot/contacts-batch", HUBSPOT, daily_quota=1) as (state, engine, fake):
+            to_midnight = 86400 - time.time() % 86400
+            outcomes = await deliver(engine, twice)
+            assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED]
+            assert state.statuses == [200, 200]  # no 429 DAILY: the budget was read from the headers
+            assert max(fake.sleeps) >= to_midnight - 5  # waited out the day, not a 10 s burst interval
+            assert [c["jobtitle"] for c in state.contacts.values()] == ["CEO"]
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------
 # the issue's "done when": dry runs of the example stream
 # --------------------------------------------------------------------------

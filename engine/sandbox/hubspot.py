@@ -158,7 +158,8 @@ class SandboxState(FaultedState):
         self.requests: list[dict[str, Any]] = []
         self.reset_faults()
         self.burst = FixedWindowQuota(self.config.quota, self.config.window)
-        self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0)
+        # The daily limit resets at midnight (the portal's time zone; UTC here), not 24 h after a first request.
+        self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0, aligned=True)
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
         if not email:  # a contact without an email has "" as one
