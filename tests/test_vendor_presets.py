@@ -361,6 +361,9 @@ def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_
         assert [o["outcome"] for o in map(json.loads, replay.stdout.splitlines())] == [oc.DELIVERED] * len(LEADS)
         assert "0 left in the dead-letter store" in replay.stderr
         assert sandbox.read(emails) == sorted(e["traits"]["email"] for e in LEADS)
+        if preset.endswith("-batch"):  # the letters were batched again: fewer requests than letters
+            batches = sandbox.read(lambda state: [list(ids) for ids in state.batches])
+            assert sum(map(len, batches)) == len(LEADS) and len(batches) < len(LEADS), batches
 
         again = _cli("dlq", "replay", preset, "--settings", settings, "--state", state)
         assert again.returncode == 0 and again.stdout == ""
