@@ -66,8 +66,14 @@ def test_every_golden_event_is_explained_with_its_contract_outcome(case: Any) ->
         why = want.get("reason") or want.get("cause")
         if want["outcome"] == "would_send":
             assert result["decided_by"] == "request"
-            # The document the explanation built is the body the run sends.
-            assert steps["output"]["document"] == want["request"]["body"]
+            # The document the explanation built is the body the run sends (for a batching action,
+            # the batch body built from it alone: a dry run is a request of one).
+            batches = {a.batch for a in preset.actions.values() if a.batch is not None}
+            document = steps["output"]["document"]
+            if "body" in want["request"]:  # a flow that starts with a query (GET) sends no document first
+                assert want["request"]["body"] == (
+                    document if not batches
+                    else next(iter(batches)).body.evaluate({"items": [document], "settings": {}}))
             assert steps["request"] == want["request"]
             assert steps["consent"]["missing"] == [] and steps["output"]["validation"]["ok"]
         else:

@@ -57,6 +57,9 @@ def _tags(preset: str, body: dict, settings: dict) -> object:
     if preset == "hubspot/contacts":  # a multiple-checkbox property named by the user, ';'-separated
         value = body["properties"].get(settings.get("tags_property", ""))
         return value.split(";") if isinstance(value, str) else None
+    if preset == "hubspot/contacts-batch":  # the same property, in the batch input's properties
+        value = body["inputs"][0]["properties"].get(settings.get("tags_property", ""))
+        return value.split(";") if isinstance(value, str) else None
     if preset == "close/leads":  # a multiple-choice contact custom field named by the user
         return body["contacts"][0].get(f"custom.{settings.get('tags_field_id', '')}")
     if preset in UNTAGGED:
