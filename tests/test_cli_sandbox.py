@@ -18,7 +18,7 @@ from engine.cli.main import main
 from engine.cli.sandbox import available
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ["close", "hubspot", "outreach", "salesforce", "salesloft"]
+EXPECTED = ["close", "hubspot", "meta", "outreach", "salesforce", "salesloft"]
 
 
 def test_every_fake_in_the_package_is_offered_and_keeps_the_contract() -> None:

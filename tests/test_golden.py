@@ -48,6 +48,9 @@ EVENT_MAPPING = {
 }
 
 
+UNTAGGED = object()
+
+
 def _tags(preset: str, body: dict, settings: dict) -> object:
     """Where each built-in preset puts the table's tags ("Signal" plus the event's tag), as a list."""
     if preset == "outreach/lead-capture":
@@ -68,7 +71,7 @@ def _tags(preset: str, body: dict, settings: dict) -> object:
 
 
 # Presets whose destination has nowhere for the table's tags: a row is pinned by its event being sent.
-UNTAGGED = {"salesforce/leads"}
+UNTAGGED = {"salesforce/leads", "meta/conversions"}
 
 
 @pytest.fixture(scope="module")
