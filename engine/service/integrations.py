@@ -45,6 +45,7 @@ from ..language.settings import (
     resolve,
 )
 from ..language.yaml_source import YamlSourceError, load_yaml, read_source
+from ..state.record import preset_integration
 
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 TOP_KEYS = ("intake", "integrations")
@@ -110,23 +111,16 @@ class IntegrationsError(Exception):
         self.warnings = warnings or []
 
 
-def name_for_preset(preset_ref: str) -> str:
-    """The integration name of the old ``serve PRESET`` form.
-
-    The preset's name lower-cased, each run of characters outside [a-z0-9]
-    made one '-', trimmed of '-' (``outreach/lead-capture`` →
-    ``outreach-lead-capture``); a path preset uses its file stem.
-    """
-    text = preset_ref
-    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
-        text = Path(text).stem
-    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return name[:63].strip("-") or "integration"
+def name_for_preset(preset: Preset) -> str:
+    """The integration name of the old ``serve PRESET`` form: the engine's one rule
+    (:func:`engine.state.record.preset_integration`), so ``serve PRESET``, ``run``, ``dlq replay PRESET``
+    and the console name a one-preset integration alike."""
+    return preset_integration(preset.name, preset.path)
 
 
 def single(preset: Preset, settings: Settings, preset_ref: str) -> IntegrationsConfig:
     """``serve PRESET --settings FILE``: one integration named after the preset."""
-    return IntegrationsConfig([Integration(name_for_preset(preset_ref), preset, settings, True, preset_ref)],
+    return IntegrationsConfig([Integration(name_for_preset(preset), preset, settings, True, preset_ref)],
                               stream=preset.name)
 
 
