@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from service_helpers import Service, post_signed, until
+from service_helpers import WRITE_KEY, Service, post_signed, until
 from test_console_browser import CHROMEDRIVER, CHROMIUM, browser, console_errors, lead, open_page, rows  # noqa: F401
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
@@ -45,7 +45,10 @@ class Served:
         fast_preset(tmp)
         write_settings(tmp / "crm-settings.yaml", self.sandbox.base_url, self.creds)
         self.config = tmp / "integrations.yaml"
+        # The intake's key is the serve's business: the console runs without it.
         self.config.write_text(
+            "intake:\n"
+            "  write_keys: [\"${CONFIG_TEST_WRITE_KEY}\"]\n"
             "integrations:\n"
             "  crm:\n"
             "    preset: ./lead-capture-fast.yaml\n"
@@ -59,7 +62,8 @@ class Served:
             "      refresh_token: \"${ARCHIVE_REFRESH}\"\n"
             f"      base_url: {self.sandbox.base_url}\n", encoding="utf-8")
         self.state = tmp / "state"
-        serve = Service("serve", "--config", self.config, "--state", self.state, "--port", "0", cwd=tmp, name="serve")
+        serve = Service("serve", "--config", self.config, "--state", self.state, "--port", "0", cwd=tmp, name="serve",
+                        env={"CONFIG_TEST_WRITE_KEY": WRITE_KEY})
         try:
             for event in (lead("dead", "dead.letter@example.com"), lead("kept", "kept@example.com")):
                 status, body = post_signed(serve.url, event)

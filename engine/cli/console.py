@@ -143,16 +143,17 @@ def from_file(path: str, preset_path: Any) -> tuple[list[Any], list[Any]]:
     letters; only its replay is refused, and the page says which variable is missing.
     """
     from ..console import Configured, Connection
-    from ..service.integrations import IntegrationsError, load_integrations
+    from ..service.integrations import IntegrationsError, load_integrations, read_integrations
 
     try:
-        listed = load_integrations(path, os.environ, preset_path=preset_path, require=False).integrations
+        listed = read_integrations(path, os.environ, preset_path=preset_path)  # no credential, no intake key
     except IntegrationsError as exc:
         raise UsageError("\n".join(exc.problems)) from None
     connections, configured = [], []
     for item in listed:
         try:  # its own credentials, required: resolve() keeps no secret when they are not required
-            full = load_integrations(path, os.environ, preset_path=preset_path, require={item.name}).get(item.name)
+            full = load_integrations(path, os.environ, preset_path=preset_path, require={item.name},
+                                     intake=False).get(item.name)
             why = None if _has_credentials(full) else (
                 f"its secret setting(s) {', '.join(_missing_credentials(full))} are not set (in {path}, or the "
                 "${NAME}s it names in the console's environment)")
