@@ -125,6 +125,10 @@ def test_every_integration_of_the_file_is_listed_with_its_health_and_lag(served:
     assert "read-only here" in cards["crm"] and str(served.config) in cards["crm"]
     assert "disabled" in cards["archive"] and "client_secret are not set" in cards["archive"]
     assert console_errors(browser) == []
+    for path in ("events", "dead-letters", "integrations", "api/events", "api/dead-letters", "api/integrations"):
+        with urllib.request.urlopen(console + path, timeout=10) as answer:
+            body = answer.read().decode()
+        assert served.creds["client_secret"] not in body and served.creds["refresh_token"] not in body, path
 
 
 
