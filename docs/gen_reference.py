@@ -344,6 +344,9 @@ def _auth_section(preset: dict[str, Any]) -> list[str]:
         out.append(f"HTTP Basic with username `{auth.get('username', '')}` and password "
                    f"`{auth.get('password', '')}`. A 401 or 403 is dead-lettered as `auth_rejected`; fix the "
                    "setting, then `signal-engine dlq replay`.\n\n")
+    if auth.get("token_values"):
+        names = ", ".join(f"`{{token.{v}}}`" for v in auth["token_values"])
+        out.append(f"The token answer's values {names} are kept with the access token and used in URLs.\n\n")
     rules = auth.get("errors") or []
     if rules:
         out += ["The token endpoint's answers:\n\n", "| When | Then | Message |\n", "| --- | --- | --- |\n"]
@@ -426,9 +429,20 @@ def _action_section(preset: dict[str, Any], name: str, action: dict[str, Any]) -
         if upsert.get("found"):
             out.append(f"- found: `{' '.join(str(upsert['found']).split())}`\n")
         out.append("\n")
-    for step in action.get("flow") or []:
-        req = step.get("request", {})
-        out.append(f"- step `{step.get('name')}`: `{req.get('method', '')} {req.get('url', '')}`\n")
+    flow = action.get("flow") or []
+    if flow:
+        out.append("**Flow**, its steps in order ([flows](../concepts/preset-language.md)):\n\n")
+        for step in flow:
+            req = step.get("request", {})
+            when = f", when `{' '.join(str(step['when']).split())}`" if step.get("when") else ""
+            out.append(f"- `{step.get('name')}`: `{req.get('method', '')} {req.get('url', '')}`{when}\n")
+        out.append("\n")
+    batch = action.get("batch")
+    if batch:
+        out.append(f"**Batched**: up to {batch.get('max_items')} events a request, an event waiting at most "
+                   f"{batch.get('max_wait_seconds', 1)} s for others ([batching](../concepts/preset-language.md)). "
+                   "The request's body, over `items` (the events' documents):\n\n"
+                   f"```\n{str(batch.get('body', '')).rstrip()}\n```\n\n")
     return out
 
 

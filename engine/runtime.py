@@ -161,7 +161,7 @@ class Engine:
         spec = preset.delivery.rate_limit
         shared_budget = getattr(backend, "rate_budget", None)
         budgets = [shared_budget(self.name if i == 0 else f"{self.name}#window{i}",
-                                 *bucket_shape(window.requests, window.per_seconds)) if shared_budget else None
+                                 *bucket_shape(window.requests, window.per_seconds), clock) if shared_budget else None
                    for i, window in enumerate((spec, *spec.windows))]
         self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:])
 

@@ -115,7 +115,7 @@ def test_language_primitives_do_not_import_the_stages() -> None:
         assert not bad, f"language/{path.name} imports {bad}"
 
 
-VENDOR = re.compile(r"outreach|hubspot|salesloft|close\.com|api\.close|prospect", re.IGNORECASE)
+VENDOR = re.compile(r"outreach|hubspot|salesloft|close\.com|api\.close|prospect|facebook|fbtrace", re.IGNORECASE)
 
 
 @pytest.mark.parametrize("path", [p for p in _modules() if "sandbox" not in p.parts and p.name != "sandbox.py"],

@@ -287,6 +287,29 @@ def test_salesloft_is_authorised_the_same_way_with_context_and_scope_sent_back(t
         assert sum(r["outcome"] == "delivered" for r in lines(run.stdout)) == DELIVERED
 
 
+def test_salesforce_is_authorised_at_its_login_host_and_runs_at_the_instance_the_token_names(tmp_path: Path) -> None:
+    creds = app_credentials()
+    flags = ["--client-id", creds["client_id"], "--client-secret", creds["client_secret"]]
+    with sandbox(*flags, destination="salesforce") as base:
+        settings = write_settings(tmp_path / "settings.yaml", {**creds, "login_url": base})
+        state = tmp_path / "state"
+        auth = AuthProcess("--settings", settings, "--state", state, "--port", "0", preset="salesforce/leads")
+        try:
+            query = parse_qs(urlsplit(auth.url).query)
+            assert auth.url.startswith(f"{base}/services/oauth2/authorize?")
+            assert query["scope"] == ["api refresh_token"]
+            status, _, _ = browse(auth.url)
+            code, _, err = auth.finish()
+        finally:
+            auth.kill()
+        assert status == 200 and code == 0, err
+        assert sandbox_state(base)["code_exchanges"] == 1
+        run = cli("run", "salesforce/leads", "--events", EVENTS, "--settings", settings, "--state", state)
+        assert run.returncode == 0, run.stderr
+        assert sum(r["outcome"] == "delivered" for r in lines(run.stdout)) == DELIVERED
+        assert sandbox_state(base)["creates"] == DELIVERED
+
+
 def test_a_denied_authorisation_stores_nothing_and_says_so(tmp_path: Path) -> None:
     creds = app_credentials()
     with sandbox(*sandbox_flags(creds, "--consent", "deny")) as base:

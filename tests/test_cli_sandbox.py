@@ -18,7 +18,7 @@ from engine.cli.main import main
 from engine.cli.sandbox import available
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EXPECTED = ["close", "hubspot", "outreach", "salesloft"]
+EXPECTED = ["close", "hubspot", "meta", "outreach", "salesforce", "salesloft"]
 
 
 def test_every_fake_in_the_package_is_offered_and_keeps_the_contract() -> None:
@@ -67,7 +67,7 @@ def test_options_reach_the_chosen_sandbox(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT")
-@pytest.mark.parametrize("name", ["hubspot", "salesloft", "close"])
+@pytest.mark.parametrize("name", ["hubspot", "salesloft", "close", "salesforce"])
 def test_sandbox_serves_until_ctrl_c(name: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", name, "--port", "0", "--fault", "503"],

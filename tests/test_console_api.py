@@ -79,6 +79,15 @@ def test_workers_on_redis_record_what_the_console_of_serve_shows(tmp_path: Path,
             text = json.dumps([get(api + "/events"), one, figures])
             for secret in (creds["client_secret"], creds["refresh_token"], *sandbox.issued):
                 assert secret not in text
+            # The lag is the integration's consumer group's: nothing left once the worker is done, then one
+            # event accepted with no worker running.
+            def lag() -> Any:
+                return get(api + "/integrations")["integrations"][0]["lag"]
+
+            until(lambda: lag() == 0, what="no lag once the worker is done")
+            worker.stop()
+            assert post_signed(url, lead("gamma"))[0] == 200
+            until(lambda: lag() == 1, what="a lag of one event with no worker")
         finally:
             worker.stop()
             serve.stop()

@@ -492,3 +492,114 @@ def test_check_names_a_window_mistake_at_its_line(tmp_path: Path) -> None:
     number = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "window_alignment: clock" in text)
     assert line.startswith(f"{path}:{number}:")
     assert "delivery.rate_limit.windows[0].window_alignment: window_alignment needs window_seconds" in line
+
+
+# --------------------------------------------------------------------------
+# a state directory keeps every window's budget (state.db, rate_budgets)
+# --------------------------------------------------------------------------
+
+
+def engine_on_state(tmp_path: Path, state: object, clock: FakeTime) -> object:
+    """An engine of the windowed preset on ``state``: its limiter spends the state's budgets."""
+    from language_fixtures import ACME_PRESET, write_acme
+
+    from engine.runtime import Engine
+
+    folder = tmp_path / "preset"
+    folder.mkdir(exist_ok=True)
+    path = write_acme(folder, ACME_PRESET, ("  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED))
+    return Engine.from_preset(str(path), {"api_key": "k"}, state=state, sleep=clock.sleep, clock=clock.monotonic)
+
+
+async def takes_without_waiting(rl: RateLimiter, clock: FakeTime, most: int, longer_than: float = 0.0) -> int:
+    """How many requests go before the first wait longer than ``longer_than`` seconds (at most ``most``)."""
+    for taken in range(most):
+        before = clock.now
+        await rl.acquire()
+        rl.observe({})
+        if clock.now - before > longer_than:
+            return taken
+    return most
+
+
+def test_a_restart_on_the_same_state_keeps_what_was_left_of_the_daily_window(tmp_path: Path) -> None:
+    """The daily window advertises 10 left for 30 minutes; 4 are spent, then the engine restarts.
+
+    The restarted engine (a new process's clock, the same state.db) sends
+    the 6 that are left and then waits for the reset, not a full budget.
+    """
+    from engine.state.sqlite import SqliteState
+
+    first_clock = FakeTime(start=50.0)
+    state = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    rl = engine_on_state(tmp_path, state, first_clock).limiter
+    asyncio.run(rl.acquire())
+    rl.observe({"X-Daily-Remaining": "10", "X-Daily-Reset": str(1800)})
+    for _ in range(4):
+        asyncio.run(rl.acquire())
+        rl.observe({})
+    state.close()
+
+    later = FakeTime(start=7.0)  # another process: its monotonic clock means nothing to the first one's
+    reopened = SqliteState(tmp_path / "state", clock=lambda: NOW + 60)  # a minute later on the wall
+    rl = engine_on_state(tmp_path, reopened, later).limiter
+    # The burst window (5 per 10 s) paces them; only the daily one holds a request for long.
+    assert asyncio.run(takes_without_waiting(rl, later, 20, longer_than=600)) == 6
+    reopened.close()
+
+
+def test_the_restarted_wait_is_the_rest_of_the_advertised_window(tmp_path: Path) -> None:
+    """A spent daily window, restarted a minute later, is waited out to its reset: 30 minutes less that minute."""
+    from engine.state.sqlite import SqliteState
+
+    state = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    rl = engine_on_state(tmp_path, state, FakeTime()).limiter
+    asyncio.run(rl.acquire())
+    rl.observe({"X-Daily-Remaining": "0", "X-Daily-Reset": str(1800)})
+    state.close()
+
+    later = FakeTime(start=3.0)
+    reopened = SqliteState(tmp_path / "state", clock=lambda: NOW + 60)
+    rl = engine_on_state(tmp_path, reopened, later).limiter
+    asyncio.run(rl.acquire())
+    assert later.now - 3.0 == pytest.approx(1800 - 60, abs=0.01)
+    reopened.close()
+
+
+def test_a_restart_does_not_refill_the_bucket_of_a_window(tmp_path: Path) -> None:
+    """Nothing advertised: the burst window (5 per 10 s) spent, a restart at the same moment still waits."""
+    from engine.state.sqlite import SqliteState
+
+    clock = FakeTime()
+    state = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    rl = engine_on_state(tmp_path, state, clock).limiter
+    assert asyncio.run(takes_without_waiting(rl, clock, 5)) == 5
+    state.close()
+
+    later = FakeTime(start=9.0)
+    reopened = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    rl = engine_on_state(tmp_path, reopened, later).limiter
+    assert asyncio.run(takes_without_waiting(rl, later, 5)) == 0
+    assert later.now - 9.0 == pytest.approx(2.0, abs=0.01)  # the burst window's refill of one request
+    reopened.close()
+
+
+def test_two_engines_on_one_state_directory_share_the_daily_window(tmp_path: Path) -> None:
+    """A run and a dlq replay on one --state: 10 left is 10 for both together, not 10 each."""
+    from engine.state.sqlite import SqliteState
+
+    clock_a, clock_b = FakeTime(start=100.0), FakeTime(start=5.0)
+    state_a = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    state_b = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    a = engine_on_state(tmp_path, state_a, clock_a).limiter
+    b = engine_on_state(tmp_path, state_b, clock_b).limiter
+    asyncio.run(a.acquire())
+    a.observe({"X-Daily-Remaining": "10", "X-Daily-Reset": str(3600)})
+    assert asyncio.run(takes_without_waiting(a, clock_a, 4, longer_than=600)) == 4
+    assert asyncio.run(takes_without_waiting(b, clock_b, 6, longer_than=600)) == 6
+    # The other engine's next request waits for the daily reset: the 10 were spent by both together.
+    before = clock_a.now
+    assert asyncio.run(takes_without_waiting(a, clock_a, 1, longer_than=600)) == 0
+    assert clock_a.now - before > 3000
+    state_a.close()
+    state_b.close()

@@ -258,6 +258,86 @@ def test_daily_limit_answers_429_with_the_daily_policy() -> None:
 
 
 # --------------------------------------------------------------------------
+# batch upsert by email
+# --------------------------------------------------------------------------
+
+BATCH_UPSERT = f"{CONTACTS}/batch/upsert"
+
+
+def upsert_input(email: str, **properties: str) -> dict[str, Any]:
+    return {"idProperty": "email", "id": email, "properties": {"email": email, **properties}}
+
+
+def test_batch_upsert_creates_and_updates_by_email_answering_200_when_all_went_through() -> None:
+    async def scenario() -> None:
+        async with running(hubspot) as sb:
+            await create(sb, {"email": "old@example.com", "firstname": "Old", "jobtitle": "CTO"})
+            status, body, headers = await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [
+                upsert_input("new@example.com", firstname="New"), upsert_input("OLD@example.com", jobtitle="CEO")]})
+            assert status == 200
+            assert body["status"] == "COMPLETE" and "errors" not in body and "numErrors" not in body
+            assert [(r["id"], r["new"], r["properties"]["email"]) for r in body["results"]] == [
+                ("2", True, "new@example.com"), ("1", False, "OLD@example.com")]
+            assert re.match(r"^\d{4}-\d\d-\d\dT", body["startedAt"]) and body["completedAt"]
+            assert headers["X-HubSpot-RateLimit-Daily-Remaining"] == str(250000 - 2)  # a batch is one request
+            assert sb.state.contacts["1"]["jobtitle"] == "CEO" and sb.state.contacts["1"]["firstname"] == "Old"
+            assert len(sb.state.contacts) == 2
+            assert sb.state.batches == [["new@example.com", "OLD@example.com"]]
+
+    run(scenario())
+
+
+def test_batch_upsert_answers_207_with_an_error_naming_each_refused_input() -> None:
+    async def scenario() -> None:
+        async with running(hubspot) as sb:
+            status, body, _ = await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [
+                upsert_input("a@example.com"), upsert_input("b..c@example.com"), upsert_input("d@example.com",
+                                                                                              nosuch="x")]})
+            assert status == 207
+            assert [r["properties"]["email"] for r in body["results"]] == ["a@example.com"]
+            assert body["numErrors"] == 2
+            assert [(e["category"], e["context"]) for e in body["errors"]] == [
+                ("VALIDATION_ERROR", {"id": ["b..c@example.com"]}), ("VALIDATION_ERROR", {"id": ["d@example.com"]})]
+            assert "INVALID_EMAIL" in body["errors"][0]["message"]
+            assert "PROPERTY_DOESNT_EXIST" in body["errors"][1]["message"]
+            assert [c["email"] for c in sb.state.contacts.values()] == ["a@example.com"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("inputs, words", [
+    ([upsert_input(f"p{i}@example.com") for i in range(101)], "limit is 100"),
+    ([upsert_input("a@example.com"), upsert_input("A@example.com")], "Duplicate IDs"),
+    ([{**upsert_input("a@example.com"), "idProperty": "firstname"}], "non-unique"),
+    ([], "[inputs]"),
+])
+def test_batch_upsert_refuses_the_whole_request_with_a_400(inputs: list[Any], words: str) -> None:
+    async def scenario() -> None:
+        async with running(hubspot) as sb:
+            status, body, _ = await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": inputs})
+            assert (status, body["category"]) == (400, "VALIDATION_ERROR")
+            assert words in body["message"]
+            assert sb.state.contacts == {} and sb.state.batches == []
+
+    run(scenario())
+
+
+def test_batch_upsert_past_the_burst_quota_is_429_with_the_rate_limit_headers() -> None:
+    async def scenario() -> None:
+        async with running(hubspot, quota=1, window=10) as sb:
+            await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [upsert_input("a@example.com")]})
+            status, body, headers = await sb.call("POST", BATCH_UPSERT, headers=BEARER,
+                                                  json_body={"inputs": [upsert_input("b@example.com")]})
+            assert (status, body["policyName"]) == (429, "TEN_SECONDLY_ROLLING")
+            assert headers["X-HubSpot-RateLimit-Remaining"] == "0"
+            assert headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "10000"
+            assert "X-HubSpot-RateLimit-Daily-Remaining" in headers
+            assert sb.state.batches == [["a@example.com"]]
+
+    run(scenario())
+
+
+# --------------------------------------------------------------------------
 # faults, admin, command line
 # --------------------------------------------------------------------------
 

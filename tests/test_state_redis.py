@@ -337,6 +337,26 @@ def test_the_stream_queue_hands_each_entry_to_one_worker_and_publishes_each_outc
     asyncio.run(main())
 
 
+def test_the_events_of_a_request_are_queued_in_one_round_trip_in_order(redis_url: str) -> None:
+    async def main() -> None:
+        backend = state(redis_url)
+        queue = backend.queue(PRESET)
+        client = redis.Redis.from_url(redis_url)
+        await queue.append([json.dumps({"n": -1})])  # the script is loaded: what follows is the steady state
+        client.config_resetstat()
+        await queue.append([json.dumps({"n": i}) for i in range(100)])
+        calls = {name: stats["calls"] for name, stats in client.info("commandstats").items()
+                 if not name.startswith("cmdstat_config")}
+        # One command from the intake's side; the XADDs run inside the script, in Redis.
+        assert calls == {"cmdstat_evalsha": 1, "cmdstat_xadd": 100}
+        entries = await queue.read("w", 200, 0.1)
+        assert [json.loads(e.body)["n"] for e in entries] == [-1, *range(100)]
+        client.close()
+        await queue.close()
+
+    asyncio.run(main())
+
+
 def test_the_outcome_stream_is_capped(redis_url: str) -> None:
     async def main() -> None:
         backend = state(redis_url)

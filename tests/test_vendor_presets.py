@@ -11,6 +11,7 @@ rate-limit windows pass without real sleeps.
 from __future__ import annotations
 
 import asyncio
+
 import json
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from engine import outcome as oc
 from engine.runtime import Engine
-from engine.sandbox import close, hubspot, salesloft
+from engine.sandbox import close, hubspot, outreach, salesloft
 from engine.sandbox.common import parse_fault
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.token_store import MemoryTokenStore
@@ -329,6 +330,8 @@ LEADS = [lead("Demo Requested", f"key-{i}", email=f"person{i}@replay.test", firs
 WRONG_KEY = {
     "hubspot/contacts": (hubspot, "access_token", "sandbox-private-app-token",
                          lambda state: sorted(c["email"] for c in state.contacts.values())),
+    "hubspot/contacts-batch": (hubspot, "access_token", "sandbox-private-app-token",
+                               lambda state: sorted(c["email"] for c in state.contacts.values())),
     "close/leads": (close, "api_key", "sandbox-close-api-key",
                     lambda state: sorted(e["email"] for c in state.contacts.values() for e in c["emails"])),
 }
@@ -359,10 +362,79 @@ def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_
         assert [o["outcome"] for o in map(json.loads, replay.stdout.splitlines())] == [oc.DELIVERED] * len(LEADS)
         assert "0 left in the dead-letter store" in replay.stderr
         assert sandbox.read(emails) == sorted(e["traits"]["email"] for e in LEADS)
+        if preset.endswith("-batch"):  # the letters were batched again: fewer requests than letters
+            batches = sandbox.read(lambda state: [list(ids) for ids in state.batches])
+            assert sum(map(len, batches)) == len(LEADS) and len(batches) < len(LEADS), batches
 
         again = _cli("dlq", "replay", preset, "--settings", settings, "--state", state)
         assert again.returncode == 0 and again.stdout == ""
         assert sandbox.read(emails) == sorted(e["traits"]["email"] for e in LEADS)  # each lead once
+
+
+def test_hubspot_batch_delivers_the_example_leads_in_fewer_requests_each_contact_once(tmp_path: Path) -> None:
+    """The example stream, plus a repeat of one lead, through the CLI into the fake's batch upsert."""
+    repeat = lead("Demo Requested", "repeat-1", email=" Marcus.Lee@Northwind.io", firstName="Marcus", lastName="Lee",
+                  title="Chief Revenue Officer")
+    events = tmp_path / "events.ndjson"
+    events.write_text((REPO / "examples/lead-capture.ndjson").read_text(encoding="utf-8") + json.dumps(repeat) + "\n",
+                      encoding="utf-8")
+    with _SandboxThread(hubspot) as sandbox:
+        settings = tmp_path / "settings.yaml"
+        settings.write_text(f"access_token: sandbox-private-app-token\nbase_url: {sandbox.base}\n", encoding="utf-8")
+        run = _cli("run", "hubspot/contacts-batch", "--settings", settings, "--events", events,
+                   "--state", tmp_path / "state")
+        assert run.returncode == 0, run.stderr
+        outcomes = [json.loads(line) for line in run.stdout.splitlines()]
+        delivered = [o for o in outcomes if o["outcome"] == oc.DELIVERED]
+        assert len(delivered) == 6 and all("delivered in a request of" in o["detail"] for o in delivered)
+        batches = sandbox.read(lambda state: [list(ids) for ids in state.batches])
+        contacts = sandbox.read(lambda state: {c["email"]: dict(c) for c in state.contacts.values()})
+        requests = sandbox.read(lambda state: [(r["method"], r["path"]) for r in state.requests])
+    assert len(batches) < 6 and max(map(len, batches)) > 1, batches  # fewer requests than leads
+    assert set(requests) == {("POST", "/crm/v3/objects/contacts/batch/upsert")}
+    assert all(len(ids) == len(set(ids)) for ids in batches)  # one email once per request
+    assert sorted(contacts) == ["amara.okafor@umbrella.ng", "jane.doe@acme.com", "marcus.lee@northwind.io",
+                                "priya.shah@globex.com", "tomas.novak@initech.cz"]  # each contact once
+    marcus = contacts["marcus.lee@northwind.io"]
+    assert (marcus["jobtitle"], marcus["city"]) == ("Chief Revenue Officer", "London")  # the repeat merged into it
+    assert "sandbox-private-app-token" not in run.stdout + run.stderr
+
+
+def test_hubspot_batch_one_invalid_item_fails_alone_and_the_others_are_delivered() -> None:
+    """HubSpot's 207: the refused input's event alone fails; its neighbours in the request are delivered."""
+    people = [lead("Signed Up", f"mixed-{i}", email=email, firstName="Ann", lastName="Lee")
+              for i, email in enumerate(["ann@one.test", "ann..lee@two.test", "ann@three.test"])]
+
+    async def scenario() -> None:
+        async def one_request() -> AsyncIterator[list[tuple[int, Any]]]:
+            yield list(enumerate(people))  # handed over together, as a run reads its input
+
+        async with delivering(hubspot, "hubspot/contacts-batch", HUBSPOT) as (state, engine, _):
+            outcomes = [o async for o in engine.process_batches(one_request())]
+            assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.FAILED, oc.DELIVERED]
+            assert outcomes[1].cause == "item_failed"
+            assert outcomes[1].detail.startswith("item 1 of a request of 3: VALIDATION_ERROR: ")
+            assert "INVALID_EMAIL" in outcomes[1].detail
+            assert outcomes[1].response["status"] == 207
+            assert state.batches == [["ann@one.test", "ann..lee@two.test", "ann@three.test"]]  # sent once, not again
+            assert sorted(c["email"] for c in state.contacts.values()) == ["ann@one.test", "ann@three.test"]
+    asyncio.run(scenario())
+
+
+def test_hubspot_batch_spent_daily_budget_waits_for_midnight_instead_of_collecting_429s() -> None:
+    """Daily-Remaining 0 is the daily window spent: the next request waits for the day's end (UTC midnight)."""
+    twice = [lead("Form Submitted", f"daily-{i}", email="ann@daily.test", firstName="Ann", title=title)
+             for i, title in enumerate(["CTO", "CEO"])]  # one email: two requests, one after the other
+
+    async def scenario() -> None:
+        async with delivering(hubspot, "hubspot/contacts-batch", HUBSPOT, daily_quota=1) as (state, engine, fake):
+            to_midnight = 86400 - time.time() % 86400
+            outcomes = await deliver(engine, twice)
+            assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED]
+            assert state.statuses == [200, 200]  # no 429 DAILY: the budget was read from the headers
+            assert max(fake.sleeps) >= to_midnight - 5  # waited out the day, not a 10 s burst interval
+            assert [c["jobtitle"] for c in state.contacts.values()] == ["CEO"]
+    asyncio.run(scenario())
 
 
 # --------------------------------------------------------------------------
@@ -442,3 +514,81 @@ def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
     assert "marcus.lee@northwind.io" in json.dumps(lookup["body"])
     assert create == outcome.request and create["url"] == "https://api.close.com/api/v1/lead/"
     assert list(outcome.to_dict()) == ["index", "messageId", "outcome", "request", "requests"]
+
+
+# --------------------------------------------------------------------------
+# every built-in preset with an upsert: a repeat lead dead-lettered, then
+# replayed through the real command line, merges into the one record
+# --------------------------------------------------------------------------
+
+
+def _records(*holders: str) -> Any:
+    """The sandbox's person records: each of ``holders`` is a dict attribute of its state."""
+    return lambda state: [json.dumps(record) for name in holders for record in getattr(state, name).values()]
+
+
+# preset: (its sandbox, its credentials, the settings naming the sandbox's URL, the records that hold a person)
+UPSERTING = {
+    "outreach/lead-capture": (outreach, SALESLOFT, ["base_url"], _records("prospects")),
+    "hubspot/contacts": (hubspot, HUBSPOT, ["base_url"], _records("contacts")),
+    "salesloft/people": (salesloft, SALESLOFT, ["base_url", "accounts_url"], _records("people")),
+    "close/leads": (close, CLOSE, ["base_url"], _records("contacts")),
+}
+
+
+def test_every_built_in_preset_with_an_upsert_is_in_the_replay_test() -> None:
+    """A built-in preset added with an upsert or lookup must be replayed below too."""
+    from engine.language.compiler import load_preset
+
+    built_in = {f"{p.parent.name}/{p.stem}" for p in (REPO / "presets").glob("*/*.yaml")}
+    upserting = {name for name in built_in if any(a.upsert is not None for a in load_preset(name).actions.values())}
+    assert upserting <= set(UPSERTING), sorted(upserting - set(UPSERTING))
+
+
+@pytest.mark.parametrize("preset", sorted(UPSERTING))
+def test_a_dead_lettered_repeat_lead_is_replayed_by_the_cli_as_an_update_of_the_one_record(preset: str,
+                                                                                          tmp_path: Path) -> None:
+    """The person is known; their repeat meets a fault on every attempt and is dead-lettered.
+
+    ``dlq replay`` (the real command, on the same state) sends the letter's
+    lookup, key and update as the first try would have: the destination then
+    holds the person once, with the repeat's data (the title), not twice.
+    """
+    from engine.language.compiler import load_preset
+
+    module, credentials, urls, records = UPSERTING[preset]
+    attempts = load_preset(preset).delivery.retries.max_attempts
+    email = MARCUS["email"]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    with _SandboxThread(module) as sandbox:
+        settings = {**credentials, **dict.fromkeys(urls, sandbox.base)}
+        state = tmp_path / "state"
+
+        async def first_try() -> list[Any]:
+            async with Engine.from_preset(preset, settings, state=state, sleep=no_sleep) as engine:
+                (created,) = await deliver(engine, SAME_LEAD_TWICE[:1])
+                sandbox.read(lambda s: s.faults.extend(parse_fault(503) for _ in range(attempts)))
+                (repeat,) = await deliver(engine, SAME_LEAD_TWICE[1:])
+                return [created, repeat]
+
+        created, repeat = asyncio.run(first_try())
+        assert created.outcome == oc.DELIVERED, text_of([created])
+        assert (repeat.outcome, repeat.cause) == (oc.DEAD_LETTERED, "http_503"), text_of([repeat])
+        before = [r for r in sandbox.read(records) if email in r.lower()]
+        assert len(before) == 1 and "VP Sales" not in before[0]
+
+        settings_file = tmp_path / "settings.yaml"
+        settings_file.write_text("".join(f"{k}: {v}\n" for k, v in settings.items()), encoding="utf-8")
+        replay = _cli("dlq", "replay", preset, "--settings", settings_file, "--state", state)
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        (replayed,) = map(json.loads, replay.stdout.splitlines())
+        assert replayed["outcome"] == oc.DELIVERED, replayed
+        assert replayed["messageId"] == "twice-2"
+        assert "0 left in the dead-letter store" in replay.stderr
+        after = [r for r in sandbox.read(records) if email in r.lower()]
+        assert len(after) == 1, after  # merged into the one record, not a second one
+        assert "VP Sales" in after[0]
+        assert sandbox.read(lambda s: (s.creates, s.updates)) == (1, 1)

@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
     where.add_argument("--redis", metavar="URL", help="the Redis the workers use")
     cmd.add_argument("--host", default="127.0.0.1", help="address to listen on" + DEFAULT)
     cmd.add_argument("--port", type=int, default=8090, help="port to listen on; 0 picks a free one" + DEFAULT)
+    cmd.add_argument("--config", metavar="FILE",
+                     help="an integrations file: every integration of it is listed, with its records, dead letters, "
+                          "health and lag, and its letters are replayed with its own settings (its ${NAME}s are read "
+                          "from this environment)")
     cmd.add_argument("--preset", metavar="PRESET",
                      help="a preset whose dead letters the console may replay (needs --settings)")
     cmd.add_argument("--settings", metavar="FILE", help="the settings (credentials) of --preset, for replays")
@@ -50,8 +54,14 @@ def cmd_console(args: argparse.Namespace) -> int:
         raise UsageError(f"--host {args.host}: {exc}") from None
     if args.settings and not args.preset:
         raise UsageError("--settings needs --preset (the preset whose letters they replay)")
-    connections = []
-    if args.preset:
+    if args.config and args.preset:
+        raise UsageError("give --config FILE, or --preset PRESET --settings FILE, not both (the integrations file "
+                         "names each integration's preset and settings)")
+    connections: list[Any] = []
+    configured: list[Any] = []
+    if args.config:
+        connections, configured = from_file(args.config, getattr(args, "preset_path", []) or [])
+    elif args.preset:
         from ..console import Connection
 
         preset = load_preset_arg(args)
@@ -61,11 +71,12 @@ def cmd_console(args: argparse.Namespace) -> int:
         raise UsageError(f"--state {args.state}: no state database there (state.db); pass the --state DIR that "
                          "run or serve used")
     with service_errors(args):
-        asyncio.run(serve_console(args, token, connections, configure_for(args)))
+        asyncio.run(serve_console(args, token, connections, configure_for(args), configured))
     return EXIT_OK
 
 
-async def serve_console(args: argparse.Namespace, token: str | None, connections: list[Any], configure: Any) -> None:
+async def serve_console(args: argparse.Namespace, token: str | None, connections: list[Any], configure: Any,
+                        configured: list[Any] | None = None) -> None:
     import asyncio
     import signal
 
@@ -89,7 +100,8 @@ async def serve_console(args: argparse.Namespace, token: str | None, connections
 
         backend = SqliteState(args.state)
     try:
-        source = ConsoleSource(backend, connections)
+        source = ConsoleSource(backend, connections, configured=configured or (),
+                               lags=_lags(args, backend, [c.name for c in configured or ()], connections))
         configure(source.redactor)
         app = standalone(create_console_app(source, Guard(token)))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_OPTIONS)
@@ -114,9 +126,56 @@ async def serve_console(args: argparse.Namespace, token: str | None, connections
 
 
 def _has_credentials(integration: Any) -> bool:
+    return not _missing_credentials(integration)
+
+
+def _missing_credentials(integration: Any) -> list[str]:
     specs = integration.preset.settings
-    return all(integration.settings[name] is not None or spec.stored
-               for name, spec in specs.items() if spec.secret and spec.required)
+    return [name for name, spec in specs.items()
+            if spec.secret and spec.required and integration.settings[name] is None and not spec.stored]
+
+
+def from_file(path: str, preset_path: Any) -> tuple[list[Any], list[Any]]:
+    """Every integration of an integrations file: a connection for each whose credentials are all set (so its
+    letters replay with its own settings), and each listed, with why it cannot replay when it cannot.
+
+    Listing needs no credential: an integration whose ``${NAME}`` is unset is still shown, with its records and
+    letters; only its replay is refused, and the page says which variable is missing.
+    """
+    from ..console import Configured, Connection
+    from ..service.integrations import IntegrationsError, load_integrations, read_integrations
+
+    try:
+        listed = read_integrations(path, os.environ, preset_path=preset_path)  # no credential, no intake key
+    except IntegrationsError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
+    connections, configured = [], []
+    for item in listed:
+        try:  # its own credentials, required: resolve() keeps no secret when they are not required
+            full = load_integrations(path, os.environ, preset_path=preset_path, require={item.name},
+                                     intake=False).get(item.name)
+            why = None if _has_credentials(full) else (
+                f"its secret setting(s) {', '.join(_missing_credentials(full))} are not set (in {path}, or the "
+                "${NAME}s it names in the console's environment)")
+        except IntegrationsError as exc:
+            full, why = None, "; ".join(p.strip() for p in exc.problems if f"'{item.name}'" in p) or exc.problems[0]
+        if full is not None and why is None:
+            connections.append(Connection(full.preset, full.settings, full.name))
+        configured.append(Configured(item.name, item.preset_ref or item.preset.name, path, item.enabled, why))
+    return connections, configured
+
+
+def _lags(args: argparse.Namespace, backend: Any, names: list[str], connections: list[Any]) -> Any:
+    """How the console reads each integration's lag: the state directory's queue, or the Redis Stream's groups.
+
+    An integrations file's intake writes one stream (``keys.events()``); a one-preset intake its preset's.
+    """
+    from ..console.lag import redis_lags, sqlite_lags
+
+    if args.redis:
+        preset = None if args.config or not connections else connections[0].preset.name
+        return redis_lags(backend.client, backend.keys.events(preset))
+    return sqlite_lags(args.state, names or [c.integration for c in connections])
 
 
 def console_mount(args: argparse.Namespace, config: Any) -> Any:
@@ -126,7 +185,7 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
     :class:`~engine.service.integrations.IntegrationsConfig`): each one the
     console may replay letters through, under its name.
     """
-    from ..console import TOKEN_ENV, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
+    from ..console import TOKEN_ENV, Configured, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
     from ..console import create_console_app, mount
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -138,6 +197,11 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
     # secrets are all set can replay.
     connections = [Connection(i.preset, i.settings, i.name) for i in config.integrations
                    if args.redis is None or _has_credentials(i)]
+    configured = [] if config.path is None else [
+        Configured(i.name, i.preset_ref or i.preset.name, config.path, i.enabled,
+                   None if args.redis is None or _has_credentials(i)
+                   else f"its secret setting(s) {', '.join(_missing_credentials(i))} are not set")
+        for i in config.integrations]
 
     def add(app: Any) -> None:
         if args.redis:
@@ -152,7 +216,16 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         async def close(_: Any) -> None:
             backend.close()
 
-        mount(app, create_console_app(ConsoleSource(backend, connections), Guard(token)))
+        if args.redis:
+            from ..console.lag import redis_lags
+
+            lags = redis_lags(backend.client, backend.keys.events(config.stream))
+        else:
+            from ..console.lag import sqlite_lags
+
+            lags = sqlite_lags(args.state, config.names())
+        source = ConsoleSource(backend, connections, configured=configured, lags=lags)
+        mount(app, create_console_app(source, Guard(token)))
         app.on_cleanup.append(close)
 
     return add

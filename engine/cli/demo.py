@@ -57,7 +57,8 @@ def register(sub: Any) -> None:
                       help="newline-delimited JSON events; - reads stdin (default: the example events shipped "
                            "with the engine, one lead among them sent twice)")
     demo.add_argument("--keep-serving", action="store_true",
-                      help="after the run, keep the sandbox up and print its URL, until Ctrl-C (SIGINT) or SIGTERM")
+                      help="after the run, keep the sandbox up and serve the web console over the demo's state (on "
+                           "127.0.0.1, a free port), printing both URLs, until Ctrl-C (SIGINT) or SIGTERM")
     demo.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
     add_logging_options(demo)
     demo.set_defaults(func=cmd_demo)
@@ -114,7 +115,7 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
             for line in held[1:]:
                 _say(args, f"  {line}")
         if args.keep_serving and not stop.stopped:
-            await _serve_until_stopped(args, url)
+            await _serve_until_stopped(args, url, state, preset, settings)
         return code
     finally:
         await runner.cleanup()
@@ -135,18 +136,57 @@ class _DemoReport(RunReport):
             self.not_resent += 1
 
 
-def served(sandbox_url: str) -> dict[str, str]:
+def served(sandbox_url: str, console_url: str | None = None) -> dict[str, str]:
     """What ``--keep-serving`` keeps up, by name, in the order it is printed.
 
-    The one place to add what else a person can open while the demo serves
-    (the console's URL belongs here once the engine serves a console).
+    The one place to add what else a person can open while the demo serves.
+    The console comes first: it is what a new user should open (the Event
+    Debugger with the demo's events).
     """
-    return {"sandbox": sandbox_url, "sandbox state": f"{sandbox_url}/_sandbox/state"}
+    console = {"console": f"{console_url}/console/"} if console_url else {}
+    return {**console, "sandbox": sandbox_url, "sandbox state": f"{sandbox_url}/_sandbox/state"}
 
 
-async def _serve_until_stopped(args: argparse.Namespace, sandbox_url: str) -> None:
+async def _start_console(state: str, preset: Any, settings: Any) -> tuple[Any, Any, str]:
+    """The web console over the demo's state, on a free loopback port (loopback only: it shows personal data).
+
+    It is given the demo's preset and sandbox settings, so a dead letter can
+    be replayed from the page as after a real run.
+    """
+    from aiohttp import web
+
+    from ..console import Connection, ConsoleSource, Guard, create_console_app, standalone
+    from ..service.intake import RUNNER_OPTIONS
+    from ..service.serving import url_of
+    from ..state.sqlite import SqliteState
+
+    backend = SqliteState(state)
+    try:
+        source = ConsoleSource(backend, [Connection(preset, settings)])
+        runner = web.AppRunner(standalone(create_console_app(source, Guard(None))), access_log=None,
+                               handle_signals=False, **RUNNER_OPTIONS)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+    except BaseException:
+        backend.close()
+        raise
+    return runner, backend, url_of("127.0.0.1", int(runner.addresses[0][1]))
+
+
+async def _serve_until_stopped(args: argparse.Namespace, sandbox_url: str, state: str | None = None,
+                               preset: Any = None, settings: Any = None) -> None:
     """Print what is served, then wait for SIGINT or SIGTERM: the expected end of the demo, so exit 0."""
-    urls = served(sandbox_url)
+    console = await _start_console(state, preset, settings) if state is not None else None
+    try:
+        await _wait_for_signal(args, served(sandbox_url, console[2] if console else None))
+    finally:
+        if console is not None:
+            await console[0].cleanup()
+            console[1].close()
+
+
+async def _wait_for_signal(args: argparse.Namespace, urls: dict[str, str]) -> None:
     if args.log_format == "json":
         _say(args, "signal-engine: demo: serving until Ctrl-C", event="demo_serving", urls=urls)
     else:

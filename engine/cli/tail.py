@@ -50,8 +50,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         from ..language.compiler import load_preset
         from ..service.integrations import name_for_preset
 
-        load_preset(args.preset, args.preset_path)  # an unknown preset is a usage error, as before
-        names = [name_for_preset(args.preset)]
+        names = [name_for_preset(load_preset(args.preset, args.preset_path))]  # unknown: a usage error
     from ..service.serving import tail
     from .service_common import service_errors
 

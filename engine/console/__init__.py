@@ -7,7 +7,7 @@ letters). Nothing below it imports it.
 
 from .app import create_console_app, mount, standalone
 from .security import TOKEN_ENV, ExposureRefused, Guard, check_exposure
-from .source import ConsoleSource, Connection
+from .source import Configured, ConsoleSource, Connection
 
-__all__ = ["create_console_app", "mount", "standalone", "ConsoleSource", "Connection", "Guard", "check_exposure",
+__all__ = ["create_console_app", "mount", "standalone", "ConsoleSource", "Configured", "Connection", "Guard", "check_exposure",
            "ExposureRefused", "TOKEN_ENV"]

@@ -143,8 +143,9 @@ async def dead_letters_page(request: web.Request) -> web.Response:
             groups.setdefault(letter["integration"], []).append(letter)
     replayable = {c.integration for c in source.connections}
     message = request.query.get("message")
+    why = {name: source.why_not_replayable(name) for name in groups if name not in replayable}
     return _html(views.dead_letters_page(groups, replayable, message[:300] if message else None, causes, cause,
-                                         csrf=guard.csrf))
+                                         csrf=guard.csrf, why_not=why))
 
 
 async def replay_form(request: web.Request) -> web.Response:
@@ -196,7 +197,14 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
     for entry in await _off_loop(source.letters.entries):
         name = letter_integration(entry)
         letters[name] = letters.get(name, 0) + 1
-    return health(rows, names, letters)
+    out = health(rows, names, letters, lags=await _off_loop(source.lag))
+    configured = {c.name: c for c in source.configured}
+    for item in out:
+        found = configured.get(item["integration"])
+        item["configured"] = None if found is None else {
+            "file": found.file, "preset": found.preset, "enabled": found.enabled,
+            "replayable": found.unavailable is None, "why_not": found.unavailable}
+    return out
 
 
 async def playground_page(request: web.Request) -> web.Response:

@@ -27,8 +27,9 @@ def percentile(values: list[float], fraction: float) -> float | None:
 
 
 def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], letters: Mapping[str, int], *,
-           clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
-    """Per integration: counts by outcome, 429s and p50/p95 latency per window, the last error, letters waiting."""
+           lags: Mapping[str, int] | None = None, clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
+    """Per integration: counts by outcome, 429s and p50/p95 latency per window, the last error, letters waiting,
+    and the lag (events not finished yet) where the store knows it, else None (never a made-up 0)."""
     now = clock()
     by_name: dict[str, list[Mapping[str, Any]]] = {name: [] for name in integrations}
     for row in rows:
@@ -55,6 +56,7 @@ def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], lette
                                                      "cause": last.get("cause"), "status": last.get("status"),
                                                      "messageId": last.get("messageId"), "id": last.get("id")},
             "dead_letters": letters.get(name, 0),
+            "lag": (lags or {}).get(name),
             "last_event_at": max((float(r.get("at") or 0) for r in mine), default=None),
         })
     return out

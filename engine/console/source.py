@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..language.compiler import load_preset
 from ..language.model import Preset
@@ -43,12 +43,31 @@ class Connection:
 
 
 @dataclass
+class Configured:
+    """An integration of an integrations file, as the console lists it (read-only here: the file defines it)."""
+
+    name: str
+    preset: str
+    file: str
+    enabled: bool = True
+    # Why its letters cannot be replayed from here (a secret setting not set), or None when they can.
+    unavailable: str | None = None
+
+
+@dataclass
 class ConsoleSource:
-    """The stores of one state directory or Redis, and the connections the console may replay through."""
+    """The stores of one state directory or Redis, and the connections the console may replay through.
+
+    ``configured`` lists an integrations file's integrations (every one is
+    shown, with or without records); ``lags`` reads each integration's lag
+    where the store knows it (:mod:`engine.console.lag`).
+    """
 
     backend: Any  # a StateBackend with record() (SqliteState, RedisState)
     connections: Sequence[Connection] = ()
     redactor: Redactor = field(default_factory=Redactor)
+    configured: Sequence[Configured] = ()
+    lags: Callable[[], dict[str, int]] | None = None
 
     def __post_init__(self) -> None:
         self.record: EventRecord = self.backend.record()
@@ -63,6 +82,7 @@ class ConsoleSource:
 
     def integrations(self) -> list[str]:
         names = set(self.record.integrations()) | {c.integration for c in self.connections}
+        names |= {c.name for c in self.configured}
         names |= {letter_integration(e) for e in self.letters.entries()}
         return sorted(names)
 
@@ -99,6 +119,17 @@ class ConsoleSource:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             return {"error": f"cannot explain this event now: {first}"}
 
+    def lag(self) -> dict[str, int]:
+        """Events each integration has not finished yet, for those the store knows (none without a queue)."""
+        return self.lags() if self.lags is not None else {}
+
+    def why_not_replayable(self, integration: str) -> str:
+        for item in self.configured:
+            if item.name == integration and item.unavailable:
+                return f"cannot replay {integration!r}: {item.unavailable}"
+        return (f"no settings for {integration!r}: start the console with --config FILE naming it, or with "
+                "--preset and --settings for it (replaying needs the credentials)")
+
     # -- dead letters -------------------------------------------------------
     def dead_letters(self, integration: str | None = None) -> list[dict[str, Any]]:
         out = []
@@ -112,8 +143,7 @@ class ConsoleSource:
         """``dlq replay`` for one integration (only ``ids``, when given); the outcomes are recorded as replays."""
         connection = self.connection(integration)
         if connection is None:
-            raise ReplayUnavailable(f"no settings for {integration!r}: start the console with --preset and "
-                                    "--settings for it (replaying needs the credentials)")
+            raise ReplayUnavailable(self.why_not_replayable(integration))
         async with self._replaying:  # one replay at a time: two would send the same letter twice
             engine = Engine(connection.preset, connection.settings, state=self.backend,
                             integration=connection.integration)
@@ -149,4 +179,4 @@ class _ReadOnly:
         return None
 
 
-__all__ = ["ConsoleSource", "Connection", "ReplayUnavailable", "letter_integration", "RecordQuery"]
+__all__ = ["ConsoleSource", "Configured", "Connection", "ReplayUnavailable", "letter_integration", "RecordQuery"]

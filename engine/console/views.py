@@ -163,7 +163,8 @@ def exchanges_table(exchanges: Sequence[Mapping[str, Any]]) -> str:
 
 
 def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replayable: set[str], message: str | None,
-                      causes: Sequence[str] = (), cause: str | None = None, *, csrf: str) -> str:
+                      causes: Sequence[str] = (), cause: str | None = None, *, csrf: str,
+                      why_not: Mapping[str, str] | None = None) -> str:
     parts = []
     if message:
         parts.append(f'<p class="notice" role="status" id="notice">{e(message)}</p>')
@@ -191,8 +192,8 @@ def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replaya
         actions = (f'<p class="actions"><button type="submit" name="mode" value="selected">Replay selected</button> '
                    f'<button type="submit" name="mode" value="all">{e(every)}</button></p>'
                    if name in replayable else
-                   '<p class="note">Replay needs this integration\'s credentials: start the console with '
-                   '<code>--preset</code> and <code>--settings</code> for it.</p>')
+                   f'<p class="note">Replay needs this integration\'s credentials: '
+                   f'{e((why_not or {}).get(name) or "start the console with --config FILE naming it")}.</p>')
         parts.append(f'<section class="integration"><h2>{e(name)} <small>{len(letters)} letter(s)</small></h2>'
                      f'<form method="post" action="/console/dead-letters/replay">'
                      f'<input type="hidden" name="csrf" value="{e(csrf)}">'
@@ -203,6 +204,24 @@ def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replaya
                      f'<th scope="col">Detail</th><th scope="col">Attempts</th><th scope="col">Action</th></tr></thead>'
                      f'<tbody>{"".join(rows)}</tbody></table>{actions}</form></section>')
     return page("Dead letters", "dead-letters", "".join(parts), csrf=csrf)
+
+
+def _lag(value: Any) -> str:
+    if not isinstance(value, int):
+        return '<span class="lag">Lag: not known (this store has no queue for it).</span>'
+    return f'<span class="lag">Lag: {value} event(s) not finished yet.</span>'
+
+
+def _configured(about: Mapping[str, Any] | None) -> str:
+    """An integration of the integrations file: where it comes from, and that it is edited there, not here."""
+    if not about:
+        return ""
+    state = "" if about.get("enabled") else " It is disabled (enabled: false)."
+    replay = ("Its dead letters can be replayed from here, with its own settings." if about.get("replayable")
+              else f"Its dead letters cannot be replayed from here: {about.get('why_not')}.")
+    return (f'<p class="note configured">Defined in <code>{e(about.get("file"))}</code> (preset '
+            f'<code>{e(about.get("preset"))}</code>): read-only here; change it in that file.{e(state)} '
+            f'{e(replay)}</p>')
 
 
 def _ms(value: Any) -> str:
@@ -235,7 +254,8 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
                      f'<th scope="col">p95</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
                      f'<p>Last error: {last_text}. Dead letters waiting: '
                      f'<a href="/console/dead-letters">{item["dead_letters"]}</a>. Last event: '
-                     f'{e(when(item.get("last_event_at")) or "—")}. Lag: not measured here.</p></section>')
+                     f'{e(when(item.get("last_event_at")) or "—")}. {_lag(item.get("lag"))}</p>'
+                     f'{_configured(item.get("configured"))}</section>')
     note = ('<p class="note">Figures come from the record of recent events (by default the last 10,000 per '
             'integration, at most 7 days); latency is from taking the event to its outcome, for delivered events.</p>')
     return page("Integrations", "integrations", note + "".join(cards), csrf=csrf)

@@ -4,7 +4,10 @@ It reproduces what a HubSpot integration has to handle (``docs/vendors/hubspot.m
 the exact ``Authorization: Bearer`` check, ``{"properties": {...}}`` bodies
 whose values are strings, the 400 ``VALIDATION_ERROR`` for a property the
 portal does not have, the 409 ``CONFLICT`` whose message names the existing
-contact's id, PATCH by id, search by email, the ``X-HubSpot-RateLimit-*``
+contact's id, PATCH by id, search by email, the batch upsert by email
+(``POST /crm/v3/objects/contacts/batch/upsert``: at most 100 inputs, 200
+when every input went through, 207 multi-status with an ``errors`` entry
+per refused input), the ``X-HubSpot-RateLimit-*``
 headers on every answer and the 429 ``TEN_SECONDLY_ROLLING`` body past the
 quota, plus injected faults. Where HubSpot's behaviour is unconfirmed (a
 non-string value, a string over 65,536 characters, an unknown top-level key)
@@ -50,7 +53,8 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, 409 CONFLICT, "
+SUMMARY = ("HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, batch upsert by email "
+           "(200/207), 409 CONFLICT, "
            "X-HubSpot-RateLimit-* headers and injected faults")
 
 __all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
@@ -68,7 +72,10 @@ LIFECYCLE_STAGES = ("subscriber", "lead", "marketingqualifiedlead", "salesqualif
                     "customer", "evangelist", "other")
 CREATE_KEYS = frozenset({"properties", "associations", "objectWriteTraceId"})
 UPDATE_KEYS = frozenset({"properties", "objectWriteTraceId"})
+UPSERT_INPUT_KEYS = frozenset({"id", "idProperty", "properties", "objectWriteTraceId"})
+MAX_BATCH_INPUTS = 100  # developers.hubspot.com, Contacts guide: batch endpoints take up to 100 records
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DOTS = re.compile(r"^\.|\.\.|\.@")  # a dot-atom local part (RFC 5322): no leading, trailing or double dot
 
 
 @dataclass
@@ -146,11 +153,13 @@ class SandboxState(FaultedState):
         self.next_id = 1
         self.creates = 0
         self.updates = 0
+        self.batches: list[list[str]] = []  # the ids of each batch upsert's inputs, in order
         self.statuses: list[int | str] = []
         self.requests: list[dict[str, Any]] = []
         self.reset_faults()
         self.burst = FixedWindowQuota(self.config.quota, self.config.window)
-        self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0)
+        # The daily limit resets at midnight (the portal's time zone; UTC here), not 24 h after a first request.
+        self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0, aligned=True)
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
         if not email:  # a contact without an email has "" as one
@@ -184,6 +193,7 @@ class SandboxState(FaultedState):
             "contacts": [{"id": cid, "properties": dict(props)} for cid, props in self.contacts.items()],
             "creates": self.creates,
             "updates": self.updates,
+            "batches": [list(ids) for ids in self.batches],
             "statuses": list(self.statuses),
             "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
@@ -248,7 +258,7 @@ def _check_properties(state: SandboxState, properties: Mapping[str, Any]) -> dic
             problems.append(_problem(name, "INVALID_STRING", f"{json.dumps(value)} is not a string value"))
         elif len(value) > MAX_TEXT_LENGTH:
             problems.append(_problem(name, "INVALID_LONG", f"value is {len(value)} characters; the limit is {MAX_TEXT_LENGTH}"))
-        elif name == "email" and value and not _EMAIL.match(value):
+        elif name == "email" and value and (not _EMAIL.match(value) or _DOTS.search(value)):
             problems.append(_problem(name, "INVALID_EMAIL", f"Email address {value} is invalid"))
         elif name == "lifecyclestage" and value and value not in LIFECYCLE_STAGES:
             problems.append(_problem(name, "INVALID_OPTION", f"{value} was not one of the allowed options: "
@@ -343,6 +353,89 @@ async def get_contact(request: web.Request) -> web.Response:
     return web.json_response(_resource(state, contact_id, names))
 
 
+def _upsert_one(state: SandboxState, item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One input of a batch upsert by email: (the upserted object, None) or (None, its error entry)."""
+    item_id = item.get("id") if isinstance(item, dict) else None
+    context = {"id": [item_id if isinstance(item_id, str) else json.dumps(item_id)]}
+    try:
+        if not isinstance(item_id, str) or not item_id:
+            raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: id must be a non-empty string.")
+        unknown = sorted(set(item) - UPSERT_INPUT_KEYS)
+        if unknown:
+            raise ApiError(400, "VALIDATION_ERROR", f"Invalid input JSON: Unrecognized field \"{unknown[0]}\".")
+        if not isinstance(item.get("properties"), dict):
+            raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set "
+                           "[properties].")
+        properties = _check_properties(state, {"email": item_id, **item["properties"]})
+        if properties["email"].lower() != item_id.lower():
+            raise ApiError(400, "VALIDATION_ERROR", "The email property does not match the input's id.")
+    except ApiError as exc:
+        return None, {"status": "error", "category": exc.category, "message": exc.message, "context": context,
+                      "errors": [], "links": {}}
+    now = iso_millis(state.clock())
+    existing = state.owner_of(item_id)
+    if existing is None:
+        existing = str(state.next_id)
+        state.next_id += 1
+        state.store(existing, {k: v for k, v in properties.items() if v != ""})
+        state.meta[existing] = {"createdAt": now, "updatedAt": now}
+        state.creates += 1
+        new = True
+    else:
+        state.change(existing, properties)
+        state.meta[existing]["updatedAt"] = now
+        state.updates += 1
+        new = False
+    return {**_resource(state, existing, sorted(properties)), "new": new}, None
+
+
+async def batch_upsert_contacts(request: web.Request) -> web.Response:
+    """``POST /crm/v3/objects/contacts/batch/upsert`` by ``idProperty: email``.
+
+    The request as a whole is refused with a 400 (bad JSON, no inputs, over
+    100 inputs, an id property that is not unique, one id twice); otherwise
+    every input is upserted on its own: 200 when all went through, 207 with
+    an ``errors`` entry (its ``context.id`` naming the input) per refused one.
+    """
+    state = _state(request)
+    started = iso_millis(state.clock())
+    if request.content_type != "application/json":
+        raise ApiError(415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; "
+                       "send application/json.")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
+    inputs = body.get("inputs") if isinstance(body, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set [inputs].")
+    if len(inputs) > MAX_BATCH_INPUTS:
+        raise ApiError(400, "VALIDATION_ERROR", f"Batch input limit exceeded: {len(inputs)} inputs, the limit is "
+                       f"{MAX_BATCH_INPUTS}.")
+    for item in inputs:
+        id_property = item.get("idProperty") if isinstance(item, dict) else None
+        if id_property != "email":
+            raise ApiError(400, "VALIDATION_ERROR", f"Unable to perform update/upsert by non-unique 0-1 property "
+                           f"{id_property!r}; this sandbox upserts contacts by email.")
+    ids = [str(item.get("id", "")).lower() for item in inputs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ApiError(400, "VALIDATION_ERROR", f"Duplicate IDs found in batch input: {duplicates}. IDs must be unique")
+    state.batches.append([str(item.get("id")) for item in inputs])
+    results, errors = [], []
+    for item in inputs:
+        result, error = _upsert_one(state, item)
+        if result is not None:
+            results.append(result)
+        if error is not None:
+            errors.append(error)
+    answer: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": started,
+                              "completedAt": iso_millis(state.clock())}
+    if errors:
+        return web.json_response({**answer, "numErrors": len(errors), "errors": errors}, status=207)
+    return web.json_response(answer, status=200)
+
+
 def _search_email(body: Any) -> str:
     """The email of the one filter this fake understands: ``email EQ <value>``."""
     groups: Any = body.get("filterGroups") if isinstance(body, dict) else None  # JSON, checked by unpacking
@@ -435,6 +528,7 @@ def create_app(config: SandboxConfig) -> web.Application:
     app = create_sandbox_app(STATE_KEY, SandboxState(config), api_middleware(API_PREFIX, _state, _admit, _route_error))
     app.router.add_post("/crm/v3/objects/contacts", protected(create_contact))
     app.router.add_post("/crm/v3/objects/contacts/search", protected(search_contacts))
+    app.router.add_post("/crm/v3/objects/contacts/batch/upsert", protected(batch_upsert_contacts))
     app.router.add_get("/crm/v3/objects/contacts/{contact}", protected(get_contact))
     app.router.add_patch("/crm/v3/objects/contacts/{contact}", protected(update_contact))
     return app

@@ -48,6 +48,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
+import orjson
 from aiohttp import web
 
 from ..state.queue import EventQueue
@@ -318,7 +319,7 @@ class Intake:
                 for event in events:
                     if event.get("type") == "identify":
                         self.remember(event)
-            await self.queue.append([json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in events])
+            await self.queue.append([_body(e) for e in events])
         except OSError as exc:
             log.error("intake: could not queue %d event(s): %s", len(events), exc.strerror or type(exc).__name__)
             raise Refused(503, "unavailable", "the events could not be queued; retry shortly", "unavailable",
@@ -327,13 +328,19 @@ class Intake:
 
 def _parse(body: bytes) -> Any:
     try:
-        text = body.decode("utf-8")
+        return event_json.loads(body)
     except UnicodeDecodeError as exc:
         raise Refused(400, "bad_request", f"the body is not UTF-8 (byte {exc.start})", "bad_request") from None
-    try:
-        return event_json.loads(text)
     except event_json.EventJsonError as exc:
         raise Refused(400, "bad_request", f"the body {exc}", "bad_request") from None
+
+
+def _body(event: dict[str, Any]) -> str:
+    """The event as the queue keeps it: compact JSON (orjson; the stdlib for an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(event).decode("utf-8")
+    except TypeError:  # orjson.JSONEncodeError: an integer only the stdlib writes exactly
+        return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
 
 
 def _events(route: str, document: Any) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ from ..language.settings import (
     resolve,
 )
 from ..language.yaml_source import YamlSourceError, load_yaml, read_source
+from ..state.record import preset_integration
 
 NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 TOP_KEYS = ("intake", "integrations")
@@ -110,38 +111,33 @@ class IntegrationsError(Exception):
         self.warnings = warnings or []
 
 
-def name_for_preset(preset_ref: str) -> str:
-    """The integration name of the old ``serve PRESET`` form.
-
-    The preset's name lower-cased, each run of characters outside [a-z0-9]
-    made one '-', trimmed of '-' (``outreach/lead-capture`` →
-    ``outreach-lead-capture``); a path preset uses its file stem.
-    """
-    text = preset_ref
-    if text.endswith((".yaml", ".yml")) or Path(text).is_file():
-        text = Path(text).stem
-    name = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return name[:63].strip("-") or "integration"
+def name_for_preset(preset: Preset) -> str:
+    """The integration name of the old ``serve PRESET`` form: the engine's one rule
+    (:func:`engine.state.record.preset_integration`), so ``serve PRESET``, ``run``, ``dlq replay PRESET``
+    and the console name a one-preset integration alike."""
+    return preset_integration(preset.name, preset.path)
 
 
 def single(preset: Preset, settings: Settings, preset_ref: str) -> IntegrationsConfig:
     """``serve PRESET --settings FILE``: one integration named after the preset."""
-    return IntegrationsConfig([Integration(name_for_preset(preset_ref), preset, settings, True, preset_ref)],
+    return IntegrationsConfig([Integration(name_for_preset(preset), preset, settings, True, preset_ref)],
                               stream=preset.name)
 
 
 def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
-                      preset_path: Sequence[str | Path] = (), require: bool | Collection[str] = True
-                      ) -> IntegrationsConfig:
+                      preset_path: Sequence[str | Path] = (), require: bool | Collection[str] = True,
+                      intake: bool = True) -> IntegrationsConfig:
     """Read and check an integrations file; raise :class:`IntegrationsError` listing every problem.
 
     ``require`` is False where credentials are not needed (the Redis intake,
     ``dlq list``): a missing secret is then not an error; a collection of
     names requires only those integrations' (``worker --integration``). A disabled
-    integration's credentials are never required.
+    integration's credentials are never required. ``intake=False`` (the
+    console) skips the ``intake:`` section: reading letters and records needs
+    no write key, so an unset ``${SIGNAL_WRITE_KEY}`` is no problem there.
     """
     config, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, require,
-                                       strict=False)
+                                       strict=False, intake=intake)
     if problems or config is None:
         raise IntegrationsError(problems, warnings)
     config.warnings = warnings
@@ -155,7 +151,7 @@ def read_integrations(path: str | Path, environ: Mapping[str, str] | None = None
     ``require`` is False by default: listing needs no credential, so an unset
     secret is not an error here (it is for ``serve``).
     """
-    return load_integrations(path, environ, preset_path=preset_path, require=require).integrations
+    return load_integrations(path, environ, preset_path=preset_path, require=require, intake=False).integrations
 
 
 def check_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
@@ -168,7 +164,8 @@ def check_integrations(path: str | Path, environ: Mapping[str, str] | None = Non
 
 # -- reading ---------------------------------------------------------------------
 def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path],
-          require: bool | Collection[str], *, strict: bool) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
+          require: bool | Collection[str], *, strict: bool,
+          intake: bool = True) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
     """``strict`` (``check``): each preset is checked as ``check PRESET`` does, bypassing the preset cache."""
     shown = str(path)
     problems: list[tuple[int, str]] = []
@@ -202,7 +199,8 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
     problems.extend((at([name], True), f"{shown}:{at([name], True)}: unknown key {name!r} (known: {known})")
                     for name in data if name not in TOP_KEYS)
     config = IntegrationsConfig([], path=shown)
-    _intake(data.get("intake"), shown, environ, at, config, problems, warnings)
+    if intake:
+        _intake(data.get("intake"), shown, environ, at, config, problems, warnings)
     declared = data.get("integrations")
     if not isinstance(declared, dict) or not declared:
         line = at(["integrations"]) if "integrations" in data else 1

@@ -4,7 +4,8 @@
 ``Engine()`` without one uses :class:`MemoryState` (nothing survives the
 process). A distributed backend (Redis, :mod:`engine.state.redis`) implements
 the same five calls, and may offer a sixth, ``rate_budget(name, rate,
-capacity)``: one rate budget for every process of a connection. Pipeline and
+capacity, clock)``: one rate budget for every process of a connection
+(the SQLite backend keeps it in ``state.db``, so a restart does not refill it). Pipeline and
 delivery code only ever see the store interfaces.
 """
 

@@ -144,17 +144,21 @@ def integration_name(preset_name: str) -> str:
     """The name an integration of one preset goes by: ``outreach/lead-capture`` → ``outreach-lead-capture``.
 
     Lower-cased; each run of characters outside ``[a-z0-9]`` becomes one
-    ``-``; no ``-`` at either end. Used wherever an outcome names no
-    integration of its own (a one-preset ``run``, ``serve`` or ``dlq replay``).
+    ``-``; no ``-`` at either end; at most 63 characters (an integrations
+    file's name rule, so the name also keys a queue row and a consumer group).
+    The one rule for every one-preset form (``run``, ``serve PRESET``,
+    ``dlq replay PRESET``, the console): see :func:`preset_integration`.
     """
-    return re.sub(r"[^a-z0-9]+", "-", preset_name.lower()).strip("-") or "preset"
+    return re.sub(r"[^a-z0-9]+", "-", preset_name.lower()).strip("-")[:63].strip("-") or "preset"
 
 
 def preset_integration(name: str, path: str | Path | None) -> str:
     """A preset's integration name: a built-in (or a preset found by name) by its name, a preset file by its stem.
 
     A file is taken as found by name when its path ends with the name
-    (``…/outreach/lead-capture.yaml`` for ``outreach/lead-capture``).
+    (``…/outreach/lead-capture.yaml`` for ``outreach/lead-capture``), so
+    ``outreach/lead-capture`` and ``presets/outreach/lead-capture.yaml`` are
+    one integration, whichever way a command was given it.
     """
     if path is None:
         return integration_name(name)

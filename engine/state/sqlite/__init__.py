@@ -17,13 +17,14 @@ from .dead_letters import SqliteDeadLetters
 from .identity import SqliteIdentityStore
 from .journal import SqliteJournal
 from .legacy import import_legacy
+from .rate_budget import SqliteRateBudget
 from .record import SqliteRecord
 from .tokens import LOCK_NAME, SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DB_NAME", "LOCK_NAME", "Database", "SqliteDeadLetters", "SqliteIdentityStore", "SqliteJournal",
-           "SqliteRecord", "SqliteState", "SqliteTokenStore"]
+           "SqliteRateBudget", "SqliteRecord", "SqliteState", "SqliteTokenStore"]
 
 
 class SqliteState:
@@ -62,6 +63,13 @@ class SqliteState:
 
     def tokens(self, client_id: str) -> SqliteTokenStore:
         return SqliteTokenStore(self.db, client_id)
+
+    def rate_budget(self, name: str, rate: float, capacity: float,
+                    clock: Callable[[], float] = time.monotonic) -> SqliteRateBudget:
+        """One rate window's budget, kept in ``state.db``: a restart does not refill it, and every
+        process on this state directory (a ``run`` and a ``dlq replay``) spends it once. ``clock``
+        is the engine's; the row's times are this state's wall clock."""
+        return SqliteRateBudget(self.db, name, rate, capacity, clock=clock, wall=self._clock)
 
     def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""

@@ -38,6 +38,20 @@ BUSY_SECONDS = 10.0
 # database made before gets them on open. The token answer's values
 # (auth.token_values) are kept beside the access token they came with.
 ADDED_COLUMNS = (("tokens", "token_values", "TEXT"),)
+# Tables added since schema 1, in SCHEMA too: a database made before gets them on open.
+# rate_budgets: each rate window's budget (see rate_budget.py), so a restart does not refill it.
+ADDED_TABLES = {"rate_budgets": """
+CREATE TABLE IF NOT EXISTS rate_budgets (
+    name TEXT PRIMARY KEY,
+    tokens REAL,
+    last REAL,
+    remaining REAL,
+    reset REAL,
+    reset_raw TEXT,
+    paused_until REAL,
+    in_flight INTEGER NOT NULL DEFAULT 0,
+    used_at REAL NOT NULL
+)"""}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS namespaces (
@@ -93,7 +107,7 @@ CREATE TABLE IF NOT EXISTS imported (
     source TEXT PRIMARY KEY,
     imported_at REAL NOT NULL
 );
-"""
+""" + ";".join(ADDED_TABLES.values()) + ";\n"
 
 STATE_FILE = FileKind("state database", SCHEMA, SCHEMA_VERSION,
                       frozenset({"namespaces", "identity", "journal", "dead_letters", "tokens"}), unmarked_version=1)
@@ -134,7 +148,16 @@ class Database:
             with self.write() as cur:
                 if needs_mark(self.conn, STATE_FILE):  # another process may have marked it meanwhile
                     mark(cur, STATE_FILE)
+        self._add_tables()
         self._add_columns()
+
+    def _add_tables(self) -> None:
+        """Tables added after schema 1; an older engine reading the database ignores them."""
+        present = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, ddl in ADDED_TABLES.items():
+            if table not in present:
+                with self.write() as cur:
+                    cur.execute(ddl)
 
     def _add_columns(self) -> None:
         """Columns added to a table after schema 1; an older engine reading the database ignores them."""

@@ -254,10 +254,12 @@ class SqliteQueue:
     # -- internals ------------------------------------------------------------
     def _insert(self, rows: list[tuple[str, float]]) -> None:
         with self._lock, self._transaction(StateWriteError):
-            for row in rows:
-                entry = self.conn.execute("INSERT INTO queue (body, enqueued_at) VALUES (?, ?)", row).lastrowid
-                self.conn.executemany("INSERT INTO pending (integration, id) VALUES (?, ?)",
-                                      [(name, entry) for name in self.integrations])
+            # AUTOINCREMENT ids only grow, and BEGIN IMMEDIATE keeps every other writer out: the rows above
+            # the largest id now are exactly this request's.
+            (before,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()
+            self.conn.executemany("INSERT INTO queue (body, enqueued_at) VALUES (?, ?)", rows)
+            self.conn.executemany("INSERT INTO pending (integration, id) SELECT ?, id FROM queue WHERE id > ?",
+                                  [(name, before) for name in self.integrations])
 
     def _finish(self, name: str, ids: list[int]) -> tuple[int, int]:
         """This integration is done with these entries; a body no integration still needs goes."""
