@@ -446,5 +446,7 @@ def test_a_run_while_the_destination_is_down_keeps_nothing_per_event(tmp_path: A
     if cause:
         assert result["causes"] == [cause], result
     grew = result["grew"]
-    # About 1.7 KB per event was kept (3.4 MB over these 2,000); now nothing that grows with them.
-    assert grew < 200_000, f"{grew} bytes more after 2,000 more events ({grew / 2_000:.0f} per event)"
+    # About 1.7 KB per event was kept (3.4 MB over these 2,000); now nothing that grows with them. The
+    # margin (1 MB, a sixth of that leak's growth) leaves room for caches and buffers that fill once
+    # (connection pools, SQLite's statement cache, the record's batch), which a loaded machine spreads out.
+    assert grew < 1_000_000, f"{grew} bytes more after 2,000 more events ({grew / 2_000:.0f} per event)"
