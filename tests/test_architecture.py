@@ -63,7 +63,7 @@ FORBIDDEN = {
     "pipeline": ("engine.delivery", "engine.state", "engine.runtime", "engine.cli", "engine.service",
                  "engine.language.compiler", "engine.console"),
     "delivery": ("engine.runtime", "engine.cli", "engine.service", "engine.language.compiler", "engine.console"),
-    "state": ("engine.delivery", "engine.runtime", "engine.cli", "engine.service", "engine.language.compiler",
+    "state": ("engine.pipeline", "engine.delivery", "engine.runtime", "engine.cli", "engine.service", "engine.language.compiler",
               "engine.console"),
     # The console is a face over the stores: nothing below it knows it, and it knows no command or service.
     "runtime": ("engine.console", "engine.cli", "engine.service"),
@@ -72,6 +72,7 @@ FORBIDDEN = {
     "outcome": ("engine.",),
     "redaction": ("engine.",),
     "log_context": ("engine.",),
+    "event_identity": ("engine.",),
 }
 
 
