@@ -116,6 +116,58 @@ def test_language_primitives_do_not_import_the_stages() -> None:
         assert not bad, f"language/{path.name} imports {bad}"
 
 
+def _module_name(path: Path) -> str:
+    parts = ["engine", *path.relative_to(ENGINE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Each engine module and the engine modules it imports, type-checking imports included.
+
+    ``from .. import outcome`` depends on ``engine.outcome``, not on the package:
+    a name that is a module counts as that module, any other name as its package.
+    """
+    modules = {_module_name(p): p for p in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = ["engine", *path.relative_to(ENGINE).parent.parts]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[: len(package) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                for alias in node.names:
+                    deps.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def test_no_two_modules_import_each_other() -> None:
+    """A circle (even one closed only for type checking) means neither side is below the other."""
+    graph = _module_graph()
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                circles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "imports go round: " + "; ".join(" -> ".join(c) for c in circles)
+
+
 VENDOR = re.compile(r"outreach|hubspot|salesloft|close\.com|api\.close|prospect", re.IGNORECASE)
 
 
