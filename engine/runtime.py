@@ -44,13 +44,13 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from . import outcome as oc
+from .compile.compiler import load_preset
 from .delivery.auth import Auth, build_auth
 from .delivery.batch import Batcher
 from .delivery.rate_limit import RateLimiter, bucket_shape
 from .delivery.sender import Sender
 from .delivery.trail import TrailingTransport, start_trail
 from .delivery.transport import AiohttpTransport, Transport
-from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve
 from .language.templates import TemplateError

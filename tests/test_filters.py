@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
+from engine.compile.compiler import load_preset
 from engine.event_identity import message_id_of
-from engine.language.compiler import load_preset
 from engine.language.expressions import Expression
 from engine.language.settings import resolve
 from engine.pipeline.consent import ConsentGate

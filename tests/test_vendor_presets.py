@@ -431,7 +431,7 @@ def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivere
 
 def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
     """``requests`` lists what a lookup_first delivery sends, in order; ``request`` stays the create."""
-    from engine.language.compiler import load_preset
+    from engine.compile.compiler import load_preset
     from engine.pipeline.prepare import Pipeline
 
     outcome = Pipeline(load_preset("close/leads"), CLOSE).dry_run(SAME_LEAD_TWICE[1], 0)
