@@ -43,23 +43,23 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import outcome as oc
-from .compile.compiler import load_preset
-from .delivery.auth import Auth, build_auth
-from .delivery.batch import Batcher
-from .delivery.rate_limit import RateLimiter, bucket_shape
-from .delivery.sender import Sender
-from .delivery.trail import TrailingTransport, start_trail
-from .delivery.transport import AiohttpTransport, Transport
-from .language.model import Preset
-from .language.settings import Settings, SettingsError, resolve
-from .language.templates import TemplateError
-from .outcome import Outcome
-from .pipeline.identity import IdentityMemory
-from .pipeline.prepare import Pipeline, Prepared
-from .redaction import Redactor
-from .state.backend import MemoryState, StateBackend, open_state
-from .state.buffered import (
+from .. import outcome as oc
+from ..compile.compiler import load_preset
+from ..delivery.auth import Auth, build_auth
+from ..delivery.batch import Batcher
+from ..delivery.rate_limit import RateLimiter, bucket_shape
+from ..delivery.sender import Sender
+from ..delivery.trail import TrailingTransport, start_trail
+from ..delivery.transport import AiohttpTransport, Transport
+from ..language.model import Preset
+from ..language.settings import Settings, SettingsError, resolve
+from ..language.templates import TemplateError
+from ..outcome import Outcome
+from ..pipeline.identity import IdentityMemory
+from ..pipeline.prepare import Pipeline, Prepared
+from ..redaction import Redactor
+from ..state.backend import MemoryState, StateBackend, open_state
+from ..state.buffered import (
     BufferedDeadLetters,
     BufferedIdentityStore,
     BufferedJournal,
@@ -67,11 +67,11 @@ from .state.buffered import (
     cancel_all,
     flush_all,
 )
-from .state.dead_letters import DeadLetterStore, entry_for
-from .state.identity import IdentityLimits, IdentityStore
-from .state.journal import DeliveryJournal, event_key
-from .state.record import Recorder, RecordLimits, integration_name, preset_integration
-from .state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
+from ..state.dead_letters import DeadLetterStore, entry_for
+from ..state.identity import IdentityLimits, IdentityStore
+from ..state.journal import DeliveryJournal, event_key
+from ..state.record import Recorder, RecordLimits, integration_name, preset_integration
+from ..state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
