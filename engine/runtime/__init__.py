@@ -39,7 +39,6 @@ from typing import (
     Iterator,
     Mapping,
 )
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -53,7 +52,6 @@ from ..delivery.trail import TrailingTransport, start_trail
 from ..delivery.transport import AiohttpTransport, Transport
 from ..language.model import Preset
 from ..language.settings import Settings, SettingsError, resolve
-from ..language.templates import TemplateError
 from ..outcome import Outcome
 from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline, Prepared
@@ -70,8 +68,13 @@ from ..state.buffered import (
 from ..state.dead_letters import DeadLetterStore, entry_for
 from ..state.identity import IdentityLimits, IdentityStore
 from ..state.journal import DeliveryJournal, event_key
-from ..state.record import Recorder, RecordLimits, integration_name, preset_integration
+from ..state.record import RecordLimits, integration_name, preset_integration
 from ..state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
+from .inputs import numbered, one_at_a_time
+from .journalling import already_delivered
+from .letters import letter_context, prepared_from_letter
+from .recording import recorder_for
+from .stopping import Stop, stopped_outcome
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
@@ -121,7 +124,7 @@ class Engine:
         self._sending: dict[str, asyncio.Future[None]] = {}
         # Deliveries under way, each with its count of requests sent (see stop()).
         self._active: dict[asyncio.Future[Outcome], list[int]] = {}
-        self._stop: _Stop | None = None
+        self._stop: Stop | None = None
         self._stop_requested: asyncio.Future[None] | None = None
 
         if state is None:
@@ -151,10 +154,7 @@ class Engine:
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         # The console's record of recent events, when the backend keeps one (state.db, Redis) and it is wanted.
-        record_store = getattr(backend, "record", None) if record is not False else None
-        self.recorder = Recorder(record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
-                                 self.integration, preset.name, redactor=self.redactor,
-                                 preset_path=str(preset.path) if preset.path else None) if record_store else None
+        self.recorder = recorder_for(backend, record, self.integration, preset, self.redactor)
         self.auth: Auth | None = None  # built on start(), with the transport
         # A backend shared by several processes may also share the rate budget (one for all workers).
         # Each further window has its own shared budget beside the first one's.
@@ -274,7 +274,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace)
         if self._stop is None:
-            self._stop = _Stop(reason, max(0.0, grace), deadline)
+            self._stop = Stop(reason, max(0.0, grace), deadline)
             if self._stop_requested is not None and not self._stop_requested.done():
                 self._stop_requested.set_result(None)
         elif deadline >= self._stop.deadline:
@@ -299,18 +299,6 @@ class Engine:
         """The grace period is over: whatever is still under way ends now, as a dead letter."""
         for work in list(self._active):
             work.cancel()
-
-    def _stopped_outcome(self, prepared: Prepared, sent: int) -> Outcome:
-        assert self._sender is not None and self._stop is not None
-        stop = self._stop
-        if not sent:
-            return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.NOT_SENT,
-                           detail=f"not sent: the run was stopped ({stop.reason}) before this event's request "
-                                  "left; kept for replay", request=self._sender.original_request(prepared), attempts=0)
-        return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.INTERRUPTED,
-                       detail=f"sent, but still unanswered when the run stopped ({stop.reason}, "
-                              f"{stop.grace:g}s grace): the destination may have it; kept for replay",
-                       request=self._sender.original_request(prepared), attempts=sent)
 
     async def _settle_auth(self) -> None:
         """A token request on the wire is awaited (its rotated refresh token must be saved); no new one starts."""
@@ -361,7 +349,7 @@ class Engine:
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
-        async for outcome in self.process_indexed(_enumerate(events)):
+        async for outcome in self.process_indexed(numbered(events)):
             yield outcome
 
     async def process_indexed(self, items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[Outcome]:
@@ -371,7 +359,7 @@ class Engine:
         without waiting for the next input (a queue consumer acknowledges in
         order). At most a few times ``concurrency`` deliveries are held at once.
         """
-        async for outcome in self.process_batches(_single_batches(items)):
+        async for outcome in self.process_batches(one_at_a_time(items)):
             yield outcome
 
     async def process_batches(self, batches: AsyncIterable[list[tuple[int, Any]]]) -> AsyncIterator[Outcome]:
@@ -490,13 +478,13 @@ class Engine:
 
     async def _replay_letter(self, entry: dict[str, Any]) -> Outcome:
         letter_id, key = entry.get("id"), entry.get("key")
-        prepared = self._prepared_from_letter(entry)
+        prepared = prepared_from_letter(entry, self.preset, self.settings, self.pipeline)
         if isinstance(prepared, str):
             return Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared)
         since = self._delivered_at(key) if isinstance(key, str) else None
         if since is not None and since >= float(entry.get("dead_lettered_at") or 0):
             self.dead_letters.remove(str(letter_id))
-            return await self._finish(self._already_delivered(prepared, since))
+            return await self._finish(already_delivered(prepared, since, self._sender_view(prepared)))
         result = await self._deliver(prepared, record=False, key=key if isinstance(key, str) else None)
         if result.cause == oc.NOT_SENT:
             return result  # stopped before it was sent: the letter stays as it was
@@ -504,7 +492,7 @@ class Engine:
             self.dead_letters.remove(str(letter_id))
         else:
             # The context too: a flow that got further this time resumes from there next time.
-            self.dead_letters.update({**entry, "context": self._letter_context(prepared),
+            self.dead_letters.update({**entry, "context": letter_context(prepared, self.redactor),
                                       "cause": result.cause, "detail": result.detail,
                                       "last_request": result.request, "last_response": result.response,
                                       "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
@@ -569,7 +557,7 @@ class Engine:
             await asyncio.wait([earlier])  # never cancels the first copy's future
         since = self._delivered_at(key)
         if since is not None:
-            return await self._finish(self._already_delivered(prepared, since))
+            return await self._finish(already_delivered(prepared, since, self._sender_view(prepared)))
         done = asyncio.get_running_loop().create_future()
         self._sending[key] = done
         try:
@@ -585,12 +573,10 @@ class Engine:
             log.error("state: could not read the delivery journal (%s)", exc.strerror or type(exc).__name__)
             return None
 
-    def _already_delivered(self, prepared: Prepared, since: float) -> Outcome:
+    def _sender_view(self, prepared: Prepared) -> dict[str, Any]:
+        """The event's first request as a person may see it (credential masked)."""
         assert self._sender is not None
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
-        return Outcome(prepared.index, prepared.message_id, oc.DELIVERED,
-                       detail=f"already delivered at {when} (delivery journal); not sent again",
-                       request=self._sender.original_request(prepared), attempts=0)
+        return self._sender.original_request(prepared)
 
     async def _deliver(self, prepared: Prepared, record: bool = True, key: str | None = None) -> Outcome:
         assert self._sender is not None and self._slots is not None
@@ -621,7 +607,7 @@ class Engine:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
                                                        self._sender.original_request(prepared), key,
-                                                       self._letter_context(prepared), integration=self.integration,
+                                                       letter_context(prepared, self.redactor), integration=self.integration,
                                                        filed_under=self.name))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
@@ -636,7 +622,7 @@ class Engine:
         """Send in a task of its own, so that :meth:`stop` can end it and the event still gets its outcome."""
         sent = [0]
         if self._stop is not None:
-            return self._stopped_outcome(prepared, 0)
+            return stopped_outcome(prepared, 0, self._stop, self._sender_view(prepared))
         work = asyncio.ensure_future(self._send_when_free(prepared, sent))
         self._active[work] = sent
         try:
@@ -645,7 +631,7 @@ class Engine:
             task = asyncio.current_task()
             if self._stop is None or not work.cancelled() or (task is not None and task.cancelling()):
                 raise  # the host cancelled this event, not stop()
-            return self._stopped_outcome(prepared, sent[0])
+            return stopped_outcome(prepared, sent[0], self._stop, self._sender_view(prepared))
         finally:
             del self._active[work]
             if not work.done():
@@ -676,65 +662,6 @@ class Engine:
                 log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
-    def _letter_context(self, prepared: Prepared) -> dict[str, Any]:
-        """What a replay needs besides the request: the traits and values the upsert's expressions read.
-
-        Both come from the event and the preset, never from the settings;
-        any known secret that an event carried anyway is scrubbed like the
-        request beside it.
-        """
-        context: dict[str, Any] = {"traits": prepared.traits, "values": prepared.values}
-        if prepared.action.flow:
-            # A flow also needs its document (the request is its first step's) and the answers of the
-            # steps already delivered, so that a replay resumes after them.
-            context.update(document=prepared.document, steps_done=prepared.steps_done)
-        return self.redactor.redact(context)
-
-    def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
-        """The request to re-send, or why this letter cannot be replayed here."""
-        request = entry.get("request")
-        action = self.preset.actions.get(str(entry.get("action")))
-        if not isinstance(request, dict) or action is None:
-            return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
-        # A letter written before it kept its context replays with none, as it always did.
-        context = found if isinstance(found := entry.get("context"), dict) else {}
-        traits, values = context.get("traits"), context.get("values")
-        traits = dict(traits) if isinstance(traits, dict) else {}
-        values = dict(values) if isinstance(values, dict) else {}
-        # The live credential goes only to the origin the settings name now.
-        try:
-            expected = _origin(action.request.url.render({"settings": self.settings.public(), "traits": traits,
-                                                          "values": values, "document": context.get("document")}))
-        except TemplateError as exc:
-            return f"its first request's URL cannot be built from the letter ({exc}); left in the store"
-        recorded = _origin(str(request.get("url")))
-        if recorded != expected:
-            return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
-        auth = self.preset.auth
-        headers = {k: v for k, v in (request.get("headers") or {}).items()
-                   if not (auth and auth.placement == "header" and auth.header and k.lower() == auth.header.lower())}
-        url = str(request.get("url"))
-        if auth and auth.placement == "query" and auth.header:
-            url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
-        if request.get("body") is not None:
-            headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
-        done = context.get("steps_done")
-        return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        url, headers, request.get("body"), traits, values,
-                        document=context.get("document") if action.flow else None,
-                        steps_done=dict(done) if isinstance(done, dict) and action.flow else {})
-
-
-class _Stop:
-    """Why and until when an engine that was stopped lets its requests on the wire finish."""
-
-    def __init__(self, reason: str, grace: float, deadline: float) -> None:
-        self.reason = reason
-        self.grace = grace
-        self.deadline = deadline
-        self.timer: asyncio.TimerHandle | None = None
-
-
 async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
                        fetching: "asyncio.Future[list[tuple[int, Any]]] | None") -> list[tuple[int, Any]]:
     """Cancel the fetch under way and close the source; a batch that arrived meanwhile is returned, not lost."""
@@ -751,35 +678,3 @@ async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
         except Exception as exc:  # noqa: BLE001 - the source's own cleanup cannot cost an outcome
             log.warning("the event source failed while closing: %s", type(exc).__name__)
     return late
-
-
-async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:
-    if hasattr(events, "__aiter__"):
-        index = 0
-        async for event in events:
-            yield index, event
-            index += 1
-    else:
-        for index, event in enumerate(events):
-            yield index, event
-
-
-def _without_query_param(url: str, name: str) -> str:
-    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
-    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote, safe="")))
-
-
-async def _single_batches(items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
-    async for item in items:
-        yield [item]
-
-
-def _origin(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}".lower()
-    except ValueError:
-        return ""
