@@ -34,9 +34,7 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Collection,
     Iterable,
-    Iterator,
     Mapping,
 )
 
@@ -68,12 +66,13 @@ from ..state.buffered import (
 from ..state.dead_letters import DeadLetterStore, entry_for
 from ..state.identity import IdentityLimits, IdentityStore
 from ..state.journal import DeliveryJournal, event_key
-from ..state.record import RecordLimits, integration_name, preset_integration
+from ..state.record import RecordLimits, preset_integration
 from ..state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
 from .inputs import numbered, one_at_a_time
 from .journalling import already_delivered
-from .letters import letter_context, prepared_from_letter
+from .letters import letter_context
 from .recording import recorder_for
+from .replay import Replaying
 from .stopping import Stop, stopped_outcome
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
@@ -85,7 +84,7 @@ log = logging.getLogger(__name__)
 CLOSE_RETRY_SECONDS = 30.0
 
 
-class Engine:
+class Engine(Replaying):
     def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | StateBackend | None = None,
                  token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
                  identity: IdentityStore | None = None, journal: DeliveryJournal | None = None,
@@ -436,68 +435,6 @@ class Engine:
             return prepared
         return asyncio.ensure_future(self._finish(prepared))
 
-    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Outcome]:
-        """Re-send every dead letter of this preset (or those with these ``ids``); keep only those that still fail.
-
-        A letter that cannot be replayed here (unknown action, or recorded for
-        another origin than the settings name now) stays in the store, and its
-        outcome says why. A letter whose event the journal says was delivered
-        since (a rerun sent it) is removed without sending it again. Each
-        letter is removed or updated on its own, so letters a concurrent run
-        adds meanwhile are never touched.
-        """
-        return [result async for result in self.replay_each_dead_letter(ids)]
-
-    async def replay_each_dead_letter(self, ids: Collection[str] | None = None) -> AsyncIterator[Outcome]:
-        """:meth:`replay_dead_letters`, one outcome at a time, in the store's order.
-
-        Letters are read a page at a time and at most a few times
-        ``concurrency`` are replayed at once, so memory does not grow with the
-        number of letters. Letters a concurrent run adds meanwhile are not
-        replayed (nor touched).
-        """
-        await self.start()
-        window = self.concurrency * 4
-        pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        for page in self.letter_pages():
-            for entry in page:
-                if ids is not None and entry.get("id") not in ids:
-                    continue
-                pending.append(self._track(self._replay(entry)))
-                while len(pending) >= window or (pending and pending[0].done()):
-                    yield self._named_outcome(await pending.popleft())
-        while pending:
-            yield self._named_outcome(await pending.popleft())
-
-    async def _replay(self, entry: dict[str, Any]) -> Outcome:
-        started = self._clock()
-        result = await self._replay_letter(entry)
-        if self.recorder is not None and result.cause != oc.NOT_SENT:
-            self.recorder.note(None, result, self._clock() - started, replay=True)
-        return result
-
-    async def _replay_letter(self, entry: dict[str, Any]) -> Outcome:
-        letter_id, key = entry.get("id"), entry.get("key")
-        prepared = prepared_from_letter(entry, self.preset, self.settings, self.pipeline)
-        if isinstance(prepared, str):
-            return Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared)
-        since = self._delivered_at(key) if isinstance(key, str) else None
-        if since is not None and since >= float(entry.get("dead_lettered_at") or 0):
-            self.dead_letters.remove(str(letter_id))
-            return await self._finish(already_delivered(prepared, since, self._sender_view(prepared)))
-        result = await self._deliver(prepared, record=False, key=key if isinstance(key, str) else None)
-        if result.cause == oc.NOT_SENT:
-            return result  # stopped before it was sent: the letter stays as it was
-        if result.outcome == oc.DELIVERED:
-            self.dead_letters.remove(str(letter_id))
-        else:
-            # The context too: a flow that got further this time resumes from there next time.
-            self.dead_letters.update({**entry, "context": letter_context(prepared, self.redactor),
-                                      "cause": result.cause, "detail": result.detail,
-                                      "last_request": result.request, "last_response": result.response,
-                                      "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
-        return result
-
     # -- internals ------------------------------------------------------------
     def _noted(self, event: Any, result: Outcome, started: float, traits: Mapping[str, Any] | None = None) -> Outcome:
         """Hand the outcome to the record of recent events (buffered; see :mod:`engine.state.record`)."""
@@ -505,28 +442,6 @@ class Engine:
             self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
                                traits=traits)
         return result
-
-    def letter_pages(self) -> Iterator[list[dict[str, Any]]]:
-        """This engine's dead letters, a page at a time: those kept under its name, and those of the same
-        integration kept under the other one: a named integration takes a one-preset run's (kept under the
-        preset: the console replays them so), a run takes those ``serve PRESET`` kept under the integration
-        named after the preset."""
-        yield from self.dead_letters.pages(self.name)
-        if not self._named:
-            if self.integration != self.name:
-                yield from self.dead_letters.pages(self.integration)
-            return
-        for page in self.dead_letters.pages(self.preset.name):
-            mine = [e for e in page if (e.get("integration") or integration_name(self.preset.name)) == self.integration]
-            if mine:
-                yield mine
-
-    def dead_letter_count(self) -> int:
-        """How many letters :meth:`letter_pages` holds (counted where the store can, without reading them)."""
-        if not self._named:
-            extra = self.dead_letters.count(self.integration) if self.integration != self.name else 0
-            return self.dead_letters.count(self.name) + extra
-        return sum(len(page) for page in self.letter_pages())
 
     def _named_outcome(self, result: Outcome) -> Outcome:
         if self._named:
