@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline
@@ -131,7 +131,7 @@ def test_a_pipeline_without_a_state_store_has_the_default_process_bound() -> Non
 def test_a_dry_runs_identity_memory_stops_growing_at_its_bound() -> None:
     """The pipeline a dry run uses, in a fresh process: memory flat once the bound is reached."""
     result = fresh_process("""
-        from engine.language.compiler import load_preset
+        from engine.compile.compiler import load_preset
         from engine.language.settings import resolve
         from engine.pipeline.identity import IdentityMemory
         from engine.pipeline.prepare import Pipeline
