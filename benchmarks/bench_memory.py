@@ -131,7 +131,7 @@ def unthrottled_preset(directory: Path, *, attempts: int | None = None) -> Path:
 def seed_letters(state_dir: Path, n: int, base_url: str) -> None:
     """N dead letters as a run writes them (the event's masked request, a 503 answer), in one transaction."""
     from engine import outcome as oc
-    from engine.language.compiler import load_preset
+    from engine.compile.compiler import load_preset
     from engine.language.settings import resolve
     from engine.pipeline.prepare import Pipeline
     from engine.state.dead_letters import entry_for

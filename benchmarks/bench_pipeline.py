@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import floor  # noqa: E402
 from workloads import drop_events, lead_events  # noqa: E402
 
-from engine.language.compiler import load_preset  # noqa: E402
+from engine.compile.compiler import load_preset  # noqa: E402
 from engine.language.settings import resolve  # noqa: E402
 from engine.pipeline import prepare as prepare_module  # noqa: E402
 from engine.pipeline.prepare import Pipeline  # noqa: E402

@@ -10,7 +10,7 @@ pipeline. Import :class:`Engine` to embed delivery in an async host, or
 import logging
 from typing import Any
 
-from .language.compiler import PresetError, load_preset
+from .compile.compiler import PresetError, load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve_settings
 from .outcome import Outcome

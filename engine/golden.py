@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from .compile.compiler import load_preset
 from .envelope import HttpRequest, masked_view
-from .language.compiler import load_preset
 from .language.model import Preset
 from .language.settings import resolve
 from .pipeline.prepare import Pipeline

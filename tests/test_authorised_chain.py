@@ -22,7 +22,7 @@ from engine import outcome as oc
 from engine.cli.main import main
 from engine.delivery.auth.oauth2 import OAuth2Auth
 from engine.delivery.auth.base import AuthFailure
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import SettingsError, resolve
 from engine.redaction import Redactor
 from engine.runtime import Engine

@@ -20,7 +20,7 @@ from language_fixtures import ACME_PRESET, lead, write_acme
 
 from engine import outcome as oc
 from engine.golden import ScriptedTransport
-from engine.language.compiler import PresetError, load_preset
+from engine.compile.compiler import PresetError, load_preset
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
 from engine.state.dead_letters import MemoryDeadLetters

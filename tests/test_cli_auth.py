@@ -30,9 +30,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from engine.cli.main import main
+from engine.compile.compiler import load_preset
 from engine.delivery.auth.authorization_code import authorization_url, exchange_code
 from engine.delivery.transport import HttpResponse
-from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 from engine.redaction import Redactor
 from engine.state.sqlite import SqliteState

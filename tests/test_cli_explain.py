@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from engine.cli import main
+from engine.compile.compiler import load_preset
 from engine.golden import discover
-from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 from engine.pipeline.explain import explain, outline
 from engine.pipeline.prepare import Pipeline

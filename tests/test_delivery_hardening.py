@@ -18,7 +18,7 @@ from engine import outcome as oc
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.outcome import Outcome
 from engine.pipeline.prepare import Pipeline
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
 from engine.language.settings import resolve

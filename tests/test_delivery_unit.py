@@ -34,7 +34,7 @@ from fakes import FakeTime
 from engine import outcome as oc
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.sqlite import SqliteState
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter
 from engine.runtime import Engine
 from engine.state.token_store import MemoryTokenStore

@@ -14,9 +14,9 @@ from typing import Any, AsyncIterator
 import pytest
 
 from engine import outcome as oc
+from engine.compile.compiler import load_preset
 from engine.delivery.transport import HttpResponse, TransportError
 from engine.envelope import HttpRequest
-from engine.language.compiler import load_preset
 from engine.runtime import Engine
 from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.journal import MemoryJournal, event_key

@@ -11,8 +11,8 @@ import pytest
 
 from engine import outcome as oc
 from engine.cli.main import main
+from engine.compile.compiler import PresetError, load_preset
 from engine.language import expressions
-from engine.language.compiler import PresetError, load_preset
 from engine.language.expressions import DEFAULT_LIMITS, Expression, ExpressionLimitError, ExpressionLimits
 from engine.language.settings import resolve
 from engine.pipeline.prepare import Pipeline

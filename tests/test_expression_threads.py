@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.expressions import Expression
 from engine.language.settings import resolve
 from engine.pipeline.prepare import Pipeline

@@ -7,15 +7,16 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.pipeline.consent import ConsentGate
-from engine.pipeline.event_shape import message_id_of, shape_problem
-from engine.pipeline.event_table import EventTable
+from engine.compile.compiler import load_preset
+from engine.event_identity import message_id_of
 from engine.language.expressions import Expression
+from engine.language.settings import resolve
+from engine.pipeline.consent import ConsentGate
+from engine.pipeline.event_shape import shape_problem
+from engine.pipeline.event_table import EventTable
 from engine.pipeline.identity import IdentityMemory, merged_traits
 from engine.pipeline.prepare import Pipeline
 from engine.state.identity import IdentityLimits, MemoryIdentityStore
-from engine.language.compiler import load_preset
-from engine.language.settings import resolve
 
 CONSENTED = {"consent": {"canonical": {"marketing": True}}}
 

@@ -19,7 +19,7 @@ from language_fixtures import ACME_PRESET, lead, write_acme
 
 from engine import outcome as oc
 from engine.golden import deliver_scripted
-from engine.language.compiler import PresetError, load_preset
+from engine.compile.compiler import PresetError, load_preset
 from engine.language.settings import resolve
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine

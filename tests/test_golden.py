@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from engine import outcome as oc
+from engine.compile.compiler import load_preset
 from engine.delivery.response_rules import Answer
 from engine.golden import (
     EXPECTED_SUFFIX,
@@ -32,7 +33,6 @@ from engine.golden import (
     run_case,
 )
 from engine.language import expressions
-from engine.language.compiler import load_preset
 from engine.language.settings import resolve
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

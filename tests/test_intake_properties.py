@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from redis_server import REDIS_SERVER, RedisServer
 
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline

@@ -142,7 +142,7 @@ def test_references_are_read_from_the_environment_and_relative_paths_from_the_fi
                                        ("Acme_CRM--Leads__V2.yaml", "acme-crm-leads-v2")])
 def test_the_one_preset_form_is_named_after_the_preset(tmp_path: Path, ref: str, name: str) -> None:
     """README: the name lower-cased, each run outside [a-z0-9] one '-'; a preset file goes by its file stem."""
-    from engine.language.compiler import load_preset
+    from engine.compile import load_preset
 
     builtin = load_preset("outreach/lead-capture")
     if ref.endswith(".yaml"):

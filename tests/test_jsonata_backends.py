@@ -20,8 +20,8 @@ import jsonschema
 import pytest
 
 from engine import golden
+from engine.compile.compiler import load_preset
 from engine.language import expressions, resources
-from engine.language.compiler import load_preset
 from engine.language.expressions import Expression, ExpressionError
 from engine.language.settings import resolve
 from engine.language.yaml_source import load_yaml

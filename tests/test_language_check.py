@@ -8,7 +8,7 @@ import pytest
 
 from language_fixtures import ACME_PRESET, write_acme
 
-from engine.language.compiler import PresetError, load_preset
+from engine.compile.compiler import PresetError, load_preset
 
 
 def problems(tmp_path: Path, *edits: tuple[str, str]) -> list[str]:

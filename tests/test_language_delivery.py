@@ -21,7 +21,7 @@ from engine import outcome as oc
 from engine.delivery.rate_limit import reset_seconds
 from engine.pipeline.lookup import encode_query
 from engine.golden import ScriptedRun, deliver_scripted
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
 
 KEY = "k-live-5f2a9c"

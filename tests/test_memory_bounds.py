@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline
@@ -131,7 +131,7 @@ def test_a_pipeline_without_a_state_store_has_the_default_process_bound() -> Non
 def test_a_dry_runs_identity_memory_stops_growing_at_its_bound() -> None:
     """The pipeline a dry run uses, in a fresh process: memory flat once the bound is reached."""
     result = fresh_process("""
-        from engine.language.compiler import load_preset
+        from engine.compile.compiler import load_preset
         from engine.language.settings import resolve
         from engine.pipeline.identity import IdentityMemory
         from engine.pipeline.prepare import Pipeline
@@ -446,5 +446,7 @@ def test_a_run_while_the_destination_is_down_keeps_nothing_per_event(tmp_path: A
     if cause:
         assert result["causes"] == [cause], result
     grew = result["grew"]
-    # About 1.7 KB per event was kept (3.4 MB over these 2,000); now nothing that grows with them.
-    assert grew < 200_000, f"{grew} bytes more after 2,000 more events ({grew / 2_000:.0f} per event)"
+    # About 1.7 KB per event was kept (3.4 MB over these 2,000); now nothing that grows with them. The
+    # margin (1 MB, a sixth of that leak's growth) leaves room for caches and buffers that fill once
+    # (connection pools, SQLite's statement cache, the record's batch), which a loaded machine spreads out.
+    assert grew < 1_000_000, f"{grew} bytes more after 2,000 more events ({grew / 2_000:.0f} per event)"

@@ -19,8 +19,8 @@ from typing import Callable
 
 import pytest
 
+from engine.compile.compiler import PresetError, load_preset
 from engine.language import yaml_source
-from engine.language.compiler import PresetError, load_preset
 from engine.language.yaml_source import YamlSourceError, _check_aliases, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.language.compiler import PresetError, load_preset
+from engine.compile.compiler import PresetError, load_preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"

@@ -440,7 +440,7 @@ WINDOWED = """\
 def windowed_limiter(tmp_path: Path, clock: FakeTime) -> RateLimiter:
     from language_fixtures import ACME_PRESET, write_acme
 
-    from engine.language.compiler import load_preset
+    from engine.compile.compiler import load_preset
 
     preset = load_preset(str(write_acme(tmp_path, ACME_PRESET, (
         "  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED))))
@@ -482,7 +482,7 @@ def test_one_window_still_works_alone() -> None:
 def test_check_names_a_window_mistake_at_its_line(tmp_path: Path) -> None:
     from language_fixtures import ACME_PRESET, write_acme
 
-    from engine.language.compiler import PresetError, load_preset
+    from engine.compile.compiler import PresetError, load_preset
 
     path = write_acme(tmp_path, ACME_PRESET, ("  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED.replace(
         "        per_seconds: 10\n      - requests", "        per_seconds: 10\n        window_alignment: clock\n      - requests")))

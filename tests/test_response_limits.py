@@ -16,7 +16,7 @@ from aiohttp import web
 from fakes import FakeTime
 
 from engine import outcome as oc
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.runtime import Engine
 
 SETTINGS = {"client_id": "cid", "client_secret": "s3cret-limits", "refresh_token": "rt-limits-0001"}

@@ -9,7 +9,7 @@ import pytest
 
 from engine import outcome as oc
 from engine.pipeline.prepare import Pipeline
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import SettingsError, SettingSpec, check_url, is_loopback, load_settings_file, resolve
 
 CREDENTIALS = {"client_id": "cid-123", "client_secret": "s3cr3t-client-value", "refresh_token": "rt-abcdef-123456"}

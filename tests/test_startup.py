@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.language import preset_cache, resources
-from engine.language.compiler import PresetError, load_preset
+from engine.compile import preset_cache
+from engine.compile.compiler import PresetError, load_preset
+from engine.language import resources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"
@@ -150,6 +152,26 @@ def test_an_edited_preset_is_read_again(tmp_path: Path, cache: Path) -> None:
     preset = load_preset(str(path))
     assert preset.events.track["Lead Submitted"].values == {"tag": "lead-v2"}
     assert len(list(cache.glob("*.json"))) == 2
+
+
+def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key covers the compiler and the static checks, wherever they live; a file it cannot read
+    would quietly leave them out, so every one must be found."""
+    engine = Path(preset_cache.__file__).resolve().parents[1]
+    copy = tmp_path / "engine"
+    for part in ("compile/compiler.py", "compile/preset_cache.py", "language/expression_check.py",
+                 "language/expressions.py"):
+        (copy / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(engine / part, copy / part)
+    monkeypatch.setattr(preset_cache, "__file__", str(copy / "compile" / "preset_cache.py"))
+    before = preset_cache._checks_digest()
+    assert before  # found every file: not the empty digest of a failed read
+    for part in ("compile/compiler.py", "language/expression_check.py", "language/expressions.py"):
+        with (copy / part).open("a", encoding="utf-8") as f:
+            f.write("\n# changed\n")
+        after = preset_cache._checks_digest()
+        assert after and after != before, part
+        before = after
 
 
 def test_an_invalid_preset_is_never_cached(tmp_path: Path, cache: Path) -> None:

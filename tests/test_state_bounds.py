@@ -129,7 +129,7 @@ def test_a_million_identified_users_are_all_remembered_with_one_index_search_eac
 def test_huge_traits_are_not_remembered_so_disk_and_memory_stay_small(tmp_path: Path) -> None:
     result = measured("""
         import os
-        from engine.language.compiler import load_preset
+        from engine.compile.compiler import load_preset
         from engine.language.settings import resolve
         from engine.pipeline.identity import IdentityMemory
         from engine.pipeline.prepare import Pipeline

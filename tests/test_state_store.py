@@ -25,7 +25,7 @@ from aiohttp import web
 
 from engine import outcome as oc
 from engine.golden import discover, render
-from engine.language.compiler import PresetError, load_preset
+from engine.compile.compiler import PresetError, load_preset
 from engine.language.settings import resolve
 from engine.outcome import Outcome
 from engine.pipeline.identity import IdentityMemory

@@ -18,7 +18,7 @@ from engine.language.expressions import Expression, ExpressionError
 from engine.pipeline.normalisers import NORMALISERS, InvalidValue, country, email, phone_e164, text
 from engine.pipeline.output_contract import ContractViolation, OutputContract, omit_empty
 from engine.pipeline.prepare import Pipeline
-from engine.language.compiler import load_preset
+from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
 from engine.language.templates import Template, TemplateError
 

@@ -503,7 +503,7 @@ def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivere
 
 def test_close_dry_run_shows_the_lookup_that_is_sent_first() -> None:
     """``requests`` lists what a lookup_first delivery sends, in order; ``request`` stays the create."""
-    from engine.language.compiler import load_preset
+    from engine.compile.compiler import load_preset
     from engine.pipeline.prepare import Pipeline
 
     outcome = Pipeline(load_preset("close/leads"), CLOSE).dry_run(SAME_LEAD_TWICE[1], 0)
@@ -538,7 +538,7 @@ UPSERTING = {
 
 def test_every_built_in_preset_with_an_upsert_is_in_the_replay_test() -> None:
     """A built-in preset added with an upsert or lookup must be replayed below too."""
-    from engine.language.compiler import load_preset
+    from engine.compile import load_preset
 
     built_in = {f"{p.parent.name}/{p.stem}" for p in (REPO / "presets").glob("*/*.yaml")}
     upserting = {name for name in built_in if any(a.upsert is not None for a in load_preset(name).actions.values())}
@@ -554,7 +554,7 @@ def test_a_dead_lettered_repeat_lead_is_replayed_by_the_cli_as_an_update_of_the_
     lookup, key and update as the first try would have: the destination then
     holds the person once, with the repeat's data (the title), not twice.
     """
-    from engine.language.compiler import load_preset
+    from engine.compile import load_preset
 
     module, credentials, urls, records = UPSERTING[preset]
     attempts = load_preset(preset).delivery.retries.max_attempts

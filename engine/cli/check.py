@@ -11,8 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from ..compile.compiler import PresetError, load_preset
 from ..language import resources
-from ..language.compiler import PresetError, load_preset
 from .common import add_preset_path_option, say
 from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 

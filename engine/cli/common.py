@@ -28,7 +28,7 @@ def add_preset_path_option(parser: argparse.ArgumentParser) -> None:
 
 def load_preset_arg(args: argparse.Namespace, name: str | None = None) -> Any:
     """The preset named on the command line, looked up in --preset-path folders first."""
-    from ..language.compiler import load_preset
+    from ..compile.compiler import load_preset
 
     return load_preset(name if name is not None else args.preset, getattr(args, "preset_path", []) or [])
 

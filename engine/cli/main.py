@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-from ..language.compiler import PresetError
+from ..compile.compiler import PresetError
 from ..language.settings import SettingsError
 from .common import LOCATION, UsageError, located
 from .logs import wants_json

@@ -47,7 +47,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
             raise UsageError("--integration NAME goes with --config FILE")
         if not args.preset:
             raise UsageError("name a PRESET, or pass --config FILE")
-        from ..language.compiler import load_preset
+        from ..compile.compiler import load_preset
         from ..service.integrations import name_for_preset
 
         names = [name_for_preset(load_preset(args.preset, args.preset_path))]  # unknown: a usage error

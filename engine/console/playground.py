@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..language.compiler import PresetError, load_preset
+from ..compile.compiler import PresetError, load_preset
 from ..language.resources import find_preset, known_presets
 from ..language.settings import resolve
 from ..pipeline.explain import explain

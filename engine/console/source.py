@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..language.compiler import load_preset
+from ..compile.compiler import load_preset
 from ..language.model import Preset
 from ..language.settings import Settings, resolve
 from ..outcome import Outcome

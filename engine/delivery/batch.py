@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
+from .exchange import Sending, Step
 from .transport import HttpRequest
-
-if TYPE_CHECKING:
-    from .sender import Sender, Step
 
 
 @dataclass(eq=False)
@@ -46,7 +44,7 @@ class _Item:
 class Batcher:
     """One per engine: a queue per batched action, a timer per queue, one request at a time per action."""
 
-    def __init__(self, sender: "Sender", settings: Mapping[str, Any], slots: asyncio.Semaphore,
+    def __init__(self, sender: Sending, settings: Mapping[str, Any], slots: asyncio.Semaphore,
                  sleep: Callable[[float], Awaitable[None]], key_of: Callable[[Prepared], str | None]) -> None:
         self.sender = sender
         self.public = settings
@@ -171,7 +169,7 @@ class Batcher:
             results.append((item, self._result(item, index, len(live), step)))
         return results
 
-    def _result(self, item: _Item, index: int, size: int, step: "Step") -> Outcome | None:
+    def _result(self, item: _Item, index: int, size: int, step: Step) -> Outcome | None:
         """This item's outcome from the request's answer; None: send it again with the next request."""
         spec = item.prepared.action.batch
         assert spec is not None

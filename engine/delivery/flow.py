@@ -10,18 +10,16 @@ replay resumes after them instead of sending them again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from .. import outcome as oc
 from ..outcome import Outcome
 from ..pipeline.flow_requests import StepBuildError, step_context, step_request, step_runs
 from ..pipeline.prepare import Prepared
-
-if TYPE_CHECKING:
-    from .sender import Sender
+from .exchange import Sending
 
 
-async def deliver_flow(sender: "Sender", prepared: Prepared, attempts: list[int],
+async def deliver_flow(sender: Sending, prepared: Prepared, attempts: list[int],
                        settings: Mapping[str, Any]) -> Outcome:
     action = prepared.action
     done = prepared.steps_done  # name -> answer {status, headers, body}, or None when skipped

@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from .. import outcome as oc
@@ -25,53 +24,16 @@ from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
 from .auth import Auth, AuthFailure, apply_credential, masked_view, refuses_static_credential
+from .exchange import Exchange, Step
 from .rate_limit import RateLimiter, seconds_until
 from .response_rules import Answer, Rule, first_match
 from .retry_policy import backoff_delay
-from .transport import HttpRequest, HttpResponse, Transport, TransportError
+from .transport import HttpRequest, Transport, TransportError
 from .upsert import Upserter, UpsertError
 
 log = logging.getLogger(__name__)
 
 MAX_RATE_LIMIT_WAITS = 10
-
-
-@dataclass
-class Exchange:
-    """One HTTP attempt as the rules and the Event Debugger see it."""
-
-    request: HttpRequest  # without the credential
-    response: HttpResponse | None = None
-    transport_error: str | None = None  # "timeout" | "connection"
-    error_text: str | None = None
-
-    step: str = "create"  # create | lookup | update, for rules that name a step
-
-    def answer(self) -> Answer:
-        if self.response is None:
-            return Answer(None, transport_error=self.transport_error or "connection", step=self.step)
-        return Answer.from_body(self.response.status, self.response.body, self.response.headers, self.step)
-
-    @property
-    def status(self) -> int | None:
-        return self.response.status if self.response is not None else None
-
-    def response_view(self) -> dict[str, Any]:
-        if self.response is None:
-            return {"error": self.transport_error, "message": self.error_text}
-        return self.response.view()
-
-
-@dataclass
-class Step:
-    """How one request ended under the rules: the verdict and the last exchange."""
-
-    verdict: str  # deliver | upsert | fail | exhausted | auth | unauthorised
-    exchange: Exchange | None
-    rule: Rule | None
-    auth_error: AuthFailure | None = None
-    tries: int = 0  # attempts of this one request (the outcome's attempts count the whole event)
-    renewed: bool = False  # the credential was renewed before the last attempt
 
 
 class Sender:

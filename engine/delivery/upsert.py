@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError, ExpressionLimitError
@@ -29,17 +29,15 @@ from ..outcome import Outcome
 from ..pipeline.lookup import LookupBuildError, lookup_request
 from ..pipeline.prepare import Prepared
 from ..pipeline.transform import TransformError, build_document
+from .exchange import Exchange, Sending, Step
 from .flow import deliver_flow
 from .transport import HttpRequest
-
-if TYPE_CHECKING:
-    from .sender import Exchange, Sender, Step
 
 
 class UpsertError(Exception):
     """A step could not be built (a preset bug) or found nothing; ``cause`` is the outcome's cause."""
 
-    def __init__(self, cause: str, message: str, exchange: "Exchange | None", *, dead_letter: bool = False) -> None:
+    def __init__(self, cause: str, message: str, exchange: Exchange | None, *, dead_letter: bool = False) -> None:
         super().__init__(message)
         self.cause = cause
         self.message = message
@@ -50,7 +48,7 @@ class UpsertError(Exception):
 class Upserter:
     """Runs an action's requests in the order its strategy says."""
 
-    def __init__(self, sender: "Sender", settings: Settings) -> None:
+    def __init__(self, sender: Sending, settings: Settings) -> None:
         self.sender = sender
         self.public = settings.public()
         self._keys = KeyedLocks()
@@ -106,7 +104,7 @@ class Upserter:
         return await self._update(prepared, spec, {**context, "found": found}, attempts, lookup, create)
 
     async def _find(self, prepared: Prepared, spec: UpsertSpec, context: dict[str, Any], attempts: list[int],
-                    conflict_step: "Step | None" = None) -> tuple[dict[str, Any] | None, "Exchange | None"]:
+                    conflict_step: Step | None = None) -> tuple[dict[str, Any] | None, Exchange | None]:
         """The existing record (or None), and the lookup's exchange when there was one."""
         where = f"actions.{prepared.action.name}.upsert"
         lookup_exchange = conflict_step.exchange if conflict_step else None
@@ -124,14 +122,14 @@ class Upserter:
         return (found if isinstance(found, dict) and found else None), lookup_exchange
 
     def _lookup_request(self, prepared: Prepared, spec: UpsertSpec, context: Mapping[str, Any],
-                        previous: "Exchange | None") -> HttpRequest:
+                        previous: Exchange | None) -> HttpRequest:
         try:
             return lookup_request(prepared.action, context, prepared.headers)
         except LookupBuildError as exc:
             raise UpsertError(exc.cause, exc.message, previous) from None
 
     async def _update(self, prepared: Prepared, spec: UpsertSpec, context: dict[str, Any], attempts: list[int],
-                      lookup: "Exchange | None", conflict: "Step | None") -> Outcome:
+                      lookup: Exchange | None, conflict: Step | None) -> Outcome:
         where = f"actions.{prepared.action.name}.upsert.update"
         previous = lookup or (conflict.exchange if conflict else None)
         action = prepared.action
@@ -156,7 +154,7 @@ class Upserter:
             result.detail = f"{merged} (id {ident})" if ident is not None else merged
         return result
 
-    def _render(self, where: str, spec: Any, context: Mapping[str, Any], previous: "Exchange | None",
+    def _render(self, where: str, spec: Any, context: Mapping[str, Any], previous: Exchange | None,
                 prepared: Prepared) -> tuple[str, dict[str, str]]:
         """URL and headers of a lookup or update: the action's headers (media types), then the step's own."""
         try:
@@ -200,7 +198,7 @@ class _StepEnded(Exception):
         self.outcome = outcome
 
 
-def _answer(exchange: "Exchange | None") -> dict[str, Any] | None:
+def _answer(exchange: Exchange | None) -> dict[str, Any] | None:
     if exchange is None or exchange.response is None:
         return None
     return exchange.response.rule_input()

@@ -14,15 +14,6 @@ _OBJECT_FIELDS = ("traits", "properties", "context")
 _ID_FIELDS = ("userId", "anonymousId", "messageId")
 
 
-def message_id_of(event: Any) -> str | None:
-    if not isinstance(event, dict):
-        return None
-    value = event.get("messageId")
-    if isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
-    return None
-
-
 def shape_problem(event: Any) -> str | None:
     """Why ``event`` is not a usable event, or None."""
     if not isinstance(event, dict):

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from .. import outcome as oc
+from ..event_identity import message_id_of
 from ..language.expressions import ExpressionError
 from ..language.model import ActionSpec, TraitSpec
-from .event_shape import message_id_of, shape_problem
+from .event_shape import shape_problem
 from .identity import merged_traits
 from .normalisers import InvalidValue
 from .output_contract import ContractViolation, omit_empty

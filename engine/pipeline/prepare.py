@@ -13,15 +13,16 @@ from typing import Any, Mapping
 
 from .. import outcome as oc
 from ..envelope import HttpRequest, masked_view
+from ..event_identity import message_id_of
 from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, AuthSpec, Preset
 from ..language.settings import Settings, SettingsError, resolve
 from ..language.templates import TemplateError
 from ..outcome import Outcome
 from .consent import ConsentGate
-from .event_shape import message_id_of, shape_problem
-from .identity import IdentityMemory, merged_traits
+from .event_shape import shape_problem
 from .flow_requests import StepBuildError, leading_requests, step_context, step_request
+from .identity import IdentityMemory, merged_traits
 from .lookup import LookupBuildError, lookup_request
 from .normalisers import InvalidValue
 from .transform import TransformError, build_document, normalise_traits

@@ -264,7 +264,7 @@ class Intake:
         header = request.headers.get("Authorization")
         if header is None:
             return None  # the body's writeKey is checked once it is parsed
-        scheme, _, value = header.partition(" ")
+        scheme, _sep, value = header.partition(" ")
         if scheme.lower() != "basic":
             raise Refused(401, "unauthorized", "use HTTP Basic with the write key as the username", "unauthorized")
         try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..language.compiler import PresetError, load_preset
+from ..compile.compiler import PresetError, load_preset
 from ..language.model import Preset
 from ..language.settings import (
     Settings,

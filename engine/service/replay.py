@@ -34,10 +34,10 @@ from typing import Callable, Literal
 
 log = logging.getLogger(__name__)
 
-RESERVED = "reserved"  # new: this request holds it now
-IN_FLIGHT = "in_flight"  # another copy holds it and is being queued
-COMMITTED = "committed"  # another copy was accepted
 Reservation = Literal["reserved", "in_flight", "committed"]
+RESERVED: Reservation = "reserved"  # new: this request holds it now
+IN_FLIGHT: Reservation = "in_flight"  # another copy holds it and is being queued
+COMMITTED: Reservation = "committed"  # another copy was accepted
 
 
 class SignatureMemory:

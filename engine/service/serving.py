@@ -434,7 +434,7 @@ def _metrics_app(metrics: Metrics, stopping: asyncio.Event) -> web.Application:
 
 async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Future[None]]) -> None:
     """Until a signal, or a worker ended on its own (an error)."""
-    waiter = asyncio.ensure_future(stop.wait())
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     finally:

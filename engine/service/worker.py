@@ -46,13 +46,13 @@ import time
 from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 from .. import outcome as oc
+from ..event_identity import message_id_of
+from ..log_context import current_integration
 from ..outcome import Outcome
 from ..runtime import Engine
 from ..state.dead_letters import entry_for
-from ..pipeline.event_shape import message_id_of
 from ..state.journal import event_key
 from ..state.queue import EventQueue, QueuedEvent
-from ..log_context import current_integration
 from . import event_json
 from .metrics import NO_REASON, Metrics
 

@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Protocol
 
-from ..pipeline.event_shape import message_id_of
+from ..event_identity import message_id_of
 
 
 def event_key(event: Any) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -78,7 +78,8 @@ class RedisDeadLetters:
         # The order set sorts by (score, id); page on that pair, up to the newest letter at the start.
         # A page asks for as many more as there were letters already seen at the cursor's score.
         with reading("the dead letters"):
-            newest = self.r.zrange(self._order, -1, -1, withscores=True)
+            # redis-py's stubs cannot tell WITHSCORES pairs from plain members.
+            newest = cast("list[tuple[bytes, float]]", self.r.zrange(self._order, -1, -1, withscores=True))
         if not newest:
             return
         last_id, last_score = newest[0]
@@ -87,8 +88,8 @@ class RedisDeadLetters:
         while True:
             low = cursor[0] if cursor is not None else "-inf"
             with reading("the dead letters"):
-                scored = self.r.zrangebyscore(self._order, low, last_score, start=0, num=size + seen_at_score,
-                                              withscores=True)
+                scored = cast("list[tuple[bytes, float]]", self.r.zrangebyscore(
+                    self._order, low, last_score, start=0, num=size + seen_at_score, withscores=True))
             fresh = [(member, score) for member, score in scored
                      if (cursor is None or (score, member) > cursor) and (score, member) <= (last_score, last_id)]
             if not fresh:

@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ..delivery.response_rules import Rule
-from ..pipeline.event_table import EventTable
-from ..pipeline.normalisers import NORMALISERS
-from ..pipeline.output_contract import OutputContract
-from . import preset_cache, resources
-from .expressions import (
+from ..language import resources
+from ..language.expressions import (
     DEFAULT_LIMITS,
     BackendError,
     Expression,
@@ -28,7 +25,7 @@ from .expressions import (
     ExpressionLimits,
     selected_backend,
 )
-from .model import (
+from ..language.model import (
     DEFAULT_DEDUPE_WINDOW_SECONDS,
     DEFAULT_IDENTITY_MAX_BYTES,
     DEFAULT_IDENTITY_TTL_DAYS,
@@ -36,8 +33,8 @@ from .model import (
     ActionSpec,
     AuthSpec,
     BatchSpec,
-    FlowStep,
     DeliverySpec,
+    FlowStep,
     IdentitySpec,
     LookupSpec,
     OutputSpec,
@@ -48,9 +45,13 @@ from .model import (
     TraitSpec,
     UpsertSpec,
 )
-from .settings import SettingSpec
-from .templates import TOKEN_ROOT, Template, TemplateError
-from .yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
+from ..language.settings import SettingSpec
+from ..language.templates import TOKEN_ROOT, Template, TemplateError
+from ..language.yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
+from ..pipeline.event_table import EventTable
+from ..pipeline.normalisers import NORMALISERS
+from ..pipeline.output_contract import OutputContract
+from . import preset_cache
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -285,7 +286,7 @@ class _Compiler:
         compiled = self._compile_expression(path, source)
         if compiled is None or self.checked_schemas is not None:
             return compiled  # a cached preset passed these checks when it was stored
-        from .expression_check import (  # only for a preset not in the cache
+        from ..language.expression_check import (  # only for a preset not in the cache
             InputShape,
             analyse,
         )
@@ -447,7 +448,7 @@ class _Compiler:
         """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
         if contract is None or self.checked_schemas is not None or not isinstance(source, str):
             return
-        from .expression_check import result_keys  # only for a preset not in the cache
+        from ..language.expression_check import result_keys  # only for a preset not in the cache
 
         for use in result_keys(source):
             allowed = contract.forbidden_key(use.path, use.key)

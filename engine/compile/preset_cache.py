@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from . import resources
+from ..language import resources
 
 CACHE_ENV = "SIGNAL_ENGINE_CACHE_DIR"
 FORMAT = b"signal-engine preset cache 1\0"
@@ -64,7 +64,7 @@ class CachedDocument:
 
     def _yaml(self) -> Any:
         if self._parsed is None:
-            from .yaml_source import load_yaml
+            from ..language.yaml_source import load_yaml
 
             self._parsed = load_yaml(self.path, self.text)
         return self._parsed
@@ -88,7 +88,7 @@ def digest(data: bytes) -> str:
 
 def read(path: Path) -> Source | None:
     """The preset's bytes and key; None if the file cannot be read (the loader reports why)."""
-    from .yaml_source import YamlSourceError, read_source
+    from ..language.yaml_source import YamlSourceError, read_source
 
     try:
         raw = read_source(path)  # a file over the size limit is not read whole
@@ -107,9 +107,11 @@ def read(path: Path) -> Source | None:
 def _checks_digest() -> bytes:
     """The code that decides whether a preset is sound: a new engine version, or another jsonatapy
     (which a cached preset's expressions are compiled by only when first used), re-checks cached presets."""
-    folder = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent
+    language = here.parent / "language"
     try:
-        code = b"".join((folder / name).read_bytes() for name in ("compiler.py", "expression_check.py", "expressions.py"))
+        code = b"".join(path.read_bytes() for path in (here / "compiler.py", language / "expression_check.py",
+                                                       language / "expressions.py"))
         return digest(code + _jsonatapy_files()).encode()
     except OSError:
         return b""

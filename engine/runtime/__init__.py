@@ -34,32 +34,28 @@ from typing import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Collection,
     Iterable,
-    Iterator,
     Mapping,
 )
-from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import outcome as oc
-from .delivery.auth import Auth, build_auth
-from .delivery.batch import Batcher
-from .delivery.rate_limit import RateLimiter, bucket_shape
-from .delivery.sender import Sender
-from .delivery.trail import TrailingTransport, start_trail
-from .delivery.transport import AiohttpTransport, Transport
-from .language.compiler import load_preset
-from .language.model import Preset
-from .language.settings import Settings, SettingsError, resolve
-from .language.templates import TemplateError
-from .outcome import Outcome
-from .pipeline.identity import IdentityMemory
-from .pipeline.prepare import Pipeline, Prepared
-from .redaction import Redactor
-from .state.backend import MemoryState, StateBackend, open_state
-from .state.buffered import (
+from .. import outcome as oc
+from ..compile.compiler import load_preset
+from ..delivery.auth import Auth, build_auth
+from ..delivery.batch import Batcher
+from ..delivery.rate_limit import RateLimiter, bucket_shape
+from ..delivery.sender import Sender
+from ..delivery.trail import TrailingTransport, start_trail
+from ..delivery.transport import AiohttpTransport, Transport
+from ..language.model import Preset
+from ..language.settings import Settings, SettingsError, resolve
+from ..outcome import Outcome
+from ..pipeline.identity import IdentityMemory
+from ..pipeline.prepare import Pipeline, Prepared
+from ..redaction import Redactor
+from ..state.backend import MemoryState, StateBackend, open_state
+from ..state.buffered import (
     BufferedDeadLetters,
     BufferedIdentityStore,
     BufferedJournal,
@@ -67,11 +63,17 @@ from .state.buffered import (
     cancel_all,
     flush_all,
 )
-from .state.dead_letters import DeadLetterStore, entry_for
-from .state.identity import IdentityLimits, IdentityStore
-from .state.journal import DeliveryJournal, event_key
-from .state.record import Recorder, RecordLimits, integration_name, preset_integration
-from .state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
+from ..state.dead_letters import DeadLetterStore, entry_for
+from ..state.identity import IdentityLimits, IdentityStore
+from ..state.journal import DeliveryJournal, event_key
+from ..state.record import RecordLimits, preset_integration
+from ..state.token_store import AUTHORISED_CHAIN, MemoryTokenStore, TokenStore
+from .inputs import numbered, one_at_a_time
+from .journalling import already_delivered
+from .letters import letter_context
+from .recording import recorder_for
+from .replay import Replaying
+from .stopping import Stop, stopped_outcome
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
@@ -82,7 +84,7 @@ log = logging.getLogger(__name__)
 CLOSE_RETRY_SECONDS = 30.0
 
 
-class Engine:
+class Engine(Replaying):
     def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | StateBackend | None = None,
                  token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
                  identity: IdentityStore | None = None, journal: DeliveryJournal | None = None,
@@ -121,7 +123,7 @@ class Engine:
         self._sending: dict[str, asyncio.Future[None]] = {}
         # Deliveries under way, each with its count of requests sent (see stop()).
         self._active: dict[asyncio.Future[Outcome], list[int]] = {}
-        self._stop: _Stop | None = None
+        self._stop: Stop | None = None
         self._stop_requested: asyncio.Future[None] | None = None
 
         if state is None:
@@ -151,10 +153,7 @@ class Engine:
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         # The console's record of recent events, when the backend keeps one (state.db, Redis) and it is wanted.
-        record_store = getattr(backend, "record", None) if record is not False else None
-        self.recorder = Recorder(record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
-                                 self.integration, preset.name, redactor=self.redactor,
-                                 preset_path=str(preset.path) if preset.path else None) if record_store else None
+        self.recorder = recorder_for(backend, record, self.integration, preset, self.redactor)
         self.auth: Auth | None = None  # built on start(), with the transport
         # A backend shared by several processes may also share the rate budget (one for all workers).
         # Each further window has its own shared budget beside the first one's.
@@ -274,7 +273,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, grace)
         if self._stop is None:
-            self._stop = _Stop(reason, max(0.0, grace), deadline)
+            self._stop = Stop(reason, max(0.0, grace), deadline)
             if self._stop_requested is not None and not self._stop_requested.done():
                 self._stop_requested.set_result(None)
         elif deadline >= self._stop.deadline:
@@ -299,18 +298,6 @@ class Engine:
         """The grace period is over: whatever is still under way ends now, as a dead letter."""
         for work in list(self._active):
             work.cancel()
-
-    def _stopped_outcome(self, prepared: Prepared, sent: int) -> Outcome:
-        assert self._sender is not None and self._stop is not None
-        stop = self._stop
-        if not sent:
-            return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.NOT_SENT,
-                           detail=f"not sent: the run was stopped ({stop.reason}) before this event's request "
-                                  "left; kept for replay", request=self._sender.original_request(prepared), attempts=0)
-        return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.INTERRUPTED,
-                       detail=f"sent, but still unanswered when the run stopped ({stop.reason}, "
-                              f"{stop.grace:g}s grace): the destination may have it; kept for replay",
-                       request=self._sender.original_request(prepared), attempts=sent)
 
     async def _settle_auth(self) -> None:
         """A token request on the wire is awaited (its rotated refresh token must be saved); no new one starts."""
@@ -361,7 +348,7 @@ class Engine:
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
-        async for outcome in self.process_indexed(_enumerate(events)):
+        async for outcome in self.process_indexed(numbered(events)):
             yield outcome
 
     async def process_indexed(self, items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[Outcome]:
@@ -371,7 +358,7 @@ class Engine:
         without waiting for the next input (a queue consumer acknowledges in
         order). At most a few times ``concurrency`` deliveries are held at once.
         """
-        async for outcome in self.process_batches(_single_batches(items)):
+        async for outcome in self.process_batches(one_at_a_time(items)):
             yield outcome
 
     async def process_batches(self, batches: AsyncIterable[list[tuple[int, Any]]]) -> AsyncIterator[Outcome]:
@@ -448,68 +435,6 @@ class Engine:
             return prepared
         return asyncio.ensure_future(self._finish(prepared))
 
-    async def replay_dead_letters(self, ids: Collection[str] | None = None) -> list[Outcome]:
-        """Re-send every dead letter of this preset (or those with these ``ids``); keep only those that still fail.
-
-        A letter that cannot be replayed here (unknown action, or recorded for
-        another origin than the settings name now) stays in the store, and its
-        outcome says why. A letter whose event the journal says was delivered
-        since (a rerun sent it) is removed without sending it again. Each
-        letter is removed or updated on its own, so letters a concurrent run
-        adds meanwhile are never touched.
-        """
-        return [result async for result in self.replay_each_dead_letter(ids)]
-
-    async def replay_each_dead_letter(self, ids: Collection[str] | None = None) -> AsyncIterator[Outcome]:
-        """:meth:`replay_dead_letters`, one outcome at a time, in the store's order.
-
-        Letters are read a page at a time and at most a few times
-        ``concurrency`` are replayed at once, so memory does not grow with the
-        number of letters. Letters a concurrent run adds meanwhile are not
-        replayed (nor touched).
-        """
-        await self.start()
-        window = self.concurrency * 4
-        pending: collections.deque[asyncio.Future[Outcome]] = collections.deque()
-        for page in self.letter_pages():
-            for entry in page:
-                if ids is not None and entry.get("id") not in ids:
-                    continue
-                pending.append(self._track(self._replay(entry)))
-                while len(pending) >= window or (pending and pending[0].done()):
-                    yield self._named_outcome(await pending.popleft())
-        while pending:
-            yield self._named_outcome(await pending.popleft())
-
-    async def _replay(self, entry: dict[str, Any]) -> Outcome:
-        started = self._clock()
-        result = await self._replay_letter(entry)
-        if self.recorder is not None and result.cause != oc.NOT_SENT:
-            self.recorder.note(None, result, self._clock() - started, replay=True)
-        return result
-
-    async def _replay_letter(self, entry: dict[str, Any]) -> Outcome:
-        letter_id, key = entry.get("id"), entry.get("key")
-        prepared = self._prepared_from_letter(entry)
-        if isinstance(prepared, str):
-            return Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared)
-        since = self._delivered_at(key) if isinstance(key, str) else None
-        if since is not None and since >= float(entry.get("dead_lettered_at") or 0):
-            self.dead_letters.remove(str(letter_id))
-            return await self._finish(self._already_delivered(prepared, since))
-        result = await self._deliver(prepared, record=False, key=key if isinstance(key, str) else None)
-        if result.cause == oc.NOT_SENT:
-            return result  # stopped before it was sent: the letter stays as it was
-        if result.outcome == oc.DELIVERED:
-            self.dead_letters.remove(str(letter_id))
-        else:
-            # The context too: a flow that got further this time resumes from there next time.
-            self.dead_letters.update({**entry, "context": self._letter_context(prepared),
-                                      "cause": result.cause, "detail": result.detail,
-                                      "last_request": result.request, "last_response": result.response,
-                                      "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
-        return result
-
     # -- internals ------------------------------------------------------------
     def _noted(self, event: Any, result: Outcome, started: float, traits: Mapping[str, Any] | None = None) -> Outcome:
         """Hand the outcome to the record of recent events (buffered; see :mod:`engine.state.record`)."""
@@ -517,28 +442,6 @@ class Engine:
             self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
                                traits=traits)
         return result
-
-    def letter_pages(self) -> Iterator[list[dict[str, Any]]]:
-        """This engine's dead letters, a page at a time: those kept under its name, and those of the same
-        integration kept under the other one: a named integration takes a one-preset run's (kept under the
-        preset: the console replays them so), a run takes those ``serve PRESET`` kept under the integration
-        named after the preset."""
-        yield from self.dead_letters.pages(self.name)
-        if not self._named:
-            if self.integration != self.name:
-                yield from self.dead_letters.pages(self.integration)
-            return
-        for page in self.dead_letters.pages(self.preset.name):
-            mine = [e for e in page if (e.get("integration") or integration_name(self.preset.name)) == self.integration]
-            if mine:
-                yield mine
-
-    def dead_letter_count(self) -> int:
-        """How many letters :meth:`letter_pages` holds (counted where the store can, without reading them)."""
-        if not self._named:
-            extra = self.dead_letters.count(self.integration) if self.integration != self.name else 0
-            return self.dead_letters.count(self.name) + extra
-        return sum(len(page) for page in self.letter_pages())
 
     def _named_outcome(self, result: Outcome) -> Outcome:
         if self._named:
@@ -569,7 +472,7 @@ class Engine:
             await asyncio.wait([earlier])  # never cancels the first copy's future
         since = self._delivered_at(key)
         if since is not None:
-            return await self._finish(self._already_delivered(prepared, since))
+            return await self._finish(already_delivered(prepared, since, self._sender_view(prepared)))
         done = asyncio.get_running_loop().create_future()
         self._sending[key] = done
         try:
@@ -585,12 +488,10 @@ class Engine:
             log.error("state: could not read the delivery journal (%s)", exc.strerror or type(exc).__name__)
             return None
 
-    def _already_delivered(self, prepared: Prepared, since: float) -> Outcome:
+    def _sender_view(self, prepared: Prepared) -> dict[str, Any]:
+        """The event's first request as a person may see it (credential masked)."""
         assert self._sender is not None
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
-        return Outcome(prepared.index, prepared.message_id, oc.DELIVERED,
-                       detail=f"already delivered at {when} (delivery journal); not sent again",
-                       request=self._sender.original_request(prepared), attempts=0)
+        return self._sender.original_request(prepared)
 
     async def _deliver(self, prepared: Prepared, record: bool = True, key: str | None = None) -> Outcome:
         assert self._sender is not None and self._slots is not None
@@ -621,7 +522,7 @@ class Engine:
             try:
                 kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
                                                        self._sender.original_request(prepared), key,
-                                                       self._letter_context(prepared), integration=self.integration,
+                                                       letter_context(prepared, self.redactor), integration=self.integration,
                                                        filed_under=self.name))
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
@@ -636,7 +537,7 @@ class Engine:
         """Send in a task of its own, so that :meth:`stop` can end it and the event still gets its outcome."""
         sent = [0]
         if self._stop is not None:
-            return self._stopped_outcome(prepared, 0)
+            return stopped_outcome(prepared, 0, self._stop, self._sender_view(prepared))
         work = asyncio.ensure_future(self._send_when_free(prepared, sent))
         self._active[work] = sent
         try:
@@ -645,7 +546,7 @@ class Engine:
             task = asyncio.current_task()
             if self._stop is None or not work.cancelled() or (task is not None and task.cancelling()):
                 raise  # the host cancelled this event, not stop()
-            return self._stopped_outcome(prepared, sent[0])
+            return stopped_outcome(prepared, sent[0], self._stop, self._sender_view(prepared))
         finally:
             del self._active[work]
             if not work.done():
@@ -676,65 +577,6 @@ class Engine:
                 log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
-    def _letter_context(self, prepared: Prepared) -> dict[str, Any]:
-        """What a replay needs besides the request: the traits and values the upsert's expressions read.
-
-        Both come from the event and the preset, never from the settings;
-        any known secret that an event carried anyway is scrubbed like the
-        request beside it.
-        """
-        context: dict[str, Any] = {"traits": prepared.traits, "values": prepared.values}
-        if prepared.action.flow:
-            # A flow also needs its document (the request is its first step's) and the answers of the
-            # steps already delivered, so that a replay resumes after them.
-            context.update(document=prepared.document, steps_done=prepared.steps_done)
-        return self.redactor.redact(context)
-
-    def _prepared_from_letter(self, entry: Mapping[str, Any]) -> Prepared | str:
-        """The request to re-send, or why this letter cannot be replayed here."""
-        request = entry.get("request")
-        action = self.preset.actions.get(str(entry.get("action")))
-        if not isinstance(request, dict) or action is None:
-            return f"dead letter {entry.get('id')} has no request or names an unknown action; left in the store"
-        # A letter written before it kept its context replays with none, as it always did.
-        context = found if isinstance(found := entry.get("context"), dict) else {}
-        traits, values = context.get("traits"), context.get("values")
-        traits = dict(traits) if isinstance(traits, dict) else {}
-        values = dict(values) if isinstance(values, dict) else {}
-        # The live credential goes only to the origin the settings name now.
-        try:
-            expected = _origin(action.request.url.render({"settings": self.settings.public(), "traits": traits,
-                                                          "values": values, "document": context.get("document")}))
-        except TemplateError as exc:
-            return f"its first request's URL cannot be built from the letter ({exc}); left in the store"
-        recorded = _origin(str(request.get("url")))
-        if recorded != expected:
-            return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
-        auth = self.preset.auth
-        headers = {k: v for k, v in (request.get("headers") or {}).items()
-                   if not (auth and auth.placement == "header" and auth.header and k.lower() == auth.header.lower())}
-        url = str(request.get("url"))
-        if auth and auth.placement == "query" and auth.header:
-            url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
-        if request.get("body") is not None:
-            headers.setdefault("Content-Type", self.pipeline.request_headers(action.name).get("Content-Type", "application/json"))
-        done = context.get("steps_done")
-        return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                        url, headers, request.get("body"), traits, values,
-                        document=context.get("document") if action.flow else None,
-                        steps_done=dict(done) if isinstance(done, dict) and action.flow else {})
-
-
-class _Stop:
-    """Why and until when an engine that was stopped lets its requests on the wire finish."""
-
-    def __init__(self, reason: str, grace: float, deadline: float) -> None:
-        self.reason = reason
-        self.grace = grace
-        self.deadline = deadline
-        self.timer: asyncio.TimerHandle | None = None
-
-
 async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
                        fetching: "asyncio.Future[list[tuple[int, Any]]] | None") -> list[tuple[int, Any]]:
     """Cancel the fetch under way and close the source; a batch that arrived meanwhile is returned, not lost."""
@@ -751,35 +593,3 @@ async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
         except Exception as exc:  # noqa: BLE001 - the source's own cleanup cannot cost an outcome
             log.warning("the event source failed while closing: %s", type(exc).__name__)
     return late
-
-
-async def _enumerate(events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[tuple[int, Any]]:
-    if hasattr(events, "__aiter__"):
-        index = 0
-        async for event in events:
-            yield index, event
-            index += 1
-    else:
-        for index, event in enumerate(events):
-            yield index, event
-
-
-def _without_query_param(url: str, name: str) -> str:
-    from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
-    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote, safe="")))
-
-
-async def _single_batches(items: AsyncIterable[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
-    async for item in items:
-        yield [item]
-
-
-def _origin(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}".lower()
-    except ValueError:
-        return ""
