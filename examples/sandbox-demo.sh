@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README demo: the example event stream delivered to a local Outreach
+# The sandbox demo of docs/getting-started.md: the example event stream delivered to a local Outreach
 # sandbox, end to end, with no credentials and no network.
 #
 #   examples/sandbox-demo.sh

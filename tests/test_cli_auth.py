@@ -478,7 +478,7 @@ def test_the_code_exchange_sends_what_the_product_page_s_curl_sends() -> None:
                             "code": "the-code"}
 
 
-def test_the_readme_s_sandbox_settings_authorise_against_the_sandbox_s_defaults() -> None:
+def test_the_auth_guide_s_sandbox_settings_authorise_against_the_sandbox_s_defaults() -> None:
     """examples/sandbox-auth-settings.yaml: the sandbox's default app and port, and no refresh_token."""
     from engine.language.settings import load_settings_file
     from engine.sandbox.outreach import SandboxConfig, build_parser
@@ -488,5 +488,5 @@ def test_the_readme_s_sandbox_settings_authorise_against_the_sandbox_s_defaults(
     defaults = SandboxConfig()
     assert (values["client_id"], values["client_secret"]) == (defaults.client_id, defaults.client_secret)
     assert values["base_url"] == f"http://127.0.0.1:{build_parser().get_default('port')}"
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert "signal-engine auth outreach/lead-capture --settings examples/sandbox-auth-settings.yaml" in readme
+    guide = (REPO / "docs" / "guides" / "auth.md").read_text(encoding="utf-8")
+    assert "signal-engine auth outreach/lead-capture --settings examples/sandbox-auth-settings.yaml" in guide

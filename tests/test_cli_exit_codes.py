@@ -1,4 +1,4 @@
-"""Exit status, the same for every command (README, "Exit status"), and the hints for a wrong input format.
+"""Exit status, the same for every command (docs/guides/cli-run.md, "Exit status"), and the hints for a wrong input format.
 
 0: every event ended delivered, dropped or would_send (check/golden: nothing wrong);
 1: an event failed or was dead-lettered (check/golden: a problem was found);

@@ -23,7 +23,7 @@ PRESET = "outreach/lead-capture"
 CASES = [c for c in discover(REPO / "golden") if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)]  # dry-run cases
 GRANTED = {"consent": {"canonical": {"marketing": True}}}
 
-# README "What a run prints": which stage decides each drop reason and failure cause.
+# docs/concepts/outcomes.md: which stage decides each drop reason and failure cause.
 DECIDED_BY = {"invalid_event": "shape", "event_not_mapped": "event_table", "no_consent": "consent",
               "not_identified": "traits", "invalid_email": "traits", "output_invalid": "output",
               "mapping_error": "mapping"}

@@ -54,7 +54,7 @@ EXAMPLE_EVENTS = REPO / "examples" / "lead-capture.ndjson"
 # "Event Mapping" table of the product page: event -> tag applied besides "Signal".
 LEAD_EVENTS = ["Demo Requested", "Signed Up", "Lead Submitted", "Form Submitted"]
 TAG = {"Demo Requested": "demo-request", "Signed Up": "signup", "Lead Submitted": "lead", "Form Submitted": "form"}
-# The three consent shapes found in the wild (README, "consent"), all granting marketing.
+# The three consent shapes found in the wild (docs/guides/writing-a-preset.md, "consent"), all granting marketing.
 CONSENT_SHAPES = [{"canonical": {"marketing": True}}, {"marketing": True}, {"categories": ["necessary", "marketing"]}]
 
 MERGED = "merged into the existing prospect"

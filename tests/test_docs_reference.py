@@ -125,3 +125,35 @@ def test_every_schema_description_is_in_the_reference(pages: dict[str, str]) -> 
     for text in descriptions(schema):
         shown = " ".join(text.split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         assert shown in page.replace("\\|", "|"), f"description missing from the reference: {text[:80]!r}"
+
+
+def test_every_built_in_preset_has_a_destination_page_with_its_settings_events_auth_and_rules(
+        pages: dict[str, str]) -> None:
+    from ruamel.yaml import YAML
+
+    presets = sorted((REPO / "presets").glob("*/*.yaml"))
+    assert len(presets) >= 4
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    for path in presets:
+        name = f"destinations/{path.parent.name}-{path.stem}.md"
+        assert name in pages, f"{path.relative_to(REPO)} has no destination page"
+        assert name in nav, f"docs/{name} is not in mkdocs.yml's nav"
+        page = pages[name]
+        preset = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+        assert f"`{preset['preset']}`" in page
+        for setting in preset["settings"]:
+            assert f"| `{setting}` |" in page, f"{name}: the setting {setting} is missing"
+        for event in preset["events"].get("track", {}):
+            assert f"track `{event}`" in page, f"{name}: the event {event} is missing"
+        assert f"Kind: `{preset['auth']['type']}`" in page
+        for action in preset["actions"]:
+            assert f"## Action `{action}`" in page
+        rules = preset["delivery"]["responses"] + preset["auth"].get("errors", [])
+        rows = [line for line in page.splitlines() if line.startswith("| ") and "` | `" in line]
+        for rule in rules:
+            message = " ".join(rule.get("message", "").split())[:30]
+            assert any(f"| `{rule['then']}` |" in row and message in row for row in rows), \
+                f"{name}: the rule {rule['when']} -> {rule['then']} is missing"
+        for case in (REPO / "golden" / preset["preset"]).glob("*.json"):
+            if not case.name.endswith(".expected.json"):
+                assert f"| `{case.stem}` |" in page, f"{name}: the golden case {case.stem} is missing"

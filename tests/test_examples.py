@@ -1,4 +1,4 @@
-"""The shipped example stream, run through the CLI exactly as the README shows it.
+"""The shipped example stream, run through the CLI exactly as the README and docs/getting-started.md show it.
 
 ``examples/lead-capture.ndjson`` is a small, realistic stream: anonymous
 browsing, the product page's "Example: Demo Requested" (identify, then
@@ -58,7 +58,7 @@ def outcomes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     code = main(["run", "outreach/lead-capture", "--events", str(EXAMPLE), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    # stderr holds only the run's summary line (README, "What a run prints").
+    # stderr holds only the run's summary line (docs/concepts/outcomes.md).
     assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 would_send, 14 dropped \(11 event_not_mapped, "
                         r"1 invalid_email, 1 no_consent, 1 not_identified\)\n", captured.err), captured.err
     return [json.loads(line) for line in captured.out.splitlines()]

@@ -184,7 +184,7 @@ def _secret_values(case_spec: dict, presets: dict, preset_name: str) -> set[str]
 
 
 def test_no_secret_of_a_case_appears_in_any_expected_file(presets: dict) -> None:
-    """Client secret, refresh tokens and access tokens never reach a golden file (README: secrets never appear)."""
+    """Client secret, refresh tokens and access tokens never reach a golden file (docs/concepts/outcomes.md: secrets never appear)."""
     secrets: dict[str, GoldenCase] = {}
     for case, spec in _delivery_cases():
         for value in _secret_values(spec, presets, case.preset_name):

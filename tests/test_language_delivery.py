@@ -417,7 +417,7 @@ def test_order_by_keeps_one_persons_events_in_order_for_an_action_without_upsert
 
 
 def test_an_auth_errors_rule_judges_a_200_token_answer_without_an_access_token(tmp_path: Path) -> None:
-    """As the README says: a 2xx token answer holding an error instead of a token is matched by auth.errors."""
+    """As docs/concepts/preset-language.md says: a 2xx token answer holding an error instead of a token is matched by auth.errors."""
     rule = ("  rotates_refresh_token: false\n",
             "  rotates_refresh_token: false\n  errors:\n    - when: {status: 200, error: invalid_code}\n"
             "      then: reauthorise\n      message: the refresh token was refused\n")

@@ -1,4 +1,4 @@
-"""What a host imports: the names the README promises, its network-free example as written, the version."""
+"""What a host imports: the names the embedding guide promises, its network-free example as written, the version."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from engine import Outcome, Pipeline, SettingsError, load_preset, resolve_settin
 from engine import outcome as oc
 
 REPO = Path(__file__).resolve().parents[1]
-README = (REPO / "README.md").read_text(encoding="utf-8")
+# The embedding guide (docs/guides/embedding.md) documents the library surface.
+GUIDE = (REPO / "docs" / "guides" / "embedding.md").read_text(encoding="utf-8")
 LEAD = {"type": "track", "event": "Signed Up", "userId": "u-1",
         "traits": {"email": "jane@acme.com"}, "context": {"consent": {"canonical": {"marketing": True}}}}
 
@@ -25,23 +26,23 @@ def test_the_documented_imports_work() -> None:
     from engine import Engine, Outcome, Pipeline, SettingsError, load_preset, resolve_settings  # noqa: F401
 
     assert {"Engine", "Outcome", "Pipeline", "SettingsError", "load_preset", "resolve_settings"} <= set(engine.__all__)
-    assert "from engine import Engine, Outcome, Pipeline, SettingsError, load_preset, resolve_settings" in README
+    assert "from engine import Engine, Outcome, Pipeline, SettingsError, load_preset, resolve_settings" in GUIDE
 
 
-def _readme_block(marker: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README, re.DOTALL)
+def _guide_block(marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE, re.DOTALL)
     matching = [b for b in blocks if marker in b]
-    assert len(matching) == 1, f"expected one README python block containing {marker!r}"
+    assert len(matching) == 1, f"expected one embedding-guide python block containing {marker!r}"
     return matching[0]
 
 
-def test_the_readme_network_free_example_runs_as_written(tmp_path: Path) -> None:
-    code = _readme_block("pipeline.prepare(event)")
+def test_the_guide_s_network_free_example_runs_as_written(tmp_path: Path) -> None:
+    code = _guide_block("pipeline.prepare(event)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    # What the README says it prints: the product page's request, the email trimmed and lower-cased.
+    # What the guide says it prints: the product page's request, the email trimmed and lower-cased.
     assert proc.stdout == "POST https://api.outreach.io/api/v2/prospects ['jane.doe@acme.com']\n"
-    assert "It prints `POST https://api.outreach.io/api/v2/prospects ['jane.doe@acme.com']`." in README
+    assert "It prints `POST https://api.outreach.io/api/v2/prospects ['jane.doe@acme.com']`." in GUIDE
 
 
 def test_a_pipeline_takes_a_plain_dict_of_settings() -> None:
@@ -68,7 +69,7 @@ def test_outcome_to_dict_is_the_documented_line() -> None:
                   response={"status": 422}, attempts=1)
     assert list(out.to_dict()) == ["index", "messageId", "outcome", "cause", "detail", "attempts", "request",
                                    "response"]
-    assert "`Outcome.to_dict()` is the JSON line `run` prints" in README
+    assert "`Outcome.to_dict()` is the JSON line `run` prints" in GUIDE
 
 
 def test_version_is_the_package_version_everywhere(tmp_path: Path) -> None:

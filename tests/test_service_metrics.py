@@ -3,7 +3,7 @@
 Expected shapes come from the Prometheus naming and instrumentation
 practices (an empty label value is the same as no label, so it must not be
 used as a value; a ``*_created`` series doubles every counter) and from the
-metric descriptions in README "Run it as a service".
+metric descriptions in docs/guides/service.md, "Metrics".
 """
 
 from __future__ import annotations

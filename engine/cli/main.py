@@ -4,7 +4,7 @@ Every failure a user can cause is reported as one line on stderr; a
 traceback reaching a user is a bug, so ``main`` is the last line of defence.
 Each command lives in a module of its own; this one only dispatches.
 
-Exit status, the same for every command (README, "Exit status"):
+Exit status, the same for every command (docs/guides/cli-run.md, "Exit status"):
 0 every event ended delivered, dropped or would_send (or: nothing was found wrong);
 1 an event failed or was dead-lettered (or: ``check``/``golden`` found a problem);
 2 a usage or configuration error, before any event was processed;

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # types only: the stages below import this module
     from .settings import SettingSpec
     from .templates import Template
 
-# Defaults of the preset language (documented in schemas/preset.schema.json and the README).
+# Defaults of the preset language (documented in schemas/preset.schema.json and docs/concepts/preset-language.md).
 DEFAULT_IDENTITY_TTL_DAYS = 90
 DEFAULT_IDENTITY_MAX_BYTES = 512 * 1024 * 1024  # about 1.3 million ids at 400 bytes each
 DEFAULT_MAX_TRAIT_BYTES = 2048

@@ -143,7 +143,7 @@ class Pipeline:
         traits = normalise_traits(self.preset.identity.traits, raw, skip=spec.name, notes=notes)
         traits[spec.name] = key
         action = self.preset.actions[route.action]
-        # What the mapping sees as $ (documented in the README's authoring guide).
+        # What the mapping sees as $ (documented in docs/concepts/preset-language.md).
         mapping_input = {"event": event, "traits": traits, "values": route.values, "settings": self.public_settings}
         try:
             body = build_document(action, action.mapping, mapping_input, f"actions.{action.name}.mapping")

@@ -4,7 +4,7 @@ The engine's Outreach destination has to survive behaviour that is awkward to
 reproduce against the real service: refresh tokens that rotate on every use, a
 throttle on minting access tokens, an hourly request quota, duplicate-email
 rejections and flaky infrastructure.  This module imitates those behaviours on
-loopback so integration tests and the README demo can exercise them on
+loopback so integration tests and the sandbox demo (examples/sandbox-demo.sh) can exercise them on
 purpose, deterministically and without credentials.
 
 Behaviour follows Outreach's documentation and what production clients have

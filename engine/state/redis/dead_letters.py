@@ -4,7 +4,7 @@ A hash of letters by id, a sorted set giving their order, and a hash from
 (preset, event key) to the letter's id, so that a second failure of the same
 event replaces its letter (keeping the id), as in every store. Each change
 touches one letter and is one transaction. Redis keeps them as durably as it
-is configured to (``appendonly yes``; see the README).
+is configured to (``appendonly yes``; see docs/guides/redis.md, "Durability").
 """
 
 from __future__ import annotations
