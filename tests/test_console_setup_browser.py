@@ -82,10 +82,18 @@ def problem(driver: Any, name: str) -> str:
 
 
 def save(driver: Any) -> None:
-    driver.find_element(By.ID, "save").click()
+    click_and_wait(driver, driver.find_element(By.ID, "save"))
+
+
+def click_and_wait(driver: Any, button: Any) -> None:
+    """Click, then wait for the next page (not the old one still reporting itself complete)."""
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    old = driver.find_element(By.TAG_NAME, "html")
+    button.click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted(keyed: ConsoleProcess,
@@ -169,3 +177,49 @@ def test_a_save_without_the_page_csrf_token_is_refused(keyed: ConsoleProcess) ->
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
     assert keyed.rows() == []
+    forged = urllib.request.Request(keyed.base + "/integrations/forged/authorise", data=b"", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=10)
+    assert refused.value.code == 403
+
+
+def test_authorise_runs_the_auth_flow_and_stores_the_tokens_like_the_command(keyed: ConsoleProcess,
+                                                                             browser: Any) -> None:
+    from engine.state.token_store import AUTHORISED_CHAIN
+    from test_delivery_sandbox import ThreadedSandbox
+
+    client_secret = "cs-" + cryptography.Fernet.generate_key().decode()[:24]
+    sandbox = ThreadedSandbox(client_id="console-app", client_secret=client_secret,
+                              refresh_token="rt-unused-" + SECRET[3:],
+                              redirect_uris=["http://127.0.0.1/console/integrations/callback"])
+    sandbox.__enter__()
+    try:
+        open_page(browser, keyed.base + FORM)
+        # No refresh token: Authorise is how this integration gets one, as `signal-engine auth` would.
+        fill(browser, {"name": "outreach-auth", "setting.client_id": "console-app",
+                       "setting.client_secret": client_secret, "setting.base_url": sandbox.base_url})
+        browser.execute_script("document.querySelectorAll('[required]').forEach(e => e.removeAttribute('required'))")
+        save(browser)
+        assert "Saved outreach-auth." in browser.find_element(By.CSS_SELECTOR, "p.message").text
+        # The sandbox approves and redirects back to the console's callback, which exchanges the code.
+        click_and_wait(browser, browser.find_element(By.CSS_SELECTOR,
+                                                     'tr[data-integration="outreach-auth"] form.authorise button'))
+        if SHOTS is not None:
+            browser.save_screenshot(str(SHOTS / "setup-authorised.png"))
+        assert browser.find_element(By.ID, "message").text == ("Authorised outreach-auth; the tokens are stored in "
+                                                               "the state.")
+        with urllib.request.urlopen(f"{sandbox.base_url}/_sandbox/state", timeout=10) as answer:
+            upstream = json.load(answer)
+        assert upstream["authorizations"] == 1 and upstream["code_exchanges"] == 1
+        assert client_secret not in browser.page_source
+        assert not any(token in browser.page_source for token in upstream["refresh_tokens"])
+    finally:
+        sandbox.__exit__(None, None, None)
+    state = SqliteState(keyed.state)
+    try:
+        tokens = state.tokens("console-app").load(AUTHORISED_CHAIN)
+    finally:
+        state.close()
+    assert tokens is not None and tokens.access_token
+    assert tokens.refresh_token in upstream["refresh_tokens"]  # the live one upstream, as `auth` stores it
+    assert tokens.access_token not in browser.page_source

@@ -49,6 +49,8 @@ class Setup:
     store: IntegrationStore | None
     box: SecretBox | None = None
     no_secrets: str | None = None
+    # Authorisations under way (``state`` → integration, redirect URI, when): see :mod:`.authorise`.
+    pending: dict[str, tuple[str, str, float]] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
@@ -166,6 +168,9 @@ def add_routes(app: web.Application, setup: Setup) -> None:
     app[SETUP] = setup
     app.router.add_get("/integrations/new", new_page)
     app.router.add_post("/integrations/new", save_form)
+    from . import authorise
+
+    authorise.add_routes(app)
 
 
 def _preset(name: str) -> Preset | None:
@@ -187,9 +192,13 @@ async def new_page(request: web.Request) -> web.Response:
     preset = await asyncio.to_thread(_preset, chosen) if chosen else None
     listed = await asyncio.to_thread(setup.listed)
     saved = request.query.get("saved")
-    return _html(setup_views.setup_page(playground.presets(), preset, {}, {}, listed, setup.no_secrets,
+    message = request.query.get("message")
+    authorisable = await asyncio.to_thread(_authorisable, listed)
+    return _allowing(_html(setup_views.setup_page(playground.presets(), preset, {}, {}, listed, setup.no_secrets,
                                         csrf=setup.guard.csrf, saved=saved if saved else None,
-                                        categories=categories(preset) if preset else []))
+                                        message=message[:400] if message else None,
+                                        authorisable=set(authorisable),
+                                        categories=categories(preset) if preset else [])), authorisable.values())
 
 
 async def save_form(request: web.Request) -> web.Response:
@@ -213,6 +222,41 @@ async def save_form(request: web.Request) -> web.Response:
                                         setup.no_secrets, csrf=setup.guard.csrf, categories=categories(preset),
                                         ticked=[str(v) for v in form.getall(f"setting.{preset.consent_setting}", [])]),
                  status=422)
+
+
+def _authorisable(listed: list[StoredIntegration]) -> dict[str, str]:
+    """Integrations with an Authorise button, each with its authorize URL's origin.
+
+    The page's CSP must allow that origin in ``form-action``: the browser
+    checks a form's redirects against it, and Authorise is a form (a POST,
+    CSRF-checked) answered with a redirect to the destination.
+    """
+    from urllib.parse import urlsplit
+
+    from ..delivery.auth.authorization_code import authorization_url, can_authorise
+
+    out = {}
+    for item in listed:
+        preset = _preset(item.preset)
+        if preset is None or preset.auth is None or can_authorise(preset.auth) is not None:
+            continue
+        try:
+            settings = resolve(preset.settings, dict(item.values), require=False)
+            parts = urlsplit(authorization_url(preset.auth, settings, "", ""))
+        except (SettingsError, ValueError):
+            continue
+        if parts.scheme in ("http", "https") and parts.netloc:
+            out[item.name] = f"{parts.scheme}://{parts.netloc}"
+    return out
+
+
+def _allowing(response: web.Response, origins: Any) -> web.Response:
+    from .security import CSP
+
+    extra = " ".join(sorted(set(origins)))
+    if extra:
+        response.headers["Content-Security-Policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {extra}")
+    return response
 
 
 def _secret(preset: Preset, key: str) -> bool:

@@ -16,6 +16,12 @@ from .views import e, page, when
 FORM = "_form"
 
 
+def _authorise(name: str, csrf: str) -> str:
+    """A POST (CSRF-checked) that sends the browser to the destination's consent page, as ``signal-engine auth``."""
+    return (f'<form method="post" action="/console/integrations/{e(name)}/authorise" class="authorise">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}"><button type="submit">Authorise</button></form>')
+
+
 def refused(csrf: str) -> str:
     return page("Refused", "integrations", "<p>The form was stale or came from another site; reload the page and "
                 "try again.</p>", csrf=csrf)
@@ -73,11 +79,14 @@ def _field(preset: Preset, name: str, problems: Mapping[str, list[str]], shown: 
 def setup_page(presets: Sequence[str], preset: Preset | None, problems: Mapping[str, list[str]],
                shown: Mapping[str, Any], listed: Sequence[StoredIntegration], no_secrets: str | None, *,
                csrf: str, saved: str | None = None, categories: Sequence[str] = (),
-               ticked: Sequence[str] | None = None) -> str:
+               ticked: Sequence[str] | None = None, message: str | None = None,
+               authorisable: set[str] | frozenset[str] = frozenset()) -> str:
     parts = ['<p class="note">Integrations of the integrations file are read-only here (edit the file and '
              '<code>check</code> it). Those set up on this page are kept in the state store.</p>']
     if saved:
         parts.append(f'<p class="message" role="status">Saved {e(saved)}.</p>')
+    if message:
+        parts.append(f'<p class="message" id="message" role="status">{e(message)}</p>')
     if no_secrets:
         parts.append(f'<p class="error" id="no-secret-key" role="alert">Secrets cannot be stored: {e(no_secrets)}.</p>')
     options = "".join(f'<option value="{e(n)}"{" selected" if preset is not None and preset.name == n else ""}>'
@@ -98,11 +107,11 @@ def setup_page(presets: Sequence[str], preset: Preset | None, problems: Mapping[
             f'placeholder="lower-case, e.g. {e(preset.name.split("/")[0])}"{invalid}></label>'
             f'{_problems(problems, "name")}</div>{fields}'
             f'<button type="submit" id="save">Save</button></form>')
-    parts.append(_listed(listed))
+    parts.append(_listed(listed, authorisable, csrf))
     return page("Set up an integration", "integrations", "".join(parts), csrf=csrf)
 
 
-def _listed(listed: Sequence[StoredIntegration]) -> str:
+def _listed(listed: Sequence[StoredIntegration], authorisable: set[str] | frozenset[str], csrf: str) -> str:
     if not listed:
         return '<h2>Set up in the console</h2><p class="empty">None yet.</p>'
     rows = []
@@ -111,8 +120,9 @@ def _listed(listed: Sequence[StoredIntegration]) -> str:
                            for k, v in sorted(item.values.items())) or "defaults"
         secrets = ", ".join(f"{k}: set (encrypted)" for k in sorted(item.sealed)) or "none"
         rows.append(f'<tr data-integration="{e(item.name)}"><th scope="row">{e(item.name)}</th><td>{e(item.preset)}'
-                    f'</td><td>{e(values)}</td><td>{e(secrets)}</td><td>{e(when(item.saved_at))}</td></tr>')
+                    f'</td><td>{e(values)}</td><td>{e(secrets)}</td><td>{e(when(item.saved_at))}</td>'
+                    f'<td>{_authorise(item.name, csrf) if item.name in authorisable else ""}</td></tr>')
     return ('<h2>Set up in the console</h2><table class="console-integrations"><thead><tr><th scope="col">Name</th>'
             '<th scope="col">Preset</th><th scope="col">Settings</th><th scope="col">Secrets</th>'
-            f'<th scope="col">Saved</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f'<th scope="col">Saved</th><th scope="col"></th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
             f'<p class="note">Secrets are sealed with {KEY_ENV}; keep the key: without it they cannot be read back.</p>')
