@@ -79,3 +79,11 @@ def test_a_secret_sealed_with_another_key_does_not_open() -> None:
     with pytest.raises(SecretsUnavailable, match="does not open"):
         SecretBox(cryptography.Fernet.generate_key().decode()).open(token)
     assert json.loads(StoredIntegration("x", "p", {}, {"s": token}).to_doc())["sealed"]["s"] == token
+
+
+def test_only_a_plain_origin_of_an_authorize_url_reaches_the_page_s_csp() -> None:
+    from engine.console.setup import _authorisable
+
+    listed = [StoredIntegration("odd", "outreach/lead-capture", {"base_url": "https://evil;script-src *"}),
+              StoredIntegration("eu", "outreach/lead-capture", {"base_url": "https://api.example.com:8443"})]
+    assert _authorisable(listed) == {"eu": "https://api.example.com:8443"}

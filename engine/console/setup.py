@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -245,7 +246,9 @@ def _authorisable(listed: list[StoredIntegration]) -> dict[str, str]:
             parts = urlsplit(authorization_url(preset.auth, settings, "", ""))
         except (SettingsError, ValueError):
             continue
-        if parts.scheme in ("http", "https") and parts.netloc:
+        # Only a plain host[:port] goes into the CSP header: nothing a setting could use to widen the policy.
+        if parts.scheme in ("http", "https") and re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
+                                                             parts.netloc):
             out[item.name] = f"{parts.scheme}://{parts.netloc}"
     return out
 
