@@ -265,7 +265,8 @@ def test_event_data_is_shown_never_run(console: Console, browser: Any) -> None:
 
 def test_no_secret_in_any_page_or_api_answer_and_every_answer_has_a_csp(console: Console) -> None:
     events = json.loads(fetch(console.base + "/api/events")[1])["events"]
-    paths = ["/events", "/dead-letters", "/integrations", "/api/events", "/api/dead-letters", "/api/integrations",
+    paths = ["/events", "/dead-letters", "/integrations", "/integrations/new?preset=outreach/lead-capture",
+             "/api/events", "/api/dead-letters", "/api/integrations",
              "/static/console.js", *(f"/events/{e['id']}" for e in events), *(f"/api/events/{e['id']}" for e in events)]
     for path in paths:
         headers, body = fetch(console.base + path)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from aiohttp import web
 
 from ..state.record import RecordQuery
-from . import playground, views
+from . import playground, setup, views
 from .figures import health
 from .security import HEADERS, Guard, middleware
 from .source import ConsoleSource, ReplayUnavailable, letter_integration
@@ -60,6 +60,7 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/api/dead-letters", api_dead_letters)
     app.router.add_post("/api/dead-letters/replay", api_replay)
     app.router.add_get("/api/integrations", api_integrations)
+    setup.add_routes(app, setup.Setup.of(source, app[GUARD]))
 
     async def stop_streams(_: web.Application) -> None:
         app[STOPPING].set()

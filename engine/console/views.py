@@ -229,8 +229,9 @@ def _ms(value: Any) -> str:
 
 
 def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str:
+    add = '<p><a href="/console/integrations/new" class="button">Set up an integration</a></p>'
     if not figures:
-        return page("Integrations", "integrations", '<p class="empty">Nothing recorded yet.</p>', csrf=csrf)
+        return page("Integrations", "integrations", add + '<p class="empty">Nothing recorded yet.</p>', csrf=csrf)
     cards = []
     for item in figures:
         rows = []
@@ -258,7 +259,7 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
                      f'{_configured(item.get("configured"))}</section>')
     note = ('<p class="note">Figures come from the record of recent events (by default the last 10,000 per '
             'integration, at most 7 days); latency is from taking the event to its outcome, for delivered events.</p>')
-    return page("Integrations", "integrations", note + "".join(cards), csrf=csrf)
+    return page("Integrations", "integrations", add + note + "".join(cards), csrf=csrf)
 
 
 def login_page(problem: str | None, *, csrf: str) -> str:

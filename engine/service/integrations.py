@@ -45,9 +45,9 @@ from ..language.settings import (
     resolve,
 )
 from ..language.yaml_source import YamlSourceError, load_yaml, read_source
-from ..state.record import preset_integration
+from ..state.record import INTEGRATION_NAME, preset_integration
 
-NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+NAME = INTEGRATION_NAME
 TOP_KEYS = ("intake", "integrations")
 INTAKE_KEYS = ("write_keys", "signing_secret")
 INTEGRATION_KEYS = ("preset", "settings_file", "settings", "enabled")

@@ -152,6 +152,10 @@ def integration_name(preset_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", preset_name.lower()).strip("-")[:63].strip("-") or "preset"
 
 
+# An integration's name (an integrations file's key, one set up in the console): it keys stores and Redis keys.
+INTEGRATION_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
 def preset_integration(name: str, path: str | Path | None) -> str:
     """A preset's integration name: a built-in (or a preset found by name) by its name, a preset file by its stem.
 

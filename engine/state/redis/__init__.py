@@ -71,6 +71,12 @@ class RedisState:
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
         return RedisRecord(self.client, self.keys, limits)
 
+    def console_integrations(self) -> Any:
+        """Integrations created in the console (one hash; secrets sealed, see :mod:`engine.state.console_integrations`)."""
+        from .console_integrations import RedisIntegrationStore
+
+        return RedisIntegrationStore(self.client, self.keys)
+
     def async_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
 

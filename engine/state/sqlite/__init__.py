@@ -13,6 +13,7 @@ from ..errors import StateError
 from ..identity import IdentityLimits
 from ..record import RecordLimits
 from .database import DB_NAME, Database
+from .console_integrations import SqliteIntegrationStore
 from .dead_letters import SqliteDeadLetters
 from .identity import SqliteIdentityStore
 from .journal import SqliteJournal
@@ -74,6 +75,10 @@ class SqliteState:
     def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
         return SqliteRecord(self.db, limits, clock=self._clock)
+
+    def console_integrations(self) -> SqliteIntegrationStore:
+        """Integrations created in the console (a table of ``state.db``; secrets sealed)."""
+        return SqliteIntegrationStore(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS rate_budgets (
     paused_until REAL,
     in_flight INTEGER NOT NULL DEFAULT 0,
     used_at REAL NOT NULL
+)""", "console_integrations": """
+CREATE TABLE IF NOT EXISTS console_integrations (
+    name TEXT PRIMARY KEY,
+    preset TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    saved_at REAL NOT NULL
 )"""}
 
 SCHEMA = """

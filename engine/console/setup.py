@@ -1,0 +1,267 @@
+"""Setting up an integration in the console: a preset, a form made from its ``settings:``, Save.
+
+The form is generated from the preset's declarations
+(:class:`~engine.language.settings.SettingSpec`): a secret is a password
+field that is never filled back in (write-only: leaving it empty keeps the
+stored one), the consent setting is a set of categories to tick. Saving
+checks the values with :func:`~engine.language.settings.resolve`, as
+``check`` does, and each problem is shown next to its field. Integrations
+of an integrations file stay read-only here; those saved here live in the
+state store (:mod:`engine.state.console_integrations`), their secrets sealed
+with the key in ``SIGNAL_CONSOLE_SECRET_KEY``; without it the console
+refuses to store a secret and the page says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from aiohttp import web
+
+from ..compile import load_preset
+from ..language.model import Preset
+from ..language.settings import SettingsError, resolve
+from ..state.console_integrations import (
+    IntegrationStore,
+    SecretBox,
+    SecretsUnavailable,
+    StoredIntegration,
+    now,
+)
+from ..state.record import INTEGRATION_NAME as NAME
+from . import playground, setup_views
+from .security import Guard
+from .source import ConsoleSource
+
+FORM = "_form"  # the problems key of a problem that belongs to no one field
+KEPT = "\x00kept"  # stands for a stored secret while checking: it is never shown nor stored
+
+
+@dataclass
+class Setup:
+    """What the set-up pages need: the store (None: this backend keeps none), the sealing key or why there is none."""
+
+    source: ConsoleSource
+    guard: Guard
+    store: IntegrationStore | None
+    box: SecretBox | None = None
+    no_secrets: str | None = None
+    # Authorisations under way (``state`` → integration, redirect URI, when): see :mod:`.authorise`.
+    pending: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @classmethod
+    def of(cls, source: ConsoleSource, guard: Guard, environ: Mapping[str, str] | None = None) -> Setup:
+        opener = getattr(source.backend, "console_integrations", None)
+        store = opener() if opener is not None else None
+        try:
+            box: SecretBox | None = SecretBox.from_env(os.environ if environ is None else environ)
+            reason = None
+        except SecretsUnavailable as exc:
+            box, reason = None, str(exc)
+        setup = cls(source, guard, store, box, reason)
+        setup._learn_secrets()
+        return setup
+
+    def _learn_secrets(self) -> None:
+        """The stored secrets join the redactor, so no recorded event or answer can show one."""
+        if self.store is None or self.box is None:
+            return
+        for item in self.store.all():
+            for token in item.sealed.values():
+                try:
+                    self.source.redactor.add(self.box.open(token))
+                except SecretsUnavailable:
+                    pass
+
+    def file_names(self) -> set[str]:
+        return {c.name for c in self.source.configured} | {c.integration for c in self.source.connections}
+
+    def listed(self) -> list[StoredIntegration]:
+        return self.store.all() if self.store is not None else []
+
+    def save(self, preset: Preset, form: Mapping[str, Any]) -> tuple[dict[str, list[str]], StoredIntegration | None]:
+        """Check and store; the problems by field name (``FORM`` for the form as a whole), or the stored item."""
+        problems: dict[str, list[str]] = {}
+        name = str(form.get("name", "")).strip()
+        if not NAME.match(name):
+            problems.setdefault("name", []).append("lower-case letters, digits and '-', starting and ending with a "
+                                                   "letter or digit, at most 63")
+        elif name in self.file_names():
+            problems.setdefault("name", []).append(f"{name!r} is defined in the integrations file, which is "
+                                                   "read-only here; choose another name")
+        if self.store is None:
+            problems.setdefault(FORM, []).append("this state store keeps no console integrations")
+            return problems, None
+        existing = self.store.get(name) if "name" not in problems else None
+        if existing is not None and existing.preset != preset.name:
+            problems.setdefault("name", []).append(f"{name!r} already exists with preset {existing.preset}")
+            existing = None
+        values = parse(preset, form)
+        secrets = {n: v for n, v in values.items() if preset.settings[n].secret and v is not None}
+        checked = dict(values)
+        for kept in (existing.sealed if existing else {}):
+            if checked.get(kept) is None:
+                checked[kept] = KEPT
+        try:
+            resolve(preset.settings, {k: v for k, v in checked.items() if v is not None}, require=True,
+                    where={n: n for n in preset.settings})
+        except SettingsError as exc:
+            for line in exc.problems:
+                field_name, _, text = line.partition(": ")
+                problems.setdefault(field_name if field_name in preset.settings else FORM, []).append(text)
+        if secrets and self.box is None:
+            for secret in secrets:
+                problems.setdefault(secret, []).append("not stored: " + str(self.no_secrets))
+        if problems:
+            return problems, None
+        assert self.box is not None or not secrets
+        sealed = dict(existing.sealed) if existing else {}
+        sealed.update({n: self.box.seal(v) for n, v in secrets.items()} if self.box else {})
+        public = {n: v for n, v in values.items() if v is not None and not preset.settings[n].secret}
+        item = StoredIntegration(name, preset.name, public, sealed, now())
+        self.store.put(item)
+        for value in secrets.values():
+            self.source.redactor.add(value)
+        return {}, item
+
+
+def parse(preset: Preset, form: Mapping[str, Any]) -> dict[str, Any]:
+    """The form's values as the settings file would give them; empty is "not given" (the default applies)."""
+    out: dict[str, Any] = {}
+    for name, spec in preset.settings.items():
+        key = f"setting.{name}"
+        if spec.type == "string_list":
+            ticked = [str(v) for v in form.getall(key, [])] if hasattr(form, "getall") else []
+            other = [p.strip() for p in str(form.get(f"{key}.other", "")).split(",") if p.strip()]
+            chosen = list(dict.fromkeys([*ticked, *other]))
+            # Nothing ticked on a shown field is an error (it would open the consent gate), not the default.
+            out[name] = chosen if chosen or form.get(f"{key}.present") else None
+            continue
+        raw = str(form.get(key, ""))
+        if spec.type == "boolean":
+            out[name] = {"true": True, "false": False}.get(raw)
+        elif spec.type == "integer":
+            text = raw.strip()
+            out[name] = None if not text else (int(text) if text.lstrip("-").isdigit() else text)
+        else:
+            out[name] = raw if raw.strip() else None
+    return out
+
+
+def categories(preset: Preset) -> list[str]:
+    """The consent categories to offer: the preset's default and those its aliases name."""
+    spec = preset.settings.get(preset.consent_setting)
+    found = list(spec.default or []) if spec is not None else []
+    found += list(preset.consent_aliases)
+    return list(dict.fromkeys(str(c) for c in found))
+
+
+SETUP: web.AppKey[Setup] = web.AppKey("setup", Setup)
+
+
+def add_routes(app: web.Application, setup: Setup) -> None:
+    """The set-up pages, under ``/console/integrations/new`` (writes CSRF-checked like replay)."""
+    app[SETUP] = setup
+    app.router.add_get("/integrations/new", new_page)
+    app.router.add_post("/integrations/new", save_form)
+    from . import authorise
+
+    authorise.add_routes(app)
+
+
+def _preset(name: str) -> Preset | None:
+    if name not in playground.presets():
+        return None
+    try:
+        return load_preset(name)
+    except Exception:  # noqa: BLE001 - a broken preset on the path: offered, but not set up
+        return None
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, content_type="text/html", charset="utf-8", status=status)
+
+
+async def new_page(request: web.Request) -> web.Response:
+    setup = request.app[SETUP]
+    chosen = request.query.get("preset", "")
+    preset = await asyncio.to_thread(_preset, chosen) if chosen else None
+    listed = await asyncio.to_thread(setup.listed)
+    saved = request.query.get("saved")
+    message = request.query.get("message")
+    authorisable = await asyncio.to_thread(_authorisable, listed)
+    return _allowing(_html(setup_views.setup_page(playground.presets(), preset, {}, {}, listed, setup.no_secrets,
+                                        csrf=setup.guard.csrf, saved=saved if saved else None,
+                                        message=message[:400] if message else None,
+                                        authorisable=set(authorisable),
+                                        categories=categories(preset) if preset else [])), authorisable.values())
+
+
+async def save_form(request: web.Request) -> web.Response:
+    setup = request.app[SETUP]
+    form = await request.post()
+    if not setup.guard.csrf_ok(request, str(form.get("csrf", ""))):
+        return _html(setup_views.refused(setup.guard.csrf), status=403)
+    preset = await asyncio.to_thread(_preset, str(form.get("preset", "")))
+    if preset is None:
+        return _html(setup_views.setup_page(playground.presets(), None, {FORM: ["choose a preset"]}, {},
+                                            setup.listed(), setup.no_secrets, csrf=setup.guard.csrf), status=400)
+    async with setup._lock:  # one save at a time: two would race on the same name
+        problems, item = await asyncio.to_thread(setup.save, preset, form)
+    if item is not None:
+        from urllib.parse import urlencode
+
+        return web.Response(status=303, headers={"Location": "/console/integrations/new?"
+                                                 + urlencode({"saved": item.name})})
+    shown = {k: v for k, v in form.items() if not (k.startswith("setting.") and _secret(preset, k))}
+    return _html(setup_views.setup_page(playground.presets(), preset, problems, shown, setup.listed(),
+                                        setup.no_secrets, csrf=setup.guard.csrf, categories=categories(preset),
+                                        ticked=[str(v) for v in form.getall(f"setting.{preset.consent_setting}", [])]),
+                 status=422)
+
+
+def _authorisable(listed: list[StoredIntegration]) -> dict[str, str]:
+    """Integrations with an Authorise button, each with its authorize URL's origin.
+
+    The page's CSP must allow that origin in ``form-action``: the browser
+    checks a form's redirects against it, and Authorise is a form (a POST,
+    CSRF-checked) answered with a redirect to the destination.
+    """
+    from urllib.parse import urlsplit
+
+    from ..delivery.auth.authorization_code import authorization_url, can_authorise
+
+    out = {}
+    for item in listed:
+        preset = _preset(item.preset)
+        if preset is None or preset.auth is None or can_authorise(preset.auth) is not None:
+            continue
+        try:
+            settings = resolve(preset.settings, dict(item.values), require=False)
+            parts = urlsplit(authorization_url(preset.auth, settings, "", ""))
+        except (SettingsError, ValueError):
+            continue
+        # Only a plain host[:port] goes into the CSP header: nothing a setting could use to widen the policy.
+        if parts.scheme in ("http", "https") and re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
+                                                             parts.netloc):
+            out[item.name] = f"{parts.scheme}://{parts.netloc}"
+    return out
+
+
+def _allowing(response: web.Response, origins: Any) -> web.Response:
+    from .security import CSP
+
+    extra = " ".join(sorted(set(origins)))
+    if extra:
+        response.headers["Content-Security-Policy"] = CSP.replace("form-action 'self'", f"form-action 'self' {extra}")
+    return response
+
+
+def _secret(preset: Preset, key: str) -> bool:
+    spec = preset.settings.get(key.removeprefix("setting.").removesuffix(".other"))
+    return spec is not None and spec.secret
