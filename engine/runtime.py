@@ -67,7 +67,7 @@ from .state.buffered import (
     cancel_all,
     flush_all,
 )
-from .state.dead_letters import DeadLetterStore, entry_for
+from .state.dead_letters import DeadLetterStore, delete_letters, entry_for
 from .state.identity import IdentityLimits, IdentityStore
 from .state.journal import DeliveryJournal, event_key
 from .state.record import Recorder, RecordLimits, integration_name, preset_integration
@@ -517,6 +517,14 @@ class Engine:
             self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
                                traits=traits)
         return result
+
+    def delete_dead_letters(self, ids: Collection[str]) -> list[str]:
+        """Forget these dead letters of this engine without sending them (``dlq delete``); the ids removed.
+
+        An id that is not one of this engine's letters is left alone and is
+        not in the answer. Nothing is sent, so no credential is needed.
+        """
+        return delete_letters(self.dead_letters, self.letter_pages(), ids)
 
     def letter_pages(self) -> Iterator[list[dict[str, Any]]]:
         """This engine's dead letters, a page at a time: those kept under its name, and those of the same
