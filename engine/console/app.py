@@ -52,6 +52,7 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/integrations", integrations_page)
     app.router.add_get("/playground", playground_page)
     app.router.add_post("/api/playground", api_playground)
+    app.router.add_post("/api/playground/golden", api_playground_golden)
     app.router.add_get(r"/api/playground/presets/{name:.+}", api_playground_preset)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
@@ -284,6 +285,25 @@ async def api_playground(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("events"), str):
         return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"events\": TEXT}"}, status=400)
     return web.json_response(await _off_loop(playground.run, body["yaml"], body["events"]), dumps=_dumps)
+
+
+async def api_playground_golden(request: web.Request) -> web.Response:
+    """The chosen preset's golden cases, run against the YAML in the page (nothing is sent)."""
+    if not request.app[GUARD].csrf_ok(request, None):
+        return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("preset"), str):
+        return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"preset\": NAME}"}, status=400)
+    if len(body["yaml"]) > playground.MAX_YAML_CHARS:
+        return web.json_response({"error": f"the preset is longer than {playground.MAX_YAML_CHARS:,} characters"},
+                                 status=400)
+    # An integration's cases are its preset's (golden/<preset name>/).
+    connection = request.app[SOURCE].connection(body["preset"])
+    name = connection.preset.name if connection is not None else body["preset"]
+    return web.json_response(await _off_loop(playground.golden, body["yaml"], name), dumps=_dumps)
 
 
 async def api_playground_preset(request: web.Request) -> web.Response:

@@ -383,5 +383,9 @@ def playground_page(names: Sequence[str], chosen: str, source: str, events: str,
             f'<textarea id="events-input" spellcheck="false" rows="8">{e(events)}</textarea>'
             f'<p class="live" id="play-status" aria-live="polite">Checked.</p>'
             f'<h2>Problems</h2><ul id="problems" class="problems">{problems}</ul>'
-            f'<h2>Outcomes</h2><div id="results">{outcomes}</div></div></div>')
+            f'<h2>Outcomes</h2><div id="results">{outcomes}</div>'
+            f'<h2>Golden cases</h2><p class="actions"><button type="button" id="run-golden">Run golden cases</button>'
+            f'<span class="live" id="golden-status" aria-live="polite">Runs the preset\'s cases '
+            f'(<code>golden/&lt;preset&gt;/</code>) against the YAML above; nothing is sent.</span></p>'
+            f'<div id="golden"></div></div></div>')
     return page("Playground", "playground", body, csrf=csrf)
