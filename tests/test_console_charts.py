@@ -11,8 +11,9 @@ import contextlib
 import json
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def seed(state: Path) -> None:
     backend.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def console(tmp_path: Path) -> Iterator[str]:
     seed(tmp_path / "state")
     served = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console")

@@ -16,23 +16,25 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from engine.outcome import DEAD_LETTERED, Outcome
 from engine.state.dead_letters import entry_for
 from engine.state.sqlite import SqliteState
+from redis_server import needs_redis, redis_server, redis_url  # noqa: F401 - fixtures
 from service_helpers import Service
 
 PRESET = "outreach/lead-capture"
 INTEGRATION = "outreach-lead-capture"  # a run's letters are its preset's integration's
 
 
-def seed(state: Path, tags: list[str], preset: str = PRESET) -> dict[str, str]:
-    """A dead letter per tag (a 500 five times); their ids by tag."""
-    backend = SqliteState(state)
+def seed(state: Path | Any, tags: list[str], preset: str = PRESET) -> dict[str, str]:
+    """A dead letter per tag (a 500 five times); their ids by tag (a state directory, or a RedisState)."""
+    backend = SqliteState(state) if isinstance(state, Path) else state
     letters = backend.dead_letters()
     for tag in tags:
         request = {"method": "POST", "url": "https://api.example.test/api/v2/prospects",
@@ -42,7 +44,8 @@ def seed(state: Path, tags: list[str], preset: str = PRESET) -> dict[str, str]:
                           request=request, response={"status": 500, "body": {"errors": [{"title": f"down {tag}"}]}})
         letters.add(entry_for(preset, "create_prospect", outcome, request, key=f"key-{tag}"))
     ids = {str(e["messageId"]).removesuffix("-lead"): str(e["id"]) for e in letters.entries()}
-    backend.close()
+    if backend is not state:
+        backend.close()
     return ids
 
 
@@ -68,13 +71,27 @@ def test_dlq_delete_forgets_only_the_named_letters_and_says_which_were_not_there
     assert len(dlq("list", "hubspot/contacts", "--state", tmp_path / "state").stdout.splitlines()) == 1
 
 
+@needs_redis
+def test_dlq_delete_on_redis_forgets_the_letters_the_workers_share(redis_url: str) -> None:  # noqa: F811
+    from engine.state.redis import RedisState
+
+    state = RedisState(redis_url)
+    try:
+        ids = seed(state, ["red", "blue"])
+        deleted = dlq("delete", PRESET, "--redis", redis_url, "--id", ids["red"])
+        assert deleted.returncode == 0, deleted.stderr
+        assert [str(e["messageId"]) for e in state.dead_letters().entries()] == ["blue-lead"]
+    finally:
+        state.close()
+
+
 def test_dlq_delete_needs_an_id(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     answer = dlq("delete", PRESET, "--state", tmp_path / "state")
     assert answer.returncode == 2 and "--id" in answer.stderr and "Traceback" not in answer.stderr
 
 
-@pytest.fixture()
+@pytest.fixture
 def console(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
     ids = seed(tmp_path / "state", ["alpha", "beta", "gamma", "delta"])
     served = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console")
@@ -124,7 +141,7 @@ def test_the_api_deletes_with_the_page_token_and_shows_one_letter(console: tuple
 
 
 def test_a_delete_form_without_the_page_token_is_refused(console: tuple[str, dict[str, str], Path]) -> None:
-    base, ids, state = console
+    base, ids, _ = console
     form = f"integration={INTEGRATION}&one={ids['alpha']}&confirmed=yes".encode()
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(urllib.request.Request(base + "/dead-letters/delete", data=form, method="POST"),

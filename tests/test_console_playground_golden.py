@@ -14,8 +14,9 @@ import json
 import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = "outreach/lead-capture"
 
 
-@pytest.fixture()
+@pytest.fixture
 def console(tmp_path: Path) -> Iterator[tuple[str, int]]:
     cases = tmp_path / "golden" / PRESET
     shutil.copytree(REPO / "golden" / PRESET, cases)
@@ -85,10 +86,12 @@ def test_the_playground_page_runs_the_cases_and_shows_the_diffs(console: tuple[s
     with contextlib.contextmanager(browser_test.browser.__wrapped__)() as browser:
         browser_test.open_page(browser, base + "/playground")
         browser.find_element(By.CSS_SELECTOR, f'#preset-choice option[value="{PRESET}"]').click()
-        WebDriverWait(browser, 20).until(lambda d: "# Outreach — Lead Capture" in d.find_element(By.ID, "yaml").get_attribute("value"))
+        WebDriverWait(browser, 20).until(
+            lambda d: "# Outreach — Lead Capture" in d.find_element(By.ID, "yaml").get_attribute("value"))
         browser.find_element(By.ID, "run-golden").click()
         status = WebDriverWait(browser, 30).until(
-            lambda d: "passed" in d.find_element(By.ID, "golden-status").text and d.find_element(By.ID, "golden-status"))
+            lambda d: "passed" in d.find_element(By.ID, "golden-status").text
+            and d.find_element(By.ID, "golden-status"))
         assert status.text.startswith(f"{count} passed, 0 failed"), status.text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#golden details.golden-case.pass")) == count
         yaml = browser.find_element(By.ID, "yaml")

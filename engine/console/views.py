@@ -234,8 +234,8 @@ def letter_page(letter: Mapping[str, Any], replayable: bool, *, csrf: str) -> st
             f'<p class="request-line"><code>{e(request.get("method"))} {e(request.get("url"))}</code></p>'
             f'<pre>{pretty(request.get("body") if "body" in request else request)}</pre></section>'
             f'<section id="last-response"><h2>Last response</h2>'
-            + (f'<p class="request-line">To <code>{e(last_request.get("method"))} {e(last_request.get("url"))}</code></p>'
-               if last_request else "") +
+            + (f'<p class="request-line">To <code>{e(last_request.get("method"))} '
+               f'{e(last_request.get("url"))}</code></p>' if last_request else "") +
             f'<dl class="facts"><dt>Status</dt><dd id="last-status">{e(last.get("status") or "no answer")}</dd></dl>'
             f'<h3>Body (capped)</h3><pre>{pretty(last.get("body"))}</pre></section>')
     return page(f'Dead letter {letter.get("messageId") or letter.get("id")}', "dead-letters", body, csrf=csrf)
@@ -302,7 +302,8 @@ def spark(counts: Sequence[int], kind: str, window: str, bar_seconds: Any) -> st
     per = ("" if not minutes else f"per {minutes} minutes" if minutes < 60 else "per hour" if minutes == 60
            else f"per {minutes // 60} hours")
     label = f"{kind} {per}, {window}, oldest first: {', '.join(str(c) for c in counts)}"
-    return (f'<svg class="spark {e(kind)}" width="{width}" height="{SPARK_HEIGHT}" viewBox="0 0 {width} {SPARK_HEIGHT}" '
+    return (f'<svg class="spark {e(kind)}" width="{width}" height="{SPARK_HEIGHT}" '
+            f'viewBox="0 0 {width} {SPARK_HEIGHT}" '
             f'role="img" aria-label="{e(label)}" data-counts="{e(",".join(str(c) for c in counts))}">'
             f'<title>{e(label)}</title>{"".join(rects)}</svg>')
 

@@ -132,7 +132,11 @@ class MemoryDeadLetters:
         self._entries = [e for e in self._entries if not (filed_under(e) == preset and e.get("key") == key)]
 
 
-def delete_letters(store: DeadLetterStore, pages: Iterable[list[dict[str, Any]]],
+class Removes(Protocol):
+    def remove(self, letter_id: str) -> None: ...
+
+
+def delete_letters(store: Removes, pages: Iterable[list[dict[str, Any]]],
                    ids: Collection[str]) -> list[str]:
     """Remove the letters with these ``ids`` among ``pages`` (one integration's letters); the ids removed.
 

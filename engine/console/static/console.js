@@ -217,7 +217,8 @@
       node.open = !item.passed;
       node.dataset.case = item.name;
       const summary = element("summary");
-      summary.appendChild(element("span", item.passed ? "pass" : "fail", "badge " + (item.passed ? "delivered" : "failed")));
+      const badge = "badge " + (item.passed ? "delivered" : "failed");
+      summary.appendChild(element("span", item.passed ? "pass" : "fail", badge));
       summary.appendChild(document.createTextNode(" " + item.name));
       node.appendChild(summary);
       if (item.error) {
@@ -226,7 +227,8 @@
       if (item.diff) {
         const pre = element("pre", null, "diff");
         for (const line of item.diff.split("\n")) {
-          const kind = line.startsWith("+") ? "added" : line.startsWith("-") ? "removed" : line.startsWith("@@") ? "hunk" : "";
+          const kind = line.startsWith("+") ? "added"
+            : line.startsWith("-") ? "removed" : line.startsWith("@@") ? "hunk" : "";
           pre.appendChild(element("span", line + "\n", kind));
         }
         node.appendChild(pre);
