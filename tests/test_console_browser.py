@@ -115,7 +115,13 @@ def open_page(driver: Any, url: str, shot: str | None = None) -> None:
     driver.get_log("browser")  # what an earlier page said is not this page's concern
     driver.get(url)
     WebDriverWait(driver, 10).until(lambda d: d.execute_script("return document.readyState") == "complete")
-    if SHOTS is not None and shot:
+    if shot:
+        take_shot(driver, shot)
+
+
+def take_shot(driver: Any, shot: str) -> None:
+    """A screenshot of the page as it is, when SIGNAL_CONSOLE_SCREENSHOTS names a folder for them."""
+    if SHOTS is not None:
         SHOTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SHOTS / f"{shot}.png"))
 

@@ -1,4 +1,4 @@
-"""``signal-engine dlq list|replay``: the dead letters of a preset, or of one integration of a file."""
+"""``signal-engine dlq list|replay|delete``: the dead letters of a preset, or of one integration of a file."""
 
 from __future__ import annotations
 
@@ -25,13 +25,14 @@ from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, sign
 
 
 def register(sub: Any) -> None:
-    dlq = sub.add_parser("dlq", help="list or replay dead letters",
+    dlq = sub.add_parser("dlq", help="list, replay or delete dead letters",
                          description="Dead letters are events whose delivery gave up (retries exhausted, or the "
                                      "refresh token was refused); they are kept in the state directory for replay.")
     dlq.set_defaults(func=lambda _args: (dlq.print_help(sys.stderr), EXIT_USAGE)[1])
     dlq_sub = dlq.add_subparsers(metavar="ACTION")
     for name, helptext in (("list", "print the dead letters of a preset (masked)"),
-                           ("replay", "re-send dead letters; those delivered are removed")):
+                           ("replay", "re-send dead letters; those delivered are removed"),
+                           ("delete", "forget dead letters by id, without sending them")):
         cmd = dlq_sub.add_parser(name, help=helptext, description=helptext)
         cmd.add_argument("preset", metavar="PRESET", nargs="?",
                          help="built-in name (destination/preset) or path to a YAML preset (its letters from run, "
@@ -39,6 +40,9 @@ def register(sub: Any) -> None:
         cmd.add_argument("--settings", metavar="FILE",
                          help="with PRESET: YAML mapping of setting values"
                               + ("; replay needs the credentials" if name == "replay" else ""))
+        if name == "delete":
+            cmd.add_argument("--id", dest="ids", metavar="ID", action="append", required=True,
+                             help="the id of a letter to delete (as `dlq list` prints it); repeat for more")
         cmd.add_argument("--config", metavar="FILE", help="an integrations file (with --integration NAME)")
         cmd.add_argument("--integration", metavar="NAME", help="with --config: the integration whose letters these are")
         cmd.add_argument("--state", metavar="DIR", default=".signal-state",
@@ -80,6 +84,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.redis:
         if args.reset_state:
             raise UsageError("--reset-state applies to a --state directory, not to --redis")
+        if args.dlq_action == "delete":
+            return _with_redis(args.redis, lambda state: dlq_delete(preset, settings, state, args.ids, integration))
         return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
                                                                 args.log_format, args.grace, record, integration)
                            if replaying else dlq_list(preset, settings, state, integration))
@@ -87,6 +93,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
     check_state_dir(args.state, reset=args.reset_state)  # a refused state.db: one line, before anything is read
+    if args.dlq_action == "delete":
+        return dlq_delete(preset, settings, args.state, args.ids, integration)
     if replaying:
         return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, record,
                           integration)
@@ -128,6 +136,25 @@ def dlq_list(preset: Preset, settings: Settings, state: Any, integration: str | 
         listed += len(page)
     print(f"signal-engine: {listed} dead letter(s) for {integration or preset.name}", file=sys.stderr)
     return EXIT_OK
+
+
+def dlq_delete(preset: Preset, settings: Settings, state: Any, ids: list[str], integration: str | None = None) -> int:
+    """Forget the letters with these ids (of this preset or integration only); each id deleted is printed.
+
+    An id that is not one of its letters is named on stderr and the exit
+    code is 1, so a script sees that a letter it meant to delete was not there.
+    """
+    engine = _engine(preset, settings, state, integration)
+    deleted = engine.delete_dead_letters(ids)
+    for letter_id in deleted:
+        print(json.dumps({"id": letter_id, "deleted": True}))
+    missing = [i for i in dict.fromkeys(ids) if i not in deleted]
+    name = integration or preset.name
+    line = f"signal-engine: deleted {len(deleted)} dead letter(s) of {name}"
+    if missing:
+        line += f"; not a dead letter of {name}: {', '.join(missing)}"
+    print(line, file=sys.stderr)
+    return EXIT_EVENTS_FAILED if missing else EXIT_OK
 
 
 def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text",

@@ -47,9 +47,12 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/events/{id}", event_page)
     app.router.add_get("/dead-letters", dead_letters_page)
     app.router.add_post("/dead-letters/replay", replay_form)
+    app.router.add_post("/dead-letters/delete", delete_form)
+    app.router.add_get("/dead-letters/{id}", letter_page)
     app.router.add_get("/integrations", integrations_page)
     app.router.add_get("/playground", playground_page)
     app.router.add_post("/api/playground", api_playground)
+    app.router.add_post("/api/playground/golden", api_playground_golden)
     app.router.add_get(r"/api/playground/presets/{name:.+}", api_playground_preset)
     app.router.add_get("/login", login_page)
     app.router.add_post("/login", login)
@@ -59,6 +62,8 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/api/stream", api_stream)
     app.router.add_get("/api/dead-letters", api_dead_letters)
     app.router.add_post("/api/dead-letters/replay", api_replay)
+    app.router.add_post("/api/dead-letters/delete", api_delete)
+    app.router.add_get("/api/dead-letters/{id}", api_letter)
     app.router.add_get("/api/integrations", api_integrations)
     setup.add_routes(app, setup.Setup.of(source, app[GUARD]))
 
@@ -179,6 +184,45 @@ async def replay_form(request: web.Request) -> web.Response:
                     f"{len(results) - delivered} still in the dead letters. The results are in the Event Debugger.")
 
 
+def _refused() -> web.Response:
+    return _html(views.page("Refused", "dead-letters", "<p>The form was stale or came from another site; "
+                            "reload the page and try again.</p>", csrf=""), status=403)
+
+
+async def delete_form(request: web.Request) -> web.Response:
+    """Delete one letter or the selected, in two steps: this page asks, and only a confirmed form deletes."""
+    source, guard = request.app[SOURCE], request.app[GUARD]
+    form = await request.post()
+    if not guard.csrf_ok(request, str(form.get("csrf", ""))):
+        return _refused()
+    integration = str(form.get("integration", ""))
+    ids = [str(form["one"])] if form.get("one") else [str(v) for v in form.getall("selected", [])]
+    if not ids:
+        return _message("Nothing selected: tick the letters to delete.")
+    if form.get("confirmed") != "yes":
+        wanted = set(ids)
+        letters = [letter for letter in await _off_loop(source.dead_letters, integration)
+                   if str(letter.get("id")) in wanted]
+        if not letters:
+            return _message(f"Those letters are no longer in the dead letters of {integration}.")
+        return _html(views.confirm_delete_page(integration, letters, csrf=guard.csrf))
+    deleted = await _off_loop(source.delete, integration, ids)
+    gone = len(ids) - len(deleted)
+    return _message(f"{integration}: deleted {len(deleted)} dead letter(s)"
+                    + (f"; {gone} were already gone." if gone else "."))
+
+
+async def letter_page(request: web.Request) -> web.Response:
+    source, guard = request.app[SOURCE], request.app[GUARD]
+    letter = await _off_loop(source.letter, request.match_info["id"])
+    if letter is None:
+        return _html(views.page("Dead letter not found", "dead-letters", '<p>This letter is no longer in the dead '
+                                'letters (replayed or deleted). <a href="/console/dead-letters">All dead letters</a>'
+                                '</p>', csrf=guard.csrf), status=404)
+    replayable = letter["integration"] in {c.integration for c in source.connections}
+    return _html(views.letter_page(letter, replayable, csrf=guard.csrf))
+
+
 def _message(text: str) -> web.Response:
     from urllib.parse import urlencode
 
@@ -242,6 +286,25 @@ async def api_playground(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("events"), str):
         return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"events\": TEXT}"}, status=400)
     return web.json_response(await _off_loop(playground.run, body["yaml"], body["events"]), dumps=_dumps)
+
+
+async def api_playground_golden(request: web.Request) -> web.Response:
+    """The chosen preset's golden cases, run against the YAML in the page (nothing is sent)."""
+    if not request.app[GUARD].csrf_ok(request, None):
+        return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("preset"), str):
+        return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"preset\": NAME}"}, status=400)
+    if len(body["yaml"]) > playground.MAX_YAML_CHARS:
+        return web.json_response({"error": f"the preset is longer than {playground.MAX_YAML_CHARS:,} characters"},
+                                 status=400)
+    # An integration's cases are its preset's (golden/<preset name>/).
+    connection = request.app[SOURCE].connection(body["preset"])
+    name = connection.preset.name if connection is not None else body["preset"]
+    return web.json_response(await _off_loop(playground.golden, body["yaml"], name), dumps=_dumps)
 
 
 async def api_playground_preset(request: web.Request) -> web.Response:
@@ -320,6 +383,31 @@ async def api_replay(request: web.Request) -> web.Response:
     except ReplayUnavailable as exc:
         return web.json_response({"error": str(exc)}, status=409)
     return web.json_response({"results": source.redactor.redact([r.to_dict() for r in results])}, dumps=_dumps)
+
+
+async def api_letter(request: web.Request) -> web.Response:
+    letter = await _off_loop(request.app[SOURCE].letter, request.match_info["id"])
+    if letter is None:
+        return web.json_response({"error": "no such dead letter"}, status=404)
+    return web.json_response(letter, dumps=_dumps)
+
+
+async def api_delete(request: web.Request) -> web.Response:
+    """``dlq delete`` for scripts: ``{"integration": NAME, "ids": [...]}``; which were deleted, which not found."""
+    source, guard = request.app[SOURCE], request.app[GUARD]
+    if not guard.csrf_ok(request, None):
+        return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    integration, ids = (body.get("integration"), body.get("ids")) if isinstance(body, dict) else (None, None)
+    if not isinstance(integration, str) or not isinstance(ids, list) or not ids \
+            or not all(isinstance(i, str) for i in ids):
+        return web.json_response({"error": "the body must be JSON: {\"integration\": NAME, \"ids\": [ID, ...]} "
+                                           "(at least one id)"}, status=400)
+    deleted = await _off_loop(source.delete, integration, ids)
+    return web.json_response({"deleted": deleted, "not_found": [i for i in dict.fromkeys(ids) if i not in deleted]})
 
 
 async def api_integrations(request: web.Request) -> web.Response:

@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable, Mapping
 from ..outcome import DEAD_LETTERED, DELIVERED, DROPPED, FAILED
 
 WINDOWS = (("last hour", 3600.0), ("last day", 86400.0))
+# The small charts: the last hour in 5-minute bars, the last day in hourly bars (oldest first).
+BUCKETS = {"last hour": 12, "last day": 24}
 COUNTED = (DELIVERED, FAILED, DEAD_LETTERED, DROPPED)
 ERRORS = (FAILED, DEAD_LETTERED)
 
@@ -24,6 +26,26 @@ def percentile(values: list[float], fraction: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction)
     return ordered[int(rank) - 1]
+
+
+def series(rows: Iterable[Mapping[str, Any]], now: float) -> dict[str, dict[str, Any]]:
+    """Per window, each counted outcome's count per bar, oldest bar first; the last bar ends now.
+
+    The bars of a window add up to its counts in :func:`health` (an event exactly a window old falls in the
+    oldest bar; one stamped a moment ahead of this clock, in the newest)."""
+    rows = list(rows)
+    out: dict[str, dict[str, Any]] = {}
+    for label, seconds in WINDOWS:
+        bars = BUCKETS[label]
+        width = seconds / bars
+        counts = {kind: [0] * bars for kind in COUNTED}
+        for row in rows:
+            age = now - float(row.get("at") or 0)
+            kind = row.get("outcome")
+            if kind in counts and age <= seconds:
+                counts[str(kind)][bars - 1 - min(bars - 1, int(max(0.0, age) // width))] += 1
+        out[label] = {"bar_seconds": int(width), **counts}
+    return out
 
 
 def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], letters: Mapping[str, int], *,
@@ -57,6 +79,7 @@ def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], lette
                                                      "messageId": last.get("messageId"), "id": last.get("id")},
             "dead_letters": letters.get(name, 0),
             "lag": (lags or {}).get(name),
+            "series": series(mine, now),
             "last_event_at": max((float(r.get("at") or 0) for r in mine), default=None),
         })
     return out

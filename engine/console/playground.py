@@ -5,16 +5,24 @@ temporary file the way ``check`` compiles it (strict, past the preset
 cache), and the events run through ``explain`` on a pipeline whose identity
 memory lives only for this call (an identify before a track joins, as in a
 dry run).
+
+:func:`golden` runs the preset's golden cases (``golden/<preset name>/``,
+as ``signal-engine golden`` finds them) against the YAML in the page: a
+dry-run case as ``run --dry-run`` would, a delivery case against its
+scripted responses in-process (:func:`engine.golden.run_case`), so nothing
+is sent there either.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from .. import golden as golden_cases
 from ..compile.compiler import PresetError, load_preset
 from ..language.resources import find_preset, known_presets
 from ..language.settings import resolve
@@ -24,6 +32,8 @@ from ..pipeline.prepare import Pipeline
 MAX_YAML_CHARS = 200_000
 MAX_EVENTS_CHARS = 1_000_000
 MAX_EVENTS = 50
+MAX_CASES = 200
+GOLDEN_ROOT = Path("golden")  # as `signal-engine golden` defaults: below the working directory
 FILE_NAME = "preset.yaml"
 _LOCATION = re.compile(r"^(?P<file>.*?):(?P<line>\d+)(?::(?P<col>\d+))?: (?P<message>.*)$", re.S)
 
@@ -69,6 +79,46 @@ def run(yaml_text: str, events_text: str) -> dict[str, Any]:
         results.append({"index": index, "outcome": trace["outcome"], "decided_by": trace["decided_by"],
                         "steps": trace["steps"], "request": trace["steps"].get("request")})
     return {"problems": [], "events": results, "event_problems": event_problems, "preset": preset.name}
+
+
+def golden(yaml_text: str, preset_name: str, root: Path = GOLDEN_ROOT) -> dict[str, Any]:
+    """Each golden case of ``preset_name`` run against ``yaml_text``: passed or not, with a unified diff.
+
+    The diff goes from the case's ``.expected.json`` to what this YAML
+    produces; a case that cannot run (not JSON, no ``events``) says why on
+    one line, and the others still run.
+    """
+    folder = (root / preset_name).resolve()
+    if root.resolve() not in folder.parents or not folder.is_dir():
+        return {"preset": preset_name, "folder": str(root / preset_name), "cases": [], "problems": [],
+                "note": f"no golden cases for {preset_name}: none in {root / preset_name}/"}
+    with tempfile.TemporaryDirectory(prefix="signal-playground-") as temp:
+        path = Path(temp) / FILE_NAME
+        path.write_text(yaml_text, encoding="utf-8")
+        try:
+            preset = load_preset(str(path), strict=True)
+        except PresetError as exc:
+            return {"preset": preset_name, "folder": str(root / preset_name), "cases": [],
+                    "problems": [_located(p, str(path)) for p in exc.problems]}
+    cases = []
+    for case in golden_cases.discover(folder, preset_name)[:MAX_CASES]:
+        name = case.path.relative_to(folder).with_suffix("").as_posix()
+        try:
+            result = golden_cases.run_case(case, {preset_name: preset})
+        except (golden_cases.CaseError, ValueError, KeyError, TypeError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0].replace(str(folder) + "/", "")
+            cases.append({"name": name, "passed": False, "error": first[:500], "diff": ""})
+            continue
+        expected = golden_cases.render(result.expected) if result.expected is not None else ""
+        diff = "" if result.passed else "".join(difflib.unified_diff(
+            expected.splitlines(True), golden_cases.render(result.actual).splitlines(True),
+            f"{name}{golden_cases.EXPECTED_SUFFIX}", "this preset's output"))
+        cases.append({"name": name, "passed": result.passed, "diff": diff,
+                      **({"error": "no expected file: `signal-engine golden --update` writes one"}
+                         if result.expected is None else {})})
+    passed = sum(1 for c in cases if c["passed"])
+    return {"preset": preset_name, "folder": str(root / preset_name), "cases": cases, "problems": [],
+            "passed": passed, "failed": len(cases) - passed}
 
 
 def _located(problem: str, path: str) -> dict[str, Any]:

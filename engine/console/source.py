@@ -3,9 +3,10 @@
 The console holds no delivery logic: it reads the record of recent events
 (:mod:`engine.state.record`) and the dead letters, explains a recorded event
 by re-running the pipeline's ``explain`` on it (reading, never writing, the
-identity memory), and replays dead letters through
+identity memory), replays dead letters through
 :meth:`engine.runtime.Engine.replay_dead_letters`, the operation behind
-``signal-engine dlq replay``.
+``signal-engine dlq replay``, and deletes them through
+:func:`engine.state.dead_letters.delete_letters`, the operation behind ``dlq delete``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
+from ..state.dead_letters import delete_letters
 from ..state.identity import SHARED_IDENTITY, IdentityLimits, Remembered, Slot
 from ..state.record import EventRecord, RecordQuery, integration_name, preset_integration
 
@@ -149,6 +151,19 @@ class ConsoleSource:
                             integration=connection.integration)
             async with engine:
                 return await engine.replay_dead_letters(None if ids is None else set(ids))
+
+
+    def delete(self, integration: str, ids: Sequence[str]) -> list[str]:
+        """``dlq delete`` for one integration: the letters with these ids among its own, the ids removed.
+
+        No credentials are needed (nothing is sent), so every integration's
+        letters can be deleted, replayable here or not.
+        """
+        mine = [entry for entry in self.letters.entries() if letter_integration(entry) == integration]
+        return delete_letters(self.letters, [mine], ids)
+
+    def letter(self, letter_id: str) -> dict[str, Any] | None:
+        return next((letter for letter in self.dead_letters() if str(letter.get("id")) == letter_id), None)
 
 
 class ReplayUnavailable(Exception):

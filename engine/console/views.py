@@ -181,18 +181,24 @@ def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replaya
             detail = (f'<details><summary>Request and last response</summary>'
                       f'<pre>{pretty(letter.get("request"))}</pre><p>Last response: HTTP {e(last.get("status"))}</p>'
                       f'<pre>{pretty(last.get("body"))}</pre></details>')
-            button = (f'<button type="submit" name="one" value="{lid}">Replay</button>' if name in replayable else "")
+            button = (f'<button type="submit" name="one" value="{lid}">Replay</button> ' if name in replayable else "")
+            button += (f'<button type="submit" name="one" value="{lid}" class="danger" '
+                       f'formaction="/console/dead-letters/delete">Delete…</button>')
+            link = f'/console/dead-letters/{quote(str(letter.get("id")), safe="")}'
             rows.append(f'<tr><td><input type="checkbox" name="selected" value="{lid}" id="sel-{lid}" '
-                        f'aria-label="Select letter {e(letter.get("messageId"))}"{"" if name in replayable else " disabled"}>'
-                        f'</td><td>{e(when(letter.get("dead_lettered_at")))}</td><td>{e(letter.get("messageId"))}</td>'
+                        f'aria-label="Select letter {e(letter.get("messageId"))}">'
+                        f'</td><td>{e(when(letter.get("dead_lettered_at")))}</td>'
+                        f'<td><a href="{e(link)}">{e(letter.get("messageId") or letter.get("id"))}</a></td>'
                         f'<td>{e(letter.get("cause"))}</td><td>{e(letter.get("detail"))}{detail}</td>'
                         f'<td class="num">{e(letter.get("attempts"))}</td><td>{button}</td></tr>')
         every = f"Replay all {cause}" if cause else "Replay all"
         cause_field = f'<input type="hidden" name="cause" value="{e(cause)}">' if cause else ""
+        delete = ('<button type="submit" class="danger" formaction="/console/dead-letters/delete">'
+                  'Delete selected…</button>')
         actions = (f'<p class="actions"><button type="submit" name="mode" value="selected">Replay selected</button> '
-                   f'<button type="submit" name="mode" value="all">{e(every)}</button></p>'
+                   f'<button type="submit" name="mode" value="all">{e(every)}</button> {delete}</p>'
                    if name in replayable else
-                   f'<p class="note">Replay needs this integration\'s credentials: '
+                   f'<p class="actions">{delete}</p><p class="note">Replay needs this integration\'s credentials: '
                    f'{e((why_not or {}).get(name) or "start the console with --config FILE naming it")}.</p>')
         parts.append(f'<section class="integration"><h2>{e(name)} <small>{len(letters)} letter(s)</small></h2>'
                      f'<form method="post" action="/console/dead-letters/replay">'
@@ -204,6 +210,54 @@ def dead_letters_page(groups: Mapping[str, Sequence[Mapping[str, Any]]], replaya
                      f'<th scope="col">Detail</th><th scope="col">Attempts</th><th scope="col">Action</th></tr></thead>'
                      f'<tbody>{"".join(rows)}</tbody></table>{actions}</form></section>')
     return page("Dead letters", "dead-letters", "".join(parts), csrf=csrf)
+
+
+def letter_page(letter: Mapping[str, Any], replayable: bool, *, csrf: str) -> str:
+    """One dead letter: why it gave up, the request it will replay, and the last request and answer."""
+    last = letter.get("last_response") or {}
+    facts = [("Integration", letter.get("integration")), ("Preset", letter.get("preset")),
+             ("messageId", letter.get("messageId")), ("Dead-lettered", when(letter.get("dead_lettered_at"))),
+             ("Cause", letter.get("cause")), ("Detail", letter.get("detail")), ("Attempts", letter.get("attempts")),
+             ("Action", letter.get("action"))]
+    summary = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts if v not in (None, ""))
+    request = letter.get("request") or {}
+    last_request = letter.get("last_request") or {}
+    buttons = (f'<button type="submit" name="one" value="{e(letter.get("id"))}">Replay</button> ' if replayable
+               else "")
+    buttons += (f'<button type="submit" name="one" value="{e(letter.get("id"))}" class="danger" '
+                f'formaction="/console/dead-letters/delete">Delete…</button>')
+    body = (f'<p><a href="/console/dead-letters">← all dead letters</a></p><dl class="facts">{summary}</dl>'
+            f'<form method="post" action="/console/dead-letters/replay" class="actions">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<input type="hidden" name="integration" value="{e(letter.get("integration"))}">{buttons}</form>'
+            f'<section id="request"><h2>Request (replayed as is)</h2>'
+            f'<p class="request-line"><code>{e(request.get("method"))} {e(request.get("url"))}</code></p>'
+            f'<pre>{pretty(request.get("body") if "body" in request else request)}</pre></section>'
+            f'<section id="last-response"><h2>Last response</h2>'
+            + (f'<p class="request-line">To <code>{e(last_request.get("method"))} '
+               f'{e(last_request.get("url"))}</code></p>' if last_request else "") +
+            f'<dl class="facts"><dt>Status</dt><dd id="last-status">{e(last.get("status") or "no answer")}</dd></dl>'
+            f'<h3>Body (capped)</h3><pre>{pretty(last.get("body"))}</pre></section>')
+    return page(f'Dead letter {letter.get("messageId") or letter.get("id")}', "dead-letters", body, csrf=csrf)
+
+
+def confirm_delete_page(integration: str, letters: Sequence[Mapping[str, Any]], *, csrf: str) -> str:
+    """The confirmation step: the letters named, and a form that deletes only these, only when sent."""
+    rows = "".join(f'<tr><td>{e(when(letter.get("dead_lettered_at")))}</td><td>{e(letter.get("messageId"))}</td>'
+                   f'<td>{e(letter.get("cause"))}</td><td>{e(letter.get("detail"))}</td></tr>' for letter in letters)
+    ids = "".join(f'<input type="hidden" name="selected" value="{e(letter.get("id"))}">' for letter in letters)
+    body = (f'<p class="warning" role="alert">Delete {len(letters)} dead letter(s) of <strong>{e(integration)}'
+            f'</strong>? They are not sent and cannot be replayed afterwards.</p>'
+            f'<table class="letters" id="to-delete"><thead><tr><th scope="col">Dead-lettered</th>'
+            f'<th scope="col">messageId</th><th scope="col">Cause</th><th scope="col">Detail</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>'
+            f'<form method="post" action="/console/dead-letters/delete" class="actions">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<input type="hidden" name="integration" value="{e(integration)}">{ids}'
+            f'<input type="hidden" name="confirmed" value="yes">'
+            f'<button type="submit" class="danger" id="confirm-delete">Delete {len(letters)} letter(s)</button> '
+            f'<a href="/console/dead-letters" id="cancel-delete">Cancel</a></form>')
+    return page("Delete dead letters?", "dead-letters", body, csrf=csrf)
 
 
 def _lag(value: Any) -> str:
@@ -224,6 +278,36 @@ def _configured(about: Mapping[str, Any] | None) -> str:
             f'{e(replay)}</p>')
 
 
+SPARK_HEIGHT = 24
+BAR_WIDTH, BAR_GAP = 4, 2
+ZERO = ' class="zero"'
+
+
+def spark(counts: Sequence[int], kind: str, window: str, bar_seconds: Any) -> str:
+    """A small bar chart as inline SVG, drawn here: no script and no library, so the CSP and no network hold.
+
+    Bars are scaled to the busiest bar of this chart; an empty bar is a thin
+    baseline, so "none" still reads as a bar. The title carries the numbers.
+    """
+    if not counts:
+        return ""
+    top = max(max(counts), 1)
+    width = len(counts) * (BAR_WIDTH + BAR_GAP) - BAR_GAP
+    rects = []
+    for i, count in enumerate(counts):
+        height = max(1.0, round(count / top * (SPARK_HEIGHT - 2), 1)) if count else 1.0
+        rects.append(f'<rect x="{i * (BAR_WIDTH + BAR_GAP)}" y="{SPARK_HEIGHT - height}" width="{BAR_WIDTH}" '
+                     f'height="{height}"{"" if count else ZERO}></rect>')
+    minutes = int(bar_seconds) // 60 if isinstance(bar_seconds, (int, float)) else None
+    per = ("" if not minutes else f"per {minutes} minutes" if minutes < 60 else "per hour" if minutes == 60
+           else f"per {minutes // 60} hours")
+    label = f"{kind} {per}, {window}, oldest first: {', '.join(str(c) for c in counts)}"
+    return (f'<svg class="spark {e(kind)}" width="{width}" height="{SPARK_HEIGHT}" '
+            f'viewBox="0 0 {width} {SPARK_HEIGHT}" '
+            f'role="img" aria-label="{e(label)}" data-counts="{e(",".join(str(c) for c in counts))}">'
+            f'<title>{e(label)}</title>{"".join(rects)}</svg>')
+
+
 def _ms(value: Any) -> str:
     return f"{value:.0f} ms" if isinstance(value, (int, float)) else "—"
 
@@ -236,9 +320,8 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
     for item in figures:
         rows = []
         for label, w in item["windows"].items():
-            total = max(1, int(w["total"]))
-            bars = "".join(f'<td class="num">{w[k]}<meter min="0" max="{total}" value="{w[k]}" class="{k}" '
-                           f'title="{e(k)}: {w[k]} of {w["total"]}"></meter></td>'
+            chart = (item.get("series") or {}).get(label) or {}
+            bars = "".join(f'<td class="num">{w[k]}{spark(chart.get(k) or [], k, label, chart.get("bar_seconds"))}</td>'
                            for k in (DELIVERED, FAILED, DEAD_LETTERED, DROPPED))
             rows.append(f'<tr><th scope="row">{e(label)}</th>{bars}<td class="num">{w["http_429"]}</td>'
                         f'<td class="num">{w["token_requests"]}</td>'
@@ -302,5 +385,9 @@ def playground_page(names: Sequence[str], chosen: str, source: str, events: str,
             f'<textarea id="events-input" spellcheck="false" rows="8">{e(events)}</textarea>'
             f'<p class="live" id="play-status" aria-live="polite">Checked.</p>'
             f'<h2>Problems</h2><ul id="problems" class="problems">{problems}</ul>'
-            f'<h2>Outcomes</h2><div id="results">{outcomes}</div></div></div>')
+            f'<h2>Outcomes</h2><div id="results">{outcomes}</div>'
+            f'<h2>Golden cases</h2><p class="actions"><button type="button" id="run-golden">Run golden cases</button>'
+            f'<span class="live" id="golden-status" aria-live="polite">Runs the preset\'s cases '
+            f'(<code>golden/&lt;preset&gt;/</code>) against the YAML above; nothing is sent.</span></p>'
+            f'<div id="golden"></div></div></div>')
     return page("Playground", "playground", body, csrf=csrf)

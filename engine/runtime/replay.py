@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
 from ..outcome import Outcome
+from ..state.dead_letters import delete_letters
 from ..state.record import integration_name
 from .journalling import already_delivered
 from .letters import letter_context, prepared_from_letter
@@ -111,6 +112,14 @@ class Replaying:
                                       "last_request": result.request, "last_response": result.response,
                                       "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
         return result
+
+    def delete_dead_letters(self, ids: Collection[str]) -> list[str]:
+        """Forget these dead letters of this engine without sending them (``dlq delete``); the ids removed.
+
+        An id that is not one of this engine's letters is left alone and is
+        not in the answer. Nothing is sent, so no credential is needed.
+        """
+        return delete_letters(self.dead_letters, self.letter_pages(), ids)
 
     def letter_pages(self) -> Iterator[list[dict[str, Any]]]:
         """This engine's dead letters, a page at a time: those kept under its name, and those of the same

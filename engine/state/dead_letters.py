@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Collection, Iterable, Iterator, Mapping, Protocol
 
 from ..outcome import Outcome
 
@@ -130,6 +130,29 @@ class MemoryDeadLetters:
 
     def discard(self, preset: str, key: str) -> None:
         self._entries = [e for e in self._entries if not (filed_under(e) == preset and e.get("key") == key)]
+
+
+class Removes(Protocol):
+    def remove(self, letter_id: str) -> None: ...
+
+
+def delete_letters(store: Removes, pages: Iterable[list[dict[str, Any]]],
+                   ids: Collection[str]) -> list[str]:
+    """Remove the letters with these ``ids`` among ``pages`` (one integration's letters); the ids removed.
+
+    Only letters found among ``pages`` are removed, so naming another
+    integration's letter (or one a replay removed meanwhile) deletes nothing;
+    the caller reports those ids as not found. This is ``dlq delete`` and the
+    console's delete: the same operation, never a different path to the store.
+    """
+    wanted, removed = set(ids), []
+    for page in pages:
+        for entry in page:
+            letter_id = str(entry.get("id"))
+            if letter_id in wanted and letter_id not in removed:
+                store.remove(letter_id)
+                removed.append(letter_id)
+    return removed
 
 
 def chunked(letters: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

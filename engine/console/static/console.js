@@ -195,6 +195,68 @@
     timer = window.setTimeout(check, 300);
   }
 
+  // Golden cases: run the chosen preset's cases against the YAML as it is in the page, and show each diff.
+  const goldenButton = document.getElementById("run-golden");
+  const golden = document.getElementById("golden");
+  const goldenStatus = document.getElementById("golden-status");
+
+  function renderGolden(answer) {
+    golden.replaceChildren();
+    const problems = answer.problems || [];
+    if (problems.length) {
+      goldenStatus.textContent = "The preset has " + problems.length + " problem(s): fix them to run its cases.";
+      return;
+    }
+    if (answer.note) {
+      goldenStatus.textContent = answer.note;
+      return;
+    }
+    goldenStatus.textContent = answer.passed + " passed, " + answer.failed + " failed (" + answer.folder + "/).";
+    for (const item of answer.cases || []) {
+      const node = element("details", null, "golden-case " + (item.passed ? "pass" : "fail"));
+      node.open = !item.passed;
+      node.dataset.case = item.name;
+      const summary = element("summary");
+      const badge = "badge " + (item.passed ? "delivered" : "failed");
+      summary.appendChild(element("span", item.passed ? "pass" : "fail", badge));
+      summary.appendChild(document.createTextNode(" " + item.name));
+      node.appendChild(summary);
+      if (item.error) {
+        node.appendChild(element("p", item.error, "error"));
+      }
+      if (item.diff) {
+        const pre = element("pre", null, "diff");
+        for (const line of item.diff.split("\n")) {
+          const kind = line.startsWith("+") ? "added"
+            : line.startsWith("-") ? "removed" : line.startsWith("@@") ? "hunk" : "";
+          pre.appendChild(element("span", line + "\n", kind));
+        }
+        node.appendChild(pre);
+      }
+      golden.appendChild(node);
+    }
+  }
+
+  goldenButton.addEventListener("click", async function () {
+    goldenStatus.textContent = "Running the golden cases…";
+    try {
+      const answer = await fetch("/console/api/playground/golden", {
+        method: "POST",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf},
+        body: JSON.stringify({yaml: yaml.value, preset: choice.value}),
+        credentials: "same-origin",
+      });
+      const body = await answer.json();
+      if (!answer.ok) {
+        goldenStatus.textContent = body.error || "The run failed.";
+        return;
+      }
+      renderGolden(body);
+    } catch (error) {
+      goldenStatus.textContent = "The console did not answer.";
+    }
+  });
+
   yaml.addEventListener("input", soon);
   events.addEventListener("input", soon);
   choice.addEventListener("change", async function () {
