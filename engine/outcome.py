@@ -6,8 +6,12 @@ them and golden files pin them, so they are plain strings kept in one place.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 DROPPED = "dropped"
 WOULD_SEND = "would_send"
@@ -69,3 +73,34 @@ class Outcome:
 
 def dropped(index: int | None, message_id: str | None, reason: str, detail: str) -> Outcome:
     return Outcome(index, message_id, DROPPED, reason=reason, detail=detail)
+
+
+def outcome_json(data: Any, encoding: str | None = None) -> str:
+    """``data`` as one line of compact JSON (no newline) that a stream in ``encoding`` can write.
+
+    One form for every command that prints outcomes (``run``, ``serve``, ``worker``), so a
+    consumer reads them all alike: UTF-8 as it is on a UTF-8 stream, ASCII escapes on any other.
+    """
+    try:
+        line = orjson.dumps(data).decode("utf-8")
+    except TypeError:
+        # A lone surrogate (from a "\\ud800" escape in the input), an integer
+        # beyond 64 bits or a value orjson does not know: json writes it, as
+        # escapes where needed; NaN and infinities become null, as orjson writes them.
+        return json.dumps(_finite(data), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    encoding = encoding or "utf-8"
+    if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
+        # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
+        # not UTF-8, even where it can encode the character: ASCII escapes are both.
+        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":"))
+    return line
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

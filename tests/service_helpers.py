@@ -42,7 +42,11 @@ def page(i: int, tag: str = "svc") -> dict[str, Any]:
 
 
 class Service:
-    """One ``signal-engine`` process; stdout lines collected as they come, stderr in a file."""
+    """One ``signal-engine`` process; stdout lines collected as they come, stderr in a file.
+
+    ``serve`` and ``worker`` print outcome lines only on stdout; what they say about themselves
+    (``listening on URL``, ``metrics on URL``, ``worker NAME consuming ...``) is on stderr.
+    """
 
     def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None, name: str = "service") -> None:
         self.stderr_path = cwd / f"{name}-{time.monotonic_ns()}.err"
@@ -59,11 +63,13 @@ class Service:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
 
-    def wait_for_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+    def wait_for_line(self, pattern: str, timeout: float = 30, *, stream: str = "stdout") -> re.Match[str]:
+        """The first line of ``stream`` (``stdout`` or ``stderr``) that ``pattern`` finds."""
         regex = re.compile(pattern)
+        read = (lambda: list(self.lines)) if stream == "stdout" else (lambda: self.stderr().splitlines())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in list(self.lines):
+            for line in read():
                 match = regex.search(line)
                 if match:
                     return match
@@ -71,14 +77,20 @@ class Service:
                 self._reader.join(2)
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no line matching {pattern!r}; stdout: {self.lines[-5:]}; stderr: {self.stderr()[-2000:]}")
+        raise AssertionError(f"no {stream} line matching {pattern!r}; stdout: {self.lines[-5:]}; "
+                             f"stderr: {self.stderr()[-2000:]}")
+
+    def wait_for_notice(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """A line the process says about itself on stderr (listening, metrics, consuming)."""
+        return self.wait_for_line(pattern, timeout, stream="stderr")
 
     @property
     def url(self) -> str:
-        return self.wait_for_line(r"^listening on (http://\S+)$").group(1)
+        return self.wait_for_notice(r"^listening on (http://\S+)$").group(1)
 
     def outcomes(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        """Every stdout line, each parsed as the JSON object it must be."""
+        return [json.loads(line) for line in list(self.lines)]
 
     def stderr(self) -> str:
         if not self._stderr.closed:

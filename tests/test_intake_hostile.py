@@ -355,5 +355,7 @@ def test_serve_logs_a_broken_request_in_one_line_without_a_traceback_and_closes_
     stderr = serve.stderr()
     assert "Traceback" not in stderr and "  File " not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines[0] == f"listening on {serve.url}"  # the only line serve says about itself here
+    lines = lines[1:]
     # The two malformed requests, a line each (the TLS handshake is noise on a public port: not logged).
     assert len(lines) == 2 and all(line.startswith("signal-engine: intake: ") for line in lines), stderr

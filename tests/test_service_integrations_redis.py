@@ -57,7 +57,7 @@ def test_kill_9_of_one_of_two_workers_loses_and_duplicates_nothing_per_integrati
         try:
             url = serve.url
             for w in workers:
-                w.wait_for_line(r"^worker w\d consuming outreach, hubspot$")
+                w.wait_for_notice(r"^worker w\d consuming outreach, hubspot$")
             for start in range(0, count, 25):
                 batch = [e for i in range(start, start + 25) for e in (identify(i, "r"), lead(i, "r"))]
                 assert post(url, "/v1/batch", {"batch": batch}, write_key_headers())[0] == 200
@@ -112,7 +112,7 @@ def test_a_worker_for_one_integration_and_its_dead_letters_on_redis(tmp_path: Pa
                                "--consumer", "h1", cwd=tmp_path, env=ENV, name="h1")
         try:
             url = serve.url
-            only_hubspot.wait_for_line(r"^worker h1 consuming hubspot$")
+            only_hubspot.wait_for_notice(r"^worker h1 consuming hubspot$")
             assert post(url, "/v1/batch", {"batch": [identify(1, "d"), lead(1, "d")]}, write_key_headers())[0] == 200
             until(lambda: len(published(redis_url, "hubspot")) == 2, what="HubSpot's two outcomes")
             only_hubspot.signal(signal.SIGTERM)

@@ -103,7 +103,7 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
         try:
             url = serve.url
             for w in workers:
-                w.wait_for_line(r"^worker w\d consuming")
+                w.wait_for_notice(r"^worker w\d consuming")
             total = 0
             for start in range(0, LEADS, CHUNK):
                 ids = range(start, start + CHUNK)
@@ -128,7 +128,7 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
                     held = kill_while_holding(workers[0], "w0", redis_url)
                     sandbox.admin("POST", "faults", {"faults": [], "clear": True})
             until(lambda: len(outcomes(redis_url)) >= total, timeout=90, what="every event's outcome")
-            scraped = [urllib.request.urlopen(w.wait_for_line(r"^metrics on (http://\S+)$").group(1), timeout=10)
+            scraped = [urllib.request.urlopen(w.wait_for_notice(r"^metrics on (http://\S+)$").group(1), timeout=10)
                        .read().decode() for w in workers[1:]]
             for w in workers[1:]:
                 w.signal(signal.SIGTERM)

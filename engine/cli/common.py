@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import re
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
 
 from ..language.settings import SettingsError, load_settings_file, resolve
-from ..outcome import Outcome
+from ..outcome import Outcome, outcome_json
 
 
 class UsageError(Exception):
@@ -82,30 +79,7 @@ def emit(outcome: Outcome, out: TextIO | None = None, *, flush: bool = True) -> 
 
 def outcome_line(data: Any, out: TextIO | None = None) -> str:
     """``data`` as one line of JSON text that ``out`` can encode."""
-    try:
-        line = orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE).decode("utf-8")
-    except TypeError:
-        # A lone surrogate (from a "\\ud800" escape in the input), an integer
-        # beyond 64 bits or a value orjson does not know: json writes it, as
-        # escapes where needed; NaN and infinities become null, as orjson writes them.
-        return json.dumps(_finite(data), ensure_ascii=True, separators=(",", ":"), allow_nan=False,
-                          default=str) + "\n"
-    encoding = getattr(out, "encoding", None) or "utf-8"
-    if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
-        # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
-        # not UTF-8, even where it can encode the character: ASCII escapes are both.
-        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":")) + "\n"
-    return line
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return outcome_json(data, getattr(out, "encoding", None)) + "\n"
 
 
 def add_reset_state_option(cmd: argparse.ArgumentParser) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from typing import Any
 
 from .common import UsageError, add_preset_path_option, add_reset_state_option, check_state_dir
 from .console import console_mount
-from .logs import add_logging_options
+from .logs import add_logging_options, say_on_stderr
 from .report import EXIT_OK
 from .service_common import add_config_options, integrations_for
 
@@ -21,8 +22,9 @@ def register(sub: Any) -> None:
         description="Serve the HTTP intake: POST /v1/events (HMAC-signed) and the Segment-compatible /v1/batch, "
                     "/v1/track, /v1/identify, /v1/page, /v1/screen and /v1/group (write key as the HTTP Basic "
                     "username). Without --redis, events are queued in the state directory and delivered by this "
-                    "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. Prints "
-                    "'listening on http://HOST:PORT' when ready; SIGTERM drains and exits. With --config FILE, one "
+                    "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. stdout holds "
+                    "only outcome lines, one compact JSON object each, as `run` prints them; stderr says 'listening on "
+                    "http://HOST:PORT' when ready (under --log-format json, an object with a url field); SIGTERM drains and exits. With --config FILE, one "
                     "intake feeds every integration of the file, each consuming on its own; PRESET --settings FILE "
                     "is one integration named after the preset. Write keys come from the file's intake: section, "
                     "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
@@ -98,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServiceOptions(config, state=args.state, redis=args.redis, host=args.host, port=args.port,
                              intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
                              max_deliveries=args.max_deliveries, record=args.record,
-                             mount=console_mount(args, config) if args.console else None)
+                             mount=console_mount(args, config) if args.console else None,
+                             announce=functools.partial(say_on_stderr, args.log_format))
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from .common import UsageError, add_preset_path_option
-from .logs import add_logging_options
+from .logs import add_logging_options, say_on_stderr
 from .report import EXIT_OK
 from .service_common import add_config_options, integrations_for
 
@@ -21,7 +22,8 @@ def register(sub: Any) -> None:
                     "is delivered and acknowledged with its outcome by one worker; entries a "
                     "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
                     "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
-                    "and to a capped stream (`signal-engine tail`). SIGTERM drains and exits.")
+                    "(only they, compact JSON as `run` prints them) and to a capped stream (`signal-engine tail`); "
+                    "'worker NAME consuming ...' and 'metrics on URL' go to stderr. SIGTERM drains and exits.")
     add_config_options(worker, integrations="deliver for this integration only (repeatable; default: every enabled "
                                             "integration of the file)")
     worker.add_argument("--redis", metavar="URL", required=True, help="the Redis serve appends to (redis://host:port/db)")
@@ -64,7 +66,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     options = ServiceOptions(config, redis=args.redis, only=args.integration, host=args.host, consumer=args.consumer,
                              visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
                              metrics_port=args.metrics_port, print_outcomes=not args.quiet,
-                             max_deliveries=args.max_deliveries, record=args.record)
+                             max_deliveries=args.max_deliveries, record=args.record,
+                             announce=functools.partial(say_on_stderr, args.log_format))
     with service_errors(args):
         asyncio.run(work(options, configure_for(args)))
     return EXIT_OK

@@ -76,6 +76,8 @@ class ServiceOptions:
     record: bool = True  # the record of recent events the console shows (--no-record: none)
     mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
     only: list[str] | None = None  # worker --integration NAME ...: these integrations only
+    # Where "listening on URL" and the like go: stderr, so stdout holds outcome lines only.
+    announce: Callable[..., None] = field(default=lambda line, **fields: _announce(line))
 
     def working(self) -> list[Integration]:
         """The integrations this process delivers for: the enabled ones (of ``only``, when named)."""
@@ -131,9 +133,13 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _announce(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def _emit(record: dict[str, Any]) -> None:
     try:
-        sys.stdout.write(outcome_line(record) + "\n")
+        sys.stdout.write(outcome_line(record, getattr(sys.stdout, "encoding", None)) + "\n")
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):
         pass  # nobody reads stdout any more; the outcome is in the queue's record
@@ -208,7 +214,7 @@ async def serve(options: ServiceOptions, configure: Configure, *,
     """Run the intake (and, without Redis, the worker) until SIGTERM or SIGINT; the exit status."""
     metrics = Metrics()
     stop = asyncio.Event()
-    say = ready or (lambda url: print(f"listening on {url}", flush=True))
+    say = ready or (lambda url: options.announce(f"listening on {url}", url=url))
     if options.redis is None:
         return await _serve_embedded(options, configure, metrics, stop, say)
     return await _serve_redis(options, configure, metrics, stop, say)
@@ -377,10 +383,12 @@ async def work(options: ServiceOptions, configure: Configure, *,
                     if options.metrics_port is not None:
                         runner, port = await _start_site(_metrics_app(metrics, worker_stop), options.host,
                                                          options.metrics_port)
-                        print(f"metrics on {url_of(options.host, port)}/metrics", flush=True)
+                        metrics_url = f"{url_of(options.host, port)}/metrics"
+                        options.announce(f"metrics on {metrics_url}", url=metrics_url)
                     tasks = [asyncio.ensure_future(d.worker.run(worker_stop)) for d in deliveries if d.worker]
                     names = ", ".join(by_name) or "nothing (no enabled integration)"
-                    (ready or (lambda name: print(f"worker {name} consuming {names}", flush=True)))(consumer)
+                    (ready or (lambda name: options.announce(f"worker {name} consuming {names}", consumer=name,
+                                                             integrations=list(by_name))))(consumer)
                     await _until(stop, tasks)
                     worker_stop.set()
                     await _drain(tasks, options.drain_seconds, f"worker {consumer}")

@@ -40,7 +40,6 @@ order, rebalance) all plug in the same way.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, AsyncIterator, Callable, Protocol, Sequence
@@ -327,8 +326,9 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
         pass
 
 
-def outcome_line(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+def outcome_line(record: dict[str, Any], encoding: str | None = None) -> str:
+    """The outcome's line on stdout, without its newline: the same compact form as ``run``'s."""
+    return oc.outcome_json(record, encoding)
 
 
 __all__ = ["Worker", "KeyLocks", "outcome_line", "Outcome"]
