@@ -107,6 +107,14 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
             total = 0
             for start in range(0, LEADS, CHUNK):
                 ids = range(start, start + CHUNK)
+                killing = start == LEADS // 3
+                if killing:
+                    # Mid-run: one worker dies without a chance to acknowledge what it holds. Slow answers,
+                    # queued before this chunk is posted, keep its deliveries (and so its entries) open for a
+                    # while; it is killed only once it provably holds entries, so there is something for the
+                    # others to take over.
+                    until(lambda: len(workers[0].outcomes()) > 20, what="worker w0 to be busy")
+                    sandbox.admin("POST", "faults", {"faults": ["delay:1"] * 16})
                 # Identifies through the Segment route (gzip, as SDKs may send), answered before their leads are posted.
                 status, _ = post(url, "/v1/batch", {"batch": [identify(i) for i in ids] + [page(i) for i in ids]},
                                  write_key_headers(), compress=start % 2 == 0)
@@ -119,12 +127,7 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
                         single = {k: v for k, v in lead(i).items() if k != "type"}
                         assert post(url, "/v1/track", single, write_key_headers())[0] == 200
                 total += 3 * CHUNK
-                if start == LEADS // 3:
-                    # Mid-run: one worker dies without a chance to acknowledge what it holds. Slow answers
-                    # keep its deliveries (and so its entries) open for a while; it is killed only once it
-                    # provably holds entries, so there is something for the others to take over.
-                    until(lambda: len(workers[0].outcomes()) > 20, what="worker w0 to be busy")
-                    sandbox.admin("POST", "faults", {"faults": ["delay:1"] * 16})
+                if killing:
                     held = kill_while_holding(workers[0], "w0", redis_url)
                     sandbox.admin("POST", "faults", {"faults": [], "clear": True})
             until(lambda: len(outcomes(redis_url)) >= total, timeout=90, what="every event's outcome")
