@@ -214,3 +214,23 @@ def test_every_metric_is_in_the_reference_with_its_type_labels_and_help(pages: d
             (row,) = [line for line in page.splitlines() if line.startswith(f"| `{name}` |")]
             assert f"`{label}`" in row, f"{name}: the label {label} is missing"
     assert "reference/metrics.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_http_route_of_the_intake_and_the_console_is_in_the_reference_with_what_it_does(
+        pages: dict[str, str]) -> None:
+    """The routes are found in the source text here, not through the generator's route tables."""
+    page = pages["reference/http-api.md"]
+    declared = []
+    for path in [REPO / "engine" / "service" / "intake.py", *sorted((REPO / "engine" / "console").glob("*.py"))]:
+        prefix = "/console" if path.parent.name == "console" else ""
+        for method, route in re.findall(r'router\.add_(get|post|delete|put)\(r?f?"([^"]+)"', path.read_text()):
+            if "{kind}" in route:
+                declared += [("POST", f"/v1/{kind}") for kind in ("track", "identify", "page", "screen", "group")]
+            else:
+                declared.append((method.upper(), prefix + re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route)))
+    assert len(declared) > 30
+    for method, route in declared:
+        rows = [line for line in page.splitlines() if line.startswith(f"| {method} | `{route}` | ")]
+        assert rows, f"{method} {route} is missing from docs/reference/http-api.md"
+        assert rows[0].removeprefix(f"| {method} | `{route}` | ").strip(" |"), f"{method} {route}: no description"
+    assert "reference/http-api.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
