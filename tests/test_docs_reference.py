@@ -157,3 +157,80 @@ def test_every_built_in_preset_has_a_destination_page_with_its_settings_events_a
         for case in (REPO / "golden" / preset["preset"]).glob("*.json"):
             if not case.name.endswith(".expected.json"):
                 assert f"| `{case.stem}` |" in page, f"{name}: the golden case {case.stem} is missing"
+
+
+def test_every_integrations_file_key_and_description_is_in_its_reference(pages: dict[str, str]) -> None:
+    page = pages["reference/integrations-file.md"]
+    schema = json.loads((REPO / "schemas" / "integrations.schema.json").read_text(encoding="utf-8"))
+    listed = set()
+    for token in re.findall(r"`([^`\n]+)`", page):
+        listed.update(part.removesuffix("[]") for part in token.split("."))
+    keys = list(schema_keys(schema))
+    assert len(keys) > 5
+    missing = sorted(where for key, where in keys if key not in listed)
+    assert not missing, f"keys missing from docs/reference/integrations-file.md: {missing}"
+    assert "reference/integrations-file.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_outcome_reason_cause_and_exit_status_is_in_the_reference(pages: dict[str, str]) -> None:
+    """Found by reading the modules, not the generator's tables: a constant added without a meaning fails too."""
+    import engine.cli
+    from engine import outcome
+
+    page = pages["reference/outcomes.md"]
+    constants = {name: value for name, value in vars(outcome).items()
+                 if name.isupper() and isinstance(value, str)}
+    assert {"DROPPED", "DELIVERED", "NO_CONSENT", "NOT_SENT", "AUTH_REJECTED"} <= set(constants)
+    for name, value in constants.items():
+        assert re.search(rf"^\| `{value}` \| \S", page, re.M), f"outcome.{name} ({value}) is missing from the page"
+    statuses = set()
+    for module_path in (p for p in (REPO / "engine" / "cli").glob("*.py") if p.stem != "__main__"):
+        module = importlib.import_module(f"engine.cli.{module_path.stem}")
+        statuses.update(value for name, value in vars(module).items()
+                        if name.startswith("EXIT_") and isinstance(value, int))
+    assert {0, 1, 2, 70, 130, 141, 143} <= statuses
+    exit_section = page.split("## Exit status", 1)[1]
+    for status in statuses:
+        assert re.search(rf"^\| `{status}` \| \S", exit_section, re.M), f"exit status {status} is missing"
+    assert engine.cli and "reference/outcomes.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_metric_is_in_the_reference_with_its_type_labels_and_help(pages: dict[str, str]) -> None:
+    from engine.service.metrics import Metrics
+
+    page = pages["reference/metrics.md"]
+    metrics = Metrics()
+    families = list(metrics.registry.collect())
+    assert len(families) >= 10
+    for family in families:
+        name = family.name + ("_total" if family.type == "counter" else "")
+        rows = [line for line in page.splitlines() if line.startswith(f"| `{name}` |")]
+        assert rows, f"the metric {name} is missing from docs/reference/metrics.md"
+        assert f"| {family.type} |" in rows[0] and family.documentation in rows[0], rows[0]
+    # A labelled metric has no samples before its first use: its label names are read off the objects.
+    for collector in vars(metrics).values():
+        for label in getattr(collector, "_labelnames", ()):
+            name = collector._name + ("_total" if collector._type == "counter" else "")
+            (row,) = [line for line in page.splitlines() if line.startswith(f"| `{name}` |")]
+            assert f"`{label}`" in row, f"{name}: the label {label} is missing"
+    assert "reference/metrics.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_http_route_of_the_intake_and_the_console_is_in_the_reference_with_what_it_does(
+        pages: dict[str, str]) -> None:
+    """The routes are found in the source text here, not through the generator's route tables."""
+    page = pages["reference/http-api.md"]
+    declared = []
+    for path in [REPO / "engine" / "service" / "intake.py", *sorted((REPO / "engine" / "console").glob("*.py"))]:
+        prefix = "/console" if path.parent.name == "console" else ""
+        for method, route in re.findall(r'router\.add_(get|post|delete|put)\(r?f?"([^"]+)"', path.read_text()):
+            if "{kind}" in route:
+                declared += [("POST", f"/v1/{kind}") for kind in ("track", "identify", "page", "screen", "group")]
+            else:
+                declared.append((method.upper(), prefix + re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route)))
+    assert len(declared) > 30
+    for method, route in declared:
+        rows = [line for line in page.splitlines() if line.startswith(f"| {method} | `{route}` | ")]
+        assert rows, f"{method} {route} is missing from docs/reference/http-api.md"
+        assert rows[0].removeprefix(f"| {method} | `{route}` | ").strip(" |"), f"{method} {route}: no description"
+    assert "reference/http-api.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")

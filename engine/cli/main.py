@@ -25,10 +25,9 @@ from ..compile.compiler import PresetError
 from ..language.settings import SettingsError
 from .common import LOCATION, UsageError, located
 from .logs import wants_json
-from .report import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
+from .report import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE
 from .stopping import RunStop
 
-EXIT_INTERNAL = 70
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,18 @@ EXIT_USAGE = 2  # a usage or configuration error: nothing was processed
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_BROKEN_PIPE = 141  # stdout was closed (SIGPIPE's number; the signal itself is ignored)
 EXIT_TERMINATED = 143  # SIGTERM
+EXIT_INTERNAL = 70  # an internal error (a bug): reported on one line, never as a traceback
+
+# What each status means, the same for every command: docs/reference/outcomes.md is written from this.
+EXIT_CODES = {
+    EXIT_OK: "Every event ended delivered, dropped or would_send (or: nothing was found wrong).",
+    EXIT_EVENTS_FAILED: "An event failed or was dead-lettered (or: `check`/`golden` found a problem).",
+    EXIT_USAGE: "A usage or configuration error, before any event was processed.",
+    EXIT_INTERNAL: "An internal error (a bug), reported on one line.",
+    EXIT_INTERRUPTED: "Interrupted (SIGINT, Ctrl-C): the run stopped early, every event it read recorded.",
+    EXIT_BROKEN_PIPE: "stdout was closed: the run stopped early, every event it read recorded.",
+    EXIT_TERMINATED: "Terminated (SIGTERM): the run stopped early, every event it read recorded.",
+}
 
 
 class RunReport:

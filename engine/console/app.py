@@ -120,6 +120,7 @@ async def _off_loop(function: Any, *args: Any) -> Any:
 
 # -- pages ------------------------------------------------------------------
 async def events_page(request: web.Request) -> web.Response:
+    """The Event Debugger: the recorded events, newest first, filtered by the query string."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     filters = _filters(request)
     _, cursor = await _off_loop(source.record.since, None)
@@ -129,6 +130,7 @@ async def events_page(request: web.Request) -> web.Response:
 
 
 async def event_page(request: web.Request) -> web.Response:
+    """One recorded event: its outcome, every request and answer, masked."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     entry = await _off_loop(source.event, request.match_info["id"])
     if entry is None:
@@ -139,6 +141,7 @@ async def event_page(request: web.Request) -> web.Response:
 
 
 async def dead_letters_page(request: web.Request) -> web.Response:
+    """The dead letters, by integration and cause, with replay and delete forms."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     letters = await _off_loop(source.dead_letters)
     causes = sorted({str(letter.get("cause")) for letter in letters})
@@ -155,6 +158,7 @@ async def dead_letters_page(request: web.Request) -> web.Response:
 
 
 async def replay_form(request: web.Request) -> web.Response:
+    """Replay the chosen dead letters through their integration's connection (the form of the page)."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     form = await request.post()
     if not guard.csrf_ok(request, str(form.get("csrf", ""))):
@@ -213,6 +217,7 @@ async def delete_form(request: web.Request) -> web.Response:
 
 
 async def letter_page(request: web.Request) -> web.Response:
+    """One dead letter: the event, its cause and its last answer."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     letter = await _off_loop(source.letter, request.match_info["id"])
     if letter is None:
@@ -230,6 +235,7 @@ def _message(text: str) -> web.Response:
 
 
 async def integrations_page(request: web.Request) -> web.Response:
+    """Each integration's health: outcomes, lag, dead letters and charts."""
     return _html(views.integrations_page(await _figures(request.app[SOURCE]), csrf=request.app[GUARD].csrf))
 
 
@@ -253,6 +259,7 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
 
 
 async def playground_page(request: web.Request) -> web.Response:
+    """The playground: a preset's YAML and an event, run as a dry run in the page."""
     source = request.app[SOURCE]
     names = _playground_presets(source)
     asked = request.query.get("preset")
@@ -277,6 +284,7 @@ def _playground_source(source: ConsoleSource, name: str) -> str:
 
 
 async def api_playground(request: web.Request) -> web.Response:
+    """Dry-run an event through the YAML posted: the outcome and the masked request; nothing is sent."""
     if not request.app[GUARD].csrf_ok(request, None):
         return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
     try:
@@ -308,6 +316,7 @@ async def api_playground_golden(request: web.Request) -> web.Response:
 
 
 async def api_playground_preset(request: web.Request) -> web.Response:
+    """A built-in or configured preset's YAML, for the playground to start from."""
     try:
         return web.json_response({"yaml": _playground_source(request.app[SOURCE], request.match_info["name"])})
     except (KeyError, OSError):
@@ -315,10 +324,12 @@ async def api_playground_preset(request: web.Request) -> web.Response:
 
 
 async def login_page(request: web.Request) -> web.Response:
+    """The sign-in form (when the console is started with a token)."""
     return _html(views.login_page(None, csrf=request.app[GUARD].csrf))
 
 
 async def login(request: web.Request) -> web.Response:
+    """Check the token posted and set the session cookie."""
     guard = request.app[GUARD]
     if not guard.token:
         return _redirect("/console/events")
@@ -334,6 +345,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def static(request: web.Request) -> web.Response:
+    """The console's script, style sheet and icon."""
     name = request.match_info["name"]
     if name not in STATIC:
         raise web.HTTPNotFound()
@@ -343,6 +355,7 @@ async def static(request: web.Request) -> web.Response:
 
 # -- the JSON API -------------------------------------------------------------
 async def api_events(request: web.Request) -> web.Response:
+    """The recorded events as JSON, filtered by the query string (``limit`` up to 1000)."""
     filters = _filters(request)
     try:
         limit = max(1, min(1000, int(request.query.get("limit", "100"))))
@@ -353,6 +366,7 @@ async def api_events(request: web.Request) -> web.Response:
 
 
 async def api_event(request: web.Request) -> web.Response:
+    """One recorded event as JSON."""
     entry = await _off_loop(request.app[SOURCE].event, request.match_info["id"])
     if entry is None:
         return web.json_response({"error": "no such event in the record"}, status=404)
@@ -360,11 +374,13 @@ async def api_event(request: web.Request) -> web.Response:
 
 
 async def api_dead_letters(request: web.Request) -> web.Response:
+    """The dead letters as JSON, of one integration (``?integration=``) or all."""
     letters = await _off_loop(request.app[SOURCE].dead_letters, request.query.get("integration") or None)
     return web.json_response({"dead_letters": letters}, dumps=_dumps)
 
 
 async def api_replay(request: web.Request) -> web.Response:
+    """``dlq replay`` for scripts: replay the dead letters named; what each replay ended as."""
     source, guard = request.app[SOURCE], request.app[GUARD]
     if not guard.csrf_ok(request, None):
         return web.json_response({"error": "missing or wrong X-CSRF-Token"}, status=403)
@@ -386,6 +402,7 @@ async def api_replay(request: web.Request) -> web.Response:
 
 
 async def api_letter(request: web.Request) -> web.Response:
+    """One dead letter as JSON."""
     letter = await _off_loop(request.app[SOURCE].letter, request.match_info["id"])
     if letter is None:
         return web.json_response({"error": "no such dead letter"}, status=404)
@@ -411,6 +428,7 @@ async def api_delete(request: web.Request) -> web.Response:
 
 
 async def api_integrations(request: web.Request) -> web.Response:
+    """Each integration's health figures as JSON (what the integrations page shows)."""
     return web.json_response({"integrations": await _figures(request.app[SOURCE])}, dumps=_dumps)
 
 

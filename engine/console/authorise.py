@@ -59,6 +59,7 @@ def _back(message: str) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
+    """Start an integration's authorisation: redirect to the destination's consent page."""
     setup = request.app[SETUP]
     form = await request.post()
     if not setup.guard.csrf_ok(request, str(form.get("csrf", ""))):
@@ -88,6 +89,7 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def callback(request: web.Request) -> web.Response:
+    """Where the destination sends the browser back: exchange the code for tokens and store them."""
     setup = request.app[SETUP]
     answer = dict(request.query)
     pending = setup.pending.pop(answer.get("state", ""), None)

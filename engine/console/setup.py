@@ -188,6 +188,7 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 
 async def new_page(request: web.Request) -> web.Response:
+    """The set-up form of a new integration, built from the chosen preset's settings."""
     setup = request.app[SETUP]
     chosen = request.query.get("preset", "")
     preset = await asyncio.to_thread(_preset, chosen) if chosen else None
@@ -203,6 +204,7 @@ async def new_page(request: web.Request) -> web.Response:
 
 
 async def save_form(request: web.Request) -> web.Response:
+    """Check and save an integration's settings (secrets encrypted at rest); problems shown next to their fields."""
     setup = request.app[SETUP]
     form = await request.post()
     if not setup.guard.csrf_ok(request, str(form.get("csrf", ""))):

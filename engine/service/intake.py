@@ -143,20 +143,24 @@ class Intake:
 
     # -- routes ---------------------------------------------------------------
     async def events(self, request: web.Request) -> web.Response:
+        """One event or a batch, signed with HMAC-SHA256 (``X-Signature``), appended to the queue."""
         return await self._handle(request, "events", self._signed)
 
     def segment(self, kind: str | None) -> Callable[[web.Request], Awaitable[web.Response]]:
         route = kind or "batch"
 
         async def handler(request: web.Request) -> web.Response:
+            """A Segment-compatible route (HTTP Basic write key): the event the path names, or a batch."""
             return await self._handle(request, route, self._keyed)
 
         return handler
 
     async def healthz(self, _: web.Request) -> web.Response:
+        """Liveness: the process answers."""
         return web.json_response({"status": "ok"})
 
     async def readyz(self, _: web.Request) -> web.Response:
+        """Readiness: 503 while draining or when the queue cannot take writes."""
         if self.draining:
             return web.json_response({"status": "draining"}, status=503)
         try:
@@ -172,6 +176,7 @@ class Intake:
         return web.json_response({"status": "ready"})
 
     async def metrics_page(self, _: web.Request) -> web.Response:
+        """The Prometheus metrics of this process (docs/reference/metrics.md)."""
         body, content_type = await self.metrics.render()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
