@@ -219,7 +219,7 @@ def sqlite_append(batches: int, repeat: int) -> None:
                     write(rows)
                 runs[name].append((time.process_time() - start) / (batches * BATCH) * 1e6)
         asyncio.run(queue.close())
-    ratios = [b / a for a, b in zip(runs["batched"], runs["row by row"])]
+    ratios = [b / a for a, b in zip(runs["batched"], runs["row by row"], strict=True)]
     print(f"embedded queue write, CPU per event in batches of {BATCH}, two integrations ({repeat} runs):")
     print(f"  batched {statistics.median(runs['batched']):.2f} µs, row by row "
           f"{statistics.median(runs['row by row']):.2f} µs: {statistics.median(ratios):.2f}x "
@@ -260,10 +260,10 @@ def main() -> None:
           f"identifies in 100, {args.repeat} runs):")
     print(f"  engine   {med['engine']:.1f} µs ({1e6 / med['engine']:,.0f} events per CPU second)")
     print(f"  floor    {med['floor']:.1f} µs")
-    ratios = [e / f for e, f in zip(runs["engine"], runs["floor"])]
+    ratios = [e / f for e, f in zip(runs["engine"], runs["floor"], strict=True)]
     print(f"  engine/floor {statistics.median(ratios):.2f}x (spread {min(ratios):.2f}-{max(ratios):.2f}x)")
     if args.baseline:
-        before = [b / e for b, e in zip(runs["baseline"], runs["engine"])]
+        before = [b / e for b, e in zip(runs["baseline"], runs["engine"], strict=True)]
         print(f"  baseline {med['baseline']:.1f} µs: baseline/engine {statistics.median(before):.2f}x "
               f"(spread {min(before):.2f}-{max(before):.2f}x)")
 

@@ -128,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     def spread(name: str | None) -> str:
         """The engine/floor ratio of each repetition alone (engine and floor ran side by side): its range."""
         if name is None:
-            ratios = [e / f for e, f in zip(runs[("engine", "empty")], runs[("floor", "empty")])]
+            ratios = [e / f for e, f in zip(runs[("engine", "empty")], runs[("floor", "empty")], strict=True)]
         else:
             ratios = [(e - e0) / (f - f0) for e, e0, f, f0 in zip(runs[("engine", name)], runs[("engine", "empty")],
-                                                                   runs[("floor", name)], runs[("floor", "empty")])
+                                                                   runs[("floor", name)], runs[("floor", "empty")], strict=True)
                       if f - f0 > 0]
         return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
 
-    cold_ratios = [c / f for c, f in zip(cold, runs[("floor", "empty")])]
+    cold_ratios = [c / f for c, f in zip(cold, runs[("floor", "empty")], strict=True)]
     rows = [
         ("startup, empty input (ms)", med[("engine", "empty")] * 1e3, med[("floor", "empty")] * 1e3, TARGETS["startup"],
          spread(None)),

@@ -42,8 +42,8 @@ class GoldenCase:
 
     @property
     def name(self) -> str:
-        return f"{Path(self.preset_name).stem if self.preset_name.endswith(('.yaml', '.yml')) else self.preset_name}" \
-               f"/{self.path.stem}"
+        return (f"{Path(self.preset_name).stem if self.preset_name.endswith(('.yaml', '.yml')) else self.preset_name}"
+                f"/{self.path.stem}")
 
     @property
     def expected_path(self) -> Path:

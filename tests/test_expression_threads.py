@@ -64,7 +64,7 @@ def in_thread(work: Any) -> Any:
 def test_an_expression_compiled_here_evaluates_on_another_thread(unraisable: list[str]) -> None:
     expr = Expression.compile('{"name": $join([first, last], " "), "n": $count(tags)}')
     assert expr.evaluate({"first": "Jane", "last": "Doe", "tags": [1, 2]}) == {"name": "Jane Doe", "n": 2}
-    assert in_thread(lambda: expr.evaluate({"first": "Bo", "tags": []})) == {"name": "Bo", "n": 0}
+    assert in_thread(lambda: expr.evaluate({"first": "Bo", "tags": []})) == {"name": "Bo", "n": 0}  # noqa: F821 - deleted below on purpose
     del expr
     gc.collect()
     assert unraisable == []
@@ -72,7 +72,7 @@ def test_an_expression_compiled_here_evaluates_on_another_thread(unraisable: lis
 
 def test_an_expression_compiled_on_a_thread_that_ended_still_evaluates_here(unraisable: list[str]) -> None:
     expr = in_thread(lambda: Expression.compile("a & b"))
-    assert in_thread(lambda: expr.evaluate({"a": "x", "b": "y"})) == "xy"
+    assert in_thread(lambda: expr.evaluate({"a": "x", "b": "y"})) == "xy"  # noqa: F821 - deleted below on purpose
     assert expr.evaluate({"a": "1", "b": "2"}) == "12"
     del expr
     gc.collect()
@@ -87,7 +87,7 @@ def test_a_pipeline_built_on_one_thread_prepares_on_many(unraisable: list[str]) 
 
     fresh = Pipeline(preset, resolve(preset.settings, {}, require=False))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda i: fresh.dry_run(lead(i), i).to_dict(), range(40)))
+        results = list(pool.map(lambda i: fresh.dry_run(lead(i), i).to_dict(), range(40)))  # noqa: F821 - deleted below on purpose
     assert results == expected
     del pipeline, fresh, preset
     gc.collect()
@@ -119,8 +119,8 @@ def test_an_engine_built_on_one_thread_delivers_from_another(unraisable: list[st
                                              "refresh_token": "sandbox-refresh-token", "base_url": where["base"]})
 
         async def process() -> list[oc.Outcome]:
-            async with engine:
-                return [await engine.process(event, i) for i, event in enumerate([lead(1), {"type": "page"}, lead(2)])]
+            async with engine:  # noqa: F821 - deleted below on purpose
+                return [await engine.process(event, i) for i, event in enumerate([lead(1), {"type": "page"}, lead(2)])]  # noqa: F821 - deleted below on purpose
 
         outcomes = in_thread(lambda: asyncio.run(process()))
     finally:

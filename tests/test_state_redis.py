@@ -190,7 +190,7 @@ def test_the_token_answers_values_are_kept_with_the_access_token(redis_url: str)
 
 # -- the shared rate budget --------------------------------------------------------------
 
-HEADERS = dict(remaining_header="X-RateLimit-Remaining", reset_header="X-RateLimit-Reset")
+HEADERS = {"remaining_header": "X-RateLimit-Remaining", "reset_header": "X-RateLimit-Reset"}
 
 
 def shared_limiter(url: str, requests: int, per_seconds: float, name: str = PRESET, **options: Any) -> RateLimiter:

@@ -17,7 +17,7 @@ import random
 import sqlite3
 import stat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -95,10 +95,10 @@ def disk(monkeypatch: pytest.MonkeyPatch) -> DiskFull:
 
 
 @pytest.fixture
-def state_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.LogCaptureFixture]:
+def state_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
     monkeypatch.setattr(logging.getLogger("engine"), "propagate", True)
     caplog.set_level(logging.WARNING, logger="engine")
-    yield caplog
+    return caplog
 
 
 # --------------------------------------------------------------------------

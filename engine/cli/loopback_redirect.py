@@ -68,7 +68,7 @@ class LoopbackRedirect:
 
     async def _callback(self, request: web.Request) -> web.Response:
         assert self._result is not None
-        params = {key: request.query.getone(key) for key in request.query.keys()}
+        params = {key: request.query.getone(key) for key in request.query}
         if self._result.done():
             return _page(409, "Already answered", "This authorisation has already been answered. "
                                                   "Return to the terminal.")

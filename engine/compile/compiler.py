@@ -13,7 +13,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from ..delivery.response_rules import Rule
 from ..language import resources
@@ -317,7 +317,7 @@ class _Compiler:
         roots.update({name: None for name in extra})
         return roots
 
-    RESPONSE_ROOTS = {"status": None, "headers": None, "body": None}
+    RESPONSE_ROOTS: ClassVar[dict[str, None]] = {"status": None, "headers": None, "body": None}
 
     def _template(self, path: list[PathPart], source: str, roots: tuple[str, ...] = (), *,
                   secrets_allowed: bool = False) -> Template | None:

@@ -37,7 +37,7 @@ def text(value: Any, traits: dict[str, Any] | None = None, option: str | None = 
         return value.strip() or None
     if value is None:
         return None
-    if isinstance(value, bool) or isinstance(value, (dict, list)):
+    if isinstance(value, (bool, dict, list)):
         raise InvalidValue(f"expected text, got {_kind(value)}")
     if isinstance(value, (int, float)):
         value = str(value)

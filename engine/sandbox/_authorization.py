@@ -167,7 +167,7 @@ def authorize_handler(get_state: Callable[[web.Request], Any]) -> Callable[[web.
 
     async def authorize_endpoint(request: web.Request) -> web.Response:
         state = get_state(request)
-        query = {key: request.query.getone(key) for key in request.query.keys()}
+        query = {key: request.query.getone(key) for key in request.query}
         return state.authorization.authorize(query, state.clock())
 
     return authorize_endpoint

@@ -27,7 +27,7 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import web

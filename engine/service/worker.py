@@ -252,7 +252,7 @@ class Worker:
                 log.error("worker %s: cannot take event locks (%s); going on without them", self.consumer,
                           type(exc).__name__)
                 return
-            for (index, key), ok in zip(list(waiting.items()), taken):
+            for (index, key), ok in zip(list(waiting.items()), taken, strict=True):
                 if ok:
                     self._locked[index] = key
                     del waiting[index]

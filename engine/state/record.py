@@ -53,6 +53,9 @@ class RecordLimits:
     max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS
 
 
+DEFAULT_LIMITS = RecordLimits()  # frozen, so one instance serves every store as a default
+
+
 @dataclass(frozen=True)
 class RecordQuery:
     """What the console asks for; every field narrows the answer (``None``: any)."""

@@ -12,7 +12,6 @@ Needs the ``redis`` package, imported only when a Redis backend is used.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import redis
@@ -94,7 +93,7 @@ class RedisState:
         """Fail before serving when Redis cannot be reached: one line naming the server, never its password."""
         try:
             self.client.ping()
-        except (redis.RedisError, socket.error) as exc:
+        except (redis.RedisError, OSError) as exc:
             raise StateError(f"--redis {redact_url(self.url)}: cannot connect ({type(exc).__name__})") from None
 
     def close(self) -> None:

@@ -18,12 +18,12 @@ import redis
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 from ..errors import StateError
-from ..record import Recorded, RecordLimits, RecordQuery
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery
 from .keys import Keys
 
 
 class RedisRecord:
-    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = RecordLimits(), *,  # noqa: B008 - frozen
+    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = DEFAULT_LIMITS, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.keys = keys

@@ -54,7 +54,7 @@ class SqliteRateBudget:
     def _row(self, cur: Any) -> dict[str, Any]:
         found = cur.execute(f"SELECT {_COLUMNS} FROM rate_budgets WHERE name = ?", (self.name,)).fetchone()
         names = [c.strip() for c in _COLUMNS.split(",")]
-        return dict(zip(names, found)) if found else {n: None for n in names} | {"in_flight": 0}
+        return dict(zip(names, found, strict=True)) if found else {n: None for n in names} | {"in_flight": 0}
 
     def _save(self, cur: Any, row: dict[str, Any], now: float) -> None:
         cur.execute(f"INSERT OR REPLACE INTO rate_budgets (name, {_COLUMNS}, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Callable, Sequence
 
-from ..record import Recorded, RecordLimits, RecordQuery
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery
 from .database import Database
 
 _SCHEMA = (
@@ -37,7 +37,7 @@ _SCHEMA = (
 
 
 class SqliteRecord:
-    def __init__(self, db: Database, limits: RecordLimits = RecordLimits(), *,  # noqa: B008 - frozen
+    def __init__(self, db: Database, limits: RecordLimits = DEFAULT_LIMITS, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.limits = limits
