@@ -57,11 +57,33 @@ def free_port() -> int:
 def start_sandbox(quota: int, window: float, alignment: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "sandbox", "outreach", "--port", str(port), "--quota", str(quota),
-         "--window", str(window), "--window-alignment", alignment, "--mint-limit", "0",
-         "--client-id", CREDS["client_id"], "--client-secret", CREDS["client_secret"],
-         "--refresh-token", CREDS["refresh_token"]],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "sandbox",
+            "outreach",
+            "--port",
+            str(port),
+            "--quota",
+            str(quota),
+            "--window",
+            str(window),
+            "--window-alignment",
+            alignment,
+            "--mint-limit",
+            "0",
+            "--client-id",
+            CREDS["client_id"],
+            "--client-secret",
+            CREDS["client_secret"],
+            "--refresh-token",
+            CREDS["refresh_token"],
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(200):
         try:
@@ -74,8 +96,14 @@ def start_sandbox(quota: int, window: float, alignment: str) -> tuple[subprocess
 
 
 def lead(i: int) -> dict:
-    return {"type": "track", "event": "Lead Submitted", "messageId": f"bench-{i}", "userId": f"bench-user-{i}",
-            "traits": {"email": f"lead{i}@bench.example", "firstName": f"Lead{i}"}, "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Lead Submitted",
+        "messageId": f"bench-{i}",
+        "userId": f"bench-user-{i}",
+        "traits": {"email": f"lead{i}@bench.example", "firstName": f"Lead{i}"},
+        "context": CONSENT,
+    }
 
 
 async def deliver_backlog(base: str, leads: int) -> tuple[float, dict[str, int]]:
@@ -106,9 +134,16 @@ def quota_run(leads: int, quota: int, window: float, alignment: str) -> dict:
         raise SystemExit("the backlog spanned too few windows to measure: raise --leads")
     used = sum(w[2] for w in windows)
     span = windows[-1][1] - windows[0][0]
-    return {"alignment": alignment, "leads": leads, "elapsed_s": round(elapsed, 2), "outcomes": counts,
-            "windows_measured": len(windows), "quota_used": round(used / (quota * span / window), 3),
-            "window_fill": round(used / (quota * len(windows)), 3), "http_429": too_many}
+    return {
+        "alignment": alignment,
+        "leads": leads,
+        "elapsed_s": round(elapsed, 2),
+        "outcomes": counts,
+        "windows_measured": len(windows),
+        "quota_used": round(used / (quota * span / window), 3),
+        "window_fill": round(used / (quota * len(windows)), 3),
+        "http_429": too_many,
+    }
 
 
 def child_cpu(args: list[str], env: dict[str, str]) -> float:
@@ -121,15 +156,33 @@ def child_cpu(args: list[str], env: dict[str, str]) -> float:
 def drop_cost(drops: int, repeat: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "properties": {"path": "/"}, "context": CONSENT}
-        (folder / "drops.ndjson").write_text("\n".join(json.dumps({**page, "messageId": f"p-{i}"})
-                                                       for i in range(drops)) + "\n", encoding="utf-8")
+        page = {
+            "type": "page",
+            "anonymousId": "anon-1",
+            "name": "Home",
+            "properties": {"path": "/"},
+            "context": CONSENT,
+        }
+        (folder / "drops.ndjson").write_text(
+            "\n".join(json.dumps({**page, "messageId": f"p-{i}"}) for i in range(drops)) + "\n", encoding="utf-8"
+        )
         (folder / "empty.ndjson").write_text("", encoding="utf-8")
-        (folder / "settings.yaml").write_text("\n".join(f"{k}: {v}" for k, v in {
-            **CREDS, "base_url": "http://127.0.0.1:9"}.items()) + "\n", encoding="utf-8")
+        (folder / "settings.yaml").write_text(
+            "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": "http://127.0.0.1:9"}.items()) + "\n",
+            encoding="utf-8",
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        base = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--settings", str(folder / "settings.yaml"),
-                "--state", str(folder / "state")]
+        base = [
+            sys.executable,
+            "-m",
+            "engine",
+            "run",
+            "outreach/lead-capture",
+            "--settings",
+            str(folder / "settings.yaml"),
+            "--state",
+            str(folder / "state"),
+        ]
         figures: dict[str, list[float]] = {"deliver": [], "dry": [], "deliver_empty": [], "dry_empty": []}
         for _ in range(repeat):  # interleaved, so drift on a shared machine hits both alike
             figures["deliver"].append(child_cpu(base + ["--events", str(folder / "drops.ndjson")], env))
@@ -139,8 +192,12 @@ def drop_cost(drops: int, repeat: int) -> dict:
     med = {k: statistics.median(v) for k, v in figures.items()}
     deliver = (med["deliver"] - med["deliver_empty"]) / drops * 1e6
     dry = (med["dry"] - med["dry_empty"]) / drops * 1e6
-    return {"drops": drops, "deliver_us_per_drop": round(deliver, 2), "dry_run_us_per_drop": round(dry, 2),
-            "ratio": round(deliver / dry, 2) if dry > 0 else None}
+    return {
+        "drops": drops,
+        "deliver_us_per_drop": round(deliver, 2),
+        "dry_run_us_per_drop": round(dry, 2),
+        "ratio": round(deliver / dry, 2) if dry > 0 else None,
+    }
 
 
 def record_cost(leads: int, drops: int, repeat: int) -> dict:
@@ -166,10 +223,23 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
                     delivering = name == "leads" and "--dry-run" not in flag
                     proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
                     settings = folder / f"settings-{runs}.yaml"
-                    settings.write_text("\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n",
-                                        encoding="utf-8")
-                    args = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--settings", str(settings),
-                            "--state", str(folder / f"state-{runs}"), "--events", str(folder / f"{name}.ndjson"), *flag]
+                    settings.write_text(
+                        "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n", encoding="utf-8"
+                    )
+                    args = [
+                        sys.executable,
+                        "-m",
+                        "engine",
+                        "run",
+                        "outreach/lead-capture",
+                        "--settings",
+                        str(settings),
+                        "--state",
+                        str(folder / f"state-{runs}"),
+                        "--events",
+                        str(folder / f"{name}.ndjson"),
+                        *flag,
+                    ]
                     try:
                         figures.setdefault(name + SUFFIX[tuple(flag)], []).append(child_cpu(args, env))
                     finally:
@@ -188,9 +258,14 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
     out = {}
     for kind, count in (("leads", leads), ("drops", drops)):
         on, off, dry = per(kind, "", count), per(kind, "-off", count), per(kind, "-dry", count)
-        out[kind] = {"count": count, "record_us": round(on, 1), "no_record_us": round(off, 1),
-                     "ratio": round(on / off, 3) if off > 0 else None, "dry_run_us": round(dry, 1),
-                     "vs_dry_run": round(on / dry, 3) if dry > 0 else None}
+        out[kind] = {
+            "count": count,
+            "record_us": round(on, 1),
+            "no_record_us": round(off, 1),
+            "ratio": round(on / off, 3) if off > 0 else None,
+            "dry_run_us": round(dry, 1),
+            "vs_dry_run": round(on / dry, 3) if dry > 0 else None,
+        }
     return out
 
 
@@ -211,8 +286,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=5.0, help="window in seconds (default 5)")
     parser.add_argument("--drops", type=int, default=20000, help="page views for the drop-cost run (default 20000)")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of each drop-cost command (default 3)")
-    parser.add_argument("--record-leads", type=int, default=2000,
-                        help="distinct leads delivered for the recording cost (default 2000)")
+    parser.add_argument(
+        "--record-leads", type=int, default=2000, help="distinct leads delivered for the recording cost (default 2000)"
+    )
     parser.add_argument("--only-record", action="store_true", help="measure only the recording cost")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
@@ -220,8 +296,11 @@ def main() -> None:
     if args.only_record:
         print(json.dumps({"record": record}, indent=2))
         return
-    results = {"quota": [quota_run(args.leads, args.quota, args.window, a) for a in ("clock", "first_request")],
-               "drops": drop_cost(args.drops, args.repeat), "record": record}
+    results = {
+        "quota": [quota_run(args.leads, args.quota, args.window, a) for a in ("clock", "first_request")],
+        "drops": drop_cost(args.drops, args.repeat),
+        "record": record,
+    }
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -229,16 +308,22 @@ def main() -> None:
     print("| windows | elapsed | windows measured | quota used | window fill | 429s | outcomes |")
     print("|---|---|---|---|---|---|---|")
     for r in results["quota"]:
-        print(f"| {r['alignment']} | {r['elapsed_s']} s | {r['windows_measured']} | {r['quota_used']:.1%} "
-              f"| {r['window_fill']:.1%} | {r['http_429']} | {r['outcomes']} |")
+        print(
+            f"| {r['alignment']} | {r['elapsed_s']} s | {r['windows_measured']} | {r['quota_used']:.1%} "
+            f"| {r['window_fill']:.1%} | {r['http_429']} | {r['outcomes']} |"
+        )
     d = results["drops"]
-    print(f"\ndrops ({d['drops']} page views, CPU per drop, startup subtracted): delivery mode "
-          f"{d['deliver_us_per_drop']} µs, dry run {d['dry_run_us_per_drop']} µs, ratio {d['ratio']}×")
+    print(
+        f"\ndrops ({d['drops']} page views, CPU per drop, startup subtracted): delivery mode "
+        f"{d['deliver_us_per_drop']} µs, dry run {d['dry_run_us_per_drop']} µs, ratio {d['ratio']}×"
+    )
     for kind in ("leads", "drops"):
         r = record[kind]
-        print(f"recording, CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the record {r['record_us']} µs, "
-              f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×; dry run {r['dry_run_us']} µs, "
-              f"delivering (recorded) / dry run {r['vs_dry_run']}×")
+        print(
+            f"recording, CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the record {r['record_us']} µs, "
+            f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×; dry run {r['dry_run_us']} µs, "
+            f"delivering (recorded) / dry run {r['vs_dry_run']}×"
+        )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ BATCH = 100
 LISTENING = re.compile(r"listening on http://([^:/\s]+):(\d+)")
 TICKS = os.sysconf("SC_CLK_TCK")
 
-FLOOR_SERVER = r'''
+FLOOR_SERVER = r"""
 import asyncio, sys, orjson, time
 from aiohttp import web
 from redis.asyncio import Redis
@@ -78,7 +78,7 @@ async def main():
     await asyncio.Event().wait()
 
 asyncio.run(main())
-'''
+"""
 
 
 def free_port() -> int:
@@ -92,8 +92,11 @@ def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     if binary is None:
         raise SystemExit("bench_intake needs redis-server on the PATH")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -105,8 +108,9 @@ def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, **env})
+    proc = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **env}
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         match = LISTENING.search(line)
@@ -139,15 +143,28 @@ def bodies(batches: int, tag: str, identifies: int) -> list[bytes]:
         for i in range(BATCH):
             n = b * BATCH + i
             user = f"{tag}-u{rng.randrange(1_000_000)}"
-            context = {**consent, "page": {"url": f"https://www.example.com/p/{n % 50}?utm_source=x",
-                                           "title": "Pricing", "referrer": "https://search.example/"},
-                       "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"}
+            context = {
+                **consent,
+                "page": {
+                    "url": f"https://www.example.com/p/{n % 50}?utm_source=x",
+                    "title": "Pricing",
+                    "referrer": "https://search.example/",
+                },
+                "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36",
+            }
             if identifies and i % (BATCH // identifies) == 0:
-                event = {"type": "identify", "userId": user, "traits": {"email": f"{user}@bench.test",
-                                                                         "firstName": "Ada", "company": "Bench"}}
+                event = {
+                    "type": "identify",
+                    "userId": user,
+                    "traits": {"email": f"{user}@bench.test", "firstName": "Ada", "company": "Bench"},
+                }
             elif i % 3 == 0:
-                event = {"type": "track", "event": "Demo Requested", "userId": user,
-                         "properties": {"plan": "pro", "seats": 12, "price": 9.5}}
+                event = {
+                    "type": "track",
+                    "event": "Demo Requested",
+                    "userId": user,
+                    "properties": {"plan": "pro", "seats": 12, "price": 9.5},
+                }
             else:
                 event = {"type": "page", "anonymousId": user, "name": "Pricing"}
             event.update(messageId=f"{tag}-{n}", timestamp="2026-12-07T10:00:00.000Z", context=context)
@@ -175,8 +192,7 @@ def post_all(host: str, port: int, payloads: list[bytes], pid: int) -> float:
     return spent
 
 
-def one(kind: str, work: Path, redis_url: str, batches: int, tag: str, baseline: Path | None,
-        identifies: int) -> float:
+def one(kind: str, work: Path, redis_url: str, batches: int, tag: str, baseline: Path | None, identifies: int) -> float:
     """CPU µs per event of one server kind: engine, baseline or floor."""
     env = {"SIGNAL_WRITE_KEYS": WRITE_KEY}
     with socket.create_connection(("127.0.0.1", int(redis_url.rsplit(":", 1)[1].split("/")[0]))) as sock:
@@ -186,9 +202,22 @@ def one(kind: str, work: Path, redis_url: str, batches: int, tag: str, baseline:
         argv, cwd = [sys.executable, "-c", FLOOR_SERVER, redis_url], work
     else:
         cwd = baseline if kind == "baseline" and baseline is not None else REPO
-        argv = [sys.executable, "-m", "engine", "serve", "outreach/lead-capture", "--settings",
-                str(work / "outreach.yaml"), "--redis", redis_url, "--port", "0", "--quiet",
-                "--max-backlog", str(2 * batches * BATCH)]  # no worker drains the stream here
+        argv = [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "outreach/lead-capture",
+            "--settings",
+            str(work / "outreach.yaml"),
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            "--max-backlog",
+            str(2 * batches * BATCH),
+        ]  # no worker drains the stream here
     proc, host, port = start(argv, cwd, env)
     try:
         return post_all(host, port, bodies(batches + 1, tag, identifies), proc.pid) / (batches * BATCH) * 1e6
@@ -204,8 +233,10 @@ def sqlite_append(batches: int, repeat: int) -> None:
         with queue._lock, queue._transaction(RuntimeError):
             for row in rows:
                 entry = queue.conn.execute("INSERT INTO queue (body, enqueued_at) VALUES (?, ?)", row).lastrowid
-                queue.conn.executemany("INSERT INTO pending (integration, id) VALUES (?, ?)",
-                                       [(name, entry) for name in queue.integrations])
+                queue.conn.executemany(
+                    "INSERT INTO pending (integration, id) VALUES (?, ?)",
+                    [(name, entry) for name in queue.integrations],
+                )
 
     with tempfile.TemporaryDirectory() as tmp:
         queue = SqliteQueue(tmp, integrations=("outreach", "hubspot"))
@@ -221,17 +252,24 @@ def sqlite_append(batches: int, repeat: int) -> None:
         asyncio.run(queue.close())
     ratios = [b / a for a, b in zip(runs["batched"], runs["row by row"], strict=True)]
     print(f"embedded queue write, CPU per event in batches of {BATCH}, two integrations ({repeat} runs):")
-    print(f"  batched {statistics.median(runs['batched']):.2f} µs, row by row "
-          f"{statistics.median(runs['row by row']):.2f} µs: {statistics.median(ratios):.2f}x "
-          f"(spread {min(ratios):.2f}-{max(ratios):.2f}x)")
+    print(
+        f"  batched {statistics.median(runs['batched']):.2f} µs, row by row "
+        f"{statistics.median(runs['row by row']):.2f} µs: {statistics.median(ratios):.2f}x "
+        f"(spread {min(ratios):.2f}-{max(ratios):.2f}x)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=400, help="posts of 100 events per measurement")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--identifies", type=int, default=10, choices=(0, 1, 2, 5, 10, 20, 25, 50),
-                        help="identify events per 100 (the intake writes each to the identity memory)")
+    parser.add_argument(
+        "--identifies",
+        type=int,
+        default=10,
+        choices=(0, 1, 2, 5, 10, 20, 25, 50),
+        help="identify events per 100 (the intake writes each to the identity memory)",
+    )
     parser.add_argument("--baseline", type=Path, help="another checkout to run the same serve command from")
     parser.add_argument("--sqlite-append", action="store_true", help="the embedded queue's write, in process")
     args = parser.parse_args()
@@ -241,31 +279,38 @@ def main() -> None:
     kinds = ["engine", "floor"] + (["baseline"] if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "outreach.yaml").write_text("client_id: bench\nclient_secret: bench-secret\n"
-                                            "refresh_token: bench-refresh\nbase_url: http://127.0.0.1:9\n",
-                                            encoding="utf-8")
+        (work / "outreach.yaml").write_text(
+            "client_id: bench\nclient_secret: bench-secret\n"
+            "refresh_token: bench-refresh\nbase_url: http://127.0.0.1:9\n",
+            encoding="utf-8",
+        )
         redis, url = redis_server(work)
         try:
             runs: dict[str, list[float]] = {k: [] for k in kinds}
             for rep in range(args.repeat):
                 for kind in kinds:
-                    runs[kind].append(one(kind, work, url, args.batches, f"{kind}{rep}", args.baseline,
-                                           args.identifies))
+                    runs[kind].append(
+                        one(kind, work, url, args.batches, f"{kind}{rep}", args.baseline, args.identifies)
+                    )
                 print("  " + "  ".join(f"{k} {runs[k][-1]:.1f} µs" for k in kinds), file=sys.stderr)
         finally:
             redis.kill()
             redis.wait()
     med = {k: statistics.median(v) for k, v in runs.items()}
-    print(f"intake, CPU per event in batches of {BATCH} ({args.batches * BATCH} events, {args.identifies} "
-          f"identifies in 100, {args.repeat} runs):")
+    print(
+        f"intake, CPU per event in batches of {BATCH} ({args.batches * BATCH} events, {args.identifies} "
+        f"identifies in 100, {args.repeat} runs):"
+    )
     print(f"  engine   {med['engine']:.1f} µs ({1e6 / med['engine']:,.0f} events per CPU second)")
     print(f"  floor    {med['floor']:.1f} µs")
     ratios = [e / f for e, f in zip(runs["engine"], runs["floor"], strict=True)]
     print(f"  engine/floor {statistics.median(ratios):.2f}x (spread {min(ratios):.2f}-{max(ratios):.2f}x)")
     if args.baseline:
         before = [b / e for b, e in zip(runs["baseline"], runs["engine"], strict=True)]
-        print(f"  baseline {med['baseline']:.1f} µs: baseline/engine {statistics.median(before):.2f}x "
-              f"(spread {min(before):.2f}-{max(before):.2f}x)")
+        print(
+            f"  baseline {med['baseline']:.1f} µs: baseline/engine {statistics.median(before):.2f}x "
+            f"(spread {min(before):.2f}-{max(before):.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,14 @@ LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-m", "engine", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         match = LISTENING.search(line)
@@ -88,8 +94,11 @@ def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     if binary is None:
         raise SystemExit("--redis needs redis-server on the PATH")
     port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -101,39 +110,61 @@ def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def one_run(work: Path, leads: int, with_hubspot: bool, tag: str, redis_url: str | None = None) -> float:
-    outreach, outreach_url = start("sandbox", "outreach", "--port", "0", "--quota", "100000", "--window", "1",
-                                   cwd=work)
-    hubspot, hubspot_url = start("sandbox", "hubspot", "--port", "0", "--quota", "100000", "--window", "1",
-                                 "--access-token", TOKEN, cwd=work)
+    outreach, outreach_url = start("sandbox", "outreach", "--port", "0", "--quota", "100000", "--window", "1", cwd=work)
+    hubspot, hubspot_url = start(
+        "sandbox", "hubspot", "--port", "0", "--quota", "100000", "--window", "1", "--access-token", TOKEN, cwd=work
+    )
     try:
         call(f"{hubspot_url}/_sandbox/faults", {"fault_mix": {"503": 1.0}})
         (work / "outreach.yaml").write_text(
             f"client_id: sandbox-client\nclient_secret: sandbox-secret\nrefresh_token: sandbox-refresh-token\n"
-            f"base_url: {outreach_url}\n", encoding="utf-8")
+            f"base_url: {outreach_url}\n",
+            encoding="utf-8",
+        )
         config = work / f"{tag}.yaml"
         text = "integrations:\n  outreach:\n    preset: outreach/lead-capture\n    settings_file: outreach.yaml\n"
         if with_hubspot:
-            text += ("  hubspot:\n    preset: hubspot/contacts\n    settings:\n"
-                     f"      access_token: \"${{HUBSPOT_TOKEN}}\"\n      base_url: {hubspot_url}\n")
+            text += (
+                "  hubspot:\n    preset: hubspot/contacts\n    settings:\n"
+                f'      access_token: "${{HUBSPOT_TOKEN}}"\n      base_url: {hubspot_url}\n'
+            )
         config.write_text(text, encoding="utf-8")
         env = {"SIGNAL_WRITE_KEYS": WRITE_KEY, "HUBSPOT_TOKEN": TOKEN}
         where = ["--redis", redis_url] if redis_url else ["--state", str(work / f"state-{tag}")]
         serve, url = start("serve", "--config", str(config), *where, "--port", "0", "--quiet", cwd=work, env=env)
         worker = None
         if redis_url:
-            worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--config", str(config), "--redis",
-                                       redis_url, "--quiet"], cwd=work, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, env={**os.environ, **env})
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "engine", "worker", "--config", str(config), "--redis", redis_url, "--quiet"],
+                cwd=work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, **env},
+            )
         try:
             started = time.perf_counter()
             for first in range(0, leads, 50):
                 batch = []
                 for i in range(first, min(leads, first + 50)):
                     user = f"{tag}-u{i}"
-                    batch.append({"type": "identify", "userId": user, "context": CONSENT, "messageId": f"{tag}-id-{i}",
-                                  "traits": {"email": f"{tag}{i}@bench.test", "firstName": "B"}})
-                    batch.append({"type": "track", "event": "Demo Requested", "userId": user, "context": CONSENT,
-                                  "messageId": f"{tag}-lead-{i}"})
+                    batch.append(
+                        {
+                            "type": "identify",
+                            "userId": user,
+                            "context": CONSENT,
+                            "messageId": f"{tag}-id-{i}",
+                            "traits": {"email": f"{tag}{i}@bench.test", "firstName": "B"},
+                        }
+                    )
+                    batch.append(
+                        {
+                            "type": "track",
+                            "event": "Demo Requested",
+                            "userId": user,
+                            "context": CONSENT,
+                            "messageId": f"{tag}-lead-{i}",
+                        }
+                    )
                 call(f"{url}/v1/batch", {"batch": batch}, auth=WRITE_KEY)
             deadline = time.monotonic() + 300
             while call(f"{outreach_url}/_sandbox/state")["creates"] < leads:
@@ -173,15 +204,23 @@ def main() -> None:
                     if server is not None:
                         server.kill()
                         server.wait()
-    result = {"leads": args.leads, "mode": "redis" if args.redis else "embedded", "alone_s": statistics.median(alone),
-              "with_failing_hubspot_s": statistics.median(storm),
-              "ratio": statistics.median(storm) / statistics.median(alone), "alone_runs": alone, "storm_runs": storm}
+    result = {
+        "leads": args.leads,
+        "mode": "redis" if args.redis else "embedded",
+        "alone_s": statistics.median(alone),
+        "with_failing_hubspot_s": statistics.median(storm),
+        "ratio": statistics.median(storm) / statistics.median(alone),
+        "alone_runs": alone,
+        "storm_runs": storm,
+    }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"Outreach, {args.leads} leads, {result['mode']}: alone {result['alone_s']:.2f} s, beside a HubSpot "
-              f"answering 503 to everything {result['with_failing_hubspot_s']:.2f} s (median of {args.repeat}); ratio "
-              f"{result['ratio']:.2f} (the promise: at most 2)")
+        print(
+            f"Outreach, {args.leads} leads, {result['mode']}: alone {result['alone_s']:.2f} s, beside a HubSpot "
+            f"answering 503 to everything {result['with_failing_hubspot_s']:.2f} s (median of {args.repeat}); ratio "
+            f"{result['ratio']:.2f} (the promise: at most 2)"
+        )
 
 
 if __name__ == "__main__":

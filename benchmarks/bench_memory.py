@@ -30,15 +30,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 PRESET = "outreach/lead-capture"
-SANDBOX_CREDS = {"client_id": "sandbox-client", "client_secret": "sandbox-secret",
-                 "refresh_token": "sandbox-refresh-token"}
+SANDBOX_CREDS = {
+    "client_id": "sandbox-client",
+    "client_secret": "sandbox-secret",
+    "refresh_token": "sandbox-refresh-token",
+}
 
 
 # A child's peak RSS starts at its parent's size when it is forked: this process is large by now (it
@@ -55,8 +59,13 @@ def cli(*args: Any) -> tuple[int, float, float, str]:
     """Run ``signal-engine ARGS``: exit code, peak RSS in MiB, seconds, the last line of stderr."""
     started = time.perf_counter()
     with tempfile.NamedTemporaryFile(suffix=".err") as err:
-        done = subprocess.run([sys.executable, "-c", _WRAPPER, err.name, sys.executable, "-m", "engine",
-                               *map(str, args)], cwd=REPO, stdout=subprocess.PIPE, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _WRAPPER, err.name, sys.executable, "-m", "engine", *map(str, args)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+        )
         code, peak_kib = json.loads(done.stdout)
         lines = Path(err.name).read_text(encoding="utf-8", errors="replace").strip().splitlines()
     return code, peak_kib / 1024, time.perf_counter() - started, lines[-1] if lines else ""
@@ -69,26 +78,63 @@ def write_lines(path: Path, items: Iterator[dict[str, Any]]) -> None:
 
 
 def identify(i: int) -> dict[str, Any]:
-    return {"type": "identify", "userId": f"user-{i:08d}", "anonymousId": f"anon-{i:08d}-4f1c-9a7e",
-            "messageId": f"m-{i}", "traits": {"email": f"person{i}@example.com", "firstName": "Jane",
-                                              "lastName": "Doe", "company": "Acme Inc", "title": "Head of Growth",
-                                              "phone": "+44 7700 900123"}}
+    return {
+        "type": "identify",
+        "userId": f"user-{i:08d}",
+        "anonymousId": f"anon-{i:08d}-4f1c-9a7e",
+        "messageId": f"m-{i}",
+        "traits": {
+            "email": f"person{i}@example.com",
+            "firstName": "Jane",
+            "lastName": "Doe",
+            "company": "Acme Inc",
+            "title": "Head of Growth",
+            "phone": "+44 7700 900123",
+        },
+    }
 
 
 def lead(i: int, tag: str) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": f"{tag}-{i}", "messageId": f"{tag}-{i}",
-            "context": {"consent": {"canonical": {"marketing": True}}},
-            "traits": {"email": f"{tag}{i}@bench.test", "firstName": "Jane", "lastName": "Doe",
-                       "company": "Acme Inc", "title": "Head of Growth", "phone": "+44 7700 900123"}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"{tag}-{i}",
+        "messageId": f"{tag}-{i}",
+        "context": {"consent": {"canonical": {"marketing": True}}},
+        "traits": {
+            "email": f"{tag}{i}@bench.test",
+            "firstName": "Jane",
+            "lastName": "Doe",
+            "company": "Acme Inc",
+            "title": "Head of Growth",
+            "phone": "+44 7700 900123",
+        },
+    }
 
 
 class Sandbox:
     """``signal-engine sandbox outreach`` on a free port, in a process of its own."""
 
     def __init__(self, *flags: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0",
-                                      "--quota", "100000000", "--mint-limit", "0", *flags], cwd=REPO,
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "sandbox",
+                "outreach",
+                "--port",
+                "0",
+                "--quota",
+                "100000000",
+                "--mint-limit",
+                "0",
+                *flags,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         found = re.search(r"http://127\.0\.0\.1:[0-9]+", self.proc.stdout.readline())
         if not found:
@@ -97,18 +143,19 @@ class Sandbox:
         self.url = found.group(0)
 
     def settings(self, path: Path) -> Path:
-        path.write_text("".join(f"{k}: {v}\n" for k, v in {**SANDBOX_CREDS, "base_url": self.url}.items()),
-                        encoding="utf-8")
+        path.write_text(
+            "".join(f"{k}: {v}\n" for k, v in {**SANDBOX_CREDS, "base_url": self.url}.items()), encoding="utf-8"
+        )
         return path
 
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -146,9 +193,16 @@ def seed_letters(state_dir: Path, n: int, base_url: str) -> None:
         prepared = pipeline.prepare(event, i)
         assert not isinstance(prepared, oc.Outcome), prepared
         request = prepared.masked_request(preset.auth)
-        result = oc.Outcome(i, event["messageId"], oc.DEAD_LETTERED, cause="http_503",
-                            detail="gave up after 5 attempts: 503 Service Unavailable", attempts=5, request=request,
-                            response={"status": 503, "body": {"errors": [{"title": "Service Unavailable"}]}})
+        result = oc.Outcome(
+            i,
+            event["messageId"],
+            oc.DEAD_LETTERED,
+            cause="http_503",
+            detail="gave up after 5 attempts: 503 Service Unavailable",
+            attempts=5,
+            request=request,
+            response={"status": 503, "body": {"errors": [{"title": "Service Unavailable"}]}},
+        )
         entry = entry_for(preset.name, prepared.action.name, result, request, event_key(event))
         rows.append((entry["id"], entry["preset"], entry["key"], 1_000_000 + i, json.dumps(entry)))
     state = SqliteState(state_dir)
@@ -191,8 +245,9 @@ def bench_outage(sizes: list[int], work: Path, report: Callable[..., None]) -> N
         for n in sizes:
             events = work / f"leads-{n}.ndjson"
             write_lines(events, (lead(i, f"down{n}") for i in range(n)))
-            code, peaks[n], seconds, summary = cli("run", preset, "--events", events, "--settings", settings,
-                                                   "--state", work / f"outage-{n}")
+            code, peaks[n], seconds, summary = cli(
+                "run", preset, "--events", events, "--settings", settings, "--state", work / f"outage-{n}"
+            )
             report("outage", f"run, token endpoint down, {n:,} events", peaks[n], None, seconds, code, summary)
     low, high = min(sizes), max(sizes)
     per_event = (peaks[high] - peaks[low]) * 1024 * 1024 / (high - low)
@@ -211,12 +266,21 @@ def main() -> int:
     figures: list[dict[str, Any]] = []
 
     def report(name: str, what: str, peak: float, base: float | None, seconds: float, code: int, summary: str) -> None:
-        figures.append({"name": name, "what": what, "peak_mib": round(peak, 1),
-                        "empty_input_mib": None if base is None else round(base, 1), "seconds": round(seconds, 1),
-                        "exit": code})
+        figures.append(
+            {
+                "name": name,
+                "what": what,
+                "peak_mib": round(peak, 1),
+                "empty_input_mib": None if base is None else round(base, 1),
+                "seconds": round(seconds, 1),
+                "exit": code,
+            }
+        )
         versus = "" if base is None else f" (empty input: {base:.0f} MiB)"
-        print(f"  {name}: {what}: peak RSS {peak:.0f} MiB{versus}, {seconds:.1f}s, exit {code}\n      {summary}",
-              flush=True)
+        print(
+            f"  {name}: {what}: peak RSS {peak:.0f} MiB{versus}, {seconds:.1f}s, exit {code}\n      {summary}",
+            flush=True,
+        )
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         work = Path(tmp)

@@ -23,19 +23,20 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import floor  # noqa: E402
-from workloads import drop_events, lead_events  # noqa: E402
+import floor
+from workloads import drop_events, lead_events
 
-from engine.compile.compiler import load_preset  # noqa: E402
-from engine.language.settings import resolve  # noqa: E402
-from engine.pipeline import prepare as prepare_module  # noqa: E402
-from engine.pipeline.prepare import Pipeline  # noqa: E402
-from engine.pipeline.transform import normalise_traits  # noqa: E402
+from engine.compile.compiler import load_preset
+from engine.language.settings import resolve
+from engine.pipeline import prepare as prepare_module
+from engine.pipeline.prepare import Pipeline
+from engine.pipeline.transform import normalise_traits
 
 PRESET = "outreach/lead-capture"
 
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "stage: trait normalisers (phonenumbers)": (lambda r: normalise_traits(traits, r, skip="email"), raws),
         "stage: JSONata mapping (jsonatapy)": (action.mapping.evaluate, contexts),
         "stage: omit empty + truncate, one pass": (
-            lambda d: action.contract.shape(d, omit_empty=True, truncate=True), documents),
+            lambda d: action.contract.shape(d, omit_empty=True, truncate=True),
+            documents,
+        ),
         "stage: output validation (jsonschema-rs)": (action.contract.check, shaped),
     }
     for fn, items in cases.values():  # warm-up
@@ -106,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     med = {name: statistics.median(values) for name, values in runs.items()}
 
     print(f"signal-engine in-process pipeline benchmark: {PRESET}")
-    print(f"python {platform.python_version()} on {platform.machine()}, {args.events} events per pass, "
-          f"median of {args.repeat} passes, CPU µs per event")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {args.events} events per pass, "
+        f"median of {args.repeat} passes, CPU µs per event"
+    )
     print()
     print(f"| {'path':<28} | {'engine':>8} | {'floor':>8} | {'engine/floor':>12} |")
     print(f"|{'-' * 30}|{'-' * 9}:|{'-' * 9}:|{'-' * 13}:|")

@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=20_000, metavar="N", help="events per workload (default 20000)")
     parser.add_argument("--repeat", type=int, default=7, metavar="K", help="runs per measurement; medians (default 7)")
-    parser.add_argument("--reference", action="store_true",
-                        help="also time the lead path with SIGNAL_ENGINE_JSONATA=reference")
+    parser.add_argument(
+        "--reference", action="store_true", help="also time the lead path with SIGNAL_ENGINE_JSONATA=reference"
+    )
     parser.add_argument("--json", action="store_true", help="also print the medians as one JSON line")
     args = parser.parse_args(argv)
     if args.events < 1 or args.repeat < 1:
@@ -93,14 +94,19 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="signal-bench-") as tmp:
         root = Path(tmp)
-        files = {"empty": write_events(root / "empty.ndjson", []),
-                 "drop": write_events(root / "drops.ndjson", drop_events(args.events)),
-                 "lead": write_events(root / "leads.ndjson", lead_events(args.events))}
+        files = {
+            "empty": write_events(root / "empty.ndjson", []),
+            "drop": write_events(root / "drops.ndjson", drop_events(args.events)),
+            "lead": write_events(root / "leads.ndjson", lead_events(args.events)),
+        }
         env = child_env(root / "cache")
 
         # Warm up (bytecode, preset cache) and prove both do the same work.
         for name in ("drop", "lead"):
-            engine_out, floor_out = outcomes(engine_command(files[name]), env), outcomes(floor_command(files[name]), env)
+            engine_out, floor_out = (
+                outcomes(engine_command(files[name]), env),
+                outcomes(floor_command(files[name]), env),
+            )
             assert len(engine_out) == args.events, (name, len(engine_out))
             for mine, theirs in zip(engine_out, floor_out, strict=True):
                 assert mine == theirs, (name, mine, theirs)
@@ -116,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             cold.append(cpu_of(engine_command(files["empty"]), child_env(cold_cache)))
             if args.reference:
                 runs.setdefault(("reference", "lead"), []).append(
-                    cpu_of(engine_command(files["lead"]), child_env(root / "cache", "reference")))
+                    cpu_of(engine_command(files["lead"]), child_env(root / "cache", "reference"))
+                )
                 runs.setdefault(("reference", "empty"), []).append(
-                    cpu_of(engine_command(files["empty"]), child_env(root / "cache", "reference")))
+                    cpu_of(engine_command(files["empty"]), child_env(root / "cache", "reference"))
+                )
 
     med = {key: statistics.median(values) for key, values in runs.items()}
 
@@ -130,36 +138,81 @@ def main(argv: list[str] | None = None) -> int:
         if name is None:
             ratios = [e / f for e, f in zip(runs[("engine", "empty")], runs[("floor", "empty")], strict=True)]
         else:
-            ratios = [(e - e0) / (f - f0) for e, e0, f, f0 in zip(runs[("engine", name)], runs[("engine", "empty")],
-                                                                   runs[("floor", name)], runs[("floor", "empty")], strict=True)
-                      if f - f0 > 0]
+            ratios = [
+                (e - e0) / (f - f0)
+                for e, e0, f, f0 in zip(
+                    runs[("engine", name)],
+                    runs[("engine", "empty")],
+                    runs[("floor", name)],
+                    runs[("floor", "empty")],
+                    strict=True,
+                )
+                if f - f0 > 0
+            ]
         return f"{min(ratios):.2f}-{max(ratios):.2f}x" if ratios else ""
 
     cold_ratios = [c / f for c, f in zip(cold, runs[("floor", "empty")], strict=True)]
     rows = [
-        ("startup, empty input (ms)", med[("engine", "empty")] * 1e3, med[("floor", "empty")] * 1e3, TARGETS["startup"],
-         spread(None)),
-        ("startup, cold preset cache (ms)", statistics.median(cold) * 1e3, med[("floor", "empty")] * 1e3,
-         TARGETS["cold"], f"{min(cold_ratios):.2f}-{max(cold_ratios):.2f}x"),
-        ("drop, per event (µs)", per_event("engine", "drop"), per_event("floor", "drop"), TARGETS["drop"], spread("drop")),
-        ("lead, per event (µs)", per_event("engine", "lead"), per_event("floor", "lead"), TARGETS["lead"], spread("lead")),
+        (
+            "startup, empty input (ms)",
+            med[("engine", "empty")] * 1e3,
+            med[("floor", "empty")] * 1e3,
+            TARGETS["startup"],
+            spread(None),
+        ),
+        (
+            "startup, cold preset cache (ms)",
+            statistics.median(cold) * 1e3,
+            med[("floor", "empty")] * 1e3,
+            TARGETS["cold"],
+            f"{min(cold_ratios):.2f}-{max(cold_ratios):.2f}x",
+        ),
+        (
+            "drop, per event (µs)",
+            per_event("engine", "drop"),
+            per_event("floor", "drop"),
+            TARGETS["drop"],
+            spread("drop"),
+        ),
+        (
+            "lead, per event (µs)",
+            per_event("engine", "lead"),
+            per_event("floor", "lead"),
+            TARGETS["lead"],
+            spread("lead"),
+        ),
     ]
     if args.reference:
-        rows.append(("lead, per event, reference JSONata (µs)", per_event("reference", "lead"),
-                     per_event("floor", "lead"), None, ""))
+        rows.append(
+            (
+                "lead, per event, reference JSONata (µs)",
+                per_event("reference", "lead"),
+                per_event("floor", "lead"),
+                None,
+                "",
+            )
+        )
 
     print(f"signal-engine whole-process benchmark: {PRESET}, dry run")
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {args.events} events "
-          f"per workload; median of {args.repeat} runs; CPU = user + system of the process")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; {args.events} events "
+        f"per workload; median of {args.repeat} runs; CPU = user + system of the process"
+    )
     print()
     print(f"| {'':<40} | {'engine':>9} | {'floor':>9} | {'engine/floor':>12} | {'per run':>12} | {'target':>7} |")
     print(f"|{'-' * 42}|{'-' * 10}:|{'-' * 10}:|{'-' * 13}:|{'-' * 13}:|{'-' * 8}:|")
     for label, engine, floor, target, runs_range in rows:
         goal = f"≤ {target:g}x" if target else ""
-        print(f"| {label:<40} | {engine:>9.1f} | {floor:>9.1f} | {engine / floor:>11.2f}x | {runs_range:>12} | {goal:>7} |")
+        print(
+            f"| {label:<40} | {engine:>9.1f} | {floor:>9.1f} | {engine / floor:>11.2f}x | {runs_range:>12} | {goal:>7} |"
+        )
     if args.json:
-        print(json.dumps({f"{who}_{name}_cpu_s": round(v, 5) for (who, name), v in med.items()}
-                         | {"engine_cold_startup_cpu_s": round(statistics.median(cold), 5), "events": args.events}))
+        print(
+            json.dumps(
+                {f"{who}_{name}_cpu_s": round(v, 5) for (who, name), v in med.items()}
+                | {"engine_cold_startup_cpu_s": round(statistics.median(cold), 5), "events": args.events}
+            )
+        )
     return 0
 
 

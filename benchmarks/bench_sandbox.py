@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_delivery import CREDS, start_sandbox  # noqa: E402
+from bench_delivery import CREDS, start_sandbox
 
 JSONAPI = "application/vnd.api+json"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -90,15 +90,20 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rates = [one_run(args.stored, args.leads) for _ in range(args.repeat)]
-    result = {"stored": args.stored, "leads": args.leads, "leads_per_cpu_second": rates,
-              "median": statistics.median(rates)}
+    result = {
+        "stored": args.stored,
+        "leads": args.leads,
+        "leads_per_cpu_second": rates,
+        "median": statistics.median(rates),
+    }
     if args.json:
         print(json.dumps(result))
         return
-    print(f"Outreach sandbox, {args.stored} prospects stored, {args.leads} upserts (look-up + create) measured, "
-          f"{args.repeat} runs")
-    print(f"leads per sandbox CPU second: median {result['median']:.0f} "
-          f"(runs: {', '.join(f'{r:.0f}' for r in rates)})")
+    print(
+        f"Outreach sandbox, {args.stored} prospects stored, {args.leads} upserts (look-up + create) measured, "
+        f"{args.repeat} runs"
+    )
+    print(f"leads per sandbox CPU second: median {result['median']:.0f} (runs: {', '.join(f'{r:.0f}' for r in rates)})")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from engine.pipeline.identity import IdentityMemory
 from engine.state.identity import IdentityLimits, MemoryIdentityStore, Slot
@@ -54,7 +55,8 @@ def fill_sqlite(state: SqliteState, users: int) -> None:
     """Bulk insert in SQL: a million identify calls would take minutes."""
     store = state.identity(PRESET, IdentityLimits())
     with state.db.write() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?3 - 1),
                  rows(id, traits) AS (SELECT printf('user-%07d', i),
                                              json_object('email', printf('user%d@bench.test', i), 'firstName', 'Jane',
@@ -62,17 +64,25 @@ def fill_sqlite(state: SqliteState, users: int) -> None:
                                       FROM n)
             INSERT INTO identity (ns, kind, ident, owner, traits, bytes, seen_at)
             SELECT ?1, 'userId', id, id, traits, length('userId') + 2 * length(id) + length(traits), ?2 FROM rows
-        """, (store.ns, time.time(), users))
-        cur.execute("UPDATE identity_usage SET bytes = (SELECT SUM(bytes) FROM identity WHERE ns = ?1), "
-                    "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1", (store.ns,))
+        """,
+            (store.ns, time.time(), users),
+        )
+        cur.execute(
+            "UPDATE identity_usage SET bytes = (SELECT SUM(bytes) FROM identity WHERE ns = ?1), "
+            "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1",
+            (store.ns,),
+        )
 
 
 def fill_memory(users: int) -> MemoryIdentityStore:
     store = MemoryIdentityStore()
     for i in range(users):
         ident = f"user-{i:07d}"
-        store.merge([Slot("userId", ident)], {"email": f"user{i}@bench.test", "firstName": "Jane",
-                                               "company": "Acme Inc", "title": "Head of Growth"}, ident)
+        store.merge(
+            [Slot("userId", ident)],
+            {"email": f"user{i}@bench.test", "firstName": "Jane", "company": "Acme Inc", "title": "Head of Growth"},
+            ident,
+        )
     return store
 
 
@@ -104,8 +114,11 @@ def main() -> int:
             on_disk = IdentityMemory(store=state.identity(PRESET, IdentityLimits()))
             in_memory = IdentityMemory(store=fill_memory(users)) if users <= 100_000 else None
             sqlite_us = per_op_us(lookups(on_disk, users, args.lookups, users), args.lookups, args.repeat)
-            memory_us = (per_op_us(lookups(in_memory, users, args.lookups, users), args.lookups, args.repeat)
-                         if in_memory else None)
+            memory_us = (
+                per_op_us(lookups(in_memory, users, args.lookups, users), args.lookups, args.repeat)
+                if in_memory
+                else None
+            )
             rows.append((users, sqlite_us, memory_us))
             state.close()
         results["lookup_us"] = {str(u): {"sqlite": s, "memory": m} for u, s, m in rows}
@@ -118,21 +131,27 @@ def main() -> int:
         def write(memory: IdentityMemory) -> Callable[[int], None]:
             return lambda i: memory.remember({"userId": f"w-{i}", "anonymousId": f"a-{i}"}, traits)
 
-        results["identify_us"] = {"sqlite": per_op_us(write(on_disk), args.writes, args.repeat),
-                                  "memory": per_op_us(write(in_memory), args.writes, args.repeat)}
+        results["identify_us"] = {
+            "sqlite": per_op_us(write(on_disk), args.writes, args.repeat),
+            "memory": per_op_us(write(in_memory), args.writes, args.repeat),
+        }
 
         journal = state.journal(PRESET, 86400)
         baseline = MemoryJournal(86400)
         results["journal_record_us"] = {
             "sqlite": per_op_us(lambda i: journal.record(f"m:{i}"), args.writes, args.repeat),
-            "memory": per_op_us(lambda i: baseline.record(f"m:{i}"), args.writes, args.repeat)}
+            "memory": per_op_us(lambda i: baseline.record(f"m:{i}"), args.writes, args.repeat),
+        }
         results["journal_lookup_us"] = {
             "sqlite": per_op_us(lambda i: journal.delivered_at(f"m:{i}"), args.lookups, args.repeat),
-            "memory": per_op_us(lambda i: baseline.delivered_at(f"m:{i}"), args.lookups, args.repeat)}
+            "memory": per_op_us(lambda i: baseline.delivered_at(f"m:{i}"), args.lookups, args.repeat),
+        }
         state.close()
 
-    print(f"CPU µs per operation, median of {args.repeat} passes (Python {results['python']}, "
-          f"SQLite {results['sqlite']})\n")
+    print(
+        f"CPU µs per operation, median of {args.repeat} passes (Python {results['python']}, "
+        f"SQLite {results['sqlite']})\n"
+    )
     print("| identity lookup | SQLite store | in-memory store | SQLite / 1,000 users |")
     print("|---|---:|---:|---:|")
     first = rows[0][1]
@@ -142,8 +161,11 @@ def main() -> int:
     print()
     print("| write | SQLite store | in-memory store | ratio |")
     print("|---|---:|---:|---:|")
-    for name, label in (("identify_us", "identify (userId + anonymousId)"), ("journal_record_us", "journal record"),
-                        ("journal_lookup_us", "journal lookup")):
+    for name, label in (
+        ("identify_us", "identify (userId + anonymousId)"),
+        ("journal_record_us", "journal record"),
+        ("journal_lookup_us", "journal lookup"),
+    ):
         s, m = results[name]["sqlite"], results[name]["memory"]
         print(f"| {label} | {s:.2f} | {m:.2f} | {s / m:.1f}x |")
     if args.json:

@@ -36,7 +36,7 @@ from typing import Any
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_intake import REPO, cpu_seconds, redis_server, start, stop  # noqa: E402
+from bench_intake import REPO, cpu_seconds, redis_server, start, stop
 
 WRITE_KEY = "bench-worker-key-1"
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
@@ -46,8 +46,12 @@ def post(host: str, port: int, events: list[dict[str, Any]]) -> None:
     conn = http.client.HTTPConnection(host, port, timeout=60)
     auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
     for first in range(0, len(events), 100):
-        conn.request("POST", "/v1/batch", body=json.dumps({"batch": events[first:first + 100]}),
-                     headers={"Content-Type": "application/json", "Authorization": auth})
+        conn.request(
+            "POST",
+            "/v1/batch",
+            body=json.dumps({"batch": events[first : first + 100]}),
+            headers={"Content-Type": "application/json", "Authorization": auth},
+        )
         response = conn.getresponse()
         response.read()
         assert response.status == 200, response.status
@@ -62,25 +66,44 @@ def created(base: str) -> int:
 def one(work: Path, redis_url: str, leads: int, tag: str) -> tuple[dict[str, int], float]:
     client = redis.Redis.from_url(redis_url)
     client.flushall()
-    sandbox, sandbox_host, sandbox_port = start([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0", "--quota",
-                                  "1000000", "--window", "1"], work, {})
+    sandbox, sandbox_host, sandbox_port = start(
+        [sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0", "--quota", "1000000", "--window", "1"],
+        work,
+        {},
+    )
     sandbox_url = f"http://{sandbox_host}:{sandbox_port}"
     settings = work / "outreach.yaml"
-    settings.write_text("client_id: sandbox-client\nclient_secret: sandbox-secret\n"
-                        f"refresh_token: sandbox-refresh-token\nbase_url: {sandbox_url}\n", encoding="utf-8")
+    settings.write_text(
+        "client_id: sandbox-client\nclient_secret: sandbox-secret\n"
+        f"refresh_token: sandbox-refresh-token\nbase_url: {sandbox_url}\n",
+        encoding="utf-8",
+    )
     env = {"SIGNAL_WRITE_KEYS": WRITE_KEY}
     common = ["outreach/lead-capture", "--settings", str(settings), "--redis", redis_url, "--quiet"]
     serve, host, port = start([sys.executable, "-m", "engine", "serve", *common, "--port", "0"], REPO, env)
     worker = None
     try:
-        worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", *common], cwd=REPO,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env})
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", *common],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
         time.sleep(3.0)  # started, its group created, waiting on an empty stream
         idle = cpu_seconds(worker.pid)
         client.config_resetstat()
-        events = [{"type": "track", "event": "Lead Submitted", "messageId": f"{tag}-{i}", "userId": f"{tag}-u{i}",
-                   "context": CONSENT, "traits": {"email": f"{tag}{i}@bench.test", "firstName": "Ada"}}
-                  for i in range(leads)]
+        events = [
+            {
+                "type": "track",
+                "event": "Lead Submitted",
+                "messageId": f"{tag}-{i}",
+                "userId": f"{tag}-u{i}",
+                "context": CONSENT,
+                "traits": {"email": f"{tag}{i}@bench.test", "firstName": "Ada"},
+            }
+            for i in range(leads)
+        ]
         post(host, port, events)
         intake_calls = {k: v["calls"] for k, v in client.info("commandstats").items()}
         deadline = time.monotonic() + 600
@@ -121,10 +144,14 @@ def main() -> None:
             server.kill()
             server.wait()
     print(f"Redis worker, {args.leads} leads, {args.repeat} runs:")
-    print(f"  Redis commands per lead {statistics.median(per_lead):.1f} (spread {min(per_lead):.1f}-{max(per_lead):.1f})")
+    print(
+        f"  Redis commands per lead {statistics.median(per_lead):.1f} (spread {min(per_lead):.1f}-{max(per_lead):.1f})"
+    )
     print(f"  worker CPU per lead {statistics.median(cpu):.0f} µs (spread {min(cpu):.0f}-{max(cpu):.0f})")
-    print("  by command, last run, per lead: " + ", ".join(
-        f"{name} {n / args.leads:.2f}" for name, n in sorted(last.items(), key=lambda kv: -kv[1])))
+    print(
+        "  by command, last run, per lead: "
+        + ", ".join(f"{name} {n / args.leads:.2f}" for name, n in sorted(last.items(), key=lambda kv: -kv[1]))
+    )
 
 
 if __name__ == "__main__":

@@ -25,14 +25,24 @@ import phonenumbers
 
 BASE_URL = "https://api.outreach.io"
 URL = f"{BASE_URL}/api/v2/prospects"
-HEADERS = {"Content-Type": "application/vnd.api+json", "Accept": "application/vnd.api+json",
-           "Authorization": "Bearer ***"}
+HEADERS = {
+    "Content-Type": "application/vnd.api+json",
+    "Accept": "application/vnd.api+json",
+    "Authorization": "Bearer ***",
+}
 EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 TAGS = {"Lead Submitted": "lead", "Form Submitted": "form", "Signed Up": "signup", "Demo Requested": "demo-request"}
 EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 TRAITS = ("email", "firstName", "lastName", "name", "phone", "title", "company", "city", "state", "country")
-MAX_LENGTH = {"firstName": 255, "lastName": 255, "title": 255, "occupation": 255, "addressCity": 255,
-              "addressState": 255, "addressCountry": 255}
+MAX_LENGTH = {
+    "firstName": 255,
+    "lastName": 255,
+    "title": 255,
+    "occupation": 255,
+    "addressCity": 255,
+    "addressState": 255,
+    "addressCountry": 255,
+}
 
 
 def text(value):
@@ -112,14 +122,22 @@ def outcome(index, event, memory):
         for key in ("userId", "anonymousId"):
             if event.get(key) is not None:
                 memory.setdefault(str(event[key]), {}).update(event.get("traits") or {})
-        return dropped(index, mid, "event_not_mapped",
-                       "identify is not mapped; its traits are remembered for this user's later events")
+        return dropped(
+            index,
+            mid,
+            "event_not_mapped",
+            "identify is not mapped; its traits are remembered for this user's later events",
+        )
     if kind != "track":
         return dropped(index, mid, "event_not_mapped", f"{kind} events are not mapped (defaults.action: drop)")
     tag = TAGS.get(event["event"])
     if tag is None:
-        return dropped(index, mid, "event_not_mapped",
-                       f"track event {event['event']!r} is not in the preset's event table (defaults.action: drop)")
+        return dropped(
+            index,
+            mid,
+            "event_not_mapped",
+            f"track event {event['event']!r} is not in the preset's event table (defaults.action: drop)",
+        )
     if consent_missing(event):
         return dropped(index, mid, "no_consent", "consent not granted for: marketing")
 
@@ -142,8 +160,14 @@ def outcome(index, event, memory):
     city, state, country = text(raw.get("city")), text(raw.get("state")), text(raw.get("country"))
     phone = e164(raw.get("phone"), raw.get("country"))
     attributes = {"emails": [email]}
-    for key, value in (("firstName", first), ("lastName", last), ("name", name or " ".join(x for x in (first, last) if x)),
-                       ("title", title), ("occupation", title), ("company", company)):
+    for key, value in (
+        ("firstName", first),
+        ("lastName", last),
+        ("name", name or " ".join(x for x in (first, last) if x)),
+        ("title", title),
+        ("occupation", title),
+        ("company", company),
+    ):
         if value:
             attributes[key] = value
     if phone:
@@ -156,8 +180,12 @@ def outcome(index, event, memory):
         if key in attributes and len(attributes[key]) > limit:
             attributes[key] = attributes[key][:limit]
     body = {"data": {"type": "prospect", "attributes": attributes}}
-    return {"index": index, "messageId": mid, "outcome": "would_send",
-            "request": {"method": "POST", "url": URL, "headers": dict(HEADERS), "body": body}}
+    return {
+        "index": index,
+        "messageId": mid,
+        "outcome": "would_send",
+        "request": {"method": "POST", "url": URL, "headers": dict(HEADERS), "body": body},
+    }
 
 
 def main(argv):

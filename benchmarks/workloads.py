@@ -29,8 +29,13 @@ _PEOPLE = (
     ("Lukas", "Weber", "Initech GmbH", "Leiter Vertrieb", "030 901820", "DE"),
     ("Chloé", "Martin", "Vandelay SAS", "Directrice marketing", "01 23 45 67 89", "FR"),
 )
-_CITIES = {"GB": ("London", None), "US": ("Austin", "TX"), "NG": ("Lagos", None), "DE": ("Berlin", None),
-           "FR": ("Paris", None)}
+_CITIES = {
+    "GB": ("London", None),
+    "US": ("Austin", "TX"),
+    "NG": ("Lagos", None),
+    "DE": ("Berlin", None),
+    "FR": ("Paris", None),
+}
 
 
 def _context(i: int, path: str, consent: dict[str, Any] | None) -> dict[str, Any]:
@@ -49,15 +54,27 @@ def drop_events(n: int) -> list[dict[str, Any]]:
     events = []
     for i in range(n):
         path = _PATHS[i % len(_PATHS)]
-        base = {"messageId": f"drop-{i:06d}", "timestamp": "2024-05-14T09:12:03.114Z",
-                "anonymousId": f"anon-{i % 997:04d}"}
+        base = {
+            "messageId": f"drop-{i:06d}",
+            "timestamp": "2024-05-14T09:12:03.114Z",
+            "anonymousId": f"anon-{i % 997:04d}",
+        }
         if i % 10 < 7:
-            event = {**base, "type": "page", "name": path, "properties": {"path": path},
-                     "context": _context(i, path, {"canonical": {"marketing": i % 3 != 0}})}
+            event = {
+                **base,
+                "type": "page",
+                "name": path,
+                "properties": {"path": path},
+                "context": _context(i, path, {"canonical": {"marketing": i % 3 != 0}}),
+            }
         else:
-            event = {**base, "type": "track", "event": _UNMAPPED[i % len(_UNMAPPED)],
-                     "properties": {"product_id": f"sku-{i % 50}", "price": 49.0, "currency": "GBP"},
-                     "context": _context(i, path, {"canonical": {"marketing": True}})}
+            event = {
+                **base,
+                "type": "track",
+                "event": _UNMAPPED[i % len(_UNMAPPED)],
+                "properties": {"product_id": f"sku-{i % 50}", "price": 49.0, "currency": "GBP"},
+                "context": _context(i, path, {"canonical": {"marketing": True}}),
+            }
             if i % 2:
                 event["userId"] = f"user-{i % 5000}"
         events.append(event)
@@ -71,7 +88,11 @@ def lead_events(n: int) -> list[dict[str, Any]]:
         first, last, company, title, phone, country = _PEOPLE[i % len(_PEOPLE)]
         traits: dict[str, Any] = {
             "email": f"  {first}.{last}{i}@{company.split()[0]}.Example.com ",
-            "firstName": first, "lastName": last, "company": company, "title": title, "phone": phone,
+            "firstName": first,
+            "lastName": last,
+            "company": company,
+            "title": title,
+            "phone": phone,
         }
         if country:
             city, state = _CITIES[country]
@@ -79,12 +100,24 @@ def lead_events(n: int) -> list[dict[str, Any]]:
             if state:
                 traits["state"] = state
         shape = i % 5
-        consent = ({"marketing": True, "analytics": True} if shape == 3
-                   else {"categories": ["necessary", "marketing"]} if shape == 4
-                   else {"canonical": {"marketing": True, "analytics": True}})
-        events.append({
-            "messageId": f"lead-{i:06d}", "timestamp": "2024-05-14T09:14:02.305Z", "type": "track",
-            "event": _LEADS[i % len(_LEADS)], "userId": f"user-{i}", "anonymousId": f"anon-{i:06d}",
-            "properties": {"form": "demo"}, "traits": traits, "context": _context(i, "/demo", consent),
-        })
+        consent = (
+            {"marketing": True, "analytics": True}
+            if shape == 3
+            else {"categories": ["necessary", "marketing"]}
+            if shape == 4
+            else {"canonical": {"marketing": True, "analytics": True}}
+        )
+        events.append(
+            {
+                "messageId": f"lead-{i:06d}",
+                "timestamp": "2024-05-14T09:14:02.305Z",
+                "type": "track",
+                "event": _LEADS[i % len(_LEADS)],
+                "userId": f"user-{i}",
+                "anonymousId": f"anon-{i:06d}",
+                "properties": {"form": "demo"},
+                "traits": traits,
+                "context": _context(i, "/demo", consent),
+            }
+        )
     return events

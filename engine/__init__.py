@@ -20,8 +20,19 @@ from .pipeline.prepare import Pipeline, Prepared
 # configuration they are discarded, not printed by logging's last resort.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-__all__ = ["Engine", "Outcome", "Pipeline", "Prepared", "Preset", "PresetError", "Settings", "SettingsError",
-           "load_preset", "resolve_settings", "__version__"]
+__all__ = [
+    "Engine",
+    "Outcome",
+    "Pipeline",
+    "Prepared",
+    "Preset",
+    "PresetError",
+    "Settings",
+    "SettingsError",
+    "__version__",
+    "load_preset",
+    "resolve_settings",
+]
 
 
 def __getattr__(name: str) -> Any:  # lazy, so checks and dry runs never import aiohttp

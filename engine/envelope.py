@@ -9,8 +9,9 @@ sees and the value on the wire come from one template and cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from .redaction import MASK
@@ -49,7 +50,7 @@ def with_query(url: str, query: Sequence[tuple[str, str]]) -> str:
     return f"{url}{'&' if '?' in url else '?'}{encoded}"
 
 
-def apply_credential(spec: "AuthSpec", request: HttpRequest, credential: str) -> None:
+def apply_credential(spec: AuthSpec, request: HttpRequest, credential: str) -> None:
     """Put the credential where the preset says: a header, or a query parameter."""
     value = spec.render(credential)
     if spec.placement == "query":
@@ -62,7 +63,7 @@ def apply_credential(spec: "AuthSpec", request: HttpRequest, credential: str) ->
 SECRET_FORM_FIELDS = frozenset({"client_secret", "refresh_token", "code", "password", "code_verifier"})
 
 
-def masked_view(spec: "AuthSpec | None", request: HttpRequest, *, as_sent: bool = False) -> dict[str, Any]:
+def masked_view(spec: AuthSpec | None, request: HttpRequest, *, as_sent: bool = False) -> dict[str, Any]:
     """The request as a person may see it: every credential's place shown as the mask.
 
     That is the preset's credential (header or query parameter), any
@@ -72,8 +73,10 @@ def masked_view(spec: "AuthSpec | None", request: HttpRequest, *, as_sent: bool 
     ``as_sent=True`` views a request as it went out, and masks the
     credential only where it actually is (a token request carries none).
     """
-    headers = {name: (_masked_authorization(value) if name.lower() == "authorization" else value)
-               for name, value in request.sent_headers().items()}
+    headers = {
+        name: (_masked_authorization(value) if name.lower() == "authorization" else value)
+        for name, value in request.sent_headers().items()
+    }
     url = request.full_url()
     if spec is not None and request.authenticated:
         value = spec.render(MASK)

@@ -22,9 +22,10 @@ import asyncio
 import difflib
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .compile.compiler import load_preset
 from .envelope import HttpRequest, masked_view
@@ -42,8 +43,10 @@ class GoldenCase:
 
     @property
     def name(self) -> str:
-        return (f"{Path(self.preset_name).stem if self.preset_name.endswith(('.yaml', '.yml')) else self.preset_name}"
-                f"/{self.path.stem}")
+        return (
+            f"{Path(self.preset_name).stem if self.preset_name.endswith(('.yaml', '.yml')) else self.preset_name}"
+            f"/{self.path.stem}"
+        )
 
     @property
     def expected_path(self) -> Path:
@@ -77,8 +80,11 @@ class GoldenResult:
     def diff(self) -> str:
         want = render(self.expected) if self.expected is not None else ""
         got = render(self.actual)
-        return "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True),
-                                            str(self.case.expected_path), "actual output"))
+        return "".join(
+            difflib.unified_diff(
+                want.splitlines(True), got.splitlines(True), str(self.case.expected_path), "actual output"
+            )
+        )
 
 
 class CaseError(ValueError):
@@ -96,7 +102,9 @@ def discover(root: Path, preset: str | None = None) -> list[GoldenCase]:
     (``golden/outreach/lead-capture/`` → ``outreach/lead-capture``).
     """
     root = root.resolve()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if not p.name.endswith(EXPECTED_SUFFIX))
+    files = (
+        [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if not p.name.endswith(EXPECTED_SUFFIX))
+    )
     cases = []
     for file in files:
         if preset is not None:
@@ -104,14 +112,17 @@ def discover(root: Path, preset: str | None = None) -> list[GoldenCase]:
             continue
         top = next((parent for parent in file.parents if parent.name == "golden"), None)
         if top is None or file.parent == top:  # directly in golden/: no folder names the preset
-            raise ValueError(f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder "
-                             "(or name their preset with --preset FILE)")
+            raise ValueError(
+                f"{file}: golden cases must live under a golden/<destination>/<preset>/ folder "
+                "(or name their preset with --preset FILE)"
+            )
         cases.append(GoldenCase(file, file.parent.relative_to(top).as_posix()))
     return cases
 
 
-def run_case(case: GoldenCase, presets: dict[str, Preset] | None = None,
-             preset_path: Sequence[str | Path] = ()) -> GoldenResult:
+def run_case(
+    case: GoldenCase, presets: dict[str, Preset] | None = None, preset_path: Sequence[str | Path] = ()
+) -> GoldenResult:
     presets = presets if presets is not None else {}
     if case.preset_name not in presets:
         presets[case.preset_name] = load_preset(case.preset_ref, preset_path)
@@ -149,6 +160,7 @@ def new_failures(result: GoldenResult) -> list[dict[str, Any]]:
     expected file already holds (same place, same cause) is the contract
     itself: updating around it needs no permission.
     """
+
     def outcomes(output: Any) -> list[Any]:
         listed = output.get("outcomes") if isinstance(output, dict) else output
         return listed if isinstance(listed, list) else []
@@ -228,8 +240,10 @@ class ScriptedTransport:
 
         position = len(self.sent)
         if position >= len(self.responses):
-            self.problem = self.problem or (f"{self.case}: request {position + 1} ({request.method} {request.url}) "
-                                            f"has no scripted response (the script has {len(self.responses)})")
+            self.problem = self.problem or (
+                f"{self.case}: request {position + 1} ({request.method} {request.url}) "
+                f"has no scripted response (the script has {len(self.responses)})"
+            )
             self.sent.append((request, {"error": "no scripted response"}))
             raise TransportError("connection", "the case's script has no response for this request")
         scripted = self.responses[position]
@@ -244,8 +258,9 @@ class ScriptedTransport:
         return HttpResponse(status, headers, scripted.get("body"))
 
 
-async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], responses: list[dict[str, Any]], *,
-                           source: Any = "responses") -> ScriptedRun:
+async def deliver_scripted(
+    preset: Preset, settings: Any, events: list[Any], responses: list[dict[str, Any]], *, source: Any = "responses"
+) -> ScriptedRun:
     """Deliver ``events`` one at a time, each request answered by the next scripted response.
 
     A preset that batches gets them all at once instead, so its requests fill
@@ -258,9 +273,17 @@ async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], res
 
     transport = ScriptedTransport(source, responses)
     clock = _FakeClock()
-    engine = Engine(preset, settings, transport=transport, sleep=clock.sleep, clock=clock.monotonic,
-                    concurrency=1, token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters(),
-                    rng=random.Random(0))
+    engine = Engine(
+        preset,
+        settings,
+        transport=transport,
+        sleep=clock.sleep,
+        clock=clock.monotonic,
+        concurrency=1,
+        token_store=MemoryTokenStore(),
+        dead_letters=MemoryDeadLetters(),
+        rng=random.Random(0),
+    )
     async with engine:
         if any(action.batch is not None for action in preset.actions.values()):
             outcomes = [outcome.to_dict() async for outcome in engine.process_batches(_all_at_once(events))]
@@ -268,8 +291,10 @@ async def deliver_scripted(preset: Preset, settings: Any, events: list[Any], res
             outcomes = [outcome.to_dict() async for outcome in engine.process_many(events)]
     problem = transport.problem
     if problem is None and len(transport.sent) < len(responses):
-        problem = (f"{source}: {len(responses) - len(transport.sent)} scripted response(s) were never "
-                   f"requested (the engine sent {len(transport.sent)} request(s))")
+        problem = (
+            f"{source}: {len(responses) - len(transport.sent)} scripted response(s) were never "
+            f"requested (the engine sent {len(transport.sent)} request(s))"
+        )
     exchanges = []
     for request, scripted in transport.sent:
         view = engine.redactor.redact(masked_view(preset.auth, request, as_sent=True))

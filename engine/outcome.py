@@ -40,18 +40,18 @@ OUTCOMES = {
     WOULD_SEND: "A dry run: the request that would have gone, masked; nothing was sent.",
     DROPPED: "Filtered out on purpose, before any request; `reason` says why. Not an error.",
     FAILED: "Could not be delivered and will not be retried (a mapping error, a rejected request); "
-            "`cause` and `detail` say why.",
+    "`cause` and `detail` say why.",
     DEAD_LETTERED: "Kept in the dead-letter store to replay later (retries ran out, a run was stopped, "
-                   "a credential was refused); `cause` says why.",
+    "a credential was refused); `cause` says why.",
 }
 DROP_REASON_MEANINGS = {
     EVENT_NOT_MAPPED: "The preset maps no action for this event's type or name.",
     NO_CONSENT: "The event lacks the consent the preset requires.",
     NOT_IDENTIFIED: "The trait that identifies the person (the preset's required trait) is neither on the event "
-                    "nor remembered for its user.",
+    "nor remembered for its user.",
     INVALID_EMAIL: "The required trait is an email address, and the one given is not valid.",
     INVALID_EVENT: "Not a valid event (not an object, no `type`, a field of the wrong shape), or its required "
-                   "trait was refused by its normaliser.",
+    "trait was refused by its normaliser.",
 }
 CAUSE_MEANINGS = {
     NOT_SENT: "The run was stopped before its first request left: the destination never saw it.",

@@ -70,8 +70,11 @@ class Redactor:
         if self._json_forms is None or self._json_forms[0] != len(self._secrets):
             import json
 
-            forms = {form for secret in self._secrets
-                     for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])}
+            forms = {
+                form
+                for secret in self._secrets
+                for form in (secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+            }
             self._json_forms = (len(self._secrets), sorted(forms, key=len, reverse=True))
         for form in self._json_forms[1]:
             if form in text:

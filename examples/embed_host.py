@@ -25,12 +25,13 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
+from engine.language.settings import load_settings_file
 from engine.outcome import Outcome
 from engine.runtime import Engine
-from engine.language.settings import load_settings_file
 
 EXAMPLE_EVENTS = Path(__file__).resolve().parent / "lead-capture.ndjson"
 END = object()  # end-of-stream marker; a real consumer would run forever
@@ -82,8 +83,9 @@ async def run_host(settings: dict[str, Any], events: Path, state: str, concurren
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=100)
     producer = asyncio.create_task(produce(events, queue))
     counts: Counter[str] = Counter()
-    async with Engine.from_preset("outreach/lead-capture", settings, state=state,
-                                  on_outcome=print_outcome, concurrency=concurrency) as engine:
+    async with Engine.from_preset(
+        "outreach/lead-capture", settings, state=state, on_outcome=print_outcome, concurrency=concurrency
+    ) as engine:
         async for outcome in engine.process_many(consume(queue)):
             counts[outcome.outcome] += 1  # in input order: acknowledge up to here
         mints = engine.mints
@@ -103,8 +105,12 @@ async def sandbox_demo(concurrency: int) -> Counter[str]:
 
     config = SandboxConfig()
     runner, base_url = await start_sandbox(config, port=0)
-    settings = {"client_id": config.client_id, "client_secret": config.client_secret,
-                "refresh_token": config.refresh_token, "base_url": base_url}
+    settings = {
+        "client_id": config.client_id,
+        "client_secret": config.client_secret,
+        "refresh_token": config.refresh_token,
+        "base_url": base_url,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="embed-host-") as state:
             return await run_host(settings, EXAMPLE_EVENTS, state, concurrency)

@@ -56,8 +56,9 @@ class ThreadedHubspot:
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base_url}/_sandbox/{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base_url}/_sandbox/{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -80,15 +81,27 @@ def fast_hubspot_preset(directory: Path) -> Path:
     return path
 
 
-def write_config(path: Path, outreach_preset: Path | None, outreach_settings: Path | None,
-                 hubspot_preset: Path | None, hubspot_url: str | None, *, hubspot_enabled: bool = True) -> Path:
+def write_config(
+    path: Path,
+    outreach_preset: Path | None,
+    outreach_settings: Path | None,
+    hubspot_preset: Path | None,
+    hubspot_url: str | None,
+    *,
+    hubspot_enabled: bool = True,
+) -> Path:
     """An integrations file naming the two sandboxes; the HubSpot token is read from the environment."""
     lines = ["# yaml-language-server: $schema=../schemas/integrations.schema.json", "integrations:"]
     if outreach_preset is not None:
         lines += ["  outreach:", f"    preset: {outreach_preset}", f"    settings_file: {outreach_settings}"]
     if hubspot_preset is not None:
-        lines += ["  hubspot:", f"    preset: {hubspot_preset}", "    settings:",
-                  '      access_token: "${HUBSPOT_TOKEN}"', f"      base_url: {hubspot_url}",
-                  f"    enabled: {'true' if hubspot_enabled else 'false'}"]
+        lines += [
+            "  hubspot:",
+            f"    preset: {hubspot_preset}",
+            "    settings:",
+            '      access_token: "${HUBSPOT_TOKEN}"',
+            f"      base_url: {hubspot_url}",
+            f"    enabled: {'true' if hubspot_enabled else 'false'}",
+        ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

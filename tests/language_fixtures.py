@@ -93,8 +93,14 @@ CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(email: str = "Jane@Acme.test", message_id: str = "m-1", **traits: object) -> dict:
-    return {"type": "track", "event": "Signed Up", "messageId": message_id, "userId": f"u-{message_id}",
-            "traits": {"email": email, **traits}, "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "messageId": message_id,
+        "userId": f"u-{message_id}",
+        "traits": {"email": email, **traits},
+        "context": CONSENT,
+    }
 
 
 def write_acme(folder: Path, preset_text: str = ACME_PRESET, *edits: tuple[str, str]) -> Path:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -29,8 +30,16 @@ class Running:
     def state(self) -> Any:
         return self.runner.app[self.state_key]
 
-    async def call(self, method: str, path: str, *, headers: dict[str, str] | None = None, json_body: Any = None,
-                   raw: str | bytes | None = None, form: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        json_body: Any = None,
+        raw: str | bytes | None = None,
+        form: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
         """Send one request; the body is parsed as JSON when it is JSON."""
         kwargs: dict[str, Any] = {"headers": dict(headers or {})}
         if json_body is not None:

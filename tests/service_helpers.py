@@ -16,8 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_KEY = "wk-test-3f9a1c7e5b"
@@ -27,14 +28,24 @@ SERVICE_ENV = {"SIGNAL_WRITE_KEYS": WRITE_KEY, "SIGNAL_SIGNING_SECRET": SIGNING_
 
 
 def identify(i: int, tag: str = "svc") -> dict[str, Any]:
-    return {"type": "identify", "messageId": f"{tag}-id-{i}", "userId": f"{tag}-user-{i}", "context": CONSENT,
-            "traits": {"email": f"{tag}{i}@service.test", "firstName": f"F{i}", "lastName": "Service"}}
+    return {
+        "type": "identify",
+        "messageId": f"{tag}-id-{i}",
+        "userId": f"{tag}-user-{i}",
+        "context": CONSENT,
+        "traits": {"email": f"{tag}{i}@service.test", "firstName": f"F{i}", "lastName": "Service"},
+    }
 
 
 def lead(i: int, tag: str = "svc") -> dict[str, Any]:
     """A lead without traits: its email can only come from the identify."""
-    return {"type": "track", "event": "Demo Requested", "messageId": f"{tag}-lead-{i}", "userId": f"{tag}-user-{i}",
-            "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "messageId": f"{tag}-lead-{i}",
+        "userId": f"{tag}-user-{i}",
+        "context": CONSENT,
+    }
 
 
 def page(i: int, tag: str = "svc") -> dict[str, Any]:
@@ -51,9 +62,14 @@ class Service:
     def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None, name: str = "service") -> None:
         self.stderr_path = cwd / f"{name}-{time.monotonic_ns()}.err"
         self._stderr = self.stderr_path.open("w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True,
-                                     env={**os.environ, **SERVICE_ENV, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", *map(str, args)],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env={**os.environ, **SERVICE_ENV, **(env or {})},
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -77,8 +93,9 @@ class Service:
                 self._reader.join(2)
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no {stream} line matching {pattern!r}; stdout: {self.lines[-5:]}; "
-                             f"stderr: {self.stderr()[-2000:]}")
+        raise AssertionError(
+            f"no {stream} line matching {pattern!r}; stdout: {self.lines[-5:]}; stderr: {self.stderr()[-2000:]}"
+        )
 
     def wait_for_notice(self, pattern: str, timeout: float = 30) -> re.Match[str]:
         """A line the process says about itself on stderr (listening, metrics, consuming)."""
@@ -123,8 +140,9 @@ def post(url: str, path: str, body: Any, headers: dict[str, str], *, compress: b
 
 
 def send(url: str, raw: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=raw, method="POST",
-                                     headers={"Content-Type": "application/json", **headers})
+    request = urllib.request.Request(
+        url, data=raw, method="POST", headers={"Content-Type": "application/json", **headers}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
             return resp.status, json.loads(resp.read())
@@ -151,5 +169,17 @@ def until(condition: Callable[[], bool], timeout: float = 60, what: str | Callab
         time.sleep(0.05)
 
 
-__all__ = ["Service", "post", "post_signed", "write_key_headers", "identify", "lead", "page", "until", "signal",
-           "WRITE_KEY", "SIGNING_SECRET", "REPO"]
+__all__ = [
+    "REPO",
+    "SIGNING_SECRET",
+    "WRITE_KEY",
+    "Service",
+    "identify",
+    "lead",
+    "page",
+    "post",
+    "post_signed",
+    "signal",
+    "until",
+    "write_key_headers",
+]

@@ -93,8 +93,11 @@ def _within(name: str, prefix: str) -> bool:
 # Stage types the model names for type checking only (``if TYPE_CHECKING:``): the
 # compiled preset holds the stages compile/ built, but the model never imports them.
 TYPES_ONLY = {
-    "language/model.py": ("engine.pipeline.event_table", "engine.pipeline.output_contract",
-                          "engine.delivery.response_rules"),
+    "language/model.py": (
+        "engine.pipeline.event_table",
+        "engine.pipeline.output_contract",
+        "engine.delivery.response_rules",
+    ),
 }
 
 
@@ -104,9 +107,13 @@ def test_imports_point_down(path: Path) -> None:
     allowed = ALLOWED.get(_area(path), ())
     types_only = TYPES_ONLY.get(path.relative_to(ENGINE).as_posix(), ())
     at_run_time = _imports(path, typing_only_too=False)
-    bad = sorted(name for name in _imports(path)
-                 if any(_within(name, b) for b in banned) and not any(_within(name, a) for a in allowed)
-                 and (name in at_run_time or not any(_within(name, t) for t in types_only)))
+    bad = sorted(
+        name
+        for name in _imports(path)
+        if any(_within(name, b) for b in banned)
+        and not any(_within(name, a) for a in allowed)
+        and (name in at_run_time or not any(_within(name, t) for t in types_only))
+    )
     assert not bad, f"{path.relative_to(ENGINE)} imports {bad}"
 
 
@@ -119,20 +126,35 @@ def test_the_state_interface_the_pipeline_uses_does_no_io() -> None:
     assert all(_within(name, "engine.language.model") for name in _imports(path)), _imports(path)
 
 
-VENDOR = re.compile(r"outreach|hubspot|salesloft|close\.com|api\.close|prospect|facebook|fbtrace|salesforce", re.IGNORECASE)
+VENDOR = re.compile(
+    r"outreach|hubspot|salesloft|close\.com|api\.close|prospect|facebook|fbtrace|salesforce", re.IGNORECASE
+)
 
 
-@pytest.mark.parametrize("path", [p for p in _modules() if "sandbox" not in p.parts and p.name != "sandbox.py"],
-                         ids=lambda p: str(p.relative_to(ENGINE)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules() if "sandbox" not in p.parts and p.name != "sandbox.py"],
+    ids=lambda p: str(p.relative_to(ENGINE)),
+)
 def test_no_destination_knowledge_in_engine_code(path: Path) -> None:
     """Comments and docstrings may give examples; code may not name a vendor."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                  if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    hits = [n.value for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
-            and VENDOR.search(n.value)]
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    hits = [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and id(n) not in docstrings
+        and VENDOR.search(n.value)
+    ]
     assert not hits, f"{path.relative_to(ENGINE)} names a destination in code: {hits[:3]}"
 
 
@@ -145,8 +167,9 @@ def test_loggers_are_named_after_their_module(path: Path) -> None:
             arg = node.args[0]
             named = isinstance(arg, ast.Name) and arg.id == "__name__"
             root = isinstance(arg, ast.Constant) and arg.value == "engine"
-            assert named or root or path.parts[-2] == "cli", \
+            assert named or root or path.parts[-2] == "cli", (
                 f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"
+            )
 
 
 def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:

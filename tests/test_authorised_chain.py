@@ -20,9 +20,9 @@ import pytest
 
 from engine import outcome as oc
 from engine.cli.main import main
-from engine.delivery.auth.oauth2 import OAuth2Auth
-from engine.delivery.auth.base import AuthFailure
 from engine.compile.compiler import load_preset
+from engine.delivery.auth.base import AuthFailure
+from engine.delivery.auth.oauth2 import OAuth2Auth
 from engine.language.settings import SettingsError, resolve
 from engine.redaction import Redactor
 from engine.runtime import Engine
@@ -40,9 +40,14 @@ def credentials() -> dict[str, str]:
 
 def lead(i: int) -> dict[str, Any]:
     """The product page's "Demo Requested" shape, consenting and identified."""
-    return {"type": "track", "event": "Demo Requested", "messageId": f"lead-{i}", "userId": f"user-{i}",
-            "traits": {"email": f"lead{i}@acme.com", "firstName": "Jane", "lastName": "Doe"},
-            "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "messageId": f"lead-{i}",
+        "userId": f"user-{i}",
+        "traits": {"email": f"lead{i}@acme.com", "firstName": "Jane", "lastName": "Doe"},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 def authorise(state_dir: Path, client_id: str, tokens: StoredTokens) -> None:
@@ -118,7 +123,8 @@ def test_without_either_token_delivery_does_not_start_and_says_how_to_authorise(
             assert str(info.value) == (
                 f"required setting 'refresh_token' is missing, and the state directory {tmp_path} holds no "
                 f"authorisation for client_id '{creds['client_id']}': authorise the app once with "
-                f"`signal-engine auth {PRESET} --settings FILE --state {tmp_path}`, or set refresh_token")
+                f"`signal-engine auth {PRESET} --settings FILE --state {tmp_path}`, or set refresh_token"
+            )
             _, seen = await sandbox.admin("GET", "state")
             assert seen["statuses"] == [] and seen["token_statuses"] == []
 
@@ -129,8 +135,9 @@ def test_without_either_token_delivery_does_not_start_and_says_how_to_authorise(
     asyncio.run(scenario())
 
 
-def test_cli_run_without_a_refresh_token_is_a_configuration_error(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_without_a_refresh_token_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text("client_id: app\nclient_secret: cs-123456\nbase_url: http://127.0.0.1:9\n", encoding="utf-8")
     events = tmp_path / "events.ndjson"
@@ -142,7 +149,8 @@ def test_cli_run_without_a_refresh_token_is_a_configuration_error(tmp_path: Path
     assert captured.err == (
         f"signal-engine: required setting 'refresh_token' is missing, and the state directory {state} holds no "
         f"authorisation for client_id 'app': authorise the app once with `signal-engine auth {PRESET} "
-        f"--settings FILE --state {state}`, or set refresh_token\n")
+        f"--settings FILE --state {state}`, or set refresh_token\n"
+    )
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
 
 

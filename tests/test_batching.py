@@ -10,32 +10,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from language_fixtures import ACME_PRESET, lead, write_acme
-
 from engine import outcome as oc
-from engine.golden import ScriptedTransport
 from engine.compile.compiler import PresetError, load_preset
+from engine.golden import ScriptedTransport
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
 from engine.state.dead_letters import MemoryDeadLetters
+from language_fixtures import ACME_PRESET, lead, write_acme
 
 KEY = "k-live-5f2a9c"
 MAX_WAIT = 7.0
-UPSERT = '''    upsert:
+UPSERT = """    upsert:
       strategy: on_conflict
       found: '{"id": $match(conflict.body.message, /id ([0-9]+)/).groups[0]}'
       update:
         method: PATCH
         url: "{settings.base_url}/v1/contacts/{found.id}"
         body: document
-'''
-BATCH = f'''    batch:
+"""
+BATCH = f"""    batch:
       max_items: 3
       max_wait_seconds: {MAX_WAIT}
       body: '{{"inputs": items}}'
@@ -45,15 +45,23 @@ BATCH = f'''    batch:
           $error := body.errors[$email in context.email][0];
           $error.category = "RETRY" ? {{"retry": $error.message}} : $error.message
         )
-'''
+"""
 EDITS = (
     (UPSERT, BATCH),
     ('url: "{settings.base_url}/v1/contacts"\n', 'url: "{settings.base_url}/v1/contacts/batch"\n'),
-    ("    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
-     "      message: merged into the existing contact\n", ""),
-    ('    - when: {status: [200, 201], step: [create, update], match: "$exists(body.id)"}',
-     "    - when: {status: [200, 207], step: create}"),
-    ("  rate_limit: {requests: 100, per_seconds: 1}\n", "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.email\n"),
+    (
+        "    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
+        "      message: merged into the existing contact\n",
+        "",
+    ),
+    (
+        '    - when: {status: [200, 201], step: [create, update], match: "$exists(body.id)"}',
+        "    - when: {status: [200, 207], step: create}",
+    ),
+    (
+        "  rate_limit: {requests: 100, per_seconds: 1}\n",
+        "  rate_limit: {requests: 100, per_seconds: 1}\n  order_by: traits.email\n",
+    ),
 )
 
 
@@ -87,8 +95,9 @@ def test_a_request_takes_at_most_max_items_and_the_rest_go_when_the_wait_is_over
     async def scenario() -> tuple[int, list[Any], ScriptedTransport]:
         transport = ScriptedTransport(Path("batch"), [OK, OK])
         timers = HeldTimers()
-        async with Engine(preset, _settings(preset), transport=transport, sleep=timers.sleep,
-                          dead_letters=MemoryDeadLetters()) as engine:
+        async with Engine(
+            preset, _settings(preset), transport=transport, sleep=timers.sleep, dead_letters=MemoryDeadLetters()
+        ) as engine:
             stream = asyncio.ensure_future(_collect(engine.process_batches(one_batch(events))))
             for _ in range(100):
                 await asyncio.sleep(0)
@@ -101,10 +110,13 @@ def test_a_request_takes_at_most_max_items_and_the_rest_go_when_the_wait_is_over
     assert before == 1  # three filled the first request at once; two waited
     bodies = [request.body for request, _ in transport.sent]
     assert [[item["email"] for item in body["inputs"]] for body in bodies] == [
-        ["p0@acme.test", "p1@acme.test", "p2@acme.test"], ["p3@acme.test", "p4@acme.test"]]
+        ["p0@acme.test", "p1@acme.test", "p2@acme.test"],
+        ["p3@acme.test", "p4@acme.test"],
+    ]
     assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 5
-    assert [o.detail for o in outcomes] == ["delivered in a request of 3 item(s)"] * 3 + \
-        ["delivered in a request of 2 item(s)"] * 2
+    assert [o.detail for o in outcomes] == ["delivered in a request of 3 item(s)"] * 3 + [
+        "delivered in a request of 2 item(s)"
+    ] * 2
     assert outcomes[0].request["url"] == "https://api.acme.test/v1/contacts/batch?key=***"
 
 
@@ -116,14 +128,17 @@ def test_one_record_appears_once_per_request(tmp_path: Path) -> None:
         transport = ScriptedTransport(Path("batch"), [OK, OK])
         timers = HeldTimers()
         timers.release.set()
-        async with Engine(preset, _settings(preset), transport=transport, sleep=timers.sleep,
-                          dead_letters=MemoryDeadLetters()) as engine:
+        async with Engine(
+            preset, _settings(preset), transport=transport, sleep=timers.sleep, dead_letters=MemoryDeadLetters()
+        ) as engine:
             await _collect(engine.process_batches(one_batch(events)))
         return transport
 
     transport = asyncio.run(scenario())
     assert [[item["email"] for item in request.body["inputs"]] for request, _ in transport.sent] == [
-        ["jane@acme.test", "joe@acme.test"], ["jane@acme.test"]]
+        ["jane@acme.test", "joe@acme.test"],
+        ["jane@acme.test"],
+    ]
 
 
 class BatchApi:
@@ -144,8 +159,12 @@ class BatchApi:
 
 def test_partial_success_maps_back_per_item_and_only_the_failed_item_is_sent_again(tmp_path: Path) -> None:
     preset = str(batch_preset(tmp_path / "preset"))
-    api = BatchApi({"p1@acme.test": {"category": "RETRY", "message": "contact is locked, try again"},
-                    "p2@acme.test": {"category": "VALIDATION_ERROR", "message": "Property values were not valid"}})
+    api = BatchApi(
+        {
+            "p1@acme.test": {"category": "RETRY", "message": "contact is locked, try again"},
+            "p2@acme.test": {"category": "VALIDATION_ERROR", "message": "Property values were not valid"},
+        }
+    )
     events = [lead(f"p{i}@acme.test", f"m-{i}") for i in range(3)]
 
     async def scenario() -> list[Any]:
@@ -159,8 +178,9 @@ def test_partial_success_maps_back_per_item_and_only_the_failed_item_is_sent_aga
         timers = HeldTimers()
         timers.release.set()
         try:
-            async with Engine.from_preset(preset, {"api_key": KEY, "base_url": base}, sleep=timers.sleep,
-                                          dead_letters=MemoryDeadLetters()) as engine:
+            async with Engine.from_preset(
+                preset, {"api_key": KEY, "base_url": base}, sleep=timers.sleep, dead_letters=MemoryDeadLetters()
+            ) as engine:
                 return await _collect(engine.process_batches(one_batch(events)))
         finally:
             await runner.cleanup()
@@ -170,8 +190,10 @@ def test_partial_success_maps_back_per_item_and_only_the_failed_item_is_sent_aga
     assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED, oc.FAILED]
     assert outcomes[1].detail == "delivered in a request of 1 item(s) (after: contact is locked, try again)"
     assert outcomes[1].attempts == 2
-    assert (outcomes[2].cause, outcomes[2].detail) == ("item_failed",
-                                                       "item 2 of a request of 3: Property values were not valid")
+    assert (outcomes[2].cause, outcomes[2].detail) == (
+        "item_failed",
+        "item 2 of a request of 3: Property values were not valid",
+    )
     assert outcomes[2].response["status"] == 207
     assert KEY not in json.dumps([o.to_dict() for o in outcomes])
 
@@ -183,12 +205,21 @@ def test_a_dry_run_shows_the_event_as_a_request_of_one(tmp_path: Path) -> None:
     assert outcome.request["body"] == {"inputs": [{"email": "jane@acme.test", "source": "signup"}]}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("    batch:\n", '    upsert: {found: "x", update: {method: PATCH, url: "{settings.base_url}/x", body: document}}\n'
-                     "    batch:\n"), "an action with a batch has no upsert"),
-    (("body: '{\"inputs\": items}'", "body: '{\"inputs\": itemz}'"), "'itemz' is not an input of the batch body"),
-    (("$email := item.email;", "$email := document.email;"), "'document' is not an input of batch.item_error"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            (
+                "    batch:\n",
+                '    upsert: {found: "x", update: {method: PATCH, url: "{settings.base_url}/x", body: document}}\n'
+                "    batch:\n",
+            ),
+            "an action with a batch has no upsert",
+        ),
+        (("body: '{\"inputs\": items}'", "body: '{\"inputs\": itemz}'"), "'itemz' is not an input of the batch body"),
+        (("$email := item.email;", "$email := document.email;"), "'document' is not an input of batch.item_error"),
+    ],
+)
 def test_check_names_batch_mistakes_at_their_line(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     path = batch_preset(tmp_path, edit)
     with pytest.raises(PresetError) as info:

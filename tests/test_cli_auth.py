@@ -23,8 +23,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
@@ -53,8 +54,14 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 @contextlib.contextmanager
 def sandbox(*flags: str, destination: str = "outreach") -> Iterator[str]:
     """``signal-engine sandbox DESTINATION`` on a free port; yields its base URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", destination, "--port", "0", *flags],
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sandbox", destination, "--port", "0", *flags],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         banner = proc.stdout.readline() if proc.stdout else ""
         assert "sandbox listening on http://127.0.0.1:" in banner, banner + (proc.stderr.read() if proc.stderr else "")
@@ -86,8 +93,14 @@ class AuthProcess:
     """``signal-engine auth`` running; :attr:`url` is the authorization URL it printed."""
 
     def __init__(self, *args: str | Path, preset: str = PRESET) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine", "auth", preset, *map(str, args)], cwd=REPO,
-                                     env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "auth", preset, *map(str, args)],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
 
@@ -111,8 +124,9 @@ def browse(url: str) -> tuple[int, str, str]:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=60
+    )
 
 
 def app_credentials() -> dict[str, str]:
@@ -121,8 +135,17 @@ def app_credentials() -> dict[str, str]:
 
 def sandbox_flags(creds: dict[str, str], *more: str) -> list[str]:
     # A 2 s mint window: a refresh right after the exchange waits a little instead of a minute.
-    return ["--client-id", creds["client_id"], "--client-secret", creds["client_secret"],
-            "--refresh-token", f"rt-unused-{secrets.token_hex(8)}", "--mint-window", "2", *more]
+    return [
+        "--client-id",
+        creds["client_id"],
+        "--client-secret",
+        creds["client_secret"],
+        "--refresh-token",
+        f"rt-unused-{secrets.token_hex(8)}",
+        "--mint-window",
+        "2",
+        *more,
+    ]
 
 
 def write_settings(path: Path, values: dict[str, str]) -> Path:
@@ -181,7 +204,8 @@ def test_a_new_user_authorises_with_one_command_and_the_next_run_just_works(tmp_
         assert code == 0, err
         assert err.splitlines()[-1] == (
             f"signal-engine: authorised {PRESET} for client_id '{creds['client_id']}'; the tokens are stored in "
-            f"{state / 'state.db'} (0600). A run with these settings and --state {state} uses them")
+            f"{state / 'state.db'} (0600). A run with these settings and --state {state} uses them"
+        )
         assert out.strip() == auth.url  # stdout holds the URL and nothing else
 
         # Stored in the state directory, privately; the settings file is untouched.
@@ -207,9 +231,13 @@ def test_a_new_user_authorises_with_one_command_and_the_next_run_just_works(tmp_
         # Once that access token is gone, the stored refresh token mints a new one (and its rotation is kept).
         expire_access_tokens(base)
         later = tmp_path / "later.ndjson"
-        later.write_text("".join(json.dumps({**e, "messageId": f"{e['messageId']}-later"}) + "\n"
-                                 for e in map(json.loads, EVENTS.read_text(encoding="utf-8").splitlines())),
-                         encoding="utf-8")
+        later.write_text(
+            "".join(
+                json.dumps({**e, "messageId": f"{e['messageId']}-later"}) + "\n"
+                for e in map(json.loads, EVENTS.read_text(encoding="utf-8").splitlines())
+            ),
+            encoding="utf-8",
+        )
         second = cli("run", PRESET, "--events", later, "--settings", settings, "--state", state)
         assert second.returncode == 0, second.stderr
         assert sum(r["outcome"] == "delivered" for r in lines(second.stdout)) == DELIVERED
@@ -221,8 +249,16 @@ def test_a_new_user_authorises_with_one_command_and_the_next_run_just_works(tmp_
         assert rotated is not None and rotated.refresh_token in seen["refresh_tokens"]
 
         printed = [auth.url, out, err, first.stdout, first.stderr, second.stdout, second.stderr]
-        assert_no_secret(printed, [creds["client_secret"], tokens.refresh_token, tokens.access_token or "",
-                                   rotated.refresh_token, rotated.access_token or ""])
+        assert_no_secret(
+            printed,
+            [
+                creds["client_secret"],
+                tokens.refresh_token,
+                tokens.access_token or "",
+                rotated.refresh_token,
+                rotated.access_token or "",
+            ],
+        )
         landed_query = parse_qs(urlsplit(landed).query)
         assert_no_secret(printed, landed_query["code"])
 
@@ -322,9 +358,11 @@ def test_a_denied_authorisation_stores_nothing_and_says_so(tmp_path: Path) -> No
             auth.kill()
         assert status == 200 and "Not authorised" in page
         assert code == 1
-        assert err.splitlines()[-1] == ("signal-engine: authorisation failed: the authorisation was denied "
-                                        "(access_denied) (The user denied the authorization request.); nothing was "
-                                        "stored")
+        assert err.splitlines()[-1] == (
+            "signal-engine: authorisation failed: the authorisation was denied "
+            "(access_denied) (The user denied the authorization request.); nothing was "
+            "stored"
+        )
         assert stored_authorisation(tmp_path / "state", creds["client_id"]) is None
         assert sandbox_state(base)["code_exchanges"] == 0
 
@@ -333,8 +371,9 @@ def test_a_refused_code_exchange_fails_without_printing_the_secret(tmp_path: Pat
     creds = app_credentials()
     with sandbox(*sandbox_flags(creds)) as base:
         wrong = f"cs-wrong-{secrets.token_hex(12)}"
-        settings = write_settings(tmp_path / "settings.yaml",
-                                  {"client_id": creds["client_id"], "client_secret": wrong, "base_url": base})
+        settings = write_settings(
+            tmp_path / "settings.yaml", {"client_id": creds["client_id"], "client_secret": wrong, "base_url": base}
+        )
         auth = AuthProcess("--settings", settings, "--state", tmp_path / "state", "--port", "0")
         try:
             browse(auth.url)
@@ -342,24 +381,40 @@ def test_a_refused_code_exchange_fails_without_printing_the_secret(tmp_path: Pat
         finally:
             auth.kill()
         assert code == 1
-        assert err.splitlines()[-1] == ("signal-engine: authorisation failed: the token endpoint refused the client "
-                                        "credentials: invalid_client (Client authentication failed.); check "
-                                        "client_id and client_secret in the settings")
+        assert err.splitlines()[-1] == (
+            "signal-engine: authorisation failed: the token endpoint refused the client "
+            "credentials: invalid_client (Client authentication failed.); check "
+            "client_id and client_secret in the settings"
+        )
         assert_no_secret([out, err], [wrong])
         assert stored_authorisation(tmp_path / "state", creds["client_id"]) is None
 
 
 def test_no_redirect_in_time_is_a_clear_failure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = write_settings(tmp_path / "settings.yaml", {"client_id": "app", "client_secret": "cs-123456",
-                                                           "base_url": "http://127.0.0.1:9"})
-    code = main(["auth", PRESET, "--settings", str(settings), "--state", str(tmp_path / "state"), "--port", "0",
-                 "--timeout", "0.5"])
+    settings = write_settings(
+        tmp_path / "settings.yaml", {"client_id": "app", "client_secret": "cs-123456", "base_url": "http://127.0.0.1:9"}
+    )
+    code = main(
+        [
+            "auth",
+            PRESET,
+            "--settings",
+            str(settings),
+            "--state",
+            str(tmp_path / "state"),
+            "--port",
+            "0",
+            "--timeout",
+            "0.5",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out.startswith("http://127.0.0.1:9/oauth/authorize?client_id=app&")
     assert captured.err.splitlines()[-1] == (
         "signal-engine: authorisation failed: no redirect came back within 0.5s; nothing was stored. Run the "
-        "command again and open the new URL (each one is good for one attempt)")
+        "command again and open the new URL (each one is good for one attempt)"
+    )
 
 
 def test_the_browser_opens_only_when_asked(tmp_path: Path) -> None:
@@ -367,45 +422,96 @@ def test_the_browser_opens_only_when_asked(tmp_path: Path) -> None:
     creds = app_credentials()
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser.py"
-    browser.write_text("import sys, urllib.request\n"
-                       f"open({str(opened)!r}, 'a').write(sys.argv[1] + '\\n')\n"
-                       "urllib.request.urlopen(sys.argv[1], timeout=15).read()\n", encoding="utf-8")
+    browser.write_text(
+        "import sys, urllib.request\n"
+        f"open({str(opened)!r}, 'a').write(sys.argv[1] + '\\n')\n"
+        "urllib.request.urlopen(sys.argv[1], timeout=15).read()\n",
+        encoding="utf-8",
+    )
     env = {**ENV, "BROWSER": f"{sys.executable} {browser} %s"}
     with sandbox(*sandbox_flags(creds)) as base:
         settings = write_settings(tmp_path / "settings.yaml", {**creds, "base_url": base})
-        asked = subprocess.run([sys.executable, "-m", "engine", "auth", PRESET, "--settings", str(settings), "--state",
-                                str(tmp_path / "state"), "--port", "0", "--timeout", "30", "--open"],
-                               cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        asked = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "auth",
+                PRESET,
+                "--settings",
+                str(settings),
+                "--state",
+                str(tmp_path / "state"),
+                "--port",
+                "0",
+                "--timeout",
+                "30",
+                "--open",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert asked.returncode == 0, asked.stderr
         assert opened.read_text(encoding="utf-8").splitlines() == [asked.stdout.strip()]
         opened.unlink()
-        not_asked = subprocess.run([sys.executable, "-m", "engine", "auth", PRESET, "--settings", str(settings),
-                                    "--state", str(tmp_path / "state"), "--port", "0", "--timeout", "1"],
-                                   cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        not_asked = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "auth",
+                PRESET,
+                "--settings",
+                str(settings),
+                "--state",
+                str(tmp_path / "state"),
+                "--port",
+                "0",
+                "--timeout",
+                "1",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert not_asked.returncode == 1 and not opened.exists()
 
 
 def test_a_refresh_token_in_the_settings_file_is_refused_before_anything_starts(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    settings = write_settings(tmp_path / "settings.yaml", {"client_id": "app", "client_secret": "cs-123456",
-                                                           "refresh_token": "rt-old-123456"})
-    code = main(["auth", PRESET, "--settings", str(settings), "--state", str(tmp_path / "state"),
-                 "--timeout", "1"])  # were it not refused, the command would give up at once
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = write_settings(
+        tmp_path / "settings.yaml", {"client_id": "app", "client_secret": "cs-123456", "refresh_token": "rt-old-123456"}
+    )
+    code = main(
+        ["auth", PRESET, "--settings", str(settings), "--state", str(tmp_path / "state"), "--timeout", "1"]
+    )  # were it not refused, the command would give up at once
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
-    assert captured.err == (f"{settings}:3: refresh_token is set here, and a run would use it rather than the "
-                            f"authorisation this command stores; delete that line (the new refresh token is kept in "
-                            f"--state {tmp_path / 'state'})\n")
+    assert captured.err == (
+        f"{settings}:3: refresh_token is set here, and a run would use it rather than the "
+        f"authorisation this command stores; delete that line (the new refresh token is kept in "
+        f"--state {tmp_path / 'state'})\n"
+    )
     assert "rt-old-123456" not in captured.err
     assert not (tmp_path / "state").exists()
 
 
-@pytest.mark.parametrize("preset, why", [
-    ("hubspot/contacts", "its auth is bearer, which needs no authorisation by a person"),
-    ("close/leads", "its auth is basic, which needs no authorisation by a person"),
-])
-def test_a_preset_a_person_cannot_authorise_is_a_usage_error(preset: str, why: str,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "preset, why",
+    [
+        ("hubspot/contacts", "its auth is bearer, which needs no authorisation by a person"),
+        ("close/leads", "its auth is basic, which needs no authorisation by a person"),
+    ],
+)
+def test_a_preset_a_person_cannot_authorise_is_a_usage_error(
+    preset: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["auth", preset]) == 2
     assert captured_line(capsys).startswith(f"signal-engine: {preset}: {why}")
 
@@ -422,8 +528,9 @@ def test_a_port_in_use_is_a_usage_error_naming_it(tmp_path: Path, capsys: pytest
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = main(["auth", PRESET, "--settings", str(settings), "--state", str(tmp_path / "state"),
-                     "--port", str(port)])
+        code = main(
+            ["auth", PRESET, "--settings", str(settings), "--state", str(tmp_path / "state"), "--port", str(port)]
+        )
     assert code == 2
     assert captured_line(capsys).startswith(f"signal-engine: --port {port}: cannot listen on 127.0.0.1:{port} (")
 
@@ -440,9 +547,11 @@ def test_the_authorization_url_is_the_product_page_s() -> None:
     settings = resolve(preset.settings, {"client_id": "YOUR_CLIENT_ID"}, require=False)
     assert preset.auth is not None
     url = authorization_url(preset.auth, settings, "http://127.0.0.1:8750/callback", "S-1")
-    assert url == ("https://api.outreach.io/oauth/authorize?client_id=YOUR_CLIENT_ID&redirect_uri="
-                   + quote("http://127.0.0.1:8750/callback", safe="")
-                   + "&response_type=code&scope=prospects.read+prospects.write&state=S-1")
+    assert url == (
+        "https://api.outreach.io/oauth/authorize?client_id=YOUR_CLIENT_ID&redirect_uri="
+        + quote("http://127.0.0.1:8750/callback", safe="")
+        + "&response_type=code&scope=prospects.read+prospects.write&state=S-1"
+    )
 
 
 def test_salesloft_s_authorization_url_carries_no_scope() -> None:
@@ -451,8 +560,11 @@ def test_salesloft_s_authorization_url_carries_no_scope() -> None:
     settings = resolve(preset.settings, {"client_id": "YOUR_CLIENT_ID"}, require=False)
     assert preset.auth is not None
     url = authorization_url(preset.auth, settings, "http://127.0.0.1:8750/callback", "S-1")
-    assert url == ("https://accounts.salesloft.com/oauth/authorize?client_id=YOUR_CLIENT_ID&redirect_uri="
-                   + quote("http://127.0.0.1:8750/callback", safe="") + "&response_type=code&state=S-1")
+    assert url == (
+        "https://accounts.salesloft.com/oauth/authorize?client_id=YOUR_CLIENT_ID&redirect_uri="
+        + quote("http://127.0.0.1:8750/callback", safe="")
+        + "&response_type=code&state=S-1"
+    )
 
 
 def test_the_code_exchange_sends_what_the_product_page_s_curl_sends() -> None:
@@ -464,18 +576,24 @@ def test_the_code_exchange_sends_what_the_product_page_s_curl_sends() -> None:
     class Token:
         async def send(self, request: Any) -> HttpResponse:
             sent.append(request)
-            return HttpResponse(200, {}, {"access_token": "at-123456", "refresh_token": "rt-123456",
-                                          "expires_in": 7200})
+            return HttpResponse(
+                200, {}, {"access_token": "at-123456", "refresh_token": "rt-123456", "expires_in": 7200}
+            )
 
     assert preset.auth is not None
-    tokens = asyncio.run(exchange_code(preset.auth, settings, Token(), "the-code", "http://127.0.0.1:1/callback",
-                                       Redactor()))
+    tokens = asyncio.run(
+        exchange_code(preset.auth, settings, Token(), "the-code", "http://127.0.0.1:1/callback", Redactor())
+    )
     assert (tokens.refresh_token, tokens.access_token) == ("rt-123456", "at-123456")
     [request] = sent
     assert (request.method, request.url) == ("POST", "https://api.outreach.io/oauth/token")
-    assert request.form == {"client_id": "cid", "client_secret": "cs-123456",
-                            "redirect_uri": "http://127.0.0.1:1/callback", "grant_type": "authorization_code",
-                            "code": "the-code"}
+    assert request.form == {
+        "client_id": "cid",
+        "client_secret": "cs-123456",
+        "redirect_uri": "http://127.0.0.1:1/callback",
+        "grant_type": "authorization_code",
+        "code": "the-code",
+    }
 
 
 def test_the_auth_guide_s_sandbox_settings_authorise_against_the_sandbox_s_defaults() -> None:

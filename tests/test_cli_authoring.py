@@ -20,8 +20,14 @@ MODELINE = "# yaml-language-server: $schema="
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120, env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ},
+    )
 
 
 def yaml_data(path: Path) -> object:
@@ -40,8 +46,11 @@ def test_schema_prints_the_preset_language(capsys: pytest.CaptureFixture[str]) -
         errors = list(Draft202012Validator(printed).iter_errors(yaml_data(preset)))
         assert not errors, f"{preset}: {errors[0].message}"
     # What an editor relies on: unknown keys are errors.
-    assert list(Draft202012Validator(printed).iter_errors({**yaml_data(REPO / "presets/outreach/lead-capture.yaml"),
-                                                           "delivry": {}}))
+    assert list(
+        Draft202012Validator(printed).iter_errors(
+            {**yaml_data(REPO / "presets/outreach/lead-capture.yaml"), "delivry": {}}
+        )
+    )
 
 
 def test_schema_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +65,7 @@ def test_schema_output_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def test_every_shipped_preset_starts_with_a_modeline_that_resolves(preset: Path) -> None:
     first = preset.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith(MODELINE), f"{preset} must start with the yaml-language-server modeline"
-    target = (preset.parent / first[len(MODELINE):]).resolve()
+    target = (preset.parent / first[len(MODELINE) :]).resolve()
     assert target == (REPO / "schemas" / "preset.schema.json").resolve()
 
 
@@ -64,7 +73,7 @@ def test_the_modeline_also_resolves_in_the_installed_layout() -> None:
     """In a wheel, presets/ and schemas/ ship as engine/presets and engine/schemas: same relative path."""
     preset = resources.presets_dir() / "outreach" / "lead-capture.yaml"
     first = preset.read_text(encoding="utf-8").splitlines()[0]
-    assert (preset.parent / first[len(MODELINE):]).resolve() == resources.preset_schema_path().resolve()
+    assert (preset.parent / first[len(MODELINE) :]).resolve() == resources.preset_schema_path().resolve()
 
 
 # --- init ---------------------------------------------------------------------------------------
@@ -94,9 +103,10 @@ def test_init_writes_a_skeleton_that_passes_check_and_golden_as_generated(tmp_pa
 
     # The modeline points at the language schema, which validates the preset.
     first = preset.read_text(encoding="utf-8").splitlines()[0]
-    assert (preset.parent / first[len(MODELINE):]).resolve() == language.resolve()
-    assert not list(Draft202012Validator(json.loads(language.read_text(encoding="utf-8")))
-                    .iter_errors(yaml_data(preset)))
+    assert (preset.parent / first[len(MODELINE) :]).resolve() == language.resolve()
+    assert not list(
+        Draft202012Validator(json.loads(language.read_text(encoding="utf-8"))).iter_errors(yaml_data(preset))
+    )
     # The output contract beside it is a valid schema, in use, that the case's document satisfies.
     contract = json.loads(output_schema.read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(contract)
@@ -106,8 +116,9 @@ def test_init_writes_a_skeleton_that_passes_check_and_golden_as_generated(tmp_pa
     assert "      schema: ./contacts.schema.json" in preset.read_text(encoding="utf-8")
 
 
-def test_init_in_a_project_dry_runs_and_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_init_in_a_project_dry_runs_and_explains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["init", "acme/leads"]) == 0
     capsys.readouterr()
@@ -116,10 +127,11 @@ def test_init_in_a_project_dry_runs_and_explains(tmp_path: Path, capsys: pytest.
     assert main(["run", "presets/acme/leads.yaml", "--events", "events.ndjson", "--dry-run"]) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert out == json.loads(Path("golden/acme/leads/signed-up.expected.json").read_text(encoding="utf-8"))
-    assert main(["explain", "presets/acme/leads.yaml", "--event", "golden/acme/leads/signed-up.json",
-                 "--index", "1"]) == 0
+    assert (
+        main(["explain", "presets/acme/leads.yaml", "--event", "golden/acme/leads/signed-up.json", "--index", "1"]) == 0
+    )
     text = capsys.readouterr().out
-    assert "email      \"  Jane.Doe@Example.com \" from remembered (userId user-1)" in text
+    assert 'email      "  Jane.Doe@Example.com " from remembered (userId user-1)' in text
     assert "presets/acme/leads.yaml:" in text
 
 
@@ -156,39 +168,45 @@ def test_init_keeps_an_existing_language_schema(tmp_path: Path, capsys: pytest.C
 # --- golden --update -------------------------------------------------------------------------
 
 
-def test_golden_update_rewrites_only_what_changed_and_then_passes(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_golden_update_rewrites_only_what_changed_and_then_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     source = REPO / "golden" / "outreach" / "lead-capture"
     cases = tmp_path / "golden" / "outreach" / "lead-capture"
     cases.mkdir(parents=True)
     for stem in ("event-mapping-signed-up", "identity-phone"):
         for suffix in (".json", ".expected.json"):
-            (cases / f"{stem}{suffix}").write_text((source / f"{stem}{suffix}").read_text(encoding="utf-8"),
-                                                   encoding="utf-8")
+            (cases / f"{stem}{suffix}").write_text(
+                (source / f"{stem}{suffix}").read_text(encoding="utf-8"), encoding="utf-8"
+            )
     contract = (cases / "event-mapping-signed-up.expected.json").read_text(encoding="utf-8")
-    (cases / "event-mapping-signed-up.expected.json").write_text(contract.replace('"signup"', '"stale"'),
-                                                                 encoding="utf-8")
+    (cases / "event-mapping-signed-up.expected.json").write_text(
+        contract.replace('"signup"', '"stale"'), encoding="utf-8"
+    )
     untouched = cases / "identity-phone.expected.json"
     before = untouched.stat().st_mtime_ns
-    (cases / "new-case.json").write_text(json.dumps({"description": "x", "spec": "x", "events": [{"type": "page"}]}),
-                                         encoding="utf-8")
+    (cases / "new-case.json").write_text(
+        json.dumps({"description": "x", "spec": "x", "events": [{"type": "page"}]}), encoding="utf-8"
+    )
 
     assert main(["golden", str(tmp_path / "golden")]) == 1
     capsys.readouterr()
     assert main(["golden", "--update", str(tmp_path / "golden")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert sorted(line for line in out if line.startswith("updated")) == [
-        "updated outreach/lead-capture/event-mapping-signed-up", "updated outreach/lead-capture/new-case"]
+        "updated outreach/lead-capture/event-mapping-signed-up",
+        "updated outreach/lead-capture/new-case",
+    ]
     assert out[-1] == "3 golden case(s): 2 updated"
     assert (cases / "event-mapping-signed-up.expected.json").read_text(encoding="utf-8") == contract
     assert untouched.stat().st_mtime_ns == before
-    assert json.loads((cases / "new-case.expected.json").read_text(encoding="utf-8"))[0]["reason"] == \
-        "event_not_mapped"
+    assert json.loads((cases / "new-case.expected.json").read_text(encoding="utf-8"))[0]["reason"] == "event_not_mapped"
     assert main(["golden", str(tmp_path / "golden")]) == 0
 
 
-def test_golden_update_refuses_to_pin_a_new_failed_outcome_unless_told_to(tmp_path: Path,
-                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_golden_update_refuses_to_pin_a_new_failed_outcome_unless_told_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A 404 answer fails the event: a new case pinning that is refused; --accept-failed pins it; then it is kept."""
     source = REPO / "golden" / "outreach" / "lead-capture" / "delivery-404-failed.json"
     cases = tmp_path / "golden" / "outreach" / "lead-capture"
@@ -209,14 +227,16 @@ def test_golden_update_refuses_to_pin_a_new_failed_outcome_unless_told_to(tmp_pa
     assert [o["outcome"] for o in pinned["outcomes"]] == ["failed"]
 
     # Pinned once, it is the contract: an update around it needs no permission.
-    expected.write_text(expected.read_text(encoding="utf-8").replace('"answered": 404', '"answered": 499'),
-                        encoding="utf-8")
+    expected.write_text(
+        expected.read_text(encoding="utf-8").replace('"answered": 404', '"answered": 499'), encoding="utf-8"
+    )
     assert main(["golden", "--update", str(tmp_path / "golden")]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "updated outreach/lead-capture/delivery-new-404"
 
 
-def test_golden_cases_directly_in_a_golden_folder_are_told_where_to_go(tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_golden_cases_directly_in_a_golden_folder_are_told_where_to_go(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No folder names the preset: a clear one-line error, not "[Errno 21] Is a directory"."""
     flat = tmp_path / "golden"
     flat.mkdir()
@@ -225,5 +245,7 @@ def test_golden_cases_directly_in_a_golden_folder_are_told_where_to_go(tmp_path:
     assert main(["golden", str(flat)]) == 2
     err = capsys.readouterr().err
     assert "Errno" not in err
-    assert f"{flat / 'identity-phone.json'}: golden cases must live under a golden/<destination>/<preset>/ folder" in err
+    assert (
+        f"{flat / 'identity-phone.json'}: golden cases must live under a golden/<destination>/<preset>/ folder" in err
+    )
     assert main(["golden", str(flat), "--preset", "outreach/lead-capture"]) == 1  # no expected file yet

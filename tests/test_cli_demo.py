@@ -37,26 +37,26 @@ SIGNAL_ENGINE = Path(sys.executable).with_name("signal-engine")  # the console s
 
 # Each event of the demo's set and what the product page says must become of it.
 EXPECTED = {
-    "msg-001": ("dropped", "event_not_mapped"),   # page views are not sent
+    "msg-001": ("dropped", "event_not_mapped"),  # page views are not sent
     "msg-002": ("dropped", "event_not_mapped"),
     "msg-003": ("dropped", "event_not_mapped"),
-    "msg-004": ("dropped", "event_not_mapped"),   # identify: remembered, not sent
-    "msg-005": ("delivered", None),               # Demo Requested, email remembered from msg-004
+    "msg-004": ("dropped", "event_not_mapped"),  # identify: remembered, not sent
+    "msg-005": ("delivered", None),  # Demo Requested, email remembered from msg-004
     "msg-006": ("dropped", "event_not_mapped"),
-    "msg-007": ("delivered", None),               # Lead Submitted
-    "msg-008": ("dropped", "event_not_mapped"),   # identify
-    "msg-009": ("delivered", None),               # Form Submitted, email remembered from msg-008
-    "msg-010": ("delivered", None),               # Signed Up; traits in context.traits, flat consent
-    "msg-011": ("dropped", "event_not_mapped"),   # e-commerce funnel: not sent
+    "msg-007": ("delivered", None),  # Lead Submitted
+    "msg-008": ("dropped", "event_not_mapped"),  # identify
+    "msg-009": ("delivered", None),  # Form Submitted, email remembered from msg-008
+    "msg-010": ("delivered", None),  # Signed Up; traits in context.traits, flat consent
+    "msg-011": ("dropped", "event_not_mapped"),  # e-commerce funnel: not sent
     "msg-012": ("dropped", "event_not_mapped"),
-    "msg-013": ("delivered", None),               # Lead Submitted; consent as categories: [.., marketing]
-    "msg-014": ("dropped", "no_consent"),         # marketing: false
-    "msg-015": ("dropped", "not_identified"),     # no email anywhere
-    "msg-016": ("dropped", "invalid_email"),      # kofi.mensah@stark has no domain
-    "msg-017": ("dropped", "event_not_mapped"),   # group
-    "msg-018": ("dropped", "event_not_mapped"),   # Report Exported is not in the event table
+    "msg-013": ("delivered", None),  # Lead Submitted; consent as categories: [.., marketing]
+    "msg-014": ("dropped", "no_consent"),  # marketing: false
+    "msg-015": ("dropped", "not_identified"),  # no email anywhere
+    "msg-016": ("dropped", "invalid_email"),  # kofi.mensah@stark has no domain
+    "msg-017": ("dropped", "event_not_mapped"),  # group
+    "msg-018": ("dropped", "event_not_mapped"),  # Report Exported is not in the event table
     "msg-019": ("dropped", "event_not_mapped"),
-    "msg-020": ("delivered", None),               # msg-005's lead again: merged, not a second prospect
+    "msg-020": ("delivered", None),  # msg-005's lead again: merged, not a second prospect
 }
 REPEATED = ("msg-005", "msg-020")  # the same lead, created then merged
 
@@ -66,8 +66,7 @@ def _lines(path: Path) -> list[str]:
 
 
 def _demo(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SIGNAL_ENGINE), "demo", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(SIGNAL_ENGINE), "demo", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def _secrets(state: Path) -> list[str]:
@@ -83,11 +82,14 @@ def _secrets(state: Path) -> list[str]:
 
 def test_the_shipped_events_are_the_examples_and_one_lead_again() -> None:
     examples, shipped = _lines(EXAMPLES), _lines(SHIPPED)
-    assert shipped[:len(examples)] == examples  # a change to the examples must be made to the shipped copy too
+    assert shipped[: len(examples)] == examples  # a change to the examples must be made to the shipped copy too
     assert [json.loads(line)["messageId"] for line in shipped] == list(EXPECTED)
     first, again = (next(json.loads(line) for line in shipped if json.loads(line)["messageId"] == m) for m in REPEATED)
-    remembered = next(json.loads(line)["traits"]["email"] for line in examples
-                      if json.loads(line)["type"] == "identify" and json.loads(line)["userId"] == first["userId"])
+    remembered = next(
+        json.loads(line)["traits"]["email"]
+        for line in examples
+        if json.loads(line)["type"] == "identify" and json.loads(line)["userId"] == first["userId"]
+    )
     # The same email in other letters and with spaces: it is one lead only once trimmed and lower-cased.
     assert again["traits"]["email"] != remembered
     assert again["traits"]["email"].strip().lower() == remembered
@@ -110,8 +112,9 @@ def test_demo_delivers_the_shipped_events_for_real_outside_the_repository(tmp_pa
         if outcome == "dropped":
             dropped[str(reason)] = dropped.get(str(reason), 0) + 1
     reasons = ", ".join(f"{n} {r}" for r, n in sorted(dropped.items(), key=lambda item: (-item[1], item[0])))
-    assert f": {delivered} delivered, {sum(dropped.values())} dropped ({reasons}); 1 access token(s) minted" \
-        in proc.stderr
+    assert (
+        f": {delivered} delivered, {sum(dropped.values())} dropped ({reasons}); 1 access token(s) minted" in proc.stderr
+    )
 
     # Every delivery went to the sandbox with a bearer token that was minted (and masked).
     by_id = {o["messageId"]: o for o in outcomes}
@@ -140,8 +143,13 @@ def _read_lines(stream: object, into: queue.Queue[str]) -> None:
 
 
 def test_keep_serving_leaves_each_lead_once_in_the_sandbox_until_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen([str(SIGNAL_ENGINE), "demo", "--keep-serving", "--quiet"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(SIGNAL_ENGINE), "demo", "--keep-serving", "--quiet"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True).start()
@@ -161,8 +169,13 @@ def test_keep_serving_leaves_each_lead_once_in_the_sandbox_until_ctrl_c(tmp_path
         # One prospect per lead email: each delivered event's email once, the repeated lead's included.
         emails = [p["attributes"]["emails"] for p in held]
         assert all(len(e) == 1 for e in emails)
-        leads = {"jane.doe@acme.com", "marcus.lee@northwind.io", "priya.shah@globex.com", "tomas.novak@initech.cz",
-                 "amara.okafor@umbrella.ng"}  # msg-005/020, 007, 009, 010, 013, trimmed and lower-cased
+        leads = {
+            "jane.doe@acme.com",
+            "marcus.lee@northwind.io",
+            "priya.shah@globex.com",
+            "tomas.novak@initech.cz",
+            "amara.okafor@umbrella.ng",
+        }  # msg-005/020, 007, 009, 010, 013, trimmed and lower-cased
         assert sorted(e[0] for e in emails) == sorted(leads)
         jane = next(p["attributes"] for p in held if p["attributes"]["emails"] == ["jane.doe@acme.com"])
         assert jane["tags"] == ["Signal", "demo-request", "lead"]
@@ -185,7 +198,10 @@ def test_given_events_one_outcome_each_and_json_logs(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     outcomes = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [(o["outcome"], o.get("reason")) for o in outcomes] == [
-        ("delivered", None), ("dropped", "invalid_event"), ("dropped", "event_not_mapped")]
+        ("delivered", None),
+        ("dropped", "invalid_event"),
+        ("dropped", "event_not_mapped"),
+    ]
     logged = [json.loads(line) for line in proc.stderr.splitlines()]  # every stderr line is JSON
     summary = next(entry for entry in logged if entry.get("event") == "summary")
     assert summary["outcomes"] == {"delivered": 1, "dropped": 2}

@@ -25,8 +25,14 @@ CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(n: int) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": f"u-{n}", "messageId": f"m-{n}",
-            "traits": {"email": f"lead{n}@acme.com"}, "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"u-{n}",
+        "messageId": f"m-{n}",
+        "traits": {"email": f"lead{n}@acme.com"},
+        "context": CONSENT,
+    }
 
 
 PAGE = {"type": "page", "anonymousId": "a-1", "messageId": "m-page"}
@@ -69,7 +75,10 @@ def test_a_dry_run_where_every_lead_fails_exits_1(tmp_path: Path, capsys: pytest
     assert code == 1
     got = [json.loads(line) for line in out.splitlines()]
     assert [(o["outcome"], o.get("cause")) for o in got] == [
-        ("failed", "output_invalid"), ("dropped", None), ("failed", "output_invalid")]
+        ("failed", "output_invalid"),
+        ("dropped", None),
+        ("failed", "output_invalid"),
+    ]
     assert err.rstrip().endswith(": 1 dropped (1 event_not_mapped), 2 failed (2 output_invalid)")
 
 
@@ -78,20 +87,25 @@ def test_one_failure_among_good_events_exits_1(tmp_path: Path, capsys: pytest.Ca
     # A structured firstName is left out by its normaliser; the event still sends: 0.
     code, _, _ = run(capsys, "run", PRESET, "--events", str(ndjson(tmp_path, lead(1), bad)), "--dry-run")
     assert code == 0
-    code, _, _ = run(capsys, "run", str(failing_preset(tmp_path)), "--events", str(ndjson(tmp_path, PAGE, lead(1))),
-                     "--dry-run")
+    code, _, _ = run(
+        capsys, "run", str(failing_preset(tmp_path)), "--events", str(ndjson(tmp_path, PAGE, lead(1))), "--dry-run"
+    )
     assert code == 1
 
 
-@pytest.mark.parametrize("argv", [
-    ["run", "outreach/lead-captur", "--events", "{events}", "--dry-run"],
-    ["run", "{tmp}/nope.yaml", "--events", "{events}", "--dry-run"],
-    ["explain", "outreach/lead-captur", "--event", "{events}"],
-    ["dlq", "list", "outreach/lead-captur", "--state", "{tmp}"],
-    ["check", "outreach/lead-captur"],
-])
-def test_a_missing_or_misspelt_preset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              argv: list[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "outreach/lead-captur", "--events", "{events}", "--dry-run"],
+        ["run", "{tmp}/nope.yaml", "--events", "{events}", "--dry-run"],
+        ["explain", "outreach/lead-captur", "--event", "{events}"],
+        ["dlq", "list", "outreach/lead-captur", "--state", "{tmp}"],
+        ["check", "outreach/lead-captur"],
+    ],
+)
+def test_a_missing_or_misspelt_preset_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
     events = ndjson(tmp_path, PAGE)
     args = [a.format(events=events, tmp=tmp_path) for a in argv]
     code, out, err = run(capsys, *args)
@@ -103,8 +117,9 @@ def test_a_missing_or_misspelt_preset_exits_2(tmp_path: Path, capsys: pytest.Cap
 def test_a_bad_settings_file_exits_2_before_any_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text("client_id: 12345\nconsent_categories: marketing\n", encoding="utf-8")
-    code, out, err = run(capsys, "run", PRESET, "--events", str(ndjson(tmp_path, lead(1))), "--settings",
-                         str(settings), "--dry-run")
+    code, out, err = run(
+        capsys, "run", PRESET, "--events", str(ndjson(tmp_path, lead(1))), "--settings", str(settings), "--dry-run"
+    )
     assert code == 2
     assert out == ""
     assert err.splitlines() == [
@@ -117,8 +132,9 @@ def test_a_bad_settings_file_exits_2_before_any_event(tmp_path: Path, capsys: py
 
 def test_a_broken_preset_given_to_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken.yaml"
-    broken.write_text(BUILTIN.read_text(encoding="utf-8").replace("  concurrency: 8\n", "  concurrency: 0\n"),
-                      encoding="utf-8")
+    broken.write_text(
+        BUILTIN.read_text(encoding="utf-8").replace("  concurrency: 8\n", "  concurrency: 0\n"), encoding="utf-8"
+    )
     code, out, err = run(capsys, "run", str(broken), "--events", str(ndjson(tmp_path, lead(1))), "--dry-run")
     assert code == 2
     assert out == ""
@@ -131,8 +147,9 @@ def test_an_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 2
 
 
-def test_an_unforeseen_error_exits_70_with_one_line_and_no_traceback(monkeypatch: pytest.MonkeyPatch,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unforeseen_error_exits_70_with_one_line_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import engine.cli.schema
 
     def broken(_args: Any) -> int:
@@ -150,8 +167,9 @@ def test_an_unforeseen_error_exits_70_with_one_line_and_no_traceback(monkeypatch
 def test_check_is_a_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "check", PRESET)[0] == 0
     broken = tmp_path / "broken.yaml"
-    broken.write_text(BUILTIN.read_text(encoding="utf-8").replace("  concurrency: 8\n", "  concurrency: 0\n"),
-                      encoding="utf-8")
+    broken.write_text(
+        BUILTIN.read_text(encoding="utf-8").replace("  concurrency: 8\n", "  concurrency: 0\n"), encoding="utf-8"
+    )
     code, out, _ = run(capsys, "check", str(broken))
     assert code == 1
     assert out.startswith(f"{broken}:")
@@ -167,14 +185,15 @@ def _golden_tree(tmp_path: Path) -> Path:
 
 
 def test_golden_exits_0_when_every_case_passes_1_when_one_fails_2_without_a_folder(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     case_dir = _golden_tree(tmp_path)
     assert run(capsys, "golden", str(tmp_path / "golden"))[0] == 0
     expected = case_dir / "event-mapping-signed-up.expected.json"
     expected.write_text(expected.read_text(encoding="utf-8").replace('"signup"', '"sign-up"'), encoding="utf-8")
     code, out, _ = run(capsys, "golden", str(tmp_path / "golden"))
     assert code == 1
-    assert 'FAIL  outreach/lead-capture/event-mapping-signed-up' in out
+    assert "FAIL  outreach/lead-capture/event-mapping-signed-up" in out
     assert '-              "sign-up"' in out and '+              "signup"' in out
     assert run(capsys, "golden", str(tmp_path / "nowhere"))[0] == 2
 
@@ -182,7 +201,9 @@ def test_golden_exits_0_when_every_case_passes_1_when_one_fails_2_without_a_fold
 # --- explain ------------------------------------------------------------------------------
 
 
-def test_explain_exits_1_for_a_failing_event_and_0_otherwise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_exits_1_for_a_failing_event_and_0_otherwise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     event = json.dumps(lead(1))
     assert run(capsys, "explain", PRESET, "--event", event)[0] == 0
     assert run(capsys, "explain", PRESET, "--event", json.dumps(PAGE))[0] == 0
@@ -199,8 +220,10 @@ def test_a_pretty_printed_json_array_gets_one_hint(tmp_path: Path, capsys: pytes
     lines = out.splitlines()
     assert len(lines) == len(path.read_text(encoding="utf-8").splitlines())  # still one outcome per line
     hints = [line for line in err.splitlines() if "hint" in line]
-    assert hints == [f"signal-engine: hint: --events {path}: it holds a JSON array; NDJSON is expected, one JSON "
-                     f"object per line. Convert it with: jq -c '.[]' {path} > events.ndjson"]
+    assert hints == [
+        f"signal-engine: hint: --events {path}: it holds a JSON array; NDJSON is expected, one JSON "
+        f"object per line. Convert it with: jq -c '.[]' {path} > events.ndjson"
+    ]
     assert err.splitlines()[0] == hints[0]  # before the summary
     assert code == 0  # every line is a drop: the exit status follows the table
 
@@ -210,8 +233,10 @@ def test_a_pretty_printed_object_gets_the_object_hint(tmp_path: Path, capsys: py
     path.write_text(json.dumps(lead(1), indent=2) + "\n", encoding="utf-8")
     _, _, err = run(capsys, "run", PRESET, "--events", str(path), "--dry-run")
     hints = [line for line in err.splitlines() if "hint" in line]
-    assert hints == [f"signal-engine: hint: --events {path}: its first line is not a JSON object; NDJSON is "
-                     f"expected, one JSON object per line. Convert it with: jq -c . {path} > events.ndjson"]
+    assert hints == [
+        f"signal-engine: hint: --events {path}: its first line is not a JSON object; NDJSON is "
+        f"expected, one JSON object per line. Convert it with: jq -c . {path} > events.ndjson"
+    ]
 
 
 def test_a_one_line_json_array_gets_the_array_hint_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,9 +265,15 @@ def test_an_empty_input_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_a_json_array_on_stdin_gets_the_hint_in_a_subprocess(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", PRESET, "--events", "-", "--dry-run"],
-                          input=json.dumps([lead(1)], indent=2), capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120, env={**os.environ})
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "run", PRESET, "--events", "-", "--dry-run"],
+        input=json.dumps([lead(1)], indent=2),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ},
+    )
     assert proc.returncode == 0, proc.stderr
     assert "signal-engine: hint: --events -: it holds a JSON array" in proc.stderr
     assert "jq -c '.[]' FILE > events.ndjson" in proc.stderr

@@ -20,18 +20,32 @@ REPO = Path(__file__).resolve().parents[1]
 BUILTIN = REPO / "presets" / "outreach" / "lead-capture.yaml"
 EXAMPLE = REPO / "examples" / "lead-capture.ndjson"
 PRESET = "outreach/lead-capture"
-CASES = [c for c in discover(REPO / "golden") if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)]  # dry-run cases
+CASES = [
+    c for c in discover(REPO / "golden") if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)
+]  # dry-run cases
 GRANTED = {"consent": {"canonical": {"marketing": True}}}
 
 # docs/concepts/outcomes.md: which stage decides each drop reason and failure cause.
-DECIDED_BY = {"invalid_event": "shape", "event_not_mapped": "event_table", "no_consent": "consent",
-              "not_identified": "traits", "invalid_email": "traits", "output_invalid": "output",
-              "mapping_error": "mapping"}
+DECIDED_BY = {
+    "invalid_event": "shape",
+    "event_not_mapped": "event_table",
+    "no_consent": "consent",
+    "not_identified": "traits",
+    "invalid_email": "traits",
+    "output_invalid": "output",
+    "mapping_error": "mapping",
+}
 
 
 def explained(capsys: pytest.CaptureFixture[str], *args: str, code: int = 0) -> dict[str, Any]:
-    assert main(["explain", PRESET, *args, "--json"] if not args or not args[0].endswith(".yaml")
-                else ["explain", *args, "--json"]) == code
+    assert (
+        main(
+            ["explain", PRESET, *args, "--json"]
+            if not args or not args[0].endswith(".yaml")
+            else ["explain", *args, "--json"]
+        )
+        == code
+    )
     out = capsys.readouterr().out
     assert out.count("\n") == 1  # one JSON object
     return json.loads(out)
@@ -46,7 +60,7 @@ def line_of(path: Path, needle: str) -> int:
 # --- an explanation never disagrees with the run ------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset(ref: str) -> Any:
     return load_preset(ref)
 
@@ -127,13 +141,18 @@ def test_a_file_of_several_events_needs_an_index(capsys: pytest.CaptureFixture[s
 
 
 def test_index_counts_ndjson_lines_as_run_does_and_a_bad_line_is_explained(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = tmp_path / "events.ndjson"
     events.write_text("\n" + json.dumps({"type": "page"}) + "\n{oops\n", encoding="utf-8")
     result = explained(capsys, "--event", str(events), "--index", "2")
-    assert result["outcome"] == {"index": 2, "messageId": None, "outcome": "dropped", "reason": "invalid_event",
-                                 "detail": "line 3: not valid JSON: Expecting property name enclosed in double "
-                                           "quotes at column 2"}
+    assert result["outcome"] == {
+        "index": 2,
+        "messageId": None,
+        "outcome": "dropped",
+        "reason": "invalid_event",
+        "detail": "line 3: not valid JSON: Expecting property name enclosed in double quotes at column 2",
+    }
     assert result["steps"] == {"shape": {"ok": False, "problem": result["outcome"]["detail"]}}
     assert main(["explain", PRESET, "--event", str(events), "--index", "0"]) == 2  # a blank line
     capsys.readouterr()
@@ -160,17 +179,25 @@ def test_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[st
 # --- what each stage says ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("consent, shape, granted, by", [
-    ({"canonical": {"marketing": True}, "marketing": False}, "canonical", True, "context.consent.canonical.marketing"),
-    ({"canonical": {"marketing": "true"}}, "canonical", False, "context.consent.canonical.marketing"),
-    ({"marketing": True}, "flat", True, "context.consent.marketing"),
-    ({"categories": ["Marketing"]}, "categories", True, "context.consent.categories"),
-    ({"categories": ["C0004"]}, "categories", False, None),
-    ({}, "none", False, None),
-])
-def test_the_consent_step_names_the_shape_and_key_that_decided(capsys: pytest.CaptureFixture[str],
-                                                               consent: dict, shape: str, granted: bool,
-                                                               by: str | None) -> None:
+@pytest.mark.parametrize(
+    "consent, shape, granted, by",
+    [
+        (
+            {"canonical": {"marketing": True}, "marketing": False},
+            "canonical",
+            True,
+            "context.consent.canonical.marketing",
+        ),
+        ({"canonical": {"marketing": "true"}}, "canonical", False, "context.consent.canonical.marketing"),
+        ({"marketing": True}, "flat", True, "context.consent.marketing"),
+        ({"categories": ["Marketing"]}, "categories", True, "context.consent.categories"),
+        ({"categories": ["C0004"]}, "categories", False, None),
+        ({}, "none", False, None),
+    ],
+)
+def test_the_consent_step_names_the_shape_and_key_that_decided(
+    capsys: pytest.CaptureFixture[str], consent: dict, shape: str, granted: bool, by: str | None
+) -> None:
     event = {"type": "track", "event": "Signed Up", "traits": {"email": "a@b.co"}, "context": {"consent": consent}}
     step = explained(capsys, "--event", json.dumps(event))["steps"]["consent"]
     assert step["shape"] == shape
@@ -184,10 +211,15 @@ def test_the_consent_step_names_the_shape_and_key_that_decided(capsys: pytest.Ca
 def test_the_consent_alias_that_granted_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     preset = tmp_path / "aliased.yaml"
     text = BUILTIN.read_text(encoding="utf-8")
-    preset.write_text(text.replace("  require: all\n", "  require: all\n  aliases:\n    marketing: [C0004]\n"),
-                      encoding="utf-8")
-    event = {"type": "track", "event": "Signed Up", "traits": {"email": "a@b.co"},
-             "context": {"consent": {"categories": ["c0004"]}}}
+    preset.write_text(
+        text.replace("  require: all\n", "  require: all\n  aliases:\n    marketing: [C0004]\n"), encoding="utf-8"
+    )
+    event = {
+        "type": "track",
+        "event": "Signed Up",
+        "traits": {"email": "a@b.co"},
+        "context": {"consent": {"categories": ["c0004"]}},
+    }
     step = explained(capsys, str(preset), "--event", json.dumps(event))["steps"]["consent"]
     assert step["categories"][0]["granted"] is True
     assert "(consent.aliases maps it to marketing)" in step["categories"][0]["why"]
@@ -195,12 +227,21 @@ def test_the_consent_alias_that_granted_is_named(tmp_path: Path, capsys: pytest.
 
 def test_traits_say_where_they_came_from_and_what_the_normaliser_did(capsys: pytest.CaptureFixture[str]) -> None:
     events = [
-        {"type": "identify", "userId": "u-1", "anonymousId": "a-1",
-         "traits": {"email": "old@acme.com", "company": "Remembered Co"}},
+        {
+            "type": "identify",
+            "userId": "u-1",
+            "anonymousId": "a-1",
+            "traits": {"email": "old@acme.com", "company": "Remembered Co"},
+        },
         {"type": "identify", "anonymousId": "a-2", "traits": {"title": "CTO"}},
-        {"type": "track", "event": "Signed Up", "userId": "u-1", "anonymousId": "a-1",
-         "traits": {"email": "  New@ACME.com ", "phone": "020 7946 0958", "lastName": "   ", "plan": "pro"},
-         "context": {"traits": {"firstName": "Jane", "country": "GB", "email": "ctx@acme.com"}, **GRANTED}},
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u-1",
+            "anonymousId": "a-1",
+            "traits": {"email": "  New@ACME.com ", "phone": "020 7946 0958", "lastName": "   ", "plan": "pro"},
+            "context": {"traits": {"firstName": "Jane", "country": "GB", "email": "ctx@acme.com"}, **GRANTED},
+        },
     ]
     result = explained(capsys, "--event", json.dumps(events), "--index", "2")
     assert result["outcome"]["outcome"] == "would_send"
@@ -220,8 +261,10 @@ def test_traits_say_where_they_came_from_and_what_the_normaliser_did(capsys: pyt
 
 
 def test_a_trait_remembered_under_the_anonymous_id_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    events = [{"type": "identify", "anonymousId": "a-9", "traits": {"email": "anon@acme.com"}},
-              {"type": "track", "event": "Signed Up", "anonymousId": "a-9", "context": GRANTED}]
+    events = [
+        {"type": "identify", "anonymousId": "a-9", "traits": {"email": "anon@acme.com"}},
+        {"type": "track", "event": "Signed Up", "anonymousId": "a-9", "context": GRANTED},
+    ]
     rows = explained(capsys, "--event", json.dumps(events), "--index", "1")["steps"]["traits"]["traits"]
     assert rows[0]["source"] == "remembered (anonymousId a-9)"
 
@@ -236,22 +279,35 @@ def test_an_invalid_required_trait_stops_at_the_traits(capsys: pytest.CaptureFix
 
 
 def test_identify_memory_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
-    event = {"type": "identify", "userId": "u-1", "traits": {"email": "a@b.co", "plan": "x"},
-             "context": {"consent": {"canonical": {"marketing": False}}}}
+    event = {
+        "type": "identify",
+        "userId": "u-1",
+        "traits": {"email": "a@b.co", "plan": "x"},
+        "context": {"consent": {"canonical": {"marketing": False}}},
+    }
     step = explained(capsys, "--event", json.dumps(event))["steps"]["identify"]
     assert step["remembered"] is False and step["refused"] == ["marketing"]
     assert "forgotten" in step["why"]
     event["context"] = GRANTED
     step = explained(capsys, "--event", json.dumps(event))["steps"]["identify"]
-    assert step == {"remembered": True, "ids": {"userId": "u-1"}, "traits": ["email"],
-                    "why": "remembered for later events of these ids (identity.remember)"}
+    assert step == {
+        "remembered": True,
+        "ids": {"userId": "u-1"},
+        "traits": ["email"],
+        "why": "remembered for later events of these ids (identity.remember)",
+    }
 
 
-def test_fields_name_the_expression_and_line_that_wrote_them(capsys: pytest.CaptureFixture[str],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fields_name_the_expression_and_line_that_wrote_them(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
-    event = {"type": "track", "event": "Signed Up", "context": GRANTED,
-             "traits": {"email": "a@b.co", "title": "T" * 300, "phone": "not a phone"}}
+    event = {
+        "type": "track",
+        "event": "Signed Up",
+        "context": GRANTED,
+        "traits": {"email": "a@b.co", "title": "T" * 300, "phone": "not a phone"},
+    }
     result = explained(capsys, "--event", json.dumps(event))
     assert result["outcome"]["outcome"] == "would_send"
     fields = {f["path"]: f for f in result["steps"]["mapping"]["fields"]}
@@ -274,11 +330,14 @@ def test_fields_name_the_expression_and_line_that_wrote_them(capsys: pytest.Capt
     assert output["validation"] == {"ok": True}
 
 
-def test_a_validation_failure_names_the_field_and_its_expression(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_validation_failure_names_the_field_and_its_expression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     preset = tmp_path / "failing.yaml"
-    preset.write_text(BUILTIN.read_text(encoding="utf-8").replace('"emails": [traits.email],',
-                                                                  '"emails": traits.email,'), encoding="utf-8")
+    preset.write_text(
+        BUILTIN.read_text(encoding="utf-8").replace('"emails": [traits.email],', '"emails": traits.email,'),
+        encoding="utf-8",
+    )
     event = {"type": "track", "event": "Signed Up", "traits": {"email": "a@b.co"}, "context": GRANTED}
     result = explained(capsys, str(preset), "--event", json.dumps(event), code=1)
     assert result["outcome"]["cause"] == "output_invalid"
@@ -296,8 +355,14 @@ def test_the_text_explanation_reads_in_order(capsys: pytest.CaptureFixture[str])
     text = capsys.readouterr().out
     headings = [line for line in text.splitlines() if line[:1].isdigit()]
     assert [h.split(":")[0].split(" (")[0] for h in headings] == [
-        "1. shape", "2. event table", "3. consent", "4. traits", "5. mapping",
-        "6. output contract outreach/prospect-request", "7. request"]
+        "1. shape",
+        "2. event table",
+        "3. consent",
+        "4. traits",
+        "5. mapping",
+        "6. output contract outreach/prospect-request",
+        "7. request",
+    ]
     assert text.splitlines()[0] == "outreach/lead-capture, event 4 (messageId msg-005): would_send, decided by: request"
     assert "Authorization: Bearer ***" in text
 
@@ -308,16 +373,19 @@ def test_the_text_explanation_reads_in_order(capsys: pytest.CaptureFixture[str])
 def test_outline_follows_nested_constructors_and_skips_strings_and_comments() -> None:
     source = '/* c */ {"a": {"b": x.y, "c": $f("}", \'a,b\')}, "d": {"e": 1}.e, "f": [1, {"g": 2}]}'
     spans = {path: source[start:end] for path, (start, end) in outline(source).items()}
-    assert spans == {("a", "b"): "x.y", ("a", "c"): "$f(\"}\", 'a,b')", ("d",): '{"e": 1}.e',
-                     ("f",): '[1, {"g": 2}]'}
+    assert spans == {("a", "b"): "x.y", ("a", "c"): "$f(\"}\", 'a,b')", ("d",): '{"e": 1}.e', ("f",): '[1, {"g": 2}]'}
     assert outline("$merge([{}, {}])") == {}
     assert outline('{"a": 1} ~> $string') == {}
 
 
 def test_an_element_removed_inside_an_array_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     """Close's contacts[0].name is "" without any name trait: omit_empty removes it inside the array."""
-    event = {"type": "track", "event": "Signed Up", "context": GRANTED,
-             "traits": {"email": "a@b.co", "company": "Acme", "city": ""}}
+    event = {
+        "type": "track",
+        "event": "Signed Up",
+        "context": GRANTED,
+        "traits": {"email": "a@b.co", "company": "Acme", "city": ""},
+    }
     assert main(["explain", "close/leads", "--event", json.dumps(event), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["outcome"]["outcome"] == "would_send"

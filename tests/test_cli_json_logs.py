@@ -27,8 +27,14 @@ from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentia
 REPO = Path(__file__).resolve().parents[1]
 PRESET = "outreach/lead-capture"
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
-LEAD = {"type": "track", "event": "Demo Requested", "userId": "u-1", "messageId": "m-1",
-        "traits": {"email": "jane@acme.com"}, "context": CONSENT}
+LEAD = {
+    "type": "track",
+    "event": "Demo Requested",
+    "userId": "u-1",
+    "messageId": "m-1",
+    "traits": {"email": "jane@acme.com"},
+    "context": CONSENT,
+}
 
 
 def entries(stderr: str) -> list[dict[str, Any]]:
@@ -48,8 +54,15 @@ def entries(stderr: str) -> list[dict[str, Any]]:
 
 
 def cli(*args: str | Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def events_file(tmp_path: Path, *events: dict[str, Any]) -> Path:
@@ -88,8 +101,9 @@ def test_help_is_still_text_on_stdout() -> None:
 
 
 def test_an_unknown_preset_is_one_json_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["run", "acme/nothing", "--events", str(events_file(tmp_path, LEAD)), "--dry-run",
-                 "--log-format", "json"])
+    code = main(
+        ["run", "acme/nothing", "--events", str(events_file(tmp_path, LEAD)), "--dry-run", "--log-format", "json"]
+    )
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     (entry,) = entries(captured.err)
@@ -108,11 +122,23 @@ def test_a_missing_events_file_is_one_json_object(tmp_path: Path, capsys: pytest
 
 
 def test_a_bad_settings_file_is_one_json_object_with_each_problem_located(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text("client_id: 12345\nconsent_categories: marketing\n", encoding="utf-8")
-    code = main(["run", PRESET, "--events", str(events_file(tmp_path, LEAD)), "--settings", str(settings),
-                 "--dry-run", "--log-format", "json"])
+    code = main(
+        [
+            "run",
+            PRESET,
+            "--events",
+            str(events_file(tmp_path, LEAD)),
+            "--settings",
+            str(settings),
+            "--dry-run",
+            "--log-format",
+            "json",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     (entry,) = entries(captured.err)
@@ -123,12 +149,25 @@ def test_a_bad_settings_file_is_one_json_object_with_each_problem_located(
     assert entry["problems"][1]["message"].startswith("setting 'consent_categories' must be a list of strings")
 
 
-def test_a_yaml_error_in_the_settings_gives_line_and_column(tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_yaml_error_in_the_settings_gives_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text("client_id: [\n", encoding="utf-8")
-    assert main(["run", PRESET, "--events", str(events_file(tmp_path, LEAD)), "--settings", str(settings),
-                 "--dry-run", "--log-format", "json"]) == 2
+    assert (
+        main(
+            [
+                "run",
+                PRESET,
+                "--events",
+                str(events_file(tmp_path, LEAD)),
+                "--settings",
+                str(settings),
+                "--dry-run",
+                "--log-format",
+                "json",
+            ]
+        )
+        == 2
+    )
     (entry,) = entries(capsys.readouterr().err)
     assert entry["file"] == str(settings) and isinstance(entry["line"], int) and isinstance(entry["column"], int)
     assert not entry["message"].startswith(str(settings))
@@ -139,8 +178,9 @@ def test_without_the_flag_errors_stay_plain_lines(tmp_path: Path, capsys: pytest
     assert capsys.readouterr().err.startswith("signal-engine: acme/nothing: no such preset")
 
 
-def test_an_internal_error_is_one_json_object(monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_internal_error_is_one_json_object(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     import engine.cli.run
 
     def broken(_args: Any) -> int:
@@ -157,8 +197,9 @@ def test_the_dlq_replay_summary_is_json_with_its_counts_in_fields(tmp_path: Path
     state = tmp_path / "state"
     state.mkdir()
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: c\nclient_secret: s\nrefresh_token: r\nbase_url: http://127.0.0.1:9\n",
-                        encoding="utf-8")
+    settings.write_text(
+        "client_id: c\nclient_secret: s\nrefresh_token: r\nbase_url: http://127.0.0.1:9\n", encoding="utf-8"
+    )
     proc = cli("dlq", "replay", PRESET, "--settings", settings, "--state", state, "--log-format", "json")
     assert proc.returncode == 0, proc.stderr
     (entry,) = entries(proc.stderr)
@@ -171,8 +212,20 @@ def test_delivery_log_lines_carry_their_details_in_fields(tmp_path: Path) -> Non
     creds = unique_credentials()
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        proc = cli("run", fast_preset(tmp_path), "--events", events_file(tmp_path, LEAD), "--settings", settings,
-                   "--state", tmp_path / "state", "--verbose", "--log-format", "json", cwd=tmp_path)
+        proc = cli(
+            "run",
+            fast_preset(tmp_path),
+            "--events",
+            events_file(tmp_path, LEAD),
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--verbose",
+            "--log-format",
+            "json",
+            cwd=tmp_path,
+        )
     assert proc.returncode == 0, proc.stderr
     logged = entries(proc.stderr)
     attempts = [e for e in logged if "attempt" in e]

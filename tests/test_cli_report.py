@@ -13,17 +13,23 @@ from pathlib import Path
 import pytest
 
 from engine import outcome as oc
-from engine.cli import main, report as report_module
+from engine.cli import main
+from engine.cli import report as report_module
 from engine.cli.logs import JsonFormatter, configure_logging
 from engine.cli.report import RunReport, wants_progress
 from engine.outcome import Outcome, dropped
 from engine.redaction import Redactor
-
 from fakes import FakeTime
 
 PRESET = "outreach/lead-capture"
-LEAD = {"type": "track", "event": "Demo Requested", "userId": "u-1", "messageId": "m-1",
-        "traits": {"email": "jane@acme.com"}, "context": {"consent": {"canonical": {"marketing": True}}}}
+LEAD = {
+    "type": "track",
+    "event": "Demo Requested",
+    "userId": "u-1",
+    "messageId": "m-1",
+    "traits": {"email": "jane@acme.com"},
+    "context": {"consent": {"canonical": {"marketing": True}}},
+}
 
 
 class Terminal(io.StringIO):
@@ -64,8 +70,9 @@ def test_on_a_terminal_progress_redraws_one_line_and_the_summary_replaces_it() -
     report.add(would_send(1))
     report.finish()
     text = out.getvalue()
-    assert text == ("\r\x1b[Ksignal-engine: 2 event(s), 1/s: 2 would_send"
-                    "\r\x1b[Ksignal-engine: 2 event(s) in 2.0s: 2 would_send\n")
+    assert text == (
+        "\r\x1b[Ksignal-engine: 2 event(s), 1/s: 2 would_send\r\x1b[Ksignal-engine: 2 event(s) in 2.0s: 2 would_send\n"
+    )
 
 
 def test_without_progress_only_the_summary_is_printed() -> None:
@@ -79,8 +86,10 @@ def test_without_progress_only_the_summary_is_printed() -> None:
     report.add(Outcome(4, "m4", oc.DEAD_LETTERED, cause="http_500"))
     report.add(Outcome(5, "m5", oc.DELIVERED))
     report.finish("1 access token(s) minted")
-    assert out.getvalue() == ("signal-engine: 6 event(s) in 15.0s: 1 delivered, 3 would_send, 1 failed "
-                              "(1 output_invalid), 1 dead_lettered (1 http_500); 1 access token(s) minted\n")
+    assert out.getvalue() == (
+        "signal-engine: 6 event(s) in 15.0s: 1 delivered, 3 would_send, 1 failed "
+        "(1 output_invalid), 1 dead_lettered (1 http_500); 1 access token(s) minted\n"
+    )
     assert report.exit_code() == 1
 
 
@@ -97,8 +106,9 @@ def test_progress_is_automatic_on_a_terminal_and_forced_by_the_flag() -> None:
     assert wants_progress(False, Terminal()) is False
 
 
-def test_the_progress_flag_of_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_progress_flag_of_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(report_module, "PROGRESS_INTERVAL", 0.0)  # every event is "long" enough
     events = tmp_path / "events.ndjson"
     events.write_text(json.dumps(LEAD) + "\n" + json.dumps({"type": "page"}) + "\n", encoding="utf-8")
@@ -112,9 +122,14 @@ def test_the_progress_flag_of_run(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_a_dry_run_ends_with_its_summary_in_a_subprocess(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", PRESET, "--events", "-", "--dry-run"],
-                          input=json.dumps(LEAD) + "\n{bad\n", capture_output=True, text=True, cwd=tmp_path,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "run", PRESET, "--events", "-", "--dry-run"],
+        input=json.dumps(LEAD) + "\n{bad\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0
     assert proc.stderr.startswith("signal-engine: 2 event(s) in ")
     assert proc.stderr.endswith(": 1 would_send, 1 dropped (1 invalid_event)\n")
@@ -124,14 +139,21 @@ def test_a_dry_run_ends_with_its_summary_in_a_subprocess(tmp_path: Path) -> None
 
 
 def _record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
-    return logging.LogRecord("engine.delivery.sender", logging.WARNING, __file__, 1, message, args,
-                             (type(exc), exc, None) if exc else None)
+    return logging.LogRecord(
+        "engine.delivery.sender", logging.WARNING, __file__, 1, message, args, (type(exc), exc, None) if exc else None
+    )
 
 
 def test_json_logs_are_one_object_per_line_without_secrets() -> None:
     formatter = JsonFormatter(Redactor(["s3cret-refresh-token"]))
-    line = formatter.format(_record("attempt %d failed with token %s", 2, "s3cret-refresh-token",
-                                    exc=ValueError("bad s3cret-refresh-token\nsecond line")))
+    line = formatter.format(
+        _record(
+            "attempt %d failed with token %s",
+            2,
+            "s3cret-refresh-token",
+            exc=ValueError("bad s3cret-refresh-token\nsecond line"),
+        )
+    )
     assert "\n" not in line
     entry = json.loads(line)
     assert set(entry) == {"time", "level", "logger", "message", "exception"}
@@ -155,8 +177,9 @@ def test_configure_logging_json_writes_json_lines_for_the_engine_loggers(capsys:
         root.handlers[:], root.level, root.propagate = saved
 
 
-def test_log_format_json_makes_the_summary_and_hints_json_too(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_log_format_json_makes_the_summary_and_hints_json_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = tmp_path / "events.json"
     events.write_text(json.dumps([LEAD, LEAD]) + "\n" + json.dumps(LEAD) + "\n", encoding="utf-8")
     assert main(["run", PRESET, "--events", str(events), "--dry-run", "--log-format", "json"]) == 0
@@ -170,11 +193,19 @@ def test_log_format_json_makes_the_summary_and_hints_json_too(tmp_path: Path,
 
 def test_the_library_loggers_are_silent_without_a_host_configuration(tmp_path: Path) -> None:
     """A NullHandler on 'engine': no 'No handlers could be found', no last-resort printing of warnings."""
-    code = ("import logging, engine\n"
-            "assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger('engine').handlers)\n"
-            "logging.getLogger('engine.runtime').warning('this must not be printed')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    code = (
+        "import logging, engine\n"
+        "assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger('engine').handlers)\n"
+        "logging.getLogger('engine.runtime').warning('this must not be printed')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
 

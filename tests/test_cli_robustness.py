@@ -18,21 +18,27 @@ from typing import Any
 
 import pytest
 
-from engine.cli import common as cli_common, events_input
-from engine.cli import main
-from engine.outcome import dropped
+from engine.cli import common as cli_common
+from engine.cli import events_input, main
 from engine.language.settings import check_url
 from engine.language.yaml_source import YamlSourceError, load_yaml
+from engine.outcome import dropped
 
 PRESET = "outreach/lead-capture"
 SECRET = "Zk9secretVALUE"
 
 
 def lead(message_id: str, first_name: str = "Jane") -> str:
-    return json.dumps({"type": "track", "event": "Demo Requested", "userId": "u-" + message_id,
-                       "messageId": message_id,
-                       "traits": {"email": f"{message_id}@acme.com", "firstName": first_name},
-                       "context": {"consent": {"canonical": {"marketing": True}}}})
+    return json.dumps(
+        {
+            "type": "track",
+            "event": "Demo Requested",
+            "userId": "u-" + message_id,
+            "messageId": message_id,
+            "traits": {"email": f"{message_id}@acme.com", "firstName": first_name},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        }
+    )
 
 
 def dry_run(capsys: pytest.CaptureFixture[str], events: Path) -> tuple[list[dict[str, Any]], str]:
@@ -47,10 +53,17 @@ def summary(outcomes: list[dict[str, Any]]) -> list[tuple[int, str | None, str]]
     return [(o["index"], o["messageId"], o.get("reason") or o["outcome"]) for o in outcomes]
 
 
-def cli_process(*args: str | bytes, cwd: Path, stdin: bytes | None = None,
-                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, input=stdin,
-                          capture_output=True, timeout=120, env={**os.environ, **(env or {})})
+def cli_process(
+    *args: str | bytes, cwd: Path, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # --- one bad line in the event stream -------------------------------------------------------
@@ -58,11 +71,17 @@ def cli_process(*args: str | bytes, cwd: Path, stdin: bytes | None = None,
 
 def test_a_line_that_is_not_utf8_is_one_invalid_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = tmp_path / "events.ndjson"
-    events.write_bytes(b"\n".join([lead("m1").encode(), lead("m2").encode(),
-                                   b'{"type":"page","name":"Caf\xe9"}', lead("m3").encode()]) + b"\n")
+    events.write_bytes(
+        b"\n".join([lead("m1").encode(), lead("m2").encode(), b'{"type":"page","name":"Caf\xe9"}', lead("m3").encode()])
+        + b"\n"
+    )
     outcomes, _ = dry_run(capsys, events)
-    assert summary(outcomes) == [(0, "m1", "would_send"), (1, "m2", "would_send"),
-                                 (2, None, "invalid_event"), (3, "m3", "would_send")]
+    assert summary(outcomes) == [
+        (0, "m1", "would_send"),
+        (1, "m2", "would_send"),
+        (2, None, "invalid_event"),
+        (3, "m3", "would_send"),
+    ]
     assert outcomes[2]["detail"] == "line 3: not UTF-8 text (byte 0xe9 at column 27)"
 
 
@@ -74,17 +93,25 @@ def test_not_utf8_column_counts_characters_not_bytes(tmp_path: Path, capsys: pyt
     assert summary(outcomes)[1] == (1, "m1", "would_send")
 
 
-@pytest.mark.parametrize("bad_line, detail", [
-    ('{"type":"page","properties":{"n":' + "9" * 5000 + "}}",
-     "line 2: not valid JSON: a number has more than 4300 digits"),
-    ('{"type":"page","properties":{"n":' + "[" * 100_000 + "]" * 100_000 + "}}",
-     "line 2: not valid JSON: nested too deeply"),
-    ('{"type":"page",', "line 2: not valid JSON: Expecting property name enclosed in double quotes at column 16"),
-    ('{"type":"page","properties":{"n":NaN}}', "line 2: not valid JSON: NaN is not a JSON number"),
-    ('{"type":"page","properties":{"n":-Infinity}}', "line 2: not valid JSON: -Infinity is not a JSON number"),
-])
-def test_json_the_parser_rejects_is_one_invalid_event(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                      bad_line: str, detail: str) -> None:
+@pytest.mark.parametrize(
+    "bad_line, detail",
+    [
+        (
+            '{"type":"page","properties":{"n":' + "9" * 5000 + "}}",
+            "line 2: not valid JSON: a number has more than 4300 digits",
+        ),
+        (
+            '{"type":"page","properties":{"n":' + "[" * 100_000 + "]" * 100_000 + "}}",
+            "line 2: not valid JSON: nested too deeply",
+        ),
+        ('{"type":"page",', "line 2: not valid JSON: Expecting property name enclosed in double quotes at column 16"),
+        ('{"type":"page","properties":{"n":NaN}}', "line 2: not valid JSON: NaN is not a JSON number"),
+        ('{"type":"page","properties":{"n":-Infinity}}', "line 2: not valid JSON: -Infinity is not a JSON number"),
+    ],
+)
+def test_json_the_parser_rejects_is_one_invalid_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_line: str, detail: str
+) -> None:
     events = tmp_path / "events.ndjson"
     events.write_text("\n".join([lead("m1"), bad_line, lead("m2")]) + "\n", encoding="utf-8")
     outcomes, _ = dry_run(capsys, events)
@@ -93,10 +120,10 @@ def test_json_the_parser_rejects_is_one_invalid_event(tmp_path: Path, capsys: py
 
 
 def test_a_lone_surrogate_is_written_as_an_escape_and_the_run_goes_on(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     events = tmp_path / "events.ndjson"
-    events.write_text("\n".join([lead("m1"), lead("m2", "Bo\ud800b"), lead("m3", "Zoë")]) + "\n",
-                      encoding="utf-8")
+    events.write_text("\n".join([lead("m1"), lead("m2", "Bo\ud800b"), lead("m3", "Zoë")]) + "\n", encoding="utf-8")
     assert "\\ud800" in events.read_text(encoding="utf-8")  # the file holds the JSON escape, not the character
     code = main(["run", PRESET, "--events", str(events), "--dry-run"])
     captured = capsys.readouterr()
@@ -121,11 +148,22 @@ def test_emit_falls_back_to_ascii_escapes_when_the_output_cannot_encode_a_charac
 
 def test_crlf_cr_and_bom_keep_line_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     events = tmp_path / "events.ndjson"
-    events.write_bytes(b"\xef\xbb\xbf" + lead("m1").encode() + b"\r\n\r\n" + lead("m2").encode() + b"\r"
-                       + b"{oops\r\n" + lead("m3").encode())
+    events.write_bytes(
+        b"\xef\xbb\xbf"
+        + lead("m1").encode()
+        + b"\r\n\r\n"
+        + lead("m2").encode()
+        + b"\r"
+        + b"{oops\r\n"
+        + lead("m3").encode()
+    )
     outcomes, _ = dry_run(capsys, events)
-    assert summary(outcomes) == [(0, "m1", "would_send"), (2, "m2", "would_send"),
-                                 (3, None, "invalid_event"), (4, "m3", "would_send")]
+    assert summary(outcomes) == [
+        (0, "m1", "would_send"),
+        (2, "m2", "would_send"),
+        (3, None, "invalid_event"),
+        (4, "m3", "would_send"),
+    ]
     assert outcomes[2]["detail"].startswith("line 4: not valid JSON: ")
 
 
@@ -134,25 +172,37 @@ def test_read_events_keeps_its_shape(tmp_path: Path) -> None:
     events.write_bytes(b'{"a": 1}\n\n  \n\xff\n[1]\n')
     assert inspect.isgeneratorfunction(events_input.read_events)
     items = list(events_input.read_events(str(events)))
-    assert items == [(0, {"a": 1}, None),
-                     (3, None, "line 4: not UTF-8 text (byte 0xff at column 1)"),
-                     (4, [1], None)]
+    assert items == [(0, {"a": 1}, None), (3, None, "line 4: not UTF-8 text (byte 0xff at column 1)"), (4, [1], None)]
 
 
 def test_stdin_is_read_as_bytes_line_by_line(tmp_path: Path) -> None:
-    stdin = (b"\xef\xbb\xbf" + lead("m1").encode() + b"\n" + b'{"name":"Caf\xe9"}\n'
-             + ('{"n":' + "1" * 4400 + "}\n").encode() + lead("m2", "Bo\\ud800b").encode() + b"\n"
-             + lead("m3").encode() + b"\n")
-    proc = cli_process("run", PRESET, "--events", "-", "--dry-run", cwd=tmp_path, stdin=stdin,
-                       env={"PYTHONIOENCODING": "utf-8:strict"})
+    stdin = (
+        b"\xef\xbb\xbf"
+        + lead("m1").encode()
+        + b"\n"
+        + b'{"name":"Caf\xe9"}\n'
+        + ('{"n":' + "1" * 4400 + "}\n").encode()
+        + lead("m2", "Bo\\ud800b").encode()
+        + b"\n"
+        + lead("m3").encode()
+        + b"\n"
+    )
+    proc = cli_process(
+        "run", PRESET, "--events", "-", "--dry-run", cwd=tmp_path, stdin=stdin, env={"PYTHONIOENCODING": "utf-8:strict"}
+    )
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert err.startswith("signal-engine: 5 event(s) in ")  # the summary is all stderr holds
     assert err.endswith(": 3 would_send, 2 dropped (2 invalid_event)\n") and len(err.splitlines()) == 1
     outcomes = [json.loads(line) for line in proc.stdout.decode("utf-8").splitlines()]
-    assert summary(outcomes) == [(0, "m1", "would_send"), (1, None, "invalid_event"), (2, None, "invalid_event"),
-                                 (3, "m2", "would_send"), (4, "m3", "would_send")]
+    assert summary(outcomes) == [
+        (0, "m1", "would_send"),
+        (1, None, "invalid_event"),
+        (2, None, "invalid_event"),
+        (3, "m2", "would_send"),
+        (4, "m3", "would_send"),
+    ]
     assert outcomes[1]["detail"] == "line 2: not UTF-8 text (byte 0xe9 at column 13)"
     assert outcomes[2]["detail"] == "line 3: not valid JSON: a number has more than 4300 digits"
 
@@ -160,14 +210,18 @@ def test_stdin_is_read_as_bytes_line_by_line(tmp_path: Path) -> None:
 # --- a bad --events file ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("events, message", [
-    ("{tmp}", "cannot open: Is a directory"),
-    ("{tmp}/missing.ndjson", "cannot open: No such file or directory"),
-    ("{tmp}/file.txt/events.ndjson", "cannot open: Not a directory"),
-    ("/proc/self/mem", "cannot read: Input/output error"),
-])
-def test_an_unusable_events_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                        events: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "events, message",
+    [
+        ("{tmp}", "cannot open: Is a directory"),
+        ("{tmp}/missing.ndjson", "cannot open: No such file or directory"),
+        ("{tmp}/file.txt/events.ndjson", "cannot open: Not a directory"),
+        ("/proc/self/mem", "cannot read: Input/output error"),
+    ],
+)
+def test_an_unusable_events_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], events: str, message: str
+) -> None:
     if events.startswith("/proc") and not Path(events).exists():
         pytest.skip("needs Linux /proc")
     (tmp_path / "file.txt").write_text("x", encoding="utf-8")
@@ -179,19 +233,23 @@ def test_an_unusable_events_file_is_one_line_and_exit_2(tmp_path: Path, capsys: 
     assert captured.err == f"signal-engine: --events {path}: {message}\n"
 
 
-def test_missing_stdin_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_stdin_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", None)
     code = main(["run", PRESET, "--events", "-", "--dry-run"])
     assert code == 2
     assert capsys.readouterr().err == "signal-engine: --events -: there is no standard input\n"
 
 
-def test_delivery_checks_the_events_file_before_touching_state(tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_delivery_checks_the_events_file_before_touching_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: cid\nclient_secret: cs-1234567890\nrefresh_token: rt-1234567890\n"
-                        "base_url: http://127.0.0.1:9\n", encoding="utf-8")
+    settings.write_text(
+        "client_id: cid\nclient_secret: cs-1234567890\nrefresh_token: rt-1234567890\nbase_url: http://127.0.0.1:9\n",
+        encoding="utf-8",
+    )
     state = tmp_path / "state"
     code = main(["run", PRESET, "--events", str(tmp_path), "--settings", str(settings), "--state", str(state)])
     captured = capsys.readouterr()
@@ -233,16 +291,20 @@ def test_an_undefined_alias_does_not_echo_the_secret(tmp_path: Path, capsys: pyt
     assert len(captured.err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("text, where, problem", [
-    (f"client_secret: *{SECRET}\n", "1:16", "found undefined alias"),
-    (f"client_secret: [*{SECRET}]\n", "1:17", "found undefined alias"),
-    (f"client_secret: *{SECRET}'x'\n", "1:16", "found undefined alias"),
-    (f"client_secret: !{SECRET}!x y\n", "1:16", "found undefined tag handle"),
-    (f"client_secret: !<{SECRET} y\n", "1:", "invalid tag"),
-    ("client_secret: &]\n", "1:", "invalid anchor"),
-])
-def test_yaml_alias_anchor_and_tag_errors_do_not_quote_names(tmp_path: Path, text: str, where: str,
-                                                             problem: str) -> None:
+@pytest.mark.parametrize(
+    "text, where, problem",
+    [
+        (f"client_secret: *{SECRET}\n", "1:16", "found undefined alias"),
+        (f"client_secret: [*{SECRET}]\n", "1:17", "found undefined alias"),
+        (f"client_secret: *{SECRET}'x'\n", "1:16", "found undefined alias"),
+        (f"client_secret: !{SECRET}!x y\n", "1:16", "found undefined tag handle"),
+        (f"client_secret: !<{SECRET} y\n", "1:", "invalid tag"),
+        ("client_secret: &]\n", "1:", "invalid anchor"),
+    ],
+)
+def test_yaml_alias_anchor_and_tag_errors_do_not_quote_names(
+    tmp_path: Path, text: str, where: str, problem: str
+) -> None:
     path = write_settings(tmp_path, text)
     with pytest.raises(YamlSourceError) as info:
         load_yaml(path)
@@ -262,14 +324,18 @@ def test_a_reused_anchor_warning_does_not_reach_stderr(tmp_path: Path) -> None:
     assert err == f"signal-engine: no events: --events {os.devnull} is empty\n"
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("https://[::1", "is not a valid URL"),
-    ("https://api.outreach.io:99999", "has an invalid port"),
-    ("https://api.outreach.io:0", "has an invalid port"),
-    ("https://api.outreach.io:https", "has an invalid port"),
-])
-def test_an_unparsable_base_url_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                       url: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("https://[::1", "is not a valid URL"),
+        ("https://api.outreach.io:99999", "has an invalid port"),
+        ("https://api.outreach.io:0", "has an invalid port"),
+        ("https://api.outreach.io:https", "has an invalid port"),
+    ],
+)
+def test_an_unparsable_base_url_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, reason: str
+) -> None:
     assert (check_url(url) or "").startswith(reason)
     path = write_settings(tmp_path, f'client_id: cid\nbase_url: "{url}"\n')
     code = main(["run", PRESET, "--events", os.devnull, "--settings", str(path), "--dry-run"])
@@ -281,12 +347,24 @@ def test_an_unparsable_base_url_is_one_line_and_exit_2(tmp_path: Path, capsys: p
 
 
 def test_bad_port_in_a_subprocess_never_reaches_delivery(tmp_path: Path) -> None:
-    path = write_settings(tmp_path, f"client_id: cid\nclient_secret: {SECRET}\nrefresh_token: rt-123456789\n"
-                                    'base_url: "https://api.outreach.io:99999"\n')
+    path = write_settings(
+        tmp_path,
+        f"client_id: cid\nclient_secret: {SECRET}\nrefresh_token: rt-123456789\n"
+        'base_url: "https://api.outreach.io:99999"\n',
+    )
     events = tmp_path / "events.ndjson"
     events.write_text(lead("m1") + "\n", encoding="utf-8")
-    proc = cli_process("run", PRESET, "--events", str(events), "--settings", str(path),
-                       "--state", str(tmp_path / "state"), cwd=tmp_path)
+    proc = cli_process(
+        "run",
+        PRESET,
+        "--events",
+        str(events),
+        "--settings",
+        str(path),
+        "--state",
+        str(tmp_path / "state"),
+        cwd=tmp_path,
+    )
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 2
     assert proc.stdout == b""
@@ -294,9 +372,9 @@ def test_bad_port_in_a_subprocess_never_reaches_delivery(tmp_path: Path) -> None
     assert SECRET not in err
 
 
-
-def test_a_text_stdin_without_a_byte_buffer_is_read_too(capsys: pytest.CaptureFixture[str],
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_text_stdin_without_a_byte_buffer_is_read_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(lead("m1") + "\n{oops\n" + lead("m2") + "\n"))
     code = main(["run", PRESET, "--events", "-", "--dry-run"])
     captured = capsys.readouterr()

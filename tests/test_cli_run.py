@@ -18,11 +18,26 @@ from engine.cli import main
 CLIENT_SECRET = "cs-9f8e7d6c5b4a-client-secret"
 REFRESH_TOKEN = "rt-1a2b3c4d5e6f-refresh-token"
 
-IDENTIFY = {"type": "identify", "userId": "user-123", "messageId": "m-identify",
-            "traits": {"email": "  Jane.Doe@ACME.com ", "firstName": "Jane", "lastName": "Doe",
-                       "company": "Acme Inc", "title": "Head of Growth", "phone": "+44 7700 900123"}}
-DEMO = {"type": "track", "event": "Demo Requested", "userId": "user-123", "messageId": "m-demo",
-        "context": {"consent": {"canonical": {"marketing": True}}}}
+IDENTIFY = {
+    "type": "identify",
+    "userId": "user-123",
+    "messageId": "m-identify",
+    "traits": {
+        "email": "  Jane.Doe@ACME.com ",
+        "firstName": "Jane",
+        "lastName": "Doe",
+        "company": "Acme Inc",
+        "title": "Head of Growth",
+        "phone": "+44 7700 900123",
+    },
+}
+DEMO = {
+    "type": "track",
+    "event": "Demo Requested",
+    "userId": "user-123",
+    "messageId": "m-demo",
+    "context": {"consent": {"canonical": {"marketing": True}}},
+}
 PAGE = {"type": "page", "anonymousId": "anon-1", "messageId": "m-page"}
 NO_CONSENT = {"type": "track", "event": "Signed Up", "userId": "user-123", "messageId": "m-noconsent"}
 
@@ -31,11 +46,19 @@ def ndjson(*items: Any) -> str:
     return "".join((item if isinstance(item, str) else json.dumps(item)) + "\n" for item in items)
 
 
-def cli(*args: str, cwd: Path, stdin: str | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, input=stdin,
-                          capture_output=True, text=True, timeout=120, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=full_env,
+    )
 
 
 def outcomes(stdout: str) -> list[dict[str, Any]]:
@@ -83,8 +106,9 @@ def test_non_json_line_gets_invalid_event_and_the_run_continues(tmp_path: Path) 
 
 
 def test_events_from_stdin(tmp_path: Path) -> None:
-    proc = cli("run", "outreach/lead-capture", "--events", "-", "--dry-run", cwd=tmp_path,
-               stdin=ndjson(IDENTIFY, DEMO, "nope"))
+    proc = cli(
+        "run", "outreach/lead-capture", "--events", "-", "--dry-run", cwd=tmp_path, stdin=ndjson(IDENTIFY, DEMO, "nope")
+    )
     assert proc.returncode == 0, proc.stderr
     got = outcomes(proc.stdout)
     assert [o["outcome"] for o in got] == ["dropped", "would_send", "dropped"]
@@ -100,14 +124,32 @@ def test_preset_by_path(tmp_path: Path) -> None:
 
 def test_settings_file_with_env_values(tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: ${OUTREACH_CLIENT_ID}\nclient_secret: ${OUTREACH_CLIENT_SECRET}\n"
-                        "refresh_token: ${OUTREACH_REFRESH_TOKEN}\nbase_url: http://127.0.0.1:${SANDBOX_PORT}\n"
-                        "consent_categories: [marketing, '${EXTRA_CATEGORY}']\n", encoding="utf-8")
-    env = {"OUTREACH_CLIENT_ID": "cid-42", "OUTREACH_CLIENT_SECRET": CLIENT_SECRET,
-           "OUTREACH_REFRESH_TOKEN": REFRESH_TOKEN, "SANDBOX_PORT": "8765", "EXTRA_CATEGORY": "analytics"}
+    settings.write_text(
+        "client_id: ${OUTREACH_CLIENT_ID}\nclient_secret: ${OUTREACH_CLIENT_SECRET}\n"
+        "refresh_token: ${OUTREACH_REFRESH_TOKEN}\nbase_url: http://127.0.0.1:${SANDBOX_PORT}\n"
+        "consent_categories: [marketing, '${EXTRA_CATEGORY}']\n",
+        encoding="utf-8",
+    )
+    env = {
+        "OUTREACH_CLIENT_ID": "cid-42",
+        "OUTREACH_CLIENT_SECRET": CLIENT_SECRET,
+        "OUTREACH_REFRESH_TOKEN": REFRESH_TOKEN,
+        "SANDBOX_PORT": "8765",
+        "EXTRA_CATEGORY": "analytics",
+    }
     both = {**DEMO, "context": {"consent": {"canonical": {"marketing": True, "analytics": True}}}}
-    proc = cli("run", "outreach/lead-capture", "--events", "-", "--settings", str(settings), "--dry-run",
-               cwd=tmp_path, stdin=ndjson(IDENTIFY, DEMO, both), env=env)
+    proc = cli(
+        "run",
+        "outreach/lead-capture",
+        "--events",
+        "-",
+        "--settings",
+        str(settings),
+        "--dry-run",
+        cwd=tmp_path,
+        stdin=ndjson(IDENTIFY, DEMO, both),
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     got = outcomes(proc.stdout)
     assert got[1]["reason"] == "no_consent"
@@ -118,13 +160,16 @@ def test_settings_file_with_env_values(tmp_path: Path) -> None:
         assert CLIENT_SECRET not in stream and REFRESH_TOKEN not in stream
 
 
-def test_unset_secret_variable_is_fine_for_a_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_secret_variable_is_fine_for_a_dry_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A production settings file dry-runs without its secrets exported (issue: dry runs need no secrets)."""
     monkeypatch.delenv("SIGNAL_TEST_UNSET_VARIABLE", raising=False)
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\n"
-                        "refresh_token: ${SIGNAL_TEST_UNSET_VARIABLE}\n", encoding="utf-8")
+    settings.write_text(
+        "client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\nrefresh_token: ${SIGNAL_TEST_UNSET_VARIABLE}\n",
+        encoding="utf-8",
+    )
     events = tmp_path / "events.ndjson"
     events.write_text(ndjson(IDENTIFY, DEMO), encoding="utf-8")
     code = main(["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings), "--dry-run"])
@@ -133,22 +178,26 @@ def test_unset_secret_variable_is_fine_for_a_dry_run(tmp_path: Path, capsys: pyt
     assert [o["outcome"] for o in outcomes(out)] == ["dropped", "would_send"]
 
 
-def test_unset_secret_variable_is_an_error_when_delivering(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_secret_variable_is_an_error_when_delivering(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SIGNAL_TEST_UNSET_VARIABLE", raising=False)
     settings = tmp_path / "settings.yaml"
-    settings.write_text("client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\n"
-                        "refresh_token: rt-1234567890\n", encoding="utf-8")
+    settings.write_text(
+        "client_id: abc\nclient_secret: ${SIGNAL_TEST_UNSET_VARIABLE}\nrefresh_token: rt-1234567890\n", encoding="utf-8"
+    )
     events = tmp_path / "events.ndjson"
     events.write_text(ndjson(PAGE), encoding="utf-8")
     state = tmp_path / "state"
-    code = main(["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings),
-                 "--state", str(state)])
+    code = main(
+        ["run", "outreach/lead-capture", "--events", str(events), "--settings", str(settings), "--state", str(state)]
+    )
     out, err = capsys.readouterr()
     assert code == 2
     assert out == ""
-    assert err.splitlines() == [f"{settings}:2: setting 'client_secret': environment variable "
-                                "SIGNAL_TEST_UNSET_VARIABLE is not set"]
+    assert err.splitlines() == [
+        f"{settings}:2: setting 'client_secret': environment variable SIGNAL_TEST_UNSET_VARIABLE is not set"
+    ]
     assert not state.exists()
 
 
@@ -176,8 +225,9 @@ def test_missing_events_file_subprocess(tmp_path: Path) -> None:
 def test_broken_preset_in_run_exits_2_with_located_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     preset = tmp_path / "broken.yaml"
     builtin = Path(__file__).resolve().parents[1] / "presets" / "outreach" / "lead-capture.yaml"
-    preset.write_text(builtin.read_text(encoding="utf-8").replace("region_from: country", "region_from: nation"),
-                      encoding="utf-8")
+    preset.write_text(
+        builtin.read_text(encoding="utf-8").replace("region_from: country", "region_from: nation"), encoding="utf-8"
+    )
     code = main(["run", str(preset), "--events", "-", "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 2  # a configuration error: no event was processed
@@ -189,10 +239,20 @@ def test_broken_preset_in_run_exits_2_with_located_lines(tmp_path: Path, capsys:
 
 def test_secret_settings_never_printed(tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
-    settings.write_text(f"client_id: cid-42\nclient_secret: {CLIENT_SECRET}\nrefresh_token: {REFRESH_TOKEN}\n",
-                        encoding="utf-8")
-    proc = cli("run", "outreach/lead-capture", "--events", "-", "--settings", str(settings), "--dry-run",
-               cwd=tmp_path, stdin=ndjson(IDENTIFY, DEMO, "not json", NO_CONSENT))
+    settings.write_text(
+        f"client_id: cid-42\nclient_secret: {CLIENT_SECRET}\nrefresh_token: {REFRESH_TOKEN}\n", encoding="utf-8"
+    )
+    proc = cli(
+        "run",
+        "outreach/lead-capture",
+        "--events",
+        "-",
+        "--settings",
+        str(settings),
+        "--dry-run",
+        cwd=tmp_path,
+        stdin=ndjson(IDENTIFY, DEMO, "not json", NO_CONSENT),
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(outcomes(proc.stdout)) == 4
     for stream in (proc.stdout, proc.stderr):
@@ -200,13 +260,17 @@ def test_secret_settings_never_printed(tmp_path: Path) -> None:
         assert REFRESH_TOKEN not in stream
 
 
-@pytest.mark.parametrize("bad_line", [
-    "base_url: http://example.com\n",
-    "client_secret: [a, b]\n",
-    "unknown_thing: 1\n",
-])
-def test_settings_errors_do_not_print_secret_values(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                    bad_line: str) -> None:
+@pytest.mark.parametrize(
+    "bad_line",
+    [
+        "base_url: http://example.com\n",
+        "client_secret: [a, b]\n",
+        "unknown_thing: 1\n",
+    ],
+)
+def test_settings_errors_do_not_print_secret_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad_line: str
+) -> None:
     settings = tmp_path / "settings.yaml"
     settings.write_text(f"refresh_token: {REFRESH_TOKEN}\n{bad_line}", encoding="utf-8")
     code = main(["run", "outreach/lead-capture", "--events", "-", "--settings", str(settings), "--dry-run"])
@@ -219,10 +283,20 @@ def test_settings_errors_do_not_print_secret_values(tmp_path: Path, capsys: pyte
 
 def test_duplicate_secret_key_in_settings_is_not_echoed(tmp_path: Path) -> None:
     settings = tmp_path / "settings.yaml"
-    settings.write_text(f"client_id: cid-42\nclient_secret: {CLIENT_SECRET}\nclient_secret: {REFRESH_TOKEN}\n",
-                        encoding="utf-8")
-    proc = cli("run", "outreach/lead-capture", "--events", "-", "--settings", str(settings), "--dry-run",
-               cwd=tmp_path, stdin=ndjson(PAGE))
+    settings.write_text(
+        f"client_id: cid-42\nclient_secret: {CLIENT_SECRET}\nclient_secret: {REFRESH_TOKEN}\n", encoding="utf-8"
+    )
+    proc = cli(
+        "run",
+        "outreach/lead-capture",
+        "--events",
+        "-",
+        "--settings",
+        str(settings),
+        "--dry-run",
+        cwd=tmp_path,
+        stdin=ndjson(PAGE),
+    )
     assert proc.returncode == 2
     assert f"{settings}:3" in proc.stderr
     assert CLIENT_SECRET not in proc.stderr
@@ -248,4 +322,7 @@ def test_run_in_process_with_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert err.endswith(": 1 would_send, 2 dropped (1 event_not_mapped, 1 invalid_event)\n")
     got = outcomes(out)
     assert [(o["index"], o["outcome"], o.get("reason")) for o in got] == [
-        (0, "dropped", "event_not_mapped"), (2, "dropped", "invalid_event"), (3, "would_send", None)]
+        (0, "dropped", "event_not_mapped"),
+        (2, "dropped", "invalid_event"),
+        (3, "would_send", None),
+    ]

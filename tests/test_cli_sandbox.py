@@ -70,8 +70,14 @@ def test_options_reach_the_chosen_sandbox(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize("name", ["hubspot", "salesloft", "close", "salesforce"])
 def test_sandbox_serves_until_ctrl_c(name: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", name, "--port", "0", "--fault", "503"],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sandbox", name, "--port", "0", "--fault", "503"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert "sandbox listening on http://127.0.0.1:" in line, line

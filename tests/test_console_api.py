@@ -26,8 +26,14 @@ CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(tag: str) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "messageId": f"{tag}-lead", "userId": f"{tag}-user",
-            "context": CONSENT, "traits": {"email": f"{tag}@example.com", "firstName": "Api", "lastName": "Test"}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "messageId": f"{tag}-lead",
+        "userId": f"{tag}-user",
+        "context": CONSENT,
+        "traits": {"email": f"{tag}@example.com", "firstName": "Api", "lastName": "Test"},
+    }
 
 
 def get(url: str, token: str | None = None, extra: dict[str, str] | None = None) -> Any:
@@ -37,8 +43,12 @@ def get(url: str, token: str | None = None, extra: dict[str, str] | None = None)
 
 
 def post(url: str, body: Any, token: str) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -52,10 +62,23 @@ def test_workers_on_redis_record_what_the_console_of_serve_shows(tmp_path: Path,
     with ThreadedSandbox(**creds) as sandbox:
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", preset, "--settings", settings, "--redis", redis_url, "--port", "0", "--quiet",
-                        "--console", cwd=tmp_path, name="serve")
-        worker = Service("worker", preset, "--settings", settings, "--redis", redis_url, "--consumer", "w1",
-                         cwd=tmp_path, name="w1")
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            "--console",
+            cwd=tmp_path,
+            name="serve",
+        )
+        worker = Service(
+            "worker", preset, "--settings", settings, "--redis", redis_url, "--consumer", "w1", cwd=tmp_path, name="w1"
+        )
         try:
             url = serve.url
             for tag in ("alpha", "beta"):
@@ -65,7 +88,10 @@ def test_workers_on_redis_record_what_the_console_of_serve_shows(tmp_path: Path,
             until(lambda: len(get(api + "/events")["events"]) == 3, what="three recorded events")
             events = get(api + "/events")["events"]
             assert {e["messageId"]: e["outcome"] for e in events} == {
-                "alpha-lead": "delivered", "beta-lead": "delivered", "p-1": "dropped"}
+                "alpha-lead": "delivered",
+                "beta-lead": "delivered",
+                "p-1": "dropped",
+            }
             assert {e["integration"] for e in events} == {"lead-capture-fast"}
             found = get(api + "/events?q=beta%40example.com")["events"]
             assert [e["messageId"] for e in found] == ["beta-lead"]
@@ -79,6 +105,7 @@ def test_workers_on_redis_record_what_the_console_of_serve_shows(tmp_path: Path,
             text = json.dumps([get(api + "/events"), one, figures])
             for secret in (creds["client_secret"], creds["refresh_token"], *sandbox.issued):
                 assert secret not in text
+
             # The lag is the integration's consumer group's: nothing left once the worker is done, then one
             # event accepted with no worker running.
             def lag() -> Any:
@@ -105,26 +132,43 @@ def test_a_dlq_replay_is_recorded_and_the_api_replays_with_a_token(tmp_path: Pat
         events.write_text(json.dumps(lead("second")) + "\n")
         assert cli("run", preset, "--events", events, "--settings", settings, "--state", state).returncode == 1
         token = "api-token-" + os.urandom(6).hex()
-        console = Service("console", "--state", state, "--port", "0", "--preset", preset, "--settings", settings,
-                          cwd=tmp_path, name="console", env={"SIGNAL_CONSOLE_TOKEN": token})
+        console = Service(
+            "console",
+            "--state",
+            state,
+            "--port",
+            "0",
+            "--preset",
+            preset,
+            "--settings",
+            settings,
+            cwd=tmp_path,
+            name="console",
+            env={"SIGNAL_CONSOLE_TOKEN": token},
+        )
         try:
             api = console.wait_for_line(r"^console on (http://\S+)$").group(1) + "api"
             letters = get(api + "/dead-letters", token)["dead_letters"]
             assert [(l["messageId"], l["integration"], l["cause"]) for l in letters] == [
-                ("first-lead", "lead-capture-fast", "http_500"), ("second-lead", "lead-capture-fast", "http_500")]
-            status, answer = post(api + "/dead-letters/replay", {"integration": "lead-capture-fast",
-                                                                 "ids": [letters[0]["id"]]}, token)
+                ("first-lead", "lead-capture-fast", "http_500"),
+                ("second-lead", "lead-capture-fast", "http_500"),
+            ]
+            status, answer = post(
+                api + "/dead-letters/replay", {"integration": "lead-capture-fast", "ids": [letters[0]["id"]]}, token
+            )
             assert status == 200, answer
             assert [(r["messageId"], r["outcome"]) for r in answer["results"]] == [("first-lead", "delivered")]
             assert [l["messageId"] for l in get(api + "/dead-letters", token)["dead_letters"]] == ["second-lead"]
             status, answer = post(api + "/dead-letters/replay", {"integration": "nobody", "ids": None}, token)
             assert status == 409 and "--preset" in answer["error"]
             # "Replay all" under a cause filter replays only the letters of that cause: here none.
-            console_base = api[:-len("api")]
-            request = urllib.request.Request(console_base + "dead-letters/replay", method="POST",
-                                             data=b"integration=lead-capture-fast&mode=all&cause=http_418",
-                                             headers={"Authorization": f"Bearer {token}",
-                                                      "Content-Type": "application/x-www-form-urlencoded"})
+            console_base = api[: -len("api")]
+            request = urllib.request.Request(
+                console_base + "dead-letters/replay",
+                method="POST",
+                data=b"integration=lead-capture-fast&mode=all&cause=http_418",
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-www-form-urlencoded"},
+            )
             with urllib.request.urlopen(request, timeout=30) as answer:
                 assert "No http_418 letters are left" in answer.read().decode()
             assert [l["messageId"] for l in get(api + "/dead-letters", token)["dead_letters"]] == ["second-lead"]
@@ -138,8 +182,11 @@ def test_a_dlq_replay_is_recorded_and_the_api_replays_with_a_token(tmp_path: Pat
         api = console.wait_for_line(r"^console on (http://\S+)$").group(1) + "api"
         rows = get(api + "/events")["events"]
         assert [(r["messageId"], r["outcome"], r["replay"]) for r in rows] == [
-            ("second-lead", "delivered", True), ("first-lead", "delivered", True),
-            ("second-lead", "dead_lettered", False), ("first-lead", "dead_lettered", False)]
+            ("second-lead", "delivered", True),
+            ("first-lead", "delivered", True),
+            ("second-lead", "dead_lettered", False),
+            ("first-lead", "dead_lettered", False),
+        ]
         assert rows[0]["email"] == "second@example.com" and rows[0]["userId"] == "second-user"
         assert get(api + "/dead-letters")["dead_letters"] == []
     finally:
@@ -148,9 +195,28 @@ def test_a_dlq_replay_is_recorded_and_the_api_replays_with_a_token(tmp_path: Pat
 
 def test_serve_console_refuses_a_public_host_without_a_token(tmp_path: Path) -> None:
     env = {**{k: v for k, v in os.environ.items() if k != "SIGNAL_CONSOLE_TOKEN"}, **SERVICE_ENV}
-    proc = subprocess.run([sys.executable, "-m", "engine", "serve", "outreach/lead-capture", "--state",
-                           str(tmp_path / "state"), "--host", "0.0.0.0", "--port", "0", "--console", "--redis",
-                           "redis://127.0.0.1:1/0"], capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "outreach/lead-capture",
+            "--state",
+            str(tmp_path / "state"),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--console",
+            "--redis",
+            "redis://127.0.0.1:1/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert proc.returncode == 2
     assert "SIGNAL_CONSOLE_TOKEN" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
@@ -168,13 +234,24 @@ def test_sign_in_is_rate_limited_and_a_form_needs_its_csrf_token(tmp_path: Path)
 
     SqliteState(tmp_path / "state").close()
     token = "console-token-" + os.urandom(6).hex()
-    console = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console",
-                      env={"SIGNAL_CONSOLE_TOKEN": token})
+    console = Service(
+        "console",
+        "--state",
+        tmp_path / "state",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        name="console",
+        env={"SIGNAL_CONSOLE_TOKEN": token},
+    )
 
     def form(path: str, fields: dict[str, str], headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        request = urllib.request.Request(base + path, data=urlencode(fields).encode(), method="POST",
-                                         headers={"Content-Type": "application/x-www-form-urlencoded",
-                                                  **(headers or {})})
+        request = urllib.request.Request(
+            base + path,
+            data=urlencode(fields).encode(),
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
+        )
         opener = urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(request, timeout=10) as answer:

@@ -16,8 +16,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -26,22 +27,33 @@ from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentia
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="Debian's chromium and chromium-driver are not installed "
-                                       "(apt-get install chromium chromium-driver; .ci/run installs them)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="Debian's chromium and chromium-driver are not installed "
+    "(apt-get install chromium chromium-driver; .ci/run installs them)",
+)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a test dependency (pip install -e '.[test]')")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
-XSS = ['<script>window.__xss = "script"</script>', '"><img src=x onerror="window.__xss=\'img\'">',
-       "javascript:window.__xss='link'"]
+XSS = [
+    '<script>window.__xss = "script"</script>',
+    '"><img src=x onerror="window.__xss=\'img\'">',
+    "javascript:window.__xss='link'",
+]
 SHOTS = Path(os.environ.get("SIGNAL_CONSOLE_SCREENSHOTS", "")) if os.environ.get("SIGNAL_CONSOLE_SCREENSHOTS") else None
 
 
 def lead(tag: str, email: str, **traits: Any) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "messageId": f"{tag}-lead", "userId": f"{tag}-user",
-            "context": CONSENT, "traits": {"email": email, "firstName": "Ada", "lastName": tag.title(), **traits}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "messageId": f"{tag}-lead",
+        "userId": f"{tag}-user",
+        "context": CONSENT,
+        "traits": {"email": email, "firstName": "Ada", "lastName": tag.title(), **traits},
+    }
 
 
 class Console:
@@ -54,16 +66,41 @@ class Console:
         self.sandbox.__enter__()
         preset = fast_preset(tmp)
         settings = write_settings(tmp / "settings.yaml", self.sandbox.base_url, self.creds)
-        self.serve = Service("serve", preset, "--settings", settings, "--state", tmp / "state", "--port", "0",
-                             "--console", cwd=tmp, name="serve")
+        self.serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--state",
+            tmp / "state",
+            "--port",
+            "0",
+            "--console",
+            cwd=tmp,
+            name="serve",
+        )
         self.url = self.serve.url
         self.base = self.url + "/console"
         self.send(lead("dead", "dead.letter@example.com"))
         until(lambda: self.outcome("dead-lead") is not None, what="the first lead's outcome")
-        self.send({"type": "identify", "messageId": "live-id", "userId": "live-user", "context": CONSENT,
-                   "traits": {"email": "Grace.Hopper@Example.com", "firstName": "Grace", "lastName": "Hopper"}})
-        self.send({"type": "track", "event": "Demo Requested", "messageId": "grace-lead", "userId": "live-user",
-                   "context": CONSENT})
+        self.send(
+            {
+                "type": "identify",
+                "messageId": "live-id",
+                "userId": "live-user",
+                "context": CONSENT,
+                "traits": {"email": "Grace.Hopper@Example.com", "firstName": "Grace", "lastName": "Hopper"},
+            }
+        )
+        self.send(
+            {
+                "type": "track",
+                "event": "Demo Requested",
+                "messageId": "grace-lead",
+                "userId": "live-user",
+                "context": CONSENT,
+            }
+        )
         self.send({"type": "page", "messageId": "a-page", "anonymousId": "anon-1"})
         self.send(lead("xss", "xss@example.com", firstName=XSS[0], lastName=XSS[1], title=XSS[2]))
         until(lambda: len(self.serve.outcomes()) == 5, what="five outcomes")
@@ -76,8 +113,13 @@ class Console:
         return next((o for o in self.serve.outcomes() if o["messageId"] == message_id), None)
 
     def secrets(self) -> list[str]:
-        return [self.creds["client_secret"], self.creds["refresh_token"], WRITE_KEY, SIGNING_SECRET,
-                *self.sandbox.issued]
+        return [
+            self.creds["client_secret"],
+            self.creds["refresh_token"],
+            WRITE_KEY,
+            SIGNING_SECRET,
+            *self.sandbox.issued,
+        ]
 
     def close(self) -> None:
         self.serve.stop()
@@ -99,8 +141,15 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
 def browser() -> Iterator[Any]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", "--disable-extensions", "--no-first-run"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
@@ -134,8 +183,18 @@ def rows(driver: Any) -> list[dict[str, str]]:
     out = []
     for tr in driver.find_elements(By.CSS_SELECTOR, "#events tbody tr"):
         cells = [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-        out.append({"time": cells[0], "event": cells[1], "email": cells[2], "userId": cells[3],
-                    "integration": cells[4], "outcome": cells[5], "why": cells[6], "attempts": cells[7]})
+        out.append(
+            {
+                "time": cells[0],
+                "event": cells[1],
+                "email": cells[2],
+                "userId": cells[3],
+                "integration": cells[4],
+                "outcome": cells[5],
+                "why": cells[6],
+                "attempts": cells[7],
+            }
+        )
     return out
 
 
@@ -180,11 +239,13 @@ def test_an_opened_event_lists_every_request_in_order(console: Console, browser:
     open_page(browser, console.base + "/events?q=dead-lead&outcome=dead_lettered")
     browser.find_element(By.CSS_SELECTOR, "#events tbody tr td a").click()
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.exchanges"))
-    trail = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
-             for tr in browser.find_elements(By.CSS_SELECTOR, "table.exchanges tbody tr")]
+    trail = [
+        [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+        for tr in browser.find_elements(By.CSS_SELECTOR, "table.exchanges tbody tr")
+    ]
     # The first event of the run minted the token, then its create was answered 500 five times.
     assert [(row[1], row[3]) for row in trail] == [("token", "200")] + [("request", "500")] * 5
-    assert all(row[2].startswith(("POST " + console.sandbox.base_url)) for row in trail)
+    assert all(row[2].startswith("POST " + console.sandbox.base_url) for row in trail)
     assert "x-ratelimit-remaining" in trail[1][6].lower()
     assert float(trail[-1][4].split()[0]) > float(trail[1][4].split()[0])  # sent later: the backoff shows
     if SHOTS is not None:
@@ -271,9 +332,18 @@ def test_event_data_is_shown_never_run(console: Console, browser: Any) -> None:
 
 def test_no_secret_in_any_page_or_api_answer_and_every_answer_has_a_csp(console: Console) -> None:
     events = json.loads(fetch(console.base + "/api/events")[1])["events"]
-    paths = ["/events", "/dead-letters", "/integrations", "/integrations/new?preset=outreach/lead-capture",
-             "/api/events", "/api/dead-letters", "/api/integrations",
-             "/static/console.js", *(f"/events/{e['id']}" for e in events), *(f"/api/events/{e['id']}" for e in events)]
+    paths = [
+        "/events",
+        "/dead-letters",
+        "/integrations",
+        "/integrations/new?preset=outreach/lead-capture",
+        "/api/events",
+        "/api/dead-letters",
+        "/api/integrations",
+        "/static/console.js",
+        *(f"/events/{e['id']}" for e in events),
+        *(f"/api/events/{e['id']}" for e in events),
+    ]
     for path in paths:
         headers, body = fetch(console.base + path)
         assert "script-src 'self'" in headers["Content-Security-Policy"], path
@@ -287,9 +357,12 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[Any, str]:
 
 
 def test_a_write_without_the_page_csrf_token_is_refused(console: Console) -> None:
-    request = urllib.request.Request(console.base + "/api/dead-letters/replay", method="POST",
-                                     data=json.dumps({"integration": "lead-capture-fast", "ids": None}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        console.base + "/api/dead-letters/replay",
+        method="POST",
+        data=json.dumps({"integration": "lead-capture-fast", "ids": None}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 403
@@ -302,9 +375,24 @@ def test_the_console_command_shows_what_a_run_recorded(tmp_path: Path, browser: 
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         events = tmp_path / "events.ndjson"
         events.write_text(json.dumps(lead("cmd", "from.a.run@example.com")) + "\n")
-        run = subprocess.run([sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--events", events,
-                              "--settings", settings, "--state", tmp_path / "state"], capture_output=True, text=True,
-                             timeout=60)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "engine",
+                "run",
+                "outreach/lead-capture",
+                "--events",
+                events,
+                "--settings",
+                settings,
+                "--state",
+                tmp_path / "state",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert run.returncode == 0, run.stderr
     served = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console")
     try:
@@ -312,7 +400,8 @@ def test_the_console_command_shows_what_a_run_recorded(tmp_path: Path, browser: 
         open_page(browser, base + "events")
         shown = rows(browser)
         assert [(r["email"], r["integration"], r["outcome"]) for r in shown] == [
-            ("from.a.run@example.com", "outreach-lead-capture", "delivered")]
+            ("from.a.run@example.com", "outreach-lead-capture", "delivered")
+        ]
         assert console_errors(browser) == []
     finally:
         served.stop()
@@ -321,8 +410,13 @@ def test_the_console_command_shows_what_a_run_recorded(tmp_path: Path, browser: 
 def test_the_console_refuses_a_non_loopback_host_without_a_token(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     env = {k: v for k, v in os.environ.items() if k != "SIGNAL_CONSOLE_TOKEN"}
-    proc = subprocess.run([sys.executable, "-m", "engine", "console", "--state", tmp_path / "state", "--host",
-                           "0.0.0.0", "--port", "0"], capture_output=True, text=True, timeout=30, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "console", "--state", tmp_path / "state", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
     assert proc.returncode == 2
     assert "SIGNAL_CONSOLE_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -333,8 +427,16 @@ def test_with_a_token_nothing_is_shown_without_it(tmp_path: Path, browser: Any) 
 
     SqliteState(tmp_path / "state").close()
     token = "console-token-" + os.urandom(8).hex()
-    served = Service("console", "--state", tmp_path / "state", "--port", "0", cwd=tmp_path, name="console",
-                     env={"SIGNAL_CONSOLE_TOKEN": token})
+    served = Service(
+        "console",
+        "--state",
+        tmp_path / "state",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        name="console",
+        env={"SIGNAL_CONSOLE_TOKEN": token},
+    )
     try:
         base = served.wait_for_line(r"^console on (http://\S+)$").group(1)
         with pytest.raises(urllib.error.HTTPError) as refused:
@@ -389,5 +491,7 @@ def test_the_playground_checks_and_runs_as_you_type(console: Console, browser: A
     if SHOTS is not None:
         browser.save_screenshot(str(SHOTS / "playground-typed.png"))
     browser.find_element(By.CSS_SELECTOR, '#preset-choice option[value="hubspot/contacts"]').click()
-    WebDriverWait(browser, 20).until(lambda d: "hubspot/contacts" in d.find_element(By.ID, "yaml").get_attribute("value"))
+    WebDriverWait(browser, 20).until(
+        lambda d: "hubspot/contacts" in d.find_element(By.ID, "yaml").get_attribute("value")
+    )
     assert console_errors(browser) == []

@@ -30,9 +30,20 @@ RECORDED = [(1, "delivered"), (2, "delivered"), (12, "failed"), (210, "dead_lett
 def seed(state: Path) -> None:
     backend = SqliteState(state)
     now = time.time()
-    backend.record().add_many([Recorded.of({"integration": NAME, "at": now - minutes * 60, "outcome": outcome,
-                                            "messageId": f"m{i}", "preset": "outreach/lead-capture"})
-                               for i, (minutes, outcome) in enumerate(RECORDED)])
+    backend.record().add_many(
+        [
+            Recorded.of(
+                {
+                    "integration": NAME,
+                    "at": now - minutes * 60,
+                    "outcome": outcome,
+                    "messageId": f"m{i}",
+                    "preset": "outreach/lead-capture",
+                }
+            )
+            for i, (minutes, outcome) in enumerate(RECORDED)
+        ]
+    )
     backend.close()
 
 
@@ -47,10 +58,14 @@ def console(tmp_path: Path) -> Iterator[str]:
 
 
 EXPECTED = {
-    ("last hour", "delivered"): [0] * 11 + [2], ("last hour", "failed"): [0] * 9 + [1, 0, 0],
-    ("last hour", "dead_lettered"): [0] * 12, ("last hour", "dropped"): [0] * 11 + [1],
-    ("last day", "delivered"): [0] * 23 + [2], ("last day", "failed"): [0] * 23 + [1],
-    ("last day", "dead_lettered"): [0] * 20 + [1, 0, 0, 0], ("last day", "dropped"): [0] * 23 + [1],
+    ("last hour", "delivered"): [0] * 11 + [2],
+    ("last hour", "failed"): [0] * 9 + [1, 0, 0],
+    ("last hour", "dead_lettered"): [0] * 12,
+    ("last hour", "dropped"): [0] * 11 + [1],
+    ("last day", "delivered"): [0] * 23 + [2],
+    ("last day", "failed"): [0] * 23 + [1],
+    ("last day", "dead_lettered"): [0] * 20 + [1, 0, 0, 0],
+    ("last day", "dropped"): [0] * 23 + [1],
 }
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ class Served:
         # The intake's key is the serve's business: the console runs without it.
         self.config.write_text(
             "intake:\n"
-            "  write_keys: [\"${CONFIG_TEST_WRITE_KEY}\"]\n"
+            '  write_keys: ["${CONFIG_TEST_WRITE_KEY}"]\n'
             "integrations:\n"
             "  crm:\n"
             "    preset: ./lead-capture-fast.yaml\n"
@@ -58,18 +59,32 @@ class Served:
             "    enabled: false\n"
             "    settings:\n"
             "      client_id: archive-client\n"
-            "      client_secret: \"${ARCHIVE_SECRET}\"\n"
-            "      refresh_token: \"${ARCHIVE_REFRESH}\"\n"
-            f"      base_url: {self.sandbox.base_url}\n", encoding="utf-8")
+            '      client_secret: "${ARCHIVE_SECRET}"\n'
+            '      refresh_token: "${ARCHIVE_REFRESH}"\n'
+            f"      base_url: {self.sandbox.base_url}\n",
+            encoding="utf-8",
+        )
         self.state = tmp / "state"
-        serve = Service("serve", "--config", self.config, "--state", self.state, "--port", "0", cwd=tmp, name="serve",
-                        env={"CONFIG_TEST_WRITE_KEY": WRITE_KEY})
+        serve = Service(
+            "serve",
+            "--config",
+            self.config,
+            "--state",
+            self.state,
+            "--port",
+            "0",
+            cwd=tmp,
+            name="serve",
+            env={"CONFIG_TEST_WRITE_KEY": WRITE_KEY},
+        )
         try:
             for event in (lead("dead", "dead.letter@example.com"), lead("kept", "kept@example.com")):
                 status, body = post_signed(serve.url, event)
                 assert status == 200, body
-                until(lambda m=event["messageId"]: any(o["messageId"] == m for o in serve.outcomes()),
-                      what=f"{event['messageId']}'s outcome")
+                until(
+                    lambda m=event["messageId"]: any(o["messageId"] == m for o in serve.outcomes()),
+                    what=f"{event['messageId']}'s outcome",
+                )
             serve.proc.send_signal(signal.SIGTERM)  # drains: the record's last batch is written
             assert serve.proc.wait(30) == 0
         finally:
@@ -88,19 +103,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         running.close()
 
 
-@pytest.fixture()
+@pytest.fixture
 def console(served: Served) -> Iterator[str]:
     # ARCHIVE_SECRET is unset for the console too: archive is listed, not replayable.
-    process = Service("console", "--config", served.config, "--state", served.state, "--port", "0",
-                      cwd=served.tmp, name="console")
+    process = Service(
+        "console", "--config", served.config, "--state", served.state, "--port", "0", cwd=served.tmp, name="console"
+    )
     try:
         yield process.wait_for_line(r"^console on (http://\S+)$").group(1)
     finally:
         process.stop()
 
 
-def test_every_integration_of_the_file_is_listed_with_its_health_and_lag(served: Served, console: str,
-                                                                         browser: Any) -> None:
+def test_every_integration_of_the_file_is_listed_with_its_health_and_lag(
+    served: Served, console: str, browser: Any
+) -> None:
     figures = {item["integration"]: item for item in api(console, "integrations")["integrations"]}
     assert sorted(figures) == ["archive", "crm"]
     # Two events were accepted; crm finished both, archive is disabled: both still wait in its queue rows.
@@ -115,10 +132,14 @@ def test_every_integration_of_the_file_is_listed_with_its_health_and_lag(served:
     # The live list first: leaving it (its stream cut) is not the next page's concern.
     open_page(browser, console + "events?integration=crm")
     assert sorted((r["email"], r["integration"], r["outcome"]) for r in rows(browser)) == [
-        ("dead.letter@example.com", "crm", "dead_lettered"), ("kept@example.com", "crm", "delivered")]
+        ("dead.letter@example.com", "crm", "dead_lettered"),
+        ("kept@example.com", "crm", "delivered"),
+    ]
     open_page(browser, console + "integrations", "integrations-config")
-    cards = {c.get_attribute("data-integration"): c.text for c in
-             browser.find_elements(By.CSS_SELECTOR, "section.integration")}
+    cards = {
+        c.get_attribute("data-integration"): c.text
+        for c in browser.find_elements(By.CSS_SELECTOR, "section.integration")
+    }
     assert sorted(cards) == ["archive", "crm"]
     assert "Lag: 2 event(s) not finished yet" in cards["archive"]
     assert "Lag: 0 event(s) not finished yet" in cards["crm"]
@@ -131,9 +152,9 @@ def test_every_integration_of_the_file_is_listed_with_its_health_and_lag(served:
         assert served.creds["client_secret"] not in body and served.creds["refresh_token"] not in body, path
 
 
-
-def test_a_letter_is_replayed_by_clicking_with_the_integrations_own_settings(served: Served, console: str,
-                                                                           browser: Any) -> None:
+def test_a_letter_is_replayed_by_clicking_with_the_integrations_own_settings(
+    served: Served, console: str, browser: Any
+) -> None:
     open_page(browser, console + "dead-letters", "dead-letters-config")
     button = browser.find_element(By.CSS_SELECTOR, "button[name='one']")
     button.click()
@@ -158,8 +179,10 @@ def test_an_integration_without_its_credentials_says_why_it_cannot_replay(served
 
     connections, configured = from_file(str(served.config), [])
     assert [c.integration for c in connections] == ["crm"]
-    assert [(c.name, c.enabled, c.unavailable is None) for c in configured] == [("crm", True, True),
-                                                                               ("archive", False, False)]
+    assert [(c.name, c.enabled, c.unavailable is None) for c in configured] == [
+        ("crm", True, True),
+        ("archive", False, False),
+    ]
     backend = SqliteState(served.state)
     try:
         source = ConsoleSource(backend, connections, configured=configured)
@@ -174,17 +197,38 @@ def test_console_refuses_config_with_preset(served: Served) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "engine", "console", "--config", served.config, "--preset",
-                           "outreach/lead-capture", "--state", served.state], capture_output=True, text=True,
-                          timeout=30, cwd=served.tmp)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "console",
+            "--config",
+            served.config,
+            "--preset",
+            "outreach/lead-capture",
+            "--state",
+            served.state,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=served.tmp,
+    )
     assert proc.returncode == 2 and "not both" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # -- one name for a one-preset integration ------------------------------------------
-@pytest.mark.parametrize("file, name", [("My_Leads.yaml", "my-leads"),  # README: a preset file by its stem
-                                        ("presets/outreach/lead-capture.yaml", "outreach-lead-capture")])
+@pytest.mark.parametrize(
+    "file, name",
+    [
+        ("My_Leads.yaml", "my-leads"),  # README: a preset file by its stem
+        ("presets/outreach/lead-capture.yaml", "outreach-lead-capture"),
+    ],
+)
 def test_serve_preset_its_dead_letters_and_the_console_name_a_one_preset_integration_alike(
-        tmp_path: Path, file: str, name: str) -> None:
+    tmp_path: Path, file: str, name: str
+) -> None:
     """``serve PRESET``'s outcomes, its dead letters, its record and ``console --preset`` use one name; a file kept
     where its preset name puts it is that preset's own (``outreach/lead-capture`` → ``outreach-lead-capture``)."""
     creds = unique_credentials()
@@ -193,8 +237,19 @@ def test_serve_preset_its_dead_letters_and_the_console_name_a_one_preset_integra
         preset.parent.mkdir(parents=True, exist_ok=True)
         fast_preset(tmp_path).rename(preset)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", preset, "--settings", settings, "--state", tmp_path / "state", "--port", "0",
-                        "--console", cwd=tmp_path, name="serve")
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            "--console",
+            cwd=tmp_path,
+            name="serve",
+        )
         try:
             status, body = post_signed(serve.url, lead("named", "named@example.com"))
             assert status == 200, body
@@ -208,14 +263,28 @@ def test_serve_preset_its_dead_letters_and_the_console_name_a_one_preset_integra
         finally:
             serve.stop()
         # The console command, given the same preset: it replays the letter under that name.
-        console = Service("console", "--state", tmp_path / "state", "--port", "0", "--preset", preset,
-                          "--settings", settings, cwd=tmp_path, name="console", env={"SIGNAL_CONSOLE_TOKEN": "t0ken"})
+        console = Service(
+            "console",
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            "--preset",
+            preset,
+            "--settings",
+            settings,
+            cwd=tmp_path,
+            name="console",
+            env={"SIGNAL_CONSOLE_TOKEN": "t0ken"},
+        )
         try:
             base = console.wait_for_line(r"^console on (http://\S+)$").group(1)
-            request = urllib.request.Request(base + "api/dead-letters/replay", method="POST",
-                                             data=json.dumps({"integration": name, "ids": None}).encode(),
-                                             headers={"Content-Type": "application/json",
-                                                      "Authorization": "Bearer t0ken"})
+            request = urllib.request.Request(
+                base + "api/dead-letters/replay",
+                method="POST",
+                data=json.dumps({"integration": name, "ids": None}).encode(),
+                headers={"Content-Type": "application/json", "Authorization": "Bearer t0ken"},
+            )
             with urllib.request.urlopen(request, timeout=30) as answer:
                 results = json.loads(answer.read())["results"]
             assert [(r["outcome"], r.get("integration")) for r in results] == [("delivered", name)]

@@ -37,11 +37,22 @@ def seed(state: Path | Any, tags: list[str], preset: str = PRESET) -> dict[str, 
     backend = SqliteState(state) if isinstance(state, Path) else state
     letters = backend.dead_letters()
     for tag in tags:
-        request = {"method": "POST", "url": "https://api.example.test/api/v2/prospects",
-                   "headers": {"Authorization": "Bearer ***"},
-                   "body": {"data": {"type": "prospect", "attributes": {"emails": [f"{tag}@example.com"]}}}}
-        outcome = Outcome(0, f"{tag}-lead", DEAD_LETTERED, cause="http_500", detail="the server failed", attempts=5,
-                          request=request, response={"status": 500, "body": {"errors": [{"title": f"down {tag}"}]}})
+        request = {
+            "method": "POST",
+            "url": "https://api.example.test/api/v2/prospects",
+            "headers": {"Authorization": "Bearer ***"},
+            "body": {"data": {"type": "prospect", "attributes": {"emails": [f"{tag}@example.com"]}}},
+        }
+        outcome = Outcome(
+            0,
+            f"{tag}-lead",
+            DEAD_LETTERED,
+            cause="http_500",
+            detail="the server failed",
+            attempts=5,
+            request=request,
+            response={"status": 500, "body": {"errors": [{"title": f"down {tag}"}]}},
+        )
         letters.add(entry_for(preset, "create_prospect", outcome, request, key=f"key-{tag}"))
     ids = {str(e["messageId"]).removesuffix("-lead"): str(e["id"]) for e in letters.entries()}
     if backend is not state:
@@ -50,8 +61,9 @@ def seed(state: Path | Any, tags: list[str], preset: str = PRESET) -> dict[str, 
 
 
 def dlq(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", "dlq", *map(str, args)], capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "dlq", *map(str, args)], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_dlq_delete_forgets_only_the_named_letters_and_says_which_were_not_there(tmp_path: Path) -> None:
@@ -60,7 +72,9 @@ def test_dlq_delete_forgets_only_the_named_letters_and_says_which_were_not_there
     deleted = dlq("delete", PRESET, "--state", tmp_path / "state", "--id", ids["one"], "--id", ids["three"])
     assert deleted.returncode == 0, deleted.stderr
     assert [json.loads(line) for line in deleted.stdout.splitlines()] == [
-        {"id": ids["one"], "deleted": True}, {"id": ids["three"], "deleted": True}]
+        {"id": ids["one"], "deleted": True},
+        {"id": ids["three"], "deleted": True},
+    ]
     listed = dlq("list", PRESET, "--state", tmp_path / "state")
     assert [json.loads(line)["messageId"] for line in listed.stdout.splitlines()] == ["two-lead"]
     # Another preset's letter, and one already gone: nothing deleted, both named, exit 1.
@@ -72,7 +86,7 @@ def test_dlq_delete_forgets_only_the_named_letters_and_says_which_were_not_there
 
 
 @needs_redis
-def test_dlq_delete_on_redis_forgets_the_letters_the_workers_share(redis_url: str) -> None:  # noqa: F811
+def test_dlq_delete_on_redis_forgets_the_letters_the_workers_share(redis_url: str) -> None:
     from engine.state.redis import RedisState
 
     state = RedisState(redis_url)
@@ -104,8 +118,12 @@ def console(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
 
 def call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.loads(answer.read())
@@ -123,13 +141,20 @@ def test_the_api_deletes_with_the_page_token_and_shows_one_letter(console: tuple
     base, ids, state = console
     body = {"integration": INTEGRATION, "ids": [ids["alpha"], "no-such-id"]}
     assert call(base + "/api/dead-letters/delete", body)[0] == 403  # no CSRF token: refused
-    assert call(base + "/api/dead-letters/delete", {"integration": INTEGRATION, "ids": []},
-                {"X-CSRF-Token": csrf_of(base)})[0] == 400
+    assert (
+        call(
+            base + "/api/dead-letters/delete", {"integration": INTEGRATION, "ids": []}, {"X-CSRF-Token": csrf_of(base)}
+        )[0]
+        == 400
+    )
     status, answer = call(base + "/api/dead-letters/delete", body, {"X-CSRF-Token": csrf_of(base)})
     assert status == 200 and answer == {"deleted": [ids["alpha"]], "not_found": ["no-such-id"]}
     # Another integration's name deletes nothing of this one.
-    status, answer = call(base + "/api/dead-letters/delete", {"integration": "elsewhere", "ids": [ids["beta"]]},
-                          {"X-CSRF-Token": csrf_of(base)})
+    status, answer = call(
+        base + "/api/dead-letters/delete",
+        {"integration": "elsewhere", "ids": [ids["beta"]]},
+        {"X-CSRF-Token": csrf_of(base)},
+    )
     assert answer == {"deleted": [], "not_found": [ids["beta"]]}
     status, letter = call(base + f"/api/dead-letters/{ids['beta']}")
     assert status == 200 and letter["last_response"]["status"] == 500 and letter["integration"] == INTEGRATION
@@ -137,22 +162,27 @@ def test_the_api_deletes_with_the_page_token_and_shows_one_letter(console: tuple
     assert call(base + f"/api/dead-letters/{ids['alpha']}")[0] == 404
     listed = dlq("list", PRESET, "--state", state)
     assert sorted(json.loads(line)["messageId"] for line in listed.stdout.splitlines()) == [
-        "beta-lead", "delta-lead", "gamma-lead"]
+        "beta-lead",
+        "delta-lead",
+        "gamma-lead",
+    ]
 
 
 def test_a_delete_form_without_the_page_token_is_refused(console: tuple[str, dict[str, str], Path]) -> None:
     base, ids, _ = console
     form = f"integration={INTEGRATION}&one={ids['alpha']}&confirmed=yes".encode()
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(urllib.request.Request(base + "/dead-letters/delete", data=form, method="POST"),
-                               timeout=10)
+        urllib.request.urlopen(
+            urllib.request.Request(base + "/dead-letters/delete", data=form, method="POST"), timeout=10
+        )
     assert refused.value.code == 403
     assert call(base + f"/api/dead-letters/{ids['alpha']}")[0] == 200  # still there
 
 
 # -- in a real headless Chromium --------------------------------------------------
 def test_deleting_in_the_browser_asks_first_and_deletes_only_what_was_confirmed(
-        console: tuple[str, dict[str, str], Path]) -> None:
+    console: tuple[str, dict[str, str], Path],
+) -> None:
     browser_test = pytest.importorskip("test_console_browser")
     if browser_test.CHROMIUM is None or browser_test.CHROMEDRIVER is None:
         pytest.skip("Debian's chromium and chromium-driver are not installed")
@@ -168,7 +198,8 @@ def test_deleting_in_the_browser_asks_first_and_deletes_only_what_was_confirmed(
         WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "to-delete"))
         browser_test.take_shot(browser, "dead-letters-confirm")
         assert [row.text.split()[2] for row in browser.find_elements(By.CSS_SELECTOR, "#to-delete tbody tr")] == [
-            "gamma-lead"]
+            "gamma-lead"
+        ]
         browser.find_element(By.ID, "cancel-delete").click()  # cancelled: nothing deleted
         WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "section.integration"))
         assert "gamma-lead" in browser.find_element(By.TAG_NAME, "main").text

@@ -14,8 +14,15 @@ def test_nearest_rank_percentiles() -> None:
 def test_health_counts_each_window_and_names_the_last_error() -> None:
     now = 1_000_000.0
     rows = [
-        {"integration": "a", "at": now - 10, "outcome": "delivered", "attempts": 1, "latency_ms": 10.0,
-         "answers_429": 1, "token_requests": 1},
+        {
+            "integration": "a",
+            "at": now - 10,
+            "outcome": "delivered",
+            "attempts": 1,
+            "latency_ms": 10.0,
+            "answers_429": 1,
+            "token_requests": 1,
+        },
         {"integration": "a", "at": now - 20, "outcome": "delivered", "attempts": 2, "latency_ms": 30.0},
         {"integration": "a", "at": now - 7200, "outcome": "dead_lettered", "cause": "http_500", "id": "9"},
         {"integration": "a", "at": now - 30, "outcome": "dropped", "reason": "no_consent"},
@@ -23,8 +30,13 @@ def test_health_counts_each_window_and_names_the_last_error() -> None:
     ]
     figures = {f["integration"]: f for f in health(rows, ["a", "b", "c"], {"a": 1}, clock=lambda: now)}
     hour, day = figures["a"]["windows"]["last hour"], figures["a"]["windows"]["last day"]
-    assert (hour["delivered"], hour["dead_lettered"], hour["dropped"], hour["http_429"], hour["token_requests"]) == \
-        (2, 0, 1, 1, 1)
+    assert (hour["delivered"], hour["dead_lettered"], hour["dropped"], hour["http_429"], hour["token_requests"]) == (
+        2,
+        0,
+        1,
+        1,
+        1,
+    )
     assert (day["dead_lettered"], day["total"]) == (1, 4)
     assert (hour["p50_ms"], hour["p95_ms"]) == (10.0, 30.0)
     assert figures["a"]["last_error"]["cause"] == "http_500" and figures["a"]["dead_letters"] == 1

@@ -42,9 +42,12 @@ def console(tmp_path: Path) -> Iterator[tuple[str, int]]:
 
 
 def post(url: str, body: Any, csrf: str | None) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              **({"X-CSRF-Token": csrf} if csrf else {})})
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **({"X-CSRF-Token": csrf} if csrf else {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.loads(answer.read())
@@ -87,21 +90,26 @@ def test_the_playground_page_runs_the_cases_and_shows_the_diffs(console: tuple[s
         browser_test.open_page(browser, base + "/playground")
         browser.find_element(By.CSS_SELECTOR, f'#preset-choice option[value="{PRESET}"]').click()
         WebDriverWait(browser, 20).until(
-            lambda d: "# Outreach — Lead Capture" in d.find_element(By.ID, "yaml").get_attribute("value"))
+            lambda d: "# Outreach — Lead Capture" in d.find_element(By.ID, "yaml").get_attribute("value")
+        )
         browser.find_element(By.ID, "run-golden").click()
         status = WebDriverWait(browser, 30).until(
-            lambda d: "passed" in d.find_element(By.ID, "golden-status").text
-            and d.find_element(By.ID, "golden-status"))
+            lambda d: "passed" in d.find_element(By.ID, "golden-status").text and d.find_element(By.ID, "golden-status")
+        )
         assert status.text.startswith(f"{count} passed, 0 failed"), status.text
         assert len(browser.find_elements(By.CSS_SELECTOR, "#golden details.golden-case.pass")) == count
         yaml = browser.find_element(By.ID, "yaml")
-        browser.execute_script("arguments[0].value = arguments[0].value.replace('/api/v2/prospects', '/api/v2/leads');"
-                               "arguments[0].dispatchEvent(new Event('input'));", yaml)
+        browser.execute_script(
+            "arguments[0].value = arguments[0].value.replace('/api/v2/prospects', '/api/v2/leads');"
+            "arguments[0].dispatchEvent(new Event('input'));",
+            yaml,
+        )
         browser.find_element(By.ID, "run-golden").click()
         WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#golden details.golden-case.fail"))
         failed = browser.find_elements(By.CSS_SELECTOR, "#golden details.golden-case.fail")
-        assert browser.find_element(By.ID, "golden-status").text.startswith(f"{count - len(failed)} passed, "
-                                                                           f"{len(failed)} failed")
+        assert browser.find_element(By.ID, "golden-status").text.startswith(
+            f"{count - len(failed)} passed, {len(failed)} failed"
+        )
         first = failed[0]
         assert first.get_attribute("open") is not None  # a failed case opens on its diff
         removed = [s.text for s in first.find_elements(By.CSS_SELECTOR, "pre.diff span.removed")]

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from multidict import MultiDict
 
-from engine.console.setup import Setup
-from engine.console.security import Guard
-from engine.console.source import Configured, ConsoleSource
 from engine.compile import load_preset
+from engine.console.security import Guard
+from engine.console.setup import Setup
+from engine.console.source import Configured, ConsoleSource
 from engine.state.console_integrations import SecretBox, SecretsUnavailable, StoredIntegration
 from engine.state.redis import RedisState
 from engine.state.sqlite import SqliteState
@@ -22,9 +22,16 @@ from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 cryptography = pytest.importorskip("cryptography.fernet")
 KEY = cryptography.Fernet.generate_key().decode()
 SECRET = "cs-" + cryptography.Fernet.generate_key().decode()[:24]
-FORM = MultiDict([("name", "outreach-eu"), ("setting.client_id", "client-eu"), ("setting.client_secret", SECRET),
-                  ("setting.refresh_token", "rt-" + SECRET), ("setting.consent_categories.present", "1"),
-                  ("setting.consent_categories", "marketing")])
+FORM = MultiDict(
+    [
+        ("name", "outreach-eu"),
+        ("setting.client_id", "client-eu"),
+        ("setting.client_secret", SECRET),
+        ("setting.refresh_token", "rt-" + SECRET),
+        ("setting.consent_categories.present", "1"),
+        ("setting.consent_categories", "marketing"),
+    ]
+)
 
 
 def setup_over(backend: Any, configured: tuple[Configured, ...] = (), key: str | None = KEY) -> Setup:
@@ -33,8 +40,9 @@ def setup_over(backend: Any, configured: tuple[Configured, ...] = (), key: str |
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
-def test_both_stores_keep_a_saved_integration_with_its_secrets_sealed(kind: str, tmp_path: Path,
-                                                                       request: pytest.FixtureRequest) -> None:
+def test_both_stores_keep_a_saved_integration_with_its_secrets_sealed(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     backend: Any = SqliteState(tmp_path) if kind == "sqlite" else RedisState(request.getfixturevalue("redis_url"))
     try:
         setup = setup_over(backend)
@@ -69,7 +77,9 @@ def test_a_key_that_is_not_a_fernet_key_is_refused_with_the_reason(tmp_path: Pat
     try:
         setup = setup_over(backend, key="not-a-key")
         problems, item = setup.save(load_preset("outreach/lead-capture"), FORM)
-        assert item is None and "not stored: SIGNAL_CONSOLE_SECRET_KEY is not a Fernet key" in problems["client_secret"][0]
+        assert (
+            item is None and "not stored: SIGNAL_CONSOLE_SECRET_KEY is not a Fernet key" in problems["client_secret"][0]
+        )
     finally:
         backend.close()
 
@@ -84,6 +94,8 @@ def test_a_secret_sealed_with_another_key_does_not_open() -> None:
 def test_only_a_plain_origin_of_an_authorize_url_reaches_the_page_s_csp() -> None:
     from engine.console.setup import _authorisable
 
-    listed = [StoredIntegration("odd", "outreach/lead-capture", {"base_url": "https://evil;script-src *"}),
-              StoredIntegration("eu", "outreach/lead-capture", {"base_url": "https://api.example.com:8443"})]
+    listed = [
+        StoredIntegration("odd", "outreach/lead-capture", {"base_url": "https://evil;script-src *"}),
+        StoredIntegration("eu", "outreach/lead-capture", {"base_url": "https://api.example.com:8443"}),
+    ]
     assert _authorisable(listed) == {"eu": "https://api.example.com:8443"}

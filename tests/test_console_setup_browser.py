@@ -14,16 +14,16 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from engine.state.sqlite import SqliteState
 from service_helpers import Service
 from test_console_browser import SHOTS, browser, console_errors, open_page  # noqa: F401 - the fixture
-
-from selenium.webdriver.common.by import By  # noqa: E402  (test_console_browser skips without selenium)
 
 cryptography = pytest.importorskip("cryptography.fernet")
 KEY = cryptography.Fernet.generate_key().decode()
@@ -45,7 +45,7 @@ class ConsoleProcess:
             return list(db.execute("SELECT name, preset, doc FROM console_integrations ORDER BY name"))
 
 
-@pytest.fixture()
+@pytest.fixture
 def keyed(tmp_path: Path) -> Iterator[ConsoleProcess]:
     running = ConsoleProcess(tmp_path, KEY)
     try:
@@ -54,7 +54,7 @@ def keyed(tmp_path: Path) -> Iterator[ConsoleProcess]:
         running.proc.stop()
 
 
-@pytest.fixture()
+@pytest.fixture
 def keyless(tmp_path: Path) -> Iterator[ConsoleProcess]:
     running = ConsoleProcess(tmp_path, None)
     try:
@@ -96,19 +96,34 @@ def click_and_wait(driver: Any, button: Any) -> None:
     WebDriverWait(driver, 15).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
-def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted(keyed: ConsoleProcess,
-                                                                                 browser: Any) -> None:
+def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted(
+    keyed: ConsoleProcess, browser: Any
+) -> None:
     open_page(browser, keyed.base + FORM, "setup-form")
     labels = [el.text for el in browser.find_elements(By.CSS_SELECTOR, ".setting-name")]
     # The preset's settings, in its order (presets/outreach/lead-capture.yaml), after the integration's name.
-    assert labels == ["Integration name", "client_id", "client_secret", "refresh_token", "consent_categories",
-                      "base_url"]
+    assert labels == [
+        "Integration name",
+        "client_id",
+        "client_secret",
+        "refresh_token",
+        "consent_categories",
+        "base_url",
+    ]
     assert field(browser, "client_secret").get_attribute("type") == "password"
-    assert browser.find_element(By.CSS_SELECTOR, 'input[name="setting.consent_categories"][value="marketing"]'
-                                ).is_selected()  # the preset's default category, ticked
+    assert browser.find_element(
+        By.CSS_SELECTOR, 'input[name="setting.consent_categories"][value="marketing"]'
+    ).is_selected()  # the preset's default category, ticked
     # Mistakes: client_id left out, plain http to a host that is not loopback, no consent category ticked.
-    fill(browser, {"name": "outreach-eu", "setting.client_secret": SECRET, "setting.refresh_token": REFRESH,
-                   "setting.base_url": "http://api.example.com"})
+    fill(
+        browser,
+        {
+            "name": "outreach-eu",
+            "setting.client_secret": SECRET,
+            "setting.refresh_token": REFRESH,
+            "setting.base_url": "http://api.example.com",
+        },
+    )
     browser.find_element(By.CSS_SELECTOR, 'input[name="setting.client_id"]').clear()
     browser.find_element(By.CSS_SELECTOR, 'input[name="setting.consent_categories"][value="marketing"]').click()
     browser.execute_script("document.querySelectorAll('[required]').forEach(e => e.removeAttribute('required'))")
@@ -125,10 +140,18 @@ def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted
     assert keyed.rows() == []
     assert [e["message"] for e in console_errors(browser)] == [
         f"{keyed.base}/integrations/new - Failed to load resource: the server responded with a status of 422 "
-        "(Unprocessable Entity)"]  # the form's answer to a mistake, nothing else
+        "(Unprocessable Entity)"
+    ]  # the form's answer to a mistake, nothing else
     # Fixed: the secrets typed again, as the page asks.
-    fill(browser, {"setting.client_id": "client-eu", "setting.client_secret": SECRET,
-                   "setting.refresh_token": REFRESH, "setting.base_url": "https://api.example.com"})
+    fill(
+        browser,
+        {
+            "setting.client_id": "client-eu",
+            "setting.client_secret": SECRET,
+            "setting.refresh_token": REFRESH,
+            "setting.base_url": "https://api.example.com",
+        },
+    )
     browser.find_element(By.CSS_SELECTOR, 'input[name="setting.consent_categories"][value="marketing"]').click()
     save(browser)
     if SHOTS is not None:
@@ -143,8 +166,11 @@ def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted
     assert (name, preset) == ("outreach-eu", "outreach/lead-capture")
     assert SECRET not in doc and REFRESH not in doc
     stored = json.loads(doc)
-    assert stored["values"] == {"client_id": "client-eu", "consent_categories": ["marketing"],
-                                "base_url": "https://api.example.com"}
+    assert stored["values"] == {
+        "client_id": "client-eu",
+        "consent_categories": ["marketing"],
+        "base_url": "https://api.example.com",
+    }
     fernet = cryptography.Fernet(KEY.encode())
     assert fernet.decrypt(stored["sealed"]["client_secret"].encode()).decode() == SECRET
     assert fernet.decrypt(stored["sealed"]["refresh_token"].encode()).decode() == REFRESH
@@ -161,8 +187,15 @@ def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted
 def test_without_a_key_a_secret_is_refused_and_the_page_says_why(keyless: ConsoleProcess, browser: Any) -> None:
     open_page(browser, keyless.base + FORM, "setup-no-key")
     assert "SIGNAL_CONSOLE_SECRET_KEY is not set" in browser.find_element(By.ID, "no-secret-key").text
-    fill(browser, {"name": "outreach-eu", "setting.client_id": "client-eu", "setting.client_secret": SECRET,
-                   "setting.refresh_token": REFRESH})
+    fill(
+        browser,
+        {
+            "name": "outreach-eu",
+            "setting.client_id": "client-eu",
+            "setting.client_secret": SECRET,
+            "setting.refresh_token": REFRESH,
+        },
+    )
     save(browser)
     assert "not stored: SIGNAL_CONSOLE_SECRET_KEY is not set" in problem(browser, "client_secret")
     assert SECRET not in browser.page_source
@@ -170,8 +203,15 @@ def test_without_a_key_a_secret_is_refused_and_the_page_says_why(keyless: Consol
 
 
 def test_a_save_without_the_page_csrf_token_is_refused(keyed: ConsoleProcess) -> None:
-    body = urllib.parse.urlencode({"preset": "outreach/lead-capture", "name": "forged", "setting.client_id": "x",
-                                   "setting.client_secret": SECRET, "setting.refresh_token": REFRESH}).encode()
+    body = urllib.parse.urlencode(
+        {
+            "preset": "outreach/lead-capture",
+            "name": "forged",
+            "setting.client_id": "x",
+            "setting.client_secret": SECRET,
+            "setting.refresh_token": REFRESH,
+        }
+    ).encode()
     request = urllib.request.Request(keyed.base + "/integrations/new", data=body, method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
@@ -183,31 +223,44 @@ def test_a_save_without_the_page_csrf_token_is_refused(keyed: ConsoleProcess) ->
     assert refused.value.code == 403
 
 
-def test_authorise_runs_the_auth_flow_and_stores_the_tokens_like_the_command(keyed: ConsoleProcess,
-                                                                             browser: Any) -> None:
+def test_authorise_runs_the_auth_flow_and_stores_the_tokens_like_the_command(
+    keyed: ConsoleProcess, browser: Any
+) -> None:
     from engine.state.token_store import AUTHORISED_CHAIN
     from test_delivery_sandbox import ThreadedSandbox
 
     client_secret = "cs-" + cryptography.Fernet.generate_key().decode()[:24]
-    sandbox = ThreadedSandbox(client_id="console-app", client_secret=client_secret,
-                              refresh_token="rt-unused-" + SECRET[3:],
-                              redirect_uris=["http://127.0.0.1/console/integrations/callback"])
+    sandbox = ThreadedSandbox(
+        client_id="console-app",
+        client_secret=client_secret,
+        refresh_token="rt-unused-" + SECRET[3:],
+        redirect_uris=["http://127.0.0.1/console/integrations/callback"],
+    )
     sandbox.__enter__()
     try:
         open_page(browser, keyed.base + FORM)
         # No refresh token: Authorise is how this integration gets one, as `signal-engine auth` would.
-        fill(browser, {"name": "outreach-auth", "setting.client_id": "console-app",
-                       "setting.client_secret": client_secret, "setting.base_url": sandbox.base_url})
+        fill(
+            browser,
+            {
+                "name": "outreach-auth",
+                "setting.client_id": "console-app",
+                "setting.client_secret": client_secret,
+                "setting.base_url": sandbox.base_url,
+            },
+        )
         browser.execute_script("document.querySelectorAll('[required]').forEach(e => e.removeAttribute('required'))")
         save(browser)
         assert "Saved outreach-auth." in browser.find_element(By.CSS_SELECTOR, "p.message").text
         # The sandbox approves and redirects back to the console's callback, which exchanges the code.
-        click_and_wait(browser, browser.find_element(By.CSS_SELECTOR,
-                                                     'tr[data-integration="outreach-auth"] form.authorise button'))
+        click_and_wait(
+            browser, browser.find_element(By.CSS_SELECTOR, 'tr[data-integration="outreach-auth"] form.authorise button')
+        )
         if SHOTS is not None:
             browser.save_screenshot(str(SHOTS / "setup-authorised.png"))
-        assert browser.find_element(By.ID, "message").text == ("Authorised outreach-auth; the tokens are stored in "
-                                                               "the state.")
+        assert browser.find_element(By.ID, "message").text == (
+            "Authorised outreach-auth; the tokens are stored in the state."
+        )
         with urllib.request.urlopen(f"{sandbox.base_url}/_sandbox/state", timeout=10) as answer:
             upstream = json.load(answer)
         assert upstream["authorizations"] == 1 and upstream["code_exchanges"] == 1

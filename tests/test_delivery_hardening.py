@@ -8,20 +8,21 @@ purpose-built server when the sandbox cannot misbehave in the needed way.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from engine import outcome as oc
-from engine.state.dead_letters import MemoryDeadLetters
+from engine.compile.compiler import load_preset
+from engine.language.settings import resolve
 from engine.outcome import Outcome
 from engine.pipeline.prepare import Pipeline
-from engine.compile.compiler import load_preset
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
-from engine.language.settings import resolve
+from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.sqlite import SqliteState
 
 CLIENT_SECRET = "hardening-client-secret"
@@ -33,14 +34,20 @@ def settings(base_url: str) -> dict[str, Any]:
 
 
 def lead(n: int, **traits: Any) -> dict[str, Any]:
-    return {"type": "track", "event": "Lead Submitted", "userId": f"u{n}", "messageId": f"m{n}",
-            "traits": {"email": f"lead{n}@acme.com", **traits},
-            "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Lead Submitted",
+        "userId": f"u{n}",
+        "messageId": f"m{n}",
+        "traits": {"email": f"lead{n}@acme.com", **traits},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 async def sandbox(**config: Any) -> tuple[web.AppRunner, str]:
-    return await start_sandbox(SandboxConfig(client_id="cid", client_secret=CLIENT_SECRET, refresh_token=REFRESH,
-                                             **config), port=0)
+    return await start_sandbox(
+        SandboxConfig(client_id="cid", client_secret=CLIENT_SECRET, refresh_token=REFRESH, **config), port=0
+    )
 
 
 async def sandbox_state(base_url: str) -> dict[str, Any]:
@@ -71,8 +78,9 @@ def test_a_host_cancelling_mid_refresh_does_not_lose_the_rotated_token(tmp_path:
             return web.json_response({"error": "invalid_grant"}, status=400)
         await asyncio.sleep(0.3)  # the host gives up before this answer arrives
         issued.append(f"rotated-refresh-{len(issued) + 1}")
-        return web.json_response({"access_token": f"access-{len(issued)}", "expires_in": 7200,
-                                  "refresh_token": issued[-1]})
+        return web.json_response(
+            {"access_token": f"access-{len(issued)}", "expires_in": 7200, "refresh_token": issued[-1]}
+        )
 
     async def create(request: web.Request) -> web.Response:
         return web.json_response({"data": {"type": "prospect", "id": 1}}, status=201)
@@ -83,7 +91,7 @@ def test_a_host_cancelling_mid_refresh_does_not_lose_the_rotated_token(tmp_path:
             async with Engine.from_preset("outreach/lead-capture", settings(base), state=tmp_path) as engine:
                 try:
                     await asyncio.wait_for(engine.process(lead(1)), 0.1)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 second = await engine.process(lead(2))
             return second, len(issued)
@@ -127,8 +135,9 @@ def test_a_failing_outcome_callback_loses_no_outcome() -> None:
     async def scenario() -> list[str]:
         runner, base = await sandbox()
         try:
-            async with Engine.from_preset("outreach/lead-capture", settings(base),
-                                          on_outcome=callback, dead_letters=MemoryDeadLetters()) as engine:
+            async with Engine.from_preset(
+                "outreach/lead-capture", settings(base), on_outcome=callback, dead_letters=MemoryDeadLetters()
+            ) as engine:
                 return [o.outcome async for o in engine.process_many([lead(i) for i in range(4)])]
         finally:
             await runner.cleanup()
@@ -145,8 +154,9 @@ def test_an_async_outcome_callback_is_awaited() -> None:
         seen.append(result.index)
 
     async def scenario() -> None:
-        async with Engine.from_preset("outreach/lead-capture", settings("http://127.0.0.1:9"),
-                                      on_outcome=callback) as engine:
+        async with Engine.from_preset(
+            "outreach/lead-capture", settings("http://127.0.0.1:9"), on_outcome=callback
+        ) as engine:
             await engine.process({"type": "page"}, 7)
 
     asyncio.run(scenario())
@@ -162,8 +172,9 @@ def test_a_dead_letter_store_that_cannot_be_written_still_gives_an_outcome_and_k
     async def scenario() -> tuple[Outcome, list[dict[str, Any]]]:
         runner, base = await sandbox(faults=[500] * 5)
         try:
-            async with Engine.from_preset("outreach/lead-capture", settings(base), dead_letters=BrokenStore(),
-                                          sleep=_no_wait) as engine:
+            async with Engine.from_preset(
+                "outreach/lead-capture", settings(base), dead_letters=BrokenStore(), sleep=_no_wait
+            ) as engine:
                 result = await engine.process(lead(1))
                 return result, engine.dead_letters.entries()
         finally:
@@ -195,8 +206,14 @@ def test_a_redirect_is_not_followed_and_is_not_a_delivery() -> None:
         return web.json_response({"data": []})
 
     async def scenario() -> Outcome:
-        runner, base = await tiny_server([web.post("/oauth/token", token), web.post("/api/v2/prospects", create),
-                                          web.get("/elsewhere", elsewhere), web.post("/elsewhere", elsewhere)])
+        runner, base = await tiny_server(
+            [
+                web.post("/oauth/token", token),
+                web.post("/api/v2/prospects", create),
+                web.get("/elsewhere", elsewhere),
+                web.post("/elsewhere", elsewhere),
+            ]
+        )
         try:
             async with Engine.from_preset("outreach/lead-capture", settings(base)) as engine:
                 return await engine.process(lead(1))
@@ -214,9 +231,21 @@ def test_replay_sends_no_credential_to_an_origin_other_than_the_settings(tmp_pat
         runner, base = await sandbox()
         try:
             store = MemoryDeadLetters()
-            store.add({"id": "x1", "preset": "outreach/lead-capture", "action": "create_prospect", "index": 0,
-                          "messageId": "m0", "request": {"method": "POST", "url": "http://127.0.0.2:9/api/v2/prospects",
-                                                         "headers": {}, "body": {"data": {}}}})
+            store.add(
+                {
+                    "id": "x1",
+                    "preset": "outreach/lead-capture",
+                    "action": "create_prospect",
+                    "index": 0,
+                    "messageId": "m0",
+                    "request": {
+                        "method": "POST",
+                        "url": "http://127.0.0.2:9/api/v2/prospects",
+                        "headers": {},
+                        "body": {"data": {}},
+                    },
+                }
+            )
             async with Engine.from_preset("outreach/lead-capture", settings(base), dead_letters=store) as engine:
                 results = await engine.replay_dead_letters()
             return results, len(store.entries())
@@ -271,10 +300,18 @@ def test_upsert_keeps_the_existing_phone_numbers() -> None:
 def test_a_null_or_blank_trait_does_not_erase_a_remembered_one() -> None:
     preset = load_preset("outreach/lead-capture")
     pipeline = Pipeline(preset, resolve(preset.settings, {}, require=False))
-    pipeline.dry_run({"type": "identify", "userId": "u1", "traits": {"email": "jane@acme.com", "phone": "+447700900123"}})
-    result = pipeline.dry_run({"type": "track", "event": "Signed Up", "userId": "u1",
-                               "traits": {"email": None, "phone": "  "},
-                               "context": {"consent": {"canonical": {"marketing": True}}}})
+    pipeline.dry_run(
+        {"type": "identify", "userId": "u1", "traits": {"email": "jane@acme.com", "phone": "+447700900123"}}
+    )
+    result = pipeline.dry_run(
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u1",
+            "traits": {"email": None, "phone": "  "},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        }
+    )
     assert result.outcome == oc.WOULD_SEND
     attributes = result.request["body"]["data"]["attributes"]  # type: ignore[index]
     assert attributes["emails"] == ["jane@acme.com"]
@@ -284,7 +321,14 @@ def test_a_null_or_blank_trait_does_not_erase_a_remembered_one() -> None:
 def test_an_unexpected_error_inside_prepare_is_an_outcome_not_a_crash() -> None:
     preset = load_preset("outreach/lead-capture")
     pipeline = Pipeline(preset, resolve(preset.settings, {}, require=False))
-    result = pipeline.dry_run({"type": "track", "event": "Signed Up", "userId": "u1",
-                               "traits": {"email": "a@b.co", "company": 10 ** 5000},
-                               "context": {"consent": {"canonical": {"marketing": True}}}}, 3)
+    result = pipeline.dry_run(
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u1",
+            "traits": {"email": "a@b.co", "company": 10**5000},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        },
+        3,
+    )
     assert (result.index, result.outcome, result.cause) == (3, oc.FAILED, "internal_error")

@@ -29,21 +29,22 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any
 
 import aiohttp
 import pytest
 from ruamel.yaml import YAML
 
 from engine import outcome as oc
-from engine.state.dead_letters import MemoryDeadLetters
+from engine.language.settings import SettingsError
 from engine.outcome import Outcome
 from engine.runtime import Engine
 from engine.sandbox.outreach import STATE_KEY, SandboxConfig, SandboxState, start_sandbox
-from engine.language.settings import SettingsError
+from engine.state.dead_letters import MemoryDeadLetters
 from engine.state.sqlite import SqliteState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +88,11 @@ def fast_preset(directory: Path, *, requests: int = 1000, per_seconds: float = 1
 
 def unique_credentials() -> dict[str, str]:
     """Credentials no other text could contain by accident, so a leak check is meaningful."""
-    return {"client_id": "test-client", "client_secret": f"cs-{secrets.token_hex(16)}",
-            "refresh_token": f"rt-{secrets.token_hex(16)}"}
+    return {
+        "client_id": "test-client",
+        "client_secret": f"cs-{secrets.token_hex(16)}",
+        "refresh_token": f"rt-{secrets.token_hex(16)}",
+    }
 
 
 def record_issued_tokens(state: SandboxState) -> list[str]:
@@ -121,12 +125,27 @@ def lead_events(i: int) -> list[dict[str, Any]]:
     """Identify, then the lead event: the product page's "Example: Demo Requested" shape."""
     consent = CONSENT_SHAPES[i % len(CONSENT_SHAPES)]
     user = {"userId": f"user-{i:02d}", "anonymousId": f"anon-{i:02d}"}
-    identify = {"type": "identify", "messageId": f"identify-{i:02d}", **user,
-                "traits": {"email": email_for(i), "firstName": f"First{i}", "lastName": "Lead",
-                           "company": f"Company {i % 6}", "title": "Head of Growth"},
-                "context": {"consent": consent}}
-    track = {"type": "track", "event": LEAD_EVENTS[i % 4], "messageId": f"lead-{i:02d}", **user,
-             "properties": {}, "context": {"consent": consent}}
+    identify = {
+        "type": "identify",
+        "messageId": f"identify-{i:02d}",
+        **user,
+        "traits": {
+            "email": email_for(i),
+            "firstName": f"First{i}",
+            "lastName": "Lead",
+            "company": f"Company {i % 6}",
+            "title": "Head of Growth",
+        },
+        "context": {"consent": consent},
+    }
+    track = {
+        "type": "track",
+        "event": LEAD_EVENTS[i % 4],
+        "messageId": f"lead-{i:02d}",
+        **user,
+        "properties": {},
+        "context": {"consent": consent},
+    }
     return [identify, track]
 
 
@@ -200,20 +219,44 @@ def acceptance_stream() -> tuple[list[dict[str, Any]], dict[str, str]]:
         events += lead_events(i)
         if i == RACE_LEAD:
             # Same person from a second device, right away: both creates race.
-            events.append({"type": "track", "event": "Signed Up", "messageId": f"again-{i:02d}",
-                           "userId": f"user-{i:02d}-phone", "traits": {"email": email_for(i).capitalize()},
-                           "properties": {}, "context": {"consent": CONSENT_SHAPES[0]}})
+            events.append(
+                {
+                    "type": "track",
+                    "event": "Signed Up",
+                    "messageId": f"again-{i:02d}",
+                    "userId": f"user-{i:02d}-phone",
+                    "traits": {"email": email_for(i).capitalize()},
+                    "properties": {},
+                    "context": {"consent": CONSENT_SHAPES[0]},
+                }
+            )
     # The lead comes back days later: traits come from identity memory (userId).
-    events.append({"type": "track", "event": "Demo Requested", "messageId": f"again-{RETURNING_LEAD:02d}",
-                   "userId": f"user-{RETURNING_LEAD:02d}", "properties": {},
-                   "context": {"consent": CONSENT_SHAPES[0]}})
+    events.append(
+        {
+            "type": "track",
+            "event": "Demo Requested",
+            "messageId": f"again-{RETURNING_LEAD:02d}",
+            "userId": f"user-{RETURNING_LEAD:02d}",
+            "properties": {},
+            "context": {"consent": CONSENT_SHAPES[0]},
+        }
+    )
     # A CRM import with the same address typed differently: normalised before the create.
-    events.append({"type": "track", "event": "Form Submitted", "messageId": f"again-{MESSY_LEAD:02d}",
-                   "userId": f"crm-import-{MESSY_LEAD:02d}", "properties": {},
-                   "traits": {"email": f"  {email_for(MESSY_LEAD).upper()} "},
-                   "context": {"consent": {"marketing": True}}})
-    gates = {f"again-{RETURNING_LEAD:02d}": f"lead-{RETURNING_LEAD:02d}",
-             f"again-{MESSY_LEAD:02d}": f"lead-{MESSY_LEAD:02d}"}
+    events.append(
+        {
+            "type": "track",
+            "event": "Form Submitted",
+            "messageId": f"again-{MESSY_LEAD:02d}",
+            "userId": f"crm-import-{MESSY_LEAD:02d}",
+            "properties": {},
+            "traits": {"email": f"  {email_for(MESSY_LEAD).upper()} "},
+            "context": {"consent": {"marketing": True}},
+        }
+    )
+    gates = {
+        f"again-{RETURNING_LEAD:02d}": f"lead-{RETURNING_LEAD:02d}",
+        f"again-{MESSY_LEAD:02d}": f"lead-{MESSY_LEAD:02d}",
+    }
     return events, gates
 
 
@@ -245,15 +288,23 @@ async def _acceptance(tmp: Path) -> AcceptanceRun:
             settings = {**creds, "base_url": base}
             started = time.monotonic()
             outcomes: list[Outcome] = []
-            async with Engine.from_preset(str(fast_preset(tmp)), settings, state=tmp / "state",
-                                          on_outcome=on_outcome) as engine:
+            async with Engine.from_preset(
+                str(fast_preset(tmp)), settings, state=tmp / "state", on_outcome=on_outcome
+            ) as engine:
                 async for result in engine.process_many(feed()):
                     outcomes.append(result)
             elapsed = time.monotonic() - started
             snapshot = await admin_state(admin, base)
-            return AcceptanceRun(events, outcomes, snapshot, engine.mints,
-                                 [creds["client_secret"], creds["refresh_token"], *issued], handler.lines,
-                                 state_tables(tmp / "state"), elapsed)
+            return AcceptanceRun(
+                events,
+                outcomes,
+                snapshot,
+                engine.mints,
+                [creds["client_secret"], creds["refresh_token"], *issued],
+                handler.lines,
+                state_tables(tmp / "state"),
+                elapsed,
+            )
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
@@ -298,7 +349,7 @@ def test_acceptance_each_prospect_created_exactly_once(acceptance: AcceptanceRun
 
 
 def test_acceptance_lost_create_answer_is_merged_not_duplicated(acceptance: AcceptanceRun) -> None:
-    """"drop-after": the create happened but its answer was lost; the retry's 422 is merged."""
+    """ "drop-after": the create happened but its answer was lost; the retry's 422 is merged."""
     by_message = _by_message(acceptance)
     first_sightings = [f"lead-{i:02d}" for i in range(40) if i != RACE_LEAD]
     merged = [m for m in first_sightings if MERGED in (by_message[m].detail or "")]
@@ -399,7 +450,7 @@ def test_second_run_on_same_state_uses_the_persisted_rotated_refresh_token(tmp_p
                     results = [o async for o in engine.process_many(events)]
                 return results, engine.mints
 
-            first, mints = await run(range(0, 3))
+            first, mints = await run(range(3))
             assert mints == 1 and all(o.outcome != oc.DEAD_LETTERED for o in first)
             after_first = await admin_state(admin, base)
             assert creds["refresh_token"] not in after_first["refresh_tokens"]  # rotated away upstream
@@ -435,7 +486,8 @@ def test_second_run_on_same_state_uses_the_persisted_rotated_refresh_token(tmp_p
 
 
 def test_no_secret_in_outcomes_or_logs_through_refresh_retries_and_failures(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The CLI stops "engine" from propagating when it runs in-process;
     # make sure caplog really sees this test's records.
     monkeypatch.setattr(logging.getLogger("engine"), "propagate", True)
@@ -483,19 +535,36 @@ def test_replay_of_a_letter_that_died_during_the_upsert_lookup_still_merges(tmp_
     the prospect list) would answer 200, count as "delivered", delete the
     letter and never merge the new tag: the event would be lost.
     """
+
     async def scenario() -> None:
         creds = unique_credentials()
         async with running_sandbox(**creds) as (state, base, admin):
             settings = {**creds, "base_url": base}
             consent = {"consent": CONSENT_SHAPES[0]}
             async with Engine.from_preset(str(fast_preset(tmp_path)), settings, state=tmp_path / "state") as engine:
-                first = await engine.process({"type": "track", "event": "Demo Requested", "messageId": "m1",
-                                              "userId": "u1", "traits": {"email": "dana@acme.com"}, "context": consent})
+                first = await engine.process(
+                    {
+                        "type": "track",
+                        "event": "Demo Requested",
+                        "messageId": "m1",
+                        "userId": "u1",
+                        "traits": {"email": "dana@acme.com"},
+                        "context": consent,
+                    }
+                )
                 assert first.outcome == oc.DELIVERED
                 # "delay:0" lets the create through (it answers the duplicate 422); the lookup then fails 5 times.
                 await queue_faults(admin, base, ["delay:0", 500, 500, 500, 500, 500])
-                second = await engine.process({"type": "track", "event": "Signed Up", "messageId": "m2",
-                                               "userId": "u2", "traits": {"email": "dana@acme.com"}, "context": consent})
+                second = await engine.process(
+                    {
+                        "type": "track",
+                        "event": "Signed Up",
+                        "messageId": "m2",
+                        "userId": "u2",
+                        "traits": {"email": "dana@acme.com"},
+                        "context": consent,
+                    }
+                )
                 assert second.outcome == oc.DEAD_LETTERED
                 assert len(engine.dead_letters.entries()) == 1
                 replayed = await engine.replay_dead_letters()
@@ -552,21 +621,22 @@ class ThreadedSandbox:
             self.loop.run_until_complete(runner.cleanup())
             self.loop.close()
 
-    def __enter__(self) -> "ThreadedSandbox":
+    def __enter__(self) -> ThreadedSandbox:
         self._thread.start()
         assert self._ready.wait(15), "sandbox did not start"
         if self._error is not None:
             raise self._error
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(15)
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(f"{self.base_url}/_sandbox/{path}", data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base_url}/_sandbox/{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
@@ -583,8 +653,14 @@ def write_settings(path: Path, base_url: str, creds: dict[str, str]) -> Path:
 
 
 def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -596,9 +672,13 @@ def example_events() -> list[dict[str, Any]]:
 
 
 # What the shipped example stream must do (see tests/test_examples.py for why each is dropped).
-EXAMPLE_DELIVERED = {"msg-005": "jane.doe@acme.com", "msg-007": "marcus.lee@northwind.io",
-                     "msg-009": "priya.shah@globex.com", "msg-010": "tomas.novak@initech.cz",
-                     "msg-013": "amara.okafor@umbrella.ng"}
+EXAMPLE_DELIVERED = {
+    "msg-005": "jane.doe@acme.com",
+    "msg-007": "marcus.lee@northwind.io",
+    "msg-009": "priya.shah@globex.com",
+    "msg-010": "tomas.novak@initech.cz",
+    "msg-013": "amara.okafor@umbrella.ng",
+}
 EXAMPLE_DROP_REASONS = {"msg-014": "no_consent", "msg-015": "not_identified", "msg-016": "invalid_email"}
 
 
@@ -627,11 +707,15 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
             else:
                 assert line["outcome"] == "dropped", line
                 assert line["reason"] == EXAMPLE_DROP_REASONS.get(line["messageId"], "event_not_mapped")
-        assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
-                            r"1 invalid_email, 1 no_consent, 1 not_identified\); 1 access token\(s\) minted",
-                            first.stderr.strip().splitlines()[-1])
+        assert re.fullmatch(
+            r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
+            r"1 invalid_email, 1 no_consent, 1 not_identified\); 1 access token\(s\) minted",
+            first.stderr.strip().splitlines()[-1],
+        )
         after_first = sandbox.state()
-        assert sorted(p["attributes"]["emails"][0] for p in after_first["prospects"]) == sorted(EXAMPLE_DELIVERED.values())
+        assert sorted(p["attributes"]["emails"][0] for p in after_first["prospects"]) == sorted(
+            EXAMPLE_DELIVERED.values()
+        )
         assert after_first["mints"] == 1
 
         # The same stream again (a restart, or a producer re-sending): the journal says
@@ -648,10 +732,10 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
         # New events for the same people, verbose, same state: every lead is now a duplicate
         # and is merged; the persisted access token is reused (a second mint would be throttled).
         renamed = tmp_path / "later.ndjson"
-        renamed.write_text("".join(json.dumps({**e, "messageId": f"{e['messageId']}-later"}) + "\n" for e in events),
-                           encoding="utf-8")
-        second = cli("run", PRESET_NAME, "--events", renamed, "--settings", settings, "--state", state_dir,
-                     "--verbose")
+        renamed.write_text(
+            "".join(json.dumps({**e, "messageId": f"{e['messageId']}-later"}) + "\n" for e in events), encoding="utf-8"
+        )
+        second = cli("run", PRESET_NAME, "--events", renamed, "--settings", settings, "--state", state_dir, "--verbose")
         assert second.returncode == 0, second.stderr
         assert "Traceback" not in second.stderr
         results = json_lines(second.stdout)
@@ -663,17 +747,25 @@ def test_cli_run_against_the_sandbox_end_to_end(tmp_path: Path) -> None:
         for r in delivered:
             mine = [(a[2], a[3]) for a in attempts if int(a[0]) == r["index"]]
             assert mine == [("POST", "422"), ("GET", "200"), ("PATCH", "200")]
-        assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
-                            r"1 invalid_email, 1 no_consent, 1 not_identified\); 0 access token\(s\) minted",
-                            second.stderr.strip().splitlines()[-1])
+        assert re.fullmatch(
+            r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 delivered, 14 dropped \(11 event_not_mapped, "
+            r"1 invalid_email, 1 no_consent, 1 not_identified\); 0 access token\(s\) minted",
+            second.stderr.strip().splitlines()[-1],
+        )
         final = sandbox.state()
         assert final["mints"] == 1 and len(final["prospects"]) == 5
         assert 401 not in final["statuses"] and 415 not in final["statuses"]
 
-        secret_values = [creds["client_secret"], creds["refresh_token"], *final["refresh_tokens"], *sandbox.issued,
-                         *_store_secrets(state_dir)]
-        assert_no_secret([first.stdout, first.stderr, again.stdout, again.stderr, second.stdout, second.stderr],
-                         secret_values)
+        secret_values = [
+            creds["client_secret"],
+            creds["refresh_token"],
+            *final["refresh_tokens"],
+            *sandbox.issued,
+            *_store_secrets(state_dir),
+        ]
+        assert_no_secret(
+            [first.stdout, first.stderr, again.stdout, again.stderr, second.stdout, second.stderr], secret_values
+        )
 
 
 def test_cli_dead_letters_list_and_replay(tmp_path: Path) -> None:
@@ -691,9 +783,11 @@ def test_cli_dead_letters_list_and_replay(tmp_path: Path) -> None:
         assert [o["outcome"] for o in out] == ["dropped", "dead_lettered"]
         assert out[1]["cause"] == "http_500" and out[1]["attempts"] == 5
         assert "gave up after 5 attempts" in out[1]["detail"]
-        assert re.fullmatch(r"signal-engine: 2 event\(s\) in [0-9.]+s: 1 dropped \(1 event_not_mapped\), "
-                            r"1 dead_lettered \(1 http_500\); 1 access token\(s\) minted",
-                            run.stderr.strip().splitlines()[-1])
+        assert re.fullmatch(
+            r"signal-engine: 2 event\(s\) in [0-9.]+s: 1 dropped \(1 event_not_mapped\), "
+            r"1 dead_lettered \(1 http_500\); 1 access token\(s\) minted",
+            run.stderr.strip().splitlines()[-1],
+        )
         assert sandbox.state()["prospects"] == []
 
         listed = cli("dlq", "list", PRESET_NAME, "--state", state_dir)
@@ -747,8 +841,9 @@ def test_cli_invalid_grant_dead_letters_everything_without_retrying_the_token_en
         # Not lost: waiting in the dead-letter store for the re-authorisation.
         listed = cli("dlq", "list", PRESET_NAME, "--state", state_dir)
         assert {e["messageId"] for e in json_lines(listed.stdout)} == set(EXAMPLE_DELIVERED)
-        assert_no_secret([run.stdout, run.stderr, listed.stdout, listed.stderr],
-                         [wrong["client_secret"], wrong["refresh_token"]])
+        assert_no_secret(
+            [run.stdout, run.stderr, listed.stdout, listed.stderr], [wrong["client_secret"], wrong["refresh_token"]]
+        )
 
 
 def test_cli_refuses_plain_http_to_a_non_loopback_host(tmp_path: Path) -> None:

@@ -17,9 +17,10 @@ import random
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from unittest.mock import Mock
 
 import aiohttp
@@ -29,15 +30,14 @@ from aiohttp import ClientResponse
 from aioresponses import CallbackResult, aioresponses
 from yarl import URL
 
-from fakes import FakeTime
-
 from engine import outcome as oc
-from engine.state.dead_letters import MemoryDeadLetters
-from engine.state.sqlite import SqliteState
 from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter
 from engine.runtime import Engine
+from engine.state.dead_letters import MemoryDeadLetters
+from engine.state.sqlite import SqliteState
 from engine.state.token_store import MemoryTokenStore
+from fakes import FakeTime
 
 PRESET = "outreach/lead-capture"
 BASE = "https://api.outreach.test"
@@ -57,17 +57,32 @@ SECRETS = (CLIENT_SECRET, REFRESH, ROTATED, ROTATED_2, REAUTHORISED, ACCESS, ACC
 
 SETTINGS = {"client_id": "cid", "client_secret": CLIENT_SECRET, "refresh_token": REFRESH, "base_url": BASE}
 
-DOCUMENT = {"data": {"type": "prospect", "attributes": {
-    "emails": ["jane@acme.com"], "firstName": "Jane", "name": "Jane", "tags": ["Signal", "demo-request"]}}}
+DOCUMENT = {
+    "data": {
+        "type": "prospect",
+        "attributes": {
+            "emails": ["jane@acme.com"],
+            "firstName": "Jane",
+            "name": "Jane",
+            "tags": ["Signal", "demo-request"],
+        },
+    }
+}
 
 # The product page's Troubleshooting table (the preset's messages must carry it).
-SEED_403 = ("The connected app lacks the prospects.write scope. "
-            "Re-authorise with both prospects.read and prospects.write.")
-SEED_415 = ("The Content-Type: application/vnd.api+json header is missing. Signal sets this automatically; "
-            "if you see it, check for a proxy stripping the header.")
+SEED_403 = (
+    "The connected app lacks the prospects.write scope. Re-authorise with both prospects.read and prospects.write."
+)
+SEED_415 = (
+    "The Content-Type: application/vnd.api+json header is missing. Signal sets this automatically; "
+    "if you see it, check for a proxy stripping the header."
+)
 
-DUPLICATE_422 = {"errors": [{"id": "validationError", "title": "Validation Error",
-                             "detail": "Contacts email hash has already been taken."}]}
+DUPLICATE_422 = {
+    "errors": [
+        {"id": "validationError", "title": "Validation Error", "detail": "Contacts email hash has already been taken."}
+    ]
+}
 
 _SPEC = load_preset(PRESET)
 
@@ -93,9 +108,14 @@ def lead(i: int | None = None, email: str = "Jane@Acme.com") -> dict[str, Any]:
     suffix = "" if i is None else str(i)
     if i is not None:
         email = f"lead{i}@acme.com"
-    return {"type": "track", "event": "Demo Requested", "userId": f"u1{suffix}", "messageId": f"m1{suffix}",
-            "traits": {"email": email, "firstName": "Jane"},
-            "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"u1{suffix}",
+        "messageId": f"m1{suffix}",
+        "traits": {"email": email, "firstName": "Jane"},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 # --------------------------------------------------------------------------
@@ -146,9 +166,18 @@ class Wire:
         self.m = m
         self.sent: list[Sent] = []
 
-    def add(self, method: str, url: Any, *, status: int = 200, payload: Any = None, headers: dict | None = None,
-            exception: BaseException | None = None, repeat: bool | int = False,
-            callback: Callable[..., Any] | None = None) -> None:
+    def add(
+        self,
+        method: str,
+        url: Any,
+        *,
+        status: int = 200,
+        payload: Any = None,
+        headers: dict | None = None,
+        exception: BaseException | None = None,
+        repeat: bool | int = False,
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
         async def record(u: URL, **kwargs: Any) -> Any:
             self.sent.append(Sent(method, str(u), dict(kwargs.get("headers") or {}), kwargs.get("data")))
             if callback is None:
@@ -158,14 +187,35 @@ class Wire:
                 result = await result
             return result
 
-        self.m.add(url, method, status=status, payload=payload, headers=headers, exception=exception,
-                   repeat=repeat, callback=record)
+        self.m.add(
+            url,
+            method,
+            status=status,
+            payload=payload,
+            headers=headers,
+            exception=exception,
+            repeat=repeat,
+            callback=record,
+        )
 
-    def token(self, access: str = ACCESS, refresh: str | None = None, *, expires_in: int = 7200, status: int = 200,
-              payload: Any = None, **kw: Any) -> None:
+    def token(
+        self,
+        access: str = ACCESS,
+        refresh: str | None = None,
+        *,
+        expires_in: int = 7200,
+        status: int = 200,
+        payload: Any = None,
+        **kw: Any,
+    ) -> None:
         if payload is None and status == 200:
-            payload = {"access_token": access, "token_type": "bearer", "expires_in": expires_in,
-                       "scope": "prospects.read prospects.write", "created_at": int(time.time())}
+            payload = {
+                "access_token": access,
+                "token_type": "bearer",
+                "expires_in": expires_in,
+                "scope": "prospects.read prospects.write",
+                "created_at": int(time.time()),
+            }
             if refresh:
                 payload["refresh_token"] = refresh
         self.add("POST", TOKEN_URL, status=status, payload=payload, **kw)
@@ -194,6 +244,7 @@ class Wire:
 
 
 if "stream_writer" in inspect.signature(ClientResponse.__init__).parameters:
+
     class _CompatResponse(ClientResponse):
         """aioresponses 0.7.9 builds responses without the ``stream_writer`` aiohttp >= 3.12 requires."""
 
@@ -216,15 +267,33 @@ def clock() -> FakeTime:
     return FakeTime(start=50_000.0)
 
 
-def make_engine(clock: FakeTime, *, token_store: Any = None, dead_letters: Any = None, rng: random.Random | None = None,
-                concurrency: int | None = None, **settings: Any) -> Engine:
-    engine = Engine.from_preset(PRESET, {**SETTINGS, **settings},
-                                token_store=token_store if token_store is not None else MemoryTokenStore(),
-                                dead_letters=dead_letters if dead_letters is not None else MemoryDeadLetters(),
-                                sleep=clock.sleep, rng=rng, concurrency=concurrency)
+def make_engine(
+    clock: FakeTime,
+    *,
+    token_store: Any = None,
+    dead_letters: Any = None,
+    rng: random.Random | None = None,
+    concurrency: int | None = None,
+    **settings: Any,
+) -> Engine:
+    engine = Engine.from_preset(
+        PRESET,
+        {**SETTINGS, **settings},
+        token_store=token_store if token_store is not None else MemoryTokenStore(),
+        dead_letters=dead_letters if dead_letters is not None else MemoryDeadLetters(),
+        sleep=clock.sleep,
+        rng=rng,
+        concurrency=concurrency,
+    )
     rl = engine.preset.delivery.rate_limit
-    engine.limiter = RateLimiter(rl.requests, rl.per_seconds, remaining_header=rl.remaining_header,
-                                 reset_header=rl.reset_header, clock=clock.monotonic, sleep=clock.sleep)
+    engine.limiter = RateLimiter(
+        rl.requests,
+        rl.per_seconds,
+        remaining_header=rl.remaining_header,
+        reset_header=rl.reset_header,
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+    )
     return engine
 
 
@@ -247,13 +316,20 @@ def assert_api_headers(sent: Sent, access: str, *, with_body: bool = True) -> No
 
 
 def assert_token_form(sent: Sent, refresh: str) -> None:
-    assert sent.data == {"grant_type": "refresh_token", "client_id": "cid",
-                         "client_secret": CLIENT_SECRET, "refresh_token": refresh}
+    assert sent.data == {
+        "grant_type": "refresh_token",
+        "client_id": "cid",
+        "client_secret": CLIENT_SECRET,
+        "refresh_token": refresh,
+    }
 
 
 def rate_headers(remaining: str = "9999, 19988", reset_in: int = 3600) -> dict[str, str]:
-    return {"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": remaining,
-            "X-RateLimit-Reset": str(int(time.time()) + reset_in)}
+    return {
+        "X-RateLimit-Limit": "10000",
+        "X-RateLimit-Remaining": remaining,
+        "X-RateLimit-Reset": str(int(time.time()) + reset_in),
+    }
 
 
 def no_secrets(text: str) -> None:
@@ -285,9 +361,12 @@ def test_201_delivers_with_one_mint_and_masks_the_credential(wire: Wire, clock: 
     assert_token_form(token, REFRESH)
     assert_api_headers(create, ACCESS)
     assert create.json == DOCUMENT
-    assert result.request == {"method": "POST", "url": PROSPECTS_URL,
-                              "headers": {"Content-Type": JSONAPI, "Accept": JSONAPI, "Authorization": "Bearer ***"},
-                              "body": DOCUMENT}
+    assert result.request == {
+        "method": "POST",
+        "url": PROSPECTS_URL,
+        "headers": {"Content-Type": JSONAPI, "Accept": JSONAPI, "Authorization": "Bearer ***"},
+        "body": DOCUMENT,
+    }
     assert clock.sleeps == []
 
 
@@ -364,13 +443,26 @@ def test_second_401_after_refresh_is_dead_lettered_without_looping(wire: Wire, c
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status, body, seed, title", [
-    (403, {"errors": [{"id": "unauthorizedOauthScope", "title": "Unauthorized OAuth Scope"}]}, SEED_403, "403 Forbidden"),
-    (415, {"errors": [{"id": "unsupportedMediaType", "details": "Expected application/vnd.api+json"}]}, SEED_415,
-     "415 Unsupported Media Type"),
-])
+@pytest.mark.parametrize(
+    "status, body, seed, title",
+    [
+        (
+            403,
+            {"errors": [{"id": "unauthorizedOauthScope", "title": "Unauthorized OAuth Scope"}]},
+            SEED_403,
+            "403 Forbidden",
+        ),
+        (
+            415,
+            {"errors": [{"id": "unsupportedMediaType", "details": "Expected application/vnd.api+json"}]},
+            SEED_415,
+            "415 Unsupported Media Type",
+        ),
+    ],
+)
 def test_403_and_415_fail_with_the_troubleshooting_text_and_are_not_retried(
-        wire: Wire, clock: FakeTime, status: int, body: dict, seed: str, title: str) -> None:
+    wire: Wire, clock: FakeTime, status: int, body: dict, seed: str, title: str
+) -> None:
     wire.token(ACCESS)
     wire.create(status, payload=body)
     wire.create(201, repeat=True)  # a retry would deliver
@@ -397,19 +489,35 @@ def test_403_and_415_fail_with_the_troubleshooting_text_and_are_not_retried(
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("existing_emails, existing_tags, want_emails, want_tags", [
-    (["jane@acme.com", "jane.doe@acme.com"], ["VIP", "Signal"],
-     ["jane@acme.com", "jane.doe@acme.com"], ["VIP", "Signal", "demo-request"]),
-    (["jane@acme.com"], ["Signal", "demo-request"], ["jane@acme.com"], ["Signal", "demo-request"]),
-    (["old@acme.com"], [], ["old@acme.com", "jane@acme.com"], ["Signal", "demo-request"]),
-])
+@pytest.mark.parametrize(
+    "existing_emails, existing_tags, want_emails, want_tags",
+    [
+        (
+            ["jane@acme.com", "jane.doe@acme.com"],
+            ["VIP", "Signal"],
+            ["jane@acme.com", "jane.doe@acme.com"],
+            ["VIP", "Signal", "demo-request"],
+        ),
+        (["jane@acme.com"], ["Signal", "demo-request"], ["jane@acme.com"], ["Signal", "demo-request"]),
+        (["old@acme.com"], [], ["old@acme.com", "jane@acme.com"], ["Signal", "demo-request"]),
+    ],
+)
 def test_422_duplicate_email_is_looked_up_and_patched_with_merged_arrays(
-        wire: Wire, clock: FakeTime, existing_emails: list, existing_tags: list, want_emails: list,
-        want_tags: list) -> None:
+    wire: Wire, clock: FakeTime, existing_emails: list, existing_tags: list, want_emails: list, want_tags: list
+) -> None:
     wire.token(ACCESS)
     wire.create(422, payload=DUPLICATE_422)
-    wire.lookup({"data": [{"type": "prospect", "id": 4242, "attributes": {
-        "emails": existing_emails, "tags": existing_tags, "firstName": "J", "title": "CTO"}}]})
+    wire.lookup(
+        {
+            "data": [
+                {
+                    "type": "prospect",
+                    "id": 4242,
+                    "attributes": {"emails": existing_emails, "tags": existing_tags, "firstName": "J", "title": "CTO"},
+                }
+            ]
+        }
+    )
     wire.patch(4242, 200)
     engine = make_engine(clock)
 
@@ -442,9 +550,16 @@ def test_422_duplicate_email_is_looked_up_and_patched_with_merged_arrays(
 
 
 def test_422_validation_error_fails_without_upsert(wire: Wire, clock: FakeTime) -> None:
-    body = {"errors": [{"id": "validationError", "title": "Validation Error",
-                        "detail": "favoriteColour is not a valid attribute",
-                        "source": {"pointer": "/data/attributes/favoriteColour"}}]}
+    body = {
+        "errors": [
+            {
+                "id": "validationError",
+                "title": "Validation Error",
+                "detail": "favoriteColour is not a valid attribute",
+                "source": {"pointer": "/data/attributes/favoriteColour"},
+            }
+        ]
+    }
     wire.token(ACCESS)
     wire.create(422, payload=body)
     wire.lookup({"data": [{"type": "prospect", "id": 1, "attributes": {}}]}, repeat=True)
@@ -462,7 +577,8 @@ def test_422_validation_error_fails_without_upsert(wire: Wire, clock: FakeTime) 
 
 
 def test_422_duplicate_but_lookup_finds_nothing_is_kept_for_replay_and_does_not_patch(
-        wire: Wire, clock: FakeTime) -> None:
+    wire: Wire, clock: FakeTime
+) -> None:
     # Search can lag behind the create; a final failure could never be replayed.
     wire.token(ACCESS)
     wire.create(422, payload=DUPLICATE_422)
@@ -486,16 +602,24 @@ def _http_date(epoch: float) -> str:
     return email.utils.formatdate(epoch, usegmt=True)
 
 
-@pytest.mark.parametrize("headers_for, expected", [
-    (lambda now: {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 30)}, 30.0),  # the reset, no extra second
-    (lambda now: {"X-RateLimit-Reset": str(now + 45)}, 45.0),
-    (lambda now: {"Retry-After": "12"}, 12.0),
-    (lambda now: {"Retry-After": str(now + 20)}, 20.0),
-    (lambda now: {"Retry-After": _http_date(now + 15)}, 15.0),
-    (lambda now: {"Retry-After": "25", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 25)}, 25.0),
-], ids=["reset+remaining", "reset", "retry-after-seconds", "retry-after-epoch", "retry-after-http-date", "both"])
-def test_429_waits_for_the_reset_then_retries(wire: Wire, clock: FakeTime, headers_for: Callable[[int], dict],
-                                              expected: float) -> None:
+@pytest.mark.parametrize(
+    "headers_for, expected",
+    [
+        (
+            lambda now: {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 30)},
+            30.0,
+        ),  # the reset, no extra second
+        (lambda now: {"X-RateLimit-Reset": str(now + 45)}, 45.0),
+        (lambda now: {"Retry-After": "12"}, 12.0),
+        (lambda now: {"Retry-After": str(now + 20)}, 20.0),
+        (lambda now: {"Retry-After": _http_date(now + 15)}, 15.0),
+        (lambda now: {"Retry-After": "25", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 25)}, 25.0),
+    ],
+    ids=["reset+remaining", "reset", "retry-after-seconds", "retry-after-epoch", "retry-after-http-date", "both"],
+)
+def test_429_waits_for_the_reset_then_retries(
+    wire: Wire, clock: FakeTime, headers_for: Callable[[int], dict], expected: float
+) -> None:
     now = int(time.time())
     wire.token(ACCESS)
     wire.create(429, payload={"errors": [{"id": "rateLimitExceeded"}]}, headers=headers_for(now))
@@ -569,14 +693,17 @@ def test_5xx_backoff_is_full_jitter_within_the_exponential_ceiling(wire: Wire, c
     assert result.attempts == 5
     assert len(clock.sleeps) == 4
     for i, delay in enumerate(clock.sleeps):
-        assert 0.0 <= delay <= 0.5 * 2 ** i
-    assert any(d < 0.5 * 2 ** i for i, d in enumerate(clock.sleeps))  # jittered, not the bare ceiling
+        assert 0.0 <= delay <= 0.5 * 2**i
+    assert any(d < 0.5 * 2**i for i, d in enumerate(clock.sleeps))  # jittered, not the bare ceiling
 
 
-@pytest.mark.parametrize("retry_after, expected", [
-    ("2", 2.0),
-    (None, 100.0),  # ISO timestamp, as Outreach sends for scheduled maintenance
-])
+@pytest.mark.parametrize(
+    "retry_after, expected",
+    [
+        ("2", 2.0),
+        (None, 100.0),  # ISO timestamp, as Outreach sends for scheduled maintenance
+    ],
+)
 def test_503_retry_after_is_honoured(wire: Wire, clock: FakeTime, retry_after: str | None, expected: float) -> None:
     slack = 0.1
     if retry_after is None:
@@ -601,8 +728,9 @@ def test_503_retry_after_is_honoured(wire: Wire, clock: FakeTime, retry_after: s
 
 
 @pytest.mark.parametrize("dead_store", ["memory", "sqlite"])
-def test_5xx_exhausted_is_dead_lettered_masked_and_replayable(wire: Wire, clock: FakeTime, tmp_path: Path,
-                                                              dead_store: str) -> None:
+def test_5xx_exhausted_is_dead_lettered_masked_and_replayable(
+    wire: Wire, clock: FakeTime, tmp_path: Path, dead_store: str
+) -> None:
     error_body = {"errors": [{"id": "internalServerError", "title": "Internal Server Error"}]}
     wire.token(ACCESS)
     wire.create(500, payload=error_body, repeat=5)
@@ -632,9 +760,12 @@ def test_5xx_exhausted_is_dead_lettered_masked_and_replayable(wire: Wire, clock:
     assert letter["messageId"] == "m1"
     assert letter["cause"] == "http_500"
     assert letter["attempts"] == 5
-    assert letter["request"] == {"method": "POST", "url": PROSPECTS_URL, "body": DOCUMENT,
-                                 "headers": {"Content-Type": JSONAPI, "Accept": JSONAPI,
-                                             "Authorization": "Bearer ***"}}
+    assert letter["request"] == {
+        "method": "POST",
+        "url": PROSPECTS_URL,
+        "body": DOCUMENT,
+        "headers": {"Content-Type": JSONAPI, "Accept": JSONAPI, "Authorization": "Bearer ***"},
+    }
     assert letter["last_response"] == {"status": 500, "body": error_body}
     no_secrets(json.dumps(letter))
     if dead_store == "sqlite":
@@ -678,7 +809,7 @@ def test_replay_keeps_letters_that_still_fail(wire: Wire, clock: FakeTime) -> No
 def test_timeouts_and_connection_errors_are_retried(wire: Wire, clock: FakeTime) -> None:
     wire.token(ACCESS)
     wire.create(exception=aiohttp.ClientConnectionError())
-    wire.create(exception=asyncio.TimeoutError())
+    wire.create(exception=TimeoutError())
     wire.create(exception=aiohttp.ServerDisconnectedError())
     wire.create(201)
     engine = make_engine(clock, rng=MaxRandom())
@@ -692,12 +823,16 @@ def test_timeouts_and_connection_errors_are_retried(wire: Wire, clock: FakeTime)
     assert clock.sleeps == pytest.approx([0.5, 1.0, 2.0])
 
 
-@pytest.mark.parametrize("exception, cause", [
-    (asyncio.TimeoutError(), "timeout"),
-    (aiohttp.ClientConnectionError(), "connection"),
-])
-def test_transport_errors_exhausted_are_dead_lettered(wire: Wire, clock: FakeTime, exception: BaseException,
-                                                      cause: str) -> None:
+@pytest.mark.parametrize(
+    "exception, cause",
+    [
+        (TimeoutError(), "timeout"),
+        (aiohttp.ClientConnectionError(), "connection"),
+    ],
+)
+def test_transport_errors_exhausted_are_dead_lettered(
+    wire: Wire, clock: FakeTime, exception: BaseException, cause: str
+) -> None:
     wire.token(ACCESS)
     for _ in range(5):
         wire.create(exception=exception)
@@ -771,7 +906,9 @@ def test_rotated_refresh_token_is_persisted_before_the_api_call(wire: Wire, cloc
     assert seen["tokens"].refresh_token == ROTATED
     assert seen["tokens"].access_token == ACCESS
     assert seen["mode"] == 0o600
-    assert REFRESH.encode() not in b"".join(f.read_bytes() for f in path.glob("state.db*"))  # the spent token is not kept
+    assert REFRESH.encode() not in b"".join(
+        f.read_bytes() for f in path.glob("state.db*")
+    )  # the spent token is not kept
 
     # A second engine on the same store reuses the live access token: no mint.
     again = make_engine(clock, token_store=stored_tokens(path))
@@ -784,7 +921,8 @@ def test_rotated_refresh_token_is_persisted_before_the_api_call(wire: Wire, cloc
 
 
 def test_next_engine_mints_with_the_rotated_token_when_the_access_token_is_stale(
-        wire: Wire, clock: FakeTime, tmp_path: Path) -> None:
+    wire: Wire, clock: FakeTime, tmp_path: Path
+) -> None:
     path = tmp_path / "state"
     wire.token(ACCESS, ROTATED, expires_in=4)  # within the minimum expiry margin: stale for the next run
     wire.create(201)
@@ -828,8 +966,10 @@ def test_new_refresh_token_in_settings_wins_over_the_stored_chain(wire: Wire, cl
 
 
 def test_invalid_grant_stops_minting_and_dead_letters_every_event(wire: Wire, clock: FakeTime) -> None:
-    wire.token(status=400, payload={"error": "invalid_grant",
-                                    "error_description": "The provided authorization grant is invalid"})
+    wire.token(
+        status=400,
+        payload={"error": "invalid_grant", "error_description": "The provided authorization grant is invalid"},
+    )
     wire.token(ACCESS, repeat=True)  # a retry of the token endpoint would find this
     wire.create(201, repeat=True)
     dead = MemoryDeadLetters()
@@ -870,8 +1010,9 @@ def test_invalid_grant_stops_minting_and_dead_letters_every_event(wire: Wire, cl
 
 # Without Retry-After the wait backs off exponentially from about a second (not a flat minute).
 @pytest.mark.parametrize("headers, expected", [({"Retry-After": "7"}, 7.0), (None, 1.0)])
-def test_token_endpoint_429_waits_then_mints_again(wire: Wire, clock: FakeTime, headers: dict | None,
-                                                   expected: float) -> None:
+def test_token_endpoint_429_waits_then_mints_again(
+    wire: Wire, clock: FakeTime, headers: dict | None, expected: float
+) -> None:
     wire.token(status=429, payload={"errors": [{"id": "rateLimitExceeded"}]}, headers=headers)
     wire.token(ACCESS)
     wire.create(201)
@@ -921,7 +1062,8 @@ def _email_index(kwargs: dict[str, Any]) -> int:
 
 
 def test_process_many_returns_outcomes_in_input_order_when_later_events_finish_first(
-        wire: Wire, clock: FakeTime) -> None:
+    wire: Wire, clock: FakeTime
+) -> None:
     n = 5
     answered: dict[int, asyncio.Event] = {}
     finished: list[int] = []
@@ -933,8 +1075,9 @@ def test_process_many_returns_outcomes_in_input_order_when_later_events_finish_f
             await answered.setdefault(i + 1, asyncio.Event()).wait()
         finished.append(i)
         answered[i].set()
-        return CallbackResult(status=201, payload={"data": {"type": "prospect", "id": 100 + i}},
-                              response_class=_CompatResponse)
+        return CallbackResult(
+            status=201, payload={"data": {"type": "prospect", "id": 100 + i}}, response_class=_CompatResponse
+        )
 
     wire.token(ACCESS)
     wire.create(201, callback=reverse_order, repeat=True)
@@ -986,8 +1129,9 @@ def test_process_many_bounds_concurrency(wire: Wire, clock: FakeTime) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: FakeTime, tmp_path: Path,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_reaches_outcomes_dead_letters_or_logs(
+    wire: Wire, clock: FakeTime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="engine")
     # Bodies that echo credentials back, as a misbehaving gateway might.
     wire.token(ACCESS, ROTATED)
@@ -1028,12 +1172,17 @@ def test_no_secret_reaches_outcomes_dead_letters_or_logs(wire: Wire, clock: Fake
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers_for, expected", [
-    (lambda now: {"retry-after": "20"}, 20.0),
-    (lambda now: {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(now + 40)}, 40.0),
-], ids=["retry-after", "x-ratelimit-reset"])
-def test_429_with_lower_case_header_names_is_honoured(wire: Wire, clock: FakeTime,
-                                                      headers_for: Callable[[int], dict], expected: float) -> None:
+@pytest.mark.parametrize(
+    "headers_for, expected",
+    [
+        (lambda now: {"retry-after": "20"}, 20.0),
+        (lambda now: {"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(now + 40)}, 40.0),
+    ],
+    ids=["retry-after", "x-ratelimit-reset"],
+)
+def test_429_with_lower_case_header_names_is_honoured(
+    wire: Wire, clock: FakeTime, headers_for: Callable[[int], dict], expected: float
+) -> None:
     wire.token(ACCESS)
     wire.create(429, headers=headers_for(int(time.time())))
     wire.create(201)
@@ -1068,8 +1217,12 @@ def test_upsert_lookup_exhausted_keeps_the_prospect_for_replay(wire: Wire, clock
     async def scenario() -> oc.Outcome:
         async with engine:
             result = await engine.process(lead())
-            wire.add("GET", re.compile(r"^https://api\.outreach\.test/api/v2/prospects(\?.*)?$"), repeat=True,
-                     payload={"data": [{"type": "prospect", "id": 4242, "attributes": {"emails": [], "tags": []}}]})
+            wire.add(
+                "GET",
+                re.compile(r"^https://api\.outreach\.test/api/v2/prospects(\?.*)?$"),
+                repeat=True,
+                payload={"data": [{"type": "prospect", "id": 4242, "attributes": {"emails": [], "tags": []}}]},
+            )
             wire.create(422, payload=DUPLICATE_422, repeat=True)
             wire.patch(4242, 200)
             await engine.replay_dead_letters()

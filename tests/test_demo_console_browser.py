@@ -26,8 +26,13 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason
 
 
 def test_keep_serving_serves_the_console_with_the_demos_events(tmp_path: Path, browser: Any) -> None:
-    proc = subprocess.Popen([str(SIGNAL_ENGINE), "demo", "--keep-serving", "--quiet", "--state", str(tmp_path / "s")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(SIGNAL_ENGINE), "demo", "--keep-serving", "--quiet", "--state", str(tmp_path / "s")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True).start()
@@ -48,7 +53,8 @@ def test_keep_serving_serves_the_console_with_the_demos_events(tmp_path: Path, b
         expected = Counter(outcome for outcome, _ in EXPECTED.values())
         assert Counter(r["outcome"] for r in shown) == expected
         assert Counter(r["why"] for r in shown if r["outcome"] == "dropped") == Counter(
-            reason for outcome, reason in EXPECTED.values() if outcome == "dropped")
+            reason for outcome, reason in EXPECTED.values() if outcome == "dropped"
+        )
         delivered = {r["email"] for r in shown if r["outcome"] == "delivered"}
         assert {"jane.doe@acme.com", "marcus.lee@northwind.io", "priya.shah@globex.com"} <= delivered
         assert console_errors(browser) == []

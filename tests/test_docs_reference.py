@@ -77,8 +77,9 @@ def test_every_command_and_option_is_in_the_cli_reference(pages: dict[str, str])
             for flag in action.option_strings:
                 assert f"`{flag}" in text, f"{command}: {flag} is missing from docs/reference/cli.md"
             if action.help and not isinstance(action, argparse._SubParsersAction):
-                assert " ".join(action.help.split())[:20].replace("<", "&lt;").replace(">", "&gt;") in text, \
+                assert " ".join(action.help.split())[:20].replace("<", "&lt;").replace(">", "&gt;") in text, (
                     f"{command}: the help of {action.dest} is missing"
+                )
             seen += 1
     assert seen > 60
 
@@ -128,7 +129,8 @@ def test_every_schema_description_is_in_the_reference(pages: dict[str, str]) -> 
 
 
 def test_every_built_in_preset_has_a_destination_page_with_its_settings_events_auth_and_rules(
-        pages: dict[str, str]) -> None:
+    pages: dict[str, str],
+) -> None:
     from ruamel.yaml import YAML
 
     presets = sorted((REPO / "presets").glob("*/*.yaml"))
@@ -152,8 +154,9 @@ def test_every_built_in_preset_has_a_destination_page_with_its_settings_events_a
         rows = [line for line in page.splitlines() if line.startswith("| ") and "` | `" in line]
         for rule in rules:
             message = " ".join(rule.get("message", "").split())[:30]
-            assert any(f"| `{rule['then']}` |" in row and message in row for row in rows), \
+            assert any(f"| `{rule['then']}` |" in row and message in row for row in rows), (
                 f"{name}: the rule {rule['when']} -> {rule['then']} is missing"
+            )
         for case in (REPO / "golden" / preset["preset"]).glob("*.json"):
             if not case.name.endswith(".expected.json"):
                 assert f"| `{case.stem}` |" in page, f"{name}: the golden case {case.stem} is missing"
@@ -178,16 +181,16 @@ def test_every_outcome_reason_cause_and_exit_status_is_in_the_reference(pages: d
     from engine import outcome
 
     page = pages["reference/outcomes.md"]
-    constants = {name: value for name, value in vars(outcome).items()
-                 if name.isupper() and isinstance(value, str)}
+    constants = {name: value for name, value in vars(outcome).items() if name.isupper() and isinstance(value, str)}
     assert {"DROPPED", "DELIVERED", "NO_CONSENT", "NOT_SENT", "AUTH_REJECTED"} <= set(constants)
     for name, value in constants.items():
         assert re.search(rf"^\| `{value}` \| \S", page, re.M), f"outcome.{name} ({value}) is missing from the page"
     statuses = set()
     for module_path in (p for p in (REPO / "engine" / "cli").glob("*.py") if p.stem != "__main__"):
         module = importlib.import_module(f"engine.cli.{module_path.stem}")
-        statuses.update(value for name, value in vars(module).items()
-                        if name.startswith("EXIT_") and isinstance(value, int))
+        statuses.update(
+            value for name, value in vars(module).items() if name.startswith("EXIT_") and isinstance(value, int)
+        )
     assert {0, 1, 2, 70, 130, 141, 143} <= statuses
     exit_section = page.split("## Exit status", 1)[1]
     for status in statuses:
@@ -217,7 +220,8 @@ def test_every_metric_is_in_the_reference_with_its_type_labels_and_help(pages: d
 
 
 def test_every_http_route_of_the_intake_and_the_console_is_in_the_reference_with_what_it_does(
-        pages: dict[str, str]) -> None:
+    pages: dict[str, str],
+) -> None:
     """The routes are found in the source text here, not through the generator's route tables."""
     page = pages["reference/http-api.md"]
     declared = []

@@ -19,15 +19,33 @@ EVENTS = REPO / "examples" / "lead-capture.ndjson"
 DELIVERED = {"msg-005", "msg-007", "msg-009", "msg-010", "msg-013"}
 
 # The product page, "Example: Demo Requested" -> "Outreach payload sent by Signal".
-DEMO_REQUESTED_PAYLOAD = {"data": {"type": "prospect", "attributes": {
-    "emails": ["jane.doe@acme.com"], "firstName": "Jane", "lastName": "Doe", "name": "Jane Doe",
-    "title": "Head of Growth", "occupation": "Head of Growth", "company": "Acme Inc",
-    "mobilePhones": ["+447700900123"], "tags": ["Signal", "demo-request"]}}}
+DEMO_REQUESTED_PAYLOAD = {
+    "data": {
+        "type": "prospect",
+        "attributes": {
+            "emails": ["jane.doe@acme.com"],
+            "firstName": "Jane",
+            "lastName": "Doe",
+            "name": "Jane Doe",
+            "title": "Head of Growth",
+            "occupation": "Head of Growth",
+            "company": "Acme Inc",
+            "mobilePhones": ["+447700900123"],
+            "tags": ["Signal", "demo-request"],
+        },
+    }
+}
 
 
 def run_host(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(HOST), *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, str(HOST), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def input_ids() -> list[str]:
@@ -65,8 +83,13 @@ def test_embed_host_sandbox_demo() -> None:
 def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path: Path) -> None:
     # Port 0: the sandbox picks a free port and names it in its first line (a port probed free
     # beforehand could be taken by another process before the sandbox binds it).
-    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0"],
-                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sandbox.stdout is not None
         first = sandbox.stdout.readline()  # printed once it listens; empty if it exited
@@ -74,8 +97,11 @@ def test_embed_host_with_settings_and_events_against_a_sandbox_process(tmp_path:
         assert match, f"sandbox did not start: {first!r} {sandbox.stderr.read() if sandbox.stderr else ''}"
         base = match.group(1)
         settings = tmp_path / "settings.yaml"
-        settings.write_text("client_id: sandbox-client\nclient_secret: sandbox-secret\n"
-                            f"refresh_token: sandbox-refresh-token\nbase_url: {base}\n", encoding="utf-8")
+        settings.write_text(
+            "client_id: sandbox-client\nclient_secret: sandbox-secret\n"
+            f"refresh_token: sandbox-refresh-token\nbase_url: {base}\n",
+            encoding="utf-8",
+        )
         result = run_host("--settings", settings, "--events", EVENTS, "--state", tmp_path / "state")
         assert result.returncode == 0, result.stderr
         check_outcomes(result.stdout)

@@ -9,7 +9,8 @@ and a closed stdout, with real processes, is in ``test_shutdown_cli.py``.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -28,8 +29,14 @@ SETTINGS = {"client_id": "cid", "client_secret": "cs-secret", "refresh_token": "
 
 
 def lead(i: int) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": f"u{i}", "messageId": f"m{i}",
-            "traits": {"email": f"lead{i}@acme.com"}, "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"u{i}",
+        "messageId": f"m{i}",
+        "traits": {"email": f"lead{i}@acme.com"},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 class HeldTransport:
@@ -62,15 +69,19 @@ class HeldTransport:
 
     def _token_answer(self) -> HttpResponse:
         self.tokens_answered = getattr(self, "tokens_answered", 0) + 1
-        return HttpResponse(200, {}, {"access_token": f"at-{self.tokens}", "refresh_token": f"rt-{self.tokens}",
-                                      "expires_in": 7200})
+        return HttpResponse(
+            200, {}, {"access_token": f"at-{self.tokens}", "refresh_token": f"rt-{self.tokens}", "expires_in": 7200}
+        )
 
     def release(self, count: int | None = None, *, token: bool = False) -> int:
         """Answer the held requests (a created prospect, or a token); how many were answered."""
         waiting = [g for g in self._gates if not g.done()]
         for gate in waiting[:count]:
-            gate.set_result(self._token_answer() if token else
-                            HttpResponse(201, {}, {"data": {"type": "prospect", "id": len(self.api)}}))
+            gate.set_result(
+                self._token_answer()
+                if token
+                else HttpResponse(201, {}, {"data": {"type": "prospect", "id": len(self.api)}})
+            )
         return len(waiting[:count])
 
     def held(self) -> int:
@@ -90,13 +101,20 @@ def run(scenario: Any) -> None:
 
 
 def engine(transport: HeldTransport, *, concurrency: int = 2, tokens: MemoryTokenStore | None = None) -> Engine:
-    return Engine.from_preset(PRESET, SETTINGS, transport=transport, concurrency=concurrency,
-                              dead_letters=MemoryDeadLetters(), journal=MemoryJournal(86400),
-                              token_store=tokens or MemoryTokenStore())
+    return Engine.from_preset(
+        PRESET,
+        SETTINGS,
+        transport=transport,
+        concurrency=concurrency,
+        dead_letters=MemoryDeadLetters(),
+        journal=MemoryJournal(86400),
+        token_store=tokens or MemoryTokenStore(),
+    )
 
 
-async def batches(*groups: list[dict[str, Any]], then_wait: asyncio.Event | None = None,
-                  closed: list[bool] | None = None) -> AsyncIterator[list[tuple[int, Any]]]:
+async def batches(
+    *groups: list[dict[str, Any]], then_wait: asyncio.Event | None = None, closed: list[bool] | None = None
+) -> AsyncIterator[list[tuple[int, Any]]]:
     index = 0
     try:
         for group in groups:
@@ -114,8 +132,7 @@ def test_stop_dead_letters_what_was_not_sent_and_lets_the_wire_finish() -> None:
         transport = HeldTransport()
         closed: list[bool] = []
         async with engine(transport, concurrency=2) as eng:
-            stream = eng.process_batches(batches([lead(i) for i in range(6)], then_wait=asyncio.Event(),
-                                                 closed=closed))
+            stream = eng.process_batches(batches([lead(i) for i in range(6)], then_wait=asyncio.Event(), closed=closed))
             collected: list[Any] = []
             consumer = asyncio.ensure_future(_collect(stream, collected))
             await transport.until(lambda: transport.held() == 2)  # two on the wire, four waiting for a slot
@@ -125,8 +142,9 @@ def test_stop_dead_letters_what_was_not_sent_and_lets_the_wire_finish() -> None:
             assert transport.release() == 2  # the wire finishes within the grace period
             await asyncio.wait_for(consumer, 5)
             assert [o.index for o in collected] == list(range(6))  # one outcome each, in input order
-            assert [(o.outcome, o.cause) for o in collected] == [(oc.DELIVERED, None)] * 2 + \
-                [(oc.DEAD_LETTERED, oc.NOT_SENT)] * 4
+            assert [(o.outcome, o.cause) for o in collected] == [(oc.DELIVERED, None)] * 2 + [
+                (oc.DEAD_LETTERED, oc.NOT_SENT)
+            ] * 4
             assert len(transport.api) == 2  # nothing was sent after the stop
             assert closed == [True]  # the source was closed, not left waiting on its input
             assert all(o.attempts == 0 and "SIGTERM" in (o.detail or "") and o.request for o in collected[2:])
@@ -150,14 +168,18 @@ def test_what_is_still_on_the_wire_when_the_grace_runs_out_is_dead_lettered_as_i
         transport = HeldTransport()
         async with engine(transport, concurrency=3) as eng:
             collected: list[Any] = []
-            consumer = asyncio.ensure_future(_collect(eng.process_batches(batches([lead(i) for i in range(3)])),
-                                                      collected))
+            consumer = asyncio.ensure_future(
+                _collect(eng.process_batches(batches([lead(i) for i in range(3)])), collected)
+            )
             await transport.until(lambda: transport.held() == 3)
             eng.stop(grace=0.05, reason="SIGINT")
             transport.release(1)  # one answer arrives in time; two never do
             await asyncio.wait_for(consumer, 5)
             assert [(o.outcome, o.cause, o.attempts) for o in collected] == [
-                (oc.DELIVERED, None, 1), (oc.DEAD_LETTERED, oc.INTERRUPTED, 1), (oc.DEAD_LETTERED, oc.INTERRUPTED, 1)]
+                (oc.DELIVERED, None, 1),
+                (oc.DEAD_LETTERED, oc.INTERRUPTED, 1),
+                (oc.DEAD_LETTERED, oc.INTERRUPTED, 1),
+            ]
             assert "may have it" in (collected[1].detail or "")
             assert transport.cancelled == 2  # the requests were cut off, not left running
             assert {e["cause"] for e in eng.dead_letters.entries(PRESET.name)} == {oc.INTERRUPTED}
@@ -240,8 +262,15 @@ def test_a_replay_that_is_stopped_leaves_its_unsent_letters_as_they_were() -> No
     async def scenario() -> None:
         transport = HeldTransport()
         letters = MemoryDeadLetters()
-        eng = Engine.from_preset(PRESET, SETTINGS, transport=transport, concurrency=1, dead_letters=letters,
-                                 journal=MemoryJournal(86400), token_store=MemoryTokenStore())
+        eng = Engine.from_preset(
+            PRESET,
+            SETTINGS,
+            transport=transport,
+            concurrency=1,
+            dead_letters=letters,
+            journal=MemoryJournal(86400),
+            token_store=MemoryTokenStore(),
+        )
         async with eng:
             eng.stop(grace=0, reason="first run")
             for i in range(3):
@@ -249,8 +278,15 @@ def test_a_replay_that_is_stopped_leaves_its_unsent_letters_as_they_were() -> No
         before = {e["id"]: e for e in letters.entries()}
         assert len(before) == 3
         transport = HeldTransport()
-        eng = Engine.from_preset(PRESET, SETTINGS, transport=transport, concurrency=1, dead_letters=letters,
-                                 journal=MemoryJournal(86400), token_store=MemoryTokenStore())
+        eng = Engine.from_preset(
+            PRESET,
+            SETTINGS,
+            transport=transport,
+            concurrency=1,
+            dead_letters=letters,
+            journal=MemoryJournal(86400),
+            token_store=MemoryTokenStore(),
+        )
         async with eng:
             replay = asyncio.ensure_future(eng.replay_dead_letters())
             await transport.until(lambda: transport.held() == 1)
@@ -258,7 +294,10 @@ def test_a_replay_that_is_stopped_leaves_its_unsent_letters_as_they_were() -> No
             transport.release()
             results = await asyncio.wait_for(replay, 5)
         assert sorted((r.outcome, r.cause) for r in results) == [
-            (oc.DEAD_LETTERED, oc.NOT_SENT), (oc.DEAD_LETTERED, oc.NOT_SENT), (oc.DELIVERED, None)]
+            (oc.DEAD_LETTERED, oc.NOT_SENT),
+            (oc.DEAD_LETTERED, oc.NOT_SENT),
+            (oc.DELIVERED, None),
+        ]
         after = {e["id"]: e for e in letters.entries()}
         assert len(after) == 2 and all(after[i] == before[i] for i in after)  # untouched, not rewritten
 
@@ -305,8 +344,15 @@ def test_closing_drops_a_mint_that_only_waits_to_try_again() -> None:
             sleeps.append(delay)
             await forever.wait()  # a backoff that has not run out
 
-        eng = Engine.from_preset(PRESET, SETTINGS, transport=transport, dead_letters=MemoryDeadLetters(),
-                                 journal=MemoryJournal(86400), token_store=MemoryTokenStore(), sleep=sleep)
+        eng = Engine.from_preset(
+            PRESET,
+            SETTINGS,
+            transport=transport,
+            dead_letters=MemoryDeadLetters(),
+            journal=MemoryJournal(86400),
+            token_store=MemoryTokenStore(),
+            sleep=sleep,
+        )
         await eng.start()
         task = asyncio.ensure_future(eng.process(lead(0)))
         await transport.until(lambda: bool(sleeps))  # the first token request failed; the mint waits
@@ -323,8 +369,15 @@ def test_a_rerun_that_delivers_a_not_sent_event_removes_its_letter() -> None:
         letters, journal = MemoryDeadLetters(), MemoryJournal(86400)
 
         def fresh(transport: HeldTransport) -> Engine:
-            return Engine.from_preset(PRESET, SETTINGS, transport=transport, concurrency=2, dead_letters=letters,
-                                      journal=journal, token_store=MemoryTokenStore())
+            return Engine.from_preset(
+                PRESET,
+                SETTINGS,
+                transport=transport,
+                concurrency=2,
+                dead_letters=letters,
+                journal=journal,
+                token_store=MemoryTokenStore(),
+            )
 
         async with fresh(HeldTransport()) as first:
             first.stop(grace=0, reason="SIGTERM")

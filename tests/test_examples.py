@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fakes import SEED_DEMO_REQUESTED_PAYLOAD
-
-from engine.cli import common as cli_common, run as cli_run
+from engine.cli import common as cli_common
 from engine.cli import main
+from engine.cli import run as cli_run
+from fakes import SEED_DEMO_REQUESTED_PAYLOAD
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "lead-capture.ndjson"
 
@@ -53,14 +53,20 @@ def outcomes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     # cli.emit's default stream is bound to the sys.stdout of import time, which
     # capsys cannot see; route default-stream writes to the current sys.stdout.
     original_emit = cli_common.emit
-    monkeypatch.setattr(cli_run, "emit", lambda outcome, out=None, **options: original_emit(
-        outcome, sys.stdout if out is None else out, **options))
+    monkeypatch.setattr(
+        cli_run,
+        "emit",
+        lambda outcome, out=None, **options: original_emit(outcome, sys.stdout if out is None else out, **options),
+    )
     code = main(["run", "outreach/lead-capture", "--events", str(EXAMPLE), "--dry-run"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     # stderr holds only the run's summary line (docs/concepts/outcomes.md).
-    assert re.fullmatch(r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 would_send, 14 dropped \(11 event_not_mapped, "
-                        r"1 invalid_email, 1 no_consent, 1 not_identified\)\n", captured.err), captured.err
+    assert re.fullmatch(
+        r"signal-engine: 19 event\(s\) in [0-9.]+s: 5 would_send, 14 dropped \(11 event_not_mapped, "
+        r"1 invalid_email, 1 no_consent, 1 not_identified\)\n",
+        captured.err,
+    ), captured.err
     return [json.loads(line) for line in captured.out.splitlines()]
 
 
@@ -105,8 +111,11 @@ def test_seed_demo_request_produces_the_seed_payload(events: list[dict], outcome
         "title": "Head of Growth",
         "phone": "+44 7700 900123",
     }
-    demo = next(e for e in events
-                if e["type"] == "track" and e.get("event") == "Demo Requested" and e.get("userId") == "user-123")
+    demo = next(
+        e
+        for e in events
+        if e["type"] == "track" and e.get("event") == "Demo Requested" and e.get("userId") == "user-123"
+    )
     assert not demo.get("traits") and not demo["context"].get("traits")
 
     outcome = _by_id(outcomes)[demo["messageId"]]
@@ -141,14 +150,20 @@ def test_expected_drop_reasons(events: list[dict], outcomes: list[dict]) -> None
     for event in ecommerce:
         assert by_id[event["messageId"]]["reason"] == "event_not_mapped"
 
-    no_consent = [e for e in events if e.get("event") in LEAD_EVENT_TAGS
-                  and (_consent(e) or {}).get("canonical", {}).get("marketing") is False]
+    no_consent = [
+        e
+        for e in events
+        if e.get("event") in LEAD_EVENT_TAGS and (_consent(e) or {}).get("canonical", {}).get("marketing") is False
+    ]
     assert len(no_consent) == 1
     assert by_id[no_consent[0]["messageId"]]["outcome"] == "dropped"
     assert by_id[no_consent[0]["messageId"]]["reason"] == "no_consent"
 
-    no_email = [e for e in events if e.get("event") in LEAD_EVENT_TAGS and not e.get("userId")
-                and "email" not in (e.get("traits") or {})]
+    no_email = [
+        e
+        for e in events
+        if e.get("event") in LEAD_EVENT_TAGS and not e.get("userId") and "email" not in (e.get("traits") or {})
+    ]
     assert len(no_email) == 1
     assert by_id[no_email[0]["messageId"]]["reason"] == "not_identified"
 

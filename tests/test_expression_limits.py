@@ -41,8 +41,14 @@ def preset_file(tmp_path: Path, limits: str | None, *edits: tuple[str, str]) -> 
 
 
 def lead(title: str = "CTO", first: str = "Jane", message_id: str = "m1") -> dict[str, Any]:
-    return {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": message_id, "context": CONSENTED,
-            "traits": {"email": "jane@acme.com", "firstName": first, "title": title}}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "userId": "u1",
+        "messageId": message_id,
+        "context": CONSENTED,
+        "traits": {"email": "jane@acme.com", "firstName": first, "title": title},
+    }
 
 
 def pipeline(path: Path) -> Pipeline:
@@ -75,12 +81,15 @@ def test_declared_limits_reach_every_expression(tmp_path: Path) -> None:
         assert rule.match is None or rule.match.limits == want
 
 
-@pytest.mark.parametrize("limits, message", [
-    ("  expression:\n    timeout_ms: 0\n", "limits.expression.timeout_ms: 0 is less than the minimum of 1"),
-    ("  expression:\n    max_depth: deep\n", "limits.expression.max_depth: 'deep' is not of type 'integer'"),
-    ("  expression:\n    max_memory: 5\n", "limits.expression.max_memory: unknown key 'max_memory'"),
-    ("  rows: 5\n", "limits.rows: unknown key 'rows'"),
-])
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ("  expression:\n    timeout_ms: 0\n", "limits.expression.timeout_ms: 0 is less than the minimum of 1"),
+        ("  expression:\n    max_depth: deep\n", "limits.expression.max_depth: 'deep' is not of type 'integer'"),
+        ("  expression:\n    max_memory: 5\n", "limits.expression.max_memory: unknown key 'max_memory'"),
+        ("  rows: 5\n", "limits.rows: unknown key 'rows'"),
+    ],
+)
 def test_bad_limits_are_located(tmp_path: Path, limits: str, message: str) -> None:
     path = preset_file(tmp_path, limits)
     with pytest.raises(PresetError) as info:
@@ -95,22 +104,33 @@ def test_bad_limits_are_located(tmp_path: Path, limits: str, message: str) -> No
 # --------------------------------------------------------------------------
 
 TRIPS = {
-    "max_string_length": ("  expression:\n    max_string_length: 1000\n",
-                          '"firstName": traits.firstName,', '"firstName": traits.title = "trip" ? $pad("x", 5000) : traits.firstName,'),
-    "timeout_ms": ("  expression:\n    timeout_ms: 100\n",
-                   '"firstName": traits.firstName,',
-                   '"firstName": traits.title = "trip" ? ($f := function($x){ $f($x) }; $f(1)) : traits.firstName,'),
-    "max_depth": ("  expression:\n    max_depth: 60\n",
-                  '"firstName": traits.firstName,',
-                  '"firstName": traits.title = "trip" ? ($f := function($x){ 1 + $f($x) }; $f(1)) : traits.firstName,'),
-    "max_sequence_length": ("  expression:\n    max_sequence_length: 1000\n",
-                            '"tags": ["Signal", values.tag]', '"tags": traits.title = "trip" ? [1..5000] : ["Signal", values.tag]'),
+    "max_string_length": (
+        "  expression:\n    max_string_length: 1000\n",
+        '"firstName": traits.firstName,',
+        '"firstName": traits.title = "trip" ? $pad("x", 5000) : traits.firstName,',
+    ),
+    "timeout_ms": (
+        "  expression:\n    timeout_ms: 100\n",
+        '"firstName": traits.firstName,',
+        '"firstName": traits.title = "trip" ? ($f := function($x){ $f($x) }; $f(1)) : traits.firstName,',
+    ),
+    "max_depth": (
+        "  expression:\n    max_depth: 60\n",
+        '"firstName": traits.firstName,',
+        '"firstName": traits.title = "trip" ? ($f := function($x){ 1 + $f($x) }; $f(1)) : traits.firstName,',
+    ),
+    "max_sequence_length": (
+        "  expression:\n    max_sequence_length: 1000\n",
+        '"tags": ["Signal", values.tag]',
+        '"tags": traits.title = "trip" ? [1..5000] : ["Signal", values.tag]',
+    ),
 }
 
 
 @pytest.mark.parametrize("limit", list(TRIPS))
-def test_a_limit_that_trips_fails_the_event_with_cause_expression_limit(tmp_path: Path, backend: str,
-                                                                        limit: str) -> None:
+def test_a_limit_that_trips_fails_the_event_with_cause_expression_limit(
+    tmp_path: Path, backend: str, limit: str
+) -> None:
     limits, old, new = TRIPS[limit]
     p = pipeline(preset_file(tmp_path, limits, (old, new)))
     before = p.dry_run(lead("CTO", message_id="m0"), 0)
@@ -127,8 +147,9 @@ def test_the_cli_reports_a_tripped_limit_and_goes_on(tmp_path: Path, capsys: pyt
     limits, old, new = TRIPS["max_string_length"]
     path = preset_file(tmp_path, limits, (old, new))
     events = tmp_path / "events.ndjson"
-    events.write_text("".join(json.dumps(e) + "\n" for e in (lead("trip", message_id="m1"), lead(message_id="m2"))),
-                      encoding="utf-8")
+    events.write_text(
+        "".join(json.dumps(e) + "\n" for e in (lead("trip", message_id="m1"), lead(message_id="m2"))), encoding="utf-8"
+    )
     code = main(["run", str(path), "--events", str(events), "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 1  # an event failed (the exit-status table)
@@ -156,40 +177,48 @@ def test_pad_is_stopped_before_it_builds_a_gigabyte(backend: str) -> None:
 
 
 def test_pad_reached_through_eval_is_guarded_too(backend: str) -> None:
-    expr = Expression.compile('$eval("$pad(\'x\', 2e6)")')
+    expr = Expression.compile("$eval(\"$pad('x', 2e6)\")")
     with pytest.raises(ExpressionLimitError) as info:
         expr.evaluate({})
     assert info.value.limit == "max_string_length"
     assert "$pad would build a string of 2000000 characters" in str(info.value)
 
 
-@pytest.mark.parametrize("source, data, expected", [
-    ('$pad(x, 5)', {"x": "ab"}, "ab   "),
-    ('$pad(x, -5, "#")', {"x": "ab"}, "###ab"),
-    ('{"p": $pad(missing, 3)}', {}, {}),
-    ('x.$pad(4)', {"x": "ab"}, "ab  "),
-    ('$map(["a", "b"], $pad(?, 2))', {}, ["a ", "b "]),
-])
+@pytest.mark.parametrize(
+    "source, data, expected",
+    [
+        ("$pad(x, 5)", {"x": "ab"}, "ab   "),
+        ('$pad(x, -5, "#")', {"x": "ab"}, "###ab"),
+        ('{"p": $pad(missing, 3)}', {}, {}),
+        ("x.$pad(4)", {"x": "ab"}, "ab  "),
+        ('$map(["a", "b"], $pad(?, 2))', {}, ["a ", "b "]),
+    ],
+)
 def test_the_guarded_pad_behaves_as_pad(backend: str, source: str, data: Any, expected: Any) -> None:
     assert Expression.compile(source).evaluate(data) == expected
 
 
 def test_strings_built_another_way_are_caught_in_the_result(backend: str) -> None:
-    expr = Expression.compile('$join($map([1..300], function($i){ "0123456789" }))',
-                              ExpressionLimits(max_string_length=2000))
+    expr = Expression.compile(
+        '$join($map([1..300], function($i){ "0123456789" }))', ExpressionLimits(max_string_length=2000)
+    )
     with pytest.raises(ExpressionLimitError) as info:
         expr.evaluate({})
     assert info.value.limit == "max_string_length"
     assert "3000 characters (limit 2000)" in str(info.value)
-    assert Expression.compile('$join($map([1..100], function($i){ "0123456789" }))',
-                              ExpressionLimits(max_string_length=2000)).evaluate({}) == "0123456789" * 100
+    assert (
+        Expression.compile(
+            '$join($map([1..100], function($i){ "0123456789" }))', ExpressionLimits(max_string_length=2000)
+        ).evaluate({})
+        == "0123456789" * 100
+    )
 
 
 # --------------------------------------------------------------------------
 # regular expressions are bounded by the time limit too
 # --------------------------------------------------------------------------
 
-CATASTROPHIC = '$contains(s, /^(a|a)*$/)'  # backtracks 2^n times in Python's re
+CATASTROPHIC = "$contains(s, /^(a|a)*$/)"  # backtracks 2^n times in Python's re
 
 
 def test_a_backtracking_regex_is_stopped_by_the_time_limit(backend: str) -> None:
@@ -207,8 +236,11 @@ def test_a_backtracking_regex_is_stopped_by_the_time_limit(backend: str) -> None
 
 def test_an_event_the_reference_engine_evaluates_is_bounded_too(tmp_path: Path) -> None:
     """A lone surrogate sends the event to the reference engine; its regexes still stop in time."""
-    path = preset_file(tmp_path, "  expression:\n    timeout_ms: 200\n",
-                       ('"title": traits.title,', '"title": $contains(traits.title, /^(a|a)*$/) ? "x" : traits.title,'))
+    path = preset_file(
+        tmp_path,
+        "  expression:\n    timeout_ms: 200\n",
+        ('"title": traits.title,', '"title": $contains(traits.title, /^(a|a)*$/) ? "x" : traits.title,'),
+    )
     p = pipeline(path)
     started = time.monotonic()
     result = p.dry_run(lead(title="a" * 40 + "\ud800"), 0)
@@ -234,7 +266,7 @@ def test_a_lone_surrogate_gives_the_reference_engines_outcome(monkeypatch: pytes
     assert results[expressions.FAST]["request"]["body"]["data"]["attributes"]["firstName"] == "Bo\ud800b"
 
 
-@pytest.mark.parametrize("data", [{"n": 10 ** 30}, {"n": -(2 ** 64)}, {"n": 5, "s": "\udc80"}])
+@pytest.mark.parametrize("data", [{"n": 10**30}, {"n": -(2**64)}, {"n": 5, "s": "\udc80"}])
 def test_values_jsonatapy_cannot_read_are_evaluated_by_the_reference(data: dict[str, Any]) -> None:
     source = '{"n": n, "s": s}'
     fast = Expression.compile(source, backend=expressions.FAST).evaluate(data)
@@ -247,24 +279,39 @@ def test_values_jsonatapy_cannot_read_are_evaluated_by_the_reference(data: dict[
 # --------------------------------------------------------------------------
 
 
-def test_a_limit_tripped_in_an_upsert_expression_fails_the_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_delivery_unit import (ACCESS, DUPLICATE_422, SETTINGS, Wire, _CompatResponse, aioresponses,
-                                    aioresponses_core, run)
-
+def test_a_limit_tripped_in_an_upsert_expression_fails_the_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from engine.runtime import Engine
     from engine.state.dead_letters import MemoryDeadLetters
     from engine.state.token_store import MemoryTokenStore
+    from test_delivery_unit import (
+        ACCESS,
+        DUPLICATE_422,
+        SETTINGS,
+        Wire,
+        _CompatResponse,
+        aioresponses,
+        aioresponses_core,
+        run,
+    )
 
-    path = preset_file(tmp_path, "  expression:\n    max_string_length: 100\n",
-                       ('{"filter[emails]": document.data.attributes.emails[0], "page[size]": "1"}',
-                        '{"filter[emails]": $pad(document.data.attributes.emails[0], 500), "page[size]": "1"}'))
+    path = preset_file(
+        tmp_path,
+        "  expression:\n    max_string_length: 100\n",
+        (
+            '{"filter[emails]": document.data.attributes.emails[0], "page[size]": "1"}',
+            '{"filter[emails]": $pad(document.data.attributes.emails[0], 500), "page[size]": "1"}',
+        ),
+    )
     monkeypatch.setattr(aioresponses_core, "ClientResponse", _CompatResponse)
     with aioresponses() as m:
         wire = Wire(m)
         wire.token(ACCESS)
         wire.create(422, payload=DUPLICATE_422)
-        engine = Engine.from_preset(str(path), SETTINGS, token_store=MemoryTokenStore(),
-                                    dead_letters=MemoryDeadLetters())
+        engine = Engine.from_preset(
+            str(path), SETTINGS, token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters()
+        )
 
         async def deliver() -> oc.Outcome:
             async with engine:

@@ -30,9 +30,19 @@ CONSENTED = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(i: int) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": f"u{i}", "messageId": f"m{i}",
-            "traits": {"email": f"lead{i}@acme.com", "firstName": "Jane", "lastName": f"Doe{i}",
-                       "phone": "+44 7700 900123"}, "context": CONSENTED}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"u{i}",
+        "messageId": f"m{i}",
+        "traits": {
+            "email": f"lead{i}@acme.com",
+            "firstName": "Jane",
+            "lastName": f"Doe{i}",
+            "phone": "+44 7700 900123",
+        },
+        "context": CONSENTED,
+    }
 
 
 @pytest.fixture
@@ -115,8 +125,15 @@ def test_an_engine_built_on_one_thread_delivers_from_another(unraisable: list[st
     server.start()
     assert ready.wait(30)
     try:
-        engine = Engine.from_preset(PRESET, {"client_id": "sandbox-client", "client_secret": "sandbox-secret",
-                                             "refresh_token": "sandbox-refresh-token", "base_url": where["base"]})
+        engine = Engine.from_preset(
+            PRESET,
+            {
+                "client_id": "sandbox-client",
+                "client_secret": "sandbox-secret",
+                "refresh_token": "sandbox-refresh-token",
+                "base_url": where["base"],
+            },
+        )
 
         async def process() -> list[oc.Outcome]:
             async with engine:  # noqa: F821 - deleted below on purpose

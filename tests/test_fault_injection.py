@@ -49,9 +49,14 @@ PEAK_RSS_BOUND_KIB = 250 * 1024
 
 
 def lead(i: int) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "messageId": f"lead-{i}", "userId": f"user-{i}",
-            "traits": {"email": f"lead{i}@faults.test", "firstName": f"Lead{i}", "lastName": "Faulty"},
-            "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "messageId": f"lead-{i}",
+        "userId": f"user-{i}",
+        "traits": {"email": f"lead{i}@faults.test", "firstName": f"Lead{i}", "lastName": "Faulty"},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 def stream() -> list[dict[str, Any]]:
@@ -84,8 +89,14 @@ class Run:
     def __init__(self, *args: str | Path, cwd: Path) -> None:
         self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
         with self.stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(engine_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self.proc = subprocess.Popen(
+                engine_cmd(*args),
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         self.lines: list[dict[str, Any]] = []
         self.rusage: Any = None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -129,7 +140,8 @@ def state_of(state_dir: Path, events: list[dict[str, Any]]) -> tuple[set[str], d
 
 
 def test_hundreds_of_leads_through_faults_a_kill_and_a_restart_end_delivered_once_or_dead_lettered(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     seed = int(os.environ.get("FAULT_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     print(f"FAULT_SEED={seed}")
@@ -143,8 +155,9 @@ def test_hundreds_of_leads_through_faults_a_kill_and_a_restart_end_delivered_onc
     creds = unique_credentials()
     figures: dict[str, Any] = {"seed": seed, "leads": LEADS, "events": len(events)}
 
-    with ThreadedSandbox(**creds, quota=1_000_000, window=1.0, token_ttl=12, mint_limit=0,
-                         fault_mix=FAULT_MIX, fault_seed=seed) as sandbox:
+    with ThreadedSandbox(
+        **creds, quota=1_000_000, window=1.0, token_ttl=12, mint_limit=0, fault_mix=FAULT_MIX, fault_seed=seed
+    ) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         run = ("run", preset, "--events", events_file, "--settings", settings, "--state", state_dir)
 
@@ -153,8 +166,11 @@ def test_hundreds_of_leads_through_faults_a_kill_and_a_restart_end_delivered_onc
         sandbox.admin("POST", "token-outage", {"requests": 3})
         killed = Run(*run, cwd=tmp_path)
         target = rng.randint(len(events) // 10, len(events) // 2)
-        until(lambda: len(killed.lines) >= target or killed.proc.poll() is not None, timeout=90,
-              what=f"{target} outcomes of the first run")
+        until(
+            lambda: len(killed.lines) >= target or killed.proc.poll() is not None,
+            timeout=90,
+            what=f"{target} outcomes of the first run",
+        )
         time.sleep(rng.uniform(0, 0.2))
         killed.proc.send_signal(signal.SIGKILL)
         assert killed.wait() == -signal.SIGKILL
@@ -217,14 +233,23 @@ def test_hundreds_of_leads_through_faults_a_kill_and_a_restart_end_delivered_onc
     assert after_replay.get("state.db-wal", 0) <= 16 * 1024 * 1024 + 1024 * 1024  # cut back to 16 MiB
 
     statuses = _count(str(s) for s in final["statuses"])
-    figures.update({
-        "faults_answered": {k: statuses.get(k, 0) for k in ("200", "201", "422", "429", "500", "502", "504", "drop")},
-        "token_answers": _count(str(s) for s in final["token_statuses"]),
-        "replayed": len(dead), "prospects": len(created), "creates": final["creates"],
-        "peak_rss_mb": {"killed": killed.rusage.ru_maxrss // 1024, "restarted": restarted.rusage.ru_maxrss // 1024,
-                        "replay": replay.rusage.ru_maxrss // 1024},
-        "state_bytes_after_replay": after_replay,
-    })
+    figures.update(
+        {
+            "faults_answered": {
+                k: statuses.get(k, 0) for k in ("200", "201", "422", "429", "500", "502", "504", "drop")
+            },
+            "token_answers": _count(str(s) for s in final["token_statuses"]),
+            "replayed": len(dead),
+            "prospects": len(created),
+            "creates": final["creates"],
+            "peak_rss_mb": {
+                "killed": killed.rusage.ru_maxrss // 1024,
+                "restarted": restarted.rusage.ru_maxrss // 1024,
+                "replay": replay.rusage.ru_maxrss // 1024,
+            },
+            "state_bytes_after_replay": after_replay,
+        }
+    )
     print("FIGURES " + json.dumps(figures, sort_keys=True))
 
 

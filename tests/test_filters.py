@@ -27,9 +27,13 @@ def pipeline(**settings: Any) -> Pipeline:
 
 
 def lead(**fields: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {"type": "track", "event": "Demo Requested", "userId": "u1",
-                             "context": {"consent": {"canonical": {"marketing": True}}},
-                             "traits": {"email": "jane.doe@acme.com"}}
+    event: dict[str, Any] = {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": "u1",
+        "context": {"consent": {"canonical": {"marketing": True}}},
+        "traits": {"email": "jane.doe@acme.com"},
+    }
     event.update(fields)
     return event
 
@@ -45,36 +49,48 @@ def attributes(result: oc.Outcome) -> dict[str, Any]:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("consent", [
-    {"canonical": {"marketing": True}},
-    {"marketing": True},
-    {"categories": ["marketing"]},
-    {"categories": ["MARKETING", "analytics"]},
-], ids=["canonical", "flat-legacy", "raw-codes", "raw-codes-case-insensitive"])
+@pytest.mark.parametrize(
+    "consent",
+    [
+        {"canonical": {"marketing": True}},
+        {"marketing": True},
+        {"categories": ["marketing"]},
+        {"categories": ["MARKETING", "analytics"]},
+    ],
+    ids=["canonical", "flat-legacy", "raw-codes", "raw-codes-case-insensitive"],
+)
 def test_consent_granted_in_each_shape(consent: dict[str, Any]) -> None:
     gate = ConsentGate.build(["marketing"])
     assert gate.missing({"context": {"consent": consent}}) == []
 
 
-@pytest.mark.parametrize("event", [
-    {},
-    {"context": {}},
-    {"context": None},
-    {"context": {"consent": None}},
-    {"context": {"consent": ["marketing"]}},
-    {"context": {"consent": {}}},
-    {"context": {"consent": {"categories": "marketing"}}},
-], ids=["no-context", "no-consent", "null-context", "null-consent", "consent-list", "empty", "categories-not-list"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {},
+        {"context": {}},
+        {"context": None},
+        {"context": {"consent": None}},
+        {"context": {"consent": ["marketing"]}},
+        {"context": {"consent": {}}},
+        {"context": {"consent": {"categories": "marketing"}}},
+    ],
+    ids=["no-context", "no-consent", "null-context", "null-consent", "consent-list", "empty", "categories-not-list"],
+)
 def test_missing_or_unreadable_consent_fails_closed(event: dict[str, Any]) -> None:
     assert ConsentGate.build(["marketing"]).missing(event) == ["marketing"]
 
 
-@pytest.mark.parametrize("consent", [
-    {"canonical": {"marketing": False}},
-    {"marketing": False},
-    {"categories": []},
-    {"categories": ["analytics"]},
-], ids=["canonical-false", "flat-false", "no-codes", "other-code"])
+@pytest.mark.parametrize(
+    "consent",
+    [
+        {"canonical": {"marketing": False}},
+        {"marketing": False},
+        {"categories": []},
+        {"categories": ["analytics"]},
+    ],
+    ids=["canonical-false", "flat-false", "no-codes", "other-code"],
+)
 def test_consent_refused(consent: dict[str, Any]) -> None:
     assert ConsentGate.build(["marketing"]).missing({"context": {"consent": consent}}) == ["marketing"]
 
@@ -106,7 +122,8 @@ def test_all_required_categories_must_be_granted() -> None:
 
 def test_pipeline_drops_without_consent_naming_the_categories() -> None:
     result = pipeline(consent_categories=["marketing", "analytics"]).dry_run(
-        lead(messageId="m1", context={"consent": {"canonical": {"marketing": True}}}))
+        lead(messageId="m1", context={"consent": {"canonical": {"marketing": True}}})
+    )
     assert result.outcome == oc.DROPPED
     assert result.reason == oc.NO_CONSENT
     assert result.message_id == "m1"
@@ -126,15 +143,21 @@ def test_pipeline_default_gate_is_marketing() -> None:
 
 
 def _table() -> EventTable:
-    return EventTable.build({
-        "defaults": {"action": "drop"},
-        "track": {
-            "Lead Submitted": {"action": "create", "values": {"tag": "lead"}, "aliases": ["lead_submitted", "Lead"]},
-            "Order Completed": {"action": "drop", "aliases": ["order_completed"]},
-        },
-        "identify": {"action": "upsert_person"},
-        "page": {"action": "drop"},
-    })
+    return EventTable.build(
+        {
+            "defaults": {"action": "drop"},
+            "track": {
+                "Lead Submitted": {
+                    "action": "create",
+                    "values": {"tag": "lead"},
+                    "aliases": ["lead_submitted", "Lead"],
+                },
+                "Order Completed": {"action": "drop", "aliases": ["order_completed"]},
+            },
+            "identify": {"action": "upsert_person"},
+            "page": {"action": "drop"},
+        }
+    )
 
 
 def test_event_table_routes_names_and_aliases_to_the_same_route() -> None:
@@ -200,8 +223,12 @@ def test_filter_order_consent_before_identity() -> None:
 
 def test_lead_aliases_in_the_builtin_table() -> None:
     p = pipeline()
-    for name, tag in [("Lead Submitted", "lead"), ("Form Submitted", "form"), ("Signed Up", "signup"),
-                      ("Demo Requested", "demo-request")]:
+    for name, tag in [
+        ("Lead Submitted", "lead"),
+        ("Form Submitted", "form"),
+        ("Signed Up", "signup"),
+        ("Demo Requested", "demo-request"),
+    ]:
         assert attributes(p.dry_run(lead(event=name)))["tags"] == ["Signal", tag]
 
 
@@ -210,21 +237,24 @@ def test_lead_aliases_in_the_builtin_table() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("event, field", [
-    ({"event": "x"}, "'type'"),
-    ({"type": "purchase"}, "'type'"),
-    ({"type": "track"}, "'event'"),
-    ({"type": "track", "event": "  "}, "'event'"),
-    ({"type": "track", "event": 5}, "'event'"),
-    ({"type": "identify", "traits": ["email"]}, "'traits'"),
-    ({"type": "track", "event": "x", "properties": "p"}, "'properties'"),
-    ({"type": "page", "context": 3}, "'context'"),
-    ({"type": "page", "context": {"traits": "x"}}, "'context.traits'"),
-    ({"type": "page", "context": {"consent": ["marketing"]}}, "'context.consent'"),
-    ({"type": "page", "userId": True}, "'userId'"),
-    ({"type": "page", "anonymousId": {"id": 1}}, "'anonymousId'"),
-    ({"type": "page", "messageId": 1.5}, "'messageId'"),
-])
+@pytest.mark.parametrize(
+    "event, field",
+    [
+        ({"event": "x"}, "'type'"),
+        ({"type": "purchase"}, "'type'"),
+        ({"type": "track"}, "'event'"),
+        ({"type": "track", "event": "  "}, "'event'"),
+        ({"type": "track", "event": 5}, "'event'"),
+        ({"type": "identify", "traits": ["email"]}, "'traits'"),
+        ({"type": "track", "event": "x", "properties": "p"}, "'properties'"),
+        ({"type": "page", "context": 3}, "'context'"),
+        ({"type": "page", "context": {"traits": "x"}}, "'context.traits'"),
+        ({"type": "page", "context": {"consent": ["marketing"]}}, "'context.consent'"),
+        ({"type": "page", "userId": True}, "'userId'"),
+        ({"type": "page", "anonymousId": {"id": 1}}, "'anonymousId'"),
+        ({"type": "page", "messageId": 1.5}, "'messageId'"),
+    ],
+)
 def test_shape_problem_names_the_field(event: dict[str, Any], field: str) -> None:
     problem = shape_problem(event)
     assert problem is not None
@@ -236,12 +266,15 @@ def test_shape_problem_for_non_objects(value: Any, kind: str) -> None:
     assert shape_problem(value) == f"event must be a JSON object, got {kind}"
 
 
-@pytest.mark.parametrize("event", [
-    {"type": "track", "event": "Demo Requested"},
-    {"type": "identify", "userId": 42, "traits": None},
-    {"type": "page", "anonymousId": "a", "context": {"consent": None, "traits": {}}},
-    {"type": "alias", "userId": "u", "previousId": "p"},
-])
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "track", "event": "Demo Requested"},
+        {"type": "identify", "userId": 42, "traits": None},
+        {"type": "page", "anonymousId": "a", "context": {"consent": None, "traits": {}}},
+        {"type": "alias", "userId": "u", "previousId": "p"},
+    ],
+)
 def test_valid_shapes(event: dict[str, Any]) -> None:
     assert shape_problem(event) is None
 
@@ -276,17 +309,26 @@ def test_merged_traits_order_remembered_then_context_then_traits() -> None:
 
 def test_pipeline_merge_order_end_to_end() -> None:
     p = pipeline()
-    p.dry_run({"type": "identify", "userId": "u1",
-               "traits": {"email": "jane@acme.com", "title": "From Identify", "company": "Identify Co",
-                          "city": "London"}})
+    p.dry_run(
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {"email": "jane@acme.com", "title": "From Identify", "company": "Identify Co", "city": "London"},
+        }
+    )
     only_memory = attributes(p.dry_run(lead(traits=None)))
     assert (only_memory["emails"], only_memory["title"], only_memory["company"], only_memory["addressCity"]) == (
-        ["jane@acme.com"], "From Identify", "Identify Co", "London")
+        ["jane@acme.com"],
+        "From Identify",
+        "Identify Co",
+        "London",
+    )
     with_context = attributes(p.dry_run(lead(traits=None, context={**CONSENTED, "traits": {"title": "From Context"}})))
     assert with_context["title"] == "From Context"
     assert with_context["company"] == "Identify Co"
-    with_both = attributes(p.dry_run(lead(traits={"title": "From Event"},
-                                          context={**CONSENTED, "traits": {"title": "From Context"}})))
+    with_both = attributes(
+        p.dry_run(lead(traits={"title": "From Event"}, context={**CONSENTED, "traits": {"title": "From Context"}}))
+    )
     assert with_both["title"] == "From Event"
     assert with_both["emails"] == ["jane@acme.com"]
 
@@ -312,21 +354,33 @@ def test_identify_with_anonymous_id_only_reaches_a_later_track() -> None:
 
 def test_no_leak_between_users_sharing_an_anonymous_id() -> None:
     p = pipeline()
-    p.dry_run({"type": "identify", "userId": "alice", "anonymousId": "shared",
-               "traits": {"email": "alice@acme.com", "firstName": "Alice"}})
+    p.dry_run(
+        {
+            "type": "identify",
+            "userId": "alice",
+            "anonymousId": "shared",
+            "traits": {"email": "alice@acme.com", "firstName": "Alice"},
+        }
+    )
     # Bob, on the same device, with no traits of his own: nothing of Alice's reaches him.
-    bob = p.dry_run({"type": "track", "event": "Signed Up", "userId": "bob", "anonymousId": "shared",
-                     "context": CONSENTED})
+    bob = p.dry_run(
+        {"type": "track", "event": "Signed Up", "userId": "bob", "anonymousId": "shared", "context": CONSENTED}
+    )
     assert bob.reason == oc.NOT_IDENTIFIED
     # Bob identifies on the shared device; Alice keeps her own traits and never gets Bob's.
-    p.dry_run({"type": "identify", "userId": "bob", "anonymousId": "shared",
-               "traits": {"email": "bob@acme.com"}})
-    alice = attributes(p.dry_run({"type": "track", "event": "Signed Up", "userId": "alice",
-                                  "anonymousId": "shared", "context": CONSENTED}))
+    p.dry_run({"type": "identify", "userId": "bob", "anonymousId": "shared", "traits": {"email": "bob@acme.com"}})
+    alice = attributes(
+        p.dry_run(
+            {"type": "track", "event": "Signed Up", "userId": "alice", "anonymousId": "shared", "context": CONSENTED}
+        )
+    )
     assert alice["emails"] == ["alice@acme.com"]
     assert alice["firstName"] == "Alice"
-    bob_after = attributes(p.dry_run({"type": "track", "event": "Signed Up", "userId": "bob",
-                                      "anonymousId": "shared", "context": CONSENTED}))
+    bob_after = attributes(
+        p.dry_run(
+            {"type": "track", "event": "Signed Up", "userId": "bob", "anonymousId": "shared", "context": CONSENTED}
+        )
+    )
     assert bob_after["emails"] == ["bob@acme.com"]
     assert "firstName" not in bob_after
 
@@ -421,8 +475,9 @@ def test_only_declared_traits_are_stored() -> None:
 
 def test_pipeline_memory_keeps_only_the_preset_traits() -> None:
     p = pipeline()
-    p.dry_run({"type": "identify", "userId": "u1",
-               "traits": {"email": "a@b.co", "favouriteColour": "green", "plan": "pro"}})
+    p.dry_run(
+        {"type": "identify", "userId": "u1", "traits": {"email": "a@b.co", "favouriteColour": "green", "plan": "pro"}}
+    )
     stored = p.memory.recall({"userId": "u1"})
     assert stored == {"email": "a@b.co"}
 

@@ -15,18 +15,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from language_fixtures import ACME_PRESET, lead, write_acme
-
 from engine import outcome as oc
-from engine.golden import deliver_scripted
 from engine.compile.compiler import PresetError, load_preset
+from engine.golden import deliver_scripted
 from engine.language.settings import resolve
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
 from engine.state.dead_letters import MemoryDeadLetters
+from language_fixtures import ACME_PRESET, lead, write_acme
 
 KEY = "k-live-5f2a9c"
-REQUEST_AND_UPSERT = '''    request:
+REQUEST_AND_UPSERT = """    request:
       method: POST
       url: "{settings.base_url}/v1/contacts"
       headers: {Content-Type: application/json, Accept: application/json}
@@ -37,8 +36,8 @@ REQUEST_AND_UPSERT = '''    request:
         method: PATCH
         url: "{settings.base_url}/v1/contacts/{found.id}"
         body: document
-'''
-FLOW = '''    flow:
+"""
+FLOW = """    flow:
       - name: organisation
         request: {method: POST, url: "{settings.base_url}/v1/organizations"}
         body: '{"name": traits.name & " Ltd"}'
@@ -56,17 +55,24 @@ FLOW = '''    flow:
         when: values.source = "demo"
         request: {method: POST, url: "{settings.base_url}/v1/notes"}
         body: '{"person_id": steps.person.body.data.id, "content": "Asked for a demo"}'
-'''
-NO_UPSERT_RULE = ("    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
-                  "      message: merged into the existing contact\n", "")
-DEMO_ROW = ("    Signed Up: {action: upsert_contact, values: {source: signup}}\n",
-            "    Signed Up: {action: upsert_contact, values: {source: signup}}\n"
-            "    Demo Requested: {action: upsert_contact, values: {source: demo}}\n")
+"""
+NO_UPSERT_RULE = (
+    "    - when: {status: 409, match: \"body.code = 'DUPLICATE'\"}\n      then: upsert\n"
+    "      message: merged into the existing contact\n",
+    "",
+)
+DEMO_ROW = (
+    "    Signed Up: {action: upsert_contact, values: {source: signup}}\n",
+    "    Signed Up: {action: upsert_contact, values: {source: signup}}\n"
+    "    Demo Requested: {action: upsert_contact, values: {source: demo}}\n",
+)
 
 
 # The steps' answers carry their record under data.
-DELIVER_DATA = ('    - when: {status: [200, 201], step: [create, update], match: "$exists(body.id)"}',
-                '    - when: {status: [200, 201], match: "$exists(body.data.id)"}')
+DELIVER_DATA = (
+    '    - when: {status: [200, 201], step: [create, update], match: "$exists(body.id)"}',
+    '    - when: {status: [200, 201], match: "$exists(body.data.id)"}',
+)
 
 
 def flow_preset(tmp_path: Path, *edits: tuple[str, str]) -> Path:
@@ -102,7 +108,9 @@ def test_each_step_reads_the_answers_before_it_and_a_false_when_skips_a_step(tmp
     assert person.body == {"email": "jane@acme.test", "name": "Jane", "source": "signup", "org_id": 11}
     # Every request of the flow is in the outcome, in order, masked; `request` is the last one.
     assert [r["url"] for r in outcome["requests"]] == [
-        "https://api.acme.test/v1/organizations?key=***", "https://api.acme.test/v1/organizations/11/persons?key=***"]
+        "https://api.acme.test/v1/organizations?key=***",
+        "https://api.acme.test/v1/organizations/11/persons?key=***",
+    ]
     assert outcome["request"] == outcome["requests"][-1]
     assert [e["url"] for e in run.exchanges] == [r["url"] for r in outcome["requests"]]
     assert KEY not in json.dumps(run.outcomes)
@@ -120,8 +128,9 @@ def test_a_steps_own_rule_decides_before_the_presets_and_the_failure_names_the_s
     run = scripted(tmp_path, [ORG, refused], [lead(name="Jane")])
     [outcome] = run.outcomes
     assert (outcome["outcome"], outcome["cause"]) == (oc.FAILED, "http_400")
-    assert outcome["detail"] == ("the organisation was not there any more (delivered before it: organisation; "
-                                 "a replay resumes after them)")
+    assert outcome["detail"] == (
+        "the organisation was not there any more (delivered before it: organisation; a replay resumes after them)"
+    )
     assert len(outcome["requests"]) == 2
 
 
@@ -171,8 +180,9 @@ def test_a_flow_dead_lettered_part_way_resumes_on_replay_without_repeating_a_del
             return None
 
         try:
-            async with Engine.from_preset(preset, {"api_key": KEY, "base_url": base}, dead_letters=MemoryDeadLetters(),
-                                          sleep=no_sleep) as engine:
+            async with Engine.from_preset(
+                preset, {"api_key": KEY, "base_url": base}, dead_letters=MemoryDeadLetters(), sleep=no_sleep
+            ) as engine:
                 first = await engine.process(lead(name="Jane"), 0)
                 letters = engine.dead_letters.entries()
                 crm.up = True
@@ -194,19 +204,35 @@ def test_a_flow_dead_lettered_part_way_resumes_on_replay_without_repeating_a_del
     assert crm.calls == [("organisation", 201)] + [("person of 11", 503)] * 3 + [("person of 11", 201)]
 
 
-@pytest.mark.parametrize("edit, message", [
-    (("body: '{\"person_id\": steps.person.body.data.id", "body: '{\"person_id\": steps.persn.body.data.id"),
-     "steps.persn does not exist (steps: organisation, person)"),
-    (("/v1/organizations/{steps.organisation.body.data.id}/persons", "/v1/organizations/{steps.org.body.data.id}/persons"),
-     "{steps.org.body.data.id}: no earlier step is named 'org' (earlier: organisation)"),
-    (("      - name: organisation\n", "      - name: organisation\n        when: traits.name\n"),
-     "the first step always runs"),
-    (("      - name: note\n", "      - name: person\n"), "step name 'person' is already used by an earlier step"),
-    (("    flow:\n", '    request: {method: POST, url: "{settings.base_url}/v1/x"}\n    flow:\n'),
-     "an action with a flow has no request"),
-    (("body: '{\"name\": traits.name & \" Ltd\"}'", "body: '{\"name\": steps.person.body}'"),
-     "'steps' is not an input of flow step 'organisation'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            ('body: \'{"person_id": steps.person.body.data.id', 'body: \'{"person_id": steps.persn.body.data.id'),
+            "steps.persn does not exist (steps: organisation, person)",
+        ),
+        (
+            (
+                "/v1/organizations/{steps.organisation.body.data.id}/persons",
+                "/v1/organizations/{steps.org.body.data.id}/persons",
+            ),
+            "{steps.org.body.data.id}: no earlier step is named 'org' (earlier: organisation)",
+        ),
+        (
+            ("      - name: organisation\n", "      - name: organisation\n        when: traits.name\n"),
+            "the first step always runs",
+        ),
+        (("      - name: note\n", "      - name: person\n"), "step name 'person' is already used by an earlier step"),
+        (
+            ("    flow:\n", '    request: {method: POST, url: "{settings.base_url}/v1/x"}\n    flow:\n'),
+            "an action with a flow has no request",
+        ),
+        (
+            ('body: \'{"name": traits.name & " Ltd"}\'', "body: '{\"name\": steps.person.body}'"),
+            "'steps' is not an input of flow step 'organisation'",
+        ),
+    ],
+)
 def test_check_names_flow_mistakes_at_their_line(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
     path = flow_preset(tmp_path, edit)
     with pytest.raises(PresetError) as info:
@@ -214,8 +240,9 @@ def test_check_names_flow_mistakes_at_their_line(tmp_path: Path, edit: tuple[str
     assert any(message in line and line.startswith(f"{path}:") for line in info.value.problems), info.value.problems
 
 
-def test_explain_lists_the_steps_it_can_show_and_names_the_rest(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_explain_lists_the_steps_it_can_show_and_names_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from engine.cli import main
 
     path = flow_preset(tmp_path)

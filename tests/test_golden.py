@@ -101,8 +101,13 @@ def _dry_run_cases(preset: str = OUTREACH) -> list[GoldenCase]:
     Delivery cases (``responses``, an ``{exchanges, outcomes}`` contract) are
     not what the product page's tables speak of.
     """
-    cases = [case for case in CASES if case.preset_name == preset and case.expected_path.exists()
-             and isinstance(json.loads(case.expected_path.read_text(encoding="utf-8")), list)]
+    cases = [
+        case
+        for case in CASES
+        if case.preset_name == preset
+        and case.expected_path.exists()
+        and isinstance(json.loads(case.expected_path.read_text(encoding="utf-8")), list)
+    ]
     assert cases, f"no dry-run golden cases for {preset}"
     return cases
 
@@ -138,7 +143,9 @@ def test_every_event_mapping_row_is_pinned(preset: str) -> None:
             if item.get("outcome") != oc.WOULD_SEND:
                 continue
             if preset in UNTAGGED or _tags(preset, item["request"]["body"], spec.get("settings") or {}) == [
-                    "Signal", EVENT_MAPPING[event["event"]]]:
+                "Signal",
+                EVENT_MAPPING[event["event"]],
+            ]:
                 covered.add(event["event"])
     missing = [name for name in EVENT_MAPPING if name not in covered]
     assert not missing, f"no {preset} golden case sends (with its table tag) the mapped event(s): {', '.join(missing)}"
@@ -191,9 +198,12 @@ def test_no_secret_of_a_case_appears_in_any_expected_file(presets: dict) -> None
             secrets[value] = case
     assert secrets, "no delivery case declares a secret setting"
     expected_files = sorted(GOLDEN.rglob("*" + EXPECTED_SUFFIX))
-    leaks = [f"{path.relative_to(GOLDEN)} shows a secret of {case.name}"
-             for path in expected_files for value, case in secrets.items()
-             if value in path.read_text(encoding="utf-8")]
+    leaks = [
+        f"{path.relative_to(GOLDEN)} shows a secret of {case.name}"
+        for path in expected_files
+        for value, case in secrets.items()
+        if value in path.read_text(encoding="utf-8")
+    ]
     assert not leaks, "\n".join(leaks)
 
 
@@ -213,9 +223,12 @@ def test_outreach_token_chain_on_the_wire(presets: dict) -> None:
         for request, answer in zip(run.sent, spec["responses"], strict=True):
             where = f"{case.name}: {request.method} {request.url}"
             if request.form is not None:
-                assert request.form == {"grant_type": "refresh_token", "refresh_token": refresh,
-                                        "client_id": settings["client_id"],
-                                        "client_secret": settings["client_secret"]}, where
+                assert request.form == {
+                    "grant_type": "refresh_token",
+                    "refresh_token": refresh,
+                    "client_id": settings["client_id"],
+                    "client_secret": settings["client_secret"],
+                }, where
                 rotated_mints += refresh != settings["refresh_token"]
                 body = answer.get("body")
                 if isinstance(body, dict) and isinstance(body.get("access_token"), str):
@@ -243,8 +256,9 @@ def test_outreach_rate_limit_waits(name: str, presets: dict) -> None:
 
 
 def test_without_a_wait_asked_nothing_waits(presets: dict) -> None:
-    [(case, spec)] = [(c, s) for c, s in _delivery_cases(OUTREACH)
-                      if c.path.stem == "delivery-token-minted-once-for-two-events"]
+    [(case, spec)] = [
+        (c, s) for c, s in _delivery_cases(OUTREACH) if c.path.stem == "delivery-token-minted-once-for-two-events"
+    ]
     assert _scripted(case, spec, presets).sleeps == []
 
 
@@ -263,8 +277,12 @@ def test_every_outreach_response_and_auth_rule_is_pinned(presets: dict) -> None:
             if "error" in answer:
                 reply = Answer(None, transport_error=answer["error"], step=None if token else steps[request.method])
             else:
-                reply = Answer.from_body(answer["status"], answer.get("body"), answer.get("headers"),
-                                         None if token else steps[request.method])
+                reply = Answer.from_body(
+                    answer["status"],
+                    answer.get("body"),
+                    answer.get("headers"),
+                    None if token else steps[request.method],
+                )
             rules = preset.auth.rules if token else preset.delivery.rules
             for i, rule in enumerate(rules):
                 if rule.matches(reply):

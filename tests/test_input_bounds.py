@@ -30,9 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def lead(message_id: str, email: str | None = None, first_name: str = "Jane") -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": "u-" + message_id, "messageId": message_id,
-            "traits": {"email": email if email is not None else f"{message_id}@acme.com", "firstName": first_name},
-            "context": {"consent": {"canonical": {"marketing": True}}}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": "u-" + message_id,
+        "messageId": message_id,
+        "traits": {"email": email if email is not None else f"{message_id}@acme.com", "firstName": first_name},
+        "context": {"consent": {"canonical": {"marketing": True}}},
+    }
 
 
 def line(event: dict[str, Any]) -> bytes:
@@ -59,14 +64,16 @@ def shape(outcomes: list[dict[str, Any]]) -> list[tuple[int, str]]:
 
 
 def test_a_line_over_the_limit_is_one_invalid_event_and_its_neighbours_are_read(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     big = lead("big", first_name="x" * 5000)
     data = b"\n".join([line(lead("m0")), line(big), line(lead("m2")), b""])
     outcomes = dry_run(capsys, data, tmp_path, "--max-event-bytes", "4096")
     assert shape(outcomes) == [(0, "would_send"), (1, "invalid_event"), (2, "would_send")]
     size = len(line(big))
-    assert outcomes[1]["detail"] == (f"line 2: {size:,} bytes, longer than the 4,096-byte limit for one event "
-                                     "(--max-event-bytes); not read")
+    assert outcomes[1]["detail"] == (
+        f"line 2: {size:,} bytes, longer than the 4,096-byte limit for one event (--max-event-bytes); not read"
+    )
     assert outcomes[1]["messageId"] is None  # the line was not parsed
 
 
@@ -86,16 +93,20 @@ def test_the_default_limit_is_one_mebibyte(tmp_path: Path, capsys: pytest.Captur
 def test_line_ends_and_the_limit_hold_across_read_boundaries() -> None:
     data = b"ab\r\ncdefgh\rij\n\nklmnopqrstu\r\nvw"
     for size in (1, 2, 3, 5, 7, 64):
-        got = [item.size if isinstance(item, OversizedLine) else item
-               for chunk in raw_line_chunks(io.BytesIO(data), size=size, max_bytes=6) for item in chunk]
+        got = [
+            item.size if isinstance(item, OversizedLine) else item
+            for chunk in raw_line_chunks(io.BytesIO(data), size=size, max_bytes=6)
+            for item in chunk
+        ]
         assert got == [b"ab", b"cdefgh", b"ij", b"", 11, b"vw"], size
     # an over-long last line without a line ending
     got = [item for chunk in raw_line_chunks(io.BytesIO(b"ok\n" + b"z" * 20), size=4, max_bytes=6) for item in chunk]
     assert got[0] == b"ok" and isinstance(got[1], OversizedLine) and got[1].size == 20
 
 
-def test_an_over_long_line_on_a_text_stream_is_refused_too(capsys: pytest.CaptureFixture[str],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_over_long_line_on_a_text_stream_is_refused_too(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     text = json.dumps(lead("m0")) + "\n" + json.dumps(lead("m1", first_name="q" * 3000)) + "\n"
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
     assert main(["run", PRESET, "--events", "-", "--dry-run", "--max-event-bytes", "2000"]) == 0
@@ -125,11 +136,13 @@ def test_a_20_mb_line_costs_no_more_memory_than_a_small_file(tmp_path: Path) -> 
         handle.write(line(lead("m1")) + b"\n")
 
     def peak(events: Path) -> tuple[int, list[dict[str, Any]]]:
-        code = ("import resource, subprocess, sys; "
-                "p = subprocess.run([sys.executable, '-m', 'engine', 'run', 'outreach/lead-capture', '--events', "
-                f"{str(events)!r}, '--dry-run'], capture_output=True); "
-                "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n'); "
-                "sys.stdout.buffer.write(p.stdout)")
+        code = (
+            "import resource, subprocess, sys; "
+            "p = subprocess.run([sys.executable, '-m', 'engine', 'run', 'outreach/lead-capture', '--events', "
+            f"{str(events)!r}, '--dry-run'], capture_output=True); "
+            "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n'); "
+            "sys.stdout.buffer.write(p.stdout)"
+        )
         done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, timeout=120)
         first, _, rest = done.stdout.partition(b"\n")
         return int(first), [json.loads(text) for text in rest.splitlines()]
@@ -151,7 +164,9 @@ def test_only_json_whitespace_is_blank(tmp_path: Path, capsys: pytest.CaptureFix
     odd = [b"\x1c", "\u2028".encode(), b"\x0b", b"\x0c", "\u00a0".encode(), "\ufeff".encode(), b"\x00", b" \x1f "]
     data = b"\n".join([line(lead("m0")), b"", b"  \t ", *odd, line(lead("m1")), b""])
     outcomes = dry_run(capsys, data, tmp_path)
-    expected = [(0, "would_send")] + [(3 + i, "invalid_event") for i in range(len(odd))] + [(3 + len(odd), "would_send")]
+    expected = (
+        [(0, "would_send")] + [(3 + i, "invalid_event") for i in range(len(odd))] + [(3 + len(odd), "would_send")]
+    )
     assert shape(outcomes) == expected
     assert all(o["detail"].startswith(f"line {o['index'] + 1}: not valid JSON") for o in outcomes[1:-1])
 
@@ -168,8 +183,9 @@ def test_blank_lines_have_no_outcome_when_delivering_either() -> None:
 
 
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1.5e309", "123456789e999"])
-def test_a_number_that_overflows_is_invalid_event(number: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_number_that_overflows_is_invalid_event(
+    number: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = line(lead("m1")).replace(b'"messageId"', f'"properties": {{"score": [{number}]}}, "messageId"'.encode())
     outcomes = dry_run(capsys, line(lead("m0")) + b"\n" + bad + b"\n" + line(lead("m2")) + b"\n", tmp_path)
     assert shape(outcomes) == [(0, "would_send"), (1, "invalid_event"), (2, "would_send")]
@@ -186,10 +202,21 @@ def test_numbers_a_double_holds_are_fine() -> None:
 # --------------------------------------------------------------------------
 
 HIDDEN = {
-    "zero width space": "\u200b", "zero width joiner": "\u200d", "word joiner": "\u2060", "byte order mark": "\ufeff",
-    "right-to-left override": "\u202e", "left-to-right isolate": "\u2066", "right-to-left mark": "\u200f",
-    "arabic letter mark": "\u061c", "nul": "\x00", "escape": "\x1b", "delete": "\x7f", "next line": "\x85",
-    "file separator": "\x1c", "line separator": "\u2028", "paragraph separator": "\u2029",
+    "zero width space": "\u200b",
+    "zero width joiner": "\u200d",
+    "word joiner": "\u2060",
+    "byte order mark": "\ufeff",
+    "right-to-left override": "\u202e",
+    "left-to-right isolate": "\u2066",
+    "right-to-left mark": "\u200f",
+    "arabic letter mark": "\u061c",
+    "nul": "\x00",
+    "escape": "\x1b",
+    "delete": "\x7f",
+    "next line": "\x85",
+    "file separator": "\x1c",
+    "line separator": "\u2028",
+    "paragraph separator": "\u2029",
     "private use": "\ue000",
 }
 
@@ -197,7 +224,8 @@ HIDDEN = {
 @pytest.mark.parametrize("where", ["inside", "at the end"])
 @pytest.mark.parametrize("name", sorted(HIDDEN))
 def test_an_email_with_a_hidden_or_control_character_is_invalid_email(
-        name: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    name: str, where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     char = HIDDEN[name]
     address = f"ja{char}ne@acme.com" if where == "inside" else f"jane@acme.com{char}"
     outcomes = dry_run(capsys, line(lead("m0", address)) + b"\n", tmp_path)
@@ -205,8 +233,9 @@ def test_an_email_with_a_hidden_or_control_character_is_invalid_email(
     assert f"U+{ord(char):04X}" in outcomes[0]["detail"]
 
 
-def test_an_email_of_only_a_hidden_character_is_invalid_not_missing(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_email_of_only_a_hidden_character_is_invalid_not_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     outcomes = dry_run(capsys, line(lead("m0", "\u200b")) + b"\n" + line(lead("m1", " \t ")) + b"\n", tmp_path)
     assert shape(outcomes) == [(0, "invalid_email"), (1, "not_identified")]
 
@@ -225,10 +254,12 @@ def test_an_email_longer_than_254_bytes_is_invalid_email(tmp_path: Path, capsys:
     assert outcomes[1]["detail"].endswith("255 bytes long, over the 254 an address may have")
 
 
-def test_ordinary_whitespace_around_an_email_is_still_trimmed(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    outcomes = dry_run(capsys, line(lead("m0", "\t Jane@Acme.com \n")) + b"\n" + line(lead("m1", "Zoë@acme.com"))
-                       + b"\n", tmp_path)
+def test_ordinary_whitespace_around_an_email_is_still_trimmed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outcomes = dry_run(
+        capsys, line(lead("m0", "\t Jane@Acme.com \n")) + b"\n" + line(lead("m1", "Zoë@acme.com")) + b"\n", tmp_path
+    )
     assert shape(outcomes) == [(0, "would_send"), (1, "would_send")]
     assert outcomes[0]["request"]["body"]["data"]["attributes"]["emails"] == ["jane@acme.com"]
     assert outcomes[1]["request"]["body"]["data"]["attributes"]["emails"] == ["zoë@acme.com"]
@@ -239,21 +270,37 @@ def test_ordinary_whitespace_around_an_email_is_still_trimmed(tmp_path: Path,
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("env", [{"LC_ALL": "C", "LANG": "C"}, {"PYTHONIOENCODING": "latin-1"},
-                                 {"PYTHONIOENCODING": "utf-8:surrogateescape"}, {"PYTHONIOENCODING": "utf-8"}],
-                         ids=["C-locale", "latin-1", "surrogateescape", "utf-8"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LC_ALL": "C", "LANG": "C"},
+        {"PYTHONIOENCODING": "latin-1"},
+        {"PYTHONIOENCODING": "utf-8:surrogateescape"},
+        {"PYTHONIOENCODING": "utf-8"},
+    ],
+    ids=["C-locale", "latin-1", "surrogateescape", "utf-8"],
+)
 def test_outcome_lines_are_valid_utf8_whatever_the_output_encoding(env: dict[str, str], tmp_path: Path) -> None:
     events = tmp_path / "events.ndjson"
     # Each line holds one kind of character, so no line's encoding failure covers for another's:
     # a lone surrogate that surrogateescape would write as a raw byte (0xff), Latin-1 letters,
     # a character outside Latin-1, and a surrogate no error handler can write.
-    events.write_bytes(b'{"type":"track","event":"Signed Up","messageId":"\\udcff"}\n'
-                       + line(lead("m-\u00e9", first_name="Zo\u00eb")) + b"\n"
-                       + line(lead("m-\u2603")) + b"\n"
-                       + b'{"type":"track","event":"Signed Up","messageId":"\\ud800"}\n')
+    events.write_bytes(
+        b'{"type":"track","event":"Signed Up","messageId":"\\udcff"}\n'
+        + line(lead("m-\u00e9", first_name="Zo\u00eb"))
+        + b"\n"
+        + line(lead("m-\u2603"))
+        + b"\n"
+        + b'{"type":"track","event":"Signed Up","messageId":"\\ud800"}\n'
+    )
     clean = {k: v for k, v in os.environ.items() if k not in ("LC_ALL", "LANG", "PYTHONIOENCODING", "PYTHONUTF8")}
-    done = subprocess.run([sys.executable, "-m", "engine", "run", PRESET, "--events", str(events), "--dry-run"],
-                          cwd=REPO, capture_output=True, timeout=60, env={**clean, **env})
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", PRESET, "--events", str(events), "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        env={**clean, **env},
+    )
     assert done.returncode == 0, done.stderr
     text = done.stdout.decode("utf-8")  # strict: raises on any byte that is not UTF-8
     outcomes = [json.loads(row) for row in text.splitlines()]

@@ -12,8 +12,8 @@ import json
 import socket
 import time
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import aiohttp
 import pytest
@@ -36,9 +36,12 @@ async def _next_request_is_unaffected(c: Client) -> None:
 
 # -- lone surrogates ---------------------------------------------------------------------------
 
+
 def test_a_lone_surrogate_is_accepted_escaped_and_the_next_request_is_unaffected(tmp_path: Path) -> None:
-    body = (b'{"batch": [{"type": "track", "event": "Signed Up", "userId": "u\\ud800", "messageId": "m-\\udfff", '
-            b'"properties": {"note": "cut \\ud83d", "\\ud800key": ["\\uDC00"], "pair": "\\ud83d\\ude00"}}]}')
+    body = (
+        b'{"batch": [{"type": "track", "event": "Signed Up", "userId": "u\\ud800", "messageId": "m-\\udfff", '
+        b'"properties": {"note": "cut \\ud83d", "\\ud800key": ["\\uDC00"], "pair": "\\ud83d\\ude00"}}]}'
+    )
 
     async def test(c: Client) -> None:
         for _ in range(2):  # twice: the first must not leave anything behind for the second
@@ -47,8 +50,13 @@ def test_a_lone_surrogate_is_accepted_escaped_and_the_next_request_is_unaffected
             await _next_request_is_unaffected(c)
         assert not c.queue.conn.in_transaction
         queued = await c.queued()
-        assert queued[0] == {"type": "track", "event": "Signed Up", "userId": "u\\ud800", "messageId": "m-\\udfff",
-                             "properties": {"note": "cut \\ud83d", "\\ud800key": ["\\udc00"], "pair": "\U0001F600"}}
+        assert queued[0] == {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u\\ud800",
+            "messageId": "m-\\udfff",
+            "properties": {"note": "cut \\ud83d", "\\ud800key": ["\\udc00"], "pair": "\U0001f600"},
+        }
         assert [e.get("messageId") for e in queued] == ["m-\\udfff", None, "m-1", "m-\\udfff", None, "m-1"]
 
     run(tmp_path, test)
@@ -66,6 +74,7 @@ def test_a_queue_write_that_fails_for_any_reason_leaves_no_transaction_open(tmp_
 
 # -- depth, size, numbers ----------------------------------------------------------------------
 
+
 def _nested(depth: int) -> bytes:
     """A single track event whose body is ``depth`` containers deep (the event itself is the first)."""
     inner = '{"a": ' * (depth - 1) + "1" + "}" * (depth - 1)
@@ -77,7 +86,10 @@ def test_a_body_nested_deeper_than_the_bound_is_a_400_naming_it(tmp_path: Path, 
     async def test(c: Client) -> None:
         status, answer, _ = await c.post("/v1/track", _nested(depth), basic(WRITE_KEY))
         assert (status, answer["code"], answer["message"]) == (
-            400, "bad_request", f"the body is nested more than {MAX_DEPTH} levels deep")
+            400,
+            "bad_request",
+            f"the body is nested more than {MAX_DEPTH} levels deep",
+        )
         lists = b"[" * depth + b"]" * depth
         status, answer, _ = await c.post("/v1/batch", lists, basic(WRITE_KEY))
         assert status == 400
@@ -94,11 +106,14 @@ def test_a_body_at_the_depth_bound_is_taken(tmp_path: Path) -> None:
     run(tmp_path, test)
 
 
-@pytest.mark.parametrize("body, problem", [
-    (b'{"type": "track", "n": 1e999}', "the number 1e999 is out of range"),
-    (b'{"type": "track", "n": -Infinity}', "-Infinity is not JSON"),
-    (b'{"type": "track", "n": ' + b"9" * 5000 + b"}", "Exceeds the limit (4300 digits)"),
-])
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b'{"type": "track", "n": 1e999}', "the number 1e999 is out of range"),
+        (b'{"type": "track", "n": -Infinity}', "-Infinity is not JSON"),
+        (b'{"type": "track", "n": ' + b"9" * 5000 + b"}", "Exceeds the limit (4300 digits)"),
+    ],
+)
 def test_numbers_json_cannot_carry_are_a_400(tmp_path: Path, body: bytes, problem: str) -> None:
     async def test(c: Client) -> None:
         status, answer, _ = await c.post("/v1/track", body, basic(WRITE_KEY))
@@ -110,22 +125,31 @@ def test_numbers_json_cannot_carry_are_a_400(tmp_path: Path, body: bytes, proble
 
 # -- routes and methods ------------------------------------------------------------------------
 
+
 def test_unknown_routes_and_methods_answer_json_in_the_error_shape(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
         async with c.session.get(c.server.make_url("/nowhere")) as resp:
             assert resp.status == 404
-            assert await resp.json() == {"success": False, "code": "not_found", "error": "no route GET /nowhere",
-                                         "message": "no route GET /nowhere"}
+            assert await resp.json() == {
+                "success": False,
+                "code": "not_found",
+                "error": "no route GET /nowhere",
+                "message": "no route GET /nowhere",
+            }
         async with c.session.get(c.server.make_url("/v1/batch")) as resp:
             assert resp.status == 405 and resp.headers["Allow"] == "POST"
             answer = await resp.json()
-            assert answer["code"] == "method_not_allowed" and answer["message"] == "/v1/batch does not take GET (it takes POST)"
+            assert (
+                answer["code"] == "method_not_allowed"
+                and answer["message"] == "/v1/batch does not take GET (it takes POST)"
+            )
         await _next_request_is_unaffected(c)
 
     run(tmp_path, test)
 
 
 # -- slow clients ------------------------------------------------------------------------------
+
 
 def _raw(c: Client) -> socket.socket:
     conn = socket.create_connection((c.server.host, c.server.port), timeout=5)
@@ -140,7 +164,7 @@ def _read_until_closed(conn: socket.socket, limit: float) -> tuple[bytes, float]
     try:
         while chunk := conn.recv(4096):
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         raise AssertionError(f"the server kept the connection open for over {limit}s (got {data[:80]!r})") from None
     return data, time.monotonic() - start
 
@@ -169,8 +193,11 @@ def test_a_client_that_sends_half_a_body_gets_408_and_is_closed_within_the_body_
         def half_body() -> tuple[bytes, float]:
             with _raw(c) as conn:
                 auth = basic(WRITE_KEY)["Authorization"]
-                conn.sendall(f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
-                             "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode() + VALID[:20])
+                conn.sendall(
+                    f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n".encode()
+                    + VALID[:20]
+                )
                 return _read_until_closed(conn, 5)
 
         data, took = await asyncio.to_thread(half_body)
@@ -186,21 +213,32 @@ def test_a_client_that_sends_half_a_body_gets_408_and_is_closed_within_the_body_
 
 # -- header bytes ------------------------------------------------------------------------------
 
+
 def test_header_bytes_no_client_library_sends_are_a_401_not_a_500(tmp_path: Path) -> None:
     now_ms = str(int(time.time() * 1000))
-    arabic = now_ms.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"))
-    full_width = now_ms.translate(str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"))
-    cases = [("/v1/events", f"X-Timestamp: {arabic}\r\nX-Signature: sha256=00".encode()),
-             ("/v1/events", f"X-Timestamp: {full_width}\r\nX-Signature: sha256=00".encode()),
-             ("/v1/events", f"X-Timestamp: 1_{now_ms}\r\nX-Signature: sha256=00".encode()),
-             ("/v1/track", "Authorization: Basic \u00e9".encode()),
-             ("/v1/batch", b"Authorization: Basic \xff\xfe")]
+    arabic = now_ms.translate(
+        str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
+    )
+    full_width = now_ms.translate(
+        str.maketrans("0123456789", "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19")
+    )
+    cases = [
+        ("/v1/events", f"X-Timestamp: {arabic}\r\nX-Signature: sha256=00".encode()),
+        ("/v1/events", f"X-Timestamp: {full_width}\r\nX-Signature: sha256=00".encode()),
+        ("/v1/events", f"X-Timestamp: 1_{now_ms}\r\nX-Signature: sha256=00".encode()),
+        ("/v1/track", "Authorization: Basic \u00e9".encode()),
+        ("/v1/batch", b"Authorization: Basic \xff\xfe"),
+    ]
 
     async def test(c: Client) -> None:
         def send(path: str, header: bytes) -> bytes:
             with _raw(c) as conn:
-                conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: "
-                             f"{len(VALID)}\r\n".encode() + header + b"\r\n\r\n" + VALID)
+                conn.sendall(
+                    f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(VALID)}\r\n".encode()
+                    + header
+                    + b"\r\n\r\n"
+                    + VALID
+                )
                 return _read_until_closed(conn, 5)[0]
 
         for path, header in cases:
@@ -214,6 +252,7 @@ def test_header_bytes_no_client_library_sends_are_a_401_not_a_500(tmp_path: Path
 
 
 # -- replays -----------------------------------------------------------------------------------
+
 
 def test_a_replayed_signed_request_is_refused_and_a_refused_one_may_be_sent_again(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
@@ -249,7 +288,8 @@ class SlowThenFailing(SqliteQueue):
 
 
 def test_a_copy_of_a_signed_request_still_in_flight_is_told_to_retry_and_passes_when_the_first_fails(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async def main() -> None:
         queue = SlowThenFailing(tmp_path / "state")
         intake = Intake(queue, IntakeConfig(signing_secret=SECRET), Metrics())
@@ -311,6 +351,7 @@ def test_the_remembered_signatures_stay_bounded_however_often_one_is_reserved_an
 
 # -- a store that cannot write -----------------------------------------------------------------
 
+
 def test_readyz_is_503_while_the_queue_cannot_take_writes_and_posts_get_503_not_500(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
         assert (await c.get("/readyz"))[0] == 200
@@ -328,19 +369,36 @@ def test_readyz_is_503_while_the_queue_cannot_take_writes_and_posts_get_503_not_
 
 # -- serve's stderr ----------------------------------------------------------------------------
 
+
 def test_serve_logs_a_broken_request_in_one_line_without_a_traceback_and_closes_slow_clients(tmp_path: Path) -> None:
     from service_helpers import Service, send, write_key_headers
     from test_delivery_sandbox import unique_credentials, write_settings
 
     settings = write_settings(tmp_path / "settings.yaml", "http://127.0.0.1:9", unique_credentials())
-    serve = Service("serve", "outreach/lead-capture", "--settings", settings, "--state", tmp_path / "state",
-                    "--port", "0", "--idle-timeout", "0.5", "--body-timeout", "0.5", "--quiet", cwd=tmp_path,
-                    name="serve")
+    serve = Service(
+        "serve",
+        "outreach/lead-capture",
+        "--settings",
+        settings,
+        "--state",
+        tmp_path / "state",
+        "--port",
+        "0",
+        "--idle-timeout",
+        "0.5",
+        "--body-timeout",
+        "0.5",
+        "--quiet",
+        cwd=tmp_path,
+        name="serve",
+    )
     try:
         host, port = serve.url.removeprefix("http://").split(":")
-        for garbage in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http\r\n\r\n",  # TLS to a plain port
-                        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
-                        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: nine\r\n\r\n"):
+        for garbage in (
+            b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03 not http\r\n\r\n",  # TLS to a plain port
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: nine\r\n\r\n",
+        ):
             with socket.create_connection((host, int(port)), timeout=5) as conn:
                 conn.sendall(garbage)
                 answer, _ = _read_until_closed(conn, 5)

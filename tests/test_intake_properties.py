@@ -28,14 +28,14 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings, strategies as st
-
-from redis_server import REDIS_SERVER, RedisServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.compile.compiler import load_preset
 from engine.language.settings import resolve
@@ -47,16 +47,23 @@ from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_a
 from engine.service.metrics import Metrics
 from engine.service.worker import Worker
 from engine.state.identity import IdentityLimits
+from redis_server import REDIS_SERVER, RedisServer
 from test_delivery_sandbox import fast_preset, unique_credentials
 
 WRITE_KEY = "wk-prop-5c1e9a7b3d"
 SECRET = "sig-prop-2b8f4d6a0c"
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
-VALID = json.dumps({"batch": [
-    {"type": "identify", "userId": "ok", "traits": {"email": "ok@example.com"}, "context": CONSENT},
-    {"type": "page", "anonymousId": "ok"}]}).encode()
-EXAMPLES = settings(max_examples=60, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck))
+VALID = json.dumps(
+    {
+        "batch": [
+            {"type": "identify", "userId": "ok", "traits": {"email": "ok@example.com"}, "context": CONSENT},
+            {"type": "page", "anonymousId": "ok"},
+        ]
+    }
+).encode()
+EXAMPLES = settings(
+    max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
 
 
 class Stack:
@@ -91,16 +98,25 @@ class Stack:
 
             self.state = RedisState(self.redis_url)
             self.queue = self.state.queue(preset.name)
-            pipeline = Pipeline(preset, values, IdentityMemory.for_preset(
-                preset.identity, self.state.identity(preset.name, IdentityLimits.of(preset.identity))))
+            pipeline = Pipeline(
+                preset,
+                values,
+                IdentityMemory.for_preset(
+                    preset.identity, self.state.identity(preset.name, IdentityLimits.of(preset.identity))
+                ),
+            )
             remember = pipeline.learn_identity  # serve --redis writes identity at the door
             self.engine = Engine(preset, values, state=RedisState(self.redis_url, identity_writes=False))
         await self.engine.__aenter__()
         self.worker = Worker(self.engine, self.queue, "prop", emit=self.outcomes.append, read_block_seconds=0.02)
         self.stop = asyncio.Event()
         self.task = asyncio.ensure_future(self.worker.run(self.stop))
-        intake = Intake(self.queue, IntakeConfig(write_keys=frozenset({WRITE_KEY}), signing_secret=SECRET),
-                        Metrics(), remember=remember)
+        intake = Intake(
+            self.queue,
+            IntakeConfig(write_keys=frozenset({WRITE_KEY}), signing_secret=SECRET),
+            Metrics(),
+            remember=remember,
+        )
         self.runner = web.AppRunner(create_app(intake), access_log=None, **RUNNER_OPTIONS)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -136,8 +152,14 @@ class Stack:
     def post_raw(self, path: str, body: bytes, headers: list[tuple[str, bytes]]) -> tuple[int, Any]:
         """A request written byte for byte: header values no HTTP client library would send."""
         head = b"".join(name.encode() + b": " + value + b"\r\n" for name, value in headers)
-        request = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                   f"Content-Length: {len(body)}\r\n").encode() + head + b"\r\n" + body
+        request = (
+            (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+            ).encode()
+            + head
+            + b"\r\n"
+            + body
+        )
         with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
             conn.sendall(request)
             raw = b""
@@ -184,9 +206,10 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 # Any code point, lone surrogates included (JSON can escape them; UTF-8 cannot carry them).
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=12)
-scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | any_text
-any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
-                        max_leaves=12)
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | any_text
+any_json = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4), max_leaves=12
+)
 
 
 def nested(depth: int, leaf: Any) -> Any:
@@ -201,16 +224,27 @@ def events(draw: st.DrawFn) -> Any:
     if draw(st.integers(0, 9)) == 0:
         return draw(any_json)
     event: dict[str, Any] = {
-        "type": draw(st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "", "TRACK"]) | any_text),
+        "type": draw(
+            st.sampled_from(["track", "identify", "page", "screen", "group", "alias", "", "TRACK"]) | any_text
+        ),
         "messageId": draw(st.none() | any_text | st.integers() | st.sampled_from(["m-\ud800", "dup"])),
         "userId": draw(st.sampled_from(["u1", "u2", "u\udfff"]) | any_text | any_json),
     }
     if draw(st.booleans()):
         event["event"] = draw(st.sampled_from(["Demo Requested", "Signed Up", "Lead Submitted"]) | any_text)
     if draw(st.booleans()):
-        event["traits"] = draw(st.fixed_dictionaries({}, optional={
-            "email": st.sampled_from(["a@example.com", "b\ud800@example.com", "not-an-email"]) | any_text,
-            "firstName": any_text, "phone": any_text, "country": any_text}) | any_json)
+        event["traits"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "email": st.sampled_from(["a@example.com", "b\ud800@example.com", "not-an-email"]) | any_text,
+                    "firstName": any_text,
+                    "phone": any_text,
+                    "country": any_text,
+                },
+            )
+            | any_json
+        )
     if draw(st.booleans()):
         event["context"] = draw(st.just(CONSENT) | any_json)
     if draw(st.booleans()):
@@ -230,8 +264,10 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, dict[str, str]]:
     route = draw(st.sampled_from(["/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/events"]))
     shape = draw(st.sampled_from(["batch", "event", "json", "bytes", "deep"]))
     if shape == "batch":
-        body = encode({"batch": draw(st.lists(events(), max_size=6)), "context": draw(st.none() | any_json)},
-                      draw(st.sampled_from(["ascii", "raw"])))
+        body = encode(
+            {"batch": draw(st.lists(events(), max_size=6)), "context": draw(st.none() | any_json)},
+            draw(st.sampled_from(["ascii", "raw"])),
+        )
     elif shape == "event":
         body = encode(draw(events()), draw(st.sampled_from(["ascii", "raw"])))
     elif shape == "json":
@@ -264,9 +300,14 @@ def test_any_body_is_200_or_a_4xx_and_never_affects_the_next_request(stack: Stac
         stack.accepted += answer["queued"]
     else:
         assert set(answer) >= {"error", "code", "message"} and answer["message"]
-    status, answer = stack.post("/v1/batch", VALID, {
-        "Content-Type": "application/json",
-        "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()})
+    status, answer = stack.post(
+        "/v1/batch",
+        VALID,
+        {
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(),
+        },
+    )
     assert (status, answer) == (200, {"success": True, "queued": 2})
     stack.accepted += 2
     stack.settle()
@@ -280,7 +321,8 @@ UNICODE_DIGITS = ["\u0660", "\u06f0", "\uff10", "\u0966", "\U0001d7ce"]  # Arabi
 def header_bytes() -> st.SearchStrategy[bytes]:
     """Any bytes a header value can hold on the wire (all but CR and LF, which would end it)."""
     text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40).map(
-        lambda t: t.encode("utf-8", "surrogatepass"))
+        lambda t: t.encode("utf-8", "surrogatepass")
+    )
     return (st.binary(max_size=60) | text).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
 
@@ -288,8 +330,11 @@ def header_bytes() -> st.SearchStrategy[bytes]:
 def header_requests(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[str, bytes]]]:
     """A valid request with one header the intake reads replaced by arbitrary bytes, or made almost right."""
     route = draw(st.sampled_from(["/v1/batch", "/v1/track", "/v1/events"]))
-    body = json.dumps({"batch": [{"type": "track", "event": "Signed Up", "userId": "h"}]}
-                      if route != "/v1/track" else {"event": "Signed Up", "userId": "h"}).encode()
+    body = json.dumps(
+        {"batch": [{"type": "track", "event": "Signed Up", "userId": "h"}]}
+        if route != "/v1/track"
+        else {"event": "Signed Up", "userId": "h"}
+    ).encode()
     stamp = str(int(time.time() * 1000) + draw(st.integers(0, 10**6)))  # fresh: no two examples alike
     if draw(st.booleans()):  # the same number in other scripts' digits, which int() would take
         zero = draw(st.sampled_from(UNICODE_DIGITS))
@@ -305,12 +350,18 @@ def header_requests(draw: st.DrawFn) -> tuple[str, bytes, list[tuple[str, bytes]
         headers["Authorization"] = b"Basic " + base64.b64encode(user + b":")
         fuzzed = draw(st.sampled_from(["Authorization", "Content-Encoding", "Content-Type"]))
     value = draw(header_bytes())
-    almost = {"Authorization": [b"Basic " + value, b"basic " + value + b"=", b"Bearer " + value,
-                                b"Basic " + "\u00e9".encode() + value],
-              "X-Timestamp": [value, wire_stamp + value, b" " + value + wire_stamp],
-              "X-Signature": [value, b"sha256=" + value, b"SHA256=" + value.upper()],
-              "Content-Encoding": [value, b"gzip" + value, b"GZIP"],
-              "Content-Type": [value, b"application/json; charset=" + value]}[fuzzed]
+    almost = {
+        "Authorization": [
+            b"Basic " + value,
+            b"basic " + value + b"=",
+            b"Bearer " + value,
+            b"Basic " + "\u00e9".encode() + value,
+        ],
+        "X-Timestamp": [value, wire_stamp + value, b" " + value + wire_stamp],
+        "X-Signature": [value, b"sha256=" + value, b"SHA256=" + value.upper()],
+        "Content-Encoding": [value, b"gzip" + value, b"GZIP"],
+        "Content-Type": [value, b"application/json; charset=" + value],
+    }[fuzzed]
     headers[fuzzed] = draw(st.sampled_from(almost))
     return route, body, list(headers.items())
 
@@ -325,9 +376,14 @@ def test_any_header_bytes_are_200_or_a_4xx_and_never_affect_the_next_request(sta
         stack.accepted += answer["queued"]
     elif status != 400 or isinstance(answer, dict):  # aiohttp's own 400 for a head it cannot parse is plain text
         assert set(answer) >= {"error", "code", "message"} and answer["message"]
-    status, answer = stack.post("/v1/batch", VALID, {
-        "Content-Type": "application/json",
-        "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()})
+    status, answer = stack.post(
+        "/v1/batch",
+        VALID,
+        {
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(),
+        },
+    )
     assert (status, answer) == (200, {"success": True, "queued": 2})
     stack.accepted += 2
     stack.settle()

@@ -25,7 +25,8 @@ def bodies(entries: list) -> list[int]:
 
 
 def test_the_embedded_queue_gives_each_integration_every_event_and_keeps_a_body_until_all_are_done(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async def main() -> None:
         queue = SqliteQueue(tmp_path, integrations=["outreach", "hubspot"])
         outreach, hubspot = queue.view("outreach"), queue.view("hubspot")
@@ -120,6 +121,7 @@ def test_one_stream_a_group_per_integration_trimmed_to_what_the_slowest_still_ne
 
 def test_a_failure_and_a_delivery_count_belong_to_one_integration(tmp_path: Path) -> None:
     """A poison entry for one integration (its worker keeps stopping on it) is nobody else's problem."""
+
     async def main() -> None:
         queue = SqliteQueue(tmp_path, integrations=["outreach", "hubspot"])
         outreach, hubspot = queue.view("outreach"), queue.view("hubspot")

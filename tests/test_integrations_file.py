@@ -19,8 +19,14 @@ EXAMPLE = REPO / "examples" / "integrations.yaml"
 
 
 def cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def line_of(text: str, marker: str) -> int:
@@ -57,8 +63,14 @@ def test_check_config_names_every_planted_mistake_with_its_line(tmp_path: Path) 
     config.write_text(PLANTED, encoding="utf-8")
     env = {"SIGNAL_WRITE_KEY": "wk-check-test-1"}
     env_without = {k: v for k, v in os.environ.items() if k != "UNSET_HUBSPOT_TOKEN_FOR_TEST"}
-    result = subprocess.run([sys.executable, "-m", "engine", "check", "--config", str(config)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, env={**env_without, **env})
+    result = subprocess.run(
+        [sys.executable, "-m", "engine", "check", "--config", str(config)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env_without, **env},
+    )
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     where = f"{config}:"
@@ -70,8 +82,9 @@ def test_check_config_names_every_planted_mistake_with_its_line(tmp_path: Path) 
     outreach_settings = line_of(PLANTED, "client_secret is missing") - 1
     assert PLANTED.splitlines()[outreach_settings - 1] == "    settings:"
     assert reported(outreach_settings, "outreach", "client_secret", "missing"), lines
-    assert reported(line_of(PLANTED, "UNSET_HUBSPOT_TOKEN_FOR_TEST"), "hubspot", "UNSET_HUBSPOT_TOKEN_FOR_TEST",
-                    "not set"), lines
+    assert reported(
+        line_of(PLANTED, "UNSET_HUBSPOT_TOKEN_FOR_TEST"), "hubspot", "UNSET_HUBSPOT_TOKEN_FOR_TEST", "not set"
+    ), lines
     assert reported(line_of(PLANTED, "  crm:") + 1, "crm", "unknown preset", "nowhere/no-such-preset"), lines
     assert reported(line_of(PLANTED, "Bad_Name"), "Bad_Name", "invalid"), lines
     first, second = [n for n, line in enumerate(PLANTED.splitlines(), 1) if line == "  outreach:"]
@@ -79,20 +92,27 @@ def test_check_config_names_every_planted_mistake_with_its_line(tmp_path: Path) 
     assert len(lines) == 5, lines  # one line per problem, nothing else
     # serve refuses the same file with the same lines, and starts nothing.
     state = tmp_path / "state"
-    served = subprocess.run([sys.executable, "-m", "engine", "serve", "--config", str(config), "--state", str(state),
-                             "--port", "0"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                            env={**env_without, **env})
+    served = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--config", str(config), "--state", str(state), "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env_without, **env},
+    )
     assert served.returncode == 2
     assert [line for line in served.stderr.splitlines() if line.startswith(where)] == lines
     assert not state.exists()
 
 
 def test_a_literal_secret_works_but_check_warns_with_its_line(tmp_path: Path) -> None:
-    text = ("integrations:\n"
-            "  hubspot:\n"
-            "    preset: hubspot/contacts\n"
-            "    settings:\n"
-            "      access_token: pat-literal-secret-123456\n")
+    text = (
+        "integrations:\n"
+        "  hubspot:\n"
+        "    preset: hubspot/contacts\n"
+        "    settings:\n"
+        "      access_token: pat-literal-secret-123456\n"
+    )
     config = tmp_path / "integrations.yaml"
     config.write_text(text, encoding="utf-8")
     result = cli("check", "--config", config)
@@ -110,12 +130,16 @@ def test_references_are_read_from_the_environment_and_relative_paths_from_the_fi
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "outreach.yaml").write_text(
         "client_id: c-1\nclient_secret: ${OUTREACH_SECRET}\nrefresh_token: r-1\nbase_url: http://127.0.0.1:1\n",
-        encoding="utf-8")
+        encoding="utf-8",
+    )
     config = tmp_path / "conf" / "integrations.yaml"
-    config.write_text("intake:\n  write_keys: [\"${WK}\"]\n  signing_secret: ${SIG}\n"
-                      "integrations:\n  outreach:\n    preset: outreach/lead-capture\n"
-                      "    settings_file: outreach.yaml\n  hubspot:\n    preset: hubspot/contacts\n"
-                      "    enabled: false\n", encoding="utf-8")
+    config.write_text(
+        'intake:\n  write_keys: ["${WK}"]\n  signing_secret: ${SIG}\n'
+        "integrations:\n  outreach:\n    preset: outreach/lead-capture\n"
+        "    settings_file: outreach.yaml\n  hubspot:\n    preset: hubspot/contacts\n"
+        "    enabled: false\n",
+        encoding="utf-8",
+    )
     loaded = load_integrations(config, {"OUTREACH_SECRET": "sec-from-env", "WK": "wk-1,wk-2", "SIG": "sig-1"})
     assert loaded.names() == ["outreach", "hubspot"]
     assert [i.name for i in loaded.enabled()] == ["outreach"]
@@ -123,23 +147,36 @@ def test_references_are_read_from_the_environment_and_relative_paths_from_the_fi
     assert loaded.write_keys == ["wk-1", "wk-2"] and loaded.signing_secret == "sig-1"
     # Listing them needs no credential, in file order, each with its preset, settings and state.
     listed = read_integrations(config, {"WK": "x", "SIG": "y"})
-    assert [(i.name, i.preset.name, i.enabled) for i in listed] == [("outreach", "outreach/lead-capture", True),
-                                                                    ("hubspot", "hubspot/contacts", False)]
+    assert [(i.name, i.preset.name, i.enabled) for i in listed] == [
+        ("outreach", "outreach/lead-capture", True),
+        ("hubspot", "hubspot/contacts", False),
+    ]
     assert listed[0].settings["client_id"] == "c-1" and listed[0].settings["client_secret"] is None
     # A disabled integration's credentials are not required; an enabled one's are.
     with pytest.raises(IntegrationsError) as caught:
         load_integrations(config, {"WK": "x", "SIG": "y"})
-    assert caught.value.problems == [(f"{tmp_path / 'conf' / 'outreach.yaml'}:2: integration 'outreach': setting "
-                                      "'client_secret': environment variable OUTREACH_SECRET is not set")]
+    assert caught.value.problems == [
+        (
+            f"{tmp_path / 'conf' / 'outreach.yaml'}:2: integration 'outreach': setting "
+            "'client_secret': environment variable OUTREACH_SECRET is not set"
+        )
+    ]
     with pytest.raises(IntegrationsError) as caught:
         load_integrations(config, {"OUTREACH_SECRET": "s"})
-    assert caught.value.problems == [f"{config}:2: intake.write_keys: environment variable WK is not set",
-                                     f"{config}:3: intake.signing_secret: environment variable SIG is not set"]
+    assert caught.value.problems == [
+        f"{config}:2: intake.write_keys: environment variable WK is not set",
+        f"{config}:3: intake.signing_secret: environment variable SIG is not set",
+    ]
 
 
-@pytest.mark.parametrize("ref, name", [("outreach/lead-capture", "outreach-lead-capture"),
-                                       ("My Leads.yaml", "my-leads"),
-                                       ("Acme_CRM--Leads__V2.yaml", "acme-crm-leads-v2")])
+@pytest.mark.parametrize(
+    "ref, name",
+    [
+        ("outreach/lead-capture", "outreach-lead-capture"),
+        ("My Leads.yaml", "my-leads"),
+        ("Acme_CRM--Leads__V2.yaml", "acme-crm-leads-v2"),
+    ],
+)
 def test_the_one_preset_form_is_named_after_the_preset(tmp_path: Path, ref: str, name: str) -> None:
     """README: the name lower-cased, each run outside [a-z0-9] one '-'; a preset file goes by its file stem."""
     from engine.compile import load_preset
@@ -198,8 +235,10 @@ def test_every_log_line_a_worker_causes_names_its_integration(capsys: pytest.Cap
         asyncio.run(both())
         lines = capsys.readouterr().err.splitlines()
         if fmt == "text":
-            assert sorted(lines) == sorted(f"signal-engine: [{name}] event 3: answered 503; retrying with token ***"
-                                           for name in ("hubspot", "outreach"))
+            assert sorted(lines) == sorted(
+                f"signal-engine: [{name}] event 3: answered 503; retrying with token ***"
+                for name in ("hubspot", "outreach")
+            )
         else:
             assert sorted(json.loads(line)["integration"] for line in lines) == ["hubspot", "outreach"]
             assert all("tok-secret" not in line for line in lines)

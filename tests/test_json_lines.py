@@ -38,17 +38,17 @@ LINES = [
     '{"s": "\\ud83d\\ude00 Zoë \\u0000 \\t"}',
     '{"lone": "Bo\\ud800b"}',
     '{"\u00e9": [1, 2.5, true, false, null, {}, []]}',
-    '[1, 2]',
+    "[1, 2]",
     '"just a string"',
-    '12',
+    "12",
 ]
 BAD_LINES = [  # (line, what the problem says)
     ('{"x": NaN}', "NaN is not a JSON number"),
     ('{"x": -Infinity}', "-Infinity is not a JSON number"),
     ('{"x": 1,}', "json's own message"),
-    ('{oops', "json's own message"),
-    ('[' * 1100 + ']' * 1100, "not valid JSON: nested too deeply"),
-    ('[' * 20000 + ']' * 20000, "not valid JSON: nested too deeply"),
+    ("{oops", "json's own message"),
+    ("[" * 1100 + "]" * 1100, "not valid JSON: nested too deeply"),
+    ("[" * 20000 + "]" * 20000, "not valid JSON: nested too deeply"),
     ('{"big": 1E400}', "the number 1E400 is out of range (it overflows a double)"),  # json would read infinity
 ]
 
@@ -78,7 +78,7 @@ def test_each_line_reads_as_json_reads_it() -> None:
 
 
 def test_integers_beyond_64_bits_stay_integers() -> None:
-    (_, event, _), = read(['{"n": 123456789012345678901234567890, "m": -9223372036854775809}'])
+    ((_, event, _),) = read(['{"n": 123456789012345678901234567890, "m": -9223372036854775809}'])
     assert event == {"n": 123456789012345678901234567890, "m": -9223372036854775809}
     assert isinstance(event["n"], int) and isinstance(event["m"], int)
 
@@ -98,8 +98,12 @@ def test_a_bad_line_is_named_as_before(line: str, problem: str) -> None:
 def test_blank_lines_bom_and_line_endings() -> None:
     data = b"\xef\xbb\xbf" + b'{"a": 1}\r\n\r\n  \n{"b": 2}\r{"c": 3}\n\xff\n'
     items = list(events_input.events_from(io.BytesIO(data), "test"))
-    assert items == [(0, {"a": 1}, None), (3, {"b": 2}, None), (4, {"c": 3}, None),
-                     (5, None, "line 6: not UTF-8 text (byte 0xff at column 1)")]
+    assert items == [
+        (0, {"a": 1}, None),
+        (3, {"b": 2}, None),
+        (4, {"c": 3}, None),
+        (5, None, "line 6: not UTF-8 text (byte 0xff at column 1)"),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -141,9 +145,16 @@ def test_outcome_lines_keep_non_ascii_characters_as_they_are() -> None:
 
 
 def lead(message_id: str) -> str:
-    return json.dumps({"type": "track", "event": "Signed Up", "userId": "u-" + message_id, "messageId": message_id,
-                       "traits": {"email": f"{message_id}@example.com"},
-                       "context": {"consent": {"canonical": {"marketing": True}}}})
+    return json.dumps(
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u-" + message_id,
+            "messageId": message_id,
+            "traits": {"email": f"{message_id}@example.com"},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        }
+    )
 
 
 def test_is_regular_file(tmp_path: Path) -> None:
@@ -165,9 +176,14 @@ def child_env() -> dict[str, str]:
 
 
 def test_a_live_stream_gets_each_outcome_before_the_next_line_arrives(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--events", "-",
-                             "--dry-run"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=tmp_path, env=child_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--events", "-", "--dry-run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=child_env(),
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         for message_id in ("m1", "m2"):
@@ -192,7 +208,7 @@ def test_the_nesting_limit_does_not_move_with_the_recursion_limit() -> None:
         previous = sys.getrecursionlimit()
         sys.setrecursionlimit(limit)
         try:
-            (_, event, problem), = read([line])
+            ((_, event, problem),) = read([line])
         finally:
             sys.setrecursionlimit(previous)
         assert event is None and problem == "line 1: not valid JSON: nested too deeply"

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -74,8 +75,28 @@ def mapping_inputs(preset_name: str, monkeypatch: pytest.MonkeyPatch) -> list[An
     return seen
 
 
-ODD_VALUES = [None, "", " ", "Zoë Ångström", "😀 emoji", "e\u0301 combining", "שלום", "\u0000nul", "x" * 10_000,
-              0, -1, 2.5, 1e300, True, False, [], ["a", None], {}, {"nested": {"deep": [1, "two"]}}, "a\ud800b"]
+ODD_VALUES = [
+    None,
+    "",
+    " ",
+    "Zoë Ångström",
+    "😀 emoji",
+    "e\u0301 combining",
+    "שלום",
+    "\u0000nul",
+    "x" * 10_000,
+    0,
+    -1,
+    2.5,
+    1e300,
+    True,
+    False,
+    [],
+    ["a", None],
+    {},
+    {"nested": {"deep": [1, "two"]}},
+    "a\ud800b",
+]
 
 
 def odd_variants(context: dict[str, Any]) -> Iterator[Any]:
@@ -102,16 +123,24 @@ def odd_variants(context: dict[str, Any]) -> Iterator[Any]:
 
 
 def upsert_inputs(documents: list[Any], traits: list[Any], settings: dict[str, Any]) -> Iterator[Any]:
-    founds = [None, {}, {"id": 7}, {"id": "7", "attributes": {}},
-              {"id": 4242, "attributes": {"emails": ["old@acme.com"], "tags": ["VIP"], "mobilePhones": []}},
-              {"id": 1, "attributes": {"emails": "not-a-list", "tags": None}},
-              {"id": 2, "attributes": {"emails": ["Zoë@acme.com", "old@acme.com"], "tags": ["Signal", "lead", "😀"]}}]
+    founds = [
+        None,
+        {},
+        {"id": 7},
+        {"id": "7", "attributes": {}},
+        {"id": 4242, "attributes": {"emails": ["old@acme.com"], "tags": ["VIP"], "mobilePhones": []}},
+        {"id": 1, "attributes": {"emails": "not-a-list", "tags": None}},
+        {"id": 2, "attributes": {"emails": ["Zoë@acme.com", "old@acme.com"], "tags": ["Signal", "lead", "😀"]}},
+    ]
     for document, trait_set in zip(documents, traits, strict=False):  # fewer traits: the rest get none
         base = {"document": document, "traits": trait_set, "settings": settings}
         yield base
         for found in founds:
-            answer = {"status": 200, "headers": {"content-type": "application/json"},
-                      "body": {"data": [found] if found is not None else [], "results": [found]}}
+            answer = {
+                "status": 200,
+                "headers": {"content-type": "application/json"},
+                "body": {"data": [found] if found is not None else [], "results": [found]},
+            }
             yield {**base, "found": found}
             yield {**base, "lookup": answer, "conflict": {**answer, "status": 409}, "found": found}
     for body in founds:
@@ -130,7 +159,9 @@ def evaluate(expression: Expression, data: Any) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("preset_name", PRESETS)
-def test_both_engines_agree_on_every_expression_of_the_preset(preset_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_both_engines_agree_on_every_expression_of_the_preset(
+    preset_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = resources.find_preset(preset_name)
     sources = jsonata_sources(path)
     preset = load_preset(preset_name)
@@ -146,13 +177,16 @@ def test_both_engines_agree_on_every_expression_of_the_preset(preset_name: str, 
         if case.expected_path.exists():
             expected = json.loads(case.expected_path.read_text(encoding="utf-8"))
             # A dry-run case is a list of outcomes; a delivery case also lists every request it sent.
-            items = expected if isinstance(expected, list) else expected["outcomes"] + [
-                {"request": exchange} for exchange in expected["exchanges"]]
+            items = (
+                expected
+                if isinstance(expected, list)
+                else expected["outcomes"] + [{"request": exchange} for exchange in expected["exchanges"]]
+            )
             for item in items:
                 body = (item.get("request") or {}).get("body")
                 if body is not None:
                     documents.append(body)
-    traits = [c.get("traits") for c in captured][:len(documents)]
+    traits = [c.get("traits") for c in captured][: len(documents)]
     settings = resolve(preset.settings, {}, require=False).public()
     inputs.extend(upsert_inputs(documents, traits, settings))
 
@@ -176,14 +210,18 @@ def test_the_presets_ship_golden_cases_to_compare_on() -> None:
 # Published test vectors: FIPS 180-2 appendix B (SHA-256) and RFC 1321 appendix A.5 (MD5).
 HASH_VECTORS = [
     ("$sha256('abc')", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-    ("$sha256('abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq')",
-     "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+    (
+        "$sha256('abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq')",
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    ),
     ("$sha256('')", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
     ("$md5('')", "d41d8cd98f00b204e9800998ecf8427e"),
     ("$md5('abc')", "900150983cd24fb0d6963f7d28e17f72"),
     ("$md5('message digest')", "f96b697d7cb7938d525a2f31aaf161d0"),
-    ("$md5('12345678901234567890123456789012345678901234567890123456789012345678901234567890')",
-     "57edf4a22be3c955ac49da2e2107b67a"),
+    (
+        "$md5('12345678901234567890123456789012345678901234567890123456789012345678901234567890')",
+        "57edf4a22be3c955ac49da2e2107b67a",
+    ),
 ]
 
 
@@ -220,9 +258,13 @@ def test_hash_functions_on_the_forms_the_conversion_apis_document() -> None:
 
     run = lambda source, data: Expression.compile(source).evaluate(data)  # noqa: E731
     assert run('{"h": $sha256(traits.email), "n": 1}', {"traits": {}}) == {"n": 1}
-    assert run("$sha256($lowercase($trim(e)))", {"e": " Zoë@Example.COM "}) == \
-        hashlib.sha256("zoë@example.com".encode("utf-8")).hexdigest()
-    assert run("$md5($lowercase(e))", {"e": "Urist.McVankab@freddiesjokes.com"}) == \
-        hashlib.md5(b"urist.mcvankab@freddiesjokes.com").hexdigest()
+    assert (
+        run("$sha256($lowercase($trim(e)))", {"e": " Zoë@Example.COM "})
+        == hashlib.sha256("zoë@example.com".encode()).hexdigest()
+    )
+    assert (
+        run("$md5($lowercase(e))", {"e": "Urist.McVankab@freddiesjokes.com"})
+        == hashlib.md5(b"urist.mcvankab@freddiesjokes.com").hexdigest()
+    )
     with pytest.raises(ExpressionError, match="T0410"):
         run("$sha256(n)", {"n": 5})

@@ -18,8 +18,13 @@ from engine import outcome as oc
 REPO = Path(__file__).resolve().parents[1]
 # The embedding guide (docs/guides/embedding.md) documents the library surface.
 GUIDE = (REPO / "docs" / "guides" / "embedding.md").read_text(encoding="utf-8")
-LEAD = {"type": "track", "event": "Signed Up", "userId": "u-1",
-        "traits": {"email": "jane@acme.com"}, "context": {"consent": {"canonical": {"marketing": True}}}}
+LEAD = {
+    "type": "track",
+    "event": "Signed Up",
+    "userId": "u-1",
+    "traits": {"email": "jane@acme.com"},
+    "context": {"consent": {"canonical": {"marketing": True}}},
+}
 
 
 def test_the_documented_imports_work() -> None:
@@ -65,10 +70,27 @@ def test_resolve_settings_reports_every_problem_in_a_settings_error() -> None:
 
 
 def test_outcome_to_dict_is_the_documented_line() -> None:
-    out = Outcome(3, "m-3", oc.FAILED, reason=None, detail="why", cause="http_422", request={"method": "POST"},
-                  response={"status": 422}, attempts=1)
-    assert list(out.to_dict()) == ["index", "messageId", "outcome", "cause", "detail", "attempts", "request",
-                                   "response"]
+    out = Outcome(
+        3,
+        "m-3",
+        oc.FAILED,
+        reason=None,
+        detail="why",
+        cause="http_422",
+        request={"method": "POST"},
+        response={"status": 422},
+        attempts=1,
+    )
+    assert list(out.to_dict()) == [
+        "index",
+        "messageId",
+        "outcome",
+        "cause",
+        "detail",
+        "attempts",
+        "request",
+        "response",
+    ]
     assert "`Outcome.to_dict()` is the JSON line `run` prints" in GUIDE
 
 
@@ -82,7 +104,8 @@ def test_version_is_the_package_version_everywhere(tmp_path: Path) -> None:
 
 
 def test_python_dash_m_engine_is_the_command(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine", "check"], capture_output=True, text=True, cwd=tmp_path,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "check"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert any(line.startswith("ok: outreach/lead-capture") for line in proc.stdout.splitlines()), proc.stdout

@@ -48,16 +48,29 @@ def fresh_process(script: str, *args: str, timeout: float = 300) -> dict[str, An
                         return int(line.split()[1]) / 1024
             raise SystemExit("no /proc/self/status")
     """)
-    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script), *args], capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def identify(i: int) -> dict[str, Any]:
-    return {"type": "identify", "userId": f"user-{i:08d}", "anonymousId": f"anon-{i:08d}-4f1c-9a7e",
-            "messageId": f"m-{i}", "traits": {"email": f"person{i}@example.com", "firstName": "Jane",
-                                              "company": "Acme Inc", "title": "Head of Growth"}}
+    return {
+        "type": "identify",
+        "userId": f"user-{i:08d}",
+        "anonymousId": f"anon-{i:08d}-4f1c-9a7e",
+        "messageId": f"m-{i}",
+        "traits": {
+            "email": f"person{i}@example.com",
+            "firstName": "Jane",
+            "company": "Acme Inc",
+            "title": "Head of Growth",
+        },
+    }
 
 
 # --------------------------------------------------------------------------
@@ -67,8 +80,11 @@ def identify(i: int) -> dict[str, Any]:
 
 def _fill(store: MemoryIdentityStore, start: int, stop: int) -> None:
     for i in range(start, stop):
-        store.merge([Slot("userId", f"user-{i:08d}"), Slot("anonymousId", f"anon-{i:08d}-4f1c-9a7e", True)],
-                    {"email": f"person{i}@example.com", "firstName": "Jane", "company": "Acme Inc"}, f"user-{i:08d}")
+        store.merge(
+            [Slot("userId", f"user-{i:08d}"), Slot("anonymousId", f"anon-{i:08d}-4f1c-9a7e", True)],
+            {"email": f"person{i}@example.com", "firstName": "Jane", "company": "Acme Inc"},
+            f"user-{i:08d}",
+        )
 
 
 @pytest.mark.parametrize("memory_bytes", [UNBOUNDED, 4 * MIB], ids=["growing", "evicting"])
@@ -102,7 +118,10 @@ def test_past_its_process_bound_the_least_recently_seen_identities_are_forgotten
     assert store.recall("anonymousId", "anon-00000000-4f1c-9a7e") is None  # not looked up: forgotten too
     assert store.recall("userId", "user-00004999") is not None
     assert store.recall("anonymousId", "anon-00004999-4f1c-9a7e").traits == {  # type: ignore[union-attr]
-        "email": "person4999@example.com", "firstName": "Jane", "company": "Acme Inc"}
+        "email": "person4999@example.com",
+        "firstName": "Jane",
+        "company": "Acme Inc",
+    }
 
 
 def test_a_later_event_of_a_forgotten_user_is_not_identified() -> None:
@@ -114,8 +133,10 @@ def test_a_later_event_of_a_forgotten_user_is_not_identified() -> None:
         pipeline.dry_run(identify(i), i)
     consent = {"canonical": {"marketing": True}}
     for i, expected in ((0, oc.DROPPED), (4_999, oc.WOULD_SEND)):
-        result = pipeline.dry_run({"type": "track", "event": "Lead Submitted", "userId": f"user-{i:08d}",
-                                   "context": {"consent": consent}}, 5_000 + i)
+        result = pipeline.dry_run(
+            {"type": "track", "event": "Lead Submitted", "userId": f"user-{i:08d}", "context": {"consent": consent}},
+            5_000 + i,
+        )
         assert result.outcome == expected, result.to_dict()
         if expected == oc.DROPPED:
             assert result.reason == oc.NOT_IDENTIFIED
@@ -160,20 +181,26 @@ def test_a_dry_runs_identity_memory_stops_growing_at_its_bound() -> None:
     assert marks[120_000] - result["start"] < 16 * 1.5 + 8, result
 
 
-@pytest.mark.skipif(not os.environ.get("SIGNAL_ENGINE_SLOW_TESTS"),
-                    reason="about a minute: set SIGNAL_ENGINE_SLOW_TESTS=1 (benchmarks/bench_memory.py measures it too)")
+@pytest.mark.skipif(
+    not os.environ.get("SIGNAL_ENGINE_SLOW_TESTS"),
+    reason="about a minute: set SIGNAL_ENGINE_SLOW_TESTS=1 (benchmarks/bench_memory.py measures it too)",
+)
 def test_a_million_identify_dry_run_stays_under_300_mb(tmp_path: Any) -> None:
     events = tmp_path / "identify.ndjson"
     with events.open("w", encoding="utf-8") as out:
         for i in range(1_000_000):
             out.write(json.dumps(identify(i)) + "\n")
-    result = fresh_process("""
+    result = fresh_process(
+        """
         import resource, subprocess
         done = subprocess.run([sys.executable, "-m", "engine.cli", "run", "outreach/lead-capture", "--dry-run",
                                "--events", sys.argv[1]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(json.dumps({"code": done.returncode, "peak_mib": peak}))
-    """, str(events), timeout=600)
+    """,
+        str(events),
+        timeout=600,
+    )
     assert result["code"] == 0
     assert result["peak_mib"] * MIB < 300e6, result
 
@@ -184,10 +211,21 @@ def test_a_million_identify_dry_run_stays_under_300_mb(tmp_path: Any) -> None:
 
 
 def lead(i: int, tag: str = "dlq") -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": f"{tag}-{i}", "messageId": f"{tag}-{i}",
-            "context": {"consent": {"canonical": {"marketing": True}}},
-            "traits": {"email": f"{tag}{i}@letters.test", "firstName": "Jane", "lastName": "Doe",
-                       "company": "Acme Inc", "title": "Head of Growth", "phone": "+44 7700 900123"}}
+    return {
+        "type": "track",
+        "event": "Demo Requested",
+        "userId": f"{tag}-{i}",
+        "messageId": f"{tag}-{i}",
+        "context": {"consent": {"canonical": {"marketing": True}}},
+        "traits": {
+            "email": f"{tag}{i}@letters.test",
+            "firstName": "Jane",
+            "lastName": "Doe",
+            "company": "Acme Inc",
+            "title": "Head of Growth",
+            "phone": "+44 7700 900123",
+        },
+    }
 
 
 def letters(n: int, preset_name: str = PRESET, tag: str = "dlq") -> list[dict[str, Any]]:
@@ -196,17 +234,25 @@ def letters(n: int, preset_name: str = PRESET, tag: str = "dlq") -> list[dict[st
     from engine.state.journal import event_key
 
     preset = load_preset(PRESET)
-    pipeline = Pipeline(preset, resolve(preset.settings, {"client_id": "c", "client_secret": "s", "refresh_token": "r"},
-                                        require=False))
+    pipeline = Pipeline(
+        preset, resolve(preset.settings, {"client_id": "c", "client_secret": "s", "refresh_token": "r"}, require=False)
+    )
     out = []
     for i in range(n):
         event = lead(i, tag)
         prepared = pipeline.prepare(event, i)
         assert not isinstance(prepared, oc.Outcome), prepared
         request = prepared.masked_request(preset.auth)
-        result = oc.Outcome(i, event["messageId"], oc.DEAD_LETTERED, cause="http_503",
-                            detail="gave up after 5 attempts: 503 Service Unavailable", attempts=5, request=request,
-                            response={"status": 503, "body": {"errors": [{"title": "Service Unavailable"}]}})
+        result = oc.Outcome(
+            i,
+            event["messageId"],
+            oc.DEAD_LETTERED,
+            cause="http_503",
+            detail="gave up after 5 attempts: 503 Service Unavailable",
+            attempts=5,
+            request=request,
+            response={"status": 503, "body": {"errors": [{"title": "Service Unavailable"}]}},
+        )
         out.append(entry_for(preset_name, prepared.action.name, result, request, event_key(event)))
     return out
 
@@ -217,8 +263,10 @@ def seed_sqlite(state_dir: Any, entries: list[dict[str, Any]]) -> None:
 
     state = SqliteState(state_dir)
     with state.db.write() as cur:
-        cur.executemany("INSERT INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
-                        [(e["id"], e["preset"], e["key"], 1_000_000 + i, json.dumps(e)) for i, e in enumerate(entries)])
+        cur.executemany(
+            "INSERT INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
+            [(e["id"], e["preset"], e["key"], 1_000_000 + i, json.dumps(e)) for i, e in enumerate(entries)],
+        )
     state.close()
 
 
@@ -260,7 +308,7 @@ def test_redis_letters_are_read_a_page_at_a_time_in_order_even_with_equal_scores
     for e in others:
         store.add(e)
     # Many letters at one score (two workers writing at the same instant): paging must neither skip nor repeat.
-    order = store._order  # noqa: SLF001 - the sorted set whose ties are under test
+    order = store._order
     state.client.zadd(order, {e["id"]: 5.0 for e in entries[50:150]})
     expected = sorted(((float(s), m.decode()) for m, s in state.client.zrange(order, 0, -1, withscores=True)))
     wanted = [m for _, m in expected if m in {e["id"] for e in entries[:200]}]
@@ -300,12 +348,17 @@ def test_letters_kept_in_memory_while_the_disk_is_full_are_listed_with_the_rest(
 def peak_mib(*args: Any, cwd: Any) -> tuple[int, float, str, str]:
     """Run the CLI as a child of a fresh interpreter: its exit code, its peak RSS in MiB, stdout and stderr."""
     out, err = cwd / "cli.out", cwd / "cli.err"
-    result = fresh_process("""
+    result = fresh_process(
+        """
         import resource, subprocess
         with open(sys.argv[1], "w") as out, open(sys.argv[2], "w") as err:
             code = subprocess.run([sys.executable, "-m", "engine", *sys.argv[3:]], stdout=out, stderr=err).returncode
         print(json.dumps({"code": code, "peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-    """, str(out), str(err), *map(str, args))
+    """,
+        str(out),
+        str(err),
+        *map(str, args),
+    )
     return result["code"], result["peak_mib"], out.read_text(encoding="utf-8"), err.read_text(encoding="utf-8")
 
 
@@ -336,16 +389,31 @@ def test_dlq_replay_memory_does_not_grow_with_the_letters(tmp_path: Any) -> None
         with ThreadedSandbox(**creds, quota=1_000_000) as sandbox:
             settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
             state_dir = tmp_path / f"state-{n}"
-            seed_sqlite(state_dir, [{**e, "request": {**e["request"], "url": e["request"]["url"].replace(
-                "https://api.outreach.io", sandbox.base_url)}} for e in entries[:n]])
-            code, peaks[n], out, err = peak_mib("dlq", "replay", preset, "--settings", settings, "--state", state_dir,
-                                                cwd=tmp_path)
+            seed_sqlite(
+                state_dir,
+                [
+                    {
+                        **e,
+                        "request": {
+                            **e["request"],
+                            "url": e["request"]["url"].replace("https://api.outreach.io", sandbox.base_url),
+                        },
+                    }
+                    for e in entries[:n]
+                ],
+            )
+            code, peaks[n], out, err = peak_mib(
+                "dlq", "replay", preset, "--settings", settings, "--state", state_dir, cwd=tmp_path
+            )
             created = len(sandbox.state()["prospects"])
         assert code == 0, err
         outcomes = [json.loads(line) for line in out.splitlines()]
         assert [o["messageId"] for o in outcomes] == [e["messageId"] for e in entries[:n]]  # in the store's order
         assert {o["outcome"] for o in outcomes} == {"delivered"} and created == n
-        assert err.strip().splitlines()[-1] == f"signal-engine: replayed {n}, delivered {n}, 0 left in the dead-letter store"
+        assert (
+            err.strip().splitlines()[-1]
+            == f"signal-engine: replayed {n}, delivered {n}, 0 left in the dead-letter store"
+        )
     # Every letter and every replay at once took about 16 KB per letter: 3,000 more were ~48 MiB more.
     assert peaks[4_000] - peaks[1_000] < 12, peaks
 
@@ -362,8 +430,11 @@ def outage_preset(directory: Any) -> Any:
     from ruamel.yaml import YAML
 
     yaml = YAML()
-    data = yaml.load((Path(__file__).resolve().parent.parent / "presets" / "outreach" / "lead-capture.yaml")
-                     .read_text(encoding="utf-8"))
+    data = yaml.load(
+        (Path(__file__).resolve().parent.parent / "presets" / "outreach" / "lead-capture.yaml").read_text(
+            encoding="utf-8"
+        )
+    )
     delivery = data["delivery"]
     delivery["retries"]["max_attempts"] = 2
     delivery["retries"]["backoff"].update(initial_seconds=0.001, max_seconds=0.001)
@@ -394,15 +465,23 @@ def test_a_run_while_the_destination_is_down_keeps_nothing_per_event(tmp_path: A
     import re
 
     flags, refresh_token, cause = OUTAGES[outage]
-    sandbox = subprocess.Popen([sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0",
-                                "--quota", "10000000", *flags], stdout=subprocess.PIPE, text=True)
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "engine", "sandbox", "outreach", "--port", "0", "--quota", "10000000", *flags],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert sandbox.stdout is not None
         found = re.search(r"http://127\.0\.0\.1:[0-9]+", sandbox.stdout.readline())
         assert found, "the sandbox did not say where it listens"
-        settings = {"client_id": "sandbox-client", "client_secret": "sandbox-secret",
-                    "refresh_token": refresh_token or "sandbox-refresh-token", "base_url": found.group(0)}
-        result = fresh_process("""
+        settings = {
+            "client_id": "sandbox-client",
+            "client_secret": "sandbox-secret",
+            "refresh_token": refresh_token or "sandbox-refresh-token",
+            "base_url": found.group(0),
+        }
+        result = fresh_process(
+            """
             import asyncio, gc, logging, tracemalloc
             from engine.runtime import Engine
             logging.disable(logging.CRITICAL)  # a log record is written out, never kept: not what is measured
@@ -438,7 +517,11 @@ def test_a_run_while_the_destination_is_down_keeps_nothing_per_event(tmp_path: A
             grew = asyncio.run(main())
             print(json.dumps({"grew": grew, "outcomes": sorted({o for o, _ in seen}),
                               "causes": sorted({c for _, c in seen})}))
-        """, str(outage_preset(tmp_path)), str(tmp_path / "state"), json.dumps(settings))
+        """,
+            str(outage_preset(tmp_path)),
+            str(tmp_path / "state"),
+            json.dumps(settings),
+        )
     finally:
         sandbox.terminate()
         sandbox.wait(30)

@@ -46,8 +46,9 @@ def test_every_shipped_schema_is_a_valid_json_schema(path: Path) -> None:
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_broken_output_schema_is_refused_with_the_place(tmp_path: Path, strict: bool) -> None:
     path = tmp_path / "doc.schema.json"
-    path.write_text(json.dumps({"type": "object", "properties": {"title": {"type": "string", "maxLength": -1}}}),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"type": "object", "properties": {"title": {"type": "string", "maxLength": -1}}}), encoding="utf-8"
+    )
     with pytest.raises(ValueError) as info:
         OutputContract.load("demo/doc", path, strict=strict)
     assert str(info.value).startswith("not a valid JSON Schema at /properties/title/maxLength: ")
@@ -64,14 +65,33 @@ def golden_documents() -> list[Any]:
     documents = []
     for expected in sorted(GOLDEN.rglob("*.expected.json")):
         data = json.loads(expected.read_text(encoding="utf-8"))
-        requests = ([o.get("request") for o in data] if isinstance(data, list)
-                    else [o.get("request") for o in data["outcomes"]] + data["exchanges"])
+        requests = (
+            [o.get("request") for o in data]
+            if isinstance(data, list)
+            else [o.get("request") for o in data["outcomes"]] + data["exchanges"]
+        )
         documents.extend(r["body"] for r in requests if isinstance(r, dict) and r.get("body") is not None)
     return documents
 
 
-ODD_VALUES = (None, "", 7, 7.5, True, [], {}, "x" * 255, "x" * 256, "é" * 256, "😀" * 255, ["a", None],
-              10 ** 30, -1, "\u0000", "a\ud800b")
+ODD_VALUES = (
+    None,
+    "",
+    7,
+    7.5,
+    True,
+    [],
+    {},
+    "x" * 255,
+    "x" * 256,
+    "é" * 256,
+    "😀" * 255,
+    ["a", None],
+    10**30,
+    -1,
+    "\u0000",
+    "a\ud800b",
+)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -175,6 +195,7 @@ def test_an_invalid_document_is_explained_with_its_json_pointer() -> None:
 
 def two_pass(document: Any, schema: Any, omit: bool, truncate: bool) -> Any:
     """The rule as it reads: first omit empty values everywhere, then cut strings where the schema says."""
+
     def omitted(value: Any) -> Any:
         if isinstance(value, dict):
             cleaned = {k: omitted(v) for k, v in value.items()}
@@ -210,9 +231,13 @@ TRICKY_SCHEMA = {
         "short": {"type": "string", "maxLength": 3},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 2}},
         "zeros": {"type": "array", "items": {"type": "string", "maxLength": 0}},
-        "nested": {"type": "object", "properties": {"inner": {"type": "string", "maxLength": 1},
-                                                    "list": {"type": "array", "items": {"type": "object",
-                                                             "properties": {"s": {"maxLength": 2}}}}}},
+        "nested": {
+            "type": "object",
+            "properties": {
+                "inner": {"type": "string", "maxLength": 1},
+                "list": {"type": "array", "items": {"type": "object", "properties": {"s": {"maxLength": 2}}}},
+            },
+        },
     },
 }
 
@@ -244,8 +269,9 @@ def test_one_pass_shaping_matches_omit_then_truncate(tmp_path: Path, omit: bool,
     for _ in range(3000):
         document = random_value(rng, 0)
         before = copy.deepcopy(document)
-        assert contract.shape(document, omit_empty=omit, truncate=truncate) == two_pass(document, TRICKY_SCHEMA, omit,
-                                                                                       truncate)
+        assert contract.shape(document, omit_empty=omit, truncate=truncate) == two_pass(
+            document, TRICKY_SCHEMA, omit, truncate
+        )
         assert document == before  # the input is never mutated
 
 
@@ -253,20 +279,23 @@ def test_a_string_cut_to_nothing_is_kept_because_omission_comes_first(tmp_path: 
     path = tmp_path / "tricky.schema.json"
     path.write_text(json.dumps(TRICKY_SCHEMA), encoding="utf-8")
     contract = OutputContract.load("tricky", path)
-    shaped = contract.shape({"zero": "abc", "short": "", "tags": ["abc", "", None], "zeros": ["abc", ""]},
-                            omit_empty=True, truncate=True)
+    shaped = contract.shape(
+        {"zero": "abc", "short": "", "tags": ["abc", "", None], "zeros": ["abc", ""]}, omit_empty=True, truncate=True
+    )
     assert shaped == {"zero": "", "tags": ["ab"], "zeros": [""]}
     assert omit_empty({"zero": "abc", "short": ""}) == {"zero": "abc"}
 
 
-def test_check_runs_the_meta_schema_check_on_output_schemas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_runs_the_meta_schema_check_on_output_schemas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`signal-engine check` reports a broken output schema, located at the preset's output.schema."""
     schemas = tmp_path / "schemas"
     (schemas / "demo").mkdir(parents=True)
     (schemas / "preset.schema.json").write_bytes(resources.preset_schema_path().read_bytes())
     (schemas / "demo" / "broken.schema.json").write_text(
-        json.dumps({"type": "object", "properties": {"a": {"maxLength": -1}}}), encoding="utf-8")
+        json.dumps({"type": "object", "properties": {"a": {"maxLength": -1}}}), encoding="utf-8"
+    )
     builtin = (resources.presets_dir() / "outreach" / "lead-capture.yaml").read_text(encoding="utf-8")
     preset = tmp_path / "preset.yaml"
     preset.write_text(builtin.replace("schema: outreach/prospect-request", "schema: demo/broken"), encoding="utf-8")
@@ -281,12 +310,17 @@ def test_check_runs_the_meta_schema_check_on_output_schemas(tmp_path: Path, monk
 def test_forbidden_key_follows_properties_items_and_refs(tmp_path: Path) -> None:
     """What `check` asks of a schema: where is a literal key of a mapping certainly refused?"""
     schema = {
-        "type": "object", "additionalProperties": False,
-        "properties": {"data": {"type": "object", "properties": {"attributes": {"$ref": "#/$defs/attrs"}}},
-                       "list": {"type": "array", "items": {"type": "object", "additionalProperties": False,
-                                                            "properties": {"a": {}}}},
-                       "open": {"type": "object"},
-                       "either": {"anyOf": [{"type": "object", "additionalProperties": False}]}},
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "data": {"type": "object", "properties": {"attributes": {"$ref": "#/$defs/attrs"}}},
+            "list": {
+                "type": "array",
+                "items": {"type": "object", "additionalProperties": False, "properties": {"a": {}}},
+            },
+            "open": {"type": "object"},
+            "either": {"anyOf": [{"type": "object", "additionalProperties": False}]},
+        },
         "$defs": {"attrs": {"type": "object", "additionalProperties": False, "properties": {"email": {}, "name": {}}}},
     }
     path = tmp_path / "nested.schema.json"

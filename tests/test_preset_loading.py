@@ -60,8 +60,12 @@ def test_builtin_preset_loads_with_the_spec_event_table() -> None:
     preset = load_preset("outreach/lead-capture")
     assert preset.name == "outreach/lead-capture"
     # "Event Mapping" table of the product page: event -> tag.
-    expected_tags = {"Lead Submitted": "lead", "Form Submitted": "form", "Signed Up": "signup",
-                     "Demo Requested": "demo-request"}
+    expected_tags = {
+        "Lead Submitted": "lead",
+        "Form Submitted": "form",
+        "Signed Up": "signup",
+        "Demo Requested": "demo-request",
+    }
     for event, tag in expected_tags.items():
         route = preset.events.route("track", event)
         assert route is not None, event
@@ -128,14 +132,18 @@ def test_unknown_nested_key_points_at_the_key(tmp_path: Path, capsys: pytest.Cap
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "multipler: 3")
-    assert lines == [f"{path}:{line}:7: delivery.retries.backoff.multipler: unknown key 'multipler' "
-                     "(allowed: initial_seconds, jitter, max_seconds, multiplier)"]
+    assert lines == [
+        f"{path}:{line}:7: delivery.retries.backoff.multipler: unknown key 'multipler' "
+        "(allowed: initial_seconds, jitter, max_seconds, multiplier)"
+    ]
 
 
 def test_unknown_key_in_an_event_entry_keeps_the_spaced_event_name_in_the_path(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ("      values: {tag: demo-request}\n",
-                                   "      values: {tag: demo-request}\n      valuez: {}\n"))
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_preset(
+        tmp_path, ("      values: {tag: demo-request}\n", "      values: {tag: demo-request}\n      valuez: {}\n")
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "valuez:")
@@ -144,7 +152,8 @@ def test_unknown_key_in_an_event_entry_keeps_the_spaced_event_name_in_the_path(
 
 
 def test_jsonata_syntax_error_in_block_mapping_is_located_at_the_offending_character(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(tmp_path, ('"emails": [traits.email],', '"emails": [traits.email +],'))
     code, lines, err = run_check(capsys, str(path))
     assert code == 1
@@ -153,12 +162,13 @@ def test_jsonata_syntax_error_in_block_mapping_is_located_at_the_offending_chara
     col = col_of(path, "[traits.email +]", at="+]") + 1  # the "]" after the dangling "+"
     prefix = f"{path}:{line}:{col}: actions.create_prospect.mapping: JSONata syntax error"
     assert lines[0].startswith(prefix), lines[0]
-    assert "]" in lines[0][len(prefix):]
+    assert "]" in lines[0][len(prefix) :]
     assert err == ""
 
 
 def test_jsonata_syntax_error_in_quoted_scalar_is_located_at_the_offending_character(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(tmp_path, ("found: lookup.body.data[0]", 'found: "data[0 +]"'))
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
@@ -166,59 +176,70 @@ def test_jsonata_syntax_error_in_quoted_scalar_is_located_at_the_offending_chara
     col = col_of(path, 'found: "data[0 +]"', at="+]") + 1
     assert len(lines) == 1
     assert lines[0].startswith(
-        f"{path}:{line}:{col}: actions.create_prospect.upsert.found: JSONata syntax error at position ")
+        f"{path}:{line}:{col}: actions.create_prospect.upsert.found: JSONata syntax error at position "
+    )
 
 
 def test_jsonata_syntax_error_in_folded_block_is_located_at_the_offending_character(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(tmp_path, ("found: lookup.body.data[0]", "found: >\n          data[0]\n          .x + ]"))
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, ".x + ]")
     col = col_of(path, ".x + ]", at="]")
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: "
-                               "JSONata syntax error")
+    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: JSONata syntax error")
 
 
 def test_jsonata_syntax_error_in_folded_block_with_a_blank_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(tmp_path, ("found: lookup.body.data[0]", "found: >-\n          data[0]\n\n          .x + ]"))
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, ".x + ]")
     col = col_of(path, ".x + ]", at="]")
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: "
-                               "JSONata syntax error")
+    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: JSONata syntax error")
 
 
-def test_jsonata_syntax_error_in_multi_line_plain_scalar(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_jsonata_syntax_error_in_multi_line_plain_scalar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_preset(tmp_path, ("found: lookup.body.data[0]", "found: data[0]\n          .x\n          + ]"))
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "          + ]")
     col = col_of(path, "          + ]", at="]")
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: "
-                               "JSONata syntax error")
+    assert lines[0].startswith(f"{path}:{line}:{col}: actions.create_prospect.upsert.found: JSONata syntax error")
 
 
 def test_unknown_action_referenced_by_an_event(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ("    Form Submitted:\n      action: create_prospect\n",
-                                   "    Form Submitted:\n      action: create_prospekt\n"))
+    path = write_preset(
+        tmp_path,
+        (
+            "    Form Submitted:\n      action: create_prospect\n",
+            "    Form Submitted:\n      action: create_prospekt\n",
+        ),
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "create_prospekt")
     col = col_of(path, "create_prospekt")
-    assert lines == [f"{path}:{line}:{col}: events.track.Form Submitted.action: unknown action "
-                     "'create_prospekt' (defined: create_prospect, or drop)"]
+    assert lines == [
+        f"{path}:{line}:{col}: events.track.Form Submitted.action: unknown action "
+        "'create_prospekt' (defined: create_prospect, or drop)"
+    ]
 
 
 def test_required_setting_with_a_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ("  client_id:\n    type: string\n    required: true\n",
-                                   "  client_id:\n    type: string\n    required: true\n    default: abc\n"))
+    path = write_preset(
+        tmp_path,
+        (
+            "  client_id:\n    type: string\n    required: true\n",
+            "  client_id:\n    type: string\n    required: true\n    default: abc\n",
+        ),
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     # Located at the setting's own mapping (its first line), not somewhere else in the file.
@@ -236,8 +257,13 @@ def test_region_from_naming_an_undeclared_trait(tmp_path: Path, capsys: pytest.C
 
 
 def test_unknown_template_placeholder_in_a_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ('url: "{settings.base_url}/api/v2/prospects"\n      headers',
-                                   'url: "{settings.base_uri}/api/v2/prospects"\n      headers'))
+    path = write_preset(
+        tmp_path,
+        (
+            'url: "{settings.base_url}/api/v2/prospects"\n      headers',
+            'url: "{settings.base_uri}/api/v2/prospects"\n      headers',
+        ),
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "{settings.base_uri}")
@@ -249,25 +275,37 @@ def test_unknown_template_placeholder_in_a_url(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_secret_settings_are_not_allowed_in_a_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ('url: "{settings.base_url}/api/v2/prospects"\n      headers',
-                                   'url: "{settings.base_url}/api/v2/prospects/{settings.client_secret}"\n'
-                                   '      headers'))
+    path = write_preset(
+        tmp_path,
+        (
+            'url: "{settings.base_url}/api/v2/prospects"\n      headers',
+            'url: "{settings.base_url}/api/v2/prospects/{settings.client_secret}"\n      headers',
+        ),
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     assert len(lines) == 1
-    assert (": actions.create_prospect.request.url: {settings.client_secret} is a secret setting; "
-            "secrets are only usable in auth:") in lines[0]
+    assert (
+        ": actions.create_prospect.request.url: {settings.client_secret} is a secret setting; "
+        "secrets are only usable in auth:"
+    ) in lines[0]
 
 
-def test_auth_refresh_token_setting_must_be_marked_secret(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_preset(tmp_path, ("    required: true\n    secret: true\n    description: The refresh token",
-                                   "    required: true\n    description: The refresh token"))
+def test_auth_refresh_token_setting_must_be_marked_secret(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_preset(
+        tmp_path,
+        (
+            "    required: true\n    secret: true\n    description: The refresh token",
+            "    required: true\n    description: The refresh token",
+        ),
+    )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
     line = line_no(path, "  refresh_token:") + 1
-    assert lines == [f"{path}:{line}:5: settings.refresh_token: used as auth.refresh_token_setting, "
-                     "so it must be marked secret: true"]
+    assert lines == [
+        f"{path}:{line}:5: settings.refresh_token: used as auth.refresh_token_setting, "
+        "so it must be marked secret: true"
+    ]
 
 
 def test_invalid_yaml_is_one_located_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -276,8 +314,10 @@ def test_invalid_yaml_is_one_located_line(tmp_path: Path, capsys: pytest.Capture
     assert code == 1
     line = line_no(path, "title: Outreach: Lead")
     col = col_of(path, "title: Outreach: Lead", at=": Lead")  # the second colon
-    assert lines == [f"{path}:{line}:{col}: mapping values are not allowed here; a ': ' inside an unquoted value "
-                     "starts a new key: put the whole value in quotes (\"...\") or write it as a block scalar (>-)"]
+    assert lines == [
+        f"{path}:{line}:{col}: mapping values are not allowed here; a ': ' inside an unquoted value "
+        'starts a new key: put the whole value in quotes ("...") or write it as a block scalar (>-)'
+    ]
     assert err == ""
 
 
@@ -322,8 +362,9 @@ def test_load_preset_raises_preset_error_with_the_problems(tmp_path: Path) -> No
 # --------------------------------------------------------------------------
 
 
-def test_several_structural_errors_are_all_printed_in_file_order(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_several_structural_errors_are_all_printed_in_file_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(
         tmp_path,
         ("\nmetadata:\n", "\nbogus: 1\nmetadata:\n"),
@@ -348,14 +389,23 @@ def test_several_structural_errors_are_all_printed_in_file_order(tmp_path: Path,
 def test_several_semantic_errors_are_all_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_preset(
         tmp_path,
-        ("  client_id:\n    type: string\n    required: true\n",
-         "  client_id:\n    type: string\n    required: true\n    default: abc\n"),
-        ("    required: true\n    secret: true\n    description: The refresh token",
-         "    required: true\n    description: The refresh token"),
+        (
+            "  client_id:\n    type: string\n    required: true\n",
+            "  client_id:\n    type: string\n    required: true\n    default: abc\n",
+        ),
+        (
+            "    required: true\n    secret: true\n    description: The refresh token",
+            "    required: true\n    description: The refresh token",
+        ),
         ("region_from: country", "region_from: nation"),
-        ("    Form Submitted:\n      action: create_prospect\n", "    Form Submitted:\n      action: create_prospekt\n"),
-        ('url: "{settings.base_url}/api/v2/prospects"\n      headers',
-         'url: "{settings.base_uri}/api/v2/prospects"\n      headers'),
+        (
+            "    Form Submitted:\n      action: create_prospect\n",
+            "    Form Submitted:\n      action: create_prospekt\n",
+        ),
+        (
+            'url: "{settings.base_url}/api/v2/prospects"\n      headers',
+            'url: "{settings.base_uri}/api/v2/prospects"\n      headers',
+        ),
     )
     code, lines, _ = run_check(capsys, str(path))
     assert code == 1
@@ -364,8 +414,10 @@ def test_several_semantic_errors_are_all_printed(tmp_path: Path, capsys: pytest.
         ("settings.refresh_token: used as auth.refresh_token_setting", line_no(path, "  refresh_token:") + 1),
         ("identity.traits.phone.region_from: 'nation' is not a declared trait", line_no(path, "region_from: nation")),
         ("events.track.Form Submitted.action: unknown action 'create_prospekt'", line_no(path, "create_prospekt")),
-        ("actions.create_prospect.request.url: unknown placeholder {settings.base_uri}",
-         line_no(path, "{settings.base_uri}")),
+        (
+            "actions.create_prospect.request.url: unknown placeholder {settings.base_uri}",
+            line_no(path, "{settings.base_uri}"),
+        ),
     ]
     assert len(lines) == len(expected), lines
     for message, line in expected:
@@ -373,12 +425,13 @@ def test_several_semantic_errors_are_all_printed(tmp_path: Path, capsys: pytest.
         assert len(matching) == 1, (message, lines)
         assert matching[0].startswith(f"{path}:{line}:"), (matching[0], line)
     # Printed in file order.
-    numbers = [int(text[len(str(path)) + 1:].split(":", 1)[0]) for text in lines]
+    numbers = [int(text[len(str(path)) + 1 :].split(":", 1)[0]) for text in lines]
     assert numbers == sorted(numbers)
 
 
-def test_structural_and_semantic_errors_are_printed_together(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_structural_and_semantic_errors_are_printed_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_preset(
         tmp_path,
         ("      multiplier: 2\n", "      multiplier: 2\n      multipler: 3\n"),
@@ -405,29 +458,33 @@ def test_check_reports_each_named_preset(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
 def test_check_subprocess_ok(tmp_path: Path) -> None:
     proc = _cli("check", "outreach/lead-capture", cwd=tmp_path)
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == [
-        "ok: outreach/lead-capture (outreach/lead-capture: 4 mapped track events, 1 action(s))"]
+        "ok: outreach/lead-capture (outreach/lead-capture: 4 mapped track events, 1 action(s))"
+    ]
     assert "Traceback" not in proc.stderr
 
 
 def test_check_subprocess_reports_problems_without_traceback(tmp_path: Path) -> None:
-    path = write_preset(tmp_path, ("\nmetadata:\n", "\nbogus: 1\nmetadata:\n"),
-                        ('"emails": [traits.email],', '"emails": [traits.email +],'))
+    path = write_preset(
+        tmp_path,
+        ("\nmetadata:\n", "\nbogus: 1\nmetadata:\n"),
+        ('"emails": [traits.email],', '"emails": [traits.email +],'),
+    )
     proc = _cli("check", str(path), cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     assert len(lines) == 2
     assert lines[0].startswith(f"{path}:{line_no(path, 'bogus: 1')}:1: bogus: unknown key 'bogus'")
     col = col_of(path, "[traits.email +]", at="+]") + 1
-    assert lines[1].startswith(f"{path}:{line_no(path, '[traits.email +]')}:{col}: "
-                               "actions.create_prospect.mapping: JSONata syntax error")
+    assert lines[1].startswith(
+        f"{path}:{line_no(path, '[traits.email +]')}:{col}: actions.create_prospect.mapping: JSONata syntax error"
+    )
     assert "Traceback" not in proc.stderr
 
 
@@ -439,7 +496,7 @@ def test_check_subprocess_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"{bad}:")
-    line, col = lines[0][len(str(bad)) + 1:].split(":")[:2]
+    line, col = lines[0][len(str(bad)) + 1 :].split(":")[:2]
     assert line.isdigit() and col.isdigit()
     assert proc.stderr.startswith(f"signal-engine: {missing}: no such preset file")
     assert "Traceback" not in proc.stderr

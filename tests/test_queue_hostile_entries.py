@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import redis
-
-from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 
 from engine.delivery.transport import HttpRequest, HttpResponse
 from engine.runtime import Engine
 from engine.service.worker import Worker
 from engine.state.redis import RedisState
 from engine.state.sqlite.queue import SqliteQueue
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
 from service_helpers import identify, lead, page
 from test_delivery_sandbox import unique_credentials
 
@@ -62,11 +62,16 @@ def _raw_entries(url: str, stream: str, bodies: list[bytes | None]) -> None:
 
 # -- one bad entry in a batch ------------------------------------------------------------------
 
+
 def test_a_stream_entry_that_is_not_utf8_is_an_invalid_event_and_the_rest_of_its_batch_goes_on(
-        tmp_path: Path, redis_url: str) -> None:
+    tmp_path: Path, redis_url: str
+) -> None:
     good = [json.dumps(page(i, "utf")).encode() for i in range(40)]
-    bad = [b'{"type": "page", "messageId": "bad-\xff\xfe", "anonymousId": "x"}', None,
-           b'{"type": "page", "messageId": "m-\xc3"}']
+    bad = [
+        b'{"type": "page", "messageId": "bad-\xff\xfe", "anonymousId": "x"}',
+        None,
+        b'{"type": "page", "messageId": "m-\xc3"}',
+    ]
     bodies = good[:20] + bad + good[20:]
 
     async def main() -> tuple[list[dict[str, Any]], int]:
@@ -94,16 +99,19 @@ def test_a_stream_entry_that_is_not_utf8_is_an_invalid_event_and_the_rest_of_its
     assert [o["detail"] for o in invalid] == [
         f"the queued entry is not UTF-8 text (byte {first_bad[0]} of its 'event' field)",
         "the queued entry has no 'event' field",
-        f"the queued entry is not UTF-8 text (byte {first_bad[1]} of its 'event' field)"]
-    assert sorted(o["messageId"] for o in published if o.get("messageId")) == sorted(
-        f"utf-page-{i}" for i in range(40))
+        f"the queued entry is not UTF-8 text (byte {first_bad[1]} of its 'event' field)",
+    ]
+    assert sorted(o["messageId"] for o in published if o.get("messageId")) == sorted(f"utf-page-{i}" for i in range(40))
 
 
 def test_a_lone_surrogate_in_a_stream_entry_is_escaped_and_the_entry_acknowledged(
-        tmp_path: Path, redis_url: str) -> None:
-    bodies = [b'{"type": "page", "messageId": "m-\\ud800", "anonymousId": "a1"}',  # a JSON escape
-              b'{"type": "page", "messageId": "m-\xed\xa0\x81", "anonymousId": "a2"}',  # encoded as UTF-8 would
-              json.dumps(page(1, "sur")).encode()]
+    tmp_path: Path, redis_url: str
+) -> None:
+    bodies = [
+        b'{"type": "page", "messageId": "m-\\ud800", "anonymousId": "a1"}',  # a JSON escape
+        b'{"type": "page", "messageId": "m-\xed\xa0\x81", "anonymousId": "a2"}',  # encoded as UTF-8 would
+        json.dumps(page(1, "sur")).encode(),
+    ]
 
     async def main() -> tuple[list[dict[str, Any]], int]:
         backend = RedisState(redis_url)
@@ -129,7 +137,8 @@ def test_a_lone_surrogate_in_a_stream_entry_is_escaped_and_the_entry_acknowledge
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_an_entry_nested_thousands_deep_is_an_invalid_event_not_a_stopped_worker(
-        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     deep = '{"type": "page", "messageId": "deep", "properties": ' + '{"a": ' * 5000 + "1" + "}" * 5001
 
     async def main() -> list[dict[str, Any]]:
@@ -150,12 +159,15 @@ def test_an_entry_nested_thousands_deep_is_an_invalid_event_not_a_stopped_worker
         return printed
 
     printed = asyncio.run(main())
-    assert [(o["outcome"], o.get("reason")) for o in printed] == [("dropped", "invalid_event"),
-                                                                  ("dropped", "event_not_mapped")]
+    assert [(o["outcome"], o.get("reason")) for o in printed] == [
+        ("dropped", "invalid_event"),
+        ("dropped", "event_not_mapped"),
+    ]
     assert printed[0]["detail"] == "the queued entry is nested more than 64 levels deep"
 
 
 # -- poison entries ---------------------------------------------------------------------------
+
 
 class WorkerKilled(BaseException):
     """What a worker process dying in the middle of a delivery looks like from inside it (as an OOM kill)."""
@@ -174,7 +186,8 @@ class KillingTransport:
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_an_entry_that_stops_every_worker_becomes_a_poison_dead_letter_after_max_deliveries(
-        tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     neighbours = [identify(1, "poison"), page(1, "poison"), page(2, "poison")]
     poison = lead(1, "poison")
     url = request.getfixturevalue("redis_url") if kind == "redis" else None
@@ -189,8 +202,15 @@ def test_an_entry_that_stops_every_worker_becomes_a_poison_dead_letter_after_max
         printed: list[dict[str, Any]] = []
         stop = asyncio.Event()
         async with _engine(tmp_path, transport=transport) as engine:
-            worker = Worker(engine, queue, f"w{life}", emit=printed.append, read_block_seconds=0.05,
-                            visibility_seconds=0.3, max_deliveries=3)
+            worker = Worker(
+                engine,
+                queue,
+                f"w{life}",
+                emit=printed.append,
+                read_block_seconds=0.05,
+                visibility_seconds=0.3,
+                max_deliveries=3,
+            )
             task = asyncio.ensure_future(worker.run(stop))
             deadline = asyncio.get_running_loop().time() + 10
             while not task.done() and await queue.backlog() > 0:
@@ -225,14 +245,18 @@ def test_an_entry_that_stops_every_worker_becomes_a_poison_dead_letter_after_max
     assert sorted(finished) == ["poison-id-1", "poison-lead-1", "poison-page-1", "poison-page-2"]
     last = [o for o in lives[3][:-1] if o["messageId"] == "poison-lead-1"]
     assert [(o["outcome"], o.get("cause")) for o in last] == [("dead_lettered", "poison")]
-    assert last[0]["detail"].startswith("handed to a worker 3 times and never finished (the limit is 3 deliveries): "
-                                        "WorkerKilled: the destination client crashed (simulated segfault)")
+    assert last[0]["detail"].startswith(
+        "handed to a worker 3 times and never finished (the limit is 3 deliveries): "
+        "WorkerKilled: the destination client crashed (simulated segfault)"
+    )
     letters = lives[3][-1]["letters"]
     assert [(letter["cause"], letter["messageId"], letter["event"]) for letter in letters] == [
-        ("poison", "poison-lead-1", poison)]
+        ("poison", "poison-lead-1", poison)
+    ]
 
 
 # -- a store that cannot take writes -----------------------------------------------------------
+
 
 def test_the_redis_intake_is_not_ready_while_redis_refuses_writes(redis_url: str) -> None:
     from aiohttp.test_utils import TestClient, TestServer
@@ -279,7 +303,8 @@ class GatedTransport:
 
 
 def test_a_suspect_waiting_for_its_turn_keeps_its_lease_so_no_other_worker_claims_it(
-        tmp_path: Path, redis_url: str) -> None:
+    tmp_path: Path, redis_url: str
+) -> None:
     async def main() -> tuple[list[str], list[str], list[tuple[str, int]]]:
         backend = RedisState(redis_url)
         queue_a, queue_b, dead = backend.queue(PRESET), backend.queue(PRESET), backend.queue(PRESET)
@@ -290,14 +315,28 @@ def test_a_suspect_waiting_for_its_turn_keeps_its_lease_so_no_other_worker_claim
         done_a: list[str] = []
         done_b: list[str] = []
         stop = asyncio.Event()
-        async with _engine(tmp_path / "a", transport=transport) as engine_a, \
-                _engine(tmp_path / "b", transport=transport) as engine_b:
-            a = Worker(engine_a, queue_a, "a", emit=lambda r: done_a.append(r["messageId"]), read_block_seconds=0.05,
-                       visibility_seconds=0.6)
+        async with (
+            _engine(tmp_path / "a", transport=transport) as engine_a,
+            _engine(tmp_path / "b", transport=transport) as engine_b,
+        ):
+            a = Worker(
+                engine_a,
+                queue_a,
+                "a",
+                emit=lambda r: done_a.append(r["messageId"]),
+                read_block_seconds=0.05,
+                visibility_seconds=0.6,
+            )
             task_a = asyncio.ensure_future(a.run(stop))
             await asyncio.sleep(1.0)  # a: the lead waits at the gate; the dead worker's page is claimed, held
-            b = Worker(engine_b, queue_b, "b", emit=lambda r: done_b.append(r["messageId"]), read_block_seconds=0.05,
-                       visibility_seconds=0.6)
+            b = Worker(
+                engine_b,
+                queue_b,
+                "b",
+                emit=lambda r: done_b.append(r["messageId"]),
+                read_block_seconds=0.05,
+                visibility_seconds=0.6,
+            )
             task_b = asyncio.ensure_future(b.run(stop))
             await asyncio.sleep(1.5)  # over two visibility timeouts: b would claim it, were its lease not renewed
             info = await dead.r.xpending_range(backend.keys.events(PRESET), "workers", min="-", max="+", count=10)
@@ -319,7 +358,8 @@ def test_a_suspect_waiting_for_its_turn_keeps_its_lease_so_no_other_worker_claim
 
 
 def test_a_suspect_claimed_beside_a_poison_entry_keeps_its_lease_while_the_poison_is_finished(
-        tmp_path: Path, redis_url: str) -> None:
+    tmp_path: Path, redis_url: str
+) -> None:
     """A claim hands a worker a suspect (delivered once before) and an entry over the limit together.
 
     The poison letter is finished first, and its acknowledgement is slow (a
@@ -328,6 +368,7 @@ def test_a_suspect_claimed_beside_a_poison_entry_keeps_its_lease_while_the_poiso
     a delivery that failed nowhere (a healthy event on its way to ``poison``)
     and work on it too (two outcomes for one event).
     """
+
     async def main() -> tuple[list[tuple[str, str]], dict[str, str], list[Any], list[Any]]:
         backend = RedisState(redis_url)
         stream = backend.keys.events(PRESET)
@@ -351,13 +392,27 @@ def test_a_suspect_claimed_beside_a_poison_entry_keeps_its_lease_while_the_poiso
         stop = asyncio.Event()
         visibility = 0.6
         async with _engine(tmp_path / "a") as engine_a, _engine(tmp_path / "b") as engine_b:
-            a = Worker(engine_a, queue_a, "a", emit=lambda r: done.append((r["entry"], "a")), max_deliveries=3,
-                       read_block_seconds=0.05, visibility_seconds=visibility)
+            a = Worker(
+                engine_a,
+                queue_a,
+                "a",
+                emit=lambda r: done.append((r["entry"], "a")),
+                max_deliveries=3,
+                read_block_seconds=0.05,
+                visibility_seconds=visibility,
+            )
             task_a = asyncio.ensure_future(a.run(stop))
             while ("over-lead-1", "a") not in [(ids.get(e), w) for e, w in done]:  # a claimed both; its ack waits
                 await asyncio.sleep(0.02)
-            b = Worker(engine_b, queue_b, "b", emit=lambda r: done.append((r["entry"], "b")), max_deliveries=3,
-                       read_block_seconds=0.05, visibility_seconds=visibility)
+            b = Worker(
+                engine_b,
+                queue_b,
+                "b",
+                emit=lambda r: done.append((r["entry"], "b")),
+                max_deliveries=3,
+                read_block_seconds=0.05,
+                visibility_seconds=visibility,
+            )
             task_b = asyncio.ensure_future(b.run(stop))
             await asyncio.sleep(4 * visibility)  # b claims every half visibility: it would have taken the suspect
             acks_open.set()
@@ -375,6 +430,7 @@ def test_a_suspect_claimed_beside_a_poison_entry_keeps_its_lease_while_the_poiso
     done, ids, letters_a, letters_b = asyncio.run(main())
     finished = sorted(ids.get(entry, "fresh") for entry, _ in done)
     assert finished == ["fresh", "fresh", "over-lead-1", "suspect-page-1"], done  # one outcome each
-    assert [entry for entry, worker in done if ids.get(entry) == "suspect-page-1"] and \
-        [worker for entry, worker in done if ids.get(entry) == "suspect-page-1"] == ["a"]
+    assert [entry for entry, worker in done if ids.get(entry) == "suspect-page-1"] and [
+        worker for entry, worker in done if ids.get(entry) == "suspect-page-1"
+    ] == ["a"]
     assert [(letter["cause"], letter["messageId"]) for letter in letters_a + letters_b] == [("poison", "over-lead-1")]

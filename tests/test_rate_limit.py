@@ -6,21 +6,26 @@ import asyncio
 import email.utils
 import time
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from fakes import FakeTime
-
 from engine.delivery.rate_limit import MAX_WAIT_SECONDS, RateLimiter, first_number, seconds_until
+from fakes import FakeTime
 
 NOW = 1_750_000_000.0  # a fixed wall clock, in epoch seconds
 
 
 def limiter(clock: FakeTime, requests: int = 10, per_seconds: float = 10.0) -> RateLimiter:
-    return RateLimiter(requests, per_seconds, remaining_header="X-RateLimit-Remaining",
-                       reset_header="X-RateLimit-Reset", clock=clock.monotonic, sleep=clock.sleep)
+    return RateLimiter(
+        requests,
+        per_seconds,
+        remaining_header="X-RateLimit-Remaining",
+        reset_header="X-RateLimit-Reset",
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+    )
 
 
 async def acquire_times(rl: RateLimiter, clock: FakeTime, n: int) -> list[float]:
@@ -36,17 +41,20 @@ async def acquire_times(rl: RateLimiter, clock: FakeTime, n: int) -> list[float]
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("9999, 19988", 9999.0),
-    ("9999,19988", 9999.0),
-    ("  42 ", 42.0),
-    ("0", 0.0),
-    ("1.5", 1.5),
-    (None, None),
-    ("", None),
-    ("abc", None),
-    ("Wed, 21 Oct 2015 07:28:00 GMT", None),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("9999, 19988", 9999.0),
+        ("9999,19988", 9999.0),
+        ("  42 ", 42.0),
+        ("0", 0.0),
+        ("1.5", 1.5),
+        (None, None),
+        ("", None),
+        ("abc", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+    ],
+)
 def test_first_number(value: str | None, expected: float | None) -> None:
     assert first_number(value) == expected
 
@@ -64,19 +72,21 @@ def test_seconds_until_epoch_seconds() -> None:
 
 def test_seconds_until_http_date() -> None:
     assert seconds_until(email.utils.formatdate(NOW + 45, usegmt=True), NOW) == pytest.approx(45.0)
-    assert seconds_until("Wed, 21 Oct 2015 07:28:00 GMT",
-                         datetime(2015, 10, 21, 7, 27, 30, tzinfo=timezone.utc).timestamp()) == pytest.approx(30.0)
+    assert seconds_until(
+        "Wed, 21 Oct 2015 07:28:00 GMT", datetime(2015, 10, 21, 7, 27, 30, tzinfo=UTC).timestamp()
+    ) == pytest.approx(30.0)
 
 
 def test_seconds_until_iso_timestamp() -> None:
-    when = datetime.fromtimestamp(NOW + 600, tz=timezone.utc)
+    when = datetime.fromtimestamp(NOW + 600, tz=UTC)
     assert seconds_until(when.strftime("%Y-%m-%dT%H:%M:%SZ"), NOW) == pytest.approx(600.0)
     assert seconds_until(when.isoformat(), NOW) == pytest.approx(600.0)
     # Naive timestamps are read as UTC.
     assert seconds_until(when.replace(tzinfo=None).isoformat(), NOW) == pytest.approx(600.0)
     # An offset is honoured.
-    assert seconds_until("2025-06-15T12:00:30+02:00",
-                         datetime(2025, 6, 15, 10, 0, 0, tzinfo=timezone.utc).timestamp()) == pytest.approx(30.0)
+    assert seconds_until(
+        "2025-06-15T12:00:30+02:00", datetime(2025, 6, 15, 10, 0, 0, tzinfo=UTC).timestamp()
+    ) == pytest.approx(30.0)
 
 
 def test_seconds_until_uses_the_real_wall_clock_by_default() -> None:
@@ -108,7 +118,9 @@ def test_reset_delay_prefers_retry_after_then_the_reset_with_no_extra_second() -
     reset = str(int(time.time()) + 30)
     assert rl.reset_delay({"Retry-After": "5", "X-RateLimit-Reset": reset}, "Retry-After") == 5.0
     assert rl.reset_delay({"X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30, abs=1.0)
-    assert rl.reset_delay({"Retry-After": "junk", "X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(30, abs=1.0)
+    assert rl.reset_delay({"Retry-After": "junk", "X-RateLimit-Reset": reset}, "Retry-After") == pytest.approx(
+        30, abs=1.0
+    )
     assert rl.reset_delay({}, "Retry-After") is None
 
 
@@ -254,9 +266,15 @@ def test_a_new_window_replaces_the_remaining_count() -> None:
 
 def delta_limiter(clock: FakeTime, requests: int = 1, per_seconds: float = 10.0) -> RateLimiter:
     """Reset as delta seconds: exact on a fake clock, whatever the wall clock says."""
-    return RateLimiter(requests, per_seconds, remaining_header="X-RateLimit-Remaining",
-                       reset_header="X-RateLimit-Reset", reset_format="delta_seconds",
-                       clock=clock.monotonic, sleep=clock.sleep)
+    return RateLimiter(
+        requests,
+        per_seconds,
+        remaining_header="X-RateLimit-Remaining",
+        reset_header="X-RateLimit-Reset",
+        reset_format="delta_seconds",
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+    )
 
 
 def test_an_advertised_budget_is_spent_whatever_the_static_bucket_says() -> None:
@@ -364,12 +382,15 @@ def test_pause_for_zero_does_not_wait() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value, key, expected", [
-    ("limit=240, remaining=239, reset=1", "remaining", "239"),
-    ("limit=240, remaining=239, reset=1", "reset", "1"),
-    ('limit=240; remaining="7"; reset=1', "Remaining", "7"),
-    ("limit=240, reset=1", "remaining", None),
-])
+@pytest.mark.parametrize(
+    "value, key, expected",
+    [
+        ("limit=240, remaining=239, reset=1", "remaining", "239"),
+        ("limit=240, remaining=239, reset=1", "reset", "1"),
+        ('limit=240; remaining="7"; reset=1', "Remaining", "7"),
+        ("limit=240, reset=1", "remaining", None),
+    ],
+)
 def test_one_item_of_a_structured_header(value: str, key: str, expected: str | None) -> None:
     from engine.delivery.rate_limit import header_value
 
@@ -378,8 +399,17 @@ def test_one_item_of_a_structured_header(value: str, key: str, expected: str | N
 
 def test_a_structured_ratelimit_header_is_spent_and_waited_out() -> None:
     clock = FakeTime()
-    rl = RateLimiter(100, 1, remaining_header="ratelimit", remaining_key="remaining", reset_header="ratelimit",
-                     reset_key="reset", reset_format="delta_seconds", clock=clock.monotonic, sleep=clock.sleep)
+    rl = RateLimiter(
+        100,
+        1,
+        remaining_header="ratelimit",
+        remaining_key="remaining",
+        reset_header="ratelimit",
+        reset_key="reset",
+        reset_format="delta_seconds",
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+    )
     rl.observe({"ratelimit": "limit=2, remaining=0, reset=3"})
     start = clock.now
 
@@ -391,7 +421,9 @@ def test_a_structured_ratelimit_header_is_spent_and_waited_out() -> None:
 def test_a_rolling_window_of_known_length_is_waited_out_when_spent() -> None:
     """Remaining is advertised, the reset is not: a spent window lasts window_seconds from when it was seen."""
     clock = FakeTime()
-    rl = RateLimiter(100, 1, remaining_header="X-Remaining", window_seconds=60, clock=clock.monotonic, sleep=clock.sleep)
+    rl = RateLimiter(
+        100, 1, remaining_header="X-Remaining", window_seconds=60, clock=clock.monotonic, sleep=clock.sleep
+    )
     rl.observe({"X-Remaining": "0"})
     start = clock.now
 
@@ -406,8 +438,15 @@ def test_a_clock_window_ends_on_the_next_multiple_of_its_length(monkeypatch: pyt
 
     monkeypatch.setattr(rate_limit, "time", types.SimpleNamespace(time=lambda: NOW + 12.5, monotonic=time.monotonic))
     clock = FakeTime()
-    rl = RateLimiter(100, 1, remaining_header="X-Remaining", window_seconds=60, window_alignment="clock",
-                     clock=clock.monotonic, sleep=clock.sleep)
+    rl = RateLimiter(
+        100,
+        1,
+        remaining_header="X-Remaining",
+        window_seconds=60,
+        window_alignment="clock",
+        clock=clock.monotonic,
+        sleep=clock.sleep,
+    )
     rl.observe({"X-Remaining": "0"})
     start = clock.now
 
@@ -438,12 +477,12 @@ WINDOWED = """\
 
 
 def windowed_limiter(tmp_path: Path, clock: FakeTime) -> RateLimiter:
+    from engine.compile.compiler import load_preset
     from language_fixtures import ACME_PRESET, write_acme
 
-    from engine.compile.compiler import load_preset
-
-    preset = load_preset(str(write_acme(tmp_path, ACME_PRESET, (
-        "  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED))))
+    preset = load_preset(
+        str(write_acme(tmp_path, ACME_PRESET, ("  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED)))
+    )
     assert [w.requests for w in preset.delivery.rate_limit.windows] == [5, 250000]
     return RateLimiter.from_spec(preset.delivery.rate_limit, clock=clock.monotonic, sleep=clock.sleep)
 
@@ -480,12 +519,20 @@ def test_one_window_still_works_alone() -> None:
 
 
 def test_check_names_a_window_mistake_at_its_line(tmp_path: Path) -> None:
+    from engine.compile.compiler import PresetError, load_preset
     from language_fixtures import ACME_PRESET, write_acme
 
-    from engine.compile.compiler import PresetError, load_preset
-
-    path = write_acme(tmp_path, ACME_PRESET, ("  rate_limit: {requests: 100, per_seconds: 1}\n", WINDOWED.replace(
-        "        per_seconds: 10\n      - requests", "        per_seconds: 10\n        window_alignment: clock\n      - requests")))
+    path = write_acme(
+        tmp_path,
+        ACME_PRESET,
+        (
+            "  rate_limit: {requests: 100, per_seconds: 1}\n",
+            WINDOWED.replace(
+                "        per_seconds: 10\n      - requests",
+                "        per_seconds: 10\n        window_alignment: clock\n      - requests",
+            ),
+        ),
+    )
     with pytest.raises(PresetError) as info:
         load_preset(str(path))
     [line] = info.value.problems
@@ -501,9 +548,8 @@ def test_check_names_a_window_mistake_at_its_line(tmp_path: Path) -> None:
 
 def engine_on_state(tmp_path: Path, state: object, clock: FakeTime) -> object:
     """An engine of the windowed preset on ``state``: its limiter spends the state's budgets."""
-    from language_fixtures import ACME_PRESET, write_acme
-
     from engine.runtime import Engine
+    from language_fixtures import ACME_PRESET, write_acme
 
     folder = tmp_path / "preset"
     folder.mkdir(exist_ok=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -65,9 +66,23 @@ def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
 
 
 def entry(clock: Clock, integration: str, i: int, **extra: Any) -> Recorded:
-    return Recorded.of({"at": clock.now, "integration": integration, "messageId": f"m-{integration}-{i}",
-            "email": f"Person{i}@Example.com", "userId": f"user-{i}", "outcome": DELIVERED, "reason": None,
-            "cause": None, "status": 201, "attempts": 1, "latency_ms": 3.0, "incoming": {"type": "track"}, **extra})
+    return Recorded.of(
+        {
+            "at": clock.now,
+            "integration": integration,
+            "messageId": f"m-{integration}-{i}",
+            "email": f"Person{i}@Example.com",
+            "userId": f"user-{i}",
+            "outcome": DELIVERED,
+            "reason": None,
+            "cause": None,
+            "status": 201,
+            "attempts": 1,
+            "latency_ms": 3.0,
+            "incoming": {"type": "track"},
+            **extra,
+        }
+    )
 
 
 def test_the_record_keeps_at_most_its_count_per_integration(make_record: Any) -> None:
@@ -94,8 +109,13 @@ def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None
 def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
     clock = Clock()
     record = make_record(RecordLimits(), clock)
-    record.add_many([entry(clock, "a", 1), entry(clock, "b", 2, outcome=DROPPED, reason="no_consent", status=None),
-                     entry(clock, "a", 3, outcome="dead_lettered", cause="http_500", status=500)])
+    record.add_many(
+        [
+            entry(clock, "a", 1),
+            entry(clock, "b", 2, outcome=DROPPED, reason="no_consent", status=None),
+            entry(clock, "a", 3, outcome="dead_lettered", cause="http_500", status=500),
+        ]
+    )
     ids = lambda q: [r["messageId"] for r in record.recent(q)]  # noqa: E731
     assert ids(RecordQuery(integration="a")) == ["m-a-3", "m-a-1"]
     assert ids(RecordQuery(outcome=DROPPED)) == ["m-b-2"]
@@ -120,15 +140,23 @@ def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
 def test_integration_names_follow_the_agreed_derivation() -> None:
     assert integration_name("outreach/lead-capture") == "outreach-lead-capture"
     assert integration_name("  HubSpot // Contacts_v2 ") == "hubspot-contacts-v2"
-    assert preset_integration("outreach/lead-capture", "/x/presets/outreach/lead-capture.yaml") == "outreach-lead-capture"
+    assert (
+        preset_integration("outreach/lead-capture", "/x/presets/outreach/lead-capture.yaml") == "outreach-lead-capture"
+    )
     assert preset_integration("outreach/lead-capture", "/tmp/My Leads.yaml") == "my-leads"
 
 
 def test_the_recorder_masks_secrets_and_caps_response_bodies() -> None:
     store = MemoryRecord()
     recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]))
-    outcome = Outcome(0, "m1", DELIVERED, request={"url": "https://x.test/?k=s3cret-value"},
-                      response={"status": 201, "body": "x" * 10_000}, attempts=2)
+    outcome = Outcome(
+        0,
+        "m1",
+        DELIVERED,
+        request={"url": "https://x.test/?k=s3cret-value"},
+        response={"status": 201, "body": "x" * 10_000},
+        attempts=2,
+    )
     recorder.note({"type": "track", "userId": "u1", "traits": {"email": "a@b.c", "note": "s3cret-value"}}, outcome, 0.5)
     recorder.close()
     kept = store.get(store.recent(RecordQuery())[0]["id"])
@@ -145,14 +173,20 @@ def test_a_delivering_run_records_every_outcome_masked(tmp_path: Path) -> None:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         consent = {"consent": {"canonical": {"marketing": True}}}
         events = [
-            {"type": "identify", "messageId": "r-id", "userId": "u-1", "context": consent,
-             "traits": {"email": "Rec.Ord@Example.com", "firstName": "Rec", "lastName": "Ord"}},
+            {
+                "type": "identify",
+                "messageId": "r-id",
+                "userId": "u-1",
+                "context": consent,
+                "traits": {"email": "Rec.Ord@Example.com", "firstName": "Rec", "lastName": "Ord"},
+            },
             {"type": "track", "event": "Demo Requested", "messageId": "r-lead", "userId": "u-1", "context": consent},
             {"type": "page", "messageId": "r-page", "anonymousId": "a-1"},
         ]
         (tmp_path / "events.ndjson").write_text("".join(json.dumps(e) + "\n" for e in events))
-        proc = cli("run", preset, "--events", tmp_path / "events.ndjson", "--settings", settings,
-                   "--state", tmp_path / "state")
+        proc = cli(
+            "run", preset, "--events", tmp_path / "events.ndjson", "--settings", settings, "--state", tmp_path / "state"
+        )
         assert proc.returncode == 0, proc.stderr
         issued = list(sandbox.issued)
     db = sqlite3.connect(tmp_path / "state" / "state.db")
@@ -177,8 +211,17 @@ def test_run_no_record_keeps_nothing(tmp_path: Path) -> None:
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         (tmp_path / "events.ndjson").write_text(json.dumps({"type": "page", "messageId": "p"}) + "\n")
-        proc = cli("run", fast_preset(tmp_path), "--events", tmp_path / "events.ndjson", "--settings", settings,
-                   "--state", tmp_path / "state", "--no-record")
+        proc = cli(
+            "run",
+            fast_preset(tmp_path),
+            "--events",
+            tmp_path / "events.ndjson",
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--no-record",
+        )
         assert proc.returncode == 0, proc.stderr
     db = sqlite3.connect(tmp_path / "state" / "state.db")
     assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'record'").fetchall()

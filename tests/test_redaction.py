@@ -12,7 +12,8 @@ ACCESS = "at-AAAABBBBCCCCDDDD"
 def test_masks_secrets_inside_strings() -> None:
     redactor = Redactor([SECRET, REFRESH])
     assert redactor.redact(f"client_secret={SECRET}&refresh_token={REFRESH}") == (
-        f"client_secret={MASK}&refresh_token={MASK}")
+        f"client_secret={MASK}&refresh_token={MASK}"
+    )
     assert redactor.redact(f"{SECRET}{SECRET}") == MASK + MASK
     assert redactor.redact("nothing to hide") == "nothing to hide"
 

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from fakes import FakeTime
-
 from engine import outcome as oc
 from engine.compile.compiler import load_preset
 from engine.runtime import Engine
+from fakes import FakeTime
 
 SETTINGS = {"client_id": "cid", "client_secret": "s3cret-limits", "refresh_token": "rt-limits-0001"}
-LEAD = {"type": "track", "event": "Lead Submitted", "messageId": "m-1", "userId": "u-1",
-        "traits": {"email": "jane@acme.test"}, "context": {"consent": {"canonical": {"marketing": True}}}}
+LEAD = {
+    "type": "track",
+    "event": "Lead Submitted",
+    "messageId": "m-1",
+    "userId": "u-1",
+    "traits": {"email": "jane@acme.test"},
+    "context": {"consent": {"canonical": {"marketing": True}}},
+}
 
 
 Answer = Callable[[], web.Response]
@@ -32,8 +38,9 @@ async def serve(answers: list[Answer]) -> tuple[web.AppRunner, str, list[str]]:
     seen: list[str] = []
 
     async def token(request: web.Request) -> web.Response:
-        return web.json_response({"access_token": "at-limits-0001", "refresh_token": "rt-limits-0002",
-                                  "expires_in": 7200})
+        return web.json_response(
+            {"access_token": "at-limits-0001", "refresh_token": "rt-limits-0002", "expires_in": 7200}
+        )
 
     async def prospects(request: web.Request) -> web.StreamResponse:
         seen.append(request.method)
@@ -55,11 +62,13 @@ async def deliver(answers: list[Answer], *, cap: int | None = None) -> tuple[Any
     preset = load_preset("outreach/lead-capture")
     if cap is not None:
         from dataclasses import replace
+
         preset = replace(preset, delivery=replace(preset.delivery, max_response_bytes=cap))
     clock = FakeTime()
     try:
-        async with Engine.from_preset(preset, {**SETTINGS, "base_url": base}, sleep=clock.sleep,
-                                      clock=clock.monotonic) as engine:
+        async with Engine.from_preset(
+            preset, {**SETTINGS, "base_url": base}, sleep=clock.sleep, clock=clock.monotonic
+        ) as engine:
             outcome = await engine.process(LEAD)
     finally:
         await runner.cleanup()
@@ -71,8 +80,9 @@ def created() -> web.Response:
 
 
 def test_an_oversized_answer_is_an_error_not_a_memory_spike() -> None:
-    outcome, seen = asyncio.run(deliver([lambda: web.Response(body=b"x" * (5 * 1024 * 1024), status=200)],
-                                        cap=64 * 1024))
+    outcome, seen = asyncio.run(
+        deliver([lambda: web.Response(body=b"x" * (5 * 1024 * 1024), status=200)], cap=64 * 1024)
+    )
     assert outcome.outcome == oc.DEAD_LETTERED
     assert outcome.cause == "response_too_large"
     assert len(seen) == 5  # retried like any transient failure, then kept for replay
@@ -80,16 +90,24 @@ def test_an_oversized_answer_is_an_error_not_a_memory_spike() -> None:
 
 
 def test_an_answer_within_the_cap_is_read_whole() -> None:
-    outcome, _ = asyncio.run(deliver([lambda: web.json_response({"data": {"type": "prospect", "id": 7},
-                                                                  "pad": "y" * 50_000}, status=201)], cap=64 * 1024))
+    outcome, _ = asyncio.run(
+        deliver(
+            [lambda: web.json_response({"data": {"type": "prospect", "id": 7}, "pad": "y" * 50_000}, status=201)],
+            cap=64 * 1024,
+        )
+    )
     assert outcome.outcome == oc.DELIVERED
 
 
-@pytest.mark.parametrize("garbage", [
-    lambda: web.Response(text="<html>OK</html>", status=200, content_type="text/html"),
-    lambda: web.Response(status=200),
-    lambda: web.json_response({"data": {"type": "prospect"}}, status=201),
-], ids=["html", "empty", "no-id"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        lambda: web.Response(text="<html>OK</html>", status=200, content_type="text/html"),
+        lambda: web.Response(status=200),
+        lambda: web.json_response({"data": {"type": "prospect"}}, status=201),
+    ],
+    ids=["html", "empty", "no-id"],
+)
 def test_a_2xx_that_does_not_prove_the_delivery_is_retried_then_dead_lettered(garbage: Answer) -> None:
     outcome, seen = asyncio.run(deliver([garbage]))
     assert outcome.outcome == oc.DEAD_LETTERED

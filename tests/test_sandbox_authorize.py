@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -37,8 +38,14 @@ def scenario(test: Callable[[Running], Awaitable[None]], module: Any = outreach,
 
 async def authorize(sandbox: Running, **overrides: str | None) -> tuple[int, str | None, str]:
     """GET /oauth/authorize as a browser would, without following the redirect: (status, Location, body)."""
-    params = {"client_id": "sandbox-client", "redirect_uri": REDIRECT, "response_type": "code",
-              "scope": "prospects.read prospects.write", "state": "st-1234", **overrides}
+    params = {
+        "client_id": "sandbox-client",
+        "redirect_uri": REDIRECT,
+        "response_type": "code",
+        "scope": "prospects.read prospects.write",
+        "state": "st-1234",
+        **overrides,
+    }
     query = urlencode({k: v for k, v in params.items() if v is not None})
     async with sandbox.session.get(f"{sandbox.base}/oauth/authorize?{query}", allow_redirects=False) as resp:
         return resp.status, resp.headers.get("Location"), await resp.text()
@@ -51,8 +58,14 @@ def redirected(location: str | None) -> tuple[str, dict[str, str]]:
 
 
 async def exchange(sandbox: Running, code: str, **overrides: str) -> tuple[int, Any]:
-    form = {"client_id": "sandbox-client", "client_secret": "sandbox-secret", "redirect_uri": REDIRECT,
-            "grant_type": "authorization_code", "code": code, **overrides}
+    form = {
+        "client_id": "sandbox-client",
+        "client_secret": "sandbox-secret",
+        "redirect_uri": REDIRECT,
+        "grant_type": "authorization_code",
+        "code": code,
+        **overrides,
+    }
     status, body, _ = await sandbox.call("POST", "/oauth/token", form=form)
     return status, body
 
@@ -78,13 +91,21 @@ def test_the_code_buys_tokens_that_work_like_outreach_s() -> None:
         assert body["expires_in"] == 7200 and body["token_type"] == "bearer"
         assert body["scope"] == "prospects.read prospects.write"
         # The access token is accepted by the API...
-        status, listing, _ = await sandbox.call("GET", "/api/v2/prospects",
-                                                headers={"Authorization": f"Bearer {body['access_token']}"})
+        status, listing, _ = await sandbox.call(
+            "GET", "/api/v2/prospects", headers={"Authorization": f"Bearer {body['access_token']}"}
+        )
         assert status == 200 and listing["data"] == []
         # ...and the refresh token mints (and rotates) like the configured one.
-        status, minted, _ = await sandbox.call("POST", "/oauth/token", form={
-            "client_id": "sandbox-client", "client_secret": "sandbox-secret", "grant_type": "refresh_token",
-            "refresh_token": body["refresh_token"]})
+        status, minted, _ = await sandbox.call(
+            "POST",
+            "/oauth/token",
+            form={
+                "client_id": "sandbox-client",
+                "client_secret": "sandbox-secret",
+                "grant_type": "refresh_token",
+                "refresh_token": body["refresh_token"],
+            },
+        )
         assert status == 200 and minted["refresh_token"] != body["refresh_token"]
         state = (await sandbox.admin("GET", "state"))[1]
         assert state["code_exchanges"] == 1 and state["mints"] == 1
@@ -108,8 +129,10 @@ def test_a_code_expires_within_minutes() -> None:
         _, location, _ = await authorize(sandbox)
         sandbox.state.clock = lambda: time.time() + 601  # the default lifetime is 600 s
         status, body = await exchange(sandbox, redirected(location)[1]["code"])
-        assert status == 400 and body == {"error": "invalid_grant",
-                                          "error_description": "The authorization code has expired."}
+        assert status == 400 and body == {
+            "error": "invalid_grant",
+            "error_description": "The authorization code has expired.",
+        }
 
     scenario(test)
 
@@ -134,13 +157,17 @@ def test_the_exchange_needs_the_client_secret() -> None:
     scenario(test)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"client_id": "someone-else"},
-    {"redirect_uri": None},
-    {"redirect_uri": "https://attacker.example/callback"},
-    {"redirect_uri": "http://127.0.0.1:51004/elsewhere"},
-    {"redirect_uri": "http://localhost:51004/callback"},  # a name, not the loopback IP literal (RFC 8252 §7.3)
-], ids=["unknown-client", "no-redirect-uri", "other-host", "other-path", "localhost-name"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"client_id": "someone-else"},
+        {"redirect_uri": None},
+        {"redirect_uri": "https://attacker.example/callback"},
+        {"redirect_uri": "http://127.0.0.1:51004/elsewhere"},
+        {"redirect_uri": "http://localhost:51004/callback"},  # a name, not the loopback IP literal (RFC 8252 §7.3)
+    ],
+    ids=["unknown-client", "no-redirect-uri", "other-host", "other-path", "localhost-name"],
+)
 def test_no_code_and_no_redirect_to_a_uri_the_app_did_not_register(overrides: dict[str, str | None]) -> None:
     async def test(sandbox: Running) -> None:
         status, location, page = await authorize(sandbox, **overrides)
@@ -151,11 +178,15 @@ def test_no_code_and_no_redirect_to_a_uri_the_app_did_not_register(overrides: di
     scenario(test)
 
 
-@pytest.mark.parametrize("overrides, error", [
-    ({"response_type": "token"}, "unsupported_response_type"),
-    ({"scope": None}, "invalid_scope"),
-    ({"scope": "prospects.read prospects.delete"}, "invalid_scope"),
-], ids=["implicit-grant", "no-scope", "scope-not-enabled"])
+@pytest.mark.parametrize(
+    "overrides, error",
+    [
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"scope": None}, "invalid_scope"),
+        ({"scope": "prospects.read prospects.delete"}, "invalid_scope"),
+    ],
+    ids=["implicit-grant", "no-scope", "scope-not-enabled"],
+)
 def test_other_errors_are_redirected_with_the_state(overrides: dict[str, str | None], error: str) -> None:
     async def test(sandbox: Running) -> None:
         status, location, _ = await authorize(sandbox, **overrides)
@@ -198,8 +229,7 @@ def test_salesloft_redirects_with_context_and_scope_and_wants_them_back() -> Non
         # Without context and scope the exchange is refused (and the code spent).
         status, body = await exchange(sandbox, query["code"])
         assert status == 400 and body["error"] == "invalid_grant"
-        status, body = await exchange(sandbox, second["code"], context=second["context"],
-                                      scope=second.get("scope", ""))
+        status, body = await exchange(sandbox, second["code"], context=second["context"], scope=second.get("scope", ""))
         assert status == 200 and body["refresh_token"] and body["access_token"]
 
     scenario(test, salesloft)

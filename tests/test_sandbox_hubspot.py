@@ -19,7 +19,9 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 CONTACTS = "/crm/v3/objects/contacts"
 
 
-async def create(sb: Running, properties: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+async def create(
+    sb: Running, properties: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, Any, Any]:
     return await sb.call("POST", CONTACTS, headers=headers or BEARER, json_body={"properties": properties})
 
 
@@ -35,8 +37,12 @@ def run(coro: Any) -> None:
 def test_private_app_token_must_come_as_bearer_header() -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                            {"Authorization": f"Basic {TOKEN}"}):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": TOKEN},
+                {"Authorization": f"Basic {TOKEN}"},
+            ):
                 status, body, _ = await create(sb, {"email": "a@example.com"}, headers=headers or {"X": "y"})
                 assert status == 401, headers
                 assert body["category"] == "INVALID_AUTHENTICATION"
@@ -58,8 +64,9 @@ def test_private_app_token_must_come_as_bearer_header() -> None:
 def test_create_answers_201_with_string_id_and_properties() -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
-            status, body, _ = await create(sb, {"email": "jane.doe@acme.com", "firstname": "Jane",
-                                                "lifecyclestage": "lead"})
+            status, body, _ = await create(
+                sb, {"email": "jane.doe@acme.com", "firstname": "Jane", "lifecyclestage": "lead"}
+            )
             assert status == 201
             assert body["id"] == "1" and isinstance(body["id"], str)
             assert body["properties"]["email"] == "jane.doe@acme.com"
@@ -68,8 +75,9 @@ def test_create_answers_201_with_string_id_and_properties() -> None:
             assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", body["createdAt"])
             _, state = await sb.admin("GET", "state")
             assert state["creates"] == 1
-            assert state["contacts"] == [{"id": "1", "properties": {"email": "jane.doe@acme.com",
-                                                                   "firstname": "Jane", "lifecyclestage": "lead"}}]
+            assert state["contacts"] == [
+                {"id": "1", "properties": {"email": "jane.doe@acme.com", "firstname": "Jane", "lifecyclestage": "lead"}}
+            ]
 
     run(scenario())
 
@@ -96,18 +104,24 @@ def test_patch_by_the_conflict_id_overwrites_sent_properties_only() -> None:
             await create(sb, {"email": "jane.doe@acme.com", "firstname": "Jane", "company": "Old Co"})
             _, conflict, _ = await create(sb, {"email": "jane.doe@acme.com", "company": "Acme Inc"})
             existing = conflict["message"].rsplit(" ", 1)[1]
-            status, body, _ = await sb.call("PATCH", f"{CONTACTS}/{existing}", headers=BEARER,
-                                            json_body={"properties": {"company": "Acme Inc", "jobtitle": "CTO"}})
+            status, body, _ = await sb.call(
+                "PATCH",
+                f"{CONTACTS}/{existing}",
+                headers=BEARER,
+                json_body={"properties": {"company": "Acme Inc", "jobtitle": "CTO"}},
+            )
             assert status == 200
             assert body["id"] == existing
             assert body["properties"]["company"] == "Acme Inc"
             assert body["properties"]["firstname"] == "Jane"
-            status, body, _ = await sb.call("PATCH", f"{CONTACTS}/{existing}", headers=BEARER,
-                                            json_body={"properties": {"jobtitle": ""}})
+            status, body, _ = await sb.call(
+                "PATCH", f"{CONTACTS}/{existing}", headers=BEARER, json_body={"properties": {"jobtitle": ""}}
+            )
             assert status == 200 and "jobtitle" not in body["properties"]
             assert (sb.state.creates, sb.state.updates) == (1, 2)
-            status, body, _ = await sb.call("PATCH", f"{CONTACTS}/99", headers=BEARER,
-                                            json_body={"properties": {"company": "x"}})
+            status, body, _ = await sb.call(
+                "PATCH", f"{CONTACTS}/99", headers=BEARER, json_body={"properties": {"company": "x"}}
+            )
             assert (status, body["category"]) == (404, "OBJECT_NOT_FOUND")
 
     run(scenario())
@@ -118,8 +132,9 @@ def test_patch_cannot_take_another_contacts_email() -> None:
         async with running(hubspot) as sb:
             await create(sb, {"email": "a@example.com"})
             await create(sb, {"email": "b@example.com"})
-            status, body, _ = await sb.call("PATCH", f"{CONTACTS}/2", headers=BEARER,
-                                            json_body={"properties": {"email": "A@example.com"}})
+            status, body, _ = await sb.call(
+                "PATCH", f"{CONTACTS}/2", headers=BEARER, json_body={"properties": {"email": "A@example.com"}}
+            )
             assert (status, body["message"]) == (409, "Contact already exists. Existing ID: 1")
 
     run(scenario())
@@ -134,9 +149,13 @@ def test_get_by_id_or_by_email_and_search_by_email() -> None:
             assert body["properties"] == {"email": "jane.doe@acme.com", "company": "Acme"}
             status, body, _ = await sb.call("GET", f"{CONTACTS}/jane.doe@acme.com?idProperty=email", headers=BEARER)
             assert (status, body["id"]) == (200, "1")
-            search = {"filterGroups": [{"filters": [{"propertyName": "email", "operator": "EQ",
-                                                     "value": "JANE.DOE@acme.com"}]}],
-                      "properties": ["email", "firstname"], "limit": 1}
+            search = {
+                "filterGroups": [
+                    {"filters": [{"propertyName": "email", "operator": "EQ", "value": "JANE.DOE@acme.com"}]}
+                ],
+                "properties": ["email", "firstname"],
+                "limit": 1,
+            }
             status, body, _ = await sb.call("POST", f"{CONTACTS}/search", headers=BEARER, json_body=search)
             assert status == 200
             assert body["total"] == 1
@@ -157,7 +176,7 @@ def test_get_by_id_or_by_email_and_search_by_email() -> None:
 def _problems(body: dict[str, Any]) -> list[dict[str, Any]]:
     prefix = "Property values were not valid: "
     assert body["message"].startswith(prefix)
-    return json.loads(body["message"][len(prefix):])
+    return json.loads(body["message"][len(prefix) :])
 
 
 def test_unknown_property_is_400_property_doesnt_exist_like_hubspot() -> None:
@@ -166,8 +185,14 @@ def test_unknown_property_is_400_property_doesnt_exist_like_hubspot() -> None:
             status, body, _ = await create(sb, {"email": "a@example.com", "signal_tags": "Signal;lead"})
             assert status == 400
             assert body["category"] == "VALIDATION_ERROR"
-            assert _problems(body) == [{"isValid": False, "message": 'Property "signal_tags" does not exist',
-                                        "error": "PROPERTY_DOESNT_EXIST", "name": "signal_tags"}]
+            assert _problems(body) == [
+                {
+                    "isValid": False,
+                    "message": 'Property "signal_tags" does not exist',
+                    "error": "PROPERTY_DOESNT_EXIST",
+                    "name": "signal_tags",
+                }
+            ]
             assert sb.state.contacts == {}
 
         async with running(hubspot, custom_properties=["signal_tags"]) as sb:
@@ -180,13 +205,25 @@ def test_unknown_property_is_400_property_doesnt_exist_like_hubspot() -> None:
 def test_values_must_be_strings_within_65536_chars_and_valid() -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
-            status, body, _ = await create(sb, {"email": "not-an-email", "firstname": 7,
-                                                "jobtitle": "x" * 65537, "lifecyclestage": "hot",
-                                                "createdate": "2020-01-01"})
+            status, body, _ = await create(
+                sb,
+                {
+                    "email": "not-an-email",
+                    "firstname": 7,
+                    "jobtitle": "x" * 65537,
+                    "lifecyclestage": "hot",
+                    "createdate": "2020-01-01",
+                },
+            )
             assert status == 400
             errors = {p["name"]: p["error"] for p in _problems(body)}
-            assert errors == {"email": "INVALID_EMAIL", "firstname": "INVALID_STRING", "jobtitle": "INVALID_LONG",
-                              "lifecyclestage": "INVALID_OPTION", "createdate": "READ_ONLY_VALUE"}
+            assert errors == {
+                "email": "INVALID_EMAIL",
+                "firstname": "INVALID_STRING",
+                "jobtitle": "INVALID_LONG",
+                "lifecyclestage": "INVALID_OPTION",
+                "createdate": "READ_ONLY_VALUE",
+            }
             status, _, _ = await create(sb, {"email": "a@example.com", "jobtitle": "x" * 65536})
             assert status == 201
 
@@ -196,17 +233,23 @@ def test_values_must_be_strings_within_65536_chars_and_valid() -> None:
 def test_body_must_be_json_properties_object_without_unknown_keys() -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
-            status, body, _ = await sb.call("POST", CONTACTS, headers=BEARER,
-                                            json_body={"properties": {"email": "a@example.com"}, "tags": ["x"]})
+            status, body, _ = await sb.call(
+                "POST", CONTACTS, headers=BEARER, json_body={"properties": {"email": "a@example.com"}, "tags": ["x"]}
+            )
             assert (status, body["category"]) == (400, "VALIDATION_ERROR")
             assert '"tags"' in body["message"]
             status, _, _ = await sb.call("POST", CONTACTS, headers=BEARER, json_body={"email": "a@example.com"})
             assert status == 400
-            status, _, _ = await sb.call("POST", CONTACTS, headers={**BEARER, "Content-Type": "text/plain"},
-                                         raw='{"properties": {}}')
+            status, _, _ = await sb.call(
+                "POST", CONTACTS, headers={**BEARER, "Content-Type": "text/plain"}, raw='{"properties": {}}'
+            )
             assert status == 415
-            status, _, _ = await sb.call("POST", CONTACTS, headers=BEARER,
-                                         json_body={"properties": {"email": "a@example.com"}, "associations": []})
+            status, _, _ = await sb.call(
+                "POST",
+                CONTACTS,
+                headers=BEARER,
+                json_body={"properties": {"email": "a@example.com"}, "associations": []},
+            )
             assert status == 201
 
     run(scenario())
@@ -272,12 +315,23 @@ def test_batch_upsert_creates_and_updates_by_email_answering_200_when_all_went_t
     async def scenario() -> None:
         async with running(hubspot) as sb:
             await create(sb, {"email": "old@example.com", "firstname": "Old", "jobtitle": "CTO"})
-            status, body, headers = await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [
-                upsert_input("new@example.com", firstname="New"), upsert_input("OLD@example.com", jobtitle="CEO")]})
+            status, body, headers = await sb.call(
+                "POST",
+                BATCH_UPSERT,
+                headers=BEARER,
+                json_body={
+                    "inputs": [
+                        upsert_input("new@example.com", firstname="New"),
+                        upsert_input("OLD@example.com", jobtitle="CEO"),
+                    ]
+                },
+            )
             assert status == 200
             assert body["status"] == "COMPLETE" and "errors" not in body and "numErrors" not in body
             assert [(r["id"], r["new"], r["properties"]["email"]) for r in body["results"]] == [
-                ("2", True, "new@example.com"), ("1", False, "OLD@example.com")]
+                ("2", True, "new@example.com"),
+                ("1", False, "OLD@example.com"),
+            ]
             assert re.match(r"^\d{4}-\d\d-\d\dT", body["startedAt"]) and body["completedAt"]
             assert headers["X-HubSpot-RateLimit-Daily-Remaining"] == str(250000 - 2)  # a batch is one request
             assert sb.state.contacts["1"]["jobtitle"] == "CEO" and sb.state.contacts["1"]["firstname"] == "Old"
@@ -290,14 +344,25 @@ def test_batch_upsert_creates_and_updates_by_email_answering_200_when_all_went_t
 def test_batch_upsert_answers_207_with_an_error_naming_each_refused_input() -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
-            status, body, _ = await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [
-                upsert_input("a@example.com"), upsert_input("b..c@example.com"), upsert_input("d@example.com",
-                                                                                              nosuch="x")]})
+            status, body, _ = await sb.call(
+                "POST",
+                BATCH_UPSERT,
+                headers=BEARER,
+                json_body={
+                    "inputs": [
+                        upsert_input("a@example.com"),
+                        upsert_input("b..c@example.com"),
+                        upsert_input("d@example.com", nosuch="x"),
+                    ]
+                },
+            )
             assert status == 207
             assert [r["properties"]["email"] for r in body["results"]] == ["a@example.com"]
             assert body["numErrors"] == 2
             assert [(e["category"], e["context"]) for e in body["errors"]] == [
-                ("VALIDATION_ERROR", {"id": ["b..c@example.com"]}), ("VALIDATION_ERROR", {"id": ["d@example.com"]})]
+                ("VALIDATION_ERROR", {"id": ["b..c@example.com"]}),
+                ("VALIDATION_ERROR", {"id": ["d@example.com"]}),
+            ]
             assert "INVALID_EMAIL" in body["errors"][0]["message"]
             assert "PROPERTY_DOESNT_EXIST" in body["errors"][1]["message"]
             assert [c["email"] for c in sb.state.contacts.values()] == ["a@example.com"]
@@ -305,12 +370,15 @@ def test_batch_upsert_answers_207_with_an_error_naming_each_refused_input() -> N
     run(scenario())
 
 
-@pytest.mark.parametrize("inputs, words", [
-    ([upsert_input(f"p{i}@example.com") for i in range(101)], "limit is 100"),
-    ([upsert_input("a@example.com"), upsert_input("A@example.com")], "Duplicate IDs"),
-    ([{**upsert_input("a@example.com"), "idProperty": "firstname"}], "non-unique"),
-    ([], "[inputs]"),
-])
+@pytest.mark.parametrize(
+    "inputs, words",
+    [
+        ([upsert_input(f"p{i}@example.com") for i in range(101)], "limit is 100"),
+        ([upsert_input("a@example.com"), upsert_input("A@example.com")], "Duplicate IDs"),
+        ([{**upsert_input("a@example.com"), "idProperty": "firstname"}], "non-unique"),
+        ([], "[inputs]"),
+    ],
+)
 def test_batch_upsert_refuses_the_whole_request_with_a_400(inputs: list[Any], words: str) -> None:
     async def scenario() -> None:
         async with running(hubspot) as sb:
@@ -326,8 +394,9 @@ def test_batch_upsert_past_the_burst_quota_is_429_with_the_rate_limit_headers() 
     async def scenario() -> None:
         async with running(hubspot, quota=1, window=10) as sb:
             await sb.call("POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [upsert_input("a@example.com")]})
-            status, body, headers = await sb.call("POST", BATCH_UPSERT, headers=BEARER,
-                                                  json_body={"inputs": [upsert_input("b@example.com")]})
+            status, body, headers = await sb.call(
+                "POST", BATCH_UPSERT, headers=BEARER, json_body={"inputs": [upsert_input("b@example.com")]}
+            )
             assert (status, body["policyName"]) == (429, "TEN_SECONDLY_ROLLING")
             assert headers["X-HubSpot-RateLimit-Remaining"] == "0"
             assert headers["X-HubSpot-RateLimit-Interval-Milliseconds"] == "10000"

@@ -23,9 +23,14 @@ JANE_EM = "7ab2023f5a756bb26da296ceaf20cee2f320d806cbedfcc5cf614b1b3f409a52"
 
 
 def event(event_id: str = "e-1", **changes: Any) -> dict[str, Any]:
-    base = {"event_name": "Lead", "event_time": int(time.time()) - 60, "event_id": event_id,
-            "action_source": "website", "event_source_url": "https://www.example-saas.com/demo",
-            "user_data": {"em": [JANE_EM], "client_user_agent": UA}}
+    base = {
+        "event_name": "Lead",
+        "event_time": int(time.time()) - 60,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://www.example-saas.com/demo",
+        "user_data": {"em": [JANE_EM], "client_user_agent": UA},
+    }
     return {**base, **changes}
 
 
@@ -45,6 +50,7 @@ def test_accepts_a_batch_and_answers_events_received() -> None:
             assert status == 200 and body["events_received"] == 2 and body["messages"] == []
             assert isinstance(body["fbtrace_id"], str) and body["fbtrace_id"]
             assert [e["event_id"] for e in sb.state.events] == ["a", "b"]
+
     run(scenario())
 
 
@@ -58,6 +64,7 @@ def test_a_wrong_token_is_oauth_exception_190_with_http_400() -> None:
             status, body = await post(sb, {"data": [event()]}, "/v24.0/1234567890/events")
             assert (status, body["error"]["code"]) == (400, 104)
             assert sb.state.events == []
+
     run(scenario())
 
 
@@ -71,6 +78,7 @@ def test_an_unhashed_email_refuses_the_whole_request() -> None:
             assert sb.state.events == []  # the valid one is refused with it
             upper = event("c", user_data={"em": [JANE_EM.upper()], "client_user_agent": UA})
             assert (await post(sb, {"data": [upper]}))[0] == 400
+
     run(scenario())
 
 
@@ -81,6 +89,7 @@ def test_more_than_1000_events_are_refused_and_1000_accepted() -> None:
             assert status == 400 and body["error"]["code"] == 100 and "1000" in body["error"]["message"]
             status, body = await post(sb, {"data": [event(str(i)) for i in range(1000)]})
             assert (status, body["events_received"]) == (200, 1000)
+
     run(scenario())
 
 
@@ -95,6 +104,7 @@ def test_website_events_need_their_source_and_a_recent_time() -> None:
                 assert (status, body["error"]["code"]) == (400, 100), bad
         async with running(meta, event_window_days=0) as sb:
             assert (await post(sb, {"data": [event(event_time=1715678042)]}))[0] == 200
+
     run(scenario())
 
 
@@ -106,6 +116,7 @@ def test_a_repeated_event_id_is_counted_once_and_test_events_are_kept_apart() ->
             assert len(sb.state.events) == 1 and sb.state.duplicates == 1
             assert (await post(sb, {"data": [event("other")], "test_event_code": "TEST123"}))[0] == 200
             assert [e["event_id"] for e in sb.state.test_events] == ["other"] and len(sb.state.events) == 1
+
     run(scenario())
 
 
@@ -114,10 +125,12 @@ def test_an_unknown_pixel_and_the_form_encoding() -> None:
         async with running(meta) as sb:
             status, body = await post(sb, {"data": [event()]}, f"/v24.0/999/events?access_token={TOKEN}")
             assert (status, body["error"]["code"], body["error"]["error_subcode"]) == (400, 100, 33)
-            status, body, _ = await sb.call("POST", "/v24.0/1234567890/events",
-                                            form={"access_token": TOKEN, "data": json.dumps([event("f")])})
+            status, body, _ = await sb.call(
+                "POST", "/v24.0/1234567890/events", form={"access_token": TOKEN, "data": json.dumps([event("f")])}
+            )
             assert (status, body["events_received"]) == (200, 1)
             assert all("access_token" not in r["query"] or "***" in r["query"] for r in sb.state.requests)
+
     run(scenario())
 
 
@@ -133,10 +146,19 @@ def _sha256(text: str) -> str:
 def test_the_example_stream_is_delivered_batched_and_hashed_each_event_once(tmp_path: Path) -> None:
     with _SandboxThread(meta, event_window_days=0) as sandbox:
         settings = tmp_path / "settings.yaml"
-        settings.write_text(f"pixel_id: '1234567890'\naccess_token: {TOKEN}\nbase_url: {sandbox.base}\n",
-                            encoding="utf-8")
-        first = _cli("run", "meta/conversions", "--settings", settings, "--events",
-                     REPO / "examples" / "lead-capture.ndjson", "--state", tmp_path / "state")
+        settings.write_text(
+            f"pixel_id: '1234567890'\naccess_token: {TOKEN}\nbase_url: {sandbox.base}\n", encoding="utf-8"
+        )
+        first = _cli(
+            "run",
+            "meta/conversions",
+            "--settings",
+            settings,
+            "--events",
+            REPO / "examples" / "lead-capture.ndjson",
+            "--state",
+            tmp_path / "state",
+        )
         assert first.returncode == 0, first.stderr
         delivered = [json.loads(line) for line in first.stdout.splitlines()]
         delivered = [o for o in delivered if o["outcome"] == oc.DELIVERED]
@@ -153,8 +175,9 @@ def test_the_example_stream_is_delivered_batched_and_hashed_each_event_once(tmp_
 def test_a_wrong_token_dead_letters_and_a_replay_after_the_fix_delivers_each_event_once(tmp_path: Path) -> None:
     with _SandboxThread(meta, event_window_days=0) as sandbox:
         settings = tmp_path / "settings.yaml"
-        settings.write_text(f"pixel_id: '1234567890'\naccess_token: wrong-{TOKEN}\nbase_url: {sandbox.base}\n",
-                            encoding="utf-8")
+        settings.write_text(
+            f"pixel_id: '1234567890'\naccess_token: wrong-{TOKEN}\nbase_url: {sandbox.base}\n", encoding="utf-8"
+        )
         state = tmp_path / "state"
         events = REPO / "examples" / "lead-capture.ndjson"
         failed = _cli("run", "meta/conversions", "--settings", settings, "--events", events, "--state", state)
@@ -164,8 +187,9 @@ def test_a_wrong_token_dead_letters_and_a_replay_after_the_fix_delivers_each_eve
         assert f"wrong-{TOKEN}" not in failed.stdout + failed.stderr
         assert sandbox.read(lambda s: s.events) == []
 
-        settings.write_text(f"pixel_id: '1234567890'\naccess_token: {TOKEN}\nbase_url: {sandbox.base}\n",
-                            encoding="utf-8")
+        settings.write_text(
+            f"pixel_id: '1234567890'\naccess_token: {TOKEN}\nbase_url: {sandbox.base}\n", encoding="utf-8"
+        )
         replay = _cli("dlq", "replay", "meta/conversions", "--settings", settings, "--state", state)
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert [o["outcome"] for o in map(json.loads, replay.stdout.splitlines())] == [oc.DELIVERED] * 5

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -46,8 +47,9 @@ class Sandbox:
         """Move the sandbox's notion of time forward without sleeping."""
         self.state.clock = lambda: time.time() + seconds
 
-    async def refresh(self, token: str | None = None, *, as_json: bool = False,
-                      client_secret: str | None = None) -> tuple[int, dict[str, Any], Any]:
+    async def refresh(
+        self, token: str | None = None, *, as_json: bool = False, client_secret: str | None = None
+    ) -> tuple[int, dict[str, Any], Any]:
         config = self.state.config
         params = {
             "grant_type": "refresh_token",
@@ -64,8 +66,9 @@ class Sandbox:
         assert status == 200, body
         return body["access_token"]
 
-    async def api(self, method: str, path: str, token: str | None, body: Any = None,
-                  content_type: str = JSONAPI) -> tuple[int, Any, Any]:
+    async def api(
+        self, method: str, path: str, token: str | None, body: Any = None, content_type: str = JSONAPI
+    ) -> tuple[int, Any, Any]:
         headers = {"Content-Type": content_type}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -269,12 +272,16 @@ def test_duplicate_email_is_422_with_outreach_detail() -> None:
             assert status == 201
             status, body, _ = await sb.create(token, {"emails": ["other@example.com", "ADA@Example.com"]})
             assert status == 422
-            assert body == {"errors": [{
-                "id": "validationError",
-                "title": "Validation Error",
-                "detail": "Contacts email hash has already been taken.",
-                "source": {"pointer": "/data"},
-            }]}
+            assert body == {
+                "errors": [
+                    {
+                        "id": "validationError",
+                        "title": "Validation Error",
+                        "detail": "Contacts email hash has already been taken.",
+                        "source": {"pointer": "/data"},
+                    }
+                ]
+            }
             assert sb.state.creates == 1
 
     asyncio.run(scenario())
@@ -301,8 +308,9 @@ def test_value_longer_than_max_length_is_422() -> None:
             status, body, _ = await sb.create(token, {"emails": ["a@example.com"], "firstName": "x" * 256})
             assert status == 422
             assert body["errors"][0]["source"]["pointer"] == "/data/attributes/firstName"
-            status, _, _ = await sb.create(token, {"emails": ["a@example.com"], "firstName": "x" * 255,
-                                                   "company": "c" * 5000})
+            status, _, _ = await sb.create(
+                token, {"emails": ["a@example.com"], "firstName": "x" * 255, "company": "c" * 5000}
+            )
             assert status == 201
 
     asyncio.run(scenario())
@@ -324,8 +332,20 @@ def test_wrong_attribute_type_is_422_but_null_is_accepted() -> None:
 def test_fallback_rules_used_when_default_schema_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(outreach, "_default_schema_path", lambda: tmp_path / "missing.json")
     rules = outreach.load_attribute_rules(None)
-    assert set(rules) == {"emails", "firstName", "lastName", "name", "title", "occupation", "company",
-                          "mobilePhones", "addressCity", "addressState", "addressCountry", "tags"}
+    assert set(rules) == {
+        "emails",
+        "firstName",
+        "lastName",
+        "name",
+        "title",
+        "occupation",
+        "company",
+        "mobilePhones",
+        "addressCity",
+        "addressState",
+        "addressCountry",
+        "tags",
+    }
     assert rules["firstName"].max_length == 255
     assert rules["company"].max_length is None
     with pytest.raises(FileNotFoundError):
@@ -333,10 +353,20 @@ def test_fallback_rules_used_when_default_schema_missing(monkeypatch: pytest.Mon
 
 
 def test_schema_path_from_config_sets_attributes_and_limits(tmp_path: Path) -> None:
-    schema = {"properties": {"data": {"properties": {"attributes": {"properties": {
-        "emails": {"type": "array", "items": {"type": "string"}},
-        "firstName": {"type": "string", "maxLength": 3},
-    }}}}}}
+    schema = {
+        "properties": {
+            "data": {
+                "properties": {
+                    "attributes": {
+                        "properties": {
+                            "emails": {"type": "array", "items": {"type": "string"}},
+                            "firstName": {"type": "string", "maxLength": 3},
+                        }
+                    }
+                }
+            }
+        }
+    }
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(schema), encoding="utf-8")
 
@@ -359,8 +389,9 @@ def test_search_by_email_is_case_insensitive() -> None:
             token = await sb.access_token()
             await sb.create(token, {"emails": ["ada@example.com"], "firstName": "Ada"})
             await sb.create(token, {"emails": ["bob@example.com"], "firstName": "Bob"})
-            status, body, _ = await sb.api("GET", "/api/v2/prospects?filter[emails]=BOB@example.com&page[size]=1",
-                                           token)
+            status, body, _ = await sb.api(
+                "GET", "/api/v2/prospects?filter[emails]=BOB@example.com&page[size]=1", token
+            )
             assert status == 200
             assert [p["attributes"]["firstName"] for p in body["data"]] == ["Bob"]
             assert body["meta"] == {"count": 1}
@@ -376,12 +407,12 @@ def test_patch_changes_only_sent_attributes_and_replaces_arrays() -> None:
     async def scenario() -> None:
         async with sandbox() as sb:
             token = await sb.access_token()
-            _, created, _ = await sb.create(token, {"emails": ["ada@example.com"], "firstName": "Ada",
-                                                    "title": "Engineer", "tags": ["a", "b"]})
+            _, created, _ = await sb.create(
+                token, {"emails": ["ada@example.com"], "firstName": "Ada", "title": "Engineer", "tags": ["a", "b"]}
+            )
             prospect_id = created["data"]["id"]
             sb.shift_clock(5)
-            patch = {"data": {"type": "prospect", "id": prospect_id,
-                              "attributes": {"tags": ["c"], "title": "CTO"}}}
+            patch = {"data": {"type": "prospect", "id": prospect_id, "attributes": {"tags": ["c"], "title": "CTO"}}}
             status, body, _ = await sb.api("PATCH", f"/api/v2/prospects/{prospect_id}", token, patch)
             assert status == 200
             attributes = body["data"]["attributes"]
@@ -619,8 +650,11 @@ def test_garbage_fault_writes_then_answers_a_200_that_is_not_the_api() -> None:
         async with sandbox(faults=["garbage"]) as sb:
             token = await sb.access_token()
             document = {"data": {"type": "prospect", "attributes": {"emails": ["a@example.com"]}}}
-            async with sb.session.post(f"{sb.base}/api/v2/prospects", data=json.dumps(document),
-                                       headers={"Content-Type": JSONAPI, "Authorization": f"Bearer {token}"}) as resp:
+            async with sb.session.post(
+                f"{sb.base}/api/v2/prospects",
+                data=json.dumps(document),
+                headers={"Content-Type": JSONAPI, "Authorization": f"Bearer {token}"},
+            ) as resp:
                 assert resp.status == 200
                 assert resp.content_type == "text/html"
                 assert "<html>" in await resp.text()
@@ -674,8 +708,7 @@ def test_the_token_endpoint_fails_for_a_while_then_mints() -> None:
                         answers.append((resp.status, resp.content_type))
                 except aiohttp.ClientConnectionError:
                     answers.append(("drop", None))
-            assert answers == [(503, "application/json"), (200, "text/html"), ("drop", None),
-                               (500, "application/json")]
+            assert answers == [(503, "application/json"), (200, "text/html"), ("drop", None), (500, "application/json")]
             assert sb.state.mints == 0
             sb.shift_clock(61)  # the outage is over
             status, body, _ = await sb.refresh()
@@ -696,8 +729,9 @@ def test_the_token_endpoint_fails_for_a_while_then_mints() -> None:
             statuses = []
             for _ in range(3):
                 try:
-                    status, _, _ = await sb.refresh(sb.state.config.refresh_token if not sb.state.mints else
-                                                    sorted(sb.state.refresh_tokens)[0])
+                    status, _, _ = await sb.refresh(
+                        sb.state.config.refresh_token if not sb.state.mints else sorted(sb.state.refresh_tokens)[0]
+                    )
                 except (aiohttp.ClientConnectionError, aiohttp.ContentTypeError):
                     status = "failed"
                 statuses.append(status)
@@ -752,7 +786,11 @@ def test_main_prints_address_and_stops_cleanly_on_ctrl_c() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--port", "0", "--refresh-token", "demo-token", "--fault", "503"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""

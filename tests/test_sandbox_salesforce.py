@@ -29,9 +29,11 @@ def run(coro: Any) -> None:
 
 
 async def session(fake: Running) -> dict[str, str]:
-    status, body, _ = await fake.call("POST", "/services/oauth2/token",
-                                      form={"grant_type": "refresh_token", "refresh_token": "sandbox-refresh-token",
-                                            **CLIENT})
+    status, body, _ = await fake.call(
+        "POST",
+        "/services/oauth2/token",
+        form={"grant_type": "refresh_token", "refresh_token": "sandbox-refresh-token", **CLIENT},
+    )
     assert status == 200, body
     return {"Authorization": f"Bearer {body['access_token']}"}
 
@@ -43,20 +45,32 @@ def soql(email_literal: str) -> str:
 def test_the_token_answer_names_the_instance_and_has_no_expiry_or_new_refresh_token() -> None:
     async def scenario() -> None:
         async with running(salesforce) as fake:
-            status, body, _ = await fake.call("POST", "/services/oauth2/token",
-                                              form={"grant_type": "refresh_token",
-                                                    "refresh_token": "sandbox-refresh-token", **CLIENT})
+            status, body, _ = await fake.call(
+                "POST",
+                "/services/oauth2/token",
+                form={"grant_type": "refresh_token", "refresh_token": "sandbox-refresh-token", **CLIENT},
+            )
             assert status == 200
             assert body["instance_url"] == fake.base and body["token_type"] == "Bearer"
             assert "expires_in" not in body and "refresh_token" not in body
-            status, body, _ = await fake.call("POST", "/services/oauth2/token",
-                                              form={"grant_type": "refresh_token", "refresh_token": "revoked",
-                                                    **CLIENT})
+            status, body, _ = await fake.call(
+                "POST",
+                "/services/oauth2/token",
+                form={"grant_type": "refresh_token", "refresh_token": "revoked", **CLIENT},
+            )
             assert (status, body["error"]) == (400, "invalid_grant")
-            status, body, _ = await fake.call("POST", "/services/oauth2/token",
-                                              form={"grant_type": "refresh_token", "client_id": "other",
-                                                    "client_secret": "x", "refresh_token": "sandbox-refresh-token"})
+            status, body, _ = await fake.call(
+                "POST",
+                "/services/oauth2/token",
+                form={
+                    "grant_type": "refresh_token",
+                    "client_id": "other",
+                    "client_secret": "x",
+                    "refresh_token": "sandbox-refresh-token",
+                },
+            )
             assert (status, body["error"]) == (400, "invalid_client_id")
+
     run(scenario())
 
 
@@ -67,16 +81,22 @@ def test_errors_are_lists_of_error_codes_and_every_answer_reports_api_usage() ->
             assert (status, body[0]["errorCode"]) == (401, "INVALID_SESSION_ID")
             assert headers["Sforce-Limit-Info"] == "api-usage=1/3"
             auth = await session(fake)
-            status, body, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth,
-                                              json_body={"Email": "a@b.co"})
-            assert (status, body[0]["errorCode"], body[0]["fields"]) == (400, "REQUIRED_FIELD_MISSING",
-                                                                         ["LastName", "Company"])
-            status, body, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth,
-                                              json_body={**LEAD, "Tags": "x"})
+            status, body, _ = await fake.call(
+                "POST", f"{API}/sobjects/Lead", headers=auth, json_body={"Email": "a@b.co"}
+            )
+            assert (status, body[0]["errorCode"], body[0]["fields"]) == (
+                400,
+                "REQUIRED_FIELD_MISSING",
+                ["LastName", "Company"],
+            )
+            status, body, _ = await fake.call(
+                "POST", f"{API}/sobjects/Lead", headers=auth, json_body={**LEAD, "Tags": "x"}
+            )
             assert (status, body[0]["errorCode"]) == (400, "INVALID_FIELD")
             status, body, headers = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth, json_body=LEAD)
             assert (status, body[0]["errorCode"]) == (403, "REQUEST_LIMIT_EXCEEDED")
             assert headers["Sforce-Limit-Info"] == "api-usage=3/3"
+
     run(scenario())
 
 
@@ -93,13 +113,16 @@ def test_create_query_patch_and_an_escaped_literal_that_cannot_widen_the_query()
             assert (status, body["totalSize"]) == (200, 0)
             status, body, _ = await fake.call("GET", soql("x' OR Email != '"), headers=auth)
             assert (status, body[0]["errorCode"]) == (400, "MALFORMED_QUERY")
-            status, body, _ = await fake.call("PATCH", f"{API}/sobjects/Lead/{created['id']}", headers=auth,
-                                              json_body={"Title": "CEO"})
+            status, body, _ = await fake.call(
+                "PATCH", f"{API}/sobjects/Lead/{created['id']}", headers=auth, json_body={"Title": "CEO"}
+            )
             assert (status, body) == (204, None)
             assert fake.state.leads[created["id"]]["Title"] == "CEO"
-            status, body, _ = await fake.call("PATCH", f"{API}/sobjects/Lead/00Q000000000099AAA", headers=auth,
-                                              json_body={"Title": "CEO"})
+            status, body, _ = await fake.call(
+                "PATCH", f"{API}/sobjects/Lead/00Q000000000099AAA", headers=auth, json_body={"Title": "CEO"}
+            )
             assert (status, body[0]["errorCode"]) == (404, "NOT_FOUND")
+
     run(scenario())
 
 
@@ -112,6 +135,7 @@ def test_a_blocking_duplicate_rule_answers_duplicates_detected() -> None:
             status, body, _ = await fake.call("POST", f"{API}/sobjects/Lead", headers=auth, json_body=LEAD)
             assert (status, body[0]["errorCode"]) == (400, "DUPLICATES_DETECTED")
             assert body[0]["duplicateResult"]["allowSave"] is False
+
     run(scenario())
 
 
@@ -134,7 +158,8 @@ class _Sandbox:
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
         runner, self.base = self.loop.run_until_complete(
-            salesforce.start_sandbox(salesforce.SandboxConfig(**self.config), port=0))
+            salesforce.start_sandbox(salesforce.SandboxConfig(**self.config), port=0)
+        )
         self.state = runner.app[salesforce.STATE_KEY]
         self.ready.set()
         try:
@@ -143,7 +168,7 @@ class _Sandbox:
             self.loop.run_until_complete(runner.cleanup())
             self.loop.close()
 
-    def __enter__(self) -> "_Sandbox":
+    def __enter__(self) -> _Sandbox:
         self.thread.start()
         assert self.ready.wait(15), "sandbox did not start"
         return self
@@ -155,18 +180,23 @@ class _Sandbox:
     def read(self, what: Any) -> Any:
         async def call() -> Any:
             return what(self.state)
+
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(15)
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def _settings(tmp_path: Path, base: str) -> Path:
     path = tmp_path / "settings.yaml"
-    path.write_text(f"client_id: sandbox-client\nclient_secret: sandbox-secret\n"
-                    f"refresh_token: sandbox-refresh-token\nlogin_url: {base}\n", encoding="utf-8")
+    path.write_text(
+        f"client_id: sandbox-client\nclient_secret: sandbox-secret\n"
+        f"refresh_token: sandbox-refresh-token\nlogin_url: {base}\n",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -177,16 +207,32 @@ def _outcomes(proc: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
 def test_the_example_stream_creates_five_leads_and_a_repeat_updates_them(tmp_path: Path) -> None:
     with _Sandbox() as fake:
         settings = _settings(tmp_path, fake.base)
-        first = _cli("run", "salesforce/leads", "--settings", settings, "--events", "examples/lead-capture.ndjson",
-                     "--state", tmp_path / "one")
+        first = _cli(
+            "run",
+            "salesforce/leads",
+            "--settings",
+            settings,
+            "--events",
+            "examples/lead-capture.ndjson",
+            "--state",
+            tmp_path / "one",
+        )
         assert first.returncode == 0, first.stderr
         sent = [o for o in _outcomes(first) if o["outcome"] != oc.DROPPED]
         assert [o["outcome"] for o in sent] == [oc.DELIVERED] * 5
         assert all(o["detail"] == "flow delivered: find, create (skipped: update)" for o in sent)
         assert fake.read(lambda s: (s.creates, s.updates, s.mints)) == (5, 0, 1)
         # Another run (its own state) sends the same leads again: each is found and patched, none created.
-        again = _cli("run", "salesforce/leads", "--settings", settings, "--events", "examples/lead-capture.ndjson",
-                     "--state", tmp_path / "two")
+        again = _cli(
+            "run",
+            "salesforce/leads",
+            "--settings",
+            settings,
+            "--events",
+            "examples/lead-capture.ndjson",
+            "--state",
+            tmp_path / "two",
+        )
         assert again.returncode == 0, again.stderr
         sent = [o for o in _outcomes(again) if o["outcome"] != oc.DROPPED]
         assert all(o["detail"] == "flow delivered: find, update (skipped: create)" for o in sent), sent
@@ -198,11 +244,20 @@ def test_a_lead_dead_lettered_by_503s_is_replayed_and_delivered_once(tmp_path: P
     with _Sandbox(faults=[503] * 5) as fake:
         settings = _settings(tmp_path, fake.base)
         events = tmp_path / "one.ndjson"
-        events.write_text(json.dumps({"type": "track", "event": "Demo Requested", "messageId": "dlq-1",
-                                      "userId": "u-1", "traits": {"email": "jane.doe@acme.com", "lastName": "Doe",
-                                                                  "company": "Acme"},
-                                      "context": {"consent": {"canonical": {"marketing": True}}}}) + "\n",
-                          encoding="utf-8")
+        events.write_text(
+            json.dumps(
+                {
+                    "type": "track",
+                    "event": "Demo Requested",
+                    "messageId": "dlq-1",
+                    "userId": "u-1",
+                    "traits": {"email": "jane.doe@acme.com", "lastName": "Doe", "company": "Acme"},
+                    "context": {"consent": {"canonical": {"marketing": True}}},
+                }
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         state = tmp_path / "state"
         first = _cli("run", "salesforce/leads", "--settings", settings, "--events", events, "--state", state)
         (outcome,) = _outcomes(first)
@@ -223,12 +278,22 @@ def test_an_expired_session_is_refreshed_with_the_same_refresh_token(tmp_path: P
         settings = _settings(tmp_path, fake.base)
         state = tmp_path / "state"
         events = tmp_path / "events.ndjson"
-        lines = [{"type": "track", "event": "Signed Up", "messageId": f"s-{i}", "userId": f"u-{i}",
-                  "traits": {"email": f"p{i}@example.org", "name": f"P {i}"},
-                  "context": {"consent": {"canonical": {"marketing": True}}}} for i in range(2)]
+        lines = [
+            {
+                "type": "track",
+                "event": "Signed Up",
+                "messageId": f"s-{i}",
+                "userId": f"u-{i}",
+                "traits": {"email": f"p{i}@example.org", "name": f"P {i}"},
+                "context": {"consent": {"canonical": {"marketing": True}}},
+            }
+            for i in range(2)
+        ]
         events.write_text(json.dumps(lines[0]) + "\n", encoding="utf-8")
-        assert _cli("run", "salesforce/leads", "--settings", settings, "--events", events, "--state", state
-                    ).returncode == 0
+        assert (
+            _cli("run", "salesforce/leads", "--settings", settings, "--events", events, "--state", state).returncode
+            == 0
+        )
         fake.read(lambda s: s.expire_access_tokens())
         events.write_text(json.dumps(lines[1]) + "\n", encoding="utf-8")
         second = _cli("run", "salesforce/leads", "--settings", settings, "--events", events, "--state", state)

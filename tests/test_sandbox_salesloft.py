@@ -21,8 +21,9 @@ def run(coro: Any) -> None:
     asyncio.run(coro)
 
 
-async def refresh(sb: Running, token: str | None = None, *, as_json: bool = False, secret: str | None = None,
-                  basic: bool = False) -> tuple[int, Any]:
+async def refresh(
+    sb: Running, token: str | None = None, *, as_json: bool = False, secret: str | None = None, basic: bool = False
+) -> tuple[int, Any]:
     config = sb.state.config
     params = {"grant_type": "refresh_token", "refresh_token": token if token is not None else config.refresh_token}
     headers: dict[str, str] = {}
@@ -30,8 +31,10 @@ async def refresh(sb: Running, token: str | None = None, *, as_json: bool = Fals
         pair = f"{config.client_id}:{secret if secret is not None else config.client_secret}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
     else:
-        params |= {"client_id": config.client_id,
-                   "client_secret": secret if secret is not None else config.client_secret}
+        params |= {
+            "client_id": config.client_id,
+            "client_secret": secret if secret is not None else config.client_secret,
+        }
     if as_json:
         status, body, _ = await sb.call("POST", "/oauth/token", json_body=params, headers=headers)
     else:
@@ -83,8 +86,11 @@ def test_client_credentials_in_the_body_or_as_basic_and_bad_ones_are_invalid_cli
             assert status == 200
             status, body = await refresh(sb, body["refresh_token"], basic=True, secret="nope")
             assert (status, body["error"]) == (401, "invalid_client")
-            status, body, _ = await sb.call("POST", "/oauth/token", form={
-                "grant_type": "password", "client_id": "sandbox-client", "client_secret": "sandbox-secret"})
+            status, body, _ = await sb.call(
+                "POST",
+                "/oauth/token",
+                form={"grant_type": "password", "client_id": "sandbox-client", "client_secret": "sandbox-secret"},
+            )
             assert (status, body["error"]) == (400, "unsupported_grant_type")
 
     run(scenario())
@@ -94,8 +100,12 @@ def test_api_needs_a_current_bearer_access_token() -> None:
     async def scenario() -> None:
         async with running(salesloft, token_ttl=100) as sb:
             headers = await bearer(sb)
-            for bad in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "sandbox-refresh-token"},
-                        {"Authorization": headers["Authorization"].replace("Bearer", "Token")}):
+            for bad in (
+                {},
+                {"Authorization": "Bearer nope"},
+                {"Authorization": "sandbox-refresh-token"},
+                {"Authorization": headers["Authorization"].replace("Bearer", "Token")},
+            ):
                 status, body, _ = await sb.call("GET", PEOPLE, headers=bad)
                 assert (status, body) == (401, {"error": "Not authorized"}), bad
             status, _, _ = await sb.call("GET", PEOPLE, headers=headers)
@@ -121,8 +131,13 @@ def test_create_answers_200_with_data_and_duplicate_email_is_422_taken() -> None
     async def scenario() -> None:
         async with running(salesloft) as sb:
             headers = await bearer(sb)
-            person = {"email_address": "jane.doe@acme.com", "first_name": "Jane", "last_name": "Doe",
-                      "mobile_phone": "+447700900123", "tags": ["Signal", "lead"]}
+            person = {
+                "email_address": "jane.doe@acme.com",
+                "first_name": "Jane",
+                "last_name": "Doe",
+                "mobile_phone": "+447700900123",
+                "tags": ["Signal", "lead"],
+            }
             status, body, _ = await sb.call("POST", PEOPLE, headers=headers, json_body=person)
             assert status == 200
             data = body["data"]
@@ -130,8 +145,9 @@ def test_create_answers_200_with_data_and_duplicate_email_is_422_taken() -> None
             assert data["display_name"] == "Jane Doe"
             assert data["title"] is None
 
-            status, body, _ = await sb.call("POST", f"{PEOPLE}.json", headers=headers,
-                                            json_body={"email_address": "JANE.DOE@acme.com"})
+            status, body, _ = await sb.call(
+                "POST", f"{PEOPLE}.json", headers=headers, json_body={"email_address": "JANE.DOE@acme.com"}
+            )
             assert (status, body) == (422, {"errors": {"email_address": ["has already been taken"]}})
             assert sb.state.creates == 1
 
@@ -142,18 +158,30 @@ def test_create_refuses_unknown_fields_wrong_types_and_missing_identity() -> Non
     async def scenario() -> None:
         async with running(salesloft) as sb:
             headers = await bearer(sb)
-            status, body, _ = await sb.call("POST", PEOPLE, headers=headers, json_body={
-                "email_address": "a@example.com", "company": "Acme", "tags": "lead", "account_id": "7"})
+            status, body, _ = await sb.call(
+                "POST",
+                PEOPLE,
+                headers=headers,
+                json_body={"email_address": "a@example.com", "company": "Acme", "tags": "lead", "account_id": "7"},
+            )
             assert status == 422
-            assert body["errors"] == {"company": ["is not a valid field"], "tags": ["must be an array of strings"],
-                                      "account_id": ["must be an integer"]}
+            assert body["errors"] == {
+                "company": ["is not a valid field"],
+                "tags": ["must be an array of strings"],
+                "account_id": ["must be an integer"],
+            }
             status, body, _ = await sb.call("POST", PEOPLE, headers=headers, json_body={"first_name": "Jane"})
             assert status == 422 and "base" in body["errors"]
-            status, _, _ = await sb.call("POST", PEOPLE, headers=headers, json_body={"phone": "+15550100",
-                                                                                      "last_name": "Doe"})
+            status, _, _ = await sb.call(
+                "POST", PEOPLE, headers=headers, json_body={"phone": "+15550100", "last_name": "Doe"}
+            )
             assert status == 200
-            status, _, _ = await sb.call("POST", PEOPLE, headers={**headers, "Content-Type": "text/plain"},
-                                         raw='{"email_address": "b@example.com"}')
+            status, _, _ = await sb.call(
+                "POST",
+                PEOPLE,
+                headers={**headers, "Content-Type": "text/plain"},
+                raw='{"email_address": "b@example.com"}',
+            )
             assert status == 415
             assert sb.state.creates == 1
 
@@ -165,27 +193,40 @@ def test_lookup_by_email_addresses_then_put_replaces_the_tags() -> None:
         async with running(salesloft) as sb:
             headers = await bearer(sb)
             await sb.call("POST", PEOPLE, headers=headers, json_body={"email_address": "other@example.com"})
-            await sb.call("POST", PEOPLE, headers=headers, json_body={
-                "email_address": "jane.doe@acme.com", "first_name": "Jane", "tags": ["Signal", "lead"]})
+            await sb.call(
+                "POST",
+                PEOPLE,
+                headers=headers,
+                json_body={"email_address": "jane.doe@acme.com", "first_name": "Jane", "tags": ["Signal", "lead"]},
+            )
             status, body, _ = await sb.call("GET", f"{PEOPLE}?email_addresses%5B%5D=JANE.DOE@acme.com", headers=headers)
             assert status == 200
             assert [p["id"] for p in body["data"]] == [2]
-            assert body["metadata"]["paging"] == {"per_page": 25, "current_page": 1, "next_page": None,
-                                                  "prev_page": None}
+            assert body["metadata"]["paging"] == {
+                "per_page": 25,
+                "current_page": 1,
+                "next_page": None,
+                "prev_page": None,
+            }
             status, body, _ = await sb.call("GET", f"{PEOPLE}?email_addresses[]=nobody@example.com", headers=headers)
             assert (status, body["data"]) == (200, [])
             status, body, _ = await sb.call("GET", f"{PEOPLE}?email_address=jane.doe@acme.com", headers=headers)
             assert status == 400
 
-            status, body, _ = await sb.call("PUT", f"{PEOPLE}/2", headers=headers,
-                                            json_body={"title": "CTO", "tags": ["Signal", "lead", "demo-request"]})
+            status, body, _ = await sb.call(
+                "PUT",
+                f"{PEOPLE}/2",
+                headers=headers,
+                json_body={"title": "CTO", "tags": ["Signal", "lead", "demo-request"]},
+            )
             assert status == 200
             assert (body["data"]["title"], body["data"]["first_name"]) == ("CTO", "Jane")
             assert body["data"]["tags"] == ["Signal", "lead", "demo-request"]
             status, body, _ = await sb.call("PUT", f"{PEOPLE}/2", headers=headers, json_body={"tags": ["x"]})
             assert body["data"]["tags"] == ["x"]  # sent tags replace the set
-            status, body, _ = await sb.call("PUT", f"{PEOPLE}/2", headers=headers,
-                                            json_body={"email_address": "other@example.com"})
+            status, body, _ = await sb.call(
+                "PUT", f"{PEOPLE}/2", headers=headers, json_body={"email_address": "other@example.com"}
+            )
             assert (status, body["errors"]) == (422, {"email_address": ["has already been taken"]})
             status, _, _ = await sb.call("PUT", f"{PEOPLE}/9", headers=headers, json_body={"title": "x"})
             assert status == 404
@@ -235,11 +276,16 @@ def test_faults_and_reset() -> None:
             assert status == 502 and "x-ratelimit-remaining-minute" in answer
             with pytest.raises(aiohttp.ClientConnectionError):
                 await sb.call("POST", PEOPLE, headers=headers, json_body={"email_address": "a@example.com"})
-            status, body, _ = await sb.call("POST", PEOPLE, headers=headers, json_body={"email_address": "a@example.com"})
+            status, body, _ = await sb.call(
+                "POST", PEOPLE, headers=headers, json_body={"email_address": "a@example.com"}
+            )
             assert (status, body["errors"]) == (422, {"email_address": ["has already been taken"]})
             status, body = await sb.admin("POST", "reset")
             assert (body["people"], body["refresh_tokens"], body["pending_faults"]) == (
-                [], ["sandbox-refresh-token"], ["502", "drop-after"])
+                [],
+                ["sandbox-refresh-token"],
+                ["502", "drop-after"],
+            )
 
     run(scenario())
 

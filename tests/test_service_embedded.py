@@ -14,8 +14,17 @@ from typing import Any
 
 import pytest
 
-from service_helpers import SIGNING_SECRET, WRITE_KEY, Service, identify, lead, post, post_signed, until, \
-    write_key_headers
+from service_helpers import (
+    SIGNING_SECRET,
+    WRITE_KEY,
+    Service,
+    identify,
+    lead,
+    post,
+    post_signed,
+    until,
+    write_key_headers,
+)
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
 
@@ -34,16 +43,36 @@ def test_a_segment_sdk_and_a_signed_client_get_their_leads_delivered(tmp_path: P
     with ThreadedSandbox(**creds) as sandbox:
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", preset, "--settings", settings, "--state", tmp_path / "state", "--port", "0",
-                        cwd=tmp_path, name="serve")
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            cwd=tmp_path,
+            name="serve",
+        )
         try:
             url = serve.url
             errors: list[Any] = []
-            client = analytics.Client(WRITE_KEY, host=url, gzip=True, sync_mode=True, max_retries=1,
-                                      on_error=lambda error, batch: errors.append(error))
+            client = analytics.Client(
+                WRITE_KEY,
+                host=url,
+                gzip=True,
+                sync_mode=True,
+                max_retries=1,
+                on_error=lambda error, batch: errors.append(error),
+            )
             consent = {"consent": {"canonical": {"marketing": True}}}
-            client.identify("sdk-user", {"email": "Sdk.User@Example.com", "firstName": "Sdk", "lastName": "User"},
-                            context=consent, message_id="sdk-identify")
+            client.identify(
+                "sdk-user",
+                {"email": "Sdk.User@Example.com", "firstName": "Sdk", "lastName": "User"},
+                context=consent,
+                message_id="sdk-identify",
+            )
             client.track("sdk-user", "Demo Requested", {"plan": "pro"}, context=consent, message_id="sdk-lead")
             client.page(anonymous_id="anon-1", name="Pricing", message_id="sdk-page")
             client.flush()
@@ -90,11 +119,22 @@ def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Pa
             assert len(done_before) < count, "the kill came too late to test anything"
             second = Service(*args, cwd=tmp_path, name="second")
             second.url  # noqa: B018 - waits until it listens
-            until(lambda: len(delivered([first, second])) == count, timeout=60,
-                  what=lambda: "every lead delivered; the others: "
-                  + json.dumps([o for o in first.outcomes() + second.outcomes() if o["outcome"] != "delivered"
-                                and o["messageId"].startswith("k-lead")])
-                  + "; second stderr: " + second.stderr()[-2000:])
+            until(
+                lambda: len(delivered([first, second])) == count,
+                timeout=60,
+                what=lambda: (
+                    "every lead delivered; the others: "
+                    + json.dumps(
+                        [
+                            o
+                            for o in first.outcomes() + second.outcomes()
+                            if o["outcome"] != "delivered" and o["messageId"].startswith("k-lead")
+                        ]
+                    )
+                    + "; second stderr: "
+                    + second.stderr()[-2000:]
+                ),
+            )
             second.signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
@@ -153,9 +193,14 @@ def test_serve_refuses_bad_configuration_in_one_line(tmp_path: Path) -> None:
     import sys
 
     def cli(*args: Any, env: dict[str, str] | None = None) -> Any:
-        return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=60, env={**{k: v for k, v in os.environ.items()
-                                                              if not k.startswith("SIGNAL_")}, **(env or {})})
+        return subprocess.run(
+            [sys.executable, "-m", "engine", *map(str, args)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("SIGNAL_")}, **(env or {})},
+        )
 
     settings = tmp_path / "s.yaml"
     settings.write_text("client_id: c\nclient_secret: s-abcdef\nrefresh_token: r-abcdef\n")
@@ -164,15 +209,43 @@ def test_serve_refuses_bad_configuration_in_one_line(tmp_path: Path) -> None:
     result = cli("serve", "outreach/lead-capture", "--port", "0", env={"SIGNAL_WRITE_KEYS": "k-123456"})
     assert result.returncode == 2 and "client_secret" in result.stderr
     (tmp_path / "state").mkdir()
-    holder = Service("serve", "outreach/lead-capture", "--settings", settings, "--state", tmp_path / "state",
-                     "--port", "0", cwd=tmp_path, name="holder")
+    holder = Service(
+        "serve",
+        "outreach/lead-capture",
+        "--settings",
+        settings,
+        "--state",
+        tmp_path / "state",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        name="holder",
+    )
     try:
         port = holder.url.rsplit(":", 1)[1]
-        busy = cli("serve", "outreach/lead-capture", "--settings", settings, "--state", tmp_path / "other",
-                   "--port", port, env={"SIGNAL_WRITE_KEYS": "k-123456"})
+        busy = cli(
+            "serve",
+            "outreach/lead-capture",
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "other",
+            "--port",
+            port,
+            env={"SIGNAL_WRITE_KEYS": "k-123456"},
+        )
         assert busy.returncode == 2 and "already in use" in busy.stderr and "Traceback" not in busy.stderr
-        twice = cli("serve", "outreach/lead-capture", "--settings", settings, "--state", tmp_path / "state",
-                    "--port", "0", env={"SIGNAL_WRITE_KEYS": "k-123456"})
+        twice = cli(
+            "serve",
+            "outreach/lead-capture",
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            env={"SIGNAL_WRITE_KEYS": "k-123456"},
+        )
         assert twice.returncode == 2 and "another process is serving this state directory" in twice.stderr
     finally:
         holder.stop()

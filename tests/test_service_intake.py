@@ -16,8 +16,9 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -42,7 +43,10 @@ def signed(body: bytes, *, secret: str = SECRET, at_ms: int | None = None) -> di
 
 
 def basic(key: str) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(), "Content-Type": "application/json"}
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode(),
+        "Content-Type": "application/json",
+    }
 
 
 class Client:
@@ -68,8 +72,11 @@ class Client:
 
 async def _client(tmp_path: Path, **config: Any) -> AsyncIterator[Client]:
     queue = SqliteQueue(tmp_path / "state")
-    intake = Intake(queue, IntakeConfig(write_keys=frozenset({WRITE_KEY, "wk-second-key-00"}), signing_secret=SECRET,
-                                        **config), Metrics())
+    intake = Intake(
+        queue,
+        IntakeConfig(write_keys=frozenset({WRITE_KEY, "wk-second-key-00"}), signing_secret=SECRET, **config),
+        Metrics(),
+    )
     server = TestServer(create_app(intake))
     await server.start_server(**RUNNER_OPTIONS)
     try:
@@ -90,6 +97,7 @@ def run(tmp_path: Path, test: Any, **config: Any) -> None:
 
 # -- the signed API ------------------------------------------------------------
 
+
 def test_a_signed_event_and_a_signed_batch_are_queued_before_the_200(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
         body = json.dumps(TRACK).encode()
@@ -103,16 +111,20 @@ def test_a_signed_event_and_a_signed_batch_are_queued_before_the_200(tmp_path: P
     run(tmp_path, test)
 
 
-@pytest.mark.parametrize("tamper, code", [
-    (lambda body, h: {**h, "X-Signature": "sha256=" + "0" * 64}, "bad_signature"),
-    (lambda body, h: signed(body, secret="another-secret-xyz"), "bad_signature"),
-    (lambda body, h: {k: v for k, v in h.items() if k != "X-Signature"}, "unauthorized"),
-    (lambda body, h: signed(body, at_ms=int(time.time() * 1000) - 301_000), "stale_timestamp"),
-    (lambda body, h: signed(body, at_ms=int(time.time() * 1000) + 301_000), "stale_timestamp"),
-    (lambda body, h: {**h, "X-Timestamp": "yesterday"}, "unauthorized"),
-])
-def test_a_bad_signature_or_a_stale_timestamp_is_refused_and_nothing_is_queued(tmp_path: Path, tamper: Any,
-                                                                              code: str) -> None:
+@pytest.mark.parametrize(
+    "tamper, code",
+    [
+        (lambda body, h: {**h, "X-Signature": "sha256=" + "0" * 64}, "bad_signature"),
+        (lambda body, h: signed(body, secret="another-secret-xyz"), "bad_signature"),
+        (lambda body, h: {k: v for k, v in h.items() if k != "X-Signature"}, "unauthorized"),
+        (lambda body, h: signed(body, at_ms=int(time.time() * 1000) - 301_000), "stale_timestamp"),
+        (lambda body, h: signed(body, at_ms=int(time.time() * 1000) + 301_000), "stale_timestamp"),
+        (lambda body, h: {**h, "X-Timestamp": "yesterday"}, "unauthorized"),
+    ],
+)
+def test_a_bad_signature_or_a_stale_timestamp_is_refused_and_nothing_is_queued(
+    tmp_path: Path, tamper: Any, code: str
+) -> None:
     async def test(c: Client) -> None:
         body = json.dumps(TRACK).encode()
         status, answer, _ = await c.post("/v1/events", body, tamper(body, signed(body)))
@@ -144,6 +156,7 @@ def test_the_signature_covers_the_body_as_sent_so_an_altered_body_is_refused(tmp
 
 # -- the Segment-compatible routes ----------------------------------------------
 
+
 def test_segment_routes_take_the_write_key_as_basic_username_and_set_the_type(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
         single = {k: v for k, v in TRACK.items() if k != "type"}
@@ -171,13 +184,16 @@ def test_a_write_key_in_the_body_is_accepted_as_some_sdks_send_it(tmp_path: Path
     run(tmp_path, test)
 
 
-@pytest.mark.parametrize("headers", [
-    basic("wk-wrong-key"),
-    basic(""),
-    {"Authorization": "Bearer " + WRITE_KEY},
-    {"Authorization": "Basic !!!not-base64"},
-    {},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        basic("wk-wrong-key"),
+        basic(""),
+        {"Authorization": "Bearer " + WRITE_KEY},
+        {"Authorization": "Basic !!!not-base64"},
+        {},
+    ],
+)
 def test_a_wrong_or_missing_write_key_is_refused(tmp_path: Path, headers: dict[str, str]) -> None:
     async def test(c: Client) -> None:
         status, answer, _ = await c.post("/v1/batch", json.dumps({"batch": [TRACK]}).encode(), headers)
@@ -199,6 +215,7 @@ def test_the_signed_route_does_not_take_a_write_key_nor_the_segment_routes_a_sig
 
 # -- bodies ---------------------------------------------------------------------
 
+
 def test_a_gzip_body_is_accepted_and_a_broken_one_is_a_400(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
         packed = gzip.compress(json.dumps({"batch": [IDENTIFY, TRACK]}).encode())
@@ -209,24 +226,30 @@ def test_a_gzip_body_is_accepted_and_a_broken_one_is_a_400(tmp_path: Path) -> No
         assert (await c.post("/v1/events", packed, {**signed(packed), "Content-Encoding": "gzip"}))[0] == 200
         status, answer, _ = await c.post("/v1/batch", packed[:-6], {**basic(WRITE_KEY), "Content-Encoding": "gzip"})
         assert status == 400 and "gzip" in answer["error"]
-        status, answer, _ = await c.post("/v1/batch", b"not gzip at all", {**basic(WRITE_KEY), "Content-Encoding": "gzip"})
+        status, answer, _ = await c.post(
+            "/v1/batch", b"not gzip at all", {**basic(WRITE_KEY), "Content-Encoding": "gzip"}
+        )
         assert status == 400 and "gzip" in answer["error"]
         assert len(await c.queued()) == 3
 
     run(tmp_path, test)
 
 
-@pytest.mark.parametrize("body, problem", [
-    (b'{"batch": [', "not JSON"),
-    (b"", "not JSON"),
-    (b'[{"type": "track"}]', "must be a JSON object, not a list"),
-    (b'{"batch": {"type": "track"}}', "'batch' must be a list of events, not an object"),
-    (b'{"batch": [{"type": "track"}, 7]}', "batch[1] must be a JSON object, not a number"),
-    (b'{"batch": [NaN]}', "not JSON"),
-    (b'\xff\xfe{}', "not UTF-8"),
-])
-def test_a_malformed_body_is_a_400_naming_the_problem_and_nothing_is_queued(tmp_path: Path, body: bytes,
-                                                                           problem: str) -> None:
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b'{"batch": [', "not JSON"),
+        (b"", "not JSON"),
+        (b'[{"type": "track"}]', "must be a JSON object, not a list"),
+        (b'{"batch": {"type": "track"}}', "'batch' must be a list of events, not an object"),
+        (b'{"batch": [{"type": "track"}, 7]}', "batch[1] must be a JSON object, not a number"),
+        (b'{"batch": [NaN]}', "not JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+    ],
+)
+def test_a_malformed_body_is_a_400_naming_the_problem_and_nothing_is_queued(
+    tmp_path: Path, body: bytes, problem: str
+) -> None:
     async def test(c: Client) -> None:
         status, answer, _ = await c.post("/v1/batch", body, basic(WRITE_KEY))
         assert status == 400 and problem in answer["error"], answer
@@ -253,6 +276,7 @@ def test_a_body_over_the_cap_is_a_413_compressed_or_not(tmp_path: Path) -> None:
 
 
 # -- backpressure, draining, operations ------------------------------------------
+
 
 def test_a_full_backlog_answers_429_with_retry_after_and_takes_events_again_once_delivered(tmp_path: Path) -> None:
     async def test(c: Client) -> None:
@@ -309,13 +333,18 @@ def test_a_second_process_cannot_serve_the_same_state_directory(tmp_path: Path) 
 
 # -- configuration ------------------------------------------------------------------
 
+
 def test_keys_and_secret_come_from_the_environment_or_a_file_and_are_never_echoed(tmp_path: Path) -> None:
-    config = load_intake_config({"SIGNAL_WRITE_KEYS": " a-key-1234 , b-key-5678 ,", "SIGNAL_SIGNING_SECRET": "s3cr3t-abc"})
+    config = load_intake_config(
+        {"SIGNAL_WRITE_KEYS": " a-key-1234 , b-key-5678 ,", "SIGNAL_SIGNING_SECRET": "s3cr3t-abc"}
+    )
     assert config.write_keys == {"a-key-1234", "b-key-5678"} and config.signing_secret == "s3cr3t-abc"
     path = tmp_path / "intake.yaml"
     path.write_text("write_keys: [file-key-1234, '${EXTRA_KEY}']\nsigning_secret: ${SECRET_FROM_ENV}\n")
-    config = load_intake_config({"SIGNAL_WRITE_KEYS": "env-key-0000", "EXTRA_KEY": "extra-key-999",
-                                 "SECRET_FROM_ENV": "file-secret-1"}, str(path))
+    config = load_intake_config(
+        {"SIGNAL_WRITE_KEYS": "env-key-0000", "EXTRA_KEY": "extra-key-999", "SECRET_FROM_ENV": "file-secret-1"},
+        str(path),
+    )
     assert config.write_keys == {"file-key-1234", "extra-key-999"} and config.signing_secret == "file-secret-1"
     with pytest.raises(IntakeConfigError, match="no write keys and no signing secret"):
         load_intake_config({})
@@ -333,7 +362,9 @@ def test_the_cli_and_a_dry_run_do_not_import_the_service_dependencies() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, engine.cli.main as m; from engine.cli import run; "
-            "print(sorted(n for n in ('redis', 'prometheus_client', 'engine.service') if n in sys.modules))")
+    code = (
+        "import sys, engine.cli.main as m; from engine.cli import run; "
+        "print(sorted(n for n in ('redis', 'prometheus_client', 'engine.service') if n in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

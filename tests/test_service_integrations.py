@@ -40,8 +40,11 @@ def by_integration(service: Service | list[Service]) -> dict[str, list[dict[str,
 
 
 def delivered(service: Service | list[Service], integration: str, tag: str) -> set[str]:
-    return {o["messageId"] for o in by_integration(service).get(integration, [])
-            if o["outcome"] == "delivered" and o["messageId"].startswith(f"{tag}-lead-")}
+    return {
+        o["messageId"]
+        for o in by_integration(service).get(integration, [])
+        if o["outcome"] == "delivered" and o["messageId"].startswith(f"{tag}-lead-")
+    }
 
 
 def prospect_emails(sandbox: ThreadedSandbox) -> list[str]:
@@ -61,29 +64,62 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
     creds = unique_credentials()
     with ThreadedSandbox(**creds) as outreach, ThreadedHubspot(**FAST_HUBSPOT) as hubspot:
         settings = write_settings(tmp_path / "outreach.yaml", outreach.base_url, creds)
-        config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path), settings,
-                              fast_hubspot_preset(tmp_path), hubspot.base_url)
-        serve = Service("serve", "--config", config, "--state", tmp_path / "state", "--port", "0", cwd=tmp_path,
-                        env=ENV, name="serve")
+        config = write_config(
+            tmp_path / "integrations.yaml",
+            fast_preset(tmp_path),
+            settings,
+            fast_hubspot_preset(tmp_path),
+            hubspot.base_url,
+        )
+        serve = Service(
+            "serve",
+            "--config",
+            config,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            cwd=tmp_path,
+            env=ENV,
+            name="serve",
+        )
         try:
             url = serve.url
             errors: list[Any] = []
-            client = analytics.Client(WRITE_KEY, host=url, gzip=True, max_retries=3, upload_size=50,
-                                      on_error=lambda error, batch: errors.append(error))
+            client = analytics.Client(
+                WRITE_KEY,
+                host=url,
+                gzip=True,
+                max_retries=3,
+                upload_size=50,
+                on_error=lambda error, batch: errors.append(error),
+            )
             consent = {"consent": {"canonical": {"marketing": True}}}
             for i in range(count):
-                client.identify(f"sdk-user-{i}", {"email": f"Sdk{i}@Example.com", "firstName": f"S{i}",
-                                                  "lastName": "Dk"}, context=consent, message_id=f"sdk-id-{i}")
+                client.identify(
+                    f"sdk-user-{i}",
+                    {"email": f"Sdk{i}@Example.com", "firstName": f"S{i}", "lastName": "Dk"},
+                    context=consent,
+                    message_id=f"sdk-id-{i}",
+                )
                 client.track(f"sdk-user-{i}", "Demo Requested", {}, context=consent, message_id=f"sdk-lead-{i}")
             client.flush()
             client.join()
             assert errors == []
-            until(lambda: len(delivered(serve, "outreach", "sdk")) == count
-                  and len(delivered(serve, "hubspot", "sdk")) == count, timeout=120,
-                  what=lambda: f"every lead delivered by both: {Counter(o['outcome'] for o in serve.outcomes())}; "
-                               f"{serve.stderr()[-1500:]}")
-            metrics = subprocess.run(["curl", "-s", f"{url}/metrics"], capture_output=True, text=True,
-                                     timeout=10).stdout
+            until(
+                lambda: (
+                    len(delivered(serve, "outreach", "sdk")) == count
+                    and len(delivered(serve, "hubspot", "sdk")) == count
+                ),
+                timeout=120,
+                what=lambda: (
+                    f"every lead delivered by both: {Counter(o['outcome'] for o in serve.outcomes())}; "
+                    f"{serve.stderr()[-1500:]}"
+                ),
+            )
+            metrics = subprocess.run(
+                ["curl", "-s", f"{url}/metrics"], capture_output=True, text=True, timeout=10
+            ).stdout
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0
         finally:
@@ -103,8 +139,9 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
     assert keys.index("integration") == keys.index("outcome") + 1
     # Identity is shared: the leads carried no email; both joined it from the identify, stored once.
     with sqlite3.connect(tmp_path / "state" / "state.db") as db:
-        scopes = {row[0] for row in db.execute("SELECT DISTINCT n.name FROM identity i "
-                                               "JOIN namespaces n ON n.id = i.ns")}
+        scopes = {
+            row[0] for row in db.execute("SELECT DISTINCT n.name FROM identity i JOIN namespaces n ON n.id = i.ns")
+        }
         remembered = db.execute("SELECT COUNT(*) FROM identity WHERE kind = 'userId'").fetchone()[0]
     assert scopes == {"shared"} and remembered == count
     # Metrics are labelled by integration; the lag of each is back to 0.
@@ -113,8 +150,14 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
     assert 'signal_outcomes_total{integration="hubspot",outcome="delivered",reason="none"} 200.0' in metrics
     # No secret of either integration, nor the intake's, anywhere.
     text = serve.stderr() + "\n".join(serve.lines) + metrics
-    for secret in (creds["client_secret"], creds["refresh_token"], HUBSPOT_TOKEN, WRITE_KEY, SIGNING_SECRET,
-                   *outreach.issued):
+    for secret in (
+        creds["client_secret"],
+        creds["refresh_token"],
+        HUBSPOT_TOKEN,
+        WRITE_KEY,
+        SIGNING_SECRET,
+        *outreach.issued,
+    ):
         assert secret not in text
 
 
@@ -122,28 +165,42 @@ def test_kill_9_of_serve_loses_and_duplicates_nothing_per_integration(tmp_path: 
     count = 120
     creds = unique_credentials()
     # Slow first answers on both sides, so that the kill lands with events queued and on the wire.
-    with ThreadedSandbox(faults=["delay:0.2"] * 10, **creds) as outreach, \
-            ThreadedHubspot(faults=["delay:0.2"] * 10, **FAST_HUBSPOT) as hubspot:
+    with (
+        ThreadedSandbox(faults=["delay:0.2"] * 10, **creds) as outreach,
+        ThreadedHubspot(faults=["delay:0.2"] * 10, **FAST_HUBSPOT) as hubspot,
+    ):
         settings = write_settings(tmp_path / "outreach.yaml", outreach.base_url, creds)
-        config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path), settings,
-                              fast_hubspot_preset(tmp_path), hubspot.base_url)
+        config = write_config(
+            tmp_path / "integrations.yaml",
+            fast_preset(tmp_path),
+            settings,
+            fast_hubspot_preset(tmp_path),
+            hubspot.base_url,
+        )
         args = ("serve", "--config", config, "--state", tmp_path / "state", "--port", "0")
         first = Service(*args, cwd=tmp_path, env=ENV, name="first")
         second = None
         try:
             post_leads(first.url, "k", 0, count)
-            until(lambda: delivered(first, "outreach", "k") and delivered(first, "hubspot", "k"),
-                  what="a first delivery by each")
+            until(
+                lambda: delivered(first, "outreach", "k") and delivered(first, "hubspot", "k"),
+                what="a first delivery by each",
+            )
             first.signal(signal.SIGKILL)
             first.wait(10)
-            assert len(delivered(first, "outreach", "k")) < count or len(delivered(first, "hubspot", "k")) < count, \
+            assert len(delivered(first, "outreach", "k")) < count or len(delivered(first, "hubspot", "k")) < count, (
                 "the kill came too late to test anything"
+            )
             second = Service(*args, cwd=tmp_path, env=ENV, name="second")
             assert second.url.startswith("http://")
             both = [first, second]
-            until(lambda: len(delivered(both, "outreach", "k")) == count
-                  and len(delivered(both, "hubspot", "k")) == count,
-                  timeout=90, what=lambda: "every lead delivered by both; " + second.stderr()[-1500:])
+            until(
+                lambda: (
+                    len(delivered(both, "outreach", "k")) == count and len(delivered(both, "hubspot", "k")) == count
+                ),
+                timeout=90,
+                what=lambda: "every lead delivered by both; " + second.stderr()[-1500:],
+            )
             second.signal(signal.SIGTERM)
             assert second.wait(30) == 0
         finally:
@@ -170,8 +227,19 @@ def test_a_failing_integration_does_not_slow_the_other_and_its_leads_arrive_by_r
         # The baseline: Outreach alone, the same leads.
         alone = write_config(tmp_path / "alone.yaml", outreach_preset, settings, None, None)
         # One state directory for both runs: Outreach rotates its refresh token, kept there.
-        serve = Service("serve", "--config", alone, "--state", tmp_path / "state", "--port", "0", "--quiet",
-                        cwd=tmp_path, env=ENV, name="alone")
+        serve = Service(
+            "serve",
+            "--config",
+            alone,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            "--quiet",
+            cwd=tmp_path,
+            env=ENV,
+            name="alone",
+        )
         try:
             url = serve.url
             started = time.monotonic()
@@ -184,25 +252,47 @@ def test_a_failing_integration_does_not_slow_the_other_and_its_leads_arrive_by_r
             serve.stop()
         # Now with HubSpot answering 503 to everything.
         hubspot.admin("POST", "faults", {"fault_mix": {"503": 1.0}})
-        config = write_config(tmp_path / "integrations.yaml", outreach_preset, settings, hubspot_preset,
-                              hubspot.base_url)
-        serve = Service("serve", "--config", config, "--state", tmp_path / "state", "--port", "0",
-                        "--drain-seconds", "5", cwd=tmp_path, env=ENV, name="serve")
+        config = write_config(
+            tmp_path / "integrations.yaml", outreach_preset, settings, hubspot_preset, hubspot.base_url
+        )
+        serve = Service(
+            "serve",
+            "--config",
+            config,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            "--drain-seconds",
+            "5",
+            cwd=tmp_path,
+            env=ENV,
+            name="serve",
+        )
         try:
             url = serve.url
             started = time.monotonic()
             post_leads(url, "s", 0, count)
-            until(lambda: outreach.admin("GET", "state")["creates"] == 2 * count, timeout=120,
-                  what=lambda: "Outreach's leads; " + serve.stderr()[-1500:])
+            until(
+                lambda: outreach.admin("GET", "state")["creates"] == 2 * count,
+                timeout=120,
+                what=lambda: "Outreach's leads; " + serve.stderr()[-1500:],
+            )
             with_storm = time.monotonic() - started
-            hubspot_done_then = len([o for o in by_integration(serve).get("hubspot", [])
-                                     if o["messageId"].startswith("s-lead-")])
+            hubspot_done_then = len(
+                [o for o in by_integration(serve).get("hubspot", []) if o["messageId"].startswith("s-lead-")]
+            )
             # Outreach finished all of its leads while HubSpot was still working through its own.
             assert hubspot_done_then < count
             assert hubspot.admin("GET", "state")["creates"] == 0
-            until(lambda: len([o for o in by_integration(serve).get("hubspot", [])
-                               if o["messageId"].startswith("s-lead-")]) == count, timeout=180,
-                  what="HubSpot's outcomes")
+            until(
+                lambda: (
+                    len([o for o in by_integration(serve).get("hubspot", []) if o["messageId"].startswith("s-lead-")])
+                    == count
+                ),
+                timeout=180,
+                what="HubSpot's outcomes",
+            )
             hubspot_outcomes = [o for o in by_integration(serve)["hubspot"] if o["messageId"].startswith("s-lead-")]
             assert {o["outcome"] for o in hubspot_outcomes} == {"dead_lettered"}
             assert all(o["attempts"] == 5 for o in hubspot_outcomes)
@@ -217,8 +307,7 @@ def test_a_failing_integration_does_not_slow_the_other_and_its_leads_arrive_by_r
             assert HUBSPOT_TOKEN not in listed.stdout
             none = _cli(tmp_path, "dlq", "list", "--config", config, "--integration", "outreach", "--state", state)
             assert "0 dead letter(s) for outreach" in none.stderr
-            replayed = _cli(tmp_path, "dlq", "replay", "--config", config, "--integration", "hubspot", "--state",
-                            state)
+            replayed = _cli(tmp_path, "dlq", "replay", "--config", config, "--integration", "hubspot", "--state", state)
             assert replayed.returncode == 0, replayed.stderr
             assert f"delivered {count}, 0 left" in replayed.stderr
             assert all(json.loads(line)["integration"] == "hubspot" for line in replayed.stdout.splitlines())
@@ -247,8 +336,9 @@ def test_a_disabled_integration_keeps_its_place_and_resumes_where_it_stopped(tmp
         state = tmp_path / "state"
 
         def serving(config: Path, name: str) -> Service:
-            return Service("serve", "--config", config, "--state", state, "--port", "0", cwd=tmp_path, env=ENV,
-                           name=name)
+            return Service(
+                "serve", "--config", config, "--state", state, "--port", "0", cwd=tmp_path, env=ENV, name=name
+            )
 
         def stop(service: Service) -> None:
             service.signal(signal.SIGTERM)
@@ -264,8 +354,14 @@ def test_a_disabled_integration_keeps_its_place_and_resumes_where_it_stopped(tmp
         finally:
             first.stop()
         # 2. HubSpot added, disabled: it takes its place from now on, but consumes nothing.
-        disabled = write_config(tmp_path / "disabled.yaml", outreach_preset, settings, hubspot_preset,
-                                hubspot.base_url, hubspot_enabled=False)
+        disabled = write_config(
+            tmp_path / "disabled.yaml",
+            outreach_preset,
+            settings,
+            hubspot_preset,
+            hubspot.base_url,
+            hubspot_enabled=False,
+        )
         second = serving(disabled, "second")
         try:
             post_leads(second.url, "while", 0, 5)
@@ -276,8 +372,7 @@ def test_a_disabled_integration_keeps_its_place_and_resumes_where_it_stopped(tmp
             second.stop()
         assert hubspot.emails() == []
         # 3. Enabled: it resumes where it stopped, with the events accepted since it appeared, and none before.
-        enabled = write_config(tmp_path / "enabled.yaml", outreach_preset, settings, hubspot_preset,
-                               hubspot.base_url)
+        enabled = write_config(tmp_path / "enabled.yaml", outreach_preset, settings, hubspot_preset, hubspot.base_url)
         third = serving(enabled, "third")
         try:
             assert third.url.startswith("http://")
@@ -301,8 +396,14 @@ def test_a_disabled_integration_keeps_its_place_and_resumes_where_it_stopped(tmp
 def _cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def test_the_console_of_serve_config_lists_every_integration_of_the_file(tmp_path: Path) -> None:
@@ -310,11 +411,27 @@ def test_the_console_of_serve_config_lists_every_integration_of_the_file(tmp_pat
     import urllib.request
 
     creds = unique_credentials()
-    config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path),
-                          write_settings(tmp_path / "outreach.yaml", "http://127.0.0.1:9", creds),
-                          fast_hubspot_preset(tmp_path), "http://127.0.0.1:9", hubspot_enabled=False)
-    serve = Service("serve", "--config", config, "--state", tmp_path / "state", "--port", "0", "--console",
-                    cwd=tmp_path, env=ENV, name="serve")
+    config = write_config(
+        tmp_path / "integrations.yaml",
+        fast_preset(tmp_path),
+        write_settings(tmp_path / "outreach.yaml", "http://127.0.0.1:9", creds),
+        fast_hubspot_preset(tmp_path),
+        "http://127.0.0.1:9",
+        hubspot_enabled=False,
+    )
+    serve = Service(
+        "serve",
+        "--config",
+        config,
+        "--state",
+        tmp_path / "state",
+        "--port",
+        "0",
+        "--console",
+        cwd=tmp_path,
+        env=ENV,
+        name="serve",
+    )
     try:
         with urllib.request.urlopen(serve.url + "/console/api/integrations", timeout=10) as answer:
             listed = json.loads(answer.read())

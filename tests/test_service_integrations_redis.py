@@ -37,23 +37,63 @@ def published(url: str, integration: str) -> list[dict[str, Any]]:
 
 
 def cli(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **ENV, "PYTHONUNBUFFERED": "1"},
+    )
 
 
-def test_kill_9_of_one_of_two_workers_loses_and_duplicates_nothing_per_integration(tmp_path: Path,
-                                                                                   redis_url: str) -> None:
+def test_kill_9_of_one_of_two_workers_loses_and_duplicates_nothing_per_integration(
+    tmp_path: Path, redis_url: str
+) -> None:
     count = 150
     creds = unique_credentials()
-    with ThreadedSandbox(faults=["delay:0.1"] * 30, **creds) as outreach, \
-            ThreadedHubspot(faults=["delay:0.1"] * 30, **FAST_HUBSPOT) as hubspot:
+    with (
+        ThreadedSandbox(faults=["delay:0.1"] * 30, **creds) as outreach,
+        ThreadedHubspot(faults=["delay:0.1"] * 30, **FAST_HUBSPOT) as hubspot,
+    ):
         settings = write_settings(tmp_path / "outreach.yaml", outreach.base_url, creds)
-        config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path), settings,
-                              fast_hubspot_preset(tmp_path), hubspot.base_url)
-        serve = Service("serve", "--config", config, "--redis", redis_url, "--port", "0", "--quiet", cwd=tmp_path,
-                        env=ENV, name="serve")
-        workers = [Service("worker", "--config", config, "--redis", redis_url, "--consumer", f"w{n}",
-                           "--visibility-timeout", "2", cwd=tmp_path, env=ENV, name=f"w{n}") for n in range(2)]
+        config = write_config(
+            tmp_path / "integrations.yaml",
+            fast_preset(tmp_path),
+            settings,
+            fast_hubspot_preset(tmp_path),
+            hubspot.base_url,
+        )
+        serve = Service(
+            "serve",
+            "--config",
+            config,
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            cwd=tmp_path,
+            env=ENV,
+            name="serve",
+        )
+        workers = [
+            Service(
+                "worker",
+                "--config",
+                config,
+                "--redis",
+                redis_url,
+                "--consumer",
+                f"w{n}",
+                "--visibility-timeout",
+                "2",
+                cwd=tmp_path,
+                env=ENV,
+                name=f"w{n}",
+            )
+            for n in range(2)
+        ]
         try:
             url = serve.url
             for w in workers:
@@ -64,11 +104,27 @@ def test_kill_9_of_one_of_two_workers_loses_and_duplicates_nothing_per_integrati
                 if start == 50:
                     until(lambda: len(workers[0].outcomes()) > 20, what="worker w0 to be busy")
                     workers[0].signal(signal.SIGKILL)
-            until(lambda: all(len(published(redis_url, name)) >= 2 * count for name in INTEGRATIONS), timeout=120,
-                  what=lambda: f"every outcome: {[len(published(redis_url, n)) for n in INTEGRATIONS]}; "
-                               + workers[1].stderr()[-1500:])
-            tail = cli(tmp_path, "tail", "--config", config, "--integration", "hubspot", "--redis", redis_url,
-                       "-n", "5", "--no-follow")
+            until(
+                lambda: all(len(published(redis_url, name)) >= 2 * count for name in INTEGRATIONS),
+                timeout=120,
+                what=lambda: (
+                    f"every outcome: {[len(published(redis_url, n)) for n in INTEGRATIONS]}; "
+                    + workers[1].stderr()[-1500:]
+                ),
+            )
+            tail = cli(
+                tmp_path,
+                "tail",
+                "--config",
+                config,
+                "--integration",
+                "hubspot",
+                "--redis",
+                redis_url,
+                "-n",
+                "5",
+                "--no-follow",
+            )
             tail_all = cli(tmp_path, "tail", "--config", config, "--redis", redis_url, "-n", "10", "--no-follow")
             workers[1].signal(signal.SIGTERM)
             assert workers[1].wait(30) == 0
@@ -104,12 +160,40 @@ def test_a_worker_for_one_integration_and_its_dead_letters_on_redis(tmp_path: Pa
     with ThreadedSandbox(**creds) as outreach, ThreadedHubspot(**FAST_HUBSPOT) as hubspot:
         hubspot.admin("POST", "faults", {"fault_mix": {"503": 1.0}})
         settings = write_settings(tmp_path / "outreach.yaml", outreach.base_url, creds)
-        config = write_config(tmp_path / "integrations.yaml", fast_preset(tmp_path), settings,
-                              fast_hubspot_preset(tmp_path), hubspot.base_url)
-        serve = Service("serve", "--config", config, "--redis", redis_url, "--port", "0", "--quiet", cwd=tmp_path,
-                        env=ENV, name="serve")
-        only_hubspot = Service("worker", "--config", config, "--redis", redis_url, "--integration", "hubspot",
-                               "--consumer", "h1", cwd=tmp_path, env=ENV, name="h1")
+        config = write_config(
+            tmp_path / "integrations.yaml",
+            fast_preset(tmp_path),
+            settings,
+            fast_hubspot_preset(tmp_path),
+            hubspot.base_url,
+        )
+        serve = Service(
+            "serve",
+            "--config",
+            config,
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            cwd=tmp_path,
+            env=ENV,
+            name="serve",
+        )
+        only_hubspot = Service(
+            "worker",
+            "--config",
+            config,
+            "--redis",
+            redis_url,
+            "--integration",
+            "hubspot",
+            "--consumer",
+            "h1",
+            cwd=tmp_path,
+            env=ENV,
+            name="h1",
+        )
         try:
             url = serve.url
             only_hubspot.wait_for_notice(r"^worker h1 consuming hubspot$")

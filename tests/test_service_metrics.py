@@ -47,8 +47,18 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
     creds = unique_credentials()
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", fast_preset(tmp_path), "--settings", settings, "--state", tmp_path / "state",
-                        "--port", "0", cwd=tmp_path, name="serve")
+        serve = Service(
+            "serve",
+            fast_preset(tmp_path),
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            cwd=tmp_path,
+            name="serve",
+        )
         try:
             url = serve.url
             # An identify (dropped: the preset maps no identify) and its lead (delivered).
@@ -56,9 +66,16 @@ def test_a_served_preset_exposes_clean_series_and_counts_latency_for_deliveries_
             assert status == 200
             until(lambda: len(serve.outcomes()) == 2, what=lambda: f"two outcomes; stderr: {serve.stderr()}")
             # An outcome's line is printed before it is acknowledged and counted: wait for the counts too.
-            until(lambda: sum(sample(scrape(url), f'signal_outcomes_total{{{LABEL},outcome="{o}",reason="{r}"}}') or 0
-                              for o, r in (("dropped", "event_not_mapped"), ("delivered", "none"))) == 2,
-                  what=lambda: "both outcomes counted")
+            until(
+                lambda: (
+                    sum(
+                        sample(scrape(url), f'signal_outcomes_total{{{LABEL},outcome="{o}",reason="{r}"}}') or 0
+                        for o, r in (("dropped", "event_not_mapped"), ("delivered", "none"))
+                    )
+                    == 2
+                ),
+                what=lambda: "both outcomes counted",
+            )
             text = scrape(url)
             serve.signal(signal.SIGTERM)
             assert serve.wait(30) == 0
@@ -97,9 +114,14 @@ def test_token_endpoint_429s_are_not_counted_as_the_destinations() -> None:
         try:
             async with aiohttp.ClientSession() as session:
                 transport = CountingTransport(AiohttpTransport(session, 5, 1 << 20), metrics, "crm")
-                token = token_endpoint_request(AuthSpec(type="oauth2"),
-                                               base + "/oauth/token", "client", "secret",
-                                               {"grant_type": "refresh_token", "refresh_token": "r"}, Redactor())
+                token = token_endpoint_request(
+                    AuthSpec(type="oauth2"),
+                    base + "/oauth/token",
+                    "client",
+                    "secret",
+                    {"grant_type": "refresh_token", "refresh_token": "r"},
+                    Redactor(),
+                )
                 assert (await transport.send(token)).status == 429
                 api = HttpRequest("POST", base + "/api/things", {"Authorization": "Bearer a"}, body={"a": 1})
                 assert (await transport.send(api)).status == 429

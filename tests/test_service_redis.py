@@ -89,17 +89,45 @@ def _proc_state(pid: int) -> str:
 
 
 def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_quota_overrun(
-        tmp_path: Path, redis_url: str) -> None:
+    tmp_path: Path, redis_url: str
+) -> None:
     creds = unique_credentials()
     # A quota far below what three workers would spend on their own: 120 requests per 1.5 s window.
     with ThreadedSandbox(quota=120, window=1.5, mint_limit=1, mint_window=60, **creds) as sandbox:
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", preset, "--settings", settings, "--redis", redis_url, "--port", "0", "--quiet",
-                        cwd=tmp_path, name="serve")
-        workers = [Service("worker", preset, "--settings", settings, "--redis", redis_url, "--consumer", f"w{n}",
-                           "--visibility-timeout", "2", "--metrics-port", "0", cwd=tmp_path, name=f"w{n}")
-                   for n in range(3)]
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            cwd=tmp_path,
+            name="serve",
+        )
+        workers = [
+            Service(
+                "worker",
+                preset,
+                "--settings",
+                settings,
+                "--redis",
+                redis_url,
+                "--consumer",
+                f"w{n}",
+                "--visibility-timeout",
+                "2",
+                "--metrics-port",
+                "0",
+                cwd=tmp_path,
+                name=f"w{n}",
+            )
+            for n in range(3)
+        ]
         try:
             url = serve.url
             for w in workers:
@@ -116,8 +144,13 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
                     until(lambda: len(workers[0].outcomes()) > 20, what="worker w0 to be busy")
                     sandbox.admin("POST", "faults", {"faults": ["delay:1"] * 16})
                 # Identifies through the Segment route (gzip, as SDKs may send), answered before their leads are posted.
-                status, _ = post(url, "/v1/batch", {"batch": [identify(i) for i in ids] + [page(i) for i in ids]},
-                                 write_key_headers(), compress=start % 2 == 0)
+                status, _ = post(
+                    url,
+                    "/v1/batch",
+                    {"batch": [identify(i) for i in ids] + [page(i) for i in ids]},
+                    write_key_headers(),
+                    compress=start % 2 == 0,
+                )
                 assert status == 200
                 # Leads through the signed API, and a few through Segment's single-event route.
                 status, _ = post_signed(url, {"batch": [lead(i) for i in ids if i % 10]})
@@ -131,8 +164,12 @@ def test_three_workers_one_killed_deliver_every_lead_once_with_one_mint_and_no_q
                     held = kill_while_holding(workers[0], "w0", redis_url)
                     sandbox.admin("POST", "faults", {"faults": [], "clear": True})
             until(lambda: len(outcomes(redis_url)) >= total, timeout=90, what="every event's outcome")
-            scraped = [urllib.request.urlopen(w.wait_for_notice(r"^metrics on (http://\S+)$").group(1), timeout=10)
-                       .read().decode() for w in workers[1:]]
+            scraped = [
+                urllib.request.urlopen(w.wait_for_notice(r"^metrics on (http://\S+)$").group(1), timeout=10)
+                .read()
+                .decode()
+                for w in workers[1:]
+            ]
             for w in workers[1:]:
                 w.signal(signal.SIGTERM)
             codes = [w.wait(30) for w in workers[1:]]
@@ -221,10 +258,31 @@ def test_dlq_list_and_replay_take_redis_and_tail_prints_the_outcomes(tmp_path: P
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         sandbox.admin("POST", "faults", {"faults": [503] * 5})  # the first lead's five attempts
-        serve = Service("serve", preset, "--settings", settings, "--redis", redis_url, "--port", "0", "--quiet",
-                        cwd=tmp_path, name="serve")
-        worker = Service("worker", preset, "--settings", settings, "--redis", redis_url, "--consumer", "solo",
-                         cwd=tmp_path, name="solo")
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--redis",
+            redis_url,
+            "--port",
+            "0",
+            "--quiet",
+            cwd=tmp_path,
+            name="serve",
+        )
+        worker = Service(
+            "worker",
+            preset,
+            "--settings",
+            settings,
+            "--redis",
+            redis_url,
+            "--consumer",
+            "solo",
+            cwd=tmp_path,
+            name="solo",
+        )
         try:
             url = serve.url
             assert post(url, "/v1/batch", {"batch": [identify(1, "d"), lead(1, "d")]}, write_key_headers())[0] == 200
@@ -248,9 +306,11 @@ def test_dlq_list_and_replay_take_redis_and_tail_prints_the_outcomes(tmp_path: P
 
 
 def test_an_unreachable_redis_is_a_one_line_usage_error(tmp_path: Path) -> None:
-    for args in (["serve", PRESET, "--redis", "redis://:pw-secret-99@127.0.0.1:1/0", "--port", "0"],
-                 ["worker", PRESET, "--settings", str(tmp_path / "s.yaml"), "--redis", "redis://127.0.0.1:1/0"],
-                 ["tail", PRESET, "--redis", "redis://127.0.0.1:1/0", "--no-follow"]):
+    for args in (
+        ["serve", PRESET, "--redis", "redis://:pw-secret-99@127.0.0.1:1/0", "--port", "0"],
+        ["worker", PRESET, "--settings", str(tmp_path / "s.yaml"), "--redis", "redis://127.0.0.1:1/0"],
+        ["tail", PRESET, "--redis", "redis://127.0.0.1:1/0", "--no-follow"],
+    ):
         (tmp_path / "s.yaml").write_text("client_id: c\nclient_secret: s-abcdef\nrefresh_token: r-abcdef\n")
         result = _cli(tmp_path, *args)
         assert result.returncode == 2, result.stderr
@@ -265,5 +325,11 @@ def _cli(cwd: Path, *args: Any) -> Any:
 
     from service_helpers import SERVICE_ENV
 
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **SERVICE_ENV})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **SERVICE_ENV},
+    )

@@ -19,10 +19,20 @@ from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentia
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
 # Non-ASCII on purpose: run writes it as UTF-8, not as \\u escapes, and so must serve.
 PAGE = {"type": "page", "messageId": "stdout-page-é", "anonymousId": "anon-Zoë", "name": "Prix 😀"}
-IDENTIFY = {"type": "identify", "messageId": "stdout-identify", "userId": "stdout-user", "context": CONSENT,
-            "traits": {"email": "zoe@stdout.test", "firstName": "Zoë", "lastName": "Stdout"}}
-LEAD = {"type": "track", "event": "Demo Requested", "messageId": "stdout-lead", "userId": "stdout-user",
-        "context": CONSENT}
+IDENTIFY = {
+    "type": "identify",
+    "messageId": "stdout-identify",
+    "userId": "stdout-user",
+    "context": CONSENT,
+    "traits": {"email": "zoe@stdout.test", "firstName": "Zoë", "lastName": "Stdout"},
+}
+LEAD = {
+    "type": "track",
+    "event": "Demo Requested",
+    "messageId": "stdout-lead",
+    "userId": "stdout-user",
+    "context": CONSENT,
+}
 
 
 def compact(record: object) -> str:
@@ -35,8 +45,21 @@ def test_serve_stdout_is_compact_outcome_lines_only_and_says_where_it_listens_on
     with ThreadedSandbox(**creds) as sandbox:
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        serve = Service("serve", preset, "--settings", settings, "--state", tmp_path / "state", "--port", "0",
-                        "--log-format", "json", cwd=tmp_path, env={"PYTHONIOENCODING": "utf-8"}, name="serve")
+        serve = Service(
+            "serve",
+            preset,
+            "--settings",
+            settings,
+            "--state",
+            tmp_path / "state",
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            cwd=tmp_path,
+            env={"PYTHONIOENCODING": "utf-8"},
+            name="serve",
+        )
         try:
             said = json.loads(serve.wait_for_notice(r"^\{.*\"url\".*\}$").group(0))
             url = said["url"]
@@ -62,9 +85,12 @@ def test_serve_stdout_is_compact_outcome_lines_only_and_says_where_it_listens_on
     # (run numbers its input lines; serve names the integration, the queue entry and the worker).
     events = tmp_path / "events.ndjson"
     events.write_text(json.dumps(PAGE, ensure_ascii=False) + "\n", encoding="utf-8")
-    ran = subprocess.run([sys.executable, "-m", "engine", "run", preset, "--events", events, "--dry-run",
-                          "--settings", settings], cwd=REPO, capture_output=True,
-                         env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    ran = subprocess.run(
+        [sys.executable, "-m", "engine", "run", preset, "--events", events, "--dry-run", "--settings", settings],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
     assert ran.returncode == 0, ran.stderr
     served = by_id["stdout-page-é"]
     record = json.loads(served)

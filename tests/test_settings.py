@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.pipeline.prepare import Pipeline
 from engine.compile.compiler import load_preset
 from engine.language.settings import SettingsError, SettingSpec, check_url, is_loopback, load_settings_file, resolve
+from engine.pipeline.prepare import Pipeline
 
 CREDENTIALS = {"client_id": "cid-123", "client_secret": "s3cr3t-client-value", "refresh_token": "rt-abcdef-123456"}
 
@@ -40,8 +40,11 @@ def test_defaults_are_applied(specs: Any) -> None:
 
 
 def test_supplied_values_override_defaults(specs: Any) -> None:
-    settings = resolve(specs, {**CREDENTIALS, "consent_categories": ["marketing", "analytics"],
-                               "base_url": "https://sandbox.example.com/"}, require=True)
+    settings = resolve(
+        specs,
+        {**CREDENTIALS, "consent_categories": ["marketing", "analytics"], "base_url": "https://sandbox.example.com/"},
+        require=True,
+    )
     assert settings["consent_categories"] == ["marketing", "analytics"]
     assert settings["base_url"] == "https://sandbox.example.com"  # trailing slash dropped
     assert settings["client_id"] == "cid-123"
@@ -55,14 +58,22 @@ def test_a_scalar_where_a_list_is_declared_is_an_error(specs: Any) -> None:
     """No silent coercion: `consent_categories: marketing` is not quietly turned into a list."""
     with pytest.raises(SettingsError) as info:
         resolve(specs, {"consent_categories": "marketing, analytics"}, require=False)
-    assert str(info.value) == ("settings: setting 'consent_categories' must be a list of strings, got the text "
-                               "'marketing, analytics'; write it as a YAML list: [marketing, analytics]")
+    assert str(info.value) == (
+        "settings: setting 'consent_categories' must be a list of strings, got the text "
+        "'marketing, analytics'; write it as a YAML list: [marketing, analytics]"
+    )
 
 
-@pytest.mark.parametrize("name, value", [
-    ("client_id", ""), ("client_id", ["x"]), ("client_id", True),
-    ("consent_categories", [1, 2]), ("consent_categories", {"a": 1}),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("client_id", ""),
+        ("client_id", ["x"]),
+        ("client_id", True),
+        ("consent_categories", [1, 2]),
+        ("consent_categories", {"a": 1}),
+    ],
+)
 def test_wrong_types_are_rejected_naming_the_setting(specs: Any, name: str, value: Any) -> None:
     with pytest.raises(SettingsError) as info:
         resolve(specs, {name: value}, require=False)
@@ -74,37 +85,49 @@ def test_a_number_for_a_string_setting_is_an_error_unless_quoted(specs: Any, val
     """No silent coercion: YAML reads `client_id: 12345` as a number; the message says to quote it."""
     with pytest.raises(SettingsError) as info:
         resolve(specs, {"client_id": value}, require=False)
-    assert str(info.value) == (f"settings: setting 'client_id' must be a string, got {described}; "
-                               f'quote it to keep it as text: "{value}"')
+    assert str(info.value) == (
+        f"settings: setting 'client_id' must be a string, got {described}; quote it to keep it as text: \"{value}\""
+    )
     assert resolve(specs, {"client_id": "12345"}, require=False)["client_id"] == "12345"
 
 
 def test_every_problem_of_a_settings_file_is_reported_at_once_in_file_order(tmp_path: Path, specs: Any) -> None:
-    path = write(tmp_path, "client_id: 12345\n"
-                           "consent_categories: marketing\n"
-                           "# a comment\n"
-                           "base_url: http://example.com\n"
-                           "client_secrett: x\n")
+    path = write(
+        tmp_path,
+        "client_id: 12345\n"
+        "consent_categories: marketing\n"
+        "# a comment\n"
+        "base_url: http://example.com\n"
+        "client_secrett: x\n",
+    )
     values, where = load_settings_file(path, environ={})
     with pytest.raises(SettingsError) as info:
         resolve(specs, values, require=True, where=where)
     problems = info.value.problems
     assert [p.split(": setting")[0].split(": unknown")[0].split(": required")[0] for p in problems] == [
-        f"{path}:1", f"{path}:2", f"{path}:4", f"{path}:5", "settings"]
+        f"{path}:1",
+        f"{path}:2",
+        f"{path}:4",
+        f"{path}:5",
+        "settings",
+    ]
     assert "'client_id' must be a string" in problems[0]
     assert "'consent_categories' must be a list of strings" in problems[1]
     assert "'base_url' plain http" in problems[2]
     assert "unknown setting 'client_secrett'" in problems[3]
     # refresh_token is not among them: `signal-engine auth` may have stored it in the state.
     assert problems[4:] == [
-        "settings: required setting 'client_secret' is missing (Your connected app's Secret (OAuth client secret).)"]
+        "settings: required setting 'client_secret' is missing (Your connected app's Secret (OAuth client secret).)"
+    ]
     assert str(info.value) == "\n".join(problems)
 
 
 def test_a_required_setting_the_state_may_supply_is_not_missing_but_others_are() -> None:
     """The preset's refresh token may come from an authorisation stored in the state (checked when delivery starts)."""
-    specs = {"token": SettingSpec("token", "string", required=True, secret=True, stored=True),
-             "key": SettingSpec("key", "string", required=True, secret=True)}
+    specs = {
+        "token": SettingSpec("token", "string", required=True, secret=True, stored=True),
+        "key": SettingSpec("key", "string", required=True, secret=True),
+    }
     with pytest.raises(SettingsError) as info:
         resolve(specs, {}, require=True)
     assert info.value.problems == ["settings: required setting 'key' is missing (string)"]
@@ -182,12 +205,19 @@ def test_type_error_in_a_file_names_file_and_line(tmp_path: Path, specs: Any) ->
 
 
 def test_env_vars_are_expanded(tmp_path: Path, specs: Any) -> None:
-    path = write(tmp_path, 'client_id: "${CID}"\nrefresh_token: rt-${RT}-x\n'
-                           "consent_categories: [marketing, '${EXTRA}']\nbase_url: http://127.0.0.1:${PORT}\n")
+    path = write(
+        tmp_path,
+        'client_id: "${CID}"\nrefresh_token: rt-${RT}-x\n'
+        "consent_categories: [marketing, '${EXTRA}']\nbase_url: http://127.0.0.1:${PORT}\n",
+    )
     env = {"CID": "cid-9", "RT": "abc", "EXTRA": "analytics", "PORT": "8080"}
     values, where = load_settings_file(path, environ=env)
-    assert values == {"client_id": "cid-9", "refresh_token": "rt-abc-x",
-                      "consent_categories": ["marketing", "analytics"], "base_url": "http://127.0.0.1:8080"}
+    assert values == {
+        "client_id": "cid-9",
+        "refresh_token": "rt-abc-x",
+        "consent_categories": ["marketing", "analytics"],
+        "base_url": "http://127.0.0.1:8080",
+    }
     assert where["refresh_token"] == f"{path}:2"
     settings = resolve(specs, values, require=False, where=where)
     assert settings["base_url"] == "http://127.0.0.1:8080"
@@ -210,21 +240,22 @@ def test_missing_env_var_names_file_line_and_variable(tmp_path: Path, specs: Any
     values, where = load_settings_file(path, environ={})
     with pytest.raises(SettingsError) as info:
         resolve(specs, values, require=True, where=where)
-    assert str(info.value) == (f"{path}:2: setting 'client_secret': environment variable "
-                               "OUTREACH_CLIENT_SECRET is not set")
+    assert str(info.value) == (
+        f"{path}:2: setting 'client_secret': environment variable OUTREACH_CLIENT_SECRET is not set"
+    )
 
 
 def test_an_unset_secret_variable_is_fine_for_a_dry_run(tmp_path: Path, specs: Any) -> None:
-    path = write(tmp_path, "client_id: abc\nclient_secret: ${OUTREACH_CLIENT_SECRET}\n"
-                           "refresh_token: ${OUTREACH_REFRESH_TOKEN}\n")
+    path = write(
+        tmp_path, "client_id: abc\nclient_secret: ${OUTREACH_CLIENT_SECRET}\nrefresh_token: ${OUTREACH_REFRESH_TOKEN}\n"
+    )
     values, where = load_settings_file(path, environ={})
     settings = resolve(specs, values, require=False, where=where)
     assert "client_secret" not in settings.values and "refresh_token" not in settings.values
     assert settings.secrets() == []
 
 
-def test_an_unset_variable_in_a_non_secret_setting_is_an_error_even_for_a_dry_run(tmp_path: Path,
-                                                                                  specs: Any) -> None:
+def test_an_unset_variable_in_a_non_secret_setting_is_an_error_even_for_a_dry_run(tmp_path: Path, specs: Any) -> None:
     """Non-secret settings shape the output (base_url is in every URL): a dry run needs them."""
     path = write(tmp_path, "base_url: ${SANDBOX_URL}\nconsent_categories: [marketing, '${EXTRA}']\n")
     values, where = load_settings_file(path, environ={})
@@ -232,7 +263,8 @@ def test_an_unset_variable_in_a_non_secret_setting_is_an_error_even_for_a_dry_ru
         resolve(specs, values, require=False, where=where)
     assert info.value.problems == [
         f"{path}:1: setting 'base_url': environment variable SANDBOX_URL is not set",
-        f"{path}:2: setting 'consent_categories': environment variable EXTRA is not set"]
+        f"{path}:2: setting 'consent_categories': environment variable EXTRA is not set",
+    ]
 
 
 def test_settings_file_must_be_a_mapping(tmp_path: Path) -> None:
@@ -265,26 +297,36 @@ def test_invalid_yaml_settings_file_is_located(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [
-    "https://api.outreach.io", "https://sandbox.example.com:8443", "http://127.0.0.1:8080", "http://[::1]:9000",
-    "http://localhost", "http://localhost:3000",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.outreach.io",
+        "https://sandbox.example.com:8443",
+        "http://127.0.0.1:8080",
+        "http://[::1]:9000",
+        "http://localhost",
+        "http://localhost:3000",
+    ],
+)
 def test_acceptable_urls(url: str) -> None:
     assert check_url(url) is None
 
 
-@pytest.mark.parametrize("url, why", [
-    ("http://example.com", "loopback"),
-    ("http://api.outreach.io", "loopback"),
-    ("http://0.0.0.0:8080", "loopback"),
-    ("http://localhost.example.com", "loopback"),
-    ("http://127.0.0.1.nip.io", "loopback"),
-    ("ftp://example.com", "http(s)"),
-    ("api.outreach.io", "http(s)"),
-    ("https://", "http(s)"),
-    ("https://x.example.com/?a=1", "query"),
-    ("https://x.example.com/#frag", "fragment"),
-])
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("http://example.com", "loopback"),
+        ("http://api.outreach.io", "loopback"),
+        ("http://0.0.0.0:8080", "loopback"),
+        ("http://localhost.example.com", "loopback"),
+        ("http://127.0.0.1.nip.io", "loopback"),
+        ("ftp://example.com", "http(s)"),
+        ("api.outreach.io", "http(s)"),
+        ("https://", "http(s)"),
+        ("https://x.example.com/?a=1", "query"),
+        ("https://x.example.com/#frag", "fragment"),
+    ],
+)
 def test_rejected_urls(url: str, why: str) -> None:
     problem = check_url(url)
     assert problem is not None
@@ -324,8 +366,15 @@ def test_mapping_input_settings_are_the_public_ones(specs: Any) -> None:
     pipe = Pipeline(preset, resolve(preset.settings, CREDENTIALS, require=True))
     assert "client_secret" not in pipe.public_settings
     assert "refresh_token" not in pipe.public_settings
-    result = pipe.dry_run({"type": "track", "event": "Signed Up", "userId": "u",
-                           "context": {"consent": {"marketing": True}}, "traits": {"email": "a@b.co"}})
+    result = pipe.dry_run(
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "userId": "u",
+            "context": {"consent": {"marketing": True}},
+            "traits": {"email": "a@b.co"},
+        }
+    )
     assert result.outcome == oc.WOULD_SEND
     dumped = repr(result.to_dict())
     assert "s3cr3t-client-value" not in dumped and "rt-abcdef-123456" not in dumped
@@ -337,7 +386,8 @@ def test_empty_consent_categories_text_does_not_disable_the_consent_gate(specs: 
         settings = resolve(preset.settings, {"consent_categories": ""}, require=False)
     except SettingsError:
         return  # rejecting the value is a fine answer too
-    result = Pipeline(preset, settings).dry_run({"type": "track", "event": "Signed Up", "userId": "u",
-                                                 "traits": {"email": "a@b.co"}})
+    result = Pipeline(preset, settings).dry_run(
+        {"type": "track", "event": "Signed Up", "userId": "u", "traits": {"email": "a@b.co"}}
+    )
     assert result.outcome == oc.DROPPED
     assert result.reason == oc.NO_CONSENT

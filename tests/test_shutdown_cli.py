@@ -38,8 +38,14 @@ CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(i: int) -> dict[str, Any]:
-    return {"type": "track", "event": "Signed Up", "messageId": f"lead-{i}", "userId": f"user-{i}",
-            "traits": {"email": f"person{i}@stop.test"}, "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "messageId": f"lead-{i}",
+        "userId": f"user-{i}",
+        "traits": {"email": f"person{i}@stop.test"},
+        "context": CONSENT,
+    }
 
 
 def created_emails(sandbox: ThreadedSandbox) -> list[str]:
@@ -79,8 +85,9 @@ def test_a_signal_drains_the_wire_and_dead_letters_what_was_not_sent(tmp_path: P
     preset = fast_preset(tmp_path)  # concurrency 8
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        with streaming("run", preset, "--events", "-", "--settings", settings, "--state", state_dir,
-                       cwd=tmp_path) as run:
+        with streaming(
+            "run", preset, "--events", "-", "--settings", settings, "--state", state_dir, cwd=tmp_path
+        ) as run:
             run.feed([lead(i) for i in range(10)])
             until(lambda: len(run.lines) == 10, what="the first ten outcomes")
             sandbox.faults(*["delay:1.5"] * 8)
@@ -108,8 +115,10 @@ def test_a_signal_drains_the_wire_and_dead_letters_what_was_not_sent(tmp_path: P
     name = signal.Signals(sig).name
     assert f"signal-engine: {name}: stopping; no more input is read; 8 request(s) on the wire get up to 30s" in stderr
     summary = stderr.strip().splitlines()[-1]
-    assert summary.startswith(f"signal-engine: stopped by {name} after reading 30 line(s) of --events -; "
-                              "the rest was not read (rerun the same input with the same --state")
+    assert summary.startswith(
+        f"signal-engine: stopped by {name} after reading 30 line(s) of --events -; "
+        "the rest was not read (rerun the same input with the same --state"
+    )
     assert "30 event(s) in " in summary and "18 delivered, 12 dead_lettered (12 not_sent)" in summary
     # The dead letters complete the run: each lead exactly once.
     assert replay.returncode == 0, replay.stderr
@@ -124,8 +133,9 @@ def test_the_grace_period_runs_out_the_wire_is_dead_lettered_and_replay_merges_w
     preset = fast_preset(tmp_path)
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        with streaming("run", preset, "--events", "-", "--settings", settings, "--state", state_dir,
-                       "--grace", "0.3", cwd=tmp_path) as run:
+        with streaming(
+            "run", preset, "--events", "-", "--settings", settings, "--state", state_dir, "--grace", "0.3", cwd=tmp_path
+        ) as run:
             run.feed([lead(0)])
             until(lambda: len(run.lines) == 1, what="the first outcome")
             sandbox.faults(*["delay:5"] * 3)
@@ -143,15 +153,17 @@ def test_the_grace_period_runs_out_the_wire_is_dead_lettered_and_replay_merges_w
     assert run.proc.returncode == 143
     assert_clean_stderr(stderr)
     assert stopped_in < 4  # it did not wait for the 5 s answers (--grace 0.3)
-    assert [(o["index"], o["outcome"], o.get("cause"), o.get("attempts")) for o in outcomes] == \
-        [(0, "delivered", None, 1)] + [(i, "dead_lettered", "interrupted", 1) for i in range(1, 4)]
+    assert [(o["index"], o["outcome"], o.get("cause"), o.get("attempts")) for o in outcomes] == [
+        (0, "delivered", None, 1)
+    ] + [(i, "dead_lettered", "interrupted", 1) for i in range(1, 4)]
     assert all("the destination may have it" in o["detail"] for o in outcomes[1:])
     assert letters == {f"lead-{i}": "interrupted" for i in range(1, 4)}
     # Whatever reached the destination is merged by the replay, never duplicated.
     assert replay.returncode == 0, replay.stderr
     assert [o["outcome"] for o in json_lines(replay.stdout)] == ["delivered"] * 3
-    assert sorted(p["attributes"]["emails"][0] for p in after["prospects"]) == \
-        sorted(f"person{i}@stop.test" for i in range(4))
+    assert sorted(p["attributes"]["emails"][0] for p in after["prospects"]) == sorted(
+        f"person{i}@stop.test" for i in range(4)
+    )
 
 
 def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
@@ -160,8 +172,9 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
     preset = fast_preset(tmp_path)
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        with streaming("run", preset, "--events", "-", "--settings", settings, "--state", state_dir,
-                       cwd=tmp_path) as run:
+        with streaming(
+            "run", preset, "--events", "-", "--settings", settings, "--state", state_dir, cwd=tmp_path
+        ) as run:
             run.feed([lead(0)])
             until(lambda: len(run.lines) == 1, what="the first outcome")
             sandbox.faults("delay:20", "delay:20")
@@ -175,10 +188,14 @@ def test_a_second_signal_stops_at_once(tmp_path: Path) -> None:
             outcomes, stderr = run.lines, run.stderr
     assert run.proc.returncode == 130
     assert stopped_in < 10  # not the 20 s answers, not the 30 s grace
-    assert "SIGINT again: stopping; no more input is read; 2 request(s) still on the wire are dead-lettered now" \
-        in stderr
-    assert [(o["outcome"], o.get("cause")) for o in outcomes] == \
-        [("delivered", None), ("dead_lettered", "interrupted"), ("dead_lettered", "interrupted")]
+    assert (
+        "SIGINT again: stopping; no more input is read; 2 request(s) still on the wire are dead-lettered now" in stderr
+    )
+    assert [(o["outcome"], o.get("cause")) for o in outcomes] == [
+        ("delivered", None),
+        ("dead_lettered", "interrupted"),
+        ("dead_lettered", "interrupted"),
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -196,9 +213,13 @@ def test_a_closed_stdout_drains_records_and_exits_141_with_one_line(tmp_path: Pa
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         sandbox.admin("POST", "faults", {"fault_mix": {"delay:0.2": 1.0}})  # every answer takes a while
-        proc = subprocess.Popen(engine_cmd("run", preset, "--events", events, "--settings", settings,
-                                           "--state", state_dir), cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            engine_cmd("run", preset, "--events", events, "--settings", settings, "--state", state_dir),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         assert proc.stdout is not None and proc.stderr is not None
         head = [proc.stdout.readline() for _ in range(5)]  # `| head -5`
         proc.stdout.close()
@@ -207,8 +228,7 @@ def test_a_closed_stdout_drains_records_and_exits_141_with_one_line(tmp_path: Pa
         created = created_emails(sandbox)
         delivered, letters = journaled(state_dir, range(leads)), dead_letters(state_dir)
         sandbox.admin("POST", "faults", {"fault_mix": {}})
-        rerun = run_cli("run", preset, "--events", events, "--settings", settings, "--state", state_dir,
-                        cwd=tmp_path)
+        rerun = run_cli("run", preset, "--events", events, "--settings", settings, "--state", state_dir, cwd=tmp_path)
         after_rerun = dead_letters(state_dir)
         replay = run_cli("dlq", "replay", preset, "--settings", settings, "--state", state_dir, cwd=tmp_path)
         after = sandbox.state()
@@ -249,9 +269,10 @@ def test_a_dry_run_waiting_for_input_stops_on_a_signal(tmp_path: Path, sig: int,
     assert run.proc.returncode == code
     assert_clean_stderr(stderr)
     name = signal.Signals(sig).name
-    assert stderr.strip().splitlines() == [f"signal-engine: stopped by {name} after reading 3 line(s) of --events -; "
-                                           f"the rest was not read: 3 event(s) in " +
-                                           stderr.split("3 event(s) in ")[1].strip()]
+    assert stderr.strip().splitlines() == [
+        f"signal-engine: stopped by {name} after reading 3 line(s) of --events -; "
+        f"the rest was not read: 3 event(s) in " + stderr.split("3 event(s) in ")[1].strip()
+    ]
     assert stderr.strip().endswith(": 3 would_send")
 
 
@@ -261,7 +282,8 @@ def test_a_dry_run_waiting_for_input_stops_on_a_signal(tmp_path: Path, sig: int,
 
 
 def test_a_replay_stopped_by_sigterm_finishes_the_wire_and_leaves_the_other_letters_as_they_were(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     creds = unique_credentials()
     state_dir = tmp_path / "state"
     preset = fast_preset(tmp_path)  # concurrency 8
@@ -270,12 +292,16 @@ def test_a_replay_stopped_by_sigterm_finishes_the_wire_and_leaves_the_other_lett
     with ThreadedSandbox(**creds) as sandbox:
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         sandbox.admin("POST", "faults", {"fault_mix": {"500": 1.0}})
-        first = run_cli("run", preset, "--events", events, "--settings", settings, "--state", state_dir,
-                        cwd=tmp_path)
+        first = run_cli("run", preset, "--events", events, "--settings", settings, "--state", state_dir, cwd=tmp_path)
         before = dead_letters(state_dir)
         sandbox.admin("POST", "faults", {"fault_mix": {}, "faults": ["delay:1.5"] * 8})
-        proc = subprocess.Popen(engine_cmd("dlq", "replay", preset, "--settings", settings, "--state", state_dir),
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            engine_cmd("dlq", "replay", preset, "--settings", settings, "--state", state_dir),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         until(lambda: sandbox.state()["in_flight"] == 8, what="eight replays on the wire")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -286,13 +312,17 @@ def test_a_replay_stopped_by_sigterm_finishes_the_wire_and_leaves_the_other_lett
     assert proc.returncode == 143, err
     assert_clean_stderr(err)
     outcomes = json_lines(out)
-    assert sorted((o["outcome"], o.get("cause")) for o in outcomes) == \
-        [("dead_lettered", "not_sent")] * 2 + [("delivered", None)] * 8
-    assert err.strip().splitlines()[-1] == ("signal-engine: replayed 8, delivered 8, 2 left in the dead-letter store; "
-                                           "stopped by SIGTERM: 2 letter(s) not replayed")
+    assert (
+        sorted((o["outcome"], o.get("cause")) for o in outcomes)
+        == [("dead_lettered", "not_sent")] * 2 + [("delivered", None)] * 8
+    )
+    assert err.strip().splitlines()[-1] == (
+        "signal-engine: replayed 8, delivered 8, 2 left in the dead-letter store; "
+        "stopped by SIGTERM: 2 letter(s) not replayed"
+    )
     assert len(created) == 8
     # The two not replayed are untouched: same cause, same attempts as before.
-    assert after == {m: "http_500" for m in after} and len(after) == 2
+    assert after == dict.fromkeys(after, "http_500") and len(after) == 2
     assert {f"person{m.split('-')[1]}@stop.test" for m in after}.isdisjoint(created)
 
 
@@ -308,14 +338,20 @@ def test_any_command_whose_stdout_is_closed_says_so_in_one_line_and_exits_141(tm
 def test_a_dry_run_piped_into_head_stops_reading_and_says_where(tmp_path: Path) -> None:
     events = tmp_path / "leads.ndjson"
     events.write_text(ndjson([lead(i) for i in range(5000)]), encoding="utf-8")  # several reads' worth
-    proc = subprocess.Popen(engine_cmd("run", PRESET_NAME, "--events", events, "--dry-run"), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        engine_cmd("run", PRESET_NAME, "--events", events, "--dry-run"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()
     proc.stdout.close()
     err = proc.stderr.read().decode("utf-8")
     assert proc.wait(60) == 141
     assert json.loads(first)["index"] == 0
-    assert len(err.splitlines()) == 1 and err.startswith("signal-engine: stdout was closed (broken pipe) after reading ")
+    assert len(err.splitlines()) == 1 and err.startswith(
+        "signal-engine: stdout was closed (broken pipe) after reading "
+    )
     read = int(err.split("after reading ")[1].split(" ")[0].replace(",", ""))
     assert read < 5000  # it stopped reading, rather than running the whole file into a closed pipe

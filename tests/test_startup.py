@@ -22,16 +22,29 @@ from engine.language import resources
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = REPO_ROOT / "presets" / "outreach" / "lead-capture.yaml"
 
-LEAD = {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m1",
-        "traits": {"email": "a@b.co", "phone": "+44 7700 900123"},
-        "context": {"consent": {"canonical": {"marketing": True}}}}
+LEAD = {
+    "type": "track",
+    "event": "Signed Up",
+    "userId": "u1",
+    "messageId": "m1",
+    "traits": {"email": "a@b.co", "phone": "+44 7700 900123"},
+    "context": {"consent": {"canonical": {"marketing": True}}},
+}
 PAGE = {"type": "page", "anonymousId": "a1", "messageId": "m0"}
 
 # What a dry run has no use for: the delivery machinery, the event loop, the
 # reference JSONata engine, and (with the preset cached) YAML and jsonschema.
-NEVER_IN_A_DRY_RUN = ("aiohttp", "asyncio", "engine.runtime", "engine.delivery.sender",
-                      "engine.delivery.auth", "engine.delivery.rate_limit", "engine.delivery.retry_policy",
-                      "engine.state.token_store", "engine.state.dead_letters")
+NEVER_IN_A_DRY_RUN = (
+    "aiohttp",
+    "asyncio",
+    "engine.runtime",
+    "engine.delivery.sender",
+    "engine.delivery.auth",
+    "engine.delivery.rate_limit",
+    "engine.delivery.retry_policy",
+    "engine.state.token_store",
+    "engine.state.dead_letters",
+)
 # (logging is imported by `import engine` itself: the library's loggers get their NullHandler there.)
 # Writing a preset cache entry uses tempfile (and so shutil); otherwise only
 # argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
@@ -56,8 +69,9 @@ def modules_after(tmp_path: Path, cache: Path, *args: str, events: list[dict] | 
         path = tmp_path / "events.ndjson"
         path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
         argv += ["--events", str(path)]
-    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=tmp_path,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return set(json.loads(proc.stderr.strip().splitlines()[-1]))
 
@@ -159,8 +173,12 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
     would quietly leave them out, so every one must be found."""
     engine = Path(preset_cache.__file__).resolve().parents[1]
     copy = tmp_path / "engine"
-    for part in ("compile/compiler.py", "compile/preset_cache.py", "language/expression_check.py",
-                 "language/expressions.py"):
+    for part in (
+        "compile/compiler.py",
+        "compile/preset_cache.py",
+        "language/expression_check.py",
+        "language/expressions.py",
+    ):
         (copy / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(engine / part, copy / part)
     monkeypatch.setattr(preset_cache, "__file__", str(copy / "compile" / "preset_cache.py"))
@@ -199,7 +217,8 @@ def test_a_problem_found_on_a_cached_preset_is_still_located(tmp_path: Path, cac
     line = next(i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "Signed Up:" in text)
     assert info.value.problems == [
         f"{path}:{line + 1}:15: events.track.Signed Up.action: unknown action 'no_such_action' "
-        "(defined: create_prospect, or drop)"]
+        "(defined: create_prospect, or drop)"
+    ]
 
 
 def test_a_changed_output_schema_is_checked_again(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

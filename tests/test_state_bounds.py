@@ -19,8 +19,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -47,8 +48,9 @@ def measured(script: str, *args: str) -> dict[str, Any]:
         def peak_mib():
             return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     """)
-    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script), *args], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script), *args], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -78,15 +80,21 @@ def test_a_million_identified_users_are_all_remembered_with_one_index_search_eac
     store = state.identity(PRESET, IdentityLimits())  # the shipped preset's bounds
     # Bulk insert in SQL (a million identify calls would take minutes); bytes as the preset language counts them.
     with state.db.write() as cur:
-        cur.execute("""
+        cur.execute(
+            """
             WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?3 - 1),
                  rows(id, traits) AS (SELECT printf('user-%07d', i), json_object('email', printf('user%d@big.test', i))
                                       FROM n)
             INSERT INTO identity (ns, kind, ident, owner, traits, bytes, seen_at)
             SELECT ?1, 'userId', id, id, traits, length('userId') + 2 * length(id) + length(traits), ?2 FROM rows
-        """, (store.ns, time.time(), users))
-        cur.execute("UPDATE identity_usage SET bytes = (SELECT SUM(bytes) FROM identity WHERE ns = ?1), "
-                    "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1", (store.ns,))
+        """,
+            (store.ns, time.time(), users),
+        )
+        cur.execute(
+            "UPDATE identity_usage SET bytes = (SELECT SUM(bytes) FROM identity WHERE ns = ?1), "
+            "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1",
+            (store.ns,),
+        )
     used, entries = store.usage()
     assert entries == users  # far past the old 10,000-id limit, nothing was forgotten
     assert used <= IdentityLimits().max_bytes
@@ -105,7 +113,8 @@ def test_a_million_identified_users_are_all_remembered_with_one_index_search_eac
     assert files.get("state.db-wal", 0) <= WAL_LIMIT_BYTES + 4 * MIB
 
     # A fresh process (a restart) looks 20,000 random users up: all found, memory flat.
-    result = measured("""
+    result = measured(
+        """
         import random
         from engine.pipeline.identity import IdentityMemory
         from engine.state.identity import IdentityLimits
@@ -120,14 +129,17 @@ def test_a_million_identified_users_are_all_remembered_with_one_index_search_eac
             if memory.recall({"userId": f"user-{i:07d}"}) == {"email": f"user{i}@big.test"}:
                 found += 1
         print(json.dumps({"found": found, "grew_mib": rss_mib() - before, "peak_mib": peak_mib()}))
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     assert result["found"] == 20_000, result
     # The page cache (8 MiB) and allocator slack (about 20 MiB measured); loading the rows would take hundreds.
     assert result["grew_mib"] < 64, result
 
 
 def test_huge_traits_are_not_remembered_so_disk_and_memory_stay_small(tmp_path: Path) -> None:
-    result = measured("""
+    result = measured(
+        """
         import os
         from engine.compile.compiler import load_preset
         from engine.language.settings import resolve
@@ -153,7 +165,9 @@ def test_huge_traits_are_not_remembered_so_disk_and_memory_stay_small(tmp_path: 
         recalled = [memory.recall({"userId": f"u{i}"}) for i in range(500)]
         ok = all(r == {"email": f"u{i}@huge.test"} for i, r in enumerate(recalled))
         print(json.dumps({"disk": written, "ok": ok, "grew_mib": rss_mib() - before}))
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     assert result["ok"]  # the email is remembered; the megabyte title is not
     assert result["disk"] < 2 * MIB  # not 1 GB
     assert result["grew_mib"] < 64, result  # about 20 MiB measured; not 2 GB
@@ -167,8 +181,10 @@ def test_the_identity_memory_stays_within_max_bytes_on_disk(tmp_path: Path) -> N
     store = state.identity(PRESET, IdentityLimits(max_bytes=max_bytes))
     memory = IdentityMemory(store=store)
     for i in range(5_000):  # about 800 kB of identities through a 128 KiB memory
-        memory.remember({"userId": f"user-{i}", "anonymousId": f"anon-{i}"},
-                        {"email": f"user{i}@bounded.test", "company": "Bounded Inc"})
+        memory.remember(
+            {"userId": f"user-{i}", "anonymousId": f"anon-{i}"},
+            {"email": f"user{i}@bounded.test", "company": "Bounded Inc"},
+        )
     used, entries = store.usage()
     assert max_bytes - 200 < used <= max_bytes
     assert memory.recall({"userId": "user-4999"}) == {"email": "user4999@bounded.test", "company": "Bounded Inc"}

@@ -18,8 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -33,14 +34,24 @@ ATTEMPT_LINE = re.compile(r"event (\d+) attempt \d+: (?:GET|POST|PATCH) \S+ -> \
 
 
 def identify(i: int, domain: str = "kill.test") -> dict[str, Any]:
-    return {"type": "identify", "messageId": f"id-{i}", "userId": f"user-{i}", "context": CONSENT,
-            "traits": {"email": f"person{i}@{domain}", "firstName": f"First{i}", "lastName": "Person"}}
+    return {
+        "type": "identify",
+        "messageId": f"id-{i}",
+        "userId": f"user-{i}",
+        "context": CONSENT,
+        "traits": {"email": f"person{i}@{domain}", "firstName": f"First{i}", "lastName": "Person"},
+    }
 
 
 def track(i: int, prefix: str = "track") -> dict[str, Any]:
     """A lead event without traits: its email can only come from the identity memory."""
-    return {"type": "track", "event": "Signed Up", "messageId": f"{prefix}-{i}", "userId": f"user-{i}",
-            "context": CONSENT}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "messageId": f"{prefix}-{i}",
+        "userId": f"user-{i}",
+        "context": CONSENT,
+    }
 
 
 def ndjson(events: list[dict[str, Any]]) -> str:
@@ -52,8 +63,14 @@ def engine_cmd(*args: str | Path) -> list[str]:
 
 
 def run_cli(*args: str | Path, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(engine_cmd(*args), cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        engine_cmd(*args),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def until(condition: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
@@ -69,8 +86,15 @@ class Streaming:
     def __init__(self, *args: str | Path, cwd: Path) -> None:
         self.stderr_path = cwd / f"stderr-{time.monotonic_ns()}.txt"
         self._stderr = self.stderr_path.open("w")
-        self.proc = subprocess.Popen(engine_cmd(*args), cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            engine_cmd(*args),
+            cwd=cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self.lines: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -143,8 +167,9 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
     preset = fast_preset(tmp_path)
     with ThreadedSandbox(**creds) as sandbox:  # one mint a minute, as Outreach: a restart must not need another
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        with streaming("run", preset, "--events", "-", "--settings", settings, "--state", state_dir,
-                       cwd=tmp_path) as first:
+        with streaming(
+            "run", preset, "--events", "-", "--settings", settings, "--state", state_dir, cwd=tmp_path
+        ) as first:
             first.feed([identify(i) for i in range(users)] + [track(i) for i in range(50)])
             until(lambda: len(first.lines) == users + 50, what="the first 50 leads")
             # Three requests hang on the wire; seven more are delivered but not yet printed
@@ -160,8 +185,9 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
 
         tracks = tmp_path / "tracks.ndjson"
         tracks.write_text(ndjson([track(i) for i in range(users)]), encoding="utf-8")
-        second = run_cli("run", preset, "--events", tracks, "--settings", settings, "--state", state_dir,
-                         "--verbose", cwd=tmp_path)
+        second = run_cli(
+            "run", preset, "--events", tracks, "--settings", settings, "--state", state_dir, "--verbose", cwd=tmp_path
+        )
         # The hung requests of the killed run may still finish on the sandbox's side, before or
         # after the restart sends the same leads: either way each email is created once.
         final = sandbox.state()
@@ -172,8 +198,9 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
     # Nothing lost, and identity intact: every lead delivered, its email from an identify
     # that only the killed process ever saw.
     assert [o["outcome"] for o in outcomes] == ["delivered"] * users
-    assert sorted(p["attributes"]["emails"][0] for p in final["prospects"]) == \
-        sorted(f"person{i}@kill.test" for i in range(users))
+    assert sorted(p["attributes"]["emails"][0] for p in final["prospects"]) == sorted(
+        f"person{i}@kill.test" for i in range(users)
+    )
     # Nothing re-sent: what the killed run delivered (printed or only journaled) is skipped, unsent.
     skipped = {o["messageId"]: o for o in outcomes if o["attempts"] == 0}
     assert printed <= set(skipped) and len(skipped) == done_before
@@ -196,8 +223,12 @@ def test_a_run_killed_mid_delivery_then_restarted_loses_nothing_and_resends_noth
 def tiny_filesystem(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()
     try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
-                              capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         done = None
     if done is None or done.returncode != 0:
@@ -225,8 +256,9 @@ def test_a_full_state_disk_keeps_dead_letters_and_spends_no_refresh_token(tmp_pa
     with tiny_filesystem(tmp_path / "disk", "2m") as disk, ThreadedSandbox(**creds) as sandbox:
         state_dir = disk / "state"
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
-        with streaming("run", PRESET_NAME, "--events", "-", "--settings", settings, "--state", state_dir,
-                       cwd=tmp_path) as run:
+        with streaming(
+            "run", PRESET_NAME, "--events", "-", "--settings", settings, "--state", state_dir, cwd=tmp_path
+        ) as run:
             run.feed([identify(0, "disk.test")])  # the state is open and has written once
             until(lambda: len(run.lines) == 1, what="the first outcome")
             filler = fill(disk)
@@ -266,25 +298,39 @@ def test_a_replay_beside_a_run_loses_no_dead_letter(tmp_path: Path) -> None:
         # Dead letters waiting for a re-authorisation: the first run had a revoked token.
         revoked = write_settings(tmp_path / "revoked.yaml", sandbox.base_url, {**creds, "refresh_token": "revoked-1"})
         old = tmp_path / "old.ndjson"
-        old.write_text(ndjson([{**track(i, "old"), "traits": {"email": f"old{i}@replay.test"}}
-                               for i in range(letters)]), encoding="utf-8")
+        old.write_text(
+            ndjson([{**track(i, "old"), "traits": {"email": f"old{i}@replay.test"}} for i in range(letters)]),
+            encoding="utf-8",
+        )
         seeded = run_cli("run", PRESET_NAME, "--events", old, "--settings", revoked, "--state", state_dir, cwd=tmp_path)
         assert seeded.returncode == 1 and seeded.stdout.count("reauthorisation_required") == letters
 
         # Re-authorised: the replay runs, slowly (each create takes 3 s) ...
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         sandbox.faults(*["delay:3"] * letters)
-        replay = subprocess.Popen(engine_cmd("dlq", "replay", PRESET_NAME, "--settings", settings, "--state", state_dir),
-                                  cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        replay = subprocess.Popen(
+            engine_cmd("dlq", "replay", PRESET_NAME, "--settings", settings, "--state", state_dir),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             until(lambda: sandbox.state()["mints"] == 1, what="the replay to start sending")
             # ... while a run on the same state adds new dead letters (its app's credentials are wrong).
-            wrong = write_settings(tmp_path / "wrong.yaml", sandbox.base_url,
-                                   {**creds, "client_id": "another-app", "refresh_token": "another-token"})
+            wrong = write_settings(
+                tmp_path / "wrong.yaml",
+                sandbox.base_url,
+                {**creds, "client_id": "another-app", "refresh_token": "another-token"},
+            )
             new = tmp_path / "new.ndjson"
-            new.write_text(ndjson([{**track(i, "new"), "traits": {"email": f"new{i}@replay.test"}}
-                                   for i in range(letters)]), encoding="utf-8")
-            beside = run_cli("run", PRESET_NAME, "--events", new, "--settings", wrong, "--state", state_dir, cwd=tmp_path)
+            new.write_text(
+                ndjson([{**track(i, "new"), "traits": {"email": f"new{i}@replay.test"}} for i in range(letters)]),
+                encoding="utf-8",
+            )
+            beside = run_cli(
+                "run", PRESET_NAME, "--events", new, "--settings", wrong, "--state", state_dir, cwd=tmp_path
+            )
             overlapped = replay.poll() is None
             out, err = replay.communicate(timeout=60)
         finally:
@@ -297,8 +343,9 @@ def test_a_replay_beside_a_run_loses_no_dead_letter(tmp_path: Path) -> None:
     assert beside.stdout.count('"dead_lettered"') == letters
     assert replay.returncode == 0, err
     assert [o["outcome"] for o in json_lines(out)] == ["delivered"] * letters
-    assert sorted(p["attributes"]["emails"][0] for p in final["prospects"]) == \
-        sorted(f"old{i}@replay.test" for i in range(letters))
+    assert sorted(p["attributes"]["emails"][0] for p in final["prospects"]) == sorted(
+        f"old{i}@replay.test" for i in range(letters)
+    )
     # Every letter the run added while the replay worked is still there; none of the replayed ones is.
     assert sorted(e["messageId"] for e in json_lines(listed.stdout)) == sorted(f"new-{i}" for i in range(letters))
 
@@ -341,8 +388,9 @@ class TokenServer:
             return web.json_response({"error": "invalid_grant"}, status=400)
         self.current = f"lock-refresh-{len(self.statuses) + 1}"
         self.statuses.append(200)
-        return web.json_response({"access_token": f"lock-access-{len(self.statuses)}", "expires_in": 7200,
-                                  "refresh_token": self.current})
+        return web.json_response(
+            {"access_token": f"lock-access-{len(self.statuses)}", "expires_in": 7200, "refresh_token": self.current}
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         self.creates += 1
@@ -369,12 +417,12 @@ class TokenServer:
         finally:
             self.loop.run_until_complete(runner.cleanup())
 
-    def __enter__(self) -> "TokenServer":
+    def __enter__(self) -> TokenServer:
         self._thread.start()
         assert self._ready.wait(10)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 
@@ -387,11 +435,18 @@ def test_two_processes_sharing_a_state_directory_refresh_once(tmp_path: Path) ->
         procs = []
         for n in range(2):
             events = tmp_path / f"events-{n}.ndjson"
-            events.write_text(ndjson([{**track(n, f"proc{n}"), "traits": {"email": f"p{n}@lock.test"}}]),
-                              encoding="utf-8")
-            procs.append(subprocess.Popen(engine_cmd("run", PRESET_NAME, "--events", events, "--settings", settings,
-                                                     "--state", state_dir),
-                                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            events.write_text(
+                ndjson([{**track(n, f"proc{n}"), "traits": {"email": f"p{n}@lock.test"}}]), encoding="utf-8"
+            )
+            procs.append(
+                subprocess.Popen(
+                    engine_cmd("run", PRESET_NAME, "--events", events, "--settings", settings, "--state", state_dir),
+                    cwd=tmp_path,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         results = [p.communicate(timeout=60) for p in procs]
         statuses, creates = list(server.statuses), server.creates
 
@@ -415,8 +470,9 @@ def test_the_default_state_directory_keeps_identity_tokens_and_the_journal_betwe
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         (work / "identify.ndjson").write_text(ndjson([identify(7, "default.test")]), encoding="utf-8")
         (work / "track.ndjson").write_text(ndjson([track(7)]), encoding="utf-8")
-        (work / "more.ndjson").write_text(ndjson([track(7), {**identify(8, "default.test"), "type": "identify"},
-                                                  track(8)]), encoding="utf-8")
+        (work / "more.ndjson").write_text(
+            ndjson([track(7), {**identify(8, "default.test"), "type": "identify"}, track(8)]), encoding="utf-8"
+        )
         first = run_cli("run", PRESET_NAME, "--events", "identify.ndjson", "--settings", settings, cwd=work)
         second = run_cli("run", PRESET_NAME, "--events", "track.ndjson", "--settings", settings, cwd=work)
         third = run_cli("run", PRESET_NAME, "--events", "more.ndjson", "--settings", settings, cwd=work)

@@ -26,9 +26,18 @@ from engine.state.sqlite.queue import QUEUE_DB, SqliteQueue
 from engine.state.token_store import StoredTokens
 
 PRESET = "hubspot/contacts"
-LETTER = {"id": "letter-1", "preset": PRESET, "messageId": "m-1", "action": "create",
-          "request": {"method": "POST", "url": "http://127.0.0.1:9/crm/v3/objects/contacts", "headers": {},
-                      "body": {"properties": {"email": "jane@acme.com"}}}}
+LETTER = {
+    "id": "letter-1",
+    "preset": PRESET,
+    "messageId": "m-1",
+    "action": "create",
+    "request": {
+        "method": "POST",
+        "url": "http://127.0.0.1:9/crm/v3/objects/contacts",
+        "headers": {},
+        "body": {"properties": {"email": "jane@acme.com"}},
+    },
+}
 
 
 def foreign_sqlite(path: Path) -> None:
@@ -69,8 +78,11 @@ REFUSED = {
 
 def snapshot(directory: Path) -> dict[str, bytes]:
     """The files of a directory; a reader of a WAL-mode file (a newer one) may add its -shm and an empty -wal."""
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())
-            if p.is_file() and not (p.name.endswith(("-shm", "-wal")) and (p.name.endswith("-shm") or not p.stat().st_size))}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not (p.name.endswith(("-shm", "-wal")) and (p.name.endswith("-shm") or not p.stat().st_size))
+    }
 
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
@@ -161,9 +173,11 @@ def test_the_queue_file_is_marked_and_an_empty_one_refused(tmp_path: Path) -> No
 def test_a_queue_file_of_the_version_before_the_marks_keeps_its_events(tmp_path: Path) -> None:
     # The queue as it was written before the marks: no user_version, no application_id.
     conn = sqlite3.connect(tmp_path / QUEUE_DB)
-    conn.execute("CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, "
-                 "enqueued_at REAL NOT NULL, consumer TEXT, leased_at REAL, deliveries INTEGER NOT NULL DEFAULT 0)")
-    conn.execute("INSERT INTO queue (body, enqueued_at) VALUES ('{\"type\": \"track\"}', 1)")
+    conn.execute(
+        "CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL, "
+        "enqueued_at REAL NOT NULL, consumer TEXT, leased_at REAL, deliveries INTEGER NOT NULL DEFAULT 0)"
+    )
+    conn.execute('INSERT INTO queue (body, enqueued_at) VALUES (\'{"type": "track"}\', 1)')
     conn.commit()
     conn.close()
     queue = SqliteQueue(tmp_path)
@@ -180,8 +194,7 @@ def test_a_queue_file_of_the_version_before_the_marks_keeps_its_events(tmp_path:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def test_the_cli_refuses_an_empty_state_file_and_reset_state_starts_afresh(tmp_path: Path) -> None:
@@ -191,8 +204,11 @@ def test_the_cli_refuses_an_empty_state_file_and_reset_state_starts_afresh(tmp_p
     settings = tmp_path / "settings.yaml"
     settings.write_text("access_token: some-token\n", encoding="utf-8")
 
-    for command in (["dlq", "list", PRESET], ["dlq", "replay", PRESET, "--settings", str(settings)],
-                    ["run", PRESET, "--settings", str(settings), "--events", "-"]):
+    for command in (
+        ["dlq", "list", PRESET],
+        ["dlq", "replay", PRESET, "--settings", str(settings)],
+        ["run", PRESET, "--settings", str(settings), "--events", "-"],
+    ):
         refused = cli(*command, "--state", str(state), cwd=tmp_path)
         assert refused.returncode == 2, (command, refused.stderr)
         lines = refused.stderr.strip().splitlines()
@@ -237,9 +253,15 @@ def test_an_io_error_on_a_healthy_state_file_is_not_a_refusal_and_reset_state_le
     healthy.close()
     before = snapshot(state)
     for command in (["dlq", "list", PRESET, "--reset-state"], ["dlq", "list", PRESET]):
-        failed = subprocess.run([sys.executable, "-m", "engine", *command, "--state", str(state)], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60, preexec_fn=_no_file_over_1_kib,
-                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        failed = subprocess.run(
+            [sys.executable, "-m", "engine", *command, "--state", str(state)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=_no_file_over_1_kib,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         assert failed.returncode == 2, (command, failed.stderr)
         lines = failed.stderr.strip().splitlines()
         assert len(lines) == 1 and str(state / "state.db") in lines[0] and "disk I/O error" in lines[0], lines
@@ -259,16 +281,28 @@ def test_serve_refuses_a_foreign_queue_file_before_it_listens(tmp_path: Path) ->
     env_file.write_text(json.dumps({"write_keys": ["wk"]}), encoding="utf-8")
     settings = tmp_path / "settings.yaml"
     settings.write_text("access_token: some-token\n", encoding="utf-8")
-    refused = cli("serve", PRESET, "--settings", str(settings), "--intake", str(env_file), "--port", "0",
-                  "--state", str(state), cwd=tmp_path)
+    refused = cli(
+        "serve",
+        PRESET,
+        "--settings",
+        str(settings),
+        "--intake",
+        str(env_file),
+        "--port",
+        "0",
+        "--state",
+        str(state),
+        cwd=tmp_path,
+    )
     assert refused.returncode == 2, refused.stderr
     assert str(state / QUEUE_DB) in refused.stderr and "another application" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert (state / QUEUE_DB).read_bytes() == before
 
 
-def test_reset_state_moves_a_refused_queue_file_aside_for_serve(tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_reset_state_moves_a_refused_queue_file_aside_for_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from engine.cli.common import UsageError, check_state_dir
 
     (tmp_path / QUEUE_DB).write_bytes(b"")

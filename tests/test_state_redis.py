@@ -17,14 +17,13 @@ from typing import Any
 import pytest
 import redis
 
-from fakes import FakeTime
-from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
-from service_helpers import until
-
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
 from engine.state.identity import IdentityLimits, Slot
 from engine.state.redis import RedisState
 from engine.state.token_store import StoredTokens
+from fakes import FakeTime
+from redis_server import redis_server, redis_url  # noqa: F401 - fixtures
+from service_helpers import until
 
 PRESET = "outreach/lead-capture"
 
@@ -34,6 +33,7 @@ def state(url: str, **options: Any) -> RedisState:
 
 
 # -- identity ---------------------------------------------------------------------
+
 
 def test_identity_follows_the_merge_rule_of_every_store(redis_url: str) -> None:
     store = state(redis_url).identity(PRESET, IdentityLimits())
@@ -74,8 +74,9 @@ def test_identity_is_bounded_by_bytes_least_recently_seen_first_and_by_age(redis
     backend = state(redis_url)
     from engine.state.redis.identity import RedisIdentityStore
 
-    store = RedisIdentityStore(backend.client, backend.keys, PRESET, IdentityLimits(ttl_seconds=100, max_bytes=300),
-                               clock=clock.monotonic)
+    store = RedisIdentityStore(
+        backend.client, backend.keys, PRESET, IdentityLimits(ttl_seconds=100, max_bytes=300), clock=clock.monotonic
+    )
     for i in range(10):
         store.merge([Slot("userId", f"u{i}")], {"email": f"user{i}@example.com"}, f"u{i}")
         clock.now += 1
@@ -98,6 +99,7 @@ def test_a_worker_whose_intake_writes_identity_only_reads_it(redis_url: str) -> 
 
 
 # -- journal and dead letters --------------------------------------------------------
+
 
 def test_the_journal_remembers_deliveries_for_its_window_across_workers(redis_url: str) -> None:
     first, second = state(redis_url).journal(PRESET, 60), state(redis_url).journal(PRESET, 60)
@@ -135,6 +137,7 @@ def test_dead_letters_keep_one_letter_per_event_and_change_one_at_a_time(redis_u
 
 
 # -- tokens ---------------------------------------------------------------------------
+
 
 def test_one_refresh_lock_across_workers_released_by_its_owner_and_expiring_if_it_dies(redis_url: str) -> None:
     a, b = state(redis_url).tokens("cid"), state(redis_url).tokens("cid")
@@ -182,8 +185,9 @@ def test_the_token_answers_values_are_kept_with_the_access_token(redis_url: str)
     """auth.token_values (an instance_url) come back with the token they were minted with; none stays none."""
     store = state(redis_url).tokens("cid-values")
     store.save(StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"}), "configured")
-    assert state(redis_url).tokens("cid-values").load("configured") == \
-        StoredTokens("rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"})
+    assert state(redis_url).tokens("cid-values").load("configured") == StoredTokens(
+        "rotated-1", "access-1", 5.0, {"instance_url": "https://eu7.example.test"}
+    )
     store.save(StoredTokens("rotated-2", "access-2", 6.0), "configured")
     assert state(redis_url).tokens("cid-values").load("configured").values == {}
 
@@ -208,7 +212,7 @@ def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis
             while True:
                 try:
                     await asyncio.wait_for(limiter.acquire(), 0.3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return
                 taken += 1
 
@@ -220,13 +224,14 @@ def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis
 
 def test_each_rate_window_is_shared_by_every_worker_on_its_own(redis_url: str, tmp_path: Path) -> None:
     """A daily window beside the burst one: two engines on one Redis spend the daily bucket once, together."""
+    from engine.runtime import Engine
     from language_fixtures import ACME_PRESET, write_acme
 
-    from engine.runtime import Engine
-
-    windows = ("  rate_limit: {requests: 100, per_seconds: 1}\n",
-               "  rate_limit:\n    requests: 100\n    per_seconds: 1\n    windows:\n"
-               "      - {requests: 86400, per_seconds: 86400}\n")  # a bucket of 60
+    windows = (
+        "  rate_limit: {requests: 100, per_seconds: 1}\n",
+        "  rate_limit:\n    requests: 100\n    per_seconds: 1\n    windows:\n"
+        "      - {requests: 86400, per_seconds: 86400}\n",
+    )  # a bucket of 60
     preset = str(write_acme(tmp_path, ACME_PRESET, windows))
 
     async def main() -> int:
@@ -239,7 +244,7 @@ def test_each_rate_window_is_shared_by_every_worker_on_its_own(redis_url: str, t
             while True:
                 try:
                     await asyncio.wait_for(limiter.acquire(), 0.3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return
                 taken += 1
 
@@ -309,6 +314,7 @@ def test_budgets_of_different_connections_are_separate(redis_url: str) -> None:
 
 # -- the queue ---------------------------------------------------------------------------------
 
+
 def test_the_stream_queue_hands_each_entry_to_one_worker_and_publishes_each_outcome_once(redis_url: str) -> None:
     async def main() -> None:
         backend = state(redis_url)
@@ -345,8 +351,11 @@ def test_the_events_of_a_request_are_queued_in_one_round_trip_in_order(redis_url
         await queue.append([json.dumps({"n": -1})])  # the script is loaded: what follows is the steady state
         client.config_resetstat()
         await queue.append([json.dumps({"n": i}) for i in range(100)])
-        calls = {name: stats["calls"] for name, stats in client.info("commandstats").items()
-                 if not name.startswith("cmdstat_config")}
+        calls = {
+            name: stats["calls"]
+            for name, stats in client.info("commandstats").items()
+            if not name.startswith("cmdstat_config")
+        }
         # One command from the intake's side; the XADDs run inside the script, in Redis.
         assert calls == {"cmdstat_evalsha": 1, "cmdstat_xadd": 100}
         entries = await queue.read("w", 200, 0.1)

@@ -24,20 +24,20 @@ import pytest
 from aiohttp import web
 
 from engine import outcome as oc
-from engine.golden import discover, render
 from engine.compile.compiler import PresetError, load_preset
+from engine.golden import discover, render
 from engine.language.settings import resolve
 from engine.outcome import Outcome
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
 from engine.sandbox.outreach import SandboxConfig, start_sandbox
+from engine.state.buffered import BufferedTokenStore
 from engine.state.errors import StateWriteError
 from engine.state.identity import IdentityLimits, MemoryIdentityStore
 from engine.state.journal import event_key
 from engine.state.sqlite import SqliteState, SqliteTokenStore
 from engine.state.sqlite.database import Database
-from engine.state.buffered import BufferedTokenStore
 from engine.state.token_store import MemoryTokenStore, StoredTokens, fingerprint
 
 PRESET = "outreach/lead-capture"
@@ -53,13 +53,21 @@ def settings(base_url: str, **extra: Any) -> dict[str, Any]:
 
 
 def lead(n: int, **fields: Any) -> dict[str, Any]:
-    return {"type": "track", "event": "Lead Submitted", "userId": f"u{n}", "messageId": f"m{n}",
-            "traits": {"email": f"lead{n}@acme.com"}, "context": CONSENT, **fields}
+    return {
+        "type": "track",
+        "event": "Lead Submitted",
+        "userId": f"u{n}",
+        "messageId": f"m{n}",
+        "traits": {"email": f"lead{n}@acme.com"},
+        "context": CONSENT,
+        **fields,
+    }
 
 
 async def sandbox(**config: Any) -> tuple[web.AppRunner, str]:
-    return await start_sandbox(SandboxConfig(client_id="cid", client_secret=CLIENT_SECRET, refresh_token=REFRESH,
-                                             **config), port=0)
+    return await start_sandbox(
+        SandboxConfig(client_id="cid", client_secret=CLIENT_SECRET, refresh_token=REFRESH, **config), port=0
+    )
 
 
 async def sandbox_state(base_url: str) -> dict[str, Any]:
@@ -106,13 +114,14 @@ def state_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch)
 # --------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _preset(name: str) -> Any:
     return load_preset(name)
 
 
-DRY_RUN_CASES = [c for c in discover(GOLDEN)
-                 if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)]
+DRY_RUN_CASES = [
+    c for c in discover(GOLDEN) if isinstance(json.loads(c.expected_path.read_text(encoding="utf-8")), list)
+]
 
 
 @pytest.mark.parametrize("case", DRY_RUN_CASES, ids=lambda c: c.name)
@@ -120,8 +129,11 @@ def test_every_golden_case_gives_the_same_outcomes_with_the_sqlite_identity_stor
     preset = _preset(case.preset_name)
     spec = json.loads(case.path.read_text(encoding="utf-8"))
     store = SqliteState(tmp_path).identity(preset.name, IdentityLimits.of(preset.identity))
-    pipeline = Pipeline(preset, resolve(preset.settings, spec.get("settings") or {}, require=False),
-                        IdentityMemory.for_preset(preset.identity, store))
+    pipeline = Pipeline(
+        preset,
+        resolve(preset.settings, spec.get("settings") or {}, require=False),
+        IdentityMemory.for_preset(preset.identity, store),
+    )
     actual = [pipeline.dry_run(event, i).to_dict() for i, event in enumerate(spec["events"])]
     assert render(actual) == case.expected_path.read_text(encoding="utf-8")
 
@@ -202,9 +214,11 @@ def test_identity_is_written_through_at_every_identify(tmp_path: Path) -> None:
 
 def test_the_preset_declares_the_bounds_and_the_dedupe_window(tmp_path: Path) -> None:
     text = BUILTIN.read_text(encoding="utf-8")
-    text = text.replace("  remember: [userId, anonymousId]\n",
-                        "  remember: [userId, anonymousId]\n  ttl_days: 7\n  max_bytes: 65536\n"
-                        "  max_trait_bytes: 256\n  memory_limit: 10\n")  # the old key is accepted and ignored
+    text = text.replace(
+        "  remember: [userId, anonymousId]\n",
+        "  remember: [userId, anonymousId]\n  ttl_days: 7\n  max_bytes: 65536\n"
+        "  max_trait_bytes: 256\n  memory_limit: 10\n",
+    )  # the old key is accepted and ignored
     text = text.replace("  concurrency: 8\n", "  concurrency: 8\n  dedupe_window_seconds: 600\n")
     path = tmp_path / "bounded.yaml"
     path.write_text(text, encoding="utf-8")
@@ -370,7 +384,8 @@ def test_the_same_event_dead_lettered_twice_is_one_letter(tmp_path: Path) -> Non
 
 
 def test_a_full_disk_spends_no_refresh_token_and_loses_no_dead_letter(
-        tmp_path: Path, disk: DiskFull, state_log: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, disk: DiskFull, state_log: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> tuple[list[Outcome], list[dict[str, Any]], dict[str, Any], list[Outcome], dict[str, Any]]:
         runner, base = await sandbox()
         try:
@@ -402,7 +417,8 @@ def test_a_full_disk_spends_no_refresh_token_and_loses_no_dead_letter(
 
 
 def test_a_rotated_token_the_disk_refuses_is_used_from_memory_and_saved_when_space_returns(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_log: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_log: pytest.LogCaptureFixture
+) -> None:
     original_save = SqliteTokenStore.save
     full = [False]
 
@@ -442,7 +458,8 @@ def test_a_rotated_token_the_disk_refuses_is_used_from_memory_and_saved_when_spa
 
 
 def test_a_rotated_token_the_disk_never_takes_is_reported_at_close(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_log: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_log: pytest.LogCaptureFixture
+) -> None:
     def save(store: SqliteTokenStore, tokens: StoredTokens, configured: str) -> None:
         raise StateWriteError("database or disk is full", full=True)
 
@@ -546,15 +563,35 @@ def test_files_of_an_earlier_version_are_imported_once(tmp_path: Path) -> None:
     folder = tmp_path / PRESET
     folder.mkdir(parents=True)
     token_file = folder / f"refresh-token-{fingerprint('cid')}.json"
-    token_file.write_text(json.dumps({"origin": fingerprint(REFRESH), "saved_at": 1_700_000_000,
-                                      "refresh_token": "rotated-before-upgrade", "access_token": None,
-                                      "access_expires_at": None}), encoding="utf-8")
+    token_file.write_text(
+        json.dumps(
+            {
+                "origin": fingerprint(REFRESH),
+                "saved_at": 1_700_000_000,
+                "refresh_token": "rotated-before-upgrade",
+                "access_token": None,
+                "access_expires_at": None,
+            }
+        ),
+        encoding="utf-8",
+    )
     (folder / "dead-letters.jsonl").write_text(
-        json.dumps({"id": "old1", "preset": PRESET, "action": "create_prospect", "messageId": "m-old",
-                    "request": {"method": "POST", "url": "http://x/api/v2/prospects", "headers": {}, "body": {}}})
-        + "\n{torn line", encoding="utf-8")
-    (folder / "identity.json").write_text(json.dumps(
-        [{"key": "userId", "id": "u1", "owner": "u1", "traits": {"email": "jane@acme.com"}}]), encoding="utf-8")
+        json.dumps(
+            {
+                "id": "old1",
+                "preset": PRESET,
+                "action": "create_prospect",
+                "messageId": "m-old",
+                "request": {"method": "POST", "url": "http://x/api/v2/prospects", "headers": {}, "body": {}},
+            }
+        )
+        + "\n{torn line",
+        encoding="utf-8",
+    )
+    (folder / "identity.json").write_text(
+        json.dumps([{"key": "userId", "id": "u1", "owner": "u1", "traits": {"email": "jane@acme.com"}}]),
+        encoding="utf-8",
+    )
 
     engine = Engine.from_preset(PRESET, settings("http://127.0.0.1:9"), state=tmp_path)
     stored = engine.token_store.load(settings("http://127.0.0.1:9")["refresh_token"])
@@ -562,7 +599,8 @@ def test_files_of_an_earlier_version_are_imported_once(tmp_path: Path) -> None:
     assert [e["id"] for e in engine.dead_letters.entries(PRESET)] == ["old1"]
     assert engine.pipeline.memory.recall({"userId": "u1"}) == {"email": "jane@acme.com"}
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{name}.imported" for name in (token_file.name, "dead-letters.jsonl", "identity.json"))
+        f"{name}.imported" for name in (token_file.name, "dead-letters.jsonl", "identity.json")
+    )
 
     # A later rotation is never replaced by the old file, even if it comes back.
     SqliteState(tmp_path).tokens("cid").save(StoredTokens("rotated-after-upgrade"), REFRESH)
@@ -608,8 +646,11 @@ def test_sqlite_keeps_the_token_answers_values_and_opens_a_database_made_without
     """A state made before token_values existed gets the column on open; its tokens load with no values."""
     db = Database(tmp_path)
     db.conn.execute("ALTER TABLE tokens DROP COLUMN token_values")
-    db.conn.execute("INSERT INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
-                    "VALUES (?, 'old-refresh', 'old-access', 1.0, 1.0)", (SqliteTokenStore(db, "cid").chain(REFRESH),))
+    db.conn.execute(
+        "INSERT INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
+        "VALUES (?, 'old-refresh', 'old-access', 1.0, 1.0)",
+        (SqliteTokenStore(db, "cid").chain(REFRESH),),
+    )
     db.close()
     reopened = Database(tmp_path)
     store = SqliteTokenStore(reopened, "cid")
@@ -617,4 +658,3 @@ def test_sqlite_keeps_the_token_answers_values_and_opens_a_database_made_without
     store.save(StoredTokens("rotated-1", "access-1", 2.0, {"api_domain": "https://www.zohoapis.eu"}), REFRESH)
     assert SqliteTokenStore(Database(tmp_path), "cid").load(REFRESH).values == {"api_domain": "https://www.zohoapis.eu"}
     assert sqlite3.connect(str(tmp_path / "state.db")).execute("PRAGMA user_version").fetchone()[0] == 1
-

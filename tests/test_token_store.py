@@ -25,10 +25,13 @@ def test_fingerprint_is_short_stable_and_one_way() -> None:
     assert CONFIGURED not in tag
 
 
-
 def test_engine_with_state_dir_keeps_tokens_in_the_state_database_per_client_and_chain(tmp_path: Path) -> None:
-    settings = {"client_id": "cid", "client_secret": "s3cr3t-client", "refresh_token": CONFIGURED,
-                "base_url": "https://api.outreach.test"}
+    settings = {
+        "client_id": "cid",
+        "client_secret": "s3cr3t-client",
+        "refresh_token": CONFIGURED,
+        "base_url": "https://api.outreach.test",
+    }
     engine = Engine.from_preset("outreach/lead-capture", settings, state=tmp_path)
     store = engine.token_store.inner
     assert isinstance(store, SqliteTokenStore)

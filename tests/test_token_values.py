@@ -17,12 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from language_fixtures import ACME_PRESET, lead, write_acme
-
 from engine import outcome as oc
 from engine.compile.compiler import PresetError, load_preset
 from engine.pipeline.prepare import Pipeline
 from engine.runtime import Engine
+from language_fixtures import ACME_PRESET, lead, write_acme
 
 OAUTH = """\
 auth:
@@ -70,8 +69,12 @@ class Destination:
         form = await request.post()
         assert form["grant_type"] == "refresh_token"
         self.mints += 1
-        answer = {"access_token": f"access-token-{self.mints}", "refresh_token": f"rotated-{self.mints}",
-                  "expires_in": 3600, "instance_url": f"{self.base}/instance-7"}
+        answer = {
+            "access_token": f"access-token-{self.mints}",
+            "refresh_token": f"rotated-{self.mints}",
+            "expires_in": 3600,
+            "instance_url": f"{self.base}/instance-7",
+        }
         if not self.instance:
             del answer["instance_url"]
         return web.json_response(answer)
@@ -176,13 +179,16 @@ def test_check_refuses_an_undeclared_token_value_at_its_line(tmp_path: Path) -> 
 
 
 def test_check_refuses_a_token_value_without_an_oauth_kind(tmp_path: Path) -> None:
-    path = write_acme(tmp_path, ACME_PRESET, ('url: "{settings.base_url}/v1/contacts"\n',
-                                              'url: "{token.instance_url}/v1/contacts"\n'))
+    path = write_acme(
+        tmp_path, ACME_PRESET, ('url: "{settings.base_url}/v1/contacts"\n', 'url: "{token.instance_url}/v1/contacts"\n')
+    )
     [line] = problems(path)
     assert line.startswith(line_of(path, "{token.instance_url}")) and "declares no token_values" in line
 
 
 def test_check_refuses_a_token_value_in_the_token_url(tmp_path: Path) -> None:
-    path = oauth_preset(tmp_path, ('token_url: "{settings.base_url}/oauth/token"', 'token_url: "{token.instance_url}/oauth/token"'))
+    path = oauth_preset(
+        tmp_path, ('token_url: "{settings.base_url}/oauth/token"', 'token_url: "{token.instance_url}/oauth/token"')
+    )
     [line] = problems(path)
     assert line.startswith(line_of(path, "token_url:")) and "unknown placeholder {token.instance_url}" in line

@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fakes import SEED_DEMO_REQUESTED_PAYLOAD
-
-from engine.language import expressions, resources
 from engine import outcome as oc
+from engine.compile.compiler import load_preset
+from engine.language import expressions, resources
 from engine.language.expressions import Expression, ExpressionError
+from engine.language.settings import resolve
+from engine.language.templates import Template, TemplateError
 from engine.pipeline.normalisers import NORMALISERS, InvalidValue, country, email, phone_e164, text
 from engine.pipeline.output_contract import ContractViolation, OutputContract, omit_empty
 from engine.pipeline.prepare import Pipeline
-from engine.compile.compiler import load_preset
-from engine.language.settings import resolve
-from engine.language.templates import Template, TemplateError
+from fakes import SEED_DEMO_REQUESTED_PAYLOAD
 
 REFUSED = object()  # the normaliser refuses the value: InvalidValue, and the trait is left out
 
@@ -45,8 +43,7 @@ def edited_preset(tmp_path: Path, *edits: tuple[str, str]) -> str:
 
 
 def demo_requested(traits: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "track", "event": "Demo Requested", "userId": "user-123", "context": CONSENTED,
-            "traits": traits}
+    return {"type": "track", "event": "Demo Requested", "userId": "user-123", "context": CONSENTED, "traits": traits}
 
 
 def prospect_contract() -> OutputContract:
@@ -60,9 +57,20 @@ def prospect_contract() -> OutputContract:
 
 def test_seed_example_demo_requested_produces_the_documented_payload() -> None:
     p = pipeline()
-    p.dry_run({"type": "identify", "userId": "user-123", "traits": {
-        "email": "jane.doe@acme.com", "firstName": "Jane", "lastName": "Doe", "company": "Acme Inc",
-        "title": "Head of Growth", "phone": "+44 7700 900123"}})
+    p.dry_run(
+        {
+            "type": "identify",
+            "userId": "user-123",
+            "traits": {
+                "email": "jane.doe@acme.com",
+                "firstName": "Jane",
+                "lastName": "Doe",
+                "company": "Acme Inc",
+                "title": "Head of Growth",
+                "phone": "+44 7700 900123",
+            },
+        }
+    )
     result = p.dry_run({"type": "track", "event": "Demo Requested", "userId": "user-123", "context": CONSENTED})
     assert result.outcome == oc.WOULD_SEND
     assert result.request is not None
@@ -77,14 +85,17 @@ def test_seed_example_demo_requested_produces_the_documented_payload() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("  Jane.Doe@ACME.com ", "jane.doe@acme.com"),
-    ("\tA@B.CO\n", "a@b.co"),
-    ("x@y.co.uk", "x@y.co.uk"),
-    (None, None),
-    ("", None),
-    ("   ", None),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  Jane.Doe@ACME.com ", "jane.doe@acme.com"),
+        ("\tA@B.CO\n", "a@b.co"),
+        ("x@y.co.uk", "x@y.co.uk"),
+        (None, None),
+        ("", None),
+        ("   ", None),
+    ],
+)
 def test_email_trimmed_and_lower_cased(raw: Any, expected: str | None) -> None:
     assert email(raw) == expected
 
@@ -95,21 +106,28 @@ def test_email_invalid(raw: Any) -> None:
         email(raw)
 
 
-@pytest.mark.parametrize("raw, traits, expected", [
-    ("+44 7700 900123", None, "+447700900123"),  # possible but not "valid" (reserved drama range)
-    ("+1 (415) 555-2671", None, "+14155552671"),
-    ("07700 900123", {"country": "GB"}, "+447700900123"),
-    ("07700 900123", {"country": " gb "}, "+447700900123"),
-    ("(415) 555-2671", {"country": "US"}, "+14155552671"),
-    ("07700 900123", None, REFUSED),  # national number, no region
-    ("07700 900123", {"country": "United Kingdom"}, "+447700900123"),  # region_from goes through the country normaliser
-    ("07700 900123", {"country": "Atlantis"}, REFUSED),  # an unknown country only costs the default region
-    ("not a phone", None, REFUSED),
-    ("+1 555", None, REFUSED),  # too short to be possible
-    ("", None, None),
-    (None, None, None),
-    (True, None, REFUSED),
-])
+@pytest.mark.parametrize(
+    "raw, traits, expected",
+    [
+        ("+44 7700 900123", None, "+447700900123"),  # possible but not "valid" (reserved drama range)
+        ("+1 (415) 555-2671", None, "+14155552671"),
+        ("07700 900123", {"country": "GB"}, "+447700900123"),
+        ("07700 900123", {"country": " gb "}, "+447700900123"),
+        ("(415) 555-2671", {"country": "US"}, "+14155552671"),
+        ("07700 900123", None, REFUSED),  # national number, no region
+        (
+            "07700 900123",
+            {"country": "United Kingdom"},
+            "+447700900123",
+        ),  # region_from goes through the country normaliser
+        ("07700 900123", {"country": "Atlantis"}, REFUSED),  # an unknown country only costs the default region
+        ("not a phone", None, REFUSED),
+        ("+1 555", None, REFUSED),  # too short to be possible
+        ("", None, None),
+        (None, None, None),
+        (True, None, REFUSED),
+    ],
+)
 def test_phone_e164(raw: Any, traits: dict[str, Any] | None, expected: str | None) -> None:
     """A present but unusable phone is refused (InvalidValue): the trait is left out and named in the outcome."""
     if expected is REFUSED:
@@ -124,10 +142,21 @@ def test_phone_region_is_ignored_without_region_from_option() -> None:
         phone_e164("07700 900123", {"country": "GB"}, None)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("  Acme Inc  ", "Acme Inc"), (42, "42"), (1.5, "1.5"), ("", None), ("   ", None), (None, None),
-    (True, REFUSED), (False, REFUSED), (["a"], REFUSED), ({"a": 1}, REFUSED),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("  Acme Inc  ", "Acme Inc"),
+        (42, "42"),
+        (1.5, "1.5"),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        (True, REFUSED),
+        (False, REFUSED),
+        (["a"], REFUSED),
+        ({"a": 1}, REFUSED),
+    ],
+)
 def test_text(raw: Any, expected: str | None) -> None:
     if expected is REFUSED:
         with pytest.raises(InvalidValue):
@@ -136,12 +165,30 @@ def test_text(raw: Any, expected: str | None) -> None:
         assert text(raw) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("GB", "GB"), ("gb", "GB"), ("GBR", "GB"), ("826", "GB"), ("United Kingdom", "GB"), ("  united kingdom ", "GB"),
-    ("UK", "GB"), ("Germany", "DE"), ("DEU", "DE"), ("United States", "US"), ("USA", "US"),
-    ("Côte d’Ivoire", "CI"), ("Cote d'Ivoire", "CI"), ("Viet Nam", "VN"), ("", None), (None, None),
-    ("Atlantis", REFUSED), ("G", REFUSED), ({"code": "GB"}, REFUSED),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("GB", "GB"),
+        ("gb", "GB"),
+        ("GBR", "GB"),
+        ("826", "GB"),
+        ("United Kingdom", "GB"),
+        ("  united kingdom ", "GB"),
+        ("UK", "GB"),
+        ("Germany", "DE"),
+        ("DEU", "DE"),
+        ("United States", "US"),
+        ("USA", "US"),
+        ("Côte d’Ivoire", "CI"),
+        ("Cote d'Ivoire", "CI"),
+        ("Viet Nam", "VN"),
+        ("", None),
+        (None, None),
+        ("Atlantis", REFUSED),
+        ("G", REFUSED),
+        ({"code": "GB"}, REFUSED),
+    ],
+)
 def test_country_gives_iso_alpha_2(raw: Any, expected: str | None) -> None:
     """ISO 3166-1: GB is the United Kingdom (alpha-3 GBR, numeric 826); DE Germany; US the United States."""
     if expected is REFUSED:
@@ -151,7 +198,6 @@ def test_country_gives_iso_alpha_2(raw: Any, expected: str | None) -> None:
         assert country(raw) == expected
 
 
-
 def test_normaliser_names_are_the_schema_enum() -> None:
     schema = json.loads((resources.schemas_dir() / "preset.schema.json").read_text(encoding="utf-8"))
     assert set(NORMALISERS) == set(schema["$defs"]["trait"]["properties"]["normalise"]["enum"])
@@ -159,9 +205,17 @@ def test_normaliser_names_are_the_schema_enum() -> None:
 
 
 def test_pipeline_normalises_traits_before_mapping() -> None:
-    result = pipeline().dry_run(demo_requested({
-        "email": "  Jane.Doe@Acme.COM", "firstName": "  Jane ", "phone": "07700 900123", "country": "GB",
-        "company": 1234}))
+    result = pipeline().dry_run(
+        demo_requested(
+            {
+                "email": "  Jane.Doe@Acme.COM",
+                "firstName": "  Jane ",
+                "phone": "07700 900123",
+                "country": "GB",
+                "company": 1234,
+            }
+        )
+    )
     attrs = result.request["body"]["data"]["attributes"] if result.request else {}
     assert attrs["emails"] == ["jane.doe@acme.com"]
     assert attrs["firstName"] == "Jane"
@@ -191,24 +245,49 @@ def test_undeclared_traits_never_reach_the_document() -> None:
 
 
 def test_omit_empty_recursively() -> None:
-    doc = {"a": None, "b": "", "c": [], "d": {}, "e": 0, "f": False, "g": [None, "", "x", [], {}],
-           "h": {"x": None, "y": {"z": ""}}, "i": " ", "j": 0.0}
+    doc = {
+        "a": None,
+        "b": "",
+        "c": [],
+        "d": {},
+        "e": 0,
+        "f": False,
+        "g": [None, "", "x", [], {}],
+        "h": {"x": None, "y": {"z": ""}},
+        "i": " ",
+        "j": 0.0,
+    }
     assert omit_empty(doc) == {"e": 0, "f": False, "g": ["x"], "i": " ", "j": 0.0}
 
 
 def test_pipeline_omits_empty_attributes() -> None:
-    result = pipeline().dry_run(demo_requested({"email": "a@b.co", "firstName": "Jane", "lastName": "",
-                                                "title": None, "phone": "nonsense"}))
+    result = pipeline().dry_run(
+        demo_requested({"email": "a@b.co", "firstName": "Jane", "lastName": "", "title": None, "phone": "nonsense"})
+    )
     assert result.request is not None
     assert result.request["body"]["data"]["attributes"] == {
-        "emails": ["a@b.co"], "firstName": "Jane", "name": "Jane", "tags": ["Signal", "demo-request"]}
+        "emails": ["a@b.co"],
+        "firstName": "Jane",
+        "name": "Jane",
+        "tags": ["Signal", "demo-request"],
+    }
 
 
 def test_truncate_to_schema_max_length() -> None:
     contract = prospect_contract()
-    doc = {"data": {"type": "prospect", "attributes": {
-        "emails": ["a@b.co"], "title": "t" * 300, "firstName": "f" * 256, "lastName": "l" * 255,
-        "name": "n" * 300, "tags": ["x" * 300]}}}
+    doc = {
+        "data": {
+            "type": "prospect",
+            "attributes": {
+                "emails": ["a@b.co"],
+                "title": "t" * 300,
+                "firstName": "f" * 256,
+                "lastName": "l" * 255,
+                "name": "n" * 300,
+                "tags": ["x" * 300],
+            },
+        }
+    }
     out = contract.truncate(doc)["data"]["attributes"]
     assert out["title"] == "t" * 255
     assert out["firstName"] == "f" * 255
@@ -235,12 +314,15 @@ def test_without_truncation_a_long_title_is_a_contract_violation(tmp_path: Path)
     assert "/data/attributes/occupation" in (result.detail or "")
 
 
-@pytest.mark.parametrize("attributes, pointer", [
-    ({"emails": "a@b.co"}, "/data/attributes/emails"),
-    ({"emails": ["a@b.co"], "tags": ["x", 3]}, "/data/attributes/tags/1"),
-    ({"emails": ["a@b.co"], "bogus": 1}, "/data/attributes"),
-    ({"emails": []}, "/data/attributes/emails"),
-])
+@pytest.mark.parametrize(
+    "attributes, pointer",
+    [
+        ({"emails": "a@b.co"}, "/data/attributes/emails"),
+        ({"emails": ["a@b.co"], "tags": ["x", 3]}, "/data/attributes/tags/1"),
+        ({"emails": ["a@b.co"], "bogus": 1}, "/data/attributes"),
+        ({"emails": []}, "/data/attributes/emails"),
+    ],
+)
 def test_contract_violation_names_the_field(attributes: dict[str, Any], pointer: str) -> None:
     with pytest.raises(ContractViolation) as info:
         prospect_contract().check({"data": {"type": "prospect", "attributes": attributes}})
@@ -289,7 +371,8 @@ def test_template_percent_encodes_values_outside_settings() -> None:
     url = template.render({"settings": {"base_url": "https://api.example.com"}, "found": {"id": "1/2 ?#&=%"}})
     assert url == "https://api.example.com/api/v2/prospects/1%2F2%20%3F%23%26%3D%25"
     assert template.render({"settings": {"base_url": "http://127.0.0.1:8080"}, "found": {"id": 42}}) == (
-        "http://127.0.0.1:8080/api/v2/prospects/42")
+        "http://127.0.0.1:8080/api/v2/prospects/42"
+    )
 
 
 def test_template_missing_value_is_an_error() -> None:
@@ -322,10 +405,13 @@ def test_expression_evaluates(backend: str) -> None:
     assert expr.source.startswith('{"n"')
 
 
-@pytest.mark.parametrize("source, offending", [
-    ('{"a": 1 +}', "}"),
-    ("[1, 2 +]", "]"),
-])
+@pytest.mark.parametrize(
+    "source, offending",
+    [
+        ('{"a": 1 +}', "}"),
+        ("[1, 2 +]", "]"),
+    ],
+)
 def test_compile_error_reports_a_position(source: str, offending: str, backend: str) -> None:
     with pytest.raises(ExpressionError) as info:
         Expression.compile(source, backend=backend)
@@ -345,14 +431,15 @@ def test_compile_error_without_closing_paren(backend: str) -> None:
 def test_same_compiled_expression_evaluated_500_times(backend: str) -> None:
     # jsonata-python keeps its depth/timeout counters on the compiled object;
     # a naive adapter fails after a few dozen calls.
-    expr = Expression.compile('($f := function($n){ $n = 0 ? 0 : 1 + $f($n - 1) }; {"d": $f(depth), "t": tag})',
-                              backend=backend)
+    expr = Expression.compile(
+        '($f := function($n){ $n = 0 ? 0 : 1 + $f($n - 1) }; {"d": $f(depth), "t": tag})', backend=backend
+    )
     for i in range(500):
         assert expr.evaluate({"depth": 20, "tag": i}) == {"d": 20, "t": i}
 
 
 def test_failures_do_not_poison_later_evaluations(backend: str) -> None:
-    expr = Expression.compile('($f := function($n){ $n = 0 ? 0 : 1 + $f($n - 1) }; $f(depth))', backend=backend)
+    expr = Expression.compile("($f := function($n){ $n = 0 ? 0 : 1 + $f($n - 1) }; $f(depth))", backend=backend)
     for _ in range(20):
         with pytest.raises(ExpressionError):
             expr.evaluate({"depth": 100_000})
@@ -378,8 +465,9 @@ def test_infinite_recursion_is_stopped(backend: str) -> None:
 
 
 def test_infinite_tail_recursion_is_stopped_by_the_timeout(backend: str) -> None:
-    expr = Expression.compile("($f := function($x){ $f($x) }; $f(1))", expressions.ExpressionLimits(timeout_ms=200),
-                              backend)
+    expr = Expression.compile(
+        "($f := function($x){ $f($x) }; $f(1))", expressions.ExpressionLimits(timeout_ms=200), backend
+    )
     started = time.monotonic()
     with pytest.raises(expressions.ExpressionLimitError) as info:
         expr.evaluate({})
@@ -388,6 +476,6 @@ def test_infinite_tail_recursion_is_stopped_by_the_timeout(backend: str) -> None
 
 
 def test_evaluations_do_not_share_bindings(backend: str) -> None:
-    expr = Expression.compile('($x := a; $x)', backend=backend)
+    expr = Expression.compile("($x := a; $x)", backend=backend)
     assert expr.evaluate({"a": 1}) == 1
     assert expr.evaluate({"b": 2}) is None

@@ -20,8 +20,14 @@ KEY = "k-user-7d1e"
 
 def cli(*args: object, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env=environ)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
+    )
 
 
 def make_user_repo(root: Path) -> Path:
@@ -32,39 +38,93 @@ def make_user_repo(root: Path) -> Path:
     # A mapping case: the expected outcome is written out by hand from the preset's mapping
     # (email lower-cased by the email normaliser, country to ISO alpha-2, name cut to the
     # common schema's maxLength of 10, the credential shown as the mask).
-    (cases / "mapping.json").write_text(json.dumps({
-        "description": "a lead becomes one contact document",
-        "events": [lead("Jane@Acme.test", name="Jane Doe-Smithson", country="United Kingdom")],
-    }), encoding="utf-8")
-    (cases / "mapping.expected.json").write_text(json.dumps([{
-        "index": 0, "messageId": "m-1", "outcome": "would_send",
-        "request": {"method": "POST", "url": "https://api.acme.test/v1/contacts?key=***",
-                    "headers": {"Content-Type": "application/json", "Accept": "application/json"},
-                    "body": {"email": "jane@acme.test", "name": "Jane Doe-S", "country": "GB", "source": "signup"}},
-    }], indent=2) + "\n", encoding="utf-8")
+    (cases / "mapping.json").write_text(
+        json.dumps(
+            {
+                "description": "a lead becomes one contact document",
+                "events": [lead("Jane@Acme.test", name="Jane Doe-Smithson", country="United Kingdom")],
+            }
+        ),
+        encoding="utf-8",
+    )
+    (cases / "mapping.expected.json").write_text(
+        json.dumps(
+            [
+                {
+                    "index": 0,
+                    "messageId": "m-1",
+                    "outcome": "would_send",
+                    "request": {
+                        "method": "POST",
+                        "url": "https://api.acme.test/v1/contacts?key=***",
+                        "headers": {"Content-Type": "application/json", "Accept": "application/json"},
+                        "body": {"email": "jane@acme.test", "name": "Jane Doe-S", "country": "GB", "source": "signup"},
+                    },
+                }
+            ],
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     # A delivery case: a duplicate answered 409, merged by PATCH into the id the conflict names.
-    (cases / "conflict.json").write_text(json.dumps({
-        "description": "a 409 DUPLICATE is merged into the id named in its message",
-        "settings": {"api_key": KEY},
-        "events": [lead("jane@acme.test")],
-        "responses": [{"status": 409, "body": {"code": "DUPLICATE", "message": "exists as id 31"}},
-                      {"status": 200, "body": {"id": 31}}],
-    }), encoding="utf-8")
+    (cases / "conflict.json").write_text(
+        json.dumps(
+            {
+                "description": "a 409 DUPLICATE is merged into the id named in its message",
+                "settings": {"api_key": KEY},
+                "events": [lead("jane@acme.test")],
+                "responses": [
+                    {"status": 409, "body": {"code": "DUPLICATE", "message": "exists as id 31"}},
+                    {"status": 200, "body": {"id": 31}},
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
     body = {"email": "jane@acme.test", "source": "signup"}
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    (cases / "conflict.expected.json").write_text(json.dumps({
-        "exchanges": [
-            {"method": "POST", "url": "https://api.acme.test/v1/contacts?key=***", "headers": headers, "body": body,
-             "answered": 409},
-            {"method": "PATCH", "url": "https://api.acme.test/v1/contacts/31?key=***", "headers": headers,
-             "body": body, "answered": 200},
-        ],
-        "outcomes": [{"index": 0, "messageId": "m-1", "outcome": "delivered",
-                      "detail": "merged into the existing contact (id 31)", "attempts": 2,
-                      "request": {"method": "PATCH", "url": "https://api.acme.test/v1/contacts/31?key=***",
-                                  "headers": headers, "body": body},
-                      "response": {"status": 200, "body": {"id": 31}}}],
-    }, indent=2) + "\n", encoding="utf-8")
+    (cases / "conflict.expected.json").write_text(
+        json.dumps(
+            {
+                "exchanges": [
+                    {
+                        "method": "POST",
+                        "url": "https://api.acme.test/v1/contacts?key=***",
+                        "headers": headers,
+                        "body": body,
+                        "answered": 409,
+                    },
+                    {
+                        "method": "PATCH",
+                        "url": "https://api.acme.test/v1/contacts/31?key=***",
+                        "headers": headers,
+                        "body": body,
+                        "answered": 200,
+                    },
+                ],
+                "outcomes": [
+                    {
+                        "index": 0,
+                        "messageId": "m-1",
+                        "outcome": "delivered",
+                        "detail": "merged into the existing contact (id 31)",
+                        "attempts": 2,
+                        "request": {
+                            "method": "PATCH",
+                            "url": "https://api.acme.test/v1/contacts/31?key=***",
+                            "headers": headers,
+                            "body": body,
+                        },
+                        "response": {"status": 200, "body": {"id": 31}},
+                    }
+                ],
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     return preset
 
 
@@ -83,8 +143,9 @@ def test_check_and_golden_on_a_preset_outside_the_repository(tmp_path: Path) -> 
 def test_golden_fails_and_shows_the_diff_when_the_contract_breaks(tmp_path: Path) -> None:
     preset = make_user_repo(tmp_path / "user-repo")
     expected = tmp_path / "user-repo" / "cases" / "conflict.expected.json"
-    expected.write_text(expected.read_text(encoding="utf-8").replace('"answered": 409', '"answered": 422'),
-                        encoding="utf-8")
+    expected.write_text(
+        expected.read_text(encoding="utf-8").replace('"answered": 409', '"answered": 422'), encoding="utf-8"
+    )
     golden = cli("golden", "--preset", preset, tmp_path / "user-repo" / "cases", cwd=tmp_path)
     assert golden.returncode == 1
     assert '-      "answered": 422' in golden.stdout and '+      "answered": 409' in golden.stdout
@@ -98,8 +159,15 @@ def test_a_preset_name_is_found_in_a_preset_path_folder(tmp_path: Path) -> None:
     by_flag = cli("run", "acme/contacts", "--preset-path", folder, "--events", events, "--dry-run", cwd=tmp_path)
     assert by_flag.returncode == 0, by_flag.stderr
     assert json.loads(by_flag.stdout)["outcome"] == "would_send"
-    by_env = cli("run", "acme/contacts", "--events", events, "--dry-run", cwd=tmp_path,
-                 env={"SIGNAL_ENGINE_PRESET_PATH": str(folder)})
+    by_env = cli(
+        "run",
+        "acme/contacts",
+        "--events",
+        events,
+        "--dry-run",
+        cwd=tmp_path,
+        env={"SIGNAL_ENGINE_PRESET_PATH": str(folder)},
+    )
     assert by_env.returncode == 0, by_env.stderr
     assert by_env.stdout == by_flag.stdout
     unknown = cli("run", "acme/contacts", "--events", events, "--dry-run", cwd=tmp_path)

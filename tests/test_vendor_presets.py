@@ -11,14 +11,14 @@ rate-limit windows pass without real sleeps.
 from __future__ import annotations
 
 import asyncio
-
 import json
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -35,29 +35,48 @@ CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 
 def lead(event: str, mid: str, **traits: Any) -> dict[str, Any]:
-    return {"type": "track", "event": event, "messageId": mid, "userId": "user-204", "traits": traits,
-            "context": CONSENT}
+    return {
+        "type": "track",
+        "event": event,
+        "messageId": mid,
+        "userId": "user-204",
+        "traits": traits,
+        "context": CONSENT,
+    }
 
 
 MARCUS = {"email": "marcus.lee@northwind.io", "firstName": "Marcus", "lastName": "Lee", "company": "Northwind Traders"}
 SAME_LEAD_TWICE = [
     lead("Form Submitted", "twice-1", **MARCUS, city="London", country="United Kingdom"),
-    lead("Demo Requested", "twice-2", **{**MARCUS, "email": " Marcus.Lee@Northwind.io"}, title="VP Sales",
-         phone="020 7946 0958", country="GB"),
+    lead(
+        "Demo Requested",
+        "twice-2",
+        **{**MARCUS, "email": " Marcus.Lee@Northwind.io"},
+        title="VP Sales",
+        phone="020 7946 0958",
+        country="GB",
+    ),
 ]
 
 
 @asynccontextmanager
-async def delivering(module: Any, preset: str, settings: dict[str, Any], **config: Any
-                     ) -> AsyncIterator[tuple[Any, Engine, FakeTime]]:
+async def delivering(
+    module: Any, preset: str, settings: dict[str, Any], **config: Any
+) -> AsyncIterator[tuple[Any, Engine, FakeTime]]:
     """The vendor's fake on loopback, and an engine for ``preset`` pointed at it, sharing one fake clock."""
     runner, base = await module.start_sandbox(module.SandboxConfig(**config), port=0)
     fake = FakeTime()
     state = runner.app[module.STATE_KEY]
     wall = time.time()
     state.clock = lambda: wall + (fake.now - 1_000.0)
-    engine = Engine.from_preset(preset, {**settings, "base_url": base}, token_store=MemoryTokenStore(),
-                                dead_letters=MemoryDeadLetters(), sleep=fake.sleep, clock=fake.monotonic)
+    engine = Engine.from_preset(
+        preset,
+        {**settings, "base_url": base},
+        token_store=MemoryTokenStore(),
+        dead_letters=MemoryDeadLetters(),
+        sleep=fake.sleep,
+        clock=fake.monotonic,
+    )
     try:
         async with engine:
             yield state, engine, fake
@@ -83,18 +102,32 @@ HUBSPOT = {"access_token": "sandbox-private-app-token"}
 def test_hubspot_same_lead_twice_is_one_contact_created_then_patched() -> None:
     async def scenario() -> None:
         settings = {**HUBSPOT, "tags_property": "signal_tags"}
-        async with delivering(hubspot, "hubspot/contacts", settings, custom_properties=["signal_tags"]) as (state, engine, _):
+        async with delivering(hubspot, "hubspot/contacts", settings, custom_properties=["signal_tags"]) as (
+            state,
+            engine,
+            _,
+        ):
             outcomes = await deliver(engine, SAME_LEAD_TWICE)
         assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
         assert outcomes[1].detail == "Duplicate email, merged into the existing contact (id 1)"
         assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
-            ("POST", "/crm/v3/objects/contacts", 201), ("POST", "/crm/v3/objects/contacts", 409),
-            ("PATCH", "/crm/v3/objects/contacts/1", 200)]
+            ("POST", "/crm/v3/objects/contacts", 201),
+            ("POST", "/crm/v3/objects/contacts", 409),
+            ("PATCH", "/crm/v3/objects/contacts/1", 200),
+        ]
         assert (state.creates, state.updates, len(state.contacts)) == (1, 1, 1)
         assert state.contacts["1"] == {
-            "email": "marcus.lee@northwind.io", "firstname": "Marcus", "lastname": "Lee", "company": "Northwind Traders",
-            "city": "London", "country": "GB", "lifecyclestage": "lead", "signal_tags": "Signal;form",
-            "jobtitle": "VP Sales", "mobilephone": "+442079460958"}
+            "email": "marcus.lee@northwind.io",
+            "firstname": "Marcus",
+            "lastname": "Lee",
+            "company": "Northwind Traders",
+            "city": "London",
+            "country": "GB",
+            "lifecyclestage": "lead",
+            "signal_tags": "Signal;form",
+            "jobtitle": "VP Sales",
+            "mobilephone": "+442079460958",
+        }
         assert "sandbox-private-app-token" not in text_of(outcomes)
 
     asyncio.run(scenario())
@@ -102,7 +135,11 @@ def test_hubspot_same_lead_twice_is_one_contact_created_then_patched() -> None:
 
 def test_hubspot_wrong_token_is_dead_lettered_for_replay_and_the_token_is_never_shown() -> None:
     async def scenario() -> None:
-        async with delivering(hubspot, "hubspot/contacts", {"access_token": "pat-na1-wrong-token"}) as (state, engine, _):
+        async with delivering(hubspot, "hubspot/contacts", {"access_token": "pat-na1-wrong-token"}) as (
+            state,
+            engine,
+            _,
+        ):
             outcomes = await deliver(engine, SAME_LEAD_TWICE[:1])
         (outcome,) = outcomes
         assert (outcome.outcome, outcome.cause, outcome.attempts) == (oc.DEAD_LETTERED, oc.AUTH_REJECTED, 1)
@@ -139,8 +176,12 @@ def test_salesloft_same_lead_twice_is_one_person_with_merged_tags() -> None:
     async def scenario() -> None:
         runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(), port=0)
         try:
-            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
-                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            engine = Engine.from_preset(
+                "salesloft/people",
+                {**SALESLOFT, "base_url": base, "accounts_url": base},
+                token_store=MemoryTokenStore(),
+                dead_letters=MemoryDeadLetters(),
+            )
             async with engine:
                 outcomes = await deliver(engine, SAME_LEAD_TWICE)
             state = runner.app[salesloft.STATE_KEY]
@@ -149,7 +190,11 @@ def test_salesloft_same_lead_twice_is_one_person_with_merged_tags() -> None:
         assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
         assert outcomes[1].detail == "Duplicate email, merged into the existing person (id 1)"
         assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
-            ("POST", "/v2/people", 200), ("POST", "/v2/people", 422), ("GET", "/v2/people", 200), ("PUT", "/v2/people/1", 200)]
+            ("POST", "/v2/people", 200),
+            ("POST", "/v2/people", 422),
+            ("GET", "/v2/people", 200),
+            ("PUT", "/v2/people/1", 200),
+        ]
         assert state.requests[2]["query"] == "email_addresses[]=marcus.lee@northwind.io"
         (person,) = state.people.values()
         assert person["tags"] == ["Signal", "form", "demo-request"]
@@ -168,8 +213,12 @@ def test_salesloft_expired_access_token_is_refreshed_with_the_rotated_refresh_to
         runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(), port=0)
         state = runner.app[salesloft.STATE_KEY]
         try:
-            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
-                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            engine = Engine.from_preset(
+                "salesloft/people",
+                {**SALESLOFT, "base_url": base, "accounts_url": base},
+                token_store=MemoryTokenStore(),
+                dead_letters=MemoryDeadLetters(),
+            )
             async with engine:
                 first = await engine.process(lead("Signed Up", "exp-1", email="a@acme.com"))
                 state.access_tokens.clear()  # the two hours are up
@@ -188,8 +237,12 @@ def test_salesloft_spent_refresh_token_dead_letters_for_reauthorisation() -> Non
         runner, base = await salesloft.start_sandbox(salesloft.SandboxConfig(refresh_token="another-token"), port=0)
         state = runner.app[salesloft.STATE_KEY]
         try:
-            engine = Engine.from_preset("salesloft/people", {**SALESLOFT, "base_url": base, "accounts_url": base},
-                                        token_store=MemoryTokenStore(), dead_letters=MemoryDeadLetters())
+            engine = Engine.from_preset(
+                "salesloft/people",
+                {**SALESLOFT, "base_url": base, "accounts_url": base},
+                token_store=MemoryTokenStore(),
+                dead_letters=MemoryDeadLetters(),
+            )
             async with engine:
                 outcome = await engine.process(lead("Signed Up", "grant-1", email="a@acme.com"))
         finally:
@@ -214,8 +267,11 @@ def test_close_same_lead_twice_is_one_lead_because_the_engine_looks_first() -> N
         assert [o.outcome for o in outcomes] == [oc.DELIVERED, oc.DELIVERED], text_of(outcomes)
         assert outcomes[1].detail == "updated the existing record found by the lookup (id cont_sandbox0001)"
         assert [(r["method"], r["path"], r["status"]) for r in state.requests] == [
-            ("POST", "/api/v1/data/search/", 200), ("POST", "/api/v1/lead/", 200),
-            ("POST", "/api/v1/data/search/", 200), ("PUT", "/api/v1/contact/cont_sandbox0001/", 200)]
+            ("POST", "/api/v1/data/search/", 200),
+            ("POST", "/api/v1/lead/", 200),
+            ("POST", "/api/v1/data/search/", 200),
+            ("PUT", "/api/v1/contact/cont_sandbox0001/", 200),
+        ]
         assert (len(state.leads), len(state.contacts), state.creates, state.updates) == (1, 1, 1, 1)
         (lead_record,) = state.snapshot()["leads"]
         assert lead_record["name"] == "Northwind Traders"
@@ -231,8 +287,9 @@ def test_close_same_lead_twice_is_one_lead_because_the_engine_looks_first() -> N
 
 def test_close_repeated_lead_in_one_batch_is_still_one_lead() -> None:
     async def scenario() -> None:
-        events = [lead("Signed Up", f"batch-{i}", email="jane.doe@acme.com", phone=f"+4477009001{i:02d}")
-                  for i in range(4)]
+        events = [
+            lead("Signed Up", f"batch-{i}", email="jane.doe@acme.com", phone=f"+4477009001{i:02d}") for i in range(4)
+        ]
         async with delivering(close, "close/leads", CLOSE) as (state, engine, _):
             outcomes = await deliver(engine, events)
         assert [o.outcome for o in outcomes] == [oc.DELIVERED] * 4, text_of(outcomes)
@@ -248,6 +305,7 @@ def test_close_spent_window_read_from_its_ratelimit_header_is_waited_out_without
 
     (A 429's ``error.rate_reset`` wait is pinned by the golden case close/leads/delivery-rate-limited.)
     """
+
     async def scenario() -> None:
         events = [lead("Lead Submitted", f"rl-{i}", email=f"person{i}@acme.com") for i in range(2)]
         async with delivering(close, "close/leads", CLOSE, quota=1, window=5) as (state, engine, fake):
@@ -295,7 +353,8 @@ class _SandboxThread:
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
         runner, self.base = self.loop.run_until_complete(
-            self.module.start_sandbox(self.module.SandboxConfig(**self.config), port=0))
+            self.module.start_sandbox(self.module.SandboxConfig(**self.config), port=0)
+        )
         self.state = runner.app[self.module.STATE_KEY]
         self.ready.set()
         try:
@@ -304,42 +363,67 @@ class _SandboxThread:
             self.loop.run_until_complete(runner.cleanup())
             self.loop.close()
 
-    def __enter__(self) -> "_SandboxThread":
+    def __enter__(self) -> _SandboxThread:
         self.thread.start()
         assert self.ready.wait(15), "sandbox did not start"
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(15)
 
     def read(self, what: Any) -> Any:
         """``what(state)`` on the sandbox's own loop, so a test never reads it mid-request."""
+
         async def call() -> Any:
             return what(self.state)
+
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(15)
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
-LEADS = [lead("Demo Requested", f"key-{i}", email=f"person{i}@replay.test", firstName=f"First{i}", lastName="Lee",
-              company=f"Company {i}") for i in range(5)]
+LEADS = [
+    lead(
+        "Demo Requested",
+        f"key-{i}",
+        email=f"person{i}@replay.test",
+        firstName=f"First{i}",
+        lastName="Lee",
+        company=f"Company {i}",
+    )
+    for i in range(5)
+]
 WRONG_KEY = {
-    "hubspot/contacts": (hubspot, "access_token", "sandbox-private-app-token",
-                         lambda state: sorted(c["email"] for c in state.contacts.values())),
-    "hubspot/contacts-batch": (hubspot, "access_token", "sandbox-private-app-token",
-                               lambda state: sorted(c["email"] for c in state.contacts.values())),
-    "close/leads": (close, "api_key", "sandbox-close-api-key",
-                    lambda state: sorted(e["email"] for c in state.contacts.values() for e in c["emails"])),
+    "hubspot/contacts": (
+        hubspot,
+        "access_token",
+        "sandbox-private-app-token",
+        lambda state: sorted(c["email"] for c in state.contacts.values()),
+    ),
+    "hubspot/contacts-batch": (
+        hubspot,
+        "access_token",
+        "sandbox-private-app-token",
+        lambda state: sorted(c["email"] for c in state.contacts.values()),
+    ),
+    "close/leads": (
+        close,
+        "api_key",
+        "sandbox-close-api-key",
+        lambda state: sorted(e["email"] for c in state.contacts.values() for e in c["emails"]),
+    ),
 }
 
 
 @pytest.mark.parametrize("preset", sorted(WRONG_KEY))
-def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_once(preset: str,
-                                                                                    tmp_path: Path) -> None:
+def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_once(
+    preset: str, tmp_path: Path
+) -> None:
     module, setting, right, emails = WRONG_KEY[preset]
     with _SandboxThread(module, **{setting: right}) as sandbox:
         settings = tmp_path / "settings.yaml"
@@ -373,16 +457,25 @@ def test_a_wrong_key_dead_letters_and_a_replay_after_the_fix_delivers_each_lead_
 
 def test_hubspot_batch_delivers_the_example_leads_in_fewer_requests_each_contact_once(tmp_path: Path) -> None:
     """The example stream, plus a repeat of one lead, through the CLI into the fake's batch upsert."""
-    repeat = lead("Demo Requested", "repeat-1", email=" Marcus.Lee@Northwind.io", firstName="Marcus", lastName="Lee",
-                  title="Chief Revenue Officer")
+    repeat = lead(
+        "Demo Requested",
+        "repeat-1",
+        email=" Marcus.Lee@Northwind.io",
+        firstName="Marcus",
+        lastName="Lee",
+        title="Chief Revenue Officer",
+    )
     events = tmp_path / "events.ndjson"
-    events.write_text((REPO / "examples/lead-capture.ndjson").read_text(encoding="utf-8") + json.dumps(repeat) + "\n",
-                      encoding="utf-8")
+    events.write_text(
+        (REPO / "examples/lead-capture.ndjson").read_text(encoding="utf-8") + json.dumps(repeat) + "\n",
+        encoding="utf-8",
+    )
     with _SandboxThread(hubspot) as sandbox:
         settings = tmp_path / "settings.yaml"
         settings.write_text(f"access_token: sandbox-private-app-token\nbase_url: {sandbox.base}\n", encoding="utf-8")
-        run = _cli("run", "hubspot/contacts-batch", "--settings", settings, "--events", events,
-                   "--state", tmp_path / "state")
+        run = _cli(
+            "run", "hubspot/contacts-batch", "--settings", settings, "--events", events, "--state", tmp_path / "state"
+        )
         assert run.returncode == 0, run.stderr
         outcomes = [json.loads(line) for line in run.stdout.splitlines()]
         delivered = [o for o in outcomes if o["outcome"] == oc.DELIVERED]
@@ -393,8 +486,13 @@ def test_hubspot_batch_delivers_the_example_leads_in_fewer_requests_each_contact
     assert len(batches) < 6 and max(map(len, batches)) > 1, batches  # fewer requests than leads
     assert set(requests) == {("POST", "/crm/v3/objects/contacts/batch/upsert")}
     assert all(len(ids) == len(set(ids)) for ids in batches)  # one email once per request
-    assert sorted(contacts) == ["amara.okafor@umbrella.ng", "jane.doe@acme.com", "marcus.lee@northwind.io",
-                                "priya.shah@globex.com", "tomas.novak@initech.cz"]  # each contact once
+    assert sorted(contacts) == [
+        "amara.okafor@umbrella.ng",
+        "jane.doe@acme.com",
+        "marcus.lee@northwind.io",
+        "priya.shah@globex.com",
+        "tomas.novak@initech.cz",
+    ]  # each contact once
     marcus = contacts["marcus.lee@northwind.io"]
     assert (marcus["jobtitle"], marcus["city"]) == ("Chief Revenue Officer", "London")  # the repeat merged into it
     assert "sandbox-private-app-token" not in run.stdout + run.stderr
@@ -402,8 +500,10 @@ def test_hubspot_batch_delivers_the_example_leads_in_fewer_requests_each_contact
 
 def test_hubspot_batch_one_invalid_item_fails_alone_and_the_others_are_delivered() -> None:
     """HubSpot's 207: the refused input's event alone fails; its neighbours in the request are delivered."""
-    people = [lead("Signed Up", f"mixed-{i}", email=email, firstName="Ann", lastName="Lee")
-              for i, email in enumerate(["ann@one.test", "ann..lee@two.test", "ann@three.test"])]
+    people = [
+        lead("Signed Up", f"mixed-{i}", email=email, firstName="Ann", lastName="Lee")
+        for i, email in enumerate(["ann@one.test", "ann..lee@two.test", "ann@three.test"])
+    ]
 
     async def scenario() -> None:
         async def one_request() -> AsyncIterator[list[tuple[int, Any]]]:
@@ -418,13 +518,16 @@ def test_hubspot_batch_one_invalid_item_fails_alone_and_the_others_are_delivered
             assert outcomes[1].response["status"] == 207
             assert state.batches == [["ann@one.test", "ann..lee@two.test", "ann@three.test"]]  # sent once, not again
             assert sorted(c["email"] for c in state.contacts.values()) == ["ann@one.test", "ann@three.test"]
+
     asyncio.run(scenario())
 
 
 def test_hubspot_batch_spent_daily_budget_waits_for_midnight_instead_of_collecting_429s() -> None:
     """Daily-Remaining 0 is the daily window spent: the next request waits for the day's end (UTC midnight)."""
-    twice = [lead("Form Submitted", f"daily-{i}", email="ann@daily.test", firstName="Ann", title=title)
-             for i, title in enumerate(["CTO", "CEO"])]  # one email: two requests, one after the other
+    twice = [
+        lead("Form Submitted", f"daily-{i}", email="ann@daily.test", firstName="Ann", title=title)
+        for i, title in enumerate(["CTO", "CEO"])
+    ]  # one email: two requests, one after the other
 
     async def scenario() -> None:
         async with delivering(hubspot, "hubspot/contacts-batch", HUBSPOT, daily_quota=1) as (state, engine, fake):
@@ -434,6 +537,7 @@ def test_hubspot_batch_spent_daily_budget_waits_for_midnight_instead_of_collecti
             assert state.statuses == [200, 200]  # no 429 DAILY: the budget was read from the headers
             assert max(fake.sleeps) >= to_midnight - 5  # waited out the day, not a 10 s burst interval
             assert [c["jobtitle"] for c in state.contacts.values()] == ["CEO"]
+
     asyncio.run(scenario())
 
 
@@ -443,19 +547,28 @@ def test_hubspot_batch_spent_daily_budget_waits_for_midnight_instead_of_collecti
 
 
 def _dry_run(preset: str) -> list[dict[str, Any]]:
-    proc = subprocess.run([sys.executable, "-m", "engine", "run", preset, "--events", "examples/lead-capture.ndjson",
-                           "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "run", preset, "--events", "examples/lead-capture.ndjson", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-@pytest.mark.parametrize("preset, method, url, auth", [
-    ("hubspot/contacts", "POST", "https://api.hubapi.com/crm/v3/objects/contacts", "Bearer ***"),
-    ("salesloft/people", "POST", "https://api.salesloft.com/v2/people", "Bearer ***"),
-    ("close/leads", "POST", "https://api.close.com/api/v1/lead/", "Basic ***"),
-])
-def test_dry_run_of_the_example_stream_takes_the_same_leads_as_outreach(preset: str, method: str, url: str,
-                                                                         auth: str) -> None:
+@pytest.mark.parametrize(
+    "preset, method, url, auth",
+    [
+        ("hubspot/contacts", "POST", "https://api.hubapi.com/crm/v3/objects/contacts", "Bearer ***"),
+        ("salesloft/people", "POST", "https://api.salesloft.com/v2/people", "Bearer ***"),
+        ("close/leads", "POST", "https://api.close.com/api/v1/lead/", "Basic ***"),
+    ],
+)
+def test_dry_run_of_the_example_stream_takes_the_same_leads_as_outreach(
+    preset: str, method: str, url: str, auth: str
+) -> None:
     outreach = _dry_run("outreach/lead-capture")
     ours = _dry_run(preset)
     # Same identity, consent gate and event table: the same events are sent and dropped, for the same reasons.
@@ -476,6 +589,7 @@ def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivere
     attempt) and is dead-lettered. Replayed once Close is back, it finds the
     contact by email and updates it: one lead, no second one.
     """
+
     async def scenario() -> None:
         async with delivering(close, "close/leads", CLOSE) as (state, engine, _):
             (first,) = await deliver(engine, SAME_LEAD_TWICE[:1])
@@ -493,7 +607,9 @@ def test_close_lookup_first_dead_letter_is_replayed_with_its_traits_and_delivere
         searches = [r for r in state.requests if r["path"] == "/api/v1/data/search/" and r["status"] == 200]
         assert len(searches) == 2
         assert [(r["method"], r["path"], r["status"]) for r in state.requests[-2:]] == [
-            ("POST", "/api/v1/data/search/", 200), ("PUT", "/api/v1/contact/cont_sandbox0001/", 200)]
+            ("POST", "/api/v1/data/search/", 200),
+            ("PUT", "/api/v1/contact/cont_sandbox0001/", 200),
+        ]
         assert (len(state.leads), state.creates, state.updates) == (1, 1, 1)
         (contact,) = state.contacts.values()
         assert contact["title"] == "VP Sales"
@@ -546,8 +662,9 @@ def test_every_built_in_preset_with_an_upsert_is_in_the_replay_test() -> None:
 
 
 @pytest.mark.parametrize("preset", sorted(UPSERTING))
-def test_a_dead_lettered_repeat_lead_is_replayed_by_the_cli_as_an_update_of_the_one_record(preset: str,
-                                                                                          tmp_path: Path) -> None:
+def test_a_dead_lettered_repeat_lead_is_replayed_by_the_cli_as_an_update_of_the_one_record(
+    preset: str, tmp_path: Path
+) -> None:
     """The person is known; their repeat meets a fault on every attempt and is dead-lettered.
 
     ``dlq replay`` (the real command, on the same state) sends the letter's

@@ -38,26 +38,47 @@ DEFAULT_TIMEOUT_SECONDS = 300.0
 
 def register(sub: Any) -> None:
     auth = sub.add_parser(
-        "auth", help="authorise a preset's OAuth app once, in a browser, and store its tokens",
+        "auth",
+        help="authorise a preset's OAuth app once, in a browser, and store its tokens",
         description="Print the destination's authorization URL, wait on a loopback redirect URI for the person's "
-                    "approval, exchange the code and store the refresh and access tokens in the state directory "
-                    "(0600). A run with the same settings and --state then needs no refresh_token setting. "
-                    "Exit status: 0 authorised; 1 the authorisation did not complete (denied, timed out, the code "
-                    "refused); 2 a usage or configuration error.")
+        "approval, exchange the code and store the refresh and access tokens in the state directory "
+        "(0600). A run with the same settings and --state then needs no refresh_token setting. "
+        "Exit status: 0 authorised; 1 the authorisation did not complete (denied, timed out, the code "
+        "refused); 2 a usage or configuration error.",
+    )
     auth.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
-    auth.add_argument("--settings", metavar="FILE",
-                      help="YAML mapping of setting values (the app's client id and secret; no refresh_token)")
-    auth.add_argument("--state", metavar="DIR", default=".signal-state",
-                      help="where the tokens are stored; use the same with run (default: %(default)s)")
+    auth.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="YAML mapping of setting values (the app's client id and secret; no refresh_token)",
+    )
+    auth.add_argument(
+        "--state",
+        metavar="DIR",
+        default=".signal-state",
+        help="where the tokens are stored; use the same with run (default: %(default)s)",
+    )
     add_reset_state_option(auth)
-    auth.add_argument("--port", type=_port, default=DEFAULT_PORT,
-                      help="loopback port of the redirect URI http://127.0.0.1:PORT/callback, which the app must "
-                           "list as a redirect URI; 0 picks a free port, for destinations that accept any "
-                           "loopback port (RFC 8252) (default: %(default)s)")
-    auth.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
-                      help="how long to wait for the browser's redirect (default: %(default)g)")
-    auth.add_argument("--open", action="store_true",
-                      help="also open the URL in the default web browser (by default it is only printed)")
+    auth.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="loopback port of the redirect URI http://127.0.0.1:PORT/callback, which the app must "
+        "list as a redirect URI; 0 picks a free port, for destinations that accept any "
+        "loopback port (RFC 8252) (default: %(default)s)",
+    )
+    auth.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="how long to wait for the browser's redirect (default: %(default)g)",
+    )
+    auth.add_argument(
+        "--open",
+        action="store_true",
+        help="also open the URL in the default web browser (by default it is only printed)",
+    )
     add_preset_path_option(auth)
     auth.set_defaults(func=cmd_auth)
 
@@ -105,9 +126,11 @@ def _settings(args: argparse.Namespace, preset: Preset) -> Settings:
         supplied, where = load_settings_file(args.settings)
     name = preset.auth.refresh_token_setting or ""
     if name in supplied:
-        raise UsageError(f"{where[name]}: {name} is set here, and a run would use it rather than the authorisation "
-                         f"this command stores; delete that line (the new refresh token is kept in --state "
-                         f"{args.state})")
+        raise UsageError(
+            f"{where[name]}: {name} is set here, and a run would use it rather than the authorisation "
+            f"this command stores; delete that line (the new refresh token is kept in --state "
+            f"{args.state})"
+        )
     try:
         return resolve(preset.settings, supplied, require=True, where=where)
     except SettingsError as exc:
@@ -146,32 +169,40 @@ async def _authorise(args: argparse.Namespace, preset: Preset, settings: Setting
     try:
         redirect_uri = await receiver.start()
     except OSError as exc:
-        raise UsageError(f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} "
-                         f"({exc.strerror or type(exc).__name__}); pass another --port (and list that redirect URI "
-                         "in the app)") from None
+        raise UsageError(
+            f"--port {args.port}: cannot listen on 127.0.0.1:{args.port} "
+            f"({exc.strerror or type(exc).__name__}); pass another --port (and list that redirect URI "
+            "in the app)"
+        ) from None
     try:
         url = authorization_url(auth, settings, redirect_uri, state)
         _say(f"signal-engine: to authorise {preset.name}, open this URL in a browser, sign in and approve:")
         print(url, flush=True)
-        _say(f"signal-engine: waiting up to {args.timeout:g}s for the redirect to {redirect_uri} "
-             "(the app must list it as a redirect URI)")
+        _say(
+            f"signal-engine: waiting up to {args.timeout:g}s for the redirect to {redirect_uri} "
+            "(the app must list it as a redirect URI)"
+        )
         if args.open and not await asyncio.get_running_loop().run_in_executor(None, webbrowser.open, url):
             _say("signal-engine: no web browser could be opened here; open the URL yourself")
         try:
             answer = await receiver.wait(args.timeout)
         except TimeoutError:
-            return _failed(f"no redirect came back within {args.timeout:g}s; nothing was stored. Run the command "
-                           "again and open the new URL (each one is good for one attempt)")
+            return _failed(
+                f"no redirect came back within {args.timeout:g}s; nothing was stored. Run the command "
+                "again and open the new URL (each one is good for one attempt)"
+            )
         if "error" in answer:
             return _failed(refused_redirect(answer))
         timeout = aiohttp.ClientTimeout(total=preset.delivery.timeout_seconds)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                transport = AiohttpTransport(session, preset.delivery.timeout_seconds,
-                                             preset.delivery.max_response_bytes)
+                transport = AiohttpTransport(
+                    session, preset.delivery.timeout_seconds, preset.delivery.max_response_bytes
+                )
                 echoed = {name: answer[name] for name in auth.echo_redirect_params if name in answer}
-                tokens = await exchange_code(auth, settings, transport, answer["code"], redirect_uri, redactor,
-                                             echoed=echoed)
+                tokens = await exchange_code(
+                    auth, settings, transport, answer["code"], redirect_uri, redactor, echoed=echoed
+                )
             client_id = Client.of(auth, settings).client_id
             backend = open_state(args.state)
             try:
@@ -181,14 +212,18 @@ async def _authorise(args: argparse.Namespace, preset: Preset, settings: Setting
         except AuthorisationError as exc:
             return _failed(str(exc))
         except OSError as exc:  # the state refused the write (a full disk): the new tokens are lost
-            return _failed(f"the tokens could not be stored in --state {args.state} "
-                           f"({exc.strerror or type(exc).__name__}); free some space and run the command again")
+            return _failed(
+                f"the tokens could not be stored in --state {args.state} "
+                f"({exc.strerror or type(exc).__name__}); free some space and run the command again"
+            )
     finally:
         await receiver.close()
     store = Path(args.state) / "state.db"
-    _say(f"signal-engine: authorised {preset.name} for client_id {client_id!r}; the tokens are stored in {store} "
-         f"(0600){', replacing the earlier authorisation' if replaced else ''}. A run with these settings and "
-         f"--state {args.state} uses them")
+    _say(
+        f"signal-engine: authorised {preset.name} for client_id {client_id!r}; the tokens are stored in {store} "
+        f"(0600){', replacing the earlier authorisation' if replaced else ''}. A run with these settings and "
+        f"--state {args.state} uses them"
+    )
     return EXIT_OK
 
 

@@ -19,15 +19,24 @@ from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 
 def register(sub: Any) -> None:
     check = sub.add_parser(
-        "check", help="validate presets (all built-in presets when none is named)",
+        "check",
+        help="validate presets (all built-in presets when none is named)",
         description="Validate presets against the preset language and compile every expression. Every problem is "
-                    "printed as file:line:col: yaml.path: message. Exit status: 0 all valid, 1 problems found, "
-                    "2 a named preset does not exist.")
-    check.add_argument("presets", nargs="*", metavar="PRESET_OR_PATH",
-                       help="built-in names (destination/preset) or paths to YAML presets")
-    check.add_argument("--config", metavar="FILE",
-                       help="check an integrations file instead: the file, every preset it names, and each "
-                            "integration's settings (missing, unknown, ${VAR} unset); literal secrets are warned about")
+        "printed as file:line:col: yaml.path: message. Exit status: 0 all valid, 1 problems found, "
+        "2 a named preset does not exist.",
+    )
+    check.add_argument(
+        "presets",
+        nargs="*",
+        metavar="PRESET_OR_PATH",
+        help="built-in names (destination/preset) or paths to YAML presets",
+    )
+    check.add_argument(
+        "--config",
+        metavar="FILE",
+        help="check an integrations file instead: the file, every preset it names, and each "
+        "integration's settings (missing, unknown, ${VAR} unset); literal secrets are warned about",
+    )
     add_preset_path_option(check)
     check.set_defaults(func=cmd_check)
 
@@ -50,8 +59,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             for line in exc.problems:
                 say(line)
             continue
-        say(f"ok: {name} ({preset.name}: {len(preset.events.track)} mapped track events, "
-            f"{len(preset.actions)} action(s))")
+        say(
+            f"ok: {name} ({preset.name}: {len(preset.events.track)} mapped track events, "
+            f"{len(preset.actions)} action(s))"
+        )
     if missing:
         return EXIT_USAGE
     return EXIT_EVENTS_FAILED if failed else EXIT_OK

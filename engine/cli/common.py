@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-
 from ..language.settings import SettingsError, load_settings_file, resolve
 from ..outcome import Outcome, outcome_json
 
@@ -18,9 +17,14 @@ class UsageError(Exception):
 
 
 def add_preset_path_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset-path", action="append", default=[], metavar="DIR",
-                        help="a folder of presets (repeatable), searched for preset names before "
-                             "$SIGNAL_ENGINE_PRESET_PATH and the built-in presets")
+    parser.add_argument(
+        "--preset-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of presets (repeatable), searched for preset names before "
+        "$SIGNAL_ENGINE_PRESET_PATH and the built-in presets",
+    )
 
 
 def load_preset_arg(args: argparse.Namespace, name: str | None = None) -> Any:
@@ -46,8 +50,9 @@ def say(text: str) -> None:
         print(text.encode("ascii", "backslashreplace").decode("ascii"))
 
 
-def settings_for(args: argparse.Namespace, preset_settings: Any, require: bool,
-                 without_file_hint: str = "pass --settings FILE") -> Any:
+def settings_for(
+    args: argparse.Namespace, preset_settings: Any, require: bool, without_file_hint: str = "pass --settings FILE"
+) -> Any:
     """Resolve ``--settings`` against the preset; every problem of the file is reported at once.
 
     ``without_file_hint`` is added when no file was given and something is
@@ -83,9 +88,12 @@ def outcome_line(data: Any, out: TextIO | None = None) -> str:
 
 
 def add_reset_state_option(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--reset-state", action="store_true",
-                     help="move a state file that is refused (empty, not ours, or of a newer version) aside to "
-                          "<name>.refused-<UTC time> and start afresh")
+    cmd.add_argument(
+        "--reset-state",
+        action="store_true",
+        help="move a state file that is refused (empty, not ours, or of a newer version) aside to "
+        "<name>.refused-<UTC time> and start afresh",
+    )
 
 
 def check_state_dir(state: str, *, reset: bool = False, queue: bool = False) -> None:
@@ -111,7 +119,9 @@ def check_state_dir(state: str, *, reset: bool = False, queue: bool = False) -> 
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UsageError(f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})") from None
+        raise UsageError(
+            f"--state {state}: cannot be used as the state directory ({exc.strerror or type(exc).__name__})"
+        ) from None
     try:
         backend = open_state(path, reset=reset)
         moved = [(path / "state.db", getattr(backend, "moved_aside", None))]
@@ -123,5 +133,8 @@ def check_state_dir(state: str, *, reset: bool = False, queue: bool = False) -> 
         raise UsageError(f"--state {state}: {exc.strerror or type(exc).__name__}") from None
     for refused, aside in moved:
         if aside is not None:
-            print(f"signal-engine: --reset-state: {refused} was refused; moved it aside to {aside} and started afresh",
-                  file=sys.stderr, flush=True)
+            print(
+                f"signal-engine: --reset-state: {refused} was refused; moved it aside to {aside} and started afresh",
+                file=sys.stderr,
+                flush=True,
+            )

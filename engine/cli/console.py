@@ -16,22 +16,28 @@ DEFAULT = " (default: %(default)s)"
 
 def register(sub: Any) -> None:
     cmd = sub.add_parser(
-        "console", help="serve the web console: Event Debugger, dead letters, integration health",
+        "console",
+        help="serve the web console: Event Debugger, dead letters, integration health",
         description="Serve the web console over what a `run`, a `dlq replay`, `serve` or the workers recorded in a "
-                    "state directory (--state) or a Redis (--redis). It listens on 127.0.0.1 by default; any other "
-                    "--host needs the token in $SIGNAL_CONSOLE_TOKEN, or it refuses to start. Prints 'console on "
-                    "http://HOST:PORT/console/' when ready; SIGINT or SIGTERM stops it.")
+        "state directory (--state) or a Redis (--redis). It listens on 127.0.0.1 by default; any other "
+        "--host needs the token in $SIGNAL_CONSOLE_TOKEN, or it refuses to start. Prints 'console on "
+        "http://HOST:PORT/console/' when ready; SIGINT or SIGTERM stops it.",
+    )
     where = cmd.add_mutually_exclusive_group(required=True)
     where.add_argument("--state", metavar="DIR", help="the state directory a run, dlq replay or serve used")
     where.add_argument("--redis", metavar="URL", help="the Redis the workers use")
     cmd.add_argument("--host", default="127.0.0.1", help="address to listen on" + DEFAULT)
     cmd.add_argument("--port", type=int, default=8090, help="port to listen on; 0 picks a free one" + DEFAULT)
-    cmd.add_argument("--config", metavar="FILE",
-                     help="an integrations file: every integration of it is listed, with its records, dead letters, "
-                          "health and lag, and its letters are replayed with its own settings (its ${NAME}s are read "
-                          "from this environment)")
-    cmd.add_argument("--preset", metavar="PRESET",
-                     help="a preset whose dead letters the console may replay (needs --settings)")
+    cmd.add_argument(
+        "--config",
+        metavar="FILE",
+        help="an integrations file: every integration of it is listed, with its records, dead letters, "
+        "health and lag, and its letters are replayed with its own settings (its ${NAME}s are read "
+        "from this environment)",
+    )
+    cmd.add_argument(
+        "--preset", metavar="PRESET", help="a preset whose dead letters the console may replay (needs --settings)"
+    )
     cmd.add_argument("--settings", metavar="FILE", help="the settings (credentials) of --preset, for replays")
     add_logging_options(cmd)
     add_preset_path_option(cmd)
@@ -55,8 +61,10 @@ def cmd_console(args: argparse.Namespace) -> int:
     if args.settings and not args.preset:
         raise UsageError("--settings needs --preset (the preset whose letters they replay)")
     if args.config and args.preset:
-        raise UsageError("give --config FILE, or --preset PRESET --settings FILE, not both (the integrations file "
-                         "names each integration's preset and settings)")
+        raise UsageError(
+            "give --config FILE, or --preset PRESET --settings FILE, not both (the integrations file "
+            "names each integration's preset and settings)"
+        )
     connections: list[Any] = []
     configured: list[Any] = []
     if args.config:
@@ -68,15 +76,21 @@ def cmd_console(args: argparse.Namespace) -> int:
         settings = settings_for(args, preset.settings, require=True)
         connections.append(Connection(preset, settings))
     if args.state is not None and not (Path(args.state) / "state.db").is_file():
-        raise UsageError(f"--state {args.state}: no state database there (state.db); pass the --state DIR that "
-                         "run or serve used")
+        raise UsageError(
+            f"--state {args.state}: no state database there (state.db); pass the --state DIR that run or serve used"
+        )
     with service_errors(args):
         asyncio.run(serve_console(args, token, connections, configure_for(args), configured))
     return EXIT_OK
 
 
-async def serve_console(args: argparse.Namespace, token: str | None, connections: list[Any], configure: Any,
-                        configured: list[Any] | None = None) -> None:
+async def serve_console(
+    args: argparse.Namespace,
+    token: str | None,
+    connections: list[Any],
+    configure: Any,
+    configured: list[Any] | None = None,
+) -> None:
     import asyncio
     import signal
 
@@ -100,8 +114,12 @@ async def serve_console(args: argparse.Namespace, token: str | None, connections
 
         backend = SqliteState(args.state)
     try:
-        source = ConsoleSource(backend, connections, configured=configured or (),
-                               lags=_lags(args, backend, [c.name for c in configured or ()], connections))
+        source = ConsoleSource(
+            backend,
+            connections,
+            configured=configured or (),
+            lags=_lags(args, backend, [c.name for c in configured or ()], connections),
+        )
         configure(source.redactor)
         app = standalone(create_console_app(source, Guard(token)))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_OPTIONS)
@@ -131,8 +149,11 @@ def _has_credentials(integration: Any) -> bool:
 
 def _missing_credentials(integration: Any) -> list[str]:
     specs = integration.preset.settings
-    return [name for name, spec in specs.items()
-            if spec.secret and spec.required and integration.settings[name] is None and not spec.stored]
+    return [
+        name
+        for name, spec in specs.items()
+        if spec.secret and spec.required and integration.settings[name] is None and not spec.stored
+    ]
 
 
 def from_file(path: str, preset_path: Any) -> tuple[list[Any], list[Any]]:
@@ -152,11 +173,17 @@ def from_file(path: str, preset_path: Any) -> tuple[list[Any], list[Any]]:
     connections, configured = [], []
     for item in listed:
         try:  # its own credentials, required: resolve() keeps no secret when they are not required
-            full = load_integrations(path, os.environ, preset_path=preset_path, require={item.name},
-                                     intake=False).get(item.name)
-            why = None if _has_credentials(full) else (
-                f"its secret setting(s) {', '.join(_missing_credentials(full))} are not set (in {path}, or the "
-                "${NAME}s it names in the console's environment)")
+            full = load_integrations(path, os.environ, preset_path=preset_path, require={item.name}, intake=False).get(
+                item.name
+            )
+            why = (
+                None
+                if _has_credentials(full)
+                else (
+                    f"its secret setting(s) {', '.join(_missing_credentials(full))} are not set (in {path}, or the "
+                    "${NAME}s it names in the console's environment)"
+                )
+            )
         except IntegrationsError as exc:
             full, why = None, "; ".join(p.strip() for p in exc.problems if f"'{item.name}'" in p) or exc.problems[0]
         if full is not None and why is None:
@@ -185,8 +212,17 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
     :class:`~engine.service.integrations.IntegrationsConfig`): each one the
     console may replay letters through, under its name.
     """
-    from ..console import TOKEN_ENV, Configured, Connection, ConsoleSource, ExposureRefused, Guard, check_exposure
-    from ..console import create_console_app, mount
+    from ..console import (
+        TOKEN_ENV,
+        Configured,
+        Connection,
+        ConsoleSource,
+        ExposureRefused,
+        Guard,
+        check_exposure,
+        create_console_app,
+        mount,
+    )
 
     token = os.environ.get(TOKEN_ENV) or None
     try:
@@ -195,13 +231,27 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         raise UsageError(f"--console --host {args.host}: {exc}") from None
     # With --redis the intake may have no credentials (they are not required there): only integrations whose
     # secrets are all set can replay.
-    connections = [Connection(i.preset, i.settings, i.name) for i in config.integrations
-                   if args.redis is None or _has_credentials(i)]
-    configured = [] if config.path is None else [
-        Configured(i.name, i.preset_ref or i.preset.name, config.path, i.enabled,
-                   None if args.redis is None or _has_credentials(i)
-                   else f"its secret setting(s) {', '.join(_missing_credentials(i))} are not set")
-        for i in config.integrations]
+    connections = [
+        Connection(i.preset, i.settings, i.name)
+        for i in config.integrations
+        if args.redis is None or _has_credentials(i)
+    ]
+    configured = (
+        []
+        if config.path is None
+        else [
+            Configured(
+                i.name,
+                i.preset_ref or i.preset.name,
+                config.path,
+                i.enabled,
+                None
+                if args.redis is None or _has_credentials(i)
+                else f"its secret setting(s) {', '.join(_missing_credentials(i))} are not set",
+            )
+            for i in config.integrations
+        ]
+    )
 
     def add(app: Any) -> None:
         if args.redis:

@@ -43,22 +43,33 @@ SETTINGS_FILE = "demo-settings.yaml"
 
 def register(sub: Any) -> None:
     demo = sub.add_parser(
-        "demo", help="deliver the example events to a local sandbox, for real",
+        "demo",
+        help="deliver the example events to a local sandbox, for real",
         description="Start a local imitation of the destination API on a free loopback port, write settings that "
-                    "reach it into the state directory, and deliver the example events through the engine, for "
-                    "real: an access token minted, leads created, a repeated lead merged into the record it "
-                    "matches, the rest dropped with their reasons. stdout has one outcome line per event, as "
-                    "`run` prints them; stderr a summary and what the sandbox holds afterwards. Nothing leaves "
-                    "the machine and no credential is needed. Exit status as for `run`.")
-    demo.add_argument("--state", metavar="DIR",
-                      help="state directory, kept afterwards with the settings written for the sandbox "
-                           f"({SETTINGS_FILE}) (default: a fresh temporary directory, removed at the end)")
-    demo.add_argument("--events", metavar="FILE|-",
-                      help="newline-delimited JSON events; - reads stdin (default: the example events shipped "
-                           "with the engine, one lead among them sent twice)")
-    demo.add_argument("--keep-serving", action="store_true",
-                      help="after the run, keep the sandbox up and serve the web console over the demo's state (on "
-                           "127.0.0.1, a free port), printing both URLs, until Ctrl-C (SIGINT) or SIGTERM")
+        "reach it into the state directory, and deliver the example events through the engine, for "
+        "real: an access token minted, leads created, a repeated lead merged into the record it "
+        "matches, the rest dropped with their reasons. stdout has one outcome line per event, as "
+        "`run` prints them; stderr a summary and what the sandbox holds afterwards. Nothing leaves "
+        "the machine and no credential is needed. Exit status as for `run`.",
+    )
+    demo.add_argument(
+        "--state",
+        metavar="DIR",
+        help="state directory, kept afterwards with the settings written for the sandbox "
+        f"({SETTINGS_FILE}) (default: a fresh temporary directory, removed at the end)",
+    )
+    demo.add_argument(
+        "--events",
+        metavar="FILE|-",
+        help="newline-delimited JSON events; - reads stdin (default: the example events shipped "
+        "with the engine, one lead among them sent twice)",
+    )
+    demo.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the run, keep the sandbox up and serve the web console over the demo's state (on "
+        "127.0.0.1, a free port), printing both URLs, until Ctrl-C (SIGINT) or SIGTERM",
+    )
     demo.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
     add_logging_options(demo)
     demo.set_defaults(func=cmd_demo)
@@ -89,9 +100,16 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
     try:
         settings_path = _write_settings(Path(state), show.settings(url))
         settings = settings_for(argparse.Namespace(settings=str(settings_path)), preset.settings, require=True)
-        _say(args, f"signal-engine: demo: delivering {events} through {show.preset} to the sandbox at {url} "
-                   f"(state and settings: {state})", event="demo_start", sandbox=url, preset=show.preset,
-             events_file=events, state=state)
+        _say(
+            args,
+            f"signal-engine: demo: delivering {events} through {show.preset} to the sandbox at {url} "
+            f"(state and settings: {state})",
+            event="demo_start",
+            sandbox=url,
+            preset=show.preset,
+            events_file=events,
+            state=state,
+        )
 
         def warn(line: str) -> None:
             _say(args, line, level="warning", event="hint")
@@ -99,18 +117,35 @@ async def _demo(args: argparse.Namespace, events: str, raw: Any, state: str) -> 
         report = _DemoReport(progress=wants_progress(None), source=f"--events {events}", log_format=args.log_format)
         lines = InputLines(events, DEFAULT_MAX_EVENT_BYTES, warn)
         stop = RunStop()
-        run_args = argparse.Namespace(state=state, events=events, grace=DEFAULT_GRACE_SECONDS,
-                                      verbose=args.verbose, log_format=args.log_format, record=True)
+        run_args = argparse.Namespace(
+            state=state,
+            events=events,
+            grace=DEFAULT_GRACE_SECONDS,
+            verbose=args.verbose,
+            log_format=args.log_format,
+            record=True,
+        )
         code = await deliver(preset, settings, run_args, raw, lines, report, stop, print_outcomes=not args.quiet)
 
         if report.not_resent:
-            _say(args, f"signal-engine: demo: {report.not_resent} event(s) were not sent again: the delivery journal "
-                       f"in {state} records them as delivered by an earlier demo (without --state, or with a new "
-                       "directory, they are delivered afresh)", level="warning", event="demo_journal",
-                 not_resent=report.not_resent)
+            _say(
+                args,
+                f"signal-engine: demo: {report.not_resent} event(s) were not sent again: the delivery journal "
+                f"in {state} records them as delivered by an earlier demo (without --state, or with a new "
+                "directory, they are delivered afresh)",
+                level="warning",
+                event="demo_journal",
+                not_resent=report.not_resent,
+            )
         held = show.holdings()
-        _say(args, f"signal-engine: demo: the sandbox holds {held[0]}", event="demo_sandbox", sandbox=url,
-             **show.counts(), records=held[1:])
+        _say(
+            args,
+            f"signal-engine: demo: the sandbox holds {held[0]}",
+            event="demo_sandbox",
+            sandbox=url,
+            **show.counts(),
+            records=held[1:],
+        )
         if args.log_format != "json":
             for line in held[1:]:
                 _say(args, f"  {line}")
@@ -163,8 +198,9 @@ async def _start_console(state: str, preset: Any, settings: Any) -> tuple[Any, A
     backend = SqliteState(state)
     try:
         source = ConsoleSource(backend, [Connection(preset, settings)])
-        runner = web.AppRunner(standalone(create_console_app(source, Guard(None))), access_log=None,
-                               handle_signals=False, **RUNNER_OPTIONS)
+        runner = web.AppRunner(
+            standalone(create_console_app(source, Guard(None))), access_log=None, handle_signals=False, **RUNNER_OPTIONS
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -174,8 +210,9 @@ async def _start_console(state: str, preset: Any, settings: Any) -> tuple[Any, A
     return runner, backend, url_of("127.0.0.1", int(runner.addresses[0][1]))
 
 
-async def _serve_until_stopped(args: argparse.Namespace, sandbox_url: str, state: str | None = None,
-                               preset: Any = None, settings: Any = None) -> None:
+async def _serve_until_stopped(
+    args: argparse.Namespace, sandbox_url: str, state: str | None = None, preset: Any = None, settings: Any = None
+) -> None:
     """Print what is served, then wait for SIGINT or SIGTERM: the expected end of the demo, so exit 0."""
     console = await _start_console(state, preset, settings) if state is not None else None
     try:

@@ -25,36 +25,64 @@ from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, sign
 
 
 def register(sub: Any) -> None:
-    dlq = sub.add_parser("dlq", help="list, replay or delete dead letters",
-                         description="Dead letters are events whose delivery gave up (retries exhausted, or the "
-                                     "refresh token was refused); they are kept in the state directory for replay.")
+    dlq = sub.add_parser(
+        "dlq",
+        help="list, replay or delete dead letters",
+        description="Dead letters are events whose delivery gave up (retries exhausted, or the "
+        "refresh token was refused); they are kept in the state directory for replay.",
+    )
     dlq.set_defaults(func=lambda _args: (dlq.print_help(sys.stderr), EXIT_USAGE)[1])
     dlq_sub = dlq.add_subparsers(metavar="ACTION")
-    for name, helptext in (("list", "print the dead letters of a preset (masked)"),
-                           ("replay", "re-send dead letters; those delivered are removed"),
-                           ("delete", "forget dead letters by id, without sending them")):
+    for name, helptext in (
+        ("list", "print the dead letters of a preset (masked)"),
+        ("replay", "re-send dead letters; those delivered are removed"),
+        ("delete", "forget dead letters by id, without sending them"),
+    ):
         cmd = dlq_sub.add_parser(name, help=helptext, description=helptext)
-        cmd.add_argument("preset", metavar="PRESET", nargs="?",
-                         help="built-in name (destination/preset) or path to a YAML preset (its letters from run, "
-                              "and from serve PRESET)")
-        cmd.add_argument("--settings", metavar="FILE",
-                         help="with PRESET: YAML mapping of setting values"
-                              + ("; replay needs the credentials" if name == "replay" else ""))
+        cmd.add_argument(
+            "preset",
+            metavar="PRESET",
+            nargs="?",
+            help="built-in name (destination/preset) or path to a YAML preset (its letters from run, "
+            "and from serve PRESET)",
+        )
+        cmd.add_argument(
+            "--settings",
+            metavar="FILE",
+            help="with PRESET: YAML mapping of setting values"
+            + ("; replay needs the credentials" if name == "replay" else ""),
+        )
         if name == "delete":
-            cmd.add_argument("--id", dest="ids", metavar="ID", action="append", required=True,
-                             help="the id of a letter to delete (as `dlq list` prints it); repeat for more")
+            cmd.add_argument(
+                "--id",
+                dest="ids",
+                metavar="ID",
+                action="append",
+                required=True,
+                help="the id of a letter to delete (as `dlq list` prints it); repeat for more",
+            )
         cmd.add_argument("--config", metavar="FILE", help="an integrations file (with --integration NAME)")
         cmd.add_argument("--integration", metavar="NAME", help="with --config: the integration whose letters these are")
-        cmd.add_argument("--state", metavar="DIR", default=".signal-state",
-                         help="the state directory the run used (default: %(default)s)")
+        cmd.add_argument(
+            "--state",
+            metavar="DIR",
+            default=".signal-state",
+            help="the state directory the run used (default: %(default)s)",
+        )
         add_reset_state_option(cmd)
         cmd.add_argument("--redis", metavar="URL", help="the Redis the workers use, instead of a state directory")
         if name == "replay":
-            cmd.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
-                             help="after SIGINT or SIGTERM, how long replays already sent may take to finish; "
-                                  "letters not yet sent stay as they are (default: %(default)g)")
-            cmd.add_argument("--no-record", dest="record", action="store_false",
-                             help="keep no record of the replays for the console")
+            cmd.add_argument(
+                "--grace",
+                type=seconds_arg,
+                default=DEFAULT_GRACE_SECONDS,
+                metavar="SECONDS",
+                help="after SIGINT or SIGTERM, how long replays already sent may take to finish; "
+                "letters not yet sent stay as they are (default: %(default)g)",
+            )
+            cmd.add_argument(
+                "--no-record", dest="record", action="store_false", help="keep no record of the replays for the console"
+            )
             add_logging_options(cmd)
         add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
@@ -86,9 +114,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             raise UsageError("--reset-state applies to a --state directory, not to --redis")
         if args.dlq_action == "delete":
             return _with_redis(args.redis, lambda state: dlq_delete(preset, settings, state, args.ids, integration))
-        return _with_redis(args.redis, lambda state: dlq_replay(preset, settings, state, args.verbose,
-                                                                args.log_format, args.grace, record, integration)
-                           if replaying else dlq_list(preset, settings, state, integration))
+        return _with_redis(
+            args.redis,
+            lambda state: (
+                dlq_replay(preset, settings, state, args.verbose, args.log_format, args.grace, record, integration)
+                if replaying
+                else dlq_list(preset, settings, state, integration)
+            ),
+        )
     if not Path(args.state).is_dir():
         what = "not a directory" if Path(args.state).exists() else "no such state directory"
         raise UsageError(f"--state {args.state}: {what} (pass the --state DIR that run used)")
@@ -96,8 +129,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.dlq_action == "delete":
         return dlq_delete(preset, settings, args.state, args.ids, integration)
     if replaying:
-        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, record,
-                          integration)
+        return dlq_replay(preset, settings, args.state, args.verbose, args.log_format, args.grace, record, integration)
     return dlq_list(preset, settings, args.state, integration)
 
 
@@ -157,8 +189,16 @@ def dlq_delete(preset: Preset, settings: Settings, state: Any, ids: list[str], i
     return EXIT_EVENTS_FAILED if missing else EXIT_OK
 
 
-def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, log_format: str = "text",
-               grace: float = DEFAULT_GRACE_SECONDS, record: bool = True, integration: str | None = None) -> int:
+def dlq_replay(
+    preset: Preset,
+    settings: Settings,
+    state: Any,
+    verbose: bool,
+    log_format: str = "text",
+    grace: float = DEFAULT_GRACE_SECONDS,
+    record: bool = True,
+    integration: str | None = None,
+) -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop
 
     if isinstance(state, str):
@@ -170,8 +210,13 @@ def dlq_replay(preset: Preset, settings: Settings, state: Any, verbose: bool, lo
 
         def on_signal(signum: int) -> None:
             first = stop.on_signal(signum)
-            say_on_stderr(log_format, f"signal-engine: {signal_name(signum)}{'' if first else ' again'}: stopping; "
-                          "letters not yet replayed stay in the store", "warning", event="stopping")
+            say_on_stderr(
+                log_format,
+                f"signal-engine: {signal_name(signum)}{'' if first else ' again'}: stopping; "
+                "letters not yet replayed stay in the store",
+                "warning",
+                event="stopping",
+            )
             engine.stop(grace if first else 0, stop.reason or signal_name(signum))
 
         loop = asyncio.get_running_loop()

@@ -17,7 +17,8 @@ import re
 import stat
 import sys
 import time
-from typing import IO, Any, Iterator, cast
+from collections.abc import Iterator
+from typing import IO, Any, cast
 
 import orjson
 
@@ -81,7 +82,7 @@ def open_events(path: str) -> IO[bytes]:
             # A replaced stdin with no buffer is a byte stream itself.
             return cast(IO[bytes], getattr(stdin, "buffer", stdin))
     try:
-        return open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the caller
+        return open(path, "rb", buffering=0)
     except OSError as exc:
         raise UsageError(f"--events {path}: cannot open: {exc.strerror or exc}") from None
 
@@ -94,8 +95,9 @@ def is_regular_file(stream: IO[Any]) -> bool:
         return False
 
 
-def events_from(stream: IO[Any], path: str,
-                max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[tuple[int, Any, str | None]]:
+def events_from(
+    stream: IO[Any], path: str, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> Iterator[tuple[int, Any, str | None]]:
     """Decode and parse each line on its own, so one bad line cannot spoil the others."""
     try:
         index = 0
@@ -112,8 +114,9 @@ def events_from(stream: IO[Any], path: str,
             stream.close()
 
 
-def parse_line(index: int, raw: RawLine,
-               max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> tuple[int, Any, str | None] | None:
+def parse_line(
+    index: int, raw: RawLine, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> tuple[int, Any, str | None] | None:
     """``(index, event, problem)`` for one line without its ending; None for a blank line.
 
     Blank means JSON whitespace only (space, tab, CR, LF): any other line,
@@ -122,7 +125,7 @@ def parse_line(index: int, raw: RawLine,
     if isinstance(raw, OversizedLine):
         return index, None, _too_long(index, raw.size, max_bytes)
     if index == 0 and raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     if not raw.strip(_JSON_WHITESPACE):
         return None
     if len(raw) > max_bytes:  # a line that arrived whole (a text stream)
@@ -137,7 +140,7 @@ def parse_line(index: int, raw: RawLine,
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        column = len(raw[:exc.start].decode("utf-8", "replace")) + 1
+        column = len(raw[: exc.start].decode("utf-8", "replace")) + 1
         return index, None, f"line {index + 1}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"
     try:
         event = json.loads(line, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -153,8 +156,10 @@ def parse_line(index: int, raw: RawLine,
 
 
 def _too_long(index: int, size: int, max_bytes: int) -> str:
-    return (f"line {index + 1}: {size:,} bytes, longer than the {max_bytes:,}-byte limit for one event "
-            "(--max-event-bytes); not read")
+    return (
+        f"line {index + 1}: {size:,} bytes, longer than the {max_bytes:,}-byte limit for one event "
+        "(--max-event-bytes); not read"
+    )
 
 
 class _OutOfRange(ValueError):
@@ -169,8 +174,9 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def raw_line_chunks(stream: IO[Any], size: int = 65536,
-                    max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Iterator[list[RawLine]]:
+def raw_line_chunks(
+    stream: IO[Any], size: int = 65536, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> Iterator[list[RawLine]]:
     """Lines without their endings, in lists of whatever one read returned.
 
     ``read1`` returns as soon as any bytes are there, so a line written to a

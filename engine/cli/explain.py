@@ -34,17 +34,26 @@ from .report import EXIT_EVENTS_FAILED, EXIT_OK
 
 def register(sub: Any) -> None:
     cmd = sub.add_parser(
-        "explain", help="show why one event came out as it did (every decision of a dry run)",
+        "explain",
+        help="show why one event came out as it did (every decision of a dry run)",
         description="Run one event as run --dry-run would and print each decision: shape, event table, consent, "
-                    "traits (source and normaliser), mapping output by expression, omitted and truncated fields, "
-                    "validation and the request. Exit status: 0, or 1 when the event failed.")
+        "traits (source and normaliser), mapping output by expression, omitted and truncated fields, "
+        "validation and the request. Exit status: 0, or 1 when the event failed.",
+    )
     cmd.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
-    cmd.add_argument("--event", required=True, metavar="JSON|FILE|-",
-                     help="the event as JSON text, a file (one JSON object, a JSON array, a golden case or NDJSON) "
-                          "or - for stdin")
-    cmd.add_argument("--index", type=int, metavar="N",
-                     help="which event of the file: the 0-based line of NDJSON (as run prints it) or position in "
-                          "a list; the events before it run first, so identify memory is as in a run")
+    cmd.add_argument(
+        "--event",
+        required=True,
+        metavar="JSON|FILE|-",
+        help="the event as JSON text, a file (one JSON object, a JSON array, a golden case or NDJSON) or - for stdin",
+    )
+    cmd.add_argument(
+        "--index",
+        type=int,
+        metavar="N",
+        help="which event of the file: the 0-based line of NDJSON (as run prints it) or position in "
+        "a list; the events before it run first, so identify memory is as in a run",
+    )
     cmd.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values (no credentials needed)")
     cmd.add_argument("--json", action="store_true", help="print the explanation as one JSON object, for tools")
     add_preset_path_option(cmd)
@@ -67,9 +76,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
             pipeline.dry_run(event, index)  # earlier events: identify memory as a run would leave it
     index, event, problem = next(item for item in items if item[0] == chosen)
     if problem is not None:
-        result = {"preset": preset.name, "index": index, "messageId": None,
-                  "outcome": oc.dropped(index, None, oc.INVALID_EVENT, problem).to_dict(), "decided_by": "shape",
-                  "steps": {"shape": {"ok": False, "problem": problem}}}
+        result = {
+            "preset": preset.name,
+            "index": index,
+            "messageId": None,
+            "outcome": oc.dropped(index, None, oc.INVALID_EVENT, problem).to_dict(),
+            "decided_by": "shape",
+            "steps": {"shape": {"ok": False, "problem": problem}},
+        }
     else:
         result = explain(pipeline, event, index)
         _locate_expressions(preset, result)
@@ -104,8 +118,9 @@ def read_event_source(value: str) -> tuple[list[tuple[int, Any, str | None]], di
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise UsageError(f"--event {value}: cannot read: {exc.strerror or exc} "
-                             "(--event takes JSON text, a file or -)") from None
+            raise UsageError(
+                f"--event {value}: cannot read: {exc.strerror or exc} (--event takes JSON text, a file or -)"
+            ) from None
         label = f"--event {value}"
     try:
         whole = json.loads(data.decode("utf-8-sig"), parse_constant=_reject_constant)
@@ -137,8 +152,9 @@ def _choose(items: list[tuple[int, Any, str | None]], index: int | None, source:
         raise UsageError(f"--event {source}: no events: the input is empty")
     if index is None:
         if len(indexes) > 1:
-            raise UsageError(f"--event holds {len(indexes)} events; choose one with --index N "
-                             f"(N is one of {_range_text(indexes)})")
+            raise UsageError(
+                f"--event holds {len(indexes)} events; choose one with --index N (N is one of {_range_text(indexes)})"
+            )
         return indexes[0]
     if index not in indexes:
         raise UsageError(f"--index {index}: no event there (the input's events are at {_range_text(indexes)})")
@@ -195,7 +211,7 @@ def _shown_path(path: str) -> str:
 def _j(value: Any, limit: int = 120) -> str:
     """Compact JSON, cut for a person to read (--json keeps everything)."""
     text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+    return text if len(text) <= limit else f"{text[: limit - 20]}... ({len(text)} characters)"
 
 
 def render(result: dict[str, Any]) -> str:
@@ -236,8 +252,11 @@ def render(result: dict[str, Any]) -> str:
     if table is not None:
         name = f"{table['type']} {_j(table['event'])}" if "event" in table else table["type"]
         if table["matched"]:
-            section(f"event table: {name} -> action {table['action']} ({table['entry']}"
-                    + (f", alias {_j(table['alias'])}" if "alias" in table else "") + ")")
+            section(
+                f"event table: {name} -> action {table['action']} ({table['entry']}"
+                + (f", alias {_j(table['alias'])}" if "alias" in table else "")
+                + ")"
+            )
             if table.get("values"):
                 out.append(f"   values: {_j(table['values'])}")
         else:
@@ -247,8 +266,10 @@ def render(result: dict[str, Any]) -> str:
     consent = steps.get("consent")
     if consent is not None:
         state = "granted" if not consent["missing"] else f"not granted for {', '.join(consent['missing'])}"
-        section(f"consent: {state} (shape: {consent['shape']}; setting {consent['setting']} requires "
-                f"{', '.join(consent['required'])})")
+        section(
+            f"consent: {state} (shape: {consent['shape']}; setting {consent['setting']} requires "
+            f"{', '.join(consent['required'])})"
+        )
         for row in consent["categories"]:
             by = f"{row['by']}: " if row.get("by") else ""
             out.append(f"   {row['category']}: {'granted' if row['granted'] else 'NOT granted'} - {by}{row['why']}")
@@ -267,8 +288,11 @@ def render(result: dict[str, Any]) -> str:
                 region = row.get("region_from")
                 extra = ""
                 if region:
-                    extra = (f", default region from {region['trait']}: {_j(region['value'])}"
-                             if region["value"] is not None else f", no default region ({region['trait']} not given)")
+                    extra = (
+                        f", default region from {region['trait']}: {_j(region['value'])}"
+                        if region["value"] is not None
+                        else f", no default region ({region['trait']} not given)"
+                    )
                 line += f"; {row['normaliser']}{extra}: "
                 line += _j(row["result"]) + f" ({row['why']})" if row.get("result") is not None else row["why"]
             out.append(line)
@@ -306,16 +330,19 @@ def render(result: dict[str, Any]) -> str:
         if output["truncated"]:
             out.append("   truncated (truncate_to_schema):")
             for item in output["truncated"]:
-                out.append(f"     {item['path']}: {item['from_length']} -> {item['to_length']} characters "
-                           f"({item['why']}){_written_by(item)}")
+                out.append(
+                    f"     {item['path']}: {item['from_length']} -> {item['to_length']} characters "
+                    f"({item['why']}){_written_by(item)}"
+                )
         else:
             out.append("   truncated: nothing")
         validation = output["validation"]
         if validation["ok"]:
             out.append("   validation: ok" + (f" ({validation['why']})" if validation.get("why") else ""))
         else:
-            out.append(f"   validation: FAILED at {validation['field']}: {validation['message']}"
-                       f"{_written_by(validation)}")
+            out.append(
+                f"   validation: FAILED at {validation['field']}: {validation['message']}{_written_by(validation)}"
+            )
 
     request = steps.get("request")
     if request is not None:
@@ -334,10 +361,12 @@ def render(result: dict[str, Any]) -> str:
             out.append(f"   {number}. {item['method']} {item['url']}")
         flow = steps.get("flow")
         if flow and flow["shown"] < len(flow["steps"]):
-            out.append(f"   then: {', '.join(flow['steps'][flow['shown']:])} ({flow['why']})")
+            out.append(f"   then: {', '.join(flow['steps'][flow['shown'] :])} ({flow['why']})")
         elif not flow:
-            out.append("   (an upsert's lookup first: the create goes only when it finds nothing, "
-                       "else the record it finds is updated)")
+            out.append(
+                "   (an upsert's lookup first: the create goes only when it finds nothing, "
+                "else the record it finds is updated)"
+            )
     if steps.get("trace_error"):
         out.append("")
         out.append(f"(the explanation stopped early: {steps['trace_error']}; the outcome above is the run's own)")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
-from typing import Any, AsyncIterator, Iterable, TypeVar
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -66,7 +67,7 @@ class _Feed:
             self.lock.notify_all()
 
 
-def _resolve(waiter: "asyncio.Future[None]") -> None:
+def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 

@@ -22,8 +22,10 @@ def ndjson_hint(source: str, first_line: bytes | None, first_event: Any, first_p
     else:
         what = "its first line is not a JSON object"
         convert = f"jq -c . {target} > events.ndjson"
-    return (f"signal-engine: hint: --events {source}: {what}; NDJSON is expected, one JSON object per line. "
-            f"Convert it with: {convert}")
+    return (
+        f"signal-engine: hint: --events {source}: {what}; NDJSON is expected, one JSON object per line. "
+        f"Convert it with: {convert}"
+    )
 
 
 def _quote(path: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..log_context import current_integration
@@ -58,8 +58,9 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -79,8 +80,12 @@ class JsonFormatter(logging.Formatter):
 def json_line(level: str, message: str, logger: str = "engine.cli", **fields: Any) -> str:
     """A line shaped like :class:`JsonFormatter`'s, for what the CLI itself reports (summary, hints)."""
     entry: dict[str, Any] = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "level": level, "logger": logger, "message": message, **fields}
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+        **fields,
+    }
     return json.dumps(entry, ensure_ascii=False)
 
 
@@ -120,5 +125,9 @@ def configure_logging(redactor: Redactor, verbose: bool, log_format: str = "text
 
 def add_logging_options(parser: Any) -> None:
     parser.add_argument("--verbose", action="store_true", help="log every delivery attempt to stderr")
-    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
-                        help="text for people, json for one JSON object per line (default: %(default)s)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text for people, json for one JSON object per line (default: %(default)s)",
+    )

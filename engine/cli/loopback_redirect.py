@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -70,30 +70,47 @@ class LoopbackRedirect:
         assert self._result is not None
         params = {key: request.query.getone(key) for key in request.query}
         if self._result.done():
-            return _page(409, "Already answered", "This authorisation has already been answered. "
-                                                  "Return to the terminal.")
+            return _page(
+                409, "Already answered", "This authorisation has already been answered. Return to the terminal."
+            )
         state = params.get("state", "")
         if not hmac.compare_digest(state.encode(), self._state.encode()):
-            self._warn("signal-engine: ignored a redirect whose state does not belong to this authorisation "
-                       "(a browser tab from an earlier attempt?); still waiting")
-            return _page(400, "Not this authorisation",
-                         "This answer does not belong to the authorisation the terminal is waiting for "
-                         "(its state differs). Open the link the terminal printed last.")
+            self._warn(
+                "signal-engine: ignored a redirect whose state does not belong to this authorisation "
+                "(a browser tab from an earlier attempt?); still waiting"
+            )
+            return _page(
+                400,
+                "Not this authorisation",
+                "This answer does not belong to the authorisation the terminal is waiting for "
+                "(its state differs). Open the link the terminal printed last.",
+            )
         if "error" in params:
             self._result.set_result(params)
-            return _page(200, "Not authorised", f"The app was not authorised ({params['error']}). "
-                                                "Return to the terminal.")
+            return _page(
+                200, "Not authorised", f"The app was not authorised ({params['error']}). Return to the terminal."
+            )
         if not params.get("code"):
             self._warn("signal-engine: a redirect came back with neither a code nor an error; still waiting")
             return _page(400, "No code", "The answer carries no authorization code. Return to the terminal.")
         self._result.set_result(params)
-        return _page(200, "Authorised", "Signal engine received the authorisation. The terminal says when the "
-                                        "tokens are stored; you can close this tab.")
+        return _page(
+            200,
+            "Authorised",
+            "Signal engine received the authorisation. The terminal says when the "
+            "tokens are stored; you can close this tab.",
+        )
 
 
 def _page(status: int, title: str, text: str) -> web.Response:
     """A page without scripts, links or outside resources (its URL holds the code: nothing may leak it)."""
-    body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
-            f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>")
-    return web.Response(status=status, text=body, content_type="text/html",
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    body = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></body></html>"
+    )
+    return web.Response(
+        status=status,
+        text=body,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"},
+    )

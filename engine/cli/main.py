@@ -29,7 +29,6 @@ from .report import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAG
 from .stopping import RunStop
 
 
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     json_logs = wants_json(argv)
@@ -37,8 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(parser, argv) if json_logs else parser.parse_args(argv)
     if not getattr(args, "func", None):
         if json_logs:
-            _fail(True, ["no command given (signal-engine --help lists them)"], "usage_error",
-                  usage=parser.format_usage().strip())
+            _fail(
+                True,
+                ["no command given (signal-engine --help lists them)"],
+                "usage_error",
+                usage=parser.format_usage().strip(),
+            )
         else:
             parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -81,8 +84,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
             raise
         usage, _, error = text.rpartition("error: ")
         prog = usage.rstrip().rsplit("\n", 1)[-1].removesuffix(":").strip()
-        _fail(True, [error.strip()], "usage_error", int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE,
-              command=prog, usage=" ".join(usage.replace(prog + ":", "").split()))
+        _fail(
+            True,
+            [error.strip()],
+            "usage_error",
+            int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE,
+            command=prog,
+            usage=" ".join(usage.replace(prog + ":", "").split()),
+        )
         raise
 
 
@@ -111,7 +120,7 @@ def _problem(line: str) -> dict[str, Any]:
     match = LOCATION.match(line)
     if not match:
         return {"message": line}
-    where: dict[str, Any] = {"message": line[match.end():], "file": match["file"], "line": int(match["line"])}
+    where: dict[str, Any] = {"message": line[match.end() :], "file": match["file"], "line": int(match["line"])}
     if match["column"]:
         where["column"] = int(match["column"])
     return where
@@ -119,9 +128,22 @@ def _problem(line: str) -> dict[str, Any]:
 
 # Command name -> the module (in this package) that registers it. Only the
 # named command's module is imported: each pulls in what its command needs.
-COMMANDS = (("demo", "demo"), ("check", "check"), ("run", "run"), ("explain", "explain"), ("golden", "golden"), ("schema", "schema"),
-            ("init", "scaffold"), ("auth", "auth"), ("dlq", "dlq"), ("sandbox", "sandbox"), ("serve", "serve"),
-            ("worker", "worker"), ("tail", "tail"), ("console", "console"))
+COMMANDS = (
+    ("demo", "demo"),
+    ("check", "check"),
+    ("run", "run"),
+    ("explain", "explain"),
+    ("golden", "golden"),
+    ("schema", "schema"),
+    ("init", "scaffold"),
+    ("auth", "auth"),
+    ("dlq", "dlq"),
+    ("sandbox", "sandbox"),
+    ("serve", "serve"),
+    ("worker", "worker"),
+    ("tail", "tail"),
+    ("console", "console"),
+)
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -132,14 +154,19 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     still list every command.
     """
     parser = argparse.ArgumentParser(
-        prog="signal-engine", description="Declarative event-delivery engine.", formatter_class=_Formatter,
+        prog="signal-engine",
+        description="Declarative event-delivery engine.",
+        formatter_class=_Formatter,
         epilog="Exit status: 0 every event delivered, dropped or would_send; 1 an event failed or was "
-               "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error; "
-               "130, 143 or 141 a run stopped by SIGINT, SIGTERM or a closed stdout (every event read recorded).")
+        "dead-lettered (check and golden: a problem was found); 2 a usage or configuration error; "
+        "130, 143 or 141 a run stopped by SIGINT, SIGTERM or a closed stdout (every event read recorded).",
+    )
     parser.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     # typeshed wants a class for parser_class; argparse only calls it, so a partial does.
-    sub = parser.add_subparsers(metavar="COMMAND",  # type: ignore[call-overload]
-                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))
+    sub = parser.add_subparsers(
+        metavar="COMMAND",  # type: ignore[call-overload]
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter),
+    )
     named = [module for name, module in COMMANDS if name == command]
     for module in named or [module for _, module in COMMANDS]:
         importlib.import_module(f"{__package__}.{module}").register(sub)
@@ -163,8 +190,9 @@ class _Formatter(argparse.HelpFormatter):
     terminal width; this reads the width the way shutil does.
     """
 
-    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
-                 width: int | None = None) -> None:
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ) -> None:
         if width is None:
             width = _terminal_columns() - 2
         super().__init__(prog, indent_increment, max_help_position, width)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from .. import outcome as oc
 from ..outcome import Outcome
@@ -42,9 +43,16 @@ EXIT_CODES = {
 class RunReport:
     """Counts outcomes (and drop reasons and failure causes) as they are printed."""
 
-    def __init__(self, stream: TextIO | None = None, *, progress: bool = False, source: str = "the input",
-                 log_format: str = "text", clock: Callable[[], float] = time.monotonic,
-                 interval: float | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        progress: bool = False,
+        source: str = "the input",
+        log_format: str = "text",
+        clock: Callable[[], float] = time.monotonic,
+        interval: float | None = None,
+    ) -> None:
         self.stream = stream
         self.source = source
         self.json = log_format == "json"  # then every line is a JSON object, like the logs
@@ -104,9 +112,16 @@ class RunReport:
             from .logs import json_line  # JSON logs only: plain runs never load logging
 
             fields = {"stopped": self.stopped} if self.stopped else {}
-            return json_line("warning" if self.stopped else "info", line.removeprefix("signal-engine: "),
-                             event="summary", events=self.total, seconds=round(elapsed, 3),
-                             outcomes=dict(self.outcomes), details=self.details, **fields)
+            return json_line(
+                "warning" if self.stopped else "info",
+                line.removeprefix("signal-engine: "),
+                event="summary",
+                events=self.total,
+                seconds=round(elapsed, 3),
+                outcomes=dict(self.outcomes),
+                details=self.details,
+                **fields,
+            )
         return line
 
     def finish(self, extra: str | None = None) -> None:
@@ -125,8 +140,17 @@ class RunReport:
         if self.json:
             from .logs import json_line
 
-            out.write(json_line("info", text.removeprefix("signal-engine: "), event="progress", events=self.total,
-                                rate=round(rate, 1), outcomes=dict(self.outcomes)) + "\n")
+            out.write(
+                json_line(
+                    "info",
+                    text.removeprefix("signal-engine: "),
+                    event="progress",
+                    events=self.total,
+                    rate=round(rate, 1),
+                    outcomes=dict(self.outcomes),
+                )
+                + "\n"
+            )
         elif _is_tty(out):
             out.write("\r\x1b[K" + text)
         else:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import IO, Any, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import IO, Any
 
 from .. import outcome as oc
 from ..language.model import Preset
@@ -36,31 +37,56 @@ from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, StopRequested, se
 
 def register(sub: Any) -> None:
     run = sub.add_parser(
-        "run", help="run an event stream through a preset",
+        "run",
+        help="run an event stream through a preset",
         description="Run newline-delimited JSON events through a preset: one outcome line per event on stdout, "
-                    "progress and a summary on stderr. SIGINT, SIGTERM or a closed stdout stop the run: no more "
-                    "input is read, requests on the wire get --grace seconds, and every event read still gets its "
-                    "outcome. Exit status: 0 when every event was delivered, dropped or would_send; 1 when any "
-                    "failed or was dead-lettered; 2 for a usage or configuration error; 130 (SIGINT), 143 "
-                    "(SIGTERM) or 141 (stdout closed) for a run stopped early.")
+        "progress and a summary on stderr. SIGINT, SIGTERM or a closed stdout stop the run: no more "
+        "input is read, requests on the wire get --grace seconds, and every event read still gets its "
+        "outcome. Exit status: 0 when every event was delivered, dropped or would_send; 1 when any "
+        "failed or was dead-lettered; 2 for a usage or configuration error; 130 (SIGINT), 143 "
+        "(SIGTERM) or 141 (stdout closed) for a run stopped early.",
+    )
     run.add_argument("preset", metavar="PRESET", help="built-in name (destination/preset) or path to a YAML preset")
     run.add_argument("--events", required=True, metavar="FILE|-", help="newline-delimited JSON events; - reads stdin")
     run.add_argument("--settings", metavar="FILE", help="YAML mapping of setting values; ${ENV_VAR} is expanded")
-    run.add_argument("--dry-run", action="store_true",
-                     help="build and print each request without sending it (needs no credentials)")
-    run.add_argument("--state", metavar="DIR", default=".signal-state",
-                     help="token store, dead letters and identity memory (default: %(default)s)")
+    run.add_argument(
+        "--dry-run", action="store_true", help="build and print each request without sending it (needs no credentials)"
+    )
+    run.add_argument(
+        "--state",
+        metavar="DIR",
+        default=".signal-state",
+        help="token store, dead letters and identity memory (default: %(default)s)",
+    )
     add_reset_state_option(run)
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="show progress on stderr (default: only when stderr is a terminal)")
-    run.add_argument("--grace", type=seconds_arg, default=DEFAULT_GRACE_SECONDS, metavar="SECONDS",
-                     help="after SIGINT, SIGTERM or a closed stdout, how long requests already sent may take to "
-                          "finish before they are dead-lettered as interrupted (default: %(default)g)")
-    run.add_argument("--max-event-bytes", type=_byte_count, default=DEFAULT_MAX_EVENT_BYTES, metavar="BYTES",
-                     help="a longer input line is not read: it is one invalid_event (default: %(default)d)")
-    run.add_argument("--no-record", dest="record", action="store_false",
-                     help="keep no record of recent events for the console (default: the last 10,000 per "
-                          "integration, at most 7 days, in the state directory)")
+    run.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
+    run.add_argument(
+        "--grace",
+        type=seconds_arg,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="after SIGINT, SIGTERM or a closed stdout, how long requests already sent may take to "
+        "finish before they are dead-lettered as interrupted (default: %(default)g)",
+    )
+    run.add_argument(
+        "--max-event-bytes",
+        type=_byte_count,
+        default=DEFAULT_MAX_EVENT_BYTES,
+        metavar="BYTES",
+        help="a longer input line is not read: it is one invalid_event (default: %(default)d)",
+    )
+    run.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="keep no record of recent events for the console (default: the last 10,000 per "
+        "integration, at most 7 days, in the state directory)",
+    )
     add_logging_options(run)
     add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
@@ -106,11 +132,16 @@ class InputLines:
 
 def cmd_run(args: argparse.Namespace) -> int:
     preset = load_preset_arg(args)
-    settings = settings_for(args, preset.settings, require=not args.dry_run,
-                            without_file_hint="pass --settings FILE (or use --dry-run, which needs no credentials)")
+    settings = settings_for(
+        args,
+        preset.settings,
+        require=not args.dry_run,
+        without_file_hint="pass --settings FILE (or use --dry-run, which needs no credentials)",
+    )
     raw = open_events(args.events)  # before anything is sent: a bad path is one line and exit 2
-    report = RunReport(progress=wants_progress(args.progress), source=f"--events {args.events}",
-                       log_format=args.log_format)
+    report = RunReport(
+        progress=wants_progress(args.progress), source=f"--events {args.events}", log_format=args.log_format
+    )
 
     def warn(line: str) -> None:
         _tell(args.log_format, line, "hint")
@@ -142,8 +173,11 @@ def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunR
                     lines.finished = True
                     break
                 for index, event, problem in lines.parse(chunk):
-                    result = dropped(index, None, INVALID_EVENT, problem) if problem is not None \
+                    result = (
+                        dropped(index, None, INVALID_EVENT, problem)
+                        if problem is not None
                         else pipeline.dry_run(event, index)
+                    )
                     stop.emit(lambda: emit(result, flush=flush))  # noqa: B023 - emit calls it at once
                     report.add(result)
             stop.emit(sys.stdout.flush, lines=0)
@@ -152,8 +186,7 @@ def dry_run(pipeline: Pipeline, stream: IO[Any], lines: InputLines, report: RunR
     return _finish(report, lines, stop, delivering=False)
 
 
-def _finish(report: RunReport, lines: InputLines, stop: RunStop, extra: str | None = None, *,
-            delivering: bool) -> int:
+def _finish(report: RunReport, lines: InputLines, stop: RunStop, extra: str | None = None, *, delivering: bool) -> int:
     if stop.stopped:
         report.stopped = lines.where(stop, delivering=delivering)
         if not stop.printing:
@@ -163,16 +196,32 @@ def _finish(report: RunReport, lines: InputLines, stop: RunStop, extra: str | No
     return code if code is not None else report.exit_code()
 
 
-def run_delivery(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
-                 lines: InputLines, report: RunReport, stop: RunStop) -> int:
+def run_delivery(
+    preset: Preset,
+    settings: Settings,
+    args: argparse.Namespace,
+    stream: IO[Any],
+    lines: InputLines,
+    report: RunReport,
+    stop: RunStop,
+) -> int:
     import asyncio  # not at module level: a dry run needs no event loop
 
     check_state_dir(args.state, reset=args.reset_state)
     return asyncio.run(deliver(preset, settings, args, stream, lines, report, stop))
 
 
-async def deliver(preset: Preset, settings: Settings, args: argparse.Namespace, stream: IO[Any],
-                  lines: InputLines, report: RunReport, stop: RunStop, *, print_outcomes: bool = True) -> int:
+async def deliver(
+    preset: Preset,
+    settings: Settings,
+    args: argparse.Namespace,
+    stream: IO[Any],
+    lines: InputLines,
+    report: RunReport,
+    stop: RunStop,
+    *,
+    print_outcomes: bool = True,
+) -> int:
     """Deliver ``stream`` in the running loop: one outcome line each, then the summary; returns the exit code.
 
     A coroutine, so that a caller can serve something of its own in the same
@@ -215,8 +264,10 @@ async def deliver(preset: Preset, settings: Settings, args: argparse.Namespace, 
                 # deliveries under way), handed over in batches, and parsed here.
                 try:
                     async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
-                        yield [(at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
-                               for at, event, problem in lines.parse(chunk)]
+                        yield [
+                            (at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
+                            for at, event, problem in lines.parse(chunk)
+                        ]
                 except OSError as exc:
                     raise UsageError(f"--events {args.events}: cannot read: {exc.strerror or exc}") from None
                 lines.finished = True

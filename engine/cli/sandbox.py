@@ -28,8 +28,11 @@ _NOT_SANDBOXES = frozenset({"common"})
 
 def available() -> list[str]:
     """The sandbox names, from the package's modules (none is imported to list them)."""
-    return sorted(info.name for info in pkgutil.iter_modules(sandbox_package.__path__)
-                  if not info.name.startswith("_") and info.name not in _NOT_SANDBOXES)
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(sandbox_package.__path__)
+        if not info.name.startswith("_") and info.name not in _NOT_SANDBOXES
+    )
 
 
 def summary(name: str) -> str:
@@ -50,11 +53,13 @@ def register(sub: Any) -> None:
     names = available()
     listing = "\n".join(f"  {name:<10} {summary(name)}" for name in names)
     sandbox = sub.add_parser(
-        "sandbox", help="serve a local imitation of a destination API",
+        "sandbox",
+        help="serve a local imitation of a destination API",
         description="Serve a local imitation of a destination API on loopback, to try presets and delivery "
-                    "without the real service.",
+        "without the real service.",
         epilog=f"destinations:\n{listing}\n\nThe options of a destination: signal-engine sandbox DESTINATION --help",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sandbox.add_argument("destination", choices=names, metavar="DESTINATION", help="the API to imitate (see below)")
     sandbox.add_argument("options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sandbox.set_defaults(func=cmd_sandbox, sandbox_parser=sandbox)

@@ -30,20 +30,27 @@ CASE = "signed-up"
 
 def register(sub: Any) -> None:
     init = sub.add_parser(
-        "init", help="write a new preset skeleton, its output schema and a golden case",
+        "init",
+        help="write a new preset skeleton, its output schema and a golden case",
         description="Write a working preset skeleton for DESTINATION/NAME: the preset, an output schema beside it "
-                    "and a golden case. It passes check and golden as generated; edit it from there.")
+        "and a golden case. It passes check and golden as generated; edit it from there.",
+    )
     init.add_argument("name", metavar="DESTINATION/NAME", help="the new preset's name, e.g. acme/contacts")
-    init.add_argument("--dir", default=".", metavar="DIR",
-                      help="project folder holding presets/, schemas/ and golden/ (default: the current folder)")
+    init.add_argument(
+        "--dir",
+        default=".",
+        metavar="DIR",
+        help="project folder holding presets/, schemas/ and golden/ (default: the current folder)",
+    )
     init.set_defaults(func=cmd_init)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     name = args.name.strip()
     if not _NAME.match(name):
-        raise UsageError(f"{args.name!r}: a preset name is DESTINATION/NAME in lower case, digits and '-', "
-                         "e.g. acme/contacts")
+        raise UsageError(
+            f"{args.name!r}: a preset name is DESTINATION/NAME in lower case, digits and '-', e.g. acme/contacts"
+        )
     files = skeleton(name, Path(args.dir))
     clashes = [path for path, _ in files if path.exists() and path.name != "preset.schema.json"]
     if clashes:
@@ -68,8 +75,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 def skeleton(name: str, root: Path) -> list[tuple[Path, str]]:
     """(path, text) of every file ``init`` writes, preset first, the case file third."""
     destination, preset = name.split("/")
-    fill = {"@NAME@": name, "@DEST@": destination, "@PRESET@": preset,
-            "@TITLE@": f"{_title(destination)} — {_title(preset)}"}
+    fill = {
+        "@NAME@": name,
+        "@DEST@": destination,
+        "@PRESET@": preset,
+        "@TITLE@": f"{_title(destination)} — {_title(preset)}",
+    }
     case_dir = root / "golden" / destination / preset
     return [
         (root / "presets" / destination / f"{preset}.yaml", _fill(PRESET_TEMPLATE, fill)),
@@ -250,30 +261,71 @@ _CONSENT = {"consent": {"canonical": {"marketing": True}}}
 
 CASE_TEMPLATE: dict[str, Any] = {
     "description": "identify, then a Signed Up track: one contact with the remembered traits; "
-                   "a page view and a sign-up without consent are dropped.",
+    "a page view and a sign-up without consent are dropped.",
     "spec": "@NAME@: events.track, identity and consent",
     "events": [
-        {"type": "identify", "messageId": "m-identify", "userId": "user-1",
-         "traits": {"email": "  Jane.Doe@Example.com ", "firstName": "Jane", "lastName": "Doe",
-                    "phone": "020 7946 0958", "country": "GB"},
-         "context": _CONSENT},
+        {
+            "type": "identify",
+            "messageId": "m-identify",
+            "userId": "user-1",
+            "traits": {
+                "email": "  Jane.Doe@Example.com ",
+                "firstName": "Jane",
+                "lastName": "Doe",
+                "phone": "020 7946 0958",
+                "country": "GB",
+            },
+            "context": _CONSENT,
+        },
         {"type": "track", "event": "Signed Up", "messageId": "m-signup", "userId": "user-1", "context": _CONSENT},
         {"type": "page", "messageId": "m-page", "anonymousId": "anon-1", "context": _CONSENT},
-        {"type": "track", "event": "Signed Up", "messageId": "m-no-consent", "userId": "user-2",
-         "traits": {"email": "sam@example.com"}},
+        {
+            "type": "track",
+            "event": "Signed Up",
+            "messageId": "m-no-consent",
+            "userId": "user-2",
+            "traits": {"email": "sam@example.com"},
+        },
     ],
 }
 
 EXPECTED_TEMPLATE: list[dict[str, Any]] = [
-    {"index": 0, "messageId": "m-identify", "outcome": "dropped", "reason": "event_not_mapped",
-     "detail": "identify is not mapped; its traits are remembered for this user's later events"},
-    {"index": 1, "messageId": "m-signup", "outcome": "would_send",
-     "request": {"method": "POST", "url": "https://api.example.com/v1/contacts",
-                 "headers": {"Content-Type": "application/json"},
-                 "body": {"email": "jane.doe@example.com", "first_name": "Jane", "last_name": "Doe",
-                          "phone": "+442079460958", "source": "signup"}}},
-    {"index": 2, "messageId": "m-page", "outcome": "dropped", "reason": "event_not_mapped",
-     "detail": "page events are not mapped (defaults.action: drop)"},
-    {"index": 3, "messageId": "m-no-consent", "outcome": "dropped", "reason": "no_consent",
-     "detail": "consent not granted for: marketing"},
+    {
+        "index": 0,
+        "messageId": "m-identify",
+        "outcome": "dropped",
+        "reason": "event_not_mapped",
+        "detail": "identify is not mapped; its traits are remembered for this user's later events",
+    },
+    {
+        "index": 1,
+        "messageId": "m-signup",
+        "outcome": "would_send",
+        "request": {
+            "method": "POST",
+            "url": "https://api.example.com/v1/contacts",
+            "headers": {"Content-Type": "application/json"},
+            "body": {
+                "email": "jane.doe@example.com",
+                "first_name": "Jane",
+                "last_name": "Doe",
+                "phone": "+442079460958",
+                "source": "signup",
+            },
+        },
+    },
+    {
+        "index": 2,
+        "messageId": "m-page",
+        "outcome": "dropped",
+        "reason": "event_not_mapped",
+        "detail": "page events are not mapped (defaults.action: drop)",
+    },
+    {
+        "index": 3,
+        "messageId": "m-no-consent",
+        "outcome": "dropped",
+        "reason": "no_consent",
+        "detail": "consent not granted for: marketing",
+    },
 ]

@@ -24,12 +24,19 @@ from .common import UsageError
 
 def register(sub: Any) -> None:
     schema = sub.add_parser(
-        "schema", help="print the preset language's (or the integrations file's) JSON Schema, for editors",
+        "schema",
+        help="print the preset language's (or the integrations file's) JSON Schema, for editors",
         description="Print the JSON Schema of the preset language, or of the integrations file (schema "
-                    "integrations). Save it and point a modeline at it, as the first line of the YAML file: "
-                    "# yaml-language-server: $schema=path/to/preset.schema.json")
-    schema.add_argument("which", nargs="?", choices=("preset", "integrations"), default="preset",
-                        help="which schema (default: %(default)s)")
+        "integrations). Save it and point a modeline at it, as the first line of the YAML file: "
+        "# yaml-language-server: $schema=path/to/preset.schema.json",
+    )
+    schema.add_argument(
+        "which",
+        nargs="?",
+        choices=("preset", "integrations"),
+        default="preset",
+        help="which schema (default: %(default)s)",
+    )
     schema.add_argument("--output", "-o", metavar="FILE", help="write the schema to FILE instead of stdout")
     schema.set_defaults(func=cmd_schema)
 

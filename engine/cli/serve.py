@@ -18,47 +18,85 @@ DEFAULT = " (default: %(default)s)"
 
 def register(sub: Any) -> None:
     serve = sub.add_parser(
-        "serve", help="serve the HTTP intake (Signal's API and Segment-compatible routes)",
+        "serve",
+        help="serve the HTTP intake (Signal's API and Segment-compatible routes)",
         description="Serve the HTTP intake: POST /v1/events (HMAC-signed) and the Segment-compatible /v1/batch, "
-                    "/v1/track, /v1/identify, /v1/page, /v1/screen and /v1/group (write key as the HTTP Basic "
-                    "username). Without --redis, events are queued in the state directory and delivered by this "
-                    "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. stdout holds "
-                    "only outcome lines, one compact JSON object each, as `run` prints them; stderr says 'listening on "
-                    "http://HOST:PORT' when ready (under --log-format json, an object with a url field); SIGTERM drains and exits. With --config FILE, one "
-                    "intake feeds every integration of the file, each consuming on its own; PRESET --settings FILE "
-                    "is one integration named after the preset. Write keys come from the file's intake: section, "
-                    "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
-                    "from --intake FILE.")
+        "/v1/track, /v1/identify, /v1/page, /v1/screen and /v1/group (write key as the HTTP Basic "
+        "username). Without --redis, events are queued in the state directory and delivered by this "
+        "process; with --redis they are appended to a Redis Stream for `signal-engine worker`. stdout holds "
+        "only outcome lines, one compact JSON object each, as `run` prints them; stderr says 'listening on "
+        "http://HOST:PORT' when ready (under --log-format json, an object with a url field); SIGTERM drains and exits. With --config FILE, one "
+        "intake feeds every integration of the file, each consuming on its own; PRESET --settings FILE "
+        "is one integration named after the preset. Write keys come from the file's intake: section, "
+        "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
+        "from --intake FILE.",
+    )
     add_config_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on" + DEFAULT)
     serve.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one" + DEFAULT)
-    serve.add_argument("--intake", metavar="FILE", help="YAML with write_keys and signing_secret (else the environment)")
-    serve.add_argument("--state", metavar="DIR", default=".signal-state",
-                       help="without --redis: the queue, token store, dead letters and identity memory" + DEFAULT)
+    serve.add_argument(
+        "--intake", metavar="FILE", help="YAML with write_keys and signing_secret (else the environment)"
+    )
+    serve.add_argument(
+        "--state",
+        metavar="DIR",
+        default=".signal-state",
+        help="without --redis: the queue, token store, dead letters and identity memory" + DEFAULT,
+    )
     add_reset_state_option(serve)
     serve.add_argument("--redis", metavar="URL", help="append to a Redis Stream (redis://host:port/db) for workers")
-    serve.add_argument("--max-body-bytes", type=int, default=512 * 1024,
-                       help="largest request body, compressed or not; larger gets 413" + DEFAULT)
-    serve.add_argument("--max-backlog", type=int, default=100_000,
-                       help="events queued and not yet delivered before new ones get 429" + DEFAULT)
-    serve.add_argument("--idle-timeout", type=float, default=15.0, metavar="SECONDS",
-                       help="close a connection that sends no complete request head this long after it opened or "
-                            "after its last answer (slow headers, idle keep-alive)" + DEFAULT)
-    serve.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
-                       help="answer 408 and close when a request's body has not fully arrived this long after its "
-                            "head" + DEFAULT)
-    serve.add_argument("--max-deliveries", type=int, default=5, metavar="N",
-                       help="without --redis: an event handed to the worker this many times without finishing "
-                            "(it stops the worker each time) becomes a dead letter, cause poison" + DEFAULT)
-    serve.add_argument("--drain-seconds", type=float, default=30.0,
-                       help="on SIGTERM, how long to finish what is under way" + DEFAULT)
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=512 * 1024,
+        help="largest request body, compressed or not; larger gets 413" + DEFAULT,
+    )
+    serve.add_argument(
+        "--max-backlog",
+        type=int,
+        default=100_000,
+        help="events queued and not yet delivered before new ones get 429" + DEFAULT,
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="close a connection that sends no complete request head this long after it opened or "
+        "after its last answer (slow headers, idle keep-alive)" + DEFAULT,
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="answer 408 and close when a request's body has not fully arrived this long after its head" + DEFAULT,
+    )
+    serve.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="without --redis: an event handed to the worker this many times without finishing "
+        "(it stops the worker each time) becomes a dead letter, cause poison" + DEFAULT,
+    )
+    serve.add_argument(
+        "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long to finish what is under way" + DEFAULT
+    )
     serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
-    serve.add_argument("--no-record", dest="record", action="store_false",
-                       help="keep no record of recent events for the console (default: the last 10,000 per "
-                            "integration, at most 7 days)")
-    serve.add_argument("--console", action="store_true",
-                       help="also serve the web console under /console on this port; any --host but loopback "
-                            "needs $SIGNAL_CONSOLE_TOKEN")
+    serve.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="keep no record of recent events for the console (default: the last 10,000 per "
+        "integration, at most 7 days)",
+    )
+    serve.add_argument(
+        "--console",
+        action="store_true",
+        help="also serve the web console under /console on this port; any --host but loopback "
+        "needs $SIGNAL_CONSOLE_TOKEN",
+    )
     add_logging_options(serve)
     add_preset_path_option(serve)
     serve.set_defaults(func=cmd_serve)
@@ -85,9 +123,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             environ[WRITE_KEYS_ENV] = ",".join(config.write_keys)
         if config.signing_secret is not None:
             environ[SIGNING_SECRET_ENV] = config.signing_secret
-        intake = load_intake_config(environ, args.intake, max_body_bytes=args.max_body_bytes,
-                                    max_backlog=args.max_backlog, idle_timeout_seconds=args.idle_timeout,
-                                    body_timeout_seconds=args.body_timeout)
+        intake = load_intake_config(
+            environ,
+            args.intake,
+            max_body_bytes=args.max_body_bytes,
+            max_backlog=args.max_backlog,
+            idle_timeout_seconds=args.idle_timeout,
+            body_timeout_seconds=args.body_timeout,
+        )
     except IntakeConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.redis is None:
@@ -97,11 +140,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..service.serving import ServiceOptions, serve
     from .service_common import configure_for, service_errors
 
-    options = ServiceOptions(config, state=args.state, redis=args.redis, host=args.host, port=args.port,
-                             intake=intake, drain_seconds=args.drain_seconds, print_outcomes=not args.quiet,
-                             max_deliveries=args.max_deliveries, record=args.record,
-                             mount=console_mount(args, config) if args.console else None,
-                             announce=functools.partial(say_on_stderr, args.log_format))
+    options = ServiceOptions(
+        config,
+        state=args.state,
+        redis=args.redis,
+        host=args.host,
+        port=args.port,
+        intake=intake,
+        drain_seconds=args.drain_seconds,
+        print_outcomes=not args.quiet,
+        max_deliveries=args.max_deliveries,
+        record=args.record,
+        mount=console_mount(args, config) if args.console else None,
+        announce=functools.partial(say_on_stderr, args.log_format),
+    )
     with service_errors(args):
         asyncio.run(serve(options, configure_for(args)))
     return EXIT_OK

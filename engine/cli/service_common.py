@@ -5,21 +5,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from .common import UsageError, load_preset_arg, settings_for
 
 
 def add_config_options(parser: Any, *, integrations: str | None = None) -> None:
     """``[PRESET] [--settings FILE]`` (the one-preset form) or ``--config FILE``; ``--integration`` with it."""
-    parser.add_argument("preset", metavar="PRESET", nargs="?",
-                        help="the one-preset form: a built-in name (destination/preset) or path to a YAML preset, "
-                             "served as one integration named after it (crm/contacts: crm-contacts)")
-    parser.add_argument("--settings", metavar="FILE",
-                        help="with PRESET: YAML mapping of setting values; ${ENV_VAR} is expanded")
-    parser.add_argument("--config", metavar="FILE",
-                        help="an integrations file: the intake's keys and every integration, each a preset with "
-                             "its settings (signal-engine schema integrations)")
+    parser.add_argument(
+        "preset",
+        metavar="PRESET",
+        nargs="?",
+        help="the one-preset form: a built-in name (destination/preset) or path to a YAML preset, "
+        "served as one integration named after it (crm/contacts: crm-contacts)",
+    )
+    parser.add_argument(
+        "--settings", metavar="FILE", help="with PRESET: YAML mapping of setting values; ${ENV_VAR} is expanded"
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="an integrations file: the intake's keys and every integration, each a preset with "
+        "its settings (signal-engine schema integrations)",
+    )
     if integrations is not None:
         parser.add_argument("--integration", metavar="NAME", action="append", default=None, help=integrations)
 
@@ -30,8 +39,10 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
 
     if args.config:
         if args.preset or args.settings:
-            raise UsageError("give --config FILE, or PRESET [--settings FILE], not both (the integrations file "
-                             "names each integration's preset and settings)")
+            raise UsageError(
+                "give --config FILE, or PRESET [--settings FILE], not both (the integrations file "
+                "names each integration's preset and settings)"
+            )
         import os
 
         from .logs import say_on_stderr
@@ -39,13 +50,21 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
         try:
             named = getattr(args, "integration", None)
             # A worker for some integrations needs only their credentials.
-            config = load_integrations(args.config, os.environ, preset_path=getattr(args, "preset_path", []) or [],
-                                       require=set(named) if require and named else require)
+            config = load_integrations(
+                args.config,
+                os.environ,
+                preset_path=getattr(args, "preset_path", []) or [],
+                require=set(named) if require and named else require,
+            )
         except IntegrationsError as exc:
             raise UsageError("\n".join(exc.problems)) from None
         for warning in config.warnings:
-            say_on_stderr(getattr(args, "log_format", "text"), f"signal-engine: warning: {warning}", "warning",
-                          event="literal_secret")
+            say_on_stderr(
+                getattr(args, "log_format", "text"),
+                f"signal-engine: warning: {warning}",
+                "warning",
+                event="literal_secret",
+            )
     else:
         if not args.preset:
             raise UsageError("name a PRESET, or pass --config FILE (an integrations file)")
@@ -80,6 +99,7 @@ def service_errors(args: argparse.Namespace) -> Iterator[None]:
         if exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower():
             raise UsageError(f"--host {args.host} --port {args.port}: the address is already in use") from None
         if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-            raise UsageError(f"--host {args.host} --port {args.port}: cannot listen there "
-                             f"({exc.strerror or exc})") from None
+            raise UsageError(
+                f"--host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc})"
+            ) from None
         raise UsageError(exc.strerror or str(exc) or type(exc).__name__) from None

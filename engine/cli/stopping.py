@@ -14,8 +14,9 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from .report import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED
 
@@ -132,8 +133,10 @@ def stop_line(stop: RunStop, lines_read: int, source: str, *, delivering: bool) 
     """Where the run stopped and how to go on, as one clause for the summary line."""
     text = f"{stop.cause()} after reading {lines_read:,} line(s) of {source}; the rest was not read"
     if delivering:
-        text += (" (rerun the same input with the same --state to go on: what was delivered is skipped; "
-                 "`dlq replay` sends the dead letters)")
+        text += (
+            " (rerun the same input with the same --state to go on: what was delivered is skipped; "
+            "`dlq replay` sends the dead letters)"
+        )
     return text
 
 

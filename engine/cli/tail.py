@@ -11,20 +11,41 @@ from .report import EXIT_OK
 
 def register(sub: Any) -> None:
     tail = sub.add_parser(
-        "tail", help="print the outcomes workers publish (Redis)",
+        "tail",
+        help="print the outcomes workers publish (Redis)",
         description="Print the last outcomes of the integrations of --config FILE (or of --integration NAME), or "
-                    "of PRESET, from their capped outcome streams in Redis, one JSON line each naming its "
-                    "integration, then follow new ones until Ctrl-C (or exit at once with --no-follow).")
-    tail.add_argument("preset", metavar="PRESET", nargs="?",
-                      help="the one-preset form: built-in name (destination/preset) or path to a YAML preset")
+        "of PRESET, from their capped outcome streams in Redis, one JSON line each naming its "
+        "integration, then follow new ones until Ctrl-C (or exit at once with --no-follow).",
+    )
+    tail.add_argument(
+        "preset",
+        metavar="PRESET",
+        nargs="?",
+        help="the one-preset form: built-in name (destination/preset) or path to a YAML preset",
+    )
     tail.add_argument("--config", metavar="FILE", help="an integrations file: the outcomes of its integrations")
-    tail.add_argument("--integration", metavar="NAME", action="append", default=None,
-                      help="with --config: this integration's outcomes only (repeatable)")
+    tail.add_argument(
+        "--integration",
+        metavar="NAME",
+        action="append",
+        default=None,
+        help="with --config: this integration's outcomes only (repeatable)",
+    )
     tail.add_argument("--redis", metavar="URL", required=True, help="the Redis the workers use")
-    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N",
-                      help="how many recent outcomes to print first (default: %(default)s)")
-    tail.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
-                      help="keep printing new outcomes (default: yes)")
+    tail.add_argument(
+        "-n",
+        "--lines",
+        type=int,
+        default=10,
+        metavar="N",
+        help="how many recent outcomes to print first (default: %(default)s)",
+    )
+    tail.add_argument(
+        "--follow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep printing new outcomes (default: yes)",
+    )
     add_preset_path_option(tail)
     tail.set_defaults(func=cmd_tail, host=None, port=None)
 

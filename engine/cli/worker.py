@@ -16,33 +16,59 @@ DEFAULT = " (default: %(default)s)"
 
 def register(sub: Any) -> None:
     worker = sub.add_parser(
-        "worker", help="deliver events from a Redis Stream (run several, on any machine)",
+        "worker",
+        help="deliver events from a Redis Stream (run several, on any machine)",
         description="Consume the events `signal-engine serve --redis URL` queued, with one Redis consumer group "
-                    "per integration (--config FILE, or PRESET as one integration): for each integration, each event "
-                    "is delivered and acknowledged with its outcome by one worker; entries a "
-                    "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
-                    "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
-                    "(only they, compact JSON as `run` prints them) and to a capped stream (`signal-engine tail`); "
-                    "'worker NAME consuming ...' and 'metrics on URL' go to stderr. SIGTERM drains and exits.")
-    add_config_options(worker, integrations="deliver for this integration only (repeatable; default: every enabled "
-                                            "integration of the file)")
-    worker.add_argument("--redis", metavar="URL", required=True, help="the Redis serve appends to (redis://host:port/db)")
-    worker.add_argument("--consumer", metavar="NAME",
-                        help="this worker's name in the consumer group (default: HOSTNAME-PID)")
-    worker.add_argument("--visibility-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="an entry left unacknowledged this long by a stopped worker is claimed" + DEFAULT)
-    worker.add_argument("--max-deliveries", type=int, default=5, metavar="N",
-                        help="an event handed to workers this many times without finishing (it stops each worker "
-                             "that takes it) becomes a dead letter, cause poison" + DEFAULT)
-    worker.add_argument("--drain-seconds", type=float, default=30.0,
-                        help="on SIGTERM, how long to finish what was read" + DEFAULT)
-    worker.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve /metrics, /healthz and /readyz on this port (0 picks one; default: none)")
+        "per integration (--config FILE, or PRESET as one integration): for each integration, each event "
+        "is delivered and acknowledged with its outcome by one worker; entries a "
+        "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
+        "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
+        "(only they, compact JSON as `run` prints them) and to a capped stream (`signal-engine tail`); "
+        "'worker NAME consuming ...' and 'metrics on URL' go to stderr. SIGTERM drains and exits.",
+    )
+    add_config_options(
+        worker,
+        integrations="deliver for this integration only (repeatable; default: every enabled integration of the file)",
+    )
+    worker.add_argument(
+        "--redis", metavar="URL", required=True, help="the Redis serve appends to (redis://host:port/db)"
+    )
+    worker.add_argument(
+        "--consumer", metavar="NAME", help="this worker's name in the consumer group (default: HOSTNAME-PID)"
+    )
+    worker.add_argument(
+        "--visibility-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="an entry left unacknowledged this long by a stopped worker is claimed" + DEFAULT,
+    )
+    worker.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="an event handed to workers this many times without finishing (it stops each worker "
+        "that takes it) becomes a dead letter, cause poison" + DEFAULT,
+    )
+    worker.add_argument(
+        "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long to finish what was read" + DEFAULT
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (0 picks one; default: none)",
+    )
     worker.add_argument("--host", default="127.0.0.1", help="address of the metrics port" + DEFAULT)
     worker.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
-    worker.add_argument("--no-record", dest="record", action="store_false",
-                        help="keep no record of recent events for the console (default: the last 10,000 per "
-                             "integration, at most 7 days)")
+    worker.add_argument(
+        "--no-record",
+        dest="record",
+        action="store_false",
+        help="keep no record of recent events for the console (default: the last 10,000 per "
+        "integration, at most 7 days)",
+    )
     add_logging_options(worker)
     add_preset_path_option(worker)
     worker.set_defaults(func=cmd_worker, port=None)
@@ -63,11 +89,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .service_common import configure_for, service_errors
 
     args.port = args.metrics_port
-    options = ServiceOptions(config, redis=args.redis, only=args.integration, host=args.host, consumer=args.consumer,
-                             visibility_seconds=args.visibility_timeout, drain_seconds=args.drain_seconds,
-                             metrics_port=args.metrics_port, print_outcomes=not args.quiet,
-                             max_deliveries=args.max_deliveries, record=args.record,
-                             announce=functools.partial(say_on_stderr, args.log_format))
+    options = ServiceOptions(
+        config,
+        redis=args.redis,
+        only=args.integration,
+        host=args.host,
+        consumer=args.consumer,
+        visibility_seconds=args.visibility_timeout,
+        drain_seconds=args.drain_seconds,
+        metrics_port=args.metrics_port,
+        print_outcomes=not args.quiet,
+        max_deliveries=args.max_deliveries,
+        record=args.record,
+        announce=functools.partial(say_on_stderr, args.log_format),
+    )
     with service_errors(args):
         asyncio.run(work(options, configure_for(args)))
     return EXIT_OK

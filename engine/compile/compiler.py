@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..delivery.response_rules import Rule
 from ..language import resources
@@ -123,8 +124,14 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
 class _Compiler:
     """Turns one YAML document into a :class:`Preset`, collecting problems as it goes."""
 
-    def __init__(self, doc: YamlDocument, backend: str | None = None, *, strict: bool = False,
-                 checked_schemas: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        doc: YamlDocument,
+        backend: str | None = None,
+        *,
+        strict: bool = False,
+        checked_schemas: Mapping[str, str] | None = None,
+    ) -> None:
         self.doc = doc
         self.strict = strict
         # From the preset cache: the preset already passed the preset schema and
@@ -140,7 +147,9 @@ class _Compiler:
     # -- reporting -----------------------------------------------------
     def problem(self, path: list[PathPart], message: str, *, key: bool = False) -> None:
         loc = self.doc.locate(path, key=key)
-        self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {message}"))
+        self.problems.append(
+            (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {message}")
+        )
 
     def fail_if_problems(self) -> None:
         if self.problems:
@@ -169,9 +178,17 @@ class _Compiler:
 
     def _compile_sections(self) -> Preset:
         data = self.data
-        settings = {name: SettingSpec(name, s["type"], s.get("required", False), s.get("secret", False),
-                                      s.get("default"), s.get("description", ""))
-                    for name, s in data["settings"].items()}
+        settings = {
+            name: SettingSpec(
+                name,
+                s["type"],
+                s.get("required", False),
+                s.get("secret", False),
+                s.get("default"),
+                s.get("description", ""),
+            )
+            for name, s in data["settings"].items()
+        }
         self.settings = settings
         self._check_settings(settings)
         identity = self._identity(data["identity"])
@@ -190,10 +207,19 @@ class _Compiler:
             settings[name] = dataclasses.replace(settings[name], stored=True)
         delivery = self._delivery(data["delivery"])
         return Preset(
-            name=data["preset"], path=self.doc.path, metadata=data["metadata"], settings=settings,
-            identity=identity, consent_setting=consent_setting,
-            consent_aliases=data["consent"].get("aliases", {}), events=EventTable.build(data["events"]),
-            actions=actions, auth=auth, delivery=delivery, raw=data, expression_limits=self.limits,
+            name=data["preset"],
+            path=self.doc.path,
+            metadata=data["metadata"],
+            settings=settings,
+            identity=identity,
+            consent_setting=consent_setting,
+            consent_aliases=data["consent"].get("aliases", {}),
+            events=EventTable.build(data["events"]),
+            actions=actions,
+            auth=auth,
+            delivery=delivery,
+            raw=data,
+            expression_limits=self.limits,
         )
 
     def _schema_problem(self, error: ValidationError) -> None:
@@ -213,10 +239,13 @@ class _Compiler:
         self.problem(path, error.message)
 
     def _check_settings(self, settings: Mapping[str, SettingSpec]) -> None:
-        checks = {"string": lambda v: isinstance(v, str), "url": lambda v: isinstance(v, str),
-                  "string_list": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-                  "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-                  "boolean": lambda v: isinstance(v, bool)}
+        checks = {
+            "string": lambda v: isinstance(v, str),
+            "url": lambda v: isinstance(v, str),
+            "string_list": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "boolean": lambda v: isinstance(v, bool),
+        }
         for name, spec in settings.items():
             if spec.default is not None and not checks[spec.type](spec.default):
                 self.problem(["settings", name, "default"], f"default does not match type {spec.type}")
@@ -236,10 +265,14 @@ class _Compiler:
         if spec["required"] not in spec["traits"]:
             self.problem(["identity", "required"], f"{spec['required']!r} is not a declared trait")
         # memory_limit (a count of ids) is still accepted and ignored: the bounds are now age and bytes.
-        return IdentitySpec(spec["required"], tuple(traits), tuple(spec.get("remember", ["userId", "anonymousId"])),
-                            float(spec.get("ttl_days", DEFAULT_IDENTITY_TTL_DAYS)),
-                            int(spec.get("max_bytes", DEFAULT_IDENTITY_MAX_BYTES)),
-                            int(spec.get("max_trait_bytes", DEFAULT_MAX_TRAIT_BYTES)))
+        return IdentitySpec(
+            spec["required"],
+            tuple(traits),
+            tuple(spec.get("remember", ["userId", "anonymousId"])),
+            float(spec.get("ttl_days", DEFAULT_IDENTITY_TTL_DAYS)),
+            int(spec.get("max_bytes", DEFAULT_IDENTITY_MAX_BYTES)),
+            int(spec.get("max_trait_bytes", DEFAULT_MAX_TRAIT_BYTES)),
+        )
 
     def _compile_expressions_anyway(self) -> None:
         """Report syntax errors in every JSONata site even when the structure around it is broken."""
@@ -262,22 +295,29 @@ class _Compiler:
             else:
                 loc = self.doc.locate(path)
                 where, at = f"{loc.line}:{loc.col}", ""
-            self.problems.append((loc.line, loc.col,
-                                  f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}"))
+            self.problems.append(
+                (loc.line, loc.col, f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}")
+            )
             return None
 
     def _within_expression_bounds(self, path: list[PathPart], source: str) -> bool:
         if len(source) > MAX_EXPRESSION_CHARS:
-            self.problem(path, f"the expression holds {len(source):,} characters; an expression may hold at most "
-                               f"{MAX_EXPRESSION_CHARS:,}")
+            self.problem(
+                path,
+                f"the expression holds {len(source):,} characters; an expression may hold at most "
+                f"{MAX_EXPRESSION_CHARS:,}",
+            )
             return False
         before = sum(self.expression_sizes.values())
         self.expression_sizes[tuple(path)] = len(source)
         total = sum(self.expression_sizes.values())
         if total > MAX_EXPRESSIONS_CHARS:
             if before <= MAX_EXPRESSIONS_CHARS:  # said once, where the budget ran out
-                self.problem(path, f"the preset's expressions hold more than {MAX_EXPRESSIONS_CHARS:,} characters "
-                                   "together; this one and the ones after it are not compiled")
+                self.problem(
+                    path,
+                    f"the preset's expressions hold more than {MAX_EXPRESSIONS_CHARS:,} characters "
+                    "together; this one and the ones after it are not compiled",
+                )
             return False
         return True
 
@@ -295,12 +335,20 @@ class _Compiler:
         findings = analyse(source, shape)
         for finding in findings[:MAX_FINDINGS_PER_EXPRESSION]:
             loc = self.doc.locate_in_scalar(path, finding.position)
-            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}"))
+            self.problems.append(
+                (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}")
+            )
         if len(findings) > MAX_FINDINGS_PER_EXPRESSION:
             loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION].position)
-            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
-                                  f"and {len(findings) - MAX_FINDINGS_PER_EXPRESSION:,} more problem(s) like these "
-                                  "in this expression"))
+            self.problems.append(
+                (
+                    loc.line,
+                    loc.col,
+                    f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
+                    f"and {len(findings) - MAX_FINDINGS_PER_EXPRESSION:,} more problem(s) like these "
+                    "in this expression",
+                )
+            )
         return compiled
 
     # What each kind of expression sees as its input (None: any field).
@@ -308,19 +356,29 @@ class _Compiler:
         return [n for n, s in self.settings.items() if not s.secret]
 
     def _mapping_roots(self, action: str) -> dict[str, Any]:
-        return {"event": None, "traits": self.trait_names, "values": self.values_by_action.get(action, set()),
-                "settings": self._public_settings()}
+        return {
+            "event": None,
+            "traits": self.trait_names,
+            "values": self.values_by_action.get(action, set()),
+            "settings": self._public_settings(),
+        }
 
     def _upsert_roots(self, action: str, *extra: str) -> dict[str, Any]:
-        roots = {"document": None, "traits": self.trait_names, "values": self.values_by_action.get(action, set()),
-                 "settings": self._public_settings(), "conflict": None}
-        roots.update({name: None for name in extra})
+        roots = {
+            "document": None,
+            "traits": self.trait_names,
+            "values": self.values_by_action.get(action, set()),
+            "settings": self._public_settings(),
+            "conflict": None,
+        }
+        roots.update(dict.fromkeys(extra))
         return roots
 
     RESPONSE_ROOTS: ClassVar[dict[str, None]] = {"status": None, "headers": None, "body": None}
 
-    def _template(self, path: list[PathPart], source: str, roots: tuple[str, ...] = (), *,
-                  secrets_allowed: bool = False) -> Template | None:
+    def _template(
+        self, path: list[PathPart], source: str, roots: tuple[str, ...] = (), *, secrets_allowed: bool = False
+    ) -> Template | None:
         """Compile a template; every placeholder must name something this place provides.
 
         ``settings.X`` must be a declared setting that is required or has a
@@ -358,14 +416,20 @@ class _Compiler:
         if len(fields) != 2:
             self.problem(path, f"{label}: a token value is one name, {{token.NAME}}")
         elif not declared:
-            self.problem(path, f"{label} reads the token answer, but auth declares no token_values "
-                               "(an OAuth auth kind lists the fields of its token answer there)")
+            self.problem(
+                path,
+                f"{label} reads the token answer, but auth declares no token_values "
+                "(an OAuth auth kind lists the fields of its token answer there)",
+            )
         elif fields[1] not in declared:
             self.problem(path, f"{label} is not in auth.token_values (declared: {', '.join(declared)})")
 
-    def _headers(self, path: list[PathPart], spec: Mapping[str, str], roots: tuple[str, ...] = ()) -> dict[str, Template]:
-        return {name: t for name, source in spec.items()
-                if (t := self._template(path + [name], source, roots)) is not None}
+    def _headers(
+        self, path: list[PathPart], spec: Mapping[str, str], roots: tuple[str, ...] = ()
+    ) -> dict[str, Template]:
+        return {
+            name: t for name, source in spec.items() if (t := self._template(path + [name], source, roots)) is not None
+        }
 
     def _action(self, name: str, spec: Mapping[str, Any]) -> ActionSpec:
         base: list[PathPart] = ["actions", name]
@@ -375,17 +439,32 @@ class _Compiler:
             request = flow[0].request
         else:
             req = spec["request"]
-            request = RequestSpec(req["method"], self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
-                                  self._headers(base + ["request", "headers"], req.get("headers", {})))
+            request = RequestSpec(
+                req["method"],
+                self._template(base + ["request", "url"], req["url"]),  # type: ignore[arg-type]
+                self._headers(base + ["request", "headers"], req.get("headers", {})),
+            )
         output = self._output(base + ["output"], spec.get("output", {}))
         self._check_result_keys(base + ["mapping"], spec["mapping"], output.contract)
         upsert = self._upsert(base + ["upsert"], name, spec["upsert"]) if "upsert" in spec else None
         if upsert is not None and "upsert" in spec:
-            self._check_result_keys(base + ["upsert", "update", "body"], spec["upsert"]["update"]["body"],
-                                    upsert.update_output.contract if upsert.update_output else output.contract)
+            self._check_result_keys(
+                base + ["upsert", "update", "body"],
+                spec["upsert"]["update"]["body"],
+                upsert.update_output.contract if upsert.update_output else output.contract,
+            )
         batch = self._batch(base + ["batch"], spec) if "batch" in spec else None
-        return ActionSpec(name, mapping, request, output.contract,  # type: ignore[arg-type]
-                          output.omit_empty, output.truncate, upsert, flow, batch)
+        return ActionSpec(
+            name,
+            mapping,  # type: ignore[arg-type]
+            request,
+            output.contract,
+            output.omit_empty,
+            output.truncate,
+            upsert,
+            flow,
+            batch,
+        )
 
     def _batch(self, base: list[PathPart], spec: Mapping[str, Any]) -> BatchSpec | None:
         """An action's ``batch``: how many documents go in one request, and how each one's result is read."""
@@ -393,11 +472,19 @@ class _Compiler:
             if other in spec:
                 self.problem(base, f"an action with a batch has no {other}: a batch is one request for many events")
         batch = spec["batch"]
-        body = self._expression(base + ["body"], batch["body"], {"items": None, "settings": self._public_settings()},
-                                "the batch body")
-        item_error = (self._expression(base + ["item_error"], batch["item_error"],
-                                       {**self.RESPONSE_ROOTS, "item": None, "index": None}, "batch.item_error")
-                      if "item_error" in batch else None)
+        body = self._expression(
+            base + ["body"], batch["body"], {"items": None, "settings": self._public_settings()}, "the batch body"
+        )
+        item_error = (
+            self._expression(
+                base + ["item_error"],
+                batch["item_error"],
+                {**self.RESPONSE_ROOTS, "item": None, "index": None},
+                "batch.item_error",
+            )
+            if "item_error" in batch
+            else None
+        )
         if body is None:
             return None
         return BatchSpec(int(batch["max_items"]), float(batch.get("max_wait_seconds", 1.0)), body, item_error)
@@ -407,8 +494,11 @@ class _Compiler:
     def _flow(self, base: list[PathPart], action: str, spec: Mapping[str, Any]) -> tuple[FlowStep, ...]:
         """An action's ``flow``: named steps, each reading the answers of the steps before it."""
         if "upsert" in spec:
-            self.problem(base[:-1] + ["upsert"], "an action with a flow has no upsert: write the lookup, the update "
-                                                 "and the create as steps (with when:)")
+            self.problem(
+                base[:-1] + ["upsert"],
+                "an action with a flow has no upsert: write the lookup, the update "
+                "and the create as steps (with when:)",
+            )
         if "request" in spec:
             self.problem(base[:-1] + ["request"], "an action with a flow has no request: its steps are its requests")
         steps: list[FlowStep] = []
@@ -419,8 +509,11 @@ class _Compiler:
             if name in earlier:
                 self.problem(where + ["name"], f"step name {name!r} is already used by an earlier step")
             if i == 0 and "when" in item:
-                self.problem(where + ["when"], "the first step always runs (which events run the action is the "
-                                               "event table's choice); give when: to a later step")
+                self.problem(
+                    where + ["when"],
+                    "the first step always runs (which events run the action is the "
+                    "event table's choice); give when: to a later step",
+                )
             roots = {**self._upsert_roots(action), "steps": earlier}
             del roots["conflict"]
             if not earlier:
@@ -436,10 +529,14 @@ class _Compiler:
             for template in templates:
                 for fields in template.fields:
                     if fields[0] == "steps" and len(fields) > 1 and fields[1] not in earlier:
-                        self.problem(where + ["request"], f"{{{'.'.join(fields)}}}: no earlier step is named "
-                                                          f"{fields[1]!r} (earlier: {', '.join(earlier) or 'none'})")
+                        self.problem(
+                            where + ["request"],
+                            f"{{{'.'.join(fields)}}}: no earlier step is named "
+                            f"{fields[1]!r} (earlier: {', '.join(earlier) or 'none'})",
+                        )
             reads = any(f[0] == "steps" for t in templates for f in t.fields) or any(
-                re.search(r"\bsteps\b", item.get(key) or "") for key in ("when", "body"))
+                re.search(r"\bsteps\b", item.get(key) or "") for key in ("when", "body")
+            )
             rules = self._rules(where + ["responses"], item.get("responses", []))
             steps.append(FlowStep(name, RequestSpec(req["method"], url, headers), body, when, rules, reads))  # type: ignore[arg-type]
         return tuple(steps)
@@ -456,17 +553,27 @@ class _Compiler:
                 continue
             where = "/" + "/".join(use.path) if use.path else "the top level"
             loc = self.doc.locate_in_scalar(path, use.position)
-            self.problems.append((loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
-                                  f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
-                                  f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})"))
+            self.problems.append(
+                (
+                    loc.line,
+                    loc.col,
+                    f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
+                    f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
+                    f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})",
+                )
+            )
 
     def _output(self, path: list[PathPart], spec: Mapping[str, Any]) -> OutputSpec:
         contract = None
         if spec.get("schema"):
             schema_path = resources.output_schema_path(spec["schema"], Path(self.doc.path).parent)
             try:
-                contract = OutputContract.load(spec["schema"], schema_path, strict=self.strict,
-                                               checked=(self.checked_schemas or {}).get(spec["schema"]))
+                contract = OutputContract.load(
+                    spec["schema"],
+                    schema_path,
+                    strict=self.strict,
+                    checked=(self.checked_schemas or {}).get(spec["schema"]),
+                )
                 self.schema_digests[spec["schema"]] = contract.digest
             except (OSError, ValueError) as exc:
                 self.problem(path + ["schema"], f"cannot load output schema {schema_path}: {_one_line(exc)}")
@@ -485,22 +592,35 @@ class _Compiler:
                 query = self._expression(where + ["query"], lk["query"], roots, "the lookup query")
                 self._check_query_shape(where, lk["query"], json_query)
             lookup = LookupSpec(
-                lk["method"], self._template(where + ["url"], lk["url"], ("document", "traits", "conflict")),  # type: ignore[arg-type]
+                lk["method"],
+                self._template(where + ["url"], lk["url"], ("document", "traits", "conflict")),  # type: ignore[arg-type]
                 self._headers(where + ["headers"], lk.get("headers", {}), ("document", "traits", "conflict")),
-                query, json_query,
-                self._expression(where + ["body"], lk["body"], roots, "the lookup body") if "body" in lk else None)
+                query,
+                json_query,
+                self._expression(where + ["body"], lk["body"], roots, "the lookup body") if "body" in lk else None,
+            )
         elif strategy == "lookup_first":
             self.problem(base, "strategy lookup_first needs a lookup: section (how to search before creating)")
         found_roots = self._upsert_roots(action, "lookup") if lookup else self._upsert_roots(action)
         found = self._expression(base + ["found"], spec["found"], found_roots, "upsert.found")
         up = spec["update"]
         update_roots = ("document", "traits", "conflict", "found") + (("lookup",) if lookup else ())
-        update = RequestSpec(up["method"], self._template(base + ["update", "url"], up["url"], update_roots),  # type: ignore[arg-type]
-                             self._headers(base + ["update", "headers"], up.get("headers", {}), update_roots))
-        body = self._expression(base + ["update", "body"], up["body"],
-                                self._upsert_roots(action, "found", *(("lookup",) if lookup else ())), "the update body")
-        key = (self._expression(base + ["key"], spec["key"], self._upsert_roots(action), "upsert.key")
-               if "key" in spec else None)
+        update = RequestSpec(
+            up["method"],
+            self._template(base + ["update", "url"], up["url"], update_roots),  # type: ignore[arg-type]
+            self._headers(base + ["update", "headers"], up.get("headers", {}), update_roots),
+        )
+        body = self._expression(
+            base + ["update", "body"],
+            up["body"],
+            self._upsert_roots(action, "found", *(("lookup",) if lookup else ())),
+            "the update body",
+        )
+        key = (
+            self._expression(base + ["key"], spec["key"], self._upsert_roots(action), "upsert.key")
+            if "key" in spec
+            else None
+        )
         update_output = self._output(base + ["update", "output"], up["output"]) if "output" in up else None
         return UpsertSpec(strategy, lookup, found, update, body, key, update_output)  # type: ignore[arg-type]
 
@@ -518,24 +638,37 @@ class _Compiler:
             return
         for key, value in tree.lhs_object or []:
             name = getattr(key, "value", None)
-            if getattr(value, "type", None) == "unary" and getattr(value, "value", None) == "{" and name not in json_query:
-                self.problem(where + ["query"], f"query parameter {name!r} is an object: list it in json_query to send it as JSON")
+            if (
+                getattr(value, "type", None) == "unary"
+                and getattr(value, "value", None) == "{"
+                and name not in json_query
+            ):
+                self.problem(
+                    where + ["query"],
+                    f"query parameter {name!r} is an object: list it in json_query to send it as JSON",
+                )
 
     def _check_events(self, spec: Mapping[str, Any], actions: Mapping[str, Any]) -> None:
         entries: list[tuple[list[PathPart], Mapping[str, Any]]] = [
-            (["events", "track", n], e) for n, e in (spec.get("track") or {}).items()]
+            (["events", "track", n], e) for n, e in (spec.get("track") or {}).items()
+        ]
         entries += [(["events", t], spec[t]) for t in ("identify", "page", "screen", "group") if t in spec]
         seen: dict[str, str] = {}
         self.values_by_action: dict[str, set[str]] = {}
         for path, entry in entries:
             self.values_by_action.setdefault(entry["action"], set()).update(entry.get("values") or {})
             if entry["action"] != "drop" and entry["action"] not in actions:
-                self.problem(path + ["action"], f"unknown action {entry['action']!r} (defined: {', '.join(sorted(actions))}, or drop)")
+                self.problem(
+                    path + ["action"],
+                    f"unknown action {entry['action']!r} (defined: {', '.join(sorted(actions))}, or drop)",
+                )
             if path[1] == "track":
                 for i, alias in enumerate([path[2], *entry.get("aliases", [])]):
                     if alias in seen and seen[alias] != path[2]:
-                        self.problem(path + (["aliases", i - 1] if i else []),
-                                     f"event name {alias!r} is already used by {seen[alias]!r}")
+                        self.problem(
+                            path + (["aliases", i - 1] if i else []),
+                            f"event name {alias!r} is already used by {seen[alias]!r}",
+                        )
                     seen[str(alias)] = str(path[2])
 
     def _auth(self, spec: Mapping[str, Any] | None) -> AuthSpec | None:
@@ -545,15 +678,24 @@ class _Compiler:
         rules = self._rules(["auth", "errors"], spec.get("errors", []))
         if kind == "bearer":
             setting = self._secret_setting(["auth", "token_setting"], spec["token_setting"])
-            return AuthSpec(kind, spec.get("header", "Authorization"), spec.get("value", "Bearer {token}"),
-                            credential_setting=setting)
+            return AuthSpec(
+                kind,
+                spec.get("header", "Authorization"),
+                spec.get("value", "Bearer {token}"),
+                credential_setting=setting,
+            )
         if kind == "api_key":
             setting = self._secret_setting(["auth", "key_setting"], spec["key_setting"])
-            return AuthSpec(kind, spec["name"], spec.get("value", "{key}"), placement=spec["in"], credential_setting=setting)
+            return AuthSpec(
+                kind, spec["name"], spec.get("value", "{key}"), placement=spec["in"], credential_setting=setting
+            )
         if kind == "basic":
             username = self._template(["auth", "username"], spec["username"], secrets_allowed=True)
-            password = self._template(["auth", "password"], spec.get("password", ""), secrets_allowed=True) \
-                if spec.get("password") else Template.compile("")
+            password = (
+                self._template(["auth", "password"], spec.get("password", ""), secrets_allowed=True)
+                if spec.get("password")
+                else Template.compile("")
+            )
             return AuthSpec(kind, "Authorization", "Basic {credentials}", username=username, password=password)
         # oauth2_refresh_token | oauth2_client_credentials
         for key in ("client_id_setting", "client_secret_setting", "refresh_token_setting"):
@@ -563,22 +705,34 @@ class _Compiler:
             if key in spec:
                 self._secret_setting(["auth", key], spec[key])
         return AuthSpec(
-            kind, spec.get("header", "Authorization"), spec.get("value", "Bearer {access_token}"),
+            kind,
+            spec.get("header", "Authorization"),
+            spec.get("value", "Bearer {access_token}"),
             token_url=self._template(["auth", "token_url"], spec["token_url"]),
-            client_id_setting=spec["client_id_setting"], client_secret_setting=spec["client_secret_setting"],
-            refresh_token_setting=spec.get("refresh_token_setting"), client_auth=spec.get("client_auth", "form"),
-            rotates_refresh_token=spec.get("rotates_refresh_token", True), scopes=tuple(spec.get("scopes", [])),
-            authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"]) if "authorize_url" in spec else None,
+            client_id_setting=spec["client_id_setting"],
+            client_secret_setting=spec["client_secret_setting"],
+            refresh_token_setting=spec.get("refresh_token_setting"),
+            client_auth=spec.get("client_auth", "form"),
+            rotates_refresh_token=spec.get("rotates_refresh_token", True),
+            scopes=tuple(spec.get("scopes", [])),
+            authorize_url=self._template(["auth", "authorize_url"], spec["authorize_url"])
+            if "authorize_url" in spec
+            else None,
             echo_redirect_params=tuple(spec.get("echo_redirect_params", [])),
-            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)), rules=rules,
-            token_values=self._token_values(spec.get("token_values", [])))
+            refresh_before_expiry=float(spec.get("refresh_before_expiry_seconds", 60)),
+            rules=rules,
+            token_values=self._token_values(spec.get("token_values", [])),
+        )
 
     def _token_values(self, names: list[str]) -> tuple[str, ...]:
         """Token-answer fields a template may read; the tokens themselves stay secret, so they are refused."""
         for i, name in enumerate(names):
             if name in SECRET_TOKEN_FIELDS:
-                self.problem(["auth", "token_values", i], f"{name!r} is a secret of the token answer; only values "
-                                                          "that are not credentials (instance_url, api_domain) may be read")
+                self.problem(
+                    ["auth", "token_values", i],
+                    f"{name!r} is a secret of the token answer; only values "
+                    "that are not credentials (instance_url, api_domain) may be read",
+                )
         return tuple(names)
 
     def _secret_setting(self, path: list[PathPart], name: str) -> str:
@@ -595,13 +749,19 @@ class _Compiler:
         rules: list[Rule] = []
         for i, spec in enumerate(specs):
             source = spec["when"].get("match")
-            match = (self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")
-                     if source else None)
+            match = (
+                self._expression(base + [i, "when", "match"], source, self.RESPONSE_ROOTS, "a response rule")
+                if source
+                else None
+            )
             rule = Rule.build(spec, match)
             hider = next((j for j, earlier in enumerate(rules) if _covers(earlier, rule)), None)
             if hider is not None:
-                self.problem(base + [i, "when"], f"this rule is never used: {format_path(base + [hider])} above it "
-                                                 "matches every answer this one matches, and the first match decides")
+                self.problem(
+                    base + [i, "when"],
+                    f"this rule is never used: {format_path(base + [hider])} above it "
+                    "matches every answer this one matches, and the first match decides",
+                )
             rules.append(rule)
         return tuple(rules)
 
@@ -611,21 +771,31 @@ class _Compiler:
         if headers.get("window") and headers.get("reset"):
             self.problem(path + ["headers", "window"], "give either reset or window, not both")
         if "window_seconds" in rl and (headers.get("window") or headers.get("reset")):
-            self.problem(path + ["window_seconds"],
-                         "window_seconds is for destinations that advertise no reset; this one names a reset or window header")
+            self.problem(
+                path + ["window_seconds"],
+                "window_seconds is for destinations that advertise no reset; this one names a reset or window header",
+            )
         if "window_alignment" in rl and "window_seconds" not in rl:
             self.problem(path + ["window_alignment"], "window_alignment needs window_seconds")
         wait = rl.get("wait_from_response")
-        return RateLimitSpec(rl["requests"], float(rl["per_seconds"]), _header_name(headers.get("remaining")),
-                             _header_name(headers.get("reset")), headers.get("retry_after"),
-                             headers.get("reset_format", "epoch_seconds"), headers.get("window"),
-                             headers.get("window_unit", "seconds"),
-                             self._expression(path + ["wait_from_response"], wait, self.RESPONSE_ROOTS,
-                                              "wait_from_response") if wait else None,
-                             _header_key(headers.get("remaining")), _header_key(headers.get("reset")),
-                             float(rl["window_seconds"]) if "window_seconds" in rl else None,
-                             rl.get("window_alignment", "rolling"),
-                             tuple(self._rate_window(path + ["windows", i], w) for i, w in enumerate(rl.get("windows", []))))
+        return RateLimitSpec(
+            rl["requests"],
+            float(rl["per_seconds"]),
+            _header_name(headers.get("remaining")),
+            _header_name(headers.get("reset")),
+            headers.get("retry_after"),
+            headers.get("reset_format", "epoch_seconds"),
+            headers.get("window"),
+            headers.get("window_unit", "seconds"),
+            self._expression(path + ["wait_from_response"], wait, self.RESPONSE_ROOTS, "wait_from_response")
+            if wait
+            else None,
+            _header_key(headers.get("remaining")),
+            _header_key(headers.get("reset")),
+            float(rl["window_seconds"]) if "window_seconds" in rl else None,
+            rl.get("window_alignment", "rolling"),
+            tuple(self._rate_window(path + ["windows", i], w) for i, w in enumerate(rl.get("windows", []))),
+        )
 
     def _order_by(self, source: str | None) -> Expression | None:
         """``delivery.order_by`` sees what every action's ``upsert.key`` sees: document, traits, values, settings."""
@@ -643,10 +813,16 @@ class _Compiler:
             if rule["then"] == "upsert" and not any("upsert" in a for a in self.data["actions"].values()):
                 self.problem(["delivery", "responses", i, "then"], "upsert needs an action with an upsert: section")
         return DeliverySpec(
-            float(spec.get("timeout_seconds", 30)), int(spec.get("concurrency", 8)),
+            float(spec.get("timeout_seconds", 30)),
+            int(spec.get("concurrency", 8)),
             self._rate_window(["delivery", "rate_limit"], spec["rate_limit"]),
-            RetrySpec(spec["retries"]["max_attempts"], float(backoff.get("initial_seconds", 0.5)),
-                      float(backoff.get("multiplier", 2)), float(backoff.get("max_seconds", 60)), backoff.get("jitter", "full")),
+            RetrySpec(
+                spec["retries"]["max_attempts"],
+                float(backoff.get("initial_seconds", 0.5)),
+                float(backoff.get("multiplier", 2)),
+                float(backoff.get("max_seconds", 60)),
+                backoff.get("jitter", "full"),
+            ),
             self._rules(["delivery", "responses"], spec["responses"]),
             int(spec.get("max_response_bytes", 1_048_576)),
             dedupe_window_seconds=float(spec.get("dedupe_window_seconds", DEFAULT_DEDUPE_WINDOW_SECONDS)),
@@ -670,8 +846,14 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
 
     actions = get(data, "actions")
     for name in actions if isinstance(actions, dict) else []:
-        for keys in (("mapping",), ("upsert", "lookup", "query"), ("upsert", "lookup", "body"), ("upsert", "found"),
-                     ("upsert", "update", "body"), ("upsert", "key")):
+        for keys in (
+            ("mapping",),
+            ("upsert", "lookup", "query"),
+            ("upsert", "lookup", "body"),
+            ("upsert", "found"),
+            ("upsert", "update", "body"),
+            ("upsert", "key"),
+        ):
             sites.append((["actions", name, *keys], get(actions, name, *keys)))
         for key in ("body", "item_error"):
             sites.append((["actions", name, "batch", key], get(actions, name, "batch", key)))
@@ -681,13 +863,16 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
                 sites.append((["actions", name, "flow", i, key], get(flow, i, key)))
             rules = get(flow, i, "responses")
             for j in range(len(rules) if isinstance(rules, list) else 0):
-                sites.append((["actions", name, "flow", i, "responses", j, "when", "match"],
-                              get(rules, j, "when", "match")))
+                sites.append(
+                    (["actions", name, "flow", i, "responses", j, "when", "match"], get(rules, j, "when", "match"))
+                )
     for section in (("delivery", "responses"), ("auth", "errors")):
         rules = get(data, *section)
         for i in range(len(rules) if isinstance(rules, list) else 0):
             sites.append(([*section, i, "when", "match"], get(rules, i, "when", "match")))
-    sites.append((["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response")))
+    sites.append(
+        (["delivery", "rate_limit", "wait_from_response"], get(data, "delivery", "rate_limit", "wait_from_response"))
+    )
     sites.append((["delivery", "order_by"], get(data, "delivery", "order_by")))
     return sites
 
@@ -734,7 +919,12 @@ def _expression_limits(data: Any) -> ExpressionLimits:
     given = limits.get("expression") if isinstance(limits, dict) else None
     if not isinstance(given, dict):
         return DEFAULT_LIMITS
-    values = {name: value for name, value in given.items()
-              if name in ExpressionLimits.__dataclass_fields__ and isinstance(value, int) and not isinstance(value, bool)
-              and value > 0}
+    values = {
+        name: value
+        for name, value in given.items()
+        if name in ExpressionLimits.__dataclass_fields__
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and value > 0
+    }
     return ExpressionLimits(**{**DEFAULT_LIMITS.__dict__, **values})

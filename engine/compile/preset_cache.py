@@ -110,8 +110,10 @@ def _checks_digest() -> bytes:
     here = Path(__file__).resolve().parent
     language = here.parent / "language"
     try:
-        code = b"".join(path.read_bytes() for path in (here / "compiler.py", language / "expression_check.py",
-                                                       language / "expressions.py"))
+        code = b"".join(
+            path.read_bytes()
+            for path in (here / "compiler.py", language / "expression_check.py", language / "expressions.py")
+        )
         return digest(code + _jsonatapy_files()).encode()
     except OSError:
         return b""
@@ -137,7 +139,11 @@ def lookup(source: Source) -> CachedDocument | None:
         entry = orjson.loads((folder / f"{source.key}.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict) or not isinstance(entry.get("schemas"), dict):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("data"), dict)
+        or not isinstance(entry.get("schemas"), dict)
+    ):
         return None
     return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]))
 

@@ -7,7 +7,17 @@ letters). Nothing below it imports it.
 
 from .app import create_console_app, mount, standalone
 from .security import TOKEN_ENV, ExposureRefused, Guard, check_exposure
-from .source import Configured, ConsoleSource, Connection
+from .source import Configured, Connection, ConsoleSource
 
-__all__ = ["create_console_app", "mount", "standalone", "ConsoleSource", "Configured", "Connection", "Guard", "check_exposure",
-           "ExposureRefused", "TOKEN_ENV"]
+__all__ = [
+    "TOKEN_ENV",
+    "Configured",
+    "Connection",
+    "ConsoleSource",
+    "ExposureRefused",
+    "Guard",
+    "check_exposure",
+    "create_console_app",
+    "mount",
+    "standalone",
+]

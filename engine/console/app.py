@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -109,8 +110,13 @@ def _filters(request: web.Request) -> dict[str, str]:
 
 
 def _query(filters: Mapping[str, str], limit: int = 200) -> RecordQuery:
-    return RecordQuery(integration=filters.get("integration") or None, outcome=filters.get("outcome") or None,
-                       reason=filters.get("reason") or None, search=filters.get("q") or None, limit=limit)
+    return RecordQuery(
+        integration=filters.get("integration") or None,
+        outcome=filters.get("outcome") or None,
+        reason=filters.get("reason") or None,
+        search=filters.get("q") or None,
+        limit=limit,
+    )
 
 
 async def _off_loop(function: Any, *args: Any) -> Any:
@@ -134,9 +140,16 @@ async def event_page(request: web.Request) -> web.Response:
     source, guard = request.app[SOURCE], request.app[GUARD]
     entry = await _off_loop(source.event, request.match_info["id"])
     if entry is None:
-        return _html(views.page("Event not found", "events", '<p>This event is no longer in the record (it keeps '
-                                'the most recent ones only). <a href="/console/events">All events</a></p>',
-                                csrf=guard.csrf), status=404)
+        return _html(
+            views.page(
+                "Event not found",
+                "events",
+                "<p>This event is no longer in the record (it keeps "
+                'the most recent ones only). <a href="/console/events">All events</a></p>',
+                csrf=guard.csrf,
+            ),
+            status=404,
+        )
     return _html(views.event_page(entry, csrf=guard.csrf))
 
 
@@ -153,8 +166,11 @@ async def dead_letters_page(request: web.Request) -> web.Response:
     replayable = {c.integration for c in source.connections}
     message = request.query.get("message")
     why = {name: source.why_not_replayable(name) for name in groups if name not in replayable}
-    return _html(views.dead_letters_page(groups, replayable, message[:300] if message else None, causes, cause,
-                                         csrf=guard.csrf, why_not=why))
+    return _html(
+        views.dead_letters_page(
+            groups, replayable, message[:300] if message else None, causes, cause, csrf=guard.csrf, why_not=why
+        )
+    )
 
 
 async def replay_form(request: web.Request) -> web.Response:
@@ -162,15 +178,25 @@ async def replay_form(request: web.Request) -> web.Response:
     source, guard = request.app[SOURCE], request.app[GUARD]
     form = await request.post()
     if not guard.csrf_ok(request, str(form.get("csrf", ""))):
-        return _html(views.page("Refused", "dead-letters", "<p>The form was stale or came from another site; "
-                                "reload the page and try again.</p>", csrf=guard.csrf), status=403)
+        return _html(
+            views.page(
+                "Refused",
+                "dead-letters",
+                "<p>The form was stale or came from another site; reload the page and try again.</p>",
+                csrf=guard.csrf,
+            ),
+            status=403,
+        )
     integration = str(form.get("integration", ""))
     if form.get("one"):
         ids: list[str] | None = [str(form["one"])]
     elif form.get("mode") == "all" and form.get("cause"):
         # "Replay all" under a cause filter: the letters the page showed, as they are now.
-        ids = [str(letter["id"]) for letter in await _off_loop(source.dead_letters, integration)
-               if letter.get("cause") == form.get("cause")]
+        ids = [
+            str(letter["id"])
+            for letter in await _off_loop(source.dead_letters, integration)
+            if letter.get("cause") == form.get("cause")
+        ]
         if not ids:
             return _message(f"No {form.get('cause')!s} letters are left for {integration}.")
     elif form.get("mode") == "all":
@@ -184,13 +210,22 @@ async def replay_form(request: web.Request) -> web.Response:
     except ReplayUnavailable as exc:
         return _message(str(exc))
     delivered = sum(1 for r in results if r.outcome == "delivered")
-    return _message(f"{integration}: replayed {len(results)}, delivered {delivered}, "
-                    f"{len(results) - delivered} still in the dead letters. The results are in the Event Debugger.")
+    return _message(
+        f"{integration}: replayed {len(results)}, delivered {delivered}, "
+        f"{len(results) - delivered} still in the dead letters. The results are in the Event Debugger."
+    )
 
 
 def _refused() -> web.Response:
-    return _html(views.page("Refused", "dead-letters", "<p>The form was stale or came from another site; "
-                            "reload the page and try again.</p>", csrf=""), status=403)
+    return _html(
+        views.page(
+            "Refused",
+            "dead-letters",
+            "<p>The form was stale or came from another site; reload the page and try again.</p>",
+            csrf="",
+        ),
+        status=403,
+    )
 
 
 async def delete_form(request: web.Request) -> web.Response:
@@ -205,15 +240,17 @@ async def delete_form(request: web.Request) -> web.Response:
         return _message("Nothing selected: tick the letters to delete.")
     if form.get("confirmed") != "yes":
         wanted = set(ids)
-        letters = [letter for letter in await _off_loop(source.dead_letters, integration)
-                   if str(letter.get("id")) in wanted]
+        letters = [
+            letter for letter in await _off_loop(source.dead_letters, integration) if str(letter.get("id")) in wanted
+        ]
         if not letters:
             return _message(f"Those letters are no longer in the dead letters of {integration}.")
         return _html(views.confirm_delete_page(integration, letters, csrf=guard.csrf))
     deleted = await _off_loop(source.delete, integration, ids)
     gone = len(ids) - len(deleted)
-    return _message(f"{integration}: deleted {len(deleted)} dead letter(s)"
-                    + (f"; {gone} were already gone." if gone else "."))
+    return _message(
+        f"{integration}: deleted {len(deleted)} dead letter(s)" + (f"; {gone} were already gone." if gone else ".")
+    )
 
 
 async def letter_page(request: web.Request) -> web.Response:
@@ -221,9 +258,17 @@ async def letter_page(request: web.Request) -> web.Response:
     source, guard = request.app[SOURCE], request.app[GUARD]
     letter = await _off_loop(source.letter, request.match_info["id"])
     if letter is None:
-        return _html(views.page("Dead letter not found", "dead-letters", '<p>This letter is no longer in the dead '
-                                'letters (replayed or deleted). <a href="/console/dead-letters">All dead letters</a>'
-                                '</p>', csrf=guard.csrf), status=404)
+        return _html(
+            views.page(
+                "Dead letter not found",
+                "dead-letters",
+                "<p>This letter is no longer in the dead "
+                'letters (replayed or deleted). <a href="/console/dead-letters">All dead letters</a>'
+                "</p>",
+                csrf=guard.csrf,
+            ),
+            status=404,
+        )
     replayable = letter["integration"] in {c.integration for c in source.connections}
     return _html(views.letter_page(letter, replayable, csrf=guard.csrf))
 
@@ -252,9 +297,17 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
     configured = {c.name: c for c in source.configured}
     for item in out:
         found = configured.get(item["integration"])
-        item["configured"] = None if found is None else {
-            "file": found.file, "preset": found.preset, "enabled": found.enabled,
-            "replayable": found.unavailable is None, "why_not": found.unavailable}
+        item["configured"] = (
+            None
+            if found is None
+            else {
+                "file": found.file,
+                "preset": found.preset,
+                "enabled": found.enabled,
+                "replayable": found.unavailable is None,
+                "why_not": found.unavailable,
+            }
+        )
     return out
 
 
@@ -266,8 +319,9 @@ async def playground_page(request: web.Request) -> web.Response:
     chosen = asked if asked is not None and asked in names else (names[0] if names else "")
     text = _playground_source(source, chosen) if chosen else ""
     result = await _off_loop(playground.run, text, playground.EXAMPLE_EVENTS)
-    return _html(views.playground_page(names, chosen, text, playground.EXAMPLE_EVENTS, result,
-                                       csrf=request.app[GUARD].csrf))
+    return _html(
+        views.playground_page(names, chosen, text, playground.EXAMPLE_EVENTS, result, csrf=request.app[GUARD].csrf)
+    )
 
 
 def _playground_presets(source: ConsoleSource) -> list[str]:
@@ -292,7 +346,7 @@ async def api_playground(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("events"), str):
-        return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"events\": TEXT}"}, status=400)
+        return web.json_response({"error": 'the body must be JSON: {"yaml": TEXT, "events": TEXT}'}, status=400)
     return web.json_response(await _off_loop(playground.run, body["yaml"], body["events"]), dumps=_dumps)
 
 
@@ -305,10 +359,11 @@ async def api_playground_golden(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("yaml"), str) or not isinstance(body.get("preset"), str):
-        return web.json_response({"error": "the body must be JSON: {\"yaml\": TEXT, \"preset\": NAME}"}, status=400)
+        return web.json_response({"error": 'the body must be JSON: {"yaml": TEXT, "preset": NAME}'}, status=400)
     if len(body["yaml"]) > playground.MAX_YAML_CHARS:
-        return web.json_response({"error": f"the preset is longer than {playground.MAX_YAML_CHARS:,} characters"},
-                                 status=400)
+        return web.json_response(
+            {"error": f"the preset is longer than {playground.MAX_YAML_CHARS:,} characters"}, status=400
+        )
     # An integration's cases are its preset's (golden/<preset name>/).
     connection = request.app[SOURCE].connection(body["preset"])
     name = connection.preset.name if connection is not None else body["preset"]
@@ -339,8 +394,9 @@ async def login(request: web.Request) -> web.Response:
     if not guard.check_login(str(form.get("token", ""))):
         return _html(views.login_page("That is not the console token.", csrf=guard.csrf), status=401)
     response = _redirect("/console/events")
-    response.set_cookie("signal_console", guard.session, httponly=True, samesite="Strict", path="/console",
-                        secure=request.secure)
+    response.set_cookie(
+        "signal_console", guard.session, httponly=True, samesite="Strict", path="/console", secure=request.secure
+    )
     return response
 
 
@@ -387,13 +443,14 @@ async def api_replay(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except ValueError:
-        return web.json_response({"error": "the body must be JSON: {\"integration\": NAME, \"ids\": [...]}"},
-                                 status=400)
+        return web.json_response({"error": 'the body must be JSON: {"integration": NAME, "ids": [...]}'}, status=400)
     integration, ids = (body.get("integration"), body.get("ids")) if isinstance(body, dict) else (None, None)
-    if not isinstance(integration, str) or not (ids is None or (isinstance(ids, list)
-                                                                and all(isinstance(i, str) for i in ids))):
-        return web.json_response({"error": "integration: a name; ids: a list of letter ids, or null for all"},
-                                 status=400)
+    if not isinstance(integration, str) or not (
+        ids is None or (isinstance(ids, list) and all(isinstance(i, str) for i in ids))
+    ):
+        return web.json_response(
+            {"error": "integration: a name; ids: a list of letter ids, or null for all"}, status=400
+        )
     try:
         results = await source.replay(integration, ids)
     except ReplayUnavailable as exc:
@@ -419,10 +476,15 @@ async def api_delete(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     integration, ids = (body.get("integration"), body.get("ids")) if isinstance(body, dict) else (None, None)
-    if not isinstance(integration, str) or not isinstance(ids, list) or not ids \
-            or not all(isinstance(i, str) for i in ids):
-        return web.json_response({"error": "the body must be JSON: {\"integration\": NAME, \"ids\": [ID, ...]} "
-                                           "(at least one id)"}, status=400)
+    if (
+        not isinstance(integration, str)
+        or not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        return web.json_response(
+            {"error": 'the body must be JSON: {"integration": NAME, "ids": [ID, ...]} (at least one id)'}, status=400
+        )
     deleted = await _off_loop(source.delete, integration, ids)
     return web.json_response({"deleted": deleted, "not_found": [i for i in dict.fromkeys(ids) if i not in deleted]})
 
@@ -439,8 +501,13 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     cursor = request.headers.get("Last-Event-ID") or request.query.get("cursor") or None
     if cursor is None:
         _, cursor = await _off_loop(source.record.since, None)
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                                           **{k: v for k, v in HEADERS.items() if k != "Cache-Control"}})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            **{k: v for k, v in HEADERS.items() if k != "Cache-Control"},
+        }
+    )
     await response.prepare(request)
     await response.write(b"retry: 1000\n\n")
     quiet = 0.0
@@ -459,7 +526,7 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
                 quiet = 0.0
             try:
                 await asyncio.wait_for(stopping.wait(), POLL_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     except ConnectionResetError:
         pass  # the page was closed

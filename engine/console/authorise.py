@@ -55,7 +55,9 @@ def settings_of(setup: Setup, item: StoredIntegration, preset: Preset) -> Settin
 
 
 def _back(message: str) -> web.Response:
-    return web.Response(status=303, headers={"Location": "/console/integrations/new?" + urlencode({"message": message})})
+    return web.Response(
+        status=303, headers={"Location": "/console/integrations/new?" + urlencode({"message": message})}
+    )
 
 
 async def start(request: web.Request) -> web.Response:
@@ -94,8 +96,9 @@ async def callback(request: web.Request) -> web.Response:
     answer = dict(request.query)
     pending = setup.pending.pop(answer.get("state", ""), None)
     if pending is None or time.monotonic() - pending[2] > PENDING_SECONDS:
-        return _back("this authorisation is unknown or too old (each Authorise is good for one attempt); "
-                     "press Authorise again")
+        return _back(
+            "this authorisation is unknown or too old (each Authorise is good for one attempt); press Authorise again"
+        )
     name, redirect_uri, _ = pending
     if "error" in answer:
         return _back(f"{name}: {refused_redirect(answer)}")
@@ -110,8 +113,9 @@ async def callback(request: web.Request) -> web.Response:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             transport = AiohttpTransport(session, preset.delivery.timeout_seconds, preset.delivery.max_response_bytes)
             echoed = {k: answer[k] for k in preset.auth.echo_redirect_params if k in answer}
-            tokens = await exchange_code(preset.auth, settings, transport, answer["code"], redirect_uri, redactor,
-                                         echoed=echoed)
+            tokens = await exchange_code(
+                preset.auth, settings, transport, answer["code"], redirect_uri, redactor, echoed=echoed
+            )
         for value in (tokens.refresh_token, tokens.access_token):
             if value:
                 setup.source.redactor.add(value)
@@ -119,7 +123,10 @@ async def callback(request: web.Request) -> web.Response:
     except (AuthorisationError, SecretsUnavailable, SettingsError) as exc:
         return _back(f"{name}: {str(exc).splitlines()[0]}")
     except OSError as exc:
-        return _back(f"{name}: the tokens could not be stored ({exc.strerror or type(exc).__name__}); "
-                     "press Authorise again")
-    return _back(f"Authorised {name}; the tokens are stored in the state"
-                 f"{', replacing the earlier authorisation' if replaced else ''}.")
+        return _back(
+            f"{name}: the tokens could not be stored ({exc.strerror or type(exc).__name__}); press Authorise again"
+        )
+    return _back(
+        f"Authorised {name}; the tokens are stored in the state"
+        f"{', replacing the earlier authorisation' if replaced else ''}."
+    )

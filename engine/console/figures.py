@@ -8,7 +8,8 @@ last day the record reaches back to, and the page says how far that is.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..outcome import DEAD_LETTERED, DELIVERED, DROPPED, FAILED
 
@@ -48,8 +49,14 @@ def series(rows: Iterable[Mapping[str, Any]], now: float) -> dict[str, dict[str,
     return out
 
 
-def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], letters: Mapping[str, int], *,
-           lags: Mapping[str, int] | None = None, clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
+def health(
+    rows: Iterable[Mapping[str, Any]],
+    integrations: Iterable[str],
+    letters: Mapping[str, int],
+    *,
+    lags: Mapping[str, int] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> list[dict[str, Any]]:
     """Per integration: counts by outcome, 429s and p50/p95 latency per window, the last error, letters waiting,
     and the lag (events not finished yet) where the store knows it, else None (never a made-up 0)."""
     now = clock()
@@ -63,23 +70,39 @@ def health(rows: Iterable[Mapping[str, Any]], integrations: Iterable[str], lette
         for label, seconds in WINDOWS:
             recent = [r for r in mine if float(r.get("at") or 0) >= now - seconds]
             counts = {kind: sum(1 for r in recent if r.get("outcome") == kind) for kind in COUNTED}
-            latencies = [float(r["latency_ms"]) for r in recent
-                         if r.get("outcome") == DELIVERED and isinstance(r.get("latency_ms"), (int, float))
-                         and r.get("attempts")]
-            windows[label] = {**counts, "total": len(recent), "http_429": sum(int(r.get("answers_429") or 0) for r in recent),
-                              "token_requests": sum(int(r.get("token_requests") or 0) for r in recent),
-                              "p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95)}
+            latencies = [
+                float(r["latency_ms"])
+                for r in recent
+                if r.get("outcome") == DELIVERED and isinstance(r.get("latency_ms"), (int, float)) and r.get("attempts")
+            ]
+            windows[label] = {
+                **counts,
+                "total": len(recent),
+                "http_429": sum(int(r.get("answers_429") or 0) for r in recent),
+                "token_requests": sum(int(r.get("token_requests") or 0) for r in recent),
+                "p50_ms": percentile(latencies, 0.5),
+                "p95_ms": percentile(latencies, 0.95),
+            }
         errors = [r for r in mine if r.get("outcome") in ERRORS]
         last = max(errors, key=lambda r: float(r.get("at") or 0)) if errors else None
-        out.append({
-            "integration": name,
-            "windows": windows,
-            "last_error": None if last is None else {"at": last.get("at"), "outcome": last.get("outcome"),
-                                                     "cause": last.get("cause"), "status": last.get("status"),
-                                                     "messageId": last.get("messageId"), "id": last.get("id")},
-            "dead_letters": letters.get(name, 0),
-            "lag": (lags or {}).get(name),
-            "series": series(mine, now),
-            "last_event_at": max((float(r.get("at") or 0) for r in mine), default=None),
-        })
+        out.append(
+            {
+                "integration": name,
+                "windows": windows,
+                "last_error": None
+                if last is None
+                else {
+                    "at": last.get("at"),
+                    "outcome": last.get("outcome"),
+                    "cause": last.get("cause"),
+                    "status": last.get("status"),
+                    "messageId": last.get("messageId"),
+                    "id": last.get("id"),
+                },
+                "dead_letters": letters.get(name, 0),
+                "lag": (lags or {}).get(name),
+                "series": series(mine, now),
+                "last_event_at": max((float(r.get("at") or 0) for r in mine), default=None),
+            }
+        )
     return out

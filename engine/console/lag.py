@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -76,4 +77,4 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
-__all__ = ["sqlite_lags", "redis_lags"]
+__all__ = ["redis_lags", "sqlite_lags"]

@@ -37,13 +37,25 @@ GOLDEN_ROOT = Path("golden")  # as `signal-engine golden` defaults: below the wo
 FILE_NAME = "preset.yaml"
 _LOCATION = re.compile(r"^(?P<file>.*?):(?P<line>\d+)(?::(?P<col>\d+))?: (?P<message>.*)$", re.S)
 
-EXAMPLE_EVENTS = "\n".join(json.dumps(e) for e in (
-    {"type": "identify", "messageId": "play-1", "userId": "user-1",
-     "context": {"consent": {"canonical": {"marketing": True}}},
-     "traits": {"email": "Ada.Lovelace@Example.com", "firstName": "Ada", "lastName": "Lovelace"}},
-    {"type": "track", "event": "Demo Requested", "messageId": "play-2", "userId": "user-1",
-     "context": {"consent": {"canonical": {"marketing": True}}}},
-))
+EXAMPLE_EVENTS = "\n".join(
+    json.dumps(e)
+    for e in (
+        {
+            "type": "identify",
+            "messageId": "play-1",
+            "userId": "user-1",
+            "context": {"consent": {"canonical": {"marketing": True}}},
+            "traits": {"email": "Ada.Lovelace@Example.com", "firstName": "Ada", "lastName": "Lovelace"},
+        },
+        {
+            "type": "track",
+            "event": "Demo Requested",
+            "messageId": "play-2",
+            "userId": "user-1",
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        },
+    )
+)
 
 
 def presets() -> list[str]:
@@ -60,8 +72,10 @@ def preset_source(name: str) -> str:
 def run(yaml_text: str, events_text: str) -> dict[str, Any]:
     """Compile, then dry-run every event; each problem with its line (``None`` when it has none)."""
     if len(yaml_text) > MAX_YAML_CHARS:
-        return {"problems": [{"line": None, "message": f"the preset is longer than {MAX_YAML_CHARS:,} characters"}],
-                "events": []}
+        return {
+            "problems": [{"line": None, "message": f"the preset is longer than {MAX_YAML_CHARS:,} characters"}],
+            "events": [],
+        }
     events, event_problems = _events(events_text)
     with tempfile.TemporaryDirectory(prefix="signal-playground-") as folder:
         path = Path(folder) / FILE_NAME
@@ -69,15 +83,25 @@ def run(yaml_text: str, events_text: str) -> dict[str, Any]:
         try:
             preset = load_preset(str(path), strict=True)
         except PresetError as exc:
-            return {"problems": [_located(p, str(path)) for p in exc.problems], "events": [],
-                    "event_problems": event_problems}
+            return {
+                "problems": [_located(p, str(path)) for p in exc.problems],
+                "events": [],
+                "event_problems": event_problems,
+            }
     settings = resolve(preset.settings, {}, require=False)
     pipeline = Pipeline(preset, settings)
     results = []
     for index, event in enumerate(events):
         trace = explain(pipeline, event, index)
-        results.append({"index": index, "outcome": trace["outcome"], "decided_by": trace["decided_by"],
-                        "steps": trace["steps"], "request": trace["steps"].get("request")})
+        results.append(
+            {
+                "index": index,
+                "outcome": trace["outcome"],
+                "decided_by": trace["decided_by"],
+                "steps": trace["steps"],
+                "request": trace["steps"].get("request"),
+            }
+        )
     return {"problems": [], "events": results, "event_problems": event_problems, "preset": preset.name}
 
 
@@ -90,16 +114,25 @@ def golden(yaml_text: str, preset_name: str, root: Path = GOLDEN_ROOT) -> dict[s
     """
     folder = (root / preset_name).resolve()
     if root.resolve() not in folder.parents or not folder.is_dir():
-        return {"preset": preset_name, "folder": str(root / preset_name), "cases": [], "problems": [],
-                "note": f"no golden cases for {preset_name}: none in {root / preset_name}/"}
+        return {
+            "preset": preset_name,
+            "folder": str(root / preset_name),
+            "cases": [],
+            "problems": [],
+            "note": f"no golden cases for {preset_name}: none in {root / preset_name}/",
+        }
     with tempfile.TemporaryDirectory(prefix="signal-playground-") as temp:
         path = Path(temp) / FILE_NAME
         path.write_text(yaml_text, encoding="utf-8")
         try:
             preset = load_preset(str(path), strict=True)
         except PresetError as exc:
-            return {"preset": preset_name, "folder": str(root / preset_name), "cases": [],
-                    "problems": [_located(p, str(path)) for p in exc.problems]}
+            return {
+                "preset": preset_name,
+                "folder": str(root / preset_name),
+                "cases": [],
+                "problems": [_located(p, str(path)) for p in exc.problems],
+            }
     cases = []
     for case in golden_cases.discover(folder, preset_name)[:MAX_CASES]:
         name = case.path.relative_to(folder).with_suffix("").as_posix()
@@ -110,23 +143,50 @@ def golden(yaml_text: str, preset_name: str, root: Path = GOLDEN_ROOT) -> dict[s
             cases.append({"name": name, "passed": False, "error": first[:500], "diff": ""})
             continue
         expected = golden_cases.render(result.expected) if result.expected is not None else ""
-        diff = "" if result.passed else "".join(difflib.unified_diff(
-            expected.splitlines(True), golden_cases.render(result.actual).splitlines(True),
-            f"{name}{golden_cases.EXPECTED_SUFFIX}", "this preset's output"))
-        cases.append({"name": name, "passed": result.passed, "diff": diff,
-                      **({"error": "no expected file: `signal-engine golden --update` writes one"}
-                         if result.expected is None else {})})
+        diff = (
+            ""
+            if result.passed
+            else "".join(
+                difflib.unified_diff(
+                    expected.splitlines(True),
+                    golden_cases.render(result.actual).splitlines(True),
+                    f"{name}{golden_cases.EXPECTED_SUFFIX}",
+                    "this preset's output",
+                )
+            )
+        )
+        cases.append(
+            {
+                "name": name,
+                "passed": result.passed,
+                "diff": diff,
+                **(
+                    {"error": "no expected file: `signal-engine golden --update` writes one"}
+                    if result.expected is None
+                    else {}
+                ),
+            }
+        )
     passed = sum(1 for c in cases if c["passed"])
-    return {"preset": preset_name, "folder": str(root / preset_name), "cases": cases, "problems": [],
-            "passed": passed, "failed": len(cases) - passed}
+    return {
+        "preset": preset_name,
+        "folder": str(root / preset_name),
+        "cases": cases,
+        "problems": [],
+        "passed": passed,
+        "failed": len(cases) - passed,
+    }
 
 
 def _located(problem: str, path: str) -> dict[str, Any]:
     text = problem.replace(path, FILE_NAME)
     match = _LOCATION.match(text)
     if match and match.group("file") == FILE_NAME:
-        return {"line": int(match.group("line")), "column": int(match.group("col") or 0) or None,
-                "message": match.group("message")}
+        return {
+            "line": int(match.group("line")),
+            "column": int(match.group("col") or 0) or None,
+            "message": match.group("message"),
+        }
     return {"line": None, "message": text}
 
 
@@ -142,7 +202,9 @@ def _events(text: str) -> tuple[list[Any], list[str]]:
             parsed = json.loads(stripped)
         except ValueError as exc:
             return [], [f"events: not a JSON array ({exc})"]
-        return parsed[:MAX_EVENTS], ([f"only the first {MAX_EVENTS} events are run"] if len(parsed) > MAX_EVENTS else [])
+        return parsed[:MAX_EVENTS], (
+            [f"only the first {MAX_EVENTS} events are run"] if len(parsed) > MAX_EVENTS else []
+        )
     try:
         return [json.loads(stripped)], []
     except ValueError:

@@ -23,8 +23,8 @@ import hmac
 import ipaddress
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -33,10 +33,17 @@ TOKEN_ENV = "SIGNAL_CONSOLE_TOKEN"
 COOKIE = "signal_console"
 LOGIN_FAILURES_PER_MINUTE = 5
 
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-           "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
 
 
 class ExposureRefused(Exception):
@@ -54,8 +61,10 @@ def is_loopback(host: str) -> bool:
 
 def check_exposure(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
-        raise ExposureRefused(f"the console would listen on {host}, beyond this machine, without a credential: "
-                              f"set {TOKEN_ENV} (or listen on 127.0.0.1)")
+        raise ExposureRefused(
+            f"the console would listen on {host}, beyond this machine, without a credential: "
+            f"set {TOKEN_ENV} (or listen on 127.0.0.1)"
+        )
 
 
 @dataclass
@@ -78,8 +87,11 @@ class Guard:
 
     def bearer(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
-        return bool(self.token) and header.startswith("Bearer ") and hmac.compare_digest(
-            header[7:].encode(), self.token.encode())  # type: ignore[union-attr]
+        return (
+            bool(self.token)
+            and header.startswith("Bearer ")
+            and hmac.compare_digest(header[7:].encode(), self.token.encode())  # type: ignore[union-attr]
+        )
 
     def allowed(self, request: web.Request) -> bool:
         if not self.token:
@@ -116,8 +128,9 @@ def middleware(guard: Guard) -> Middleware:
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(OPEN_PATHS) and not guard.allowed(request):
             if request.path.startswith("/console/api/"):
-                response: web.StreamResponse = web.json_response({"error": "sign in: send Authorization: Bearer "
-                                                                            f"<{TOKEN_ENV}>"}, status=401)
+                response: web.StreamResponse = web.json_response(
+                    {"error": f"sign in: send Authorization: Bearer <{TOKEN_ENV}>"}, status=401
+                )
             else:
                 response = web.Response(status=303, headers={"Location": "/console/login"})
         else:

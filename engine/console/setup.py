@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -89,11 +90,13 @@ class Setup:
         problems: dict[str, list[str]] = {}
         name = str(form.get("name", "")).strip()
         if not NAME.match(name):
-            problems.setdefault("name", []).append("lower-case letters, digits and '-', starting and ending with a "
-                                                   "letter or digit, at most 63")
+            problems.setdefault("name", []).append(
+                "lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63"
+            )
         elif name in self.file_names():
-            problems.setdefault("name", []).append(f"{name!r} is defined in the integrations file, which is "
-                                                   "read-only here; choose another name")
+            problems.setdefault("name", []).append(
+                f"{name!r} is defined in the integrations file, which is read-only here; choose another name"
+            )
         if self.store is None:
             problems.setdefault(FORM, []).append("this state store keeps no console integrations")
             return problems, None
@@ -104,12 +107,16 @@ class Setup:
         values = parse(preset, form)
         secrets = {n: v for n, v in values.items() if preset.settings[n].secret and v is not None}
         checked = dict(values)
-        for kept in (existing.sealed if existing else {}):
+        for kept in existing.sealed if existing else {}:
             if checked.get(kept) is None:
                 checked[kept] = KEPT
         try:
-            resolve(preset.settings, {k: v for k, v in checked.items() if v is not None}, require=True,
-                    where={n: n for n in preset.settings})
+            resolve(
+                preset.settings,
+                {k: v for k, v in checked.items() if v is not None},
+                require=True,
+                where={n: n for n in preset.settings},
+            )
         except SettingsError as exc:
             for line in exc.problems:
                 field_name, _, text = line.partition(": ")
@@ -196,11 +203,24 @@ async def new_page(request: web.Request) -> web.Response:
     saved = request.query.get("saved")
     message = request.query.get("message")
     authorisable = await asyncio.to_thread(_authorisable, listed)
-    return _allowing(_html(setup_views.setup_page(playground.presets(), preset, {}, {}, listed, setup.no_secrets,
-                                        csrf=setup.guard.csrf, saved=saved if saved else None,
-                                        message=message[:400] if message else None,
-                                        authorisable=set(authorisable),
-                                        categories=categories(preset) if preset else [])), authorisable.values())
+    return _allowing(
+        _html(
+            setup_views.setup_page(
+                playground.presets(),
+                preset,
+                {},
+                {},
+                listed,
+                setup.no_secrets,
+                csrf=setup.guard.csrf,
+                saved=saved if saved else None,
+                message=message[:400] if message else None,
+                authorisable=set(authorisable),
+                categories=categories(preset) if preset else [],
+            )
+        ),
+        authorisable.values(),
+    )
 
 
 async def save_form(request: web.Request) -> web.Response:
@@ -211,20 +231,41 @@ async def save_form(request: web.Request) -> web.Response:
         return _html(setup_views.refused(setup.guard.csrf), status=403)
     preset = await asyncio.to_thread(_preset, str(form.get("preset", "")))
     if preset is None:
-        return _html(setup_views.setup_page(playground.presets(), None, {FORM: ["choose a preset"]}, {},
-                                            setup.listed(), setup.no_secrets, csrf=setup.guard.csrf), status=400)
+        return _html(
+            setup_views.setup_page(
+                playground.presets(),
+                None,
+                {FORM: ["choose a preset"]},
+                {},
+                setup.listed(),
+                setup.no_secrets,
+                csrf=setup.guard.csrf,
+            ),
+            status=400,
+        )
     async with setup._lock:  # one save at a time: two would race on the same name
         problems, item = await asyncio.to_thread(setup.save, preset, form)
     if item is not None:
         from urllib.parse import urlencode
 
-        return web.Response(status=303, headers={"Location": "/console/integrations/new?"
-                                                 + urlencode({"saved": item.name})})
+        return web.Response(
+            status=303, headers={"Location": "/console/integrations/new?" + urlencode({"saved": item.name})}
+        )
     shown = {k: v for k, v in form.items() if not (k.startswith("setting.") and _secret(preset, k))}
-    return _html(setup_views.setup_page(playground.presets(), preset, problems, shown, setup.listed(),
-                                        setup.no_secrets, csrf=setup.guard.csrf, categories=categories(preset),
-                                        ticked=[str(v) for v in form.getall(f"setting.{preset.consent_setting}", [])]),
-                 status=422)
+    return _html(
+        setup_views.setup_page(
+            playground.presets(),
+            preset,
+            problems,
+            shown,
+            setup.listed(),
+            setup.no_secrets,
+            csrf=setup.guard.csrf,
+            categories=categories(preset),
+            ticked=[str(v) for v in form.getall(f"setting.{preset.consent_setting}", [])],
+        ),
+        status=422,
+    )
 
 
 def _authorisable(listed: list[StoredIntegration]) -> dict[str, str]:
@@ -249,8 +290,9 @@ def _authorisable(listed: list[StoredIntegration]) -> dict[str, str]:
         except (SettingsError, ValueError):
             continue
         # Only a plain host[:port] goes into the CSP header: nothing a setting could use to widen the policy.
-        if parts.scheme in ("http", "https") and re.fullmatch(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?",
-                                                             parts.netloc):
+        if parts.scheme in ("http", "https") and re.fullmatch(
+            r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", parts.netloc
+        ):
             out[item.name] = f"{parts.scheme}://{parts.netloc}"
     return out
 

@@ -7,7 +7,8 @@ again), and a stored secret shows only as "set (encrypted)".
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..language.model import Preset
 from ..state.console_integrations import KEY_ENV, StoredIntegration
@@ -18,13 +19,19 @@ FORM = "_form"
 
 def _authorise(name: str, csrf: str) -> str:
     """A POST (CSRF-checked) that sends the browser to the destination's consent page, as ``signal-engine auth``."""
-    return (f'<form method="post" action="/console/integrations/{e(name)}/authorise" class="authorise">'
-            f'<input type="hidden" name="csrf" value="{e(csrf)}"><button type="submit">Authorise</button></form>')
+    return (
+        f'<form method="post" action="/console/integrations/{e(name)}/authorise" class="authorise">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}"><button type="submit">Authorise</button></form>'
+    )
 
 
 def refused(csrf: str) -> str:
-    return page("Refused", "integrations", "<p>The form was stale or came from another site; reload the page and "
-                "try again.</p>", csrf=csrf)
+    return page(
+        "Refused",
+        "integrations",
+        "<p>The form was stale or came from another site; reload the page and try again.</p>",
+        csrf=csrf,
+    )
 
 
 def _problems(problems: Mapping[str, list[str]], name: str) -> str:
@@ -34,66 +41,108 @@ def _problems(problems: Mapping[str, list[str]], name: str) -> str:
     return "".join(f'<p class="error field-problem" id="problem-{e(name)}" role="alert">{e(p)}</p>' for p in found)
 
 
-def _field(preset: Preset, name: str, problems: Mapping[str, list[str]], shown: Mapping[str, Any],
-           categories: Sequence[str], ticked: Sequence[str] | None) -> str:
+def _field(
+    preset: Preset,
+    name: str,
+    problems: Mapping[str, list[str]],
+    shown: Mapping[str, Any],
+    categories: Sequence[str],
+    ticked: Sequence[str] | None,
+) -> str:
     spec = preset.settings[name]
     key = f"setting.{name}"
     flags = " required" if spec.required and not spec.stored else ""
     invalid = ' aria-invalid="true"' if problems.get(name) else ""
-    marks = (" <small>(required)</small>" if spec.required else "") + (" <small>(secret)</small>" if spec.secret else "")
+    marks = (" <small>(required)</small>" if spec.required else "") + (
+        " <small>(secret)</small>" if spec.secret else ""
+    )
     label = f'<span class="setting-name">{e(name)}</span>{marks}'
     hint = f'<small class="hint">{e(spec.description)}</small>' if spec.description else ""
     if spec.secret:
         again = " Type it again: a secret is never sent back to the page." if shown else ""
-        control = (f'<input type="password" name="{e(key)}" autocomplete="new-password" data-setting="{e(name)}"'
-                   f'{invalid}><small class="hint">Write-only: it is encrypted when saved and never shown again; '
-                   f'left empty, a stored one is kept.{e(again)}</small>')
+        control = (
+            f'<input type="password" name="{e(key)}" autocomplete="new-password" data-setting="{e(name)}"'
+            f'{invalid}><small class="hint">Write-only: it is encrypted when saved and never shown again; '
+            f"left empty, a stored one is kept.{e(again)}</small>"
+        )
     elif spec.type == "boolean":
         value = str(shown.get(key, ""))
-        options = "".join(f'<option value="{v}"{" selected" if value == v else ""}>{t}</option>'
-                          for v, t in (("", f"default ({spec.default})" if spec.default is not None else "not set"),
-                                       ("true", "true"), ("false", "false")))
+        options = "".join(
+            f'<option value="{v}"{" selected" if value == v else ""}>{t}</option>'
+            for v, t in (
+                ("", f"default ({spec.default})" if spec.default is not None else "not set"),
+                ("true", "true"),
+                ("false", "false"),
+            )
+        )
         control = f'<select name="{e(key)}" data-setting="{e(name)}"{invalid}>{options}</select>'
     elif spec.type == "string_list" and name == preset.consent_setting:
         chosen = set(ticked if ticked is not None else (spec.default or []))
-        boxes = "".join(f'<label class="check"><input type="checkbox" name="{e(key)}" value="{e(c)}"'
-                        f'{" checked" if c in chosen else ""}> {e(c)}</label>' for c in categories)
-        control = (f'<fieldset data-setting="{e(name)}"{invalid}><legend>Consent categories that gate delivery'
-                   f'</legend><input type="hidden" name="{e(key)}.present" value="1">{boxes}'
-                   f'<label>Other categories (comma-separated) <input type="text" name="{e(key)}.other" '
-                   f'value="{e(shown.get(key + ".other", ""))}"></label></fieldset>')
+        boxes = "".join(
+            f'<label class="check"><input type="checkbox" name="{e(key)}" value="{e(c)}"'
+            f"{' checked' if c in chosen else ''}> {e(c)}</label>"
+            for c in categories
+        )
+        control = (
+            f'<fieldset data-setting="{e(name)}"{invalid}><legend>Consent categories that gate delivery'
+            f'</legend><input type="hidden" name="{e(key)}.present" value="1">{boxes}'
+            f'<label>Other categories (comma-separated) <input type="text" name="{e(key)}.other" '
+            f'value="{e(shown.get(key + ".other", ""))}"></label></fieldset>'
+        )
     elif spec.type == "string_list":
         default = ", ".join(spec.default or [])
-        control = (f'<input type="hidden" name="{e(key)}.present" value="">'
-                   f'<input type="text" name="{e(key)}.other" value="{e(shown.get(key + ".other", ""))}" '
-                   f'placeholder="{e(default)}" data-setting="{e(name)}"{invalid}>')
+        control = (
+            f'<input type="hidden" name="{e(key)}.present" value="">'
+            f'<input type="text" name="{e(key)}.other" value="{e(shown.get(key + ".other", ""))}" '
+            f'placeholder="{e(default)}" data-setting="{e(name)}"{invalid}>'
+        )
     else:
         kind = "url" if spec.type == "url" else "text"
         placeholder = f' placeholder="{e(spec.default)}"' if spec.default is not None else ""
-        control = (f'<input type="{kind if kind != "url" else "text"}" name="{e(key)}" value="{e(shown.get(key, ""))}"'
-                   f'{placeholder}{flags} data-setting="{e(name)}"{invalid}>')
-    return (f'<div class="setting" id="setting-{e(name)}"><label>{label} {control}</label>{hint}'
-            f'{_problems(problems, name)}</div>')
+        control = (
+            f'<input type="{kind if kind != "url" else "text"}" name="{e(key)}" value="{e(shown.get(key, ""))}"'
+            f'{placeholder}{flags} data-setting="{e(name)}"{invalid}>'
+        )
+    return (
+        f'<div class="setting" id="setting-{e(name)}"><label>{label} {control}</label>{hint}'
+        f"{_problems(problems, name)}</div>"
+    )
 
 
-def setup_page(presets: Sequence[str], preset: Preset | None, problems: Mapping[str, list[str]],
-               shown: Mapping[str, Any], listed: Sequence[StoredIntegration], no_secrets: str | None, *,
-               csrf: str, saved: str | None = None, categories: Sequence[str] = (),
-               ticked: Sequence[str] | None = None, message: str | None = None,
-               authorisable: set[str] | frozenset[str] = frozenset()) -> str:
-    parts = ['<p class="note">Integrations of the integrations file are read-only here (edit the file and '
-             '<code>check</code> it). Those set up on this page are kept in the state store.</p>']
+def setup_page(
+    presets: Sequence[str],
+    preset: Preset | None,
+    problems: Mapping[str, list[str]],
+    shown: Mapping[str, Any],
+    listed: Sequence[StoredIntegration],
+    no_secrets: str | None,
+    *,
+    csrf: str,
+    saved: str | None = None,
+    categories: Sequence[str] = (),
+    ticked: Sequence[str] | None = None,
+    message: str | None = None,
+    authorisable: set[str] | frozenset[str] = frozenset(),
+) -> str:
+    parts = [
+        '<p class="note">Integrations of the integrations file are read-only here (edit the file and '
+        "<code>check</code> it). Those set up on this page are kept in the state store.</p>"
+    ]
     if saved:
         parts.append(f'<p class="message" role="status">Saved {e(saved)}.</p>')
     if message:
         parts.append(f'<p class="message" id="message" role="status">{e(message)}</p>')
     if no_secrets:
         parts.append(f'<p class="error" id="no-secret-key" role="alert">Secrets cannot be stored: {e(no_secrets)}.</p>')
-    options = "".join(f'<option value="{e(n)}"{" selected" if preset is not None and preset.name == n else ""}>'
-                      f'{e(n)}</option>' for n in presets)
-    parts.append(f'<form method="get" action="/console/integrations/new" class="choose-preset"><label>Preset '
-                 f'<select name="preset"><option value="">choose a preset</option>{options}</select></label> '
-                 f'<button type="submit">Choose</button></form>')
+    options = "".join(
+        f'<option value="{e(n)}"{" selected" if preset is not None and preset.name == n else ""}>{e(n)}</option>'
+        for n in presets
+    )
+    parts.append(
+        f'<form method="get" action="/console/integrations/new" class="choose-preset"><label>Preset '
+        f'<select name="preset"><option value="">choose a preset</option>{options}</select></label> '
+        f'<button type="submit">Choose</button></form>'
+    )
     if preset is not None:
         title = preset.metadata.get("title") or preset.name
         fields = "".join(_field(preset, n, problems, shown, categories, ticked) for n in preset.settings)
@@ -105,8 +154,9 @@ def setup_page(presets: Sequence[str], preset: Preset | None, problems: Mapping[
             f'<div class="setting" id="setting-name"><label><span class="setting-name">Integration name</span> '
             f'<input type="text" name="name" value="{e(shown.get("name", ""))}" required '
             f'placeholder="lower-case, e.g. {e(preset.name.split("/")[0])}"{invalid}></label>'
-            f'{_problems(problems, "name")}</div>{fields}'
-            f'<button type="submit" id="save">Save</button></form>')
+            f"{_problems(problems, 'name')}</div>{fields}"
+            f'<button type="submit" id="save">Save</button></form>'
+        )
     parts.append(_listed(listed, authorisable, csrf))
     return page("Set up an integration", "integrations", "".join(parts), csrf=csrf)
 
@@ -116,13 +166,19 @@ def _listed(listed: Sequence[StoredIntegration], authorisable: set[str] | frozen
         return '<h2>Set up in the console</h2><p class="empty">None yet.</p>'
     rows = []
     for item in listed:
-        values = "; ".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}"
-                           for k, v in sorted(item.values.items())) or "defaults"
+        values = (
+            "; ".join(f"{k}: {', '.join(v) if isinstance(v, list) else v}" for k, v in sorted(item.values.items()))
+            or "defaults"
+        )
         secrets = ", ".join(f"{k}: set (encrypted)" for k in sorted(item.sealed)) or "none"
-        rows.append(f'<tr data-integration="{e(item.name)}"><th scope="row">{e(item.name)}</th><td>{e(item.preset)}'
-                    f'</td><td>{e(values)}</td><td>{e(secrets)}</td><td>{e(when(item.saved_at))}</td>'
-                    f'<td>{_authorise(item.name, csrf) if item.name in authorisable else ""}</td></tr>')
-    return ('<h2>Set up in the console</h2><table class="console-integrations"><thead><tr><th scope="col">Name</th>'
-            '<th scope="col">Preset</th><th scope="col">Settings</th><th scope="col">Secrets</th>'
-            f'<th scope="col">Saved</th><th scope="col"></th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f'<p class="note">Secrets are sealed with {KEY_ENV}; keep the key: without it they cannot be read back.</p>')
+        rows.append(
+            f'<tr data-integration="{e(item.name)}"><th scope="row">{e(item.name)}</th><td>{e(item.preset)}'
+            f"</td><td>{e(values)}</td><td>{e(secrets)}</td><td>{e(when(item.saved_at))}</td>"
+            f"<td>{_authorise(item.name, csrf) if item.name in authorisable else ''}</td></tr>"
+        )
+    return (
+        '<h2>Set up in the console</h2><table class="console-integrations"><thead><tr><th scope="col">Name</th>'
+        '<th scope="col">Preset</th><th scope="col">Settings</th><th scope="col">Secrets</th>'
+        f'<th scope="col">Saved</th><th scope="col"></th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        f'<p class="note">Secrets are sealed with {KEY_ENV}; keep the key: without it they cannot be read back.</p>'
+    )

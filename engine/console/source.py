@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..compile.compiler import load_preset
 from ..language.model import Preset
@@ -129,8 +130,10 @@ class ConsoleSource:
         for item in self.configured:
             if item.name == integration and item.unavailable:
                 return f"cannot replay {integration!r}: {item.unavailable}"
-        return (f"no settings for {integration!r}: start the console with --config FILE naming it, or with "
-                "--preset and --settings for it (replaying needs the credentials)")
+        return (
+            f"no settings for {integration!r}: start the console with --config FILE naming it, or with "
+            "--preset and --settings for it (replaying needs the credentials)"
+        )
 
     # -- dead letters -------------------------------------------------------
     def dead_letters(self, integration: str | None = None) -> list[dict[str, Any]]:
@@ -147,11 +150,11 @@ class ConsoleSource:
         if connection is None:
             raise ReplayUnavailable(self.why_not_replayable(integration))
         async with self._replaying:  # one replay at a time: two would send the same letter twice
-            engine = Engine(connection.preset, connection.settings, state=self.backend,
-                            integration=connection.integration)
+            engine = Engine(
+                connection.preset, connection.settings, state=self.backend, integration=connection.integration
+            )
             async with engine:
                 return await engine.replay_dead_letters(None if ids is None else set(ids))
-
 
     def delete(self, integration: str, ids: Sequence[str]) -> list[str]:
         """``dlq delete`` for one integration: the letters with these ids among its own, the ids removed.
@@ -194,4 +197,4 @@ class _ReadOnly:
         return None
 
 
-__all__ = ["ConsoleSource", "Configured", "Connection", "ReplayUnavailable", "letter_integration", "RecordQuery"]
+__all__ = ["Configured", "Connection", "ConsoleSource", "RecordQuery", "ReplayUnavailable", "letter_integration"]

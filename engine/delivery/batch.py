@@ -19,8 +19,9 @@ one request whose body the preset builds from their documents.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError, ExpressionLimitError
@@ -34,7 +35,7 @@ from .transport import HttpRequest
 class _Item:
     prepared: Prepared
     sent: list[int]  # the engine's count of this event's requests on the wire (see Engine.stop)
-    future: "asyncio.Future[Outcome]"
+    future: asyncio.Future[Outcome]
     key: str | None
     attempts: int = 0  # requests this item went out in, over every batch
     tries: int = 0  # batches it was put back from
@@ -44,8 +45,14 @@ class _Item:
 class Batcher:
     """One per engine: a queue per batched action, a timer per queue, one request at a time per action."""
 
-    def __init__(self, sender: Sending, settings: Mapping[str, Any], slots: asyncio.Semaphore,
-                 sleep: Callable[[float], Awaitable[None]], key_of: Callable[[Prepared], str | None]) -> None:
+    def __init__(
+        self,
+        sender: Sending,
+        settings: Mapping[str, Any],
+        slots: asyncio.Semaphore,
+        sleep: Callable[[float], Awaitable[None]],
+        key_of: Callable[[Prepared], str | None],
+    ) -> None:
         self.sender = sender
         self.public = settings
         self._slots = slots
@@ -111,7 +118,7 @@ class Batcher:
             return
         spec = queue[0].prepared.action.batch
         assert spec is not None
-        batch, rest = queue[:spec.max_items], queue[spec.max_items:]
+        batch, rest = queue[: spec.max_items], queue[spec.max_items :]
         self._queues[name] = rest
         task = asyncio.ensure_future(self._send(name, batch))
         self._sending.add(task)
@@ -156,8 +163,15 @@ class Batcher:
             body = spec.body.evaluate({"items": [item.prepared.body for item in live], "settings": self.public})
         except ExpressionError as exc:
             cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
-            return [(item, self.sender.failed(item.prepared, cause, f"actions.{action.name}.batch.body: {exc}", None,
-                                              item.attempts)) for item in live]
+            return [
+                (
+                    item,
+                    self.sender.failed(
+                        item.prepared, cause, f"actions.{action.name}.batch.body: {exc}", None, item.attempts
+                    ),
+                )
+                for item in live
+            ]
         request = HttpRequest(first.method, first.url, dict(first.headers), body=body)
         for item in live:
             item.sent[0] += 1  # on the wire from now on, for every event in it
@@ -179,13 +193,17 @@ class Batcher:
         answer = step.exchange.response.rule_input() if step.exchange and step.exchange.response else {}
         where = f"actions.{item.prepared.action.name}.batch.item_error"
         try:
-            verdict = (spec.item_error.evaluate({**answer, "item": item.prepared.body, "index": index})
-                       if spec.item_error is not None else None)
+            verdict = (
+                spec.item_error.evaluate({**answer, "item": item.prepared.body, "index": index})
+                if spec.item_error is not None
+                else None
+            )
         except ExpressionError as exc:
             return self._with(outcome, oc.FAILED, "batch_error", f"{where}: {exc}")
         if verdict in (None, False, ""):
             outcome.detail = f"delivered in a request of {size} item(s)" + (
-                f" (after: {'; '.join(item.detail)})" if item.detail else "")
+                f" (after: {'; '.join(item.detail)})" if item.detail else ""
+            )
             return outcome
         if isinstance(verdict, dict) and "retry" in verdict:
             reason = str(verdict.get("retry"))
@@ -193,8 +211,12 @@ class Batcher:
             if item.tries < self.sender.delivery.retries.max_attempts:
                 item.detail.append(reason)
                 return None
-            return self._with(outcome, oc.DEAD_LETTERED, "item_failed",
-                              f"item {index} of a request of {size} was refused {item.tries} times: {reason}")
+            return self._with(
+                outcome,
+                oc.DEAD_LETTERED,
+                "item_failed",
+                f"item {index} of a request of {size} was refused {item.tries} times: {reason}",
+            )
         return self._with(outcome, oc.FAILED, "item_failed", f"item {index} of a request of {size}: {verdict}")
 
     def _with(self, outcome: Outcome, kind: str, cause: str, detail: str) -> Outcome:

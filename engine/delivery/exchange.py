@@ -67,12 +67,28 @@ class Sending(Protocol):
 
     def first_request(self, prepared: Prepared) -> HttpRequest: ...
 
-    async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool,
-                   step: str = "create", rules: tuple[Rule, ...] = ()) -> Step: ...
+    async def send(
+        self,
+        prepared: Prepared,
+        request: HttpRequest,
+        attempts: list[int],
+        *,
+        allow_upsert: bool,
+        step: str = "create",
+        rules: tuple[Rule, ...] = (),
+    ) -> Step: ...
 
     def outcome(self, prepared: Prepared, step: Step, attempts: int, *, what: str = "create") -> Outcome: ...
 
-    def failed(self, prepared: Prepared, cause: str, detail: str, ex: Exchange | None, attempts: int, *,
-               dead_letter: bool = False) -> Outcome: ...
+    def failed(
+        self,
+        prepared: Prepared,
+        cause: str,
+        detail: str,
+        ex: Exchange | None,
+        attempts: int,
+        *,
+        dead_letter: bool = False,
+    ) -> Outcome: ...
 
     def view(self, request: HttpRequest) -> dict[str, Any]: ...

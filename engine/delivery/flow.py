@@ -10,7 +10,8 @@ replay resumes after them instead of sending them again.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .. import outcome as oc
 from ..outcome import Outcome
@@ -19,16 +20,22 @@ from ..pipeline.prepare import Prepared
 from .exchange import Sending
 
 
-async def deliver_flow(sender: Sending, prepared: Prepared, attempts: list[int],
-                       settings: Mapping[str, Any]) -> Outcome:
+async def deliver_flow(
+    sender: Sending, prepared: Prepared, attempts: list[int], settings: Mapping[str, Any]
+) -> Outcome:
     action = prepared.action
     done = prepared.steps_done  # name -> answer {status, headers, body}, or None when skipped
     names = [step.name for step in action.flow]
     stale = [name for name in done if name not in names]
     if stale:
-        return sender.failed(prepared, "not_replayable",
-                             f"the flow has no step {stale[0]!r} any more (the preset changed since this event "
-                             f"was kept): it cannot be resumed safely; left for a person to decide", None, attempts[0])
+        return sender.failed(
+            prepared,
+            "not_replayable",
+            f"the flow has no step {stale[0]!r} any more (the preset changed since this event "
+            f"was kept): it cannot be resumed safely; left for a person to decide",
+            None,
+            attempts[0],
+        )
     document = prepared.document if prepared.document is not None else prepared.body
     sent: list[dict[str, Any]] = []
     last = None
@@ -43,8 +50,9 @@ async def deliver_flow(sender: Sending, prepared: Prepared, attempts: list[int],
                 continue
             request = sender.first_request(prepared) if i == 0 else step_request(action, step, context)
         except StepBuildError as exc:
-            result = sender.failed(prepared, exc.cause, f"flow step {step.name!r}: {exc.message}{_before(done)}",
-                                   None, attempts[0])
+            result = sender.failed(
+                prepared, exc.cause, f"flow step {step.name!r}: {exc.message}{_before(done)}", None, attempts[0]
+            )
             result.requests = sent or None
             return result
         last = await sender.send(prepared, request, attempts, allow_upsert=False, step=step.name, rules=step.rules)
@@ -59,7 +67,8 @@ async def deliver_flow(sender: Sending, prepared: Prepared, attempts: list[int],
         done[step.name] = _kept(response.rule_input()) if response is not None else None
     skipped = [name for name, answer in done.items() if answer is None]
     detail = f"flow delivered: {', '.join(n for n in names if done.get(n) is not None)}" + (
-        f" (skipped: {', '.join(skipped)})" if skipped else "")
+        f" (skipped: {', '.join(skipped)})" if skipped else ""
+    )
     if last is None:  # a replay whose remaining steps are all skipped now
         return Outcome(prepared.index, prepared.message_id, oc.DELIVERED, detail=detail, attempts=attempts[0])
     result = sender.outcome(prepared, last, attempts[0])

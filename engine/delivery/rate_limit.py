@@ -28,8 +28,9 @@ import email.utils
 import math
 import re
 import time
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..language.model import RateLimitSpec
@@ -75,7 +76,7 @@ def seconds_until(value: str | None, now_wall: float | None = None) -> float | N
         except ValueError:
             return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, min(when.timestamp() - now_wall, MAX_WAIT_SECONDS))
 
 
@@ -104,14 +105,17 @@ def reset_seconds(value: str | None, fmt: str, now_wall: float | None = None) ->
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
         delay = when.timestamp() - now_wall
     else:
         number = first_number(value)
         if number is None:
             return None
-        delay = {"epoch_seconds": number - now_wall, "epoch_milliseconds": number / 1000.0 - now_wall,
-                 "delta_seconds": number}.get(fmt, number - now_wall)
+        delay = {
+            "epoch_seconds": number - now_wall,
+            "epoch_milliseconds": number / 1000.0 - now_wall,
+            "delta_seconds": number,
+        }.get(fmt, number - now_wall)
     return max(0.0, min(delay, MAX_WAIT_SECONDS))
 
 
@@ -139,8 +143,9 @@ class RateBudget(Protocol):
     def take(self) -> float | None:
         """Spend one request now: None when it was taken, else the seconds to wait before asking again."""
 
-    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
-              window_in: float | None) -> None:
+    def learn(
+        self, remaining: float | None, reset_raw: str | None, reset_in: float | None, window_in: float | None
+    ) -> None:
         """Close one taken request and learn the server's view from its answer (all None: no answer)."""
 
     def pause(self, seconds: float) -> None:
@@ -199,8 +204,9 @@ class LocalBudget:
             return False
         return True
 
-    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
-              window_in: float | None) -> None:
+    def learn(
+        self, remaining: float | None, reset_raw: str | None, reset_in: float | None, window_in: float | None
+    ) -> None:
         self._in_flight = max(0, self._in_flight - 1)
         if remaining is not None:
             # The server's Remaining does not yet count the requests still in flight.
@@ -240,25 +246,58 @@ class RateLimiter:
     """
 
     @classmethod
-    def from_spec(cls, spec: "RateLimitSpec", *, clock: Callable[[], float] = time.monotonic,
-                  sleep: Sleep = asyncio.sleep, budget: RateBudget | None = None,
-                  window_budgets: "list[RateBudget | None] | None" = None) -> "RateLimiter":
+    def from_spec(
+        cls,
+        spec: RateLimitSpec,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        budget: RateBudget | None = None,
+        window_budgets: list[RateBudget | None] | None = None,
+    ) -> RateLimiter:
         """``window_budgets``: the shared budget of each of ``spec.windows`` (None: this process's own)."""
         shared = list(window_budgets or [])
-        windows = [cls.from_spec(window, clock=clock, sleep=sleep, budget=shared[i] if i < len(shared) else None)
-                   for i, window in enumerate(spec.windows)]
-        return cls(spec.requests, spec.per_seconds, remaining_header=spec.remaining_header,
-                   reset_header=spec.reset_header, reset_format=spec.reset_format, window_header=spec.window_header,
-                   window_unit=spec.window_unit, remaining_key=spec.remaining_key, reset_key=spec.reset_key,
-                   window_seconds=spec.window_seconds, window_alignment=spec.window_alignment, clock=clock,
-                   sleep=sleep, budget=budget, windows=windows)
+        windows = [
+            cls.from_spec(window, clock=clock, sleep=sleep, budget=shared[i] if i < len(shared) else None)
+            for i, window in enumerate(spec.windows)
+        ]
+        return cls(
+            spec.requests,
+            spec.per_seconds,
+            remaining_header=spec.remaining_header,
+            reset_header=spec.reset_header,
+            reset_format=spec.reset_format,
+            window_header=spec.window_header,
+            window_unit=spec.window_unit,
+            remaining_key=spec.remaining_key,
+            reset_key=spec.reset_key,
+            window_seconds=spec.window_seconds,
+            window_alignment=spec.window_alignment,
+            clock=clock,
+            sleep=sleep,
+            budget=budget,
+            windows=windows,
+        )
 
-    def __init__(self, requests: int, per_seconds: float, *, remaining_header: str | None = None,
-                 reset_header: str | None = None, reset_format: str = "epoch_seconds", window_header: str | None = None,
-                 window_unit: str = "seconds", remaining_key: str | None = None, reset_key: str | None = None,
-                 window_seconds: float | None = None, window_alignment: str = "rolling",
-                 clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep,
-                 budget: RateBudget | None = None, windows: "list[RateLimiter] | None" = None) -> None:
+    def __init__(
+        self,
+        requests: int,
+        per_seconds: float,
+        *,
+        remaining_header: str | None = None,
+        reset_header: str | None = None,
+        reset_format: str = "epoch_seconds",
+        window_header: str | None = None,
+        window_unit: str = "seconds",
+        remaining_key: str | None = None,
+        reset_key: str | None = None,
+        window_seconds: float | None = None,
+        window_alignment: str = "rolling",
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        budget: RateBudget | None = None,
+        windows: list[RateLimiter] | None = None,
+    ) -> None:
         self.rate, capacity = bucket_shape(requests, per_seconds)
         self.budget: RateBudget = budget if budget is not None else LocalBudget(self.rate, capacity, clock)
         self.remaining_header = remaining_header

@@ -14,8 +14,9 @@ shorthands for the two error shapes most APIs share: JSON:API
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..language.expressions import Expression, ExpressionError
 
@@ -34,8 +35,9 @@ class Answer:
     step: str | None = None  # create | lookup | update; None at the token endpoint
 
     @classmethod
-    def from_body(cls, status: int, body: Any, headers: Mapping[str, str] | None = None,
-                  step: str | None = None) -> "Answer":
+    def from_body(
+        cls, status: int, body: Any, headers: Mapping[str, str] | None = None, step: str | None = None
+    ) -> Answer:
         ids: list[str] = []
         texts: list[str] = []
         if isinstance(body, Mapping):
@@ -67,7 +69,7 @@ class Rule:
     steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
 
     @classmethod
-    def build(cls, spec: Mapping[str, Any], match: Expression | None = None) -> "Rule":
+    def build(cls, spec: Mapping[str, Any], match: Expression | None = None) -> Rule:
         when = spec["when"]
         status = when.get("status")
         statuses = tuple(status if isinstance(status, list) else ([status] if status is not None else []))
@@ -76,7 +78,9 @@ class Rule:
         detail = when.get("detail_contains")
         step = when.get("step")
         steps = tuple(step if isinstance(step, list) else ([step] if step is not None else []))
-        return cls(spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps)
+        return cls(
+            spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps
+        )
 
     def matches(self, answer: Answer) -> bool:
         if self.steps and answer.step not in self.steps:
@@ -111,5 +115,3 @@ def _status_matches(pattern: int | str, status: int) -> bool:
 
 def first_match(rules: Sequence[Rule], answer: Answer) -> Rule | None:
     return next((r for r in rules if r.matches(answer)), None)
-
-

@@ -13,7 +13,8 @@ import asyncio
 import dataclasses
 import logging
 import random
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError
@@ -39,9 +40,19 @@ MAX_RATE_LIMIT_WAITS = 10
 class Sender:
     """One per engine: shares the transport, the rate limiter and the credential across events."""
 
-    def __init__(self, delivery: DeliverySpec, settings: Settings, auth: Auth | None, auth_spec: AuthSpec | None,
-                 limiter: RateLimiter, redactor: Redactor, transport: Transport, *,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        delivery: DeliverySpec,
+        settings: Settings,
+        auth: Auth | None,
+        auth_spec: AuthSpec | None,
+        limiter: RateLimiter,
+        redactor: Redactor,
+        transport: Transport,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.delivery = delivery
         self.settings = settings
         self.auth = auth
@@ -60,7 +71,9 @@ class Sender:
         try:
             result = await self.upserter.deliver(prepared, attempts)
         except UpsertError as exc:
-            result = self.failed(prepared, exc.cause, exc.message, exc.exchange, attempts[0], dead_letter=exc.dead_letter)
+            result = self.failed(
+                prepared, exc.cause, exc.message, exc.exchange, attempts[0], dead_letter=exc.dead_letter
+            )
         result.warnings = prepared.warnings
         return result
 
@@ -68,8 +81,16 @@ class Sender:
         return HttpRequest(prepared.method, prepared.url, dict(prepared.headers), body=prepared.body)
 
     # -- one request, under the response rules ---------------------------
-    async def send(self, prepared: Prepared, request: HttpRequest, attempts: list[int], *, allow_upsert: bool,
-                   step: str = "create", rules: tuple[Rule, ...] = ()) -> Step:
+    async def send(
+        self,
+        prepared: Prepared,
+        request: HttpRequest,
+        attempts: list[int],
+        *,
+        allow_upsert: bool,
+        step: str = "create",
+        rules: tuple[Rule, ...] = (),
+    ) -> Step:
         """Send under the response rules: ``rules`` (a flow step's own) first, then ``delivery.responses``."""
         failures = rate_waits = 0
         refreshed = False
@@ -124,8 +145,11 @@ class Sender:
         if values is None or not (self.auth_spec and self.auth_spec.token_values):
             return request
         known = values()
-        return dataclasses.replace(request, url=fill_token_values(request.url, known),
-                                   headers={k: fill_token_values(v, known, header=True) for k, v in request.headers.items()})
+        return dataclasses.replace(
+            request,
+            url=fill_token_values(request.url, known),
+            headers={k: fill_token_values(v, known, header=True) for k, v in request.headers.items()},
+        )
 
     def _rate_limit_wait(self, exchange: Exchange, answer: Answer, waits: int) -> float:
         """A 429's wait: the preset's expression over the body, Retry-After, the window reset, else backoff."""
@@ -174,8 +198,16 @@ class Sender:
             message = ex.error_text  # no rule spoke for a failure with no answer: say what it was
 
         def make(kind: str, cause: str | None, detail: str | None) -> Outcome:
-            return Outcome(prepared.index, prepared.message_id, kind, cause=cause, detail=detail,
-                           request=request, response=response, attempts=attempts)
+            return Outcome(
+                prepared.index,
+                prepared.message_id,
+                kind,
+                cause=cause,
+                detail=detail,
+                request=request,
+                response=response,
+                attempts=attempts,
+            )
 
         if step.verdict == "deliver":
             return make(oc.DELIVERED, None, None)
@@ -183,32 +215,59 @@ class Sender:
             err = step.auth_error
             auth_cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
             return make(oc.DEAD_LETTERED, auth_cause, self.redactor.redact(str(err)))
-        if ex is not None and step.verdict in ("fail", "exhausted", "unauthorised") \
-                and refuses_static_credential(self.auth_spec, ex.status):
+        if (
+            ex is not None
+            and step.verdict in ("fail", "exhausted", "unauthorised")
+            and refuses_static_credential(self.auth_spec, ex.status)
+        ):
             assert self.auth_spec is not None
-            fix = message or (f"the destination refused the {self.auth_spec.type} credential ({ex.status} to the "
-                              f"{what} {ex.request.method} {self.view(ex.request)['url']}); fix it in the settings")
-            return make(oc.DEAD_LETTERED, oc.AUTH_REJECTED,
-                        f"{fix.rstrip('.')}; then `signal-engine dlq replay` sends this event again")
+            fix = message or (
+                f"the destination refused the {self.auth_spec.type} credential ({ex.status} to the "
+                f"{what} {ex.request.method} {self.view(ex.request)['url']}); fix it in the settings"
+            )
+            return make(
+                oc.DEAD_LETTERED,
+                oc.AUTH_REJECTED,
+                f"{fix.rstrip('.')}; then `signal-engine dlq replay` sends this event again",
+            )
         cause = (ex.transport_error if ex.status is None else f"http_{ex.status}") if ex else "unknown"
         if step.verdict in ("exhausted", "unauthorised"):
             target = f"the {what} ({ex.request.method} {self.view(ex.request)['url']})" if ex else f"the {what}"
             if step.verdict == "unauthorised":
-                detail = f"{target} was still refused after the credential was renewed" if step.renewed \
+                detail = (
+                    f"{target} was still refused after the credential was renewed"
+                    if step.renewed
                     else f"{target} was refused"
+                )
             else:
                 detail = f"gave up after {step.tries} attempts of {target}"
             return make(oc.DEAD_LETTERED, cause, detail + (f": {message}" if message else ""))
         if step.rule is not None and step.rule.then == "upsert":
             message = f"the destination reported a conflict again during the {what}"
-        return make(oc.FAILED, cause, message or f"the destination answered {ex.status if ex else 'nothing'} to the {what}")
+        return make(
+            oc.FAILED, cause, message or f"the destination answered {ex.status if ex else 'nothing'} to the {what}"
+        )
 
-    def failed(self, prepared: Prepared, cause: str, detail: str, ex: Exchange | None, attempts: int, *,
-               dead_letter: bool = False) -> Outcome:
-        return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED if dead_letter else oc.FAILED,
-                       cause=cause, detail=self.redactor.redact(detail),
-                       request=self.view(ex.request if ex else self.first_request(prepared)),
-                       response=self.redactor.redact(ex.response_view()) if ex else None, attempts=attempts)
+    def failed(
+        self,
+        prepared: Prepared,
+        cause: str,
+        detail: str,
+        ex: Exchange | None,
+        attempts: int,
+        *,
+        dead_letter: bool = False,
+    ) -> Outcome:
+        return Outcome(
+            prepared.index,
+            prepared.message_id,
+            oc.DEAD_LETTERED if dead_letter else oc.FAILED,
+            cause=cause,
+            detail=self.redactor.redact(detail),
+            request=self.view(ex.request if ex else self.first_request(prepared)),
+            response=self.redactor.redact(ex.response_view()) if ex else None,
+            attempts=attempts,
+        )
 
     def original_request(self, prepared: Prepared) -> dict[str, Any]:
         """The first request of the event (masked): what a replay must start from."""
@@ -223,14 +282,24 @@ class Sender:
             return
         answer = ex.status if ex.status is not None else f"{ex.transport_error} ({ex.error_text})"
         url = self.view(ex.request)["url"]
-        fields = {"event_index": prepared.index, "messageId": prepared.message_id, "attempt": attempt,
-                  "method": ex.request.method, "url": url, "status": ex.status, "verdict": verdict}
+        fields = {
+            "event_index": prepared.index,
+            "messageId": prepared.message_id,
+            "attempt": attempt,
+            "method": ex.request.method,
+            "url": url,
+            "status": ex.status,
+            "verdict": verdict,
+        }
         if ex.status is None:
             fields["cause"] = ex.transport_error
-        log.info("%s", self.redactor.redact(
-            f"event {prepared.index} attempt {attempt}: {ex.request.method} {url} -> {answer} => {verdict}"),
-            extra=fields)
-
+        log.info(
+            "%s",
+            self.redactor.redact(
+                f"event {prepared.index} attempt {attempt}: {ex.request.method} {url} -> {answer} => {verdict}"
+            ),
+            extra=fields,
+        )
 
 
 def _default_verdict(exchange: Exchange) -> str:
@@ -243,4 +312,3 @@ def _default_verdict(exchange: Exchange) -> str:
     if status >= 500 or status == 408:
         return "retry"
     return "fail"
-

@@ -56,20 +56,29 @@ class TrailingTransport:
         started = time.perf_counter()
         if trail.started is None:
             trail.started = started
-        line: dict[str, Any] = {"step": "request" if request.authenticated else "token", "method": request.method,
-                                "url": self.redactor.redact(request.url),
-                                "after_ms": round((started - trail.started) * 1000, 1)}
+        line: dict[str, Any] = {
+            "step": "request" if request.authenticated else "token",
+            "method": request.method,
+            "url": self.redactor.redact(request.url),
+            "after_ms": round((started - trail.started) * 1000, 1),
+        }
         trail.append(line)
         try:
             response = await self.inner.send(request)
         except TransportError as exc:
-            line.update(error=exc.kind, detail=self.redactor.redact(str(exc)),
-                        ms=round((time.perf_counter() - started) * 1000, 1))
+            line.update(
+                error=exc.kind,
+                detail=self.redactor.redact(str(exc)),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
             raise
-        line.update(status=response.status, ms=round((time.perf_counter() - started) * 1000, 1),
-                    headers=self.redactor.redact({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}),
-                    # A token answer holds tokens the redactor learns of only after this: never kept.
-                    body=self.redactor.redact(_capped(response.body)) if request.authenticated else None)
+        line.update(
+            status=response.status,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+            headers=self.redactor.redact({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}),
+            # A token answer holds tokens the redactor learns of only after this: never kept.
+            body=self.redactor.redact(_capped(response.body)) if request.authenticated else None,
+        )
         return response
 
 

@@ -8,10 +8,10 @@ whole exchange can be pinned without sockets or sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..envelope import HttpRequest
 
@@ -72,8 +72,7 @@ class AiohttpTransport:
     carry the credential to another host.
     """
 
-    def __init__(self, session: "aiohttp.ClientSession", timeout_seconds: float,
-                 max_body_bytes: int = 1_048_576) -> None:
+    def __init__(self, session: aiohttp.ClientSession, timeout_seconds: float, max_body_bytes: int = 1_048_576) -> None:
         import aiohttp
 
         self.session = session
@@ -94,17 +93,20 @@ class AiohttpTransport:
             data = encode_json(request.body)
         try:
             url = URL(request.full_url(), encoded=True)
-            async with self.session.request(request.method, url, data=data, headers=headers,
-                                            allow_redirects=False, timeout=self._timeout) as resp:
+            async with self.session.request(
+                request.method, url, data=data, headers=headers, allow_redirects=False, timeout=self._timeout
+            ) as resp:
                 # Read at most the cap (plus one byte, to know it was passed): a 200 MB
                 # answer must cost 1 MB of memory and an error, not the whole body.
                 raw = await _read_capped(resp, self.max_body_bytes)
                 if raw is None:
                     resp.close()
-                    raise TransportError("response_too_large", f"the answer ({resp.status}) passed "
-                                         f"{self.max_body_bytes} bytes (delivery.max_response_bytes)")
+                    raise TransportError(
+                        "response_too_large",
+                        f"the answer ({resp.status}) passed {self.max_body_bytes} bytes (delivery.max_response_bytes)",
+                    )
                 return HttpResponse(resp.status, CIMultiDict(resp.headers), parse_body(_decode(raw, resp.charset)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TransportError("timeout", f"no answer within {self.timeout_seconds:g}s") from None
         except (aiohttp.ClientError, ValueError) as exc:
             # Exception text can quote the request; callers redact it before showing.

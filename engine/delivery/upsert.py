@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError, ExpressionLimitError
@@ -71,8 +72,12 @@ class Upserter:
         expression = spec.key if spec is not None and spec.key is not None else self.sender.delivery.order_by
         if expression is None:
             return None
-        context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
-                   "settings": self.public}
+        context = {
+            "document": prepared.body,
+            "traits": prepared.traits,
+            "values": prepared.values,
+            "settings": self.public,
+        }
         try:
             key = expression.evaluate(context)
         except ExpressionError:
@@ -83,8 +88,12 @@ class Upserter:
         if prepared.action.flow:
             return await deliver_flow(self.sender, prepared, attempts, self.public)
         spec = prepared.action.upsert
-        context = {"document": prepared.body, "traits": prepared.traits, "values": prepared.values,
-                   "settings": self.public}
+        context = {
+            "document": prepared.body,
+            "traits": prepared.traits,
+            "values": prepared.values,
+            "settings": self.public,
+        }
         if spec is not None and spec.strategy == "lookup_first":
             found, lookup = await self._find(prepared, spec, context, attempts)
             if found is not None:
@@ -99,12 +108,22 @@ class Upserter:
         found, lookup = await self._find(prepared, spec, context, attempts, conflict_step=create)
         if found is None:
             # Usually search lagging behind the create: keep it for a replay.
-            raise UpsertError("upsert_not_found", "the destination reported a duplicate but the lookup found no "
-                              "existing record yet", lookup or create.exchange, dead_letter=True)
+            raise UpsertError(
+                "upsert_not_found",
+                "the destination reported a duplicate but the lookup found no existing record yet",
+                lookup or create.exchange,
+                dead_letter=True,
+            )
         return await self._update(prepared, spec, {**context, "found": found}, attempts, lookup, create)
 
-    async def _find(self, prepared: Prepared, spec: UpsertSpec, context: dict[str, Any], attempts: list[int],
-                    conflict_step: Step | None = None) -> tuple[dict[str, Any] | None, Exchange | None]:
+    async def _find(
+        self,
+        prepared: Prepared,
+        spec: UpsertSpec,
+        context: dict[str, Any],
+        attempts: list[int],
+        conflict_step: Step | None = None,
+    ) -> tuple[dict[str, Any] | None, Exchange | None]:
         """The existing record (or None), and the lookup's exchange when there was one."""
         where = f"actions.{prepared.action.name}.upsert"
         lookup_exchange = conflict_step.exchange if conflict_step else None
@@ -121,46 +140,68 @@ class Upserter:
             raise UpsertError(_expression_cause(exc), f"{where}.found: {exc}", lookup_exchange) from None
         return (found if isinstance(found, dict) and found else None), lookup_exchange
 
-    def _lookup_request(self, prepared: Prepared, spec: UpsertSpec, context: Mapping[str, Any],
-                        previous: Exchange | None) -> HttpRequest:
+    def _lookup_request(
+        self, prepared: Prepared, spec: UpsertSpec, context: Mapping[str, Any], previous: Exchange | None
+    ) -> HttpRequest:
         try:
             return lookup_request(prepared.action, context, prepared.headers)
         except LookupBuildError as exc:
             raise UpsertError(exc.cause, exc.message, previous) from None
 
-    async def _update(self, prepared: Prepared, spec: UpsertSpec, context: dict[str, Any], attempts: list[int],
-                      lookup: Exchange | None, conflict: Step | None) -> Outcome:
+    async def _update(
+        self,
+        prepared: Prepared,
+        spec: UpsertSpec,
+        context: dict[str, Any],
+        attempts: list[int],
+        lookup: Exchange | None,
+        conflict: Step | None,
+    ) -> Outcome:
         where = f"actions.{prepared.action.name}.upsert.update"
         previous = lookup or (conflict.exchange if conflict else None)
         action = prepared.action
         if spec.update_output is not None:  # the update's own contract
             out = spec.update_output
-            action = dataclasses.replace(action, contract=out.contract, omit_empty=out.omit_empty, truncate=out.truncate)
+            action = dataclasses.replace(
+                action, contract=out.contract, omit_empty=out.omit_empty, truncate=out.truncate
+            )
         try:
             body = build_document(action, spec.update_body, context, f"{where}.body")
         except TransformError as exc:
             raise UpsertError(exc.cause, str(exc), previous) from None
         url, headers = self._render(where, spec.update, context, previous, prepared)
-        step = await self.sender.send(prepared, HttpRequest(spec.update.method, url, headers, body=body), attempts,
-                                      allow_upsert=False, step="update")
+        step = await self.sender.send(
+            prepared,
+            HttpRequest(spec.update.method, url, headers, body=body),
+            attempts,
+            allow_upsert=False,
+            step="update",
+        )
         result = self.sender.outcome(prepared, step, attempts[0], what="update")
         if result.outcome == oc.DELIVERED:
             found = context["found"]
             ident = found.get("id") if isinstance(found, dict) else None
             if conflict is not None:
-                merged = conflict.rule.message if conflict.rule and conflict.rule.message else "merged into the existing record"
+                merged = (
+                    conflict.rule.message
+                    if conflict.rule and conflict.rule.message
+                    else "merged into the existing record"
+                )
             else:
                 merged = "updated the existing record found by the lookup"
             result.detail = f"{merged} (id {ident})" if ident is not None else merged
         return result
 
-    def _render(self, where: str, spec: Any, context: Mapping[str, Any], previous: Exchange | None,
-                prepared: Prepared) -> tuple[str, dict[str, str]]:
+    def _render(
+        self, where: str, spec: Any, context: Mapping[str, Any], previous: Exchange | None, prepared: Prepared
+    ) -> tuple[str, dict[str, str]]:
         """URL and headers of a lookup or update: the action's headers (media types), then the step's own."""
         try:
             url = spec.url.render(context)
-            headers = {**prepared.headers,
-                       **{name: value.render(context, encode=False) for name, value in spec.headers.items()}}
+            headers = {
+                **prepared.headers,
+                **{name: value.render(context, encode=False) for name, value in spec.headers.items()},
+            }
         except TemplateError as exc:
             raise UpsertError("upsert_error", f"{where}: {exc}", previous) from None
         return url, headers
@@ -207,4 +248,3 @@ def _answer(exchange: Exchange | None) -> dict[str, Any] | None:
 def _expression_cause(exc: ExpressionError) -> str:
     """A limit that stopped an upsert expression is named as such; anything else is a preset bug."""
     return "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
-

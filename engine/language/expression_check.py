@@ -18,8 +18,9 @@ guess there would refuse valid presets.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any
 
 from .expressions import HOST_FUNCTIONS
 
@@ -66,8 +67,12 @@ def analyse(source: str, shape: InputShape) -> list[Finding]:
         if node.type == "function" and getattr(node.procedure, "type", None) == "variable":
             name = node.procedure.value
             if name and name not in builtins and name not in bound:
-                findings.append(Finding(_start(node.procedure, len(name) + 1),
-                                        f"unknown function ${name}() (not a JSONata built-in and not bound with :=)"))
+                findings.append(
+                    Finding(
+                        _start(node.procedure, len(name) + 1),
+                        f"unknown function ${name}() (not a JSONata built-in and not bound with :=)",
+                    )
+                )
     _check_paths(tree, shape, findings, root=True)
     return sorted(findings, key=lambda f: f.position)
 
@@ -89,7 +94,9 @@ def _check_paths(node: Any, shape: InputShape, findings: list[Finding], *, root:
     _check_paths_in(node, shape, findings, root=root, own_context_ops=False)
 
 
-def _check_paths_in(node: Any, shape: InputShape, findings: list[Finding], *, root: bool, own_context_ops: bool) -> None:
+def _check_paths_in(
+    node: Any, shape: InputShape, findings: list[Finding], *, root: bool, own_context_ops: bool
+) -> None:
     for attr, child in _children(node):
         nested = own_context_ops and attr in ("stages", "predicate", "group", "focus", "tuple")
         _check_paths(child, shape, findings, root=root and not nested)
@@ -99,8 +106,12 @@ def _check_root_path(steps: list[Any], shape: InputShape, findings: list[Finding
     first = steps[0].value
     roots = shape.roots
     if first not in roots:
-        findings.append(Finding(_start(steps[0], len(first)),
-                                f"'{first}' is not an input of {shape.described_as} (it sees: {', '.join(roots)})"))
+        findings.append(
+            Finding(
+                _start(steps[0], len(first)),
+                f"'{first}' is not an input of {shape.described_as} (it sees: {', '.join(roots)})",
+            )
+        )
         return
     known = roots[first]
     if known is None or len(steps) < 2 or steps[1].type != "name":
@@ -112,10 +123,14 @@ def _check_root_path(steps: list[Any], shape: InputShape, findings: list[Finding
     if first == "settings" and name in shape.secret_settings:
         findings.append(Finding(where, f"settings.{name} is a secret setting; secrets are only usable in auth:"))
     elif first == "traits":
-        findings.append(Finding(where, f"traits.{name} is not a declared trait (identity.traits: {', '.join(sorted(known))})"))
+        findings.append(
+            Finding(where, f"traits.{name} is not a declared trait (identity.traits: {', '.join(sorted(known))})")
+        )
     elif first == "values":
         listed = ", ".join(sorted(known)) or "none"
-        findings.append(Finding(where, f"values.{name} is not defined by any event row that uses this action (values: {listed})"))
+        findings.append(
+            Finding(where, f"values.{name} is not defined by any event row that uses this action (values: {listed})")
+        )
     else:
         listed = ", ".join(sorted(known)) or "none"
         findings.append(Finding(where, f"{first}.{name} does not exist ({first}: {listed})"))
@@ -227,7 +242,6 @@ def _string_start(node: Any, source: str) -> int:
     end = getattr(node, "position", 0) or 0
     for quote in ('"', "'"):
         start = source.rfind(quote, 0, max(0, end - 1))
-        if start >= 0 and source[start + 1:end - 1] == node.value:
+        if start >= 0 and source[start + 1 : end - 1] == node.value:
             return start
     return max(0, end - len(node.value) - 2)
-

@@ -94,11 +94,11 @@ def selected_backend() -> str:
 # behave as before) whenever the source can reach it, directly or via $eval.
 _LIMIT_MARK = "[expression limit]"
 _PAD_GUARD = (
-    '($__signal_pad := $pad; '
-    '$pad := function($s, $w, $c)<s-ns?:s>{ $abs($w) > {limit} '
+    "($__signal_pad := $pad; "
+    "$pad := function($s, $w, $c)<s-ns?:s>{ $abs($w) > {limit} "
     '? $error("' + _LIMIT_MARK + ' max_string_length: $pad would build a string of " & $string($abs($w)) '
     '& " characters (limit {limit})") '
-    ': $exists($c) ? $__signal_pad($s, $w, $c) : $__signal_pad($s, $w) }; '
+    ": $exists($c) ? $__signal_pad($s, $w, $c) : $__signal_pad($s, $w) }; "
 )
 _NEEDS_GUARD = re.compile(r"\$(pad|eval)\b")
 
@@ -122,7 +122,8 @@ HOST_FUNCTIONS = {"sha256": _hex_digest("sha256"), "md5": _hex_digest("md5")}
 _HOST_NAME = "__signal_{}"
 _NEEDS_HOST = re.compile(r"\$(" + "|".join(HOST_FUNCTIONS) + r"|eval)\b")
 _HOST_PROLOGUE = "(" + "".join(
-    f'${name} := function($s)<s-:s>{{ $exists($s) ? ${_HOST_NAME.format(name)}($s) }}; ' for name in HOST_FUNCTIONS)
+    f"${name} := function($s)<s-:s>{{ $exists($s) ? ${_HOST_NAME.format(name)}($s) }}; " for name in HOST_FUNCTIONS
+)
 _CODE = re.compile(r"^(?:[A-Za-z ]+: )*([A-Z]\d{4})\b")
 
 # Error codes of the engines' own guards.
@@ -149,7 +150,7 @@ def _thread_cache() -> dict[str, Any]:
 class Expression:
     """A compiled JSONata expression: safe to evaluate from any thread, bounded on every call."""
 
-    __slots__ = ("source", "limits", "backend", "_runnable", "_key", "_reference", "_reference_lock", "_deadline")
+    __slots__ = ("_deadline", "_key", "_reference", "_reference_lock", "_runnable", "backend", "limits", "source")
 
     def __init__(self, source: str, limits: ExpressionLimits, backend: str, runnable: str) -> None:
         self.source = source
@@ -165,8 +166,9 @@ class Expression:
         return f"Expression({self.source!r}, backend={self.backend!r})"
 
     @classmethod
-    def compile(cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None, *,
-                checked: bool = False) -> "Expression":
+    def compile(
+        cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None, *, checked: bool = False
+    ) -> Expression:
         """Compile ``source``; a syntax error raises :class:`ExpressionError` with its position.
 
         ``checked``: ``source`` is known to compile (a cached preset's), so the
@@ -221,8 +223,12 @@ class Expression:
         import jsonatapy  # ~9 ms of imports, paid by the first event that maps, not by every start
 
         limits = self.limits
-        compiled = jsonatapy.compile(self._runnable, timeout=limits.timeout_ms, max_stack_depth=limits.max_depth,
-                                     max_sequence_length=limits.max_sequence_length)
+        compiled = jsonatapy.compile(
+            self._runnable,
+            timeout=limits.timeout_ms,
+            max_stack_depth=limits.max_depth,
+            max_sequence_length=limits.max_sequence_length,
+        )
         for name, function in HOST_FUNCTIONS.items():
             compiled.register(_HOST_NAME.format(name), function)
         cache = _thread_cache()
@@ -326,7 +332,9 @@ def _timed_regex_engine(deadline: list[float]) -> Any:
     import regex
 
     def compile_pattern(pattern: str, flags: Any) -> Any:
-        options = (stdlib_re.IGNORECASE if flags.case_insensitive else 0) | (stdlib_re.MULTILINE if flags.multiline else 0)
+        options = (stdlib_re.IGNORECASE if flags.case_insensitive else 0) | (
+            stdlib_re.MULTILINE if flags.multiline else 0
+        )
         checked = stdlib_re.compile(pattern, options)
         try:
             matcher = regex.compile(pattern, options)
@@ -340,7 +348,7 @@ def _timed_regex_engine(deadline: list[float]) -> Any:
 class _TimedPattern:
     """The subset of ``re.Pattern`` jsonata-python uses, each call bounded by the deadline."""
 
-    __slots__ = ("_matcher", "_checked", "_deadline")
+    __slots__ = ("_checked", "_deadline", "_matcher")
 
     def __init__(self, matcher: Any, checked: Any, deadline: list[float]) -> None:
         self._matcher, self._checked, self._deadline = matcher, checked, deadline
@@ -389,19 +397,23 @@ def _check_strings(result: Any, limit: int) -> None:
         pass  # a lone surrogate, a huge integer or a function value: walk it
     longest = _longest(result, 0, None)
     if longest[0] > limit:
-        raise ExpressionLimitError("max_string_length",
-                                   f"the result holds a string of {longest[0]} characters (limit {limit})")
+        raise ExpressionLimitError(
+            "max_string_length", f"the result holds a string of {longest[0]} characters (limit {limit})"
+        )
 
 
 def _check_reference_result(result: Any, limits: ExpressionLimits) -> None:
     """The reference engine has no sequence guard of its own: check what it returns."""
     longest, sequence = _longest(result, 0, 0)
     if longest > limits.max_string_length:
-        raise ExpressionLimitError("max_string_length",
-                                   f"the result holds a string of {longest} characters (limit {limits.max_string_length})")
+        raise ExpressionLimitError(
+            "max_string_length", f"the result holds a string of {longest} characters (limit {limits.max_string_length})"
+        )
     if sequence is not None and sequence > limits.max_sequence_length:
-        raise ExpressionLimitError("max_sequence_length",
-                                   f"the result holds a sequence of {sequence} items (limit {limits.max_sequence_length})")
+        raise ExpressionLimitError(
+            "max_sequence_length",
+            f"the result holds a sequence of {sequence} items (limit {limits.max_sequence_length})",
+        )
 
 
 def _longest(value: Any, longest: int, sequence: int | None) -> tuple[int, int | None]:

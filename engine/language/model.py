@@ -8,8 +8,9 @@ delivery code do not depend on YAML, JSON Schema or error reporting.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .expressions import DEFAULT_LIMITS, ExpressionLimits
 
@@ -75,7 +76,7 @@ class UpsertSpec:
     update: RequestSpec
     update_body: Expression
     key: Expression | None = None  # events with the same key are delivered one after the other
-    update_output: "OutputSpec | None" = None  # the update's own contract, when it differs from the create's
+    update_output: OutputSpec | None = None  # the update's own contract, when it differs from the create's
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,13 @@ class ActionSpec:
 
 
 # auth.type -> the placeholder its header (or query) value template carries.
-CREDENTIAL_PLACEHOLDER = {"bearer": "token", "api_key": "key", "basic": "credentials",
-                          "oauth2_refresh_token": "access_token", "oauth2_client_credentials": "access_token"}
+CREDENTIAL_PLACEHOLDER = {
+    "bearer": "token",
+    "api_key": "key",
+    "basic": "credentials",
+    "oauth2_refresh_token": "access_token",
+    "oauth2_client_credentials": "access_token",
+}
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,7 @@ class RateLimitSpec:
     window_alignment: str = "rolling"  # clock | rolling
     # Further windows (rate_limit.windows: a daily budget beside a burst limit), each with its
     # own figures and headers; a request waits until every one of them lets it go.
-    windows: tuple["RateLimitSpec", ...] = ()
+    windows: tuple[RateLimitSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ preset authors edit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 PRESET_PATH_ENV = "SIGNAL_ENGINE_PRESET_PATH"
 
@@ -85,6 +85,9 @@ def known_presets(search_path: Sequence[str | Path] = ()) -> list[str]:
     names: set[str] = set()
     for folder in preset_search_path(search_path):
         if folder.is_dir():
-            names.update(p.relative_to(folder).with_suffix("").as_posix()
-                         for p in folder.rglob("*") if p.suffix in (".yaml", ".yml"))
+            names.update(
+                p.relative_to(folder).with_suffix("").as_posix()
+                for p in folder.rglob("*")
+                if p.suffix in (".yaml", ".yml")
+            )
     return sorted(names)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .yaml_source import YamlSourceError, load_yaml
@@ -118,8 +119,13 @@ def check_url(value: str) -> str | None:
     return None
 
 
-def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, require: bool,
-            where: Mapping[str, str] | None = None) -> Settings:
+def resolve(
+    specs: Mapping[str, SettingSpec],
+    supplied: Mapping[str, Any],
+    *,
+    require: bool,
+    where: Mapping[str, str] | None = None,
+) -> Settings:
     """Apply defaults and check types; raise :class:`SettingsError` listing every problem.
 
     ``require`` is False for dry runs: they build the exact document without
@@ -134,8 +140,12 @@ def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, re
     for name in supplied:
         if name not in specs:
             known = ", ".join(sorted(specs))
-            problems.append((_line_of(where.get(name)),
-                             f"{where.get(name, 'settings')}: unknown setting {name!r} (this preset takes: {known})"))
+            problems.append(
+                (
+                    _line_of(where.get(name)),
+                    f"{where.get(name, 'settings')}: unknown setting {name!r} (this preset takes: {known})",
+                )
+            )
     for name, spec in specs.items():
         place = where.get(name, "settings")
         value = supplied.get(name)
@@ -144,8 +154,13 @@ def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, re
             if spec.secret and not require:
                 value = None  # a dry run needs no secret: treat it as not given
             else:
-                problems.append((_line_of(place), f"{place}: setting {name!r}: environment variable "
-                                                  f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set"))
+                problems.append(
+                    (
+                        _line_of(place),
+                        f"{place}: setting {name!r}: environment variable "
+                        f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set",
+                    )
+                )
                 continue
         if value is not None:
             problem = _check(spec, value)
@@ -156,8 +171,9 @@ def resolve(specs: Mapping[str, SettingSpec], supplied: Mapping[str, Any], *, re
         elif spec.default is not None:
             values[name] = spec.default
         elif spec.required and require and not spec.stored:
-            problems.append((_line_of(place),
-                             f"{place}: required setting {name!r} is missing ({spec.description or spec.type})"))
+            problems.append(
+                (_line_of(place), f"{place}: required setting {name!r} is missing ({spec.description or spec.type})")
+            )
     if problems:
         raise SettingsError([text for _, text in sorted(problems, key=lambda p: p[0])])
     return Settings(values, frozenset(n for n, s in specs.items() if s.secret))
@@ -208,7 +224,7 @@ def _check(spec: SettingSpec, value: Any) -> str | None:
     """Why ``value`` does not fit ``spec``, or None. Nothing is converted."""
     if spec.type in ("string", "url"):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"must be a string, {_describe(value)}; quote it to keep it as text: \"{value}\""
+            return f'must be a string, {_describe(value)}; quote it to keep it as text: "{value}"'
         if not isinstance(value, str):
             return f"must be a string, {_describe(value)}"
         if not value:
@@ -236,7 +252,9 @@ def _check(spec: SettingSpec, value: Any) -> str | None:
     return f"has unknown type {spec.type!r}"
 
 
-def load_settings_file(path: str | Path, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+def load_settings_file(
+    path: str | Path, environ: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Read a YAML mapping of setting values, expanding ``${ENV_VAR}`` references.
 
     Returns the values and, for messages, where each was written. Secrets are

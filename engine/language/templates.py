@@ -10,8 +10,9 @@ fails at load instead of on a live request.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 # A dotted path; a segment after the first may be an array index ({steps.find.body.records.0.Id}).
@@ -37,7 +38,7 @@ class Template:
     verbatim_roots: frozenset[str] = frozenset({"settings", TOKEN_ROOT})
 
     @classmethod
-    def compile(cls, source: str) -> "Template":
+    def compile(cls, source: str) -> Template:
         """Parse the placeholders; which ones a place allows is the compiler's business."""
         fields = tuple(tuple(m.group(1).split(".")) for m in _PLACEHOLDER.finditer(source))
         stray = _PLACEHOLDER.sub("", source)
@@ -62,8 +63,11 @@ class Template:
                 else:
                     value = value.get(part) if isinstance(value, Mapping) else None
             if value is None or isinstance(value, (dict, list)):
-                raise TemplateError(f"{{{match.group(1)}}} has no value" if value is None
-                                    else f"{{{match.group(1)}}} is not a single value")
+                raise TemplateError(
+                    f"{{{match.group(1)}}} has no value"
+                    if value is None
+                    else f"{{{match.group(1)}}} is not a single value"
+                )
             text = str(value).lower() if isinstance(value, bool) else str(value)
             if not encode:
                 if "\r" in text or "\n" in text:

@@ -18,9 +18,10 @@ after :data:`MAX_YAML_VALUES` values, and brackets nested past
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 PathPart = str | int
 
@@ -105,7 +106,7 @@ class YamlDocument:
         col_in_line = offset - (before.rfind("\n") + 1)
         if isinstance(value, FoldedScalarString):
             first = start.line + 1  # the line after the '>' indicator
-            indent = next((len(l) - len(l.lstrip(" ")) for l in self.lines[start.line:] if l.strip()), 0)
+            indent = next((len(l) - len(l.lstrip(" ")) for l in self.lines[start.line :] if l.strip()), 0)
             return self._walk_folded(first, indent, offset, indent)
         if isinstance(value, LiteralScalarString):
             file_line = start.line + 1 + line_in_value
@@ -160,8 +161,7 @@ def read_source(path: str | Path, limit: int = MAX_YAML_BYTES) -> bytes:
             if len(data) > limit:
                 size = _size(handle)
                 what = f"{size:,} bytes" if size > limit else f"more than {limit:,} bytes"
-                raise YamlSourceError(f"{shown}: {what}: a preset or settings file may hold at most "
-                                      f"{limit:,} bytes")
+                raise YamlSourceError(f"{shown}: {what}: a preset or settings file may hold at most {limit:,} bytes")
     except FileNotFoundError:
         raise YamlSourceError(f"{shown}: file not found") from None
     except OSError as exc:
@@ -188,8 +188,10 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
         except UnicodeDecodeError as exc:
             raise YamlSourceError(f"{shown}: cannot read: {exc}") from None
     elif len(text) > MAX_YAML_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
-        raise YamlSourceError(f"{shown}: more than {MAX_YAML_BYTES:,} bytes: a preset or settings file may hold at "
-                              f"most {MAX_YAML_BYTES:,} bytes")
+        raise YamlSourceError(
+            f"{shown}: more than {MAX_YAML_BYTES:,} bytes: a preset or settings file may hold at "
+            f"most {MAX_YAML_BYTES:,} bytes"
+        )
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -205,8 +207,10 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
     except RecursionError:
         raise YamlSourceError(f"{shown}:1:1: nested too deeply") from None
     except _TooManyValues as exc:
-        raise YamlSourceError(f"{shown}:{exc.line}:{exc.col}: more than {MAX_YAML_VALUES:,} values: a preset or "
-                              f"settings file may hold at most {MAX_YAML_VALUES:,}") from None
+        raise YamlSourceError(
+            f"{shown}:{exc.line}:{exc.col}: more than {MAX_YAML_VALUES:,} values: a preset or "
+            f"settings file may hold at most {MAX_YAML_VALUES:,}"
+        ) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
@@ -219,8 +223,10 @@ def load_yaml(path: str | Path, text: str | None = None) -> YamlDocument:
             problem = _without_names(problem, exc.context or "")
         if problem.startswith("mapping values are not allowed"):
             # The usual cause: a sentence with ": " in it, written without quotes.
-            problem += ("; a ': ' inside an unquoted value starts a new key: put the whole value in quotes "
-                        "(\"...\") or write it as a block scalar (>-)")
+            problem += (
+                "; a ': ' inside an unquoted value starts a new key: put the whole value in quotes "
+                '("...") or write it as a block scalar (>-)'
+            )
         raise YamlSourceError(f"{shown}:{where}: {problem}") from None
     except YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid YAML"
@@ -305,9 +311,11 @@ def _check_aliases(root: Any, shown: str) -> None:
         if ident in sizes:
             added += sizes[ident]
             if added > MAX_ALIAS_EXPANSION:
-                raise YamlSourceError(f"{_where(shown, parent, key)}: YAML aliases expand to more than "
-                                      f"{MAX_ALIAS_EXPANSION:,} values and characters (an alias bomb?); write the "
-                                      "values out, or use fewer aliases")
+                raise YamlSourceError(
+                    f"{_where(shown, parent, key)}: YAML aliases expand to more than "
+                    f"{MAX_ALIAS_EXPANSION:,} values and characters (an alias bomb?); write the "
+                    "values out, or use fewer aliases"
+                )
             continue
         if isinstance(node, str):
             sizes[ident] = 1 + len(node)

@@ -13,8 +13,9 @@ never counts as consent by accident.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class ConsentGate:
     aliases: Mapping[str, frozenset[str]]
 
     @classmethod
-    def build(cls, required: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None) -> "ConsentGate":
+    def build(cls, required: Sequence[str], aliases: Mapping[str, Sequence[str]] | None = None) -> ConsentGate:
         table = {cat: frozenset(c.lower() for c in [cat, *(aliases or {}).get(cat, [])]) for cat in required}
         return cls(tuple(required), table)
 
@@ -39,8 +40,7 @@ class ConsentGate:
             return [c for c in self.required if canonical.get(c) is not True]
         codes = consent.get("categories")
         granted_codes = {c.lower() for c in codes if isinstance(c, str)} if isinstance(codes, list) else set()
-        return [c for c in self.required
-                if consent.get(c) is not True and not (self.aliases[c] & granted_codes)]
+        return [c for c in self.required if consent.get(c) is not True and not (self.aliases[c] & granted_codes)]
 
     def denied(self, event: Mapping[str, Any]) -> bool:
         """True only when a required category is explicitly refused (``false``), not merely absent.

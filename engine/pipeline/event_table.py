@@ -6,8 +6,9 @@ before anything else and costs one hash lookup per event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 
@@ -27,7 +28,7 @@ class EventTable:
     by_type: Mapping[str, EventRoute]  # non-track type -> route
 
     @classmethod
-    def build(cls, spec: Mapping[str, Any]) -> "EventTable":
+    def build(cls, spec: Mapping[str, Any]) -> EventTable:
         track: dict[str, EventRoute] = {}
         for name, entry in (spec.get("track") or {}).items():
             if entry["action"] == "drop":
@@ -35,8 +36,11 @@ class EventTable:
             route = EventRoute(name, entry["action"], dict(entry.get("values") or {}))
             for key in (name, *entry.get("aliases", [])):
                 track[key] = route
-        by_type = {t: EventRoute(t, spec[t]["action"], dict(spec[t].get("values") or {}))
-                   for t in EVENT_TYPES if t != "track" and t in spec and spec[t]["action"] != "drop"}
+        by_type = {
+            t: EventRoute(t, spec[t]["action"], dict(spec[t].get("values") or {}))
+            for t in EVENT_TYPES
+            if t != "track" and t in spec and spec[t]["action"] != "drop"
+        }
         return cls(track, by_type)
 
     def route(self, event_type: str, name: str | None) -> EventRoute | None:

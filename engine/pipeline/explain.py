@@ -15,8 +15,9 @@ the same event would.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from .. import outcome as oc
 from ..event_identity import message_id_of
@@ -30,9 +31,14 @@ from .prepare import Pipeline
 
 # Which step decided each outcome (drops by reason, failures by cause).
 _DECIDED_BY = {
-    oc.INVALID_EVENT: "shape", oc.EVENT_NOT_MAPPED: "event_table", oc.NO_CONSENT: "consent",
-    oc.NOT_IDENTIFIED: "traits", oc.INVALID_EMAIL: "traits",
-    "mapping_error": "mapping", "output_invalid": "output", "template_error": "request",
+    oc.INVALID_EVENT: "shape",
+    oc.EVENT_NOT_MAPPED: "event_table",
+    oc.NO_CONSENT: "consent",
+    oc.NOT_IDENTIFIED: "traits",
+    oc.INVALID_EMAIL: "traits",
+    "mapping_error": "mapping",
+    "output_invalid": "output",
+    "template_error": "request",
 }
 
 _NORMALISER_DOES = {
@@ -58,12 +64,21 @@ def explain(pipeline: Pipeline, event: Any, index: int | None = None) -> dict[st
         steps["requests"] = result.requests  # everything sent before an answer is needed, in order
         action = pipeline.preset.actions.get(str((steps.get("event_table") or {}).get("action")))
         if action is not None and action.flow:
-            steps["flow"] = {"steps": [step.name for step in action.flow], "shown": len(result.requests),
-                             "why": "the steps after these need an earlier step's answer, or their when is not true"}
+            steps["flow"] = {
+                "steps": [step.name for step in action.flow],
+                "shown": len(result.requests),
+                "why": "the steps after these need an earlier step's answer, or their when is not true",
+            }
     why = result.reason or result.cause
     decided = "request" if result.outcome == oc.WOULD_SEND else _DECIDED_BY.get(why or "", "internal")
-    return {"preset": pipeline.preset.name, "index": index, "messageId": message_id_of(event),
-            "outcome": result.to_dict(), "decided_by": decided, "steps": steps}
+    return {
+        "preset": pipeline.preset.name,
+        "index": index,
+        "messageId": message_id_of(event),
+        "outcome": result.to_dict(),
+        "decided_by": decided,
+        "steps": steps,
+    }
 
 
 # --------------------------------------------------------------------------
@@ -87,12 +102,21 @@ def _trace(pipeline: Pipeline, event: Any, steps: dict[str, Any]) -> None:
         table["event"] = name
     if route is None:
         table["matched"] = False
-        table["why"] = (f"{name!r} is not in events.track (names match exactly), so defaults.action: drop applies"
-                        if kind == "track" else f"events.{kind} is not mapped, so defaults.action: drop applies")
+        table["why"] = (
+            f"{name!r} is not in events.track (names match exactly), so defaults.action: drop applies"
+            if kind == "track"
+            else f"events.{kind} is not mapped, so defaults.action: drop applies"
+        )
         steps["event_table"] = table
         return
-    table.update({"matched": True, "entry": f"events.track.{route.name}" if kind == "track" else f"events.{kind}",
-                  "action": route.action, "values": dict(route.values)})
+    table.update(
+        {
+            "matched": True,
+            "entry": f"events.track.{route.name}" if kind == "track" else f"events.{kind}",
+            "action": route.action,
+            "values": dict(route.values),
+        }
+    )
     if kind == "track" and name != route.name:
         table["alias"] = name
     steps["event_table"] = table
@@ -141,13 +165,21 @@ def _identify(pipeline: Pipeline, event: Mapping[str, Any]) -> dict[str, Any]:
         return {"remembered": False, "why": "identity.remember is empty: this preset remembers nothing"}
     refused = pipeline.gate.refused(event)
     if refused:
-        return {"remembered": False, "refused": refused, "ids": ids,
-                "why": f"consent refuses {', '.join(refused)}: nothing is remembered, and what was remembered "
-                       "for these ids is forgotten"}
+        return {
+            "remembered": False,
+            "refused": refused,
+            "ids": ids,
+            "why": f"consent refuses {', '.join(refused)}: nothing is remembered, and what was remembered "
+            "for these ids is forgotten",
+        }
     if not kept:
         return {"remembered": False, "ids": ids, "why": "no declared trait to remember"}
-    return {"remembered": True, "ids": ids, "traits": kept,
-            "why": "remembered for later events of these ids (identity.remember)"}
+    return {
+        "remembered": True,
+        "ids": ids,
+        "traits": kept,
+        "why": "remembered for later events of these ids (identity.remember)",
+    }
 
 
 def _consent(pipeline: Pipeline, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,15 +190,24 @@ def _consent(pipeline: Pipeline, event: Mapping[str, Any]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     if not isinstance(consent, dict):
         shape = "none"
-        rows = [{"category": c, "granted": False, "why": "no context.consent on the event: no consent"}
-                for c in gate.required]
+        rows = [
+            {"category": c, "granted": False, "why": "no context.consent on the event: no consent"}
+            for c in gate.required
+        ]
     elif isinstance(consent.get("canonical"), dict):
         shape = "canonical"
         canonical = consent["canonical"]
         for c in gate.required:
             value = canonical.get(c)
-            rows.append({"category": c, "granted": value is True, "by": f"context.consent.canonical.{c}",
-                         "value": value, "why": _grant_why(c, value, canonical)})
+            rows.append(
+                {
+                    "category": c,
+                    "granted": value is True,
+                    "by": f"context.consent.canonical.{c}",
+                    "value": value,
+                    "why": _grant_why(c, value, canonical),
+                }
+            )
     else:
         codes = consent.get("categories")
         granted_codes = {x.lower() for x in codes if isinstance(x, str)} if isinstance(codes, list) else set()
@@ -176,13 +217,27 @@ def _consent(pipeline: Pipeline, event: Mapping[str, Any]) -> dict[str, Any]:
             matched = sorted(gate.aliases[c] & granted_codes)
             if value is True:
                 shapes.add("flat")
-                rows.append({"category": c, "granted": True, "by": f"context.consent.{c}", "value": True,
-                             "why": "flat legacy boolean: true"})
+                rows.append(
+                    {
+                        "category": c,
+                        "granted": True,
+                        "by": f"context.consent.{c}",
+                        "value": True,
+                        "why": "flat legacy boolean: true",
+                    }
+                )
             elif matched:
                 shapes.add("categories")
-                rows.append({"category": c, "granted": True, "by": "context.consent.categories", "value": matched,
-                             "why": f"code {matched[0]!r} is listed" + ("" if matched[0] == c.lower() else
-                                                                         f" (consent.aliases maps it to {c})")})
+                rows.append(
+                    {
+                        "category": c,
+                        "granted": True,
+                        "by": "context.consent.categories",
+                        "value": matched,
+                        "why": f"code {matched[0]!r} is listed"
+                        + ("" if matched[0] == c.lower() else f" (consent.aliases maps it to {c})"),
+                    }
+                )
             else:
                 reasons = []
                 if c in consent:
@@ -200,8 +255,13 @@ def _consent(pipeline: Pipeline, event: Mapping[str, Any]) -> dict[str, Any]:
     actual = gate.missing(event)
     if missing != actual:  # never expected; the gate is the authority
         missing = actual
-    return {"setting": pipeline.preset.consent_setting, "required": list(gate.required), "shape": shape,
-            "categories": rows, "missing": missing}
+    return {
+        "setting": pipeline.preset.consent_setting,
+        "required": list(gate.required),
+        "shape": shape,
+        "categories": rows,
+        "missing": missing,
+    }
 
 
 def _short(value: Any) -> str:
@@ -224,11 +284,16 @@ def _traits(pipeline: Pipeline, event: Mapping[str, Any]) -> tuple[dict[str, Any
     ident = pipeline.preset.identity
     remembered = pipeline.memory.recall(event)
     user_id = event.get("userId")
-    from_user = (pipeline.memory.recall({"userId": user_id})
-                 if "userId" in pipeline.memory.keys and user_id not in (None, "") else {})
+    from_user = (
+        pipeline.memory.recall({"userId": user_id})
+        if "userId" in pipeline.memory.keys and user_id not in (None, "")
+        else {}
+    )
     context = event.get("context")
-    layers = [("traits", event.get("traits")),
-              ("context.traits", context.get("traits") if isinstance(context, dict) else None)]
+    layers = [
+        ("traits", event.get("traits")),
+        ("context.traits", context.get("traits") if isinstance(context, dict) else None),
+    ]
     raw = merged_traits(event, remembered)
     rows: list[dict[str, Any]] = []
     clean: dict[str, Any] = {}
@@ -257,8 +322,14 @@ def _traits(pipeline: Pipeline, event: Mapping[str, Any]) -> tuple[dict[str, Any
     return step, clean, stop
 
 
-def _trait_row(spec: TraitSpec, raw: Mapping[str, Any], layers: list[tuple[str, Any]],
-               remembered: Mapping[str, Any], from_user: Mapping[str, Any], event: Mapping[str, Any]) -> dict[str, Any]:
+def _trait_row(
+    spec: TraitSpec,
+    raw: Mapping[str, Any],
+    layers: list[tuple[str, Any]],
+    remembered: Mapping[str, Any],
+    from_user: Mapping[str, Any],
+    event: Mapping[str, Any],
+) -> dict[str, Any]:
     row: dict[str, Any] = {"name": spec.name}
     sources = []
     for label, layer in layers:
@@ -277,7 +348,8 @@ def _trait_row(spec: TraitSpec, raw: Mapping[str, Any], layers: list[tuple[str, 
         row["source"] = None
         row["result"] = None
         row["why"] = "not on the event, in context.traits, or remembered" + (
-            " (blank values say nothing)" if sources else "")
+            " (blank values say nothing)" if sources else ""
+        )
         return row
     row["source"] = used["source"]
     row["value"] = used["value"]
@@ -309,18 +381,29 @@ def _trait_row(spec: TraitSpec, raw: Mapping[str, Any], layers: list[tuple[str, 
 
 def _output(action: ActionSpec, document: Any, spans: Mapping[tuple[str, ...], tuple[int, int]]) -> dict[str, Any]:
     """What the output contract did to the mapped document: omitted, truncated, validated."""
-    step: dict[str, Any] = {"contract": action.contract.name if action.contract else None,
-                            "omit_empty": action.omit_empty, "truncate_to_schema": action.truncate}
+    step: dict[str, Any] = {
+        "contract": action.contract.name if action.contract else None,
+        "omit_empty": action.omit_empty,
+        "truncate_to_schema": action.truncate,
+    }
     shaped = omit_empty(document) if action.omit_empty else document
-    step["omitted"] = [{"path": _dotted(path), "value": value, **_expression_of(path, spans, action)}
-                       for path, value in _removed(document, shaped, ())]
+    step["omitted"] = [
+        {"path": _dotted(path), "value": value, **_expression_of(path, spans, action)}
+        for path, value in _removed(document, shaped, ())
+    ]
     truncated = []
     if action.contract is not None and action.truncate:
         cut = action.contract.truncate(shaped)
         for path, before, after in _shortened(shaped, cut, ()):
-            truncated.append({"path": _dotted(path), "from_length": len(before), "to_length": len(after),
-                              "why": f"the output schema's maxLength is {len(after)}",
-                              **_expression_of(path, spans, action)})
+            truncated.append(
+                {
+                    "path": _dotted(path),
+                    "from_length": len(before),
+                    "to_length": len(after),
+                    "why": f"the output schema's maxLength is {len(after)}",
+                    **_expression_of(path, spans, action),
+                }
+            )
         shaped = cut
     step["truncated"] = truncated
     step["document"] = shaped
@@ -331,8 +414,12 @@ def _output(action: ActionSpec, document: Any, spans: Mapping[tuple[str, ...], t
         action.contract.check(shaped)
     except ContractViolation as exc:
         field = [p for p in exc.field.split("/") if p]
-        step["validation"] = {"ok": False, "field": exc.field, "message": str(exc).split(": ", 1)[-1][:300],
-                              **_expression_of(tuple(field), spans, action)}
+        step["validation"] = {
+            "ok": False,
+            "field": exc.field,
+            "message": str(exc).split(": ", 1)[-1][:300],
+            **_expression_of(tuple(field), spans, action),
+        }
         return step
     step["validation"] = {"ok": True}
     return step
@@ -375,13 +462,14 @@ def _shortened(before: Any, after: Any, path: tuple[str, ...]) -> Iterator[tuple
             yield from _shortened(b, a, path + (str(i),))
 
 
-def _expression_of(path: tuple[str, ...], spans: Mapping[tuple[str, ...], tuple[int, int]],
-                   action: ActionSpec) -> dict[str, Any]:
+def _expression_of(
+    path: tuple[str, ...], spans: Mapping[tuple[str, ...], tuple[int, int]], action: ActionSpec
+) -> dict[str, Any]:
     """The mapping expression that wrote ``path`` (or its nearest written parent)."""
     for cut in range(len(path), 0, -1):
         span = spans.get(path[:cut])
         if span is not None:
-            return {"expression": action.mapping.source[span[0]:span[1]], "offset": span[0]}
+            return {"expression": action.mapping.source[span[0] : span[1]], "offset": span[0]}
     return {}
 
 

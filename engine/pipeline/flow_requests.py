@@ -9,7 +9,8 @@ answer, so it shows what would go first.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..envelope import HttpRequest
 from ..language.expressions import ExpressionError, ExpressionLimitError
@@ -26,8 +27,13 @@ class StepBuildError(Exception):
         self.message = message
 
 
-def step_context(document: Any, traits: Mapping[str, Any], values: Mapping[str, Any], settings: Mapping[str, Any],
-                 steps: Mapping[str, Any]) -> dict[str, Any]:
+def step_context(
+    document: Any,
+    traits: Mapping[str, Any],
+    values: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    steps: Mapping[str, Any],
+) -> dict[str, Any]:
     """What a step's expressions and templates see."""
     return {"document": document, "traits": traits, "values": values, "settings": settings, "steps": dict(steps)}
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..language.model import DEFAULT_MAX_TRAIT_BYTES, IdentitySpec
 from ..state.identity import IdentityLimits, IdentityStore, MemoryIdentityStore, Slot
@@ -31,8 +32,14 @@ class IdentityMemory:
     is ever kept. One instance belongs to one pipeline; there is no global state.
     """
 
-    def __init__(self, keys: Iterable[str] = ("userId", "anonymousId"), trait_names: Iterable[str] | None = None,
-                 *, store: IdentityStore | None = None, max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES) -> None:
+    def __init__(
+        self,
+        keys: Iterable[str] = ("userId", "anonymousId"),
+        trait_names: Iterable[str] | None = None,
+        *,
+        store: IdentityStore | None = None,
+        max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES,
+    ) -> None:
         self.keys = tuple(keys)
         self._recall_order = tuple(sorted(self.keys, key=lambda k: k == "userId"))  # userId last, so it wins
         self.trait_names = frozenset(trait_names) if trait_names is not None else None
@@ -40,7 +47,7 @@ class IdentityMemory:
         self.max_trait_bytes = max_trait_bytes
 
     @classmethod
-    def for_preset(cls, spec: IdentitySpec, store: IdentityStore | None = None) -> "IdentityMemory":
+    def for_preset(cls, spec: IdentitySpec, store: IdentityStore | None = None) -> IdentityMemory:
         """The memory a preset's ``identity:`` section declares; in memory unless a store is given."""
         if store is None:
             store = MemoryIdentityStore(IdentityLimits.of(spec))
@@ -48,8 +55,9 @@ class IdentityMemory:
 
     def remember(self, event: Mapping[str, Any], traits: Mapping[str, Any]) -> None:
         """Merge an identify call's traits into what is known for its ids."""
-        kept = {k: v for k, v in traits.items()
-                if (self.trait_names is None or k in self.trait_names) and self._small(k, v)}
+        kept = {
+            k: v for k, v in traits.items() if (self.trait_names is None or k in self.trait_names) and self._small(k, v)
+        }
         if not kept:
             return
         slots = self._slots(event)
@@ -100,8 +108,12 @@ class IdentityMemory:
             size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         if size <= self.max_trait_bytes:
             return True
-        log.info("identity: trait %r (%d bytes) is over max_trait_bytes (%d) and is not remembered",
-                 name, size, self.max_trait_bytes)
+        log.info(
+            "identity: trait %r (%d bytes) is over max_trait_bytes (%d) and is not remembered",
+            name,
+            size,
+            self.max_trait_bytes,
+        )
         return False
 
 

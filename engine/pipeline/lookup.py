@@ -10,7 +10,8 @@ first instead of only the create.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..envelope import HttpRequest
 from ..language.expressions import ExpressionError, ExpressionLimitError

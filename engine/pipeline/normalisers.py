@@ -7,8 +7,9 @@ mapping sees clean values and never has to repeat trimming or parsing.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 # Deliberately loose: the destination is the authority on deliverability.
 # This catches what is clearly not an address (no @, spaces, no dot in the
@@ -23,8 +24,9 @@ _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 # What trimming removes from an email: spaces, tabs and line breaks, but not the separators
 # (U+001C..U+001F, U+0085, U+2028, U+2029) that str.strip() also counts as whitespace.
 # Written out rather than computed at import (a millisecond of every start); a test checks it.
-_TRIMMED = ("\t\n\x0b\x0c\r \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-            "\u202f\u205f\u3000")
+_TRIMMED = (
+    "\t\n\x0b\x0c\r \xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+)
 
 
 class InvalidValue(ValueError):
@@ -120,11 +122,34 @@ def phone_e164(value: Any, traits: dict[str, Any] | None = None, option: str | N
 
 # Names people type that ISO 3166 does not list.
 _COUNTRY_ALIASES = {
-    "uk": "GB", "u.k.": "GB", "great britain": "GB", "britain": "GB", "england": "GB", "scotland": "GB",
-    "wales": "GB", "northern ireland": "GB", "usa": "US", "u.s.a.": "US", "u.s.": "US", "america": "US",
-    "russia": "RU", "ivory coast": "CI", "south korea": "KR", "north korea": "KP", "macedonia": "MK",
-    "turkey": "TR", "holland": "NL", "the netherlands": "NL", "czech republic": "CZ", "vatican": "VA",
-    "laos": "LA", "syria": "SY", "moldova": "MD", "palestine": "PS", "taiwan": "TW", "tanzania": "TZ",
+    "uk": "GB",
+    "u.k.": "GB",
+    "great britain": "GB",
+    "britain": "GB",
+    "england": "GB",
+    "scotland": "GB",
+    "wales": "GB",
+    "northern ireland": "GB",
+    "usa": "US",
+    "u.s.a.": "US",
+    "u.s.": "US",
+    "america": "US",
+    "russia": "RU",
+    "ivory coast": "CI",
+    "south korea": "KR",
+    "north korea": "KP",
+    "macedonia": "MK",
+    "turkey": "TR",
+    "holland": "NL",
+    "the netherlands": "NL",
+    "czech republic": "CZ",
+    "vatican": "VA",
+    "laos": "LA",
+    "syria": "SY",
+    "moldova": "MD",
+    "palestine": "PS",
+    "taiwan": "TW",
+    "tanzania": "TZ",
 }
 
 

@@ -50,11 +50,11 @@ class _Limits:
     """The ``maxLength`` rules of a schema, as a tree shaped like the documents it describes."""
 
     max_length: int | None = None
-    properties: dict[str, "_Limits"] | None = None
-    items: "_Limits | None" = None
+    properties: dict[str, _Limits] | None = None
+    items: _Limits | None = None
 
     @classmethod
-    def of(cls, schema: Any, resolver: Any = None, depth: int = 0) -> "_Limits | None":
+    def of(cls, schema: Any, resolver: Any = None, depth: int = 0) -> _Limits | None:
         """None where no ``maxLength`` can apply below, so the walk stops looking there.
 
         ``resolver`` follows ``$ref`` (a referencing resolver); a reference
@@ -69,8 +69,11 @@ class _Limits:
         limit = schema.get("maxLength")
         max_length = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
         props = schema.get("properties")
-        properties = {k: v for k, v in ((k, cls.of(s, resolver, depth + 1)) for k, s in props.items())
-                      if v is not None} if isinstance(props, dict) else {}
+        properties = (
+            {k: v for k, v in ((k, cls.of(s, resolver, depth + 1)) for k, s in props.items()) if v is not None}
+            if isinstance(props, dict)
+            else {}
+        )
         items = cls.of(schema.get("items"), resolver, depth + 1)
         if max_length is None and not properties and items is None:
             return None
@@ -97,7 +100,7 @@ def _clean(value: Any, limits: _Limits | None, omit: bool) -> Any:
                 if props:
                     child = props.get(key)
                     if child is not None and child.max_length is not None and len(item) > child.max_length:
-                        item = item[:child.max_length]
+                        item = item[: child.max_length]
             elif kind is dict or kind is list or isinstance(item, (dict, list)):
                 item = _clean(item, props.get(key) if props else None, omit)
                 if omit and not item:
@@ -132,8 +135,13 @@ def _clean(value: Any, limits: _Limits | None, omit: bool) -> Any:
                     continue
             cleaned.append(item)
         return cleaned
-    if isinstance(value, str) and limits is not None and limits.max_length is not None and len(value) > limits.max_length:
-        return value[:limits.max_length]
+    if (
+        isinstance(value, str)
+        and limits is not None
+        and limits.max_length is not None
+        and len(value) > limits.max_length
+    ):
+        return value[: limits.max_length]
     return value
 
 
@@ -143,12 +151,12 @@ class OutputContract:
     schema: dict[str, Any]
     digest: str = ""  # sha256 of the schema file, so a preset cache can tell it is unchanged
     _limits: _Limits | None = field(default=None, repr=False)
-    _refs: "_References | None" = field(default=None, repr=False, compare=False)
+    _refs: _References | None = field(default=None, repr=False, compare=False)
     _fast: list[Any] = field(default_factory=list, repr=False, compare=False)
     _explainer: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     @classmethod
-    def load(cls, name: str, path: Path, *, strict: bool = False, checked: str | None = None) -> "OutputContract":
+    def load(cls, name: str, path: Path, *, strict: bool = False, checked: str | None = None) -> OutputContract:
         """Read and compile a schema; raise ValueError if it is not a JSON Schema.
 
         jsonschema-rs checks the schema against its meta-schema while building
@@ -222,7 +230,9 @@ class OutputContract:
             node, resolver = self._resolved(child, resolver)
         if not isinstance(node, dict) or node.get("additionalProperties") is not False:
             return None
-        if any(word in node for word in ("patternProperties", "allOf", "anyOf", "oneOf", "unevaluatedProperties", "$ref")):
+        if any(
+            word in node for word in ("patternProperties", "allOf", "anyOf", "oneOf", "unevaluatedProperties", "$ref")
+        ):
             return None
         properties = node.get("properties") or {}
         return None if key in properties else sorted(properties)
@@ -256,8 +266,9 @@ class OutputContract:
         # The two validators disagree; the fast one decides, and says where.
         first = next(iter(self.validator.iter_errors(document)), None)
         path = list(first.instance_path) if first is not None else []
-        raise ContractViolation("/" + "/".join(str(p) for p in path),
-                                first.message if first is not None else "does not match the schema")
+        raise ContractViolation(
+            "/" + "/".join(str(p) for p in path), first.message if first is not None else "does not match the schema"
+        )
 
     def _reference_error(self, document: Any) -> Any:
         """The first error (by document path) as jsonschema reports it, or None."""
@@ -287,7 +298,8 @@ class _References:
         self.schema = {"$id": path.resolve().as_uri(), **schema} if "$id" not in schema else schema
         self.root_id = str(self.schema["$id"])
         self.registry = Registry(retrieve=self._retrieve).with_resource(  # type: ignore[call-arg]
-            self.root_id, Resource.from_contents(self.schema, default_specification=DRAFT202012))
+            self.root_id, Resource.from_contents(self.schema, default_specification=DRAFT202012)
+        )
         _check_refs(self.schema, self.resolver())
 
     def resolver(self) -> Any:
@@ -303,7 +315,7 @@ class _References:
             base = urljoin(self.root_id, ".")
             if self.root_id.startswith("file:") or not uri.startswith(base):
                 raise ValueError(f"cannot resolve $ref {uri!r}: only local files are read")
-            file = self.folder / unquote(uri[len(base):].split("#", 1)[0])
+            file = self.folder / unquote(uri[len(base) :].split("#", 1)[0])
         try:
             return orjson.loads(file.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:

@@ -8,8 +8,9 @@ identity) before any JSONata runs, because most traffic is dropped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .. import outcome as oc
 from ..envelope import HttpRequest, masked_view
@@ -62,8 +63,9 @@ class Pipeline:
     (dry runs, golden cases); the Engine passes one backed by its state.
     """
 
-    def __init__(self, preset: Preset, settings: Settings | Mapping[str, Any],
-                 memory: IdentityMemory | None = None) -> None:
+    def __init__(
+        self, preset: Preset, settings: Settings | Mapping[str, Any], memory: IdentityMemory | None = None
+    ) -> None:
         if not isinstance(settings, Settings):
             # A plain mapping of values, as a host writes it: checked like a dry
             # run's (the pure half never needs credentials).
@@ -109,8 +111,13 @@ class Pipeline:
         try:
             return self._prepare(event, index)
         except Exception as exc:  # noqa: BLE001 - the safety net behind every specific check
-            return Outcome(index, message_id_of(event), oc.FAILED, cause="internal_error",
-                           detail=f"could not process this event: {type(exc).__name__}")
+            return Outcome(
+                index,
+                message_id_of(event),
+                oc.FAILED,
+                cause="internal_error",
+                detail=f"could not process this event: {type(exc).__name__}",
+            )
 
     def _prepare(self, event: Any, index: int | None) -> Prepared | Outcome:
         message_id = message_id_of(event)
@@ -137,7 +144,9 @@ class Pipeline:
             reason = oc.INVALID_EMAIL if spec.kind == "email" else oc.INVALID_EVENT
             return oc.dropped(index, message_id, reason, f"trait '{spec.name}': {exc}")
         if key is None:
-            return oc.dropped(index, message_id, oc.NOT_IDENTIFIED, f"no '{spec.name}' trait on the event or remembered for its user")
+            return oc.dropped(
+                index, message_id, oc.NOT_IDENTIFIED, f"no '{spec.name}' trait on the event or remembered for its user"
+            )
 
         notes: list[str] = []
         traits = normalise_traits(self.preset.identity.traits, raw, skip=spec.name, notes=notes)
@@ -152,19 +161,48 @@ class Pipeline:
         if action.flow:
             return self._first_step(index, message_id, action, body, traits, dict(route.values), notes)
         url, headers = self._request_parts[action.name]
-        return Prepared(index, message_id, action, action.request.method, url, dict(headers), body, traits,
-                        dict(route.values), notes or None)
+        return Prepared(
+            index,
+            message_id,
+            action,
+            action.request.method,
+            url,
+            dict(headers),
+            body,
+            traits,
+            dict(route.values),
+            notes or None,
+        )
 
-    def _first_step(self, index: int | None, message_id: str | None, action: ActionSpec, document: Any,
-                    traits: dict[str, Any], values: dict[str, Any], notes: list[str]) -> Prepared | Outcome:
+    def _first_step(
+        self,
+        index: int | None,
+        message_id: str | None,
+        action: ActionSpec,
+        document: Any,
+        traits: dict[str, Any],
+        values: dict[str, Any],
+        notes: list[str],
+    ) -> Prepared | Outcome:
         """A flow's event: its first step's request (it needs no answer), with the document kept beside it."""
         context = step_context(document, traits, values, self.public_settings, {})
         try:
             first = step_request(action, action.flow[0], context)
         except StepBuildError as exc:
             return Outcome(index, message_id, oc.FAILED, cause=exc.cause, detail=exc.message, warnings=notes or None)
-        return Prepared(index, message_id, action, first.method, first.url, first.headers, first.body, traits,
-                        values, notes or None, document=document)
+        return Prepared(
+            index,
+            message_id,
+            action,
+            first.method,
+            first.url,
+            first.headers,
+            first.body,
+            traits,
+            values,
+            notes or None,
+            document=document,
+        )
 
     def _dry_run_batch(self, result: Prepared, request: dict[str, Any]) -> Outcome:
         """A batched event alone: the request it would go in, as a batch of one."""
@@ -174,10 +212,17 @@ class Pipeline:
             body = spec.body.evaluate({"items": [result.body], "settings": self.public_settings})
         except ExpressionError as exc:
             cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
-            return Outcome(result.index, result.message_id, oc.FAILED, cause=cause,
-                           detail=f"actions.{result.action.name}.batch.body: {exc}", warnings=result.warnings)
-        return Outcome(result.index, result.message_id, oc.WOULD_SEND, request={**request, "body": body},
-                       warnings=result.warnings)
+            return Outcome(
+                result.index,
+                result.message_id,
+                oc.FAILED,
+                cause=cause,
+                detail=f"actions.{result.action.name}.batch.body: {exc}",
+                warnings=result.warnings,
+            )
+        return Outcome(
+            result.index, result.message_id, oc.WOULD_SEND, request={**request, "body": body}, warnings=result.warnings
+        )
 
     def _dry_run_flow(self, result: Prepared, request: dict[str, Any]) -> Outcome:
         """The flow's leading steps, those that need no earlier answer; ``request`` is the first."""
@@ -185,10 +230,23 @@ class Pipeline:
         try:
             leading = leading_requests(result.action, context)
         except StepBuildError as exc:
-            return Outcome(result.index, result.message_id, oc.FAILED, cause=exc.cause, detail=exc.message,
-                           request=request, warnings=result.warnings)
-        return Outcome(result.index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings,
-                       requests=[masked_view(self.preset.auth, r) for r in leading])
+            return Outcome(
+                result.index,
+                result.message_id,
+                oc.FAILED,
+                cause=exc.cause,
+                detail=exc.message,
+                request=request,
+                warnings=result.warnings,
+            )
+        return Outcome(
+            result.index,
+            result.message_id,
+            oc.WOULD_SEND,
+            request=request,
+            warnings=result.warnings,
+            requests=[masked_view(self.preset.auth, r) for r in leading],
+        )
 
     def learn_identity(self, event: Mapping[str, Any]) -> list[str]:
         """Remember an identify's traits, or forget its ids when its consent refuses; the refused categories.
@@ -211,8 +269,10 @@ class Pipeline:
             return f"track event {event['event']!r} is not in the preset's event table (defaults.action: drop)"
         if kind == "identify":
             if refused:
-                return (f"identify is not mapped; its consent refuses {', '.join(refused)}, so its traits are "
-                        "not remembered and those remembered for this user are forgotten")
+                return (
+                    f"identify is not mapped; its consent refuses {', '.join(refused)}, so its traits are "
+                    "not remembered and those remembered for this user are forgotten"
+                )
             if not self.memory.keys:
                 return "identify is not mapped, and this preset remembers no identify traits"
             return "identify is not mapped; its traits are remembered for this user's later events"
@@ -233,12 +293,29 @@ class Pipeline:
         if upsert is None or upsert.strategy != "lookup_first" or upsert.lookup is None:
             return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings)
         # The lookup goes first; what follows depends on its answer.
-        context = {"document": result.body, "traits": result.traits, "values": result.values,
-                   "settings": self.public_settings}
+        context = {
+            "document": result.body,
+            "traits": result.traits,
+            "values": result.values,
+            "settings": self.public_settings,
+        }
         try:
             lookup = lookup_request(result.action, context, result.headers)
         except LookupBuildError as exc:
-            return Outcome(index, result.message_id, oc.FAILED, cause=exc.cause, detail=exc.message,
-                           request=request, warnings=result.warnings)
-        return Outcome(index, result.message_id, oc.WOULD_SEND, request=request, warnings=result.warnings,
-                       requests=[masked_view(auth, lookup), request])
+            return Outcome(
+                index,
+                result.message_id,
+                oc.FAILED,
+                cause=exc.cause,
+                detail=exc.message,
+                request=request,
+                warnings=result.warnings,
+            )
+        return Outcome(
+            index,
+            result.message_id,
+            oc.WOULD_SEND,
+            request=request,
+            warnings=result.warnings,
+            requests=[masked_view(auth, lookup), request],
+        )

@@ -7,7 +7,8 @@ the golden files pin every document without a network.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..language.expressions import Expression, ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, TraitSpec
@@ -23,8 +24,9 @@ class TransformError(Exception):
         self.cause = cause
 
 
-def normalise_traits(specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip: str | None = None,
-                     notes: list[str] | None = None) -> dict[str, Any]:
+def normalise_traits(
+    specs: tuple[TraitSpec, ...], raw: Mapping[str, Any], skip: str | None = None, notes: list[str] | None = None
+) -> dict[str, Any]:
     """Declared traits only, each through its normaliser.
 
     A trait its normaliser refuses is left out, not fatal (the lead is worth
@@ -70,5 +72,6 @@ def shape(action: ActionSpec, document: Any, where: str) -> Any:
         raise TransformError(
             "output_invalid",
             f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
-            f"{str(exc).split(': ', 1)[1][:200]}") from None
+            f"{str(exc).split(': ', 1)[1][:200]}",
+        ) from None
     return document

@@ -27,15 +27,10 @@ import inspect
 import logging
 import random
 import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import (
     Any,
-    AsyncIterable,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Iterable,
-    Mapping,
 )
 
 import aiohttp
@@ -85,15 +80,28 @@ CLOSE_RETRY_SECONDS = 30.0
 
 
 class Engine(Replaying):
-    def __init__(self, preset: Preset, settings: Settings, *, state: str | Path | StateBackend | None = None,
-                 token_store: TokenStore | None = None, dead_letters: DeadLetterStore | None = None,
-                 identity: IdentityStore | None = None, journal: DeliveryJournal | None = None,
-                 on_outcome: OutcomeCallback | None = None, concurrency: int | None = None,
-                 session: aiohttp.ClientSession | None = None, transport: Transport | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, clock: Callable[[], float] = time.monotonic,
-                 rng: random.Random | None = None, reset_state: bool = False,
-                 record: bool | RecordLimits = True, integration: str | None = None,
-                 identity_scope: str | None = None) -> None:
+    def __init__(
+        self,
+        preset: Preset,
+        settings: Settings,
+        *,
+        state: str | Path | StateBackend | None = None,
+        token_store: TokenStore | None = None,
+        dead_letters: DeadLetterStore | None = None,
+        identity: IdentityStore | None = None,
+        journal: DeliveryJournal | None = None,
+        on_outcome: OutcomeCallback | None = None,
+        concurrency: int | None = None,
+        session: aiohttp.ClientSession | None = None,
+        transport: Transport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        reset_state: bool = False,
+        record: bool | RecordLimits = True,
+        integration: str | None = None,
+        identity_scope: str | None = None,
+    ) -> None:
         self.preset = preset
         # Every engine has an integration name (the preset's, unless given); dead letters are filed under it.
         # One given (a service's) also keys the journal and the rate budget, so two integrations of one preset
@@ -131,8 +139,11 @@ class Engine(Replaying):
         elif isinstance(state, (str, Path)):
             backend = open_state(state, reset=reset_state)
             if getattr(backend, "moved_aside", None) is not None:
-                log.warning("state: %s was refused and moved aside to %s; starting afresh",
-                            Path(state) / "state.db", backend.moved_aside)  # type: ignore[attr-defined]
+                log.warning(
+                    "state: %s was refused and moved aside to %s; starting afresh",
+                    Path(state) / "state.db",
+                    backend.moved_aside,  # type: ignore[attr-defined]
+                )
         else:
             backend = state
         self.state = backend
@@ -140,16 +151,22 @@ class Engine(Replaying):
 
         auth = preset.auth
         # Identity first: opening it imports the files of an earlier version (tokens included).
-        self.identity = BufferedIdentityStore(identity if identity is not None else
-                                              backend.identity(identity_scope or preset.name,
-                                                               IdentityLimits.of(preset.identity)))
+        self.identity = BufferedIdentityStore(
+            identity
+            if identity is not None
+            else backend.identity(identity_scope or preset.name, IdentityLimits.of(preset.identity))
+        )
         if token_store is None:
-            token_store = (backend.tokens(str(settings[auth.client_id_setting or ""] or ""))
-                           if auth is not None and auth.is_oauth2 else MemoryTokenStore())
+            token_store = (
+                backend.tokens(str(settings[auth.client_id_setting or ""] or ""))
+                if auth is not None and auth.is_oauth2
+                else MemoryTokenStore()
+            )
         self.token_store = BufferedTokenStore(token_store)
         self.dead_letters = BufferedDeadLetters(dead_letters if dead_letters is not None else backend.dead_letters())
-        self.journal = BufferedJournal(journal if journal is not None else
-                                       backend.journal(self.name, preset.delivery.dedupe_window_seconds))
+        self.journal = BufferedJournal(
+            journal if journal is not None else backend.journal(self.name, preset.delivery.dedupe_window_seconds)
+        )
 
         self.pipeline = Pipeline(preset, settings, IdentityMemory.for_preset(preset.identity, self.identity))
         # The console's record of recent events, when the backend keeps one (state.db, Redis) and it is wanted.
@@ -159,41 +176,69 @@ class Engine(Replaying):
         # Each further window has its own shared budget beside the first one's.
         spec = preset.delivery.rate_limit
         shared_budget = getattr(backend, "rate_budget", None)
-        budgets = [shared_budget(self.name if i == 0 else f"{self.name}#window{i}",
-                                 *bucket_shape(window.requests, window.per_seconds), clock) if shared_budget else None
-                   for i, window in enumerate((spec, *spec.windows))]
-        self.limiter = RateLimiter.from_spec(spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:])
+        budgets = [
+            shared_budget(
+                self.name if i == 0 else f"{self.name}#window{i}",
+                *bucket_shape(window.requests, window.per_seconds),
+                clock,
+            )
+            if shared_budget
+            else None
+            for i, window in enumerate((spec, *spec.windows))
+        ]
+        self.limiter = RateLimiter.from_spec(
+            spec, clock=clock, sleep=sleep, budget=budgets[0], window_budgets=budgets[1:]
+        )
 
     @classmethod
-    def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> "Engine":
+    def from_preset(cls, preset: str | Preset, settings: Mapping[str, Any] | Settings, **options: Any) -> Engine:
         """Build from a built-in preset name (or path) and a plain mapping of setting values."""
         compiled = load_preset(preset) if isinstance(preset, str) else preset
         resolved = settings if isinstance(settings, Settings) else resolve(compiled.settings, settings, require=True)
         return cls(compiled, resolved, **options)
 
     # -- lifecycle ----------------------------------------------------------
-    async def start(self) -> "Engine":
+    async def start(self) -> Engine:
         if self._sender is None:
             self._check_refresh_token()
             if self._transport is None:
                 if self._session is None:
                     timeout = aiohttp.ClientTimeout(total=self.preset.delivery.timeout_seconds)
                     self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
-                self._transport = AiohttpTransport(self._session, self.preset.delivery.timeout_seconds,
-                                                   self.preset.delivery.max_response_bytes)
+                self._transport = AiohttpTransport(
+                    self._session, self.preset.delivery.timeout_seconds, self.preset.delivery.max_response_bytes
+                )
             if self.recorder is not None:
                 self._transport = TrailingTransport(self._transport, self.redactor)
             self._slots = asyncio.Semaphore(self.concurrency)
-            self.auth = build_auth(self.preset.auth, self.settings, self.redactor, self._transport,
-                                   self.preset.delivery.retries, store=self.token_store, clock=self._clock,
-                                   sleep=self._sleep, rng=self._rng)
-            self._sender = Sender(self.preset.delivery, self.settings, self.auth, self.preset.auth, self.limiter,
-                                  self.redactor, self._transport, sleep=self._sleep, rng=self._rng)
-            self._batcher = Batcher(self._sender, self.settings.public(), self._slots, self._sleep,
-                                    self._sender.upserter.order_key)
+            self.auth = build_auth(
+                self.preset.auth,
+                self.settings,
+                self.redactor,
+                self._transport,
+                self.preset.delivery.retries,
+                store=self.token_store,
+                clock=self._clock,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+            self._sender = Sender(
+                self.preset.delivery,
+                self.settings,
+                self.auth,
+                self.preset.auth,
+                self.limiter,
+                self.redactor,
+                self._transport,
+                sleep=self._sleep,
+                rng=self._rng,
+            )
+            self._batcher = Batcher(
+                self._sender, self.settings.public(), self._slots, self._sleep, self._sender.upserter.order_key
+            )
         return self
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         try:
             return await self.start()
         except BaseException:
@@ -219,13 +264,18 @@ class Engine(Replaying):
         name = auth.refresh_token_setting
         client_id = self.settings[auth.client_id_setting or ""]
         where = f"the state directory {self.state_dir}" if self.state_dir is not None else "the engine's state"
-        how = (f"authorise the app once with `signal-engine auth {self.preset.name} --settings FILE"
-               f"{f' --state {self.state_dir}' if self.state_dir is not None else ''}`, or set {name}"
-               if auth.authorize_url is not None else f"set {name}")
-        raise SettingsError(f"required setting {name!r} is missing, and {where} holds no authorisation for "
-                            f"client_id {client_id!r}: {how}")
+        how = (
+            f"authorise the app once with `signal-engine auth {self.preset.name} --settings FILE"
+            f"{f' --state {self.state_dir}' if self.state_dir is not None else ''}`, or set {name}"
+            if auth.authorize_url is not None
+            else f"set {name}"
+        )
+        raise SettingsError(
+            f"required setting {name!r} is missing, and {where} holds no authorisation for "
+            f"client_id {client_id!r}: {how}"
+        )
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -315,20 +365,28 @@ class Engine(Replaying):
         precious = [self.token_store, self.dead_letters]
         waited = 0.0
         if flush_all(precious):
-            log.error("state: waiting up to %ds for the state directory to accept a rotated refresh token or dead "
-                      "letters (free some space)", int(CLOSE_RETRY_SECONDS))
+            log.error(
+                "state: waiting up to %ds for the state directory to accept a rotated refresh token or dead "
+                "letters (free some space)",
+                int(CLOSE_RETRY_SECONDS),
+            )
         while flush_all(precious) and waited < CLOSE_RETRY_SECONDS:
             await self._sleep(1.0)
             waited += 1.0
         if len(self.token_store.pending):
             log.error("state: the rotated refresh token could NOT be saved; the connection must be re-authorised")
         if len(self.dead_letters.pending):
-            log.error("state: %d dead letter(s) could NOT be saved; their outcomes above hold the requests",
-                      len(self.dead_letters.pending))
+            log.error(
+                "state: %d dead letter(s) could NOT be saved; their outcomes above hold the requests",
+                len(self.dead_letters.pending),
+            )
         others = len(self.journal.pending) + len(self.identity.pending)
         if others:
-            log.error("state: %d identity or journal write(s) could not be saved; a rerun may send those events again "
-                      "(the upsert merges them) or miss an identify join", others)
+            log.error(
+                "state: %d identity or journal write(s) could not be saved; a rerun may send those events again "
+                "(the upsert merges them) or miss an identify join",
+                others,
+            )
 
     @property
     def mints(self) -> int:
@@ -343,8 +401,9 @@ class Engine(Replaying):
         prepared = self.pipeline.prepare(event, index)
         if isinstance(prepared, Outcome):
             return self._noted(event, await self._finish(prepared), started)
-        return self._noted(event, await self._track(self._deliver_once(prepared, event_key(event))), started,
-                           prepared.traits)
+        return self._noted(
+            event, await self._track(self._deliver_once(prepared, event_key(event))), started, prepared.traits
+        )
 
     async def process_many(self, events: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Outcome]:
         """Process a stream with bounded concurrency; outcomes come back in input order."""
@@ -395,8 +454,11 @@ class Engine(Replaying):
                     continue
                 if not exhausted and next_batch is None and self._inflight < window and not self._closed:
                     next_batch = asyncio.ensure_future(source.__anext__())
-                waiting: list[asyncio.Future[Any]] = [f for f in (next_batch, pending[0] if pending else None)
-                                                      if f is not None and not isinstance(f, Outcome)]
+                waiting: list[asyncio.Future[Any]] = [
+                    f
+                    for f in (next_batch, pending[0] if pending else None)
+                    if f is not None and not isinstance(f, Outcome)
+                ]
                 if not waiting:
                     break  # closed mid-stream with nothing in flight
                 if self._stop is None:
@@ -417,7 +479,7 @@ class Engine(Replaying):
         if not exhausted and self._stop is None:
             raise RuntimeError("engine was closed before the stream ended")
 
-    def _schedule(self, index: int, event: Any) -> "Outcome | asyncio.Future[Outcome]":
+    def _schedule(self, index: int, event: Any) -> Outcome | asyncio.Future[Outcome]:
         """Prepare now (input order matters for identity joins), deliver in the background.
 
         A drop is final at once: with no callback, or a plain one, it needs no task.
@@ -427,8 +489,13 @@ class Engine(Replaying):
         if not isinstance(prepared, Outcome):
             work = self._track(self._deliver_once(prepared, event_key(event)))
             if self.recorder is not None:
-                work.add_done_callback(lambda done: done.cancelled() or done.exception() is not None
-                                       or self._noted(event, done.result(), started, prepared.traits))
+                work.add_done_callback(
+                    lambda done: (
+                        done.cancelled()
+                        or done.exception() is not None
+                        or self._noted(event, done.result(), started, prepared.traits)
+                    )
+                )
             return work
         self._noted(event, prepared, started)
         if self.on_outcome is None:
@@ -439,8 +506,9 @@ class Engine(Replaying):
     def _noted(self, event: Any, result: Outcome, started: float, traits: Mapping[str, Any] | None = None) -> Outcome:
         """Hand the outcome to the record of recent events (buffered; see :mod:`engine.state.record`)."""
         if self.recorder is not None:
-            self.recorder.note(None if isinstance(event, Outcome) else event, result, self._clock() - started,
-                               traits=traits)
+            self.recorder.note(
+                None if isinstance(event, Outcome) else event, result, self._clock() - started, traits=traits
+            )
         return result
 
     def _named_outcome(self, result: Outcome) -> Outcome:
@@ -452,7 +520,7 @@ class Engine(Replaying):
         if self._closed:
             raise RuntimeError("engine is closed")
 
-    def _track(self, work: Awaitable[Outcome]) -> "asyncio.Future[Outcome]":
+    def _track(self, work: Awaitable[Outcome]) -> asyncio.Future[Outcome]:
         """Count work as in flight from the moment it is scheduled, so ``close`` waits for it."""
         self._inflight += 1
         self._idle.clear()
@@ -501,36 +569,56 @@ class Engine(Replaying):
             raise
         except Exception as exc:  # noqa: BLE001 - nothing is lost: an unforeseen failure is still an outcome
             log.error("event %s: delivery failed unexpectedly: %s", prepared.index, type(exc).__name__)
-            result = Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause="internal_error",
-                             detail=f"delivery failed unexpectedly ({type(exc).__name__}); kept for replay",
-                             request=self._sender.original_request(prepared))
+            result = Outcome(
+                prepared.index,
+                prepared.message_id,
+                oc.DEAD_LETTERED,
+                cause="internal_error",
+                detail=f"delivery failed unexpectedly ({type(exc).__name__}); kept for replay",
+                request=self._sender.original_request(prepared),
+            )
         if result.outcome == oc.DELIVERED and key is not None:
             # Before the outcome is handed out: an outcome seen as delivered is always in the journal.
             try:
                 self.journal.record(key)
             except Exception as exc:  # noqa: BLE001 - the delivery happened; at worst a rerun merges it again
-                log.error("event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__)
+                log.error(
+                    "event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__
+                )
             if record:
                 # A letter an earlier run left for this event (it was killed, or gave up) is obsolete now:
                 # an event is delivered or in the dead letters, never both.
                 try:
                     self.dead_letters.discard(self.name, key)
                 except Exception as exc:  # noqa: BLE001 - a stale letter is removed by replay, unsent
-                    log.warning("event %s: could not remove its earlier dead letter: %s", prepared.index,
-                                type(exc).__name__)
+                    log.warning(
+                        "event %s: could not remove its earlier dead letter: %s", prepared.index, type(exc).__name__
+                    )
         if record and result.outcome == oc.DEAD_LETTERED:
             try:
-                kept = self.dead_letters.add(entry_for(self.preset.name, prepared.action.name, result,
-                                                       self._sender.original_request(prepared), key,
-                                                       letter_context(prepared, self.redactor), integration=self.integration,
-                                                       filed_under=self.name))
+                kept = self.dead_letters.add(
+                    entry_for(
+                        self.preset.name,
+                        prepared.action.name,
+                        result,
+                        self._sender.original_request(prepared),
+                        key,
+                        letter_context(prepared, self.redactor),
+                        integration=self.integration,
+                        filed_under=self.name,
+                    )
+                )
             except (OSError, TypeError, ValueError) as exc:
                 log.error("event %s: could not write the dead letter: %s", prepared.index, type(exc).__name__)
-                result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
+                result.detail = (
+                    f"{result.detail}; NOT kept: the dead-letter store could not be written ({type(exc).__name__})"
+                )
             else:
                 if not kept:
-                    result.detail = (f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
-                                     "the letter is kept in memory and written as soon as it can be")
+                    result.detail = (
+                        f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
+                        "the letter is kept in memory and written as soon as it can be"
+                    )
         return await self._finish(result)
 
     async def _send(self, prepared: Prepared) -> Outcome:
@@ -577,8 +665,10 @@ class Engine(Replaying):
                 log.error("on_outcome callback failed for event %s: %s", result.index, type(exc).__name__)
         return result
 
-async def _stop_source(source: AsyncIterator[list[tuple[int, Any]]],
-                       fetching: "asyncio.Future[list[tuple[int, Any]]] | None") -> list[tuple[int, Any]]:
+
+async def _stop_source(
+    source: AsyncIterator[list[tuple[int, Any]]], fetching: asyncio.Future[list[tuple[int, Any]]] | None
+) -> list[tuple[int, Any]]:
     """Cancel the fetch under way and close the source; a batch that arrived meanwhile is returned, not lost."""
     late: list[tuple[int, Any]] = []
     if fetching is not None:

@@ -17,6 +17,11 @@ from ..pipeline.prepare import Prepared
 def already_delivered(prepared: Prepared, since: float, request: dict[str, Any]) -> Outcome:
     """The outcome of an event the journal says was delivered at ``since``: delivered, not sent again."""
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
-    return Outcome(prepared.index, prepared.message_id, oc.DELIVERED,
-                   detail=f"already delivered at {when} (delivery journal); not sent again",
-                   request=request, attempts=0)
+    return Outcome(
+        prepared.index,
+        prepared.message_id,
+        oc.DELIVERED,
+        detail=f"already delivered at {when} (delivery journal); not sent again",
+        request=request,
+        attempts=0,
+    )

@@ -34,8 +34,9 @@ def letter_context(prepared: Prepared, redactor: Redactor) -> dict[str, Any]:
     return redactor.redact(context)
 
 
-def prepared_from_letter(entry: Mapping[str, Any], preset: Preset, settings: Settings,
-                         pipeline: Pipeline) -> Prepared | str:
+def prepared_from_letter(
+    entry: Mapping[str, Any], preset: Preset, settings: Settings, pipeline: Pipeline
+) -> Prepared | str:
     """The request to re-send, or why this letter cannot be replayed here."""
     request = entry.get("request")
     action = preset.actions.get(str(entry.get("action")))
@@ -48,26 +49,43 @@ def prepared_from_letter(entry: Mapping[str, Any], preset: Preset, settings: Set
     values = dict(values) if isinstance(values, dict) else {}
     # The live credential goes only to the origin the settings name now.
     try:
-        expected = _origin(action.request.url.render({"settings": settings.public(), "traits": traits,
-                                                      "values": values, "document": context.get("document")}))
+        expected = _origin(
+            action.request.url.render(
+                {"settings": settings.public(), "traits": traits, "values": values, "document": context.get("document")}
+            )
+        )
     except TemplateError as exc:
         return f"its first request's URL cannot be built from the letter ({exc}); left in the store"
     recorded = _origin(str(request.get("url")))
     if recorded != expected:
         return f"recorded for {recorded}, but the settings now send to {expected}; left in the store"
     auth = preset.auth
-    headers = {k: v for k, v in (request.get("headers") or {}).items()
-               if not (auth and auth.placement == "header" and auth.header and k.lower() == auth.header.lower())}
+    headers = {
+        k: v
+        for k, v in (request.get("headers") or {}).items()
+        if not (auth and auth.placement == "header" and auth.header and k.lower() == auth.header.lower())
+    }
     url = str(request.get("url"))
     if auth and auth.placement == "query" and auth.header:
         url = _without_query_param(url, auth.header)  # the masked key; the live one is applied on send
     if request.get("body") is not None:
-        headers.setdefault("Content-Type", pipeline.request_headers(action.name).get("Content-Type", "application/json"))
+        headers.setdefault(
+            "Content-Type", pipeline.request_headers(action.name).get("Content-Type", "application/json")
+        )
     done = context.get("steps_done")
-    return Prepared(entry.get("index"), entry.get("messageId"), action, str(request.get("method")),
-                    url, headers, request.get("body"), traits, values,
-                    document=context.get("document") if action.flow else None,
-                    steps_done=dict(done) if isinstance(done, dict) and action.flow else {})
+    return Prepared(
+        entry.get("index"),
+        entry.get("messageId"),
+        action,
+        str(request.get("method")),
+        url,
+        headers,
+        request.get("body"),
+        traits,
+        values,
+        document=context.get("document") if action.flow else None,
+        steps_done=dict(done) if isinstance(done, dict) and action.flow else {},
+    )
 
 
 def _without_query_param(url: str, name: str) -> str:

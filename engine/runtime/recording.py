@@ -12,10 +12,19 @@ from ..state.backend import StateBackend
 from ..state.record import Recorder, RecordLimits
 
 
-def recorder_for(backend: StateBackend, record: bool | RecordLimits, integration: str, preset: Preset,
-                 redactor: Redactor) -> Recorder | None:
+def recorder_for(
+    backend: StateBackend, record: bool | RecordLimits, integration: str, preset: Preset, redactor: Redactor
+) -> Recorder | None:
     """The engine's recorder, or None when the backend keeps no record (state.db and Redis do) or it is not wanted."""
     record_store = getattr(backend, "record", None) if record is not False else None
-    return Recorder(record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
-                    integration, preset.name, redactor=redactor,
-                    preset_path=str(preset.path) if preset.path else None) if record_store else None
+    return (
+        Recorder(
+            record_store(record if isinstance(record, RecordLimits) else RecordLimits()),
+            integration,
+            preset.name,
+            redactor=redactor,
+            preset_path=str(preset.path) if preset.path else None,
+        )
+        if record_store
+        else None
+    )

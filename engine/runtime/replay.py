@@ -95,7 +95,9 @@ class Replaying:
         letter_id, key = entry.get("id"), entry.get("key")
         prepared = prepared_from_letter(entry, self.preset, self.settings, self.pipeline)
         if isinstance(prepared, str):
-            return Outcome(entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared)
+            return Outcome(
+                entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared
+            )
         since = self._delivered_at(key) if isinstance(key, str) else None
         if since is not None and since >= float(entry.get("dead_lettered_at") or 0):
             self.dead_letters.remove(str(letter_id))
@@ -107,10 +109,17 @@ class Replaying:
             self.dead_letters.remove(str(letter_id))
         else:
             # The context too: a flow that got further this time resumes from there next time.
-            self.dead_letters.update({**entry, "context": letter_context(prepared, self.redactor),
-                                      "cause": result.cause, "detail": result.detail,
-                                      "last_request": result.request, "last_response": result.response,
-                                      "attempts": (entry.get("attempts") or 0) + (result.attempts or 0)})
+            self.dead_letters.update(
+                {
+                    **entry,
+                    "context": letter_context(prepared, self.redactor),
+                    "cause": result.cause,
+                    "detail": result.detail,
+                    "last_request": result.request,
+                    "last_response": result.response,
+                    "attempts": (entry.get("attempts") or 0) + (result.attempts or 0),
+                }
+            )
         return result
 
     def delete_dead_letters(self, ids: Collection[str]) -> list[str]:

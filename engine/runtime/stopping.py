@@ -32,10 +32,22 @@ def stopped_outcome(prepared: Prepared, sent: int, stop: Stop, request: dict[str
     Both are dead letters holding the event's first request (``request``, masked), so a replay sends it again.
     """
     if not sent:
-        return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.NOT_SENT,
-                       detail=f"not sent: the run was stopped ({stop.reason}) before this event's request "
-                              "left; kept for replay", request=request, attempts=0)
-    return Outcome(prepared.index, prepared.message_id, oc.DEAD_LETTERED, cause=oc.INTERRUPTED,
-                   detail=f"sent, but still unanswered when the run stopped ({stop.reason}, "
-                          f"{stop.grace:g}s grace): the destination may have it; kept for replay",
-                   request=request, attempts=sent)
+        return Outcome(
+            prepared.index,
+            prepared.message_id,
+            oc.DEAD_LETTERED,
+            cause=oc.NOT_SENT,
+            detail=f"not sent: the run was stopped ({stop.reason}) before this event's request left; kept for replay",
+            request=request,
+            attempts=0,
+        )
+    return Outcome(
+        prepared.index,
+        prepared.message_id,
+        oc.DEAD_LETTERED,
+        cause=oc.INTERRUPTED,
+        detail=f"sent, but still unanswered when the run stopped ({stop.reason}, "
+        f"{stop.grace:g}s grace): the destination may have it; kept for replay",
+        request=request,
+        attempts=sent,
+    )

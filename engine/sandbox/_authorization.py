@@ -29,8 +29,9 @@ import argparse
 import html
 import ipaddress
 import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
@@ -77,23 +78,40 @@ class AuthorizationServer:
         if client_id != self.client_id:
             return _page(400, "invalid_client", "Unknown client_id: no app is registered with this identifier.")
         if not redirect_uri or not any(_same_redirect(redirect_uri, r) for r in self.redirect_uris):
-            return _page(400, "invalid_request", "The redirect_uri is missing or is not one of the app's registered "
-                                                 "redirect URIs, so the answer cannot be sent back.")
+            return _page(
+                400,
+                "invalid_request",
+                "The redirect_uri is missing or is not one of the app's registered "
+                "redirect URIs, so the answer cannot be sent back.",
+            )
         state = query.get("state")
         if query.get("response_type") != "code":
-            return _redirect(redirect_uri, state, error="unsupported_response_type",
-                             error_description="Only response_type=code is supported.")
+            return _redirect(
+                redirect_uri,
+                state,
+                error="unsupported_response_type",
+                error_description="Only response_type=code is supported.",
+            )
         scope = " ".join(query.get("scope", "").split())
         if self.scopes:
             asked = scope.split()
             unknown = [s for s in asked if s not in self.scopes]
             if not asked or unknown:
-                return _redirect(redirect_uri, state, error="invalid_scope",
-                                 error_description=(f"Scope {' '.join(unknown)} is not enabled for this app."
-                                                    if unknown else "A scope is required."))
+                return _redirect(
+                    redirect_uri,
+                    state,
+                    error="invalid_scope",
+                    error_description=(
+                        f"Scope {' '.join(unknown)} is not enabled for this app." if unknown else "A scope is required."
+                    ),
+                )
         if self.consent == "deny":
-            return _redirect(redirect_uri, state, error="access_denied",
-                             error_description="The user denied the authorization request.")
+            return _redirect(
+                redirect_uri,
+                state,
+                error="access_denied",
+                error_description="The user denied the authorization request.",
+            )
         code = secrets.token_urlsafe(24)
         echo = tuple((name, scope if name == "scope" else secrets.token_urlsafe(8)) for name in self.echo)
         self.codes[code] = IssuedCode(client_id, redirect_uri, scope, now + self.code_ttl, echo)
@@ -107,8 +125,11 @@ class AuthorizationServer:
             return "The authorization code is missing."
         issued = self.codes.pop(code, None)
         if issued is None:
-            return ("The authorization code was already used." if code in self.spent
-                    else "The authorization code is invalid.")
+            return (
+                "The authorization code was already used."
+                if code in self.spent
+                else "The authorization code is invalid."
+            )
         self.spent.add(code)
         if issued.expires_at <= now:
             return "The authorization code has expired."
@@ -128,8 +149,13 @@ def _same_redirect(asked: str, registered: str) -> bool:
     if asked == registered:
         return True
     a, r = urlsplit(asked), urlsplit(registered)
-    if a.fragment or a.scheme != "http" or r.scheme != "http" or not _loopback_ip(a.hostname) \
-            or a.hostname != r.hostname:
+    if (
+        a.fragment
+        or a.scheme != "http"
+        or r.scheme != "http"
+        or not _loopback_ip(a.hostname)
+        or a.hostname != r.hostname
+    ):
         return False
     return (a.path, a.query) == (r.path, r.query)
 
@@ -152,8 +178,10 @@ def _redirect(redirect_uri: str, state: str | None, **params: str) -> web.Respon
 
 
 def _page(status: int, error: str, text: str) -> web.Response:
-    body = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(error)}</title></head>"
-            f"<body><h1>{html.escape(error)}</h1><p>{html.escape(text)}</p></body></html>")
+    body = (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(error)}</title></head>'
+        f"<body><h1>{html.escape(error)}</h1><p>{html.escape(text)}</p></body></html>"
+    )
     return web.Response(status=status, text=body, content_type="text/html")
 
 
@@ -173,20 +201,34 @@ def authorize_handler(get_state: Callable[[web.Request], Any]) -> Callable[[web.
     return authorize_endpoint
 
 
-def add_authorize_arguments(parser: argparse.ArgumentParser, consent: str, redirect_uris: list[str],
-                            code_ttl: float) -> None:
+def add_authorize_arguments(
+    parser: argparse.ArgumentParser, consent: str, redirect_uris: list[str], code_ttl: float
+) -> None:
     """The options of the authorize step, with the same spelling and help in every fake that has one."""
-    parser.add_argument("--consent", choices=CONSENT_CHOICES, default=consent,
-                        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
-                             "(error=access_denied)" + DEFAULT)
-    parser.add_argument("--redirect-uri", action="append", default=None, metavar="URI",
-                        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
-                             f"(default: {' '.join(redirect_uris)})")
-    parser.add_argument("--code-ttl", type=float, default=code_ttl,
-                        help="authorization code lifetime, in seconds" + DEFAULT)
+    parser.add_argument(
+        "--consent",
+        choices=CONSENT_CHOICES,
+        default=consent,
+        help="what the person decides at /oauth/authorize: approve (redirect with a code) or deny "
+        "(error=access_denied)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--redirect-uri",
+        action="append",
+        default=None,
+        metavar="URI",
+        help="a redirect URI registered for the app (repeatable); a loopback one accepts any port "
+        f"(default: {' '.join(redirect_uris)})",
+    )
+    parser.add_argument(
+        "--code-ttl", type=float, default=code_ttl, help="authorization code lifetime, in seconds" + DEFAULT
+    )
 
 
 def authorize_settings(args: argparse.Namespace, redirect_uris: list[str]) -> dict[str, Any]:
     """The config fields the options of :func:`add_authorize_arguments` set; ``redirect_uris`` when none is given."""
-    return {"consent": args.consent, "redirect_uris": list(args.redirect_uri or redirect_uris),
-            "code_ttl": args.code_ttl}
+    return {
+        "consent": args.consent,
+        "redirect_uris": list(args.redirect_uri or redirect_uris),
+        "code_ttl": args.code_ttl,
+    }

@@ -8,7 +8,8 @@ Outreach and Salesloft both hand out random refresh and access tokens at
 from __future__ import annotations
 
 import secrets
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -63,8 +64,16 @@ def holds_valid_bearer(request: web.Request, state: Any) -> bool:
 
 def token_response(access_token: str, refresh_token: str, expires_in: int, scope: str, now: float) -> web.Response:
     """A successful token answer (RFC 6749 §5.1), with the ``created_at`` both vendors add."""
-    return web.json_response({"access_token": access_token, "token_type": "bearer", "expires_in": expires_in,
-                              "refresh_token": refresh_token, "scope": scope, "created_at": int(now)})
+    return web.json_response(
+        {
+            "access_token": access_token,
+            "token_type": "bearer",
+            "expires_in": expires_in,
+            "refresh_token": refresh_token,
+            "scope": scope,
+            "created_at": int(now),
+        }
+    )
 
 
 def oauth_error(status: int, error: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -21,9 +21,10 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import phonenumbers
 import pycountry
@@ -50,10 +51,12 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Close: API-key basic auth, leads with nested contacts (no dedupe), lead-by-email search, contact "
-           "put, ratelimit/429 and injected faults")
+SUMMARY = (
+    "Close: API-key basic auth, leads with nested contacts (no dedupe), lead-by-email search, contact "
+    "put, ratelimit/429 and injected faults"
+)
 
-__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+__all__ = ["STATE_KEY", "SandboxConfig", "SandboxState", "create_app", "main", "start_sandbox"]
 
 API_PREFIX = "/api/v1/"
 LEAD_FIELDS = frozenset({"name", "url", "description", "status", "status_id", "contacts", "addresses"})
@@ -129,7 +132,7 @@ class SandboxState(FaultedState):
 
     def leads_with_email(self, email: str) -> list[str]:
         lead_ids = {self.contacts[c]["lead_id"] for c in self.emails.holders([email.lower()])}
-        return sorted(lead_ids, key=lambda lead_id: int(lead_id[len(LEAD_PREFIX):]))  # in the order made
+        return sorted(lead_ids, key=lambda lead_id: int(lead_id[len(LEAD_PREFIX) :]))  # in the order made
 
     def emails_of(self, contact_id: str) -> set[str]:
         return {e["email"].lower() for e in self.contacts[contact_id]["emails"]}
@@ -157,7 +160,7 @@ def _state(request: web.Request) -> SandboxState:
 
 
 def _iso(now: float) -> str:
-    return datetime.fromtimestamp(now, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(now, tz=UTC).isoformat()
 
 
 # --------------------------------------------------------------------------
@@ -186,8 +189,9 @@ def _phone_problem(value: Any) -> str | None:
     return "Invalid phone number." if _e164(value) is None else None
 
 
-def _check_contact_infos(errors: dict[str, Any], where: str, items: Any, key: str,
-                         problem: Callable[[Any], str | None]) -> None:
+def _check_contact_infos(
+    errors: dict[str, Any], where: str, items: Any, key: str, problem: Callable[[Any], str | None]
+) -> None:
     """A contact's ``emails`` or ``phones``: a list of ``{key, type}`` objects."""
     if not isinstance(items, list):
         errors[where] = "Must be a list."
@@ -331,22 +335,46 @@ def contact_view(state: SandboxState, contact_id: str) -> dict[str, Any]:
     phones = []
     for p in c["phones"]:
         number = phonenumbers.parse(p["phone"], None)
-        phones.append({**p, "phone_formatted": phonenumbers.format_number(
-            number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
-            "country": phonenumbers.region_code_for_country_code(number.country_code or 0)})  # 0: unknown, "ZZ"
-    return {"id": contact_id, "lead_id": c["lead_id"], "name": c["name"], "display_name": c["name"] or "",
-            "title": c["title"], "emails": emails, "phones": phones, "urls": c["urls"], **c["custom"],
-            "date_created": c["date_created"], "date_updated": c["date_updated"]}
+        phones.append(
+            {
+                **p,
+                "phone_formatted": phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL),
+                "country": phonenumbers.region_code_for_country_code(number.country_code or 0),
+            }
+        )  # 0: unknown, "ZZ"
+    return {
+        "id": contact_id,
+        "lead_id": c["lead_id"],
+        "name": c["name"],
+        "display_name": c["name"] or "",
+        "title": c["title"],
+        "emails": emails,
+        "phones": phones,
+        "urls": c["urls"],
+        **c["custom"],
+        "date_created": c["date_created"],
+        "date_updated": c["date_updated"],
+    }
 
 
 def lead_view(state: SandboxState, lead_id: str, fields: list[str] | None = None) -> dict[str, Any]:
     lead = state.leads[lead_id]
     contacts = [contact_view(state, c) for c in lead["contact_ids"]]
     display = lead["name"] or next((c["name"] for c in contacts if c["name"]), "") or ""
-    view = {"id": lead_id, "name": lead["name"], "display_name": display, "description": lead["description"],
-            "url": lead["url"], "status_id": "stat_sandbox_potential", "status_label": "Potential",
-            "contacts": contacts, "addresses": lead["addresses"], **lead["custom"],
-            "date_created": lead["date_created"], "date_updated": lead["date_updated"]}
+    view = {
+        "id": lead_id,
+        "name": lead["name"],
+        "display_name": display,
+        "description": lead["description"],
+        "url": lead["url"],
+        "status_id": "stat_sandbox_potential",
+        "status_label": "Potential",
+        "contacts": contacts,
+        "addresses": lead["addresses"],
+        **lead["custom"],
+        "date_created": lead["date_created"],
+        "date_updated": lead["date_updated"],
+    }
     if fields is None:
         return view
     return {"__object_type": "lead", **{k: view[k] for k in fields if k in view}}
@@ -369,7 +397,9 @@ def _require_api_key(request: web.Request) -> None:
 
 async def _json(request: web.Request) -> Any:
     if request.content_type != "application/json":
-        raise ApiError(415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json."})
+        raise ApiError(
+            415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json."}
+        )
     try:
         return await request.json()
     except ValueError:
@@ -385,10 +415,14 @@ async def create_lead(request: web.Request) -> web.Response:
     lead_id = f"{LEAD_PREFIX}{state.lead_seq:04d}"
     now = _iso(state.clock())
     state.leads[lead_id] = {
-        "name": body.get("name"), "description": body.get("description"), "url": body.get("url"),
+        "name": body.get("name"),
+        "description": body.get("description"),
+        "url": body.get("url"),
         "addresses": [{"label": "business", **a} for a in body.get("addresses", [])],
         "custom": {k: v for k, v in body.items() if _CUSTOM.match(k)},
-        "contact_ids": [], "date_created": now, "date_updated": now,
+        "contact_ids": [],
+        "date_created": now,
+        "date_updated": now,
     }
     for contact in body.get("contacts", []):
         state.leads[lead_id]["contact_ids"].append(_new_contact(state, lead_id, contact, now))
@@ -439,9 +473,14 @@ async def update_contact(request: web.Request) -> web.Response:
 
 
 def _unsupported_query() -> ApiError:
-    return ApiError(400, {"error": "This sandbox supports the lead-by-contact-email query only: an 'and' of "
-                                   "object_type lead and has_related contact -> contact_email with a text "
-                                   "condition on the field 'email'."})
+    return ApiError(
+        400,
+        {
+            "error": "This sandbox supports the lead-by-contact-email query only: an 'and' of "
+            "object_type lead and has_related contact -> contact_email with a text "
+            "condition on the field 'email'."
+        },
+    )
 
 
 def _email_of_lead_query(query: Any) -> str:
@@ -502,7 +541,7 @@ protected = guarded(_require_api_key)
 
 def endpoint_group(request: web.Request) -> str:
     """Close counts limits per endpoint group: the resource and the method."""
-    parts = [p for p in request.path[len(API_PREFIX):].split("/") if p]
+    parts = [p for p in request.path[len(API_PREFIX) :].split("/") if p]
     resource = "/".join(p for p in parts if not re.match(r"^(lead|cont)_", p))
     return f"{request.method} {resource}"
 
@@ -514,9 +553,15 @@ def _ratelimit_header(quota: FixedWindowQuota, now: float) -> str:
 
 def _rate_limited(quota: FixedWindowQuota, now: float) -> web.Response:
     """Close's 429: wait ``error.rate_reset`` seconds before calling this endpoint group again."""
-    body = {"error": {"message": f"API call count exceeded for this {quota.window:g} second window",
-                      "rate_reset": round(max(quota.seconds_to_reset_exact(now), 0.001), 3),
-                      "rate_limit": quota.quota, "rate_window": quota.window, "rate_limit_type": "key"}}
+    body = {
+        "error": {
+            "message": f"API call count exceeded for this {quota.window:g} second window",
+            "rate_reset": round(max(quota.seconds_to_reset_exact(now), 0.001), 3),
+            "rate_limit": quota.quota,
+            "rate_window": quota.window,
+            "rate_limit_type": "key",
+        }
+    }
     return web.json_response(body, status=429)
 
 
@@ -530,8 +575,11 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
     quota = state.quota_for(endpoint_group(request))
     return Admission(
         refused=None if quota.consume(now) else _rate_limited(quota, now),
-        fault_response=lambda status: _rate_limited(quota, now) if status == 429 else
-        web.json_response({"error": "Injected sandbox fault."}, status=status),
+        fault_response=lambda status: (
+            _rate_limited(quota, now)
+            if status == 429
+            else web.json_response({"error": "Injected sandbox fault."}, status=status)
+        ),
         headers=lambda: {"ratelimit": _ratelimit_header(quota, now)},
     )
 
@@ -560,13 +608,17 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = sandbox_parser(
-        "close", 8768, "Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth).")
-    parser.add_argument("--api-key", default=defaults.api_key,
-                        help="the API key the fake accepts as the basic-auth username (empty password)" + DEFAULT)
-    parser.add_argument("--quota", type=int, default=defaults.quota,
-                        help="requests per window, per endpoint group" + DEFAULT)
-    parser.add_argument("--window", type=float, default=defaults.window,
-                        help="rate-limit window, in seconds" + DEFAULT)
+        "close", 8768, "Run a local fake of Close's leads, contacts and Advanced Filtering API (API-key basic auth)."
+    )
+    parser.add_argument(
+        "--api-key",
+        default=defaults.api_key,
+        help="the API key the fake accepts as the basic-auth username (empty password)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--quota", type=int, default=defaults.quota, help="requests per window, per endpoint group" + DEFAULT
+    )
+    parser.add_argument("--window", type=float, default=defaults.window, help="rate-limit window, in seconds" + DEFAULT)
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 

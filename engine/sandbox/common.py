@@ -23,22 +23,23 @@ import random
 import signal
 import sys
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 __all__ = [
-    "Admission",
     "DEFAULT",
+    "RANDOM_FAULT_CHOICES",
+    "Admission",
     "Fault",
     "FaultTarget",
     "FaultedState",
     "FixedWindowQuota",
     "JsonError",
-    "RANDOM_FAULT_CHOICES",
     "SandboxDemo",
     "SandboxError",
     "add_fault_arguments",
@@ -276,8 +277,9 @@ def drop_connection(request: web.Request) -> None:
         request.transport.close()
 
 
-async def apply_fault(request: web.Request, call: Handler, state: FaultTarget,
-                      fault_response: Callable[[int], web.StreamResponse]) -> web.StreamResponse | None:
+async def apply_fault(
+    request: web.Request, call: Handler, state: FaultTarget, fault_response: Callable[[int], web.StreamResponse]
+) -> web.StreamResponse | None:
     """Answer the request, honouring the next fault; None means the connection was dropped.
 
     ``call`` runs the real route; ``fault_response`` renders an injected error
@@ -475,9 +477,15 @@ class Admission:
     headers: Callable[[], Mapping[str, str]]
 
 
-def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
-                   admit: Callable[[web.Request, Any], Admission], route_error: RouteError, *,
-                   log_requests: bool = True, count_in_flight: bool = False) -> Middleware:
+def api_middleware(
+    prefix: str,
+    get_state: Callable[[web.Request], Any],
+    admit: Callable[[web.Request, Any], Admission],
+    route_error: RouteError,
+    *,
+    log_requests: bool = True,
+    count_in_flight: bool = False,
+) -> Middleware:
     """The middleware in front of a vendor's API routes (paths under ``prefix``).
 
     Limits first (a 429 never reaches the route), then faults, then the
@@ -497,8 +505,9 @@ def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
         try:
             admission = admit(request, state)
             if admission.refused is None:
-                response = await apply_fault(request, lambda r: call_route(r, handler, route_error), state,
-                                             admission.fault_response)
+                response = await apply_fault(
+                    request, lambda r: call_route(r, handler, route_error), state, admission.fault_response
+                )
             else:
                 response = admission.refused
         finally:
@@ -507,8 +516,9 @@ def api_middleware(prefix: str, get_state: Callable[[web.Request], Any],
         status: int | str = "drop" if response is None else response.status
         state.statuses.append(status)
         if log_requests:
-            state.requests.append({"method": request.method, "path": request.path, "query": request.query_string,
-                                   "status": status})
+            state.requests.append(
+                {"method": request.method, "path": request.path, "query": request.query_string, "status": status}
+            )
         if response is None:
             return web.Response()  # written to a closed transport; nobody receives it
         response.headers.update(admission.headers())
@@ -575,7 +585,7 @@ class SandboxDemo:
 
 def iso_millis(now: float) -> str:
     """Epoch seconds as ISO 8601 UTC with milliseconds and ``Z`` (``2024-05-01T12:00:00.123Z``)."""
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    moment = datetime.fromtimestamp(now, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -649,13 +659,27 @@ DEFAULT = " (default: %(default)s)"  # appended to an option's help, so --help s
 
 def add_fault_arguments(parser: argparse.ArgumentParser, fault_rate: float, fault_seed: int | None) -> None:
     """The fault options every sandbox takes, with the same spelling and help."""
-    parser.add_argument("--fault-rate", type=float, default=fault_rate,
-                        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + DEFAULT)
-    parser.add_argument("--fault-seed", type=int, default=fault_seed,
-                        help="seed of the random faults, to reproduce a run (default: a fresh seed)")
-    parser.add_argument("--fault", action="append", type=fault_arg, default=None, metavar="FAULT",
-                        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
-                             "or delay:SECONDS; repeat it to queue several (default: none)")
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=fault_rate,
+        help="probability (0 to 1) of a random 500/502/503/drop on each API request" + DEFAULT,
+    )
+    parser.add_argument(
+        "--fault-seed",
+        type=int,
+        default=fault_seed,
+        help="seed of the random faults, to reproduce a run (default: a fresh seed)",
+    )
+    parser.add_argument(
+        "--fault",
+        action="append",
+        type=fault_arg,
+        default=None,
+        metavar="FAULT",
+        help="a one-shot fault for the next API request: a status (503), drop, drop-after, garbage "
+        "or delay:SECONDS; repeat it to queue several (default: none)",
+    )
 
 
 def fault_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -676,9 +700,13 @@ def sandbox_parser(name: str, port: int, description: str) -> argparse.ArgumentP
     return parser
 
 
-def run_sandbox(name: str, parser: argparse.ArgumentParser, argv: list[str] | None,
-                make_app: Callable[[argparse.Namespace], web.Application],
-                banner: Callable[[argparse.Namespace, str], str]) -> int:
+def run_sandbox(
+    name: str,
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    make_app: Callable[[argparse.Namespace], web.Application],
+    banner: Callable[[argparse.Namespace, str], str],
+) -> int:
     """Parse options, build the app (refusing bad numbers before binding a port), serve until Ctrl-C.
 
     Returns the exit code: 0 after a clean stop, 1 when the port cannot be

@@ -26,8 +26,9 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -53,23 +54,52 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, batch upsert by email "
-           "(200/207), 409 CONFLICT, "
-           "X-HubSpot-RateLimit-* headers and injected faults")
+SUMMARY = (
+    "HubSpot CRM v3 contacts: private-app bearer token, create/patch/search, batch upsert by email "
+    "(200/207), 409 CONFLICT, "
+    "X-HubSpot-RateLimit-* headers and injected faults"
+)
 
-__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+__all__ = ["STATE_KEY", "SandboxConfig", "SandboxState", "create_app", "main", "start_sandbox"]
 
 API_PREFIX = "/crm/v3/"
 MAX_TEXT_LENGTH = 65536  # knowledge.hubspot.com: text properties hold 65,536 characters
 # Contact properties every portal has and a lead integration may write (HubSpot default properties).
-DEFAULT_PROPERTIES = frozenset({
-    "email", "firstname", "lastname", "phone", "mobilephone", "fax", "jobtitle", "company", "website",
-    "address", "city", "state", "zip", "country", "lifecyclestage", "hs_lead_status", "industry",
-    "salutation", "message", "hubspot_owner_id",
-})
+DEFAULT_PROPERTIES = frozenset(
+    {
+        "email",
+        "firstname",
+        "lastname",
+        "phone",
+        "mobilephone",
+        "fax",
+        "jobtitle",
+        "company",
+        "website",
+        "address",
+        "city",
+        "state",
+        "zip",
+        "country",
+        "lifecyclestage",
+        "hs_lead_status",
+        "industry",
+        "salutation",
+        "message",
+        "hubspot_owner_id",
+    }
+)
 READ_ONLY_PROPERTIES = frozenset({"hs_object_id", "createdate", "lastmodifieddate", "hs_createdate"})
-LIFECYCLE_STAGES = ("subscriber", "lead", "marketingqualifiedlead", "salesqualifiedlead", "opportunity",
-                    "customer", "evangelist", "other")
+LIFECYCLE_STAGES = (
+    "subscriber",
+    "lead",
+    "marketingqualifiedlead",
+    "salesqualifiedlead",
+    "opportunity",
+    "customer",
+    "evangelist",
+    "other",
+)
 CREATE_KEYS = frozenset({"properties", "associations", "objectWriteTraceId"})
 UPDATE_KEYS = frozenset({"properties", "objectWriteTraceId"})
 UPSERT_INPUT_KEYS = frozenset({"id", "idProperty", "properties", "objectWriteTraceId"})
@@ -101,8 +131,9 @@ class SandboxConfig:
 class ApiError(SandboxError):
     """An error answer in HubSpot's error format."""
 
-    def __init__(self, status: int, category: str, message: str, headers: Mapping[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, status: int, category: str, message: str, headers: Mapping[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.category = category
@@ -111,14 +142,21 @@ class ApiError(SandboxError):
         self.extra = extra
 
     def response(self) -> web.Response:
-        body = {"status": "error", "message": self.message, "correlationId": str(uuid.uuid4()),
-                "category": self.category, **self.extra}
+        body = {
+            "status": "error",
+            "message": self.message,
+            "correlationId": str(uuid.uuid4()),
+            "category": self.category,
+            **self.extra,
+        }
         return web.json_response(body, status=self.status, headers=self.headers)
 
 
 def _property_errors(problems: list[dict[str, Any]]) -> ApiError:
     """HubSpot's 400 for bad property values: the per-property results are JSON inside ``message``."""
-    return ApiError(400, "VALIDATION_ERROR", "Property values were not valid: " + json.dumps(problems, separators=(",", ":")))
+    return ApiError(
+        400, "VALIDATION_ERROR", "Property values were not valid: " + json.dumps(problems, separators=(",", ":"))
+    )
 
 
 def _problem(name: str, error: str, message: str) -> dict[str, Any]:
@@ -163,7 +201,9 @@ class SandboxState(FaultedState):
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
         if not email:  # a contact without an email has "" as one
-            return next((cid for cid, props in self.contacts.items() if cid != exclude and not props.get("email")), None)
+            return next(
+                (cid for cid, props in self.contacts.items() if cid != exclude and not props.get("email")), None
+            )
         holders = self.emails.holders([email.lower()])
         holders.discard(exclude)
         return min(holders, key=int, default=None)  # ids count up: the first contact made
@@ -198,9 +238,13 @@ class SandboxState(FaultedState):
             "requests_by_status": requests_by_status(self.statuses),
             "requests": list(self.requests),
             **fault_view(self),
-            "rate_limit": {"max": self.burst.quota, "remaining": self.burst.remaining(),
-                           "interval_ms": int(self.burst.window * 1000),
-                           "daily": self.daily.quota, "daily_remaining": self.daily.remaining()},
+            "rate_limit": {
+                "max": self.burst.quota,
+                "remaining": self.burst.remaining(),
+                "interval_ms": int(self.burst.window * 1000),
+                "daily": self.daily.quota,
+                "daily_remaining": self.daily.remaining(),
+            },
         }
 
 
@@ -221,15 +265,19 @@ def _require_token(request: web.Request) -> None:
     token = bearer_token(request)
     if token is not None and token == _state(request).config.access_token:
         return
-    raise ApiError(401, "INVALID_AUTHENTICATION",
-                   "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can "
-                   "find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview")
+    raise ApiError(
+        401,
+        "INVALID_AUTHENTICATION",
+        "Authentication credentials not found. This API supports OAuth 2.0 authentication and you can "
+        "find more details at https://developers.hubspot.com/docs/methods/auth/oauth-overview",
+    )
 
 
 async def _read_body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise ApiError(415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; "
-                       "send application/json.")
+        raise ApiError(
+            415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; send application/json."
+        )
     try:
         body = await request.json()
     except ValueError:
@@ -238,11 +286,12 @@ async def _read_body(request: web.Request, allowed: frozenset[str]) -> dict[str,
         raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: expected an object.")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise ApiError(400, "VALIDATION_ERROR", f"Invalid input JSON: Unrecognized field \"{unknown[0]}\".")
+        raise ApiError(400, "VALIDATION_ERROR", f'Invalid input JSON: Unrecognized field "{unknown[0]}".')
     properties = body.get("properties")
     if not isinstance(properties, dict):
-        raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set "
-                       "[properties].")
+        raise ApiError(
+            400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set [properties]."
+        )
     return properties
 
 
@@ -251,18 +300,27 @@ def _check_properties(state: SandboxState, properties: Mapping[str, Any]) -> dic
     problems = []
     for name, value in properties.items():
         if name in READ_ONLY_PROPERTIES:
-            problems.append(_problem(name, "READ_ONLY_VALUE", f"{name} is a read only property; its value cannot be set."))
+            problems.append(
+                _problem(name, "READ_ONLY_VALUE", f"{name} is a read only property; its value cannot be set.")
+            )
         elif name not in state.known:
             problems.append(_problem(name, "PROPERTY_DOESNT_EXIST", f'Property "{name}" does not exist'))
         elif not isinstance(value, str):
             problems.append(_problem(name, "INVALID_STRING", f"{json.dumps(value)} is not a string value"))
         elif len(value) > MAX_TEXT_LENGTH:
-            problems.append(_problem(name, "INVALID_LONG", f"value is {len(value)} characters; the limit is {MAX_TEXT_LENGTH}"))
+            problems.append(
+                _problem(name, "INVALID_LONG", f"value is {len(value)} characters; the limit is {MAX_TEXT_LENGTH}")
+            )
         elif name == "email" and value and (not _EMAIL.match(value) or _DOTS.search(value)):
             problems.append(_problem(name, "INVALID_EMAIL", f"Email address {value} is invalid"))
         elif name == "lifecyclestage" and value and value not in LIFECYCLE_STAGES:
-            problems.append(_problem(name, "INVALID_OPTION", f"{value} was not one of the allowed options: "
-                                     f"[{', '.join(LIFECYCLE_STAGES)}]"))
+            problems.append(
+                _problem(
+                    name,
+                    "INVALID_OPTION",
+                    f"{value} was not one of the allowed options: [{', '.join(LIFECYCLE_STAGES)}]",
+                )
+            )
     if problems:
         raise _property_errors(problems)
     return dict(properties)
@@ -278,8 +336,9 @@ def _refuse_taken_email(state: SandboxState, properties: Mapping[str, str], excl
 
 
 def _not_found(contact_id: str) -> ApiError:
-    return ApiError(404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric.",
-                    context={"id": [contact_id]})
+    return ApiError(
+        404, "OBJECT_NOT_FOUND", "Object not found.  objectId are usually numeric.", context={"id": [contact_id]}
+    )
 
 
 def _resource(state: SandboxState, contact_id: str, names: list[str] | None = None) -> dict[str, Any]:
@@ -291,8 +350,13 @@ def _resource(state: SandboxState, contact_id: str, names: list[str] | None = No
         shown = {**props, **system}
     else:
         shown = {name: ({**props, **system}).get(name) for name in names}
-    return {"id": contact_id, "properties": shown, "createdAt": meta["createdAt"], "updatedAt": meta["updatedAt"],
-            "archived": False}
+    return {
+        "id": contact_id,
+        "properties": shown,
+        "createdAt": meta["createdAt"],
+        "updatedAt": meta["updatedAt"],
+        "archived": False,
+    }
 
 
 def _find(state: SandboxState, request: web.Request) -> str:
@@ -362,16 +426,23 @@ def _upsert_one(state: SandboxState, item: Any) -> tuple[dict[str, Any] | None, 
             raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: id must be a non-empty string.")
         unknown = sorted(set(item) - UPSERT_INPUT_KEYS)
         if unknown:
-            raise ApiError(400, "VALIDATION_ERROR", f"Invalid input JSON: Unrecognized field \"{unknown[0]}\".")
+            raise ApiError(400, "VALIDATION_ERROR", f'Invalid input JSON: Unrecognized field "{unknown[0]}".')
         if not isinstance(item.get("properties"), dict):
-            raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set "
-                           "[properties].")
+            raise ApiError(
+                400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set [properties]."
+            )
         properties = _check_properties(state, {"email": item_id, **item["properties"]})
         if properties["email"].lower() != item_id.lower():
             raise ApiError(400, "VALIDATION_ERROR", "The email property does not match the input's id.")
     except ApiError as exc:
-        return None, {"status": "error", "category": exc.category, "message": exc.message, "context": context,
-                      "errors": [], "links": {}}
+        return None, {
+            "status": "error",
+            "category": exc.category,
+            "message": exc.message,
+            "context": context,
+            "errors": [],
+            "links": {},
+        }
     now = iso_millis(state.clock())
     existing = state.owner_of(item_id)
     if existing is None:
@@ -400,8 +471,9 @@ async def batch_upsert_contacts(request: web.Request) -> web.Response:
     state = _state(request)
     started = iso_millis(state.clock())
     if request.content_type != "application/json":
-        raise ApiError(415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; "
-                       "send application/json.")
+        raise ApiError(
+            415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; send application/json."
+        )
     try:
         body = await request.json()
     except ValueError:
@@ -410,13 +482,20 @@ async def batch_upsert_contacts(request: web.Request) -> web.Response:
     if not isinstance(inputs, list) or not inputs:
         raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: some of required attributes are not set [inputs].")
     if len(inputs) > MAX_BATCH_INPUTS:
-        raise ApiError(400, "VALIDATION_ERROR", f"Batch input limit exceeded: {len(inputs)} inputs, the limit is "
-                       f"{MAX_BATCH_INPUTS}.")
+        raise ApiError(
+            400,
+            "VALIDATION_ERROR",
+            f"Batch input limit exceeded: {len(inputs)} inputs, the limit is {MAX_BATCH_INPUTS}.",
+        )
     for item in inputs:
         id_property = item.get("idProperty") if isinstance(item, dict) else None
         if id_property != "email":
-            raise ApiError(400, "VALIDATION_ERROR", f"Unable to perform update/upsert by non-unique 0-1 property "
-                           f"{id_property!r}; this sandbox upserts contacts by email.")
+            raise ApiError(
+                400,
+                "VALIDATION_ERROR",
+                f"Unable to perform update/upsert by non-unique 0-1 property "
+                f"{id_property!r}; this sandbox upserts contacts by email.",
+            )
     ids = [str(item.get("id", "")).lower() for item in inputs]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -429,8 +508,12 @@ async def batch_upsert_contacts(request: web.Request) -> web.Response:
             results.append(result)
         if error is not None:
             errors.append(error)
-    answer: dict[str, Any] = {"status": "COMPLETE", "results": results, "startedAt": started,
-                              "completedAt": iso_millis(state.clock())}
+    answer: dict[str, Any] = {
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": started,
+        "completedAt": iso_millis(state.clock()),
+    }
     if errors:
         return web.json_response({**answer, "numErrors": len(errors), "errors": errors}, status=207)
     return web.json_response(answer, status=200)
@@ -442,12 +525,19 @@ def _search_email(body: Any) -> str:
     try:
         (group,) = groups
         (condition,) = group["filters"]
-        if condition["propertyName"] == "email" and condition["operator"] == "EQ" and isinstance(condition["value"], str):
+        if (
+            condition["propertyName"] == "email"
+            and condition["operator"] == "EQ"
+            and isinstance(condition["value"], str)
+        ):
             return condition["value"]
     except (TypeError, ValueError, KeyError):
         pass
-    raise ApiError(400, "VALIDATION_ERROR", "This sandbox supports one filterGroup with the filter "
-                   "{propertyName: email, operator: EQ, value}.")
+    raise ApiError(
+        400,
+        "VALIDATION_ERROR",
+        "This sandbox supports one filterGroup with the filter {propertyName: email, operator: EQ, value}.",
+    )
 
 
 async def search_contacts(request: web.Request) -> web.Response:
@@ -489,18 +579,27 @@ def _rate_limit_headers(state: SandboxState) -> dict[str, str]:
 
 def _rate_limited(policy: str) -> web.Response:
     """HubSpot's 429 body; ``policyName`` says which limit was hit."""
-    message = ("You have reached your daily limit." if policy == "DAILY"
-               else "You have reached your ten_secondly_rolling limit.")
-    body = {"status": "error", "message": message, "errorType": "RATE_LIMIT",
-            "correlationId": str(uuid.uuid4()), "policyName": policy}
+    message = (
+        "You have reached your daily limit."
+        if policy == "DAILY"
+        else "You have reached your ten_secondly_rolling limit."
+    )
+    body = {
+        "status": "error",
+        "message": message,
+        "errorType": "RATE_LIMIT",
+        "correlationId": str(uuid.uuid4()),
+        "policyName": policy,
+    }
     return web.json_response(body, status=429)
 
 
 def _fault_response(status: int) -> web.Response:
     if status == 429:
         return _rate_limited("TEN_SECONDLY_ROLLING")
-    return ApiError(status, "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR",
-                    "Injected sandbox fault.").response()
+    return ApiError(
+        status, "INTERNAL_ERROR" if status >= 500 else "VALIDATION_ERROR", "Injected sandbox fault."
+    ).response()
 
 
 def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -541,25 +640,37 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = sandbox_parser("hubspot", 8766,
-                            "Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth).")
-    parser.add_argument("--access-token", default=defaults.access_token,
-                        help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT)
+    parser = sandbox_parser(
+        "hubspot", 8766, "Run a local fake of HubSpot's CRM v3 contacts API (private-app token auth)."
+    )
+    parser.add_argument(
+        "--access-token",
+        default=defaults.access_token,
+        help="the private-app access token the fake accepts as 'Authorization: Bearer'" + DEFAULT,
+    )
     parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per burst window" + DEFAULT)
     parser.add_argument("--window", type=float, default=defaults.window, help="burst window in seconds" + DEFAULT)
-    parser.add_argument("--daily-quota", type=int, default=defaults.daily_quota,
-                        help="requests per day" + DEFAULT)
-    parser.add_argument("--custom-property", action="append", default=[], dest="custom_properties",
-                        help="an extra contact property the portal has, e.g. a tags property; repeat it for several "
-                             "(default: none)")
+    parser.add_argument("--daily-quota", type=int, default=defaults.daily_quota, help="requests per day" + DEFAULT)
+    parser.add_argument(
+        "--custom-property",
+        action="append",
+        default=[],
+        dest="custom_properties",
+        help="an extra contact property the portal has, e.g. a tags property; repeat it for several (default: none)",
+    )
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(access_token=args.access_token, quota=args.quota, window=args.window,
-                         daily_quota=args.daily_quota, custom_properties=list(args.custom_properties),
-                         **fault_settings(args))
+    return SandboxConfig(
+        access_token=args.access_token,
+        quota=args.quota,
+        window=args.window,
+        daily_quota=args.daily_quota,
+        custom_properties=list(args.custom_properties),
+        **fault_settings(args),
+    )
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

@@ -26,8 +26,9 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
@@ -51,23 +52,50 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Meta Conversions API: access_token query parameter, batches of up to 1,000 server events, "
-           "SHA-256-only contact fields, OAuthException 190, event_id dedup and injected faults")
+SUMMARY = (
+    "Meta Conversions API: access_token query parameter, batches of up to 1,000 server events, "
+    "SHA-256-only contact fields, OAuthException 190, event_id dedup and injected faults"
+)
 
-__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+__all__ = ["STATE_KEY", "SandboxConfig", "SandboxState", "create_app", "main", "start_sandbox"]
 
 API_PREFIX = "/v"
 MAX_EVENTS = 1000  # "You can send up to 1,000 events in data"
 DEDUP_SECONDS = 48 * 3600
 FUTURE_SLACK_SECONDS = 60
-ACTION_SOURCES = frozenset({"email", "website", "app", "phone_call", "chat", "physical_store",
-                            "system_generated", "business_messaging", "other"})
+ACTION_SOURCES = frozenset(
+    {
+        "email",
+        "website",
+        "app",
+        "phone_call",
+        "chat",
+        "physical_store",
+        "system_generated",
+        "business_messaging",
+        "other",
+    }
+)
 # Customer information parameters that Meta accepts only hashed (SHA-256, lower-case hex).
 HASHED = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country")
 # The rest of user_data that counts as customer information (external_id may be hashed or not).
-UNHASHED = ("external_id", "client_ip_address", "client_user_agent", "fbc", "fbp", "subscription_id",
-            "fb_login_id", "lead_id", "anon_id", "madid", "page_id", "page_scoped_user_id", "ctwa_clid",
-            "ig_account_id", "ig_sid")
+UNHASHED = (
+    "external_id",
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+    "subscription_id",
+    "fb_login_id",
+    "lead_id",
+    "anon_id",
+    "madid",
+    "page_id",
+    "page_scoped_user_id",
+    "ctwa_clid",
+    "ig_account_id",
+    "ig_sid",
+)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION = re.compile(r"^v[0-9]+\.[0-9]+$")
 
@@ -90,8 +118,16 @@ def _trace() -> str:
     return secrets.token_urlsafe(9)
 
 
-def graph_error(message: str, kind: str, code: int, subcode: int | None = None, status: int = 400,
-                user_title: str | None = None, user_msg: str | None = None, transient: bool = False) -> JsonError:
+def graph_error(
+    message: str,
+    kind: str,
+    code: int,
+    subcode: int | None = None,
+    status: int = 400,
+    user_title: str | None = None,
+    user_msg: str | None = None,
+    transient: bool = False,
+) -> JsonError:
     """Graph's error envelope; the Conversions API answers every refusal with it."""
     error: dict[str, Any] = {"message": message, "type": kind, "code": code}
     if subcode is not None:
@@ -108,8 +144,14 @@ def graph_error(message: str, kind: str, code: int, subcode: int | None = None, 
 
 def invalid_parameter(index: int, title: str, detail: str) -> JsonError:
     """Code 100 naming the event: Meta refuses the whole request for one bad event."""
-    return graph_error("Invalid parameter", "OAuthException", 100, 2804003 if "event_time" in detail else 2804019,
-                       user_title=title, user_msg=f"{detail} (event {index} of data)")
+    return graph_error(
+        "Invalid parameter",
+        "OAuthException",
+        100,
+        2804003 if "event_time" in detail else 2804019,
+        user_title=title,
+        user_msg=f"{detail} (event {index} of data)",
+    )
 
 
 class SandboxState(FaultedState):
@@ -195,10 +237,14 @@ def _pixel(request: web.Request) -> str:
     if not _VERSION.match(version):
         raise graph_error(f"Unknown path components: /{version}", "OAuthException", 2500)
     if pixel not in _state(request).config.pixel_ids:
-        raise graph_error(f"Unsupported post request. Object with ID '{pixel}' does not exist, cannot be loaded due "
-                          "to missing permissions, or does not support this operation. Please read the Graph API "
-                          "documentation at https://developers.facebook.com/docs/graph-api",
-                          "GraphMethodException", 100, 33)
+        raise graph_error(
+            f"Unsupported post request. Object with ID '{pixel}' does not exist, cannot be loaded due "
+            "to missing permissions, or does not support this operation. Please read the Graph API "
+            "documentation at https://developers.facebook.com/docs/graph-api",
+            "GraphMethodException",
+            100,
+            33,
+        )
     return pixel
 
 
@@ -237,18 +283,26 @@ def _check_event(state: SandboxState, index: int, event: Any) -> None:
     now = state.clock()
     window = state.config.event_window_days * 86400
     if window and when < now - window:
-        raise invalid_parameter(index, "Event Timestamp Too Old",
-                                "The timestamp for this event (event_time) is more than 7 days in the past")
+        raise invalid_parameter(
+            index,
+            "Event Timestamp Too Old",
+            "The timestamp for this event (event_time) is more than 7 days in the past",
+        )
     if when > now + FUTURE_SLACK_SECONDS:
-        raise invalid_parameter(index, "Event Timestamp In The Future",
-                                "The timestamp for this event (event_time) is in the future")
+        raise invalid_parameter(
+            index, "Event Timestamp In The Future", "The timestamp for this event (event_time) is in the future"
+        )
     source = event.get("action_source")
     if source not in ACTION_SOURCES:
-        raise invalid_parameter(index, "Invalid action_source", "The parameter action_source is required and must "
-                                "be one of " + ", ".join(sorted(ACTION_SOURCES)))
+        raise invalid_parameter(
+            index,
+            "Invalid action_source",
+            "The parameter action_source is required and must be one of " + ", ".join(sorted(ACTION_SOURCES)),
+        )
     if source == "website" and not event.get("event_source_url"):
-        raise invalid_parameter(index, "Missing event_source_url",
-                                "event_source_url is required for events with action_source website")
+        raise invalid_parameter(
+            index, "Missing event_source_url", "event_source_url is required for events with action_source website"
+        )
     _check_user_data(index, event.get("user_data"), source)
 
 
@@ -261,15 +315,20 @@ def _check_user_data(index: int, user_data: Any, source: str) -> None:
         values = user_data[key] if isinstance(user_data[key], list) else [user_data[key]]
         for value in values:
             if not isinstance(value, str) or not _SHA256.match(value):
-                raise invalid_parameter(index, "Unhashed customer information",
-                                        f"user_data.{key} must be the SHA-256 of the normalised value "
-                                        "(64 lower-case hex characters); unhashed contact information is not accepted")
+                raise invalid_parameter(
+                    index,
+                    "Unhashed customer information",
+                    f"user_data.{key} must be the SHA-256 of the normalised value "
+                    "(64 lower-case hex characters); unhashed contact information is not accepted",
+                )
     if not any(user_data.get(key) for key in HASHED + UNHASHED):
-        raise invalid_parameter(index, "Missing customer information",
-                                "user_data needs at least one customer information parameter")
+        raise invalid_parameter(
+            index, "Missing customer information", "user_data needs at least one customer information parameter"
+        )
     if source == "website" and not user_data.get("client_user_agent"):
-        raise invalid_parameter(index, "Missing client_user_agent",
-                                "client_user_agent is required for events with action_source website")
+        raise invalid_parameter(
+            index, "Missing client_user_agent", "client_user_agent is required for events with action_source website"
+        )
 
 
 # --------------------------------------------------------------------------
@@ -288,8 +347,9 @@ async def post_events(request: web.Request) -> web.Response:
     if not isinstance(data, list) or not data:
         raise graph_error("(#100) param data must be a non-empty array.", "OAuthException", 100)
     if len(data) > MAX_EVENTS:
-        raise graph_error(f"(#100) param data must be an array of maximum {MAX_EVENTS} elements.",
-                          "OAuthException", 100)
+        raise graph_error(
+            f"(#100) param data must be an array of maximum {MAX_EVENTS} elements.", "OAuthException", 100
+        )
     test_code = body.get("test_event_code")
     if test_code is not None and (not isinstance(test_code, str) or not test_code):
         raise graph_error("(#100) param test_event_code must be a non-empty string.", "OAuthException", 100)
@@ -316,27 +376,40 @@ protected = guarded(_require_token)
 
 def _fault_response(status: int) -> web.Response:
     if status == 429 or status == 400:
-        return graph_error("(#4) Application request limit reached", "OAuthException", 4, transient=True,
-                           status=status).response()
-    return graph_error("An unexpected error has occurred. Please retry your request later.", "OAuthException", 2,
-                       transient=True, status=status).response()
+        return graph_error(
+            "(#4) Application request limit reached", "OAuthException", 4, transient=True, status=status
+        ).response()
+    return graph_error(
+        "An unexpected error has occurred. Please retry your request later.",
+        "OAuthException",
+        2,
+        transient=True,
+        status=status,
+    ).response()
 
 
 def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    return graph_error(f"Unsupported {request.method.lower()} request.", "GraphMethodException", 100,
-                       status=exc.status if exc.status != 405 else 400).response()
+    return graph_error(
+        f"Unsupported {request.method.lower()} request.",
+        "GraphMethodException",
+        100,
+        status=exc.status if exc.status != 405 else 400,
+    ).response()
 
 
 def _admit(request: web.Request, state: SandboxState) -> Admission:
     """An app-level request budget; past it, Graph's code 4 (as HTTP 400, as Meta answers it)."""
-    state.requests.append({"method": request.method, "path": request.path,
-                           "query": "&".join(k + "=" + ("***" if k == "access_token" else v)
-                                             for k, v in request.query.items())})
+    state.requests.append(
+        {
+            "method": request.method,
+            "path": request.path,
+            "query": "&".join(k + "=" + ("***" if k == "access_token" else v) for k, v in request.query.items()),
+        }
+    )
     refused = None
     if not state.quota.consume(state.clock()):
-        refused = graph_error("(#4) Application request limit reached", "OAuthException", 4,
-                              transient=True).response()
-    return Admission(refused, _fault_response, lambda: {})
+        refused = graph_error("(#4) Application request limit reached", "OAuthException", 4, transient=True).response()
+    return Admission(refused, _fault_response, dict)
 
 
 # --------------------------------------------------------------------------
@@ -347,8 +420,9 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
 def create_app(config: SandboxConfig) -> web.Application:
     """The fake pixel; ``POST /_sandbox/reset`` forgets every event."""
     state = SandboxState(config)
-    app = create_sandbox_app(STATE_KEY, state,
-                             api_middleware(API_PREFIX, _state, _admit, _route_error, log_requests=False))
+    app = create_sandbox_app(
+        STATE_KEY, state, api_middleware(API_PREFIX, _state, _admit, _route_error, log_requests=False)
+    )
     app.router.add_post("/{version}/{pixel}/events", protected(post_events))
     return app
 
@@ -361,12 +435,24 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = sandbox_parser("meta", 8769, "Run a local fake of Meta's Conversions API (access_token auth).")
-    parser.add_argument("--access-token", default=defaults.access_token,
-                        help="the access token the fake accepts in the access_token parameter" + DEFAULT)
-    parser.add_argument("--pixel-id", action="append", default=None, dest="pixel_ids",
-                        help="a pixel (dataset) id the fake knows; repeat it for several (default: 1234567890)")
-    parser.add_argument("--event-window-days", type=float, default=defaults.event_window_days,
-                        help="refuse events older than this many days; 0 accepts any age" + DEFAULT)
+    parser.add_argument(
+        "--access-token",
+        default=defaults.access_token,
+        help="the access token the fake accepts in the access_token parameter" + DEFAULT,
+    )
+    parser.add_argument(
+        "--pixel-id",
+        action="append",
+        default=None,
+        dest="pixel_ids",
+        help="a pixel (dataset) id the fake knows; repeat it for several (default: 1234567890)",
+    )
+    parser.add_argument(
+        "--event-window-days",
+        type=float,
+        default=defaults.event_window_days,
+        help="refuse events older than this many days; 0 accepts any age" + DEFAULT,
+    )
     parser.add_argument("--quota", type=int, default=defaults.quota, help="requests per window" + DEFAULT)
     parser.add_argument("--window", type=float, default=defaults.window, help="quota window in seconds" + DEFAULT)
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
@@ -374,9 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(access_token=args.access_token, pixel_ids=list(args.pixel_ids or ["1234567890"]),
-                         event_window_days=args.event_window_days, quota=args.quota, window=args.window,
-                         **fault_settings(args))
+    return SandboxConfig(
+        access_token=args.access_token,
+        pixel_ids=list(args.pixel_ids or ["1234567890"]),
+        event_window_days=args.event_window_days,
+        quota=args.quota,
+        window=args.window,
+        **fault_settings(args),
+    )
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:

@@ -21,10 +21,11 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -69,17 +70,19 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Outreach: OAuth token endpoint with rotating refresh tokens (and the authorize step), prospects "
-           "create/search/update, rate limits and injected faults")
+SUMMARY = (
+    "Outreach: OAuth token endpoint with rotating refresh tokens (and the authorize step), prospects "
+    "create/search/update, rate limits and injected faults"
+)
 
 __all__ = [
+    "STATE_KEY",
     "SandboxConfig",
     "SandboxState",
-    "STATE_KEY",
     "create_app",
-    "start_sandbox",
     "demo",
     "main",
+    "start_sandbox",
 ]
 
 JSONAPI_MEDIA_TYPE = "application/vnd.api+json"
@@ -162,10 +165,19 @@ def _fallback_rules() -> dict[str, AttributeRule]:
     """The attributes the engine sends, used when no schema file is available."""
     text = frozenset({"string", "null"})
     array = frozenset({"array", "null"})
-    rules = {name: AttributeRule(text, 255) for name in (
-        "firstName", "lastName", "name", "title", "occupation",
-        "addressCity", "addressState", "addressCountry",
-    )}
+    rules = {
+        name: AttributeRule(text, 255)
+        for name in (
+            "firstName",
+            "lastName",
+            "name",
+            "title",
+            "occupation",
+            "addressCity",
+            "addressState",
+            "addressCountry",
+        )
+    }
     rules["company"] = AttributeRule(text, None)
     for name in ("emails", "mobilePhones", "tags"):
         rules[name] = AttributeRule(array, None, "string")
@@ -393,8 +405,9 @@ class SandboxState(FaultedState, TokenIssuer):
         self.in_flight = 0  # API requests being answered now
         self.quota = FixedWindowQuota(config.quota, config.window, aligned=config.window_alignment == "clock")
         self.throttle = MintThrottle(config.mint_limit, config.mint_window)
-        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris),
-                                                 tuple(config.scopes), config.consent, config.code_ttl)
+        self.authorization = AuthorizationServer(
+            config.client_id, tuple(config.redirect_uris), tuple(config.scopes), config.consent, config.code_ttl
+        )
 
     # -- tokens -----------------------------------------------------------
 
@@ -483,21 +496,26 @@ def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.
     if params.get("grant_type") == "authorization_code":
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
-        return oauth_error(400, "unsupported_grant_type",
-                           "Only grant_type=refresh_token and authorization_code are supported.")
+        return oauth_error(
+            400, "unsupported_grant_type", "Only grant_type=refresh_token and authorization_code are supported."
+        )
     old_token = params.get("refresh_token")
     if not isinstance(old_token, str) or old_token not in state.refresh_tokens:
         return oauth_error(400, "invalid_grant", "The refresh token is invalid, expired, revoked or already used.")
     if not state.throttle.allows(now):
         retry = str(state.throttle.seconds_until_free(now))
-        return oauth_error(429, "too_many_requests", "Access tokens are minted at most "
-                           f"{config.mint_limit} per {config.mint_window:g} s.", {"Retry-After": retry})
+        return oauth_error(
+            429,
+            "too_many_requests",
+            f"Access tokens are minted at most {config.mint_limit} per {config.mint_window:g} s.",
+            {"Retry-After": retry},
+        )
     access_token, refresh_token = state.mint(old_token, now)
     return token_response(access_token, refresh_token, config.token_ttl, GRANTED_SCOPE, now)
 
 
 def _exchange_code(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
-    """"Step 2": the code from the redirect buys the first refresh and access tokens.
+    """ "Step 2": the code from the redirect buys the first refresh and access tokens.
 
     The mint throttle counts this access token but never refuses the
     exchange: a person is waiting, and the code expires within minutes.
@@ -525,8 +543,11 @@ def _token_outage(request: web.Request, state: SandboxState) -> web.Response | N
         drop_connection(request)
         state.token_statuses.append("drop")
         return web.Response()  # written to a closed transport; nobody receives it
-    response = garbage_response() if fault == "garbage" else oauth_error(int(fault), "temporarily_unavailable",
-                                                                         "The authorization server is unavailable.")
+    response = (
+        garbage_response()
+        if fault == "garbage"
+        else oauth_error(int(fault), "temporarily_unavailable", "The authorization server is unavailable.")
+    )
     state.token_statuses.append(response.status)
     return response
 
@@ -552,8 +573,7 @@ def _require_bearer(request: web.Request) -> None:
     """Reject requests without a current access token, as Outreach does with 401."""
     if holds_valid_bearer(request, _state(request)):
         return
-    raise ApiError(401, [_error("unauthorized", "Unauthorized",
-                                "The access token is missing, invalid or expired.")])
+    raise ApiError(401, [_error("unauthorized", "Unauthorized", "The access token is missing, invalid or expired.")])
 
 
 def _require_jsonapi_media_type(request: web.Request) -> None:
@@ -636,18 +656,26 @@ async def create_prospect(request: web.Request) -> web.Response:
 def _page_size(request: web.Request) -> int:
     raw = request.query.get("page[size]", str(DEFAULT_PAGE_SIZE))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise ApiError(400, [{**_error("badRequest", "Bad Request",
-                                       f"page[size] must be an integer from 1 to {MAX_PAGE_SIZE}."),
-                              "source": {"parameter": "page[size]"}}])
+        raise ApiError(
+            400,
+            [
+                {
+                    **_error("badRequest", "Bad Request", f"page[size] must be an integer from 1 to {MAX_PAGE_SIZE}."),
+                    "source": {"parameter": "page[size]"},
+                }
+            ],
+        )
     return int(raw)
 
 
 def _email_filter(request: web.Request) -> set[str] | None:
     """Read ``filter[emails]``; unknown filters are refused so typos surface."""
     for key in request.query:
-        if key.startswith("filter[") and key[len("filter["):-1] not in SUPPORTED_FILTERS:
-            raise ApiError(400, [{**_error("badRequest", "Bad Request", f"Unsupported filter {key}."),
-                                  "source": {"parameter": key}}])
+        if key.startswith("filter[") and key[len("filter[") : -1] not in SUPPORTED_FILTERS:
+            raise ApiError(
+                400,
+                [{**_error("badRequest", "Bad Request", f"Unsupported filter {key}."), "source": {"parameter": key}}],
+            )
     raw = request.query.get("filter[emails]")
     if raw is None:
         return None
@@ -724,8 +752,11 @@ def _fault_response(state: SandboxState, status: int, now: float) -> web.Respons
     if status == 429:
         return _quota_exceeded(state, now)
     if status == 503:
-        error = _error("scheduledServerMaintenance", "Scheduled Server Maintenance",
-                       "The service is undergoing scheduled maintenance.")
+        error = _error(
+            "scheduledServerMaintenance",
+            "Scheduled Server Maintenance",
+            "The service is undergoing scheduled maintenance.",
+        )
         return ApiError(503, [error], {"Retry-After": "1"}).response()
     return ApiError(status, [_error(_camel_id(status), _phrase(status), "Injected sandbox fault.")]).response()
 
@@ -740,9 +771,11 @@ def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
 def _admit(request: web.Request, state: SandboxState) -> Admission:
     """The request quota; an injected error is rendered at the moment it is given."""
     now = state.clock()
-    return Admission(None if state.quota.consume(now) else _quota_exceeded(state, now),
-                     lambda status: _fault_response(state, status, state.clock()),
-                     lambda: _rate_limit_headers(state))
+    return Admission(
+        None if state.quota.consume(now) else _quota_exceeded(state, now),
+        lambda status: _fault_response(state, status, state.clock()),
+        lambda: _rate_limit_headers(state),
+    )
 
 
 # --------------------------------------------------------------------------
@@ -765,13 +798,14 @@ async def admin_token_outage(request: web.Request) -> web.Response:
     except (ValueError, TypeError):
         seconds, requests = math.nan, 0
     if not 0.0 <= seconds < math.inf or requests < 0:
-        return web.json_response({"error": "send {\"seconds\": S} or {\"requests\": N}, S and N >= 0"}, status=400)
+        return web.json_response({"error": 'send {"seconds": S} or {"requests": N}, S and N >= 0'}, status=400)
     if "seconds" in body:
         state.token_outage_until = state.clock() + seconds if seconds else 0.0
     if "requests" in body:
         state.token_outage_requests = requests
-    return web.json_response({"token_outage_until": state.token_outage_until,
-                              "token_outage_requests": state.token_outage_requests})
+    return web.json_response(
+        {"token_outage_until": state.token_outage_until, "token_outage_requests": state.token_outage_requests}
+    )
 
 
 # --------------------------------------------------------------------------
@@ -831,23 +865,34 @@ def demo() -> SandboxDemo:
     state = app[STATE_KEY]
 
     def settings(base_url: str) -> dict[str, str]:
-        return {"client_id": config.client_id, "client_secret": config.client_secret,
-                "refresh_token": config.refresh_token, "base_url": base_url}
+        return {
+            "client_id": config.client_id,
+            "client_secret": config.client_secret,
+            "refresh_token": config.refresh_token,
+            "base_url": base_url,
+        }
 
     return SandboxDemo(DEMO_PRESET, app, settings, lambda: _demo_holdings(state), lambda: _demo_counts(state))
 
 
 def _demo_counts(state: SandboxState) -> dict[str, Any]:
-    return {"prospects": len(state.prospects), "created": state.creates, "merged": state.updates,
-            "token_mints": state.mints, "requests_by_status": requests_by_status(state.statuses)}
+    return {
+        "prospects": len(state.prospects),
+        "created": state.creates,
+        "merged": state.updates,
+        "token_mints": state.mints,
+        "requests_by_status": requests_by_status(state.statuses),
+    }
 
 
 def _demo_holdings(state: SandboxState) -> list[str]:
     counts = _demo_counts(state)
     statuses = ", ".join(f"{n} x {status}" for status, n in sorted(counts["requests_by_status"].items()))
-    lines = [f"{counts['prospects']} prospect(s): {counts['created']} created, {counts['merged']} update(s) merged "
-             f"into the prospect that already had the email (Outreach dedupes on email); "
-             f"{counts['token_mints']} access token(s) minted; API answers: {statuses or 'none'}"]
+    lines = [
+        f"{counts['prospects']} prospect(s): {counts['created']} created, {counts['merged']} update(s) merged "
+        f"into the prospect that already had the email (Outreach dedupes on email); "
+        f"{counts['token_mints']} access token(s) minted; API answers: {statuses or 'none'}"
+    ]
     for prospect_id, attributes in sorted(state.prospects.items()):
         emails = ", ".join(str(e) for e in attributes.get("emails") or [])
         tags = ", ".join(str(t) for t in attributes.get("tags") or [])
@@ -863,33 +908,64 @@ def _demo_holdings(state: SandboxState) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
     parser = sandbox_parser(
-        "outreach", 8765,
+        "outreach",
+        8765,
         "Serve a local imitation of Outreach's OAuth token endpoint and prospects API: refresh-token rotation, a "
         "mint throttle, rate-limit headers and 429s, 415/401/422 errors, and injected faults. Point a preset's "
-        "base_url setting at it (examples/sandbox-settings.yaml).")
-    parser.add_argument("--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + DEFAULT)
+        "base_url setting at it (examples/sandbox-settings.yaml).",
+    )
+    parser.add_argument(
+        "--quota", type=int, default=defaults.quota, help="API requests allowed per quota window" + DEFAULT
+    )
     parser.add_argument("--window", type=float, default=defaults.window, help="quota window, in seconds" + DEFAULT)
-    parser.add_argument("--window-alignment", choices=["first_request", "clock"], default=defaults.window_alignment,
-                        help="when a quota window opens: with the first request after the last one closed, or on "
-                             "the clock (multiples of --window)" + DEFAULT)
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
-                        help="access-token lifetime (expires_in), in seconds" + DEFAULT)
-    parser.add_argument("--mint-limit", type=int, default=defaults.mint_limit,
-                        help="access tokens minted per mint window; 0 disables the throttle" + DEFAULT)
-    parser.add_argument("--mint-window", type=float, default=defaults.mint_window,
-                        help="mint window, in seconds" + DEFAULT)
+    parser.add_argument(
+        "--window-alignment",
+        choices=["first_request", "clock"],
+        default=defaults.window_alignment,
+        help="when a quota window opens: with the first request after the last one closed, or on "
+        "the clock (multiples of --window)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=int,
+        default=defaults.token_ttl,
+        help="access-token lifetime (expires_in), in seconds" + DEFAULT,
+    )
+    parser.add_argument(
+        "--mint-limit",
+        type=int,
+        default=defaults.mint_limit,
+        help="access tokens minted per mint window; 0 disables the throttle" + DEFAULT,
+    )
+    parser.add_argument(
+        "--mint-window", type=float, default=defaults.mint_window, help="mint window, in seconds" + DEFAULT
+    )
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
-    parser.add_argument("--fault-mix", type=fault_mix_arg, default=None, metavar="FAULT=SHARE,...",
-                        help="random faults at these rates per API request, e.g. garbage=0.2,503=0.05,429=0.05,"
-                             "drop=0.05; garbage is a 200 with a proxy's page, after the write (default: none)")
-    parser.add_argument("--token-outage", type=float, default=defaults.token_outage_seconds, metavar="SECONDS",
-                        help="the token endpoint fails for this long after start: 503, a garbage 200, a dropped "
-                             "connection, 500, in turn" + DEFAULT)
+    parser.add_argument(
+        "--fault-mix",
+        type=fault_mix_arg,
+        default=None,
+        metavar="FAULT=SHARE,...",
+        help="random faults at these rates per API request, e.g. garbage=0.2,503=0.05,429=0.05,"
+        "drop=0.05; garbage is a 200 with a proxy's page, after the write (default: none)",
+    )
+    parser.add_argument(
+        "--token-outage",
+        type=float,
+        default=defaults.token_outage_seconds,
+        metavar="SECONDS",
+        help="the token endpoint fails for this long after start: 503, a garbage 200, a dropped "
+        "connection, 500, in turn" + DEFAULT,
+    )
     parser.add_argument("--client-id", default=defaults.client_id, help="the OAuth client id it accepts" + DEFAULT)
-    parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the OAuth client secret it accepts" + DEFAULT)
-    parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the first refresh token it accepts; each refresh rotates it" + DEFAULT)
+    parser.add_argument(
+        "--client-secret", default=defaults.client_secret, help="the OAuth client secret it accepts" + DEFAULT
+    )
+    parser.add_argument(
+        "--refresh-token",
+        default=defaults.refresh_token,
+        help="the first refresh token it accepts; each refresh rotates it" + DEFAULT,
+    )
     add_authorize_arguments(parser, defaults.consent, defaults.redirect_uris, defaults.code_ttl)
     return parser
 
@@ -913,8 +989,10 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:
-    return (f"Outreach sandbox listening on {url} (client_id={args.client_id}, "
-            f"refresh_token={args.refresh_token}); press Ctrl-C to stop")
+    return (
+        f"Outreach sandbox listening on {url} (client_id={args.client_id}, "
+        f"refresh_token={args.refresh_token}); press Ctrl-C to stop"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,9 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
@@ -59,17 +60,33 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Salesforce: OAuth refresh answering instance_url, SOQL Lead query by email, Lead create/patch, "
-           "duplicate rules, daily API budget (Sforce-Limit-Info) and injected faults")
+SUMMARY = (
+    "Salesforce: OAuth refresh answering instance_url, SOQL Lead query by email, Lead create/patch, "
+    "duplicate rules, daily API budget (Sforce-Limit-Info) and injected faults"
+)
 
-__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+__all__ = ["STATE_KEY", "SandboxConfig", "SandboxState", "create_app", "main", "start_sandbox"]
 
 API_PREFIX = "/services/data/"
 # Standard Lead fields the fake accepts, with their documented lengths (None: not a text field).
 LEAD_FIELDS: dict[str, int | None] = {
-    "FirstName": 40, "LastName": 80, "Email": 80, "Company": 255, "Title": 128, "MobilePhone": 40, "Phone": 40,
-    "City": 40, "State": 80, "Country": 80, "PostalCode": 20, "Street": 255, "LeadSource": 255, "Status": 255,
-    "Website": 255, "Description": 32000, "Industry": 255,
+    "FirstName": 40,
+    "LastName": 80,
+    "Email": 80,
+    "Company": 255,
+    "Title": 128,
+    "MobilePhone": 40,
+    "Phone": 40,
+    "City": 40,
+    "State": 80,
+    "Country": 80,
+    "PostalCode": 20,
+    "Street": 255,
+    "LeadSource": 255,
+    "Status": 255,
+    "Website": 255,
+    "Description": 32000,
+    "Industry": 255,
 }
 REQUIRED = ("LastName", "Company")
 READ_ONLY = frozenset({"Id", "IsConverted", "CreatedDate", "LastModifiedDate", "IsDeleted"})
@@ -78,7 +95,9 @@ _QUERY = re.compile(
     r"WHERE\s+Email\s*=\s*'(?P<email>(?:[^'\\]|\\.)*)'"
     r"(?P<open>\s+AND\s+IsConverted\s*=\s*false)?"
     r"(?:\s+ORDER\s+BY\s+(?P<order>CreatedDate|Id)(?:\s+(?P<direction>ASC|DESC))?)?"
-    r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$", re.IGNORECASE)
+    r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
+    re.IGNORECASE,
+)
 _VERSION = re.compile(r"^v\d{2,3}\.0$")
 
 
@@ -110,8 +129,14 @@ class SandboxConfig:
 class ApiError(SandboxError):
     """Salesforce's REST error answer: a JSON list of ``{message, errorCode, fields}``."""
 
-    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None,
-                 extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body: dict[str, Any] = {**(extra or {}), "message": message, "errorCode": code}
@@ -151,8 +176,9 @@ class SandboxState(FaultedState, TokenIssuer):
         self.next_id = 1
         self.mints = 0
         scopes = ("api", "refresh_token")
-        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris), scopes,
-                                                 config.consent, config.code_ttl)
+        self.authorization = AuthorizationServer(
+            config.client_id, tuple(config.redirect_uris), scopes, config.consent, config.code_ttl
+        )
         self.creates = 0
         self.updates = 0
         self.queries = 0
@@ -208,13 +234,20 @@ def _instance_url(request: web.Request, state: SandboxState) -> str:
 # --------------------------------------------------------------------------
 
 
-def _token_answer(request: web.Request, state: SandboxState, access_token: str, now: float,
-                  refresh_token: str | None = None) -> web.Response:
+def _token_answer(
+    request: web.Request, state: SandboxState, access_token: str, now: float, refresh_token: str | None = None
+) -> web.Response:
     """Salesforce's token answer: instance_url and id, no expires_in; a refresh token only from a code."""
     base = _instance_url(request, state)
-    body: dict[str, Any] = {"access_token": access_token, "signature": "c2FuZGJveA==", "scope": "api refresh_token",
-                            "instance_url": base, "id": f"{base}/id/00D000000000001AAA/005000000000001AAA",
-                            "token_type": "Bearer", "issued_at": str(int(now * 1000))}
+    body: dict[str, Any] = {
+        "access_token": access_token,
+        "signature": "c2FuZGJveA==",
+        "scope": "api refresh_token",
+        "instance_url": base,
+        "id": f"{base}/id/00D000000000001AAA/005000000000001AAA",
+        "token_type": "Bearer",
+        "issued_at": str(int(now * 1000)),
+    }
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
     return web.json_response(body)
@@ -274,19 +307,25 @@ async def _read_fields(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of Lead from a non-object")
     for name, value in body.items():
         if name in READ_ONLY:
-            raise ApiError(400, "INVALID_FIELD_FOR_INSERT_UPDATE",
-                           f"Unable to create/update fields: {name}. Please check the security settings of this field "
-                           "and verify that it is read/write for your profile or permission set.", [name])
+            raise ApiError(
+                400,
+                "INVALID_FIELD_FOR_INSERT_UPDATE",
+                f"Unable to create/update fields: {name}. Please check the security settings of this field "
+                "and verify that it is read/write for your profile or permission set.",
+                [name],
+            )
         if name not in LEAD_FIELDS:
             raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on sobject of type Lead")
         if value is not None and not isinstance(value, str):
             kind = type(value).__name__
-            raise ApiError(400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of string from {kind} value for "
-                                                     f"field {name}")
+            raise ApiError(
+                400, "JSON_PARSER_ERROR", f"Cannot deserialize instance of string from {kind} value for field {name}"
+            )
         limit = LEAD_FIELDS[name]
         if isinstance(value, str) and limit is not None and len(value) > limit:
-            raise ApiError(400, "STRING_TOO_LONG", f"{name}: data value too large: {value[:40]} (max length={limit})",
-                           [name])
+            raise ApiError(
+                400, "STRING_TOO_LONG", f"{name}: data value too large: {value[:40]} (max length={limit})", [name]
+            )
     return body
 
 
@@ -301,16 +340,45 @@ def _duplicate(state: SandboxState, lead: Mapping[str, Any], exclude: str | None
     holders = state.emails.holders(_emails(lead)) - {exclude}
     if holders:
         match = sorted(holders)[0]
-        raise ApiError(400, "DUPLICATES_DETECTED", "Use one of these records?", [], extra={"duplicateResult": {
-            "allowSave": False, "duplicateRule": "Standard_Rule_for_Leads_with_Duplicate_Contacts",
-            "duplicateRuleEntityType": "Lead", "errorMessage": "You're creating a duplicate record. We recommend "
-            "you use an existing record instead.", "matchResults": [{
-                "entityType": "Lead", "errors": [], "matchEngine": "FuzzyMatchEngine",
-                "matchRecords": [{"additionalInformation": [], "fieldDiffs": [], "matchConfidence": 100.0,
-                                  "record": {"attributes": {"type": "Lead",
-                                                            "url": f"/services/data/v60.0/sobjects/Lead/{match}"},
-                                             "Id": match}}],
-                "rule": "Standard_Lead_Match_Rule_v1_0", "size": 1, "success": True}]}})
+        raise ApiError(
+            400,
+            "DUPLICATES_DETECTED",
+            "Use one of these records?",
+            [],
+            extra={
+                "duplicateResult": {
+                    "allowSave": False,
+                    "duplicateRule": "Standard_Rule_for_Leads_with_Duplicate_Contacts",
+                    "duplicateRuleEntityType": "Lead",
+                    "errorMessage": "You're creating a duplicate record. We recommend "
+                    "you use an existing record instead.",
+                    "matchResults": [
+                        {
+                            "entityType": "Lead",
+                            "errors": [],
+                            "matchEngine": "FuzzyMatchEngine",
+                            "matchRecords": [
+                                {
+                                    "additionalInformation": [],
+                                    "fieldDiffs": [],
+                                    "matchConfidence": 100.0,
+                                    "record": {
+                                        "attributes": {
+                                            "type": "Lead",
+                                            "url": f"/services/data/v60.0/sobjects/Lead/{match}",
+                                        },
+                                        "Id": match,
+                                    },
+                                }
+                            ],
+                            "rule": "Standard_Lead_Match_Rule_v1_0",
+                            "size": 1,
+                            "success": True,
+                        }
+                    ],
+                }
+            },
+        )
 
 
 async def create_lead(request: web.Request) -> web.Response:
@@ -323,8 +391,13 @@ async def create_lead(request: web.Request) -> web.Response:
     _duplicate(state, fields)
     lead_id = state.new_id()
     now = iso_millis(state.clock()).replace("Z", "+0000")
-    state.leads[lead_id] = {"Id": lead_id, **{k: v for k, v in fields.items() if v is not None},
-                            "IsConverted": False, "CreatedDate": now, "LastModifiedDate": now}
+    state.leads[lead_id] = {
+        "Id": lead_id,
+        **{k: v for k, v in fields.items() if v is not None},
+        "IsConverted": False,
+        "CreatedDate": now,
+        "LastModifiedDate": now,
+    }
     state.emails.add(lead_id, _emails(state.leads[lead_id]))
     state.creates += 1
     return web.json_response({"id": lead_id, "success": True, "errors": []}, status=201)
@@ -372,8 +445,11 @@ def _record(lead: Mapping[str, Any], fields: list[str], version: str) -> dict[st
 async def get_lead(request: web.Request) -> web.Response:
     state = _state(request)
     _, lead = _lead(state, request)
-    return web.json_response(_record(lead, ["Id", *LEAD_FIELDS, "IsConverted", "CreatedDate", "LastModifiedDate"],
-                                     request.match_info["version"]))
+    return web.json_response(
+        _record(
+            lead, ["Id", *LEAD_FIELDS, "IsConverted", "CreatedDate", "LastModifiedDate"], request.match_info["version"]
+        )
+    )
 
 
 def _unescape(literal: str) -> str:
@@ -397,14 +473,19 @@ async def query(request: web.Request) -> web.Response:
     matches = [state.leads[i] for i in state.emails.holders([email])]
     if parsed.group("open"):
         matches = [lead for lead in matches if not lead["IsConverted"]]
-    matches.sort(key=lambda lead: (lead["CreatedDate"], lead["Id"]) if (parsed.group("order") or "").lower()
-                 != "id" else lead["Id"], reverse=(parsed.group("direction") or "").upper() == "DESC")
+    matches.sort(
+        key=lambda lead: (
+            (lead["CreatedDate"], lead["Id"]) if (parsed.group("order") or "").lower() != "id" else lead["Id"]
+        ),
+        reverse=(parsed.group("direction") or "").upper() == "DESC",
+    )
     if parsed.group("limit") is not None:
-        matches = matches[:int(parsed.group("limit"))]
+        matches = matches[: int(parsed.group("limit"))]
     state.queries += 1
     version = request.match_info["version"]
-    return web.json_response({"totalSize": len(matches), "done": True,
-                              "records": [_record(lead, fields, version) for lead in matches]})
+    return web.json_response(
+        {"totalSize": len(matches), "done": True, "records": [_record(lead, fields, version) for lead in matches]}
+    )
 
 
 protected = guarded(_require_session)
@@ -431,9 +512,11 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
     """Every API request counts against the org's 24-hour budget; the answer reports usage."""
     allowed = state.quota.consume(state.clock())
     refused = None if allowed else ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.").response()
-    return Admission(refused, _error_response,
-                     lambda: {"Sforce-Limit-Info": f"api-usage={min(state.quota.used, state.quota.quota)}"
-                                                   f"/{state.quota.quota}"})
+    return Admission(
+        refused,
+        _error_response,
+        lambda: {"Sforce-Limit-Info": f"api-usage={min(state.quota.used, state.quota.quota)}/{state.quota.quota}"},
+    )
 
 
 # --------------------------------------------------------------------------
@@ -468,36 +551,63 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = sandbox_parser("salesforce", 8769,
-                            "Run a local fake of Salesforce's OAuth token endpoint and REST API Lead resources.")
-    parser.add_argument("--client-id", default=defaults.client_id,
-                        help="the connected app's consumer key the fake accepts" + DEFAULT)
-    parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the connected app's consumer secret the fake accepts" + DEFAULT)
-    parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the refresh token the fake accepts (it does not rotate)" + DEFAULT)
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
-                        help="seconds an access token (session) stays valid" + DEFAULT)
-    parser.add_argument("--daily-limit", type=int, default=defaults.daily_limit,
-                        help="API requests allowed per 24 hours (the org's limit)" + DEFAULT)
-    parser.add_argument("--duplicate-rule", choices=("allow", "block"), default=defaults.duplicate_rule,
-                        help="what a Lead whose email another Lead has meets: allow, or block (DUPLICATES_DETECTED)"
-                             + DEFAULT)
+    parser = sandbox_parser(
+        "salesforce", 8769, "Run a local fake of Salesforce's OAuth token endpoint and REST API Lead resources."
+    )
+    parser.add_argument(
+        "--client-id", default=defaults.client_id, help="the connected app's consumer key the fake accepts" + DEFAULT
+    )
+    parser.add_argument(
+        "--client-secret",
+        default=defaults.client_secret,
+        help="the connected app's consumer secret the fake accepts" + DEFAULT,
+    )
+    parser.add_argument(
+        "--refresh-token",
+        default=defaults.refresh_token,
+        help="the refresh token the fake accepts (it does not rotate)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=int,
+        default=defaults.token_ttl,
+        help="seconds an access token (session) stays valid" + DEFAULT,
+    )
+    parser.add_argument(
+        "--daily-limit",
+        type=int,
+        default=defaults.daily_limit,
+        help="API requests allowed per 24 hours (the org's limit)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--duplicate-rule",
+        choices=("allow", "block"),
+        default=defaults.duplicate_rule,
+        help="what a Lead whose email another Lead has meets: allow, or block (DUPLICATES_DETECTED)" + DEFAULT,
+    )
     add_authorize_arguments(parser, defaults.consent, defaults.redirect_uris, defaults.code_ttl)
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
-                         token_ttl=args.token_ttl, daily_limit=args.daily_limit,
-                         duplicate_rule=args.duplicate_rule, **fault_settings(args),
-                         **authorize_settings(args, SandboxConfig().redirect_uris))
+    return SandboxConfig(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        refresh_token=args.refresh_token,
+        token_ttl=args.token_ttl,
+        daily_limit=args.daily_limit,
+        duplicate_rule=args.duplicate_rule,
+        **fault_settings(args),
+        **authorize_settings(args, SandboxConfig().redirect_uris),
+    )
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:
-    return (f"Salesforce sandbox listening on {url} (login host and instance; client_id={args.client_id}, "
-            f"refresh_token={args.refresh_token}); press Ctrl-C to stop")
+    return (
+        f"Salesforce sandbox listening on {url} (login host and instance; client_id={args.client_id}, "
+        f"refresh_token={args.refresh_token}); press Ctrl-C to stop"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

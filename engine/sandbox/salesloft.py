@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -60,24 +61,60 @@ from .common import (
     start_app,
 )
 
-SUMMARY = ("Salesloft: OAuth token endpoint with single-use refresh tokens, people create/lookup/put, "
-           "duplicate-email 422, cost budget and injected faults")
+SUMMARY = (
+    "Salesloft: OAuth token endpoint with single-use refresh tokens, people create/lookup/put, "
+    "duplicate-email 422, cost budget and injected faults"
+)
 
-__all__ = ["SandboxConfig", "SandboxState", "STATE_KEY", "create_app", "start_sandbox", "main"]
+__all__ = ["STATE_KEY", "SandboxConfig", "SandboxState", "create_app", "main", "start_sandbox"]
 
 API_PREFIX = "/v2/"
-TEXT_FIELDS = frozenset({
-    "email_address", "secondary_email_address", "personal_email_address", "first_name", "last_name", "phone",
-    "phone_extension", "mobile_phone", "home_phone", "linkedin_url", "title", "city", "state", "country",
-    "work_city", "work_state", "work_country", "person_company_name", "person_company_website",
-    "person_company_industry", "locale", "personal_website", "twitter_handle",
-})
+TEXT_FIELDS = frozenset(
+    {
+        "email_address",
+        "secondary_email_address",
+        "personal_email_address",
+        "first_name",
+        "last_name",
+        "phone",
+        "phone_extension",
+        "mobile_phone",
+        "home_phone",
+        "linkedin_url",
+        "title",
+        "city",
+        "state",
+        "country",
+        "work_city",
+        "work_state",
+        "work_country",
+        "person_company_name",
+        "person_company_website",
+        "person_company_industry",
+        "locale",
+        "personal_website",
+        "twitter_handle",
+    }
+)
 INTEGER_FIELDS = frozenset({"account_id", "owner_id", "import_id", "person_stage_id"})
 BOOLEAN_FIELDS = frozenset({"do_not_contact"})
 CREATE_ONLY = frozenset({"autotag_date"})
 WRITABLE = TEXT_FIELDS | INTEGER_FIELDS | BOOLEAN_FIELDS | {"tags", "custom_fields"}
-LIST_PARAMS = frozenset({"ids[]", "email_addresses[]", "updated_at[gt]", "updated_at[gte]", "updated_at[lt]",
-                         "updated_at[lte]", "sort_by", "sort_direction", "per_page", "page", "include_paging_counts"})
+LIST_PARAMS = frozenset(
+    {
+        "ids[]",
+        "email_addresses[]",
+        "updated_at[gt]",
+        "updated_at[gte]",
+        "updated_at[lt]",
+        "updated_at[lte]",
+        "sort_by",
+        "sort_direction",
+        "per_page",
+        "page",
+        "include_paging_counts",
+    }
+)
 TAKEN = "has already been taken"
 
 
@@ -140,8 +177,14 @@ class SandboxState(FaultedState, TokenIssuer):
         self.next_id = 1
         self.mints = 0
         # Salesloft's authorize URL takes no scope: the app's scopes are set in its settings.
-        self.authorization = AuthorizationServer(config.client_id, tuple(config.redirect_uris), (), config.consent,
-                                                 config.code_ttl, echo=("context", "scope"))
+        self.authorization = AuthorizationServer(
+            config.client_id,
+            tuple(config.redirect_uris),
+            (),
+            config.consent,
+            config.code_ttl,
+            echo=("context", "scope"),
+        )
         self.creates = 0
         self.updates = 0
         self.statuses: list[int | str] = []
@@ -193,7 +236,7 @@ def _state(request: web.Request) -> SandboxState:
 
 
 def _iso(now: float) -> str:
-    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    moment = datetime.fromtimestamp(now, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -216,18 +259,27 @@ async def _token_params(request: web.Request) -> dict[str, Any]:
 def _refresh(state: SandboxState, params: Mapping[str, Any], now: float) -> web.Response:
     config = state.config
     if params.get("client_id") != config.client_id or params.get("client_secret") != config.client_secret:
-        return oauth_error(401, "invalid_client", "Client authentication failed due to unknown client, "
-                           "no client authentication included, or unsupported authentication method.")
+        return oauth_error(
+            401,
+            "invalid_client",
+            "Client authentication failed due to unknown client, "
+            "no client authentication included, or unsupported authentication method.",
+        )
     if params.get("grant_type") == "authorization_code":
         return _exchange_code(state, params, now)
     if params.get("grant_type") != "refresh_token":
-        return oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported "
-                           "by the authorization server.")
+        return oauth_error(
+            400, "unsupported_grant_type", "The authorization grant type is not supported by the authorization server."
+        )
     old = params.get("refresh_token")
     if not isinstance(old, str) or old not in state.refresh_tokens:
-        return oauth_error(400, "invalid_grant", "The provided authorization grant is invalid, expired, revoked, "
-                           "does not match the redirection URI used in the authorization request, or was issued "
-                           "to another client.")
+        return oauth_error(
+            400,
+            "invalid_grant",
+            "The provided authorization grant is invalid, expired, revoked, "
+            "does not match the redirection URI used in the authorization request, or was issued "
+            "to another client.",
+        )
     access_token, refresh_token = state.mint(old, now)
     return token_response(access_token, refresh_token, config.token_ttl, "", now)
 
@@ -262,7 +314,9 @@ def _require_bearer(request: web.Request) -> None:
 
 async def _read_fields(request: web.Request, *, creating: bool) -> dict[str, Any]:
     if request.content_type != "application/json":
-        raise ApiError(415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json"})
+        raise ApiError(
+            415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json"}
+        )
     try:
         body = await request.json()
     except ValueError:
@@ -323,7 +377,7 @@ async def create_person(request: web.Request) -> web.Response:
     state.people[person_id] = {**_store(fields), "created_at": now, "updated_at": now}
     state.emails.add(person_id, state.emails_of(person_id))
     if fields.get("autotag_date"):
-        today = datetime.fromtimestamp(state.clock(), tz=timezone.utc).strftime("%Y-%m-%d")
+        today = datetime.fromtimestamp(state.clock(), tz=UTC).strftime("%Y-%m-%d")
         state.people[person_id]["tags"] = [*(fields.get("tags") or []), today]
     state.creates += 1
     return web.json_response({"data": _person_view(person_id, state.people[person_id])})
@@ -378,16 +432,26 @@ async def list_people(request: web.Request) -> web.Response:
     candidates = sorted(state.emails.holders(emails)) if emails else sorted(state.people)
     matches = [(pid, state.people[pid]) for pid in candidates if not ids or pid in ids]
     start = (page - 1) * per_page
-    chunk = matches[start:start + per_page]
+    chunk = matches[start : start + per_page]
     filtering: dict[str, Any] = {}
     if emails:
         filtering["email_addresses"] = request.query.getall("email_addresses[]")
-    paging = {"per_page": per_page, "current_page": page,
-              "next_page": page + 1 if start + per_page < len(matches) else None,
-              "prev_page": page - 1 if page > 1 else None}
-    return web.json_response({"metadata": {"filtering": filtering, "paging": paging,
-                                           "sorting": {"sort_by": "updated_at", "sort_direction": "DESC NULLS LAST"}},
-                              "data": [_person_view(pid, p) for pid, p in chunk]})
+    paging = {
+        "per_page": per_page,
+        "current_page": page,
+        "next_page": page + 1 if start + per_page < len(matches) else None,
+        "prev_page": page - 1 if page > 1 else None,
+    }
+    return web.json_response(
+        {
+            "metadata": {
+                "filtering": filtering,
+                "paging": paging,
+                "sorting": {"sort_by": "updated_at", "sort_direction": "DESC NULLS LAST"},
+            },
+            "data": [_person_view(pid, p) for pid, p in chunk],
+        }
+    )
 
 
 protected = guarded(_require_bearer)
@@ -431,8 +495,11 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
     """The team's cost budget; every answer says what the request cost and what is left this minute."""
     cost = request_cost(request)
     refused = None if state.quota.consume(state.clock(), cost) else _rate_limited()
-    return Admission(refused, _fault_response, lambda: {"x-ratelimit-endpoint-cost": str(cost),
-                                                        "x-ratelimit-remaining-minute": str(state.quota.remaining())})
+    return Admission(
+        refused,
+        _fault_response,
+        lambda: {"x-ratelimit-endpoint-cost": str(cost), "x-ratelimit-remaining-minute": str(state.quota.remaining())},
+    )
 
 
 # --------------------------------------------------------------------------
@@ -465,35 +532,58 @@ async def start_sandbox(config: SandboxConfig, host: str = "127.0.0.1", port: in
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = SandboxConfig()
-    parser = sandbox_parser("salesloft", 8767,
-                            "Run a local fake of Salesloft's OAuth token endpoint and v2 people API.")
-    parser.add_argument("--client-id", default=defaults.client_id,
-                        help="the OAuth client id the fake accepts" + DEFAULT)
-    parser.add_argument("--client-secret", default=defaults.client_secret,
-                        help="the OAuth client secret the fake accepts" + DEFAULT)
-    parser.add_argument("--refresh-token", default=defaults.refresh_token,
-                        help="the refresh token the fake accepts first (single use: it rotates on every refresh)"
-                             + DEFAULT)
-    parser.add_argument("--token-ttl", type=int, default=defaults.token_ttl,
-                        help="access-token lifetime (expires_in), in seconds" + DEFAULT)
+    parser = sandbox_parser(
+        "salesloft", 8767, "Run a local fake of Salesloft's OAuth token endpoint and v2 people API."
+    )
+    parser.add_argument(
+        "--client-id", default=defaults.client_id, help="the OAuth client id the fake accepts" + DEFAULT
+    )
+    parser.add_argument(
+        "--client-secret", default=defaults.client_secret, help="the OAuth client secret the fake accepts" + DEFAULT
+    )
+    parser.add_argument(
+        "--refresh-token",
+        default=defaults.refresh_token,
+        help="the refresh token the fake accepts first (single use: it rotates on every refresh)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=int,
+        default=defaults.token_ttl,
+        help="access-token lifetime (expires_in), in seconds" + DEFAULT,
+    )
     add_authorize_arguments(parser, defaults.consent, defaults.redirect_uris, defaults.code_ttl)
-    parser.add_argument("--quota", type=int, default=defaults.quota,
-                        help="request cost allowed per window (the team's budget)" + DEFAULT)
-    parser.add_argument("--window", type=float, default=defaults.window,
-                        help="cost window, in seconds, aligned to the clock" + DEFAULT)
+    parser.add_argument(
+        "--quota",
+        type=int,
+        default=defaults.quota,
+        help="request cost allowed per window (the team's budget)" + DEFAULT,
+    )
+    parser.add_argument(
+        "--window", type=float, default=defaults.window, help="cost window, in seconds, aligned to the clock" + DEFAULT
+    )
     add_fault_arguments(parser, defaults.fault_rate, defaults.fault_seed)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
-    return SandboxConfig(client_id=args.client_id, client_secret=args.client_secret, refresh_token=args.refresh_token,
-                         token_ttl=args.token_ttl, quota=args.quota, window=args.window, **fault_settings(args),
-                         **authorize_settings(args, SandboxConfig().redirect_uris))
+    return SandboxConfig(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        refresh_token=args.refresh_token,
+        token_ttl=args.token_ttl,
+        quota=args.quota,
+        window=args.window,
+        **fault_settings(args),
+        **authorize_settings(args, SandboxConfig().redirect_uris),
+    )
 
 
 def _banner(args: argparse.Namespace, url: str) -> str:
-    return (f"Salesloft sandbox listening on {url} (API and accounts; client_id={args.client_id}, "
-            f"refresh_token={args.refresh_token}); press Ctrl-C to stop")
+    return (
+        f"Salesloft sandbox listening on {url} (API and accounts; client_id={args.client_id}, "
+        f"refresh_token={args.refresh_token}); press Ctrl-C to stop"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

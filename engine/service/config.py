@@ -12,7 +12,8 @@ Errors name the file and the field, never a value.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..language.settings import SettingsError, UnsetVariable, load_settings_file
 from .intake import IntakeConfig
@@ -42,12 +43,16 @@ def load_intake_config(environ: Mapping[str, str], path: str | None = None, **li
         if "signing_secret" in values:
             value = values["signing_secret"]
             if isinstance(value, UnsetVariable) or not isinstance(value, str) or not value:
-                raise IntakeConfigError(f"{where['signing_secret']}: signing_secret must be a non-empty string "
-                                        "(or ${VAR} naming a set environment variable)")
+                raise IntakeConfigError(
+                    f"{where['signing_secret']}: signing_secret must be a non-empty string "
+                    "(or ${VAR} naming a set environment variable)"
+                )
             secret = value
     if not keys and not secret:
-        raise IntakeConfigError(f"no write keys and no signing secret: set {WRITE_KEYS_ENV} and/or "
-                                f"{SIGNING_SECRET_ENV}, or pass --intake FILE")
+        raise IntakeConfigError(
+            f"no write keys and no signing secret: set {WRITE_KEYS_ENV} and/or "
+            f"{SIGNING_SECRET_ENV}, or pass --intake FILE"
+        )
     return IntakeConfig(write_keys=frozenset(keys), signing_secret=secret, **limits)
 
 
@@ -60,7 +65,8 @@ def _keys_from(value: Any, where: str) -> list[str]:
     keys: list[str] = []
     for i, item in enumerate(items):
         if isinstance(item, UnsetVariable) or not isinstance(item, str):
-            raise IntakeConfigError(f"{where}: write_keys[{i}] must be a string (or ${{VAR}} naming a set "
-                                    "environment variable)")
+            raise IntakeConfigError(
+                f"{where}: write_keys[{i}] must be a string (or ${{VAR}} naming a set environment variable)"
+            )
         keys += _split(item)
     return keys

@@ -148,8 +148,11 @@ def _check_depth(value: Any) -> None:
             raise EventJsonError(f"is nested more than {MAX_DEPTH} levels deep")
         below: list[Any] = []
         for container in level:
-            below += [item for item in (container.values() if type(container) is dict else container)
-                      if type(item) is dict or type(item) is list]
+            below += [
+                item
+                for item in (container.values() if type(container) is dict else container)
+                if type(item) is dict or type(item) is list
+            ]
         level = below
         depth += 1
 
@@ -177,4 +180,4 @@ def _finite_float(text: str) -> float:
     return number
 
 
-__all__ = ["MAX_DEPTH", "EventJsonError", "loads", "clean"]
+__all__ = ["MAX_DEPTH", "EventJsonError", "clean", "loads"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -39,8 +40,12 @@ def error_middleware(respond: Callable[[int, str, str, dict[str, str]], web.Resp
             return respond(404, "not_found", f"no route {request.method} {_path(request)}", {})
         except web.HTTPMethodNotAllowed as exc:
             allowed = sorted(exc.allowed_methods)
-            return respond(405, "method_not_allowed", f"{_path(request)} does not take {request.method} (it takes "
-                           f"{', '.join(allowed)})", {"Allow": ", ".join(allowed)})
+            return respond(
+                405,
+                "method_not_allowed",
+                f"{_path(request)} does not take {request.method} (it takes {', '.join(allowed)})",
+                {"Allow": ", ".join(allowed)},
+            )
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -73,8 +78,12 @@ class OneLineServerLog:
 
 def server_options(idle_timeout: float, linger: float) -> dict[str, Any]:
     """Options for aiohttp's request handler (``web.Application(handler_args=...)``)."""
-    return {"keepalive_timeout": idle_timeout, "lingering_time": linger, "logger": OneLineServerLog(),
-            "auto_decompress": False}
+    return {
+        "keepalive_timeout": idle_timeout,
+        "lingering_time": linger,
+        "logger": OneLineServerLog(),
+        "auto_decompress": False,
+    }
 
 
 def _first_line(exc: BaseException) -> str:
@@ -89,4 +98,4 @@ def _path(request: web.Request) -> str:
     return path if len(path) <= 100 else path[:100] + "…"
 
 
-__all__ = ["error_middleware", "OneLineServerLog", "server_options"]
+__all__ = ["OneLineServerLog", "error_middleware", "server_options"]

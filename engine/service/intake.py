@@ -45,8 +45,9 @@ import logging
 import re
 import time
 import zlib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -87,17 +88,28 @@ class IntakeConfig:
     max_remembered_signatures: int = MAX_REMEMBERED_SIGNATURES
 
     def __repr__(self) -> str:  # a config printed by mistake shows no secret
-        return (f"IntakeConfig(write_keys=<{len(self.write_keys)} keys>, signing_secret="
-                f"{'<set>' if self.signing_secret else None}, max_body_bytes={self.max_body_bytes}, "
-                f"max_backlog={self.max_backlog}, idle_timeout_seconds={self.idle_timeout_seconds:g}, "
-                f"body_timeout_seconds={self.body_timeout_seconds:g})")
+        return (
+            f"IntakeConfig(write_keys=<{len(self.write_keys)} keys>, signing_secret="
+            f"{'<set>' if self.signing_secret else None}, max_body_bytes={self.max_body_bytes}, "
+            f"max_backlog={self.max_backlog}, idle_timeout_seconds={self.idle_timeout_seconds:g}, "
+            f"body_timeout_seconds={self.body_timeout_seconds:g})"
+        )
 
 
 class Refused(Exception):
     """One request refused: the status, a short code and a message naming the problem."""
 
-    def __init__(self, status: int, code: str, message: str, result: str, headers: Mapping[str, str] | None = None,
-                 events: int = 1, *, close: bool = False) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        result: str,
+        headers: Mapping[str, str] | None = None,
+        events: int = 1,
+        *,
+        close: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -116,15 +128,25 @@ class Refused(Exception):
 
 def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """The intake's one error shape: ``code`` and ``message`` are what Segment's SDKs read."""
-    return web.json_response({"success": False, "error": message, "code": code, "message": message},
-                             status=status, headers=dict(headers or {}))
+    return web.json_response(
+        {"success": False, "error": message, "code": code, "message": message},
+        status=status,
+        headers=dict(headers or {}),
+    )
 
 
 class Intake:
     """One intake app's state: the queue it appends to, whether it is draining, its metrics."""
 
-    def __init__(self, queue: EventQueue, config: IntakeConfig, metrics: Metrics, *,
-                 remember: Remember | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        queue: EventQueue,
+        config: IntakeConfig,
+        metrics: Metrics,
+        *,
+        remember: Remember | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.queue = queue
         self.config = config
         self.metrics = metrics
@@ -167,8 +189,9 @@ class Intake:
             await self.queue.backlog()
             writable = getattr(self.queue, "writable", None)
             if writable is not None and not await writable():
-                return web.json_response({"status": "the queue cannot take writes (disk full or read-only?)"},
-                                         status=503)
+                return web.json_response(
+                    {"status": "the queue cannot take writes (disk full or read-only?)"}, status=503
+                )
             if self.ready_check is not None and not await self.ready_check():
                 return web.json_response({"status": "not ready"}, status=503)
         except OSError:
@@ -181,15 +204,21 @@ class Intake:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     # -- one request ----------------------------------------------------------
-    async def _handle(self, request: web.Request, route: str,
-                      authenticate: Callable[[web.Request, bytes], bytes | None]) -> web.Response:
+    async def _handle(
+        self, request: web.Request, route: str, authenticate: Callable[[web.Request, bytes], bytes | None]
+    ) -> web.Response:
         self._in_flight += 1
         self._idle.clear()
         reserved: bytes | None = None
         try:
             if self.draining:
-                raise Refused(503, "draining", "the intake is shutting down; retry shortly", "draining",
-                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                raise Refused(
+                    503,
+                    "draining",
+                    "the intake is shutting down; retry shortly",
+                    "draining",
+                    {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
             raw = await self._read(request)
             reserved = authenticate(request, raw)
             body = self._decode(request, raw)
@@ -217,8 +246,9 @@ class Intake:
     async def _read(self, request: web.Request) -> bytes:
         cap = self.config.max_body_bytes
         if request.content_length is not None and request.content_length > cap:
-            raise Refused(413, "too_large", f"the body is {request.content_length} bytes; the limit is {cap}",
-                          "too_large")
+            raise Refused(
+                413, "too_large", f"the body is {request.content_length} bytes; the limit is {cap}", "too_large"
+            )
         chunks: list[bytes] = []
         size = 0
         seconds = self.config.body_timeout_seconds
@@ -230,15 +260,24 @@ class Intake:
                         raise Refused(413, "too_large", f"the body is over the limit of {cap} bytes", "too_large")
                     chunks.append(chunk)
         except TimeoutError:
-            raise Refused(408, "request_timeout", f"the body did not arrive within {seconds:g} seconds of the "
-                          "request's head", "timeout", close=True) from None
+            raise Refused(
+                408,
+                "request_timeout",
+                f"the body did not arrive within {seconds:g} seconds of the request's head",
+                "timeout",
+                close=True,
+            ) from None
         return b"".join(chunks)
 
     def _signed(self, request: web.Request, raw: bytes) -> bytes:
         secret = self.config.signing_secret
         if not secret:
-            raise Refused(401, "unauthorized", "signed requests are not enabled here (no signing secret is "
-                          "configured)", "unauthorized")
+            raise Refused(
+                401,
+                "unauthorized",
+                "signed requests are not enabled here (no signing secret is configured)",
+                "unauthorized",
+            )
         stamp = request.headers.get("X-Timestamp", "").strip()
         signature = request.headers.get("X-Signature", "").strip()
         if not stamp or not signature:
@@ -247,22 +286,42 @@ class Intake:
             raise Refused(401, "unauthorized", "X-Timestamp must be Unix time in milliseconds", "unauthorized")
         sent_ms = int(stamp)
         if abs(self._clock() - sent_ms / 1000.0) > self.config.clock_skew_seconds:
-            raise Refused(401, "stale_timestamp", "X-Timestamp is more than 5 minutes from the server's clock "
-                          "(a replayed request, or a clock to set right)", "unauthorized")
-        expected = "sha256=" + hmac.new(secret.encode("utf-8"), stamp.encode("ascii") + b"." + raw,
-                                        hashlib.sha256).hexdigest()
+            raise Refused(
+                401,
+                "stale_timestamp",
+                "X-Timestamp is more than 5 minutes from the server's clock "
+                "(a replayed request, or a clock to set right)",
+                "unauthorized",
+            )
+        expected = (
+            "sha256=" + hmac.new(secret.encode("utf-8"), stamp.encode("ascii") + b"." + raw, hashlib.sha256).hexdigest()
+        )
         if not hmac.compare_digest(expected.encode("ascii"), signature.lower().encode("ascii", "replace")):
-            raise Refused(401, "bad_signature", "X-Signature does not match the body (HMAC-SHA256 of "
-                          "X-Timestamp + \".\" + body, as sha256=<hex>)", "unauthorized")
-        digest = bytes.fromhex(expected[len("sha256="):])
+            raise Refused(
+                401,
+                "bad_signature",
+                'X-Signature does not match the body (HMAC-SHA256 of X-Timestamp + "." + body, as sha256=<hex>)',
+                "unauthorized",
+            )
+        digest = bytes.fromhex(expected[len("sha256=") :])
         held = self.signatures.reserve(digest)
         if held == IN_FLIGHT:  # the first copy may still fail: "accepted" now could lose the events
-            raise Refused(429, "in_flight", "this signed request is being queued on another connection right now; "
-                          "retry shortly", "in_flight", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            raise Refused(
+                429,
+                "in_flight",
+                "this signed request is being queued on another connection right now; retry shortly",
+                "in_flight",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         if held == COMMITTED:
-            raise Refused(409, "replayed", "this signed request was already accepted (the same X-Timestamp and "
-                          "X-Signature within the last 10 minutes); sign each new request with a fresh "
-                          "X-Timestamp", "replayed")
+            raise Refused(
+                409,
+                "replayed",
+                "this signed request was already accepted (the same X-Timestamp and "
+                "X-Signature within the last 10 minutes); sign each new request with a fresh "
+                "X-Timestamp",
+                "replayed",
+            )
         return digest
 
     def _keyed(self, request: web.Request, _: bytes) -> None:
@@ -275,7 +334,9 @@ class Intake:
         try:
             user = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[0]
         except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
-            raise Refused(401, "unauthorized", "the Authorization header is not valid HTTP Basic", "unauthorized") from None
+            raise Refused(
+                401, "unauthorized", "the Authorization header is not valid HTTP Basic", "unauthorized"
+            ) from None
         self._check_key(user)
 
     def _check_key(self, key: Any) -> None:
@@ -293,7 +354,9 @@ class Intake:
         if encoding in ("", "identity"):
             return raw
         if encoding not in ("gzip", "x-gzip"):
-            raise Refused(400, "bad_request", f"Content-Encoding {encoding!r} is not supported (use gzip)", "bad_request")
+            raise Refused(
+                400, "bad_request", f"Content-Encoding {encoding!r} is not supported (use gzip)", "bad_request"
+            )
         cap = self.config.max_body_bytes
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
@@ -312,12 +375,23 @@ class Intake:
         try:
             backlog = await self.queue.backlog()
         except OSError:
-            raise Refused(503, "unavailable", "the queue cannot be reached; retry shortly", "unavailable",
-                          {"Retry-After": str(RETRY_AFTER_SECONDS)}, len(events)) from None
+            raise Refused(
+                503,
+                "unavailable",
+                "the queue cannot be reached; retry shortly",
+                "unavailable",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                len(events),
+            ) from None
         if backlog + len(events) > self.config.max_backlog:
-            raise Refused(429, "backlog_full", f"{backlog} events are waiting for delivery (the bound is "
-                          f"{self.config.max_backlog}); retry later", "backlog_full",
-                          {"Retry-After": str(RETRY_AFTER_SECONDS)}, len(events))
+            raise Refused(
+                429,
+                "backlog_full",
+                f"{backlog} events are waiting for delivery (the bound is {self.config.max_backlog}); retry later",
+                "backlog_full",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                len(events),
+            )
         try:
             if self.remember is not None:
                 # Identify traits are written before the 200, so a lead accepted after it is joined by any worker.
@@ -327,8 +401,14 @@ class Intake:
             await self.queue.append([_body(e) for e in events])
         except OSError as exc:
             log.error("intake: could not queue %d event(s): %s", len(events), exc.strerror or type(exc).__name__)
-            raise Refused(503, "unavailable", "the events could not be queued; retry shortly", "unavailable",
-                          {"Retry-After": str(RETRY_AFTER_SECONDS)}, len(events)) from None
+            raise Refused(
+                503,
+                "unavailable",
+                "the events could not be queued; retry shortly",
+                "unavailable",
+                {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                len(events),
+            ) from None
 
 
 def _parse(body: bytes) -> Any:
@@ -363,8 +443,13 @@ def _events(route: str, document: Any) -> list[dict[str, Any]]:
         events = []
         for i, item in enumerate(batch):
             if not isinstance(item, dict):
-                raise Refused(400, "bad_request", f"batch[{i}] must be a JSON object, not {_kind(item)}",
-                              "bad_request", events=len(batch))
+                raise Refused(
+                    400,
+                    "bad_request",
+                    f"batch[{i}] must be a JSON object, not {_kind(item)}",
+                    "bad_request",
+                    events=len(batch),
+                )
             if isinstance(shared, dict):
                 # A batch-wide context (Segment's batch API) under each event's own.
                 own = item.get("context")
@@ -376,7 +461,8 @@ def _events(route: str, document: Any) -> list[dict[str, Any]]:
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
+        type(value), "a number"
+    )
 
 
 # Serve the app with these: the intake decodes gzip itself, so that the
@@ -387,10 +473,11 @@ RUNNER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
 
 def create_app(intake: Intake) -> web.Application:
     config = intake.config
-    app = web.Application(client_max_size=config.max_body_bytes + 1,
-                          middlewares=[error_middleware(error_response)],
-                          handler_args=server_options(config.idle_timeout_seconds,
-                                                      min(LINGER_SECONDS, config.body_timeout_seconds)))
+    app = web.Application(
+        client_max_size=config.max_body_bytes + 1,
+        middlewares=[error_middleware(error_response)],
+        handler_args=server_options(config.idle_timeout_seconds, min(LINGER_SECONDS, config.body_timeout_seconds)),
+    )
     app.router.add_post("/v1/events", intake.events)
     app.router.add_post("/v1/batch", intake.segment(None))
     for kind in SEGMENT_TYPES:

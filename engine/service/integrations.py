@@ -120,13 +120,19 @@ def name_for_preset(preset: Preset) -> str:
 
 def single(preset: Preset, settings: Settings, preset_ref: str) -> IntegrationsConfig:
     """``serve PRESET --settings FILE``: one integration named after the preset."""
-    return IntegrationsConfig([Integration(name_for_preset(preset), preset, settings, True, preset_ref)],
-                              stream=preset.name)
+    return IntegrationsConfig(
+        [Integration(name_for_preset(preset), preset, settings, True, preset_ref)], stream=preset.name
+    )
 
 
-def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
-                      preset_path: Sequence[str | Path] = (), require: bool | Collection[str] = True,
-                      intake: bool = True) -> IntegrationsConfig:
+def load_integrations(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    preset_path: Sequence[str | Path] = (),
+    require: bool | Collection[str] = True,
+    intake: bool = True,
+) -> IntegrationsConfig:
     """Read and check an integrations file; raise :class:`IntegrationsError` listing every problem.
 
     ``require`` is False where credentials are not needed (the Redis intake,
@@ -136,16 +142,22 @@ def load_integrations(path: str | Path, environ: Mapping[str, str] | None = None
     console) skips the ``intake:`` section: reading letters and records needs
     no write key, so an unset ``${SIGNAL_WRITE_KEY}`` is no problem there.
     """
-    config, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, require,
-                                       strict=False, intake=intake)
+    config, problems, warnings = _read(
+        Path(path), os.environ if environ is None else environ, preset_path, require, strict=False, intake=intake
+    )
     if problems or config is None:
         raise IntegrationsError(problems, warnings)
     config.warnings = warnings
     return config
 
 
-def read_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
-                      preset_path: Sequence[str | Path] = (), require: bool = False) -> list[Integration]:
+def read_integrations(
+    path: str | Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    preset_path: Sequence[str | Path] = (),
+    require: bool = False,
+) -> list[Integration]:
     """The integrations of a file, in file order (what a console lists); :class:`IntegrationsError` if unusable.
 
     ``require`` is False by default: listing needs no credential, so an unset
@@ -154,18 +166,26 @@ def read_integrations(path: str | Path, environ: Mapping[str, str] | None = None
     return load_integrations(path, environ, preset_path=preset_path, require=require, intake=False).integrations
 
 
-def check_integrations(path: str | Path, environ: Mapping[str, str] | None = None, *,
-                       preset_path: Sequence[str | Path] = ()) -> tuple[list[str], list[str]]:
+def check_integrations(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, preset_path: Sequence[str | Path] = ()
+) -> tuple[list[str], list[str]]:
     """Every problem and every warning of the file (``check --config``), each located."""
-    _, problems, warnings = _read(Path(path), os.environ if environ is None else environ, preset_path, True,
-                                  strict=True)
+    _, problems, warnings = _read(
+        Path(path), os.environ if environ is None else environ, preset_path, True, strict=True
+    )
     return problems, warnings
 
 
 # -- reading ---------------------------------------------------------------------
-def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Path],
-          require: bool | Collection[str], *, strict: bool,
-          intake: bool = True) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
+def _read(
+    path: Path,
+    environ: Mapping[str, str],
+    preset_path: Sequence[str | Path],
+    require: bool | Collection[str],
+    *,
+    strict: bool,
+    intake: bool = True,
+) -> tuple[IntegrationsConfig | None, list[str], list[str]]:
     """``strict`` (``check``): each preset is checked as ``check PRESET`` does, bypassing the preset cache."""
     shown = str(path)
     problems: list[tuple[int, str]] = []
@@ -196,8 +216,11 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
         return line
 
     known = ", ".join(TOP_KEYS)
-    problems.extend((at([name], True), f"{shown}:{at([name], True)}: unknown key {name!r} (known: {known})")
-                    for name in data if name not in TOP_KEYS)
+    problems.extend(
+        (at([name], True), f"{shown}:{at([name], True)}: unknown key {name!r} (known: {known})")
+        for name in data
+        if name not in TOP_KEYS
+    )
     config = IntegrationsConfig([], path=shown)
     if intake:
         _intake(data.get("intake"), shown, environ, at, config, problems, warnings)
@@ -210,13 +233,31 @@ def _read(path: Path, environ: Mapping[str, str], preset_path: Sequence[str | Pa
         line = at(["integrations", name], True)
         where = f"{shown}:{line}"
         if not isinstance(name, str) or not NAME.match(name):
-            problems.append((line, (f"{where}: integration name {str(name)!r} is invalid: lower-case letters, "
-                                    "digits and '-', starting and ending with a letter or digit, at most 63")))
+            problems.append(
+                (
+                    line,
+                    (
+                        f"{where}: integration name {str(name)!r} is invalid: lower-case letters, "
+                        "digits and '-', starting and ending with a letter or digit, at most 63"
+                    ),
+                )
+            )
             continue
         needed = require if isinstance(require, bool) else name in require
-        integration = _integration(name, body, path, where, line, environ, preset_path, needed, strict,
-                                   lambda keys, key=False, n=name: at(["integrations", n, *keys], key),
-                                   problems, warnings)
+        integration = _integration(
+            name,
+            body,
+            path,
+            where,
+            line,
+            environ,
+            preset_path,
+            needed,
+            strict,
+            lambda keys, key=False, n=name: at(["integrations", n, *keys], key),
+            problems,
+            warnings,
+        )
         if integration is not None:
             config.integrations.append(integration)
 
@@ -261,8 +302,15 @@ def _duplicates(shown: str, node: Any, path: tuple[str, ...] = ()) -> list[tuple
             line = key.start_mark.line + 1
             if name in first:
                 what = "integration" if path == ("integrations",) else "key"
-                found.append((line, (f"{shown}:{line}: {what} {name!r} is declared twice (first at line "
-                                     f"{first[name]}); names must be unique")))
+                found.append(
+                    (
+                        line,
+                        (
+                            f"{shown}:{line}: {what} {name!r} is declared twice (first at line "
+                            f"{first[name]}); names must be unique"
+                        ),
+                    )
+                )
             else:
                 first[name] = line
             found += _duplicates(shown, value, (*path, name))
@@ -272,8 +320,15 @@ def _duplicates(shown: str, node: Any, path: tuple[str, ...] = ()) -> list[tuple
     return found
 
 
-def _intake(section: Any, shown: str, environ: Mapping[str, str], at: Any, config: IntegrationsConfig,
-            problems: list[tuple[int, str]], warnings: list[tuple[int, str]]) -> None:
+def _intake(
+    section: Any,
+    shown: str,
+    environ: Mapping[str, str],
+    at: Any,
+    config: IntegrationsConfig,
+    problems: list[tuple[int, str]],
+    warnings: list[tuple[int, str]],
+) -> None:
     if section is None:
         return
     if not isinstance(section, dict):
@@ -290,16 +345,31 @@ def _intake(section: Any, shown: str, environ: Mapping[str, str], at: Any, confi
         values: list[str] = []
         for item in items:
             if not isinstance(item, str) or not item:
-                problems.append((line, (f"{where}: intake.{key} must be a non-empty string"
-                                        f"{' or a list of them' if key == 'write_keys' else ''}")))
+                problems.append(
+                    (
+                        line,
+                        (
+                            f"{where}: intake.{key} must be a non-empty string"
+                            f"{' or a list of them' if key == 'write_keys' else ''}"
+                        ),
+                    )
+                )
                 continue
             if not _REFERENCE.search(item):
-                warnings.append((line, (f"{where}: intake.{key} is written as a literal secret; this file is meant "
-                                        "to be committed: write \"${NAME}\" and set NAME in the environment")))
+                warnings.append(
+                    (
+                        line,
+                        (
+                            f"{where}: intake.{key} is written as a literal secret; this file is meant "
+                            'to be committed: write "${NAME}" and set NAME in the environment'
+                        ),
+                    )
+                )
             value = expand_references(item, environ)
             if isinstance(value, UnsetVariable):
-                problems.append((line, (f"{where}: intake.{key}: environment variable "
-                                        f"{', '.join(value.names)} is not set")))
+                problems.append(
+                    (line, (f"{where}: intake.{key}: environment variable {', '.join(value.names)} is not set"))
+                )
                 continue
             values.append(value)
         if key == "write_keys":
@@ -308,9 +378,20 @@ def _intake(section: Any, shown: str, environ: Mapping[str, str], at: Any, confi
             config.signing_secret = values[0]
 
 
-def _integration(name: str, body: Any, path: Path, where: str, line: int, environ: Mapping[str, str],
-                 preset_path: Sequence[str | Path], require: bool, strict: bool, at: Any,
-                 problems: list[tuple[int, str]], warnings: list[tuple[int, str]]) -> Integration | None:
+def _integration(
+    name: str,
+    body: Any,
+    path: Path,
+    where: str,
+    line: int,
+    environ: Mapping[str, str],
+    preset_path: Sequence[str | Path],
+    require: bool,
+    strict: bool,
+    at: Any,
+    problems: list[tuple[int, str]],
+    warnings: list[tuple[int, str]],
+) -> Integration | None:
     label = f"integration {name!r}"
     if not isinstance(body, dict):
         problems.append((line, f"{where}: {label} must be a mapping with at least 'preset:'"))
@@ -319,8 +400,9 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
     for key in body:
         if key not in INTEGRATION_KEYS:
             kline = at([key], True)
-            problems.append((kline, (f"{path}:{kline}: {label}: unknown key {key!r} "
-                                     f"(known: {', '.join(INTEGRATION_KEYS)})")))
+            problems.append(
+                (kline, (f"{path}:{kline}: {label}: unknown key {key!r} (known: {', '.join(INTEGRATION_KEYS)})"))
+            )
             broken = True
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
@@ -329,8 +411,9 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
         broken = True
     ref = body.get("preset")
     if not isinstance(ref, str) or not ref.strip():
-        problems.append((line, (f"{where}: {label}: 'preset:' is required (a preset name, or a path relative to "
-                                "this file)")))
+        problems.append(
+            (line, (f"{where}: {label}: 'preset:' is required (a preset name, or a path relative to this file)"))
+        )
         return None
     pline = at(["preset"])
     preset = _preset(ref, path, preset_path, f"{path}:{pline}", label, pline, problems, strict)
@@ -346,8 +429,9 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
             try:
                 supplied, places = load_settings_file(path.parent / settings_file, environ)
             except SettingsError as exc:
-                problems += [(sline, f"{path}:{sline}: {label}: settings_file {settings_file}: {p}")
-                             for p in exc.problems]
+                problems += [
+                    (sline, f"{path}:{sline}: {label}: settings_file {settings_file}: {p}") for p in exc.problems
+                ]
                 broken = True
     inline = body.get("settings")
     if inline is not None and not isinstance(inline, dict):
@@ -359,21 +443,43 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
             kline = at(["settings", key], True)
             supplied[key] = expand_references(value, environ)
             places[key] = f"{path}:{kline}"
-            if preset is not None and key in preset.settings and preset.settings[key].secret \
-                    and isinstance(value, str) and value and not _REFERENCE.search(value):
-                warnings.append((kline, (f"{path}:{kline}: {label}: setting {key!r} is a secret written as a "
-                                         "literal; this file is meant to be committed: write \"${NAME}\" and set "
-                                         "NAME in the environment")))
+            if (
+                preset is not None
+                and key in preset.settings
+                and preset.settings[key].secret
+                and isinstance(value, str)
+                and value
+                and not _REFERENCE.search(value)
+            ):
+                warnings.append(
+                    (
+                        kline,
+                        (
+                            f"{path}:{kline}: {label}: setting {key!r} is a secret written as a "
+                            'literal; this file is meant to be committed: write "${NAME}" and set '
+                            "NAME in the environment"
+                        ),
+                    )
+                )
     if preset is None:
         return None
     # A missing setting is reported where it should have been written.
-    settings_line = at(["settings"], True) if "settings" in body else \
-        at(["settings_file"], True) if "settings_file" in body else line
+    settings_line = (
+        at(["settings"], True)
+        if "settings" in body
+        else at(["settings_file"], True)
+        if "settings_file" in body
+        else line
+    )
     for key in (*supplied, *preset.settings):
         places.setdefault(key, f"{path}:{settings_line}")
     try:
-        settings = resolve(preset.settings, supplied, require=require and enabled is not False,
-                           where={k: f"{v}" for k, v in places.items()})
+        settings = resolve(
+            preset.settings,
+            supplied,
+            require=require and enabled is not False,
+            where={k: f"{v}" for k, v in places.items()},
+        )
     except SettingsError as exc:
         for problem in exc.problems:
             located = _line_in(problem, str(path))
@@ -384,16 +490,30 @@ def _integration(name: str, body: Any, path: Path, where: str, line: int, enviro
     return Integration(name, preset, settings, bool(enabled), ref, line)
 
 
-def _preset(ref: str, path: Path, preset_path: Sequence[str | Path], where: str, label: str, line: int,
-            problems: list[tuple[int, str]], strict: bool = False) -> Preset | None:
+def _preset(
+    ref: str,
+    path: Path,
+    preset_path: Sequence[str | Path],
+    where: str,
+    label: str,
+    line: int,
+    problems: list[tuple[int, str]],
+    strict: bool = False,
+) -> Preset | None:
     target = str(path.parent / ref) if ref.endswith((".yaml", ".yml")) or ref.startswith(("./", "../")) else ref
     try:
         return load_preset(target, preset_path, strict=strict)
     except PresetError as exc:
         first = (exc.problems or ["cannot be loaded"])[0]
         if "no such preset" in first:
-            problems.append((line, f"{where}: {label}: unknown preset {ref!r}{first[first.find(' (known'):]}"
-                                   if " (known" in first else f"{where}: {label}: unknown preset {ref!r}"))
+            problems.append(
+                (
+                    line,
+                    f"{where}: {label}: unknown preset {ref!r}{first[first.find(' (known') :]}"
+                    if " (known" in first
+                    else f"{where}: {label}: unknown preset {ref!r}",
+                )
+            )
         else:
             problems.append((line, f"{where}: {label}: preset {ref!r} has problems:"))
             problems += [(line, f"  {p}") for p in exc.problems]
@@ -402,7 +522,7 @@ def _preset(ref: str, path: Path, preset_path: Sequence[str | Path], where: str,
 
 def _line_in(problem: str, shown: str) -> int | None:
     if problem.startswith(shown + ":"):
-        head = problem[len(shown) + 1:].split(":", 1)[0]
+        head = problem[len(shown) + 1 :].split(":", 1)[0]
         if head.isdigit():
             return int(head)
     return None

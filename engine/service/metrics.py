@@ -32,7 +32,7 @@ series: they double every counter and say only when the process started.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -55,26 +55,49 @@ class Metrics:
         disable_created_metrics()  # prometheus_client's own switch, for the whole process
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.received = Counter("signal_events_received", "Events posted to the intake, by route and result",
-                                ["route", "result"], registry=r)
-        self.outcomes = Counter("signal_outcomes", "Events finished, by integration, outcome and reason or cause",
-                                ["integration", "outcome", "reason"], registry=r)
-        self.latency = Histogram("signal_delivery_latency_seconds", "From the intake's 200 to the event's delivery",
-                                 ["integration"], buckets=LATENCY_BUCKETS, registry=r)
-        self.backlog = Gauge("signal_queue_backlog_events", "Events stored and not yet finished by every integration",
-                             registry=r)
-        self.lag = Gauge("signal_integration_lag_events", "Events an integration has not finished yet",
-                         ["integration"], registry=r)
-        self.dead_letters = Gauge("signal_dead_letters", "Dead letters waiting for a replay", ["integration"],
-                                  registry=r)
-        self.refreshes = Counter("signal_token_refreshes", "Access tokens minted by this process", ["integration"],
-                                 registry=r)
-        self.responses = Counter("signal_destination_responses", "Destination answers, by status",
-                                 ["integration", "status"], registry=r)
-        self.limited = Counter("signal_destination_429", "429 answers from the destination", ["integration"],
-                               registry=r)
-        self.token_responses = Counter("signal_token_endpoint_responses", "Token endpoint answers, by status",
-                                       ["integration", "status"], registry=r)
+        self.received = Counter(
+            "signal_events_received",
+            "Events posted to the intake, by route and result",
+            ["route", "result"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "signal_outcomes",
+            "Events finished, by integration, outcome and reason or cause",
+            ["integration", "outcome", "reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "signal_delivery_latency_seconds",
+            "From the intake's 200 to the event's delivery",
+            ["integration"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backlog = Gauge(
+            "signal_queue_backlog_events", "Events stored and not yet finished by every integration", registry=r
+        )
+        self.lag = Gauge(
+            "signal_integration_lag_events", "Events an integration has not finished yet", ["integration"], registry=r
+        )
+        self.dead_letters = Gauge(
+            "signal_dead_letters", "Dead letters waiting for a replay", ["integration"], registry=r
+        )
+        self.refreshes = Counter(
+            "signal_token_refreshes", "Access tokens minted by this process", ["integration"], registry=r
+        )
+        self.responses = Counter(
+            "signal_destination_responses", "Destination answers, by status", ["integration", "status"], registry=r
+        )
+        self.limited = Counter(
+            "signal_destination_429", "429 answers from the destination", ["integration"], registry=r
+        )
+        self.token_responses = Counter(
+            "signal_token_endpoint_responses",
+            "Token endpoint answers, by status",
+            ["integration", "status"],
+            registry=r,
+        )
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:

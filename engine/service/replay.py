@@ -30,7 +30,8 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,11 @@ class SignatureMemory:
 
     def _forget_oldest(self) -> None:
         if not self._warned:
-            log.warning("intake: more than %d signed requests within the replay window; the oldest signatures are "
-                        "forgotten early (a replay of those is no longer refused)", self.limit)
+            log.warning(
+                "intake: more than %d signed requests within the replay window; the oldest signatures are "
+                "forgotten early (a replay of those is no longer refused)",
+                self.limit,
+            )
             self._warned = True
         while len(self._seen) >= self.limit:
             self._seen.popitem(last=False)

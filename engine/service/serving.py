@@ -35,8 +35,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -166,12 +167,21 @@ def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bo
     """An engine of the integration's own: its session (connection pool), journal, dead letters, token and
     rate budget, keyed by its name; identity shared with the other integrations."""
     delivery = integration.preset.delivery
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=delivery.timeout_seconds),
-                                    raise_for_status=False)
-    transport = CountingTransport(AiohttpTransport(session, delivery.timeout_seconds, delivery.max_response_bytes),
-                                  metrics, integration.name)
-    engine = Engine(integration.preset, integration.settings, state=state, transport=transport,
-                    integration=integration.name, identity_scope=SHARED_IDENTITY, record=record)
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=delivery.timeout_seconds), raise_for_status=False
+    )
+    transport = CountingTransport(
+        AiohttpTransport(session, delivery.timeout_seconds, delivery.max_response_bytes), metrics, integration.name
+    )
+    engine = Engine(
+        integration.preset,
+        integration.settings,
+        state=state,
+        transport=transport,
+        integration=integration.name,
+        identity_scope=SHARED_IDENTITY,
+        record=record,
+    )
     for counter in (metrics.limited, metrics.refreshes):
         counter.labels(integration.name)  # shown at 0 from the start, not only once something happened
     return _Delivery(integration, engine, session)
@@ -209,8 +219,7 @@ async def _drain(tasks: Sequence[asyncio.Future[None]], seconds: float, what: st
         await asyncio.gather(*busy, return_exceptions=True)
 
 
-async def serve(options: ServiceOptions, configure: Configure, *,
-                ready: Callable[[str], None] | None = None) -> int:
+async def serve(options: ServiceOptions, configure: Configure, *, ready: Callable[[str], None] | None = None) -> int:
     """Run the intake (and, without Redis, the worker) until SIGTERM or SIGINT; the exit status."""
     metrics = Metrics()
     stop = asyncio.Event()
@@ -227,8 +236,9 @@ def _intake_app(intake: Intake, options: ServiceOptions) -> web.Application:
     return app
 
 
-async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics: Metrics, stop: asyncio.Event,
-                          say: Callable[[str], None]) -> int:
+async def _serve_embedded(
+    options: ServiceOptions, configure: Configure, metrics: Metrics, stop: asyncio.Event, say: Callable[[str], None]
+) -> int:
     from ..state.backend import open_state
     from ..state.sqlite.queue import SqliteQueue
 
@@ -241,10 +251,15 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
         deliveries = [_delivery(i, metrics, backend, options.record) for i in options.working()]
         configure(_redactor(options, deliveries))  # type: ignore[arg-type]
         for delivery in deliveries:
-            delivery.worker = Worker(delivery.engine, queue.view(delivery.integration.name), "embedded",
-                                     metrics=metrics, emit=_emit if options.print_outcomes else None,
-                                     visibility_seconds=options.visibility_seconds,
-                                     max_deliveries=options.max_deliveries)
+            delivery.worker = Worker(
+                delivery.engine,
+                queue.view(delivery.integration.name),
+                "embedded",
+                metrics=metrics,
+                emit=_emit if options.print_outcomes else None,
+                visibility_seconds=options.visibility_seconds,
+                max_deliveries=options.max_deliveries,
+            )
         intake = Intake(queue, options.intake, metrics)
         _gauges(metrics, queue, config.names(), queue.lag, backend)
         worker_stop = asyncio.Event()
@@ -272,8 +287,9 @@ async def _serve_embedded(options: ServiceOptions, configure: Configure, metrics
     return 0
 
 
-async def _serve_redis(options: ServiceOptions, configure: Configure, metrics: Metrics, stop: asyncio.Event,
-                       say: Callable[[str], None]) -> int:
+async def _serve_redis(
+    options: ServiceOptions, configure: Configure, metrics: Metrics, stop: asyncio.Event, say: Callable[[str], None]
+) -> int:
     from ..state.redis import RedisState
     from ..state.redis.queue import RedisQueue
 
@@ -282,17 +298,25 @@ async def _serve_redis(options: ServiceOptions, configure: Configure, metrics: M
     state = RedisState(options.redis)
     try:
         state.check()
-        redactor = Redactor([s for s in (*config.secrets(), *options.intake.write_keys, options.intake.signing_secret)
-                             if s])
+        redactor = Redactor(
+            [s for s in (*config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
+        )
         configure(redactor)
         client = state.async_client()
         stream = state.keys.events(config.stream)
         await _align_groups(client, stream, config.names())
         # The intake writes each identify's traits before its 200, so a lead accepted after it is joined by
         # whichever worker of whichever integration takes it. Stored once; each preset keeps its declared traits.
-        pipelines = [Pipeline(i.preset, i.settings, IdentityMemory.for_preset(
-            i.preset.identity, state.identity(SHARED_IDENTITY, IdentityLimits.of(i.preset.identity))))
-            for i in config.integrations]
+        pipelines = [
+            Pipeline(
+                i.preset,
+                i.settings,
+                IdentityMemory.for_preset(
+                    i.preset.identity, state.identity(SHARED_IDENTITY, IdentityLimits.of(i.preset.identity))
+                ),
+            )
+            for i in config.integrations
+        ]
 
         def remember(event: Mapping[str, Any]) -> None:
             for pipeline in pipelines:
@@ -336,8 +360,7 @@ async def _align_groups(client: Any, stream: str, names: list[str]) -> None:
             await client.xgroup_destroy(stream, group)
 
 
-async def work(options: ServiceOptions, configure: Configure, *,
-               ready: Callable[[str], None] | None = None) -> int:
+async def work(options: ServiceOptions, configure: Configure, *, ready: Callable[[str], None] | None = None) -> int:
     """A worker for each integration this process delivers for (on the Redis Stream), until SIGTERM or SIGINT."""
     from ..state.redis import RedisState
 
@@ -362,11 +385,17 @@ async def work(options: ServiceOptions, configure: Configure, *,
             queue = state.queue(name, aclient, stream=stream, group=name, start="$", trim_seconds=TRIM_SECONDS)
             queues.append(queue)
             locks = state.locks(aclient, f"{consumer}:{os.urandom(6).hex()}", options.visibility_seconds)
-            delivery.worker = Worker(delivery.engine, queue, consumer, metrics=metrics, locks=locks,
-                                     lock_name=functools.partial(state.keys.in_flight, name),
-                                     emit=_emit if options.print_outcomes else None,
-                                     visibility_seconds=options.visibility_seconds,
-                                     max_deliveries=options.max_deliveries)
+            delivery.worker = Worker(
+                delivery.engine,
+                queue,
+                consumer,
+                metrics=metrics,
+                locks=locks,
+                lock_name=functools.partial(state.keys.in_flight, name),
+                emit=_emit if options.print_outcomes else None,
+                visibility_seconds=options.visibility_seconds,
+                max_deliveries=options.max_deliveries,
+            )
         by_name = {d.integration.name: q for d, q in zip(deliveries, queues, strict=True)}
 
         async def lag(name: str) -> int:
@@ -381,14 +410,21 @@ async def work(options: ServiceOptions, configure: Configure, *,
                     for delivery in deliveries:
                         await engines.enter_async_context(delivery.engine)
                     if options.metrics_port is not None:
-                        runner, port = await _start_site(_metrics_app(metrics, worker_stop), options.host,
-                                                         options.metrics_port)
+                        runner, port = await _start_site(
+                            _metrics_app(metrics, worker_stop), options.host, options.metrics_port
+                        )
                         metrics_url = f"{url_of(options.host, port)}/metrics"
                         options.announce(f"metrics on {metrics_url}", url=metrics_url)
                     tasks = [asyncio.ensure_future(d.worker.run(worker_stop)) for d in deliveries if d.worker]
                     names = ", ".join(by_name) or "nothing (no enabled integration)"
-                    (ready or (lambda name: options.announce(f"worker {name} consuming {names}", consumer=name,
-                                                             integrations=list(by_name))))(consumer)
+                    (
+                        ready
+                        or (
+                            lambda name: options.announce(
+                                f"worker {name} consuming {names}", consumer=name, integrations=list(by_name)
+                            )
+                        )
+                    )(consumer)
                     await _until(stop, tasks)
                     worker_stop.set()
                     await _drain(tasks, options.drain_seconds, f"worker {consumer}")
@@ -452,7 +488,7 @@ async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Future[None]]) -> 
 async def _bounded(waiting: Awaitable[Any], seconds: float) -> None:
     try:
         await asyncio.wait_for(waiting, seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -462,8 +498,15 @@ def _raise_if_failed(tasks: Sequence[asyncio.Future[None]]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
-async def tail(url: str, integrations: list[str], *, follow: bool = True, last: int = 10,
-               out: Callable[[str], None] = print, stop: asyncio.Event | None = None) -> int:
+async def tail(
+    url: str,
+    integrations: list[str],
+    *,
+    follow: bool = True,
+    last: int = 10,
+    out: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> int:
     """Print the integrations' outcome streams: the ``last`` outcomes (of them all, in the order they were
     published), then new ones as they come (``follow``). Each line names its integration."""
     from ..state.redis import RedisState
@@ -505,4 +548,4 @@ def _stream_id(entry_id: Any) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-__all__ = ["ServiceOptions", "serve", "work", "tail", "url_of", "json"]
+__all__ = ["ServiceOptions", "json", "serve", "tail", "url_of", "work"]

@@ -42,7 +42,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator, Callable, Protocol, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
 from .. import outcome as oc
 from ..event_identity import message_id_of
@@ -72,12 +73,23 @@ class KeyLocks(Protocol):
 
 
 class Worker:
-    def __init__(self, engine: Engine, queue: EventQueue, consumer: str, *, metrics: Metrics | None = None,
-                 locks: KeyLocks | None = None, lock_name: Callable[[str], str] | None = None,
-                 emit: Callable[[dict[str, Any]], None] | None = None,
-                 visibility_seconds: float = VISIBILITY_SECONDS, batch: int = BATCH,
-                 read_block_seconds: float = READ_BLOCK_SECONDS, max_deliveries: int = MAX_DELIVERIES,
-                 clock: Callable[[], float] = time.time, integration: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: EventQueue,
+        consumer: str,
+        *,
+        metrics: Metrics | None = None,
+        locks: KeyLocks | None = None,
+        lock_name: Callable[[str], str] | None = None,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        visibility_seconds: float = VISIBILITY_SECONDS,
+        batch: int = BATCH,
+        read_block_seconds: float = READ_BLOCK_SECONDS,
+        max_deliveries: int = MAX_DELIVERIES,
+        clock: Callable[[], float] = time.time,
+        integration: str | None = None,
+    ) -> None:
         self.engine = engine
         self.integration = integration or engine.integration or engine.preset.name
         self.queue = queue
@@ -120,13 +132,18 @@ class Worker:
         """The worker stops on an error: note it on the entries it holds, for the poison letter if it recurs."""
         ids = [entry.id for entry in self._entries.values()]
         error = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        log.error("worker %s: stopped on an error while holding %d event(s): %s", self.consumer, len(ids),
-                  self.engine.redactor.redact(error))
+        log.error(
+            "worker %s: stopped on an error while holding %d event(s): %s",
+            self.consumer,
+            len(ids),
+            self.engine.redactor.redact(error),
+        )
         try:
             await self.queue.fail(self.consumer, ids, self.engine.redactor.redact(error))
         except Exception as note_error:  # noqa: BLE001 - the delivery count still tells a poison entry
-            log.error("worker %s: could not note the error on its entries (%s)", self.consumer,
-                      type(note_error).__name__)
+            log.error(
+                "worker %s: could not note the error on its entries (%s)", self.consumer, type(note_error).__name__
+            )
 
     # -- reading ----------------------------------------------------------------
     async def _batches(self, stop: asyncio.Event) -> AsyncIterator[list[tuple[int, Any]]]:
@@ -138,13 +155,19 @@ class Worker:
                     next_claim = self._clock() + self.visibility / 2
                     entries = await self.queue.claim(self.consumer, self.visibility, self.batch)
                     if entries:
-                        log.warning("worker %s: took over %d event(s) a stopped worker had left unfinished",
-                                    self.consumer, len(entries))
+                        log.warning(
+                            "worker %s: took over %d event(s) a stopped worker had left unfinished",
+                            self.consumer,
+                            len(entries),
+                        )
                 if not entries:
                     entries = await self.queue.read(self.consumer, self.batch, self.read_block)
             except (OSError, ConnectionError) as exc:
-                log.error("worker %s: cannot read the queue (%s); trying again", self.consumer,
-                          getattr(exc, "strerror", None) or type(exc).__name__)
+                log.error(
+                    "worker %s: cannot read the queue (%s); trying again",
+                    self.consumer,
+                    getattr(exc, "strerror", None) or type(exc).__name__,
+                )
                 await _sleep_or_stop(stop, 1.0)
                 continue
             except Exception as exc:  # noqa: BLE001 - a queue error (Redis down) must not end the worker
@@ -153,8 +176,10 @@ class Worker:
                 continue
             fresh = [entry for entry in entries if entry.deliveries <= 1 or entry.deliveries > self.max_deliveries]
             # The least suspect first: an entry that stopped workers more often waits behind the others.
-            suspects = sorted((entry for entry in entries if 1 < entry.deliveries <= self.max_deliveries),
-                              key=lambda entry: entry.deliveries)
+            suspects = sorted(
+                (entry for entry in entries if 1 < entry.deliveries <= self.max_deliveries),
+                key=lambda entry: entry.deliveries,
+            )
             if suspects:
                 # One at a time, alone: if it stops this worker again, nothing else was handed out with it to
                 # be counted. The others go back uncounted at once and come again with the next claim; the
@@ -180,8 +205,9 @@ class Worker:
         try:
             await self.queue.release(self.consumer, entries)
         except Exception as exc:  # noqa: BLE001 - they are handed out again after the visibility timeout
-            log.error("worker %s: could not give back %d event(s) (%s)", self.consumer, len(entries),
-                      type(exc).__name__)
+            log.error(
+                "worker %s: could not give back %d event(s) (%s)", self.consumer, len(entries), type(exc).__name__
+            )
 
     async def _until_idle(self, stop: asyncio.Event) -> None:
         waiter = asyncio.ensure_future(self._idle.wait())
@@ -222,23 +248,44 @@ class Worker:
         """Not tried again: a dead letter holding the event and the error it kept failing with."""
         message_id = message_id_of(event)
         failed = entry.failure or "each worker holding it stopped without an error (killed, or out of memory?)"
-        result = Outcome(index, message_id, oc.DEAD_LETTERED, cause=POISON,
-                         detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
-                                f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
-                         attempts=entry.deliveries - 1)
-        letter = {**entry_for(self.engine.preset.name, "", result, {}, event_key(event),
-                              integration=self.engine.integration, filed_under=self.engine.name), "request": None,
-                  "event": event}
+        result = Outcome(
+            index,
+            message_id,
+            oc.DEAD_LETTERED,
+            cause=POISON,
+            detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
+            f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
+            attempts=entry.deliveries - 1,
+        )
+        letter = {
+            **entry_for(
+                self.engine.preset.name,
+                "",
+                result,
+                {},
+                event_key(event),
+                integration=self.engine.integration,
+                filed_under=self.engine.name,
+            ),
+            "request": None,
+            "event": event,
+        }
         try:
             kept = self.engine.dead_letters.add(letter)
         except (OSError, TypeError, ValueError) as exc:
-            log.error("worker %s: could not write the poison letter of entry %s: %s", self.consumer, entry.id,
-                      type(exc).__name__)
+            log.error(
+                "worker %s: could not write the poison letter of entry %s: %s",
+                self.consumer,
+                entry.id,
+                type(exc).__name__,
+            )
             result.detail = f"{result.detail}; NOT kept: the dead-letter store could not be written"
         else:
             if kept is False:
-                result.detail = (f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
-                                 "the letter is kept in memory and written as soon as it can be")
+                result.detail = (
+                    f"{result.detail}; the dead-letter store cannot be written now (disk full?): "
+                    "the letter is kept in memory and written as soon as it can be"
+                )
         return result
 
     async def _lock(self, keys: dict[int, str]) -> None:
@@ -249,8 +296,9 @@ class Worker:
             try:
                 taken = await self.locks.acquire(list(waiting.values()))
             except Exception as exc:  # noqa: BLE001 - without the lock the journal still stops most repeats
-                log.error("worker %s: cannot take event locks (%s); going on without them", self.consumer,
-                          type(exc).__name__)
+                log.error(
+                    "worker %s: cannot take event locks (%s); going on without them", self.consumer, type(exc).__name__
+                )
                 return
             for (index, key), ok in zip(list(waiting.items()), taken, strict=True):
                 if ok:
@@ -302,8 +350,9 @@ class Worker:
                 await self.queue.ack([(entry.id, record)])
                 return
             except Exception as exc:  # noqa: BLE001 - the outcome is known; only its acknowledgement waits
-                log.error("worker %s: cannot acknowledge entry %s (%s); retrying", self.consumer, entry.id,
-                          type(exc).__name__)
+                log.error(
+                    "worker %s: cannot acknowledge entry %s (%s); retrying", self.consumer, entry.id, type(exc).__name__
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -322,7 +371,7 @@ class Worker:
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -331,4 +380,4 @@ def outcome_line(record: dict[str, Any], encoding: str | None = None) -> str:
     return oc.outcome_json(record, encoding)
 
 
-__all__ = ["Worker", "KeyLocks", "outcome_line", "Outcome"]
+__all__ = ["KeyLocks", "Outcome", "Worker", "outcome_line"]

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from .dead_letters import PAGE_SIZE, DeadLetterStore, chunked
 from .identity import IdentityStore, Remembered, Slot, merged
@@ -35,8 +36,14 @@ DEFAULT_LIMIT = 10_000
 class PendingWrites:
     """One store's refused writes, oldest first."""
 
-    def __init__(self, what: str, apply: Callable[[tuple[Any, ...]], None], *, limit: int = DEFAULT_LIMIT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        what: str,
+        apply: Callable[[tuple[Any, ...]], None],
+        *,
+        limit: int = DEFAULT_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.what = what
         self.limit = limit
         self.ops: deque[tuple[Any, ...]] = deque()
@@ -89,8 +96,12 @@ class PendingWrites:
         if len(self.ops) >= self.limit:
             self.ops.popleft()
             self.given_up += 1
-            log.error("state: %s: more than %d writes waiting for the disk; the oldest was given up (%d so far)",
-                      self.what, self.limit, self.given_up)
+            log.error(
+                "state: %s: more than %d writes waiting for the disk; the oldest was given up (%d so far)",
+                self.what,
+                self.limit,
+                self.given_up,
+            )
         self.ops.append(op)
         self._arm()
 
@@ -100,9 +111,14 @@ class PendingWrites:
             return
         self._last_loud = now
         reason = exc.strerror or str(exc) or type(exc).__name__
-        log.error("state: could not write %s (%s); %d write(s) kept in memory and retried every %gs. "
-                  "Free space in the state directory: they are lost if this process ends first",
-                  self.what, reason, len(self.ops), RETRY_SECONDS)
+        log.error(
+            "state: could not write %s (%s); %d write(s) kept in memory and retried every %gs. "
+            "Free space in the state directory: they are lost if this process ends first",
+            self.what,
+            reason,
+            len(self.ops),
+            RETRY_SECONDS,
+        )
 
     def _arm(self) -> None:
         if self._timer is not None:
@@ -153,8 +169,16 @@ class BufferedDeadLetters:
         letters = self.inner.entries(preset)
         for name, arg in self.pending.ops:
             if name == "add" and (preset is None or arg.get("preset") == preset):
-                same = next((i for i, e in enumerate(letters) if arg.get("key") is not None
-                             and e.get("key") == arg.get("key") and e.get("preset") == arg.get("preset")), None)
+                same = next(
+                    (
+                        i
+                        for i, e in enumerate(letters)
+                        if arg.get("key") is not None
+                        and e.get("key") == arg.get("key")
+                        and e.get("preset") == arg.get("preset")
+                    ),
+                    None,
+                )
                 if same is None:
                     letters.append(dict(arg))
                 else:
@@ -199,8 +223,10 @@ class BufferedTokenStore:
     def save(self, tokens: StoredTokens, configured: str) -> None:
         self.pending.ops.clear()  # superseded: the kept tokens are already spent upstream
         if not self.pending.write(("save", tokens, configured)):
-            log.error("auth: the rotated refresh token could not be saved; it is used from memory and the write "
-                      "is retried. If this process ends before it is saved, the connection must be re-authorised")
+            log.error(
+                "auth: the rotated refresh token could not be saved; it is used from memory and the write "
+                "is retried. If this process ends before it is saved, the connection must be re-authorised"
+            )
 
     def check_writable(self) -> bool:
         if not self.pending.flush():
@@ -242,7 +268,9 @@ class BufferedIdentityStore:
 
 
 class BufferedJournal:
-    def __init__(self, inner: DeliveryJournal, *, limit: int = DEFAULT_LIMIT, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, inner: DeliveryJournal, *, limit: int = DEFAULT_LIMIT, clock: Callable[[], float] = time.time
+    ) -> None:
         self.inner = inner
         self._clock = clock
         self.pending = PendingWrites("the delivery journal", self._apply, limit=limit)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 KEY_ENV = "SIGNAL_CONSOLE_SECRET_KEY"
 
@@ -79,16 +80,20 @@ class SecretBox:
         try:
             self._fernet = Fernet(key.encode())
         except (ValueError, TypeError):
-            raise SecretsUnavailable(f"{KEY_ENV} is not a Fernet key (32 url-safe base64-encoded bytes; make one "
-                                     "with: python -c \"from cryptography.fernet import Fernet; "
-                                     "print(Fernet.generate_key().decode())\")") from None
+            raise SecretsUnavailable(
+                f"{KEY_ENV} is not a Fernet key (32 url-safe base64-encoded bytes; make one "
+                'with: python -c "from cryptography.fernet import Fernet; '
+                'print(Fernet.generate_key().decode())")'
+            ) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> SecretBox:
         key = environ.get(KEY_ENV, "").strip()
         if not key:
-            raise SecretsUnavailable(f"{KEY_ENV} is not set, so the console cannot encrypt secrets and will not "
-                                     "store them; set it to a Fernet key and restart the console")
+            raise SecretsUnavailable(
+                f"{KEY_ENV} is not set, so the console cannot encrypt secrets and will not "
+                "store them; set it to a Fernet key and restart the console"
+            )
         return cls(key)
 
     def seal(self, value: str) -> str:
@@ -100,13 +105,20 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise SecretsUnavailable(f"a stored secret does not open with this {KEY_ENV} (was the key "
-                                     "changed?)") from None
+            raise SecretsUnavailable(
+                f"a stored secret does not open with this {KEY_ENV} (was the key changed?)"
+            ) from None
 
 
 def now() -> float:
     return time.time()
 
 
-__all__ = ["KEY_ENV", "IntegrationStore", "MemoryIntegrationStore", "SecretBox", "SecretsUnavailable",
-           "StoredIntegration"]
+__all__ = [
+    "KEY_ENV",
+    "IntegrationStore",
+    "MemoryIntegrationStore",
+    "SecretBox",
+    "SecretsUnavailable",
+    "StoredIntegration",
+]

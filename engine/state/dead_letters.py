@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 from ..outcome import Outcome
 
@@ -62,9 +63,17 @@ def filed_under(entry: Mapping[str, Any]) -> str:
     return str(entry.get("filed_under") or entry.get("preset"))
 
 
-def entry_for(preset: str, action: str, outcome: Outcome, request: dict[str, Any], key: str | None = None,
-              context: dict[str, Any] | None = None, *, integration: str | None = None,
-              filed_under: str | None = None) -> dict[str, Any]:
+def entry_for(
+    preset: str,
+    action: str,
+    outcome: Outcome,
+    request: dict[str, Any],
+    key: str | None = None,
+    context: dict[str, Any] | None = None,
+    *,
+    integration: str | None = None,
+    filed_under: str | None = None,
+) -> dict[str, Any]:
     """``integration`` names the integration; ``filed_under`` is the name a service integration keeps its
     letters under (its own, so that two integrations of one preset never share or replace each other's
     letters); without it a letter is kept under its preset. ``request`` is the event's *first* request
@@ -136,8 +145,7 @@ class Removes(Protocol):
     def remove(self, letter_id: str) -> None: ...
 
 
-def delete_letters(store: Removes, pages: Iterable[list[dict[str, Any]]],
-                   ids: Collection[str]) -> list[str]:
+def delete_letters(store: Removes, pages: Iterable[list[dict[str, Any]]], ids: Collection[str]) -> list[str]:
     """Remove the letters with these ``ids`` among ``pages`` (one integration's letters); the ids removed.
 
     Only letters found among ``pages`` are removed, so naming another
@@ -157,7 +165,7 @@ def delete_letters(store: Removes, pages: Iterable[list[dict[str, Any]]],
 
 def chunked(letters: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(letters), size):
-        yield letters[start:start + size]
+        yield letters[start : start + size]
 
 
 def read_legacy_file(path: Path) -> list[dict[str, Any]]:

@@ -31,8 +31,9 @@ import json
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from ..language.model import (
     DEFAULT_IDENTITY_MAX_BYTES,
@@ -77,7 +78,7 @@ class IdentityLimits:
     memory_bytes: int = DEFAULT_MEMORY_BYTES
 
     @classmethod
-    def of(cls, spec: IdentitySpec) -> "IdentityLimits":
+    def of(cls, spec: IdentitySpec) -> IdentityLimits:
         return cls(spec.ttl_days * 86400.0, spec.max_bytes)
 
 
@@ -124,7 +125,7 @@ def entry_bytes(kind: str, ident: str, owner: str | None, traits_text: str) -> i
 class _Entry:
     """One remembered id, compact: the traits stay JSON text until recalled."""
 
-    __slots__ = ("traits_text", "owner", "size", "process_size", "seen")
+    __slots__ = ("owner", "process_size", "seen", "size", "traits_text")
 
     def __init__(self, traits_text: str, owner: str | None, size: int, process_size: int, seen: float) -> None:
         self.traits_text = traits_text
@@ -175,13 +176,18 @@ class MemoryIdentityStore:
             new = merged(old.remembered() if old else None, traits, owner, slot.exclusive)
             text = traits_json(new.traits)
             size = entry_bytes(slot.kind, slot.ident, new.owner, text)
-            process_size = ENTRY_OVERHEAD + sys.getsizeof(key) + sys.getsizeof(text) + \
-                (sys.getsizeof(new.owner) if new.owner is not None else 0)
+            process_size = (
+                ENTRY_OVERHEAD
+                + sys.getsizeof(key)
+                + sys.getsizeof(text)
+                + (sys.getsizeof(new.owner) if new.owner is not None else 0)
+            )
             self._entries[key] = _Entry(text, new.owner, size, process_size, now)
             self.bytes_used += size
             self.process_bytes += process_size
-        while self._entries and (self.bytes_used > self.limits.max_bytes
-                                 or self.process_bytes > self.limits.memory_bytes):
+        while self._entries and (
+            self.bytes_used > self.limits.max_bytes or self.process_bytes > self.limits.memory_bytes
+        ):
             _, evicted = self._entries.popitem(last=False)
             self.bytes_used -= evicted.size
             self.process_bytes -= evicted.process_size
@@ -205,8 +211,10 @@ class MemoryIdentityStore:
 
     def items(self) -> Iterable[tuple[tuple[str, str], Remembered]]:
         """Every live entry, least recently seen first (for tests and a one-off export)."""
-        return [(tuple(key.split("\0", 1)), entry.remembered())  # type: ignore[misc]
-                for key, entry in self._entries.items()]
+        return [
+            (tuple(key.split("\0", 1)), entry.remembered())  # type: ignore[misc]
+            for key, entry in self._entries.items()
+        ]
 
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)

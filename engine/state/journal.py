@@ -18,7 +18,8 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..event_identity import message_id_of
 

@@ -15,8 +15,9 @@ the entry (outcomes arrive in order), ``claim`` the group's rebalance.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -68,5 +69,4 @@ class EventQueue(Protocol):
     async def writable(self) -> bool:
         """Whether a write would be taken now (a small real write: a full disk or a read-only store says no)."""
 
-    async def close(self) -> None:
-        ...
+    async def close(self) -> None: ...

@@ -23,9 +23,10 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
@@ -42,9 +43,26 @@ FLUSH_EVERY = 512  # entries buffered before a write (a write trims too: fewer, 
 FLUSH_SECONDS = 0.25  # the longest an entry waits in the buffer
 
 # The columns every entry has, for lists and figures, beside the full entry.
-SUMMARY_FIELDS = ("id", "at", "integration", "preset", "messageId", "type", "event", "email", "userId",
-                  "outcome", "reason", "cause", "status", "attempts", "latency_ms", "replay", "token_requests",
-                  "answers_429")
+SUMMARY_FIELDS = (
+    "id",
+    "at",
+    "integration",
+    "preset",
+    "messageId",
+    "type",
+    "event",
+    "email",
+    "userId",
+    "outcome",
+    "reason",
+    "cause",
+    "status",
+    "attempts",
+    "latency_ms",
+    "replay",
+    "token_requests",
+    "answers_429",
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +94,10 @@ class RecordQuery:
         if self.search:
             needle = self.search.strip().lower()
             email = str(row.get("email") or "").lower()
-            if needle not in email and needle not in (str(row.get("userId") or "").lower(),
-                                                      str(row.get("messageId") or "").lower()):
+            if needle not in email and needle not in (
+                str(row.get("userId") or "").lower(),
+                str(row.get("messageId") or "").lower(),
+            ):
                 return False
         return True
 
@@ -100,13 +120,21 @@ class Recorded(NamedTuple):
     entry: str
 
     @classmethod
-    def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> "Recorded":
+    def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> Recorded:
         def lower(value: Any) -> str | None:
             return mask(value).lower() if isinstance(value, str) else None
 
-        return cls(str(entry["integration"]), float(entry["at"]), entry.get("outcome"),
-                   entry.get("reason") or entry.get("cause"), lower(entry.get("email")), lower(entry.get("userId")),
-                   lower(entry.get("messageId")), mask(_json(summary(entry))), mask(_json(entry)))
+        return cls(
+            str(entry["integration"]),
+            float(entry["at"]),
+            entry.get("outcome"),
+            entry.get("reason") or entry.get("cause"),
+            lower(entry.get("email")),
+            lower(entry.get("userId")),
+            lower(entry.get("messageId")),
+            mask(_json(summary(entry))),
+            mask(_json(entry)),
+        )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
         return {**orjson.loads(self.summary), "id": entry_id}
@@ -187,8 +215,16 @@ class Recorder:
     :data:`FLUSH_SECONDS`, or at :meth:`close`.
     """
 
-    def __init__(self, store: EventRecord, integration: str, preset: str, *, redactor: Redactor,
-                 preset_path: str | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: EventRecord,
+        integration: str,
+        preset: str,
+        *,
+        redactor: Redactor,
+        preset_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.integration = integration
         self.preset = preset
@@ -199,8 +235,15 @@ class Recorder:
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
 
-    def note(self, event: Any, outcome: Outcome, latency_seconds: float | None = None, *,
-             replay: bool = False, traits: Mapping[str, Any] | None = None) -> None:
+    def note(
+        self,
+        event: Any,
+        outcome: Outcome,
+        latency_seconds: float | None = None,
+        *,
+        replay: bool = False,
+        traits: Mapping[str, Any] | None = None,
+    ) -> None:
         """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far."""
         try:
             self._buffer.append(self._entry(event, outcome, latency_seconds, replay, traits))
@@ -229,8 +272,11 @@ class Recorder:
             self.store.add_many(entries)
         except Exception as exc:  # noqa: BLE001 - see note()
             if not self._failed:
-                log.error("record: could not write %d recent event(s) for the console: %s", len(entries),
-                          getattr(exc, "strerror", None) or type(exc).__name__)
+                log.error(
+                    "record: could not write %d recent event(s) for the console: %s",
+                    len(entries),
+                    getattr(exc, "strerror", None) or type(exc).__name__,
+                )
             self._failed = True
         else:
             self._failed = False
@@ -238,8 +284,14 @@ class Recorder:
     def close(self) -> None:
         self.flush()
 
-    def _entry(self, event: Any, outcome: Outcome, latency_seconds: float | None, replay: bool,
-               traits: Mapping[str, Any] | None) -> Recorded:
+    def _entry(
+        self,
+        event: Any,
+        outcome: Outcome,
+        latency_seconds: float | None,
+        replay: bool,
+        traits: Mapping[str, Any] | None,
+    ) -> Recorded:
         at = self._clock()
         incoming = event if isinstance(event, dict) else None
         if incoming is None and replay and outcome.message_id:
@@ -278,7 +330,6 @@ class Recorder:
             recorded = Recorded.of(entry, self.redactor.redact_json)
         return recorded
 
-
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
         """A replayed letter holds the request, not the event: the event its first outcome recorded, if still kept."""
         self.flush()
@@ -304,8 +355,11 @@ def _email_of(traits: Mapping[str, Any] | None, event: Mapping[str, Any] | None)
     if event is None:
         return None
     context = event.get("context")
-    for holder in (event.get("traits"), context.get("traits") if isinstance(context, dict) else None,
-                   event.get("properties")):
+    for holder in (
+        event.get("traits"),
+        context.get("traits") if isinstance(context, dict) else None,
+        event.get("properties"),
+    ):
         if isinstance(holder, dict) and isinstance(holder.get("email"), str):
             return holder["email"]
     return None
@@ -324,8 +378,9 @@ def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:
     text = _json(event)
     if len(text) <= EVENT_CAP:
         return event
-    kept: dict[str, Any] = {k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp")
-                            if k in event}
+    kept: dict[str, Any] = {
+        k: event[k] for k in ("type", "event", "messageId", "userId", "anonymousId", "timestamp") if k in event
+    }
     return {**kept, "_truncated": f"the event was {len(text)} characters; only its identifying fields are kept"}
 
 

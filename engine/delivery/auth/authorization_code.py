@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...language.model import AuthSpec
@@ -46,8 +47,10 @@ class Client:
     client_secret: str
 
     @classmethod
-    def of(cls, spec: AuthSpec, settings: Settings) -> "Client":
-        return cls(str(settings[spec.client_id_setting or ""] or ""), str(settings[spec.client_secret_setting or ""] or ""))
+    def of(cls, spec: AuthSpec, settings: Settings) -> Client:
+        return cls(
+            str(settings[spec.client_id_setting or ""] or ""), str(settings[spec.client_secret_setting or ""] or "")
+        )
 
 
 def can_authorise(spec: AuthSpec | None) -> str | None:
@@ -55,8 +58,10 @@ def can_authorise(spec: AuthSpec | None) -> str | None:
     if spec is None:
         return "its auth is none: there is nothing to authorise"
     if spec.type != "oauth2_refresh_token":
-        return (f"its auth is {spec.type}, which needs no authorisation by a person "
-                "(the credentials in the settings are enough)")
+        return (
+            f"its auth is {spec.type}, which needs no authorisation by a person "
+            "(the credentials in the settings are enough)"
+        )
     if spec.authorize_url is None:
         return "its auth declares no authorize_url, so it cannot be authorised here"
     return None
@@ -80,8 +85,16 @@ def authorization_url(spec: AuthSpec, settings: Settings, redirect_uri: str, sta
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-async def exchange_code(spec: AuthSpec, settings: Settings, transport: Transport, code: str, redirect_uri: str,
-                        redactor: Redactor, *, echoed: Mapping[str, str] | None = None) -> StoredTokens:
+async def exchange_code(
+    spec: AuthSpec,
+    settings: Settings,
+    transport: Transport,
+    code: str,
+    redirect_uri: str,
+    redactor: Redactor,
+    *,
+    echoed: Mapping[str, str] | None = None,
+) -> StoredTokens:
     """Trade the code for the first tokens (RFC 6749 §4.1.3); raise :class:`AuthorisationError` when refused.
 
     ``redirect_uri`` must be the one the authorization request carried.
@@ -98,8 +111,9 @@ async def exchange_code(spec: AuthSpec, settings: Settings, transport: Transport
     try:
         response = await transport.send(request)
     except TransportError as exc:
-        raise AuthorisationError(f"the token endpoint {url} could not be reached ({exc.kind}); "
-                                 "run the command again") from None
+        raise AuthorisationError(
+            f"the token endpoint {url} could not be reached ({exc.kind}); run the command again"
+        ) from None
     body = response.body
     if 200 <= response.status < 300 and isinstance(body, dict):
         access, refresh = body.get("access_token"), body.get("refresh_token")
@@ -110,8 +124,9 @@ async def exchange_code(spec: AuthSpec, settings: Settings, transport: Transport
             expires = time.time() + float(lifetime) if isinstance(lifetime, (int, float)) and lifetime > 0 else None
             return StoredTokens(refresh, access, expires, answer_values(spec, body) or {})
         missing = "refresh_token" if isinstance(access, str) and access else "access_token"
-        raise AuthorisationError(f"the token endpoint answered {response.status} without a {missing}; "
-                                 "the app cannot deliver without one")
+        raise AuthorisationError(
+            f"the token endpoint answered {response.status} without a {missing}; the app cannot deliver without one"
+        )
     raise AuthorisationError(redactor.redact(_refusal(response.status, body)))
 
 
@@ -121,11 +136,15 @@ def _refusal(status: int, body: Any) -> str:
     description = body.get("error_description") if isinstance(body, dict) else None
     said = f" ({_one_line(str(description))})" if description else ""
     if error == "invalid_grant":
-        return (f"the token endpoint refused the authorization code: invalid_grant{said}. Codes are single-use "
-                "and expire within minutes, and the redirect URI must be the one authorised; run the command again")
+        return (
+            f"the token endpoint refused the authorization code: invalid_grant{said}. Codes are single-use "
+            "and expire within minutes, and the redirect URI must be the one authorised; run the command again"
+        )
     if error == "invalid_client" or status == 401:
-        return (f"the token endpoint refused the client credentials: {error or status}{said}; "
-                "check client_id and client_secret in the settings")
+        return (
+            f"the token endpoint refused the client credentials: {error or status}{said}; "
+            "check client_id and client_secret in the settings"
+        )
     if error:
         return f"the token endpoint refused the authorization code: {_one_line(str(error))}{said}"
     return f"the token endpoint answered {status} to the code exchange"
@@ -133,7 +152,7 @@ def _refusal(status: int, body: Any) -> str:
 
 def _one_line(text: str) -> str:
     flat = " ".join(text.split())
-    return flat if len(flat) <= MAX_DESCRIPTION_CHARS else flat[:MAX_DESCRIPTION_CHARS - 1] + "…"
+    return flat if len(flat) <= MAX_DESCRIPTION_CHARS else flat[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
 def refused_redirect(params: Mapping[str, str]) -> str:

@@ -22,7 +22,7 @@ class AuthFailure(Exception):
         self.status = status
         self.body = body
 
-    def again(self) -> "AuthFailure":
+    def again(self) -> AuthFailure:
         """A fresh copy, to raise for the next caller of a failure that is remembered.
 
         Raising one object again and again chains each raise's traceback onto

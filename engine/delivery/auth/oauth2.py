@@ -24,7 +24,8 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from ...language.model import AuthSpec, RetrySpec
 from ...language.settings import Settings
@@ -58,9 +59,19 @@ class OAuth2Auth:
     so there is nothing to persist but the access token.
     """
 
-    def __init__(self, spec: AuthSpec, settings: Settings, store: TokenStore, redactor: Redactor, retries: RetrySpec,
-                 transport: Transport, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        spec: AuthSpec,
+        settings: Settings,
+        store: TokenStore,
+        redactor: Redactor,
+        retries: RetrySpec,
+        transport: Transport,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         self.spec = spec
         self.redactor = redactor
         self.retries = retries
@@ -77,11 +88,15 @@ class OAuth2Auth:
         # the state (signal-engine auth). A client-credentials connection has
         # no chain, only a cached access token.
         given = str(settings[spec.refresh_token_setting or ""] or "") if self._grant == "refresh_token" else ""
-        self._configured = (given or AUTHORISED_CHAIN) if self._grant == "refresh_token" else "client:" + self._client_id
+        self._configured = (
+            (given or AUTHORISED_CHAIN) if self._grant == "refresh_token" else "client:" + self._client_id
+        )
         stored = store.load(self._configured)
         # Empty when neither the settings nor the state hold a refresh token: minting then
         # fails with a message a person can act on, without asking the endpoint.
-        self._refresh = stored.refresh_token if stored else (given if self._grant == "refresh_token" else self._configured)
+        self._refresh = (
+            stored.refresh_token if stored else (given if self._grant == "refresh_token" else self._configured)
+        )
         self._token_url = spec.token_url.render({"settings": settings.public()}) if spec.token_url else ""
         self._access: str | None = None
         self._expires_at = 0.0
@@ -175,9 +190,12 @@ class OAuth2Auth:
             if self._adopt_stored():
                 return
             if self._grant == "refresh_token" and not self._refresh:
-                raise AuthFailure(f"there is no refresh token: the {self.spec.refresh_token_setting} setting is empty "
-                                  "and the state holds no authorisation for this client_id; authorise the app "
-                                  "(signal-engine auth) or set the refresh token", fatal=True)
+                raise AuthFailure(
+                    f"there is no refresh token: the {self.spec.refresh_token_setting} setting is empty "
+                    "and the state holds no authorisation for this client_id; authorise the app "
+                    "(signal-engine auth) or set the refresh token",
+                    fatal=True,
+                )
             try:
                 if self._grant == "refresh_token":
                     self._check_store_writable()
@@ -196,9 +214,11 @@ class OAuth2Auth:
         """A refresh spends the current refresh token: first make sure the rotated one can be saved."""
         check = getattr(self._store, "check_writable", None)
         if check is not None and not check():
-            failure = AuthFailure("the state cannot be written now (disk full?), so the refresh token was not used: "
-                                  "a rotated token that cannot be saved would be lost; free space and retry",
-                                  fatal=False)
+            failure = AuthFailure(
+                "the state cannot be written now (disk full?), so the refresh token was not used: "
+                "a rotated token that cannot be saved would be lost; free space and retry",
+                fatal=False,
+            )
             log.error("auth: %s", failure)
             raise failure
 
@@ -216,8 +236,12 @@ class OAuth2Auth:
         if stored.refresh_token != self._refresh:
             self.redactor.add(stored.refresh_token)
             self._refresh = stored.refresh_token
-        if stored.access_token and stored.access_expires_at and stored.access_token not in (self._rejected, self._access) \
-                and self._has_values(stored.values):
+        if (
+            stored.access_token
+            and stored.access_expires_at
+            and stored.access_token not in (self._rejected, self._access)
+            and self._has_values(stored.values)
+        ):
             lifetime_left = stored.access_expires_at - time.time()
             left = lifetime_left - self._margin(lifetime_left)
             if left > 0:
@@ -242,13 +266,21 @@ class OAuth2Auth:
             if self._settling:
                 raise AuthFailure("the engine is shutting down: no new token request", fatal=False)
             status, body, headers = await self._post()
-            if status is not None and 200 <= status < 300 and isinstance(body, dict) \
-                    and isinstance(body.get("access_token"), str) and body["access_token"] \
-                    and self._has_values(body):
+            if (
+                status is not None
+                and 200 <= status < 300
+                and isinstance(body, dict)
+                and isinstance(body.get("access_token"), str)
+                and body["access_token"]
+                and self._has_values(body)
+            ):
                 self._accept(body)
                 return
-            answer = (Answer.from_body(status, body, headers) if status is not None
-                      else Answer(None, transport_error="connection"))
+            answer = (
+                Answer.from_body(status, body, headers)
+                if status is not None
+                else Answer(None, transport_error="connection")
+            )
             rule = first_match(self.spec.rules, answer)
             action = rule.then if rule else self._default_action(status, body)
             message = (rule.message if rule and rule.message else None) or _what_went_wrong(status, body)
@@ -259,25 +291,38 @@ class OAuth2Auth:
                 if self._refresh != used and failures < self.retries.max_attempts:
                     failures += 1
                     continue  # another engine had rotated it; try the newer token once more
-                self._broken = AuthFailure(self.redactor.redact(message), fatal=True, status=status,
-                                           body=self.redactor.redact(body))
+                self._broken = AuthFailure(
+                    self.redactor.redact(message), fatal=True, status=status, body=self.redactor.redact(body)
+                )
                 log.error("auth: %s", self._broken, extra={"status": status, "cause": "reauthorisation_required"})
                 raise self._broken
             if action == "wait_rate_limit":
                 throttled += 1
                 if throttled > MAX_THROTTLE_WAITS:
-                    raise AuthFailure(self.redactor.redact(f"{clause} (still throttled after {throttled - 1} waits)"),
-                                      fatal=False, status=status, body=self.redactor.redact(body))
+                    raise AuthFailure(
+                        self.redactor.redact(f"{clause} (still throttled after {throttled - 1} waits)"),
+                        fatal=False,
+                        status=status,
+                        body=self.redactor.redact(body),
+                    )
                 asked = seconds_until(headers.get("Retry-After")) if headers else None
                 delay = asked if asked is not None else self._throttle_backoff(throttled)
             else:
                 failures += 1
                 if failures >= self.retries.max_attempts:
-                    raise AuthFailure(self.redactor.redact(f"{clause} (gave up after {failures} attempts)"), fatal=False,
-                                      status=status, body=self.redactor.redact(body))
+                    raise AuthFailure(
+                        self.redactor.redact(f"{clause} (gave up after {failures} attempts)"),
+                        fatal=False,
+                        status=status,
+                        body=self.redactor.redact(body),
+                    )
                 delay = backoff_delay(self.retries, failures, self._rng)
-            log.warning("auth: %s; minting again in %.1fs", self.redactor.redact(clause), delay,
-                        extra={"status": status, "retry_in_seconds": round(delay, 3)})
+            log.warning(
+                "auth: %s; minting again in %.1fs",
+                self.redactor.redact(clause),
+                delay,
+                extra={"status": status, "retry_in_seconds": round(delay, 3)},
+            )
             await self._sleep(delay)
 
     @staticmethod
@@ -301,8 +346,9 @@ class OAuth2Auth:
             form["refresh_token"] = self._refresh
         if self.spec.scopes and self._grant == "client_credentials":
             form["scope"] = " ".join(self.spec.scopes)
-        return token_endpoint_request(self.spec, self._token_url, self._client_id, self._client_secret, form,
-                                      self.redactor)
+        return token_endpoint_request(
+            self.spec, self._token_url, self._client_id, self._client_secret, form, self.redactor
+        )
 
     async def _post(self) -> tuple[int | None, Any, Mapping[str, str]]:
         self._posting = True
@@ -324,8 +370,10 @@ class OAuth2Auth:
         rotated = body.get("refresh_token") if rotating else None
         self.redactor.add(access)
         if rotating and not (isinstance(rotated, str) and rotated):
-            log.warning("auth: the token endpoint answered no new refresh token although the preset says "
-                        "they rotate; keeping the current one")
+            log.warning(
+                "auth: the token endpoint answered no new refresh token although the preset says "
+                "they rotate; keeping the current one"
+            )
         if isinstance(rotated, str) and rotated:
             self.redactor.add(rotated)
             self._refresh = rotated
@@ -337,8 +385,11 @@ class OAuth2Auth:
         try:
             self._store.save(StoredTokens(self._refresh, access, time.time() + lifetime, values), self._configured)
         except OSError as exc:
-            log.error("auth: could not persist the rotated refresh token (%s); it is kept in memory "
-                      "only and will be lost when this process exits", type(exc).__name__)
+            log.error(
+                "auth: could not persist the rotated refresh token (%s); it is kept in memory "
+                "only and will be lost when this process exits",
+                type(exc).__name__,
+            )
         self._access = access
         self._values = values
         self._expires_at = self._clock() + lifetime - self._margin(lifetime)
@@ -346,8 +397,9 @@ class OAuth2Auth:
         log.info("auth: minted an access token valid for %ds", int(lifetime), extra={"expires_in": int(lifetime)})
 
 
-def token_endpoint_request(spec: AuthSpec, url: str, client_id: str, client_secret: str, form: dict[str, str],
-                           redactor: Redactor) -> HttpRequest:
+def token_endpoint_request(
+    spec: AuthSpec, url: str, client_id: str, client_secret: str, form: dict[str, str], redactor: Redactor
+) -> HttpRequest:
     """A form POST to the token endpoint, the client authenticated as the preset declares (RFC 6749 §2.3.1)."""
     headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
     if spec.client_auth == "basic":
@@ -372,7 +424,7 @@ def answer_values(spec: AuthSpec, answer: Mapping[str, Any]) -> dict[str, str] |
     return values  # type: ignore[return-value]
 
 
-def _retrieve(task: "asyncio.Future[None]") -> None:
+def _retrieve(task: asyncio.Future[None]) -> None:
     """Mark a mint task's failure as seen even when every waiter was cancelled."""
     if not task.cancelled():
         task.exception()

@@ -30,8 +30,20 @@ from .rate_budget import RedisRateBudget
 from .record import RedisRecord
 from .tokens import RedisTokenStore
 
-__all__ = ["RedisState", "RedisIdentityStore", "RedisJournal", "RedisDeadLetters", "RedisTokenStore",
-           "RedisRateBudget", "RedisRecord", "RedisQueue", "RedisKeyLocks", "ReadOnlyIdentity", "Keys", "connect_check"]
+__all__ = [
+    "Keys",
+    "ReadOnlyIdentity",
+    "RedisDeadLetters",
+    "RedisIdentityStore",
+    "RedisJournal",
+    "RedisKeyLocks",
+    "RedisQueue",
+    "RedisRateBudget",
+    "RedisRecord",
+    "RedisState",
+    "RedisTokenStore",
+    "connect_check",
+]
 
 CONNECT_TIMEOUT = 5.0
 
@@ -44,8 +56,7 @@ class RedisState:
         self.keys = Keys(prefix)
         self.identity_writes = identity_writes
         try:
-            self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT,
-                                               health_check_interval=30)
+            self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
         except ValueError as exc:
             raise StateError(f"--redis {redact_url(url)}: {exc}") from None
 
@@ -79,12 +90,26 @@ class RedisState:
     def async_client(self) -> redis.asyncio.Redis:
         return redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
 
-    def queue(self, preset: str, client: redis.asyncio.Redis | None = None, *, stream: str | None = None,
-              group: str | None = None, start: str = "0", trim_seconds: float = 0.0) -> RedisQueue:
+    def queue(
+        self,
+        preset: str,
+        client: redis.asyncio.Redis | None = None,
+        *,
+        stream: str | None = None,
+        group: str | None = None,
+        start: str = "0",
+        trim_seconds: float = 0.0,
+    ) -> RedisQueue:
         """``preset`` (or an integration's name) names the outcome stream; ``stream`` the events' (default: the
         preset's own), ``group`` the consumer group (an integration's name)."""
-        return RedisQueue(client or self.async_client(), stream or self.keys.events(preset), self.keys.outcomes(preset),
-                          group=group or GROUP, start=start, trim_seconds=trim_seconds)
+        return RedisQueue(
+            client or self.async_client(),
+            stream or self.keys.events(preset),
+            self.keys.outcomes(preset),
+            group=group or GROUP,
+            start=start,
+            trim_seconds=trim_seconds,
+        )
 
     def locks(self, client: redis.asyncio.Redis, owner: str, seconds: float) -> RedisKeyLocks:
         return RedisKeyLocks(client, owner, seconds)

@@ -15,8 +15,9 @@ class RedisIntegrationStore:
         self.key = f"{keys.prefix}:console:integrations"
 
     def put(self, item: StoredIntegration) -> None:
-        self.client.hset(self.key, item.name, json.dumps({"preset": item.preset, "doc": item.to_doc(),
-                                                          "saved_at": item.saved_at}))
+        self.client.hset(
+            self.key, item.name, json.dumps({"preset": item.preset, "doc": item.to_doc(), "saved_at": item.saved_at})
+        )
 
     def get(self, name: str) -> StoredIntegration | None:
         raw = self.client.hget(self.key, name)

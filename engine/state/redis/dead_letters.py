@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator, cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -88,10 +89,17 @@ class RedisDeadLetters:
         while True:
             low = cursor[0] if cursor is not None else "-inf"
             with reading("the dead letters"):
-                scored = cast("list[tuple[bytes, float]]", self.r.zrangebyscore(
-                    self._order, low, last_score, start=0, num=size + seen_at_score, withscores=True))
-            fresh = [(member, score) for member, score in scored
-                     if (cursor is None or (score, member) > cursor) and (score, member) <= (last_score, last_id)]
+                scored = cast(
+                    "list[tuple[bytes, float]]",
+                    self.r.zrangebyscore(
+                        self._order, low, last_score, start=0, num=size + seen_at_score, withscores=True
+                    ),
+                )
+            fresh = [
+                (member, score)
+                for member, score in scored
+                if (cursor is None or (score, member) > cursor) and (score, member) <= (last_score, last_id)
+            ]
             if not fresh:
                 return
             with reading("the dead letters"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from redis.exceptions import RedisError
 
@@ -24,5 +24,4 @@ def writing(what: str) -> Iterator[None]:
         yield
     except RedisError as exc:
         # Only the kind of error: its text may quote a command, and commands hold tokens.
-        raise StateWriteError(f"redis: cannot write {what} ({type(exc).__name__})",
-                              full="OOM" in str(exc)) from None
+        raise StateWriteError(f"redis: cannot write {what} ({type(exc).__name__})", full="OOM" in str(exc)) from None

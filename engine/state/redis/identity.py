@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -63,7 +64,8 @@ return dropped
 # KEYS: the last-seen sorted set, the byte counter, then the entries. ARGV: max_bytes, cutoff, batch, now,
 # then per entry its four fields as read ("0" absent, "1" .. value present) and its traits, owner, size.
 # Returns 0 when written, 1 when an entry changed since it was read (nothing written: merge again).
-MERGE = """
+MERGE = (
+    """
 local fields = {'traits', 'owner', 'bytes', 'seen'}
 local n = #KEYS - 2
 for i = 1, n do
@@ -90,14 +92,24 @@ for i = 1, n do
   delta = delta + tonumber(ARGV[base + 7]) - old_size
 end
 redis.call('INCRBY', KEYS[2], delta)
-""" + EVICT + """
 """
+    + EVICT
+    + """
+"""
+)
 MERGE = MERGE.replace("return dropped", "return 0")
 
 
 class RedisIdentityStore:
-    def __init__(self, client: Redis, keys: Keys, preset: str, limits: IdentityLimits | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        preset: str,
+        limits: IdentityLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.r = client
         self.keys = keys
         self.preset = preset

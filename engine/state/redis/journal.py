@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from redis import Redis
 
@@ -17,8 +17,9 @@ from .keys import Keys
 
 
 class RedisJournal:
-    def __init__(self, client: Redis, keys: Keys, preset: str, window_seconds: float, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: Redis, keys: Keys, preset: str, window_seconds: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.r = client
         self.keys = keys
         self.preset = preset

@@ -10,7 +10,7 @@ holder dies, and is renewed while it is held.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 

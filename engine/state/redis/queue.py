@@ -31,7 +31,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from typing import Any, Mapping, Sequence, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -54,8 +55,17 @@ return #ARGV - 1
 
 
 class RedisQueue:
-    def __init__(self, client: Redis, stream: str, outcomes: str | None = None, *, group: str = GROUP,
-                 outcomes_maxlen: int = OUTCOMES_MAXLEN, start: str = "0", trim_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        stream: str,
+        outcomes: str | None = None,
+        *,
+        group: str = GROUP,
+        outcomes_maxlen: int = OUTCOMES_MAXLEN,
+        start: str = "0",
+        trim_seconds: float = 0.0,
+    ) -> None:
         self.r = client
         self.stream = stream
         self.outcomes = outcomes
@@ -93,8 +103,13 @@ class RedisQueue:
 
     async def read(self, consumer: str, count: int, block_seconds: float) -> list[QueuedEvent]:
         await self._ensure_group()
-        answer = await self.r.xreadgroup(self.group, consumer, {self.stream: ">"}, count=count,
-                                         block=max(1, int(block_seconds * 1000)) if block_seconds > 0 else None)
+        answer = await self.r.xreadgroup(
+            self.group,
+            consumer,
+            {self.stream: ">"},
+            count=count,
+            block=max(1, int(block_seconds * 1000)) if block_seconds > 0 else None,
+        )
         entries: list[QueuedEvent] = []
         # RESP2, the client's protocol: a list of [stream, entries] (the stubs also allow RESP3's map).
         for _, items in cast("list[list[Any]] | None", answer) or []:
@@ -105,8 +120,9 @@ class RedisQueue:
 
     async def claim(self, consumer: str, min_idle_seconds: float, count: int) -> list[QueuedEvent]:
         await self._ensure_group()
-        answer = await self.r.xautoclaim(self.stream, self.group, consumer, int(min_idle_seconds * 1000),
-                                         start_id=self._claim_cursor, count=count)
+        answer = await self.r.xautoclaim(
+            self.stream, self.group, consumer, int(min_idle_seconds * 1000), start_id=self._claim_cursor, count=count
+        )
         cursor, items = answer[0], answer[1]
         deleted = answer[2] if len(answer) > 2 else []
         self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else str(cursor)
@@ -121,8 +137,10 @@ class RedisQueue:
                 pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
             pipe.hmget(self.failures, [entry_id for entry_id, _ in items])
             *pending, failures = await pipe.execute()
-        return [_entry(entry_id, fields, _times_delivered(info, 2), failure)
-                for (entry_id, fields), info, failure in zip(items, pending, failures, strict=True)]
+        return [
+            _entry(entry_id, fields, _times_delivered(info, 2), failure)
+            for (entry_id, fields), info, failure in zip(items, pending, failures, strict=True)
+        ]
 
     async def touch(self, consumer: str, ids: Sequence[str]) -> None:
         if ids:
@@ -136,8 +154,16 @@ class RedisQueue:
         async with self.r.pipeline(transaction=False) as pipe:
             for entry in entries:
                 # Kept in the group's pending list, its count set back and idle long enough to be claimed now.
-                pipe.xclaim(self.stream, self.group, consumer, 0, [entry.id], idle=RELEASED_IDLE_MS,
-                            retrycount=max(0, entry.deliveries - 1), justid=True)
+                pipe.xclaim(
+                    self.stream,
+                    self.group,
+                    consumer,
+                    0,
+                    [entry.id],
+                    idle=RELEASED_IDLE_MS,
+                    retrycount=max(0, entry.deliveries - 1),
+                    justid=True,
+                )
             await pipe.execute()
         self._claim_cursor = "0-0"
 
@@ -158,8 +184,12 @@ class RedisQueue:
         async with self.r.pipeline(transaction=True) as pipe:
             for entry_id, outcome in done:
                 if self.outcomes is not None:
-                    pipe.xadd(self.outcomes, {"outcome": _outcome_text(outcome)},
-                              maxlen=self.outcomes_maxlen, approximate=True)
+                    pipe.xadd(
+                        self.outcomes,
+                        {"outcome": _outcome_text(outcome)},
+                        maxlen=self.outcomes_maxlen,
+                        approximate=True,
+                    )
                 pipe.xack(self.stream, self.group, entry_id)
             pipe.hdel(self.failures, *[entry_id for entry_id, _ in done])
             await pipe.execute()

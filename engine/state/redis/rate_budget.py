@@ -20,7 +20,9 @@ IDLE_SECONDS = 7200  # a budget nobody used for this long is forgotten
 _NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1000000"
 
 # KEYS: the budget. ARGV: rate, capacity. Returns '' when a request was taken, else the seconds to wait.
-TAKE = _NOW + """
+TAKE = (
+    _NOW
+    + """
 local h = redis.call('HMGET', KEYS[1], 'paused_until', 'remaining', 'reset', 'tokens', 'last')
 local paused = tonumber(h[1]) or 0
 redis.call('EXPIRE', KEYS[1], %d)
@@ -51,10 +53,14 @@ if tokens >= 1 then
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
 return tostring((1 - tokens) / rate)
-""" % IDLE_SECONDS
+"""
+    % IDLE_SECONDS
+)
 
 # KEYS: the budget. ARGV: remaining, reset_raw, reset_in, window_in ('' = not given).
-LEARN = _NOW + """
+LEARN = (
+    _NOW
+    + """
 local in_flight = math.max(0, (tonumber(redis.call('HGET', KEYS[1], 'in_flight')) or 0) - 1)
 redis.call('HSET', KEYS[1], 'in_flight', in_flight)
 local remaining = tonumber(ARGV[1])
@@ -76,22 +82,31 @@ end
 if raw then redis.call('HSET', KEYS[1], 'reset_raw', raw) end
 redis.call('EXPIRE', KEYS[1], %d)
 return 0
-""" % IDLE_SECONDS
+"""
+    % IDLE_SECONDS
+)
 
 # KEYS: the budget. ARGV: seconds.
-PAUSE = _NOW + """
+PAUSE = (
+    _NOW
+    + """
 local until_ = now + math.max(0, tonumber(ARGV[1]))
 local paused = tonumber(redis.call('HGET', KEYS[1], 'paused_until')) or 0
 if until_ > paused then redis.call('HSET', KEYS[1], 'paused_until', tostring(until_)) end
 redis.call('EXPIRE', KEYS[1], %d)
 return 0
-""" % IDLE_SECONDS
+"""
+    % IDLE_SECONDS
+)
 
-RESET_IN = _NOW + """
+RESET_IN = (
+    _NOW
+    + """
 local reset = tonumber(redis.call('HGET', KEYS[1], 'reset'))
 if not reset then return '' end
 return tostring(math.max(0, reset - now))
 """
+)
 
 
 class RedisRateBudget:
@@ -121,8 +136,9 @@ class RedisRateBudget:
             return self.RETRY_SECONDS
         return None if not answer else float(answer)
 
-    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
-              window_in: float | None) -> None:
+    def learn(
+        self, remaining: float | None, reset_raw: str | None, reset_in: float | None, window_in: float | None
+    ) -> None:
         try:
             with writing("the rate budget"):
                 self._learn(keys=[self.key], args=[_arg(remaining), reset_raw or "", _arg(reset_in), _arg(window_in)])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Sequence, cast
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
@@ -23,8 +24,14 @@ from .keys import Keys
 
 
 class RedisRecord:
-    def __init__(self, client: redis.Redis, keys: Keys, limits: RecordLimits = DEFAULT_LIMITS, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        limits: RecordLimits = DEFAULT_LIMITS,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.limits = limits
@@ -41,15 +48,25 @@ class RedisRecord:
                 names.add(entry.integration)
                 # The id starts with the entry's own time, so the age limit and the figures' windows agree
                 # with "at"; an entry whose clock is behind the stream's newest gets the server's time.
-                pipe.xadd(self.keys.record(entry.integration), _fields(entry), id=f"{int(entry.at * 1000)}-*",
-                          maxlen=self.limits.per_integration, approximate=False)
+                pipe.xadd(
+                    self.keys.record(entry.integration),
+                    _fields(entry),
+                    id=f"{int(entry.at * 1000)}-*",
+                    maxlen=self.limits.per_integration,
+                    approximate=False,
+                )
             answers = pipe.execute(raise_on_error=False)
-            late = [entry for entry, answer in zip(entries, answers, strict=True)
-                    if isinstance(answer, redis.ResponseError)]
+            late = [
+                entry for entry, answer in zip(entries, answers, strict=True) if isinstance(answer, redis.ResponseError)
+            ]
             pipe = self.client.pipeline(transaction=False)
             for entry in late:
-                pipe.xadd(self.keys.record(entry.integration), _fields(entry),
-                          maxlen=self.limits.per_integration, approximate=False)
+                pipe.xadd(
+                    self.keys.record(entry.integration),
+                    _fields(entry),
+                    maxlen=self.limits.per_integration,
+                    approximate=False,
+                )
             for name in names:
                 pipe.xtrim(self.keys.record(name), minid=oldest, approximate=False)
             pipe.sadd(self.keys.record_names(), *names)
@@ -71,7 +88,7 @@ class RedisRecord:
                     if len(rows) >= query.limit * len(names):
                         break
         rows.sort(key=lambda r: (r.get("at") or 0, r["id"]), reverse=True)
-        return rows[:query.limit]
+        return rows[: query.limit]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
         name, _, stream_id = str(entry_id).rpartition(":")
@@ -103,7 +120,7 @@ class RedisRecord:
             for stream_id, fields in _range(self.client.xrange(self.keys.record(name), min=f"({start}", count=500)):
                 rows.append(_summary(name, stream_id, fields))
                 last[name] = stream_id.decode()
-        rows.sort(key=lambda r: (r.get("at") or 0))
+        rows.sort(key=lambda r: r.get("at") or 0)
         return rows, json.dumps(last)
 
     def window(self, since: float) -> list[dict[str, Any]]:

@@ -69,12 +69,17 @@ class RedisTokenStore:
         chain = self.chain(configured)
         with reading("the tokens"):
             refresh, access, expires, version, values = self.r.hmget(
-                self.keys.tokens(chain), "refresh_token", "access_token", "access_expires_at", "version", "token_values")
+                self.keys.tokens(chain), "refresh_token", "access_token", "access_expires_at", "version", "token_values"
+            )
         self._versions[chain] = decoded(version) if version is not None else ""
         if not refresh:
             return None
-        return StoredTokens(decoded(refresh), decoded(access) if access else None,
-                            float(expires) if expires else None, values_from_text(values))
+        return StoredTokens(
+            decoded(refresh),
+            decoded(access) if access else None,
+            float(expires) if expires else None,
+            values_from_text(values),
+        )
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
         chain = self.chain(configured)
@@ -83,13 +88,22 @@ class RedisTokenStore:
             self.load(configured)
             expected = self._versions[chain]
         with writing("the tokens"):
-            version = self._save(keys=[self.keys.tokens(chain)],
-                                 args=[expected, tokens.refresh_token, tokens.access_token or "",
-                                       "" if tokens.access_expires_at is None else repr(tokens.access_expires_at),
-                                       repr(time.time()), values_text(tokens.values) or ""])
+            version = self._save(
+                keys=[self.keys.tokens(chain)],
+                args=[
+                    expected,
+                    tokens.refresh_token,
+                    tokens.access_token or "",
+                    "" if tokens.access_expires_at is None else repr(tokens.access_expires_at),
+                    repr(time.time()),
+                    values_text(tokens.values) or "",
+                ],
+            )
         if int(version) < 0:
-            log.error("auth: another worker stored a newer refresh token meanwhile; this one is not saved "
-                      "(the next refresh starts from the stored one)")
+            log.error(
+                "auth: another worker stored a newer refresh token meanwhile; this one is not saved "
+                "(the next refresh starts from the stored one)"
+            )
             self._versions.pop(chain, None)
             return
         self._versions[chain] = str(version)

@@ -6,14 +6,14 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import StateError
 from ..identity import IdentityLimits
 from ..record import RecordLimits
-from .database import DB_NAME, Database
 from .console_integrations import SqliteIntegrationStore
+from .database import DB_NAME, Database
 from .dead_letters import SqliteDeadLetters
 from .identity import SqliteIdentityStore
 from .journal import SqliteJournal
@@ -24,8 +24,18 @@ from .tokens import LOCK_NAME, SqliteTokenStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DB_NAME", "LOCK_NAME", "Database", "SqliteDeadLetters", "SqliteIdentityStore", "SqliteJournal",
-           "SqliteRateBudget", "SqliteRecord", "SqliteState", "SqliteTokenStore"]
+__all__ = [
+    "DB_NAME",
+    "LOCK_NAME",
+    "Database",
+    "SqliteDeadLetters",
+    "SqliteIdentityStore",
+    "SqliteJournal",
+    "SqliteRateBudget",
+    "SqliteRecord",
+    "SqliteState",
+    "SqliteTokenStore",
+]
 
 
 class SqliteState:
@@ -40,7 +50,9 @@ class SqliteState:
             os.close(os.open(self.db.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
             self.db.close()
-            raise StateError(f"{self.db.directory / LOCK_NAME}: cannot create the refresh lock ({exc.strerror})") from None
+            raise StateError(
+                f"{self.db.directory / LOCK_NAME}: cannot create the refresh lock ({exc.strerror})"
+            ) from None
 
     @property
     def directory(self) -> Path:
@@ -65,8 +77,9 @@ class SqliteState:
     def tokens(self, client_id: str) -> SqliteTokenStore:
         return SqliteTokenStore(self.db, client_id)
 
-    def rate_budget(self, name: str, rate: float, capacity: float,
-                    clock: Callable[[], float] = time.monotonic) -> SqliteRateBudget:
+    def rate_budget(
+        self, name: str, rate: float, capacity: float, clock: Callable[[], float] = time.monotonic
+    ) -> SqliteRateBudget:
         """One rate window's budget, kept in ``state.db``: a restart does not refill it, and every
         process on this state directory (a ``run`` and a ``dlq replay``) spends it once. ``clock``
         is the engine's; the row's times are this state's wall clock."""
@@ -91,7 +104,8 @@ class SqliteState:
                 import_legacy(self.db, preset, identity)
             except StateError as exc:
                 # The old files stay where they are and are imported by the next engine that can.
-                log.error("state: could not import the files of an earlier version (%s); they are left in place",
-                          exc.strerror)
+                log.error(
+                    "state: could not import the files of an earlier version (%s); they are left in place", exc.strerror
+                )
                 return
             self._imported.add(preset)

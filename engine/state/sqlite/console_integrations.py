@@ -12,9 +12,12 @@ class SqliteIntegrationStore:
 
     def put(self, item: StoredIntegration) -> None:
         with self.db.write(durable=True) as cur:
-            cur.execute("INSERT INTO console_integrations (name, preset, doc, saved_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT(name) DO UPDATE SET preset = excluded.preset, doc = excluded.doc, "
-                        "saved_at = excluded.saved_at", (item.name, item.preset, item.to_doc(), item.saved_at))
+            cur.execute(
+                "INSERT INTO console_integrations (name, preset, doc, saved_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET preset = excluded.preset, doc = excluded.doc, "
+                "saved_at = excluded.saved_at",
+                (item.name, item.preset, item.to_doc(), item.saved_at),
+            )
 
     def get(self, name: str) -> StoredIntegration | None:
         rows = self.db.read("SELECT name, preset, doc, saved_at FROM console_integrations WHERE name = ?", (name,))

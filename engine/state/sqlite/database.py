@@ -23,8 +23,9 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from ..errors import StateError, StateWriteError
 from .file_marks import FileKind, mark, move_aside, needs_mark, open_marked
@@ -40,7 +41,8 @@ BUSY_SECONDS = 10.0
 ADDED_COLUMNS = (("tokens", "token_values", "TEXT"),)
 # Tables added since schema 1, in SCHEMA too: a database made before gets them on open.
 # rate_budgets: each rate window's budget (see rate_budget.py), so a restart does not refill it.
-ADDED_TABLES = {"rate_budgets": """
+ADDED_TABLES = {
+    "rate_budgets": """
 CREATE TABLE IF NOT EXISTS rate_budgets (
     name TEXT PRIMARY KEY,
     tokens REAL,
@@ -51,15 +53,18 @@ CREATE TABLE IF NOT EXISTS rate_budgets (
     paused_until REAL,
     in_flight INTEGER NOT NULL DEFAULT 0,
     used_at REAL NOT NULL
-)""", "console_integrations": """
+)""",
+    "console_integrations": """
 CREATE TABLE IF NOT EXISTS console_integrations (
     name TEXT PRIMARY KEY,
     preset TEXT NOT NULL,
     doc TEXT NOT NULL,
     saved_at REAL NOT NULL
-)"""}
+)""",
+}
 
-SCHEMA = """
+SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS namespaces (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE
@@ -113,10 +118,18 @@ CREATE TABLE IF NOT EXISTS imported (
     source TEXT PRIMARY KEY,
     imported_at REAL NOT NULL
 );
-""" + ";".join(ADDED_TABLES.values()) + ";\n"
+"""
+    + ";".join(ADDED_TABLES.values())
+    + ";\n"
+)
 
-STATE_FILE = FileKind("state database", SCHEMA, SCHEMA_VERSION,
-                      frozenset({"namespaces", "identity", "journal", "dead_letters", "tokens"}), unmarked_version=1)
+STATE_FILE = FileKind(
+    "state database",
+    SCHEMA,
+    SCHEMA_VERSION,
+    frozenset({"namespaces", "identity", "journal", "dead_letters", "tokens"}),
+    unmarked_version=1,
+)
 
 
 class Database:
@@ -255,8 +268,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _is_full(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                                               or "full" in str(exc).lower())
+    return isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..dead_letters import PAGE_SIZE, filed_under
 from .database import Database
@@ -23,14 +24,19 @@ class SqliteDeadLetters:
     def add(self, entry: dict[str, Any]) -> None:
         preset, key = filed_under(entry), entry.get("key")
         with self.db.write(durable=True) as cur:
-            same = cur.execute("SELECT id FROM dead_letters WHERE preset = ? AND key = ?", (preset, key)).fetchone() \
-                if key is not None else None
+            same = (
+                cur.execute("SELECT id FROM dead_letters WHERE preset = ? AND key = ?", (preset, key)).fetchone()
+                if key is not None
+                else None
+            )
             if same is not None:
                 kept = {**entry, "id": same[0]}
                 cur.execute("UPDATE dead_letters SET entry = ? WHERE id = ?", (_text(kept), same[0]))
             else:
-                cur.execute("INSERT OR REPLACE INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
-                            (str(entry.get("id")), preset, key, time.time(), _text(entry)))
+                cur.execute(
+                    "INSERT OR REPLACE INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
+                    (str(entry.get("id")), preset, key, time.time(), _text(entry)),
+                )
 
     def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
         if preset is None:
@@ -43,16 +49,19 @@ class SqliteDeadLetters:
         # Keyset paging on (added_at, rowid), the order entries() gives, up to the newest row at the start:
         # each page is one index range search, whatever was removed before it.
         where, args = ("WHERE preset = ?", [preset]) if preset is not None else ("", [])
-        newest = self.db.read(f"SELECT added_at, rowid FROM dead_letters {where} ORDER BY added_at DESC, rowid DESC "
-                              "LIMIT 1", args)
+        newest = self.db.read(
+            f"SELECT added_at, rowid FROM dead_letters {where} ORDER BY added_at DESC, rowid DESC LIMIT 1", args
+        )
         if not newest:
             return
         after: tuple[float, int] = (float("-inf"), -1)
         also = "AND" if where else "WHERE"
         while True:
-            rows = self.db.read(f"SELECT added_at, rowid, entry FROM dead_letters {where} {also} (added_at, rowid) > (?, ?) "
-                                "AND (added_at, rowid) <= (?, ?) ORDER BY added_at, rowid LIMIT ?",
-                                [*args, *after, *newest[0], size])
+            rows = self.db.read(
+                f"SELECT added_at, rowid, entry FROM dead_letters {where} {also} (added_at, rowid) > (?, ?) "
+                "AND (added_at, rowid) <= (?, ?) ORDER BY added_at, rowid LIMIT ?",
+                [*args, *after, *newest[0], size],
+            )
             if rows:
                 yield [json.loads(text) for _, _, text in rows]
             if len(rows) < size:

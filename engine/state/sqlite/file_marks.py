@@ -72,11 +72,17 @@ def check_file(path: Path, kind: FileKind) -> None:
     except OSError as exc:
         raise StateError(f"{path}: cannot read the {kind.what} ({exc.strerror})") from None
     if size == 0 and not _has_side_data(path):
-        raise StateRefused(path, f"{path}: the {kind.what} file is empty (0 bytes), so what it held is gone; "
-                                 f"restore it from a backup, or {RESET_HINT}")
+        raise StateRefused(
+            path,
+            f"{path}: the {kind.what} file is empty (0 bytes), so what it held is gone; "
+            f"restore it from a backup, or {RESET_HINT}",
+        )
     if size > 0 and _header(path) != SQLITE_MAGIC:  # SQLite reads a file shorter than its header as empty
-        raise StateRefused(path, f"{path}: not a SQLite database, so not a signal-engine {kind.what}; "
-                                 f"use another --state DIR, or {RESET_HINT}")
+        raise StateRefused(
+            path,
+            f"{path}: not a SQLite database, so not a signal-engine {kind.what}; "
+            f"use another --state DIR, or {RESET_HINT}",
+        )
     try:
         # Read-only: a file about to be refused must not be touched.
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
@@ -88,21 +94,32 @@ def check_file(path: Path, kind: FileKind) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
         if not _not_ours(exc):  # the disk, not the file: refusing it would invite --reset-state to move it aside
-            raise StateError(f"{path}: cannot read the {kind.what} ({_cause(exc)}); it is left as it was: "
-                             "check the disk (full, read-only, failing?) and retry") from None
-        raise StateRefused(path, f"{path}: not a SQLite database, so not a signal-engine {kind.what} ({exc}); "
-                                 f"use another --state DIR, or {RESET_HINT}") from None
+            raise StateError(
+                f"{path}: cannot read the {kind.what} ({_cause(exc)}); it is left as it was: "
+                "check the disk (full, read-only, failing?) and retry"
+            ) from None
+        raise StateRefused(
+            path,
+            f"{path}: not a SQLite database, so not a signal-engine {kind.what} ({exc}); "
+            f"use another --state DIR, or {RESET_HINT}",
+        ) from None
     finally:
         conn.close()
     if app_id == 0 and version == kind.unmarked_version and kind.tables <= tables:
         return  # an earlier version's file: marked by open_marked
     if app_id != APPLICATION_ID:
-        raise StateRefused(path, f"{path}: a SQLite file of another application (application_id {app_id:#010x}, "
-                                 f"not {APPLICATION_ID:#010x}), not a signal-engine {kind.what}; use another "
-                                 f"--state DIR, or {RESET_HINT}")
+        raise StateRefused(
+            path,
+            f"{path}: a SQLite file of another application (application_id {app_id:#010x}, "
+            f"not {APPLICATION_ID:#010x}), not a signal-engine {kind.what}; use another "
+            f"--state DIR, or {RESET_HINT}",
+        )
     if version > kind.version:
-        raise StateRefused(path, f"{path}: written by a newer signal-engine (schema {version}, this one knows up to "
-                                 f"{kind.version}); upgrade signal-engine, or {RESET_HINT}")
+        raise StateRefused(
+            path,
+            f"{path}: written by a newer signal-engine (schema {version}, this one knows up to "
+            f"{kind.version}); upgrade signal-engine, or {RESET_HINT}",
+        )
 
 
 def open_marked(path: Path, kind: FileKind, *, timeout: float) -> sqlite3.Connection:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..errors import StateError
 from ..identity import (
@@ -34,8 +35,9 @@ EVICT_BATCH_MAX = 100_000
 
 
 class SqliteIdentityStore:
-    def __init__(self, db: Database, preset: str, limits: IdentityLimits | None = None, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: Database, preset: str, limits: IdentityLimits | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.limits = limits or IdentityLimits()
         self.ns = db.namespace(preset)
@@ -48,18 +50,22 @@ class SqliteIdentityStore:
         with self.db.write() as cur:
             delta = added = 0
             for slot in slots:
-                row = cur.execute("SELECT owner, traits, bytes, seen_at FROM identity WHERE ns = ? AND kind = ? AND ident = ?",
-                                  (self.ns, slot.kind, slot.ident)).fetchone()
+                row = cur.execute(
+                    "SELECT owner, traits, bytes, seen_at FROM identity WHERE ns = ? AND kind = ? AND ident = ?",
+                    (self.ns, slot.kind, slot.ident),
+                ).fetchone()
                 existing = None
                 if row is not None and now - row[3] <= self.limits.ttl_seconds:
                     existing = Remembered(json.loads(row[1]), row[0])
                 new = merged(existing, traits, owner, slot.exclusive)
                 text = traits_json(new.traits)
                 size = entry_bytes(slot.kind, slot.ident, new.owner, text)
-                cur.execute("INSERT INTO identity (ns, kind, ident, owner, traits, bytes, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT (ns, kind, ident) DO UPDATE SET owner = excluded.owner, "
-                            "traits = excluded.traits, bytes = excluded.bytes, seen_at = excluded.seen_at",
-                            (self.ns, slot.kind, slot.ident, new.owner, text, size, now))
+                cur.execute(
+                    "INSERT INTO identity (ns, kind, ident, owner, traits, bytes, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (ns, kind, ident) DO UPDATE SET owner = excluded.owner, "
+                    "traits = excluded.traits, bytes = excluded.bytes, seen_at = excluded.seen_at",
+                    (self.ns, slot.kind, slot.ident, new.owner, text, size, now),
+                )
                 delta += size - (row[2] if row is not None else 0)
                 added += row is None
             self._account(cur, delta, added)
@@ -68,8 +74,10 @@ class SqliteIdentityStore:
             self._evict(cur)
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
-        rows = self.db.read("SELECT owner, traits, seen_at FROM identity WHERE ns = ? AND kind = ? AND ident = ?",
-                            (self.ns, kind, ident))
+        rows = self.db.read(
+            "SELECT owner, traits, seen_at FROM identity WHERE ns = ? AND kind = ? AND ident = ?",
+            (self.ns, kind, ident),
+        )
         if not rows:
             return None
         owner, text, seen_at = rows[0]
@@ -79,8 +87,10 @@ class SqliteIdentityStore:
         if now - seen_at > TOUCH_SECONDS:
             try:
                 with self.db.write() as cur:
-                    cur.execute("UPDATE identity SET seen_at = ? WHERE ns = ? AND kind = ? AND ident = ?",
-                                (now, self.ns, kind, ident))
+                    cur.execute(
+                        "UPDATE identity SET seen_at = ? WHERE ns = ? AND kind = ? AND ident = ?",
+                        (now, self.ns, kind, ident),
+                    )
             except StateError:
                 pass  # keeping the order of last sight is best effort; the traits are what matter
         return Remembered(json.loads(text), owner)
@@ -90,7 +100,9 @@ class SqliteIdentityStore:
             delta = removed = 0
             for slot in slots:
                 where = (self.ns, slot.kind, slot.ident)
-                row = cur.execute("SELECT bytes FROM identity WHERE ns = ? AND kind = ? AND ident = ?", where).fetchone()
+                row = cur.execute(
+                    "SELECT bytes FROM identity WHERE ns = ? AND kind = ? AND ident = ?", where
+                ).fetchone()
                 if row is not None:
                     cur.execute("DELETE FROM identity WHERE ns = ? AND kind = ? AND ident = ?", where)
                     delta -= row[0]
@@ -108,10 +120,16 @@ class SqliteIdentityStore:
                 yield self.ns, kind, ident, owner, text, entry_bytes(kind, ident, owner, text), seen_at
 
         with self.db.write() as cur:
-            cur.executemany("INSERT OR REPLACE INTO identity (ns, kind, ident, owner, traits, bytes, seen_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
-            cur.execute("UPDATE identity_usage SET bytes = (SELECT COALESCE(SUM(bytes), 0) FROM identity WHERE ns = ?1), "
-                        "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1", (self.ns,))
+            cur.executemany(
+                "INSERT OR REPLACE INTO identity (ns, kind, ident, owner, traits, bytes, seen_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows(),
+            )
+            cur.execute(
+                "UPDATE identity_usage SET bytes = (SELECT COALESCE(SUM(bytes), 0) FROM identity WHERE ns = ?1), "
+                "entries = (SELECT COUNT(*) FROM identity WHERE ns = ?1) WHERE ns = ?1",
+                (self.ns,),
+            )
             self._purge(cur, self._clock(), batch=None)
             self._evict(cur)
 
@@ -126,15 +144,19 @@ class SqliteIdentityStore:
     # -- bounds -------------------------------------------------------------------
     def _account(self, cur: Any, delta: int, entries: int) -> None:
         if delta or entries:
-            cur.execute("UPDATE identity_usage SET bytes = bytes + ?, entries = entries + ? WHERE ns = ?",
-                        (delta, entries, self.ns))
+            cur.execute(
+                "UPDATE identity_usage SET bytes = bytes + ?, entries = entries + ? WHERE ns = ?",
+                (delta, entries, self.ns),
+            )
 
     def _purge(self, cur: Any, now: float, batch: int | None = PURGE_BATCH) -> None:
         """Delete rows past their age, a batch at a time so one write never holds the lock for long."""
         cutoff = now - self.limits.ttl_seconds
         limit = -1 if batch is None else batch
-        rows = cur.execute("SELECT rowid, bytes FROM identity WHERE ns = ? AND seen_at < ? ORDER BY seen_at LIMIT ?",
-                           (self.ns, cutoff, limit)).fetchall()
+        rows = cur.execute(
+            "SELECT rowid, bytes FROM identity WHERE ns = ? AND seen_at < ? ORDER BY seen_at LIMIT ?",
+            (self.ns, cutoff, limit),
+        ).fetchall()
         self._delete(cur, rows)
         # A full batch means more may be waiting: purge again on the next write.
         self._next_purge = now if batch is not None and len(rows) == batch else now + PURGE_EVERY_SECONDS
@@ -146,8 +168,9 @@ class SqliteIdentityStore:
         while need > 0 and entries > 0:
             average = max(1, used // max(1, entries))
             batch = min(EVICT_BATCH_MAX, need // average + 16)
-            rows = cur.execute("SELECT rowid, bytes FROM identity WHERE ns = ? ORDER BY seen_at LIMIT ?",
-                               (self.ns, batch)).fetchall()
+            rows = cur.execute(
+                "SELECT rowid, bytes FROM identity WHERE ns = ? ORDER BY seen_at LIMIT ?", (self.ns, batch)
+            ).fetchall()
             if not rows:
                 break
             chosen = []

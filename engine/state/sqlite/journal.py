@@ -9,7 +9,7 @@ are purged in batches as new ones are written.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..journal import key_digest
 from .database import Database
@@ -19,8 +19,9 @@ PURGE_BATCH = 10_000
 
 
 class SqliteJournal:
-    def __init__(self, db: Database, preset: str, window_seconds: float, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: Database, preset: str, window_seconds: float, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.window = window_seconds
         self.ns = db.namespace(preset)
@@ -40,12 +41,16 @@ class SqliteJournal:
             return
         now = self._clock()
         with self.db.write() as cur:
-            cur.execute("INSERT OR REPLACE INTO journal (ns, key, delivered_at) VALUES (?, ?, ?)",
-                        (self.ns, key_digest(key), now if at is None else at))
+            cur.execute(
+                "INSERT OR REPLACE INTO journal (ns, key, delivered_at) VALUES (?, ?, ?)",
+                (self.ns, key_digest(key), now if at is None else at),
+            )
             if now >= self._next_purge:
-                gone = cur.execute("DELETE FROM journal WHERE ns = ? AND key IN (SELECT key FROM journal "
-                                   "WHERE ns = ? AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
-                                   (self.ns, self.ns, now - self.window, PURGE_BATCH)).rowcount
+                gone = cur.execute(
+                    "DELETE FROM journal WHERE ns = ? AND key IN (SELECT key FROM journal "
+                    "WHERE ns = ? AND delivered_at < ? ORDER BY delivered_at LIMIT ?)",
+                    (self.ns, self.ns, now - self.window, PURGE_BATCH),
+                ).rowcount
                 self._next_purge = now if gone == PURGE_BATCH else now + PURGE_EVERY_SECONDS
 
     def __len__(self) -> int:

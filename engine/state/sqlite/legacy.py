@@ -45,8 +45,12 @@ def import_legacy(db: Database, preset: str, identity: SqliteIdentityStore) -> N
             remembered += _identity_rows(path)
         else:
             data = _json(path)
-            if isinstance(data, dict) and isinstance(data.get("refresh_token"), str) and isinstance(data.get("origin"), str):
-                client = path.name[len("refresh-token-"):-len(".json")]
+            if (
+                isinstance(data, dict)
+                and isinstance(data.get("refresh_token"), str)
+                and isinstance(data.get("origin"), str)
+            ):
+                client = path.name[len("refresh-token-") : -len(".json")]
                 tokens.append((f"{client}:{data['origin']}", data))
     if remembered:
         identity.bulk_load(remembered)
@@ -55,30 +59,52 @@ def import_legacy(db: Database, preset: str, identity: SqliteIdentityStore) -> N
         for entry in letters:
             if entry.get("id") is None:
                 continue
-            cur.execute("INSERT OR IGNORE INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
-                        (str(entry["id"]), str(entry.get("preset") or preset), None,
-                         float(entry.get("dead_lettered_at") or now), json.dumps(entry, ensure_ascii=False, default=str)))
+            cur.execute(
+                "INSERT OR IGNORE INTO dead_letters (id, preset, key, added_at, entry) VALUES (?, ?, ?, ?, ?)",
+                (
+                    str(entry["id"]),
+                    str(entry.get("preset") or preset),
+                    None,
+                    float(entry.get("dead_lettered_at") or now),
+                    json.dumps(entry, ensure_ascii=False, default=str),
+                ),
+            )
         for chain, data in tokens:
             saved = float(data.get("saved_at") or 0)
             row = cur.execute("SELECT saved_at FROM tokens WHERE chain = ?", (chain,)).fetchone()
             if row is None or row[0] < saved:  # never replace a newer rotation by an older file
                 expires = data.get("access_expires_at")
-                cur.execute("INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
-                            "VALUES (?, ?, ?, ?, ?)", (chain, data["refresh_token"], data.get("access_token") or None,
-                                                       float(expires) if isinstance(expires, (int, float)) else None, saved))
+                cur.execute(
+                    "INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        chain,
+                        data["refresh_token"],
+                        data.get("access_token") or None,
+                        float(expires) if isinstance(expires, (int, float)) else None,
+                        saved,
+                    ),
+                )
         for path in sources:
-            cur.execute("INSERT OR REPLACE INTO imported (source, imported_at) VALUES (?, ?)", (str(path.resolve()), now))
+            cur.execute(
+                "INSERT OR REPLACE INTO imported (source, imported_at) VALUES (?, ?)", (str(path.resolve()), now)
+            )
     for path in sources:
         try:
             os.replace(path, path.with_name(path.name + IMPORTED_SUFFIX))
         except OSError:
             pass  # the imported table already keeps it from being read twice
-    log.warning("state: imported %s from the files of an earlier version (renamed to *%s)",
-                ", ".join(p.name for p in sources), IMPORTED_SUFFIX)
+    log.warning(
+        "state: imported %s from the files of an earlier version (renamed to *%s)",
+        ", ".join(p.name for p in sources),
+        IMPORTED_SUFFIX,
+    )
 
 
 def _is_legacy(name: str) -> bool:
-    return name in ("identity.json", "dead-letters.jsonl") or (name.startswith("refresh-token-") and name.endswith(".json"))
+    return name in ("identity.json", "dead-letters.jsonl") or (
+        name.startswith("refresh-token-") and name.endswith(".json")
+    )
 
 
 def _json(path: Path) -> Any:
@@ -99,6 +125,7 @@ def _identity_rows(path: Path) -> list[tuple[str, str, str | None, dict[str, Any
         if not isinstance(item, dict) or not isinstance(item.get("traits"), dict):
             continue
         owner = item.get("owner")
-        rows.append((str(item.get("key")), str(item.get("id")), owner if isinstance(owner, str) else None,
-                     item["traits"], seen))
+        rows.append(
+            (str(item.get("key")), str(item.get("id")), owner if isinstance(owner, str) else None, item["traits"], seen)
+        )
     return rows

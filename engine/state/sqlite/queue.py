@@ -89,8 +89,9 @@ class SqliteQueue:
     """The queue of a state directory; as an :class:`~engine.state.queue.EventQueue` it is its first
     integration's view (:meth:`view` gives the others')."""
 
-    def __init__(self, directory: str | Path, *, integrations: Sequence[str] = (DEFAULT_INTEGRATION,),
-                 clock: Any = time.time) -> None:
+    def __init__(
+        self, directory: str | Path, *, integrations: Sequence[str] = (DEFAULT_INTEGRATION,), clock: Any = time.time
+    ) -> None:
         self.directory = Path(directory)
         self.integrations = list(dict.fromkeys(integrations)) or [DEFAULT_INTEGRATION]
         self.integration = self.integrations[0]
@@ -138,13 +139,19 @@ class SqliteQueue:
         integration no longer named are dropped, and bodies nobody needs any more with them."""
         if fresh:
             for name in self.integrations:
-                self.conn.execute("INSERT OR IGNORE INTO pending (integration, id, deliveries, failure) "
-                                  "SELECT ?, id, deliveries, failure FROM queue", (name,))
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO pending (integration, id, deliveries, failure) "
+                    "SELECT ?, id, deliveries, failure FROM queue",
+                    (name,),
+                )
         marks = ",".join("?" * len(self.integrations))
-        for name, count in self.conn.execute(f"SELECT integration, COUNT(*) FROM pending WHERE integration NOT IN "
-                                             f"({marks}) GROUP BY integration", self.integrations).fetchall():
-            log.warning("queue: integration %s is no longer configured: its %d waiting event(s) are dropped",
-                        name, count)
+        for name, count in self.conn.execute(
+            f"SELECT integration, COUNT(*) FROM pending WHERE integration NOT IN ({marks}) GROUP BY integration",
+            self.integrations,
+        ).fetchall():
+            log.warning(
+                "queue: integration %s is no longer configured: its %d waiting event(s) are dropped", name, count
+            )
             self.conn.execute("DELETE FROM pending WHERE integration = ?", (name,))
         self.conn.execute("DELETE FROM queue WHERE NOT EXISTS (SELECT 1 FROM pending WHERE pending.id = queue.id)")
 
@@ -218,20 +225,29 @@ class SqliteQueue:
             return entries
         try:
             await asyncio.wait_for(waiter.wait(), block_seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return []
         return await asyncio.to_thread(self._lease, name, consumer, count, "consumer IS NULL", ())
 
     async def _claim(self, name: str, consumer: str, min_idle_seconds: float, count: int) -> list[QueuedEvent]:
         cutoff = self._clock() - min_idle_seconds
-        return await asyncio.to_thread(self._lease, name, consumer, count,
-                                       "consumer IS NOT NULL AND consumer != ? AND leased_at < ?", (consumer, cutoff))
+        return await asyncio.to_thread(
+            self._lease,
+            name,
+            consumer,
+            count,
+            "consumer IS NOT NULL AND consumer != ? AND leased_at < ?",
+            (consumer, cutoff),
+        )
 
     async def _touch(self, name: str, consumer: str, ids: Sequence[str]) -> None:
         if ids:
             now = self._clock()
-            await asyncio.to_thread(self._write, "UPDATE pending SET leased_at = ? WHERE integration = ? AND id = ? "
-                                    "AND consumer = ?", [(now, name, int(i), consumer) for i in ids])
+            await asyncio.to_thread(
+                self._write,
+                "UPDATE pending SET leased_at = ? WHERE integration = ? AND id = ? AND consumer = ?",
+                [(now, name, int(i), consumer) for i in ids],
+            )
 
     async def _ack(self, name: str, done: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         if done:
@@ -241,15 +257,22 @@ class SqliteQueue:
 
     async def _release(self, name: str, consumer: str, entries: Sequence[QueuedEvent]) -> None:
         if entries:
-            await asyncio.to_thread(self._write, "UPDATE pending SET consumer = NULL, leased_at = NULL, "
-                                    "deliveries = MAX(deliveries - 1, 0) WHERE integration = ? AND id = ? "
-                                    "AND consumer = ?", [(name, int(e.id), consumer) for e in entries])
+            await asyncio.to_thread(
+                self._write,
+                "UPDATE pending SET consumer = NULL, leased_at = NULL, "
+                "deliveries = MAX(deliveries - 1, 0) WHERE integration = ? AND id = ? "
+                "AND consumer = ?",
+                [(name, int(e.id), consumer) for e in entries],
+            )
             self._waiters[name].set()
 
     async def _fail(self, name: str, consumer: str, ids: Sequence[str], error: str) -> None:
         if ids:
-            await asyncio.to_thread(self._write, "UPDATE pending SET failure = ? WHERE integration = ? AND id = ? "
-                                    "AND consumer = ?", [(error, name, int(i), consumer) for i in ids])
+            await asyncio.to_thread(
+                self._write,
+                "UPDATE pending SET failure = ? WHERE integration = ? AND id = ? AND consumer = ?",
+                [(error, name, int(i), consumer) for i in ids],
+            )
 
     # -- internals ------------------------------------------------------------
     def _insert(self, rows: list[tuple[str, float]]) -> None:
@@ -258,18 +281,23 @@ class SqliteQueue:
             # the largest id now are exactly this request's.
             (before,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()
             self.conn.executemany("INSERT INTO queue (body, enqueued_at) VALUES (?, ?)", rows)
-            self.conn.executemany("INSERT INTO pending (integration, id) SELECT ?, id FROM queue WHERE id > ?",
-                                  [(name, before) for name in self.integrations])
+            self.conn.executemany(
+                "INSERT INTO pending (integration, id) SELECT ?, id FROM queue WHERE id > ?",
+                [(name, before) for name in self.integrations],
+            )
 
     def _finish(self, name: str, ids: list[int]) -> tuple[int, int]:
         """This integration is done with these entries; a body no integration still needs goes."""
         finished = gone = 0
         with self._lock, self._transaction(StateWriteError):
             for entry in ids:
-                finished += self.conn.execute("DELETE FROM pending WHERE integration = ? AND id = ?",
-                                              (name, entry)).rowcount
-                gone += self.conn.execute("DELETE FROM queue WHERE id = ? AND NOT EXISTS (SELECT 1 FROM pending "
-                                          "WHERE pending.id = ?)", (entry, entry)).rowcount
+                finished += self.conn.execute(
+                    "DELETE FROM pending WHERE integration = ? AND id = ?", (name, entry)
+                ).rowcount
+                gone += self.conn.execute(
+                    "DELETE FROM queue WHERE id = ? AND NOT EXISTS (SELECT 1 FROM pending WHERE pending.id = ?)",
+                    (entry, entry),
+                ).rowcount
         return finished, gone
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
@@ -294,21 +322,30 @@ class SqliteQueue:
                 except sqlite3.Error:
                     pass
             if isinstance(exc, sqlite3.Error):
-                raise error(f"{self.directory / QUEUE_DB}: {exc}", **(
-                    {"full": "full" in str(exc).lower()} if error is StateWriteError else {})) from None
+                raise error(
+                    f"{self.directory / QUEUE_DB}: {exc}",
+                    **({"full": "full" in str(exc).lower()} if error is StateWriteError else {}),
+                ) from None
             raise
 
     def _lease(self, name: str, consumer: str, count: int, where: str, params: tuple[Any, ...]) -> list[QueuedEvent]:
         now = self._clock()
         where = " AND ".join(f"p.{part.strip()}" for part in where.split(" AND "))
         with self._lock, self._transaction(StateError):
-            rows = self.conn.execute(f"SELECT p.id, q.body, q.enqueued_at, p.deliveries, p.failure FROM pending p "
-                                     f"JOIN queue q ON q.id = p.id WHERE p.integration = ? AND {where} "
-                                     "ORDER BY p.id LIMIT ?", (name, *params, count)).fetchall()
-            self.conn.executemany("UPDATE pending SET consumer = ?, leased_at = ?, deliveries = deliveries + 1 "
-                                  "WHERE integration = ? AND id = ?", [(consumer, now, name, row[0]) for row in rows])
-        return [QueuedEvent(str(i), body, at, deliveries + 1, failure=failure)
-                for i, body, at, deliveries, failure in rows]
+            rows = self.conn.execute(
+                f"SELECT p.id, q.body, q.enqueued_at, p.deliveries, p.failure FROM pending p "
+                f"JOIN queue q ON q.id = p.id WHERE p.integration = ? AND {where} "
+                "ORDER BY p.id LIMIT ?",
+                (name, *params, count),
+            ).fetchall()
+            self.conn.executemany(
+                "UPDATE pending SET consumer = ?, leased_at = ?, deliveries = deliveries + 1 "
+                "WHERE integration = ? AND id = ?",
+                [(consumer, now, name, row[0]) for row in rows],
+            )
+        return [
+            QueuedEvent(str(i), body, at, deliveries + 1, failure=failure) for i, body, at, deliveries, failure in rows
+        ]
 
     def _probe(self) -> None:
         with self._lock, self._transaction(StateWriteError):

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import StateError
 from .database import Database
@@ -34,8 +35,15 @@ _COLUMNS = "tokens, last, remaining, reset, reset_raw, paused_until, in_flight"
 class SqliteRateBudget:
     """The :class:`~engine.delivery.rate_limit.RateBudget` of one window, in ``state.db``."""
 
-    def __init__(self, db: Database, name: str, rate: float, capacity: float,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        rate: float,
+        capacity: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.name = name
         self.rate = rate
@@ -44,7 +52,9 @@ class SqliteRateBudget:
         self._offset = wall() - clock()
         try:
             with self.db.write() as cur:
-                cur.execute("DELETE FROM rate_budgets WHERE used_at < ? AND name != ?", (self._now() - IDLE_SECONDS, name))
+                cur.execute(
+                    "DELETE FROM rate_budgets WHERE used_at < ? AND name != ?", (self._now() - IDLE_SECONDS, name)
+                )
         except StateError:
             pass  # forgetting old rows can wait for the next open
 
@@ -54,12 +64,23 @@ class SqliteRateBudget:
     def _row(self, cur: Any) -> dict[str, Any]:
         found = cur.execute(f"SELECT {_COLUMNS} FROM rate_budgets WHERE name = ?", (self.name,)).fetchone()
         names = [c.strip() for c in _COLUMNS.split(",")]
-        return dict(zip(names, found, strict=True)) if found else {n: None for n in names} | {"in_flight": 0}
+        return dict(zip(names, found, strict=True)) if found else dict.fromkeys(names) | {"in_flight": 0}
 
     def _save(self, cur: Any, row: dict[str, Any], now: float) -> None:
-        cur.execute(f"INSERT OR REPLACE INTO rate_budgets (name, {_COLUMNS}, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (self.name, row["tokens"], row["last"], row["remaining"], row["reset"], row["reset_raw"],
-                     row["paused_until"], int(row["in_flight"] or 0), now))
+        cur.execute(
+            f"INSERT OR REPLACE INTO rate_budgets (name, {_COLUMNS}, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.name,
+                row["tokens"],
+                row["last"],
+                row["remaining"],
+                row["reset"],
+                row["reset_raw"],
+                row["paused_until"],
+                int(row["in_flight"] or 0),
+                now,
+            ),
+        )
 
     def take(self) -> float | None:
         try:
@@ -70,8 +91,11 @@ class SqliteRateBudget:
                 self._save(cur, row, now)
             return wait
         except StateError as exc:
-            log.warning("rate limit: cannot count a request in the state database (%s); waiting %.0fs",
-                        exc.strerror, RETRY_SECONDS)
+            log.warning(
+                "rate limit: cannot count a request in the state database (%s); waiting %.0fs",
+                exc.strerror,
+                RETRY_SECONDS,
+            )
             return RETRY_SECONDS
 
     def _take(self, row: dict[str, Any], now: float) -> float | None:
@@ -100,8 +124,9 @@ class SqliteRateBudget:
         row["tokens"] = tokens
         return (1 - tokens) / self.rate
 
-    def learn(self, remaining: float | None, reset_raw: str | None, reset_in: float | None,
-              window_in: float | None) -> None:
+    def learn(
+        self, remaining: float | None, reset_raw: str | None, reset_in: float | None, window_in: float | None
+    ) -> None:
         try:
             with self.db.write() as cur:
                 now = self._now()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery
 from .database import Database
@@ -37,8 +38,9 @@ _SCHEMA = (
 
 
 class SqliteRecord:
-    def __init__(self, db: Database, limits: RecordLimits = DEFAULT_LIMITS, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: Database, limits: RecordLimits = DEFAULT_LIMITS, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.limits = limits
         self._clock = clock
@@ -59,12 +61,17 @@ class SqliteRecord:
         self._create()
         touched = sorted({e.integration for e in entries})
         with self.db.write() as cur:
-            cur.executemany("INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
-                            "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entries)
+            cur.executemany(
+                "INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
+                "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                entries,
+            )
             for name in touched:
-                cur.execute("DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
-                            "integration = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-                            (name, name, self.limits.per_integration))
+                cur.execute(
+                    "DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
+                    "integration = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (name, name, self.limits.per_integration),
+                )
             cur.execute("DELETE FROM record WHERE at < ?", (self._clock() - self.limits.max_age_seconds,))
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
@@ -80,7 +87,11 @@ class SqliteRecord:
             needle = query.search.strip().lower()
             where.append("(email LIKE ? ESCAPE '\\' OR user_id = ? OR message_id = ?)")
             params.extend([f"%{_like(needle)}%", needle, needle])
-        sql = "SELECT seq, summary FROM record" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC"
+        sql = (
+            "SELECT seq, summary FROM record"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY seq DESC"
+        )
         if not query.reason:
             rows = self.db.read(sql + " LIMIT ?", (*params, max(0, query.limit)))
             return [_row(seq, text) for seq, text in rows]
@@ -113,8 +124,10 @@ class SqliteRecord:
 
     def window(self, since: float) -> list[dict[str, Any]]:
         self._create()
-        return [_row(seq, text) for seq, text in self.db.read("SELECT seq, summary FROM record WHERE at >= ? "
-                                                               "ORDER BY seq", (since,))]
+        return [
+            _row(seq, text)
+            for seq, text in self.db.read("SELECT seq, summary FROM record WHERE at >= ? ORDER BY seq", (since,))
+        ]
 
     def integrations(self) -> list[str]:
         self._create()
@@ -131,4 +144,3 @@ def _row(seq: int, text: str) -> dict[str, Any]:
 
 def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-

@@ -35,26 +35,39 @@ class SqliteTokenStore:
         return f"{self.client}:{fingerprint(configured)}"
 
     def load(self, configured: str) -> StoredTokens | None:
-        rows = self.db.read("SELECT refresh_token, access_token, access_expires_at, token_values FROM tokens "
-                            "WHERE chain = ?", (self.chain(configured),))
+        rows = self.db.read(
+            "SELECT refresh_token, access_token, access_expires_at, token_values FROM tokens WHERE chain = ?",
+            (self.chain(configured),),
+        )
         if not rows or not rows[0][0]:
             return None
         refresh, access, expires, values = rows[0]
-        return StoredTokens(refresh, access or None, float(expires) if expires is not None else None,
-                            values_from_text(values))
+        return StoredTokens(
+            refresh, access or None, float(expires) if expires is not None else None, values_from_text(values)
+        )
 
     def save(self, tokens: StoredTokens, configured: str) -> None:
         with self.db.write(durable=True) as cur:
-            cur.execute("INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at, "
-                        "token_values) VALUES (?, ?, ?, ?, ?, ?)",
-                        (self.chain(configured), tokens.refresh_token, tokens.access_token, tokens.access_expires_at,
-                         time.time(), values_text(tokens.values)))
+            cur.execute(
+                "INSERT OR REPLACE INTO tokens (chain, refresh_token, access_token, access_expires_at, saved_at, "
+                "token_values) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    self.chain(configured),
+                    tokens.refresh_token,
+                    tokens.access_token,
+                    tokens.access_expires_at,
+                    time.time(),
+                    values_text(tokens.values),
+                ),
+            )
 
     def check_writable(self) -> bool:
         """Commit a small durable write, as a save would: the state can take the rotated token."""
         try:
             with self.db.write(durable=True) as cur:
-                cur.execute("INSERT OR REPLACE INTO write_probe (id, at, pad) VALUES (1, ?, zeroblob(512))", (time.time(),))
+                cur.execute(
+                    "INSERT OR REPLACE INTO write_probe (id, at, pad) VALUES (1, ?, zeroblob(512))", (time.time(),)
+                )
             return True
         except StateWriteError:
             return False
