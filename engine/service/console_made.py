@@ -29,7 +29,7 @@ from typing import Any
 from ..compile.compiler import PresetError, load_preset
 from ..language.settings import SettingsError, resolve
 from ..redaction import Redactor
-from ..state.console_integrations import SecretBox, SecretsUnavailable, StoredIntegration
+from ..state.console_integrations import KEY_ENV, SecretBox, SecretsUnavailable, StoredIntegration
 from .integrations import Integration
 
 
@@ -84,8 +84,10 @@ def load_console_made(
         opened: list[str] = []
         if secrets and item.sealed:
             if box is None and no_box is None:
+                key = environ.get(KEY_ENV, "").strip()
                 try:
-                    box = SecretBox.from_env(environ)
+                    box = SecretBox(key) if key else None
+                    no_box = None if key else f"{KEY_ENV} is not set here; set it to the key the console used"
                 except SecretsUnavailable as exc:
                     no_box = str(exc)
             try:
