@@ -128,6 +128,7 @@ def test_an_integration_saved_through_the_console_api_is_delivered_by_the_next_s
                 csrf,
             )
             assert status == 201, body
+            created = json.dumps(body)
             assert body["integration"]["secrets"] == {
                 "client_secret": "set (encrypted)",
                 "refresh_token": "set (encrypted)",
@@ -136,7 +137,7 @@ def test_an_integration_saved_through_the_console_api_is_delivered_by_the_next_s
             edited = {"client_id": creds["client_id"], "base_url": outreach.base_url}
             status, body = api(base, "PUT", f"/api/integrations/{NAME}", {"settings": edited}, csrf)
             assert status == 200, body
-            seen = [json.dumps(body), json.dumps(api(base, "GET", f"/api/integrations/{NAME}")[1])]
+            seen = [created, json.dumps(body), json.dumps(api(base, "GET", f"/api/integrations/{NAME}")[1])]
             seen += [text_of(base + p)[1] for p in ("/integrations/new", f"/integrations/{NAME}/edit", "/integrations")]
             for secret in (creds["client_secret"], creds["refresh_token"]):
                 assert not any(secret in text for text in seen)
