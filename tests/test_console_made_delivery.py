@@ -336,3 +336,30 @@ def test_the_last_error_is_never_shown_with_an_empty_detail() -> None:
         csrf="t",
     )
     assert "failed ." not in html and "failed (no cause or status recorded)." in html
+
+
+def test_the_python_api_adds_them_after_the_file_s_and_checks_integration_names(tmp_path: Path) -> None:
+    from engine.language.settings import resolve
+    from engine.service.integrations import IntegrationsError, single
+    from engine.service.serving import ServiceOptions, with_console_made
+
+    hubspot = load_preset("hubspot/contacts")
+    config = single(
+        hubspot, resolve(hubspot.settings, {"access_token": HUBSPOT_TOKEN}, require=True), "hubspot/contacts"
+    )
+    sealed = {n: SecretBox(KEY).seal(f"{n}-value") for n in ("client_secret", "refresh_token")}
+    state = SqliteState(tmp_path)
+    try:
+        state.console_integrations().put(StoredIntegration("eu", "outreach/lead-capture", {"client_id": "c"}, sealed))
+        options = ServiceOptions(config, environ={"SIGNAL_CONSOLE_SECRET_KEY": KEY})
+        merged, skipped = with_console_made(options, state)
+        assert [i.name for i in merged.working()] == ["hubspot-contacts", "eu"] and skipped == []
+        assert "client_secret-value" in merged.config.secrets()  # so every redactor of the service masks it
+        assert with_console_made(ServiceOptions(config, console_made=False), state)[0].config.names() == [
+            "hubspot-contacts"
+        ]
+        assert with_console_made(ServiceOptions(config, only=["eu"], environ=options.environ), state)[0].working()
+        with pytest.raises(IntegrationsError, match="--integration nope: no such integration"):
+            with_console_made(ServiceOptions(config, only=["nope"], environ=options.environ), state)
+    finally:
+        state.close()
