@@ -151,6 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
         record=args.record,
+        preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         mount=console_mount(args, config) if args.console else None,
         announce=functools.partial(say_on_stderr, args.log_format),
     )

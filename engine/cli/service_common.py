@@ -70,12 +70,8 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
             raise UsageError("name a PRESET, or pass --config FILE (an integrations file)")
         preset = load_preset_arg(args)
         config = single(preset, settings_for(args, preset.settings, require=require), args.preset)
-    named = getattr(args, "integration", None)
-    if named:
-        known = config.names()
-        for name in named:
-            if name not in known:
-                raise UsageError(f"--integration {name}: no such integration (the file names: {', '.join(known)})")
+    # A name not in the file may be an integration set up in the console: the worker checks once it has read
+    # the state store (engine.service.serving.with_console_made).
     return config
 
 
@@ -93,8 +89,12 @@ def configure_for(args: argparse.Namespace) -> Callable[[Any], None]:
 @contextlib.contextmanager
 def service_errors(args: argparse.Namespace) -> Iterator[None]:
     """A port in use, an unreachable Redis, a state directory another process serves: one line, exit 2."""
+    from ..service.integrations import IntegrationsError
+
     try:
         yield
+    except IntegrationsError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower():
             raise UsageError(f"--host {args.host} --port {args.port}: the address is already in use") from None

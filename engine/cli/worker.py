@@ -79,7 +79,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = integrations_for(args, require=True)
     for name in args.integration or []:
-        if not config.get(name).enabled:
+        if name in config.names() and not config.get(name).enabled:
             raise UsageError(f"--integration {name}: it is disabled in {args.config} (enabled: false)")
     if args.visibility_timeout < 1:
         raise UsageError("--visibility-timeout must be at least 1 second")
@@ -101,6 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
         record=args.record,
+        preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         announce=functools.partial(say_on_stderr, args.log_format),
     )
     with service_errors(args):

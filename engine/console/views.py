@@ -413,6 +413,15 @@ def _ms(value: Any) -> str:
     return f"{value:.0f} ms" if isinstance(value, (int, float)) else "—"
 
 
+def last_error_text(last: Mapping[str, Any]) -> str:
+    """ "failed: token_refresh_failed, HTTP 401", or "failed (no cause or status recorded)": never a blank detail."""
+    outcome = str(last.get("outcome") or "failed")
+    cause = str(last.get("cause") or "").strip()
+    status = last.get("status")
+    detail = [part for part in (cause, f"HTTP {status}" if status not in (None, "") else "") if part]
+    return f"{outcome}: {', '.join(detail)}" if detail else f"{outcome} (no cause or status recorded)"
+
+
 def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str:
     add = '<p><a href="/console/integrations/new" class="button">Set up an integration</a></p>'
     if not figures:
@@ -436,7 +445,7 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
             "none"
             if not last
             else f'<a href="/console/events/{e(quote(str(last.get("id")), safe=""))}">{e(when(last.get("at")))}</a> '
-            f"{e(last.get('outcome'))} {e(last.get('cause'))}"
+            f"{e(last_error_text(last))}"
         )
         cards.append(
             f'<section class="integration" data-integration="{e(item["integration"])}">'

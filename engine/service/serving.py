@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -48,8 +49,9 @@ from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
 from ..state.identity import SHARED_IDENTITY, IdentityLimits
+from .console_made import load_console_made, stored_in
 from .intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
-from .integrations import Integration, IntegrationsConfig
+from .integrations import Integration, IntegrationsConfig, IntegrationsError
 from .metrics import Metrics
 from .worker import MAX_DELIVERIES, VISIBILITY_SECONDS, Worker, outcome_line
 
@@ -77,6 +79,10 @@ class ServiceOptions:
     record: bool = True  # the record of recent events the console shows (--no-record: none)
     mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
     only: list[str] | None = None  # worker --integration NAME ...: these integrations only
+    # Also deliver the integrations set up in the console (kept in the same state store; read at start).
+    console_made: bool = True
+    environ: Mapping[str, str] | None = None  # where SIGNAL_CONSOLE_SECRET_KEY is read; None: os.environ
+    preset_path: Sequence[str] = ()  # where a console-made integration's preset is looked for, beside the built-ins
     # Where "listening on URL" and the like go: stderr, so stdout holds outcome lines only.
     announce: Callable[..., None] = field(default=lambda line, **fields: _announce(line))
 
@@ -187,6 +193,50 @@ def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bo
     return _Delivery(integration, engine, session)
 
 
+def with_console_made(
+    options: ServiceOptions, backend: Any, *, secrets: bool = True
+) -> tuple[ServiceOptions, list[str]]:
+    """``options`` with the state's console-made integrations after the file's, and a line for each one skipped.
+
+    ``secrets=False`` for the Redis intake: it names every integration (its
+    consumer group) and learns identity, so it needs neither their credentials
+    nor the key.
+    """
+    if not options.console_made:
+        return options, []
+    try:
+        stored = stored_in(backend)
+    except (ValueError, KeyError, OSError) as exc:  # a damaged row: the file's integrations are still delivered
+        return options, [
+            f"the integrations set up in the console cannot be read ({type(exc).__name__}); none is delivered"
+        ]
+    made = load_console_made(
+        stored,
+        os.environ if options.environ is None else options.environ,
+        taken=options.config.names(),
+        preset_path=options.preset_path,
+        secrets=secrets,
+    )
+    if made.integrations:
+        config = dataclasses.replace(options.config, integrations=[*options.config.integrations, *made.integrations])
+        options = dataclasses.replace(options, config=config)
+    if options.only is not None:
+        unknown = [name for name in options.only if name not in options.config.names()]
+        if unknown:
+            raise IntegrationsError(
+                [
+                    f"--integration {name}: no such integration (the file names: {', '.join(options.config.names())})"
+                    for name in unknown
+                ]
+            )
+    return options, made.skipped
+
+
+def _say_skipped(lines: list[str]) -> None:
+    for line in lines:
+        log.warning("warning: %s", line)
+
+
 def _redactor(options: ServiceOptions, deliveries: list[_Delivery]) -> _AllRedactors:
     """Every secret of the file in every integration's redactor too: none shows in another's outcome."""
     secrets = [s for s in (*options.config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
@@ -242,14 +292,20 @@ async def _serve_embedded(
     from ..state.backend import open_state
     from ..state.sqlite.queue import SqliteQueue
 
+    backend = open_state(options.state)
+    try:
+        options, skipped = with_console_made(options, backend)
+    except BaseException:
+        backend.close()
+        raise
     config = options.config
     # Every integration named gets its place in the queue, disabled ones too: they resume where they stopped.
     queue = SqliteQueue(options.state, integrations=config.names())
-    backend = open_state(options.state)
     deliveries: list[_Delivery] = []
     try:
         deliveries = [_delivery(i, metrics, backend, options.record) for i in options.working()]
         configure(_redactor(options, deliveries))  # type: ignore[arg-type]
+        _say_skipped(skipped)
         for delivery in deliveries:
             delivery.worker = Worker(
                 delivery.engine,
@@ -294,14 +350,16 @@ async def _serve_redis(
     from ..state.redis.queue import RedisQueue
 
     assert options.redis is not None
-    config = options.config
     state = RedisState(options.redis)
     try:
         state.check()
+        options, skipped = with_console_made(options, state, secrets=False)
+        config = options.config
         redactor = Redactor(
             [s for s in (*config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
         )
         configure(redactor)
+        _say_skipped(skipped)
         client = state.async_client()
         stream = state.keys.events(config.stream)
         await _align_groups(client, stream, config.names())
@@ -368,16 +426,18 @@ async def work(options: ServiceOptions, configure: Configure, *, ready: Callable
     consumer = options.consumer or default_consumer()
     metrics = Metrics()
     stop = asyncio.Event()
-    config = options.config
     # The intake writes identity (serve --redis): a worker only reads it.
     state = RedisState(options.redis, identity_writes=False)
     deliveries: list[_Delivery] = []
     queues: list[Any] = []
     try:
         state.check()
+        options, skipped = with_console_made(options, state)
+        config = options.config
         stream = state.keys.events(config.stream)
         deliveries = [_delivery(i, metrics, state, options.record) for i in options.working()]
         configure(_redactor(options, deliveries))  # type: ignore[arg-type]
+        _say_skipped(skipped)
         for delivery in deliveries:
             name = delivery.integration.name
             aclient = state.async_client()
