@@ -242,3 +242,26 @@ def test_every_http_route_of_the_intake_and_the_console_is_in_the_reference_with
         assert rows, f"{method} {route} is missing from docs/reference/http-api.md"
         assert rows[0].removeprefix(f"| {method} | `{route}` | ").strip(" |"), f"{method} {route}: no description"
     assert "reference/http-api.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_key_and_definition_of_the_preset_schema_has_a_description() -> None:
+    """The preset-language reference is the schema's descriptions: a key without one is a blank cell there."""
+    schema = json.loads((REPO / "schemas" / "preset.schema.json").read_text(encoding="utf-8"))
+    missing = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, child in node.get("properties", {}).items():
+                if not (isinstance(child, dict) and str(child.get("description", "")).strip()):
+                    missing.append(f"{path}.{key}".lstrip("."))
+            for key, child in node.items():
+                if key != "if":  # an if's properties are a condition (auth.type: bearer), not keys to document
+                    walk(child, f"{path}.{key}" if key != "properties" else path)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, path)
+
+    walk(schema, "")
+    assert len(schema["$defs"]) > 15
+    missing += [f"$defs.{name}" for name, node in schema["$defs"].items() if not node.get("description")]
+    assert not missing, f"schemas/preset.schema.json: keys without a description: {missing}"
