@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import outcome as oc
 from ..language.model import DeliverySpec
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
@@ -34,7 +35,7 @@ class Exchange:
 
     def answer(self) -> Answer:
         if self.response is None:
-            return Answer(None, transport_error=self.transport_error or "connection", step=self.step)
+            return Answer(None, transport_error=self.transport_error or oc.CONNECTION, step=self.step)
         return Answer.from_body(self.response.status, self.response.body, self.response.headers, self.step)
 
     @property

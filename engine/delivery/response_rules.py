@@ -18,9 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import outcome as oc
 from ..language.expressions import Expression, ExpressionError
 
-TRANSPORT_ERRORS = ("timeout", "connection")
+TRANSPORT_ERRORS = (oc.TIMEOUT, oc.CONNECTION)
 
 
 @dataclass(frozen=True)

@@ -213,7 +213,7 @@ class Sender:
             return make(oc.DELIVERED, None, None)
         if step.verdict == "auth":
             err = step.auth_error
-            auth_cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
+            auth_cause = oc.REAUTHORISATION_REQUIRED if err and err.fatal else oc.AUTH_UNAVAILABLE
             return make(oc.DEAD_LETTERED, auth_cause, self.redactor.redact(str(err)))
         if (
             ex is not None
@@ -230,7 +230,7 @@ class Sender:
                 oc.AUTH_REJECTED,
                 f"{fix.rstrip('.')}; then `signal-engine dlq replay` sends this event again",
             )
-        cause = (ex.transport_error if ex.status is None else f"http_{ex.status}") if ex else "unknown"
+        cause = (ex.transport_error if ex.status is None else oc.http_cause(ex.status)) if ex else oc.UNKNOWN
         if step.verdict in ("exhausted", "unauthorised"):
             target = f"the {what} ({ex.request.method} {self.view(ex.request)['url']})" if ex else f"the {what}"
             if step.verdict == "unauthorised":

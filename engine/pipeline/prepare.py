@@ -115,7 +115,7 @@ class Pipeline:
                 index,
                 message_id_of(event),
                 oc.FAILED,
-                cause="internal_error",
+                cause=oc.INTERNAL_ERROR,
                 detail=f"could not process this event: {type(exc).__name__}",
             )
 
@@ -211,7 +211,7 @@ class Pipeline:
         try:
             body = spec.body.evaluate({"items": [result.body], "settings": self.public_settings})
         except ExpressionError as exc:
-            cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
+            cause = oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.BATCH_ERROR
             return Outcome(
                 result.index,
                 result.message_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import outcome as oc
 from ..language.expressions import Expression, ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, TraitSpec
 from .normalisers import InvalidValue
@@ -55,9 +56,9 @@ def build_document(action: ActionSpec, expression: Expression, context: Mapping[
     try:
         document = expression.evaluate(context)
     except ExpressionLimitError as exc:
-        raise TransformError("expression_limit", f"{where}: stopped at limits.expression.{exc.limit}: {exc}") from None
+        raise TransformError(oc.EXPRESSION_LIMIT, f"{where}: stopped at limits.expression.{exc.limit}: {exc}") from None
     except ExpressionError as exc:
-        raise TransformError("mapping_error", f"{where}: JSONata evaluation failed: {exc}") from None
+        raise TransformError(oc.MAPPING_ERROR, f"{where}: JSONata evaluation failed: {exc}") from None
     return shape(action, document, where)
 
 
@@ -70,7 +71,7 @@ def shape(action: ActionSpec, document: Any, where: str) -> Any:
         action.contract.check(document)
     except ContractViolation as exc:
         raise TransformError(
-            "output_invalid",
+            oc.OUTPUT_INVALID,
             f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
             f"{str(exc).split(': ', 1)[1][:200]}",
         ) from None

@@ -63,7 +63,6 @@ BATCH = 64
 READ_BLOCK_SECONDS = 1.0
 LOCK_POLL_SECONDS = 0.05
 MAX_DELIVERIES = 5
-POISON = "poison"
 
 
 class KeyLocks(Protocol):
@@ -252,7 +251,7 @@ class Worker:
             index,
             message_id,
             oc.DEAD_LETTERED,
-            cause=POISON,
+            cause=oc.POISON,
             detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
             f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
             attempts=entry.deliveries - 1,
