@@ -95,7 +95,7 @@ class Delivering:
                 prepared.index,
                 prepared.message_id,
                 oc.DEAD_LETTERED,
-                cause="internal_error",
+                cause=oc.INTERNAL_ERROR,
                 detail=f"delivery failed unexpectedly ({type(exc).__name__}); kept for replay",
                 request=self._sender.original_request(prepared),
             )
