@@ -176,9 +176,6 @@ def add_routes(app: web.Application, setup: Setup) -> None:
     app[SETUP] = setup
     app.router.add_get("/integrations/new", new_page)
     app.router.add_post("/integrations/new", save_form)
-    from . import authorise
-
-    authorise.add_routes(app)
 
 
 def _preset(name: str) -> Preset | None:
