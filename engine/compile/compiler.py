@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..delivery.response_rules import TRANSPORT_ERRORS, Rule
+from ..delivery.response_rules import TRANSPORT_ERRORS
 from ..language import resources
 from ..language.expressions import (
     DEFAULT_LIMITS,
@@ -34,7 +34,10 @@ from ..language.model import (
     ActionSpec,
     AuthSpec,
     BatchSpec,
+    Contract,
     DeliverySpec,
+    EventRoute,
+    EventsSpec,
     FlowStep,
     IdentitySpec,
     LookupSpec,
@@ -43,13 +46,14 @@ from ..language.model import (
     RateLimitSpec,
     RequestSpec,
     RetrySpec,
+    RuleSpec,
     TraitSpec,
     UpsertSpec,
 )
 from ..language.settings import SettingSpec
 from ..language.templates import TOKEN_ROOT, Template, TemplateError
 from ..language.yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
-from ..pipeline.event_table import EventTable
+from ..pipeline.event_shape import EVENT_TYPES
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import preset_cache
@@ -214,7 +218,7 @@ class _Compiler:
             identity=identity,
             consent_setting=consent_setting,
             consent_aliases=data["consent"].get("aliases", {}),
-            events=EventTable.build(data["events"]),
+            events=events_spec(data["events"]),
             actions=actions,
             auth=auth,
             delivery=delivery,
@@ -541,7 +545,7 @@ class _Compiler:
             steps.append(FlowStep(name, RequestSpec(req["method"], url, headers), body, when, rules, reads))  # type: ignore[arg-type]
         return tuple(steps)
 
-    def _check_result_keys(self, path: list[PathPart], source: str, contract: OutputContract | None) -> None:
+    def _check_result_keys(self, path: list[PathPart], source: str, contract: Contract | None) -> None:
         """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
         if contract is None or self.checked_schemas is not None or not isinstance(source, str):
             return
@@ -745,8 +749,8 @@ class _Compiler:
             self.problem(["settings", name], f"used as {format_path(path)}, so it must be required: true")
         return name
 
-    def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[Rule, ...]:
-        rules: list[Rule] = []
+    def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[RuleSpec, ...]:
+        rules: list[RuleSpec] = []
         for i, spec in enumerate(specs):
             source = spec["when"].get("match")
             match = (
@@ -754,7 +758,7 @@ class _Compiler:
                 if source
                 else None
             )
-            rule = Rule.build(spec, match)
+            rule = rule_spec(spec, match)
             hider = next((j for j, earlier in enumerate(rules) if _covers(earlier, rule)), None)
             if hider is not None:
                 self.problem(
@@ -877,7 +881,39 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     return sites
 
 
-def _covers(earlier: Rule, later: Rule) -> bool:
+def events_spec(spec: Mapping[str, Any]) -> EventsSpec:
+    """``events:`` keyed for the first filter: each taken track name and alias, and each other type; drops left out."""
+    track: dict[str, EventRoute] = {}
+    for name, entry in (spec.get("track") or {}).items():
+        if entry["action"] == "drop":
+            continue
+        route = EventRoute(name, entry["action"], dict(entry.get("values") or {}))
+        for key in (name, *entry.get("aliases", [])):
+            track[key] = route
+    by_type = {
+        t: EventRoute(t, spec[t]["action"], dict(spec[t].get("values") or {}))
+        for t in EVENT_TYPES
+        if t != "track" and t in spec and spec[t]["action"] != "drop"
+    }
+    return EventsSpec(track, by_type)
+
+
+def rule_spec(spec: Mapping[str, Any], match: Expression | None = None) -> RuleSpec:
+    """One response rule as the preset wrote it; a single status, error or step becomes a one-item tuple."""
+    when = spec["when"]
+    status = when.get("status")
+    statuses = tuple(status if isinstance(status, list) else ([status] if status is not None else []))
+    error = when.get("error")
+    errors = tuple(error if isinstance(error, list) else ([error] if error is not None else []))
+    detail = when.get("detail_contains")
+    step = when.get("step")
+    steps = tuple(step if isinstance(step, list) else ([step] if step is not None else []))
+    return RuleSpec(
+        spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps
+    )
+
+
+def _covers(earlier: RuleSpec, later: RuleSpec) -> bool:
     """Whether ``earlier`` certainly matches every answer ``later`` can match (so ``later`` is never used).
 
     Only an earlier rule that looks at nothing but the status and the step

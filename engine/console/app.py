@@ -67,6 +67,9 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/api/dead-letters/{id}", api_letter)
     app.router.add_get("/api/integrations", api_integrations)
     setup.add_routes(app, setup.Setup.of(source, app[GUARD]))
+    from . import authorise  # the OAuth code flow, on the set-up pages' state
+
+    authorise.add_routes(app)
 
     async def stop_streams(_: web.Application) -> None:
         app[STOPPING].set()

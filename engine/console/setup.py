@@ -252,9 +252,6 @@ def add_routes(app: web.Application, setup: Setup) -> None:
     app.router.add_get("/api/integrations/{name}", api_get)
     app.router.add_put("/api/integrations/{name}", api_put)
     app.router.add_delete("/api/integrations/{name}", api_delete)
-    from . import authorise
-
-    authorise.add_routes(app)
 
 
 def _preset(name: str) -> Preset | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError
-from ..language.model import AuthSpec, DeliverySpec
+from ..language.model import AuthSpec, DeliverySpec, RuleSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError, fill_token_values
 from ..outcome import Outcome
@@ -27,7 +27,7 @@ from ..redaction import Redactor
 from .auth import Auth, AuthFailure, apply_credential, masked_view, refuses_static_credential
 from .exchange import Exchange, Step
 from .rate_limit import RateLimiter, seconds_until
-from .response_rules import Answer, Rule, first_match
+from .response_rules import Answer, first_match
 from .retry_policy import backoff_delay
 from .transport import HttpRequest, Transport, TransportError
 from .upsert import Upserter, UpsertError
@@ -89,7 +89,7 @@ class Sender:
         *,
         allow_upsert: bool,
         step: str = "create",
-        rules: tuple[Rule, ...] = (),
+        rules: tuple[RuleSpec, ...] = (),
     ) -> Step:
         """Send under the response rules: ``rules`` (a flow step's own) first, then ``delivery.responses``."""
         failures = rate_waits = 0
