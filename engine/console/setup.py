@@ -82,7 +82,7 @@ class Setup:
                     pass
 
     def file_names(self) -> set[str]:
-        return {c.name for c in self.source.configured} | {c.integration for c in self.source.connections}
+        return self.source.file_names()
 
     def listed(self) -> list[StoredIntegration]:
         return self.store.all() if self.store is not None else []
