@@ -83,6 +83,9 @@ class ServiceOptions:
     console_made: bool = True
     environ: Mapping[str, str] | None = None  # where SIGNAL_CONSOLE_SECRET_KEY is read; None: os.environ
     preset_path: Sequence[str] = ()  # where a console-made integration's preset is looked for, beside the built-ins
+    # Console-made integrations skipped at start (no key, a preset gone): not delivered, but their place in the
+    # queue is kept, as a disabled one's is (set by with_console_made).
+    resting: Sequence[str] = ()
     # Where "listening on URL" and the like go: stderr, so stdout holds outcome lines only.
     announce: Callable[..., None] = field(default=lambda line, **fields: _announce(line))
 
@@ -220,6 +223,8 @@ def with_console_made(
     if made.integrations:
         config = dataclasses.replace(options.config, integrations=[*options.config.integrations, *made.integrations])
         options = dataclasses.replace(options, config=config)
+    if made.resting:
+        options = dataclasses.replace(options, resting=[*options.resting, *made.resting])
     if options.only is not None:
         unknown = [name for name in options.only if name not in options.config.names()]
         if unknown:
@@ -230,6 +235,39 @@ def with_console_made(
                 ]
             )
     return options, made.skipped
+
+
+def nothing_configured(options: ServiceOptions) -> bool:
+    """No integration at all: no file, no PRESET, none set up in the console (not even one skipped)."""
+    return not options.config.integrations and not options.resting
+
+
+NOTHING_TO_DELIVER = (
+    "nothing to deliver: no PRESET, no --config FILE, and no integration set up in the console in this state store"
+)
+
+
+def _refuse_or_wait(options: ServiceOptions, intake: Intake) -> bool:
+    """With nothing configured: an error, unless the console is served (to set up the first integration); then
+    every event is refused (503) until the next start, and True (the caller says so once it listens)."""
+    if not nothing_configured(options):
+        return False
+    if options.mount is None:
+        raise IntegrationsError(
+            [f"{NOTHING_TO_DELIVER}; name a PRESET, pass --config FILE, or add --console to set one up in the browser"]
+        )
+    intake.refusing = (
+        "no integration is set up yet, so no event is taken; set one up in the console, then restart serve"
+    )
+    return True
+
+
+def _say_nothing_yet(url: str) -> None:
+    log.warning(
+        "warning: nothing to deliver yet: no PRESET, no --config FILE, and no integration set up in the console; "
+        "set one up at %s/console/integrations/new, then restart serve (until then every event is refused, 503)",
+        url,
+    )
 
 
 def _say_skipped(lines: list[str]) -> None:
@@ -300,7 +338,7 @@ async def _serve_embedded(
         raise
     config = options.config
     # Every integration named gets its place in the queue, disabled ones too: they resume where they stopped.
-    queue = SqliteQueue(options.state, integrations=config.names())
+    queue = SqliteQueue(options.state, integrations=[*config.names(), *options.resting])
     deliveries: list[_Delivery] = []
     try:
         deliveries = [_delivery(i, metrics, backend, options.record) for i in options.working()]
@@ -317,7 +355,8 @@ async def _serve_embedded(
                 max_deliveries=options.max_deliveries,
             )
         intake = Intake(queue, options.intake, metrics)
-        _gauges(metrics, queue, config.names(), queue.lag, backend)
+        waiting = _refuse_or_wait(options, intake)
+        _gauges(metrics, queue, [*config.names(), *options.resting], queue.lag, backend)
         worker_stop = asyncio.Event()
         with _signals(stop):
             runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
@@ -327,6 +366,8 @@ async def _serve_embedded(
                         await engines.enter_async_context(delivery.engine)
                     tasks = [asyncio.ensure_future(d.worker.run(worker_stop)) for d in deliveries if d.worker]
                     say(url_of(options.host, port))
+                    if waiting:
+                        _say_nothing_yet(url_of(options.host, port))
                     await _until(stop, tasks)
                     intake.draining = True
                     await _bounded(intake.drained(), options.drain_seconds)
@@ -362,7 +403,7 @@ async def _serve_redis(
         _say_skipped(skipped)
         client = state.async_client()
         stream = state.keys.events(config.stream)
-        await _align_groups(client, stream, config.names())
+        await _align_groups(client, stream, [*config.names(), *options.resting])
         # The intake writes each identify's traits before its 200, so a lead accepted after it is joined by
         # whichever worker of whichever integration takes it. Stored once; each preset keeps its declared traits.
         pipelines = [
@@ -382,16 +423,20 @@ async def _serve_redis(
 
         queue = RedisQueue(client, stream)
         intake = Intake(queue, options.intake, metrics, remember=remember if pipelines else None)
-        lags = {i.name: RedisQueue(client, stream, group=i.name) for i in config.integrations}
+        waiting = _refuse_or_wait(options, intake)
+        named = [*config.names(), *options.resting]
+        lags = {name: RedisQueue(client, stream, group=name) for name in named}
 
         async def lag(name: str) -> int:
             return await lags[name].lag()
 
-        _gauges(metrics, queue, config.names(), lag, state)
+        _gauges(metrics, queue, named, lag, state)
         with _signals(stop):
             runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 say(url_of(options.host, port))
+                if waiting:
+                    _say_nothing_yet(url_of(options.host, port))
                 await stop.wait()
                 intake.draining = True
                 await _bounded(intake.drained(), options.drain_seconds)
@@ -433,6 +478,13 @@ async def work(options: ServiceOptions, configure: Configure, *, ready: Callable
     try:
         state.check()
         options, skipped = with_console_made(options, state)
+        if nothing_configured(options):
+            raise IntegrationsError(
+                [
+                    f"{NOTHING_TO_DELIVER.replace('this state store', 'this Redis')}; set one up in the console of "
+                    "`serve --console --redis URL`, then start the worker"
+                ]
+            )
         config = options.config
         stream = state.keys.events(config.stream)
         deliveries = [_delivery(i, metrics, state, options.record) for i in options.working()]
