@@ -256,6 +256,8 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         ]
     )
 
+    mount_ = _Mount()
+
     def add(app: Any) -> None:
         if args.redis:
             from ..state.redis import RedisState
@@ -269,7 +271,9 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         async def close(_: Any) -> None:
             backend.close()
 
-        source = ConsoleSource(backend, connections, configured=configured, preset_path=preset_path)
+        source = ConsoleSource(
+            backend, connections, configured=configured, preset_path=preset_path, on_change=mount_.changed
+        )
         if args.redis:
             from ..console.lag import redis_lags
 
@@ -282,4 +286,23 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         mount(app, create_console_app(source, Guard(token)))
         app.on_cleanup.append(close)
 
-    return add
+    mount_.add = add
+    return mount_
+
+
+class _Mount:
+    """``serve --console``'s mount: adds the console to the intake's app, and passes each change made in it to
+    the function the service gives (:attr:`engine.service.serving.ServiceOptions.watch`), if it gives one."""
+
+    def __init__(self) -> None:
+        self.add: Any = None
+        self._reload: Any = None
+
+    def __call__(self, app: Any) -> None:
+        self.add(app)
+
+    def watch(self, reload: Any) -> None:
+        self._reload = reload
+
+    async def changed(self, name: str) -> str:
+        return "" if self._reload is None else str(await self._reload(name))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,9 @@ class ConsoleSource:
     # presets are looked for beside the built-ins.
     environ: Mapping[str, str] | None = None
     preset_path: Sequence[str] = ()
+    # Told when an integration set up here is saved or deleted (``serve --console``: it starts, restarts or
+    # stops delivering it at once); answers what it did, in one line. None: a restart picks the change up.
+    on_change: Callable[[str], Awaitable[str]] | None = None
 
     def __post_init__(self) -> None:
         self.record: EventRecord = self.backend.record()
@@ -172,6 +175,16 @@ class ConsoleSource:
         except Exception as exc:  # noqa: BLE001 - a preset gone or changed: the page says so, the rest shows
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             return {"error": f"cannot explain this event now: {first}"}
+
+    async def changed(self, integration: str) -> str | None:
+        """Tell the service beside this console that a console-made integration was saved or deleted."""
+        if self.on_change is None:
+            return None
+        try:
+            return await self.on_change(integration)
+        except Exception as exc:  # noqa: BLE001 - the save stands; the next start delivers it
+            log.error("console: could not apply the change to %s now (%s)", integration, type(exc).__name__)
+            return f"Saved, but this serve could not apply it now ({type(exc).__name__}); it does at its next start."
 
     def lag(self) -> dict[str, int]:
         """Events each integration has not finished yet, for those the store knows (none without a queue)."""
