@@ -76,8 +76,10 @@ def test_a_console_made_integration_s_dead_letters_are_replayed_from_the_console
             base = first.url + "/console"
             notice = first.wait_for_notice(r"^signal-engine: warning: nothing to deliver yet: .*")
             assert f"{first.url}/console/integrations/new" in notice.group(0)
+            assert "as soon as it is saved" in notice.group(0)
             status, body = post_leads(first.url, "none", 1)
             assert status == 503 and body["code"] == "no_integration", body
+            # Saved with a wrong secret: this serve delivers it at once, and the token is refused.
             wrong = {**creds, "client_secret": "cs-not-the-right-one", "base_url": outreach.base_url}
             status, body = api(
                 base,
@@ -86,21 +88,13 @@ def test_a_console_made_integration_s_dead_letters_are_replayed_from_the_console
                 {"preset": "outreach/lead-capture", "settings": wrong},
                 csrf_of(base),
             )
-            assert status == 201, body
-        finally:
-            stop(first)
-
-        # The next serve delivers it, with no file either: the token is refused, the leads are dead letters.
-        second = Service("serve", "--state", state, "--port", "0", "--console", cwd=tmp_path, env=env, name="second")
-        try:
-            base = second.url + "/console"
-            assert post_leads(second.url, "dl", 2)[0] == 200
+            assert status == 201 and "delivers it from now on" in body["note"], body
+            assert post_leads(first.url, "dl", 2)[0] == 200
             until(
-                lambda: outcomes_of(second, "dead_lettered") == {"dl-lead-0", "dl-lead-1"},
+                lambda: outcomes_of(first, "dead_lettered") == {"dl-lead-0", "dl-lead-1"},
                 timeout=60,
-                what=lambda: f"{second.outcomes()[-4:]}; {second.stderr()[-1500:]}",
+                what=lambda: f"{first.outcomes()[-4:]}; {first.stderr()[-1500:]}",
             )
-            assert "nothing to deliver" not in second.stderr()
             # Its health and lag are shown, as a file's integration's are (nothing of it waits now).
             [figures] = [
                 i for i in api(base, "GET", "/api/integrations")[1]["integrations"] if i["integration"] == NAME
@@ -134,13 +128,11 @@ def test_a_console_made_integration_s_dead_letters_are_replayed_from_the_console
             finally:
                 keyless.stop()
 
-            # Fixed in the console; replayed by clicking, then the rest through the API.
-            fixed = {
-                "client_id": creds["client_id"],
-                "client_secret": creds["client_secret"],
-                "base_url": outreach.base_url,
-            }
-            assert api(base, "PUT", f"/api/integrations/{NAME}", {"settings": fixed}, csrf_of(base))[0] == 200
+            # Fixed in the console (this serve restarts it with the new secret); replayed by clicking, then the
+            # rest through the API.
+            fixed = {**creds, "base_url": outreach.base_url}
+            status, body = api(base, "PUT", f"/api/integrations/{NAME}", {"settings": fixed}, csrf_of(base))
+            assert status == 200 and "with these settings from now on" in body["note"], body
             options = webdriver.ChromeOptions()
             options.binary_location = CHROMIUM
             for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -166,10 +158,29 @@ def test_a_console_made_integration_s_dead_letters_are_replayed_from_the_console
             assert api(base, "GET", f"/api/dead-letters?integration={NAME}")[1]["dead_letters"] == []
             seen = json.dumps(body) + text_of(base + "/dead-letters")[1] + text_of(base + "/integrations")[1]
             assert creds["client_secret"] not in seen and creds["refresh_token"] not in seen
+            # New events go out with the fixed secret, without a restart.
+            assert post_leads(first.url, "live", 1)[0] == 200
+            until(lambda: "live-lead-0" in outcomes_of(first, "delivered"), timeout=60, what=first.stderr)
+        finally:
+            stop(first)
+
+        # The next serve, with no file either, reads it from the store at start; deleted, it stops at once.
+        second = Service("serve", "--state", state, "--port", "0", "--console", cwd=tmp_path, env=env, name="second")
+        try:
+            base = second.url + "/console"
+            assert post_leads(second.url, "after", 1)[0] == 200
+            until(lambda: "after-lead-0" in outcomes_of(second, "delivered"), timeout=60, what=second.stderr)
+            assert "nothing to deliver" not in second.stderr()
+            status, body = api(base, "DELETE", f"/api/integrations/{NAME}", None, csrf_of(base))
+            assert status == 200 and "no longer delivers it" in body["note"], body
+            status, body = post_leads(second.url, "gone", 1)
+            assert status == 503 and body["code"] == "no_integration", body
         finally:
             stop(second)
         emails = sorted(e for p in outreach.admin("GET", "state")["prospects"] for e in p["attributes"]["emails"])
-        assert emails == ["dl0@service.test", "dl1@service.test"]
+        assert emails == ["after0@service.test", "dl0@service.test", "dl1@service.test", "live0@service.test"]
+        for service in (first, second):
+            assert creds["client_secret"] not in service.stderr() and creds["refresh_token"] not in service.stderr()
 
 
 def test_one_that_cannot_be_opened_keeps_its_place_in_the_queue(tmp_path: Path) -> None:
