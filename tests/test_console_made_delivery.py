@@ -2,9 +2,10 @@
 
 Real processes, the real Outreach and HubSpot sandboxes on loopback, a real
 redis-server. An integration is saved through the console's JSON API of a
-running ``serve --console``; the service reads the console-made integrations
-of its state store at start, so the next start delivers it, beside the file's
-own (HubSpot here), each with its own outcomes. Edited with its secret
+running ``serve --console``, which delivers it at once; any other service
+reads the console-made integrations of its state store at start, so the next
+start delivers it too, beside the file's own (HubSpot here), each with its
+own outcomes. Edited with its secret
 fields left out, it keeps its secrets; no answer or page ever shows one.
 Without the key, or with another key, it is skipped with one line naming it,
 and the file's integration is still delivered.
@@ -146,11 +147,19 @@ def test_an_integration_saved_through_the_console_api_is_delivered_by_the_next_s
             assert api(base, "PUT", "/api/integrations/doomed", doomed, csrf)[0] == 201
             assert api(base, "DELETE", "/api/integrations/doomed", None, csrf)[1]["deleted"] == "doomed"
             assert api(base, "GET", "/api/integrations/doomed")[0] == 404
-            post_leads(first.url, "before", 1)  # this serve started before the save: it delivers the file's only
-            until(lambda: delivered([first], "hubspot", "before-lead") == {"before-lead-0"}, timeout=60)
+            # This serve's console saved it: it delivers it at once, beside the file's (the deleted one not).
+            post_leads(first.url, "before", 1)
+            until(
+                lambda: (
+                    delivered([first], "hubspot", "before-lead") == {"before-lead-0"}
+                    and delivered([first], NAME, "before-lead") == {"before-lead-0"}
+                ),
+                timeout=60,
+                what=lambda: f"{first.outcomes()[-4:]}; {first.stderr()[-1500:]}",
+            )
         finally:
             stop(first)
-        assert {o.get("integration") for o in first.outcomes()} == {"hubspot"}
+        assert {o.get("integration") for o in first.outcomes()} == {"hubspot", NAME}
         stored = SqliteState(state)
         try:
             [item] = stored.console_integrations().all()
@@ -172,7 +181,7 @@ def test_an_integration_saved_through_the_console_api_is_delivered_by_the_next_s
         finally:
             stop(second)
         emails = [e for p in outreach.admin("GET", "state")["prospects"] for e in p["attributes"]["emails"]]
-        assert sorted(emails) == [f"after{i}@service.test" for i in range(3)]
+        assert sorted(emails) == [f"after{i}@service.test" for i in range(3)] + ["before0@service.test"]
         assert "doomed" not in {o.get("integration") for o in second.outcomes()}
         assert "skipped" not in second.stderr()
         for secret in (creds["client_secret"], creds["refresh_token"]):

@@ -41,6 +41,7 @@ from .source import ConsoleSource
 
 FORM = "_form"  # the problems key of a problem that belongs to no one field
 PICKED_UP = setup_views.PICKED_UP  # when a running service sees a save (engine/service/console_made.py)
+STOPPED_LATER = "A running serve or worker stops delivering it at its next start."
 KEPT = "\x00kept"  # stands for a stored secret while checking: it is never shown nor stored
 
 
@@ -82,7 +83,7 @@ class Setup:
                     pass
 
     def file_names(self) -> set[str]:
-        return {c.name for c in self.source.configured} | {c.integration for c in self.source.connections}
+        return self.source.file_names()
 
     def listed(self) -> list[StoredIntegration]:
         return self.store.all() if self.store is not None else []
@@ -103,10 +104,7 @@ class Setup:
             raise ReadOnly(f"{name} is defined in the integrations file, which is read-only here; nothing was deleted")
         if self.store is None or not self.store.delete(name):
             raise LookupError(f"{name}: no such integration set up in the console (already deleted?)")
-        return (
-            f"Deleted {name}. Its dead letters, records and stored tokens stay under its name. "
-            "A running serve or worker stops delivering it at its next start."
-        )
+        return f"Deleted {name}. Its dead letters, records and stored tokens stay under its name. {STOPPED_LATER}"
 
     def save(self, preset: Preset, form: Mapping[str, Any]) -> tuple[dict[str, list[str]], StoredIntegration | None]:
         """Check and store; the problems by field name (``FORM`` for the form as a whole), or the stored item."""
@@ -275,6 +273,7 @@ async def new_page(request: web.Request) -> web.Response:
     listed = await asyncio.to_thread(setup.listed)
     saved = request.query.get("saved")
     message = request.query.get("message")
+    note = request.query.get("note")
     authorisable = await asyncio.to_thread(_authorisable, listed)
     return _allowing(
         _html(
@@ -287,6 +286,7 @@ async def new_page(request: web.Request) -> web.Response:
                 setup.no_secrets,
                 csrf=setup.guard.csrf,
                 saved=saved if saved else None,
+                note=note[:400] if note else None,
                 message=message[:400] if message else None,
                 authorisable=set(authorisable),
                 categories=categories(preset) if preset else [],
@@ -321,11 +321,7 @@ async def save_form(request: web.Request) -> web.Response:
     async with setup._lock:  # one save at a time: two would race on the same name
         problems, item = await asyncio.to_thread(setup.save, preset, form)
     if item is not None:
-        from urllib.parse import urlencode
-
-        return web.Response(
-            status=303, headers={"Location": "/console/integrations/new?" + urlencode({"saved": item.name})}
-        )
+        return _saved(item.name, await setup.source.changed(item.name))
     shown = {k: v for k, v in form.items() if not (k.startswith("setting.") and _secret(preset, k))}
     return _html(
         setup_views.setup_page(
@@ -399,10 +395,16 @@ def view_of(item: StoredIntegration) -> dict[str, Any]:
     }
 
 
-def _saved(name: str) -> web.Response:
+def _saved(name: str, note: str | None = None) -> web.Response:
+    """Back to the list, saying it was saved and, beside a serve that applied it at once, what it did."""
     from urllib.parse import urlencode
 
-    return web.Response(status=303, headers={"Location": "/console/integrations/new?" + urlencode({"saved": name})})
+    query = {"saved": name, **({"note": note} if note else {})}
+    return web.Response(status=303, headers={"Location": "/console/integrations/new?" + urlencode(query)})
+
+
+def _deleted(told: str, note: str | None) -> str:
+    return told.replace(STOPPED_LATER, note) if note else told
 
 
 def _told(message: str) -> web.Response:
@@ -504,7 +506,7 @@ async def edit_form(request: web.Request) -> web.Response:
     async with setup._lock:
         problems, saved = await asyncio.to_thread(setup.save, preset, fixed)
     if saved is not None:
-        return _saved(saved.name)
+        return _saved(saved.name, await setup.source.changed(saved.name))
     shown = {k: v for k, v in fixed.items() if not (k.startswith("setting.") and _secret(preset, k))}
     ticked = [str(v) for v in form.getall(f"setting.{preset.consent_setting}", [])]
     return await _edit_answer(setup, item, preset, problems, shown, ticked, 422)
@@ -529,7 +531,7 @@ async def delete_form(request: web.Request) -> web.Response:
             told = await asyncio.to_thread(setup.delete, name)
     except (ReadOnly, LookupError) as exc:
         return _told(str(exc.args[0]))
-    return _told(told)
+    return _told(_deleted(told, await setup.source.changed(name)))
 
 
 # -- the JSON API ------------------------------------------------------------
@@ -582,7 +584,8 @@ async def api_put(request: web.Request) -> web.Response:
         problems, item = await asyncio.to_thread(setup.save, preset, form)
     if problems or item is None:
         return _json({"problems": problems}, status=422)
-    return _json({"saved": item.name, "integration": view_of(item), "note": PICKED_UP}, 200 if existing else 201)
+    note = await setup.source.changed(item.name) or PICKED_UP
+    return _json({"saved": item.name, "integration": view_of(item), "note": note}, 200 if existing else 201)
 
 
 async def api_delete(request: web.Request) -> web.Response:
@@ -598,4 +601,4 @@ async def api_delete(request: web.Request) -> web.Response:
         return _json({"error": str(exc)}, status=409)
     except LookupError as exc:
         return _json({"error": str(exc.args[0])}, status=404)
-    return _json({"deleted": name, "note": told})
+    return _json({"deleted": name, "note": _deleted(told, await setup.source.changed(name))})

@@ -122,6 +122,7 @@ def setup_page(
     *,
     csrf: str,
     saved: str | None = None,
+    note: str | None = None,
     categories: Sequence[str] = (),
     ticked: Sequence[str] | None = None,
     message: str | None = None,
@@ -132,10 +133,12 @@ def setup_page(
     parts = [
         '<p class="note">Integrations of the integrations file are read-only here (edit the file and '
         "<code>check</code> it). Those set up on this page are kept in the state store, and "
-        "<code>serve</code> and <code>worker</code> on that store deliver them too, from their next start.</p>"
+        "<code>serve</code> and <code>worker</code> on that store deliver them too: a <code>serve --console</code> "
+        "with its own queue (no <code>--redis</code>) from the moment one is saved here, the others from their "
+        "next start.</p>"
     ]
     if saved:
-        parts.append(f'<p class="message" role="status">Saved {e(saved)}. {e(PICKED_UP)}</p>')
+        parts.append(f'<p class="message" id="saved" role="status">Saved {e(saved)}. {e(note or PICKED_UP)}</p>')
     if message:
         parts.append(f'<p class="message" id="message" role="status">{e(message)}</p>')
     if no_secrets:

@@ -361,6 +361,12 @@ def _configured(about: Mapping[str, Any] | None) -> str:
         if about.get("replayable")
         else f"Its dead letters cannot be replayed from here: {about.get('why_not')}."
     )
+    if about.get("origin") == "console":
+        return (
+            f'<p class="note configured">Set up in the console (preset <code>{e(about.get("preset"))}</code>): '
+            f'<a href="/console/integrations/{quote(str(about.get("name") or ""), safe="")}/edit">edit</a> it '
+            f"under Set up an integration. {e(replay)}</p>"
+        )
     return (
         f'<p class="note configured">Defined in <code>{e(about.get("file"))}</code> (preset '
         f"<code>{e(about.get('preset'))}</code>): read-only here; change it in that file.{e(state)} "

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compile.compiler import PresetError, load_preset
-from ..language.settings import SettingsError, resolve
-from ..redaction import Redactor
-from ..state.console_integrations import KEY_ENV, SecretBox, SecretsUnavailable, StoredIntegration
+from ..compile.stored_integration import Keyring, open_stored
+from ..state.console_integrations import StoredIntegration
 from .integrations import Integration
 
 
@@ -39,6 +37,9 @@ class ConsoleMade:
 
     integrations: list[Integration] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # The skipped ones' names (but a name the file defines): their place in the queue is kept, as a disabled
+    # integration's is, so what waits for them is still there once they can be opened again.
+    resting: list[str] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [i.name for i in self.integrations]
@@ -64,8 +65,7 @@ def load_console_made(
     learns identity) opens no secret: it needs neither credentials nor the key.
     """
     out = ConsoleMade()
-    box: SecretBox | None = None
-    no_box: str | None = None
+    keyring = Keyring(environ) if secrets else None
     for item in stored:
         label = f"integration {item.name!r} (set up in the console)"
         if item.name in taken:
@@ -74,38 +74,12 @@ def load_console_made(
                 "delivered; rename or delete the console's"
             )
             continue
-        try:
-            preset = load_preset(item.preset, preset_path)
-        except PresetError as exc:
-            first = (exc.problems or ["cannot be loaded"])[0]
-            out.skipped.append(f"{label} is skipped: its preset {item.preset} cannot be loaded: {first}")
+        opened = open_stored(item, keyring, preset_path=preset_path)
+        if isinstance(opened, str):
+            out.skipped.append(f"{label} is skipped: {opened}")
+            out.resting.append(item.name)
             continue
-        values: dict[str, Any] = dict(item.values)
-        opened: list[str] = []
-        if secrets and item.sealed:
-            if box is None and no_box is None:
-                key = environ.get(KEY_ENV, "").strip()
-                try:
-                    box = SecretBox(key) if key else None
-                    no_box = None if key else f"{KEY_ENV} is not set here; set it to the key the console used"
-                except SecretsUnavailable as exc:
-                    no_box = str(exc)
-            try:
-                if box is None:
-                    raise SecretsUnavailable(str(no_box))
-                for name, token in item.sealed.items():
-                    opened.append(box.open(token))
-                    values[name] = opened[-1]
-            except SecretsUnavailable as exc:
-                out.skipped.append(f"{label} is skipped: its secrets cannot be opened: {exc}")
-                continue
-        try:
-            settings = resolve(preset.settings, values, require=secrets, where={n: n for n in preset.settings})
-        except SettingsError as exc:
-            why = Redactor(opened).redact("; ".join(exc.problems))
-            out.skipped.append(f"{label} is skipped: {why}")
-            continue
-        out.integrations.append(Integration(item.name, preset, settings, True, item.preset))
+        out.integrations.append(Integration(item.name, opened.preset, opened.settings, True, item.preset))
     return out
 
 

@@ -152,6 +152,8 @@ class Intake:
         self.metrics = metrics
         self.remember = remember
         self.draining = False
+        # Why no event is taken yet (a service with no integration to deliver to): each is refused with this.
+        self.refusing: str | None = None
         self.ready_check: Callable[[], Awaitable[bool]] | None = None
         self._clock = clock
         self._in_flight = 0
@@ -218,6 +220,11 @@ class Intake:
                     "the intake is shutting down; retry shortly",
                     "draining",
                     {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            if self.refusing is not None:
+                # Taken now, an event would wait for an integration that may never come: refused, it is retried.
+                raise Refused(
+                    503, "no_integration", self.refusing, "unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
             raw = await self._read(request)
             reserved = authenticate(request, raw)
