@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 import redis
 
+from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
+from engine.language.settings import resolve
+from engine.pipeline.identity import IdentityMemory
+from engine.pipeline.prepare import Pipeline
 from engine.state.identity import IdentityLimits, Slot
 from engine.state.redis import RedisState
 from engine.state.token_store import StoredTokens
@@ -48,6 +52,82 @@ def test_identity_follows_the_merge_rule_of_every_store(redis_url: str) -> None:
     assert store.recall("userId", "u1") is None
     # Another worker (its own connection) sees the same memory.
     assert state(redis_url).identity(PRESET, IdentityLimits()).recall("anonymousId", "dev-1") is not None
+
+
+def test_merges_made_together_land_as_if_made_one_after_the_other(redis_url: str) -> None:
+    """A request's identifies are merged at once: the result is the merge rule applied in order."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0")  # remembered before the request
+    store.merge_many(
+        [
+            ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+            ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),  # a later identify of the same person wins
+            ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),  # the device changes hands
+            ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),  # and merges for its owner
+            ([Slot("userId", "u0")], {"title": "VP"}, "u0"),  # over what was already stored
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CEO"}
+    device = store.recall("anonymousId", "dev-1")
+    assert (dict(device.traits), device.owner) == ({"email": "b@x.io", "phone": "+33612345678"}, "u2")
+    assert dict(store.recall("userId", "u0").traits) == {"email": "zero@x.io", "title": "VP"}
+    # Each entry is counted once against the bounds, at its final size.
+    used, entries = store.usage()
+    assert entries == 3
+    single = state(redis_url, prefix="again").identity(PRESET, IdentityLimits())
+    for slots, traits, owner in [
+        ([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0"),
+        ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+        ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),
+        ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),
+        ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),
+        ([Slot("userId", "u0")], {"title": "VP"}, "u0"),
+    ]:
+        single.merge(slots, traits, owner)
+    assert single.usage() == (used, entries)
+
+
+def test_merges_made_together_take_two_round_trips(redis_url: str) -> None:
+    """Ten identifies of a request: one pipelined read and one script, not two round trips each."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    store.merge_many([([Slot("userId", f"u{i}")], {"email": f"u{i}@x.io"}, f"u{i}") for i in range(10)])
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 1
+    assert stats["cmdstat_hmget"]["calls"] == 2 * 10  # read in one pipeline, checked again in the script
+
+
+def test_a_requests_identifies_are_merged_together_and_a_refusal_among_them_forgets_in_order(redis_url: str) -> None:
+    """What ``serve --redis`` does with the identifies of one request, before its 200."""
+    preset = load_preset(PRESET)
+    values = resolve(preset.settings, {"client_id": "app", "client_secret": "cs", "refresh_token": "rt"}, require=True)
+    store = state(redis_url).identity(PRESET, IdentityLimits.of(preset.identity))
+    pipeline = Pipeline(preset, values, IdentityMemory.for_preset(preset.identity, store))
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+
+    def identify(user: str, marketing: bool, **traits: str) -> dict[str, Any]:
+        consent = {"consent": {"canonical": {"marketing": marketing}}}
+        return {"type": "identify", "userId": user, "traits": traits, "context": consent}
+
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    pipeline.learn_identities(
+        [
+            identify("u1", True, email="a@x.io"),
+            identify("u1", True, title="CTO"),
+            identify("u2", True, email="b@x.io"),
+            identify("u2", False),  # consent withdrawn: what was remembered for u2 is forgotten
+            identify("u3", True, email="c@x.io"),
+            identify("u2", True, title="CEO"),  # given again later: remembered afresh
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CTO"}
+    assert dict(store.recall("userId", "u2").traits) == {"title": "CEO"}
+    assert dict(store.recall("userId", "u3").traits) == {"email": "c@x.io"}
+    # The three before the refusal in one script, the two after it in another.
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2
 
 
 def test_concurrent_merges_of_one_person_from_many_workers_all_land(redis_url: str) -> None:

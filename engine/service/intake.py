@@ -45,7 +45,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ SEGMENT_TYPES = ("track", "identify", "page", "screen", "group")
 _MILLISECONDS = re.compile(r"[0-9]{1,16}")
 
 Remember = Callable[[Mapping[str, Any]], None]
+RememberMany = Callable[[Sequence[Mapping[str, Any]]], None]
 
 
 @dataclass
@@ -145,12 +146,15 @@ class Intake:
         metrics: Metrics,
         *,
         remember: Remember | None = None,
+        remember_many: RememberMany | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.config = config
         self.metrics = metrics
         self.remember = remember
+        # A request's identifies at once (``remember`` is called for each when this is not given).
+        self.remember_many = remember_many
         self.draining = False
         self.ready_check: Callable[[], Awaitable[bool]] | None = None
         self._clock = clock
@@ -393,10 +397,13 @@ class Intake:
                 len(events),
             )
         try:
-            if self.remember is not None:
+            if self.remember is not None or self.remember_many is not None:
                 # Identify traits are written before the 200, so a lead accepted after it is joined by any worker.
-                for event in events:
-                    if event.get("type") == "identify":
+                identifies = [event for event in events if event.get("type") == "identify"]
+                if identifies and self.remember_many is not None:
+                    self.remember_many(identifies)
+                elif self.remember is not None:
+                    for event in identifies:
                         self.remember(event)
             await self.queue.append([_body(e) for e in events])
         except OSError as exc:
