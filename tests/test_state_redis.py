@@ -8,20 +8,25 @@ person, two refreshing one token, two spending one rate budget.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 
 from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
 from engine.language.settings import resolve
 from engine.pipeline.identity import IdentityMemory
 from engine.pipeline.prepare import Pipeline
+from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
+from engine.service.metrics import Metrics
 from engine.state.identity import IdentityLimits, Slot
 from engine.state.redis import RedisState
 from engine.state.token_store import StoredTokens
@@ -442,6 +447,42 @@ def test_the_events_of_a_request_are_queued_in_one_round_trip_in_order(redis_url
         assert [json.loads(e.body)["n"] for e in entries] == [-1, *range(100)]
         client.close()
         await queue.close()
+
+    asyncio.run(main())
+
+
+def test_the_intake_checks_the_backlog_and_queues_a_request_in_one_round_trip(redis_url: str) -> None:
+    """On a Redis stream the bound is checked inside the append: a refused batch is not half-queued."""
+
+    async def main() -> None:
+        backend = state(redis_url)
+        queue = backend.queue(PRESET)
+        intake = Intake(queue, IntakeConfig(write_keys=frozenset({"wk-1"}), max_backlog=5), Metrics())
+        server = TestServer(create_app(intake))
+        await server.start_server(**RUNNER_OPTIONS)
+        auth = {"Authorization": "Basic " + base64.b64encode(b"wk-1:").decode()}
+        batch = json.dumps({"batch": [{"type": "track", "event": "Demo Requested", "userId": "u1"}] * 3})
+        client = redis.Redis.from_url(redis_url)
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = str(server.make_url("/v1/batch"))
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 200
+                client.config_resetstat()
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 429 and int(answer.headers["Retry-After"]) >= 1
+                    assert (await answer.json())["code"] == "backlog_full"
+                    assert "3 events are waiting" in (await answer.json())["message"]
+                stats = client.info("commandstats")
+                # The refusal came from the script (its XLEN runs inside it), not from an XLEN before it.
+                assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_xlen"]["calls"] == 1
+                assert await queue.backlog() == 3  # nothing of the refused batch
+                async with session.post(url, data=json.dumps({"batch": []}), headers=auth) as answer:
+                    assert answer.status == 200  # three and none is within the bound
+        finally:
+            client.close()
+            await server.close()
+            await queue.close()
 
     asyncio.run(main())
 
