@@ -2,7 +2,7 @@
 
 One hash per (id field, id): the traits as JSON, the owner, the entry's
 size and when it was last seen. A merge is optimistic and takes two round
-trips: read the entries (one pipeline), apply
+trips: read the entries (one script), apply
 :func:`~engine.state.identity.merged`, then one Lua script writes them only
 if each is still as read (and evicts), else it is read and merged again; so
 two processes identifying the same person at once both land, with the same
@@ -100,6 +100,16 @@ redis.call('INCRBY', KEYS[2], delta)
 MERGE = MERGE.replace("return dropped", "return 0")
 
 
+# KEYS: the entries. Each one's four fields (nil where absent): one command, however many entries are read.
+READ = """
+local rows = {}
+for i = 1, #KEYS do
+  rows[i] = redis.call('HMGET', KEYS[i], 'traits', 'owner', 'bytes', 'seen')
+end
+return rows
+"""
+
+
 class RedisIdentityStore:
     def __init__(
         self,
@@ -119,6 +129,7 @@ class RedisIdentityStore:
         self._bytes = keys.identity_bytes(preset)
         self._evict = client.register_script(EVICT)
         self._merge = client.register_script(MERGE)
+        self._read = client.register_script(READ)
 
     def _key(self, slot_kind: str, ident: str) -> str:
         return self.keys.identity(self.preset, slot_kind, ident)
@@ -145,10 +156,8 @@ class RedisIdentityStore:
         names = list(slots_by_name)
         with writing("the identity memory"):
             for _ in range(MAX_RETRIES):
-                with self.r.pipeline(transaction=False) as pipe:
-                    for name in names:
-                        pipe.hmget(name, "traits", "owner", "bytes", "seen")
-                    rows = pipe.execute()
+                # One script reads them all: a pipeline of one HMGET each cost the client twice the CPU.
+                rows = self._read(keys=names)
                 now = self._clock()
                 current = {
                     name: _remembered(row, now, self.limits.ttl_seconds) for name, row in zip(names, rows, strict=True)
