@@ -5,6 +5,8 @@
   third of the client's CPU of one ``XADD`` per event); the intake answers
   200 after it returns. How durable that is, is Redis's setting
   (``appendonly yes`` with ``appendfsync always`` or ``everysec``).
+  ``append_within`` does the same unless the stream would pass the
+  intake's backlog bound, checked inside the script: one round trip.
 * ``read``: ``XREADGROUP ... >``, entries never handed out before.
 * ``claim``: ``XAUTOCLAIM`` of entries idle longer than the visibility
   timeout: their worker died. A live worker renews its entries (``touch``,
