@@ -147,10 +147,11 @@ class RedisIdentityStore:
         identifies of a request: they cost a request two round trips, not
         two each.
         """
+        named = [([(self._key(s.kind, s.ident), s) for s in slots], traits, owner) for slots, traits, owner in merges]
         slots_by_name: dict[str, Slot] = {}
-        for slots, _, _ in merges:
-            for slot in slots:
-                slots_by_name.setdefault(self._key(slot.kind, slot.ident), slot)
+        for pairs, _, _ in named:
+            for name, slot in pairs:
+                slots_by_name.setdefault(name, slot)
         if not slots_by_name:
             return
         names = list(slots_by_name)
@@ -162,9 +163,8 @@ class RedisIdentityStore:
                 current = {
                     name: _remembered(row, now, self.limits.ttl_seconds) for name, row in zip(names, rows, strict=True)
                 }
-                for slots, traits, owner in merges:
-                    for slot in slots:
-                        name = self._key(slot.kind, slot.ident)
+                for pairs, traits, owner in named:
+                    for name, slot in pairs:
                         current[name] = merged(current[name], traits, owner, slot.exclusive)
                 args: list[Any] = [self.limits.max_bytes, now - self.limits.ttl_seconds, PURGE_BATCH, now]
                 for name, row in zip(names, rows, strict=True):
