@@ -8,16 +8,25 @@ person, two refreshing one token, two spending one rate budget.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 
+from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
+from engine.language.settings import resolve
+from engine.pipeline.identity import IdentityMemory
+from engine.pipeline.prepare import Pipeline
+from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
+from engine.service.metrics import Metrics
 from engine.state.identity import IdentityLimits, Slot
 from engine.state.redis import RedisState
 from engine.state.token_store import StoredTokens
@@ -48,6 +57,82 @@ def test_identity_follows_the_merge_rule_of_every_store(redis_url: str) -> None:
     assert store.recall("userId", "u1") is None
     # Another worker (its own connection) sees the same memory.
     assert state(redis_url).identity(PRESET, IdentityLimits()).recall("anonymousId", "dev-1") is not None
+
+
+def test_merges_made_together_land_as_if_made_one_after_the_other(redis_url: str) -> None:
+    """A request's identifies are merged at once: the result is the merge rule applied in order."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0")  # remembered before the request
+    store.merge_many(
+        [
+            ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+            ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),  # a later identify of the same person wins
+            ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),  # the device changes hands
+            ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),  # and merges for its owner
+            ([Slot("userId", "u0")], {"title": "VP"}, "u0"),  # over what was already stored
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CEO"}
+    device = store.recall("anonymousId", "dev-1")
+    assert (dict(device.traits), device.owner) == ({"email": "b@x.io", "phone": "+33612345678"}, "u2")
+    assert dict(store.recall("userId", "u0").traits) == {"email": "zero@x.io", "title": "VP"}
+    # Each entry is counted once against the bounds, at its final size.
+    used, entries = store.usage()
+    assert entries == 3
+    single = state(redis_url, prefix="again").identity(PRESET, IdentityLimits())
+    for slots, traits, owner in [
+        ([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0"),
+        ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+        ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),
+        ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),
+        ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),
+        ([Slot("userId", "u0")], {"title": "VP"}, "u0"),
+    ]:
+        single.merge(slots, traits, owner)
+    assert single.usage() == (used, entries)
+
+
+def test_merges_made_together_take_two_round_trips(redis_url: str) -> None:
+    """Ten identifies of a request: one pipelined read and one script, not two round trips each."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    store.merge_many([([Slot("userId", f"u{i}")], {"email": f"u{i}@x.io"}, f"u{i}") for i in range(10)])
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 2  # the read, then the compare-and-write
+    assert stats["cmdstat_hmget"]["calls"] == 2 * 10  # each entry read, then checked again before it is written
+
+
+def test_a_requests_identifies_are_merged_together_and_a_refusal_among_them_forgets_in_order(redis_url: str) -> None:
+    """What ``serve --redis`` does with the identifies of one request, before its 200."""
+    preset = load_preset(PRESET)
+    values = resolve(preset.settings, {"client_id": "app", "client_secret": "cs", "refresh_token": "rt"}, require=True)
+    store = state(redis_url).identity(PRESET, IdentityLimits.of(preset.identity))
+    pipeline = Pipeline(preset, values, IdentityMemory.for_preset(preset.identity, store))
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+
+    def identify(user: str, marketing: bool, **traits: str) -> dict[str, Any]:
+        consent = {"consent": {"canonical": {"marketing": marketing}}}
+        return {"type": "identify", "userId": user, "traits": traits, "context": consent}
+
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    pipeline.learn_identities(
+        [
+            identify("u1", True, email="a@x.io"),
+            identify("u1", True, title="CTO"),
+            identify("u2", True, email="b@x.io"),
+            identify("u2", False),  # consent withdrawn: what was remembered for u2 is forgotten
+            identify("u3", True, email="c@x.io"),
+            identify("u2", True, title="CEO"),  # given again later: remembered afresh
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CTO"}
+    assert dict(store.recall("userId", "u2").traits) == {"title": "CEO"}
+    assert dict(store.recall("userId", "u3").traits) == {"email": "c@x.io"}
+    # The three before the refusal read and written together, the two after it too: two round trips each.
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2 * 2
 
 
 def test_concurrent_merges_of_one_person_from_many_workers_all_land(redis_url: str) -> None:
@@ -362,6 +447,42 @@ def test_the_events_of_a_request_are_queued_in_one_round_trip_in_order(redis_url
         assert [json.loads(e.body)["n"] for e in entries] == [-1, *range(100)]
         client.close()
         await queue.close()
+
+    asyncio.run(main())
+
+
+def test_the_intake_checks_the_backlog_and_queues_a_request_in_one_round_trip(redis_url: str) -> None:
+    """On a Redis stream the bound is checked inside the append: a refused batch is not half-queued."""
+
+    async def main() -> None:
+        backend = state(redis_url)
+        queue = backend.queue(PRESET)
+        intake = Intake(queue, IntakeConfig(write_keys=frozenset({"wk-1"}), max_backlog=5), Metrics())
+        server = TestServer(create_app(intake))
+        await server.start_server(**RUNNER_OPTIONS)
+        auth = {"Authorization": "Basic " + base64.b64encode(b"wk-1:").decode()}
+        batch = json.dumps({"batch": [{"type": "track", "event": "Demo Requested", "userId": "u1"}] * 3})
+        client = redis.Redis.from_url(redis_url)
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = str(server.make_url("/v1/batch"))
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 200
+                client.config_resetstat()
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 429 and int(answer.headers["Retry-After"]) >= 1
+                    assert (await answer.json())["code"] == "backlog_full"
+                    assert "3 events are waiting" in (await answer.json())["message"]
+                stats = client.info("commandstats")
+                # The refusal came from the script (its XLEN runs inside it), not from an XLEN before it.
+                assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_xlen"]["calls"] == 1
+                assert await queue.backlog() == 3  # nothing of the refused batch
+                async with session.post(url, data=json.dumps({"batch": []}), headers=auth) as answer:
+                    assert answer.status == 200  # three and none is within the bound
+        finally:
+            client.close()
+            await server.close()
+            await queue.close()
 
     asyncio.run(main())
 

@@ -8,7 +8,7 @@ identity) before any JSONata runs, because most traffic is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,6 +263,25 @@ class Pipeline:
         else:
             self.memory.remember(event, merged_traits(event, {}))
         return refused
+
+    def learn_identities(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """:meth:`learn_identity` for a request's identifies, in order, with their merges made together.
+
+        The identifies between two that forget (consent refused) are
+        remembered in one call to the store: two round trips to Redis for a
+        request, not two for each identify.
+        """
+        if not self.memory.keys:
+            return
+        pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        for event in events:
+            if self.gate.refused(event):
+                self.memory.remember_many(pending)
+                pending = []
+                self.memory.forget(event)
+            else:
+                pending.append((event, merged_traits(event, {})))
+        self.memory.remember_many(pending)
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any], refused: list[str]) -> str:
         if kind == "track":

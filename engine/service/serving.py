@@ -576,12 +576,18 @@ async def _serve_redis(
             for i in config.integrations
         ]
 
-        def remember(event: Mapping[str, Any]) -> None:
-            for pipeline in pipelines:
-                pipeline.learn_identity(event)
+        def remember(events: Sequence[Mapping[str, Any]]) -> None:
+            if len(pipelines) == 1:  # a request's identifies in two round trips
+                pipelines[0].learn_identities(events)
+                return
+            # Several presets share the entries: each identify goes through all of them before the next, as
+            # one at a time would (an id another person's identify took over must see them in that order).
+            for event in events:
+                for pipeline in pipelines:
+                    pipeline.learn_identity(event)
 
         queue = RedisQueue(client, stream)
-        intake = Intake(queue, options.intake, metrics, remember=remember if pipelines else None)
+        intake = Intake(queue, options.intake, metrics, remember_many=remember if pipelines else None)
         waiting = _refuse_or_wait(options, intake)
         named = [*config.names(), *options.resting]
         lags = {name: RedisQueue(client, stream, group=name) for name in named}
