@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 DROPPED = "dropped"
 WOULD_SEND = "would_send"
@@ -107,7 +106,7 @@ def outcome_json(data: Any, encoding: str | None = None) -> str:
     consumer reads them all alike: UTF-8 as it is on a UTF-8 stream, ASCII escapes on any other.
     """
     try:
-        line = orjson.dumps(data).decode("utf-8")
+        line = _orjson_dumps(data).decode("utf-8")
     except TypeError:
         # A lone surrogate (from a "\\ud800" escape in the input), an integer
         # beyond 64 bits or a value orjson does not know: json writes it, as
@@ -117,7 +116,7 @@ def outcome_json(data: Any, encoding: str | None = None) -> str:
     if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
         # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
         # not UTF-8, even where it can encode the character: ASCII escapes are both.
-        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":"))
+        return json.dumps(json.loads(line), ensure_ascii=True, separators=(",", ":"))
     return line
 
 
@@ -129,3 +128,13 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def _orjson_dumps(data: Any) -> Any:
+    """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
+    several milliseconds that a start that writes no outcome need not pay. The first call puts orjson's own function in this one's place."""
+    global _orjson_dumps  # noqa: PLW0603 - a memoised import, bound once, never changed after
+    import orjson
+
+    _orjson_dumps = orjson.dumps
+    return orjson.dumps(data)

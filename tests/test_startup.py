@@ -85,7 +85,9 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
     run = ("run", "outreach/lead-capture", "--dry-run")
     first = modules_after(tmp_path, cache, *run, events=[])
     assert loaded(first, NEVER_IN_A_DRY_RUN) == []
-    assert "jsonschema" in first and "ruamel" in first  # the preset was validated once
+    assert "ruamel" in first and "jsonschema_rs" in first  # the preset was validated once
+    # jsonschema words problems; a preset that jsonschema-rs accepts has none, so it is never imported.
+    assert loaded(first, ("jsonschema",)) == []
 
     again = modules_after(tmp_path, cache, *run, events=[])
     assert loaded(again, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
@@ -93,10 +95,12 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
     assert loaded(again, ("phonenumbers", "jsonschema_rs")) == []
     # The cached preset's expressions compiled when it was stored: the JSONata engine waits for an event.
     assert loaded(again, ("jsonatapy",)) == []
+    # Nothing read, nothing written: no JSON codec but the standard library's.
+    assert loaded(again, ("orjson",)) == []
 
     leads = modules_after(tmp_path, cache, *run, events=[PAGE, LEAD])
     assert loaded(leads, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
-    assert "phonenumbers" in leads and "jsonschema_rs" in leads and "jsonatapy" in leads
+    assert "phonenumbers" in leads and "jsonschema_rs" in leads and "jsonatapy" in leads and "orjson" in leads
 
 
 def test_check_always_validates(tmp_path: Path) -> None:
@@ -151,7 +155,7 @@ def copy_of_builtin(tmp_path: Path, old: str = "", new: str = "") -> Path:
 def test_a_valid_preset_is_cached_and_loads_the_same_from_the_cache(tmp_path: Path, cache: Path) -> None:
     path = copy_of_builtin(tmp_path)
     fresh = load_preset(str(path))
-    assert len(list(cache.glob("*.json"))) == 1
+    assert len(list(cache.glob(f"*{preset_cache.SUFFIX}"))) == 1
     cached = load_preset(str(path))
     assert cached.raw == fresh.raw
     assert cached.expression_limits == fresh.expression_limits
@@ -165,7 +169,7 @@ def test_an_edited_preset_is_read_again(tmp_path: Path, cache: Path) -> None:
     copy_of_builtin(tmp_path, "values: {tag: lead}", "values: {tag: lead-v2}")
     preset = load_preset(str(path))
     assert preset.events.track["Lead Submitted"].values == {"tag": "lead-v2"}
-    assert len(list(cache.glob("*.json"))) == 2
+    assert len(list(cache.glob(f"*{preset_cache.SUFFIX}"))) == 2
 
 
 def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,7 +203,7 @@ def test_an_invalid_preset_is_never_cached(tmp_path: Path, cache: Path) -> None:
             load_preset(str(path))
         assert info.value.problems[0].startswith(f"{path}:")
         assert "unknown key 'bogus'" in info.value.problems[0]
-    assert not cache.exists() or not list(cache.glob("*.json"))
+    assert not cache.exists() or not list(cache.glob(f"*{preset_cache.SUFFIX}"))
 
 
 def test_a_problem_found_on_a_cached_preset_is_still_located(tmp_path: Path, cache: Path) -> None:
@@ -254,7 +258,7 @@ def test_an_unusable_cache_costs_speed_not_the_run(tmp_path: Path, monkeypatch: 
 def test_a_damaged_cache_entry_is_ignored(tmp_path: Path, cache: Path) -> None:
     path = copy_of_builtin(tmp_path)
     load_preset(str(path))
-    for entry in cache.glob("*.json"):
+    for entry in cache.glob(f"*{preset_cache.SUFFIX}"):
         entry.write_text("{not json", encoding="utf-8")
     assert load_preset(str(path)).name == "outreach/lead-capture"
 
@@ -264,4 +268,58 @@ def test_old_entries_are_pruned(tmp_path: Path, cache: Path, monkeypatch: pytest
     for tag in range(5):
         path = copy_of_builtin(tmp_path, "values: {tag: lead}", f"values: {{tag: lead-{tag}}}")
         load_preset(str(path))
-    assert len(list(cache.glob("*.json"))) == 3
+    assert len(list(cache.glob(f"*{preset_cache.SUFFIX}"))) == 3
+
+
+# --------------------------------------------------------------------------
+# the preset language's gate (jsonschema-rs) and its judge (jsonschema)
+# --------------------------------------------------------------------------
+
+
+def _mutations(data: object, path: tuple = ()) -> list[tuple[tuple, object]]:
+    """Each way to break one place of a preset: a key removed, a value of the wrong type, an unknown key."""
+    out: list[tuple[tuple, object]] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.append((path + (key,), "<removed>"))
+            out.append((path + (key,), 12 if not isinstance(value, int) or isinstance(value, bool) else "twelve"))
+            out.extend(_mutations(value, path + (key,)))
+        out.append((path + ("no_such_key",), True))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            out.append((path + (i,), {"unexpected": []}))
+            out.extend(_mutations(value, path + (i,)))
+    return out
+
+
+def _apply(data: object, path: tuple, change: object) -> object:
+    import marshal
+
+    result = marshal.loads(marshal.dumps(data))  # a deep copy of plain data, fast
+    node = result
+    for part in path[:-1]:
+        node = node[part]  # type: ignore[index]
+    if change == "<removed>":
+        del node[path[-1]]  # type: ignore[attr-defined]
+    else:
+        node[path[-1]] = change  # type: ignore[index]
+    return result
+
+
+@pytest.mark.parametrize("preset", sorted(p.relative_to(REPO_ROOT / "presets") for p in (REPO_ROOT / "presets").rglob("*.yaml")))
+def test_the_gate_and_jsonschema_agree_on_every_one_place_break(preset: Path) -> None:
+    """A preset jsonschema-rs accepts is never shown to jsonschema, so the two must agree on what is valid:
+    checked on each shipped preset and on every break of one place in it (a few thousand documents)."""
+    from engine.compile.compiler import _preset_gate, _preset_validator
+    from engine.language.yaml_source import load_yaml
+
+    gate, judge = _preset_gate(), _preset_validator()
+    assert gate is not None
+    data = load_yaml(REPO_ROOT / "presets" / preset).data()
+    assert gate.is_valid(data) and not list(judge.iter_errors(data))
+    disagreements = []
+    for path, change in _mutations(data):
+        broken = _apply(data, path, change)
+        if gate.is_valid(broken) != (next(judge.iter_errors(broken), None) is None):
+            disagreements.append((path, change))
+    assert disagreements == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,13 +48,13 @@ from ..language.model import (
 )
 from ..language.settings import SettingSpec
 from ..language.templates import TOKEN_ROOT, Template, TemplateError
-from ..language.yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
 from ..pipeline.event_table import EventTable
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import preset_cache
 
 if TYPE_CHECKING:
+    from ..language.yaml_source import PathPart, YamlDocument
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
@@ -70,6 +70,13 @@ MAX_FINDINGS_PER_EXPRESSION = 20
 # Fields of an OAuth token answer that are credentials (RFC 6749 §5.1, OpenID Connect's id_token):
 # auth.token_values may not name them, so no template can put one in a URL or a header.
 SECRET_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
+
+
+def format_path(path: list[PathPart]) -> str:
+    """``yaml_source.format_path``; that module (and its dataclasses) is imported only to report a problem."""
+    from ..language.yaml_source import format_path as format_yaml_path
+
+    return format_yaml_path(path)
 
 
 class PresetError(Exception):
@@ -88,6 +95,35 @@ def _preset_validator() -> Draft202012Validator:
 
     schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
+
+
+@lru_cache(maxsize=1)
+def _preset_gate() -> Any:
+    """jsonschema-rs over the preset language: a yes/no in microseconds, where importing jsonschema alone
+    costs ~60 ms. jsonschema still words every problem, but only for a preset this gate refuses."""
+    try:
+        import jsonschema_rs
+
+        schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
+        return jsonschema_rs.Draft202012Validator(schema)
+    except Exception:  # noqa: BLE001 - no gate: jsonschema decides alone, as before
+        return None
+
+
+def _preset_schema_errors(data: Any, *, strict: bool) -> Iterator[ValidationError]:
+    """The preset's problems against the preset language, worded by jsonschema.
+
+    ``strict`` (``check``) always asks jsonschema; otherwise a preset the gate
+    accepts is not shown to jsonschema at all.
+    """
+    gate = None if strict else _preset_gate()
+    if gate is not None:
+        try:
+            if gate.is_valid(data):
+                return iter(())
+        except Exception:  # noqa: BLE001 - a value the gate cannot read (an integer beyond 64 bits): ask jsonschema
+            pass
+    return _preset_validator().iter_errors(data)
 
 
 def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, strict: bool = False) -> Preset:
@@ -110,6 +146,8 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     cached = preset_cache.lookup(source) if source is not None and not strict else None
     if cached is not None:
         return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+    from ..language.yaml_source import YamlSourceError, load_yaml  # only for a preset not in the cache
+
     try:
         doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
@@ -160,7 +198,7 @@ class _Compiler:
     def compile(self) -> Preset:
         if not isinstance(self.data, dict):
             raise PresetError([f"{self.doc.path}:1:1: (root): a preset must be a YAML mapping"])
-        for error in _preset_validator().iter_errors(self.data) if self.checked_schemas is None else ():
+        for error in _preset_schema_errors(self.data, strict=self.strict) if self.checked_schemas is None else ():
             self._schema_problem(error)
         if self.problems:
             # Report everything in one run: expression syntax is independent

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
 FAST = "jsonatapy"
@@ -391,7 +390,7 @@ def _check_strings(result: Any, limit: int) -> None:
     if result is None or isinstance(result, (bool, int, float)):
         return
     try:
-        if len(orjson.dumps(result)) <= limit:
+        if len(_orjson_dumps(result)) <= limit:
             return
     except TypeError:
         pass  # a lone surrogate, a huge integer or a function value: walk it
@@ -442,3 +441,13 @@ def _position(exc: Exception) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _orjson_dumps(data: Any) -> Any:
+    """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
+    several milliseconds that loading a preset need not pay: only an evaluation needs it. The first call puts orjson's own function in this one's place."""
+    global _orjson_dumps  # noqa: PLW0603 - a memoised import, bound once, never changed after
+    import orjson
+
+    _orjson_dumps = orjson.dumps
+    return orjson.dumps(data)
