@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
 DROPPED = "dropped"
 WOULD_SEND = "would_send"
 DELIVERED = "delivered"
@@ -133,8 +132,8 @@ def _finite(value: Any) -> Any:
 def _orjson_dumps(data: Any) -> Any:
     """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
     several milliseconds that a start that writes no outcome need not pay. The first call puts orjson's own function in this one's place."""
-    global _orjson_dumps  # noqa: PLW0603 - a memoised import, bound once, never changed after
+    global _orjson_dumps
     import orjson
 
-    _orjson_dumps = orjson.dumps
+    _orjson_dumps = orjson.dumps  # type: ignore[assignment]
     return orjson.dumps(data)

@@ -215,7 +215,7 @@ def test_a_problem_found_on_a_cached_preset_is_still_located(tmp_path: Path, cac
     entry = preset_cache.lookup(source)
     assert entry is not None
     entry.plain["events"]["track"]["Signed Up"]["action"] = "no_such_action"
-    preset_cache.store(source, entry.plain, entry.schemas)
+    preset_cache.store(source, entry.plain, entry.schemas, entry.plans)
     with pytest.raises(PresetError) as info:
         load_preset(str(path))
     line = next(i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "Signed Up:" in text)
@@ -306,7 +306,9 @@ def _apply(data: object, path: tuple, change: object) -> object:
     return result
 
 
-@pytest.mark.parametrize("preset", sorted(p.relative_to(REPO_ROOT / "presets") for p in (REPO_ROOT / "presets").rglob("*.yaml")))
+@pytest.mark.parametrize(
+    "preset", sorted(p.relative_to(REPO_ROOT / "presets") for p in (REPO_ROOT / "presets").rglob("*.yaml"))
+)
 def test_the_gate_and_jsonschema_agree_on_every_one_place_break(preset: Path) -> None:
     """A preset jsonschema-rs accepts is never shown to jsonschema, so the two must agree on what is valid:
     checked on each shipped preset and on every break of one place in it (a few thousand documents)."""

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any, cast
 
-
 from .common import UsageError
 
 # The longest event line read (UTF-8 bytes, without its line ending): `run --max-event-bytes`.
@@ -133,7 +132,9 @@ def parse_line(
         try:
             return index, _orjson_loads(raw), None
         except ValueError as exc:  # orjson.JSONDecodeError
-            if str(getattr(exc, "msg", "")).startswith("depth limit"):  # a fixed limit, where json's would move with sys.getrecursionlimit()
+            if str(getattr(exc, "msg", "")).startswith(
+                "depth limit"
+            ):  # a fixed limit, where json's would move with sys.getrecursionlimit()
                 return index, None, f"line {index + 1}: not valid JSON: nested too deeply"
             # Not UTF-8, not JSON, NaN, 1e400, a lone surrogate...: read it below.
     try:
@@ -265,8 +266,8 @@ def _json_value_error(exc: ValueError) -> str:
 def _orjson_loads(raw: Any) -> Any:
     """orjson.loads, imported by the first call: orjson's import (with uuid and platform) costs
     several milliseconds that a run over an empty input, or a command that reads no events, need not pay. The first call puts orjson's own function in this one's place."""
-    global _orjson_loads  # noqa: PLW0603 - a memoised import, bound once, never changed after
+    global _orjson_loads
     import orjson
 
-    _orjson_loads = orjson.loads
+    _orjson_loads = orjson.loads  # type: ignore[assignment]
     return orjson.loads(raw)

@@ -54,9 +54,10 @@ from ..pipeline.output_contract import OutputContract
 from . import preset_cache
 
 if TYPE_CHECKING:
-    from ..language.yaml_source import PathPart, YamlDocument
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
+
+    from ..language.yaml_source import PathPart, YamlDocument
 
 
 # Bounds on what one preset's JSONata may cost to compile and check. The built-in presets' longest
@@ -145,7 +146,8 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     source = preset_cache.read(path)
     cached = preset_cache.lookup(source) if source is not None and not strict else None
     if cached is not None:
-        return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+        document: Any = cached  # stands in for a YamlDocument: it parses the YAML only to locate a problem
+        return _Compiler(document, backend, checked_schemas=cached.schemas, plans=cached.plans).compile()
     from ..language.yaml_source import YamlSourceError, load_yaml  # only for a preset not in the cache
 
     try:
@@ -155,7 +157,7 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     compiler = _Compiler(doc, backend, strict=strict)
     preset = compiler.compile()
     if source is not None:
-        preset_cache.store(source, compiler.data, compiler.schema_digests)
+        preset_cache.store(source, compiler.data, compiler.schema_digests, compiler.plans)
     return preset
 
 
@@ -169,6 +171,7 @@ class _Compiler:
         *,
         strict: bool = False,
         checked_schemas: Mapping[str, str] | None = None,
+        plans: Mapping[str, Any] | None = None,
     ) -> None:
         self.doc = doc
         self.strict = strict
@@ -176,6 +179,8 @@ class _Compiler:
         # the static checks, and these output schemas (name -> digest) their meta-schema.
         self.checked_schemas = checked_schemas
         self.schema_digests: dict[str, str] = {}
+        # Plain templates' fast-path plans by expression text: planned here, or read from the preset cache.
+        self.plans: dict[str, Any] = dict(plans) if plans is not None else {}
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
         self.expression_sizes: dict[tuple[PathPart, ...], int] = {}  # each site once, however often compiled
@@ -324,7 +329,9 @@ class _Compiler:
         try:
             # A cached preset's expressions compiled when it was stored: jsonatapy is then
             # imported and each expression compiled by the first event that needs it.
-            return Expression.compile(source, self.limits, self.backend, checked=self.checked_schemas is not None)
+            return Expression.compile(
+                source, self.limits, self.backend, checked=self.checked_schemas is not None, plan=self._plan(source)
+            )
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -337,6 +344,16 @@ class _Compiler:
                 (loc.line, loc.col, f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}")
             )
             return None
+
+    def _plan(self, source: str) -> Any:
+        """The fast-path plan of a plain template (None for any other expression); each text planned once."""
+        if self.checked_schemas is not None:
+            return self.plans.get(source)  # planned when the cached preset was stored
+        if source not in self.plans:
+            from ..language.template_fast_path import plan_of  # parses with the reference engine, as the checks do
+
+            self.plans[source] = plan_of(source)
+        return self.plans[source]
 
     def _within_expression_bounds(self, path: list[PathPart], source: str) -> bool:
         if len(source) > MAX_EXPRESSION_CHARS:

@@ -53,6 +53,7 @@ class CachedDocument:
     text: str
     plain: Any
     schemas: dict[str, str] = field(default_factory=dict)  # output schema name -> digest
+    plans: dict[str, Any] = field(default_factory=dict)  # expression text -> its fast-path plan
     _parsed: Any = None
 
     def data(self) -> Any:
@@ -114,7 +115,12 @@ def _checks_digest() -> bytes:
     try:
         code = b"".join(
             path.read_bytes()
-            for path in (here / "compiler.py", language / "expression_check.py", language / "expressions.py")
+            for path in (
+                here / "compiler.py",
+                language / "expression_check.py",
+                language / "expressions.py",
+                language / "template_fast_path.py",
+            )
         )
         return digest(code + _jsonatapy_files()).encode()
     except OSError:
@@ -145,18 +151,19 @@ def lookup(source: Source) -> CachedDocument | None:
         not isinstance(entry, dict)
         or not isinstance(entry.get("data"), dict)
         or not isinstance(entry.get("schemas"), dict)
+        or not isinstance(entry.get("plans"), dict)
     ):
         return None
-    return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]))
+    return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]), dict(entry["plans"]))
 
 
-def store(source: Source, data: Any, schemas: dict[str, str]) -> None:
+def store(source: Source, data: Any, schemas: dict[str, str], plans: dict[str, Any] | None = None) -> None:
     """Keep a preset that loaded without a problem; silently skip what does not come back equal."""
     folder = cache_dir()
     if folder is None or source.text is None:
         return
     try:
-        entry = {"data": data, "schemas": schemas}
+        entry = {"data": data, "schemas": schemas, "plans": {k: v for k, v in (plans or {}).items() if v is not None}}
         blob = marshal.dumps(entry, 4)
         if marshal.loads(blob) != entry:
             return  # e.g. a NaN in the YAML (never equal to itself): not worth a cache entry

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from . import template_fast_path
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
 FAST = "jsonatapy"
@@ -149,10 +150,29 @@ def _thread_cache() -> dict[str, Any]:
 class Expression:
     """A compiled JSONata expression: safe to evaluate from any thread, bounded on every call."""
 
-    __slots__ = ("_deadline", "_key", "_reference", "_reference_lock", "_runnable", "backend", "limits", "source")
+    __slots__ = (
+        "_deadline",
+        "_fast",
+        "_key",
+        "_reference",
+        "_reference_lock",
+        "_runnable",
+        "backend",
+        "limits",
+        "source",
+    )
 
-    def __init__(self, source: str, limits: ExpressionLimits, backend: str, runnable: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        limits: ExpressionLimits,
+        backend: str,
+        runnable: str,
+        plan: template_fast_path.Plan | None = None,
+    ) -> None:
         self.source = source
+        # A plain template's plan (template_fast_path), run in Python before either engine is asked.
+        self._fast = _runner(plan)
         self.limits = limits
         self.backend = backend
         self._runnable = runnable  # the source, behind the $pad guard when it can reach $pad
@@ -166,12 +186,20 @@ class Expression:
 
     @classmethod
     def compile(
-        cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None, *, checked: bool = False
+        cls,
+        source: str,
+        limits: ExpressionLimits | None = None,
+        backend: str | None = None,
+        *,
+        checked: bool = False,
+        plan: template_fast_path.Plan | None = None,
     ) -> Expression:
         """Compile ``source``; a syntax error raises :class:`ExpressionError` with its position.
 
         ``checked``: ``source`` is known to compile (a cached preset's), so the
         default engine compiles it on this thread when it is first evaluated.
+        ``plan``: ``template_fast_path.plan_of(source)``, when it is a plain
+        template; the engine then evaluates only the inputs the plan gives up on.
         """
         limits = limits or DEFAULT_LIMITS
         backend = backend or selected_backend()
@@ -180,7 +208,7 @@ class Expression:
             runnable = _HOST_PROLOGUE + runnable + "\n)"
         if _NEEDS_GUARD.search(source):
             runnable = _PAD_GUARD.replace("{limit}", str(limits.max_string_length)) + runnable + "\n)"
-        expression = cls(source, limits, backend, runnable)
+        expression = cls(source, limits, backend, runnable, plan)
         if backend == REFERENCE:
             _compile_reference(source)  # raises with a position
             expression._reference_compiled()
@@ -198,6 +226,11 @@ class Expression:
 
     def evaluate(self, data: Any) -> Any:
         """The result for ``data``; raises :class:`ExpressionError` (or its limit subclass)."""
+        if self._fast is not None:
+            result = self._fast(data)
+            if result is not template_fast_path.GIVE_UP:
+                _check_strings(result, self.limits.max_string_length)
+                return result
         if self.backend == REFERENCE:
             return self._evaluate_reference(data)
         compiled = _thread_cache().get(self._key) or self._compile_here()
@@ -446,8 +479,18 @@ def _first_line(exc: BaseException) -> str:
 def _orjson_dumps(data: Any) -> Any:
     """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
     several milliseconds that loading a preset need not pay: only an evaluation needs it. The first call puts orjson's own function in this one's place."""
-    global _orjson_dumps  # noqa: PLW0603 - a memoised import, bound once, never changed after
+    global _orjson_dumps
     import orjson
 
-    _orjson_dumps = orjson.dumps
+    _orjson_dumps = orjson.dumps  # type: ignore[assignment]
     return orjson.dumps(data)
+
+
+def _runner(plan: template_fast_path.Plan | None) -> Any:
+    """The plan's runner; None without a plan, or for one that is not a plan (a damaged cache entry)."""
+    if plan is None:
+        return None
+    try:
+        return template_fast_path.runner(plan)
+    except (ValueError, TypeError, IndexError):
+        return None

@@ -21,11 +21,10 @@ contract loads, from local files only, never the network.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import json
 
 
 class ContractViolation(Exception):
