@@ -100,7 +100,9 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
 
     leads = modules_after(tmp_path, cache, *run, events=[PAGE, LEAD])
     assert loaded(leads, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
-    assert "phonenumbers" in leads and "jsonschema_rs" in leads and "jsonatapy" in leads and "orjson" in leads
+    assert "phonenumbers" in leads and "jsonschema_rs" in leads and "orjson" in leads
+    # The shipped mapping is a plain template: its plan, kept in the cache, maps the lead with no JSONata engine.
+    assert loaded(leads, ("jsonatapy", "jsonata")) == []
 
 
 def test_check_always_validates(tmp_path: Path) -> None:
@@ -182,13 +184,19 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
         "compile/preset_cache.py",
         "language/expression_check.py",
         "language/expressions.py",
+        "language/template_fast_path.py",
     ):
         (copy / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(engine / part, copy / part)
     monkeypatch.setattr(preset_cache, "__file__", str(copy / "compile" / "preset_cache.py"))
     before = preset_cache._checks_digest()
     assert before  # found every file: not the empty digest of a failed read
-    for part in ("compile/compiler.py", "language/expression_check.py", "language/expressions.py"):
+    for part in (
+        "compile/compiler.py",
+        "language/expression_check.py",
+        "language/expressions.py",
+        "language/template_fast_path.py",
+    ):
         with (copy / part).open("a", encoding="utf-8") as f:
             f.write("\n# changed\n")
         after = preset_cache._checks_digest()
