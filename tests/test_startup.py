@@ -49,7 +49,7 @@ NEVER_IN_A_DRY_RUN = (
 # Writing a preset cache entry uses tempfile (and so shutil); otherwise only
 # argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
 # The reference JSONata engine (jsonata) reads expressions for the static checks of a preset not yet in the cache.
-ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil", "jsonata")
+ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil", "jsonata", "engine.language.yaml_source")
 
 PROBE = """
 import json, sys
@@ -95,8 +95,8 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
     assert loaded(again, ("phonenumbers", "jsonschema_rs")) == []
     # The cached preset's expressions compiled when it was stored: the JSONata engine waits for an event.
     assert loaded(again, ("jsonatapy",)) == []
-    # Nothing read, nothing written: no JSON codec but the standard library's.
-    assert loaded(again, ("orjson",)) == []
+    # Nothing read, nothing written: no JSON codec but the standard library's; digests without OpenSSL.
+    assert loaded(again, ("orjson", "hashlib", "_hashlib")) == []
 
     leads = modules_after(tmp_path, cache, *run, events=[PAGE, LEAD])
     assert loaded(leads, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
@@ -333,3 +333,16 @@ def test_the_gate_and_jsonschema_agree_on_every_one_place_break(preset: Path) ->
         if gate.is_valid(broken) != (next(judge.iter_errors(broken), None) is None):
             disagreements.append((path, change))
     assert disagreements == []
+
+
+def test_the_cache_reads_no_more_of_a_preset_than_the_yaml_loader_would() -> None:
+    from engine.language import yaml_source
+
+    assert preset_cache.MAX_PRESET_BYTES == yaml_source.MAX_YAML_BYTES
+
+
+def test_the_cache_digest_is_sha256() -> None:
+    """FIPS 180-2 appendix B.1, without hashlib (whose import loads OpenSSL at every start)."""
+    from engine.content_digest import sha256_hex
+
+    assert sha256_hex(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

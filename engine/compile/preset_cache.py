@@ -19,18 +19,20 @@ value turns it off. A cache that cannot be read or written is ignored.
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..content_digest import sha256_hex
 from ..language import resources
 
 CACHE_ENV = "SIGNAL_ENGINE_CACHE_DIR"
 FORMAT = b"signal-engine preset cache 2\0"
 MAX_ENTRIES = 256
+# yaml_source.MAX_YAML_BYTES (a test holds them equal), not imported: a start that hits the cache loads no YAML code.
+MAX_PRESET_BYTES = 1 << 20
 # Entries are marshal data (plain dicts, lists, strings and numbers): read back faster than JSON, with no
 # import at all (orjson's costs several milliseconds at every start).
 SUFFIX = ".marshal"
@@ -86,24 +88,25 @@ def cache_dir() -> Path | None:
 
 
 def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 def read(path: Path) -> Source | None:
-    """The preset's bytes and key; None if the file cannot be read (the loader reports why)."""
-    from ..language.yaml_source import YamlSourceError, read_source
-
+    """The preset's bytes and key; None if the file cannot be read or is too large (the loader reports why)."""
     try:
-        raw = read_source(path)  # a file over the size limit is not read whole
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PRESET_BYTES + 1)  # a file over the size limit is not read whole
         language = resources.preset_schema_path().read_bytes()
-    except (OSError, YamlSourceError):
+    except OSError:
+        return None
+    if len(raw) > MAX_PRESET_BYTES:
         return None
     try:
         # As Path.read_text does: universal newlines, so locations match a fresh read.
         text: str | None = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError:
         text = None
-    key = hashlib.sha256(FORMAT + digest(language).encode() + b"\0" + _checks_digest() + b"\0" + raw).hexdigest()
+    key = sha256_hex(FORMAT + digest(language).encode() + b"\0" + _checks_digest() + b"\0" + raw)
     return Source(path, text, key)
 
 

@@ -20,7 +20,6 @@ with cause ``expression_limit`` and the stream goes on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -105,6 +104,8 @@ _NEEDS_GUARD = re.compile(r"\$(pad|eval)\b")
 
 def _hex_digest(algorithm: str) -> Any:
     def digest(text: str) -> str:
+        import hashlib  # by the first $sha256 or $md5: hashlib loads OpenSSL, milliseconds of every start
+
         return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()
 
     return digest

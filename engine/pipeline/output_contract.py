@@ -20,11 +20,12 @@ contract loads, from local files only, never the network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..content_digest import sha256_hex
 
 
 class ContractViolation(Exception):
@@ -183,7 +184,7 @@ class OutputContract:
                 where = "/" + "/".join(str(p) for p in exc.absolute_path)
                 raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
         limits = _Limits.of(schema, refs.resolver() if refs else None)
-        contract = cls(name, schema, hashlib.sha256(raw).hexdigest(), limits, refs)
+        contract = cls(name, schema, sha256_hex(raw), limits, refs)
         if checked != contract.digest or refs is not None:
             contract.validator  # noqa: B018 - built now, so a broken schema fails the load
         return contract
