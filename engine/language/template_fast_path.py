@@ -215,6 +215,9 @@ def _build(plan: Plan) -> Callable[[Any], Any]:
 
 
 def _path(names: tuple[str, ...]) -> Callable[[Any], Any]:
+    if len(names) == 2:  # root.field, nearly every path of a mapping: the loop unrolled
+        return _path2(*names)
+
     def walk(data: Any) -> Any:
         value = data
         for name in names:
@@ -227,6 +230,24 @@ def _path(names: tuple[str, ...]) -> Callable[[Any], Any]:
         if kind is str or kind is bool or value is None:
             return value
         raise GiveUp("value")  # numbers (integer or float as the engine writes it), arrays, objects
+
+    return walk
+
+
+def _path2(root: str, name: str) -> Callable[[Any], Any]:
+    def walk(data: Any) -> Any:
+        if type(data) is not dict:
+            raise GiveUp("path")
+        value = data.get(root, _UNDEFINED)
+        if value is _UNDEFINED:
+            return _UNDEFINED
+        if type(value) is not dict:
+            raise GiveUp("path")
+        value = value.get(name, _UNDEFINED)
+        kind = type(value)
+        if value is _UNDEFINED or kind is str or kind is bool or value is None:
+            return value
+        raise GiveUp("value")
 
     return walk
 
