@@ -181,6 +181,7 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
     copy = tmp_path / "engine"
     for part in (
         "compile/compiler.py",
+        "compile/expression_facts.py",
         "compile/preset_cache.py",
         "language/expression_check.py",
         "language/expressions.py",
@@ -193,6 +194,7 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
     assert before  # found every file: not the empty digest of a failed read
     for part in (
         "compile/compiler.py",
+        "compile/expression_facts.py",
         "language/expression_check.py",
         "language/expressions.py",
         "language/template_fast_path.py",
@@ -346,3 +348,54 @@ def test_the_cache_digest_is_sha256() -> None:
     from engine.content_digest import sha256_hex
 
     assert sha256_hex(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# --------------------------------------------------------------------------
+# each expression's facts, kept by its text across edits
+# --------------------------------------------------------------------------
+
+
+def test_an_edit_that_leaves_the_expressions_alone_imports_no_jsonata_engine(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    path = copy_of_builtin(tmp_path)
+    run = ("run", str(path), "--dry-run")
+    first = modules_after(tmp_path, cache, *run, events=[])
+    assert "jsonata" in first and "jsonatapy" in first  # each expression checked and compiled once
+    copy_of_builtin(tmp_path, "values: {tag: lead}", "values: {tag: lead-v2}")  # a miss in the preset cache
+    edited = modules_after(tmp_path, cache, *run, events=[])
+    assert "ruamel" in edited  # read from the YAML again
+    assert loaded(edited, ("jsonata", "jsonatapy", "jsonschema")) == []
+
+
+def test_a_problem_found_in_an_expression_is_reported_again_from_its_facts(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.language import expression_check
+
+    broken = copy_of_builtin(tmp_path, '"company": traits.company', '"company": traits.compnay')
+    with pytest.raises(PresetError) as first:
+        load_preset(str(broken))
+    assert any("traits.compnay is not a declared trait" in p for p in first.value.problems)
+
+    def never(*args: object) -> None:
+        raise AssertionError("checked again, though the expression did not change")
+
+    monkeypatch.setattr(expression_check, "analyse", never)
+    monkeypatch.setattr(expression_check, "result_keys", never)
+    text = broken.read_text(encoding="utf-8")
+    broken.write_text(text.replace("values: {tag: lead}", "values: {tag: lead-v2}"), encoding="utf-8")
+    with pytest.raises(PresetError) as again:
+        load_preset(str(broken))
+    assert again.value.problems == first.value.problems
+
+
+def test_a_changed_expression_is_checked_again(tmp_path: Path, cache: Path) -> None:
+    load_preset(str(copy_of_builtin(tmp_path)))
+    broken = copy_of_builtin(tmp_path, '"title": traits.title', '"title": traits.titel')
+    with pytest.raises(PresetError) as info:
+        load_preset(str(broken))
+    assert len(info.value.problems) == 1
+    assert "traits.titel is not a declared trait" in info.value.problems[0]
+    edited = copy_of_builtin(tmp_path, '"occupation": traits.title', '"occupation": traits.company')
+    mapping = load_preset(str(edited)).actions
+    assert mapping["create_prospect"].mapping._fast is not None  # the new text planned too

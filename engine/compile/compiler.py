@@ -52,6 +52,7 @@ from ..pipeline.event_table import EventTable
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import preset_cache
+from .expression_facts import MISSING, ExpressionFacts, roots_key
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
@@ -154,8 +155,11 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
         doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    compiler = _Compiler(doc, backend, strict=strict)
-    preset = compiler.compile()
+    compiler = _Compiler(doc, backend, strict=strict, facts=ExpressionFacts.for_backend(backend))
+    try:
+        preset = compiler.compile()
+    finally:
+        compiler.facts.save()  # what it learnt about each expression holds whatever the verdict
     if source is not None:
         preset_cache.store(source, compiler.data, compiler.schema_digests, compiler.plans)
     return preset
@@ -172,6 +176,7 @@ class _Compiler:
         strict: bool = False,
         checked_schemas: Mapping[str, str] | None = None,
         plans: Mapping[str, Any] | None = None,
+        facts: ExpressionFacts | None = None,
     ) -> None:
         self.doc = doc
         self.strict = strict
@@ -181,6 +186,8 @@ class _Compiler:
         self.schema_digests: dict[str, str] = {}
         # Plain templates' fast-path plans by expression text: planned here, or read from the preset cache.
         self.plans: dict[str, Any] = dict(plans) if plans is not None else {}
+        # What earlier loads learnt about each expression text (expression_facts); none for a cached preset.
+        self.facts = facts if facts is not None else ExpressionFacts(None, "")
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
         self.expression_sizes: dict[tuple[PathPart, ...], int] = {}  # each site once, however often compiled
@@ -329,9 +336,11 @@ class _Compiler:
         try:
             # A cached preset's expressions compiled when it was stored: jsonatapy is then
             # imported and each expression compiled by the first event that needs it.
-            return Expression.compile(
-                source, self.limits, self.backend, checked=self.checked_schemas is not None, plan=self._plan(source)
-            )
+            limits = tuple(sorted(self.limits.__dict__.items()))
+            known = self.checked_schemas is not None or self.facts.get("compiles", source, limits) is True
+            compiled = Expression.compile(source, self.limits, self.backend, checked=known, plan=self._plan(source))
+            self.facts.put(True, "compiles", source, limits)
+            return compiled
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -350,9 +359,13 @@ class _Compiler:
         if self.checked_schemas is not None:
             return self.plans.get(source)  # planned when the cached preset was stored
         if source not in self.plans:
-            from ..language.template_fast_path import plan_of  # parses with the reference engine, as the checks do
+            plan = self.facts.get("plan", source)
+            if plan is MISSING:
+                from ..language.template_fast_path import plan_of  # parses with the reference engine, as checks do
 
-            self.plans[source] = plan_of(source)
+                plan = plan_of(source)
+                self.facts.put(plan, "plan", source)
+            self.plans[source] = plan
         return self.plans[source]
 
     def _within_expression_bounds(self, path: list[PathPart], source: str) -> bool:
@@ -386,15 +399,19 @@ class _Compiler:
             analyse,
         )
 
-        shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
-        findings = analyse(source, shape)
-        for finding in findings[:MAX_FINDINGS_PER_EXPRESSION]:
-            loc = self.doc.locate_in_scalar(path, finding.position)
+        secrets = frozenset(n for n, s in self.settings.items() if s.secret)
+        key = ("findings", source, roots_key(roots), tuple(sorted(secrets)), what)
+        findings = self.facts.get(*key)
+        if findings is MISSING:
+            findings = tuple((f.position, f.message) for f in analyse(source, InputShape(roots, secrets, what)))
+            self.facts.put(findings, *key)
+        for position, message in findings[:MAX_FINDINGS_PER_EXPRESSION]:
+            loc = self.doc.locate_in_scalar(path, position)
             self.problems.append(
-                (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}")
+                (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {message}")
             )
         if len(findings) > MAX_FINDINGS_PER_EXPRESSION:
-            loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION].position)
+            loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION][0])
             self.problems.append(
                 (
                     loc.line,
@@ -600,20 +617,24 @@ class _Compiler:
         """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
         if contract is None or self.checked_schemas is not None or not isinstance(source, str):
             return
-        from ..language.expression_check import result_keys  # only for a preset not in the cache
+        uses = self.facts.get("result_keys", source)
+        if uses is MISSING:
+            from ..language.expression_check import result_keys  # only for a preset not in the cache
 
-        for use in result_keys(source):
-            allowed = contract.forbidden_key(use.path, use.key)
+            uses = tuple((tuple(use.path), use.key, use.position) for use in result_keys(source))
+            self.facts.put(uses, "result_keys", source)
+        for key_path, key, position in uses:
+            allowed = contract.forbidden_key(key_path, key)
             if allowed is None:
                 continue
-            where = "/" + "/".join(use.path) if use.path else "the top level"
-            loc = self.doc.locate_in_scalar(path, use.position)
+            where = "/" + "/".join(key_path) if key_path else "the top level"
+            loc = self.doc.locate_in_scalar(path, position)
             self.problems.append(
                 (
                     loc.line,
                     loc.col,
                     f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
-                    f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
+                    f"key {key!r} is not allowed by the output schema {contract.name} at {where} "
                     f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})",
                 )
             )
@@ -683,21 +704,12 @@ class _Compiler:
         """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
         if self.checked_schemas is not None:
             return  # checked when the cached preset was stored
-        import jsonata
-
-        try:
-            tree = jsonata.Jsonata(source).ast
-        except Exception:  # noqa: BLE001 - syntax already reported
-            return
-        if getattr(tree, "type", None) != "unary" or getattr(tree, "value", None) != "{":
-            return
-        for key, value in tree.lhs_object or []:
-            name = getattr(key, "value", None)
-            if (
-                getattr(value, "type", None) == "unary"
-                and getattr(value, "value", None) == "{"
-                and name not in json_query
-            ):
+        objects = self.facts.get("query_objects", source)
+        if objects is MISSING:
+            objects = _object_valued_keys(source)
+            self.facts.put(objects, "query_objects", source)
+        for name in objects:
+            if name not in json_query:
                 self.problem(
                     where + ["query"],
                     f"query parameter {name!r} is an object: list it in json_query to send it as JSON",
@@ -883,6 +895,23 @@ class _Compiler:
             dedupe_window_seconds=float(spec.get("dedupe_window_seconds", DEFAULT_DEDUPE_WINDOW_SECONDS)),
             order_by=self._order_by(spec.get("order_by")),
         )
+
+
+def _object_valued_keys(source: str) -> tuple[Any, ...]:
+    """The keys of a top-level object constructor whose values are object constructors, in order."""
+    import jsonata
+
+    try:
+        tree = jsonata.Jsonata(source).ast
+    except Exception:  # noqa: BLE001 - syntax already reported
+        return ()
+    if getattr(tree, "type", None) != "unary" or getattr(tree, "value", None) != "{":
+        return ()
+    return tuple(
+        getattr(key, "value", None)
+        for key, value in tree.lhs_object or []
+        if getattr(value, "type", None) == "unary" and getattr(value, "value", None) == "{"
+    )
 
 
 def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:

@@ -120,6 +120,11 @@ def read(path: Path) -> Source | None:
     return Source(path, text, key)
 
 
+def checks_digest() -> bytes:
+    """The digest of the code that checks presets (see :func:`_checks_digest`)."""
+    return _checks_digest()
+
+
 def _checks_digest() -> bytes:
     """The code that decides whether a preset is sound: a new engine version, or another jsonatapy
     (which a cached preset's expressions are compiled by only when first used), re-checks cached presets."""
@@ -130,6 +135,7 @@ def _checks_digest() -> bytes:
             path.read_bytes()
             for path in (
                 here / "compiler.py",
+                here / "expression_facts.py",
                 language / "expression_check.py",
                 language / "expressions.py",
                 language / "template_fast_path.py",
