@@ -110,6 +110,7 @@ def test_check_always_validates(tmp_path: Path) -> None:
     modules_after(tmp_path, cache, "run", "outreach/lead-capture", "--dry-run", events=[])  # fills the cache
     checked = modules_after(tmp_path, cache, "check", "outreach/lead-capture")
     assert "jsonschema" in checked and "ruamel" in checked
+    assert "jsonata" in checked and "jsonatapy" in checked  # every expression checked afresh, whatever is kept
 
 
 def test_the_command_line_still_knows_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,7 +155,9 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
         doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    compiler = _Compiler(doc, backend, strict=strict, facts=ExpressionFacts.for_backend(backend))
+    # ``check`` (strict) checks every expression afresh; a run trusts what earlier loads learnt about each.
+    facts = ExpressionFacts(None, "") if strict else ExpressionFacts.for_backend(backend)
+    compiler = _Compiler(doc, backend, strict=strict, facts=facts)
     try:
         preset = compiler.compile()
     finally:
