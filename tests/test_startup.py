@@ -46,7 +46,7 @@ NEVER_IN_A_DRY_RUN = (
     "engine.state.dead_letters",
 )
 # (logging is imported by `import engine` itself: the library's loggers get their NullHandler there.)
-# Writing a preset cache entry uses tempfile (and so shutil); otherwise only
+# Nothing imports shutil in a run: the preset cache writes without tempfile, and only
 # argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
 # The reference JSONata engine (jsonata) reads expressions for the static checks of a preset not yet in the cache.
 ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil", "jsonata", "engine.language.yaml_source")
@@ -366,6 +366,7 @@ def test_an_edit_that_leaves_the_expressions_alone_imports_no_jsonata_engine(tmp
     edited = modules_after(tmp_path, cache, *run, events=[])
     assert "ruamel" in edited  # read from the YAML again
     assert loaded(edited, ("jsonata", "jsonatapy", "jsonschema")) == []
+    assert loaded(edited, ("tempfile", "shutil")) == []  # the cache's files are written without tempfile
 
 
 def test_a_problem_found_in_an_expression_is_reported_again_from_its_facts(

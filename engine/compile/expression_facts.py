@@ -18,7 +18,6 @@ learnt something new, and bounded to the newest :data:`MAX_FACTS`.
 from __future__ import annotations
 
 import marshal
-import os
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +80,8 @@ class ExpressionFacts:
             blob = marshal.dumps({"code": self.code_key, "facts": facts}, 4)
         except ValueError:
             return  # a value marshal cannot hold: never expected, never fatal
-        import tempfile
-
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".facts-", suffix=".tmp")
-            try:
-                with os.fdopen(handle, "wb") as file:
-                    file.write(blob)
-                os.replace(temporary, self.folder / FILE)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            preset_cache.write_atomically(self.folder, FILE, blob)
         except OSError:
             return
 
