@@ -29,6 +29,7 @@ TEMPLATES = [
     '{"maybe": traits.flag ? "yes"}',
     '[traits.first, {"deep": {"deeper": traits.x.y.z}}]',
     '{"flat": [traits.flag ? [traits.first, traits.last] : "none", [traits.first]]}',  # flattened, then kept
+    '{"lit": "x", "arr": ["y", null, true, false]}',  # literals only: any input, even not an object
     '{"t": traits}',  # an object value: the engines decide, except where traits is null or missing
 ]
 
@@ -125,3 +126,23 @@ def test_the_shipped_lead_mapping_is_planned_and_kept_in_the_preset_cache(
     for _ in range(2):  # compiled from the YAML, then from the cache
         mapping = load_preset("outreach/lead-capture").actions["create_prospect"].mapping
         assert mapping._fast is not None
+
+
+@pytest.mark.parametrize(
+    "source, limits",
+    [
+        ('{"a": {"b": {"c": {"d": [x]}}}}', {"max_depth": 6}),  # jsonatapy evaluates it; the reference stops
+        ('{"a": ["x", "y", "z"]}', {"max_sequence_length": 2}),  # the reference stops; jsonatapy does not
+    ],
+)
+def test_limits_the_engines_could_hit_leave_the_template_to_them(source: str, limits: dict[str, int]) -> None:
+    from engine.language.expressions import DEFAULT_LIMITS, ExpressionLimits
+
+    bounds = ExpressionLimits(**{**DEFAULT_LIMITS.__dict__, **limits})
+    plan = plan_of(source)
+    assert plan is not None
+    for backend in expressions.BACKENDS:
+        planned = Expression.compile(source, bounds, backend, plan=plan)
+        assert planned._fast is None
+        assert outcome(planned, {"x": "v"}) == outcome(Expression.compile(source, bounds, backend), {"x": "v"})
+    assert Expression.compile(source, DEFAULT_LIMITS, expressions.FAST, plan=plan)._fast is not None

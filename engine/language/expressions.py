@@ -173,7 +173,7 @@ class Expression:
     ) -> None:
         self.source = source
         # A plain template's plan (template_fast_path), run in Python before either engine is asked.
-        self._fast = _runner(plan)
+        self._fast = _runner(plan, limits)
         self.limits = limits
         self.backend = backend
         self._runnable = runnable  # the source, behind the $pad guard when it can reach $pad
@@ -487,11 +487,14 @@ def _orjson_dumps(data: Any) -> Any:
     return orjson.dumps(data)
 
 
-def _runner(plan: template_fast_path.Plan | None) -> Any:
-    """The plan's runner; None without a plan, or for one that is not a plan (a damaged cache entry)."""
+def _runner(plan: template_fast_path.Plan | None, limits: ExpressionLimits) -> Any:
+    """The plan's runner; None without a plan, for one the limits could stop in an engine, or for one that is
+    not a plan (a damaged cache entry)."""
     if plan is None:
         return None
     try:
+        if not template_fast_path.fits(plan, limits.max_depth, limits.max_sequence_length):
+            return None
         return template_fast_path.runner(plan)
     except (ValueError, TypeError, IndexError):
         return None

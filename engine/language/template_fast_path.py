@@ -140,6 +140,38 @@ def _plan(node: Any, depth: int) -> Plan:
     raise GiveUp(str(kind))
 
 
+def fits(plan: Plan, max_depth: int, max_sequence_length: int) -> bool:
+    """Whether the engines could evaluate ``plan`` within these limits whatever the input.
+
+    A preset may set ``limits.expression`` low enough that an engine stops a
+    template (each counts depth its own way; the reference counts a constructed
+    array against the sequence limit). The plan is then not used, so the
+    engine's verdict stands. With headroom: the default limits leave plenty.
+    """
+    depth, leaves = _size(plan)
+    return 3 * depth + 10 <= max_depth and leaves <= max_sequence_length
+
+
+def _size(plan: Plan) -> tuple[int, int]:
+    """(nesting depth, number of leaves): a path counts its steps, a constructed array at most its leaves."""
+    kind = plan[0]
+    if kind in ("s", "v"):
+        return 1, 1
+    if kind == "p":
+        return len(plan[1]), 1
+    if kind == "o":
+        parts = [_size(value) for _, value in plan[1]]
+    elif kind == "a":
+        parts = [_size(item) for item in plan[1]]
+    elif kind == "c":
+        parts = [_size(part) for part in plan[1:] if part is not None]
+    elif kind == "j":
+        parts = [_size(plan[1])]
+    else:
+        raise ValueError(f"not a plan: {kind!r}")
+    return 1 + max((d for d, _ in parts), default=0), max(1, sum(n for _, n in parts))
+
+
 def runner(plan: Plan) -> Callable[[Any], Any]:
     """A function of the input giving the plan's result, or :data:`GIVE_UP` where it cannot be exact."""
     run = _build(plan)
