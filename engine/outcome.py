@@ -12,8 +12,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
-
 DROPPED = "dropped"
 WOULD_SEND = "would_send"
 DELIVERED = "delivered"
@@ -277,7 +275,7 @@ def outcome_json(data: Any, encoding: str | None = None) -> str:
     consumer reads them all alike: UTF-8 as it is on a UTF-8 stream, ASCII escapes on any other.
     """
     try:
-        line = orjson.dumps(data).decode("utf-8")
+        line = _orjson_dumps(data).decode("utf-8")
     except TypeError:
         # A lone surrogate (from a "\\ud800" escape in the input), an integer
         # beyond 64 bits or a value orjson does not know: json writes it, as
@@ -287,7 +285,7 @@ def outcome_json(data: Any, encoding: str | None = None) -> str:
     if encoding.replace("-", "").replace("_", "").lower() != "utf8" and not line.isascii():
         # Any other encoding (LANG=C, PYTHONIOENCODING=latin-1) would write bytes that are
         # not UTF-8, even where it can encode the character: ASCII escapes are both.
-        return json.dumps(orjson.loads(line), ensure_ascii=True, separators=(",", ":"))
+        return json.dumps(json.loads(line), ensure_ascii=True, separators=(",", ":"))
     return line
 
 
@@ -299,3 +297,13 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def _orjson_dumps(data: Any) -> Any:
+    """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
+    several milliseconds that a start that writes no outcome need not pay. The first call puts orjson's own function in this one's place."""
+    global _orjson_dumps
+    import orjson
+
+    _orjson_dumps = orjson.dumps  # type: ignore[assignment]
+    return orjson.dumps(data)

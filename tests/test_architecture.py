@@ -77,6 +77,7 @@ FORBIDDEN = {
     "redaction": ("engine.",),
     "log_context": ("engine.",),
     "event_identity": ("engine.",),
+    "content_digest": ("engine.",),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from .. import outcome as oc
 from ..language.expressions import Expression, ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, TraitSpec
-from .normalisers import InvalidValue
+from .normalisers import InvalidValue, text
 from .output_contract import ContractViolation, omit_empty
 
 
@@ -36,18 +36,22 @@ def normalise_traits(
     """
     clean: dict[str, Any] = {}
     for spec in specs:
-        if spec.name == skip or spec.name not in raw:
+        name = spec.name
+        if name == skip or name not in raw:
             continue
-        value = raw[spec.name]
-        if spec.normalise is not None:
+        value = raw[name]
+        normalise = spec.normalise
+        if normalise is text and type(value) is str:
+            value = value.strip() or None  # text() on a string, most traits: without the call
+        elif normalise is not None:
             try:
-                value = spec.normalise(value, raw, spec.option)
+                value = normalise(value, raw, spec.option)
             except InvalidValue as exc:
                 value = None
                 if notes is not None:
-                    notes.append(f"trait '{spec.name}' left out: {exc}")
+                    notes.append(f"trait '{name}' left out: {exc}")
         if value is not None:
-            clean[spec.name] = value
+            clean[name] = value
     return clean
 
 
