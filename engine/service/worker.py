@@ -67,6 +67,8 @@ POISON = "poison"
 
 
 class KeyLocks(Protocol):
+    owner: str  # a queue that releases locks with its acknowledgement (``acks_locks``) checks it is theirs
+
     async def acquire(self, keys: Sequence[str]) -> list[bool]: ...
     async def renew(self, keys: Sequence[str]) -> None: ...
     async def release(self, keys: Sequence[str]) -> None: ...
@@ -221,6 +223,7 @@ class Worker:
     async def _admit(self, entries: list[QueuedEvent], stop: asyncio.Event) -> list[tuple[int, Any]]:
         items: list[tuple[int, Any]] = []
         keys: dict[int, str] = {}
+        journal_keys: dict[int, str] = {}
         for entry in entries:
             index = self._next_index
             self._next_index += 1
@@ -239,10 +242,25 @@ class Worker:
                 continue
             items.append((index, event))
             if self.locks is not None:
-                keys[index] = self.lock_name(event_key(event))
+                journal_keys[index] = event_key(event)
+                keys[index] = self.lock_name(journal_keys[index])
         if keys:
             await self._lock(keys)
+            self._prefetch([journal_keys[index] for index in keys if index in self._locked])
         return items
+
+    def _prefetch(self, keys: list[str]) -> None:
+        """The journal of the batch's locked events, read in one round trip instead of one per event.
+
+        Only for events whose locks are held: no other worker can deliver them before this one asks.
+        """
+        prefetch = getattr(self.engine.journal, "prefetch", None)
+        if prefetch is None or not keys:
+            return
+        try:
+            prefetch(keys)
+        except Exception as exc:  # noqa: BLE001 - each event then asks the journal on its own
+            log.warning("worker %s: could not read the journal ahead (%s)", self.consumer, type(exc).__name__)
 
     def _poison(self, index: int, entry: QueuedEvent, event: Any) -> Outcome:
         """Not tried again: a dead letter holding the event and the error it kept failing with."""
@@ -319,14 +337,19 @@ class Worker:
             # Printed before the acknowledgement: a kill between the two re-reads the entry and prints
             # it again (the journal makes that "already delivered"), where the other order loses the line.
             self.emit(record)
+        key = self._locked.get(index)  # renewed by the heartbeat until released
+        # A queue that can (Redis) releases the event's lock in the acknowledgement's own round trip.
+        unlock = key is not None and self.locks is not None and getattr(self.queue, "acks_locks", False)
         if entry is not None:
-            await self._ack(entry, record)
+            await self._ack(entry, record, [key] if unlock and key is not None else [])
             # Held (its lease renewed) until acknowledged: during a slow ack another worker must not claim it.
             del self._entries[index]
+        else:
+            unlock = False
+        self._locked.pop(index, None)
         if not self._entries:
             self._idle.set()
-        key = self._locked.pop(index, None)
-        if key is not None and self.locks is not None:
+        if key is not None and self.locks is not None and not unlock:
             try:
                 await self.locks.release([key])
             except Exception:  # noqa: BLE001 - it expires on its own
@@ -342,12 +365,15 @@ class Worker:
                 self.metrics.refreshes.labels(name).inc(mints - self._mints_seen)
                 self._mints_seen = mints
 
-    async def _ack(self, entry: QueuedEvent, record: dict[str, Any]) -> None:
+    async def _ack(self, entry: QueuedEvent, record: dict[str, Any], unlock: list[str]) -> None:
         """Acknowledge with the outcome; if the queue cannot take it now, keep trying (never drop it)."""
         delay = 0.1
         while True:
             try:
-                await self.queue.ack([(entry.id, record)])
+                if unlock and self.locks is not None:
+                    await self.queue.ack([(entry.id, record)], unlock=unlock, owner=self.locks.owner)  # type: ignore[call-arg]
+                else:
+                    await self.queue.ack([(entry.id, record)])
                 return
             except Exception as exc:  # noqa: BLE001 - the outcome is known; only its acknowledgement waits
                 log.error(

@@ -287,6 +287,12 @@ class BufferedJournal:
     def record(self, key: str, at: float | None = None) -> None:
         self.pending.write(("record", key, self._clock() if at is None else at))
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Read ahead for a batch (a store that can: Redis, one round trip); writes kept here still win."""
+        prefetch = getattr(self.inner, "prefetch", None)
+        if prefetch is not None:
+            prefetch(keys)
+
 
 def flush_all(stores: Sequence[Any]) -> int:
     """Retry every kept write; the number still waiting."""

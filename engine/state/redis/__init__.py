@@ -22,7 +22,7 @@ from ..identity import IdentityLimits
 from ..record import RecordLimits
 from .dead_letters import RedisDeadLetters
 from .identity import ReadOnlyIdentity, RedisIdentityStore
-from .journal import RedisJournal
+from .journal import LetterHints, RedisJournal
 from .keys import DEFAULT_PREFIX, GROUP, Keys
 from .locks import RedisKeyLocks
 from .queue import RedisQueue
@@ -55,6 +55,7 @@ class RedisState:
         self.url = url
         self.keys = Keys(prefix)
         self.identity_writes = identity_writes
+        self.letter_hints = LetterHints()  # the journal's answer about a delivered event's letter, for discard
         try:
             self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
         except ValueError as exc:
@@ -65,10 +66,10 @@ class RedisState:
         return store if self.identity_writes else ReadOnlyIdentity(store)
 
     def journal(self, preset: str, window_seconds: float) -> RedisJournal:
-        return RedisJournal(self.client, self.keys, preset, window_seconds)
+        return RedisJournal(self.client, self.keys, preset, window_seconds, hints=self.letter_hints)
 
     def dead_letters(self) -> RedisDeadLetters:
-        return RedisDeadLetters(self.client, self.keys)
+        return RedisDeadLetters(self.client, self.keys, self.letter_hints)
 
     def tokens(self, client_id: str) -> RedisTokenStore:
         return RedisTokenStore(self.client, self.keys, client_id)
