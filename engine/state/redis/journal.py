@@ -6,7 +6,9 @@ per event delivered within the window; Redis expires the rest.
 Round trips, which are most of a worker's cost in Redis:
 
 * ``record`` is one script: the journal key is set, and the dead letter the
-  same event may have left is looked up in the same call. The engine's
+  same event may have left is looked up in the same call; what the rate
+  budget learnt from the delivery's answer goes in the same round trip
+  (:mod:`.deferred`). The engine's
   ``discard`` of that letter, which follows at once, reads the answer from
   :class:`LetterHints` instead of asking Redis again.
 * ``prefetch`` reads the journal keys of a whole batch in one ``MGET``, for
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 from redis import Redis
 
+from .deferred import DeferredCalls
 from .errors import reading, writing
 from .keys import Keys
 
@@ -69,8 +72,10 @@ class RedisJournal:
         *,
         clock: Callable[[], float] = time.time,
         hints: LetterHints | None = None,
+        deferred: DeferredCalls | None = None,
     ) -> None:
         self.r = client
+        self.deferred = deferred or DeferredCalls(client)
         self.keys = keys
         self.preset = preset
         self.window = window_seconds
@@ -112,9 +117,10 @@ class RedisJournal:
         self._prefetched.pop(key, None)
         index = f"{self.preset}\0{key}"
         with writing("the delivery journal"):
-            letter = self._record(
-                keys=[self.keys.journal(self.preset, key), self._letter_keys],
-                args=[repr(when), max(1, math.ceil(self.window)), index],
+            letter = self.deferred.now(  # with what the rate budget learnt from the delivery's answer
+                self._record,
+                [self.keys.journal(self.preset, key), self._letter_keys],
+                [repr(when), max(1, math.ceil(self.window)), index],
             )
         if self._hints is not None:
             self._hints.note(
