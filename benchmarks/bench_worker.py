@@ -28,7 +28,8 @@ work nor the workers' start-up is counted. The figures:
   throughputs (target ≥ 1.8x). The sandbox and redis-server run on the
   same cores, so their CPU per lead is printed too: with C cores and all
   of them busy, two workers can reach at most C / (worker + sandbox +
-  redis CPU per lead) leads a second.
+  redis CPU per lead) leads a second; and the cores those processes kept
+  busy are printed, since on a shared machine that is what they were given.
 
     .venv/bin/python benchmarks/bench_worker.py --leads 300 --repeat 3
     .venv/bin/python benchmarks/bench_worker.py --scaling --leads 1000 --repeat 3
@@ -211,6 +212,8 @@ def workers_run(work: Path, redis_url: str, leads: int, tag: str, workers: int) 
             "redis_us": redis_cpu / leads * 1e6,
             "sandbox_us": sandbox_cpu / leads * 1e6,
             "requests": len(sandbox_seen.get("statuses", [])) / leads,
+            # Cores the benchmark's own processes kept busy: what the shared machine gave them.
+            "busy": (spent + redis_cpu + sandbox_cpu) / elapsed,
         }
     finally:
         for proc in (*procs, serve, sandbox):
@@ -322,16 +325,22 @@ def costs(work: Path, url: str, n: int, repeat: int) -> None:
 def scaling(work: Path, url: str, n: int, repeat: int) -> None:
     ratios: list[float] = []
     rates: dict[int, list[float]] = {1: [], 2: []}
+    busy: dict[int, list[float]] = {1: [], 2: []}
     shares: dict[str, list[float]] = {"worker": [], "sandbox": [], "redis": []}
     for rep in range(repeat):
         for k in (1, 2):
             got = workers_run(work, url, n, f"s{rep}-{k}", k)
             rates[k].append(n / got["elapsed"])
+            busy[k].append(got["busy"])
             if k == 2:
                 shares["worker"].append(got["cpu_us"])
                 shares["sandbox"].append(got["sandbox_us"])
                 shares["redis"].append(got["redis_us"])
-            print(f"  {k} worker(s): {rates[k][-1]:.0f} leads/s, {got['cpu_us']:.0f} µs worker CPU", file=sys.stderr)
+            print(
+                f"  {k} worker(s): {rates[k][-1]:.0f} leads/s, {got['cpu_us']:.0f} µs worker CPU, "
+                f"{got['busy']:.2f} cores busy",
+                file=sys.stderr,
+            )
         ratios.append(rates[2][-1] / rates[1][-1])
     cores = os.cpu_count() or 1
     total = sum(statistics.median(v) for v in shares.values())
@@ -341,6 +350,10 @@ def scaling(work: Path, url: str, n: int, repeat: int) -> None:
         "  CPU per lead with two: "
         + ", ".join(f"{k} {spread(v)} µs" for k, v in shares.items())
         + f"; the machine's ceiling for two workers: {cores / total * 1e6:.0f} leads/s"
+    )
+    print(
+        f"  cores the workers, the sandbox and redis-server kept busy: one worker {spread(busy[1], 2)}, "
+        f"two {spread(busy[2], 2)} (the rest went to other work on the machine)"
     )
 
 
