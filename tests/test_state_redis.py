@@ -98,6 +98,29 @@ def test_a_worker_whose_intake_writes_identity_only_reads_it(redis_url: str) -> 
     assert dict(reader.recall("userId", "u1").traits) == {"email": "new@x.io"}
 
 
+def test_a_batch_read_ahead_answers_each_recall_once_and_a_write_here_makes_it_stale(redis_url: str) -> None:
+    store, intake = (
+        state(redis_url).identity(PRESET, IdentityLimits()),
+        state(redis_url).identity(PRESET, IdentityLimits()),
+    )
+    intake.merge([Slot("userId", "u1")], {"title": "CTO"}, "u1")
+    store.prefetch([("userId", "u1"), ("userId", "u2")])
+    intake.merge([Slot("userId", "u1")], {"title": "CEO"}, "u1")  # after the read ahead
+    first = store.recall("userId", "u1")
+    assert first is not None and first.traits == {"title": "CTO"}  # as read ahead, once
+    again = store.recall("userId", "u1")
+    assert again is not None and again.traits == {"title": "CEO"}
+    assert store.recall("userId", "u2") is None
+    store.prefetch([("userId", "u2")])
+    store.merge([Slot("userId", "u2")], {"title": "CFO"}, "u2")  # this process's own write wins
+    mine = store.recall("userId", "u2")
+    assert mine is not None and mine.traits == {"title": "CFO"}
+    worker = state(redis_url, identity_writes=False).identity(PRESET, IdentityLimits())
+    worker.prefetch([("userId", "u1")])  # a worker's read-only view reads ahead too
+    seen = worker.recall("userId", "u1")
+    assert seen is not None and seen.traits == {"title": "CEO"}
+
+
 # -- journal and dead letters --------------------------------------------------------
 
 

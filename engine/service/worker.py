@@ -255,6 +255,8 @@ class Worker:
         if keys:
             await self._lock(keys)
             self._prefetch([journal_keys[index] for index in keys if index in self._locked])
+        # What the batch's events will be joined with, read in one round trip (the intake stored it already).
+        self.engine.pipeline.memory.prefetch([event for _, event in items if not isinstance(event, Outcome)])
         return items
 
     def _prefetch(self, keys: list[str]) -> None:
