@@ -183,6 +183,29 @@ def test_a_worker_whose_intake_writes_identity_only_reads_it(redis_url: str) -> 
     assert dict(reader.recall("userId", "u1").traits) == {"email": "new@x.io"}
 
 
+def test_a_batch_read_ahead_answers_each_recall_once_and_a_write_here_makes_it_stale(redis_url: str) -> None:
+    store, intake = (
+        state(redis_url).identity(PRESET, IdentityLimits()),
+        state(redis_url).identity(PRESET, IdentityLimits()),
+    )
+    intake.merge([Slot("userId", "u1")], {"title": "CTO"}, "u1")
+    store.prefetch([("userId", "u1"), ("userId", "u2")])
+    intake.merge([Slot("userId", "u1")], {"title": "CEO"}, "u1")  # after the read ahead
+    first = store.recall("userId", "u1")
+    assert first is not None and first.traits == {"title": "CTO"}  # as read ahead, once
+    again = store.recall("userId", "u1")
+    assert again is not None and again.traits == {"title": "CEO"}
+    assert store.recall("userId", "u2") is None
+    store.prefetch([("userId", "u2")])
+    store.merge([Slot("userId", "u2")], {"title": "CFO"}, "u2")  # this process's own write wins
+    mine = store.recall("userId", "u2")
+    assert mine is not None and mine.traits == {"title": "CFO"}
+    worker = state(redis_url, identity_writes=False).identity(PRESET, IdentityLimits())
+    worker.prefetch([("userId", "u1")])  # a worker's read-only view reads ahead too
+    seen = worker.recall("userId", "u1")
+    assert seen is not None and seen.traits == {"title": "CEO"}
+
+
 # -- journal and dead letters --------------------------------------------------------
 
 
@@ -219,6 +242,60 @@ def test_dead_letters_keep_one_letter_per_event_and_change_one_at_a_time(redis_u
     other.discard(PRESET, "m:1")
     other.discard(PRESET, "m:404")  # no letter: nothing happens
     assert letters.entries(PRESET) == [] and [e["id"] for e in letters.entries()] == ["L3"]
+
+
+def test_recording_a_delivery_finds_the_events_letter_in_the_same_call_and_discard_removes_it(redis_url: str) -> None:
+    worker = state(redis_url)
+    letters, journal = worker.dead_letters(), worker.journal(PRESET, 60)
+    state(redis_url).dead_letters().add({"id": "L1", "preset": PRESET, "key": "m:1", "cause": "timeout"})
+    journal.record("m:1")
+    journal.record("m:2")
+    client = redis.Redis.from_url(redis_url)
+    client.hdel("signal:dlq:keys", f"{PRESET}\0m:1")  # the index is gone now: discard goes by what record found
+    letters.discard(PRESET, "m:1")
+    letters.discard(PRESET, "m:2")  # record found none: nothing to remove, nothing asked
+    assert state(redis_url).dead_letters().entries() == []
+    # What record found is used once: a later discard asks Redis again.
+    state(redis_url).dead_letters().add({"id": "L2", "preset": PRESET, "key": "m:2", "cause": "timeout"})
+    letters.discard(PRESET, "m:2")
+    assert state(redis_url).dead_letters().entries() == []
+
+
+def test_a_batch_read_ahead_answers_each_event_once_then_the_journal_is_asked_again(redis_url: str) -> None:
+    journal, other = state(redis_url).journal(PRESET, 60), state(redis_url).journal(PRESET, 60)
+    other.record("m:1", at=time.time() - 5)
+    journal.prefetch(["m:1", "m:2"])
+    other.record("m:2")  # (no worker may do this while the batch's locks are held; here it shows what is read)
+    assert journal.delivered_at("m:1") == pytest.approx(time.time() - 5, abs=1)
+    assert journal.delivered_at("m:2") is None  # as read ahead
+    assert journal.delivered_at("m:2") is not None  # a second copy of the event asks Redis
+
+
+def test_what_a_worker_learns_goes_with_its_next_call_or_within_a_few_milliseconds(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = state(redis_url)
+    budget, journal = worker.rate_budget("b", 10, 10), worker.journal(PRESET, 60)
+    reset = str(int(time.time()) + 3600)
+
+    async def main() -> None:
+        assert budget.take() is None
+        budget.learn(7, reset, 3600, None)
+        assert client.hget("signal:rate:b", "remaining") is None  # waiting for the next call
+        client.script_flush()  # a restarted server: NOSCRIPT, loaded again, sent again
+        journal.record("m:1")  # carries it, in one pipeline
+        assert client.hget("signal:rate:b", "remaining") == b"7"
+        assert journal.delivered_at("m:1") is not None
+        assert budget.take() is None
+        budget.learn(3, reset, 3600, None)
+        for _ in range(100):  # on its own, shortly (DELAY_SECONDS)
+            await asyncio.sleep(0.01)
+            if client.hget("signal:rate:b", "remaining") == b"3":
+                break
+        assert client.hget("signal:rate:b", "remaining") == b"3"
+
+    asyncio.run(main())
+    budget.learn(2, reset, 3600, None)  # outside an event loop: at once
+    assert client.hget("signal:rate:b", "remaining") == b"2"
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -285,6 +362,12 @@ HEADERS = {"remaining_header": "X-RateLimit-Remaining", "reset_header": "X-RateL
 def shared_limiter(url: str, requests: int, per_seconds: float, name: str = PRESET, **options: Any) -> RateLimiter:
     budget = state(url).rate_budget(name, *bucket_shape(requests, per_seconds))
     return RateLimiter(requests, per_seconds, budget=budget, **HEADERS, **options)
+
+
+def sent(limiter: RateLimiter) -> None:
+    """What a worker learnt reaches Redis with its next call, or a few milliseconds later: here, now (the two
+    "workers" of these tests share one thread, where the other's calls would not wait for it)."""
+    limiter.budget.deferred.flush()  # type: ignore[attr-defined]
 
 
 def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis_url: str) -> None:
@@ -360,10 +443,12 @@ def test_requests_in_flight_on_any_worker_count_against_what_the_server_says_is_
         reset = str(int(time.time()) + 3600)
         await one.acquire()
         one.observe({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": reset})
+        sent(one)
         for _ in range(3):
             await two.acquire()  # three requests in flight on the other worker
         # An answer says 3 are left, but it does not count two of those three yet: 3 - 2 = 1 may go.
         two.observe({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": reset})
+        sent(two)
         await asyncio.wait_for(one.acquire(), 1)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(one.acquire(), 0.3)
@@ -382,6 +467,7 @@ def test_a_pause_after_a_429_holds_every_worker_and_a_rolled_window_frees_them(r
         # A window that ends soon: once it has, the bucket governs again (and it does end: wait_for's bound).
         started = time.monotonic()
         two.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})  # delta reading: 1 s
+        sent(two)
         await asyncio.wait_for(one.acquire(), 30)
         assert time.monotonic() - started >= 0.9
 

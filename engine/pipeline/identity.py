@@ -104,6 +104,23 @@ class IdentityMemory:
             merged.update(entry.traits)
         return merged
 
+    def prefetch(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Let a store that can (Redis) read what ``recall`` will ask for these events in one round trip."""
+        prefetch = getattr(self.store, "prefetch", None)
+        if prefetch is None:
+            return
+        slots = []
+        for event in events:
+            if isinstance(event, Mapping):
+                for key in self._recall_order:
+                    ident = _id(event.get(key))
+                    if ident is not None:
+                        slots.append((key, ident))
+        try:
+            prefetch(slots)
+        except OSError as exc:  # each recall then asks on its own
+            log.warning("identity: could not read the identity memory ahead (%s)", exc.strerror or type(exc).__name__)
+
     def _slots(self, event: Mapping[str, Any]) -> list[Slot]:
         slots = []
         for key in self.keys:

@@ -16,6 +16,7 @@ the same transaction; eviction is one Lua script).
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -98,6 +99,7 @@ redis.call('INCRBY', KEYS[2], delta)
 """
 )
 MERGE = MERGE.replace("return dropped", "return 0")
+PREFETCHED_MAX = 8192  # a worker holds a few batches at once; beyond this the oldest are asked again
 
 
 # KEYS: the entries. Each one's four fields (nil where absent): one command, however many entries are read.
@@ -130,6 +132,25 @@ class RedisIdentityStore:
         self._evict = client.register_script(EVICT)
         self._merge = client.register_script(MERGE)
         self._read = client.register_script(READ)
+        self._prefetched: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+
+    def prefetch(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Read the entries of a worker's batch in one round trip; each ``recall`` of one answers from it once.
+
+        For a worker whose intake writes identity before it queues the event (``serve --redis``): what the
+        batch's events can be joined with is stored before they were read.
+        """
+        if not slots:
+            return
+        with reading("the identity memory"), self.r.pipeline(transaction=False) as pipe:
+            for kind, ident in slots:
+                pipe.hmget(self._key(kind, ident), "traits", "owner", "bytes", "seen")
+            rows = pipe.execute()
+        for slot, row in zip(slots, rows, strict=True):
+            self._prefetched[slot] = row
+            self._prefetched.move_to_end(slot)
+        while len(self._prefetched) > PREFETCHED_MAX:
+            self._prefetched.popitem(last=False)
 
     def _key(self, slot_kind: str, ident: str) -> str:
         return self.keys.identity(self.preset, slot_kind, ident)
@@ -154,6 +175,7 @@ class RedisIdentityStore:
                 slots_by_name.setdefault(name, slot)
         if not slots_by_name:
             return
+        self._stale(list(slots_by_name.values()))
         names = list(slots_by_name)
         with writing("the identity memory"):
             for _ in range(MAX_RETRIES):
@@ -178,10 +200,17 @@ class RedisIdentityStore:
                     return
             raise WatchError("the identity entries kept changing")
 
+    def _stale(self, slots: Sequence[Slot]) -> None:
+        """What was read ahead for these slots is out of date once this process writes them."""
+        for slot in slots:
+            self._prefetched.pop((slot.kind, slot.ident), None)
+
     def recall(self, kind: str, ident: str) -> Remembered | None:
         name = self._key(kind, ident)
-        with reading("the identity memory"):
-            row = self.r.hmget(name, "traits", "owner", "bytes", "seen")
+        row = self._prefetched.pop((kind, ident), None)  # once: a later recall asks Redis
+        if row is None:
+            with reading("the identity memory"):
+                row = self.r.hmget(name, "traits", "owner", "bytes", "seen")
         now = self._clock()
         entry = _remembered(row, now, self.limits.ttl_seconds)
         seen = row[3]
@@ -197,6 +226,7 @@ class RedisIdentityStore:
         return entry
 
     def forget(self, slots: Sequence[Slot]) -> None:
+        self._stale(slots)
         names = [self._key(s.kind, s.ident) for s in slots]
         if not names:
             return
@@ -244,6 +274,9 @@ class ReadOnlyIdentity:
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
         return self.inner.recall(kind, ident)
+
+    def prefetch(self, slots: Sequence[tuple[str, str]]) -> None:
+        self.inner.prefetch(slots)
 
 
 def _remembered(row: Sequence[Any], now: float, ttl: float) -> Remembered | None:
