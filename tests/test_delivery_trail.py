@@ -25,3 +25,19 @@ def test_the_cap_counts_the_text_as_json_dumps_writes_it() -> None:
     assert isinstance(_capped(body), str) and _capped(body).endswith("more characters)")
     small = [1e16] * 10
     assert _capped(small) is small
+
+
+def test_a_kept_body_and_headers_are_masked_and_kept_as_they_are_when_they_hold_no_secret() -> None:
+    from engine.delivery.trail import _masked
+    from engine.redaction import MASK, Redactor
+
+    secret = 'tok"en-9f8e7d'  # JSON escapes the quote: the masking must find it as written in the text too
+    redactor = Redactor([secret])
+    body = {"data": {"id": 1, "attributes": {"note": f"x{secret}y", "tags": [secret]}}, secret: "key"}
+    masked = _masked(body, redactor)
+    assert masked == {"data": {"id": 1, "attributes": {"note": f"x{MASK}y", "tags": [MASK]}}, MASK: "key"}
+    assert secret not in json.dumps(masked, ensure_ascii=False)
+    clean = {"data": {"id": 2, "attributes": {"emails": ["ada@example.com"]}}}
+    assert _masked(clean, redactor) is clean
+    assert _masked(f"plain {secret}", redactor) == f"plain {MASK}"
+    assert _masked({1: secret}, redactor) == {1: MASK}  # orjson cannot write it: masked string by string

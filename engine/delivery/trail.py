@@ -7,7 +7,7 @@ task that delivers the event), appends one line per request: the step
 may ride there), the status or the failure, the time it took, the headers
 that speak of rate limits, and the response body, capped (never a token
 answer's). Request bodies and headers are not kept (the outcome holds the masked request); every string
-passes the engine's redactor.
+passes the engine's redactor (a response body and the headers as their JSON text: see ``_masked``).
 """
 
 from __future__ import annotations
@@ -75,11 +75,34 @@ class TrailingTransport:
         line.update(
             status=response.status,
             ms=round((time.perf_counter() - started) * 1000, 1),
-            headers=self.redactor.redact({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}),
+            headers=_masked({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}, self.redactor),
             # A token answer holds tokens the redactor learns of only after this: never kept.
-            body=self.redactor.redact(_capped(response.body)) if request.authenticated else None,
+            body=_masked(_capped(response.body), self.redactor) if request.authenticated else None,
         )
         return response
+
+
+def _masked(value: Any, redactor: Redactor) -> Any:
+    """``value`` with every known secret masked: as its JSON text, one pass per secret form.
+
+    Several times cheaper than walking the structure string by string, and
+    the value itself is kept when the text holds no secret (nearly always).
+    A value orjson cannot write, or a text that no longer reads after
+    masking, is masked string by string instead.
+    """
+    if value is None or isinstance(value, str):
+        return redactor.redact(value)
+    try:
+        text = orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return redactor.redact(value)
+    masked = redactor.redact_json(text)
+    if masked is text:
+        return value
+    try:
+        return orjson.loads(masked)
+    except orjson.JSONDecodeError:
+        return redactor.redact(value)
 
 
 def _capped(body: Any) -> Any:

@@ -73,6 +73,47 @@ class RecordLimits:
 
 DEFAULT_LIMITS = RecordLimits()  # frozen, so one instance serves every store as a default
 
+TRIM_SHARE = 10  # an integration is trimmed each time a tenth of its limit was added (every entry, below 20)
+AGE_TRIM_SECONDS = 60.0  # and what is too old at most once a minute
+
+
+class TrimSchedule:
+    """When a writer trims: trimming to the count walks the limit's worth of an index, so not at every write.
+
+    An integration is trimmed at this writer's first write to it (a lower
+    limit than an earlier command's takes effect at once), then each time
+    another tenth of its limit was added; entries too old go at the first
+    write and then at most once a minute. So a store holds at most a tenth
+    more than its limit for a while (per writer), and a trickle of events
+    (``serve`` at a few a second) pays a write, not a trim, per flush.
+    """
+
+    def __init__(self, limits: RecordLimits) -> None:
+        self.step = max(1, limits.per_integration // TRIM_SHARE)
+        self._added: dict[str, int] = {}
+        self._aged_at: float | None = None
+
+    def to_trim(self, entries: Sequence[Recorded]) -> list[str]:
+        """The integrations of ``entries`` that are due (and counted as trimmed: call it when the trim is made)."""
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry.integration] = counts.get(entry.integration, 0) + 1
+        due = []
+        for name, count in sorted(counts.items()):
+            added = self._added.get(name)
+            if added is None or added + count >= self.step:
+                due.append(name)
+                self._added[name] = 0
+            else:
+                self._added[name] = added + count
+        return due
+
+    def age_due(self, now: float) -> bool:
+        if self._aged_at is not None and 0 <= now - self._aged_at < AGE_TRIM_SECONDS:
+            return False
+        self._aged_at = now
+        return True
+
 
 @dataclass(frozen=True)
 class RecordQuery:
@@ -121,26 +162,48 @@ class Recorded(NamedTuple):
 
     @classmethod
     def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> Recorded:
+        """A whole entry, split into its summary and the rest (how the :class:`Recorder` builds them)."""
+        return cls.parts(summary(entry), {k: v for k, v in entry.items() if k not in _SUMMARY_KEYS}, mask)
+
+    @classmethod
+    def parts(
+        cls, row: dict[str, Any], details: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text
+    ) -> Recorded:
+        """``row``: the summary (every key of :data:`SUMMARY_FIELDS`); ``details``: what else the entry holds.
+
+        Each is serialized once and kept once: a store reads the whole entry
+        back as the summary and the details merged (:func:`whole`).
+        """
+
         def lower(value: Any) -> str | None:
             return mask(value).lower() if isinstance(value, str) else None
 
         return cls(
-            str(entry["integration"]),
-            float(entry["at"]),
-            entry.get("outcome"),
-            entry.get("reason") or entry.get("cause"),
-            lower(entry.get("email")),
-            lower(entry.get("userId")),
-            lower(entry.get("messageId")),
-            mask(_json(summary(entry))),
-            mask(_json(entry)),
+            str(row["integration"]),
+            float(row["at"]),
+            row["outcome"],
+            row["reason"] or row["cause"],
+            lower(row["email"]),
+            lower(row["userId"]),
+            lower(row["messageId"]),
+            mask(_json(row)),
+            mask(_json(details)),
         )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
         return {**orjson.loads(self.summary), "id": entry_id}
 
     def full(self, entry_id: str) -> dict[str, Any]:
-        return {**orjson.loads(self.entry), "id": entry_id}
+        return whole(self.summary, self.entry, entry_id)
+
+
+def whole(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> dict[str, Any]:
+    """One entry as the console reads it: its summary and its details, merged.
+
+    An entry written before the two were kept apart holds everything in its
+    details: merged over the summary, it reads the same.
+    """
+    return {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
 
 
 def _json(value: Any) -> str:
@@ -204,7 +267,11 @@ def preset_integration(name: str, path: str | Path | None) -> str:
 
 
 def summary(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: entry.get(key) for key in SUMMARY_FIELDS}
+    """The summary columns of an entry (its ``id`` is the store's, added as it is read)."""
+    return {key: entry.get(key) for key in SUMMARY_FIELDS if key != "id"}
+
+
+_SUMMARY_KEYS = frozenset(SUMMARY_FIELDS)
 
 
 class Recorder:
@@ -292,7 +359,6 @@ class Recorder:
         replay: bool,
         traits: Mapping[str, Any] | None,
     ) -> Recorded:
-        at = self._clock()
         incoming = event if isinstance(event, dict) else None
         if incoming is None and replay and outcome.message_id:
             incoming = self._earlier_event(outcome.message_id)
@@ -300,11 +366,11 @@ class Recorder:
         response = result.get("response")
         if isinstance(response, dict):
             result["response"] = {**response, "body": _capped(response.get("body"))}
-        entry = {
-            "at": at,
+        exchanges = outcome.exchanges
+        row = {
+            "at": self._clock(),
             "integration": self.integration,
             "preset": self.preset,
-            "preset_path": self.preset_path,
             "messageId": outcome.message_id,
             "type": _text(incoming.get("type")) if incoming else None,
             "event": _text(incoming.get("event") or incoming.get("name")) if incoming else None,
@@ -317,17 +383,19 @@ class Recorder:
             "attempts": outcome.attempts,
             "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
             "replay": replay,
-            "incoming": incoming,
-            "traits": dict(traits) if traits else None,
-            "exchanges": outcome.exchanges,
-            "token_requests": sum(1 for ex in outcome.exchanges or () if ex.get("step") == "token"),
-            "answers_429": sum(1 for ex in outcome.exchanges or () if ex.get("status") == 429),
-            "outcome_record": result,
+            "token_requests": sum(1 for ex in exchanges if ex.get("step") == "token") if exchanges else 0,
+            "answers_429": sum(1 for ex in exchanges if ex.get("status") == 429) if exchanges else 0,
         }
-        recorded = Recorded.of(entry, self.redactor.redact_json)
+        # A drop's details are its event and its outcome line: nothing else is kept for it.
+        details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
+        if traits:
+            details["traits"] = dict(traits)
+        if exchanges:
+            details["exchanges"] = exchanges
+        recorded = Recorded.parts(row, details, self.redactor.redact_json)
         if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
-            entry["incoming"] = _bounded_event(incoming)
-            recorded = Recorded.of(entry, self.redactor.redact_json)
+            details["incoming"] = _bounded_event(incoming)
+            recorded = Recorded.parts(row, details, self.redactor.redact_json)
         return recorded
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
