@@ -41,3 +41,20 @@ def test_a_kept_body_and_headers_are_masked_and_kept_as_they_are_when_they_hold_
     assert _masked(clean, redactor) is clean
     assert _masked(f"plain {secret}", redactor) == f"plain {MASK}"
     assert _masked({1: secret}, redactor) == {1: MASK}  # orjson cannot write it: masked string by string
+
+
+def test_a_kept_response_body_short_or_cut_holds_no_secret() -> None:
+    from engine.delivery.trail import _kept_body
+    from engine.redaction import MASK, Redactor
+
+    secret = "sk-live-4c1d9e"
+    redactor = Redactor([secret])
+    short = {"id": 7, "echo": f"Bearer {secret}"}
+    assert _kept_body(short, redactor) == {"id": 7, "echo": f"Bearer {MASK}"}
+    clean = {"id": 8}
+    assert _kept_body(clean, redactor) is clean
+    long = {"items": [f"{secret}-{i}" for i in range(BODY_CAP // 10)]}
+    kept = _kept_body(long, redactor)
+    assert isinstance(kept, str) and kept.endswith("more characters)") and secret not in kept
+    assert _kept_body(f"text {secret}", redactor) == f"text {MASK}"
+    assert _kept_body(None, redactor) is None

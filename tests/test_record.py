@@ -262,3 +262,33 @@ def test_sqlite_trims_each_tenth_of_its_limit_and_what_is_old_once_a_minute(tmp_
     clock.now += 41
     record.add_many([entry(clock, "b", 2)])
     assert [r["messageId"] for r in record.recent(RecordQuery())] == ["m-b-2", "m-b-1", "m-b-0"]
+
+
+def test_the_last_response_body_is_stored_once_and_read_back_in_both_places(tmp_path: Path) -> None:
+    from engine.state.sqlite import SqliteState
+
+    state = SqliteState(tmp_path / "state")
+    store = state.record(RecordLimits())
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]))
+    created = {"data": {"id": 41, "attributes": {"emails": ["ada@example.com"], "marker": "only-once-4f2"}}}
+    outcome = Outcome(0, "m1", DELIVERED, response={"status": 201, "body": created}, attempts=1)
+    outcome.exchanges = [
+        {"step": "lookup", "method": "GET", "url": "https://x.test/p", "status": 200, "body": {"data": []}},
+        {"step": "request", "method": "POST", "url": "https://x.test/p", "status": 201, "body": created},
+    ]
+    recorder.note({"type": "track", "userId": "u1"}, outcome, 0.1)
+    recorder.close()
+    (text,) = state.db.read("SELECT entry FROM record")[0]
+    assert text.count("only-once-4f2") == 1
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    assert [ex.get("body") for ex in kept["exchanges"]] == [{"data": []}, created]
+    assert kept["exchanges"][1] == {**outcome.exchanges[1]}
+    assert kept["outcome_record"]["response"]["body"] == created
+    # A last body that is not the outcome's (a retry's answer differs) is kept in its line.
+    other = Outcome(1, "m2", DELIVERED, response={"status": 201, "body": {"data": {"id": 42}}}, attempts=2)
+    other.exchanges = [{"step": "request", "status": 201, "body": {"data": {"id": 43}}}]
+    recorder.note({"type": "track", "userId": "u2"}, other, 0.1)
+    recorder.close()
+    again = store.get(store.recent(RecordQuery(search="m2"))[0]["id"])
+    assert again["exchanges"][0]["body"] == {"data": {"id": 43}}
+    state.close()

@@ -77,9 +77,21 @@ class TrailingTransport:
             ms=round((time.perf_counter() - started) * 1000, 1),
             headers=_masked({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}, self.redactor),
             # A token answer holds tokens the redactor learns of only after this: never kept.
-            body=_masked(_capped(response.body), self.redactor) if request.authenticated else None,
+            body=_kept_body(response.body, self.redactor) if request.authenticated else None,
         )
         return response
+
+
+def _kept_body(body: Any, redactor: Redactor) -> Any:
+    """A response body as the trail keeps it, capped and masked: a short one (most) serialised once for both."""
+    if body is not None and not isinstance(body, str):
+        try:
+            text = orjson.dumps(body, default=str).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            text = None
+        if text is not None and 3 * len(text) <= BODY_CAP:  # surely within the cap (see _surely_short)
+            return _masked_as(body, text, redactor)
+    return _masked(_capped(body), redactor)
 
 
 def _masked(value: Any, redactor: Redactor) -> Any:
@@ -96,6 +108,11 @@ def _masked(value: Any, redactor: Redactor) -> Any:
         text = orjson.dumps(value).decode()
     except (TypeError, orjson.JSONEncodeError):
         return redactor.redact(value)
+    return _masked_as(value, text, redactor)
+
+
+def _masked_as(value: Any, text: str, redactor: Redactor) -> Any:
+    """``value``, whose JSON text is ``text``, masked."""
     masked = redactor.redact_json(text)
     if masked is text:
         return value

@@ -186,8 +186,7 @@ class Recorded(NamedTuple):
             lower(row["email"]),
             lower(row["userId"]),
             lower(row["messageId"]),
-            mask(_json(row)),
-            mask(_json(details)),
+            *_masked_pair(_json(row), _json(details), mask),
         )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
@@ -201,9 +200,38 @@ def whole(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> 
     """One entry as the console reads it: its summary and its details, merged.
 
     An entry written before the two were kept apart holds everything in its
-    details: merged over the summary, it reads the same.
+    details: merged over the summary, it reads the same. The last request's
+    response body, kept once when it is the outcome's, is put back in its line.
     """
-    return {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
+    entry = {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
+    exchanges = entry.get("exchanges")
+    if exchanges and isinstance(exchanges[-1], dict) and exchanges[-1].pop(_BODY_IS_RESPONSE, False):
+        exchanges[-1]["body"] = ((entry.get("outcome_record") or {}).get("response") or {}).get("body")
+    return entry
+
+
+_BODY_IS_RESPONSE = "body_is_the_response_body"
+
+
+def _without_last_body(exchanges: list[dict[str, Any]], response: Any) -> list[dict[str, Any]]:
+    """The last request's response body is nearly always the outcome's: kept once (:func:`whole` puts it back)."""
+    last = exchanges[-1]
+    body = last.get("body")
+    if body is None or not isinstance(response, dict) or response.get("body") != body:
+        return exchanges
+    return [*exchanges[:-1], {**{k: v for k, v in last.items() if k != "body"}, _BODY_IS_RESPONSE: True}]
+
+
+def _masked_pair(row: str, details: str, mask: Callable[[str], str]) -> tuple[str, str]:
+    """Both texts masked, in one pass when neither holds a secret (nearly always); else each on its own.
+
+    orjson writes no raw line feed, so the joined text splits back where it
+    was joined unless masking changed it.
+    """
+    joined = row + "\n" + details
+    if mask(joined) is joined:
+        return row, details
+    return mask(row), mask(details)
 
 
 def _json(value: Any) -> str:
@@ -391,7 +419,7 @@ class Recorder:
         if traits:
             details["traits"] = dict(traits)
         if exchanges:
-            details["exchanges"] = exchanges
+            details["exchanges"] = _without_last_body(exchanges, result.get("response"))
         recorded = Recorded.parts(row, details, self.redactor.redact_json)
         if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
             details["incoming"] = _bounded_event(incoming)
