@@ -58,3 +58,38 @@ def test_a_kept_response_body_short_or_cut_holds_no_secret() -> None:
     assert isinstance(kept, str) and kept.endswith("more characters)") and secret not in kept
     assert _kept_body(f"text {secret}", redactor) == f"text {MASK}"
     assert _kept_body(None, redactor) is None
+
+
+def test_the_trail_keeps_only_rate_limit_headers_masked() -> None:
+    import asyncio
+
+    from multidict import CIMultiDict
+
+    from engine.delivery.trail import TrailingTransport, start_trail
+    from engine.delivery.transport import HttpResponse
+    from engine.envelope import HttpRequest
+    from engine.redaction import MASK, Redactor
+
+    secret = "rl-secret-77aa"
+    answer = HttpResponse(
+        429,
+        CIMultiDict({"Content-Type": "application/json", "X-RateLimit-Remaining": f"0 {secret}", "Retry-After": "3"}),
+        {"error": "slow down"},
+    )
+
+    class Answers:
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            return answer
+
+    transport = TrailingTransport(Answers(), Redactor([secret]))
+
+    async def twice() -> list[dict]:
+        trail = start_trail()
+        for _ in range(2):  # the second answer's names are known already
+            await transport.send(HttpRequest("POST", "https://x.test/api"))
+        return list(trail)
+
+    lines = asyncio.run(twice())
+    for line in lines:
+        assert line["headers"] == {"X-RateLimit-Remaining": f"0 {MASK}", "Retry-After": "3"}
+        assert line["status"] == 429 and line["body"] == {"error": "slow down"}

@@ -16,6 +16,7 @@ import contextvars
 import json
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,6 +49,8 @@ class TrailingTransport:
     def __init__(self, inner: Transport, redactor: Redactor) -> None:
         self.inner = inner
         self.redactor = redactor
+        # Whether a header name speaks of rate limits: a destination answers with the same few names.
+        self._rate_names: dict[str, bool] = {}
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         trail = _TRAIL.get()
@@ -75,11 +78,25 @@ class TrailingTransport:
         line.update(
             status=response.status,
             ms=round((time.perf_counter() - started) * 1000, 1),
-            headers=_masked({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}, self.redactor),
+            headers=self._rate_headers(response.headers),
             # A token answer holds tokens the redactor learns of only after this: never kept.
             body=_kept_body(response.body, self.redactor) if request.authenticated else None,
         )
         return response
+
+    def _rate_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        known = self._rate_names
+        if len(known) > 1024:  # a destination that makes up header names: forget, stay small
+            known.clear()
+        redact = self.redactor.redact
+        kept = {}
+        for name, value in headers.items():
+            rate = known.get(name)
+            if rate is None:
+                rate = known[str(name)] = _RATE_HEADER.search(name) is not None
+            if rate:
+                kept[redact(str(name))] = redact(value)
+        return kept
 
 
 def _kept_body(body: Any, redactor: Redactor) -> Any:

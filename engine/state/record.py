@@ -12,9 +12,10 @@ Secrets never get here: the request on an outcome is already the masked
 view, and :class:`Recorder` passes everything (the incoming event too)
 through the engine's :class:`~engine.redaction.Redactor` before it is kept.
 
-Writes are buffered and committed in small batches (:class:`Recorder`), so
-recording costs a delivery an entry in a list, not a transaction. Losing
-the record (a disk that refuses writes) is logged and costs no event.
+Outcomes are buffered and their entries built and committed in batches
+(:class:`Recorder`), so recording costs a delivery an item in a list, not a
+transaction. Losing the record (a disk that refuses writes) is logged and
+costs no event.
 """
 
 from __future__ import annotations
@@ -303,11 +304,15 @@ _SUMMARY_KEYS = frozenset(SUMMARY_FIELDS)
 
 
 class Recorder:
-    """Turns an engine's outcomes into record entries and writes them in small batches.
+    """Turns an engine's outcomes into record entries and writes them in batches.
 
-    ``note`` is called on the delivery path, so it only builds the entry and
-    appends it; the write happens at :data:`FLUSH_EVERY` entries, after
-    :data:`FLUSH_SECONDS`, or at :meth:`close`.
+    ``note`` is called on the delivery path, so it only appends what the
+    entry will be made of; at :data:`FLUSH_EVERY` entries, after
+    :data:`FLUSH_SECONDS`, or at :meth:`close`, the entries are built,
+    serialised, masked and written together. Measured whole-process, building
+    them in one loop costs a lead far less than building each between two
+    deliveries. A process killed with ``kill -9`` loses at most that last
+    quarter second of the record (never an outcome: the record is a view).
     """
 
     def __init__(
@@ -326,7 +331,7 @@ class Recorder:
         self.preset_path = preset_path
         self.redactor = redactor
         self._clock = clock
-        self._buffer: list[Recorded] = []
+        self._buffer: list[_Noted] = []
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
 
@@ -339,12 +344,18 @@ class Recorder:
         replay: bool = False,
         traits: Mapping[str, Any] | None = None,
     ) -> None:
-        """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far."""
-        try:
-            self._buffer.append(self._entry(event, outcome, latency_seconds, replay, traits))
-        except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
-            log.warning("record: could not record event %s: %s", outcome.index, type(exc).__name__)
-            return
+        """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far.
+
+        Only the references are kept here; the entries are built, serialised
+        and written together at the flush, in one tight loop (cheaper than
+        one at a time between deliveries). What is referenced is not changed
+        after its outcome: the event was read for this outcome, the outcome
+        is final.
+        """
+        incoming = event if isinstance(event, dict) else None
+        if incoming is None and replay and outcome.message_id:
+            incoming = self._earlier_event(outcome.message_id)
+        self._buffer.append((self._clock(), incoming, outcome, latency_seconds, replay, traits))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
         elif self._timer is None:
@@ -361,11 +372,18 @@ class Recorder:
             self._timer = None
         if not self._buffer:
             return
-        entries: list[Recorded]
-        entries, self._buffer = self._buffer, []
+        noted, self._buffer = self._buffer, []
+        entries = []
+        for item in noted:
+            try:
+                entries.append(self._entry(*item))
+            except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
+                log.warning("record: could not record event %s: %s", item[2].index, type(exc).__name__)
+        if not entries:
+            return
         try:
             self.store.add_many(entries)
-        except Exception as exc:  # noqa: BLE001 - see note()
+        except Exception as exc:  # noqa: BLE001 - see above
             if not self._failed:
                 log.error(
                     "record: could not write %d recent event(s) for the console: %s",
@@ -381,22 +399,20 @@ class Recorder:
 
     def _entry(
         self,
-        event: Any,
+        at: float,
+        incoming: dict[str, Any] | None,
         outcome: Outcome,
         latency_seconds: float | None,
         replay: bool,
         traits: Mapping[str, Any] | None,
     ) -> Recorded:
-        incoming = event if isinstance(event, dict) else None
-        if incoming is None and replay and outcome.message_id:
-            incoming = self._earlier_event(outcome.message_id)
         result = outcome.to_dict()
         response = result.get("response")
         if isinstance(response, dict):
             result["response"] = {**response, "body": _capped(response.get("body"))}
         exchanges = outcome.exchanges
         row = {
-            "at": self._clock(),
+            "at": at,
             "integration": self.integration,
             "preset": self.preset,
             "messageId": outcome.message_id,
@@ -438,6 +454,10 @@ class Recorder:
         except Exception:  # noqa: BLE001 - only the event's details are missing then
             return None
         return None
+
+
+# What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits.
+_Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None]
 
 
 def _text(value: Any) -> str | None:
