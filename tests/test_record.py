@@ -292,3 +292,15 @@ def test_the_last_response_body_is_stored_once_and_read_back_in_both_places(tmp_
     again = store.get(store.recent(RecordQuery(search="m2"))[0]["id"])
     assert again["exchanges"][0]["body"] == {"data": {"id": 43}}
     state.close()
+
+
+def test_a_secret_in_a_searched_field_is_masked_in_its_column_too(tmp_path: Path) -> None:
+    clock = Clock()
+    store = _sqlite(tmp_path, RecordLimits(), clock)  # SQLite searches its columns, not the summary
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]), clock=clock)
+    recorder.note({"type": "track", "userId": "u-s3cret-value"}, Outcome(0, "m-s3cret-value", DROPPED, reason="x"))
+    recorder.close()
+    assert store.recent(RecordQuery(search="u-s3cret-value")) == []
+    assert store.recent(RecordQuery(search="m-s3cret-value")) == []
+    (row,) = store.recent(RecordQuery(search="u-***"))
+    assert row["userId"] == "u-***" and row["messageId"] == "m-***"

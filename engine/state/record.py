@@ -176,8 +176,14 @@ class Recorded(NamedTuple):
         back as the summary and the details merged (:func:`whole`).
         """
 
+        summary_text, details_text = _json(row), _json(details)
+        joined = summary_text + "\n" + details_text  # orjson writes no raw line feed: it splits back here
+        # The search columns are values of the summary: when its text holds no secret (nearly always),
+        # neither do they; else each is masked on its own, as the texts are.
+        clean = mask(joined) is joined
+
         def lower(value: Any) -> str | None:
-            return mask(value).lower() if isinstance(value, str) else None
+            return (value if clean else mask(value)).lower() if isinstance(value, str) else None
 
         return cls(
             str(row["integration"]),
@@ -187,7 +193,8 @@ class Recorded(NamedTuple):
             lower(row["email"]),
             lower(row["userId"]),
             lower(row["messageId"]),
-            *_masked_pair(_json(row), _json(details), mask),
+            summary_text if clean else mask(summary_text),
+            details_text if clean else mask(details_text),
         )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
@@ -221,18 +228,6 @@ def _without_last_body(exchanges: list[dict[str, Any]], response: Any) -> list[d
     if body is None or not isinstance(response, dict) or response.get("body") != body:
         return exchanges
     return [*exchanges[:-1], {**{k: v for k, v in last.items() if k != "body"}, _BODY_IS_RESPONSE: True}]
-
-
-def _masked_pair(row: str, details: str, mask: Callable[[str], str]) -> tuple[str, str]:
-    """Both texts masked, in one pass when neither holds a secret (nearly always); else each on its own.
-
-    orjson writes no raw line feed, so the joined text splits back where it
-    was joined unless masking changed it.
-    """
-    joined = row + "\n" + details
-    if mask(joined) is joined:
-        return row, details
-    return mask(row), mask(details)
 
 
 def _json(value: Any) -> str:
@@ -411,6 +406,10 @@ class Recorder:
         if isinstance(response, dict):
             result["response"] = {**response, "body": _capped(response.get("body"))}
         exchanges = outcome.exchanges
+        token_requests = answers_429 = 0
+        for exchange in exchanges or ():
+            token_requests += exchange.get("step") == "token"
+            answers_429 += exchange.get("status") == 429
         row = {
             "at": at,
             "integration": self.integration,
@@ -427,8 +426,8 @@ class Recorder:
             "attempts": outcome.attempts,
             "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
             "replay": replay,
-            "token_requests": sum(1 for ex in exchanges if ex.get("step") == "token") if exchanges else 0,
-            "answers_429": sum(1 for ex in exchanges if ex.get("status") == 429) if exchanges else 0,
+            "token_requests": token_requests,
+            "answers_429": answers_429,
         }
         # A drop's details are its event and its outcome line: nothing else is kept for it.
         details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
