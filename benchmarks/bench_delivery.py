@@ -19,8 +19,12 @@ Two measurements, each against a baseline taken in the same run:
    that never binds), and over the page views of 2., each with the record
    (the default) and with ``--no-record``, minus the same command on an
    empty file. The ratios are the per-lead and per-drop cost of recording.
+   ``--baseline DIR`` runs the same commands from another checkout too,
+   interleaved with this one's, for a before/after in one run.
 
     .venv/bin/python benchmarks/bench_delivery.py --leads 300 --quota 50 --window 5
+    .venv/bin/python benchmarks/bench_delivery.py --only-record --record-leads 2000 --drops 20000 --repeat 3 \
+        --baseline /tmp/before   # git archive <commit> | tar -x -C /tmp/before
 """
 
 from __future__ import annotations
@@ -146,9 +150,9 @@ def quota_run(leads: int, quota: int, window: float, alignment: str) -> dict:
     }
 
 
-def child_cpu(args: list[str], env: dict[str, str]) -> float:
+def child_cpu(args: list[str], env: dict[str, str], cwd: Path = REPO) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -200,9 +204,13 @@ def drop_cost(drops: int, repeat: int) -> dict:
     }
 
 
-def record_cost(leads: int, drops: int, repeat: int) -> dict:
+def record_cost(leads: int, drops: int, repeat: int, baseline: Path | None = None) -> dict:
     """CPU per lead and per drop with the record and with --no-record (a sandbox per lead run: its refresh
-    token rotates, so a second run with the same settings would not be authorised)."""
+    token rotates, so a second run with the same settings would not be authorised).
+
+    With ``baseline`` (another checkout), the same commands also run from it, interleaved with this
+    checkout's, so the two are measured side by side on the same machine at the same time."""
+    checkouts = {"": REPO, **({"baseline": baseline.resolve()} if baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "context": CONSENT}
@@ -213,43 +221,53 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
         }
         for name, text in files.items():
             (folder / f"{name}.ndjson").write_text(text, encoding="utf-8")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        figures: dict[str, list[float]] = {}
+        figures: dict[str, dict[str, list[float]]] = {tag: {} for tag in checkouts}
         runs = 0
         for _ in range(repeat):  # interleaved; a fresh state directory each time (the journal would skip leads)
             for name in files:
                 for flag in ([], ["--no-record"], ["--dry-run"]):
-                    runs += 1
-                    delivering = name == "leads" and "--dry-run" not in flag
-                    proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
-                    settings = folder / f"settings-{runs}.yaml"
-                    settings.write_text(
-                        "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n", encoding="utf-8"
-                    )
-                    args = [
-                        sys.executable,
-                        "-m",
-                        "engine",
-                        "run",
-                        "outreach/lead-capture",
-                        "--settings",
-                        str(settings),
-                        "--state",
-                        str(folder / f"state-{runs}"),
-                        "--events",
-                        str(folder / f"{name}.ndjson"),
-                        *flag,
-                    ]
-                    try:
-                        figures.setdefault(name + SUFFIX[tuple(flag)], []).append(child_cpu(args, env))
-                    finally:
-                        if proc is not None:
-                            proc.terminate()
-                            proc.wait(timeout=10)
-                    if delivering:
-                        delivered = _delivered(folder / f"state-{runs}")
-                        if delivered != leads:
-                            raise SystemExit(f"only {delivered} of {leads} leads were delivered: not a fair measure")
+                    for tag, checkout in checkouts.items():
+                        runs += 1
+                        figures[tag].setdefault(name + SUFFIX[tuple(flag)], []).append(
+                            _one_run(folder, checkout, runs, name, flag, leads)
+                        )
+    return {tag or "engine": _per_kind(figures[tag], leads, drops) for tag in checkouts}
+
+
+def _one_run(folder: Path, checkout: Path, runs: int, name: str, flag: list[str], leads: int) -> float:
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    delivering = name == "leads" and "--dry-run" not in flag
+    proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
+    settings = folder / f"settings-{runs}.yaml"
+    settings.write_text("\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n", encoding="utf-8")
+    args = [
+        sys.executable,
+        "-m",
+        "engine",
+        "run",
+        "outreach/lead-capture",
+        "--settings",
+        str(settings),
+        "--state",
+        str(folder / f"state-{runs}"),
+        "--events",
+        str(folder / f"{name}.ndjson"),
+        *flag,
+    ]
+    try:
+        cpu = child_cpu(args, env, cwd=checkout)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+    if delivering:
+        delivered = _delivered(folder / f"state-{runs}")
+        if delivered != leads:
+            raise SystemExit(f"only {delivered} of {leads} leads were delivered: not a fair measure")
+    return cpu
+
+
+def _per_kind(figures: dict[str, list[float]], leads: int, drops: int) -> dict:
     med = {k: statistics.median(v) for k, v in figures.items()}
 
     def per(kind: str, suffix: str, count: int) -> float:
@@ -258,11 +276,20 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
     out = {}
     for kind, count in (("leads", leads), ("drops", drops)):
         on, off, dry = per(kind, "", count), per(kind, "-off", count), per(kind, "-dry", count)
+        # The ratio of each repetition (its own runs, startup subtracted), for the spread.
+        ratios = [
+            (a - e) / (b - f)
+            for a, b, e, f in zip(
+                figures[kind], figures[kind + "-off"], figures["empty"], figures["empty-off"], strict=True
+            )
+            if b - f > 0
+        ]
         out[kind] = {
             "count": count,
             "record_us": round(on, 1),
             "no_record_us": round(off, 1),
             "ratio": round(on / off, 3) if off > 0 else None,
+            "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
             "dry_run_us": round(dry, 1),
             "vs_dry_run": round(on / dry, 3) if dry > 0 else None,
         }
@@ -290,9 +317,16 @@ def main() -> None:
         "--record-leads", type=int, default=2000, help="distinct leads delivered for the recording cost (default 2000)"
     )
     parser.add_argument("--only-record", action="store_true", help="measure only the recording cost")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout (e.g. `git archive COMMIT | tar -x -C DIR`): the recording cost is also measured "
+        "from it, interleaved, so a change is compared with what it replaces in the same run",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    record = record_cost(args.record_leads, args.drops, args.repeat)
+    record = record_cost(args.record_leads, args.drops, args.repeat, args.baseline)
     if args.only_record:
         print(json.dumps({"record": record}, indent=2))
         return
@@ -317,13 +351,15 @@ def main() -> None:
         f"\ndrops ({d['drops']} page views, CPU per drop, startup subtracted): delivery mode "
         f"{d['deliver_us_per_drop']} µs, dry run {d['dry_run_us_per_drop']} µs, ratio {d['ratio']}×"
     )
-    for kind in ("leads", "drops"):
-        r = record[kind]
-        print(
-            f"recording, CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the record {r['record_us']} µs, "
-            f"--no-record {r['no_record_us']} µs, ratio {r['ratio']}×; dry run {r['dry_run_us']} µs, "
-            f"delivering (recorded) / dry run {r['vs_dry_run']}×"
-        )
+    for tag, figures in record.items():
+        for kind in ("leads", "drops"):
+            r = figures[kind]
+            print(
+                f"recording ({tag}), CPU per {kind[:-1]} ({r['count']:,} of them, startup subtracted): with the "
+                f"record {r['record_us']} µs, --no-record {r['no_record_us']} µs, ratio {r['ratio']}× "
+                f"(repetitions {r['ratio_spread']}); dry run {r['dry_run_us']} µs, delivering (recorded) / dry run "
+                f"{r['vs_dry_run']}×"
+            )
 
 
 if __name__ == "__main__":

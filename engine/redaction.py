@@ -65,8 +65,8 @@ class Redactor:
         on the structure, for what is written on the delivery path (the
         console's record of recent events).
         """
-        if not self._secrets:
-            return text
+        if not self._secrets or len(text) < self._shortest:
+            return text  # escaping only lengthens a secret: a shorter text holds none of its forms
         if self._json_forms is None or self._json_forms[0] != len(self._secrets):
             import json
 

@@ -190,7 +190,8 @@ def test_a_delivering_run_records_every_outcome_masked(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         issued = list(sandbox.issued)
     db = sqlite3.connect(tmp_path / "state" / "state.db")
-    rows = [json.loads(text) for (text,) in db.execute("SELECT entry FROM record ORDER BY seq")]
+    # The summary columns and the rest are kept apart; the console reads them merged.
+    rows = [{**json.loads(s), **json.loads(e)} for s, e in db.execute("SELECT summary, entry FROM record ORDER BY seq")]
     by_id = {r["messageId"]: r for r in rows}
     assert set(by_id) == {"r-id", "r-lead", "r-page"}
     lead = by_id["r-lead"]
@@ -202,6 +203,7 @@ def test_a_delivering_run_records_every_outcome_masked(tmp_path: Path) -> None:
     assert by_id["r-page"]["reason"] == "event_not_mapped"
     assert by_id["r-id"]["email"] == "Rec.Ord@Example.com"
     text = "\n".join(json.dumps(r) for r in rows)
+    assert "rec.ord@example.com" in text
     for secret in (creds["client_secret"], creds["refresh_token"], *issued):
         assert secret not in text
 
@@ -235,3 +237,70 @@ def test_a_secret_that_json_escapes_is_masked_in_the_record_too() -> None:
     recorder.close()
     kept = store.get(store.recent(RecordQuery())[0]["id"])
     assert kept["incoming"]["traits"]["note"] == "x***y"
+
+
+def test_sqlite_trims_each_tenth_of_its_limit_and_what_is_old_once_a_minute(tmp_path: Path) -> None:
+    """Trimming to the count walks the limit's worth of an index: a writer does it at its first write, then
+    each time a tenth of the limit was added, so the table is at most a tenth over its limit for a while."""
+    clock = Clock()
+    record = _sqlite(tmp_path, RecordLimits(per_integration=20, max_age_seconds=3600), clock)
+    count = lambda: len(record)  # noqa: E731
+    record.add_many([entry(clock, "a", i) for i in range(25)])
+    assert count() == 20  # the first write trims
+    record.add_many([entry(clock, "a", 25)])
+    assert count() == 21  # one more than the limit, less than a tenth of it
+    clock.now += 10
+    record.add_many([entry(clock, "a", 26)])
+    assert count() == 20  # a tenth (2) added since the trim
+    assert [r["messageId"] for r in record.recent(RecordQuery(limit=2))] == ["m-a-26", "m-a-25"]
+    clock.now += 3591
+    record.add_many([entry(clock, "b", 0)])  # the age trim: all of a is too old but a-26, 3,591 s old
+    assert [r["messageId"] for r in record.recent(RecordQuery())] == ["m-b-0", "m-a-26"]
+    clock.now += 20
+    record.add_many([entry(clock, "b", 1)])  # a-26 is too old now, but the last age trim was 20 s ago
+    assert count() == 3
+    clock.now += 41
+    record.add_many([entry(clock, "b", 2)])
+    assert [r["messageId"] for r in record.recent(RecordQuery())] == ["m-b-2", "m-b-1", "m-b-0"]
+
+
+def test_the_last_response_body_is_stored_once_and_read_back_in_both_places(tmp_path: Path) -> None:
+    from engine.state.sqlite import SqliteState
+
+    state = SqliteState(tmp_path / "state")
+    store = state.record(RecordLimits())
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]))
+    created = {"data": {"id": 41, "attributes": {"emails": ["ada@example.com"], "marker": "only-once-4f2"}}}
+    outcome = Outcome(0, "m1", DELIVERED, response={"status": 201, "body": created}, attempts=1)
+    outcome.exchanges = [
+        {"step": "lookup", "method": "GET", "url": "https://x.test/p", "status": 200, "body": {"data": []}},
+        {"step": "request", "method": "POST", "url": "https://x.test/p", "status": 201, "body": created},
+    ]
+    recorder.note({"type": "track", "userId": "u1"}, outcome, 0.1)
+    recorder.close()
+    (text,) = state.db.read("SELECT entry FROM record")[0]
+    assert text.count("only-once-4f2") == 1
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    assert [ex.get("body") for ex in kept["exchanges"]] == [{"data": []}, created]
+    assert kept["exchanges"][1] == {**outcome.exchanges[1]}
+    assert kept["outcome_record"]["response"]["body"] == created
+    # A last body that is not the outcome's (a retry's answer differs) is kept in its line.
+    other = Outcome(1, "m2", DELIVERED, response={"status": 201, "body": {"data": {"id": 42}}}, attempts=2)
+    other.exchanges = [{"step": "request", "status": 201, "body": {"data": {"id": 43}}}]
+    recorder.note({"type": "track", "userId": "u2"}, other, 0.1)
+    recorder.close()
+    again = store.get(store.recent(RecordQuery(search="m2"))[0]["id"])
+    assert again["exchanges"][0]["body"] == {"data": {"id": 43}}
+    state.close()
+
+
+def test_a_secret_in_a_searched_field_is_masked_in_its_column_too(tmp_path: Path) -> None:
+    clock = Clock()
+    store = _sqlite(tmp_path, RecordLimits(), clock)  # SQLite searches its columns, not the summary
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]), clock=clock)
+    recorder.note({"type": "track", "userId": "u-s3cret-value"}, Outcome(0, "m-s3cret-value", DROPPED, reason="x"))
+    recorder.close()
+    assert store.recent(RecordQuery(search="u-s3cret-value")) == []
+    assert store.recent(RecordQuery(search="m-s3cret-value")) == []
+    (row,) = store.recent(RecordQuery(search="u-***"))
+    assert row["userId"] == "u-***" and row["messageId"] == "m-***"

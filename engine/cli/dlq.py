@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
 from ..language.model import Preset
@@ -20,8 +20,12 @@ from .common import (
     settings_for,
 )
 from .logs import add_logging_options, configure_logging, say_on_stderr
+from .record_options import add_record_options, record_choice
 from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, signal_name
+
+if TYPE_CHECKING:
+    from ..state.record import RecordLimits
 
 
 def register(sub: Any) -> None:
@@ -80,9 +84,7 @@ def register(sub: Any) -> None:
                 help="after SIGINT or SIGTERM, how long replays already sent may take to finish; "
                 "letters not yet sent stay as they are (default: %(default)g)",
             )
-            cmd.add_argument(
-                "--no-record", dest="record", action="store_false", help="keep no record of the replays for the console"
-            )
+            add_record_options(cmd, "the replays")
             add_logging_options(cmd)
         add_preset_path_option(cmd)
         cmd.set_defaults(func=cmd_dlq, dlq_action=name)
@@ -108,7 +110,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             raise UsageError("name a PRESET, or pass --config FILE --integration NAME")
         preset = load_preset_arg(args)
         settings = settings_for(args, preset.settings, require=replaying, without_file_hint="pass --settings FILE")
-    record = getattr(args, "record", True)
+    record = record_choice(args) if replaying else False
     if args.redis:
         if args.reset_state:
             raise UsageError("--reset-state applies to a --state directory, not to --redis")
@@ -196,7 +198,7 @@ def dlq_replay(
     verbose: bool,
     log_format: str = "text",
     grace: float = DEFAULT_GRACE_SECONDS,
-    record: bool = True,
+    record: bool | RecordLimits = True,
     integration: str | None = None,
 ) -> int:
     import asyncio  # not at module level: every command imports this module, and a dry run needs no event loop

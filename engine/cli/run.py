@@ -31,6 +31,7 @@ from .events_input import (
 )
 from .input_hints import ndjson_hint
 from .logs import add_logging_options, json_line
+from .record_options import add_record_options, record_choice
 from .report import RunReport, wants_progress
 from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, StopRequested, seconds_arg, signal_name, stop_line
 
@@ -80,13 +81,7 @@ def register(sub: Any) -> None:
         metavar="BYTES",
         help="a longer input line is not read: it is one invalid_event (default: %(default)d)",
     )
-    run.add_argument(
-        "--no-record",
-        dest="record",
-        action="store_false",
-        help="keep no record of recent events for the console (default: the last 10,000 per "
-        "integration, at most 7 days, in the state directory)",
-    )
+    add_record_options(run)
     add_logging_options(run)
     add_preset_path_option(run)
     run.set_defaults(func=cmd_run)
@@ -131,6 +126,7 @@ class InputLines:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.record = record_choice(args)  # False, True or the bounds given: a contradiction is one line, before all
     preset = load_preset_arg(args)
     settings = settings_for(
         args,

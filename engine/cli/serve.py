@@ -10,6 +10,7 @@ from typing import Any
 from .common import UsageError, add_preset_path_option, add_reset_state_option, check_state_dir
 from .console import console_mount
 from .logs import add_logging_options, say_on_stderr
+from .record_options import add_record_options, record_choice
 from .report import EXIT_OK
 from .service_common import add_config_options, integrations_for
 
@@ -88,13 +89,7 @@ def register(sub: Any) -> None:
         "--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long to finish what is under way" + DEFAULT
     )
     serve.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
-    serve.add_argument(
-        "--no-record",
-        dest="record",
-        action="store_false",
-        help="keep no record of recent events for the console (default: the last 10,000 per "
-        "integration, at most 7 days)",
-    )
+    add_record_options(serve)
     serve.add_argument(
         "--console",
         action="store_true",
@@ -155,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         drain_seconds=args.drain_seconds,
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
-        record=args.record,
+        record=record_choice(args),
         preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         mount=mount,
         # Embedded, this serve starts delivering an integration the moment it is saved in its console.

@@ -8,6 +8,7 @@ from typing import Any
 
 from .common import UsageError, add_preset_path_option
 from .logs import add_logging_options, say_on_stderr
+from .record_options import add_record_options, record_choice
 from .report import EXIT_OK
 from .service_common import add_config_options, integrations_for
 
@@ -63,13 +64,7 @@ def register(sub: Any) -> None:
     )
     worker.add_argument("--host", default="127.0.0.1", help="address of the metrics port" + DEFAULT)
     worker.add_argument("--quiet", action="store_true", help="do not print outcome lines on stdout")
-    worker.add_argument(
-        "--no-record",
-        dest="record",
-        action="store_false",
-        help="keep no record of recent events for the console (default: the last 10,000 per "
-        "integration, at most 7 days)",
-    )
+    add_record_options(worker)
     add_logging_options(worker)
     add_preset_path_option(worker)
     worker.set_defaults(func=cmd_worker, port=None)
@@ -101,7 +96,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
-        record=args.record,
+        record=record_choice(args),
         preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         announce=functools.partial(say_on_stderr, args.log_format),
     )

@@ -7,7 +7,7 @@ task that delivers the event), appends one line per request: the step
 may ride there), the status or the failure, the time it took, the headers
 that speak of rate limits, and the response body, capped (never a token
 answer's). Request bodies and headers are not kept (the outcome holds the masked request); every string
-passes the engine's redactor.
+passes the engine's redactor (a response body and the headers as their JSON text: see ``_masked``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextvars
 import json
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -48,6 +49,8 @@ class TrailingTransport:
     def __init__(self, inner: Transport, redactor: Redactor) -> None:
         self.inner = inner
         self.redactor = redactor
+        # Whether a header name speaks of rate limits: a destination answers with the same few names.
+        self._rate_names: dict[str, bool] = {}
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         trail = _TRAIL.get()
@@ -75,11 +78,65 @@ class TrailingTransport:
         line.update(
             status=response.status,
             ms=round((time.perf_counter() - started) * 1000, 1),
-            headers=self.redactor.redact({k: v for k, v in response.headers.items() if _RATE_HEADER.search(k)}),
+            headers=self._rate_headers(response.headers),
             # A token answer holds tokens the redactor learns of only after this: never kept.
-            body=self.redactor.redact(_capped(response.body)) if request.authenticated else None,
+            body=_kept_body(response.body, self.redactor) if request.authenticated else None,
         )
         return response
+
+    def _rate_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        known = self._rate_names
+        if len(known) > 1024:  # a destination that makes up header names: forget, stay small
+            known.clear()
+        redact = self.redactor.redact
+        kept = {}
+        for name, value in headers.items():
+            rate = known.get(name)
+            if rate is None:
+                rate = known[str(name)] = _RATE_HEADER.search(name) is not None
+            if rate:
+                kept[redact(str(name))] = redact(value)
+        return kept
+
+
+def _kept_body(body: Any, redactor: Redactor) -> Any:
+    """A response body as the trail keeps it, capped and masked: a short one (most) serialised once for both."""
+    if body is not None and not isinstance(body, str):
+        try:
+            text = orjson.dumps(body, default=str).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            text = None
+        if text is not None and 3 * len(text) <= BODY_CAP:  # surely within the cap (see _surely_short)
+            return _masked_as(body, text, redactor)
+    return _masked(_capped(body), redactor)
+
+
+def _masked(value: Any, redactor: Redactor) -> Any:
+    """``value`` with every known secret masked: as its JSON text, one pass per secret form.
+
+    Several times cheaper than walking the structure string by string, and
+    the value itself is kept when the text holds no secret (nearly always).
+    A value orjson cannot write, or a text that no longer reads after
+    masking, is masked string by string instead.
+    """
+    if value is None or isinstance(value, str):
+        return redactor.redact(value)
+    try:
+        text = orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return redactor.redact(value)
+    return _masked_as(value, text, redactor)
+
+
+def _masked_as(value: Any, text: str, redactor: Redactor) -> Any:
+    """``value``, whose JSON text is ``text``, masked."""
+    masked = redactor.redact_json(text)
+    if masked is text:
+        return value
+    try:
+        return orjson.loads(masked)
+    except orjson.JSONDecodeError:
+        return redactor.redact(value)
 
 
 def _capped(body: Any) -> Any:

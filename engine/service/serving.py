@@ -49,6 +49,7 @@ from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
 from ..state.identity import SHARED_IDENTITY, IdentityLimits
+from ..state.record import RecordLimits
 from .console_made import load_console_made, stored_in
 from .intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
 from .integrations import Integration, IntegrationsConfig, IntegrationsError
@@ -76,7 +77,8 @@ class ServiceOptions:
     metrics_port: int | None = None  # the worker's /metrics; None: not served
     print_outcomes: bool = True
     max_deliveries: int = MAX_DELIVERIES  # then a dead letter, cause poison
-    record: bool = True  # the record of recent events the console shows (--no-record: none)
+    # The record of recent events the console shows: its bounds (RecordLimits), the defaults (True) or none.
+    record: bool | RecordLimits = True
     mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
     only: list[str] | None = None  # worker --integration NAME ...: these integrations only
     # Also deliver the integrations set up in the console (kept in the same state store; read at start).
@@ -175,7 +177,7 @@ def _signals(stop: asyncio.Event) -> Any:
             loop.remove_signal_handler(signum)
 
 
-def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bool = True) -> _Delivery:
+def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bool | RecordLimits = True) -> _Delivery:
     """An engine of the integration's own: its session (connection pool), journal, dead letters, token and
     rate budget, keyed by its name; identity shared with the other integrations."""
     delivery = integration.preset.delivery

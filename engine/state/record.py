@@ -12,9 +12,10 @@ Secrets never get here: the request on an outcome is already the masked
 view, and :class:`Recorder` passes everything (the incoming event too)
 through the engine's :class:`~engine.redaction.Redactor` before it is kept.
 
-Writes are buffered and committed in small batches (:class:`Recorder`), so
-recording costs a delivery an entry in a list, not a transaction. Losing
-the record (a disk that refuses writes) is logged and costs no event.
+Outcomes are buffered and their entries built and committed in batches
+(:class:`Recorder`), so recording costs a delivery an item in a list, not a
+transaction. Losing the record (a disk that refuses writes) is logged and
+costs no event.
 """
 
 from __future__ import annotations
@@ -73,6 +74,47 @@ class RecordLimits:
 
 DEFAULT_LIMITS = RecordLimits()  # frozen, so one instance serves every store as a default
 
+TRIM_SHARE = 10  # an integration is trimmed each time a tenth of its limit was added (every entry, below 20)
+AGE_TRIM_SECONDS = 60.0  # and what is too old at most once a minute
+
+
+class TrimSchedule:
+    """When a writer trims: trimming to the count walks the limit's worth of an index, so not at every write.
+
+    An integration is trimmed at this writer's first write to it (a lower
+    limit than an earlier command's takes effect at once), then each time
+    another tenth of its limit was added; entries too old go at the first
+    write and then at most once a minute. So a store holds at most a tenth
+    more than its limit for a while (per writer), and a trickle of events
+    (``serve`` at a few a second) pays a write, not a trim, per flush.
+    """
+
+    def __init__(self, limits: RecordLimits) -> None:
+        self.step = max(1, limits.per_integration // TRIM_SHARE)
+        self._added: dict[str, int] = {}
+        self._aged_at: float | None = None
+
+    def to_trim(self, entries: Sequence[Recorded]) -> list[str]:
+        """The integrations of ``entries`` that are due (and counted as trimmed: call it when the trim is made)."""
+        counts: dict[str, int] = {}
+        for entry in entries:
+            counts[entry.integration] = counts.get(entry.integration, 0) + 1
+        due = []
+        for name, count in sorted(counts.items()):
+            added = self._added.get(name)
+            if added is None or added + count >= self.step:
+                due.append(name)
+                self._added[name] = 0
+            else:
+                self._added[name] = added + count
+        return due
+
+    def age_due(self, now: float) -> bool:
+        if self._aged_at is not None and 0 <= now - self._aged_at < AGE_TRIM_SECONDS:
+            return False
+        self._aged_at = now
+        return True
+
 
 @dataclass(frozen=True)
 class RecordQuery:
@@ -121,26 +163,71 @@ class Recorded(NamedTuple):
 
     @classmethod
     def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> Recorded:
+        """A whole entry, split into its summary and the rest (how the :class:`Recorder` builds them)."""
+        return cls.parts(summary(entry), {k: v for k, v in entry.items() if k not in _SUMMARY_KEYS}, mask)
+
+    @classmethod
+    def parts(
+        cls, row: dict[str, Any], details: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text
+    ) -> Recorded:
+        """``row``: the summary (every key of :data:`SUMMARY_FIELDS`); ``details``: what else the entry holds.
+
+        Each is serialized once and kept once: a store reads the whole entry
+        back as the summary and the details merged (:func:`whole`).
+        """
+
+        summary_text, details_text = _json(row), _json(details)
+        joined = summary_text + "\n" + details_text  # orjson writes no raw line feed: it splits back here
+        # The search columns are values of the summary: when its text holds no secret (nearly always),
+        # neither do they; else each is masked on its own, as the texts are.
+        clean = mask(joined) is joined
+
         def lower(value: Any) -> str | None:
-            return mask(value).lower() if isinstance(value, str) else None
+            return (value if clean else mask(value)).lower() if isinstance(value, str) else None
 
         return cls(
-            str(entry["integration"]),
-            float(entry["at"]),
-            entry.get("outcome"),
-            entry.get("reason") or entry.get("cause"),
-            lower(entry.get("email")),
-            lower(entry.get("userId")),
-            lower(entry.get("messageId")),
-            mask(_json(summary(entry))),
-            mask(_json(entry)),
+            str(row["integration"]),
+            float(row["at"]),
+            row["outcome"],
+            row["reason"] or row["cause"],
+            lower(row["email"]),
+            lower(row["userId"]),
+            lower(row["messageId"]),
+            summary_text if clean else mask(summary_text),
+            details_text if clean else mask(details_text),
         )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
         return {**orjson.loads(self.summary), "id": entry_id}
 
     def full(self, entry_id: str) -> dict[str, Any]:
-        return {**orjson.loads(self.entry), "id": entry_id}
+        return whole(self.summary, self.entry, entry_id)
+
+
+def whole(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> dict[str, Any]:
+    """One entry as the console reads it: its summary and its details, merged.
+
+    An entry written before the two were kept apart holds everything in its
+    details: merged over the summary, it reads the same. The last request's
+    response body, kept once when it is the outcome's, is put back in its line.
+    """
+    entry = {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
+    exchanges = entry.get("exchanges")
+    if exchanges and isinstance(exchanges[-1], dict) and exchanges[-1].pop(_BODY_IS_RESPONSE, False):
+        exchanges[-1]["body"] = ((entry.get("outcome_record") or {}).get("response") or {}).get("body")
+    return entry
+
+
+_BODY_IS_RESPONSE = "body_is_the_response_body"
+
+
+def _without_last_body(exchanges: list[dict[str, Any]], response: Any) -> list[dict[str, Any]]:
+    """The last request's response body is nearly always the outcome's: kept once (:func:`whole` puts it back)."""
+    last = exchanges[-1]
+    body = last.get("body")
+    if body is None or not isinstance(response, dict) or response.get("body") != body:
+        return exchanges
+    return [*exchanges[:-1], {**{k: v for k, v in last.items() if k != "body"}, _BODY_IS_RESPONSE: True}]
 
 
 def _json(value: Any) -> str:
@@ -204,15 +291,23 @@ def preset_integration(name: str, path: str | Path | None) -> str:
 
 
 def summary(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: entry.get(key) for key in SUMMARY_FIELDS}
+    """The summary columns of an entry (its ``id`` is the store's, added as it is read)."""
+    return {key: entry.get(key) for key in SUMMARY_FIELDS if key != "id"}
+
+
+_SUMMARY_KEYS = frozenset(SUMMARY_FIELDS)
 
 
 class Recorder:
-    """Turns an engine's outcomes into record entries and writes them in small batches.
+    """Turns an engine's outcomes into record entries and writes them in batches.
 
-    ``note`` is called on the delivery path, so it only builds the entry and
-    appends it; the write happens at :data:`FLUSH_EVERY` entries, after
-    :data:`FLUSH_SECONDS`, or at :meth:`close`.
+    ``note`` is called on the delivery path, so it only appends what the
+    entry will be made of; at :data:`FLUSH_EVERY` entries, after
+    :data:`FLUSH_SECONDS`, or at :meth:`close`, the entries are built,
+    serialised, masked and written together. Measured whole-process, building
+    them in one loop costs a lead far less than building each between two
+    deliveries. A process killed with ``kill -9`` loses at most that last
+    quarter second of the record (never an outcome: the record is a view).
     """
 
     def __init__(
@@ -231,7 +326,7 @@ class Recorder:
         self.preset_path = preset_path
         self.redactor = redactor
         self._clock = clock
-        self._buffer: list[Recorded] = []
+        self._buffer: list[_Noted] = []
         self._timer: asyncio.TimerHandle | None = None
         self._failed = False
 
@@ -244,12 +339,18 @@ class Recorder:
         replay: bool = False,
         traits: Mapping[str, Any] | None = None,
     ) -> None:
-        """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far."""
-        try:
-            self._buffer.append(self._entry(event, outcome, latency_seconds, replay, traits))
-        except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
-            log.warning("record: could not record event %s: %s", outcome.index, type(exc).__name__)
-            return
+        """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far.
+
+        Only the references are kept here; the entries are built, serialised
+        and written together at the flush, in one tight loop (cheaper than
+        one at a time between deliveries). What is referenced is not changed
+        after its outcome: the event was read for this outcome, the outcome
+        is final.
+        """
+        incoming = event if isinstance(event, dict) else None
+        if incoming is None and replay and outcome.message_id:
+            incoming = self._earlier_event(outcome.message_id)
+        self._buffer.append((self._clock(), incoming, outcome, latency_seconds, replay, traits))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
         elif self._timer is None:
@@ -266,11 +367,18 @@ class Recorder:
             self._timer = None
         if not self._buffer:
             return
-        entries: list[Recorded]
-        entries, self._buffer = self._buffer, []
+        noted, self._buffer = self._buffer, []
+        entries = []
+        for item in noted:
+            try:
+                entries.append(self._entry(*item))
+            except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
+                log.warning("record: could not record event %s: %s", item[2].index, type(exc).__name__)
+        if not entries:
+            return
         try:
             self.store.add_many(entries)
-        except Exception as exc:  # noqa: BLE001 - see note()
+        except Exception as exc:  # noqa: BLE001 - see above
             if not self._failed:
                 log.error(
                     "record: could not write %d recent event(s) for the console: %s",
@@ -286,25 +394,26 @@ class Recorder:
 
     def _entry(
         self,
-        event: Any,
+        at: float,
+        incoming: dict[str, Any] | None,
         outcome: Outcome,
         latency_seconds: float | None,
         replay: bool,
         traits: Mapping[str, Any] | None,
     ) -> Recorded:
-        at = self._clock()
-        incoming = event if isinstance(event, dict) else None
-        if incoming is None and replay and outcome.message_id:
-            incoming = self._earlier_event(outcome.message_id)
         result = outcome.to_dict()
         response = result.get("response")
         if isinstance(response, dict):
             result["response"] = {**response, "body": _capped(response.get("body"))}
-        entry = {
+        exchanges = outcome.exchanges
+        token_requests = answers_429 = 0
+        for exchange in exchanges or ():
+            token_requests += exchange.get("step") == "token"
+            answers_429 += exchange.get("status") == 429
+        row = {
             "at": at,
             "integration": self.integration,
             "preset": self.preset,
-            "preset_path": self.preset_path,
             "messageId": outcome.message_id,
             "type": _text(incoming.get("type")) if incoming else None,
             "event": _text(incoming.get("event") or incoming.get("name")) if incoming else None,
@@ -317,17 +426,19 @@ class Recorder:
             "attempts": outcome.attempts,
             "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
             "replay": replay,
-            "incoming": incoming,
-            "traits": dict(traits) if traits else None,
-            "exchanges": outcome.exchanges,
-            "token_requests": sum(1 for ex in outcome.exchanges or () if ex.get("step") == "token"),
-            "answers_429": sum(1 for ex in outcome.exchanges or () if ex.get("status") == 429),
-            "outcome_record": result,
+            "token_requests": token_requests,
+            "answers_429": answers_429,
         }
-        recorded = Recorded.of(entry, self.redactor.redact_json)
+        # A drop's details are its event and its outcome line: nothing else is kept for it.
+        details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
+        if traits:
+            details["traits"] = dict(traits)
+        if exchanges:
+            details["exchanges"] = _without_last_body(exchanges, result.get("response"))
+        recorded = Recorded.parts(row, details, self.redactor.redact_json)
         if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
-            entry["incoming"] = _bounded_event(incoming)
-            recorded = Recorded.of(entry, self.redactor.redact_json)
+            details["incoming"] = _bounded_event(incoming)
+            recorded = Recorded.parts(row, details, self.redactor.redact_json)
         return recorded
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
@@ -342,6 +453,10 @@ class Recorder:
         except Exception:  # noqa: BLE001 - only the event's details are missing then
             return None
         return None
+
+
+# What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits.
+_Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None]
 
 
 def _text(value: Any) -> str | None:

@@ -19,7 +19,7 @@ import redis
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 from ..errors import StateError
-from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, whole
 from .keys import Keys
 
 
@@ -36,18 +36,19 @@ class RedisRecord:
         self.keys = keys
         self.limits = limits
         self._clock = clock
+        self._trims = TrimSchedule(limits)  # for the age only: MAXLEN keeps the count at every add
+        self._named: set[str] = set()  # integrations this writer has added to the set of names
 
     def add_many(self, entries: Sequence[Recorded]) -> None:
         if not entries:
             return
-        oldest = int((self._clock() - self.limits.max_age_seconds) * 1000)
+        now = self._clock()
         try:
             pipe = self.client.pipeline(transaction=False)
-            names = set()
             for entry in entries:
-                names.add(entry.integration)
                 # The id starts with the entry's own time, so the age limit and the figures' windows agree
                 # with "at"; an entry whose clock is behind the stream's newest gets the server's time.
+                # MAXLEN trims to the count as it adds (Redis's work, not this process's).
                 pipe.xadd(
                     self.keys.record(entry.integration),
                     _fields(entry),
@@ -59,6 +60,10 @@ class RedisRecord:
             late = [
                 entry for entry, answer in zip(entries, answers, strict=True) if isinstance(answer, redis.ResponseError)
             ]
+            new = {entry.integration for entry in entries} - self._named
+            aged = self._trims.age_due(now)
+            if not (late or new or aged):
+                return  # one round trip: the common case
             pipe = self.client.pipeline(transaction=False)
             for entry in late:
                 pipe.xadd(
@@ -67,9 +72,13 @@ class RedisRecord:
                     maxlen=self.limits.per_integration,
                     approximate=False,
                 )
-            for name in names:
-                pipe.xtrim(self.keys.record(name), minid=oldest, approximate=False)
-            pipe.sadd(self.keys.record_names(), *names)
+            if new:
+                pipe.sadd(self.keys.record_names(), *sorted(new))
+            self._named |= new
+            if aged:
+                oldest = max(0, int((now - self.limits.max_age_seconds) * 1000))
+                for name in sorted(self._named):
+                    pipe.xtrim(self.keys.record(name), minid=oldest, approximate=False)
             pipe.execute()
         except redis.RedisError as exc:
             raise StateError(f"record: {type(exc).__name__}") from None
@@ -100,7 +109,8 @@ class RedisRecord:
             return None  # not a stream id
         if not found:
             return None
-        return {**json.loads(found[0][1][b"e"]), "id": entry_id}
+        fields = found[0][1]
+        return whole(fields[b"s"], fields[b"e"], entry_id)
 
     def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
         names = self.integrations()

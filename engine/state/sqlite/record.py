@@ -11,12 +11,13 @@ the schema of the other stores is untouched.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery
+import orjson
+
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, whole
 from .database import Database
 
 _SCHEMA = (
@@ -45,6 +46,7 @@ class SqliteRecord:
         self.limits = limits
         self._clock = clock
         self._ready = False
+        self._trims = TrimSchedule(limits)
 
     def _create(self) -> None:
         if self._ready:
@@ -59,20 +61,21 @@ class SqliteRecord:
         if not entries:
             return
         self._create()
-        touched = sorted({e.integration for e in entries})
         with self.db.write() as cur:
             cur.executemany(
                 "INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
                 "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 entries,
             )
-            for name in touched:
+            for name in self._trims.to_trim(entries):
                 cur.execute(
                     "DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
                     "integration = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                     (name, name, self.limits.per_integration),
                 )
-            cur.execute("DELETE FROM record WHERE at < ?", (self._clock() - self.limits.max_age_seconds,))
+            now = self._clock()
+            if self._trims.age_due(now):
+                cur.execute("DELETE FROM record WHERE at < ?", (now - self.limits.max_age_seconds,))
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
         self._create()
@@ -109,8 +112,8 @@ class SqliteRecord:
         self._create()
         if not str(entry_id).isdigit():
             return None
-        rows = self.db.read("SELECT entry FROM record WHERE seq = ?", (int(entry_id),))
-        return _row(int(entry_id), rows[0][0]) if rows else None
+        rows = self.db.read("SELECT summary, entry FROM record WHERE seq = ?", (int(entry_id),))
+        return whole(rows[0][0], rows[0][1], str(int(entry_id))) if rows else None
 
     def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
         self._create()
@@ -139,7 +142,7 @@ class SqliteRecord:
 
 
 def _row(seq: int, text: str) -> dict[str, Any]:
-    return {**json.loads(text), "id": str(seq)}
+    return {**orjson.loads(text), "id": str(seq)}
 
 
 def _like(text: str) -> str:
