@@ -146,9 +146,9 @@ def quota_run(leads: int, quota: int, window: float, alignment: str) -> dict:
     }
 
 
-def child_cpu(args: list[str], env: dict[str, str]) -> float:
+def child_cpu(args: list[str], env: dict[str, str], cwd: Path = REPO) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    subprocess.run(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -200,9 +200,14 @@ def drop_cost(drops: int, repeat: int) -> dict:
     }
 
 
-def record_cost(leads: int, drops: int, repeat: int) -> dict:
+def record_cost(leads: int, drops: int, repeat: int, baseline: Path | None = None) -> dict:
     """CPU per lead and per drop with the record and with --no-record (a sandbox per lead run: its refresh
-    token rotates, so a second run with the same settings would not be authorised)."""
+    token rotates, so a second run with the same settings would not be authorised).
+
+    With ``baseline`` (another checkout: the code before a change), every command is also run from
+    there, interleaved, and its figures are given under ``"baseline"``.
+    """
+    trees = [REPO] + ([baseline.resolve()] if baseline is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         page = {"type": "page", "anonymousId": "anon-1", "name": "Home", "context": CONSENT}
@@ -213,43 +218,58 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
         }
         for name, text in files.items():
             (folder / f"{name}.ndjson").write_text(text, encoding="utf-8")
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        figures: dict[str, list[float]] = {}
+        figures: dict[Path, dict[str, list[float]]] = {tree: {} for tree in trees}
         runs = 0
         for _ in range(repeat):  # interleaved; a fresh state directory each time (the journal would skip leads)
             for name in files:
                 for flag in ([], ["--no-record"], ["--dry-run"]):
-                    runs += 1
-                    delivering = name == "leads" and "--dry-run" not in flag
-                    proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
-                    settings = folder / f"settings-{runs}.yaml"
-                    settings.write_text(
-                        "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n", encoding="utf-8"
-                    )
-                    args = [
-                        sys.executable,
-                        "-m",
-                        "engine",
-                        "run",
-                        "outreach/lead-capture",
-                        "--settings",
-                        str(settings),
-                        "--state",
-                        str(folder / f"state-{runs}"),
-                        "--events",
-                        str(folder / f"{name}.ndjson"),
-                        *flag,
-                    ]
-                    try:
-                        figures.setdefault(name + SUFFIX[tuple(flag)], []).append(child_cpu(args, env))
-                    finally:
-                        if proc is not None:
-                            proc.terminate()
-                            proc.wait(timeout=10)
-                    if delivering:
-                        delivered = _delivered(folder / f"state-{runs}")
-                        if delivered != leads:
-                            raise SystemExit(f"only {delivered} of {leads} leads were delivered: not a fair measure")
+                    for tree in trees:
+                        runs += 1
+                        delivering = name == "leads" and "--dry-run" not in flag
+                        proc, base = (
+                            start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
+                        )
+                        settings = folder / f"settings-{runs}.yaml"
+                        settings.write_text(
+                            "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n",
+                            encoding="utf-8",
+                        )
+                        args = [
+                            sys.executable,
+                            "-m",
+                            "engine",
+                            "run",
+                            "outreach/lead-capture",
+                            "--settings",
+                            str(settings),
+                            "--state",
+                            str(folder / f"state-{runs}"),
+                            "--events",
+                            str(folder / f"{name}.ndjson"),
+                            *flag,
+                        ]
+                        env = {**os.environ, "PYTHONPATH": str(tree)}
+                        try:
+                            figures[tree].setdefault(name + SUFFIX[tuple(flag)], []).append(
+                                child_cpu(args, env, cwd=tree)
+                            )
+                        finally:
+                            if proc is not None:
+                                proc.terminate()
+                                proc.wait(timeout=10)
+                        if delivering:
+                            delivered = _delivered(folder / f"state-{runs}")
+                            if delivered != leads:
+                                raise SystemExit(
+                                    f"only {delivered} of {leads} leads were delivered: not a fair measure"
+                                )
+    out = _per_event(figures[REPO], leads, drops)
+    if baseline is not None:
+        out["baseline"] = _per_event(figures[trees[1]], leads, drops)
+    return out
+
+
+def _per_event(figures: dict[str, list[float]], leads: int, drops: int) -> dict:
     med = {k: statistics.median(v) for k, v in figures.items()}
 
     def per(kind: str, suffix: str, count: int) -> float:
@@ -265,6 +285,7 @@ def record_cost(leads: int, drops: int, repeat: int) -> dict:
             "ratio": round(on / off, 3) if off > 0 else None,
             "dry_run_us": round(dry, 1),
             "vs_dry_run": round(on / dry, 3) if dry > 0 else None,
+            "no_record_vs_dry_run": round(off / dry, 3) if dry > 0 else None,
         }
     return out
 
@@ -290,9 +311,14 @@ def main() -> None:
         "--record-leads", type=int, default=2000, help="distinct leads delivered for the recording cost (default 2000)"
     )
     parser.add_argument("--only-record", action="store_true", help="measure only the recording cost")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (the code before a change): the recording-cost commands run from there too, interleaved",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    record = record_cost(args.record_leads, args.drops, args.repeat)
+    record = record_cost(args.record_leads, args.drops, args.repeat, args.baseline)
     if args.only_record:
         print(json.dumps({"record": record}, indent=2))
         return
