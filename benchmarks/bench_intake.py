@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -108,13 +109,16 @@ def redis_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, int]:
+    # ``serve`` says where it listens on stderr (its stdout is for outcome lines), the floor on stdout: read both.
     proc = subprocess.Popen(
-        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, **env}
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **env}
     )
     assert proc.stdout is not None
     for line in proc.stdout:
         match = LISTENING.search(line)
         if match:
+            # Keep reading what it says afterwards, so a full pipe never stalls the server being measured.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1), int(match.group(2))
     raise RuntimeError(f"{argv} did not start")
 

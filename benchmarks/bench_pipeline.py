@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         "lead engine": (pipeline.prepare, leads),
         "lead floor": (lambda e: floor.outcome(0, e, memory), leads),
         "stage: trait normalisers (phonenumbers)": (lambda r: normalise_traits(traits, r, skip="email"), raws),
-        "stage: JSONata mapping (jsonatapy)": (action.mapping.evaluate, contexts),
+        "stage: the mapping (plain-template fast path)": (action.mapping.evaluate, contexts),
         "stage: omit empty + truncate, one pass": (
             lambda d: action.contract.shape(d, omit_empty=True, truncate=True),
             documents,

@@ -336,11 +336,23 @@ def outcomes_page() -> str:
         *table("Reason", outcome.DROP_REASON_MEANINGS),
         "## Causes\n\n",
         (
-            "The `cause` of a `failed` or `dead_lettered` outcome that the engine itself decides. A preset's "
-            "response rules name their own causes (the destination pages list them), and a request that "
-            "cannot be built carries the cause of the step that refused it.\n\n"
+            "The `cause` of a `failed` or `dead_lettered` outcome, in its JSON line, its dead letter and the "
+            "`reason` label of `signal_outcomes`; `detail` says more, in words (and names the preset key "
+            "when a request could not be built). A `failed` event is not kept: it is sent again by sending "
+            "the event again. A `dead_lettered` one waits in the dead-letter store for "
+            "`signal-engine dlq replay` ([Running events](../guides/cli-run.md)).\n\n"
         ),
-        *table("Cause", outcome.CAUSE_MEANINGS),
+        "| Cause | Outcome | What it means | What to do |\n",
+        "| --- | --- | --- | --- |\n",
+        *(
+            f"| `{name}` | {', '.join(cause.outcomes)} | {_cell(_text(cause.meaning))} | "
+            f"{_cell(_text(cause.remedy))} |\n"
+            for name, cause in [
+                *outcome.CAUSES.items(),
+                *((name, cause) for name, (_, cause) in outcome.CAUSE_PATTERNS.items()),
+            ]
+        ),
+        "\n",
         "## Exit status\n\n",
         "The same for every command ([Running events](../guides/cli-run.md)).\n\n",
         *table("Status", EXIT_CODES),

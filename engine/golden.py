@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import outcome as oc
 from .compile.compiler import load_preset
 from .envelope import HttpRequest, masked_view
 from .language.model import Preset
@@ -245,7 +246,7 @@ class ScriptedTransport:
                 f"has no scripted response (the script has {len(self.responses)})"
             )
             self.sent.append((request, {"error": "no scripted response"}))
-            raise TransportError("connection", "the case's script has no response for this request")
+            raise TransportError(oc.CONNECTION, "the case's script has no response for this request")
         scripted = self.responses[position]
         self.sent.append((request, scripted))
         if "error" in scripted:
@@ -253,7 +254,7 @@ class ScriptedTransport:
         status = scripted.get("status")
         if not isinstance(status, int):
             self.problem = self.problem or f"{self.case}: responses[{position}] has no integer status"
-            raise TransportError("connection", "malformed scripted response")
+            raise TransportError(oc.CONNECTION, "malformed scripted response")
         headers = CIMultiDict({str(k): str(v) for k, v in (scripted.get("headers") or {}).items()})
         return HttpResponse(status, headers, scripted.get("body"))
 

@@ -21,14 +21,15 @@ def _modules() -> list[Path]:
     return sorted(p for p in ENGINE.rglob("*.py"))
 
 
-def _imports(path: Path, *, typing_only_too: bool = True) -> set[str]:
-    """Absolute engine module names imported by ``path`` (relative imports resolved).
+def _imports(path: Path, *, typing_only_too: bool = True, source: str | None = None) -> set[str]:
+    """Absolute engine module names imported by ``path`` (relative imports resolved), in functions too.
 
     With ``typing_only_too=False``, imports under ``if TYPE_CHECKING:`` are
     left out: they name types without creating a dependency at run time.
+    ``source`` is read as if it were the file's text.
     """
     package = ["engine", *path.relative_to(ENGINE).parent.parts]
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source)
     skipped: set[int] = set()
     if not typing_only_too:
         for node in ast.walk(tree):
@@ -76,6 +77,7 @@ FORBIDDEN = {
     "redaction": ("engine.",),
     "log_context": ("engine.",),
     "event_identity": ("engine.",),
+    "content_digest": ("engine.",),
 }
 
 
@@ -90,31 +92,54 @@ def _within(name: str, prefix: str) -> bool:
     return name == prefix.rstrip(".") or name.startswith(prefix if prefix.endswith(".") else prefix + ".")
 
 
-# Stage types the model names for type checking only (``if TYPE_CHECKING:``): the
-# compiled preset holds the stages compile/ built, but the model never imports them.
-TYPES_ONLY = {
-    "language/model.py": (
-        "engine.pipeline.event_table",
-        "engine.pipeline.output_contract",
-        "engine.delivery.response_rules",
-    ),
-}
+def _imports_from_above(path: Path) -> list[str]:
+    """What ``path`` imports from the areas above its own, type-only and in-function imports included."""
+    banned = FORBIDDEN.get(_area(path), ())
+    allowed = ALLOWED.get(_area(path), ())
+    return sorted(
+        name
+        for name in _imports(path, typing_only_too=True)
+        if any(_within(name, b) for b in banned) and not any(_within(name, a) for a in allowed)
+    )
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ENGINE)))
 def test_imports_point_down(path: Path) -> None:
-    banned = FORBIDDEN.get(_area(path), ())
-    allowed = ALLOWED.get(_area(path), ())
-    types_only = TYPES_ONLY.get(path.relative_to(ENGINE).as_posix(), ())
-    at_run_time = _imports(path, typing_only_too=False)
-    bad = sorted(
-        name
-        for name in _imports(path)
-        if any(_within(name, b) for b in banned)
-        and not any(_within(name, a) for a in allowed)
-        and (name in at_run_time or not any(_within(name, t) for t in types_only))
-    )
+    """Type-only imports count: a name under ``if TYPE_CHECKING:`` still ties the module to the one above."""
+    bad = _imports_from_above(path)
     assert not bad, f"{path.relative_to(ENGINE)} imports {bad}"
+
+
+# The floors everything else stands on, and the folders above each of them.
+_ABOVE_THE_GROUND = ("engine.delivery", "engine.compile", "engine.runtime", "engine.service", "engine.console")
+GROUND = {
+    "language": ("engine.pipeline", "engine.state", *_ABOVE_THE_GROUND, "engine.cli", "engine.golden"),
+    "pipeline": ("engine.state", *_ABOVE_THE_GROUND, "engine.cli", "engine.golden"),
+    "state": ("engine.pipeline", *_ABOVE_THE_GROUND, "engine.cli", "engine.golden"),
+}
+
+
+@pytest.mark.parametrize("area", sorted(GROUND))
+def test_the_ground_floors_may_import_nothing_from_a_folder_above_them(area: str) -> None:
+    """language/, pipeline/ and state/ ban every folder above them, so test_imports_point_down holds them to it.
+
+    The pipeline's one exception is the identity store's interface (ALLOWED).
+    """
+    assert set(GROUND[area]) <= set(FORBIDDEN[area])
+
+
+def test_the_import_reader_sees_type_only_and_in_function_imports() -> None:
+    """An import under ``if TYPE_CHECKING:`` or inside a function is an arrow too: the model once named three stages so."""
+    code = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ..pipeline.output_contract import OutputContract\n"
+        "def f():\n    from ..delivery import sender\n"
+    )
+    seen = _imports(ENGINE / "language" / "model.py", source=code)
+    assert {"engine.pipeline.output_contract.OutputContract", "engine.delivery.sender"} <= seen
+    assert "engine.pipeline.output_contract" not in _imports(
+        ENGINE / "language" / "model.py", source=code, typing_only_too=False
+    )
 
 
 def test_the_state_interface_the_pipeline_uses_does_no_io() -> None:
@@ -160,12 +185,18 @@ def test_no_destination_knowledge_in_engine_code(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ENGINE)))
 def test_loggers_are_named_after_their_module(path: Path) -> None:
-    """``logging.getLogger(__name__)``: records are found (and silenced) under ``engine.*``."""
+    """``logging.getLogger(__name__)``: records are found (and silenced) under ``engine.*``.
+
+    The Engine's parts in runtime/ (its base classes, by concern) log as the Engine, ``engine.runtime``:
+    ``getLogger(__package__)``.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger" and node.args:
             arg = node.args[0]
-            named = isinstance(arg, ast.Name) and arg.id == "__name__"
+            named = isinstance(arg, ast.Name) and (
+                arg.id == "__name__" or (arg.id == "__package__" and path.parts[-2] == "runtime")
+            )
             root = isinstance(arg, ast.Constant) and arg.value == "engine"
             assert named or root or path.parts[-2] == "cli", (
                 f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"

@@ -276,3 +276,75 @@ def test_authorise_runs_the_auth_flow_and_stores_the_tokens_like_the_command(
     assert tokens is not None and tokens.access_token
     assert tokens.refresh_token in upstream["refresh_tokens"]  # the live one upstream, as `auth` stores it
     assert tokens.access_token not in browser.page_source
+
+
+def test_edit_keeps_the_secrets_and_delete_asks_first(keyed: ConsoleProcess, browser: Any) -> None:
+    fernet = cryptography.Fernet(KEY.encode())
+    open_page(browser, keyed.base + FORM)
+    fill(
+        browser,
+        {
+            "name": "outreach-eu",
+            "setting.client_id": "client-eu",
+            "setting.client_secret": SECRET,
+            "setting.refresh_token": REFRESH,
+        },
+    )
+    save(browser)
+    # Edit: the form comes filled with the plain settings, the secret fields empty, the name fixed.
+    click_and_wait(browser, browser.find_element(By.LINK_TEXT, "Edit outreach-eu"))
+    assert browser.find_element(By.NAME, "name").get_attribute("value") == "outreach-eu"
+    assert browser.find_element(By.NAME, "name").get_attribute("readonly") == "true"
+    assert field(browser, "client_id").get_attribute("value") == "client-eu"
+    assert field(browser, "client_secret").get_attribute("value") == ""
+    assert SECRET not in browser.page_source and REFRESH not in browser.page_source
+    # A mistake first (an empty client id): shown beside its field, nothing changed.
+    browser.execute_script("document.querySelectorAll('[required]').forEach(e => e.removeAttribute('required'))")
+    field(browser, "client_id").clear()
+    save(browser)
+    assert "required setting 'client_id' is missing" in problem(browser, "client_id")
+    assert json.loads(keyed.rows()[0][2])["values"]["client_id"] == "client-eu"
+    assert [e["message"] for e in console_errors(browser)] == [
+        f"{keyed.base}/integrations/outreach-eu/edit - Failed to load resource: the server responded with a status "
+        "of 422 (Unprocessable Entity)"
+    ]  # the form's answer to a mistake, nothing else
+    fill(browser, {"setting.client_id": "client-eu-2"})
+    save(browser)
+    assert "Saved outreach-eu." in browser.find_element(By.CSS_SELECTOR, "p.message").text
+    [(_, _, doc)] = keyed.rows()
+    assert json.loads(doc)["values"]["client_id"] == "client-eu-2"
+    assert fernet.decrypt(json.loads(doc)["sealed"]["client_secret"].encode()).decode() == SECRET  # kept
+    assert fernet.decrypt(json.loads(doc)["sealed"]["refresh_token"].encode()).decode() == REFRESH
+    assert SECRET not in browser.page_source and REFRESH not in browser.page_source
+    # Delete: a confirmation first; leaving it deletes nothing.
+    click_and_wait(browser, browser.find_element(By.XPATH, "//button[text()='Delete outreach-eu']"))
+    assert "Delete the integration outreach-eu" in browser.find_element(By.ID, "confirm-delete").text
+    assert len(keyed.rows()) == 1
+    click_and_wait(browser, browser.find_element(By.ID, "confirm"))
+    assert browser.find_element(By.ID, "message").text.startswith("Deleted outreach-eu.")
+    assert keyed.rows() == []
+    assert browser.find_elements(By.CSS_SELECTOR, 'tr[data-integration="outreach-eu"]') == []
+    assert console_errors(browser) == []
+
+
+def test_edit_and_delete_without_the_page_csrf_token_are_refused(keyed: ConsoleProcess) -> None:
+    from engine.state.console_integrations import StoredIntegration
+
+    state = SqliteState(keyed.state)
+    try:
+        state.console_integrations().put(StoredIntegration("kept", "outreach/lead-capture", {"client_id": "c"}))
+    finally:
+        state.close()
+    for path, body in (
+        ("/integrations/kept/delete", {"confirmed": "yes"}),
+        ("/integrations/kept/edit", {"setting.client_id": "forged"}),
+    ):
+        request = urllib.request.Request(keyed.base + path, data=urllib.parse.urlencode(body).encode(), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 403
+    forged = urllib.request.Request(keyed.base + "/api/integrations/kept", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=10)
+    assert refused.value.code == 403
+    assert [(n, json.loads(d)["values"]["client_id"]) for n, _, d in keyed.rows()] == [("kept", "c")]

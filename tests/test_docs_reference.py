@@ -184,7 +184,11 @@ def test_every_outcome_reason_cause_and_exit_status_is_in_the_reference(pages: d
     constants = {name: value for name, value in vars(outcome).items() if name.isupper() and isinstance(value, str)}
     assert {"DROPPED", "DELIVERED", "NO_CONSENT", "NOT_SENT", "AUTH_REJECTED"} <= set(constants)
     for name, value in constants.items():
-        assert re.search(rf"^\| `{value}` \| \S", page, re.M), f"outcome.{name} ({value}) is missing from the page"
+        # A family's prefix (http_) is listed as its pattern (http_<status>).
+        shown = next((key for key in outcome.CAUSE_PATTERNS if key.startswith(value + "<")), value)
+        assert re.search(rf"^\| `{re.escape(shown)}` \| \S", page, re.M), (
+            f"outcome.{name} ({value}) is missing from the page"
+        )
     statuses = set()
     for module_path in (p for p in (REPO / "engine" / "cli").glob("*.py") if p.stem != "__main__"):
         module = importlib.import_module(f"engine.cli.{module_path.stem}")
@@ -238,3 +242,26 @@ def test_every_http_route_of_the_intake_and_the_console_is_in_the_reference_with
         assert rows, f"{method} {route} is missing from docs/reference/http-api.md"
         assert rows[0].removeprefix(f"| {method} | `{route}` | ").strip(" |"), f"{method} {route}: no description"
     assert "reference/http-api.md" in (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+
+
+def test_every_key_and_definition_of_the_preset_schema_has_a_description() -> None:
+    """The preset-language reference is the schema's descriptions: a key without one is a blank cell there."""
+    schema = json.loads((REPO / "schemas" / "preset.schema.json").read_text(encoding="utf-8"))
+    missing = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, child in node.get("properties", {}).items():
+                if not (isinstance(child, dict) and str(child.get("description", "")).strip()):
+                    missing.append(f"{path}.{key}".lstrip("."))
+            for key, child in node.items():
+                if key != "if":  # an if's properties are a condition (auth.type: bearer), not keys to document
+                    walk(child, f"{path}.{key}" if key != "properties" else path)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child, path)
+
+    walk(schema, "")
+    assert len(schema["$defs"]) > 15
+    missing += [f"$defs.{name}" for name, node in schema["$defs"].items() if not node.get("description")]
+    assert not missing, f"schemas/preset.schema.json: keys without a description: {missing}"

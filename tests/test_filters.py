@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 
 from engine import outcome as oc
-from engine.compile.compiler import load_preset
+from engine.compile.compiler import events_spec, load_preset
 from engine.event_identity import message_id_of
 from engine.language.expressions import Expression
+from engine.language.model import EventsSpec
 from engine.language.settings import resolve
 from engine.pipeline.consent import ConsentGate
 from engine.pipeline.event_shape import shape_problem
-from engine.pipeline.event_table import EventTable
 from engine.pipeline.identity import IdentityMemory, merged_traits
 from engine.pipeline.prepare import Pipeline
 from engine.state.identity import IdentityLimits, MemoryIdentityStore
@@ -142,8 +142,8 @@ def test_pipeline_default_gate_is_marketing() -> None:
 # --------------------------------------------------------------------------
 
 
-def _table() -> EventTable:
-    return EventTable.build(
+def _table() -> EventsSpec:
+    return events_spec(
         {
             "defaults": {"action": "drop"},
             "track": {

@@ -22,7 +22,7 @@ import pytest
 
 from engine import outcome as oc
 from engine.compile.compiler import load_preset
-from engine.delivery.response_rules import Answer
+from engine.delivery.response_rules import Answer, matches
 from engine.golden import (
     EXPECTED_SUFFIX,
     GoldenCase,
@@ -285,7 +285,7 @@ def test_every_outreach_response_and_auth_rule_is_pinned(presets: dict) -> None:
                 )
             rules = preset.auth.rules if token else preset.delivery.rules
             for i, rule in enumerate(rules):
-                if rule.matches(reply):
+                if matches(rule, reply):
                     (hit_auth if token else hit_delivery).add(i)
                     break
         upserted |= any(o.get("outcome") == oc.DELIVERED and o["request"]["method"] == "PATCH" for o in run.outcomes)

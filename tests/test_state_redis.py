@@ -8,16 +8,25 @@ person, two refreshing one token, two spending one rate budget.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 
+from engine.compile.compiler import load_preset
 from engine.delivery.rate_limit import RateLimiter, bucket_shape
+from engine.language.settings import resolve
+from engine.pipeline.identity import IdentityMemory
+from engine.pipeline.prepare import Pipeline
+from engine.service.intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
+from engine.service.metrics import Metrics
 from engine.state.identity import IdentityLimits, Slot
 from engine.state.redis import RedisState
 from engine.state.token_store import StoredTokens
@@ -48,6 +57,82 @@ def test_identity_follows_the_merge_rule_of_every_store(redis_url: str) -> None:
     assert store.recall("userId", "u1") is None
     # Another worker (its own connection) sees the same memory.
     assert state(redis_url).identity(PRESET, IdentityLimits()).recall("anonymousId", "dev-1") is not None
+
+
+def test_merges_made_together_land_as_if_made_one_after_the_other(redis_url: str) -> None:
+    """A request's identifies are merged at once: the result is the merge rule applied in order."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0")  # remembered before the request
+    store.merge_many(
+        [
+            ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+            ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),  # a later identify of the same person wins
+            ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),  # the device changes hands
+            ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),  # and merges for its owner
+            ([Slot("userId", "u0")], {"title": "VP"}, "u0"),  # over what was already stored
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CEO"}
+    device = store.recall("anonymousId", "dev-1")
+    assert (dict(device.traits), device.owner) == ({"email": "b@x.io", "phone": "+33612345678"}, "u2")
+    assert dict(store.recall("userId", "u0").traits) == {"email": "zero@x.io", "title": "VP"}
+    # Each entry is counted once against the bounds, at its final size.
+    used, entries = store.usage()
+    assert entries == 3
+    single = state(redis_url, prefix="again").identity(PRESET, IdentityLimits())
+    for slots, traits, owner in [
+        ([Slot("userId", "u0")], {"email": "zero@x.io"}, "u0"),
+        ([Slot("userId", "u1"), Slot("anonymousId", "dev-1", True)], {"email": "a@x.io", "title": "CTO"}, "u1"),
+        ([Slot("userId", "u1")], {"title": "CEO"}, "u1"),
+        ([Slot("anonymousId", "dev-1", True)], {"email": "b@x.io"}, "u2"),
+        ([Slot("anonymousId", "dev-1", True)], {"phone": "+33612345678"}, "u2"),
+        ([Slot("userId", "u0")], {"title": "VP"}, "u0"),
+    ]:
+        single.merge(slots, traits, owner)
+    assert single.usage() == (used, entries)
+
+
+def test_merges_made_together_take_two_round_trips(redis_url: str) -> None:
+    """Ten identifies of a request: one pipelined read and one script, not two round trips each."""
+    store = state(redis_url).identity(PRESET, IdentityLimits())
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    store.merge_many([([Slot("userId", f"u{i}")], {"email": f"u{i}@x.io"}, f"u{i}") for i in range(10)])
+    stats = client.info("commandstats")
+    assert stats["cmdstat_evalsha"]["calls"] == 2  # the read, then the compare-and-write
+    assert stats["cmdstat_hmget"]["calls"] == 2 * 10  # each entry read, then checked again before it is written
+
+
+def test_a_requests_identifies_are_merged_together_and_a_refusal_among_them_forgets_in_order(redis_url: str) -> None:
+    """What ``serve --redis`` does with the identifies of one request, before its 200."""
+    preset = load_preset(PRESET)
+    values = resolve(preset.settings, {"client_id": "app", "client_secret": "cs", "refresh_token": "rt"}, require=True)
+    store = state(redis_url).identity(PRESET, IdentityLimits.of(preset.identity))
+    pipeline = Pipeline(preset, values, IdentityMemory.for_preset(preset.identity, store))
+    store.merge([Slot("userId", "warm")], {"email": "w@x.io"}, "warm")  # loads the script
+
+    def identify(user: str, marketing: bool, **traits: str) -> dict[str, Any]:
+        consent = {"consent": {"canonical": {"marketing": marketing}}}
+        return {"type": "identify", "userId": user, "traits": traits, "context": consent}
+
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
+    pipeline.learn_identities(
+        [
+            identify("u1", True, email="a@x.io"),
+            identify("u1", True, title="CTO"),
+            identify("u2", True, email="b@x.io"),
+            identify("u2", False),  # consent withdrawn: what was remembered for u2 is forgotten
+            identify("u3", True, email="c@x.io"),
+            identify("u2", True, title="CEO"),  # given again later: remembered afresh
+        ]
+    )
+    assert dict(store.recall("userId", "u1").traits) == {"email": "a@x.io", "title": "CTO"}
+    assert dict(store.recall("userId", "u2").traits) == {"title": "CEO"}
+    assert dict(store.recall("userId", "u3").traits) == {"email": "c@x.io"}
+    # The three before the refusal read and written together, the two after it too: two round trips each.
+    assert client.info("commandstats")["cmdstat_evalsha"]["calls"] == 2 * 2
 
 
 def test_concurrent_merges_of_one_person_from_many_workers_all_land(redis_url: str) -> None:
@@ -98,6 +183,29 @@ def test_a_worker_whose_intake_writes_identity_only_reads_it(redis_url: str) -> 
     assert dict(reader.recall("userId", "u1").traits) == {"email": "new@x.io"}
 
 
+def test_a_batch_read_ahead_answers_each_recall_once_and_a_write_here_makes_it_stale(redis_url: str) -> None:
+    store, intake = (
+        state(redis_url).identity(PRESET, IdentityLimits()),
+        state(redis_url).identity(PRESET, IdentityLimits()),
+    )
+    intake.merge([Slot("userId", "u1")], {"title": "CTO"}, "u1")
+    store.prefetch([("userId", "u1"), ("userId", "u2")])
+    intake.merge([Slot("userId", "u1")], {"title": "CEO"}, "u1")  # after the read ahead
+    first = store.recall("userId", "u1")
+    assert first is not None and first.traits == {"title": "CTO"}  # as read ahead, once
+    again = store.recall("userId", "u1")
+    assert again is not None and again.traits == {"title": "CEO"}
+    assert store.recall("userId", "u2") is None
+    store.prefetch([("userId", "u2")])
+    store.merge([Slot("userId", "u2")], {"title": "CFO"}, "u2")  # this process's own write wins
+    mine = store.recall("userId", "u2")
+    assert mine is not None and mine.traits == {"title": "CFO"}
+    worker = state(redis_url, identity_writes=False).identity(PRESET, IdentityLimits())
+    worker.prefetch([("userId", "u1")])  # a worker's read-only view reads ahead too
+    seen = worker.recall("userId", "u1")
+    assert seen is not None and seen.traits == {"title": "CEO"}
+
+
 # -- journal and dead letters --------------------------------------------------------
 
 
@@ -134,6 +242,60 @@ def test_dead_letters_keep_one_letter_per_event_and_change_one_at_a_time(redis_u
     other.discard(PRESET, "m:1")
     other.discard(PRESET, "m:404")  # no letter: nothing happens
     assert letters.entries(PRESET) == [] and [e["id"] for e in letters.entries()] == ["L3"]
+
+
+def test_recording_a_delivery_finds_the_events_letter_in_the_same_call_and_discard_removes_it(redis_url: str) -> None:
+    worker = state(redis_url)
+    letters, journal = worker.dead_letters(), worker.journal(PRESET, 60)
+    state(redis_url).dead_letters().add({"id": "L1", "preset": PRESET, "key": "m:1", "cause": "timeout"})
+    journal.record("m:1")
+    journal.record("m:2")
+    client = redis.Redis.from_url(redis_url)
+    client.hdel("signal:dlq:keys", f"{PRESET}\0m:1")  # the index is gone now: discard goes by what record found
+    letters.discard(PRESET, "m:1")
+    letters.discard(PRESET, "m:2")  # record found none: nothing to remove, nothing asked
+    assert state(redis_url).dead_letters().entries() == []
+    # What record found is used once: a later discard asks Redis again.
+    state(redis_url).dead_letters().add({"id": "L2", "preset": PRESET, "key": "m:2", "cause": "timeout"})
+    letters.discard(PRESET, "m:2")
+    assert state(redis_url).dead_letters().entries() == []
+
+
+def test_a_batch_read_ahead_answers_each_event_once_then_the_journal_is_asked_again(redis_url: str) -> None:
+    journal, other = state(redis_url).journal(PRESET, 60), state(redis_url).journal(PRESET, 60)
+    other.record("m:1", at=time.time() - 5)
+    journal.prefetch(["m:1", "m:2"])
+    other.record("m:2")  # (no worker may do this while the batch's locks are held; here it shows what is read)
+    assert journal.delivered_at("m:1") == pytest.approx(time.time() - 5, abs=1)
+    assert journal.delivered_at("m:2") is None  # as read ahead
+    assert journal.delivered_at("m:2") is not None  # a second copy of the event asks Redis
+
+
+def test_what_a_worker_learns_goes_with_its_next_call_or_within_a_few_milliseconds(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = state(redis_url)
+    budget, journal = worker.rate_budget("b", 10, 10), worker.journal(PRESET, 60)
+    reset = str(int(time.time()) + 3600)
+
+    async def main() -> None:
+        assert budget.take() is None
+        budget.learn(7, reset, 3600, None)
+        assert client.hget("signal:rate:b", "remaining") is None  # waiting for the next call
+        client.script_flush()  # a restarted server: NOSCRIPT, loaded again, sent again
+        journal.record("m:1")  # carries it, in one pipeline
+        assert client.hget("signal:rate:b", "remaining") == b"7"
+        assert journal.delivered_at("m:1") is not None
+        assert budget.take() is None
+        budget.learn(3, reset, 3600, None)
+        for _ in range(100):  # on its own, shortly (DELAY_SECONDS)
+            await asyncio.sleep(0.01)
+            if client.hget("signal:rate:b", "remaining") == b"3":
+                break
+        assert client.hget("signal:rate:b", "remaining") == b"3"
+
+    asyncio.run(main())
+    budget.learn(2, reset, 3600, None)  # outside an event loop: at once
+    assert client.hget("signal:rate:b", "remaining") == b"2"
 
 
 # -- tokens ---------------------------------------------------------------------------
@@ -200,6 +362,12 @@ HEADERS = {"remaining_header": "X-RateLimit-Remaining", "reset_header": "X-RateL
 def shared_limiter(url: str, requests: int, per_seconds: float, name: str = PRESET, **options: Any) -> RateLimiter:
     budget = state(url).rate_budget(name, *bucket_shape(requests, per_seconds))
     return RateLimiter(requests, per_seconds, budget=budget, **HEADERS, **options)
+
+
+def sent(limiter: RateLimiter) -> None:
+    """What a worker learnt reaches Redis with its next call, or a few milliseconds later: here, now (the two
+    "workers" of these tests share one thread, where the other's calls would not wait for it)."""
+    limiter.budget.deferred.flush()  # type: ignore[attr-defined]
 
 
 def test_three_workers_share_one_bucket_instead_of_spending_it_three_times(redis_url: str) -> None:
@@ -275,10 +443,12 @@ def test_requests_in_flight_on_any_worker_count_against_what_the_server_says_is_
         reset = str(int(time.time()) + 3600)
         await one.acquire()
         one.observe({"X-RateLimit-Remaining": "5", "X-RateLimit-Reset": reset})
+        sent(one)
         for _ in range(3):
             await two.acquire()  # three requests in flight on the other worker
         # An answer says 3 are left, but it does not count two of those three yet: 3 - 2 = 1 may go.
         two.observe({"X-RateLimit-Remaining": "3", "X-RateLimit-Reset": reset})
+        sent(two)
         await asyncio.wait_for(one.acquire(), 1)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(one.acquire(), 0.3)
@@ -297,6 +467,7 @@ def test_a_pause_after_a_429_holds_every_worker_and_a_rolled_window_frees_them(r
         # A window that ends soon: once it has, the bucket governs again (and it does end: wait_for's bound).
         started = time.monotonic()
         two.observe({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"})  # delta reading: 1 s
+        sent(two)
         await asyncio.wait_for(one.acquire(), 30)
         assert time.monotonic() - started >= 0.9
 
@@ -362,6 +533,42 @@ def test_the_events_of_a_request_are_queued_in_one_round_trip_in_order(redis_url
         assert [json.loads(e.body)["n"] for e in entries] == [-1, *range(100)]
         client.close()
         await queue.close()
+
+    asyncio.run(main())
+
+
+def test_the_intake_checks_the_backlog_and_queues_a_request_in_one_round_trip(redis_url: str) -> None:
+    """On a Redis stream the bound is checked inside the append: a refused batch is not half-queued."""
+
+    async def main() -> None:
+        backend = state(redis_url)
+        queue = backend.queue(PRESET)
+        intake = Intake(queue, IntakeConfig(write_keys=frozenset({"wk-1"}), max_backlog=5), Metrics())
+        server = TestServer(create_app(intake))
+        await server.start_server(**RUNNER_OPTIONS)
+        auth = {"Authorization": "Basic " + base64.b64encode(b"wk-1:").decode()}
+        batch = json.dumps({"batch": [{"type": "track", "event": "Demo Requested", "userId": "u1"}] * 3})
+        client = redis.Redis.from_url(redis_url)
+        try:
+            async with aiohttp.ClientSession() as session:
+                url = str(server.make_url("/v1/batch"))
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 200
+                client.config_resetstat()
+                async with session.post(url, data=batch, headers=auth) as answer:
+                    assert answer.status == 429 and int(answer.headers["Retry-After"]) >= 1
+                    assert (await answer.json())["code"] == "backlog_full"
+                    assert "3 events are waiting" in (await answer.json())["message"]
+                stats = client.info("commandstats")
+                # The refusal came from the script (its XLEN runs inside it), not from an XLEN before it.
+                assert stats["cmdstat_evalsha"]["calls"] == 1 and stats["cmdstat_xlen"]["calls"] == 1
+                assert await queue.backlog() == 3  # nothing of the refused batch
+                async with session.post(url, data=json.dumps({"batch": []}), headers=auth) as answer:
+                    assert answer.status == 200  # three and none is within the bound
+        finally:
+            client.close()
+            await server.close()
+            await queue.close()
 
     asyncio.run(main())
 

@@ -479,3 +479,29 @@ def test_evaluations_do_not_share_bindings(backend: str) -> None:
     expr = Expression.compile("($x := a; $x)", backend=backend)
     assert expr.evaluate({"a": 1}) == 1
     assert expr.evaluate({"b": 2}) is None
+
+
+def test_each_dry_run_request_is_its_own_and_shows_the_masked_credential() -> None:
+    """The masked method, URL and headers are built once per action; every outcome still gets its own copy."""
+    p = pipeline()
+    events = [
+        {
+            "type": "track",
+            "event": "Demo Requested",
+            "userId": f"u{i}",
+            "messageId": f"m{i}",
+            "traits": {"email": f"p{i}@acme.test"},
+            "context": {"consent": {"canonical": {"marketing": True}}},
+        }
+        for i in range(3)
+    ]
+    first = p.dry_run(events[0], 0)
+    assert first.request is not None
+    first.request["headers"]["Authorization"] = "changed by a caller"
+    second, third = p.dry_run(events[1], 1), p.dry_run(events[2], 2)
+    for index, result in ((1, second), (2, third)):
+        prepared = p.prepare(events[index], index)
+        assert result.request == prepared.masked_request(p.preset.auth)
+        assert result.request["headers"]["Authorization"] == "Bearer ***"
+        assert result.request["body"]["data"]["attributes"]["emails"] == [f"p{index}@acme.test"]
+    assert second.request["headers"] is not third.request["headers"]

@@ -118,8 +118,9 @@ async def serve_console(
             backend,
             connections,
             configured=configured or (),
-            lags=_lags(args, backend, [c.name for c in configured or ()], connections),
+            preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         )
+        source.lags = _lags(args, backend, [c.name for c in configured or ()], connections, source)
         configure(source.redactor)
         app = standalone(create_console_app(source, Guard(token)))
         runner = web.AppRunner(app, access_log=None, handle_signals=False, **RUNNER_OPTIONS)
@@ -192,7 +193,7 @@ def from_file(path: str, preset_path: Any) -> tuple[list[Any], list[Any]]:
     return connections, configured
 
 
-def _lags(args: argparse.Namespace, backend: Any, names: list[str], connections: list[Any]) -> Any:
+def _lags(args: argparse.Namespace, backend: Any, names: list[str], connections: list[Any], source: Any) -> Any:
     """How the console reads each integration's lag: the state directory's queue, or the Redis Stream's groups.
 
     An integrations file's intake writes one stream (``keys.events()``); a one-preset intake its preset's.
@@ -202,7 +203,8 @@ def _lags(args: argparse.Namespace, backend: Any, names: list[str], connections:
     if args.redis:
         preset = None if args.config or not connections else connections[0].preset.name
         return redis_lags(backend.client, backend.keys.events(preset))
-    return sqlite_lags(args.state, names or [c.integration for c in connections])
+    given = names or [c.integration for c in connections]
+    return sqlite_lags(args.state, lambda: [*given, *(m.name for m in source.made())])
 
 
 def console_mount(args: argparse.Namespace, config: Any) -> Any:
@@ -229,6 +231,7 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         check_exposure(args.host, token)
     except ExposureRefused as exc:
         raise UsageError(f"--console --host {args.host}: {exc}") from None
+    preset_path = [str(p) for p in getattr(args, "preset_path", []) or []]
     # With --redis the intake may have no credentials (they are not required there): only integrations whose
     # secrets are all set can replay.
     connections = [
@@ -253,6 +256,8 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         ]
     )
 
+    mount_ = _Mount()
+
     def add(app: Any) -> None:
         if args.redis:
             from ..state.redis import RedisState
@@ -266,16 +271,38 @@ def console_mount(args: argparse.Namespace, config: Any) -> Any:
         async def close(_: Any) -> None:
             backend.close()
 
+        source = ConsoleSource(
+            backend, connections, configured=configured, preset_path=preset_path, on_change=mount_.changed
+        )
         if args.redis:
             from ..console.lag import redis_lags
 
-            lags = redis_lags(backend.client, backend.keys.events(config.stream))
+            source.lags = redis_lags(backend.client, backend.keys.events(config.stream))
         else:
             from ..console.lag import sqlite_lags
 
-            lags = sqlite_lags(args.state, config.names())
-        source = ConsoleSource(backend, connections, configured=configured, lags=lags)
+            # The file's and those set up in the console, as they are at each read (the same queue holds both).
+            source.lags = sqlite_lags(args.state, lambda: [*config.names(), *(m.name for m in source.made())])
         mount(app, create_console_app(source, Guard(token)))
         app.on_cleanup.append(close)
 
-    return add
+    mount_.add = add
+    return mount_
+
+
+class _Mount:
+    """``serve --console``'s mount: adds the console to the intake's app, and passes each change made in it to
+    the function the service gives (:attr:`engine.service.serving.ServiceOptions.watch`), if it gives one."""
+
+    def __init__(self) -> None:
+        self.add: Any = None
+        self._reload: Any = None
+
+    def __call__(self, app: Any) -> None:
+        self.add(app)
+
+    def watch(self, reload: Any) -> None:
+        self._reload = reload
+
+    async def changed(self, name: str) -> str:
+        return "" if self._reload is None else str(await self._reload(name))

@@ -20,8 +20,6 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any, cast
 
-import orjson
-
 from .common import UsageError
 
 # The longest event line read (UTF-8 bytes, without its line ending): `run --max-event-bytes`.
@@ -132,9 +130,11 @@ def parse_line(
         return index, None, _too_long(index, len(raw), max_bytes)
     if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
         try:
-            return index, orjson.loads(raw), None
-        except orjson.JSONDecodeError as exc:
-            if exc.msg.startswith("depth limit"):  # a fixed limit, where json's would move with sys.getrecursionlimit()
+            return index, _orjson_loads(raw), None
+        except ValueError as exc:  # orjson.JSONDecodeError
+            if str(getattr(exc, "msg", "")).startswith(
+                "depth limit"
+            ):  # a fixed limit, where json's would move with sys.getrecursionlimit()
                 return index, None, f"line {index + 1}: not valid JSON: nested too deeply"
             # Not UTF-8, not JSON, NaN, 1e400, a lone surrogate...: read it below.
     try:
@@ -261,3 +261,13 @@ def _json_value_error(exc: ValueError) -> str:
     if "integer string conversion" in str(exc) and digits:
         return f"a number has more than {digits.group(1)} digits"
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _orjson_loads(raw: Any) -> Any:
+    """orjson.loads, imported by the first call: orjson's import (with uuid and platform) costs
+    several milliseconds that a run over an empty input, or a command that reads no events, need not pay. The first call puts orjson's own function in this one's place."""
+    global _orjson_loads
+    import orjson
+
+    _orjson_loads = orjson.loads  # type: ignore[assignment]
+    return orjson.loads(raw)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
 from ..log_context import current_integration
@@ -58,9 +57,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "time": _utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -77,10 +74,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(self.redactor.redact(entry), ensure_ascii=False)
 
 
+def _utc_time(seconds: float | None = None) -> str:
+    """ISO 8601 UTC with milliseconds; datetime is imported by the first line logged, not by every start."""
+    from datetime import UTC, datetime
+
+    moment = datetime.now(UTC) if seconds is None else datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def json_line(level: str, message: str, logger: str = "engine.cli", **fields: Any) -> str:
     """A line shaped like :class:`JsonFormatter`'s, for what the CLI itself reports (summary, hints)."""
     entry: dict[str, Any] = {
-        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _utc_time(),
         "level": level,
         "logger": logger,
         "message": message,

@@ -27,7 +27,11 @@ def register(sub: Any) -> None:
         "only outcome lines, one compact JSON object each, as `run` prints them; stderr says 'listening on "
         "http://HOST:PORT' when ready (under --log-format json, an object with a url field); SIGTERM drains and exits. With --config FILE, one "
         "intake feeds every integration of the file, each consuming on its own; PRESET --settings FILE "
-        "is one integration named after the preset. Write keys come from the file's intake: section, "
+        "is one integration named after the preset. The integrations set up in the console (kept in --state "
+        "DIR or --redis URL) are delivered beside them, read at start; with neither --config nor PRESET, "
+        "those alone, and if there is none, --console serves the console to set up the first one (events "
+        "are refused with 503 until one is saved). Without --redis, an integration saved, edited or deleted "
+        "in this serve's console is started, restarted or stopped at once. Write keys come from the file's intake: section, "
         "SIGNAL_WRITE_KEYS (comma-separated), the signing secret from SIGNAL_SIGNING_SECRET, or both "
         "from --intake FILE.",
     )
@@ -108,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..service.config import SIGNING_SECRET_ENV, WRITE_KEYS_ENV, IntakeConfigError, load_intake_config
 
     # With Redis the intake only writes identify traits: it needs no credentials.
-    config = integrations_for(args, require=args.redis is None)
+    config = integrations_for(args, require=args.redis is None, console_only=True)
     if args.max_body_bytes < 1 or args.max_backlog < 1:
         raise UsageError("--max-body-bytes and --max-backlog must be at least 1")
     if args.idle_timeout <= 0 or args.body_timeout <= 0:
@@ -140,6 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..service.serving import ServiceOptions, serve
     from .service_common import configure_for, service_errors
 
+    mount = console_mount(args, config) if args.console else None
     options = ServiceOptions(
         config,
         state=args.state,
@@ -151,7 +156,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
         record=args.record,
-        mount=console_mount(args, config) if args.console else None,
+        preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
+        mount=mount,
+        # Embedded, this serve starts delivering an integration the moment it is saved in its console.
+        watch=mount.watch if mount is not None and args.redis is None else None,
         announce=functools.partial(say_on_stderr, args.log_format),
     )
     with service_errors(args):

@@ -18,7 +18,8 @@ def add_config_options(parser: Any, *, integrations: str | None = None) -> None:
         metavar="PRESET",
         nargs="?",
         help="the one-preset form: a built-in name (destination/preset) or path to a YAML preset, "
-        "served as one integration named after it (crm/contacts: crm-contacts)",
+        "served as one integration named after it (crm/contacts: crm-contacts); with neither it nor "
+        "--config, the integrations set up in the console",
     )
     parser.add_argument(
         "--settings", metavar="FILE", help="with PRESET: YAML mapping of setting values; ${ENV_VAR} is expanded"
@@ -33,9 +34,13 @@ def add_config_options(parser: Any, *, integrations: str | None = None) -> None:
         parser.add_argument("--integration", metavar="NAME", action="append", default=None, help=integrations)
 
 
-def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
-    """The integrations a service command works with: ``--config FILE``, or PRESET as one integration."""
-    from ..service.integrations import IntegrationsError, load_integrations, single
+def integrations_for(args: argparse.Namespace, *, require: bool, console_only: bool = False) -> Any:
+    """The integrations a service command works with: ``--config FILE``, or PRESET as one integration.
+
+    ``console_only`` (``serve``, ``worker``): neither is needed; the service then delivers the integrations set
+    up in the console alone (read from its state store at start), and says so if there are none.
+    """
+    from ..service.integrations import IntegrationsConfig, IntegrationsError, load_integrations, single
 
     if args.config:
         if args.preset or args.settings:
@@ -66,16 +71,14 @@ def integrations_for(args: argparse.Namespace, *, require: bool) -> Any:
                 event="literal_secret",
             )
     else:
+        if not args.preset and console_only and not args.settings:
+            return IntegrationsConfig([])
         if not args.preset:
             raise UsageError("name a PRESET, or pass --config FILE (an integrations file)")
         preset = load_preset_arg(args)
         config = single(preset, settings_for(args, preset.settings, require=require), args.preset)
-    named = getattr(args, "integration", None)
-    if named:
-        known = config.names()
-        for name in named:
-            if name not in known:
-                raise UsageError(f"--integration {name}: no such integration (the file names: {', '.join(known)})")
+    # A name not in the file may be an integration set up in the console: the worker checks once it has read
+    # the state store (engine.service.serving.with_console_made).
     return config
 
 
@@ -93,8 +96,12 @@ def configure_for(args: argparse.Namespace) -> Callable[[Any], None]:
 @contextlib.contextmanager
 def service_errors(args: argparse.Namespace) -> Iterator[None]:
     """A port in use, an unreachable Redis, a state directory another process serves: one line, exit 2."""
+    from ..service.integrations import IntegrationsError
+
     try:
         yield
+    except IntegrationsError as exc:
+        raise UsageError("\n".join(exc.problems)) from None
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE or "address already in use" in str(exc).lower():
             raise UsageError(f"--host {args.host} --port {args.port}: the address is already in use") from None

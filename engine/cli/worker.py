@@ -19,7 +19,8 @@ def register(sub: Any) -> None:
         "worker",
         help="deliver events from a Redis Stream (run several, on any machine)",
         description="Consume the events `signal-engine serve --redis URL` queued, with one Redis consumer group "
-        "per integration (--config FILE, or PRESET as one integration): for each integration, each event "
+        "per integration (--config FILE, or PRESET as one integration, and those set up in the console, read "
+        "from the Redis at start; with neither --config nor PRESET, those alone): for each integration, each event "
         "is delivered and acknowledged with its outcome by one worker; entries a "
         "dead worker left are claimed after the visibility timeout. Tokens, the rate budget, identity, "
         "the delivery journal and dead letters are shared through Redis. Outcome lines go to stdout "
@@ -77,9 +78,9 @@ def register(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    config = integrations_for(args, require=True)
+    config = integrations_for(args, require=True, console_only=True)
     for name in args.integration or []:
-        if not config.get(name).enabled:
+        if name in config.names() and not config.get(name).enabled:
             raise UsageError(f"--integration {name}: it is disabled in {args.config} (enabled: false)")
     if args.visibility_timeout < 1:
         raise UsageError("--visibility-timeout must be at least 1 second")
@@ -101,6 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print_outcomes=not args.quiet,
         max_deliveries=args.max_deliveries,
         record=args.record,
+        preset_path=[str(p) for p in getattr(args, "preset_path", []) or []],
         announce=functools.partial(say_on_stderr, args.log_format),
     )
     with service_errors(args):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..delivery.response_rules import Rule
+from ..delivery.response_rules import TRANSPORT_ERRORS
 from ..language import resources
 from ..language.expressions import (
     DEFAULT_LIMITS,
@@ -34,7 +34,10 @@ from ..language.model import (
     ActionSpec,
     AuthSpec,
     BatchSpec,
+    Contract,
     DeliverySpec,
+    EventRoute,
+    EventsSpec,
     FlowStep,
     IdentitySpec,
     LookupSpec,
@@ -43,20 +46,23 @@ from ..language.model import (
     RateLimitSpec,
     RequestSpec,
     RetrySpec,
+    RuleSpec,
     TraitSpec,
     UpsertSpec,
 )
 from ..language.settings import SettingSpec
 from ..language.templates import TOKEN_ROOT, Template, TemplateError
-from ..language.yaml_source import PathPart, YamlDocument, YamlSourceError, format_path, load_yaml
-from ..pipeline.event_table import EventTable
+from ..pipeline.event_shape import EVENT_TYPES
 from ..pipeline.normalisers import NORMALISERS
 from ..pipeline.output_contract import OutputContract
 from . import preset_cache
+from .expression_facts import MISSING, ExpressionFacts, roots_key
 
 if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
+
+    from ..language.yaml_source import PathPart, YamlDocument
 
 
 # Bounds on what one preset's JSONata may cost to compile and check. The built-in presets' longest
@@ -70,6 +76,13 @@ MAX_FINDINGS_PER_EXPRESSION = 20
 # Fields of an OAuth token answer that are credentials (RFC 6749 §5.1, OpenID Connect's id_token):
 # auth.token_values may not name them, so no template can put one in a URL or a header.
 SECRET_TOKEN_FIELDS = frozenset({"access_token", "refresh_token", "id_token"})
+
+
+def format_path(path: list[PathPart]) -> str:
+    """``yaml_source.format_path``; that module (and its dataclasses) is imported only to report a problem."""
+    from ..language.yaml_source import format_path as format_yaml_path
+
+    return format_yaml_path(path)
 
 
 class PresetError(Exception):
@@ -88,6 +101,35 @@ def _preset_validator() -> Draft202012Validator:
 
     schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
     return Draft202012Validator(schema)
+
+
+@lru_cache(maxsize=1)
+def _preset_gate() -> Any:
+    """jsonschema-rs over the preset language: a yes/no in microseconds, where importing jsonschema alone
+    costs ~60 ms. jsonschema still words every problem, but only for a preset this gate refuses."""
+    try:
+        import jsonschema_rs
+
+        schema = json.loads(resources.preset_schema_path().read_text(encoding="utf-8"))
+        return jsonschema_rs.Draft202012Validator(schema)
+    except Exception:  # noqa: BLE001 - no gate: jsonschema decides alone, as before
+        return None
+
+
+def _preset_schema_errors(data: Any, *, strict: bool) -> Iterator[ValidationError]:
+    """The preset's problems against the preset language, worded by jsonschema.
+
+    ``strict`` (``check``) always asks jsonschema; otherwise a preset the gate
+    accepts is not shown to jsonschema at all.
+    """
+    gate = None if strict else _preset_gate()
+    if gate is not None:
+        try:
+            if gate.is_valid(data):
+                return iter(())
+        except Exception:  # noqa: BLE001 - a value the gate cannot read (an integer beyond 64 bits): ask jsonschema
+            pass
+    return _preset_validator().iter_errors(data)
 
 
 def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, strict: bool = False) -> Preset:
@@ -109,15 +151,23 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     source = preset_cache.read(path)
     cached = preset_cache.lookup(source) if source is not None and not strict else None
     if cached is not None:
-        return _Compiler(cached, backend, checked_schemas=cached.schemas).compile()  # type: ignore[arg-type]
+        document: Any = cached  # stands in for a YamlDocument: it parses the YAML only to locate a problem
+        return _Compiler(document, backend, checked_schemas=cached.schemas, plans=cached.plans).compile()
+    from ..language.yaml_source import YamlSourceError, load_yaml  # only for a preset not in the cache
+
     try:
         doc = load_yaml(path, source.text if source is not None else None)
     except YamlSourceError as exc:
         raise PresetError([str(exc)]) from None
-    compiler = _Compiler(doc, backend, strict=strict)
-    preset = compiler.compile()
+    # ``check`` (strict) checks every expression afresh; a run trusts what earlier loads learnt about each.
+    facts = ExpressionFacts(None, "") if strict else ExpressionFacts.for_backend(backend)
+    compiler = _Compiler(doc, backend, strict=strict, facts=facts)
+    try:
+        preset = compiler.compile()
+    finally:
+        compiler.facts.save()  # what it learnt about each expression holds whatever the verdict
     if source is not None:
-        preset_cache.store(source, compiler.data, compiler.schema_digests)
+        preset_cache.store(source, compiler.data, compiler.schema_digests, compiler.plans)
     return preset
 
 
@@ -131,6 +181,8 @@ class _Compiler:
         *,
         strict: bool = False,
         checked_schemas: Mapping[str, str] | None = None,
+        plans: Mapping[str, Any] | None = None,
+        facts: ExpressionFacts | None = None,
     ) -> None:
         self.doc = doc
         self.strict = strict
@@ -138,6 +190,10 @@ class _Compiler:
         # the static checks, and these output schemas (name -> digest) their meta-schema.
         self.checked_schemas = checked_schemas
         self.schema_digests: dict[str, str] = {}
+        # Plain templates' fast-path plans by expression text: planned here, or read from the preset cache.
+        self.plans: dict[str, Any] = dict(plans) if plans is not None else {}
+        # What earlier loads learnt about each expression text (expression_facts); none for a cached preset.
+        self.facts = facts if facts is not None else ExpressionFacts(None, "")
         self.data = doc.data()
         self.problems: list[tuple[int, int, str]] = []
         self.expression_sizes: dict[tuple[PathPart, ...], int] = {}  # each site once, however often compiled
@@ -160,7 +216,7 @@ class _Compiler:
     def compile(self) -> Preset:
         if not isinstance(self.data, dict):
             raise PresetError([f"{self.doc.path}:1:1: (root): a preset must be a YAML mapping"])
-        for error in _preset_validator().iter_errors(self.data) if self.checked_schemas is None else ():
+        for error in _preset_schema_errors(self.data, strict=self.strict) if self.checked_schemas is None else ():
             self._schema_problem(error)
         if self.problems:
             # Report everything in one run: expression syntax is independent
@@ -214,7 +270,7 @@ class _Compiler:
             identity=identity,
             consent_setting=consent_setting,
             consent_aliases=data["consent"].get("aliases", {}),
-            events=EventTable.build(data["events"]),
+            events=events_spec(data["events"]),
             actions=actions,
             auth=auth,
             delivery=delivery,
@@ -286,7 +342,11 @@ class _Compiler:
         try:
             # A cached preset's expressions compiled when it was stored: jsonatapy is then
             # imported and each expression compiled by the first event that needs it.
-            return Expression.compile(source, self.limits, self.backend, checked=self.checked_schemas is not None)
+            limits = tuple(sorted(self.limits.__dict__.items()))
+            known = self.checked_schemas is not None or self.facts.get("compiles", source, limits) is True
+            compiled = Expression.compile(source, self.limits, self.backend, checked=known, plan=self._plan(source))
+            self.facts.put(True, "compiles", source, limits)
+            return compiled
         except ExpressionError as exc:
             if exc.position is not None:
                 # JSONata reports the offset just past the offending token.
@@ -299,6 +359,20 @@ class _Compiler:
                 (loc.line, loc.col, f"{self.doc.path}:{where}: {format_path(path)}: JSONata syntax error{at}: {exc}")
             )
             return None
+
+    def _plan(self, source: str) -> Any:
+        """The fast-path plan of a plain template (None for any other expression); each text planned once."""
+        if self.checked_schemas is not None:
+            return self.plans.get(source)  # planned when the cached preset was stored
+        if source not in self.plans:
+            plan = self.facts.get("plan", source)
+            if plan is MISSING:
+                from ..language.template_fast_path import plan_of  # parses with the reference engine, as checks do
+
+                plan = plan_of(source)
+                self.facts.put(plan, "plan", source)
+            self.plans[source] = plan
+        return self.plans[source]
 
     def _within_expression_bounds(self, path: list[PathPart], source: str) -> bool:
         if len(source) > MAX_EXPRESSION_CHARS:
@@ -331,15 +405,19 @@ class _Compiler:
             analyse,
         )
 
-        shape = InputShape(roots, frozenset(n for n, s in self.settings.items() if s.secret), what)
-        findings = analyse(source, shape)
-        for finding in findings[:MAX_FINDINGS_PER_EXPRESSION]:
-            loc = self.doc.locate_in_scalar(path, finding.position)
+        secrets = frozenset(n for n, s in self.settings.items() if s.secret)
+        key = ("findings", source, roots_key(roots), tuple(sorted(secrets)), what)
+        findings = self.facts.get(*key)
+        if findings is MISSING:
+            findings = tuple((f.position, f.message) for f in analyse(source, InputShape(roots, secrets, what)))
+            self.facts.put(findings, *key)
+        for position, message in findings[:MAX_FINDINGS_PER_EXPRESSION]:
+            loc = self.doc.locate_in_scalar(path, position)
             self.problems.append(
-                (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {finding.message}")
+                (loc.line, loc.col, f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: {message}")
             )
         if len(findings) > MAX_FINDINGS_PER_EXPRESSION:
-            loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION].position)
+            loc = self.doc.locate_in_scalar(path, findings[MAX_FINDINGS_PER_EXPRESSION][0])
             self.problems.append(
                 (
                     loc.line,
@@ -541,24 +619,28 @@ class _Compiler:
             steps.append(FlowStep(name, RequestSpec(req["method"], url, headers), body, when, rules, reads))  # type: ignore[arg-type]
         return tuple(steps)
 
-    def _check_result_keys(self, path: list[PathPart], source: str, contract: OutputContract | None) -> None:
+    def _check_result_keys(self, path: list[PathPart], source: str, contract: Contract | None) -> None:
         """A literal key the output schema forbids would fail every event as output_invalid: say so at the key."""
         if contract is None or self.checked_schemas is not None or not isinstance(source, str):
             return
-        from ..language.expression_check import result_keys  # only for a preset not in the cache
+        uses = self.facts.get("result_keys", source)
+        if uses is MISSING:
+            from ..language.expression_check import result_keys  # only for a preset not in the cache
 
-        for use in result_keys(source):
-            allowed = contract.forbidden_key(use.path, use.key)
+            uses = tuple((tuple(use.path), use.key, use.position) for use in result_keys(source))
+            self.facts.put(uses, "result_keys", source)
+        for key_path, key, position in uses:
+            allowed = contract.forbidden_key(key_path, key)
             if allowed is None:
                 continue
-            where = "/" + "/".join(use.path) if use.path else "the top level"
-            loc = self.doc.locate_in_scalar(path, use.position)
+            where = "/" + "/".join(key_path) if key_path else "the top level"
+            loc = self.doc.locate_in_scalar(path, position)
             self.problems.append(
                 (
                     loc.line,
                     loc.col,
                     f"{self.doc.path}:{loc.line}:{loc.col}: {format_path(path)}: "
-                    f"key {use.key!r} is not allowed by the output schema {contract.name} at {where} "
+                    f"key {key!r} is not allowed by the output schema {contract.name} at {where} "
                     f"(additionalProperties: false; allowed: {', '.join(allowed) or 'none'})",
                 )
             )
@@ -628,21 +710,12 @@ class _Compiler:
         """A nested object cannot be a query parameter unless it is declared to be sent as JSON."""
         if self.checked_schemas is not None:
             return  # checked when the cached preset was stored
-        import jsonata
-
-        try:
-            tree = jsonata.Jsonata(source).ast
-        except Exception:  # noqa: BLE001 - syntax already reported
-            return
-        if getattr(tree, "type", None) != "unary" or getattr(tree, "value", None) != "{":
-            return
-        for key, value in tree.lhs_object or []:
-            name = getattr(key, "value", None)
-            if (
-                getattr(value, "type", None) == "unary"
-                and getattr(value, "value", None) == "{"
-                and name not in json_query
-            ):
+        objects = self.facts.get("query_objects", source)
+        if objects is MISSING:
+            objects = _object_valued_keys(source)
+            self.facts.put(objects, "query_objects", source)
+        for name in objects:
+            if name not in json_query:
                 self.problem(
                     where + ["query"],
                     f"query parameter {name!r} is an object: list it in json_query to send it as JSON",
@@ -745,8 +818,8 @@ class _Compiler:
             self.problem(["settings", name], f"used as {format_path(path)}, so it must be required: true")
         return name
 
-    def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[Rule, ...]:
-        rules: list[Rule] = []
+    def _rules(self, base: list[PathPart], specs: list[Mapping[str, Any]]) -> tuple[RuleSpec, ...]:
+        rules: list[RuleSpec] = []
         for i, spec in enumerate(specs):
             source = spec["when"].get("match")
             match = (
@@ -754,7 +827,7 @@ class _Compiler:
                 if source
                 else None
             )
-            rule = Rule.build(spec, match)
+            rule = rule_spec(spec, match)
             hider = next((j for j, earlier in enumerate(rules) if _covers(earlier, rule)), None)
             if hider is not None:
                 self.problem(
@@ -830,6 +903,23 @@ class _Compiler:
         )
 
 
+def _object_valued_keys(source: str) -> tuple[Any, ...]:
+    """The keys of a top-level object constructor whose values are object constructors, in order."""
+    import jsonata
+
+    try:
+        tree = jsonata.Jsonata(source).ast
+    except Exception:  # noqa: BLE001 - syntax already reported
+        return ()
+    if getattr(tree, "type", None) != "unary" or getattr(tree, "value", None) != "{":
+        return ()
+    return tuple(
+        getattr(key, "value", None)
+        for key, value in tree.lhs_object or []
+        if getattr(value, "type", None) == "unary" and getattr(value, "value", None) == "{"
+    )
+
+
 def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     """Every place the language puts JSONata, for syntax errors reported even in a broken preset."""
     sites: list[tuple[list[PathPart], Any]] = []
@@ -877,7 +967,39 @@ def _expression_sites(data: Any) -> list[tuple[list[PathPart], Any]]:
     return sites
 
 
-def _covers(earlier: Rule, later: Rule) -> bool:
+def events_spec(spec: Mapping[str, Any]) -> EventsSpec:
+    """``events:`` keyed for the first filter: each taken track name and alias, and each other type; drops left out."""
+    track: dict[str, EventRoute] = {}
+    for name, entry in (spec.get("track") or {}).items():
+        if entry["action"] == "drop":
+            continue
+        route = EventRoute(name, entry["action"], dict(entry.get("values") or {}))
+        for key in (name, *entry.get("aliases", [])):
+            track[key] = route
+    by_type = {
+        t: EventRoute(t, spec[t]["action"], dict(spec[t].get("values") or {}))
+        for t in EVENT_TYPES
+        if t != "track" and t in spec and spec[t]["action"] != "drop"
+    }
+    return EventsSpec(track, by_type)
+
+
+def rule_spec(spec: Mapping[str, Any], match: Expression | None = None) -> RuleSpec:
+    """One response rule as the preset wrote it; a single status, error or step becomes a one-item tuple."""
+    when = spec["when"]
+    status = when.get("status")
+    statuses = tuple(status if isinstance(status, list) else ([status] if status is not None else []))
+    error = when.get("error")
+    errors = tuple(error if isinstance(error, list) else ([error] if error is not None else []))
+    detail = when.get("detail_contains")
+    step = when.get("step")
+    steps = tuple(step if isinstance(step, list) else ([step] if step is not None else []))
+    return RuleSpec(
+        spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps
+    )
+
+
+def _covers(earlier: RuleSpec, later: RuleSpec) -> bool:
     """Whether ``earlier`` certainly matches every answer ``later`` can match (so ``later`` is never used).
 
     Only an earlier rule that looks at nothing but the status and the step
@@ -886,7 +1008,7 @@ def _covers(earlier: Rule, later: Rule) -> bool:
     """
     if earlier.match is not None or earlier.errors or earlier.detail_contains is not None:
         return False
-    if any(error in ("timeout", "connection") for error in later.errors):
+    if any(error in TRANSPORT_ERRORS for error in later.errors):
         return False  # a request with no answer: a status rule never matches it
     if earlier.steps and not (later.steps and set(later.steps) <= set(earlier.steps)):
         return False

@@ -19,23 +19,25 @@ value turns it off. A cache that cannot be read or written is ignored.
 
 from __future__ import annotations
 
-import hashlib
+import marshal
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import orjson
-
+from ..content_digest import sha256_hex
 from ..language import resources
 
 CACHE_ENV = "SIGNAL_ENGINE_CACHE_DIR"
-FORMAT = b"signal-engine preset cache 1\0"
+FORMAT = b"signal-engine preset cache 2\0"
 MAX_ENTRIES = 256
+# yaml_source.MAX_YAML_BYTES (a test holds them equal), not imported: a start that hits the cache loads no YAML code.
+MAX_PRESET_BYTES = 1 << 20
+# Entries are marshal data (plain dicts, lists, strings and numbers): read back faster than JSON, with no
+# import at all (orjson's costs several milliseconds at every start).
+SUFFIX = ".marshal"
 
 
-@dataclass(frozen=True)
-class Source:
+class Source(NamedTuple):
     """A preset file's bytes, read once, and the cache key they give."""
 
     path: Path
@@ -43,15 +45,28 @@ class Source:
     key: str
 
 
-@dataclass
 class CachedDocument:
-    """Stands in for a parsed YAML document; parses the file only when something must be located."""
+    """Stands in for a parsed YAML document; parses the file only when something must be located.
 
-    path: str
-    text: str
-    plain: Any
-    schemas: dict[str, str] = field(default_factory=dict)  # output schema name -> digest
-    _parsed: Any = None
+    A plain class, as ``Source`` is a named tuple: a dataclass costs about half a millisecond of every start.
+    """
+
+    __slots__ = ("_parsed", "path", "plain", "plans", "schemas", "text")
+
+    def __init__(
+        self,
+        path: str,
+        text: str,
+        plain: Any,
+        schemas: dict[str, str] | None = None,  # output schema name -> digest
+        plans: dict[str, Any] | None = None,  # expression text -> its fast-path plan
+    ) -> None:
+        self.path = path
+        self.text = text
+        self.plain = plain
+        self.schemas = schemas if schemas is not None else {}
+        self.plans = plans if plans is not None else {}
+        self._parsed: Any = None
 
     def data(self) -> Any:
         return self.plain
@@ -83,25 +98,31 @@ def cache_dir() -> Path | None:
 
 
 def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha256_hex(data)
 
 
 def read(path: Path) -> Source | None:
-    """The preset's bytes and key; None if the file cannot be read (the loader reports why)."""
-    from ..language.yaml_source import YamlSourceError, read_source
-
+    """The preset's bytes and key; None if the file cannot be read or is too large (the loader reports why)."""
     try:
-        raw = read_source(path)  # a file over the size limit is not read whole
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_PRESET_BYTES + 1)  # a file over the size limit is not read whole
         language = resources.preset_schema_path().read_bytes()
-    except (OSError, YamlSourceError):
+    except OSError:
+        return None
+    if len(raw) > MAX_PRESET_BYTES:
         return None
     try:
         # As Path.read_text does: universal newlines, so locations match a fresh read.
         text: str | None = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError:
         text = None
-    key = hashlib.sha256(FORMAT + digest(language).encode() + b"\0" + _checks_digest() + b"\0" + raw).hexdigest()
+    key = sha256_hex(FORMAT + digest(language).encode() + b"\0" + _checks_digest() + b"\0" + raw)
     return Source(path, text, key)
+
+
+def checks_digest() -> bytes:
+    """The digest of the code that checks presets (see :func:`_checks_digest`)."""
+    return _checks_digest()
 
 
 def _checks_digest() -> bytes:
@@ -112,7 +133,13 @@ def _checks_digest() -> bytes:
     try:
         code = b"".join(
             path.read_bytes()
-            for path in (here / "compiler.py", language / "expression_check.py", language / "expressions.py")
+            for path in (
+                here / "compiler.py",
+                here / "expression_facts.py",
+                language / "expression_check.py",
+                language / "expressions.py",
+                language / "template_fast_path.py",
+            )
         )
         return digest(code + _jsonatapy_files()).encode()
     except OSError:
@@ -136,49 +163,66 @@ def lookup(source: Source) -> CachedDocument | None:
     if folder is None or source.text is None:
         return None
     try:
-        entry = orjson.loads((folder / f"{source.key}.json").read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        entry = marshal.loads((folder / f"{source.key}{SUFFIX}").read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
         return None
     if (
         not isinstance(entry, dict)
         or not isinstance(entry.get("data"), dict)
         or not isinstance(entry.get("schemas"), dict)
+        or not isinstance(entry.get("plans"), dict)
     ):
         return None
-    return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]))
+    return CachedDocument(str(source.path), source.text, entry["data"], dict(entry["schemas"]), dict(entry["plans"]))
 
 
-def store(source: Source, data: Any, schemas: dict[str, str]) -> None:
-    """Keep a preset that loaded without a problem; silently skip what JSON cannot hold exactly."""
+def store(source: Source, data: Any, schemas: dict[str, str], plans: dict[str, Any] | None = None) -> None:
+    """Keep a preset that loaded without a problem; silently skip what does not come back equal."""
     folder = cache_dir()
     if folder is None or source.text is None:
         return
     try:
-        blob = orjson.dumps({"data": data, "schemas": schemas})
-        if orjson.loads(blob) != {"data": data, "schemas": schemas}:
-            return  # e.g. a NaN or an infinity in the YAML: not worth a cache entry
-    except (TypeError, orjson.JSONDecodeError):
-        return  # an integer beyond 64 bits
-    import tempfile  # only on a miss
-
+        entry = {"data": data, "schemas": schemas, "plans": {k: v for k, v in (plans or {}).items() if v is not None}}
+        blob = marshal.dumps(entry, 4)
+        if marshal.loads(blob) != entry:
+            return  # e.g. a NaN in the YAML (never equal to itself): not worth a cache entry
+    except (ValueError, EOFError, TypeError):
+        return  # a value marshal cannot hold (a timestamp ruamel.yaml turned into a date)
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".entry-", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(blob)
-            os.replace(temporary, folder / f"{source.key}.json")
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        write_atomically(folder, f"{source.key}{SUFFIX}", blob)
         _prune(folder)
     except OSError:
         return  # a read-only home or a full disk costs speed, never a run
 
 
+def write_atomically(folder: Path, name: str, blob: bytes) -> None:
+    """``folder/name`` holds ``blob`` whole or not at all, whatever another process writes at the same time.
+
+    A private temporary file beside it, then a rename. Not with tempfile, whose import (shutil,
+    random and theirs) costs a first run after an edit about 5 ms.
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for _ in range(100):
+        temporary = folder / f".{name}.{os.getpid()}-{os.urandom(6).hex()}.tmp"
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name in {folder}")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(blob)
+        os.replace(temporary, folder / name)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def _prune(folder: Path) -> None:
     """Keep the newest entries only: every edit of a preset leaves one behind."""
-    entries = [(e.stat().st_mtime, e.path) for e in os.scandir(folder) if e.name.endswith(".json")]
+    entries = [(e.stat().st_mtime, e.path) for e in os.scandir(folder) if e.name.endswith((SUFFIX, ".json"))]
     if len(entries) <= MAX_ENTRIES:
         return
     for _, path in sorted(entries)[: len(entries) - MAX_ENTRIES]:

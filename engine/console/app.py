@@ -67,6 +67,9 @@ def create_console_app(source: ConsoleSource, guard: Guard | None = None) -> web
     app.router.add_get("/api/dead-letters/{id}", api_letter)
     app.router.add_get("/api/integrations", api_integrations)
     setup.add_routes(app, setup.Setup.of(source, app[GUARD]))
+    from . import authorise  # the OAuth code flow, on the set-up pages' state
+
+    authorise.add_routes(app)
 
     async def stop_streams(_: web.Application) -> None:
         app[STOPPING].set()
@@ -163,9 +166,9 @@ async def dead_letters_page(request: web.Request) -> web.Response:
     for letter in letters:
         if cause is None or letter.get("cause") == cause:
             groups.setdefault(letter["integration"], []).append(letter)
-    replayable = {c.integration for c in source.connections}
+    replayable = await _off_loop(source.replayable, list(groups))
     message = request.query.get("message")
-    why = {name: source.why_not_replayable(name) for name in groups if name not in replayable}
+    why = {name: await _off_loop(source.why_not_replayable, name) for name in groups if name not in replayable}
     return _html(
         views.dead_letters_page(
             groups, replayable, message[:300] if message else None, causes, cause, csrf=guard.csrf, why_not=why
@@ -269,7 +272,7 @@ async def letter_page(request: web.Request) -> web.Response:
             ),
             status=404,
         )
-    replayable = letter["integration"] in {c.integration for c in source.connections}
+    replayable = bool(await _off_loop(source.replayable, [letter["integration"]]))
     return _html(views.letter_page(letter, replayable, csrf=guard.csrf))
 
 
@@ -295,8 +298,10 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
         letters[name] = letters.get(name, 0) + 1
     out = health(rows, names, letters, lags=await _off_loop(source.lag))
     configured = {c.name: c for c in source.configured}
+    made = {m.name: m for m in await _off_loop(source.made)}
     for item in out:
-        found = configured.get(item["integration"])
+        name = item["integration"]
+        found = configured.get(name)
         item["configured"] = (
             None
             if found is None
@@ -308,6 +313,17 @@ async def _figures(source: ConsoleSource) -> list[dict[str, Any]]:
                 "why_not": found.unavailable,
             }
         )
+        if name in made:
+            opened = await _off_loop(source.open_made, name)
+            why = opened if isinstance(opened, str) else None
+            item["configured"] = {
+                "origin": "console",
+                "name": name,
+                "preset": made[name].preset,
+                "enabled": True,
+                "replayable": why is None,
+                "why_not": why,
+            }
     return out
 
 

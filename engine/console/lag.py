@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,15 @@ log = logging.getLogger(__name__)
 QUEUE_DB = "queue.db"  # engine.state.sqlite.queue.QUEUE_DB: read here without taking the queue's lock
 
 
-def sqlite_lags(directory: str | Path, names: Sequence[str]) -> Callable[[], dict[str, int]]:
-    """Waiting rows per integration in ``<directory>/queue.db``; ``{}`` while there is no queue."""
+def sqlite_lags(
+    directory: str | Path, names: Sequence[str] | Callable[[], Iterable[str]]
+) -> Callable[[], dict[str, int]]:
+    """Waiting rows per integration in ``<directory>/queue.db``; ``{}`` while there is no queue.
+
+    ``names`` are the integrations shown at 0 when nothing of theirs waits; a
+    callable is asked at each read, so an integration set up in the console
+    since the page was first shown is listed too.
+    """
     path = Path(directory) / QUEUE_DB
 
     def read() -> dict[str, int]:
@@ -37,7 +44,9 @@ def sqlite_lags(directory: str | Path, names: Sequence[str]) -> Callable[[], dic
         try:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'pending'").fetchone() is None:
                 return {}
-            lags = dict.fromkeys(names, 0)  # a queue that exists and holds no row of a name: nothing waits
+            lags = dict.fromkeys(
+                names() if callable(names) else names, 0
+            )  # a queue that exists and holds no row of a name: nothing waits
             for name, count in conn.execute("SELECT integration, COUNT(*) FROM pending GROUP BY integration"):
                 lags[str(name)] = int(count)
             return lags

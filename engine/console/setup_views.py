@@ -14,6 +14,9 @@ from ..language.model import Preset
 from ..state.console_integrations import KEY_ENV, StoredIntegration
 from .views import e, page, when
 
+# When a running service sees a save or a delete (engine/service/console_made.py reads the store at start).
+PICKED_UP = "A running serve or worker delivers it as saved from its next start."
+
 FORM = "_form"
 
 
@@ -119,17 +122,23 @@ def setup_page(
     *,
     csrf: str,
     saved: str | None = None,
+    note: str | None = None,
     categories: Sequence[str] = (),
     ticked: Sequence[str] | None = None,
     message: str | None = None,
     authorisable: set[str] | frozenset[str] = frozenset(),
+    editing: str | None = None,
+    file_defined: Sequence[tuple[str, str, str]] = (),
 ) -> str:
     parts = [
         '<p class="note">Integrations of the integrations file are read-only here (edit the file and '
-        "<code>check</code> it). Those set up on this page are kept in the state store.</p>"
+        "<code>check</code> it). Those set up on this page are kept in the state store, and "
+        "<code>serve</code> and <code>worker</code> on that store deliver them too: a <code>serve --console</code> "
+        "with its own queue (no <code>--redis</code>) from the moment one is saved here, the others from their "
+        "next start.</p>"
     ]
     if saved:
-        parts.append(f'<p class="message" role="status">Saved {e(saved)}.</p>')
+        parts.append(f'<p class="message" id="saved" role="status">Saved {e(saved)}. {e(note or PICKED_UP)}</p>')
     if message:
         parts.append(f'<p class="message" id="message" role="status">{e(message)}</p>')
     if no_secrets:
@@ -143,22 +152,69 @@ def setup_page(
         f'<select name="preset"><option value="">choose a preset</option>{options}</select></label> '
         f'<button type="submit">Choose</button></form>'
     )
+    if preset is not None and editing is not None:
+        parts = [*parts[:1], *(p for p in parts[1:] if "choose-preset" not in p)]
     if preset is not None:
         title = preset.metadata.get("title") or preset.name
+        if editing is not None:
+            title = f"Edit {editing} ({preset.name})"
+        action = f"/console/integrations/{e(editing)}/edit" if editing is not None else "/console/integrations/new"
+        name_attrs = ' readonly aria-readonly="true"' if editing is not None else ""
         fields = "".join(_field(preset, n, problems, shown, categories, ticked) for n in preset.settings)
         invalid = ' aria-invalid="true"' if problems.get("name") else ""
         parts.append(
-            f'<form method="post" action="/console/integrations/new" class="setup" id="setup-form">'
+            f'<form method="post" action="{action}" class="setup" id="setup-form">'
             f'<h2>{e(title)}</h2><input type="hidden" name="csrf" value="{e(csrf)}">'
             f'<input type="hidden" name="preset" value="{e(preset.name)}">{_problems(problems, FORM)}'
             f'<div class="setting" id="setting-name"><label><span class="setting-name">Integration name</span> '
-            f'<input type="text" name="name" value="{e(shown.get("name", ""))}" required '
+            f'<input type="text" name="name" value="{e(shown.get("name", ""))}" required{name_attrs} '
             f'placeholder="lower-case, e.g. {e(preset.name.split("/")[0])}"{invalid}></label>'
             f"{_problems(problems, 'name')}</div>{fields}"
             f'<button type="submit" id="save">Save</button></form>'
         )
     parts.append(_listed(listed, authorisable, csrf))
-    return page("Set up an integration", "integrations", "".join(parts), csrf=csrf)
+    parts.append(_file_defined(file_defined))
+    heading = f"Edit {editing}" if editing is not None else "Set up an integration"
+    return page(heading, "integrations", "".join(parts), csrf=csrf)
+
+
+def _file_defined(found: Sequence[tuple[str, str, str]]) -> str:
+    if not found:
+        return ""
+    rows = "".join(
+        f'<tr data-integration="{e(name)}"><th scope="row">{e(name)}</th><td>{e(preset)}</td><td>{e(where)}</td>'
+        f"<td>read-only here</td></tr>"
+        for name, preset, where in found
+    )
+    return (
+        '<h2>Defined in the integrations file</h2><p class="note" id="file-read-only">These are read-only here: '
+        "edit the file, <code>check</code> it and restart the service.</p>"
+        '<table class="file-integrations"><thead><tr><th scope="col">Name</th><th scope="col">Preset</th>'
+        f'<th scope="col">Defined in</th><th scope="col">Here</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
+
+
+def _edit_delete(name: str, csrf: str) -> str:
+    """An Edit link and a Delete form (a POST, CSRF-checked, that first asks for a confirmation)."""
+    return (
+        f'<a class="button edit" href="/console/integrations/{e(name)}/edit">Edit {e(name)}</a> '
+        f'<form method="post" action="/console/integrations/{e(name)}/delete" class="delete">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}"><button type="submit">Delete {e(name)}</button></form>'
+    )
+
+
+def confirm_delete_page(item: StoredIntegration, *, csrf: str) -> str:
+    """The confirmation a delete asks for: only this page's form deletes."""
+    body = (
+        f'<p id="confirm-delete">Delete the integration <strong>{e(item.name)}</strong> ({e(item.preset)}), '
+        "set up in the console? Its settings and encrypted secrets are removed from the state store; its dead "
+        f"letters, records and stored tokens stay under its name. A running serve or worker stops delivering it at its next start.</p>"
+        f'<form method="post" action="/console/integrations/{e(item.name)}/delete" class="confirm-delete">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}"><input type="hidden" name="confirmed" value="yes">'
+        f'<button type="submit" id="confirm">Yes, delete {e(item.name)}</button></form> '
+        '<p><a href="/console/integrations/new">No, keep it</a></p>'
+    )
+    return page(f"Delete {item.name}?", "integrations", body, csrf=csrf)
 
 
 def _listed(listed: Sequence[StoredIntegration], authorisable: set[str] | frozenset[str], csrf: str) -> str:
@@ -174,7 +230,8 @@ def _listed(listed: Sequence[StoredIntegration], authorisable: set[str] | frozen
         rows.append(
             f'<tr data-integration="{e(item.name)}"><th scope="row">{e(item.name)}</th><td>{e(item.preset)}'
             f"</td><td>{e(values)}</td><td>{e(secrets)}</td><td>{e(when(item.saved_at))}</td>"
-            f"<td>{_authorise(item.name, csrf) if item.name in authorisable else ''}</td></tr>"
+            f"<td>{_authorise(item.name, csrf) if item.name in authorisable else ''}"
+            f"{_edit_delete(item.name, csrf)}</td></tr>"
         )
     return (
         '<h2>Set up in the console</h2><table class="console-integrations"><thead><tr><th scope="col">Name</th>'

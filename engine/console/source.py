@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..compile.compiler import load_preset
+from ..compile.stored_integration import Keyring, open_stored
 from ..language.model import Preset
 from ..language.settings import Settings, resolve
 from ..outcome import Outcome
@@ -26,6 +28,7 @@ from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
+from ..state.console_integrations import StoredIntegration
 from ..state.dead_letters import delete_letters
 from ..state.identity import SHARED_IDENTITY, IdentityLimits, Remembered, Slot
 from ..state.record import EventRecord, RecordQuery, integration_name, preset_integration
@@ -71,6 +74,13 @@ class ConsoleSource:
     redactor: Redactor = field(default_factory=Redactor)
     configured: Sequence[Configured] = ()
     lags: Callable[[], dict[str, int]] | None = None
+    # Where the key of the integrations set up in the console is read (None: os.environ), and where their
+    # presets are looked for beside the built-ins.
+    environ: Mapping[str, str] | None = None
+    preset_path: Sequence[str] = ()
+    # Told when an integration set up here is saved or deleted (``serve --console``: it starts, restarts or
+    # stops delivering it at once); answers what it did, in one line. None: a restart picks the change up.
+    on_change: Callable[[str], Awaitable[str]] | None = None
 
     def __post_init__(self) -> None:
         self.record: EventRecord = self.backend.record()
@@ -81,11 +91,55 @@ class ConsoleSource:
         self._replaying = asyncio.Lock()
 
     def connection(self, integration: str) -> Connection | None:
-        return next((c for c in self.connections if c.integration == integration), None)
+        """The settings to replay an integration's letters with: a file's (or the command line's), else one set up
+        in the console, opened now from the state store (so an edit there counts from the next replay)."""
+        found = next((c for c in self.connections if c.integration == integration), None)
+        if found is not None:
+            return found
+        opened = self.open_made(integration)
+        return None if opened is None or isinstance(opened, str) else opened
+
+    def file_names(self) -> set[str]:
+        """The integrations this console was given (a file, a command line): a console-made one never shadows them."""
+        return {c.name for c in self.configured} | {c.integration for c in self.connections}
+
+    def made(self) -> list[StoredIntegration]:
+        """The integrations set up in the console (in the state store), but for a name the file defines too."""
+        opener = getattr(self.backend, "console_integrations", None)
+        if opener is None:
+            return []
+        taken = self.file_names()
+        try:
+            stored = opener().all()
+        except (ValueError, KeyError) as exc:  # a damaged row: the rest of the console still works
+            log.warning("console: the integrations set up in the console cannot be read (%s)", type(exc).__name__)
+            return []
+        return [item for item in stored if item.name not in taken]
+
+    def open_made(self, integration: str) -> Connection | str | None:
+        """A console-made integration's connection, why it cannot be opened here, or None when it is not one."""
+        if integration in self.file_names():
+            return None
+        item = next((i for i in self.made() if i.name == integration), None)
+        if item is None:
+            return None
+        opened = open_stored(
+            item, Keyring(os.environ if self.environ is None else self.environ), preset_path=self.preset_path
+        )
+        if isinstance(opened, str):
+            return opened
+        for secret in opened.settings.secrets():
+            self.redactor.add(secret)  # before anything of its replay can be shown
+        return Connection(opened.preset, opened.settings, opened.name)
+
+    def replayable(self, integrations: Iterable[str]) -> set[str]:
+        """Which of these integrations' letters can be replayed from here (their settings are at hand)."""
+        return {name for name in integrations if self.connection(name) is not None}
 
     def integrations(self) -> list[str]:
         names = set(self.record.integrations()) | {c.integration for c in self.connections}
         names |= {c.name for c in self.configured}
+        names |= {item.name for item in self.made()}
         names |= {letter_integration(e) for e in self.letters.entries()}
         return sorted(names)
 
@@ -122,6 +176,16 @@ class ConsoleSource:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
             return {"error": f"cannot explain this event now: {first}"}
 
+    async def changed(self, integration: str) -> str | None:
+        """Tell the service beside this console that a console-made integration was saved or deleted."""
+        if self.on_change is None:
+            return None
+        try:
+            return await self.on_change(integration)
+        except Exception as exc:  # noqa: BLE001 - the save stands; the next start delivers it
+            log.error("console: could not apply the change to %s now (%s)", integration, type(exc).__name__)
+            return f"Saved, but this serve could not apply it now ({type(exc).__name__}); it does at its next start."
+
     def lag(self) -> dict[str, int]:
         """Events each integration has not finished yet, for those the store knows (none without a queue)."""
         return self.lags() if self.lags is not None else {}
@@ -130,6 +194,9 @@ class ConsoleSource:
         for item in self.configured:
             if item.name == integration and item.unavailable:
                 return f"cannot replay {integration!r}: {item.unavailable}"
+        made = self.open_made(integration)
+        if isinstance(made, str):
+            return f"cannot replay {integration!r} (set up in the console): {made}"
         return (
             f"no settings for {integration!r}: start the console with --config FILE naming it, or with "
             "--preset and --settings for it (replaying needs the credentials)"

@@ -361,6 +361,12 @@ def _configured(about: Mapping[str, Any] | None) -> str:
         if about.get("replayable")
         else f"Its dead letters cannot be replayed from here: {about.get('why_not')}."
     )
+    if about.get("origin") == "console":
+        return (
+            f'<p class="note configured">Set up in the console (preset <code>{e(about.get("preset"))}</code>): '
+            f'<a href="/console/integrations/{quote(str(about.get("name") or ""), safe="")}/edit">edit</a> it '
+            f"under Set up an integration. {e(replay)}</p>"
+        )
     return (
         f'<p class="note configured">Defined in <code>{e(about.get("file"))}</code> (preset '
         f"<code>{e(about.get('preset'))}</code>): read-only here; change it in that file.{e(state)} "
@@ -413,6 +419,15 @@ def _ms(value: Any) -> str:
     return f"{value:.0f} ms" if isinstance(value, (int, float)) else "—"
 
 
+def last_error_text(last: Mapping[str, Any]) -> str:
+    """ "failed: token_refresh_failed, HTTP 401", or "failed (no cause or status recorded)": never a blank detail."""
+    outcome = str(last.get("outcome") or "failed")
+    cause = str(last.get("cause") or "").strip()
+    status = last.get("status")
+    detail = [part for part in (cause, f"HTTP {status}" if status not in (None, "") else "") if part]
+    return f"{outcome}: {', '.join(detail)}" if detail else f"{outcome} (no cause or status recorded)"
+
+
 def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str:
     add = '<p><a href="/console/integrations/new" class="button">Set up an integration</a></p>'
     if not figures:
@@ -436,7 +451,7 @@ def integrations_page(figures: Sequence[Mapping[str, Any]], *, csrf: str) -> str
             "none"
             if not last
             else f'<a href="/console/events/{e(quote(str(last.get("id")), safe=""))}">{e(when(last.get("at")))}</a> '
-            f"{e(last.get('outcome'))} {e(last.get('cause'))}"
+            f"{e(last_error_text(last))}"
         )
         cards.append(
             f'<section class="integration" data-integration="{e(item["integration"])}">'

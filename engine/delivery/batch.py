@@ -162,7 +162,7 @@ class Batcher:
         try:
             body = spec.body.evaluate({"items": [item.prepared.body for item in live], "settings": self.public})
         except ExpressionError as exc:
-            cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
+            cause = oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.BATCH_ERROR
             return [
                 (
                     item,
@@ -199,7 +199,7 @@ class Batcher:
                 else None
             )
         except ExpressionError as exc:
-            return self._with(outcome, oc.FAILED, "batch_error", f"{where}: {exc}")
+            return self._with(outcome, oc.FAILED, oc.BATCH_ERROR, f"{where}: {exc}")
         if verdict in (None, False, ""):
             outcome.detail = f"delivered in a request of {size} item(s)" + (
                 f" (after: {'; '.join(item.detail)})" if item.detail else ""
@@ -214,10 +214,10 @@ class Batcher:
             return self._with(
                 outcome,
                 oc.DEAD_LETTERED,
-                "item_failed",
+                oc.ITEM_FAILED,
                 f"item {index} of a request of {size} was refused {item.tries} times: {reason}",
             )
-        return self._with(outcome, oc.FAILED, "item_failed", f"item {index} of a request of {size}: {verdict}")
+        return self._with(outcome, oc.FAILED, oc.ITEM_FAILED, f"item {index} of a request of {size}: {verdict}")
 
     def _with(self, outcome: Outcome, kind: str, cause: str, detail: str) -> Outcome:
         outcome.outcome, outcome.cause, outcome.detail = kind, cause, self.sender.redactor.redact(detail)

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..language.model import DeliverySpec
+from .. import outcome as oc
+from ..language.model import DeliverySpec, RuleSpec
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
 from .auth import AuthFailure
-from .response_rules import Answer, Rule
+from .response_rules import Answer
 from .transport import HttpRequest, HttpResponse
 
 
@@ -34,7 +35,7 @@ class Exchange:
 
     def answer(self) -> Answer:
         if self.response is None:
-            return Answer(None, transport_error=self.transport_error or "connection", step=self.step)
+            return Answer(None, transport_error=self.transport_error or oc.CONNECTION, step=self.step)
         return Answer.from_body(self.response.status, self.response.body, self.response.headers, self.step)
 
     @property
@@ -53,7 +54,7 @@ class Step:
 
     verdict: str  # deliver | upsert | fail | exhausted | auth | unauthorised
     exchange: Exchange | None
-    rule: Rule | None
+    rule: RuleSpec | None
     auth_error: AuthFailure | None = None
     tries: int = 0  # attempts of this one request (the outcome's attempts count the whole event)
     renewed: bool = False  # the credential was renewed before the last attempt
@@ -75,7 +76,7 @@ class Sending(Protocol):
         *,
         allow_upsert: bool,
         step: str = "create",
-        rules: tuple[Rule, ...] = (),
+        rules: tuple[RuleSpec, ...] = (),
     ) -> Step: ...
 
     def outcome(self, prepared: Prepared, step: Step, attempts: int, *, what: str = "create") -> Outcome: ...

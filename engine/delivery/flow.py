@@ -30,7 +30,7 @@ async def deliver_flow(
     if stale:
         return sender.failed(
             prepared,
-            "not_replayable",
+            oc.NOT_REPLAYABLE,
             f"the flow has no step {stale[0]!r} any more (the preset changed since this event "
             f"was kept): it cannot be resumed safely; left for a person to decide",
             None,

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..language.expressions import Expression, ExpressionError
+from .. import outcome as oc
+from ..language.expressions import ExpressionError
+from ..language.model import RuleSpec
 
-TRANSPORT_ERRORS = ("timeout", "connection")
+TRANSPORT_ERRORS = (oc.TIMEOUT, oc.CONNECTION)
 
 
 @dataclass(frozen=True)
@@ -58,53 +60,29 @@ class Answer:
         return cls(status, tuple(ids), tuple(texts), data=data, step=step)
 
 
-@dataclass(frozen=True)
-class Rule:
-    then: str
-    message: str | None
-    statuses: tuple[int | str, ...] = ()
-    errors: tuple[str, ...] = ()
-    detail_contains: str | None = None
-    match: Expression | None = None
-    steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
-
-    @classmethod
-    def build(cls, spec: Mapping[str, Any], match: Expression | None = None) -> Rule:
-        when = spec["when"]
-        status = when.get("status")
-        statuses = tuple(status if isinstance(status, list) else ([status] if status is not None else []))
-        error = when.get("error")
-        errors = tuple(error if isinstance(error, list) else ([error] if error is not None else []))
-        detail = when.get("detail_contains")
-        step = when.get("step")
-        steps = tuple(step if isinstance(step, list) else ([step] if step is not None else []))
-        return cls(
-            spec["then"], spec.get("message"), statuses, errors, detail.lower() if detail else None, match, steps
-        )
-
-    def matches(self, answer: Answer) -> bool:
-        if self.steps and answer.step not in self.steps:
+def matches(rule: RuleSpec, answer: Answer) -> bool:
+    if rule.steps and answer.step not in rule.steps:
+        return False
+    if rule.statuses:
+        if answer.status is None or not any(_status_matches(p, answer.status) for p in rule.statuses):
             return False
-        if self.statuses:
-            if answer.status is None or not any(_status_matches(p, answer.status) for p in self.statuses):
-                return False
-        if self.errors:
-            pool = (answer.transport_error,) if answer.transport_error else answer.error_ids
-            if not any(e in pool for e in self.errors):
-                return False
-        elif answer.transport_error:
-            return False  # a status-only rule never matches a failure with no status
-        if self.detail_contains is not None:
-            if not any(self.detail_contains in t.lower() for t in answer.texts):
-                return False
-        if self.match is not None:
-            if answer.transport_error:
-                return False
-            try:
-                return self.match.evaluate(answer.data) is True
-            except ExpressionError:
-                return False  # a predicate that cannot be evaluated on this body does not match it
-        return True
+    if rule.errors:
+        pool = (answer.transport_error,) if answer.transport_error else answer.error_ids
+        if not any(e in pool for e in rule.errors):
+            return False
+    elif answer.transport_error:
+        return False  # a status-only rule never matches a failure with no status
+    if rule.detail_contains is not None:
+        if not any(rule.detail_contains in t.lower() for t in answer.texts):
+            return False
+    if rule.match is not None:
+        if answer.transport_error:
+            return False
+        try:
+            return rule.match.evaluate(answer.data) is True
+        except ExpressionError:
+            return False  # a predicate that cannot be evaluated on this body does not match it
+    return True
 
 
 def _status_matches(pattern: int | str, status: int) -> bool:
@@ -113,5 +91,5 @@ def _status_matches(pattern: int | str, status: int) -> bool:
     return status // 100 == int(pattern[0])
 
 
-def first_match(rules: Sequence[Rule], answer: Answer) -> Rule | None:
-    return next((r for r in rules if r.matches(answer)), None)
+def first_match(rules: Sequence[RuleSpec], answer: Answer) -> RuleSpec | None:
+    return next((r for r in rules if matches(r, answer)), None)

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import outcome as oc
 from ..language.expressions import ExpressionError
-from ..language.model import AuthSpec, DeliverySpec
+from ..language.model import AuthSpec, DeliverySpec, RuleSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError, fill_token_values
 from ..outcome import Outcome
@@ -27,7 +27,7 @@ from ..redaction import Redactor
 from .auth import Auth, AuthFailure, apply_credential, masked_view, refuses_static_credential
 from .exchange import Exchange, Step
 from .rate_limit import RateLimiter, seconds_until
-from .response_rules import Answer, Rule, first_match
+from .response_rules import Answer, first_match
 from .retry_policy import backoff_delay
 from .transport import HttpRequest, Transport, TransportError
 from .upsert import Upserter, UpsertError
@@ -89,7 +89,7 @@ class Sender:
         *,
         allow_upsert: bool,
         step: str = "create",
-        rules: tuple[Rule, ...] = (),
+        rules: tuple[RuleSpec, ...] = (),
     ) -> Step:
         """Send under the response rules: ``rules`` (a flow step's own) first, then ``delivery.responses``."""
         failures = rate_waits = 0
@@ -213,7 +213,7 @@ class Sender:
             return make(oc.DELIVERED, None, None)
         if step.verdict == "auth":
             err = step.auth_error
-            auth_cause = "reauthorisation_required" if err and err.fatal else "auth_unavailable"
+            auth_cause = oc.REAUTHORISATION_REQUIRED if err and err.fatal else oc.AUTH_UNAVAILABLE
             return make(oc.DEAD_LETTERED, auth_cause, self.redactor.redact(str(err)))
         if (
             ex is not None
@@ -230,7 +230,7 @@ class Sender:
                 oc.AUTH_REJECTED,
                 f"{fix.rstrip('.')}; then `signal-engine dlq replay` sends this event again",
             )
-        cause = (ex.transport_error if ex.status is None else f"http_{ex.status}") if ex else "unknown"
+        cause = (ex.transport_error if ex.status is None else oc.http_cause(ex.status)) if ex else oc.UNKNOWN
         if step.verdict in ("exhausted", "unauthorised"):
             target = f"the {what} ({ex.request.method} {self.view(ex.request)['url']})" if ex else f"the {what}"
             if step.verdict == "unauthorised":

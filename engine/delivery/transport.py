@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from .. import outcome as oc
 from ..envelope import HttpRequest
 
 if TYPE_CHECKING:
@@ -148,16 +149,16 @@ class AiohttpTransport:
                 if raw is None:
                     resp.close()
                     raise TransportError(
-                        "response_too_large",
+                        oc.RESPONSE_TOO_LARGE,
                         f"the answer ({resp.status}) passed {self.max_body_bytes} bytes (delivery.max_response_bytes)",
                     )
                 # The response's own read-only headers: case-insensitive, nothing to copy.
                 return HttpResponse(resp.status, resp.headers, parse_raw_body(raw, resp.charset))
         except TimeoutError:
-            raise TransportError("timeout", f"no answer within {self.timeout_seconds:g}s") from None
+            raise TransportError(oc.TIMEOUT, f"no answer within {self.timeout_seconds:g}s") from None
         except (aiohttp.ClientError, ValueError) as exc:
             # Exception text can quote the request; callers redact it before showing.
-            raise TransportError("connection", (str(exc) or type(exc).__name__)[:300]) from None
+            raise TransportError(oc.CONNECTION, (str(exc) or type(exc).__name__)[:300]) from None
 
 
 async def _read_capped(resp: Any, cap: int) -> bytes | None:

@@ -109,7 +109,7 @@ class Upserter:
         if found is None:
             # Usually search lagging behind the create: keep it for a replay.
             raise UpsertError(
-                "upsert_not_found",
+                oc.UPSERT_NOT_FOUND,
                 "the destination reported a duplicate but the lookup found no existing record yet",
                 lookup or create.exchange,
                 dead_letter=True,
@@ -203,7 +203,7 @@ class Upserter:
                 **{name: value.render(context, encode=False) for name, value in spec.headers.items()},
             }
         except TemplateError as exc:
-            raise UpsertError("upsert_error", f"{where}: {exc}", previous) from None
+            raise UpsertError(oc.UPSERT_ERROR, f"{where}: {exc}", previous) from None
         return url, headers
 
 
@@ -247,4 +247,4 @@ def _answer(exchange: Exchange | None) -> dict[str, Any] | None:
 
 def _expression_cause(exc: ExpressionError) -> str:
     """A limit that stopped an upsert expression is named as such; anything else is a preset bug."""
-    return "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
+    return oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.UPSERT_ERROR

@@ -20,7 +20,6 @@ with cause ``expression_limit`` and the stream goes on.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
@@ -28,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from . import template_fast_path
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
 FAST = "jsonatapy"
@@ -105,6 +104,8 @@ _NEEDS_GUARD = re.compile(r"\$(pad|eval)\b")
 
 def _hex_digest(algorithm: str) -> Any:
     def digest(text: str) -> str:
+        import hashlib  # by the first $sha256 or $md5: hashlib loads OpenSSL, milliseconds of every start
+
         return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()
 
     return digest
@@ -150,10 +151,29 @@ def _thread_cache() -> dict[str, Any]:
 class Expression:
     """A compiled JSONata expression: safe to evaluate from any thread, bounded on every call."""
 
-    __slots__ = ("_deadline", "_key", "_reference", "_reference_lock", "_runnable", "backend", "limits", "source")
+    __slots__ = (
+        "_deadline",
+        "_fast",
+        "_key",
+        "_reference",
+        "_reference_lock",
+        "_runnable",
+        "backend",
+        "limits",
+        "source",
+    )
 
-    def __init__(self, source: str, limits: ExpressionLimits, backend: str, runnable: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        limits: ExpressionLimits,
+        backend: str,
+        runnable: str,
+        plan: template_fast_path.Plan | None = None,
+    ) -> None:
         self.source = source
+        # A plain template's plan (template_fast_path), run in Python before either engine is asked.
+        self._fast = _runner(plan, limits)
         self.limits = limits
         self.backend = backend
         self._runnable = runnable  # the source, behind the $pad guard when it can reach $pad
@@ -167,12 +187,20 @@ class Expression:
 
     @classmethod
     def compile(
-        cls, source: str, limits: ExpressionLimits | None = None, backend: str | None = None, *, checked: bool = False
+        cls,
+        source: str,
+        limits: ExpressionLimits | None = None,
+        backend: str | None = None,
+        *,
+        checked: bool = False,
+        plan: template_fast_path.Plan | None = None,
     ) -> Expression:
         """Compile ``source``; a syntax error raises :class:`ExpressionError` with its position.
 
         ``checked``: ``source`` is known to compile (a cached preset's), so the
         default engine compiles it on this thread when it is first evaluated.
+        ``plan``: ``template_fast_path.plan_of(source)``, when it is a plain
+        template; the engine then evaluates only the inputs the plan gives up on.
         """
         limits = limits or DEFAULT_LIMITS
         backend = backend or selected_backend()
@@ -181,7 +209,7 @@ class Expression:
             runnable = _HOST_PROLOGUE + runnable + "\n)"
         if _NEEDS_GUARD.search(source):
             runnable = _PAD_GUARD.replace("{limit}", str(limits.max_string_length)) + runnable + "\n)"
-        expression = cls(source, limits, backend, runnable)
+        expression = cls(source, limits, backend, runnable, plan)
         if backend == REFERENCE:
             _compile_reference(source)  # raises with a position
             expression._reference_compiled()
@@ -199,6 +227,11 @@ class Expression:
 
     def evaluate(self, data: Any) -> Any:
         """The result for ``data``; raises :class:`ExpressionError` (or its limit subclass)."""
+        if self._fast is not None:
+            result = self._fast(data)
+            if result is not template_fast_path.GIVE_UP:
+                _check_strings(result, self.limits.max_string_length)
+                return result
         if self.backend == REFERENCE:
             return self._evaluate_reference(data)
         compiled = _thread_cache().get(self._key) or self._compile_here()
@@ -391,7 +424,7 @@ def _check_strings(result: Any, limit: int) -> None:
     if result is None or isinstance(result, (bool, int, float)):
         return
     try:
-        if len(orjson.dumps(result)) <= limit:
+        if len(_orjson_dumps(result)) <= limit:
             return
     except TypeError:
         pass  # a lone surrogate, a huge integer or a function value: walk it
@@ -442,3 +475,26 @@ def _position(exc: Exception) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _orjson_dumps(data: Any) -> Any:
+    """orjson.dumps, imported by the first call: orjson's import (with uuid and platform) costs
+    several milliseconds that loading a preset need not pay: only an evaluation needs it. The first call puts orjson's own function in this one's place."""
+    global _orjson_dumps
+    import orjson
+
+    _orjson_dumps = orjson.dumps  # type: ignore[assignment]
+    return orjson.dumps(data)
+
+
+def _runner(plan: template_fast_path.Plan | None, limits: ExpressionLimits) -> Any:
+    """The plan's runner; None without a plan, for one the limits could stop in an engine, or for one that is
+    not a plan (a damaged cache entry)."""
+    if plan is None:
+        return None
+    try:
+        if not template_fast_path.fits(plan, limits.max_depth, limits.max_sequence_length):
+            return None
+        return template_fast_path.runner(plan)
+    except (ValueError, TypeError, IndexError):
+        return None

@@ -1,23 +1,25 @@
 """The preset model: what a compiled preset is made of.
 
-Plain frozen dataclasses holding the compiled stage objects (expressions,
-templates, event table, output contract, rules). The stages import this
-module, never the compiler that builds it, so the pure pipeline and the
-delivery code do not depend on YAML, JSON Schema or error reporting.
+Plain frozen dataclasses holding what the YAML said, checked and compiled
+where the language itself compiles it (expressions, templates): the events
+keyed for a dict lookup, the response rules as data. compile/ builds the
+model from the YAML; the stages read it and hold the behaviour (matching an
+answer to a rule is :mod:`engine.delivery.response_rules`). An output contract is a
+schema file loaded into validators: the model names it by the interface its
+readers use (:class:`Contract`), and compile/ puts the pipeline's contract
+there. So this module imports nothing above the language, even for typing,
+and the stages never depend on YAML, JSON Schema or error reporting.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .expressions import DEFAULT_LIMITS, ExpressionLimits
 
-if TYPE_CHECKING:  # types only: the stages below import this module
-    from ..delivery.response_rules import Rule
-    from ..pipeline.event_table import EventTable
-    from ..pipeline.output_contract import OutputContract
+if TYPE_CHECKING:
     from .expressions import Expression
     from .settings import SettingSpec
     from .templates import Template
@@ -27,6 +29,67 @@ DEFAULT_IDENTITY_TTL_DAYS = 90
 DEFAULT_IDENTITY_MAX_BYTES = 512 * 1024 * 1024  # about 1.3 million ids at 400 bytes each
 DEFAULT_MAX_TRAIT_BYTES = 2048
 DEFAULT_DEDUPE_WINDOW_SECONDS = 86400
+
+
+class Contract(Protocol):
+    """An action's output contract, as the model's readers use it (:class:`engine.pipeline.output_contract.OutputContract`).
+
+    compile/ loads the schema file and puts the contract here; the transform shapes and checks each
+    document with it, and the compiler asks it which literal keys the schema forbids.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def shape(self, value: Any, *, omit_empty: bool, truncate: bool) -> Any: ...
+
+    def truncate(self, value: Any) -> Any: ...
+
+    def check(self, document: Any) -> None: ...
+
+    def forbidden_key(self, path: tuple[str, ...], key: str) -> list[str] | None: ...
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    """Where a taken event goes: the action to run and its per-event values."""
+
+    name: str
+    action: str
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventsSpec:
+    """``events:``, keyed so that the first filter is one dict lookup; drops are left out.
+
+    Most traffic is anonymous page views that every preset drops, so
+    routing runs before anything else and costs one hash lookup per event.
+    """
+
+    track: Mapping[str, EventRoute]  # track name or alias -> route
+    by_type: Mapping[str, EventRoute]  # non-track type -> route
+
+    def route(self, event_type: str, name: str | None) -> EventRoute | None:
+        if event_type == "track":
+            return self.track.get(name) if name is not None else None
+        return self.by_type.get(event_type)
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """One response rule: what it matches and what it means (:mod:`engine.delivery.response_rules` matches it).
+
+    From ``delivery.responses``, ``auth.errors`` or a flow step's ``responses``.
+    """
+
+    then: str
+    message: str | None
+    statuses: tuple[int | str, ...] = ()
+    errors: tuple[str, ...] = ()
+    detail_contains: str | None = None  # lower-cased
+    match: Expression | None = None
+    steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
 
 
 @dataclass(frozen=True)
@@ -83,7 +146,7 @@ class UpsertSpec:
 class OutputSpec:
     """How a document is made to fit its contract: omit empty values, cut strings, validate."""
 
-    contract: OutputContract | None
+    contract: Contract | None
     omit_empty: bool = True
     truncate: bool = True
 
@@ -96,7 +159,7 @@ class FlowStep:
     request: RequestSpec
     body: Expression | None  # JSONata over {document, traits, values, settings, steps}
     when: Expression | None = None  # the same input; a step whose when is not true is skipped
-    rules: tuple[Rule, ...] = ()  # its own response rules, read before delivery.responses
+    rules: tuple[RuleSpec, ...] = ()  # its own response rules, read before delivery.responses
     reads_steps: bool = False  # needs an earlier step's answer (a dry run cannot build it)
 
 
@@ -115,7 +178,7 @@ class ActionSpec:
     name: str
     mapping: Expression
     request: RequestSpec  # a flow's first step
-    contract: OutputContract | None
+    contract: Contract | None
     omit_empty: bool
     truncate: bool
     upsert: UpsertSpec | None
@@ -159,7 +222,7 @@ class AuthSpec:
     authorize_url: Template | None = None
     echo_redirect_params: tuple[str, ...] = ()  # sent back with the authorization code (signal-engine auth)
     refresh_before_expiry: float = 60.0
-    rules: tuple[Rule, ...] = ()
+    rules: tuple[RuleSpec, ...] = ()
     # Fields of the token answer that templates read as {token.NAME} (Salesforce's instance_url,
     # Zoho's api_domain); never a token itself. Kept with the access token.
     token_values: tuple[str, ...] = ()
@@ -211,7 +274,7 @@ class DeliverySpec:
     concurrency: int
     rate_limit: RateLimitSpec
     retries: RetrySpec
-    rules: tuple[Rule, ...]
+    rules: tuple[RuleSpec, ...]
     max_response_bytes: int = 1_048_576  # a longer answer is an error, not a memory spike
     # The same event (messageId, or the event's hash) is not delivered twice within this window.
     dedupe_window_seconds: float = DEFAULT_DEDUPE_WINDOW_SECONDS
@@ -229,7 +292,7 @@ class Preset:
     identity: IdentitySpec
     consent_setting: str
     consent_aliases: Mapping[str, list[str]]
-    events: EventTable
+    events: EventsSpec
     actions: Mapping[str, ActionSpec]
     auth: AuthSpec | None
     delivery: DeliverySpec

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .yaml_source import YamlSourceError, load_yaml
-
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -262,6 +260,8 @@ def load_settings_file(
     A reference to an unset variable is kept as :class:`UnsetVariable`; :func:`resolve`
     decides whether that matters (it does not for a secret in a dry run).
     """
+    from .yaml_source import YamlSourceError, load_yaml  # a run without --settings parses no YAML
+
     environ = os.environ if environ is None else environ
     try:
         doc = load_yaml(path)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .event_table import EVENT_TYPES
-
+# The event types of the Segment spec (and of a preset's ``events:``).
+EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 _OBJECT_FIELDS = ("traits", "properties", "context")
 _ID_FIELDS = ("userId", "anonymousId", "messageId")
 

@@ -36,9 +36,8 @@ _DECIDED_BY = {
     oc.NO_CONSENT: "consent",
     oc.NOT_IDENTIFIED: "traits",
     oc.INVALID_EMAIL: "traits",
-    "mapping_error": "mapping",
-    "output_invalid": "output",
-    "template_error": "request",
+    oc.MAPPING_ERROR: "mapping",
+    oc.OUTPUT_INVALID: "output",
 }
 
 _NORMALISER_DOES = {
@@ -58,8 +57,6 @@ def explain(pipeline: Pipeline, event: Any, index: int | None = None) -> dict[st
     result = pipeline.dry_run(event, index)  # the authority; also updates identity memory as a run would
     if result.request is not None:
         steps["request"] = result.request  # the masked envelope, exactly as run --dry-run prints it
-    elif result.cause == "template_error":
-        steps["request"] = {"error": result.detail}
     if result.requests is not None:
         steps["requests"] = result.requests  # everything sent before an answer is needed, in order
         action = pipeline.preset.actions.get(str((steps.get("event_table") or {}).get("action")))

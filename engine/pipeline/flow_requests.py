@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import outcome as oc
 from ..envelope import HttpRequest
 from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, FlowStep
@@ -59,7 +60,7 @@ def step_request(action: ActionSpec, step: FlowStep, context: Mapping[str, Any])
         url = step.request.url.render(context)
         headers = {name: value.render(context, encode=False) for name, value in step.request.headers.items()}
     except TemplateError as exc:
-        raise StepBuildError("flow_error", f"{where}.request: {exc}") from None
+        raise StepBuildError(oc.FLOW_ERROR, f"{where}.request: {exc}") from None
     if body is not None and not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = "application/json"  # the body is sent as JSON
     return HttpRequest(step.request.method, url, headers, body=body)
@@ -77,4 +78,4 @@ def leading_requests(action: ActionSpec, context: Mapping[str, Any]) -> list[Htt
 
 
 def _cause(exc: ExpressionError) -> str:
-    return "expression_limit" if isinstance(exc, ExpressionLimitError) else "flow_error"
+    return oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.FLOW_ERROR

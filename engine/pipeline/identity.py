@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..language.model import DEFAULT_MAX_TRAIT_BYTES, IdentitySpec
@@ -55,14 +55,28 @@ class IdentityMemory:
 
     def remember(self, event: Mapping[str, Any], traits: Mapping[str, Any]) -> None:
         """Merge an identify call's traits into what is known for its ids."""
-        kept = {
-            k: v for k, v in traits.items() if (self.trait_names is None or k in self.trait_names) and self._small(k, v)
-        }
-        if not kept:
+        self.remember_many([(event, traits)])
+
+    def remember_many(self, calls: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> None:
+        """:meth:`remember` for several identify calls, in order; a store that can (Redis) merges them at once."""
+        merges = []
+        for event, traits in calls:
+            kept = {
+                k: v
+                for k, v in traits.items()
+                if (self.trait_names is None or k in self.trait_names) and self._small(k, v)
+            }
+            if not kept:
+                continue
+            slots = self._slots(event)
+            if slots:
+                merges.append((slots, kept, _id(event.get("userId"))))
+        merge_many = getattr(self.store, "merge_many", None)
+        if merge_many is not None and len(merges) > 1:
+            merge_many(merges)
             return
-        slots = self._slots(event)
-        if slots:
-            self.store.merge(slots, kept, _id(event.get("userId")))
+        for slots, kept, owner in merges:
+            self.store.merge(slots, kept, owner)
 
     def forget(self, event: Mapping[str, Any]) -> None:
         """Drop what is remembered for this event's ids (the person withdrew consent)."""
@@ -89,6 +103,23 @@ class IdentityMemory:
                 continue
             merged.update(entry.traits)
         return merged
+
+    def prefetch(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Let a store that can (Redis) read what ``recall`` will ask for these events in one round trip."""
+        prefetch = getattr(self.store, "prefetch", None)
+        if prefetch is None:
+            return
+        slots = []
+        for event in events:
+            if isinstance(event, Mapping):
+                for key in self._recall_order:
+                    ident = _id(event.get(key))
+                    if ident is not None:
+                        slots.append((key, ident))
+        try:
+            prefetch(slots)
+        except OSError as exc:  # each recall then asks on its own
+            log.warning("identity: could not read the identity memory ahead (%s)", exc.strerror or type(exc).__name__)
 
     def _slots(self, event: Mapping[str, Any]) -> list[Slot]:
         slots = []

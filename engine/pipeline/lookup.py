@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from .. import outcome as oc
 from ..envelope import HttpRequest
 from ..language.expressions import ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec
@@ -37,19 +38,19 @@ def lookup_request(action: ActionSpec, context: Mapping[str, Any], headers: Mapp
         query = spec.query.evaluate(context) if spec.query else None
         body = spec.body.evaluate(context) if spec.body else None
     except ExpressionError as exc:
-        cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "upsert_error"
+        cause = oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.UPSERT_ERROR
         raise LookupBuildError(cause, f"{where}: {exc}") from None
     if query is not None and not isinstance(query, dict):
-        raise LookupBuildError("upsert_error", f"{where}.query must give an object of query parameters")
+        raise LookupBuildError(oc.UPSERT_ERROR, f"{where}.query must give an object of query parameters")
     try:
         params = encode_query(query or {}, spec.json_query)
     except ValueError as exc:
-        raise LookupBuildError("upsert_error", f"{where}.query: {exc}") from None
+        raise LookupBuildError(oc.UPSERT_ERROR, f"{where}.query: {exc}") from None
     try:
         url = spec.url.render(context)
         sent = {**headers, **{name: value.render(context, encode=False) for name, value in spec.headers.items()}}
     except TemplateError as exc:
-        raise LookupBuildError("upsert_error", f"{where}: {exc}") from None
+        raise LookupBuildError(oc.UPSERT_ERROR, f"{where}: {exc}") from None
     return HttpRequest(spec.method, url, sent, params, body)
 
 

@@ -20,12 +20,12 @@ contract loads, from local files only, never the network.
 
 from __future__ import annotations
 
-import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
+from ..content_digest import sha256_hex
 
 
 class ContractViolation(Exception):
@@ -167,7 +167,7 @@ class OutputContract:
         the reference, which costs 50-90 ms and so does not run at every start.
         """
         raw = path.read_bytes()
-        schema = orjson.loads(raw)
+        schema = _parse_schema(raw)
         if not isinstance(schema, dict):
             raise ValueError("an output schema must be a JSON object")
         refs = None
@@ -184,7 +184,7 @@ class OutputContract:
                 where = "/" + "/".join(str(p) for p in exc.absolute_path)
                 raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
         limits = _Limits.of(schema, refs.resolver() if refs else None)
-        contract = cls(name, schema, hashlib.sha256(raw).hexdigest(), limits, refs)
+        contract = cls(name, schema, sha256_hex(raw), limits, refs)
         if checked != contract.digest or refs is not None:
             contract.validator  # noqa: B018 - built now, so a broken schema fails the load
         return contract
@@ -317,8 +317,8 @@ class _References:
                 raise ValueError(f"cannot resolve $ref {uri!r}: only local files are read")
             file = self.folder / unquote(uri[len(base) :].split("#", 1)[0])
         try:
-            return orjson.loads(file.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
+            return _parse_schema(file.read_bytes())
+        except (OSError, ValueError) as exc:
             raise ValueError(f"cannot resolve $ref {uri!r}: {type(exc).__name__}") from None
 
     def _retrieve(self, uri: str) -> Any:
@@ -353,3 +353,13 @@ def _check_refs(node: Any, resolver: Any, seen: set[int] | None = None) -> None:
     elif isinstance(node, list):
         for item in node:
             _check_refs(item, resolver, seen)
+
+
+def _parse_schema(raw: bytes) -> Any:
+    """A schema file's JSON, as strict as orjson reads it (UTF-8 only, no NaN or Infinity), with the standard
+    library's parser: json is imported anyway, and orjson's import is not paid by a start that sends nothing."""
+    return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")

@@ -8,7 +8,7 @@ identity) before any JSONata runs, because most traffic is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,9 @@ class Pipeline:
         self.gate = ConsentGate.build(categories, preset.consent_aliases)
         self._required = next(t for t in ident.traits if t.name == ident.required)
         self._request_parts = self._render_requests()
+        # (action, has a body) -> the masked method, URL and headers of its requests, which only the
+        # settings decide: masked once, not per event (flows' requests read the event and are not kept).
+        self._masked_heads: dict[tuple[str, bool], tuple[str, str, dict[str, str]]] = {}
 
     def request_headers(self, action: str) -> dict[str, str]:
         return dict(self._request_parts[action][1]) if action in self._request_parts else {}
@@ -115,7 +118,7 @@ class Pipeline:
                 index,
                 message_id_of(event),
                 oc.FAILED,
-                cause="internal_error",
+                cause=oc.INTERNAL_ERROR,
                 detail=f"could not process this event: {type(exc).__name__}",
             )
 
@@ -211,7 +214,7 @@ class Pipeline:
         try:
             body = spec.body.evaluate({"items": [result.body], "settings": self.public_settings})
         except ExpressionError as exc:
-            cause = "expression_limit" if isinstance(exc, ExpressionLimitError) else "batch_error"
+            cause = oc.EXPRESSION_LIMIT if isinstance(exc, ExpressionLimitError) else oc.BATCH_ERROR
             return Outcome(
                 result.index,
                 result.message_id,
@@ -248,6 +251,21 @@ class Pipeline:
             requests=[masked_view(self.preset.auth, r) for r in leading],
         )
 
+    def _masked_request(self, result: Prepared, auth: AuthSpec | None) -> dict[str, Any]:
+        """``result.masked_request(auth)``; the part the settings decide is masked once per action."""
+        if result.action.flow:
+            return result.masked_request(auth)
+        key = (result.action.name, result.body is not None)
+        head = self._masked_heads.get(key)
+        if head is None or (head[0], head[1]) != (result.method, result.url):
+            view = result.masked_request(auth)
+            self._masked_heads[key] = (view["method"], view["url"], dict(view["headers"]))
+            return view
+        method, url, headers = head
+        if result.body is None:
+            return {"method": method, "url": url, "headers": dict(headers)}
+        return {"method": method, "url": url, "headers": dict(headers), "body": result.body}
+
     def learn_identity(self, event: Mapping[str, Any]) -> list[str]:
         """Remember an identify's traits, or forget its ids when its consent refuses; the refused categories.
 
@@ -263,6 +281,25 @@ class Pipeline:
         else:
             self.memory.remember(event, merged_traits(event, {}))
         return refused
+
+    def learn_identities(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """:meth:`learn_identity` for a request's identifies, in order, with their merges made together.
+
+        The identifies between two that forget (consent refused) are
+        remembered in one call to the store: two round trips to Redis for a
+        request, not two for each identify.
+        """
+        if not self.memory.keys:
+            return
+        pending: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
+        for event in events:
+            if self.gate.refused(event):
+                self.memory.remember_many(pending)
+                pending = []
+                self.memory.forget(event)
+            else:
+                pending.append((event, merged_traits(event, {})))
+        self.memory.remember_many(pending)
 
     def _unmapped_detail(self, kind: str, event: Mapping[str, Any], refused: list[str]) -> str:
         if kind == "track":
@@ -284,7 +321,7 @@ class Pipeline:
         if isinstance(result, Outcome):
             return result
         auth = self.preset.auth
-        request = result.masked_request(auth)
+        request = self._masked_request(result, auth)
         if result.action.flow:
             return self._dry_run_flow(result, request)
         if result.action.batch is not None:

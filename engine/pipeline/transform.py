@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .. import outcome as oc
 from ..language.expressions import Expression, ExpressionError, ExpressionLimitError
 from ..language.model import ActionSpec, TraitSpec
-from .normalisers import InvalidValue
+from .normalisers import InvalidValue, text
 from .output_contract import ContractViolation, omit_empty
 
 
@@ -35,18 +36,22 @@ def normalise_traits(
     """
     clean: dict[str, Any] = {}
     for spec in specs:
-        if spec.name == skip or spec.name not in raw:
+        name = spec.name
+        if name == skip or name not in raw:
             continue
-        value = raw[spec.name]
-        if spec.normalise is not None:
+        value = raw[name]
+        normalise = spec.normalise
+        if normalise is text and type(value) is str:
+            value = value.strip() or None  # text() on a string, most traits: without the call
+        elif normalise is not None:
             try:
-                value = spec.normalise(value, raw, spec.option)
+                value = normalise(value, raw, spec.option)
             except InvalidValue as exc:
                 value = None
                 if notes is not None:
-                    notes.append(f"trait '{spec.name}' left out: {exc}")
+                    notes.append(f"trait '{name}' left out: {exc}")
         if value is not None:
-            clean[spec.name] = value
+            clean[name] = value
     return clean
 
 
@@ -55,9 +60,9 @@ def build_document(action: ActionSpec, expression: Expression, context: Mapping[
     try:
         document = expression.evaluate(context)
     except ExpressionLimitError as exc:
-        raise TransformError("expression_limit", f"{where}: stopped at limits.expression.{exc.limit}: {exc}") from None
+        raise TransformError(oc.EXPRESSION_LIMIT, f"{where}: stopped at limits.expression.{exc.limit}: {exc}") from None
     except ExpressionError as exc:
-        raise TransformError("mapping_error", f"{where}: JSONata evaluation failed: {exc}") from None
+        raise TransformError(oc.MAPPING_ERROR, f"{where}: JSONata evaluation failed: {exc}") from None
     return shape(action, document, where)
 
 
@@ -70,7 +75,7 @@ def shape(action: ActionSpec, document: Any, where: str) -> Any:
         action.contract.check(document)
     except ContractViolation as exc:
         raise TransformError(
-            "output_invalid",
+            oc.OUTPUT_INVALID,
             f"{where}: preset bug: the document breaks {action.contract.name} at {exc.field}: "
             f"{str(exc).split(': ', 1)[1][:200]}",
         ) from None

@@ -96,7 +96,7 @@ class Replaying:
         prepared = prepared_from_letter(entry, self.preset, self.settings, self.pipeline)
         if isinstance(prepared, str):
             return Outcome(
-                entry.get("index"), entry.get("messageId"), oc.FAILED, cause="not_replayable", detail=prepared
+                entry.get("index"), entry.get("messageId"), oc.FAILED, cause=oc.NOT_REPLAYABLE, detail=prepared
             )
         since = self._delivered_at(key) if isinstance(key, str) else None
         if since is not None and since >= float(entry.get("dead_lettered_at") or 0):

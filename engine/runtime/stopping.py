@@ -9,7 +9,7 @@ the grace period. Either way the event keeps its one outcome, a dead letter.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
 from ..outcome import Outcome
@@ -51,3 +51,53 @@ def stopped_outcome(prepared: Prepared, sent: int, stop: Stop, request: dict[str
         request=request,
         attempts=sent,
     )
+
+
+class Stopping:
+    """The Engine's ``stop``; the engine provides what is declared below."""
+
+    if TYPE_CHECKING:
+        _stop: Stop | None
+        _stop_requested: asyncio.Future[None] | None
+        _active: dict[asyncio.Future[Outcome], list[int]]
+
+    def stop(self, grace: float = 30.0, reason: str = "the engine was stopped") -> None:
+        """End early: send nothing more; give what is on the wire ``grace`` seconds; record everything.
+
+        Every event still gets its one outcome. One whose first request had
+        not left ends at once as ``dead_lettered`` with cause ``not_sent``;
+        one on the wire (or retrying) may finish within ``grace`` seconds,
+        after which it is cut off and dead-lettered as ``interrupted`` (the
+        destination may have it). :meth:`process_batches` stops asking its
+        source for more and ends once the events it took have their outcomes.
+        ``reason`` (e.g. "SIGTERM") goes into those outcomes' details.
+        Calling ``stop`` again shortens the grace period (``stop(0)``: now).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, grace)
+        if self._stop is None:
+            self._stop = Stop(reason, max(0.0, grace), deadline)
+            if self._stop_requested is not None and not self._stop_requested.done():
+                self._stop_requested.set_result(None)
+        elif deadline >= self._stop.deadline:
+            return
+        self._stop.deadline = deadline
+        if self._stop.timer is not None:
+            self._stop.timer.cancel()
+        self._stop.timer = loop.call_at(deadline, self._cut_off)
+        for work, sent in list(self._active.items()):
+            if not sent[0]:
+                work.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop is not None
+
+    def in_flight(self) -> int:
+        """Deliveries with a request on the wire (or between retries) now."""
+        return sum(1 for sent in self._active.values() if sent[0])
+
+    def _cut_off(self) -> None:
+        """The grace period is over: whatever is still under way ends now, as a dead letter."""
+        for work in list(self._active):
+            work.cancel()

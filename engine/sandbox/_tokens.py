@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .common import bearer_token
+from .common import bearer_token, json_body, json_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,7 +51,7 @@ def expire_tokens_handler(get_state: Callable[[web.Request], TokenIssuer]) -> Ha
     """``POST /_sandbox/expire-tokens``: make every access token stale, to test refresh-on-401."""
 
     async def admin_expire_tokens(request: web.Request) -> web.Response:
-        return web.json_response({"expired": get_state(request).expire_access_tokens()})
+        return json_response({"expired": get_state(request).expire_access_tokens()})
 
     return admin_expire_tokens
 
@@ -64,7 +64,7 @@ def holds_valid_bearer(request: web.Request, state: Any) -> bool:
 
 def token_response(access_token: str, refresh_token: str, expires_in: int, scope: str, now: float) -> web.Response:
     """A successful token answer (RFC 6749 §5.1), with the ``created_at`` both vendors add."""
-    return web.json_response(
+    return json_response(
         {
             "access_token": access_token,
             "token_type": "bearer",
@@ -79,14 +79,14 @@ def token_response(access_token: str, refresh_token: str, expires_in: int, scope
 def oauth_error(status: int, error: str, description: str, headers: Mapping[str, str] | None = None) -> web.Response:
     """A token-endpoint error in RFC 6749 §5.2's shape."""
     body = {"error": error, "error_description": description}
-    return web.json_response(body, status=status, headers=dict(headers or {}))
+    return json_response(body, status=status, headers=dict(headers or {}))
 
 
 async def read_token_params(request: web.Request) -> dict[str, Any]:
     """A token request's parameters, sent as a form or as JSON; a body that is not a JSON object has none."""
     if request.content_type == "application/json":
         try:
-            body = await request.json()
+            body = await json_body(request)
         except ValueError:
             return {}
         return dict(body) if isinstance(body, dict) else {}

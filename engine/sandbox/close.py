@@ -44,6 +44,8 @@ from .common import (
     fault_settings,
     fault_view,
     guarded,
+    json_body,
+    json_response,
     parse_fault,
     requests_by_status,
     run_sandbox,
@@ -401,7 +403,7 @@ async def _json(request: web.Request) -> Any:
             415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json."}
         )
     try:
-        return await request.json()
+        return await json_body(request)
     except ValueError:
         raise ApiError(400, {"error": "The body is not valid JSON."}) from None
 
@@ -427,7 +429,7 @@ async def create_lead(request: web.Request) -> web.Response:
     for contact in body.get("contacts", []):
         state.leads[lead_id]["contact_ids"].append(_new_contact(state, lead_id, contact, now))
     state.creates += 1
-    return web.json_response(lead_view(state, lead_id))
+    return json_response(lead_view(state, lead_id))
 
 
 def _held(request: web.Request, table: Mapping[str, Any]) -> str:
@@ -440,12 +442,12 @@ def _held(request: web.Request, table: Mapping[str, Any]) -> str:
 
 async def get_lead(request: web.Request) -> web.Response:
     state = _state(request)
-    return web.json_response(lead_view(state, _held(request, state.leads)))
+    return json_response(lead_view(state, _held(request, state.leads)))
 
 
 async def get_contact(request: web.Request) -> web.Response:
     state = _state(request)
-    return web.json_response(contact_view(state, _held(request, state.contacts)))
+    return json_response(contact_view(state, _held(request, state.contacts)))
 
 
 async def update_contact(request: web.Request) -> web.Response:
@@ -469,7 +471,7 @@ async def update_contact(request: web.Request) -> web.Response:
     stored["custom"].update({k: v for k, v in body.items() if _CUSTOM.match(k)})
     stored["date_updated"] = _iso(state.clock())
     state.updates += 1
-    return web.json_response(contact_view(state, contact_id))
+    return json_response(contact_view(state, contact_id))
 
 
 def _unsupported_query() -> ApiError:
@@ -528,7 +530,7 @@ async def search(request: web.Request) -> web.Response:
     state.searches += 1
     matches = state.leads_with_email(email)[:limit]
     data = [lead_view(state, lead_id, fields if fields is not None else ["id"]) for lead_id in matches]
-    return web.json_response({"data": data, "cursor": None})
+    return json_response({"data": data, "cursor": None})
 
 
 protected = guarded(_require_api_key)
@@ -562,11 +564,11 @@ def _rate_limited(quota: FixedWindowQuota, now: float) -> web.Response:
             "rate_limit_type": "key",
         }
     }
-    return web.json_response(body, status=429)
+    return json_response(body, status=429)
 
 
 def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    return web.json_response({"error": exc.reason}, status=exc.status)
+    return json_response({"error": exc.reason}, status=exc.status)
 
 
 def _admit(request: web.Request, state: SandboxState) -> Admission:
@@ -578,7 +580,7 @@ def _admit(request: web.Request, state: SandboxState) -> Admission:
         fault_response=lambda status: (
             _rate_limited(quota, now)
             if status == 429
-            else web.json_response({"error": "Injected sandbox fault."}, status=status)
+            else json_response({"error": "Injected sandbox fault."}, status=status)
         ),
         headers=lambda: {"ratelimit": _ratelimit_header(quota, now)},
     )

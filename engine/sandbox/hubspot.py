@@ -47,6 +47,8 @@ from .common import (
     fault_view,
     guarded,
     iso_millis,
+    json_body,
+    json_response,
     parse_fault,
     requests_by_status,
     run_sandbox,
@@ -149,7 +151,7 @@ class ApiError(SandboxError):
             "category": self.category,
             **self.extra,
         }
-        return web.json_response(body, status=self.status, headers=self.headers)
+        return json_response(body, status=self.status, headers=self.headers)
 
 
 def _property_errors(problems: list[dict[str, Any]]) -> ApiError:
@@ -200,17 +202,14 @@ class SandboxState(FaultedState):
         self.daily = FixedWindowQuota(self.config.daily_quota, 86400.0, aligned=True)
 
     def owner_of(self, email: str, exclude: str | None = None) -> str | None:
-        if not email:  # a contact without an email has "" as one
-            return next(
-                (cid for cid, props in self.contacts.items() if cid != exclude and not props.get("email")), None
-            )
+        """The first contact made (ids count up) with this email; a contact without one has "" as one."""
         holders = self.emails.holders([email.lower()])
         holders.discard(exclude)
-        return min(holders, key=int, default=None)  # ids count up: the first contact made
+        return min(holders, key=int, default=None)
 
     def _emails_of(self, contact_id: str) -> list[str]:
-        email = self.contacts[contact_id].get("email", "")
-        return [email.lower()] if email else []
+        # Contacts without an email are indexed under "", so finding one is no scan either.
+        return [self.contacts[contact_id].get("email", "").lower()]
 
     def store(self, contact_id: str, properties: dict[str, str]) -> None:
         """Add a contact, keeping the email index in step."""
@@ -279,7 +278,7 @@ async def _read_body(request: web.Request, allowed: frozenset[str]) -> dict[str,
             415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; send application/json."
         )
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
     if not isinstance(body, dict):
@@ -391,7 +390,7 @@ async def create_contact(request: web.Request) -> web.Response:
     state.store(contact_id, {k: v for k, v in properties.items() if v != ""})
     state.meta[contact_id] = {"createdAt": now, "updatedAt": now}
     state.creates += 1
-    return web.json_response(_resource(state, contact_id), status=201)
+    return json_response(_resource(state, contact_id), status=201)
 
 
 async def update_contact(request: web.Request) -> web.Response:
@@ -405,7 +404,7 @@ async def update_contact(request: web.Request) -> web.Response:
     state.change(contact_id, properties)
     state.meta[contact_id]["updatedAt"] = iso_millis(state.clock())
     state.updates += 1
-    return web.json_response(_resource(state, contact_id), status=200)
+    return json_response(_resource(state, contact_id), status=200)
 
 
 async def get_contact(request: web.Request) -> web.Response:
@@ -414,7 +413,7 @@ async def get_contact(request: web.Request) -> web.Response:
     contact_id = _find(state, request)
     raw = request.query.get("properties")
     names = [n for n in raw.split(",") if n] if raw else None
-    return web.json_response(_resource(state, contact_id, names))
+    return json_response(_resource(state, contact_id, names))
 
 
 def _upsert_one(state: SandboxState, item: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -475,7 +474,7 @@ async def batch_upsert_contacts(request: web.Request) -> web.Response:
             415, "VALIDATION_ERROR", f"Unsupported Media Type: {request.content_type or 'none'}; send application/json."
         )
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
     inputs = body.get("inputs") if isinstance(body, dict) else None
@@ -515,8 +514,8 @@ async def batch_upsert_contacts(request: web.Request) -> web.Response:
         "completedAt": iso_millis(state.clock()),
     }
     if errors:
-        return web.json_response({**answer, "numErrors": len(errors), "errors": errors}, status=207)
-    return web.json_response(answer, status=200)
+        return json_response({**answer, "numErrors": len(errors), "errors": errors}, status=207)
+    return json_response(answer, status=200)
 
 
 def _search_email(body: Any) -> str:
@@ -544,7 +543,7 @@ async def search_contacts(request: web.Request) -> web.Response:
     """``POST /crm/v3/objects/contacts/search`` by email."""
     state = _state(request)
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise ApiError(400, "VALIDATION_ERROR", "Invalid input JSON: the body is not valid JSON.") from None
     email = _search_email(body)
@@ -554,7 +553,7 @@ async def search_contacts(request: web.Request) -> web.Response:
         raise ApiError(400, "VALIDATION_ERROR", "limit must be an integer from 1 to 200.")
     found = state.owner_of(email)
     results = [] if found is None else [_resource(state, found, names or ["email", "firstname", "lastname"])]
-    return web.json_response({"total": len(results), "results": results[:limit]})
+    return json_response({"total": len(results), "results": results[:limit]})
 
 
 # Check the private-app token, then render ``ApiError`` in HubSpot's format.
@@ -591,7 +590,7 @@ def _rate_limited(policy: str) -> web.Response:
         "correlationId": str(uuid.uuid4()),
         "policyName": policy,
     }
-    return web.json_response(body, status=429)
+    return json_response(body, status=429)
 
 
 def _fault_response(status: int) -> web.Response:

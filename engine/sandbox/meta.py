@@ -45,6 +45,8 @@ from .common import (
     fault_settings,
     fault_view,
     guarded,
+    json_body,
+    json_response,
     parse_fault,
     requests_by_status,
     run_sandbox,
@@ -262,7 +264,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
             raise graph_error("(#100) param data must be an array.", "OAuthException", 100) from None
         return {"data": data, **({"test_event_code": form["test_event_code"]} if "test_event_code" in form else {})}
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise graph_error("(#100) The request body is not valid JSON.", "OAuthException", 100) from None
     if not isinstance(body, dict):
@@ -368,7 +370,7 @@ async def post_events(request: web.Request) -> web.Response:
             state.seen[key] = now
         kept.append({"pixel_id": pixel, **({"test_event_code": test_code} if test_code else {}), **event})
     state.batch_sizes.append(len(data))
-    return web.json_response({"events_received": len(data), "messages": [], "fbtrace_id": _trace()})
+    return json_response({"events_received": len(data), "messages": [], "fbtrace_id": _trace()})
 
 
 protected = guarded(_require_token)

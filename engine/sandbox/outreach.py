@@ -62,6 +62,8 @@ from .common import (
     garbage_response,
     guarded,
     iso_millis,
+    json_body,
+    json_response,
     parse_fault,
     parse_fault_mix,
     requests_by_status,
@@ -247,11 +249,20 @@ def _type_matches(value: Any, types: Iterable[str]) -> bool:
 
 def _attribute_problem(value: Any, rule: AttributeRule) -> str | None:
     """Explain why a value breaks its rule, or return None when it is fine."""
+    kind = type(value)
+    if kind is str:  # the usual attribute, checked without the general type table
+        if "string" not in rule.types and rule.types and not _type_matches(value, rule.types):
+            return f"must be of type {' or '.join(sorted(rule.types))}"
+        if rule.max_length is not None and len(value) > rule.max_length:
+            return f"is too long (maximum is {rule.max_length} characters)"
+        return None
     if rule.types and not _type_matches(value, rule.types):
         return f"must be of type {' or '.join(sorted(rule.types))}"
     if isinstance(value, str) and rule.max_length is not None and len(value) > rule.max_length:
         return f"is too long (maximum is {rule.max_length} characters)"
     if isinstance(value, list) and rule.item_type is not None:
+        if rule.item_type == "string" and all(type(item) is str for item in value):
+            return None
         if not all(_type_matches(item, [rule.item_type]) for item in value):
             return f"must only contain values of type {rule.item_type}"
     return None
@@ -319,7 +330,7 @@ def _camel_id(status: int) -> str:
 
 
 def _jsonapi_response(body: Any, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=dict(headers or {}), content_type=JSONAPI_MEDIA_TYPE)
+    return json_response(body, status=status, headers=headers, content_type=JSONAPI_MEDIA_TYPE)
 
 
 # --------------------------------------------------------------------------
@@ -389,6 +400,8 @@ class SandboxState(FaultedState, TokenIssuer):
         config = self.config
         self.refresh_tokens: set[str] = {config.refresh_token}
         self.access_tokens: dict[str, float] = {}
+        self.next_expiry = math.inf  # the soonest an access token expires: nothing to forget before then
+        self.origins: dict[tuple[str, str], str] = {}  # a request's scheme and Host: its origin, as yarl spells it
         self.prospects: dict[int, dict[str, Any]] = {}
         self.emails = EmailIndex()
         self.next_id = 1
@@ -422,9 +435,16 @@ class SandboxState(FaultedState, TokenIssuer):
         self.throttle.record(now)
         return self.issue_tokens(now)
 
+    def issue_tokens(self, now: float) -> tuple[str, str]:
+        access_token, refresh_token = super().issue_tokens(now)
+        self.next_expiry = min(self.next_expiry, self.access_tokens[access_token])
+        return access_token, refresh_token
+
     def access_token_valid(self, token: str, now: float) -> bool:
-        """Expired tokens are forgotten as they are met."""
-        self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now}
+        """Expired tokens are forgotten as they are met (looked through only once one may have expired)."""
+        if now >= self.next_expiry:
+            self.access_tokens = {t: exp for t, exp in self.access_tokens.items() if exp > now}
+            self.next_expiry = min(self.access_tokens.values(), default=math.inf)
         return token in self.access_tokens
 
     # -- prospects --------------------------------------------------------
@@ -587,7 +607,7 @@ def _require_jsonapi_media_type(request: web.Request) -> None:
 async def _read_document(request: web.Request) -> dict[str, Any]:
     _require_jsonapi_media_type(request)
     try:
-        document = await request.json()
+        document = await json_body(request)
     except ValueError:
         raise ApiError(400, [_error("badRequest", "Bad Request", "The request body is not valid JSON.")]) from None
     if not isinstance(document, dict) or not isinstance(document.get("data"), dict):
@@ -619,8 +639,23 @@ def _resource(request: web.Request, prospect_id: int, attributes: Mapping[str, A
         "type": "prospect",
         "id": prospect_id,
         "attributes": dict(attributes),
-        "links": {"self": f"{request.url.origin()}/api/v2/prospects/{prospect_id}"},
+        "links": {"self": f"{_origin(request)}/api/v2/prospects/{prospect_id}"},
     }
+
+
+MAX_ORIGINS = 64
+
+
+def _origin(request: web.Request) -> str:
+    """``request.url.origin()``, kept per scheme and Host: building the URL anew was a tenth of a request."""
+    origins = _state(request).origins
+    key = (request.scheme, request.host)
+    origin = origins.get(key)
+    if origin is None:
+        origin = str(request.url.origin())
+        if len(origins) < MAX_ORIGINS:  # a client sending odd Host headers cannot grow it
+            origins[key] = origin
+    return origin
 
 
 def _lookup(state: SandboxState, request: web.Request) -> tuple[int, dict[str, Any]]:

@@ -53,6 +53,8 @@ from .common import (
     fault_view,
     guarded,
     iso_millis,
+    json_body,
+    json_response,
     parse_fault,
     requests_by_status,
     run_sandbox,
@@ -144,7 +146,7 @@ class ApiError(SandboxError):
             self.body["fields"] = fields
 
     def response(self) -> web.Response:
-        return web.json_response([self.body], status=self.status)
+        return json_response([self.body], status=self.status)
 
 
 class SandboxState(FaultedState, TokenIssuer):
@@ -250,7 +252,7 @@ def _token_answer(
     }
     if refresh_token is not None:
         body["refresh_token"] = refresh_token
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def token_endpoint(request: web.Request) -> web.Response:
@@ -300,7 +302,7 @@ async def _read_fields(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content type '{request.content_type}' not supported")
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise ApiError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -400,7 +402,7 @@ async def create_lead(request: web.Request) -> web.Response:
     }
     state.emails.add(lead_id, _emails(state.leads[lead_id]))
     state.creates += 1
-    return web.json_response({"id": lead_id, "success": True, "errors": []}, status=201)
+    return json_response({"id": lead_id, "success": True, "errors": []}, status=201)
 
 
 def _lead(state: SandboxState, request: web.Request) -> tuple[str, dict[str, Any]]:
@@ -445,7 +447,7 @@ def _record(lead: Mapping[str, Any], fields: list[str], version: str) -> dict[st
 async def get_lead(request: web.Request) -> web.Response:
     state = _state(request)
     _, lead = _lead(state, request)
-    return web.json_response(
+    return json_response(
         _record(
             lead, ["Id", *LEAD_FIELDS, "IsConverted", "CreatedDate", "LastModifiedDate"], request.match_info["version"]
         )
@@ -483,7 +485,7 @@ async def query(request: web.Request) -> web.Response:
         matches = matches[: int(parsed.group("limit"))]
     state.queries += 1
     version = request.match_info["version"]
-    return web.json_response(
+    return json_response(
         {"totalSize": len(matches), "done": True, "records": [_record(lead, fields, version) for lead in matches]}
     )
 

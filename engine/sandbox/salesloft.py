@@ -54,6 +54,8 @@ from .common import (
     fault_settings,
     fault_view,
     guarded,
+    json_body,
+    json_response,
     parse_fault,
     requests_by_status,
     run_sandbox,
@@ -318,7 +320,7 @@ async def _read_fields(request: web.Request, *, creating: bool) -> dict[str, Any
             415, {"error": f"Unsupported media type {request.content_type or 'none'}; send application/json"}
         )
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         raise ApiError(400, {"error": "The body is not valid JSON"}) from None
     if not isinstance(body, dict):
@@ -380,7 +382,7 @@ async def create_person(request: web.Request) -> web.Response:
         today = datetime.fromtimestamp(state.clock(), tz=UTC).strftime("%Y-%m-%d")
         state.people[person_id]["tags"] = [*(fields.get("tags") or []), today]
     state.creates += 1
-    return web.json_response({"data": _person_view(person_id, state.people[person_id])})
+    return json_response({"data": _person_view(person_id, state.people[person_id])})
 
 
 def _lookup(state: SandboxState, request: web.Request) -> tuple[int, dict[str, Any]]:
@@ -403,13 +405,13 @@ async def update_person(request: web.Request) -> web.Response:
     state.emails.add(person_id, state.emails_of(person_id))
     person["updated_at"] = _iso(state.clock())
     state.updates += 1
-    return web.json_response({"data": _person_view(person_id, person)})
+    return json_response({"data": _person_view(person_id, person)})
 
 
 async def get_person(request: web.Request) -> web.Response:
     state = _state(request)
     person_id, person = _lookup(state, request)
-    return web.json_response({"data": _person_view(person_id, person)})
+    return json_response({"data": _person_view(person_id, person)})
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int | None) -> int:
@@ -442,7 +444,7 @@ async def list_people(request: web.Request) -> web.Response:
         "next_page": page + 1 if start + per_page < len(matches) else None,
         "prev_page": page - 1 if page > 1 else None,
     }
-    return web.json_response(
+    return json_response(
         {
             "metadata": {
                 "filtering": filtering,
@@ -478,17 +480,17 @@ def request_cost(request: web.Request) -> int:
 
 
 def _rate_limited() -> web.Response:
-    return web.json_response({"error": "Rate limit exceeded", "status": 429}, status=429)
+    return json_response({"error": "Rate limit exceeded", "status": 429}, status=429)
 
 
 def _fault_response(status: int) -> web.Response:
     if status == 429:
         return _rate_limited()
-    return web.json_response({"error": "Injected sandbox fault", "status": status}, status=status)
+    return json_response({"error": "Injected sandbox fault", "status": status}, status=status)
 
 
 def _route_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    return web.json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
+    return json_response({"error": exc.reason, "status": exc.status}, status=exc.status)
 
 
 def _admit(request: web.Request, state: SandboxState) -> Admission:

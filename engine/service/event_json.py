@@ -43,6 +43,7 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(range(256)).translate(None, b'"[]{}')
 _UNSURE = object()
+_COUNTED_UP_TO = 4096  # bytes; a longer body's depth is read from its brackets without counting them first
 
 
 class EventJsonError(ValueError):
@@ -77,7 +78,8 @@ def _fast_loads(data: str | bytes) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _UNSURE
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # fewer brackets than that cannot nest too deep
+    # Fewer brackets than MAX_DEPTH cannot nest too deep; a batch has hundreds, so counting them is spared.
+    if len(raw) > _COUNTED_UP_TO or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
         depth = _text_depth(raw)
         if depth is None:
             _check_depth(value)

@@ -45,7 +45,7 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,7 @@ SEGMENT_TYPES = ("track", "identify", "page", "screen", "group")
 _MILLISECONDS = re.compile(r"[0-9]{1,16}")
 
 Remember = Callable[[Mapping[str, Any]], None]
+RememberMany = Callable[[Sequence[Mapping[str, Any]]], None]
 
 
 @dataclass
@@ -145,13 +146,18 @@ class Intake:
         metrics: Metrics,
         *,
         remember: Remember | None = None,
+        remember_many: RememberMany | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.queue = queue
         self.config = config
         self.metrics = metrics
         self.remember = remember
+        # A request's identifies at once (``remember`` is called for each when this is not given).
+        self.remember_many = remember_many
         self.draining = False
+        # Why no event is taken yet (a service with no integration to deliver to): each is refused with this.
+        self.refusing: str | None = None
         self.ready_check: Callable[[], Awaitable[bool]] | None = None
         self._clock = clock
         self._in_flight = 0
@@ -218,6 +224,11 @@ class Intake:
                     "the intake is shutting down; retry shortly",
                     "draining",
                     {"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            if self.refusing is not None:
+                # Taken now, an event would wait for an integration that may never come: refused, it is retried.
+                raise Refused(
+                    503, "no_integration", self.refusing, "unavailable", {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
             raw = await self._read(request)
             reserved = authenticate(request, raw)
@@ -372,6 +383,18 @@ class Intake:
         return body
 
     async def _queue(self, events: list[dict[str, Any]]) -> None:
+        identifies = (
+            [event for event in events if event.get("type") == "identify"]
+            if self.remember is not None or self.remember_many is not None
+            else []
+        )
+        append_within = getattr(self.queue, "append_within", None)
+        if append_within is not None and not identifies:
+            # The backlog's bound checked and the events appended in one round trip (Redis), all or none.
+            backlog = await self._write(append_within, [_body(e) for e in events], self.config.max_backlog)
+            if backlog is not None:
+                raise self._backlog_full(backlog, len(events))
+            return
         try:
             backlog = await self.queue.backlog()
         except OSError:
@@ -384,21 +407,24 @@ class Intake:
                 len(events),
             ) from None
         if backlog + len(events) > self.config.max_backlog:
-            raise Refused(
-                429,
-                "backlog_full",
-                f"{backlog} events are waiting for delivery (the bound is {self.config.max_backlog}); retry later",
-                "backlog_full",
-                {"Retry-After": str(RETRY_AFTER_SECONDS)},
-                len(events),
-            )
+            raise self._backlog_full(backlog, len(events))
+        await self._write(self._remember_and_append, events)
+
+    async def _remember_and_append(self, events: list[dict[str, Any]]) -> None:
+        if self.remember is not None or self.remember_many is not None:
+            # Identify traits are written before the 200, so a lead accepted after it is joined by any worker.
+            identifies = [event for event in events if event.get("type") == "identify"]
+            if identifies and self.remember_many is not None:
+                self.remember_many(identifies)
+            elif self.remember is not None:
+                for event in identifies:
+                    self.remember(event)
+        await self.queue.append([_body(e) for e in events])
+
+    async def _write(self, write: Callable[..., Awaitable[Any]], events: list[Any], *args: Any) -> Any:
+        """``write(events, *args)``; a store that cannot be written is a 503, and nothing is queued."""
         try:
-            if self.remember is not None:
-                # Identify traits are written before the 200, so a lead accepted after it is joined by any worker.
-                for event in events:
-                    if event.get("type") == "identify":
-                        self.remember(event)
-            await self.queue.append([_body(e) for e in events])
+            return await write(events, *args)
         except OSError as exc:
             log.error("intake: could not queue %d event(s): %s", len(events), exc.strerror or type(exc).__name__)
             raise Refused(
@@ -409,6 +435,16 @@ class Intake:
                 {"Retry-After": str(RETRY_AFTER_SECONDS)},
                 len(events),
             ) from None
+
+    def _backlog_full(self, backlog: int, events: int) -> Refused:
+        return Refused(
+            429,
+            "backlog_full",
+            f"{backlog} events are waiting for delivery (the bound is {self.config.max_backlog}); retry later",
+            "backlog_full",
+            {"Retry-After": str(RETRY_AFTER_SECONDS)},
+            events,
+        )
 
 
 def _parse(body: bytes) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import json
@@ -48,8 +49,9 @@ from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
 from ..runtime import Engine
 from ..state.identity import SHARED_IDENTITY, IdentityLimits
+from .console_made import load_console_made, stored_in
 from .intake import RUNNER_OPTIONS, Intake, IntakeConfig, create_app
-from .integrations import Integration, IntegrationsConfig
+from .integrations import Integration, IntegrationsConfig, IntegrationsError
 from .metrics import Metrics
 from .worker import MAX_DELIVERIES, VISIBILITY_SECONDS, Worker, outcome_line
 
@@ -77,6 +79,16 @@ class ServiceOptions:
     record: bool = True  # the record of recent events the console shows (--no-record: none)
     mount: Callable[[web.Application], None] | None = None  # adds routes beside the intake's (serve --console)
     only: list[str] | None = None  # worker --integration NAME ...: these integrations only
+    # Also deliver the integrations set up in the console (kept in the same state store; read at start).
+    console_made: bool = True
+    environ: Mapping[str, str] | None = None  # where SIGNAL_CONSOLE_SECRET_KEY is read; None: os.environ
+    preset_path: Sequence[str] = ()  # where a console-made integration's preset is looked for, beside the built-ins
+    # Console-made integrations skipped at start (no key, a preset gone): not delivered, but their place in the
+    # queue is kept, as a disabled one's is (set by with_console_made).
+    resting: Sequence[str] = ()
+    # serve --console (embedded): given the function the console calls when an integration set up in it is saved
+    # or deleted, so this serve starts, restarts or stops delivering it at once (what it did, in one line).
+    watch: Callable[[Callable[[str], Awaitable[str]]], None] | None = None
     # Where "listening on URL" and the like go: stderr, so stdout holds outcome lines only.
     announce: Callable[..., None] = field(default=lambda line, **fields: _announce(line))
 
@@ -187,6 +199,94 @@ def _delivery(integration: Integration, metrics: Metrics, state: Any, record: bo
     return _Delivery(integration, engine, session)
 
 
+def with_console_made(
+    options: ServiceOptions, backend: Any, *, secrets: bool = True
+) -> tuple[ServiceOptions, list[str]]:
+    """``options`` with the state's console-made integrations after the file's, and a line for each one skipped.
+
+    ``secrets=False`` for the Redis intake: it names every integration (its
+    consumer group) and learns identity, so it needs neither their credentials
+    nor the key.
+    """
+    if not options.console_made:
+        return options, []
+    try:
+        stored = stored_in(backend)
+    except (ValueError, KeyError, OSError) as exc:  # a damaged row: the file's integrations are still delivered
+        return options, [
+            f"the integrations set up in the console cannot be read ({type(exc).__name__}); none is delivered"
+        ]
+    made = load_console_made(
+        stored,
+        os.environ if options.environ is None else options.environ,
+        taken=options.config.names(),
+        preset_path=options.preset_path,
+        secrets=secrets,
+    )
+    if made.integrations:
+        config = dataclasses.replace(options.config, integrations=[*options.config.integrations, *made.integrations])
+        options = dataclasses.replace(options, config=config)
+    if made.resting:
+        options = dataclasses.replace(options, resting=[*options.resting, *made.resting])
+    if options.only is not None:
+        unknown = [name for name in options.only if name not in options.config.names()]
+        if unknown:
+            raise IntegrationsError(
+                [
+                    f"--integration {name}: no such integration (the file names: {', '.join(options.config.names())})"
+                    for name in unknown
+                ]
+            )
+    return options, made.skipped
+
+
+_NO_INTEGRATION = IntegrationsConfig([])
+
+
+def nothing_configured(options: ServiceOptions) -> bool:
+    """No integration at all: no file, no PRESET, none set up in the console (not even one skipped)."""
+    return not options.config.integrations and not options.resting
+
+
+NOTHING_TO_DELIVER = (
+    "nothing to deliver: no PRESET, no --config FILE, and no integration set up in the console in this state store"
+)
+
+
+def _refuse_or_wait(options: ServiceOptions, intake: Intake) -> bool:
+    """With nothing configured: an error, unless the console is served (to set up the first integration); then
+    every event is refused (503) until the next start, and True (the caller says so once it listens)."""
+    if not nothing_configured(options):
+        return False
+    if options.mount is None:
+        raise IntegrationsError(
+            [f"{NOTHING_TO_DELIVER}; name a PRESET, pass --config FILE, or add --console to set one up in the browser"]
+        )
+    intake.refusing = "no integration is set up yet, so no event is taken; set one up in the console" + (
+        "" if options.watch is not None else ", then restart serve"
+    )
+    return True
+
+
+def _say_nothing_yet(url: str, *, live: bool = False) -> None:
+    then = (
+        "it is delivered as soon as it is saved (until then every event is refused, 503)"
+        if live
+        else "then restart serve (until then every event is refused, 503)"
+    )
+    log.warning(
+        "warning: nothing to deliver yet: no PRESET, no --config FILE, and no integration set up in the console; "
+        "set one up at %s/console/integrations/new; %s",
+        url,
+        then,
+    )
+
+
+def _say_skipped(lines: list[str]) -> None:
+    for line in lines:
+        log.warning("warning: %s", line)
+
+
 def _redactor(options: ServiceOptions, deliveries: list[_Delivery]) -> _AllRedactors:
     """Every secret of the file in every integration's redactor too: none shows in another's outcome."""
     secrets = [s for s in (*options.config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
@@ -242,49 +342,204 @@ async def _serve_embedded(
     from ..state.backend import open_state
     from ..state.sqlite.queue import SqliteQueue
 
+    backend = open_state(options.state)
+    given = set(options.config.names())  # the file's (or PRESET's): the console never changes these
+    try:
+        options, skipped = with_console_made(options, backend)
+    except BaseException:
+        backend.close()
+        raise
     config = options.config
     # Every integration named gets its place in the queue, disabled ones too: they resume where they stopped.
-    queue = SqliteQueue(options.state, integrations=config.names())
-    backend = open_state(options.state)
+    queue = SqliteQueue(options.state, integrations=[*config.names(), *options.resting])
     deliveries: list[_Delivery] = []
+    running: _Running | None = None
     try:
         deliveries = [_delivery(i, metrics, backend, options.record) for i in options.working()]
-        configure(_redactor(options, deliveries))  # type: ignore[arg-type]
-        for delivery in deliveries:
-            delivery.worker = Worker(
-                delivery.engine,
-                queue.view(delivery.integration.name),
-                "embedded",
-                metrics=metrics,
-                emit=_emit if options.print_outcomes else None,
-                visibility_seconds=options.visibility_seconds,
-                max_deliveries=options.max_deliveries,
-            )
+        redactors = _redactor(options, deliveries)
+        configure(redactors)  # type: ignore[arg-type]
+        _say_skipped(skipped)
         intake = Intake(queue, options.intake, metrics)
-        _gauges(metrics, queue, config.names(), queue.lag, backend)
-        worker_stop = asyncio.Event()
+        waiting = _refuse_or_wait(options, intake)
+        names = [*config.names(), *options.resting]
+        _gauges(metrics, queue, names, queue.lag, backend)
+        running = _Running(options, backend, queue, metrics, intake, redactors, names, given)
+        if options.watch is not None:
+            options.watch(running.changed)
         with _signals(stop):
             runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
-                async with contextlib.AsyncExitStack() as engines:
-                    for delivery in deliveries:
-                        await engines.enter_async_context(delivery.engine)
-                    tasks = [asyncio.ensure_future(d.worker.run(worker_stop)) for d in deliveries if d.worker]
-                    say(url_of(options.host, port))
-                    await _until(stop, tasks)
-                    intake.draining = True
-                    await _bounded(intake.drained(), options.drain_seconds)
-                    worker_stop.set()
-                    await _drain(tasks, options.drain_seconds, "serve")
-                    _raise_if_failed(tasks)
+                for delivery in deliveries:
+                    await running.start(delivery)
+                say(url_of(options.host, port))
+                if waiting:
+                    _say_nothing_yet(url_of(options.host, port), live=options.watch is not None)
+                failed: asyncio.Future[Any] = asyncio.ensure_future(running.failed.wait())
+                try:
+                    await _until(stop, [failed])
+                finally:
+                    failed.cancel()
+                intake.draining = True
+                await _bounded(intake.drained(), options.drain_seconds)
+                await running.stop_all(options.drain_seconds)
             finally:
                 await runner.cleanup()
     finally:
+        if running is not None:
+            await running.close()
         for delivery in deliveries:
             await delivery.session.close()
         await queue.close()
         backend.close()
     return 0
+
+
+class _Running:
+    """The deliveries of an embedded ``serve``, each started and stopped on its own.
+
+    Why on its own: with the console mounted (``serve --console``), an
+    integration set up there is delivered from the moment it is saved, an
+    edit restarts it with its new settings, and a delete stops it
+    (:meth:`changed`), while the others go on. Each edit or delete drains
+    that integration's worker as SIGTERM does (bounded by ``drain_seconds``):
+    what it read is finished and acknowledged; what it had not read stays
+    queued for the restarted one.
+    """
+
+    def __init__(
+        self,
+        options: ServiceOptions,
+        backend: Any,
+        queue: Any,
+        metrics: Metrics,
+        intake: Intake,
+        redactors: _AllRedactors,
+        names: list[str],
+        given: set[str],
+    ) -> None:
+        self.options = options
+        self.backend = backend
+        self.queue = queue
+        self.metrics = metrics
+        self.intake = intake
+        self.redactors = redactors
+        self.names = names  # the gauges' list: changed in place
+        self.given = given
+        self.deliveries: dict[str, _Delivery] = {}
+        self.tasks: dict[str, asyncio.Future[None]] = {}
+        self.stops: dict[str, asyncio.Event] = {}
+        self.failed = asyncio.Event()  # a worker ended on an error: serve stops, as before
+        self._errors: list[BaseException] = []
+        self._lock = asyncio.Lock()
+        self._closing = False
+
+    async def start(self, delivery: _Delivery) -> None:
+        name = delivery.integration.name
+        delivery.worker = Worker(
+            delivery.engine,
+            self.queue.view(name),
+            "embedded",
+            metrics=self.metrics,
+            emit=_emit if self.options.print_outcomes else None,
+            visibility_seconds=self.options.visibility_seconds,
+            max_deliveries=self.options.max_deliveries,
+        )
+        await delivery.engine.__aenter__()
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(delivery.worker.run(stop))
+        task.add_done_callback(self._note_end)
+        self.deliveries[name], self.tasks[name], self.stops[name] = delivery, task, stop
+
+    def _note_end(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._errors.append(task.exception())  # type: ignore[arg-type]
+            self.failed.set()
+
+    async def _stop(self, names: list[str], seconds: float, what: str) -> None:
+        for name in names:
+            self.stops[name].set()
+        await _drain([self.tasks[n] for n in names], seconds, what)
+        for name in reversed(names):
+            delivery = self.deliveries.pop(name)
+            self.tasks.pop(name)
+            self.stops.pop(name)
+            try:
+                await delivery.engine.__aexit__(None, None, None)
+            finally:
+                await delivery.session.close()
+
+    async def stop_all(self, seconds: float) -> None:
+        """SIGTERM: every worker finishes what it read, then every engine closes; a worker's error is raised."""
+        async with self._lock:
+            self._closing = True
+            await self._stop(list(self.deliveries), seconds, "serve")
+        if self._errors:
+            raise self._errors[0]
+
+    async def close(self) -> None:
+        """What is still running after an error: stopped at once."""
+        async with self._lock:
+            self._closing = True
+            for task in self.tasks.values():
+                task.cancel()
+            await self._stop(list(self.deliveries), 0.0, "serve")
+
+    async def changed(self, name: str) -> str:
+        """An integration set up in the console was saved or deleted: what this serve did about it (one line)."""
+        from ..state.console_integrations import StoredIntegration
+
+        async with self._lock:
+            if self._closing:
+                return "This serve is shutting down; the next start delivers it as saved."
+            if name in self.given:
+                return ""
+            was = name in self.deliveries
+            if was:
+                await self._stop([name], self.options.drain_seconds, f"integration {name}")
+            stored: list[StoredIntegration] = [i for i in stored_in(self.backend) if i.name == name]
+            if not stored:
+                dropped = self.queue.remove_integration(name)
+                if name in self.names:
+                    self.names.remove(name)
+                if not self.names:  # the last one: nothing would deliver what is taken now
+                    _refuse_or_wait(dataclasses.replace(self.options, config=_NO_INTEGRATION, resting=()), self.intake)
+                log.info("integration %s: deleted in the console; no longer delivered", name)
+                return "This serve no longer delivers it" + (
+                    f"; the {dropped} event(s) waiting for it were dropped." if dropped else "."
+                )
+            made = load_console_made(
+                stored,
+                os.environ if self.options.environ is None else self.options.environ,
+                taken=self.given,
+                preset_path=self.options.preset_path,
+            )
+            self.queue.add_integration(name)  # its place, even while it cannot be opened: nothing waits in vain
+            if name not in self.names:
+                self.names.append(name)
+            if not made.integrations:
+                why = made.skipped[0]
+                log.warning("warning: %s", why)
+                return "This serve cannot deliver it yet: " + why.split(" is skipped: ", 1)[-1]
+            integration = made.integrations[0]
+            delivery = _delivery(integration, self.metrics, self.backend, self.options.record)
+            for secret in (*self.options.config.secrets(), *integration.settings.secrets()):
+                delivery.engine.redactor.add(secret)
+            for redactor in self.redactors.redactors:
+                for secret in integration.settings.secrets():
+                    redactor.add(secret)
+            self.redactors.redactors.append(delivery.engine.redactor)
+            try:
+                await self.start(delivery)
+            except BaseException:
+                await delivery.session.close()
+                raise
+            self.intake.refusing = None
+            log.info("integration %s: %s from the console; delivering", name, "edited" if was else "saved")
+            return (
+                "This serve delivers it with these settings from now on."
+                if was
+                else "This serve delivers it from now on: the events accepted from now on."
+            )
 
 
 async def _serve_redis(
@@ -294,17 +549,20 @@ async def _serve_redis(
     from ..state.redis.queue import RedisQueue
 
     assert options.redis is not None
-    config = options.config
     state = RedisState(options.redis)
     try:
         state.check()
+        options, skipped = with_console_made(options, state, secrets=False)
+        config = options.config
         redactor = Redactor(
             [s for s in (*config.secrets(), *options.intake.write_keys, options.intake.signing_secret) if s]
         )
+        options = dataclasses.replace(options, watch=None)  # the Redis intake delivers nothing: workers restart
         configure(redactor)
+        _say_skipped(skipped)
         client = state.async_client()
         stream = state.keys.events(config.stream)
-        await _align_groups(client, stream, config.names())
+        await _align_groups(client, stream, [*config.names(), *options.resting])
         # The intake writes each identify's traits before its 200, so a lead accepted after it is joined by
         # whichever worker of whichever integration takes it. Stored once; each preset keeps its declared traits.
         pipelines = [
@@ -318,22 +576,32 @@ async def _serve_redis(
             for i in config.integrations
         ]
 
-        def remember(event: Mapping[str, Any]) -> None:
-            for pipeline in pipelines:
-                pipeline.learn_identity(event)
+        def remember(events: Sequence[Mapping[str, Any]]) -> None:
+            if len(pipelines) == 1:  # a request's identifies in two round trips
+                pipelines[0].learn_identities(events)
+                return
+            # Several presets share the entries: each identify goes through all of them before the next, as
+            # one at a time would (an id another person's identify took over must see them in that order).
+            for event in events:
+                for pipeline in pipelines:
+                    pipeline.learn_identity(event)
 
         queue = RedisQueue(client, stream)
-        intake = Intake(queue, options.intake, metrics, remember=remember if pipelines else None)
-        lags = {i.name: RedisQueue(client, stream, group=i.name) for i in config.integrations}
+        intake = Intake(queue, options.intake, metrics, remember_many=remember if pipelines else None)
+        waiting = _refuse_or_wait(options, intake)
+        named = [*config.names(), *options.resting]
+        lags = {name: RedisQueue(client, stream, group=name) for name in named}
 
         async def lag(name: str) -> int:
             return await lags[name].lag()
 
-        _gauges(metrics, queue, config.names(), lag, state)
+        _gauges(metrics, queue, named, lag, state)
         with _signals(stop):
             runner, port = await _start_site(_intake_app(intake, options), options.host, options.port)
             try:
                 say(url_of(options.host, port))
+                if waiting:
+                    _say_nothing_yet(url_of(options.host, port))
                 await stop.wait()
                 intake.draining = True
                 await _bounded(intake.drained(), options.drain_seconds)
@@ -368,16 +636,25 @@ async def work(options: ServiceOptions, configure: Configure, *, ready: Callable
     consumer = options.consumer or default_consumer()
     metrics = Metrics()
     stop = asyncio.Event()
-    config = options.config
     # The intake writes identity (serve --redis): a worker only reads it.
     state = RedisState(options.redis, identity_writes=False)
     deliveries: list[_Delivery] = []
     queues: list[Any] = []
     try:
         state.check()
+        options, skipped = with_console_made(options, state)
+        if nothing_configured(options):
+            raise IntegrationsError(
+                [
+                    f"{NOTHING_TO_DELIVER.replace('this state store', 'this Redis')}; set one up in the console of "
+                    "`serve --console --redis URL`, then start the worker"
+                ]
+            )
+        config = options.config
         stream = state.keys.events(config.stream)
         deliveries = [_delivery(i, metrics, state, options.record) for i in options.working()]
         configure(_redactor(options, deliveries))  # type: ignore[arg-type]
+        _say_skipped(skipped)
         for delivery in deliveries:
             name = delivery.integration.name
             aclient = state.async_client()
@@ -476,7 +753,7 @@ def _metrics_app(metrics: Metrics, stopping: asyncio.Event) -> web.Application:
     return app
 
 
-async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Future[None]]) -> None:
+async def _until(stop: asyncio.Event, tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Until a signal, or a worker ended on its own (an error)."""
     waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     try:

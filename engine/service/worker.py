@@ -11,7 +11,9 @@ order, rebalance) all plug in the same way.
   another after the visibility timeout, which finds the deliveries already
   made in the journal and does not send them again.
 * **One outcome per event.** The queue publishes the outcome and
-  acknowledges the entry in one step (:meth:`EventQueue.ack`). The line
+  acknowledges the entry in one step (:meth:`EventQueue.ack`); the outcomes
+  that finish while one acknowledgement is under way go together in the
+  next (one round trip for all of them, not one each). The line
   printed on stdout (``emit``) goes out just before: after a kill between
   the two, the event's line is printed again by whoever finishes it, never
   lost.
@@ -63,10 +65,11 @@ BATCH = 64
 READ_BLOCK_SECONDS = 1.0
 LOCK_POLL_SECONDS = 0.05
 MAX_DELIVERIES = 5
-POISON = "poison"
 
 
 class KeyLocks(Protocol):
+    owner: str  # a queue that releases locks with its acknowledgement (``acks_locks``) checks it is theirs
+
     async def acquire(self, keys: Sequence[str]) -> list[bool]: ...
     async def renew(self, keys: Sequence[str]) -> None: ...
     async def release(self, keys: Sequence[str]) -> None: ...
@@ -111,6 +114,8 @@ class Worker:
         self._next_index = 0
         self._mints_seen = 0
         self.finished = 0
+        self._unacked: list[tuple[int, QueuedEvent, dict[str, Any], Outcome]] = []  # finished, to acknowledge
+        self._acker: asyncio.Future[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then finish what was read."""
@@ -119,6 +124,8 @@ class Worker:
         try:
             async for result in self.engine.process_batches(self._batches(stop)):
                 await self._finish(result)
+            if self._acker is not None:
+                await self._acker  # drained: every outcome acknowledged before run returns
         except asyncio.CancelledError:
             raise  # a drain ran out of time: not the entries' fault
         except BaseException as exc:
@@ -126,7 +133,9 @@ class Worker:
             raise
         finally:
             beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
+            if self._acker is not None and not self._acker.done():
+                self._acker.cancel()  # the drain ran out of time, or the worker failed: claimed after the timeout
+            await asyncio.gather(beat, *([self._acker] if self._acker is not None else []), return_exceptions=True)
 
     async def _note_failure(self, exc: BaseException) -> None:
         """The worker stops on an error: note it on the entries it holds, for the poison letter if it recurs."""
@@ -221,6 +230,7 @@ class Worker:
     async def _admit(self, entries: list[QueuedEvent], stop: asyncio.Event) -> list[tuple[int, Any]]:
         items: list[tuple[int, Any]] = []
         keys: dict[int, str] = {}
+        journal_keys: dict[int, str] = {}
         for entry in entries:
             index = self._next_index
             self._next_index += 1
@@ -239,10 +249,27 @@ class Worker:
                 continue
             items.append((index, event))
             if self.locks is not None:
-                keys[index] = self.lock_name(event_key(event))
+                journal_keys[index] = event_key(event)
+                keys[index] = self.lock_name(journal_keys[index])
         if keys:
             await self._lock(keys)
+            self._prefetch([journal_keys[index] for index in keys if index in self._locked])
+        # What the batch's events will be joined with, read in one round trip (the intake stored it already).
+        self.engine.pipeline.memory.prefetch([event for _, event in items if not isinstance(event, Outcome)])
         return items
+
+    def _prefetch(self, keys: list[str]) -> None:
+        """The journal of the batch's locked events, read in one round trip instead of one per event.
+
+        Only for events whose locks are held: no other worker can deliver them before this one asks.
+        """
+        prefetch = getattr(self.engine.journal, "prefetch", None)
+        if prefetch is None or not keys:
+            return
+        try:
+            prefetch(keys)
+        except Exception as exc:  # noqa: BLE001 - each event then asks the journal on its own
+            log.warning("worker %s: could not read the journal ahead (%s)", self.consumer, type(exc).__name__)
 
     def _poison(self, index: int, entry: QueuedEvent, event: Any) -> Outcome:
         """Not tried again: a dead letter holding the event and the error it kept failing with."""
@@ -252,7 +279,7 @@ class Worker:
             index,
             message_id,
             oc.DEAD_LETTERED,
-            cause=POISON,
+            cause=oc.POISON,
             detail=f"handed to a worker {entry.deliveries - 1} times and never finished (the limit is "
             f"{self.max_deliveries} deliveries): {failed}; kept with the event, not tried again",
             attempts=entry.deliveries - 1,
@@ -319,18 +346,47 @@ class Worker:
             # Printed before the acknowledgement: a kill between the two re-reads the entry and prints
             # it again (the journal makes that "already delivered"), where the other order loses the line.
             self.emit(record)
-        if entry is not None:
-            await self._ack(entry, record)
-            # Held (its lease renewed) until acknowledged: during a slow ack another worker must not claim it.
-            del self._entries[index]
-        if not self._entries:
-            self._idle.set()
-        key = self._locked.pop(index, None)
-        if key is not None and self.locks is not None:
-            try:
-                await self.locks.release([key])
-            except Exception:  # noqa: BLE001 - it expires on its own
-                pass
+        if entry is None:
+            key = self._locked.pop(index, None)
+            if key is not None and self.locks is not None:
+                await self._release_locks([key])
+            self._counted(result, None)
+            return
+        # Acknowledged with the others that finish meanwhile: one call to the queue for all of them.
+        self._unacked.append((index, entry, record, result))
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.ensure_future(self._ack_waiting())
+
+    async def _ack_waiting(self) -> None:
+        """Acknowledge every finished entry waiting, in one call to the queue each time, until none waits.
+
+        An entry stays this worker's (its lease and lock renewed) until its acknowledgement is done: during a
+        slow one, another worker must not claim it. A queue that can (Redis) releases the events' locks in
+        the acknowledgement's own round trip.
+        """
+        while self._unacked:
+            done, self._unacked = self._unacked, []
+            keys = [self._locked[index] for index, *_ in done if index in self._locked]
+            combined = bool(keys) and self.locks is not None and getattr(self.queue, "acks_locks", False)
+            await self._ack([(entry.id, record) for _, entry, record, _ in done], keys if combined else [])
+            for index, *_ in done:
+                del self._entries[index]
+                self._locked.pop(index, None)
+            if not self._entries:
+                self._idle.set()
+            if keys and not combined:
+                await self._release_locks(keys)
+            for _, entry, _, result in done:
+                self._counted(result, entry)
+
+    async def _release_locks(self, keys: list[str]) -> None:
+        assert self.locks is not None
+        try:
+            await self.locks.release(keys)
+        except Exception:  # noqa: BLE001 - they expire on their own
+            pass
+
+    def _counted(self, result: Outcome, entry: QueuedEvent | None) -> None:
         self.finished += 1
         if self.metrics is not None:
             name = self.integration
@@ -342,16 +398,22 @@ class Worker:
                 self.metrics.refreshes.labels(name).inc(mints - self._mints_seen)
                 self._mints_seen = mints
 
-    async def _ack(self, entry: QueuedEvent, record: dict[str, Any]) -> None:
-        """Acknowledge with the outcome; if the queue cannot take it now, keep trying (never drop it)."""
+    async def _ack(self, done: list[tuple[str, dict[str, Any]]], unlock: list[str]) -> None:
+        """Acknowledge with the outcomes; if the queue cannot take them now, keep trying (never drop one)."""
         delay = 0.1
         while True:
             try:
-                await self.queue.ack([(entry.id, record)])
+                if unlock and self.locks is not None:
+                    await self.queue.ack(done, unlock=unlock, owner=self.locks.owner)  # type: ignore[call-arg]
+                else:
+                    await self.queue.ack(done)
                 return
             except Exception as exc:  # noqa: BLE001 - the outcome is known; only its acknowledgement waits
                 log.error(
-                    "worker %s: cannot acknowledge entry %s (%s); retrying", self.consumer, entry.id, type(exc).__name__
+                    "worker %s: cannot acknowledge %s (%s); retrying",
+                    self.consumer,
+                    f"entry {done[0][0]}" if len(done) == 1 else f"{len(done)} entries from {done[0][0]}",
+                    type(exc).__name__,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

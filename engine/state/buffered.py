@@ -258,6 +258,12 @@ class BufferedIdentityStore:
     def forget(self, slots: Sequence[Slot]) -> None:
         self.pending.write(("forget", tuple(slots)))
 
+    def prefetch(self, slots: Sequence[tuple[str, str]]) -> None:
+        """Read ahead for a worker's batch (a store that can: Redis, one round trip); writes kept here win."""
+        prefetch = getattr(self.inner, "prefetch", None)
+        if prefetch is not None:
+            prefetch(slots)
+
     def recall(self, kind: str, ident: str) -> Remembered | None:
         entry = self.inner.recall(kind, ident)
         for op in self.pending.ops:  # empty unless the disk is full
@@ -286,6 +292,12 @@ class BufferedJournal:
 
     def record(self, key: str, at: float | None = None) -> None:
         self.pending.write(("record", key, self._clock() if at is None else at))
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Read ahead for a batch (a store that can: Redis, one round trip); writes kept here still win."""
+        prefetch = getattr(self.inner, "prefetch", None)
+        if prefetch is not None:
+            prefetch(keys)
 
 
 def flush_all(stores: Sequence[Any]) -> int:

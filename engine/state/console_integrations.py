@@ -47,6 +47,7 @@ class IntegrationStore(Protocol):
     def put(self, item: StoredIntegration) -> None: ...
     def get(self, name: str) -> StoredIntegration | None: ...
     def all(self) -> list[StoredIntegration]: ...
+    def delete(self, name: str) -> bool: ...
 
 
 class MemoryIntegrationStore:
@@ -61,6 +62,9 @@ class MemoryIntegrationStore:
 
     def all(self) -> list[StoredIntegration]:
         return [self._items[n] for n in sorted(self._items)]
+
+    def delete(self, name: str) -> bool:
+        return self._items.pop(name, None) is not None
 
 
 class SecretsUnavailable(Exception):

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+from ... import outcome as oc
 from ...language.model import AuthSpec, RetrySpec
 from ...language.settings import Settings
 from ...redaction import Redactor
@@ -279,7 +280,7 @@ class OAuth2Auth:
             answer = (
                 Answer.from_body(status, body, headers)
                 if status is not None
-                else Answer(None, transport_error="connection")
+                else Answer(None, transport_error=oc.CONNECTION)
             )
             rule = first_match(self.spec.rules, answer)
             action = rule.then if rule else self._default_action(status, body)
@@ -294,7 +295,7 @@ class OAuth2Auth:
                 self._broken = AuthFailure(
                     self.redactor.redact(message), fatal=True, status=status, body=self.redactor.redact(body)
                 )
-                log.error("auth: %s", self._broken, extra={"status": status, "cause": "reauthorisation_required"})
+                log.error("auth: %s", self._broken, extra={"status": status, "cause": oc.REAUTHORISATION_REQUIRED})
                 raise self._broken
             if action == "wait_rate_limit":
                 throttled += 1

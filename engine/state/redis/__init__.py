@@ -21,8 +21,9 @@ from ..errors import StateError
 from ..identity import IdentityLimits
 from ..record import RecordLimits
 from .dead_letters import RedisDeadLetters
+from .deferred import DeferredCalls
 from .identity import ReadOnlyIdentity, RedisIdentityStore
-from .journal import RedisJournal
+from .journal import LetterHints, RedisJournal
 from .keys import DEFAULT_PREFIX, GROUP, Keys
 from .locks import RedisKeyLocks
 from .queue import RedisQueue
@@ -55,27 +56,31 @@ class RedisState:
         self.url = url
         self.keys = Keys(prefix)
         self.identity_writes = identity_writes
+        self.letter_hints = LetterHints()  # the journal's answer about a delivered event's letter, for discard
         try:
             self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
         except ValueError as exc:
             raise StateError(f"--redis {redact_url(url)}: {exc}") from None
+        self.deferred = DeferredCalls(self.client)  # writes that go with the next round trip (the budget's learn)
 
     def identity(self, preset: str, limits: IdentityLimits) -> Any:
         store = RedisIdentityStore(self.client, self.keys, preset, limits)
         return store if self.identity_writes else ReadOnlyIdentity(store)
 
     def journal(self, preset: str, window_seconds: float) -> RedisJournal:
-        return RedisJournal(self.client, self.keys, preset, window_seconds)
+        return RedisJournal(
+            self.client, self.keys, preset, window_seconds, hints=self.letter_hints, deferred=self.deferred
+        )
 
     def dead_letters(self) -> RedisDeadLetters:
-        return RedisDeadLetters(self.client, self.keys)
+        return RedisDeadLetters(self.client, self.keys, self.letter_hints)
 
     def tokens(self, client_id: str) -> RedisTokenStore:
         return RedisTokenStore(self.client, self.keys, client_id)
 
     def rate_budget(self, name: str, rate: float, capacity: float, clock: object = None) -> RedisRateBudget:
         """``clock`` is not used: the budget is timed by the Redis server's clock, one for every worker."""
-        return RedisRateBudget(self.client, self.keys, name, rate, capacity)
+        return RedisRateBudget(self.client, self.keys, name, rate, capacity, self.deferred)
 
     def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
@@ -122,6 +127,10 @@ class RedisState:
             raise StateError(f"--redis {redact_url(self.url)}: cannot connect ({type(exc).__name__})") from None
 
     def close(self) -> None:
+        try:
+            self.deferred.flush()
+        except (redis.RedisError, OSError):
+            pass  # what the budget learnt last: the next answer teaches it again
         self.client.close()
 
 

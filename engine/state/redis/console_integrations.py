@@ -27,6 +27,10 @@ class RedisIntegrationStore:
         found = self.client.hgetall(self.key)
         return sorted((_item(decoded(k), v) for k, v in found.items()), key=lambda i: i.name)
 
+    def delete(self, name: str) -> bool:
+        """Remove one; True when it was there (its tokens, letters and records stay, under its name)."""
+        return bool(self.client.hdel(self.key, name))
+
 
 def _item(name: str, raw: bytes | str) -> StoredIntegration:
     data = json.loads(decoded(raw))

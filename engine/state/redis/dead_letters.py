@@ -19,6 +19,7 @@ from redis.exceptions import WatchError
 
 from ..dead_letters import PAGE_SIZE, filed_under
 from .errors import reading, writing
+from .journal import LetterHints
 from .keys import Keys, decoded
 
 MAX_RETRIES = 50
@@ -33,8 +34,9 @@ return 0
 
 
 class RedisDeadLetters:
-    def __init__(self, client: Redis, keys: Keys) -> None:
+    def __init__(self, client: Redis, keys: Keys, hints: LetterHints | None = None) -> None:
         self.r = client
+        self._hints = hints
         self._letters = keys.letters()
         self._order = keys.letter_order()
         self._keys = keys.letter_keys()
@@ -43,6 +45,8 @@ class RedisDeadLetters:
     def add(self, entry: dict[str, Any]) -> None:
         key = entry.get("key")
         index = f"{filed_under(entry)}\0{key}" if key is not None else None
+        if index is not None and self._hints is not None:
+            self._hints.take(index)  # what the journal learnt about this event's letter is out of date now
         with writing("the dead letters"), self.r.pipeline() as pipe:
             for _ in range(MAX_RETRIES):
                 try:
@@ -133,9 +137,17 @@ class RedisDeadLetters:
             pipe.execute()
 
     def discard(self, preset: str, key: str) -> None:
-        """The event was delivered since (a worker sent a re-posted copy): its letter is obsolete."""
-        with reading("the dead letters"):
-            letter_id = self.r.hget(self._keys, f"{preset}\0{key}")
+        """The event was delivered since (a worker sent a re-posted copy): its letter is obsolete.
+
+        The journal looked the letter up as it recorded the delivery, just before (:class:`LetterHints`).
+        """
+        index = f"{preset}\0{key}"
+        known, hinted = self._hints.take(index) if self._hints is not None else (False, None)
+        if known:
+            letter_id: Any = hinted
+        else:
+            with reading("the dead letters"):
+                letter_id = self.r.hget(self._keys, index)
         if letter_id is not None:
             self.remove(decoded(letter_id))
 

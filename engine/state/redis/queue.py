@@ -5,13 +5,18 @@
   third of the client's CPU of one ``XADD`` per event); the intake answers
   200 after it returns. How durable that is, is Redis's setting
   (``appendonly yes`` with ``appendfsync always`` or ``everysec``).
+  ``append_within`` does the same unless the stream would pass the
+  intake's backlog bound, checked inside the script: one round trip.
 * ``read``: ``XREADGROUP ... >``, entries never handed out before.
 * ``claim``: ``XAUTOCLAIM`` of entries idle longer than the visibility
   timeout: their worker died. A live worker renews its entries (``touch``,
   an ``XCLAIM`` of its own entries to itself), so only the dead lose theirs.
-* ``ack``: in one ``MULTI``, the outcome is added to the capped outcome
-  stream (``XADD ... MAXLEN ~``) and the entry acknowledged (``XACK``). So an
-  outcome is published exactly when its entry is acknowledged.
+* ``ack``: in one script (one round trip, applied as a whole like a
+  ``MULTI``), the outcome is added to the capped outcome stream (``XADD ...
+  MAXLEN ~``), the entry acknowledged (``XACK``), its failure note cleared
+  and, when asked, the worker's lock on the event released (only if it is
+  still that worker's). So an outcome is published exactly when its entry
+  is acknowledged, and the event's lock goes in the same step.
 * One stream, one consumer group per integration (Kafka's model: one topic,
   many groups): each integration has its own position and pending entries.
   An entry stays in the stream until every group is past it; ``ack`` then
@@ -53,6 +58,36 @@ end
 return #ARGV - 1
 """
 
+# KEYS: the stream, its failures, the outcome stream (the stream again when there is none), then locks to release.
+# ARGV: group, outcome stream's MAXLEN ('' = none), the locks' owner, then each entry's id and outcome.
+ACK = """
+local group, maxlen, owner = ARGV[1], ARGV[2], ARGV[3]
+for i = 4, #ARGV, 2 do
+  if maxlen ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'outcome', ARGV[i + 1]) end
+  redis.call('XACK', KEYS[1], group, ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+end
+for i = 4, #KEYS do
+  if redis.call('GET', KEYS[i]) == owner then redis.call('DEL', KEYS[i]) end
+end
+return (#ARGV - 3) / 2
+"""
+
+
+# The same, unless the stream would pass a bound: KEYS[1] the stream; ARGV[1] the bound, ARGV[2] the time,
+# then the bodies. Returns how many were added, or -1 - the stream's length when nothing was (over the bound).
+APPEND_WITHIN = """
+local backlog = redis.call('XLEN', KEYS[1])
+if backlog + #ARGV - 2 > tonumber(ARGV[1]) then
+  return -1 - backlog
+end
+local at = ARGV[2]
+for i = 3, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'event', ARGV[i], 'at', at)
+end
+return #ARGV - 2
+"""
+
 
 class RedisQueue:
     def __init__(
@@ -79,6 +114,8 @@ class RedisQueue:
         self._group_ready = False
         self._trimmed_at = 0.0
         self._append = client.register_script(APPEND)
+        self._append_within = client.register_script(APPEND_WITHIN)
+        self._ack = client.register_script(ACK)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -94,6 +131,16 @@ class RedisQueue:
             await self._append(keys=[self.stream], args=[now, *bodies])
         except RedisError as exc:
             raise StateWriteError(f"redis: cannot queue the events ({type(exc).__name__})") from None
+
+    async def append_within(self, bodies: Sequence[str], bound: int) -> int | None:
+        """Append unless the backlog would then pass ``bound``: None when appended, else the backlog (nothing
+        was written). The check and the append are one script: one round trip, and no other writer between."""
+        now = repr(time.time())
+        try:
+            added = int(await self._append_within(keys=[self.stream], args=[bound, now, *bodies]))
+        except RedisError as exc:
+            raise StateWriteError(f"redis: cannot queue the events ({type(exc).__name__})") from None
+        return None if added >= 0 else -1 - added
 
     async def backlog(self) -> int:
         try:
@@ -178,21 +225,20 @@ class RedisQueue:
             return False
         return True
 
-    async def ack(self, done: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    # The worker may hand its event locks to ack (RedisKeyLocks): released in the acknowledgement's round trip.
+    acks_locks = True
+
+    async def ack(
+        self, done: Sequence[tuple[str, Mapping[str, Any]]], *, unlock: Sequence[str] = (), owner: str = ""
+    ) -> None:
+        """Publish each outcome and acknowledge its entry; release ``unlock`` (locks ``owner`` holds) with them."""
         if not done:
             return
-        async with self.r.pipeline(transaction=True) as pipe:
-            for entry_id, outcome in done:
-                if self.outcomes is not None:
-                    pipe.xadd(
-                        self.outcomes,
-                        {"outcome": _outcome_text(outcome)},
-                        maxlen=self.outcomes_maxlen,
-                        approximate=True,
-                    )
-                pipe.xack(self.stream, self.group, entry_id)
-            pipe.hdel(self.failures, *[entry_id for entry_id, _ in done])
-            await pipe.execute()
+        args: list[str] = [self.group, str(self.outcomes_maxlen) if self.outcomes is not None else "", owner]
+        for entry_id, outcome in done:
+            args += [entry_id, _outcome_text(outcome) if self.outcomes is not None else ""]
+        streams = [self.stream, self.failures, self.outcomes if self.outcomes is not None else self.stream]
+        await self._ack(keys=[*streams, *unlock], args=args)
         await self._trim()
 
     async def _trim(self, force: bool = False) -> None:

@@ -6,12 +6,18 @@ the Redis server's clock, so that workers on machines whose clocks differ
 still agree on when a window ends. What any worker learns from the
 destination's ``X-RateLimit-*`` answer governs all of them; requests in flight
 are counted across all of them too, and a pause after a 429 holds them all.
+
+What an answer teaches (``learn``) may wait a few milliseconds and go with
+the process's next call to Redis (:mod:`.deferred`): the journal's record of
+the delivery, which follows at once, or the next ``take``. Every other call
+sends what waits ahead of itself, so one process's calls keep their order.
 """
 
 from __future__ import annotations
 
 from redis import Redis
 
+from .deferred import DeferredCalls
 from .errors import reading, writing
 from .keys import Keys
 
@@ -118,8 +124,17 @@ class RedisRateBudget:
 
     RETRY_SECONDS = 1.0
 
-    def __init__(self, client: Redis, keys: Keys, name: str, rate: float, capacity: float) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        keys: Keys,
+        name: str,
+        rate: float,
+        capacity: float,
+        deferred: DeferredCalls | None = None,
+    ) -> None:
         self.r = client
+        self.deferred = deferred or DeferredCalls(client)
         self.key = keys.rate(name)
         self.rate = rate
         self.capacity = capacity
@@ -131,7 +146,7 @@ class RedisRateBudget:
     def take(self) -> float | None:
         try:
             with writing("the rate budget"):
-                answer = self._take(keys=[self.key], args=[repr(self.rate), repr(self.capacity)])
+                answer = self.deferred.now(self._take, [self.key], [repr(self.rate), repr(self.capacity)])
         except OSError:
             return self.RETRY_SECONDS
         return None if not answer else float(answer)
@@ -141,21 +156,23 @@ class RedisRateBudget:
     ) -> None:
         try:
             with writing("the rate budget"):
-                self._learn(keys=[self.key], args=[_arg(remaining), reset_raw or "", _arg(reset_in), _arg(window_in)])
+                self.deferred.later(
+                    self._learn, [self.key], [_arg(remaining), reset_raw or "", _arg(reset_in), _arg(window_in)]
+                )
         except OSError:
             pass  # the next answer teaches it again
 
     def pause(self, seconds: float) -> None:
         try:
             with writing("the rate budget"):
-                self._pause(keys=[self.key], args=[repr(max(0.0, seconds))])
+                self.deferred.now(self._pause, [self.key], [repr(max(0.0, seconds))])
         except OSError:
             pass
 
     def reset_in(self) -> float | None:
         try:
             with reading("the rate budget"):
-                answer = self._reset_in(keys=[self.key])
+                answer = self.deferred.now(self._reset_in, [self.key], [])
         except OSError:
             return None
         return float(answer) if answer else None

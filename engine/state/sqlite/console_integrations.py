@@ -26,3 +26,9 @@ class SqliteIntegrationStore:
     def all(self) -> list[StoredIntegration]:
         rows = self.db.read("SELECT name, preset, doc, saved_at FROM console_integrations ORDER BY name")
         return [StoredIntegration.from_doc(*row) for row in rows]
+
+    def delete(self, name: str) -> bool:
+        """Remove one; True when it was there (its tokens, letters and records stay, under its name)."""
+        with self.db.write(durable=True) as cur:
+            cur.execute("DELETE FROM console_integrations WHERE name = ?", (name,))
+            return bool(cur.rowcount)

@@ -155,6 +155,46 @@ class SqliteQueue:
             self.conn.execute("DELETE FROM pending WHERE integration = ?", (name,))
         self.conn.execute("DELETE FROM queue WHERE NOT EXISTS (SELECT 1 FROM pending WHERE pending.id = queue.id)")
 
+    def add_integration(self, name: str) -> None:
+        """An integration from now on (one set up in the console while ``serve`` runs): each event accepted
+        after this gets a row for it, as for one named at start; rows an earlier start left for it are its lag.
+
+        The placeholder of a queue opened with no integration (``default``) goes: nothing consumes it.
+        """
+        with self._lock:
+            if name in self._waiters:
+                return
+            (waiting,) = self.conn.execute("SELECT COUNT(*) FROM pending WHERE integration = ?", (name,)).fetchone()
+            if self.integrations == [DEFAULT_INTEGRATION] and self._lags.get(DEFAULT_INTEGRATION, 0) == 0:
+                self.integrations, self._waiters, self._lags = [], {}, {}
+            self.integrations = [*self.integrations, name]  # a new list: an insert under way keeps its own
+            self.integration = self.integrations[0]
+            self._waiters[name] = asyncio.Event()
+            self._lags[name] = int(waiting)
+
+    def remove_integration(self, name: str) -> int:
+        """No more rows for this integration (deleted in the console while ``serve`` runs); its waiting rows
+        are dropped, as the next start would drop an integration no longer named. How many were dropped."""
+        with self._lock:
+            if name not in self._waiters:
+                return 0
+            # The last one gone: the placeholder again, as for a queue opened with none (nothing is appended
+            # then: the intake refuses events while there is no integration).
+            self.integrations = [n for n in self.integrations if n != name] or [DEFAULT_INTEGRATION]
+            self.integration = self.integrations[0]
+            self._waiters.pop(name).set()
+            self._lags.pop(name, None)
+            for kept in self.integrations:
+                self._waiters.setdefault(kept, asyncio.Event())
+                self._lags.setdefault(kept, 0)
+            with self._transaction(StateWriteError):
+                dropped = self.conn.execute("DELETE FROM pending WHERE integration = ?", (name,)).rowcount
+                gone = self.conn.execute(
+                    "DELETE FROM queue WHERE NOT EXISTS (SELECT 1 FROM pending WHERE pending.id = queue.id)"
+                ).rowcount
+            self._count = max(0, self._count - gone)
+            return int(dropped)
+
     def view(self, integration: str) -> IntegrationQueue:
         """One integration's side of the queue: its own position, leases and lag."""
         if integration not in self._waiters:
@@ -171,10 +211,11 @@ class SqliteQueue:
         if not bodies:
             return
         now = self._clock()
-        await asyncio.to_thread(self._insert, [(body, now) for body in bodies])
+        named = await asyncio.to_thread(self._insert, [(body, now) for body in bodies])
         self._count += len(bodies)
-        for name in self.integrations:
-            self._lags[name] += len(bodies)
+        for name in named:  # the integrations the rows were written for (one may be added or removed meanwhile)
+            if name in self._lags:
+                self._lags[name] += len(bodies)
         for waiter in self._waiters.values():
             waiter.set()
 
@@ -275,16 +316,18 @@ class SqliteQueue:
             )
 
     # -- internals ------------------------------------------------------------
-    def _insert(self, rows: list[tuple[str, float]]) -> None:
+    def _insert(self, rows: list[tuple[str, float]]) -> list[str]:
         with self._lock, self._transaction(StateWriteError):
+            named = self.integrations
             # AUTOINCREMENT ids only grow, and BEGIN IMMEDIATE keeps every other writer out: the rows above
             # the largest id now are exactly this request's.
             (before,) = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()
             self.conn.executemany("INSERT INTO queue (body, enqueued_at) VALUES (?, ?)", rows)
             self.conn.executemany(
                 "INSERT INTO pending (integration, id) SELECT ?, id FROM queue WHERE id > ?",
-                [(name, before) for name in self.integrations],
+                [(name, before) for name in named],
             )
+        return named
 
     def _finish(self, name: str, ids: list[int]) -> tuple[int, int]:
         """This integration is done with these entries; a body no integration still needs goes."""
