@@ -292,6 +292,7 @@ def _per_kind(figures: dict[str, list[float]], leads: int, drops: int) -> dict:
             "ratio_spread": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
             "dry_run_us": round(dry, 1),
             "vs_dry_run": round(on / dry, 3) if dry > 0 else None,
+            "no_record_vs_dry_run": round(off / dry, 3) if dry > 0 else None,
         }
     return out
 

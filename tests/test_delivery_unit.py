@@ -1268,3 +1268,19 @@ def test_letter_written_during_a_replay_survives_it(wire: Wire, clock: FakeTime)
     run(scenario())
 
     assert [e["messageId"] for e in dead.entries()] == ["m12"]
+
+
+@pytest.mark.parametrize(
+    ("body", "wire"),
+    [
+        ({"name": "Zoë", "tags": ["a", "b"], "n": 1.5}, '{"name":"Zoë","tags":["a","b"],"n":1.5}'),
+        ({"id": 123456789012345678901234567890}, '{"id":123456789012345678901234567890}'),
+        ({"score": float("nan"), "x": None}, '{"score":NaN,"x":null}'),  # as the standard library writes it
+        ({"s": "\ud800"}, '{"s":"\\ud800"}'),  # a lone surrogate from the input: escaped
+    ],
+    ids=["plain", "huge-integer", "nan", "lone-surrogate"],
+)
+def test_request_bodies_are_written_as_compact_json(body: Any, wire: str) -> None:
+    from engine.delivery.transport import encode_json
+
+    assert encode_json(body).decode("utf-8", "surrogatepass") == wire

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine.redaction import MASK, Redactor
 
 SECRET = "cs-0123456789abcdef"
@@ -74,3 +77,51 @@ def test_a_value_that_is_exactly_the_shortest_secret_is_masked() -> None:
     redactor = Redactor(["s3cret-long-client-secret", "tok123"])
     assert redactor.redact("tok123") == "***"
     assert redactor.redact(["tok12", {"tok123": "x"}]) == ["tok12", {"***": "x"}]
+
+
+# Secrets with characters JSON escapes (quote, backslash, control, non-ASCII, slash): the
+# structure check searches the compact JSON text, so each must still be found there.
+AWKWARD = ['pa"ss\\word-1', "tab\there-secret", "clé-sécrète-ünï", "sl/ash/secret", "emoji-🔑-secret"]
+
+
+def test_secrets_json_escapes_are_found_in_nested_structures() -> None:
+    redactor = Redactor(AWKWARD)
+    for secret in AWKWARD:
+        value = {"outer": [{"k": f"before {secret} after"}], f"key {secret}": 1}
+        assert redactor.redact(value) == {"outer": [{"k": f"before {MASK} after"}], f"key {MASK}": 1}
+
+
+def test_structures_json_cannot_hold_are_still_walked() -> None:
+    redactor = Redactor([SECRET])
+    assert redactor.redact({1: SECRET, "big": 2**70}) == {1: MASK, "big": 2**70}
+    assert redactor.redact([f"x{SECRET}", "\ud800 lone surrogate"]) == [f"x{MASK}", "\ud800 lone surrogate"]
+
+
+def _reference(value: object, secrets: list[str]) -> object:
+    """The rule, written plainly: every string (key or value, at any depth) with each secret masked, longest first."""
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {_reference(k, secrets): _reference(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reference(v, secrets) for v in value]
+    return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_structures_are_masked_as_the_plain_rule_says(data: st.DataObject) -> None:
+    secrets = data.draw(st.lists(st.sampled_from([SECRET, REFRESH, *AWKWARD]), min_size=1, max_size=3, unique=True))
+    pieces = st.sampled_from([*secrets, "x", " ", '"', "\\", "\n", "é", "/", "🔑", secrets[0][:5]])
+    text = st.lists(pieces, max_size=6).map("".join) | st.text(max_size=8)
+    scalar = text | st.integers() | st.floats(allow_nan=True) | st.booleans() | st.none()
+    value = data.draw(
+        st.recursive(
+            scalar,
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+            max_leaves=20,
+        )
+    )
+    assert Redactor(secrets).redact(value) == _reference(value, secrets)

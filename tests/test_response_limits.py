@@ -119,3 +119,48 @@ def test_a_garbage_answer_then_a_proof_is_delivered() -> None:
     outcome, seen = asyncio.run(deliver([lambda: web.Response(text="OK", status=200), created]))
     assert outcome.outcome == oc.DELIVERED and len(seen) == 2
     assert json.dumps(outcome.response["body"]) == '{"data": {"type": "prospect", "id": 7}}'
+
+
+@pytest.mark.parametrize(
+    ("answer", "body"),
+    [
+        # An id beyond 64 bits stays the integer the destination wrote (orjson alone would give a float).
+        (
+            lambda: web.Response(
+                body=b'{"data": {"type": "prospect", "id": 123456789012345678901234567890}}',
+                status=201,
+                content_type="application/json",
+            ),
+            {"data": {"type": "prospect", "id": 123456789012345678901234567890}},
+        ),
+        # A declared charset other than UTF-8 is honoured.
+        (
+            lambda: web.Response(
+                body='{"data": {"type": "prospect", "id": 7, "name": "Zoë"}}'.encode("latin-1"),
+                status=201,
+                content_type="application/json",
+                charset="latin-1",
+            ),
+            {"data": {"type": "prospect", "id": 7, "name": "Zoë"}},
+        ),
+        # NaN is not JSON, but the standard library reads it: so does the engine, as before.
+        (
+            lambda: web.Response(
+                body=b'{"data": {"type": "prospect", "id": 7, "score": NaN}}',
+                status=201,
+                content_type="application/json",
+            ),
+            None,
+        ),
+    ],
+    ids=["huge-integer", "latin-1", "nan"],
+)
+def test_an_answer_is_read_exactly_as_json_reads_it(answer: Answer, body: Any) -> None:
+    outcome, _ = asyncio.run(deliver([answer]))
+    assert outcome.outcome == oc.DELIVERED
+    if body is None:
+        score = outcome.response["body"]["data"]["score"]
+        assert score != score  # NaN
+    else:
+        assert outcome.response["body"] == body
+        assert type(outcome.response["body"]["data"]["id"]) is int

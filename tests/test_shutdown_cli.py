@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -355,3 +356,41 @@ def test_a_dry_run_piped_into_head_stops_reading_and_says_where(tmp_path: Path) 
     )
     read = int(err.split("after reading ")[1].split(" ")[0].replace(",", ""))
     assert read < 5000  # it stopped reading, rather than running the whole file into a closed pipe
+
+
+# --------------------------------------------------------------------------
+# outcome lines reach a pipe as they happen, not when the buffer fills
+# --------------------------------------------------------------------------
+
+
+def test_a_delivering_run_flushes_each_outcome_to_a_pipe_while_it_waits_for_more_input(tmp_path: Path) -> None:
+    """Without PYTHONUNBUFFERED (a pipe is block-buffered): each lead's line arrives before the next is fed."""
+    creds = unique_credentials()
+    preset = fast_preset(tmp_path)
+    with ThreadedSandbox(**creds) as sandbox:
+        settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        proc = subprocess.Popen(
+            engine_cmd("run", preset, "--events", "-", "--settings", settings, "--state", tmp_path / "state"),
+            cwd=tmp_path,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            for i in range(3):
+                proc.stdin.write(ndjson([lead(i)]))
+                proc.stdin.flush()
+                ready, _, _ = select.select([proc.stdout], [], [], 20)
+                assert ready, f"lead {i}'s outcome line was not flushed while the run waited for input"
+                line = json.loads(proc.stdout.readline())
+                assert (line["index"], line["outcome"]) == (i, "delivered")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

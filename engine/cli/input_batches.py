@@ -4,7 +4,8 @@ A live pipe (``--events -``) must never stall deliveries already under way,
 so input is read off the loop. Handing lines over one by one costs a thread
 hop per line, which is most of what a dropped page view costs; here the
 reader hands over whatever one read returned, into a bounded buffer, and
-wakes the loop only when it is waiting; the loop takes everything at once.
+wakes the loop only when it is waiting; the loop takes what is there, up to
+``MAX_BATCH`` lines at a time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 MAX_BUFFERED = 4096  # lines read ahead at most: a huge file is not read into memory
+# Lines handed over at once at most: a batch lives until its outcomes are out, and a smaller one
+# stays below the garbage collector's threshold (its objects are freed, not walked and promoted).
+MAX_BATCH = 512
 
 
 class _Feed:
@@ -54,10 +58,13 @@ class _Feed:
             self.loop.call_soon_threadsafe(_resolve, waiter)
 
     def take(self) -> tuple[list[Any], bool]:
-        """Everything buffered, and whether the reader has finished."""
+        """What is buffered (``MAX_BATCH`` lines at most), and whether the reader has finished."""
         with self.lock:
-            batch = list(self.items)
-            self.items.clear()
+            if len(self.items) <= MAX_BATCH:
+                batch = list(self.items)
+                self.items.clear()
+            else:
+                batch = [self.items.popleft() for _ in range(MAX_BATCH)]
             self.lock.notify_all()
             return batch, self.done and not batch
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from .. import outcome as oc
 from ..envelope import HttpRequest
 
@@ -20,6 +22,8 @@ if TYPE_CHECKING:
     import aiohttp
 
 MAX_BODY_CHARS = 4000  # what a non-JSON body is cut to in outcomes and rules
+_DIGITS_AS_ZERO = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_LONG_NUMBER = b"0" * 19  # a number this long may be an integer orjson cannot hold
 
 
 @dataclass
@@ -50,11 +54,36 @@ class Transport(Protocol):
 
 
 def encode_json(body: Any) -> bytes:
+    """The body as compact UTF-8 JSON, written by orjson.
+
+    What orjson cannot write as the standard library would (a lone
+    surrogate, an integer beyond 64 bits, a non-string key, NaN or infinity,
+    which orjson would turn into ``null``) is written by ``json``. orjson
+    writes ``null`` only for None and those floats, so a body whose text
+    has no ``null`` in it needs no second look.
+    """
     try:
-        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+        text = orjson.dumps(body)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    else:
+        if b"null" not in text or not _has_non_finite(body):
+            return text
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate from the input: escaped JSON is still valid JSON.
-        return json.dumps(body, ensure_ascii=True).encode("ascii")
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return value != value or value in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def parse_body(text: str) -> Any:
@@ -64,6 +93,24 @@ def parse_body(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text[:MAX_BODY_CHARS]
+
+
+def parse_raw_body(raw: bytes, charset: str | None) -> Any:
+    """A response body as :func:`parse_body` reads it, from its bytes: orjson first, the decoded text otherwise.
+
+    orjson reads UTF-8 JSON as ``json`` does, except integers beyond 64 bits
+    (it gives a float): a body with a run of 19 digits, like one orjson refuses
+    (another charset, bad UTF-8, NaN, a byte-order mark, text that is not
+    JSON), goes the old way, which decides what the body is.
+    """
+    if not raw:
+        return None
+    if (charset is None or charset.lower() in ("utf-8", "utf8")) and _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return parse_body(_decode(raw, charset))
 
 
 class AiohttpTransport:
@@ -83,7 +130,6 @@ class AiohttpTransport:
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         import aiohttp
-        from multidict import CIMultiDict
         from yarl import URL
 
         headers = request.sent_headers()
@@ -106,7 +152,8 @@ class AiohttpTransport:
                         oc.RESPONSE_TOO_LARGE,
                         f"the answer ({resp.status}) passed {self.max_body_bytes} bytes (delivery.max_response_bytes)",
                     )
-                return HttpResponse(resp.status, CIMultiDict(resp.headers), parse_body(_decode(raw, resp.charset)))
+                # The response's own read-only headers: case-insensitive, nothing to copy.
+                return HttpResponse(resp.status, resp.headers, parse_raw_body(raw, resp.charset))
         except TimeoutError:
             raise TransportError(oc.TIMEOUT, f"no answer within {self.timeout_seconds:g}s") from None
         except (aiohttp.ClientError, ValueError) as exc:
@@ -118,12 +165,15 @@ async def _read_capped(resp: Any, cap: int) -> bytes | None:
     """The body, or None as soon as it is known to be longer than ``cap`` bytes."""
     chunks: list[bytes] = []
     size = 0
+    content = resp.content
     while size <= cap:
-        chunk = await resp.content.read(cap + 1 - size)
+        chunk = await content.read(cap + 1 - size)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
+        if size <= cap and content.at_eof():  # the whole body is here: no read to learn that it ended
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     return None
 
 

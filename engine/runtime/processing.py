@@ -141,6 +141,11 @@ class Processing:
 
         A drop is final at once: with no callback, or a plain one, it needs no task.
         """
+        if self.recorder is None:  # nothing to time or note: a drop is its outcome, a lead its delivery
+            prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
+            if not isinstance(prepared, Outcome):
+                return self._track(self._deliver_once(prepared, event_key(event)))
+            return prepared if self.on_outcome is None else asyncio.ensure_future(self._finish(prepared))
         started = self._clock()
         prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
         if not isinstance(prepared, Outcome):

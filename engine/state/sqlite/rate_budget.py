@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0  # when the database refuses a write: wait and ask again, never send uncounted
 IDLE_SECONDS = 7 * 86400.0  # a budget nobody used for this long is forgotten when another is opened
 
-_COLUMNS = "tokens, last, remaining, reset, reset_raw, paused_until, in_flight"
+_NAMES = ("tokens", "last", "remaining", "reset", "reset_raw", "paused_until", "in_flight")
+_COLUMNS = ", ".join(_NAMES)
+_SELECT = f"SELECT {_COLUMNS} FROM rate_budgets WHERE name = ?"
+# An UPDATE of the row in place changes one page; INSERT OR REPLACE would delete and insert it,
+# moving it in the name index too (two pages written to the WAL per request instead of one).
+_UPDATE = f"UPDATE rate_budgets SET {', '.join(f'{n} = ?' for n in _NAMES)}, used_at = ? WHERE name = ?"
+_INSERT = f"INSERT INTO rate_budgets (name, {_COLUMNS}, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 class SqliteRateBudget:
@@ -62,25 +68,22 @@ class SqliteRateBudget:
         return self._clock() + self._offset
 
     def _row(self, cur: Any) -> dict[str, Any]:
-        found = cur.execute(f"SELECT {_COLUMNS} FROM rate_budgets WHERE name = ?", (self.name,)).fetchone()
-        names = [c.strip() for c in _COLUMNS.split(",")]
-        return dict(zip(names, found, strict=True)) if found else dict.fromkeys(names) | {"in_flight": 0}
+        found = cur.execute(_SELECT, (self.name,)).fetchone()
+        return dict(zip(_NAMES, found, strict=True)) if found else dict.fromkeys(_NAMES) | {"in_flight": 0}
 
     def _save(self, cur: Any, row: dict[str, Any], now: float) -> None:
-        cur.execute(
-            f"INSERT OR REPLACE INTO rate_budgets (name, {_COLUMNS}, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.name,
-                row["tokens"],
-                row["last"],
-                row["remaining"],
-                row["reset"],
-                row["reset_raw"],
-                row["paused_until"],
-                int(row["in_flight"] or 0),
-                now,
-            ),
+        values = (
+            row["tokens"],
+            row["last"],
+            row["remaining"],
+            row["reset"],
+            row["reset_raw"],
+            row["paused_until"],
+            int(row["in_flight"] or 0),
+            now,
         )
+        if cur.execute(_UPDATE, (*values, self.name)).rowcount == 0:
+            cur.execute(_INSERT, (self.name, *values))
 
     def take(self) -> float | None:
         try:
