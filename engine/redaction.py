@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 MASK = "***"
 
 
@@ -55,6 +53,8 @@ class Redactor:
         of a Python walk of every string. Values orjson refuses (non-string
         keys, huge integers, lone surrogates) take the walk.
         """
+        import orjson  # here, not at the top: a dry run with nothing to mask never loads it (nor uuid, platform)
+
         try:
             text = orjson.dumps(value)
         except (TypeError, orjson.JSONEncodeError):
@@ -110,6 +110,8 @@ def _orjson_form(secret: str) -> bytes:
     A secret orjson cannot write (a lone surrogate) gets the empty form, which
     every text contains: values are then always walked.
     """
+    import orjson
+
     try:
         return orjson.dumps(secret)[1:-1]
     except orjson.JSONEncodeError:
