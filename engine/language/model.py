@@ -14,10 +14,11 @@ and the stages never depend on YAML, JSON Schema or error reporting.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, FrozenInstanceError, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, dataclass_transform
+from dataclasses import field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .expressions import DEFAULT_LIMITS, ExpressionLimits
+from .records import record
 
 if TYPE_CHECKING:
     from .expressions import Expression
@@ -29,85 +30,6 @@ DEFAULT_IDENTITY_TTL_DAYS = 90
 DEFAULT_IDENTITY_MAX_BYTES = 512 * 1024 * 1024  # about 1.3 million ids at 400 bytes each
 DEFAULT_MAX_TRAIT_BYTES = 2048
 DEFAULT_DEDUPE_WINDOW_SECONDS = 86400
-
-
-_Record = TypeVar("_Record", bound=type)
-
-
-@dataclass_transform(frozen_default=True, field_specifiers=(field,))
-def _record(cls: _Record) -> _Record:
-    """A frozen dataclass whose methods are shared functions rather than generated code.
-
-    ``@dataclass(frozen=True)`` compiles six methods per class, about 0.6 ms: 11 ms of every
-    start for this module, most of the gap between a warm dry run and the floor. A preset is
-    built once per process, so the methods may be slower per call; they keep the dataclass's
-    behaviour (keyword and positional construction, defaults and factories, field-wise equality
-    and hash, a read-only instance, the same repr), and :func:`dataclasses.replace` and
-    :func:`dataclasses.fields` still work.
-    """
-    undocumented = cls.__doc__ is None
-    if undocumented:
-        cls.__doc__ = ""  # else dataclass would build one with inspect.signature (slow)
-    made: Any = dataclass(init=False, repr=False, eq=False)(cls)  # fields and replace(); no generated code
-    fields = tuple(made.__dataclass_fields__.values())
-    names = tuple(f.name for f in fields)
-    if undocumented:
-        cls.__doc__ = f"{cls.__name__}({', '.join(names)})"
-    known = frozenset(names)
-    shown = tuple(f.name for f in fields if f.repr)
-    compared = tuple(f.name for f in fields if f.compare)
-    hashed = tuple(f.name for f in fields if (f.compare if f.hash is None else f.hash))
-    title = cls.__qualname__
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        if len(args) > len(names):
-            raise TypeError(
-                f"{title}.__init__() takes {len(names) + 1} positional arguments but {len(args) + 1} were given"
-            )
-        values = dict(zip(names, args, strict=False))
-        for name, value in kwargs.items():
-            if name not in known:
-                raise TypeError(f"{title}.__init__() got an unexpected keyword argument {name!r}")
-            if name in values:
-                raise TypeError(f"{title}.__init__() got multiple values for argument {name!r}")
-            values[name] = value
-        for f in fields:
-            if f.name in values:
-                value = values[f.name]
-            elif f.default is not MISSING:
-                value = f.default
-            elif f.default_factory is not MISSING:
-                value = f.default_factory()
-            else:
-                raise TypeError(f"{title}.__init__() missing 1 required positional argument: {f.name!r}")
-            object.__setattr__(self, f.name, value)
-
-    def __repr__(self: Any) -> str:
-        inside = ", ".join(f"{name}={getattr(self, name)!r}" for name in shown)
-        return f"{type(self).__qualname__}({inside})"
-
-    def __eq__(self: Any, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return tuple(getattr(self, n) for n in compared) == tuple(getattr(other, n) for n in compared)
-
-    def __hash__(self: Any) -> int:
-        return hash(tuple(getattr(self, n) for n in hashed))
-
-    def __setattr__(self: Any, name: str, value: Any) -> None:
-        if type(self) is made or name in known:
-            raise FrozenInstanceError(f"cannot assign to field {name!r}")
-        super(made, self).__setattr__(name, value)
-
-    def __delattr__(self: Any, name: str) -> None:
-        if type(self) is made or name in known:
-            raise FrozenInstanceError(f"cannot delete field {name!r}")
-        super(made, self).__delattr__(name)
-
-    for method in (__init__, __repr__, __eq__, __hash__, __setattr__, __delattr__):
-        method.__qualname__ = f"{title}.{method.__name__}"
-        setattr(made, method.__name__, method)
-    return made
 
 
 class Contract(Protocol):
@@ -129,7 +51,7 @@ class Contract(Protocol):
     def forbidden_key(self, path: tuple[str, ...], key: str) -> list[str] | None: ...
 
 
-@_record
+@record
 class EventRoute:
     """Where a taken event goes: the action to run and its per-event values."""
 
@@ -138,7 +60,7 @@ class EventRoute:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-@_record
+@record
 class EventsSpec:
     """``events:``, keyed so that the first filter is one dict lookup; drops are left out.
 
@@ -155,7 +77,7 @@ class EventsSpec:
         return self.by_type.get(event_type)
 
 
-@_record
+@record
 class RuleSpec:
     """One response rule: what it matches and what it means (:mod:`engine.delivery.response_rules` matches it).
 
@@ -171,7 +93,7 @@ class RuleSpec:
     steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
 
 
-@_record
+@record
 class TraitSpec:
     name: str
     normalise: Callable[..., Any] | None
@@ -179,7 +101,7 @@ class TraitSpec:
     kind: str | None = None  # the normaliser's name in the preset
 
 
-@_record
+@record
 class IdentitySpec:
     required: str
     traits: tuple[TraitSpec, ...]
@@ -189,14 +111,14 @@ class IdentitySpec:
     max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES
 
 
-@_record
+@record
 class RequestSpec:
     method: str
     url: Template
     headers: Mapping[str, Template]
 
 
-@_record
+@record
 class LookupSpec:
     """How an upsert finds the existing record: any method, a URL template, JSONata query and body."""
 
@@ -208,7 +130,7 @@ class LookupSpec:
     body: Expression | None
 
 
-@_record
+@record
 class UpsertSpec:
     """``on_conflict``: create, and on a conflict find and update. ``lookup_first``: find, then update or create."""
 
@@ -221,7 +143,7 @@ class UpsertSpec:
     update_output: OutputSpec | None = None  # the update's own contract, when it differs from the create's
 
 
-@_record
+@record
 class OutputSpec:
     """How a document is made to fit its contract: omit empty values, cut strings, validate."""
 
@@ -230,7 +152,7 @@ class OutputSpec:
     truncate: bool = True
 
 
-@_record
+@record
 class FlowStep:
     """One request of a flow: sent when ``when`` holds, read by later steps as ``steps.<name>``."""
 
@@ -242,7 +164,7 @@ class FlowStep:
     reads_steps: bool = False  # needs an earlier step's answer (a dry run cannot build it)
 
 
-@_record
+@record
 class BatchSpec:
     """``batch``: many events' documents in one request, each item's result mapped back to its event."""
 
@@ -252,7 +174,7 @@ class BatchSpec:
     item_error: Expression | None = None  # over {status, headers, body, item, index}: why this item failed
 
 
-@_record
+@record
 class ActionSpec:
     name: str
     mapping: Expression
@@ -275,7 +197,7 @@ CREDENTIAL_PLACEHOLDER = {
 }
 
 
-@_record
+@record
 class AuthSpec:
     """One ``auth:`` section. ``type`` picks the kind; the fields a kind does not use stay empty.
 
@@ -318,7 +240,7 @@ class AuthSpec:
         return self.type.startswith("oauth2_")
 
 
-@_record
+@record
 class RetrySpec:
     max_attempts: int
     initial_seconds: float
@@ -327,7 +249,7 @@ class RetrySpec:
     jitter: str
 
 
-@_record
+@record
 class RateLimitSpec:
     requests: int
     per_seconds: float
@@ -347,7 +269,7 @@ class RateLimitSpec:
     windows: tuple[RateLimitSpec, ...] = ()
 
 
-@_record
+@record
 class DeliverySpec:
     timeout_seconds: float
     concurrency: int
@@ -362,7 +284,7 @@ class DeliverySpec:
     order_by: Expression | None = None
 
 
-@_record
+@record
 class Preset:
     name: str
     path: str

@@ -1,4 +1,4 @@
-"""The preset model's classes behave as ``@dataclass(frozen=True)`` classes do, without generated code.
+"""Records (the preset model, settings, templates, contracts) behave as ``@dataclass(frozen=True)`` classes do.
 
 Each promise is checked against a real frozen dataclass with the same fields, so the expected
 behaviour is the standard library's, not this module's own output.
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from engine.language.model import EventRoute, RetrySpec, RuleSpec
+from engine.language.records import record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +96,14 @@ def test_replace_copy_and_pickle_keep_working() -> None:
     assert copy.deepcopy(rule) == rule
     assert pickle.loads(pickle.dumps(rule)) == rule
     assert dataclasses.asdict(rule) == dataclasses.asdict(ReferenceRule("retry", None, (429,)))
+
+
+def test_a_class_with_its_own_methods_is_refused() -> None:
+    class Shown:
+        name: str
+
+        def __repr__(self) -> str:
+            return "mine"
+
+    with pytest.raises(TypeError, match="__repr__"):
+        record(Shown)
