@@ -24,10 +24,10 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from . import template_fast_path
+from .records import record
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
 FAST = "jsonatapy"
@@ -35,7 +35,7 @@ REFERENCE = "reference"
 BACKENDS = (FAST, REFERENCE)
 
 
-@dataclass(frozen=True)
+@record
 class ExpressionLimits:
     """Bounds for one evaluation (``limits.expression`` in a preset).
 

@@ -14,10 +14,11 @@ and the stages never depend on YAML, JSON Schema or error reporting.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .expressions import DEFAULT_LIMITS, ExpressionLimits
+from .records import record
 
 if TYPE_CHECKING:
     from .expressions import Expression
@@ -50,7 +51,7 @@ class Contract(Protocol):
     def forbidden_key(self, path: tuple[str, ...], key: str) -> list[str] | None: ...
 
 
-@dataclass(frozen=True)
+@record
 class EventRoute:
     """Where a taken event goes: the action to run and its per-event values."""
 
@@ -59,7 +60,7 @@ class EventRoute:
     values: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record
 class EventsSpec:
     """``events:``, keyed so that the first filter is one dict lookup; drops are left out.
 
@@ -76,7 +77,7 @@ class EventsSpec:
         return self.by_type.get(event_type)
 
 
-@dataclass(frozen=True)
+@record
 class RuleSpec:
     """One response rule: what it matches and what it means (:mod:`engine.delivery.response_rules` matches it).
 
@@ -92,7 +93,7 @@ class RuleSpec:
     steps: tuple[str, ...] = ()  # create | lookup | update; empty: every step
 
 
-@dataclass(frozen=True)
+@record
 class TraitSpec:
     name: str
     normalise: Callable[..., Any] | None
@@ -100,7 +101,7 @@ class TraitSpec:
     kind: str | None = None  # the normaliser's name in the preset
 
 
-@dataclass(frozen=True)
+@record
 class IdentitySpec:
     required: str
     traits: tuple[TraitSpec, ...]
@@ -110,14 +111,14 @@ class IdentitySpec:
     max_trait_bytes: int = DEFAULT_MAX_TRAIT_BYTES
 
 
-@dataclass(frozen=True)
+@record
 class RequestSpec:
     method: str
     url: Template
     headers: Mapping[str, Template]
 
 
-@dataclass(frozen=True)
+@record
 class LookupSpec:
     """How an upsert finds the existing record: any method, a URL template, JSONata query and body."""
 
@@ -129,7 +130,7 @@ class LookupSpec:
     body: Expression | None
 
 
-@dataclass(frozen=True)
+@record
 class UpsertSpec:
     """``on_conflict``: create, and on a conflict find and update. ``lookup_first``: find, then update or create."""
 
@@ -142,7 +143,7 @@ class UpsertSpec:
     update_output: OutputSpec | None = None  # the update's own contract, when it differs from the create's
 
 
-@dataclass(frozen=True)
+@record
 class OutputSpec:
     """How a document is made to fit its contract: omit empty values, cut strings, validate."""
 
@@ -151,7 +152,7 @@ class OutputSpec:
     truncate: bool = True
 
 
-@dataclass(frozen=True)
+@record
 class FlowStep:
     """One request of a flow: sent when ``when`` holds, read by later steps as ``steps.<name>``."""
 
@@ -163,7 +164,7 @@ class FlowStep:
     reads_steps: bool = False  # needs an earlier step's answer (a dry run cannot build it)
 
 
-@dataclass(frozen=True)
+@record
 class BatchSpec:
     """``batch``: many events' documents in one request, each item's result mapped back to its event."""
 
@@ -173,7 +174,7 @@ class BatchSpec:
     item_error: Expression | None = None  # over {status, headers, body, item, index}: why this item failed
 
 
-@dataclass(frozen=True)
+@record
 class ActionSpec:
     name: str
     mapping: Expression
@@ -196,7 +197,7 @@ CREDENTIAL_PLACEHOLDER = {
 }
 
 
-@dataclass(frozen=True)
+@record
 class AuthSpec:
     """One ``auth:`` section. ``type`` picks the kind; the fields a kind does not use stay empty.
 
@@ -239,7 +240,7 @@ class AuthSpec:
         return self.type.startswith("oauth2_")
 
 
-@dataclass(frozen=True)
+@record
 class RetrySpec:
     max_attempts: int
     initial_seconds: float
@@ -248,7 +249,7 @@ class RetrySpec:
     jitter: str
 
 
-@dataclass(frozen=True)
+@record
 class RateLimitSpec:
     requests: int
     per_seconds: float
@@ -268,7 +269,7 @@ class RateLimitSpec:
     windows: tuple[RateLimitSpec, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class DeliverySpec:
     timeout_seconds: float
     concurrency: int
@@ -283,7 +284,7 @@ class DeliverySpec:
     order_by: Expression | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Preset:
     name: str
     path: str

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from .records import record
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -30,7 +31,7 @@ class SettingsError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-@dataclass(frozen=True)
+@record
 class UnsetVariable:
     """A value that references ``${VAR}`` names missing from the environment.
 
@@ -41,7 +42,7 @@ class UnsetVariable:
     names: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record
 class SettingSpec:
     name: str
     type: str
@@ -55,7 +56,7 @@ class SettingSpec:
     stored: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Settings:
     """Resolved values: defaults applied, types checked, secrets known."""
 

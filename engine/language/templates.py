@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
+
+from .records import record
 
 # A dotted path; a segment after the first may be an array index ({steps.find.body.records.0.Id}).
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.(?:[A-Za-z_][A-Za-z0-9_]*|[0-9]+))*)\}")
@@ -29,7 +30,7 @@ class TemplateError(Exception):
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Template:
     source: str
     fields: tuple[tuple[str, ...], ...]

@@ -14,11 +14,12 @@ never counts as consent by accident.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from ..language.records import record
 
-@dataclass(frozen=True)
+
+@record
 class ConsentGate:
     required: tuple[str, ...]
     # category -> raw codes that also grant it (lower-cased)

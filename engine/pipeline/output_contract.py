@@ -21,11 +21,12 @@ contract loads, from local files only, never the network.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from ..content_digest import sha256_hex
+from ..language.records import record
 
 
 class ContractViolation(Exception):
@@ -45,7 +46,7 @@ def _is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, (str, list, dict)) and not value)
 
 
-@dataclass(frozen=True)
+@record
 class _Limits:
     """The ``maxLength`` rules of a schema, as a tree shaped like the documents it describes."""
 
@@ -145,7 +146,7 @@ def _clean(value: Any, limits: _Limits | None, omit: bool) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class OutputContract:
     name: str
     schema: dict[str, Any]
