@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -49,7 +50,7 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[sub
         [sys.executable, "-m", "engine", *args],
         cwd=cwd,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,  # serve says where it listens on stderr, a sandbox on stdout
         text=True,
         env={**os.environ, **(env or {})},
     )
@@ -57,6 +58,8 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[sub
     for line in proc.stdout:
         match = LISTENING.search(line)
         if match:
+            # Read the rest as it comes (outcome lines): a full pipe would stop the process mid-measure.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1)
     raise RuntimeError(f"{args[0]} did not start")
 
