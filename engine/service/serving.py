@@ -505,7 +505,12 @@ class _Running:
                     self.names.remove(name)
                 if not self.names:  # the last one: nothing would deliver what is taken now
                     _refuse_or_wait(dataclasses.replace(self.options, config=_NO_INTEGRATION, resting=()), self.intake)
-                log.info("integration %s: deleted in the console; no longer delivered", name)
+                log.log(
+                    logging.WARNING if dropped else logging.INFO,  # events taken with a 200 that no one will deliver
+                    "integration %s: deleted in the console; no longer delivered; %d waiting event(s) dropped",
+                    name,
+                    dropped,
+                )
                 return "This serve no longer delivers it" + (
                     f"; the {dropped} event(s) waiting for it were dropped." if dropped else "."
                 )
