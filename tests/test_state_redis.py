@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import redis.asyncio
 from aiohttp.test_utils import TestServer
 
 from engine.compile.compiler import load_preset
@@ -597,3 +598,29 @@ def test_an_unreachable_redis_is_one_line_without_the_password() -> None:
     with pytest.raises(OSError):
         backend.journal(PRESET, 60).record("m:1")
     assert isinstance(redis.Redis, type)
+
+
+# -- event locks ------------------------------------------------------------------
+
+
+def test_an_event_lock_is_taken_once_kept_by_its_owner_and_expires(redis_url: str) -> None:
+    async def main() -> None:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        try:
+            redis_state = state(redis_url)
+            one = redis_state.locks(client, "worker-1", 30)
+            two = redis_state.locks(client, "worker-2", 30)
+            assert await one.acquire(["lock:a"]) == [True]
+            # Held by another: refused; free: taken; in the order asked.
+            assert await two.acquire(["lock:a", "lock:b", "lock:c"]) == [False, True, True]
+            # Asking again for what one already holds answers True (a retry of the same batch).
+            assert await one.acquire(["lock:b", "lock:a"]) == [False, True]
+            assert await client.get("lock:a") == b"worker-1"
+            assert 0 < await client.pttl("lock:b") <= 30_000  # a lock dies with its holder
+            await two.release(["lock:b", "lock:c"])
+            assert await one.acquire(["lock:b"]) == [True]
+            assert await one.acquire([]) == []
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

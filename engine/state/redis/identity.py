@@ -142,10 +142,9 @@ class RedisIdentityStore:
         """
         if not slots:
             return
-        with reading("the identity memory"), self.r.pipeline(transaction=False) as pipe:
-            for kind, ident in slots:
-                pipe.hmget(self._key(kind, ident), "traits", "owner", "bytes", "seen")
-            rows = pipe.execute()
+        with reading("the identity memory"):
+            # The read script, as merge_many: a pipeline of one HMGET each cost the worker twice the CPU.
+            rows = self._read(keys=[self._key(kind, ident) for kind, ident in slots])
         for slot, row in zip(slots, rows, strict=True):
             self._prefetched[slot] = row
             self._prefetched.move_to_end(slot)

@@ -26,6 +26,19 @@ end
 return n
 """
 
+# KEYS: the locks. ARGV: owner, milliseconds. Per lock, 1 if taken now or already held by this owner, else 0.
+ACQUIRE = """
+local taken = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('SET', key, ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', key) == ARGV[1] then
+    taken[i] = 1
+  else
+    taken[i] = 0
+  end
+end
+return taken
+"""
+
 
 class RedisKeyLocks:
     def __init__(self, client: Redis, owner: str, seconds: float) -> None:
@@ -33,17 +46,15 @@ class RedisKeyLocks:
         self.owner = owner
         self.ms = max(1, int(seconds * 1000))
         self._owned = client.register_script(OWNED)
+        self._acquire = client.register_script(ACQUIRE)
 
     async def acquire(self, keys: Sequence[str]) -> list[bool]:
         """Try each lock once; True for those taken (or already held by this owner)."""
         if not keys:
             return []
-        async with self.r.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.set(key, self.owner, nx=True, px=self.ms)
-                pipe.get(key)
-            answers = await pipe.execute()
-        return [bool(answers[i]) or answers[i + 1] == self.owner.encode() for i in range(0, len(answers), 2)]
+        # One script, not a pipeline of a SET and a GET per lock: a tenth of the client's packing and parsing.
+        answers = await self._acquire(keys=list(keys), args=[self.owner, self.ms])
+        return [answer == 1 for answer in answers]
 
     async def renew(self, keys: Sequence[str]) -> None:
         if keys:
