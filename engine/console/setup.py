@@ -474,16 +474,31 @@ async def _edit_answer(
     )
 
 
-async def edit_page(request: web.Request) -> web.Response:
-    """The set-up form of a console-made integration, filled with its plain settings (its secrets never)."""
-    setup = request.app[SETUP]
-    name = request.match_info["name"]
+async def _console_made_item(setup: Setup, name: str) -> StoredIntegration | web.Response:
+    """An integration set up in the console, or the page saying why it cannot be changed here (the file's
+    are read-only; an unknown name is not found)."""
     if name in setup.file_names():
         return _read_only_page(setup, name)
     item = await asyncio.to_thread(setup.get, name)
-    preset = await asyncio.to_thread(_preset, item.preset) if item is not None else None
-    if item is None or preset is None:
-        return _not_found_page(setup, name)
+    return _not_found_page(setup, name) if item is None else item
+
+
+async def _console_made(setup: Setup, name: str) -> tuple[StoredIntegration, Preset] | web.Response:
+    """The same with its preset, which a form needs: one whose preset is gone is not found either."""
+    item = await _console_made_item(setup, name)
+    if isinstance(item, web.Response):
+        return item
+    preset = await asyncio.to_thread(_preset, item.preset)
+    return _not_found_page(setup, name) if preset is None else (item, preset)
+
+
+async def edit_page(request: web.Request) -> web.Response:
+    """The set-up form of a console-made integration, filled with its plain settings (its secrets never)."""
+    setup = request.app[SETUP]
+    found = await _console_made(setup, request.match_info["name"])
+    if isinstance(found, web.Response):
+        return found
+    item, preset = found
     shown, ticked = form_values(preset, item)
     return await _edit_answer(setup, item, preset, {}, shown, ticked, 200)
 
@@ -495,12 +510,10 @@ async def edit_form(request: web.Request) -> web.Response:
     if not setup.guard.csrf_ok(request, str(form.get("csrf", ""))):
         return _html(setup_views.refused(setup.guard.csrf), status=403)
     name = request.match_info["name"]
-    if name in setup.file_names():
-        return _read_only_page(setup, name)
-    item = await asyncio.to_thread(setup.get, name)
-    preset = await asyncio.to_thread(_preset, item.preset) if item is not None else None
-    if item is None or preset is None:
-        return _not_found_page(setup, name)
+    found = await _console_made(setup, name)
+    if isinstance(found, web.Response):
+        return found
+    item, preset = found
     fixed: MultiDict[Any] = MultiDict((k, v) for k, v in form.items() if k != "name")
     fixed["name"] = name  # the name is the integration's identity (its queue, letters, records): not edited
     async with setup._lock:
@@ -519,11 +532,9 @@ async def delete_form(request: web.Request) -> web.Response:
     if not setup.guard.csrf_ok(request, str(form.get("csrf", ""))):
         return _html(setup_views.refused(setup.guard.csrf), status=403)
     name = request.match_info["name"]
-    if name in setup.file_names():
-        return _read_only_page(setup, name)
-    item = await asyncio.to_thread(setup.get, name)
-    if item is None:
-        return _not_found_page(setup, name)
+    item = await _console_made_item(setup, name)  # one whose preset is gone can still be deleted
+    if isinstance(item, web.Response):
+        return item
     if form.get("confirmed") != "yes":
         return _html(setup_views.confirm_delete_page(item, csrf=setup.guard.csrf))
     try:
