@@ -22,6 +22,8 @@ from service_helpers import (
     lead,
     post,
     post_signed,
+    queue_leases,
+    queue_writes_held,
     until,
     write_key_headers,
 )
@@ -99,9 +101,9 @@ def test_a_segment_sdk_and_a_signed_client_get_their_leads_delivered(tmp_path: P
 
 def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Path) -> None:
     creds = unique_credentials()
-    count = 40
-    # Slow answers, so that the kill lands with most events still queued or on the wire.
-    with ThreadedSandbox(faults=["delay:0.2"] * 12, **creds) as sandbox:
+    count = 100
+    # Slow first answers, so that the queue's lock is taken with leased events still on the wire.
+    with ThreadedSandbox(faults=["delay:0.5"] * 12, **creds) as sandbox:
         preset = fast_preset(tmp_path)
         settings = write_settings(tmp_path / "settings.yaml", sandbox.base_url, creds)
         args = ("serve", preset, "--settings", settings, "--state", tmp_path / "state", "--port", "0")
@@ -109,13 +111,23 @@ def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Pa
         second = None
         try:
             url = first.url
-            for i in range(count):
-                status, _ = post(url, "/v1/batch", {"batch": [identify(i, "k"), lead(i, "k")]}, write_key_headers())
+            for start in range(0, count, 25):  # more than the service leases at once
+                batch = [e for i in range(start, start + 25) for e in (identify(i, "k"), lead(i, "k"))]
+                status, _ = post(url, "/v1/batch", {"batch": batch}, write_key_headers())
                 assert status == 200
-            until(lambda: len(delivered([first])) >= 1, what="a first delivery")
-            first.signal(signal.SIGKILL)
-            first.wait(10)
+            until(lambda: queue_leases(tmp_path / "state") > 0, what="the service leasing events")
+            # Kill it with leads delivered and printed but not acknowledged: their acknowledgement waits
+            # behind the queue's write lock, while what was leased goes on being delivered.
+            with queue_writes_held(tmp_path / "state"):
+                held_at = set(delivered([first]))
+                until(
+                    lambda: len([m for m in delivered([first]) if m not in held_at and "lead" in m]) >= 2,
+                    what="leads delivered while their acknowledgement waits",
+                )
+                first.signal(signal.SIGKILL)
+                first.wait(10)
             done_before = delivered([first])
+            unacked = {m for m in done_before if m not in held_at and "lead" in m}
             assert len(done_before) < count, "the kill came too late to test anything"
             second = Service(*args, cwd=tmp_path, name="second")
             second.url  # noqa: B018 - waits until it listens
@@ -154,6 +166,10 @@ def test_a_restart_after_kill_9_loses_nothing_that_was_answered_200(tmp_path: Pa
     twice = first_ids & {o["messageId"] for o in second.outcomes()}
     assert len(twice) < len(first_ids), twice  # the first's acknowledged lines were not read again
     assert all(o["attempts"] == 0 for o in second.outcomes() if o["messageId"] in twice and o["outcome"] == "delivered")
+    # The leads delivered but never acknowledged were read again, and the journal sent none of them twice.
+    again = {o["messageId"]: o for o in second.outcomes() if o["messageId"] in unacked}
+    assert set(again) == unacked, unacked - set(again)
+    assert all(o["outcome"] == "delivered" and o["attempts"] == 0 for o in again.values()), again
     assert {o["messageId"] for o in first.outcomes() + second.outcomes()} >= {f"k-lead-{i}" for i in range(count)}
 
 

@@ -23,7 +23,18 @@ from typing import Any
 import pytest
 
 from integration_helpers import ThreadedHubspot, fast_hubspot_preset, write_config
-from service_helpers import SIGNING_SECRET, WRITE_KEY, Service, identify, lead, post, until, write_key_headers
+from service_helpers import (
+    SIGNING_SECRET,
+    WRITE_KEY,
+    Service,
+    identify,
+    lead,
+    post,
+    queue_leases,
+    queue_writes_held,
+    until,
+    write_key_headers,
+)
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 
 HUBSPOT_TOKEN = "pat-test-7c1e9a3f5d2b4086"
@@ -164,10 +175,10 @@ def test_two_integrations_receive_every_lead_sent_once_through_the_segment_sdk(t
 def test_kill_9_of_serve_loses_and_duplicates_nothing_per_integration(tmp_path: Path) -> None:
     count = 120
     creds = unique_credentials()
-    # Slow first answers on both sides, so that the kill lands with events queued and on the wire.
+    # Slow first answers on both sides, so that the queue's lock is taken with leased events on the wire.
     with (
-        ThreadedSandbox(faults=["delay:0.2"] * 10, **creds) as outreach,
-        ThreadedHubspot(faults=["delay:0.2"] * 10, **FAST_HUBSPOT) as hubspot,
+        ThreadedSandbox(faults=["delay:0.5"] * 10, **creds) as outreach,
+        ThreadedHubspot(faults=["delay:0.5"] * 10, **FAST_HUBSPOT) as hubspot,
     ):
         settings = write_settings(tmp_path / "outreach.yaml", outreach.base_url, creds)
         config = write_config(
@@ -182,12 +193,22 @@ def test_kill_9_of_serve_loses_and_duplicates_nothing_per_integration(tmp_path: 
         second = None
         try:
             post_leads(first.url, "k", 0, count)
+            state = tmp_path / "state"
             until(
-                lambda: delivered(first, "outreach", "k") and delivered(first, "hubspot", "k"),
-                what="a first delivery by each",
+                lambda: queue_leases(state, "outreach") > 0 and queue_leases(state, "hubspot") > 0,
+                what="each integration leasing events",
             )
-            first.signal(signal.SIGKILL)
-            first.wait(10)
+            # Kill it with leads of each delivered and printed but not acknowledged: their acknowledgement
+            # waits behind the queue's write lock, while what was leased goes on being delivered.
+            with queue_writes_held(state):
+                held_at = {name: delivered(first, name, "k") for name in ("outreach", "hubspot")}
+                until(
+                    lambda: all(len(delivered(first, name, "k") - held_at[name]) >= 2 for name in held_at),
+                    what="leads of each delivered while their acknowledgement waits",
+                )
+                first.signal(signal.SIGKILL)
+                first.wait(10)
+            unacked = {name: delivered(first, name, "k") - held_at[name] for name in held_at}
             assert len(delivered(first, "outreach", "k")) < count or len(delivered(first, "hubspot", "k")) < count, (
                 "the kill came too late to test anything"
             )
@@ -223,6 +244,10 @@ def test_kill_9_of_serve_loses_and_duplicates_nothing_per_integration(tmp_path: 
         assert len(twice) < len(before), (name, twice)  # what the first acknowledged was not read again
         resent = [o for o in later if o["messageId"] in twice and o["outcome"] == "delivered" and o["attempts"] != 0]
         assert resent == [], (name, resent)
+        # The leads delivered but never acknowledged were read again, and the journal sent none twice.
+        again = {o["messageId"]: o for o in later if o["messageId"] in unacked[name]}
+        assert set(again) == unacked[name], (name, unacked[name] - set(again))
+        assert all(o["outcome"] == "delivered" and o["attempts"] == 0 for o in again.values()), (name, again)
 
 
 def test_a_failing_integration_does_not_slow_the_other_and_its_leads_arrive_by_replay(tmp_path: Path) -> None:
