@@ -308,6 +308,10 @@ def test_edit_keeps_the_secrets_and_delete_asks_first(keyed: ConsoleProcess, bro
     click_and_wait(browser, browser.find_element(By.LINK_TEXT, "Edit outreach-eu"))
     assert browser.find_element(By.NAME, "name").get_attribute("value") == "outreach-eu"
     assert browser.find_element(By.NAME, "name").get_attribute("readonly") == "true"
+    # Said once, in the page's heading; the form's own names the preset it was made from.
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Edit outreach-eu"
+    form_heading = browser.find_element(By.CSS_SELECTOR, "#setup-form h2").text
+    assert form_heading.endswith("(outreach/lead-capture)") and "Edit" not in form_heading, form_heading
     assert field(browser, "client_id").get_attribute("value") == "client-eu"
     assert field(browser, "client_secret").get_attribute("value") == ""
     assert SECRET not in browser.page_source and REFRESH not in browser.page_source

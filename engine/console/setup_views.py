@@ -156,8 +156,8 @@ def setup_page(
         parts = [*parts[:1], *(p for p in parts[1:] if "choose-preset" not in p)]
     if preset is not None:
         title = preset.metadata.get("title") or preset.name
-        if editing is not None:
-            title = f"Edit {editing} ({preset.name})"
+        if editing is not None:  # the page's heading already says "Edit <name>"
+            title = f"{title} ({preset.name})"
         action = f"/console/integrations/{e(editing)}/edit" if editing is not None else "/console/integrations/new"
         name_attrs = ' readonly aria-readonly="true"' if editing is not None else ""
         fields = "".join(_field(preset, n, problems, shown, categories, ticked) for n in preset.settings)
