@@ -153,12 +153,21 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     if cached is not None:
         document: Any = cached  # stands in for a YamlDocument: it parses the YAML only to locate a problem
         return _Compiler(document, backend, checked_schemas=cached.schemas, plans=cached.plans).compile()
-    from ..language.yaml_source import YamlSourceError, load_yaml  # only for a preset not in the cache
+    # Not in the cache: libyaml reads the data when it can be sure of it (yaml_plain); ruamel.yaml's
+    # round trip, which knows every value's line, then runs only if a problem must be located.
+    from ..language import yaml_plain  # only for a preset not in the cache
 
-    try:
-        doc = load_yaml(path, source.text if source is not None else None)
-    except YamlSourceError as exc:
-        raise PresetError([str(exc)]) from None
+    text = source.text if source is not None else None
+    plain = yaml_plain.plain_data(text) if text is not None else None
+    if plain is not None and text is not None:
+        doc: Any = preset_cache.CachedDocument(str(path), text, plain)
+    else:
+        from ..language.yaml_source import YamlSourceError, load_yaml
+
+        try:
+            doc = load_yaml(path, text)
+        except YamlSourceError as exc:
+            raise PresetError([str(exc)]) from None
     # ``check`` (strict) checks every expression afresh; a run trusts what earlier loads learnt about each.
     facts = ExpressionFacts(None, "") if strict else ExpressionFacts.for_backend(backend)
     compiler = _Compiler(doc, backend, strict=strict, facts=facts)
