@@ -409,15 +409,13 @@ class _Compiler:
         compiled = self._compile_expression(path, source)
         if compiled is None or self.checked_schemas is not None:
             return compiled  # a cached preset passed these checks when it was stored
-        from ..language.expression_check import (  # only for a preset not in the cache
-            InputShape,
-            analyse,
-        )
-
         secrets = frozenset(n for n, s in self.settings.items() if s.secret)
         key = ("findings", source, roots_key(roots), tuple(sorted(secrets)), what)
         findings = self.facts.get(*key)
         if findings is MISSING:
+            # Only for an expression no earlier load has checked (about 2 ms to import).
+            from ..language.expression_check import InputShape, analyse
+
             findings = tuple((f.position, f.message) for f in analyse(source, InputShape(roots, secrets, what)))
             self.facts.put(findings, *key)
         for position, message in findings[:MAX_FINDINGS_PER_EXPRESSION]:

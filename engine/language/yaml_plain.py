@@ -42,8 +42,8 @@ _NULLS = frozenset({"~", "null", "Null", "NULL", ""})
 _PLAIN_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _PLAIN_FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 # The rest of YAML 1.2's numbers and timestamps (copied from ruamel.yaml's resolver): left to ruamel.yaml.
-_OTHER_NUMBER = re.compile(
-    r"""[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+# Compiled by re (and kept in its cache) the first time a scalar needs it: compiling it costs a millisecond.
+_OTHER_NUMBER = r"""[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
     |[-+]?\.[0-9_]+(?:[eE][-+][0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
@@ -54,9 +54,7 @@ _OTHER_NUMBER = re.compile(
     |[-+]?0x[0-9a-fA-F_]+
     |[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]
     |[0-9][0-9][0-9][0-9]-[0-9][0-9]?-[0-9][0-9]?(?:[Tt]|[\ \t]+)[0-9][0-9]?:[0-9][0-9]:[0-9][0-9](?:\.[0-9]*)?
-     (?:[\ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?""",
-    re.X,
-)
+     (?:[\ \t]*(?:Z|[-+][0-9][0-9]?(?::[0-9][0-9])?))?"""
 
 
 class _Unsure(Exception):
@@ -161,6 +159,6 @@ def _scalar(text: str) -> Any:
         return int(text)
     if _PLAIN_FLOAT.fullmatch(text):
         return float(text)
-    if text[0] in "<=!&*" or _OTHER_NUMBER.fullmatch(text):
+    if text[0] in "<=!&*" or (text[0] in "-+0123456789." and re.fullmatch(_OTHER_NUMBER, text, re.X)):
         raise _Unsure
     return text
