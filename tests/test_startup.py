@@ -93,6 +93,8 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
 
     again = modules_after(tmp_path, cache, *run, events=[])
     assert loaded(again, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
+    # Nothing of the delivery code: the preset's response rules are compiled without it.
+    assert loaded(again, ("engine.delivery",)) == []
     # Nothing that only a lead needs, while none came.
     assert loaded(again, ("phonenumbers", "jsonschema_rs")) == []
     # The cached preset's expressions compiled when it was stored: the JSONata engine waits for an event.

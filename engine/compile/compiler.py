@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..delivery.response_rules import TRANSPORT_ERRORS
+from .. import outcome as oc
 from ..language import resources
 from ..language.expressions import (
     DEFAULT_LIMITS,
@@ -1015,7 +1015,7 @@ def _covers(earlier: RuleSpec, later: RuleSpec) -> bool:
     """
     if earlier.match is not None or earlier.errors or earlier.detail_contains is not None:
         return False
-    if any(error in TRANSPORT_ERRORS for error in later.errors):
+    if any(error in oc.TRANSPORT_ERRORS for error in later.errors):
         return False  # a request with no answer: a status rule never matches it
     if earlier.steps and not (later.steps and set(later.steps) <= set(earlier.steps)):
         return False
