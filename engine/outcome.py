@@ -39,6 +39,7 @@ AUTH_UNAVAILABLE = "auth_unavailable"  # no credential could be had for now (tok
 HTTP_STATUS_PREFIX = "http_"  # http_<status>: the status that ended the delivery (http_cause)
 TIMEOUT = "timeout"  # no answer within delivery.timeout_seconds
 CONNECTION = "connection"  # no connection, or it broke before an answer
+TRANSPORT_ERRORS = (TIMEOUT, CONNECTION)  # the request got no answer: no status rule can match it
 RESPONSE_TOO_LARGE = "response_too_large"  # an answer longer than delivery.max_response_bytes
 # A request the preset could not build (a preset bug, or an event it did not foresee):
 MAPPING_ERROR = "mapping_error"  # the mapping's JSONata failed on this event

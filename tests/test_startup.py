@@ -49,7 +49,7 @@ NEVER_IN_A_DRY_RUN = (
 # Nothing imports shutil in a run: the preset cache writes without tempfile, and only
 # argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
 # The reference JSONata engine (jsonata) reads expressions for the static checks of a preset not yet in the cache.
-ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "shutil", "jsonata", "engine.language.yaml_source")
+ONLY_WHEN_VALIDATING = ("jsonschema", "ruamel", "yaml", "shutil", "jsonata", "engine.language.yaml_source")
 
 PROBE = """
 import json, sys
@@ -85,12 +85,16 @@ def test_a_dry_run_imports_nothing_it_does_not_use(tmp_path: Path) -> None:
     run = ("run", "outreach/lead-capture", "--dry-run")
     first = modules_after(tmp_path, cache, *run, events=[])
     assert loaded(first, NEVER_IN_A_DRY_RUN) == []
-    assert "ruamel" in first and "jsonschema_rs" in first  # the preset was validated once
+    assert "yaml" in first and "jsonschema_rs" in first  # the preset was read (libyaml) and validated once
+    # Its data was certain from libyaml, and nothing needed a line number: no round-trip parse.
+    assert loaded(first, ("ruamel", "engine.language.yaml_source")) == []
     # jsonschema words problems; a preset that jsonschema-rs accepts has none, so it is never imported.
     assert loaded(first, ("jsonschema",)) == []
 
     again = modules_after(tmp_path, cache, *run, events=[])
     assert loaded(again, NEVER_IN_A_DRY_RUN + ONLY_WHEN_VALIDATING) == []
+    # Nothing of the delivery code: the preset's response rules are compiled without it.
+    assert loaded(again, ("engine.delivery",)) == []
     # Nothing that only a lead needs, while none came.
     assert loaded(again, ("phonenumbers", "jsonschema_rs")) == []
     # The cached preset's expressions compiled when it was stored: the JSONata engine waits for an event.
@@ -109,7 +113,7 @@ def test_check_always_validates(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     modules_after(tmp_path, cache, "run", "outreach/lead-capture", "--dry-run", events=[])  # fills the cache
     checked = modules_after(tmp_path, cache, "check", "outreach/lead-capture")
-    assert "jsonschema" in checked and "ruamel" in checked
+    assert "jsonschema" in checked and "yaml" in checked
     assert "jsonata" in checked and "jsonatapy" in checked  # every expression checked afresh, whatever is kept
 
 
@@ -364,8 +368,10 @@ def test_an_edit_that_leaves_the_expressions_alone_imports_no_jsonata_engine(tmp
     assert "jsonata" in first and "jsonatapy" in first  # each expression checked and compiled once
     copy_of_builtin(tmp_path, "values: {tag: lead}", "values: {tag: lead-v2}")  # a miss in the preset cache
     edited = modules_after(tmp_path, cache, *run, events=[])
-    assert "ruamel" in edited  # read from the YAML again
-    assert loaded(edited, ("jsonata", "jsonatapy", "jsonschema")) == []
+    assert "yaml" in edited  # read from the YAML again
+    assert "ruamel" not in edited  # by libyaml: nothing needed a line number
+    # Every expression's checks are known from its text: the static checker is not even imported.
+    assert loaded(edited, ("jsonata", "jsonatapy", "jsonschema", "engine.language.expression_check")) == []
     assert loaded(edited, ("tempfile", "shutil")) == []  # the cache's files are written without tempfile
 
 
@@ -401,3 +407,24 @@ def test_a_changed_expression_is_checked_again(tmp_path: Path, cache: Path) -> N
     edited = copy_of_builtin(tmp_path, '"occupation": traits.title', '"occupation": traits.company')
     mapping = load_preset(str(edited)).actions
     assert mapping["create_prospect"].mapping._fast is not None  # the new text planned too
+
+
+def test_a_problem_in_a_preset_read_by_libyaml_is_located_by_the_round_trip_parse(tmp_path: Path, cache: Path) -> None:
+    """A preset not in the cache is read by libyaml (yaml_plain); a problem the compiler finds in it
+    still names file:line:col, from ruamel.yaml's parse of the same text."""
+    from engine.language import yaml_plain
+
+    path = copy_of_builtin(
+        tmp_path, "Signed Up:\n      action: create_prospect", "Signed Up:\n      action: no_such_action"
+    )
+    assert yaml_plain.plain_data(path.read_text(encoding="utf-8")) is not None  # the fast path reads it
+    with pytest.raises(PresetError) as info:
+        load_preset(str(path))
+    line = next(
+        i for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if "no_such_action" in text
+    )
+    column = path.read_text(encoding="utf-8").splitlines()[line - 1].index("no_such_action") + 1
+    assert info.value.problems == [
+        f"{path}:{line}:{column}: events.track.Signed Up.action: unknown action 'no_such_action' "
+        "(defined: create_prospect, or drop)"
+    ]

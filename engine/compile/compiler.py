@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..delivery.response_rules import TRANSPORT_ERRORS
+from .. import outcome as oc
 from ..language import resources
 from ..language.expressions import (
     DEFAULT_LIMITS,
@@ -153,12 +153,21 @@ def load_preset(name_or_path: str, preset_path: Sequence[str | Path] = (), *, st
     if cached is not None:
         document: Any = cached  # stands in for a YamlDocument: it parses the YAML only to locate a problem
         return _Compiler(document, backend, checked_schemas=cached.schemas, plans=cached.plans).compile()
-    from ..language.yaml_source import YamlSourceError, load_yaml  # only for a preset not in the cache
+    # Not in the cache: libyaml reads the data when it can be sure of it (yaml_plain); ruamel.yaml's
+    # round trip, which knows every value's line, then runs only if a problem must be located.
+    from ..language import yaml_plain  # only for a preset not in the cache
 
-    try:
-        doc = load_yaml(path, source.text if source is not None else None)
-    except YamlSourceError as exc:
-        raise PresetError([str(exc)]) from None
+    text = source.text if source is not None else None
+    plain = yaml_plain.plain_data(text) if text is not None else None
+    if plain is not None and text is not None:
+        doc: Any = preset_cache.CachedDocument(str(path), text, plain)
+    else:
+        from ..language.yaml_source import YamlSourceError, load_yaml
+
+        try:
+            doc = load_yaml(path, text)
+        except YamlSourceError as exc:
+            raise PresetError([str(exc)]) from None
     # ``check`` (strict) checks every expression afresh; a run trusts what earlier loads learnt about each.
     facts = ExpressionFacts(None, "") if strict else ExpressionFacts.for_backend(backend)
     compiler = _Compiler(doc, backend, strict=strict, facts=facts)
@@ -400,15 +409,13 @@ class _Compiler:
         compiled = self._compile_expression(path, source)
         if compiled is None or self.checked_schemas is not None:
             return compiled  # a cached preset passed these checks when it was stored
-        from ..language.expression_check import (  # only for a preset not in the cache
-            InputShape,
-            analyse,
-        )
-
         secrets = frozenset(n for n, s in self.settings.items() if s.secret)
         key = ("findings", source, roots_key(roots), tuple(sorted(secrets)), what)
         findings = self.facts.get(*key)
         if findings is MISSING:
+            # Only for an expression no earlier load has checked (about 2 ms to import).
+            from ..language.expression_check import InputShape, analyse
+
             findings = tuple((f.position, f.message) for f in analyse(source, InputShape(roots, secrets, what)))
             self.facts.put(findings, *key)
         for position, message in findings[:MAX_FINDINGS_PER_EXPRESSION]:
@@ -1008,7 +1015,7 @@ def _covers(earlier: RuleSpec, later: RuleSpec) -> bool:
     """
     if earlier.match is not None or earlier.errors or earlier.detail_contains is not None:
         return False
-    if any(error in TRANSPORT_ERRORS for error in later.errors):
+    if any(error in oc.TRANSPORT_ERRORS for error in later.errors):
         return False  # a request with no answer: a status rule never matches it
     if earlier.steps and not (later.steps and set(later.steps) <= set(earlier.steps)):
         return False

@@ -18,11 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import outcome as oc
 from ..language.expressions import ExpressionError
 from ..language.model import RuleSpec
-
-TRANSPORT_ERRORS = (oc.TIMEOUT, oc.CONNECTION)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,10 @@ def record(cls: _Record) -> _Record:
         raise TypeError(f"{cls.__qualname__} defines {', '.join(own)}: make it a dataclass, not a record")
     undocumented = cls.__doc__ is None
     if undocumented:
-        cls.__doc__ = ""  # else dataclass would build one with inspect.signature (slow)
+        # Any text that is not empty: for a class without one, dataclass builds a docstring with
+        # inspect.signature, which parses object.__init__'s text signature with tokenize (compiling
+        # tokenize's patterns costs a start about 3 ms). The real one is set below.
+        cls.__doc__ = cls.__name__
     made: Any = dataclass(init=False, repr=False, eq=False)(cls)  # fields and replace(); no generated code
     fields = tuple(made.__dataclass_fields__.values())
     names = tuple(f.name for f in fields)
