@@ -743,3 +743,60 @@ def test_a_discarded_dead_letter_is_gone_for_every_read_of_this_process(tmp_path
     state.close()
     with sqlite3.connect(tmp_path / "state" / "state.db") as other:
         assert other.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
+
+
+def test_deliveries_that_end_in_one_turn_of_the_loop_are_recorded_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: one transaction for the deliveries that end together, and each caller goes on
+    (hands its outcome out) only once its entry is in the file, as another process sees it."""
+    from engine.state.buffered import BufferedJournal
+
+    state = SqliteState(tmp_path / "state")
+    journal = BufferedJournal(state.journal("p", 3600))
+    transactions = []
+    original = Database.write
+
+    def write(db: Database, *, durable: bool = False) -> Any:
+        transactions.append(durable)
+        return original(db, durable=durable)
+
+    monkeypatch.setattr(Database, "write", write)
+
+    def in_the_file() -> int:
+        with sqlite3.connect(tmp_path / "state" / "state.db") as other:
+            return int(other.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+    async def deliver(key: str) -> int:
+        await journal.record_soon(key)
+        return in_the_file()  # what the outcome's reader could check now
+
+    async def scenario() -> list[int]:
+        return list(await asyncio.gather(*(deliver(f"m:{i}") for i in range(5))))
+
+    assert asyncio.run(scenario()) == [5] * 5
+    assert len(transactions) == 1
+    assert all(journal.delivered_at(f"m:{i}") is not None for i in range(5))
+    state.close()
+
+
+def test_a_group_the_disk_refuses_is_kept_entry_by_entry_and_still_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.state.buffered import BufferedJournal
+
+    state = SqliteState(tmp_path / "state")
+    journal = BufferedJournal(state.journal("p", 3600))
+    full = DiskFull(monkeypatch)
+    full.on = True
+
+    async def scenario() -> None:
+        await asyncio.gather(*(journal.record_soon(f"m:{i}") for i in range(3)))
+
+    asyncio.run(scenario())
+    assert len(journal.pending) == 3
+    assert all(journal.delivered_at(f"m:{i}") is not None for i in range(3))  # kept in memory, answered
+    full.on = False
+    assert journal.pending.flush()
+    assert len(state.journal("p", 3600)) == 3
+    state.close()
