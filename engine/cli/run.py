@@ -248,7 +248,7 @@ async def deliver(
     import gc
 
     from ..runtime import Engine  # aiohttp machinery only when delivering
-    from .input_batches import batches
+    from .input_batches import batches, file_batches
     from .logs import configure_logging
 
     engine = Engine(preset, settings, state=args.state, record=args.record)
@@ -282,10 +282,11 @@ async def deliver(
             gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
             async def events() -> AsyncIterator[list[tuple[int, Any]]]:
-                # Lines are read in a thread of their own (a live pipe must not stall
-                # deliveries under way), handed over in batches, and parsed here.
+                # A pipe's lines are read in a thread of their own (a live pipe must not stall
+                # deliveries under way), a file's on the loop; handed over in batches, and parsed here.
+                read = file_batches if is_regular_file(stream) else batches
                 try:
-                    async for chunk in batches(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
+                    async for chunk in read(raw_line_chunks(stream, max_bytes=lines.max_bytes)):
                         yield [
                             (at, dropped(at, None, oc.INVALID_EVENT, problem) if problem else event)
                             for at, event, problem in lines.parse(chunk)
@@ -306,15 +307,16 @@ async def deliver(
                     if stop.emit(sys.stdout.flush, lines=count):
                         engine.stop(args.grace, stop.reason or "stdout closed")
 
-            async for result in engine.process_batches(events()):
-                if print_outcomes:
-                    if stop.emit(lambda: emit(result, flush=False), lines=0):  # noqa: B023 - emit calls it at once
-                        engine.stop(args.grace, stop.reason or "stdout closed")
-                    elif stop.printing:
-                        if not unflushed:
-                            loop.call_soon(flush)
-                        unflushed += 1
-                report.add(result)
+            async for ready in engine.process_batches_together(events()):
+                for result in ready:
+                    if print_outcomes:
+                        if stop.emit(lambda: emit(result, flush=False), lines=0):  # noqa: B023 - emit calls it at once
+                            engine.stop(args.grace, stop.reason or "stdout closed")
+                        elif stop.printing:
+                            if not unflushed:
+                                loop.call_soon(flush)
+                            unflushed += 1
+                    report.add(result)
             flush()
         mints = engine.mints
     finally:
