@@ -314,3 +314,21 @@ def test_an_email_is_trimmed_of_every_space_python_knows_but_not_of_separators()
 
     separators = "\x1c\x1d\x1e\x1f\x85\u2028\u2029"
     assert set(_TRIMMED) == {c for c in map(chr, range(0x110000)) if c.isspace()} - set(separators)
+
+
+def test_a_file_is_handed_to_the_loop_in_batches_of_at_most_max_batch_lines_in_order(tmp_path: Path) -> None:
+    """A delivering run reads a file on the loop (no reader thread): every line, in order, in bounded batches."""
+    import asyncio
+
+    from engine.cli.input_batches import MAX_BATCH, file_batches
+
+    path = tmp_path / "events.ndjson"
+    path.write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(3 * MAX_BATCH + 7)))
+
+    async def collect() -> list[list[Any]]:
+        with path.open("rb") as stream:
+            return [batch async for batch in file_batches(raw_line_chunks(stream, size=1000))]
+
+    got = asyncio.run(collect())
+    assert max(len(b) for b in got) == MAX_BATCH
+    assert [line for batch in got for line in batch] == [b'{"n": %d}' % i for i in range(3 * MAX_BATCH + 7)]

@@ -658,3 +658,145 @@ def test_sqlite_keeps_the_token_answers_values_and_opens_a_database_made_without
     store.save(StoredTokens("rotated-1", "access-1", 2.0, {"api_domain": "https://www.zohoapis.eu"}), REFRESH)
     assert SqliteTokenStore(Database(tmp_path), "cid").load(REFRESH).values == {"api_domain": "https://www.zohoapis.eu"}
     assert sqlite3.connect(str(tmp_path / "state.db")).execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+# --------------------------------------------------------------------------
+# writes that ride in the next transaction (Database.defer)
+# --------------------------------------------------------------------------
+
+
+def _budget_row(directory: Path) -> tuple[Any, ...] | None:
+    """The rate budget's row as another process sees it (a connection of its own)."""
+    with sqlite3.connect(directory / "state.db") as other:
+        return other.execute("SELECT remaining, in_flight FROM rate_budgets WHERE name = 'b'").fetchone()
+
+
+def test_an_answers_lesson_lands_with_the_journals_record_in_one_transaction(tmp_path: Path) -> None:
+    """While delivering, the rate budget learns from an answer without a transaction of its own:
+    another process sees the lesson once the journal records the delivery, a moment later."""
+    state = SqliteState(tmp_path / "state")
+    budget, journal = state.rate_budget("b", 1.0, 10.0), state.journal("p", 3600)
+
+    async def deliver_one() -> tuple[Any, Any]:
+        assert budget.take() is None
+        budget.learn(42.0, "r1", None, None)  # the answer said: 42 left in window r1
+        before = _budget_row(tmp_path / "state")
+        journal.record("m:1")
+        return before, _budget_row(tmp_path / "state")
+
+    before, after = asyncio.run(deliver_one())
+    assert before == (None, 1)  # taken, in flight, nothing learnt yet
+    assert after == (42.0, 0)  # learnt, in the journal's transaction
+    assert journal.delivered_at("m:1") is not None
+    state.close()
+
+
+def test_a_lesson_nothing_else_carries_lands_within_a_moment_or_at_close(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "state")
+    budget = state.rate_budget("b", 1.0, 10.0)
+
+    async def learn_and_wait() -> tuple[Any, Any]:
+        budget.take()
+        budget.learn(7.0, "r1", None, None)
+        held = _budget_row(tmp_path / "state")
+        await asyncio.sleep(0.2)  # past DEFER_SECONDS: the timer writes it
+        return held, _budget_row(tmp_path / "state")
+
+    held, landed = asyncio.run(learn_and_wait())
+    assert held == (None, 1) and landed == (7.0, 0)
+
+    async def learn_then_close() -> None:
+        budget.take()
+        budget.learn(3.0, "r1", None, None)
+        state.close()
+
+    asyncio.run(learn_then_close())
+    assert _budget_row(tmp_path / "state") == (3.0, 0)
+
+
+def test_a_take_sees_the_lesson_learnt_before_it(tmp_path: Path) -> None:
+    """The lesson waits for the next write, and the next take is one: it is applied first, in order."""
+    state = SqliteState(tmp_path / "state")
+    budget = state.rate_budget("b", 1.0, 10.0)
+
+    async def two_requests() -> Any:
+        budget.take()
+        budget.learn(1.0, "r1", 60.0, None)  # one left until the reset in a minute
+        assert budget.take() is None  # the last one of the window
+        return budget.take()  # spent: wait for the reset
+
+    wait = asyncio.run(two_requests())
+    assert wait == pytest.approx(60.0, abs=1.0)
+    state.close()
+
+
+def test_a_discarded_dead_letter_is_gone_for_every_read_of_this_process(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "state")
+    letters = state.dead_letters()
+    letters.add({"id": "l1", "preset": "p", "key": "m:1", "event": {}})
+
+    async def deliver_again() -> tuple[int, int]:
+        letters.discard("p", "m:1")  # delivered now: the letter an earlier run left is obsolete
+        return letters.count("p"), len(letters.entries("p"))
+
+    assert asyncio.run(deliver_again()) == (0, 0)
+    state.close()
+    with sqlite3.connect(tmp_path / "state" / "state.db") as other:
+        assert other.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] == 0
+
+
+def test_deliveries_that_end_in_one_turn_of_the_loop_are_recorded_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: one transaction for the deliveries that end together, and each caller goes on
+    (hands its outcome out) only once its entry is in the file, as another process sees it."""
+    from engine.state.buffered import BufferedJournal
+
+    state = SqliteState(tmp_path / "state")
+    journal = BufferedJournal(state.journal("p", 3600))
+    transactions = []
+    original = Database.write
+
+    def write(db: Database, *, durable: bool = False) -> Any:
+        transactions.append(durable)
+        return original(db, durable=durable)
+
+    monkeypatch.setattr(Database, "write", write)
+
+    def in_the_file() -> int:
+        with sqlite3.connect(tmp_path / "state" / "state.db") as other:
+            return int(other.execute("SELECT COUNT(*) FROM journal").fetchone()[0])
+
+    async def deliver(key: str) -> int:
+        await journal.record_soon(key)
+        return in_the_file()  # what the outcome's reader could check now
+
+    async def scenario() -> list[int]:
+        return list(await asyncio.gather(*(deliver(f"m:{i}") for i in range(5))))
+
+    assert asyncio.run(scenario()) == [5] * 5
+    assert len(transactions) == 1
+    assert all(journal.delivered_at(f"m:{i}") is not None for i in range(5))
+    state.close()
+
+
+def test_a_group_the_disk_refuses_is_kept_entry_by_entry_and_still_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.state.buffered import BufferedJournal
+
+    state = SqliteState(tmp_path / "state")
+    journal = BufferedJournal(state.journal("p", 3600))
+    full = DiskFull(monkeypatch)
+    full.on = True
+
+    async def scenario() -> None:
+        await asyncio.gather(*(journal.record_soon(f"m:{i}") for i in range(3)))
+
+    asyncio.run(scenario())
+    assert len(journal.pending) == 3
+    assert all(journal.delivered_at(f"m:{i}") is not None for i in range(3))  # kept in memory, answered
+    full.on = False
+    assert journal.pending.flush()
+    assert len(state.journal("p", 3600)) == 3
+    state.close()

@@ -79,6 +79,22 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+async def file_batches(source: Iterable[list[T]]) -> AsyncIterator[list[T]]:
+    """The lists ``source`` yields, read on the loop itself, in lists of ``MAX_BATCH`` at most.
+
+    For a file on disk: a read returns at once, so it cannot stall the loop,
+    and a thread would only contend with the loop for the interpreter lock.
+    """
+    held: list[T] = []
+    for chunk in source:
+        held.extend(chunk)
+        while len(held) >= MAX_BATCH:
+            yield held[:MAX_BATCH]
+            del held[:MAX_BATCH]
+    if held:
+        yield held
+
+
 async def batches(source: Iterable[list[T]]) -> AsyncIterator[list[T]]:
     """The lists ``source`` yields (read in a daemon thread), joined into lists of whatever has arrived.
 

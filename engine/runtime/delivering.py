@@ -102,7 +102,9 @@ class Delivering:
         if result.outcome == oc.DELIVERED and key is not None:
             # Before the outcome is handed out: an outcome seen as delivered is always in the journal.
             try:
-                self.journal.record(key)
+                await self.journal.record_soon(key)  # with the other deliveries of this turn: one transaction
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001 - the delivery happened; at worst a rerun merges it again
                 log.error(
                     "event %s: could not record the delivery in the journal: %s", prepared.index, type(exc).__name__

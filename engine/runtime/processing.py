@@ -84,6 +84,19 @@ class Processing:
         event costs no task and no wait, so a stream of page views is about as
         cheap to process here as in a dry run.
         """
+        async for ready in self.process_batches_together(batches):
+            for outcome in ready:
+                yield outcome
+
+    async def process_batches_together(
+        self, batches: AsyncIterable[list[tuple[int, Any]]]
+    ) -> AsyncIterator[list[Outcome]]:
+        """:meth:`process_batches`, handing over every outcome known at once (in input order) as one list.
+
+        The same outcomes at the same moments; a consumer that takes thousands
+        of drops a second (``run``) resumes this generator once per list, not
+        once per outcome.
+        """
         self._check_open()
         await self.start()
         # Enough events in flight at once to fill a batch (twice over, so one fills while one is sent).
@@ -96,12 +109,15 @@ class Processing:
             self._stop_requested = asyncio.get_running_loop().create_future()
         try:
             while pending or not exhausted:
+                ready: list[Outcome] = []
                 while pending and (isinstance(pending[0], Outcome) or pending[0].done()):
                     head = pending.popleft()
-                    result = head if isinstance(head, Outcome) else head.result()
+                    ready.append(head if isinstance(head, Outcome) else head.result())
+                if ready:
                     if self._named:
-                        result.integration = self.integration
-                    yield result
+                        for result in ready:
+                            result.integration = self.integration
+                    yield ready
                 if self._stop is not None and not exhausted and (next_batch is None or not next_batch.done()):
                     # Stopped: what the source has not handed over is not read.
                     exhausted = True

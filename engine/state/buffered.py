@@ -280,6 +280,8 @@ class BufferedJournal:
         self.inner = inner
         self._clock = clock
         self.pending = PendingWrites("the delivery journal", self._apply, limit=limit)
+        # Deliveries that ended in this turn of the event loop, recorded together in the next (record_soon).
+        self._group: list[tuple[str, float, asyncio.Future[None]]] = []
 
     def _apply(self, op: tuple[Any, ...]) -> None:
         self.inner.record(op[1], op[2])
@@ -292,6 +294,46 @@ class BufferedJournal:
 
     def record(self, key: str, at: float | None = None) -> None:
         self.pending.write(("record", key, self._clock() if at is None else at))
+
+    async def record_soon(self, key: str) -> None:
+        """:meth:`record`, in one transaction with every other delivery that ends in this turn of the loop.
+
+        Returns once the entry is written (or kept in memory, as :meth:`record`
+        would): the caller hands the outcome out only then, so an outcome seen
+        as delivered is in the journal, a killed process or not. A store that
+        cannot write several at once (no ``record_many``) writes it at once.
+        """
+        at = self._clock()
+        if getattr(self.inner, "record_many", None) is None:
+            self.record(key, at)
+            return
+        loop = asyncio.get_running_loop()
+        if not self._group:
+            loop.call_soon(self._write_group)
+        done = loop.create_future()
+        self._group.append((key, at, done))
+        await done
+
+    def _write_group(self) -> None:
+        group, self._group = self._group, []
+        try:
+            if not self.pending.ops:
+                try:
+                    self.inner.record_many([(key, at) for key, at, _ in group])  # type: ignore[attr-defined]
+                    group_written = True
+                except OSError:
+                    group_written = False  # kept one by one below, in order, as record() keeps them
+            else:
+                group_written = False
+            if not group_written:
+                for key, at, _ in group:
+                    self.pending.write(("record", key, at))
+        except Exception as exc:  # noqa: BLE001 - the deliveries happened; at worst a rerun merges them again
+            log.error("could not record %d deliveries in the journal: %s", len(group), type(exc).__name__)
+        finally:
+            for _, _, done in group:
+                if not done.done():
+                    done.set_result(None)
 
     def prefetch(self, keys: Sequence[str]) -> None:
         """Read ahead for a batch (a store that can: Redis, one round trip); writes kept here still win."""

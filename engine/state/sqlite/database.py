@@ -18,12 +18,14 @@ a killed process, several processes can share the file (a ``run`` and a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,10 @@ SCHEMA_VERSION = 1
 CACHE_KIB = 8192
 WAL_LIMIT_BYTES = 16 * 1024 * 1024
 BUSY_SECONDS = 10.0
+# A deferred write (see Database.defer) lands with the next write of any store, or after this long.
+DEFER_SECONDS = 0.1
+
+log = logging.getLogger(__name__)
 # (table, column, type) added since schema 1, in the CREATE TABLE below too: a
 # database made before gets them on open. The token answer's values
 # (auth.token_values) are kept beside the access token they came with.
@@ -140,6 +146,8 @@ class Database:
         self.path = self.directory / DB_NAME
         self._lock = threading.RLock()
         self._namespaces: dict[str, int] = {}
+        self._deferred: list[Callable[[sqlite3.Cursor], object]] = []
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self.moved_aside: Path | None = None  # where a refused file went (``reset``)
         try:
             make_private_dir(self.directory)
@@ -195,6 +203,8 @@ class Database:
                 if durable:
                     cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("BEGIN IMMEDIATE")
+                if self._deferred:
+                    self._run_deferred(cur)
                 yield cur
                 cur.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -208,6 +218,50 @@ class Database:
                     with contextlib.suppress(sqlite3.Error):
                         cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
+
+    def defer(self, op: Callable[[sqlite3.Cursor], object]) -> None:
+        """Run ``op`` inside the next write transaction of this connection, whichever store's it is.
+
+        For a write that may be lost by a killed process (it spends nothing,
+        promises nothing): it costs no transaction of its own when another
+        write follows, as the journal's follows the rate budget's lesson from
+        an answer. Without a running event loop it is written at once; with
+        one, within ``DEFER_SECONDS`` at the latest.
+        """
+        with self._lock:
+            self._deferred.append(op)
+            if self._deferred_timer is not None:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._deferred_timer = loop.call_later(DEFER_SECONDS, self.flush_deferred)
+                return
+        self.flush_deferred()
+
+    def flush_deferred(self) -> None:
+        """Write what :meth:`defer` holds now, in a transaction of its own (best effort, as each op is)."""
+        with self._lock:
+            if self._deferred_timer is not None:
+                self._deferred_timer.cancel()
+                self._deferred_timer = None
+            if not self._deferred:
+                return
+            try:
+                with self.write():
+                    pass
+            except StateError:
+                self._deferred.clear()  # each op is best effort: the next answer teaches it again
+
+    def _run_deferred(self, cur: sqlite3.Cursor) -> None:
+        ops, self._deferred = self._deferred, []
+        for op in ops:
+            try:
+                op(cur)
+            except sqlite3.Error as exc:  # best effort: the transaction it rides in must still land
+                log.debug("state: a deferred write was not made (%s)", _reason(exc))
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -231,6 +285,7 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
+            self.flush_deferred()
             with contextlib.suppress(sqlite3.Error):
                 self.conn.close()
 

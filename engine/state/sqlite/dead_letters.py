@@ -39,6 +39,7 @@ class SqliteDeadLetters:
                 )
 
     def entries(self, preset: str | None = None) -> list[dict[str, Any]]:
+        self.db.flush_deferred()
         if preset is None:
             rows = self.db.read("SELECT entry FROM dead_letters ORDER BY added_at, rowid")
         else:
@@ -48,6 +49,7 @@ class SqliteDeadLetters:
     def pages(self, preset: str | None = None, size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
         # Keyset paging on (added_at, rowid), the order entries() gives, up to the newest row at the start:
         # each page is one index range search, whatever was removed before it.
+        self.db.flush_deferred()
         where, args = ("WHERE preset = ?", [preset]) if preset is not None else ("", [])
         newest = self.db.read(
             f"SELECT added_at, rowid FROM dead_letters {where} ORDER BY added_at DESC, rowid DESC LIMIT 1", args
@@ -69,6 +71,7 @@ class SqliteDeadLetters:
             after = (rows[-1][0], rows[-1][1])
 
     def count(self, preset: str | None = None) -> int:
+        self.db.flush_deferred()
         if preset is None:
             return len(self)
         return int(self.db.read("SELECT COUNT(*) FROM dead_letters WHERE preset = ?", (preset,))[0][0])
@@ -82,15 +85,14 @@ class SqliteDeadLetters:
             cur.execute("UPDATE dead_letters SET entry = ? WHERE id = ?", (_text(entry), str(entry.get("id"))))
 
     def discard(self, preset: str, key: str) -> None:
-        # Called after every delivery, and there is seldom a letter: look first (an index search), so
-        # the usual case takes no write lock from a `dlq replay` working beside it.
-        if not self.db.read("SELECT 1 FROM dead_letters WHERE preset = ? AND key = ? LIMIT 1", (preset, key)):
-            return
-        # Not synced: a stale letter that comes back after a power cut is removed by replay unsent.
-        with self.db.write() as cur:
-            cur.execute("DELETE FROM dead_letters WHERE preset = ? AND key = ?", (preset, key))
+        # Called after every delivery, and there is seldom a letter: the delete rides in the next write
+        # transaction (the next request's rate budget, a moment later), so the usual case costs no
+        # transaction and takes no write lock of its own from a `dlq replay` working beside it. Not
+        # synced: a stale letter that comes back after a kill or a power cut is removed by replay unsent.
+        self.db.defer(lambda cur: cur.execute("DELETE FROM dead_letters WHERE preset = ? AND key = ?", (preset, key)))
 
     def __len__(self) -> int:
+        self.db.flush_deferred()
         return int(self.db.read("SELECT COUNT(*) FROM dead_letters")[0][0])
 
 

@@ -9,7 +9,7 @@ are purged in batches as new ones are written.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..journal import key_digest
 from .database import Database
@@ -37,13 +37,17 @@ class SqliteJournal:
         return float(rows[0][0])
 
     def record(self, key: str, at: float | None = None) -> None:
+        self.record_many([(key, at)])
+
+    def record_many(self, entries: Sequence[tuple[str, float | None]]) -> None:
+        """Several deliveries (key, when or None for now) in one transaction: all of them or none."""
         if self.window <= 0:
             return
         now = self._clock()
         with self.db.write() as cur:
-            cur.execute(
+            cur.executemany(
                 "INSERT OR REPLACE INTO journal (ns, key, delivered_at) VALUES (?, ?, ?)",
-                (self.ns, key_digest(key), now if at is None else at),
+                [(self.ns, key_digest(key), now if at is None else at) for key, at in entries],
             )
             if now >= self._next_purge:
                 gone = cur.execute(

@@ -130,31 +130,44 @@ class SqliteRateBudget:
     def learn(
         self, remaining: float | None, reset_raw: str | None, reset_in: float | None, window_in: float | None
     ) -> None:
-        try:
-            with self.db.write() as cur:
-                now = self._now()
-                row = self._row(cur)
-                in_flight = max(0, int(row["in_flight"] or 0) - 1)
-                row["in_flight"] = in_flight
-                if remaining is not None:
-                    # The server's Remaining does not yet count the requests still in flight.
-                    remaining = max(0.0, remaining - in_flight)
-                if reset_in is not None:
-                    row["reset"] = now + reset_in
-                if window_in is not None:
-                    if row["reset"] is None or row["reset"] <= now:
-                        row["reset"] = now + window_in
-                    reset_raw = f"window@{row['reset']}"
-                if remaining is not None:
-                    same_window = reset_raw is not None and reset_raw == row["reset_raw"]
-                    if same_window and row["remaining"] is not None:
-                        remaining = min(row["remaining"], remaining)  # out-of-order answers: trust the lowest
-                    row["remaining"] = remaining
-                if reset_raw is not None:
-                    row["reset_raw"] = reset_raw
-                self._save(cur, row, now)
-        except StateError:
-            pass  # the next answer teaches it again
+        """Folded into the next write of the state database (usually the journal's, a moment later).
+
+        Nothing is spent here, so nothing is lost by a kill before it lands:
+        the request stays counted in flight, which only makes the budget the
+        next run sees smaller (as for a request that was on the wire).
+        """
+        now = self._now()
+        self.db.defer(lambda cur: self._learn(cur, now, remaining, reset_raw, reset_in, window_in))
+
+    def _learn(
+        self,
+        cur: Any,
+        now: float,
+        remaining: float | None,
+        reset_raw: str | None,
+        reset_in: float | None,
+        window_in: float | None,
+    ) -> None:
+        row = self._row(cur)
+        in_flight = max(0, int(row["in_flight"] or 0) - 1)
+        row["in_flight"] = in_flight
+        if remaining is not None:
+            # The server's Remaining does not yet count the requests still in flight.
+            remaining = max(0.0, remaining - in_flight)
+        if reset_in is not None:
+            row["reset"] = now + reset_in
+        if window_in is not None:
+            if row["reset"] is None or row["reset"] <= now:
+                row["reset"] = now + window_in
+            reset_raw = f"window@{row['reset']}"
+        if remaining is not None:
+            same_window = reset_raw is not None and reset_raw == row["reset_raw"]
+            if same_window and row["remaining"] is not None:
+                remaining = min(row["remaining"], remaining)  # out-of-order answers: trust the lowest
+            row["remaining"] = remaining
+        if reset_raw is not None:
+            row["reset_raw"] = reset_raw
+        self._save(cur, row, now)
 
     def pause(self, seconds: float) -> None:
         try:
@@ -167,6 +180,7 @@ class SqliteRateBudget:
             pass
 
     def reset_in(self) -> float | None:
+        self.db.flush_deferred()
         try:
             rows = self.db.read("SELECT reset FROM rate_budgets WHERE name = ?", (self.name,))
         except StateError:
