@@ -106,6 +106,28 @@ def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None
     assert [r["messageId"] for r in record.window(clock.now - 3600)] == ["m-a-1"]
 
 
+def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(make_record: Any) -> None:
+    """SQLite adds a batch by statements of many rows: a batch of several statements and a remainder."""
+    clock = Clock()
+    record = make_record(RecordLimits(per_integration=1000), clock)
+
+    def entries(numbers: range) -> list[Recorded]:
+        out = []
+        for i in numbers:
+            clock.now += 0.01  # each its own time, as real entries (Redis orders equal times by id text)
+            out.append(entry(clock, "a", i))
+        return out
+
+    record.add_many(entries(range(150)))
+    rows = record.recent(RecordQuery(limit=1000))
+    assert [r["messageId"] for r in rows] == [f"m-a-{i}" for i in reversed(range(150))]
+    assert record.get(rows[-1]["id"])["email"] == "Person0@Example.com"
+    first, cursor = record.since(None)
+    record.add_many(entries(range(150, 215)))
+    later, _ = record.since(cursor)
+    assert first == [] and [r["messageId"] for r in later] == [f"m-a-{i}" for i in range(150, 215)]
+
+
 def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
     clock = Clock()
     record = make_record(RecordLimits(), clock)

@@ -21,6 +21,7 @@ costs no event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -390,15 +391,15 @@ class Recorder:
         if not self._buffer:
             return
         noted, self._buffer = self._buffer, []
-        built = []
+        built: list[_Parts] = []
         for item in noted:
             try:
-                built.append(self._texts(*item))
+                built.append(self._parts(*item))
             except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
                 log.warning("record: could not record event %s: %s", item[2].index, type(exc).__name__)
-        if not built:
+        entries = self._written(built)
+        if not entries:
             return
-        entries = self._masked(built)
         try:
             self.store.add_many(entries)
         except Exception as exc:  # noqa: BLE001 - see above
@@ -415,28 +416,52 @@ class Recorder:
     def close(self) -> None:
         self.flush()
 
-    def _masked(self, built: list[_Built]) -> list[Recorded]:
-        """The batch's entries with every known secret masked: their texts joined, masked in one pass per form.
+    def _written(self, built: list[_Parts]) -> list[Recorded]:
+        """The batch's entries as a store keeps them: serialised, then masked, in one pass each for the batch.
 
-        orjson writes no raw line feed, so the batch splits back at each one;
-        when a mask took one (a secret with a line feed, spanning two texts),
-        each text is masked on its own instead. The search columns are
-        values of the summary: when an entry's texts held no secret (nearly
-        always), neither do they.
+        The summaries and details are written by one orjson call, a line feed
+        between each two (orjson writes none in its text: it splits back
+        there exactly), and masked as that one text
+        (:meth:`~engine.redaction.Redactor.redact_json`, one search per secret
+        form). When a mask took a line feed (a secret holding one, spanning
+        two texts) each text is masked on its own instead; when the batch
+        cannot be written at once (a value orjson refuses), each entry is
+        written on its own and one that cannot be is left out, logged.
         """
-        texts = [text for _, summary_text, details_text in built for text in (summary_text, details_text)]
-        joined = "\n".join(texts)
-        masked = self.redactor.redact_json(joined)
-        if masked is joined:
-            return [Recorded(*columns, summary_text, details_text) for columns, summary_text, details_text in built]
-        parts = masked.split("\n")
-        if len(parts) != len(texts):
-            parts = [self.redactor.redact_json(text) for text in texts]
+        text = _batch_text(built)
+        if text is None:
+            kept, texts = [], []
+            for parts in built:
+                one = _batch_text([parts])
+                if one is None:
+                    index = parts[2]["outcome_record"].get("index")
+                    log.warning("record: could not record event %s: it cannot be written as JSON", index)
+                    continue
+                kept.append(parts)
+                texts += _split(one)
+            built = kept
+        else:
+            texts = _split(text)
+        masked_texts = None
+        for i, (_, _, details) in enumerate(built):
+            incoming = details.get("incoming")
+            if incoming is not None and len(texts[2 * i + 1]) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
+                details["incoming"] = _bounded_event(incoming)
+                texts[2 * i + 1] = _json(details)
+                text = None  # no longer the batch's text
+        if text is not None:
+            masked = self.redactor.redact_json(text)
+            if masked is text:  # no secret anywhere: nearly always
+                return [_new_recorded((*c, texts[2 * i], texts[2 * i + 1])) for i, (c, _, _) in enumerate(built)]
+            masked_texts = _split(masked)
+        if masked_texts is None or len(masked_texts) != len(texts):
+            masked_texts = [self.redactor.redact_json(text) for text in texts]
         mask = self.redactor.redact_json
         entries = []
-        for i, (columns, summary_text, details_text) in enumerate(built):
-            masked_summary, masked_details = parts[2 * i], parts[2 * i + 1]
-            if masked_summary != summary_text or masked_details != details_text:
+        for i, (columns, _, _) in enumerate(built):
+            summary_text, details_text = masked_texts[2 * i], masked_texts[2 * i + 1]
+            if summary_text != texts[2 * i] or details_text != texts[2 * i + 1]:
+                # The search columns are values of the summary: masked when its texts held a secret.
                 integration, at, outcome, reason, email, user_id, message_id = columns
                 columns = (
                     integration,
@@ -447,10 +472,10 @@ class Recorder:
                     mask(user_id).lower() if user_id is not None else None,
                     mask(message_id).lower() if message_id is not None else None,
                 )
-            entries.append(Recorded(*columns, masked_summary, masked_details))
+            entries.append(_new_recorded((*columns, summary_text, details_text)))
         return entries
 
-    def _texts(
+    def _parts(
         self,
         at: float,
         incoming: dict[str, Any] | None,
@@ -459,13 +484,13 @@ class Recorder:
         replay: bool,
         traits: Mapping[str, Any] | None,
         trail: Trail | None,
-    ) -> _Built:
-        """One entry's search columns, summary and details, serialised and NOT masked (:meth:`_masked` does)."""
+    ) -> _Parts:
+        """One entry's search columns (lower-cased), summary and details: NOT masked, NOT serialised yet."""
         result = outcome.to_dict()
         response = outcome.response
         status = body = None
         size = None  # the response body's length as JSON when the entry keeps it whole: its line can omit it
-        if isinstance(response, dict):
+        if type(response) is dict:
             status = response.get("status")
             body = response.get("body")
             if body is not None:
@@ -483,19 +508,36 @@ class Recorder:
             last_body = last.get("body")
             if size is not None and last_body is not None and (last_body is body or last_body == body):
                 # Kept once, with the outcome (whole() puts it back); a trail's lines are this entry's own.
-                last = {k: v for k, v in last.items() if k != "body"} if trail is None else last
-                last.pop("body", None)
+                if trail is None:
+                    last = {k: v for k, v in last.items() if k != "body"}
+                    lines = [*lines[:-1], last]
+                else:
+                    del last["body"]
                 last[_BODY_IS_RESPONSE] = True
-                lines = [*lines[:-1], last]
-        email = _email_of(traits, incoming)
-        user_id = _text(incoming.get("userId")) if incoming else None
+        user_id = kind = name = None
+        if incoming is not None:
+            kind, name, user_id = (
+                incoming.get("type"),
+                incoming.get("event") or incoming.get("name"),
+                incoming.get("userId"),
+            )
+            if type(kind) is not str:
+                kind = _text(kind)
+            if type(name) is not str:
+                name = _text(name)
+            if type(user_id) is not str:
+                user_id = _text(user_id)
+        email = traits.get("email") if traits else None
+        if type(email) is not str:
+            email = _email_of(None, incoming)
+        message_id = outcome.message_id
         row = {
             "at": at,
             "integration": self.integration,
             "preset": self.preset,
-            "messageId": outcome.message_id,
-            "type": _text(incoming.get("type")) if incoming else None,
-            "event": _text(incoming.get("event") or incoming.get("name")) if incoming else None,
+            "messageId": message_id,
+            "type": kind,
+            "event": name,
             "email": email,
             "userId": user_id,
             "outcome": outcome.outcome,
@@ -511,24 +553,19 @@ class Recorder:
         # A drop's details are its event and its outcome line: nothing else is kept for it.
         details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
         if traits:
-            details["traits"] = dict(traits)
+            details["traits"] = traits if type(traits) is dict else dict(traits)
         if lines:
             details["exchanges"] = lines
-        details_text = _json(details)
-        if incoming is not None and len(details_text) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
-            details["incoming"] = _bounded_event(incoming)
-            details_text = _json(details)
-        message_id = outcome.message_id
         columns = (
             self.integration,
             float(at),
             outcome.outcome,
             outcome.reason or outcome.cause,
-            email.lower() if isinstance(email, str) else None,
-            user_id.lower() if isinstance(user_id, str) else None,
-            message_id.lower() if isinstance(message_id, str) else None,
+            email.lower() if email is not None else None,
+            user_id.lower() if user_id is not None else None,
+            message_id.lower() if type(message_id) is str else None,
         )
-        return columns, _json(row), details_text
+        return columns, row, details
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
         """A replayed letter holds the request, not the event: the event its first outcome recorded, if still kept."""
@@ -547,8 +584,39 @@ class Recorder:
 # What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits,
 # the trail of its requests (raw: private to the recorder).
 _Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None, Trail | None]
-# An entry before masking: its search columns (email, userId and messageId lower-cased), summary and details.
-_Built = tuple[tuple[str, float, str | None, str | None, str | None, str | None, str | None], str, str]
+# An entry before it is serialised: its search columns (email, userId and messageId lower-cased), summary, details.
+_Parts = tuple[
+    tuple[str, float, str | None, str | None, str | None, str | None, str | None], dict[str, Any], dict[str, Any]
+]
+_SEPARATING = orjson.Fragment(b"\n")
+_new_recorded: Callable[[tuple[Any, ...]], Recorded] = functools.partial(tuple.__new__, Recorded)  # no Python call
+
+
+def _batch_text(built: list[_Parts]) -> str | None:
+    """Every summary and details of ``built``, in order, written by one orjson call (None: orjson refused).
+
+    A line feed (a fragment: orjson writes none itself) follows each text, so :func:`_split` finds them exactly.
+    """
+    items: list[Any] = []
+    for _, row, details in built:
+        items += (row, _SEPARATING, details, _SEPARATING)
+    try:
+        return _json(items)
+    except (TypeError, ValueError):
+        return None
+
+
+def _split(text: str) -> list[str]:
+    """The texts of :func:`_batch_text`'s ``[t1,\\n,t2,\\n,...,\\n]``: a search per text (memchr), no copy of the whole."""
+    texts = []
+    find = text.find
+    start = 1
+    end = find("\n", start)
+    while end >= 0:
+        texts.append(text[start : end - 1])
+        start = end + 2
+        end = find("\n", start)
+    return texts
 
 
 def _kept_response_body(body: Any) -> tuple[Any, int | None]:
