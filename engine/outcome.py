@@ -250,7 +250,8 @@ class Outcome:
     # A dry run of an action that sends more than one request before it knows an answer
     # (an upsert's lookup_first): every one of them, in the order they go; ``request`` stays the create.
     requests: list[dict[str, Any]] | None = None
-    # Every request of the delivery in order (engine.delivery.trail), for the console; not in to_dict.
+    # Request lines for the record, masked, when a host sets them (the engine hands its trail of a delivery's
+    # requests to its recorder instead: engine.delivery.trail); not in to_dict.
     exchanges: list[dict[str, Any]] | None = None
     integration: str | None = None  # the integration it belongs to (a service), named right after ``outcome``
 

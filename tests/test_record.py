@@ -106,6 +106,28 @@ def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None
     assert [r["messageId"] for r in record.window(clock.now - 3600)] == ["m-a-1"]
 
 
+def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(make_record: Any) -> None:
+    """SQLite adds a batch by statements of many rows: a batch of several statements and a remainder."""
+    clock = Clock()
+    record = make_record(RecordLimits(per_integration=1000), clock)
+
+    def entries(numbers: range) -> list[Recorded]:
+        out = []
+        for i in numbers:
+            clock.now += 0.01  # each its own time, as real entries (Redis orders equal times by id text)
+            out.append(entry(clock, "a", i))
+        return out
+
+    record.add_many(entries(range(150)))
+    rows = record.recent(RecordQuery(limit=1000))
+    assert [r["messageId"] for r in rows] == [f"m-a-{i}" for i in reversed(range(150))]
+    assert record.get(rows[-1]["id"])["email"] == "Person0@Example.com"
+    first, cursor = record.since(None)
+    record.add_many(entries(range(150, 215)))
+    later, _ = record.since(cursor)
+    assert first == [] and [r["messageId"] for r in later] == [f"m-a-{i}" for i in range(150, 215)]
+
+
 def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
     clock = Clock()
     record = make_record(RecordLimits(), clock)
@@ -304,3 +326,80 @@ def test_a_secret_in_a_searched_field_is_masked_in_its_column_too(tmp_path: Path
     assert store.recent(RecordQuery(search="m-s3cret-value")) == []
     (row,) = store.recent(RecordQuery(search="u-***"))
     assert row["userId"] == "u-***" and row["messageId"] == "m-***"
+
+
+def _trail_of_one_request(redactor: Redactor, url: str, headers: dict[str, str], body: Any) -> Any:
+    """A real TrailingTransport's trail of one request, answered with ``headers`` and ``body``."""
+    import asyncio
+
+    from multidict import CIMultiDict
+
+    from engine.delivery.trail import TrailingTransport, start_trail
+    from engine.delivery.transport import HttpResponse
+    from engine.envelope import HttpRequest
+
+    class Answers:
+        async def send(self, request: HttpRequest) -> HttpResponse:
+            return HttpResponse(201, CIMultiDict(headers), body)
+
+    transport = TrailingTransport(Answers(), redactor)
+
+    async def one() -> Any:
+        trail = start_trail()
+        await transport.send(HttpRequest("POST", url))
+        return trail
+
+    return asyncio.run(one())
+
+
+def test_the_trail_and_the_event_are_masked_when_the_batch_is_written(tmp_path: Path) -> None:
+    """The recorder keeps raw values until its flush, which masks the serialised batch: nothing reaches the store
+    unmasked, including a secret learned after the request (a token minted later) and one that JSON escapes."""
+    from engine.redaction import MASK
+    from engine.state.sqlite import SqliteState
+
+    secret, odd = "s3cret-value", 'pa"ss\\wörd-123'
+    redactor = Redactor([secret, odd])
+    answer = {"echo": f"x{secret}y", "said": f"he said {odd}", "later": "tok-minted-later-99"}
+    trail = _trail_of_one_request(
+        redactor, f"https://x.test/v1/{secret}/contacts", {"X-RateLimit-Remaining": f"9 {secret}"}, answer
+    )
+    redactor.add("tok-minted-later-99")  # learned after the request, before the flush
+    state = SqliteState(tmp_path / "state")
+    store = state.record(RecordLimits())
+    recorder = Recorder(store, "acme", "acme/leads", redactor=redactor)
+    outcome = Outcome(0, f"m-{secret}", DELIVERED, response=redactor.redact({"status": 201, "body": answer}))
+    event = {"type": "track", "userId": f"u-{secret}", "traits": {"email": f"{secret}@x.test", "note": odd}}
+    recorder.note(event, outcome, 0.1, traits={"email": f"{secret}@x.test"}, trail=trail)
+    recorder.close()
+    stored = json.dumps(state.db.read("SELECT * FROM record"), ensure_ascii=False)
+    for value in (secret, odd, json.dumps(odd)[1:-1], "tok-minted-later-99"):
+        assert value not in stored
+    kept = store.get(store.recent(RecordQuery())[0]["id"])
+    (line,) = kept["exchanges"]
+    assert line["url"] == f"https://x.test/v1/{MASK}/contacts"
+    assert line["headers"] == {"X-RateLimit-Remaining": f"9 {MASK}"}
+    assert line["body"] == {"echo": f"x{MASK}y", "said": f"he said {MASK}", "later": MASK}
+    assert kept["userId"] == f"u-{MASK}" and kept["incoming"]["traits"]["note"] == MASK
+    assert store.recent(RecordQuery(search=secret)) == [] and len(store.recent(RecordQuery(search="u-***"))) == 1
+    state.close()
+
+
+def test_a_secret_spanning_two_texts_of_a_batch_is_masked_text_by_text() -> None:
+    """The batch is masked as one text joined by line feeds; a secret that holds one could span two entries'
+    texts there: then each text is masked on its own, and every entry still reads."""
+    spanning = '0}\n{"preset_path"'  # a summary's end and the details' start, joined
+    store = MemoryRecord()
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor([spanning, "s3cret-value"]))
+
+    async def two() -> None:
+        recorder.note({"type": "track", "userId": "s3cret-value"}, Outcome(0, "m1", DROPPED, reason="x"))
+        recorder.note({"type": "track", "userId": "u2"}, Outcome(1, "m2", DROPPED, reason="x"))
+
+    import asyncio
+
+    asyncio.run(two())
+    recorder.close()
+    rows = store.recent(RecordQuery())
+    assert [r["messageId"] for r in rows] == ["m2", "m1"]
+    assert [store.get(r["id"])["userId"] for r in rows] == ["u2", "***"]

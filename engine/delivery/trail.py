@@ -2,12 +2,21 @@
 
 A :class:`TrailingTransport` wraps the engine's transport and, while a
 delivery has started a trail (:func:`start_trail`, a context variable of the
-task that delivers the event), appends one line per request: the step
-(create, lookup, update, token), the method and URL (no query string: a key
-may ride there), the status or the failure, the time it took, the headers
-that speak of rate limits, and the response body, capped (never a token
-answer's). Request bodies and headers are not kept (the outcome holds the masked request); every string
-passes the engine's redactor (a response body and the headers as their JSON text: see ``_masked``).
+task that delivers the event), notes each request as it goes: whether it
+carries the credential (else it is a token request), the method and URL (no
+query string: a key may ride there), when it left and when it ended, and the
+answer or the failure. Nothing is built or masked on the delivery path: a
+request costs a few references.
+
+The trail is private to the delivery that started it and to the record it is
+handed to (:meth:`engine.state.record.Recorder.note`), never put on an
+outcome: its values are the raw ones. Its lines, as the console shows them,
+are built when the record is written (:meth:`Trail.unmasked_lines`: the step,
+the method, the URL, the status or the failure, the time it took, the headers
+that speak of rate limits, the response body capped and never a token
+answer's), and the record masks them with the rest of its batch, after every
+token of the batch's deliveries is known. :meth:`Trail.lines` gives them
+masked, for any other reader.
 """
 
 from __future__ import annotations
@@ -28,11 +37,58 @@ from .transport import HttpResponse, Transport, TransportError
 BODY_CAP = 2048  # characters of each response body kept
 _RATE_HEADER = re.compile(r"rate.?limit|retry-after", re.I)
 
+# One request as sent: [carries the credential, method, URL, left, ended, the answer, (failure kind, message)].
+_Sent = list[Any]
 
-class Trail(list[dict[str, Any]]):
-    """The requests of one delivery, in order; ``started`` is when the first one left."""
+
+class Trail(list[_Sent]):
+    """The requests of one delivery, in order, as sent; ``started`` is when the first one left.
+
+    A list (made and filled at C speed: one is made per delivery); its items
+    are the raw values, for :meth:`unmasked_lines` only.
+    """
 
     started: float | None = None
+    _by: TrailingTransport | None = None  # the transport that noted them (its redactor, its header names)
+
+    def unmasked_lines(self, known: tuple[Any, int] | None = None) -> list[dict[str, Any]]:
+        """Each request's line, its values as they were: for a caller that masks what it keeps (the record).
+
+        Only a response body over :data:`BODY_CAP` is masked here, before it
+        is cut (a cut could split a secret the caller would no longer find).
+        ``known``: a body the caller has serialised already, and the length
+        of its compact JSON text, so that it is not serialised again to be
+        measured (the outcome's answer, nearly always the last request's).
+        """
+        by = self._by
+        first = self.started or 0.0
+        lines = []
+        for authenticated, method, url, left, ended, response, failure in self:
+            line: dict[str, Any] = {
+                "step": "request" if authenticated else "token",
+                "method": method,
+                "url": url,
+                "after_ms": _ms(left - first),
+            }
+            if failure is not None:
+                line["error"], line["detail"] = failure
+                line["ms"] = _ms(ended - left)
+            elif response is not None and by is not None:
+                line["status"] = response.status
+                line["ms"] = _ms(ended - left)
+                line["headers"] = by.rate_headers(response.headers)
+                body = response.body
+                if not authenticated:  # a token answer holds the tokens themselves: never kept
+                    body = None
+                elif known is None or body is not known[0] or 3 * known[1] > BODY_CAP:  # see _surely_short
+                    body = _kept_body(body, by.redactor)
+                line["body"] = body
+            lines.append(line)
+        return lines
+
+    def lines(self, redactor: Redactor) -> list[dict[str, Any]]:
+        """The lines masked: every string (names and values, at any depth) passes ``redactor``."""
+        return [redactor.redact(line) for line in self.unmasked_lines()]
 
 
 _TRAIL: contextvars.ContextVar[Trail | None] = contextvars.ContextVar("signal_trail", default=None)
@@ -49,97 +105,65 @@ class TrailingTransport:
     def __init__(self, inner: Transport, redactor: Redactor) -> None:
         self.inner = inner
         self.redactor = redactor
-        # Whether a header name speaks of rate limits: a destination answers with the same few names.
-        self._rate_names: dict[str, bool] = {}
+        # Which of an answer's headers speak of rate limits, by the names it has (in order; a name repeated
+        # keeps its last value): a destination answers with the same few sets of names.
+        self._rate_names: dict[tuple[str, ...], tuple[int, ...]] = {}
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         trail = _TRAIL.get()
         if trail is None:
             return await self.inner.send(request)
-        started = time.perf_counter()
+        sent: _Sent = [request.authenticated, request.method, request.url, time.perf_counter(), None, None, None]
         if trail.started is None:
-            trail.started = started
-        line: dict[str, Any] = {
-            "step": "request" if request.authenticated else "token",
-            "method": request.method,
-            "url": self.redactor.redact(request.url),
-            "after_ms": round((started - trail.started) * 1000, 1),
-        }
-        trail.append(line)
+            trail.started = sent[3]
+            trail._by = self
+        trail.append(sent)
         try:
             response = await self.inner.send(request)
         except TransportError as exc:
-            line.update(
-                error=exc.kind,
-                detail=self.redactor.redact(str(exc)),
-                ms=round((time.perf_counter() - started) * 1000, 1),
-            )
+            sent[4] = time.perf_counter()
+            sent[6] = (exc.kind, str(exc))
             raise
-        line.update(
-            status=response.status,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-            headers=self._rate_headers(response.headers),
-            # A token answer holds tokens the redactor learns of only after this: never kept.
-            body=_kept_body(response.body, self.redactor) if request.authenticated else None,
-        )
+        sent[4] = time.perf_counter()
+        sent[5] = response
         return response
 
-    def _rate_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        known = self._rate_names
-        if len(known) > 1024:  # a destination that makes up header names: forget, stay small
-            known.clear()
-        redact = self.redactor.redact
-        kept = {}
-        for name, value in headers.items():
-            rate = known.get(name)
-            if rate is None:
-                rate = known[str(name)] = _RATE_HEADER.search(name) is not None
-            if rate:
-                kept[redact(str(name))] = redact(value)
-        return kept
+    def rate_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The headers that speak of rate limits, as they came (not masked)."""
+        names = tuple(headers.keys())
+        kept = self._rate_names.get(names)
+        if kept is None:
+            if len(self._rate_names) > 256:  # a destination whose answers vary without end: forget, stay small
+                self._rate_names.clear()
+            kept = self._rate_names[names] = tuple(
+                {name: i for i, name in enumerate(names) if _RATE_HEADER.search(name)}.values()
+            )
+        if not kept:
+            return {}
+        items = tuple(headers.items())
+        return {str(items[i][0]): items[i][1] for i in kept}
+
+
+def _ms(seconds: float) -> float:
+    """Milliseconds to a tenth (round() to a number of digits goes through a decimal string: several times slower)."""
+    return round(seconds * 10_000) / 10
 
 
 def _kept_body(body: Any, redactor: Redactor) -> Any:
-    """A response body as the trail keeps it, capped and masked: a short one (most) serialised once for both."""
-    if body is not None and not isinstance(body, str):
-        try:
-            text = orjson.dumps(body, default=str).decode()
-        except (TypeError, orjson.JSONEncodeError):
-            text = None
-        if text is not None and 3 * len(text) <= BODY_CAP:  # surely within the cap (see _surely_short)
-            return _masked_as(body, text, redactor)
-    return _masked(_capped(body), redactor)
-
-
-def _masked(value: Any, redactor: Redactor) -> Any:
-    """``value`` with every known secret masked: as its JSON text, one pass per secret form.
-
-    Several times cheaper than walking the structure string by string, and
-    the value itself is kept when the text holds no secret (nearly always).
-    A value orjson cannot write, or a text that no longer reads after
-    masking, is masked string by string instead.
-    """
-    if value is None or isinstance(value, str):
-        return redactor.redact(value)
-    try:
-        text = orjson.dumps(value).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return redactor.redact(value)
-    return _masked_as(value, text, redactor)
-
-
-def _masked_as(value: Any, text: str, redactor: Redactor) -> Any:
-    """``value``, whose JSON text is ``text``, masked."""
-    masked = redactor.redact_json(text)
-    if masked is text:
-        return value
-    try:
-        return orjson.loads(masked)
-    except orjson.JSONDecodeError:
-        return redactor.redact(value)
+    """A response body as the trail keeps it: itself when within the cap (most), else its text masked, then cut."""
+    if body is None:
+        return None
+    if not isinstance(body, str) and _surely_short(body):
+        return body
+    text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False, default=str)
+    if len(text) <= BODY_CAP:
+        return body
+    text = redactor.redact(text) if isinstance(body, str) else redactor.redact_json(text)
+    return text[:BODY_CAP] + f"… ({len(text) - BODY_CAP} more characters)"
 
 
 def _capped(body: Any) -> Any:
+    """``body`` within the cap: itself, or its text cut to :data:`BODY_CAP` characters (not masked)."""
     if body is None:
         return None
     if not isinstance(body, str) and _surely_short(body):

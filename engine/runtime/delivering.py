@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
-from ..delivery.trail import start_trail
 from ..outcome import Outcome
 from ..state.dead_letters import entry_for
 from .journalling import already_delivered
@@ -169,12 +168,7 @@ class Delivering:
         if prepared.action.batch is not None and self._batcher is not None:
             return await self._batcher.submit(prepared, sent)  # takes a slot per request, not per event
         async with self._slots:
-            if self.recorder is None:
-                return await self._sender.deliver(prepared, sent)
-            trail = start_trail()  # this task's requests, for the record (engine.delivery.trail)
-            result = await self._sender.deliver(prepared, sent)
-            result.exchanges = list(trail)
-            return result
+            return await self._sender.deliver(prepared, sent)
 
     async def _finish(self, result: Outcome) -> Outcome:
         """Hand the outcome to the host's callback; a failing callback must not lose the outcome."""

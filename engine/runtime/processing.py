@@ -14,11 +14,13 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ..delivery.trail import start_trail
 from ..outcome import Outcome
 from ..state.journal import event_key
 from .inputs import numbered, one_at_a_time
 
 if TYPE_CHECKING:
+    from ..delivery.batch import Batcher
     from ..language.model import Preset
     from ..pipeline.prepare import Pipeline, Prepared
     from ..state.record import Recorder
@@ -45,6 +47,8 @@ class Processing:
         _stop: Stop | None
         _stop_requested: asyncio.Future[None] | None
         _clock: Callable[[], float]
+
+        _batcher: Batcher | None
 
         async def start(self) -> Any: ...
         async def _deliver_once(self, prepared: Prepared, key: str) -> Outcome: ...
@@ -165,20 +169,25 @@ class Processing:
         started = self._clock()
         prepared = event if isinstance(event, Outcome) else self.pipeline.prepare(event, index)
         if not isinstance(prepared, Outcome):
-            work = self._track(self._deliver_once(prepared, event_key(event)))
-            if self.recorder is not None:
-                work.add_done_callback(
-                    lambda done: (
-                        done.cancelled()
-                        or done.exception() is not None
-                        or self._noted(event, done.result(), started, prepared.traits)
-                    )
-                )
-            return work
+            return self._track(self._deliver_noted(prepared, event, started))
         self._noted(event, prepared, started)
         if self.on_outcome is None:
             return prepared
         return asyncio.ensure_future(self._finish(prepared))
+
+    async def _deliver_noted(self, prepared: Prepared, event: Any, started: float) -> Outcome:
+        """Deliver, then hand the outcome and the trail of its requests to the record (its values masked there).
+
+        The trail is this task's (a context variable): the task that sends
+        the requests starts from a copy of this task's context, so it adds to
+        the same trail. A batched action's requests carry many events: no
+        trail then, as none is started for them.
+        """
+        assert self.recorder is not None
+        trail = start_trail() if prepared.action.batch is None or self._batcher is None else None
+        result = await self._deliver_once(prepared, event_key(event))
+        self.recorder.note(event, result, self._clock() - started, traits=prepared.traits, trail=trail)
+        return result
 
     def _noted(self, event: Any, result: Outcome, started: float, traits: Mapping[str, Any] | None = None) -> Outcome:
         """Hand the outcome to the record of recent events (buffered; see :mod:`engine.state.record`)."""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iter
 from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
+from ..delivery.trail import start_trail
 from ..outcome import Outcome
 from ..state.dead_letters import delete_letters
 from ..state.record import integration_name
@@ -86,9 +87,13 @@ class Replaying:
 
     async def _replay(self, entry: dict[str, Any]) -> Outcome:
         started = self._clock()
+        # The trail of its requests, for the record (see Processing._deliver_noted); none for batched actions,
+        # whose requests carry many events.
+        batched = any(action.batch is not None for action in self.preset.actions.values())
+        trail = start_trail() if self.recorder is not None and not batched else None
         result = await self._replay_letter(entry)
         if self.recorder is not None and result.cause != oc.NOT_SENT:
-            self.recorder.note(None, result, self._clock() - started, replay=True)
+            self.recorder.note(None, result, self._clock() - started, replay=True, trail=trail)
         return result
 
     async def _replay_letter(self, entry: dict[str, Any]) -> Outcome:

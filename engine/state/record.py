@@ -21,6 +21,7 @@ costs no event.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -221,17 +222,16 @@ def whole(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> 
 _BODY_IS_RESPONSE = "body_is_the_response_body"
 
 
-def _without_last_body(exchanges: list[dict[str, Any]], response: Any) -> list[dict[str, Any]]:
-    """The last request's response body is nearly always the outcome's: kept once (:func:`whole` puts it back)."""
-    last = exchanges[-1]
-    body = last.get("body")
-    if body is None or not isinstance(response, dict) or response.get("body") != body:
-        return exchanges
-    return [*exchanges[:-1], {**{k: v for k, v in last.items() if k != "body"}, _BODY_IS_RESPONSE: True}]
-
-
 def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return _json_bytes(value).decode()
+
+
+def _json_bytes(value: Any) -> bytes:
+    """Compact JSON; a key that is not a string is written as one (half as fast, so only when one is there)."""
+    try:
+        return orjson.dumps(value, default=str)
+    except TypeError:  # orjson.JSONEncodeError included
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 class EventRecord(Protocol):
@@ -298,16 +298,36 @@ def summary(entry: Mapping[str, Any]) -> dict[str, Any]:
 _SUMMARY_KEYS = frozenset(SUMMARY_FIELDS)
 
 
+class Trail(Protocol):
+    """The requests of one delivery (:mod:`engine.delivery.trail`), as a delivery hands them to its record."""
+
+    def __len__(self) -> int: ...
+
+    def unmasked_lines(self, known: tuple[Any, int] | None = None) -> list[dict[str, Any]]:
+        """Each request's line, its values as they were: the record masks them with the rest of its batch.
+
+        ``known``: the outcome's response body and the length of its JSON text, measured already.
+        """
+
+
 class Recorder:
     """Turns an engine's outcomes into record entries and writes them in batches.
 
     ``note`` is called on the delivery path, so it only appends what the
-    entry will be made of; at :data:`FLUSH_EVERY` entries, after
+    entry will be made of (references: the event, the outcome, the trail of
+    its requests); at :data:`FLUSH_EVERY` entries, after
     :data:`FLUSH_SECONDS`, or at :meth:`close`, the entries are built,
     serialised, masked and written together. Measured whole-process, building
     them in one loop costs a lead far less than building each between two
     deliveries. A process killed with ``kill -9`` loses at most that last
     quarter second of the record (never an outcome: the record is a view).
+
+    What is masked, and when: the buffer holds raw values (the incoming
+    event, the traits, each request's URL, rate-limit headers and answer),
+    and never lets them out but through :meth:`flush`, which serialises a
+    batch's entries and masks the batch's text in one pass per secret form
+    (:meth:`~engine.redaction.Redactor.redact_json`) before anything is
+    written. Masking at the flush also knows every token minted by then.
     """
 
     def __init__(
@@ -338,8 +358,11 @@ class Recorder:
         *,
         replay: bool = False,
         traits: Mapping[str, Any] | None = None,
+        trail: Trail | None = None,
     ) -> None:
         """``traits``: the event's traits as the pipeline resolved them (joined from an identify), if it got that far.
+        ``trail``: the requests of its delivery, their values as they were: kept in this recorder's buffer only,
+        and masked with the rest of the batch when it is written.
 
         Only the references are kept here; the entries are built, serialised
         and written together at the flush, in one tight loop (cheaper than
@@ -350,7 +373,7 @@ class Recorder:
         incoming = event if isinstance(event, dict) else None
         if incoming is None and replay and outcome.message_id:
             incoming = self._earlier_event(outcome.message_id)
-        self._buffer.append((self._clock(), incoming, outcome, latency_seconds, replay, traits))
+        self._buffer.append((self._clock(), incoming, outcome, latency_seconds, replay, traits, trail))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
         elif self._timer is None:
@@ -368,12 +391,13 @@ class Recorder:
         if not self._buffer:
             return
         noted, self._buffer = self._buffer, []
-        entries = []
+        built: list[_Parts] = []
         for item in noted:
             try:
-                entries.append(self._entry(*item))
+                built.append(self._parts(*item))
             except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
                 log.warning("record: could not record event %s: %s", item[2].index, type(exc).__name__)
+        entries = self._written(built)
         if not entries:
             return
         try:
@@ -392,7 +416,66 @@ class Recorder:
     def close(self) -> None:
         self.flush()
 
-    def _entry(
+    def _written(self, built: list[_Parts]) -> list[Recorded]:
+        """The batch's entries as a store keeps them: serialised, then masked, in one pass each for the batch.
+
+        The summaries and details are written by one orjson call, a line feed
+        between each two (orjson writes none in its text: it splits back
+        there exactly), and masked as that one text
+        (:meth:`~engine.redaction.Redactor.redact_json`, one search per secret
+        form). When a mask took a line feed (a secret holding one, spanning
+        two texts) each text is masked on its own instead; when the batch
+        cannot be written at once (a value orjson refuses), each entry is
+        written on its own and one that cannot be is left out, logged.
+        """
+        text = _batch_text(built)
+        if text is None:
+            kept, texts = [], []
+            for parts in built:
+                one = _batch_text([parts])
+                if one is None:
+                    index = parts[2]["outcome_record"].get("index")
+                    log.warning("record: could not record event %s: it cannot be written as JSON", index)
+                    continue
+                kept.append(parts)
+                texts += _split(one)
+            built = kept
+        else:
+            texts = _split(text)
+        masked_texts = None
+        for i, (_, _, details) in enumerate(built):
+            incoming = details.get("incoming")
+            if incoming is not None and len(texts[2 * i + 1]) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
+                details["incoming"] = _bounded_event(incoming)
+                texts[2 * i + 1] = _json(details)
+                text = None  # no longer the batch's text
+        if text is not None:
+            masked = self.redactor.redact_json(text)
+            if masked is text:  # no secret anywhere: nearly always
+                return [_new_recorded((*c, texts[2 * i], texts[2 * i + 1])) for i, (c, _, _) in enumerate(built)]
+            masked_texts = _split(masked)
+        if masked_texts is None or len(masked_texts) != len(texts):
+            masked_texts = [self.redactor.redact_json(text) for text in texts]
+        mask = self.redactor.redact_json
+        entries = []
+        for i, (columns, _, _) in enumerate(built):
+            summary_text, details_text = masked_texts[2 * i], masked_texts[2 * i + 1]
+            if summary_text != texts[2 * i] or details_text != texts[2 * i + 1]:
+                # The search columns are values of the summary: masked when its texts held a secret.
+                integration, at, outcome, reason, email, user_id, message_id = columns
+                columns = (
+                    integration,
+                    at,
+                    outcome,
+                    reason,
+                    mask(email).lower() if email is not None else None,
+                    mask(user_id).lower() if user_id is not None else None,
+                    mask(message_id).lower() if message_id is not None else None,
+                )
+            entries.append(_new_recorded((*columns, summary_text, details_text)))
+        return entries
+
+    def _parts(
         self,
         at: float,
         incoming: dict[str, Any] | None,
@@ -400,31 +483,69 @@ class Recorder:
         latency_seconds: float | None,
         replay: bool,
         traits: Mapping[str, Any] | None,
-    ) -> Recorded:
+        trail: Trail | None,
+    ) -> _Parts:
+        """One entry's search columns (lower-cased), summary and details: NOT masked, NOT serialised yet."""
         result = outcome.to_dict()
-        response = result.get("response")
-        if isinstance(response, dict):
-            result["response"] = {**response, "body": _capped(response.get("body"))}
-        exchanges = outcome.exchanges
+        response = outcome.response
+        status = body = None
+        size = None  # the response body's length as JSON when the entry keeps it whole: its line can omit it
+        if type(response) is dict:
+            status = response.get("status")
+            body = response.get("body")
+            if body is not None:
+                kept, size = _kept_response_body(body)
+                result["response"] = {**response, "body": kept}
+        lines: list[dict[str, Any]] | None = (
+            trail.unmasked_lines(None if size is None else (body, size)) if trail else outcome.exchanges
+        )
         token_requests = answers_429 = 0
-        for exchange in exchanges or ():
-            token_requests += exchange.get("step") == "token"
-            answers_429 += exchange.get("status") == 429
+        if lines:
+            for line in lines:
+                token_requests += line.get("step") == "token"
+                answers_429 += line.get("status") == 429
+            last = lines[-1]
+            last_body = last.get("body")
+            if size is not None and last_body is not None and (last_body is body or last_body == body):
+                # Kept once, with the outcome (whole() puts it back); a trail's lines are this entry's own.
+                if trail is None:
+                    last = {k: v for k, v in last.items() if k != "body"}
+                    lines = [*lines[:-1], last]
+                else:
+                    del last["body"]
+                last[_BODY_IS_RESPONSE] = True
+        user_id = kind = name = None
+        if incoming is not None:
+            kind, name, user_id = (
+                incoming.get("type"),
+                incoming.get("event") or incoming.get("name"),
+                incoming.get("userId"),
+            )
+            if type(kind) is not str:
+                kind = _text(kind)
+            if type(name) is not str:
+                name = _text(name)
+            if type(user_id) is not str:
+                user_id = _text(user_id)
+        email = traits.get("email") if traits else None
+        if type(email) is not str:
+            email = _email_of(None, incoming)
+        message_id = outcome.message_id
         row = {
             "at": at,
             "integration": self.integration,
             "preset": self.preset,
-            "messageId": outcome.message_id,
-            "type": _text(incoming.get("type")) if incoming else None,
-            "event": _text(incoming.get("event") or incoming.get("name")) if incoming else None,
-            "email": _email_of(traits, incoming),
-            "userId": _text(incoming.get("userId")) if incoming else None,
+            "messageId": message_id,
+            "type": kind,
+            "event": name,
+            "email": email,
+            "userId": user_id,
             "outcome": outcome.outcome,
             "reason": outcome.reason,
             "cause": outcome.cause,
-            "status": response.get("status") if isinstance(response, dict) else None,
+            "status": status,
             "attempts": outcome.attempts,
-            "latency_ms": round(latency_seconds * 1000, 3) if latency_seconds is not None else None,
+            "latency_ms": round(latency_seconds * 1_000_000) / 1000 if latency_seconds is not None else None,
             "replay": replay,
             "token_requests": token_requests,
             "answers_429": answers_429,
@@ -432,14 +553,19 @@ class Recorder:
         # A drop's details are its event and its outcome line: nothing else is kept for it.
         details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
         if traits:
-            details["traits"] = dict(traits)
-        if exchanges:
-            details["exchanges"] = _without_last_body(exchanges, result.get("response"))
-        recorded = Recorded.parts(row, details, self.redactor.redact_json)
-        if incoming is not None and len(recorded.entry) > EVENT_CAP + RESPONSE_BODY_CAP + 8192:
-            details["incoming"] = _bounded_event(incoming)
-            recorded = Recorded.parts(row, details, self.redactor.redact_json)
-        return recorded
+            details["traits"] = traits if type(traits) is dict else dict(traits)
+        if lines:
+            details["exchanges"] = lines
+        columns = (
+            self.integration,
+            float(at),
+            outcome.outcome,
+            outcome.reason or outcome.cause,
+            email.lower() if email is not None else None,
+            user_id.lower() if user_id is not None else None,
+            message_id.lower() if type(message_id) is str else None,
+        )
+        return columns, row, details
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
         """A replayed letter holds the request, not the event: the event its first outcome recorded, if still kept."""
@@ -455,8 +581,61 @@ class Recorder:
         return None
 
 
-# What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits.
-_Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None]
+# What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits,
+# the trail of its requests (raw: private to the recorder).
+_Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None, Trail | None]
+# An entry before it is serialised: its search columns (email, userId and messageId lower-cased), summary, details.
+_Parts = tuple[
+    tuple[str, float, str | None, str | None, str | None, str | None, str | None], dict[str, Any], dict[str, Any]
+]
+_SEPARATING = orjson.Fragment(b"\n")
+_new_recorded: Callable[[tuple[Any, ...]], Recorded] = functools.partial(tuple.__new__, Recorded)  # no Python call
+
+
+def _batch_text(built: list[_Parts]) -> str | None:
+    """Every summary and details of ``built``, in order, written by one orjson call (None: orjson refused).
+
+    A line feed (a fragment: orjson writes none itself) follows each text, so :func:`_split` finds them exactly.
+    """
+    items: list[Any] = []
+    for _, row, details in built:
+        items += (row, _SEPARATING, details, _SEPARATING)
+    try:
+        return _json(items)
+    except (TypeError, ValueError):
+        return None
+
+
+def _split(text: str) -> list[str]:
+    """The texts of :func:`_batch_text`'s ``[t1,\\n,t2,\\n,...,\\n]``: a search per text (memchr), no copy of the whole."""
+    texts = []
+    find = text.find
+    start = 1
+    end = find("\n", start)
+    while end >= 0:
+        texts.append(text[start : end - 1])
+        start = end + 2
+        end = find("\n", start)
+    return texts
+
+
+def _kept_response_body(body: Any) -> tuple[Any, int | None]:
+    """The response body as the entry keeps it (serialised once: an orjson fragment), and its length as JSON.
+
+    A body over :data:`RESPONSE_BODY_CAP` characters is cut (and its length ``None``).
+    """
+    if isinstance(body, str):
+        return (body, len(body) + 2) if len(body) <= RESPONSE_BODY_CAP else (_cut(body), None)
+    text = _json_bytes(body)
+    if len(text) > RESPONSE_BODY_CAP:  # bytes: at least as many as characters
+        chars = text.decode()
+        if len(chars) > RESPONSE_BODY_CAP:
+            return _cut(chars), None
+    return orjson.Fragment(text), len(text)
+
+
+def _cut(text: str) -> str:
+    return text[:RESPONSE_BODY_CAP] + f"… ({len(text) - RESPONSE_BODY_CAP} more characters not kept)"
 
 
 def _text(value: Any) -> str | None:
@@ -478,15 +657,6 @@ def _email_of(traits: Mapping[str, Any] | None, event: Mapping[str, Any] | None)
         if isinstance(holder, dict) and isinstance(holder.get("email"), str):
             return holder["email"]
     return None
-
-
-def _capped(body: Any) -> Any:
-    if body is None:
-        return None
-    text = body if isinstance(body, str) else _json(body)
-    if len(text) <= RESPONSE_BODY_CAP:
-        return body
-    return text[:RESPONSE_BODY_CAP] + f"… ({len(text) - RESPONSE_BODY_CAP} more characters not kept)"
 
 
 def _bounded_event(event: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 One row per outcome: the summary columns the console lists and filters
 on, and the full entry as JSON. A batch is one transaction
 (``synchronous=NORMAL``: the record is a view, not an event that must
-survive a power cut), and the same transaction trims each integration it
+survive a power cut), its rows added by statements of up to
+:data:`ROWS_PER_INSERT` rows, and the same transaction trims each integration it
 touched to ``per_integration`` rows and drops rows older than
 ``max_age_seconds``. The table is created by this store on first use, so
 the schema of the other stores is untouched.
@@ -11,6 +12,7 @@ the schema of the other stores is untouched.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +40,18 @@ _SCHEMA = (
 )
 
 
+ROWS_PER_INSERT = 64  # 576 parameters: within the 999 of any SQLite
+
+
+@functools.lru_cache(maxsize=ROWS_PER_INSERT)
+def _insert(rows: int) -> str:
+    """An INSERT of ``rows`` entries (one text per count, so the sqlite3 module's statement cache keeps each)."""
+    return (
+        "INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, entry) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    )
+
+
 class SqliteRecord:
     def __init__(
         self, db: Database, limits: RecordLimits = DEFAULT_LIMITS, *, clock: Callable[[], float] = time.time
@@ -62,11 +76,11 @@ class SqliteRecord:
             return
         self._create()
         with self.db.write() as cur:
-            cur.executemany(
-                "INSERT INTO record (integration, at, outcome, reason, email, user_id, message_id, summary, "
-                "entry) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                entries,
-            )
+            # Rows in statements of up to ROWS_PER_INSERT: a statement per row costs SQLite (and the sqlite3
+            # module) about a third more per entry. In order, so each entry's seq is as one by one.
+            for start in range(0, len(entries), ROWS_PER_INSERT):
+                chunk = entries[start : start + ROWS_PER_INSERT]
+                cur.execute(_insert(len(chunk)), [value for entry in chunk for value in entry])
             for name in self._trims.to_trim(entries):
                 cur.execute(
                     "DELETE FROM record WHERE integration = ? AND seq <= (SELECT seq FROM record WHERE "
