@@ -41,6 +41,7 @@ class DeferredCalls:
         self.wire = wire or Wire(client)
         self._waiting: list[Call] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def later(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> None:
         """Send ``script`` with the next call that goes now, or within DELAY_SECONDS (at once outside a loop)."""
@@ -50,8 +51,8 @@ class DeferredCalls:
         except RuntimeError:
             self.flush()
             return
-        if self._timer is None:
-            self._timer = loop.call_later(DELAY_SECONDS, self._on_timer)
+        if self._timer is None or self._timer_loop is not loop:  # one armed earlier still runs: sooner, not later
+            self._timer, self._timer_loop = loop.call_later(DELAY_SECONDS, self._on_timer), loop
 
     def now(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``script``'s answer, sent with every waiting call ahead of it in one round trip.
@@ -84,10 +85,9 @@ class DeferredCalls:
             log.debug("redis: could not send deferred writes (%s); the next answer corrects them", type(exc).__name__)
 
     def _take(self) -> list[Call]:
+        """What waits, now going. The timer is left to run (then with nothing, or what came since, to send):
+        arming and cancelling one for each lead cost more than its few idle runs."""
         calls, self._waiting = self._waiting, []
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         return calls
 
 

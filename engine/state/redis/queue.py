@@ -396,9 +396,12 @@ def _times_delivered(info: Any, default: int) -> int:
 
 def _outcome_text(outcome: Mapping[str, Any]) -> str:
     """The outcome as JSON that UTF-8 can carry, whatever strings it holds (else the ack would fail forever)."""
-    text = json.dumps(outcome, ensure_ascii=False)
+    text = _OUTCOME_JSON.encode(outcome)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(outcome)  # \uXXXX escapes: still the same JSON
     return text
+
+
+_OUTCOME_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(ensure_ascii=False), without a new encoder each time
