@@ -56,13 +56,18 @@ def test_each_kind_of_reply_reads_as_redis_py_reads_it_and_a_refusal_is_that_com
     assert wire.run_scripts([(script, evalsha(script, [], []))]) == [[1, b"two", None, [3, []]]]
 
 
-def test_a_reply_larger_than_one_read_and_many_replies_at_once(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_a_reply_larger_than_one_read_and_many_replies_at_once(redis_url: str, protocol: int) -> None:
+    client = redis.Redis.from_url(f"{redis_url}?protocol={protocol}")
     big = b"x" * 300_000 + "é".encode()
     client.set("big", big)
+    client.mset({f"k{i}": f"value {i}" * (i % 7) for i in range(3000)})
     wire = Wire(client)
     assert wire.call([command("GET", "big")]) == [big]
     assert wire.call([command("INCR", "n")] * 5000) == list(range(1, 5001))
+    # An array of many strings, some empty, some absent, one larger than a read: cut anywhere between reads.
+    keys = ["big", *[f"k{i}" for i in range(3000)], "absent", "big"]
+    assert wire.call([command("MGET", *keys)]) == [client.mget(keys)]
 
 
 def test_a_connection_the_server_closed_is_opened_again_and_the_call_goes_through(redis_url: str) -> None:
@@ -90,3 +95,22 @@ def test_a_refused_connection_is_the_clients_connection_error() -> None:
     client = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", retry=None)
     with pytest.raises(redis.ConnectionError):
         Wire(client).call([command("PING")])
+
+
+def test_a_reply_cut_anywhere_is_read_only_once_whole() -> None:
+    from engine.state.redis.wire import _PUSH, _Incomplete, _parse
+
+    replies = [
+        (b"$5\r\nhello\r\n", b"hello"),
+        (b"*3\r\n$0\r\n\r\n$-1\r\n$4\r\na\r\nb\r\n", [b"", None, b"a\r\nb"]),
+        (b"*4\r\n_\r\n:42\r\n,1.5\r\n%1\r\n+k\r\n*1\r\n$1\r\nv\r\n", [None, 42, 1.5, {b"k": [b"v"]}]),
+        (b">2\r\n$10\r\ninvalidate\r\n*0\r\n", _PUSH),
+        (b"-NOSCRIPT No matching script.\r\n", NoScriptError),
+    ]
+    for reply, expected in replies:
+        for cut in range(len(reply)):
+            with pytest.raises(_Incomplete):
+                _parse(reply[:cut], 0)
+        value, pos = _parse(reply, 0)
+        assert pos == len(reply)
+        assert isinstance(value, expected) if expected is NoScriptError else value == expected

@@ -64,10 +64,11 @@ class DeferredCalls:
 
     def now_packed(self, script: Script, packed: bytes) -> Any:
         """:meth:`now` with the call packed already (:func:`.wire.evalsha`): one whose arguments never change."""
-        calls = self._take()
+        calls, self._waiting = self._waiting, []
         calls.append((script, packed))
         answers = self.wire.run_scripts(calls)
-        _log_failures(answers[:-1])
+        if len(answers) > 1:
+            _log_failures(answers[:-1])
         if isinstance(answers[-1], Exception):
             raise answers[-1]
         return answers[-1]

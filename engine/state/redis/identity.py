@@ -217,15 +217,15 @@ class RedisIdentityStore:
             self._prefetched.pop((slot.kind, slot.ident), None)
 
     def recall(self, kind: str, ident: str) -> Remembered | None:
-        name = self._key(kind, ident)
         row = self._prefetched.pop((kind, ident), None)  # once: a later recall asks Redis
         if row is None:
             with reading("the identity memory"):
-                row = self.r.hmget(name, "traits", "owner", "bytes", "seen")
+                row = self.r.hmget(self._key(kind, ident), "traits", "owner", "bytes", "seen")
         now = self._clock()
         entry = _remembered(row, now, self.limits.ttl_seconds)
         seen = row[3]
         if entry is not None and seen is not None and now - float(seen) > TOUCH_SECONDS:
+            name = self._key(kind, ident)
             try:
                 with writing("the identity memory"):
                     pipe = self.r.pipeline()

@@ -80,14 +80,19 @@ class Wire:
         self._conn: Any = None
         self._buffer = b""
         self._poll: select.poll | None = None  # the connection's socket: readable while idle?
+        self._polled: Any = None  # the socket it polls
 
     def call(self, commands: Sequence[bytes]) -> list[Any]:
         """Each command's reply, in order; a command Redis refused is its error (an exception instance)."""
-        conn = self._connection()
         data = commands[0] if len(commands) == 1 else b"".join(commands)
-        return list(
-            conn.retry.call_with_retry(lambda: self._round_trip(data, len(commands)), lambda _error: self._drop())
-        )
+        retry = self._connection().retry
+        if not retry.get_retries():  # the client's usual policy (from_url): none; so no call through it
+            try:
+                return self._round_trip(data, len(commands))
+            except (ConnectionError, TimeoutError):
+                self._drop()
+                raise
+        return list(retry.call_with_retry(lambda: self._round_trip(data, len(commands)), lambda _error: self._drop()))
 
     def run_scripts(self, calls: Sequence[tuple[Script, bytes]]) -> list[Any]:
         """Each packed ``EVALSHA``'s reply, in one round trip; scripts the server lost are loaded and sent again."""
@@ -109,14 +114,14 @@ class Wire:
         return self._conn
 
     def _drop(self) -> None:
-        conn, self._conn, self._buffer, self._poll = self._conn, None, b"", None
+        conn, self._conn, self._buffer, self._poll, self._polled = self._conn, None, b"", None, None
         if conn is not None:
             conn.disconnect()
 
     def _round_trip(self, data: bytes, replies: int) -> list[Any]:
         conn = self._connection()
         sock = getattr(conn, "_sock", None)
-        if sock is not None and self._poll is not None and self._poll.poll(0):
+        if sock is not None and sock is self._polled and self._poll is not None and self._poll.poll(0):
             # Something came while idle: a push message, or the end of a connection the server closed
             # (time-out, restart). As redis-py does before each command: found closed, it is opened again
             # before the command goes, so a command is never sent on a connection already lost.
@@ -130,8 +135,8 @@ class Wire:
         sock = getattr(conn, "_sock", None)
         if sock is None:  # not a socket this reader knows: redis-py's own parser
             return [_read_with_parser(conn) for _ in range(replies)]
-        if self._poll is None:
-            self._poll = select.poll()
+        if self._poll is None or self._polled is not sock:
+            self._poll, self._polled = select.poll(), sock
             self._poll.register(sock, select.POLLIN)
         answers: list[Any] = []
         buffer, pos = self._buffer, 0
@@ -203,8 +208,22 @@ def _parse(buffer: bytes, pos: int) -> tuple[Any, int]:
         count = int(line)
         if count < 0:
             return None, pos
-        items = []
+        items: list[Any] = []
         for _ in range(count * 2 if kind in (b"%", b"|") else count):
+            if buffer[pos : pos + 1] == b"$":  # most items (a stream entry's fields): read here, not by a call
+                end = buffer.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                size = int(buffer[pos + 1 : end])
+                if size < 0:
+                    items.append(None)
+                    pos = end + 2
+                    continue
+                if len(buffer) < end + size + 4:
+                    raise _Incomplete
+                items.append(buffer[end + 2 : end + 2 + size])
+                pos = end + size + 4
+                continue
             item, pos = _parse(buffer, pos)
             items.append(item)
         if kind == b">":
