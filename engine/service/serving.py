@@ -128,13 +128,19 @@ class CountingTransport:
         self.inner = inner
         self.metrics = metrics
         self.integration = integration
+        self._responses: dict[int, Any] = {}  # status -> its counter: labels() once per status, not per request
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         response = await self.inner.send(request)
         if not request.authenticated:  # only a token request goes without the preset's credential
             self.metrics.token_responses.labels(self.integration, str(response.status)).inc()
             return response
-        self.metrics.responses.labels(self.integration, str(response.status)).inc()
+        counter = self._responses.get(response.status)
+        if counter is None:
+            counter = self._responses[response.status] = self.metrics.responses.labels(
+                self.integration, str(response.status)
+            )
+        counter.inc()
         if response.status == 429:
             self.metrics.limited.labels(self.integration).inc()
         return response

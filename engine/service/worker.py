@@ -116,6 +116,8 @@ class Worker:
         self.finished = 0
         self._unacked: list[tuple[int, QueuedEvent, dict[str, Any], Outcome]] = []  # finished, to acknowledge
         self._acker: asyncio.Future[None] | None = None
+        self._counters: dict[tuple[str, str], Any] = {}  # (outcome, reason) -> its counter: labels() once, not per lead
+        self._latency: Any = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then finish what was read."""
@@ -390,9 +392,15 @@ class Worker:
         self.finished += 1
         if self.metrics is not None:
             name = self.integration
-            self.metrics.outcomes.labels(name, result.outcome, result.reason or result.cause or NO_REASON).inc()
+            labels = (result.outcome, result.reason or result.cause or NO_REASON)
+            counter = self._counters.get(labels)
+            if counter is None:
+                counter = self._counters[labels] = self.metrics.outcomes.labels(name, *labels)
+            counter.inc()
             if entry is not None and entry.enqueued_at and result.outcome == oc.DELIVERED:
-                self.metrics.latency.labels(name).observe(max(0.0, self._clock() - entry.enqueued_at))
+                if self._latency is None:
+                    self._latency = self.metrics.latency.labels(name)
+                self._latency.observe(max(0.0, self._clock() - entry.enqueued_at))
             mints = self.engine.mints
             if mints > self._mints_seen:
                 self.metrics.refreshes.labels(name).inc(mints - self._mints_seen)

@@ -30,6 +30,7 @@ from .queue import RedisQueue
 from .rate_budget import RedisRateBudget
 from .record import RedisRecord
 from .tokens import RedisTokenStore
+from .wire import Wire
 
 __all__ = [
     "Keys",
@@ -61,10 +62,13 @@ class RedisState:
             self.client = redis.Redis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, health_check_interval=30)
         except ValueError as exc:
             raise StateError(f"--redis {redact_url(url)}: {exc}") from None
-        self.deferred = DeferredCalls(self.client)  # writes that go with the next round trip (the budget's learn)
+        # One connection for packed commands (a worker's per-lead calls, its queue reads and acknowledgements): all
+        # synchronous, on one thread, so they never interleave.
+        self.wire = Wire(self.client)
+        self.deferred = DeferredCalls(self.client, self.wire)  # writes that go with the next round trip (the learn)
 
     def identity(self, preset: str, limits: IdentityLimits) -> Any:
-        store = RedisIdentityStore(self.client, self.keys, preset, limits)
+        store = RedisIdentityStore(self.client, self.keys, preset, limits, wire=self.wire)
         return store if self.identity_writes else ReadOnlyIdentity(store)
 
     def journal(self, preset: str, window_seconds: float) -> RedisJournal:
@@ -114,10 +118,11 @@ class RedisState:
             group=group or GROUP,
             start=start,
             trim_seconds=trim_seconds,
+            wire=self.wire,
         )
 
     def locks(self, client: redis.asyncio.Redis, owner: str, seconds: float) -> RedisKeyLocks:
-        return RedisKeyLocks(client, owner, seconds)
+        return RedisKeyLocks(client, owner, seconds, wire=self.wire)
 
     def check(self) -> None:
         """Fail before serving when Redis cannot be reached: one line naming the server, never its password."""
@@ -131,6 +136,7 @@ class RedisState:
             self.deferred.flush()
         except (redis.RedisError, OSError):
             pass  # what the budget learnt last: the next answer teaches it again
+        self.wire.close()
         self.client.close()
 
 

@@ -28,6 +28,7 @@ from redis import Redis
 from .deferred import DeferredCalls
 from .errors import reading, writing
 from .keys import Keys
+from .wire import encode, pack
 
 PREFETCHED_MAX = 8192  # a worker holds a few batches at once; beyond this the oldest are asked again
 
@@ -91,7 +92,9 @@ class RedisJournal:
             return
         names = [self.keys.journal(self.preset, key) for key in keys]
         with reading("the delivery journal"):
-            values = self.r.mget(names)
+            (values,) = self.deferred.wire.call([pack(b"MGET", *map(encode, names))])
+            if isinstance(values, Exception):
+                raise values
         for key, value in zip(keys, values, strict=True):
             self._prefetched[key] = value
             self._prefetched.move_to_end(key)

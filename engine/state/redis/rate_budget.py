@@ -20,6 +20,7 @@ from redis import Redis
 from .deferred import DeferredCalls
 from .errors import reading, writing
 from .keys import Keys
+from .wire import evalsha
 
 IDLE_SECONDS = 7200  # a budget nobody used for this long is forgotten
 
@@ -142,11 +143,12 @@ class RedisRateBudget:
         self._learn = client.register_script(LEARN)
         self._pause = client.register_script(PAUSE)
         self._reset_in = client.register_script(RESET_IN)
+        self._take_packed = evalsha(self._take, [self.key], [repr(self.rate), repr(self.capacity)])  # never changes
 
     def take(self) -> float | None:
         try:
             with writing("the rate budget"):
-                answer = self.deferred.now(self._take, [self.key], [repr(self.rate), repr(self.capacity)])
+                answer = self.deferred.now_packed(self._take, self._take_packed)
         except OSError:
             return self.RETRY_SECONDS
         return None if not answer else float(answer)
