@@ -18,7 +18,6 @@ Scripts are sent by ``EVALSHA``; a server that does not know one (restarted,
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +25,9 @@ from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError
 
-log = logging.getLogger(__name__)
+from ...loggers import package_logger
+
+log = package_logger(__name__)
 
 DELAY_SECONDS = 0.005
 
