@@ -7,18 +7,22 @@ pipeline. Import :class:`Engine` to embed delivery in an async host, or
     from engine import Engine, Pipeline, load_preset, resolve_settings, SettingsError, Outcome
 """
 
-import logging
+import sys
 from typing import Any
 
 from .compile.compiler import PresetError, load_preset
 from .language.model import Preset
 from .language.settings import Settings, SettingsError, resolve_settings
+from .loggers import package_logger
 from .outcome import Outcome
 from .pipeline.prepare import Pipeline, Prepared
 
 # A library does not decide where its records go: without a host's
 # configuration they are discarded, not printed by logging's last resort.
-logging.getLogger(__name__).addHandler(logging.NullHandler())
+# Here only for a host that imported logging already (it may log below
+# "engine" itself); otherwise the first logger of ours adds it (.loggers).
+if "logging" in sys.modules:
+    package_logger(__name__)
 
 __all__ = [
     "Engine",

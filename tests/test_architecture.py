@@ -185,22 +185,28 @@ def test_no_destination_knowledge_in_engine_code(path: Path) -> None:
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ENGINE)))
 def test_loggers_are_named_after_their_module(path: Path) -> None:
-    """``logging.getLogger(__name__)``: records are found (and silenced) under ``engine.*``.
+    """``package_logger(__name__)``: records are found (and silenced) under ``engine.*``.
 
-    The Engine's parts in runtime/ (its base classes, by concern) log as the Engine, ``engine.runtime``:
-    ``getLogger(__package__)``.
+    Made through ``engine/loggers.py`` only, which adds the package's NullHandler with the first logger
+    (``import engine`` no longer imports logging). The Engine's parts in runtime/ (its base classes, by
+    concern) log as the Engine, ``engine.runtime``: ``package_logger(__package__)``.
     """
+    if path == ENGINE / "loggers.py":
+        return
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "getLogger" and node.args:
+        if not isinstance(node, ast.Call):
+            continue
+        called = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+        where = f"{path.relative_to(ENGINE)}:{node.lineno}"
+        assert called != "getLogger", f"{where}: use package_logger(__name__) (engine/loggers.py)"
+        if called == "package_logger" and node.args:
             arg = node.args[0]
             named = isinstance(arg, ast.Name) and (
                 arg.id == "__name__" or (arg.id == "__package__" and path.parts[-2] == "runtime")
             )
-            root = isinstance(arg, ast.Constant) and arg.value == "engine"
-            assert named or root or path.parts[-2] == "cli", (
-                f"{path.relative_to(ENGINE)}:{node.lineno}: use logging.getLogger(__name__)"
-            )
+            root = isinstance(arg, ast.Name) and arg.id == "ROOT"
+            assert named or root, f"{where}: use package_logger(__name__)"
 
 
 def test_the_wheel_ships_every_package_and_data_folder(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from engine.cli import main
-from engine.cli.logs import JsonFormatter, wants_json
+from engine.cli.log_handlers import JsonFormatter
+from engine.cli.logs import wants_json
 from engine.redaction import Redactor
 from test_delivery_sandbox import ThreadedSandbox, fast_preset, unique_credentials, write_settings
 

@@ -15,7 +15,7 @@ import pytest
 from engine import outcome as oc
 from engine.cli import main
 from engine.cli import report as report_module
-from engine.cli.logs import JsonFormatter, configure_logging
+from engine.cli.log_handlers import JsonFormatter, configure_logging
 from engine.cli.report import RunReport, wants_progress
 from engine.outcome import Outcome, dropped
 from engine.redaction import Redactor
@@ -191,13 +191,31 @@ def test_log_format_json_makes_the_summary_and_hints_json_too(
     assert entries[1]["message"].startswith("2 event(s) in ")
 
 
-def test_the_library_loggers_are_silent_without_a_host_configuration(tmp_path: Path) -> None:
-    """A NullHandler on 'engine': no 'No handlers could be found', no last-resort printing of warnings."""
-    code = (
+@pytest.mark.parametrize(
+    "code",
+    [
+        # A host that imported logging first: `import engine` adds the handler.
         "import logging, engine\n"
         "assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger('engine').handlers)\n"
-        "logging.getLogger('engine.runtime').warning('this must not be printed')\n"
-    )
+        "logging.getLogger('engine.runtime').warning('this must not be printed')\n",
+        # A host that did not: the first module with a logger adds it, before it can log.
+        "import engine, engine.runtime, engine.service.worker, engine.state.record\n"
+        "import logging\n"
+        "assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger('engine').handlers)\n"
+        "engine.runtime.log.warning('this must not be printed')\n"
+        "engine.state.record.log.error('nor this')\n",
+        # The identity memory, on a dry run's path, makes its logger where it logs.
+        "import engine.pipeline.identity as identity, sys\n"
+        "assert 'logging' not in sys.modules\n"
+        "memory = identity.IdentityMemory.__new__(identity.IdentityMemory)\n"
+        "memory.max_trait_bytes = 4\n"
+        "assert memory._small('name', 'a longer value') is False\n"
+        "assert 'logging' in sys.modules\n",
+    ],
+    ids=["logging-first", "engine-first", "logged-on-demand"],
+)
+def test_the_library_loggers_are_silent_without_a_host_configuration(tmp_path: Path, code: str) -> None:
+    """A NullHandler on 'engine': no 'No handlers could be found', no last-resort printing of warnings."""
     proc = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

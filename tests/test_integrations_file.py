@@ -213,7 +213,7 @@ def test_every_log_line_a_worker_causes_names_its_integration(capsys: pytest.Cap
     import asyncio
     import logging
 
-    from engine.cli.logs import configure_logging
+    from engine.cli.log_handlers import configure_logging
     from engine.log_context import current_integration
     from engine.redaction import Redactor
 

@@ -44,8 +44,8 @@ NEVER_IN_A_DRY_RUN = (
     "engine.delivery.retry_policy",
     "engine.state.token_store",
     "engine.state.dead_letters",
+    "logging",  # a dry run logs nothing; the package's NullHandler comes with its first logger (engine/loggers.py)
 )
-# (logging is imported by `import engine` itself: the library's loggers get their NullHandler there.)
 # Nothing imports shutil in a run: the preset cache writes without tempfile, and only
 # argparse's help formatter would import shutil (with bz2 and lzma), unless told the width.
 # The reference JSONata engine (jsonata) reads expressions for the static checks of a preset not yet in the cache.

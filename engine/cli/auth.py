@@ -157,7 +157,7 @@ async def _authorise(args: argparse.Namespace, preset: Preset, settings: Setting
     from ..delivery.transport import AiohttpTransport
     from ..redaction import Redactor
     from ..state.backend import open_state
-    from .logs import configure_logging
+    from .log_handlers import configure_logging
     from .loopback_redirect import LoopbackRedirect
 
     auth = preset.auth

@@ -19,7 +19,8 @@ from .common import (
     load_preset_arg,
     settings_for,
 )
-from .logs import add_logging_options, configure_logging, say_on_stderr
+from .log_handlers import configure_logging
+from .logs import add_logging_options, say_on_stderr
 from .record_options import add_record_options, record_choice
 from .report import EXIT_EVENTS_FAILED, EXIT_OK, EXIT_USAGE
 from .stopping import DEFAULT_GRACE_SECONDS, SIGNALS, RunStop, seconds_arg, signal_name

@@ -1,80 +1,19 @@
-"""Logging for commands that deliver: to stderr, with every known secret masked.
+"""What the CLI itself writes on stderr (hints, the summary, failures), as text or JSON lines, and the log options.
 
-Two formats: ``text`` for a person at a terminal, and ``json`` (one object
-per line) for a log shipper. Both pass the finished line through the
-redactor, so a secret that reaches a message (or an exception's text) is
-masked before it is written anywhere.
+Apart from :mod:`.log_handlers` (the engine's records to stderr, masked):
+that one imports :mod:`logging`, which a dry run never needs.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import Any
 
-from ..log_context import current_integration
-from ..redaction import Redactor
-
 LOG_FORMATS = ("text", "json")
 
-# The package's loggers all live below this one (``engine.delivery.sender`` …).
-ROOT_LOGGER = "engine"
 
-
-class _RedactingFormatter(logging.Formatter):
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__("signal-engine: %(message)s")
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        integration = _integration()
-        if integration is not None:
-            line = line.replace("signal-engine: ", f"signal-engine: [{integration}] ", 1)
-        return self.redactor.redact(line)
-
-
-def _integration() -> str | None:
-    """The integration whose work logged this (a service; see :mod:`engine.log_context`)."""
-    return current_integration.get()
-
-
-# The attributes every LogRecord has; any other attribute came from a call's ``extra=``.
-_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message, and the call's ``extra`` fields.
-
-    Only the exception's type and first line are kept, never a traceback:
-    frames can hold request bodies and headers.
-    """
-
-    def __init__(self, redactor: Redactor) -> None:
-        super().__init__()
-        self.redactor = redactor
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": _utc_time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        integration = _integration()
-        if integration is not None:
-            entry["integration"] = integration
-        # What a call passed in ``extra=`` (event_index, attempt, status, cause...) becomes fields
-        # of their own, so that a log shipper can filter on them without parsing the message.
-        entry.update((k, v) for k, v in vars(record).items() if k not in _RECORD_ATTRIBUTES and k not in entry)
-        if record.exc_info and record.exc_info[0] is not None:
-            exc = record.exc_info[1]
-            entry["exception"] = f"{record.exc_info[0].__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        return json.dumps(self.redactor.redact(entry), ensure_ascii=False)
-
-
-def _utc_time(seconds: float | None = None) -> str:
+def utc_time(seconds: float | None = None) -> str:
     """ISO 8601 UTC with milliseconds; datetime is imported by the first line logged, not by every start."""
     from datetime import UTC, datetime
 
@@ -85,7 +24,7 @@ def _utc_time(seconds: float | None = None) -> str:
 def json_line(level: str, message: str, logger: str = "engine.cli", **fields: Any) -> str:
     """A line shaped like :class:`JsonFormatter`'s, for what the CLI itself reports (summary, hints)."""
     entry: dict[str, Any] = {
-        "time": _utc_time(),
+        "time": utc_time(),
         "level": level,
         "logger": logger,
         "message": message,
@@ -115,17 +54,6 @@ def say_on_stderr(log_format: str, line: str, level: str = "info", **fields: Any
     if log_format == "json":
         line = json_line(level, line.removeprefix("signal-engine: "), **fields)
     print(line, file=sys.stderr, flush=True)
-
-
-def configure_logging(redactor: Redactor, verbose: bool, log_format: str = "text") -> logging.Handler:
-    """Send the engine's records to stderr in ``log_format``; INFO and up with ``verbose``."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(redactor) if log_format == "json" else _RedactingFormatter(redactor))
-    root = logging.getLogger(ROOT_LOGGER)
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
-    root.propagate = False
-    return handler
 
 
 def add_logging_options(parser: Any) -> None:

@@ -249,7 +249,7 @@ async def deliver(
 
     from ..runtime import Engine  # aiohttp machinery only when delivering
     from .input_batches import batches, file_batches
-    from .logs import configure_logging
+    from .log_handlers import configure_logging
 
     engine = Engine(preset, settings, state=args.state, record=args.record)
 

@@ -86,7 +86,7 @@ def configure_for(args: argparse.Namespace) -> Callable[[Any], None]:
     """Logging to stderr, every secret the redactor knows masked."""
 
     def configure(redactor: Any) -> None:
-        from .logs import configure_logging
+        from .log_handlers import configure_logging
 
         configure_logging(redactor, getattr(args, "verbose", False), getattr(args, "log_format", "text"))
 

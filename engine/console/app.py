@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -19,13 +18,14 @@ from typing import Any
 
 from aiohttp import web
 
+from ..loggers import package_logger
 from ..state.record import RecordQuery
 from . import playground, setup, views
 from .figures import health
 from .security import HEADERS, Guard, middleware
 from .source import ConsoleSource, ReplayUnavailable, letter_integration
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 PREFIX = "/console"
 POLL_SECONDS = 0.5

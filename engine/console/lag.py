@@ -11,13 +11,14 @@ never as 0.
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from ..loggers import package_logger
+
+log = package_logger(__name__)
 
 QUEUE_DB = "queue.db"  # engine.state.sqlite.queue.QUEUE_DB: read here without taking the queue's lock
 

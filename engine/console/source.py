@@ -12,7 +12,6 @@ identity memory), replays dead letters through
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ..compile.compiler import load_preset
 from ..compile.stored_integration import Keyring, open_stored
 from ..language.model import Preset
 from ..language.settings import Settings, resolve
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..pipeline.explain import explain
 from ..pipeline.identity import IdentityMemory
@@ -33,7 +33,7 @@ from ..state.dead_letters import delete_letters
 from ..state.identity import SHARED_IDENTITY, IdentityLimits, Remembered, Slot
 from ..state.record import EventRecord, RecordQuery, integration_name, preset_integration
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ..language.expressions import ExpressionError
 from ..language.model import AuthSpec, DeliverySpec, RuleSpec
 from ..language.settings import Settings
 from ..language.templates import TemplateError, fill_token_values
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..pipeline.prepare import Prepared
 from ..redaction import Redactor
@@ -32,7 +33,7 @@ from .retry_policy import backoff_delay
 from .transport import HttpRequest, Transport, TransportError
 from .upsert import Upserter, UpsertError
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 MAX_RATE_LIMIT_WAITS = 10
 

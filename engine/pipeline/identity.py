@@ -11,14 +11,12 @@ engine with a state directory).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..language.model import DEFAULT_MAX_TRAIT_BYTES, IdentitySpec
+from ..loggers import package_logger
 from ..state.identity import IdentityLimits, IdentityStore, MemoryIdentityStore, Slot
-
-log = logging.getLogger(__name__)
 
 # The id field several people may share (a device); its entries are owned by one userId.
 SHARED_ID = "anonymousId"
@@ -95,7 +93,9 @@ class IdentityMemory:
             try:
                 entry = self.store.recall(key, ident)
             except OSError as exc:  # an unreadable store costs a join, never the event
-                log.error("identity: could not read the identity memory (%s)", exc.strerror or type(exc).__name__)
+                package_logger(__name__).error(  # on a dry run's path: logging loaded only here
+                    "identity: could not read the identity memory (%s)", exc.strerror or type(exc).__name__
+                )
                 continue
             if entry is None:
                 continue
@@ -119,7 +119,9 @@ class IdentityMemory:
         try:
             prefetch(slots)
         except OSError as exc:  # each recall then asks on its own
-            log.warning("identity: could not read the identity memory ahead (%s)", exc.strerror or type(exc).__name__)
+            package_logger(__name__).warning(
+                "identity: could not read the identity memory ahead (%s)", exc.strerror or type(exc).__name__
+            )
 
     def _slots(self, event: Mapping[str, Any]) -> list[Slot]:
         slots = []
@@ -139,7 +141,7 @@ class IdentityMemory:
             size = len(json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass"))
         if size <= self.max_trait_bytes:
             return True
-        log.info(
+        package_logger(__name__).info(
             "identity: trait %r (%d bytes) is over max_trait_bytes (%d) and is not remembered",
             name,
             size,

@@ -22,7 +22,6 @@ A ``state.db`` that is empty, not ours or of a newer version is refused;
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +38,7 @@ from ..delivery.sender import Sender
 from ..delivery.transport import Transport
 from ..language.model import Preset
 from ..language.settings import Settings, resolve
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline
@@ -61,7 +61,7 @@ __all__ = ["CLOSE_RETRY_SECONDS", "Engine", "OutcomeCallback"]
 
 OutcomeCallback = Callable[[Outcome], Any]  # may be async
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 
 class Engine(Lifecycle, Stopping, Processing, Delivering, Replaying):

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..state.dead_letters import entry_for
 from .journalling import already_delivered
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .stopping import Stop
 
 # The Engine's parts log as the Engine: one logger, ``engine.runtime``.
-log = logging.getLogger(__package__)
+log = package_logger(__package__)
 
 
 class Delivering:

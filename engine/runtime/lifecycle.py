@@ -9,7 +9,6 @@ the writes the disk refused, and closes the session and the state.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..delivery.sender import Sender
 from ..delivery.trail import TrailingTransport
 from ..delivery.transport import AiohttpTransport, Transport
 from ..language.settings import SettingsError
+from ..loggers import package_logger
 from ..state.buffered import cancel_all, flush_all
 from ..state.token_store import AUTHORISED_CHAIN
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..state.record import Recorder
 
 # The Engine's parts log as the Engine: one logger, ``engine.runtime``.
-log = logging.getLogger(__package__)
+log = package_logger(__package__)
 
 # How long ``close`` keeps retrying a rotated refresh token or dead letters the
 # disk refused, before it gives up and says what is lost.

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..delivery.trail import start_trail
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..state.journal import event_key
 from .inputs import numbered, one_at_a_time
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .stopping import Stop
 
 # The Engine's parts log as the Engine: one logger, ``engine.runtime``.
-log = logging.getLogger(__package__)
+log = package_logger(__package__)
 
 
 class Processing:

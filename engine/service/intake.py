@@ -41,7 +41,6 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import re
 import time
 import zlib
@@ -52,13 +51,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..loggers import package_logger
 from ..state.queue import EventQueue
 from . import event_json
 from .http_hygiene import error_middleware, server_options
 from .metrics import Metrics
 from .replay import COMMITTED, IN_FLIGHT, SignatureMemory
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 MAX_BODY_BYTES = 512 * 1024  # Segment's documented batch limit is 500 KB
 MAX_BACKLOG = 100_000

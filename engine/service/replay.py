@@ -28,12 +28,13 @@ says so. The memory is per intake process.
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Callable
 from typing import Literal
 
-log = logging.getLogger(__name__)
+from ..loggers import package_logger
+
+log = package_logger(__name__)
 
 Reservation = Literal["reserved", "in_flight", "committed"]
 RESERVED: Reservation = "reserved"  # new: this request holds it now

@@ -44,6 +44,7 @@ import aiohttp
 from aiohttp import web
 
 from ..delivery.transport import AiohttpTransport, HttpRequest, HttpResponse
+from ..loggers import package_logger
 from ..pipeline.identity import IdentityMemory
 from ..pipeline.prepare import Pipeline
 from ..redaction import Redactor
@@ -56,7 +57,7 @@ from .integrations import Integration, IntegrationsConfig, IntegrationsError
 from .metrics import Metrics
 from .worker import MAX_DELIVERIES, VISIBILITY_SECONDS, Worker, outcome_line
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 DRAIN_SECONDS = 30.0
 TRIM_SECONDS = 0.5  # how often a worker trims the stream of entries every integration is done with

@@ -42,7 +42,6 @@ order, rebalance) all plug in the same way.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
@@ -50,6 +49,7 @@ from typing import Any, Protocol
 from .. import outcome as oc
 from ..event_identity import message_id_of
 from ..log_context import current_integration
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..runtime import Engine
 from ..state.dead_letters import entry_for
@@ -58,7 +58,7 @@ from ..state.queue import EventQueue, QueuedEvent
 from . import event_json
 from .metrics import NO_REASON, Metrics
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 VISIBILITY_SECONDS = 30.0
 BATCH = 64

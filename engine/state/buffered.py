@@ -15,18 +15,18 @@ the oldest is given up, and the log says so.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..loggers import package_logger
 from .dead_letters import PAGE_SIZE, DeadLetterStore, chunked
 from .identity import IdentityStore, Remembered, Slot, merged
 from .journal import DeliveryJournal
 from .token_store import StoredTokens, TokenStore
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 RETRY_SECONDS = 5.0
 LOUD_EVERY_SECONDS = 30.0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -32,10 +31,11 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import orjson
 
+from ..loggers import package_logger
 from ..outcome import Outcome
 from ..redaction import Redactor
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 DEFAULT_PER_INTEGRATION = 10_000
 DEFAULT_MAX_AGE_SECONDS = 7 * 24 * 3600.0

@@ -15,7 +15,6 @@ mint again (destinations throttle minting).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...language.model import AuthSpec
 from ...language.settings import Settings
+from ...loggers import package_logger
 from ...redaction import Redactor
 from ...state.token_store import AUTHORISED_CHAIN, StoredTokens, TokenStore
 from ..transport import Transport, TransportError
 from .oauth2 import answer_values, store_lock, token_endpoint_request
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 # Error descriptions come from the destination; a long one would not be one line.
 MAX_DESCRIPTION_CHARS = 300

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any
 from ... import outcome as oc
 from ...language.model import AuthSpec, RetrySpec
 from ...language.settings import Settings
+from ...loggers import package_logger
 from ...redaction import Redactor
 from ...state.token_store import AUTHORISED_CHAIN, StoredTokens, TokenStore
 from ..rate_limit import seconds_until
@@ -38,7 +38,7 @@ from ..retry_policy import backoff_delay
 from ..transport import HttpRequest, Transport, TransportError
 from .base import AuthFailure
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 MIN_EXPIRY_MARGIN_SECONDS = 5.0

@@ -19,16 +19,16 @@ script is loaded with ``SCRIPT LOAD`` and that call alone sent again.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
 
+from ...loggers import package_logger
 from .wire import Script, Wire, evalsha
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 DELAY_SECONDS = 0.005
 

@@ -16,18 +16,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 import time
 from typing import Any
 
 from redis import Redis
 
+from ...loggers import package_logger
 from ..token_store import StoredTokens, fingerprint, values_from_text, values_text
 from .errors import reading, writing
 from .keys import Keys, decoded
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 LOCK_SECONDS = 30.0
 

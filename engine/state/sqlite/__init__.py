@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ...loggers import package_logger
 from ..errors import StateError
 from ..identity import IdentityLimits
 from ..record import RecordLimits
@@ -22,7 +22,7 @@ from .rate_budget import SqliteRateBudget
 from .record import SqliteRecord
 from .tokens import LOCK_NAME, SqliteTokenStore
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 __all__ = [
     "DB_NAME",

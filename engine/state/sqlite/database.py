@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...loggers import package_logger
 from ..errors import StateError, StateWriteError
 from .file_marks import FileKind, mark, move_aside, needs_mark, open_marked
 
@@ -40,7 +40,7 @@ BUSY_SECONDS = 10.0
 # A deferred write (see Database.defer) lands with the next write of any store, or after this long.
 DEFER_SECONDS = 0.1
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 # (table, column, type) added since schema 1, in the CREATE TABLE below too: a
 # database made before gets them on open. The token answer's values
 # (auth.token_values) are kept beside the access token they came with.

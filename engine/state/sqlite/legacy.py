@@ -12,17 +12,17 @@ table remembers each source, so a rename that failed never imports twice.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from ...loggers import package_logger
 from ..dead_letters import read_legacy_file
 from .database import Database
 from .identity import SqliteIdentityStore
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 IMPORTED_SUFFIX = ".imported"
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
@@ -39,12 +38,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...loggers import package_logger
 from ..errors import StateError, StateWriteError
 from ..queue import QueuedEvent
 from .database import make_private_dir
 from .file_marks import FileKind, mark_if_needed, open_marked
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 QUEUE_DB = "queue.db"
 QUEUE_LOCK = "queue.lock"

@@ -16,15 +16,15 @@ spends its budget by that clock and never waits on the real one.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ...loggers import package_logger
 from ..errors import StateError
 from .database import Database
 
-log = logging.getLogger(__name__)
+log = package_logger(__name__)
 
 RETRY_SECONDS = 1.0  # when the database refuses a write: wait and ask again, never send uncounted
 IDLE_SECONDS = 7 * 86400.0  # a budget nobody used for this long is forgotten when another is opened
