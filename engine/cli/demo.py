@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import outcome as oc
+from ..event_loop import run_fast
 from ..outcome import Outcome
 from .common import UsageError, check_state_dir, load_preset_arg, settings_for
 from .events_input import DEFAULT_MAX_EVENT_BYTES, open_events
@@ -81,7 +82,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     state = args.state or tempfile.mkdtemp(prefix="signal-engine-demo-")
     try:
         check_state_dir(state)
-        return asyncio.run(_demo(args, events, raw, state))
+        return run_fast(_demo(args, events, raw, state))
     finally:
         if events != "-":
             raw.close()

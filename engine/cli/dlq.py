@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import outcome as oc
+from ..event_loop import run_fast
 from ..language.model import Preset
 from ..language.settings import Settings
 from .common import (
@@ -248,4 +249,4 @@ def dlq_replay(
         code = stop.exit_code()
         return code if code is not None else (EXIT_OK if done == replayed else EXIT_EVENTS_FAILED)
 
-    return asyncio.run(main())
+    return run_fast(main())

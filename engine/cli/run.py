@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO, Any
 
 from .. import outcome as oc
+from ..event_loop import run_fast
 from ..language.model import Preset
 from ..language.settings import Settings
 from ..outcome import INVALID_EVENT, dropped
@@ -205,25 +206,9 @@ def run_delivery(
     report: RunReport,
     stop: RunStop,
 ) -> int:
-    import asyncio  # not at module level: a dry run needs no event loop
 
     check_state_dir(args.state, reset=args.reset_state)
-    with asyncio.Runner(loop_factory=fast_loop_factory()) as runner:
-        return runner.run(deliver(preset, settings, args, stream, lines, report, stop))
-
-
-def fast_loop_factory() -> Callable[[], Any] | None:
-    """uvloop's event loop where it is installed (not on Windows), else asyncio's own.
-
-    The loop and its loopback sockets were about a tenth of a delivered lead's
-    instructions; uvloop runs them in C. aiohttp, the signal handlers and the
-    input thread's hand-over work the same on both.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    return run_fast(deliver(preset, settings, args, stream, lines, report, stop))
 
 
 async def deliver(

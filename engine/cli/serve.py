@@ -7,6 +7,7 @@ import functools
 import os
 from typing import Any
 
+from ..event_loop import run_fast
 from .common import UsageError, add_preset_path_option, add_reset_state_option, check_state_dir
 from .console import console_mount
 from .logs import add_logging_options, say_on_stderr
@@ -102,7 +103,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import asyncio
 
     from ..service.config import SIGNING_SECRET_ENV, WRITE_KEYS_ENV, IntakeConfigError, load_intake_config
 
@@ -158,5 +158,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         announce=functools.partial(say_on_stderr, args.log_format),
     )
     with service_errors(args):
-        asyncio.run(serve(options, configure_for(args)))
+        run_fast(serve(options, configure_for(args)))
     return EXIT_OK

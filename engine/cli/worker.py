@@ -6,6 +6,7 @@ import argparse
 import functools
 from typing import Any
 
+from ..event_loop import run_fast
 from .common import UsageError, add_preset_path_option
 from .logs import add_logging_options, say_on_stderr
 from .record_options import add_record_options, record_choice
@@ -71,7 +72,6 @@ def register(sub: Any) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import asyncio
 
     config = integrations_for(args, require=True, console_only=True)
     for name in args.integration or []:
@@ -101,5 +101,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
         announce=functools.partial(say_on_stderr, args.log_format),
     )
     with service_errors(args):
-        asyncio.run(work(options, configure_for(args)))
+        run_fast(work(options, configure_for(args)))
     return EXIT_OK
