@@ -44,15 +44,16 @@ def _sqlite(tmp_path: Path, limits: RecordLimits, clock: Clock) -> Any:
     return SqliteState(tmp_path / "state", clock=clock).record(limits)
 
 
-def _redis(url: str, limits: RecordLimits, clock: Clock) -> Any:
+def _redis(url: str, limits: RecordLimits, clock: Clock, *, wire: bool) -> Any:
+    """Through redis-py's pipeline, or (as a worker's state gives it) packed on the state's own connection."""
     from engine.state.redis import RedisState
     from engine.state.redis.record import RedisRecord
 
     state = RedisState(url)
-    return RedisRecord(state.client, state.keys, limits, clock=clock)
+    return RedisRecord(state.client, state.keys, limits, clock=clock, wire=state.wire if wire else None)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-wire"])
 def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[RecordLimits, Clock], Any]]:
     if request.param == "memory":
         yield lambda limits, clock: MemoryRecord(limits, clock=clock)
@@ -62,7 +63,8 @@ def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
         if needs_redis.args[0]:
             pytest.skip(needs_redis.kwargs["reason"])
         url = request.getfixturevalue("redis_url")
-        yield lambda limits, clock: _redis(url, limits, clock)
+        wire = request.param == "redis-wire"
+        yield lambda limits, clock: _redis(url, limits, clock, wire=wire)
 
 
 def entry(clock: Clock, integration: str, i: int, **extra: Any) -> Recorded:
@@ -104,6 +106,18 @@ def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None
     record.add_many([entry(clock, "a", 1)])
     assert [r["messageId"] for r in record.recent(RecordQuery())] == ["m-a-1"]
     assert [r["messageId"] for r in record.window(clock.now - 3600)] == ["m-a-1"]
+
+
+def test_an_entry_whose_clock_is_behind_the_newest_is_kept_too(make_record: Any) -> None:
+    """Workers' clocks differ: Redis refuses an id below the stream's newest, and the entry goes in at its time."""
+    clock = Clock()
+    record = make_record(RecordLimits(), clock)
+    record.add_many([entry(clock, "a", 0)])
+    clock.now -= 5
+    record.add_many([entry(clock, "a", 1), entry(clock, "b", 0)])
+    kept = {r["messageId"] for r in record.recent(RecordQuery(limit=100))}
+    assert kept == {"m-a-0", "m-a-1", "m-b-0"}
+    assert record.integrations() == ["a", "b"]
 
 
 def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(make_record: Any) -> None:

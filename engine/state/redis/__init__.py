@@ -88,7 +88,7 @@ class RedisState:
 
     def record(self, limits: RecordLimits = RecordLimits()) -> RedisRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
-        return RedisRecord(self.client, self.keys, limits)
+        return RedisRecord(self.client, self.keys, limits, wire=self.wire)
 
     def console_integrations(self) -> Any:
         """Integrations created in the console (one hash; secrets sealed, see :mod:`engine.state.console_integrations`)."""

@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT, StreamRangeResponse
 from ..errors import StateError
 from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, whole
 from .keys import Keys
+from .wire import Wire, encode, pack
 
 
 class RedisRecord:
@@ -31,8 +32,12 @@ class RedisRecord:
         limits: RecordLimits = DEFAULT_LIMITS,
         *,
         clock: Callable[[], float] = time.time,
+        wire: Wire | None = None,
     ) -> None:
         self.client = client
+        # A worker's own connection for packed commands: a batch's XADDs packed here cost a tenth of
+        # redis-py's pipeline (a flush runs on the event loop's thread, as every other user of the wire).
+        self.wire = wire
         self.keys = keys
         self.limits = limits
         self._clock = clock
@@ -44,19 +49,7 @@ class RedisRecord:
             return
         now = self._clock()
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries:
-                # The id starts with the entry's own time, so the age limit and the figures' windows agree
-                # with "at"; an entry whose clock is behind the stream's newest gets the server's time.
-                # MAXLEN trims to the count as it adds (Redis's work, not this process's).
-                pipe.xadd(
-                    self.keys.record(entry.integration),
-                    _fields(entry),
-                    id=f"{int(entry.at * 1000)}-*",
-                    maxlen=self.limits.per_integration,
-                    approximate=False,
-                )
-            answers = pipe.execute(raise_on_error=False)
+            answers = self._add(entries)
             late = [
                 entry for entry, answer in zip(entries, answers, strict=True) if isinstance(answer, redis.ResponseError)
             ]
@@ -82,6 +75,42 @@ class RedisRecord:
             pipe.execute()
         except redis.RedisError as exc:
             raise StateError(f"record: {type(exc).__name__}") from None
+
+    def _add(self, entries: Sequence[Recorded]) -> list[Any]:
+        """One XADD per entry, in one round trip; each answer an id, or the error Redis gave that entry.
+
+        The id starts with the entry's own time, so the age limit and the figures' windows agree with
+        "at"; an entry whose clock is behind the stream's newest is refused here and added again with
+        the server's time. MAXLEN trims to the count as it adds (Redis's work, not this process's).
+        """
+        if self.wire is not None:
+            maxlen = encode(self.limits.per_integration)
+            return self.wire.call(
+                [
+                    pack(
+                        b"XADD",
+                        encode(self.keys.record(entry.integration)),
+                        b"MAXLEN",
+                        maxlen,
+                        b"%d-*" % int(entry.at * 1000),
+                        b"e",
+                        encode(entry.entry),
+                        b"s",
+                        encode(entry.summary),
+                    )
+                    for entry in entries
+                ]
+            )
+        pipe = self.client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(
+                self.keys.record(entry.integration),
+                _fields(entry),
+                id=f"{int(entry.at * 1000)}-*",
+                maxlen=self.limits.per_integration,
+                approximate=False,
+            )
+        return list(pipe.execute(raise_on_error=False))
 
     def recent(self, query: RecordQuery) -> list[dict[str, Any]]:
         names = [query.integration] if query.integration else self.integrations()
