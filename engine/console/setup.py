@@ -416,34 +416,27 @@ def _told(message: str) -> web.Response:
 
 
 def _read_only_page(setup: Setup, name: str) -> web.Response:
-    from .views import e, page
+    from .views import e
 
-    return _html(
-        page(
-            "Read-only",
-            "integrations",
-            f'<p class="error" role="alert">{e(name)} is defined in the integrations file: it is read-only here. '
-            'Edit the file, <code>check</code> it and restart the service. <a href="/console/integrations/new">'
-            "Back to the integrations</a></p>",
-            csrf=setup.guard.csrf,
-        ),
-        status=409,
+    said = (
+        f'<p class="error" role="alert">{e(name)} is defined in the integrations file: it is read-only here. '
+        "Edit the file, <code>check</code> it and restart the service. "
     )
+    return _notice_page(setup, "Read-only", said, 409)
 
 
 def _not_found_page(setup: Setup, name: str) -> web.Response:
-    from .views import e, page
+    from .views import e
 
-    return _html(
-        page(
-            "Not found",
-            "integrations",
-            f"<p>No integration {e(name)} is set up in the console. "
-            '<a href="/console/integrations/new">Back to the integrations</a></p>',
-            csrf=setup.guard.csrf,
-        ),
-        status=404,
-    )
+    return _notice_page(setup, "Not found", f"<p>No integration {e(name)} is set up in the console. ", 404)
+
+
+def _notice_page(setup: Setup, title: str, said: str, status: int) -> web.Response:
+    """A page that says why an integration's page cannot be shown, and leads back to the integrations."""
+    from .views import page
+
+    back = '<a href="/console/integrations/new">Back to the integrations</a></p>'
+    return _html(page(title, "integrations", said + back, csrf=setup.guard.csrf), status=status)
 
 
 async def _edit_answer(
