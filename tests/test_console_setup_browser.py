@@ -30,6 +30,13 @@ KEY = cryptography.Fernet.generate_key().decode()
 SECRET = "cs-" + cryptography.Fernet.generate_key().decode()[:24]
 REFRESH = "rt-" + cryptography.Fernet.generate_key().decode()[:24]
 FORM = "/integrations/new?preset=outreach/lead-capture"
+# A complete, valid set-up of the Outreach preset, as a person types it.
+EU_FORM = {
+    "name": "outreach-eu",
+    "setting.client_id": "client-eu",
+    "setting.client_secret": SECRET,
+    "setting.refresh_token": REFRESH,
+}
 
 
 class ConsoleProcess:
@@ -200,15 +207,7 @@ def test_a_mistake_shows_beside_its_field_then_save_stores_the_secrets_encrypted
 def test_without_a_key_a_secret_is_refused_and_the_page_says_why(keyless: ConsoleProcess, browser: Any) -> None:
     open_page(browser, keyless.base + FORM, "setup-no-key")
     assert "SIGNAL_CONSOLE_SECRET_KEY is not set" in browser.find_element(By.ID, "no-secret-key").text
-    fill(
-        browser,
-        {
-            "name": "outreach-eu",
-            "setting.client_id": "client-eu",
-            "setting.client_secret": SECRET,
-            "setting.refresh_token": REFRESH,
-        },
-    )
+    fill(browser, EU_FORM)
     save(browser)
     assert "not stored: SIGNAL_CONSOLE_SECRET_KEY is not set" in problem(browser, "client_secret")
     assert SECRET not in browser.page_source
@@ -294,15 +293,7 @@ def test_authorise_runs_the_auth_flow_and_stores_the_tokens_like_the_command(
 def test_edit_keeps_the_secrets_and_delete_asks_first(keyed: ConsoleProcess, browser: Any) -> None:
     fernet = cryptography.Fernet(KEY.encode())
     open_page(browser, keyed.base + FORM)
-    fill(
-        browser,
-        {
-            "name": "outreach-eu",
-            "setting.client_id": "client-eu",
-            "setting.client_secret": SECRET,
-            "setting.refresh_token": REFRESH,
-        },
-    )
+    fill(browser, EU_FORM)
     save(browser)
     # Edit: the form comes filled with the plain settings, the secret fields empty, the name fixed.
     click_and_wait(browser, browser.find_element(By.LINK_TEXT, "Edit outreach-eu"))
@@ -312,6 +303,8 @@ def test_edit_keeps_the_secrets_and_delete_asks_first(keyed: ConsoleProcess, bro
     assert browser.find_element(By.TAG_NAME, "h1").text == "Edit outreach-eu"
     form_heading = browser.find_element(By.CSS_SELECTOR, "#setup-form h2").text
     assert form_heading.endswith("(outreach/lead-capture)") and "Edit" not in form_heading, form_heading
+    if SHOTS is not None:
+        browser.save_screenshot(str(SHOTS / "setup-edit.png"))
     assert field(browser, "client_id").get_attribute("value") == "client-eu"
     assert field(browser, "client_secret").get_attribute("value") == ""
     assert SECRET not in browser.page_source and REFRESH not in browser.page_source
