@@ -38,7 +38,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from processes import stop  # beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_KEY = "bench-intake-key-1"
@@ -121,15 +122,6 @@ def start(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[subprocess.P
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1), int(match.group(2))
     raise RuntimeError(f"{argv} did not start")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def cpu_seconds(pid: int) -> float:

@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from processes import stop
 
 REPO = Path(__file__).resolve().parents[1]
 WRITE_KEY = "bench-write-key-1"
@@ -62,15 +63,6 @@ def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[sub
             threading.Thread(target=proc.stdout.read, daemon=True).start()
             return proc, match.group(1)
     raise RuntimeError(f"{args[0]} did not start")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def call(url: str, body: Any = None, auth: str | None = None) -> Any:

@@ -59,6 +59,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_intake import REPO, cpu_seconds, redis_server
+from processes import stop
 
 WRITE_KEY = "bench-worker-key-1"
 CONSENT = {"consent": {"canonical": {"marketing": True}}}
@@ -92,16 +93,6 @@ def launch(argv: list[str], log: Path, env: dict[str, str], wait_for: re.Pattern
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"{argv[:5]} did not start: {log.read_text(errors='replace')[-1500:]}")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    proc.send_signal(signal.SIGCONT)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def post(host: str, port: int, events: list[dict[str, Any]]) -> None:
