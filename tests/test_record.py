@@ -44,16 +44,15 @@ def _sqlite(tmp_path: Path, limits: RecordLimits, clock: Clock) -> Any:
     return SqliteState(tmp_path / "state", clock=clock).record(limits)
 
 
-def _redis(url: str, limits: RecordLimits, clock: Clock, *, wire: bool) -> Any:
-    """Through redis-py's pipeline, or (as a worker's state gives it) packed on the state's own connection."""
+def _redis(url: str, limits: RecordLimits, clock: Clock) -> Any:
     from engine.state.redis import RedisState
     from engine.state.redis.record import RedisRecord
 
     state = RedisState(url)
-    return RedisRecord(state.client, state.keys, limits, clock=clock, wire=state.wire if wire else None)
+    return RedisRecord(state.client, state.keys, limits, clock=clock, wire=state.wire)
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis", "redis-wire"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[RecordLimits, Clock], Any]]:
     if request.param == "memory":
         yield lambda limits, clock: MemoryRecord(limits, clock=clock)
@@ -63,8 +62,7 @@ def make_record(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Call
         if needs_redis.args[0]:
             pytest.skip(needs_redis.kwargs["reason"])
         url = request.getfixturevalue("redis_url")
-        wire = request.param == "redis-wire"
-        yield lambda limits, clock: _redis(url, limits, clock, wire=wire)
+        yield lambda limits, clock: _redis(url, limits, clock)
 
 
 def entry(clock: Clock, integration: str, i: int, **extra: Any) -> Recorded:
