@@ -714,6 +714,27 @@ def test_a_lesson_nothing_else_carries_lands_within_a_moment_or_at_close(tmp_pat
     assert _budget_row(tmp_path / "state") == (3.0, 0)
 
 
+def test_a_loop_that_ended_with_its_timer_armed_does_not_hold_the_next_loops_lesson(tmp_path: Path) -> None:
+    """Each run of an event loop arms a timer of its own: one left armed on a loop that has ended (it never
+    fires) must not keep the next loop's lesson from landing within a moment."""
+    state = SqliteState(tmp_path / "state")
+    budget = state.rate_budget("b", 1.0, 10.0)
+
+    async def learn(remaining: float) -> None:
+        budget.take()
+        budget.learn(remaining, "r1", None, None)
+
+    asyncio.run(learn(5.0))  # ended at once: its timer never fired
+
+    async def learn_and_wait() -> Any:
+        await learn(3.0)
+        await asyncio.sleep(0.2)  # past DEFER_SECONDS: this loop's timer writes it
+        return _budget_row(tmp_path / "state")
+
+    assert asyncio.run(learn_and_wait()) == (3.0, 0)
+    state.close()
+
+
 def test_a_take_sees_the_lesson_learnt_before_it(tmp_path: Path) -> None:
     """The lesson waits for the next write, and the next take is one: it is applied first, in order."""
     state = SqliteState(tmp_path / "state")

@@ -147,7 +147,7 @@ class Database:
         self._lock = threading.RLock()
         self._namespaces: dict[str, int] = {}
         self._deferred: list[Callable[[sqlite3.Cursor], object]] = []
-        self._deferred_timer: asyncio.TimerHandle | None = None
+        self._deferred_timer: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None  # and its loop
         self.moved_aside: Path | None = None  # where a refused file went (``reset``)
         try:
             make_private_dir(self.directory)
@@ -230,23 +230,26 @@ class Database:
         """
         with self._lock:
             self._deferred.append(op)
-            if self._deferred_timer is not None:
-                return
             try:
-                loop = asyncio.get_running_loop()
+                loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
             if loop is not None:
-                self._deferred_timer = loop.call_later(DEFER_SECONDS, self.flush_deferred)
+                # Armed once per loop, never cancelled (a flush may run on another thread, where a loop's
+                # timer must not be touched): it clears itself when it fires, and finds nothing or the rest.
+                if self._deferred_timer is None or self._deferred_timer[0] is not loop:
+                    self._deferred_timer = (loop, loop.call_later(DEFER_SECONDS, self._deferred_due))
                 return
+        self.flush_deferred()
+
+    def _deferred_due(self) -> None:
+        with self._lock:
+            self._deferred_timer = None
         self.flush_deferred()
 
     def flush_deferred(self) -> None:
         """Write what :meth:`defer` holds now, in a transaction of its own (best effort, as each op is)."""
         with self._lock:
-            if self._deferred_timer is not None:
-                self._deferred_timer.cancel()
-                self._deferred_timer = None
             if not self._deferred:
                 return
             try:
