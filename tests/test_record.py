@@ -415,3 +415,19 @@ def test_a_secret_spanning_two_texts_of_a_batch_is_masked_text_by_text() -> None
     rows = store.recent(RecordQuery())
     assert [r["messageId"] for r in rows] == ["m2", "m1"]
     assert [store.get(r["id"])["userId"] for r in rows] == ["u2", "***"]
+
+
+def test_a_batch_that_cannot_be_written_costs_no_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush can run inside a delivery's task (the batch full at a note): whatever fails while the batch is
+    serialised and masked is a log line, never an exception in the caller that noted the outcome."""
+    store = MemoryRecord()
+    recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor([]))
+
+    def broken(built: Any) -> Any:
+        raise ValueError("a value the serialiser refuses")
+
+    monkeypatch.setattr(recorder, "_written", broken)
+    recorder.note({"type": "track", "userId": "u1"}, Outcome(0, "m1", DROPPED, reason="x"))
+    recorder.flush()  # no exception
+    recorder.close()
+    assert store.recent(RecordQuery()) == []

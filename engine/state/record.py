@@ -397,7 +397,11 @@ class Recorder:
                 built.append(self._parts(*item))
             except Exception as exc:  # noqa: BLE001 - the record is a view; it must never cost an outcome
                 log.warning("record: could not record event %s: %s", item[2].index, type(exc).__name__)
-        entries = self._written(built)
+        try:
+            entries = self._written(built)
+        except Exception as exc:  # noqa: BLE001 - a flush can run inside a delivery's task: see above
+            log.warning("record: could not record %d event(s): %s", len(built), type(exc).__name__)
+            return
         if not entries:
             return
         try:
