@@ -80,6 +80,30 @@ def test_a_connection_the_server_closed_is_opened_again_and_the_call_goes_throug
     assert client.get("n") == b"1"
 
 
+def test_a_connection_reset_while_idle_is_opened_again_and_the_call_goes_through(redis_url: str) -> None:
+    """A reset (not a close) found before a command goes: the same as a close, never an OSError to the caller."""
+    client = redis.Redis.from_url(redis_url)
+    wire = Wire(client)
+    assert wire.call([command("PING")]) == [b"PONG"]
+    real = wire._conn._sock
+
+    class Reset:  # the socket as it reads once the peer has reset the connection
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def recv(self, size: int) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    class Ready:  # something came while idle
+        def poll(self, timeout: int) -> list[tuple[int, int]]:
+            return [(real.fileno(), 1)]
+
+    wire._conn._sock = wire._polled = Reset()
+    wire._poll = Ready()  # type: ignore[assignment]
+    assert wire.call([command("INCR", "reset-n")]) == [1]
+    assert client.get("reset-n") == b"1"
+
+
 def test_a_push_message_between_replies_is_not_taken_for_one(redis_url: str) -> None:
     client = redis.Redis.from_url(f"{redis_url}?protocol=3")
     wire = Wire(client)

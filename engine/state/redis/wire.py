@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import select
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -81,18 +82,24 @@ class Wire:
         self._buffer = b""
         self._poll: select.poll | None = None  # the connection's socket: readable while idle?
         self._polled: Any = None  # the socket it polls
+        # One round trip at a time: its users run on the event loop's thread today, but a reply read by
+        # another thread's call would be handed to the wrong caller (uncontended, well under a microsecond).
+        self._lock = threading.Lock()
 
     def call(self, commands: Sequence[bytes]) -> list[Any]:
         """Each command's reply, in order; a command Redis refused is its error (an exception instance)."""
         data = commands[0] if len(commands) == 1 else b"".join(commands)
-        retry = self._connection().retry
-        if not retry.get_retries():  # the client's usual policy (from_url): none; so no call through it
-            try:
-                return self._round_trip(data, len(commands))
-            except (ConnectionError, TimeoutError):
-                self._drop()
-                raise
-        return list(retry.call_with_retry(lambda: self._round_trip(data, len(commands)), lambda _error: self._drop()))
+        with self._lock:
+            retry = self._connection().retry
+            if not retry.get_retries():  # the client's usual policy (from_url): none; so no call through it
+                try:
+                    return self._round_trip(data, len(commands))
+                except (ConnectionError, TimeoutError):
+                    self._drop()
+                    raise
+            return list(
+                retry.call_with_retry(lambda: self._round_trip(data, len(commands)), lambda _error: self._drop())
+            )
 
     def run_scripts(self, calls: Sequence[tuple[Script, bytes]]) -> list[Any]:
         """Each packed ``EVALSHA``'s reply, in one round trip; scripts the server lost are loaded and sent again."""
@@ -125,7 +132,10 @@ class Wire:
             # Something came while idle: a push message, or the end of a connection the server closed
             # (time-out, restart). As redis-py does before each command: found closed, it is opened again
             # before the command goes, so a command is never sent on a connection already lost.
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except OSError:  # reset while idle: as closed
+                chunk = b""
             if chunk:
                 self._buffer += chunk
             else:
