@@ -96,6 +96,15 @@ def test_the_record_keeps_at_most_its_count_per_integration(make_record: Any) ->
     assert record.integrations() == ["a", "b"]
 
 
+def test_entries_of_one_instant_are_listed_newest_first(make_record: Any) -> None:
+    """The Event Debugger lists the newest first, also among entries written in the same millisecond (a batch
+    of one flush): their order is the order they were added in, past ten of them too."""
+    clock = Clock()
+    record = make_record(RecordLimits(per_integration=100), clock)
+    record.add_many([entry(clock, "a", i) for i in range(12)])
+    assert [r["messageId"] for r in record.recent(RecordQuery(limit=12))] == [f"m-a-{i}" for i in reversed(range(12))]
+
+
 def test_the_record_forgets_what_is_older_than_its_age(make_record: Any) -> None:
     clock = Clock()
     record = make_record(RecordLimits(max_age_seconds=60), clock)

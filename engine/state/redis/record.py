@@ -115,7 +115,7 @@ class RedisRecord:
                     rows.append(row)
                     if len(rows) >= query.limit * len(names):
                         break
-        rows.sort(key=lambda r: (r.get("at") or 0, r["id"]), reverse=True)
+        rows.sort(key=_newest, reverse=True)
         return rows[: query.limit]
 
     def get(self, entry_id: str) -> dict[str, Any] | None:
@@ -162,6 +162,12 @@ class RedisRecord:
     def integrations(self) -> list[str]:
         names = self.client.smembers(self.keys.record_names())
         return sorted(n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names)
+
+
+def _newest(row: dict[str, Any]) -> tuple[float, int, int]:
+    """A listed row's place: its time, then its stream id as numbers (as text, "-10" would sort before "-9")."""
+    milliseconds, _, sequence = row["id"].rpartition(":")[2].partition("-")
+    return (row.get("at") or 0, int(milliseconds), int(sequence or 0))
 
 
 def _summary(name: str, stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
