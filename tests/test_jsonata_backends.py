@@ -21,11 +21,10 @@ import jsonschema
 import pytest
 
 from engine import golden
-from engine.compile.compiler import load_preset
+from engine.compile.compiler import fast_path_plan, load_preset
 from engine.language import expressions, resources
 from engine.language.expressions import Expression, ExpressionError
 from engine.language.settings import resolve
-from engine.language.template_fast_path import plan_of
 from engine.language.yaml_source import load_yaml
 from engine.pipeline import prepare
 from engine.pipeline.prepare import Pipeline
@@ -195,8 +194,8 @@ def test_both_engines_agree_on_every_expression_of_the_preset(
     for where, source in sources:
         fast_engine = Expression.compile(source, backend=expressions.FAST)
         reference_engine = Expression.compile(source, backend=expressions.REFERENCE)
-        # A plain template's fast path, in front of each engine, must give what the engines give.
-        plan = plan_of(source)
+        # A plain template's or predicate's fast path, in front of each engine, must give what the engines give.
+        plan = fast_path_plan(source)
         with_plan = [Expression.compile(source, backend=b, plan=plan) for b in expressions.BACKENDS] if plan else []
         for data in inputs:
             fast, reference = evaluate(fast_engine, data), evaluate(reference_engine, data)

@@ -191,6 +191,7 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
         "language/expression_check.py",
         "language/expressions.py",
         "language/template_fast_path.py",
+        "language/predicate_fast_path.py",
     ):
         (copy / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(engine / part, copy / part)
@@ -203,6 +204,7 @@ def test_new_checking_code_checks_cached_presets_again(tmp_path: Path, monkeypat
         "language/expression_check.py",
         "language/expressions.py",
         "language/template_fast_path.py",
+        "language/predicate_fast_path.py",
     ):
         with (copy / part).open("a", encoding="utf-8") as f:
             f.write("\n# changed\n")

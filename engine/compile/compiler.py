@@ -370,15 +370,14 @@ class _Compiler:
             return None
 
     def _plan(self, source: str) -> Any:
-        """The fast-path plan of a plain template (None for any other expression); each text planned once."""
+        """The fast-path plan of a plain template or predicate (None for any other expression); each text
+        planned once."""
         if self.checked_schemas is not None:
             return self.plans.get(source)  # planned when the cached preset was stored
         if source not in self.plans:
             plan = self.facts.get("plan", source)
             if plan is MISSING:
-                from ..language.template_fast_path import plan_of  # parses with the reference engine, as checks do
-
-                plan = plan_of(source)
+                plan = fast_path_plan(source)
                 self.facts.put(plan, "plan", source)
             self.plans[source] = plan
         return self.plans[source]
@@ -989,6 +988,19 @@ def events_spec(spec: Mapping[str, Any]) -> EventsSpec:
         if t != "track" and t in spec and spec[t]["action"] != "drop"
     }
     return EventsSpec(track, by_type)
+
+
+def fast_path_plan(source: str) -> Any:
+    """A plain template's plan (template_fast_path) or a plain predicate's (predicate_fast_path), or None."""
+    import jsonata  # the reference parser, as the checks use
+
+    from ..language import predicate_fast_path, template_fast_path
+
+    try:
+        tree = jsonata.Jsonata(source).ast
+    except Exception:  # noqa: BLE001 - not parsing is not planning; syntax is reported elsewhere
+        return None
+    return template_fast_path.plan_of_tree(tree) or predicate_fast_path.plan_of_tree(tree)
 
 
 def rule_spec(spec: Mapping[str, Any], match: Expression | None = None) -> RuleSpec:

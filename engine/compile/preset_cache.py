@@ -139,6 +139,7 @@ def _checks_digest() -> bytes:
                 language / "expression_check.py",
                 language / "expressions.py",
                 language / "template_fast_path.py",
+                language / "predicate_fast_path.py",
             )
         )
         return digest(code + _jsonatapy_files()).encode()

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from . import template_fast_path
+from . import predicate_fast_path, template_fast_path
 from .records import record
 
 BACKEND_ENV = "SIGNAL_ENGINE_JSONATA"
@@ -160,6 +160,7 @@ class Expression:
         "_runnable",
         "backend",
         "limits",
+        "reads",
         "source",
     )
 
@@ -172,8 +173,12 @@ class Expression:
         plan: template_fast_path.Plan | None = None,
     ) -> None:
         self.source = source
-        # A plain template's plan (template_fast_path), run in Python before either engine is asked.
+        # A plain template's or predicate's plan (template_fast_path, predicate_fast_path), run in Python
+        # before either engine is asked.
         self._fast = _runner(plan, limits)
+        # The top-level input fields a planned predicate reads (nothing else in the input changes its
+        # result, so a caller may leave the others out); None: any.
+        self.reads: frozenset[str] | None = _reads(plan) if self._fast is not None else None
         self.limits = limits
         self.backend = backend
         self._runnable = runnable  # the source, behind the $pad guard when it can reach $pad
@@ -200,7 +205,8 @@ class Expression:
         ``checked``: ``source`` is known to compile (a cached preset's), so the
         default engine compiles it on this thread when it is first evaluated.
         ``plan``: ``template_fast_path.plan_of(source)``, when it is a plain
-        template; the engine then evaluates only the inputs the plan gives up on.
+        template, or ``predicate_fast_path.plan_of(source)``, when it is a plain
+        predicate; the engine then evaluates only the inputs the plan gives up on.
         """
         limits = limits or DEFAULT_LIMITS
         backend = backend or selected_backend()
@@ -230,7 +236,8 @@ class Expression:
         if self._fast is not None:
             result = self._fast(data)
             if result is not template_fast_path.GIVE_UP:
-                _check_strings(result, self.limits.max_string_length)
+                if result is not True and result is not False:  # a predicate's answer holds no string
+                    _check_strings(result, self.limits.max_string_length)
                 return result
         if self.backend == REFERENCE:
             return self._evaluate_reference(data)
@@ -493,8 +500,19 @@ def _runner(plan: template_fast_path.Plan | None, limits: ExpressionLimits) -> A
     if plan is None:
         return None
     try:
+        if plan[0] == predicate_fast_path.ROOT:
+            if not predicate_fast_path.fits(plan, limits.max_depth, limits.max_sequence_length):
+                return None
+            return predicate_fast_path.runner(plan)
         if not template_fast_path.fits(plan, limits.max_depth, limits.max_sequence_length):
             return None
         return template_fast_path.runner(plan)
     except (ValueError, TypeError, IndexError):
         return None
+
+
+def _reads(plan: Any) -> frozenset[str] | None:
+    """The top-level fields a predicate plan reads; None for a template plan (not needed of those)."""
+    if plan[0] != predicate_fast_path.ROOT:
+        return None
+    return predicate_fast_path.roots(plan)

@@ -55,6 +55,11 @@ def plan_of(source: str) -> Plan | None:
         tree = jsonata.Jsonata(source).ast
     except Exception:  # noqa: BLE001 - not parsing is not planning; the compiler reports syntax
         return None
+    return plan_of_tree(tree)
+
+
+def plan_of_tree(tree: Any) -> Plan | None:
+    """The plan of a syntax tree of the reference parser, or None."""
     try:
         plan = _plan(tree, 0)
     except GiveUp:
@@ -62,7 +67,8 @@ def plan_of(source: str) -> Plan | None:
     return plan if plan[0] in ("o", "a") else None  # a bare path or literal gains nothing
 
 
-def _plain(node: Any, *allowed: str) -> None:
+def plain_node(node: Any, *allowed: str) -> None:
+    """Give up unless ``node`` sets no syntax-tree attribute but the plain ones and ``allowed``."""
     for name, value in vars(node).items():
         if name in _NODE_ATTRIBUTES or name in allowed:
             continue
@@ -75,42 +81,42 @@ def _plan(node: Any, depth: int) -> Plan:
         raise GiveUp("depth")
     kind = getattr(node, "type", None)
     if kind == "string":
-        _plain(node)
+        plain_node(node)
         if not isinstance(node.value, str):
             raise GiveUp("string")
         return ("s", node.value)
     if kind == "value":
-        _plain(node)
+        plain_node(node)
         if node.value not in (True, False, None) or (node.value is not None and type(node.value) is not bool):
             raise GiveUp("value")
         return ("v", node.value)
     if kind == "path":
-        _plain(node, "steps")
+        plain_node(node, "steps")
         names = []
         for step in node.steps or []:
             if getattr(step, "type", None) != "name" or not isinstance(step.value, str):
                 raise GiveUp("step")
-            _plain(step)
+            plain_node(step)
             names.append(step.value)
         if not names:
             raise GiveUp("path")
         return ("p", tuple(names))
     if kind == "unary" and node.value == "{":
-        _plain(node, "lhs_object")
+        plain_node(node, "lhs_object")
         pairs = []
         seen = set()
         for key, value in node.lhs_object or []:
             if getattr(key, "type", None) != "string" or not isinstance(key.value, str) or key.value in seen:
                 raise GiveUp("key")  # a computed or repeated key: JSONata's rules, not ours
-            _plain(key)
+            plain_node(key)
             seen.add(key.value)
             pairs.append((key.value, _plan(value, depth + 1)))
         return ("o", tuple(pairs))
     if kind == "unary" and node.value == "[":
-        _plain(node, "expressions", "consarray")
+        plain_node(node, "expressions", "consarray")
         return ("a", tuple(_plan(item, depth + 1) for item in node.expressions or []))
     if kind == "condition":
-        _plain(node, "condition", "then", "_else")
+        plain_node(node, "condition", "then", "_else")
         otherwise = node._else
         return (
             "c",
@@ -119,12 +125,12 @@ def _plan(node: Any, depth: int) -> Plan:
             _plan(otherwise, depth + 1) if otherwise is not None else None,
         )
     if kind == "function":
-        _plain(node, "procedure", "arguments")
+        plain_node(node, "procedure", "arguments")
         procedure = node.procedure
         arguments = node.arguments or []
         if getattr(procedure, "type", None) != "variable" or procedure.value != "join":
             raise GiveUp("function")
-        _plain(procedure)
+        plain_node(procedure)
         if not 1 <= len(arguments) <= 2:
             raise GiveUp("arguments")
         items = _plan(arguments[0], depth + 1)
