@@ -330,6 +330,35 @@ def test_a_deliverys_record_goes_with_the_next_take_and_the_outcome_waits_for_it
     asyncio.run(main())
 
 
+def test_a_timer_armed_for_calls_gone_since_leaves_a_later_call_its_own_wait(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the timer, armed once, fires every DELAY_SECONDS: what waits then came just before,
+    and is left to ride with the next take (its own wait), not sent alone (a round trip each)."""
+    from engine.state.redis import deferred
+
+    monkeypatch.setattr(deferred, "DELAY_SECONDS", 3600.0)
+    worker = state(redis_url)
+    budget = worker.rate_budget("b", 10, 10)
+    budget.take()  # the scripts loaded
+    trips: list[int] = []
+    call = worker.wire.call
+    monkeypatch.setattr(worker.wire, "call", lambda commands: trips.append(len(commands)) or call(commands))
+    reset = str(int(time.time()) + 3600)
+
+    async def main() -> None:
+        budget.learn(7, reset, 3600, None)  # arms the timer
+        assert budget.take() is None  # carries it
+        budget.learn(6, reset, 3600, None)  # waits, the timer still armed for the first
+        worker.deferred._on_timer()  # that timer fires
+        assert trips == [2]  # the second was not sent alone
+        assert worker.deferred._timer is not None  # its own wait: the timer armed again for it
+        assert budget.take() is None
+        assert trips == [2, 2]
+
+    asyncio.run(main())
+
+
 def test_a_record_sent_with_the_next_call_goes_on_its_own_shortly(redis_url: str) -> None:
     from engine.state.buffered import BufferedJournal
 

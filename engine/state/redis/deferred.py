@@ -51,6 +51,7 @@ class DeferredCalls:
         self._answered: dict[int, Answered] = {}  # position in _waiting -> who waits for that call's reply
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._since = 0.0  # when the oldest call waiting came (its loop's clock)
 
     def later(self, script: Script, keys: Sequence[Any], args: Sequence[Any], answered: Answered | None = None) -> None:
         """Send ``script`` with the next call that goes now, or within DELAY_SECONDS (at once outside a loop).
@@ -60,12 +61,15 @@ class DeferredCalls:
         """
         if answered is not None:
             self._answered[len(self._waiting)] = answered
+        first = not self._waiting
         self._waiting.append((script, evalsha(script, keys, args)))
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.flush()
             return
+        if first:
+            self._since = loop.time()
         if self._timer is None or self._timer_loop is not loop:  # one armed earlier still runs: sooner, not later
             self._timer, self._timer_loop = loop.call_later(DELAY_SECONDS, self._on_timer), loop
 
@@ -111,6 +115,14 @@ class DeferredCalls:
 
     def _on_timer(self) -> None:
         self._timer = None
+        loop = self._timer_loop
+        if self._waiting and loop is not None:
+            # The timer was armed for calls that have gone since: what waits now came later, and may wait
+            # its own DELAY_SECONDS for a call to ride with (flushed now, it would cost a round trip of its own).
+            left = self._since + DELAY_SECONDS - loop.time()
+            if left > 0:
+                self._timer = loop.call_later(left, self._on_timer)
+                return
         try:
             self.flush()
         except (RedisError, OSError) as exc:
