@@ -5,10 +5,10 @@ does per lead. Some writes need not be made the moment they are asked for:
 what the rate budget learns from an answer (its ``learn``) may reach Redis a
 few milliseconds later, as if the answer had come that much later. Such a
 call waits here; the next call on the same client that must go now (the
-journal's record of the delivery, which follows the answer at once, or the
-next take of the budget) carries it in the same pipeline, ahead of itself,
-so the order of one process's calls is kept. If none comes within
-:data:`DELAY_SECONDS`, the waiting calls go on their own.
+next take of the budget, mostly) carries it in the same pipeline, ahead of
+itself, so the order of one process's calls is kept. If none comes within
+:data:`DELAY_SECONDS` of the oldest waiting call, the waiting calls go on
+their own.
 
 A waiting call may want its answer (:meth:`DeferredCalls.later` with
 ``answered``): the journal's record of a delivery waits here too, for the

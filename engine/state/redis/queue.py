@@ -403,4 +403,4 @@ def _outcome_text(outcome: Mapping[str, Any]) -> bytes | str:
     try:
         return orjson.dumps(outcome)
     except TypeError:
-        return json.dumps(outcome, default=str)  # \uXXXX escapes: still the same JSON
+        return json.dumps(outcome, default=str, separators=(",", ":"))  # \uXXXX escapes: still the same JSON
