@@ -299,6 +299,108 @@ def test_what_a_worker_learns_goes_with_its_next_call_or_within_a_few_millisecon
     assert client.hget("signal:rate:b", "remaining") == b"2"
 
 
+def test_a_deliverys_record_goes_with_the_next_take_and_the_outcome_waits_for_its_answer(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round trip a lead: the journal's record rides with the next take of the budget, and the
+    caller (who hands the outcome out next) goes on only once Redis has it, as another worker sees it."""
+    from engine.state.buffered import BufferedJournal
+    from engine.state.redis import deferred
+
+    monkeypatch.setattr(deferred, "DELAY_SECONDS", 3600.0)  # no timer in this test's way: only the take
+    worker = state(redis_url)
+    budget, journal = worker.rate_budget("b", 10, 10), BufferedJournal(worker.journal(PRESET, 60))
+    budget.take()
+    journal.record("m:0")  # both scripts loaded (a first call answers NOSCRIPT, then loads them)
+    trips: list[int] = []
+    call = worker.wire.call
+    monkeypatch.setattr(worker.wire, "call", lambda commands: trips.append(len(commands)) or call(commands))
+    stored = state(redis_url).journal(PRESET, 60)
+
+    async def main() -> None:
+        recording = asyncio.ensure_future(journal.record_soon("m:1"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not recording.done() and stored.delivered_at("m:1") is None  # waiting for the next round trip
+        assert budget.take() is None
+        assert trips == [2]  # the record and the take: one round trip
+        assert stored.delivered_at("m:1") is not None
+        await recording
+
+    asyncio.run(main())
+
+
+def test_a_timer_armed_for_calls_gone_since_leaves_a_later_call_its_own_wait(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load the timer, armed once, fires every DELAY_SECONDS: what waits then came just before,
+    and is left to ride with the next take (its own wait), not sent alone (a round trip each)."""
+    from engine.state.redis import deferred
+
+    monkeypatch.setattr(deferred, "DELAY_SECONDS", 3600.0)
+    worker = state(redis_url)
+    budget = worker.rate_budget("b", 10, 10)
+    budget.take()  # the scripts loaded
+    trips: list[int] = []
+    call = worker.wire.call
+    monkeypatch.setattr(worker.wire, "call", lambda commands: trips.append(len(commands)) or call(commands))
+    reset = str(int(time.time()) + 3600)
+
+    async def main() -> None:
+        budget.learn(7, reset, 3600, None)  # arms the timer
+        assert budget.take() is None  # carries it
+        budget.learn(6, reset, 3600, None)  # waits, the timer still armed for the first
+        worker.deferred._on_timer()  # that timer fires
+        assert trips == [2]  # the second was not sent alone
+        assert worker.deferred._timer is not None  # its own wait: the timer armed again for it
+        assert budget.take() is None
+        assert trips == [2, 2]
+
+    asyncio.run(main())
+
+
+def test_a_record_sent_with_the_next_call_goes_on_its_own_shortly(redis_url: str) -> None:
+    from engine.state.buffered import BufferedJournal
+
+    worker = state(redis_url)
+    journal = BufferedJournal(worker.journal(PRESET, 60))
+
+    async def main() -> None:
+        await asyncio.wait_for(journal.record_soon("m:1"), 10)  # no other call comes: DELAY_SECONDS
+
+    asyncio.run(main())
+    assert state(redis_url).journal(PRESET, 60).delivered_at("m:1") is not None
+
+
+def test_a_record_redis_refuses_is_kept_and_retried_even_when_its_caller_is_cancelled(redis_url: str) -> None:
+    from engine.state.buffered import BufferedJournal
+
+    client = redis.Redis.from_url(redis_url)
+    worker = state(redis_url)
+    journal = BufferedJournal(worker.journal(PRESET, 60))
+    client.set("signal:dlq:keys", "not a hash")  # the record script's HGET fails: the record is refused
+
+    async def main() -> None:
+        await journal.record_soon("m:1")  # returns: kept in memory
+        cancelled = asyncio.ensure_future(journal.record_soon("m:2"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.wait_for(asyncio.gather(cancelled, return_exceptions=True), 10)
+        for _ in range(200):  # m:2's round trip goes on its own (DELAY_SECONDS), is refused, and is kept
+            if len(journal.pending) == 2:
+                break
+            await asyncio.sleep(0.01)
+        journal.pending.cancel()
+
+    asyncio.run(main())
+    assert [op[1] for op in journal.pending.ops] == ["m:1", "m:2"]
+    assert journal.delivered_at("m:1") is not None and journal.delivered_at("m:2") is not None
+    client.delete("signal:dlq:keys")
+    assert journal.pending.flush()
+    stored = state(redis_url).journal(PRESET, 60)
+    assert stored.delivered_at("m:1") is not None and stored.delivered_at("m:2") is not None
+
+
 # -- tokens ---------------------------------------------------------------------------
 
 

@@ -124,8 +124,10 @@ class Worker:
         current_integration.set(self.integration)  # this task's, and every task it starts: log lines name it
         beat = asyncio.ensure_future(self._heartbeat(stop))
         try:
-            async for result in self.engine.process_batches(self._batches(stop)):
-                await self._finish(result)
+            # Every outcome known at once as one list: this loop resumes once per list, not once per outcome.
+            async for results in self.engine.process_batches_together(self._batches(stop)):
+                for result in results:
+                    await self._finish(result)
             if self._acker is not None:
                 await self._acker  # drained: every outcome acknowledged before run returns
         except asyncio.CancelledError:

@@ -69,6 +69,11 @@ class PendingWrites:
             self._complain(exc)
             return False
 
+    def refused(self, op: tuple[Any, ...], exc: OSError) -> None:
+        """``op`` was written another way (sent with another call) and refused: kept, as :meth:`write` keeps it."""
+        self._keep(op)
+        self._complain(exc)
+
     def flush(self) -> bool:
         """Retry the kept writes in order; True when none is left."""
         if not self.ops:
@@ -301,9 +306,16 @@ class BufferedJournal:
         Returns once the entry is written (or kept in memory, as :meth:`record`
         would): the caller hands the outcome out only then, so an outcome seen
         as delivered is in the journal, a killed process or not. A store that
-        cannot write several at once (no ``record_many``) writes it at once.
+        cannot write several at once (no ``record_many``) writes it at once;
+        one that can send it with its next round trip (``record_later``, Redis)
+        does so, and it is kept here if that fails.
         """
         at = self._clock()
+        later = getattr(self.inner, "record_later", None)
+        if later is not None and not self.pending.ops:  # with kept writes, after them, in order: record()
+            # Kept here if refused, even when this task is cancelled meanwhile: it is done once written or kept.
+            await later(key, at, lambda exc: self.pending.refused(("record", key, at), exc))
+            return
         if getattr(self.inner, "record_many", None) is None:
             self.record(key, at)
             return

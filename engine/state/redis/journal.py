@@ -11,6 +11,10 @@ Round trips, which are most of a worker's cost in Redis:
   (:mod:`.deferred`). The engine's
   ``discard`` of that letter, which follows at once, reads the answer from
   :class:`LetterHints` instead of asking Redis again.
+* ``record_later`` is the same script, waiting for the process's next
+  round trip (the next take of the rate budget, or a few milliseconds): the
+  engine awaits it before handing the outcome out (``BufferedJournal.record_soon``),
+  so a lead costs one round trip, not two.
 * ``prefetch`` reads the journal keys of a whole batch in one ``MGET``, for
   a worker that holds the batch's event locks (no other worker can deliver
   those events meanwhile); each ``delivered_at`` then answers from it once.
@@ -18,6 +22,7 @@ Round trips, which are most of a worker's cost in Redis:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
 import time
@@ -25,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from redis import Redis
 
+from ..errors import StateWriteError
 from .deferred import DeferredCalls
 from .errors import reading, writing
 from .keys import Keys
@@ -125,7 +131,49 @@ class RedisJournal:
                 [self.keys.journal(self.preset, key), self._letter_keys],
                 [repr(when), max(1, math.ceil(self.window)), index],
             )
+        self._noted(index, letter)
+
+    def record_later(
+        self, key: str, at: float, refused: Callable[[StateWriteError], None] | None = None
+    ) -> asyncio.Future[None]:
+        """:meth:`record`, sent with the next round trip (:mod:`.deferred`); done once Redis answered it.
+
+        When Redis refused it or the round trip was lost: ``refused`` is given the error (it keeps the
+        record, to retry it as :meth:`record`'s caller would) and the future is done; without ``refused``
+        the future fails with it. ``refused`` is called even when the future was cancelled meanwhile.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.window <= 0:
+            done.set_result(None)
+            return done
+        self._prefetched.pop(key, None)
+        index = f"{self.preset}\0{key}"
+
+        def answered(letter: object) -> None:
+            if isinstance(letter, Exception):
+                message = f"redis: cannot write the delivery journal ({type(letter).__name__})"
+                error = StateWriteError(message, full="OOM" in str(letter))
+                if refused is not None:
+                    refused(error)
+                    if not done.done():
+                        done.set_result(None)
+                elif not done.done():
+                    done.set_exception(error)
+                return
+            self._noted(index, letter)
+            if not done.done():
+                done.set_result(None)
+
+        self.deferred.later(
+            self._record,
+            [self.keys.journal(self.preset, key), self._letter_keys],
+            [repr(at), max(1, math.ceil(self.window)), index],
+            answered,
+        )
+        return done
+
+    def _noted(self, index: str, letter: object) -> None:
         if self._hints is not None:
             self._hints.note(
-                index, None if letter is None else letter.decode() if isinstance(letter, bytes) else letter
+                index, None if letter is None else letter.decode() if isinstance(letter, bytes) else str(letter)
             )

@@ -8,8 +8,8 @@ destination's ``X-RateLimit-*`` answer governs all of them; requests in flight
 are counted across all of them too, and a pause after a 429 holds them all.
 
 What an answer teaches (``learn``) may wait a few milliseconds and go with
-the process's next call to Redis (:mod:`.deferred`): the journal's record of
-the delivery, which follows at once, or the next ``take``. Every other call
+the process's next call to Redis (:mod:`.deferred`): the next ``take``, which
+also carries the journal's record of the delivery. Every other call
 sends what waits ahead of itself, so one process's calls keep their order.
 """
 
