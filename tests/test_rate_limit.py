@@ -649,3 +649,51 @@ def test_two_engines_on_one_state_directory_share_the_daily_window(tmp_path: Pat
     assert clock_a.now - before > 3000
     state_a.close()
     state_b.close()
+
+
+class LongWait(Exception):
+    pass
+
+
+class ShortSleeps(FakeTime):
+    """A clock on which a wait for a window's reset (over 10 minutes) is refused instead of slept."""
+
+    async def sleep(self, delay: float) -> None:
+        if delay > 600:
+            raise LongWait
+        await super().sleep(delay)
+
+
+async def takes_before_the_reset(rl: RateLimiter, most: int = 500) -> int:
+    """How many requests go (the short windows pacing them) before one would wait for the daily reset."""
+    for taken in range(most):
+        try:
+            await rl.acquire()
+        except LongWait:
+            return taken
+        rl.observe({})
+    return most
+
+
+def test_two_engines_reserving_blocks_on_one_state_directory_spend_the_daily_window_once(tmp_path: Path) -> None:
+    """100 left: enough for each engine to reserve blocks of several requests. Still 100 for both together.
+
+    The first engine, gone quiet, holds the unsent rest of its last block (at
+    most 7) until it gives it back when it closes; neither sends one more.
+    """
+    from engine.state.sqlite import SqliteState
+    from engine.state.sqlite.rate_budget import RESERVE_MOST
+
+    clock_a, clock_b = ShortSleeps(start=100.0), ShortSleeps(start=5.0)
+    state_a = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    state_b = SqliteState(tmp_path / "state", clock=lambda: NOW)
+    a = engine_on_state(tmp_path, state_a, clock_a).limiter
+    b = engine_on_state(tmp_path, state_b, clock_b).limiter
+    asyncio.run(a.acquire())
+    a.observe({"X-Daily-Remaining": "100", "X-Daily-Reset": str(3600)})
+    assert asyncio.run(takes_before_the_reset(a, 29)) == 29  # of the 100 the answer said were left
+    first = asyncio.run(takes_before_the_reset(b))
+    assert 71 - (RESERVE_MOST - 1) <= first < 71
+    state_a.close()
+    assert asyncio.run(takes_before_the_reset(b)) == 71 - first
+    state_b.close()

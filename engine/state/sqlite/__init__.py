@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class SqliteState:
         self._clock = clock
         self._imported: set[str] = set()
         self._import_lock = threading.Lock()
+        self._budgets: weakref.WeakSet[SqliteRateBudget] = weakref.WeakSet()  # given back their blocks at close
         try:
             os.close(os.open(self.db.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as exc:
@@ -83,7 +85,9 @@ class SqliteState:
         """One rate window's budget, kept in ``state.db``: a restart does not refill it, and every
         process on this state directory (a ``run`` and a ``dlq replay``) spends it once. ``clock``
         is the engine's; the row's times are this state's wall clock."""
-        return SqliteRateBudget(self.db, name, rate, capacity, clock=clock, wall=self._clock)
+        budget = SqliteRateBudget(self.db, name, rate, capacity, clock=clock, wall=self._clock)
+        self._budgets.add(budget)
+        return budget
 
     def record(self, limits: RecordLimits = RecordLimits()) -> SqliteRecord:  # noqa: B008 - frozen
         """The record of recent events the console reads (see :mod:`engine.state.record`)."""
@@ -94,6 +98,8 @@ class SqliteState:
         return SqliteIntegrationStore(self.db)
 
     def close(self) -> None:
+        for budget in list(self._budgets):
+            budget.close()  # what was reserved and not sent goes back for the next process
         self.db.close()
 
     def _import_once(self, preset: str, identity: SqliteIdentityStore) -> None:
