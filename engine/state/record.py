@@ -461,7 +461,9 @@ class Recorder:
         if text is not None:
             masked = self.redactor.redact_json(text)
             if masked is text:  # no secret anywhere: nearly always
-                return [_new_recorded((*c, a, b)) for (c, _, _), a, b in zip(built, texts[::2], texts[1::2])]
+                return [
+                    _new_recorded((*c, a, b)) for (c, _, _), a, b in zip(built, texts[::2], texts[1::2], strict=True)
+                ]
             masked_texts = _split(masked)
         if masked_texts is None or len(masked_texts) != len(texts):
             masked_texts = [self.redactor.redact_json(text) for text in texts]
