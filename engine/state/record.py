@@ -505,7 +505,17 @@ class Recorder:
             status = response.get("status")
             body = response.get("body")
             if body is not None:
-                kept, size = _kept_response_body(body)
+                kept: Any = None
+                if type(body) is dict or type(body) is list:  # most: serialised here, inline (once per entry)
+                    try:
+                        serialised = orjson.dumps(body)
+                    except TypeError:  # orjson.JSONEncodeError included: the careful road below
+                        pass
+                    else:
+                        if len(serialised) <= RESPONSE_BODY_CAP:  # bytes: at least as many as characters
+                            kept, size = orjson.Fragment(serialised), len(serialised)
+                if kept is None:
+                    kept, size = _kept_response_body(body)
                 result["response"] = {**response, "body": kept}
         lines: list[dict[str, Any]] | None = (
             trail.unmasked_lines(None if size is None else (body, size)) if trail else outcome.exchanges
