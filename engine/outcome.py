@@ -259,10 +259,23 @@ class Outcome:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
         if self.integration is not None:
             out["integration"] = self.integration
-        for key in ("reason", "cause", "detail", "warnings", "attempts", "request", "requests", "response"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
+        # Spelled out, not a loop over the names with getattr: this runs for every outcome printed or recorded.
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.cause is not None:
+            out["cause"] = self.cause
+        if self.detail is not None:
+            out["detail"] = self.detail
+        if self.warnings is not None:
+            out["warnings"] = self.warnings
+        if self.attempts is not None:
+            out["attempts"] = self.attempts
+        if self.request is not None:
+            out["request"] = self.request
+        if self.requests is not None:
+            out["requests"] = self.requests
+        if self.response is not None:
+            out["response"] = self.response
         return out
 
 

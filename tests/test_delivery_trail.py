@@ -117,3 +117,18 @@ def test_the_trail_keeps_only_rate_limit_headers() -> None:
     for line in lines:
         assert line["headers"] == {"X-RateLimit-Remaining": f"0 {MASK}", "Retry-After": "3"}
         assert line["status"] == 429 and line["body"] == {"error": "slow down"}
+
+
+def test_rate_limit_headers_keep_their_order_the_last_value_and_names_not_seen_before() -> None:
+    from multidict import CIMultiDict
+
+    from engine.delivery.trail import TrailingTransport
+    from engine.redaction import Redactor
+
+    transport = TrailingTransport(None, Redactor())  # type: ignore[arg-type] - only its header names are used
+    first = CIMultiDict([("Retry-After", "3"), ("Date", "x"), ("X-RateLimit-Limit", "10"), ("Retry-After", "4")])
+    assert transport.rate_headers(first) == {"Retry-After": "4", "X-RateLimit-Limit": "10"}
+    # Known names, and one never seen: learned from this answer, not skipped.
+    second = CIMultiDict([("Date", "y"), ("X-RateLimit-Reset", "99"), ("X-RateLimit-Limit", "10")])
+    assert transport.rate_headers(second) == {"X-RateLimit-Reset": "99", "X-RateLimit-Limit": "10"}
+    assert transport.rate_headers({"Server": "s"}) == {}

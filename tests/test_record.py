@@ -149,6 +149,28 @@ def test_a_batch_larger_than_one_statement_keeps_every_entry_in_order(make_recor
     assert first == [] and [r["messageId"] for r in later] == [f"m-a-{i}" for i in range(150, 215)]
 
 
+def test_sqlite_writes_a_batch_of_any_size_in_order_with_a_few_statement_texts(tmp_path: Path) -> None:
+    """Batches of every size are written by statements of 64 rows and powers of two: seven texts at most,
+    which the sqlite3 module keeps compiled (a text per size would be compiled anew for each new size)."""
+    from engine.state.sqlite import record as sqlite_record
+
+    clock = Clock()
+    record = _sqlite(tmp_path, RecordLimits(per_integration=10_000), clock)
+    sqlite_record._insert.cache_clear()
+    number = 0
+    for size in range(1, 140):
+        batch = []
+        for _ in range(size):
+            clock.now += 0.001
+            batch.append(entry(clock, "a", number))
+            number += 1
+        record.add_many(batch)
+    rows = record.recent(RecordQuery(limit=20_000))
+    assert [r["messageId"] for r in rows] == [f"m-a-{i}" for i in reversed(range(number))]
+    assert sqlite_record._insert.cache_info().currsize <= 7
+    assert [rows for _, rows in sqlite_record._chunks(150)] == [64, 64, 16, 4, 2]
+
+
 def test_filters_search_get_and_the_live_cursor(make_record: Any) -> None:
     clock = Clock()
     record = make_record(RecordLimits(), clock)

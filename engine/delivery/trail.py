@@ -64,25 +64,36 @@ class Trail(list[_Sent]):
         first = self.started or 0.0
         lines = []
         for authenticated, method, url, left, ended, response, failure in self:
-            line: dict[str, Any] = {
-                "step": "request" if authenticated else "token",
-                "method": method,
-                "url": url,
-                "after_ms": _ms(left - first),
-            }
+            step = "request" if authenticated else "token"
+            after_ms = round((left - first) * 10_000) / 10  # as _ms(), inline: one per request recorded
             if failure is not None:
-                line["error"], line["detail"] = failure
-                line["ms"] = _ms(ended - left)
+                line: dict[str, Any] = {
+                    "step": step,
+                    "method": method,
+                    "url": url,
+                    "after_ms": after_ms,
+                    "error": failure[0],
+                    "detail": failure[1],
+                    "ms": _ms(ended - left),
+                }
             elif response is not None and by is not None:
-                line["status"] = response.status
-                line["ms"] = _ms(ended - left)
-                line["headers"] = by.rate_headers(response.headers)
                 body = response.body
                 if not authenticated:  # a token answer holds the tokens themselves: never kept
                     body = None
                 elif known is None or body is not known[0] or 3 * known[1] > BODY_CAP:  # see _surely_short
                     body = _kept_body(body, by.redactor)
-                line["body"] = body
+                line = {
+                    "step": step,
+                    "method": method,
+                    "url": url,
+                    "after_ms": after_ms,
+                    "status": response.status,
+                    "ms": round((ended - left) * 10_000) / 10,
+                    "headers": by.rate_headers(response.headers),
+                    "body": body,
+                }
+            else:
+                line = {"step": step, "method": method, "url": url, "after_ms": after_ms}
             lines.append(line)
         return lines
 
@@ -105,9 +116,9 @@ class TrailingTransport:
     def __init__(self, inner: Transport, redactor: Redactor) -> None:
         self.inner = inner
         self.redactor = redactor
-        # Which of an answer's headers speak of rate limits, by the names it has (in order; a name repeated
-        # keeps its last value): a destination answers with the same few sets of names.
-        self._rate_names: dict[tuple[str, ...], tuple[int, ...]] = {}
+        # Whether a header name speaks of rate limits, by name as it came: a destination answers with the same
+        # few names, so the pattern runs once per name.
+        self._rate_names: dict[str, bool] = {}
 
     async def send(self, request: HttpRequest) -> HttpResponse:
         trail = _TRAIL.get()
@@ -129,19 +140,21 @@ class TrailingTransport:
         return response
 
     def rate_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
-        """The headers that speak of rate limits, as they came (not masked)."""
-        names = tuple(headers.keys())
-        kept = self._rate_names.get(names)
-        if kept is None:
-            if len(self._rate_names) > 256:  # a destination whose answers vary without end: forget, stay small
-                self._rate_names.clear()
-            kept = self._rate_names[names] = tuple(
-                {name: i for i, name in enumerate(names) if _RATE_HEADER.search(name)}.values()
-            )
-        if not kept:
-            return {}
-        items = tuple(headers.items())
-        return {str(items[i][0]): items[i][1] for i in kept}
+        """The headers that speak of rate limits, as they came (not masked), in order; a name repeated keeps its last value.
+
+        One pass over the answer's headers (a multidict's items, made in C),
+        each name looked up in what is known of it.
+        """
+        known = self._rate_names
+        try:
+            return {str(name): value for name, value in headers.items() if known[name]}
+        except KeyError:  # a name not seen yet: learn every name of this answer, then pick
+            if len(known) > 1024:  # a destination whose names vary without end: forget, stay small
+                known.clear()
+            for name in headers:
+                if name not in known:
+                    known[name] = _RATE_HEADER.search(name) is not None
+            return {str(name): value for name, value in headers.items() if known[name]}
 
 
 def _ms(seconds: float) -> float:
