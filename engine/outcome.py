@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 DROPPED = "dropped"
@@ -254,6 +254,10 @@ class Outcome:
     # requests to its recorder instead: engine.delivery.trail); not in to_dict.
     exchanges: list[dict[str, Any]] | None = None
     integration: str | None = None  # the integration it belongs to (a service), named right after ``outcome``
+    # The line as printed (``to_dict`` written by orjson, UTF-8, no newline), kept by the command that printed it
+    # (:func:`printed_line`) so that the record writes these characters instead of serialising them again.
+    # Public already: it holds what the printed line holds, nothing more.
+    printed: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "messageId": self.message_id, "outcome": self.outcome}
@@ -281,6 +285,24 @@ class Outcome:
 
 def dropped(index: int | None, message_id: str | None, reason: str, detail: str) -> Outcome:
     return Outcome(index, message_id, DROPPED, reason=reason, detail=detail)
+
+
+def printed_line(outcome: Outcome, encoding: str | None = None) -> str:
+    """``outcome``'s line as :func:`outcome_json` writes it; kept on the outcome when orjson wrote it as UTF-8.
+
+    Only that form is kept: the record puts it into its own JSON text as it
+    is, and masks the whole text as it masks every other (ASCII escapes would
+    hide a secret from that search).
+    """
+    data = outcome.to_dict()
+    if encoding is not None and encoding.replace("-", "").replace("_", "").lower() != "utf8":
+        return outcome_json(data, encoding)
+    try:
+        line: str = _orjson_dumps(data).decode("utf-8")
+    except TypeError:
+        return outcome_json(data, encoding)
+    outcome.printed = line
+    return line
 
 
 def outcome_json(data: Any, encoding: str | None = None) -> str:

@@ -18,6 +18,7 @@ import pytest
 from engine.outcome import DELIVERED, DROPPED, Outcome
 from engine.redaction import Redactor
 from engine.state.record import (
+    SUMMARY_FIELDS,
     MemoryRecord,
     Recorded,
     Recorder,
@@ -255,8 +256,10 @@ def test_a_delivering_run_records_every_outcome_masked(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         issued = list(sandbox.issued)
     db = sqlite3.connect(tmp_path / "state" / "state.db")
-    # The summary columns and the rest are kept apart; the console reads them merged.
-    rows = [{**json.loads(s), **json.loads(e)} for s, e in db.execute("SELECT summary, entry FROM record ORDER BY seq")]
+    # Each entry is one text, its summary read back from it (the summary column is for rows written before).
+    kept = db.execute("SELECT summary, entry FROM record ORDER BY seq").fetchall()
+    assert [s for s, _ in kept] == ["", "", ""]
+    rows = [json.loads(e) for _, e in kept]
     by_id = {r["messageId"]: r for r in rows}
     assert set(by_id) == {"r-id", "r-lead", "r-page"}
     lead = by_id["r-lead"]
@@ -462,3 +465,82 @@ def test_a_batch_that_cannot_be_written_costs_no_outcome(monkeypatch: pytest.Mon
     recorder.flush()  # no exception
     recorder.close()
     assert store.recent(RecordQuery()) == []
+
+
+@pytest.mark.parametrize("body", [{"data": {"id": 7, "note": "s3cret-value"}}, "x" * 10_000, None])
+def test_an_outcome_printed_first_is_recorded_from_its_line_the_same_and_masked(body: Any) -> None:
+    """``run`` prints an outcome before the record's flush: the record writes that line's characters as they are
+    (not serialised again), masked with its batch, and reads back what it would have built itself."""
+    import io
+
+    from engine.cli.common import emit
+
+    def outcome(printed: bool) -> Outcome:
+        made = Outcome(
+            0,
+            "m1",
+            DELIVERED,
+            request={"method": "POST", "url": "https://x.test/p", "body": {"token": "s3cret-value", "n": 1}},
+            response={"status": 201, "body": body},
+            attempts=1,
+        )
+        if printed:
+            stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+            emit(made, stream)
+            assert made.printed is not None and json.loads(made.printed) == made.to_dict()
+        return made
+
+    kept = []
+    for printed in (False, True):
+        store = MemoryRecord(clock=lambda: 1000.0)
+        recorder = Recorder(store, "acme", "acme/leads", redactor=Redactor(["s3cret-value"]), clock=lambda: 1000.0)
+        recorder.note({"type": "track", "userId": "u1"}, outcome(printed), 0.1)
+        recorder.close()
+        (only,) = store._entries
+        assert "s3cret-value" not in only[1].entry and "s3cret-value" not in only[1].summary
+        kept.append(store.get(only[0]))
+    assert kept[1] == kept[0]
+    assert kept[1]["outcome_record"]["request"]["body"]["token"] != "s3cret-value"
+    if body is not None and isinstance(body, str):
+        assert len(kept[1]["outcome_record"]["response"]["body"]) < 4200  # cut, not the printed whole
+
+
+def test_a_line_printed_with_ascii_escapes_is_not_kept_for_the_record() -> None:
+    import io
+
+    from engine.cli.common import emit
+
+    made = Outcome(0, "m1", DELIVERED, response={"status": 201, "body": {"name": "Zoë"}})
+    stream = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    emit(made, stream)
+    assert made.printed is None
+    emit(made, io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+    assert (
+        made.printed
+        == '{"index":0,"messageId":"m1","outcome":"delivered","response":{"status":201,"body":{"name":"Zoë"}}}'
+    )
+
+
+def test_entries_written_with_a_summary_of_their_own_read_as_before_beside_new_ones(make_record: Any) -> None:
+    """Entries written while the summary was a text of its own (and before that, everything in the details) read
+    back the same as one written now, as one text: listed, searched, followed live and opened."""
+    clock = Clock()
+    record = make_record(RecordLimits(), clock)
+    cursor = record.since(None)[1]
+    new = entry(clock, "a", 0, traits={"email": "Person0@Example.com"})
+    whole_entry = json.loads(new.entry)
+    row = {k: whole_entry[k] for k in SUMMARY_FIELDS if k != "id"}
+    details = {k: v for k, v in whole_entry.items() if k not in row}
+    apart = new._replace(summary=json.dumps(row), entry=json.dumps(details))  # two texts
+    everything = new._replace(summary=json.dumps(row), entry=new.entry)  # all of it in the details too
+    assert new.summary == "" and set(json.loads(new.entry)) == set(row) | set(details)
+    record.add_many([new, apart, everything])
+    listed = record.recent(RecordQuery(search="person0@example.com"))
+    assert len(listed) == 3
+    assert [{k: v for k, v in r.items() if k != "id"} for r in listed] == [row] * 3
+    assert list(listed[0]) == [*row, "id"]
+    opened = [record.get(r["id"]) for r in listed]
+    assert all({k: v for k, v in o.items() if k != "id"} == whole_entry for o in opened)
+    followed, _ = record.since(cursor)
+    assert [{k: v for k, v in r.items() if k != "id"} for r in followed] == [row] * 3
+    assert [{k: v for k, v in r.items() if k != "id"} for r in record.window(clock.now - 1)] == [row] * 3

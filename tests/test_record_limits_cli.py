@@ -32,7 +32,7 @@ def pages(tmp_path: Path, name: str, ids: list[str]) -> Path:
 def kept(state: Path) -> list[str]:
     """The messageIds of the record in ``state``, oldest first."""
     with sqlite3.connect(state / "state.db") as db:
-        return [json.loads(text)["messageId"] for (text,) in db.execute("SELECT summary FROM record ORDER BY seq")]
+        return [json.loads(text)["messageId"] for (text,) in db.execute("SELECT entry FROM record ORDER BY seq")]
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_a_redis_worker_record_limit_bounds_its_stream(
     streams = list(client.scan_iter("*record:*"))
     assert len(streams) == 1, streams
     entries = client.xrange(streams[0])
-    assert [json.loads(fields[b"s"])["messageId"] for _, fields in entries] == ["w-2", "w-3", "w-4"]
+    assert [json.loads(fields[b"e"])["messageId"] for _, fields in entries] == ["w-2", "w-3", "w-4"]
 
 
 @pytest.mark.parametrize("command", ["run", "serve", "worker", "dlq replay"])

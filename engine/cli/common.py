@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..language.settings import SettingsError, load_settings_file, resolve
-from ..outcome import Outcome, outcome_json
+from ..outcome import Outcome, outcome_json, printed_line
 
 
 class UsageError(Exception):
@@ -77,7 +77,7 @@ def emit(outcome: Outcome, out: TextIO | None = None, *, flush: bool = True) -> 
     from a regular file, where nobody watches the lines one by one.
     """
     out = out or sys.stdout  # looked up per call, so redirection and capture work
-    out.write(outcome_line(outcome.to_dict(), out))
+    out.write(printed_line(outcome, getattr(out, "encoding", None)) + "\n")
     if flush:
         out.flush()
 

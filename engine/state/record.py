@@ -147,10 +147,12 @@ class RecordQuery:
 
 
 class Recorded(NamedTuple):
-    """One entry as a store keeps it: the columns it filters on, the summary and the full entry as JSON text.
+    """One entry as a store keeps it: the columns it filters on and the full entry as JSON text.
 
-    The texts are serialized (and masked) once, by the :class:`Recorder`; a
-    store adds the entry's ``id`` when it reads them back.
+    The text is serialized (and masked) once, by the :class:`Recorder`; a
+    store adds the entry's ``id`` when it reads it back, and the summary the
+    console lists is read from it (:func:`summary_row`). Entries written
+    before kept the summary as a text of its own: they read the same.
     """
 
     integration: str
@@ -163,29 +165,17 @@ class Recorded(NamedTuple):
     email: str | None
     user_id: str | None
     message_id: str | None
-    summary: str
+    summary: str  # '' (what the Recorder writes): read from the entry; a text in entries written before
     entry: str
 
     @classmethod
     def of(cls, entry: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text) -> Recorded:
-        """A whole entry, split into its summary and the rest (how the :class:`Recorder` builds them)."""
-        return cls.parts(summary(entry), {k: v for k, v in entry.items() if k not in _SUMMARY_KEYS}, mask)
-
-    @classmethod
-    def parts(
-        cls, row: dict[str, Any], details: Mapping[str, Any], mask: Callable[[str], str] = lambda text: text
-    ) -> Recorded:
-        """``row``: the summary (every key of :data:`SUMMARY_FIELDS`); ``details``: what else the entry holds.
-
-        Each is serialized once and kept once: a store reads the whole entry
-        back as the summary and the details merged (:func:`whole`).
-        """
-
-        summary_text, details_text = _json(row), _json(details)
-        joined = summary_text + "\n" + details_text  # orjson writes no raw line feed: it splits back here
-        # The search columns are values of the summary: when its text holds no secret (nearly always),
-        # neither do they; else each is masked on its own, as the texts are.
-        clean = mask(joined) is joined
+        """A whole entry as the :class:`Recorder` keeps it: one text, the summary's fields first, the summary ''."""
+        row = summary(entry)
+        text = _json({**row, **{k: v for k, v in entry.items() if k not in _SUMMARY_KEYS and k != "id"}})
+        # The search columns are values of the entry: when its text holds no secret (nearly always),
+        # neither do they; else each is masked on its own, as the text is.
+        clean = mask(text) is text
 
         def lower(value: Any) -> str:
             return (value if clean else mask(value)).lower() if isinstance(value, str) else ""
@@ -198,25 +188,42 @@ class Recorded(NamedTuple):
             lower(row["email"]),
             lower(row["userId"]),
             lower(row["messageId"]),
-            summary_text if clean else mask(summary_text),
-            details_text if clean else mask(details_text),
+            "",
+            text if clean else mask(text),
         )
 
     def summary_row(self, entry_id: str) -> dict[str, Any]:
-        return {**orjson.loads(self.summary), "id": entry_id}
+        return summary_row(self.summary, self.entry, entry_id)
 
     def full(self, entry_id: str) -> dict[str, Any]:
         return whole(self.summary, self.entry, entry_id)
 
 
+def summary_row(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> dict[str, Any]:
+    """An entry's summary (:data:`SUMMARY_FIELDS`) as the console lists it.
+
+    An entry is written as one text, its summary empty: the summary is read
+    from the entry (what the console lists is what it opens). An entry
+    written while the summary was a text of its own reads that text.
+    """
+    if summary_text:
+        return {**orjson.loads(summary_text), "id": entry_id}
+    return {**summary(orjson.loads(entry_text)), "id": entry_id}
+
+
 def whole(summary_text: str | bytes, entry_text: str | bytes, entry_id: str) -> dict[str, Any]:
     """One entry as the console reads it: its summary and its details, merged.
 
-    An entry written before the two were kept apart holds everything in its
-    details: merged over the summary, it reads the same. The last request's
-    response body, kept once when it is the outcome's, is put back in its line.
+    An entry is written as one text (its summary empty). One written while
+    the two were kept apart reads them merged; one written before that holds
+    everything in its details: merged over the summary, it reads the same.
+    The last request's response body, kept once when it is the outcome's, is
+    put back in its line.
     """
-    entry = {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
+    if summary_text:
+        entry = {**orjson.loads(summary_text), **orjson.loads(entry_text), "id": entry_id}
+    else:
+        entry = {**orjson.loads(entry_text), "id": entry_id}
     exchanges = entry.get("exchanges")
     if exchanges and isinstance(exchanges[-1], dict) and exchanges[-1].pop(_BODY_IS_RESPONSE, False):
         exchanges[-1]["body"] = ((entry.get("outcome_record") or {}).get("response") or {}).get("body")
@@ -427,14 +434,15 @@ class Recorder:
     def _written(self, built: list[_Parts]) -> list[Recorded]:
         """The batch's entries as a store keeps them: serialised, then masked, in one pass each for the batch.
 
-        The summaries and details are written by one orjson call, a line feed
-        between each two (orjson writes none in its text: it splits back
-        there exactly), and masked as that one text
+        The entries are written by one orjson call, a line feed between each
+        two (orjson writes none in its text: it splits back there exactly),
+        and masked as that one text
         (:meth:`~engine.redaction.Redactor.redact_json`, one search per secret
         form). When a mask took a line feed (a secret holding one, spanning
         two texts) each text is masked on its own instead; when the batch
         cannot be written at once (a value orjson refuses), each entry is
         written on its own and one that cannot be is left out, logged.
+        An entry is kept as one text (its summary empty: read back from it).
         """
         text = _batch_text(built)
         if text is None:
@@ -442,7 +450,8 @@ class Recorder:
             for parts in built:
                 one = _batch_text([parts])
                 if one is None:
-                    index = parts[2]["outcome_record"].get("index")
+                    record = parts[1]["outcome_record"]  # a dict, or the printed line (a fragment)
+                    index = (record if type(record) is dict else orjson.loads(orjson.dumps(record))).get("index")
                     log.warning("record: could not record event %s: it cannot be written as JSON", index)
                     continue
                 kept.append(parts)
@@ -452,27 +461,24 @@ class Recorder:
             texts = _split(text)
         masked_texts = None
         too_long = EVENT_CAP + RESPONSE_BODY_CAP + 8192
-        for i, (_, _, details) in enumerate(built) if max(map(len, texts[1::2]), default=0) > too_long else ():
-            incoming = details.get("incoming")
-            if incoming is not None and len(texts[2 * i + 1]) > too_long:
-                details["incoming"] = _bounded_event(incoming)
-                texts[2 * i + 1] = _json(details)
+        for i, (_, entry) in enumerate(built) if max(map(len, texts), default=0) > too_long else ():
+            incoming = entry.get("incoming")
+            if incoming is not None and len(texts[i]) > too_long:
+                entry["incoming"] = _bounded_event(incoming)
+                texts[i] = _json(entry)
                 text = None  # no longer the batch's text
         if text is not None:
             masked = self.redactor.redact_json(text)
             if masked is text:  # no secret anywhere: nearly always
-                return [
-                    _new_recorded((*c, a, b)) for (c, _, _), a, b in zip(built, texts[::2], texts[1::2], strict=True)
-                ]
+                return [_new_recorded((*c, "", t)) for (c, _), t in zip(built, texts, strict=True)]
             masked_texts = _split(masked)
         if masked_texts is None or len(masked_texts) != len(texts):
             masked_texts = [self.redactor.redact_json(text) for text in texts]
         mask = self.redactor.redact_json
         entries = []
-        for i, (columns, _, _) in enumerate(built):
-            summary_text, details_text = masked_texts[2 * i], masked_texts[2 * i + 1]
-            if summary_text != texts[2 * i] or details_text != texts[2 * i + 1]:
-                # The search columns are values of the summary: masked when its texts held a secret.
+        for (columns, _), entry_text, masked_text in zip(built, texts, masked_texts, strict=True):
+            if masked_text != entry_text:
+                # The search columns are values of the summary: masked when its text held a secret.
                 integration, at, outcome, reason, email, user_id, message_id = columns
                 columns = (
                     integration,
@@ -483,7 +489,7 @@ class Recorder:
                     mask(user_id).lower() if user_id else "",
                     mask(message_id).lower() if message_id else "",
                 )
-            entries.append(_new_recorded((*columns, summary_text, details_text)))
+            entries.append(_new_recorded((*columns, "", masked_text)))
         return entries
 
     def _parts(
@@ -496,8 +502,11 @@ class Recorder:
         traits: Mapping[str, Any] | None,
         trail: Trail | None,
     ) -> _Parts:
-        """One entry's search columns (lower-cased), summary and details: NOT masked, NOT serialised yet."""
-        result = outcome.to_dict()
+        """One entry's search columns (lower-cased) and the entry, its summary's fields first: NOT masked, NOT serialised."""
+        # The outcome's line as the command printed it, when it did (``run``): the same value as to_dict(), written
+        # already, so kept as those characters while the response body is kept whole (masked with the batch).
+        printed = outcome.printed
+        result: dict[str, Any] | None = None if printed is not None else outcome.to_dict()
         response = outcome.response
         status = body = None
         size = None  # the response body's length as JSON when the entry keeps it whole: its line can omit it
@@ -516,7 +525,10 @@ class Recorder:
                             kept, size = orjson.Fragment(serialised), len(serialised)
                 if kept is None:
                     kept, size = _kept_response_body(body)
-                result["response"] = {**response, "body": kept}
+                if size is None and result is None:  # cut: the printed line holds it whole
+                    result = outcome.to_dict()
+                if result is not None:
+                    result["response"] = {**response, "body": kept}
         lines: list[dict[str, Any]] | None = (
             trail.unmasked_lines(None if size is None else (body, size)) if trail else outcome.exchanges
         )
@@ -552,7 +564,8 @@ class Recorder:
         if type(email) is not str:
             email = _email_of(None, incoming)
         message_id = outcome.message_id
-        row = {
+        # One dict, the summary's fields first: the whole entry is one text, its summary read back from it.
+        entry: dict[str, Any] = {
             "at": at,
             "integration": self.integration,
             "preset": self.preset,
@@ -570,13 +583,16 @@ class Recorder:
             "replay": replay,
             "token_requests": token_requests,
             "answers_429": answers_429,
+            # A drop's details are its event and its outcome line: nothing else is kept for it.
+            "preset_path": self.preset_path,
+            "incoming": incoming,
+            # result is None only when printed is set
+            "outcome_record": orjson.Fragment(printed) if result is None else result,  # type: ignore[arg-type]
         }
-        # A drop's details are its event and its outcome line: nothing else is kept for it.
-        details: dict[str, Any] = {"preset_path": self.preset_path, "incoming": incoming, "outcome_record": result}
         if traits:
-            details["traits"] = traits if type(traits) is dict else dict(traits)
+            entry["traits"] = traits if type(traits) is dict else dict(traits)
         if lines:
-            details["exchanges"] = lines
+            entry["exchanges"] = lines
         columns = (
             self.integration,
             float(at),
@@ -586,7 +602,7 @@ class Recorder:
             user_id.lower() if user_id is not None else "",
             message_id.lower() if type(message_id) is str else "",
         )
-        return columns, row, details
+        return columns, entry
 
     def _earlier_event(self, message_id: str) -> dict[str, Any] | None:
         """A replayed letter holds the request, not the event: the event its first outcome recorded, if still kept."""
@@ -605,22 +621,20 @@ class Recorder:
 # What note() keeps until the flush: when, the incoming event, the outcome, the latency, a replay?, the traits,
 # the trail of its requests (raw: private to the recorder).
 _Noted = tuple[float, dict[str, Any] | None, Outcome, float | None, bool, Mapping[str, Any] | None, Trail | None]
-# An entry before it is serialised: its search columns (email, userId and messageId lower-cased), summary, details.
-_Parts = tuple[
-    tuple[str, float, str | None, str | None, str | None, str | None, str | None], dict[str, Any], dict[str, Any]
-]
+# An entry before it is serialised: its search columns (email, userId and messageId lower-cased), the entry.
+_Parts = tuple[tuple[str, float, str | None, str | None, str | None, str | None, str | None], dict[str, Any]]
 _SEPARATING = orjson.Fragment(b"\n")
 _new_recorded: Callable[[tuple[Any, ...]], Recorded] = functools.partial(tuple.__new__, Recorded)  # no Python call
 
 
 def _batch_text(built: list[_Parts]) -> str | None:
-    """Every summary and details of ``built``, in order, written by one orjson call (None: orjson refused).
+    """Every entry of ``built``, in order, written by one orjson call (None: orjson refused).
 
     A line feed (a fragment: orjson writes none itself) follows each text, so :func:`_split` finds them exactly.
     """
     items: list[Any] = []
-    for _, row, details in built:
-        items += (row, _SEPARATING, details, _SEPARATING)
+    for _, entry in built:
+        items += (entry, _SEPARATING)
     try:
         return _json(items)
     except (TypeError, ValueError):

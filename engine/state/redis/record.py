@@ -1,7 +1,8 @@
 """The record of recent events in Redis: one capped Stream per integration.
 
-``<prefix>:record:<integration>`` holds one entry per outcome, with two
-fields: ``s`` (the summary the console lists) and ``e`` (the full entry).
+``<prefix>:record:<integration>`` holds one entry per outcome in its field
+``e`` (the full entry; the summary the console lists is read from it, or,
+in entries written before, from their field ``s``).
 Every add trims the stream to ``per_integration`` entries (``MAXLEN``) and
 drops entries older than ``max_age_seconds`` (``MINID``: a stream id starts
 with its time in milliseconds). ``<prefix>:record-names`` is the set of
@@ -19,7 +20,7 @@ import redis
 from redis.typing import EncodableT, FieldT, StreamRangeResponse
 
 from ..errors import StateError
-from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, whole
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, summary_row, whole
 from .keys import Keys
 from .wire import Wire, encode, pack
 
@@ -95,8 +96,7 @@ class RedisRecord:
                     b"%d-*" % int(entry.at * 1000),
                     b"e",
                     encode(entry.entry),
-                    b"s",
-                    encode(entry.summary),
+                    *((b"s", encode(entry.summary)) if entry.summary else ()),
                 )
                 for entry in entries
             ]
@@ -129,7 +129,7 @@ class RedisRecord:
         if not found:
             return None
         fields = found[0][1]
-        return whole(fields[b"s"], fields[b"e"], entry_id)
+        return whole(fields.get(b"s", b""), fields[b"e"], entry_id)
 
     def since(self, cursor: str | None) -> tuple[list[dict[str, Any]], str]:
         names = self.integrations()
@@ -171,7 +171,7 @@ def _newest(row: dict[str, Any]) -> tuple[float, int, int]:
 
 
 def _summary(name: str, stream_id: bytes, fields: dict[bytes, bytes]) -> dict[str, Any]:
-    return {**json.loads(fields[b"s"]), "id": f"{name}:{stream_id.decode()}"}
+    return summary_row(fields.get(b"s", b""), fields[b"e"], f"{name}:{stream_id.decode()}")
 
 
 _Entries = list[tuple[bytes, dict[bytes, bytes]]]
@@ -184,4 +184,4 @@ def _range(found: StreamRangeResponse | None) -> _Entries:
 
 
 def _fields(entry: Recorded) -> dict[FieldT, EncodableT]:
-    return {"e": entry.entry, "s": entry.summary}
+    return {"e": entry.entry, "s": entry.summary} if entry.summary else {"e": entry.entry}

@@ -1,7 +1,8 @@
 """The record of recent events in the state database (``state.db``, table ``record``).
 
-One row per outcome: the summary columns the console lists and filters
-on, and the full entry as JSON. A batch is one transaction
+One row per outcome: the columns the console filters on, and the full
+entry as JSON (the summary it lists is read from it; ``summary`` is '' but
+in rows written before, where it is the summary's own text). A batch is one transaction
 (``synchronous=NORMAL``: the record is a view, not an event that must
 survive a power cut), its rows added by statements of up to
 :data:`ROWS_PER_INSERT` rows, and the same transaction trims each integration it
@@ -18,9 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
-from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, whole
+from ..record import DEFAULT_LIMITS, Recorded, RecordLimits, RecordQuery, TrimSchedule, summary_row, whole
 from .database import Database
 
 _SCHEMA = (
@@ -128,17 +127,17 @@ class SqliteRecord:
             where.append("(email LIKE ? ESCAPE '\\' OR user_id = ? OR message_id = ?)")
             params.extend([f"%{_like(needle)}%", needle, needle])
         sql = (
-            "SELECT seq, summary FROM record"
+            "SELECT seq, summary, entry FROM record"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY seq DESC"
         )
         if not query.reason:
             rows = self.db.read(sql + " LIMIT ?", (*params, max(0, query.limit)))
-            return [_row(seq, text) for seq, text in rows]
+            return [summary_row(text, entry, str(seq)) for seq, text, entry in rows]
         # A reason may be a drop reason, a cause or a status: checked on the summary, newest first.
         out = []
-        for seq, text in self.db.read(sql, params):
-            row = _row(seq, text)
+        for seq, text, entry in self.db.read(sql, params):
+            row = summary_row(text, entry, str(seq))
             if query.matches(row):
                 out.append(row)
                 if len(out) >= query.limit:
@@ -157,16 +156,20 @@ class SqliteRecord:
         if cursor is None or not cursor.isdigit():
             last = self.db.read("SELECT COALESCE(MAX(seq), 0) FROM record")[0][0]
             return [], str(last)
-        rows = self.db.read("SELECT seq, summary FROM record WHERE seq > ? ORDER BY seq LIMIT 500", (int(cursor),))
+        rows = self.db.read(
+            "SELECT seq, summary, entry FROM record WHERE seq > ? ORDER BY seq LIMIT 500", (int(cursor),)
+        )
         if not rows:
             return [], cursor
-        return [_row(seq, text) for seq, text in rows], str(rows[-1][0])
+        return [summary_row(text, entry, str(seq)) for seq, text, entry in rows], str(rows[-1][0])
 
     def window(self, since: float) -> list[dict[str, Any]]:
         self._create()
         return [
-            _row(seq, text)
-            for seq, text in self.db.read("SELECT seq, summary FROM record WHERE at >= ? ORDER BY seq", (since,))
+            summary_row(text, entry, str(seq))
+            for seq, text, entry in self.db.read(
+                "SELECT seq, summary, entry FROM record WHERE at >= ? ORDER BY seq", (since,)
+            )
         ]
 
     def integrations(self) -> list[str]:
@@ -179,10 +182,6 @@ class SqliteRecord:
 
 
 _flat = itertools.chain.from_iterable  # a chunk's rows' values, in order, at C speed
-
-
-def _row(seq: int, text: str) -> dict[str, Any]:
-    return {**orjson.loads(text), "id": str(seq)}
 
 
 def _like(text: str) -> str:
