@@ -330,6 +330,34 @@ def test_a_deliverys_record_goes_with_the_next_take_and_the_outcome_waits_for_it
     asyncio.run(main())
 
 
+def test_a_journal_read_made_while_a_record_waits_does_not_hide_it(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second copy of a delivered event, read into the next batch while the first copy's record still
+    waits for a round trip, must find that record once it landed: the batch's journal read (``prefetch``)
+    saw nothing yet, and that stale "not delivered" must not be believed (it would deliver the event again)."""
+    from engine.state.buffered import BufferedJournal
+    from engine.state.redis import deferred
+
+    monkeypatch.setattr(deferred, "DELAY_SECONDS", 3600.0)
+    worker = state(redis_url)
+    budget, inner = worker.rate_budget("b", 10, 10), worker.journal(PRESET, 60)
+    journal = BufferedJournal(inner)
+    budget.take()
+    journal.record("m:0")  # the scripts loaded
+
+    async def main() -> None:
+        recording = asyncio.ensure_future(journal.record_soon("m:1"))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        inner.prefetch(["m:1"])  # the next batch's read: the record has not gone yet
+        assert budget.take() is None  # the record goes with the take
+        await recording
+        assert journal.delivered_at("m:1") is not None  # the copy waiting on the lock finds it
+
+    asyncio.run(main())
+
+
 def test_a_timer_armed_for_calls_gone_since_leaves_a_later_call_its_own_wait(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

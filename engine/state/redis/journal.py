@@ -150,6 +150,9 @@ class RedisJournal:
         index = f"{self.preset}\0{key}"
 
         def answered(letter: object) -> None:
+            # A batch's journal read (``prefetch``) made while this waited saw no record: forget what it
+            # saw, or a second copy of the event waiting on its lock would be delivered again.
+            self._prefetched.pop(key, None)
             if isinstance(letter, Exception):
                 message = f"redis: cannot write the delivery journal ({type(letter).__name__})"
                 error = StateWriteError(message, full="OOM" in str(letter))
