@@ -99,6 +99,30 @@ def start_sandbox(quota: int, window: float, alignment: str) -> tuple[subprocess
     raise SystemExit("the sandbox did not start")
 
 
+def write_settings(path: Path, base: str) -> Path:
+    """Settings of the sandbox's bench client, its API at ``base``."""
+    path.write_text("".join(f"{k}: {v}\n" for k, v in {**CREDS, "base_url": base}.items()), encoding="utf-8")
+    return path
+
+
+def run_command(python: str | Path, settings: Path, state: Path, events: Path, *flags: str) -> list[str]:
+    """``signal-engine run outreach/lead-capture`` over ``events``, as every delivery benchmark starts it."""
+    return [
+        str(python),
+        "-m",
+        "engine",
+        "run",
+        "outreach/lead-capture",
+        "--settings",
+        str(settings),
+        "--state",
+        str(state),
+        "--events",
+        str(events),
+        *flags,
+    ]
+
+
 def lead(i: int) -> dict:
     return {
         "type": "track",
@@ -171,28 +195,18 @@ def drop_cost(drops: int, repeat: int) -> dict:
             "\n".join(json.dumps({**page, "messageId": f"p-{i}"}) for i in range(drops)) + "\n", encoding="utf-8"
         )
         (folder / "empty.ndjson").write_text("", encoding="utf-8")
-        (folder / "settings.yaml").write_text(
-            "\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": "http://127.0.0.1:9"}.items()) + "\n",
-            encoding="utf-8",
-        )
+        settings = write_settings(folder / "settings.yaml", "http://127.0.0.1:9")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        base = [
-            sys.executable,
-            "-m",
-            "engine",
-            "run",
-            "outreach/lead-capture",
-            "--settings",
-            str(folder / "settings.yaml"),
-            "--state",
-            str(folder / "state"),
-        ]
+
+        def command(events: str, *flags: str) -> list[str]:
+            return run_command(sys.executable, settings, folder / "state", folder / events, *flags)
+
         figures: dict[str, list[float]] = {"deliver": [], "dry": [], "deliver_empty": [], "dry_empty": []}
         for _ in range(repeat):  # interleaved, so drift on a shared machine hits both alike
-            figures["deliver"].append(child_cpu(base + ["--events", str(folder / "drops.ndjson")], env))
-            figures["deliver_empty"].append(child_cpu(base + ["--events", str(folder / "empty.ndjson")], env))
-            figures["dry"].append(child_cpu(base + ["--events", str(folder / "drops.ndjson"), "--dry-run"], env))
-            figures["dry_empty"].append(child_cpu(base + ["--events", str(folder / "empty.ndjson"), "--dry-run"], env))
+            figures["deliver"].append(child_cpu(command("drops.ndjson"), env))
+            figures["deliver_empty"].append(child_cpu(command("empty.ndjson"), env))
+            figures["dry"].append(child_cpu(command("drops.ndjson", "--dry-run"), env))
+            figures["dry_empty"].append(child_cpu(command("empty.ndjson", "--dry-run"), env))
     med = {k: statistics.median(v) for k, v in figures.items()}
     deliver = (med["deliver"] - med["deliver_empty"]) / drops * 1e6
     dry = (med["dry"] - med["dry_empty"]) / drops * 1e6
@@ -238,22 +252,8 @@ def _one_run(folder: Path, checkout: Path, runs: int, name: str, flag: list[str]
     env = {**os.environ, "PYTHONPATH": str(checkout)}
     delivering = name == "leads" and "--dry-run" not in flag
     proc, base = start_sandbox(1_000_000, 3600, "clock") if delivering else (None, "http://127.0.0.1:9")
-    settings = folder / f"settings-{runs}.yaml"
-    settings.write_text("\n".join(f"{k}: {v}" for k, v in {**CREDS, "base_url": base}.items()) + "\n", encoding="utf-8")
-    args = [
-        sys.executable,
-        "-m",
-        "engine",
-        "run",
-        "outreach/lead-capture",
-        "--settings",
-        str(settings),
-        "--state",
-        str(folder / f"state-{runs}"),
-        "--events",
-        str(folder / f"{name}.ndjson"),
-        *flag,
-    ]
+    settings = write_settings(folder / f"settings-{runs}.yaml", base)
+    args = run_command(sys.executable, settings, folder / f"state-{runs}", folder / f"{name}.ndjson", *flag)
     try:
         cpu = child_cpu(args, env, cwd=checkout)
     finally:

@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_delivery import child_cpu, free_port, lead  # noqa: E402
+from bench_delivery import child_cpu, free_port, lead, run_command, write_settings  # noqa: E402
 
 BODY = json.dumps(
     {
@@ -178,16 +178,12 @@ def _dry_run_leads(leads: int, repeat: int) -> list[float]:
         folder = Path(tmp)
         (folder / "leads.ndjson").write_text("\n".join(json.dumps(lead(i)) for i in range(leads)) + "\n")
         (folder / "empty.ndjson").write_text("")
-        (folder / "settings.yaml").write_text(
-            "client_id: bench-client\nclient_secret: bench-secret-123\nrefresh_token: bench-refresh-456\n"
-            "base_url: http://127.0.0.1:9\n"
-        )
+        settings = write_settings(folder / "settings.yaml", "http://127.0.0.1:9")
         for n in range(repeat):
             cpu = {}
             for name in ("leads", "empty"):
-                args = [sys.executable, "-m", "engine", "run", "outreach/lead-capture", "--dry-run"]
-                args += ["--settings", str(folder / "settings.yaml"), "--state", str(folder / f"state-{name}-{n}")]
-                cpu[name] = child_cpu(args + ["--events", str(folder / f"{name}.ndjson")], env)
+                state, events = folder / f"state-{name}-{n}", folder / f"{name}.ndjson"
+                cpu[name] = child_cpu(run_command(sys.executable, settings, state, events, "--dry-run"), env)
             figures.append((cpu["leads"] - cpu["empty"]) / leads * 1e6)
     return figures
 

@@ -45,25 +45,19 @@ def count(checkout: Path, leads: int, folder: Path) -> dict[str, int]:
     for n, kind in enumerate(("leads", "leads-off", "empty", "empty-off")):
         name = kind.split("-")[0]
         proc, base = b.start_sandbox(1_000_000, 3600, "clock") if name == "leads" else (None, "http://127.0.0.1:9")
-        settings = folder / f"s{n}.yaml"
-        settings.write_text("".join(f"{k}: {v}\n" for k, v in {**b.CREDS, "base_url": base}.items()))
+        settings = b.write_settings(folder / f"s{n}.yaml", base)
         profile = folder / f"cg{n}.out"
         command = [
             "valgrind",
             "--tool=callgrind",
             f"--callgrind-out-file={profile}",
-            str(python),
-            "-m",
-            "engine",
-            "run",
-            "outreach/lead-capture",
-            "--settings",
-            str(settings),
-            "--state",
-            str(folder / f"state{n}"),
-            "--events",
-            str(events[name]),
-            *(["--no-record"] if kind.endswith("-off") else []),
+            *b.run_command(
+                python,
+                settings,
+                folder / f"state{n}",
+                events[name],
+                *(["--no-record"] if kind.endswith("-off") else []),
+            ),
         ]
         try:
             subprocess.run(

@@ -992,13 +992,10 @@ def events_spec(spec: Mapping[str, Any]) -> EventsSpec:
 
 def fast_path_plan(source: str) -> Any:
     """A plain template's plan (template_fast_path) or a plain predicate's (predicate_fast_path), or None."""
-    import jsonata  # the reference parser, as the checks use
-
     from ..language import predicate_fast_path, template_fast_path
 
-    try:
-        tree = jsonata.Jsonata(source).ast
-    except Exception:  # noqa: BLE001 - not parsing is not planning; syntax is reported elsewhere
+    tree = template_fast_path.reference_tree(source)  # parsed once, planned either way
+    if tree is None:
         return None
     return template_fast_path.plan_of_tree(tree) or predicate_fast_path.plan_of_tree(tree)
 

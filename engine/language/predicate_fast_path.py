@@ -38,7 +38,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from .template_fast_path import GIVE_UP, GiveUp, plain_node
+from .template_fast_path import GIVE_UP, GiveUp, plain_node, reference_tree
 
 # A plan is plain data (tuples, strings, numbers, booleans, None), so marshal can keep it:
 #   ("?", test)                                  the root: a predicate plan (template plans never start with "?")
@@ -61,13 +61,8 @@ _COMPARISONS = ("=", "!=")
 
 def plan_of(source: str) -> Plan | None:
     """The plan of ``source``, or None when it is not one of the planned shapes (or does not parse)."""
-    import jsonata
-
-    try:
-        tree = jsonata.Jsonata(source).ast
-    except Exception:  # noqa: BLE001 - not parsing is not planning; the compiler reports syntax
-        return None
-    return plan_of_tree(tree)
+    tree = reference_tree(source)
+    return None if tree is None else plan_of_tree(tree)
 
 
 def plan_of_tree(tree: Any) -> Plan | None:

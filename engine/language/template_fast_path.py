@@ -47,15 +47,20 @@ GIVE_UP: Any = object()  # what a runner returns for an input the plan does not 
 _UNDEFINED: Any = object()  # JSONata's undefined: a key with it is left out, an array item is skipped
 
 
-def plan_of(source: str) -> Plan | None:
-    """The plan of ``source``, or None when it is not a plain template (or does not parse)."""
+def reference_tree(source: str) -> Any | None:
+    """``source``'s syntax tree from the reference parser (what every fast path is planned from), or None."""
     import jsonata
 
     try:
-        tree = jsonata.Jsonata(source).ast
+        return jsonata.Jsonata(source).ast
     except Exception:  # noqa: BLE001 - not parsing is not planning; the compiler reports syntax
         return None
-    return plan_of_tree(tree)
+
+
+def plan_of(source: str) -> Plan | None:
+    """The plan of ``source``, or None when it is not a plain template (or does not parse)."""
+    tree = reference_tree(source)
+    return None if tree is None else plan_of_tree(tree)
 
 
 def plan_of_tree(tree: Any) -> Plan | None:
